@@ -1,0 +1,28 @@
+//! Bulkhead's shared vocabulary. No I/O happens in this crate.
+//!
+//! # Invariants
+//! - Every public identifier is a [`PrefixedId`]: a type prefix (`tnt_`, `sess_`, …) and a 128-bit
+//!   UUIDv7 written as 26 lowercase Crockford base-32 characters (the TypeID layout). Parsing is
+//!   strict: the exact prefix of the expected type, exact length, lowercase alphabet only. An id of
+//!   one type never parses as another type, so a tenant id cannot be passed where a session id goes.
+//! - A [`TenantContext`] names exactly one tenant. Everything that touches tenant data takes one by
+//!   reference; there is no "all tenants" value and no default. Constructing one is a security
+//!   decision made in two places only: the server's resolution middleware, after the tenant and the
+//!   credential agree, and the job worker, after the registry says the job's tenant is active.
+//! - [`TenantCache`] keys always contain the [`TenantId`] of the context they were written under;
+//!   there is no method that reads or writes without a context.
+//! - [`TenantSlug`] values are valid DNS labels and never one of the [reserved](slug::RESERVED_SLUGS) names.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod context;
+pub mod id;
+pub mod scope;
+pub mod slug;
+
+pub use cache::TenantCache;
+pub use context::{Actor, TenantContext};
+pub use id::{ApiKeyId, AuditEventId, IdError, JobId, PrefixedId, RequestId, SessionId, TenantId};
+pub use scope::{Scope, ScopeSet, UnknownScope};
+pub use slug::{SlugError, TenantSlug};
