@@ -1,0 +1,59 @@
+use std::borrow::Cow;
+
+/// What can go wrong in the store. Callers map these to HTTP in one place (the server).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No row, or a row of another tenant (indistinguishable on purpose).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness constraint refused the write; names the constraint.
+    #[error("conflicts with an existing record ({constraint})")]
+    Conflict {
+        /// The violated constraint.
+        constraint: String,
+    },
+    /// A check or type constraint refused the write.
+    #[error("refused by the database: {0}")]
+    Invalid(Cow<'static, str>),
+    /// The database refused access: a sign of a missing context or a misconfigured role. Fail closed.
+    #[error("the database refused access")]
+    AccessDenied,
+    /// The deployment is not set up the way the store's invariants need.
+    #[error("unsafe database configuration: {0}")]
+    UnsafeConfiguration(String),
+    /// The database could not be reached or failed.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => return StoreError::NotFound,
+            sqlx::Error::Database(db) => {
+                // SQLSTATE classes: 23505 unique, 23514 check, 22P02 bad text repr,
+                // 42501 insufficient privilege / RLS WITH CHECK failure.
+                match db.code().as_deref() {
+                    Some("23505") => {
+                        return StoreError::Conflict {
+                            constraint: db.constraint().unwrap_or("unique").to_owned(),
+                        }
+                    }
+                    Some("23514") | Some("23502") | Some("22P02") | Some("22001") => {
+                        return StoreError::Invalid(Cow::Owned(
+                            db.constraint().unwrap_or("constraint").to_owned(),
+                        ))
+                    }
+                    Some("42501") => return StoreError::AccessDenied,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        StoreError::Database(err)
+    }
+}

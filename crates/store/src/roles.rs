@@ -1,0 +1,74 @@
+//! The database roles Bulkhead relies on, and the checks that they are what we think they are.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::StoreError;
+
+/// The role requests are served through. Owns nothing; not superuser; `NOBYPASSRLS`.
+pub const APP_ROLE: &str = "bulkhead_app";
+
+/// Creates the application role if it does not exist (needs `CREATEROLE` on the owner), and
+/// refuses to go on if an existing role of that name has powers it must not have.
+pub async fn ensure_app_role(owner: &mut PgConnection) -> Result<(), StoreError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(APP_ROLE)
+            .fetch_one(&mut *owner)
+            .await?;
+    if !exists {
+        // Role names cannot be bound parameters; APP_ROLE is a constant, never input.
+        let create = format!(
+            "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+        );
+        match sqlx::query(&create).execute(&mut *owner).await {
+            Ok(_) => {}
+            // Another process created it between our check and our CREATE.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42710") => {}
+            Err(err) => {
+                return Err(StoreError::UnsafeConfiguration(format!(
+                    "the application role `{APP_ROLE}` does not exist and could not be created \
+                     (the migration role needs CREATEROLE, or create it yourself: CREATE ROLE \
+                     {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS): {err}"
+                )))
+            }
+        }
+    }
+    check_role_attributes(owner, APP_ROLE).await
+}
+
+async fn check_role_attributes(conn: &mut PgConnection, role: &str) -> Result<(), StoreError> {
+    let (superuser, bypass_rls): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await?;
+    if superuser || bypass_rls {
+        return Err(StoreError::UnsafeConfiguration(format!(
+            "role `{role}` is superuser or has BYPASSRLS: row-level security would not apply to it"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks, through the application pool itself, that requests will run under row-level security:
+/// the connected role is not superuser, has no `BYPASSRLS`, and owns no table in the database
+/// (owners are subject to FORCE RLS, but an owner can turn it off).
+pub async fn verify_app_role(app: &PgPool) -> Result<(), StoreError> {
+    let mut conn = app.acquire().await?;
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    check_role_attributes(&mut conn, &role).await?;
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+         WHERE r.rolname = current_user AND c.relkind IN ('r', 'p', 'v', 'm')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if owned > 0 {
+        return Err(StoreError::UnsafeConfiguration(format!(
+            "the serving role `{role}` owns {owned} relations; serve through a role that owns nothing"
+        )));
+    }
+    Ok(())
+}

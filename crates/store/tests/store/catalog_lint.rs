@@ -1,0 +1,186 @@
+//! The database's own catalog, checked against the rules every tenant table must follow. A new
+//! table that forgets RLS, FORCE, a policy or the tenant-first keys fails here.
+
+use bulkhead_store::roles::APP_ROLE;
+use bulkhead_test_support::TestDb;
+
+#[tokio::test]
+async fn every_tenant_table_has_forced_rls_and_a_tenant_policy() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let tables: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+         WHERE n.nspname = 'bulkhead' AND c.relkind IN ('r', 'p')",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert!(
+        tables.len() >= 4,
+        "expected the tenant tables, found {tables:?}"
+    );
+    for (table, rls, force) in &tables {
+        assert!(rls, "{table}: ROW LEVEL SECURITY is not enabled");
+        assert!(force, "{table}: ROW LEVEL SECURITY is not FORCEd");
+        let policies: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT policyname::text, cmd::text, qual, with_check FROM pg_policies
+             WHERE schemaname = 'bulkhead' AND tablename = $1",
+        )
+        .bind(table)
+        .fetch_all(&owner)
+        .await
+        .unwrap();
+        let isolation = policies
+            .iter()
+            .find(|(name, ..)| name == "tenant_isolation")
+            .unwrap_or_else(|| panic!("{table}: no tenant_isolation policy"));
+        let expected = "(tenant_id = (NULLIF(current_setting('bulkhead.tenant_id'::text, true), ''::text))::uuid)";
+        assert_eq!(
+            isolation.1, "ALL",
+            "{table}: tenant_isolation must cover every command"
+        );
+        assert_eq!(isolation.2.as_deref(), Some(expected), "{table}: USING");
+        assert_eq!(
+            isolation.3.as_deref(),
+            Some(expected),
+            "{table}: WITH CHECK"
+        );
+        // Any other policy must be scoped to a definer function's own duration.
+        for (name, _, qual, _) in policies
+            .iter()
+            .filter(|(name, ..)| name != "tenant_isolation")
+        {
+            let qual = qual.as_deref().unwrap_or_default();
+            assert!(
+                qual.contains("current_setting('bulkhead.definer'::text, true)"),
+                "{table}: policy {name} is not confined to a definer function: {qual}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn tenant_tables_key_on_tenant_first_and_not_null() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    // Every primary key and unique constraint of a tenant table starts with tenant_id.
+    let bad: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, con.conname::text
+         FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'bulkhead' AND con.contype IN ('p', 'u', 'f')
+           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')
+           AND (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = con.conkey[1]) <> 'tenant_id'",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert!(bad.is_empty(), "constraints not led by tenant_id: {bad:?}");
+    let nullable: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'bulkhead' AND a.attname = 'tenant_id' AND NOT a.attnotnull AND c.relkind = 'r'",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert!(nullable.is_empty(), "nullable tenant_id in {nullable:?}");
+    // No sequence is shared between tenants: ids are made by the application.
+    let sequences: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'bulkhead' AND c.relkind = 'S'",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(sequences, 0);
+}
+
+#[tokio::test]
+async fn the_app_role_is_powerless_outside_rls() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let (superuser, bypass, createrole, createdb): (bool, bool, bool, bool) = sqlx::query_as(
+        "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert!(!superuser && !bypass && !createrole && !createdb);
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = $1",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(owned, 0, "the app role must own nothing");
+    // The registry is read-only for the app role.
+    let app = db.app_pool(1).await;
+    let err = sqlx::query("UPDATE bulkhead.tenants SET status = 'active'")
+        .execute(&app)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501")
+    );
+    // Audit events are append-only for the app role.
+    let err = sqlx::query("DELETE FROM bulkhead.audit_events")
+        .execute(&app)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501")
+    );
+}
+
+#[tokio::test]
+async fn views_are_security_invoker_and_definer_functions_pin_search_path() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let unsafe_views: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'bulkhead' AND c.relkind IN ('v', 'm')
+           AND NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert!(
+        unsafe_views.is_empty(),
+        "views without security_invoker: {unsafe_views:?}"
+    );
+    let definers: Vec<(String, Option<Vec<String>>, String)> = sqlx::query_as(
+        "SELECT p.proname::text, p.proconfig, p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'bulkhead' AND p.prosecdef",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert_eq!(
+        definers.len(),
+        2,
+        "only the key lookup and the job claim run as definer: {definers:?}"
+    );
+    for (name, config, source) in definers {
+        let config = config.unwrap_or_default();
+        assert!(
+            config
+                .iter()
+                .any(|c| c == "search_path=pg_catalog, pg_temp"),
+            "{name}: search_path not pinned: {config:?}"
+        );
+        // Sets its marker first and clears it last, so the owner's policy holds only inside it.
+        let set = source.find("set_config('bulkhead.definer', '");
+        let clear = source.rfind("set_config('bulkhead.definer', '', true)");
+        assert!(
+            matches!((set, clear), (Some(s), Some(c)) if s < c),
+            "{name}: does not confine its owner policy to its own run"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Store-level tests against a real PostgreSQL, as the application role.
+// Test helpers outside #[test] functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod catalog_lint;
+mod jobs;
+mod rls;

@@ -1,0 +1,281 @@
+//! Test harness for Bulkhead: real PostgreSQL, real HTTP over loopback.
+//!
+//! - One private PostgreSQL cluster per test process, started from the installed server binaries
+//!   ([`bulkhead_store::embedded`], ephemeral: it dies with the process), so the suite needs no
+//!   running server and passes anywhere the prerequisites are installed.
+//! - A fresh database per test ([`TestDb::new`]), migrated as the owner role. Tests reach it as
+//!   the same non-owner, non-superuser application role the server uses, never as a superuser
+//!   (a superuser ignores row-level security and would hide RLS bugs).
+//! - [`spawn_app`] serves the real application on `127.0.0.1:0`. Its HTTP client resolves
+//!   `*.bulkhead.test` to 127.0.0.1 with an injected resolver and refuses every other name, so no
+//!   test traffic can leave loopback.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use bulkhead_auth::{KeyEnvironment, KeyPepper};
+use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_server::config::AppConfig;
+use bulkhead_server::state::AppState;
+use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use bulkhead_store::registry::{NewTenant, Plan};
+use bulkhead_store::{migrate, provision, roles, Store};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// Base domain of test deployments; `<slug>.bulkhead.test` resolves to 127.0.0.1 in tests only.
+pub const BASE_DOMAIN: &str = "bulkhead.test";
+
+struct Cluster {
+    postgres: EmbeddedPostgres,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        // Started on its own thread and runtime: tests each have their own runtime, and the
+        // cluster must outlive all of them. Only the process and its socket are shared.
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("test runtime");
+            runtime.block_on(async {
+                let dir = tempfile::Builder::new()
+                    .prefix("bulkhead-test-pg-")
+                    .tempdir()
+                    .expect("temp dir for the test cluster");
+                let postgres = EmbeddedPostgres::start(EmbeddedOptions {
+                    data_dir: dir.path().join("pg"),
+                    ephemeral: true,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL cluster: {e}"));
+                let mut su = PgConnection::connect_with(
+                    &postgres.connect_options(postgres.superuser(), "postgres"),
+                )
+                .await
+                .expect("superuser connection");
+                provision::ensure_owner_role(&mut su)
+                    .await
+                    .expect("owner role");
+                su.close().await.ok();
+                Cluster {
+                    postgres,
+                    _dir: dir,
+                }
+            })
+        })
+        .join()
+        .expect("cluster start thread")
+    })
+}
+
+fn quiet(options: PgConnectOptions) -> PgConnectOptions {
+    options.log_statements(tracing::log::LevelFilter::Trace)
+}
+
+/// A fresh, migrated database of its own for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// As the owner role (migrations, operator commands).
+    pub owner_options: PgConnectOptions,
+    /// As the application role (serving).
+    pub app_options: PgConnectOptions,
+    /// As the cluster superuser: only for tests that must bypass everything to inspect or tamper.
+    pub superuser_options: PgConnectOptions,
+}
+
+impl TestDb {
+    /// Creates and migrates a new database.
+    pub async fn new() -> TestDb {
+        let cluster = cluster();
+        let pg = &cluster.postgres;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut su = PgConnection::connect_with(&pg.connect_options(pg.superuser(), "postgres"))
+            .await
+            .expect("superuser connection");
+        provision::ensure_database(&mut su, &name)
+            .await
+            .expect("create test database");
+        su.close().await.ok();
+        let db = TestDb {
+            owner_options: quiet(pg.connect_options(provision::OWNER_ROLE, &name)),
+            app_options: quiet(pg.connect_options(roles::APP_ROLE, &name)),
+            superuser_options: quiet(pg.connect_options(pg.superuser(), &name)),
+            name,
+        };
+        let owner = db.owner_pool().await;
+        migrate::run(&owner).await.expect("migrations");
+        owner.close().await;
+        db
+    }
+
+    /// A pool of owner connections.
+    pub async fn owner_pool(&self) -> PgPool {
+        pool(&self.owner_options, 4).await
+    }
+
+    /// A pool of application-role connections of the given size.
+    pub async fn app_pool(&self, size: u32) -> PgPool {
+        pool(&self.app_options, size).await
+    }
+
+    /// A pool of superuser connections (inspection and tampering only).
+    pub async fn superuser_pool(&self) -> PgPool {
+        pool(&self.superuser_options, 2).await
+    }
+
+    /// The serving store, with the role checks the server performs.
+    pub async fn app_store(&self) -> Store {
+        Store::connect_app(self.app_options.clone(), 10)
+            .await
+            .expect("app store")
+    }
+
+    /// A store on the owner role (operator commands: onboarding, suspension).
+    pub async fn owner_store(&self) -> Store {
+        Store::from_pool_unchecked(self.owner_pool().await)
+    }
+}
+
+async fn pool(options: &PgConnectOptions, size: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .connect_with(options.clone())
+        .await
+        .expect("test pool")
+}
+
+/// The pepper every test deployment uses.
+pub fn test_pepper() -> KeyPepper {
+    KeyPepper::new(1, b"bulkhead-test-pepper-0123456789abcdef".to_vec()).expect("test pepper")
+}
+
+/// A tenant made for a test, with its bootstrap admin key.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    /// Registry id.
+    pub id: TenantId,
+    /// Subdomain label.
+    pub slug: String,
+    /// Admin key text.
+    pub key: String,
+}
+
+/// Onboards a tenant exactly as `bulkhead tenant create` does.
+pub async fn create_tenant(db: &TestDb, slug: &str) -> TestTenant {
+    let owner = db.owner_store().await;
+    let onboarded = bulkhead_server::tenants::onboard(
+        &owner,
+        &test_pepper(),
+        KeyEnvironment::Live,
+        &NewTenant {
+            slug: TenantSlug::parse(slug).expect("test slug"),
+            display_name: format!("{slug} Inc."),
+            plan: Plan::Standard,
+            region: "default".into(),
+        },
+    )
+    .await
+    .expect("onboard tenant");
+    owner.close().await;
+    TestTenant {
+        id: onboarded.tenant.id,
+        slug: slug.to_owned(),
+        key: onboarded.admin_key.expose_secret().to_owned(),
+    }
+}
+
+/// The application serving on a loopback port, with its own database.
+#[derive(Debug)]
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database.
+    pub db: TestDb,
+    /// Its state (for tests that call the store or worker directly).
+    pub state: AppState,
+    /// HTTP client resolving `*.bulkhead.test` to loopback only.
+    pub client: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the app on `127.0.0.1:0` with a fresh database. No job worker runs: tests drive it.
+pub async fn spawn_app() -> TestApp {
+    let db = TestDb::new().await;
+    let store = db.app_store().await;
+    let config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
+    let state = AppState::new(store, test_pepper(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bulkhead_server::app::serve(
+        listener,
+        state.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    TestApp {
+        addr,
+        db,
+        state,
+        client: loopback_client(),
+        _shutdown: shutdown,
+    }
+}
+
+impl TestApp {
+    /// URL on the bare loopback address (no subdomain signal).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// URL under a tenant's subdomain (`<slug>.bulkhead.test`), resolved to loopback.
+    pub fn tenant_url(&self, slug: &str, path: &str) -> String {
+        format!("http://{slug}.{BASE_DOMAIN}:{}{path}", self.addr.port())
+    }
+
+    /// Onboards a tenant in this app's database.
+    pub async fn create_tenant(&self, slug: &str) -> TestTenant {
+        create_tenant(&self.db, slug).await
+    }
+}
+
+/// A reqwest client that can only reach loopback: `*.bulkhead.test` and `localhost` resolve to
+/// 127.0.0.1, every other name fails to resolve, and no proxy from the environment is used.
+pub fn loopback_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(LoopbackResolver))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+struct LoopbackResolver;
+
+impl reqwest::dns::Resolve for LoopbackResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let allowed = host == "localhost"
+            || host == BASE_DOMAIN
+            || host.ends_with(&format!(".{BASE_DOMAIN}"));
+        Box::pin(async move {
+            if allowed {
+                let addrs: reqwest::dns::Addrs =
+                    Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+                Ok(addrs)
+            } else {
+                Err(format!("test resolver refuses {host}: tests reach loopback only").into())
+            }
+        })
+    }
+}
