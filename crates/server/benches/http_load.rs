@@ -1,0 +1,175 @@
+//! Load benchmark on loopback: `GET /v1/sessions/{id}` through the full stack (tenant
+//! resolution, API-key authentication, one tenant transaction, RLS) against a baseline endpoint
+//! that runs the same primary-key SELECT through a plain pool with no tenant transaction.
+//! Both are served by the same process, measured in the same run, in alternating rounds.
+//!
+//! `cargo bench -p bulkhead-server --bench http_load` (env: BENCH_SECONDS per round, default 5;
+//! BENCH_ROUNDS, default 3; BENCH_CONCURRENCY, default 32). Traffic goes to 127.0.0.1 only, and
+//! every loop is bounded in time.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::Router;
+use bulkhead_core::{SessionId, TenantId};
+use bulkhead_server::config::AppConfig;
+use bulkhead_server::state::AppState;
+use bulkhead_test_support::{create_tenant, loopback_client, test_pepper, TestDb};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The baseline: same SELECT, same primary key, no resolution, no authentication, no transaction.
+async fn baseline(
+    State(pool): State<PgPool>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> axum::Json<Value> {
+    let tenant = TenantId::parse(&tenant).expect("tenant id");
+    let id = SessionId::parse(&id).expect("session id");
+    let row: (uuid::Uuid, String, String, String, Value) = sqlx::query_as(
+        "SELECT id, agent_id, title, state, metadata FROM bulkhead.agent_sessions \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .fetch_one(&pool)
+    .await
+    .expect("baseline row");
+    axum::Json(
+        json!({ "id": SessionId::from_uuid(row.0), "agent_id": row.1, "title": row.2, "state": row.3, "metadata": row.4 }),
+    )
+}
+
+struct Round {
+    requests: u64,
+    latencies_us: Vec<u32>,
+    elapsed: Duration,
+}
+
+async fn run_round(url: String, key: Option<String>, seconds: u64, concurrency: u64) -> Round {
+    let client = loopback_client();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(100_000);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let mut request = client.get(&url);
+                if let Some(k) = &key {
+                    request = request.bearer_auth(k);
+                }
+                let response = request.send().await.expect("request");
+                assert!(
+                    response.status().is_success(),
+                    "status {}",
+                    response.status()
+                );
+                response.bytes().await.expect("body");
+                latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+            latencies
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for w in workers {
+        latencies_us.extend(w.await.expect("worker"));
+    }
+    Round {
+        requests: latencies_us.len() as u64,
+        latencies_us,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[index]) / 1000.0
+}
+
+fn summarize(name: &str, rounds: &[Round]) -> f64 {
+    let requests: u64 = rounds.iter().map(|r| r.requests).sum();
+    let seconds: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    let mut all: Vec<u32> = rounds
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
+    all.sort_unstable();
+    let rps = requests as f64 / seconds;
+    println!(
+        "{name:<10} {requests:>8} requests  {rps:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+        percentile(&all, 0.50),
+        percentile(&all, 0.99)
+    );
+    rps
+}
+
+fn main() {
+    let seconds = env_or("BENCH_SECONDS", 5);
+    let rounds = env_or("BENCH_ROUNDS", 3);
+    let concurrency = env_or("BENCH_CONCURRENCY", 32);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let db = TestDb::new().await;
+        let tenant = create_tenant(&db, "bench").await;
+        let store = db.app_store().await;
+        let config = AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
+        let state = AppState::new(store, test_pepper(), config);
+        // A plain pool that sees every row: the cluster's superuser, as a deployment without
+        // tenant isolation would use. Same size as the serving pool.
+        let plain = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(db.superuser_options.clone())
+            .await
+            .expect("plain pool");
+        let app = bulkhead_server::app::router(state)
+            .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let client = loopback_client();
+        let created: Value = client
+            .post(format!("http://bench.bulkhead.test:{port}/v1/sessions"))
+            .bearer_auth(&tenant.key)
+            .json(&json!({ "agent_id": "agent-1", "title": "bench", "metadata": { "k": "v" } }))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        let id = created["id"].as_str().expect("id").to_owned();
+        let full_url = format!("http://bench.bulkhead.test:{port}/v1/sessions/{id}");
+        let base_url = format!("http://127.0.0.1:{port}/bench/baseline/{}/sessions/{id}", tenant.id);
+
+        // Warm both paths (connections, caches, prepared statements).
+        run_round(full_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
+        run_round(base_url.clone(), None, 1, concurrency).await;
+
+        let (mut full, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            base.push(run_round(base_url.clone(), None, seconds, concurrency).await);
+            full.push(run_round(full_url.clone(), Some(tenant.key.clone()), seconds, concurrency).await);
+        }
+        println!("GET /v1/sessions/{{id}}, {concurrency} connections, {rounds} alternating rounds of {seconds} s each, loopback");
+        let base_rps = summarize("baseline", &base);
+        let full_rps = summarize("full", &full);
+        println!("full / baseline throughput ratio: {:.2}", full_rps / base_rps);
+    });
+}

@@ -1,0 +1,62 @@
+//! The axum application and serving it.
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{middleware, Router};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::ApiError;
+use crate::routes::{health, sessions};
+use crate::state::AppState;
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    // Install the recorder before the first request, or that request's metrics are lost.
+    crate::telemetry::metrics_handle();
+    let tenant_api =
+        Router::new()
+            .merge(sessions::routes())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::resolve::resolve_tenant,
+            ));
+
+    let router = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/v1", tenant_api);
+
+    router
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(crate::telemetry::request_span))
+                .layer(CatchPanicLayer::custom(|_| {
+                    axum::response::IntoResponse::into_response(ApiError::Internal(
+                        anyhow::anyhow!("handler panicked"),
+                    ))
+                }))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

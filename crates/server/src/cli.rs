@@ -1,0 +1,318 @@
+//! The `bulkhead` command line.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bulkhead_auth::KeyEnvironment;
+use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_store::registry::{NewTenant, Plan, Tenant, TenantStatus};
+use bulkhead_store::Store;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::{parse_environment, AppConfig, DatabaseArgs, ServeArgs};
+use crate::database::{load_pepper, Database};
+use crate::state::AppState;
+use crate::worker::Worker;
+
+/// Bulkhead: tenant isolation, credentials and audit for multi-tenant platforms.
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API (and, unless --no-worker, the job worker).
+    Serve(ServeArgs),
+    /// Apply database migrations as the owner role, then exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Run only the job worker.
+    Worker {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print it, with its bootstrap admin API key (shown once), as JSON.
+    Create {
+        /// Subdomain label: 3-48 of a-z, 0-9 and '-', starting with a letter.
+        #[arg(long)]
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// free, standard or enterprise.
+        #[arg(long, default_value = "standard")]
+        plan: String,
+        /// Data-residency region.
+        #[arg(long, default_value = "default")]
+        region: String,
+        /// Environment of the admin key: live or test.
+        #[arg(long, env = "BULKHEAD_KEY_ENVIRONMENT", default_value = "live", value_parser = parse_environment)]
+        key_environment: KeyEnvironment,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List tenants as JSON.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Suspend a tenant (by slug or id): its requests get 403 and its jobs are refused.
+    Suspend {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Reactivate a suspended tenant.
+    Activate {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate { database } => {
+            let db = Database::open(&database).await?;
+            let result = db.migrate().await;
+            db.shutdown().await?;
+            result?;
+            println!("{}", json!({ "migrations": "current" }));
+            Ok(())
+        }
+        Command::Worker { database } => {
+            let db = Database::open(&database).await?;
+            db.migrate().await?;
+            let store = db.app_store(database.max_connections).await?;
+            let (stop, stopped) = watch::channel(false);
+            let worker = tokio::spawn(Worker::new(store.clone()).run(stopped));
+            shutdown_signal().await;
+            let _ = stop.send(true);
+            worker.await.ok();
+            store.close().await;
+            db.shutdown().await
+        }
+        Command::Tenant { action } => tenant(action).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config =
+        AppConfig::new(&args.base_domain, args.key_environment).map_err(anyhow::Error::msg)?;
+    let pepper = load_pepper(&args.database)?;
+    let db = Database::open(&args.database).await?;
+    let result = serve_with(&args, config, pepper, &db).await;
+    db.shutdown().await?;
+    result
+}
+
+async fn serve_with(
+    args: &ServeArgs,
+    config: AppConfig,
+    pepper: bulkhead_auth::KeyPepper,
+    db: &Database,
+) -> anyhow::Result<()> {
+    db.migrate().await?;
+    let store = db.app_store(args.database.max_connections).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let worker =
+        (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
+    tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
+    let state = AppState::new(store.clone(), pepper, config);
+    let mut stopped_for_server = stopped;
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stopped_for_server.changed() => {}
+        }
+    };
+    crate::app::serve(listener, state, shutdown).await?;
+    let _ = stop.send(true);
+    if let Some(worker) = worker {
+        worker.await.ok();
+    }
+    store.close().await;
+    tracing::info!("bulkhead stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
+    match action {
+        TenantCommand::Create {
+            slug,
+            name,
+            plan,
+            region,
+            key_environment,
+            database,
+        } => {
+            // Validate everything before touching the database.
+            let slug =
+                TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!("invalid --slug: {e}"))?;
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+                anyhow::bail!("invalid --name: 1 to 200 characters, no control characters");
+            }
+            let plan = Plan::parse(&plan)
+                .context("invalid --plan: expected free, standard or enterprise")?;
+            let pepper = load_pepper(&database)?;
+            let new = NewTenant {
+                slug,
+                display_name: name,
+                plan,
+                region,
+            };
+            with_owner(&database, |owner| async move {
+                let onboarded = crate::tenants::onboard(&owner, &pepper, key_environment, &new)
+                    .await
+                    .map_err(|e| match e {
+                        bulkhead_store::StoreError::Conflict { .. } => {
+                            anyhow::anyhow!("a tenant with slug `{}` already exists", new.slug)
+                        }
+                        other => anyhow::Error::new(other).context("cannot create the tenant"),
+                    })?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "tenant": onboarded.tenant,
+                        "admin_api_key_id": onboarded.admin_key_id,
+                        "admin_api_key": onboarded.admin_key.expose_secret(),
+                    }))?
+                );
+                eprintln!("Store admin_api_key now: it is not stored and will not be shown again.");
+                Ok(())
+            })
+            .await
+        }
+        TenantCommand::List { database } => {
+            with_owner(&database, |owner| async move {
+                let tenants = owner.list_tenants().await?;
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+                Ok(())
+            })
+            .await
+        }
+        TenantCommand::Suspend { tenant, database } => {
+            set_status(&database, &tenant, TenantStatus::Suspended).await
+        }
+        TenantCommand::Activate { tenant, database } => {
+            set_status(&database, &tenant, TenantStatus::Active).await
+        }
+    }
+}
+
+async fn set_status(
+    database: &DatabaseArgs,
+    tenant: &str,
+    status: TenantStatus,
+) -> anyhow::Result<()> {
+    let tenant = tenant.to_owned();
+    with_owner(database, |owner| async move {
+        let found = find_tenant(&owner, &tenant).await?;
+        let updated = owner.set_tenant_status(found.id, status).await?;
+        tracing::info!(
+            target: "bulkhead::audit",
+            action = if status == TenantStatus::Active { "tenant.activate" } else { "tenant.suspend" },
+            outcome = "success",
+            tenant_id = %updated.id,
+            actor_id = "system:cli",
+            "tenant status changed"
+        );
+        println!("{}", serde_json::to_string_pretty(&updated)?);
+        Ok(())
+    })
+    .await
+}
+
+async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Tenant> {
+    let found = if text.starts_with("tnt_") {
+        owner.tenant_by_id(TenantId::parse(text)?).await?
+    } else {
+        owner.tenant_by_slug(&TenantSlug::parse(text)?).await?
+    };
+    found.with_context(|| format!("no tenant `{text}`"))
+}
+
+/// Opens the database, migrates, runs `work` with a store on the owner role, and shuts down.
+async fn with_owner<F, Fut>(database: &DatabaseArgs, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let db = Database::open(database).await?;
+    let result = async {
+        db.migrate().await?;
+        let owner = Store::from_pool_unchecked(db.owner_pool(2).await?);
+        let result = work(owner.clone()).await;
+        owner.close().await;
+        result
+    }
+    .await;
+    db.shutdown().await?;
+    result
+}

@@ -1,0 +1,94 @@
+//! Configuration: command-line flags, each with an environment variable, validated at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bulkhead_auth::KeyEnvironment;
+
+/// Where the database is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL (>= 15) URL of the owner role, which runs migrations. Unset: start the embedded
+    /// private cluster in the data directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// URL for the application role that serves requests. Default: DATABASE_URL with the user
+    /// replaced by `bulkhead_app` and the password from BULKHEAD_APP_DATABASE_PASSWORD.
+    #[arg(long, env = "BULKHEAD_APP_DATABASE_URL", hide_env_values = true)]
+    pub app_database_url: Option<String>,
+    /// Bulkhead's own state: the embedded cluster (`pg/`) and the generated key pepper.
+    #[arg(long, env = "BULKHEAD_DATA_DIR", default_value = ".bulkhead")]
+    pub data_dir: PathBuf,
+    /// Largest number of connections in the serving pool.
+    #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value_t = 20)]
+    pub max_connections: u32,
+}
+
+/// `bulkhead serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BULKHEAD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Tenants are reached as `<slug>.<base-domain>`; requests to other hosts carry no
+    /// subdomain signal and are resolved from the credential alone.
+    #[arg(long, env = "BULKHEAD_BASE_DOMAIN", default_value = "localhost")]
+    pub base_domain: String,
+    /// Which API keys this deployment accepts: `live` refuses `bk_test_` keys and vice versa.
+    #[arg(long, env = "BULKHEAD_KEY_ENVIRONMENT", default_value = "live", value_parser = parse_environment)]
+    pub key_environment: KeyEnvironment,
+    /// Do not run the job worker in this process.
+    #[arg(long, env = "BULKHEAD_NO_WORKER")]
+    pub no_worker: bool,
+    /// Database location.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Parses `live` / `test`.
+pub fn parse_environment(text: &str) -> Result<KeyEnvironment, String> {
+    match text {
+        "live" => Ok(KeyEnvironment::Live),
+        "test" => Ok(KeyEnvironment::Test),
+        _ => Err("expected `live` or `test`".into()),
+    }
+}
+
+/// Settings of the HTTP application that are not about the database.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// See [`ServeArgs::base_domain`]; lowercase, no trailing dot.
+    pub base_domain: String,
+    /// See [`ServeArgs::key_environment`].
+    pub key_environment: KeyEnvironment,
+    /// How long a registry answer (slug or id → tenant) may be reused. Suspending a tenant takes
+    /// effect on every process within this time.
+    pub registry_ttl: Duration,
+}
+
+impl AppConfig {
+    /// Validated settings.
+    pub fn new(base_domain: &str, key_environment: KeyEnvironment) -> Result<Self, String> {
+        let base_domain = base_domain.trim_end_matches('.').to_ascii_lowercase();
+        let valid = !base_domain.is_empty()
+            && base_domain.len() <= 253
+            && base_domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!(
+                "--base-domain {base_domain:?} is not a valid DNS name"
+            ));
+        }
+        Ok(Self {
+            base_domain,
+            key_environment,
+            registry_ttl: Duration::from_secs(2),
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! The one mapping from errors to HTTP: RFC 9457 problem details.
+
+use std::borrow::Cow;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::Scope;
+use bulkhead_store::StoreError;
+use serde::Serialize;
+
+macro_rules! problem_type {
+    ($slug:literal) => {
+        concat!("https://bulkhead.dev/problems/", $slug)
+    };
+}
+
+/// Every way a request can fail, with the status it maps to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 401: no credential, or one that is malformed, unknown, expired, revoked, of the wrong
+    /// environment, or for another tenant than the subdomain. One body for all of them.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 403: the credential lacks a scope; the scope is named.
+    #[error("missing scope {0}")]
+    MissingScope(Scope),
+    /// 403: the tenant is suspended.
+    #[error("tenant suspended")]
+    TenantSuspended,
+    /// 404: the subdomain names no tenant.
+    #[error("unknown tenant")]
+    UnknownTenant,
+    /// 404: no such resource, or another tenant's (indistinguishable by design).
+    #[error("not found")]
+    NotFound,
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 400: the request is malformed (syntax, malformed id, unknown query parameter).
+    #[error("bad request: {0}")]
+    BadRequest(Cow<'static, str>),
+    /// 409: conflicts with existing state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// 413: body over the limit.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 415: not JSON.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// 422: well-formed but invalid.
+    #[error("invalid: {0}")]
+    Invalid(Cow<'static, str>),
+    /// 503: the database is unreachable or not ready.
+    #[error("unavailable")]
+    Unavailable,
+    /// 500: a bug or an unexpected failure. Logged with its cause; the client sees nothing of it.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Short summary of the type.
+    pub title: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// Explanation of this occurrence.
+    pub detail: Cow<'static, str>,
+}
+
+/// Carried in response extensions so the logging middleware can report what the client was not
+/// told.
+#[derive(Debug, Clone)]
+pub struct InternalErrorReport(pub String);
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, Cow<'static, str>) {
+        use ApiError::*;
+        match self {
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                problem_type!("unauthorized"),
+                "Unauthorized",
+                "a valid API key for this tenant is required as `Authorization: Bearer <key>`"
+                    .into(),
+            ),
+            MissingScope(scope) => (
+                StatusCode::FORBIDDEN,
+                problem_type!("missing-scope"),
+                "Forbidden",
+                format!("the credential lacks the scope `{scope}`").into(),
+            ),
+            TenantSuspended => (
+                StatusCode::FORBIDDEN,
+                problem_type!("tenant-suspended"),
+                "Tenant suspended",
+                "this tenant is suspended".into(),
+            ),
+            UnknownTenant => (
+                StatusCode::NOT_FOUND,
+                problem_type!("unknown-tenant"),
+                "Unknown tenant",
+                "no tenant is served under this host name".into(),
+            ),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                problem_type!("not-found"),
+                "Not Found",
+                "no such resource".into(),
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                problem_type!("method-not-allowed"),
+                "Method Not Allowed",
+                "this resource does not support that method".into(),
+            ),
+            BadRequest(detail) => (
+                StatusCode::BAD_REQUEST,
+                problem_type!("bad-request"),
+                "Bad Request",
+                detail.clone(),
+            ),
+            Conflict(detail) => (
+                StatusCode::CONFLICT,
+                problem_type!("conflict"),
+                "Conflict",
+                detail.clone().into(),
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                problem_type!("payload-too-large"),
+                "Payload Too Large",
+                "request bodies are limited to 1 MiB".into(),
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                problem_type!("unsupported-media-type"),
+                "Unsupported Media Type",
+                "send JSON with `Content-Type: application/json`".into(),
+            ),
+            Invalid(detail) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                problem_type!("invalid"),
+                "Unprocessable Content",
+                detail.clone(),
+            ),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem_type!("unavailable"),
+                "Service Unavailable",
+                "the service is temporarily unavailable; retry later".into(),
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                problem_type!("internal"),
+                "Internal Server Error",
+                "an internal error occurred; it has been logged".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title, detail) = self.parts();
+        let body = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"bulkhead\""),
+            );
+        }
+        if let ApiError::Internal(err) = &self {
+            response
+                .extensions_mut()
+                .insert(InternalErrorReport(format!("{err:#}")));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Conflict { constraint } => {
+                ApiError::Conflict(format!("conflicts with an existing record ({constraint})"))
+            }
+            StoreError::Invalid(what) => {
+                ApiError::Invalid(format!("refused by constraint {what}").into())
+            }
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                ApiError::Unavailable
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => ApiError::Invalid(e.body_text().into()),
+            JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text().into()),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            other => ApiError::BadRequest(other.body_text().into()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text().into())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text().into())
+    }
+}

@@ -1,0 +1,51 @@
+//! Extractors: the tenant context, and JSON/query/path extractors whose rejections are problems.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use bulkhead_core::{Scope, TenantContext};
+
+use crate::error::ApiError;
+
+/// The request's tenant context, put there by [`crate::resolve`]. Absent means the route was
+/// mounted outside the resolving middleware: fail closed with 401, never run without a tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub TenantContext);
+
+impl Tenant {
+    /// Fails with 403 naming the scope unless the credential holds it.
+    pub fn require(&self, scope: Scope) -> Result<&TenantContext, ApiError> {
+        if self.0.has_scope(scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::MissingScope(scope))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<TenantContext>()
+            .cloned()
+            .map(Tenant)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// JSON body; rejections become 400/413/415/422 problems.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+/// Query string; rejections become 400 problems.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// Path parameters; rejections become 400 problems.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);

@@ -1,0 +1,288 @@
+//! Tenant resolution and authentication at the edge: the only place a request gets a
+//! [`TenantContext`].
+//!
+//! Two signals name a tenant: the subdomain (`acme.<base-domain>`) and the credential. The rules:
+//! - a subdomain that names no tenant answers 404 before anything else (slugs are public: they are
+//!   DNS names);
+//! - no credential, a malformed one, a bad checksum, a key of the other environment, an unknown,
+//!   revoked or expired key, or a key of another tenant than the subdomain's: one 401, with the
+//!   same body and `WWW-Authenticate` header whichever it was;
+//! - a suspended tenant answers 403, but only to a caller that authenticated as that tenant.
+//!
+//! Timing: format and checksum failures return before the database lookup. Both are functions of
+//! the presented string alone, which the caller already holds, so their timing tells it nothing
+//! it could not compute. The lookup itself is by HMAC(pepper, key): its timing depends on a value
+//! the caller cannot predict without the pepper.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bulkhead_auth::ApiKey;
+use bulkhead_core::{Actor, ApiKeyId, RequestId, TenantContext, TenantId, TenantSlug};
+use bulkhead_store::registry::{Tenant, TenantStatus};
+use chrono::Utc;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What the host name says about the tenant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostSignal {
+    /// Not a subdomain of the base domain: no tenant signal.
+    None,
+    /// `<slug>.<base-domain>`.
+    Slug(TenantSlug),
+    /// Under the base domain but not a valid tenant label: treated as an unknown tenant.
+    Invalid,
+}
+
+/// Reads the tenant label from a host (with or without port). Case-insensitive, as DNS is.
+pub fn host_signal(host: &str, base_domain: &str) -> HostSignal {
+    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+    let Some(label) = host
+        .strip_suffix(base_domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+    else {
+        return HostSignal::None;
+    };
+    match TenantSlug::parse(label) {
+        Ok(slug) => HostSignal::Slug(slug),
+        Err(_) => HostSignal::Invalid,
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: never a tenant host.
+        return host;
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The bearer token, if exactly one well-formed `Authorization: Bearer …` header is present.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim_start_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
+
+/// Why authentication failed; logged, never sent (the client sees one 401 for all of them).
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    NoCredential,
+    Malformed,
+    WrongEnvironment,
+    UnknownKey,
+    KeyNotActive,
+    KeyExpired,
+    UnknownScopes,
+    TenantMismatch,
+    TenantGone,
+}
+
+fn audit_refusal(reason: Refusal, tenant: Option<TenantId>, key: Option<ApiKeyId>) -> ApiError {
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.failure",
+        outcome = "failure",
+        reason = ?reason,
+        tenant_id = tenant.map(|t| t.to_string()),
+        actor_id = key.map(|k| k.to_string()),
+        "authentication refused"
+    );
+    metrics::counter!("bulkhead_auth_failures_total", "reason" => format!("{reason:?}"))
+        .increment(1);
+    ApiError::Unauthorized
+}
+
+/// Middleware for every `/v1` route. See the module doc for the rules.
+pub async fn resolve_tenant(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let signals = Signals::read(&request);
+    match authenticate(&state, signals).await {
+        Ok(ctx) => {
+            let span = tracing::Span::current();
+            span.record("tenant_id", tracing::field::display(ctx.tenant_id()));
+            request.extensions_mut().insert(ctx);
+            next.run(request).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// What resolution reads from a request, copied out so no borrow of the request crosses an await.
+struct Signals {
+    request_id: RequestId,
+    host: String,
+    bearer: Option<String>,
+}
+
+impl Signals {
+    fn read(request: &Request) -> Self {
+        let host = request
+            .uri()
+            .host()
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .copied()
+                .unwrap_or_default(),
+            host,
+            bearer: bearer_token(request.headers()).map(str::to_owned),
+        }
+    }
+}
+
+async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContext, ApiError> {
+    let Signals {
+        request_id,
+        host,
+        bearer,
+    } = signals;
+
+    let host_tenant: Option<Tenant> = match host_signal(&host, &state.config().base_domain) {
+        HostSignal::None => None,
+        HostSignal::Invalid => return Err(ApiError::UnknownTenant),
+        HostSignal::Slug(slug) => match state.directory().by_slug(state.store(), &slug).await? {
+            Some(tenant) => Some(tenant),
+            None => return Err(ApiError::UnknownTenant),
+        },
+    };
+    let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
+
+    let Some(presented) = bearer.as_deref() else {
+        return Err(audit_refusal(Refusal::NoCredential, host_tenant_id, None));
+    };
+    let Ok(key) = ApiKey::parse(presented) else {
+        return Err(audit_refusal(Refusal::Malformed, host_tenant_id, None));
+    };
+    if key.environment() != state.config().key_environment {
+        return Err(audit_refusal(
+            Refusal::WrongEnvironment,
+            host_tenant_id,
+            None,
+        ));
+    }
+    let hash = state.pepper().key_hash(&key);
+    drop(key);
+    let Some(record) = state.store().lookup_api_key(&hash).await? else {
+        return Err(audit_refusal(Refusal::UnknownKey, host_tenant_id, None));
+    };
+    let refuse = |reason| audit_refusal(reason, Some(record.tenant_id), Some(record.key_id));
+    if !matches!(record.status.as_str(), "active" | "rotating") {
+        return Err(refuse(Refusal::KeyNotActive));
+    }
+    if record.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(refuse(Refusal::KeyExpired));
+    }
+    let Some(scopes) = record.scopes.clone() else {
+        return Err(refuse(Refusal::UnknownScopes));
+    };
+    if host_tenant_id.is_some_and(|id| id != record.tenant_id) {
+        return Err(refuse(Refusal::TenantMismatch));
+    }
+    let tenant = match host_tenant {
+        Some(tenant) => tenant,
+        None => match state
+            .directory()
+            .by_id(state.store(), record.tenant_id)
+            .await?
+        {
+            Some(tenant) => tenant,
+            None => return Err(refuse(Refusal::TenantGone)),
+        },
+    };
+    if tenant.status != TenantStatus::Active {
+        tracing::warn!(
+            target: "bulkhead::audit",
+            action = "auth.failure",
+            outcome = "blocked",
+            reason = "TenantSuspended",
+            tenant_id = %tenant.id,
+            actor_id = %record.key_id,
+            "tenant suspended"
+        );
+        return Err(ApiError::TenantSuspended);
+    }
+    Ok(TenantContext::new(
+        tenant.id,
+        Actor::ApiKey {
+            key_id: record.key_id,
+            scopes,
+        },
+        request_id,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn host_signal_reads_one_label_under_the_base_domain() {
+        let base = "bulkhead.test";
+        let slug = |s: &str| HostSignal::Slug(TenantSlug::parse(s).unwrap());
+        assert_eq!(host_signal("acme.bulkhead.test", base), slug("acme"));
+        assert_eq!(host_signal("ACME.Bulkhead.Test:8080", base), slug("acme"));
+        assert_eq!(host_signal("acme.bulkhead.test.", base), slug("acme"));
+        assert_eq!(host_signal("bulkhead.test", base), HostSignal::None);
+        assert_eq!(host_signal("127.0.0.1:8080", base), HostSignal::None);
+        assert_eq!(host_signal("[::1]:8080", base), HostSignal::None);
+        assert_eq!(host_signal("acmebulkhead.test", base), HostSignal::None);
+        assert_eq!(
+            host_signal("a.acme.bulkhead.test", base),
+            HostSignal::Invalid
+        );
+        assert_eq!(host_signal("www.bulkhead.test", base), HostSignal::Invalid);
+        assert_eq!(host_signal("-x-.bulkhead.test", base), HostSignal::Invalid);
+    }
+
+    #[test]
+    fn bearer_token_needs_exactly_one_bearer_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc"),
+        );
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(bearer_token(&headers), None);
+    }
+}

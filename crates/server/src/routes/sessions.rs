@@ -1,0 +1,256 @@
+//! `/v1/sessions`: agent sessions.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use bulkhead_core::{Scope, SessionId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::sessions::{
+    self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
+};
+use bulkhead_store::Access;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query, Tenant};
+use crate::state::AppState;
+
+/// Default page size of `GET /v1/sessions`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size; larger requests are refused (422), not silently clamped.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Largest serialized `metadata` object.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Longest title, in characters.
+pub const MAX_TITLE_CHARS: usize = 500;
+
+/// The routes, to be mounted under `/v1` behind tenant resolution.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/sessions", get(list).post(create))
+        .route("/sessions/{id}", get(fetch).patch(update).delete(remove))
+}
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    agent_id: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    state: Option<SessionState>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// Body of `PATCH /v1/sessions/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSession {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    state: Option<SessionState>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    state: Option<SessionState>,
+}
+
+/// A page of sessions.
+#[derive(Debug, Serialize)]
+pub struct SessionPage {
+    data: Vec<AgentSession>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<SessionId>,
+}
+
+fn parse_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn check_agent_id(agent_id: &str) -> Result<(), ApiError> {
+    let bytes = agent_id.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "agent_id has 1 to 128 characters: letters, digits, `.`, `_`, `:`, `-`, starting with a letter or digit".into(),
+        ))
+    }
+}
+
+fn check_title(title: &str) -> Result<(), ApiError> {
+    if title.chars().count() > MAX_TITLE_CHARS || title.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            format!("title has at most {MAX_TITLE_CHARS} characters and no control characters")
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: Map<String, Value>) -> Result<Value, ApiError> {
+    let value = Value::Object(metadata);
+    let size = serde_json::to_vec(&value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(ApiError::Invalid(
+            format!("metadata is limited to {MAX_METADATA_BYTES} bytes of JSON").into(),
+        ));
+    }
+    Ok(value)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateSession>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = tenant.require(Scope::SessionsWrite)?;
+    check_agent_id(&body.agent_id)?;
+    check_title(&body.title)?;
+    let new = NewSession {
+        agent_id: body.agent_id,
+        title: body.title,
+        state: body.state.unwrap_or(SessionState::Active),
+        metadata: check_metadata(body.metadata.unwrap_or_default())?,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let session = sessions::create(&mut tx, &new).await?;
+    audit::record(
+        &mut tx,
+        "session.create",
+        Some(&session.id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(session)))
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AgentSession>, ApiError> {
+    let ctx = tenant.require(Scope::SessionsRead)?;
+    let id = parse_id(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let session = sessions::get(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(session))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<SessionPage>, ApiError> {
+    let ctx = tenant.require(Scope::SessionsRead)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if limit == 0 || limit > MAX_PAGE_SIZE {
+        return Err(ApiError::Invalid(
+            format!("limit is between 1 and {MAX_PAGE_SIZE}").into(),
+        ));
+    }
+    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    if let Some(agent_id) = &query.agent_id {
+        check_agent_id(agent_id)?;
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    // One extra row tells whether another page exists without a count query.
+    let mut data = sessions::list(
+        &mut tx,
+        &ListSessions {
+            after,
+            limit: limit + 1,
+            agent_id: query.agent_id,
+            state: query.state,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let next_cursor = if data.len() > limit as usize {
+        data.truncate(limit as usize);
+        data.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(SessionPage { data, next_cursor }))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateSession>,
+) -> Result<axum::Json<AgentSession>, ApiError> {
+    let ctx = tenant.require(Scope::SessionsWrite)?;
+    let id = parse_id(&id)?;
+    if let Some(title) = &body.title {
+        check_title(title)?;
+    }
+    let patch = SessionPatch {
+        title: body.title,
+        state: body.state,
+        metadata: body.metadata.map(check_metadata).transpose()?,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let session = sessions::update(&mut tx, id, &patch).await?;
+    audit::record(
+        &mut tx,
+        "session.update",
+        Some(&session.id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(session))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = tenant.require(Scope::SessionsWrite)?;
+    let id = parse_id(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    sessions::delete(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        "session.delete",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

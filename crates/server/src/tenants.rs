@@ -1,0 +1,54 @@
+//! Onboarding a tenant: registry row plus a bootstrap admin key, shown once.
+
+use bulkhead_auth::{ApiKey, KeyEnvironment, KeyPepper};
+use bulkhead_core::{ApiKeyId, ScopeSet};
+use bulkhead_store::api_keys::NewApiKey;
+use bulkhead_store::registry::{NewTenant, Tenant};
+use bulkhead_store::{Store, StoreError};
+
+/// A new tenant and its first key. The key's plaintext exists only here, to be shown once.
+#[derive(Debug)]
+pub struct Onboarded {
+    /// The registry row.
+    pub tenant: Tenant,
+    /// The key record's id.
+    pub admin_key_id: ApiKeyId,
+    /// The key itself (never stored).
+    pub admin_key: ApiKey,
+}
+
+/// Creates the tenant and its admin key (every scope) in one transaction. `owner` must be a
+/// store on the owner role.
+pub async fn onboard(
+    owner: &Store,
+    pepper: &KeyPepper,
+    environment: KeyEnvironment,
+    new: &NewTenant,
+) -> Result<Onboarded, StoreError> {
+    let admin_key = ApiKey::generate(environment);
+    let record = NewApiKey {
+        hash: pepper.key_hash(&admin_key),
+        pepper_version: pepper.version(),
+        environment,
+        display_prefix: admin_key.display_prefix(),
+        scopes: ScopeSet::all(),
+        description: "bootstrap admin key".into(),
+        created_by: "system:onboarding".into(),
+        expires_at: None,
+    };
+    let (tenant, admin_key_id) = owner.onboard_tenant(new, &record).await?;
+    tracing::info!(
+        target: "bulkhead::audit",
+        action = "tenant.create",
+        outcome = "success",
+        tenant_id = %tenant.id,
+        actor_id = "system:onboarding",
+        key_id = %admin_key_id,
+        "tenant onboarded"
+    );
+    Ok(Onboarded {
+        tenant,
+        admin_key_id,
+        admin_key,
+    })
+}

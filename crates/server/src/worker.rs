@@ -1,0 +1,239 @@
+//! The job worker: claims due jobs across tenants and runs each inside its own tenant's context.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_core::{Actor, JobId, RequestId, SessionId, TenantContext};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::jobs::{self, ClaimVerdict, ClaimedJob};
+use bulkhead_store::sessions::{self, SessionPatch, SessionState};
+use bulkhead_store::{Access, Store, StoreError, TenantTx};
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// How a job attempt failed.
+#[derive(Debug)]
+pub enum JobFailure {
+    /// Worth retrying later (with backoff) until the job's attempt limit.
+    Retry(String),
+    /// Will never succeed (bad payload, resource gone): fail now.
+    Permanent(String),
+}
+
+impl From<StoreError> for JobFailure {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => {
+                JobFailure::Permanent("resource not found in this tenant".into())
+            }
+            StoreError::Invalid(what) => JobFailure::Permanent(format!("invalid: {what}")),
+            other => JobFailure::Retry(format!("{other}")),
+        }
+    }
+}
+
+/// One kind of job. `run` gets the transaction of the job's own tenant: whatever it does commits
+/// together with the job's completion, or not at all.
+pub trait JobHandler: Send + Sync {
+    /// Does the work.
+    fn run<'a>(
+        &'a self,
+        tx: &'a mut TenantTx,
+        payload: Value,
+    ) -> BoxFuture<'a, Result<(), JobFailure>>;
+}
+
+/// `session.close` `{"session_id": "sess_…"}`: closes one of the tenant's sessions.
+#[derive(Debug)]
+pub struct CloseSession;
+
+impl JobHandler for CloseSession {
+    fn run<'a>(
+        &'a self,
+        tx: &'a mut TenantTx,
+        payload: Value,
+    ) -> BoxFuture<'a, Result<(), JobFailure>> {
+        Box::pin(async move {
+            let id = payload
+                .get("session_id")
+                .and_then(Value::as_str)
+                .and_then(|s| SessionId::parse(s).ok())
+                .ok_or_else(|| JobFailure::Permanent("payload needs a valid session_id".into()))?;
+            let patch = SessionPatch {
+                state: Some(SessionState::Closed),
+                ..SessionPatch::default()
+            };
+            sessions::update(tx, id, &patch).await?;
+            audit::record(
+                tx,
+                "session.close",
+                Some(&id.to_string()),
+                Outcome::Success,
+                json!({}),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Claims and runs jobs.
+pub struct Worker {
+    store: Store,
+    handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+    batch: i32,
+    lease_seconds: i32,
+    idle_poll: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker with the built-in job kinds.
+    pub fn new(store: Store) -> Self {
+        let mut handlers: HashMap<&'static str, Arc<dyn JobHandler>> = HashMap::new();
+        handlers.insert("session.close", Arc::new(CloseSession));
+        Self {
+            store,
+            handlers,
+            batch: 16,
+            lease_seconds: 300,
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Claims one batch and processes it. Returns how many jobs were claimed (run or refused).
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let claimed = self
+            .store
+            .claim_jobs(self.batch, self.lease_seconds)
+            .await?;
+        for job in &claimed {
+            self.process(job).await;
+        }
+        Ok(claimed.len())
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!("job worker started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let pause = match self.run_once().await {
+                Ok(0) => self.idle_poll,
+                Ok(_) => Duration::ZERO,
+                Err(err) => {
+                    tracing::warn!(error = %err, "job claim failed; backing off");
+                    self.idle_poll * 4
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!("job worker stopped");
+    }
+
+    async fn process(&self, job: &ClaimedJob) {
+        if job.verdict != ClaimVerdict::Run {
+            // Already marked `refused` by the claim; this is the audit record of that decision.
+            tracing::warn!(
+                target: "bulkhead::audit",
+                action = "job.refused",
+                outcome = "blocked",
+                tenant_id = %job.tenant_id,
+                actor_id = "system:worker",
+                resource_id = %job.id,
+                reason = ?job.verdict,
+                "job refused: its tenant is not active"
+            );
+            return;
+        }
+        let ctx = TenantContext::new(
+            job.tenant_id,
+            Actor::System {
+                component: "worker",
+            },
+            RequestId::new(),
+        );
+        let span = tracing::info_span!("job", tenant_id = %job.tenant_id, job_id = %job.id, kind = %job.kind);
+        async {
+            if let Err(failure) = self.attempt(&ctx, job).await {
+                if let Err(err) = self.record_failure(&ctx, job, failure).await {
+                    tracing::error!(error = %err, "could not record the job failure; its lease will expire and it will be retried");
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn attempt(&self, ctx: &TenantContext, job: &ClaimedJob) -> Result<(), JobFailure> {
+        let handler = self
+            .handlers
+            .get(job.kind.as_str())
+            .ok_or_else(|| JobFailure::Permanent(format!("unknown job kind `{}`", job.kind)))?;
+        let mut tx = self.store.begin(ctx, Access::ReadWrite).await?;
+        let payload = jobs::payload(&mut tx, job.id).await?;
+        handler.run(&mut tx, payload).await?;
+        jobs::mark_succeeded(&mut tx, job.id).await?;
+        tx.commit().await?;
+        tracing::info!("job succeeded");
+        Ok(())
+    }
+
+    async fn record_failure(
+        &self,
+        ctx: &TenantContext,
+        job: &ClaimedJob,
+        failure: JobFailure,
+    ) -> Result<(), StoreError> {
+        let (message, retry_at) = match failure {
+            JobFailure::Retry(msg) if job.attempts < job.max_attempts => {
+                let backoff = backoff(job.attempts);
+                (msg, Some(chrono::Utc::now() + backoff))
+            }
+            JobFailure::Retry(msg) | JobFailure::Permanent(msg) => (msg, None),
+        };
+        tracing::warn!(error = %message, will_retry = retry_at.is_some(), "job attempt failed");
+        let mut tx = self.store.begin(ctx, Access::ReadWrite).await?;
+        jobs::mark_failed(&mut tx, job.id, &message, retry_at).await?;
+        if retry_at.is_none() {
+            audit::record(
+                &mut tx,
+                "job.failed",
+                Some(&job.id.to_string()),
+                Outcome::Failure,
+                json!({ "kind": job.kind }),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Exponential backoff: 2^attempts seconds, capped at one hour.
+fn backoff(attempts: i32) -> chrono::Duration {
+    let exponent = attempts.clamp(0, 12) as u32;
+    chrono::Duration::seconds(i64::from(2u32.pow(exponent)).min(3600))
+}
+
+/// Queues a `session.close` job for the transaction's tenant.
+pub async fn enqueue_close_session(
+    tx: &mut TenantTx,
+    session: SessionId,
+) -> Result<JobId, StoreError> {
+    jobs::enqueue(tx, "session.close", &json!({ "session_id": session }), None).await
+}

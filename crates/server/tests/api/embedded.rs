@@ -1,0 +1,181 @@
+//! `bulkhead serve` with no DATABASE_URL: the embedded default, end to end, through the binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_test_support::loopback_client;
+use serde_json::{json, Value};
+
+fn bulkhead(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("BULKHEAD_APP_DATABASE_URL")
+        .env_remove("BULKHEAD_KEY_PEPPER")
+        .env("BULKHEAD_DATA_DIR", data_dir)
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Server {
+    async fn start(data_dir: &Path) -> Server {
+        let port = free_port();
+        let log = data_dir.with_file_name(format!("serve-{port}.log"));
+        let child = bulkhead(data_dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let client = loopback_client();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "server never became ready: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                assert!(
+                    exit.success(),
+                    "unclean exit {exit}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_without_database_url_starts_serves_and_restarts_on_the_same_data_dir() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-embedded-")
+        .tempdir()
+        .unwrap();
+    // The cluster may run as an unprivileged user (when tests run as root): let it traverse.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+
+    // 1. First start on an empty directory: initdb, migrations, ready.
+    let server = Server::start(&data_dir).await;
+    let health = loopback_client()
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    server.stop();
+    assert!(
+        !data_dir.join("pg/postmaster.pid").exists(),
+        "PostgreSQL was not stopped cleanly"
+    );
+    let pepper_mode = std::fs::metadata(data_dir.join("key-pepper"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        pepper_mode & 0o777,
+        0o600,
+        "the pepper file must be private"
+    );
+
+    // 2. Onboard a tenant with the CLI on the same data directory.
+    let output = bulkhead(&data_dir)
+        .args(["tenant", "create", "--slug", "acme", "--name", "Acme Corp"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = created["admin_api_key"].as_str().unwrap().to_owned();
+    assert!(created["tenant"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("tnt_"));
+    assert!(key.starts_with("bk_live_") && key.len() == 57);
+    // A reserved slug is refused with a clear message, before any database work.
+    let refused = bulkhead(&data_dir)
+        .args(["tenant", "create", "--slug", "admin", "--name", "X"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("reserved"));
+
+    // 3. Restart: the key works, data written now must survive the next restart.
+    let server = Server::start(&data_dir).await;
+    let client = loopback_client();
+    let created: Value = client
+        .post(format!("{}/v1/sessions", server.base))
+        .bearer_auth(&key)
+        .json(&json!({ "agent_id": "agent-1", "title": "survives restarts" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    server.stop();
+
+    let server = Server::start(&data_dir).await;
+    let got: Value = client
+        .get(format!("{}/v1/sessions/{id}", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["title"], "survives restarts");
+    server.stop();
+}

@@ -1,0 +1,11 @@
+//! HTTP integration tests: the real app on a loopback port, each test with its own database.
+// Test helpers outside #[test] functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod embedded;
+mod helpers;
+mod isolation;
+mod jobs;
+mod platform;
+mod sessions;
