@@ -1,4 +1,6 @@
 //! Property tests of the API key format through the public API.
+// Test helpers outside #[test] functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use bulkhead_auth::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
 use proptest::prelude::*;
