@@ -173,6 +173,16 @@ pub enum EmbeddedError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another live process owns this (persistent) cluster.
+    #[error(
+        "another Bulkhead process is using the embedded PostgreSQL in {}: stop it first (one process \
+         per data directory), or point every process at one server with DATABASE_URL",
+        path.display()
+    )]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The server started but did not answer in time.
     #[error("PostgreSQL did not answer `SELECT 1` within {waited:?}: {detail}")]
     NotReady {
@@ -181,6 +191,37 @@ pub enum EmbeddedError {
         /// The last connection error and the tail of the server log.
         detail: String,
     },
+}
+
+/// Takes the exclusive, non-blocking lock that makes this process the cluster's only owner. The
+/// kernel releases it when the process dies, so a crashed owner never blocks the next start.
+fn lock_cluster(data_dir: &Path) -> Result<nix::fcntl::Flock<File>, EmbeddedError> {
+    let mut lock_path = data_dir.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(&lock_path)
+        .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                EmbeddedError::InUse {
+                    path: data_dir.to_owned(),
+                }
+            } else {
+                EmbeddedError::Io {
+                    context: format!("cannot lock {}", lock_path.display()),
+                    source: io::Error::from(errno),
+                }
+            }
+        },
+    )
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
@@ -204,6 +245,10 @@ pub struct EmbeddedPostgres {
     watchdog: Option<Child>,
     /// Set once `stop` has succeeded, so `Drop` has nothing left to do.
     stopped: bool,
+    /// Exclusive lock on `<data_dir>.lock`, held for as long as this value lives (persistent
+    /// clusters only). Without it a second process would take the first one's live postmaster
+    /// for a leftover and stop it.
+    _owner_lock: Option<nix::fcntl::Flock<File>>,
 }
 
 impl EmbeddedPostgres {
@@ -220,6 +265,11 @@ impl EmbeddedPostgres {
 
         let cluster_user = ClusterUser::for_this_process()?;
         let data_dir = prepare_data_dir(&opts.data_dir, &cluster_user)?;
+        let owner_lock = if opts.ephemeral {
+            None
+        } else {
+            Some(lock_cluster(&data_dir)?)
+        };
 
         let created_now = match read_pg_version(&data_dir)? {
             Some(data_version) => {
@@ -253,6 +303,7 @@ impl EmbeddedPostgres {
             watchdog: None,
             // Nothing runs yet: if we fail before the postmaster is up, Drop has nothing to stop.
             stopped: true,
+            _owner_lock: owner_lock,
         };
         cluster.stop_leftover_postmaster().await?;
         let started = cluster.start_postmaster().await;

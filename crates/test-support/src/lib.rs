@@ -15,8 +15,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bulkhead_auth::{KeyEnvironment, KeyPepper};
-use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_core::{Clock, TenantId, TenantSlug};
 use bulkhead_server::config::AppConfig;
+use bulkhead_server::credentials::Peppers;
 use bulkhead_server::state::AppState;
 use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use bulkhead_store::registry::{NewTenant, Plan};
@@ -29,7 +30,6 @@ pub const BASE_DOMAIN: &str = "bulkhead.test";
 
 struct Cluster {
     postgres: EmbeddedPostgres,
-    _dir: tempfile::TempDir,
 }
 
 fn cluster() -> &'static Cluster {
@@ -43,12 +43,15 @@ fn cluster() -> &'static Cluster {
                 .build()
                 .expect("test runtime");
             runtime.block_on(async {
+                // The directory itself is the data directory: it is handed to the cluster's user,
+                // whose watchdog removes it when this process exits.
                 let dir = tempfile::Builder::new()
                     .prefix("bulkhead-test-pg-")
                     .tempdir()
-                    .expect("temp dir for the test cluster");
+                    .expect("temp dir for the test cluster")
+                    .keep();
                 let postgres = EmbeddedPostgres::start(EmbeddedOptions {
-                    data_dir: dir.path().join("pg"),
+                    data_dir: dir,
                     ephemeral: true,
                 })
                 .await
@@ -62,10 +65,7 @@ fn cluster() -> &'static Cluster {
                     .await
                     .expect("owner role");
                 su.close().await.ok();
-                Cluster {
-                    postgres,
-                    _dir: dir,
-                }
+                Cluster { postgres }
             })
         })
         .join()
@@ -156,6 +156,11 @@ pub fn test_pepper() -> KeyPepper {
     KeyPepper::new(1, b"bulkhead-test-pepper-0123456789abcdef".to_vec()).expect("test pepper")
 }
 
+/// [`test_pepper`] as the only pepper.
+pub fn test_peppers() -> Peppers {
+    Peppers::new(test_pepper(), Vec::new()).expect("peppers")
+}
+
 /// A tenant made for a test, with its bootstrap admin key.
 #[derive(Debug, Clone)]
 pub struct TestTenant {
@@ -172,7 +177,7 @@ pub async fn create_tenant(db: &TestDb, slug: &str) -> TestTenant {
     let owner = db.owner_store().await;
     let onboarded = bulkhead_server::tenants::onboard(
         &owner,
-        &test_pepper(),
+        &test_peppers(),
         KeyEnvironment::Live,
         &NewTenant {
             slug: TenantSlug::parse(slug).expect("test slug"),
@@ -205,12 +210,40 @@ pub struct TestApp {
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Starts the app on `127.0.0.1:0` with a fresh database. No job worker runs: tests drive it.
+/// Starts the app on `127.0.0.1:0` with a fresh database and the system clock. No job worker
+/// runs: tests drive it.
 pub async fn spawn_app() -> TestApp {
-    let db = TestDb::new().await;
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// Knobs for [`spawn_app_with`].
+#[derive(Debug, Default)]
+pub struct AppOptions {
+    /// Serve this database instead of a fresh one (a second process of the same deployment).
+    pub db: Option<TestDb>,
+    /// Clock; default the system clock.
+    pub clock: Option<Clock>,
+    /// Peppers; default [`test_peppers`].
+    pub peppers: Option<Peppers>,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Starts the app with the given options.
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let db = match options.db {
+        Some(db) => db,
+        None => TestDb::new().await,
+    };
     let store = db.app_store().await;
-    let config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
-    let state = AppState::new(store, test_pepper(), config);
+    let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
+    config.trusted_proxies = options.trusted_proxies;
+    let state = AppState::new(
+        store,
+        options.peppers.unwrap_or_else(test_peppers),
+        config,
+        options.clock.unwrap_or_default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

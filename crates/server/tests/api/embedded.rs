@@ -179,3 +179,32 @@ async fn serve_without_database_url_starts_serves_and_restarts_on_the_same_data_
     assert_eq!(got["title"], "survives restarts");
     server.stop();
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_the_first() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-embedded-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+    let server = Server::start(&data_dir).await;
+    let output = bulkhead(&data_dir)
+        .args(["tenant", "create", "--slug", "acme", "--name", "Acme"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another Bulkhead process is using"),
+        "{stderr}"
+    );
+    // The first server is still serving.
+    let ready = loopback_client()
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(ready.status().is_success());
+    server.stop();
+}
