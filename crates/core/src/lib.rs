@@ -16,12 +16,14 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod clock;
 pub mod context;
 pub mod id;
 pub mod scope;
 pub mod slug;
 
 pub use cache::TenantCache;
+pub use clock::Clock;
 pub use context::{Actor, TenantContext};
 pub use id::{ApiKeyId, AuditEventId, IdError, JobId, PrefixedId, RequestId, SessionId, TenantId};
 pub use scope::{Scope, ScopeSet, UnknownScope};

@@ -15,7 +15,7 @@ use axum::Router;
 use bulkhead_core::{SessionId, TenantId};
 use bulkhead_server::config::AppConfig;
 use bulkhead_server::state::AppState;
-use bulkhead_test_support::{create_tenant, loopback_client, test_pepper, TestDb};
+use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -129,7 +129,7 @@ fn main() {
         let tenant = create_tenant(&db, "bench").await;
         let store = db.app_store().await;
         let config = AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
-        let state = AppState::new(store, test_pepper(), config);
+        let state = AppState::new(store, test_peppers(), config, bulkhead_core::Clock::system());
         // A plain pool that sees every row: the cluster's superuser, as a deployment without
         // tenant isolation would use. Same size as the serving pool.
         let plain = sqlx::postgres::PgPoolOptions::new()
@@ -141,7 +141,9 @@ fn main() {
             .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
+        });
 
         let client = loopback_client();
         let created: Value = client

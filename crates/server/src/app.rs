@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{health, sessions};
+use crate::routes::{api_keys, health, sessions};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -20,13 +20,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     // Install the recorder before the first request, or that request's metrics are lost.
     crate::telemetry::metrics_handle();
-    let tenant_api =
-        Router::new()
-            .merge(sessions::routes())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                crate::resolve::resolve_tenant,
-            ));
+    let tenant_api = Router::new()
+        .merge(sessions::routes())
+        .merge(api_keys::routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::resolve::resolve_tenant,
+        ));
 
     let router = Router::new()
         .route("/healthz", get(health::healthz))
@@ -56,7 +56,14 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Key verification caches must hear about revocations from other processes.
+    let listener_task = tokio::spawn(state.verifier().clone().listen_for_changes());
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    listener_task.abort();
+    served
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{parse_environment, AppConfig, DatabaseArgs, ServeArgs};
-use crate::database::{load_pepper, Database};
+use crate::database::{load_peppers, Database};
 use crate::state::AppState;
 use crate::worker::Worker;
 
@@ -42,6 +42,85 @@ enum Command {
     Tenant {
         #[command(subcommand)]
         action: TenantCommand,
+    },
+    /// Manage API keys (operator access to a tenant's keys), and scan files for leaked keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a key for a tenant and print it (shown once) with its metadata, as JSON.
+    Create {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// Scopes, comma-separated (e.g. sessions:read,sessions:write).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Who the key acts for.
+        #[arg(long, default_value = "tenant-admin")]
+        principal: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List a tenant's keys (metadata only) as JSON.
+    List {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke one key, or every key of a principal, at once.
+    Revoke {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// The `key_…` id to revoke.
+        #[arg(
+            long,
+            conflicts_with = "all_for_principal",
+            required_unless_present = "all_for_principal"
+        )]
+        id: Option<String>,
+        /// Revoke every key of this principal.
+        #[arg(long)]
+        all_for_principal: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List the keys older than the tenant's maximum key age; with --rotate, rotate them (new
+    /// keys printed once; old keys keep working for the tenant's grace period).
+    RotateDue {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// Rotate them, not just list them.
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Find Bulkhead API keys in files (checksum-validated; prints only non-secret prefixes).
+    /// Exits 1 if any key is found: usable as a pre-commit hook.
+    Scan {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Also report whether each key found is still active (needs the database and pepper).
+        #[arg(long)]
+        check_live: bool,
+        /// Skip files larger than this many bytes.
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        max_file_bytes: u64,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -135,15 +214,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.shutdown().await
         }
         Command::Tenant { action } => tenant(action).await,
+        Command::Key { action } => crate::key_cli::run(action).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config =
+    let mut config =
         AppConfig::new(&args.base_domain, args.key_environment).map_err(anyhow::Error::msg)?;
-    let pepper = load_pepper(&args.database)?;
+    config.trusted_proxies = args.trusted_proxies.clone();
+    let peppers = load_peppers(&args.database)?;
     let db = Database::open(&args.database).await?;
-    let result = serve_with(&args, config, pepper, &db).await;
+    let result = serve_with(&args, config, peppers, &db).await;
     db.shutdown().await?;
     result
 }
@@ -151,7 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve_with(
     args: &ServeArgs,
     config: AppConfig,
-    pepper: bulkhead_auth::KeyPepper,
+    peppers: crate::credentials::Peppers,
     db: &Database,
 ) -> anyhow::Result<()> {
     db.migrate().await?;
@@ -164,7 +245,12 @@ async fn serve_with(
     let worker =
         (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
-    let state = AppState::new(store.clone(), pepper, config);
+    let state = AppState::new(
+        store.clone(),
+        peppers,
+        config,
+        bulkhead_core::Clock::system(),
+    );
     let mut stopped_for_server = stopped;
     let shutdown = async move {
         tokio::select! {
@@ -220,7 +306,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
             }
             let plan = Plan::parse(&plan)
                 .context("invalid --plan: expected free, standard or enterprise")?;
-            let pepper = load_pepper(&database)?;
+            let peppers = load_peppers(&database)?;
             let new = NewTenant {
                 slug,
                 display_name: name,
@@ -228,7 +314,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
                 region,
             };
             with_owner(&database, |owner| async move {
-                let onboarded = crate::tenants::onboard(&owner, &pepper, key_environment, &new)
+                let onboarded = crate::tenants::onboard(&owner, &peppers, key_environment, &new)
                     .await
                     .map_err(|e| match e {
                         bulkhead_store::StoreError::Conflict { .. } => {
@@ -289,7 +375,7 @@ async fn set_status(
     .await
 }
 
-async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Tenant> {
+pub(crate) async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Tenant> {
     let found = if text.starts_with("tnt_") {
         owner.tenant_by_id(TenantId::parse(text)?).await?
     } else {
@@ -299,7 +385,7 @@ async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Tenant> {
 }
 
 /// Opens the database, migrates, runs `work` with a store on the owner role, and shuts down.
-async fn with_owner<F, Fut>(database: &DatabaseArgs, work: F) -> anyhow::Result<()>
+pub(crate) async fn with_owner<F, Fut>(database: &DatabaseArgs, work: F) -> anyhow::Result<()>
 where
     F: FnOnce(Store) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,

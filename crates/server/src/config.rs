@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Which API keys this deployment accepts: `live` refuses `bk_test_` keys and vice versa.
     #[arg(long, env = "BULKHEAD_KEY_ENVIRONMENT", default_value = "live", value_parser = parse_environment)]
     pub key_environment: KeyEnvironment,
+    /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed. From any
+    /// other peer the header is ignored.
+    #[arg(long, env = "BULKHEAD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Do not run the job worker in this process.
     #[arg(long, env = "BULKHEAD_NO_WORKER")]
     pub no_worker: bool,
@@ -62,6 +66,8 @@ pub struct AppConfig {
     pub base_domain: String,
     /// See [`ServeArgs::key_environment`].
     pub key_environment: KeyEnvironment,
+    /// See [`ServeArgs::trusted_proxies`].
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a registry answer (slug or id → tenant) may be reused. Suspending a tenant takes
     /// effect on every process within this time.
     pub registry_ttl: Duration,
@@ -88,6 +94,7 @@ impl AppConfig {
         Ok(Self {
             base_domain,
             key_environment,
+            trusted_proxies: Vec::new(),
             registry_ttl: Duration::from_secs(2),
         })
     }

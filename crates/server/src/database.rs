@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::config::DatabaseArgs;
+use crate::credentials::Peppers;
 
 /// Name of the database in the embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "bulkhead";
@@ -118,6 +119,25 @@ impl Database {
 
 fn quiet(options: PgConnectOptions) -> PgConnectOptions {
     options.log_statements(tracing::log::LevelFilter::Trace)
+}
+
+/// The current pepper ([`load_pepper`]) and the previous ones from
+/// `BULKHEAD_KEY_PEPPER_PREVIOUS` (comma-separated, each `v<N>:base64:…`), whose keys still verify
+/// and are re-hashed under the current pepper on first use.
+pub fn load_peppers(args: &DatabaseArgs) -> anyhow::Result<Peppers> {
+    let current = load_pepper(args)?;
+    let previous = match std::env::var("BULKHEAD_KEY_PEPPER_PREVIOUS") {
+        Ok(list) => list
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                KeyPepper::from_config_str(s)
+                    .map_err(|e| anyhow::anyhow!("BULKHEAD_KEY_PEPPER_PREVIOUS is unusable: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        Err(_) => Vec::new(),
+    };
+    Peppers::new(current, previous).map_err(anyhow::Error::msg)
 }
 
 /// The key pepper: `BULKHEAD_KEY_PEPPER`, or in embedded mode a file generated once into the data

@@ -20,11 +20,15 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod database;
 pub mod error;
 pub mod extract;
+mod key_cli;
+pub mod keys;
 pub mod resolve;
 pub mod routes;
+pub mod scan;
 pub mod state;
 pub mod telemetry;
 pub mod tenants;

@@ -14,15 +14,16 @@
 //! it could not compute. The lookup itself is by HMAC(pepper, key): its timing depends on a value
 //! the caller cannot predict without the pepper.
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bulkhead_auth::ApiKey;
-use bulkhead_core::{Actor, ApiKeyId, RequestId, TenantContext, TenantId, TenantSlug};
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
 use bulkhead_store::registry::{Tenant, TenantStatus};
-use chrono::Utc;
 
+use crate::credentials::{client_ip, Refusal, Refused};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -79,33 +80,28 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Why authentication failed; logged, never sent (the client sees one 401 for all of them).
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    NoCredential,
-    Malformed,
-    WrongEnvironment,
-    UnknownKey,
-    KeyNotActive,
-    KeyExpired,
-    UnknownScopes,
-    TenantMismatch,
-    TenantGone,
-}
-
-fn audit_refusal(reason: Refusal, tenant: Option<TenantId>, key: Option<ApiKeyId>) -> ApiError {
+fn audit_refusal(refused: Refused, host_tenant: Option<TenantId>) -> ApiError {
+    let tenant = refused.tenant_id.or(host_tenant);
     tracing::warn!(
         target: "bulkhead::audit",
         action = "auth.failure",
         outcome = "failure",
-        reason = ?reason,
+        reason = ?refused.reason,
         tenant_id = tenant.map(|t| t.to_string()),
-        actor_id = key.map(|k| k.to_string()),
+        actor_id = refused.key_id.map(|k| k.to_string()),
         "authentication refused"
     );
-    metrics::counter!("bulkhead_auth_failures_total", "reason" => format!("{reason:?}"))
+    metrics::counter!("bulkhead_auth_failures_total", "reason" => format!("{:?}", refused.reason))
         .increment(1);
     ApiError::Unauthorized
+}
+
+fn refused(reason: Refusal) -> Refused {
+    Refused {
+        reason,
+        tenant_id: None,
+        key_id: None,
+    }
 }
 
 /// Middleware for every `/v1` route. See the module doc for the rules.
@@ -114,7 +110,7 @@ pub async fn resolve_tenant(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let signals = Signals::read(&request);
+    let signals = Signals::read(&request, &state.config().trusted_proxies);
     match authenticate(&state, signals).await {
         Ok(ctx) => {
             let span = tracing::Span::current();
@@ -131,10 +127,11 @@ struct Signals {
     request_id: RequestId,
     host: String,
     bearer: Option<String>,
+    client_ip: Option<IpAddr>,
 }
 
 impl Signals {
-    fn read(request: &Request) -> Self {
+    fn read(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Self {
         let host = request
             .uri()
             .host()
@@ -154,6 +151,19 @@ impl Signals {
                 .unwrap_or_default(),
             host,
             bearer: bearer_token(request.headers()).map(str::to_owned),
+            client_ip: {
+                let peer = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip());
+                let forwarded: Vec<&str> = request
+                    .headers()
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                client_ip(peer, &forwarded, trusted_proxies)
+            },
         }
     }
 }
@@ -163,6 +173,7 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
         request_id,
         host,
         bearer,
+        client_ip,
     } = signals;
 
     let host_tenant: Option<Tenant> = match host_signal(&host, &state.config().base_domain) {
@@ -176,45 +187,35 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
     let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
 
     let Some(presented) = bearer.as_deref() else {
-        return Err(audit_refusal(Refusal::NoCredential, host_tenant_id, None));
-    };
-    let Ok(key) = ApiKey::parse(presented) else {
-        return Err(audit_refusal(Refusal::Malformed, host_tenant_id, None));
-    };
-    if key.environment() != state.config().key_environment {
         return Err(audit_refusal(
-            Refusal::WrongEnvironment,
+            refused(Refusal::NoCredential),
             host_tenant_id,
-            None,
         ));
-    }
-    let hash = state.pepper().key_hash(&key);
-    drop(key);
-    let Some(record) = state.store().lookup_api_key(&hash).await? else {
-        return Err(audit_refusal(Refusal::UnknownKey, host_tenant_id, None));
     };
-    let refuse = |reason| audit_refusal(reason, Some(record.tenant_id), Some(record.key_id));
-    if !matches!(record.status.as_str(), "active" | "rotating") {
-        return Err(refuse(Refusal::KeyNotActive));
-    }
-    if record.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(refuse(Refusal::KeyExpired));
-    }
-    let Some(scopes) = record.scopes.clone() else {
-        return Err(refuse(Refusal::UnknownScopes));
+    let key = match state.verifier().verify(presented, client_ip).await? {
+        Ok(key) => key,
+        Err(refusal) => return Err(audit_refusal(refusal, host_tenant_id)),
     };
-    if host_tenant_id.is_some_and(|id| id != record.tenant_id) {
-        return Err(refuse(Refusal::TenantMismatch));
+    let known = |reason| Refused {
+        reason,
+        tenant_id: Some(key.tenant_id),
+        key_id: Some(key.key_id),
+    };
+    if host_tenant_id.is_some_and(|id| id != key.tenant_id) {
+        return Err(audit_refusal(
+            known(Refusal::TenantMismatch),
+            host_tenant_id,
+        ));
     }
     let tenant = match host_tenant {
         Some(tenant) => tenant,
         None => match state
             .directory()
-            .by_id(state.store(), record.tenant_id)
+            .by_id(state.store(), key.tenant_id)
             .await?
         {
             Some(tenant) => tenant,
-            None => return Err(refuse(Refusal::TenantGone)),
+            None => return Err(audit_refusal(known(Refusal::UnknownKey), None)),
         },
     };
     if tenant.status != TenantStatus::Active {
@@ -224,7 +225,7 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
             outcome = "blocked",
             reason = "TenantSuspended",
             tenant_id = %tenant.id,
-            actor_id = %record.key_id,
+            actor_id = %key.key_id,
             "tenant suspended"
         );
         return Err(ApiError::TenantSuspended);
@@ -232,8 +233,8 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
     Ok(TenantContext::new(
         tenant.id,
         Actor::ApiKey {
-            key_id: record.key_id,
-            scopes,
+            key_id: key.key_id,
+            scopes: key.scopes,
         },
         request_id,
     ))

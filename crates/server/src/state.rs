@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use bulkhead_auth::KeyPepper;
-use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_core::{Clock, TenantId, TenantSlug};
 use bulkhead_store::registry::Tenant;
 use bulkhead_store::{Store, StoreError};
 
 use crate::config::AppConfig;
+use crate::credentials::{KeyVerifier, Peppers};
 
 /// What every handler and middleware can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -18,19 +18,27 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     store: Store,
-    pepper: KeyPepper,
+    verifier: Arc<KeyVerifier>,
+    clock: Clock,
     config: AppConfig,
     directory: TenantDirectory,
 }
 
 impl AppState {
     /// Assembles the state.
-    pub fn new(store: Store, pepper: KeyPepper, config: AppConfig) -> Self {
+    pub fn new(store: Store, peppers: Peppers, config: AppConfig, clock: Clock) -> Self {
         let directory = TenantDirectory::new(config.registry_ttl);
+        let verifier = Arc::new(KeyVerifier::new(
+            store.clone(),
+            peppers,
+            config.key_environment,
+            clock.clone(),
+        ));
         Self {
             inner: Arc::new(Inner {
                 store,
-                pepper,
+                verifier,
+                clock,
                 config,
                 directory,
             }),
@@ -42,9 +50,14 @@ impl AppState {
         &self.inner.store
     }
 
-    /// The key pepper.
-    pub fn pepper(&self) -> &KeyPepper {
-        &self.inner.pepper
+    /// API-key verification (and the peppers new keys are hashed with).
+    pub fn verifier(&self) -> &Arc<KeyVerifier> {
+        &self.inner.verifier
+    }
+
+    /// Where "now" comes from.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     /// Settings.

@@ -1,10 +1,12 @@
 //! Onboarding a tenant: registry row plus a bootstrap admin key, shown once.
 
-use bulkhead_auth::{ApiKey, KeyEnvironment, KeyPepper};
+use bulkhead_auth::{ApiKey, KeyEnvironment};
 use bulkhead_core::{ApiKeyId, ScopeSet};
-use bulkhead_store::api_keys::NewApiKey;
 use bulkhead_store::registry::{NewTenant, Tenant};
 use bulkhead_store::{Store, StoreError};
+
+use crate::credentials::Peppers;
+use crate::keys::{new_record, KeySpec};
 
 /// A new tenant and its first key. The key's plaintext exists only here, to be shown once.
 #[derive(Debug)]
@@ -21,21 +23,25 @@ pub struct Onboarded {
 /// store on the owner role.
 pub async fn onboard(
     owner: &Store,
-    pepper: &KeyPepper,
+    peppers: &Peppers,
     environment: KeyEnvironment,
     new: &NewTenant,
 ) -> Result<Onboarded, StoreError> {
     let admin_key = ApiKey::generate(environment);
-    let record = NewApiKey {
-        hash: pepper.key_hash(&admin_key),
-        pepper_version: pepper.version(),
-        environment,
-        display_prefix: admin_key.display_prefix(),
+    let spec = KeySpec {
+        principal: "tenant-admin".into(),
         scopes: ScopeSet::all(),
+        allowed_ips: Vec::new(),
         description: "bootstrap admin key".into(),
-        created_by: "system:onboarding".into(),
         expires_at: None,
     };
+    let record = new_record(
+        peppers,
+        environment,
+        &admin_key,
+        &spec,
+        "system:onboarding".into(),
+    );
     let (tenant, admin_key_id) = owner.onboard_tenant(new, &record).await?;
     tracing::info!(
         target: "bulkhead::audit",

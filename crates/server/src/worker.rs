@@ -4,11 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_core::{Actor, JobId, RequestId, SessionId, TenantContext};
+use bulkhead_core::{Actor, ApiKeyId, Clock, JobId, RequestId, SessionId, TenantContext};
+use bulkhead_store::api_keys;
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::jobs::{self, ClaimVerdict, ClaimedJob};
+use bulkhead_store::registry::TenantStatus;
 use bulkhead_store::sessions::{self, SessionPatch, SessionState};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -80,9 +83,22 @@ impl JobHandler for CloseSession {
     }
 }
 
-/// Claims and runs jobs.
+/// What one key sweep did, across tenants.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeySweep {
+    /// Keys marked expired (grace over or past expiry).
+    pub expired: Vec<ApiKeyId>,
+    /// Rotated keys still in use whose grace deadline is near (event raised once each).
+    pub deadline_warnings: Vec<ApiKeyId>,
+    /// Keys nearing the tenant's maximum key age (event raised once each).
+    pub rotation_due: Vec<ApiKeyId>,
+}
+
+/// Claims and runs jobs, and sweeps key deadlines.
 pub struct Worker {
     store: Store,
+    clock: Clock,
+    sweep_every: Duration,
     handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
     batch: i32,
     lease_seconds: i32,
@@ -104,6 +120,8 @@ impl Worker {
         handlers.insert("session.close", Arc::new(CloseSession));
         Self {
             store,
+            clock: Clock::system(),
+            sweep_every: Duration::from_secs(300),
             handlers,
             batch: 16,
             lease_seconds: 300,
@@ -123,12 +141,84 @@ impl Worker {
         Ok(claimed.len())
     }
 
+    /// Uses `clock` for the key sweep (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Expires lapsed keys and raises the rotation events, for every active tenant, each in its
+    /// own tenant transaction. Events are raised once per key (the rows remember it).
+    pub async fn sweep_keys(&self, now: DateTime<Utc>) -> Result<KeySweep, StoreError> {
+        let mut report = KeySweep::default();
+        for tenant in self.store.list_tenants().await? {
+            if tenant.status != TenantStatus::Active {
+                continue;
+            }
+            let ctx = TenantContext::new(
+                tenant.id,
+                Actor::System {
+                    component: "key-sweep",
+                },
+                RequestId::new(),
+            );
+            let mut tx = self.store.begin(&ctx, Access::ReadWrite).await?;
+            let policy = api_keys::policy(&mut tx).await?;
+            for id in api_keys::expire_lapsed(&mut tx, now).await? {
+                audit::record(
+                    &mut tx,
+                    "api_key.expired",
+                    Some(&id.to_string()),
+                    Outcome::Success,
+                    json!({}),
+                )
+                .await?;
+                report.expired.push(id);
+            }
+            let window = chrono::Duration::seconds(i64::from(policy.deadline_warning_seconds));
+            for key in api_keys::take_deadline_warnings(&mut tx, now, window).await? {
+                let meta = json!({ "grace_until": key.grace_until, "successor": key.successor_id, "last_used_at": key.last_used_at });
+                audit::record(
+                    &mut tx,
+                    "api_key.rotation_deadline_approaching",
+                    Some(&key.id.to_string()),
+                    Outcome::Success,
+                    meta,
+                )
+                .await?;
+                tracing::warn!(target: "bulkhead::audit", action = "api_key.rotation_deadline_approaching", tenant_id = %tenant.id, resource_id = %key.id, "rotated key still in use near its deadline");
+                report.deadline_warnings.push(key.id);
+            }
+            let max_age = chrono::Duration::days(i64::from(policy.max_age_days));
+            for id in api_keys::take_age_reminders(&mut tx, now, reminder_age(max_age)).await? {
+                audit::record(
+                    &mut tx,
+                    "api_key.rotation_due",
+                    Some(&id.to_string()),
+                    Outcome::Success,
+                    json!({ "max_age_days": policy.max_age_days }),
+                )
+                .await?;
+                report.rotation_due.push(id);
+            }
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!("job worker started");
+        let mut next_sweep = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if tokio::time::Instant::now() >= next_sweep {
+                next_sweep += self.sweep_every;
+                if let Err(err) = self.sweep_keys(self.clock.now()).await {
+                    tracing::warn!(error = %err, "key sweep failed; will retry");
+                }
             }
             let pause = match self.run_once().await {
                 Ok(0) => self.idle_poll,
@@ -203,7 +293,7 @@ impl Worker {
         let (message, retry_at) = match failure {
             JobFailure::Retry(msg) if job.attempts < job.max_attempts => {
                 let backoff = backoff(job.attempts);
-                (msg, Some(chrono::Utc::now() + backoff))
+                (msg, Some(self.clock.now() + backoff))
             }
             JobFailure::Retry(msg) | JobFailure::Permanent(msg) => (msg, None),
         };
@@ -222,6 +312,11 @@ impl Worker {
         }
         tx.commit().await
     }
+}
+
+/// Keys are reminded about a week before their maximum age (half-way for very short ages).
+pub fn reminder_age(max_age: chrono::Duration) -> chrono::Duration {
+    (max_age - chrono::Duration::days(7)).max(max_age / 2)
 }
 
 /// Exponential backoff: 2^attempts seconds, capped at one hour.

@@ -1,4 +1,5 @@
 //! HTTP routes, one module per resource.
 
+pub mod api_keys;
 pub mod health;
 pub mod sessions;

@@ -274,37 +274,17 @@ async fn scopes_are_enforced_per_operation() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let session = create_session(&app, &acme, "s").await;
-    // A read-only key for the same tenant, stored exactly as keys are.
-    let key = bulkhead_auth::ApiKey::generate(bulkhead_auth::KeyEnvironment::Live);
-    let pepper = bulkhead_test_support::test_pepper();
-    let store = app.db.app_store().await;
-    let ctx = bulkhead_core::TenantContext::new(
-        acme.id,
-        bulkhead_core::Actor::System { component: "test" },
-        Default::default(),
-    );
-    let mut tx = store
-        .begin(&ctx, bulkhead_store::Access::ReadWrite)
+    // A read-only key for the same tenant, minted through the API.
+    let minted: Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"], "principal": "reader-agent" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
-    bulkhead_store::api_keys::insert(
-        &mut tx,
-        &bulkhead_store::api_keys::NewApiKey {
-            hash: pepper.key_hash(&key),
-            pepper_version: 1,
-            environment: bulkhead_auth::KeyEnvironment::Live,
-            display_prefix: key.display_prefix(),
-            scopes: bulkhead_core::ScopeSet::parse_all(["sessions:read"]).unwrap(),
-            description: "reader".into(),
-            created_by: "test".into(),
-            expires_at: None,
-        },
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
     let reader = bulkhead_test_support::TestTenant {
-        key: key.expose_secret().to_owned(),
+        key: minted["key"].as_str().unwrap().to_owned(),
         ..acme.clone()
     };
 

@@ -1,0 +1,415 @@
+//! API-key verification: format, checksum, peppered lookup, status, expiry, grace, IP allowlist.
+//!
+//! # Caching and revocation
+//! Verified records are cached in memory by the key's hash under the current pepper, for at most
+//! [`CACHE_TTL`]. Every change that can stop a key (revoke, rotate, update, expiry sweep) sends a
+//! PostgreSQL `NOTIFY` in its transaction; each process listens and drops the key's entry, so a
+//! revocation takes effect everywhere within the notification latency (measured by the
+//! `revocation_reaches_a_second_process` test). If the listening connection drops, the whole
+//! cache is cleared on reconnect (notifications may have been missed), and entries expire after
+//! [`CACHE_TTL`] regardless: that is the bound even when notifications fail. Expiry and grace
+//! deadlines are evaluated against the clock on every request, never cached.
+//!
+//! The cache is keyed by the credential's hash, not by tenant: it is consulted to find out which
+//! tenant the caller belongs to, before any tenant context exists. It holds no tenant data.
+//!
+//! # Timing
+//! Format and checksum are checked before any lookup: both are functions of the presented string
+//! alone. Lookups are by HMAC(pepper, key); comparing such values (in the cache's hash map or
+//! the database index) reveals nothing usable without the pepper.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_auth::{ApiKey, KeyEnvironment, KeyHash, KeyPepper};
+use bulkhead_core::{Actor, ApiKeyId, Clock, RequestId, ScopeSet, TenantContext, TenantId};
+use bulkhead_store::api_keys::{self, effective_status, KeyRecord, KeyStatus};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::{Access, Store, StoreError};
+use serde_json::json;
+
+/// Longest a cached verification is trusted without a notification.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// A key's last use is written at most this often.
+const TOUCH_INTERVAL_SECS: i64 = 60;
+
+/// The current pepper and the ones before it (keys hashed with those still verify and are
+/// re-hashed under the current one on first use).
+#[derive(Debug)]
+pub struct Peppers {
+    current: KeyPepper,
+    previous: Vec<KeyPepper>,
+}
+
+impl Peppers {
+    /// `previous` in any order; versions must all differ from the current one.
+    pub fn new(current: KeyPepper, previous: Vec<KeyPepper>) -> Result<Self, String> {
+        if previous.iter().any(|p| p.version() == current.version()) {
+            return Err("an old pepper has the same version as the current one".into());
+        }
+        if previous.len() > 7 {
+            return Err("at most 7 old peppers".into());
+        }
+        Ok(Self { current, previous })
+    }
+
+    /// The pepper new hashes are made with.
+    pub fn current(&self) -> &KeyPepper {
+        &self.current
+    }
+
+    fn all_hashes(&self, key: &ApiKey) -> Vec<KeyHash> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|p| p.key_hash(key))
+            .collect()
+    }
+}
+
+/// Why a key was refused. Logged and audited; the client always sees one 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong length, prefix, alphabet or checksum.
+    Malformed,
+    /// A test key on a live deployment or the reverse.
+    WrongEnvironment,
+    /// No such key.
+    UnknownKey,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// A rotated key after its grace period.
+    GraceEnded,
+    /// The stored record names a scope or network this binary cannot read.
+    Unreadable,
+    /// The client address is outside the key's allowlist (or unknown).
+    AddressNotAllowed,
+    /// No credential was presented.
+    NoCredential,
+    /// A valid key of another tenant than the one the host names.
+    TenantMismatch,
+}
+
+/// A key that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedKey {
+    /// Its tenant.
+    pub tenant_id: TenantId,
+    /// Its record.
+    pub key_id: ApiKeyId,
+    /// Its scopes.
+    pub scopes: ScopeSet,
+    /// Who it acts for.
+    pub principal: String,
+    /// Whether it is a rotated key inside its grace period.
+    pub in_grace: bool,
+}
+
+/// A refusal with whatever ids were known when it was decided (for the audit event).
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// Why.
+    pub reason: Refusal,
+    /// The key's tenant, when the key was found.
+    pub tenant_id: Option<TenantId>,
+    /// The key's record, when found.
+    pub key_id: Option<ApiKeyId>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    record: KeyRecord,
+    /// Unix seconds of the last recorded use by this process.
+    last_touch: AtomicI64,
+}
+
+/// Verifies presented keys. One per process; cheap to share behind the app state.
+#[derive(Debug)]
+pub struct KeyVerifier {
+    store: Store,
+    peppers: Peppers,
+    environment: KeyEnvironment,
+    clock: Clock,
+    cache: moka::future::Cache<KeyHash, Arc<Cached>>,
+}
+
+impl KeyVerifier {
+    /// A verifier for keys of `environment`.
+    pub fn new(store: Store, peppers: Peppers, environment: KeyEnvironment, clock: Clock) -> Self {
+        Self {
+            store,
+            peppers,
+            environment,
+            clock,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .support_invalidation_closures()
+                .build(),
+        }
+    }
+
+    /// The peppers (for minting keys).
+    pub fn peppers(&self) -> &Peppers {
+        &self.peppers
+    }
+
+    /// Checks a presented key for a request from `client_ip` (`None`: unknown address).
+    pub async fn verify(
+        &self,
+        presented: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Result<VerifiedKey, Refused>, StoreError> {
+        let refuse = |reason, record: Option<&KeyRecord>| Refused {
+            reason,
+            tenant_id: record.map(|r| r.tenant_id),
+            key_id: record.map(|r| r.key_id),
+        };
+        let Ok(key) = ApiKey::parse(presented) else {
+            return Ok(Err(refuse(Refusal::Malformed, None)));
+        };
+        if key.environment() != self.environment {
+            return Ok(Err(refuse(Refusal::WrongEnvironment, None)));
+        }
+        let current_hash = self.peppers.current.key_hash(&key);
+        let cached = match self.cache.get(&current_hash).await {
+            Some(hit) => hit,
+            None => {
+                let hashes = self.peppers.all_hashes(&key);
+                let Some(record) = self.store.lookup_api_key(&hashes).await? else {
+                    return Ok(Err(refuse(Refusal::UnknownKey, None)));
+                };
+                if record.pepper_version != self.peppers.current.version() {
+                    self.spawn_rehash(&record, current_hash);
+                }
+                let entry = Arc::new(Cached {
+                    record,
+                    last_touch: AtomicI64::new(0),
+                });
+                self.cache.insert(current_hash, entry.clone()).await;
+                entry
+            }
+        };
+        drop(key);
+        let record = &cached.record;
+        let now = self.clock.now();
+        match effective_status(record.status, record.expires_at, record.grace_until, now) {
+            KeyStatus::Active | KeyStatus::Rotating => {}
+            KeyStatus::Revoked => return Ok(Err(refuse(Refusal::Revoked, Some(record)))),
+            KeyStatus::Expired if record.status == KeyStatus::Rotating => {
+                return Ok(Err(refuse(Refusal::GraceEnded, Some(record))))
+            }
+            KeyStatus::Expired => return Ok(Err(refuse(Refusal::Expired, Some(record)))),
+        }
+        let (Some(scopes), Some(allowed)) = (&record.scopes, &record.allowed_ips) else {
+            return Ok(Err(refuse(Refusal::Unreadable, Some(record))));
+        };
+        if !allowed.is_empty()
+            && !client_ip.is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
+        {
+            return Ok(Err(refuse(Refusal::AddressNotAllowed, Some(record))));
+        }
+        let in_grace = record.status == KeyStatus::Rotating;
+        self.maybe_touch(&cached, client_ip, in_grace);
+        Ok(Ok(VerifiedKey {
+            tenant_id: record.tenant_id,
+            key_id: record.key_id,
+            scopes: scopes.clone(),
+            principal: record.principal.clone(),
+            in_grace,
+        }))
+    }
+
+    /// Records the use in the background, at most once a minute per key and process, so the hot
+    /// path stays in memory. A use during grace also writes an audit event.
+    fn maybe_touch(&self, cached: &Arc<Cached>, ip: Option<IpAddr>, in_grace: bool) {
+        let now = self.clock.now();
+        let last = cached.last_touch.load(Ordering::Relaxed);
+        if now.timestamp() - last < TOUCH_INTERVAL_SECS
+            || cached
+                .last_touch
+                .compare_exchange(last, now.timestamp(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let store = self.store.clone();
+        let (tenant, key_id) = (cached.record.tenant_id, cached.record.key_id);
+        tokio::spawn(async move {
+            let ctx = TenantContext::new(
+                tenant,
+                Actor::System {
+                    component: "key-usage",
+                },
+                RequestId::new(),
+            );
+            let result = async {
+                let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
+                api_keys::touch(&mut tx, key_id, now, ip).await?;
+                if in_grace {
+                    audit::record(&mut tx, "api_key.used_during_grace", Some(&key_id.to_string()), Outcome::Success, json!({})).await?;
+                    tracing::warn!(target: "bulkhead::audit", action = "api_key.used_during_grace", tenant_id = %tenant, actor_id = %key_id, "rotated key still in use");
+                }
+                tx.commit().await
+            }
+            .await;
+            if let Err(err) = result {
+                tracing::warn!(error = %err, key_id = %key_id, "could not record key use");
+            }
+        });
+    }
+
+    fn spawn_rehash(&self, record: &KeyRecord, current_hash: KeyHash) {
+        let store = self.store.clone();
+        let (tenant, key_id, version) = (
+            record.tenant_id,
+            record.key_id,
+            self.peppers.current.version(),
+        );
+        let old_version = record.pepper_version;
+        tokio::spawn(async move {
+            let ctx = TenantContext::new(
+                tenant,
+                Actor::System {
+                    component: "pepper-rotation",
+                },
+                RequestId::new(),
+            );
+            let result = async {
+                let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
+                api_keys::rehash(&mut tx, key_id, &current_hash, version).await?;
+                audit::record(
+                    &mut tx,
+                    "api_key.rehash",
+                    Some(&key_id.to_string()),
+                    Outcome::Success,
+                    json!({ "from_pepper": old_version, "to_pepper": version }),
+                )
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(key_id = %key_id, from = old_version, to = version, "re-hashed key under the current pepper")
+                }
+                Err(err) => tracing::warn!(error = %err, key_id = %key_id, "could not re-hash key"),
+            }
+        });
+    }
+
+    /// Drops the cached verification of one key (on a change notification).
+    pub fn forget_key(&self, key_id: ApiKeyId) {
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, cached| cached.record.key_id == key_id);
+    }
+
+    /// Drops every cached verification (notifications may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Listens for key changes until the process ends, invalidating as they arrive. Reconnects
+    /// on failure and clears the cache whenever notifications may have been lost.
+    pub async fn listen_for_changes(self: Arc<Self>) {
+        loop {
+            let mut listener = match self.store.listen_key_changes().await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "key change listener cannot connect; retrying");
+                    self.forget_all();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Anything cached before we were listening may be stale.
+            self.forget_all();
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => match uuid::Uuid::parse_str(notification.payload()) {
+                        Ok(id) => self.forget_key(ApiKeyId::from_uuid(id)),
+                        Err(_) => self.forget_all(),
+                    },
+                    // The connection was lost and re-established: we may have missed changes.
+                    Ok(None) => self.forget_all(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "key change listener failed; reconnecting");
+                        self.forget_all();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
+/// in `X-Forwarded-For` that is not itself a trusted proxy. `None` when the chain is malformed:
+/// then keys with an allowlist are refused.
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: &[&str],
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for entry in forwarded_for.iter().rev().flat_map(|h| h.rsplit(',')) {
+        let ip: IpAddr = entry.trim().parse().ok()?;
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // An untrusted peer's header is ignored: it could say anything.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &["198.51.100.1"], &trusted),
+            ip("203.0.113.9")
+        );
+        // A trusted proxy's header names the client; spoofed entries left of it are ignored.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &["1.1.1.1, 198.51.100.7"], &trusted),
+            ip("198.51.100.7")
+        );
+        // Chains of trusted proxies are walked from the right.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &["198.51.100.7, 10.0.0.3"], &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &["198.51.100.7", "10.0.0.3"], &trusted),
+            ip("198.51.100.7")
+        );
+        // No header: the proxy itself.
+        assert_eq!(client_ip(ip("10.0.0.2"), &[], &trusted), ip("10.0.0.2"));
+        // Malformed entries make the client unknown, never a guess.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &["198.51.100.7:443"], &trusted),
+            None
+        );
+        assert_eq!(client_ip(ip("10.0.0.2"), &["garbage"], &trusted), None);
+        assert_eq!(client_ip(None, &["198.51.100.7"], &trusted), None);
+    }
+}

@@ -1,0 +1,467 @@
+//! `/v1/api-keys`: the key lifecycle. Metadata only, except the plaintext of a new key, returned
+//! exactly once by create and rotate.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use bulkhead_core::{Actor, ApiKeyId, Scope, ScopeSet, TenantContext};
+use bulkhead_store::api_keys::{self, ApiKeyRecord, KeyPatch};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::Access;
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query, Tenant};
+use crate::keys::{self, KeySpec};
+use crate::state::AppState;
+
+/// Largest page of `GET /v1/api-keys`.
+pub const MAX_PAGE_SIZE: u32 = 200;
+const MAX_ALLOWED_IPS: usize = 64;
+
+/// The routes, mounted under `/v1` behind tenant resolution.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api-keys", get(list).post(create))
+        .route("/api-keys/revoke-all", post(revoke_all))
+        .route("/api-keys/{id}", get(fetch).patch(update))
+        .route("/api-keys/{id}/rotate", post(rotate))
+        .route("/api-keys/{id}/revoke", post(revoke))
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    scopes: Vec<String>,
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `PATCH /v1/api-keys/{id}`. `expires_at: null` removes the expiry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    allowed_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<DateTime<Utc>>>, D::Error> {
+    Option::<DateTime<Utc>>::deserialize(d).map(Some)
+}
+
+/// Body of `POST /v1/api-keys/{id}/rotate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Grace period for the old key; default: the tenant's policy. 0 to 30 days.
+    #[serde(default)]
+    grace_seconds: Option<i64>,
+}
+
+/// Body of `POST /v1/api-keys/revoke-all`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeAll {
+    principal: String,
+}
+
+/// Query of `GET /v1/api-keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    principal: Option<String>,
+}
+
+/// A new key: its plaintext (shown once) and its metadata.
+#[derive(Debug, Serialize)]
+pub struct MintedKey {
+    /// The key. Not stored anywhere; not shown again.
+    key: String,
+    /// Its metadata.
+    api_key: ApiKeyRecord,
+}
+
+/// A page of keys.
+#[derive(Debug, Serialize)]
+pub struct KeyPage {
+    data: Vec<ApiKeyRecord>,
+    next_cursor: Option<ApiKeyId>,
+}
+
+fn parse_id(text: &str) -> Result<ApiKeyId, ApiError> {
+    ApiKeyId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn caller_key(ctx: &TenantContext) -> Option<ApiKeyId> {
+    match ctx.actor() {
+        Actor::ApiKey { key_id, .. } => Some(*key_id),
+        _ => None,
+    }
+}
+
+fn caller_scopes(ctx: &TenantContext) -> ScopeSet {
+    match ctx.actor() {
+        Actor::ApiKey { scopes, .. } => scopes.clone(),
+        _ => ScopeSet::all(),
+    }
+}
+
+/// Refuses unless the caller holds every scope of `wanted`: nobody mints a stronger key.
+fn check_may_grant(ctx: &TenantContext, wanted: &ScopeSet) -> Result<(), ApiError> {
+    let held = caller_scopes(ctx);
+    match wanted.iter().find(|s| !held.contains(*s)) {
+        None => Ok(()),
+        Some(missing) => Err(ApiError::MissingScope(missing)),
+    }
+}
+
+fn parse_scopes(names: &[String]) -> Result<ScopeSet, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::Invalid(
+            "scopes must name at least one scope".into(),
+        ));
+    }
+    ScopeSet::parse_all(names).map_err(|_| {
+        let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        ApiError::Invalid(format!("unknown scope; known scopes are: {}", known.join(" ")).into())
+    })
+}
+
+fn parse_networks(list: &[String]) -> Result<Vec<IpNet>, ApiError> {
+    if list.len() > MAX_ALLOWED_IPS {
+        return Err(ApiError::Invalid(
+            format!("at most {MAX_ALLOWED_IPS} allowed_ips").into(),
+        ));
+    }
+    list.iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    ApiError::Invalid(
+                        "allowed_ips holds an invalid IPv4/IPv6 address or CIDR".into(),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn check_label(what: &str, text: &str) -> Result<(), ApiError> {
+    let b = text.as_bytes();
+    let valid = !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            format!("{what} has 1 to 128 characters: letters, digits, `.`, `_`, `:`, `-`").into(),
+        ))
+    }
+}
+
+fn check_description(text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > 500 || text.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            "description has at most 500 characters and no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_future(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), ApiError> {
+    if at.is_some_and(|at| at <= now) {
+        return Err(ApiError::Invalid("expires_at is in the past".into()));
+    }
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, axum::Json<MintedKey>), ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    let now = state.clock().now();
+    let scopes = parse_scopes(&body.scopes)?;
+    check_may_grant(ctx, &scopes)?;
+    let principal = body.principal.unwrap_or_else(|| "tenant-admin".into());
+    check_label("principal", &principal)?;
+    let description = body.description.unwrap_or_default();
+    check_description(&description)?;
+    check_future(body.expires_at, now)?;
+    let spec = KeySpec {
+        principal,
+        scopes,
+        allowed_ips: parse_networks(body.allowed_ips.as_deref().unwrap_or_default())?,
+        description,
+        expires_at: body.expires_at,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let (id, key) = keys::mint(
+        &mut tx,
+        state.verifier().peppers(),
+        state.config().key_environment,
+        &spec,
+    )
+    .await?;
+    let api_key = api_keys::get(&mut tx, id, now).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(MintedKey {
+            key: key.expose_secret().to_owned(),
+            api_key,
+        }),
+    ))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<KeyPage>, ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE_SIZE {
+        return Err(ApiError::Invalid(
+            format!("limit is between 1 and {MAX_PAGE_SIZE}").into(),
+        ));
+    }
+    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    if let Some(p) = &query.principal {
+        check_label("principal", p)?;
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let mut data = api_keys::list(
+        &mut tx,
+        after,
+        limit + 1,
+        query.principal.as_deref(),
+        state.clock().now(),
+    )
+    .await?;
+    tx.commit().await?;
+    let next_cursor = if data.len() > limit as usize {
+        data.truncate(limit as usize);
+        data.last().map(|k| k.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(KeyPage { data, next_cursor }))
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    let ctx = own_or(&tenant, id, Scope::KeysManage)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let record = api_keys::get(&mut tx, id, state.clock().now()).await?;
+    tx.commit().await?;
+    Ok(axum::Json(record))
+}
+
+/// A key may always read, narrow, rotate and revoke itself; anything else needs `scope`.
+fn own_or(tenant: &Tenant, id: ApiKeyId, scope: Scope) -> Result<&TenantContext, ApiError> {
+    if caller_key(&tenant.0) == Some(id) {
+        Ok(&tenant.0)
+    } else {
+        tenant.require(scope)
+    }
+}
+
+async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateKey>,
+) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    let ctx = own_or(&tenant, id, Scope::KeysManage)?;
+    let manages = ctx.has_scope(Scope::KeysManage);
+    let now = state.clock().now();
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
+    let allowed_ips = body
+        .allowed_ips
+        .as_deref()
+        .map(parse_networks)
+        .transpose()?;
+    if let Some(Some(at)) = body.expires_at {
+        check_future(Some(at), now)?;
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let current = api_keys::get(&mut tx, id, now).await?;
+    if !manages {
+        // Without keys:manage a key may only narrow itself.
+        let current_nets: Vec<IpNet> = current
+            .allowed_ips
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let widens_ips = allowed_ips.as_ref().is_some_and(|new| {
+            new.is_empty() && !current_nets.is_empty()
+                || !current_nets.is_empty()
+                    && !new
+                        .iter()
+                        .all(|n| current_nets.iter().any(|c| c.contains(n)))
+        });
+        let widens_expiry = body
+            .expires_at
+            .is_some_and(|new| match (new, current.expires_at) {
+                (None, Some(_)) => true,
+                (Some(new), Some(old)) => new > old,
+                _ => false,
+            });
+        if widens_ips || widens_expiry {
+            return Err(ApiError::MissingScope(Scope::KeysManage));
+        }
+    }
+    let patch = KeyPatch {
+        description: body.description,
+        allowed_ips,
+        expires_at: body.expires_at,
+    };
+    let record = api_keys::update(&mut tx, id, &patch, now).await?;
+    audit::record(
+        &mut tx,
+        "api_key.update",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(record))
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    body: bytes::Bytes,
+) -> Result<(StatusCode, axum::Json<MintedKey>), ApiError> {
+    let id = parse_id(&id)?;
+    let ctx = own_or(&tenant, id, Scope::KeysManage)?;
+    // The body is optional: an empty one means the tenant's default grace period.
+    let body: RotateKey = if body.is_empty() {
+        RotateKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(e.to_string().into()))?
+    };
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let current = api_keys::get(&mut tx, id, now).await?;
+    // Rotating hands out a key with the old one's scopes: the caller must hold them all.
+    let scopes = ScopeSet::parse_all(&current.scopes)
+        .map_err(|_| ApiError::Invalid("stored scopes".into()))?;
+    check_may_grant(ctx, &scopes)?;
+    let grace_seconds = match body.grace_seconds {
+        Some(s) if (0..=30 * 86_400).contains(&s) => s,
+        Some(_) => {
+            return Err(ApiError::Invalid(
+                "grace_seconds is between 0 and 2592000 (30 days)".into(),
+            ))
+        }
+        None => i64::from(api_keys::policy(&mut tx).await?.grace_seconds),
+    };
+    let (_, new_id, key) = keys::rotate(
+        &mut tx,
+        state.verifier().peppers(),
+        state.config().key_environment,
+        id,
+        chrono::Duration::seconds(grace_seconds),
+        now,
+    )
+    .await?;
+    let api_key = api_keys::get(&mut tx, new_id, now).await?;
+    tx.commit().await?;
+    state.verifier().forget_key(id);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(MintedKey {
+            key: key.expose_secret().to_owned(),
+            api_key,
+        }),
+    ))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    let ctx = own_or(&tenant, id, Scope::KeysManage)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let record = api_keys::revoke(&mut tx, id, now).await?;
+    audit::record(
+        &mut tx,
+        "api_key.revoke",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    // Effective at once in this process; other processes hear the NOTIFY sent at commit.
+    state.verifier().forget_key(id);
+    Ok(axum::Json(record))
+}
+
+async fn revoke_all(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<RevokeAll>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    check_label("principal", &body.principal)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let revoked =
+        api_keys::revoke_all_for_principal(&mut tx, &body.principal, state.clock().now()).await?;
+    for id in &revoked {
+        audit::record(
+            &mut tx,
+            "api_key.revoke",
+            Some(&id.to_string()),
+            Outcome::Success,
+            json!({ "all_for_principal": body.principal }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    for id in &revoked {
+        state.verifier().forget_key(*id);
+    }
+    Ok(axum::Json(json!({ "revoked": revoked })))
+}
