@@ -1,7 +1,9 @@
 //! Load benchmark on loopback: `GET /v1/sessions/{id}` through the full stack (tenant
 //! resolution, API-key authentication, one tenant transaction, RLS) against a baseline endpoint
 //! that runs the same primary-key SELECT through a plain pool with no tenant transaction.
-//! Both are served by the same process, measured in the same run, in alternating rounds.
+//! A third endpoint runs the full stack minus resolution and authentication (same tenant
+//! transaction and store code), to isolate what authentication costs. All are served by the
+//! same process, measured in the same run, in alternating rounds.
 //!
 //! `cargo bench -p bulkhead-server --bench http_load` (env: BENCH_SECONDS per round, default 5;
 //! BENCH_ROUNDS, default 3; BENCH_CONCURRENCY, default 32). Traffic goes to 127.0.0.1 only, and
@@ -45,6 +47,22 @@ async fn baseline(
     axum::Json(
         json!({ "id": SessionId::from_uuid(row.0), "agent_id": row.1, "title": row.2, "state": row.3, "metadata": row.4 }),
     )
+}
+
+/// The same endpoint as the full stack (tenant transaction, RLS, same store functions) with
+/// resolution and authentication skipped: the context is made directly. Isolates what
+/// authentication costs.
+async fn unauthenticated(
+    State(store): State<bulkhead_store::Store>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> axum::Json<bulkhead_store::sessions::AgentSession> {
+    let tenant = TenantId::parse(&tenant).expect("tenant id");
+    let id = SessionId::parse(&id).expect("session id");
+    let ctx = bulkhead_core::TenantContext::new(tenant, bulkhead_core::Actor::System { component: "bench" }, Default::default());
+    let mut tx = store.begin(&ctx, bulkhead_store::Access::ReadOnly).await.expect("tx");
+    let session = bulkhead_store::sessions::get(&mut tx, id).await.expect("row");
+    tx.commit().await.expect("commit");
+    axum::Json(session)
 }
 
 struct Round {
@@ -137,8 +155,9 @@ fn main() {
             .connect_with(db.superuser_options.clone())
             .await
             .expect("plain pool");
-        let app = bulkhead_server::app::router(state)
-            .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain));
+        let app = bulkhead_server::app::router(state.clone())
+            .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain))
+            .merge(Router::new().route("/bench/noauth/{tenant}/sessions/{id}", get(unauthenticated)).with_state(state.store().clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
@@ -159,19 +178,24 @@ fn main() {
         let id = created["id"].as_str().expect("id").to_owned();
         let full_url = format!("http://bench.bulkhead.test:{port}/v1/sessions/{id}");
         let base_url = format!("http://127.0.0.1:{port}/bench/baseline/{}/sessions/{id}", tenant.id);
+        let noauth_url = format!("http://127.0.0.1:{port}/bench/noauth/{}/sessions/{id}", tenant.id);
 
         // Warm both paths (connections, caches, prepared statements).
         run_round(full_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
         run_round(base_url.clone(), None, 1, concurrency).await;
 
-        let (mut full, mut base) = (Vec::new(), Vec::new());
+        run_round(noauth_url.clone(), None, 1, concurrency).await;
+        let (mut full, mut base, mut noauth) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             base.push(run_round(base_url.clone(), None, seconds, concurrency).await);
+            noauth.push(run_round(noauth_url.clone(), None, seconds, concurrency).await);
             full.push(run_round(full_url.clone(), Some(tenant.key.clone()), seconds, concurrency).await);
         }
         println!("GET /v1/sessions/{{id}}, {concurrency} connections, {rounds} alternating rounds of {seconds} s each, loopback");
         let base_rps = summarize("baseline", &base);
+        let noauth_rps = summarize("no-auth", &noauth);
         let full_rps = summarize("full", &full);
         println!("full / baseline throughput ratio: {:.2}", full_rps / base_rps);
+        println!("full / no-auth throughput ratio (cost of resolution + cached key auth): {:.2}", full_rps / noauth_rps);
     });
 }

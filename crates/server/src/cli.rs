@@ -117,7 +117,7 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         check_live: bool,
         /// Skip files larger than this many bytes.
-        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        #[arg(long, default_value_t = crate::scan::DEFAULT_MAX_FILE_BYTES)]
         max_file_bytes: u64,
         #[command(flatten)]
         database: DatabaseArgs,
