@@ -58,9 +58,18 @@ async fn unauthenticated(
 ) -> axum::Json<bulkhead_store::sessions::AgentSession> {
     let tenant = TenantId::parse(&tenant).expect("tenant id");
     let id = SessionId::parse(&id).expect("session id");
-    let ctx = bulkhead_core::TenantContext::new(tenant, bulkhead_core::Actor::System { component: "bench" }, Default::default());
-    let mut tx = store.begin(&ctx, bulkhead_store::Access::ReadOnly).await.expect("tx");
-    let session = bulkhead_store::sessions::get(&mut tx, id).await.expect("row");
+    let ctx = bulkhead_core::TenantContext::new(
+        tenant,
+        bulkhead_core::Actor::System { component: "bench" },
+        Default::default(),
+    );
+    let mut tx = store
+        .begin(&ctx, bulkhead_store::Access::ReadOnly)
+        .await
+        .expect("tx");
+    let session = bulkhead_store::sessions::get(&mut tx, id)
+        .await
+        .expect("row");
     tx.commit().await.expect("commit");
     axum::Json(session)
 }

@@ -14,20 +14,38 @@ use bulkhead_test_support::{create_tenant, test_peppers, TestDb};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn verification(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (verifier, key) = runtime.block_on(async {
         let db = TestDb::new().await;
         let tenant = create_tenant(&db, "bench").await;
-        let verifier = KeyVerifier::new(db.app_store().await, test_peppers(), bulkhead_auth::KeyEnvironment::Live, Clock::system());
+        let verifier = KeyVerifier::new(
+            db.app_store().await,
+            test_peppers(),
+            bulkhead_auth::KeyEnvironment::Live,
+            Clock::system(),
+        );
         (verifier, tenant.key)
     });
     let ip: Option<IpAddr> = Some([127, 0, 0, 1].into());
     // Populate the cache once.
-    runtime.block_on(async { verifier.verify(&key, ip).await.expect("store").expect("valid key") });
+    runtime.block_on(async {
+        verifier
+            .verify(&key, ip)
+            .await
+            .expect("store")
+            .expect("valid key")
+    });
 
     c.bench_function("verify cached key (parse + HMAC + cache + scope)", |b| {
         b.to_async(&runtime).iter(|| async {
-            let verified = verifier.verify(&key, ip).await.expect("store").expect("valid key");
+            let verified = verifier
+                .verify(&key, ip)
+                .await
+                .expect("store")
+                .expect("valid key");
             assert!(verified.scopes.contains(Scope::SessionsRead));
         })
     });
@@ -39,12 +57,16 @@ fn verification(c: &mut Criterion) {
         while samples.len() < 2000 && Instant::now() < deadline {
             verifier.forget_all();
             let started = Instant::now();
-            verifier.verify(&key, ip).await.expect("store").expect("valid key");
+            verifier
+                .verify(&key, ip)
+                .await
+                .expect("store")
+                .expect("valid key");
             samples.push(started.elapsed());
         }
         samples
     });
-    let mut sorted = samples.clone();
+    let mut sorted = samples;
     sorted.sort();
     let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
     println!(

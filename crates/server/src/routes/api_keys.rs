@@ -31,6 +31,66 @@ pub fn routes() -> Router<AppState> {
         .route("/api-keys/{id}", get(fetch).patch(update))
         .route("/api-keys/{id}/rotate", post(rotate))
         .route("/api-keys/{id}/revoke", post(revoke))
+        .route("/key-policy", get(get_policy).put(put_policy))
+}
+
+/// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutPolicy {
+    /// How long a rotated key keeps working: 0 to 2592000 (30 days).
+    grace_seconds: i32,
+    /// Age at which keys are due for rotation: 1 to 3650 days.
+    max_age_days: i32,
+    /// Warning window before a grace deadline: 0 to 2592000.
+    deadline_warning_seconds: i32,
+}
+
+async fn get_policy(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<axum::Json<api_keys::KeyPolicy>, ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let policy = api_keys::policy(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
+}
+
+async fn put_policy(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<PutPolicy>,
+) -> Result<axum::Json<api_keys::KeyPolicy>, ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    let window = 0..=30 * 86_400;
+    if !window.contains(&body.grace_seconds) || !window.contains(&body.deadline_warning_seconds) {
+        return Err(ApiError::Invalid(
+            "grace_seconds and deadline_warning_seconds are between 0 and 2592000 (30 days)".into(),
+        ));
+    }
+    if !(1..=3650).contains(&body.max_age_days) {
+        return Err(ApiError::Invalid(
+            "max_age_days is between 1 and 3650".into(),
+        ));
+    }
+    let policy = api_keys::KeyPolicy {
+        grace_seconds: body.grace_seconds,
+        max_age_days: body.max_age_days,
+        deadline_warning_seconds: body.deadline_warning_seconds,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    api_keys::set_policy(&mut tx, &policy).await?;
+    audit::record(
+        &mut tx,
+        "key_policy.update",
+        None,
+        Outcome::Success,
+        json!(policy),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
 }
 
 /// Body of `POST /v1/api-keys`.

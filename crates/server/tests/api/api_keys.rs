@@ -782,3 +782,85 @@ fn the_leak_scanner_finds_real_keys_prints_no_secret_and_fails_the_hook() {
         String::from_utf8_lossy(&clean.stdout)
     );
 }
+
+#[tokio::test]
+async fn the_tenant_key_policy_sets_the_default_grace_period() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let app = spawn_app_with(AppOptions {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let other = app.create_tenant("other-co").await;
+    let default: Value = as_tenant(&app, &acme, Method::GET, "/v1/key-policy")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        default,
+        json!({ "grace_seconds": 604800, "max_age_days": 90, "deadline_warning_seconds": 172800 })
+    );
+    for bad in [
+        json!({ "grace_seconds": 2_592_001, "max_age_days": 30, "deadline_warning_seconds": 0 }),
+        json!({ "grace_seconds": 3600, "max_age_days": 0, "deadline_warning_seconds": 0 }),
+        json!({ "grace_seconds": 3600, "max_age_days": 30 }),
+    ] {
+        let response = as_tenant(&app, &acme, Method::PUT, "/v1/key-policy")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            problem(response).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+    let regulated =
+        json!({ "grace_seconds": 3600, "max_age_days": 30, "deadline_warning_seconds": 600 });
+    let set = as_tenant(&app, &acme, Method::PUT, "/v1/key-policy")
+        .json(&regulated)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    // Another tenant's policy is its own.
+    let theirs: Value = as_tenant(&app, &other, Method::GET, "/v1/key-policy")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["grace_seconds"], 604800);
+
+    // A rotation without an explicit grace now uses one hour.
+    let (agent, meta) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let id = meta["id"].as_str().unwrap();
+    let rotated = as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(rotated.status(), StatusCode::CREATED);
+    clock.advance(chrono::Duration::minutes(59));
+    assert_eq!(status_with(&app, &agent).await, StatusCode::OK);
+    clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(status_with(&app, &agent).await, StatusCode::UNAUTHORIZED);
+    // A key without keys:manage cannot read or change the policy.
+    let (reader, _) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let denied = as_tenant(&app, &reader, Method::PUT, "/v1/key-policy")
+        .json(&regulated)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(denied).await.0, StatusCode::FORBIDDEN);
+}
