@@ -7,7 +7,7 @@ use std::time::Duration;
 use bulkhead_auth::KeyEnvironment;
 
 /// Where the database is.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL (>= 15) URL of the owner role, which runs migrations. Unset: start the embedded
     /// private cluster in the data directory.
@@ -23,6 +23,19 @@ pub struct DatabaseArgs {
     /// Largest number of connections in the serving pool.
     #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value_t = 20)]
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may carry passwords.
+        let redacted = |url: &Option<String>| url.as_ref().map(|_| "<redacted>");
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &redacted(&self.database_url))
+            .field("app_database_url", &redacted(&self.app_database_url))
+            .field("data_dir", &self.data_dir)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 /// `bulkhead serve`.

@@ -19,7 +19,7 @@
 //! the database index) reveals nothing usable without the pepper.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ pub enum Refusal {
 }
 
 /// A key that passed every check.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VerifiedKey {
     /// Its tenant.
     pub tenant_id: TenantId,
@@ -106,6 +106,17 @@ pub struct VerifiedKey {
     pub principal: String,
     /// Whether it is a rotated key inside its grace period.
     pub in_grace: bool,
+    entry: Arc<Cached>,
+}
+
+impl std::fmt::Debug for VerifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedKey")
+            .field("tenant_id", &self.tenant_id)
+            .field("key_id", &self.key_id)
+            .field("in_grace", &self.in_grace)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A refusal with whatever ids were known when it was decided (for the audit event).
@@ -122,18 +133,32 @@ pub struct Refused {
 #[derive(Debug)]
 struct Cached {
     record: KeyRecord,
+    /// Set when the record was found under an old pepper: re-hash after a successful use.
+    rehash_to: Option<KeyHash>,
     /// Unix seconds of the last recorded use by this process.
     last_touch: AtomicI64,
 }
 
 /// Verifies presented keys. One per process; cheap to share behind the app state.
-#[derive(Debug)]
 pub struct KeyVerifier {
     store: Store,
     peppers: Peppers,
     environment: KeyEnvironment,
     clock: Clock,
     cache: moka::future::Cache<KeyHash, Arc<Cached>>,
+    /// Bumped by every invalidation. A lookup that raced with one must not leave its (possibly
+    /// stale) record in the cache: see [`KeyVerifier::verify`].
+    invalidations: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the cache's contents: they are every tenant's key records.
+        f.debug_struct("KeyVerifier")
+            .field("environment", &self.environment)
+            .field("cached", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyVerifier {
@@ -149,6 +174,7 @@ impl KeyVerifier {
                 .time_to_live(CACHE_TTL)
                 .support_invalidation_closures()
                 .build(),
+            invalidations: AtomicU64::new(0),
         }
     }
 
@@ -157,7 +183,9 @@ impl KeyVerifier {
         &self.peppers
     }
 
-    /// Checks a presented key for a request from `client_ip` (`None`: unknown address).
+    /// Checks a presented key for a request from `client_ip` (`None`: unknown address). Has no
+    /// side effect beyond the cache: once the whole request is authenticated, call
+    /// [`KeyVerifier::record_use`]; a check that is not a use (the leak scanner) does not.
     pub async fn verify(
         &self,
         presented: &str,
@@ -178,18 +206,25 @@ impl KeyVerifier {
         let cached = match self.cache.get(&current_hash).await {
             Some(hit) => hit,
             None => {
+                let epoch = self.invalidations.load(Ordering::SeqCst);
                 let hashes = self.peppers.all_hashes(&key);
                 let Some(record) = self.store.lookup_api_key(&hashes).await? else {
                     return Ok(Err(refuse(Refusal::UnknownKey, None)));
                 };
-                if record.pepper_version != self.peppers.current.version() {
-                    self.spawn_rehash(&record, current_hash);
-                }
+                let rehash_to = (record.pepper_version != self.peppers.current.version())
+                    .then_some(current_hash);
                 let entry = Arc::new(Cached {
                     record,
+                    rehash_to,
                     last_touch: AtomicI64::new(0),
                 });
                 self.cache.insert(current_hash, entry.clone()).await;
+                // Insert first, then look: an invalidation registered after our insert applies
+                // to our entry; one that happened during our lookup is seen here, and we drop
+                // what we inserted. Either way a revoked key is never cached as active.
+                if self.invalidations.load(Ordering::SeqCst) != epoch {
+                    self.cache.invalidate(&current_hash).await;
+                }
                 entry
             }
         };
@@ -213,14 +248,23 @@ impl KeyVerifier {
             return Ok(Err(refuse(Refusal::AddressNotAllowed, Some(record))));
         }
         let in_grace = record.status == KeyStatus::Rotating;
-        self.maybe_touch(&cached, client_ip, in_grace);
         Ok(Ok(VerifiedKey {
             tenant_id: record.tenant_id,
             key_id: record.key_id,
             scopes: scopes.clone(),
             principal: record.principal.clone(),
             in_grace,
+            entry: cached.clone(),
         }))
+    }
+
+    /// Records a successful, fully authenticated use: last use (at most once a minute per key and
+    /// process), a grace-use audit event, and re-hashing under the current pepper when needed.
+    pub fn record_use(&self, key: &VerifiedKey, client_ip: Option<IpAddr>) {
+        if let Some(hash) = key.entry.rehash_to {
+            self.spawn_rehash(&key.entry.record, hash);
+        }
+        self.maybe_touch(&key.entry, client_ip, key.in_grace);
     }
 
     /// Records the use in the background, at most once a minute per key and process, so the hot
@@ -263,6 +307,7 @@ impl KeyVerifier {
     }
 
     fn spawn_rehash(&self, record: &KeyRecord, current_hash: KeyHash) {
+        // Once per cached entry is enough; the NOTIFY it sends drops the entry anyway.
         let store = self.store.clone();
         let (tenant, key_id, version) = (
             record.tenant_id,
@@ -303,6 +348,7 @@ impl KeyVerifier {
 
     /// Drops the cached verification of one key (on a change notification).
     pub fn forget_key(&self, key_id: ApiKeyId) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         let _ = self
             .cache
             .invalidate_entries_if(move |_, cached| cached.record.key_id == key_id);
@@ -310,6 +356,7 @@ impl KeyVerifier {
 
     /// Drops every cached verification (notifications may have been missed).
     pub fn forget_all(&self) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 
@@ -348,27 +395,31 @@ impl KeyVerifier {
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
-/// in `X-Forwarded-For` that is not itself a trusted proxy. `None` when the chain is malformed:
-/// then keys with an allowlist are refused.
+/// in `X-Forwarded-For` that is not itself a trusted proxy. `None` (unknown, so keys with an
+/// allowlist are refused) when the chain is malformed in any way, or when a trusted proxy sent
+/// none: a proxy that forwards must say for whom. IPv4-mapped IPv6 addresses (dual-stack
+/// listeners) are read as IPv4.
 pub fn client_ip(
     peer: Option<IpAddr>,
-    forwarded_for: &[&str],
+    forwarded_for: &[Option<&str>],
     trusted: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
-    let peer = peer?;
+    let peer = peer?.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let mut client = peer;
-    for entry in forwarded_for.iter().rev().flat_map(|h| h.rsplit(',')) {
-        let ip: IpAddr = entry.trim().parse().ok()?;
-        client = ip;
-        if !is_trusted(&ip) {
-            break;
+    let mut client = None;
+    for header in forwarded_for.iter().rev() {
+        for entry in (*header)?.rsplit(',') {
+            let ip = entry.trim().parse::<IpAddr>().ok()?.to_canonical();
+            client = Some(ip);
+            if !is_trusted(&ip) {
+                return client;
+            }
         }
     }
-    Some(client)
+    client
 }
 
 #[cfg(test)]
@@ -383,33 +434,57 @@ mod tests {
     fn forwarded_for_is_honoured_only_from_trusted_proxies() {
         let trusted = nets(&["10.0.0.0/8"]);
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let h = |list: &[&'static str]| list.iter().map(|s| Some(*s)).collect::<Vec<_>>();
         // An untrusted peer's header is ignored: it could say anything.
         assert_eq!(
-            client_ip(ip("203.0.113.9"), &["198.51.100.1"], &trusted),
+            client_ip(ip("203.0.113.9"), &h(&["198.51.100.1"]), &trusted),
             ip("203.0.113.9")
         );
         // A trusted proxy's header names the client; spoofed entries left of it are ignored.
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &["1.1.1.1, 198.51.100.7"], &trusted),
+            client_ip(ip("10.0.0.2"), &h(&["1.1.1.1, 198.51.100.7"]), &trusted),
             ip("198.51.100.7")
         );
-        // Chains of trusted proxies are walked from the right.
+        // Chains of trusted proxies are walked from the right, across repeated headers.
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &["198.51.100.7, 10.0.0.3"], &trusted),
+            client_ip(ip("10.0.0.2"), &h(&["198.51.100.7, 10.0.0.3"]), &trusted),
             ip("198.51.100.7")
         );
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &["198.51.100.7", "10.0.0.3"], &trusted),
+            client_ip(ip("10.0.0.2"), &h(&["198.51.100.7", "10.0.0.3"]), &trusted),
             ip("198.51.100.7")
         );
-        // No header: the proxy itself.
-        assert_eq!(client_ip(ip("10.0.0.2"), &[], &trusted), ip("10.0.0.2"));
-        // Malformed entries make the client unknown, never a guess.
+        // A trusted proxy that names nobody, or only itself and its peers: unknown.
+        assert_eq!(client_ip(ip("10.0.0.2"), &[], &trusted), None);
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &["198.51.100.7:443"], &trusted),
+            client_ip(ip("10.0.0.2"), &h(&["10.0.0.3"]), &trusted),
+            ip("10.0.0.3")
+        );
+        // Malformed entries, or a header that is not text, make the client unknown.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &h(&["198.51.100.7:443"]), &trusted),
             None
         );
-        assert_eq!(client_ip(ip("10.0.0.2"), &["garbage"], &trusted), None);
-        assert_eq!(client_ip(None, &["198.51.100.7"], &trusted), None);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h(&["garbage"]), &trusted), None);
+        // The proxy's own (right-most) value is unreadable: unknown. Unreadable values left of the
+        // client are the client's own and are never reached.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &[Some("203.0.113.9"), None], &trusted),
+            None
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &[None, Some("203.0.113.9")], &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client_ip(None, &h(&["198.51.100.7"]), &trusted), None);
+        // Dual-stack: an IPv4-mapped peer matches IPv4 ranges.
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.2"), &h(&["198.51.100.7"]), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:203.0.113.9"), &[], &trusted),
+            ip("203.0.113.9")
+        );
     }
 }

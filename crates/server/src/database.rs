@@ -19,7 +19,6 @@ use crate::credentials::Peppers;
 pub const EMBEDDED_DATABASE: &str = "bulkhead";
 
 /// An opened database: where to connect as owner and as the application role.
-#[derive(Debug)]
 pub struct Database {
     /// Owner role: migrations and operator commands.
     pub owner_options: PgConnectOptions,
@@ -27,6 +26,15 @@ pub struct Database {
     pub app_options: PgConnectOptions,
     /// The embedded cluster, when this process started one.
     pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Connect options carry passwords: never print them.
+        f.debug_struct("Database")
+            .field("embedded", &self.embedded.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Database {

@@ -17,9 +17,24 @@ impl Tenant {
         if self.0.has_scope(scope) {
             Ok(&self.0)
         } else {
+            audit_forbidden(&self.0, scope, "route");
             Err(ApiError::MissingScope(scope))
         }
     }
+}
+
+/// The audit event of an authorization refusal (403).
+pub fn audit_forbidden(ctx: &TenantContext, scope: Scope, what: &'static str) {
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.forbidden",
+        outcome = "failure",
+        tenant_id = %ctx.tenant_id(),
+        actor_id = %ctx.actor().audit_id(),
+        missing_scope = %scope,
+        check = what,
+        "permission denied"
+    );
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {

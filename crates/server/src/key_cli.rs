@@ -104,7 +104,7 @@ pub(crate) async fn run(command: KeyCommand) -> anyhow::Result<()> {
                 let revoked: Vec<ApiKeyId> = match (id, all_for_principal) {
                     (Some(id), _) => {
                         let id = ApiKeyId::parse(&id).context("invalid --id")?;
-                        api_keys::revoke(&mut tx, id, now)
+                        let (_, also) = keys::revoke_with_self_made_successors(&mut tx, id, now)
                             .await
                             .map_err(|e| match e {
                                 bulkhead_store::StoreError::NotFound => {
@@ -112,7 +112,11 @@ pub(crate) async fn run(command: KeyCommand) -> anyhow::Result<()> {
                                 }
                                 other => other.into(),
                             })?;
-                        vec![id]
+                        // Audited per key by the revocation itself.
+                        tx.commit().await?;
+                        let revoked: Vec<ApiKeyId> = std::iter::once(id).chain(also).collect();
+                        println!("{}", json!({ "revoked": revoked }));
+                        return Ok(());
                     }
                     (None, Some(principal)) => {
                         api_keys::revoke_all_for_principal(&mut tx, &principal, now).await?

@@ -77,6 +77,57 @@ pub async fn mint(
     Ok((id, key))
 }
 
+/// The key's allowlist; a stored network that does not parse is an error, never "anywhere".
+pub fn stored_networks(record: &ApiKeyRecord) -> Result<Vec<IpNet>, StoreError> {
+    record
+        .allowed_ips
+        .iter()
+        .map(|n| n.parse::<IpNet>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| StoreError::Invalid("stored allowed_ips".into()))
+}
+
+/// Revokes `id` and every successor that was minted by the key before it (a self-rotation): a
+/// thief who rotated a stolen key must not keep the successor once the key is revoked. A
+/// successor minted by someone else (an operator rotating the key) is left alone, so revoking an
+/// old key ends its grace early without touching its replacement. Audited per key.
+pub async fn revoke_with_self_made_successors(
+    tx: &mut TenantTx,
+    id: ApiKeyId,
+    now: DateTime<Utc>,
+) -> Result<(ApiKeyRecord, Vec<ApiKeyId>), StoreError> {
+    let record = api_keys::revoke(tx, id, now).await?;
+    audit::record(
+        tx,
+        "api_key.revoke",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    let mut also = Vec::new();
+    let mut current = record.clone();
+    // Chains are short (one rotation per grace period); the bound guards against a cycle.
+    while let (Some(next), true) = (current.successor_id, also.len() < 64) {
+        let successor = api_keys::get(tx, next, now).await?;
+        if successor.created_by != current.id.to_string() {
+            break;
+        }
+        current = api_keys::revoke(tx, next, now).await?;
+        let meta = json!({ "cascade_from": id.to_string(), "reason": "self-made successor of a revoked key" });
+        audit::record(
+            tx,
+            "api_key.revoke",
+            Some(&next.to_string()),
+            Outcome::Success,
+            meta,
+        )
+        .await?;
+        also.push(next);
+    }
+    Ok((record, also))
+}
+
 /// Rotates `old`: a successor with the same scopes, principal, allowlist and expiry, and the old
 /// key kept working until `now + grace`. Audited.
 pub async fn rotate(
@@ -87,16 +138,13 @@ pub async fn rotate(
     grace: chrono::Duration,
     now: DateTime<Utc>,
 ) -> Result<(ApiKeyRecord, ApiKeyId, ApiKey), StoreError> {
-    let current = api_keys::get(tx, old, now).await?;
+    // From the locked row, so a concurrent narrowing cannot be undone by the successor.
+    let current = api_keys::get_for_update(tx, old, now).await?;
     let spec = KeySpec {
         principal: current.principal.clone(),
         scopes: ScopeSet::parse_all(&current.scopes)
             .map_err(|_| StoreError::Invalid("stored scopes".into()))?,
-        allowed_ips: current
-            .allowed_ips
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
+        allowed_ips: stored_networks(&current)?,
         description: current.description.clone(),
         expires_at: current.expires_at,
     };

@@ -91,9 +91,24 @@ fn audit_refusal(refused: Refused, host_tenant: Option<TenantId>) -> ApiError {
         actor_id = refused.key_id.map(|k| k.to_string()),
         "authentication refused"
     );
-    metrics::counter!("bulkhead_auth_failures_total", "reason" => format!("{:?}", refused.reason))
-        .increment(1);
+    // No reason label: /metrics must not tell a caller which check its credential failed.
+    metrics::counter!("bulkhead_auth_failures_total").increment(1);
     ApiError::Unauthorized
+}
+
+/// The registry or key lookup failed: deny with a retryable 503 (never a 500, never a pass) and
+/// leave an audit event.
+fn resolver_failure(err: bulkhead_store::StoreError, tenant: Option<TenantId>) -> ApiError {
+    tracing::error!(
+        target: "bulkhead::audit",
+        action = "auth.failure",
+        outcome = "failure",
+        reason = "ResolverError",
+        tenant_id = tenant.map(|t| t.to_string()),
+        error = %err,
+        "tenant resolution failed; request denied"
+    );
+    ApiError::Unavailable
 }
 
 fn refused(reason: Refusal) -> Refused {
@@ -156,11 +171,12 @@ impl Signals {
                     .extensions()
                     .get::<ConnectInfo<SocketAddr>>()
                     .map(|c| c.0.ip());
-                let forwarded: Vec<&str> = request
+                // A value that is not text is kept as `None`: it makes the chain malformed.
+                let forwarded: Vec<Option<&str>> = request
                     .headers()
                     .get_all("x-forwarded-for")
                     .iter()
-                    .filter_map(|v| v.to_str().ok())
+                    .map(|v| v.to_str().ok())
                     .collect();
                 client_ip(peer, &forwarded, trusted_proxies)
             },
@@ -179,7 +195,12 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
     let host_tenant: Option<Tenant> = match host_signal(&host, &state.config().base_domain) {
         HostSignal::None => None,
         HostSignal::Invalid => return Err(ApiError::UnknownTenant),
-        HostSignal::Slug(slug) => match state.directory().by_slug(state.store(), &slug).await? {
+        HostSignal::Slug(slug) => match state
+            .directory()
+            .by_slug(state.store(), &slug)
+            .await
+            .map_err(|e| resolver_failure(e, None))?
+        {
             Some(tenant) => Some(tenant),
             None => return Err(ApiError::UnknownTenant),
         },
@@ -192,7 +213,12 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
             host_tenant_id,
         ));
     };
-    let key = match state.verifier().verify(presented, client_ip).await? {
+    let verified = state
+        .verifier()
+        .verify(presented, client_ip)
+        .await
+        .map_err(|e| resolver_failure(e, host_tenant_id))?;
+    let key = match verified {
         Ok(key) => key,
         Err(refusal) => return Err(audit_refusal(refusal, host_tenant_id)),
     };
@@ -212,7 +238,8 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
         None => match state
             .directory()
             .by_id(state.store(), key.tenant_id)
-            .await?
+            .await
+            .map_err(|e| resolver_failure(e, Some(key.tenant_id)))?
         {
             Some(tenant) => tenant,
             None => return Err(audit_refusal(known(Refusal::UnknownKey), None)),
@@ -230,6 +257,8 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
         );
         return Err(ApiError::TenantSuspended);
     }
+    // Only now is this a use of the key.
+    state.verifier().record_use(&key, client_ip);
     Ok(TenantContext::new(
         tenant.id,
         Actor::ApiKey {

@@ -275,6 +275,18 @@ impl Worker {
             .handlers
             .get(job.kind.as_str())
             .ok_or_else(|| JobFailure::Permanent(format!("unknown job kind `{}`", job.kind)))?;
+        // The claim judged the tenant; it may have been suspended since, while this job waited
+        // in the batch. Check again right before running.
+        let active = self
+            .store
+            .tenant_by_id(job.tenant_id)
+            .await?
+            .is_some_and(|t| t.status == TenantStatus::Active);
+        if !active {
+            return Err(JobFailure::Permanent(
+                "refused: the tenant is no longer active".into(),
+            ));
+        }
         let mut tx = self.store.begin(ctx, Access::ReadWrite).await?;
         let payload = jobs::payload(&mut tx, job.id).await?;
         handler.run(&mut tx, payload).await?;

@@ -259,8 +259,8 @@ pub async fn get(
     row.ok_or(StoreError::NotFound)?.into_record(now)
 }
 
-/// Same as [`get`], locking the row for the rest of the transaction (rotation, revocation).
-async fn get_for_update(
+/// Same as [`get`], locking the row for the rest of the transaction (updates, rotation).
+pub async fn get_for_update(
     tx: &mut TenantTx,
     id: ApiKeyId,
     now: DateTime<Utc>,

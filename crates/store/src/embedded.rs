@@ -15,7 +15,8 @@
 //!   the superuser. Never add a TCP listener or loosen the socket directory's mode.
 //! - **Root drops to an unprivileged user.** PostgreSQL refuses to run as root, so when the
 //!   process is root, `initdb`, `pg_ctl` and the postmaster run as the OS user `postgres`
-//!   (or `nobody` when there is none), and the data and socket directories are given to it.
+//!   (never a shared account such as `nobody`), and the data and socket directories are given
+//!   to it. A symlinked data directory, or an existing one owned by another user, is refused.
 //!   That user must be able to traverse every ancestor of the data directory.
 //! - **Ephemeral clusters die with their parent.** An ephemeral cluster (a test cluster: no
 //!   fsync, no durability) is watched by a detached shell that stops the postmaster and deletes
@@ -52,7 +53,9 @@ const SHORT_SOCKET_ROOT: &str = "/tmp";
 /// A socket path must be shorter than this: `sun_path` holds 108 bytes, keep a margin.
 const MAX_SOCKET_PATH_LEN: usize = 100;
 /// Candidate users to run PostgreSQL as when we are root, in order of preference.
-const UNPRIVILEGED_USERS: [&str; 2] = ["postgres", "nobody"];
+/// Only a dedicated account: `nobody` is shared with other daemons, and whoever runs as the
+/// cluster's user can open its socket and log in as the superuser (trust authentication).
+const UNPRIVILEGED_USERS: [&str; 1] = ["postgres"];
 /// Name of the server log inside the data directory.
 const LOG_FILE: &str = "postgres.log";
 /// Lines of a log or of a command's stderr quoted in an error.
@@ -151,9 +154,9 @@ pub enum EmbeddedError {
     },
     /// Running as root, and there is no unprivileged user to run PostgreSQL as.
     #[error(
-        "PostgreSQL refuses to run as root and neither a `postgres` nor a `nobody` OS user exists \
-         to run it as: create one (installing the `postgresql` package creates `postgres`) \
-         or set DATABASE_URL to use an existing server"
+        "PostgreSQL refuses to run as root and no `postgres` OS user exists to run it as: create \
+         one (`useradd --system postgres`; installing the `postgresql` package creates it), run \
+         Bulkhead as an unprivileged user, or set DATABASE_URL to use an existing server"
     )]
     NoUnprivilegedUser,
     /// The data directory's path cannot be handed to pg_ctl safely.
@@ -771,6 +774,30 @@ impl ClusterUser {
 /// Creates the data directory, hands it to the cluster user with mode 0700 and returns its
 /// canonical path.
 fn prepare_data_dir(requested: &Path, user: &ClusterUser) -> Result<PathBuf, EmbeddedError> {
+    // As root we are about to chown the directory to the cluster's user: refuse a symlink at the
+    // data directory or its parent (canonicalize would follow it, and a planted link would hand
+    // an arbitrary directory to that user), and refuse an existing data directory that belongs
+    // to anyone but root or that user (its files would be the other owner's to rewrite).
+    if user.switch_from_root {
+        for path in [Some(requested), requested.parent()].into_iter().flatten() {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.file_type().is_symlink() {
+                    return Err(EmbeddedError::UnsupportedPath {
+                        path: path.to_owned(),
+                        reason: "is a symbolic link (refused when running as root)",
+                    });
+                }
+            }
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(requested) {
+            if meta.uid() != 0 && meta.uid() != user.uid.as_raw() {
+                return Err(EmbeddedError::UnsupportedPath {
+                    path: requested.to_owned(),
+                    reason: "exists and belongs to another user (refused when running as root)",
+                });
+            }
+        }
+    }
     std::fs::create_dir_all(requested).map_err(io_error(format!(
         "could not create the data directory {}",
         requested.display()

@@ -43,7 +43,9 @@ impl From<sqlx::Error> for StoreError {
                             constraint: db.constraint().unwrap_or("unique").to_owned(),
                         }
                     }
-                    Some("23514") | Some("23502") | Some("22P02") | Some("22001") => {
+                    // 22P05: a NUL in text or JSON; 22021: bad byte sequence for the encoding.
+                    Some("23514") | Some("23502") | Some("22P02") | Some("22001")
+                    | Some("22P05") | Some("22021") => {
                         return StoreError::Invalid(Cow::Owned(
                             db.constraint().unwrap_or("constraint").to_owned(),
                         ))

@@ -18,6 +18,16 @@ pub async fn ensure_owner_role(superuser: &mut PgConnection) -> Result<(), Store
             .fetch_one(&mut *superuser)
             .await?;
     if exists {
+        let unsafe_owner: bool =
+            sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1")
+                .bind(OWNER_ROLE)
+                .fetch_one(&mut *superuser)
+                .await?;
+        if unsafe_owner {
+            return Err(StoreError::UnsafeConfiguration(format!(
+                "`{OWNER_ROLE}` is superuser or has BYPASSRLS; FORCE row-level security would not bind it"
+            )));
+        }
         return Ok(());
     }
     // Role names cannot be bound; OWNER_ROLE is a constant.

@@ -47,6 +47,20 @@ async fn check_role_attributes(conn: &mut PgConnection, role: &str) -> Result<()
             "role `{role}` is superuser or has BYPASSRLS: row-level security would not apply to it"
         )));
     }
+    // A member of another role could SET ROLE to it (the owner, or a role with BYPASSRLS).
+    let memberships: Vec<String> = sqlx::query_scalar(
+        "SELECT g.rolname::text FROM pg_auth_members m \
+         JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member \
+         WHERE r.rolname = $1",
+    )
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !memberships.is_empty() {
+        return Err(StoreError::UnsafeConfiguration(format!(
+            "role `{role}` is a member of {memberships:?}: it could SET ROLE past row-level security"
+        )));
+    }
     Ok(())
 }
 

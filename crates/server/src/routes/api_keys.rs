@@ -155,12 +155,21 @@ pub struct ListQuery {
 }
 
 /// A new key: its plaintext (shown once) and its metadata.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct MintedKey {
     /// The key. Not stored anywhere; not shown again.
     key: String,
     /// Its metadata.
     api_key: ApiKeyRecord,
+}
+
+impl std::fmt::Debug for MintedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedKey")
+            .field("key", &"<redacted>")
+            .field("api_key", &self.api_key)
+            .finish()
+    }
 }
 
 /// A page of keys.
@@ -193,7 +202,10 @@ fn check_may_grant(ctx: &TenantContext, wanted: &ScopeSet) -> Result<(), ApiErro
     let held = caller_scopes(ctx);
     match wanted.iter().find(|s| !held.contains(*s)) {
         None => Ok(()),
-        Some(missing) => Err(ApiError::MissingScope(missing)),
+        Some(missing) => {
+            crate::extract::audit_forbidden(ctx, missing, "grant");
+            Err(ApiError::MissingScope(missing))
+        }
     }
 }
 
@@ -380,14 +392,26 @@ async fn update(
         check_future(Some(at), now)?;
     }
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let current = api_keys::get(&mut tx, id, now).await?;
+    let current = api_keys::get_for_update(&mut tx, id, now).await?;
+    if !current.usable_at(now) {
+        return Err(ApiError::Conflict(
+            format!(
+                "the key is {:?}; only a usable key can be changed",
+                current.status
+            )
+            .to_lowercase(),
+        ));
+    }
+    if caller_key(ctx) != Some(id) {
+        // Changing another key (even its description) needs every scope it holds: loosening
+        // its restrictions is a grant of those scopes.
+        let scopes = ScopeSet::parse_all(&current.scopes)
+            .map_err(|_| ApiError::Invalid("stored scopes".into()))?;
+        check_may_grant(ctx, &scopes)?;
+    }
     if !manages {
         // Without keys:manage a key may only narrow itself.
-        let current_nets: Vec<IpNet> = current
-            .allowed_ips
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect();
+        let current_nets = keys::stored_networks(&current)?;
         let widens_ips = allowed_ips.as_ref().is_some_and(|new| {
             new.is_empty() && !current_nets.is_empty()
                 || !current_nets.is_empty()
@@ -403,6 +427,7 @@ async fn update(
                 _ => false,
             });
         if widens_ips || widens_expiry {
+            crate::extract::audit_forbidden(ctx, Scope::KeysManage, "widen own key");
             return Err(ApiError::MissingScope(Scope::KeysManage));
         }
     }
@@ -484,18 +509,12 @@ async fn revoke(
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let record = api_keys::revoke(&mut tx, id, now).await?;
-    audit::record(
-        &mut tx,
-        "api_key.revoke",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
+    let (record, successors) = keys::revoke_with_self_made_successors(&mut tx, id, now).await?;
     tx.commit().await?;
     // Effective at once in this process; other processes hear the NOTIFY sent at commit.
-    state.verifier().forget_key(id);
+    for key in std::iter::once(id).chain(successors) {
+        state.verifier().forget_key(key);
+    }
     Ok(axum::Json(record))
 }
 

@@ -112,8 +112,23 @@ fn check_title(title: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb cannot store one).
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 fn check_metadata(metadata: Map<String, Value>) -> Result<Value, ApiError> {
     let value = Value::Object(metadata);
+    if holds_nul(&value) {
+        return Err(ApiError::Invalid(
+            "metadata may not contain NUL characters".into(),
+        ));
+    }
     let size = serde_json::to_vec(&value)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);

@@ -864,3 +864,118 @@ async fn the_tenant_key_policy_sets_the_default_grace_period() {
         .unwrap();
     assert_eq!(problem(denied).await.0, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let (stolen, meta) = mint(
+        &app,
+        &acme,
+        json!({ "scopes": ["sessions:read"], "principal": "agent-1" }),
+    )
+    .await;
+    let id = meta["id"].as_str().unwrap();
+    // The thief rotates the stolen key with the key itself.
+    let rotated: Value = as_tenant(
+        &app,
+        &stolen,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let thiefs = TestTenant {
+        key: rotated["key"].as_str().unwrap().to_owned(),
+        ..acme.clone()
+    };
+    assert_eq!(status_with(&app, &thiefs).await, StatusCode::OK);
+    // The operator revokes the key they know about: the self-made successor goes with it.
+    let revoked = as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/revoke"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(status_with(&app, &stolen).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_with(&app, &thiefs).await, StatusCode::UNAUTHORIZED);
+
+    // An operator's own rotation is different: revoking the old key ends its grace early and
+    // leaves the replacement working.
+    let (old, meta) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let id = meta["id"].as_str().unwrap();
+    let rotated: Value = as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let replacement = TestTenant {
+        key: rotated["key"].as_str().unwrap().to_owned(),
+        ..acme.clone()
+    };
+    as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/revoke"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(status_with(&app, &old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_with(&app, &replacement).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_manager_cannot_loosen_a_stronger_key() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let (_, strong) = mint(
+        &app,
+        &acme,
+        json!({ "scopes": ["sessions:write", "keys:manage"], "allowed_ips": ["192.0.2.0/24"] }),
+    )
+    .await;
+    let (manager, _) = mint(&app, &acme, json!({ "scopes": ["keys:manage"] })).await;
+    let id = strong["id"].as_str().unwrap();
+    for loosen in [
+        json!({ "allowed_ips": [] }),
+        json!({ "expires_at": null }),
+        json!({ "description": "harmless?" }),
+    ] {
+        let response = as_tenant(&app, &manager, Method::PATCH, &format!("/v1/api-keys/{id}"))
+            .json(&loosen)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(response).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{loosen}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("sessions:write"),
+            "{body}"
+        );
+    }
+    let after: Value = as_tenant(&app, &acme, Method::GET, &format!("/v1/api-keys/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["allowed_ips"], json!(["192.0.2.0/24"]));
+}

@@ -83,3 +83,31 @@ async fn the_claim_function_confers_no_read_access_to_the_app_role() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn hostile_claim_arguments_claim_nothing() {
+    let db = TestDb::new().await;
+    let a = create_tenant(&db, "alpha").await;
+    let store = db.app_store().await;
+    enqueue(&store, a.id).await;
+    let app = db.app_pool(1).await;
+    let claimed: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT job_id FROM bulkhead.claim_jobs(NULL, NULL)")
+            .fetch_all(&app)
+            .await
+            .unwrap();
+    assert!(claimed.is_empty(), "NULL arguments must claim nothing");
+    for (limit, lease) in [(-1, 60), (10, 0), (10, -5), (100_000, 60), (10, 86_400)] {
+        let result = sqlx::query("SELECT * FROM bulkhead.claim_jobs($1, $2)")
+            .bind(limit)
+            .bind(lease)
+            .execute(&app)
+            .await;
+        assert!(result.is_err(), "({limit}, {lease}) must be refused");
+    }
+    assert_eq!(
+        store.claim_jobs(10, 60).await.unwrap().len(),
+        1,
+        "the job is still claimable"
+    );
+}
