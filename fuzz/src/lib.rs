@@ -6,6 +6,14 @@
 #![forbid(unsafe_code)]
 
 use bulkhead_auth::{find_keys, ApiKey};
+use bulkhead_core::id::{
+    ApiKeyKind, AuditEventKind, IdKind, JobKind, RequestKind, SessionKind, TenantKind,
+};
+use bulkhead_core::slug::RESERVED_SLUGS;
+use bulkhead_core::{PrefixedId, SessionId, TenantSlug};
+use bulkhead_server::resolve::{bearer_token, host_signal, HostSignal};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue};
 
 /// `ApiKey::parse` and `find_keys` on arbitrary input: no panic; whatever parses
 /// re-parses to the same key; whatever `find_keys` reports is a valid key at that
@@ -33,27 +41,293 @@ pub fn api_key(data: &[u8]) {
     }
 }
 
+/// `PrefixedId::parse` (every id kind) and the `SessionId` serde form on arbitrary input: no
+/// panic; whatever parses is canonical (its `Display` form is the input, byte for byte) and
+/// parses as exactly one kind; deserialising from JSON agrees with `parse`.
+pub fn ids(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let kinds_accepting = [
+        parses_canonically::<SessionKind>(text),
+        parses_canonically::<TenantKind>(text),
+        parses_canonically::<ApiKeyKind>(text),
+        parses_canonically::<JobKind>(text),
+        parses_canonically::<AuditEventKind>(text),
+        parses_canonically::<RequestKind>(text),
+    ]
+    .into_iter()
+    .filter(|&ok| ok)
+    .count();
+    assert!(
+        kinds_accepting <= 1,
+        "an id of one kind never parses as another"
+    );
+
+    // The input as a JSON document: anything at all, must not panic.
+    if let Ok(id) = serde_json::from_str::<SessionId>(text) {
+        let json = serde_json::to_string(&id).expect("an id serialises");
+        assert_eq!(serde_json::from_str::<SessionId>(&json).ok(), Some(id));
+    }
+    // The input as a JSON string: the serde form accepts exactly what `parse` accepts.
+    let quoted = serde_json::to_string(text).expect("a str serialises");
+    assert_eq!(
+        serde_json::from_str::<SessionId>(&quoted).ok(),
+        SessionId::parse(text).ok()
+    );
+}
+
+/// Whether `text` parses as a `K` id; if it does, asserts the parse was canonical.
+fn parses_canonically<K: IdKind>(text: &str) -> bool {
+    match PrefixedId::<K>::parse(text) {
+        Ok(id) => {
+            assert_eq!(
+                id.to_string(),
+                text,
+                "parse accepts only the canonical form"
+            );
+            assert_eq!(PrefixedId::<K>::from_uuid(id.uuid()), id);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `TenantSlug::parse` on arbitrary input: no panic; whatever parses is the input unchanged and
+/// satisfies the slug invariant; the serde form accepts exactly what `parse` accepts.
+pub fn slug(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = TenantSlug::parse(text);
+    if let Ok(slug) = &parsed {
+        let t = slug.as_str();
+        assert_eq!(t, text, "parse must not normalise");
+        assert_eq!(slug.to_string(), text);
+        assert_slug_invariant(t);
+    }
+    let quoted = serde_json::to_string(text).expect("a str serialises");
+    assert_eq!(
+        serde_json::from_str::<TenantSlug>(&quoted).ok(),
+        parsed.ok()
+    );
+}
+
+/// The documented `TenantSlug` invariant, written out independently of the parser.
+fn assert_slug_invariant(t: &str) {
+    let bytes = t.as_bytes();
+    assert!((3..=48).contains(&bytes.len()), "length {}", bytes.len());
+    assert!(
+        bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "alphabet"
+    );
+    assert!(bytes[0].is_ascii_lowercase(), "starts with a letter");
+    assert!(!t.ends_with('-'), "no trailing hyphen");
+    assert!(!t.contains("--"), "no double hyphen");
+    assert!(!RESERVED_SLUGS.contains(&t), "not reserved");
+}
+
+/// The base domain the `edge` harness resolves hosts under.
+const BASE_DOMAIN: &str = "bulkhead.test";
+
+/// The edge parsers, `host_signal` and `bearer_token`. The input is split at its first NUL:
+/// before it a `Host` (lossily decoded), after it the bytes of an `Authorization` header (no NUL:
+/// no header). No panic; a tenant slug is reported exactly for `<slug>.bulkhead.test` (any case,
+/// optional `:port`, optional trailing dots); a token only from one `Bearer ` header.
+pub fn edge(data: &[u8]) {
+    let (host, authorization) = match data.iter().position(|&b| b == 0) {
+        Some(nul) => (&data[..nul], Some(&data[nul + 1..])),
+        None => (data, None),
+    };
+
+    let host = String::from_utf8_lossy(host);
+    let signal = host_signal(&host, BASE_DOMAIN);
+    let normalised = normalised_host(&host);
+    let expected_label = normalised
+        .strip_suffix(BASE_DOMAIN)
+        .and_then(|rest| rest.strip_suffix('.'));
+    match &signal {
+        HostSignal::Slug(slug) => {
+            assert_eq!(normalised, format!("{slug}.{BASE_DOMAIN}"));
+            assert_slug_invariant(slug.as_str());
+        }
+        HostSignal::Invalid => {
+            let label = expected_label.expect("Invalid only for hosts under the base domain");
+            assert!(TenantSlug::parse(label).is_err(), "a valid label is a Slug");
+        }
+        HostSignal::None => assert_eq!(expected_label, None, "{normalised:?} is under the base"),
+    }
+
+    let mut headers = HeaderMap::new();
+    let Some(value) = authorization.and_then(|bytes| HeaderValue::from_bytes(bytes).ok()) else {
+        assert_eq!(bearer_token(&headers), None, "no header, no token");
+        return;
+    };
+    headers.insert(AUTHORIZATION, value.clone());
+    if let Some(token) = bearer_token(&headers) {
+        assert!(!token.is_empty(), "an empty token is no token");
+        assert!(
+            !token.starts_with(' '),
+            "separating spaces are not part of the token"
+        );
+        let header = value.as_bytes();
+        assert!(
+            header.len() > 7 && header[..7].eq_ignore_ascii_case(b"bearer "),
+            "a token only from the Bearer scheme"
+        );
+        assert!(
+            header.ends_with(token.as_bytes()),
+            "the token is the end of the header"
+        );
+    }
+    headers.append(AUTHORIZATION, value);
+    assert_eq!(
+        bearer_token(&headers),
+        None,
+        "two Authorization headers: no token"
+    );
+}
+
+/// Reference for the host normalisation `host_signal` documents: ASCII-lowercased, a `:<digits>`
+/// port removed (never from a `[` IPv6 literal), then trailing dots removed.
+fn normalised_host(host: &str) -> String {
+    let lower = host.to_ascii_lowercase();
+    let without_port = match lower.rsplit_once(':') {
+        Some((name, port))
+            if !lower.starts_with('[') && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            name
+        }
+        _ => lower.as_str(),
+    };
+    without_port.trim_end_matches('.').to_owned()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// A harness: what a fuzz target calls with each input.
+    type Harness = fn(&[u8]);
+
+    /// Every fuzz target, by name, with its harness.
+    const TARGETS: &[(&str, Harness)] = &[
+        ("api_key", super::api_key),
+        ("ids", super::ids),
+        ("slug", super::slug),
+        ("edge", super::edge),
+    ];
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join(target)
+    }
+
+    fn read_seed(target: &str, name: &str) -> Vec<u8> {
+        std::fs::read(corpus_dir(target).join(name)).expect("seed")
+    }
+
     /// Runs every harness over its seed corpus, so `cargo test` here (on stable)
     /// catches a harness that panics on its own seeds.
     #[test]
     fn seed_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/api_key");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).expect("corpus dir") {
-            let path = entry.expect("entry").path();
-            let data = std::fs::read(&path).expect("read seed");
-            super::api_key(&data);
-            seen += 1;
+        for &(target, harness) in TARGETS {
+            let mut seen = 0;
+            for entry in std::fs::read_dir(corpus_dir(target)).expect("corpus dir") {
+                let path = entry.expect("entry").path();
+                let data = std::fs::read(&path).expect("read seed");
+                harness(&data);
+                seen += 1;
+            }
+            assert!(seen >= 3, "{target}: only {seen} seeds");
         }
-        assert!(seen >= 3);
+    }
+
+    /// Every `[[bin]]` in Cargo.toml is a target above, with a seed corpus.
+    #[test]
+    fn every_target_has_a_harness_and_a_corpus() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz_targets");
+        let mut found: Vec<String> = std::fs::read_dir(dir)
+            .expect("fuzz_targets dir")
+            .map(|entry| {
+                let path = entry.expect("entry").path();
+                path.file_stem()
+                    .expect("stem")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        found.sort();
+        let mut known: Vec<String> = TARGETS.iter().map(|(t, _)| (*t).to_owned()).collect();
+        known.sort();
+        assert_eq!(found, known);
+        for (target, _) in TARGETS {
+            assert!(corpus_dir(target).is_dir(), "corpus/{target}");
+        }
+    }
+
+    #[test]
+    fn id_seeds_are_what_their_names_say() {
+        let read = |name: &str| String::from_utf8(read_seed("ids", name)).expect("utf-8");
+        assert!(bulkhead_core::SessionId::parse(&read("valid_session")).is_ok());
+        assert!(bulkhead_core::TenantId::parse(&read("max_tenant")).is_ok());
+        assert!(bulkhead_core::ApiKeyId::parse(&read("valid_api_key_id")).is_ok());
+        assert!(bulkhead_core::TenantId::parse(&read("overflow_tenant")).is_err());
+        assert!(bulkhead_core::SessionId::parse(&read("uppercase_session")).is_err());
+        assert!(serde_json::from_str::<bulkhead_core::SessionId>(&read("json_session")).is_ok());
+    }
+
+    #[test]
+    fn slug_seeds_are_what_their_names_say() {
+        let parse = |name: &str| {
+            let text = String::from_utf8(read_seed("slug", name)).expect("utf-8");
+            bulkhead_core::TenantSlug::parse(&text).map(|_| ())
+        };
+        use bulkhead_core::SlugError;
+        assert_eq!(parse("valid"), Ok(()));
+        assert_eq!(parse("valid_max_len"), Ok(()));
+        assert_eq!(parse("punycode"), Err(SlugError::Hyphen));
+        assert_eq!(parse("trailing_hyphen"), Err(SlugError::Hyphen));
+        assert_eq!(parse("leading_digit"), Err(SlugError::LeadingDigit));
+        assert!(matches!(parse("reserved"), Err(SlugError::Reserved(_))));
+    }
+
+    #[test]
+    fn edge_seeds_are_what_their_names_say() {
+        use bulkhead_server::resolve::{host_signal, HostSignal};
+        let split = |name: &str| {
+            let data = read_seed("edge", name);
+            let nul = data.iter().position(|&b| b == 0);
+            let host = String::from_utf8_lossy(&data[..nul.unwrap_or(data.len())]).into_owned();
+            let auth = nul.map(|i| data[i + 1..].to_vec());
+            (host, auth)
+        };
+        let (host, auth) = split("valid");
+        assert!(matches!(
+            host_signal(&host, "bulkhead.test"),
+            HostSignal::Slug(_)
+        ));
+        assert_eq!(auth.as_deref(), Some(&b"Bearer abc"[..]));
+        let (host, _) = split("uppercase_trailing_dot");
+        assert!(matches!(
+            host_signal(&host, "bulkhead.test"),
+            HostSignal::Slug(_)
+        ));
+        let (host, _) = split("reserved_basic");
+        assert_eq!(host_signal(&host, "bulkhead.test"), HostSignal::Invalid);
+        let (host, _) = split("ipv6_empty_bearer");
+        assert_eq!(host_signal(&host, "bulkhead.test"), HostSignal::None);
+        let (host, auth) = split("nested_no_header");
+        assert_eq!(host_signal(&host, "bulkhead.test"), HostSignal::Invalid);
+        assert_eq!(auth, None);
     }
 
     #[test]
     fn seeds_are_what_their_names_say() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/api_key");
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("seed");
+        let read = |name: &str| String::from_utf8(read_seed("api_key", name)).expect("utf-8");
         assert!(bulkhead_auth::ApiKey::parse(&read("valid_test_key")).is_ok());
         assert_eq!(
             bulkhead_auth::ApiKey::parse(&read("bad_checksum_key")).map(|_| ()),
