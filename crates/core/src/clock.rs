@@ -33,6 +33,11 @@ impl Clock {
         }
     }
 
+    /// Whether this is the system clock (so a caller may use a faster source of the same time).
+    pub fn is_system(&self) -> bool {
+        matches!(self.source, Source::System)
+    }
+
     /// The current time.
     pub fn now(&self) -> DateTime<Utc> {
         match &self.source {

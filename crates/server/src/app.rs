@@ -23,9 +23,19 @@ pub fn router(state: AppState) -> Router {
     let tenant_api = Router::new()
         .merge(sessions::routes())
         .merge(api_keys::routes())
+        // Layers run bottom-up: per-address limit, then resolution and authentication, then the
+        // tenant's limits, then the handler.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::tenant_limit,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::resolve::resolve_tenant,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::preauth_limit,
         ));
 
     let router = Router::new()

@@ -245,11 +245,14 @@ async fn serve_with(
     let worker =
         (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
-    let state = AppState::new(
+    let clock = bulkhead_core::Clock::system();
+    let limits = crate::limits::RateLimits::from_env(clock.clone())?;
+    let state = AppState::with_rate_limits(
         store.clone(),
         peppers,
         config,
-        bulkhead_core::Clock::system(),
+        clock,
+        Some(std::sync::Arc::new(limits)),
     );
     let mut stopped_for_server = stopped;
     let shutdown = async move {

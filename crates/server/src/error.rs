@@ -53,6 +53,9 @@ pub enum ApiError {
     /// 422: well-formed but invalid.
     #[error("invalid: {0}")]
     Invalid(Cow<'static, str>),
+    /// 429: a rate limit was reached; names the level (`global`, `tenant`, `agent`, `endpoint`).
+    #[error("rate limited at the {0} level")]
+    RateLimited(&'static str),
     /// 503: the database is unreachable or not ready.
     #[error("unavailable")]
     Unavailable,
@@ -150,6 +153,15 @@ impl ApiError {
                 problem_type!("invalid"),
                 "Unprocessable Content",
                 detail.clone(),
+            ),
+            RateLimited(level) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                problem_type!("rate-limited"),
+                "Too Many Requests",
+                format!(
+                    "rate limit reached at the {level} level; retry after the time in Retry-After"
+                )
+                .into(),
             ),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

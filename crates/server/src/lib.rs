@@ -26,6 +26,7 @@ pub mod error;
 pub mod extract;
 mod key_cli;
 pub mod keys;
+pub mod limits;
 pub mod resolve;
 pub mod routes;
 pub mod scan;

@@ -127,7 +127,10 @@ pub async fn resolve_tenant(
 ) -> Response {
     let signals = Signals::read(&request, &state.config().trusted_proxies);
     match authenticate(&state, signals).await {
-        Ok(ctx) => {
+        Ok((ctx, plan)) => {
+            request
+                .extensions_mut()
+                .insert(crate::limits::TenantPlan(plan));
             let span = tracing::Span::current();
             span.record("tenant_id", tracing::field::display(ctx.tenant_id()));
             request.extensions_mut().insert(ctx);
@@ -184,7 +187,10 @@ impl Signals {
     }
 }
 
-async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContext, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    signals: Signals,
+) -> Result<(TenantContext, bulkhead_store::registry::Plan), ApiError> {
     let Signals {
         request_id,
         host,
@@ -259,14 +265,15 @@ async fn authenticate(state: &AppState, signals: Signals) -> Result<TenantContex
     }
     // Only now is this a use of the key.
     state.verifier().record_use(&key, client_ip);
-    Ok(TenantContext::new(
+    let ctx = TenantContext::new(
         tenant.id,
         Actor::ApiKey {
             key_id: key.key_id,
             scopes: key.scopes,
         },
         request_id,
-    ))
+    );
+    Ok((ctx, tenant.plan))
 }
 
 #[cfg(test)]

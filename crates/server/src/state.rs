@@ -20,13 +20,31 @@ struct Inner {
     store: Store,
     verifier: Arc<KeyVerifier>,
     clock: Clock,
+    rate_limits: Option<crate::limits::SharedLimits>,
     config: AppConfig,
     directory: TenantDirectory,
 }
 
 impl AppState {
-    /// Assembles the state.
+    /// Assembles the state, with the default rate limits kept in process.
     pub fn new(store: Store, peppers: Peppers, config: AppConfig, clock: Clock) -> Self {
+        let limits = crate::limits::RateLimits::in_memory(
+            crate::limits::default_limits(),
+            crate::limits::default_preauth_limits(),
+            clock.clone(),
+        );
+        Self::with_rate_limits(store, peppers, config, clock, Some(Arc::new(limits)))
+    }
+
+    /// Assembles the state with the given rate limits (`None`: no limiting, for benchmarks
+    /// that measure the rest of the pipeline).
+    pub fn with_rate_limits(
+        store: Store,
+        peppers: Peppers,
+        config: AppConfig,
+        clock: Clock,
+        rate_limits: Option<crate::limits::SharedLimits>,
+    ) -> Self {
         let directory = TenantDirectory::new(config.registry_ttl);
         let verifier = Arc::new(KeyVerifier::new(
             store.clone(),
@@ -39,6 +57,7 @@ impl AppState {
                 store,
                 verifier,
                 clock,
+                rate_limits,
                 config,
                 directory,
             }),
@@ -53,6 +72,11 @@ impl AppState {
     /// API-key verification (and the peppers new keys are hashed with).
     pub fn verifier(&self) -> &Arc<KeyVerifier> {
         &self.inner.verifier
+    }
+
+    /// The rate limiters, if limiting is on.
+    pub fn rate_limits(&self) -> Option<&crate::limits::SharedLimits> {
+        self.inner.rate_limits.as_ref()
     }
 
     /// Where "now" comes from.

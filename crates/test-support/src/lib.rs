@@ -227,6 +227,8 @@ pub struct AppOptions {
     pub peppers: Option<Peppers>,
     /// Trusted proxy networks.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Rate limiters; default: the server's defaults, in process.
+    pub rate_limits: Option<bulkhead_server::limits::SharedLimits>,
 }
 
 /// Starts the app with the given options.
@@ -238,11 +240,20 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let store = db.app_store().await;
     let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
     config.trusted_proxies = options.trusted_proxies;
-    let state = AppState::new(
+    let clock = options.clock.unwrap_or_default();
+    let rate_limits = options.rate_limits.unwrap_or_else(|| {
+        Arc::new(bulkhead_server::limits::RateLimits::in_memory(
+            bulkhead_server::limits::default_limits(),
+            bulkhead_server::limits::default_preauth_limits(),
+            clock.clone(),
+        ))
+    });
+    let state = AppState::with_rate_limits(
         store,
         options.peppers.unwrap_or_else(test_peppers),
         config,
-        options.clock.unwrap_or_default(),
+        clock,
+        Some(rate_limits),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -9,4 +9,5 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod platform;
+mod ratelimit;
 mod sessions;

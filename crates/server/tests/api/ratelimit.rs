@@ -1,0 +1,183 @@
+//! Rate limiting through the HTTP pipeline.
+
+use std::sync::Arc;
+
+use bulkhead_core::Clock;
+use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
+use bulkhead_server::limits::{default_limits, default_preauth_limits, RateLimits};
+use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestTenant};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{as_tenant, problem};
+
+fn tight_tenant_budget() -> LimitConfig {
+    LimitConfig {
+        plans: [(Plan::Standard, Quota::per_minute(5).with_burst(5))]
+            .into_iter()
+            .collect(),
+        ..LimitConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn successful_responses_carry_ratelimit_headers() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let response = as_tenant(&app, &acme, Method::GET, "/v1/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let policy = response
+        .headers()
+        .get("ratelimit-policy")
+        .expect("RateLimit-Policy")
+        .to_str()
+        .unwrap();
+    let state = response
+        .headers()
+        .get("ratelimit")
+        .expect("RateLimit")
+        .to_str()
+        .unwrap();
+    assert!(policy.contains(";q=") && policy.contains(";w="), "{policy}");
+    assert!(state.contains(";r=") && state.contains(";t="), "{state}");
+}
+
+#[tokio::test]
+async fn a_flooding_tenant_never_throttles_another() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let limits = RateLimits::in_memory(
+        tight_tenant_budget(),
+        default_preauth_limits(),
+        clock.clone(),
+    );
+    let app = spawn_app_with(AppOptions {
+        clock: Some(clock),
+        rate_limits: Some(Arc::new(limits)),
+        ..Default::default()
+    })
+    .await;
+    let a = app.create_tenant("alpha").await;
+    let b = app.create_tenant("bravo").await;
+    let mut a_rejected = 0;
+    for _ in 0..50 {
+        let response = as_tenant(&app, &a, Method::GET, "/v1/sessions")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            a_rejected += 1;
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .expect("Retry-After")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(retry_after.parse::<u64>().unwrap() >= 1);
+            let (_, body) = problem(response).await;
+            assert_eq!(body["type"], "https://bulkhead.dev/problems/rate-limited");
+            assert!(
+                body["detail"].as_str().unwrap().contains("tenant"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        a_rejected, 45,
+        "a burst of 5 allows exactly 5 of 50 at one instant"
+    );
+    for _ in 0..5 {
+        let response = as_tenant(&app, &b, Method::GET, "/v1/sessions")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "tenant B was throttled by A's flood"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_agent_level_is_named_and_spares_the_tenants_other_keys() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let config = LimitConfig {
+        per_agent: Some(Quota::per_minute(12).with_burst(12)),
+        ..default_limits()
+    };
+    let limits = RateLimits::in_memory(config, default_preauth_limits(), clock.clone());
+    let app = spawn_app_with(AppOptions {
+        clock: Some(clock),
+        rate_limits: Some(Arc::new(limits)),
+        ..Default::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let minted: serde_json::Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = TestTenant {
+        key: minted["key"].as_str().unwrap().to_owned(),
+        ..acme.clone()
+    };
+    // Minting cost the admin key 10 of its 12; the new key has its own 12.
+    let mut last = None;
+    for _ in 0..13 {
+        last = Some(
+            as_tenant(&app, &agent, Method::GET, "/v1/sessions")
+                .send()
+                .await
+                .unwrap(),
+        );
+    }
+    let (status, body) = problem(last.unwrap()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(body["detail"].as_str().unwrap().contains("agent"), "{body}");
+    // The admin key of the same tenant still has its own agent budget and the tenant's.
+    let admin = as_tenant(&app, &acme, Method::GET, "/v1/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unauthenticated_floods_are_limited_per_address_before_any_lookup() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let preauth = LimitConfig {
+        plans: [(Plan::Standard, Quota::per_minute(3).with_burst(3))]
+            .into_iter()
+            .collect(),
+        ..LimitConfig::default()
+    };
+    let limits = RateLimits::in_memory(default_limits(), preauth, clock.clone());
+    let app = spawn_app_with(AppOptions {
+        clock: Some(clock),
+        rate_limits: Some(Arc::new(limits)),
+        ..Default::default()
+    })
+    .await;
+    let key = bulkhead_auth::ApiKey::generate(bulkhead_auth::KeyEnvironment::Live);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = app
+            .client
+            .get(app.url("/v1/sessions"))
+            .bearer_auth(key.expose_secret())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(statuses[3..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+}
