@@ -15,7 +15,11 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use bulkhead_core::{SessionId, TenantId};
+use std::sync::Arc;
+
+use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::config::AppConfig;
+use bulkhead_server::limits::RateLimits;
 use bulkhead_server::state::AppState;
 use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
 use serde_json::{json, Value};
@@ -81,6 +85,19 @@ struct Round {
 }
 
 async fn run_round(url: String, key: Option<String>, seconds: u64, concurrency: u64) -> Round {
+    run_paced(url, key, seconds, concurrency, None, false).await
+}
+
+/// Like `run_round`, each connection waiting `pace` between requests (a steady, normal load).
+/// Every response must succeed, except 429s when `expect_429` (a flood past its budget).
+async fn run_paced(
+    url: String,
+    key: Option<String>,
+    seconds: u64,
+    concurrency: u64,
+    pace: Option<Duration>,
+    expect_429: bool,
+) -> Round {
     let client = loopback_client();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -96,13 +113,16 @@ async fn run_round(url: String, key: Option<String>, seconds: u64, concurrency: 
                     request = request.bearer_auth(k);
                 }
                 let response = request.send().await.expect("request");
+                let status = response.status();
                 assert!(
-                    response.status().is_success(),
-                    "status {}",
-                    response.status()
+                    status.is_success() || (expect_429 && status.as_u16() == 429),
+                    "status {status}"
                 );
                 response.bytes().await.expect("body");
                 latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if let Some(pace) = pace {
+                    tokio::time::sleep(pace).await;
+                }
             }
             latencies
         }));
@@ -143,6 +163,22 @@ fn summarize(name: &str, rounds: &[Round]) -> f64 {
     rps
 }
 
+/// Serves `app` on a loopback port and returns the port.
+async fn serve(app: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    port
+}
+
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 5);
     let rounds = env_or("BENCH_ROUNDS", 3);
@@ -156,7 +192,10 @@ fn main() {
         let tenant = create_tenant(&db, "bench").await;
         let store = db.app_store().await;
         let config = AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
-        let state = AppState::new(store, test_peppers(), config, bulkhead_core::Clock::system());
+        let clock = bulkhead_core::Clock::system();
+        // The first comparison measures resolution, authentication and the tenant transaction:
+        // no rate limiting in this app (limiting has its own sections below).
+        let state = AppState::with_rate_limits(store.clone(), test_peppers(), config.clone(), clock.clone(), None);
         // A plain pool that sees every row: the cluster's superuser, as a deployment without
         // tenant isolation would use. Same size as the serving pool.
         let plain = sqlx::postgres::PgPoolOptions::new()
@@ -167,11 +206,7 @@ fn main() {
         let app = bulkhead_server::app::router(state.clone())
             .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain))
             .merge(Router::new().route("/bench/noauth/{tenant}/sessions/{id}", get(unauthenticated)).with_state(state.store().clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
-        });
+        let port = serve(app).await;
 
         let client = loopback_client();
         let created: Value = client
@@ -206,5 +241,63 @@ fn main() {
         let full_rps = summarize("full", &full);
         println!("full / baseline throughput ratio: {:.2}", full_rps / base_rps);
         println!("full / no-auth throughput ratio (cost of resolution + cached key auth): {:.2}", full_rps / noauth_rps);
+
+        // Rate limiting on versus off: the same authenticated GET, with quotas so roomy that
+        // nothing is refused, so only the limiter's own cost shows.
+        let roomy = Quota::per_second(10_000_000).with_burst(10_000_000);
+        let roomy_limits = LimitConfig {
+            global: Some(roomy),
+            plans: [Plan::Free, Plan::Standard, Plan::Enterprise].into_iter().map(|p| (p, roomy)).collect(),
+            per_agent: Some(roomy),
+            ..LimitConfig::default()
+        };
+        let limited = RateLimits::in_memory(roomy_limits.clone(), roomy_limits, clock.clone());
+        let on_state = AppState::with_rate_limits(store.clone(), test_peppers(), config.clone(), clock.clone(), Some(Arc::new(limited)));
+        let on_port = serve(bulkhead_server::app::router(on_state)).await;
+        let on_url = format!("http://bench.bulkhead.test:{on_port}/v1/sessions/{id}");
+        run_round(on_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            off.push(run_round(full_url.clone(), Some(tenant.key.clone()), seconds, concurrency).await);
+            on.push(run_round(on_url.clone(), Some(tenant.key.clone()), seconds, concurrency).await);
+        }
+        println!("rate limiting, same endpoint, same run:");
+        let off_rps = summarize("limits off", &off);
+        let on_rps = summarize("limits on", &on);
+        println!("limits on / off throughput ratio: {:.2}", on_rps / off_rps);
+
+        // Fairness: tenant B at a steady, normal load, alone and while tenant A floods far past
+        // its budget, on the default limits.
+        let default_state = AppState::new(store.clone(), test_peppers(), config.clone(), clock.clone());
+        let fair_port = serve(bulkhead_server::app::router(default_state)).await;
+        let flooder = create_tenant(&db, "flood").await;
+        let calm = create_tenant(&db, "calm").await;
+        let calm_session: Value = client
+            .post(format!("http://calm.bulkhead.test:{fair_port}/v1/sessions"))
+            .bearer_auth(&calm.key)
+            .json(&json!({ "agent_id": "agent-1", "title": "calm" }))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        let calm_url = format!("http://calm.bulkhead.test:{fair_port}/v1/sessions/{}", calm_session["id"].as_str().expect("id"));
+        let flood_url = format!("http://flood.bulkhead.test:{fair_port}/v1/sessions");
+        let pace = Some(Duration::from_millis(50));
+        let alone = run_paced(calm_url.clone(), Some(calm.key.clone()), seconds * rounds, 4, pace, false).await;
+        let flood = tokio::spawn(run_paced(flood_url, Some(flooder.key.clone()), seconds * rounds, concurrency, None, true));
+        let crowded = run_paced(calm_url, Some(calm.key.clone()), seconds * rounds, 4, pace, false).await;
+        let flood = flood.await.expect("flood");
+        println!("fairness: B with 4 connections at 20 req/s each; A flooding with {concurrency} connections:");
+        summarize("B alone", std::slice::from_ref(&alone));
+        summarize("B + flood", std::slice::from_ref(&crowded));
+        summarize("A flood", std::slice::from_ref(&flood));
+        let p99 = |r: &Round| {
+            let mut v = r.latencies_us.clone();
+            v.sort_unstable();
+            percentile(&v, 0.99)
+        };
+        println!("B p99 with A flooding / B p99 alone: {:.2}", p99(&crowded) / p99(&alone));
     });
 }

@@ -21,7 +21,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, Clock, TenantContext, TenantId};
 use bulkhead_ratelimit::{
-    header_values, ClassQuota, Decision, LimitConfig, Limiter, Plan, Quota, Source,
+    header_values, ClassQuota, ConcurrencyLimiter, Decision, LimitConfig, Limiter, Plan, Quota,
+    Source,
 };
 use bulkhead_store::registry;
 
@@ -65,11 +66,18 @@ pub fn default_preauth_limits() -> LimitConfig {
     }
 }
 
-/// The two limiters of a process.
+/// Requests of one tenant in flight at once in this process (Stripe's concurrency limiter):
+/// expensive classes get a small number, everything else a generous one.
+pub fn default_concurrency() -> ConcurrencyLimiter {
+    ConcurrencyLimiter::new(256).with_class("key_create", 4)
+}
+
+/// The limiters of a process.
 #[derive(Debug)]
 pub struct RateLimits {
     tenant: Limiter,
     preauth: Limiter,
+    concurrency: ConcurrencyLimiter,
 }
 
 impl RateLimits {
@@ -78,6 +86,7 @@ impl RateLimits {
         Self {
             tenant: Limiter::in_memory(tenant, clock.clone()),
             preauth: Limiter::in_memory(preauth, clock),
+            concurrency: default_concurrency(),
         }
     }
 
@@ -91,6 +100,7 @@ impl RateLimits {
                     options.key_prefix = format!("{}:preauth", options.key_prefix);
                     options
                 })?,
+                concurrency: default_concurrency(),
             }),
             None => Ok(Self::in_memory(
                 default_limits(),
@@ -217,6 +227,16 @@ pub async fn tenant_limit(State(state): State<AppState>, request: Request, next:
     if let Some(agent) = agent.as_deref() {
         limited = limited.with_agent(agent);
     }
+    // Taken before the rate decision, so a request refused here charges no budget; held until
+    // the handler has answered (dropping it frees the slot).
+    let Some(_permit) = limits.concurrency.acquire(ctx.tenant_id(), class) else {
+        tracing::warn!(target: "bulkhead::audit", action = "ratelimit.reject", outcome = "blocked", tenant_id = %ctx.tenant_id(), level = "concurrency", class, "too many requests in flight");
+        let mut response = ApiError::RateLimited("concurrency").into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return response;
+    };
     let decision = limits.tenant.check(&limited).await;
     if !decision.allowed {
         tracing::warn!(
