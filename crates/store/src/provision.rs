@@ -34,7 +34,12 @@ pub async fn ensure_owner_role(superuser: &mut PgConnection) -> Result<(), Store
     let create = format!("CREATE ROLE {OWNER_ROLE} LOGIN NOSUPERUSER CREATEROLE NOBYPASSRLS");
     match sqlx::query(&create).execute(&mut *superuser).await {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42710") => Ok(()),
+        // Created concurrently: 42710 if the other CREATE had committed, 23505 if they raced.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42710") | Some("23505")) =>
+        {
+            Ok(())
+        }
         Err(err) => Err(err.into()),
     }
 }
@@ -64,7 +69,12 @@ pub async fn ensure_database(superuser: &mut PgConnection, name: &str) -> Result
     let create = format!("CREATE DATABASE {name} OWNER {OWNER_ROLE}");
     match sqlx::query(&create).execute(&mut *superuser).await {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(()),
+        // Created concurrently: 42P04 if the other CREATE had committed, 23505 if they raced.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04") | Some("23505")) =>
+        {
+            Ok(())
+        }
         Err(err) => Err(err.into()),
     }
 }

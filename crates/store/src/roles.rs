@@ -22,8 +22,10 @@ pub async fn ensure_app_role(owner: &mut PgConnection) -> Result<(), StoreError>
         );
         match sqlx::query(&create).execute(&mut *owner).await {
             Ok(_) => {}
-            // Another process created it between our check and our CREATE.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42710") => {}
+            // Another process created it between our check and our CREATE: 42710 if it had
+            // committed, 23505 (on pg_authid) if both CREATEs raced.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("42710") | Some("23505")) => {}
             Err(err) => {
                 return Err(StoreError::UnsafeConfiguration(format!(
                     "the application role `{APP_ROLE}` does not exist and could not be created \

@@ -64,6 +64,8 @@ fn cluster() -> &'static Cluster {
                 provision::ensure_owner_role(&mut su)
                     .await
                     .expect("owner role");
+                // Once, here, rather than racing from every test's migrations.
+                roles::ensure_app_role(&mut su).await.expect("app role");
                 su.close().await.ok();
                 Cluster { postgres }
             })
