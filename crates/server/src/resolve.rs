@@ -133,6 +133,8 @@ pub async fn resolve_tenant(
                 .insert(crate::limits::TenantPlan(plan));
             let span = tracing::Span::current();
             span.record("tenant_id", tracing::field::display(ctx.tenant_id()));
+            // With the route and the final status, the request's log line records the decision.
+            span.record("actor_id", tracing::field::display(ctx.actor().audit_id()));
             request.extensions_mut().insert(ctx);
             next.run(request).await
         }

@@ -58,6 +58,7 @@ pub async fn request_span(mut request: Request, next: Next) -> Response {
         method = %method,
         route = %route,
         tenant_id = tracing::field::Empty,
+        actor_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut response = {
