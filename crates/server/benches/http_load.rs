@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::limits::RateLimits;
+use bulkhead_server::limits::{default_limits, RateLimits};
 use bulkhead_server::state::AppState;
 use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
 use serde_json::{json, Value};
@@ -163,6 +163,17 @@ fn summarize(name: &str, rounds: &[Round]) -> f64 {
     rps
 }
 
+fn roomy_preauth() -> LimitConfig {
+    let roomy = Quota::per_second(10_000_000).with_burst(10_000_000);
+    LimitConfig {
+        plans: [Plan::Free, Plan::Standard, Plan::Enterprise]
+            .into_iter()
+            .map(|p| (p, roomy))
+            .collect(),
+        ..LimitConfig::default()
+    }
+}
+
 /// Serves `app` on a loopback port and returns the port.
 async fn serve(app: Router) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -268,7 +279,10 @@ fn main() {
 
         // Fairness: tenant B at a steady, normal load, alone and while tenant A floods far past
         // its budget, on the default limits.
-        let default_state = AppState::new(store.clone(), test_peppers(), config.clone(), clock.clone());
+        // All load comes from 127.0.0.1, so the per-address (pre-authentication) budget would be
+        // shared by both tenants: give it room; this section measures the tenant limits.
+        let fair_limits = RateLimits::in_memory(default_limits(), roomy_preauth(), clock.clone());
+        let default_state = AppState::with_rate_limits(store.clone(), test_peppers(), config.clone(), clock.clone(), Some(Arc::new(fair_limits)));
         let fair_port = serve(bulkhead_server::app::router(default_state)).await;
         let flooder = create_tenant(&db, "flood").await;
         let calm = create_tenant(&db, "calm").await;
