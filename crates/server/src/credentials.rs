@@ -394,6 +394,25 @@ impl KeyVerifier {
     }
 }
 
+/// [`client_ip`] of a request: its TCP peer (from `ConnectInfo`) and its `X-Forwarded-For`
+/// values, where a value that is not text is kept as `None` (it makes the chain malformed).
+pub fn request_client_ip(
+    request: &axum::extract::Request,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let forwarded: Vec<Option<&str>> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect();
+    client_ip(peer, &forwarded, trusted)
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
 /// in `X-Forwarded-For` that is not itself a trusted proxy. `None` (unknown, so keys with an
 /// allowlist are refused) when the chain is malformed in any way, or when a trusted proxy sent

@@ -12,10 +12,10 @@
 //! `Retry-After`. With Redis configured (`REDIS_URL`) several processes share the budgets; if
 //! Redis is unreachable the configured fallback applies (local by default, or deny: then 503).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -173,18 +173,8 @@ pub async fn preauth_limit(
     let Some(limits) = state.rate_limits() else {
         return next.run(request).await;
     };
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let forwarded: Vec<Option<&str>> = request
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.to_str().ok())
-        .collect();
     // An unknown address (malformed chain) shares one budget rather than escaping limits.
-    let ip = crate::credentials::client_ip(peer, &forwarded, &state.config().trusted_proxies)
+    let ip = crate::credentials::request_client_ip(&request, &state.config().trusted_proxies)
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let decision = limits
         .preauth

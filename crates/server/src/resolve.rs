@@ -14,16 +14,16 @@
 //! it could not compute. The lookup itself is by HMAC(pepper, key): its timing depends on a value
 //! the caller cannot predict without the pepper.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
 use bulkhead_store::registry::{Tenant, TenantStatus};
 
-use crate::credentials::{client_ip, Refusal, Refused};
+use crate::credentials::{request_client_ip, Refusal, Refused};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -171,20 +171,7 @@ impl Signals {
                 .unwrap_or_default(),
             host,
             bearer: bearer_token(request.headers()).map(str::to_owned),
-            client_ip: {
-                let peer = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
-                // A value that is not text is kept as `None`: it makes the chain malformed.
-                let forwarded: Vec<Option<&str>> = request
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .map(|v| v.to_str().ok())
-                    .collect();
-                client_ip(peer, &forwarded, trusted_proxies)
-            },
+            client_ip: request_client_ip(request, trusted_proxies),
         }
     }
 }

@@ -248,15 +248,7 @@ pub async fn get(
     id: ApiKeyId,
     now: DateTime<Utc>,
 ) -> Result<ApiKeyRecord, StoreError> {
-    let tenant = tx.tenant_id();
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.api_keys WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant.uuid())
-    .bind(id.uuid())
-    .fetch_optional(tx.conn())
-    .await?;
-    row.ok_or(StoreError::NotFound)?.into_record(now)
+    fetch_one(tx, id, now, "").await
 }
 
 /// Same as [`get`], locking the row for the rest of the transaction (updates, rotation).
@@ -265,9 +257,19 @@ pub async fn get_for_update(
     id: ApiKeyId,
     now: DateTime<Utc>,
 ) -> Result<ApiKeyRecord, StoreError> {
+    fetch_one(tx, id, now, "FOR UPDATE").await
+}
+
+/// `locking` is a constant clause (`""` or `"FOR UPDATE"`), never input.
+async fn fetch_one(
+    tx: &mut TenantTx,
+    id: ApiKeyId,
+    now: DateTime<Utc>,
+    locking: &'static str,
+) -> Result<ApiKeyRecord, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.api_keys WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+        "SELECT {COLUMNS} FROM bulkhead.api_keys WHERE tenant_id = $1 AND id = $2 {locking}"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
