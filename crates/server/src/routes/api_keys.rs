@@ -319,18 +319,13 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<KeyPage>, ApiError> {
     let ctx = tenant.require(Scope::KeysManage)?;
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_PAGE_SIZE {
-        return Err(ApiError::Invalid(
-            format!("limit is between 1 and {MAX_PAGE_SIZE}").into(),
-        ));
-    }
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
     let after = query.cursor.as_deref().map(parse_id).transpose()?;
     if let Some(p) = &query.principal {
         check_label("principal", p)?;
     }
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let mut data = api_keys::list(
+    let rows = api_keys::list(
         &mut tx,
         after,
         limit + 1,
@@ -339,12 +334,7 @@ async fn list(
     )
     .await?;
     tx.commit().await?;
-    let next_cursor = if data.len() > limit as usize {
-        data.truncate(limit as usize);
-        data.last().map(|k| k.id)
-    } else {
-        None
-    };
+    let (data, next_cursor) = super::into_page(rows, limit, |k| k.id);
     Ok(axum::Json(KeyPage { data, next_cursor }))
 }
 

@@ -187,19 +187,13 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<SessionPage>, ApiError> {
     let ctx = tenant.require(Scope::SessionsRead)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if limit == 0 || limit > MAX_PAGE_SIZE {
-        return Err(ApiError::Invalid(
-            format!("limit is between 1 and {MAX_PAGE_SIZE}").into(),
-        ));
-    }
+    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = query.cursor.as_deref().map(parse_id).transpose()?;
     if let Some(agent_id) = &query.agent_id {
         check_agent_id(agent_id)?;
     }
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    // One extra row tells whether another page exists without a count query.
-    let mut data = sessions::list(
+    let rows = sessions::list(
         &mut tx,
         &ListSessions {
             after,
@@ -210,12 +204,7 @@ async fn list(
     )
     .await?;
     tx.commit().await?;
-    let next_cursor = if data.len() > limit as usize {
-        data.truncate(limit as usize);
-        data.last().map(|s| s.id)
-    } else {
-        None
-    };
+    let (data, next_cursor) = super::into_page(rows, limit, |s| s.id);
     Ok(axum::Json(SessionPage { data, next_cursor }))
 }
 
