@@ -1,8 +1,14 @@
 //! # Bulkhead credentials
 //!
-//! This crate defines Bulkhead's API keys: their text format, how they are
-//! generated and strictly parsed, how they are found in leaked text, and the only
-//! form in which the server keeps them, a peppered HMAC. It does no I/O.
+//! This crate defines Bulkhead's credentials and does no I/O:
+//! - API keys: their text format, how they are generated and strictly parsed, how
+//!   they are found in leaked text, and the only form in which the server keeps
+//!   them, a peppered HMAC (below);
+//! - access tokens ([`token`]): RFC 9068 JWTs signed with Ed25519 ([`signing`]),
+//!   and the single strict verification every route relies on;
+//! - refresh tokens ([`refresh`]): opaque 256-bit values stored as SHA-256;
+//! - human passwords ([`password`]): argon2id;
+//! - the master key ([`master`]) that seals signing keys at rest.
 //!
 //! ## The key format
 //!
@@ -45,9 +51,21 @@
 //!   never sliced. Errors ([`KeyFormatError`], [`PepperError`]) never echo their
 //!   input.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod base62;
 mod key;
+pub mod master;
+pub mod password;
 mod pepper;
+pub mod refresh;
+pub mod signing;
+pub mod token;
 
 pub use key::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
+pub use master::MasterKey;
 pub use pepper::{KeyHash, KeyPepper, PepperError, MIN_PEPPER_LEN};
+pub use refresh::RefreshToken;
+pub use signing::{generate_signing_key, SigningKey, VerifyingKey};
+pub use token::{AccessClaims, ActClaim, Expectations, KeySet, TokenError};

@@ -83,17 +83,7 @@ impl KeyPepper {
     /// in a newline); base64 padding is optional; hex digits may be either case.
     /// The forms cannot be confused: `:` is in neither base64 nor hex.
     pub fn from_config_str(s: &str) -> Result<KeyPepper, PepperError> {
-        let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
-        let (version, rest) = split_version(s)?;
-        let bytes = if let Some(b64) = rest.strip_prefix("base64:") {
-            decode_base64(b64)?
-        } else if let Some(hex) = rest.strip_prefix("hex:") {
-            decode_hex(hex)?
-        } else if rest.contains(':') {
-            return Err(PepperError::Encoding);
-        } else {
-            decode_base64(rest)?
-        };
+        let (version, bytes) = decode_config_secret(s)?;
         Self::from_zeroizing(version, bytes)
     }
 
@@ -129,6 +119,23 @@ impl KeyPepper {
         mac.update(key.expose_secret().as_bytes());
         KeyHash(mac.finalize().into_bytes().into())
     }
+}
+
+/// Decodes the operator-facing forms of a server secret (see [`KeyPepper::from_config_str`]):
+/// the version (1 when absent) and the bytes, zeroized on drop. Shared with the master key.
+pub(crate) fn decode_config_secret(s: &str) -> Result<(i16, Zeroizing<Vec<u8>>), PepperError> {
+    let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let (version, rest) = split_version(s)?;
+    let bytes = if let Some(b64) = rest.strip_prefix("base64:") {
+        decode_base64(b64)?
+    } else if let Some(hex) = rest.strip_prefix("hex:") {
+        decode_hex(hex)?
+    } else if rest.contains(':') {
+        return Err(PepperError::Encoding);
+    } else {
+        decode_base64(rest)?
+    };
+    Ok((version, bytes))
 }
 
 /// Splits an optional `v<N>:` off the front. A string starting with `v` and

@@ -1,0 +1,154 @@
+//! The master key, which seals secrets the server must keep in the database but never store in
+//! the clear (today: the private halves of token signing keys).
+//!
+//! Sealing is AES-256-GCM with a fresh random 96-bit nonce per seal, under a key derived from the
+//! master key with HKDF-SHA256 for one purpose only (`info` names it), and with associated data
+//! that binds the ciphertext to the record it belongs to (a signing key's `kid`): a sealed value
+//! copied onto another record fails to open.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hkdf;
+use zeroize::Zeroizing;
+
+use crate::pepper::{decode_config_secret, PepperError};
+use crate::MIN_PEPPER_LEN;
+
+/// What a sealed value is for; each purpose gets its own derived key.
+const SIGNING_KEY_INFO: &[u8] = b"bulkhead/v1/signing-key-seal";
+
+/// The operator's master key (`BULKHEAD_MASTER_KEY`, or generated into the embedded data
+/// directory). `Debug` never shows it; zeroized on drop.
+pub struct MasterKey {
+    bytes: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// A sealed value could not be opened: wrong master key, tampered, or moved to another record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("sealed value cannot be opened with this master key")]
+pub struct UnsealError;
+
+impl MasterKey {
+    /// Parses `base64:…`, `hex:…` or bare base64 (at least 32 bytes), as for the key pepper.
+    pub fn from_config_str(text: &str) -> Result<MasterKey, PepperError> {
+        let (_version, bytes) = decode_config_secret(text)?;
+        if bytes.len() < MIN_PEPPER_LEN {
+            return Err(PepperError::TooShort);
+        }
+        Ok(MasterKey { bytes })
+    }
+
+    /// 32 bytes from the operating system's CSPRNG.
+    pub fn generate() -> MasterKey {
+        let mut bytes = Zeroizing::new(vec![0u8; 32]);
+        OsRng.fill_bytes(&mut bytes);
+        MasterKey { bytes }
+    }
+
+    /// The form written to the key file (`base64:…`). The returned string is the secret.
+    pub fn to_config_string(&self) -> String {
+        format!("base64:{}", STANDARD.encode(&*self.bytes))
+    }
+
+    fn aead_key(&self, info: &'static [u8]) -> LessSafeKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"bulkhead master key").extract(&self.bytes);
+        let infos = [info];
+        let okm = prk
+            .expand(&infos, &AES_256_GCM)
+            .expect("AES-256 key length is within HKDF-SHA256's output limit");
+        LessSafeKey::new(UnboundKey::from(okm))
+    }
+
+    /// Seals a signing key's private half, bound to its `kid`. Output: nonce ‖ ciphertext ‖ tag.
+    pub fn seal_signing_key(&self, kid: &str, plaintext: &[u8]) -> Vec<u8> {
+        let key = self.aead_key(SIGNING_KEY_INFO);
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let mut in_out = plaintext.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(kid.as_bytes()),
+            &mut in_out,
+        )
+        .expect("AES-GCM seals any input shorter than 64 GiB");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&in_out);
+        in_out.iter_mut().for_each(|b| *b = 0);
+        out
+    }
+
+    /// Opens what [`MasterKey::seal_signing_key`] sealed for the same `kid`.
+    pub fn open_signing_key(
+        &self,
+        kid: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(UnsealError);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| UnsealError)?;
+        let mut buf = Zeroizing::new(ciphertext.to_vec());
+        let key = self.aead_key(SIGNING_KEY_INFO);
+        let len = key
+            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buf)
+            .map_err(|_| UnsealError)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_key_and_kid() {
+        let master = MasterKey::generate();
+        let sealed = master.seal_signing_key("kid-aaaaaaaa", b"secret material");
+        assert!(!sealed
+            .windows(b"secret material".len())
+            .any(|w| w == b"secret material"));
+        assert_eq!(
+            &*master.open_signing_key("kid-aaaaaaaa", &sealed).unwrap(),
+            b"secret material"
+        );
+        assert_eq!(
+            master.open_signing_key("kid-bbbbbbbb", &sealed),
+            Err(UnsealError)
+        );
+        assert_eq!(
+            MasterKey::generate().open_signing_key("kid-aaaaaaaa", &sealed),
+            Err(UnsealError)
+        );
+        let mut tampered = sealed.clone();
+        tampered[20] ^= 1;
+        assert_eq!(
+            master.open_signing_key("kid-aaaaaaaa", &tampered),
+            Err(UnsealError)
+        );
+        assert_eq!(
+            master.open_signing_key("kid-aaaaaaaa", &[0; 5]),
+            Err(UnsealError)
+        );
+        let round = MasterKey::from_config_str(&master.to_config_string()).unwrap();
+        assert!(round.open_signing_key("kid-aaaaaaaa", &sealed).is_ok());
+        assert!(format!("{master:?}").contains("redacted"));
+        assert_eq!(
+            MasterKey::from_config_str("base64:AAAA").unwrap_err(),
+            PepperError::TooShort
+        );
+    }
+}
