@@ -171,6 +171,11 @@ impl KeySet {
         serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
     }
 
+    /// Whether no key is published (nothing loaded yet).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Whether a key with this kid is published.
     pub fn contains(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)

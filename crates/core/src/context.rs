@@ -1,6 +1,6 @@
 //! The tenant context every tenant-data operation carries.
 
-use crate::id::{ApiKeyId, RequestId, TenantId};
+use crate::id::{AccessTokenId, ApiKeyId, AuthSessionId, RequestId, TenantId};
 use crate::scope::{Scope, ScopeSet};
 
 /// Who is acting. Audit events and logs name it.
@@ -12,6 +12,21 @@ pub enum Actor {
         /// The key record (never the key).
         key_id: ApiKeyId,
         /// What the key may do.
+        scopes: ScopeSet,
+    },
+    /// A caller authenticated by an access token (a JWT) issued for the tenant.
+    Token {
+        /// The token's subject: a `user_…` id or an agent's principal.
+        subject: String,
+        /// Whether the subject is a human user (else an agent).
+        human: bool,
+        /// The client the token was issued to.
+        client_id: String,
+        /// The token's `jti`.
+        token_id: AccessTokenId,
+        /// The auth session the token was minted from, if any.
+        session_id: Option<AuthSessionId>,
+        /// What the token may do.
         scopes: ScopeSet,
     },
     /// Bulkhead itself: the job worker or an operator command.
@@ -26,7 +41,16 @@ impl Actor {
     pub fn audit_id(&self) -> String {
         match self {
             Actor::ApiKey { key_id, .. } => key_id.to_string(),
+            Actor::Token { subject, .. } => subject.clone(),
             Actor::System { component } => format!("system:{component}"),
+        }
+    }
+
+    /// The scopes a credential holds; `None` for the system actor, which holds every scope.
+    pub fn scopes(&self) -> Option<&ScopeSet> {
+        match self {
+            Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } => Some(scopes),
+            Actor::System { .. } => None,
         }
     }
 
@@ -34,6 +58,8 @@ impl Actor {
     pub fn audit_type(&self) -> &'static str {
         match self {
             Actor::ApiKey { .. } => "api_key",
+            Actor::Token { human: true, .. } => "human",
+            Actor::Token { human: false, .. } => "agent",
             Actor::System { .. } => "system",
         }
     }
@@ -78,7 +104,7 @@ impl TenantContext {
     /// Whether the actor holds `scope`. The system actor holds every scope.
     pub fn has_scope(&self, scope: Scope) -> bool {
         match &self.actor {
-            Actor::ApiKey { scopes, .. } => scopes.contains(scope),
+            Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } => scopes.contains(scope),
             Actor::System { .. } => true,
         }
     }

@@ -215,6 +215,19 @@ id_kind!(
     AuditEventId, AuditEventKind, "evt"
 );
 id_kind!(
+    /// A human user of a tenant: `user_…`.
+    UserId, UserKind, "user"
+);
+id_kind!(
+    /// An auth session: one refresh-token family (a login or a long-running agent session):
+    /// `asess_…`.
+    AuthSessionId, AuthSessionKind, "asess"
+);
+id_kind!(
+    /// An access token (its `jti`): `at_…`.
+    AccessTokenId, AccessTokenKind, "at"
+);
+id_kind!(
     /// One HTTP request or job run, for correlating logs: `req_…`.
     RequestId, RequestKind, "req"
 );

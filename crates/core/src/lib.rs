@@ -25,6 +25,9 @@ pub mod slug;
 pub use cache::TenantCache;
 pub use clock::Clock;
 pub use context::{Actor, TenantContext};
-pub use id::{ApiKeyId, AuditEventId, IdError, JobId, PrefixedId, RequestId, SessionId, TenantId};
+pub use id::{
+    AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
+    SessionId, TenantId, UserId,
+};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};

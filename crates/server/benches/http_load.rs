@@ -206,7 +206,7 @@ fn main() {
         let clock = bulkhead_core::Clock::system();
         // The first comparison measures resolution, authentication and the tenant transaction:
         // no rate limiting in this app (limiting has its own sections below).
-        let state = AppState::with_rate_limits(store.clone(), test_peppers(), config.clone(), clock.clone(), None);
+        let state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), None);
         // A plain pool that sees every row: the cluster's superuser, as a deployment without
         // tenant isolation would use. Same size as the serving pool.
         let plain = sqlx::postgres::PgPoolOptions::new()
@@ -263,7 +263,7 @@ fn main() {
             ..LimitConfig::default()
         };
         let limited = RateLimits::in_memory(roomy_limits.clone(), roomy_limits, clock.clone());
-        let on_state = AppState::with_rate_limits(store.clone(), test_peppers(), config.clone(), clock.clone(), Some(Arc::new(limited)));
+        let on_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(limited)));
         let on_port = serve(bulkhead_server::app::router(on_state)).await;
         let on_url = format!("http://bench.bulkhead.test:{on_port}/v1/sessions/{id}");
         run_round(on_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
@@ -282,7 +282,7 @@ fn main() {
         // All load comes from 127.0.0.1, so the per-address (pre-authentication) budget would be
         // shared by both tenants: give it room; this section measures the tenant limits.
         let fair_limits = RateLimits::in_memory(default_limits(), roomy_preauth(), clock.clone());
-        let default_state = AppState::with_rate_limits(store.clone(), test_peppers(), config.clone(), clock.clone(), Some(Arc::new(fair_limits)));
+        let default_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(fair_limits)));
         let fair_port = serve(bulkhead_server::app::router(default_state)).await;
         let flooder = create_tenant(&db, "flood").await;
         let calm = create_tenant(&db, "calm").await;

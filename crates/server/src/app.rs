@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{api_keys, health, sessions};
+use crate::routes::{api_keys, auth, health, oauth, sessions};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let tenant_api = Router::new()
         .merge(sessions::routes())
         .merge(api_keys::routes())
+        .merge(auth::routes())
         // Layers run bottom-up: per-address limit, then resolution and authentication, then the
         // tenant's limits, then the handler.
         .route_layer(middleware::from_fn_with_state(
@@ -38,10 +39,21 @@ pub fn router(state: AppState) -> Router {
             crate::limits::preauth_limit,
         ));
 
+    // Endpoints where the client authenticates itself (OAuth, login): no tenant resolution in
+    // front, but the per-address limit before any credential work.
+    let self_authenticating = Router::new()
+        .merge(oauth::routes())
+        .merge(auth::public_routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::preauth_limit,
+        ));
+
     let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(self_authenticating)
         .nest("/v1", tenant_api);
 
     router
@@ -68,6 +80,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Key verification caches must hear about revocations from other processes.
     let listener_task = tokio::spawn(state.verifier().clone().listen_for_changes());
+    // Signing keys and the token denylist are loaded before the first request; until they are,
+    // tokens are refused (503), never accepted unchecked.
+    if let Err(err) = state.tokens().reload().await {
+        tracing::error!(error = %err, "cannot load signing keys and the token denylist; tokens are refused until they load");
+    }
+    let token_task = tokio::spawn(state.tokens().clone().listen_for_changes());
     let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -75,5 +93,6 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     listener_task.abort();
+    token_task.abort();
     served
 }

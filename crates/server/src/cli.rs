@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{parse_environment, AppConfig, DatabaseArgs, ServeArgs};
-use crate::database::{load_peppers, Database};
+use crate::database::{load_master_key, load_peppers, Database};
 use crate::state::AppState;
 use crate::worker::Worker;
 
@@ -47,6 +47,50 @@ enum Command {
     Key {
         #[command(subcommand)]
         action: KeyCommand,
+    },
+    /// Manage the access-token signing keys.
+    SigningKey {
+        #[command(subcommand)]
+        action: SigningKeyCommand,
+    },
+    /// Manage a tenant's human users.
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SigningKeyCommand {
+    /// Rotate: the published next key starts signing, the current key stops signing but stays
+    /// in the JWKS until every token it signed has expired, and a new next key is published.
+    Rotate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List the published keys (kid, state, until when retired keys stay published) as JSON.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user. The password is read from BULKHEAD_USER_PASSWORD, or else from the first
+    /// line of standard input; it is never a flag (flags end up in shell history).
+    Create {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// Email (the login name; compared case-insensitively).
+        #[arg(long)]
+        email: String,
+        /// Scopes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -215,6 +259,129 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { action } => tenant(action).await,
         Command::Key { action } => crate::key_cli::run(action).await,
+        Command::SigningKey { action } => signing_key(action).await,
+        Command::User { action } => user(action).await,
+    }
+}
+
+async fn signing_key(action: SigningKeyCommand) -> anyhow::Result<()> {
+    match action {
+        SigningKeyCommand::Rotate { database } => {
+            let master = load_master_key(&database)?;
+            let db = Database::open(&database).await?;
+            let result = async {
+                db.migrate().await?;
+                let owner = db.owner_pool(2).await?;
+                bulkhead_store::signing_keys::ensure_signing_keys(&owner, &master).await?;
+                // Retired keys stay published for the longest token lifetime plus the
+                // verification leeway, so every token they signed expires first.
+                let keep = chrono::Duration::seconds(
+                    bulkhead_auth::token::MAX_ACCESS_TOKEN_SECS
+                        + bulkhead_auth::token::LEEWAY_SECS,
+                );
+                let rotation = bulkhead_store::signing_keys::rotate_signing_keys(
+                    &owner,
+                    &master,
+                    chrono::Utc::now(),
+                    keep,
+                )
+                .await?;
+                owner.close().await;
+                tracing::info!(
+                    target: "bulkhead::audit",
+                    action = "signing_key.rotate",
+                    outcome = "success",
+                    actor_id = "system:cli",
+                    resource_id = %rotation.current,
+                    "signing key rotated"
+                );
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "current": rotation.current,
+                        "next": rotation.next,
+                        "retired": rotation.retired.as_ref().map(|(kid, until)| json!({"kid": kid, "published_until": until})),
+                        "deleted": rotation.deleted,
+                    }))?
+                );
+                anyhow::Ok(())
+            }
+            .await;
+            db.shutdown().await?;
+            result
+        }
+        SigningKeyCommand::List { database } => {
+            with_owner(&database, |owner| async move {
+                let keys = owner.published_signing_keys(chrono::Utc::now()).await?;
+                let listed: Vec<_> = keys
+                    .iter()
+                    .map(|k| json!({"kid": k.kid, "state": format!("{:?}", k.state).to_lowercase(), "published_until": k.publish_until}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+async fn user(action: UserCommand) -> anyhow::Result<()> {
+    match action {
+        UserCommand::Create {
+            tenant,
+            email,
+            scopes,
+            database,
+        } => {
+            let scopes = bulkhead_core::ScopeSet::parse_all(&scopes)
+                .map_err(|_| anyhow::anyhow!("invalid --scopes: unknown scope"))?;
+            let email = crate::routes::auth::normalise_email(&email)
+                .ok_or_else(|| anyhow::anyhow!("invalid --email"))?;
+            let password = match std::env::var("BULKHEAD_USER_PASSWORD") {
+                Ok(p) => zeroize::Zeroizing::new(p),
+                Err(_) => {
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut line)?;
+                    zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
+                }
+            };
+            let hash = bulkhead_auth::password::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("password refused: {e}"))?;
+            with_owner(&database, |owner| async move {
+                let found = find_tenant(&owner, &tenant).await?;
+                let ctx = bulkhead_core::TenantContext::new(
+                    found.id,
+                    bulkhead_core::Actor::System { component: "cli" },
+                    bulkhead_core::RequestId::new(),
+                );
+                let mut tx = owner.begin(&ctx, bulkhead_store::Access::ReadWrite).await?;
+                let created = bulkhead_store::users::create(&mut tx, &email, &hash, &scopes)
+                    .await
+                    .map_err(|e| match e {
+                        bulkhead_store::StoreError::Conflict { .. } => {
+                            anyhow::anyhow!("a user with that email already exists in this tenant")
+                        }
+                        other => anyhow::Error::new(other),
+                    })?;
+                bulkhead_store::audit::record(
+                    &mut tx,
+                    "user.create",
+                    Some(&created.id.to_string()),
+                    bulkhead_store::audit::Outcome::Success,
+                    json!({ "scopes": scopes.to_strings() }),
+                )
+                .await?;
+                tx.commit().await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "id": created.id, "email": created.email, "scopes": scopes.to_strings(),
+                    }))?
+                );
+                Ok(())
+            })
+            .await
+        }
     }
 }
 
@@ -222,9 +389,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config =
         AppConfig::new(&args.base_domain, args.key_environment).map_err(anyhow::Error::msg)?;
     config.trusted_proxies = args.trusted_proxies.clone();
+    let issuer = args
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    config.tokens = crate::tokens::TokenSettings::new(
+        &issuer,
+        &args.token_audience,
+        std::time::Duration::from_secs(args.access_token_minutes.saturating_mul(60)),
+    )
+    .map_err(anyhow::Error::msg)?;
     let peppers = load_peppers(&args.database)?;
+    let master = load_master_key(&args.database)?;
     let db = Database::open(&args.database).await?;
-    let result = serve_with(&args, config, peppers, &db).await;
+    let result = serve_with(&args, config, peppers, master, &db).await;
     db.shutdown().await?;
     result
 }
@@ -233,9 +411,18 @@ async fn serve_with(
     args: &ServeArgs,
     config: AppConfig,
     peppers: crate::credentials::Peppers,
+    master: bulkhead_auth::MasterKey,
     db: &Database,
 ) -> anyhow::Result<()> {
     db.migrate().await?;
+    {
+        // First start: create the signing keys (as the owner; the serving role only reads them).
+        let owner = db.owner_pool(1).await?;
+        if bulkhead_store::signing_keys::ensure_signing_keys(&owner, &master).await? {
+            tracing::info!("created the access-token signing keys");
+        }
+        owner.close().await;
+    }
     let store = db.app_store(args.database.max_connections).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -250,6 +437,7 @@ async fn serve_with(
     let state = AppState::with_rate_limits(
         store.clone(),
         peppers,
+        master,
         config,
         clock,
         Some(std::sync::Arc::new(limits)),

@@ -58,6 +58,16 @@ pub struct ServeArgs {
     /// Do not run the job worker in this process.
     #[arg(long, env = "BULKHEAD_NO_WORKER")]
     pub no_worker: bool,
+    /// `iss` of access tokens and the issuer of the OAuth metadata: the public base URL of this
+    /// deployment. Default: `http://<listen address>`.
+    #[arg(long, env = "BULKHEAD_ISSUER")]
+    pub issuer: Option<String>,
+    /// `aud` of access tokens.
+    #[arg(long, env = "BULKHEAD_TOKEN_AUDIENCE", default_value = "bulkhead")]
+    pub token_audience: String,
+    /// Access-token lifetime in minutes (5 to 60).
+    #[arg(long, env = "BULKHEAD_ACCESS_TOKEN_MINUTES", default_value_t = 15)]
+    pub access_token_minutes: u64,
     /// Database location.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -84,6 +94,8 @@ pub struct AppConfig {
     /// How long a registry answer (slug or id → tenant) may be reused. Suspending a tenant takes
     /// effect on every process within this time.
     pub registry_ttl: Duration,
+    /// Access-token issuer, audience and lifetime.
+    pub tokens: crate::tokens::TokenSettings,
 }
 
 impl AppConfig {
@@ -104,11 +116,17 @@ impl AppConfig {
                 "--base-domain {base_domain:?} is not a valid DNS name"
             ));
         }
+        let tokens = crate::tokens::TokenSettings::new(
+            &format!("https://{base_domain}"),
+            "bulkhead",
+            Duration::from_secs(15 * 60),
+        )?;
         Ok(Self {
             base_domain,
             key_environment,
             trusted_proxies: Vec::new(),
             registry_ttl: Duration::from_secs(2),
+            tokens,
         })
     }
 }

@@ -395,7 +395,7 @@ impl KeyVerifier {
 }
 
 /// [`client_ip`] of a request: its TCP peer (from `ConnectInfo`) and its `X-Forwarded-For`
-/// values, where a value that is not text is kept as `None` (it makes the chain malformed).
+/// values.
 pub fn request_client_ip(
     request: &axum::extract::Request,
     trusted: &[ipnet::IpNet],
@@ -404,8 +404,17 @@ pub fn request_client_ip(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let forwarded: Vec<Option<&str>> = request
-        .headers()
+    headers_client_ip(peer, request.headers(), trusted)
+}
+
+/// [`client_ip`] from a peer address and headers, where an `X-Forwarded-For` value that is not
+/// text is kept as `None` (it makes the chain malformed).
+pub fn headers_client_ip(
+    peer: Option<IpAddr>,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let forwarded: Vec<Option<&str>> = headers
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.to_str().ok())

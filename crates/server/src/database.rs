@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::Context;
-use bulkhead_auth::KeyPepper;
+use bulkhead_auth::{KeyPepper, MasterKey};
 use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use bulkhead_store::{migrate, provision, roles, Store};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -152,33 +152,73 @@ pub fn load_peppers(args: &DatabaseArgs) -> anyhow::Result<Peppers> {
 /// directory with mode 0600. With an external database and no pepper, refuse to start: a
 /// generated pepper would silently invalidate every key on the next machine.
 pub fn load_pepper(args: &DatabaseArgs) -> anyhow::Result<KeyPepper> {
-    if let Ok(text) = std::env::var("BULKHEAD_KEY_PEPPER") {
-        return KeyPepper::from_config_str(&text)
-            .map_err(|e| anyhow::anyhow!("BULKHEAD_KEY_PEPPER is unusable: {e}"));
+    load_server_secret(
+        args,
+        "BULKHEAD_KEY_PEPPER",
+        "key-pepper",
+        |text| KeyPepper::from_config_str(text).map_err(|e| e.to_string()),
+        || {
+            let pepper = KeyPepper::generate(1);
+            let text = pepper.to_config_string();
+            (pepper, text)
+        },
+    )
+}
+
+/// The master key that seals token signing keys: `BULKHEAD_MASTER_KEY`, or in embedded mode a
+/// file generated once into the data directory (0600). Required with an external database, for
+/// the same reason as the pepper: a generated one would make every stored signing key unusable.
+pub fn load_master_key(args: &DatabaseArgs) -> anyhow::Result<MasterKey> {
+    load_server_secret(
+        args,
+        "BULKHEAD_MASTER_KEY",
+        "master-key",
+        |text| MasterKey::from_config_str(text).map_err(|e| e.to_string()),
+        || {
+            let key = MasterKey::generate();
+            let text = key.to_config_string();
+            (key, text)
+        },
+    )
+}
+
+/// A server secret from `env`, else (embedded mode only) from `<data-dir>/<file>`, generated
+/// there once with mode 0600.
+fn load_server_secret<T>(
+    args: &DatabaseArgs,
+    env: &str,
+    file: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+    generate: impl FnOnce() -> (T, String),
+) -> anyhow::Result<T> {
+    if let Ok(text) = std::env::var(env) {
+        return parse(&text).map_err(|e| anyhow::anyhow!("{env} is unusable: {e}"));
     }
     if args.database_url.is_some() {
         anyhow::bail!(
-            "BULKHEAD_KEY_PEPPER is not set: with DATABASE_URL, set it to at least 32 random \
-             bytes (for example `base64:` followed by the output of `openssl rand -base64 32`)"
+            "{env} is not set: with DATABASE_URL, set it to at least 32 random bytes (for \
+             example `base64:` followed by the output of `openssl rand -base64 32`)"
         );
     }
     std::fs::create_dir_all(&args.data_dir)?;
-    let path = args.data_dir.join("key-pepper");
+    let path = args.data_dir.join(file);
     match std::fs::read_to_string(&path) {
-        Ok(text) => KeyPepper::from_config_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is unusable: {e}", path.display())),
+        Ok(text) => {
+            parse(&text).map_err(|e| anyhow::anyhow!("{} is unusable: {e}", path.display()))
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let pepper = KeyPepper::generate(1);
-            let mut file = std::fs::OpenOptions::new()
+            let (secret, text) = generate();
+            let text = zeroize::Zeroizing::new(text);
+            let mut handle = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{}", pepper.to_config_string())?;
-            file.sync_all()?;
-            tracing::info!(path = %path.display(), "generated the API key pepper");
-            Ok(pepper)
+            writeln!(handle, "{}", &*text)?;
+            handle.sync_all()?;
+            tracing::info!(path = %path.display(), "generated {file}");
+            Ok(secret)
         }
         Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
     }

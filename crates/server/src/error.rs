@@ -23,6 +23,17 @@ pub enum ApiError {
     /// environment, or for another tenant than the subdomain. One body for all of them.
     #[error("unauthorized")]
     Unauthorized,
+    /// 401: a bearer access token (JWT) that is malformed, forged, expired, revoked or for
+    /// another tenant. One body for all of them; `WWW-Authenticate` says `invalid_token`.
+    #[error("invalid access token")]
+    InvalidToken,
+    /// 401: login refused: unknown email, wrong password or disabled user (one answer).
+    #[error("invalid login")]
+    InvalidLogin,
+    /// 429: too many failed logins for this account name or from this address; retry after the
+    /// given seconds.
+    #[error("login throttled")]
+    LoginThrottled(u64),
     /// 403: the credential lacks a scope; the scope is named.
     #[error("missing scope {0}")]
     MissingScope(Scope),
@@ -93,6 +104,24 @@ impl ApiError {
                 "Unauthorized",
                 "a valid API key for this tenant is required as `Authorization: Bearer <key>`"
                     .into(),
+            ),
+            InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                problem_type!("invalid-token"),
+                "Unauthorized",
+                "the access token is invalid, expired, revoked or not for this tenant".into(),
+            ),
+            InvalidLogin => (
+                StatusCode::UNAUTHORIZED,
+                problem_type!("invalid-login"),
+                "Unauthorized",
+                "the email or password is wrong".into(),
+            ),
+            LoginThrottled(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                problem_type!("login-throttled"),
+                "Too Many Requests",
+                "too many failed logins; retry after the time in Retry-After".into(),
             ),
             MissingScope(scope) => (
                 StatusCode::FORBIDDEN,
@@ -194,10 +223,21 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3.1: a presented but unusable access token is `invalid_token`.
+            let challenge = if matches!(self, ApiError::InvalidToken) {
+                "Bearer realm=\"bulkhead\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"bulkhead\""
+            };
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"bulkhead\""),
+                HeaderValue::from_static(challenge),
             );
+        }
+        if let ApiError::LoginThrottled(seconds) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
         if let ApiError::Internal(err) = &self {
             response
@@ -248,4 +288,121 @@ impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::BadRequest(rejection.body_text().into())
     }
+}
+
+/// An OAuth 2.0 error response (RFC 6749 §5.2, RFC 7009 §2.2.1): the token, revocation and
+/// introspection endpoints answer in this form so that any OAuth client library understands
+/// them. Mapped here, beside the problem-details mapping, so there is still one place where
+/// errors become HTTP.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("oauth error {code}")]
+pub struct OAuthError {
+    /// The RFC 6749 error code.
+    pub code: &'static str,
+    /// `error_description`: never echoes a credential.
+    pub description: Cow<'static, str>,
+    /// Whether the client authenticated with HTTP Basic (then `invalid_client` is a 401 with a
+    /// Basic challenge, RFC 6749 §5.2).
+    pub basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+    /// `invalid_request`: a parameter is missing, repeated or malformed.
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_request", description)
+    }
+    /// `invalid_client`: client authentication failed.
+    pub fn invalid_client(basic_challenge: bool) -> Self {
+        Self {
+            basic_challenge,
+            ..Self::new("invalid_client", "client authentication failed")
+        }
+    }
+    /// `invalid_grant`: the grant (refresh token, subject token) is invalid, expired or revoked.
+    pub fn invalid_grant(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_grant", description)
+    }
+    /// `invalid_scope`: the requested scope is unknown or exceeds what may be granted.
+    pub fn invalid_scope(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_scope", description)
+    }
+    /// `unsupported_grant_type`.
+    pub fn unsupported_grant_type() -> Self {
+        Self::new(
+            "unsupported_grant_type",
+            "supported: client_credentials, refresh_token",
+        )
+    }
+    /// `unauthorized_client`: the client may not use this grant.
+    pub fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("unauthorized_client", description)
+    }
+    /// `temporarily_unavailable` (503): retry later; never a pass.
+    pub fn unavailable() -> Self {
+        Self::new(
+            "temporarily_unavailable",
+            "the service is temporarily unavailable; retry later",
+        )
+    }
+    /// `server_error` (500), after logging the cause.
+    pub fn server_error(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "oauth endpoint failed");
+        Self::new(
+            "server_error",
+            "an internal error occurred; it has been logged",
+        )
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                OAuthError::unavailable()
+            }
+            other => OAuthError::server_error(other),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = match self.code {
+            "invalid_client" => StatusCode::UNAUTHORIZED,
+            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = serde_json::json!({
+            "error": self.code,
+            "error_description": self.description,
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        no_store(response.headers_mut());
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.basic_challenge {
+                "Basic realm=\"bulkhead\""
+            } else {
+                "Bearer realm=\"bulkhead\""
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+/// RFC 6749 §5.1: responses carrying tokens must not be cached.
+pub fn no_store(headers: &mut header::HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }

@@ -33,4 +33,5 @@ pub mod scan;
 pub mod state;
 pub mod telemetry;
 pub mod tenants;
+pub mod tokens;
 pub mod worker;

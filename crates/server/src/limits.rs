@@ -211,6 +211,13 @@ pub async fn tenant_limit(State(state): State<AppState>, request: Request, next:
     let class = endpoint_class(request.method(), &route);
     let agent = match ctx.actor() {
         Actor::ApiKey { key_id, .. } => Some(key_id.to_string()),
+        // A human's tokens share that user's budget; an agent's tokens share their key's.
+        Actor::Token {
+            human: true,
+            subject,
+            ..
+        } => Some(subject.clone()),
+        Actor::Token { client_id, .. } => Some(client_id.clone()),
         _ => None,
     };
     let mut limited = bulkhead_ratelimit::Request::new(ctx.tenant_id(), limiter_plan(plan), class);

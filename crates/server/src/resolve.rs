@@ -26,6 +26,7 @@ use bulkhead_store::registry::{Tenant, TenantStatus};
 use crate::credentials::{request_client_ip, Refusal, Refused};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::tokens::TokenRefusal;
 
 /// What the host name says about the tenant.
 #[derive(Debug, PartialEq, Eq)]
@@ -186,72 +187,38 @@ async fn authenticate(
         bearer,
         client_ip,
     } = signals;
-
-    let host_tenant: Option<Tenant> = match host_signal(&host, &state.config().base_domain) {
-        HostSignal::None => None,
-        HostSignal::Invalid => return Err(ApiError::UnknownTenant),
-        HostSignal::Slug(slug) => match state
-            .directory()
-            .by_slug(state.store(), &slug)
-            .await
-            .map_err(|e| resolver_failure(e, None))?
-        {
-            Some(tenant) => Some(tenant),
-            None => return Err(ApiError::UnknownTenant),
-        },
-    };
-    let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
-
+    let host_tenant = host_tenant(state, &host).await?;
     let Some(presented) = bearer.as_deref() else {
         return Err(audit_refusal(
             refused(Refusal::NoCredential),
-            host_tenant_id,
+            host_tenant.as_ref().map(|t| t.id),
         ));
     };
-    let verified = state
-        .verifier()
-        .verify(presented, client_ip)
-        .await
-        .map_err(|e| resolver_failure(e, host_tenant_id))?;
-    let key = match verified {
-        Ok(key) => key,
-        Err(refusal) => return Err(audit_refusal(refusal, host_tenant_id)),
-    };
-    let known = |reason| Refused {
-        reason,
-        tenant_id: Some(key.tenant_id),
-        key_id: Some(key.key_id),
-    };
-    if host_tenant_id.is_some_and(|id| id != key.tenant_id) {
-        return Err(audit_refusal(
-            known(Refusal::TenantMismatch),
-            host_tenant_id,
+    if presented.starts_with("bkrt_") {
+        // A refresh token is never a bearer credential.
+        return Err(audit_token_refusal(
+            TokenRefusal::Invalid(bulkhead_auth::TokenError::Type),
+            host_tenant.as_ref().map(|t| t.id),
+            None,
         ));
     }
-    let tenant = match host_tenant {
-        Some(tenant) => tenant,
-        None => match state
-            .directory()
-            .by_id(state.store(), key.tenant_id)
-            .await
-            .map_err(|e| resolver_failure(e, Some(key.tenant_id)))?
-        {
-            Some(tenant) => tenant,
-            None => return Err(audit_refusal(known(Refusal::UnknownKey), None)),
-        },
-    };
-    if tenant.status != TenantStatus::Active {
-        tracing::warn!(
-            target: "bulkhead::audit",
-            action = "auth.failure",
-            outcome = "blocked",
-            reason = "TenantSuspended",
-            tenant_id = %tenant.id,
-            actor_id = %key.key_id,
-            "tenant suspended"
+    if is_access_token(presented) {
+        let (token, tenant) = authenticate_access_token(state, presented, host_tenant).await?;
+        let ctx = TenantContext::new(
+            tenant.id,
+            Actor::Token {
+                subject: token.claims.sub,
+                human: token.claims.sub_type == "user",
+                client_id: token.claims.client_id,
+                token_id: token.token_id,
+                session_id: token.session_id,
+                scopes: token.scopes,
+            },
+            request_id,
         );
-        return Err(ApiError::TenantSuspended);
+        return Ok((ctx, tenant.plan));
     }
+    let (key, tenant) = authenticate_api_key(state, presented, host_tenant, client_ip).await?;
     // Only now is this a use of the key.
     state.verifier().record_use(&key, client_ip);
     let ctx = TenantContext::new(
@@ -263,6 +230,173 @@ async fn authenticate(
         request_id,
     );
     Ok((ctx, tenant.plan))
+}
+
+/// Whether a bearer credential is a JWT rather than an API key. API keys and refresh tokens are
+/// base62/base64url and never contain a dot; every JWS compact serialisation does.
+pub fn is_access_token(presented: &str) -> bool {
+    presented.contains('.')
+}
+
+/// The tenant the host names: `None` without a subdomain signal, 404 for a name that is no
+/// tenant, 503 (audited) when the registry cannot answer.
+pub(crate) async fn host_tenant(state: &AppState, host: &str) -> Result<Option<Tenant>, ApiError> {
+    match host_signal(host, &state.config().base_domain) {
+        HostSignal::None => Ok(None),
+        HostSignal::Invalid => Err(ApiError::UnknownTenant),
+        HostSignal::Slug(slug) => match state
+            .directory()
+            .by_slug(state.store(), &slug)
+            .await
+            .map_err(|e| resolver_failure(e, None))?
+        {
+            Some(tenant) => Ok(Some(tenant)),
+            None => Err(ApiError::UnknownTenant),
+        },
+    }
+}
+
+/// The credential's tenant, which must agree with the host's (when the host names one) and be
+/// active. `mismatch` is the refusal to answer when they disagree or the tenant is gone.
+async fn credential_tenant(
+    state: &AppState,
+    host_tenant: Option<Tenant>,
+    claimed: TenantId,
+    actor_id: &str,
+    mismatch: impl Fn() -> ApiError,
+) -> Result<Tenant, ApiError> {
+    let tenant = match host_tenant {
+        Some(tenant) if tenant.id == claimed => tenant,
+        Some(_) => return Err(mismatch()),
+        None => match state
+            .directory()
+            .by_id(state.store(), claimed)
+            .await
+            .map_err(|e| resolver_failure(e, Some(claimed)))?
+        {
+            Some(tenant) => tenant,
+            None => return Err(mismatch()),
+        },
+    };
+    if tenant.status != TenantStatus::Active {
+        tracing::warn!(
+            target: "bulkhead::audit",
+            action = "auth.failure",
+            outcome = "blocked",
+            reason = "TenantSuspended",
+            tenant_id = %tenant.id,
+            actor_id = %actor_id,
+            "tenant suspended"
+        );
+        return Err(ApiError::TenantSuspended);
+    }
+    Ok(tenant)
+}
+
+/// Verifies an API key and its tenant. Every refusal is audited and answers one 401; the
+/// caller records the use once the request is fully authenticated.
+pub(crate) async fn authenticate_api_key(
+    state: &AppState,
+    presented: &str,
+    host_tenant: Option<Tenant>,
+    client_ip: Option<IpAddr>,
+) -> Result<(crate::credentials::VerifiedKey, Tenant), ApiError> {
+    let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
+    let verified = state
+        .verifier()
+        .verify(presented, client_ip)
+        .await
+        .map_err(|e| resolver_failure(e, host_tenant_id))?;
+    let key = match verified {
+        Ok(key) => key,
+        Err(refusal) => return Err(audit_refusal(refusal, host_tenant_id)),
+    };
+    let (tenant_id, key_id) = (key.tenant_id, key.key_id);
+    let mismatch = || {
+        let reason = if host_tenant_id.is_some_and(|id| id != tenant_id) {
+            Refusal::TenantMismatch
+        } else {
+            Refusal::UnknownKey
+        };
+        audit_refusal(
+            Refused {
+                reason,
+                tenant_id: Some(tenant_id),
+                key_id: Some(key_id),
+            },
+            host_tenant_id,
+        )
+    };
+    let tenant =
+        credential_tenant(state, host_tenant, tenant_id, &key_id.to_string(), mismatch).await?;
+    Ok((key, tenant))
+}
+
+/// Verifies an access token ([`crate::tokens::TokenService::verify`]) and its tenant. Every
+/// refusal is audited and answers one 401 `invalid_token`; a server that cannot check
+/// revocations answers 503.
+pub(crate) async fn authenticate_access_token(
+    state: &AppState,
+    presented: &str,
+    host_tenant: Option<Tenant>,
+) -> Result<(crate::tokens::VerifiedToken, Tenant), ApiError> {
+    let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
+    let token = match state.tokens().verify(presented) {
+        Ok(token) => token,
+        Err(TokenRefusal::Unavailable) => {
+            tracing::error!(
+                target: "bulkhead::audit",
+                action = "auth.failure",
+                outcome = "failure",
+                reason = "TokenStateUnavailable",
+                tenant_id = host_tenant_id.map(|t| t.to_string()),
+                "signing keys or revocations not loaded; token refused"
+            );
+            return Err(ApiError::Unavailable);
+        }
+        Err(refusal) => return Err(audit_token_refusal(refusal, host_tenant_id, None)),
+    };
+    let (tenant_id, token_id) = (token.tenant_id, token.token_id);
+    let mismatch = || {
+        audit_token_refusal(
+            TokenRefusal::Invalid(bulkhead_auth::TokenError::Audience),
+            host_tenant_id,
+            Some((tenant_id, token_id)),
+        )
+    };
+    let tenant =
+        credential_tenant(state, host_tenant, tenant_id, &token.claims.sub, mismatch).await?;
+    Ok((token, tenant))
+}
+
+fn audit_token_refusal(
+    refusal: TokenRefusal,
+    host_tenant: Option<TenantId>,
+    known: Option<(TenantId, bulkhead_core::AccessTokenId)>,
+) -> ApiError {
+    let reason = match refusal {
+        TokenRefusal::Invalid(err) => format!("{err:?}"),
+        TokenRefusal::Revoked => "Revoked".to_owned(),
+        TokenRefusal::UnreadableClaims => "UnreadableClaims".to_owned(),
+        TokenRefusal::Unavailable => "Unavailable".to_owned(),
+    };
+    let reason = if known.is_some() {
+        "TenantMismatch".to_owned()
+    } else {
+        reason
+    };
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.failure",
+        outcome = "failure",
+        credential = "access_token",
+        reason = %reason,
+        tenant_id = known.map(|k| k.0).or(host_tenant).map(|t| t.to_string()),
+        token_id = known.map(|k| k.1.to_string()),
+        "access token refused"
+    );
+    metrics::counter!("bulkhead_auth_failures_total").increment(1);
+    ApiError::InvalidToken
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@ use bulkhead_core::{Clock, TenantId, TenantSlug};
 use bulkhead_store::registry::Tenant;
 use bulkhead_store::{Store, StoreError};
 
+use bulkhead_auth::MasterKey;
+
 use crate::config::AppConfig;
 use crate::credentials::{KeyVerifier, Peppers};
+use crate::tokens::TokenService;
 
 /// What every handler and middleware can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -19,6 +22,8 @@ pub struct AppState {
 struct Inner {
     store: Store,
     verifier: Arc<KeyVerifier>,
+    tokens: Arc<TokenService>,
+    login_ips: crate::routes::auth::IpThrottle,
     clock: Clock,
     rate_limits: Option<crate::limits::SharedLimits>,
     config: AppConfig,
@@ -27,13 +32,26 @@ struct Inner {
 
 impl AppState {
     /// Assembles the state, with the default rate limits kept in process.
-    pub fn new(store: Store, peppers: Peppers, config: AppConfig, clock: Clock) -> Self {
+    pub fn new(
+        store: Store,
+        peppers: Peppers,
+        master_key: MasterKey,
+        config: AppConfig,
+        clock: Clock,
+    ) -> Self {
         let limits = crate::limits::RateLimits::in_memory(
             crate::limits::default_limits(),
             crate::limits::default_preauth_limits(),
             clock.clone(),
         );
-        Self::with_rate_limits(store, peppers, config, clock, Some(Arc::new(limits)))
+        Self::with_rate_limits(
+            store,
+            peppers,
+            master_key,
+            config,
+            clock,
+            Some(Arc::new(limits)),
+        )
     }
 
     /// Assembles the state with the given rate limits (`None`: no limiting, for benchmarks
@@ -41,6 +59,7 @@ impl AppState {
     pub fn with_rate_limits(
         store: Store,
         peppers: Peppers,
+        master_key: MasterKey,
         config: AppConfig,
         clock: Clock,
         rate_limits: Option<crate::limits::SharedLimits>,
@@ -52,10 +71,18 @@ impl AppState {
             config.key_environment,
             clock.clone(),
         ));
+        let tokens = Arc::new(TokenService::new(
+            store.clone(),
+            master_key,
+            clock.clone(),
+            config.tokens.clone(),
+        ));
         Self {
             inner: Arc::new(Inner {
                 store,
                 verifier,
+                tokens,
+                login_ips: Default::default(),
                 clock,
                 rate_limits,
                 config,
@@ -72,6 +99,16 @@ impl AppState {
     /// API-key verification (and the peppers new keys are hashed with).
     pub fn verifier(&self) -> &Arc<KeyVerifier> {
         &self.inner.verifier
+    }
+
+    /// Access tokens: keys, issuing, verification, denylist.
+    pub fn tokens(&self) -> &Arc<TokenService> {
+        &self.inner.tokens
+    }
+
+    /// Failed logins per client address.
+    pub fn login_ips(&self) -> &crate::routes::auth::IpThrottle {
+        &self.inner.login_ips
     }
 
     /// The rate limiters, if limiting is on.

@@ -28,6 +28,9 @@ pub mod provision;
 pub mod registry;
 pub mod roles;
 pub mod sessions;
+pub mod signing_keys;
+pub mod tokens;
+pub mod users;
 
 pub use door::{Access, Store, TenantTx};
 pub use error::StoreError;

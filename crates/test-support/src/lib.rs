@@ -158,6 +158,23 @@ pub fn test_pepper() -> KeyPepper {
     KeyPepper::new(1, b"bulkhead-test-pepper-0123456789abcdef".to_vec()).expect("test pepper")
 }
 
+/// The master key every test deployment uses (it seals the test signing keys).
+pub fn test_master_key() -> bulkhead_auth::MasterKey {
+    bulkhead_auth::MasterKey::from_config_str(
+        "base64:YnVsa2hlYWQtdGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODk=",
+    )
+    .expect("test master key")
+}
+
+/// Creates the deployment's signing keys in `db`, as `bulkhead serve` does on first start.
+pub async fn ensure_signing_keys(db: &TestDb) {
+    let owner = db.owner_pool().await;
+    bulkhead_store::signing_keys::ensure_signing_keys(&owner, &test_master_key())
+        .await
+        .expect("signing keys");
+    owner.close().await;
+}
+
 /// [`test_pepper`] as the only pepper.
 pub fn test_peppers() -> Peppers {
     Peppers::new(test_pepper(), Vec::new()).expect("peppers")
@@ -239,6 +256,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         Some(db) => db,
         None => TestDb::new().await,
     };
+    ensure_signing_keys(&db).await;
     let store = db.app_store().await;
     let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
     config.trusted_proxies = options.trusted_proxies;
@@ -253,6 +271,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let state = AppState::with_rate_limits(
         store,
         options.peppers.unwrap_or_else(test_peppers),
+        test_master_key(),
         config,
         clock,
         Some(rate_limits),

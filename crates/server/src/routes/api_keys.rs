@@ -191,10 +191,7 @@ fn caller_key(ctx: &TenantContext) -> Option<ApiKeyId> {
 }
 
 fn caller_scopes(ctx: &TenantContext) -> ScopeSet {
-    match ctx.actor() {
-        Actor::ApiKey { scopes, .. } => scopes.clone(),
-        _ => ScopeSet::all(),
-    }
+    ctx.actor().scopes().cloned().unwrap_or_else(ScopeSet::all)
 }
 
 /// Refuses unless the caller holds every scope of `wanted`: nobody mints a stronger key.

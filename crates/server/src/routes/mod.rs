@@ -1,7 +1,9 @@
 //! HTTP routes, one module per resource.
 
 pub mod api_keys;
+pub mod auth;
 pub mod health;
+pub mod oauth;
 pub mod sessions;
 
 use crate::error::ApiError;

@@ -1,0 +1,551 @@
+//! Human login, logout, the caller's auth sessions, and the tenant's token policy.
+//!
+//! # Login throttling
+//! Two throttles, both checked before any password work:
+//! - per account name (the lowercased email, whether or not such a user exists, so a lockout
+//!   reveals nothing about which accounts exist): after [`FREE_FAILURES`] consecutive failures
+//!   each further failure locks the name for twice as long as the last, from 1 s up to
+//!   [`MAX_LOCK_SECS`]; a success clears it. Kept in the tenant's database, so every server
+//!   process sees it.
+//! - per client address: at most [`IP_FAILURES_PER_WINDOW`] failures per [`IP_WINDOW_SECS`]
+//!   across all accounts, in process.
+//!
+//! Unknown email, wrong password and disabled user give one answer (401 `invalid-login`) after
+//! the same argon2id work ([`bulkhead_auth::password::verify_password`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use bulkhead_auth::password::verify_password;
+use bulkhead_auth::RefreshToken;
+use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::registry::{Tenant, TenantStatus};
+use bulkhead_store::tokens::{
+    self, AuthSession, EndReason, NewAuthSession, PrincipalType, TokenPolicy,
+};
+use bulkhead_store::users::{self, UserStatus};
+use bulkhead_store::{Access, TenantTx};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::error::{no_store, ApiError};
+use crate::extract::{Json, Path, Tenant as TenantExtract};
+use crate::state::AppState;
+use crate::tokens::{scope_text, Grant};
+
+/// Consecutive failures per account name before locking starts.
+pub const FREE_FAILURES: i32 = 5;
+/// Longest lock of an account name.
+pub const MAX_LOCK_SECS: i64 = 15 * 60;
+/// Failures one address may have per window, across accounts.
+pub const IP_FAILURES_PER_WINDOW: u32 = 30;
+/// The per-address window.
+pub const IP_WINDOW_SECS: i64 = 15 * 60;
+/// The `client_id` of tokens issued by human login.
+pub const LOGIN_CLIENT_ID: &str = "bulkhead-login";
+
+const THROTTLE_NAMESPACE: Uuid = Uuid::from_u128(0x6b75_6c6b_6865_6164_2d6c_6f67_696e_0001);
+
+/// The login route, mounted outside tenant resolution (login is how a human gets a credential).
+pub fn public_routes() -> Router<AppState> {
+    Router::new().route("/v1/auth/login", post(login))
+}
+
+/// The authenticated routes, mounted under `/v1` behind tenant resolution.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/logout", post(logout))
+        .route("/auth/sessions", get(list_sessions))
+        .route("/auth/sessions/{id}", delete(end_session))
+        .route("/token-policy", get(get_policy).put(put_policy))
+}
+
+/// Trims and lowercases an email; `None` if it cannot be one.
+pub fn normalise_email(text: &str) -> Option<String> {
+    let email = text.trim().to_lowercase();
+    let valid = (3..=254).contains(&email.len())
+        && email.contains('@')
+        && !email.starts_with('@')
+        && !email.ends_with('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    valid.then_some(email)
+}
+
+/// Failures per client address, in process.
+#[derive(Debug)]
+pub struct IpThrottle {
+    failures: moka::future::Cache<IpAddr, Arc<std::sync::Mutex<(u32, i64)>>>,
+}
+
+impl Default for IpThrottle {
+    fn default() -> Self {
+        Self {
+            failures: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(IP_WINDOW_SECS as u64))
+                .build(),
+        }
+    }
+}
+
+impl IpThrottle {
+    async fn entry(&self, ip: IpAddr) -> Arc<std::sync::Mutex<(u32, i64)>> {
+        self.failures
+            .get_with(ip, async { Arc::new(std::sync::Mutex::new((0, 0))) })
+            .await
+    }
+
+    /// Seconds to wait if this address is over its budget now.
+    async fn retry_after(&self, ip: IpAddr, now: i64) -> Option<u64> {
+        let entry = self.entry(ip).await;
+        let (count, start) = *entry.lock().unwrap_or_else(|p| p.into_inner());
+        (count >= IP_FAILURES_PER_WINDOW && now - start < IP_WINDOW_SECS)
+            .then(|| (IP_WINDOW_SECS - (now - start)).max(1) as u64)
+    }
+
+    async fn record_failure(&self, ip: IpAddr, now: i64) {
+        let entry = self.entry(ip).await;
+        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if now - guard.1 >= IP_WINDOW_SECS {
+            *guard = (0, now);
+        }
+        guard.0 += 1;
+    }
+}
+
+/// Body of `POST /v1/auth/login`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+    /// The tenant's slug, when the request does not come through the tenant's subdomain.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token response (RFC 6749 §5.1), also the body of a successful login.
+#[derive(Serialize)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The refresh token, when one was issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The auth session, when one was created or used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<AuthSessionId>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoResponse for TokenResponse {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(response.headers_mut());
+        response
+    }
+}
+
+fn throttle_id(email: &str) -> Uuid {
+    Uuid::new_v5(&THROTTLE_NAMESPACE, email.as_bytes())
+}
+
+fn lock_for(failures: i32) -> Option<i64> {
+    (failures >= FREE_FAILURES).then(|| {
+        let exponent = u32::try_from(failures - FREE_FAILURES)
+            .unwrap_or(u32::MAX)
+            .min(20);
+        (1i64 << exponent).min(MAX_LOCK_SECS)
+    })
+}
+
+/// Whole seconds until `until`, rounded up (the database keeps microseconds, so a lock of 2 s
+/// may be 1.999999 s away), at least 1.
+fn retry_secs(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    let millis = u64::try_from((until - now).num_milliseconds()).unwrap_or(0);
+    millis.div_ceil(1000).max(1)
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> Result<TokenResponse, ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let tenant = login_tenant(&state, host, body.tenant.as_deref()).await?;
+    let client_ip = crate::credentials::headers_client_ip(
+        Some(peer.ip()),
+        &headers,
+        &state.config().trusted_proxies,
+    );
+    let clock = state.clock().clone();
+    let now = clock.now();
+    if let Some(ip) = client_ip {
+        if let Some(wait) = state.login_ips().retry_after(ip, now.timestamp()).await {
+            audit_login(&tenant, "blocked", "address_throttled", None);
+            return Err(ApiError::LoginThrottled(wait));
+        }
+    }
+    let email = normalise_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
+    let name_id = throttle_id(&email);
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::System { component: "login" },
+        RequestId::new(),
+    );
+
+    // Read what the decision needs, then check the password outside any transaction: argon2id
+    // takes tens of milliseconds and must not hold a connection or a row lock.
+    let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
+    let throttle = tokens::throttle(&mut tx, name_id).await?;
+    let user = users::by_email(&mut tx, &email).await?;
+    tx.commit().await?;
+    if let Some(until) = throttle.locked_until.filter(|until| *until > now) {
+        audit_login(&tenant, "blocked", "account_throttled", None);
+        return Err(ApiError::LoginThrottled(retry_secs(until, now)));
+    }
+    let usable = user.as_ref().filter(|u| u.status == UserStatus::Active);
+    let matched = verify_password(usable.map(|u| u.password_hash.as_str()), &body.password);
+
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    let (Some(user), true) = (usable, matched) else {
+        let current = tokens::throttle_for_update(&mut tx, name_id).await?;
+        let failures = current.failures.saturating_add(1);
+        let locked_until = lock_for(failures).map(|secs| now + chrono::Duration::seconds(secs));
+        tokens::record_login_failure(&mut tx, name_id, failures, locked_until, now).await?;
+        audit::record(
+            &mut tx,
+            "auth.login",
+            None,
+            Outcome::Failure,
+            json!({ "reason": "invalid_credentials", "consecutive_failures": failures }),
+        )
+        .await?;
+        tx.commit().await?;
+        if let Some(ip) = client_ip {
+            state.login_ips().record_failure(ip, now.timestamp()).await;
+        }
+        audit_login(&tenant, "failure", "invalid_credentials", None);
+        return Err(ApiError::InvalidLogin);
+    };
+    if tenant.status != TenantStatus::Active {
+        audit_login(&tenant, "blocked", "tenant_suspended", Some(user.id));
+        return Err(ApiError::TenantSuspended);
+    }
+    let Some(scopes) = user.scopes.clone() else {
+        // A stored scope this binary cannot read grants nothing; refuse rather than guess.
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "user {} has unreadable scopes",
+            user.id
+        )));
+    };
+    tokens::clear_login_failures(&mut tx, name_id).await?;
+    let policy = tokens::token_policy(&mut tx).await?;
+    let subject = user.id.to_string();
+    let session = tokens::create_session(
+        &mut tx,
+        &NewAuthSession {
+            principal_type: PrincipalType::User,
+            principal_id: &subject,
+            client_id: LOGIN_CLIENT_ID,
+            scopes: &scopes,
+            now,
+            absolute: chrono::Duration::seconds(i64::from(policy.session_absolute_seconds)),
+            idle: chrono::Duration::seconds(i64::from(policy.session_idle_seconds)),
+            client_ip,
+            user_agent: user_agent(&headers).as_deref(),
+        },
+    )
+    .await?;
+    let refresh = RefreshToken::generate(*tenant.id.uuid().as_bytes());
+    tokens::insert_refresh_token(&mut tx, session.id, &refresh.hash(), now).await?;
+    audit::record(
+        &mut tx,
+        "auth.login",
+        Some(&subject),
+        Outcome::Success,
+        json!({ "session_id": session.id.to_string() }),
+    )
+    .await?;
+    let issued = state
+        .tokens()
+        .issue(&Grant {
+            tenant_id: tenant.id,
+            subject: &subject,
+            human: true,
+            client_id: LOGIN_CLIENT_ID,
+            scopes: &scopes,
+            session_id: Some(session.id),
+            act: None,
+            resource_prefix: None,
+            not_after: None,
+        })
+        .map_err(|_| ApiError::Unavailable)?;
+    tx.commit().await?;
+    audit_login(&tenant, "success", "ok", Some(user.id));
+    Ok(TokenResponse {
+        access_token: issued.token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        refresh_token: Some(refresh.expose_secret().to_owned()),
+        scope: scope_text(&scopes),
+        session_id: Some(session.id),
+    })
+}
+
+fn audit_login(tenant: &Tenant, outcome: &'static str, reason: &'static str, user: Option<UserId>) {
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.login",
+        outcome,
+        reason,
+        tenant_id = %tenant.id,
+        actor_id = user.map(|u| u.to_string()),
+        "login"
+    );
+}
+
+/// The tenant a login is for: the subdomain's, or the body's `tenant` slug; both given must
+/// agree.
+async fn login_tenant(
+    state: &AppState,
+    host: &str,
+    named: Option<&str>,
+) -> Result<Tenant, ApiError> {
+    let from_host = crate::resolve::host_tenant(state, host).await?;
+    let from_body = match named {
+        Some(slug) => {
+            let slug = bulkhead_core::TenantSlug::parse(slug)
+                .map_err(|_| ApiError::Invalid("tenant is not a valid tenant slug".into()))?;
+            Some(
+                state
+                    .directory()
+                    .by_slug(state.store(), &slug)
+                    .await
+                    .map_err(|_| ApiError::Unavailable)?
+                    .ok_or(ApiError::UnknownTenant)?,
+            )
+        }
+        None => None,
+    };
+    match (from_host, from_body) {
+        (Some(h), Some(b)) if h.id != b.id => Err(ApiError::Invalid(
+            "tenant names another tenant than the host".into(),
+        )),
+        (Some(t), _) | (None, Some(t)) => Ok(t),
+        (None, None) => Err(ApiError::Invalid(
+            "log in through the tenant's subdomain, or name it as `tenant`".into(),
+        )),
+    }
+}
+
+/// Ends an auth session and refuses its access tokens at once in this process (other processes
+/// hear the notification). Returns whether it was live.
+pub(crate) async fn end_session_in(
+    state: &AppState,
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+    reason: EndReason,
+) -> Result<bool, bulkhead_store::StoreError> {
+    let until = state.tokens().session_deny_until();
+    tokens::revoke_session(tx, session, reason, state.clock().now(), until).await
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let Actor::Token {
+        session_id: Some(session),
+        ..
+    } = ctx.actor()
+    else {
+        return Err(ApiError::Invalid(
+            "this credential has no session to log out of (use an access token from a login)"
+                .into(),
+        ));
+    };
+    let session = *session;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    end_session_in(&state, &mut tx, session, EndReason::Logout).await?;
+    audit::record(
+        &mut tx,
+        "auth.logout",
+        Some(&session.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    state.tokens().deny_locally(
+        ctx.tenant_id(),
+        session.uuid(),
+        state.tokens().session_deny_until(),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whose sessions a caller sees: a token's subject, or for an API key the sessions it is the
+/// client of.
+fn caller_owns(ctx: &TenantContext, session: &AuthSession) -> bool {
+    match ctx.actor() {
+        Actor::Token { subject, .. } => session.principal_id == *subject,
+        Actor::ApiKey { key_id, .. } => session.client_id == key_id.to_string(),
+        _ => false,
+    }
+}
+
+/// One entry of `GET /v1/auth/sessions`.
+#[derive(Debug, Serialize)]
+struct SessionView {
+    #[serde(flatten)]
+    session: AuthSession,
+    current: bool,
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let ctx = &tenant.0;
+    let (owner, current) = match ctx.actor() {
+        Actor::Token {
+            subject,
+            session_id,
+            ..
+        } => (
+            tokens::SessionOwner::Principal(subject.clone()),
+            *session_id,
+        ),
+        Actor::ApiKey { key_id, .. } => (tokens::SessionOwner::Client(key_id.to_string()), None),
+        _ => return Err(ApiError::Unauthorized),
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let sessions = tokens::live_sessions_of(&mut tx, &owner, state.clock().now()).await?;
+    tx.commit().await?;
+    let data: Vec<SessionView> = sessions
+        .into_iter()
+        .map(|s| SessionView {
+            current: Some(s.id) == current,
+            session: s,
+        })
+        .collect();
+    Ok(axum::Json(json!({ "data": data })))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let id = AuthSessionId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string().into()))?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let session = tokens::get_session(&mut tx, id).await?;
+    // Someone else's session answers exactly like a missing one, unless the caller manages
+    // the tenant's credentials.
+    if !caller_owns(ctx, &session) && !ctx.has_scope(Scope::KeysManage) {
+        return Err(ApiError::NotFound);
+    }
+    end_session_in(&state, &mut tx, id, EndReason::Ended).await?;
+    audit::record(
+        &mut tx,
+        "auth.session_end",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    state.tokens().deny_locally(
+        ctx.tenant_id(),
+        id.uuid(),
+        state.tokens().session_deny_until(),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_policy(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+) -> Result<axum::Json<TokenPolicy>, ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let policy = tokens::token_policy(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
+}
+
+async fn put_policy(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+    Json(policy): Json<TokenPolicy>,
+) -> Result<axum::Json<TokenPolicy>, ApiError> {
+    let ctx = tenant.require(Scope::KeysManage)?;
+    let lifetimes = 300..=31_536_000;
+    if !(0..=60).contains(&policy.refresh_reuse_interval_seconds)
+        || !lifetimes.contains(&policy.session_absolute_seconds)
+        || !lifetimes.contains(&policy.session_idle_seconds)
+    {
+        return Err(ApiError::Invalid(
+            "refresh_reuse_interval_seconds is 0 to 60; session_absolute_seconds and \
+             session_idle_seconds are 300 to 31536000"
+                .into(),
+        ));
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    tokens::set_token_policy(&mut tx, &policy).await?;
+    audit::record(
+        &mut tx,
+        "token_policy.update",
+        None,
+        Outcome::Success,
+        json!(policy),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
+}

@@ -1,0 +1,458 @@
+//! Access tokens in the server: the signing keys in memory, issuing, the one verification every
+//! route relies on, and the denylist.
+//!
+//! # Keys
+//! The published keys (next, current, retired-but-published) are loaded from the database at
+//! start and whenever the owner rotates them (`NOTIFY bulkhead_signing_keys`); the current key's
+//! private half is opened with the master key only in memory.
+//!
+//! # Revocation bound
+//! Revoked `jti`s and ended auth sessions (`sid`) are held in memory in every process. A
+//! revocation made here is applied to this process's denylist before the response is sent;
+//! other processes hear it through `NOTIFY` (the measured bound: see
+//! `token_revocation_reaches_a_second_process`). If the listener connection is down, the whole
+//! denylist is reloaded every [`RELOAD_INTERVAL`]; if neither the listener nor a reload has
+//! succeeded for [`MAX_DENYLIST_STALENESS`], tokens are refused with a retryable 503: a process
+//! that cannot know about revocations does not accept tokens (fail closed).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bulkhead_auth::token::{
+    sign_access_token, verify_access_token, TokenError, LEEWAY_SECS, MAX_ACCESS_TOKEN_SECS,
+    MIN_ACCESS_TOKEN_SECS,
+};
+use bulkhead_auth::{
+    AccessClaims, ActClaim, Expectations, KeySet, MasterKey, SigningKey, VerifyingKey,
+};
+use bulkhead_core::{AccessTokenId, AuthSessionId, Clock, ScopeSet, TenantId};
+use bulkhead_store::signing_keys::{SigningKeyState, SIGNING_KEYS_CHANNEL};
+use bulkhead_store::tokens::parse_revocation_payload;
+use bulkhead_store::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// How often the denylist and keys are reloaded whole, as a backstop for missed notifications.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest the denylist may go without a live listener or a successful reload before tokens are
+/// refused.
+pub const MAX_DENYLIST_STALENESS: Duration = Duration::from_secs(60);
+
+/// Token settings of the deployment.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// `iss` of every token, and the issuer in the RFC 8414 metadata.
+    pub issuer: String,
+    /// `aud` of every token.
+    pub audience: String,
+    /// Access-token lifetime: 5 to 60 minutes.
+    pub access_token_ttl: Duration,
+}
+
+impl TokenSettings {
+    /// Validated settings: the lifetime must be within 5–60 minutes; the issuer must be an
+    /// absolute http(s) URL without a query or fragment (RFC 8414 §2).
+    pub fn new(issuer: &str, audience: &str, access_token_ttl: Duration) -> Result<Self, String> {
+        let secs = i64::try_from(access_token_ttl.as_secs()).unwrap_or(i64::MAX);
+        if !(MIN_ACCESS_TOKEN_SECS..=MAX_ACCESS_TOKEN_SECS).contains(&secs) {
+            return Err("the access-token lifetime must be between 5 and 60 minutes".into());
+        }
+        let issuer = issuer.trim_end_matches('/');
+        let scheme_ok = issuer.starts_with("https://") || issuer.starts_with("http://");
+        if !scheme_ok || issuer.contains(['?', '#', ' ']) || issuer.len() > 200 {
+            return Err(format!(
+                "the issuer {issuer:?} must be an http(s) URL without query or fragment"
+            ));
+        }
+        if audience.is_empty() || audience.len() > 200 {
+            return Err("the token audience must be 1 to 200 characters".into());
+        }
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            access_token_ttl,
+        })
+    }
+}
+
+/// Why a presented access token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Refused by the verifier.
+    Invalid(TokenError),
+    /// The `jti` or the `sid` is revoked.
+    Revoked,
+    /// The claims verified but do not name a tenant, token id or scopes this server knows.
+    UnreadableClaims,
+    /// Keys not loaded, or the denylist is stale: retry later.
+    Unavailable,
+}
+
+/// A verified access token.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    /// All claims.
+    pub claims: AccessClaims,
+    /// The tenant it is good for.
+    pub tenant_id: TenantId,
+    /// Its id.
+    pub token_id: AccessTokenId,
+    /// Its auth session.
+    pub session_id: Option<AuthSessionId>,
+    /// Its scopes.
+    pub scopes: ScopeSet,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What an access token is issued for.
+#[derive(Debug, Clone)]
+pub struct Grant<'a> {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// `sub`.
+    pub subject: &'a str,
+    /// A human user (else an agent).
+    pub human: bool,
+    /// `client_id`.
+    pub client_id: &'a str,
+    /// Granted scopes.
+    pub scopes: &'a ScopeSet,
+    /// The auth session, when the token is minted from one.
+    pub session_id: Option<AuthSessionId>,
+    /// The delegation chain.
+    pub act: Option<ActClaim>,
+    /// Resource prefix.
+    pub resource_prefix: Option<String>,
+    /// The token may not outlive this (a delegated token never outlives its subject token).
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// An issued access token.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The JWT (the secret: hand it out once).
+    pub token: String,
+    /// Its claims.
+    pub claims: AccessClaims,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+struct LoadedKeys {
+    signer: Option<SigningKey>,
+    keys: KeySet,
+}
+
+/// Keys, issuing, verification and the denylist. One per process.
+pub struct TokenService {
+    store: Store,
+    master: MasterKey,
+    clock: Clock,
+    settings: TokenSettings,
+    keys: RwLock<Arc<LoadedKeys>>,
+    /// Revoked jti or sid → (tenant, refuse until).
+    denylist: RwLock<HashMap<Uuid, (TenantId, DateTime<Utc>)>>,
+    listening: AtomicBool,
+    /// Unix seconds of the last successful whole reload (0: never).
+    last_reload: AtomicI64,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service could not issue a token.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// No current signing key is loaded (the database has none, or the master key cannot open
+    /// it).
+    #[error("no usable signing key")]
+    NoSigningKey,
+}
+
+impl TokenService {
+    /// A service with nothing loaded yet: it refuses every token until [`TokenService::reload`]
+    /// succeeds.
+    pub fn new(store: Store, master: MasterKey, clock: Clock, settings: TokenSettings) -> Self {
+        Self {
+            store,
+            master,
+            clock,
+            settings,
+            keys: RwLock::new(Arc::new(LoadedKeys {
+                signer: None,
+                keys: KeySet::default(),
+            })),
+            denylist: RwLock::new(HashMap::new()),
+            listening: AtomicBool::new(false),
+            last_reload: AtomicI64::new(0),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    /// Reloads the published keys and the whole denylist.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        self.reload_keys().await?;
+        let now = self.clock.now();
+        let revocations = self.store.active_revocations(now).await?;
+        let fresh: HashMap<Uuid, (TenantId, DateTime<Utc>)> = revocations
+            .into_iter()
+            .map(|r| (r.id, (r.tenant_id, r.expires_at)))
+            .collect();
+        *self.denylist.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.last_reload.store(now.timestamp(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn reload_keys(&self) -> Result<(), StoreError> {
+        let stored = self.store.published_signing_keys(self.clock.now()).await?;
+        let mut verifying = Vec::new();
+        let mut signer = None;
+        for key in &stored {
+            match VerifyingKey::new(&key.kid, &key.public_key) {
+                Ok(v) => verifying.push(v),
+                Err(err) => {
+                    tracing::error!(kid = %key.kid, error = %err, "unusable stored public key")
+                }
+            }
+            if key.state == SigningKeyState::Current {
+                let public: Option<[u8; 32]> = key.public_key.as_slice().try_into().ok();
+                let opened = self
+                    .master
+                    .open_signing_key(&key.kid, &key.sealed_private_key)
+                    .ok()
+                    .zip(public)
+                    .and_then(|(pkcs8, public)| {
+                        SigningKey::from_pkcs8(&key.kid, &pkcs8, &public).ok()
+                    });
+                if opened.is_none() {
+                    // Refuse to sign rather than sign with something else.
+                    tracing::error!(kid = %key.kid, "the current signing key cannot be opened with this master key; no tokens can be issued");
+                }
+                signer = opened;
+            }
+        }
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LoadedKeys {
+            signer,
+            keys: KeySet::new(verifying),
+        });
+        Ok(())
+    }
+
+    /// The JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.loaded().keys.jwks()
+    }
+
+    fn loaded(&self) -> Arc<LoadedKeys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Issues an access token.
+    pub fn issue(&self, grant: &Grant<'_>) -> Result<IssuedToken, IssueError> {
+        let loaded = self.loaded();
+        let signer = loaded.signer.as_ref().ok_or(IssueError::NoSigningKey)?;
+        let now = self.clock.now().timestamp();
+        let ttl = i64::try_from(self.settings.access_token_ttl.as_secs())
+            .unwrap_or(MAX_ACCESS_TOKEN_SECS);
+        let mut exp = now + ttl.min(MAX_ACCESS_TOKEN_SECS);
+        if let Some(limit) = grant.not_after {
+            exp = exp.min(limit.timestamp());
+        }
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: grant.subject.to_owned(),
+            aud: self.settings.audience.clone(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: AccessTokenId::new().to_string(),
+            client_id: grant.client_id.to_owned(),
+            scope: scope_text(grant.scopes),
+            tenant_id: grant.tenant_id.to_string(),
+            sub_type: if grant.human { "user" } else { "agent" }.to_owned(),
+            org_id: None,
+            resource_prefix: grant.resource_prefix.clone(),
+            sid: grant.session_id.map(|s| s.to_string()),
+            act: grant.act.clone(),
+        };
+        Ok(IssuedToken {
+            token: sign_access_token(signer, &claims),
+            expires_in: exp - now,
+            claims,
+        })
+    }
+
+    /// The one verification of a presented access token: signature and claims (see
+    /// [`bulkhead_auth::token`]), then the claims this server reads, then the denylist. The
+    /// tenant agreement with the request's host is the caller's (the resolver's) check.
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenRefusal> {
+        let loaded = self.loaded();
+        if loaded.keys.is_empty() {
+            return Err(TokenRefusal::Unavailable);
+        }
+        let now = self.clock.now();
+        let expect = Expectations {
+            issuer: &self.settings.issuer,
+            audience: &self.settings.audience,
+            now: now.timestamp(),
+        };
+        let claims =
+            verify_access_token(token, &loaded.keys, &expect).map_err(TokenRefusal::Invalid)?;
+        let tenant_id =
+            TenantId::parse(&claims.tenant_id).map_err(|_| TokenRefusal::UnreadableClaims)?;
+        let token_id =
+            AccessTokenId::parse(&claims.jti).map_err(|_| TokenRefusal::UnreadableClaims)?;
+        let session_id = match &claims.sid {
+            Some(sid) => {
+                Some(AuthSessionId::parse(sid).map_err(|_| TokenRefusal::UnreadableClaims)?)
+            }
+            None => None,
+        };
+        let scopes = ScopeSet::parse_all(claims.scope.split(' ').filter(|s| !s.is_empty()))
+            .map_err(|_| TokenRefusal::UnreadableClaims)?;
+        if !self.denylist_is_fresh(now) {
+            return Err(TokenRefusal::Unavailable);
+        }
+        if self.is_denied(tenant_id, token_id.uuid(), now)
+            || session_id.is_some_and(|s| self.is_denied(tenant_id, s.uuid(), now))
+        {
+            return Err(TokenRefusal::Revoked);
+        }
+        let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(now);
+        Ok(VerifiedToken {
+            claims,
+            tenant_id,
+            token_id,
+            session_id,
+            scopes,
+            expires_at,
+        })
+    }
+
+    fn denylist_is_fresh(&self, now: DateTime<Utc>) -> bool {
+        let last = self.last_reload.load(Ordering::SeqCst);
+        if last == 0 {
+            return false;
+        }
+        self.listening.load(Ordering::SeqCst)
+            || now.timestamp() - last <= MAX_DENYLIST_STALENESS.as_secs() as i64
+    }
+
+    fn is_denied(&self, tenant: TenantId, id: Uuid, now: DateTime<Utc>) -> bool {
+        self.denylist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|(t, until)| *t == tenant && *until > now)
+    }
+
+    /// Applies a revocation this process just committed, without waiting for the notification.
+    pub fn deny_locally(&self, tenant: TenantId, id: Uuid, until: DateTime<Utc>) {
+        self.denylist
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (tenant, until));
+    }
+
+    /// Until when an ended session's access tokens must be refused: the longest any of them can
+    /// still live, plus the verification leeway.
+    pub fn session_deny_until(&self) -> DateTime<Utc> {
+        self.clock.now() + chrono::Duration::seconds(MAX_ACCESS_TOKEN_SECS + LEEWAY_SECS)
+    }
+
+    /// Listens for key rotations and revocations until the process ends; reloads everything on
+    /// every (re)connection and every [`RELOAD_INTERVAL`].
+    pub async fn listen_for_changes(self: Arc<Self>) {
+        loop {
+            let mut listener = match self.store.listen_token_revocations().await {
+                Ok(mut listener) => match listener.listen(SIGNING_KEYS_CHANNEL).await {
+                    Ok(()) => listener,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "token change listener cannot subscribe; retrying");
+                        self.backoff_after_failure().await;
+                        continue;
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, "token change listener cannot connect; retrying");
+                    self.backoff_after_failure().await;
+                    continue;
+                }
+            };
+            // Anything before we were listening may have been missed.
+            if let Err(err) = self.reload().await {
+                tracing::warn!(error = %err, "cannot reload the token denylist");
+                self.backoff_after_failure().await;
+                continue;
+            }
+            self.listening.store(true, Ordering::SeqCst);
+            loop {
+                let next = tokio::time::timeout(RELOAD_INTERVAL, listener.try_recv()).await;
+                match next {
+                    Err(_elapsed) => {
+                        if let Err(err) = self.reload().await {
+                            tracing::warn!(error = %err, "periodic token reload failed");
+                        }
+                    }
+                    Ok(Ok(Some(notification)))
+                        if notification.channel() == SIGNING_KEYS_CHANNEL =>
+                    {
+                        if let Err(err) = self.reload_keys().await {
+                            tracing::warn!(error = %err, "cannot reload signing keys");
+                        }
+                    }
+                    Ok(Ok(Some(notification))) => {
+                        match parse_revocation_payload(notification.payload()) {
+                            Some((tenant, id)) => {
+                                // Until the longest a token can live: the exact expiry is in the
+                                // table and arrives with the next whole reload.
+                                let until = self.session_deny_until();
+                                self.deny_locally(tenant, id, until);
+                            }
+                            None => {
+                                let _ = self.reload().await;
+                            }
+                        }
+                    }
+                    // Reconnected underneath: notifications may have been lost.
+                    Ok(Ok(None)) => {
+                        let _ = self.reload().await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "token change listener failed; reconnecting");
+                        self.listening.store(false, Ordering::SeqCst);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn backoff_after_failure(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = self.reload().await;
+    }
+}
+
+/// Space-separated scope text (RFC 6749 §3.3).
+pub fn scope_text(scopes: &ScopeSet) -> String {
+    scopes.to_strings().join(" ")
+}
+
+/// Parses a space-separated scope parameter; any unknown name fails the whole set.
+pub fn parse_scope_param(text: &str) -> Result<ScopeSet, bulkhead_core::UnknownScope> {
+    ScopeSet::parse_all(text.split(' ').filter(|s| !s.is_empty()))
+}
