@@ -336,3 +336,52 @@ mod tests {
         assert!(read("empty").is_empty());
     }
 }
+
+/// The access-token verifier, the refresh-token parser and the unverified claims reader on
+/// arbitrary input: no panic, and nothing but the one genuine token verifies.
+pub fn access_token(data: &[u8]) {
+    use bulkhead_auth::token::{sign_access_token, unverified_claims, verify_access_token};
+    use bulkhead_auth::{AccessClaims, Expectations, KeySet, RefreshToken, SigningKey, VerifyingKey};
+    use std::sync::OnceLock;
+
+    static FIXTURE: OnceLock<(KeySet, String)> = OnceLock::new();
+    let (keys, genuine) = FIXTURE.get_or_init(|| {
+        let generated = bulkhead_auth::generate_signing_key();
+        let signer = SigningKey::from_pkcs8(&generated.kid, &generated.pkcs8, &generated.public_key)
+            .expect("fresh key loads");
+        let keys = KeySet::new([
+            VerifyingKey::new(&generated.kid, &generated.public_key).expect("public key")
+        ]);
+        let claims = AccessClaims {
+            iss: "https://bulkhead.test".into(),
+            sub: "agent".into(),
+            aud: "bulkhead".into(),
+            exp: 2_000_000_900,
+            iat: 2_000_000_000,
+            nbf: 2_000_000_000,
+            jti: "at_01h0000000000000000000000".into(),
+            client_id: "key".into(),
+            scope: "sessions:read".into(),
+            tenant_id: "tnt_01h0000000000000000000000".into(),
+            sub_type: "agent".into(),
+            org_id: None,
+            resource_prefix: None,
+            sid: None,
+            act: None,
+        };
+        let token = sign_access_token(&signer, &claims);
+        (keys, token)
+    });
+    let expect = Expectations {
+        issuer: "https://bulkhead.test",
+        audience: "bulkhead",
+        now: 2_000_000_100,
+    };
+    let text = String::from_utf8_lossy(data);
+    let verified = verify_access_token(&text, keys, &expect);
+    assert_eq!(verified.is_ok(), text == genuine.as_str(), "only the genuine token verifies");
+    let _ = unverified_claims(&text);
+    if let Ok(token) = RefreshToken::parse(&text) {
+        assert_eq!(token.expose_secret(), text, "parse must not normalise");
+    }
+}

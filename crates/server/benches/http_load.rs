@@ -2,7 +2,8 @@
 //! resolution, API-key authentication, one tenant transaction, RLS) against a baseline endpoint
 //! that runs the same primary-key SELECT through a plain pool with no tenant transaction.
 //! A third endpoint runs the full stack minus resolution and authentication (same tenant
-//! transaction and store code), to isolate what authentication costs. All are served by the
+//! transaction and store code), to isolate what authentication costs, and the full stack once
+//! more with an EdDSA access token instead of the API key. All are served by the
 //! same process, measured in the same run, in alternating rounds.
 //!
 //! `cargo bench -p bulkhead-server --bench http_load` (env: BENCH_SECONDS per round, default 5;
@@ -200,6 +201,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let db = TestDb::new().await;
+        bulkhead_test_support::ensure_signing_keys(&db).await;
         let tenant = create_tenant(&db, "bench").await;
         let store = db.app_store().await;
         let config = AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
@@ -218,6 +220,23 @@ fn main() {
             .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain))
             .merge(Router::new().route("/bench/noauth/{tenant}/sessions/{id}", get(unauthenticated)).with_state(state.store().clone()));
         let port = serve(app).await;
+        // `app::serve` loads the signing keys and denylist; this bench serves the router itself.
+        state.tokens().reload().await.expect("signing keys");
+        let jwt = state
+            .tokens()
+            .issue(&bulkhead_server::tokens::Grant {
+                tenant_id: tenant.id,
+                subject: "agent-1",
+                human: false,
+                client_id: "bench",
+                scopes: &bulkhead_core::ScopeSet::all(),
+                session_id: None,
+                act: None,
+                resource_prefix: None,
+                not_after: None,
+            })
+            .expect("token")
+            .token;
 
         let client = loopback_client();
         let created: Value = client
@@ -240,18 +259,22 @@ fn main() {
         run_round(base_url.clone(), None, 1, concurrency).await;
 
         run_round(noauth_url.clone(), None, 1, concurrency).await;
-        let (mut full, mut base, mut noauth) = (Vec::new(), Vec::new(), Vec::new());
+        run_round(full_url.clone(), Some(jwt.clone()), 1, concurrency).await;
+        let (mut full, mut base, mut noauth, mut with_jwt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             base.push(run_round(base_url.clone(), None, seconds, concurrency).await);
             noauth.push(run_round(noauth_url.clone(), None, seconds, concurrency).await);
             full.push(run_round(full_url.clone(), Some(tenant.key.clone()), seconds, concurrency).await);
+            with_jwt.push(run_round(full_url.clone(), Some(jwt.clone()), seconds, concurrency).await);
         }
         println!("GET /v1/sessions/{{id}}, {concurrency} connections, {rounds} alternating rounds of {seconds} s each, loopback");
         let base_rps = summarize("baseline", &base);
         let noauth_rps = summarize("no-auth", &noauth);
         let full_rps = summarize("full", &full);
+        let jwt_rps = summarize("full, access token (JWT)", &with_jwt);
         println!("full / baseline throughput ratio: {:.2}", full_rps / base_rps);
         println!("full / no-auth throughput ratio (cost of resolution + cached key auth): {:.2}", full_rps / noauth_rps);
+        println!("JWT / cached API key throughput ratio: {:.2}", jwt_rps / full_rps);
 
         // Rate limiting on versus off: the same authenticated GET, with quotas so roomy that
         // nothing is refused, so only the limiter's own cost shows.

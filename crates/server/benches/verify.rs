@@ -8,8 +8,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use bulkhead_core::{Clock, Scope};
+use bulkhead_core::{Clock, Scope, ScopeSet};
 use bulkhead_server::credentials::KeyVerifier;
+use bulkhead_server::tokens::{Grant, TokenService};
 use bulkhead_test_support::{create_tenant, test_peppers, TestDb};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -77,5 +78,56 @@ fn verification(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, verification);
+/// Access-token verification in process: signature, claims, and the denylist check, with a
+/// denylist of 10,000 revoked tokens.
+fn token_verification(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (service, token) = runtime.block_on(async {
+        let db = TestDb::new().await;
+        bulkhead_test_support::ensure_signing_keys(&db).await;
+        let tenant = create_tenant(&db, "bench").await;
+        let config = bulkhead_server::config::AppConfig::new(
+            "bulkhead.test",
+            bulkhead_auth::KeyEnvironment::Live,
+        )
+        .expect("config");
+        let service = TokenService::new(
+            db.app_store().await,
+            bulkhead_test_support::test_master_key(),
+            Clock::system(),
+            config.tokens,
+        );
+        service.reload().await.expect("keys");
+        let until = chrono::Utc::now() + chrono::Duration::hours(1);
+        for _ in 0..10_000 {
+            service.deny_locally(tenant.id, uuid::Uuid::now_v7(), until);
+        }
+        let token = service
+            .issue(&Grant {
+                tenant_id: tenant.id,
+                subject: "agent-1",
+                human: false,
+                client_id: "bench",
+                scopes: &ScopeSet::all(),
+                session_id: Some(bulkhead_core::AuthSessionId::new()),
+                act: None,
+                resource_prefix: None,
+                not_after: None,
+            })
+            .expect("token")
+            .token;
+        (service, token)
+    });
+    c.bench_function("verify access token (EdDSA + claims + denylist)", |b| {
+        b.iter(|| {
+            let verified = service.verify(&token).expect("valid token");
+            assert!(verified.scopes.contains(Scope::SessionsRead));
+        })
+    });
+}
+
+criterion_group!(benches, verification, token_verification);
 criterion_main!(benches);

@@ -14,7 +14,10 @@ fn bulkhead(data_dir: &Path) -> Command {
         .env_remove("DATABASE_URL")
         .env_remove("BULKHEAD_APP_DATABASE_URL")
         .env_remove("BULKHEAD_KEY_PEPPER")
+        .env_remove("BULKHEAD_MASTER_KEY")
         .env("BULKHEAD_DATA_DIR", data_dir)
+        // The default issuer is the listen address, and every start here picks a new port.
+        .env("BULKHEAD_ISSUER", "http://bulkhead.embedded.test")
         .env("RUST_LOG", "warn");
     command
 }
@@ -206,5 +209,100 @@ async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_th
         .await
         .unwrap();
     assert!(ready.status().is_success());
+    server.stop();
+}
+
+#[tokio::test]
+async fn signing_keys_are_sealed_rotated_by_the_cli_and_old_tokens_outlive_the_rotation() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-embedded-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+
+    // First start creates the master key (private) and the signing keys.
+    Server::start(&data_dir).await.stop();
+    let mode = std::fs::metadata(data_dir.join("master-key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the master key file must be private");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = bulkhead(&data_dir);
+        command.args(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let listed = run(&["signing-key", "list"], &[]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    run(
+        &["tenant", "create", "--slug", "acme", "--name", "Acme"],
+        &[],
+    );
+    run(
+        &[
+            "user",
+            "create",
+            "--tenant",
+            "acme",
+            "--email",
+            "Ann@Acme.test",
+            "--scopes",
+            "sessions:read",
+        ],
+        &[("BULKHEAD_USER_PASSWORD", "correct horse battery staple")],
+    );
+
+    let login = |base: String| async move {
+        let response = loopback_client()
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({ "email": "ann@acme.test", "password": "correct horse battery staple", "tenant": "acme" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    };
+    let kid = |token: &str| {
+        use base64::Engine as _;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&header).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let server = Server::start(&data_dir).await;
+    let old = login(server.base.clone()).await;
+    server.stop();
+
+    let rotation = run(&["signing-key", "rotate"], &[]);
+    assert_eq!(rotation["retired"]["kid"], kid(&old).as_str());
+
+    let server = Server::start(&data_dir).await;
+    let still = loopback_client()
+        .get(format!("{}/v1/sessions", server.base))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        still.status(),
+        200,
+        "a token of the retired key verifies until it expires"
+    );
+    let new = login(server.base.clone()).await;
+    assert_eq!(kid(&new), rotation["current"].as_str().unwrap());
     server.stop();
 }
