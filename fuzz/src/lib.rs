@@ -368,6 +368,7 @@ pub fn access_token(data: &[u8]) {
             resource_prefix: None,
             sid: None,
             act: None,
+            delegated_from: Vec::new(),
         };
         let token = sign_access_token(&signer, &claims);
         (keys, token)

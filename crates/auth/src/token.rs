@@ -53,6 +53,22 @@ pub struct ActClaim {
     pub act: Option<Box<ActClaim>>,
 }
 
+impl ActClaim {
+    /// How many actors the chain names.
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_ref().map_or(0, |inner| inner.depth())
+    }
+
+    /// The actors, outermost (the current one) first.
+    pub fn actors(&self) -> Vec<String> {
+        let mut out = vec![self.sub.clone()];
+        if let Some(inner) = &self.act {
+            out.extend(inner.actors());
+        }
+        out
+    }
+}
+
 /// The claims of a Bulkhead access token (RFC 9068 §2.2 plus Bulkhead's own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +108,10 @@ pub struct AccessClaims {
     /// The delegation chain, when delegated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<ActClaim>,
+    /// The `jti`s of the tokens this one was derived from by delegation, root first: revoking
+    /// any of them revokes this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delegated_from: Vec<String>,
 }
 
 /// Why a token was refused. Never contains the token.

@@ -53,6 +53,7 @@ fn claims() -> AccessClaims {
         resource_prefix: None,
         sid: None,
         act: None,
+        delegated_from: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The tenant context every tenant-data operation carries.
 
 use crate::id::{AccessTokenId, ApiKeyId, AuthSessionId, RequestId, TenantId};
+use crate::prefix::Namespace;
 use crate::scope::{Scope, ScopeSet};
 
 /// Who is acting. Audit events and logs name it.
@@ -28,6 +29,10 @@ pub enum Actor {
         session_id: Option<AuthSessionId>,
         /// What the token may do.
         scopes: ScopeSet,
+        /// The namespace the token is confined to, if any.
+        resource_prefix: Option<Namespace>,
+        /// The delegation chain, outermost actor first (empty when not delegated).
+        delegation: Vec<String>,
     },
     /// Bulkhead itself: the job worker or an operator command.
     System {
@@ -51,6 +56,16 @@ impl Actor {
         match self {
             Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } => Some(scopes),
             Actor::System { .. } => None,
+        }
+    }
+
+    /// The namespace the credential is confined to; `None` reaches the whole tenant.
+    pub fn resource_prefix(&self) -> Option<&Namespace> {
+        match self {
+            Actor::Token {
+                resource_prefix, ..
+            } => resource_prefix.as_ref(),
+            _ => None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod clock;
 pub mod context;
 pub mod id;
+pub mod prefix;
 pub mod scope;
 pub mod slug;
 
@@ -29,5 +30,6 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
+pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};

@@ -234,6 +234,7 @@ fn main() {
                 act: None,
                 resource_prefix: None,
                 not_after: None,
+                delegated_from: Vec::new(),
             })
             .expect("token")
             .token;

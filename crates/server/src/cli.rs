@@ -399,6 +399,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs(args.access_token_minutes.saturating_mul(60)),
     )
     .map_err(anyhow::Error::msg)?;
+    config.tokens.max_delegation_depth = usize::from(args.max_delegation_depth);
     let peppers = load_peppers(&args.database)?;
     let master = load_master_key(&args.database)?;
     let db = Database::open(&args.database).await?;

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Access-token lifetime in minutes (5 to 60).
     #[arg(long, env = "BULKHEAD_ACCESS_TOKEN_MINUTES", default_value_t = 15)]
     pub access_token_minutes: u64,
+    /// Most actors a delegation chain may name (1 to 10).
+    #[arg(long, env = "BULKHEAD_MAX_DELEGATION_DEPTH", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub max_delegation_depth: u8,
     /// Database location.
     #[command(flatten)]
     pub database: DatabaseArgs,

@@ -37,6 +37,10 @@ pub enum ApiError {
     /// 403: the credential lacks a scope; the scope is named.
     #[error("missing scope {0}")]
     MissingScope(Scope),
+    /// 403: the request would create or move a resource outside the credential's resource
+    /// prefix.
+    #[error("outside the resource prefix")]
+    OutsidePrefix,
     /// 403: the tenant is suspended.
     #[error("tenant suspended")]
     TenantSuspended,
@@ -128,6 +132,13 @@ impl ApiError {
                 problem_type!("missing-scope"),
                 "Forbidden",
                 format!("the credential lacks the scope `{scope}`").into(),
+            ),
+            OutsidePrefix => (
+                StatusCode::FORBIDDEN,
+                problem_type!("outside-resource-prefix"),
+                "Forbidden",
+                "the credential is confined to a resource prefix that does not contain this namespace"
+                    .into(),
             ),
             TenantSuspended => (
                 StatusCode::FORBIDDEN,
@@ -252,6 +263,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => ApiError::NotFound,
+            StoreError::OutsideResourcePrefix => ApiError::OutsidePrefix,
             StoreError::Conflict { constraint } => {
                 ApiError::Conflict(format!("conflicts with an existing record ({constraint})"))
             }
@@ -333,11 +345,15 @@ impl OAuthError {
     pub fn invalid_scope(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new("invalid_scope", description)
     }
+    /// `invalid_target` (RFC 8693): the requested audience or resource is not acceptable.
+    pub fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_target", description)
+    }
     /// `unsupported_grant_type`.
     pub fn unsupported_grant_type() -> Self {
         Self::new(
             "unsupported_grant_type",
-            "supported: client_credentials, refresh_token",
+            "supported: client_credentials, refresh_token, urn:ietf:params:oauth:grant-type:token-exchange",
         )
     }
     /// `unauthorized_client`: the client may not use this grant.

@@ -213,6 +213,13 @@ async fn authenticate(
                 token_id: token.token_id,
                 session_id: token.session_id,
                 scopes: token.scopes,
+                resource_prefix: token.resource_prefix,
+                delegation: token
+                    .claims
+                    .act
+                    .as_ref()
+                    .map(|act| act.actors())
+                    .unwrap_or_default(),
             },
             request_id,
         );

@@ -16,6 +16,9 @@ pub enum StoreError {
     /// A check or type constraint refused the write.
     #[error("refused by the database: {0}")]
     Invalid(Cow<'static, str>),
+    /// The write would put a resource outside the acting credential's resource prefix.
+    #[error("outside the credential's resource prefix")]
+    OutsideResourcePrefix,
     /// The database refused access: a sign of a missing context or a misconfigured role. Fail closed.
     #[error("the database refused access")]
     AccessDenied,

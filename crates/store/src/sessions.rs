@@ -1,6 +1,11 @@
 //! Agent sessions: the first tenant-owned resource.
+//!
+//! Invariant: when the transaction's actor is confined to a resource prefix, every function
+//! here sees and changes only sessions whose namespace is inside it (by whole segments), and
+//! refuses to create or move a session outside it. The prefix comes from the transaction itself,
+//! so a handler cannot forget it.
 
-use bulkhead_core::SessionId;
+use bulkhead_core::{Namespace, SessionId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -25,6 +30,8 @@ pub struct AgentSession {
     pub state: SessionState,
     /// Free-form JSON object.
     pub metadata: serde_json::Value,
+    /// Where the session sits in the tenant's hierarchy, if anywhere.
+    pub namespace: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -42,6 +49,8 @@ pub struct NewSession {
     pub state: SessionState,
     /// JSON object.
     pub metadata: serde_json::Value,
+    /// Namespace.
+    pub namespace: Option<Namespace>,
 }
 
 /// A partial update; `None` leaves a field as it is.
@@ -53,6 +62,8 @@ pub struct SessionPatch {
     pub state: Option<SessionState>,
     /// Replacement metadata object.
     pub metadata: Option<serde_json::Value>,
+    /// New namespace.
+    pub namespace: Option<Namespace>,
 }
 
 /// A page request: sessions after the cursor, in id (creation) order.
@@ -74,13 +85,35 @@ type SessionRow = (
     String,
     String,
     serde_json::Value,
+    Option<String>,
     DateTime<Utc>,
     DateTime<Utc>,
 );
-const COLUMNS: &str = "id, agent_id, title, state, metadata, created_at, updated_at";
+const COLUMNS: &str = "id, agent_id, title, state, metadata, namespace, created_at, updated_at";
+
+/// The predicate confining a query to the actor's prefix, bound as `$n` (NULL: no prefix).
+fn within_prefix(n: u8) -> String {
+    format!(
+        "(${n}::text IS NULL OR (namespace IS NOT NULL AND \
+         (namespace = ${n} OR starts_with(namespace, ${n} || '/'))))"
+    )
+}
+
+fn prefix_of(tx: &TenantTx) -> Option<String> {
+    tx.actor().resource_prefix().map(|p| p.as_str().to_owned())
+}
+
+/// Refuses a namespace the actor may not write to.
+fn check_inside(tx: &TenantTx, namespace: Option<&Namespace>) -> Result<(), StoreError> {
+    match (tx.actor().resource_prefix(), namespace) {
+        (None, _) => Ok(()),
+        (Some(prefix), Some(ns)) if prefix.contains(ns) => Ok(()),
+        _ => Err(StoreError::OutsideResourcePrefix),
+    }
+}
 
 fn from_row(row: SessionRow) -> Result<AgentSession, StoreError> {
-    let (id, agent_id, title, state, metadata, created_at, updated_at) = row;
+    let (id, agent_id, title, state, metadata, namespace, created_at, updated_at) = row;
     Ok(AgentSession {
         id: SessionId::from_uuid(id),
         agent_id,
@@ -89,6 +122,7 @@ fn from_row(row: SessionRow) -> Result<AgentSession, StoreError> {
             StoreError::UnsafeConfiguration("session row has an invalid state".into())
         })?,
         metadata,
+        namespace,
         created_at,
         updated_at,
     })
@@ -96,10 +130,11 @@ fn from_row(row: SessionRow) -> Result<AgentSession, StoreError> {
 
 /// Creates a session for the transaction's tenant.
 pub async fn create(tx: &mut TenantTx, new: &NewSession) -> Result<AgentSession, StoreError> {
+    check_inside(tx, new.namespace.as_ref())?;
     let tenant = tx.tenant_id();
     let row: SessionRow = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, state, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, state, metadata, \
+         namespace) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     ))
     .bind(tenant.uuid())
     .bind(SessionId::new().uuid())
@@ -107,6 +142,7 @@ pub async fn create(tx: &mut TenantTx, new: &NewSession) -> Result<AgentSession,
     .bind(&new.title)
     .bind(new.state.as_str())
     .bind(&new.metadata)
+    .bind(new.namespace.as_ref().map(|n| n.as_str()))
     .fetch_one(tx.conn())
     .await?;
     from_row(row)
@@ -115,11 +151,14 @@ pub async fn create(tx: &mut TenantTx, new: &NewSession) -> Result<AgentSession,
 /// One session of the transaction's tenant; another tenant's id is [`StoreError::NotFound`].
 pub async fn get(tx: &mut TenantTx, id: SessionId) -> Result<AgentSession, StoreError> {
     let tenant = tx.tenant_id();
+    let prefix = prefix_of(tx);
     let row: Option<SessionRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.agent_sessions WHERE tenant_id = $1 AND id = $2"
+        "SELECT {COLUMNS} FROM bulkhead.agent_sessions WHERE tenant_id = $1 AND id = $2 AND {}",
+        within_prefix(3)
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
+    .bind(prefix)
     .fetch_optional(tx.conn())
     .await?;
     row.map(from_row).transpose()?.ok_or(StoreError::NotFound)
@@ -137,13 +176,16 @@ pub async fn list(
            AND ($2::uuid IS NULL OR id > $2) \
            AND ($3::text IS NULL OR agent_id = $3) \
            AND ($4::text IS NULL OR state = $4) \
-         ORDER BY id LIMIT $5"
+           AND {} \
+         ORDER BY id LIMIT $5",
+        within_prefix(6)
     ))
     .bind(tenant.uuid())
     .bind(query.after.map(|id| id.uuid()))
     .bind(query.agent_id.as_deref())
     .bind(query.state.map(|s| s.as_str()))
     .bind(i64::from(query.limit))
+    .bind(prefix_of(tx))
     .fetch_all(tx.conn())
     .await?;
     rows.into_iter().map(from_row).collect()
@@ -155,18 +197,25 @@ pub async fn update(
     id: SessionId,
     patch: &SessionPatch,
 ) -> Result<AgentSession, StoreError> {
+    if patch.namespace.is_some() {
+        check_inside(tx, patch.namespace.as_ref())?;
+    }
     let tenant = tx.tenant_id();
     let row: Option<SessionRow> = sqlx::query_as(&format!(
         "UPDATE bulkhead.agent_sessions SET \
            title = COALESCE($3, title), state = COALESCE($4, state), \
-           metadata = COALESCE($5, metadata), updated_at = now() \
-         WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+           metadata = COALESCE($5, metadata), namespace = COALESCE($7, namespace), \
+           updated_at = now() \
+         WHERE tenant_id = $1 AND id = $2 AND {} RETURNING {COLUMNS}",
+        within_prefix(6)
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
     .bind(patch.title.as_deref())
     .bind(patch.state.map(|s| s.as_str()))
     .bind(patch.metadata.as_ref())
+    .bind(prefix_of(tx))
+    .bind(patch.namespace.as_ref().map(|n| n.as_str()))
     .fetch_optional(tx.conn())
     .await?;
     row.map(from_row).transpose()?.ok_or(StoreError::NotFound)
@@ -175,11 +224,16 @@ pub async fn update(
 /// Deletes a session; another tenant's id is [`StoreError::NotFound`] and deletes nothing.
 pub async fn delete(tx: &mut TenantTx, id: SessionId) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    let done = sqlx::query("DELETE FROM bulkhead.agent_sessions WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant.uuid())
-        .bind(id.uuid())
-        .execute(tx.conn())
-        .await?;
+    let prefix = prefix_of(tx);
+    let done = sqlx::query(&format!(
+        "DELETE FROM bulkhead.agent_sessions WHERE tenant_id = $1 AND id = $2 AND {}",
+        within_prefix(3)
+    ))
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(prefix)
+    .execute(tx.conn())
+    .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }

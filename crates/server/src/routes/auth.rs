@@ -158,6 +158,9 @@ pub struct TokenResponse {
     /// The auth session, when one was created or used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<AuthSessionId>,
+    /// RFC 8693 §2.2.1: the type of the issued token, on token-exchange responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -321,6 +324,7 @@ async fn login(
             act: None,
             resource_prefix: None,
             not_after: None,
+            delegated_from: Vec::new(),
         })
         .map_err(|_| ApiError::Unavailable)?;
     tx.commit().await?;
@@ -332,6 +336,7 @@ async fn login(
         refresh_token: Some(refresh.expose_secret().to_owned()),
         scope: scope_text(&scopes),
         session_id: Some(session.id),
+        issued_token_type: None,
     })
 }
 

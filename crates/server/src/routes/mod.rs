@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod delegation;
 pub mod health;
 pub mod oauth;
 pub mod sessions;

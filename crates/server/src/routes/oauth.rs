@@ -37,6 +37,9 @@ use crate::routes::auth::{end_session_in, TokenResponse};
 use crate::state::AppState;
 use crate::tokens::{parse_scope_param, scope_text, Grant};
 
+/// RFC 8693's grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
 /// Most parameters a form may carry.
 const MAX_PARAMS: usize = 16;
 
@@ -59,7 +62,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
-        "grant_types_supported": ["client_credentials", "refresh_token"],
+        "grant_types_supported": ["client_credentials", "refresh_token", TOKEN_EXCHANGE],
         // No authorization endpoint: every grant here is a direct token request.
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -88,7 +91,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
 }
 
 /// A parsed form body: each parameter at most once.
-struct Form(HashMap<String, Zeroizing<String>>);
+pub(crate) struct Form(HashMap<String, Zeroizing<String>>);
 
 impl Form {
     fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Form, OAuthError> {
@@ -122,7 +125,7 @@ impl Form {
         Ok(Form(params))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
             .map(|v| v.as_str())
@@ -138,7 +141,7 @@ fn truncate_name(name: &str) -> String {
 }
 
 /// Client credentials as presented.
-struct ClientAuth {
+pub(crate) struct ClientAuth {
     client_id: Option<String>,
     secret: Zeroizing<String>,
     basic: bool,
@@ -226,7 +229,7 @@ fn host(headers: &HeaderMap) -> &str {
 
 /// Authenticates a client by its API key: the key must verify, agree with the host's tenant,
 /// and be the key `client_id` names (when it names one).
-async fn authenticate_client(
+pub(crate) async fn authenticate_client(
     state: &AppState,
     auth: &ClientAuth,
     host_tenant: Option<Tenant>,
@@ -296,12 +299,15 @@ async fn token_inner(
             client_credentials(state, &form, &key, &tenant, client_ip, headers).await
         }
         Some("refresh_token") => refresh(state, &form, auth, host_tenant, client_ip).await,
+        Some(TOKEN_EXCHANGE) => {
+            crate::routes::delegation::exchange(state, &form, auth, host_tenant, client_ip).await
+        }
         Some(_) => Err(OAuthError::unsupported_grant_type()),
     }
 }
 
 /// The scopes to grant: the requested ones, which must all be held; all held when none are asked.
-fn granted_scopes(form: &Form, held: &ScopeSet) -> Result<ScopeSet, OAuthError> {
+pub(crate) fn granted_scopes(form: &Form, held: &ScopeSet) -> Result<ScopeSet, OAuthError> {
     match form.get("scope") {
         None => Ok(held.clone()),
         Some(text) => {
@@ -388,6 +394,7 @@ async fn client_credentials(
             act: None,
             resource_prefix: None,
             not_after: None,
+            delegated_from: Vec::new(),
         })
         .map_err(|_| OAuthError::unavailable())?;
     audit::record(
@@ -406,6 +413,7 @@ async fn client_credentials(
         refresh_token: refresh.map(|r| r.expose_secret().to_owned()),
         scope: scope_text(&scopes),
         session_id,
+        issued_token_type: None,
     })
 }
 
@@ -577,6 +585,7 @@ async fn refresh(
             act: None,
             resource_prefix: None,
             not_after: None,
+            delegated_from: Vec::new(),
         })
         .map_err(|_| OAuthError::unavailable())?;
     audit::record(
@@ -595,6 +604,7 @@ async fn refresh(
         refresh_token: Some(next.expose_secret().to_owned()),
         scope: scope_text(&scopes),
         session_id: Some(found.session.id),
+        issued_token_type: None,
     })
 }
 

@@ -45,6 +45,9 @@ pub struct CreateSession {
     state: Option<SessionState>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// Body of `PATCH /v1/sessions/{id}`.
@@ -57,6 +60,8 @@ pub struct UpdateSession {
     state: Option<SessionState>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// Query of `GET /v1/sessions`.
@@ -83,6 +88,10 @@ pub struct SessionPage {
 
 fn parse_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn parse_namespace(text: &str) -> Result<bulkhead_core::Namespace, ApiError> {
+    bulkhead_core::Namespace::parse(text).map_err(|e| ApiError::Invalid(e.to_string().into()))
 }
 
 fn check_agent_id(agent_id: &str) -> Result<(), ApiError> {
@@ -153,6 +162,7 @@ async fn create(
         title: body.title,
         state: body.state.unwrap_or(SessionState::Active),
         metadata: check_metadata(body.metadata.unwrap_or_default())?,
+        namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let session = sessions::create(&mut tx, &new).await?;
@@ -223,6 +233,7 @@ async fn update(
         title: body.title,
         state: body.state,
         metadata: body.metadata.map(check_metadata).transpose()?,
+        namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let session = sessions::update(&mut tx, id, &patch).await?;

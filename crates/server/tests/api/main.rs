@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod auth;
+mod delegation;
 mod embedded;
 mod helpers;
 mod isolation;

@@ -24,6 +24,7 @@ async fn seed_session(store: &Store, tenant: TenantId, title: &str) {
             title: title.into(),
             state: SessionState::Active,
             metadata: json!({}),
+            namespace: None,
         },
     )
     .await
@@ -230,6 +231,7 @@ async fn read_only_transactions_refuse_writes() {
             title: "t".into(),
             state: SessionState::Active,
             metadata: json!({}),
+            namespace: None,
         },
     )
     .await

@@ -1,0 +1,379 @@
+//! Delegation by OAuth 2.0 Token Exchange (RFC 8693), at `POST /oauth/token` with
+//! `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`.
+//!
+//! # Every hop only narrows
+//! The issued token's authority is at most the intersection of:
+//! - the subject token's scopes (the delegating principal's effective authority),
+//! - the actor's own credential's scopes (an agent can never pass on more than it holds),
+//! - the `scope` asked for;
+//!
+//! its `resource_prefix` is the subject's or one inside it; it expires no later than the subject
+//! token (and the actor's token, when the actor presents one); its `act` claim records the chain,
+//! at most [`TokenSettings::max_delegation_depth`](crate::tokens::TokenSettings) actors deep;
+//! `delegated_from` lists every token it derives from, so revoking any of them (or ending the
+//! subject's session, whose `sid` it inherits) revokes it. Subject, actor and host must be one
+//! tenant. Anything that would widen authority is refused (`invalid_scope`, `invalid_target`)
+//! and audited.
+//!
+//! # Who the actor is
+//! - `actor_token` with `actor_token_type` `urn:ietf:params:oauth:token-type:access_token` (the
+//!   sub-agent's own access token) or `urn:bulkhead:params:oauth:token-type:api_key` (its key);
+//! - else the authenticated client (HTTP Basic or body credentials: the sub-agent's API key);
+//! - else `audience`: the principal name of a sub-agent that holds no credential here; then only
+//!   the subject's authority bounds the token (it can only shrink, never be pooled with anyone
+//!   else's).
+
+use std::net::IpAddr;
+
+use bulkhead_auth::ActClaim;
+use bulkhead_core::{Actor, Namespace, RequestId, ScopeSet, TenantContext};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::registry::{Tenant, TenantStatus};
+use bulkhead_store::Access;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::error::{ApiError, OAuthError};
+use crate::resolve::authenticate_api_key;
+use crate::routes::auth::TokenResponse;
+use crate::routes::oauth::{authenticate_client, ClientAuth, Form};
+use crate::state::AppState;
+use crate::tokens::{parse_scope_param, scope_text, Grant, VerifiedToken};
+
+/// RFC 8693 token type of an access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Bulkhead's token type for an API key presented as `actor_token`.
+pub const API_KEY_TYPE: &str = "urn:bulkhead:params:oauth:token-type:api_key";
+
+/// Who acts in a delegation, and what they hold themselves.
+struct Delegate {
+    principal: String,
+    client_id: Option<String>,
+    /// `None`: no credential of its own was presented (an `audience`), so it adds no bound.
+    scopes: Option<ScopeSet>,
+    token: Option<VerifiedToken>,
+}
+
+fn valid_principal(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+async fn tenant_of(
+    state: &AppState,
+    token: &VerifiedToken,
+    host: Option<&Tenant>,
+) -> Result<Tenant, OAuthError> {
+    if host.is_some_and(|h| h.id != token.tenant_id) {
+        return Err(OAuthError::invalid_grant(
+            "the subject token is invalid for this tenant",
+        ));
+    }
+    let tenant = state
+        .directory()
+        .by_id(state.store(), token.tenant_id)
+        .await
+        .map_err(|_| OAuthError::unavailable())?
+        .ok_or_else(|| OAuthError::invalid_grant("the subject token is invalid"))?;
+    if tenant.status != TenantStatus::Active {
+        return Err(OAuthError::invalid_grant("the tenant is suspended"));
+    }
+    Ok(tenant)
+}
+
+fn verify_token(
+    state: &AppState,
+    text: &str,
+    what: &'static str,
+) -> Result<VerifiedToken, OAuthError> {
+    state
+        .tokens()
+        .verify(text)
+        .map_err(|refusal| match refusal {
+            crate::tokens::TokenRefusal::Unavailable => OAuthError::unavailable(),
+            other => {
+                tracing::warn!(
+                    target: "bulkhead::audit",
+                    action = "auth.token_exchange",
+                    outcome = "failure",
+                    reason = ?other,
+                    "{what} refused"
+                );
+                OAuthError::invalid_grant(format!("the {what} is invalid, expired or revoked"))
+            }
+        })
+}
+
+async fn delegate(
+    state: &AppState,
+    form: &Form,
+    auth: Option<ClientAuth>,
+    tenant: &Tenant,
+    client_ip: Option<IpAddr>,
+) -> Result<Delegate, OAuthError> {
+    if let Some(actor_token) = form.get("actor_token") {
+        return match form.get("actor_token_type") {
+            Some(ACCESS_TOKEN_TYPE) => {
+                let token = verify_token(state, actor_token, "actor token")?;
+                if token.tenant_id != tenant.id {
+                    return Err(OAuthError::invalid_grant(
+                        "the actor must belong to the subject's tenant",
+                    ));
+                }
+                Ok(Delegate {
+                    principal: token.claims.sub.clone(),
+                    client_id: Some(token.claims.client_id.clone()),
+                    scopes: Some(token.scopes.clone()),
+                    token: Some(token),
+                })
+            }
+            Some(API_KEY_TYPE) => {
+                let (key, _) =
+                    authenticate_api_key(state, actor_token, Some(tenant.clone()), client_ip)
+                        .await
+                        .map_err(|err| match err {
+                            ApiError::Unavailable => OAuthError::unavailable(),
+                            _ => OAuthError::invalid_grant(
+                                "the actor key is invalid or not of the subject's tenant",
+                            ),
+                        })?;
+                state.verifier().record_use(&key, client_ip);
+                Ok(Delegate {
+                    principal: key.principal,
+                    client_id: Some(key.key_id.to_string()),
+                    scopes: Some(key.scopes),
+                    token: None,
+                })
+            }
+            _ => Err(OAuthError::invalid_request(
+                "actor_token_type must be an access token or a Bulkhead API key",
+            )),
+        };
+    }
+    if let Some(auth) = auth {
+        let (key, _) = authenticate_client(state, &auth, Some(tenant.clone()), client_ip).await?;
+        return Ok(Delegate {
+            principal: key.principal,
+            client_id: Some(key.key_id.to_string()),
+            scopes: Some(key.scopes),
+            token: None,
+        });
+    }
+    match form.get("audience") {
+        Some(audience) if valid_principal(audience) => Ok(Delegate {
+            principal: audience.to_owned(),
+            client_id: None,
+            scopes: None,
+            token: None,
+        }),
+        Some(_) => Err(OAuthError::invalid_target(
+            "audience is not a valid principal name",
+        )),
+        None => Err(OAuthError::invalid_request(
+            "name the actor: actor_token, client authentication, or audience",
+        )),
+    }
+}
+
+/// What a delegation would grant, or the refusal (with the reason to audit).
+struct Narrowed {
+    scopes: ScopeSet,
+    prefix: Option<Namespace>,
+    act: ActClaim,
+    not_after: DateTime<Utc>,
+    delegated_from: Vec<String>,
+}
+
+fn narrow(
+    state: &AppState,
+    form: &Form,
+    subject: &VerifiedToken,
+    actor: &Delegate,
+) -> Result<Narrowed, (OAuthError, &'static str)> {
+    let ceiling: ScopeSet = match &actor.scopes {
+        Some(actor_scopes) => subject
+            .scopes
+            .iter()
+            .filter(|s| actor_scopes.contains(*s))
+            .collect(),
+        None => subject.scopes.clone(),
+    };
+    let scopes = match form.get("scope") {
+        None => ceiling,
+        Some(text) => {
+            let requested = parse_scope_param(text).map_err(|_| {
+                (
+                    OAuthError::invalid_scope("a requested scope does not exist"),
+                    "unknown_scope",
+                )
+            })?;
+            if !ceiling.is_superset(&requested) {
+                return Err((
+                    OAuthError::invalid_scope(
+                        "the requested scope exceeds what both the subject and the actor hold",
+                    ),
+                    "scope_widening",
+                ));
+            }
+            requested
+        }
+    };
+    if scopes.iter().next().is_none() {
+        return Err((
+            OAuthError::invalid_scope("the subject and the actor share no scope"),
+            "no_common_scope",
+        ));
+    }
+    let prefix = match (form.get("resource_prefix"), &subject.resource_prefix) {
+        (None, inherited) => inherited.clone(),
+        (Some(text), inherited) => {
+            let asked = Namespace::parse(text).map_err(|_| {
+                (
+                    OAuthError::invalid_target("resource_prefix is not a valid namespace"),
+                    "bad_prefix",
+                )
+            })?;
+            if inherited
+                .as_ref()
+                .is_some_and(|outer| !outer.contains(&asked))
+            {
+                return Err((
+                    OAuthError::invalid_target(
+                        "resource_prefix must be inside the subject's prefix",
+                    ),
+                    "prefix_widening",
+                ));
+            }
+            Some(asked)
+        }
+    };
+    let depth = subject.claims.act.as_ref().map_or(0, ActClaim::depth) + 1;
+    if depth > state.config().tokens.max_delegation_depth {
+        return Err((
+            OAuthError::invalid_grant("the delegation chain is at its maximum depth"),
+            "depth_exceeded",
+        ));
+    }
+    let mut not_after = subject.expires_at;
+    let mut delegated_from = subject.claims.delegated_from.clone();
+    delegated_from.push(subject.claims.jti.clone());
+    if let Some(actor_token) = &actor.token {
+        not_after = not_after.min(actor_token.expires_at);
+        delegated_from.push(actor_token.claims.jti.clone());
+    }
+    Ok(Narrowed {
+        scopes,
+        prefix,
+        act: ActClaim {
+            sub: actor.principal.clone(),
+            act: subject.claims.act.clone().map(Box::new),
+        },
+        not_after,
+        delegated_from,
+    })
+}
+
+/// The token-exchange grant. See the module doc.
+pub(crate) async fn exchange(
+    state: &AppState,
+    form: &Form,
+    auth: Option<ClientAuth>,
+    host: Option<Tenant>,
+    client_ip: Option<IpAddr>,
+) -> Result<TokenResponse, OAuthError> {
+    let subject_text = form
+        .get("subject_token")
+        .ok_or_else(|| OAuthError::invalid_request("subject_token is required"))?;
+    if form.get("subject_token_type") != Some(ACCESS_TOKEN_TYPE) {
+        return Err(OAuthError::invalid_request(
+            "subject_token_type must be urn:ietf:params:oauth:token-type:access_token",
+        ));
+    }
+    if let Some(kind) = form.get("requested_token_type") {
+        if kind != ACCESS_TOKEN_TYPE {
+            return Err(OAuthError::invalid_request("only access tokens are issued"));
+        }
+    }
+    let subject = verify_token(state, subject_text, "subject token")?;
+    let tenant = tenant_of(state, &subject, host.as_ref()).await?;
+    let actor = delegate(state, form, auth, &tenant, client_ip).await?;
+
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::System { component: "oauth" },
+        RequestId::new(),
+    );
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    let narrowed = match narrow(state, form, &subject, &actor) {
+        Ok(narrowed) => narrowed,
+        Err((err, reason)) => {
+            audit::record(
+                &mut tx,
+                "auth.token_exchange",
+                Some(&subject.claims.jti),
+                Outcome::Blocked,
+                json!({ "reason": reason, "subject": subject.claims.sub, "actor": actor.principal }),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                target: "bulkhead::audit",
+                action = "auth.token_exchange",
+                outcome = "blocked",
+                reason,
+                tenant_id = %tenant.id,
+                actor_id = %actor.principal,
+                "delegation refused"
+            );
+            return Err(err);
+        }
+    };
+    let client_id = actor
+        .client_id
+        .clone()
+        .unwrap_or_else(|| subject.claims.client_id.clone());
+    let issued = state
+        .tokens()
+        .issue(&Grant {
+            tenant_id: tenant.id,
+            subject: &subject.claims.sub,
+            human: subject.claims.sub_type == "user",
+            client_id: &client_id,
+            scopes: &narrowed.scopes,
+            session_id: subject.session_id,
+            act: Some(narrowed.act.clone()),
+            resource_prefix: narrowed.prefix.as_ref().map(|p| p.to_string()),
+            not_after: Some(narrowed.not_after),
+            delegated_from: narrowed.delegated_from,
+        })
+        .map_err(|_| OAuthError::unavailable())?;
+    audit::record(
+        &mut tx,
+        "auth.token_exchange",
+        Some(&issued.claims.jti),
+        Outcome::Success,
+        json!({
+            "subject": subject.claims.sub,
+            "delegation_chain": narrowed.act.actors(),
+            "scope": issued.claims.scope,
+            "resource_prefix": issued.claims.resource_prefix,
+            "derived_from": issued.claims.delegated_from,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(TokenResponse {
+        access_token: issued.token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        refresh_token: None,
+        scope: scope_text(&narrowed.scopes),
+        session_id: None,
+        issued_token_type: Some(ACCESS_TOKEN_TYPE),
+    })
+}
