@@ -26,5 +26,6 @@ pub use cache::TenantCache;
 pub use clock::Clock;
 pub use context::{Actor, TenantContext};
 pub use id::{ApiKeyId, AuditEventId, IdError, JobId, PrefixedId, RequestId, SessionId, TenantId};
+pub use id::{AttemptId, DeliveryId, EndpointId, MessageId};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};

@@ -28,6 +28,7 @@ pub mod provision;
 pub mod registry;
 pub mod roles;
 pub mod sessions;
+pub mod webhooks;
 
 pub use door::{Access, Store, TenantTx};
 pub use error::StoreError;

@@ -164,8 +164,8 @@ async fn views_are_security_invoker_and_definer_functions_pin_search_path() {
     .unwrap();
     assert_eq!(
         definers.len(),
-        2,
-        "only the key lookup and the job claim run as definer: {definers:?}"
+        3,
+        "only the key lookup, the job claim and the webhook claim run as definer: {definers:?}"
     );
     for (name, config, source) in definers {
         let config = config.unwrap_or_default();
