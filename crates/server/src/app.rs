@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{api_keys, health, sessions};
+use crate::routes::{api_keys, health, sessions, webhooks};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let tenant_api = Router::new()
         .merge(sessions::routes())
         .merge(api_keys::routes())
+        .merge(webhooks::routes())
         // Layers run bottom-up: per-address limit, then resolution and authentication, then the
         // tenant's limits, then the handler.
         .route_layer(middleware::from_fn_with_state(

@@ -134,7 +134,6 @@ const DENIED_SUFFIXES: &[&str] = &[
     "ip6.arpa",
     "invalid",
     "onion",
-    "example",
 ];
 
 impl EgressPolicy {
@@ -177,6 +176,13 @@ impl EgressPolicy {
             .any(|c| c.is_control() || c.is_whitespace() || c == '\\' || is_invisible(c))
         {
             return Err(EgressError::ForbiddenCharacter);
+        }
+        // Any `@` in the authority is userinfo, even where the parser would drop an empty one.
+        if let Some((_, rest)) = raw.split_once("://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            if authority.contains('@') {
+                return Err(EgressError::Userinfo);
+            }
         }
         let url = Url::parse(raw).map_err(|_| EgressError::Unparsable)?;
         match url.scheme() {

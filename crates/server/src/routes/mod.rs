@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod health;
 pub mod sessions;
+pub mod webhooks;
 
 use crate::error::ApiError;
 
