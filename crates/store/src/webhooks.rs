@@ -283,7 +283,8 @@ pub async fn endpoint_keys(
     now: DateTime<Utc>,
 ) -> Result<EndpointKeys, StoreError> {
     let tenant = tx.tenant_id();
-    let row: Option<(Vec<u8>, Option<Vec<u8>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    type KeysRow = (Vec<u8>, Option<Vec<u8>>, Option<DateTime<Utc>>);
+    let row: Option<KeysRow> = sqlx::query_as(
         "SELECT secret, previous_secret, previous_secret_expires_at \
          FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2",
     )

@@ -422,11 +422,14 @@ impl HostResolver for HickoryResolver {
     }
 }
 
+/// Lookups so far, and the successive answers of one name.
+type Answers = (usize, Vec<Vec<IpAddr>>);
+
 /// A resolver answering from a fixed map; names not in it do not resolve. Each entry may hold
 /// several successive answers (for rebinding tests): lookup `n` gets answer `min(n, last)`.
 #[derive(Debug, Default, Clone)]
 pub struct StaticResolver {
-    answers: Arc<std::sync::Mutex<HashMap<String, (usize, Vec<Vec<IpAddr>>)>>>,
+    answers: Arc<std::sync::Mutex<HashMap<String, Answers>>>,
 }
 
 impl StaticResolver {

@@ -11,3 +11,4 @@ mod jobs;
 mod platform;
 mod ratelimit;
 mod sessions;
+mod webhooks;
