@@ -345,6 +345,43 @@ pub async fn publish(
     only: Option<EndpointId>,
     now: DateTime<Utc>,
 ) -> Result<(MessageId, u64), StoreError> {
+    let targets = targets(tx, event_type, only).await?;
+    if only.is_some() && targets.is_empty() {
+        return Err(StoreError::NotFound);
+    }
+    let id = insert_message(tx, event_type, payload, source, &targets, now).await?;
+    Ok((id, targets.len() as u64))
+}
+
+/// The endpoints a message goes to: `only` (enabled or not), or every enabled endpoint
+/// subscribed to the type.
+async fn targets(
+    tx: &mut TenantTx,
+    event_type: &str,
+    only: Option<EndpointId>,
+) -> Result<Vec<uuid::Uuid>, StoreError> {
+    let tenant = tx.tenant_id();
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 \
+         AND (CASE WHEN $3::uuid IS NULL \
+              THEN enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types)) \
+              ELSE id = $3 END) ORDER BY id",
+    )
+    .bind(tenant.uuid())
+    .bind(event_type)
+    .bind(only.map(|o| o.uuid()))
+    .fetch_all(tx.conn())
+    .await?)
+}
+
+async fn insert_message(
+    tx: &mut TenantTx,
+    event_type: &str,
+    payload: &Value,
+    source: MessageSource,
+    targets: &[uuid::Uuid],
+    now: DateTime<Utc>,
+) -> Result<MessageId, StoreError> {
     let tenant = tx.tenant_id();
     let id = MessageId::new();
     sqlx::query(
@@ -359,21 +396,7 @@ pub async fn publish(
     .bind(now)
     .execute(tx.conn())
     .await?;
-    // Delivery ids are made here (UUIDv7 by the application), one per matching endpoint.
-    let targets: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 \
-         AND (CASE WHEN $3::uuid IS NULL \
-              THEN enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types)) \
-              ELSE id = $3 END) ORDER BY id",
-    )
-    .bind(tenant.uuid())
-    .bind(event_type)
-    .bind(only.map(|o| o.uuid()))
-    .fetch_all(tx.conn())
-    .await?;
-    if only.is_some() && targets.is_empty() {
-        return Err(StoreError::NotFound);
-    }
+    // Delivery ids are made here (UUIDv7 by the application), one per target endpoint.
     let ids: Vec<uuid::Uuid> = targets.iter().map(|_| DeliveryId::new().uuid()).collect();
     sqlx::query(
         "INSERT INTO bulkhead.webhook_deliveries (tenant_id, id, message_id, endpoint_id, next_attempt_at) \
@@ -382,32 +405,38 @@ pub async fn publish(
     .bind(tenant.uuid())
     .bind(id.uuid())
     .bind(&ids)
-    .bind(&targets)
+    .bind(targets)
     .bind(now)
     .execute(tx.conn())
     .await?;
-    Ok((id, targets.len() as u64))
+    Ok(id)
 }
 
 /// For other features: raises a platform event for the transaction's tenant, inside the
-/// caller's own transaction (it is delivered only if the caller commits). The caller passes a
+/// caller's own transaction (it is delivered only if the caller commits). Returns the message
+/// id, or `None` when no enabled endpoint subscribes to the type (then nothing is stored). The caller passes a
 /// platform event type such as `security.refresh_token_reuse`; `payload` must hold no secret.
 pub async fn enqueue_platform_event(
     tx: &mut TenantTx,
     event_type: &str,
     payload: Value,
-) -> Result<MessageId, StoreError> {
+) -> Result<Option<MessageId>, StoreError> {
+    let targets = targets(tx, event_type, None).await?;
+    if targets.is_empty() {
+        // Nobody subscribes: store nothing (most platform events of most tenants).
+        return Ok(None);
+    }
     let body = serde_json::json!({ "type": event_type, "data": payload });
-    let (id, _) = publish(
+    let id = insert_message(
         tx,
         event_type,
         &body,
         MessageSource::Platform,
-        None,
+        &targets,
         Utc::now(),
     )
     .await?;
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// One message of the transaction's tenant.

@@ -26,7 +26,8 @@ struct PlainResolver;
 impl reqwest::dns::Resolve for PlainResolver {
     fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         Box::pin(async {
-            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::new(LOOPBACK, 0)));
+            let addrs: reqwest::dns::Addrs =
+                Box::new(std::iter::once(SocketAddr::new(LOOPBACK, 0)));
             Ok(addrs)
         })
     }
@@ -42,7 +43,8 @@ struct Setup {
 
 async fn setup() -> (Setup, Receiver) {
     let ca = TestCa::new();
-    let receiver = Receiver::start(LOOPBACK, 0, Some(ca.server_config(&["receiver.example"]))).await;
+    let receiver =
+        Receiver::start(LOOPBACK, 0, Some(ca.server_config(&["receiver.example"]))).await;
     let resolver = StaticResolver::new();
     resolver.insert("receiver.example", vec![LOOPBACK]);
     let config = EgressConfig {
@@ -70,23 +72,41 @@ async fn setup() -> (Setup, Receiver) {
 impl Setup {
     fn headers(&self) -> http::HeaderMap {
         let ts = chrono::Utc::now().timestamp();
-        signed_headers(&[&self.secret], "msg_01h455vb4pex5vsknk084sn02q", ts, &self.body)
+        signed_headers(
+            &[&self.secret],
+            "msg_01h455vb4pex5vsknk084sn02q",
+            ts,
+            &self.body,
+        )
     }
 
     async fn guarded_once(&self) {
-        let out = self.guarded.post(&self.url, self.headers(), self.body.clone()).await;
-        assert!(matches!(out, SendOutcome::Response { status: 200, .. }), "{out:?}");
+        let out = self
+            .guarded
+            .post(&self.url, self.headers(), self.body.clone())
+            .await;
+        assert!(
+            matches!(out, SendOutcome::Response { status: 200, .. }),
+            "{out:?}"
+        );
     }
 
     async fn plain_once(&self) {
         let url = url::Url::parse(&self.url).unwrap();
         let out = send_post(&self.plain, url, self.headers(), self.body.clone()).await;
-        assert!(matches!(out, SendOutcome::Response { status: 200, .. }), "{out:?}");
+        assert!(
+            matches!(out, SendOutcome::Response { status: 200, .. }),
+            "{out:?}"
+        );
     }
 }
 
 fn delivery(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (s, _receiver) = rt.block_on(setup());
 
     // Same run, interleaved rounds: deliveries per second with and without the guard.
@@ -126,15 +146,32 @@ fn delivery(c: &mut Criterion) {
     let mut group = c.benchmark_group("delivery");
     group.throughput(Throughput::Elements(1));
     group.sample_size(50);
-    group.bench_function("signed_https_guarded", |b| b.to_async(&rt).iter(|| s.guarded_once()));
-    group.bench_function("signed_https_unguarded", |b| b.to_async(&rt).iter(|| s.plain_once()));
+    group.bench_function("signed_https_guarded", |b| {
+        b.to_async(&rt).iter(|| s.guarded_once())
+    });
+    group.bench_function("signed_https_unguarded", |b| {
+        b.to_async(&rt).iter(|| s.plain_once())
+    });
     group.finish();
 
     let policy = EgressPolicy::default();
     let mut group = c.benchmark_group("guard");
-    group.bench_function("check_url", |b| b.iter(|| policy.check_url(std::hint::black_box("https://hooks.partner.example/v1/in?x=1"))));
-    group.bench_function("check_ip_v6_embedded", |b| b.iter(|| policy.check_ip(std::hint::black_box("64:ff9b::808:808".parse().unwrap()))));
-    group.bench_function("sign", |b| b.iter(|| s.secret.sign("msg_01h455vb4pex5vsknk084sn02q", 1_700_000_000, &s.body)));
+    group.bench_function("check_url", |b| {
+        b.iter(|| {
+            policy.check_url(std::hint::black_box(
+                "https://hooks.partner.example/v1/in?x=1",
+            ))
+        })
+    });
+    group.bench_function("check_ip_v6_embedded", |b| {
+        b.iter(|| policy.check_ip(std::hint::black_box("64:ff9b::808:808".parse().unwrap())))
+    });
+    group.bench_function("sign", |b| {
+        b.iter(|| {
+            s.secret
+                .sign("msg_01h455vb4pex5vsknk084sn02q", 1_700_000_000, &s.body)
+        })
+    });
     group.finish();
 }
 

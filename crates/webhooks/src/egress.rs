@@ -478,6 +478,10 @@ impl HostResolver for StaticResolver {
 pub struct GuardedResolver {
     policy: Arc<EgressPolicy>,
     inner: Arc<dyn HostResolver>,
+    /// The operator's egress proxy, named by the operator, resolves without the address rules
+    /// (it usually lives on a private address). Tenants' URLs are never exempt: through a proxy
+    /// the URL rules still apply here and the proxy resolves and judges the target.
+    exempt: Option<String>,
 }
 
 impl fmt::Debug for GuardedResolver {
@@ -491,7 +495,17 @@ impl fmt::Debug for GuardedResolver {
 impl GuardedResolver {
     /// Wraps `inner` under `policy`.
     pub fn new(policy: Arc<EgressPolicy>, inner: Arc<dyn HostResolver>) -> Self {
-        Self { policy, inner }
+        Self {
+            policy,
+            inner,
+            exempt: None,
+        }
+    }
+
+    /// Exempts the operator's proxy host from the address rules.
+    pub fn exempting(mut self, proxy_host: Option<String>) -> Self {
+        self.exempt = proxy_host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+        self
     }
 
     /// Resolves and judges: `Ok` only if there is at least one answer and every answer passes.
@@ -524,10 +538,22 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = self.policy.clone();
         let inner = self.inner.clone();
+        let exempt = self.exempt.clone();
         let name = name.as_str().to_owned();
         Box::pin(async move {
-            let guard = GuardedResolver { policy, inner };
-            match guard.resolve_checked(&name).await {
+            let proxy =
+                exempt.as_deref() == Some(name.trim_end_matches('.').to_ascii_lowercase().as_str());
+            let guard = GuardedResolver {
+                policy,
+                inner,
+                exempt,
+            };
+            let answer = if proxy {
+                guard.inner.lookup(&name).await
+            } else {
+                guard.resolve_checked(&name).await
+            };
+            match answer {
                 Ok(addrs) => {
                     // Port 0: hyper puts the URL's port on each address.
                     let addrs: reqwest::dns::Addrs =
@@ -639,7 +665,12 @@ impl EgressClient {
         config: &EgressConfig,
     ) -> Result<Self, BuildError> {
         let policy = Arc::new(policy);
-        let guarded = GuardedResolver::new(policy.clone(), resolver);
+        let proxy_host = config
+            .proxy
+            .as_ref()
+            .and_then(|p| p.host_str())
+            .map(str::to_owned);
+        let guarded = GuardedResolver::new(policy.clone(), resolver).exempting(proxy_host);
         let builder = base_builder(config)?.dns_resolver(Arc::new(guarded));
         let client = builder.build().map_err(|e| BuildError(e.to_string()))?;
         Ok(Self { policy, client })

@@ -391,6 +391,7 @@ async fn other_features_raise_platform_events_inside_their_own_transaction() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
+    let (dropped, kept) = (dropped.unwrap(), kept.unwrap());
     let mut tx = store.begin(&ctx, Access::ReadOnly).await.unwrap();
     assert!(matches!(
         store::get_message(&mut tx, dropped).await,
@@ -400,6 +401,13 @@ async fn other_features_raise_platform_events_inside_their_own_transaction() {
     assert_eq!(message.source, "platform");
     assert_eq!(message.payload["data"]["family"], "f2");
     assert_eq!(store::deliveries_of(&mut tx, kept).await.unwrap().len(), 1);
+    drop(tx);
+    // No subscriber: nothing is stored.
+    let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let none = store::enqueue_platform_event(&mut tx, "api_key.rotation_due", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(none, None);
 }
 
 #[tokio::test]
@@ -541,4 +549,51 @@ async fn webhook_routes_need_the_webhooks_manage_scope() {
     let (status, body) = problem(response).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["detail"].as_str().unwrap().contains("webhooks:manage"));
+}
+
+#[tokio::test]
+async fn session_and_key_changes_raise_platform_events_for_subscribers() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://audit.receiver.example/", "event_types": ["session.created", "session.deleted", "api_key.created"] }),
+    )
+    .await;
+    let session = crate::helpers::create_session(&app, &a, "watched").await;
+    let id = session["id"].as_str().unwrap();
+    let deleted = as_tenant(&app, &a, Method::DELETE, &format!("/v1/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let minted = as_tenant(&app, &a, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), StatusCode::CREATED);
+    let ctx = TenantContext::new(
+        a.id,
+        Actor::System { component: "test" },
+        Default::default(),
+    );
+    let mut tx = app
+        .state
+        .store()
+        .begin(&ctx, Access::ReadOnly)
+        .await
+        .unwrap();
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM bulkhead.webhook_messages WHERE tenant_id = $1 ORDER BY id",
+    )
+    .bind(a.id.uuid())
+    .fetch_all(tx.conn())
+    .await
+    .unwrap();
+    assert_eq!(
+        types,
+        vec!["session.created", "session.deleted", "api_key.created"]
+    );
 }

@@ -660,3 +660,29 @@ async fn the_claim_is_round_robin_and_caps_each_tenant() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn the_per_endpoint_rate_limit_defers_without_connecting() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    let (id, _) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let mut tx = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
+    let patch = store::EndpointPatch {
+        rate_limit_per_second: Some(Some(1)),
+        ..Default::default()
+    };
+    store::update_endpoint(&mut tx, id, &patch).await.unwrap();
+    tx.commit().await.unwrap();
+    rig.publish(&a, 1).await;
+    rig.publish(&a, 2).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    let mut r = d.run_once().await.unwrap();
+    r.sort_by_key(|x| format!("{x:?}"));
+    assert_eq!(r, vec![Delivered::Deferred, Delivered::Succeeded]);
+    assert_eq!(receiver.connections(), 1);
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    assert_eq!(receiver.requests().len(), 2);
+}
