@@ -218,6 +218,7 @@ mod tests {
         ("ids", super::ids),
         ("slug", super::slug),
         ("edge", super::edge),
+        ("egress_url", super::egress_url),
     ];
 
     fn corpus_dir(target: &str) -> PathBuf {
@@ -384,5 +385,49 @@ pub fn access_token(data: &[u8]) {
     let _ = unverified_claims(&text);
     if let Ok(token) = RefreshToken::parse(&text) {
         assert_eq!(token.expose_secret(), text, "parse must not normalise");
+    }
+}
+
+/// The egress URL and address policy on arbitrary input: no panic; whatever is accepted has a
+/// host that passes the host rules, no userinfo, an allowed scheme and port; the address rules
+/// hold on any 4 or 16 bytes, and an address the policy accepts embeds no denied IPv4.
+pub fn egress_url(data: &[u8]) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use bulkhead_webhooks::egress::{embedded_ipv4, special_purpose};
+    use bulkhead_webhooks::EgressPolicy;
+
+    let policy = EgressPolicy {
+        allow_http: true,
+        allowed_ports: vec![443..=443, 8443..=8443],
+        platform_domains: vec!["bulkhead.example".into()],
+        ..EgressPolicy::default()
+    };
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(checked) = policy.check_url(text) {
+            let url = checked.url();
+            assert!(matches!(url.scheme(), "https" | "http"));
+            assert!(url.username().is_empty() && url.password().is_none());
+            assert!(matches!(url.port_or_known_default(), Some(443 | 8443)));
+            match url.host() {
+                Some(url::Host::Ipv4(ip)) => assert!(special_purpose(IpAddr::V4(ip)).is_none()),
+                Some(url::Host::Ipv6(ip)) => assert!(special_purpose(IpAddr::V6(ip)).is_none()),
+                Some(url::Host::Domain(name)) => assert!(policy.check_name(name).is_ok()),
+                None => panic!("accepted a URL without a host"),
+            }
+        }
+    }
+    if let Some(bytes) = data.get(..16) {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(bytes);
+        let v6 = Ipv6Addr::from(b);
+        if policy.check_ip(IpAddr::V6(v6)).is_ok() {
+            if let Some(v4) = embedded_ipv4(v6) {
+                assert!(special_purpose(IpAddr::V4(v4)).is_none());
+            }
+        }
+    }
+    if let Some(bytes) = data.get(..4) {
+        let v4 = Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]);
+        let _ = policy.check_ip(IpAddr::V4(v4));
     }
 }

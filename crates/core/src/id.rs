@@ -231,6 +231,22 @@ id_kind!(
     /// One HTTP request or job run, for correlating logs: `req_…`.
     RequestId, RequestKind, "req"
 );
+id_kind!(
+    /// A webhook endpoint of a tenant: `ep_…`.
+    EndpointId, EndpointKind, "ep"
+);
+id_kind!(
+    /// A webhook message; its text form is the `webhook-id` header, stable across retries: `msg_…`.
+    MessageId, MessageKind, "msg"
+);
+id_kind!(
+    /// One message's delivery to one endpoint: `dlv_…`.
+    DeliveryId, DeliveryKind, "dlv"
+);
+id_kind!(
+    /// One delivery attempt (the attempt log): `atmpt_…`.
+    AttemptId, AttemptKind, "atmpt"
+);
 
 #[cfg(test)]
 mod tests {

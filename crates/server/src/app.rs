@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{api_keys, auth, health, oauth, sessions};
+use crate::routes::{api_keys, auth, health, oauth, sessions, webhooks};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::routes())
         .merge(api_keys::routes())
         .merge(auth::routes())
+        .merge(webhooks::routes())
         // Layers run bottom-up: per-address limit, then resolution and authentication, then the
         // tenant's limits, then the handler.
         .route_layer(middleware::from_fn_with_state(

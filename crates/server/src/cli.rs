@@ -33,8 +33,17 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Run only the job worker.
+    /// Run only the job worker; with --webhooks, only webhook delivery (run that one in an
+    /// egress-only network segment: see docs/deployment.md).
     Worker {
+        /// Deliver webhooks instead of running jobs.
+        #[arg(long)]
+        webhooks: bool,
+        /// The platform's base domain (webhook URLs under it are refused).
+        #[arg(long, env = "BULKHEAD_BASE_DOMAIN", default_value = "localhost")]
+        base_domain: String,
+        #[command(flatten)]
+        egress: crate::config::EgressArgs,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -245,12 +254,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", json!({ "migrations": "current" }));
             Ok(())
         }
-        Command::Worker { database } => {
+        Command::Worker {
+            webhooks,
+            base_domain,
+            egress,
+            database,
+        } => {
             let db = Database::open(&database).await?;
             db.migrate().await?;
             let store = db.app_store(database.max_connections).await?;
             let (stop, stopped) = watch::channel(false);
-            let worker = tokio::spawn(Worker::new(store.clone()).run(stopped));
+            let worker = if webhooks {
+                let dispatcher = webhook_dispatcher(&store, &egress, &base_domain)?;
+                tokio::spawn(dispatcher.run(stopped))
+            } else {
+                tokio::spawn(Worker::new(store.clone()).run(stopped))
+            };
             shutdown_signal().await;
             let _ = stop.send(true);
             worker.await.ok();
@@ -400,6 +419,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     config.tokens.max_delegation_depth = usize::from(args.max_delegation_depth);
+    config.webhook_egress = args.egress.policy(&config.base_domain);
     let peppers = load_peppers(&args.database)?;
     let master = load_master_key(&args.database)?;
     let db = Database::open(&args.database).await?;
@@ -432,6 +452,12 @@ async fn serve_with(
     let (stop, stopped) = watch::channel(false);
     let worker =
         (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
+    let dispatcher = if args.no_worker {
+        None
+    } else {
+        let dispatcher = webhook_dispatcher(&store, &args.egress, &args.base_domain)?;
+        Some(tokio::spawn(dispatcher.run(stopped.clone())))
+    };
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
     let clock = bulkhead_core::Clock::system();
     let limits = crate::limits::RateLimits::from_env(clock.clone())?;
@@ -455,9 +481,37 @@ async fn serve_with(
     if let Some(worker) = worker {
         worker.await.ok();
     }
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.await.ok();
+    }
     store.close().await;
     tracing::info!("bulkhead stopped");
     Ok(())
+}
+
+/// The webhook dispatcher with the production resolver and the operator's egress policy.
+fn webhook_dispatcher(
+    store: &Store,
+    egress: &crate::config::EgressArgs,
+    base_domain: &str,
+) -> anyhow::Result<std::sync::Arc<bulkhead_webhooks::delivery::Dispatcher>> {
+    let config = bulkhead_webhooks::EgressConfig {
+        proxy: egress.webhook_proxy.clone(),
+        ..Default::default()
+    };
+    let client = bulkhead_webhooks::EgressClient::new(
+        egress.policy(base_domain),
+        std::sync::Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
+        &config,
+    )?;
+    Ok(std::sync::Arc::new(
+        bulkhead_webhooks::delivery::Dispatcher::new(
+            store.clone(),
+            client,
+            bulkhead_core::Clock::system(),
+            bulkhead_webhooks::delivery::DeliveryConfig::default(),
+        ),
+    ))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

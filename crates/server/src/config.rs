@@ -55,7 +55,7 @@ pub struct ServeArgs {
     /// other peer the header is ignored.
     #[arg(long, env = "BULKHEAD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Do not run the job worker in this process.
+    /// Do not run the job worker (nor webhook delivery) in this process.
     #[arg(long, env = "BULKHEAD_NO_WORKER")]
     pub no_worker: bool,
     /// `iss` of access tokens and the issuer of the OAuth metadata: the public base URL of this
@@ -72,9 +72,53 @@ pub struct ServeArgs {
     #[arg(long, env = "BULKHEAD_MAX_DELEGATION_DEPTH", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=10))]
     pub max_delegation_depth: u8,
+    /// Outbound webhook policy.
+    #[command(flatten)]
+    pub egress: EgressArgs,
     /// Database location.
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// The egress policy for outbound webhooks (registration checks and delivery).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EgressArgs {
+    /// Allow `http://` webhook URLs (development only).
+    #[arg(long, env = "BULKHEAD_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+    /// Ports webhook URLs may name: comma-separated ports or ranges.
+    #[arg(long, env = "BULKHEAD_WEBHOOK_PORTS", default_value = "443", value_parser = parse_ports)]
+    pub webhook_ports: PortList,
+    /// CIDRs reachable although special-purpose (e.g. a partner's private link).
+    #[arg(long, env = "BULKHEAD_WEBHOOK_ALLOW_CIDRS", value_delimiter = ',')]
+    pub webhook_allow_cidrs: Vec<ipnet::IpNet>,
+    /// CIDRs never reached; wins over the allow list.
+    #[arg(long, env = "BULKHEAD_WEBHOOK_DENY_CIDRS", value_delimiter = ',')]
+    pub webhook_deny_cidrs: Vec<ipnet::IpNet>,
+    /// Send deliveries through this egress proxy (environment proxies are always ignored).
+    #[arg(long, env = "BULKHEAD_WEBHOOK_PROXY")]
+    pub webhook_proxy: Option<url::Url>,
+}
+
+/// A parsed `--webhook-ports` list.
+#[derive(Debug, Clone)]
+pub struct PortList(pub Vec<std::ops::RangeInclusive<u16>>);
+
+fn parse_ports(text: &str) -> Result<PortList, String> {
+    bulkhead_webhooks::EgressPolicy::parse_ports(text).map(PortList)
+}
+
+impl EgressArgs {
+    /// The policy these flags describe, with the platform's own domain denied.
+    pub fn policy(&self, base_domain: &str) -> bulkhead_webhooks::EgressPolicy {
+        bulkhead_webhooks::EgressPolicy {
+            allow_http: self.webhook_allow_http,
+            allowed_ports: self.webhook_ports.0.clone(),
+            platform_domains: vec![base_domain.trim_end_matches('.').to_ascii_lowercase()],
+            allow: self.webhook_allow_cidrs.clone(),
+            deny: self.webhook_deny_cidrs.clone(),
+        }
+    }
 }
 
 /// Parses `live` / `test`.
@@ -100,6 +144,8 @@ pub struct AppConfig {
     pub registry_ttl: Duration,
     /// Access-token issuer, audience and lifetime.
     pub tokens: crate::tokens::TokenSettings,
+    /// How webhook URLs are judged at registration (the delivery worker judges them again).
+    pub webhook_egress: bulkhead_webhooks::EgressPolicy,
 }
 
 impl AppConfig {
@@ -126,9 +172,13 @@ impl AppConfig {
             Duration::from_secs(15 * 60),
         )?;
         Ok(Self {
-            base_domain,
             key_environment,
             trusted_proxies: Vec::new(),
+            webhook_egress: bulkhead_webhooks::EgressPolicy {
+                platform_domains: vec![base_domain.clone()],
+                ..Default::default()
+            },
+            base_domain,
             registry_ttl: Duration::from_secs(2),
             tokens,
         })

@@ -5,7 +5,7 @@ use bulkhead_auth::{ApiKey, KeyEnvironment};
 use bulkhead_core::{ApiKeyId, ScopeSet};
 use bulkhead_store::api_keys::{self, ApiKeyRecord, NewApiKey};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::{StoreError, TenantTx};
+use bulkhead_store::{webhooks, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde_json::json;
@@ -74,6 +74,7 @@ pub async fn mint(
         meta,
     )
     .await?;
+    webhooks::enqueue_platform_event(tx, "api_key.created", json!({ "key_id": id })).await?;
     Ok((id, key))
 }
 
@@ -105,6 +106,7 @@ pub async fn revoke_with_self_made_successors(
         json!({}),
     )
     .await?;
+    webhooks::enqueue_platform_event(tx, "api_key.revoked", json!({ "key_id": id })).await?;
     let mut also = Vec::new();
     let mut current = record.clone();
     // Chains are short (one rotation per grace period); the bound guards against a cycle.
@@ -123,6 +125,7 @@ pub async fn revoke_with_self_made_successors(
             meta,
         )
         .await?;
+        webhooks::enqueue_platform_event(tx, "api_key.revoked", json!({ "key_id": next })).await?;
         also.push(next);
     }
     Ok((record, also))
@@ -161,5 +164,7 @@ pub async fn rotate(
         meta,
     )
     .await?;
+    let event = json!({ "key_id": old, "successor": new_id });
+    webhooks::enqueue_platform_event(tx, "api_key.rotated", event).await?;
     Ok((old_record, new_id, key))
 }

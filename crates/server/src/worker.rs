@@ -10,6 +10,7 @@ use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::jobs::{self, ClaimVerdict, ClaimedJob};
 use bulkhead_store::registry::TenantStatus;
 use bulkhead_store::sessions::{self, SessionPatch, SessionState};
+use bulkhead_store::webhooks;
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -183,9 +184,12 @@ impl Worker {
                     "api_key.rotation_deadline_approaching",
                     Some(&key.id.to_string()),
                     Outcome::Success,
-                    meta,
+                    meta.clone(),
                 )
                 .await?;
+                let alert = json!({ "key_id": key.id, "details": meta });
+                webhooks::enqueue_platform_event(&mut tx, "security.key_rotation_deadline", alert)
+                    .await?;
                 tracing::warn!(target: "bulkhead::audit", action = "api_key.rotation_deadline_approaching", tenant_id = %tenant.id, resource_id = %key.id, "rotated key still in use near its deadline");
                 report.deadline_warnings.push(key.id);
             }
@@ -199,6 +203,8 @@ impl Worker {
                     json!({ "max_age_days": policy.max_age_days }),
                 )
                 .await?;
+                let event = json!({ "key_id": id, "max_age_days": policy.max_age_days });
+                webhooks::enqueue_platform_event(&mut tx, "api_key.rotation_due", event).await?;
                 report.rotation_due.push(id);
             }
             tx.commit().await?;

@@ -31,6 +31,7 @@ pub mod sessions;
 pub mod signing_keys;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 pub use door::{Access, Store, TenantTx};
 pub use error::StoreError;

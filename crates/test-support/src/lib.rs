@@ -11,6 +11,8 @@
 //!   test traffic can leave loopback.
 #![forbid(unsafe_code)]
 
+pub mod receiver;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -248,6 +250,21 @@ pub struct AppOptions {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Rate limiters; default: the server's defaults, in process.
     pub rate_limits: Option<bulkhead_server::limits::SharedLimits>,
+    /// Webhook egress policy; default [`test_egress_policy`].
+    pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
+}
+
+/// The egress policy of test deployments: https, any unprivileged port, the test base domain
+/// denied, and 127.0.0.1 alone allowed among special-purpose addresses (so receivers on
+/// 127.0.0.1 are reachable and canaries on other loopback addresses are not).
+pub fn test_egress_policy() -> bulkhead_webhooks::EgressPolicy {
+    bulkhead_webhooks::EgressPolicy {
+        allow_http: false,
+        allowed_ports: vec![443..=443, 1024..=65535],
+        platform_domains: vec![BASE_DOMAIN.to_owned()],
+        allow: vec!["127.0.0.1/32".parse().expect("cidr")],
+        deny: Vec::new(),
+    }
 }
 
 /// Starts the app with the given options.
@@ -260,6 +277,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let store = db.app_store().await;
     let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
     config.trusted_proxies = options.trusted_proxies;
+    config.webhook_egress = options.webhook_egress.unwrap_or_else(test_egress_policy);
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
         Arc::new(bulkhead_server::limits::RateLimits::in_memory(

@@ -524,6 +524,12 @@ async fn revoke_all(
             json!({ "all_for_principal": body.principal }),
         )
         .await?;
+        bulkhead_store::webhooks::enqueue_platform_event(
+            &mut tx,
+            "api_key.revoked",
+            json!({ "key_id": id }),
+        )
+        .await?;
     }
     tx.commit().await?;
     for id in &revoked {

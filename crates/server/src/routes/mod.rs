@@ -6,6 +6,7 @@ pub mod delegation;
 pub mod health;
 pub mod oauth;
 pub mod sessions;
+pub mod webhooks;
 
 use crate::error::ApiError;
 

@@ -520,6 +520,21 @@ async fn refresh(
                 }),
             )
             .await?;
+            // The tenant's security alert, in the same transaction: no alert without the
+            // revocation, no revocation without the alert.
+            bulkhead_store::webhooks::enqueue_platform_event(
+                &mut tx,
+                "security.refresh_token_reuse",
+                json!({
+                    "session_id": session.to_string(),
+                    "principal_id": found.session.principal_id,
+                    "client_id": found.session.client_id,
+                    "rotated_at": at,
+                    "detected_at": now,
+                    "action_taken": "session_revoked",
+                }),
+            )
+            .await?;
             tx.commit().await?;
             state.tokens().deny_locally(
                 tenant.id,

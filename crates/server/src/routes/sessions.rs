@@ -10,7 +10,7 @@ use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::sessions::{
     self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
 };
-use bulkhead_store::Access;
+use bulkhead_store::{webhooks, Access};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -174,6 +174,12 @@ async fn create(
         json!({}),
     )
     .await?;
+    webhooks::enqueue_platform_event(
+        &mut tx,
+        "session.created",
+        json!({ "session_id": session.id }),
+    )
+    .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(session)))
 }
@@ -245,6 +251,12 @@ async fn update(
         json!({}),
     )
     .await?;
+    webhooks::enqueue_platform_event(
+        &mut tx,
+        "session.updated",
+        json!({ "session_id": session.id }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(axum::Json(session))
 }
@@ -266,6 +278,8 @@ async fn remove(
         json!({}),
     )
     .await?;
+    webhooks::enqueue_platform_event(&mut tx, "session.deleted", json!({ "session_id": id }))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,3 +13,4 @@ mod platform;
 mod ratelimit;
 mod sessions;
 mod tokens;
+mod webhooks;

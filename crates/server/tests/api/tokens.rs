@@ -785,6 +785,13 @@ async fn reuse_after_rotation_revokes_the_family_and_its_access_tokens() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
+    // The tenant's security team subscribes to the alert.
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://siem.acme.example/hooks", "event_types": ["security.refresh_token_reuse"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
     let (first_access, r0) = login(&app, "acme", "ann@acme.test").await;
     let (a1, r1) = refreshed(refresh(&app, "acme", &r0).await).await;
     assert_eq!(
@@ -813,6 +820,17 @@ async fn reuse_after_rotation_revokes_the_family_and_its_access_tokens() {
             .count(),
         1
     );
+    let su = app.db.superuser_pool().await;
+    let alerts: Vec<(Value,)> = sqlx::query_as(
+        "SELECT payload FROM bulkhead.webhook_messages WHERE tenant_id = $1 AND event_type = 'security.refresh_token_reuse'",
+    )
+    .bind(acme.id.uuid())
+    .fetch_all(&su)
+    .await
+    .unwrap();
+    assert_eq!(alerts.len(), 1, "one alert to the tenant's webhook");
+    assert_eq!(alerts[0].0["data"]["action_taken"], "session_revoked");
+    assert_eq!(alerts[0].0["data"]["session_id"], claims(&a1)["sid"]);
     // A new login is a new family and works.
     let (fresh, _) = login(&app, "acme", "ann@acme.test").await;
     assert_eq!(

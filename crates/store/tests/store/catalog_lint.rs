@@ -168,7 +168,12 @@ async fn views_are_security_invoker_and_definer_functions_pin_search_path() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["api_key_lookup", "claim_jobs", "revoked_tokens_active"],
+        [
+            "api_key_lookup",
+            "claim_jobs",
+            "claim_webhook_deliveries",
+            "revoked_tokens_active"
+        ],
         "unexpected SECURITY DEFINER functions"
     );
     for (name, config, source) in definers {

@@ -1,0 +1,587 @@
+//! `/v1/webhooks`: a tenant's endpoints, the messages sent to them and the attempt log. Every
+//! route needs `webhooks:manage`. The API process never makes an outbound request: URLs are
+//! judged here by the egress policy (text, parsed value, IP literals) and again, with their DNS
+//! answers, by the delivery worker before every attempt.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use bulkhead_core::{EndpointId, MessageId, PrefixedId, Scope, TenantContext};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::webhooks::{
+    self as store, Endpoint, EndpointPatch, MessageSource, NewEndpoint,
+};
+use bulkhead_store::Access;
+use bulkhead_webhooks::headers::check_custom_headers;
+use bulkhead_webhooks::Secret;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query, Tenant};
+use crate::state::AppState;
+
+/// Default page size of the endpoint list.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Most event types an endpoint subscribes to.
+pub const MAX_EVENT_TYPES: usize = 100;
+/// Largest message payload (serialized JSON).
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Default validity of the previous secret after a rotation.
+pub const DEFAULT_ROTATION_GRACE_SECONDS: i64 = 86_400;
+/// Namespaces of platform events: a tenant may not publish under them.
+pub const PLATFORM_NAMESPACES: &[&str] = &[
+    "security.",
+    "api_key.",
+    "session.",
+    "endpoint.",
+    "webhook.",
+    "bulkhead.",
+];
+
+/// The routes, mounted under `/v1` behind tenant resolution.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/endpoints", get(list).post(create))
+        .route(
+            "/webhooks/endpoints/{id}",
+            get(fetch).patch(update).delete(remove),
+        )
+        .route(
+            "/webhooks/endpoints/{id}/rotate-secret",
+            post(rotate_secret),
+        )
+        .route("/webhooks/endpoints/{id}/test", post(send_test))
+        .route("/webhooks/endpoints/{id}/recover", post(recover))
+        .route("/webhooks/messages", post(publish))
+        .route("/webhooks/messages/{id}", get(fetch_message))
+        .route("/webhooks/messages/{id}/attempts", get(attempts))
+        .route("/webhooks/messages/{id}/resend", post(resend))
+}
+
+/// Body of `POST /v1/webhooks/endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    url: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    rate_limit_per_second: Option<i32>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+}
+
+/// Body of `PATCH /v1/webhooks/endpoints/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    rate_limit_per_second: Option<Option<i32>>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
+    Option::<i32>::deserialize(d).map(Some)
+}
+
+/// Query of the endpoint list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A page of endpoints.
+#[derive(Debug, Serialize)]
+pub struct EndpointPage {
+    data: Vec<Endpoint>,
+    next_cursor: Option<EndpointId>,
+}
+
+/// An endpoint with its secret: only in the answers of create and rotate.
+#[derive(Debug, Serialize)]
+pub struct EndpointWithSecret {
+    #[serde(flatten)]
+    endpoint: Endpoint,
+    /// `whsec_…`; shown once.
+    secret: String,
+}
+
+/// Body of `POST …/rotate-secret`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the old secret keeps signing (0 to 7 days; default 24 h).
+    #[serde(default)]
+    grace_seconds: Option<i64>,
+}
+
+/// Body of `POST …/recover`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    /// Failed deliveries created at or after this time are queued again.
+    since: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/webhooks/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishMessage {
+    event_type: String,
+    payload: Value,
+}
+
+fn parse<K: bulkhead_core::id::IdKind>(text: &str) -> Result<PrefixedId<K>, ApiError> {
+    PrefixedId::<K>::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+/// `^[a-z][a-z0-9_.-]{0,99}$`, the database's own rule.
+pub fn valid_event_type(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 100
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+fn check_event_types(types: &[String]) -> Result<(), ApiError> {
+    if types.len() > MAX_EVENT_TYPES || !types.iter().all(|t| valid_event_type(t)) {
+        return Err(ApiError::Invalid(
+            format!("event_types: at most {MAX_EVENT_TYPES} types of 1 to 100 characters a-z, 0-9, `_`, `.`, `-`, starting with a letter").into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_description(text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > 500 || text.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            "description has at most 500 characters and no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_rate(rate: Option<i32>) -> Result<(), ApiError> {
+    if rate.is_some_and(|r| !(1..=10_000).contains(&r)) {
+        return Err(ApiError::Invalid(
+            "rate_limit_per_second is between 1 and 10000".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_headers(headers: Map<String, Value>) -> Result<Value, ApiError> {
+    check_custom_headers(&headers)
+        .map_err(|e| ApiError::Invalid(format!("headers: {e}").into()))?;
+    Ok(Value::Object(headers))
+}
+
+/// Judges a URL by the egress policy; a refusal is audited and answered 422 naming the rule.
+async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
+    match state.config().webhook_egress.check_url(url) {
+        Ok(checked) => Ok(checked.as_str().to_owned()),
+        Err(refusal) => {
+            let rule = refusal.to_string();
+            let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+            audit::record(
+                &mut tx,
+                "webhook.blocked",
+                None,
+                Outcome::Blocked,
+                json!({ "stage": "registration", "rule": rule }),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(target: "bulkhead::audit", action = "webhook.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "endpoint URL refused");
+            Err(ApiError::Invalid(format!("url: {rule}").into()))
+        }
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateEndpoint>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    check_description(&body.description)?;
+    check_event_types(&body.event_types)?;
+    check_rate(body.rate_limit_per_second)?;
+    let headers = check_headers(body.headers.unwrap_or_default())?;
+    let url = check_url(&state, ctx, &body.url).await?;
+    let secret = Secret::generate();
+    let new = NewEndpoint {
+        url,
+        description: body.description,
+        event_types: body.event_types,
+        rate_limit_per_second: body.rate_limit_per_second,
+        headers,
+        secret: secret.expose_bytes().to_vec(),
+        enabled: body.enabled.unwrap_or(true),
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let endpoint = store::create_endpoint(&mut tx, &new).await?;
+    audit::record(
+        &mut tx,
+        "webhook.endpoint_create",
+        Some(&endpoint.id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(EndpointWithSecret {
+            endpoint,
+            secret: secret.expose_text(),
+        }),
+    ))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<EndpointPage>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(parse::<bulkhead_core::id::EndpointKind>)
+        .transpose()?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let rows = store::list_endpoints(&mut tx, after, limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |e| e.id);
+    Ok(axum::Json(EndpointPage { data, next_cursor }))
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Endpoint>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: EndpointId = parse(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let endpoint = store::get_endpoint(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(endpoint))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateEndpoint>,
+) -> Result<axum::Json<Endpoint>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: EndpointId = parse(&id)?;
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
+    if let Some(t) = &body.event_types {
+        check_event_types(t)?;
+    }
+    check_rate(body.rate_limit_per_second.flatten())?;
+    let headers = body.headers.map(check_headers).transpose()?;
+    let url = match &body.url {
+        Some(url) => Some(check_url(&state, ctx, url).await?),
+        None => None,
+    };
+    let patch = EndpointPatch {
+        url,
+        description: body.description,
+        event_types: body.event_types,
+        enabled: body.enabled,
+        rate_limit_per_second: body.rate_limit_per_second,
+        headers,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let endpoint = store::update_endpoint(&mut tx, id, &patch).await?;
+    audit::record(
+        &mut tx,
+        "webhook.endpoint_update",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "enabled": body.enabled }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(endpoint))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: EndpointId = parse(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    store::delete_endpoint(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        "webhook.endpoint_delete",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate_secret(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: EndpointId = parse(&id)?;
+    // The body is optional: empty means the defaults.
+    let body: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateSecret::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(format!("body: {e}").into()))?
+    };
+    let grace = body.grace_seconds.unwrap_or(DEFAULT_ROTATION_GRACE_SECONDS);
+    if !(0..=7 * 86_400).contains(&grace) {
+        return Err(ApiError::Invalid(
+            "grace_seconds is between 0 and 604800 (7 days)".into(),
+        ));
+    }
+    let secret = Secret::generate();
+    let until = state.clock().now() + chrono::Duration::seconds(grace);
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    store::rotate_secret(&mut tx, id, secret.expose_bytes(), until).await?;
+    let endpoint = store::get_endpoint(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        "webhook.secret_rotate",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "previous_valid_until": until }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(EndpointWithSecret {
+        endpoint,
+        secret: secret.expose_text(),
+    }))
+}
+
+/// A queued message.
+#[derive(Debug, Serialize)]
+pub struct Queued {
+    /// The message id (its `webhook-id`).
+    id: MessageId,
+    /// Deliveries queued.
+    deliveries: u64,
+}
+
+async fn send_test(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: EndpointId = parse(&id)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let payload = json!({ "type": "webhook.test", "data": { "endpoint_id": id } });
+    let (message, deliveries) = store::publish(
+        &mut tx,
+        "webhook.test",
+        &payload,
+        MessageSource::Platform,
+        Some(id),
+        now,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        "webhook.test",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "message_id": message }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Queued {
+            id: message,
+            deliveries,
+        }),
+    ))
+}
+
+async fn recover(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<Recover>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: EndpointId = parse(&id)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let requeued = store::recover(&mut tx, id, body.since, now).await?;
+    audit::record(
+        &mut tx,
+        "webhook.recover",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "since": body.since, "requeued": requeued }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(json!({ "requeued": requeued })))
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<PublishMessage>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    if !valid_event_type(&body.event_type) {
+        return Err(ApiError::Invalid(
+            "event_type: 1 to 100 characters a-z, 0-9, `_`, `.`, `-`, starting with a letter"
+                .into(),
+        ));
+    }
+    if PLATFORM_NAMESPACES
+        .iter()
+        .any(|ns| body.event_type.starts_with(ns))
+    {
+        return Err(ApiError::Invalid(
+            "event_type: that namespace is reserved for platform events".into(),
+        ));
+    }
+    if holds_nul(&body.payload) {
+        return Err(ApiError::Invalid(
+            "payload may not contain NUL characters".into(),
+        ));
+    }
+    let size = serde_json::to_vec(&body.payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(ApiError::Invalid(
+            format!("payload is limited to {MAX_PAYLOAD_BYTES} bytes of JSON").into(),
+        ));
+    }
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let (id, deliveries) = store::publish(
+        &mut tx,
+        &body.event_type,
+        &body.payload,
+        MessageSource::Tenant,
+        None,
+        now,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        "webhook.message_publish",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "event_type": body.event_type, "deliveries": deliveries }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Queued { id, deliveries })))
+}
+
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+async fn fetch_message(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: MessageId = parse(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let message = store::get_message(&mut tx, id).await?;
+    let deliveries = store::deliveries_of(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(
+        json!({ "message": message, "deliveries": deliveries }),
+    ))
+}
+
+async fn attempts(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: MessageId = parse(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    store::get_message(&mut tx, id).await?;
+    let attempts = store::attempts_of(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(json!({ "data": attempts })))
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let id: MessageId = parse(&id)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let requeued = store::resend(&mut tx, id, now).await?;
+    audit::record(
+        &mut tx,
+        "webhook.resend",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "requeued": requeued }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(json!({ "requeued": requeued })))
+}

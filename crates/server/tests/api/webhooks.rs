@@ -1,0 +1,599 @@
+//! `/v1/webhooks`: the endpoint lifecycle, the URL policy at registration, publishing, and
+//! another tenant's ids answering exactly like missing ones. No delivery happens here (the
+//! delivery worker is tested in `bulkhead-webhooks`); nothing in this file connects anywhere.
+
+use bulkhead_core::{Actor, EndpointId, MessageId, TenantContext};
+use bulkhead_store::webhooks as store;
+use bulkhead_store::Access;
+use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{as_tenant, problem};
+
+async fn create_endpoint(app: &TestApp, t: &TestTenant, body: Value) -> Value {
+    let response = as_tenant(app, t, Method::POST, "/v1/webhooks/endpoints")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn endpoint_lifecycle_shows_the_secret_once() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let created = create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://hooks.receiver.example/in", "description": "billing",
+                "event_types": ["invoice.paid"], "rate_limit_per_second": 10,
+                "headers": { "X-Team": "billing" } }),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ep_"));
+    let secret = created["secret"].as_str().unwrap();
+    assert!(bulkhead_webhooks::Secret::parse(secret).is_ok());
+
+    let got: Value = as_tenant(
+        &app,
+        &a,
+        Method::GET,
+        &format!("/v1/webhooks/endpoints/{id}"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(got.get("secret").is_none(), "GET must not show the secret");
+    assert_eq!(got["url"], "https://hooks.receiver.example/in");
+    assert_eq!(got["event_types"], json!(["invoice.paid"]));
+
+    let listed: Value = as_tenant(&app, &a, Method::GET, "/v1/webhooks/endpoints?limit=1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(listed["data"][0].get("secret").is_none());
+
+    let patched: Value = as_tenant(
+        &app,
+        &a,
+        Method::PATCH,
+        &format!("/v1/webhooks/endpoints/{id}"),
+    )
+    .json(&json!({ "enabled": false, "rate_limit_per_second": null }))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(patched["enabled"], false);
+    assert!(patched["rate_limit_per_second"].is_null());
+
+    let rotated: Value = as_tenant(
+        &app,
+        &a,
+        Method::POST,
+        &format!("/v1/webhooks/endpoints/{id}/rotate-secret"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+
+    let tested = as_tenant(
+        &app,
+        &a,
+        Method::POST,
+        &format!("/v1/webhooks/endpoints/{id}/test"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(tested.status(), StatusCode::ACCEPTED);
+    let tested: Value = tested.json().await.unwrap();
+    assert_eq!(tested["deliveries"], 1);
+    let message = tested["id"].as_str().unwrap();
+    let shown: Value = as_tenant(
+        &app,
+        &a,
+        Method::GET,
+        &format!("/v1/webhooks/messages/{message}"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(shown["message"]["event_type"], "webhook.test");
+    assert_eq!(shown["deliveries"][0]["status"], "pending");
+
+    let deleted = as_tenant(
+        &app,
+        &a,
+        Method::DELETE,
+        &format!("/v1/webhooks/endpoints/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = as_tenant(
+        &app,
+        &a,
+        Method::GET,
+        &format!("/v1/webhooks/endpoints/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn registration_refuses_hostile_urls_and_headers_with_a_named_rule() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    for (url, rule) in [
+        ("http://hooks.receiver.example/", "scheme"),
+        ("https://169.254.169.254/latest/meta-data/", "link-local"),
+        ("https://[::ffff:127.0.0.1]/", "loopback"),
+        ("https://0x7f.2/", "loopback"),
+        ("https://user@hooks.receiver.example/", "user name"),
+        ("https://hooks.receiver.example:22/", "port 22"),
+        ("https://acme.bulkhead.test/", "platform-owned"),
+        ("https://metadata.google.internal/", "special-use"),
+        ("https://hooks.receiver.example\\@127.0.0.1/", "backslash"),
+    ] {
+        let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/endpoints")
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(response).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(rule), "{url}: {detail}");
+    }
+    for headers in [
+        json!({ "Authorization": "Bearer x" }),
+        json!({ "Host": "evil" }),
+        json!({ "Transfer-Encoding": "chunked" }),
+        json!({ "webhook-signature": "v1,x" }),
+    ] {
+        let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/endpoints")
+            .json(&json!({ "url": "https://hooks.receiver.example/", "headers": headers }))
+            .send()
+            .await
+            .unwrap();
+        let (status, _) = problem(response).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    // Every refusal of a URL is an audit event.
+    let ctx = TenantContext::new(
+        a.id,
+        Actor::System { component: "test" },
+        Default::default(),
+    );
+    let mut tx = app
+        .state
+        .store()
+        .begin(&ctx, Access::ReadOnly)
+        .await
+        .unwrap();
+    let events = bulkhead_store::audit::recent(&mut tx, 50).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.action == "webhook.blocked" && e.outcome == "blocked")
+            .count(),
+        9
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_a_problem_never_a_500() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let cases: Vec<(Method, &str, Option<&str>, StatusCode)> = vec![
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(r#"{"url": 5}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(r#"{"url": "https://a.receiver.example/", "event_types": ["Bad Type"]}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(r#"{"url": "https://a.receiver.example/", "rate_limit_per_second": 0}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/endpoints/not-an-id",
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/endpoints?limit=1000",
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/messages/msg_zz",
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/messages",
+            Some(r#"{"event_type": "security.refresh_token_reuse", "payload": {}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/messages",
+            Some(r#"{"event_type": "", "payload": {}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/messages",
+            Some(r#"{"event_type": "a.b", "payload": {"x": "\u0000"}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (method, path, body, expected) in cases {
+        let mut request = as_tenant(&app, &a, method.clone(), path);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let (status, _) = problem(request.send().await.unwrap()).await;
+        assert_eq!(status, expected, "{method} {path} {body:?}");
+    }
+    // The rotate body is optional but, when present, must be valid.
+    let created = create_endpoint(&app, &a, json!({ "url": "https://a.receiver.example/" })).await;
+    let id = created["id"].as_str().unwrap();
+    let response = as_tenant(
+        &app,
+        &a,
+        Method::POST,
+        &format!("/v1/webhooks/endpoints/{id}/rotate-secret"),
+    )
+    .body("{\"grace_seconds\": -1}")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(problem(response).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn a_tenant_publishes_to_its_own_subscribed_endpoints_only() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let b = app.create_tenant("bravo").await;
+    create_endpoint(&app, &a, json!({ "url": "https://all.receiver.example/" })).await;
+    create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://paid.receiver.example/", "event_types": ["invoice.paid"] }),
+    )
+    .await;
+    create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://other.receiver.example/", "event_types": ["invoice.void"] }),
+    )
+    .await;
+    create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://off.receiver.example/", "enabled": false }),
+    )
+    .await;
+    create_endpoint(
+        &app,
+        &b,
+        json!({ "url": "https://bravo.receiver.example/" }),
+    )
+    .await;
+    let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "invoice.paid", "payload": { "type": "invoice.paid", "amount": 42 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let queued: Value = response.json().await.unwrap();
+    assert_eq!(queued["deliveries"], 2);
+    let id = queued["id"].as_str().unwrap();
+    let attempts: Value = as_tenant(
+        &app,
+        &a,
+        Method::GET,
+        &format!("/v1/webhooks/messages/{id}/attempts"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(attempts["data"], json!([]));
+}
+
+#[tokio::test]
+async fn other_features_raise_platform_events_inside_their_own_transaction() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    create_endpoint(&app, &a, json!({ "url": "https://sec.receiver.example/", "event_types": ["security.refresh_token_reuse"] })).await;
+    create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://misc.receiver.example/", "event_types": ["session.created"] }),
+    )
+    .await;
+    let ctx = TenantContext::new(
+        a.id,
+        Actor::System { component: "test" },
+        Default::default(),
+    );
+    let store = app.state.store();
+    // Rolled back: nothing is queued.
+    let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let dropped = store::enqueue_platform_event(
+        &mut tx,
+        "security.refresh_token_reuse",
+        json!({ "family": "f1" }),
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // Committed: one message, delivered to the subscribed endpoint only.
+    let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let kept = store::enqueue_platform_event(
+        &mut tx,
+        "security.refresh_token_reuse",
+        json!({ "family": "f2" }),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (dropped, kept) = (dropped.unwrap(), kept.unwrap());
+    let mut tx = store.begin(&ctx, Access::ReadOnly).await.unwrap();
+    assert!(matches!(
+        store::get_message(&mut tx, dropped).await,
+        Err(bulkhead_store::StoreError::NotFound)
+    ));
+    let message = store::get_message(&mut tx, kept).await.unwrap();
+    assert_eq!(message.source, "platform");
+    assert_eq!(message.payload["data"]["family"], "f2");
+    assert_eq!(store::deliveries_of(&mut tx, kept).await.unwrap().len(), 1);
+    drop(tx);
+    // No subscriber: nothing is stored.
+    let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let none = store::enqueue_platform_event(&mut tx, "api_key.rotation_due", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+}
+
+#[tokio::test]
+async fn anothers_endpoint_and_message_ids_answer_exactly_like_missing_ones() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let b = app.create_tenant("bravo").await;
+    let a_endpoint = create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://alpha.receiver.example/" }),
+    )
+    .await;
+    let a_endpoint = a_endpoint["id"].as_str().unwrap().to_owned();
+    let published: Value = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "invoice.paid", "payload": {} }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a_message = published["id"].as_str().unwrap().to_owned();
+    let missing_endpoint = EndpointId::new().to_string();
+    let missing_message = MessageId::new().to_string();
+    let since = json!({ "since": "2020-01-01T00:00:00Z" });
+    let cases: Vec<(Method, String, Option<Value>, bool)> = vec![
+        (Method::GET, "/v1/webhooks/endpoints/{e}".into(), None, true),
+        (
+            Method::PATCH,
+            "/v1/webhooks/endpoints/{e}".into(),
+            Some(json!({ "url": "https://pwned.receiver.example/" })),
+            true,
+        ),
+        (
+            Method::DELETE,
+            "/v1/webhooks/endpoints/{e}".into(),
+            None,
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints/{e}/rotate-secret".into(),
+            None,
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints/{e}/test".into(),
+            None,
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/endpoints/{e}/recover".into(),
+            Some(since),
+            true,
+        ),
+        (Method::GET, "/v1/webhooks/messages/{m}".into(), None, false),
+        (
+            Method::GET,
+            "/v1/webhooks/messages/{m}/attempts".into(),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/messages/{m}/resend".into(),
+            None,
+            false,
+        ),
+    ];
+    for (method, template, body, is_endpoint) in cases {
+        let send = |id: &str| {
+            let path = if is_endpoint {
+                template.replace("{e}", id)
+            } else {
+                template.replace("{m}", id)
+            };
+            let request = as_tenant(&app, &b, method.clone(), &path);
+            match &body {
+                Some(v) => request.json(v),
+                None => request,
+            }
+        };
+        let (theirs, missing) = if is_endpoint {
+            (&a_endpoint, &missing_endpoint)
+        } else {
+            (&a_message, &missing_message)
+        };
+        let r1 = send(theirs).send().await.unwrap();
+        let (s1, h1) = (r1.status(), r1.headers().clone());
+        let b1 = r1.bytes().await.unwrap();
+        let r2 = send(missing).send().await.unwrap();
+        let (s2, h2) = (r2.status(), r2.headers().clone());
+        let b2 = r2.bytes().await.unwrap();
+        assert_eq!(s1, StatusCode::NOT_FOUND, "{method} {template}");
+        assert_eq!(s1, s2, "{method} {template}");
+        assert_eq!(b1, b2, "{method} {template}: bodies differ");
+        assert_eq!(h1.get("content-type"), h2.get("content-type"));
+        assert_eq!(h1.get("content-length"), h2.get("content-length"));
+    }
+    // A's endpoint is untouched and still has its URL.
+    let got: Value = as_tenant(
+        &app,
+        &a,
+        Method::GET,
+        &format!("/v1/webhooks/endpoints/{a_endpoint}"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(got["url"], "https://alpha.receiver.example/");
+}
+
+#[tokio::test]
+async fn webhook_routes_need_the_webhooks_manage_scope() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let minted: Value = as_tenant(&app, &a, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reader = TestTenant {
+        key: minted["key"].as_str().unwrap().to_owned(),
+        ..a.clone()
+    };
+    let response = as_tenant(&app, &reader, Method::GET, "/v1/webhooks/endpoints")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(response).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["detail"].as_str().unwrap().contains("webhooks:manage"));
+}
+
+#[tokio::test]
+async fn session_and_key_changes_raise_platform_events_for_subscribers() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://audit.receiver.example/", "event_types": ["session.created", "session.deleted", "api_key.created"] }),
+    )
+    .await;
+    let session = crate::helpers::create_session(&app, &a, "watched").await;
+    let id = session["id"].as_str().unwrap();
+    let deleted = as_tenant(&app, &a, Method::DELETE, &format!("/v1/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let minted = as_tenant(&app, &a, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), StatusCode::CREATED);
+    let ctx = TenantContext::new(
+        a.id,
+        Actor::System { component: "test" },
+        Default::default(),
+    );
+    let mut tx = app
+        .state
+        .store()
+        .begin(&ctx, Access::ReadOnly)
+        .await
+        .unwrap();
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM bulkhead.webhook_messages WHERE tenant_id = $1 ORDER BY id",
+    )
+    .bind(a.id.uuid())
+    .fetch_all(tx.conn())
+    .await
+    .unwrap();
+    assert_eq!(
+        types,
+        vec!["session.created", "session.deleted", "api_key.created"]
+    );
+}

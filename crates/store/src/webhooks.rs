@@ -1,0 +1,872 @@
+//! Webhook endpoints, messages, deliveries and the attempt log. Every function takes the tenant
+//! transaction and filters on its tenant explicitly; the claim is the one cross-tenant step and
+//! returns ids only.
+//!
+//! Validation of URLs, headers and event types is the caller's (the egress guard in
+//! `bulkhead-webhooks`, the routes); the database checks lengths and shapes again.
+
+use std::fmt;
+
+use bulkhead_core::{AttemptId, DeliveryId, EndpointId, MessageId, TenantId};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Store, StoreError, TenantTx};
+
+/// An endpoint as shown to its tenant (never with its secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// Public id.
+    pub id: EndpointId,
+    /// Where deliveries go.
+    pub url: String,
+    /// Free text.
+    pub description: String,
+    /// Subscribed event types; empty means all.
+    pub event_types: Vec<String>,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+    /// Why it was disabled, if it was disabled automatically.
+    pub disabled_reason: Option<String>,
+    /// Deliveries per second at most, if limited.
+    pub rate_limit_per_second: Option<i32>,
+    /// Extra request headers (names already vetted).
+    pub headers: Value,
+    /// Failed deliveries in a row.
+    pub consecutive_failures: i32,
+    /// Since when it has failed without a success, if it is failing.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Until when the circuit breaker holds deliveries back.
+    pub circuit_open_until: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EndpointRow {
+    id: uuid::Uuid,
+    url: String,
+    description: String,
+    event_types: Vec<String>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    rate_limit_per_second: Option<i32>,
+    headers: Value,
+    consecutive_failures: i32,
+    failing_since: Option<DateTime<Utc>>,
+    circuit_open_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<EndpointRow> for Endpoint {
+    fn from(r: EndpointRow) -> Self {
+        Endpoint {
+            id: EndpointId::from_uuid(r.id),
+            url: r.url,
+            description: r.description,
+            event_types: r.event_types,
+            enabled: r.enabled,
+            disabled_reason: r.disabled_reason,
+            rate_limit_per_second: r.rate_limit_per_second,
+            headers: r.headers,
+            consecutive_failures: r.consecutive_failures,
+            failing_since: r.failing_since,
+            circuit_open_until: r.circuit_open_until,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, enabled, disabled_reason, \
+     rate_limit_per_second, headers, consecutive_failures, failing_since, circuit_open_until, \
+     created_at, updated_at";
+
+/// The signing keys of an endpoint. `Debug` is redacted.
+#[derive(Clone)]
+pub struct EndpointKeys {
+    /// The current key.
+    pub current: Vec<u8>,
+    /// The key before the last rotation, while it is still valid.
+    pub previous: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for EndpointKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointKeys")
+            .field("previous", &self.previous.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new endpoint (validated by the caller).
+#[derive(Clone)]
+pub struct NewEndpoint {
+    /// Vetted URL.
+    pub url: String,
+    /// Free text.
+    pub description: String,
+    /// Subscribed event types.
+    pub event_types: Vec<String>,
+    /// Rate limit.
+    pub rate_limit_per_second: Option<i32>,
+    /// Vetted headers, a JSON object of strings.
+    pub headers: Value,
+    /// Signing key bytes.
+    pub secret: Vec<u8>,
+    /// Enabled at creation.
+    pub enabled: bool,
+}
+
+impl fmt::Debug for NewEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewEndpoint")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPatch {
+    /// New URL (vetted).
+    pub url: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New subscriptions.
+    pub event_types: Option<Vec<String>>,
+    /// Enable or disable (enabling clears the failure state).
+    pub enabled: Option<bool>,
+    /// New rate limit (`Some(None)` removes it).
+    pub rate_limit_per_second: Option<Option<i32>>,
+    /// New headers (vetted).
+    pub headers: Option<Value>,
+}
+
+/// Creates an endpoint.
+pub async fn create_endpoint(tx: &mut TenantTx, new: &NewEndpoint) -> Result<Endpoint, StoreError> {
+    let tenant = tx.tenant_id();
+    let id = EndpointId::new();
+    let row: EndpointRow = sqlx::query_as(&format!(
+        "INSERT INTO bulkhead.webhook_endpoints \
+         (tenant_id, id, url, description, event_types, rate_limit_per_second, headers, secret, enabled) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {ENDPOINT_COLUMNS}"
+    ))
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(&new.url)
+    .bind(&new.description)
+    .bind(&new.event_types)
+    .bind(new.rate_limit_per_second)
+    .bind(&new.headers)
+    .bind(&new.secret)
+    .bind(new.enabled)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(row.into())
+}
+
+/// One endpoint of the transaction's tenant.
+pub async fn get_endpoint(tx: &mut TenantTx, id: EndpointId) -> Result<Endpoint, StoreError> {
+    let tenant = tx.tenant_id();
+    let row: Option<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    row.map(Into::into).ok_or(StoreError::NotFound)
+}
+
+/// A page of endpoints after `after`, in id order.
+pub async fn list_endpoints(
+    tx: &mut TenantTx,
+    after: Option<EndpointId>,
+    limit: u32,
+) -> Result<Vec<Endpoint>, StoreError> {
+    let tenant = tx.tenant_id();
+    let rows: Vec<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM bulkhead.webhook_endpoints \
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    ))
+    .bind(tenant.uuid())
+    .bind(after.map(|a| a.uuid()))
+    .bind(i64::from(limit))
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Applies a patch.
+pub async fn update_endpoint(
+    tx: &mut TenantTx,
+    id: EndpointId,
+    patch: &EndpointPatch,
+) -> Result<Endpoint, StoreError> {
+    let tenant = tx.tenant_id();
+    let row: Option<EndpointRow> = sqlx::query_as(&format!(
+        "UPDATE bulkhead.webhook_endpoints SET \
+           url = COALESCE($3, url), description = COALESCE($4, description), \
+           event_types = COALESCE($5, event_types), \
+           enabled = COALESCE($6, enabled), \
+           disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END, \
+           consecutive_failures = CASE WHEN $6 THEN 0 ELSE consecutive_failures END, \
+           failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END, \
+           circuit_open_until = CASE WHEN $6 THEN NULL ELSE circuit_open_until END, \
+           rate_limit_per_second = CASE WHEN $7 THEN $8 ELSE rate_limit_per_second END, \
+           headers = COALESCE($9, headers), updated_at = now() \
+         WHERE tenant_id = $1 AND id = $2 RETURNING {ENDPOINT_COLUMNS}"
+    ))
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(&patch.url)
+    .bind(&patch.description)
+    .bind(&patch.event_types)
+    .bind(patch.enabled)
+    .bind(patch.rate_limit_per_second.is_some())
+    .bind(patch.rate_limit_per_second.flatten())
+    .bind(&patch.headers)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.map(Into::into).ok_or(StoreError::NotFound)
+}
+
+/// Deletes an endpoint with its deliveries and attempt log.
+pub async fn delete_endpoint(tx: &mut TenantTx, id: EndpointId) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    let done =
+        sqlx::query("DELETE FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.uuid())
+            .bind(id.uuid())
+            .execute(tx.conn())
+            .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Replaces the signing key; the old one stays valid until `previous_valid_until`.
+pub async fn rotate_secret(
+    tx: &mut TenantTx,
+    id: EndpointId,
+    new_secret: &[u8],
+    previous_valid_until: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query(
+        "UPDATE bulkhead.webhook_endpoints SET previous_secret = secret, \
+         previous_secret_expires_at = $4, secret = $3, updated_at = now() \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(new_secret)
+    .bind(previous_valid_until)
+    .execute(tx.conn())
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// The keys to sign with at `now` (the previous one only while still valid).
+pub async fn endpoint_keys(
+    tx: &mut TenantTx,
+    id: EndpointId,
+    now: DateTime<Utc>,
+) -> Result<EndpointKeys, StoreError> {
+    let tenant = tx.tenant_id();
+    type KeysRow = (Vec<u8>, Option<Vec<u8>>, Option<DateTime<Utc>>);
+    let row: Option<KeysRow> = sqlx::query_as(
+        "SELECT secret, previous_secret, previous_secret_expires_at \
+         FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let (current, previous, until) = row.ok_or(StoreError::NotFound)?;
+    let previous = match (previous, until) {
+        (Some(key), Some(until)) if until > now => Some(key),
+        _ => None,
+    };
+    Ok(EndpointKeys { current, previous })
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageSource {
+    /// Raised by Bulkhead itself.
+    Platform,
+    /// Published by the tenant (`POST /v1/webhooks/messages`).
+    Tenant,
+}
+
+impl MessageSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            MessageSource::Platform => "platform",
+            MessageSource::Tenant => "tenant",
+        }
+    }
+}
+
+/// A message as shown to its tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// The id sent as `webhook-id`.
+    pub id: MessageId,
+    /// Event type.
+    pub event_type: String,
+    /// Who raised it.
+    pub source: String,
+    /// The body sent.
+    pub payload: Value,
+    /// When it was raised.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Stores a message and queues one delivery per enabled endpoint subscribed to its type (or to
+/// `only` when given, enabled or not, for tests of one endpoint). Returns the message id and how
+/// many deliveries were queued. Visible to workers on commit.
+pub async fn publish(
+    tx: &mut TenantTx,
+    event_type: &str,
+    payload: &Value,
+    source: MessageSource,
+    only: Option<EndpointId>,
+    now: DateTime<Utc>,
+) -> Result<(MessageId, u64), StoreError> {
+    let targets = targets(tx, event_type, only).await?;
+    if only.is_some() && targets.is_empty() {
+        return Err(StoreError::NotFound);
+    }
+    let id = insert_message(tx, event_type, payload, source, &targets, now).await?;
+    Ok((id, targets.len() as u64))
+}
+
+/// The endpoints a message goes to: `only` (enabled or not), or every enabled endpoint
+/// subscribed to the type.
+async fn targets(
+    tx: &mut TenantTx,
+    event_type: &str,
+    only: Option<EndpointId>,
+) -> Result<Vec<uuid::Uuid>, StoreError> {
+    let tenant = tx.tenant_id();
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 \
+         AND (CASE WHEN $3::uuid IS NULL \
+              THEN enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types)) \
+              ELSE id = $3 END) ORDER BY id",
+    )
+    .bind(tenant.uuid())
+    .bind(event_type)
+    .bind(only.map(|o| o.uuid()))
+    .fetch_all(tx.conn())
+    .await?)
+}
+
+async fn insert_message(
+    tx: &mut TenantTx,
+    event_type: &str,
+    payload: &Value,
+    source: MessageSource,
+    targets: &[uuid::Uuid],
+    now: DateTime<Utc>,
+) -> Result<MessageId, StoreError> {
+    let tenant = tx.tenant_id();
+    let id = MessageId::new();
+    sqlx::query(
+        "INSERT INTO bulkhead.webhook_messages (tenant_id, id, event_type, source, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(event_type)
+    .bind(source.as_str())
+    .bind(payload)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    // Delivery ids are made here (UUIDv7 by the application), one per target endpoint.
+    let ids: Vec<uuid::Uuid> = targets.iter().map(|_| DeliveryId::new().uuid()).collect();
+    sqlx::query(
+        "INSERT INTO bulkhead.webhook_deliveries (tenant_id, id, message_id, endpoint_id, next_attempt_at) \
+         SELECT $1, d, $2, e, $5 FROM unnest($3::uuid[], $4::uuid[]) AS t(d, e)",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(&ids)
+    .bind(targets)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(id)
+}
+
+/// For other features: raises a platform event for the transaction's tenant, inside the
+/// caller's own transaction (it is delivered only if the caller commits). Returns the message
+/// id, or `None` when no enabled endpoint subscribes to the type (then nothing is stored). The caller passes a
+/// platform event type such as `security.refresh_token_reuse`; `payload` must hold no secret.
+pub async fn enqueue_platform_event(
+    tx: &mut TenantTx,
+    event_type: &str,
+    payload: Value,
+) -> Result<Option<MessageId>, StoreError> {
+    let targets = targets(tx, event_type, None).await?;
+    if targets.is_empty() {
+        // Nobody subscribes: store nothing (most platform events of most tenants).
+        return Ok(None);
+    }
+    let body = serde_json::json!({ "type": event_type, "data": payload });
+    let id = insert_message(
+        tx,
+        event_type,
+        &body,
+        MessageSource::Platform,
+        &targets,
+        Utc::now(),
+    )
+    .await?;
+    Ok(Some(id))
+}
+
+/// One message of the transaction's tenant.
+pub async fn get_message(tx: &mut TenantTx, id: MessageId) -> Result<Message, StoreError> {
+    let tenant = tx.tenant_id();
+    let row: Option<(uuid::Uuid, String, String, Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, event_type, source, payload, created_at FROM bulkhead.webhook_messages \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let (id, event_type, source, payload, created_at) = row.ok_or(StoreError::NotFound)?;
+    Ok(Message {
+        id: MessageId::from_uuid(id),
+        event_type,
+        source,
+        payload,
+        created_at,
+    })
+}
+
+/// A delivery as shown to its tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// Id.
+    pub id: DeliveryId,
+    /// The message.
+    pub message_id: MessageId,
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// `pending`, `delivering`, `succeeded`, `failed` or `blocked`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// When the next attempt is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Last failure.
+    pub last_error: Option<String>,
+}
+
+type DeliveryRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    uuid::Uuid,
+    String,
+    i32,
+    DateTime<Utc>,
+    Option<String>,
+);
+
+fn delivery_from(row: DeliveryRow) -> Delivery {
+    let (id, message, endpoint, status, attempts, next_attempt_at, last_error) = row;
+    Delivery {
+        id: DeliveryId::from_uuid(id),
+        message_id: MessageId::from_uuid(message),
+        endpoint_id: EndpointId::from_uuid(endpoint),
+        status,
+        attempts,
+        next_attempt_at,
+        last_error,
+    }
+}
+
+/// The deliveries of a message.
+pub async fn deliveries_of(
+    tx: &mut TenantTx,
+    message: MessageId,
+) -> Result<Vec<Delivery>, StoreError> {
+    let tenant = tx.tenant_id();
+    let rows: Vec<DeliveryRow> = sqlx::query_as(
+        "SELECT id, message_id, endpoint_id, status, attempts, next_attempt_at, last_error \
+         FROM bulkhead.webhook_deliveries WHERE tenant_id = $1 AND message_id = $2 ORDER BY id",
+    )
+    .bind(tenant.uuid())
+    .bind(message.uuid())
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.into_iter().map(delivery_from).collect())
+}
+
+/// One delivery.
+pub async fn get_delivery(tx: &mut TenantTx, id: DeliveryId) -> Result<Delivery, StoreError> {
+    let tenant = tx.tenant_id();
+    let row: Option<DeliveryRow> = sqlx::query_as(
+        "SELECT id, message_id, endpoint_id, status, attempts, next_attempt_at, last_error \
+         FROM bulkhead.webhook_deliveries WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    row.map(delivery_from).ok_or(StoreError::NotFound)
+}
+
+/// An attempt log entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// Id.
+    pub id: AttemptId,
+    /// Delivery.
+    pub delivery_id: DeliveryId,
+    /// Message.
+    pub message_id: MessageId,
+    /// Endpoint.
+    pub endpoint_id: EndpointId,
+    /// When.
+    pub attempted_at: DateTime<Utc>,
+    /// `succeeded`, `failed` or `blocked`.
+    pub outcome: String,
+    /// HTTP status, if the receiver answered.
+    pub status_code: Option<i32>,
+    /// Milliseconds.
+    pub latency_ms: i32,
+    /// `http_status`, `timeout`, `connect`, `blocked_address`, …
+    pub error_class: Option<String>,
+    /// Description.
+    pub error: Option<String>,
+    /// Start of the response body.
+    pub response_sample: Option<String>,
+}
+
+type AttemptRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    uuid::Uuid,
+    uuid::Uuid,
+    DateTime<Utc>,
+    String,
+    Option<i32>,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The attempts of a message, oldest first.
+pub async fn attempts_of(
+    tx: &mut TenantTx,
+    message: MessageId,
+) -> Result<Vec<Attempt>, StoreError> {
+    let tenant = tx.tenant_id();
+    let rows: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT id, delivery_id, message_id, endpoint_id, attempted_at, outcome, status_code, \
+         latency_ms, error_class, error, response_sample FROM bulkhead.webhook_attempts \
+         WHERE tenant_id = $1 AND message_id = $2 ORDER BY id",
+    )
+    .bind(tenant.uuid())
+    .bind(message.uuid())
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Attempt {
+            id: AttemptId::from_uuid(r.0),
+            delivery_id: DeliveryId::from_uuid(r.1),
+            message_id: MessageId::from_uuid(r.2),
+            endpoint_id: EndpointId::from_uuid(r.3),
+            attempted_at: r.4,
+            outcome: r.5,
+            status_code: r.6,
+            latency_ms: r.7,
+            error_class: r.8,
+            error: r.9,
+            response_sample: r.10,
+        })
+        .collect())
+}
+
+/// Manual resend: every finished delivery of the message goes back to pending now, with a fresh
+/// attempt budget (the attempt log keeps the history). Returns how many.
+pub async fn resend(
+    tx: &mut TenantTx,
+    message: MessageId,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let tenant = tx.tenant_id();
+    // The message must exist in this tenant (404 otherwise, like any other id).
+    get_message(tx, message).await?;
+    let done = sqlx::query(
+        "UPDATE bulkhead.webhook_deliveries SET status = 'pending', attempts = 0, \
+         next_attempt_at = $3, locked_until = NULL, updated_at = now() \
+         WHERE tenant_id = $1 AND message_id = $2 AND status IN ('succeeded', 'failed', 'blocked')",
+    )
+    .bind(tenant.uuid())
+    .bind(message.uuid())
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Recovery: every failed delivery to the endpoint created since `since` goes back to pending.
+pub async fn recover(
+    tx: &mut TenantTx,
+    endpoint: EndpointId,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let tenant = tx.tenant_id();
+    get_endpoint(tx, endpoint).await?;
+    let done = sqlx::query(
+        "UPDATE bulkhead.webhook_deliveries SET status = 'pending', attempts = 0, \
+         next_attempt_at = $4, locked_until = NULL, updated_at = now() \
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed' AND created_at >= $3",
+    )
+    .bind(tenant.uuid())
+    .bind(endpoint.uuid())
+    .bind(since)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A delivery handed to a worker: ids only; everything else is read in the tenant's context.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimedDelivery {
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Delivery.
+    pub id: DeliveryId,
+}
+
+impl Store {
+    /// Claims due deliveries fairly across active tenants (see `claim_webhook_deliveries` in
+    /// migration 0006): at most `per_tenant` in flight per tenant, round-robin.
+    pub async fn claim_webhook_deliveries(
+        &self,
+        limit: i32,
+        per_tenant: i32,
+        lease_seconds: i32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+            "SELECT delivery_tenant_id, delivery_id FROM bulkhead.claim_webhook_deliveries($1, $2, $3, $4)",
+        )
+        .bind(limit)
+        .bind(per_tenant)
+        .bind(lease_seconds)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, id)| ClaimedDelivery {
+                tenant_id: TenantId::from_uuid(tenant),
+                id: DeliveryId::from_uuid(id),
+            })
+            .collect())
+    }
+}
+
+/// What a worker needs to make one attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryWork {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// The message.
+    pub message: Message,
+    /// The endpoint (its keys are read separately).
+    pub endpoint: Endpoint,
+}
+
+/// Reads a claimed delivery with its message and endpoint.
+pub async fn load_work(tx: &mut TenantTx, id: DeliveryId) -> Result<DeliveryWork, StoreError> {
+    let delivery = get_delivery(tx, id).await?;
+    let message = get_message(tx, delivery.message_id).await?;
+    let endpoint = get_endpoint(tx, delivery.endpoint_id).await?;
+    Ok(DeliveryWork {
+        delivery,
+        message,
+        endpoint,
+    })
+}
+
+/// One attempt to record.
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    /// When it started.
+    pub attempted_at: DateTime<Utc>,
+    /// `succeeded`, `failed` or `blocked`.
+    pub outcome: &'static str,
+    /// HTTP status.
+    pub status_code: Option<i32>,
+    /// Milliseconds.
+    pub latency_ms: i32,
+    /// Class.
+    pub error_class: Option<String>,
+    /// Description.
+    pub error: Option<String>,
+    /// Start of the body (at most 4 KiB).
+    pub response_sample: Option<String>,
+}
+
+/// Appends to the attempt log.
+pub async fn record_attempt(
+    tx: &mut TenantTx,
+    work: &DeliveryWork,
+    attempt: &NewAttempt,
+) -> Result<AttemptId, StoreError> {
+    let tenant = tx.tenant_id();
+    let id = AttemptId::new();
+    let sample = attempt
+        .response_sample
+        .as_deref()
+        .map(|s| truncate(s, 4096));
+    sqlx::query(
+        "INSERT INTO bulkhead.webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
+         attempted_at, outcome, status_code, latency_ms, error_class, error, response_sample) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(work.delivery.id.uuid())
+    .bind(work.message.id.uuid())
+    .bind(work.endpoint.id.uuid())
+    .bind(attempt.attempted_at)
+    .bind(attempt.outcome)
+    .bind(attempt.status_code)
+    .bind(attempt.latency_ms)
+    .bind(attempt.error_class.as_deref().map(|s| truncate(s, 64)))
+    .bind(attempt.error.as_deref().map(|s| truncate(s, 1000)))
+    .bind(sample)
+    .execute(tx.conn())
+    .await?;
+    Ok(id)
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, without NULs.
+fn truncate(s: &str, max: usize) -> String {
+    let clean: String = s.chars().filter(|c| *c != '\0').collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let mut end = max;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    clean[..end].to_owned()
+}
+
+/// Sets a delivery's state after an attempt (or a deferral: `count_attempt` false).
+pub async fn finish_delivery(
+    tx: &mut TenantTx,
+    id: DeliveryId,
+    status: &str,
+    next_attempt_at: Option<DateTime<Utc>>,
+    count_attempt: bool,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query(
+        "UPDATE bulkhead.webhook_deliveries SET status = $3, \
+         attempts = attempts + CASE WHEN $5 THEN 1 ELSE 0 END, \
+         next_attempt_at = COALESCE($4, next_attempt_at), locked_until = NULL, \
+         last_error = COALESCE($6, last_error), updated_at = now() \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(status)
+    .bind(next_attempt_at)
+    .bind(count_attempt)
+    .bind(error.map(|e| truncate(e, 1000)))
+    .execute(tx.conn())
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Records an endpoint's success: the failure streak ends.
+pub async fn endpoint_succeeded(tx: &mut TenantTx, id: EndpointId) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    sqlx::query(
+        "UPDATE bulkhead.webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+         circuit_open_until = NULL WHERE tenant_id = $1 AND id = $2 \
+         AND (consecutive_failures <> 0 OR failing_since IS NOT NULL OR circuit_open_until IS NOT NULL)",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Records an endpoint's failure at `now`; returns the streak length and since when it has
+/// lasted. `open_circuit_after` failures in a row open the breaker for `cooldown`.
+pub async fn endpoint_failed(
+    tx: &mut TenantTx,
+    id: EndpointId,
+    now: DateTime<Utc>,
+    open_circuit_after: i32,
+    cooldown: chrono::Duration,
+) -> Result<(i32, DateTime<Utc>), StoreError> {
+    let tenant = tx.tenant_id();
+    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE bulkhead.webhook_endpoints SET consecutive_failures = consecutive_failures + 1, \
+         failing_since = COALESCE(failing_since, $3), \
+         circuit_open_until = CASE WHEN consecutive_failures + 1 >= $4 THEN $5 ELSE circuit_open_until END \
+         WHERE tenant_id = $1 AND id = $2 RETURNING consecutive_failures, failing_since",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(now)
+    .bind(open_circuit_after)
+    .bind(now + cooldown)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.ok_or(StoreError::NotFound)
+}
+
+/// Disables an endpoint with a reason. Returns false if it was already disabled.
+pub async fn disable_endpoint(
+    tx: &mut TenantTx,
+    id: EndpointId,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query(
+        "UPDATE bulkhead.webhook_endpoints SET enabled = false, disabled_reason = $3, updated_at = now() \
+         WHERE tenant_id = $1 AND id = $2 AND enabled",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(reason)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

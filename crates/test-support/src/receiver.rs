@@ -1,0 +1,265 @@
+//! Loopback webhook receivers and canaries, with real TLS from a CA made at test time.
+//!
+//! A [`Receiver`] listens on a loopback address only, counts every TCP connection it accepts
+//! (before any TLS), records the requests it reads and answers from a script of [`Reply`]s. A
+//! canary is a receiver that should never be reached: tests assert its connection count stays 0.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A certificate authority made for one test run.
+pub struct TestCa {
+    /// The CA certificate, DER: what the client under test trusts.
+    pub cert_der: Vec<u8>,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa")
+    }
+}
+
+impl TestCa {
+    /// A fresh CA.
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Bulkhead test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            cert_der: cert.der().to_vec(),
+            cert,
+            key,
+        }
+    }
+
+    /// A TLS server configuration for the given DNS names, signed by this CA.
+    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf certificate");
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        Arc::new(config)
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a receiver answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// This status, with these extra headers and this body.
+    Status(u16, Vec<(String, String)>, String),
+    /// Never answer (the connection stays open until the client gives up).
+    Hang,
+}
+
+impl Reply {
+    /// A bare status.
+    pub fn status(code: u16) -> Self {
+        Reply::Status(code, Vec::new(), String::new())
+    }
+}
+
+/// A request as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request line method.
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    connections: AtomicUsize,
+    requests: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Option<Reply>>,
+}
+
+/// A loopback receiver (or canary).
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    /// Listens on `ip:port` (`port` 0: any). Panics unless `ip` is loopback: tests reach
+    /// loopback only.
+    pub async fn start(ip: IpAddr, port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+        assert!(ip.is_loopback(), "test receivers listen on loopback only");
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let shared = Arc::new(Shared::default());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let state = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                state.connections.fetch_add(1, Ordering::SeqCst);
+                let state = state.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                serve(tls, state).await;
+                            }
+                        }
+                        None => serve(stream, state).await,
+                    }
+                });
+            }
+        });
+        Receiver { addr, shared }
+    }
+
+    /// Answers with `replies` in order, then with the default (200 unless set).
+    pub fn script(&self, replies: Vec<Reply>) {
+        self.shared.script.lock().expect("script").extend(replies);
+    }
+
+    /// The answer once the script is used up.
+    pub fn set_default(&self, reply: Reply) {
+        *self.shared.default.lock().expect("default") = Some(reply);
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests read so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.shared.requests.lock().expect("requests").clone()
+    }
+
+    /// Waits until at least `n` requests arrived, up to `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.requests().len() >= n {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.requests().len() >= n
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shared>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let path = request_line.next().unwrap_or_default().to_owned();
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    state.requests.lock().expect("requests").push(Received {
+        method,
+        path,
+        headers,
+        body,
+    });
+    let reply = state.script.lock().expect("script").pop_front();
+    let reply = reply
+        .or_else(|| state.default.lock().expect("default").clone())
+        .unwrap_or(Reply::status(200));
+    match reply {
+        Reply::Hang => {
+            // Hold the connection until the client closes it.
+            let _ = stream.read(&mut chunk).await;
+        }
+        Reply::Status(code, extra, body) => {
+            let mut out = format!(
+                "HTTP/1.1 {code} Test\r\ncontent-length: {}\r\nconnection: close\r\n",
+                body.len()
+            );
+            for (name, value) in extra {
+                out.push_str(&format!("{name}: {value}\r\n"));
+            }
+            out.push_str("\r\n");
+            out.push_str(&body);
+            let _ = stream.write_all(out.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}

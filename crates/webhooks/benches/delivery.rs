@@ -1,0 +1,179 @@
+//! Deliveries per second to a local HTTPS receiver (loopback, TLS with a CA made here), signed,
+//! through the egress guard; and the same client without the guard, in the same run, to show
+//! the guard's cost as a ratio. The test receiver answers `connection: close`, so every delivery
+//! includes a fresh TCP connection, DNS lookup (through the guard) and TLS handshake: the worst
+//! case for the guard, which runs once per connection.
+//!
+//! `cargo bench -p bulkhead-webhooks --bench delivery`
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_test_support::receiver::{Receiver, TestCa};
+use bulkhead_test_support::test_egress_policy;
+use bulkhead_webhooks::egress::{send_post, unguarded_client, SendOutcome};
+use bulkhead_webhooks::signing::signed_headers;
+use bulkhead_webhooks::{EgressClient, EgressConfig, EgressPolicy, Secret, StaticResolver};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A resolver without any checks, for the unguarded baseline.
+struct PlainResolver;
+
+impl reqwest::dns::Resolve for PlainResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let addrs: reqwest::dns::Addrs =
+                Box::new(std::iter::once(SocketAddr::new(LOOPBACK, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+struct Setup {
+    url: String,
+    guarded: EgressClient,
+    plain: reqwest::Client,
+    secret: Secret,
+    body: bytes::Bytes,
+}
+
+async fn setup() -> (Setup, Receiver) {
+    let ca = TestCa::new();
+    let receiver =
+        Receiver::start(LOOPBACK, 0, Some(ca.server_config(&["receiver.example"]))).await;
+    let resolver = StaticResolver::new();
+    resolver.insert("receiver.example", vec![LOOPBACK]);
+    let config = EgressConfig {
+        extra_roots_der: vec![ca.cert_der.clone()],
+        total_timeout: Duration::from_secs(5),
+        ..EgressConfig::default()
+    };
+    let guarded = EgressClient::new(test_egress_policy(), Arc::new(resolver), &config).unwrap();
+    let plain = unguarded_client(&config, Arc::new(PlainResolver)).unwrap();
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "type": "invoice.paid", "data": { "id": "inv_1", "amount": 4200 } })).unwrap(),
+    );
+    (
+        Setup {
+            url: format!("https://receiver.example:{}/hook", receiver.addr.port()),
+            guarded,
+            plain,
+            secret: Secret::generate(),
+            body,
+        },
+        receiver,
+    )
+}
+
+impl Setup {
+    fn headers(&self) -> http::HeaderMap {
+        let ts = chrono::Utc::now().timestamp();
+        signed_headers(
+            &[&self.secret],
+            "msg_01h455vb4pex5vsknk084sn02q",
+            ts,
+            &self.body,
+        )
+    }
+
+    async fn guarded_once(&self) {
+        let out = self
+            .guarded
+            .post(&self.url, self.headers(), self.body.clone())
+            .await;
+        assert!(
+            matches!(out, SendOutcome::Response { status: 200, .. }),
+            "{out:?}"
+        );
+    }
+
+    async fn plain_once(&self) {
+        let url = url::Url::parse(&self.url).unwrap();
+        let out = send_post(&self.plain, url, self.headers(), self.body.clone()).await;
+        assert!(
+            matches!(out, SendOutcome::Response { status: 200, .. }),
+            "{out:?}"
+        );
+    }
+}
+
+fn delivery(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (s, _receiver) = rt.block_on(setup());
+
+    // Same run, interleaved rounds: deliveries per second with and without the guard.
+    rt.block_on(async {
+        let rounds = 5;
+        let per_round = 200;
+        let (mut g_total, mut p_total) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for _ in 0..per_round {
+                s.guarded_once().await;
+            }
+            g_total += t.elapsed();
+            let t = Instant::now();
+            for _ in 0..per_round {
+                s.plain_once().await;
+            }
+            p_total += t.elapsed();
+        }
+        let n = f64::from(rounds * per_round);
+        let g = n / g_total.as_secs_f64();
+        let p = n / p_total.as_secs_f64();
+        println!("sequential signed HTTPS deliveries: guarded {g:.0}/s, unguarded {p:.0}/s, guard cost ratio (unguarded rate / guarded rate) {:.3}", p / g);
+        let concurrency = 16;
+        let total = 1600;
+        let t = Instant::now();
+        let s_ref = &s;
+        futures::future::join_all((0..concurrency).map(|_| async move {
+            for _ in 0..total / concurrency {
+                s_ref.guarded_once().await;
+            }
+        }))
+        .await;
+        println!("guarded deliveries with {concurrency} in flight: {:.0}/s", f64::from(total) / t.elapsed().as_secs_f64());
+    });
+
+    let mut group = c.benchmark_group("delivery");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(50);
+    group.bench_function("signed_https_guarded", |b| {
+        b.to_async(&rt).iter(|| s.guarded_once())
+    });
+    group.bench_function("signed_https_unguarded", |b| {
+        b.to_async(&rt).iter(|| s.plain_once())
+    });
+    group.finish();
+
+    let policy = EgressPolicy::default();
+    let mut group = c.benchmark_group("guard");
+    group.bench_function("check_url", |b| {
+        b.iter(|| {
+            policy.check_url(std::hint::black_box(
+                "https://hooks.partner.example/v1/in?x=1",
+            ))
+        })
+    });
+    group.bench_function("check_ip_v6_embedded", |b| {
+        b.iter(|| policy.check_ip(std::hint::black_box("64:ff9b::808:808".parse().unwrap())))
+    });
+    group.bench_function("sign", |b| {
+        b.iter(|| {
+            s.secret
+                .sign("msg_01h455vb4pex5vsknk084sn02q", 1_700_000_000, &s.body)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, delivery);
+criterion_main!(benches);

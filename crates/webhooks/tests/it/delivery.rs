@@ -1,0 +1,688 @@
+//! Durable delivery against loopback TLS receivers: signatures, retries on an injected clock,
+//! 410, auto-disable, the circuit breaker, rebinding, redirects, fairness, lease expiry.
+//!
+//! Receivers listen on 127.0.0.1 (the only special-purpose address the test policy allows);
+//! canaries listen on 127.0.0.2, which the policy denies, and must see no connection at all.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_core::{Actor, Clock, EndpointId, MessageId, RequestId, TenantContext, TenantId};
+use bulkhead_store::audit;
+use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
+use bulkhead_store::{Access, Store};
+use bulkhead_test_support::receiver::{Receiver, Reply, TestCa};
+use bulkhead_test_support::{create_tenant, test_egress_policy, TestDb};
+use bulkhead_webhooks::delivery::{Delivered, DeliveryConfig, Dispatcher};
+use bulkhead_webhooks::{verify, EgressClient, EgressConfig, Secret, StaticResolver};
+use chrono::Utc;
+use serde_json::json;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const CANARY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+struct Rig {
+    db: TestDb,
+    store: Store,
+    ca: TestCa,
+    resolver: StaticResolver,
+    clock: Clock,
+}
+
+impl Rig {
+    async fn new(clock: Clock) -> Rig {
+        let db = TestDb::new().await;
+        let store = db.app_store().await;
+        Rig {
+            db,
+            store,
+            ca: TestCa::new(),
+            resolver: StaticResolver::new(),
+            clock,
+        }
+    }
+
+    fn dispatcher(&self, config: DeliveryConfig, timeout: Duration) -> Dispatcher {
+        let egress = EgressConfig {
+            extra_roots_der: vec![self.ca.cert_der.clone()],
+            connect_timeout: Duration::from_secs(2),
+            total_timeout: timeout,
+            ..EgressConfig::default()
+        };
+        let client = EgressClient::new(
+            test_egress_policy(),
+            Arc::new(self.resolver.clone()),
+            &egress,
+        )
+        .unwrap();
+        Dispatcher::new(self.store.clone(), client, self.clock.clone(), config)
+    }
+
+    /// A TLS receiver on `ip` for `name`, which resolves to `ip`.
+    async fn receiver(&self, name: &str, ip: IpAddr) -> Receiver {
+        let r = Receiver::start(ip, 0, Some(self.ca.server_config(&[name]))).await;
+        self.resolver.insert(name, vec![ip]);
+        r
+    }
+
+    async fn tenant(&self, slug: &str) -> TenantContext {
+        let t = create_tenant(&self.db, slug).await;
+        ctx(t.id)
+    }
+
+    async fn endpoint(&self, ctx: &TenantContext, url: &str) -> (EndpointId, Secret) {
+        let secret = Secret::generate();
+        let mut tx = self.store.begin(ctx, Access::ReadWrite).await.unwrap();
+        let e = store::create_endpoint(
+            &mut tx,
+            &NewEndpoint {
+                url: url.into(),
+                description: String::new(),
+                event_types: Vec::new(),
+                rate_limit_per_second: None,
+                headers: json!({ "x-team": "payments" }),
+                secret: secret.expose_bytes().to_vec(),
+                enabled: true,
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        (e.id, secret)
+    }
+
+    async fn publish(&self, ctx: &TenantContext, n: u32) -> MessageId {
+        let mut tx = self.store.begin(ctx, Access::ReadWrite).await.unwrap();
+        let (id, _) = store::publish(
+            &mut tx,
+            "invoice.paid",
+            &json!({ "type": "invoice.paid", "data": { "n": n } }),
+            MessageSource::Tenant,
+            None,
+            self.clock.now(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
+    async fn endpoint_row(&self, ctx: &TenantContext, id: EndpointId) -> store::Endpoint {
+        let mut tx = self.store.begin(ctx, Access::ReadOnly).await.unwrap();
+        store::get_endpoint(&mut tx, id).await.unwrap()
+    }
+
+    async fn attempts(&self, ctx: &TenantContext, id: MessageId) -> Vec<store::Attempt> {
+        let mut tx = self.store.begin(ctx, Access::ReadOnly).await.unwrap();
+        store::attempts_of(&mut tx, id).await.unwrap()
+    }
+
+    async fn audit_actions(&self, ctx: &TenantContext) -> Vec<String> {
+        let mut tx = self.store.begin(ctx, Access::ReadOnly).await.unwrap();
+        audit::recent(&mut tx, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect()
+    }
+}
+
+fn ctx(tenant: TenantId) -> TenantContext {
+    TenantContext::new(
+        tenant,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    )
+}
+
+fn url(name: &str, r: &Receiver) -> String {
+    format!("https://{name}:{}/hook", r.addr.port())
+}
+
+#[tokio::test]
+async fn a_delivery_is_signed_verifiable_and_carries_the_message_id() {
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    let (_, secret) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let message = rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.headers["webhook-id"], message.to_string().as_str());
+    assert_eq!(req.headers["content-type"], "application/json");
+    assert_eq!(req.headers["x-team"], "payments");
+    verify(&secret, &req.headers, &req.body, Utc::now()).unwrap();
+    assert!(verify(&Secret::generate(), &req.headers, &req.body, Utc::now()).is_err());
+    // Nothing is left to do.
+    assert!(d.run_once().await.unwrap().is_empty());
+    let attempts = rig.attempts(&a, message).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, Some(200));
+}
+
+#[tokio::test]
+async fn rotation_signs_with_both_secrets_until_the_old_one_expires() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    let (id, old) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let new = Secret::generate();
+    let mut tx = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
+    store::rotate_secret(
+        &mut tx,
+        id,
+        new.expose_bytes(),
+        clock.now() + chrono::Duration::hours(24),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    let req = &receiver.requests()[0];
+    let sigs = req.headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
+    verify(&new, &req.headers, &req.body, clock.now()).unwrap();
+    verify(&old, &req.headers, &req.body, clock.now()).unwrap();
+
+    clock.advance(chrono::Duration::hours(25));
+    rig.publish(&a, 2).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    let req = &receiver.requests()[1];
+    assert_eq!(
+        req.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        1
+    );
+    verify(&new, &req.headers, &req.body, clock.now()).unwrap();
+    assert!(verify(&old, &req.headers, &req.body, clock.now()).is_err());
+}
+
+#[tokio::test]
+async fn failures_retry_on_the_schedule_without_sleeping_and_honour_retry_after() {
+    let start = Utc::now();
+    let clock = Clock::manual(start);
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    receiver.script(vec![
+        Reply::status(500),
+        Reply::Status(
+            503,
+            vec![("retry-after".into(), "900".into())],
+            "busy".into(),
+        ),
+        Reply::status(502),
+        Reply::status(200),
+    ]);
+    let a = rig.tenant("alpha").await;
+    let (endpoint, secret) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let message = rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+
+    let Delivered::Failed(Some(first)) = d.run_once().await.unwrap()[0].clone() else {
+        panic!()
+    };
+    let delay = (first - clock.now()).num_seconds();
+    assert!((4..=6).contains(&delay), "first retry after {delay}s");
+    assert!(d.run_once().await.unwrap().is_empty(), "not due yet");
+    clock.set(first);
+    // Second failure asks for 900 s; the schedule says about 300 s: the longer one wins.
+    let Delivered::Failed(Some(second)) = d.run_once().await.unwrap()[0].clone() else {
+        panic!()
+    };
+    assert_eq!((second - clock.now()).num_seconds(), 900);
+    clock.set(second);
+    let Delivered::Failed(Some(third)) = d.run_once().await.unwrap()[0].clone() else {
+        panic!()
+    };
+    let delay = (third - clock.now()).num_seconds();
+    assert!((1620..=1980).contains(&delay), "third retry after {delay}s");
+    clock.set(third);
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+
+    // Every attempt carried the same webhook-id, each signed at its own time.
+    let got = receiver.requests();
+    assert_eq!(got.len(), 4);
+    for req in &got {
+        assert_eq!(req.headers["webhook-id"], message.to_string().as_str());
+    }
+    verify(&secret, &got[3].headers, &got[3].body, clock.now()).unwrap();
+    let attempts = rig.attempts(&a, message).await;
+    let codes: Vec<Option<i32>> = attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, vec![Some(500), Some(503), Some(502), Some(200)]);
+    assert_eq!(attempts[1].response_sample.as_deref(), Some("busy"));
+    assert_eq!(attempts[0].error_class.as_deref(), Some("http_status"));
+    // The streak ended with the success.
+    let row = rig.endpoint_row(&a, endpoint).await;
+    assert_eq!(row.consecutive_failures, 0);
+    assert!(row.failing_since.is_none());
+}
+
+#[tokio::test]
+async fn a_delivery_gives_up_after_the_last_scheduled_retry() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    receiver.set_default(Reply::status(500));
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let message = rig.publish(&a, 1).await;
+    // A breaker that never opens, so every scheduled attempt is made.
+    let config = DeliveryConfig {
+        circuit_after: 1000,
+        ..DeliveryConfig::default()
+    };
+    let d = rig.dispatcher(config, Duration::from_secs(5));
+    let mut made = 0;
+    loop {
+        let r = d.run_once().await.unwrap();
+        assert_eq!(r.len(), 1);
+        made += 1;
+        match &r[0] {
+            Delivered::Failed(Some(at)) => clock.set(*at),
+            Delivered::Failed(None) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(made, bulkhead_webhooks::schedule::max_attempts());
+    assert_eq!(rig.attempts(&a, message).await.len(), 8);
+    clock.advance(chrono::Duration::days(2));
+    assert!(
+        d.run_once().await.unwrap().is_empty(),
+        "a failed delivery is not retried"
+    );
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_tells_the_other_endpoints() {
+    let rig = Rig::new(Clock::system()).await;
+    let gone = rig.receiver("gone.example", LOOPBACK).await;
+    gone.set_default(Reply::status(410));
+    let watcher = rig.receiver("watcher.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    let (gone_id, _) = rig.endpoint(&a, &url("gone.example", &gone)).await;
+    rig.endpoint(&a, &url("watcher.example", &watcher)).await;
+    rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    let mut results = d.run_once().await.unwrap();
+    results.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(results, vec![Delivered::Failed(None), Delivered::Succeeded]);
+    let row = rig.endpoint_row(&a, gone_id).await;
+    assert!(!row.enabled);
+    assert!(row.disabled_reason.unwrap().contains("410"));
+    assert!(rig
+        .audit_actions(&a)
+        .await
+        .contains(&"webhook.endpoint_disabled".to_owned()));
+    // The endpoint.disabled event reaches the watcher only.
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    let last = watcher.requests().pop().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(body["type"], "endpoint.disabled");
+    assert_eq!(body["data"]["endpoint_id"], gone_id.to_string());
+    assert_eq!(gone.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_five_days_is_disabled() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    receiver.set_default(Reply::status(500));
+    let a = rig.tenant("alpha").await;
+    let (id, _) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let config = DeliveryConfig {
+        circuit_after: 1000,
+        ..DeliveryConfig::default()
+    };
+    let d = rig.dispatcher(config, Duration::from_secs(5));
+    rig.publish(&a, 1).await;
+    assert!(matches!(
+        d.run_once().await.unwrap()[0],
+        Delivered::Failed(Some(_))
+    ));
+    clock.advance(chrono::Duration::days(4));
+    rig.publish(&a, 2).await;
+    let r = d.run_once().await.unwrap();
+    assert!(
+        r.iter().all(|x| matches!(x, Delivered::Failed(Some(_)))),
+        "{r:?}"
+    );
+    assert!(
+        rig.endpoint_row(&a, id).await.enabled,
+        "four days is not enough"
+    );
+    clock.advance(chrono::Duration::days(1) + chrono::Duration::seconds(1));
+    rig.publish(&a, 3).await;
+    let r = d.run_once().await.unwrap();
+    assert!(r.contains(&Delivered::Failed(None)), "{r:?}");
+    let row = rig.endpoint_row(&a, id).await;
+    assert!(!row.enabled);
+    assert!(row.disabled_reason.unwrap().contains("5 days"));
+    let mut tx = rig.store.begin(&a, Access::ReadOnly).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bulkhead.webhook_messages WHERE tenant_id = $1 AND event_type = 'endpoint.disabled'",
+    )
+    .bind(a.tenant_id().uuid())
+    .fetch_one(tx.conn())
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_holds_deliveries_back_without_connecting() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    receiver.set_default(Reply::status(500));
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let config = DeliveryConfig {
+        circuit_after: 2,
+        circuit_cooldown: chrono::Duration::seconds(60),
+        ..DeliveryConfig::default()
+    };
+    let d = rig.dispatcher(config, Duration::from_secs(5));
+    rig.publish(&a, 1).await;
+    rig.publish(&a, 2).await;
+    assert_eq!(d.run_once().await.unwrap().len(), 2);
+    assert_eq!(receiver.connections(), 2);
+    rig.publish(&a, 3).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Deferred]);
+    assert_eq!(
+        receiver.connections(),
+        2,
+        "an open circuit makes no connection"
+    );
+    clock.advance(chrono::Duration::seconds(61));
+    receiver.set_default(Reply::status(200));
+    // The two retries and the held-back delivery all go once the breaker closes.
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded; 3]);
+}
+
+#[tokio::test]
+async fn a_denied_address_is_blocked_audited_and_never_retried() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let canary = Receiver::start(
+        CANARY_IP,
+        0,
+        Some(rig.ca.server_config(&["canary.example"])),
+    )
+    .await;
+    rig.resolver.insert("canary.example", vec![CANARY_IP]);
+    let a = rig.tenant("alpha").await;
+    let (endpoint, _) = rig.endpoint(&a, &url("canary.example", &canary)).await;
+    let message = rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Blocked]);
+    clock.advance(chrono::Duration::days(1));
+    assert!(d.run_once().await.unwrap().is_empty());
+    assert_eq!(canary.connections(), 0);
+    let attempts = rig.attempts(&a, message).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "blocked");
+    assert_eq!(attempts[0].error_class.as_deref(), Some("blocked_address"));
+    assert!(rig
+        .audit_actions(&a)
+        .await
+        .contains(&"webhook.blocked".to_owned()));
+    // A blocked attempt is not a receiver failure.
+    assert_eq!(rig.endpoint_row(&a, endpoint).await.consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn rebinding_cannot_move_a_connection_to_an_unchecked_address() {
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = Receiver::start(
+        LOOPBACK,
+        0,
+        Some(rig.ca.server_config(&["rebind.example", "mixed.example"])),
+    )
+    .await;
+    let port = receiver.addr.port();
+    let canary = Receiver::start(
+        CANARY_IP,
+        port,
+        Some(rig.ca.server_config(&["rebind.example", "mixed.example"])),
+    )
+    .await;
+    // First answer allowed, every later one denied.
+    rig.resolver
+        .insert_sequence("rebind.example", vec![vec![LOOPBACK], vec![CANARY_IP]]);
+    // One answer mixing an allowed and a denied address: refused whole.
+    rig.resolver
+        .insert("mixed.example", vec![LOOPBACK, CANARY_IP]);
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &format!("https://rebind.example:{port}/"))
+        .await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    rig.publish(&a, 1).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    rig.publish(&a, 2).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Blocked]);
+    assert_eq!(receiver.connections(), 1);
+
+    let b = rig.tenant("bravo").await;
+    rig.endpoint(&b, &format!("https://mixed.example:{port}/"))
+        .await;
+    rig.publish(&b, 1).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Blocked]);
+    assert_eq!(receiver.connections(), 1);
+    assert_eq!(canary.connections(), 0, "the canary was reached");
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let rig = Rig::new(Clock::system()).await;
+    let canary = rig.receiver("canary.example", LOOPBACK).await;
+    let denied_canary = Receiver::start(
+        CANARY_IP,
+        0,
+        Some(rig.ca.server_config(&["inside.example"])),
+    )
+    .await;
+    rig.resolver.insert("inside.example", vec![CANARY_IP]);
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    receiver.script(vec![
+        Reply::Status(
+            302,
+            vec![("location".into(), url("canary.example", &canary))],
+            String::new(),
+        ),
+        Reply::Status(
+            307,
+            vec![("location".into(), url("inside.example", &denied_canary))],
+            String::new(),
+        ),
+    ]);
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let m1 = rig.publish(&a, 1).await;
+    let m2 = rig.publish(&a, 2).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    let r = d.run_once().await.unwrap();
+    assert!(
+        r.iter().all(|x| matches!(x, Delivered::Failed(Some(_)))),
+        "{r:?}"
+    );
+    assert_eq!(canary.connections(), 0);
+    assert_eq!(denied_canary.connections(), 0);
+    for m in [m1, m2] {
+        let attempts = rig.attempts(&a, m).await;
+        assert_eq!(attempts[0].error_class.as_deref(), Some("redirect"));
+    }
+}
+
+#[tokio::test]
+async fn response_bodies_are_read_only_up_to_the_sample_cap() {
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    receiver.script(vec![Reply::Status(200, Vec::new(), "x".repeat(200_000))]);
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let m = rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    let attempts = rig.attempts(&a, m).await;
+    assert_eq!(
+        attempts[0].response_sample.as_ref().map(String::len),
+        Some(4096)
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_hanging_endpoint_does_not_delay_another() {
+    let rig = Rig::new(Clock::system()).await;
+    let hanging = rig.receiver("hang.example", LOOPBACK).await;
+    hanging.set_default(Reply::Hang);
+    let healthy = rig.receiver("healthy.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    let b = rig.tenant("bravo").await;
+    rig.endpoint(&a, &url("hang.example", &hanging)).await;
+    rig.endpoint(&b, &url("healthy.example", &healthy)).await;
+    for n in 0..12 {
+        rig.publish(&a, n).await;
+    }
+    rig.publish(&b, 0).await;
+    let config = DeliveryConfig {
+        per_tenant: 2,
+        concurrency: 4,
+        idle_poll: Duration::from_millis(50),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher(config, Duration::from_secs(20)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    let started = std::time::Instant::now();
+    assert!(
+        healthy.wait_for(1, Duration::from_secs(5)).await,
+        "B's delivery waited behind A's"
+    );
+    let waited = started.elapsed();
+    // B kept flowing while A's slots hang; A never held more than its cap.
+    rig.publish(&b, 1).await;
+    assert!(healthy.wait_for(2, Duration::from_secs(5)).await);
+    assert!(
+        hanging.connections() <= 2,
+        "A held {} slots",
+        hanging.connections()
+    );
+    assert!(waited < Duration::from_secs(5));
+    let _ = stop.send(true);
+    run.abort();
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_delivery_loses_nothing() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let m = rig.publish(&a, 1).await;
+    // A worker claims the delivery and dies before recording anything.
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 30, clock.now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    assert!(
+        d.run_once().await.unwrap().is_empty(),
+        "the lease still holds"
+    );
+    clock.advance(chrono::Duration::seconds(31));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    assert_eq!(receiver.requests().len(), 1);
+    assert_eq!(rig.attempts(&a, m).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_claim_is_round_robin_and_caps_each_tenant() {
+    let rig = Rig::new(Clock::system()).await;
+    let a = rig.tenant("alpha").await;
+    let b = rig.tenant("bravo").await;
+    rig.endpoint(&a, "https://a.example/").await;
+    rig.endpoint(&b, "https://b.example/").await;
+    for n in 0..10 {
+        rig.publish(&a, n).await;
+    }
+    rig.publish(&b, 0).await;
+    rig.publish(&b, 1).await;
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(3, 2, 60, Utc::now())
+        .await
+        .unwrap();
+    let from_b = claimed
+        .iter()
+        .filter(|c| c.tenant_id == b.tenant_id())
+        .count();
+    assert_eq!(claimed.len(), 3);
+    assert!(from_b >= 1, "B got nothing from a batch of 3");
+    let more = rig
+        .store
+        .claim_webhook_deliveries(100, 2, 60, Utc::now())
+        .await
+        .unwrap();
+    let a_total = claimed
+        .iter()
+        .chain(&more)
+        .filter(|c| c.tenant_id == a.tenant_id())
+        .count();
+    assert_eq!(a_total, 2, "A's in-flight cap is 2");
+    // Hostile arguments from the app role are refused.
+    assert!(rig
+        .store
+        .claim_webhook_deliveries(0, 2, 60, Utc::now())
+        .await
+        .is_err());
+    assert!(rig
+        .store
+        .claim_webhook_deliveries(10, 2, 100_000, Utc::now())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn the_per_endpoint_rate_limit_defers_without_connecting() {
+    let clock = Clock::manual(Utc::now());
+    let rig = Rig::new(clock.clone()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    let (id, _) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let mut tx = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
+    let patch = store::EndpointPatch {
+        rate_limit_per_second: Some(Some(1)),
+        ..Default::default()
+    };
+    store::update_endpoint(&mut tx, id, &patch).await.unwrap();
+    tx.commit().await.unwrap();
+    rig.publish(&a, 1).await;
+    rig.publish(&a, 2).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    let mut r = d.run_once().await.unwrap();
+    r.sort_by_key(|x| format!("{x:?}"));
+    assert_eq!(r, vec![Delivered::Deferred, Delivered::Succeeded]);
+    assert_eq!(receiver.connections(), 1);
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    assert_eq!(receiver.requests().len(), 2);
+}
