@@ -104,6 +104,8 @@ pub struct Received {
     pub headers: http::HeaderMap,
     /// Body.
     pub body: Vec<u8>,
+    /// When the whole request had arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +240,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
         path,
         headers,
         body,
+        at: std::time::Instant::now(),
     });
     let reply = state.script.lock().expect("script").pop_front();
     let reply = reply

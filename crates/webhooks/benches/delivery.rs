@@ -175,5 +175,103 @@ fn delivery(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, delivery);
+/// Enqueue-to-delivery latency at a steady 500 messages/s for 5 s: messages published through
+/// the store (one transaction each, as the API does), one dispatcher process delivering them to
+/// the HTTPS receiver. Printed, not a criterion measurement (an open-loop load is not an iteration).
+fn latency(_c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use bulkhead_core::{Actor, Clock, RequestId, TenantContext};
+        use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
+        use bulkhead_store::Access;
+        use bulkhead_webhooks::delivery::{DeliveryConfig, Dispatcher};
+
+        let db = bulkhead_test_support::TestDb::new().await;
+        let tenant = bulkhead_test_support::create_tenant(&db, "bench").await;
+        let store_ = db.app_store().await;
+        let ca = TestCa::new();
+        let receiver = Receiver::start(LOOPBACK, 0, Some(ca.server_config(&["receiver.example"]))).await;
+        let resolver = StaticResolver::new();
+        resolver.insert("receiver.example", vec![LOOPBACK]);
+        let config = EgressConfig { extra_roots_der: vec![ca.cert_der.clone()], ..EgressConfig::default() };
+        let client = EgressClient::new(test_egress_policy(), Arc::new(resolver), &config).unwrap();
+        let ctx = TenantContext::new(tenant.id, Actor::System { component: "bench" }, RequestId::new());
+        let mut tx = store_.begin(&ctx, Access::ReadWrite).await.unwrap();
+        store::create_endpoint(&mut tx, &NewEndpoint {
+            url: format!("https://receiver.example:{}/", receiver.addr.port()),
+            description: String::new(),
+            event_types: Vec::new(),
+            rate_limit_per_second: None,
+            headers: serde_json::json!({}),
+            secret: Secret::generate().expose_bytes().to_vec(),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let dispatcher = Arc::new(Dispatcher::new(store_.clone(), client, Clock::system(), DeliveryConfig {
+            per_tenant: 32,
+            concurrency: 32,
+            idle_poll: Duration::from_millis(5),
+            ..DeliveryConfig::default()
+        }));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run = tokio::spawn(dispatcher.run(stopped));
+
+        let rate = 500u32;
+        let seconds = 5u32;
+        let total = (rate * seconds) as usize;
+        let mut sent = Vec::with_capacity(total);
+        let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        // Open loop: each tick's publish runs as its own task, so a slow commit does not lower
+        // the offered rate.
+        let mut publishes = Vec::with_capacity(total);
+        for n in 0..total {
+            ticker.tick().await;
+            sent.push(Instant::now());
+            let (store_, ctx) = (store_.clone(), ctx.clone());
+            publishes.push(tokio::spawn(async move {
+                let mut tx = store_.begin(&ctx, Access::ReadWrite).await.unwrap();
+                store::publish(&mut tx, "bench.tick", &serde_json::json!({ "n": n }), MessageSource::Tenant, None, chrono::Utc::now())
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }));
+        }
+        let offered = total as f64 / started.elapsed().as_secs_f64();
+        for p in publishes {
+            p.await.unwrap();
+        }
+        let delivered = receiver.wait_for(total, Duration::from_secs(60)).await;
+        let _ = stop.send(true);
+        run.abort();
+        let mut latencies: Vec<Duration> = receiver
+            .requests()
+            .iter()
+            .filter_map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                let n = usize::try_from(body["n"].as_u64()?).ok()?;
+                Some(r.at.duration_since(sent[n]))
+            })
+            .collect();
+        latencies.sort();
+        let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        println!(
+            "enqueue-to-delivery at {offered:.0} msg/s offered for {seconds} s: {} of {total} delivered{}, p50 {:?}, p99 {:?}, max {:?}",
+            latencies.len(),
+            if delivered { "" } else { " (timed out waiting)" },
+            pick(0.50),
+            pick(0.99),
+            latencies.last().copied().unwrap_or_default(),
+        );
+    });
+}
+
+criterion_group!(benches, delivery, latency);
 criterion_main!(benches);
