@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{api_keys, health, sessions};
+use crate::routes::{api_keys, audit, health, sessions};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let tenant_api = Router::new()
         .merge(sessions::routes())
         .merge(api_keys::routes())
+        .merge(audit::routes())
         // Layers run bottom-up: per-address limit, then resolution and authentication, then the
         // tenant's limits, then the handler.
         .route_layer(middleware::from_fn_with_state(
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route(audit::LOG_KEY_PATH, get(audit::log_key))
         .nest("/v1", tenant_api);
 
     router
@@ -68,6 +70,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Key verification caches must hear about revocations from other processes.
     let listener_task = tokio::spawn(state.verifier().clone().listen_for_changes());
+    // Authentication failures are persisted in batches, and once more at shutdown.
+    let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(
+        state
+            .audit()
+            .clone()
+            .run_flusher(state.store().clone(), flusher_stopped),
+    );
     let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -75,5 +85,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     listener_task.abort();
+    let _ = stop_flusher.send(true);
+    flusher.await.ok();
     served
 }

@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Verify audit exports and checkpoints offline; audit retention.
+    Audit {
+        #[command(subcommand)]
+        action: crate::audit_cli::AuditCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,16 +210,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Database::open(&database).await?;
             db.migrate().await?;
             let store = db.app_store(database.max_connections).await?;
+            let log_key = crate::audit_log::load_log_key(
+                &database.data_dir,
+                database.database_url.is_some(),
+            )?;
             let (stop, stopped) = watch::channel(false);
+            let sequencer = tokio::spawn(
+                crate::audit_log::Sequencer::new(store.clone(), log_key).run(stopped.clone()),
+            );
             let worker = tokio::spawn(Worker::new(store.clone()).run(stopped));
             shutdown_signal().await;
             let _ = stop.send(true);
             worker.await.ok();
+            sequencer.await.ok();
             store.close().await;
             db.shutdown().await
         }
         Command::Tenant { action } => tenant(action).await,
         Command::Key { action } => crate::key_cli::run(action).await,
+        Command::Audit { action } => crate::audit_cli::run(action).await,
     }
 }
 
@@ -241,9 +255,18 @@ async fn serve_with(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let log_key = crate::audit_log::load_log_key(
+        &args.database.data_dir,
+        args.database.database_url.is_some(),
+    )?;
     let (stop, stopped) = watch::channel(false);
     let worker =
         (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
+    let sequencer = (!args.no_worker).then(|| {
+        tokio::spawn(
+            crate::audit_log::Sequencer::new(store.clone(), log_key.clone()).run(stopped.clone()),
+        )
+    });
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
     let clock = bulkhead_core::Clock::system();
     let limits = crate::limits::RateLimits::from_env(clock.clone())?;
@@ -254,6 +277,9 @@ async fn serve_with(
         clock,
         Some(std::sync::Arc::new(limits)),
     );
+    state.set_audit(std::sync::Arc::new(crate::audit_log::AuditService::new(
+        log_key,
+    )));
     let mut stopped_for_server = stopped;
     let shutdown = async move {
         tokio::select! {
@@ -265,6 +291,9 @@ async fn serve_with(
     let _ = stop.send(true);
     if let Some(worker) = worker {
         worker.await.ok();
+    }
+    if let Some(sequencer) = sequencer {
+        sequencer.await.ok();
     }
     store.close().await;
     tracing::info!("bulkhead stopped");

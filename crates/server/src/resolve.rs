@@ -91,6 +91,12 @@ fn audit_refusal(refused: Refused, host_tenant: Option<TenantId>) -> ApiError {
         actor_id = refused.key_id.map(|k| k.to_string()),
         "authentication refused"
     );
+    crate::audit_log::auth_failure_in_scope(
+        tenant,
+        refused.key_id,
+        format!("{:?}", refused.reason),
+        bulkhead_store::audit::Outcome::Failure,
+    );
     // No reason label: /metrics must not tell a caller which check its credential failed.
     metrics::counter!("bulkhead_auth_failures_total").increment(1);
     ApiError::Unauthorized
@@ -107,6 +113,12 @@ fn resolver_failure(err: bulkhead_store::StoreError, tenant: Option<TenantId>) -
         tenant_id = tenant.map(|t| t.to_string()),
         error = %err,
         "tenant resolution failed; request denied"
+    );
+    crate::audit_log::auth_failure_in_scope(
+        tenant,
+        None,
+        "ResolverError".into(),
+        bulkhead_store::audit::Outcome::Failure,
     );
     ApiError::Unavailable
 }
@@ -126,7 +138,21 @@ pub async fn resolve_tenant(
     next: Next,
 ) -> Response {
     let signals = Signals::read(&request, &state.config().trusted_proxies);
-    match authenticate(&state, signals).await {
+    // Failures recorded during resolution carry the client's details (crate::audit_log).
+    let audit_scope = crate::audit_log::AuthAuditScope {
+        service: state.audit().clone(),
+        ip_address: signals.client_ip,
+        user_agent: request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        request_id: signals.request_id,
+    };
+    let authenticated = crate::audit_log::AUTH_AUDIT
+        .scope(audit_scope, authenticate(&state, signals))
+        .await;
+    match authenticated {
         Ok((ctx, plan)) => {
             request
                 .extensions_mut()
@@ -249,6 +275,12 @@ async fn authenticate(
             tenant_id = %tenant.id,
             actor_id = %key.key_id,
             "tenant suspended"
+        );
+        crate::audit_log::auth_failure_in_scope(
+            Some(tenant.id),
+            Some(key.key_id),
+            "TenantSuspended".into(),
+            bulkhead_store::audit::Outcome::Blocked,
         );
         return Err(ApiError::TenantSuspended);
     }
