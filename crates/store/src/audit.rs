@@ -191,3 +191,37 @@ pub async fn record_event(
     .await?;
     Ok(id)
 }
+
+/// Appends many events of the transaction's actor in one statement (bulk writers, benchmarks):
+/// `(action, resource_id, outcome, metadata)` each. Returns their ids, in order.
+pub async fn record_batch(
+    tx: &mut TenantTx,
+    events: &[(&str, Option<&str>, Outcome, serde_json::Value)],
+) -> Result<Vec<AuditEventId>, StoreError> {
+    let tenant = tx.tenant_id();
+    let ids: Vec<AuditEventId> = events.iter().map(|_| AuditEventId::new()).collect();
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.uuid()).collect();
+    let actions: Vec<&str> = events.iter().map(|e| e.0).collect();
+    let resources: Vec<Option<&str>> = events.iter().map(|e| e.1).collect();
+    let outcomes: Vec<&str> = events.iter().map(|e| e.2.as_str()).collect();
+    let metadata: Vec<&serde_json::Value> = events.iter().map(|e| &e.3).collect();
+    sqlx::query(
+        "INSERT INTO bulkhead.audit_events \
+         (tenant_id, id, actor_id, actor_type, action, resource_id, outcome, request_id, metadata) \
+         SELECT $1, u.id, $2, $3, u.action, u.resource_id, u.outcome, $4, u.metadata \
+         FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::jsonb[]) \
+              AS u(id, action, resource_id, outcome, metadata)",
+    )
+    .bind(tenant.uuid())
+    .bind(tx.actor().audit_id())
+    .bind(tx.actor().audit_type())
+    .bind(tx.request_id().to_string())
+    .bind(&uuids)
+    .bind(&actions)
+    .bind(&resources)
+    .bind(&outcomes)
+    .bind(&metadata)
+    .execute(tx.conn())
+    .await?;
+    Ok(ids)
+}
