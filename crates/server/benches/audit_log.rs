@@ -1,11 +1,16 @@
-//! The audit log against a real PostgreSQL (private cluster from the harness): sustained append
-//! rate across 100 tenants with the sequencer running beside it, sequencing lag (p50/p99, from an
-//! event's transaction start to its leaf's), checkpoint signing, and inclusion proof latency in a
-//! large tree. A bench binary, not a timed test: it prints figures.
+//! The audit log against a real PostgreSQL (private cluster from the harness), in four phases:
+//! 1. append rate across 100 tenants, unthrottled, no sequencer (batch inserts per tenant);
+//! 2. sequencing throughput: draining that backlog, checkpoints included;
+//! 3. steady state: appends at a fixed rate across 100 tenants with the sequencer running; the
+//!    sequencing lag (p50/p99, from the event's transaction start to its leaf's) of those events;
+//! 4. inclusion proof latency and checkpoint signing in a large tree.
+//!
+//! A bench binary, not a timed test: it prints figures.
 //!
 //! `cargo bench -p bulkhead-server --bench audit_log`
-//! (knobs: AUDIT_BENCH_SECONDS, default 20; AUDIT_BENCH_BATCH, default 500; AUDIT_BENCH_WRITERS,
-//! default 4)
+//! (knobs: AUDIT_BENCH_SECONDS, default 10, per phase; AUDIT_BENCH_BATCH, default 500;
+//! AUDIT_BENCH_WRITERS, default 4; AUDIT_BENCH_RATE, default 10000 events/s in phase 3;
+//! AUDIT_BENCH_TREE, default 200000 leaves in phase 4)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,10 +41,14 @@ fn ctx(tenant: TenantId) -> TenantContext {
 }
 
 async fn append(store: &Store, tenant: TenantId, n: usize) {
+    append_as(store, tenant, n, "bench.event").await
+}
+
+async fn append_as(store: &Store, tenant: TenantId, n: usize, action: &'static str) {
     let events: Vec<_> = (0..n)
         .map(|i| {
             (
-                "bench.event",
+                action,
                 None,
                 Outcome::Success,
                 json!({ "i": i, "note": "a typical small metadata object" }),
@@ -70,7 +79,7 @@ fn main() {
 }
 
 async fn run() {
-    let seconds = knob("AUDIT_BENCH_SECONDS", 20);
+    let seconds = knob("AUDIT_BENCH_SECONDS", 10);
     let batch = knob("AUDIT_BENCH_BATCH", 500) as usize;
     let writers = knob("AUDIT_BENCH_WRITERS", 4) as usize;
     let db = TestDb::new().await;
@@ -88,7 +97,7 @@ async fn run() {
         .await
         .expect("first pass");
 
-    // 1. Sustained append across 100 tenants, the sequencer running beside it.
+    // 1. Append rate, unthrottled, no sequencer.
     println!("append: {writers} writers, {batch} events per transaction, 100 tenants, {seconds} s");
     let appended = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -105,6 +114,58 @@ async fn run() {
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
                 append(&store, tenants[i % tenants.len()], batch).await;
+                appended.fetch_add(batch as u64, Ordering::Relaxed);
+                i += writers;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.expect("writer");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = appended.load(Ordering::Relaxed);
+    println!(
+        "append: {total} events in {elapsed:.1} s = {:.0} events/s",
+        total as f64 / elapsed
+    );
+
+    // 2. Sequencing throughput: drain the backlog.
+    let drain = Instant::now();
+    let run = sequencer
+        .run_once(Sweep::Recent, true)
+        .await
+        .expect("drain");
+    let secs = drain.elapsed().as_secs_f64();
+    println!(
+        "sequencer: {} events sequenced and {} checkpoints signed in {secs:.1} s = {:.0} events/s",
+        run.appended,
+        run.checkpoints,
+        run.appended as f64 / secs
+    );
+
+    // 3. Steady state at a fixed rate, sequencer running.
+    let rate = knob("AUDIT_BENCH_RATE", 10_000);
+    let per_writer_interval = Duration::from_secs_f64((batch * writers) as f64 / rate as f64);
+    println!("steady: {rate} events/s across 100 tenants for {seconds} s, sequencer every pass");
+    let stop = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    let started = Instant::now();
+    for w in 0..writers {
+        let (store, tenants, appended, stop) = (
+            store.clone(),
+            tenants.clone(),
+            appended.clone(),
+            stop.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(per_writer_interval);
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                append_as(&store, tenants[i % tenants.len()], batch, "bench.steady").await;
                 appended.fetch_add(batch as u64, Ordering::Relaxed);
                 i += writers;
             }
@@ -127,44 +188,34 @@ async fn run() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let passes = seq_handle.await.expect("sequencer");
-    let total = appended.load(Ordering::Relaxed);
-    println!(
-        "append: {total} events in {elapsed:.1} s = {:.0} events/s (sequencer passes meanwhile: {passes})",
-        total as f64 / elapsed
-    );
-    let drain = Instant::now();
-    let rest = sequencer
+    sequencer
         .run_once(Sweep::Recent, true)
         .await
         .expect("drain");
+    let total = appended.load(Ordering::Relaxed);
     println!(
-        "sequencer: drained the remaining {} events and signed {} checkpoints in {:.2} s",
-        rest.appended,
-        rest.checkpoints,
-        drain.elapsed().as_secs_f64()
+        "steady: {total} events in {elapsed:.1} s = {:.0} events/s appended; {passes} sequencer passes",
+        total as f64 / elapsed
     );
-
-    // 2. Sequencing lag, measured by the database's own clocks (as superuser, across tenants).
     let su = db.superuser_pool().await;
     let lags: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM l.sequenced_at - e.occurred_at)::float8 \
          FROM bulkhead.audit_leaves l JOIN bulkhead.audit_events e \
            ON e.tenant_id = l.tenant_id AND e.id = l.event_id \
-         WHERE e.action = 'bench.event' ORDER BY 1",
+         WHERE e.action = 'bench.steady' ORDER BY 1",
     )
     .fetch_all(&su)
     .await
     .expect("lags");
     println!(
-        "sequencing lag over {} events: p50 {:.3} s, p99 {:.3} s, max {:.3} s \
-         (includes the drain after the writers stopped)",
+        "sequencing lag over {} events: p50 {:.3} s, p99 {:.3} s, max {:.3} s",
         lags.len(),
         percentile(&lags, 0.5),
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or(f64::NAN)
     );
 
-    // 3. Inclusion proofs in one large tree.
+    // 4. Inclusion proofs in one large tree.
     let big = tenants[0];
     let target = knob("AUDIT_BENCH_TREE", 200_000);
     let mut size = {

@@ -181,7 +181,7 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
         .await?;
     let mut size = tree_size(tx).await?;
     let mut frontier = fetch_nodes(tx, &tree::frontier(size)).await?;
-    let lower_bound = match sweep {
+    let mut lower_bound = match sweep {
         Sweep::Full => uuid::Uuid::nil(),
         Sweep::Recent => recent_lower_bound(tx, size).await?,
     };
@@ -208,6 +208,11 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
         let mut leaf_hashes: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
         let (mut levels, mut node_indexes, mut node_hashes) =
             (Vec::<i16>::new(), Vec::<i64>::new(), Vec::<Vec<u8>>::new());
+        // The next batch starts after this one: every unsequenced event below the last id taken
+        // was in this batch (one that commits meanwhile below it is left to the next pass).
+        if let Some(last) = rows.last() {
+            lower_bound = next_uuid(last.0);
+        }
         for row in rows {
             let id = row.0;
             let event = event_from_row(tenant, row);
@@ -272,6 +277,11 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
         }
     }
     Ok(appended)
+}
+
+/// The smallest UUID greater than `id`.
+fn next_uuid(id: uuid::Uuid) -> uuid::Uuid {
+    uuid::Uuid::from_u128(id.as_u128().saturating_add(1))
 }
 
 /// The smallest event id a [`Sweep::Recent`] run considers: the newest sequenced event's time
