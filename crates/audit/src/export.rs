@@ -11,6 +11,12 @@
 //! `leaf_hash` names the first edited event), folds the leaves into the root in `O(log n)`
 //! memory, and accepts only if the root and size equal the checkpoint's and its signature
 //! verifies under the log key.
+//!
+//! A `purged` line has no body to check, so a body deleted outside retention would go unseen.
+//! Retention therefore records each purge as an `audit.purge` event whose metadata names
+//! `through_leaf`, the highest leaf it purged; that event is itself in the signed log. The
+//! verifier accepts a purged leaf only at or below the highest `through_leaf` of the
+//! `audit.purge` events in the export.
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +101,14 @@ pub struct ExportVerifier {
     events: u64,
     purged: u64,
     first_bad: Option<BadEvent>,
+    /// Runs `[start, end)` of purged leaves, with the first one's event id.
+    purged_runs: Vec<(u64, u64, String)>,
+    /// Highest `through_leaf` of the `audit.purge` events seen.
+    purge_cover: Option<u64>,
 }
+
+/// Action of the event that records a retention purge.
+pub const PURGE_ACTION: &str = "audit.purge";
 
 impl ExportVerifier {
     /// A verifier trusting `key`.
@@ -107,6 +120,8 @@ impl ExportVerifier {
             events: 0,
             purged: 0,
             first_bad: None,
+            purged_runs: Vec::new(),
+            purge_cover: None,
         }
     }
 
@@ -159,6 +174,14 @@ impl ExportVerifier {
                         reason: "the event body does not hash to its leaf".into(),
                     });
                 }
+                if event.action == PURGE_ACTION {
+                    if let Some(through) =
+                        event.metadata.get("through_leaf").and_then(|v| v.as_u64())
+                    {
+                        self.purge_cover =
+                            Some(self.purge_cover.map_or(through, |c| c.max(through)));
+                    }
+                }
                 // The body is what is claimed, so the tree is built from it: an edited body with
                 // a forged leaf hash still changes the root.
                 self.builder.push(computed);
@@ -169,11 +192,17 @@ impl ExportVerifier {
                 ExportLine::Purged {
                     leaf_index,
                     leaf_hash,
-                    ..
+                    event_id,
                 },
                 Some(cp),
             ) => {
                 self.check_index(leaf_index, cp.checkpoint.tree_size)?;
+                match self.purged_runs.last_mut() {
+                    Some((_, end, _)) if *end == leaf_index => *end += 1,
+                    _ => self
+                        .purged_runs
+                        .push((leaf_index, leaf_index + 1, event_id)),
+                }
                 self.builder.push(leaf_hash);
                 self.purged += 1;
                 Ok(())
@@ -213,6 +242,29 @@ impl ExportVerifier {
         };
         let cp = cp.checkpoint;
         let size = self.builder.size();
+        let mut first_bad = self.first_bad;
+        // The first purged leaf that no recorded purge covers.
+        let uncovered = self.purged_runs.iter().find_map(|(start, end, first_id)| {
+            let from = self.purge_cover.map_or(*start, |c| (*start).max(c + 1));
+            (from < *end).then(|| (from, from == *start, first_id.clone()))
+        });
+        if let Some((leaf_index, known_id, event_id)) = &uncovered {
+            let candidate = BadEvent {
+                leaf_index: *leaf_index,
+                event_id: if *known_id {
+                    event_id.clone()
+                } else {
+                    String::new()
+                },
+                reason: "the event body is missing and no recorded purge covers it".into(),
+            };
+            if first_bad
+                .as_ref()
+                .is_none_or(|b| b.leaf_index > *leaf_index)
+            {
+                first_bad = Some(candidate);
+            }
+        }
         let failure = if size != cp.tree_size {
             Some(format!(
                 "the export has {size} leaves; the checkpoint covers {}",
@@ -220,7 +272,9 @@ impl ExportVerifier {
             ))
         } else if self.builder.root() != cp.root_hash {
             Some("the recomputed root does not match the signed checkpoint".into())
-        } else if self.first_bad.is_some() {
+        } else if uncovered.is_some() {
+            Some("an event body was removed outside retention".into())
+        } else if first_bad.is_some() {
             Some("an event does not match its leaf".into())
         } else {
             None
@@ -231,7 +285,7 @@ impl ExportVerifier {
             events: self.events,
             purged: self.purged,
             verified: failure.is_none(),
-            first_bad_event: self.first_bad,
+            first_bad_event: first_bad,
             failure,
         }
     }

@@ -24,10 +24,19 @@ fn event(i: u64) -> AuditEvent {
 }
 
 fn export(key: &LogSigningKey, n: u64) -> Vec<String> {
+    export_with(key, n, true)
+}
+
+/// `n` leaves, leaf 1 purged; the last event records the purge when `record_purge`.
+fn export_with(key: &LogSigningKey, n: u64, record_purge: bool) -> Vec<String> {
     let mut builder = RootBuilder::new();
     let mut lines = Vec::new();
     for i in 0..n {
-        let e = event(i);
+        let mut e = event(i);
+        if record_purge && i == n - 1 {
+            e.action = "audit.purge".into();
+            e.metadata = serde_json::json!({ "purged": 1, "through_leaf": 1 });
+        }
         let leaf = SequencedEvent {
             leaf_index: i,
             event: &e,
@@ -86,6 +95,14 @@ fn an_untouched_export_verifies() {
         (report.tree_size, report.events, report.purged),
         (37, 36, 1)
     );
+}
+
+#[test]
+fn a_body_removed_without_a_recorded_purge_is_named() {
+    let key = LogSigningKey::generate();
+    let report = verify(&key, &export_with(&key, 12, false)).unwrap();
+    assert!(!report.verified);
+    assert_eq!(report.first_bad_event.unwrap().leaf_index, 1);
 }
 
 #[test]

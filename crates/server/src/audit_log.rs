@@ -269,19 +269,32 @@ impl Sequencer {
     }
 
     /// One pass over every tenant. With `checkpoint`, signs a checkpoint for each tenant whose
-    /// tree grew since its last one (or that has none).
+    /// tree grew since its last one (or that has none). A tenant that fails is logged and skipped;
+    /// the pass goes on and then returns the first error.
     pub async fn run_once(
         &self,
         sweep: Sweep,
         checkpoint: bool,
     ) -> Result<SequencerRun, StoreError> {
         let mut run = SequencerRun::default();
+        let mut first_error = None;
         for tenant in self.store.list_tenants().await? {
-            let (appended, signed) = self.sequence_tenant(tenant.id, sweep, checkpoint).await?;
-            run.appended += appended;
-            run.checkpoints += u64::from(signed);
+            // One tenant's failure must not hold up the others' logs.
+            match self.sequence_tenant(tenant.id, sweep, checkpoint).await {
+                Ok((appended, signed)) => {
+                    run.appended += appended;
+                    run.checkpoints += u64::from(signed);
+                }
+                Err(err) => {
+                    tracing::warn!(tenant_id = %tenant.id, error = %err, "audit sequencing failed for a tenant");
+                    first_error.get_or_insert(err);
+                }
+            }
         }
-        Ok(run)
+        match first_error {
+            None => Ok(run),
+            Some(err) => Err(err),
+        }
     }
 
     /// Sequences one tenant and, with `checkpoint`, signs if its tree grew.

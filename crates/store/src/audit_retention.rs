@@ -57,7 +57,8 @@ pub async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), Stor
 
 /// Deletes the bodies of the tenant's events older than its retention (relative to `now`) that
 /// are already sequenced (an unsequenced event is never purged: its leaf would be lost). Records
-/// an `audit.purge` event with the count. `owner` must be a store on the owner role.
+/// an `audit.purge` event with the count and `through_leaf` (the highest leaf purged), and
+/// sequences it in the same transaction. `owner` must be a store on the owner role.
 pub async fn purge(
     owner: &Store,
     ctx: &TenantContext,
@@ -75,16 +76,20 @@ pub async fn purge(
     sqlx::query(&format!("SET LOCAL ROLE {MAINTENANCE_ROLE}"))
         .execute(tx.conn())
         .await?;
-    let deleted = sqlx::query(
-        "DELETE FROM bulkhead.audit_events e WHERE e.tenant_id = $1 AND e.occurred_at < $2 \
-         AND EXISTS (SELECT 1 FROM bulkhead.audit_leaves l \
-                     WHERE l.tenant_id = e.tenant_id AND l.event_id = e.id)",
+    let (deleted, through_leaf): (i64, Option<i64>) = sqlx::query_as(
+        "WITH gone AS ( \
+             DELETE FROM bulkhead.audit_events e WHERE e.tenant_id = $1 AND e.occurred_at < $2 \
+             AND EXISTS (SELECT 1 FROM bulkhead.audit_leaves l \
+                         WHERE l.tenant_id = e.tenant_id AND l.event_id = e.id) \
+             RETURNING e.id) \
+         SELECT count(*), max(l.leaf_index) FROM gone \
+         JOIN bulkhead.audit_leaves l ON l.tenant_id = $1 AND l.event_id = gone.id",
     )
     .bind(tenant.uuid())
     .bind(cutoff)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .fetch_one(tx.conn())
+    .await?;
+    let deleted = deleted as u64;
     sqlx::query("RESET ROLE").execute(tx.conn()).await?;
     sqlx::query(&format!("REVOKE {MAINTENANCE_ROLE} FROM CURRENT_USER"))
         .execute(tx.conn())
@@ -94,9 +99,17 @@ pub async fn purge(
         "audit.purge",
         None,
         Outcome::Success,
-        json!({ "purged": deleted, "before": cutoff, "retention_days": days }),
+        json!({
+            "purged": deleted,
+            "through_leaf": through_leaf,
+            "before": cutoff,
+            "retention_days": days,
+        }),
     )
     .await?;
+    // The purge event joins the log now, so any checkpoint that covers a purged leaf also covers
+    // the event that accounts for it (export verification checks that).
+    crate::audit_log::sequence(&mut tx, crate::audit_log::Sweep::Recent).await?;
     tx.commit().await?;
     Ok(deleted)
 }

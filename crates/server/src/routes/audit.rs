@@ -222,20 +222,23 @@ async fn consistency(
     Ok(axum::Json(proof.map_err(refusal)?).into_response())
 }
 
-/// `GET /v1/audit/export`: the latest checkpoint, then every leaf it covers, as NDJSON. Pages are
+/// `GET /v1/audit/export`: a checkpoint of the whole log (the latest, or a new one if the tree
+/// grew), then every leaf it covers, as NDJSON. Pages are
 /// read in separate short transactions: leaves never change, and a body purged meanwhile comes
 /// out as a `purged` line, which verifies just the same. A failure mid-stream ends the response
 /// early, which the verifier reports (the size does not match the checkpoint).
 async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
     let ctx = tenant.require(Scope::AuditRead)?.clone();
-    let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-    let checkpoint = audit_log::latest_checkpoint(&mut tx).await?;
-    tx.commit().await?;
-    let Some(checkpoint) = checkpoint else {
-        return Err(ApiError::Conflict(
-            "no checkpoint yet: POST /v1/audit/checkpoints first".into(),
-        ));
+    // Sequence what is pending and sign if the tree grew, so the export covers everything
+    // committed so far (and any purge recorded so far).
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    audit_log::sequence(&mut tx, Sweep::Recent).await?;
+    let size = audit_log::tree_size(&mut tx).await?;
+    let checkpoint = match audit_log::latest_checkpoint(&mut tx).await? {
+        Some(latest) if latest.checkpoint.tree_size == size => latest,
+        _ => audit_log::sign_checkpoint(&mut tx, state.audit().key(), state.clock().now()).await?,
     };
+    tx.commit().await?;
     let size = checkpoint.checkpoint.tree_size;
     let mut head = serde_json::to_vec(&ExportLine::Checkpoint { checkpoint })
         .map_err(|e| ApiError::Internal(e.into()))?;

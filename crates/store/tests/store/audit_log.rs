@@ -290,6 +290,24 @@ async fn retention_purges_bodies_and_keeps_the_tree_verifiable() {
     let after = export_verifies(&store, a.id, &key).await;
     assert!(after.verified, "{after:?}");
     assert_eq!(after.purged, old_size);
+    let purge_events: i64 = {
+        let mut tx = store.begin(&ctx(a.id), Access::ReadOnly).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) FROM bulkhead.audit_events e JOIN bulkhead.audit_leaves l \
+             ON l.tenant_id = e.tenant_id AND l.event_id = e.id \
+             WHERE e.tenant_id = $1 AND e.action = 'audit.purge' \
+               AND (e.metadata->>'through_leaf')::bigint = $2",
+        )
+        .bind(a.id.uuid())
+        .bind(old_size as i64 - 1)
+        .fetch_one(tx.conn())
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        purge_events, 1,
+        "the purge is in the log, naming the last leaf it purged"
+    );
 
     // The app role cannot purge: it is a member of no role.
     let app = db.app_pool(1).await;
