@@ -633,6 +633,47 @@ async fn an_honest_log_is_consistent_across_checkpoints() {
         )
         .unwrap();
     }
+    // The CLI agrees, given the checkpoints, the proof and the published key document.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (first, last) = (&checkpoints[1], checkpoints.last().unwrap());
+    let proof = get_json(
+        &app,
+        &acme,
+        &format!(
+            "/v1/audit/proofs/consistency?from={}&to={}",
+            first.checkpoint.tree_size, last.checkpoint.tree_size
+        ),
+    )
+    .await;
+    let published = app
+        .client
+        .get(app.url("/.well-known/bulkhead-audit-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "check-consistency"])
+        .arg(write("old.json", serde_json::to_string(first).unwrap()))
+        .arg(write("new.json", serde_json::to_string(last).unwrap()))
+        .arg("--proof")
+        .arg(write("proof.json", proof.to_string()))
+        .arg("--log-key")
+        .arg(write("key.json", published))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
