@@ -277,9 +277,13 @@ async fn serve_with(
         clock,
         Some(std::sync::Arc::new(limits)),
     );
-    state.set_audit(std::sync::Arc::new(crate::audit_log::AuditService::new(
-        log_key,
-    )));
+    // Fail closed: never serve checkpoints signed by anything but the configured key.
+    anyhow::ensure!(
+        state.set_audit(std::sync::Arc::new(crate::audit_log::AuditService::new(
+            log_key
+        ))),
+        "the audit log key was set twice"
+    );
     let mut stopped_for_server = stopped;
     let shutdown = async move {
         tokio::select! {
