@@ -69,6 +69,15 @@ impl Actor {
         }
     }
 
+    /// The delegation chain of a delegated credential (outermost actor first); `None` when the
+    /// credential is not delegated.
+    pub fn delegation(&self) -> Option<&[String]> {
+        match self {
+            Actor::Token { delegation, .. } if !delegation.is_empty() => Some(delegation),
+            _ => None,
+        }
+    }
+
     /// The actor type recorded in audit events.
     pub fn audit_type(&self) -> &'static str {
         match self {

@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{api_keys, auth, health, oauth, sessions, webhooks};
+use crate::routes::{api_keys, audit, auth, health, oauth, sessions, webhooks};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::routes())
         .merge(auth::routes())
         .merge(webhooks::routes())
+        .merge(audit::routes())
         // Layers run bottom-up: per-address limit, then resolution and authentication, then the
         // tenant's limits, then the handler.
         .route_layer(middleware::from_fn_with_state(
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(self_authenticating)
+        .route(audit::LOG_KEY_PATH, get(audit::log_key))
         .nest("/v1", tenant_api);
 
     router
@@ -87,6 +89,14 @@ pub async fn serve(
         tracing::error!(error = %err, "cannot load signing keys and the token denylist; tokens are refused until they load");
     }
     let token_task = tokio::spawn(state.tokens().clone().listen_for_changes());
+    // Authentication failures are persisted in batches, and once more at shutdown.
+    let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(
+        state
+            .audit()
+            .clone()
+            .run_flusher(state.store().clone(), flusher_stopped),
+    );
     let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -95,5 +105,7 @@ pub async fn serve(
     .await;
     listener_task.abort();
     token_task.abort();
+    let _ = stop_flusher.send(true);
+    flusher.await.ok();
     served
 }

@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Verify audit exports and checkpoints offline; audit retention.
+    Audit {
+        #[command(subcommand)]
+        action: crate::audit_cli::AuditCommand,
+    },
     /// Manage the access-token signing keys.
     SigningKey {
         #[command(subcommand)]
@@ -264,15 +269,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.migrate().await?;
             let store = db.app_store(database.max_connections).await?;
             let (stop, stopped) = watch::channel(false);
-            let worker = if webhooks {
+            // `--webhooks`: delivery only, for a process in an egress-only network segment; it
+            // needs no audit log key. Otherwise the job worker and the audit sequencer.
+            let (worker, sequencer) = if webhooks {
                 let dispatcher = webhook_dispatcher(&store, &egress, &base_domain)?;
-                tokio::spawn(dispatcher.run(stopped))
+                (tokio::spawn(dispatcher.run(stopped)), None)
             } else {
-                tokio::spawn(Worker::new(store.clone()).run(stopped))
+                let log_key = crate::audit_log::load_log_key(
+                    &database.data_dir,
+                    database.database_url.is_some(),
+                )?;
+                let sequencer = tokio::spawn(
+                    crate::audit_log::Sequencer::new(store.clone(), log_key).run(stopped.clone()),
+                );
+                (
+                    tokio::spawn(Worker::new(store.clone()).run(stopped)),
+                    Some(sequencer),
+                )
             };
             shutdown_signal().await;
             let _ = stop.send(true);
             worker.await.ok();
+            if let Some(sequencer) = sequencer {
+                sequencer.await.ok();
+            }
             store.close().await;
             db.shutdown().await
         }
@@ -280,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key { action } => crate::key_cli::run(action).await,
         Command::SigningKey { action } => signing_key(action).await,
         Command::User { action } => user(action).await,
+        Command::Audit { action } => crate::audit_cli::run(action).await,
     }
 }
 
@@ -449,6 +470,10 @@ async fn serve_with(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let log_key = crate::audit_log::load_log_key(
+        &args.database.data_dir,
+        args.database.database_url.is_some(),
+    )?;
     let (stop, stopped) = watch::channel(false);
     let worker =
         (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
@@ -458,6 +483,11 @@ async fn serve_with(
         let dispatcher = webhook_dispatcher(&store, &args.egress, &args.base_domain)?;
         Some(tokio::spawn(dispatcher.run(stopped.clone())))
     };
+    let sequencer = (!args.no_worker).then(|| {
+        tokio::spawn(
+            crate::audit_log::Sequencer::new(store.clone(), log_key.clone()).run(stopped.clone()),
+        )
+    });
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
     let clock = bulkhead_core::Clock::system();
     let limits = crate::limits::RateLimits::from_env(clock.clone())?;
@@ -468,6 +498,13 @@ async fn serve_with(
         config,
         clock,
         Some(std::sync::Arc::new(limits)),
+    );
+    // Fail closed: never serve checkpoints signed by anything but the configured key.
+    anyhow::ensure!(
+        state.set_audit(std::sync::Arc::new(crate::audit_log::AuditService::new(
+            log_key
+        ))),
+        "the audit log key was set twice"
     );
     let mut stopped_for_server = stopped;
     let shutdown = async move {
@@ -483,6 +520,9 @@ async fn serve_with(
     }
     if let Some(dispatcher) = dispatcher {
         dispatcher.await.ok();
+    }
+    if let Some(sequencer) = sequencer {
+        sequencer.await.ok();
     }
     store.close().await;
     tracing::info!("bulkhead stopped");

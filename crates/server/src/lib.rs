@@ -18,6 +18,8 @@
 #![warn(missing_docs)]
 
 pub mod app;
+mod audit_cli;
+pub mod audit_log;
 pub mod cli;
 pub mod config;
 pub mod credentials;

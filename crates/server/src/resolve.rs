@@ -92,6 +92,12 @@ fn audit_refusal(refused: Refused, host_tenant: Option<TenantId>) -> ApiError {
         actor_id = refused.key_id.map(|k| k.to_string()),
         "authentication refused"
     );
+    crate::audit_log::auth_failure_in_scope(
+        tenant,
+        refused.key_id,
+        format!("{:?}", refused.reason),
+        bulkhead_store::audit::Outcome::Failure,
+    );
     // No reason label: /metrics must not tell a caller which check its credential failed.
     metrics::counter!("bulkhead_auth_failures_total").increment(1);
     ApiError::Unauthorized
@@ -108,6 +114,12 @@ fn resolver_failure(err: bulkhead_store::StoreError, tenant: Option<TenantId>) -
         tenant_id = tenant.map(|t| t.to_string()),
         error = %err,
         "tenant resolution failed; request denied"
+    );
+    crate::audit_log::auth_failure_in_scope(
+        tenant,
+        None,
+        "ResolverError".into(),
+        bulkhead_store::audit::Outcome::Failure,
     );
     ApiError::Unavailable
 }
@@ -127,7 +139,21 @@ pub async fn resolve_tenant(
     next: Next,
 ) -> Response {
     let signals = Signals::read(&request, &state.config().trusted_proxies);
-    match authenticate(&state, signals).await {
+    // Failures recorded during resolution carry the client's details (crate::audit_log).
+    let audit_scope = crate::audit_log::AuthAuditScope {
+        service: state.audit().clone(),
+        ip_address: signals.client_ip,
+        user_agent: request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        request_id: signals.request_id,
+    };
+    let authenticated = crate::audit_log::AUTH_AUDIT
+        .scope(audit_scope, authenticate(&state, signals))
+        .await;
+    match authenticated {
         Ok((ctx, plan)) => {
             request
                 .extensions_mut()
@@ -270,6 +296,7 @@ async fn credential_tenant(
     host_tenant: Option<Tenant>,
     claimed: TenantId,
     actor_id: &str,
+    actor_key: Option<bulkhead_core::ApiKeyId>,
     mismatch: impl Fn() -> ApiError,
 ) -> Result<Tenant, ApiError> {
     let tenant = match host_tenant {
@@ -294,6 +321,12 @@ async fn credential_tenant(
             tenant_id = %tenant.id,
             actor_id = %actor_id,
             "tenant suspended"
+        );
+        crate::audit_log::auth_failure_in_scope(
+            Some(tenant.id),
+            actor_key,
+            "TenantSuspended".into(),
+            bulkhead_store::audit::Outcome::Blocked,
         );
         return Err(ApiError::TenantSuspended);
     }
@@ -334,8 +367,15 @@ pub(crate) async fn authenticate_api_key(
             host_tenant_id,
         )
     };
-    let tenant =
-        credential_tenant(state, host_tenant, tenant_id, &key_id.to_string(), mismatch).await?;
+    let tenant = credential_tenant(
+        state,
+        host_tenant,
+        tenant_id,
+        &key_id.to_string(),
+        Some(key_id),
+        mismatch,
+    )
+    .await?;
     Ok((key, tenant))
 }
 
@@ -371,8 +411,15 @@ pub(crate) async fn authenticate_access_token(
             Some((tenant_id, token_id)),
         )
     };
-    let tenant =
-        credential_tenant(state, host_tenant, tenant_id, &token.claims.sub, mismatch).await?;
+    let tenant = credential_tenant(
+        state,
+        host_tenant,
+        tenant_id,
+        &token.claims.sub,
+        None,
+        mismatch,
+    )
+    .await?;
     Ok((token, tenant))
 }
 
@@ -401,6 +448,12 @@ fn audit_token_refusal(
         tenant_id = known.map(|k| k.0).or(host_tenant).map(|t| t.to_string()),
         token_id = known.map(|k| k.1.to_string()),
         "access token refused"
+    );
+    crate::audit_log::auth_failure_in_scope(
+        known.map(|k| k.0).or(host_tenant),
+        None,
+        format!("AccessToken{reason}"),
+        bulkhead_store::audit::Outcome::Failure,
     );
     metrics::counter!("bulkhead_auth_failures_total").increment(1);
     ApiError::InvalidToken

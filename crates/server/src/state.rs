@@ -28,6 +28,7 @@ struct Inner {
     rate_limits: Option<crate::limits::SharedLimits>,
     config: AppConfig,
     directory: TenantDirectory,
+    audit: std::sync::OnceLock<Arc<crate::audit_log::AuditService>>,
 }
 
 impl AppState {
@@ -87,6 +88,7 @@ impl AppState {
                 rate_limits,
                 config,
                 directory,
+                audit: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -124,6 +126,22 @@ impl AppState {
     /// Settings.
     pub fn config(&self) -> &AppConfig {
         &self.inner.config
+    }
+
+    /// The audit log key and authentication-failure queue. Without [`AppState::set_audit`]
+    /// before first use, a process-local random key (tests and benchmarks).
+    pub fn audit(&self) -> &Arc<crate::audit_log::AuditService> {
+        self.inner.audit.get_or_init(|| {
+            Arc::new(crate::audit_log::AuditService::new(
+                bulkhead_audit::LogSigningKey::generate(),
+            ))
+        })
+    }
+
+    /// Installs the audit service (the configured log key). Returns false, changing nothing, if
+    /// one is already in use.
+    pub fn set_audit(&self, service: Arc<crate::audit_log::AuditService>) -> bool {
+        self.inner.audit.set(service).is_ok()
     }
 
     /// Registry reads, briefly cached.

@@ -19,6 +19,8 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod audit_log;
+pub mod audit_retention;
 pub mod door;
 pub mod embedded;
 mod error;

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod delegation;
 pub mod health;

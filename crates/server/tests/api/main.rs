@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api_keys;
+mod audit;
 mod auth;
 mod delegation;
 mod embedded;

@@ -2,6 +2,7 @@
 // Test helpers outside #[test] functions unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod audit_log;
 mod catalog_lint;
 mod jobs;
 mod rls;

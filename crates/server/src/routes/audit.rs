@@ -1,0 +1,312 @@
+//! `/v1/audit`: the tenant's own verifiable audit log, and the log key at a well-known URL.
+//!
+//! Every route requires `audit:read` and works inside the caller's tenant transaction, so a
+//! tenant only ever sees its own log; another tenant's event id answers like a missing one.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bulkhead_audit::export::ExportLine;
+use bulkhead_core::{AuditEventId, Scope, TenantContext};
+use bulkhead_store::audit_log::{self, EventFilter, ExportItem, ListedEvent, ProofRefusal, Sweep};
+use bulkhead_store::{Access, Store};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{Query, Tenant};
+use crate::state::AppState;
+
+/// Where the log's public key is published (outside `/v1`: no credential needed).
+pub const LOG_KEY_PATH: &str = "/.well-known/bulkhead-audit-key";
+
+/// Default page size of `GET /v1/audit/events`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Leaves read per database round trip while exporting.
+pub const EXPORT_PAGE: u64 = 2000;
+
+/// The routes, to be mounted under `/v1` behind tenant resolution.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/audit/events", get(list_events))
+        .route("/audit/checkpoints", post(checkpoint_now))
+        .route("/audit/checkpoints/latest", get(latest_checkpoint))
+        .route("/audit/proofs/inclusion", get(inclusion))
+        .route("/audit/proofs/consistency", get(consistency))
+        .route("/audit/export", get(export))
+}
+
+/// `GET /.well-known/bulkhead-audit-key`.
+pub async fn log_key(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let public = state.audit().key().public();
+    axum::Json(json!({
+        "algorithm": "ed25519",
+        "key_id": public.key_id(),
+        "public_key": public.to_config_string(),
+        "checkpoint_format": bulkhead_audit::checkpoint::CHECKPOINT_HEADER,
+    }))
+}
+
+/// Query of `GET /v1/audit/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+    /// RFC 3339; events at or after.
+    #[serde(default)]
+    since: Option<DateTime<Utc>>,
+    /// RFC 3339; events before.
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    actor_id: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    resource_id: Option<String>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    data: Vec<ListedEvent>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+fn parse_event_id(text: &str) -> Result<AuditEventId, ApiError> {
+    AuditEventId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn check_label(name: &str, value: &Option<String>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) => {
+            Err(ApiError::Invalid(
+                format!("{name} has 1 to 200 characters, no control characters").into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<EventsQuery>,
+) -> Result<axum::Json<EventPage>, ApiError> {
+    let ctx = tenant.require(Scope::AuditRead)?;
+    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let after = query.cursor.as_deref().map(parse_event_id).transpose()?;
+    if let Some(outcome) = &query.outcome {
+        if !matches!(outcome.as_str(), "success" | "failure" | "blocked") {
+            return Err(ApiError::Invalid(
+                "outcome is success, failure or blocked".into(),
+            ));
+        }
+    }
+    check_label("actor_id", &query.actor_id)?;
+    check_label("action", &query.action)?;
+    check_label("resource_id", &query.resource_id)?;
+    if let (Some(since), Some(until)) = (query.since, query.until) {
+        if since > until {
+            return Err(ApiError::Invalid("since is after until".into()));
+        }
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let rows = audit_log::list_events(
+        &mut tx,
+        &EventFilter {
+            since: query.since,
+            until: query.until,
+            actor_id: query.actor_id,
+            action: query.action,
+            outcome: query.outcome,
+            resource_id: query.resource_id,
+            after,
+            limit: limit + 1,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |e| e.event.event_id.clone());
+    Ok(axum::Json(EventPage { data, next_cursor }))
+}
+
+/// `POST /v1/audit/checkpoints`: sequences the tenant's pending events now and signs a checkpoint.
+async fn checkpoint_now(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = tenant.require(Scope::AuditRead)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    audit_log::sequence(&mut tx, Sweep::Recent).await?;
+    let signed =
+        audit_log::sign_checkpoint(&mut tx, state.audit().key(), state.clock().now()).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(signed)))
+}
+
+async fn latest_checkpoint(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<Response, ApiError> {
+    let ctx = tenant.require(Scope::AuditRead)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let latest = audit_log::latest_checkpoint(&mut tx).await?;
+    tx.commit().await?;
+    latest
+        .map(|c| axum::Json(c).into_response())
+        .ok_or(ApiError::NotFound)
+}
+
+/// Query of `GET /v1/audit/proofs/inclusion`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    event_id: String,
+    tree_size: u64,
+}
+
+fn refusal(refused: ProofRefusal) -> ApiError {
+    match refused {
+        ProofRefusal::NoSuchEvent => ApiError::NotFound,
+        ProofRefusal::NotSequenced => ApiError::Conflict(
+            "the event is not in the log yet: it is sequenced within seconds".into(),
+        ),
+        ProofRefusal::BadSize(why) => ApiError::Invalid(why.into()),
+    }
+}
+
+async fn inclusion(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<InclusionQuery>,
+) -> Result<Response, ApiError> {
+    let ctx = tenant.require(Scope::AuditRead)?;
+    let event = parse_event_id(&query.event_id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let proof = audit_log::inclusion_proof(&mut tx, event, query.tree_size).await?;
+    tx.commit().await?;
+    Ok(axum::Json(proof.map_err(refusal)?).into_response())
+}
+
+/// Query of `GET /v1/audit/proofs/consistency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn consistency(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Response, ApiError> {
+    let ctx = tenant.require(Scope::AuditRead)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let proof = audit_log::consistency_proof(&mut tx, query.from, query.to).await?;
+    tx.commit().await?;
+    Ok(axum::Json(proof.map_err(refusal)?).into_response())
+}
+
+/// `GET /v1/audit/export`: a checkpoint of the whole log (the latest, or a new one if the tree
+/// grew), then every leaf it covers, as NDJSON. Pages are
+/// read in separate short transactions: leaves never change, and a body purged meanwhile comes
+/// out as a `purged` line, which verifies just the same. A failure mid-stream ends the response
+/// early, which the verifier reports (the size does not match the checkpoint).
+async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
+    let ctx = tenant.require(Scope::AuditRead)?.clone();
+    // Sequence what is pending and sign if the tree grew, so the export covers everything
+    // committed so far (and any purge recorded so far).
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    audit_log::sequence(&mut tx, Sweep::Recent).await?;
+    let size = audit_log::tree_size(&mut tx).await?;
+    let checkpoint = match audit_log::latest_checkpoint(&mut tx).await? {
+        Some(latest) if latest.checkpoint.tree_size == size => latest,
+        _ => audit_log::sign_checkpoint(&mut tx, state.audit().key(), state.clock().now()).await?,
+    };
+    tx.commit().await?;
+    let size = checkpoint.checkpoint.tree_size;
+    let mut head = serde_json::to_vec(&ExportLine::Checkpoint { checkpoint })
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    head.push(b'\n');
+    let store = state.store().clone();
+    let pages = futures::stream::unfold(Some(0u64), move |next| {
+        let store = store.clone();
+        let ctx = ctx.clone();
+        async move {
+            let from = next?;
+            if from >= size {
+                return None;
+            }
+            let to = (from + EXPORT_PAGE).min(size);
+            match export_lines(&store, &ctx, from, to).await {
+                Ok(bytes) => Some((Ok(Bytes::from(bytes)), Some(to))),
+                Err(err) => {
+                    tracing::error!(error = %err, "audit export failed mid-stream");
+                    Some((Err(std::io::Error::other("export failed")), None))
+                }
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+        .chain(pages);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn export_lines(
+    store: &Store,
+    ctx: &TenantContext,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let mut tx = store.begin(ctx, Access::ReadOnly).await?;
+    let items = audit_log::export_page(&mut tx, from, to).await?;
+    tx.commit().await?;
+    if items.len() as u64 != to - from {
+        anyhow::bail!("leaves {from}..{to} are incomplete");
+    }
+    let mut out = Vec::with_capacity(items.len() * 600);
+    for item in items {
+        let line = match item {
+            ExportItem::Event {
+                leaf_index,
+                leaf_hash,
+                event,
+            } => ExportLine::Event {
+                leaf_index,
+                leaf_hash,
+                event,
+            },
+            ExportItem::Purged {
+                leaf_index,
+                leaf_hash,
+                event_id,
+            } => ExportLine::Purged {
+                leaf_index,
+                leaf_hash,
+                event_id: event_id.to_string(),
+            },
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}

@@ -1,0 +1,907 @@
+//! The tenant's verifiable audit log over HTTP: every action leaves exactly one event, the log
+//! is the tenant's own, tampering is detected by export verification and by proofs, and bad
+//! parameters are problems, never 500s.
+
+use std::process::Command;
+
+use bulkhead_audit::export::{ExportVerifier, VerifyReport};
+use bulkhead_audit::tree;
+use bulkhead_audit::{AuditEvent, LogPublicKey, SequencedEvent, SignedCheckpoint};
+use bulkhead_server::audit_log::{AuditService, AuthFailure};
+use bulkhead_store::audit::Outcome;
+use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{as_tenant, create_session, problem};
+
+async fn get_json(app: &TestApp, tenant: &TestTenant, path: &str) -> Value {
+    let response = as_tenant(app, tenant, Method::GET, path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Every event of the tenant, through the API (pages of 200).
+async fn all_events(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/audit/events?limit=200&cursor={c}"),
+            None => "/v1/audit/events?limit=200".to_owned(),
+        };
+        let page = get_json(app, tenant, &path).await;
+        out.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+async fn checkpoint_now(app: &TestApp, tenant: &TestTenant) -> SignedCheckpoint {
+    let response = as_tenant(app, tenant, Method::POST, "/v1/audit/checkpoints")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+async fn log_key(app: &TestApp) -> LogPublicKey {
+    let published: Value = app
+        .client
+        .get(app.url("/.well-known/bulkhead-audit-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(published["algorithm"], "ed25519");
+    LogPublicKey::from_config_str(published["public_key"].as_str().unwrap()).unwrap()
+}
+
+async fn export_text(app: &TestApp, tenant: &TestTenant) -> String {
+    let response = as_tenant(app, tenant, Method::GET, "/v1/audit/export")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    response.text().await.unwrap()
+}
+
+fn verify_text(key: &LogPublicKey, text: &str) -> Result<VerifyReport, String> {
+    let mut verifier = ExportVerifier::new(key.clone());
+    for (n, line) in text.lines().enumerate() {
+        verifier
+            .push_line(line)
+            .map_err(|e| format!("line {}: {e}", n + 1))?;
+    }
+    Ok(verifier.finish())
+}
+
+/// Runs `bulkhead audit verify` on `text`; its exit status and output.
+fn cli_verify(key: &LogPublicKey, text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.ndjson");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "verify"])
+        .arg(&path)
+        .args(["--log-key", &key.to_config_string()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn event_of(listed: &Value) -> (u64, AuditEvent) {
+    let mut v = listed.clone();
+    let index = v["leaf_index"].as_u64().expect("sequenced");
+    v.as_object_mut().unwrap().remove("leaf_index");
+    (index, serde_json::from_value(v).unwrap())
+}
+
+async fn inclusion_holds(
+    app: &TestApp,
+    tenant: &TestTenant,
+    listed: &Value,
+    cp: &SignedCheckpoint,
+) -> bool {
+    let (index, event) = event_of(listed);
+    let size = cp.checkpoint.tree_size;
+    let proof = get_json(
+        app,
+        tenant,
+        &format!(
+            "/v1/audit/proofs/inclusion?event_id={}&tree_size={size}",
+            event.event_id
+        ),
+    )
+    .await;
+    assert_eq!(proof["leaf_index"].as_u64(), Some(index));
+    let path: Vec<tree::Hash> = proof["audit_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| bulkhead_audit::hex::decode_hash(h.as_str().unwrap()).unwrap())
+        .collect();
+    // The client hashes the event it was shown; the server's stored leaf hash is not trusted.
+    let leaf = SequencedEvent {
+        leaf_index: index,
+        event: &event,
+    }
+    .leaf_hash()
+    .unwrap();
+    tree::verify_inclusion(index, size, &leaf, &path, &cp.checkpoint.root_hash).is_ok()
+}
+
+/// Waits for the events written since `before` (the auth-failure flusher runs in the background).
+async fn new_events(
+    app: &TestApp,
+    tenant: &TestTenant,
+    before: usize,
+    expect: usize,
+) -> Vec<Value> {
+    for _ in 0..40 {
+        app.state
+            .audit()
+            .flush_auth_failures(app.state.store())
+            .await;
+        let all = all_events(app, tenant).await;
+        if all.len() >= before + expect {
+            return all[before..].to_vec();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    all_events(app, tenant).await[before..].to_vec()
+}
+
+#[tokio::test]
+async fn every_action_emits_exactly_one_event_with_the_right_fields() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let session = create_session(&app, &acme, "s").await;
+    let session_id = session["id"].as_str().unwrap().to_owned();
+    let mint = |principal: &str| {
+        as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+            .json(&json!({ "scopes": ["sessions:read"], "principal": principal }))
+    };
+    let minted: Value = mint("bot-1").send().await.unwrap().json().await.unwrap();
+    let key_id = minted["api_key"]["id"].as_str().unwrap().to_owned();
+    let other: Value = mint("bot-2").send().await.unwrap().json().await.unwrap();
+    let other_id = other["api_key"]["id"].as_str().unwrap().to_owned();
+
+    // (name, request, action, outcome, resource)
+    type Step = (
+        &'static str,
+        reqwest::RequestBuilder,
+        &'static str,
+        &'static str,
+        Option<String>,
+    );
+    let bad_key = format!("{}x", &acme.key[..acme.key.len() - 1]);
+    let steps: Vec<Step> = vec![
+        (
+            "session create",
+            as_tenant(&app, &acme, Method::POST, "/v1/sessions")
+                .json(&json!({ "agent_id": "a", "title": "t" })),
+            "session.create",
+            "success",
+            None,
+        ),
+        (
+            "session update",
+            as_tenant(
+                &app,
+                &acme,
+                Method::PATCH,
+                &format!("/v1/sessions/{session_id}"),
+            )
+            .json(&json!({ "title": "u" })),
+            "session.update",
+            "success",
+            Some(session_id.clone()),
+        ),
+        (
+            "session delete",
+            as_tenant(
+                &app,
+                &acme,
+                Method::DELETE,
+                &format!("/v1/sessions/{session_id}"),
+            ),
+            "session.delete",
+            "success",
+            Some(session_id.clone()),
+        ),
+        (
+            "api key create",
+            mint("bot-3"),
+            "api_key.create",
+            "success",
+            None,
+        ),
+        (
+            "api key update",
+            as_tenant(
+                &app,
+                &acme,
+                Method::PATCH,
+                &format!("/v1/api-keys/{key_id}"),
+            )
+            .json(&json!({ "description": "d" })),
+            "api_key.update",
+            "success",
+            Some(key_id.clone()),
+        ),
+        (
+            "api key rotate",
+            as_tenant(
+                &app,
+                &acme,
+                Method::POST,
+                &format!("/v1/api-keys/{key_id}/rotate"),
+            ),
+            "api_key.rotate",
+            "success",
+            Some(key_id.clone()),
+        ),
+        (
+            "api key revoke",
+            as_tenant(
+                &app,
+                &acme,
+                Method::POST,
+                &format!("/v1/api-keys/{other_id}/revoke"),
+            ),
+            "api_key.revoke",
+            "success",
+            Some(other_id.clone()),
+        ),
+        (
+            "api key revoke-all",
+            as_tenant(&app, &acme, Method::POST, "/v1/api-keys/revoke-all")
+                .json(&json!({ "principal": "bot-3" })),
+            "api_key.revoke",
+            "success",
+            None,
+        ),
+        (
+            "key policy put",
+            as_tenant(&app, &acme, Method::PUT, "/v1/key-policy").json(&json!({
+                "grace_seconds": 3600, "max_age_days": 30, "deadline_warning_seconds": 600
+            })),
+            "key_policy.update",
+            "success",
+            None,
+        ),
+        (
+            "auth failure",
+            app.client
+                .get(app.tenant_url("acme", "/v1/sessions"))
+                .bearer_auth(&bad_key)
+                .header("user-agent", "audit-test/1"),
+            "auth.failure",
+            "failure",
+            None,
+        ),
+    ];
+    for (name, request, action, outcome, resource) in steps {
+        let before = all_events(&app, &acme).await.len();
+        let status = request.send().await.unwrap().status();
+        assert!(
+            status.is_success() || action == "auth.failure",
+            "{name}: {status}"
+        );
+        let new = new_events(&app, &acme, before, 1).await;
+        assert_eq!(new.len(), 1, "{name}: exactly one event, got {new:?}");
+        let e = &new[0];
+        assert_eq!(e["action"], action, "{name}");
+        assert_eq!(e["outcome"], outcome, "{name}");
+        assert_eq!(e["tenant_id"], acme.id.to_string(), "{name}");
+        assert!(
+            e["event_id"].as_str().unwrap().starts_with("evt_"),
+            "{name}"
+        );
+        assert!(
+            e["request_id"].as_str().unwrap().starts_with("req_"),
+            "{name}"
+        );
+        assert!(e["timestamp"].as_str().unwrap().ends_with('Z'), "{name}");
+        if let Some(resource) = resource {
+            assert_eq!(e["resource_id"], resource, "{name}");
+        }
+        if action == "auth.failure" {
+            assert_eq!(e["actor_type"], "anonymous");
+            assert_eq!(e["actor_id"], "anonymous");
+            assert!(e["metadata"]["reason"].is_string(), "{e}");
+            assert_eq!(e["ip_address"], "127.0.0.1");
+            assert_eq!(e["user_agent"], "audit-test/1");
+        } else {
+            assert_eq!(e["actor_type"], "api_key", "{name}");
+            assert!(
+                e["actor_id"].as_str().unwrap().starts_with("key_"),
+                "{name}"
+            );
+        }
+        // No secret reaches the log.
+        assert!(!e.to_string().contains(&acme.key), "{name}");
+        assert!(!e.to_string().contains("bk_live_"), "{name}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_auth_failure_queue_counts_what_it_dropped() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let service = AuditService::with_capacity(bulkhead_audit::LogSigningKey::generate(), 2);
+    for _ in 0..5 {
+        service.record_auth_failure(AuthFailure {
+            tenant: acme.id,
+            key_id: None,
+            reason: "UnknownKey".into(),
+            outcome: Outcome::Failure,
+            ip_address: None,
+            user_agent: None,
+            request_id: Default::default(),
+        });
+    }
+    assert_eq!(service.flush_auth_failures(app.state.store()).await, 3);
+    let events = all_events(&app, &acme).await;
+    let count = |action: &str| events.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(count("auth.failure"), 2);
+    let dropped: Vec<_> = events
+        .iter()
+        .filter(|e| e["action"] == "audit.auth_failures_dropped")
+        .collect();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0]["metadata"]["dropped"], 3);
+    assert_eq!(service.flush_auth_failures(app.state.store()).await, 0);
+}
+
+#[tokio::test]
+async fn committed_events_are_all_in_the_export_and_it_verifies() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    // Committed, no sequencer has run (as after a crash between commit and sequencing).
+    for i in 0..12 {
+        create_session(&app, &acme, &format!("s{i}")).await;
+    }
+    let events = all_events(&app, &acme).await;
+    assert!(events.iter().all(|e| e["leaf_index"].is_null()));
+    let cp = checkpoint_now(&app, &acme).await;
+    assert_eq!(cp.checkpoint.tree_size, events.len() as u64);
+    let key = log_key(&app).await;
+    assert_eq!(key.key_id(), cp.key_id);
+    key.verify(&cp).unwrap();
+    let latest: SignedCheckpoint =
+        serde_json::from_value(get_json(&app, &acme, "/v1/audit/checkpoints/latest").await)
+            .unwrap();
+    assert_eq!(latest, cp);
+
+    let text = export_text(&app, &acme).await;
+    let report = verify_text(&key, &text).unwrap();
+    assert!(report.verified, "{report:?}");
+    assert_eq!(report.events, events.len() as u64);
+    let (ok, out) = cli_verify(&key, &text);
+    assert!(ok, "{out}");
+    for listed in all_events(&app, &acme).await {
+        assert!(inclusion_holds(&app, &acme, &listed, &cp).await);
+    }
+}
+
+#[tokio::test]
+async fn edits_reorders_and_deletions_are_detected() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    for i in 0..8 {
+        create_session(&app, &acme, &format!("s{i}")).await;
+    }
+    let cp1 = checkpoint_now(&app, &acme).await;
+    let key = log_key(&app).await;
+    let events = all_events(&app, &acme).await;
+    let victim = events[5].clone();
+    assert!(inclusion_holds(&app, &acme, &victim, &cp1).await);
+    let su = app.db.superuser_pool().await;
+    let mut conn = su.acquire().await.unwrap();
+    // Bypass the append-only triggers, as a superuser can.
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let (victim_index, victim_event) = event_of(&victim);
+    let victim_uuid = bulkhead_core::AuditEventId::parse(&victim_event.event_id)
+        .unwrap()
+        .uuid();
+
+    // 1. Edit a stored event's body.
+    sqlx::query("UPDATE bulkhead.audit_events SET outcome = 'failure' WHERE id = $1")
+        .bind(victim_uuid)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let report = verify_text(&key, &export_text(&app, &acme).await).unwrap();
+    assert!(!report.verified);
+    assert_eq!(
+        report.first_bad_event.as_ref().unwrap().leaf_index,
+        victim_index
+    );
+    let (ok, out) = cli_verify(&key, &export_text(&app, &acme).await);
+    assert!(!ok && out.contains(&victim_event.event_id), "{out}");
+    let edited = all_events(&app, &acme)
+        .await
+        .into_iter()
+        .find(|e| e["event_id"] == victim["event_id"])
+        .unwrap();
+    assert!(
+        !inclusion_holds(&app, &acme, &edited, &cp1).await,
+        "inclusion proof catches the edit"
+    );
+    sqlx::query("UPDATE bulkhead.audit_events SET outcome = 'success' WHERE id = $1")
+        .bind(victim_uuid)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        verify_text(&key, &export_text(&app, &acme).await)
+            .unwrap()
+            .verified
+    );
+
+    // 2. Reorder two leaves (their hashes and events travel together).
+    let tenant = acme.id.uuid();
+    // Swap leaves 2 and 3 through a free index.
+    for (from, to) in [(2i64, 1_000_000i64), (3, 2), (1_000_000, 3)] {
+        sqlx::query("UPDATE bulkhead.audit_leaves SET leaf_index = $3 WHERE tenant_id = $1 AND leaf_index = $2")
+            .bind(tenant)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let reordered = verify_text(&key, &export_text(&app, &acme).await).unwrap();
+    assert!(!reordered.verified);
+    assert_eq!(reordered.first_bad_event.unwrap().leaf_index, 2);
+    let moved = all_events(&app, &acme)
+        .await
+        .into_iter()
+        .find(|e| e["leaf_index"] == 2)
+        .unwrap();
+    assert!(
+        !inclusion_holds(&app, &acme, &moved, &cp1).await,
+        "inclusion proof catches the move"
+    );
+    for (from, to) in [(2i64, 1_000_000i64), (3, 2), (1_000_000, 3)] {
+        sqlx::query("UPDATE bulkhead.audit_leaves SET leaf_index = $3 WHERE tenant_id = $1 AND leaf_index = $2")
+            .bind(tenant)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    assert!(
+        verify_text(&key, &export_text(&app, &acme).await)
+            .unwrap()
+            .verified
+    );
+
+    // 3. Delete an event's body only, as if retention had removed it: no recorded purge covers
+    //    it, so the export no longer verifies.
+    let (body_index, body_event) = event_of(&events[6]);
+    let body_uuid = bulkhead_core::AuditEventId::parse(&body_event.event_id)
+        .unwrap()
+        .uuid();
+    sqlx::query("DELETE FROM bulkhead.audit_events WHERE id = $1")
+        .bind(body_uuid)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let report = verify_text(&key, &export_text(&app, &acme).await).unwrap();
+    assert!(!report.verified);
+    assert_eq!(report.first_bad_event.unwrap().leaf_index, body_index);
+
+    // 4. Delete an event and rebuild the tree without it (a rewritten history), then keep
+    //    appending: the new checkpoint is signed and its export verifies on its own, but it is
+    //    not consistent with the old checkpoint.
+    sqlx::query("DELETE FROM bulkhead.audit_events WHERE id = $1")
+        .bind(victim_uuid)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM bulkhead.audit_leaves WHERE tenant_id = $1 AND leaf_index >= $2")
+        .bind(tenant)
+        .bind(victim_index as i64)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "DELETE FROM bulkhead.audit_nodes WHERE tenant_id = $1 \
+         AND (node_index + 1) * (1::bigint << level) > $2",
+    )
+    .bind(tenant)
+    .bind(victim_index as i64)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    create_session(&app, &acme, "after-1").await;
+    create_session(&app, &acme, "after-2").await;
+    create_session(&app, &acme, "after-3").await;
+    let cp2 = checkpoint_now(&app, &acme).await;
+    assert!(cp2.checkpoint.tree_size > cp1.checkpoint.tree_size);
+    assert!(
+        verify_text(&key, &export_text(&app, &acme).await)
+            .unwrap()
+            .verified
+    );
+    let proof = get_json(
+        &app,
+        &acme,
+        &format!(
+            "/v1/audit/proofs/consistency?from={}&to={}",
+            cp1.checkpoint.tree_size, cp2.checkpoint.tree_size
+        ),
+    )
+    .await;
+    let hashes: Vec<tree::Hash> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| bulkhead_audit::hex::decode_hash(h.as_str().unwrap()).unwrap())
+        .collect();
+    assert!(tree::verify_consistency(
+        cp1.checkpoint.tree_size,
+        cp2.checkpoint.tree_size,
+        &cp1.checkpoint.root_hash,
+        &cp2.checkpoint.root_hash,
+        &hashes
+    )
+    .is_err());
+    // The same through the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, v: &Value| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let old = write("old.json", &serde_json::to_value(&cp1).unwrap());
+    let new = write("new.json", &serde_json::to_value(&cp2).unwrap());
+    let proof_file = write("proof.json", &proof);
+    let run = |old: &std::path::Path, new: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(["audit", "check-consistency"])
+            .arg(old)
+            .arg(new)
+            .arg("--proof")
+            .arg(&proof_file)
+            .args(["--log-key", &key.to_config_string()])
+            .output()
+            .unwrap()
+    };
+    assert!(!run(&old, &new).status.success());
+}
+
+#[tokio::test]
+async fn an_honest_log_is_consistent_across_checkpoints() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let mut checkpoints = vec![checkpoint_now(&app, &acme).await];
+    for round in 0..4 {
+        for i in 0..=round {
+            create_session(&app, &acme, &format!("r{round}-{i}")).await;
+        }
+        checkpoints.push(checkpoint_now(&app, &acme).await);
+    }
+    for pair in checkpoints.windows(2) {
+        let (a, b) = (&pair[0].checkpoint, &pair[1].checkpoint);
+        let proof = get_json(
+            &app,
+            &acme,
+            &format!(
+                "/v1/audit/proofs/consistency?from={}&to={}",
+                a.tree_size, b.tree_size
+            ),
+        )
+        .await;
+        let hashes: Vec<tree::Hash> = serde_json::from_value::<Vec<String>>(proof["proof"].clone())
+            .unwrap()
+            .iter()
+            .map(|h| bulkhead_audit::hex::decode_hash(h).unwrap())
+            .collect();
+        tree::verify_consistency(
+            a.tree_size,
+            b.tree_size,
+            &a.root_hash,
+            &b.root_hash,
+            &hashes,
+        )
+        .unwrap();
+    }
+    // The CLI agrees, given the checkpoints, the proof and the published key document.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (first, last) = (&checkpoints[1], checkpoints.last().unwrap());
+    let proof = get_json(
+        &app,
+        &acme,
+        &format!(
+            "/v1/audit/proofs/consistency?from={}&to={}",
+            first.checkpoint.tree_size, last.checkpoint.tree_size
+        ),
+    )
+    .await;
+    let published = app
+        .client
+        .get(app.url("/.well-known/bulkhead-audit-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "check-consistency"])
+        .arg(write("old.json", serde_json::to_string(first).unwrap()))
+        .arg(write("new.json", serde_json::to_string(last).unwrap()))
+        .arg("--proof")
+        .arg(write("proof.json", proof.to_string()))
+        .arg("--log-key")
+        .arg(write("key.json", published))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_log() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    create_session(&app, &acme, "a").await;
+    create_session(&app, &globex, "b").await;
+    checkpoint_now(&app, &acme).await;
+    checkpoint_now(&app, &globex).await;
+    let theirs = all_events(&app, &globex).await;
+    let their_event = theirs[0]["event_id"].as_str().unwrap().to_owned();
+
+    let export = export_text(&app, &acme).await;
+    assert!(!export.contains(&globex.id.to_string()));
+    for e in &theirs {
+        assert!(!export.contains(e["event_id"].as_str().unwrap()));
+    }
+    let ours = all_events(&app, &acme).await;
+    assert!(ours.iter().all(|e| e["tenant_id"] == acme.id.to_string()));
+
+    // Another tenant's event answers exactly like a missing one.
+    let missing = bulkhead_core::AuditEventId::new().to_string();
+    let fetch = |id: String| {
+        as_tenant(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/audit/proofs/inclusion?event_id={id}&tree_size=1"),
+        )
+        .send()
+    };
+    let (theirs_status, theirs_body) = problem(fetch(their_event.clone()).await.unwrap()).await;
+    let (missing_status, missing_body) = problem(fetch(missing).await.unwrap()).await;
+    assert_eq!(theirs_status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (theirs_status, &theirs_body),
+        (missing_status, &missing_body)
+    );
+    // Filtering by their resources finds nothing.
+    let filtered = get_json(
+        &app,
+        &acme,
+        &format!(
+            "/v1/audit/events?resource_id={}",
+            theirs[0]["resource_id"].as_str().unwrap_or("x")
+        ),
+    )
+    .await;
+    assert_eq!(filtered["data"], json!([]));
+}
+
+#[tokio::test]
+async fn filters_and_paging() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let s = create_session(&app, &acme, "one").await;
+    for i in 0..4 {
+        create_session(&app, &acme, &format!("s{i}")).await;
+    }
+    let id = s["id"].as_str().unwrap();
+    let by_resource = get_json(&app, &acme, &format!("/v1/audit/events?resource_id={id}")).await;
+    assert_eq!(by_resource["data"].as_array().unwrap().len(), 1);
+    let by_action = get_json(
+        &app,
+        &acme,
+        "/v1/audit/events?action=session.create&outcome=success",
+    )
+    .await;
+    assert_eq!(by_action["data"].as_array().unwrap().len(), 5);
+    let page = get_json(
+        &app,
+        &acme,
+        "/v1/audit/events?action=session.create&limit=2",
+    )
+    .await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert!(page["next_cursor"].is_string());
+    let future = get_json(&app, &acme, "/v1/audit/events?since=2999-01-01T00:00:00Z").await;
+    assert_eq!(future["data"], json!([]));
+    let past = get_json(&app, &acme, "/v1/audit/events?until=2000-01-01T00:00:00Z").await;
+    assert_eq!(past["data"], json!([]));
+}
+
+#[tokio::test]
+async fn bad_parameters_are_problems_and_the_scope_is_required() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_session(&app, &acme, "x").await;
+    checkpoint_now(&app, &acme).await;
+    for (path, expected) in [
+        (
+            "/v1/audit/proofs/inclusion?event_id=nope&tree_size=1",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/audit/proofs/inclusion?tree_size=1",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/audit/proofs/inclusion?event_id=evt_01&tree_size=-1",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/audit/proofs/consistency?from=2&to=1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/audit/proofs/consistency?from=0&to=1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/audit/proofs/consistency?from=1&to=999999",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/audit/proofs/consistency?from=1&to=18446744073709551615",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/audit/proofs/consistency?from=x&to=1",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/audit/events?outcome=maybe",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/v1/audit/events?limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "/v1/audit/events?limit=201",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/v1/audit/events?since=yesterday", StatusCode::BAD_REQUEST),
+        (
+            "/v1/audit/events?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/v1/audit/events?cursor=sess_x", StatusCode::BAD_REQUEST),
+        ("/v1/audit/events?what=1", StatusCode::BAD_REQUEST),
+    ] {
+        let response = as_tenant(&app, &acme, Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        let (status, _) = problem(response).await;
+        assert_eq!(status, expected, "{path}");
+    }
+    // An event in the tree but beyond the asked size, and an event not yet sequenced.
+    let events = all_events(&app, &acme).await;
+    let last = events.last().unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = problem(
+        as_tenant(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/audit/proofs/inclusion?event_id={last}&tree_size=1"),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    create_session(&app, &acme, "late").await;
+    let late = all_events(&app, &acme).await.last().unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = problem(
+        as_tenant(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/audit/proofs/inclusion?event_id={late}&tree_size=1"),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // A key without audit:read.
+    let minted: Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reader = TestTenant {
+        key: minted["key"].as_str().unwrap().to_owned(),
+        ..acme.clone()
+    };
+    for path in [
+        "/v1/audit/events",
+        "/v1/audit/export",
+        "/v1/audit/checkpoints/latest",
+    ] {
+        let (status, _) = problem(
+            as_tenant(&app, &reader, Method::GET, path)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    // A tenant with no checkpoint yet.
+    let fresh = app.create_tenant("fresh").await;
+    let (status, _) = problem(
+        as_tenant(&app, &fresh, Method::GET, "/v1/audit/checkpoints/latest")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // ... but an export signs one.
+    let key = log_key(&app).await;
+    assert!(
+        verify_text(&key, &export_text(&app, &fresh).await)
+            .unwrap()
+            .verified
+    );
+}
