@@ -122,6 +122,8 @@ GRANT SELECT, INSERT ON bulkhead.revoked_tokens TO bulkhead_app;
 
 -- Every process loads the whole denylist at start and after its listener reconnects, before any
 -- tenant context exists. Ids of revoked tokens are not secrets: they only say "refuse this".
+-- Never truncated: a partial denylist would accept revoked tokens (rows expire within about an
+-- hour of their token, which bounds the size).
 CREATE FUNCTION bulkhead.revoked_tokens_active(p_now timestamptz)
 RETURNS TABLE (revoked_tenant_id uuid, revoked_id uuid, revoked_kind text, revoked_expires_at timestamptz)
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
@@ -133,8 +135,7 @@ BEGIN
     RETURN QUERY
         SELECT r.tenant_id, r.id, r.kind, r.expires_at
         FROM bulkhead.revoked_tokens r
-        WHERE r.expires_at > p_now
-        LIMIT 1000000;
+        WHERE r.expires_at > p_now;
     PERFORM set_config('bulkhead.definer', '', true);
 END
 $$;

@@ -108,8 +108,8 @@ pub struct AccessClaims {
     /// The delegation chain, when delegated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<ActClaim>,
-    /// The `jti`s of the tokens this one was derived from by delegation, root first: revoking
-    /// any of them revokes this one.
+    /// What this token was derived from by delegation, root first: the `jti`s of tokens and the
+    /// ids of auth sessions (an actor's own session). Revoking any of them revokes this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delegated_from: Vec<String>,
 }
@@ -234,6 +234,15 @@ pub fn verify_access_token(
     keys: &KeySet,
     expect: &Expectations<'_>,
 ) -> Result<AccessClaims, TokenError> {
+    verify_access_token_with_kid(token, keys, expect).map(|(claims, _)| claims)
+}
+
+/// [`verify_access_token`], also returning the `kid` of the key that verified it.
+pub fn verify_access_token_with_kid(
+    token: &str,
+    keys: &KeySet,
+    expect: &Expectations<'_>,
+) -> Result<(AccessClaims, String), TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
     }
@@ -299,7 +308,7 @@ pub fn verify_access_token(
     if claims.exp.saturating_sub(claims.iat) > MAX_ACCESS_TOKEN_SECS || claims.nbf < claims.iat {
         return Err(TokenError::Lifetime);
     }
-    Ok(claims)
+    Ok((claims, key.kid.clone()))
 }
 
 /// Reads the claims of a token without verifying anything. For introspection of a token that

@@ -41,6 +41,11 @@ pub enum ApiError {
     /// prefix.
     #[error("outside the resource prefix")]
     OutsidePrefix,
+    /// 403: a delegated or prefix-confined credential may not do this (mint, rotate or loosen
+    /// API keys; see or end auth sessions): it acts for someone else, within bounds a key or a
+    /// session could not carry.
+    #[error("confined credential")]
+    ConfinedCredential,
     /// 403: the tenant is suspended.
     #[error("tenant suspended")]
     TenantSuspended,
@@ -138,6 +143,14 @@ impl ApiError {
                 problem_type!("outside-resource-prefix"),
                 "Forbidden",
                 "the credential is confined to a resource prefix that does not contain this namespace"
+                    .into(),
+            ),
+            ConfinedCredential => (
+                StatusCode::FORBIDDEN,
+                problem_type!("confined-credential"),
+                "Forbidden",
+                "a delegated or prefix-confined credential cannot do this: it acts for someone else \
+                 within bounds that API keys and sessions cannot carry"
                     .into(),
             ),
             TenantSuspended => (

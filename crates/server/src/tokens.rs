@@ -21,8 +21,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bulkhead_auth::token::{
-    sign_access_token, verify_access_token, TokenError, LEEWAY_SECS, MAX_ACCESS_TOKEN_SECS,
-    MIN_ACCESS_TOKEN_SECS,
+    sign_access_token, verify_access_token_with_kid, TokenError, LEEWAY_SECS,
+    MAX_ACCESS_TOKEN_SECS, MIN_ACCESS_TOKEN_SECS,
 };
 use bulkhead_auth::{
     AccessClaims, ActClaim, Expectations, KeySet, MasterKey, SigningKey, VerifyingKey,
@@ -112,8 +112,10 @@ pub struct VerifiedToken {
     pub scopes: ScopeSet,
     /// The namespace it is confined to.
     pub resource_prefix: Option<Namespace>,
-    /// The tokens it was derived from (`delegated_from`), as UUIDs.
+    /// The tokens and sessions it was derived from (`delegated_from`), as UUIDs.
     pub ancestors: Vec<Uuid>,
+    /// The signing key's id.
+    pub kid: String,
     /// When it expires.
     pub expires_at: DateTime<Utc>,
 }
@@ -143,8 +145,7 @@ pub struct Grant<'a> {
     pub delegated_from: Vec<String>,
 }
 
-/// An issued access token.
-#[derive(Debug)]
+/// An issued access token. `Debug` leaves the token out.
 pub struct IssuedToken {
     /// The JWT (the secret: hand it out once).
     pub token: String,
@@ -152,6 +153,15 @@ pub struct IssuedToken {
     pub claims: AccessClaims,
     /// Seconds until it expires.
     pub expires_in: i64,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("jti", &self.claims.jti)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 struct LoadedKeys {
@@ -330,6 +340,12 @@ impl TokenService {
         let now = self.clock.now();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let verified = match self.verified.get(&digest) {
+            // A key that left the JWKS since (even mid-verification, racing the cache flush)
+            // verifies nothing.
+            Some(hit) if !self.loaded().keys.contains(&hit.kid) => {
+                self.verified.invalidate(&digest);
+                return Err(TokenRefusal::Invalid(TokenError::UnknownKey));
+            }
             Some(hit) => {
                 // The same checks of time the verifier makes, against this request's now.
                 let now_secs = now.timestamp();
@@ -383,8 +399,8 @@ impl TokenService {
             audience: &self.settings.audience,
             now: now.timestamp(),
         };
-        let claims =
-            verify_access_token(token, &loaded.keys, &expect).map_err(TokenRefusal::Invalid)?;
+        let (claims, kid) = verify_access_token_with_kid(token, &loaded.keys, &expect)
+            .map_err(TokenRefusal::Invalid)?;
         let tenant_id =
             TenantId::parse(&claims.tenant_id).map_err(|_| TokenRefusal::UnreadableClaims)?;
         let token_id =
@@ -401,10 +417,15 @@ impl TokenService {
             Some(text) => Some(Namespace::parse(text).map_err(|_| TokenRefusal::UnreadableClaims)?),
             None => None,
         };
+        // Tokens (`at_…`) and auth sessions (`asess_…`) it derives from; both are denylist keys.
         let ancestors = claims
             .delegated_from
             .iter()
-            .map(|jti| AccessTokenId::parse(jti).map(|id| id.uuid()))
+            .map(|id| {
+                AccessTokenId::parse(id)
+                    .map(|t| t.uuid())
+                    .or_else(|_| AuthSessionId::parse(id).map(|s| s.uuid()))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| TokenRefusal::UnreadableClaims)?;
         let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(now);
@@ -416,6 +437,7 @@ impl TokenService {
             scopes,
             resource_prefix,
             ancestors,
+            kid,
             expires_at,
         })
     }

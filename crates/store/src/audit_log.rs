@@ -186,6 +186,9 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
         Sweep::Recent => recent_lower_bound(tx, size).await?,
     };
     let mut appended = 0u64;
+    // Streaming to the tenant's SIEM (webhook endpoints subscribed to `audit.event`): looked up
+    // once per run, so tenants without a subscriber pay one query.
+    let stream_targets = crate::webhooks::audit_stream_targets(tx).await?;
     loop {
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM bulkhead.audit_events e \
@@ -240,6 +243,10 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
                 levels.push(i16::from(node.level));
                 node_indexes.push(node.index as i64);
                 node_hashes.push(hash.to_vec());
+            }
+            if !stream_targets.is_empty() {
+                let payload = serde_json::json!({ "leaf_index": size, "event": event });
+                crate::webhooks::enqueue_audit_stream(tx, &stream_targets, payload).await?;
             }
             leaf_indexes.push(size as i64);
             event_ids.push(id);

@@ -229,9 +229,9 @@ pub async fn get_session(tx: &mut TenantTx, id: AuthSessionId) -> Result<AuthSes
 /// Whose sessions to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionOwner {
-    /// The sessions acting for this principal (a user id or an agent principal).
-    Principal(String),
-    /// The sessions issued to this client (an API key id).
+    /// A human's sessions: principal type `user` with this `user_…` id.
+    User(String),
+    /// The sessions issued to this client (an API key id): an agent's.
     Client(String),
 }
 
@@ -242,13 +242,13 @@ pub async fn live_sessions_of(
     now: DateTime<Utc>,
 ) -> Result<Vec<AuthSession>, StoreError> {
     let tenant = tx.tenant_id();
-    let (column, value) = match owner {
-        SessionOwner::Principal(p) => ("principal_id", p),
-        SessionOwner::Client(c) => ("client_id", c),
+    let (predicate, value) = match owner {
+        SessionOwner::User(p) => ("s.principal_type = 'user' AND s.principal_id", p),
+        SessionOwner::Client(c) => ("s.client_id", c),
     };
     let rows: Vec<SessionRow> = sqlx::query_as(&format!(
         "SELECT {SESSION_COLUMNS} FROM bulkhead.auth_sessions s \
-         WHERE s.tenant_id = $1 AND s.{column} = $2 AND s.revoked_at IS NULL \
+         WHERE s.tenant_id = $1 AND {predicate} = $2 AND s.revoked_at IS NULL \
            AND s.expires_at > $3 \
            AND s.last_used_at + make_interval(secs => s.idle_timeout_seconds) > $3 \
          ORDER BY s.id DESC LIMIT 200"
@@ -564,54 +564,47 @@ pub struct Throttle {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
-/// The throttle row of an account name (by its UUIDv5).
-pub async fn throttle(tx: &mut TenantTx, id: Uuid) -> Result<Throttle, StoreError> {
-    read_throttle(tx, id, "").await
-}
-
-/// Same as [`throttle`], locking the row for the rest of the transaction.
-pub async fn throttle_for_update(tx: &mut TenantTx, id: Uuid) -> Result<Throttle, StoreError> {
-    read_throttle(tx, id, "FOR UPDATE").await
-}
-
-async fn read_throttle(tx: &mut TenantTx, id: Uuid, lock: &str) -> Result<Throttle, StoreError> {
-    let tenant = tx.tenant_id();
-    let row: Option<(i32, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
-        "SELECT failures, locked_until FROM bulkhead.login_throttle \
-         WHERE tenant_id = $1 AND id = $2 {lock}"
-    ))
-    .bind(tenant.uuid())
-    .bind(id)
-    .fetch_optional(tx.conn())
-    .await?;
-    Ok(
-        row.map_or_else(Throttle::default, |(failures, locked_until)| Throttle {
-            failures,
-            locked_until,
-        }),
-    )
-}
-
-/// Records a failure and the lock it earns.
-pub async fn record_login_failure(
+/// Counts one login attempt against an account name, atomically (an upsert that increments
+/// under the row lock, so concurrent attempts are serialised and each sees the count before
+/// it). Returns the count including this attempt and the lock that was in force before it.
+/// The caller refuses (and rolls back) when that lock has not expired, and otherwise records the
+/// lock the new count earns with [`set_login_lock`].
+pub async fn count_login_attempt(
     tx: &mut TenantTx,
     id: Uuid,
-    failures: i32,
-    locked_until: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
+) -> Result<Throttle, StoreError> {
+    let tenant = tx.tenant_id();
+    let (failures, locked_until): (i32, Option<DateTime<Utc>>) = sqlx::query_as(
+        "INSERT INTO bulkhead.login_throttle AS t (tenant_id, id, failures, last_failure_at) \
+         VALUES ($1, $2, 1, $3) ON CONFLICT (tenant_id, id) DO UPDATE SET \
+         failures = t.failures + 1, last_failure_at = EXCLUDED.last_failure_at \
+         RETURNING t.failures, t.locked_until",
+    )
+    .bind(tenant.uuid())
+    .bind(id)
+    .bind(now)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(Throttle {
+        failures,
+        locked_until,
+    })
+}
+
+/// Sets the lock of an account name (after [`count_login_attempt`]).
+pub async fn set_login_lock(
+    tx: &mut TenantTx,
+    id: Uuid,
+    locked_until: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.login_throttle (tenant_id, id, failures, locked_until, last_failure_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, id) DO UPDATE SET \
-         failures = EXCLUDED.failures, locked_until = EXCLUDED.locked_until, \
-         last_failure_at = EXCLUDED.last_failure_at",
+        "UPDATE bulkhead.login_throttle SET locked_until = $3 WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(id)
-    .bind(failures)
     .bind(locked_until)
-    .bind(now)
     .execute(tx.conn())
     .await?;
     Ok(())

@@ -439,6 +439,43 @@ pub async fn enqueue_platform_event(
     Ok(Some(id))
 }
 
+/// The event type of the audit stream (issue 8): a tenant's SIEM receives each of its audit
+/// events, with its place in the tenant's Merkle log, once sequenced.
+pub const AUDIT_STREAM_EVENT: &str = "audit.event";
+
+/// Endpoints that subscribed to the audit stream by name. A catch-all endpoint (no event types)
+/// does not get it: the stream is as large as the audit log itself.
+pub async fn audit_stream_targets(tx: &mut TenantTx) -> Result<Vec<uuid::Uuid>, StoreError> {
+    let tenant = tx.tenant_id();
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND enabled \
+         AND $2 = ANY(event_types) ORDER BY id",
+    )
+    .bind(tenant.uuid())
+    .bind(AUDIT_STREAM_EVENT)
+    .fetch_all(tx.conn())
+    .await?)
+}
+
+/// Queues one audit-stream message to `targets` (from [`audit_stream_targets`]), in the caller's
+/// transaction: the sequencer's, so an event is streamed exactly when it joins the log.
+pub async fn enqueue_audit_stream(
+    tx: &mut TenantTx,
+    targets: &[uuid::Uuid],
+    payload: Value,
+) -> Result<MessageId, StoreError> {
+    let body = serde_json::json!({ "type": AUDIT_STREAM_EVENT, "data": payload });
+    insert_message(
+        tx,
+        AUDIT_STREAM_EVENT,
+        &body,
+        MessageSource::Platform,
+        targets,
+        Utc::now(),
+    )
+    .await
+}
+
 /// One message of the transaction's tenant.
 pub async fn get_message(tx: &mut TenantTx, id: MessageId) -> Result<Message, StoreError> {
     let tenant = tx.tenant_id();

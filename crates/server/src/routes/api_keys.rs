@@ -194,8 +194,21 @@ fn caller_scopes(ctx: &TenantContext) -> ScopeSet {
     ctx.actor().scopes().cloned().unwrap_or_else(ScopeSet::all)
 }
 
+/// Refuses credentials that are confined (to a resource prefix) or delegated: an API key can
+/// carry neither the prefix, nor the token's expiry, nor its lineage, so a key minted, rotated or
+/// loosened by such a token would escape every bound the delegation put on it.
+fn refuse_confined(ctx: &TenantContext) -> Result<(), ApiError> {
+    let actor = ctx.actor();
+    if actor.resource_prefix().is_none() && actor.delegation().is_none() {
+        return Ok(());
+    }
+    crate::extract::audit_forbidden(ctx, Scope::KeysManage, "confined-credential");
+    Err(ApiError::ConfinedCredential)
+}
+
 /// Refuses unless the caller holds every scope of `wanted`: nobody mints a stronger key.
 fn check_may_grant(ctx: &TenantContext, wanted: &ScopeSet) -> Result<(), ApiError> {
+    refuse_confined(ctx)?;
     let held = caller_scopes(ctx);
     match wanted.iter().find(|s| !held.contains(*s)) {
         None => Ok(()),
@@ -365,6 +378,7 @@ async fn update(
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
     let id = parse_id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
+    refuse_confined(ctx)?;
     let manages = ctx.has_scope(Scope::KeysManage);
     let now = state.clock().now();
     if let Some(d) = &body.description {

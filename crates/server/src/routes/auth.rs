@@ -103,21 +103,26 @@ impl IpThrottle {
             .await
     }
 
-    /// Seconds to wait if this address is over its budget now.
-    async fn retry_after(&self, ip: IpAddr, now: i64) -> Option<u64> {
-        let entry = self.entry(ip).await;
-        let (count, start) = *entry.lock().unwrap_or_else(|p| p.into_inner());
-        (count >= IP_FAILURES_PER_WINDOW && now - start < IP_WINDOW_SECS)
-            .then(|| (IP_WINDOW_SECS - (now - start)).max(1) as u64)
-    }
-
-    async fn record_failure(&self, ip: IpAddr, now: i64) {
+    /// Counts an attempt from `ip`; `Some(seconds to wait)` (and nothing counted) if the
+    /// address is already over its budget in the current window.
+    async fn take_attempt(&self, ip: IpAddr, now: i64) -> Option<u64> {
         let entry = self.entry(ip).await;
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         if now - guard.1 >= IP_WINDOW_SECS {
             *guard = (0, now);
         }
+        if guard.0 >= IP_FAILURES_PER_WINDOW {
+            return Some((IP_WINDOW_SECS - (now - guard.1)).max(1) as u64);
+        }
         guard.0 += 1;
+        None
+    }
+
+    /// Gives back the attempt of a successful login: only failures use up the budget.
+    async fn give_back(&self, ip: IpAddr) {
+        let entry = self.entry(ip).await;
+        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0 = guard.0.saturating_sub(1);
     }
 }
 
@@ -225,8 +230,16 @@ async fn login(
     );
     let clock = state.clock().clone();
     let now = clock.now();
+    // A suspended tenant refuses every login before any password work, with the answer a wrong
+    // password gets: whether a password is right must not be learnable from the status code.
+    if tenant.status != TenantStatus::Active {
+        audit_login(&tenant, "blocked", "tenant_suspended", None);
+        return Err(ApiError::InvalidLogin);
+    }
+    // Each attempt is counted against the address before the password is checked (and given
+    // back if it succeeds), so concurrent guesses cannot all slip under the budget.
     if let Some(ip) = client_ip {
-        if let Some(wait) = state.login_ips().retry_after(ip, now.timestamp()).await {
+        if let Some(wait) = state.login_ips().take_attempt(ip, now.timestamp()).await {
             audit_login(&tenant, "blocked", "address_throttled", None);
             return Err(ApiError::LoginThrottled(wait));
         }
@@ -239,25 +252,30 @@ async fn login(
         RequestId::new(),
     );
 
-    // Read what the decision needs, then check the password outside any transaction: argon2id
-    // takes tens of milliseconds and must not hold a connection or a row lock.
-    let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-    let throttle = tokens::throttle(&mut tx, name_id).await?;
-    let user = users::by_email(&mut tx, &email).await?;
-    tx.commit().await?;
-    if let Some(until) = throttle.locked_until.filter(|until| *until > now) {
+    // The attempt is counted as a failure, under the row lock, before the password is checked
+    // (a success clears it): N concurrent guesses are serialised here, so at most
+    // FREE_FAILURES of them reach the password check before the lock applies. The check itself
+    // runs outside any transaction: argon2id takes tens of milliseconds and must not hold a
+    // connection or a row lock.
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    let counted = tokens::count_login_attempt(&mut tx, name_id, now).await?;
+    if let Some(until) = counted.locked_until.filter(|until| *until > now) {
+        // Locked: this attempt is not counted and no password is checked.
+        tx.rollback().await?;
         audit_login(&tenant, "blocked", "account_throttled", None);
         return Err(ApiError::LoginThrottled(retry_secs(until, now)));
     }
+    let failures = counted.failures;
+    if let Some(secs) = lock_for(failures) {
+        tokens::set_login_lock(&mut tx, name_id, now + chrono::Duration::seconds(secs)).await?;
+    }
+    let user = users::by_email(&mut tx, &email).await?;
+    tx.commit().await?;
     let usable = user.as_ref().filter(|u| u.status == UserStatus::Active);
     let matched = verify_password(usable.map(|u| u.password_hash.as_str()), &body.password);
 
     let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
     let (Some(user), true) = (usable, matched) else {
-        let current = tokens::throttle_for_update(&mut tx, name_id).await?;
-        let failures = current.failures.saturating_add(1);
-        let locked_until = lock_for(failures).map(|secs| now + chrono::Duration::seconds(secs));
-        tokens::record_login_failure(&mut tx, name_id, failures, locked_until, now).await?;
         audit::record(
             &mut tx,
             "auth.login",
@@ -267,15 +285,11 @@ async fn login(
         )
         .await?;
         tx.commit().await?;
-        if let Some(ip) = client_ip {
-            state.login_ips().record_failure(ip, now.timestamp()).await;
-        }
         audit_login(&tenant, "failure", "invalid_credentials", None);
         return Err(ApiError::InvalidLogin);
     };
-    if tenant.status != TenantStatus::Active {
-        audit_login(&tenant, "blocked", "tenant_suspended", Some(user.id));
-        return Err(ApiError::TenantSuspended);
+    if let Some(ip) = client_ip {
+        state.login_ips().give_back(ip).await;
     }
     let Some(scopes) = user.scopes.clone() else {
         // A stored scope this binary cannot read grants nothing; refuse rather than guess.
@@ -414,6 +428,10 @@ async fn logout(
         ));
     };
     let session = *session;
+    if ctx.actor().delegation().is_some() {
+        // A delegated token carries its delegator's session; it may not end it.
+        return Err(ApiError::ConfinedCredential);
+    }
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     end_session_in(&state, &mut tx, session, EndReason::Logout).await?;
     audit::record(
@@ -433,13 +451,33 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Whose sessions a caller sees: a token's subject, or for an API key the sessions it is the
-/// client of.
-fn caller_owns(ctx: &TenantContext, session: &AuthSession) -> bool {
+/// Whose sessions a caller sees: a human's token, that user's; an agent's token or key, the
+/// sessions issued to that key. Matched on the principal's type and id, or the key id, never on
+/// a free-form principal label (which any key manager can choose). A delegated credential acts
+/// for someone else and sees no sessions of its own.
+fn session_owner(ctx: &TenantContext) -> Option<tokens::SessionOwner> {
+    if ctx.actor().delegation().is_some() {
+        return None;
+    }
     match ctx.actor() {
-        Actor::Token { subject, .. } => session.principal_id == *subject,
-        Actor::ApiKey { key_id, .. } => session.client_id == key_id.to_string(),
-        _ => false,
+        Actor::Token {
+            human: true,
+            subject,
+            ..
+        } => Some(tokens::SessionOwner::User(subject.clone())),
+        Actor::Token { client_id, .. } => Some(tokens::SessionOwner::Client(client_id.clone())),
+        Actor::ApiKey { key_id, .. } => Some(tokens::SessionOwner::Client(key_id.to_string())),
+        _ => None,
+    }
+}
+
+fn caller_owns(ctx: &TenantContext, session: &AuthSession) -> bool {
+    match session_owner(ctx) {
+        Some(tokens::SessionOwner::User(id)) => {
+            session.principal_type == PrincipalType::User && session.principal_id == id
+        }
+        Some(tokens::SessionOwner::Client(id)) => session.client_id == id,
+        None => false,
     }
 }
 
@@ -456,17 +494,12 @@ async fn list_sessions(
     tenant: TenantExtract,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let ctx = &tenant.0;
-    let (owner, current) = match ctx.actor() {
-        Actor::Token {
-            subject,
-            session_id,
-            ..
-        } => (
-            tokens::SessionOwner::Principal(subject.clone()),
-            *session_id,
-        ),
-        Actor::ApiKey { key_id, .. } => (tokens::SessionOwner::Client(key_id.to_string()), None),
-        _ => return Err(ApiError::Unauthorized),
+    let Some(owner) = session_owner(ctx) else {
+        return Err(ApiError::ConfinedCredential);
+    };
+    let current = match ctx.actor() {
+        Actor::Token { session_id, .. } => *session_id,
+        _ => None,
     };
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let sessions = tokens::live_sessions_of(&mut tx, &owner, state.clock().now()).await?;

@@ -117,6 +117,11 @@ async fn delegate(
     client_ip: Option<IpAddr>,
 ) -> Result<Delegate, OAuthError> {
     if let Some(actor_token) = form.get("actor_token") {
+        // A client that authenticates must do so correctly (RFC 6749 §3.2.1), whoever the actor
+        // is.
+        if let Some(auth) = &auth {
+            authenticate_client(state, auth, Some(tenant.clone()), client_ip).await?;
+        }
         return match form.get("actor_token_type") {
             Some(ACCESS_TOKEN_TYPE) => {
                 let token = verify_token(state, actor_token, "actor token")?;
@@ -252,7 +257,13 @@ fn narrow(
             Some(asked)
         }
     };
-    let depth = subject.claims.act.as_ref().map_or(0, ActClaim::depth) + 1;
+    // The actor's own delegation counts too: a delegated actor cannot reset the chain.
+    let actor_depth = actor
+        .token
+        .as_ref()
+        .and_then(|t| t.claims.act.as_ref())
+        .map_or(0, ActClaim::depth);
+    let depth = subject.claims.act.as_ref().map_or(0, ActClaim::depth) + 1 + actor_depth;
     if depth > state.config().tokens.max_delegation_depth {
         return Err((
             OAuthError::invalid_grant("the delegation chain is at its maximum depth"),
@@ -263,7 +274,19 @@ fn narrow(
     let mut delegated_from = subject.claims.delegated_from.clone();
     delegated_from.push(subject.claims.jti.clone());
     if let Some(actor_token) = &actor.token {
+        // The new token dies with the actor's token, everything that one derives from, and the
+        // actor's session (the subject's session is inherited as `sid`).
         not_after = not_after.min(actor_token.expires_at);
+        for ancestor in &actor_token.claims.delegated_from {
+            if !delegated_from.contains(ancestor) {
+                delegated_from.push(ancestor.clone());
+            }
+        }
+        if let Some(sid) = &actor_token.claims.sid {
+            if subject.claims.sid.as_ref() != Some(sid) && !delegated_from.contains(sid) {
+                delegated_from.push(sid.clone());
+            }
+        }
         delegated_from.push(actor_token.claims.jti.clone());
     }
     Ok(Narrowed {

@@ -417,15 +417,19 @@ async fn client_credentials(
     })
 }
 
-/// The tenant a refresh token names, which must agree with the host and be active.
+/// The tenant a refresh token names, which must agree with the host and be active. Every
+/// refusal is the same `invalid_grant` as an unknown token: the tenant part of a refresh token
+/// is not authenticated, so the answer must not say whether such a tenant exists or is
+/// suspended.
 async fn refresh_tenant(
     state: &AppState,
     presented: &RefreshToken,
     host_tenant: Option<Tenant>,
 ) -> Result<Tenant, OAuthError> {
+    let invalid = || OAuthError::invalid_grant(INVALID_REFRESH);
     let claimed = TenantId::from_uuid(uuid::Uuid::from_bytes(presented.tenant()));
     if host_tenant.as_ref().is_some_and(|t| t.id != claimed) {
-        return Err(OAuthError::invalid_grant("the refresh token is invalid"));
+        return Err(invalid());
     }
     let tenant = match host_tenant {
         Some(t) => t,
@@ -434,13 +438,16 @@ async fn refresh_tenant(
             .by_id(state.store(), claimed)
             .await
             .map_err(|_| OAuthError::unavailable())?
-            .ok_or_else(|| OAuthError::invalid_grant("the refresh token is invalid"))?,
+            .ok_or_else(invalid)?,
     };
     if tenant.status != TenantStatus::Active {
-        return Err(OAuthError::invalid_grant("the tenant is suspended"));
+        return Err(invalid());
     }
     Ok(tenant)
 }
+
+/// The one description of every refused refresh token.
+const INVALID_REFRESH: &str = "the refresh token is invalid, expired or revoked";
 
 async fn refresh(
     state: &AppState,
@@ -449,7 +456,7 @@ async fn refresh(
     host: Option<Tenant>,
     client_ip: Option<IpAddr>,
 ) -> Result<TokenResponse, OAuthError> {
-    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
+    let invalid = || OAuthError::invalid_grant(INVALID_REFRESH);
     let text = form
         .get("refresh_token")
         .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;

@@ -90,6 +90,17 @@ fn parse_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
 }
 
+/// A write outside the credential's resource prefix is a security decision: leave its event.
+fn audit_prefix_refusal(
+    ctx: &bulkhead_core::TenantContext,
+    err: bulkhead_store::StoreError,
+) -> ApiError {
+    if matches!(err, bulkhead_store::StoreError::OutsideResourcePrefix) {
+        crate::extract::audit_forbidden(ctx, Scope::SessionsWrite, "resource-prefix");
+    }
+    err.into()
+}
+
 fn parse_namespace(text: &str) -> Result<bulkhead_core::Namespace, ApiError> {
     bulkhead_core::Namespace::parse(text).map_err(|e| ApiError::Invalid(e.to_string().into()))
 }
@@ -165,7 +176,9 @@ async fn create(
         namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let session = sessions::create(&mut tx, &new).await?;
+    let session = sessions::create(&mut tx, &new)
+        .await
+        .map_err(|e| audit_prefix_refusal(ctx, e))?;
     audit::record(
         &mut tx,
         "session.create",
@@ -242,7 +255,9 @@ async fn update(
         namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let session = sessions::update(&mut tx, id, &patch).await?;
+    let session = sessions::update(&mut tx, id, &patch)
+        .await
+        .map_err(|e| audit_prefix_refusal(ctx, e))?;
     audit::record(
         &mut tx,
         "session.update",

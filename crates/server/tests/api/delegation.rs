@@ -680,3 +680,111 @@ async fn a_prefixed_credential_reaches_only_its_namespace() {
         );
     }
 }
+
+#[tokio::test]
+async fn confined_or_delegated_tokens_cannot_mint_keys_or_see_sessions() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let root = admin_token(&app, &acme).await;
+    let manager = agent(&app, &acme, "manager", &["sessions:read", "keys:manage"]).await;
+    let delegated = issued(exchange(&app, "acme", &root, &manager, &[]).await).await;
+    let prefixed = issued(
+        exchange(
+            &app,
+            "acme",
+            &root,
+            &manager,
+            &[("resource_prefix", "marketing")],
+        )
+        .await,
+    )
+    .await;
+    assert!(claims(&delegated)["scope"]
+        .as_str()
+        .unwrap()
+        .contains("keys:manage"));
+    for token in [&delegated, &prefixed] {
+        let mint = call(
+            &app,
+            "acme",
+            token,
+            Method::POST,
+            "/v1/api-keys",
+            Some(json!({ "scopes": ["sessions:read"] })),
+        )
+        .await;
+        let (status, body) = problem(mint).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            body["type"],
+            "https://bulkhead.dev/problems/confined-credential"
+        );
+        let sessions = call(&app, "acme", token, Method::GET, "/v1/auth/sessions", None).await;
+        assert_eq!(sessions.status(), StatusCode::FORBIDDEN);
+    }
+    // The undelegated root token still may.
+    let mint = call(
+        &app,
+        "acme",
+        &root,
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({ "scopes": ["sessions:read"] })),
+    )
+    .await;
+    assert_eq!(mint.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn revoking_the_actors_own_token_revokes_what_it_was_used_for() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let root = admin_token(&app, &acme).await;
+    let helper = agent(&app, &acme, "helper", &["sessions:read"]).await;
+    let helper_token = token_for(&app, "acme", &helper).await;
+    let pairs = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", root.as_str()),
+        ("subject_token_type", AT),
+        ("actor_token", helper_token.as_str()),
+        ("actor_token_type", AT),
+    ];
+    let delegated = issued(token_request(&app, "acme", None, &pairs).await).await;
+    assert_eq!(
+        call(&app, "acme", &delegated, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    body.append_pair("token", &helper_token);
+    let revoked = app
+        .client
+        .post(app.tenant_url("acme", "/oauth/revoke"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.finish())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(
+        call(&app, "acme", &delegated, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // A wrong client secret is refused even when the actor comes as actor_token.
+    let bad = Agent {
+        id: helper.id.clone(),
+        key: "bk_live_wrong".into(),
+    };
+    let pairs = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", root.as_str()),
+        ("subject_token_type", AT),
+        ("actor_token", helper.key.as_str()),
+        ("actor_token_type", KEY),
+    ];
+    let response = token_request(&app, "acme", Some(&bad), &pairs).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

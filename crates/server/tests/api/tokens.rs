@@ -1386,3 +1386,131 @@ async fn a_suspended_tenants_tokens_are_refused() {
     let cc = client_credentials(&app, &acme, (&id, &key), None).await;
     assert_eq!(oauth_error(cc).await.1, "unauthorized_client");
 }
+
+#[tokio::test]
+async fn concurrent_guesses_cannot_exceed_the_per_account_budget() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
+    let attempts = futures::future::join_all(
+        (0..16).map(|_| login_response(&app, "acme", "ann@acme.test", "wrong password!!")),
+    )
+    .await;
+    let checked = attempts
+        .iter()
+        .filter(|r| r.status() == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled = attempts
+        .iter()
+        .filter(|r| r.status() == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(checked + throttled, 16);
+    assert!(
+        checked <= bulkhead_server::routes::auth::FREE_FAILURES as usize,
+        "{checked} concurrent guesses reached the password check"
+    );
+}
+
+#[tokio::test]
+async fn forged_refresh_tokens_say_nothing_about_tenants() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    let owner = app.db.owner_store().await;
+    owner
+        .set_tenant_status(globex.id, bulkhead_store::registry::TenantStatus::Suspended)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let forged = |tenant: uuid::Uuid| {
+        bulkhead_auth::RefreshToken::generate(*tenant.as_bytes())
+            .expose_secret()
+            .to_owned()
+    };
+    let mut answers = Vec::new();
+    for tenant in [acme.id.uuid(), globex.id.uuid(), uuid::Uuid::now_v7()] {
+        let response = post_form(
+            &app,
+            None,
+            "/oauth/token",
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &forged(tenant)),
+            ],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        answers.push(response.json::<Value>().await.unwrap());
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "active and suspended tenants answer alike"
+    );
+    assert_eq!(
+        answers[0], answers[2],
+        "existing and missing tenants answer alike"
+    );
+    // A suspended tenant's login answers like a wrong password, whatever the password.
+    create_user(&app, &globex, "gus@globex.test", &["sessions:read"]).await;
+    let right = problem(login_response(&app, "globex", "gus@globex.test", PASSWORD).await).await;
+    let wrong =
+        problem(login_response(&app, "globex", "gus@globex.test", "wrong password!!").await).await;
+    assert_eq!(right, wrong);
+    assert_eq!(right.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn auth_sessions_are_matched_on_identity_not_on_a_principal_label() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
+    let (ann, _) = login(&app, "acme", "ann@acme.test").await;
+    let ann_id = claims(&ann)["sub"].as_str().unwrap().to_owned();
+    // A key whose principal label is Ann's user id is still not Ann.
+    let response = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"], "principal": ann_id }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let (id, key) = (
+        body["api_key"]["id"].as_str().unwrap().to_owned(),
+        body["key"].as_str().unwrap().to_owned(),
+    );
+    let impostor: Value = client_credentials(&app, &acme, (&id, &key), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let impostor = impostor["access_token"].as_str().unwrap();
+    assert_eq!(claims(impostor)["sub"], ann_id.as_str());
+    let seen: Value = app
+        .client
+        .get(app.tenant_url("acme", "/v1/auth/sessions"))
+        .bearer_auth(impostor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["data"],
+        json!([]),
+        "the impostor sees none of Ann's sessions"
+    );
+    let ann_sid = claims(&ann)["sid"].as_str().unwrap().to_owned();
+    let end = app
+        .client
+        .delete(app.tenant_url("acme", &format!("/v1/auth/sessions/{ann_sid}")))
+        .bearer_auth(impostor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(end.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_sessions_with(&app, "acme", &ann).await.status(),
+        StatusCode::OK
+    );
+}
