@@ -905,3 +905,68 @@ async fn bad_parameters_are_problems_and_the_scope_is_required() {
             .verified
     );
 }
+
+#[tokio::test]
+async fn audit_events_stream_to_endpoints_that_subscribe_by_name() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = |event_types: Value| {
+        let app = &app;
+        let acme = &acme;
+        async move {
+            let response = as_tenant(app, acme, Method::POST, "/v1/webhooks/endpoints")
+                .json(&json!({ "url": "https://siem.acme.example/in", "event_types": event_types }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED);
+            let body: Value = response.json().await.unwrap();
+            bulkhead_core::EndpointId::parse(body["id"].as_str().unwrap()).unwrap()
+        }
+    };
+    let siem = endpoint(json!(["audit.event"])).await;
+    let catch_all = endpoint(json!([])).await;
+    crate::helpers::create_session(&app, &acme, "streamed").await;
+    checkpoint_now(&app, &acme).await;
+
+    let su = app.db.superuser_pool().await;
+    let streamed: Vec<(Value,)> = sqlx::query_as(
+        "SELECT payload FROM bulkhead.webhook_messages WHERE tenant_id = $1 AND event_type = 'audit.event' ORDER BY id",
+    )
+    .bind(acme.id.uuid())
+    .fetch_all(&su)
+    .await
+    .unwrap();
+    let sequenced: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bulkhead.audit_leaves WHERE tenant_id = $1")
+            .bind(acme.id.uuid())
+            .fetch_one(&su)
+            .await
+            .unwrap();
+    assert_eq!(
+        streamed.len() as i64,
+        sequenced,
+        "every sequenced event is streamed once"
+    );
+    let actions: Vec<&str> = streamed
+        .iter()
+        .map(|(p,)| p["data"]["event"]["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"session.create"), "{actions:?}");
+    for (i, (payload,)) in streamed.iter().enumerate() {
+        assert_eq!(payload["data"]["leaf_index"], i as u64);
+        assert_eq!(payload["data"]["event"]["tenant_id"], acme.id.to_string());
+    }
+    // Delivered to the endpoint that asked for the stream by name, not to the catch-all.
+    let targets: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "SELECT DISTINCT d.endpoint_id FROM bulkhead.webhook_deliveries d \
+         JOIN bulkhead.webhook_messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id \
+         WHERE m.tenant_id = $1 AND m.event_type = 'audit.event'",
+    )
+    .bind(acme.id.uuid())
+    .fetch_all(&su)
+    .await
+    .unwrap();
+    assert_eq!(targets, vec![(siem.uuid(),)]);
+    assert_ne!(siem, catch_all);
+}
