@@ -6,7 +6,8 @@
 -- tenant context.
 
 ------------------------------------------------------------------------------------------------
--- webhook_endpoints: where a tenant's events go. `secret` and `previous_secret` are HMAC keys;
+-- webhook_endpoints: where a tenant's events go. `secret` and `previous_secret` are HMAC keys,
+-- stored sealed by the master key;
 -- the API shows them once (create, rotate) and never again.
 CREATE TABLE bulkhead.webhook_endpoints (
     tenant_id                  uuid        NOT NULL,
@@ -19,8 +20,10 @@ CREATE TABLE bulkhead.webhook_endpoints (
     rate_limit_per_second      integer     CHECK (rate_limit_per_second BETWEEN 1 AND 10000),
     headers                    jsonb       NOT NULL DEFAULT '{}'::jsonb
                                CHECK (jsonb_typeof(headers) = 'object' AND pg_column_size(headers) <= 16384),
-    secret                     bytea       NOT NULL CHECK (length(secret) BETWEEN 16 AND 64),
-    previous_secret            bytea       CHECK (length(previous_secret) BETWEEN 16 AND 64),
+    -- Sealed (AES-256-GCM under the master key, bound to tenant and endpoint): nonce (12) ‖
+    -- 16-64 secret bytes ‖ tag (16). Never the secret itself.
+    secret                     bytea       NOT NULL CHECK (length(secret) BETWEEN 44 AND 92),
+    previous_secret            bytea       CHECK (length(previous_secret) BETWEEN 44 AND 92),
     previous_secret_expires_at timestamptz,
     consecutive_failures       integer     NOT NULL DEFAULT 0,
     failing_since              timestamptz,

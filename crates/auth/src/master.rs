@@ -21,6 +21,7 @@ use crate::MIN_PEPPER_LEN;
 
 /// What a sealed value is for; each purpose gets its own derived key.
 const SIGNING_KEY_INFO: &[u8] = b"bulkhead/v1/signing-key-seal";
+const WEBHOOK_SECRET_INFO: &[u8] = b"bulkhead/v1/webhook-secret-seal";
 
 /// The operator's master key (`BULKHEAD_MASTER_KEY`, or generated into the embedded data
 /// directory). `Debug` never shows it; zeroized on drop.
@@ -72,20 +73,7 @@ impl MasterKey {
 
     /// Seals a signing key's private half, bound to its `kid`. Output: nonce ‖ ciphertext ‖ tag.
     pub fn seal_signing_key(&self, kid: &str, plaintext: &[u8]) -> Vec<u8> {
-        let key = self.aead_key(SIGNING_KEY_INFO);
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let mut in_out = plaintext.to_vec();
-        key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(kid.as_bytes()),
-            &mut in_out,
-        )
-        .expect("AES-GCM seals any input shorter than 64 GiB");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&in_out);
-        in_out.iter_mut().for_each(|b| *b = 0);
-        out
+        self.seal(SIGNING_KEY_INFO, kid.as_bytes(), plaintext)
     }
 
     /// Opens what [`MasterKey::seal_signing_key`] sealed for the same `kid`.
@@ -94,21 +82,64 @@ impl MasterKey {
         kid: &str,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
+        self.open(SIGNING_KEY_INFO, kid.as_bytes(), sealed)
+    }
+
+    /// Seals a webhook signing secret, bound to its record (`binding`: the tenant and endpoint
+    /// ids), so a sealed secret copied onto another endpoint or tenant does not open.
+    pub fn seal_webhook_secret(&self, binding: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        self.seal(WEBHOOK_SECRET_INFO, binding, plaintext)
+    }
+
+    /// Opens what [`MasterKey::seal_webhook_secret`] sealed with the same binding.
+    pub fn open_webhook_secret(
+        &self,
+        binding: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
+        self.open(WEBHOOK_SECRET_INFO, binding, sealed)
+    }
+
+    fn seal(&self, info: &'static [u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let key = self.aead_key(info);
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let mut in_out = Zeroizing::new(plaintext.to_vec());
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut *in_out,
+        )
+        .expect("AES-GCM seals any input shorter than 64 GiB");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&in_out);
+        out
+    }
+
+    fn open(
+        &self,
+        info: &'static [u8],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
         if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(UnsealError);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| UnsealError)?;
         let mut buf = Zeroizing::new(ciphertext.to_vec());
-        let key = self.aead_key(SIGNING_KEY_INFO);
+        let key = self.aead_key(info);
         let len = key
-            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buf)
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
             .map_err(|_| UnsealError)?
             .len();
         buf.truncate(len);
         Ok(buf)
     }
 }
+
+/// Bytes added by sealing: the nonce and the tag.
+pub const SEAL_OVERHEAD: usize = 12 + 16;
 
 #[cfg(test)]
 mod tests {

@@ -97,7 +97,7 @@ fn token_verification(c: &mut Criterion) {
         .expect("config");
         let service = TokenService::new(
             db.app_store().await,
-            bulkhead_test_support::test_master_key(),
+            std::sync::Arc::new(bulkhead_test_support::test_master_key()),
             Clock::system(),
             config.tokens,
         );

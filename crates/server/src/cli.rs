@@ -272,7 +272,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // `--webhooks`: delivery only, for a process in an egress-only network segment; it
             // needs no audit log key. Otherwise the job worker and the audit sequencer.
             let (worker, sequencer) = if webhooks {
-                let dispatcher = webhook_dispatcher(&store, &egress, &base_domain)?;
+                let master = std::sync::Arc::new(load_master_key(&database)?);
+                let dispatcher = webhook_dispatcher(&store, &egress, &base_domain, master)?;
                 (tokio::spawn(dispatcher.run(stopped)), None)
             } else {
                 let log_key = crate::audit_log::load_log_key(
@@ -457,6 +458,7 @@ async fn serve_with(
     db: &Database,
 ) -> anyhow::Result<()> {
     db.migrate().await?;
+    let master = std::sync::Arc::new(master);
     {
         // First start: create the signing keys (as the owner; the serving role only reads them).
         let owner = db.owner_pool(1).await?;
@@ -480,7 +482,8 @@ async fn serve_with(
     let dispatcher = if args.no_worker {
         None
     } else {
-        let dispatcher = webhook_dispatcher(&store, &args.egress, &args.base_domain)?;
+        let dispatcher =
+            webhook_dispatcher(&store, &args.egress, &args.base_domain, master.clone())?;
         Some(tokio::spawn(dispatcher.run(stopped.clone())))
     };
     let sequencer = (!args.no_worker).then(|| {
@@ -534,6 +537,7 @@ fn webhook_dispatcher(
     store: &Store,
     egress: &crate::config::EgressArgs,
     base_domain: &str,
+    master: std::sync::Arc<bulkhead_auth::MasterKey>,
 ) -> anyhow::Result<std::sync::Arc<bulkhead_webhooks::delivery::Dispatcher>> {
     let config = bulkhead_webhooks::EgressConfig {
         proxy: egress.webhook_proxy.clone(),
@@ -550,6 +554,7 @@ fn webhook_dispatcher(
             client,
             bulkhead_core::Clock::system(),
             bulkhead_webhooks::delivery::DeliveryConfig::default(),
+            master,
         ),
     ))
 }

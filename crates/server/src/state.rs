@@ -23,6 +23,7 @@ struct Inner {
     store: Store,
     verifier: Arc<KeyVerifier>,
     tokens: Arc<TokenService>,
+    master_key: Arc<MasterKey>,
     login_ips: crate::routes::auth::IpThrottle,
     clock: Clock,
     rate_limits: Option<crate::limits::SharedLimits>,
@@ -36,7 +37,7 @@ impl AppState {
     pub fn new(
         store: Store,
         peppers: Peppers,
-        master_key: MasterKey,
+        master_key: impl Into<Arc<MasterKey>>,
         config: AppConfig,
         clock: Clock,
     ) -> Self {
@@ -60,7 +61,7 @@ impl AppState {
     pub fn with_rate_limits(
         store: Store,
         peppers: Peppers,
-        master_key: MasterKey,
+        master_key: impl Into<Arc<MasterKey>>,
         config: AppConfig,
         clock: Clock,
         rate_limits: Option<crate::limits::SharedLimits>,
@@ -72,9 +73,10 @@ impl AppState {
             config.key_environment,
             clock.clone(),
         ));
+        let master_key: Arc<MasterKey> = master_key.into();
         let tokens = Arc::new(TokenService::new(
             store.clone(),
-            master_key,
+            master_key.clone(),
             clock.clone(),
             config.tokens.clone(),
         ));
@@ -83,6 +85,7 @@ impl AppState {
                 store,
                 verifier,
                 tokens,
+                master_key,
                 login_ips: Default::default(),
                 clock,
                 rate_limits,
@@ -106,6 +109,11 @@ impl AppState {
     /// Access tokens: keys, issuing, verification, denylist.
     pub fn tokens(&self) -> &Arc<TokenService> {
         &self.inner.tokens
+    }
+
+    /// The master key: seals signing keys and webhook secrets at rest.
+    pub fn master_key(&self) -> &Arc<MasterKey> {
+        &self.inner.master_key
     }
 
     /// Failed logins per client address.

@@ -172,7 +172,7 @@ struct LoadedKeys {
 /// Keys, issuing, verification and the denylist. One per process.
 pub struct TokenService {
     store: Store,
-    master: MasterKey,
+    master: Arc<MasterKey>,
     clock: Clock,
     settings: TokenSettings,
     keys: RwLock<Arc<LoadedKeys>>,
@@ -207,7 +207,12 @@ pub enum IssueError {
 impl TokenService {
     /// A service with nothing loaded yet: it refuses every token until [`TokenService::reload`]
     /// succeeds.
-    pub fn new(store: Store, master: MasterKey, clock: Clock, settings: TokenSettings) -> Self {
+    pub fn new(
+        store: Store,
+        master: Arc<MasterKey>,
+        clock: Clock,
+        settings: TokenSettings,
+    ) -> Self {
         Self {
             store,
             master,

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use bulkhead_auth::MasterKey;
 use bulkhead_core::{AttemptId, DeliveryId, EndpointId, MessageId, TenantId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -147,10 +148,35 @@ pub struct EndpointPatch {
     pub headers: Option<Value>,
 }
 
-/// Creates an endpoint.
-pub async fn create_endpoint(tx: &mut TenantTx, new: &NewEndpoint) -> Result<Endpoint, StoreError> {
+/// What a sealed secret is bound to: its tenant and endpoint.
+fn secret_binding(tenant: TenantId, endpoint: EndpointId) -> [u8; 32] {
+    let mut binding = [0u8; 32];
+    binding[..16].copy_from_slice(tenant.uuid().as_bytes());
+    binding[16..].copy_from_slice(endpoint.uuid().as_bytes());
+    binding
+}
+
+fn unseal(master: &MasterKey, binding: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    master
+        .open_webhook_secret(binding, sealed)
+        .map(|secret| secret.to_vec())
+        .map_err(|_| {
+            StoreError::UnsafeConfiguration(
+                "a webhook secret cannot be opened with this master key".into(),
+            )
+        })
+}
+
+/// Creates an endpoint. Its secret is stored sealed under the master key, bound to the
+/// endpoint, never in the clear.
+pub async fn create_endpoint(
+    tx: &mut TenantTx,
+    new: &NewEndpoint,
+    master: &MasterKey,
+) -> Result<Endpoint, StoreError> {
     let tenant = tx.tenant_id();
     let id = EndpointId::new();
+    let sealed = master.seal_webhook_secret(&secret_binding(tenant, id), &new.secret);
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO bulkhead.webhook_endpoints \
          (tenant_id, id, url, description, event_types, rate_limit_per_second, headers, secret, enabled) \
@@ -163,7 +189,7 @@ pub async fn create_endpoint(tx: &mut TenantTx, new: &NewEndpoint) -> Result<End
     .bind(&new.event_types)
     .bind(new.rate_limit_per_second)
     .bind(&new.headers)
-    .bind(&new.secret)
+    .bind(sealed)
     .bind(new.enabled)
     .fetch_one(tx.conn())
     .await?;
@@ -257,8 +283,10 @@ pub async fn rotate_secret(
     id: EndpointId,
     new_secret: &[u8],
     previous_valid_until: DateTime<Utc>,
+    master: &MasterKey,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
+    let new_secret = master.seal_webhook_secret(&secret_binding(tenant, id), new_secret);
     let done = sqlx::query(
         "UPDATE bulkhead.webhook_endpoints SET previous_secret = secret, \
          previous_secret_expires_at = $4, secret = $3, updated_at = now() \
@@ -266,7 +294,7 @@ pub async fn rotate_secret(
     )
     .bind(tenant.uuid())
     .bind(id.uuid())
-    .bind(new_secret)
+    .bind(&new_secret)
     .bind(previous_valid_until)
     .execute(tx.conn())
     .await?;
@@ -281,6 +309,7 @@ pub async fn endpoint_keys(
     tx: &mut TenantTx,
     id: EndpointId,
     now: DateTime<Utc>,
+    master: &MasterKey,
 ) -> Result<EndpointKeys, StoreError> {
     let tenant = tx.tenant_id();
     type KeysRow = (Vec<u8>, Option<Vec<u8>>, Option<DateTime<Utc>>);
@@ -293,11 +322,15 @@ pub async fn endpoint_keys(
     .fetch_optional(tx.conn())
     .await?;
     let (current, previous, until) = row.ok_or(StoreError::NotFound)?;
+    let binding = secret_binding(tenant, id);
     let previous = match (previous, until) {
-        (Some(key), Some(until)) if until > now => Some(key),
+        (Some(key), Some(until)) if until > now => Some(unseal(master, &binding, &key)?),
         _ => None,
     };
-    Ok(EndpointKeys { current, previous })
+    Ok(EndpointKeys {
+        current: unseal(master, &binding, &current)?,
+        previous,
+    })
 }
 
 /// Where a message came from.

@@ -209,7 +209,7 @@ fn latency(_c: &mut Criterion) {
             headers: serde_json::json!({}),
             secret: Secret::generate().expose_bytes().to_vec(),
             enabled: true,
-        })
+        }, &bulkhead_test_support::test_master_key())
         .await
         .unwrap();
         tx.commit().await.unwrap();
@@ -218,7 +218,7 @@ fn latency(_c: &mut Criterion) {
             concurrency: 32,
             idle_poll: Duration::from_millis(5),
             ..DeliveryConfig::default()
-        }));
+        }, Arc::new(bulkhead_test_support::test_master_key())));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let run = tokio::spawn(dispatcher.run(stopped));
 

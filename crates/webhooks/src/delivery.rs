@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bulkhead_auth::MasterKey;
 use bulkhead_core::{Actor, Clock, EndpointId, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::webhooks::{self as store, ClaimedDelivery, DeliveryWork, NewAttempt};
@@ -84,6 +85,8 @@ pub struct Dispatcher {
     client: EgressClient,
     clock: Clock,
     config: DeliveryConfig,
+    /// Opens the endpoints' sealed signing secrets.
+    master: Arc<MasterKey>,
     /// Per-endpoint rate limit: the earliest time of the next send (this process only).
     next_send: Mutex<HashMap<(TenantId, EndpointId), DateTime<Utc>>>,
 }
@@ -98,12 +101,19 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher sending through `client`.
-    pub fn new(store: Store, client: EgressClient, clock: Clock, config: DeliveryConfig) -> Self {
+    pub fn new(
+        store: Store,
+        client: EgressClient,
+        clock: Clock,
+        config: DeliveryConfig,
+        master: Arc<MasterKey>,
+    ) -> Self {
         Self {
             store,
             client,
             clock,
             config,
+            master,
             next_send: Mutex::new(HashMap::new()),
         }
     }
@@ -249,7 +259,7 @@ impl Dispatcher {
             tx.commit().await?;
             return Ok(Delivered::Deferred);
         }
-        let keys = store::endpoint_keys(&mut tx, work.endpoint.id, now).await?;
+        let keys = store::endpoint_keys(&mut tx, work.endpoint.id, now, &self.master).await?;
         // Nothing is held open across the network.
         tx.commit().await?;
 

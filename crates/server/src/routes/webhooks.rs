@@ -246,7 +246,7 @@ async fn create(
         enabled: body.enabled.unwrap_or(true),
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let endpoint = store::create_endpoint(&mut tx, &new).await?;
+    let endpoint = store::create_endpoint(&mut tx, &new, state.master_key()).await?;
     audit::record(
         &mut tx,
         "webhook.endpoint_create",
@@ -383,7 +383,14 @@ async fn rotate_secret(
     let secret = Secret::generate();
     let until = state.clock().now() + chrono::Duration::seconds(grace);
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    store::rotate_secret(&mut tx, id, secret.expose_bytes(), until).await?;
+    store::rotate_secret(
+        &mut tx,
+        id,
+        secret.expose_bytes(),
+        until,
+        state.master_key(),
+    )
+    .await?;
     let endpoint = store::get_endpoint(&mut tx, id).await?;
     audit::record(
         &mut tx,

@@ -926,7 +926,7 @@ async fn audit_events_stream_to_endpoints_that_subscribe_by_name() {
     };
     let siem = endpoint(json!(["audit.event"])).await;
     let catch_all = endpoint(json!([])).await;
-    crate::helpers::create_session(&app, &acme, "streamed").await;
+    create_session(&app, &acme, "streamed").await;
     checkpoint_now(&app, &acme).await;
 
     let su = app.db.superuser_pool().await;

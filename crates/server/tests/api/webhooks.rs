@@ -597,3 +597,44 @@ async fn session_and_key_changes_raise_platform_events_for_subscribers() {
         vec!["session.created", "session.deleted", "api_key.created"]
     );
 }
+
+#[tokio::test]
+async fn signing_secrets_are_stored_sealed_never_in_the_clear() {
+    use base64::Engine as _;
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let created = create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://hooks.receiver.example/in" }),
+    )
+    .await;
+    let shown = created["secret"].as_str().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(shown.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let su = app.db.superuser_pool().await;
+    let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT secret FROM bulkhead.webhook_endpoints")
+        .fetch_one(&su)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.len(),
+        raw.len() + bulkhead_auth::master::SEAL_OVERHEAD
+    );
+    assert!(
+        !stored.windows(raw.len()).any(|w| w == raw.as_slice()),
+        "the secret is stored in the clear"
+    );
+    // The sealed value opens only for its own endpoint and tenant.
+    let id = EndpointId::parse(created["id"].as_str().unwrap()).unwrap();
+    let master = bulkhead_test_support::test_master_key();
+    let mut binding = a.id.uuid().as_bytes().to_vec();
+    binding.extend_from_slice(id.uuid().as_bytes());
+    assert_eq!(
+        &*master.open_webhook_secret(&binding, &stored).unwrap(),
+        raw.as_slice()
+    );
+    binding[20] ^= 1;
+    assert!(master.open_webhook_secret(&binding, &stored).is_err());
+}

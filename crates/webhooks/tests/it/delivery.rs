@@ -13,7 +13,7 @@ use bulkhead_store::audit;
 use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::receiver::{Receiver, Reply, TestCa};
-use bulkhead_test_support::{create_tenant, test_egress_policy, TestDb};
+use bulkhead_test_support::{create_tenant, test_egress_policy, test_master_key, TestDb};
 use bulkhead_webhooks::delivery::{Delivered, DeliveryConfig, Dispatcher};
 use bulkhead_webhooks::{verify, EgressClient, EgressConfig, Secret, StaticResolver};
 use chrono::Utc;
@@ -56,7 +56,13 @@ impl Rig {
             &egress,
         )
         .unwrap();
-        Dispatcher::new(self.store.clone(), client, self.clock.clone(), config)
+        Dispatcher::new(
+            self.store.clone(),
+            client,
+            self.clock.clone(),
+            config,
+            Arc::new(test_master_key()),
+        )
     }
 
     /// A TLS receiver on `ip` for `name`, which resolves to `ip`.
@@ -85,6 +91,7 @@ impl Rig {
                 secret: secret.expose_bytes().to_vec(),
                 enabled: true,
             },
+            &test_master_key(),
         )
         .await
         .unwrap();
@@ -180,6 +187,7 @@ async fn rotation_signs_with_both_secrets_until_the_old_one_expires() {
         id,
         new.expose_bytes(),
         clock.now() + chrono::Duration::hours(24),
+        &test_master_key(),
     )
     .await
     .unwrap();
