@@ -299,16 +299,23 @@ pub fn verify_access_token_with_kid(
     if claims.aud != expect.audience {
         return Err(TokenError::Audience);
     }
-    if claims.exp <= expect.now - LEEWAY_SECS {
-        return Err(TokenError::Expired);
-    }
-    if claims.nbf > expect.now + LEEWAY_SECS || claims.iat > expect.now + LEEWAY_SECS {
-        return Err(TokenError::NotYetValid);
-    }
+    check_time_bounds(&claims, expect.now)?;
     if claims.exp.saturating_sub(claims.iat) > MAX_ACCESS_TOKEN_SECS || claims.nbf < claims.iat {
         return Err(TokenError::Lifetime);
     }
     Ok((claims, key.kid.clone()))
+}
+
+/// The time checks of verification, alone: `exp` not passed and `nbf`/`iat` not in the future,
+/// each with [`LEEWAY_SECS`]. For claims verified earlier and used again at a later `now`.
+pub fn check_time_bounds(claims: &AccessClaims, now: i64) -> Result<(), TokenError> {
+    if claims.exp <= now - LEEWAY_SECS {
+        return Err(TokenError::Expired);
+    }
+    if claims.nbf > now + LEEWAY_SECS || claims.iat > now + LEEWAY_SECS {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// Reads the claims of a token without verifying anything. For introspection of a token that

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bulkhead_auth::token::{
-    sign_access_token, verify_access_token_with_kid, TokenError, LEEWAY_SECS,
+    check_time_bounds, sign_access_token, verify_access_token_with_kid, TokenError, LEEWAY_SECS,
     MAX_ACCESS_TOKEN_SECS, MIN_ACCESS_TOKEN_SECS,
 };
 use bulkhead_auth::{
@@ -352,16 +352,8 @@ impl TokenService {
                 return Err(TokenRefusal::Invalid(TokenError::UnknownKey));
             }
             Some(hit) => {
-                // The same checks of time the verifier makes, against this request's now.
-                let now_secs = now.timestamp();
-                if hit.claims.exp <= now_secs - LEEWAY_SECS {
-                    return Err(TokenRefusal::Invalid(TokenError::Expired));
-                }
-                if hit.claims.nbf > now_secs + LEEWAY_SECS
-                    || hit.claims.iat > now_secs + LEEWAY_SECS
-                {
-                    return Err(TokenRefusal::Invalid(TokenError::NotYetValid));
-                }
+                // The verifier's own time checks, against this request's now.
+                check_time_bounds(&hit.claims, now.timestamp()).map_err(TokenRefusal::Invalid)?;
                 hit
             }
             None => {
@@ -475,6 +467,12 @@ impl TokenService {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (tenant, until));
+    }
+
+    /// Applies the end of an auth session this process just committed: every access token
+    /// minted from it is refused here at once (other processes hear the notification).
+    pub fn deny_session_locally(&self, tenant: TenantId, session: AuthSessionId) {
+        self.deny_locally(tenant, session.uuid(), self.session_deny_until());
     }
 
     /// Until when an ended session's access tokens must be refused: the longest any of them can

@@ -218,10 +218,7 @@ async fn login(
     headers: HeaderMap,
     Json(body): Json<LoginRequest>,
 ) -> Result<TokenResponse, ApiError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+    let host = crate::routes::oauth::host(&headers);
     let tenant = login_tenant(&state, host, body.tenant.as_deref()).await?;
     let client_ip = crate::credentials::headers_client_ip(
         Some(peer.ip()),
@@ -443,11 +440,9 @@ async fn logout(
     )
     .await?;
     tx.commit().await?;
-    state.tokens().deny_locally(
-        ctx.tenant_id(),
-        session.uuid(),
-        state.tokens().session_deny_until(),
-    );
+    state
+        .tokens()
+        .deny_session_locally(ctx.tenant_id(), session);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -538,11 +533,7 @@ async fn end_session(
     )
     .await?;
     tx.commit().await?;
-    state.tokens().deny_locally(
-        ctx.tenant_id(),
-        id.uuid(),
-        state.tokens().session_deny_until(),
-    );
+    state.tokens().deny_session_locally(ctx.tenant_id(), id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use bulkhead_auth::ActClaim;
 use bulkhead_core::{Actor, Namespace, RequestId, ScopeSet, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::registry::{Tenant, TenantStatus};
+use bulkhead_store::registry::Tenant;
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::error::{ApiError, OAuthError};
 use crate::resolve::authenticate_api_key;
 use crate::routes::auth::TokenResponse;
-use crate::routes::oauth::{authenticate_client, ClientAuth, Form};
+use crate::routes::oauth::{authenticate_client, claimed_tenant, ClientAuth, Form};
 use crate::state::AppState;
 use crate::tokens::{parse_scope_param, scope_text, Grant, VerifiedToken};
 
@@ -62,28 +62,6 @@ fn valid_principal(text: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-async fn tenant_of(
-    state: &AppState,
-    token: &VerifiedToken,
-    host: Option<&Tenant>,
-) -> Result<Tenant, OAuthError> {
-    if host.is_some_and(|h| h.id != token.tenant_id) {
-        return Err(OAuthError::invalid_grant(
-            "the subject token is invalid for this tenant",
-        ));
-    }
-    let tenant = state
-        .directory()
-        .by_id(state.store(), token.tenant_id)
-        .await
-        .map_err(|_| OAuthError::unavailable())?
-        .ok_or_else(|| OAuthError::invalid_grant("the subject token is invalid"))?;
-    if tenant.status != TenantStatus::Active {
-        return Err(OAuthError::invalid_grant("the tenant is suspended"));
-    }
-    Ok(tenant)
 }
 
 fn verify_token(
@@ -323,7 +301,10 @@ pub(crate) async fn exchange(
         }
     }
     let subject = verify_token(state, subject_text, "subject token")?;
-    let tenant = tenant_of(state, &subject, host.as_ref()).await?;
+    let tenant = claimed_tenant(state, subject.tenant_id, host, || {
+        OAuthError::invalid_grant("the subject token is invalid for this tenant")
+    })
+    .await?;
     let actor = delegate(state, form, auth, &tenant, client_ip).await?;
 
     let ctx = TenantContext::new(

@@ -220,7 +220,22 @@ fn request_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option
     crate::credentials::headers_client_ip(Some(peer.ip()), headers, &state.config().trusted_proxies)
 }
 
-fn host(headers: &HeaderMap) -> &str {
+/// The tenant the request's host names, in OAuth terms: an unknown subdomain is an invalid
+/// request, a registry failure is `temporarily_unavailable`.
+async fn oauth_host_tenant(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Tenant>, OAuthError> {
+    host_tenant(state, host(headers))
+        .await
+        .map_err(|err| match err {
+            ApiError::Unavailable => OAuthError::unavailable(),
+            _ => OAuthError::invalid_request("no tenant is served under this host name"),
+        })
+}
+
+/// The `Host` header, or empty.
+pub(crate) fn host(headers: &HeaderMap) -> &str {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -282,12 +297,7 @@ async fn token_inner(
 ) -> Result<TokenResponse, OAuthError> {
     let form = Form::parse(headers, body)?;
     let client_ip = request_ip(state, peer, headers);
-    let host_tenant = host_tenant(state, host(headers))
-        .await
-        .map_err(|err| match err {
-            ApiError::Unavailable => OAuthError::unavailable(),
-            _ => OAuthError::invalid_request("no tenant is served under this host name"),
-        })?;
+    let host_tenant = oauth_host_tenant(state, headers).await?;
     let auth = client_auth(headers, &form)?;
     match form.get("grant_type") {
         None => Err(OAuthError::invalid_request("grant_type is required")),
@@ -417,17 +427,15 @@ async fn client_credentials(
     })
 }
 
-/// The tenant a refresh token names, which must agree with the host and be active. Every
-/// refusal is the same `invalid_grant` as an unknown token: the tenant part of a refresh token
-/// is not authenticated, so the answer must not say whether such a tenant exists or is
-/// suspended.
-async fn refresh_tenant(
+/// The tenant a presented token names (a refresh token's tenant part, a subject token's
+/// `tenant_id`), which must agree with the host and be active. Every refusal is `invalid`:
+/// the answer must not say whether such a tenant exists or is suspended.
+pub(crate) async fn claimed_tenant(
     state: &AppState,
-    presented: &RefreshToken,
+    claimed: TenantId,
     host_tenant: Option<Tenant>,
+    invalid: impl Fn() -> OAuthError,
 ) -> Result<Tenant, OAuthError> {
-    let invalid = || OAuthError::invalid_grant(INVALID_REFRESH);
-    let claimed = TenantId::from_uuid(uuid::Uuid::from_bytes(presented.tenant()));
     if host_tenant.as_ref().is_some_and(|t| t.id != claimed) {
         return Err(invalid());
     }
@@ -438,12 +446,25 @@ async fn refresh_tenant(
             .by_id(state.store(), claimed)
             .await
             .map_err(|_| OAuthError::unavailable())?
-            .ok_or_else(invalid)?,
+            .ok_or_else(&invalid)?,
     };
     if tenant.status != TenantStatus::Active {
         return Err(invalid());
     }
     Ok(tenant)
+}
+
+/// [`claimed_tenant`] of a refresh token.
+async fn refresh_tenant(
+    state: &AppState,
+    presented: &RefreshToken,
+    host_tenant: Option<Tenant>,
+) -> Result<Tenant, OAuthError> {
+    let claimed = TenantId::from_uuid(uuid::Uuid::from_bytes(presented.tenant()));
+    claimed_tenant(state, claimed, host_tenant, || {
+        OAuthError::invalid_grant(INVALID_REFRESH)
+    })
+    .await
 }
 
 /// The one description of every refused refresh token.
@@ -543,11 +564,7 @@ async fn refresh(
             )
             .await?;
             tx.commit().await?;
-            state.tokens().deny_locally(
-                tenant.id,
-                session.uuid(),
-                state.tokens().session_deny_until(),
-            );
+            state.tokens().deny_session_locally(tenant.id, session);
             tracing::warn!(
                 target: "bulkhead::audit",
                 action = "security.refresh_token_reuse",
@@ -678,12 +695,7 @@ async fn revoke_inner(
     let text = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-    let host = host_tenant(state, host(headers))
-        .await
-        .map_err(|err| match err {
-            ApiError::Unavailable => OAuthError::unavailable(),
-            _ => OAuthError::invalid_request("no tenant is served under this host name"),
-        })?;
+    let host = oauth_host_tenant(state, headers).await?;
     if let Some(auth) = client_auth(headers, &form)? {
         let client_ip = request_ip(state, peer, headers);
         authenticate_client(state, &auth, host.clone(), client_ip).await?;
@@ -744,11 +756,7 @@ async fn revoke_inner(
     )
     .await?;
     tx.commit().await?;
-    state.tokens().deny_locally(
-        tenant.id,
-        session.uuid(),
-        state.tokens().session_deny_until(),
-    );
+    state.tokens().deny_session_locally(tenant.id, session);
     Ok(())
 }
 
@@ -778,12 +786,7 @@ async fn introspect_inner(
     body: &[u8],
 ) -> Result<serde_json::Value, OAuthError> {
     let form = Form::parse(headers, body)?;
-    let host = host_tenant(state, host(headers))
-        .await
-        .map_err(|err| match err {
-            ApiError::Unavailable => OAuthError::unavailable(),
-            _ => OAuthError::invalid_request("no tenant is served under this host name"),
-        })?;
+    let host = oauth_host_tenant(state, headers).await?;
     let Some(auth) = client_auth(headers, &form)? else {
         return Err(OAuthError::invalid_client(false));
     };
