@@ -27,6 +27,33 @@ pub enum Scope {
     /// List the tenant's tools.
     #[serde(rename = "tools:list")]
     ToolsList,
+    /// Create, update and disable the tenant's tools.
+    #[serde(rename = "tools:manage")]
+    ToolsManage,
+    /// Read the tenant's users.
+    #[serde(rename = "users:read")]
+    UsersRead,
+    /// Create, update and disable users.
+    #[serde(rename = "users:write")]
+    UsersWrite,
+    /// Read the tenant's agents.
+    #[serde(rename = "agents:read")]
+    AgentsRead,
+    /// Create, update and disable agents.
+    #[serde(rename = "agents:write")]
+    AgentsWrite,
+    /// Read roles and role assignments.
+    #[serde(rename = "roles:read")]
+    RolesRead,
+    /// Create custom roles and assign roles (role administration).
+    #[serde(rename = "roles:manage")]
+    RolesManage,
+    /// Read billing data (reserved for the embedding platform's billing routes).
+    #[serde(rename = "billing:read")]
+    BillingRead,
+    /// Change billing (reserved for the embedding platform's billing routes).
+    #[serde(rename = "billing:manage")]
+    BillingManage,
 }
 
 impl Scope {
@@ -38,6 +65,15 @@ impl Scope {
         Scope::WebhooksManage,
         Scope::AuditRead,
         Scope::ToolsList,
+        Scope::ToolsManage,
+        Scope::UsersRead,
+        Scope::UsersWrite,
+        Scope::AgentsRead,
+        Scope::AgentsWrite,
+        Scope::RolesRead,
+        Scope::RolesManage,
+        Scope::BillingRead,
+        Scope::BillingManage,
     ];
 
     /// The text form.
@@ -49,6 +85,15 @@ impl Scope {
             Scope::WebhooksManage => "webhooks:manage",
             Scope::AuditRead => "audit:read",
             Scope::ToolsList => "tools:list",
+            Scope::ToolsManage => "tools:manage",
+            Scope::UsersRead => "users:read",
+            Scope::UsersWrite => "users:write",
+            Scope::AgentsRead => "agents:read",
+            Scope::AgentsWrite => "agents:write",
+            Scope::RolesRead => "roles:read",
+            Scope::RolesManage => "roles:manage",
+            Scope::BillingRead => "billing:read",
+            Scope::BillingManage => "billing:manage",
         }
     }
 
