@@ -8,7 +8,8 @@
 //!   and the single strict verification every route relies on;
 //! - refresh tokens ([`refresh`]): opaque 256-bit values stored as SHA-256;
 //! - human passwords ([`password`]): argon2id;
-//! - the master key ([`master`]) that seals signing keys at rest.
+//! - the master key ([`master`]) that seals signing keys at rest;
+//! - the built-in roles and the role arithmetic ([`rbac`]).
 //!
 //! ## The key format
 //!
@@ -59,6 +60,7 @@ mod key;
 pub mod master;
 pub mod password;
 mod pepper;
+pub mod rbac;
 pub mod refresh;
 pub mod signing;
 pub mod token;

@@ -59,6 +59,15 @@ impl Actor {
         }
     }
 
+    /// The same actor holding only the scopes also in `bound` (a role ceiling). The system actor
+    /// is not narrowed.
+    pub fn narrowed(mut self, bound: &ScopeSet) -> Actor {
+        if let Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } = &mut self {
+            *scopes = scopes.intersection(bound);
+        }
+        self
+    }
+
     /// The namespace the credential is confined to; `None` reaches the whole tenant.
     pub fn resource_prefix(&self) -> Option<&Namespace> {
         match self {

@@ -247,6 +247,18 @@ id_kind!(
     /// One delivery attempt (the attempt log): `atmpt_…`.
     AttemptId, AttemptKind, "atmpt"
 );
+id_kind!(
+    /// An agent: a tenant's machine identity: `agt_…`.
+    AgentId, AgentKind, "agt"
+);
+id_kind!(
+    /// A role (built-in or custom) of a tenant: `role_…`.
+    RoleId, RoleKind, "role"
+);
+id_kind!(
+    /// One principal holding one role: `rasg_…`.
+    RoleAssignmentId, RoleAssignmentKind, "rasg"
+);
 
 #[cfg(test)]
 mod tests {

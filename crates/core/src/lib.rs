@@ -30,6 +30,7 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
+pub use id::{AgentId, RoleAssignmentId, RoleId};
 pub use id::{AttemptId, DeliveryId, EndpointId, MessageId};
 pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};

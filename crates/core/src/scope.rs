@@ -138,6 +138,17 @@ impl ScopeSet {
         self.0.is_superset(&other.0)
     }
 
+    /// The scopes held both here and in `other`: how a role ceiling or a delegation narrows a
+    /// credential.
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.intersection(&other.0).copied().collect())
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The text forms, for storage.
     pub fn to_strings(&self) -> Vec<String> {
         self.0.iter().map(|s| s.as_str().to_owned()).collect()

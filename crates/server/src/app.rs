@@ -3,31 +3,43 @@
 use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::authz::RouteTable;
 use crate::error::ApiError;
-use crate::routes::{api_keys, audit, auth, health, oauth, sessions, webhooks};
+use crate::routes::{api_keys, audit, auth, health, oauth, principals, roles, sessions, webhooks};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The whole application.
-pub fn router(state: AppState) -> Router {
-    // Install the recorder before the first request, or that request's metrics are lost.
-    crate::telemetry::metrics_handle();
-    let tenant_api = Router::new()
+/// Every route of the application with its authorization declaration. The router is built from
+/// this table alone (see [`crate::authz`]).
+pub fn route_table() -> RouteTable {
+    RouteTable::new()
+        .merge(health::routes())
+        .merge(oauth::routes())
+        .merge(audit::routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())
         .merge(auth::routes())
         .merge(webhooks::routes())
-        .merge(audit::routes())
-        // Layers run bottom-up: per-address limit, then resolution and authentication, then the
-        // tenant's limits, then the handler.
+        .merge(principals::routes())
+        .merge(roles::routes())
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    // Install the recorder before the first request, or that request's metrics are lost.
+    crate::telemetry::metrics_handle();
+    let routers = route_table().into_routers();
+    // Layers run bottom-up: per-address limit, then resolution and authentication, then the
+    // tenant's limits, then the route's permission check, then the handler.
+    let tenant_api = routers
+        .tenant
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::limits::tenant_limit,
@@ -43,21 +55,15 @@ pub fn router(state: AppState) -> Router {
 
     // Endpoints where the client authenticates itself (OAuth, login): no tenant resolution in
     // front, but the per-address limit before any credential work.
-    let self_authenticating = Router::new()
-        .merge(oauth::routes())
-        .merge(auth::public_routes())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::limits::preauth_limit,
-        ));
+    let self_authenticating =
+        routers
+            .self_authenticating
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::limits::preauth_limit,
+            ));
 
-    let router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(self_authenticating)
-        .route(audit::LOG_KEY_PATH, get(audit::log_key))
-        .nest("/v1", tenant_api);
+    let router = routers.public.merge(self_authenticating).merge(tenant_api);
 
     router
         .fallback(|| async { ApiError::NotFound })

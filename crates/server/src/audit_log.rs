@@ -36,6 +36,10 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// One refused authentication whose tenant is known.
 #[derive(Debug, Clone)]
 pub struct AuthFailure {
+    /// `auth.failure` (authentication refused) or `auth.forbidden` (authorization refused).
+    pub action: &'static str,
+    /// The authenticated credential (audit id and type), for authorization refusals.
+    pub actor: Option<(String, &'static str)>,
     /// The tenant named by the subdomain or the key.
     pub tenant: TenantId,
     /// The key presented, when it was recognised (never the key text).
@@ -161,18 +165,21 @@ async fn write_failures(
     let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
     for f in failures {
         let key_id = f.key_id.map(|k| k.to_string());
+        let (actor_id, actor_type) = match &f.actor {
+            Some((id, kind)) => (id.as_str(), *kind),
+            None => match key_id.as_deref() {
+                Some(key) => (key, "api_key"),
+                None => ("anonymous", "anonymous"),
+            },
+        };
         let event = NewEvent {
-            actor_id: Some(key_id.as_deref().unwrap_or("anonymous")),
-            actor_type: Some(if key_id.is_some() {
-                "api_key"
-            } else {
-                "anonymous"
-            }),
+            actor_id: Some(actor_id),
+            actor_type: Some(actor_type),
             ip_address: f.ip_address,
             user_agent: f.user_agent.as_deref(),
             request_id: Some(f.request_id.to_string()),
             metadata: json!({ "reason": f.reason }),
-            ..NewEvent::new("auth.failure", f.outcome)
+            ..NewEvent::new(f.action, f.outcome)
         };
         audit::record_event(&mut tx, &event).await?;
     }
@@ -219,10 +226,31 @@ pub fn auth_failure_in_scope(
     let Some(tenant) = tenant else { return };
     let _ = AUTH_AUDIT.try_with(|scope| {
         scope.service.record_auth_failure(AuthFailure {
+            action: "auth.failure",
+            actor: None,
             tenant,
             key_id,
             reason,
             outcome,
+            ip_address: scope.ip_address,
+            user_agent: scope.user_agent.clone(),
+            request_id: scope.request_id,
+        });
+    });
+}
+
+/// Records an authorization refusal (a 403) of the request in scope in the tenant's log, through
+/// the same bounded queue as authentication failures (a flood of forbidden requests must not
+/// slow the handlers either).
+pub fn forbidden_in_scope(ctx: &TenantContext, reason: String) {
+    let _ = AUTH_AUDIT.try_with(|scope| {
+        scope.service.record_auth_failure(AuthFailure {
+            action: "auth.forbidden",
+            actor: Some((ctx.actor().audit_id(), ctx.actor().audit_type())),
+            tenant: ctx.tenant_id(),
+            key_id: None,
+            reason,
+            outcome: Outcome::Blocked,
             ip_address: scope.ip_address,
             user_agent: scope.user_agent.clone(),
             request_id: scope.request_id,

@@ -100,9 +100,13 @@ enum UserCommand {
         /// Email (the login name; compared case-insensitively).
         #[arg(long)]
         email: String,
-        /// Scopes, comma-separated.
+        /// Scopes, comma-separated: the most the user's tokens may carry (its roles decide
+        /// what it may actually do).
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
+        /// Roles to assign, comma-separated (built-in: admin, developer, agent, viewer).
+        #[arg(long, value_delimiter = ',', default_value = "admin")]
+        roles: Vec<String>,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -372,6 +376,7 @@ async fn user(action: UserCommand) -> anyhow::Result<()> {
             tenant,
             email,
             scopes,
+            roles,
             database,
         } => {
             let scopes = bulkhead_core::ScopeSet::parse_all(&scopes)
@@ -412,11 +417,28 @@ async fn user(action: UserCommand) -> anyhow::Result<()> {
                     json!({ "scopes": scopes.to_strings() }),
                 )
                 .await?;
+                for name in &roles {
+                    let role = bulkhead_store::rbac::role_by_name(&mut tx, name)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("no role named {name:?} in this tenant"))?;
+                    let principal = bulkhead_store::rbac::Principal::User(created.id);
+                    let assignment =
+                        bulkhead_store::rbac::assign(&mut tx, role.id, principal).await?;
+                    bulkhead_store::audit::record(
+                        &mut tx,
+                        "role.assign",
+                        Some(&assignment.id.to_string()),
+                        bulkhead_store::audit::Outcome::Success,
+                        json!({ "role": role.name, "principal": principal }),
+                    )
+                    .await?;
+                }
                 tx.commit().await?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "id": created.id, "email": created.email, "scopes": scopes.to_strings(),
+                        "roles": roles,
                     }))?
                 );
                 Ok(())

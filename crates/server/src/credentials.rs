@@ -91,6 +91,8 @@ pub enum Refusal {
     NoCredential,
     /// A valid key of another tenant than the one the host names.
     TenantMismatch,
+    /// The credential's principal (its user or agent) is disabled or gone.
+    PrincipalInactive,
 }
 
 /// A key that passed every check.

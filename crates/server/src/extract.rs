@@ -35,6 +35,7 @@ pub fn audit_forbidden(ctx: &TenantContext, scope: Scope, what: &'static str) {
         check = what,
         "permission denied"
     );
+    crate::audit_log::forbidden_in_scope(ctx, format!("missing {scope} ({what})"));
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {

@@ -48,6 +48,7 @@ pub(crate) async fn run(command: KeyCommand) -> anyhow::Result<()> {
             with_owner(&database, |owner| async move {
                 let ctx = context(&owner, &tenant).await?;
                 let spec = KeySpec {
+                    agent: None,
                     principal,
                     scopes,
                     allowed_ips: Vec::new(),

@@ -2,7 +2,7 @@
 //! the CLI and tenant onboarding, so all three store keys the same way.
 
 use bulkhead_auth::{ApiKey, KeyEnvironment};
-use bulkhead_core::{ApiKeyId, ScopeSet};
+use bulkhead_core::{AgentId, ApiKeyId, ScopeSet};
 use bulkhead_store::api_keys::{self, ApiKeyRecord, NewApiKey};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::{webhooks, StoreError, TenantTx};
@@ -19,6 +19,8 @@ pub struct KeySpec {
     pub principal: String,
     /// What it may do.
     pub scopes: ScopeSet,
+    /// The agent it belongs to, if any.
+    pub agent: Option<AgentId>,
     /// Where it may be used from; empty: anywhere.
     pub allowed_ips: Vec<IpNet>,
     /// Free text.
@@ -42,6 +44,7 @@ pub fn new_record(
         display_prefix: key.display_prefix(),
         principal: spec.principal.clone(),
         scopes: spec.scopes.clone(),
+        agent: spec.agent,
         allowed_ips: spec.allowed_ips.clone(),
         description: spec.description.clone(),
         created_by,
@@ -147,6 +150,7 @@ pub async fn rotate(
         principal: current.principal.clone(),
         scopes: ScopeSet::parse_all(&current.scopes)
             .map_err(|_| StoreError::Invalid("stored scopes".into()))?,
+        agent: current.agent_id,
         allowed_ips: stored_networks(&current)?,
         description: current.description.clone(),
         expires_at: current.expires_at,

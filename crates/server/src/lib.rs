@@ -3,7 +3,8 @@
 //!
 //! # Request pipeline
 //! A request flows: request id → trace span → metrics → body limit → tenant resolution and
-//! authentication ([`resolve`]) → handler → store door → SQL. Handlers under `/v1` cannot be
+//! authentication ([`resolve`]) → the route's declared permission ([`authz`]) → handler → store
+//! door → SQL. Handlers under `/v1` cannot be
 //! reached without a [`TenantContext`](bulkhead_core::TenantContext) in the request: the
 //! [`resolve`] middleware is the only place that makes one, and the
 //! [`extract::Tenant`] extractor fails closed (401) if it is absent.
@@ -12,6 +13,8 @@
 //! - Every error leaves as an RFC 9457 `application/problem+json` body, mapped in one place
 //!   ([`error::ApiError`]); internal details are logged, never sent.
 //! - Another tenant's resource answers exactly like a missing one.
+//! - Every route is declared in one [`authz::RouteTable`] with who may call it; there is no
+//!   other way to mount a route.
 //! - Every authentication decision is logged as an audit event (target `bulkhead::audit`), and
 //!   every tenant-data change writes an audit row in its own transaction.
 #![forbid(unsafe_code)]
@@ -20,6 +23,8 @@
 pub mod app;
 mod audit_cli;
 pub mod audit_log;
+pub mod authz;
+pub mod ceilings;
 pub mod cli;
 pub mod config;
 pub mod credentials;

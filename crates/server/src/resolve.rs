@@ -150,23 +150,27 @@ pub async fn resolve_tenant(
             .map(str::to_owned),
         request_id: signals.request_id,
     };
-    let authenticated = crate::audit_log::AUTH_AUDIT
-        .scope(audit_scope, authenticate(&state, signals))
-        .await;
-    match authenticated {
-        Ok((ctx, plan)) => {
-            request
-                .extensions_mut()
-                .insert(crate::limits::TenantPlan(plan));
-            let span = tracing::Span::current();
-            span.record("tenant_id", tracing::field::display(ctx.tenant_id()));
-            // With the route and the final status, the request's log line records the decision.
-            span.record("actor_id", tracing::field::display(ctx.actor().audit_id()));
-            request.extensions_mut().insert(ctx);
-            next.run(request).await
-        }
-        Err(err) => err.into_response(),
-    }
+    // The scope spans the handler too: its authorization refusals are audited with the
+    // request's client details.
+    crate::audit_log::AUTH_AUDIT
+        .scope(audit_scope, async move {
+            match authenticate(&state, signals).await {
+                Ok((ctx, plan)) => {
+                    request
+                        .extensions_mut()
+                        .insert(crate::limits::TenantPlan(plan));
+                    let span = tracing::Span::current();
+                    span.record("tenant_id", tracing::field::display(ctx.tenant_id()));
+                    // With the route and the final status, the request's log line records the
+                    // decision.
+                    span.record("actor_id", tracing::field::display(ctx.actor().audit_id()));
+                    request.extensions_mut().insert(ctx);
+                    next.run(request).await
+                }
+                Err(err) => err.into_response(),
+            }
+        })
+        .await
 }
 
 /// What resolution reads from a request, copied out so no borrow of the request crosses an await.
@@ -249,6 +253,7 @@ async fn authenticate(
             },
             request_id,
         );
+        let ctx = apply_ceiling(state, ctx, None).await?;
         return Ok((ctx, tenant.plan));
     }
     let (key, tenant) = authenticate_api_key(state, presented, host_tenant, client_ip).await?;
@@ -262,7 +267,35 @@ async fn authenticate(
         },
         request_id,
     );
+    let ctx = apply_ceiling(state, ctx, Some(key.key_id)).await?;
     Ok((ctx, tenant.plan))
+}
+
+/// Cuts the credential's scopes to its principal's roles ([`crate::ceilings`]); a disabled or
+/// missing principal refuses the credential (401, audited).
+pub(crate) async fn apply_ceiling(
+    state: &AppState,
+    ctx: TenantContext,
+    key_id: Option<bulkhead_core::ApiKeyId>,
+) -> Result<TenantContext, ApiError> {
+    let tenant = ctx.tenant_id();
+    let ceiling = state
+        .ceilings()
+        .of(state.store(), &ctx)
+        .await
+        .map_err(|e| resolver_failure(e, Some(tenant)))?;
+    let request_id = ctx.request_id();
+    match crate::ceilings::narrow(ctx.actor().clone(), &ceiling) {
+        Some(actor) => Ok(TenantContext::new(tenant, actor, request_id)),
+        None => Err(audit_refusal(
+            Refused {
+                reason: Refusal::PrincipalInactive,
+                tenant_id: Some(tenant),
+                key_id,
+            },
+            Some(tenant),
+        )),
+    }
 }
 
 /// Whether a bearer credential is a JWT rather than an API key. API keys and refresh tokens are

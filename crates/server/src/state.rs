@@ -29,6 +29,7 @@ struct Inner {
     rate_limits: Option<crate::limits::SharedLimits>,
     config: AppConfig,
     directory: TenantDirectory,
+    ceilings: crate::ceilings::RoleCeilings,
     audit: std::sync::OnceLock<Arc<crate::audit_log::AuditService>>,
 }
 
@@ -92,6 +93,7 @@ impl AppState {
                 config,
                 directory,
                 audit: std::sync::OnceLock::new(),
+                ceilings: Default::default(),
             }),
         }
     }
@@ -150,6 +152,11 @@ impl AppState {
     /// one is already in use.
     pub fn set_audit(&self, service: Arc<crate::audit_log::AuditService>) -> bool {
         self.inner.audit.set(service).is_ok()
+    }
+
+    /// Role ceilings of credentials, briefly cached.
+    pub fn ceilings(&self) -> &crate::ceilings::RoleCeilings {
+        &self.inner.ceilings
     }
 
     /// Registry reads, briefly cached.

@@ -31,6 +31,7 @@ pub async fn onboard(
     let spec = KeySpec {
         principal: "tenant-admin".into(),
         scopes: ScopeSet::all(),
+        agent: None,
         allowed_ips: Vec::new(),
         description: "bootstrap admin key".into(),
         expires_at: None,

@@ -5,7 +5,7 @@
 //! every server process can drop its cached verification of that key.
 
 use bulkhead_auth::{KeyEnvironment, KeyHash};
-use bulkhead_core::{ApiKeyId, ScopeSet, TenantId};
+use bulkhead_core::{AgentId, ApiKeyId, ScopeSet, TenantId};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -30,6 +30,8 @@ pub struct NewApiKey {
     pub principal: String,
     /// What the key may do.
     pub scopes: ScopeSet,
+    /// The agent the key belongs to, if any: then the agent's roles bound it too.
+    pub agent: Option<AgentId>,
     /// Networks the key may be used from; empty means anywhere.
     pub allowed_ips: Vec<IpNet>,
     /// Free text.
@@ -83,6 +85,8 @@ pub struct ApiKeyRecord {
     pub principal: String,
     /// Scopes (names as stored).
     pub scopes: Vec<String>,
+    /// The agent the key belongs to, if any.
+    pub agent_id: Option<AgentId>,
     /// Allowed networks; empty means anywhere.
     pub allowed_ips: Vec<String>,
     /// Free text.
@@ -138,7 +142,8 @@ pub fn effective_status(
     }
 }
 
-const COLUMNS: &str = "id, display_prefix, environment, principal, scopes, allowed_ips::text[], \
+const COLUMNS: &str =
+    "id, display_prefix, environment, principal, scopes, agent_id, allowed_ips::text[], \
     description, status, created_by, created_at, expires_at, last_used_at, host(last_used_ip), \
     predecessor_id, successor_id, rotated_at, grace_until, revoked_at";
 
@@ -149,6 +154,7 @@ struct Row {
     environment: String,
     principal: String,
     scopes: Vec<String>,
+    agent_id: Option<uuid::Uuid>,
     allowed_ips: Vec<String>,
     description: String,
     status: String,
@@ -177,6 +183,7 @@ impl Row {
             },
             principal: self.principal,
             scopes: self.scopes,
+            agent_id: self.agent_id.map(AgentId::from_uuid),
             allowed_ips: self.allowed_ips,
             description: self.description,
             status: effective_status(stored, self.expires_at, self.grace_until, now),
@@ -221,8 +228,8 @@ pub async fn insert(tx: &mut TenantTx, key: &NewApiKey) -> Result<ApiKeyId, Stor
     sqlx::query(
         "INSERT INTO bulkhead.api_keys (tenant_id, id, key_hash, pepper_version, environment, \
          display_prefix, principal, scopes, allowed_ips, description, created_by, expires_at, \
-         predecessor_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::cidr[], $10, $11, $12, $13)",
+         predecessor_id, agent_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::cidr[], $10, $11, $12, $13, $14)",
     )
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -237,6 +244,7 @@ pub async fn insert(tx: &mut TenantTx, key: &NewApiKey) -> Result<ApiKeyId, Stor
     .bind(&key.created_by)
     .bind(key.expires_at)
     .bind(key.predecessor.map(|p| p.uuid()))
+    .bind(key.agent.map(|a| a.uuid()))
     .execute(tx.conn())
     .await?;
     Ok(id)

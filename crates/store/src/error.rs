@@ -54,6 +54,9 @@ impl From<sqlx::Error> for StoreError {
                         ))
                     }
                     Some("42501") => return StoreError::AccessDenied,
+                    // A foreign key names no row of this tenant (composite keys include
+                    // tenant_id): to the caller, the referenced thing does not exist.
+                    Some("23503") => return StoreError::NotFound,
                     _ => {}
                 }
             }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agents;
 pub mod api_keys;
 pub mod audit;
 pub mod audit_log;
@@ -27,6 +28,7 @@ mod error;
 pub mod jobs;
 pub mod migrate;
 pub mod provision;
+pub mod rbac;
 pub mod registry;
 pub mod roles;
 pub mod sessions;

@@ -158,6 +158,7 @@ impl Store {
             RequestId::new(),
         );
         let mut tx = TenantTx::enter(tx, &ctx, Access::ReadWrite).await?;
+        crate::rbac::seed_built_in_roles(&mut tx).await?;
         let key_id = api_keys::insert(&mut tx, bootstrap_key).await?;
         let meta = json!({ "slug": tenant.slug.as_str(), "plan": tenant.plan.as_str() });
         audit::record(

@@ -142,3 +142,22 @@ pub async fn set_status(
     }
     Ok(())
 }
+
+/// A page of users in id order, after `after`.
+pub async fn list(
+    tx: &mut TenantTx,
+    after: Option<UserId>,
+    limit: u32,
+) -> Result<Vec<UserRecord>, StoreError> {
+    let tenant = tx.tenant_id();
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM bulkhead.users WHERE tenant_id = $1 \
+         AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    ))
+    .bind(tenant.uuid())
+    .bind(after.map(|u| u.uuid()))
+    .bind(i64::from(limit))
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}

@@ -1,11 +1,12 @@
 //! `/v1/api-keys`: the key lifecycle. Metadata only, except the plaintext of a new key, returned
 //! exactly once by create and rotate.
 
+use crate::authz::RouteAccess::{self, Requires};
+use crate::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
-use bulkhead_core::{Actor, ApiKeyId, Scope, ScopeSet, TenantContext};
+use bulkhead_core::{Actor, AgentId, ApiKeyId, Scope, ScopeSet, TenantContext};
+use bulkhead_store::agents::{self, AgentStatus};
 use bulkhead_store::api_keys::{self, ApiKeyRecord, KeyPatch};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::Access;
@@ -23,15 +24,21 @@ use crate::state::AppState;
 pub const MAX_PAGE_SIZE: u32 = 200;
 const MAX_ALLOWED_IPS: usize = 64;
 
-/// The routes, mounted under `/v1` behind tenant resolution.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api-keys", get(list).post(create))
-        .route("/api-keys/revoke-all", post(revoke_all))
-        .route("/api-keys/{id}", get(fetch).patch(update))
-        .route("/api-keys/{id}/rotate", post(rotate))
-        .route("/api-keys/{id}/revoke", post(revoke))
-        .route("/key-policy", get(get_policy).put(put_policy))
+/// The routes and who may call them. A key may always read, narrow, rotate and revoke itself
+/// (the handlers check `keys:manage` for any other key).
+pub fn routes() -> RouteTable {
+    const MANAGE: RouteAccess = Requires(Scope::KeysManage);
+    const ANY: RouteAccess = RouteAccess::Authenticated;
+    RouteTable::new()
+        .get("/v1/api-keys", MANAGE, list)
+        .post("/v1/api-keys", MANAGE, create)
+        .post("/v1/api-keys/revoke-all", MANAGE, revoke_all)
+        .get("/v1/api-keys/{id}", ANY, fetch)
+        .patch("/v1/api-keys/{id}", ANY, update)
+        .post("/v1/api-keys/{id}/rotate", ANY, rotate)
+        .post("/v1/api-keys/{id}/revoke", ANY, revoke)
+        .get("/v1/key-policy", MANAGE, get_policy)
+        .put("/v1/key-policy", MANAGE, put_policy)
 }
 
 /// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required.
@@ -50,7 +57,7 @@ async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<axum::Json<api_keys::KeyPolicy>, ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let policy = api_keys::policy(&mut tx).await?;
     tx.commit().await?;
@@ -62,7 +69,7 @@ async fn put_policy(
     tenant: Tenant,
     Json(body): Json<PutPolicy>,
 ) -> Result<axum::Json<api_keys::KeyPolicy>, ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     let window = 0..=30 * 86_400;
     if !window.contains(&body.grace_seconds) || !window.contains(&body.deadline_warning_seconds) {
         return Err(ApiError::Invalid(
@@ -100,6 +107,10 @@ pub struct CreateKey {
     scopes: Vec<String>,
     #[serde(default)]
     principal: Option<String>,
+    /// The agent the key belongs to: its roles then bound the key too, and disabling the agent
+    /// stops the key. The principal defaults to the agent's name.
+    #[serde(default)]
+    agent_id: Option<String>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -190,33 +201,13 @@ fn caller_key(ctx: &TenantContext) -> Option<ApiKeyId> {
     }
 }
 
-fn caller_scopes(ctx: &TenantContext) -> ScopeSet {
-    ctx.actor().scopes().cloned().unwrap_or_else(ScopeSet::all)
-}
-
-/// Refuses credentials that are confined (to a resource prefix) or delegated: an API key can
-/// carry neither the prefix, nor the token's expiry, nor its lineage, so a key minted, rotated or
-/// loosened by such a token would escape every bound the delegation put on it.
 fn refuse_confined(ctx: &TenantContext) -> Result<(), ApiError> {
-    let actor = ctx.actor();
-    if actor.resource_prefix().is_none() && actor.delegation().is_none() {
-        return Ok(());
-    }
-    crate::extract::audit_forbidden(ctx, Scope::KeysManage, "confined-credential");
-    Err(ApiError::ConfinedCredential)
+    crate::authz::refuse_confined(ctx, Scope::KeysManage)
 }
 
-/// Refuses unless the caller holds every scope of `wanted`: nobody mints a stronger key.
 fn check_may_grant(ctx: &TenantContext, wanted: &ScopeSet) -> Result<(), ApiError> {
     refuse_confined(ctx)?;
-    let held = caller_scopes(ctx);
-    match wanted.iter().find(|s| !held.contains(*s)) {
-        None => Ok(()),
-        Some(missing) => {
-            crate::extract::audit_forbidden(ctx, missing, "grant");
-            Err(ApiError::MissingScope(missing))
-        }
-    }
+    crate::authz::check_may_grant(ctx, wanted, "grant")
 }
 
 fn parse_scopes(names: &[String]) -> Result<ScopeSet, ApiError> {
@@ -288,23 +279,49 @@ async fn create(
     tenant: Tenant,
     Json(body): Json<CreateKey>,
 ) -> Result<(StatusCode, axum::Json<MintedKey>), ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     let now = state.clock().now();
     let scopes = parse_scopes(&body.scopes)?;
     check_may_grant(ctx, &scopes)?;
-    let principal = body.principal.unwrap_or_else(|| "tenant-admin".into());
-    check_label("principal", &principal)?;
+    let agent_id = body
+        .agent_id
+        .as_deref()
+        .map(|text| AgentId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into())))
+        .transpose()?;
     let description = body.description.unwrap_or_default();
     check_description(&description)?;
     check_future(body.expires_at, now)?;
+    let allowed_ips = parse_networks(body.allowed_ips.as_deref().unwrap_or_default())?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let agent = match agent_id {
+        Some(id) => Some(agents::get(&mut tx, id).await?),
+        None => None,
+    };
+    if agent
+        .as_ref()
+        .is_some_and(|a| a.status != AgentStatus::Active)
+    {
+        return Err(ApiError::Invalid("the agent is disabled".into()));
+    }
+    let principal = match (body.principal, &agent) {
+        (Some(principal), Some(agent)) if principal != agent.name => {
+            return Err(ApiError::Invalid(
+                "principal must be the agent's name (or left out)".into(),
+            ))
+        }
+        (Some(principal), _) => principal,
+        (None, Some(agent)) => agent.name.clone(),
+        (None, None) => "tenant-admin".into(),
+    };
+    check_label("principal", &principal)?;
     let spec = KeySpec {
         principal,
         scopes,
-        allowed_ips: parse_networks(body.allowed_ips.as_deref().unwrap_or_default())?,
+        agent: agent.map(|a| a.id),
+        allowed_ips,
         description,
         expires_at: body.expires_at,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let (id, key) = keys::mint(
         &mut tx,
         state.verifier().peppers(),
@@ -328,7 +345,7 @@ async fn list(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<KeyPage>, ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
     let after = query.cursor.as_deref().map(parse_id).transpose()?;
     if let Some(p) = &query.principal {
@@ -524,7 +541,7 @@ async fn revoke_all(
     tenant: Tenant,
     Json(body): Json<RevokeAll>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     check_label("principal", &body.principal)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let revoked =

@@ -3,12 +3,12 @@
 //! Every route requires `audit:read` and works inside the caller's tenant transaction, so a
 //! tenant only ever sees its own log; another tenant's event id answers like a missing one.
 
+use crate::authz::RouteAccess::{self, Requires};
+use crate::authz::RouteTable;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use bulkhead_audit::export::ExportLine;
 use bulkhead_core::{AuditEventId, Scope, TenantContext};
 use bulkhead_store::audit_log::{self, EventFilter, ExportItem, ListedEvent, ProofRefusal, Sweep};
@@ -32,15 +32,18 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 /// Leaves read per database round trip while exporting.
 pub const EXPORT_PAGE: u64 = 2000;
 
-/// The routes, to be mounted under `/v1` behind tenant resolution.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/audit/events", get(list_events))
-        .route("/audit/checkpoints", post(checkpoint_now))
-        .route("/audit/checkpoints/latest", get(latest_checkpoint))
-        .route("/audit/proofs/inclusion", get(inclusion))
-        .route("/audit/proofs/consistency", get(consistency))
-        .route("/audit/export", get(export))
+/// The routes and who may call them. The log's public key is public: verifiers need it without
+/// an account.
+pub fn routes() -> RouteTable {
+    const READ: RouteAccess = Requires(Scope::AuditRead);
+    RouteTable::new()
+        .get(LOG_KEY_PATH, RouteAccess::Public, log_key)
+        .get("/v1/audit/events", READ, list_events)
+        .post("/v1/audit/checkpoints", READ, checkpoint_now)
+        .get("/v1/audit/checkpoints/latest", READ, latest_checkpoint)
+        .get("/v1/audit/proofs/inclusion", READ, inclusion)
+        .get("/v1/audit/proofs/consistency", READ, consistency)
+        .get("/v1/audit/export", READ, export)
 }
 
 /// `GET /.well-known/bulkhead-audit-key`.
@@ -106,7 +109,7 @@ async fn list_events(
     tenant: Tenant,
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventPage>, ApiError> {
-    let ctx = tenant.require(Scope::AuditRead)?;
+    let ctx = &tenant.0;
     let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = query.cursor.as_deref().map(parse_event_id).transpose()?;
     if let Some(outcome) = &query.outcome {
@@ -149,7 +152,7 @@ async fn checkpoint_now(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = tenant.require(Scope::AuditRead)?;
+    let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     audit_log::sequence(&mut tx, Sweep::Recent).await?;
     let signed =
@@ -162,7 +165,7 @@ async fn latest_checkpoint(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<Response, ApiError> {
-    let ctx = tenant.require(Scope::AuditRead)?;
+    let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let latest = audit_log::latest_checkpoint(&mut tx).await?;
     tx.commit().await?;
@@ -194,7 +197,7 @@ async fn inclusion(
     tenant: Tenant,
     Query(query): Query<InclusionQuery>,
 ) -> Result<Response, ApiError> {
-    let ctx = tenant.require(Scope::AuditRead)?;
+    let ctx = &tenant.0;
     let event = parse_event_id(&query.event_id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let proof = audit_log::inclusion_proof(&mut tx, event, query.tree_size).await?;
@@ -215,7 +218,7 @@ async fn consistency(
     tenant: Tenant,
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
-    let ctx = tenant.require(Scope::AuditRead)?;
+    let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let proof = audit_log::consistency_proof(&mut tx, query.from, query.to).await?;
     tx.commit().await?;
@@ -228,7 +231,7 @@ async fn consistency(
 /// out as a `purged` line, which verifies just the same. A failure mid-stream ends the response
 /// early, which the verifier reports (the size does not match the checkpoint).
 async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
-    let ctx = tenant.require(Scope::AuditRead)?.clone();
+    let ctx = tenant.0.clone();
     // Sequence what is pending and sign if the tree grew, so the export covers everything
     // committed so far (and any purge recorded so far).
     let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;

@@ -16,11 +16,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::authz::RouteAccess::{self, Requires};
+use crate::authz::RouteTable;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
 use bulkhead_auth::password::verify_password;
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
@@ -54,18 +54,25 @@ pub const LOGIN_CLIENT_ID: &str = "bulkhead-login";
 
 const THROTTLE_NAMESPACE: Uuid = Uuid::from_u128(0x6b75_6c6b_6865_6164_2d6c_6f67_696e_0001);
 
-/// The login route, mounted outside tenant resolution (login is how a human gets a credential).
-pub fn public_routes() -> Router<AppState> {
-    Router::new().route("/v1/auth/login", post(login))
-}
-
-/// The authenticated routes, mounted under `/v1` behind tenant resolution.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/logout", post(logout))
-        .route("/auth/sessions", get(list_sessions))
-        .route("/auth/sessions/{id}", delete(end_session))
-        .route("/token-policy", get(get_policy).put(put_policy))
+/// The routes and who may call them. Login is how a human gets a credential, so it
+/// authenticates itself; the others act on the caller's own sessions (the handlers check
+/// `keys:manage` before touching anyone else's).
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .post("/v1/auth/login", RouteAccess::SelfAuthenticating, login)
+        .post("/v1/auth/logout", RouteAccess::Authenticated, logout)
+        .get(
+            "/v1/auth/sessions",
+            RouteAccess::Authenticated,
+            list_sessions,
+        )
+        .delete(
+            "/v1/auth/sessions/{id}",
+            RouteAccess::Authenticated,
+            end_session,
+        )
+        .get("/v1/token-policy", Requires(Scope::KeysManage), get_policy)
+        .put("/v1/token-policy", Requires(Scope::KeysManage), put_policy)
 }
 
 /// Trims and lowercases an email; `None` if it cannot be one.
@@ -541,7 +548,7 @@ async fn get_policy(
     State(state): State<AppState>,
     tenant: TenantExtract,
 ) -> Result<axum::Json<TokenPolicy>, ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let policy = tokens::token_policy(&mut tx).await?;
     tx.commit().await?;
@@ -553,7 +560,7 @@ async fn put_policy(
     tenant: TenantExtract,
     Json(policy): Json<TokenPolicy>,
 ) -> Result<axum::Json<TokenPolicy>, ApiError> {
-    let ctx = tenant.require(Scope::KeysManage)?;
+    let ctx = &tenant.0;
     let lifetimes = 300..=31_536_000;
     if !(0..=60).contains(&policy.refresh_reuse_interval_seconds)
         || !lifetimes.contains(&policy.session_absolute_seconds)

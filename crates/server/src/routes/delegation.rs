@@ -64,6 +64,19 @@ fn valid_principal(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A credential's effective scopes, or `invalid_grant` when its principal is disabled or gone.
+fn effective_or_refuse(
+    effective: Result<Option<ScopeSet>, bulkhead_store::StoreError>,
+) -> Result<ScopeSet, OAuthError> {
+    match effective {
+        Ok(Some(scopes)) => Ok(scopes),
+        Ok(None) => Err(OAuthError::invalid_grant(
+            "a credential of the delegation belongs to a disabled principal",
+        )),
+        Err(_) => Err(OAuthError::unavailable()),
+    }
+}
+
 fn verify_token(
     state: &AppState,
     text: &str,
@@ -108,10 +121,12 @@ async fn delegate(
                         "the actor must belong to the subject's tenant",
                     ));
                 }
+                let scopes =
+                    effective_or_refuse(crate::ceilings::token_scopes(state, &token).await)?;
                 Ok(Delegate {
                     principal: token.claims.sub.clone(),
                     client_id: Some(token.claims.client_id.clone()),
-                    scopes: Some(token.scopes.clone()),
+                    scopes: Some(scopes),
                     token: Some(token),
                 })
             }
@@ -126,10 +141,11 @@ async fn delegate(
                             ),
                         })?;
                 state.verifier().record_use(&key, client_ip);
+                let scopes = effective_or_refuse(crate::ceilings::key_scopes(state, &key).await)?;
                 Ok(Delegate {
                     principal: key.principal,
                     client_id: Some(key.key_id.to_string()),
-                    scopes: Some(key.scopes),
+                    scopes: Some(scopes),
                     token: None,
                 })
             }
@@ -140,10 +156,11 @@ async fn delegate(
     }
     if let Some(auth) = auth {
         let (key, _) = authenticate_client(state, &auth, Some(tenant.clone()), client_ip).await?;
+        let scopes = effective_or_refuse(crate::ceilings::key_scopes(state, &key).await)?;
         return Ok(Delegate {
             principal: key.principal,
             client_id: Some(key.key_id.to_string()),
-            scopes: Some(key.scopes),
+            scopes: Some(scopes),
             token: None,
         });
     }
@@ -300,7 +317,9 @@ pub(crate) async fn exchange(
             return Err(OAuthError::invalid_request("only access tokens are issued"));
         }
     }
-    let subject = verify_token(state, subject_text, "subject token")?;
+    let mut subject = verify_token(state, subject_text, "subject token")?;
+    // The subject delegates its effective authority (its roles bound it), not its token's text.
+    subject.scopes = effective_or_refuse(crate::ceilings::token_scopes(state, &subject).await)?;
     let tenant = claimed_tenant(state, subject.tenant_id, host, || {
         OAuthError::invalid_grant("the subject token is invalid for this tenant")
     })

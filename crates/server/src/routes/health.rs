@@ -5,8 +5,17 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
+use crate::authz::{RouteAccess, RouteTable};
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The routes: public, as the module doc says.
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .get("/healthz", RouteAccess::Public, healthz)
+        .get("/readyz", RouteAccess::Public, readyz)
+        .get("/metrics", RouteAccess::Public, metrics)
+}
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> impl IntoResponse {

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod delegation;
 pub mod health;
 pub mod oauth;
+pub mod principals;
+pub mod roles;
 pub mod sessions;
 pub mod webhooks;
 

@@ -10,12 +10,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::authz::RouteAccess;
+use crate::authz::RouteTable;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bulkhead_auth::RefreshToken;
@@ -44,13 +44,18 @@ pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchang
 const MAX_PARAMS: usize = 16;
 
 /// The routes (outside tenant resolution: the client authenticates itself here).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/oauth/token", post(token))
-        .route("/oauth/revoke", post(revoke))
-        .route("/oauth/introspect", post(introspect))
-        .route("/.well-known/oauth-authorization-server", get(metadata))
-        .route("/.well-known/jwks.json", get(jwks))
+pub fn routes() -> RouteTable {
+    const SELF: RouteAccess = RouteAccess::SelfAuthenticating;
+    RouteTable::new()
+        .post("/oauth/token", SELF, token)
+        .post("/oauth/revoke", SELF, revoke)
+        .post("/oauth/introspect", SELF, introspect)
+        .get(
+            "/.well-known/oauth-authorization-server",
+            RouteAccess::Public,
+            metadata,
+        )
+        .get("/.well-known/jwks.json", RouteAccess::Public, jwks)
 }
 
 async fn metadata(State(state): State<AppState>) -> Response {
@@ -349,8 +354,24 @@ async fn client_credentials(
         },
         RequestId::new(),
     );
+    // The key's agent's roles bound what the token may hold, as they bound the key itself.
+    let held = crate::ceilings::key_scopes(state, key)
+        .await
+        .map_err(|_| OAuthError::unavailable())?;
     let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
-    let scopes = match granted_scopes(form, &key.scopes) {
+    let Some(held) = held else {
+        audit::record(
+            &mut tx,
+            "auth.token_issue",
+            Some(&key.key_id.to_string()),
+            Outcome::Failure,
+            json!({ "grant_type": "client_credentials", "reason": "principal_inactive" }),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(OAuthError::invalid_client(false));
+    };
+    let scopes = match granted_scopes(form, &held) {
         Ok(scopes) => scopes,
         Err(err) => {
             audit::record(

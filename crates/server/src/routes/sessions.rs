@@ -1,10 +1,10 @@
 //! `/v1/sessions`: agent sessions.
 
+use crate::authz::RouteAccess::Requires;
+use crate::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use bulkhead_core::{Scope, SessionId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::sessions::{
@@ -27,11 +27,14 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
 
-/// The routes, to be mounted under `/v1` behind tenant resolution.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/sessions", get(list).post(create))
-        .route("/sessions/{id}", get(fetch).patch(update).delete(remove))
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .get("/v1/sessions", Requires(Scope::SessionsRead), list)
+        .post("/v1/sessions", Requires(Scope::SessionsWrite), create)
+        .get("/v1/sessions/{id}", Requires(Scope::SessionsRead), fetch)
+        .patch("/v1/sessions/{id}", Requires(Scope::SessionsWrite), update)
+        .delete("/v1/sessions/{id}", Requires(Scope::SessionsWrite), remove)
 }
 
 /// Body of `POST /v1/sessions`.
@@ -165,7 +168,7 @@ async fn create(
     tenant: Tenant,
     Json(body): Json<CreateSession>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = tenant.require(Scope::SessionsWrite)?;
+    let ctx = &tenant.0;
     check_agent_id(&body.agent_id)?;
     check_title(&body.title)?;
     let new = NewSession {
@@ -202,7 +205,7 @@ async fn fetch(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
-    let ctx = tenant.require(Scope::SessionsRead)?;
+    let ctx = &tenant.0;
     let id = parse_id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let session = sessions::get(&mut tx, id).await?;
@@ -215,7 +218,7 @@ async fn list(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<SessionPage>, ApiError> {
-    let ctx = tenant.require(Scope::SessionsRead)?;
+    let ctx = &tenant.0;
     let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = query.cursor.as_deref().map(parse_id).transpose()?;
     if let Some(agent_id) = &query.agent_id {
@@ -243,7 +246,7 @@ async fn update(
     Path(id): Path<String>,
     Json(body): Json<UpdateSession>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
-    let ctx = tenant.require(Scope::SessionsWrite)?;
+    let ctx = &tenant.0;
     let id = parse_id(&id)?;
     if let Some(title) = &body.title {
         check_title(title)?;
@@ -281,7 +284,7 @@ async fn remove(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = tenant.require(Scope::SessionsWrite)?;
+    let ctx = &tenant.0;
     let id = parse_id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     sessions::delete(&mut tx, id).await?;

@@ -3,11 +3,11 @@
 //! judged here by the egress policy (text, parsed value, IP literals) and again, with their DNS
 //! answers, by the delivery worker before every attempt.
 
+use crate::authz::RouteAccess::{self, Requires};
+use crate::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
 use bulkhead_core::{EndpointId, MessageId, PrefixedId, Scope, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::webhooks::{
@@ -44,24 +44,26 @@ pub const PLATFORM_NAMESPACES: &[&str] = &[
     "bulkhead.",
 ];
 
-/// The routes, mounted under `/v1` behind tenant resolution.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/endpoints", get(list).post(create))
-        .route(
-            "/webhooks/endpoints/{id}",
-            get(fetch).patch(update).delete(remove),
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    const MANAGE: RouteAccess = Requires(Scope::WebhooksManage);
+    RouteTable::new()
+        .get("/v1/webhooks/endpoints", MANAGE, list)
+        .post("/v1/webhooks/endpoints", MANAGE, create)
+        .get("/v1/webhooks/endpoints/{id}", MANAGE, fetch)
+        .patch("/v1/webhooks/endpoints/{id}", MANAGE, update)
+        .delete("/v1/webhooks/endpoints/{id}", MANAGE, remove)
+        .post(
+            "/v1/webhooks/endpoints/{id}/rotate-secret",
+            MANAGE,
+            rotate_secret,
         )
-        .route(
-            "/webhooks/endpoints/{id}/rotate-secret",
-            post(rotate_secret),
-        )
-        .route("/webhooks/endpoints/{id}/test", post(send_test))
-        .route("/webhooks/endpoints/{id}/recover", post(recover))
-        .route("/webhooks/messages", post(publish))
-        .route("/webhooks/messages/{id}", get(fetch_message))
-        .route("/webhooks/messages/{id}/attempts", get(attempts))
-        .route("/webhooks/messages/{id}/resend", post(resend))
+        .post("/v1/webhooks/endpoints/{id}/test", MANAGE, send_test)
+        .post("/v1/webhooks/endpoints/{id}/recover", MANAGE, recover)
+        .post("/v1/webhooks/messages", MANAGE, publish)
+        .get("/v1/webhooks/messages/{id}", MANAGE, fetch_message)
+        .get("/v1/webhooks/messages/{id}/attempts", MANAGE, attempts)
+        .post("/v1/webhooks/messages/{id}/resend", MANAGE, resend)
 }
 
 /// Body of `POST /v1/webhooks/endpoints`.
@@ -229,7 +231,7 @@ async fn create(
     tenant: Tenant,
     Json(body): Json<CreateEndpoint>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     check_description(&body.description)?;
     check_event_types(&body.event_types)?;
     check_rate(body.rate_limit_per_second)?;
@@ -270,7 +272,7 @@ async fn list(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<EndpointPage>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = query
         .cursor
@@ -289,7 +291,7 @@ async fn fetch(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: EndpointId = parse(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let endpoint = store::get_endpoint(&mut tx, id).await?;
@@ -303,7 +305,7 @@ async fn update(
     Path(id): Path<String>,
     Json(body): Json<UpdateEndpoint>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: EndpointId = parse(&id)?;
     if let Some(d) = &body.description {
         check_description(d)?;
@@ -344,7 +346,7 @@ async fn remove(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: EndpointId = parse(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     store::delete_endpoint(&mut tx, id).await?;
@@ -366,7 +368,7 @@ async fn rotate_secret(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: EndpointId = parse(&id)?;
     // The body is optional: empty means the defaults.
     let body: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
@@ -421,7 +423,7 @@ async fn send_test(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: EndpointId = parse(&id)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
@@ -459,7 +461,7 @@ async fn recover(
     Path(id): Path<String>,
     Json(body): Json<Recover>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: EndpointId = parse(&id)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
@@ -481,7 +483,7 @@ async fn publish(
     tenant: Tenant,
     Json(body): Json<PublishMessage>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     if !valid_event_type(&body.event_type) {
         return Err(ApiError::Invalid(
             "event_type: 1 to 100 characters a-z, 0-9, `_`, `.`, `-`, starting with a letter"
@@ -546,7 +548,7 @@ async fn fetch_message(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: MessageId = parse(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let message = store::get_message(&mut tx, id).await?;
@@ -562,7 +564,7 @@ async fn attempts(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: MessageId = parse(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     store::get_message(&mut tx, id).await?;
@@ -576,7 +578,7 @@ async fn resend(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = tenant.require(Scope::WebhooksManage)?;
+    let ctx = &tenant.0;
     let id: MessageId = parse(&id)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;

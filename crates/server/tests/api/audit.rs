@@ -352,6 +352,8 @@ async fn a_full_auth_failure_queue_counts_what_it_dropped() {
     let service = AuditService::with_capacity(bulkhead_audit::LogSigningKey::generate(), 2);
     for _ in 0..5 {
         service.record_auth_failure(AuthFailure {
+            action: "auth.failure",
+            actor: None,
             tenant: acme.id,
             key_id: None,
             reason: "UnknownKey".into(),

@@ -12,6 +12,7 @@ mod isolation;
 mod jobs;
 mod platform;
 mod ratelimit;
+mod rbac;
 mod sessions;
 mod tokens;
 mod webhooks;

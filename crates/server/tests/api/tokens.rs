@@ -153,9 +153,21 @@ async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str, scopes: &[
         .await
         .unwrap();
     let hash = bulkhead_auth::password::hash_password(PASSWORD).unwrap();
-    bulkhead_store::users::create(&mut tx, email, &hash, &ScopeSet::parse_all(scopes).unwrap())
+    let user =
+        bulkhead_store::users::create(&mut tx, email, &hash, &ScopeSet::parse_all(scopes).unwrap())
+            .await
+            .unwrap();
+    // Admin: the user is exactly as strong as the scopes it was given.
+    let admin = bulkhead_store::rbac::role_by_name(&mut tx, "admin")
         .await
         .unwrap();
+    bulkhead_store::rbac::assign(
+        &mut tx,
+        admin.id,
+        bulkhead_store::rbac::Principal::User(user.id),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 }
 

@@ -1,0 +1,163 @@
+//! Role ceilings: what a credential's principal is allowed by its roles, applied to every
+//! request so that a credential's effective permissions are its scopes ∩ its principal's roles.
+//!
+//! - An API key that belongs to an agent is bounded by the agent's roles; a key without an agent
+//!   is a tenant service key, bounded by its scopes alone (whoever minted it held them).
+//! - A human's access token is bounded by the user's roles; an agent's token by the roles of the
+//!   agent owning the key it was issued to.
+//! - A disabled or missing principal refuses the credential outright (401), never "no scopes".
+//!
+//! Ceilings are cached per (tenant, principal) for [`CEILING_TTL`]. A role or assignment change
+//! clears its tenant's entries in this process at once; other processes see it within the TTL.
+
+use std::time::Duration;
+
+use bulkhead_core::{Actor, ApiKeyId, ScopeSet, TenantCache, TenantContext, TenantId, UserId};
+use bulkhead_store::rbac::{self, Principal};
+use bulkhead_store::{Access, Store, StoreError};
+
+/// How long a ceiling is trusted without reading the roles again.
+pub const CEILING_TTL: Duration = Duration::from_secs(5);
+
+/// Whose roles bound a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Bearer {
+    Key(ApiKeyId),
+    User(UserId),
+}
+
+/// What a principal's roles allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ceiling {
+    /// Nothing beyond the credential's own scopes (a tenant service key).
+    Unbounded,
+    /// At most these permissions.
+    Bounded(ScopeSet),
+    /// The principal is disabled or gone: refuse the credential.
+    Refused,
+}
+
+/// The cache of ceilings. Cheap to share.
+pub struct RoleCeilings {
+    cache: TenantCache<Bearer, Ceiling>,
+}
+
+impl std::fmt::Debug for RoleCeilings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleCeilings").finish_non_exhaustive()
+    }
+}
+
+impl Default for RoleCeilings {
+    fn default() -> Self {
+        Self {
+            cache: TenantCache::new(100_000, CEILING_TTL),
+        }
+    }
+}
+
+impl RoleCeilings {
+    /// The ceiling of the context's credential.
+    pub async fn of(&self, store: &Store, ctx: &TenantContext) -> Result<Ceiling, StoreError> {
+        let Some(bearer) = bearer(ctx.actor()) else {
+            return Ok(Ceiling::Unbounded);
+        };
+        if let Some(ceiling) = self.cache.get(ctx, &bearer).await {
+            return Ok(ceiling);
+        }
+        let mut tx = store.begin(ctx, Access::ReadOnly).await?;
+        let principal = match &bearer {
+            Bearer::User(user) => Some(Principal::User(*user)),
+            Bearer::Key(key) => match rbac::key_agent(&mut tx, *key).await {
+                Ok(agent) => agent.map(Principal::Agent),
+                // The key record is gone: nothing may act for it.
+                Err(StoreError::NotFound) => {
+                    tx.commit().await?;
+                    self.cache.insert(ctx, bearer, Ceiling::Refused).await;
+                    return Ok(Ceiling::Refused);
+                }
+                Err(err) => return Err(err),
+            },
+        };
+        let ceiling = match principal {
+            None => Ceiling::Unbounded,
+            Some(principal) => match rbac::permissions_of(&mut tx, principal).await? {
+                Some(held) => Ceiling::Bounded(held),
+                None => Ceiling::Refused,
+            },
+        };
+        tx.commit().await?;
+        self.cache.insert(ctx, bearer, ceiling.clone()).await;
+        Ok(ceiling)
+    }
+
+    /// Forgets every ceiling of `tenant` (after a role, assignment or principal change).
+    pub fn invalidate_tenant(&self, tenant: TenantId) {
+        self.cache.invalidate_tenant(tenant);
+    }
+}
+
+fn bearer(actor: &Actor) -> Option<Bearer> {
+    match actor {
+        Actor::ApiKey { key_id, .. } => Some(Bearer::Key(*key_id)),
+        Actor::Token {
+            human: true,
+            subject,
+            ..
+        } => UserId::parse(subject).ok().map(Bearer::User),
+        // An agent's token was issued to a key; a delegated token keeps its original client.
+        Actor::Token { client_id, .. } => ApiKeyId::parse(client_id).ok().map(Bearer::Key),
+        _ => None,
+    }
+}
+
+/// The actor with its scopes cut to the ceiling; `None` if the ceiling refuses it.
+pub fn narrow(actor: Actor, ceiling: &Ceiling) -> Option<Actor> {
+    match ceiling {
+        Ceiling::Unbounded => Some(actor),
+        Ceiling::Bounded(bound) => Some(actor.narrowed(bound)),
+        Ceiling::Refused => None,
+    }
+}
+
+/// The effective scopes of an API key outside the request pipeline (token issue and exchange);
+/// `None` if its principal is inactive.
+pub(crate) async fn key_scopes(
+    state: &crate::state::AppState,
+    key: &crate::credentials::VerifiedKey,
+) -> Result<Option<ScopeSet>, StoreError> {
+    let actor = Actor::ApiKey {
+        key_id: key.key_id,
+        scopes: key.scopes.clone(),
+    };
+    effective(state, key.tenant_id, actor).await
+}
+
+/// The effective scopes of a verified access token outside the request pipeline (the subject and
+/// actor of a token exchange); `None` if its principal is inactive.
+pub(crate) async fn token_scopes(
+    state: &crate::state::AppState,
+    token: &crate::tokens::VerifiedToken,
+) -> Result<Option<ScopeSet>, StoreError> {
+    let actor = Actor::Token {
+        subject: token.claims.sub.clone(),
+        human: token.claims.sub_type == "user",
+        client_id: token.claims.client_id.clone(),
+        token_id: token.token_id,
+        session_id: token.session_id,
+        scopes: token.scopes.clone(),
+        resource_prefix: token.resource_prefix.clone(),
+        delegation: Vec::new(),
+    };
+    effective(state, token.tenant_id, actor).await
+}
+
+async fn effective(
+    state: &crate::state::AppState,
+    tenant: TenantId,
+    actor: Actor,
+) -> Result<Option<ScopeSet>, StoreError> {
+    let ctx = TenantContext::new(tenant, actor, bulkhead_core::RequestId::new());
+    let ceiling = state.ceilings().of(state.store(), &ctx).await?;
+    Ok(narrow(ctx.actor().clone(), &ceiling).and_then(|a| a.scopes().cloned()))
+}

@@ -1,0 +1,384 @@
+//! `/v1/users` and `/v1/agents`: the tenant's principals.
+//!
+//! Creating a principal grants nothing: authority comes from role assignments
+//! (`/v1/role-assignments`), which have their own escalation checks. Disabling a principal
+//! refuses its credentials on their next use (in this process at once, in others within
+//! [`crate::ceilings::CEILING_TTL`]); a disabled user cannot refresh or log in.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_core::{AgentId, Scope, TenantContext, UserId};
+use bulkhead_store::agents::{self, Agent, AgentStatus};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::users::{self, UserRecord, UserStatus};
+use bulkhead_store::{Access, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::authz::RouteAccess::Requires;
+use crate::authz::RouteTable;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query, Tenant};
+use crate::state::AppState;
+
+/// Largest page of a principal list.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Longest agent description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .get("/v1/users", Requires(Scope::UsersRead), list_users)
+        .post("/v1/users", Requires(Scope::UsersWrite), create_user)
+        .get("/v1/users/{id}", Requires(Scope::UsersRead), fetch_user)
+        .patch("/v1/users/{id}", Requires(Scope::UsersWrite), update_user)
+        .get("/v1/agents", Requires(Scope::AgentsRead), list_agents)
+        .post("/v1/agents", Requires(Scope::AgentsWrite), create_agent)
+        .get("/v1/agents/{id}", Requires(Scope::AgentsRead), fetch_agent)
+        .patch(
+            "/v1/agents/{id}",
+            Requires(Scope::AgentsWrite),
+            update_agent,
+        )
+}
+
+/// A principal's status as a request names it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestedStatus {
+    /// Credentials work.
+    Active,
+    /// Credentials are refused.
+    Disabled,
+}
+
+/// Query of the list routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A user as the API shows it (never the password hash).
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    id: UserId,
+    email: String,
+    status: UserStatus,
+    created_at: DateTime<Utc>,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(user: UserRecord) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            status: user.status,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// A page of items.
+#[derive(Debug, Serialize)]
+pub struct Page<T, C> {
+    data: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<C>,
+}
+
+impl<T, C> Page<T, C> {
+    /// A page and the cursor of the next one.
+    pub fn new(data: Vec<T>, next_cursor: Option<C>) -> Self {
+        Self { data, next_cursor }
+    }
+}
+
+/// Body of `POST /v1/users`. `Debug` leaves the password out; it is zeroized on drop.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    email: String,
+    password: String,
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CreateUser {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+/// Body of `PATCH /v1/users/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    status: RequestedStatus,
+}
+
+/// Body of `POST /v1/agents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    owner_user_id: Option<String>,
+}
+
+/// Body of `PATCH /v1/agents/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    status: Option<RequestedStatus>,
+}
+
+fn bad_id(err: bulkhead_core::IdError) -> ApiError {
+    ApiError::BadRequest(err.to_string().into())
+}
+
+fn check_agent_name(name: &str) -> Result<(), ApiError> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "name has 1 to 63 characters: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit".into(),
+        ))
+    }
+}
+
+fn check_description(text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::Invalid(
+            format!("description is at most {MAX_DESCRIPTION_CHARS} characters").into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn record(
+    tx: &mut bulkhead_store::TenantTx,
+    action: &str,
+    resource: String,
+    meta: serde_json::Value,
+) -> Result<(), StoreError> {
+    audit::record(tx, action, Some(&resource), Outcome::Success, meta).await?;
+    Ok(())
+}
+
+fn conflict_as(err: StoreError, message: &'static str) -> ApiError {
+    match err {
+        StoreError::Conflict { .. } => ApiError::Conflict(message.into()),
+        other => other.into(),
+    }
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<Page<UserView, UserId>>, ApiError> {
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let rows = users::list(&mut tx, after, limit + 1).await?;
+    tx.commit().await?;
+    let (rows, next_cursor) = super::into_page(rows, limit, |u| u.id);
+    Ok(axum::Json(Page {
+        data: rows.into_iter().map(UserView::from).collect(),
+        next_cursor,
+    }))
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateUser>,
+) -> Result<(StatusCode, axum::Json<UserView>), ApiError> {
+    let ctx = &tenant.0;
+    let email = super::auth::normalise_email(&body.email)
+        .ok_or_else(|| ApiError::Invalid("email is not a valid address".into()))?;
+    let hash = bulkhead_auth::password::hash_password(&body.password)
+        .map_err(|e| ApiError::Invalid(e.to_string().into()))?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    // A user's token scopes are every permission: what a user may do is decided by its roles.
+    let user = users::create(&mut tx, &email, &hash, &bulkhead_core::ScopeSet::all())
+        .await
+        .map_err(|e| conflict_as(e, "a user with that email exists"))?;
+    record(&mut tx, "user.create", user.id.to_string(), json!({})).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(user.into())))
+}
+
+async fn fetch_user(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let id = UserId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let user = users::get(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(user.into()))
+}
+
+async fn update_user(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateUser>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let ctx = &tenant.0;
+    let id = UserId::parse(&id).map_err(bad_id)?;
+    refuse_self_disable(ctx, &id.to_string(), body.status)?;
+    let status = match body.status {
+        RequestedStatus::Active => UserStatus::Active,
+        RequestedStatus::Disabled => UserStatus::Disabled,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    users::set_status(&mut tx, id, status).await?;
+    let user = users::get(&mut tx, id).await?;
+    record(
+        &mut tx,
+        "user.update",
+        id.to_string(),
+        json!({ "status": status }),
+    )
+    .await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(axum::Json(user.into()))
+}
+
+/// A principal disabling itself would lock the tenant out through its own mistake; another
+/// administrator can do it.
+fn refuse_self_disable(
+    ctx: &TenantContext,
+    id: &str,
+    status: RequestedStatus,
+) -> Result<(), ApiError> {
+    if matches!(status, RequestedStatus::Disabled) && ctx.actor().audit_id() == id {
+        return Err(ApiError::Conflict(
+            "a principal cannot disable itself".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn list_agents(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<Page<Agent, AgentId>>, ApiError> {
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(AgentId::parse)
+        .transpose()
+        .map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let rows = agents::list(&mut tx, after, limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
+    Ok(axum::Json(Page { data, next_cursor }))
+}
+
+async fn create_agent(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateAgent>,
+) -> Result<(StatusCode, axum::Json<Agent>), ApiError> {
+    let ctx = &tenant.0;
+    check_agent_name(&body.name)?;
+    check_description(&body.description)?;
+    let owner = body
+        .owner_user_id
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(bad_id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    // An owner of another tenant fails the composite foreign key: 404, like a missing one.
+    let agent = agents::create(&mut tx, &body.name, &body.description, owner)
+        .await
+        .map_err(|e| conflict_as(e, "an agent with that name exists"))?;
+    record(
+        &mut tx,
+        "agent.create",
+        agent.id.to_string(),
+        json!({ "name": agent.name, "owner_user_id": agent.owner_user_id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(agent)))
+}
+
+async fn fetch_agent(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Agent>, ApiError> {
+    let id = AgentId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let agent = agents::get(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(agent))
+}
+
+async fn update_agent(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateAgent>,
+) -> Result<axum::Json<Agent>, ApiError> {
+    let ctx = &tenant.0;
+    let id = AgentId::parse(&id).map_err(bad_id)?;
+    if let Some(description) = &body.description {
+        check_description(description)?;
+    }
+    let status = body.status.map(|s| match s {
+        RequestedStatus::Active => AgentStatus::Active,
+        RequestedStatus::Disabled => AgentStatus::Disabled,
+    });
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let agent = agents::update(&mut tx, id, body.description.as_deref(), status).await?;
+    record(
+        &mut tx,
+        "agent.update",
+        id.to_string(),
+        json!({ "status": agent.status, "description_changed": body.description.is_some() }),
+    )
+    .await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(axum::Json(agent))
+}

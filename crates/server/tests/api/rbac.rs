@@ -1,0 +1,904 @@
+//! RBAC over HTTP: every route's declared permission is enforced (deny by default), the
+//! built-in roles allow exactly what `docs/authorization.md` says, nobody grants more than they
+//! hold, and roles, agents and users never cross a tenant boundary.
+
+use std::sync::Arc;
+
+use bulkhead_auth::rbac::BuiltInRole;
+use bulkhead_auth::KeyEnvironment;
+use bulkhead_core::{Actor, AgentId, RequestId, Scope, ScopeSet, TenantContext};
+use bulkhead_server::authz::{RouteAccess, RouteSpec};
+use bulkhead_server::keys::{self, KeySpec};
+use bulkhead_server::limits::RateLimits;
+use bulkhead_store::rbac::{self, Principal};
+use bulkhead_store::Access;
+use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, TestTenant};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{as_tenant, problem};
+
+/// An app without request budgets: these tests send a request to every route several times.
+async fn app() -> TestApp {
+    let clock = bulkhead_core::Clock::default();
+    spawn_app_with(AppOptions {
+        rate_limits: Some(Arc::new(RateLimits::in_memory(
+            Default::default(),
+            Default::default(),
+            clock,
+        ))),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+fn system(tenant: &TestTenant) -> TenantContext {
+    TenantContext::new(
+        tenant.id,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    )
+}
+
+/// A key with `scopes`, optionally belonging to `agent`, minted through the store (the HTTP
+/// route has a small per-minute budget of its own).
+async fn key_with(
+    app: &TestApp,
+    tenant: &TestTenant,
+    scopes: ScopeSet,
+    agent: Option<AgentId>,
+) -> TestTenant {
+    key_and_id(app, tenant, scopes, agent).await.0
+}
+
+async fn key_and_id(
+    app: &TestApp,
+    tenant: &TestTenant,
+    scopes: ScopeSet,
+    agent: Option<AgentId>,
+) -> (TestTenant, String) {
+    let mut tx = app
+        .state
+        .store()
+        .begin(&system(tenant), Access::ReadWrite)
+        .await
+        .unwrap();
+    let spec = KeySpec {
+        principal: "rbac-test".into(),
+        scopes,
+        agent,
+        allowed_ips: Vec::new(),
+        description: String::new(),
+        expires_at: None,
+    };
+    let (id, key) = keys::mint(
+        &mut tx,
+        app.state.verifier().peppers(),
+        KeyEnvironment::Live,
+        &spec,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let holder = TestTenant {
+        key: key.expose_secret().to_owned(),
+        ..tenant.clone()
+    };
+    (holder, id.to_string())
+}
+
+async fn send(
+    app: &TestApp,
+    tenant: &TestTenant,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let request = as_tenant(app, tenant, method, path);
+    match body {
+        Some(body) => request.json(&body),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn created(app: &TestApp, tenant: &TestTenant, path: &str, body: Value) -> Value {
+    let response = send(app, tenant, Method::POST, path, Some(body)).await;
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// An agent holding `role`, and a key of it holding every scope: its effective permissions are
+/// exactly the role's.
+async fn agent_with_role(
+    app: &TestApp,
+    tenant: &TestTenant,
+    name: &str,
+    role: &str,
+) -> (TestTenant, String) {
+    let agent = created(app, tenant, "/v1/agents", json!({ "name": name })).await;
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    created(
+        app,
+        tenant,
+        "/v1/role-assignments",
+        json!({ "role": role, "agent_id": agent_id }),
+    )
+    .await;
+    let key = key_with(
+        app,
+        tenant,
+        ScopeSet::all(),
+        Some(AgentId::parse(&agent_id).unwrap()),
+    )
+    .await;
+    (key, agent_id)
+}
+
+/// The path with every `{param}` replaced: the permission check runs before the handler parses
+/// anything, so any segment reaches it.
+fn concrete(spec: &RouteSpec) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in spec.path.chars() {
+        match c {
+            '{' => in_param = true,
+            '}' => {
+                in_param = false;
+                out.push_str("x0");
+            }
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn routes() -> Vec<RouteSpec> {
+    bulkhead_server::app::route_table()
+        .specs()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn every_route_refuses_a_credential_without_its_permission() {
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+    let routes = routes();
+    assert!(routes.len() > 40, "the table lists the whole API");
+    let mut required = 0;
+    for spec in &routes {
+        let path = concrete(spec);
+        match spec.access {
+            RouteAccess::Requires(scope) => {
+                required += 1;
+                let without: ScopeSet =
+                    Scope::ALL.iter().copied().filter(|s| *s != scope).collect();
+                let holder = key_with(&app, &tenant, without, None).await;
+                let response =
+                    send(&app, &holder, spec.method.clone(), &path, Some(json!({}))).await;
+                let (status, body) = problem(response).await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{} {}",
+                    spec.method,
+                    spec.path
+                );
+                assert!(
+                    body["detail"].as_str().unwrap().contains(scope.as_str()),
+                    "{} {}: {body}",
+                    spec.method,
+                    spec.path
+                );
+                // No credential at all: 401 before any permission is considered.
+                let anonymous = app
+                    .client
+                    .request(spec.method.clone(), app.tenant_url("acme", &path))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    anonymous.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{} {}",
+                    spec.method,
+                    spec.path
+                );
+            }
+            RouteAccess::Authenticated => {
+                let anonymous = app
+                    .client
+                    .request(spec.method.clone(), app.tenant_url("acme", &path))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    anonymous.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{} {}",
+                    spec.method,
+                    spec.path
+                );
+            }
+            RouteAccess::Public | RouteAccess::SelfAuthenticating => {
+                assert!(
+                    !spec.path.starts_with("/v1/") || spec.path == "/v1/auth/login",
+                    "only login may be reached under /v1 without tenant resolution: {}",
+                    spec.path
+                );
+            }
+        }
+    }
+    assert!(required > 30);
+    // Every route that does not require a permission is one of these, reviewed one by one: a
+    // new route cannot slip in as "any credential" or "public" without changing this list.
+    let mut open: Vec<String> = routes
+        .iter()
+        .filter(|spec| !matches!(spec.access, RouteAccess::Requires(_)))
+        .map(|spec| format!("{:?} {} {}", spec.access, spec.method, spec.path))
+        .collect();
+    open.sort();
+    let reviewed = [
+        "Authenticated DELETE /v1/auth/sessions/{id}",
+        "Authenticated GET /v1/api-keys/{id}",
+        "Authenticated GET /v1/auth/sessions",
+        "Authenticated PATCH /v1/api-keys/{id}",
+        "Authenticated POST /v1/api-keys/{id}/revoke",
+        "Authenticated POST /v1/api-keys/{id}/rotate",
+        "Authenticated POST /v1/auth/logout",
+        "Public GET /.well-known/bulkhead-audit-key",
+        "Public GET /.well-known/jwks.json",
+        "Public GET /.well-known/oauth-authorization-server",
+        "Public GET /healthz",
+        "Public GET /metrics",
+        "Public GET /readyz",
+        "SelfAuthenticating POST /oauth/introspect",
+        "SelfAuthenticating POST /oauth/revoke",
+        "SelfAuthenticating POST /oauth/token",
+        "SelfAuthenticating POST /v1/auth/login",
+    ];
+    assert_eq!(open, reviewed);
+    // A route that is not in the table does not exist, with or without a credential.
+    let response = send(&app, &tenant, Method::GET, "/v1/not-a-route", None).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn built_in_roles_allow_exactly_their_documented_routes() {
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+    let routes = routes();
+    for role in BuiltInRole::ALL {
+        let (holder, _) =
+            agent_with_role(&app, &tenant, &format!("{}-bot", role.name()), role.name()).await;
+        let allowed = role.permissions();
+        for spec in &routes {
+            let RouteAccess::Requires(scope) = spec.access else {
+                continue;
+            };
+            let path = concrete(spec);
+            let status = send(&app, &holder, spec.method.clone(), &path, Some(json!({})))
+                .await
+                .status();
+            if allowed.contains(scope) {
+                assert!(
+                    status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                    "{} should reach {} {} ({scope}), got {status}",
+                    role.name(),
+                    spec.method,
+                    spec.path
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{} must not reach {} {} ({scope})",
+                    role.name(),
+                    spec.method,
+                    spec.path
+                );
+            }
+        }
+    }
+}
+
+/// The role table in `docs/authorization.md` is the one the binary enforces.
+#[test]
+fn the_documented_role_table_matches_the_built_in_roles() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/authorization.md"
+    ))
+    .unwrap();
+    let header = "| permission | admin | developer | agent | viewer |";
+    let start = doc.find(header).expect("the role table");
+    let mut rows = 0;
+    for line in doc[start..].lines().skip(2) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let permission = Scope::parse(cells[0].trim_matches('`')).expect("a known permission");
+        for (role, cell) in BuiltInRole::ALL.iter().zip(&cells[1..]) {
+            assert_eq!(
+                role.permissions().contains(permission),
+                *cell == "✓",
+                "{} / {permission}",
+                role.name()
+            );
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, Scope::ALL.len(), "every permission has a row");
+}
+
+#[tokio::test]
+async fn nobody_grants_more_than_they_hold() {
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+
+    // A developer can mint keys, but not one with role administration or billing in it.
+    let (developer, _) = agent_with_role(&app, &tenant, "dev-bot", "developer").await;
+    let admin_key = send(
+        &app,
+        &developer,
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({ "scopes": Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>() })),
+    )
+    .await;
+    let (status, body) = problem(admin_key).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let ok = send(
+        &app,
+        &developer,
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({ "scopes": ["sessions:read"] })),
+    )
+    .await;
+    assert_eq!(ok.status(), StatusCode::CREATED, "the positive control");
+    // ...and cannot administer roles at all.
+    for (path, body) in [
+        (
+            "/v1/role-assignments",
+            json!({ "role": "admin", "agent_id": AgentId::new().to_string() }),
+        ),
+        (
+            "/v1/roles",
+            json!({ "name": "billing", "permissions": ["billing:manage"] }),
+        ),
+    ] {
+        let (status, _) =
+            problem(send(&app, &developer, Method::POST, path, Some(body)).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+
+    // An agent can mint no key at all.
+    let (agent, _) = agent_with_role(&app, &tenant, "worker-bot", "agent").await;
+    let (status, _) = problem(
+        send(
+            &app,
+            &agent,
+            Method::POST,
+            "/v1/api-keys",
+            Some(json!({ "scopes": ["sessions:read"] })),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A delegated administrator: roles:manage and sessions only. It may hand out what it holds
+    // and nothing else.
+    created(
+        &app,
+        &tenant,
+        "/v1/roles",
+        json!({ "name": "session-admin", "permissions": ["roles:manage", "roles:read", "sessions:read", "sessions:write"] }),
+    )
+    .await;
+    let (session_admin, _) =
+        agent_with_role(&app, &tenant, "session-admin-bot", "session-admin").await;
+    let (_, target) = agent_with_role(&app, &tenant, "target-bot", "viewer").await;
+    for (path, body, what) in [
+        (
+            "/v1/roles",
+            json!({ "name": "with-billing", "permissions": ["sessions:read", "billing:manage"] }),
+            "a custom role with billing",
+        ),
+        (
+            "/v1/role-assignments",
+            json!({ "role": "admin", "agent_id": target }),
+            "assigning admin",
+        ),
+        (
+            "/v1/role-assignments",
+            json!({ "role": "developer", "agent_id": target }),
+            "assigning developer",
+        ),
+    ] {
+        let (status, body) =
+            problem(send(&app, &session_admin, Method::POST, path, Some(body)).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+    }
+    let narrower = created(
+        &app,
+        &session_admin,
+        "/v1/roles",
+        json!({ "name": "reader", "permissions": ["sessions:read"] }),
+    )
+    .await;
+    created(
+        &app,
+        &session_admin,
+        "/v1/role-assignments",
+        json!({ "role_id": narrower["id"], "agent_id": target }),
+    )
+    .await;
+    // Nor can it widen a role it may edit into one it could not create.
+    let path = format!("/v1/roles/{}", narrower["id"].as_str().unwrap());
+    let (status, _) = problem(
+        send(
+            &app,
+            &session_admin,
+            Method::PATCH,
+            &path,
+            Some(json!({ "permissions": ["sessions:read", "keys:manage"] })),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The refusals are in the tenant's audit log.
+    let mut tx = app
+        .state
+        .store()
+        .begin(&system(&tenant), Access::ReadOnly)
+        .await
+        .unwrap();
+    let blocked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bulkhead.audit_events WHERE tenant_id = $1 AND outcome = 'blocked' AND action LIKE 'role.%'",
+    )
+    .bind(tenant.id.uuid())
+    .fetch_one(tx.conn())
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(blocked >= 4, "{blocked} blocked role events");
+
+    // Built-in roles cannot be edited or deleted, even by an admin.
+    let roles: Value = send(&app, &tenant, Method::GET, "/v1/roles", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let admin = roles["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "admin")
+        .unwrap();
+    let path = format!("/v1/roles/{}", admin["id"].as_str().unwrap());
+    let patch = send(
+        &app,
+        &tenant,
+        Method::PATCH,
+        &path,
+        Some(json!({ "description": "mine now" })),
+    )
+    .await;
+    assert_eq!(patch.status(), StatusCode::CONFLICT);
+    let delete = send(&app, &tenant, Method::DELETE, &path, None).await;
+    assert_eq!(delete.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+    let (holder, agent_id) = agent_with_role(&app, &tenant, "ops-bot", "developer").await;
+    assert_eq!(
+        send(&app, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // Remove the role: the key (which still holds every scope) can do nothing.
+    let assignments: Value = send(
+        &app,
+        &tenant,
+        Method::GET,
+        &format!("/v1/role-assignments?agent_id={agent_id}"),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let assignment = assignments["data"][0]["id"].as_str().unwrap();
+    let removed = send(
+        &app,
+        &tenant,
+        Method::DELETE,
+        &format!("/v1/role-assignments/{assignment}"),
+        None,
+    )
+    .await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        send(&app, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Viewer: reads, never writes.
+    created(
+        &app,
+        &tenant,
+        "/v1/role-assignments",
+        json!({ "role": "viewer", "agent_id": agent_id }),
+    )
+    .await;
+    assert_eq!(
+        send(&app, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let write = send(
+        &app,
+        &holder,
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({ "agent_id": "a" })),
+    )
+    .await;
+    assert_eq!(write.status(), StatusCode::FORBIDDEN);
+
+    // A token minted from a key of the agent cannot hold more than the agent's roles either.
+    let agent = AgentId::parse(&agent_id).unwrap();
+    let (client, client_id) = key_and_id(&app, &tenant, ScopeSet::all(), Some(agent)).await;
+    let token = app
+        .client
+        .post(app.tenant_url("acme", "/oauth/token"))
+        .basic_auth(&client_id, Some(&client.key))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "sessions:write"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), StatusCode::BAD_REQUEST);
+    let body: Value = token.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_scope");
+
+    // Disable the agent: its key is refused outright, like an unknown key.
+    let path = format!("/v1/agents/{agent_id}");
+    let disabled = send(
+        &app,
+        &tenant,
+        Method::PATCH,
+        &path,
+        Some(json!({ "status": "disabled" })),
+    )
+    .await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let (status, _) = problem(send(&app, &holder, Method::GET, "/v1/sessions", None).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A disabled agent gets no new keys.
+    let minted = send(
+        &app,
+        &tenant,
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({ "scopes": ["sessions:read"], "agent_id": agent_id })),
+    )
+    .await;
+    assert_eq!(minted.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let enabled = send(
+        &app,
+        &tenant,
+        Method::PATCH,
+        &path,
+        Some(json!({ "status": "active" })),
+    )
+    .await;
+    assert_eq!(enabled.status(), StatusCode::OK);
+    assert_eq!(
+        send(&app, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn principals_and_roles_never_cross_tenants() {
+    let app = app().await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    let (_, globex_agent) = agent_with_role(&app, &globex, "globex-bot", "viewer").await;
+    let globex_user = created(
+        &app,
+        &globex,
+        "/v1/users",
+        json!({ "email": "ceo@globex.test", "password": "correct horse battery staple" }),
+    )
+    .await;
+    let globex_roles: Value = send(&app, &globex, Method::GET, "/v1/roles", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let globex_admin_role = globex_roles["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let globex_user_id = globex_user["id"].as_str().unwrap().to_owned();
+
+    // Reading another tenant's principal or role answers exactly like a missing one.
+    let missing_agent = problem(
+        send(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/agents/{}", AgentId::new()),
+            None,
+        )
+        .await,
+    )
+    .await;
+    for path in [
+        format!("/v1/agents/{globex_agent}"),
+        format!("/v1/users/{globex_user_id}"),
+        format!("/v1/roles/{globex_admin_role}"),
+    ] {
+        let (status, body) = problem(send(&app, &acme, Method::GET, &path, None).await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body, missing_agent.1, "{path}");
+    }
+    // Assigning across the boundary: the composite keys refuse it, as if the ids did not exist.
+    let acme_agent = created(&app, &acme, "/v1/agents", json!({ "name": "acme-bot" })).await;
+    for body in [
+        json!({ "role": "viewer", "agent_id": globex_agent }),
+        json!({ "role": "viewer", "user_id": globex_user_id }),
+        json!({ "role_id": globex_admin_role, "agent_id": acme_agent["id"] }),
+    ] {
+        let (status, problem_body) = problem(
+            send(
+                &app,
+                &acme,
+                Method::POST,
+                "/v1/role-assignments",
+                Some(body.clone()),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(problem_body, missing_agent.1);
+    }
+    // A key for another tenant's agent, an agent owned by another tenant's user.
+    let key = send(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({ "scopes": ["sessions:read"], "agent_id": globex_agent })),
+    )
+    .await;
+    assert_eq!(key.status(), StatusCode::NOT_FOUND);
+    let owned = send(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/agents",
+        Some(json!({ "name": "stray", "owner_user_id": globex_user_id })),
+    )
+    .await;
+    assert_eq!(owned.status(), StatusCode::NOT_FOUND);
+    // And the database itself refuses the row, whatever the application asks.
+    let mut tx = app
+        .state
+        .store()
+        .begin(&system(&acme), Access::ReadWrite)
+        .await
+        .unwrap();
+    let refused = rbac::assign(
+        &mut tx,
+        bulkhead_core::RoleId::parse(&globex_admin_role).unwrap(),
+        Principal::Agent(AgentId::parse(acme_agent["id"].as_str().unwrap()).unwrap()),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(bulkhead_store::StoreError::NotFound)),
+        "{refused:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Lists hold only the tenant's own.
+    for path in [
+        "/v1/agents",
+        "/v1/users",
+        "/v1/roles",
+        "/v1/role-assignments",
+    ] {
+        let text = send(&app, &acme, Method::GET, path, None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !text.contains(&globex_agent)
+                && !text.contains(&globex_user_id)
+                && !text.contains(&globex_admin_role),
+            "{path}: {text}"
+        );
+    }
+    // Globex's key on acme's subdomain gets nothing.
+    let foreign = TestTenant {
+        slug: "acme".into(),
+        ..globex.clone()
+    };
+    assert_eq!(
+        send(&app, &foreign, Method::GET, "/v1/agents", None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn users_and_agents_have_a_lifecycle() {
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+    let user = created(
+        &app,
+        &tenant,
+        "/v1/users",
+        json!({ "email": "Dev@Acme.test", "password": "correct horse battery staple" }),
+    )
+    .await;
+    assert_eq!(user["email"], "dev@acme.test");
+    assert!(user.get("password_hash").is_none());
+    let again = send(
+        &app,
+        &tenant,
+        Method::POST,
+        "/v1/users",
+        Some(json!({ "email": "dev@acme.test", "password": "correct horse battery staple" })),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let user_id = user["id"].as_str().unwrap();
+
+    // A new user has no role: it can log in, and do nothing.
+    let login = app
+        .client
+        .post(app.tenant_url("acme", "/v1/auth/login"))
+        .json(&json!({ "email": "dev@acme.test", "password": "correct horse battery staple" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let token = login.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_user = TestTenant {
+        key: token,
+        ..tenant.clone()
+    };
+    assert_eq!(
+        send(&app, &as_user, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // Developer: the same token now reads and writes sessions, and still cannot manage roles.
+    created(
+        &app,
+        &tenant,
+        "/v1/role-assignments",
+        json!({ "role": "developer", "user_id": user_id }),
+    )
+    .await;
+    assert_eq!(
+        send(&app, &as_user, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let role = send(
+        &app,
+        &as_user,
+        Method::POST,
+        "/v1/roles",
+        Some(json!({ "name": "x", "permissions": [] })),
+    )
+    .await;
+    assert_eq!(role.status(), StatusCode::FORBIDDEN);
+    // Disabled: the token is refused at once.
+    let path = format!("/v1/users/{user_id}");
+    let disabled = send(
+        &app,
+        &tenant,
+        Method::PATCH,
+        &path,
+        Some(json!({ "status": "disabled" })),
+    )
+    .await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    assert_eq!(
+        send(&app, &as_user, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Agents: unique names, paged lists, bad input refused.
+    created(
+        &app,
+        &tenant,
+        "/v1/agents",
+        json!({ "name": "a1", "description": "first", "owner_user_id": user_id }),
+    )
+    .await;
+    created(&app, &tenant, "/v1/agents", json!({ "name": "a2" })).await;
+    let duplicate = send(
+        &app,
+        &tenant,
+        Method::POST,
+        "/v1/agents",
+        Some(json!({ "name": "a1" })),
+    )
+    .await;
+    assert_eq!(duplicate.status(), StatusCode::CONFLICT);
+    for name in ["", "Upper", "-dash", "a/b", &"x".repeat(64)] {
+        let bad = send(
+            &app,
+            &tenant,
+            Method::POST,
+            "/v1/agents",
+            Some(json!({ "name": name })),
+        )
+        .await;
+        assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY, "{name:?}");
+    }
+    let page: Value = send(&app, &tenant, Method::GET, "/v1/agents?limit=1", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let next = page["next_cursor"].as_str().unwrap();
+    let rest: Value = send(
+        &app,
+        &tenant,
+        Method::GET,
+        &format!("/v1/agents?limit=1&cursor={next}"),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(rest["data"][0]["name"], "a2");
+    assert!(rest["next_cursor"].is_null());
+}
