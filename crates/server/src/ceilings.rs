@@ -3,8 +3,9 @@
 //!
 //! - An API key that belongs to an agent is bounded by the agent's roles; a key without an agent
 //!   is a tenant service key, bounded by its scopes alone (whoever minted it held them).
-//! - A human's access token is bounded by the user's roles; an agent's token by the roles of the
-//!   agent owning the key it was issued to.
+//! - A human's access token is bounded by the user's roles; an agent's token by the agent's roles
+//!   (its subject is the agent's id) and by those of the agent owning the key it was issued to; a
+//!   delegated token by its subject's roles and its actor's.
 //! - A disabled or missing principal refuses the credential outright (401), never "no scopes".
 //!
 //! Ceilings are cached per (tenant, principal) for [`CEILING_TTL`]. A role or assignment change
@@ -12,7 +13,9 @@
 
 use std::time::Duration;
 
-use bulkhead_core::{Actor, ApiKeyId, ScopeSet, TenantCache, TenantContext, TenantId, UserId};
+use bulkhead_core::{
+    Actor, AgentId, ApiKeyId, ScopeSet, TenantCache, TenantContext, TenantId, UserId,
+};
 use bulkhead_store::rbac::{self, Principal};
 use bulkhead_store::{Access, Store, StoreError};
 
@@ -22,8 +25,10 @@ pub const CEILING_TTL: Duration = Duration::from_secs(5);
 /// Whose roles bound a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Bearer {
+    /// The agent owning this key, if any.
     Key(ApiKeyId),
     User(UserId),
+    Agent(AgentId),
 }
 
 /// What a principal's roles allow.
@@ -57,17 +62,33 @@ impl Default for RoleCeilings {
 }
 
 impl RoleCeilings {
-    /// The ceiling of the context's credential.
+    /// The ceiling of the context's credential: every principal it acts for bounds it (a
+    /// delegated token: its subject and its actor).
     pub async fn of(&self, store: &Store, ctx: &TenantContext) -> Result<Ceiling, StoreError> {
-        let Some(bearer) = bearer(ctx.actor()) else {
-            return Ok(Ceiling::Unbounded);
-        };
+        let mut combined = Ceiling::Unbounded;
+        for bearer in bearers(ctx.actor()) {
+            combined = match (combined, self.one(store, ctx, bearer).await?) {
+                (Ceiling::Refused, _) | (_, Ceiling::Refused) => return Ok(Ceiling::Refused),
+                (Ceiling::Unbounded, other) | (other, Ceiling::Unbounded) => other,
+                (Ceiling::Bounded(a), Ceiling::Bounded(b)) => Ceiling::Bounded(a.intersection(&b)),
+            };
+        }
+        Ok(combined)
+    }
+
+    async fn one(
+        &self,
+        store: &Store,
+        ctx: &TenantContext,
+        bearer: Bearer,
+    ) -> Result<Ceiling, StoreError> {
         if let Some(ceiling) = self.cache.get(ctx, &bearer).await {
             return Ok(ceiling);
         }
         let mut tx = store.begin(ctx, Access::ReadOnly).await?;
         let principal = match &bearer {
             Bearer::User(user) => Some(Principal::User(*user)),
+            Bearer::Agent(agent) => Some(Principal::Agent(*agent)),
             Bearer::Key(key) => match rbac::key_agent(&mut tx, *key).await {
                 Ok(agent) => agent.map(Principal::Agent),
                 // The key record is gone: nothing may act for it.
@@ -97,17 +118,27 @@ impl RoleCeilings {
     }
 }
 
-fn bearer(actor: &Actor) -> Option<Bearer> {
+fn bearers(actor: &Actor) -> Vec<Bearer> {
     match actor {
-        Actor::ApiKey { key_id, .. } => Some(Bearer::Key(*key_id)),
+        Actor::ApiKey { key_id, .. } => vec![Bearer::Key(*key_id)],
         Actor::Token {
-            human: true,
+            human,
             subject,
+            client_id,
             ..
-        } => UserId::parse(subject).ok().map(Bearer::User),
-        // An agent's token was issued to a key; a delegated token keeps its original client.
-        Actor::Token { client_id, .. } => ApiKeyId::parse(client_id).ok().map(Bearer::Key),
-        _ => None,
+        } => {
+            let mut bearers = Vec::with_capacity(2);
+            // The subject: a user, or an agent (tokens of an agent's key name the agent).
+            if *human {
+                bearers.extend(UserId::parse(subject).ok().map(Bearer::User));
+            } else {
+                bearers.extend(AgentId::parse(subject).ok().map(Bearer::Agent));
+            }
+            // The client the token was issued to: for a delegated token, the actor's key.
+            bearers.extend(ApiKeyId::parse(client_id).ok().map(Bearer::Key));
+            bearers
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -387,6 +387,12 @@ async fn client_credentials(
         }
     };
     let client_id = key.key_id.to_string();
+    // A key of an agent issues tokens whose subject is the agent itself: its roles then bound
+    // the token (and every token delegated from it) at each use.
+    let subject = match bulkhead_store::rbac::key_agent(&mut tx, key.key_id).await? {
+        Some(agent) => agent.to_string(),
+        None => key.principal.clone(),
+    };
     let now = state.clock().now();
     let policy = tokens::token_policy(&mut tx).await?;
     let (session_id, refresh) = if policy.agent_refresh_tokens {
@@ -417,7 +423,7 @@ async fn client_credentials(
         .tokens()
         .issue(&Grant {
             tenant_id: tenant.id,
-            subject: &key.principal,
+            subject: &subject,
             human: false,
             client_id: &client_id,
             scopes: &scopes,

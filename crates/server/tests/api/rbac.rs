@@ -902,3 +902,153 @@ async fn users_and_agents_have_a_lifecycle() {
     assert_eq!(rest["data"][0]["name"], "a2");
     assert!(rest["next_cursor"].is_null());
 }
+
+async fn form(
+    app: &TestApp,
+    basic: Option<(&str, &str)>,
+    pairs: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.tenant_url("acme", "/oauth/token"))
+        .form(pairs);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    request.send().await.unwrap()
+}
+
+/// Delegation passes on the subject's *effective* authority, cut again by the actor's roles, and
+/// a delegated token loses what its subject loses.
+#[tokio::test]
+async fn delegation_narrows_through_both_principals_roles() {
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+    // The subject: a developer agent; its token claims every scope, its role allows less.
+    let subject_agent = created(&app, &tenant, "/v1/agents", json!({ "name": "planner" })).await;
+    let subject_agent_id = subject_agent["id"].as_str().unwrap().to_owned();
+    let assignment = created(
+        &app,
+        &tenant,
+        "/v1/role-assignments",
+        json!({ "role": "developer", "agent_id": subject_agent_id }),
+    )
+    .await;
+    let (subject_key, subject_key_id) = key_and_id(
+        &app,
+        &tenant,
+        ScopeSet::all(),
+        Some(AgentId::parse(&subject_agent_id).unwrap()),
+    )
+    .await;
+    // client_credentials already cuts the token to the role: no roles:manage in it.
+    let issued = form(
+        &app,
+        Some((&subject_key_id, &subject_key.key)),
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "roles:manage"),
+        ],
+    )
+    .await;
+    assert_eq!(issued.status(), StatusCode::BAD_REQUEST);
+    let issued = form(
+        &app,
+        Some((&subject_key_id, &subject_key.key)),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(issued.status(), StatusCode::OK);
+    let issued: Value = issued.json().await.unwrap();
+    let subject_token = issued["access_token"].as_str().unwrap().to_owned();
+    assert!(!issued["scope"].as_str().unwrap().contains("roles:manage"));
+    assert!(issued["scope"].as_str().unwrap().contains("keys:manage"));
+
+    // The actor: a viewer agent whose key claims every scope.
+    let actor_agent = created(&app, &tenant, "/v1/agents", json!({ "name": "reader" })).await;
+    let actor_agent_id = actor_agent["id"].as_str().unwrap().to_owned();
+    created(
+        &app,
+        &tenant,
+        "/v1/role-assignments",
+        json!({ "role": "viewer", "agent_id": actor_agent_id }),
+    )
+    .await;
+    let (actor_key, actor_key_id) = key_and_id(
+        &app,
+        &tenant,
+        ScopeSet::all(),
+        Some(AgentId::parse(&actor_agent_id).unwrap()),
+    )
+    .await;
+    let base = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject_token.as_str()),
+        ("subject_token_type", AT),
+    ];
+    // Asking for what the subject may do but the actor's role may not: refused.
+    let mut wide = base.to_vec();
+    wide.push(("scope", "sessions:write"));
+    let refused = form(&app, Some((&actor_key_id, &actor_key.key)), &wide).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "invalid_scope"
+    );
+    // No scope asked: the intersection of both roles (viewer ∩ developer).
+    let delegated = form(&app, Some((&actor_key_id, &actor_key.key)), &base).await;
+    assert_eq!(delegated.status(), StatusCode::OK);
+    let delegated: Value = delegated.json().await.unwrap();
+    let scope = delegated["scope"].as_str().unwrap().to_owned();
+    let granted: Vec<&str> = scope.split(' ').collect();
+    let expected: ScopeSet = BuiltInRole::Viewer
+        .permissions()
+        .intersection(&BuiltInRole::Developer.permissions());
+    assert_eq!(granted, expected.to_strings());
+    let holder = TestTenant {
+        key: delegated["access_token"].as_str().unwrap().to_owned(),
+        ..tenant.clone()
+    };
+    assert_eq!(
+        send(&app, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // The subject loses its role: the delegated token loses it with it.
+    let path = format!(
+        "/v1/role-assignments/{}",
+        assignment["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        send(&app, &tenant, Method::DELETE, &path, None)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&app, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // And a disabled subject cannot delegate at all.
+    let disable = format!("/v1/agents/{subject_agent_id}");
+    send(
+        &app,
+        &tenant,
+        Method::PATCH,
+        &disable,
+        Some(json!({ "status": "disabled" })),
+    )
+    .await;
+    let after = form(&app, Some((&actor_key_id, &actor_key.key)), &base).await;
+    assert_eq!(after.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        after.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+}
