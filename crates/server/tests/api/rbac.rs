@@ -1052,3 +1052,69 @@ async fn delegation_narrows_through_both_principals_roles() {
         "invalid_grant"
     );
 }
+
+/// Migration 0009 gives tenants that existed before roles their built-in roles, and makes their
+/// users admins (so nobody loses or gains authority on upgrade). Fresh databases have no tenants,
+/// so this replays the migration's data step on a tenant made to look like a pre-0009 one.
+#[tokio::test]
+async fn the_rbac_migration_upgrades_existing_tenants() {
+    let app = app().await;
+    let tenant = app.create_tenant("acme").await;
+    let migration = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../migrations/0009_rbac.sql"
+    ))
+    .unwrap();
+    let start = migration.find("DO $$").unwrap();
+    let data_step = &migration[start..];
+    let owner = app.db.owner_pool().await;
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('bulkhead.tenant_id', $1, true)")
+        .bind(tenant.id.uuid().to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM bulkhead.roles WHERE tenant_id = $1")
+        .bind(tenant.id.uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let user = bulkhead_core::UserId::new();
+    sqlx::query(
+        "INSERT INTO bulkhead.users (tenant_id, id, email, password_hash, scopes) \
+         VALUES ($1, $2, 'old@acme.test', '$argon2id$x', '{sessions:read}')",
+    )
+    .bind(tenant.id.uuid())
+    .bind(user.uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::raw_sql(data_step).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    owner.close().await;
+
+    let roles: Value = send(&app, &tenant, Method::GET, "/v1/roles", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = roles["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["admin", "agent", "developer", "viewer"]);
+    let mut tx = app
+        .state
+        .store()
+        .begin(&system(&tenant), Access::ReadOnly)
+        .await
+        .unwrap();
+    let held = rbac::permissions_of(&mut tx, Principal::User(user))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(held, Some(BuiltInRole::Admin.permissions()));
+}
