@@ -47,6 +47,34 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Attack a running deployment's tenant isolation with two tenants' admin keys; prints an
+    /// operation × attack table and exits 1 on any leak or unexpected answer (docs/probe.md).
+    Probe {
+        /// Where the API listens, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        base_url: url::Url,
+        /// The tenants' base domain (tenant `acme` is `acme.<base-domain>`).
+        #[arg(long, env = "BULKHEAD_BASE_DOMAIN", default_value = "localhost")]
+        base_domain: String,
+        /// Tenant A's slug (its data is the target).
+        #[arg(long)]
+        tenant_a: String,
+        /// Tenant A's admin key.
+        #[arg(long, env = "BULKHEAD_PROBE_KEY_A", hide_env_values = true)]
+        key_a: String,
+        /// Tenant B's slug (the attacker).
+        #[arg(long)]
+        tenant_b: String,
+        /// Tenant B's admin key.
+        #[arg(long, env = "BULKHEAD_PROBE_KEY_B", hide_env_values = true)]
+        key_b: String,
+        /// Read the operations from this OpenAPI file instead of GET /openapi.json.
+        #[arg(long)]
+        openapi: Option<std::path::PathBuf>,
+        /// Print the findings as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -300,6 +328,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             store.close().await;
             db.shutdown().await
+        }
+        Command::Probe {
+            base_url,
+            base_domain,
+            tenant_a,
+            key_a,
+            tenant_b,
+            key_b,
+            openapi,
+            json,
+        } => {
+            let report = crate::probe::run(crate::probe::ProbeConfig {
+                base_url,
+                base_domain,
+                tenant_a: crate::probe::TenantCredentials {
+                    slug: tenant_a,
+                    admin_key: key_a,
+                },
+                tenant_b: crate::probe::TenantCredentials {
+                    slug: tenant_b,
+                    admin_key: key_b,
+                },
+                openapi_file: openapi,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            eprintln!("{}", report.summary());
+            if !report.passed() {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Tenant { action } => tenant(action).await,
         Command::Key { action } => crate::key_cli::run(action).await,

@@ -146,6 +146,11 @@ pub struct AppConfig {
     pub tokens: crate::tokens::TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
     pub webhook_egress: bulkhead_webhooks::EgressPolicy,
+    /// A deliberately broken tenant check, so that a test can prove `bulkhead probe` catches a
+    /// leak: a credential of one tenant is accepted on another tenant's subdomain. Exists only
+    /// with the test-only `probe-weakness` feature, and is off unless a test turns it on.
+    #[cfg(feature = "probe-weakness")]
+    pub weaken_host_check: bool,
 }
 
 impl AppConfig {
@@ -181,6 +186,8 @@ impl AppConfig {
             base_domain,
             registry_ttl: Duration::from_secs(2),
             tokens,
+            #[cfg(feature = "probe-weakness")]
+            weaken_host_check: false,
         })
     }
 }

@@ -34,6 +34,7 @@ pub mod extract;
 mod key_cli;
 pub mod keys;
 pub mod limits;
+pub mod probe;
 pub mod resolve;
 pub mod routes;
 pub mod scan;

@@ -252,6 +252,8 @@ pub struct AppOptions {
     pub rate_limits: Option<bulkhead_server::limits::SharedLimits>,
     /// Webhook egress policy; default [`test_egress_policy`].
     pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
+    /// Last changes to the configuration, after every other option.
+    pub configure: Option<fn(&mut AppConfig)>,
 }
 
 /// The egress policy of test deployments: https, any unprivileged port, the test base domain
@@ -278,6 +280,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
     config.trusted_proxies = options.trusted_proxies;
     config.webhook_egress = options.webhook_egress.unwrap_or_else(test_egress_policy);
+    if let Some(configure) = options.configure {
+        configure(&mut config);
+    }
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
         Arc::new(bulkhead_server::limits::RateLimits::in_memory(

@@ -11,6 +11,7 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod platform;
+mod probe;
 mod ratelimit;
 mod rbac;
 mod sessions;

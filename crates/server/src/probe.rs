@@ -1,0 +1,1348 @@
+//! `bulkhead probe`: an adversarial check of a running deployment's tenant isolation.
+//!
+//! Given two tenants' admin keys, the probe gives tenant A one resource of every kind (each
+//! carrying a random marker), reads the deployment's OpenAPI document, and attacks every
+//! operation as tenant B: A's ids in the path, body and query; A's credentials on B's subdomain
+//! and B's on A's; no credential; revoked credentials; a credential whose scope excludes the
+//! operation; list filters aimed at A's data; webhook endpoints aimed at internal addresses;
+//! introspection, revocation and refresh of A's tokens by B. Every attempt must be refused in the
+//! documented way, no response to B may contain any of A's ids or markers, "not yours" must
+//! answer exactly like "does not exist", and A's data must be unchanged afterwards.
+//!
+//! The probe talks only to the base URL it is given: tenant subdomains are resolved to the base
+//! URL's address by the probe's own resolver when the base URL is an IP literal, so a probe of a
+//! loopback deployment never looks anything up or connects anywhere else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// What the probe needs to know about the deployment.
+#[derive(Clone)]
+pub struct ProbeConfig {
+    /// Where the API listens (`http://127.0.0.1:8080`, `https://api.example.com`).
+    pub base_url: url::Url,
+    /// The tenants' base domain: tenant `acme` is `acme.<base_domain>`.
+    pub base_domain: String,
+    /// Tenant A (the victim): slug and admin key.
+    pub tenant_a: TenantCredentials,
+    /// Tenant B (the attacker): slug and admin key.
+    pub tenant_b: TenantCredentials,
+    /// Read operations from this file instead of `GET /openapi.json`.
+    pub openapi_file: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for ProbeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("base_domain", &self.base_domain)
+            .field("tenant_a", &self.tenant_a.slug)
+            .field("tenant_b", &self.tenant_b.slug)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tenant's slug and admin key. `Debug` leaves the key out.
+#[derive(Clone)]
+pub struct TenantCredentials {
+    /// Subdomain label.
+    pub slug: String,
+    /// An admin key (every permission).
+    pub admin_key: String,
+}
+
+impl fmt::Debug for TenantCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantCredentials")
+            .field("slug", &self.slug)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The attacks, in the order the table shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attack {
+    /// No credential on B's subdomain.
+    NoCredential,
+    /// A's admin key on B's subdomain.
+    AKeyOnB,
+    /// A's access token on B's subdomain.
+    ATokenOnB,
+    /// A's delegated token on B's subdomain.
+    ADelegatedOnB,
+    /// A's refresh token presented as a bearer on B's subdomain.
+    ARefreshOnB,
+    /// B's key on A's subdomain.
+    BKeyOnA,
+    /// A revoked key of B.
+    RevokedKey,
+    /// A revoked access token of B.
+    RevokedToken,
+    /// A key of B holding no permission any route needs.
+    OutOfScope,
+    /// B's admin key with A's ids in the path and body.
+    ForeignIds,
+    /// "Not yours" and "does not exist" answer alike.
+    Indistinguishable,
+    /// List and search filters aimed at A's data.
+    ListFilters,
+    /// Webhook endpoints aimed at internal addresses.
+    InternalUrls,
+    /// B's client introspects, revokes, refreshes or exchanges A's tokens.
+    ForeignTokens,
+}
+
+impl Attack {
+    const ALL: [Attack; 14] = [
+        Attack::NoCredential,
+        Attack::AKeyOnB,
+        Attack::ATokenOnB,
+        Attack::ADelegatedOnB,
+        Attack::ARefreshOnB,
+        Attack::BKeyOnA,
+        Attack::RevokedKey,
+        Attack::RevokedToken,
+        Attack::OutOfScope,
+        Attack::ForeignIds,
+        Attack::Indistinguishable,
+        Attack::ListFilters,
+        Attack::InternalUrls,
+        Attack::ForeignTokens,
+    ];
+
+    fn short(self) -> &'static str {
+        match self {
+            Attack::NoCredential => "anon",
+            Attack::AKeyOnB => "akey@b",
+            Attack::ATokenOnB => "atok@b",
+            Attack::ADelegatedOnB => "adlg@b",
+            Attack::ARefreshOnB => "arft@b",
+            Attack::BKeyOnA => "bkey@a",
+            Attack::RevokedKey => "rvkey",
+            Attack::RevokedToken => "rvtok",
+            Attack::OutOfScope => "scope",
+            Attack::ForeignIds => "ids",
+            Attack::Indistinguishable => "same404",
+            Attack::ListFilters => "filters",
+            Attack::InternalUrls => "ssrf",
+            Attack::ForeignTokens => "tokens",
+        }
+    }
+}
+
+/// What one attack on one operation came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Refused as documented, nothing of A's in the answer.
+    Refused,
+    /// Answered, with nothing of A's in it (the caller's own data).
+    AllowedOwn,
+    /// Something of A's reached B, or B changed something of A's.
+    Leak,
+    /// Not refused the way the documentation says (a wrong status), nothing leaked.
+    Unexpected,
+}
+
+/// One cell of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// `GET /v1/sessions/{id}`, or `A's data` for the final comparison.
+    pub operation: String,
+    /// The attack.
+    pub attack: Attack,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The status seen, and why the verdict (for anything but `refused`).
+    pub detail: String,
+}
+
+/// Everything the probe found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Operations read from the document.
+    pub operations: usize,
+    /// Every attempt.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Attempts that leaked something of A's.
+    pub fn leaks(&self) -> usize {
+        self.count(Verdict::Leak)
+    }
+
+    /// Attempts answered otherwise than documented, without a leak.
+    pub fn unexpected(&self) -> usize {
+        self.count(Verdict::Unexpected)
+    }
+
+    fn count(&self, verdict: Verdict) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.verdict == verdict)
+            .count()
+    }
+
+    /// Whether the deployment passed: no leak and nothing unexpected.
+    pub fn passed(&self) -> bool {
+        self.leaks() == 0 && self.unexpected() == 0
+    }
+
+    /// The one-line summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "probe: {} operations, {} attempts: {} refused, {} allowed on own data, {} unexpected, {} leaks",
+            self.operations,
+            self.findings.len(),
+            self.count(Verdict::Refused),
+            self.count(Verdict::AllowedOwn),
+            self.unexpected(),
+            self.leaks(),
+        )
+    }
+
+    /// The operation × attack table, one row per operation.
+    pub fn table(&self) -> String {
+        let mut rows: BTreeMap<&str, BTreeMap<Attack, Verdict>> = BTreeMap::new();
+        for f in &self.findings {
+            let cell = rows
+                .entry(&f.operation)
+                .or_default()
+                .entry(f.attack)
+                .or_insert(f.verdict);
+            // A cell shows its worst attempt.
+            if rank(f.verdict) > rank(*cell) {
+                *cell = f.verdict;
+            }
+        }
+        let width = rows.keys().map(|k| k.len()).max().unwrap_or(9).max(9);
+        let mut out = format!("{:width$}", "operation");
+        for attack in Attack::ALL {
+            out.push_str(&format!(" {:>7}", attack.short()));
+        }
+        out.push('\n');
+        for (operation, cells) in &rows {
+            out.push_str(&format!("{operation:width$}"));
+            for attack in Attack::ALL {
+                let text = match cells.get(&attack) {
+                    None => "-",
+                    Some(Verdict::Refused) => "ok",
+                    Some(Verdict::AllowedOwn) => "own",
+                    Some(Verdict::Unexpected) => "UNEXP",
+                    Some(Verdict::Leak) => "LEAK",
+                };
+                out.push_str(&format!(" {text:>7}"));
+            }
+            out.push('\n');
+        }
+        for f in self
+            .findings
+            .iter()
+            .filter(|f| matches!(f.verdict, Verdict::Leak | Verdict::Unexpected))
+        {
+            out.push_str(&format!(
+                "{:?} {} [{}]: {}\n",
+                f.verdict,
+                f.operation,
+                f.attack.short(),
+                f.detail
+            ));
+        }
+        out.push_str("legend: ok refused as documented; own answered with the caller's own data; - not applicable\n");
+        out
+    }
+}
+
+fn rank(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Refused => 0,
+        Verdict::AllowedOwn => 1,
+        Verdict::Unexpected => 2,
+        Verdict::Leak => 3,
+    }
+}
+
+/// One operation of the OpenAPI document.
+#[derive(Debug, Clone)]
+struct Operation {
+    method: Method,
+    path: String,
+    /// `security: []`: callable without a credential.
+    public: bool,
+    query_params: Vec<String>,
+}
+
+impl Operation {
+    fn name(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+
+    /// Under `/v1` and behind tenant resolution (login is the one self-authenticating route).
+    fn tenant_api(&self) -> bool {
+        self.path.starts_with("/v1/") && self.path != "/v1/auth/login" && !self.public
+    }
+}
+
+/// Reads every operation of an OpenAPI 3.x document.
+fn operations(document: &Value) -> anyhow::Result<Vec<Operation>> {
+    let paths = document["paths"]
+        .as_object()
+        .ok_or_else(|| anyhow!("the OpenAPI document has no `paths` object"))?;
+    let mut out = Vec::new();
+    for (path, item) in paths {
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        for (method, op) in item {
+            let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else {
+                continue;
+            };
+            if !matches!(
+                method,
+                Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            ) {
+                continue;
+            }
+            let public = op["security"].as_array().is_some_and(Vec::is_empty);
+            let query_params = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect();
+            out.push(Operation {
+                method,
+                path: path.clone(),
+                public,
+                query_params,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.path, a.method.as_str()).cmp(&(&b.path, b.method.as_str())));
+    Ok(out)
+}
+
+/// Which tenant's host a request goes to.
+#[derive(Debug, Clone, Copy)]
+enum Host {
+    A,
+    B,
+}
+
+/// A's resources, their ids and markers (and A's tokens: no `Debug`).
+#[derive(Default)]
+struct Victim {
+    /// Resource kind (the collection's path segment) → A's id of it.
+    ids: BTreeMap<&'static str, String>,
+    /// Every id and marker of A's: none may appear in a response to B.
+    secrets: Vec<String>,
+    access_token: String,
+    refresh_token: Option<String>,
+    delegated_token: String,
+    agent_key: String,
+    agent_key_id: String,
+    /// The JSON of each resource after setup, to compare at the end.
+    snapshots: Vec<(String, Value)>,
+    token_policy: Option<Value>,
+}
+
+/// B's extra credentials (no `Debug`: they are secrets).
+#[derive(Default)]
+struct Attacker {
+    out_of_scope_key: String,
+    revoked_key: String,
+    revoked_token: String,
+    client_key: String,
+    client_key_id: String,
+    made_keys: Vec<String>,
+}
+
+struct Probe {
+    config: ProbeConfig,
+    client: reqwest::Client,
+    findings: Vec<Finding>,
+}
+
+/// Runs the probe. Errors are failures to set up or talk to the deployment, not findings.
+pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
+    let client = client(&config)?;
+    let mut probe = Probe {
+        config,
+        client,
+        findings: Vec::new(),
+    };
+    let document = probe.document().await?;
+    let operations = operations(&document)?;
+    if operations.is_empty() {
+        bail!("the OpenAPI document lists no operations");
+    }
+    let mut victim = probe.set_up_victim().await.context("setting up tenant A")?;
+    let attacker = probe
+        .set_up_attacker()
+        .await
+        .context("setting up tenant B")?;
+    for op in &operations {
+        probe.attack(op, &victim, &attacker).await?;
+    }
+    probe.foreign_tokens(&victim, &attacker).await?;
+    probe.check_unchanged(&victim).await?;
+    probe.clean_up(&mut victim, &attacker).await;
+    Ok(Report {
+        operations: operations.len(),
+        findings: probe.findings,
+    })
+}
+
+fn client(config: &ProbeConfig) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20));
+    // Tenant hosts go to the base URL's address: no name lookup, no other destination.
+    if let Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) = config.base_url.host() {
+        let addr: SocketAddr = config
+            .base_url
+            .socket_addrs(|| None)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("base URL has no address"))?;
+        for slug in [&config.tenant_a.slug, &config.tenant_b.slug] {
+            builder = builder.resolve(&format!("{slug}.{}", config.base_domain), addr);
+        }
+    }
+    Ok(builder.build()?)
+}
+
+fn random_marker() -> String {
+    let n: u64 = rand::thread_rng().gen();
+    format!("probe-marker-{n:016x}")
+}
+
+/// A fresh, well-formed id of the kind this collection holds: "does not exist" for comparison.
+fn fresh_id(kind: &str) -> Option<String> {
+    use bulkhead_core::*;
+    Some(match kind {
+        "sessions" => SessionId::new().to_string(),
+        "agents" => AgentId::new().to_string(),
+        "users" => UserId::new().to_string(),
+        "roles" => RoleId::new().to_string(),
+        "role-assignments" => RoleAssignmentId::new().to_string(),
+        "api-keys" => ApiKeyId::new().to_string(),
+        "endpoints" => EndpointId::new().to_string(),
+        "messages" => MessageId::new().to_string(),
+        "auth-sessions" => AuthSessionId::new().to_string(),
+        _ => return None,
+    })
+}
+
+/// The resource kind a `{param}` of `path` names: the segment before it.
+fn param_kind(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let at = segments.iter().position(|s| s.starts_with('{'))?;
+    let before = segments.get(at.checked_sub(1)?)?;
+    let kind = match *before {
+        "sessions" if segments.get(at.wrapping_sub(2)) == Some(&"auth") => "auth-sessions",
+        "sessions" => "sessions",
+        "agents" => "agents",
+        "users" => "users",
+        "roles" => "roles",
+        "role-assignments" => "role-assignments",
+        "api-keys" => "api-keys",
+        "endpoints" => "endpoints",
+        "messages" => "messages",
+        _ => return None,
+    };
+    Some(kind)
+}
+
+fn fill(path: &str, id: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .map_or(rest.len(), |e| start + e + 1);
+        out.push_str(id);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A problem body without the fields that differ per request.
+fn comparable(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(map) = body.as_object_mut() {
+        map.remove("instance");
+        map.remove("request_id");
+    }
+    body
+}
+
+impl Probe {
+    fn url(&self, host: Host, path: &str) -> String {
+        let slug = match host {
+            Host::A => &self.config.tenant_a.slug,
+            Host::B => &self.config.tenant_b.slug,
+        };
+        let mut url = self.config.base_url.clone();
+        let _ = url.set_host(Some(&format!("{slug}.{}", self.config.base_domain)));
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        format!("{base}{path}")
+    }
+
+    async fn send(
+        &self,
+        host: Host,
+        bearer: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, String)> {
+        let mut request = self.client.request(method, self.url(host, path));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("request to {path}"))?;
+        let status = response.status();
+        Ok((status, response.text().await.unwrap_or_default()))
+    }
+
+    async fn as_a(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let key = self.config.tenant_a.admin_key.clone();
+        self.expect_ok(Host::A, &key, method, path, body).await
+    }
+
+    async fn as_b(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let key = self.config.tenant_b.admin_key.clone();
+        self.expect_ok(Host::B, &key, method, path, body).await
+    }
+
+    async fn expect_ok(
+        &self,
+        host: Host,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, text) = self
+            .send(host, Some(key), method.clone(), path, body.as_ref())
+            .await?;
+        if !status.is_success() {
+            bail!("{method} {path} answered {status}: {text}");
+        }
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        })
+    }
+
+    async fn form(
+        &self,
+        host: Host,
+        basic: Option<(&str, &str)>,
+        pairs: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, String)> {
+        let mut request = self.client.post(self.url(host, "/oauth/token")).form(pairs);
+        if let Some((id, secret)) = basic {
+            request = request.basic_auth(id, Some(secret));
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        Ok((status, response.text().await.unwrap_or_default()))
+    }
+
+    async fn document(&self) -> anyhow::Result<Value> {
+        if let Some(file) = &self.config.openapi_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            return Ok(serde_json::from_str(&text)?);
+        }
+        let url = format!(
+            "{}/openapi.json",
+            self.config.base_url.as_str().trim_end_matches('/')
+        );
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .context("GET /openapi.json")?;
+        if !response.status().is_success() {
+            bail!("GET /openapi.json answered {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn set_up_victim(&self) -> anyhow::Result<Victim> {
+        let mut v = Victim::default();
+        let marker = random_marker();
+        let tag = &marker[marker.len() - 8..];
+        v.secrets.push(marker.clone());
+        let keep = |v: &mut Victim, kind: &'static str, value: &Value| -> anyhow::Result<String> {
+            let id = value["id"]
+                .as_str()
+                .or_else(|| value["api_key"]["id"].as_str())
+                .ok_or_else(|| anyhow!("no id in the {kind} answer"))?
+                .to_owned();
+            v.secrets.push(id.clone());
+            v.ids.insert(kind, id.clone());
+            Ok(id)
+        };
+        let session = self
+            .as_a(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({ "agent_id": format!("probe-{tag}"), "title": marker, "metadata": { "marker": marker } })),
+            )
+            .await?;
+        let session_id = keep(&mut v, "sessions", &session)?;
+        let agent = self
+            .as_a(
+                Method::POST,
+                "/v1/agents",
+                Some(json!({ "name": format!("probe-{tag}"), "description": marker })),
+            )
+            .await?;
+        let agent_id = keep(&mut v, "agents", &agent)?;
+        let user = self
+            .as_a(
+                Method::POST,
+                "/v1/users",
+                Some(json!({ "email": format!("probe-{tag}@probe.invalid"), "password": random_marker() })),
+            )
+            .await?;
+        let user_id = keep(&mut v, "users", &user)?;
+        v.secrets.push(format!("probe-{tag}@probe.invalid"));
+        let role = self
+            .as_a(
+                Method::POST,
+                "/v1/roles",
+                Some(json!({ "name": format!("probe-{tag}"), "description": marker, "permissions": ["sessions:read", "sessions:write"] })),
+            )
+            .await?;
+        let role_id = keep(&mut v, "roles", &role)?;
+        let assignment = self
+            .as_a(
+                Method::POST,
+                "/v1/role-assignments",
+                Some(json!({ "role_id": role_id, "agent_id": agent_id })),
+            )
+            .await?;
+        keep(&mut v, "role-assignments", &assignment)?;
+        let key = self
+            .as_a(
+                Method::POST,
+                "/v1/api-keys",
+                Some(json!({ "scopes": ["sessions:read", "sessions:write"], "agent_id": agent_id, "description": marker })),
+            )
+            .await?;
+        v.agent_key_id = keep(&mut v, "api-keys", &key)?;
+        v.agent_key = key["key"].as_str().unwrap_or_default().to_owned();
+        v.secrets.push(v.agent_key.clone());
+        let endpoint = self
+            .as_a(
+                Method::POST,
+                "/v1/webhooks/endpoints",
+                Some(json!({ "url": format!("https://hooks-{tag}.example/probe"), "description": marker })),
+            )
+            .await?;
+        keep(&mut v, "endpoints", &endpoint)?;
+        let message = self
+            .as_a(
+                Method::POST,
+                "/v1/webhooks/messages",
+                Some(json!({ "event_type": "probe.check", "payload": { "marker": marker } })),
+            )
+            .await?;
+        keep(&mut v, "messages", &message)?;
+        // Agent refresh tokens on, for a refresh token to attack with (restored at clean-up).
+        let policy = self.as_a(Method::GET, "/v1/token-policy", None).await?;
+        let mut wanted = policy.clone();
+        wanted["agent_refresh_tokens"] = json!(true);
+        if self
+            .as_a(Method::PUT, "/v1/token-policy", Some(wanted))
+            .await
+            .is_ok()
+        {
+            v.token_policy = Some(policy);
+        }
+        let (status, text) = self
+            .form(
+                Host::A,
+                Some((&v.agent_key_id, &v.agent_key)),
+                &[("grant_type", "client_credentials")],
+            )
+            .await?;
+        if !status.is_success() {
+            bail!("tenant A's client_credentials grant answered {status}: {text}");
+        }
+        let issued: Value = serde_json::from_str(&text)?;
+        v.access_token = issued["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        v.refresh_token = issued["refresh_token"].as_str().map(str::to_owned);
+        if let Some(sid) = issued["session_id"].as_str() {
+            v.ids.insert("auth-sessions", sid.to_owned());
+            v.secrets.push(sid.to_owned());
+        }
+        v.secrets.push(v.access_token.clone());
+        v.secrets.extend(v.refresh_token.clone());
+        let (status, text) = self
+            .form(
+                Host::A,
+                None,
+                &[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", &v.access_token),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("audience", "probe-sub-agent"),
+                    ("scope", "sessions:read"),
+                ],
+            )
+            .await?;
+        if !status.is_success() {
+            bail!("tenant A's token exchange answered {status}: {text}");
+        }
+        let delegated: Value = serde_json::from_str(&text)?;
+        v.delegated_token = delegated["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        v.secrets.push(v.delegated_token.clone());
+        // Snapshots of what B must not be able to change.
+        for (kind, path) in [
+            ("sessions", format!("/v1/sessions/{session_id}")),
+            ("agents", format!("/v1/agents/{agent_id}")),
+            ("users", format!("/v1/users/{user_id}")),
+            ("roles", format!("/v1/roles/{role_id}")),
+            (
+                "endpoints",
+                format!("/v1/webhooks/endpoints/{}", v.ids["endpoints"]),
+            ),
+            (
+                "role-assignments",
+                format!("/v1/role-assignments?agent_id={agent_id}"),
+            ),
+        ] {
+            let value = self.as_a(Method::GET, &path, None).await?;
+            v.snapshots.push((format!("{kind} {path}"), value));
+        }
+        Ok(v)
+    }
+
+    async fn set_up_attacker(&self) -> anyhow::Result<Attacker> {
+        let mut b = Attacker::default();
+        let mint = |scopes: Value| json!({ "scopes": scopes, "description": "bulkhead probe" });
+        let scopeless = self
+            .as_b(
+                Method::POST,
+                "/v1/api-keys",
+                Some(mint(json!(["billing:read"]))),
+            )
+            .await?;
+        b.out_of_scope_key = scopeless["key"].as_str().unwrap_or_default().to_owned();
+        b.made_keys
+            .extend(scopeless["api_key"]["id"].as_str().map(str::to_owned));
+        let revoked = self
+            .as_b(
+                Method::POST,
+                "/v1/api-keys",
+                Some(mint(json!(["sessions:read"]))),
+            )
+            .await?;
+        b.revoked_key = revoked["key"].as_str().unwrap_or_default().to_owned();
+        let revoked_id = revoked["api_key"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.as_b(
+            Method::POST,
+            &format!("/v1/api-keys/{revoked_id}/revoke"),
+            Some(json!({})),
+        )
+        .await?;
+        let client = self
+            .as_b(
+                Method::POST,
+                "/v1/api-keys",
+                Some(mint(json!(["sessions:read"]))),
+            )
+            .await?;
+        b.client_key = client["key"].as_str().unwrap_or_default().to_owned();
+        b.client_key_id = client["api_key"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        b.made_keys.push(b.client_key_id.clone());
+        let (status, text) = self
+            .form(
+                Host::B,
+                Some((&b.client_key_id, &b.client_key)),
+                &[("grant_type", "client_credentials")],
+            )
+            .await?;
+        if !status.is_success() {
+            bail!("tenant B's client_credentials grant answered {status}: {text}");
+        }
+        let issued: Value = serde_json::from_str(&text)?;
+        b.revoked_token = issued["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let response = self
+            .client
+            .post(self.url(Host::B, "/oauth/revoke"))
+            .basic_auth(&b.client_key_id, Some(&b.client_key))
+            .form(&[("token", b.revoked_token.as_str())])
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "tenant B could not revoke its own token: {}",
+                response.status()
+            );
+        }
+        Ok(b)
+    }
+
+    fn record(&mut self, op: &str, attack: Attack, verdict: Verdict, detail: String) {
+        self.findings.push(Finding {
+            operation: op.to_owned(),
+            attack,
+            verdict,
+            detail,
+        });
+    }
+
+    /// Judges one answer to B: a leak if anything of A's is in it, else refused if the status is
+    /// one of `refusals`, else allowed-own for a successful read, else unexpected.
+    fn judge(
+        &mut self,
+        op: &Operation,
+        attack: Attack,
+        victim: &Victim,
+        status: StatusCode,
+        text: &str,
+        refusals: &[StatusCode],
+    ) {
+        if let Some(secret) = victim
+            .secrets
+            .iter()
+            .find(|s| !s.is_empty() && text.contains(s.as_str()))
+        {
+            let shown: String = secret.chars().take(12).collect();
+            let detail = format!("{status}; the answer holds A's {shown}…");
+            return self.record(&op.name(), attack, Verdict::Leak, detail);
+        }
+        let verdict = if refusals.contains(&status) {
+            Verdict::Refused
+        } else if status.is_success() && op.method == Method::GET {
+            Verdict::AllowedOwn
+        } else if status.is_success() {
+            // A write of B's succeeded: B's own data, unless the final comparison finds A's
+            // changed; still not what the attack expected.
+            Verdict::Unexpected
+        } else {
+            Verdict::Unexpected
+        };
+        let detail = format!("{status} (expected one of {refusals:?})");
+        self.record(&op.name(), attack, verdict, detail);
+    }
+
+    async fn attack(
+        &mut self,
+        op: &Operation,
+        victim: &Victim,
+        attacker: &Attacker,
+    ) -> anyhow::Result<()> {
+        if !op.tenant_api() {
+            return Ok(());
+        }
+        let kind = param_kind(&op.path);
+        let a_id = kind.and_then(|k| victim.ids.get(k)).cloned();
+        // Credentials that must never authenticate on B's host (or A's).
+        let path_any = fill(&op.path, a_id.as_deref().unwrap_or("x"));
+        let body = json!({});
+        let unauthorized = [StatusCode::UNAUTHORIZED];
+        let bad_credentials: Vec<(Attack, Host, Option<String>)> = vec![
+            (Attack::NoCredential, Host::B, None),
+            (
+                Attack::AKeyOnB,
+                Host::B,
+                Some(self.config.tenant_a.admin_key.clone()),
+            ),
+            (
+                Attack::ATokenOnB,
+                Host::B,
+                Some(victim.access_token.clone()),
+            ),
+            (
+                Attack::ADelegatedOnB,
+                Host::B,
+                Some(victim.delegated_token.clone()),
+            ),
+            (Attack::ARefreshOnB, Host::B, victim.refresh_token.clone()),
+            (
+                Attack::BKeyOnA,
+                Host::A,
+                Some(self.config.tenant_b.admin_key.clone()),
+            ),
+            (
+                Attack::RevokedKey,
+                Host::B,
+                Some(attacker.revoked_key.clone()),
+            ),
+            (
+                Attack::RevokedToken,
+                Host::B,
+                Some(attacker.revoked_token.clone()),
+            ),
+        ];
+        for (attack, host, bearer) in bad_credentials {
+            if attack == Attack::ARefreshOnB && bearer.is_none() {
+                continue;
+            }
+            let (status, text) = self
+                .send(
+                    host,
+                    bearer.as_deref(),
+                    op.method.clone(),
+                    &path_any,
+                    Some(&body),
+                )
+                .await?;
+            // B's key on A's host: the answer is about A's tenant, but must say nothing.
+            self.judge(op, attack, victim, status, &text, &unauthorized);
+        }
+        // A credential of B that holds no permission any route needs.
+        let (status, text) = self
+            .send(
+                Host::B,
+                Some(&attacker.out_of_scope_key),
+                op.method.clone(),
+                &path_any,
+                Some(&body),
+            )
+            .await?;
+        // 403; 404 for another's resource; 400/422 where the route acts on the caller itself
+        // and the credential is not the kind it needs (logout with a key).
+        let refusals = [
+            StatusCode::FORBIDDEN,
+            StatusCode::NOT_FOUND,
+            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ];
+        self.judge(op, Attack::OutOfScope, victim, status, &text, &refusals);
+
+        let b_key = self.config.tenant_b.admin_key.clone();
+        // A's ids in the path: 404, exactly like an id that does not exist.
+        if let (Some(kind), Some(a_id)) = (kind, &a_id) {
+            let path = fill(&op.path, a_id);
+            let (status, text) = self
+                .send(Host::B, Some(&b_key), op.method.clone(), &path, Some(&body))
+                .await?;
+            // 404; or the body's own validation failing first, which says nothing about the id
+            // (the comparison with a missing id below checks that).
+            let refusals = [
+                StatusCode::NOT_FOUND,
+                StatusCode::BAD_REQUEST,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ];
+            self.judge(op, Attack::ForeignIds, victim, status, &text, &refusals);
+            if let Some(missing) = fresh_id(kind) {
+                let other = fill(&op.path, &missing);
+                let (missing_status, missing_text) = self
+                    .send(
+                        Host::B,
+                        Some(&b_key),
+                        op.method.clone(),
+                        &other,
+                        Some(&body),
+                    )
+                    .await?;
+                let same = status == missing_status
+                    && comparable(&serde_json::from_str(&text).unwrap_or(Value::Null))
+                        == comparable(&serde_json::from_str(&missing_text).unwrap_or(Value::Null));
+                let verdict = if same {
+                    Verdict::Refused
+                } else {
+                    Verdict::Leak
+                };
+                let detail = format!("A's id: {status}, a missing id: {missing_status}");
+                self.record(&op.name(), Attack::Indistinguishable, verdict, detail);
+            }
+        }
+        // A's ids in the body, where a body names other resources.
+        for body in foreign_bodies(op, victim) {
+            let (status, text) = self
+                .send(
+                    Host::B,
+                    Some(&b_key),
+                    op.method.clone(),
+                    &path_any,
+                    Some(&body),
+                )
+                .await?;
+            self.judge(
+                op,
+                Attack::ForeignIds,
+                victim,
+                status,
+                &text,
+                &[StatusCode::NOT_FOUND],
+            );
+        }
+        // List and search filters aimed at A's data.
+        if op.method == Method::GET && kind.is_none() && !op.query_params.is_empty() {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for name in &op.query_params {
+                if let Some(value) = filter_value(name, victim) {
+                    query.append_pair(name, &value);
+                }
+            }
+            let query = query.finish();
+            if !query.is_empty() {
+                let path = format!("{}?{query}", op.path);
+                let (status, text) = self
+                    .send(Host::B, Some(&b_key), Method::GET, &path, None)
+                    .await?;
+                let ok = [
+                    StatusCode::OK,
+                    StatusCode::BAD_REQUEST,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    StatusCode::NOT_FOUND,
+                ];
+                self.judge(op, Attack::ListFilters, victim, status, &text, &ok);
+            }
+        }
+        // Webhook endpoints aimed at internal addresses.
+        if op.path == "/v1/webhooks/endpoints" && op.method == Method::POST {
+            for url in INTERNAL_URLS {
+                let body = json!({ "url": url, "description": "bulkhead probe" });
+                let (status, text) = self
+                    .send(Host::B, Some(&b_key), Method::POST, &op.path, Some(&body))
+                    .await?;
+                if status.is_success() {
+                    // Do not leave it behind.
+                    if let Some(id) = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_owned))
+                    {
+                        let _ = self
+                            .send(
+                                Host::B,
+                                Some(&b_key),
+                                Method::DELETE,
+                                &format!("/v1/webhooks/endpoints/{id}"),
+                                None,
+                            )
+                            .await;
+                    }
+                }
+                let before = self.findings.len();
+                self.judge(
+                    op,
+                    Attack::InternalUrls,
+                    victim,
+                    status,
+                    &text,
+                    &[StatusCode::UNPROCESSABLE_ENTITY],
+                );
+                if let Some(f) = self.findings.get_mut(before) {
+                    f.detail = format!("{url}: {}", f.detail);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Introspection, revocation, refresh and exchange of A's tokens by B's client.
+    async fn foreign_tokens(&mut self, victim: &Victim, attacker: &Attacker) -> anyhow::Result<()> {
+        let b_client = (
+            attacker.client_key_id.as_str(),
+            attacker.client_key.as_str(),
+        );
+        let op = Operation {
+            method: Method::POST,
+            path: "/oauth/introspect".into(),
+            public: true,
+            query_params: Vec::new(),
+        };
+        let response = self
+            .client
+            .post(self.url(Host::B, "/oauth/introspect"))
+            .basic_auth(b_client.0, Some(b_client.1))
+            .form(&[("token", victim.access_token.as_str())])
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let inactive = serde_json::from_str::<Value>(&text)
+            .ok()
+            .is_some_and(|v| v == json!({ "active": false }));
+        if inactive {
+            self.judge(
+                &op,
+                Attack::ForeignTokens,
+                victim,
+                status,
+                &text,
+                &[StatusCode::OK],
+            );
+        } else {
+            self.record(
+                &op.name(),
+                Attack::ForeignTokens,
+                Verdict::Leak,
+                format!("{status}: {text}"),
+            );
+        }
+
+        // Revocation by B must not touch A's token (RFC 7009 answers 200 either way).
+        let response = self
+            .client
+            .post(self.url(Host::B, "/oauth/revoke"))
+            .basic_auth(b_client.0, Some(b_client.1))
+            .form(&[("token", victim.access_token.as_str())])
+            .send()
+            .await?;
+        let revoke_status = response.status();
+        let (still, _) = self
+            .send(
+                Host::A,
+                Some(&victim.access_token),
+                Method::GET,
+                "/v1/sessions",
+                None,
+            )
+            .await?;
+        let verdict = if still == StatusCode::OK {
+            Verdict::Refused
+        } else {
+            Verdict::Leak
+        };
+        self.record(
+            "POST /oauth/revoke",
+            Attack::ForeignTokens,
+            verdict,
+            format!("revoke {revoke_status}; A's token afterwards {still}"),
+        );
+
+        let token_op = Operation {
+            method: Method::POST,
+            path: "/oauth/token".into(),
+            public: true,
+            query_params: Vec::new(),
+        };
+        if let Some(refresh) = &victim.refresh_token {
+            let (status, text) = self
+                .form(
+                    Host::B,
+                    Some(b_client),
+                    &[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh.as_str()),
+                    ],
+                )
+                .await?;
+            self.judge(
+                &token_op,
+                Attack::ForeignTokens,
+                victim,
+                status,
+                &text,
+                &[StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED],
+            );
+        }
+        let (status, text) = self
+            .form(
+                Host::B,
+                Some(b_client),
+                &[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", &victim.access_token),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                ],
+            )
+            .await?;
+        self.judge(
+            &token_op,
+            Attack::ForeignTokens,
+            victim,
+            status,
+            &text,
+            &[StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED],
+        );
+        Ok(())
+    }
+
+    /// A's resources must be exactly as they were.
+    async fn check_unchanged(&mut self, victim: &Victim) -> anyhow::Result<()> {
+        for (what, before) in &victim.snapshots {
+            let path = what.split_once(' ').map_or(what.as_str(), |(_, p)| p);
+            let key = self.config.tenant_a.admin_key.clone();
+            let (status, text) = self
+                .send(Host::A, Some(&key), Method::GET, path, None)
+                .await?;
+            let now: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let (verdict, detail) = if !status.is_success() {
+                (Verdict::Leak, format!("gone: {status}"))
+            } else if &now != before {
+                (
+                    Verdict::Leak,
+                    format!("changed: before {before}, after {now}"),
+                )
+            } else {
+                (Verdict::Refused, "unchanged".to_owned())
+            };
+            self.record(
+                &format!("A's data: {what}"),
+                Attack::ForeignIds,
+                verdict,
+                detail,
+            );
+        }
+        Ok(())
+    }
+
+    async fn clean_up(&mut self, victim: &mut Victim, attacker: &Attacker) {
+        let a = |path: String| (Method::DELETE, path);
+        let ids = &victim.ids;
+        let mut steps = Vec::new();
+        if let Some(id) = ids.get("role-assignments") {
+            steps.push(a(format!("/v1/role-assignments/{id}")));
+        }
+        if let Some(id) = ids.get("roles") {
+            steps.push(a(format!("/v1/roles/{id}")));
+        }
+        if let Some(id) = ids.get("sessions") {
+            steps.push(a(format!("/v1/sessions/{id}")));
+        }
+        if let Some(id) = ids.get("endpoints") {
+            steps.push(a(format!("/v1/webhooks/endpoints/{id}")));
+        }
+        for (method, path) in steps {
+            let _ = self.as_a(method, &path, None).await;
+        }
+        if let Some(id) = ids.get("api-keys") {
+            let _ = self
+                .as_a(
+                    Method::POST,
+                    &format!("/v1/api-keys/{id}/revoke"),
+                    Some(json!({})),
+                )
+                .await;
+        }
+        if let Some(id) = ids.get("agents") {
+            let _ = self
+                .as_a(
+                    Method::PATCH,
+                    &format!("/v1/agents/{id}"),
+                    Some(json!({ "status": "disabled" })),
+                )
+                .await;
+        }
+        if let Some(id) = ids.get("users") {
+            let _ = self
+                .as_a(
+                    Method::PATCH,
+                    &format!("/v1/users/{id}"),
+                    Some(json!({ "status": "disabled" })),
+                )
+                .await;
+        }
+        if let Some(policy) = victim.token_policy.take() {
+            let _ = self
+                .as_a(Method::PUT, "/v1/token-policy", Some(policy))
+                .await;
+        }
+        for id in &attacker.made_keys {
+            let _ = self
+                .as_b(
+                    Method::POST,
+                    &format!("/v1/api-keys/{id}/revoke"),
+                    Some(json!({})),
+                )
+                .await;
+        }
+    }
+}
+
+/// Addresses a webhook endpoint must never be allowed to point at.
+const INTERNAL_URLS: [&str; 8] = [
+    "https://127.0.0.1/hook",
+    "https://10.0.0.1/hook",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://[::1]/hook",
+    "https://localhost/hook",
+    "https://2130706433/hook",
+    "https://0x7f.0.0.1/hook",
+    "http://hooks.example/plain-http",
+];
+
+/// Bodies that name A's resources, for operations whose body references other resources.
+fn foreign_bodies(op: &Operation, v: &Victim) -> Vec<Value> {
+    let id = |kind: &str| v.ids.get(kind).cloned().unwrap_or_default();
+    match (op.method.as_str(), op.path.as_str()) {
+        ("POST", "/v1/role-assignments") => vec![
+            json!({ "role_id": id("roles"), "agent_id": id("agents") }),
+            json!({ "role": "viewer", "agent_id": id("agents") }),
+            json!({ "role": "viewer", "user_id": id("users") }),
+        ],
+        ("POST", "/v1/api-keys") => {
+            vec![json!({ "scopes": ["sessions:read"], "agent_id": id("agents") })]
+        }
+        ("POST", "/v1/agents") => {
+            vec![json!({ "name": "probe-stray", "owner_user_id": id("users") })]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The value of A's to put in a list filter of this name.
+fn filter_value(name: &str, v: &Victim) -> Option<String> {
+    let id = |kind: &str| v.ids.get(kind).cloned();
+    match name {
+        "agent_id" => id("agents"),
+        "user_id" => id("users"),
+        "role_id" => id("roles"),
+        "resource_id" | "event_id" => id("sessions"),
+        "actor_id" => Some(v.agent_key_id.clone()),
+        "principal" => id("agents").map(|_| "tenant-admin".to_owned()),
+        _ => None,
+    }
+}

@@ -1,0 +1,109 @@
+//! `bulkhead probe` against a real deployment on loopback: it passes on the real server, and it
+//! catches a deliberately weakened tenant check (the test-only `probe-weakness` feature).
+
+use bulkhead_server::authz::RouteAccess;
+use bulkhead_server::probe::{self, Attack, ProbeConfig, Report, TenantCredentials, Verdict};
+use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, BASE_DOMAIN};
+use serde_json::{json, Map, Value};
+
+/// The operations of the route table as an OpenAPI `paths` object (public ones with
+/// `security: []`).
+fn route_table_document() -> Value {
+    let mut paths = Map::new();
+    for spec in bulkhead_server::app::route_table().specs() {
+        let item = paths
+            .entry(spec.path.to_owned())
+            .or_insert_with(|| json!({}));
+        let public = matches!(
+            spec.access,
+            RouteAccess::Public | RouteAccess::SelfAuthenticating
+        );
+        let op = if public {
+            json!({ "security": [] })
+        } else {
+            json!({})
+        };
+        item[spec.method.as_str().to_ascii_lowercase()] = op;
+    }
+    json!({ "openapi": "3.1.0", "paths": paths })
+}
+
+async fn probe(app: &TestApp) -> Report {
+    let a = app.create_tenant("victim").await;
+    let b = app.create_tenant("attacker").await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), route_table_document().to_string()).unwrap();
+    probe::run(ProbeConfig {
+        base_url: format!("http://{}", app.addr).parse().unwrap(),
+        base_domain: BASE_DOMAIN.into(),
+        tenant_a: TenantCredentials {
+            slug: a.slug,
+            admin_key: a.key,
+        },
+        tenant_b: TenantCredentials {
+            slug: b.slug,
+            admin_key: b.key,
+        },
+        openapi_file: Some(file.path().to_owned()),
+    })
+    .await
+    .unwrap()
+}
+
+/// The deployment's own egress policy (the test default lets webhooks reach 127.0.0.1, where
+/// test receivers listen).
+fn production_egress() -> AppOptions {
+    let config =
+        bulkhead_server::config::AppConfig::new(BASE_DOMAIN, bulkhead_auth::KeyEnvironment::Live)
+            .unwrap();
+    AppOptions {
+        webhook_egress: Some(config.webhook_egress),
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn the_probe_finds_nothing_on_the_real_server() {
+    let app = spawn_app_with(production_egress()).await;
+    let report = probe(&app).await;
+    println!("{}\n{}", report.table(), report.summary());
+    assert!(report.passed(), "{}", report.table());
+    assert!(report.operations > 40);
+    // Every kind of attack ran somewhere.
+    for attack in [
+        Attack::AKeyOnB,
+        Attack::ForeignIds,
+        Attack::Indistinguishable,
+        Attack::InternalUrls,
+        Attack::ForeignTokens,
+        Attack::OutOfScope,
+    ] {
+        assert!(
+            report.findings.iter().any(|f| f.attack == attack),
+            "{attack:?} never ran"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_probe_catches_a_weakened_tenant_check() {
+    let app = spawn_app_with(AppOptions {
+        configure: Some(|config| config.weaken_host_check = true),
+        ..production_egress()
+    })
+    .await;
+    let report = probe(&app).await;
+    assert!(!report.passed());
+    let leaks: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Leak)
+        .collect();
+    assert!(
+        leaks
+            .iter()
+            .any(|f| f.attack == Attack::AKeyOnB && f.operation == "GET /v1/sessions"),
+        "{}",
+        report.table()
+    );
+}
