@@ -247,6 +247,14 @@ id_kind!(
     /// One delivery attempt (the attempt log): `atmpt_…`.
     AttemptId, AttemptKind, "atmpt"
 );
+id_kind!(
+    /// A tool in a tenant's tool registry: `tool_…`.
+    ToolId, ToolKind, "tool"
+);
+id_kind!(
+    /// One recorded screening decision about tenant-supplied text: `scr_…`.
+    ScreeningId, ScreeningKind, "scr"
+);
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ pub mod id;
 pub mod prefix;
 pub mod scope;
 pub mod slug;
+pub mod tool;
 
 pub use cache::TenantCache;
 pub use clock::Clock;
@@ -30,7 +31,8 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
-pub use id::{AttemptId, DeliveryId, EndpointId, MessageId};
+pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolId};
 pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};
+pub use tool::{ToolName, ToolNameError};
