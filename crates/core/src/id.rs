@@ -252,6 +252,10 @@ id_kind!(
     ToolId, ToolKind, "tool"
 );
 id_kind!(
+    /// One call of a tool; its text form is the `webhook-id` of the signed request: `tcall_…`.
+    ToolCallId, ToolCallKind, "tcall"
+);
+id_kind!(
     /// One recorded screening decision about tenant-supplied text: `scr_…`.
     ScreeningId, ScreeningKind, "scr"
 );

@@ -31,7 +31,7 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
-pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolId};
+pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolCallId, ToolId};
 pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};
