@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{api_keys, audit, auth, health, oauth, sessions, webhooks};
+use crate::routes::{api_keys, audit, auth, context, health, oauth, sessions, tools, webhooks};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -26,6 +26,8 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(webhooks::routes())
         .merge(audit::routes())
+        .merge(tools::routes())
+        .merge(context::routes())
         // Layers run bottom-up: per-address limit, then resolution and authentication, then the
         // tenant's limits, then the handler.
         .route_layer(middleware::from_fn_with_state(

@@ -145,7 +145,28 @@ pub struct AppConfig {
     /// Access-token issuer, audience and lifetime.
     pub tokens: crate::tokens::TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
+    /// Tool endpoints are judged by the same policy, at registration and on every call.
     pub webhook_egress: bulkhead_webhooks::EgressPolicy,
+    /// Tool calls: timeout and response cap.
+    pub tools: ToolSettings,
+}
+
+/// Limits of a tool call.
+#[derive(Debug, Clone)]
+pub struct ToolSettings {
+    /// Whole-call timeout (connect, send, read the answer).
+    pub call_timeout: Duration,
+    /// Largest answer read; longer is a failed call (502).
+    pub max_response_bytes: usize,
+}
+
+impl Default for ToolSettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(10),
+            max_response_bytes: 256 * 1024,
+        }
+    }
 }
 
 impl AppConfig {
@@ -181,6 +202,7 @@ impl AppConfig {
             base_domain,
             registry_ttl: Duration::from_secs(2),
             tokens,
+            tools: ToolSettings::default(),
         })
     }
 }

@@ -32,6 +32,7 @@ pub mod limits;
 pub mod resolve;
 pub mod routes;
 pub mod scan;
+pub mod screen;
 pub mod state;
 pub mod telemetry;
 pub mod tenants;

@@ -3,10 +3,12 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod context;
 pub mod delegation;
 pub mod health;
 pub mod oauth;
 pub mod sessions;
+pub mod tools;
 pub mod webhooks;
 
 use crate::error::ApiError;

@@ -14,4 +14,5 @@ mod platform;
 mod ratelimit;
 mod sessions;
 mod tokens;
+mod tools;
 mod webhooks;
