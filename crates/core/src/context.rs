@@ -137,7 +137,9 @@ impl TenantContext {
     /// system actor may call every tool.
     pub fn may_call_tool(&self, name: &crate::tool::ToolName) -> bool {
         match &self.actor {
-            Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } => scopes.may_call_tool(name),
+            Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } => {
+                scopes.may_call_tool(name)
+            }
             Actor::System { .. } => true,
         }
     }

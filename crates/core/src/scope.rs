@@ -182,7 +182,10 @@ impl ScopeSet {
             (true, true) => (BTreeSet::new(), true),
             (true, false) => (other.tools.clone(), false),
             (false, true) => (self.tools.clone(), false),
-            (false, false) => (self.tools.intersection(&other.tools).cloned().collect(), false),
+            (false, false) => (
+                self.tools.intersection(&other.tools).cloned().collect(),
+                false,
+            ),
         };
         ScopeSet {
             scopes,
@@ -306,11 +309,20 @@ mod tests {
         assert_eq!(ScopeSet::parse_all(s.to_strings()).unwrap(), s);
         assert!(s.may_call_tool(&ToolName::parse("search").unwrap()));
         assert!(!s.may_call_tool(&ToolName::parse("other").unwrap()));
-        for bad in ["tools:call:", "tools:call:Search", "tools:call:a:b", "tools:call:**", "tools:call:a*"] {
+        for bad in [
+            "tools:call:",
+            "tools:call:Search",
+            "tools:call:a:b",
+            "tools:call:**",
+            "tools:call:a*",
+        ] {
             assert!(ScopeSet::parse_all([bad]).is_err(), "{bad}");
         }
         // The wildcard absorbs named grants: one representation of one authority.
-        assert_eq!(set(&["tools:call:*", "tools:call:x"]), set(&["tools:call:*"]));
+        assert_eq!(
+            set(&["tools:call:*", "tools:call:x"]),
+            set(&["tools:call:*"])
+        );
         assert_eq!(set(&["tools:call:*"]).to_strings(), ["tools:call:*"]);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<ScopeSet>(&json).unwrap(), s);
@@ -327,7 +339,9 @@ mod tests {
         assert!(ScopeSet::all().may_call_tool(&ToolName::parse("anything").unwrap()));
         assert_eq!(all.intersection(&one), one);
         assert_eq!(one.intersection(&all), one);
-        assert!(set(&["tools:call:a"]).intersection(&set(&["tools:call:b"])).is_empty());
+        assert!(set(&["tools:call:a"])
+            .intersection(&set(&["tools:call:b"]))
+            .is_empty());
         assert!(!one.is_empty());
     }
 

@@ -165,7 +165,11 @@ async fn record_version(tx: &mut TenantTx, tool: &Tool) -> Result<(), StoreError
 
 /// Creates a tool (version 1). A name already used in the tenant is
 /// [`StoreError::Conflict`] (`tools_name_unique`).
-pub async fn create(tx: &mut TenantTx, new: &NewTool, master: &MasterKey) -> Result<Tool, StoreError> {
+pub async fn create(
+    tx: &mut TenantTx,
+    new: &NewTool,
+    master: &MasterKey,
+) -> Result<Tool, StoreError> {
     let tenant = tx.tenant_id();
     let id = ToolId::new();
     let sealed = master.seal_tool_secret(&secret_binding(tenant, id), &new.secret);
@@ -247,7 +251,11 @@ pub async fn list(
 }
 
 /// Applies a patch as a new version.
-pub async fn update(tx: &mut TenantTx, name: &ToolName, patch: &ToolPatch) -> Result<Tool, StoreError> {
+pub async fn update(
+    tx: &mut TenantTx,
+    name: &ToolName,
+    patch: &ToolPatch,
+) -> Result<Tool, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<ToolRow> = sqlx::query_as(&format!(
         "UPDATE bulkhead.tools SET description = COALESCE($3, description), \
@@ -287,16 +295,24 @@ pub async fn delete(tx: &mut TenantTx, name: &ToolName) -> Result<ToolId, StoreE
 pub async fn versions(tx: &mut TenantTx, name: &ToolName) -> Result<Vec<ToolVersion>, StoreError> {
     let tenant = tx.tenant_id();
     let tool = get(tx, name).await?;
-    let rows: Vec<(i32, String, Value, String, bool, String, String, DateTime<Utc>)> =
-        sqlx::query_as(
-            "SELECT version, description, input_schema, endpoint_url, enabled, screening, \
+    let rows: Vec<(
+        i32,
+        String,
+        Value,
+        String,
+        bool,
+        String,
+        String,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "SELECT version, description, input_schema, endpoint_url, enabled, screening, \
              actor_id, created_at FROM bulkhead.tool_versions \
              WHERE tenant_id = $1 AND tool_id = $2 ORDER BY version DESC",
-        )
-        .bind(tenant.uuid())
-        .bind(tool.id.uuid())
-        .fetch_all(tx.conn())
-        .await?;
+    )
+    .bind(tenant.uuid())
+    .bind(tool.id.uuid())
+    .fetch_all(tx.conn())
+    .await?;
     Ok(rows
         .into_iter()
         .map(|r| ToolVersion {
@@ -320,18 +336,19 @@ pub async fn signing_secret(
     master: &MasterKey,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
     let tenant = tx.tenant_id();
-    let sealed: Vec<u8> = sqlx::query_scalar(
-        "SELECT secret FROM bulkhead.tools WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant.uuid())
-    .bind(tool.id.uuid())
-    .fetch_optional(tx.conn())
-    .await?
-    .ok_or(StoreError::NotFound)?;
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT secret FROM bulkhead.tools WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.uuid())
+            .bind(tool.id.uuid())
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or(StoreError::NotFound)?;
     master
         .open_tool_secret(&secret_binding(tenant, tool.id), &sealed)
         .map_err(|_| {
-            StoreError::UnsafeConfiguration("a tool secret cannot be opened with this master key".into())
+            StoreError::UnsafeConfiguration(
+                "a tool secret cannot be opened with this master key".into(),
+            )
         })
 }
 
@@ -403,7 +420,10 @@ pub struct Decision {
 }
 
 /// Records a decision for the transaction's tenant, actor and request.
-pub async fn record_decision(tx: &mut TenantTx, d: &NewDecision<'_>) -> Result<ScreeningId, StoreError> {
+pub async fn record_decision(
+    tx: &mut TenantTx,
+    d: &NewDecision<'_>,
+) -> Result<ScreeningId, StoreError> {
     let tenant = tx.tenant_id();
     let id = ScreeningId::new();
     let field: String = d.field.chars().take(200).collect();
@@ -430,7 +450,17 @@ pub async fn record_decision(tx: &mut TenantTx, d: &NewDecision<'_>) -> Result<S
 /// The decisions recorded about `subject`, newest first.
 pub async fn decisions(tx: &mut TenantTx, subject: &str) -> Result<Vec<Decision>, StoreError> {
     let tenant = tx.tenant_id();
-    type Row = (uuid::Uuid, String, String, String, String, Vec<String>, String, String, DateTime<Utc>);
+    type Row = (
+        uuid::Uuid,
+        String,
+        String,
+        String,
+        String,
+        Vec<String>,
+        String,
+        String,
+        DateTime<Utc>,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, subject, field, policy, verdict, rules, rules_version, actor_id, created_at \
          FROM bulkhead.screening_decisions WHERE tenant_id = $1 AND subject = $2 \
