@@ -22,6 +22,7 @@ use crate::MIN_PEPPER_LEN;
 /// What a sealed value is for; each purpose gets its own derived key.
 const SIGNING_KEY_INFO: &[u8] = b"bulkhead/v1/signing-key-seal";
 const WEBHOOK_SECRET_INFO: &[u8] = b"bulkhead/v1/webhook-secret-seal";
+const TOOL_SECRET_INFO: &[u8] = b"bulkhead/v1/tool-secret-seal";
 
 /// The operator's master key (`BULKHEAD_MASTER_KEY`, or generated into the embedded data
 /// directory). `Debug` never shows it; zeroized on drop.
@@ -98,6 +99,21 @@ impl MasterKey {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
         self.open(WEBHOOK_SECRET_INFO, binding, sealed)
+    }
+
+    /// Seals a tool's call-signing secret, bound to its record (`binding`: the tenant and tool
+    /// ids). A key of its own purpose: a sealed webhook secret never opens as a tool's.
+    pub fn seal_tool_secret(&self, binding: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        self.seal(TOOL_SECRET_INFO, binding, plaintext)
+    }
+
+    /// Opens what [`MasterKey::seal_tool_secret`] sealed with the same binding.
+    pub fn open_tool_secret(
+        &self,
+        binding: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
+        self.open(TOOL_SECRET_INFO, binding, sealed)
     }
 
     fn seal(&self, info: &'static [u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {

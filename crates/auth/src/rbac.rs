@@ -68,10 +68,12 @@ impl BuiltInRole {
                         Scope::RolesManage | Scope::BillingRead | Scope::BillingManage
                     )
                 })
-                .collect(),
+                .collect::<ScopeSet>()
+                .union(&ScopeSet::every_tool()),
             BuiltInRole::Agent => [Scope::SessionsRead, Scope::SessionsWrite, Scope::ToolsList]
                 .into_iter()
-                .collect(),
+                .collect::<ScopeSet>()
+                .union(&ScopeSet::every_tool()),
             BuiltInRole::Viewer => ScopeSet::all()
                 .iter()
                 .filter(|s| is_read_only(*s))
@@ -122,6 +124,8 @@ mod tests {
             .all(|s| s.as_str().ends_with(":read") || s == Scope::ToolsList));
         assert!(!agent.contains(Scope::KeysManage));
         assert!(may_grant(&developer, &agent));
+        assert!(agent.calls_all_tools() && developer.calls_all_tools() && admin.calls_all_tools());
+        assert!(!viewer.calls_all_tools());
         for role in BuiltInRole::ALL {
             assert_eq!(BuiltInRole::by_name(role.name()), Some(role));
         }

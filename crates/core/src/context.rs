@@ -141,4 +141,15 @@ impl TenantContext {
             Actor::System { .. } => true,
         }
     }
+
+    /// Whether the actor may call the tool `name` (`tools:call:<name>` or `tools:call:*`). The
+    /// system actor may call every tool.
+    pub fn may_call_tool(&self, name: &crate::tool::ToolName) -> bool {
+        match &self.actor {
+            Actor::ApiKey { scopes, .. } | Actor::Token { scopes, .. } => {
+                scopes.may_call_tool(name)
+            }
+            Actor::System { .. } => true,
+        }
+    }
 }

@@ -259,6 +259,18 @@ id_kind!(
     /// One principal holding one role: `rasg_…`.
     RoleAssignmentId, RoleAssignmentKind, "rasg"
 );
+id_kind!(
+    /// A tool in a tenant's tool registry: `tool_…`.
+    ToolId, ToolKind, "tool"
+);
+id_kind!(
+    /// One call of a tool; its text form is the `webhook-id` of the signed request: `tcall_…`.
+    ToolCallId, ToolCallKind, "tcall"
+);
+id_kind!(
+    /// One recorded screening decision about tenant-supplied text: `scr_…`.
+    ScreeningId, ScreeningKind, "scr"
+);
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ pub mod id;
 pub mod prefix;
 pub mod scope;
 pub mod slug;
+pub mod tool;
 
 pub use cache::TenantCache;
 pub use clock::Clock;
@@ -31,7 +32,8 @@ pub use id::{
     SessionId, TenantId, UserId,
 };
 pub use id::{AgentId, RoleAssignmentId, RoleId};
-pub use id::{AttemptId, DeliveryId, EndpointId, MessageId};
+pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolCallId, ToolId};
 pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};
+pub use tool::{ToolName, ToolNameError};

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tool::ToolName;
+
 /// One permission. The text form (`sessions:read`) is what credentials and the API carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -118,64 +120,184 @@ impl fmt::Display for Scope {
 #[error("unknown scope")]
 pub struct UnknownScope;
 
-/// The scopes a credential holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScopeSet(BTreeSet<Scope>);
+/// Text prefix of tool-call scopes: `tools:call:<name>` for one tool, `tools:call:*` for all.
+pub const TOOL_CALL_PREFIX: &str = "tools:call:";
+/// The text form of the scope to call every tool of the tenant.
+pub const TOOL_CALL_ALL: &str = "tools:call:*";
+
+/// The scopes a credential holds: the fixed [`Scope`]s plus the tools it may call.
+///
+/// Invariant: when `all_tools` is set, `tools` is empty (the wildcard already holds every name),
+/// so equal authority has one representation and `==` means "the same grants".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeSet {
+    scopes: BTreeSet<Scope>,
+    /// `tools:call:<name>` grants.
+    tools: BTreeSet<ToolName>,
+    /// `tools:call:*`.
+    all_tools: bool,
+}
 
 impl ScopeSet {
-    /// Every scope.
+    /// Every scope, `tools:call:*` included.
     pub fn all() -> Self {
-        Self(Scope::ALL.iter().copied().collect())
+        Self {
+            scopes: Scope::ALL.iter().copied().collect(),
+            tools: BTreeSet::new(),
+            all_tools: true,
+        }
     }
 
     /// Whether `scope` is held.
     pub fn contains(&self, scope: Scope) -> bool {
-        self.0.contains(&scope)
+        self.scopes.contains(&scope)
     }
 
-    /// Whether every scope of `other` is held here: the test for "may not mint anything stronger".
+    /// Whether the tool `name` may be called (`tools:call:<name>` or `tools:call:*`).
+    pub fn may_call_tool(&self, name: &ToolName) -> bool {
+        self.all_tools || self.tools.contains(name)
+    }
+
+    /// Whether `tools:call:*` is held.
+    pub fn calls_all_tools(&self) -> bool {
+        self.all_tools
+    }
+
+    /// The tools named one by one (empty when [`ScopeSet::calls_all_tools`]).
+    pub fn callable_tools(&self) -> impl Iterator<Item = &ToolName> + '_ {
+        self.tools.iter()
+    }
+
+    /// Whether every grant of `other` is held here: the test for "may not mint anything
+    /// stronger". The wildcard holds every named tool; named tools never hold the wildcard.
     pub fn is_superset(&self, other: &ScopeSet) -> bool {
-        self.0.is_superset(&other.0)
+        self.scopes.is_superset(&other.scopes)
+            && (self.all_tools || (!other.all_tools && self.tools.is_superset(&other.tools)))
     }
 
-    /// The scopes held both here and in `other`: how a role ceiling or a delegation narrows a
-    /// credential.
+    /// What both hold (delegation: the subject's grants as far as the actor holds them too).
     pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
-        Self(self.0.intersection(&other.0).copied().collect())
+        let scopes = self.scopes.intersection(&other.scopes).copied().collect();
+        let (tools, all_tools) = match (self.all_tools, other.all_tools) {
+            (true, true) => (BTreeSet::new(), true),
+            (true, false) => (other.tools.clone(), false),
+            (false, true) => (self.tools.clone(), false),
+            (false, false) => (
+                self.tools.intersection(&other.tools).cloned().collect(),
+                false,
+            ),
+        };
+        ScopeSet {
+            scopes,
+            tools,
+            all_tools,
+        }
     }
 
-    /// Whether nothing is held.
+    /// Whether nothing at all is held.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.scopes.is_empty() && self.tools.is_empty() && !self.all_tools
     }
 
-    /// The text forms, for storage.
+    /// The text forms, for storage: fixed scopes first (stable order), then `tools:call:*` or
+    /// the named tool scopes in name order.
     pub fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(|s| s.as_str().to_owned()).collect()
+        let mut out: Vec<String> = self.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        if self.all_tools {
+            out.push(TOOL_CALL_ALL.to_owned());
+        }
+        out.extend(
+            self.tools
+                .iter()
+                .map(|t| format!("{TOOL_CALL_PREFIX}{}", t.as_str())),
+        );
+        out
     }
 
-    /// Parses stored or presented text forms; any unknown name fails the whole set.
+    /// Parses stored or presented text forms; any unknown name (or a malformed tool name) fails
+    /// the whole set.
     pub fn parse_all<I, S>(names: I) -> Result<Self, UnknownScope>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        names
-            .into_iter()
-            .map(|n| Scope::parse(n.as_ref()))
-            .collect::<Result<BTreeSet<_>, _>>()
-            .map(Self)
+        let mut set = ScopeSet::default();
+        for name in names {
+            let name = name.as_ref();
+            if let Some(tool) = name.strip_prefix(TOOL_CALL_PREFIX) {
+                if tool == "*" {
+                    set.all_tools = true;
+                } else {
+                    set.tools
+                        .insert(ToolName::parse(tool).map_err(|_| UnknownScope)?);
+                }
+            } else {
+                set.scopes.insert(Scope::parse(name)?);
+            }
+        }
+        if set.all_tools {
+            set.tools.clear();
+        }
+        Ok(set)
     }
 
-    /// Iterates the scopes in a stable order.
+    /// Everything either holds (the permissions of several roles together).
+    pub fn union(&self, other: &ScopeSet) -> ScopeSet {
+        let all_tools = self.all_tools || other.all_tools;
+        ScopeSet {
+            scopes: self.scopes.union(&other.scopes).copied().collect(),
+            tools: if all_tools {
+                BTreeSet::new()
+            } else {
+                self.tools.union(&other.tools).cloned().collect()
+            },
+            all_tools,
+        }
+    }
+
+    /// The grant to call every tool (`tools:call:*`) and nothing else.
+    pub fn every_tool() -> Self {
+        Self {
+            all_tools: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a grant to call one tool.
+    pub fn with_tool(mut self, name: ToolName) -> Self {
+        if !self.all_tools {
+            self.tools.insert(name);
+        }
+        self
+    }
+
+    /// Iterates the fixed scopes in a stable order (tool-call grants are not [`Scope`]s: see
+    /// [`ScopeSet::may_call_tool`]).
     pub fn iter(&self) -> impl Iterator<Item = Scope> + '_ {
-        self.0.iter().copied()
+        self.scopes.iter().copied()
     }
 }
 
 impl FromIterator<Scope> for ScopeSet {
     fn from_iter<T: IntoIterator<Item = Scope>>(iter: T) -> Self {
-        Self(iter.into_iter().collect())
+        Self {
+            scopes: iter.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+}
+
+// The serde form is the list of text forms, as it was when a set held only fixed scopes.
+impl Serialize for ScopeSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_strings().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        ScopeSet::parse_all(names).map_err(serde::de::Error::custom)
     }
 }
 
@@ -193,5 +315,106 @@ mod tests {
         let read = ScopeSet::parse_all(["sessions:read"]).unwrap();
         assert!(ScopeSet::all().is_superset(&read));
         assert!(!read.is_superset(&ScopeSet::all()));
+    }
+
+    fn set(names: &[&str]) -> ScopeSet {
+        ScopeSet::parse_all(names).unwrap()
+    }
+
+    #[test]
+    fn tool_call_scopes_parse_round_trip_and_refuse_bad_names() {
+        let s = set(&["tools:list", "tools:call:search", "tools:call:get-weather"]);
+        assert_eq!(
+            s.to_strings(),
+            ["tools:list", "tools:call:get-weather", "tools:call:search"]
+        );
+        assert_eq!(ScopeSet::parse_all(s.to_strings()).unwrap(), s);
+        assert!(s.may_call_tool(&ToolName::parse("search").unwrap()));
+        assert!(!s.may_call_tool(&ToolName::parse("other").unwrap()));
+        for bad in [
+            "tools:call:",
+            "tools:call:Search",
+            "tools:call:a:b",
+            "tools:call:**",
+            "tools:call:a*",
+        ] {
+            assert!(ScopeSet::parse_all([bad]).is_err(), "{bad}");
+        }
+        // The wildcard absorbs named grants: one representation of one authority.
+        assert_eq!(
+            set(&["tools:call:*", "tools:call:x"]),
+            set(&["tools:call:*"])
+        );
+        assert_eq!(set(&["tools:call:*"]).to_strings(), ["tools:call:*"]);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ScopeSet>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn the_wildcard_holds_every_name_but_no_name_holds_the_wildcard() {
+        let all = set(&["tools:call:*"]);
+        let one = set(&["tools:call:search"]);
+        assert!(all.is_superset(&one));
+        assert!(!one.is_superset(&all));
+        assert!(ScopeSet::all().is_superset(&one));
+        assert!(ScopeSet::all().is_superset(&all));
+        assert!(ScopeSet::all().may_call_tool(&ToolName::parse("anything").unwrap()));
+        assert_eq!(all.intersection(&one), one);
+        assert_eq!(one.intersection(&all), one);
+        assert!(set(&["tools:call:a"])
+            .intersection(&set(&["tools:call:b"]))
+            .is_empty());
+        assert!(!one.is_empty());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn grant() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(Scope::ALL.to_vec()).prop_map(|s| s.as_str().to_owned()),
+                Just(TOOL_CALL_ALL.to_owned()),
+                "[a-c]{1,2}".prop_map(|n| format!("{TOOL_CALL_PREFIX}{n}")),
+            ]
+        }
+
+        fn scope_set() -> impl Strategy<Value = ScopeSet> {
+            proptest::collection::vec(grant(), 0..8).prop_map(|v| ScopeSet::parse_all(v).unwrap())
+        }
+
+        proptest! {
+            /// Adding grants never makes a set hold less; removing never more.
+            #[test]
+            fn superset_is_monotone(a in scope_set(), extra in proptest::collection::vec(grant(), 0..4)) {
+                let mut names = a.to_strings();
+                names.extend(extra);
+                let bigger = ScopeSet::parse_all(names).unwrap();
+                prop_assert!(bigger.is_superset(&a));
+                prop_assert!(bigger.is_superset(&bigger));
+                if !a.is_superset(&bigger) {
+                    prop_assert_ne!(&a, &bigger);
+                }
+            }
+
+            /// The intersection is held by both, and is the largest such set on the tool part.
+            #[test]
+            fn intersection_is_held_by_both(a in scope_set(), b in scope_set()) {
+                let i = a.intersection(&b);
+                prop_assert!(a.is_superset(&i));
+                prop_assert!(b.is_superset(&i));
+                prop_assert_eq!(&i, &b.intersection(&a));
+                // Superset is transitive through the intersection.
+                if a.is_superset(&b) {
+                    prop_assert_eq!(&i, &b);
+                }
+            }
+
+            /// Text forms round-trip.
+            #[test]
+            fn text_round_trips(a in scope_set()) {
+                prop_assert_eq!(ScopeSet::parse_all(a.to_strings()).unwrap(), a);
+            }
+        }
     }
 }

@@ -10,7 +10,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::authz::RouteTable;
 use crate::error::ApiError;
-use crate::routes::{api_keys, audit, auth, health, oauth, principals, roles, sessions, webhooks};
+use crate::routes::{
+    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, webhooks,
+};
 use crate::state::AppState;
 
 /// Largest request body accepted (413 beyond).
@@ -29,6 +31,8 @@ pub fn route_table() -> RouteTable {
         .merge(webhooks::routes())
         .merge(principals::routes())
         .merge(roles::routes())
+        .merge(tools::routes())
+        .merge(context::routes())
 }
 
 /// The whole application.

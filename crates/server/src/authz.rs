@@ -243,9 +243,21 @@ pub(crate) fn check_may_grant(
     if bulkhead_auth::rbac::may_grant(&held, wanted) {
         return Ok(());
     }
-    let missing = wanted.iter().find(|s| !held.contains(*s)).unwrap_or(first);
-    audit_forbidden(ctx, missing, check);
-    Err(ApiError::MissingScope(missing))
+    if let Some(missing) = wanted.iter().find(|s| !held.contains(*s)) {
+        audit_forbidden(ctx, missing, check);
+        return Err(ApiError::MissingScope(missing));
+    }
+    // Only tool-call grants are missing.
+    let tool = if wanted.calls_all_tools() {
+        "*".to_owned()
+    } else {
+        wanted
+            .callable_tools()
+            .find(|t| !held.may_call_tool(t))
+            .map_or_else(|| "*".to_owned(), |t| t.as_str().to_owned())
+    };
+    audit_forbidden(ctx, Scope::ToolsList, check);
+    Err(ApiError::MissingToolScope(tool))
 }
 
 async fn require_scope(State(scope): State<Scope>, request: Request, next: Next) -> Response {

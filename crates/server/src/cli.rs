@@ -587,6 +587,25 @@ async fn serve_with(
         clock,
         Some(std::sync::Arc::new(limits)),
     );
+    // A broken screening rule file is a start-up error, not a server that screens nothing.
+    let rules = state
+        .screener()
+        .map_err(|e| anyhow::anyhow!("the screening rules do not load: {e}"))?;
+    tracing::info!(rules_version = %rules.version(), "screening rules loaded");
+    // Tool calls leave through the same guard (and the same operator proxy) as webhooks.
+    let tool_client = bulkhead_webhooks::EgressClient::new(
+        args.egress.policy(&args.base_domain),
+        std::sync::Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
+        &bulkhead_webhooks::EgressConfig {
+            proxy: args.egress.webhook_proxy.clone(),
+            user_agent: "Bulkhead-Tools/1".into(),
+            ..Default::default()
+        },
+    )?;
+    anyhow::ensure!(
+        state.set_tool_client(tool_client),
+        "the tool client was set twice"
+    );
     // Fail closed: never serve checkpoints signed by anything but the configured key.
     anyhow::ensure!(
         state.set_audit(std::sync::Arc::new(crate::audit_log::AuditService::new(

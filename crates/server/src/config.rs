@@ -145,12 +145,33 @@ pub struct AppConfig {
     /// Access-token issuer, audience and lifetime.
     pub tokens: crate::tokens::TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
+    /// Tool endpoints are judged by the same policy, at registration and on every call.
     pub webhook_egress: bulkhead_webhooks::EgressPolicy,
     /// A deliberately broken tenant check, so that a test can prove `bulkhead probe` catches a
     /// leak: a credential of one tenant is accepted on another tenant's subdomain. Exists only
     /// with the test-only `probe-weakness` feature, and is off unless a test turns it on.
     #[cfg(feature = "probe-weakness")]
     pub weaken_host_check: bool,
+    /// Tool calls: timeout and response cap.
+    pub tools: ToolSettings,
+}
+
+/// Limits of a tool call.
+#[derive(Debug, Clone)]
+pub struct ToolSettings {
+    /// Whole-call timeout (connect, send, read the answer).
+    pub call_timeout: Duration,
+    /// Largest answer read; longer is a failed call (502).
+    pub max_response_bytes: usize,
+}
+
+impl Default for ToolSettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(10),
+            max_response_bytes: 256 * 1024,
+        }
+    }
 }
 
 impl AppConfig {
@@ -188,6 +209,7 @@ impl AppConfig {
             tokens,
             #[cfg(feature = "probe-weakness")]
             weaken_host_check: false,
+            tools: ToolSettings::default(),
         })
     }
 }

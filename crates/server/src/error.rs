@@ -37,6 +37,28 @@ pub enum ApiError {
     /// 403: the credential lacks a scope; the scope is named.
     #[error("missing scope {0}")]
     MissingScope(Scope),
+    /// 403: the credential may not call this tool; names the scope `tools:call:<name>`.
+    #[error("missing scope tools:call:{0}")]
+    MissingToolScope(String),
+    /// 422: screening refused tenant-supplied text; names the field and the matched rules.
+    #[error("content rejected: {0}")]
+    ContentRejected(Cow<'static, str>),
+    /// 502: the tool's endpoint answered with a status outside 2xx; names it.
+    #[error("tool answered {0}")]
+    ToolFailed(u16),
+    /// 502: the egress guard refused the tool's endpoint at call time (its name resolved to a
+    /// denied address, or its URL no longer passes); names the rule. Nothing was sent.
+    #[error("tool endpoint refused: {0}")]
+    ToolEndpointRefused(String),
+    /// 502: the tool's endpoint could not be reached (connect, TLS, I/O); names the class.
+    #[error("tool unreachable: {0}")]
+    ToolUnreachable(&'static str),
+    /// 502: the tool's answer is longer than the cap.
+    #[error("tool answer too large")]
+    ToolResponseTooLarge(usize),
+    /// 504: the tool did not answer in time.
+    #[error("tool timed out")]
+    ToolTimeout,
     /// 403: the request would create or move a resource outside the credential's resource
     /// prefix.
     #[error("outside the resource prefix")]
@@ -137,6 +159,48 @@ impl ApiError {
                 problem_type!("missing-scope"),
                 "Forbidden",
                 format!("the credential lacks the scope `{scope}`").into(),
+            ),
+            MissingToolScope(name) => (
+                StatusCode::FORBIDDEN,
+                problem_type!("missing-scope"),
+                "Forbidden",
+                format!("the credential lacks the scope `tools:call:{name}`").into(),
+            ),
+            ContentRejected(detail) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                problem_type!("content-rejected"),
+                "Unprocessable Content",
+                detail.clone(),
+            ),
+            ToolFailed(status) => (
+                StatusCode::BAD_GATEWAY,
+                problem_type!("tool-call-failed"),
+                "Bad Gateway",
+                format!("the tool's endpoint answered {status}").into(),
+            ),
+            ToolEndpointRefused(rule) => (
+                StatusCode::BAD_GATEWAY,
+                problem_type!("tool-endpoint-refused"),
+                "Bad Gateway",
+                format!("the egress guard refused the tool's endpoint: {rule}").into(),
+            ),
+            ToolUnreachable(class) => (
+                StatusCode::BAD_GATEWAY,
+                problem_type!("tool-call-failed"),
+                "Bad Gateway",
+                format!("the tool's endpoint could not be reached ({class})").into(),
+            ),
+            ToolResponseTooLarge(cap) => (
+                StatusCode::BAD_GATEWAY,
+                problem_type!("tool-response-too-large"),
+                "Bad Gateway",
+                format!("the tool's answer is longer than {cap} bytes").into(),
+            ),
+            ToolTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                problem_type!("tool-call-timeout"),
+                "Gateway Timeout",
+                "the tool's endpoint did not answer in time".into(),
             ),
             OutsidePrefix => (
                 StatusCode::FORBIDDEN,

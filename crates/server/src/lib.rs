@@ -38,6 +38,7 @@ pub mod probe;
 pub mod resolve;
 pub mod routes;
 pub mod scan;
+pub mod screen;
 pub mod state;
 pub mod telemetry;
 pub mod tenants;

@@ -442,6 +442,7 @@ fn fresh_id(kind: &str) -> Option<String> {
         "endpoints" => EndpointId::new().to_string(),
         "messages" => MessageId::new().to_string(),
         "auth-sessions" => AuthSessionId::new().to_string(),
+        "tools" => format!("probe_missing_{:08x}", rand::thread_rng().gen::<u32>()),
         _ => return None,
     })
 }
@@ -461,6 +462,7 @@ fn param_kind(path: &str) -> Option<&'static str> {
         "api-keys" => "api-keys",
         "endpoints" => "endpoints",
         "messages" => "messages",
+        "tools" => "tools",
         _ => return None,
     };
     Some(kind)
@@ -676,6 +678,20 @@ impl Probe {
             )
             .await?;
         keep(&mut v, "messages", &message)?;
+        let tool_name = format!("probe_{tag}");
+        self.as_a(
+            Method::POST,
+            "/v1/tools",
+            Some(json!({
+                "name": tool_name,
+                "description": format!("Looks up the weather. {marker}"),
+                "input_schema": { "type": "object", "properties": { "city": { "type": "string" } } },
+                "endpoint_url": format!("https://tools-{tag}.example/run"),
+            })),
+        )
+        .await?;
+        v.ids.insert("tools", tool_name.clone());
+        v.secrets.push(tool_name.clone());
         // Agent refresh tokens on, for a refresh token to attack with (restored at clean-up).
         let policy = self.as_a(Method::GET, "/v1/token-policy", None).await?;
         let mut wanted = policy.clone();
@@ -747,6 +763,7 @@ impl Probe {
                 "endpoints",
                 format!("/v1/webhooks/endpoints/{}", v.ids["endpoints"]),
             ),
+            ("tools", format!("/v1/tools/{tool_name}")),
             (
                 "role-assignments",
                 format!("/v1/role-assignments?agent_id={agent_id}"),
@@ -1254,6 +1271,9 @@ impl Probe {
         }
         if let Some(id) = ids.get("endpoints") {
             steps.push(a(format!("/v1/webhooks/endpoints/{id}")));
+        }
+        if let Some(name) = ids.get("tools") {
+            steps.push(a(format!("/v1/tools/{name}")));
         }
         for (method, path) in steps {
             let _ = self.as_a(method, &path, None).await;

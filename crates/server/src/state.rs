@@ -31,6 +31,10 @@ struct Inner {
     directory: TenantDirectory,
     ceilings: crate::ceilings::RoleCeilings,
     audit: std::sync::OnceLock<Arc<crate::audit_log::AuditService>>,
+    tool_client: std::sync::OnceLock<bulkhead_webhooks::EgressClient>,
+    screener: std::sync::OnceLock<
+        Result<Arc<bulkhead_screening::Screener>, bulkhead_screening::RuleError>,
+    >,
 }
 
 impl AppState {
@@ -94,6 +98,8 @@ impl AppState {
                 directory,
                 audit: std::sync::OnceLock::new(),
                 ceilings: Default::default(),
+                tool_client: std::sync::OnceLock::new(),
+                screener: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -157,6 +163,43 @@ impl AppState {
     /// Role ceilings of credentials, briefly cached.
     pub fn ceilings(&self) -> &crate::ceilings::RoleCeilings {
         &self.inner.ceilings
+    }
+
+    /// The guarded client tool calls go through. Without [`AppState::set_tool_client`] before
+    /// first use: the operator's egress policy with the system resolver.
+    pub fn tool_client(
+        &self,
+    ) -> Result<&bulkhead_webhooks::EgressClient, bulkhead_webhooks::egress::BuildError> {
+        if let Some(client) = self.inner.tool_client.get() {
+            return Ok(client);
+        }
+        let client = bulkhead_webhooks::EgressClient::new(
+            self.inner.config.webhook_egress.clone(),
+            Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
+            &bulkhead_webhooks::EgressConfig {
+                user_agent: "Bulkhead-Tools/1".into(),
+                ..Default::default()
+            },
+        )?;
+        Ok(self.inner.tool_client.get_or_init(|| client))
+    }
+
+    /// Installs the tool-call client (the operator's proxy; in tests a loopback resolver and a
+    /// test CA). Returns false, changing nothing, if one is already in use.
+    pub fn set_tool_client(&self, client: bulkhead_webhooks::EgressClient) -> bool {
+        self.inner.tool_client.set(client).is_ok()
+    }
+
+    /// The screening rules compiled into this build, parsed once. A broken rule file is an
+    /// error here for every request that screens (fail closed) and a start-up error for
+    /// `bulkhead serve`, which calls this before it listens.
+    pub fn screener(
+        &self,
+    ) -> Result<&Arc<bulkhead_screening::Screener>, &bulkhead_screening::RuleError> {
+        self.inner
+            .screener
+            .get_or_init(|| bulkhead_screening::Screener::builtin().map(Arc::new))
+            .as_ref()
     }
 
     /// Registry reads, briefly cached.

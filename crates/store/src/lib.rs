@@ -34,6 +34,7 @@ pub mod roles;
 pub mod sessions;
 pub mod signing_keys;
 pub mod tokens;
+pub mod tools;
 pub mod users;
 pub mod webhooks;
 

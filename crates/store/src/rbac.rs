@@ -5,7 +5,7 @@
 //! name this binary does not know grants nothing.
 
 use bulkhead_auth::rbac::BuiltInRole;
-use bulkhead_core::{AgentId, ApiKeyId, RoleAssignmentId, RoleId, Scope, ScopeSet, UserId};
+use bulkhead_core::{AgentId, ApiKeyId, RoleAssignmentId, RoleId, ScopeSet, UserId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -60,7 +60,10 @@ fn role_permissions(built_in: bool, name: &str, stored: &[String]) -> ScopeSet {
             .map(BuiltInRole::permissions)
             .unwrap_or_default()
     } else {
-        stored.iter().filter_map(|p| Scope::parse(p).ok()).collect()
+        stored
+            .iter()
+            .filter_map(|p| ScopeSet::parse_all([p]).ok())
+            .fold(ScopeSet::default(), |held, one| held.union(&one))
     }
 }
 
@@ -393,13 +396,13 @@ pub async fn permissions_of(
     if rows.is_empty() || rows.iter().any(|(status, ..)| status != "active") {
         return Ok(None);
     }
-    let mut held = Vec::new();
+    let mut held = ScopeSet::default();
     for (_, built_in, name, stored) in rows {
         if let (Some(built_in), Some(name), Some(stored)) = (built_in, name, stored) {
-            held.extend(role_permissions(built_in, &name, &stored).iter());
+            held = held.union(&role_permissions(built_in, &name, &stored));
         }
     }
-    Ok(Some(held.into_iter().collect()))
+    Ok(Some(held))
 }
 
 /// The agent a key belongs to, if any. Another tenant's key is [`StoreError::NotFound`].

@@ -254,6 +254,11 @@ pub struct AppOptions {
     pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
     /// Last changes to the configuration, after every other option.
     pub configure: Option<fn(&mut AppConfig)>,
+    /// The client tool calls go through (a loopback resolver and a test CA); default: one
+    /// under the egress policy whose resolver resolves nothing, so no test call leaves loopback.
+    pub tool_client: Option<bulkhead_webhooks::EgressClient>,
+    /// Tool-call limits; default the server's.
+    pub tool_settings: Option<bulkhead_server::config::ToolSettings>,
 }
 
 /// The egress policy of test deployments: https, any unprivileged port, the test base domain
@@ -283,6 +288,18 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     if let Some(configure) = options.configure {
         configure(&mut config);
     }
+    if let Some(tools) = options.tool_settings {
+        config.tools = tools;
+    }
+    let tool_client = match options.tool_client {
+        Some(client) => client,
+        None => bulkhead_webhooks::EgressClient::new(
+            config.webhook_egress.clone(),
+            Arc::new(bulkhead_webhooks::StaticResolver::new()),
+            &bulkhead_webhooks::EgressConfig::default(),
+        )
+        .expect("tool client"),
+    };
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
         Arc::new(bulkhead_server::limits::RateLimits::in_memory(
@@ -299,6 +316,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         clock,
         Some(rate_limits),
     );
+    assert!(state.set_tool_client(tool_client), "tool client set once");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -697,6 +697,129 @@ impl EgressClient {
     }
 }
 
+/// How a request with a response cap ended ([`EgressClient::post_capped`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CappedOutcome {
+    /// The receiver answered with a body within the cap.
+    Response {
+        /// Status code.
+        status: u16,
+        /// `Content-Type`, if any, as sent (at most 128 characters).
+        content_type: Option<String>,
+        /// The whole body.
+        body: bytes::Bytes,
+        /// Time to the end of the body.
+        latency: Duration,
+    },
+    /// The body was longer than the cap; the rest was not read.
+    TooLarge {
+        /// Status code.
+        status: u16,
+        /// Time until the cap was passed.
+        latency: Duration,
+    },
+    /// The guard refused it; nothing was sent.
+    Blocked(EgressError),
+    /// A transport failure (connect, TLS, timeout), also while reading the body.
+    Transport {
+        /// Short class: `timeout`, `connect`, `io`.
+        class: &'static str,
+        /// Description.
+        detail: String,
+        /// Time until the failure.
+        latency: Duration,
+    },
+}
+
+impl EgressClient {
+    /// Sends a POST like [`EgressClient::post`], but reads the whole response body up to
+    /// `max_bytes` (longer is [`CappedOutcome::TooLarge`]) and gives up after `timeout` (at most
+    /// the client's total timeout). For synchronous calls whose answer is the result.
+    pub async fn post_capped(
+        &self,
+        url: &str,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> CappedOutcome {
+        let checked = match self.policy.check_url(url) {
+            Ok(checked) => checked,
+            Err(err) => return CappedOutcome::Blocked(err),
+        };
+        let started = Instant::now();
+        let result = self
+            .client
+            .post(checked.url().clone())
+            .headers(headers)
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => return capped_failure(&err, started),
+        };
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(128).collect());
+        if response
+            .content_length()
+            .is_some_and(|n| n > max_bytes as u64)
+        {
+            return CappedOutcome::TooLarge {
+                status,
+                latency: started.elapsed(),
+            };
+        }
+        let mut collected = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if collected.len() + chunk.len() > max_bytes {
+                        return CappedOutcome::TooLarge {
+                            status,
+                            latency: started.elapsed(),
+                        };
+                    }
+                    collected.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(err) => return capped_failure(&err, started),
+            }
+        }
+        CappedOutcome::Response {
+            status,
+            content_type,
+            body: bytes::Bytes::from(collected),
+            latency: started.elapsed(),
+        }
+    }
+}
+
+fn capped_failure(err: &reqwest::Error, started: Instant) -> CappedOutcome {
+    match transport_failure(err, started) {
+        SendOutcome::Blocked(refusal) => CappedOutcome::Blocked(refusal),
+        SendOutcome::Transport {
+            class,
+            detail,
+            latency,
+        } => CappedOutcome::Transport {
+            class,
+            detail,
+            latency,
+        },
+        SendOutcome::Response { latency, .. } => CappedOutcome::Transport {
+            class: "io",
+            detail: "unexpected response state".into(),
+            latency,
+        },
+    }
+}
+
 /// The same client without the guard (benchmarks only: measures the guard's cost).
 #[doc(hidden)]
 pub fn unguarded_client<R: reqwest::dns::Resolve + 'static>(

@@ -26,7 +26,7 @@ pub mod schedule;
 pub mod signing;
 
 pub use egress::{
-    EgressClient, EgressConfig, EgressError, EgressPolicy, GuardedResolver, HickoryResolver,
-    HostResolver, StaticResolver,
+    CappedOutcome, EgressClient, EgressConfig, EgressError, EgressPolicy, GuardedResolver,
+    HickoryResolver, HostResolver, StaticResolver,
 };
 pub use signing::{verify, Secret, SignatureError};

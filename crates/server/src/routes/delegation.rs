@@ -195,12 +195,9 @@ fn narrow(
     subject: &VerifiedToken,
     actor: &Delegate,
 ) -> Result<Narrowed, (OAuthError, &'static str)> {
+    // The intersection covers tool-call grants too (`tools:call:*` ∩ `tools:call:x` = `x`).
     let ceiling: ScopeSet = match &actor.scopes {
-        Some(actor_scopes) => subject
-            .scopes
-            .iter()
-            .filter(|s| actor_scopes.contains(*s))
-            .collect(),
+        Some(actor_scopes) => subject.scopes.intersection(actor_scopes),
         None => subject.scopes.clone(),
     };
     let scopes = match form.get("scope") {
@@ -223,7 +220,7 @@ fn narrow(
             requested
         }
     };
-    if scopes.iter().next().is_none() {
+    if scopes.is_empty() {
         return Err((
             OAuthError::invalid_scope("the subject and the actor share no scope"),
             "no_common_scope",

@@ -3,12 +3,14 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod context;
 pub mod delegation;
 pub mod health;
 pub mod oauth;
 pub mod principals;
 pub mod roles;
 pub mod sessions;
+pub mod tools;
 pub mod webhooks;
 
 use crate::error::ApiError;

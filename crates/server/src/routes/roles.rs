@@ -267,9 +267,10 @@ async fn update_role(
     let current = rbac::get_role_for_update(&mut tx, id).await?;
     // Changing a role changes every holder: the caller must hold both what the role gives now
     // and what it would give.
-    let mut touched: Vec<Scope> = current.permissions.iter().collect();
-    touched.extend(permissions.iter().flat_map(ScopeSet::iter));
-    let touched: ScopeSet = touched.into_iter().collect();
+    let touched = match &permissions {
+        Some(new) => current.permissions.union(new),
+        None => current.permissions.clone(),
+    };
     if let Err(err) = check_may_grant(ctx, &touched, "role-grant") {
         tx.rollback().await?;
         audited_grant_check(&state, ctx, "role.update", Some(id.to_string()), &touched).await?;

@@ -16,4 +16,5 @@ mod ratelimit;
 mod rbac;
 mod sessions;
 mod tokens;
+mod tools;
 mod webhooks;

@@ -1,0 +1,736 @@
+//! `/v1/tools`: the tenant's tool registry and tool calls.
+//!
+//! Who may do what (each handler's first line checks it):
+//!
+//! | route | permission |
+//! |---|---|
+//! | `POST /v1/tools`, `PATCH`/`DELETE /v1/tools/{name}`, `GET /v1/tools/{name}/versions`, `GET`/`PUT /v1/screening-policy` | `tools:manage` |
+//! | `GET /v1/tools` | `tools:list`: enabled tools the credential may call; `?include_disabled=true` needs `tools:manage` and lists all |
+//! | `GET /v1/tools/{name}` | `tools:manage`, or `tools:list` for an enabled tool the credential may call (else 404) |
+//! | `POST /v1/tools/{name}/calls` | `tools:call:<name>` or `tools:call:*` |
+//!
+//! Every tenant-supplied text (name, description, every string of the input schema) is screened
+//! under the tenant's policy before it is stored; refusals are recorded and audited before the
+//! 422. A tool's endpoint is judged by the egress policy at registration and again, with its DNS
+//! answers, on every call.
+
+use std::time::Instant;
+
+use crate::authz::RouteAccess::{self, Requires};
+use crate::authz::RouteTable;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bulkhead_core::{Scope, TenantContext, ToolCallId, ToolName};
+use bulkhead_screening::FieldKind;
+use bulkhead_store::audit::{self, NewEvent, Outcome};
+use bulkhead_store::tools::{self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible};
+use bulkhead_store::Access;
+use bulkhead_webhooks::{CappedOutcome, Secret};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query, Tenant};
+use crate::screen::{self, Report};
+use crate::state::AppState;
+
+/// Default page size of `GET /v1/tools`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Largest input schema, serialized.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Validation errors named in a 422 at most.
+pub const MAX_REPORTED_ERRORS: usize = 5;
+
+/// The routes, mounted under `/v1` behind tenant resolution.
+pub fn routes() -> RouteTable {
+    const MANAGE: RouteAccess = Requires(Scope::ToolsManage);
+    const LIST: RouteAccess = Requires(Scope::ToolsList);
+    RouteTable::new()
+        .get("/v1/tools", LIST, list)
+        .post("/v1/tools", MANAGE, create)
+        .get("/v1/tools/{name}", LIST, fetch)
+        .patch("/v1/tools/{name}", MANAGE, update)
+        .delete("/v1/tools/{name}", MANAGE, remove)
+        .get("/v1/tools/{name}/versions", MANAGE, versions)
+        // The permission is per tool (`tools:call:<name>`): the handler decides, from the
+        // credential's effective scopes, before anything else.
+        .post("/v1/tools/{name}/calls", RouteAccess::Authenticated, call)
+        .get("/v1/screening-policy", MANAGE, get_policy)
+        .put("/v1/screening-policy", MANAGE, put_policy)
+}
+
+/// Body of `POST /v1/tools`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTool {
+    name: String,
+    #[serde(default)]
+    description: String,
+    input_schema: Map<String, Value>,
+    endpoint_url: String,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// Body of `PATCH /v1/tools/{name}`. The name never changes: it is the tool's scope.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTool {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Map<String, Value>>,
+    #[serde(default)]
+    endpoint_url: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// Query of `GET /v1/tools`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    include_disabled: Option<bool>,
+}
+
+/// A page of tools.
+#[derive(Debug, Serialize)]
+pub struct ToolPage {
+    data: Vec<Tool>,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
+
+/// A tool with its signing secret: only in the answer of create.
+#[derive(Debug, Serialize)]
+pub struct ToolWithSecret {
+    #[serde(flatten)]
+    tool: Tool,
+    /// `whsec_…`: verifies the signature of every call; shown once.
+    signing_secret: String,
+}
+
+/// The history of a tool.
+#[derive(Debug, Serialize)]
+pub struct VersionList {
+    data: Vec<ToolVersion>,
+}
+
+/// Body of `POST /v1/tools/{name}/calls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallTool {
+    input: Value,
+}
+
+/// The answer of a call.
+#[derive(Debug, Serialize)]
+pub struct CallResult {
+    call_id: ToolCallId,
+    tool: String,
+    version: i32,
+    status: u16,
+    latency_ms: u64,
+    /// The tool's answer: JSON when it is JSON, else text.
+    output: Value,
+}
+
+/// Body and answer of `/v1/screening-policy`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// `reject`, `flag` or `sanitize`.
+    policy: String,
+    /// The rule file's version (answers only).
+    #[serde(default, skip_deserializing)]
+    rules_version: String,
+}
+
+fn parse_name(text: &str) -> Result<ToolName, ApiError> {
+    ToolName::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn subject(name: &ToolName) -> String {
+    format!("tool:{name}")
+}
+
+/// Judges an endpoint URL by the egress policy; a refusal is audited and answered 422 naming
+/// the rule.
+async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
+    match state.config().webhook_egress.check_url(url) {
+        Ok(checked) => Ok(checked.as_str().to_owned()),
+        Err(refusal) => {
+            let rule = refusal.to_string();
+            let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+            audit::record(
+                &mut tx,
+                "tool.blocked",
+                None,
+                Outcome::Blocked,
+                json!({ "stage": "registration", "rule": rule }),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "tool endpoint URL refused");
+            Err(ApiError::Invalid(format!("endpoint_url: {rule}").into()))
+        }
+    }
+}
+
+/// A validator for a tenant's schema: external references are never fetched, `pattern` runs
+/// on the linear-time `regex` engine (a tenant's pattern cannot backtrack for ever).
+fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
+    struct NoRetrieval;
+    impl jsonschema::Retrieve for NoRetrieval {
+        fn retrieve(
+            &self,
+            _uri: &jsonschema::Uri<String>,
+        ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+            Err("external references are not fetched".into())
+        }
+    }
+    jsonschema::options()
+        .with_retriever(NoRetrieval)
+        .with_pattern_options(jsonschema::PatternOptions::regex().size_limit(1 << 20))
+        .build(schema)
+        .map_err(|e| e.to_string().chars().take(300).collect())
+}
+
+/// Checks the shape of an input schema: an object schema of bounded size that compiles.
+fn check_schema(schema: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len());
+    if size > MAX_SCHEMA_BYTES {
+        return Err(ApiError::Invalid(
+            format!("input_schema is limited to {MAX_SCHEMA_BYTES} bytes of JSON").into(),
+        ));
+    }
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(ApiError::Invalid(
+            "input_schema must be an object schema (`\"type\": \"object\"`)".into(),
+        ));
+    }
+    validator(schema).map(|_| ()).map_err(|e| {
+        ApiError::Invalid(format!("input_schema is not a valid JSON Schema: {e}").into())
+    })
+}
+
+async fn load_policy(
+    state: &AppState,
+    ctx: &TenantContext,
+) -> Result<bulkhead_screening::Policy, ApiError> {
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let policy = screen::policy(&mut tx).await?;
+    tx.commit().await?;
+    Ok(policy)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateTool>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = &tenant.0;
+    let name =
+        ToolName::parse(&body.name).map_err(|e| ApiError::Invalid(format!("name: {e}").into()))?;
+    let schema = Value::Object(body.input_schema);
+    check_schema(&schema)?;
+    let url = check_url(&state, ctx, &body.endpoint_url).await?;
+    let screener = screen::screener(&state)?;
+    let mut report = Report::new(screener, load_policy(&state, ctx).await?);
+    // A name is an identifier (and a scope): never rewritten, refused on any match.
+    report.strict(FieldKind::ToolName, "name", name.as_str());
+    let description = report.text(FieldKind::ToolDescription, "description", &body.description);
+    let schema = report.schema(&schema);
+    let subject = subject(&name);
+    if report.rejected() {
+        report.record_alone(&state, ctx, &subject).await?;
+        return Err(report.rejection());
+    }
+    check_schema(&schema)?;
+    let secret = Secret::generate();
+    let new = NewTool {
+        name,
+        description: description.unwrap_or_default(),
+        input_schema: schema,
+        endpoint_url: url,
+        enabled: body.enabled.unwrap_or(true),
+        screening: report.outcome(),
+        secret: secret.expose_bytes().to_vec(),
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    report.record(&mut tx, &subject).await?;
+    let tool = store::create(&mut tx, &new, state.master_key()).await?;
+    audit::record(
+        &mut tx,
+        "tool.create",
+        Some(&tool.id.to_string()),
+        Outcome::Success,
+        json!({
+            "tool": tool.name,
+            "version": tool.version,
+            "screening": tool.screening,
+            "rules_version": report.rules_version(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ToolWithSecret {
+            tool,
+            signing_secret: secret.expose_text(),
+        }),
+    ))
+}
+
+/// What the credential may see of the registry.
+fn visible_to(ctx: &TenantContext) -> Visible {
+    match ctx.actor().scopes() {
+        None => Visible::Callable {
+            every: true,
+            names: Vec::new(),
+        },
+        Some(scopes) => Visible::Callable {
+            every: scopes.calls_all_tools(),
+            names: scopes
+                .callable_tools()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+        },
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<ToolPage>, ApiError> {
+    let (ctx, visible) = if query.include_disabled == Some(true) {
+        (tenant.require(Scope::ToolsManage)?, Visible::All)
+    } else {
+        let ctx = tenant.require(Scope::ToolsList)?;
+        (ctx, visible_to(ctx))
+    };
+    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let after = query.cursor.as_deref().map(parse_name).transpose()?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let rows = store::list(&mut tx, &visible, after.as_ref(), limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |t| t.name.clone());
+    Ok(axum::Json(ToolPage { data, next_cursor }))
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Tool>, ApiError> {
+    // Managers see any tool; listers only enabled tools they may call, and anything else
+    // answers exactly like a missing tool.
+    let manager = tenant.0.has_scope(Scope::ToolsManage);
+    let ctx = if manager {
+        &tenant.0
+    } else {
+        tenant.require(Scope::ToolsList)?
+    };
+    let name = parse_name(&name)?;
+    if !manager && !ctx.may_call_tool(&name) {
+        return Err(ApiError::NotFound);
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let tool = store::get(&mut tx, &name).await?;
+    tx.commit().await?;
+    if !manager && !tool.enabled {
+        return Err(ApiError::NotFound);
+    }
+    Ok(axum::Json(tool))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Json(body): Json<UpdateTool>,
+) -> Result<axum::Json<Tool>, ApiError> {
+    let ctx = &tenant.0;
+    let name = parse_name(&name)?;
+    let schema = body.input_schema.map(Value::Object);
+    if let Some(schema) = &schema {
+        check_schema(schema)?;
+    }
+    let url = match &body.endpoint_url {
+        Some(url) => Some(check_url(&state, ctx, url).await?),
+        None => None,
+    };
+    let screener = screen::screener(&state)?;
+    let mut report = Report::new(screener, load_policy(&state, ctx).await?);
+    let description = body
+        .description
+        .as_deref()
+        .map(|d| report.text(FieldKind::ToolDescription, "description", d));
+    let schema = schema.map(|s| report.schema(&s));
+    let subject = subject(&name);
+    if report.rejected() {
+        report.record_alone(&state, ctx, &subject).await?;
+        return Err(report.rejection());
+    }
+    if let Some(schema) = &schema {
+        check_schema(schema)?;
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let current = store::get(&mut tx, &name).await?;
+    // The new version is flagged if a changed field was flagged, or if it keeps a flagged
+    // field unchanged (a flag is lifted only by replacing what carried it).
+    let screening = if report.flagged()
+        || (current.screening == "flagged" && !(description.is_some() && schema.is_some()))
+    {
+        "flagged"
+    } else {
+        "clean"
+    };
+    report.record(&mut tx, &subject).await?;
+    let tool = store::update(
+        &mut tx,
+        &name,
+        &ToolPatch {
+            description: description.map(Option::unwrap_or_default),
+            input_schema: schema,
+            endpoint_url: url,
+            enabled: body.enabled,
+            screening,
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        "tool.update",
+        Some(&tool.id.to_string()),
+        Outcome::Success,
+        json!({
+            "tool": tool.name,
+            "version": tool.version,
+            "enabled": tool.enabled,
+            "screening": tool.screening,
+            "rules_version": report.rules_version(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(tool))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let name = parse_name(&name)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let id = store::delete(&mut tx, &name).await?;
+    audit::record(
+        &mut tx,
+        "tool.delete",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({ "tool": name.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn versions(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+) -> Result<axum::Json<VersionList>, ApiError> {
+    let ctx = &tenant.0;
+    let name = parse_name(&name)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let data = store::versions(&mut tx, &name).await?;
+    tx.commit().await?;
+    Ok(axum::Json(VersionList { data }))
+}
+
+async fn get_policy(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<axum::Json<PolicyBody>, ApiError> {
+    let ctx = &tenant.0;
+    let screener = screen::screener(&state)?;
+    let policy = load_policy(&state, ctx).await?;
+    Ok(axum::Json(PolicyBody {
+        policy: policy.as_str().to_owned(),
+        rules_version: screener.version().to_owned(),
+    }))
+}
+
+async fn put_policy(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<PolicyBody>,
+) -> Result<axum::Json<PolicyBody>, ApiError> {
+    let ctx = &tenant.0;
+    let screener = screen::screener(&state)?;
+    let policy = bulkhead_screening::Policy::parse(&body.policy)
+        .ok_or_else(|| ApiError::Invalid("policy is `reject`, `flag` or `sanitize`".into()))?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    store::set_screening_policy(&mut tx, policy.as_str()).await?;
+    audit::record(
+        &mut tx,
+        "tool.screening_policy",
+        None,
+        Outcome::Success,
+        json!({ "policy": policy.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(PolicyBody {
+        policy: policy.as_str().to_owned(),
+        rules_version: screener.version().to_owned(),
+    }))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a call's audit event says.
+struct CallRecord<'a> {
+    call_id: ToolCallId,
+    tool: &'a ToolName,
+    tool_id: Option<String>,
+    version: Option<i32>,
+    input_sha256: Option<String>,
+    outcome: Outcome,
+    result: &'a str,
+    status: Option<u16>,
+    latency_ms: u64,
+}
+
+/// The audit event of a call: caller (the transaction's actor), delegation chain (the
+/// credential's, filled in by the audit store), tool, input hash, outcome, latency.
+async fn audit_call(
+    state: &AppState,
+    ctx: &TenantContext,
+    r: &CallRecord<'_>,
+) -> Result<(), ApiError> {
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    audit::record_event(
+        &mut tx,
+        &NewEvent {
+            resource_id: r.tool_id.as_deref(),
+            metadata: json!({
+                "call_id": r.call_id,
+                "tool": r.tool.as_str(),
+                "version": r.version,
+                "input_sha256": r.input_sha256,
+                "result": r.result,
+                "status": r.status,
+                "latency_ms": r.latency_ms,
+            }),
+            ..NewEvent::new("tool.call", r.outcome)
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(target: "bulkhead::audit", action = "tool.call", tenant_id = %ctx.tenant_id(), actor_id = %ctx.actor().audit_id(), tool = %r.tool, result = r.result, latency_ms = r.latency_ms, "tool call");
+    Ok(())
+}
+
+async fn call(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Json(body): Json<CallTool>,
+) -> Result<axum::Json<CallResult>, ApiError> {
+    let started = Instant::now();
+    let name = parse_name(&name)?;
+    let ctx = &tenant.0;
+    let call_id = ToolCallId::new();
+    let elapsed =
+        |started: Instant| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut record = CallRecord {
+        call_id,
+        tool: &name,
+        tool_id: None,
+        version: None,
+        input_sha256: None,
+        outcome: Outcome::Blocked,
+        result: "missing_scope",
+        status: None,
+        latency_ms: 0,
+    };
+    // The permission: a function of the credential and the path alone, decided before the
+    // registry is read, so it tells nothing about which tools exist.
+    if !ctx.may_call_tool(&name) {
+        record.latency_ms = elapsed(started);
+        audit_call(&state, ctx, &record).await?;
+        return Err(ApiError::MissingToolScope(name.as_str().to_owned()));
+    }
+    let input_bytes = serde_json::to_vec(&body.input).map_err(|e| ApiError::Internal(e.into()))?;
+    record.input_sha256 = Some(sha256_hex(&input_bytes));
+
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let tool = match store::get(&mut tx, &name).await {
+        Ok(tool) => tool,
+        Err(bulkhead_store::StoreError::NotFound) => {
+            drop(tx);
+            record.outcome = Outcome::Failure;
+            record.result = "not_found";
+            record.latency_ms = elapsed(started);
+            audit_call(&state, ctx, &record).await?;
+            return Err(ApiError::NotFound);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let secret = store::signing_secret(&mut tx, &tool, state.master_key()).await?;
+    tx.commit().await?;
+    record.tool_id = Some(tool.id.to_string());
+    record.version = Some(tool.version);
+    let secret = Secret::from_bytes(&secret)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool secret: {e}")))?;
+
+    if !tool.enabled {
+        record.outcome = Outcome::Failure;
+        record.result = "disabled";
+        record.latency_ms = elapsed(started);
+        audit_call(&state, ctx, &record).await?;
+        return Err(ApiError::Conflict("the tool is disabled".into()));
+    }
+    let validator = validator(&tool.input_schema)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schema does not compile: {e}")))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&body.input)
+        .take(MAX_REPORTED_ERRORS)
+        .map(|e| {
+            let text = format!("{}: {e}", e.instance_path);
+            text.chars().take(200).collect()
+        })
+        .collect();
+    if !errors.is_empty() {
+        record.outcome = Outcome::Failure;
+        record.result = "invalid_input";
+        record.latency_ms = elapsed(started);
+        audit_call(&state, ctx, &record).await?;
+        return Err(ApiError::Invalid(
+            format!(
+                "input does not match the tool's schema: {}",
+                errors.join("; ")
+            )
+            .into(),
+        ));
+    }
+
+    let payload = json!({
+        "type": "tool.call",
+        "call_id": call_id,
+        "tool": tool.name,
+        "version": tool.version,
+        "caller": {
+            "actor_id": ctx.actor().audit_id(),
+            "actor_type": ctx.actor().audit_type(),
+            "delegation": ctx.actor().delegation(),
+        },
+        "input": body.input,
+    });
+    let body_bytes =
+        bytes::Bytes::from(serde_json::to_vec(&payload).map_err(|e| ApiError::Internal(e.into()))?);
+    let timestamp = state.clock().now().timestamp();
+    let mut headers = bulkhead_webhooks::signing::signed_headers(
+        &[&secret],
+        &call_id.to_string(),
+        timestamp,
+        &body_bytes,
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let client = state
+        .tool_client()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool client: {e}")))?;
+    let settings = &state.config().tools;
+    let outcome = client
+        .post_capped(
+            &tool.endpoint_url,
+            headers,
+            body_bytes,
+            settings.max_response_bytes,
+            settings.call_timeout,
+        )
+        .await;
+    record.latency_ms = elapsed(started);
+    let answer = match outcome {
+        CappedOutcome::Response {
+            status,
+            content_type,
+            body,
+            ..
+        } => {
+            record.status = Some(status);
+            if (200..300).contains(&status) {
+                record.outcome = Outcome::Success;
+                record.result = "success";
+                let is_json = content_type
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("application/json"));
+                let output = if is_json {
+                    serde_json::from_slice(&body).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&body).into_owned())
+                    })
+                } else {
+                    Value::String(String::from_utf8_lossy(&body).into_owned())
+                };
+                Ok(CallResult {
+                    call_id,
+                    tool: tool.name.clone(),
+                    version: tool.version,
+                    status,
+                    latency_ms: record.latency_ms,
+                    output,
+                })
+            } else {
+                record.outcome = Outcome::Failure;
+                record.result = "tool_error";
+                Err(ApiError::ToolFailed(status))
+            }
+        }
+        CappedOutcome::TooLarge { status, .. } => {
+            record.status = Some(status);
+            record.outcome = Outcome::Failure;
+            record.result = "response_too_large";
+            Err(ApiError::ToolResponseTooLarge(settings.max_response_bytes))
+        }
+        CappedOutcome::Blocked(refusal) => {
+            record.outcome = Outcome::Blocked;
+            record.result = "egress_blocked";
+            Err(ApiError::ToolEndpointRefused(refusal.to_string()))
+        }
+        CappedOutcome::Transport { class, .. } => {
+            record.outcome = Outcome::Failure;
+            if class == "timeout" {
+                record.result = "timeout";
+                Err(ApiError::ToolTimeout)
+            } else {
+                record.result = "unreachable";
+                Err(ApiError::ToolUnreachable(class))
+            }
+        }
+    };
+    audit_call(&state, ctx, &record).await?;
+    answer.map(axum::Json)
+}
