@@ -222,7 +222,7 @@ impl<'a> Report<'a> {
         let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
         self.record(&mut tx, subject).await?;
         tx.commit().await?;
-        tracing::warn!(target: "bulkhead::audit", action = "tool.screening", tenant_id = %ctx.tenant_id(), subject = %subject, "screening refused tenant content");
+        tracing::warn!(target: "bulkhead::audit", action = "tool.screening", tenant_id = %ctx.tenant_id(), subject = %subject, "screening decision recorded");
         Ok(())
     }
 }
