@@ -478,6 +478,7 @@ pub fn screening(data: &[u8]) {
         FieldKind::SchemaText,
         FieldKind::SessionTitle,
         FieldKind::SystemPrompt,
+        FieldKind::ToolOutput,
     ] {
         for policy in Policy::ALL {
             let out = screener.screen(field, &text, policy);

@@ -127,6 +127,7 @@ tool_description = 100
 schema_text = 100
 session_title = 100
 system_prompt = 100
+tool_output = 100
 "#;
 
 #[test]
