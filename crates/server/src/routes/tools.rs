@@ -297,8 +297,8 @@ async fn create(
     ))
 }
 
-/// What the credential may see of the registry.
-fn visible_to(ctx: &TenantContext) -> Visible {
+/// What the credential may see of the registry: the enabled tools it may call.
+pub(crate) fn visible_to(ctx: &TenantContext) -> Visible {
     match ctx.actor().scopes() {
         None => Visible::Callable {
             every: true,

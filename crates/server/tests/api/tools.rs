@@ -392,6 +392,14 @@ async fn screening_refuses_the_poisoned_corpus_and_keeps_the_benign_one() {
             body["type"],
             "https://bulkhead.dev/problems/content-rejected"
         );
+        // Refused for its description, not for the name the test gave it.
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("first: description matched"),
+            "{stem}: {body}"
+        );
     }
     let mut false_positives = Vec::new();
     let benign = corpus("benign");
