@@ -241,6 +241,14 @@ impl ScopeSet {
         Ok(set)
     }
 
+    /// Adds `tools:call:*` (for role definitions: a role that may call tools holds the
+    /// wildcard, and the credential's own grants narrow it).
+    pub fn with_all_tools(mut self) -> Self {
+        self.all_tools = true;
+        self.tools.clear();
+        self
+    }
+
     /// Adds a grant to call one tool.
     pub fn with_tool(mut self, name: ToolName) -> Self {
         if !self.all_tools {
@@ -343,6 +351,11 @@ mod tests {
             .intersection(&set(&["tools:call:b"]))
             .is_empty());
         assert!(!one.is_empty());
+        let fixed: ScopeSet = [Scope::ToolsList].into_iter().collect();
+        assert!(!fixed.calls_all_tools(), "fixed scopes alone call no tool");
+        let role = fixed.with_all_tools();
+        assert_eq!(role.to_strings(), ["tools:list", "tools:call:*"]);
+        assert_eq!(one.intersection(&role), one);
     }
 
     mod props {
