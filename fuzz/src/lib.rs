@@ -221,6 +221,7 @@ mod tests {
         ("egress_url", super::egress_url),
         ("audit_export", super::audit_export),
         ("access_token", super::access_token),
+        ("screening", super::screening),
     ];
 
     fn corpus_dir(target: &str) -> PathBuf {
@@ -459,4 +460,47 @@ pub fn audit_export(data: &[u8]) {
         }
     }
     let _ = verifier.finish();
+}
+
+/// Content screening on arbitrary text, every field kind and policy: no panic; rule ids sorted
+/// and unique; a refusal keeps no text; kept text is within the field's limit and carries no
+/// invisible character; clean text is a fixed point; sanitised text screens clean.
+pub fn screening(data: &[u8]) {
+    use bulkhead_screening::{FieldKind, Policy, Screener, Verdict};
+    use std::sync::OnceLock;
+
+    static SCREENER: OnceLock<Screener> = OnceLock::new();
+    let screener = SCREENER.get_or_init(|| Screener::builtin().expect("built-in rules load"));
+    let text = String::from_utf8_lossy(data);
+    for field in [
+        FieldKind::ToolName,
+        FieldKind::ToolDescription,
+        FieldKind::SchemaText,
+        FieldKind::SessionTitle,
+        FieldKind::SystemPrompt,
+        FieldKind::ToolOutput,
+    ] {
+        for policy in Policy::ALL {
+            let out = screener.screen(field, &text, policy);
+            assert!(out.rules.windows(2).all(|w| w[0] < w[1]), "rules sorted, unique");
+            assert_eq!(out.verdict == Verdict::Rejected, out.text.is_none());
+            assert_eq!(out.verdict == Verdict::Clean, out.rules.is_empty(), "clean means no rule matched");
+            let Some(kept) = out.text else { continue };
+            assert!(kept.chars().count() <= screener.limit(field), "kept text within the limit");
+            let again = screener.screen(field, &kept, Policy::Reject);
+            assert!(
+                !again.rules.iter().any(|r| r.starts_with("invisible.") && r != "invisible.selector-run"),
+                "kept text has no invisible character: {:?}",
+                again.rules
+            );
+            match out.verdict {
+                Verdict::Clean => {
+                    assert_eq!(again.verdict, Verdict::Clean, "clean text stays clean");
+                    assert_eq!(again.text.as_deref(), Some(kept.as_str()), "NFKC is idempotent");
+                }
+                Verdict::Sanitized => assert_eq!(again.verdict, Verdict::Clean, "sanitised text is clean"),
+                _ => {}
+            }
+        }
+    }
 }

@@ -69,11 +69,11 @@ impl BuiltInRole {
                     )
                 })
                 .collect::<ScopeSet>()
-                .union(&ScopeSet::every_tool()),
+                .with_all_tools(),
             BuiltInRole::Agent => [Scope::SessionsRead, Scope::SessionsWrite, Scope::ToolsList]
                 .into_iter()
                 .collect::<ScopeSet>()
-                .union(&ScopeSet::every_tool()),
+                .with_all_tools(),
             BuiltInRole::Viewer => ScopeSet::all()
                 .iter()
                 .filter(|s| is_read_only(*s))

@@ -255,12 +255,12 @@ impl ScopeSet {
         }
     }
 
-    /// The grant to call every tool (`tools:call:*`) and nothing else.
-    pub fn every_tool() -> Self {
-        Self {
-            all_tools: true,
-            ..Self::default()
-        }
+    /// Adds `tools:call:*` (for role definitions: a role that may call tools holds the
+    /// wildcard, and the credential's own grants narrow it).
+    pub fn with_all_tools(mut self) -> Self {
+        self.all_tools = true;
+        self.tools.clear();
+        self
     }
 
     /// Adds a grant to call one tool.
@@ -365,6 +365,11 @@ mod tests {
             .intersection(&set(&["tools:call:b"]))
             .is_empty());
         assert!(!one.is_empty());
+        let fixed: ScopeSet = [Scope::ToolsList].into_iter().collect();
+        assert!(!fixed.calls_all_tools(), "fixed scopes alone call no tool");
+        let role = fixed.with_all_tools();
+        assert_eq!(role.to_strings(), ["tools:list", "tools:call:*"]);
+        assert_eq!(one.intersection(&role), one);
     }
 
     mod props {

@@ -109,6 +109,8 @@ pub enum FieldKind {
     SessionTitle,
     /// A system prompt.
     SystemPrompt,
+    /// A string in a tool's answer, on its way to the agent.
+    ToolOutput,
 }
 
 impl FieldKind {
@@ -120,6 +122,7 @@ impl FieldKind {
             FieldKind::SchemaText => "schema_text",
             FieldKind::SessionTitle => "session_title",
             FieldKind::SystemPrompt => "system_prompt",
+            FieldKind::ToolOutput => "tool_output",
         }
     }
 }
@@ -206,6 +209,7 @@ struct LimitsFile {
     schema_text: usize,
     session_title: usize,
     system_prompt: usize,
+    tool_output: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,10 +319,11 @@ impl Screener {
             ("schema_text", l.schema_text),
             ("session_title", l.session_title),
             ("system_prompt", l.system_prompt),
+            ("tool_output", l.tool_output),
         ] {
-            if limit == 0 || limit > 1_000_000 {
+            if limit == 0 || limit > 4_000_000 {
                 return Err(RuleError::File(format!(
-                    "limits.{name} must be between 1 and 1000000"
+                    "limits.{name} must be between 1 and 4000000"
                 )));
             }
         }
@@ -433,6 +438,7 @@ impl Screener {
             FieldKind::SchemaText => l.schema_text,
             FieldKind::SessionTitle => l.session_title,
             FieldKind::SystemPrompt => l.system_prompt,
+            FieldKind::ToolOutput => l.tool_output,
         }
     }
 

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 
 use bulkhead_screening::{FieldKind, Policy, Screener, Verdict};
 
-/// Bounds this suite holds the rules to: every published sample is caught, and at most one
+/// Bounds this suite holds the rules to: every published sample is caught (the bound on false
+/// negatives is zero, so it is an equality), and at most one
 /// ordinary description in the benign set (43 today) is flagged.
 const MAX_FALSE_NEGATIVES: usize = 0;
 const MAX_FALSE_POSITIVES: usize = 1;
@@ -68,8 +69,9 @@ fn poisoned_samples_are_caught_and_benign_ones_left_alone() {
         false_positives.len(),
         false_positives
     );
-    assert!(
-        false_negatives.len() <= MAX_FALSE_NEGATIVES,
+    assert_eq!(
+        false_negatives.len(),
+        MAX_FALSE_NEGATIVES,
         "missed: {false_negatives:?}"
     );
     assert!(
@@ -125,6 +127,7 @@ tool_description = 100
 schema_text = 100
 session_title = 100
 system_prompt = 100
+tool_output = 100
 "#;
 
 #[test]

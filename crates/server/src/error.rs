@@ -56,6 +56,10 @@ pub enum ApiError {
     /// 502: the tool's answer is longer than the cap.
     #[error("tool answer too large")]
     ToolResponseTooLarge(usize),
+    /// 502: screening refused the tool's answer under the tenant's policy; names the rules.
+    /// The answer is not returned.
+    #[error("tool output rejected: {0}")]
+    ToolOutputRejected(String),
     /// 504: the tool did not answer in time.
     #[error("tool timed out")]
     ToolTimeout,
@@ -195,6 +199,12 @@ impl ApiError {
                 problem_type!("tool-response-too-large"),
                 "Bad Gateway",
                 format!("the tool's answer is longer than {cap} bytes").into(),
+            ),
+            ToolOutputRejected(rules) => (
+                StatusCode::BAD_GATEWAY,
+                problem_type!("tool-output-rejected"),
+                "Bad Gateway",
+                format!("screening refused the tool's answer (rules: {rules}); it is not returned").into(),
             ),
             ToolTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,

@@ -149,6 +149,58 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// Screens every string of a tool's answer under the policy (object keys strictly, as in
+    /// schemas); returns the answer with strings replaced by their screened text.
+    pub fn output(&mut self, value: &Value) -> Value {
+        self.answer("output", value)
+    }
+
+    fn answer(&mut self, path: &str, value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut out = Map::new();
+                for (key, v) in map {
+                    self.strict(FieldKind::ToolOutput, &format!("{path}/<key>"), key);
+                    out.insert(key.clone(), self.answer(&format!("{path}/{key}"), v));
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.answer(&format!("{path}/{i}"), v))
+                    .collect(),
+            ),
+            Value::String(s) => Value::String(
+                self.text(FieldKind::ToolOutput, path, s)
+                    .unwrap_or_default(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// The most severe verdict of the report (`clean` when nothing matched).
+    pub fn verdict(&self) -> Verdict {
+        let has = |v: Verdict| self.decisions.iter().any(|d| d.verdict == v);
+        if has(Verdict::Rejected) {
+            Verdict::Rejected
+        } else if has(Verdict::Flagged) {
+            Verdict::Flagged
+        } else if has(Verdict::Sanitized) {
+            Verdict::Sanitized
+        } else {
+            Verdict::Clean
+        }
+    }
+
+    /// Every rule that matched, sorted, without repeats.
+    pub fn rules(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> =
+            self.decisions.iter().flat_map(|d| d.rules.iter()).collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// A 422 naming the first refused field and its rules.
     pub fn rejection(&self) -> ApiError {
         let refused: Vec<&FieldDecision> = self
@@ -222,7 +274,7 @@ impl<'a> Report<'a> {
         let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
         self.record(&mut tx, subject).await?;
         tx.commit().await?;
-        tracing::warn!(target: "bulkhead::audit", action = "tool.screening", tenant_id = %ctx.tenant_id(), subject = %subject, "screening refused tenant content");
+        tracing::warn!(target: "bulkhead::audit", action = "tool.screening", tenant_id = %ctx.tenant_id(), subject = %subject, "screening decision recorded");
         Ok(())
     }
 }

@@ -295,7 +295,7 @@ pub async fn delete(tx: &mut TenantTx, name: &ToolName) -> Result<ToolId, StoreE
 pub async fn versions(tx: &mut TenantTx, name: &ToolName) -> Result<Vec<ToolVersion>, StoreError> {
     let tenant = tx.tenant_id();
     let tool = get(tx, name).await?;
-    let rows: Vec<(
+    type VersionRow = (
         i32,
         String,
         Value,
@@ -304,7 +304,8 @@ pub async fn versions(tx: &mut TenantTx, name: &ToolName) -> Result<Vec<ToolVers
         String,
         String,
         DateTime<Utc>,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<VersionRow> = sqlx::query_as(
         "SELECT version, description, input_schema, endpoint_url, enabled, screening, \
              actor_id, created_at FROM bulkhead.tool_versions \
              WHERE tenant_id = $1 AND tool_id = $2 ORDER BY version DESC",

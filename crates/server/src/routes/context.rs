@@ -15,7 +15,7 @@ use axum::extract::State;
 use bulkhead_core::{Scope, SessionId};
 use bulkhead_screening::FieldKind;
 use bulkhead_store::sessions;
-use bulkhead_store::tools::{self as tool_store, Visible};
+use bulkhead_store::tools as tool_store;
 use bulkhead_store::Access;
 use serde::Serialize;
 use serde_json::Value;
@@ -76,19 +76,7 @@ async fn context(
 ) -> Result<axum::Json<Context>, ApiError> {
     let ctx = &tenant.0;
     let id = SessionId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string().into()))?;
-    let visible = match ctx.actor().scopes() {
-        None => Visible::Callable {
-            every: true,
-            names: Vec::new(),
-        },
-        Some(scopes) => Visible::Callable {
-            every: scopes.calls_all_tools(),
-            names: scopes
-                .callable_tools()
-                .map(|t| t.as_str().to_owned())
-                .collect(),
-        },
-    };
+    let visible = super::tools::visible_to(ctx);
     let screener = screen::screener(&state)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let session = sessions::get(&mut tx, id).await?;

@@ -140,8 +140,21 @@ pub struct CallResult {
     version: i32,
     status: u16,
     latency_ms: u64,
-    /// The tool's answer: JSON when it is JSON, else text.
+    /// The tool's answer: JSON when it is JSON, else text; screened under the tenant's policy.
     output: Value,
+    /// How screening of the answer ended.
+    screening: OutputScreening,
+}
+
+/// The screening of a tool's answer.
+#[derive(Debug, Serialize)]
+pub struct OutputScreening {
+    /// `clean`, `flagged` or `sanitized`.
+    verdict: &'static str,
+    /// Matched rule ids.
+    rules: Vec<String>,
+    /// The rule file's version.
+    rules_version: String,
 }
 
 /// Body and answer of `/v1/screening-policy`.
@@ -292,8 +305,8 @@ async fn create(
     ))
 }
 
-/// What the credential may see of the registry.
-fn visible_to(ctx: &TenantContext) -> Visible {
+/// What the credential may see of the registry: the enabled tools it may call.
+pub(crate) fn visible_to(ctx: &TenantContext) -> Visible {
     match ctx.actor().scopes() {
         None => Visible::Callable {
             every: true,
@@ -527,8 +540,12 @@ async fn audit_call(
     state: &AppState,
     ctx: &TenantContext,
     r: &CallRecord<'_>,
+    output: Option<&Report<'_>>,
 ) -> Result<(), ApiError> {
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    if let Some(report) = output {
+        report.record(&mut tx, &subject(r.tool)).await?;
+    }
     audit::record_event(
         &mut tx,
         &NewEvent {
@@ -541,6 +558,7 @@ async fn audit_call(
                 "result": r.result,
                 "status": r.status,
                 "latency_ms": r.latency_ms,
+                "output_rules": output.map(Report::rules),
             }),
             ..NewEvent::new("tool.call", r.outcome)
         },
@@ -578,7 +596,7 @@ async fn call(
     // registry is read, so it tells nothing about which tools exist.
     if !ctx.may_call_tool(&name) {
         record.latency_ms = elapsed(started);
-        audit_call(&state, ctx, &record).await?;
+        audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::MissingToolScope(name.as_str().to_owned()));
     }
     let input_bytes = serde_json::to_vec(&body.input).map_err(|e| ApiError::Internal(e.into()))?;
@@ -592,12 +610,13 @@ async fn call(
             record.outcome = Outcome::Failure;
             record.result = "not_found";
             record.latency_ms = elapsed(started);
-            audit_call(&state, ctx, &record).await?;
+            audit_call(&state, ctx, &record, None).await?;
             return Err(ApiError::NotFound);
         }
         Err(other) => return Err(other.into()),
     };
     let secret = store::signing_secret(&mut tx, &tool, state.master_key()).await?;
+    let policy = screen::policy(&mut tx).await?;
     tx.commit().await?;
     record.tool_id = Some(tool.id.to_string());
     record.version = Some(tool.version);
@@ -608,7 +627,7 @@ async fn call(
         record.outcome = Outcome::Failure;
         record.result = "disabled";
         record.latency_ms = elapsed(started);
-        audit_call(&state, ctx, &record).await?;
+        audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::Conflict("the tool is disabled".into()));
     }
     let validator = validator(&tool.input_schema)
@@ -625,7 +644,7 @@ async fn call(
         record.outcome = Outcome::Failure;
         record.result = "invalid_input";
         record.latency_ms = elapsed(started);
-        audit_call(&state, ctx, &record).await?;
+        audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::Invalid(
             format!(
                 "input does not match the tool's schema: {}",
@@ -695,14 +714,7 @@ async fn call(
                 } else {
                     Value::String(String::from_utf8_lossy(&body).into_owned())
                 };
-                Ok(CallResult {
-                    call_id,
-                    tool: tool.name.clone(),
-                    version: tool.version,
-                    status,
-                    latency_ms: record.latency_ms,
-                    output,
-                })
+                Ok(output)
             } else {
                 record.outcome = Outcome::Failure;
                 record.result = "tool_error";
@@ -731,6 +743,35 @@ async fn call(
             }
         }
     };
-    audit_call(&state, ctx, &record).await?;
-    answer.map(axum::Json)
+    let output = match answer {
+        Ok(output) => output,
+        Err(err) => {
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(err);
+        }
+    };
+    // The answer enters the agent's context: screened like everything else a tenant supplies.
+    let screener = screen::screener(&state)?;
+    let mut report = Report::new(screener, policy);
+    let output = report.output(&output);
+    if report.rejected() {
+        record.outcome = Outcome::Blocked;
+        record.result = "output_rejected";
+        audit_call(&state, ctx, &record, Some(&report)).await?;
+        return Err(ApiError::ToolOutputRejected(report.rules().join(", ")));
+    }
+    audit_call(&state, ctx, &record, Some(&report)).await?;
+    Ok(axum::Json(CallResult {
+        call_id,
+        tool: tool.name.clone(),
+        version: tool.version,
+        status: record.status.unwrap_or_default(),
+        latency_ms: record.latency_ms,
+        output,
+        screening: OutputScreening {
+            verdict: report.verdict().as_str(),
+            rules: report.rules(),
+            rules_version: screener.version().to_owned(),
+        },
+    }))
 }

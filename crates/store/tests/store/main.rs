@@ -6,3 +6,4 @@ mod audit_log;
 mod catalog_lint;
 mod jobs;
 mod rls;
+mod tools;
