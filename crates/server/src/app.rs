@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
 
     let router = Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(self_authenticating)

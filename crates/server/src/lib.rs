@@ -29,6 +29,7 @@ pub mod extract;
 mod key_cli;
 pub mod keys;
 pub mod limits;
+pub mod openapi;
 pub mod resolve;
 pub mod routes;
 pub mod scan;

@@ -22,6 +22,7 @@ pub const TOKEN_REVOCATIONS_CHANNEL: &str = "bulkhead_token_revocations";
 
 /// What an auth session acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PrincipalType {
     /// A human who logged in.
@@ -98,6 +99,7 @@ pub struct NewAuthSession<'a> {
 
 /// An auth session as stored.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthSession {
     /// Id.
     pub id: AuthSessionId,
@@ -489,6 +491,7 @@ pub fn parse_revocation_payload(payload: &str) -> Option<(TenantId, Uuid)> {
 
 /// The tenant's token policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenPolicy {
     /// Whether `client_credentials` grants also return a refresh token.

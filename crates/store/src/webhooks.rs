@@ -17,6 +17,7 @@ use crate::{Store, StoreError, TenantTx};
 
 /// An endpoint as shown to its tenant (never with its secrets).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Endpoint {
     /// Public id.
     pub id: EndpointId,
@@ -354,6 +355,7 @@ impl MessageSource {
 
 /// A message as shown to its tenant.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// The id sent as `webhook-id`.
     pub id: MessageId,
@@ -532,6 +534,7 @@ pub async fn get_message(tx: &mut TenantTx, id: MessageId) -> Result<Message, St
 
 /// A delivery as shown to its tenant.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Id.
     pub id: DeliveryId,
@@ -605,6 +608,7 @@ pub async fn get_delivery(tx: &mut TenantTx, id: DeliveryId) -> Result<Delivery,
 
 /// An attempt log entry.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     /// Id.
     pub id: AttemptId,

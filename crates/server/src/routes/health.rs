@@ -9,11 +9,22 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Up", body = crate::openapi::Status)),
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the database answers and its migrations are current.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Status),
+        (status = 503, description = "The database is unreachable or its migrations are not current"),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     match state.store().ready().await {
         Ok(true) => Ok(Json(json!({ "status": "ready" }))),
@@ -30,6 +41,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
 
 /// `GET /metrics`: Prometheus text format. No per-tenant labels (ids would leak and explode
 /// cardinality).
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
