@@ -24,6 +24,7 @@ use bulkhead_store::webhooks::{Attempt, Delivery, Message};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -131,6 +132,8 @@ impl Modify for Shared {
             ),
         );
 
+        open_flattened_schemas(components);
+
         for (path, item) in doc.paths.paths.iter_mut() {
             let oauth = path.starts_with("/oauth/");
             let tenant_api = path.starts_with("/v1/") && path != "/v1/auth/login";
@@ -191,6 +194,35 @@ impl Modify for Shared {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A `#[serde(flatten)]` field becomes `allOf: [<the flattened type>, <the other fields>]`; a
+/// flattened type that refuses unknown fields when deserialized (`deny_unknown_fields`, hence
+/// `additionalProperties: false`) would then refuse the other fields, and no real answer would
+/// match. Such schemas are opened up: they describe answers here, which the strict
+/// deserialization never reads.
+fn open_flattened_schemas(components: &mut utoipa::openapi::Components) {
+    let flattened: Vec<String> = components
+        .schemas
+        .values()
+        .filter_map(|schema| match schema {
+            RefOr::T(Schema::AllOf(all_of)) => Some(all_of.items.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|item| match item {
+            RefOr::Ref(reference) => reference
+                .ref_location
+                .strip_prefix("#/components/schemas/")
+                .map(str::to_owned),
+            RefOr::T(_) => None,
+        })
+        .collect();
+    for name in flattened {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&name) {
+            object.additional_properties = None;
         }
     }
 }
