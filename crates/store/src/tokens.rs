@@ -498,10 +498,13 @@ pub struct TokenPolicy {
     pub agent_refresh_tokens: bool,
     /// Seconds within which a rotated refresh token presented again counts as a network race
     /// (refused, session kept) instead of theft (session revoked). 0–60.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 60))]
     pub refresh_reuse_interval_seconds: i32,
-    /// Absolute session lifetime, seconds.
+    /// Absolute session lifetime, seconds (300 to 31536000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 300, maximum = 31_536_000))]
     pub session_absolute_seconds: i32,
-    /// Idle timeout, seconds.
+    /// Idle timeout, seconds (300 to 31536000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 300, maximum = 31_536_000))]
     pub session_idle_seconds: i32,
 }
 

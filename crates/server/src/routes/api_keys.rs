@@ -39,10 +39,13 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct PutPolicy {
     /// How long a rotated key keeps working: 0 to 2592000 (30 days).
+    #[schema(minimum = 0, maximum = 2_592_000)]
     grace_seconds: i32,
     /// Age at which keys are due for rotation: 1 to 3650 days.
+    #[schema(minimum = 1, maximum = 3650)]
     max_age_days: i32,
     /// Warning window before a grace deadline: 0 to 2592000.
+    #[schema(minimum = 0, maximum = 2_592_000)]
     deadline_warning_seconds: i32,
 }
 
@@ -113,6 +116,8 @@ async fn put_policy(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// At least one; each held by the caller.
+    #[schema(value_type = Vec<Scope>, min_items = 1)]
     scopes: Vec<String>,
     #[serde(default)]
     principal: Option<String>,
