@@ -153,7 +153,8 @@ run_pass() {
     local name="$1" id="$2" secret="$3"
     shift 3
     say "schemathesis, $name: $examples examples per operation, seed $seed, at most ${budget}s"
-    env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+    # From the work directory: schemathesis keeps a cache (.schemathesis/) in its working directory.
+    (cd "$work" && env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
         NO_PROXY='*' no_proxy='*' SCHEMATHESIS_TELEMETRY=false PYTHONPATH="$work/pyshim" \
         BULKHEAD_ST_KEY="$secret" BULKHEAD_ST_KEY_ID="$id" \
         timeout "$budget" "$venv/bin/schemathesis" --no-color --config-file "$work/schemathesis.toml" \
@@ -169,7 +170,7 @@ run_pass() {
         --suppress-health-check all \
         --warnings off \
         --report junit,har --report-dir "$work/report/$name" \
-        "$@"
+        "$@")
 }
 
 status=0
