@@ -205,6 +205,251 @@ fn normalised_host(host: &str) -> String {
     without_port.trim_end_matches('.').to_owned()
 }
 
+/// `Namespace::parse` (resource namespaces and the prefixes credentials are confined to) on
+/// arbitrary input: no panic; whatever parses is the input unchanged and satisfies the module's
+/// invariant, written out here independently; the serde form accepts exactly what `parse`
+/// accepts; containment is by whole segments. The input is split at its first NUL into a
+/// prefix and a namespace to check containment of.
+pub fn namespace(data: &[u8]) {
+    use bulkhead_core::Namespace;
+    let (first, second) = match data.iter().position(|&b| b == 0) {
+        Some(nul) => (&data[..nul], Some(&data[nul + 1..])),
+        None => (data, None),
+    };
+    let parse = |bytes: &[u8]| -> Option<(String, Option<Namespace>)> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let parsed = Namespace::parse(text).ok();
+        if let Some(ns) = &parsed {
+            assert_eq!(ns.as_str(), text, "parse must not normalise");
+            assert_namespace_invariant(text);
+            assert!(ns.contains(ns), "a namespace contains itself");
+        }
+        let quoted = serde_json::to_string(text).expect("a str serialises");
+        assert_eq!(
+            serde_json::from_str::<Namespace>(&quoted).ok(),
+            parsed,
+            "serde accepts exactly what parse accepts"
+        );
+        Some((text.to_owned(), parsed))
+    };
+    let Some((_, prefix)) = parse(first) else {
+        return;
+    };
+    let Some((_, Some(inner))) = second.and_then(parse) else {
+        return;
+    };
+    let Some(prefix) = prefix else {
+        return;
+    };
+    let (p, i) = (prefix.as_str(), inner.as_str());
+    let by_segments = i == p || i.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'));
+    assert_eq!(prefix.contains(&inner), by_segments, "{p:?} contains {i:?}");
+    if prefix.contains(&inner) && inner.contains(&prefix) {
+        assert_eq!(prefix, inner, "containment both ways is equality");
+    }
+}
+
+/// The `Namespace` invariant of `core/src/prefix.rs`, written out independently of the parser.
+fn assert_namespace_invariant(text: &str) {
+    let segments: Vec<&str> = text.split('/').collect();
+    assert!((1..=8).contains(&segments.len()), "1 to 8 segments");
+    for segment in segments {
+        let b = segment.as_bytes();
+        assert!((1..=63).contains(&b.len()), "segment length {}", b.len());
+        assert!(
+            b[0].is_ascii_lowercase() || b[0].is_ascii_digit(),
+            "segment start"
+        );
+        assert!(
+            b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c)),
+            "segment alphabet"
+        );
+        assert!(segment != "." && segment != "..", "no dot segments");
+    }
+}
+
+/// Scope strings, as an OAuth `scope` parameter (`parse_scope_param`) and as a JSON list of
+/// names (`ScopeSet::parse_all`, what `POST /v1/api-keys` takes): no panic; a parsed set holds
+/// exactly the named scopes, each of which round-trips through its text form; one unknown name
+/// refuses the whole set.
+pub fn scopes(data: &[u8]) {
+    use bulkhead_core::{Scope, ScopeSet};
+    use bulkhead_server::tokens::parse_scope_param;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let names: Vec<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
+    let all_known = names.iter().all(|n| Scope::parse(n).is_ok());
+    match parse_scope_param(text) {
+        Ok(set) => {
+            assert!(all_known, "an unknown scope was accepted");
+            for scope in set.iter() {
+                assert!(names.contains(&scope.as_str()), "{scope} was not asked for");
+                assert_eq!(Scope::parse(scope.as_str()), Ok(scope));
+            }
+            for name in &names {
+                let scope = Scope::parse(name).expect("known");
+                assert!(set.contains(scope));
+            }
+            assert_eq!(ScopeSet::parse_all(set.to_strings()).ok(), Some(set));
+        }
+        Err(_) => assert!(!all_known, "known scopes refused"),
+    }
+    if let Ok(list) = serde_json::from_str::<Vec<String>>(text) {
+        let known = list.iter().all(|n| Scope::parse(n).is_ok());
+        assert_eq!(ScopeSet::parse_all(&list).is_ok(), known);
+    }
+}
+
+/// Standard Webhooks verification (`bulkhead_webhooks::verify`), what a receiver runs on the
+/// `webhook-id`, `webhook-timestamp` and `webhook-signature` headers of every request it gets,
+/// and the `whsec_` secret parser. The input is split at NULs: secret text, id, timestamp,
+/// signature header, body. No panic; a forged signature never verifies; the signature `sign`
+/// makes for the same id, timestamp and body always does, among any other candidates.
+pub fn webhook_signature(data: &[u8]) {
+    use bulkhead_webhooks::signing::{verify, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+    use bulkhead_webhooks::Secret;
+    use http::{HeaderMap, HeaderValue};
+    use std::sync::OnceLock;
+
+    static SECRET: OnceLock<Secret> = OnceLock::new();
+    let fixed = SECRET.get_or_init(|| Secret::from_bytes(&[7u8; 32]).expect("32 bytes"));
+    let mut parts = data.splitn(5, |&b| b == 0);
+    let secret_text = parts.next().unwrap_or_default();
+    let id = parts.next().unwrap_or_default();
+    let timestamp = parts.next().unwrap_or_default();
+    let signature = parts.next().unwrap_or_default();
+    let body = parts.next().unwrap_or_default();
+
+    if let Ok(text) = std::str::from_utf8(secret_text) {
+        if let Ok(secret) = Secret::parse(text) {
+            let again = Secret::parse(&secret.expose_text()).expect("a parsed secret re-parses");
+            assert_eq!(again.expose_bytes(), secret.expose_bytes());
+        }
+    }
+
+    let now = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("a time");
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        (HEADER_ID, id),
+        (HEADER_TIMESTAMP, timestamp),
+        (HEADER_SIGNATURE, signature),
+    ] {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(name, value);
+        }
+    }
+    // The forger does not know the fixed secret: nothing it sends verifies.
+    let forged = verify(fixed, &headers, body, now);
+    assert!(forged.is_err(), "a signature verified without the secret");
+
+    // The honest signature for the input's id and body, at `now`, verifies beside any others.
+    let Ok(id_text) = std::str::from_utf8(id) else {
+        return;
+    };
+    // Header text a receiver can read as a string: visible ASCII (verify refuses the rest, as
+    // `to_str` does; Bulkhead's own ids are ASCII).
+    if id_text.is_empty() || !id_text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return;
+    }
+    let honest = fixed.sign(id_text, now.timestamp(), body);
+    let mut candidates = String::from_utf8_lossy(signature).into_owned();
+    candidates.retain(|c| c.is_ascii_graphic() || c == ' ');
+    let header = format!("{candidates} {honest}");
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_ID, HeaderValue::from_str(id_text).expect("checked"));
+    headers.insert(HEADER_TIMESTAMP, HeaderValue::from(now.timestamp()));
+    headers.insert(
+        HEADER_SIGNATURE,
+        HeaderValue::from_str(&header).expect("ascii"),
+    );
+    assert_eq!(verify(fixed, &headers, body, now), Ok(()));
+}
+
+/// The custom headers a tenant may put on its webhook endpoint (`check_custom_headers`, run on
+/// the JSON `headers` object of `POST`/`PATCH /v1/webhooks/endpoints`): no panic; whatever is
+/// accepted is a valid header map of at most 20 entries, none of them a name Bulkhead refuses.
+pub fn webhook_headers(data: &[u8]) {
+    use bulkhead_webhooks::headers::{check_custom_headers, MAX_HEADERS, MAX_VALUE_LEN};
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(data)
+    else {
+        return;
+    };
+    if let Ok(headers) = check_custom_headers(&map) {
+        assert!(headers.len() <= MAX_HEADERS);
+        assert_eq!(
+            headers.len(),
+            map.len(),
+            "names are unique after lowercasing"
+        );
+        for (name, value) in &headers {
+            let name = name.as_str();
+            assert!(!name.starts_with("webhook-"), "{name} is Bulkhead's");
+            for refused in [
+                "authorization",
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "cookie",
+            ] {
+                assert_ne!(name, refused);
+            }
+            assert!(value.len() <= MAX_VALUE_LEN);
+        }
+    }
+}
+
+/// The JSON bodies of the main resources, deserialized with the very types the handlers use
+/// (sessions, API keys, webhook endpoints and messages, the key and token policies, login): no
+/// panic on any input, and the strict types refuse what they must: a body with an unknown
+/// member is refused by every one of them, and so is every JSON value but an object or an
+/// array.
+pub fn api_bodies(data: &[u8]) {
+    use bulkhead_server::routes::{api_keys, auth, sessions, webhooks};
+    use bulkhead_store::tokens::TokenPolicy;
+
+    fn accepts<T: serde::de::DeserializeOwned>(data: &[u8]) -> bool {
+        serde_json::from_slice::<T>(data).is_ok()
+    }
+    let results = [
+        accepts::<sessions::CreateSession>(data),
+        accepts::<sessions::UpdateSession>(data),
+        accepts::<api_keys::CreateKey>(data),
+        accepts::<api_keys::UpdateKey>(data),
+        accepts::<api_keys::RotateKey>(data),
+        accepts::<api_keys::RevokeAll>(data),
+        accepts::<api_keys::PutPolicy>(data),
+        accepts::<webhooks::CreateEndpoint>(data),
+        accepts::<webhooks::UpdateEndpoint>(data),
+        accepts::<webhooks::RotateSecret>(data),
+        accepts::<webhooks::Recover>(data),
+        accepts::<webhooks::PublishMessage>(data),
+        accepts::<auth::LoginRequest>(data),
+        accepts::<TokenPolicy>(data),
+    ];
+    // Every body type is an object with `deny_unknown_fields`: a member none of them knows
+    // makes every one refuse.
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(data) {
+        if map.contains_key("__unknown_member__") {
+            assert!(
+                results.iter().all(|ok| !ok),
+                "an unknown member was accepted"
+            );
+        }
+    } else if !matches!(
+        serde_json::from_slice::<serde_json::Value>(data),
+        Ok(serde_json::Value::Array(_))
+    ) {
+        // serde also reads a struct from a JSON array of its fields in order (known, see
+        // docs/openapi.md); anything else that is not an object is refused.
+        assert!(
+            results.iter().all(|ok| !ok),
+            "a body that is not a JSON object was accepted"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -222,6 +467,11 @@ mod tests {
         ("audit_export", super::audit_export),
         ("access_token", super::access_token),
         ("screening", super::screening),
+        ("namespace", super::namespace),
+        ("scopes", super::scopes),
+        ("webhook_signature", super::webhook_signature),
+        ("webhook_headers", super::webhook_headers),
+        ("api_bodies", super::api_bodies),
     ];
 
     fn corpus_dir(target: &str) -> PathBuf {

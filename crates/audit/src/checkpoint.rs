@@ -14,6 +14,7 @@ pub const CHECKPOINT_HEADER: &str = "bulkhead-audit-checkpoint/v1";
 
 /// What a checkpoint states.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// `tnt_…` id: whose log.
@@ -22,6 +23,7 @@ pub struct Checkpoint {
     pub tree_size: u64,
     /// RFC 9162 root of those leaves (hex).
     #[serde(with = "crate::hex::serde_hash")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub root_hash: Hash,
     /// When it was signed: RFC 3339, UTC.
     pub timestamp: String,
@@ -52,6 +54,7 @@ impl Checkpoint {
 
 /// A checkpoint with its signature, as served and exported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedCheckpoint {
     /// What is signed.

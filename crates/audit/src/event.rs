@@ -18,6 +18,7 @@ pub const MAX_METADATA_BYTES: usize = 8192;
 /// [`MAX_METADATA_BYTES`] whose writers put no secret in it (the store's constructors take typed
 /// values, never a credential).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     /// `evt_…` id (UUIDv7: time-ordered).

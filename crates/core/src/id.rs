@@ -181,6 +181,35 @@ impl<'de, K: IdKind> Deserialize<'de> for PrefixedId<K> {
     }
 }
 
+/// In the OpenAPI document every id kind is its own string schema, named `<prefix>_id`, with the
+/// exact pattern `parse` accepts.
+#[cfg(feature = "openapi")]
+impl<K: IdKind> utoipa::PartialSchema for PrefixedId<K> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!(
+                "^{}_[0-7][0-9a-hjkmnp-tv-z]{{{}}}$",
+                K::PREFIX,
+                ENCODED_LEN - 1
+            )))
+            .description(Some(format!(
+                "`{}_` followed by the UUID in 26 lowercase Crockford base-32 characters",
+                K::PREFIX
+            )))
+            .examples([format!("{}_{}", K::PREFIX, "01jd7x5q9r8m3k2h1g0f9e8d7c")])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl<K: IdKind> utoipa::ToSchema for PrefixedId<K> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Owned(format!("{}_id", K::PREFIX))
+    }
+}
+
 macro_rules! id_kind {
     ($(#[$doc:meta])* $alias:ident, $kind:ident, $prefix:literal) => {
         #[doc = concat!("Marker for ids with the `", $prefix, "_` prefix.")]

@@ -115,6 +115,26 @@ impl fmt::Display for Scope {
     }
 }
 
+/// In the OpenAPI document a scope is its text form, one of [`Scope::ALL`].
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Scope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Scope::ALL.iter().map(|s| s.as_str())))
+            .description(Some("A permission, in its text form"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Scope {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Scope")
+    }
+}
+
 /// A scope name that Bulkhead does not know. Unknown scopes are refused, never ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unknown scope")]

@@ -111,7 +111,7 @@ pub enum ApiError {
 }
 
 /// An RFC 9457 problem details body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// URI naming the problem type.
     #[serde(rename = "type")]
@@ -121,6 +121,7 @@ pub struct Problem {
     /// HTTP status.
     pub status: u16,
     /// Explanation of this occurrence.
+    #[schema(value_type = String)]
     pub detail: Cow<'static, str>,
 }
 

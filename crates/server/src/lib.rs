@@ -35,6 +35,7 @@ mod key_cli;
 pub mod keys;
 pub mod limits;
 pub mod probe;
+pub mod openapi;
 pub mod resolve;
 pub mod routes;
 pub mod scan;

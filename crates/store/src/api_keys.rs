@@ -46,6 +46,7 @@ pub struct NewApiKey {
 
 /// Stored status of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     /// Works.
@@ -74,6 +75,7 @@ impl KeyStatus {
 
 /// A key's metadata (never the key).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyRecord {
     /// Record id.
     pub id: ApiKeyId,
@@ -472,6 +474,7 @@ pub async fn touch(
 
 /// A tenant's key policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyPolicy {
     /// How long a rotated key keeps working.
     pub grace_seconds: i32,

@@ -382,6 +382,7 @@ pub async fn checkpointed_size(tx: &mut TenantTx) -> Result<Option<u64>, StoreEr
 
 /// An inclusion proof as served.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InclusionProof {
     /// The event.
     pub event_id: AuditEventId,
@@ -391,9 +392,11 @@ pub struct InclusionProof {
     pub tree_size: u64,
     /// The leaf hash stored for the event.
     #[serde(with = "bulkhead_audit::hex::serde_hash")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub leaf_hash: Hash,
     /// RFC 9162 audit path, leaf first.
     #[serde(with = "bulkhead_audit::hex::serde_hashes")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub audit_path: Vec<Hash>,
 }
 
@@ -472,6 +475,7 @@ async fn tree_size_checked(
 
 /// A consistency proof as served.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsistencyProof {
     /// Older size.
     pub from: u64,
@@ -479,6 +483,7 @@ pub struct ConsistencyProof {
     pub to: u64,
     /// RFC 9162 consistency proof.
     #[serde(with = "bulkhead_audit::hex::serde_hashes")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub proof: Vec<Hash>,
 }
 
@@ -507,6 +512,7 @@ pub async fn consistency_proof(
 
 /// An event as listed, with its leaf once sequenced.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListedEvent {
     /// The event.
     #[serde(flatten)]

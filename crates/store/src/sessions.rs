@@ -19,6 +19,7 @@ text_enum!(
 
 /// An agent session as stored.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentSession {
     /// Public id.
     pub id: SessionId,

@@ -22,6 +22,7 @@ pub const TOKEN_REVOCATIONS_CHANNEL: &str = "bulkhead_token_revocations";
 
 /// What an auth session acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PrincipalType {
     /// A human who logged in.
@@ -98,6 +99,7 @@ pub struct NewAuthSession<'a> {
 
 /// An auth session as stored.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthSession {
     /// Id.
     pub id: AuthSessionId,
@@ -489,16 +491,20 @@ pub fn parse_revocation_payload(payload: &str) -> Option<(TenantId, Uuid)> {
 
 /// The tenant's token policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenPolicy {
     /// Whether `client_credentials` grants also return a refresh token.
     pub agent_refresh_tokens: bool,
     /// Seconds within which a rotated refresh token presented again counts as a network race
     /// (refused, session kept) instead of theft (session revoked). 0–60.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 60))]
     pub refresh_reuse_interval_seconds: i32,
-    /// Absolute session lifetime, seconds.
+    /// Absolute session lifetime, seconds (300 to 31536000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 300, maximum = 31_536_000))]
     pub session_absolute_seconds: i32,
-    /// Idle timeout, seconds.
+    /// Idle timeout, seconds (300 to 31536000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 300, maximum = 31_536_000))]
     pub session_idle_seconds: i32,
 }
 

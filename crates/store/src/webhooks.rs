@@ -17,6 +17,7 @@ use crate::{Store, StoreError, TenantTx};
 
 /// An endpoint as shown to its tenant (never with its secrets).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Endpoint {
     /// Public id.
     pub id: EndpointId,
@@ -354,6 +355,7 @@ impl MessageSource {
 
 /// A message as shown to its tenant.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// The id sent as `webhook-id`.
     pub id: MessageId,
@@ -388,6 +390,11 @@ pub async fn publish(
 
 /// The endpoints a message goes to: `only` (enabled or not), or every enabled endpoint
 /// subscribed to the type.
+/// The endpoints a message goes to, each locked `FOR KEY SHARE` until the caller's transaction
+/// ends: an endpoint deleted by a concurrent transaction is then either waited for and skipped,
+/// or kept until the deliveries inserted here have committed. Without the lock, a delete
+/// committed between this read and the delivery insert failed the insert's foreign key, and
+/// the unrelated request that raised the event (a session delete, say) answered 500.
 async fn targets(
     tx: &mut TenantTx,
     event_type: &str,
@@ -398,7 +405,7 @@ async fn targets(
         "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 \
          AND (CASE WHEN $3::uuid IS NULL \
               THEN enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types)) \
-              ELSE id = $3 END) ORDER BY id",
+              ELSE id = $3 END) ORDER BY id FOR KEY SHARE",
     )
     .bind(tenant.uuid())
     .bind(event_type)
@@ -477,12 +484,13 @@ pub async fn enqueue_platform_event(
 pub const AUDIT_STREAM_EVENT: &str = "audit.event";
 
 /// Endpoints that subscribed to the audit stream by name. A catch-all endpoint (no event types)
-/// does not get it: the stream is as large as the audit log itself.
+/// does not get it: the stream is as large as the audit log itself. Locked like the targets of
+/// any message, for the same reason.
 pub async fn audit_stream_targets(tx: &mut TenantTx) -> Result<Vec<uuid::Uuid>, StoreError> {
     let tenant = tx.tenant_id();
     Ok(sqlx::query_scalar(
         "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND enabled \
-         AND $2 = ANY(event_types) ORDER BY id",
+         AND $2 = ANY(event_types) ORDER BY id FOR KEY SHARE",
     )
     .bind(tenant.uuid())
     .bind(AUDIT_STREAM_EVENT)
@@ -532,6 +540,7 @@ pub async fn get_message(tx: &mut TenantTx, id: MessageId) -> Result<Message, St
 
 /// A delivery as shown to its tenant.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Id.
     pub id: DeliveryId,
@@ -605,6 +614,7 @@ pub async fn get_delivery(tx: &mut TenantTx, id: DeliveryId) -> Result<Delivery,
 
 /// An attempt log entry.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     /// Id.
     pub id: AttemptId,

@@ -50,6 +50,10 @@ pub enum HeaderError {
     /// A name Bulkhead does not let tenants set.
     #[error("the header {0} may not be set (hop-by-hop, authentication or set by Bulkhead)")]
     Refused(String),
+    /// The same name twice, in any mix of case: only one value could be sent, and which one
+    /// would depend on the JSON object's order.
+    #[error("the header {0} is named more than once")]
+    Duplicate(String),
     /// Not a string, too long, or not valid header text.
     #[error(
         "the value of header {0} must be a string of at most {MAX_VALUE_LEN} visible characters"
@@ -81,6 +85,9 @@ pub fn check_custom_headers(headers: &Map<String, Value>) -> Result<HeaderMap, H
             return Err(HeaderError::Value(lower));
         }
         let value = HeaderValue::from_str(text).map_err(|_| HeaderError::Value(lower.clone()))?;
+        if out.contains_key(&parsed) {
+            return Err(HeaderError::Duplicate(lower));
+        }
         out.insert(parsed, value);
     }
     Ok(out)
@@ -114,6 +121,11 @@ mod tests {
         assert!(check(json!({ "bad name": "x" })).is_err());
         assert!(check(json!({ "x-a": "line\r\nInjected: 1" })).is_err());
         assert!(check(json!({ "x-a": 5 })).is_err());
+        // Found by the `webhook_headers` fuzz target: one of the two was silently dropped.
+        assert_eq!(
+            check(json!({ "X-A": "1", "x-a": "2" })).map(|h| h.len()),
+            Err(HeaderError::Duplicate("x-a".into()))
+        );
         assert_eq!(
             check(json!({ "X-Team": "payments" })).map(|h| h.len()),
             Ok(1)

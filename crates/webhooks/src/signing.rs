@@ -165,7 +165,10 @@ pub fn verify(
         .parse()
         .map_err(|_| SignatureError::Header(HEADER_TIMESTAMP))?;
     let signatures = text(HEADER_SIGNATURE)?;
-    if (now.timestamp() - timestamp).abs() > TOLERANCE_SECONDS {
+    // abs_diff: a timestamp near i64::MIN or MAX must not overflow the subtraction (a panic in a
+    // debug build of a receiver; seen writing the `webhook_signature` fuzz target, whose seed
+    // `min_timestamp` carries one).
+    if now.timestamp().abs_diff(timestamp) > TOLERANCE_SECONDS.unsigned_abs() {
         return Err(SignatureError::Timestamp);
     }
     let mut matched = false;
@@ -199,5 +202,19 @@ mod tests {
         assert_eq!(Secret::parse(&secret.expose_text()), Ok(secret));
         assert!(Secret::parse("whsec_").is_err());
         assert!(Secret::parse("nope").is_err());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        let secret = Secret::generate();
+        let now = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        for timestamp in [i64::MIN, i64::MIN + 1, i64::MAX, -1] {
+            let mut headers = signed_headers(&[&secret], "msg_x", timestamp, b"{}");
+            headers.insert(HEADER_TIMESTAMP, HeaderValue::from(timestamp));
+            assert_eq!(
+                verify(&secret, &headers, b"{}", now),
+                Err(SignatureError::Timestamp)
+            );
+        }
     }
 }

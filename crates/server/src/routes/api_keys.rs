@@ -42,17 +42,26 @@ pub fn routes() -> RouteTable {
 }
 
 /// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutPolicy {
     /// How long a rotated key keeps working: 0 to 2592000 (30 days).
+    #[schema(minimum = 0, maximum = 2_592_000)]
     grace_seconds: i32,
     /// Age at which keys are due for rotation: 1 to 3650 days.
+    #[schema(minimum = 1, maximum = 3650)]
     max_age_days: i32,
     /// Warning window before a grace deadline: 0 to 2592000.
+    #[schema(minimum = 0, maximum = 2_592_000)]
     deadline_warning_seconds: i32,
 }
 
+/// The tenant's key policy.
+#[utoipa::path(
+    get, path = "/v1/key-policy", tag = "api-keys",
+    responses((status = 200, description = "The key policy", body = api_keys::KeyPolicy)),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -64,6 +73,16 @@ async fn get_policy(
     Ok(axum::Json(policy))
 }
 
+/// Replaces the tenant's key policy.
+#[utoipa::path(
+    put, path = "/v1/key-policy", tag = "api-keys",
+    request_body = PutPolicy,
+    responses(
+        (status = 200, description = "The new key policy", body = api_keys::KeyPolicy),
+        (status = 422, description = "A value out of range"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn put_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -101,9 +120,11 @@ async fn put_policy(
 }
 
 /// Body of `POST /v1/api-keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// At least one; each held by the caller.
+    #[schema(value_type = Vec<Scope>, min_items = 1)]
     scopes: Vec<String>,
     #[serde(default)]
     principal: Option<String>,
@@ -120,7 +141,7 @@ pub struct CreateKey {
 }
 
 /// Body of `PATCH /v1/api-keys/{id}`. `expires_at: null` removes the expiry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
     #[serde(default)]
@@ -128,6 +149,7 @@ pub struct UpdateKey {
     #[serde(default)]
     allowed_ips: Option<Vec<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
     expires_at: Option<Option<DateTime<Utc>>>,
 }
 
@@ -138,7 +160,7 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
 }
 
 /// Body of `POST /v1/api-keys/{id}/rotate`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// Grace period for the old key; default: the tenant's policy. 0 to 30 days.
@@ -147,26 +169,32 @@ pub struct RotateKey {
 }
 
 /// Body of `POST /v1/api-keys/revoke-all`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeAll {
     principal: String,
 }
 
 /// Query of `GET /v1/api-keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<ApiKeyId>)]
     cursor: Option<String>,
+    /// Only this principal's keys.
     #[serde(default)]
     principal: Option<String>,
 }
 
 /// A new key: its plaintext (shown once) and its metadata.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MintedKey {
     /// The key. Not stored anywhere; not shown again.
     key: String,
@@ -184,7 +212,7 @@ impl std::fmt::Debug for MintedKey {
 }
 
 /// A page of keys.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyPage {
     data: Vec<ApiKeyRecord>,
     next_cursor: Option<ApiKeyId>,
@@ -274,6 +302,17 @@ fn check_future(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), Api
     Ok(())
 }
 
+/// Mints a key with scopes the caller holds; the key is in the answer, once.
+#[utoipa::path(
+    post, path = "/v1/api-keys", tag = "api-keys",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The key and its metadata", body = MintedKey),
+        (status = 403, description = "The caller lacks a scope it would grant, or is a delegated or prefix-confined credential"),
+        (status = 422, description = "An unknown scope, an invalid principal, description, network or expiry"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -340,6 +379,16 @@ async fn create(
     ))
 }
 
+/// Lists the tenant's keys (metadata only).
+#[utoipa::path(
+    get, path = "/v1/api-keys", tag = "api-keys",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of keys", body = KeyPage),
+        (status = 422, description = "Limit outside 1 to 200, or an invalid principal"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -365,6 +414,16 @@ async fn list(
     Ok(axum::Json(KeyPage { data, next_cursor }))
 }
 
+/// A key's metadata (a key may always read itself).
+#[utoipa::path(
+    get, path = "/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = ApiKeyId, Path, description = "The key")),
+    responses(
+        (status = 200, description = "The key's metadata", body = ApiKeyRecord),
+        (status = 404, description = "No such key (or another tenant's)"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -387,6 +446,19 @@ fn own_or(tenant: &Tenant, id: ApiKeyId, scope: Scope) -> Result<&TenantContext,
     }
 }
 
+/// Changes a key's description, allowed networks or expiry (a key may narrow itself).
+#[utoipa::path(
+    patch, path = "/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = ApiKeyId, Path, description = "The key")),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The key's metadata", body = ApiKeyRecord),
+        (status = 404, description = "No such key (or another tenant's)"),
+        (status = 409, description = "The key is no longer usable"),
+        (status = 422, description = "An invalid field"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -467,6 +539,19 @@ async fn update(
     Ok(axum::Json(record))
 }
 
+/// Mints the key's successor; the old key works for the grace period. The body is optional.
+#[utoipa::path(
+    post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys",
+    params(("id" = ApiKeyId, Path, description = "The key")),
+    request_body(content = Option<RotateKey>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The successor key and its metadata", body = MintedKey),
+        (status = 404, description = "No such key (or another tenant's)"),
+        (status = 409, description = "The key cannot be rotated in its state"),
+        (status = 422, description = "Grace period out of range, or an invalid body"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn rotate(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -518,6 +603,16 @@ async fn rotate(
     ))
 }
 
+/// Revokes a key at once (a key may revoke itself).
+#[utoipa::path(
+    post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys",
+    params(("id" = ApiKeyId, Path, description = "The key")),
+    responses(
+        (status = 200, description = "The revoked key's metadata", body = ApiKeyRecord),
+        (status = 404, description = "No such key (or another tenant's)"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn revoke(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -536,6 +631,16 @@ async fn revoke(
     Ok(axum::Json(record))
 }
 
+/// Revokes every key of a principal.
+#[utoipa::path(
+    post, path = "/v1/api-keys/revoke-all", tag = "api-keys",
+    request_body = RevokeAll,
+    responses(
+        (status = 200, description = "The revoked keys", body = crate::openapi::Revoked),
+        (status = 422, description = "An invalid principal"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn revoke_all(
     State(state): State<AppState>,
     tenant: Tenant,

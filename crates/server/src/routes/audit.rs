@@ -47,6 +47,10 @@ pub fn routes() -> RouteTable {
 }
 
 /// `GET /.well-known/bulkhead-audit-key`.
+#[utoipa::path(
+    get, path = "/.well-known/bulkhead-audit-key", tag = "audit",
+    responses((status = 200, description = "The audit log's Ed25519 public key", body = crate::openapi::LogKey)),
+)]
 pub async fn log_key(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
     let public = state.audit().key().public();
     axum::Json(json!({
@@ -58,12 +62,17 @@ pub async fn log_key(State(state): State<AppState>) -> axum::Json<serde_json::Va
 }
 
 /// Query of `GET /v1/audit/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<AuditEventId>)]
     cursor: Option<String>,
     /// RFC 3339; events at or after.
     #[serde(default)]
@@ -71,18 +80,22 @@ pub struct EventsQuery {
     /// RFC 3339; events before.
     #[serde(default)]
     until: Option<DateTime<Utc>>,
+    /// Only this actor's events.
     #[serde(default)]
     actor_id: Option<String>,
+    /// Only this action (`session.create`, …).
     #[serde(default)]
     action: Option<String>,
+    /// `success`, `failure` or `blocked`.
     #[serde(default)]
     outcome: Option<String>,
+    /// Only events about this resource.
     #[serde(default)]
     resource_id: Option<String>,
 }
 
 /// A page of events.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
     data: Vec<ListedEvent>,
     /// Pass as `cursor` for the next page; `null` on the last.
@@ -104,6 +117,16 @@ fn check_label(name: &str, value: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
+/// The tenant's audit events, oldest first.
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 422, description = "Limit outside 1 to 200, an invalid filter, or `since` after `until`"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
 async fn list_events(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -148,6 +171,13 @@ async fn list_events(
 }
 
 /// `POST /v1/audit/checkpoints`: sequences the tenant's pending events now and signs a checkpoint.
+#[utoipa::path(
+    post, path = "/v1/audit/checkpoints", tag = "audit",
+    responses(
+        (status = 201, description = "The new signed checkpoint", body = bulkhead_audit::SignedCheckpoint),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
 async fn checkpoint_now(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -161,6 +191,15 @@ async fn checkpoint_now(
     Ok((StatusCode::CREATED, axum::Json(signed)))
 }
 
+/// The latest signed checkpoint.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints/latest", tag = "audit",
+    responses(
+        (status = 200, description = "The checkpoint", body = bulkhead_audit::SignedCheckpoint),
+        (status = 404, description = "No checkpoint yet"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
 async fn latest_checkpoint(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -175,10 +214,14 @@ async fn latest_checkpoint(
 }
 
 /// Query of `GET /v1/audit/proofs/inclusion`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
+    /// The event.
+    #[param(value_type = AuditEventId)]
     event_id: String,
+    /// The size of the tree the proof is for.
     tree_size: u64,
 }
 
@@ -192,6 +235,18 @@ fn refusal(refused: ProofRefusal) -> ApiError {
     }
 }
 
+/// RFC 9162 inclusion proof of an event in the tree of `tree_size` leaves.
+#[utoipa::path(
+    get, path = "/v1/audit/proofs/inclusion", tag = "audit",
+    params(InclusionQuery),
+    responses(
+        (status = 200, description = "The proof", body = audit_log::InclusionProof),
+        (status = 404, description = "No such event (or another tenant's)"),
+        (status = 409, description = "The event is not in the log yet"),
+        (status = 422, description = "A tree size the log does not have"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
 async fn inclusion(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -206,13 +261,26 @@ async fn inclusion(
 }
 
 /// Query of `GET /v1/audit/proofs/consistency`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
+    /// The older tree size.
     from: u64,
+    /// The newer tree size.
     to: u64,
 }
 
+/// RFC 9162 consistency proof between two tree sizes.
+#[utoipa::path(
+    get, path = "/v1/audit/proofs/consistency", tag = "audit",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, description = "The proof", body = audit_log::ConsistencyProof),
+        (status = 422, description = "Sizes the log does not have, or `from` outside 1 to `to`"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
 async fn consistency(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -230,6 +298,14 @@ async fn consistency(
 /// read in separate short transactions: leaves never change, and a body purged meanwhile comes
 /// out as a `purged` line, which verifies just the same. A failure mid-stream ends the response
 /// early, which the verifier reports (the size does not match the checkpoint).
+/// NDJSON export: a checkpoint line, then every leaf it covers.
+#[utoipa::path(
+    get, path = "/v1/audit/export", tag = "audit",
+    responses(
+        (status = 200, description = "The export: one JSON object per line", content_type = "application/x-ndjson", body = String),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
 async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
     let ctx = tenant.0.clone();
     // Sequence what is pending and sign if the tree grew, so the export covers everything

@@ -134,7 +134,7 @@ impl IpThrottle {
 }
 
 /// Body of `POST /v1/auth/login`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     email: String,
@@ -154,7 +154,7 @@ impl std::fmt::Debug for LoginRequest {
 }
 
 /// A token response (RFC 6749 §5.1), also the body of a successful login.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     /// The JWT.
     pub access_token: String,
@@ -219,6 +219,22 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Human login: an access token and a refresh token. Throttled per account name and per address.
+#[utoipa::path(
+    post, path = "/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Tokens", body = TokenResponse),
+        (status = 400, description = "The body is not valid JSON"),
+        (status = 401, description = "Wrong email or password, disabled user or suspended tenant (one answer)"),
+        (status = 404, description = "The subdomain or `tenant` names no tenant"),
+        (status = 413, description = "The body is larger than 1 MiB"),
+        (status = 415, description = "The body is not `application/json`"),
+        (status = 422, description = "No tenant named, or host and `tenant` disagree"),
+        (status = 429, description = "Too many failed logins; see `Retry-After`"),
+        (status = 503, description = "Temporarily unavailable"),
+    ),
+)]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -416,6 +432,15 @@ pub(crate) async fn end_session_in(
     tokens::revoke_session(tx, session, reason, state.clock().now(), until).await
 }
 
+/// Ends the session of the calling access token (from a login).
+#[utoipa::path(
+    post, path = "/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 422, description = "The credential has no session to log out of"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn logout(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -491,6 +516,12 @@ struct SessionView {
     current: bool,
 }
 
+/// The caller's live auth sessions (refresh-token families).
+#[utoipa::path(
+    get, path = "/v1/auth/sessions", tag = "auth",
+    responses((status = 200, description = "Sessions", body = crate::openapi::AuthSessionList)),
+    security(("bearer" = [])),
+)]
 async fn list_sessions(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -516,6 +547,16 @@ async fn list_sessions(
     Ok(axum::Json(json!({ "data": data })))
 }
 
+/// Ends one of the caller's auth sessions (any of the tenant's with `keys:manage`).
+#[utoipa::path(
+    delete, path = "/v1/auth/sessions/{id}", tag = "auth",
+    params(("id" = AuthSessionId, Path, description = "The auth session")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such session of the caller's"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn end_session(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -544,6 +585,12 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The tenant's token policy.
+#[utoipa::path(
+    get, path = "/v1/token-policy", tag = "auth",
+    responses((status = 200, description = "The token policy", body = TokenPolicy)),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn get_policy(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -555,6 +602,16 @@ async fn get_policy(
     Ok(axum::Json(policy))
 }
 
+/// Replaces the tenant's token policy.
+#[utoipa::path(
+    put, path = "/v1/token-policy", tag = "auth",
+    request_body = TokenPolicy,
+    responses(
+        (status = 200, description = "The new token policy", body = TokenPolicy),
+        (status = 422, description = "A value out of range"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
 async fn put_policy(
     State(state): State<AppState>,
     tenant: TenantExtract,

@@ -13,16 +13,28 @@ use crate::state::AppState;
 pub fn routes() -> RouteTable {
     RouteTable::new()
         .get("/healthz", RouteAccess::Public, healthz)
+        .get("/openapi.json", RouteAccess::Public, crate::openapi::serve)
         .get("/readyz", RouteAccess::Public, readyz)
         .get("/metrics", RouteAccess::Public, metrics)
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Up", body = crate::openapi::Status)),
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the database answers and its migrations are current.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Status),
+        (status = 503, description = "The database is unreachable or its migrations are not current"),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     match state.store().ready().await {
         Ok(true) => Ok(Json(json!({ "status": "ready" }))),
@@ -39,6 +51,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
 
 /// `GET /metrics`: Prometheus text format. No per-tenant labels (ids would leak and explode
 /// cardinality).
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -13,7 +13,18 @@ pub mod sessions;
 pub mod tools;
 pub mod webhooks;
 
+use axum::http::Method;
+
 use crate::error::ApiError;
+
+/// Every (method, path) the app serves, paths in the router's `{param}` form: the route table
+/// the router is built from. Checked against the OpenAPI document by `tests/api/openapi.rs`.
+pub fn served_routes() -> Vec<(Method, &'static str)> {
+    crate::app::route_table()
+        .specs()
+        .map(|spec| (spec.method.clone(), spec.path))
+        .collect()
+}
 
 /// The page size a list request asked for, or `default`; outside `1..=max` is refused (422), not
 /// silently clamped.

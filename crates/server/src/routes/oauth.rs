@@ -58,6 +58,14 @@ pub fn routes() -> RouteTable {
         .get("/.well-known/jwks.json", RouteAccess::Public, jwks)
 }
 
+/// RFC 8414 authorization-server metadata.
+#[utoipa::path(
+    get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
+    responses(
+        (status = 200, description = "The metadata", body = crate::openapi::ServerMetadata),
+        (status = 429, description = "Rate limited per address; see `Retry-After`"),
+    ),
+)]
 async fn metadata(State(state): State<AppState>) -> Response {
     let issuer = &state.config().tokens.issuer;
     let scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
@@ -84,6 +92,14 @@ async fn metadata(State(state): State<AppState>) -> Response {
     response
 }
 
+/// The token signing keys (RFC 7517), the next one published before it signs.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "oauth",
+    responses(
+        (status = 200, description = "The JWKS", body = crate::openapi::Jwks),
+        (status = 429, description = "Rate limited per address; see `Retry-After`"),
+    ),
+)]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = axum::Json(state.tokens().jwks()).into_response();
     // Short: a key is published a full rotation period before it signs, so a cached copy only
@@ -282,6 +298,17 @@ pub(crate) async fn authenticate_client(
     Ok((key, tenant))
 }
 
+/// RFC 6749 token endpoint: `client_credentials`, `refresh_token`, and RFC 8693 token exchange.
+#[utoipa::path(
+    post, path = "/oauth/token", tag = "oauth",
+    request_body(content = crate::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Tokens", body = TokenResponse),
+        (status = 400, description = "`invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unauthorized_client` or `unsupported_grant_type`"),
+        (status = 401, description = "`invalid_client`"),
+    ),
+    security((), ("client_basic" = [])),
+)]
 async fn token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -696,6 +723,17 @@ fn ok_no_store() -> Response {
     response
 }
 
+/// RFC 7009: revokes an access or refresh token; possession suffices. 200 whether or not the token existed.
+#[utoipa::path(
+    post, path = "/oauth/revoke", tag = "oauth",
+    request_body(content = crate::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked, or nothing to revoke"),
+        (status = 400, description = "`invalid_request`"),
+        (status = 401, description = "A client authenticated and failed (`invalid_client`)"),
+    ),
+    security((), ("client_basic" = [])),
+)]
 async fn revoke(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -787,6 +825,17 @@ async fn revoke_inner(
     Ok(())
 }
 
+/// RFC 7662: what a token of the client's own tenant is; anything else is `{"active": false}`.
+#[utoipa::path(
+    post, path = "/oauth/introspect", tag = "oauth",
+    request_body(content = crate::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The token's state", body = crate::openapi::Introspection),
+        (status = 400, description = "`invalid_request`"),
+        (status = 401, description = "`invalid_client`"),
+    ),
+    security(("client_basic" = [])),
+)]
 async fn introspect(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -38,43 +38,59 @@ pub fn routes() -> RouteTable {
 }
 
 /// Body of `POST /v1/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
+    /// `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`.
+    #[schema(example = "agent-1")]
     agent_id: String,
     #[serde(default)]
     title: String,
     #[serde(default)]
     state: Option<SessionState>,
+    /// A JSON object, at most 64 KiB serialized.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
     /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
+    /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
     #[serde(default)]
+    #[schema(example = "marketing/campaigns")]
     namespace: Option<String>,
 }
 
 /// Body of `PATCH /v1/sessions/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSession {
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
     state: Option<SessionState>,
+    /// A JSON object, at most 64 KiB serialized.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
+    /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
     #[serde(default)]
+    #[schema(example = "marketing/campaigns")]
     namespace: Option<String>,
 }
 
 /// Query of `GET /v1/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<SessionId>)]
     cursor: Option<String>,
+    /// Only this agent's sessions.
     #[serde(default)]
     agent_id: Option<String>,
     #[serde(default)]
@@ -82,7 +98,7 @@ pub struct ListQuery {
 }
 
 /// A page of sessions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionPage {
     data: Vec<AgentSession>,
     /// Pass as `cursor` to get the next page; `null` on the last page.
@@ -163,6 +179,17 @@ fn check_metadata(metadata: Map<String, Value>) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// Creates an agent session.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "The new session", body = AgentSession),
+        (status = 403, description = "Missing `sessions:write`, or the namespace is outside the credential's resource prefix"),
+        (status = 422, description = "An invalid field (agent id, title, metadata, namespace)"),
+    ),
+    security(("bearer" = ["sessions:write"])),
+)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -200,6 +227,16 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(session)))
 }
 
+/// Fetches a session.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 200, description = "The session", body = AgentSession),
+        (status = 404, description = "No such session (or another tenant's)"),
+    ),
+    security(("bearer" = ["sessions:read"])),
+)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -213,6 +250,16 @@ async fn fetch(
     Ok(axum::Json(session))
 }
 
+/// Lists sessions, newest last, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/sessions", tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = SessionPage),
+        (status = 422, description = "Limit outside 1 to 200, or an invalid agent id"),
+    ),
+    security(("bearer" = ["sessions:read"])),
+)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -240,6 +287,18 @@ async fn list(
     Ok(axum::Json(SessionPage { data, next_cursor }))
 }
 
+/// Updates a session's title, state, metadata or namespace.
+#[utoipa::path(
+    patch, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    request_body = UpdateSession,
+    responses(
+        (status = 200, description = "The updated session", body = AgentSession),
+        (status = 404, description = "No such session (or another tenant's)"),
+        (status = 422, description = "An invalid field"),
+    ),
+    security(("bearer" = ["sessions:write"])),
+)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -279,6 +338,16 @@ async fn update(
     Ok(axum::Json(session))
 }
 
+/// Deletes a session.
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such session (or another tenant's)"),
+    ),
+    security(("bearer" = ["sessions:write"])),
+)]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,

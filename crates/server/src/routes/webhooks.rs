@@ -67,9 +67,11 @@ pub fn routes() -> RouteTable {
 }
 
 /// Body of `POST /v1/webhooks/endpoints`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// Where deliveries go; judged by the egress policy (a refusal is 422 naming the rule).
+    #[schema(example = "https://hooks.example.com/bulkhead")]
     url: String,
     #[serde(default)]
     description: String,
@@ -79,12 +81,14 @@ pub struct CreateEndpoint {
     enabled: Option<bool>,
     #[serde(default)]
     rate_limit_per_second: Option<i32>,
+    /// Extra request headers: name to string value.
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     headers: Option<Map<String, Value>>,
 }
 
 /// Body of `PATCH /v1/webhooks/endpoints/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     #[serde(default)]
@@ -95,9 +99,13 @@ pub struct UpdateEndpoint {
     event_types: Option<Vec<String>>,
     #[serde(default)]
     enabled: Option<bool>,
+    /// 1 to 10000; `null` removes the limit.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i32>)]
     rate_limit_per_second: Option<Option<i32>>,
+    /// Extra request headers: name to string value.
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     headers: Option<Map<String, Value>>,
 }
 
@@ -106,24 +114,29 @@ fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
 }
 
 /// Query of the endpoint list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<EndpointId>)]
     cursor: Option<String>,
 }
 
 /// A page of endpoints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointPage {
     data: Vec<Endpoint>,
     next_cursor: Option<EndpointId>,
 }
 
 /// An endpoint with its secret: only in the answers of create and rotate.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointWithSecret {
     #[serde(flatten)]
     endpoint: Endpoint,
@@ -132,7 +145,7 @@ pub struct EndpointWithSecret {
 }
 
 /// Body of `POST …/rotate-secret`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     /// How long the old secret keeps signing (0 to 7 days; default 24 h).
@@ -141,7 +154,7 @@ pub struct RotateSecret {
 }
 
 /// Body of `POST …/recover`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recover {
     /// Failed deliveries created at or after this time are queued again.
@@ -149,10 +162,14 @@ pub struct Recover {
 }
 
 /// Body of `POST /v1/webhooks/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishMessage {
+    /// `^[a-z][a-z0-9_.-]{0,99}$`, outside the platform namespaces.
+    #[schema(example = "invoice.paid")]
     event_type: String,
+    /// Any JSON, at most 256 KiB serialized.
+    #[schema(value_type = Object)]
     payload: Value,
 }
 
@@ -226,6 +243,16 @@ async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<S
     }
 }
 
+/// Registers an endpoint; the `whsec_` secret is in the answer, once.
+#[utoipa::path(
+    post, path = "/v1/webhooks/endpoints", tag = "webhooks",
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "The endpoint with its secret", body = EndpointWithSecret),
+        (status = 422, description = "An invalid field, or a URL the egress policy refuses (the rule is named)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -267,6 +294,16 @@ async fn create(
     ))
 }
 
+/// Lists the tenant's endpoints.
+#[utoipa::path(
+    get, path = "/v1/webhooks/endpoints", tag = "webhooks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of endpoints", body = EndpointPage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -286,6 +323,16 @@ async fn list(
     Ok(axum::Json(EndpointPage { data, next_cursor }))
 }
 
+/// Fetches an endpoint (never its secret).
+#[utoipa::path(
+    get, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    responses(
+        (status = 200, description = "The endpoint", body = Endpoint),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -299,6 +346,18 @@ async fn fetch(
     Ok(axum::Json(endpoint))
 }
 
+/// Updates an endpoint; re-enabling clears its failure state.
+#[utoipa::path(
+    patch, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    request_body = UpdateEndpoint,
+    responses(
+        (status = 200, description = "The endpoint", body = Endpoint),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+        (status = 422, description = "An invalid field, or a URL the egress policy refuses"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -341,6 +400,16 @@ async fn update(
     Ok(axum::Json(endpoint))
 }
 
+/// Deletes an endpoint.
+#[utoipa::path(
+    delete, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -362,6 +431,18 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A new secret (in the answer, once); the old one keeps signing for `grace_seconds`. The body is optional.
+#[utoipa::path(
+    post, path = "/v1/webhooks/endpoints/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    request_body(content = Option<RotateSecret>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The endpoint with its new secret", body = EndpointWithSecret),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+        (status = 422, description = "Grace period out of range, or an invalid body"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn rotate_secret(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -410,7 +491,7 @@ async fn rotate_secret(
 }
 
 /// A queued message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Queued {
     /// The message id (its `webhook-id`).
     id: MessageId,
@@ -418,6 +499,16 @@ pub struct Queued {
     deliveries: u64,
 }
 
+/// Queues a `webhook.test` message to this endpoint.
+#[utoipa::path(
+    post, path = "/v1/webhooks/endpoints/{id}/test", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    responses(
+        (status = 202, description = "Queued", body = Queued),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn send_test(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -455,6 +546,17 @@ async fn send_test(
     ))
 }
 
+/// Queues again the failed deliveries created since a time.
+#[utoipa::path(
+    post, path = "/v1/webhooks/endpoints/{id}/recover", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    request_body = Recover,
+    responses(
+        (status = 200, description = "How many were queued", body = crate::openapi::Requeued),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn recover(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -478,6 +580,16 @@ async fn recover(
     Ok(axum::Json(json!({ "requeued": requeued })))
 }
 
+/// Publishes the tenant's own event to its subscribed endpoints.
+#[utoipa::path(
+    post, path = "/v1/webhooks/messages", tag = "webhooks",
+    request_body = PublishMessage,
+    responses(
+        (status = 202, description = "Queued", body = Queued),
+        (status = 422, description = "An invalid or reserved event type, or a payload too large"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn publish(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -543,6 +655,16 @@ fn holds_nul(value: &Value) -> bool {
     }
 }
 
+/// A message with its deliveries.
+#[utoipa::path(
+    get, path = "/v1/webhooks/messages/{id}", tag = "webhooks",
+    params(("id" = MessageId, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The message", body = crate::openapi::MessageView),
+        (status = 404, description = "No such message (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn fetch_message(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -559,6 +681,16 @@ async fn fetch_message(
     ))
 }
 
+/// A message's attempt log.
+#[utoipa::path(
+    get, path = "/v1/webhooks/messages/{id}/attempts", tag = "webhooks",
+    params(("id" = MessageId, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The attempts", body = crate::openapi::AttemptList),
+        (status = 404, description = "No such message (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn attempts(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -573,6 +705,16 @@ async fn attempts(
     Ok(axum::Json(json!({ "data": attempts })))
 }
 
+/// Queues every delivery of a message again.
+#[utoipa::path(
+    post, path = "/v1/webhooks/messages/{id}/resend", tag = "webhooks",
+    params(("id" = MessageId, Path, description = "The message")),
+    responses(
+        (status = 200, description = "How many were queued", body = crate::openapi::Requeued),
+        (status = 404, description = "No such message (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
 async fn resend(
     State(state): State<AppState>,
     tenant: Tenant,

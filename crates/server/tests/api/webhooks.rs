@@ -638,3 +638,49 @@ async fn signing_secrets_are_stored_sealed_never_in_the_clear() {
     binding[20] ^= 1;
     assert!(master.open_webhook_secret(&binding, &stored).is_err());
 }
+
+/// Found by schemathesis (two workers): a platform event raised while another request deletes a
+/// subscribed endpoint. The delete is in flight (uncommitted) when the event is raised; it then
+/// commits. The event's transaction must neither fail (it answered 500 on the unrelated
+/// request, a foreign-key violation on the delivery insert) nor leave a delivery to the deleted
+/// endpoint.
+#[tokio::test]
+async fn a_platform_event_racing_an_endpoint_delete_neither_fails_nor_delivers_to_it() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let endpoint = create_endpoint(
+        &app,
+        &a,
+        json!({ "url": "https://gone.receiver.example/", "event_types": ["session.deleted"] }),
+    )
+    .await;
+    let endpoint = EndpointId::parse(endpoint["id"].as_str().unwrap()).unwrap();
+    let ctx = TenantContext::new(
+        a.id,
+        Actor::System { component: "test" },
+        Default::default(),
+    );
+    let store = app.state.store().clone();
+    let mut deleting = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+    store::delete_endpoint(&mut deleting, endpoint)
+        .await
+        .unwrap();
+
+    let raising = {
+        let (store, ctx) = (store.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
+            let id = store::enqueue_platform_event(&mut tx, "session.deleted", json!({})).await?;
+            tx.commit().await?;
+            Ok::<_, bulkhead_store::StoreError>(id)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    deleting.commit().await.unwrap();
+    let raised = raising
+        .await
+        .unwrap()
+        .expect("the event's transaction must not fail");
+    // The endpoint was its only subscriber and is gone: nothing was queued for it.
+    assert_eq!(raised, None);
+}
