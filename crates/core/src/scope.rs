@@ -115,15 +115,23 @@ impl fmt::Display for Scope {
     }
 }
 
-/// In the OpenAPI document a scope is its text form, one of [`Scope::ALL`].
+/// In the OpenAPI document a scope is its text form: one of [`Scope::ALL`] or a tool-call grant.
 #[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Scope {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
+        // The fixed permissions, or a tool-call grant (`tools:call:<tool>`, `tools:call:*`).
+        let fixed: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        let pattern = format!(
+            "^({}|tools:call:(\\*|[a-z][a-z0-9_-]{{0,63}}))$",
+            fixed.join("|")
+        );
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .enum_values(Some(Scope::ALL.iter().map(|s| s.as_str())))
-            .description(Some("A permission, in its text form"))
+            .pattern(Some(pattern))
+            .description(Some(
+                "A permission in its text form: a fixed permission, or `tools:call:<tool>` / `tools:call:*`",
+            ))
             .into()
     }
 }

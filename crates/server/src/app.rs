@@ -67,10 +67,7 @@ pub fn router(state: AppState) -> Router {
                 crate::limits::preauth_limit,
             ));
 
-    let router = routers
-        .public
-        .merge(self_authenticating)
-        .merge(tenant_api);
+    let router = routers.public.merge(self_authenticating).merge(tenant_api);
 
     router
         .fallback(|| async { ApiError::NotFound })

@@ -30,7 +30,9 @@ use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::Problem;
-use crate::routes::{api_keys, audit, auth, health, oauth, sessions, webhooks};
+use crate::routes::{
+    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, webhooks,
+};
 
 /// The security scheme of the tenant API: `Authorization: Bearer <API key or access token>`.
 pub const BEARER: &str = "bearer";
@@ -84,6 +86,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         webhooks::fetch_message, webhooks::attempts, webhooks::resend,
         audit::list_events, audit::checkpoint_now, audit::latest_checkpoint, audit::inclusion,
         audit::consistency, audit::export,
+        principals::list_users, principals::create_user, principals::fetch_user,
+        principals::update_user, principals::list_agents, principals::create_agent,
+        principals::fetch_agent, principals::update_agent,
+        roles::list_roles, roles::create_role, roles::fetch_role, roles::update_role,
+        roles::delete_role, roles::list_assignments, roles::assign, roles::unassign,
+        tools::create, tools::list, tools::fetch, tools::update, tools::remove, tools::versions,
+        tools::get_policy, tools::put_policy, tools::call,
+        context::context,
     ),
     components(schemas(Problem, OAuthErrorBody)),
     modifiers(&Shared),
@@ -95,6 +105,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (name = "api-keys", description = "The API-key lifecycle and the key policy"),
         (name = "webhooks", description = "Webhook endpoints, messages and the attempt log"),
         (name = "audit", description = "The tenant's verifiable audit log"),
+        (name = "principals", description = "The tenant's users and agents"),
+        (name = "roles", description = "Built-in and custom roles, and who holds them"),
+        (name = "tools", description = "The tenant's tool registry, screening policy and tool calls"),
     ),
 )]
 struct ApiDoc;

@@ -8,6 +8,7 @@ use crate::{StoreError, TenantTx};
 
 /// Whether an agent may act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     /// Its credentials work.
@@ -27,6 +28,7 @@ impl AgentStatus {
 
 /// An agent as stored and shown.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agent {
     /// Id.
     pub id: AgentId,

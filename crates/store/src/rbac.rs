@@ -13,6 +13,7 @@ use crate::{StoreError, TenantTx};
 
 /// Who holds roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "id", rename_all = "lowercase")]
 pub enum Principal {
     /// A human user.
@@ -23,6 +24,7 @@ pub enum Principal {
 
 /// A role as stored and shown.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Role {
     /// Id.
     pub id: RoleId,
@@ -33,6 +35,7 @@ pub struct Role {
     /// Built-in roles cannot be changed or deleted.
     pub built_in: bool,
     /// What the role allows.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<bulkhead_core::Scope>))]
     pub permissions: ScopeSet,
     /// When created.
     pub created_at: DateTime<Utc>,
@@ -228,6 +231,7 @@ async fn built_in_or_missing(tx: &mut TenantTx, id: RoleId) -> StoreError {
 
 /// One principal holding one role.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     /// Id.
     pub id: RoleAssignmentId,

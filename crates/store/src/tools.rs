@@ -18,6 +18,7 @@ use crate::{StoreError, TenantTx};
 
 /// A tool as shown to its tenant (never with its secret).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tool {
     /// Public id.
     pub id: ToolId,
@@ -26,6 +27,7 @@ pub struct Tool {
     /// Screened description.
     pub description: String,
     /// Screened JSON Schema of the input.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub input_schema: Value,
     /// Where calls go (vetted by the egress policy).
     pub endpoint_url: String,
@@ -115,12 +117,14 @@ pub struct ToolPatch {
 
 /// One version of a tool, as it was stored.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolVersion {
     /// Version number.
     pub version: i32,
     /// Description of that version.
     pub description: String,
     /// Schema of that version.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub input_schema: Value,
     /// URL of that version.
     pub endpoint_url: String,

@@ -7,6 +7,7 @@ use crate::{StoreError, TenantTx};
 
 /// Whether a user may sign in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum UserStatus {
     /// May sign in.

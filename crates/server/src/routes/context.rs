@@ -38,7 +38,7 @@ pub fn routes() -> RouteTable {
 }
 
 /// The session as an agent sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ContextSession {
     id: SessionId,
     agent_id: String,
@@ -49,10 +49,11 @@ pub struct ContextSession {
 }
 
 /// A tool as an agent sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ContextTool {
     name: String,
     description: String,
+    #[schema(value_type = Object)]
     input_schema: Value,
     version: i32,
     /// `clean` or `flagged`.
@@ -60,7 +61,7 @@ pub struct ContextTool {
 }
 
 /// The context of one session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Context {
     session: ContextSession,
     tools: Vec<ContextTool>,
@@ -69,6 +70,15 @@ pub struct Context {
     rules_version: String,
 }
 
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/context", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 200, description = "What an agent engine should see: the session and the tools this credential may call, screened", body = Context),
+        (status = 404, description = "No such session (or another tenant's, or outside the credential's resource prefix)"),
+    ),
+    security(("bearer" = ["sessions:read"])),
+)]
 async fn context(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -45,7 +45,7 @@ pub fn routes() -> RouteTable {
 }
 
 /// A principal's status as a request names it.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestedStatus {
     /// Credentials work.
@@ -55,17 +55,21 @@ pub enum RequestedStatus {
 }
 
 /// Query of the list routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
 }
 
 /// A user as the API shows it (never the password hash).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     id: UserId,
     email: String,
@@ -85,12 +89,17 @@ impl From<UserRecord> for UserView {
 }
 
 /// A page of items.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T, C> {
     data: Vec<T>,
     /// Pass as `cursor` for the next page; `null` on the last.
     next_cursor: Option<C>,
 }
+
+/// A page of users.
+pub type UserPage = Page<UserView, UserId>;
+/// A page of agents.
+pub type AgentPage = Page<Agent, AgentId>;
 
 impl<T, C> Page<T, C> {
     /// A page and the cursor of the next one.
@@ -100,10 +109,13 @@ impl<T, C> Page<T, C> {
 }
 
 /// Body of `POST /v1/users`. `Debug` leaves the password out; it is zeroized on drop.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(example = "dev@example.com")]
     email: String,
+    /// argon2id-hashed; at least 8 characters.
+    #[schema(format = Password)]
     password: String,
 }
 
@@ -122,25 +134,28 @@ impl Drop for CreateUser {
 }
 
 /// Body of `PATCH /v1/users/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     status: RequestedStatus,
 }
 
 /// Body of `POST /v1/agents`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`, unique in the tenant.
+    #[schema(example = "planner")]
     name: String,
     #[serde(default)]
     description: String,
     #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
     owner_user_id: Option<String>,
 }
 
 /// Body of `PATCH /v1/agents/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
     #[serde(default)]
@@ -196,6 +211,15 @@ fn conflict_as(err: StoreError, message: &'static str) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/users", tag = "principals",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["users:read"])),
+)]
 async fn list_users(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -218,6 +242,16 @@ async fn list_users(
     }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/users", tag = "principals",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "The new user (no role yet: it can do nothing until one is assigned)", body = UserView),
+        (status = 409, description = "A user with that email exists"),
+        (status = 422, description = "An invalid email or a refused password"),
+    ),
+    security(("bearer" = ["users:write"])),
+)]
 async fn create_user(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -238,6 +272,15 @@ async fn create_user(
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
+#[utoipa::path(
+    get, path = "/v1/users/{id}", tag = "principals",
+    params(("id" = UserId, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user (or another tenant's)"),
+    ),
+    security(("bearer" = ["users:read"])),
+)]
 async fn fetch_user(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -250,6 +293,18 @@ async fn fetch_user(
     Ok(axum::Json(user.into()))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/users/{id}", tag = "principals",
+    params(("id" = UserId, Path, description = "The user")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user (or another tenant's)"),
+        (status = 409, description = "A principal cannot disable itself"),
+        (status = 422, description = "An invalid status"),
+    ),
+    security(("bearer" = ["users:write"])),
+)]
 async fn update_user(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -293,6 +348,15 @@ fn refuse_self_disable(
     Ok(())
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "principals",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of agents", body = AgentPage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["agents:read"])),
+)]
 async fn list_agents(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -312,6 +376,17 @@ async fn list_agents(
     Ok(axum::Json(Page { data, next_cursor }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/agents", tag = "principals",
+    request_body = CreateAgent,
+    responses(
+        (status = 201, description = "The new agent (no role yet)", body = Agent),
+        (status = 404, description = "The owner is not a user of this tenant"),
+        (status = 409, description = "An agent with that name exists"),
+        (status = 422, description = "An invalid name or description"),
+    ),
+    security(("bearer" = ["agents:write"])),
+)]
 async fn create_agent(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -342,6 +417,15 @@ async fn create_agent(
     Ok((StatusCode::CREATED, axum::Json(agent)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents/{id}", tag = "principals",
+    params(("id" = AgentId, Path, description = "The agent")),
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 404, description = "No such agent (or another tenant's)"),
+    ),
+    security(("bearer" = ["agents:read"])),
+)]
 async fn fetch_agent(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -354,6 +438,17 @@ async fn fetch_agent(
     Ok(axum::Json(agent))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/agents/{id}", tag = "principals",
+    params(("id" = AgentId, Path, description = "The agent")),
+    request_body = UpdateAgent,
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 404, description = "No such agent (or another tenant's)"),
+        (status = 422, description = "An invalid description or status"),
+    ),
+    security(("bearer" = ["agents:write"])),
+)]
 async fn update_agent(
     State(state): State<AppState>,
     tenant: Tenant,

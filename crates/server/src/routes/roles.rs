@@ -43,64 +43,95 @@ pub fn routes() -> RouteTable {
 }
 
 /// Body of `POST /v1/roles`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
+    /// `[a-z][a-z0-9_-]{0,62}`; not a built-in role's name.
+    #[schema(example = "session-admin")]
     name: String,
     #[serde(default)]
     description: String,
+    /// At most 64; each held by the caller.
+    #[schema(value_type = Vec<Scope>)]
     permissions: Vec<String>,
 }
 
 /// Body of `PATCH /v1/roles/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRole {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Scope>>)]
     permissions: Option<Vec<String>>,
 }
 
 /// Body of `POST /v1/role-assignments`: a role (by id or name) and exactly one principal.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAssignment {
+    /// The role by id (or give `role`).
     #[serde(default)]
+    #[schema(value_type = Option<RoleId>)]
     role_id: Option<String>,
+    /// The role by name (or give `role_id`).
     #[serde(default)]
+    #[schema(example = "developer")]
     role: Option<String>,
+    /// The user to hold it (or give `agent_id`).
     #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
     user_id: Option<String>,
+    /// The agent to hold it (or give `user_id`).
     #[serde(default)]
+    #[schema(value_type = Option<AgentId>)]
     agent_id: Option<String>,
 }
 
 /// Query of `GET /v1/roles`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListRolesQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     #[serde(default)]
     cursor: Option<String>,
 }
 
 /// Query of `GET /v1/role-assignments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListAssignmentsQuery {
+    /// Page size, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
+    /// Only this user's assignments.
     #[serde(default)]
+    #[param(value_type = Option<UserId>)]
     user_id: Option<String>,
+    /// Only this agent's assignments.
     #[serde(default)]
+    #[param(value_type = Option<AgentId>)]
     agent_id: Option<String>,
+    /// Only this role's assignments.
     #[serde(default)]
+    #[param(value_type = Option<RoleId>)]
     role_id: Option<String>,
 }
+
+/// A page of roles.
+pub type RolePage = Page<Role, RoleId>;
+/// A page of role assignments.
+pub type AssignmentPage = Page<Assignment, RoleAssignmentId>;
 
 fn bad_id(err: bulkhead_core::IdError) -> ApiError {
     ApiError::BadRequest(err.to_string().into())
@@ -191,6 +222,15 @@ async fn success(
     Ok(())
 }
 
+#[utoipa::path(
+    get, path = "/v1/roles", tag = "roles",
+    params(ListRolesQuery),
+    responses(
+        (status = 200, description = "A page of roles, built-in and custom", body = RolePage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["roles:read"])),
+)]
 async fn list_roles(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -205,6 +245,17 @@ async fn list_roles(
     Ok(axum::Json(Page::new(data, next_cursor)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/roles", tag = "roles",
+    request_body = CreateRole,
+    responses(
+        (status = 201, description = "The new custom role", body = Role),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 409, description = "A role with that name exists, or the name is a built-in's"),
+        (status = 422, description = "An invalid name, description or permission"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
 async fn create_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -235,6 +286,15 @@ async fn create_role(
     Ok((StatusCode::CREATED, axum::Json(role)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/roles/{id}", tag = "roles",
+    params(("id" = RoleId, Path, description = "The role")),
+    responses(
+        (status = 200, description = "The role", body = Role),
+        (status = 404, description = "No such role (or another tenant's)"),
+    ),
+    security(("bearer" = ["roles:read"])),
+)]
 async fn fetch_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -247,6 +307,19 @@ async fn fetch_role(
     Ok(axum::Json(role))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/roles/{id}", tag = "roles",
+    params(("id" = RoleId, Path, description = "The role")),
+    request_body = UpdateRole,
+    responses(
+        (status = 200, description = "The role", body = Role),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such role (or another tenant's)"),
+        (status = 409, description = "Built-in roles cannot be changed"),
+        (status = 422, description = "An invalid description or permission"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
 async fn update_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -295,6 +368,17 @@ async fn update_role(
     Ok(axum::Json(role))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/roles/{id}", tag = "roles",
+    params(("id" = RoleId, Path, description = "The role")),
+    responses(
+        (status = 204, description = "Deleted, with its assignments"),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such role (or another tenant's)"),
+        (status = 409, description = "Built-in roles cannot be deleted"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
 async fn delete_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -337,6 +421,15 @@ fn principal_of(user: Option<&str>, agent: Option<&str>) -> Result<Option<Princi
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/role-assignments", tag = "roles",
+    params(ListAssignmentsQuery),
+    responses(
+        (status = 200, description = "A page of assignments", body = AssignmentPage),
+        (status = 422, description = "Limit outside 1 to 200, or both user_id and agent_id"),
+    ),
+    security(("bearer" = ["roles:read"])),
+)]
 async fn list_assignments(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -353,6 +446,18 @@ async fn list_assignments(
     Ok(axum::Json(Page::new(data, next_cursor)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/role-assignments", tag = "roles",
+    request_body = CreateAssignment,
+    responses(
+        (status = 201, description = "The assignment", body = Assignment),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such role or principal in this tenant"),
+        (status = 409, description = "The principal holds that role"),
+        (status = 422, description = "Not exactly one role and one principal"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
 async fn assign(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -399,6 +504,16 @@ async fn assign(
     Ok((StatusCode::CREATED, axum::Json(assignment)))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/role-assignments/{id}", tag = "roles",
+    params(("id" = RoleAssignmentId, Path, description = "The assignment")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such assignment (or another tenant's)"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
 async fn unassign(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -64,25 +64,29 @@ pub fn routes() -> RouteTable {
 }
 
 /// Body of `POST /v1/tools`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTool {
     name: String,
     #[serde(default)]
     description: String,
+    /// A JSON Schema of `type: object`, at most 64 KiB.
+    #[schema(value_type = Object)]
     input_schema: Map<String, Value>,
+    /// `https://…`, judged by the egress policy.
     endpoint_url: String,
     #[serde(default)]
     enabled: Option<bool>,
 }
 
 /// Body of `PATCH /v1/tools/{name}`. The name never changes: it is the tool's scope.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTool {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     input_schema: Option<Map<String, Value>>,
     #[serde(default)]
     endpoint_url: Option<String>,
@@ -91,10 +95,13 @@ pub struct UpdateTool {
 }
 
 /// Query of `GET /v1/tools`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Page size (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     #[serde(default)]
     cursor: Option<String>,
@@ -103,7 +110,7 @@ pub struct ListQuery {
 }
 
 /// A page of tools.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ToolPage {
     data: Vec<Tool>,
     /// Pass as `cursor` for the next page.
@@ -111,7 +118,7 @@ pub struct ToolPage {
 }
 
 /// A tool with its signing secret: only in the answer of create.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ToolWithSecret {
     #[serde(flatten)]
     tool: Tool,
@@ -120,20 +127,20 @@ pub struct ToolWithSecret {
 }
 
 /// The history of a tool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionList {
     data: Vec<ToolVersion>,
 }
 
 /// Body of `POST /v1/tools/{name}/calls`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallTool {
     input: Value,
 }
 
 /// The answer of a call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallResult {
     call_id: ToolCallId,
     tool: String,
@@ -147,7 +154,7 @@ pub struct CallResult {
 }
 
 /// The screening of a tool's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OutputScreening {
     /// `clean`, `flagged` or `sanitized`.
     verdict: &'static str,
@@ -158,7 +165,7 @@ pub struct OutputScreening {
 }
 
 /// Body and answer of `/v1/screening-policy`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     /// `reject`, `flag` or `sanitize`.
@@ -246,6 +253,16 @@ async fn load_policy(
     Ok(policy)
 }
 
+#[utoipa::path(
+    post, path = "/v1/tools", tag = "tools",
+    request_body = CreateTool,
+    responses(
+        (status = 201, description = "The tool and its signing secret (shown once)", body = ToolWithSecret),
+        (status = 409, description = "A tool with that name exists"),
+        (status = 422, description = "An invalid field, a refused endpoint URL, or text refused by screening"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -322,6 +339,15 @@ pub(crate) fn visible_to(ctx: &TenantContext) -> Visible {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/tools", tag = "tools",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The enabled tools the credential may call (all, with include_disabled and tools:manage)", body = ToolPage),
+        (status = 422, description = "Limit out of range"),
+    ),
+    security(("bearer" = ["tools:list"])),
+)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -342,6 +368,15 @@ async fn list(
     Ok(axum::Json(ToolPage { data, next_cursor }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    responses(
+        (status = 200, description = "The tool", body = Tool),
+        (status = 404, description = "No such tool (or another tenant's)"),
+    ),
+    security(("bearer" = ["tools:list"])),
+)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -368,6 +403,17 @@ async fn fetch(
     Ok(axum::Json(tool))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    request_body = UpdateTool,
+    responses(
+        (status = 200, description = "The tool, at its new version", body = Tool),
+        (status = 404, description = "No such tool (or another tenant's)"),
+        (status = 422, description = "An invalid field, a refused endpoint URL, or text refused by screening"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -441,6 +487,15 @@ async fn update(
     Ok(axum::Json(tool))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    responses(
+        (status = 204, description = "Deleted, with its history"),
+        (status = 404, description = "No such tool (or another tenant's)"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -462,6 +517,15 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get, path = "/v1/tools/{name}/versions", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    responses(
+        (status = 200, description = "Every version of the tool", body = VersionList),
+        (status = 404, description = "No such tool (or another tenant's)"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
 async fn versions(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -475,6 +539,11 @@ async fn versions(
     Ok(axum::Json(VersionList { data }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/screening-policy", tag = "tools",
+    responses((status = 200, description = "The tenant's screening policy", body = PolicyBody)),
+    security(("bearer" = ["tools:manage"])),
+)]
 async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -488,6 +557,15 @@ async fn get_policy(
     }))
 }
 
+#[utoipa::path(
+    put, path = "/v1/screening-policy", tag = "tools",
+    request_body = PolicyBody,
+    responses(
+        (status = 200, description = "The new policy", body = PolicyBody),
+        (status = 422, description = "Not one of reject, flag, sanitize"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
 async fn put_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -569,6 +647,21 @@ async fn audit_call(
     Ok(())
 }
 
+#[utoipa::path(
+    post, path = "/v1/tools/{name}/calls", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    request_body = CallTool,
+    responses(
+        (status = 200, description = "The tool's answer", body = CallResult),
+        (status = 403, description = "The credential lacks `tools:call:<name>` (or `tools:call:*`)"),
+        (status = 404, description = "No such tool (or another tenant's)"),
+        (status = 409, description = "The tool is disabled"),
+        (status = 422, description = "The input does not match the tool's schema"),
+        (status = 502, description = "The tool failed, answered too much, or its answer was refused by screening"),
+        (status = 504, description = "The tool did not answer in time"),
+    ),
+    security(("bearer" = ["tools:call:<name>"])),
+)]
 async fn call(
     State(state): State<AppState>,
     tenant: Tenant,

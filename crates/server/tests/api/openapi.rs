@@ -277,3 +277,43 @@ async fn openapi_json_is_served_without_a_credential() {
     let served: Value = response.json().await.unwrap();
     assert_eq!(served, document());
 }
+
+/// The scope each operation documents is the permission its route declares: the document cannot
+/// drift from the route table the router enforces.
+#[test]
+fn documented_scopes_are_the_route_tables_permissions() {
+    use bulkhead_server::authz::RouteAccess;
+    let doc = document();
+    for spec in bulkhead_server::app::route_table().specs() {
+        let op = &doc["paths"][spec.path][spec.method.as_str().to_lowercase()];
+        let bearer: Vec<&str> = op["security"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|requirement| requirement["bearer"].as_array())
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        match spec.access {
+            RouteAccess::Requires(scope) => assert_eq!(
+                bearer,
+                [scope.as_str()],
+                "{} {} declares {scope}",
+                spec.method,
+                spec.path
+            ),
+            RouteAccess::Authenticated => assert!(
+                op["security"].as_array().is_some_and(|s| !s.is_empty()),
+                "{} {} needs a credential",
+                spec.method,
+                spec.path
+            ),
+            RouteAccess::Public | RouteAccess::SelfAuthenticating => assert!(
+                bearer.is_empty(),
+                "{} {} takes no bearer credential",
+                spec.method,
+                spec.path
+            ),
+        }
+    }
+}
