@@ -158,6 +158,9 @@ impl Modify for Shared {
                 item.patch.as_mut(),
             ];
             for op in ops.into_iter().flatten() {
+                if let Some(body) = op.request_body.as_mut() {
+                    optional_not_null(body);
+                }
                 let responses = &mut op.responses.responses;
                 let json_body = op
                     .request_body
@@ -237,6 +240,29 @@ fn open_flattened_schemas(components: &mut utoipa::openapi::Components) {
         if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&name) {
             object.additional_properties = None;
         }
+    }
+}
+
+/// `request_body(content = Option<T>)` (a body that may be left out: rotate, rotate-secret)
+/// comes out as `oneOf: [null, T]`, which says a JSON `null` is a valid body; the handlers take
+/// an empty body, or a `T`. Written as an optional `T` instead.
+fn optional_not_null(body: &mut utoipa::openapi::request_body::RequestBody) {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let is_null = |item: &RefOr<Schema>| matches!(item, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let mut optional = false;
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        if one_of.items.len() != 2 || !one_of.items.iter().any(is_null) {
+            continue;
+        }
+        let inner = one_of.items.iter().find(|item| !is_null(item)).cloned();
+        content.schema = inner;
+        optional = true;
+    }
+    if optional {
+        body.required = Some(utoipa::openapi::Required::False);
     }
 }
 

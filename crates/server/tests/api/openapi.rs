@@ -110,6 +110,17 @@ fn every_operation_documents_refusals_and_security() {
                 );
             }
         }
+        if let Some(body) = op["requestBody"]["content"].as_object() {
+            for (media, content) in body {
+                let nullable = content["schema"]["oneOf"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| i["type"] == "null"));
+                assert!(
+                    !nullable,
+                    "{method} {path}: a {media} body of JSON null is not a body"
+                );
+            }
+        }
         let public = PUBLIC.contains(&(method.as_str(), path.as_str()));
         let security = op["security"].as_array();
         if public {
