@@ -88,25 +88,36 @@ impl From<UserRecord> for UserView {
     }
 }
 
-/// A page of items.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Page<T, C> {
-    data: Vec<T>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    next_cursor: Option<C>,
-}
+/// A page type: its items and the cursor of the next page (one concrete type per item, so that
+/// each has its own schema in the OpenAPI document).
+macro_rules! page {
+    ($(#[$doc:meta])* $name:ident, $item:ty, $cursor:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+        pub struct $name {
+            data: Vec<$item>,
+            /// Pass as `cursor` for the next page; `null` on the last.
+            next_cursor: Option<$cursor>,
+        }
 
-/// A page of users.
-pub type UserPage = Page<UserView, UserId>;
-/// A page of agents.
-pub type AgentPage = Page<Agent, AgentId>;
-
-impl<T, C> Page<T, C> {
-    /// A page and the cursor of the next one.
-    pub fn new(data: Vec<T>, next_cursor: Option<C>) -> Self {
-        Self { data, next_cursor }
-    }
+        impl $name {
+            /// A page and the cursor of the next one.
+            pub fn new(data: Vec<$item>, next_cursor: Option<$cursor>) -> Self {
+                Self { data, next_cursor }
+            }
+        }
+    };
 }
+pub(crate) use page;
+
+page!(
+    /// A page of users.
+    UserPage, UserView, UserId
+);
+page!(
+    /// A page of agents.
+    AgentPage, Agent, AgentId
+);
 
 /// Body of `POST /v1/users`. `Debug` leaves the password out; it is zeroized on drop.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -224,7 +235,7 @@ async fn list_users(
     State(state): State<AppState>,
     tenant: Tenant,
     Query(query): Query<ListQuery>,
-) -> Result<axum::Json<Page<UserView, UserId>>, ApiError> {
+) -> Result<axum::Json<UserPage>, ApiError> {
     let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
     let after = query
         .cursor
@@ -236,10 +247,10 @@ async fn list_users(
     let rows = users::list(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
     let (rows, next_cursor) = super::into_page(rows, limit, |u| u.id);
-    Ok(axum::Json(Page {
-        data: rows.into_iter().map(UserView::from).collect(),
+    Ok(axum::Json(UserPage::new(
+        rows.into_iter().map(UserView::from).collect(),
         next_cursor,
-    }))
+    )))
 }
 
 #[utoipa::path(
@@ -361,7 +372,7 @@ async fn list_agents(
     State(state): State<AppState>,
     tenant: Tenant,
     Query(query): Query<ListQuery>,
-) -> Result<axum::Json<Page<Agent, AgentId>>, ApiError> {
+) -> Result<axum::Json<AgentPage>, ApiError> {
     let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
     let after = query
         .cursor
@@ -373,7 +384,7 @@ async fn list_agents(
     let rows = agents::list(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
     let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
-    Ok(axum::Json(Page { data, next_cursor }))
+    Ok(axum::Json(AgentPage::new(data, next_cursor)))
 }
 
 #[utoipa::path(

@@ -15,7 +15,7 @@ use bulkhead_store::{Access, StoreError, TenantTx};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::principals::Page;
+use super::principals::page;
 use crate::authz::RouteAccess::Requires;
 use crate::authz::{check_may_grant, RouteTable};
 use crate::error::ApiError;
@@ -128,10 +128,14 @@ pub struct ListAssignmentsQuery {
     role_id: Option<String>,
 }
 
-/// A page of roles.
-pub type RolePage = Page<Role, RoleId>;
-/// A page of role assignments.
-pub type AssignmentPage = Page<Assignment, RoleAssignmentId>;
+page!(
+    /// A page of roles.
+    RolePage, Role, RoleId
+);
+page!(
+    /// A page of role assignments.
+    AssignmentPage, Assignment, RoleAssignmentId
+);
 
 fn bad_id(err: bulkhead_core::IdError) -> ApiError {
     ApiError::BadRequest(err.to_string().into())
@@ -235,14 +239,14 @@ async fn list_roles(
     State(state): State<AppState>,
     tenant: Tenant,
     Query(query): Query<ListRolesQuery>,
-) -> Result<axum::Json<Page<Role, RoleId>>, ApiError> {
+) -> Result<axum::Json<RolePage>, ApiError> {
     let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
     let after = parse_opt(query.cursor.as_deref(), RoleId::parse)?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let rows = rbac::list_roles(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
     let (data, next_cursor) = super::into_page(rows, limit, |r| r.id);
-    Ok(axum::Json(Page::new(data, next_cursor)))
+    Ok(axum::Json(RolePage::new(data, next_cursor)))
 }
 
 #[utoipa::path(
@@ -434,7 +438,7 @@ async fn list_assignments(
     State(state): State<AppState>,
     tenant: Tenant,
     Query(query): Query<ListAssignmentsQuery>,
-) -> Result<axum::Json<Page<Assignment, RoleAssignmentId>>, ApiError> {
+) -> Result<axum::Json<AssignmentPage>, ApiError> {
     let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
     let after = parse_opt(query.cursor.as_deref(), RoleAssignmentId::parse)?;
     let principal = principal_of(query.user_id.as_deref(), query.agent_id.as_deref())?;
@@ -443,7 +447,7 @@ async fn list_assignments(
     let rows = rbac::list_assignments(&mut tx, principal, role, after, limit + 1).await?;
     tx.commit().await?;
     let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
-    Ok(axum::Json(Page::new(data, next_cursor)))
+    Ok(axum::Json(AssignmentPage::new(data, next_cursor)))
 }
 
 #[utoipa::path(

@@ -164,14 +164,20 @@ pub struct OutputScreening {
     rules_version: String,
 }
 
-/// Body and answer of `/v1/screening-policy`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+/// Body of `PUT /v1/screening-policy`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct PutPolicy {
+    /// `reject`, `flag` or `sanitize`.
+    policy: String,
+}
+
+/// Answer of `/v1/screening-policy`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PolicyBody {
     /// `reject`, `flag` or `sanitize`.
     policy: String,
-    /// The rule file's version (answers only).
-    #[serde(default, skip_deserializing)]
+    /// The rule file's version.
     rules_version: String,
 }
 
@@ -559,7 +565,7 @@ async fn get_policy(
 
 #[utoipa::path(
     put, path = "/v1/screening-policy", tag = "tools",
-    request_body = PolicyBody,
+    request_body = PutPolicy,
     responses(
         (status = 200, description = "The new policy", body = PolicyBody),
         (status = 422, description = "Not one of reject, flag, sanitize"),
@@ -569,7 +575,7 @@ async fn get_policy(
 async fn put_policy(
     State(state): State<AppState>,
     tenant: Tenant,
-    Json(body): Json<PolicyBody>,
+    Json(body): Json<PutPolicy>,
 ) -> Result<axum::Json<PolicyBody>, ApiError> {
     let ctx = &tenant.0;
     let screener = screen::screener(&state)?;
