@@ -258,6 +258,7 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         "Public GET /.well-known/oauth-authorization-server",
         "Public GET /healthz",
         "Public GET /metrics",
+        "Public GET /openapi.json",
         "Public GET /readyz",
         "SelfAuthenticating POST /oauth/introspect",
         "SelfAuthenticating POST /oauth/revoke",
