@@ -87,6 +87,10 @@ pub enum Attack {
     RevokedKey,
     /// A revoked access token of B.
     RevokedToken,
+    /// A key of B past its expiry.
+    ExpiredKey,
+    /// A rotated key of B past its grace period.
+    AfterGraceKey,
     /// A key of B holding no permission any route needs.
     OutOfScope,
     /// B's admin key with A's ids in the path and body.
@@ -102,7 +106,7 @@ pub enum Attack {
 }
 
 impl Attack {
-    const ALL: [Attack; 14] = [
+    const ALL: [Attack; 16] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -111,6 +115,8 @@ impl Attack {
         Attack::BKeyOnA,
         Attack::RevokedKey,
         Attack::RevokedToken,
+        Attack::ExpiredKey,
+        Attack::AfterGraceKey,
         Attack::OutOfScope,
         Attack::ForeignIds,
         Attack::Indistinguishable,
@@ -129,6 +135,8 @@ impl Attack {
             Attack::BKeyOnA => "bkey@a",
             Attack::RevokedKey => "rvkey",
             Attack::RevokedToken => "rvtok",
+            Attack::ExpiredKey => "expkey",
+            Attack::AfterGraceKey => "grace",
             Attack::OutOfScope => "scope",
             Attack::ForeignIds => "ids",
             Attack::Indistinguishable => "same404",
@@ -363,6 +371,8 @@ struct Attacker {
     out_of_scope_key: String,
     revoked_key: String,
     revoked_token: String,
+    expired_key: String,
+    after_grace_key: String,
     client_key: String,
     client_key_id: String,
     made_keys: Vec<String>,
@@ -806,6 +816,43 @@ impl Probe {
             Some(json!({})),
         )
         .await?;
+        // A key that expires in a second, and one rotated with no grace: both dead by the
+        // time the attacks start (the wait below).
+        let expiring = self
+            .as_b(
+                Method::POST,
+                "/v1/api-keys",
+                Some(json!({
+                    "scopes": ["sessions:read"],
+                    "description": "bulkhead probe",
+                    "expires_at": chrono::Utc::now() + chrono::Duration::seconds(1),
+                })),
+            )
+            .await?;
+        b.expired_key = expiring["key"].as_str().unwrap_or_default().to_owned();
+        b.made_keys
+            .extend(expiring["api_key"]["id"].as_str().map(str::to_owned));
+        let rotated = self
+            .as_b(
+                Method::POST,
+                "/v1/api-keys",
+                Some(mint(json!(["sessions:read"]))),
+            )
+            .await?;
+        b.after_grace_key = rotated["key"].as_str().unwrap_or_default().to_owned();
+        let rotated_id = rotated["api_key"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let successor = self
+            .as_b(
+                Method::POST,
+                &format!("/v1/api-keys/{rotated_id}/rotate"),
+                Some(json!({ "grace_seconds": 0 })),
+            )
+            .await?;
+        b.made_keys
+            .extend(successor["api_key"]["id"].as_str().map(str::to_owned));
         let client = self
             .as_b(
                 Method::POST,
@@ -847,6 +894,8 @@ impl Probe {
                 response.status()
             );
         }
+        // Past the expiring key's expiry (whole seconds, and leeway for clock steps).
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         Ok(b)
     }
 
@@ -941,6 +990,16 @@ impl Probe {
                 Attack::RevokedToken,
                 Host::B,
                 Some(attacker.revoked_token.clone()),
+            ),
+            (
+                Attack::ExpiredKey,
+                Host::B,
+                Some(attacker.expired_key.clone()),
+            ),
+            (
+                Attack::AfterGraceKey,
+                Host::B,
+                Some(attacker.after_grace_key.clone()),
             ),
         ];
         for (attack, host, bearer) in bad_credentials {

@@ -52,6 +52,8 @@ async fn the_probe_finds_nothing_on_the_real_server() {
         Attack::InternalUrls,
         Attack::ForeignTokens,
         Attack::OutOfScope,
+        Attack::ExpiredKey,
+        Attack::AfterGraceKey,
     ] {
         assert!(
             report.findings.iter().any(|f| f.attack == attack),
