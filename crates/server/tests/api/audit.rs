@@ -157,7 +157,9 @@ async fn new_events(
     before: usize,
     expect: usize,
 ) -> Vec<Value> {
-    for _ in 0..40 {
+    // Queued events are written by the flusher every 500 ms; under a loaded CI machine a write
+    // can take seconds, so wait up to 10 s before declaring an event missing.
+    for _ in 0..200 {
         app.state
             .audit()
             .flush_auth_failures(app.state.store())
@@ -305,7 +307,7 @@ async fn every_action_emits_exactly_one_event_with_the_right_fields() {
         let before = all_events(&app, &acme).await.len();
         let status = request.send().await.unwrap().status();
         assert!(
-            status.is_success() || action == "auth.failure",
+            status.is_success() || (action == "auth.failure" && status == StatusCode::UNAUTHORIZED),
             "{name}: {status}"
         );
         let new = new_events(&app, &acme, before, 1).await;
