@@ -271,33 +271,63 @@ fn assert_namespace_invariant(text: &str) {
 
 /// Scope strings, as an OAuth `scope` parameter (`parse_scope_param`) and as a JSON list of
 /// names (`ScopeSet::parse_all`, what `POST /v1/api-keys` takes): no panic; a parsed set holds
-/// exactly the named scopes, each of which round-trips through its text form; one unknown name
-/// refuses the whole set.
+/// exactly the named grants (fixed scopes, `tools:call:<tool>`, `tools:call:*`), and round-trips
+/// through its text form; one unknown name refuses the whole set.
 pub fn scopes(data: &[u8]) {
-    use bulkhead_core::{Scope, ScopeSet};
+    use bulkhead_core::{Scope, ScopeSet, ToolName};
     use bulkhead_server::tokens::parse_scope_param;
+
+    /// What a name grants, decided here independently of the parser.
+    enum Grant {
+        Fixed(Scope),
+        AllTools,
+        Tool(ToolName),
+    }
+    fn grant(name: &str) -> Option<Grant> {
+        if let Ok(scope) = Scope::parse(name) {
+            return Some(Grant::Fixed(scope));
+        }
+        match name.strip_prefix("tools:call:") {
+            Some("*") => Some(Grant::AllTools),
+            Some(tool) => ToolName::parse(tool).ok().map(Grant::Tool),
+            None => None,
+        }
+    }
+    fn holds(set: &ScopeSet, grant: &Grant) -> bool {
+        match grant {
+            Grant::Fixed(scope) => set.contains(*scope),
+            Grant::AllTools => set.calls_all_tools(),
+            Grant::Tool(tool) => set.may_call_tool(tool),
+        }
+    }
+
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let names: Vec<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
-    let all_known = names.iter().all(|n| Scope::parse(n).is_ok());
+    let grants: Option<Vec<Grant>> = names.iter().map(|n| grant(n)).collect();
     match parse_scope_param(text) {
         Ok(set) => {
-            assert!(all_known, "an unknown scope was accepted");
+            let grants = grants.expect("an unknown scope was accepted");
             for scope in set.iter() {
                 assert!(names.contains(&scope.as_str()), "{scope} was not asked for");
-                assert_eq!(Scope::parse(scope.as_str()), Ok(scope));
             }
-            for name in &names {
-                let scope = Scope::parse(name).expect("known");
-                assert!(set.contains(scope));
+            if set.calls_all_tools() {
+                assert!(names.contains(&"tools:call:*"), "tools:call:* was not asked for");
+            }
+            for tool in set.callable_tools() {
+                let name = format!("tools:call:{}", tool.as_str());
+                assert!(names.contains(&name.as_str()), "{name} was not asked for");
+            }
+            for g in &grants {
+                assert!(holds(&set, g), "an asked-for grant is missing");
             }
             assert_eq!(ScopeSet::parse_all(set.to_strings()).ok(), Some(set));
         }
-        Err(_) => assert!(!all_known, "known scopes refused"),
+        Err(_) => assert!(grants.is_none(), "known scopes refused"),
     }
     if let Ok(list) = serde_json::from_str::<Vec<String>>(text) {
-        let known = list.iter().all(|n| Scope::parse(n).is_ok());
+        let known = list.iter().all(|n| grant(n).is_some());
         assert_eq!(ScopeSet::parse_all(&list).is_ok(), known);
     }
 }
