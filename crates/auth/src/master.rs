@@ -23,6 +23,7 @@ use crate::MIN_PEPPER_LEN;
 const SIGNING_KEY_INFO: &[u8] = b"bulkhead/v1/signing-key-seal";
 const WEBHOOK_SECRET_INFO: &[u8] = b"bulkhead/v1/webhook-secret-seal";
 const TOOL_SECRET_INFO: &[u8] = b"bulkhead/v1/tool-secret-seal";
+const DATABASE_URL_INFO: &[u8] = b"bulkhead/v1/database-url-seal";
 
 /// The operator's master key (`BULKHEAD_MASTER_KEY`, or generated into the embedded data
 /// directory). `Debug` never shows it; zeroized on drop.
@@ -114,6 +115,25 @@ impl MasterKey {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
         self.open(TOOL_SECRET_INFO, binding, sealed)
+    }
+
+    /// Seals a dedicated tenant database's connection URL (it carries a password), bound to the
+    /// database's registry name and the role it is for, so a sealed owner URL never opens as the
+    /// serving role's, nor for another database.
+    pub fn seal_database_url(&self, binding: &[u8], url: &str) -> Vec<u8> {
+        self.seal(DATABASE_URL_INFO, binding, url.as_bytes())
+    }
+
+    /// Opens what [`MasterKey::seal_database_url`] sealed with the same binding.
+    pub fn open_database_url(
+        &self,
+        binding: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<String>, UnsealError> {
+        let bytes = self.open(DATABASE_URL_INFO, binding, sealed)?;
+        std::str::from_utf8(&bytes)
+            .map(|s| Zeroizing::new(s.to_owned()))
+            .map_err(|_| UnsealError)
     }
 
     fn seal(&self, info: &'static [u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {

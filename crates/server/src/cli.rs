@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bulkhead_auth::KeyEnvironment;
 use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_store::location::{DatabaseName, SchemaName};
+use bulkhead_store::moves::{MoveOptions, MoveProgress, MoveStep};
 use bulkhead_store::registry::{NewTenant, Plan, Tenant, TenantStatus};
-use bulkhead_store::Store;
+use bulkhead_store::{Placement, Store};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio::sync::watch;
@@ -28,8 +30,13 @@ pub struct Cli {
 enum Command {
     /// Run the HTTP API (and, unless --no-worker, the job worker).
     Serve(ServeArgs),
-    /// Apply database migrations as the owner role, then exit.
+    /// Apply database migrations as the owner role to every target (each region's shared
+    /// schema, every tenant schema, every dedicated database), then exit; prints a report per
+    /// target and exits 1 if any failed (it is left unchanged; run again to resume).
     Migrate {
+        /// Targets migrated at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -227,9 +234,15 @@ enum TenantCommand {
         /// free, standard or enterprise.
         #[arg(long, default_value = "standard")]
         plan: String,
-        /// Data-residency region.
+        /// Data-residency region (fixed; changing it later is a move).
         #[arg(long, default_value = "default")]
         region: String,
+        /// Isolation tier: shared (RLS), schema (a schema of its own) or dedicated (a database
+        /// of its own, given with --tenant-database-url).
+        #[arg(long, default_value = "shared")]
+        tier: String,
+        #[command(flatten)]
+        dedicated: DedicatedArgs,
         /// Environment of the admin key: live or test.
         #[arg(long, env = "BULKHEAD_KEY_ENVIRONMENT", default_value = "live", value_parser = parse_environment)]
         key_environment: KeyEnvironment,
@@ -255,6 +268,72 @@ enum TenantCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Move a tenant to another tier: copy, freeze writes briefly, verify every table's rows
+    /// and checksum, switch, remove the old copy. Run the same command again to resume a move
+    /// that was interrupted at any point. Prints the report as JSON.
+    Move {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// shared, schema or dedicated.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        dedicated: DedicatedArgs,
+        /// Stop after this step as a crash would (to rehearse resuming).
+        #[arg(long, hide = true)]
+        stop_after: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// Where a dedicated tenant database is.
+#[derive(Debug, clap::Args)]
+struct DedicatedArgs {
+    /// The dedicated database's owner URL (the database must exist; Bulkhead migrates it). Its
+    /// serving role is derived as for DATABASE_URL. Stored sealed with the master key.
+    #[arg(long, env = "BULKHEAD_TENANT_DATABASE_URL", hide_env_values = true)]
+    tenant_database_url: Option<String>,
+    /// Its registry name (default: the tenant's slug with '-' as '_').
+    #[arg(long)]
+    tenant_database_name: Option<String>,
+}
+
+impl DedicatedArgs {
+    /// Resolves the placement `tier` names, registering the dedicated database when needed.
+    async fn placement(
+        &self,
+        owner: &Store,
+        tier: &str,
+        slug: &TenantSlug,
+        region: &str,
+        master: Option<&bulkhead_auth::MasterKey>,
+    ) -> anyhow::Result<Placement> {
+        match tier {
+            "shared" => Ok(Placement::Shared),
+            "schema" => Ok(Placement::Schema(SchemaName::for_tenant(TenantId::new()))),
+            "dedicated" => {
+                let url = self
+                    .tenant_database_url
+                    .as_deref()
+                    .context("--tier dedicated needs --tenant-database-url")?;
+                let name = self
+                    .tenant_database_name
+                    .clone()
+                    .unwrap_or_else(|| slug.as_str().replace('-', "_"));
+                let name = DatabaseName::parse(&name)
+                    .context("invalid --tenant-database-name: a plain lowercase identifier")?;
+                let master = master.context("a dedicated database needs the master key")?;
+                let app_url = crate::database::derived_app_url(url)?;
+                owner
+                    .register_database(master, &name, region, url, &app_url)
+                    .await
+                    .context("cannot register and migrate the dedicated database")?;
+                Ok(Placement::Dedicated(name))
+            }
+            other => anyhow::bail!("invalid tier {other:?}: expected shared, schema or dedicated"),
+        }
+    }
 }
 
 /// Entry point of the binary.
@@ -283,13 +362,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Migrate { database } => {
+        Command::Migrate { parallel, database } => {
             let db = Database::open(&database).await?;
-            let result = db.migrate().await;
+            let result = migrate_everything(&db, &database, parallel).await;
             db.shutdown().await?;
-            result?;
-            println!("{}", json!({ "migrations": "current" }));
-            Ok(())
+            result
         }
         Command::Worker {
             webhooks,
@@ -299,7 +376,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let db = Database::open(&database).await?;
             db.migrate().await?;
-            let store = db.app_store(database.max_connections).await?;
+            let master_key = load_master_key(&database).ok().map(std::sync::Arc::new);
+            let store = db.app_store(database.max_connections, master_key).await?;
             let (stop, stopped) = watch::channel(false);
             // `--webhooks`: delivery only, for a process in an egress-only network segment; it
             // needs no audit log key. Otherwise the job worker and the audit sequencer.
@@ -552,7 +630,9 @@ async fn serve_with(
         }
         owner.close().await;
     }
-    let store = db.app_store(args.database.max_connections).await?;
+    let store = db
+        .app_store(args.database.max_connections, Some(master.clone()))
+        .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -689,6 +769,8 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
             name,
             plan,
             region,
+            tier,
+            dedicated,
             key_environment,
             database,
         } => {
@@ -702,13 +784,18 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
             let plan = Plan::parse(&plan)
                 .context("invalid --plan: expected free, standard or enterprise")?;
             let peppers = load_peppers(&database)?;
-            let new = NewTenant {
-                slug,
-                display_name: name,
-                plan,
-                region,
-            };
+            let master = load_master_key(&database).ok();
             with_owner(&database, |owner| async move {
+                let placement = dedicated
+                    .placement(&owner, &tier, &slug, &region, master.as_ref())
+                    .await?;
+                let new = NewTenant {
+                    slug,
+                    display_name: name,
+                    plan,
+                    region,
+                    placement,
+                };
                 let onboarded = crate::tenants::onboard(&owner, &peppers, key_environment, &new)
                     .await
                     .map_err(|e| match e {
@@ -744,7 +831,117 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Activate { tenant, database } => {
             set_status(&database, &tenant, TenantStatus::Active).await
         }
+        TenantCommand::Move {
+            tenant,
+            to,
+            dedicated,
+            stop_after,
+            database,
+        } => {
+            let stop_after = match stop_after.as_deref() {
+                None => None,
+                Some(text) => Some(
+                    MoveStep::ALL
+                        .into_iter()
+                        .find(|s| s.as_str() == text)
+                        .context("invalid --stop-after: a step name")?,
+                ),
+            };
+            let master = load_master_key(&database).ok();
+            with_owner(&database, |owner| async move {
+                let found = find_tenant(&owner, &tenant).await?;
+                let placement = dedicated
+                    .placement(&owner, &to, &found.slug, &found.region, master.as_ref())
+                    .await?;
+                let bar = indicatif::ProgressBar::new(
+                    (MoveStep::ALL.len() + 2 * bulkhead_store::location::TENANT_TABLES.len())
+                        as u64,
+                );
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let progress = |p: MoveProgress| match p {
+                    MoveProgress::Step(step) => {
+                        bar.inc(1);
+                        bar.set_message(step.as_str());
+                    }
+                    MoveProgress::Table { step, table, .. } => {
+                        bar.inc(1);
+                        bar.set_message(format!("{} {table}", step.as_str()));
+                    }
+                };
+                let result = bulkhead_store::moves::move_tenant(
+                    &owner,
+                    found.id,
+                    placement,
+                    MoveOptions {
+                        stop_after,
+                        progress: Some(&progress),
+                    },
+                )
+                .await;
+                bar.finish_and_clear();
+                let report =
+                    result.context("the move stopped; run the same command again to resume")?;
+                tracing::info!(
+                    target: "bulkhead::audit",
+                    action = "tenant.move",
+                    outcome = "success",
+                    tenant_id = %found.id,
+                    actor_id = "system:cli",
+                    "tenant moved"
+                );
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            })
+            .await
+        }
     }
+}
+
+/// `bulkhead migrate`: the shared schemas first, then every tenant schema and dedicated
+/// database, `parallel` at a time, with a progress bar and a JSON report per target.
+async fn migrate_everything(
+    db: &Database,
+    database: &DatabaseArgs,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    db.migrate().await?;
+    let master = load_master_key(database).ok().map(std::sync::Arc::new);
+    let owner = db.owner_store(master).await?;
+    let targets = owner.migration_targets().await?;
+    let bar = indicatif::ProgressBar::new(targets.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} targets {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let outcomes = bulkhead_store::tiers::migrate_all(targets, parallel, |outcome| {
+        bar.inc(1);
+        bar.set_message(outcome.label.clone());
+    })
+    .await;
+    bar.finish_and_clear();
+    owner.close().await;
+    let mut failed = 0;
+    let report: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| match &o.result {
+            Ok(applied) => json!({ "target": o.label, "applied": applied, "ms": o.elapsed.as_millis() }),
+            Err(err) => {
+                failed += 1;
+                json!({ "target": o.label, "error": format!("{err:#}"), "ms": o.elapsed.as_millis() })
+            }
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "targets": report, "failed": failed }))?
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} migration target(s) failed and were left unchanged; run `bulkhead migrate` again to resume");
+    }
+    Ok(())
 }
 
 async fn set_status(
@@ -788,7 +985,8 @@ where
     let db = Database::open(database).await?;
     let result = async {
         db.migrate().await?;
-        let owner = Store::from_pool_unchecked(db.owner_pool(2).await?);
+        let master = load_master_key(database).ok().map(std::sync::Arc::new);
+        let owner = db.owner_store(master).await?;
         let result = work(owner.clone()).await;
         owner.close().await;
         result
@@ -796,4 +994,14 @@ where
     .await;
     db.shutdown().await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // clap checks flag clashes (two arguments claiming one --name) only when a command is
+        // built; this builds every subcommand.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

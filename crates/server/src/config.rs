@@ -23,6 +23,19 @@ pub struct DatabaseArgs {
     /// Largest number of connections in the serving pool.
     #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value_t = 20)]
     pub max_connections: u32,
+    /// The region whose data lives in DATABASE_URL's database (which also holds the registry).
+    #[arg(long, env = "BULKHEAD_DEFAULT_REGION", default_value = "default")]
+    pub default_region: String,
+    /// A further region this process serves: `NAME=postgres://owner@host/db` (the serving role
+    /// is derived as for DATABASE_URL), or `NAME=embedded` for a private cluster of its own in
+    /// the data directory. Repeatable; tenants of regions not listed are refused (421).
+    #[arg(
+        long = "region-database",
+        env = "BULKHEAD_REGIONS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub regions: Vec<String>,
 }
 
 impl std::fmt::Debug for DatabaseArgs {
@@ -34,6 +47,8 @@ impl std::fmt::Debug for DatabaseArgs {
             .field("app_database_url", &redacted(&self.app_database_url))
             .field("data_dir", &self.data_dir)
             .field("max_connections", &self.max_connections)
+            .field("default_region", &self.default_region)
+            .field("regions", &self.regions.len())
             .finish()
     }
 }

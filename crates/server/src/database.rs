@@ -8,7 +8,8 @@ use std::str::FromStr;
 use anyhow::Context;
 use bulkhead_auth::{KeyPepper, MasterKey};
 use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use bulkhead_store::{migrate, provision, roles, Store};
+use bulkhead_store::location::DedicatedLimits;
+use bulkhead_store::{migrate, provision, roles, PoolRole, Store, Topology};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
@@ -26,6 +27,59 @@ pub struct Database {
     pub app_options: PgConnectOptions,
     /// The embedded cluster, when this process started one.
     pub embedded: Option<EmbeddedPostgres>,
+    /// The region whose data is in this database (which also holds the registry).
+    pub default_region: String,
+    /// Further regions, each its own database.
+    pub regions: Vec<RegionDatabase>,
+}
+
+/// One further region's database.
+pub struct RegionDatabase {
+    /// Region name.
+    pub name: String,
+    /// Owner role.
+    pub owner_options: PgConnectOptions,
+    /// Application role.
+    pub app_options: PgConnectOptions,
+    /// Its private cluster, in embedded mode.
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl std::fmt::Debug for RegionDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Connect options carry passwords: never print them.
+        f.debug_struct("RegionDatabase")
+            .field("name", &self.name)
+            .field("embedded", &self.embedded.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn region_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// The serving role's options for an owner URL: `bulkhead_app` with the password from
+/// `BULKHEAD_APP_DATABASE_PASSWORD` (never the owner's).
+fn derived_app_options(owner: &PgConnectOptions) -> PgConnectOptions {
+    let password = std::env::var("BULKHEAD_APP_DATABASE_PASSWORD").unwrap_or_default();
+    owner.clone().username(roles::APP_ROLE).password(&password)
+}
+
+/// The serving role's URL for an owner URL, as [`derived_app_options`] derives its options.
+pub fn derived_app_url(owner_url: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(owner_url).context("not a valid PostgreSQL URL")?;
+    let password = std::env::var("BULKHEAD_APP_DATABASE_PASSWORD").ok();
+    url.set_username(roles::APP_ROLE)
+        .map_err(|_| anyhow::anyhow!("the URL cannot carry a user name"))?;
+    url.set_password(password.as_deref().filter(|p| !p.is_empty()))
+        .map_err(|_| anyhow::anyhow!("the URL cannot carry a password"))?;
+    Ok(url.into())
 }
 
 impl std::fmt::Debug for Database {
@@ -47,24 +101,67 @@ impl Database {
                 let app_options = match &args.app_database_url {
                     Some(app_url) => PgConnectOptions::from_str(app_url)
                         .context("BULKHEAD_APP_DATABASE_URL is not a valid PostgreSQL URL")?,
-                    None => {
-                        // Never reuse the owner's password for the application role.
-                        let password =
-                            std::env::var("BULKHEAD_APP_DATABASE_PASSWORD").unwrap_or_default();
-                        owner_options
-                            .clone()
-                            .username(roles::APP_ROLE)
-                            .password(&password)
-                    }
+                    // Never reuse the owner's password for the application role.
+                    None => derived_app_options(&owner_options),
                 };
-                Ok(Self {
+                let mut db = Self {
                     owner_options: quiet(owner_options),
                     app_options: quiet(app_options),
                     embedded: None,
-                })
+                    default_region: String::new(),
+                    regions: Vec::new(),
+                };
+                db.open_regions(args).await?;
+                Ok(db)
             }
-            None => Self::open_embedded(&args.data_dir).await,
+            None => {
+                let mut db = Self::open_embedded(&args.data_dir).await?;
+                db.open_regions(args).await?;
+                Ok(db)
+            }
         }
+    }
+
+    async fn open_regions(&mut self, args: &DatabaseArgs) -> anyhow::Result<()> {
+        if !region_name_ok(&args.default_region) {
+            anyhow::bail!(
+                "invalid --default-region: 1-32 of a-z, 0-9 and '-', starting with a letter"
+            );
+        }
+        self.default_region = args.default_region.clone();
+        for spec in &args.regions {
+            let Some((name, target)) = spec.split_once('=') else {
+                anyhow::bail!("invalid --region-database: expected NAME=URL or NAME=embedded");
+            };
+            if !region_name_ok(name) || name == args.default_region {
+                anyhow::bail!("invalid --region-database name {name:?}: 1-32 of a-z, 0-9 and '-', not the default region");
+            }
+            if self.regions.iter().any(|r| r.name == name) {
+                anyhow::bail!("--region-database {name} is given twice");
+            }
+            let region = if target == "embedded" {
+                let dir = args.data_dir.join("regions").join(name);
+                let cluster = Self::open_embedded(&dir).await?;
+                RegionDatabase {
+                    name: name.to_owned(),
+                    owner_options: cluster.owner_options,
+                    app_options: cluster.app_options,
+                    embedded: cluster.embedded,
+                }
+            } else {
+                let owner = PgConnectOptions::from_str(target).with_context(|| {
+                    format!("--region-database {name}: not a valid PostgreSQL URL")
+                })?;
+                RegionDatabase {
+                    name: name.to_owned(),
+                    app_options: quiet(derived_app_options(&owner)),
+                    owner_options: quiet(owner),
+                    embedded: None,
+                }
+            };
+            self.regions.push(region);
+        }
+        Ok(())
     }
 
     async fn open_embedded(data_dir: &Path) -> anyhow::Result<Self> {
@@ -89,15 +186,56 @@ impl Database {
             owner_options: quiet(cluster.connect_options(provision::OWNER_ROLE, EMBEDDED_DATABASE)),
             app_options: quiet(cluster.connect_options(roles::APP_ROLE, EMBEDDED_DATABASE)),
             embedded: Some(cluster),
+            default_region: String::new(),
+            regions: Vec::new(),
         })
     }
 
-    /// Applies migrations as the owner.
+    /// Applies migrations as the owner to the shared schema of every region's database (tenant
+    /// schemas and dedicated databases: `bulkhead migrate`).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let owner = self.owner_pool(2).await?;
         migrate::run(&owner).await.context("migrations failed")?;
         owner.close().await;
+        for region in &self.regions {
+            let owner = PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(region.owner_options.clone())
+                .await
+                .with_context(|| format!("cannot connect to region {}", region.name))?;
+            migrate::run(&owner)
+                .await
+                .with_context(|| format!("migrations failed in region {}", region.name))?;
+            owner.close().await;
+        }
         Ok(())
+    }
+
+    /// An owner store over every region (operator commands, moves, `bulkhead migrate`).
+    pub async fn owner_store(
+        &self,
+        master: Option<std::sync::Arc<MasterKey>>,
+    ) -> anyhow::Result<Store> {
+        let registry = self.owner_pool(4).await?;
+        let mut regions = Vec::new();
+        for region in &self.regions {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .connect_with(region.owner_options.clone())
+                .await
+                .with_context(|| {
+                    format!("cannot connect to region {} as the owner", region.name)
+                })?;
+            regions.push((region.name.clone(), pool));
+        }
+        Ok(Store::with_topology(Topology {
+            registry,
+            default_region: self.default_region.clone(),
+            regions,
+            role: PoolRole::Owner,
+            master_key: master,
+            dedicated: DedicatedLimits::default(),
+        }))
     }
 
     /// A pool of owner connections (operator commands).
@@ -109,15 +247,38 @@ impl Database {
             .context("cannot connect as the owner role")
     }
 
-    /// The serving store, checked to be subject to row-level security.
-    pub async fn app_store(&self, max_connections: u32) -> anyhow::Result<Store> {
-        Store::connect_app(self.app_options.clone(), max_connections)
+    /// The serving store over every region, each pool checked to be subject to row-level
+    /// security. `master` opens dedicated databases' sealed URLs.
+    pub async fn app_store(
+        &self,
+        max_connections: u32,
+        master: Option<std::sync::Arc<MasterKey>>,
+    ) -> anyhow::Result<Store> {
+        let registry = Store::connect_app(self.app_options.clone(), max_connections)
             .await
-            .context("cannot open the serving pool as the application role")
+            .context("cannot open the serving pool as the application role")?;
+        let mut regions = Vec::new();
+        for region in &self.regions {
+            let store = Store::connect_app(region.app_options.clone(), max_connections)
+                .await
+                .with_context(|| format!("cannot open region {}'s serving pool", region.name))?;
+            regions.push((region.name.clone(), store.topology().registry.clone()));
+        }
+        let default_region = self.default_region.clone();
+        Ok(registry.reconfigured(|t| {
+            t.default_region = default_region;
+            t.regions = regions;
+            t.master_key = master;
+        }))
     }
 
-    /// Stops the embedded cluster, if this process started one.
+    /// Stops the embedded clusters this process started.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        for region in self.regions {
+            if let Some(cluster) = region.embedded {
+                cluster.stop().await?;
+            }
+        }
         if let Some(cluster) = self.embedded {
             cluster.stop().await?;
         }

@@ -105,6 +105,14 @@ pub enum ApiError {
     /// 503: the database is unreachable or not ready.
     #[error("unavailable")]
     Unavailable,
+    /// 503 with `Retry-After`: the tenant is frozen for a move between tiers; nothing was
+    /// changed and the same request will succeed shortly.
+    #[error("tenant moving")]
+    TenantMoving,
+    /// 421: the tenant's data lives in a region this process does not serve (named); with a
+    /// configured base URL for that region the request is redirected there instead.
+    #[error("wrong region: {0}")]
+    WrongRegion(String),
     /// 500: a bug or an unexpected failure. Logged with its cause; the client sees nothing of it.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -297,6 +305,18 @@ impl ApiError {
                 "Service Unavailable",
                 "the service is temporarily unavailable; retry later".into(),
             ),
+            TenantMoving => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem_type!("tenant-moving"),
+                "Service Unavailable",
+                "the tenant's data is being moved; nothing was changed; retry after the time in Retry-After".into(),
+            ),
+            WrongRegion(region) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                problem_type!("wrong-region"),
+                "Misdirected Request",
+                format!("this tenant's data lives in region {region}, which this server does not serve; send the request to that region's endpoint").into(),
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 problem_type!("internal"),
@@ -333,6 +353,11 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(challenge),
             );
         }
+        if matches!(self, ApiError::TenantMoving) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(2u32));
+        }
         if let ApiError::LoginThrottled(seconds) = &self {
             response
                 .headers_mut()
@@ -361,6 +386,8 @@ impl From<StoreError> for ApiError {
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 ApiError::Unavailable
             }
+            StoreError::TenantMoving | StoreError::LocationMismatch => ApiError::TenantMoving,
+            StoreError::WrongRegion(region) => ApiError::WrongRegion(region),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -468,9 +495,10 @@ impl OAuthError {
 impl From<StoreError> for OAuthError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
-                OAuthError::unavailable()
-            }
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+            | StoreError::TenantMoving
+            | StoreError::LocationMismatch
+            | StoreError::WrongRegion(_) => OAuthError::unavailable(),
             other => OAuthError::server_error(other),
         }
     }

@@ -316,10 +316,31 @@ pub(crate) async fn host_tenant(state: &AppState, host: &str) -> Result<Option<T
             .await
             .map_err(|e| resolver_failure(e, None))?
         {
-            Some(tenant) => Ok(Some(tenant)),
+            Some(tenant) => {
+                served_here(state, &tenant)?;
+                Ok(Some(tenant))
+            }
             None => Err(ApiError::UnknownTenant),
         },
     }
+}
+
+/// A tenant whose region this process does not serve is refused before anything of it is read
+/// (its rows are not in any database this process can reach; the registry holds only routing).
+fn served_here(state: &AppState, tenant: &Tenant) -> Result<(), ApiError> {
+    if state.store().serves_region(&tenant.region) {
+        return Ok(());
+    }
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "request.refused",
+        outcome = "blocked",
+        reason = "WrongRegion",
+        tenant_id = %tenant.id,
+        region = %tenant.region,
+        "the tenant's region is not served here"
+    );
+    Err(ApiError::WrongRegion(tenant.region.clone()))
 }
 
 /// The credential's tenant, which must agree with the host's (when the host names one) and be
@@ -347,6 +368,7 @@ async fn credential_tenant(
             None => return Err(mismatch()),
         },
     };
+    served_here(state, &tenant)?;
     if tenant.status != TenantStatus::Active {
         tracing::warn!(
             target: "bulkhead::audit",

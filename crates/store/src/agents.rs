@@ -84,7 +84,7 @@ pub async fn create(
 ) -> Result<Agent, StoreError> {
     let tenant = tx.tenant_id();
     let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.agents (tenant_id, id, name, description, owner_user_id) \
+        "INSERT INTO agents (tenant_id, id, name, description, owner_user_id) \
          VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
     ))
     .bind(tenant.uuid())
@@ -101,7 +101,7 @@ pub async fn create(
 pub async fn get(tx: &mut TenantTx, id: AgentId) -> Result<Agent, StoreError> {
     let tenant = tx.tenant_id();
     let row: Row = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.agents WHERE tenant_id = $1 AND id = $2"
+        "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -118,7 +118,7 @@ pub async fn list(
 ) -> Result<Vec<Agent>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.agents WHERE tenant_id = $1 \
+        "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 \
          AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
     ))
     .bind(tenant.uuid())
@@ -138,7 +138,7 @@ pub async fn update(
 ) -> Result<Agent, StoreError> {
     let tenant = tx.tenant_id();
     let row: Row = sqlx::query_as(&format!(
-        "UPDATE bulkhead.agents SET description = COALESCE($3, description), \
+        "UPDATE agents SET description = COALESCE($3, description), \
          status = COALESCE($4, status), updated_at = now() \
          WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
     ))

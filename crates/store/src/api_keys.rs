@@ -215,10 +215,25 @@ fn cidr_texts(nets: &[IpNet]) -> Vec<String> {
 }
 
 async fn notify(tx: &mut TenantTx, id: ApiKeyId) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(KEY_CHANGES_CHANNEL)
-        .bind(id.uuid().to_string())
-        .execute(tx.conn())
+    tx.notify(KEY_CHANGES_CHANNEL, id.uuid().to_string()).await
+}
+
+/// Keys of a tenant outside the shared tier are found through the registry's routing index
+/// (migration 0011): written before the key itself, so a key is never stored unroutable. A route
+/// without its key (the key's transaction rolled back) routes to nothing: harmless.
+async fn route(tx: &TenantTx, hash: &[u8]) -> Result<(), StoreError> {
+    if tx.location().placement == crate::Placement::Shared {
+        return Ok(());
+    }
+    let Some(registry) = &tx.registry else {
+        return Err(StoreError::UnsafeConfiguration(
+            "a key outside the shared tier cannot be routed from here".into(),
+        ));
+    };
+    sqlx::query("SELECT bulkhead.route_key($1, $2)")
+        .bind(hash)
+        .bind(tx.tenant_id().uuid())
+        .execute(registry)
         .await?;
     Ok(())
 }
@@ -227,8 +242,9 @@ async fn notify(tx: &mut TenantTx, id: ApiKeyId) -> Result<(), StoreError> {
 pub async fn insert(tx: &mut TenantTx, key: &NewApiKey) -> Result<ApiKeyId, StoreError> {
     let id = ApiKeyId::new();
     let tenant = tx.tenant_id();
+    route(tx, &key.hash.as_bytes()[..]).await?;
     sqlx::query(
-        "INSERT INTO bulkhead.api_keys (tenant_id, id, key_hash, pepper_version, environment, \
+        "INSERT INTO api_keys (tenant_id, id, key_hash, pepper_version, environment, \
          display_prefix, principal, scopes, allowed_ips, description, created_by, expires_at, \
          predecessor_id, agent_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::cidr[], $10, $11, $12, $13, $14)",
@@ -279,7 +295,7 @@ async fn fetch_one(
 ) -> Result<ApiKeyRecord, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.api_keys WHERE tenant_id = $1 AND id = $2 {locking}"
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id = $2 {locking}"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -298,7 +314,7 @@ pub async fn list(
 ) -> Result<Vec<ApiKeyRecord>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.api_keys WHERE tenant_id = $1 \
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 \
          AND ($2::uuid IS NULL OR id > $2) AND ($3::text IS NULL OR principal = $3) \
          ORDER BY id LIMIT $4"
     ))
@@ -331,7 +347,7 @@ pub async fn update(
 ) -> Result<ApiKeyRecord, StoreError> {
     let tenant = tx.tenant_id();
     let done = sqlx::query(
-        "UPDATE bulkhead.api_keys SET description = COALESCE($3, description), \
+        "UPDATE api_keys SET description = COALESCE($3, description), \
          allowed_ips = COALESCE($4::text[]::cidr[], allowed_ips), \
          expires_at = CASE WHEN $5 THEN $6 ELSE expires_at END \
          WHERE tenant_id = $1 AND id = $2",
@@ -373,7 +389,7 @@ pub async fn rotate(
     let new_id = insert(tx, successor).await?;
     let tenant = tx.tenant_id();
     sqlx::query(
-        "UPDATE bulkhead.api_keys SET status = 'rotating', successor_id = $3, rotated_at = $4, \
+        "UPDATE api_keys SET status = 'rotating', successor_id = $3, rotated_at = $4, \
          grace_until = $5 WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
@@ -395,7 +411,7 @@ pub async fn revoke(
 ) -> Result<ApiKeyRecord, StoreError> {
     let tenant = tx.tenant_id();
     let done = sqlx::query(
-        "UPDATE bulkhead.api_keys SET status = 'revoked', revoked_at = COALESCE(revoked_at, $3) \
+        "UPDATE api_keys SET status = 'revoked', revoked_at = COALESCE(revoked_at, $3) \
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
@@ -418,7 +434,7 @@ pub async fn revoke_all_for_principal(
 ) -> Result<Vec<ApiKeyId>, StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "UPDATE bulkhead.api_keys SET status = 'revoked', revoked_at = $3 \
+        "UPDATE api_keys SET status = 'revoked', revoked_at = $3 \
          WHERE tenant_id = $1 AND principal = $2 AND status <> 'revoked' RETURNING id",
     )
     .bind(tenant.uuid())
@@ -441,13 +457,16 @@ pub async fn rehash(
     pepper_version: i16,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    sqlx::query("UPDATE bulkhead.api_keys SET key_hash = $3, pepper_version = $4 WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant.uuid())
-        .bind(id.uuid())
-        .bind(&hash.as_bytes()[..])
-        .bind(pepper_version)
-        .execute(tx.conn())
-        .await?;
+    route(tx, &hash.as_bytes()[..]).await?;
+    sqlx::query(
+        "UPDATE api_keys SET key_hash = $3, pepper_version = $4 WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(&hash.as_bytes()[..])
+    .bind(pepper_version)
+    .execute(tx.conn())
+    .await?;
     notify(tx, id).await
 }
 
@@ -460,7 +479,7 @@ pub async fn touch(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "UPDATE bulkhead.api_keys SET last_used_at = GREATEST(last_used_at, $3), \
+        "UPDATE api_keys SET last_used_at = GREATEST(last_used_at, $3), \
          last_used_ip = COALESCE($4::text::inet, last_used_ip) WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
@@ -499,7 +518,7 @@ pub async fn policy(tx: &mut TenantTx) -> Result<KeyPolicy, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<(i32, i32, i32)> = sqlx::query_as(
         "SELECT key_grace_seconds, key_max_age_days, key_deadline_warning_seconds \
-         FROM bulkhead.tenant_settings WHERE tenant_id = $1",
+         FROM tenant_settings WHERE tenant_id = $1",
     )
     .bind(tenant.uuid())
     .fetch_optional(tx.conn())
@@ -518,7 +537,7 @@ pub async fn policy(tx: &mut TenantTx) -> Result<KeyPolicy, StoreError> {
 pub async fn set_policy(tx: &mut TenantTx, policy: &KeyPolicy) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.tenant_settings (tenant_id, key_grace_seconds, key_max_age_days, \
+        "INSERT INTO tenant_settings (tenant_id, key_grace_seconds, key_max_age_days, \
          key_deadline_warning_seconds) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (tenant_id) DO UPDATE SET key_grace_seconds = EXCLUDED.key_grace_seconds, \
          key_max_age_days = EXCLUDED.key_max_age_days, \
@@ -542,7 +561,7 @@ pub async fn take_deadline_warnings(
 ) -> Result<Vec<ApiKeyRecord>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "UPDATE bulkhead.api_keys SET deadline_notified_at = $2 \
+        "UPDATE api_keys SET deadline_notified_at = $2 \
          WHERE tenant_id = $1 AND status = 'rotating' AND deadline_notified_at IS NULL \
            AND grace_until > $2 AND grace_until <= $3 AND last_used_at > rotated_at \
          RETURNING {COLUMNS}"
@@ -562,7 +581,7 @@ pub async fn expire_lapsed(
 ) -> Result<Vec<ApiKeyId>, StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "UPDATE bulkhead.api_keys SET status = 'expired' WHERE tenant_id = $1 \
+        "UPDATE api_keys SET status = 'expired' WHERE tenant_id = $1 \
          AND ((status = 'rotating' AND grace_until <= $2) \
            OR (status IN ('active', 'rotating') AND expires_at <= $2)) RETURNING id",
     )
@@ -585,7 +604,7 @@ pub async fn due_for_rotation(
 ) -> Result<Vec<ApiKeyRecord>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.api_keys WHERE tenant_id = $1 AND status = 'active' \
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND status = 'active' \
          AND (expires_at IS NULL OR expires_at > $2) AND created_at <= $3 ORDER BY created_at, id"
     ))
     .bind(tenant.uuid())
@@ -604,7 +623,7 @@ pub async fn take_age_reminders(
 ) -> Result<Vec<ApiKeyId>, StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "UPDATE bulkhead.api_keys SET age_reminded_at = $2 WHERE tenant_id = $1 \
+        "UPDATE api_keys SET age_reminded_at = $2 WHERE tenant_id = $1 \
          AND status = 'active' AND age_reminded_at IS NULL AND created_at <= $3 RETURNING id",
     )
     .bind(tenant.uuid())
@@ -673,10 +692,55 @@ impl Store {
         hashes: &[KeyHash],
     ) -> Result<Option<KeyRecord>, StoreError> {
         let hashes: Vec<Vec<u8>> = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
-        let rows: Vec<LookupRow> = sqlx::query_as("SELECT * FROM bulkhead.api_key_lookup($1)")
-            .bind(hashes)
+        // The shared tier of every served region first (one indexed probe each), then the
+        // routing index for keys of schema-tier and dedicated tenants.
+        let mut rows: Vec<LookupRow> = Vec::new();
+        let router = self.router();
+        let mut shared = vec![router.topology.registry.clone()];
+        shared.extend(router.topology.regions.iter().map(|(_, p)| p.clone()));
+        for pool in &shared {
+            rows.extend(
+                sqlx::query_as::<_, LookupRow>("SELECT * FROM bulkhead.api_key_lookup($1)")
+                    .bind(&hashes)
+                    .fetch_all(pool)
+                    .await?,
+            );
+        }
+        if rows.is_empty() {
+            let routed: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT DISTINCT tenant_id FROM bulkhead.key_routes WHERE key_hash = ANY($1)",
+            )
+            .bind(&hashes)
             .fetch_all(self.pool())
             .await?;
+            for tenant in routed {
+                let tenant = TenantId::from_uuid(tenant);
+                let location = match router.fetch_location(tenant).await {
+                    Ok(location) => location,
+                    Err(StoreError::NotFound) => continue,
+                    Err(err) => return Err(err),
+                };
+                if location.placement == crate::Placement::Shared
+                    || !router.serves(&location.region)
+                {
+                    continue;
+                }
+                let pool = router.pool_for(&location).await?;
+                let found: Vec<LookupRow> = sqlx::query_as(&format!(
+                    "SELECT * FROM \"{}\".api_key_lookup($1)",
+                    location.placement.schema()
+                ))
+                .bind(&hashes)
+                .fetch_all(&pool)
+                .await?;
+                // A route is only where to look: the key must be that tenant's.
+                rows.extend(
+                    found
+                        .into_iter()
+                        .filter(|r| r.key_tenant_id == tenant.uuid()),
+                );
+            }
+        }
         let mut rows = rows.into_iter();
         let (Some(row), None) = (rows.next(), rows.next()) else {
             return Ok(None);

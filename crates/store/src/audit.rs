@@ -67,7 +67,7 @@ pub struct AuditEvent {
 pub async fn recent(tx: &mut TenantTx, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<(uuid::Uuid, String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT id, actor_id, action, resource_id, outcome FROM bulkhead.audit_events \
+        "SELECT id, actor_id, action, resource_id, outcome FROM audit_events \
          WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(tenant.uuid())
@@ -158,7 +158,7 @@ pub async fn record_event(
         ua[..end].replace('\0', "")
     });
     sqlx::query(
-        "INSERT INTO bulkhead.audit_events \
+        "INSERT INTO audit_events \
          (tenant_id, id, actor_id, actor_type, action, resource_id, outcome, request_id, metadata, \
           ip_address, user_agent, delegation) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::inet, $11, $12)",
@@ -199,7 +199,7 @@ pub async fn record_batch(
     let outcomes: Vec<&str> = events.iter().map(|e| e.2.as_str()).collect();
     let metadata: Vec<&serde_json::Value> = events.iter().map(|e| &e.3).collect();
     sqlx::query(
-        "INSERT INTO bulkhead.audit_events \
+        "INSERT INTO audit_events \
          (tenant_id, id, actor_id, actor_type, action, resource_id, outcome, request_id, metadata) \
          SELECT $1, u.id, $2, $3, u.action, u.resource_id, u.outcome, $4, u.metadata \
          FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::jsonb[]) \

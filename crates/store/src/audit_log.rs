@@ -101,12 +101,11 @@ fn tree_error(err: bulkhead_audit::AuditError) -> StoreError {
 /// Number of leaves in the tenant's tree.
 pub async fn tree_size(tx: &mut TenantTx) -> Result<u64, StoreError> {
     let tenant = tx.tenant_id();
-    let max: Option<i64> = sqlx::query_scalar(
-        "SELECT max(leaf_index) FROM bulkhead.audit_leaves WHERE tenant_id = $1",
-    )
-    .bind(tenant.uuid())
-    .fetch_one(tx.conn())
-    .await?;
+    let max: Option<i64> =
+        sqlx::query_scalar("SELECT max(leaf_index) FROM audit_leaves WHERE tenant_id = $1")
+            .bind(tenant.uuid())
+            .fetch_one(tx.conn())
+            .await?;
     Ok(max.map_or(0, |m| m as u64 + 1))
 }
 
@@ -128,10 +127,10 @@ pub async fn fetch_nodes(
         .map(|id| (i16::from(id.level), id.index as i64))
         .unzip();
     let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT 0::smallint, leaf_index, leaf_hash FROM bulkhead.audit_leaves \
+        "SELECT 0::smallint, leaf_index, leaf_hash FROM audit_leaves \
          WHERE tenant_id = $1 AND leaf_index = ANY($2) \
          UNION ALL \
-         SELECT n.level, n.node_index, n.hash FROM bulkhead.audit_nodes n \
+         SELECT n.level, n.node_index, n.hash FROM audit_nodes n \
          JOIN unnest($3::smallint[], $4::bigint[]) AS want(level, node_index) \
            ON want.level = n.level AND want.node_index = n.node_index \
          WHERE n.tenant_id = $1",
@@ -191,9 +190,9 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
     let stream_targets = crate::webhooks::audit_stream_targets(tx).await?;
     loop {
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM bulkhead.audit_events e \
+            "SELECT {EVENT_COLUMNS} FROM audit_events e \
              WHERE e.tenant_id = $1 AND e.id >= $2 \
-               AND NOT EXISTS (SELECT 1 FROM bulkhead.audit_leaves l \
+               AND NOT EXISTS (SELECT 1 FROM audit_leaves l \
                                WHERE l.tenant_id = e.tenant_id AND l.event_id = e.id) \
              ORDER BY e.id LIMIT $3"
         ))
@@ -258,7 +257,7 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
         let keep: std::collections::HashSet<NodeId> = tree::frontier(size).into_iter().collect();
         frontier.retain(|id, _| keep.contains(id));
         sqlx::query(
-            "INSERT INTO bulkhead.audit_leaves (tenant_id, leaf_index, event_id, leaf_hash) \
+            "INSERT INTO audit_leaves (tenant_id, leaf_index, event_id, leaf_hash) \
              SELECT $1, * FROM unnest($2::bigint[], $3::uuid[], $4::bytea[])",
         )
         .bind(tenant.uuid())
@@ -269,7 +268,7 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
         .await?;
         if !levels.is_empty() {
             sqlx::query(
-                "INSERT INTO bulkhead.audit_nodes (tenant_id, level, node_index, hash) \
+                "INSERT INTO audit_nodes (tenant_id, level, node_index, hash) \
                  SELECT $1, * FROM unnest($2::smallint[], $3::bigint[], $4::bytea[])",
             )
             .bind(tenant.uuid())
@@ -299,7 +298,7 @@ async fn recent_lower_bound(tx: &mut TenantTx, size: u64) -> Result<uuid::Uuid, 
     }
     let tenant = tx.tenant_id();
     let newest: uuid::Uuid = sqlx::query_scalar(
-        "SELECT event_id FROM bulkhead.audit_leaves WHERE tenant_id = $1 AND leaf_index = $2",
+        "SELECT event_id FROM audit_leaves WHERE tenant_id = $1 AND leaf_index = $2",
     )
     .bind(tenant.uuid())
     .bind(size as i64 - 1)
@@ -334,7 +333,7 @@ pub async fn sign_checkpoint(
         })
         .map_err(tree_error)?;
     sqlx::query(
-        "INSERT INTO bulkhead.audit_checkpoints \
+        "INSERT INTO audit_checkpoints \
          (tenant_id, id, tree_size, root_hash, signed_at, key_id, signature) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -354,7 +353,7 @@ pub async fn sign_checkpoint(
 pub async fn latest_checkpoint(tx: &mut TenantTx) -> Result<Option<SignedCheckpoint>, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<(i64, Vec<u8>, String, String, String)> = sqlx::query_as(
-        "SELECT tree_size, root_hash, signed_at, key_id, signature FROM bulkhead.audit_checkpoints \
+        "SELECT tree_size, root_hash, signed_at, key_id, signature FROM audit_checkpoints \
          WHERE tenant_id = $1 ORDER BY tree_size DESC, id DESC LIMIT 1",
     )
     .bind(tenant.uuid())
@@ -419,7 +418,7 @@ pub async fn inclusion_proof(
 ) -> Result<Result<InclusionProof, ProofRefusal>, StoreError> {
     let tenant = tx.tenant_id();
     let leaf: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT leaf_index, leaf_hash FROM bulkhead.audit_leaves \
+        "SELECT leaf_index, leaf_hash FROM audit_leaves \
          WHERE tenant_id = $1 AND event_id = $2",
     )
     .bind(tenant.uuid())
@@ -428,7 +427,7 @@ pub async fn inclusion_proof(
     .await?;
     let Some((index, leaf_hash)) = leaf else {
         let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM bulkhead.audit_events WHERE tenant_id = $1 AND id = $2)",
+            "SELECT EXISTS (SELECT 1 FROM audit_events WHERE tenant_id = $1 AND id = $2)",
         )
         .bind(tenant.uuid())
         .bind(event.uuid())
@@ -565,8 +564,8 @@ pub async fn list_events(
 ) -> Result<Vec<ListedEvent>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<ListedRow> = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS}, l.leaf_index FROM bulkhead.audit_events e \
-         LEFT JOIN bulkhead.audit_leaves l ON l.tenant_id = e.tenant_id AND l.event_id = e.id \
+        "SELECT {EVENT_COLUMNS}, l.leaf_index FROM audit_events e \
+         LEFT JOIN audit_leaves l ON l.tenant_id = e.tenant_id AND l.event_id = e.id \
          WHERE e.tenant_id = $1 \
            AND ($2::uuid IS NULL OR e.id > $2) \
            AND ($3::timestamptz IS NULL OR e.occurred_at >= $3) \
@@ -651,8 +650,8 @@ pub async fn export_page(
         "SELECT l.leaf_index, l.leaf_hash, l.event_id, e.occurred_at, e.actor_id, e.actor_type, \
                 e.action, e.resource_id, e.outcome, host(e.ip_address), e.user_agent, \
                 e.request_id, e.delegation, e.metadata \
-         FROM bulkhead.audit_leaves l \
-         LEFT JOIN bulkhead.audit_events e ON e.tenant_id = l.tenant_id AND e.id = l.event_id \
+         FROM audit_leaves l \
+         LEFT JOIN audit_events e ON e.tenant_id = l.tenant_id AND e.id = l.event_id \
          WHERE l.tenant_id = $1 AND l.leaf_index >= $2 AND l.leaf_index < $3 \
          ORDER BY l.leaf_index",
     )

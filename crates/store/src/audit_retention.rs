@@ -23,12 +23,11 @@ pub const MAINTENANCE_ROLE: &str = "bulkhead_audit_maintenance";
 /// The tenant's retention, in days.
 pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
     let tenant = tx.tenant_id();
-    let days: Option<i32> = sqlx::query_scalar(
-        "SELECT audit_retention_days FROM bulkhead.tenant_settings WHERE tenant_id = $1",
-    )
-    .bind(tenant.uuid())
-    .fetch_optional(tx.conn())
-    .await?;
+    let days: Option<i32> =
+        sqlx::query_scalar("SELECT audit_retention_days FROM tenant_settings WHERE tenant_id = $1")
+            .bind(tenant.uuid())
+            .fetch_optional(tx.conn())
+            .await?;
     Ok(days.unwrap_or(DEFAULT_RETENTION_DAYS))
 }
 
@@ -36,7 +35,7 @@ pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
 pub async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.tenant_settings (tenant_id, audit_retention_days) VALUES ($1, $2) \
+        "INSERT INTO tenant_settings (tenant_id, audit_retention_days) VALUES ($1, $2) \
          ON CONFLICT (tenant_id) DO UPDATE SET audit_retention_days = EXCLUDED.audit_retention_days, \
          updated_at = now()",
     )
@@ -78,12 +77,12 @@ pub async fn purge(
         .await?;
     let (deleted, through_leaf): (i64, Option<i64>) = sqlx::query_as(
         "WITH gone AS ( \
-             DELETE FROM bulkhead.audit_events e WHERE e.tenant_id = $1 AND e.occurred_at < $2 \
-             AND EXISTS (SELECT 1 FROM bulkhead.audit_leaves l \
+             DELETE FROM audit_events e WHERE e.tenant_id = $1 AND e.occurred_at < $2 \
+             AND EXISTS (SELECT 1 FROM audit_leaves l \
                          WHERE l.tenant_id = e.tenant_id AND l.event_id = e.id) \
              RETURNING e.id) \
          SELECT count(*), max(l.leaf_index) FROM gone \
-         JOIN bulkhead.audit_leaves l ON l.tenant_id = $1 AND l.event_id = gone.id",
+         JOIN audit_leaves l ON l.tenant_id = $1 AND l.event_id = gone.id",
     )
     .bind(tenant.uuid())
     .bind(cutoff)

@@ -2,11 +2,14 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tracing::Instrument;
 
+use crate::location::{location_from_columns, Location, PoolRole, Router, Topology};
 use crate::{roles, StoreError};
 
 /// Whether a tenant transaction may write.
@@ -18,30 +21,53 @@ pub enum Access {
     ReadWrite,
 }
 
-/// A pool of connections plus the door through which tenant data is reached. Cheap to clone.
+/// The door through which tenant data is reached, and the router behind it: one registry
+/// database, the regions this process serves, and lazily opened dedicated databases. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    router: Arc<Router>,
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("connections", &self.pool.size())
+            .field("connections", &self.router.topology.registry.size())
+            .field("topology", &self.router.topology)
             .finish()
     }
 }
 
-// The context is set and any session-level leftover cleared in one round trip. Left-to-right
-// evaluation of the select list makes the session-level reset happen before the local value is set.
-const SET_CONTEXT_RW: &str = "SELECT set_config('bulkhead.tenant_id', '', false), \
-     set_config('bulkhead.tenant_id', $1, true)";
-const SET_CONTEXT_RO: &str = "SELECT set_config('bulkhead.tenant_id', '', false), \
-     set_config('bulkhead.tenant_id', $1, true), set_config('transaction_read_only', 'on', true)";
+// The context is set, any session-level leftover cleared, search_path pinned to the tenant's
+// schema, and the location confirmed by the tenant's row there, in one round trip. Left-to-right
+// evaluation of the select list makes the session-level reset happen before the local value is
+// set. `{schema}` is a validated identifier (location::SchemaName or "bulkhead"), never input.
+fn enter_statement(schema: &str, access: Access) -> String {
+    let read_only = match access {
+        Access::ReadOnly => ", set_config('transaction_read_only', 'on', true)",
+        Access::ReadWrite => "",
+    };
+    let lock = match access {
+        // Held until the transaction ends: a freeze (an UPDATE of this row) waits for it.
+        Access::ReadWrite => " FOR SHARE OF t",
+        Access::ReadOnly => "",
+    };
+    format!(
+        "WITH ctx AS (SELECT set_config('bulkhead.tenant_id', '', false), \
+         set_config('bulkhead.tenant_id', $1, true), \
+         set_config('search_path', $2, true){read_only}) \
+         SELECT t.isolation_tier, t.schema_name, t.database_name, t.region, \
+         t.frozen_since IS NOT NULL FROM ctx, \"{schema}\".tenants t WHERE t.id = $1::uuid{lock}"
+    )
+}
+
+/// A tenant's row where a transaction opened: tier, schema, database, region, frozen.
+type AnchorRow = (String, Option<String>, Option<String>, String, bool);
 
 impl Store {
     /// Connects the serving pool and checks that the connected role really is subject to RLS
-    /// (not superuser, no BYPASSRLS, owns nothing). Refuses to return a store otherwise.
+    /// (not superuser, no BYPASSRLS, owns nothing). Refuses to return a store otherwise. One
+    /// database, serving the `default` region; see [`Store::with_topology`] for more.
     pub async fn connect_app(
         options: PgConnectOptions,
         max_connections: u32,
@@ -52,43 +78,122 @@ impl Store {
             .connect_with(options)
             .await?;
         roles::verify_app_role(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self::with_topology(Topology::single(pool, PoolRole::App)))
     }
 
-    /// Wraps a pool without checking its role. For the owner role (operator commands, which also
+    /// Wraps a pool without checking its role, as the owner. For operator commands (which also
     /// go through the door and are also subject to FORCE RLS) and for tests that need a pool of
     /// a particular size.
     pub fn from_pool_unchecked(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_topology(Topology::single(pool, PoolRole::Owner))
     }
 
-    /// Opens one transaction for the context's tenant. Every statement run through the returned
-    /// handle sees only that tenant's rows, and can write only that tenant's rows.
+    /// A store over a whole topology. The pools' roles are the caller's to check
+    /// ([`roles::verify_app_role`] for serving pools).
+    pub fn with_topology(topology: Topology) -> Self {
+        Self {
+            router: Arc::new(Router::new(topology)),
+        }
+    }
+
+    /// The same databases with another topology setting (a master key, further regions): the
+    /// new store has its own caches.
+    pub fn reconfigured(&self, change: impl FnOnce(&mut Topology)) -> Self {
+        let mut topology = self.router.topology.clone();
+        change(&mut topology);
+        Self::with_topology(topology)
+    }
+
+    /// The topology this store routes over.
+    pub fn topology(&self) -> &Topology {
+        &self.router.topology
+    }
+
+    /// Opens one transaction for the context's tenant, in the tenant's location. Every statement
+    /// run through the returned handle sees only that tenant's rows, and can write only that
+    /// tenant's rows. Refused when the tenant is not in the registry ([`StoreError::NotFound`]),
+    /// lives in a region this process does not serve ([`StoreError::WrongRegion`]), or is frozen
+    /// for a move and `access` is read-write ([`StoreError::TenantMoving`]).
     pub async fn begin(&self, ctx: &TenantContext, access: Access) -> Result<TenantTx, StoreError> {
         let span = tracing::debug_span!("tenant_tx", tenant_id = %ctx.tenant_id(), ?access);
         async {
-            let tx = self.pool.begin().await?;
-            TenantTx::enter(tx, ctx, access).await
+            let tenant = ctx.tenant_id();
+            let mut fresh = false;
+            let mut location = match self.router.cached(tenant) {
+                Some(location) => location,
+                None => {
+                    fresh = true;
+                    self.router.fetch_location(tenant).await?
+                }
+            };
+            loop {
+                if !self.router.serves(&location.region) {
+                    return Err(StoreError::WrongRegion(location.region));
+                }
+                let pool = self.router.pool_for(&location).await?;
+                let tx = pool.begin().await?;
+                match TenantTx::enter(tx, ctx, access, &location).await {
+                    Err(StoreError::LocationMismatch) if !fresh => {
+                        self.router.forget(tenant);
+                        fresh = true;
+                        location = self.router.fetch_location(tenant).await?;
+                    }
+                    // The registry and the location disagree even freshly read: a move is
+                    // between its two switch writes. Retryable.
+                    Err(StoreError::LocationMismatch) => {
+                        self.router.forget(tenant);
+                        return Err(StoreError::TenantMoving);
+                    }
+                    Ok(mut tx) => {
+                        tx.registry = Some(self.router.topology.registry.clone());
+                        tx.forward = !self.router.shares_registry_database(&location);
+                        return Ok(tx);
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
         }
         .instrument(span)
         .await
     }
 
+    /// The tenant's location as the registry says now.
+    pub async fn location_of(&self, tenant: TenantId) -> Result<Location, StoreError> {
+        self.router.fetch_location(tenant).await
+    }
+
+    /// Whether this process serves `region`.
+    pub fn serves_region(&self, region: &str) -> bool {
+        self.router.serves(region)
+    }
+
+    /// How many dedicated-database pools are open now.
+    pub fn open_dedicated_pools(&self) -> usize {
+        self.router.open_dedicated_pools()
+    }
+
     /// Readiness: the database answers and every compiled-in migration has been applied.
     pub async fn ready(&self) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool().acquire().await?;
         crate::migrate::is_current(&mut conn).await
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
+        for (_, pool) in &self.router.topology.regions {
+            pool.close().await;
+        }
     }
 
-    /// The pool, for control-plane statements inside this crate. Tenant tables are invisible to
-    /// it without a context (RLS), but nothing outside this crate should need it.
+    /// The registry pool, for control-plane statements inside this crate. Tenant tables are
+    /// invisible to it without a context (RLS), but nothing outside this crate should need it.
     pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.router.topology.registry
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
     }
 }
 
@@ -98,6 +203,13 @@ pub struct TenantTx {
     tenant: TenantId,
     actor: Actor,
     request_id: RequestId,
+    location: Location,
+    // The registry database: key routes of tenants outside the shared tier are written there,
+    // and, when it is not this transaction's database (`forward`), notifications are forwarded
+    // there after commit (every process listens there). None inside onboarding's registry tx.
+    pub(crate) registry: Option<PgPool>,
+    forward: bool,
+    forwarded: Vec<(&'static str, String)>,
 }
 
 impl fmt::Debug for TenantTx {
@@ -109,28 +221,71 @@ impl fmt::Debug for TenantTx {
 }
 
 impl TenantTx {
-    /// Sets the tenant context inside an already open transaction. Crate-private: the only
-    /// callers are [`Store::begin`] and tenant onboarding, which must write the registry row and
-    /// the tenant's first rows in one transaction.
+    /// Sets the tenant context inside an already open transaction and confirms that the
+    /// transaction's database holds the tenant at `location` ([`crate::location`]).
+    /// Crate-private: the callers are [`Store::begin`], tenant onboarding (which writes the
+    /// registry row and the tenant's first rows in one transaction) and moves.
     pub(crate) async fn enter(
         mut tx: Transaction<'static, Postgres>,
         ctx: &TenantContext,
         access: Access,
+        location: &Location,
     ) -> Result<TenantTx, StoreError> {
-        let statement = match access {
-            Access::ReadOnly => SET_CONTEXT_RO,
-            Access::ReadWrite => SET_CONTEXT_RW,
-        };
-        sqlx::query(statement)
+        let schema = location.placement.schema();
+        let row: Option<AnchorRow> = sqlx::query_as(&enter_statement(schema, access))
             .bind(ctx.tenant_id().uuid().to_string())
-            .execute(&mut *tx)
+            .bind(format!("\"{schema}\""))
+            .fetch_optional(&mut *tx)
             .await?;
+        let Some((tier, schema_name, database_name, region, frozen)) = row else {
+            return Err(StoreError::LocationMismatch);
+        };
+        let here = location_from_columns(
+            &tier,
+            schema_name.as_deref(),
+            database_name.as_deref(),
+            region,
+        )?;
+        if &here != location {
+            return Err(StoreError::LocationMismatch);
+        }
+        if frozen && access == Access::ReadWrite {
+            return Err(StoreError::TenantMoving);
+        }
         Ok(TenantTx {
             tx,
             tenant: ctx.tenant_id(),
             actor: ctx.actor().clone(),
             request_id: ctx.request_id(),
+            location: location.clone(),
+            registry: None,
+            forward: false,
+            forwarded: Vec::new(),
         })
+    }
+
+    /// Where this transaction's tenant lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Sends `NOTIFY channel, payload` at commit, to the listeners of the registry database
+    /// (where every process listens) wherever this tenant's rows live.
+    pub async fn notify(
+        &mut self,
+        channel: &'static str,
+        payload: String,
+    ) -> Result<(), StoreError> {
+        if self.forward {
+            self.forwarded.push((channel, payload));
+        } else {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The tenant this transaction is for; queries also filter on it explicitly.
@@ -157,6 +312,21 @@ impl TenantTx {
     /// Commits the transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
+        if let (true, Some(registry)) = (self.forward, &self.registry) {
+            // After the commit, so no listener acts on a change that did not happen. A lost
+            // forward (the registry unreachable now) leaves caches stale only until their
+            // periodic reload, which is why every such cache has one.
+            for (channel, payload) in &self.forwarded {
+                if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(*channel)
+                    .bind(payload)
+                    .execute(registry)
+                    .await
+                {
+                    tracing::warn!(error = %err, channel, "notification not forwarded");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -346,6 +346,17 @@ impl EmbeddedPostgres {
             .ssl_mode(PgSslMode::Disable)
     }
 
+    /// The same target as [`EmbeddedPostgres::connect_options`], as a URL (for configuration that
+    /// takes URLs, such as registering a dedicated tenant database). No password: the cluster's
+    /// socket is private to this user.
+    pub fn url(&self, user: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}@localhost:{port}/{database}?host={host}&sslmode=disable",
+            port = self.port,
+            host = self.socket_dir.path().display()
+        )
+    }
+
     /// Name of the bootstrap superuser created by initdb.
     pub fn superuser(&self) -> &str {
         SUPERUSER

@@ -28,6 +28,16 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// The tenant is frozen for a move (or between a move's switch writes): retry shortly.
+    #[error("the tenant is being moved; retry shortly")]
+    TenantMoving,
+    /// The tenant's data lives in a region this process does not serve (named).
+    #[error("the tenant's data lives in region {0}, which this process does not serve")]
+    WrongRegion(String),
+    /// The location a transaction was opened in does not hold the tenant (a stale route). The
+    /// router retries once with a fresh one; callers see [`StoreError::TenantMoving`] at most.
+    #[error("the tenant is not at the location it was routed to")]
+    LocationMismatch,
     /// Migrations failed.
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),

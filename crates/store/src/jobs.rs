@@ -15,7 +15,7 @@ pub async fn enqueue(
     let id = JobId::new();
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.jobs (tenant_id, id, kind, payload, run_at) \
+        "INSERT INTO jobs (tenant_id, id, kind, payload, run_at) \
          VALUES ($1, $2, $3, $4, COALESCE($5, now()))",
     )
     .bind(tenant.uuid())
@@ -65,14 +65,25 @@ impl Store {
         limit: i32,
         lease_seconds: i32,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let rows: Vec<(uuid::Uuid, uuid::Uuid, String, i32, i32, String)> = sqlx::query_as(
-            "SELECT job_tenant_id, job_id, job_kind, job_attempts, job_max_attempts, verdict \
-             FROM bulkhead.claim_jobs($1, $2)",
-        )
-        .bind(limit)
-        .bind(lease_seconds)
-        .fetch_all(self.pool())
-        .await?;
+        // Every location has its own queue (jobs live with their tenant's rows); one claim per
+        // location per pass, until the batch is full.
+        let mut rows: Vec<(uuid::Uuid, uuid::Uuid, String, i32, i32, String)> = Vec::new();
+        for (pool, schema) in self.router().all_locations().await? {
+            let want = limit - rows.len() as i32;
+            if want <= 0 {
+                break;
+            }
+            rows.extend(
+                sqlx::query_as::<_, (uuid::Uuid, uuid::Uuid, String, i32, i32, String)>(&format!(
+                    "SELECT job_tenant_id, job_id, job_kind, job_attempts, job_max_attempts, \
+                     verdict FROM \"{schema}\".claim_jobs($1, $2)"
+                ))
+                .bind(want)
+                .bind(lease_seconds)
+                .fetch_all(&pool)
+                .await?,
+            );
+        }
         Ok(rows
             .into_iter()
             .map(
@@ -96,7 +107,7 @@ impl Store {
 /// The payload of a job of the transaction's tenant.
 pub async fn payload(tx: &mut TenantTx, id: JobId) -> Result<serde_json::Value, StoreError> {
     let tenant = tx.tenant_id();
-    sqlx::query_scalar("SELECT payload FROM bulkhead.jobs WHERE tenant_id = $1 AND id = $2")
+    sqlx::query_scalar("SELECT payload FROM jobs WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.uuid())
         .bind(id.uuid())
         .fetch_optional(tx.conn())
@@ -133,7 +144,7 @@ async fn set_outcome(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     let done = sqlx::query(
-        "UPDATE bulkhead.jobs SET status = $3, last_error = COALESCE($4, last_error), \
+        "UPDATE jobs SET status = $3, last_error = COALESCE($4, last_error), \
          run_at = COALESCE($5, run_at), locked_until = NULL, updated_at = now() \
          WHERE tenant_id = $1 AND id = $2",
     )
@@ -153,7 +164,7 @@ async fn set_outcome(
 /// Status and last error of a job of the transaction's tenant.
 pub async fn status(tx: &mut TenantTx, id: JobId) -> Result<(String, Option<String>), StoreError> {
     let tenant = tx.tenant_id();
-    sqlx::query_as("SELECT status, last_error FROM bulkhead.jobs WHERE tenant_id = $1 AND id = $2")
+    sqlx::query_as("SELECT status, last_error FROM jobs WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.uuid())
         .bind(id.uuid())
         .fetch_optional(tx.conn())

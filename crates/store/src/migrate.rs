@@ -40,3 +40,85 @@ pub async fn is_current(conn: &mut PgConnection) -> Result<bool, StoreError> {
         .filter(|m| !m.migration_type.is_down_migration())
         .all(|m| applied.binary_search(&m.version).is_ok()))
 }
+
+/// Creates `schema` if missing and applies every pending migration to it, in one transaction:
+/// either the schema is fully at this binary's version afterwards, or nothing changed. `rewrite`
+/// re-targets the migrations from `bulkhead` to `schema` (tenant schemas); a dedicated database
+/// uses `bulkhead` itself. Returns how many migrations were applied. Runs as the owner; safe to
+/// run concurrently on the same target (the second waits, then finds nothing to do).
+pub async fn apply_in_one_transaction(
+    owner: &PgPool,
+    schema: &str,
+    rewrite: Option<&crate::location::SchemaName>,
+) -> Result<u32, StoreError> {
+    let mut tx = owner.begin().await?;
+    let count = apply_on(&mut tx, schema, rewrite).await?;
+    tx.commit().await?;
+    Ok(count)
+}
+
+/// [`apply_in_one_transaction`] inside a transaction the caller already holds (onboarding creates
+/// a tenant's schema and its registry row in one).
+pub async fn apply_on(
+    tx: &mut PgConnection,
+    schema: &str,
+    rewrite: Option<&crate::location::SchemaName>,
+) -> Result<u32, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bulkhead.migrate'), hashtext($1))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
+    roles::ensure_app_role(&mut *tx).await?;
+    // `schema` is SHARED_SCHEMA or a validated SchemaName: never input.
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
+         CREATE TABLE IF NOT EXISTS \"{schema}\"._sqlx_migrations ( \
+             version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
+             checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT version FROM \"{schema}\"._sqlx_migrations WHERE success ORDER BY version"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut count = 0;
+    for migration in MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+    {
+        if applied.binary_search(&migration.version).is_ok() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let sql = match rewrite {
+            Some(schema) => crate::location::rewrite_for_schema(&migration.sql, schema),
+            None => migration.sql.to_string(),
+        };
+        sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+        sqlx::query(&format!(
+            "INSERT INTO \"{schema}\"._sqlx_migrations \
+             (version, description, success, checksum, execution_time) VALUES ($1, $2, true, $3, $4)"
+        ))
+        .bind(migration.version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .bind(started.elapsed().as_nanos() as i64)
+        .execute(&mut *tx)
+        .await?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The number of migrations compiled into this binary.
+pub fn latest_version() -> i64 {
+    MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}

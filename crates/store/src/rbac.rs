@@ -89,7 +89,7 @@ pub async fn seed_built_in_roles(tx: &mut TenantTx) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     for role in BuiltInRole::ALL {
         sqlx::query(
-            "INSERT INTO bulkhead.roles (tenant_id, id, name, description, built_in) \
+            "INSERT INTO roles (tenant_id, id, name, description, built_in) \
              VALUES ($1, $2, $3, $4, true)",
         )
         .bind(tenant.uuid())
@@ -111,7 +111,7 @@ pub async fn create_role(
 ) -> Result<Role, StoreError> {
     let tenant = tx.tenant_id();
     let row: RoleRow = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.roles (tenant_id, id, name, description, permissions) \
+        "INSERT INTO roles (tenant_id, id, name, description, permissions) \
          VALUES ($1, $2, $3, $4, $5) RETURNING {ROLE_COLUMNS}"
     ))
     .bind(tenant.uuid())
@@ -132,7 +132,7 @@ pub async fn get_role(tx: &mut TenantTx, id: RoleId) -> Result<Role, StoreError>
 async fn fetch_role(tx: &mut TenantTx, id: RoleId, lock: &str) -> Result<Role, StoreError> {
     let tenant = tx.tenant_id();
     let row: RoleRow = sqlx::query_as(&format!(
-        "SELECT {ROLE_COLUMNS} FROM bulkhead.roles WHERE tenant_id = $1 AND id = $2 {lock}"
+        "SELECT {ROLE_COLUMNS} FROM roles WHERE tenant_id = $1 AND id = $2 {lock}"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -145,7 +145,7 @@ async fn fetch_role(tx: &mut TenantTx, id: RoleId, lock: &str) -> Result<Role, S
 pub async fn role_by_name(tx: &mut TenantTx, name: &str) -> Result<Role, StoreError> {
     let tenant = tx.tenant_id();
     let row: RoleRow = sqlx::query_as(&format!(
-        "SELECT {ROLE_COLUMNS} FROM bulkhead.roles WHERE tenant_id = $1 AND name = $2"
+        "SELECT {ROLE_COLUMNS} FROM roles WHERE tenant_id = $1 AND name = $2"
     ))
     .bind(tenant.uuid())
     .bind(name)
@@ -162,7 +162,7 @@ pub async fn list_roles(
 ) -> Result<Vec<Role>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<RoleRow> = sqlx::query_as(&format!(
-        "SELECT {ROLE_COLUMNS} FROM bulkhead.roles WHERE tenant_id = $1 \
+        "SELECT {ROLE_COLUMNS} FROM roles WHERE tenant_id = $1 \
          AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
     ))
     .bind(tenant.uuid())
@@ -188,7 +188,7 @@ pub async fn update_role(
 ) -> Result<Role, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<RoleRow> = sqlx::query_as(&format!(
-        "UPDATE bulkhead.roles SET description = COALESCE($3, description), \
+        "UPDATE roles SET description = COALESCE($3, description), \
          permissions = COALESCE($4, permissions), updated_at = now() \
          WHERE tenant_id = $1 AND id = $2 AND NOT built_in RETURNING {ROLE_COLUMNS}"
     ))
@@ -207,12 +207,11 @@ pub async fn update_role(
 /// Deletes a custom role and its assignments. Built-in roles: conflict.
 pub async fn delete_role(tx: &mut TenantTx, id: RoleId) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    let done =
-        sqlx::query("DELETE FROM bulkhead.roles WHERE tenant_id = $1 AND id = $2 AND NOT built_in")
-            .bind(tenant.uuid())
-            .bind(id.uuid())
-            .execute(tx.conn())
-            .await?;
+    let done = sqlx::query("DELETE FROM roles WHERE tenant_id = $1 AND id = $2 AND NOT built_in")
+        .bind(tenant.uuid())
+        .bind(id.uuid())
+        .execute(tx.conn())
+        .await?;
     if done.rows_affected() == 0 {
         return Err(built_in_or_missing(tx, id).await);
     }
@@ -258,8 +257,8 @@ type AssignmentRow = (
 );
 
 const ASSIGNMENT_SELECT: &str = "SELECT a.id, a.role_id, r.name, a.user_id, a.agent_id, \
-    a.created_by, a.created_at FROM bulkhead.role_assignments a \
-    JOIN bulkhead.roles r ON r.tenant_id = a.tenant_id AND r.id = a.role_id";
+    a.created_by, a.created_at FROM role_assignments a \
+    JOIN roles r ON r.tenant_id = a.tenant_id AND r.id = a.role_id";
 
 fn assignment_from_row(
     (id, role_id, role_name, user, agent, created_by, created_at): AssignmentRow,
@@ -302,7 +301,7 @@ pub async fn assign(
     let (user, agent) = principal_columns(principal);
     let created_by = tx.actor().audit_id();
     sqlx::query(
-        "INSERT INTO bulkhead.role_assignments (tenant_id, id, role_id, user_id, agent_id, created_by) \
+        "INSERT INTO role_assignments (tenant_id, id, role_id, user_id, agent_id, created_by) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(tenant.uuid())
@@ -363,7 +362,7 @@ pub async fn list_assignments(
 pub async fn unassign(tx: &mut TenantTx, id: RoleAssignmentId) -> Result<Assignment, StoreError> {
     let assignment = get_assignment(tx, id).await?;
     let tenant = tx.tenant_id();
-    sqlx::query("DELETE FROM bulkhead.role_assignments WHERE tenant_id = $1 AND id = $2")
+    sqlx::query("DELETE FROM role_assignments WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.uuid())
         .bind(id.uuid())
         .execute(tx.conn())
@@ -386,17 +385,16 @@ pub async fn permissions_of(
         Principal::Agent(agent) => ("agents", "agent_id", agent.uuid()),
     };
     // Table and column names are the constants above, never input.
-    let rows: Vec<HeldRoleRow> =
-        sqlx::query_as(&format!(
-            "SELECT p.status, r.built_in, r.name, r.permissions FROM bulkhead.{table} p \
-             LEFT JOIN bulkhead.role_assignments a ON a.tenant_id = p.tenant_id AND a.{column} = p.id \
-             LEFT JOIN bulkhead.roles r ON r.tenant_id = a.tenant_id AND r.id = a.role_id \
+    let rows: Vec<HeldRoleRow> = sqlx::query_as(&format!(
+        "SELECT p.status, r.built_in, r.name, r.permissions FROM bulkhead.{table} p \
+             LEFT JOIN role_assignments a ON a.tenant_id = p.tenant_id AND a.{column} = p.id \
+             LEFT JOIN roles r ON r.tenant_id = a.tenant_id AND r.id = a.role_id \
              WHERE p.tenant_id = $1 AND p.id = $2"
-        ))
-        .bind(tenant.uuid())
-        .bind(id)
-        .fetch_all(tx.conn())
-        .await?;
+    ))
+    .bind(tenant.uuid())
+    .bind(id)
+    .fetch_all(tx.conn())
+    .await?;
     if rows.is_empty() || rows.iter().any(|(status, ..)| status != "active") {
         return Ok(None);
     }
@@ -412,12 +410,11 @@ pub async fn permissions_of(
 /// The agent a key belongs to, if any. Another tenant's key is [`StoreError::NotFound`].
 pub async fn key_agent(tx: &mut TenantTx, key: ApiKeyId) -> Result<Option<AgentId>, StoreError> {
     let tenant = tx.tenant_id();
-    let agent: Option<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT agent_id FROM bulkhead.api_keys WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant.uuid())
-    .bind(key.uuid())
-    .fetch_one(tx.conn())
-    .await?;
+    let agent: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT agent_id FROM api_keys WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.uuid())
+            .bind(key.uuid())
+            .fetch_one(tx.conn())
+            .await?;
     Ok(agent.map(AgentId::from_uuid))
 }

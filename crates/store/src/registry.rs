@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::api_keys::{self, NewApiKey};
 use crate::audit::{self, Outcome};
+use crate::location::{Location, Placement};
 use crate::{Access, Store, StoreError, TenantTx};
 
 macro_rules! text_enum {
@@ -35,7 +36,7 @@ text_enum!(
     Plan { /** Free. */ Free = "free", /** Standard. */ Standard = "standard", /** Enterprise. */ Enterprise = "enterprise" }
 );
 text_enum!(
-    /// Where a tenant's rows live. Only `Shared` (one database, row-level security) is served today.
+    /// Where a tenant's rows live (docs/isolation-tiers.md).
     IsolationTier { /** Shared tables under RLS. */ Shared = "shared", /** A schema per tenant. */ Schema = "schema", /** A database per tenant. */ Dedicated = "dedicated" }
 );
 text_enum!(
@@ -62,6 +63,12 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Its schema, in the schema tier.
+    pub schema_name: Option<String>,
+    /// Its dedicated database's registry name, in the dedicated tier.
+    pub database_name: Option<String>,
+    /// Whether it is frozen for a move (writes answer a retryable 503).
+    pub frozen: bool,
 }
 
 /// What an operator gives to create a tenant.
@@ -75,6 +82,9 @@ pub struct NewTenant {
     pub plan: Plan,
     /// Data-residency region.
     pub region: String,
+    /// Where its rows live. Fixed at onboarding; changing it is a move
+    /// ([`crate::moves`]).
+    pub placement: Placement,
 }
 
 type TenantRow = (
@@ -86,12 +96,28 @@ type TenantRow = (
     String,
     String,
     DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+    bool,
 );
 
-const COLUMNS: &str = "id, slug, display_name, plan, isolation_tier, region, status, created_at";
+const COLUMNS: &str = "id, slug, display_name, plan, isolation_tier, region, status, created_at, \
+     schema_name, database_name, frozen_since IS NOT NULL";
 
 fn from_row(row: TenantRow) -> Result<Tenant, StoreError> {
-    let (id, slug, display_name, plan, tier, region, status, created_at) = row;
+    let (
+        id,
+        slug,
+        display_name,
+        plan,
+        tier,
+        region,
+        status,
+        created_at,
+        schema_name,
+        database_name,
+        frozen,
+    ) = row;
     let corrupt =
         |what: &str| StoreError::UnsafeConfiguration(format!("registry row has an invalid {what}"));
     Ok(Tenant {
@@ -103,7 +129,54 @@ fn from_row(row: TenantRow) -> Result<Tenant, StoreError> {
         region,
         status: TenantStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
         created_at,
+        schema_name,
+        database_name,
+        frozen,
     })
+}
+
+impl Tenant {
+    /// Where its rows live.
+    pub fn location(&self) -> Result<Location, StoreError> {
+        crate::location::location_from_columns(
+            self.isolation_tier.as_str(),
+            self.schema_name.as_deref(),
+            self.database_name.as_deref(),
+            self.region.clone(),
+        )
+    }
+}
+
+/// Writes (or refreshes) a tenant's anchor row in a location other than the registry's own
+/// shared schema: the row the location check reads ([`crate::location`]).
+pub(crate) async fn write_anchor(
+    conn: &mut sqlx::PgConnection,
+    tenant: &Tenant,
+    at: &Location,
+) -> Result<(), StoreError> {
+    let (schema_name, database_name) = at.placement.columns();
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".tenants (id, slug, display_name, plan, isolation_tier, region, \
+         status, created_at, schema_name, database_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (id) DO UPDATE SET isolation_tier = EXCLUDED.isolation_tier, \
+         region = EXCLUDED.region, status = EXCLUDED.status, schema_name = EXCLUDED.schema_name, \
+         database_name = EXCLUDED.database_name, frozen_since = NULL, updated_at = now()",
+        schema = at.placement.schema()
+    ))
+    .bind(tenant.id.uuid())
+    .bind(tenant.slug.as_str())
+    .bind(&tenant.display_name)
+    .bind(tenant.plan.as_str())
+    .bind(at.placement.tier().as_str())
+    .bind(&at.region)
+    .bind(tenant.status.as_str())
+    .bind(tenant.created_at)
+    .bind(schema_name)
+    .bind(database_name)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -129,28 +202,100 @@ impl Store {
         row.map(from_row).transpose()
     }
 
-    /// Registers a tenant and stores its bootstrap admin key, with audit events for both, in one
-    /// transaction: a tenant never exists without its first key. Needs the owner role (the
-    /// application role cannot write the registry); the key is written through the tenant's own
-    /// context, under the same row-level security as everything else.
+    /// Registers a tenant and stores its bootstrap admin key, with audit events for both. Needs
+    /// the owner role (the application role cannot write the registry); the key is written
+    /// through the tenant's own context, under the same row-level security as everything else.
+    ///
+    /// In the registry's database (the default region's shared tier or a schema there) all of it
+    /// is one transaction, the schema's creation and migrations included: a tenant never exists
+    /// without its first key. Elsewhere (another region, a dedicated database) the location is
+    /// migrated first, the registry row committed, then the tenant's first rows written there;
+    /// if that fails the registry row is removed again.
     pub async fn onboard_tenant(
         &self,
         new: &NewTenant,
         bootstrap_key: &NewApiKey,
     ) -> Result<(Tenant, ApiKeyId), StoreError> {
+        let id = TenantId::new();
+        let placement = match &new.placement {
+            Placement::Schema(_) => Placement::Schema(crate::location::SchemaName::for_tenant(id)),
+            other => other.clone(),
+        };
+        let location = Location {
+            region: new.region.clone(),
+            placement,
+        };
+        let router = self.router();
+        if !router.serves(&location.region) {
+            return Err(StoreError::WrongRegion(location.region.clone()));
+        }
+        let in_registry_database = router.shares_registry_database(&location);
+        if !in_registry_database {
+            // Migrations first (each location in its own transaction; idempotent).
+            crate::tiers::prepare_location(self, &location).await?;
+        }
         let mut tx = self.pool().begin().await?;
+        let (schema_name, database_name) = location.placement.columns();
         let row: TenantRow = sqlx::query_as(&format!(
-            "INSERT INTO bulkhead.tenants (id, slug, display_name, plan, region) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            "INSERT INTO bulkhead.tenants (id, slug, display_name, plan, region, isolation_tier, \
+             schema_name, database_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
         ))
-        .bind(TenantId::new().uuid())
+        .bind(id.uuid())
         .bind(new.slug.as_str())
         .bind(&new.display_name)
         .bind(new.plan.as_str())
         .bind(&new.region)
+        .bind(location.placement.tier().as_str())
+        .bind(schema_name)
+        .bind(database_name)
         .fetch_one(&mut *tx)
         .await?;
         let tenant = from_row(row)?;
+        if in_registry_database {
+            if let Placement::Schema(schema) = &location.placement {
+                crate::migrate::apply_on(&mut tx, schema.as_str(), Some(schema)).await?;
+                write_anchor(&mut tx, &tenant, &location).await?;
+            }
+            let key_id = self
+                .seed_tenant(tx, &tenant, &location, bootstrap_key)
+                .await?;
+            return Ok((tenant, key_id));
+        }
+        tx.commit().await?;
+        let seeded = async {
+            let pool = router.pool_for(&location).await?;
+            let mut tx = pool.begin().await?;
+            write_anchor(&mut tx, &tenant, &location).await?;
+            self.seed_tenant(tx, &tenant, &location, bootstrap_key)
+                .await
+        }
+        .await;
+        match seeded {
+            Ok(key_id) => Ok((tenant, key_id)),
+            Err(err) => {
+                // Nothing of the tenant committed there; the registry row goes too.
+                sqlx::query("DELETE FROM bulkhead.key_routes WHERE tenant_id = $1")
+                    .bind(id.uuid())
+                    .execute(self.pool())
+                    .await
+                    .ok();
+                sqlx::query("DELETE FROM bulkhead.tenants WHERE id = $1")
+                    .bind(id.uuid())
+                    .execute(self.pool())
+                    .await
+                    .ok();
+                Err(err)
+            }
+        }
+    }
+
+    async fn seed_tenant(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        tenant: &Tenant,
+        location: &Location,
+        bootstrap_key: &NewApiKey,
+    ) -> Result<ApiKeyId, StoreError> {
         let ctx = TenantContext::new(
             tenant.id,
             Actor::System {
@@ -158,10 +303,16 @@ impl Store {
             },
             RequestId::new(),
         );
-        let mut tx = TenantTx::enter(tx, &ctx, Access::ReadWrite).await?;
+        let mut tx = TenantTx::enter(tx, &ctx, Access::ReadWrite, location).await?;
+        tx.registry = Some(self.pool().clone());
         crate::rbac::seed_built_in_roles(&mut tx).await?;
         let key_id = api_keys::insert(&mut tx, bootstrap_key).await?;
-        let meta = json!({ "slug": tenant.slug.as_str(), "plan": tenant.plan.as_str() });
+        let meta = json!({
+            "slug": tenant.slug.as_str(),
+            "plan": tenant.plan.as_str(),
+            "tier": location.placement.tier().as_str(),
+            "region": location.region,
+        });
         audit::record(
             &mut tx,
             "tenant.create",
@@ -180,7 +331,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok((tenant, key_id))
+        Ok(key_id)
     }
 
     /// Suspends or reactivates a tenant. Needs the owner role.
@@ -196,7 +347,22 @@ impl Store {
         .bind(status.as_str())
         .fetch_optional(self.pool())
         .await?;
-        row.map(from_row).transpose()?.ok_or(StoreError::NotFound)
+        let tenant = row.map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        // The location's claim functions read its anchor row: it must say suspended too.
+        let location = tenant.location()?;
+        if !self.router().is_registry_location(&location) && self.router().serves(&location.region)
+        {
+            let pool = self.router().pool_for(&location).await?;
+            sqlx::query(&format!(
+                "UPDATE \"{}\".tenants SET status = $2, updated_at = now() WHERE id = $1",
+                location.placement.schema()
+            ))
+            .bind(id.uuid())
+            .bind(status.as_str())
+            .execute(&pool)
+            .await?;
+        }
+        Ok(tenant)
     }
 
     /// Every tenant, oldest first (operator listing).

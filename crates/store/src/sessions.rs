@@ -134,7 +134,7 @@ pub async fn create(tx: &mut TenantTx, new: &NewSession) -> Result<AgentSession,
     check_inside(tx, new.namespace.as_ref())?;
     let tenant = tx.tenant_id();
     let row: SessionRow = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, state, metadata, \
+        "INSERT INTO agent_sessions (tenant_id, id, agent_id, title, state, metadata, \
          namespace) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     ))
     .bind(tenant.uuid())
@@ -154,7 +154,7 @@ pub async fn get(tx: &mut TenantTx, id: SessionId) -> Result<AgentSession, Store
     let tenant = tx.tenant_id();
     let prefix = prefix_of(tx);
     let row: Option<SessionRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.agent_sessions WHERE tenant_id = $1 AND id = $2 AND {}",
+        "SELECT {COLUMNS} FROM agent_sessions WHERE tenant_id = $1 AND id = $2 AND {}",
         within_prefix(3)
     ))
     .bind(tenant.uuid())
@@ -172,7 +172,7 @@ pub async fn list(
 ) -> Result<Vec<AgentSession>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<SessionRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.agent_sessions \
+        "SELECT {COLUMNS} FROM agent_sessions \
          WHERE tenant_id = $1 \
            AND ($2::uuid IS NULL OR id > $2) \
            AND ($3::text IS NULL OR agent_id = $3) \
@@ -203,7 +203,7 @@ pub async fn update(
     }
     let tenant = tx.tenant_id();
     let row: Option<SessionRow> = sqlx::query_as(&format!(
-        "UPDATE bulkhead.agent_sessions SET \
+        "UPDATE agent_sessions SET \
            title = COALESCE($3, title), state = COALESCE($4, state), \
            metadata = COALESCE($5, metadata), namespace = COALESCE($7, namespace), \
            updated_at = now() \
@@ -227,7 +227,7 @@ pub async fn delete(tx: &mut TenantTx, id: SessionId) -> Result<(), StoreError> 
     let tenant = tx.tenant_id();
     let prefix = prefix_of(tx);
     let done = sqlx::query(&format!(
-        "DELETE FROM bulkhead.agent_sessions WHERE tenant_id = $1 AND id = $2 AND {}",
+        "DELETE FROM agent_sessions WHERE tenant_id = $1 AND id = $2 AND {}",
         within_prefix(3)
     ))
     .bind(tenant.uuid())

@@ -186,7 +186,7 @@ pub async fn create_session(
     let user_agent = new.user_agent.map(|ua| truncate(ua, 512));
     let idle = i32::try_from(new.idle.num_seconds()).unwrap_or(i32::MAX);
     let row: SessionRow = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.auth_sessions AS s (tenant_id, id, principal_type, principal_id, \
+        "INSERT INTO auth_sessions AS s (tenant_id, id, principal_type, principal_id, \
          client_id, scopes, created_at, last_used_at, expires_at, idle_timeout_seconds, client_ip, \
          user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10::text::inet, $11) \
          RETURNING {SESSION_COLUMNS}"
@@ -219,7 +219,7 @@ fn truncate(text: &str, max: usize) -> &str {
 pub async fn get_session(tx: &mut TenantTx, id: AuthSessionId) -> Result<AuthSession, StoreError> {
     let tenant = tx.tenant_id();
     let row: SessionRow = sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM bulkhead.auth_sessions s WHERE s.tenant_id = $1 AND s.id = $2"
+        "SELECT {SESSION_COLUMNS} FROM auth_sessions s WHERE s.tenant_id = $1 AND s.id = $2"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -249,7 +249,7 @@ pub async fn live_sessions_of(
         SessionOwner::Client(c) => ("s.client_id", c),
     };
     let rows: Vec<SessionRow> = sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM bulkhead.auth_sessions s \
+        "SELECT {SESSION_COLUMNS} FROM auth_sessions s \
          WHERE s.tenant_id = $1 AND {predicate} = $2 AND s.revoked_at IS NULL \
            AND s.expires_at > $3 \
            AND s.last_used_at + make_interval(secs => s.idle_timeout_seconds) > $3 \
@@ -272,7 +272,7 @@ pub async fn insert_refresh_token(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.refresh_tokens (tenant_id, id, session_id, token_hash, created_at) \
+        "INSERT INTO refresh_tokens (tenant_id, id, session_id, token_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(tenant.uuid())
@@ -314,7 +314,7 @@ pub async fn find_refresh_for_update(
 ) -> Result<Option<PresentedRefresh>, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<(Uuid, String, Option<DateTime<Utc>>, Uuid)> = sqlx::query_as(
-        "SELECT id, status, rotated_at, session_id FROM bulkhead.refresh_tokens \
+        "SELECT id, status, rotated_at, session_id FROM refresh_tokens \
          WHERE tenant_id = $1 AND token_hash = $2 FOR UPDATE",
     )
     .bind(tenant.uuid())
@@ -325,7 +325,7 @@ pub async fn find_refresh_for_update(
         return Ok(None);
     };
     let session_row: SessionRow = sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM bulkhead.auth_sessions s \
+        "SELECT {SESSION_COLUMNS} FROM auth_sessions s \
          WHERE s.tenant_id = $1 AND s.id = $2 FOR UPDATE"
     ))
     .bind(tenant.uuid())
@@ -352,7 +352,7 @@ pub async fn mark_rotated(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "UPDATE bulkhead.refresh_tokens SET status = 'rotated', rotated_at = $3 \
+        "UPDATE refresh_tokens SET status = 'rotated', rotated_at = $3 \
          WHERE tenant_id = $1 AND id = $2 AND status = 'active'",
     )
     .bind(tenant.uuid())
@@ -360,14 +360,12 @@ pub async fn mark_rotated(
     .bind(now)
     .execute(tx.conn())
     .await?;
-    sqlx::query(
-        "UPDATE bulkhead.auth_sessions SET last_used_at = $3 WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant.uuid())
-    .bind(presented.session.id.uuid())
-    .bind(now)
-    .execute(tx.conn())
-    .await?;
+    sqlx::query("UPDATE auth_sessions SET last_used_at = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.uuid())
+        .bind(presented.session.id.uuid())
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
     Ok(())
 }
 
@@ -379,7 +377,7 @@ async fn deny(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.revoked_tokens (tenant_id, id, kind, expires_at) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO revoked_tokens (tenant_id, id, kind, expires_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (tenant_id, id) DO NOTHING",
     )
     .bind(tenant.uuid())
@@ -388,12 +386,11 @@ async fn deny(
     .bind(expires_at)
     .execute(tx.conn())
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(TOKEN_REVOCATIONS_CHANNEL)
-        .bind(format!("{}:{kind}:{id}", tenant.uuid()))
-        .execute(tx.conn())
-        .await?;
-    Ok(())
+    tx.notify(
+        TOKEN_REVOCATIONS_CHANNEL,
+        format!("{}:{kind}:{id}", tenant.uuid()),
+    )
+    .await
 }
 
 /// Ends a session: no more refreshes, and every access token minted from it is refused until
@@ -407,7 +404,7 @@ pub async fn revoke_session(
 ) -> Result<bool, StoreError> {
     let tenant = tx.tenant_id();
     let ended = sqlx::query(
-        "UPDATE bulkhead.auth_sessions SET revoked_at = $3, revoked_reason = $4 \
+        "UPDATE auth_sessions SET revoked_at = $3, revoked_reason = $4 \
          WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
     )
     .bind(tenant.uuid())
@@ -419,7 +416,7 @@ pub async fn revoke_session(
     .rows_affected()
         > 0;
     sqlx::query(
-        "UPDATE bulkhead.refresh_tokens SET status = 'revoked' \
+        "UPDATE refresh_tokens SET status = 'revoked' \
          WHERE tenant_id = $1 AND session_id = $2 AND status = 'active'",
     )
     .bind(tenant.uuid())
@@ -457,11 +454,17 @@ impl Store {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<Revocation>, StoreError> {
-        let rows: Vec<(Uuid, Uuid, String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT * FROM bulkhead.revoked_tokens_active($1)")
+        let mut rows: Vec<(Uuid, Uuid, String, DateTime<Utc>)> = Vec::new();
+        for (pool, schema) in self.router().all_locations().await? {
+            rows.extend(
+                sqlx::query_as::<_, (Uuid, Uuid, String, DateTime<Utc>)>(&format!(
+                    "SELECT * FROM \"{schema}\".revoked_tokens_active($1)"
+                ))
                 .bind(now)
-                .fetch_all(self.pool())
-                .await?;
+                .fetch_all(&pool)
+                .await?,
+            );
+        }
         Ok(rows
             .into_iter()
             .map(|(tenant, id, _kind, expires_at)| Revocation {
@@ -524,7 +527,7 @@ pub async fn token_policy(tx: &mut TenantTx) -> Result<TokenPolicy, StoreError> 
     let tenant = tx.tenant_id();
     let row: Option<(bool, i32, i32, i32)> = sqlx::query_as(
         "SELECT agent_refresh_tokens, refresh_reuse_interval_seconds, session_absolute_seconds, \
-         session_idle_seconds FROM bulkhead.tenant_settings WHERE tenant_id = $1",
+         session_idle_seconds FROM tenant_settings WHERE tenant_id = $1",
     )
     .bind(tenant.uuid())
     .fetch_optional(tx.conn())
@@ -543,7 +546,7 @@ pub async fn token_policy(tx: &mut TenantTx) -> Result<TokenPolicy, StoreError> 
 pub async fn set_token_policy(tx: &mut TenantTx, policy: &TokenPolicy) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.tenant_settings (tenant_id, agent_refresh_tokens, \
+        "INSERT INTO tenant_settings (tenant_id, agent_refresh_tokens, \
          refresh_reuse_interval_seconds, session_absolute_seconds, session_idle_seconds) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET \
          agent_refresh_tokens = EXCLUDED.agent_refresh_tokens, \
@@ -582,7 +585,7 @@ pub async fn count_login_attempt(
 ) -> Result<Throttle, StoreError> {
     let tenant = tx.tenant_id();
     let (failures, locked_until): (i32, Option<DateTime<Utc>>) = sqlx::query_as(
-        "INSERT INTO bulkhead.login_throttle AS t (tenant_id, id, failures, last_failure_at) \
+        "INSERT INTO login_throttle AS t (tenant_id, id, failures, last_failure_at) \
          VALUES ($1, $2, 1, $3) ON CONFLICT (tenant_id, id) DO UPDATE SET \
          failures = t.failures + 1, last_failure_at = EXCLUDED.last_failure_at \
          RETURNING t.failures, t.locked_until",
@@ -605,21 +608,19 @@ pub async fn set_login_lock(
     locked_until: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    sqlx::query(
-        "UPDATE bulkhead.login_throttle SET locked_until = $3 WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant.uuid())
-    .bind(id)
-    .bind(locked_until)
-    .execute(tx.conn())
-    .await?;
+    sqlx::query("UPDATE login_throttle SET locked_until = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.uuid())
+        .bind(id)
+        .bind(locked_until)
+        .execute(tx.conn())
+        .await?;
     Ok(())
 }
 
 /// Clears an account name's failures after a successful login.
 pub async fn clear_login_failures(tx: &mut TenantTx, id: Uuid) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    sqlx::query("DELETE FROM bulkhead.login_throttle WHERE tenant_id = $1 AND id = $2")
+    sqlx::query("DELETE FROM login_throttle WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.uuid())
         .bind(id)
         .execute(tx.conn())

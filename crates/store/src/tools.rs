@@ -149,7 +149,7 @@ async fn record_version(tx: &mut TenantTx, tool: &Tool) -> Result<(), StoreError
     let tenant = tx.tenant_id();
     let actor = tx.actor().audit_id();
     sqlx::query(
-        "INSERT INTO bulkhead.tool_versions (tenant_id, tool_id, version, description, \
+        "INSERT INTO tool_versions (tenant_id, tool_id, version, description, \
          input_schema, endpoint_url, enabled, screening, actor_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
@@ -178,7 +178,7 @@ pub async fn create(
     let id = ToolId::new();
     let sealed = master.seal_tool_secret(&secret_binding(tenant, id), &new.secret);
     let row: ToolRow = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.tools (tenant_id, id, name, description, input_schema, \
+        "INSERT INTO tools (tenant_id, id, name, description, input_schema, \
          endpoint_url, enabled, screening, secret) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
@@ -203,7 +203,7 @@ pub async fn create(
 pub async fn get(tx: &mut TenantTx, name: &ToolName) -> Result<Tool, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<ToolRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.tools WHERE tenant_id = $1 AND name = $2"
+        "SELECT {COLUMNS} FROM tools WHERE tenant_id = $1 AND name = $2"
     ))
     .bind(tenant.uuid())
     .bind(name.as_str())
@@ -239,7 +239,7 @@ pub async fn list(
         Visible::Callable { every, names } => (false, *every, names.clone()),
     };
     let rows: Vec<ToolRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.tools WHERE tenant_id = $1 \
+        "SELECT {COLUMNS} FROM tools WHERE tenant_id = $1 \
          AND ($2 OR enabled) AND ($3 OR name = ANY($4)) \
          AND ($5::text IS NULL OR name > $5) ORDER BY name LIMIT $6"
     ))
@@ -262,7 +262,7 @@ pub async fn update(
 ) -> Result<Tool, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<ToolRow> = sqlx::query_as(&format!(
-        "UPDATE bulkhead.tools SET description = COALESCE($3, description), \
+        "UPDATE tools SET description = COALESCE($3, description), \
            input_schema = COALESCE($4, input_schema), endpoint_url = COALESCE($5, endpoint_url), \
            enabled = COALESCE($6, enabled), screening = $7, \
            current_version = current_version + 1, updated_at = now() \
@@ -285,13 +285,12 @@ pub async fn update(
 /// Deletes a tool and its history.
 pub async fn delete(tx: &mut TenantTx, name: &ToolName) -> Result<ToolId, StoreError> {
     let tenant = tx.tenant_id();
-    let id: Option<uuid::Uuid> = sqlx::query_scalar(
-        "DELETE FROM bulkhead.tools WHERE tenant_id = $1 AND name = $2 RETURNING id",
-    )
-    .bind(tenant.uuid())
-    .bind(name.as_str())
-    .fetch_optional(tx.conn())
-    .await?;
+    let id: Option<uuid::Uuid> =
+        sqlx::query_scalar("DELETE FROM tools WHERE tenant_id = $1 AND name = $2 RETURNING id")
+            .bind(tenant.uuid())
+            .bind(name.as_str())
+            .fetch_optional(tx.conn())
+            .await?;
     id.map(ToolId::from_uuid).ok_or(StoreError::NotFound)
 }
 
@@ -311,7 +310,7 @@ pub async fn versions(tx: &mut TenantTx, name: &ToolName) -> Result<Vec<ToolVers
     );
     let rows: Vec<VersionRow> = sqlx::query_as(
         "SELECT version, description, input_schema, endpoint_url, enabled, screening, \
-             actor_id, created_at FROM bulkhead.tool_versions \
+             actor_id, created_at FROM tool_versions \
              WHERE tenant_id = $1 AND tool_id = $2 ORDER BY version DESC",
     )
     .bind(tenant.uuid())
@@ -342,7 +341,7 @@ pub async fn signing_secret(
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
     let tenant = tx.tenant_id();
     let sealed: Vec<u8> =
-        sqlx::query_scalar("SELECT secret FROM bulkhead.tools WHERE tenant_id = $1 AND id = $2")
+        sqlx::query_scalar("SELECT secret FROM tools WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.uuid())
             .bind(tool.id.uuid())
             .fetch_optional(tx.conn())
@@ -360,12 +359,11 @@ pub async fn signing_secret(
 /// The tenant's screening policy text (`reject` unless it has set another).
 pub async fn screening_policy(tx: &mut TenantTx) -> Result<String, StoreError> {
     let tenant = tx.tenant_id();
-    let policy: Option<String> = sqlx::query_scalar(
-        "SELECT screening_policy FROM bulkhead.tenant_settings WHERE tenant_id = $1",
-    )
-    .bind(tenant.uuid())
-    .fetch_optional(tx.conn())
-    .await?;
+    let policy: Option<String> =
+        sqlx::query_scalar("SELECT screening_policy FROM tenant_settings WHERE tenant_id = $1")
+            .bind(tenant.uuid())
+            .fetch_optional(tx.conn())
+            .await?;
     Ok(policy.unwrap_or_else(|| "reject".to_owned()))
 }
 
@@ -373,7 +371,7 @@ pub async fn screening_policy(tx: &mut TenantTx) -> Result<String, StoreError> {
 pub async fn set_screening_policy(tx: &mut TenantTx, policy: &str) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "INSERT INTO bulkhead.tenant_settings (tenant_id, screening_policy) VALUES ($1, $2) \
+        "INSERT INTO tenant_settings (tenant_id, screening_policy) VALUES ($1, $2) \
          ON CONFLICT (tenant_id) DO UPDATE SET screening_policy = EXCLUDED.screening_policy, \
          updated_at = now()",
     )
@@ -433,7 +431,7 @@ pub async fn record_decision(
     let id = ScreeningId::new();
     let field: String = d.field.chars().take(200).collect();
     sqlx::query(
-        "INSERT INTO bulkhead.screening_decisions (tenant_id, id, subject, field, policy, \
+        "INSERT INTO screening_decisions (tenant_id, id, subject, field, policy, \
          verdict, rules, rules_version, actor_id, request_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
@@ -468,7 +466,7 @@ pub async fn decisions(tx: &mut TenantTx, subject: &str) -> Result<Vec<Decision>
     );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, subject, field, policy, verdict, rules, rules_version, actor_id, created_at \
-         FROM bulkhead.screening_decisions WHERE tenant_id = $1 AND subject = $2 \
+         FROM screening_decisions WHERE tenant_id = $1 AND subject = $2 \
          ORDER BY id DESC LIMIT 500",
     )
     .bind(tenant.uuid())

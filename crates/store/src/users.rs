@@ -80,7 +80,7 @@ pub async fn create(
 ) -> Result<UserRecord, StoreError> {
     let tenant = tx.tenant_id();
     let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.users (tenant_id, id, email, password_hash, scopes) \
+        "INSERT INTO users (tenant_id, id, email, password_hash, scopes) \
          VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
     ))
     .bind(tenant.uuid())
@@ -97,7 +97,7 @@ pub async fn create(
 pub async fn by_email(tx: &mut TenantTx, email: &str) -> Result<Option<UserRecord>, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.users WHERE tenant_id = $1 AND email = $2"
+        "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2"
     ))
     .bind(tenant.uuid())
     .bind(email)
@@ -110,7 +110,7 @@ pub async fn by_email(tx: &mut TenantTx, email: &str) -> Result<Option<UserRecor
 pub async fn get(tx: &mut TenantTx, id: UserId) -> Result<UserRecord, StoreError> {
     let tenant = tx.tenant_id();
     let row: Row = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.users WHERE tenant_id = $1 AND id = $2"
+        "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -131,7 +131,7 @@ pub async fn set_status(
         UserStatus::Disabled => "disabled",
     };
     let done = sqlx::query(
-        "UPDATE bulkhead.users SET status = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+        "UPDATE users SET status = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -152,7 +152,7 @@ pub async fn list(
 ) -> Result<Vec<UserRecord>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM bulkhead.users WHERE tenant_id = $1 \
+        "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 \
          AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
     ))
     .bind(tenant.uuid())

@@ -179,7 +179,7 @@ pub async fn create_endpoint(
     let id = EndpointId::new();
     let sealed = master.seal_webhook_secret(&secret_binding(tenant, id), &new.secret);
     let row: EndpointRow = sqlx::query_as(&format!(
-        "INSERT INTO bulkhead.webhook_endpoints \
+        "INSERT INTO webhook_endpoints \
          (tenant_id, id, url, description, event_types, rate_limit_per_second, headers, secret, enabled) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {ENDPOINT_COLUMNS}"
     ))
@@ -201,7 +201,7 @@ pub async fn create_endpoint(
 pub async fn get_endpoint(tx: &mut TenantTx, id: EndpointId) -> Result<Endpoint, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<EndpointRow> = sqlx::query_as(&format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2"
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -218,7 +218,7 @@ pub async fn list_endpoints(
 ) -> Result<Vec<Endpoint>, StoreError> {
     let tenant = tx.tenant_id();
     let rows: Vec<EndpointRow> = sqlx::query_as(&format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM bulkhead.webhook_endpoints \
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
          WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
     ))
     .bind(tenant.uuid())
@@ -237,7 +237,7 @@ pub async fn update_endpoint(
 ) -> Result<Endpoint, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<EndpointRow> = sqlx::query_as(&format!(
-        "UPDATE bulkhead.webhook_endpoints SET \
+        "UPDATE webhook_endpoints SET \
            url = COALESCE($3, url), description = COALESCE($4, description), \
            event_types = COALESCE($5, event_types), \
            enabled = COALESCE($6, enabled), \
@@ -266,12 +266,11 @@ pub async fn update_endpoint(
 /// Deletes an endpoint with its deliveries and attempt log.
 pub async fn delete_endpoint(tx: &mut TenantTx, id: EndpointId) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    let done =
-        sqlx::query("DELETE FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.uuid())
-            .bind(id.uuid())
-            .execute(tx.conn())
-            .await?;
+    let done = sqlx::query("DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.uuid())
+        .bind(id.uuid())
+        .execute(tx.conn())
+        .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
@@ -289,7 +288,7 @@ pub async fn rotate_secret(
     let tenant = tx.tenant_id();
     let new_secret = master.seal_webhook_secret(&secret_binding(tenant, id), new_secret);
     let done = sqlx::query(
-        "UPDATE bulkhead.webhook_endpoints SET previous_secret = secret, \
+        "UPDATE webhook_endpoints SET previous_secret = secret, \
          previous_secret_expires_at = $4, secret = $3, updated_at = now() \
          WHERE tenant_id = $1 AND id = $2",
     )
@@ -316,7 +315,7 @@ pub async fn endpoint_keys(
     type KeysRow = (Vec<u8>, Option<Vec<u8>>, Option<DateTime<Utc>>);
     let row: Option<KeysRow> = sqlx::query_as(
         "SELECT secret, previous_secret, previous_secret_expires_at \
-         FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND id = $2",
+         FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -402,7 +401,7 @@ async fn targets(
 ) -> Result<Vec<uuid::Uuid>, StoreError> {
     let tenant = tx.tenant_id();
     Ok(sqlx::query_scalar(
-        "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 \
+        "SELECT id FROM webhook_endpoints WHERE tenant_id = $1 \
          AND (CASE WHEN $3::uuid IS NULL \
               THEN enabled AND (cardinality(event_types) = 0 OR $2 = ANY(event_types)) \
               ELSE id = $3 END) ORDER BY id FOR KEY SHARE",
@@ -425,7 +424,7 @@ async fn insert_message(
     let tenant = tx.tenant_id();
     let id = MessageId::new();
     sqlx::query(
-        "INSERT INTO bulkhead.webhook_messages (tenant_id, id, event_type, source, payload, created_at) \
+        "INSERT INTO webhook_messages (tenant_id, id, event_type, source, payload, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(tenant.uuid())
@@ -439,7 +438,7 @@ async fn insert_message(
     // Delivery ids are made here (UUIDv7 by the application), one per target endpoint.
     let ids: Vec<uuid::Uuid> = targets.iter().map(|_| DeliveryId::new().uuid()).collect();
     sqlx::query(
-        "INSERT INTO bulkhead.webhook_deliveries (tenant_id, id, message_id, endpoint_id, next_attempt_at) \
+        "INSERT INTO webhook_deliveries (tenant_id, id, message_id, endpoint_id, next_attempt_at) \
          SELECT $1, d, $2, e, $5 FROM unnest($3::uuid[], $4::uuid[]) AS t(d, e)",
     )
     .bind(tenant.uuid())
@@ -489,7 +488,7 @@ pub const AUDIT_STREAM_EVENT: &str = "audit.event";
 pub async fn audit_stream_targets(tx: &mut TenantTx) -> Result<Vec<uuid::Uuid>, StoreError> {
     let tenant = tx.tenant_id();
     Ok(sqlx::query_scalar(
-        "SELECT id FROM bulkhead.webhook_endpoints WHERE tenant_id = $1 AND enabled \
+        "SELECT id FROM webhook_endpoints WHERE tenant_id = $1 AND enabled \
          AND $2 = ANY(event_types) ORDER BY id FOR KEY SHARE",
     )
     .bind(tenant.uuid())
@@ -521,7 +520,7 @@ pub async fn enqueue_audit_stream(
 pub async fn get_message(tx: &mut TenantTx, id: MessageId) -> Result<Message, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<(uuid::Uuid, String, String, Value, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, event_type, source, payload, created_at FROM bulkhead.webhook_messages \
+        "SELECT id, event_type, source, payload, created_at FROM webhook_messages \
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
@@ -589,7 +588,7 @@ pub async fn deliveries_of(
     let tenant = tx.tenant_id();
     let rows: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT id, message_id, endpoint_id, status, attempts, next_attempt_at, last_error \
-         FROM bulkhead.webhook_deliveries WHERE tenant_id = $1 AND message_id = $2 ORDER BY id",
+         FROM webhook_deliveries WHERE tenant_id = $1 AND message_id = $2 ORDER BY id",
     )
     .bind(tenant.uuid())
     .bind(message.uuid())
@@ -603,7 +602,7 @@ pub async fn get_delivery(tx: &mut TenantTx, id: DeliveryId) -> Result<Delivery,
     let tenant = tx.tenant_id();
     let row: Option<DeliveryRow> = sqlx::query_as(
         "SELECT id, message_id, endpoint_id, status, attempts, next_attempt_at, last_error \
-         FROM bulkhead.webhook_deliveries WHERE tenant_id = $1 AND id = $2",
+         FROM webhook_deliveries WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -662,7 +661,7 @@ pub async fn attempts_of(
     let tenant = tx.tenant_id();
     let rows: Vec<AttemptRow> = sqlx::query_as(
         "SELECT id, delivery_id, message_id, endpoint_id, attempted_at, outcome, status_code, \
-         latency_ms, error_class, error, response_sample FROM bulkhead.webhook_attempts \
+         latency_ms, error_class, error, response_sample FROM webhook_attempts \
          WHERE tenant_id = $1 AND message_id = $2 ORDER BY id",
     )
     .bind(tenant.uuid())
@@ -698,7 +697,7 @@ pub async fn resend(
     // The message must exist in this tenant (404 otherwise, like any other id).
     get_message(tx, message).await?;
     let done = sqlx::query(
-        "UPDATE bulkhead.webhook_deliveries SET status = 'pending', attempts = 0, \
+        "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $3, locked_until = NULL, updated_at = now() \
          WHERE tenant_id = $1 AND message_id = $2 AND status IN ('succeeded', 'failed', 'blocked')",
     )
@@ -720,7 +719,7 @@ pub async fn recover(
     let tenant = tx.tenant_id();
     get_endpoint(tx, endpoint).await?;
     let done = sqlx::query(
-        "UPDATE bulkhead.webhook_deliveries SET status = 'pending', attempts = 0, \
+        "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $4, locked_until = NULL, updated_at = now() \
          WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed' AND created_at >= $3",
     )
@@ -752,15 +751,25 @@ impl Store {
         lease_seconds: i32,
         now: DateTime<Utc>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
-            "SELECT delivery_tenant_id, delivery_id FROM bulkhead.claim_webhook_deliveries($1, $2, $3, $4)",
-        )
-        .bind(limit)
-        .bind(per_tenant)
-        .bind(lease_seconds)
-        .bind(now)
-        .fetch_all(self.pool())
-        .await?;
+        let mut rows: Vec<(uuid::Uuid, uuid::Uuid)> = Vec::new();
+        for (pool, schema) in self.router().all_locations().await? {
+            let want = limit - rows.len() as i32;
+            if want <= 0 {
+                break;
+            }
+            rows.extend(
+                sqlx::query_as::<_, (uuid::Uuid, uuid::Uuid)>(&format!(
+                    "SELECT delivery_tenant_id, delivery_id \
+                     FROM \"{schema}\".claim_webhook_deliveries($1, $2, $3, $4)"
+                ))
+                .bind(want)
+                .bind(per_tenant)
+                .bind(lease_seconds)
+                .bind(now)
+                .fetch_all(&pool)
+                .await?,
+            );
+        }
         Ok(rows
             .into_iter()
             .map(|(tenant, id)| ClaimedDelivery {
@@ -826,7 +835,7 @@ pub async fn record_attempt(
         .as_deref()
         .map(|s| truncate(s, 4096));
     sqlx::query(
-        "INSERT INTO bulkhead.webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
+        "INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
          attempted_at, outcome, status_code, latency_ms, error_class, error, response_sample) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
@@ -871,7 +880,7 @@ pub async fn finish_delivery(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     let done = sqlx::query(
-        "UPDATE bulkhead.webhook_deliveries SET status = $3, \
+        "UPDATE webhook_deliveries SET status = $3, \
          attempts = attempts + CASE WHEN $5 THEN 1 ELSE 0 END, \
          next_attempt_at = COALESCE($4, next_attempt_at), locked_until = NULL, \
          last_error = COALESCE($6, last_error), updated_at = now() \
@@ -895,7 +904,7 @@ pub async fn finish_delivery(
 pub async fn endpoint_succeeded(tx: &mut TenantTx, id: EndpointId) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "UPDATE bulkhead.webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+        "UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
          circuit_open_until = NULL WHERE tenant_id = $1 AND id = $2 \
          AND (consecutive_failures <> 0 OR failing_since IS NOT NULL OR circuit_open_until IS NOT NULL)",
     )
@@ -917,7 +926,7 @@ pub async fn endpoint_failed(
 ) -> Result<(i32, DateTime<Utc>), StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
-        "UPDATE bulkhead.webhook_endpoints SET consecutive_failures = consecutive_failures + 1, \
+        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, \
          failing_since = COALESCE(failing_since, $3), \
          circuit_open_until = CASE WHEN consecutive_failures + 1 >= $4 THEN $5 ELSE circuit_open_until END \
          WHERE tenant_id = $1 AND id = $2 RETURNING consecutive_failures, failing_since",
@@ -940,7 +949,7 @@ pub async fn disable_endpoint(
 ) -> Result<bool, StoreError> {
     let tenant = tx.tenant_id();
     let done = sqlx::query(
-        "UPDATE bulkhead.webhook_endpoints SET enabled = false, disabled_reason = $3, updated_at = now() \
+        "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $3, updated_at = now() \
          WHERE tenant_id = $1 AND id = $2 AND enabled",
     )
     .bind(tenant.uuid())

@@ -205,6 +205,7 @@ pub async fn create_tenant(db: &TestDb, slug: &str) -> TestTenant {
             display_name: format!("{slug} Inc."),
             plan: Plan::Standard,
             region: "default".into(),
+            placement: bulkhead_store::Placement::Shared,
         },
     )
     .await

@@ -32,9 +32,31 @@ async fn claims_are_exclusive_and_refuse_inactive_or_missing_tenants() {
     let store = db.app_store().await;
     let run_job = enqueue(&store, active.id).await;
     let suspended_job = enqueue(&store, suspended.id).await;
-    // A job whose tenant is not in the registry (e.g. deleted, or written by a bug).
-    let ghost = TenantId::new();
-    let ghost_job = enqueue(&store, ghost).await;
+    // A job whose tenant is no longer in the registry (deleted by hand, or written by a bug).
+    let ghost = create_tenant(&db, "ghost-co").await;
+    let ghost_job = enqueue(&store, ghost.id).await;
+    sqlx::query("DELETE FROM bulkhead.tenants WHERE id = $1")
+        .bind(ghost.id.uuid())
+        .execute(&db.owner_pool().await)
+        .await
+        .unwrap();
+    // The door itself refuses a tenant the registry does not know: never "all rows", never a
+    // write under an unknown tenant id.
+    for access in [Access::ReadOnly, Access::ReadWrite] {
+        let refused = store.begin(&ctx(ghost.id), access).await.unwrap_err();
+        assert!(
+            matches!(refused, bulkhead_store::StoreError::NotFound),
+            "{refused:?}"
+        );
+        let refused = store
+            .begin(&ctx(TenantId::new()), access)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, bulkhead_store::StoreError::NotFound),
+            "{refused:?}"
+        );
+    }
     db.owner_store()
         .await
         .set_tenant_status(suspended.id, TenantStatus::Suspended)

@@ -1,0 +1,721 @@
+//! Moving a tenant between tiers (`bulkhead tenant move`): prepare the new location, freeze
+//! writes, copy every row, verify counts and checksums, switch the routing, remove the old copy.
+//!
+//! # Invariants
+//! - The registry row is the commit point: before the switch the old copy is the tenant's data
+//!   (frozen, so unchanged); after it, the new one is. A request never sees a mix: the location
+//!   check ([`crate::location`]) refuses a transaction in a place the registry no longer names,
+//!   and a frozen tenant's writes are refused with a retryable [`StoreError::TenantMoving`].
+//! - The copy is one transaction in the new location (all tables or none), read from one
+//!   `REPEATABLE READ` snapshot of the old, and the old copy is removed only after the switch,
+//!   which happens only after every table's row count and checksum matched.
+//! - Every step is idempotent and the step reached is recorded in `bulkhead.tenant_moves`, so a
+//!   move stopped at any point (a crash, a kill) resumes by running the same command again.
+//! - The audit log moves with the tenant, leaves, nodes and signed checkpoints included, so its
+//!   proofs still verify; the move itself is audited in the new location.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use crate::audit::{self, Outcome};
+use crate::location::{Location, Placement, TENANT_TABLES};
+use crate::registry::{write_anchor, Tenant};
+use crate::{Access, Store, StoreError};
+
+/// The steps of a move, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveStep {
+    /// Create and migrate the new location; write the tenant's anchor row there.
+    Prepare,
+    /// Refuse new writes and wait for the ones in flight.
+    Freeze,
+    /// Copy every table, in one transaction in the new location.
+    Copy,
+    /// Compare row counts and checksums table by table.
+    Verify,
+    /// Point the registry at the new location and lift the freeze.
+    Switch,
+    /// Remove the old copy.
+    Cleanup,
+}
+
+impl MoveStep {
+    /// Every step, in order.
+    pub const ALL: [MoveStep; 6] = [
+        MoveStep::Prepare,
+        MoveStep::Freeze,
+        MoveStep::Copy,
+        MoveStep::Verify,
+        MoveStep::Switch,
+        MoveStep::Cleanup,
+    ];
+
+    /// The stored text form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MoveStep::Prepare => "prepare",
+            MoveStep::Freeze => "freeze",
+            MoveStep::Copy => "copy",
+            MoveStep::Verify => "verify",
+            MoveStep::Switch => "switch",
+            MoveStep::Cleanup => "cleanup",
+        }
+    }
+
+    fn parse(text: &str) -> Option<MoveStep> {
+        MoveStep::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    fn next(self) -> Option<MoveStep> {
+        MoveStep::ALL.into_iter().skip_while(|s| *s != self).nth(1)
+    }
+}
+
+/// One table's verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableCheck {
+    /// Rows of the tenant.
+    pub rows: i64,
+    /// MD5 over the rows' text forms in a fixed order.
+    pub checksum: String,
+}
+
+/// What a finished move did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoveReport {
+    /// Where the tenant was.
+    pub from: String,
+    /// Where it is now.
+    pub to: String,
+    /// Each table's rows and checksum, equal in both locations.
+    pub tables: BTreeMap<String, TableCheck>,
+    /// Total rows moved.
+    pub rows: i64,
+    /// Milliseconds writes were frozen (freeze to switch) in this run.
+    pub frozen_ms: u128,
+    /// Milliseconds the whole run took.
+    pub total_ms: u128,
+    /// Whether this run resumed an earlier, interrupted one.
+    pub resumed: bool,
+}
+
+/// What the caller sees as the move goes.
+#[derive(Debug, Clone)]
+pub enum MoveProgress {
+    /// A step began.
+    Step(MoveStep),
+    /// A table was copied or verified (`done` of `total` tables in this step).
+    Table {
+        /// The step.
+        step: MoveStep,
+        /// The table.
+        table: &'static str,
+        /// Tables finished in this step.
+        done: usize,
+        /// Tables in all.
+        total: usize,
+    },
+}
+
+/// Test and operator controls for a move.
+#[derive(Default)]
+pub struct MoveOptions<'a> {
+    /// Stop (as a crash would) right after this step is done and recorded.
+    pub stop_after: Option<MoveStep>,
+    /// Progress callback.
+    pub progress: Option<&'a (dyn Fn(MoveProgress) + Send + Sync)>,
+}
+
+impl std::fmt::Debug for MoveOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MoveOptions")
+            .field("stop_after", &self.stop_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a move stopped without finishing.
+pub const INTERRUPTED: &str = "move interrupted on request (stop_after)";
+
+fn describe(location: &Location) -> String {
+    format!("{} in region {}", location.placement, location.region)
+}
+
+struct Plan {
+    tenant: Tenant,
+    from: Location,
+    to: Location,
+    step: MoveStep,
+    resumed: bool,
+}
+
+/// Moves `tenant` to `to` (a placement in its own region; [`Placement::Schema`]'s name is
+/// replaced by the tenant's own), or resumes the move already recorded for it. Needs an owner
+/// store whose topology can reach both locations. Returns the report once the old copy is gone.
+pub async fn move_tenant(
+    owner: &Store,
+    tenant_id: TenantId,
+    to: Placement,
+    options: MoveOptions<'_>,
+) -> Result<MoveReport, StoreError> {
+    let started = Instant::now();
+    let plan = plan(owner, tenant_id, to).await?;
+    let Plan {
+        tenant,
+        from,
+        to,
+        mut step,
+        resumed,
+    } = plan;
+    let report = |s: MoveProgress| {
+        if let Some(progress) = options.progress {
+            progress(s);
+        }
+    };
+    let mut tables = BTreeMap::new();
+    let mut frozen_at: Option<Instant> = None;
+    loop {
+        report(MoveProgress::Step(step));
+        match step {
+            MoveStep::Prepare => {
+                crate::tiers::prepare_location(owner, &to).await?;
+                if !owner.router().is_registry_location(&to) {
+                    let pool = owner.router().pool_for(&to).await?;
+                    let mut conn = pool.acquire().await?;
+                    write_anchor(&mut conn, &tenant, &to).await?;
+                }
+            }
+            MoveStep::Freeze => {
+                frozen_at = Some(Instant::now());
+                freeze(owner, &tenant, &from).await?;
+            }
+            MoveStep::Copy => {
+                frozen_at.get_or_insert_with(Instant::now);
+                copy(owner, &tenant, &from, &to, &report).await?;
+            }
+            MoveStep::Verify => {
+                let source = checksums(owner, tenant.id, &from, &report).await?;
+                let target = checksums(owner, tenant.id, &to, &report).await?;
+                if source != target {
+                    let differing: Vec<&String> = source
+                        .iter()
+                        .filter(|(t, c)| target.get(*t) != Some(c))
+                        .map(|(t, _)| t)
+                        .collect();
+                    // Back to the copy: a resumed run copies again (the copy replaces).
+                    record_step(owner, tenant.id, MoveStep::Copy, &json!({})).await?;
+                    return Err(StoreError::Invalid(
+                        format!("move verification failed for {differing:?}; run the move again to copy anew")
+                            .into(),
+                    ));
+                }
+                tables = source;
+                record_report(owner, tenant.id, &tables).await?;
+            }
+            MoveStep::Switch => {
+                switch(owner, &tenant, &from, &to).await?;
+            }
+            MoveStep::Cleanup => {
+                cleanup(owner, &tenant, &from, &to).await?;
+            }
+        }
+        match step.next() {
+            Some(next) => {
+                record_step(owner, tenant.id, next, &json!({})).await?;
+                if options.stop_after == Some(step) {
+                    return Err(StoreError::Invalid(INTERRUPTED.into()));
+                }
+                step = next;
+            }
+            None => break,
+        }
+    }
+    if tables.is_empty() {
+        tables = stored_report(owner, tenant.id).await?;
+    }
+    sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
+        .bind(tenant.id.uuid())
+        .execute(owner.pool())
+        .await?;
+    let rows = tables.values().map(|t| t.rows).sum();
+    let report = MoveReport {
+        from: describe(&from),
+        to: describe(&to),
+        tables,
+        rows,
+        frozen_ms: frozen_at.map(|t| t.elapsed().as_millis()).unwrap_or(0),
+        total_ms: started.elapsed().as_millis(),
+        resumed,
+    };
+    // The move is part of the tenant's history, written where the history now lives.
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::System {
+            component: "tenant-move",
+        },
+        RequestId::new(),
+    );
+    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        "tenant.move",
+        Some(&tenant.id.to_string()),
+        Outcome::Success,
+        json!({ "from": report.from, "to": report.to, "rows": report.rows,
+                "tables": report.tables.len(), "resumed": report.resumed }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+async fn plan(owner: &Store, tenant_id: TenantId, to: Placement) -> Result<Plan, StoreError> {
+    let tenant = owner
+        .tenant_by_id(tenant_id)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let to = match to {
+        Placement::Schema(_) => {
+            Placement::Schema(crate::location::SchemaName::for_tenant(tenant.id))
+        }
+        other => other,
+    };
+    type MoveRow = (
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let recorded: Option<MoveRow> = sqlx::query_as(
+        "SELECT from_tier, from_schema, from_database, to_tier, to_schema, to_database, step \
+         FROM bulkhead.tenant_moves WHERE tenant_id = $1",
+    )
+    .bind(tenant.id.uuid())
+    .fetch_optional(owner.pool())
+    .await?;
+    if let Some((ft, fs, fd, tt, ts, td, step)) = recorded {
+        let from = crate::location::location_from_columns(
+            &ft,
+            fs.as_deref(),
+            fd.as_deref(),
+            tenant.region.clone(),
+        )?;
+        let target = crate::location::location_from_columns(
+            &tt,
+            ts.as_deref(),
+            td.as_deref(),
+            tenant.region.clone(),
+        )?;
+        if target.placement != to {
+            return Err(StoreError::Conflict {
+                constraint: format!(
+                    "a move to {} is in progress; finish it first",
+                    target.placement
+                ),
+            });
+        }
+        let step = MoveStep::parse(&step).ok_or_else(|| {
+            StoreError::UnsafeConfiguration("tenant_moves row has an invalid step".into())
+        })?;
+        return Ok(Plan {
+            tenant,
+            from,
+            to: target,
+            step,
+            resumed: true,
+        });
+    }
+    let from = tenant.location()?;
+    if from.placement == to {
+        return Err(StoreError::Invalid(
+            format!("the tenant is already at {}", from.placement).into(),
+        ));
+    }
+    let router = owner.router();
+    if !router.serves(&from.region) {
+        return Err(StoreError::WrongRegion(from.region.clone()));
+    }
+    let (fs, fd) = from.placement.columns();
+    let (ts, td) = to.columns();
+    sqlx::query(
+        "INSERT INTO bulkhead.tenant_moves (tenant_id, from_tier, from_schema, from_database, \
+         to_tier, to_schema, to_database, step) VALUES ($1, $2, $3, $4, $5, $6, $7, 'prepare')",
+    )
+    .bind(tenant.id.uuid())
+    .bind(from.placement.tier().as_str())
+    .bind(fs)
+    .bind(fd)
+    .bind(to.tier().as_str())
+    .bind(ts)
+    .bind(td)
+    .execute(owner.pool())
+    .await?;
+    Ok(Plan {
+        to: Location {
+            region: from.region.clone(),
+            placement: to,
+        },
+        tenant,
+        from,
+        step: MoveStep::Prepare,
+        resumed: false,
+    })
+}
+
+async fn record_step(
+    owner: &Store,
+    tenant: TenantId,
+    step: MoveStep,
+    _detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE bulkhead.tenant_moves SET step = $2, updated_at = now() WHERE tenant_id = $1",
+    )
+    .bind(tenant.uuid())
+    .bind(step.as_str())
+    .execute(owner.pool())
+    .await?;
+    Ok(())
+}
+
+async fn record_report(
+    owner: &Store,
+    tenant: TenantId,
+    tables: &BTreeMap<String, TableCheck>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE bulkhead.tenant_moves SET report = $2 WHERE tenant_id = $1")
+        .bind(tenant.uuid())
+        .bind(serde_json::to_value(tables).unwrap_or_default())
+        .execute(owner.pool())
+        .await?;
+    Ok(())
+}
+
+async fn stored_report(
+    owner: &Store,
+    tenant: TenantId,
+) -> Result<BTreeMap<String, TableCheck>, StoreError> {
+    let report: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT report FROM bulkhead.tenant_moves WHERE tenant_id = $1")
+            .bind(tenant.uuid())
+            .fetch_optional(owner.pool())
+            .await?;
+    let mut out = BTreeMap::new();
+    if let Some(serde_json::Value::Object(map)) = report {
+        for (table, check) in map {
+            let rows = check.get("rows").and_then(|v| v.as_i64()).unwrap_or(0);
+            let checksum = check
+                .get("checksum")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            out.insert(table, TableCheck { rows, checksum });
+        }
+    }
+    Ok(out)
+}
+
+async fn set_context(conn: &mut PgConnection, tenant: TenantId) -> Result<(), StoreError> {
+    sqlx::query("SELECT set_config('bulkhead.tenant_id', $1, true)")
+        .bind(tenant.uuid().to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets `frozen_since` on the tenant's row in its current location: the UPDATE waits for every
+/// read-write transaction in flight (they hold `FOR SHARE` on it) and every later one sees it.
+/// Then waits for job and delivery claims already running there (they do not take that lock):
+/// a `SHARE` lock on the two queues is granted only once they have finished.
+async fn freeze(owner: &Store, tenant: &Tenant, from: &Location) -> Result<(), StoreError> {
+    let pool = owner.router().pool_for(from).await?;
+    let schema = from.placement.schema();
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "UPDATE \"{schema}\".tenants SET frozen_since = COALESCE(frozen_since, now()) WHERE id = $1"
+    ))
+    .bind(tenant.id.uuid())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "LOCK TABLE \"{schema}\".jobs, \"{schema}\".webhook_deliveries IN SHARE MODE"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    owner.router().forget(tenant.id);
+    Ok(())
+}
+
+/// The column list of `table` in `schema`, in the target's order (both locations come from the
+/// same migrations; naming the columns keeps the copy exact even if their order differed).
+async fn columns(conn: &mut PgConnection, schema: &str, table: &str) -> Result<String, StoreError> {
+    let list: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
+         WHERE attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+         AND attnum > 0 AND NOT attisdropped",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await?;
+    list.ok_or_else(|| {
+        StoreError::UnsafeConfiguration(format!("table {schema}.{table} has no columns"))
+    })
+}
+
+/// Deletes the tenant's rows from every table of `schema` on `conn` (in a transaction, tenant
+/// context set), as the mover role: the only role the append-only audit triggers let delete.
+async fn delete_rows(
+    conn: &mut PgConnection,
+    schema: &str,
+    tenant: TenantId,
+) -> Result<u64, StoreError> {
+    sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
+        .execute(&mut *conn)
+        .await?;
+    let mut deleted = 0;
+    for table in TENANT_TABLES.iter().rev() {
+        deleted += sqlx::query(&format!(
+            "DELETE FROM \"{schema}\".{table} WHERE tenant_id = $1"
+        ))
+        .bind(tenant.uuid())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    sqlx::query("RESET ROLE").execute(&mut *conn).await?;
+    sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
+        .execute(&mut *conn)
+        .await?;
+    Ok(deleted)
+}
+
+async fn copy(
+    owner: &Store,
+    tenant: &Tenant,
+    from: &Location,
+    to: &Location,
+    report: &(dyn Fn(MoveProgress) + Sync),
+) -> Result<(), StoreError> {
+    let router = owner.router();
+    let source_pool = router.pool_for(from).await?;
+    let target_pool = router.pool_for(to).await?;
+    let (fs, ts) = (from.placement.schema(), to.placement.schema());
+    let mut source = source_pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *source)
+        .await?;
+    set_context(&mut source, tenant.id).await?;
+    let mut target = target_pool.begin().await?;
+    set_context(&mut target, tenant.id).await?;
+    // A copy left by an interrupted run is replaced, never added to.
+    delete_rows(&mut target, ts, tenant.id).await?;
+    let literal = tenant.id.uuid().to_string();
+    for (done, table) in TENANT_TABLES.iter().enumerate() {
+        let cols = columns(&mut target, ts, table).await?;
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE bulkhead_move_rows (LIKE \"{ts}\".{table}) ON COMMIT DROP"
+        ))
+        .execute(&mut *target)
+        .await?;
+        {
+            // COPY takes no bind parameters: the tenant id is a formatted UUID, never input.
+            let mut rows = source
+                .copy_out_raw(&format!(
+                    "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}') \
+                     TO STDOUT (FORMAT binary)"
+                ))
+                .await?;
+            let mut chunks = Vec::new();
+            while let Some(chunk) = rows.next().await {
+                chunks.push(chunk?);
+            }
+            drop(rows);
+            let mut sink = target
+                .copy_in_raw(&format!(
+                    "COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?;
+            for chunk in chunks {
+                sink.send(chunk).await?;
+            }
+            sink.finish().await?;
+        }
+        // COPY FROM cannot write a table under row-level security; INSERT can, and the policy
+        // checks every row against the context.
+        sqlx::query(&format!(
+            "INSERT INTO \"{ts}\".{table} ({cols}) SELECT {cols} FROM bulkhead_move_rows"
+        ))
+        .execute(&mut *target)
+        .await?;
+        sqlx::query("DROP TABLE bulkhead_move_rows")
+            .execute(&mut *target)
+            .await?;
+        report(MoveProgress::Table {
+            step: MoveStep::Copy,
+            table,
+            done: done + 1,
+            total: TENANT_TABLES.len(),
+        });
+    }
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+        "SELECT key_hash FROM \"{ts}\".api_keys WHERE tenant_id = $1"
+    ))
+    .bind(tenant.id.uuid())
+    .fetch_all(&mut *target)
+    .await?;
+    target.commit().await?;
+    source.rollback().await?;
+    if to.placement != Placement::Shared {
+        // Presented without a subdomain, the tenant's keys are found through these.
+        sqlx::query(
+            "INSERT INTO bulkhead.key_routes (key_hash, tenant_id) SELECT h, $2 FROM unnest($1::bytea[]) h \
+             ON CONFLICT (key_hash) DO NOTHING",
+        )
+        .bind(hashes)
+        .bind(tenant.id.uuid())
+        .execute(owner.pool())
+        .await?;
+    }
+    Ok(())
+}
+
+/// Row count and checksum of every tenant table at `at`, from one snapshot. The checksum is MD5
+/// over the rows' text forms sorted bytewise (`COLLATE "C"`, so two clusters with different
+/// collations agree).
+async fn checksums(
+    owner: &Store,
+    tenant: TenantId,
+    at: &Location,
+    report: &(dyn Fn(MoveProgress) + Sync),
+) -> Result<BTreeMap<String, TableCheck>, StoreError> {
+    let pool: PgPool = owner.router().pool_for(at).await?;
+    let schema = at.placement.schema();
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    set_context(&mut tx, tenant).await?;
+    let mut out = BTreeMap::new();
+    for (done, table) in TENANT_TABLES.iter().enumerate() {
+        // The target's column order defines the row text on both sides.
+        let cols = columns(&mut tx, schema, table).await?;
+        let (rows, checksum): (i64, String) = sqlx::query_as(&format!(
+            "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\"), '')) \
+             FROM (SELECT {cols} FROM \"{schema}\".{table} WHERE tenant_id = $1) r"
+        ))
+        .bind(tenant.uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        out.insert((*table).to_owned(), TableCheck { rows, checksum });
+        report(MoveProgress::Table {
+            step: MoveStep::Verify,
+            table,
+            done: done + 1,
+            total: TENANT_TABLES.len(),
+        });
+    }
+    tx.rollback().await?;
+    Ok(out)
+}
+
+/// The commit point. First the old location's anchor row is made to name the new location (so
+/// a router with a stale route is refused there from now on), then the registry row is pointed
+/// at the new location and the freeze lifted, with the move's step, in one transaction.
+async fn switch(
+    owner: &Store,
+    tenant: &Tenant,
+    from: &Location,
+    to: &Location,
+) -> Result<(), StoreError> {
+    let router = owner.router();
+    if !router.is_registry_location(from) {
+        let pool = router.pool_for(from).await?;
+        let (schema_name, database_name) = to.placement.columns();
+        sqlx::query(&format!(
+            "UPDATE \"{}\".tenants SET isolation_tier = $2, schema_name = $3, database_name = $4, \
+             updated_at = now() WHERE id = $1",
+            from.placement.schema()
+        ))
+        .bind(tenant.id.uuid())
+        .bind(to.placement.tier().as_str())
+        .bind(schema_name)
+        .bind(database_name)
+        .execute(&pool)
+        .await?;
+    }
+    let (schema_name, database_name) = to.placement.columns();
+    let mut tx = owner.pool().begin().await?;
+    sqlx::query(
+        "UPDATE bulkhead.tenants SET isolation_tier = $2, schema_name = $3, database_name = $4, \
+         frozen_since = NULL, updated_at = now() WHERE id = $1",
+    )
+    .bind(tenant.id.uuid())
+    .bind(to.placement.tier().as_str())
+    .bind(schema_name)
+    .bind(database_name)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE bulkhead.tenant_moves SET step = 'cleanup', updated_at = now() WHERE tenant_id = $1")
+        .bind(tenant.id.uuid())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    router.forget(tenant.id);
+    Ok(())
+}
+
+/// Removes the old copy: a tenant schema is dropped whole; from a shared schema or a dedicated
+/// database the tenant's rows are deleted, in its own context, as the mover role.
+async fn cleanup(
+    owner: &Store,
+    tenant: &Tenant,
+    from: &Location,
+    to: &Location,
+) -> Result<(), StoreError> {
+    let router = owner.router();
+    let pool = router.pool_for(from).await?;
+    match &from.placement {
+        Placement::Schema(schema) => {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await?;
+        }
+        Placement::Shared | Placement::Dedicated(_) => {
+            let schema = from.placement.schema();
+            let mut tx = pool.begin().await?;
+            set_context(&mut tx, tenant.id).await?;
+            delete_rows(&mut tx, schema, tenant.id).await?;
+            if !router.is_registry_location(from) {
+                sqlx::query(&format!("DELETE FROM \"{schema}\".tenants WHERE id = $1"))
+                    .bind(tenant.id.uuid())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    if to.placement == Placement::Shared {
+        sqlx::query("DELETE FROM bulkhead.key_routes WHERE tenant_id = $1")
+            .bind(tenant.id.uuid())
+            .execute(owner.pool())
+            .await?;
+    }
+    Ok(())
+}
