@@ -232,11 +232,21 @@ impl TenantTx {
         location: &Location,
     ) -> Result<TenantTx, StoreError> {
         let schema = location.placement.schema();
-        let row: Option<AnchorRow> = sqlx::query_as(&enter_statement(schema, access))
+        let row: Option<AnchorRow> = match sqlx::query_as(&enter_statement(schema, access))
             .bind(ctx.tenant_id().uuid().to_string())
             .bind(format!("\"{schema}\""))
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+        {
+            Ok(row) => row,
+            // The schema is gone (a move removed the old copy after its switch): a stale route.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("42P01") | Some("3F000")) =>
+            {
+                return Err(StoreError::LocationMismatch)
+            }
+            Err(err) => return Err(err.into()),
+        };
         let Some((tier, schema_name, database_name, region, frozen)) = row else {
             return Err(StoreError::LocationMismatch);
         };

@@ -386,7 +386,7 @@ pub async fn permissions_of(
     };
     // Table and column names are the constants above, never input.
     let rows: Vec<HeldRoleRow> = sqlx::query_as(&format!(
-        "SELECT p.status, r.built_in, r.name, r.permissions FROM bulkhead.{table} p \
+        "SELECT p.status, r.built_in, r.name, r.permissions FROM {table} p \
              LEFT JOIN role_assignments a ON a.tenant_id = p.tenant_id AND a.{column} = p.id \
              LEFT JOIN roles r ON r.tenant_id = a.tenant_id AND r.id = a.role_id \
              WHERE p.tenant_id = $1 AND p.id = $2"

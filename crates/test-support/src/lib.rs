@@ -134,16 +134,47 @@ impl TestDb {
         pool(&self.superuser_options, 2).await
     }
 
-    /// The serving store, with the role checks the server performs.
+    /// The serving store, with the role checks the server performs (and the test master key,
+    /// which opens dedicated databases' sealed URLs).
     pub async fn app_store(&self) -> Store {
         Store::connect_app(self.app_options.clone(), 10)
             .await
             .expect("app store")
+            .reconfigured(|t| t.master_key = Some(Arc::new(test_master_key())))
     }
 
-    /// A store on the owner role (operator commands: onboarding, suspension).
+    /// A store on the owner role (operator commands: onboarding, suspension, moves).
     pub async fn owner_store(&self) -> Store {
         Store::from_pool_unchecked(self.owner_pool().await)
+            .reconfigured(|t| t.master_key = Some(Arc::new(test_master_key())))
+    }
+
+    /// A further, empty database in the test cluster owned by the owner role, for a dedicated
+    /// tenant: `(name, owner URL, serving-role URL)`.
+    pub async fn dedicated_database(&self) -> (String, String, String) {
+        let cluster = cluster();
+        let pg = &cluster.postgres;
+        let name = format!("d_{}", uuid::Uuid::new_v4().simple());
+        let mut su = PgConnection::connect_with(&pg.connect_options(pg.superuser(), "postgres"))
+            .await
+            .expect("superuser connection");
+        provision::ensure_database(&mut su, &name)
+            .await
+            .expect("create dedicated database");
+        su.close().await.ok();
+        let owner_url = pg.url(provision::OWNER_ROLE, &name);
+        let app_url = pg.url(roles::APP_ROLE, &name);
+        (name, owner_url, app_url)
+    }
+
+    /// Owner options for another database of the test cluster (inspecting a dedicated one).
+    pub fn owner_options_for(&self, database: &str) -> PgConnectOptions {
+        self.owner_options.clone().database(database)
+    }
+
+    /// Superuser options for another database of the test cluster.
+    pub fn superuser_options_for(&self, database: &str) -> PgConnectOptions {
+        self.superuser_options.clone().database(database)
     }
 }
 
@@ -195,7 +226,49 @@ pub struct TestTenant {
 
 /// Onboards a tenant exactly as `bulkhead tenant create` does.
 pub async fn create_tenant(db: &TestDb, slug: &str) -> TestTenant {
+    create_tenant_in(db, slug, TestTier::Shared).await
+}
+
+/// An isolation tier for [`create_tenant_in`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestTier {
+    /// Shared tables under RLS.
+    Shared,
+    /// A schema of its own.
+    Schema,
+    /// A database of its own (a fresh one in the test cluster, registered sealed).
+    Dedicated,
+}
+
+impl TestTier {
+    /// Every tier.
+    pub const ALL: [TestTier; 3] = [TestTier::Shared, TestTier::Schema, TestTier::Dedicated];
+
+    /// The placement to move a tenant to this tier (registering a fresh dedicated database).
+    pub async fn placement(self, db: &TestDb, owner: &Store) -> bulkhead_store::Placement {
+        use bulkhead_store::location::{DatabaseName, SchemaName};
+        match self {
+            TestTier::Shared => bulkhead_store::Placement::Shared,
+            TestTier::Schema => {
+                bulkhead_store::Placement::Schema(SchemaName::for_tenant(TenantId::new()))
+            }
+            TestTier::Dedicated => {
+                let (name, owner_url, app_url) = db.dedicated_database().await;
+                let name = DatabaseName::parse(&name).expect("database name");
+                owner
+                    .register_database(&test_master_key(), &name, "default", &owner_url, &app_url)
+                    .await
+                    .expect("register the dedicated database");
+                bulkhead_store::Placement::Dedicated(name)
+            }
+        }
+    }
+}
+
+/// Onboards a tenant in `tier`, as `bulkhead tenant create --tier` does.
+pub async fn create_tenant_in(db: &TestDb, slug: &str, tier: TestTier) -> TestTenant {
     let owner = db.owner_store().await;
+    let placement = tier.placement(db, &owner).await;
     let onboarded = bulkhead_server::tenants::onboard(
         &owner,
         &test_peppers(),
@@ -205,7 +278,7 @@ pub async fn create_tenant(db: &TestDb, slug: &str) -> TestTenant {
             display_name: format!("{slug} Inc."),
             plan: Plan::Standard,
             region: "default".into(),
-            placement: bulkhead_store::Placement::Shared,
+            placement,
         },
     )
     .await
@@ -260,6 +333,8 @@ pub struct AppOptions {
     pub tool_client: Option<bulkhead_webhooks::EgressClient>,
     /// Tool-call limits; default the server's.
     pub tool_settings: Option<bulkhead_server::config::ToolSettings>,
+    /// Serve through this store (another topology: regions) instead of the database's own.
+    pub store: Option<Store>,
 }
 
 /// The egress policy of test deployments: https, any unprivileged port, the test base domain
@@ -282,7 +357,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => TestDb::new().await,
     };
     ensure_signing_keys(&db).await;
-    let store = db.app_store().await;
+    let store = match options.store {
+        Some(store) => store,
+        None => db.app_store().await,
+    };
     let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
     config.trusted_proxies = options.trusted_proxies;
     config.webhook_egress = options.webhook_egress.unwrap_or_else(test_egress_policy);
@@ -348,6 +426,11 @@ impl TestApp {
     /// URL under a tenant's subdomain (`<slug>.bulkhead.test`), resolved to loopback.
     pub fn tenant_url(&self, slug: &str, path: &str) -> String {
         format!("http://{slug}.{BASE_DOMAIN}:{}{path}", self.addr.port())
+    }
+
+    /// Onboards a tenant in `tier`, in this app's database.
+    pub async fn create_tenant_in(&self, slug: &str, tier: TestTier) -> TestTenant {
+        create_tenant_in(&self.db, slug, tier).await
     }
 
     /// Onboards a tenant in this app's database.

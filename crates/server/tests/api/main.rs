@@ -16,6 +16,7 @@ mod probe;
 mod ratelimit;
 mod rbac;
 mod sessions;
+mod tiers;
 mod tokens;
 mod tools;
 mod webhooks;

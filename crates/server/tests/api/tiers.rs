@@ -1,0 +1,592 @@
+//! Isolation tiers (docs/isolation-tiers.md): the cross-tenant probe with tenants in every tier
+//! and across tiers, moves under load and interrupted at every step, `bulkhead migrate` over
+//! 200 tenant schemas, and two regions in two databases.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_server::probe::{self, ProbeConfig, TenantCredentials};
+use bulkhead_store::moves::{self, MoveOptions, MoveStep, INTERRUPTED};
+use bulkhead_store::{Access, Placement, Store, StoreError};
+use bulkhead_test_support::{
+    spawn_app_with, test_master_key, AppOptions, TestApp, TestDb, TestTenant, TestTier, BASE_DOMAIN,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{as_tenant, create_session};
+
+fn production_egress() -> AppOptions {
+    let config =
+        bulkhead_server::config::AppConfig::new(BASE_DOMAIN, bulkhead_auth::KeyEnvironment::Live)
+            .unwrap();
+    AppOptions {
+        webhook_egress: Some(config.webhook_egress),
+        ..AppOptions::default()
+    }
+}
+
+async fn probe_pair(app: &TestApp, a: &TestTenant, b: &TestTenant) -> probe::Report {
+    probe::run(ProbeConfig {
+        base_url: format!("http://{}", app.addr).parse().unwrap(),
+        base_domain: BASE_DOMAIN.into(),
+        tenant_a: TenantCredentials {
+            slug: a.slug.clone(),
+            admin_key: a.key.clone(),
+        },
+        tenant_b: TenantCredentials {
+            slug: b.slug.clone(),
+            admin_key: b.key.clone(),
+        },
+        openapi_file: None,
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_probe_finds_nothing_within_and_across_every_tier() {
+    // Within a tier (schema × schema, dedicated × dedicated) and across tiers, both ways round.
+    // One deployment per pair: the probe mints keys as fast as the key endpoint's limit allows.
+    for (victim, attacker) in [
+        (TestTier::Schema, TestTier::Schema),
+        (TestTier::Dedicated, TestTier::Dedicated),
+        (TestTier::Shared, TestTier::Dedicated),
+        (TestTier::Dedicated, TestTier::Schema),
+    ] {
+        let app = spawn_app_with(production_egress()).await;
+        let a = app.create_tenant_in("victim", victim).await;
+        let b = app.create_tenant_in("attacker", attacker).await;
+        let report = probe_pair(&app, &a, &b).await;
+        assert!(
+            report.passed(),
+            "{victim:?} attacked by {attacker:?}:\n{}\n{}",
+            report.table(),
+            report.summary()
+        );
+        assert!(report.operations > 40);
+    }
+}
+
+#[tokio::test]
+async fn each_tier_keeps_its_rows_where_the_registry_says() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let schema = app.create_tenant_in("schema-co", TestTier::Schema).await;
+    let dedicated = app
+        .create_tenant_in("dedicated-co", TestTier::Dedicated)
+        .await;
+    create_session(&app, &schema, "in its schema").await;
+    create_session(&app, &dedicated, "in its database").await;
+    // Keys work without a subdomain too (found through the routing index).
+    for tenant in [&schema, &dedicated] {
+        let listed = app
+            .client
+            .get(app.url("/v1/sessions"))
+            .bearer_auth(&tenant.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), StatusCode::OK, "{}", tenant.slug);
+        let page: Value = listed.json().await.unwrap();
+        assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    }
+    let su = PgPool::connect_with(app.db.superuser_options.clone())
+        .await
+        .unwrap();
+    // Nothing of either is in the shared tables.
+    for tenant in [&schema, &dedicated] {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1) \
+             + (SELECT count(*) FROM bulkhead.api_keys WHERE tenant_id = $1) \
+             + (SELECT count(*) FROM bulkhead.audit_events WHERE tenant_id = $1)",
+        )
+        .bind(tenant.id.uuid())
+        .fetch_one(&su)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{} has rows in the shared tier", tenant.slug);
+    }
+    let schema_name = format!("tenant_{}", schema.id.uuid().simple());
+    let n: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{schema_name}\".agent_sessions WHERE tenant_id = $1"
+    ))
+    .bind(schema.id.uuid())
+    .fetch_one(&su)
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    // The dedicated database's URL is sealed in the registry, never in the clear.
+    let sealed: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT sealed_owner_url FROM bulkhead.tenant_databases")
+            .fetch_all(&su)
+            .await
+            .unwrap();
+    assert_eq!(sealed.len(), 1);
+    assert!(!String::from_utf8_lossy(&sealed[0]).contains("postgres://"));
+    // A tenant schema is as locked down as the shared one: FORCE RLS on every table.
+    let unforced: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' \
+         WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT c.relforcerowsecurity \
+         AND c.relname NOT IN ('key_routes', 'tenant_moves')",
+    )
+    .bind(&schema_name)
+    .fetch_all(&su)
+    .await
+    .unwrap();
+    assert!(unforced.is_empty(), "{unforced:?}");
+}
+
+fn system(tenant: TenantId) -> TenantContext {
+    TenantContext::new(
+        tenant,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    )
+}
+
+/// Per-table row counts of a tenant, read through the door (wherever it lives).
+async fn row_counts(store: &Store, tenant: TenantId) -> Vec<(String, i64)> {
+    let mut tx = store
+        .begin(&system(tenant), Access::ReadOnly)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for table in bulkhead_store::location::TENANT_TABLES {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id = $1"
+        ))
+        .bind(tenant.uuid())
+        .fetch_one(tx.conn())
+        .await
+        .unwrap();
+        out.push(((*table).to_owned(), n));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_tenant_moved_through_every_tier_under_load_keeps_every_row_and_never_answers_wrongly() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let acme = app.create_tenant("acme").await;
+    let other = app.create_tenant("other-co").await;
+    for i in 0..20 {
+        create_session(&app, &acme, &format!("before {i}")).await;
+    }
+    let other_session = create_session(&app, &other, "not acme's").await;
+    let owner = app.db.owner_store().await;
+
+    // Load: writers create sessions and count the ones acknowledged; readers list and check
+    // every answer is acme's. Every answer is a success or a retryable 503, nothing else.
+    let stop = Arc::new(AtomicBool::new(false));
+    let created = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for worker in 0..3 {
+        let (client, url) = (app.client.clone(), app.tenant_url("acme", "/v1/sessions"));
+        let (key, stop, created, refused) = (
+            acme.key.clone(),
+            stop.clone(),
+            created.clone(),
+            refused.clone(),
+        );
+        let other_id = other_session["id"].as_str().unwrap().to_owned();
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let write = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({ "agent_id": "loader", "title": format!("load {worker}-{i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                match write.status() {
+                    StatusCode::CREATED => {
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        assert!(write.headers().contains_key("retry-after"));
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The load outruns the tenant's rate limit now and then: not an answer
+                    // about the data.
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    other => panic!("a write during a move answered {other}"),
+                }
+                let read = client
+                    .get(format!("{url}?limit=5"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                match read.status() {
+                    StatusCode::OK => {
+                        let text = read.text().await.unwrap();
+                        assert!(!text.contains(&other_id), "another tenant's session leaked");
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {}
+                    other => panic!("a read during a move answered {other}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    let placements = [TestTier::Schema, TestTier::Dedicated, TestTier::Shared];
+    for tier in placements {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let placement = tier.placement(&app.db, &owner).await;
+        let report = moves::move_tenant(&owner, acme.id, placement, MoveOptions::default())
+            .await
+            .unwrap();
+        assert!(report.rows > 0);
+        assert_eq!(
+            report.tables.len(),
+            bulkhead_store::location::TENANT_TABLES.len()
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    // Every acknowledged write is there, once; nothing else of acme's was lost.
+    let store = app.db.app_store().await;
+    let mut tx = store
+        .begin(&system(acme.id), Access::ReadOnly)
+        .await
+        .unwrap();
+    let (before, loaded): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE title LIKE 'before %'), count(*) FILTER (WHERE title LIKE 'load %') \
+         FROM agent_sessions WHERE tenant_id = $1",
+    )
+    .bind(acme.id.uuid())
+    .fetch_one(tx.conn())
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(before, 20);
+    assert_eq!(loaded as usize, created.load(Ordering::Relaxed));
+    assert!(created.load(Ordering::Relaxed) > 0);
+    println!(
+        "load during three moves: {} writes acknowledged, {} refused with 503",
+        created.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
+    );
+    // The other tenant never noticed.
+    let got = as_tenant(
+        &app,
+        &other,
+        Method::GET,
+        &format!("/v1/sessions/{}", other_session["id"].as_str().unwrap()),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    // Back in the shared tier, with the audit log still verifiable end to end.
+    let location = store.location_of(acme.id).await.unwrap();
+    assert_eq!(location.placement, Placement::Shared);
+}
+
+#[tokio::test]
+async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let owner = db.owner_store().await;
+    let app_store = db.app_store().await;
+    for (i, step) in MoveStep::ALL.into_iter().enumerate() {
+        if step == MoveStep::Cleanup {
+            continue; // the last step: stopping after it is finishing
+        }
+        let tenant = bulkhead_test_support::create_tenant(&db, &format!("stopped-{i}")).await;
+        let mut tx = app_store
+            .begin(&system(tenant.id), Access::ReadWrite)
+            .await
+            .unwrap();
+        for n in 0..5 {
+            bulkhead_store::audit::record(
+                &mut tx,
+                "test.event",
+                Some(&format!("r{n}")),
+                bulkhead_store::audit::Outcome::Success,
+                json!({ "n": n }),
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let before = row_counts(&app_store, tenant.id).await;
+        let to = TestTier::Dedicated.placement(&db, &owner).await;
+        let stopped = moves::move_tenant(
+            &owner,
+            tenant.id,
+            to.clone(),
+            MoveOptions {
+                stop_after: Some(step),
+                progress: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&stopped, StoreError::Invalid(m) if m == INTERRUPTED),
+            "{stopped:?}"
+        );
+        // While stopped: reads answer; writes answer a retryable refusal from the freeze until
+        // the switch, and succeed afterwards.
+        let read = app_store.begin(&system(tenant.id), Access::ReadOnly).await;
+        assert!(
+            read.is_ok() || matches!(read, Err(StoreError::TenantMoving)),
+            "after {step:?}: {read:?}"
+        );
+        let write = app_store.begin(&system(tenant.id), Access::ReadWrite).await;
+        match step {
+            MoveStep::Prepare => assert!(write.is_ok(), "after {step:?}: {write:?}"),
+            MoveStep::Freeze | MoveStep::Copy | MoveStep::Verify => {
+                assert!(
+                    matches!(write, Err(StoreError::TenantMoving)),
+                    "after {step:?}: {write:?}"
+                )
+            }
+            MoveStep::Switch | MoveStep::Cleanup => {
+                assert!(write.is_ok(), "after {step:?}: {write:?}")
+            }
+        }
+        drop(write);
+        let report = moves::move_tenant(&owner, tenant.id, to.clone(), MoveOptions::default())
+            .await
+            .unwrap();
+        assert!(report.resumed, "after {step:?}");
+        let after = row_counts(&app_store, tenant.id).await;
+        // Everything that was there is there; the move added its own audit event.
+        for ((table, was), (_, now)) in before.iter().zip(&after) {
+            if table == "audit_events" {
+                assert_eq!(*now, was + 1, "after {step:?}: {table}");
+            } else {
+                assert_eq!(now, was, "after {step:?}: {table}");
+            }
+        }
+        assert_eq!(
+            app_store.location_of(tenant.id).await.unwrap().placement,
+            to,
+            "after {step:?}"
+        );
+        // No copy stays behind in the shared tables.
+        let su = PgPool::connect_with(db.superuser_options.clone())
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM bulkhead.audit_events WHERE tenant_id = $1) \
+             + (SELECT count(*) FROM bulkhead.audit_leaves WHERE tenant_id = $1) \
+             + (SELECT count(*) FROM bulkhead.api_keys WHERE tenant_id = $1)",
+        )
+        .bind(tenant.id.uuid())
+        .fetch_one(&su)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "after {step:?}: the old copy was not removed");
+    }
+}
+
+#[tokio::test]
+async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_unchanged() {
+    let db = TestDb::new().await;
+    let owner_pool = db.owner_pool().await;
+    // 200 schema-tier registry rows whose schemas do not exist yet.
+    let mut schemas = Vec::new();
+    for i in 0..200 {
+        let id = TenantId::new();
+        let schema = format!("tenant_{}", id.uuid().simple());
+        sqlx::query(
+            "INSERT INTO bulkhead.tenants (id, slug, display_name, isolation_tier, schema_name) \
+             VALUES ($1, $2, 'Bulk', 'schema', $3)",
+        )
+        .bind(id.uuid())
+        .bind(format!("bulk-{i:03}"))
+        .bind(&schema)
+        .execute(&owner_pool)
+        .await
+        .unwrap();
+        schemas.push(schema);
+    }
+    let owner = db.owner_store().await;
+    let latest = bulkhead_store::migrate::latest_version();
+    let known = bulkhead_store::migrate::MIGRATOR.iter().count() as u32;
+    let outcomes =
+        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+            .await;
+    assert_eq!(outcomes.len(), 201);
+    for outcome in &outcomes[1..] {
+        assert_eq!(
+            outcome.result.as_ref().unwrap(),
+            &known,
+            "{}",
+            outcome.label
+        );
+    }
+    // A second run has nothing to do.
+    let again =
+        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+            .await;
+    assert!(again[1..].iter().all(|o| matches!(o.result, Ok(0))));
+    // Break one schema so that re-applying the last migration fails: it is reported, the
+    // others are fine, and the broken one is exactly as it was (one transaction per target).
+    let broken = &schemas[17];
+    sqlx::query(&format!(
+        "DELETE FROM \"{broken}\"._sqlx_migrations WHERE version = $1"
+    ))
+    .bind(latest)
+    .execute(&owner_pool)
+    .await
+    .unwrap();
+    let outcomes =
+        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+            .await;
+    let failed: Vec<&String> = outcomes
+        .iter()
+        .filter(|o| o.result.is_err())
+        .map(|o| &o.label)
+        .collect();
+    assert_eq!(failed, [&format!("schema {broken}")]);
+    let ledger: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{broken}\"._sqlx_migrations WHERE version = $1"
+    ))
+    .bind(latest)
+    .fetch_one(&owner_pool)
+    .await
+    .unwrap();
+    assert_eq!(ledger, 0, "a failed target must be left unchanged");
+}
+
+#[tokio::test]
+async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
+    let us = TestDb::new().await;
+    let eu = TestDb::new().await;
+    let regional = |store: Store, eu_pool: PgPool| {
+        store.reconfigured(move |t| {
+            t.default_region = "us".into();
+            t.regions = vec![("eu".into(), eu_pool)];
+            t.master_key = Some(Arc::new(test_master_key()));
+        })
+    };
+    let owner = regional(us.owner_store().await, eu.owner_pool().await);
+    let app_store = regional(us.app_store().await, eu.app_pool(5).await);
+    let app = spawn_app_with(AppOptions {
+        db: Some(us.clone()),
+        store: Some(app_store),
+        ..AppOptions::default()
+    })
+    .await;
+    let onboard = |slug: &'static str, region: &'static str| {
+        let owner = owner.clone();
+        async move {
+            let onboarded = bulkhead_server::tenants::onboard(
+                &owner,
+                &bulkhead_test_support::test_peppers(),
+                bulkhead_auth::KeyEnvironment::Live,
+                &bulkhead_store::registry::NewTenant {
+                    slug: bulkhead_core::TenantSlug::parse(slug).unwrap(),
+                    display_name: slug.into(),
+                    plan: bulkhead_store::registry::Plan::Standard,
+                    region: region.into(),
+                    placement: Placement::Shared,
+                },
+            )
+            .await
+            .unwrap();
+            TestTenant {
+                id: onboarded.tenant.id,
+                slug: slug.into(),
+                key: onboarded.admin_key.expose_secret().to_owned(),
+            }
+        }
+    };
+    let eu_tenant = onboard("eu-co", "eu").await;
+    let us_tenant = onboard("us-co", "us").await;
+    create_session(&app, &eu_tenant, "eu data").await;
+    create_session(&app, &us_tenant, "us data").await;
+    // An EU key works without a subdomain too.
+    let listed = app
+        .client
+        .get(app.url("/v1/sessions"))
+        .bearer_auth(&eu_tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+
+    // No row of the EU tenant in any table of the US database, except its registry row
+    // (routing metadata only); and its rows are in the EU database.
+    let us_su = PgPool::connect_with(us.superuser_options.clone())
+        .await
+        .unwrap();
+    let eu_su = PgPool::connect_with(eu.superuser_options.clone())
+        .await
+        .unwrap();
+    for table in bulkhead_store::location::TENANT_TABLES {
+        let in_us: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM bulkhead.{table} WHERE tenant_id = $1"
+        ))
+        .bind(eu_tenant.id.uuid())
+        .fetch_one(&us_su)
+        .await
+        .unwrap();
+        assert_eq!(in_us, 0, "an EU row of {table} is in the US database");
+        let us_in_eu: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM bulkhead.{table} WHERE tenant_id = $1"
+        ))
+        .bind(us_tenant.id.uuid())
+        .fetch_one(&eu_su)
+        .await
+        .unwrap();
+        assert_eq!(us_in_eu, 0, "a US row of {table} is in the EU database");
+    }
+    let eu_rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1) \
+         + (SELECT count(*) FROM bulkhead.audit_events WHERE tenant_id = $1)",
+    )
+    .bind(eu_tenant.id.uuid())
+    .fetch_one(&eu_su)
+    .await
+    .unwrap();
+    assert!(eu_rows >= 2);
+
+    // A process that serves only the US refuses the EU tenant (421, naming the region), by
+    // subdomain and by key, and never touches the EU database.
+    let us_only = spawn_app_with(AppOptions {
+        db: Some(us.clone()),
+        store: Some(
+            us.app_store()
+                .await
+                .reconfigured(|t| t.default_region = "us".into()),
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    let by_host = us_only
+        .client
+        .get(us_only.tenant_url("eu-co", "/v1/sessions"))
+        .bearer_auth(&eu_tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_host.status(), StatusCode::MISDIRECTED_REQUEST);
+    let body: Value = by_host.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("region eu"));
+    let by_key = us_only
+        .client
+        .get(us_only.url("/v1/sessions"))
+        .bearer_auth(&eu_tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), StatusCode::UNAUTHORIZED);
+    let us_ok = as_tenant(&us_only, &us_tenant, Method::GET, "/v1/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(us_ok.status(), StatusCode::OK);
+}
