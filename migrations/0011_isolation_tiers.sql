@@ -48,7 +48,7 @@ CREATE TABLE bulkhead.tenant_moves (
     to_schema     text,
     to_database   text,
     step          text        NOT NULL
-                  CHECK (step IN ('prepare', 'freeze', 'copy', 'verify', 'switch', 'cleanup')),
+                  CHECK (step IN ('prepare', 'copy', 'freeze', 'catch_up', 'verify', 'switch', 'cleanup')),
     report        jsonb       NOT NULL DEFAULT '{}'::jsonb,
     started_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()

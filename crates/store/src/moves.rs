@@ -1,14 +1,16 @@
-//! Moving a tenant between tiers (`bulkhead tenant move`): prepare the new location, freeze
-//! writes, copy every row, verify counts and checksums, switch the routing, remove the old copy.
+//! Moving a tenant between tiers (`bulkhead tenant move`): prepare the new location, copy every
+//! row from a snapshot while the tenant is served, freeze writes, catch up on what changed since
+//! the snapshot, verify counts and checksums, switch the routing, remove the old copy.
 //!
 //! # Invariants
 //! - The registry row is the commit point: before the switch the old copy is the tenant's data
 //!   (frozen, so unchanged); after it, the new one is. A request never sees a mix: the location
 //!   check ([`crate::location`]) refuses a transaction in a place the registry no longer names,
 //!   and a frozen tenant's writes are refused with a retryable [`StoreError::TenantMoving`].
-//! - The copy is one transaction in the new location (all tables or none), read from one
-//!   `REPEATABLE READ` snapshot of the old, and the old copy is removed only after the switch,
-//!   which happens only after every table's row count and checksum matched.
+//! - The copy and the catch-up are each one transaction in the new location (all tables or
+//!   none), each reading one `REPEATABLE READ` snapshot of the old; the catch-up runs under the
+//!   freeze, so its snapshot is final. The old copy is removed only after the switch, which
+//!   happens only after every table's row count and checksum matched.
 //! - Every step is idempotent and the step reached is recorded in `bulkhead.tenant_moves`, so a
 //!   move stopped at any point (a crash, a kill) resumes by running the same command again.
 //! - The audit log moves with the tenant, leaves, nodes and signed checkpoints included, so its
@@ -34,10 +36,15 @@ use crate::{Access, Store, StoreError};
 pub enum MoveStep {
     /// Create and migrate the new location; write the tenant's anchor row there.
     Prepare,
+    /// Copy every table from one snapshot, in one transaction in the new location, while the
+    /// tenant is still served (writes included).
+    Copy,
     /// Refuse new writes and wait for the ones in flight.
     Freeze,
-    /// Copy every table, in one transaction in the new location.
-    Copy,
+    /// Bring the copy up to date with what was written since the snapshot: compare the rows'
+    /// hashes table by table, upsert what changed or appeared, delete what went.
+    #[serde(rename = "catch_up")]
+    CatchUp,
     /// Compare row counts and checksums table by table.
     Verify,
     /// Point the registry at the new location and lift the freeze.
@@ -48,10 +55,11 @@ pub enum MoveStep {
 
 impl MoveStep {
     /// Every step, in order.
-    pub const ALL: [MoveStep; 6] = [
+    pub const ALL: [MoveStep; 7] = [
         MoveStep::Prepare,
-        MoveStep::Freeze,
         MoveStep::Copy,
+        MoveStep::Freeze,
+        MoveStep::CatchUp,
         MoveStep::Verify,
         MoveStep::Switch,
         MoveStep::Cleanup,
@@ -61,8 +69,9 @@ impl MoveStep {
     pub const fn as_str(self) -> &'static str {
         match self {
             MoveStep::Prepare => "prepare",
-            MoveStep::Freeze => "freeze",
             MoveStep::Copy => "copy",
+            MoveStep::Freeze => "freeze",
+            MoveStep::CatchUp => "catch_up",
             MoveStep::Verify => "verify",
             MoveStep::Switch => "switch",
             MoveStep::Cleanup => "cleanup",
@@ -192,13 +201,16 @@ pub async fn move_tenant(
                     write_anchor(&mut conn, &tenant, &to).await?;
                 }
             }
+            MoveStep::Copy => {
+                copy(owner, &tenant, &from, &to, &report).await?;
+            }
             MoveStep::Freeze => {
                 frozen_at = Some(Instant::now());
                 freeze(owner, &tenant, &from).await?;
             }
-            MoveStep::Copy => {
+            MoveStep::CatchUp => {
                 frozen_at.get_or_insert_with(Instant::now);
-                copy(owner, &tenant, &from, &to, &report).await?;
+                catch_up(owner, &tenant, &from, &to, &report).await?;
             }
             MoveStep::Verify => {
                 let source = checksums(owner, tenant.id, &from, &report).await?;
@@ -209,10 +221,10 @@ pub async fn move_tenant(
                         .filter(|(t, c)| target.get(*t) != Some(c))
                         .map(|(t, _)| t)
                         .collect();
-                    // Back to the copy: a resumed run copies again (the copy replaces).
-                    record_step(owner, tenant.id, MoveStep::Copy, &json!({})).await?;
+                    // Back to the catch-up (still frozen): a resumed run reconciles again.
+                    record_step(owner, tenant.id, MoveStep::CatchUp, &json!({})).await?;
                     return Err(StoreError::Invalid(
-                        format!("move verification failed for {differing:?}; run the move again to copy anew")
+                        format!("move verification failed for {differing:?}; run the move again to reconcile")
                             .into(),
                     ));
                 }
@@ -583,16 +595,199 @@ async fn copy(
     target.commit().await?;
     source.rollback().await?;
     if to.placement != Placement::Shared {
-        // Presented without a subdomain, the tenant's keys are found through these.
-        sqlx::query(
-            "INSERT INTO bulkhead.key_routes (key_hash, tenant_id) SELECT h, $2 FROM unnest($1::bytea[]) h \
-             ON CONFLICT (key_hash) DO NOTHING",
-        )
-        .bind(hashes)
-        .bind(tenant.id.uuid())
-        .execute(owner.pool())
-        .await?;
+        route_keys(owner, tenant.id, hashes).await?;
     }
+    Ok(())
+}
+
+/// The primary-key columns of `table` in `schema`.
+async fn primary_key(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, StoreError> {
+    let cols: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(a.attname) FROM pg_index i \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+         WHERE i.indrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND i.indisprimary \
+         ORDER BY array_position(i.indkey::int2[], a.attnum)",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    if cols.is_empty() {
+        return Err(StoreError::UnsafeConfiguration(format!(
+            "table {schema}.{table} has no primary key"
+        )));
+    }
+    Ok(cols)
+}
+
+/// Each row's MD5 over its text form, for one table of the tenant.
+async fn row_hashes(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+    cols: &str,
+    tenant: TenantId,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let hashes: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT md5(ROW({cols})::text) FROM \"{schema}\".{table} WHERE tenant_id = $1"
+    ))
+    .bind(tenant.uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(hashes.into_iter().collect())
+}
+
+/// Under the freeze: makes the copy equal to the source by difference. Per table, rows whose
+/// hash is only at the source are upserted by primary key (parents first), then rows whose hash
+/// is only in the copy are deleted (children first, as the mover role). Only hashes and the
+/// changed rows travel; one transaction in the new location.
+async fn catch_up(
+    owner: &Store,
+    tenant: &Tenant,
+    from: &Location,
+    to: &Location,
+    report: &(dyn Fn(MoveProgress) + Sync),
+) -> Result<(), StoreError> {
+    let router = owner.router();
+    let source_pool = router.pool_for(from).await?;
+    let target_pool = router.pool_for(to).await?;
+    let (fs, ts) = (from.placement.schema(), to.placement.schema());
+    let mut source = source_pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *source)
+        .await?;
+    set_context(&mut source, tenant.id).await?;
+    let mut target = target_pool.begin().await?;
+    set_context(&mut target, tenant.id).await?;
+    let literal = tenant.id.uuid().to_string();
+    let mut gone: Vec<(&'static str, String, Vec<String>)> = Vec::new();
+    for (done, table) in TENANT_TABLES.iter().enumerate() {
+        let cols = columns(&mut target, ts, table).await?;
+        let at_source = row_hashes(&mut source, fs, table, &cols, tenant.id).await?;
+        let in_copy = row_hashes(&mut target, ts, table, &cols, tenant.id).await?;
+        let missing: Vec<&String> = at_source.difference(&in_copy).collect();
+        let extra: Vec<String> = in_copy.difference(&at_source).cloned().collect();
+        if !missing.is_empty() {
+            let pk = primary_key(&mut target, ts, table).await?;
+            // Hex digests only: safe to write into the COPY statement, which takes no parameters.
+            let wanted = missing
+                .iter()
+                .map(|h| format!("'{h}'"))
+                .collect::<Vec<_>>()
+                .join(",");
+            sqlx::query(&format!(
+                "CREATE TEMP TABLE bulkhead_move_rows (LIKE \"{ts}\".{table}) ON COMMIT DROP"
+            ))
+            .execute(&mut *target)
+            .await?;
+            {
+                let mut rows = source
+                    .copy_out_raw(&format!(
+                        "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}' \
+                         AND md5(ROW({cols})::text) IN ({wanted})) TO STDOUT (FORMAT binary)"
+                    ))
+                    .await?;
+                let mut chunks = Vec::new();
+                while let Some(chunk) = rows.next().await {
+                    chunks.push(chunk?);
+                }
+                drop(rows);
+                let mut sink = target
+                    .copy_in_raw(&format!(
+                        "COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"
+                    ))
+                    .await?;
+                for chunk in chunks {
+                    sink.send(chunk).await?;
+                }
+                sink.finish().await?;
+            }
+            let pk_list = pk.join(", ");
+            let updates: Vec<String> = cols
+                .split(", ")
+                .filter(|c| !pk.iter().any(|p| p == c))
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
+            let on_conflict = if updates.is_empty() {
+                "DO NOTHING".to_owned()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            sqlx::query(&format!(
+                "INSERT INTO \"{ts}\".{table} ({cols}) SELECT {cols} FROM bulkhead_move_rows \
+                 ON CONFLICT ({pk_list}) {on_conflict}"
+            ))
+            .execute(&mut *target)
+            .await?;
+            sqlx::query("DROP TABLE bulkhead_move_rows")
+                .execute(&mut *target)
+                .await?;
+        }
+        if !extra.is_empty() {
+            gone.push((table, cols, extra));
+        }
+        report(MoveProgress::Table {
+            step: MoveStep::CatchUp,
+            table,
+            done: done + 1,
+            total: TENANT_TABLES.len(),
+        });
+    }
+    if !gone.is_empty() {
+        sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
+            .execute(&mut *target)
+            .await?;
+        sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
+            .execute(&mut *target)
+            .await?;
+        // Children first. An updated row's old hash matches nothing any more (the upsert
+        // rewrote it), so only rows deleted at the source are deleted here.
+        for (table, cols, extra) in gone.iter().rev() {
+            sqlx::query(&format!(
+                "DELETE FROM \"{ts}\".{table} WHERE tenant_id = $1 AND md5(ROW({cols})::text) = ANY($2)"
+            ))
+            .bind(tenant.id.uuid())
+            .bind(extra)
+            .execute(&mut *target)
+            .await?;
+        }
+        sqlx::query("RESET ROLE").execute(&mut *target).await?;
+        sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
+            .execute(&mut *target)
+            .await?;
+    }
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+        "SELECT key_hash FROM \"{ts}\".api_keys WHERE tenant_id = $1"
+    ))
+    .bind(tenant.id.uuid())
+    .fetch_all(&mut *target)
+    .await?;
+    target.commit().await?;
+    source.rollback().await?;
+    if to.placement != Placement::Shared {
+        route_keys(owner, tenant.id, hashes).await?;
+    }
+    Ok(())
+}
+
+async fn route_keys(
+    owner: &Store,
+    tenant: TenantId,
+    hashes: Vec<Vec<u8>>,
+) -> Result<(), StoreError> {
+    // Presented without a subdomain, the tenant's keys are found through these.
+    sqlx::query(
+        "INSERT INTO bulkhead.key_routes (key_hash, tenant_id) SELECT h, $2 FROM unnest($1::bytea[]) h \
+         ON CONFLICT (key_hash) DO NOTHING",
+    )
+    .bind(hashes)
+    .bind(tenant.uuid())
+    .execute(owner.pool())
+    .await?;
     Ok(())
 }
 

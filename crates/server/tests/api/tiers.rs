@@ -317,8 +317,17 @@ async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
             .await
             .unwrap();
         }
+        for title in ["s0", "s1", "s2"] {
+            sqlx::query(
+                "INSERT INTO agent_sessions (tenant_id, id, agent_id, title) VALUES ($1, gen_random_uuid(), 'a', $2)",
+            )
+            .bind(tenant.id.uuid())
+            .bind(title)
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        }
         tx.commit().await.unwrap();
-        let before = row_counts(&app_store, tenant.id).await;
         let to = TestTier::Dedicated.placement(&db, &owner).await;
         let stopped = moves::move_tenant(
             &owner,
@@ -344,8 +353,10 @@ async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
         );
         let write = app_store.begin(&system(tenant.id), Access::ReadWrite).await;
         match step {
-            MoveStep::Prepare => assert!(write.is_ok(), "after {step:?}: {write:?}"),
-            MoveStep::Freeze | MoveStep::Copy | MoveStep::Verify => {
+            MoveStep::Prepare | MoveStep::Copy => {
+                assert!(write.is_ok(), "after {step:?}: {write:?}")
+            }
+            MoveStep::Freeze | MoveStep::CatchUp | MoveStep::Verify => {
                 assert!(
                     matches!(write, Err(StoreError::TenantMoving)),
                     "after {step:?}: {write:?}"
@@ -355,7 +366,36 @@ async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
                 assert!(write.is_ok(), "after {step:?}: {write:?}")
             }
         }
-        drop(write);
+        // Writes while the tenant is still served after its snapshot copy (an insert, an
+        // update, a delete): the catch-up must carry every one of them over.
+        if let Ok(mut tx) = write {
+            if matches!(step, MoveStep::Prepare | MoveStep::Copy) {
+                bulkhead_store::audit::record(
+                    &mut tx,
+                    "test.after_copy",
+                    None,
+                    bulkhead_store::audit::Outcome::Success,
+                    json!({}),
+                )
+                .await
+                .unwrap();
+                for (sql, title) in [
+                    ("UPDATE agent_sessions SET title = 'changed after the copy' WHERE tenant_id = $1 AND title = $2", "s0"),
+                    ("DELETE FROM agent_sessions WHERE tenant_id = $1 AND title = $2", "s1"),
+                ] {
+                    let n = sqlx::query(sql)
+                        .bind(tenant.id.uuid())
+                        .bind(title)
+                        .execute(tx.conn())
+                        .await
+                        .unwrap()
+                        .rows_affected();
+                    assert_eq!(n, 1);
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+        let before = row_counts(&app_store, tenant.id).await;
         let report = moves::move_tenant(&owner, tenant.id, to.clone(), MoveOptions::default())
             .await
             .unwrap();
@@ -374,6 +414,24 @@ async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
             to,
             "after {step:?}"
         );
+        let mut tx = app_store
+            .begin(&system(tenant.id), Access::ReadOnly)
+            .await
+            .unwrap();
+        let titles: Vec<String> = sqlx::query_scalar(
+            "SELECT title FROM agent_sessions WHERE tenant_id = $1 ORDER BY title",
+        )
+        .bind(tenant.id.uuid())
+        .fetch_all(tx.conn())
+        .await
+        .unwrap();
+        drop(tx);
+        let expected: &[&str] = if matches!(step, MoveStep::Prepare | MoveStep::Copy) {
+            &["changed after the copy", "s2"]
+        } else {
+            &["s0", "s1", "s2"]
+        };
+        assert_eq!(titles, expected, "after {step:?}");
         // No copy stays behind in the shared tables.
         let su = PgPool::connect_with(db.superuser_options.clone())
             .await

@@ -1,0 +1,333 @@
+//! Isolation tiers against a real PostgreSQL (the harness's private cluster), in three phases:
+//! 1. request throughput per tier for the same endpoint (`GET /v1/sessions/{id}` through the
+//!    full stack), alternating rounds, as ratios to the shared tier;
+//! 2. schema creation and migration per tenant schema (`bulkhead migrate` over N fresh tenant
+//!    schemas) at each N of TIERS_BENCH_SCHEMAS, against the baseline of migrating one fresh
+//!    shared schema in the same run; and a pass over N schemas that are already current;
+//! 3. moving a tenant with TIERS_BENCH_ROWS rows (half sessions, half audit events) shared →
+//!    schema → dedicated → shared: total time and the time writes were frozen, against the
+//!    baseline of reading every row once (one checksum pass).
+//!
+//! A bench binary, not a timed test: it prints figures.
+//!
+//! `cargo bench -p bulkhead-server --bench tiers` (knobs: BENCH_SECONDS per round, default 5;
+//! BENCH_ROUNDS, default 3; BENCH_CONCURRENCY, default 16; TIERS_BENCH_SCHEMAS, default
+//! "100,1000"; TIERS_BENCH_PARALLEL, default 4; TIERS_BENCH_ROWS, default 100000). Traffic goes
+//! to 127.0.0.1 only.
+
+use std::time::{Duration, Instant};
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_server::config::AppConfig;
+use bulkhead_server::state::AppState;
+use bulkhead_store::moves::{self, MoveOptions};
+use bulkhead_store::{Access, Store};
+use bulkhead_test_support::{create_tenant_in, loopback_client, test_peppers, TestDb, TestTier};
+use serde_json::{json, Value};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Round {
+    requests: u64,
+    latencies_us: Vec<u32>,
+    elapsed: Duration,
+}
+
+async fn run_round(url: String, key: String, seconds: u64, concurrency: u64) -> Round {
+    let client = loopback_client();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(50_000);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let response = client
+                    .get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .expect("request");
+                assert!(response.status().is_success(), "{}", response.status());
+                response.bytes().await.expect("body");
+                latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+            latencies
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for w in workers {
+        latencies_us.extend(w.await.expect("worker"));
+    }
+    Round {
+        requests: latencies_us.len() as u64,
+        latencies_us,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    f64::from(sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]) / 1000.0
+}
+
+fn summarize(name: &str, rounds: &[Round]) -> f64 {
+    let requests: u64 = rounds.iter().map(|r| r.requests).sum();
+    let seconds: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    let mut all: Vec<u32> = rounds
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
+    all.sort_unstable();
+    let rps = requests as f64 / seconds;
+    println!(
+        "{name:<10} {requests:>8} requests  {rps:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+        percentile(&all, 0.50),
+        percentile(&all, 0.99)
+    );
+    rps
+}
+
+fn system(tenant: TenantId) -> TenantContext {
+    TenantContext::new(
+        tenant,
+        Actor::System { component: "bench" },
+        RequestId::new(),
+    )
+}
+
+async fn throughput_per_tier(seconds: u64, rounds: u64, concurrency: u64) {
+    let db = TestDb::new().await;
+    bulkhead_test_support::ensure_signing_keys(&db).await;
+    let mut tenants = Vec::new();
+    for (slug, tier) in [
+        ("shared", TestTier::Shared),
+        ("schema", TestTier::Schema),
+        ("dedicated", TestTier::Dedicated),
+    ] {
+        tenants.push((slug, create_tenant_in(&db, slug, tier).await));
+    }
+    let config =
+        AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
+    let state = AppState::with_rate_limits(
+        db.app_store().await,
+        test_peppers(),
+        bulkhead_test_support::test_master_key(),
+        config,
+        bulkhead_core::Clock::system(),
+        None,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = bulkhead_server::app::router(state);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let client = loopback_client();
+    let mut urls = Vec::new();
+    for (slug, tenant) in &tenants {
+        let created: Value = client
+            .post(format!("http://{slug}.bulkhead.test:{port}/v1/sessions"))
+            .bearer_auth(&tenant.key)
+            .json(&json!({ "agent_id": "agent-1", "title": "bench", "metadata": { "k": "v" } }))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        let id = created["id"].as_str().expect("id").to_owned();
+        urls.push((
+            *slug,
+            format!("http://{slug}.bulkhead.test:{port}/v1/sessions/{id}"),
+            tenant.key.clone(),
+        ));
+    }
+    for (_, url, key) in &urls {
+        run_round(url.clone(), key.clone(), 1, concurrency).await;
+    }
+    let mut results: Vec<Vec<Round>> = urls.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, (_, url, key)) in urls.iter().enumerate() {
+            results[i].push(run_round(url.clone(), key.clone(), seconds, concurrency).await);
+        }
+    }
+    println!(
+        "phase 1: GET /v1/sessions/{{id}}, full stack, {concurrency} connections, {rounds} alternating rounds of {seconds} s, loopback"
+    );
+    let rps: Vec<f64> = urls
+        .iter()
+        .zip(&results)
+        .map(|((slug, _, _), r)| summarize(slug, r))
+        .collect();
+    println!("schema / shared throughput ratio: {:.2}", rps[1] / rps[0]);
+    println!(
+        "dedicated / shared throughput ratio: {:.2}",
+        rps[2] / rps[0]
+    );
+}
+
+async fn schema_migrations(counts: &[u64], parallel: usize) {
+    println!(
+        "phase 2: creating and migrating tenant schemas (bulkhead migrate, parallel {parallel})"
+    );
+    for &n in counts {
+        let db = TestDb::new().await;
+        // Baseline, same run: one fresh database's shared schema, migrated by the migrator.
+        let fresh = TestDb::new().await;
+        let owner = fresh.owner_pool().await;
+        sqlx::query("DROP SCHEMA bulkhead CASCADE")
+            .execute(&owner)
+            .await
+            .expect("drop");
+        let t = Instant::now();
+        bulkhead_store::migrate::run(&owner)
+            .await
+            .expect("baseline migrate");
+        let baseline = t.elapsed();
+        let owner_pool = db.owner_pool().await;
+        for i in 0..n {
+            let id = TenantId::new();
+            sqlx::query(
+                "INSERT INTO bulkhead.tenants (id, slug, display_name, isolation_tier, schema_name) \
+                 VALUES ($1, $2, 'Bench', 'schema', $3)",
+            )
+            .bind(id.uuid())
+            .bind(format!("bench-{i:05}"))
+            .bind(format!("tenant_{}", id.uuid().simple()))
+            .execute(&owner_pool)
+            .await
+            .expect("registry row");
+        }
+        let store = db.owner_store().await;
+        let t = Instant::now();
+        let outcomes = bulkhead_store::tiers::migrate_all(
+            store.migration_targets().await.expect("targets"),
+            parallel,
+            |_| {},
+        )
+        .await;
+        let created = t.elapsed();
+        assert!(outcomes.iter().all(|o| o.result.is_ok()));
+        let t = Instant::now();
+        bulkhead_store::tiers::migrate_all(
+            store.migration_targets().await.expect("targets"),
+            parallel,
+            |_| {},
+        )
+        .await;
+        let current = t.elapsed();
+        let per = created.as_secs_f64() * 1000.0 / n as f64;
+        println!(
+            "{n:>5} schemas: created and migrated in {:.1} s ({per:.1} ms per schema wall, {:.2}x the baseline of one fresh shared schema, {:.1} ms); a pass over {n} current schemas {:.2} s",
+            created.as_secs_f64(),
+            per / (baseline.as_secs_f64() * 1000.0),
+            baseline.as_secs_f64() * 1000.0,
+            current.as_secs_f64()
+        );
+    }
+}
+
+async fn move_time(rows: u64) {
+    let db = TestDb::new().await;
+    let tenant = bulkhead_test_support::create_tenant(&db, "big-co").await;
+    let owner: Store = db.owner_store().await;
+    let half = rows / 2;
+    let mut tx = owner
+        .begin(&system(tenant.id), Access::ReadWrite)
+        .await
+        .expect("begin");
+    sqlx::query(
+        "INSERT INTO agent_sessions (tenant_id, id, agent_id, title, metadata) \
+         SELECT $1, gen_random_uuid(), 'agent-' || (g % 50), 'session ' || g, jsonb_build_object('n', g) \
+         FROM generate_series(1, $2) g",
+    )
+    .bind(tenant.id.uuid())
+    .bind(half as i64)
+    .execute(tx.conn())
+    .await
+    .expect("sessions");
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, id, action, actor_type, actor_id, resource_id, outcome, metadata, request_id) \
+         SELECT $1, gen_random_uuid(), 'bench.event', 'system', 'system:bench', 'r' || g, 'success', \
+                jsonb_build_object('n', g), gen_random_uuid()::text FROM generate_series(1, $2) g",
+    )
+    .bind(tenant.id.uuid())
+    .bind((rows - half) as i64)
+    .execute(tx.conn())
+    .await
+    .expect("events");
+    tx.commit().await.expect("commit");
+    // Baseline, same run: one read of every row of the tenant (a checksum pass).
+    let t = Instant::now();
+    let mut tx = owner
+        .begin(&system(tenant.id), Access::ReadOnly)
+        .await
+        .expect("begin");
+    for table in ["agent_sessions", "audit_events"] {
+        let _: String = sqlx::query_scalar(&format!(
+            "SELECT md5(coalesce(string_agg(r::text, '' ORDER BY r::text COLLATE \"C\"), '')) FROM {table} r WHERE tenant_id = $1"
+        ))
+        .bind(tenant.id.uuid())
+        .fetch_one(tx.conn())
+        .await
+        .expect("read");
+    }
+    drop(tx);
+    let read = t.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "phase 3: moving a tenant with {rows} rows (baseline: reading them once, {read:.0} ms)"
+    );
+    for tier in [TestTier::Schema, TestTier::Dedicated, TestTier::Shared] {
+        let placement = tier.placement(&db, &owner).await;
+        let report = moves::move_tenant(&owner, tenant.id, placement, MoveOptions::default())
+            .await
+            .expect("move");
+        println!(
+            "  {} -> {}: {} rows in {} ms ({:.1}x the read), writes frozen {} ms",
+            report.from,
+            report.to,
+            report.rows,
+            report.total_ms,
+            report.total_ms as f64 / read,
+            report.frozen_ms
+        );
+    }
+}
+
+fn main() {
+    let seconds = env_or("BENCH_SECONDS", 5);
+    let rounds = env_or("BENCH_ROUNDS", 3);
+    let concurrency = env_or("BENCH_CONCURRENCY", 16);
+    let parallel = env_or("TIERS_BENCH_PARALLEL", 4) as usize;
+    let rows = env_or("TIERS_BENCH_ROWS", 100_000);
+    let counts: Vec<u64> = std::env::var("TIERS_BENCH_SCHEMAS")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        throughput_per_tier(seconds, rounds, concurrency).await;
+        schema_migrations(&counts, parallel).await;
+        move_time(rows).await;
+    });
+}
