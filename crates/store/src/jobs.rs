@@ -68,9 +68,14 @@ impl Store {
         // Every location has its own queue (jobs live with their tenant's rows); one claim per
         // location per pass, until the batch is full.
         let mut rows: Vec<(uuid::Uuid, uuid::Uuid, String, i32, i32, String)> = Vec::new();
-        for (pool, schema) in self.router().all_locations().await? {
-            let want = limit - rows.len() as i32;
-            if want <= 0 {
+        for (i, (pool, schema)) in self.router().all_locations().await?.into_iter().enumerate() {
+            // The first call always runs, so hostile arguments are refused by the function.
+            let want = if i == 0 {
+                limit
+            } else {
+                limit - rows.len() as i32
+            };
+            if i > 0 && want <= 0 {
                 break;
             }
             rows.extend(

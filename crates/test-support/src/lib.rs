@@ -69,6 +69,27 @@ fn cluster() -> &'static Cluster {
                 // Once, here, rather than racing from every test's migrations.
                 roles::ensure_app_role(&mut su).await.expect("app role");
                 su.close().await.ok();
+                // The NOLOGIN roles the migrations create, likewise (concurrent CREATE ROLEs in
+                // parallel tests' migrations race on the cluster-wide catalog), and by the owner,
+                // as a deployment's migrations create them, so the owner may grant them.
+                let mut owner = PgConnection::connect_with(
+                    &postgres.connect_options(provision::OWNER_ROLE, "postgres"),
+                )
+                .await
+                .expect("owner connection");
+                sqlx::raw_sql(
+                    "DO $$ BEGIN \
+                       IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bulkhead_audit_maintenance') THEN \
+                         CREATE ROLE bulkhead_audit_maintenance NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS; \
+                       END IF; \
+                       IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bulkhead_tenant_mover') THEN \
+                         CREATE ROLE bulkhead_tenant_mover NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS; \
+                       END IF; END $$",
+                )
+                .execute(&mut owner)
+                .await
+                .expect("maintenance and mover roles");
+                owner.close().await.ok();
                 Cluster { postgres }
             })
         })
