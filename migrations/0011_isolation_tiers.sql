@@ -15,6 +15,10 @@ ALTER TABLE bulkhead.tenants
     ADD COLUMN schema_name text CHECK (schema_name ~ '^tenant_[0-9a-f]{32}$'),
     ADD COLUMN database_name text CHECK (database_name ~ '^[a-z][a-z0-9_]{0,62}$'),
     ADD COLUMN frozen_since timestamptz,
+    -- Whether this location holds the tenant's live rows. An anchor written ahead of a move's
+    -- switch, the old copy after it, and the registry row of a tenant stored elsewhere are not
+    -- live: the location check refuses them and the claim functions skip them.
+    ADD COLUMN live boolean NOT NULL DEFAULT true,
     ADD CONSTRAINT tenants_location_check CHECK (
         (isolation_tier = 'shared' AND schema_name IS NULL AND database_name IS NULL)
         OR (isolation_tier = 'schema' AND schema_name IS NOT NULL AND database_name IS NULL)
@@ -47,6 +51,8 @@ CREATE TABLE bulkhead.tenant_moves (
     to_tier       text        NOT NULL CHECK (to_tier IN ('shared', 'schema', 'dedicated')),
     to_schema     text,
     to_database   text,
+    from_region   text        NOT NULL,
+    to_region     text        NOT NULL,
     step          text        NOT NULL
                   CHECK (step IN ('prepare', 'copy', 'freeze', 'catch_up', 'verify', 'switch', 'cleanup')),
     report        jsonb       NOT NULL DEFAULT '{}'::jsonb,
@@ -122,7 +128,8 @@ END
 $$;
 
 ------------------------------------------------------------------------------------------------
--- A frozen tenant's jobs and deliveries wait: the freeze must stop every writer, workers too.
+-- A frozen tenant's jobs and deliveries wait (the freeze must stop every writer, workers too), and
+-- so do those of a copy that is not live (a move's target before its switch, its source after).
 CREATE OR REPLACE FUNCTION bulkhead.claim_jobs(p_limit integer, p_lease_seconds integer)
 RETURNS TABLE (job_tenant_id uuid, job_id uuid, job_kind text, job_attempts integer,
                job_max_attempts integer, verdict text)
@@ -143,7 +150,8 @@ BEGIN
             WHERE ((j.status = 'queued' AND j.run_at <= now())
                    OR (j.status = 'running' AND j.locked_until < now()))
               AND NOT EXISTS (SELECT 1 FROM bulkhead.tenants f
-                              WHERE f.id = j.tenant_id AND f.frozen_since IS NOT NULL)
+                              WHERE f.id = j.tenant_id
+                                AND (f.frozen_since IS NOT NULL OR NOT f.live))
             ORDER BY j.run_at, j.id
             LIMIT p_limit
             FOR UPDATE SKIP LOCKED
@@ -194,7 +202,7 @@ BEGIN
                    row_number() OVER (PARTITION BY d.tenant_id ORDER BY d.next_attempt_at, d.id) AS rn
             FROM bulkhead.webhook_deliveries d
             JOIN bulkhead.tenants t ON t.id = d.tenant_id AND t.status = 'active'
-                                     AND t.frozen_since IS NULL
+                                     AND t.frozen_since IS NULL AND t.live
             WHERE (d.status = 'pending' AND d.next_attempt_at <= p_now)
                OR (d.status = 'delivering' AND d.locked_until < p_now)
         ), fair AS (

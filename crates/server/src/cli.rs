@@ -275,20 +275,28 @@ enum TenantCommand {
         /// Slug or `tnt_…` id.
         tenant: String,
         /// shared, schema or dedicated.
+        #[arg(long, required_unless_present = "abandon")]
+        to: Option<String>,
+        /// Move to this data-residency region as well (every row goes to its databases; the
+        /// process must be configured with that region). Default: stay in the tenant's region.
         #[arg(long)]
-        to: String,
+        region: Option<String>,
         #[command(flatten)]
         dedicated: DedicatedArgs,
         /// Stop after this step as a crash would (to rehearse resuming).
         #[arg(long, hide = true)]
         stop_after: Option<String>,
+        /// Abandon the move in progress instead (only before its switch): lift the freeze and
+        /// remove the partial copy.
+        #[arg(long)]
+        abandon: bool,
         #[command(flatten)]
         database: DatabaseArgs,
     },
 }
 
 /// Where a dedicated tenant database is.
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 struct DedicatedArgs {
     /// The dedicated database's owner URL (the database must exist; Bulkhead migrates it). Its
     /// serving role is derived as for DATABASE_URL. Stored sealed with the master key.
@@ -299,6 +307,19 @@ struct DedicatedArgs {
     tenant_database_name: Option<String>,
 }
 
+impl std::fmt::Debug for DedicatedArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL carries a password.
+        f.debug_struct("DedicatedArgs")
+            .field(
+                "tenant_database_url",
+                &self.tenant_database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tenant_database_name", &self.tenant_database_name)
+            .finish()
+    }
+}
+
 impl DedicatedArgs {
     /// Resolves the placement `tier` names, registering the dedicated database when needed.
     async fn placement(
@@ -306,9 +327,12 @@ impl DedicatedArgs {
         owner: &Store,
         tier: &str,
         slug: &TenantSlug,
+        tenant: Option<TenantId>,
         region: &str,
         master: Option<&bulkhead_auth::MasterKey>,
     ) -> anyhow::Result<Placement> {
+        // A tenant being created has no id yet: any existing use of the name is another's.
+        let tenant = tenant.unwrap_or_default();
         match tier {
             "shared" => Ok(Placement::Shared),
             "schema" => Ok(Placement::Schema(SchemaName::for_tenant(TenantId::new()))),
@@ -324,11 +348,27 @@ impl DedicatedArgs {
                 let name = DatabaseName::parse(&name)
                     .context("invalid --tenant-database-name: a plain lowercase identifier")?;
                 let master = master.context("a dedicated database needs the master key")?;
+                // Registering a name again replaces its URLs: never under another tenant.
+                let users = owner.database_users(&name).await?;
+                if users.iter().any(|t| *t != tenant) {
+                    anyhow::bail!(
+                        "dedicated database `{name}` is already another tenant's; choose another --tenant-database-name"
+                    );
+                }
                 let app_url = crate::database::derived_app_url(url)?;
                 owner
                     .register_database(master, &name, region, url, &app_url)
                     .await
                     .context("cannot register and migrate the dedicated database")?;
+                tracing::info!(
+                    target: "bulkhead::audit",
+                    action = "tenant_database.register",
+                    outcome = "success",
+                    tenant_id = %tenant,
+                    resource_id = %name,
+                    actor_id = "system:cli",
+                    "dedicated database registered (URLs sealed)"
+                );
                 Ok(Placement::Dedicated(name))
             }
             other => anyhow::bail!("invalid tier {other:?}: expected shared, schema or dedicated"),
@@ -593,6 +633,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config =
         AppConfig::new(&args.base_domain, args.key_environment).map_err(anyhow::Error::msg)?;
     config.trusted_proxies = args.trusted_proxies.clone();
+    config
+        .set_region_endpoints(&args.region_endpoints)
+        .map_err(anyhow::Error::msg)?;
     let issuer = args
         .issuer
         .clone()
@@ -787,7 +830,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
             let master = load_master_key(&database).ok();
             with_owner(&database, |owner| async move {
                 let placement = dedicated
-                    .placement(&owner, &tier, &slug, &region, master.as_ref())
+                    .placement(&owner, &tier, &slug, None, &region, master.as_ref())
                     .await?;
                 let new = NewTenant {
                     slug,
@@ -834,8 +877,10 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Move {
             tenant,
             to,
+            region,
             dedicated,
             stop_after,
+            abandon,
             database,
         } => {
             let stop_after = match stop_after.as_deref() {
@@ -850,8 +895,31 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
             let master = load_master_key(&database).ok();
             with_owner(&database, |owner| async move {
                 let found = find_tenant(&owner, &tenant).await?;
+                let target_region = region.clone().unwrap_or_else(|| found.region.clone());
+                if abandon {
+                    bulkhead_store::moves::abandon_move(&owner, found.id)
+                        .await
+                        .context("cannot abandon the move")?;
+                    tracing::info!(
+                        target: "bulkhead::audit",
+                        action = "tenant.move.abandon",
+                        outcome = "success",
+                        tenant_id = %found.id,
+                        actor_id = "system:cli",
+                        "tenant move abandoned"
+                    );
+                    println!("{}", json!({ "abandoned": found.id }));
+                    return Ok(());
+                }
                 let placement = dedicated
-                    .placement(&owner, &to, &found.slug, &found.region, master.as_ref())
+                    .placement(
+                        &owner,
+                        to.as_deref().unwrap_or_default(),
+                        &found.slug,
+                        Some(found.id),
+                        &target_region,
+                        master.as_ref(),
+                    )
                     .await?;
                 let bar = indicatif::ProgressBar::new(
                     (MoveStep::ALL.len() + 2 * bulkhead_store::location::TENANT_TABLES.len())
@@ -876,6 +944,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
                     found.id,
                     placement,
                     MoveOptions {
+                        to_region: region,
                         stop_after,
                         progress: Some(&progress),
                     },

@@ -70,6 +70,15 @@ pub struct ServeArgs {
     /// other peer the header is ignored.
     #[arg(long, env = "BULKHEAD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where another region is served: `NAME=URL`, e.g. `eu=https://{tenant}.eu.example.com`
+    /// (`{tenant}` becomes the tenant's slug). A request for a tenant of that region is
+    /// redirected there (307, same method and body) instead of refused with 421. Repeatable.
+    #[arg(
+        long = "region-endpoint",
+        env = "BULKHEAD_REGION_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub region_endpoints: Vec<String>,
     /// Do not run the job worker (nor webhook delivery) in this process.
     #[arg(long, env = "BULKHEAD_NO_WORKER")]
     pub no_worker: bool,
@@ -169,6 +178,51 @@ pub struct AppConfig {
     pub weaken_host_check: bool,
     /// Tool calls: timeout and response cap.
     pub tools: ToolSettings,
+    /// Base URLs of regions this process does not serve (see [`ServeArgs::region_endpoints`]).
+    pub region_endpoints: Vec<(String, String)>,
+}
+
+impl AppConfig {
+    /// Parses `NAME=URL` region endpoints: an absolute http(s) URL with no path, query or
+    /// fragment, whose host may contain `{tenant}`.
+    pub fn set_region_endpoints(&mut self, specs: &[String]) -> Result<(), String> {
+        let mut out = Vec::new();
+        for spec in specs {
+            let (name, template) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--region-endpoint {spec:?}: expected NAME=URL"))?;
+            let probe = template.replace("{tenant}", "tenant");
+            let url = url::Url::parse(&probe)
+                .map_err(|e| format!("--region-endpoint {name}: not a URL ({e})"))?;
+            let plain = matches!(url.scheme(), "https" | "http")
+                && url.host().is_some()
+                && url.path() == "/"
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && !template.ends_with('/');
+            if !plain {
+                return Err(format!(
+                    "--region-endpoint {name}: expected scheme://host[:port] with nothing after it"
+                ));
+            }
+            out.push((name.to_owned(), template.to_owned()));
+        }
+        self.region_endpoints = out;
+        Ok(())
+    }
+
+    /// Where to send a request for tenant `slug` of `region`, if that region has an endpoint.
+    pub fn region_redirect(
+        &self,
+        region: &str,
+        slug: &str,
+        path_and_query: &str,
+    ) -> Option<String> {
+        self.region_endpoints
+            .iter()
+            .find(|(name, _)| name == region)
+            .map(|(_, template)| format!("{}{path_and_query}", template.replace("{tenant}", slug)))
+    }
 }
 
 /// Limits of a tool call.
@@ -225,6 +279,7 @@ impl AppConfig {
             #[cfg(feature = "probe-weakness")]
             weaken_host_check: false,
             tools: ToolSettings::default(),
+            region_endpoints: Vec::new(),
         })
     }
 }

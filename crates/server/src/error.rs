@@ -113,6 +113,9 @@ pub enum ApiError {
     /// configured base URL for that region the request is redirected there instead.
     #[error("wrong region: {0}")]
     WrongRegion(String),
+    /// 307 to the tenant's region (configured with `--region-endpoint`): same method and body.
+    #[error("redirected to the tenant's region")]
+    RegionRedirect(String),
     /// 500: a bug or an unexpected failure. Logged with its cause; the client sees nothing of it.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -311,11 +314,18 @@ impl ApiError {
                 "Service Unavailable",
                 "the tenant's data is being moved; nothing was changed; retry after the time in Retry-After".into(),
             ),
-            WrongRegion(region) => (
+            RegionRedirect(_) => (
+                StatusCode::TEMPORARY_REDIRECT,
+                problem_type!("wrong-region"),
+                "Temporary Redirect",
+                "this tenant is served in another region: repeat the request at the URL in Location".into(),
+            ),
+            WrongRegion(_) => (
                 StatusCode::MISDIRECTED_REQUEST,
                 problem_type!("wrong-region"),
                 "Misdirected Request",
-                format!("this tenant's data lives in region {region}, which this server does not serve; send the request to that region's endpoint").into(),
+                // The region is not named: the caller may not even be authenticated yet.
+                "this tenant is served in another region, not by this server; send the request to that region's endpoint".into(),
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -352,6 +362,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let ApiError::RegionRedirect(location) = &self {
+            if let Ok(value) = HeaderValue::from_str(location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
         }
         if matches!(self, ApiError::TenantMoving) {
             response

@@ -167,10 +167,36 @@ pub async fn resolve_tenant(
                     request.extensions_mut().insert(ctx);
                     next.run(request).await
                 }
+                Err(ApiError::WrongRegion(region)) => {
+                    region_refusal(&state, &request, region).into_response()
+                }
                 Err(err) => err.into_response(),
             }
         })
         .await
+}
+
+/// A tenant of a region this process does not serve: redirected to that region's endpoint when
+/// one is configured, refused with 421 otherwise.
+fn region_refusal(state: &AppState, request: &Request, region: String) -> ApiError {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let slug = match host_signal(host, &state.config().base_domain) {
+        HostSignal::Slug(slug) => Some(slug),
+        _ => None,
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match slug.and_then(|slug| state.config().region_redirect(&region, slug.as_str(), path)) {
+        Some(location) => ApiError::RegionRedirect(location),
+        None => ApiError::WrongRegion(region),
+    }
 }
 
 /// What resolution reads from a request, copied out so no borrow of the request crosses an await.

@@ -698,13 +698,29 @@ impl Store {
         let router = self.router();
         let mut shared = vec![router.topology.registry.clone()];
         shared.extend(router.topology.regions.iter().map(|(_, p)| p.clone()));
-        for pool in &shared {
-            rows.extend(
-                sqlx::query_as::<_, LookupRow>("SELECT * FROM bulkhead.api_key_lookup($1)")
-                    .bind(&hashes)
-                    .fetch_all(pool)
-                    .await?,
-            );
+        let mut regions = vec![router.topology.default_region.clone()];
+        regions.extend(router.topology.regions.iter().map(|(r, _)| r.clone()));
+        for (pool, region) in shared.iter().zip(regions) {
+            let found: Vec<LookupRow> = sqlx::query_as("SELECT * FROM bulkhead.api_key_lookup($1)")
+                .bind(&hashes)
+                .fetch_all(pool)
+                .await?;
+            for row in found {
+                // A copy a move has not yet removed is not the tenant's key: only a tenant whose
+                // registry location is this shared tier answers from it.
+                let here = crate::Location {
+                    region: region.clone(),
+                    placement: crate::Placement::Shared,
+                };
+                match router
+                    .location(TenantId::from_uuid(row.key_tenant_id))
+                    .await
+                {
+                    Ok(location) if location == here => rows.push(row),
+                    Ok(_) | Err(StoreError::NotFound) => {}
+                    Err(err) => return Err(err),
+                }
+            }
         }
         if rows.is_empty() {
             let routed: Vec<uuid::Uuid> = sqlx::query_scalar(
@@ -715,7 +731,7 @@ impl Store {
             .await?;
             for tenant in routed {
                 let tenant = TenantId::from_uuid(tenant);
-                let location = match router.fetch_location(tenant).await {
+                let location = match router.location(tenant).await {
                     Ok(location) => location,
                     Err(StoreError::NotFound) => continue,
                     Err(err) => return Err(err),

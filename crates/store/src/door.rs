@@ -57,12 +57,13 @@ fn enter_statement(schema: &str, access: Access) -> String {
          set_config('bulkhead.tenant_id', $1, true), \
          set_config('search_path', $2, true){read_only}) \
          SELECT t.isolation_tier, t.schema_name, t.database_name, t.region, \
-         t.frozen_since IS NOT NULL FROM ctx, \"{schema}\".tenants t WHERE t.id = $1::uuid{lock}"
+         t.frozen_since IS NOT NULL, t.live FROM ctx, \"{schema}\".tenants t \
+         WHERE t.id = $1::uuid{lock}"
     )
 }
 
-/// A tenant's row where a transaction opened: tier, schema, database, region, frozen.
-type AnchorRow = (String, Option<String>, Option<String>, String, bool);
+/// A tenant's row where a transaction opened: tier, schema, database, region, frozen, live.
+type AnchorRow = (String, Option<String>, Option<String>, String, bool, bool);
 
 impl Store {
     /// Connects the serving pool and checks that the connected role really is subject to RLS
@@ -234,7 +235,8 @@ impl TenantTx {
         let schema = location.placement.schema();
         let row: Option<AnchorRow> = match sqlx::query_as(&enter_statement(schema, access))
             .bind(ctx.tenant_id().uuid().to_string())
-            .bind(format!("\"{schema}\""))
+            // pg_temp last: a temporary table can never shadow a tenant table.
+            .bind(format!("\"{schema}\", pg_temp"))
             .fetch_optional(&mut *tx)
             .await
         {
@@ -247,9 +249,12 @@ impl TenantTx {
             }
             Err(err) => return Err(err.into()),
         };
-        let Some((tier, schema_name, database_name, region, frozen)) = row else {
+        let Some((tier, schema_name, database_name, region, frozen, live)) = row else {
             return Err(StoreError::LocationMismatch);
         };
+        if !live {
+            return Err(StoreError::LocationMismatch);
+        }
         let here = location_from_columns(
             &tier,
             schema_name.as_deref(),

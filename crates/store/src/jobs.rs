@@ -86,7 +86,8 @@ impl Store {
                 .bind(want)
                 .bind(lease_seconds)
                 .fetch_all(&pool)
-                .await?,
+                .await
+                .or_else(|err| crate::location::skip_unreachable(i, err))?,
             );
         }
         Ok(rows

@@ -324,6 +324,14 @@ impl Router {
         cache.remove(&tenant);
     }
 
+    /// The tenant's location, from the cache or else the registry.
+    pub(crate) async fn location(&self, tenant: TenantId) -> Result<Location, StoreError> {
+        match self.cached(tenant) {
+            Some(location) => Ok(location),
+            None => self.fetch_location(tenant).await,
+        }
+    }
+
     /// The tenant's location from the registry (fresh), cached.
     pub(crate) async fn fetch_location(&self, tenant: TenantId) -> Result<Location, StoreError> {
         let row: Option<(String, Option<String>, Option<String>, String)> = sqlx::query_as(
@@ -372,6 +380,11 @@ impl Router {
             .idle_timeout(Some(limits.idle))
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options);
+        if self.topology.role == PoolRole::App {
+            // The serving role there must be as powerless as here: never serve through a
+            // superuser, a BYPASSRLS role or an owner that a sealed URL happens to name.
+            crate::roles::verify_app_role(&pool).await?;
+        }
         let mut open = self.dedicated.lock().unwrap_or_else(|e| e.into_inner());
         // Idle pools are closed first; then, at the cap, the least recently used.
         open.retain(|_, p| p.last_used.elapsed() < limits.idle);
@@ -483,6 +496,18 @@ impl Router {
         }
         Ok(out)
     }
+}
+
+/// For a pass over [`Router::all_locations`]: an error at the registry's own shared schema (the
+/// first location) fails the pass; elsewhere it is logged and that location skipped, so one
+/// unreachable dedicated database does not stop every other tenant's work. (Its own tenant's
+/// requests fail on their own: they need that database.)
+pub(crate) fn skip_unreachable<T>(index: usize, err: sqlx::Error) -> Result<Vec<T>, StoreError> {
+    if index == 0 {
+        return Err(err.into());
+    }
+    tracing::error!(error = %err, "a tenant location failed; skipped in this pass");
+    Ok(Vec::new())
 }
 
 pub(crate) fn location_from_columns(
@@ -609,6 +634,67 @@ mod tests {
         assert!(DatabaseName::parse("acme_db1").is_some());
         for bad in ["", "1db", "Acme", "a-b", "a;b", &"a".repeat(64)] {
             assert!(DatabaseName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// The SQL outside string literals and `--` comments.
+    fn code_only(sql: &str) -> String {
+        let mut out = String::new();
+        let (mut in_string, mut in_comment) = (false, false);
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if in_comment {
+                in_comment = c != '\n';
+            } else if in_string {
+                in_string = c != '\'';
+            } else if c == '\'' {
+                in_string = true;
+            } else if c == '-' && chars.peek() == Some(&'-') {
+                in_comment = true;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_migration_rewrites_completely_into_a_tenant_schema() {
+        let schema = SchemaName::for_tenant(TenantId::new());
+        for migration in crate::migrate::MIGRATOR.iter() {
+            let rewritten = code_only(&rewrite_for_schema(&migration.sql, &schema));
+            assert!(
+                !rewritten.contains("bulkhead.") && !rewritten.contains("SCHEMA bulkhead"),
+                "migration {} still names the shared schema after the rewrite",
+                migration.version
+            );
+            // Nothing but the qualifiers changed: the settings and roles are the same.
+            let settings = |sql: &str| sql.matches("'bulkhead.").count();
+            assert_eq!(
+                settings(&migration.sql),
+                settings(&rewrite_for_schema(&migration.sql, &schema))
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn names_accept_only_plain_identifiers(text in "\\PC{0,70}") {
+            if let Some(name) = SchemaName::parse(&text) {
+                proptest::prop_assert!(name.as_str().len() == 39);
+                proptest::prop_assert!(name.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            }
+            if let Some(name) = DatabaseName::parse(&text) {
+                proptest::prop_assert!(name.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+                proptest::prop_assert!(!name.as_str().is_empty() && name.as_str().len() <= 63);
+            }
+        }
+
+        #[test]
+        fn schema_names_round_trip(bytes in proptest::array::uniform16(proptest::num::u8::ANY)) {
+            let id = TenantId::from_uuid(uuid::Uuid::from_bytes(bytes));
+            let name = SchemaName::for_tenant(id);
+            proptest::prop_assert_eq!(SchemaName::parse(name.as_str()), Some(name));
         }
     }
 

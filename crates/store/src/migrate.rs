@@ -69,6 +69,11 @@ pub async fn apply_on(
         .execute(&mut *tx)
         .await?;
     roles::ensure_app_role(&mut *tx).await?;
+    // Anything a migration leaves unqualified lands in the target schema, never elsewhere.
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(format!("\"{schema}\", pg_temp"))
+        .execute(&mut *tx)
+        .await?;
     // `schema` is SHARED_SCHEMA or a validated SchemaName: never input.
     sqlx::raw_sql(&format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \

@@ -136,6 +136,9 @@ pub enum MoveProgress {
 /// Test and operator controls for a move.
 #[derive(Default)]
 pub struct MoveOptions<'a> {
+    /// Move to this region (its residency changes: every row goes to that region's databases);
+    /// default: stay in the tenant's region.
+    pub to_region: Option<String>,
     /// Stop (as a crash would) right after this step is done and recorded.
     pub stop_after: Option<MoveStep>,
     /// Progress callback.
@@ -145,6 +148,7 @@ pub struct MoveOptions<'a> {
 impl std::fmt::Debug for MoveOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MoveOptions")
+            .field("to_region", &self.to_region)
             .field("stop_after", &self.stop_after)
             .finish_non_exhaustive()
     }
@@ -175,7 +179,7 @@ pub async fn move_tenant(
     options: MoveOptions<'_>,
 ) -> Result<MoveReport, StoreError> {
     let started = Instant::now();
-    let plan = plan(owner, tenant_id, to).await?;
+    let plan = plan(owner, tenant_id, to, options.to_region.as_deref()).await?;
     let Plan {
         tenant,
         from,
@@ -190,15 +194,23 @@ pub async fn move_tenant(
     };
     let mut tables = BTreeMap::new();
     let mut frozen_at: Option<Instant> = None;
+    let mut frozen_for: Option<u128> = None;
     loop {
         report(MoveProgress::Step(step));
         match step {
             MoveStep::Prepare => {
                 crate::tiers::prepare_location(owner, &to).await?;
-                if !owner.router().is_registry_location(&to) {
+                // The target is not live until the switch: the location check refuses it and
+                // the claim functions skip the rows the copy puts there.
+                if owner.router().is_registry_location(&to) {
+                    sqlx::query("UPDATE bulkhead.tenants SET live = false WHERE id = $1")
+                        .bind(tenant.id.uuid())
+                        .execute(owner.pool())
+                        .await?;
+                } else {
                     let pool = owner.router().pool_for(&to).await?;
                     let mut conn = pool.acquire().await?;
-                    write_anchor(&mut conn, &tenant, &to).await?;
+                    write_anchor(&mut conn, &tenant, &to, false).await?;
                 }
             }
             MoveStep::Copy => {
@@ -233,6 +245,7 @@ pub async fn move_tenant(
             }
             MoveStep::Switch => {
                 switch(owner, &tenant, &from, &to).await?;
+                frozen_for = frozen_at.map(|t| t.elapsed().as_millis());
             }
             MoveStep::Cleanup => {
                 cleanup(owner, &tenant, &from, &to).await?;
@@ -252,21 +265,18 @@ pub async fn move_tenant(
     if tables.is_empty() {
         tables = stored_report(owner, tenant.id).await?;
     }
-    sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
-        .bind(tenant.id.uuid())
-        .execute(owner.pool())
-        .await?;
     let rows = tables.values().map(|t| t.rows).sum();
     let report = MoveReport {
         from: describe(&from),
         to: describe(&to),
         tables,
         rows,
-        frozen_ms: frozen_at.map(|t| t.elapsed().as_millis()).unwrap_or(0),
+        frozen_ms: frozen_for.unwrap_or(0),
         total_ms: started.elapsed().as_millis(),
         resumed,
     };
-    // The move is part of the tenant's history, written where the history now lives.
+    // The move is part of the tenant's history, written where the history now lives, before
+    // its record goes (a crash in between re-runs the cleanup and writes it then).
     let ctx = TenantContext::new(
         tenant.id,
         Actor::System {
@@ -285,10 +295,129 @@ pub async fn move_tenant(
     )
     .await?;
     tx.commit().await?;
+    sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
+        .bind(tenant.id.uuid())
+        .execute(owner.pool())
+        .await?;
     Ok(report)
 }
 
-async fn plan(owner: &Store, tenant_id: TenantId, to: Placement) -> Result<Plan, StoreError> {
+/// Abandons the move recorded for `tenant_id`, if it has not switched yet: the freeze is lifted,
+/// the partial copy removed, the record deleted, and the abandonment audited at the source.
+/// After the switch a move can only be finished (the new copy is the tenant's data).
+pub async fn abandon_move(owner: &Store, tenant_id: TenantId) -> Result<(), StoreError> {
+    let tenant = owner
+        .tenant_by_id(tenant_id)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    type Recorded = (String, String, Option<String>, Option<String>, String);
+    let row: Option<Recorded> = sqlx::query_as(
+        "SELECT step, to_tier, to_schema, to_database, to_region FROM bulkhead.tenant_moves \
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant.id.uuid())
+    .fetch_optional(owner.pool())
+    .await?;
+    let Some((step, tt, ts, td, tr)) = row else {
+        return Err(StoreError::NotFound);
+    };
+    let step = MoveStep::parse(&step).ok_or_else(|| {
+        StoreError::UnsafeConfiguration("tenant_moves row has an invalid step".into())
+    })?;
+    // The switch's last write (the registry row) records the cleanup step in the same
+    // transaction: before it, the source is still the tenant's data.
+    if step == MoveStep::Cleanup {
+        return Err(StoreError::Invalid(
+            "the move has switched; run it again to finish it".into(),
+        ));
+    }
+    let from = tenant.location()?;
+    let to = crate::location::location_from_columns(&tt, ts.as_deref(), td.as_deref(), tr)?;
+    let router = owner.router();
+    // The copy goes first, then the target's anchor, then the freeze is lifted.
+    match &to.placement {
+        Placement::Schema(schema) => {
+            let pool = router.pool_for(&to).await?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await?;
+        }
+        Placement::Shared | Placement::Dedicated(_) => {
+            let pool = router.pool_for(&to).await?;
+            let mut tx = pool.begin().await?;
+            set_context(&mut tx, tenant.id).await?;
+            delete_rows(&mut tx, to.placement.schema(), tenant.id).await?;
+            if !router.is_registry_location(&to) {
+                sqlx::query(&format!(
+                    "DELETE FROM \"{}\".tenants WHERE id = $1",
+                    to.placement.schema()
+                ))
+                .bind(tenant.id.uuid())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    if from.placement == Placement::Shared {
+        sqlx::query("DELETE FROM bulkhead.key_routes WHERE tenant_id = $1")
+            .bind(tenant.id.uuid())
+            .execute(owner.pool())
+            .await?;
+    }
+    // The source's anchor names the source again (a switch may have begun), live, unfrozen.
+    let source = router.pool_for(&from).await?;
+    let (schema_name, database_name) = from.placement.columns();
+    sqlx::query(&format!(
+        "UPDATE \"{}\".tenants SET isolation_tier = $2, schema_name = $3, database_name = $4, \
+         region = $5, frozen_since = NULL, live = true WHERE id = $1",
+        from.placement.schema()
+    ))
+    .bind(tenant.id.uuid())
+    .bind(from.placement.tier().as_str())
+    .bind(schema_name)
+    .bind(database_name)
+    .bind(&from.region)
+    .execute(&source)
+    .await?;
+    if !router.is_registry_location(&from) {
+        // The registry row is no tenant's anchor here: it stays not live.
+        sqlx::query("UPDATE bulkhead.tenants SET frozen_since = NULL, live = false WHERE id = $1")
+            .bind(tenant.id.uuid())
+            .execute(owner.pool())
+            .await?;
+    }
+    router.forget(tenant.id);
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::System {
+            component: "tenant-move",
+        },
+        RequestId::new(),
+    );
+    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        "tenant.move.abandon",
+        Some(&tenant.id.to_string()),
+        Outcome::Success,
+        json!({ "to": describe(&to), "at_step": step.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
+        .bind(tenant.id.uuid())
+        .execute(owner.pool())
+        .await?;
+    Ok(())
+}
+
+async fn plan(
+    owner: &Store,
+    tenant_id: TenantId,
+    to: Placement,
+    to_region: Option<&str>,
+) -> Result<Plan, StoreError> {
     let tenant = owner
         .tenant_by_id(tenant_id)
         .await?
@@ -307,32 +436,24 @@ async fn plan(owner: &Store, tenant_id: TenantId, to: Placement) -> Result<Plan,
         Option<String>,
         Option<String>,
         String,
+        String,
+        String,
     );
     let recorded: Option<MoveRow> = sqlx::query_as(
-        "SELECT from_tier, from_schema, from_database, to_tier, to_schema, to_database, step \
-         FROM bulkhead.tenant_moves WHERE tenant_id = $1",
+        "SELECT from_tier, from_schema, from_database, to_tier, to_schema, to_database, \
+         from_region, to_region, step FROM bulkhead.tenant_moves WHERE tenant_id = $1",
     )
     .bind(tenant.id.uuid())
     .fetch_optional(owner.pool())
     .await?;
-    if let Some((ft, fs, fd, tt, ts, td, step)) = recorded {
-        let from = crate::location::location_from_columns(
-            &ft,
-            fs.as_deref(),
-            fd.as_deref(),
-            tenant.region.clone(),
-        )?;
-        let target = crate::location::location_from_columns(
-            &tt,
-            ts.as_deref(),
-            td.as_deref(),
-            tenant.region.clone(),
-        )?;
-        if target.placement != to {
+    if let Some((ft, fs, fd, tt, ts, td, fr, tr, step)) = recorded {
+        let from = crate::location::location_from_columns(&ft, fs.as_deref(), fd.as_deref(), fr)?;
+        let target = crate::location::location_from_columns(&tt, ts.as_deref(), td.as_deref(), tr)?;
+        if target.placement != to || to_region.is_some_and(|r| r != target.region) {
             return Err(StoreError::Conflict {
                 constraint: format!(
-                    "a move to {} is in progress; finish it first",
-                    target.placement
+                    "a move to {} in region {} is in progress; finish it first",
+                    target.placement, target.region
                 ),
             });
         }
@@ -348,35 +469,59 @@ async fn plan(owner: &Store, tenant_id: TenantId, to: Placement) -> Result<Plan,
         });
     }
     let from = tenant.location()?;
-    if from.placement == to {
+    let to = Location {
+        region: to_region.unwrap_or(&from.region).to_owned(),
+        placement: to,
+    };
+    if from == to {
         return Err(StoreError::Invalid(
-            format!("the tenant is already at {}", from.placement).into(),
+            format!("the tenant is already at {}", describe(&from)).into(),
         ));
     }
     let router = owner.router();
-    if !router.serves(&from.region) {
-        return Err(StoreError::WrongRegion(from.region.clone()));
+    for region in [&from.region, &to.region] {
+        if !router.serves(region) {
+            return Err(StoreError::WrongRegion(region.clone()));
+        }
     }
     let (fs, fd) = from.placement.columns();
-    let (ts, td) = to.columns();
+    let (ts, td) = to.placement.columns();
     sqlx::query(
         "INSERT INTO bulkhead.tenant_moves (tenant_id, from_tier, from_schema, from_database, \
-         to_tier, to_schema, to_database, step) VALUES ($1, $2, $3, $4, $5, $6, $7, 'prepare')",
+         to_tier, to_schema, to_database, from_region, to_region, step) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'prepare')",
     )
     .bind(tenant.id.uuid())
     .bind(from.placement.tier().as_str())
     .bind(fs)
     .bind(fd)
-    .bind(to.tier().as_str())
+    .bind(to.placement.tier().as_str())
     .bind(ts)
     .bind(td)
+    .bind(&from.region)
+    .bind(&to.region)
     .execute(owner.pool())
     .await?;
-    Ok(Plan {
-        to: Location {
-            region: from.region.clone(),
-            placement: to,
+    // The move begins in the tenant's history (and travels with it).
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::System {
+            component: "tenant-move",
         },
+        RequestId::new(),
+    );
+    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        "tenant.move.start",
+        Some(&tenant.id.to_string()),
+        Outcome::Success,
+        json!({ "from": describe(&from), "to": describe(&to) }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Plan {
+        to,
         tenant,
         from,
         step: MoveStep::Prepare,
@@ -438,10 +583,16 @@ async fn stored_report(
 }
 
 async fn set_context(conn: &mut PgConnection, tenant: TenantId) -> Result<(), StoreError> {
-    sqlx::query("SELECT set_config('bulkhead.tenant_id', $1, true)")
-        .bind(tenant.uuid().to_string())
-        .execute(&mut *conn)
-        .await?;
+    // The rows' text forms are compared across connections, possibly across clusters: every
+    // setting that shapes them is pinned, transaction-locally.
+    sqlx::query(
+        "SELECT set_config('bulkhead.tenant_id', $1, true), set_config('TimeZone', 'UTC', true), \
+         set_config('DateStyle', 'ISO, MDY', true), set_config('IntervalStyle', 'postgres', true), \
+         set_config('bytea_output', 'hex', true), set_config('extra_float_digits', '1', true)",
+    )
+    .bind(tenant.uuid().to_string())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -641,10 +792,10 @@ async fn row_hashes(
     Ok(hashes.into_iter().collect())
 }
 
-/// Under the freeze: makes the copy equal to the source by difference. Per table, rows whose
-/// hash is only at the source are upserted by primary key (parents first), then rows whose hash
-/// is only in the copy are deleted (children first, as the mover role). Only hashes and the
-/// changed rows travel; one transaction in the new location.
+/// Under the freeze: makes the copy equal to the source by difference. Per table, rows only in
+/// the copy whose primary key is gone at the source are deleted (children first, as the mover
+/// role), then rows whose hash is only at the source are upserted by primary key (parents
+/// first). Only hashes, keys and the changed rows travel; one transaction in the new location.
 async fn catch_up(
     owner: &Store,
     tenant: &Tenant,
@@ -664,16 +815,99 @@ async fn catch_up(
     let mut target = target_pool.begin().await?;
     set_context(&mut target, tenant.id).await?;
     let literal = tenant.id.uuid().to_string();
-    let mut gone: Vec<(&'static str, String, Vec<String>)> = Vec::new();
-    for (done, table) in TENANT_TABLES.iter().enumerate() {
+    // First every table's difference, from the one (final) snapshot.
+    struct Delta {
+        table: &'static str,
+        cols: String,
+        pk: Vec<String>,
+        missing: Vec<String>,
+        deleted: Vec<String>,
+    }
+    let mut deltas = Vec::new();
+    for table in TENANT_TABLES {
         let cols = columns(&mut target, ts, table).await?;
+        let pk = primary_key(&mut target, ts, table).await?;
         let at_source = row_hashes(&mut source, fs, table, &cols, tenant.id).await?;
         let in_copy = row_hashes(&mut target, ts, table, &cols, tenant.id).await?;
-        let missing: Vec<&String> = at_source.difference(&in_copy).collect();
+        let missing: Vec<String> = at_source.difference(&in_copy).cloned().collect();
         let extra: Vec<String> = in_copy.difference(&at_source).cloned().collect();
+        let pk_text = format!("ROW({})::text", pk.join(", "));
+        // Of the rows only in the copy, those whose key is gone at the source were deleted
+        // there; the others were updated (the upsert below rewrites them).
+        let deleted = if extra.is_empty() {
+            Vec::new()
+        } else {
+            let keys: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT {pk_text} FROM \"{ts}\".{table} WHERE tenant_id = $1 \
+                 AND md5(ROW({cols})::text) = ANY($2)"
+            ))
+            .bind(tenant.id.uuid())
+            .bind(&extra)
+            .fetch_all(&mut *target)
+            .await?;
+            let kept: std::collections::HashSet<String> = sqlx::query_scalar(&format!(
+                "SELECT {pk_text} FROM \"{fs}\".{table} WHERE tenant_id = $1 AND {pk_text} = ANY($2)"
+            ))
+            .bind(tenant.id.uuid())
+            .bind(&keys)
+            .fetch_all(&mut *source)
+            .await?
+            .into_iter()
+            .collect();
+            keys.into_iter().filter(|k| !kept.contains(k)).collect()
+        };
+        deltas.push(Delta {
+            table,
+            cols,
+            pk,
+            missing,
+            deleted,
+        });
+    }
+    // Deletions first, children first: a row deleted and re-created under another key at the
+    // source (a role of the same name, say) must leave before its successor arrives.
+    if deltas.iter().any(|d| !d.deleted.is_empty()) {
+        sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
+            .execute(&mut *target)
+            .await?;
+        sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
+            .execute(&mut *target)
+            .await?;
+        for delta in deltas.iter().rev().filter(|d| !d.deleted.is_empty()) {
+            sqlx::query(&format!(
+                "DELETE FROM \"{ts}\".{table} WHERE tenant_id = $1 AND ROW({pk})::text = ANY($2)",
+                table = delta.table,
+                pk = delta.pk.join(", ")
+            ))
+            .bind(tenant.id.uuid())
+            .bind(&delta.deleted)
+            .execute(&mut *target)
+            .await?;
+        }
+        sqlx::query("RESET ROLE").execute(&mut *target).await?;
+        sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
+            .execute(&mut *target)
+            .await?;
+    }
+    // Then what is new or changed, parents first, by primary key.
+    for (done, delta) in deltas.iter().enumerate() {
+        let Delta {
+            table,
+            cols,
+            pk,
+            missing,
+            ..
+        } = delta;
         if !missing.is_empty() {
-            let pk = primary_key(&mut target, ts, table).await?;
-            // Hex digests only: safe to write into the COPY statement, which takes no parameters.
+            // MD5 hex digests only: safe to write into COPY, which takes no parameters.
+            if !missing
+                .iter()
+                .all(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(StoreError::UnsafeConfiguration(
+                    "a row hash is not an MD5 digest".into(),
+                ));
+            }
             let wanted = missing
                 .iter()
                 .map(|h| format!("'{h}'"))
@@ -706,7 +940,6 @@ async fn catch_up(
                 }
                 sink.finish().await?;
             }
-            let pk_list = pk.join(", ");
             let updates: Vec<String> = cols
                 .split(", ")
                 .filter(|c| !pk.iter().any(|p| p == c))
@@ -719,7 +952,8 @@ async fn catch_up(
             };
             sqlx::query(&format!(
                 "INSERT INTO \"{ts}\".{table} ({cols}) SELECT {cols} FROM bulkhead_move_rows \
-                 ON CONFLICT ({pk_list}) {on_conflict}"
+                 ON CONFLICT ({pk_list}) {on_conflict}",
+                pk_list = pk.join(", ")
             ))
             .execute(&mut *target)
             .await?;
@@ -727,38 +961,12 @@ async fn catch_up(
                 .execute(&mut *target)
                 .await?;
         }
-        if !extra.is_empty() {
-            gone.push((table, cols, extra));
-        }
         report(MoveProgress::Table {
             step: MoveStep::CatchUp,
             table,
             done: done + 1,
             total: TENANT_TABLES.len(),
         });
-    }
-    if !gone.is_empty() {
-        sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
-            .execute(&mut *target)
-            .await?;
-        sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
-            .execute(&mut *target)
-            .await?;
-        // Children first. An updated row's old hash matches nothing any more (the upsert
-        // rewrote it), so only rows deleted at the source are deleted here.
-        for (table, cols, extra) in gone.iter().rev() {
-            sqlx::query(&format!(
-                "DELETE FROM \"{ts}\".{table} WHERE tenant_id = $1 AND md5(ROW({cols})::text) = ANY($2)"
-            ))
-            .bind(tenant.id.uuid())
-            .bind(extra)
-            .execute(&mut *target)
-            .await?;
-        }
-        sqlx::query("RESET ROLE").execute(&mut *target).await?;
-        sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
-            .execute(&mut *target)
-            .await?;
     }
     let hashes: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
         "SELECT key_hash FROM \"{ts}\".api_keys WHERE tenant_id = $1"
@@ -840,37 +1048,63 @@ async fn switch(
     to: &Location,
 ) -> Result<(), StoreError> {
     let router = owner.router();
+    // (a) The old anchor names the new location and is no longer live: a router with a stale
+    // route is refused there from now on, and its queues are no longer claimed.
     if !router.is_registry_location(from) {
         let pool = router.pool_for(from).await?;
         let (schema_name, database_name) = to.placement.columns();
         sqlx::query(&format!(
             "UPDATE \"{}\".tenants SET isolation_tier = $2, schema_name = $3, database_name = $4, \
-             updated_at = now() WHERE id = $1",
+             region = $5, live = false, updated_at = now() WHERE id = $1",
             from.placement.schema()
         ))
         .bind(tenant.id.uuid())
         .bind(to.placement.tier().as_str())
         .bind(schema_name)
         .bind(database_name)
+        .bind(&to.region)
         .execute(&pool)
         .await?;
     }
+    // (b) The new anchor goes live, with the tenant's status as the registry has it now.
+    if !router.is_registry_location(to) {
+        let pool = router.pool_for(to).await?;
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM bulkhead.tenants WHERE id = $1")
+                .bind(tenant.id.uuid())
+                .fetch_one(owner.pool())
+                .await?;
+        sqlx::query(&format!(
+            "UPDATE \"{}\".tenants SET live = true, frozen_since = NULL, status = $2, \
+             updated_at = now() WHERE id = $1",
+            to.placement.schema()
+        ))
+        .bind(tenant.id.uuid())
+        .bind(status)
+        .execute(&pool)
+        .await?;
+    }
+    // (c) The commit point: the registry names the new location, with the step.
     let (schema_name, database_name) = to.placement.columns();
     let mut tx = owner.pool().begin().await?;
     sqlx::query(
         "UPDATE bulkhead.tenants SET isolation_tier = $2, schema_name = $3, database_name = $4, \
-         frozen_since = NULL, updated_at = now() WHERE id = $1",
+         region = $5, frozen_since = NULL, live = $6, updated_at = now() WHERE id = $1",
     )
     .bind(tenant.id.uuid())
     .bind(to.placement.tier().as_str())
     .bind(schema_name)
     .bind(database_name)
+    .bind(&to.region)
+    .bind(router.is_registry_location(to))
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE bulkhead.tenant_moves SET step = 'cleanup', updated_at = now() WHERE tenant_id = $1")
-        .bind(tenant.id.uuid())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE bulkhead.tenant_moves SET step = 'cleanup', updated_at = now() WHERE tenant_id = $1",
+    )
+    .bind(tenant.id.uuid())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     router.forget(tenant.id);
     Ok(())

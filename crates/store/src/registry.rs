@@ -153,15 +153,17 @@ pub(crate) async fn write_anchor(
     conn: &mut sqlx::PgConnection,
     tenant: &Tenant,
     at: &Location,
+    live: bool,
 ) -> Result<(), StoreError> {
     let (schema_name, database_name) = at.placement.columns();
     sqlx::query(&format!(
         "INSERT INTO \"{schema}\".tenants (id, slug, display_name, plan, isolation_tier, region, \
-         status, created_at, schema_name, database_name) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         status, created_at, schema_name, database_name, live) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT (id) DO UPDATE SET isolation_tier = EXCLUDED.isolation_tier, \
          region = EXCLUDED.region, status = EXCLUDED.status, schema_name = EXCLUDED.schema_name, \
-         database_name = EXCLUDED.database_name, frozen_since = NULL, updated_at = now()",
+         database_name = EXCLUDED.database_name, frozen_since = NULL, live = EXCLUDED.live, \
+         updated_at = now()",
         schema = at.placement.schema()
     ))
     .bind(tenant.id.uuid())
@@ -174,6 +176,7 @@ pub(crate) async fn write_anchor(
     .bind(tenant.created_at)
     .bind(schema_name)
     .bind(database_name)
+    .bind(live)
     .execute(conn)
     .await?;
     Ok(())
@@ -238,7 +241,8 @@ impl Store {
         let (schema_name, database_name) = location.placement.columns();
         let row: TenantRow = sqlx::query_as(&format!(
             "INSERT INTO bulkhead.tenants (id, slug, display_name, plan, region, isolation_tier, \
-             schema_name, database_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+             schema_name, database_name, live) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             RETURNING {COLUMNS}"
         ))
         .bind(id.uuid())
         .bind(new.slug.as_str())
@@ -248,13 +252,15 @@ impl Store {
         .bind(location.placement.tier().as_str())
         .bind(schema_name)
         .bind(database_name)
+        // The registry row is the anchor of the default region's shared tier only.
+        .bind(router.is_registry_location(&location))
         .fetch_one(&mut *tx)
         .await?;
         let tenant = from_row(row)?;
         if in_registry_database {
             if let Placement::Schema(schema) = &location.placement {
                 crate::migrate::apply_on(&mut tx, schema.as_str(), Some(schema)).await?;
-                write_anchor(&mut tx, &tenant, &location).await?;
+                write_anchor(&mut tx, &tenant, &location, true).await?;
             }
             let key_id = self
                 .seed_tenant(tx, &tenant, &location, bootstrap_key)
@@ -265,7 +271,7 @@ impl Store {
         let seeded = async {
             let pool = router.pool_for(&location).await?;
             let mut tx = pool.begin().await?;
-            write_anchor(&mut tx, &tenant, &location).await?;
+            write_anchor(&mut tx, &tenant, &location, true).await?;
             self.seed_tenant(tx, &tenant, &location, bootstrap_key)
                 .await
         }

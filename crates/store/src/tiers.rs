@@ -41,6 +41,24 @@ impl Store {
         prepare_location(self, &location).await
     }
 
+    /// The tenants placed in, or being moved to, dedicated database `name`.
+    pub async fn database_users(
+        &self,
+        name: &DatabaseName,
+    ) -> Result<Vec<bulkhead_core::TenantId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM bulkhead.tenants WHERE database_name = $1 \
+             UNION SELECT tenant_id FROM bulkhead.tenant_moves WHERE to_database = $1",
+        )
+        .bind(name.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids
+            .into_iter()
+            .map(bulkhead_core::TenantId::from_uuid)
+            .collect())
+    }
+
     /// Every place migrations apply to, for `bulkhead migrate`: each served region's shared
     /// schema, each schema-tier tenant's schema, each registered dedicated database.
     pub async fn migration_targets(&self) -> Result<Vec<MigrationTarget>, StoreError> {
@@ -57,9 +75,11 @@ impl Store {
                 kind: TargetKind::Shared,
             });
         }
+        // Schema-tier tenants' schemas, and the target schemas of moves in progress.
         let schemas: Vec<(String, String)> = sqlx::query_as(
-            "SELECT schema_name, region FROM bulkhead.tenants \
-             WHERE isolation_tier = 'schema' ORDER BY schema_name",
+            "SELECT schema_name, region FROM bulkhead.tenants WHERE isolation_tier = 'schema' \
+             UNION SELECT to_schema, to_region FROM bulkhead.tenant_moves WHERE to_schema IS NOT NULL \
+             ORDER BY 1",
         )
         .fetch_all(self.pool())
         .await?;

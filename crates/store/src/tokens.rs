@@ -455,14 +455,15 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<Revocation>, StoreError> {
         let mut rows: Vec<(Uuid, Uuid, String, DateTime<Utc>)> = Vec::new();
-        for (pool, schema) in self.router().all_locations().await? {
+        for (i, (pool, schema)) in self.router().all_locations().await?.into_iter().enumerate() {
             rows.extend(
                 sqlx::query_as::<_, (Uuid, Uuid, String, DateTime<Utc>)>(&format!(
                     "SELECT * FROM \"{schema}\".revoked_tokens_active($1)"
                 ))
                 .bind(now)
                 .fetch_all(&pool)
-                .await?,
+                .await
+                .or_else(|err| crate::location::skip_unreachable(i, err))?,
             );
         }
         Ok(rows

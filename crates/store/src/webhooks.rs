@@ -772,7 +772,8 @@ impl Store {
                 .bind(lease_seconds)
                 .bind(now)
                 .fetch_all(&pool)
-                .await?,
+                .await
+                .or_else(|err| crate::location::skip_unreachable(i, err))?,
             );
         }
         Ok(rows

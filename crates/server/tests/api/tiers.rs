@@ -124,7 +124,20 @@ async fn each_tier_keeps_its_rows_where_the_registry_says() {
             .await
             .unwrap();
     assert_eq!(sealed.len(), 1);
-    assert!(!String::from_utf8_lossy(&sealed[0]).contains("postgres://"));
+    // Sealed means: another master key opens nothing, and the tenant is refused, not served.
+    let stranger = app
+        .db
+        .app_store()
+        .await
+        .reconfigured(|t| t.master_key = Some(Arc::new(bulkhead_auth::MasterKey::generate())));
+    let refused = stranger
+        .begin(&system(dedicated.id), Access::ReadOnly)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::UnsafeConfiguration(_)),
+        "{refused:?}"
+    );
     // A tenant schema is as locked down as the shared one: FORCE RLS on every table.
     let unforced: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -335,7 +348,7 @@ async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
             to.clone(),
             MoveOptions {
                 stop_after: Some(step),
-                progress: None,
+                ..MoveOptions::default()
             },
         )
         .await
@@ -346,11 +359,10 @@ async fn a_move_stopped_after_any_step_resumes_and_loses_nothing() {
         );
         // While stopped: reads answer; writes answer a retryable refusal from the freeze until
         // the switch, and succeed afterwards.
+        // Reads are served at every point of a move.
         let read = app_store.begin(&system(tenant.id), Access::ReadOnly).await;
-        assert!(
-            read.is_ok() || matches!(read, Err(StoreError::TenantMoving)),
-            "after {step:?}: {read:?}"
-        );
+        assert!(read.is_ok(), "after {step:?}: {read:?}");
+        drop(read);
         let write = app_store.begin(&system(tenant.id), Access::ReadWrite).await;
         match step {
             MoveStep::Prepare | MoveStep::Copy => {
@@ -633,7 +645,9 @@ async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
         .unwrap();
     assert_eq!(by_host.status(), StatusCode::MISDIRECTED_REQUEST);
     let body: Value = by_host.json().await.unwrap();
-    assert!(body["detail"].as_str().unwrap().contains("region eu"));
+    assert!(body["detail"].as_str().unwrap().contains("another region"));
+    // Before any authentication, the region itself is not disclosed.
+    assert!(!body.to_string().contains("eu"), "{body}");
     let by_key = us_only
         .client
         .get(us_only.url("/v1/sessions"))
@@ -647,4 +661,244 @@ async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
         .await
         .unwrap();
     assert_eq!(us_ok.status(), StatusCode::OK);
+
+    // With the EU's endpoint configured, the US process redirects instead (307 keeps the
+    // method and body; the test client follows no redirect).
+    let redirecting = spawn_app_with(AppOptions {
+        db: Some(us.clone()),
+        store: Some(
+            us.app_store()
+                .await
+                .reconfigured(|t| t.default_region = "us".into()),
+        ),
+        configure: Some(|config| {
+            config
+                .set_region_endpoints(&["eu=https://{tenant}.eu.bulkhead.test".to_owned()])
+                .unwrap()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let redirected = redirecting
+        .client
+        .get(redirecting.tenant_url("eu-co", "/v1/sessions?limit=5"))
+        .bearer_auth(&eu_tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirected.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        redirected.headers()["location"],
+        "https://eu-co.eu.bulkhead.test/v1/sessions?limit=5"
+    );
+
+    // Residency changes only by an explicit move: the US tenant moves to the EU, every row
+    // with it, and nothing of it stays in the US database.
+    let report = moves::move_tenant(
+        &owner,
+        us_tenant.id,
+        Placement::Shared,
+        MoveOptions {
+            to_region: Some("eu".into()),
+            ..MoveOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.to.contains("region eu"), "{}", report.to);
+    for table in bulkhead_store::location::TENANT_TABLES {
+        let in_us: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM bulkhead.{table} WHERE tenant_id = $1"
+        ))
+        .bind(us_tenant.id.uuid())
+        .fetch_one(&us_su)
+        .await
+        .unwrap();
+        assert_eq!(
+            in_us, 0,
+            "a row of {table} stayed in the US database after the move"
+        );
+    }
+    let moved = as_tenant(&app, &us_tenant, Method::GET, "/v1/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let page: Value = moved.json().await.unwrap();
+    assert_eq!(page["data"][0]["title"], "us data");
+}
+
+#[tokio::test]
+async fn dedicated_pools_are_capped_evicted_when_idle_and_every_tenant_still_served() {
+    let db = TestDb::new().await;
+    let mut tenants = Vec::new();
+    for slug in ["ded-a", "ded-b", "ded-c"] {
+        tenants.push(bulkhead_test_support::create_tenant_in(&db, slug, TestTier::Dedicated).await);
+    }
+    let limits = |idle| bulkhead_store::location::DedicatedLimits {
+        max_pools: 2,
+        connections_per_pool: 2,
+        idle,
+    };
+    let store = db
+        .app_store()
+        .await
+        .reconfigured(|t| t.dedicated = limits(std::time::Duration::from_secs(60)));
+    for _ in 0..3 {
+        for tenant in &tenants {
+            let mut tx = store
+                .begin(&system(tenant.id), Access::ReadOnly)
+                .await
+                .unwrap();
+            let keys: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE tenant_id = $1")
+                    .bind(tenant.id.uuid())
+                    .fetch_one(tx.conn())
+                    .await
+                    .unwrap();
+            assert_eq!(keys, 1, "each dedicated tenant sees its own bootstrap key");
+            drop(tx);
+            assert!(store.open_dedicated_pools() <= 2);
+        }
+    }
+    assert_eq!(store.open_dedicated_pools(), 2);
+    // Unused past the idle limit, a pool is closed; the next use opens it again.
+    let store = db
+        .app_store()
+        .await
+        .reconfigured(|t| t.dedicated = limits(std::time::Duration::from_millis(200)));
+    store
+        .begin(&system(tenants[0].id), Access::ReadOnly)
+        .await
+        .unwrap();
+    assert_eq!(store.open_dedicated_pools(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(store.open_dedicated_pools(), 0);
+    store
+        .begin(&system(tenants[0].id), Access::ReadOnly)
+        .await
+        .unwrap();
+    assert_eq!(store.open_dedicated_pools(), 1);
+}
+
+async fn exec(store: &Store, tenant: TenantId, sql: &str) {
+    let mut tx = store
+        .begin(&system(tenant), Access::ReadWrite)
+        .await
+        .unwrap();
+    sqlx::query(sql)
+        .bind(tenant.uuid())
+        .execute(tx.conn())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn copies_that_are_not_live_are_never_claimed_recreated_rows_catch_up_and_a_move_can_be_abandoned(
+) {
+    let db = TestDb::new().await;
+    let owner = db.owner_store().await;
+    let store = db.app_store().await;
+    let t = bulkhead_test_support::create_tenant_in(&db, "moving-co", TestTier::Schema).await;
+    exec(&store, t.id, "INSERT INTO roles (tenant_id, id, name, permissions) VALUES ($1, gen_random_uuid(), 'auditors', '{audit:read}')").await;
+    let mut tx = store.begin(&system(t.id), Access::ReadWrite).await.unwrap();
+    let job = bulkhead_store::jobs::enqueue(&mut tx, "session.close", &json!({}), None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // Copied into the shared tier (stopped after the copy): the job is in two places, and is
+    // claimed once, from the live one.
+    let stopped = moves::move_tenant(
+        &owner,
+        t.id,
+        Placement::Shared,
+        MoveOptions {
+            stop_after: Some(MoveStep::Copy),
+            ..MoveOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&stopped, StoreError::Invalid(m) if m == INTERRUPTED));
+    let claimed = store.claim_jobs(100, 60).await.unwrap();
+    let mine: Vec<_> = claimed.iter().filter(|j| j.tenant_id == t.id).collect();
+    assert_eq!(mine.len(), 1, "{claimed:?}");
+    assert_eq!(mine[0].id, job);
+    assert!(store.claim_jobs(100, 60).await.unwrap().is_empty());
+
+    // After the copy, a role is deleted and re-created under the same (unique) name: the
+    // catch-up must remove the old one before the new one arrives.
+    exec(
+        &store,
+        t.id,
+        "DELETE FROM roles WHERE tenant_id = $1 AND name = 'auditors'",
+    )
+    .await;
+    exec(&store, t.id, "INSERT INTO roles (tenant_id, id, name, permissions) VALUES ($1, gen_random_uuid(), 'auditors', '{audit:read,audit:export}')").await;
+    moves::move_tenant(&owner, t.id, Placement::Shared, MoveOptions::default())
+        .await
+        .unwrap();
+    let mut tx = store.begin(&system(t.id), Access::ReadOnly).await.unwrap();
+    let permissions: Vec<Vec<String>> = sqlx::query_scalar(
+        "SELECT permissions FROM roles WHERE tenant_id = $1 AND name = 'auditors'",
+    )
+    .bind(t.id.uuid())
+    .fetch_all(tx.conn())
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(
+        permissions,
+        [vec!["audit:read".to_owned(), "audit:export".to_owned()]]
+    );
+
+    // Abandoned after its verification: writable again where it was, the copy gone.
+    let to = TestTier::Dedicated.placement(&db, &owner).await;
+    let Placement::Dedicated(name) = &to else {
+        unreachable!()
+    };
+    moves::move_tenant(
+        &owner,
+        t.id,
+        to.clone(),
+        MoveOptions {
+            stop_after: Some(MoveStep::Verify),
+            ..MoveOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        store.begin(&system(t.id), Access::ReadWrite).await,
+        Err(StoreError::TenantMoving)
+    ));
+    moves::abandon_move(&owner, t.id).await.unwrap();
+    assert_eq!(
+        store.location_of(t.id).await.unwrap().placement,
+        Placement::Shared
+    );
+    exec(
+        &store,
+        t.id,
+        "UPDATE roles SET description = 'still here' WHERE tenant_id = $1 AND name = 'auditors'",
+    )
+    .await;
+    let dedicated = PgPool::connect_with(db.superuser_options_for(name.as_str()))
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM bulkhead.roles WHERE tenant_id = $1) \
+         + (SELECT count(*) FROM bulkhead.tenants WHERE id = $1)",
+    )
+    .bind(t.id.uuid())
+    .fetch_one(&dedicated)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the abandoned copy was not removed");
+    // And a new move can start.
+    moves::move_tenant(&owner, t.id, to, MoveOptions::default())
+        .await
+        .unwrap();
 }

@@ -202,3 +202,25 @@ async fn views_are_security_invoker_and_definer_functions_pin_search_path() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_move_list_names_exactly_the_tenant_tables() {
+    // A move copies TENANT_TABLES: a new tenant table missing from it would be left behind.
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let mut tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+         WHERE n.nspname = 'bulkhead' AND c.relkind = 'r' AND c.relname NOT IN ('key_routes', 'tenant_moves')",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    tables.sort();
+    let mut listed: Vec<String> = bulkhead_store::location::TENANT_TABLES
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(tables, listed);
+}
