@@ -325,9 +325,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let phases = std::env::var("TIERS_BENCH_PHASES").unwrap_or_else(|_| "1,2,3".into());
     runtime.block_on(async move {
-        throughput_per_tier(seconds, rounds, concurrency).await;
-        schema_migrations(&counts, parallel).await;
-        move_time(rows).await;
+        if phases.contains('1') {
+            throughput_per_tier(seconds, rounds, concurrency).await;
+        }
+        if phases.contains('2') {
+            schema_migrations(&counts, parallel).await;
+        }
+        if phases.contains('3') {
+            move_time(rows).await;
+        }
     });
 }
