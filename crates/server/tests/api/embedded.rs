@@ -306,3 +306,98 @@ async fn signing_keys_are_sealed_rotated_by_the_cli_and_old_tokens_outlive_the_r
     assert_eq!(kid(&new), rotation["current"].as_str().unwrap());
     server.stop();
 }
+
+#[tokio::test]
+async fn the_cli_places_migrates_and_moves_tenants_across_tiers_and_embedded_regions() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-tiers-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+    // One private cluster per region: `default` in the data directory, `eu` beside it.
+    let cli = |args: &[&str]| {
+        let output = bulkhead(&data_dir)
+            .env("BULKHEAD_REGIONS", "eu=embedded")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "bulkhead {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let acme = cli(&[
+        "tenant", "create", "--slug", "acme", "--name", "Acme", "--tier", "schema",
+    ]);
+    assert_eq!(acme["tenant"]["isolation_tier"], "schema");
+    let euco = cli(&[
+        "tenant", "create", "--slug", "eu-co", "--name", "EU Co", "--region", "eu",
+    ]);
+    assert_eq!(euco["tenant"]["region"], "eu");
+
+    let migrated = cli(&["migrate", "--parallel", "2"]);
+    assert_eq!(migrated["failed"], 0);
+    let labels: Vec<&str> = migrated["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"shared (default)") && labels.contains(&"shared (eu)"),
+        "{labels:?}"
+    );
+    assert!(
+        labels.iter().any(|l| l.starts_with("schema tenant_")),
+        "{labels:?}"
+    );
+
+    let moved = cli(&["tenant", "move", "acme", "--to", "shared"]);
+    assert!(moved["rows"].as_i64().unwrap() > 0);
+    assert_eq!(moved["to"], "shared in region default");
+    let moved = cli(&["tenant", "move", "eu-co", "--to", "schema"]);
+    assert!(moved["to"].as_str().unwrap().ends_with("in region eu"));
+    // A second move of the same tenant to where it is: refused, clearly.
+    let again = bulkhead(&data_dir)
+        .env("BULKHEAD_REGIONS", "eu=embedded")
+        .args(["tenant", "move", "acme", "--to", "shared"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already"));
+
+    // Served from both regions' clusters by one process.
+    let port = free_port();
+    let log = dir.path().join("serve-tiers.log");
+    let child = bulkhead(&data_dir)
+        .env("BULKHEAD_REGIONS", "eu=embedded")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        log,
+    };
+    server.wait_ready().await;
+    for tenant in [&acme, &euco] {
+        let listed = loopback_client()
+            .get(format!("{}/v1/sessions", server.base))
+            .bearer_auth(tenant["admin_api_key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.status(),
+            reqwest::StatusCode::OK,
+            "{}",
+            tenant["tenant"]["slug"]
+        );
+    }
+    server.stop();
+}
