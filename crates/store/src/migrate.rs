@@ -84,11 +84,25 @@ pub async fn apply_on(
     ))
     .execute(&mut *tx)
     .await?;
-    let applied: Vec<i64> = sqlx::query_scalar(&format!(
-        "SELECT version FROM \"{schema}\"._sqlx_migrations WHERE success ORDER BY version"
+    let ledger: Vec<(i64, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT version, checksum FROM \"{schema}\"._sqlx_migrations WHERE success ORDER BY version"
     ))
     .fetch_all(&mut *tx)
     .await?;
+    // As the migrator does for the shared schema: an applied migration that has changed since
+    // is refused, never silently taken as applied.
+    for (version, checksum) in &ledger {
+        let changed = MIGRATOR
+            .iter()
+            .find(|m| m.version == *version)
+            .is_some_and(|m| *m.checksum != **checksum);
+        if changed {
+            return Err(StoreError::UnsafeConfiguration(format!(
+                "migration {version} was applied to {schema} but has changed since"
+            )));
+        }
+    }
+    let applied: Vec<i64> = ledger.iter().map(|(v, _)| *v).collect();
     let mut count = 0;
     for migration in MIGRATOR
         .iter()
