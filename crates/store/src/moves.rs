@@ -699,29 +699,17 @@ async fn copy(
         ))
         .execute(&mut *target)
         .await?;
-        {
-            // COPY takes no bind parameters: the tenant id is a formatted UUID, never input.
-            let mut rows = source
-                .copy_out_raw(&format!(
-                    "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}') \
-                     TO STDOUT (FORMAT binary)"
-                ))
-                .await?;
-            let mut chunks = Vec::new();
-            while let Some(chunk) = rows.next().await {
-                chunks.push(chunk?);
-            }
-            drop(rows);
-            let mut sink = target
-                .copy_in_raw(&format!(
-                    "COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"
-                ))
-                .await?;
-            for chunk in chunks {
-                sink.send(chunk).await?;
-            }
-            sink.finish().await?;
-        }
+        // COPY takes no bind parameters: the tenant id is a formatted UUID, never input.
+        pipe(
+            &mut source,
+            &format!(
+                "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}') \
+                 TO STDOUT (FORMAT binary)"
+            ),
+            &mut target,
+            &format!("COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"),
+        )
+        .await?;
         // COPY FROM cannot write a table under row-level security; INSERT can, and the policy
         // checks every row against the context.
         sqlx::query(&format!(
@@ -751,6 +739,38 @@ async fn copy(
         route_keys(owner, tenant.id, hashes).await?;
     }
     Ok(())
+}
+
+/// Streams `COPY … TO STDOUT` on `source` into `COPY … FROM STDIN` on `target`, chunk by chunk
+/// (a table's rows are never all in memory). A failure on either side aborts the target's COPY,
+/// and with it the target's transaction.
+async fn pipe(
+    source: &mut PgConnection,
+    copy_out: &str,
+    target: &mut PgConnection,
+    copy_in: &str,
+) -> Result<u64, StoreError> {
+    let mut sink = target.copy_in_raw(copy_in).await?;
+    let mut rows = match source.copy_out_raw(copy_out).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            sink.abort("the source COPY failed").await.ok();
+            return Err(err.into());
+        }
+    };
+    while let Some(chunk) = rows.next().await {
+        let sent = match chunk {
+            Ok(chunk) => sink.send(chunk).await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = sent {
+            drop(rows);
+            sink.abort("the copy failed").await.ok();
+            return Err(err.into());
+        }
+    }
+    drop(rows);
+    Ok(sink.finish().await?)
 }
 
 /// The primary-key columns of `table` in `schema`.
@@ -922,28 +942,16 @@ async fn catch_up(
             ))
             .execute(&mut *target)
             .await?;
-            {
-                let mut rows = source
-                    .copy_out_raw(&format!(
-                        "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}' \
-                         AND md5(ROW({cols})::text) IN ({wanted})) TO STDOUT (FORMAT binary)"
-                    ))
-                    .await?;
-                let mut chunks = Vec::new();
-                while let Some(chunk) = rows.next().await {
-                    chunks.push(chunk?);
-                }
-                drop(rows);
-                let mut sink = target
-                    .copy_in_raw(&format!(
-                        "COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"
-                    ))
-                    .await?;
-                for chunk in chunks {
-                    sink.send(chunk).await?;
-                }
-                sink.finish().await?;
-            }
+            pipe(
+                &mut source,
+                &format!(
+                    "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}' \
+                     AND md5(ROW({cols})::text) IN ({wanted})) TO STDOUT (FORMAT binary)"
+                ),
+                &mut target,
+                &format!("COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"),
+            )
+            .await?;
             let updates: Vec<String> = cols
                 .split(", ")
                 .filter(|c| !pk.iter().any(|p| p == c))
