@@ -279,24 +279,14 @@ pub async fn move_tenant(
     };
     // The move is part of the tenant's history, written where the history now lives, before
     // its record goes (a crash in between re-runs the cleanup and writes it then).
-    let ctx = TenantContext::new(
+    record_event(
+        owner,
         tenant.id,
-        Actor::System {
-            component: "tenant-move",
-        },
-        RequestId::new(),
-    );
-    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
-    audit::record(
-        &mut tx,
         "tenant.move",
-        Some(&tenant.id.to_string()),
-        Outcome::Success,
         json!({ "from": report.from, "to": report.to, "rows": report.rows,
                 "tables": report.tables.len(), "resumed": report.resumed }),
     )
     .await?;
-    tx.commit().await?;
     sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
         .bind(tenant.id.uuid())
         .execute(owner.pool())
@@ -336,31 +326,8 @@ pub async fn abandon_move(owner: &Store, tenant_id: TenantId) -> Result<(), Stor
     let from = tenant.location()?;
     let to = crate::location::location_from_columns(&tt, ts.as_deref(), td.as_deref(), tr)?;
     let router = owner.router();
-    // The copy goes first, then the target's anchor, then the freeze is lifted.
-    match &to.placement {
-        Placement::Schema(schema) => {
-            let pool = router.pool_for(&to).await?;
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .execute(&pool)
-                .await?;
-        }
-        Placement::Shared | Placement::Dedicated(_) => {
-            let pool = router.pool_for(&to).await?;
-            let mut tx = pool.begin().await?;
-            set_context(&mut tx, tenant.id).await?;
-            delete_rows(&mut tx, to.placement.schema(), tenant.id).await?;
-            if !router.is_registry_location(&to) {
-                sqlx::query(&format!(
-                    "DELETE FROM \"{}\".tenants WHERE id = $1",
-                    to.placement.schema()
-                ))
-                .bind(tenant.id.uuid())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        }
-    }
+    // The copy goes first (with the target's anchor), then the freeze is lifted.
+    remove_copy(owner, tenant.id, &to).await?;
     if from.placement == Placement::Shared {
         sqlx::query("DELETE FROM bulkhead.key_routes WHERE tenant_id = $1")
             .bind(tenant.id.uuid())
@@ -390,23 +357,13 @@ pub async fn abandon_move(owner: &Store, tenant_id: TenantId) -> Result<(), Stor
             .await?;
     }
     router.forget(tenant.id);
-    let ctx = TenantContext::new(
+    record_event(
+        owner,
         tenant.id,
-        Actor::System {
-            component: "tenant-move",
-        },
-        RequestId::new(),
-    );
-    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
-    audit::record(
-        &mut tx,
         "tenant.move.abandon",
-        Some(&tenant.id.to_string()),
-        Outcome::Success,
         json!({ "to": describe(&to), "at_step": step.as_str() }),
     )
     .await?;
-    tx.commit().await?;
     sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
         .bind(tenant.id.uuid())
         .execute(owner.pool())
@@ -505,23 +462,13 @@ async fn plan(
     .execute(owner.pool())
     .await?;
     // The move begins in the tenant's history (and travels with it).
-    let ctx = TenantContext::new(
+    record_event(
+        owner,
         tenant.id,
-        Actor::System {
-            component: "tenant-move",
-        },
-        RequestId::new(),
-    );
-    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
-    audit::record(
-        &mut tx,
         "tenant.move.start",
-        Some(&tenant.id.to_string()),
-        Outcome::Success,
         json!({ "from": describe(&from), "to": describe(&to) }),
     )
     .await?;
-    tx.commit().await?;
     Ok(Plan {
         to,
         tenant,
@@ -648,12 +595,7 @@ async fn delete_rows(
     schema: &str,
     tenant: TenantId,
 ) -> Result<u64, StoreError> {
-    sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
-        .execute(&mut *conn)
-        .await?;
+    become_mover(conn).await?;
     let mut deleted = 0;
     for table in TENANT_TABLES.iter().rev() {
         deleted += sqlx::query(&format!(
@@ -664,11 +606,28 @@ async fn delete_rows(
         .await?
         .rows_affected();
     }
+    stop_being_mover(conn).await?;
+    Ok(deleted)
+}
+
+/// Takes the mover role for the rest of the transaction's deletes (granted to the owner only
+/// inside this transaction; [`stop_being_mover`] revokes it before commit).
+async fn become_mover(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn stop_being_mover(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query("RESET ROLE").execute(&mut *conn).await?;
     sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
         .execute(&mut *conn)
         .await?;
-    Ok(deleted)
+    Ok(())
 }
 
 async fn copy(
@@ -691,35 +650,19 @@ async fn copy(
     set_context(&mut target, tenant.id).await?;
     // A copy left by an interrupted run is replaced, never added to.
     delete_rows(&mut target, ts, tenant.id).await?;
-    let literal = tenant.id.uuid().to_string();
     for (done, table) in TENANT_TABLES.iter().enumerate() {
         let cols = columns(&mut target, ts, table).await?;
-        sqlx::query(&format!(
-            "CREATE TEMP TABLE bulkhead_move_rows (LIKE \"{ts}\".{table}) ON COMMIT DROP"
-        ))
-        .execute(&mut *target)
-        .await?;
-        // COPY takes no bind parameters: the tenant id is a formatted UUID, never input.
-        pipe(
+        copy_rows(
             &mut source,
-            &format!(
-                "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}') \
-                 TO STDOUT (FORMAT binary)"
-            ),
             &mut target,
-            &format!("COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"),
+            (fs, ts),
+            table,
+            &cols,
+            tenant.id,
+            "",
+            "",
         )
         .await?;
-        // COPY FROM cannot write a table under row-level security; INSERT can, and the policy
-        // checks every row against the context.
-        sqlx::query(&format!(
-            "INSERT INTO \"{ts}\".{table} ({cols}) SELECT {cols} FROM bulkhead_move_rows"
-        ))
-        .execute(&mut *target)
-        .await?;
-        sqlx::query("DROP TABLE bulkhead_move_rows")
-            .execute(&mut *target)
-            .await?;
         report(MoveProgress::Table {
             step: MoveStep::Copy,
             table,
@@ -727,17 +670,50 @@ async fn copy(
             total: TENANT_TABLES.len(),
         });
     }
-    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
-        "SELECT key_hash FROM \"{ts}\".api_keys WHERE tenant_id = $1"
+    commit_copy(owner, tenant.id, to, target, source).await
+}
+
+/// Copies the tenant's rows of `table` (those matching `filter`, SQL appended to the WHERE clause)
+/// from the source schema into the target's (`schemas`): streamed by binary COPY into a
+/// temporary table, then `INSERT … SELECT` with `on_conflict`, because COPY FROM cannot write a
+/// table under row-level security and INSERT can (the policy checks every row against the
+/// context). `filter` is built from validated text only: COPY takes no bind parameters.
+#[allow(clippy::too_many_arguments)]
+async fn copy_rows(
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+    (fs, ts): (&str, &str),
+    table: &str,
+    cols: &str,
+    tenant: TenantId,
+    filter: &str,
+    on_conflict: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE bulkhead_move_rows (LIKE \"{ts}\".{table}) ON COMMIT DROP"
     ))
-    .bind(tenant.id.uuid())
-    .fetch_all(&mut *target)
+    .execute(&mut *target)
     .await?;
-    target.commit().await?;
-    source.rollback().await?;
-    if to.placement != Placement::Shared {
-        route_keys(owner, tenant.id, hashes).await?;
-    }
+    // The tenant id is a formatted UUID, never input.
+    pipe(
+        source,
+        &format!(
+            "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{}' {filter}) \
+             TO STDOUT (FORMAT binary)",
+            tenant.uuid()
+        ),
+        target,
+        &format!("COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"),
+    )
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO \"{ts}\".{table} ({cols}) SELECT {cols} FROM bulkhead_move_rows {on_conflict}"
+    ))
+    .execute(&mut *target)
+    .await?;
+    sqlx::query("DROP TABLE bulkhead_move_rows")
+        .execute(&mut *target)
+        .await?;
     Ok(())
 }
 
@@ -836,7 +812,6 @@ async fn catch_up(
     set_context(&mut source, tenant.id).await?;
     let mut target = target_pool.begin().await?;
     set_context(&mut target, tenant.id).await?;
-    let literal = tenant.id.uuid().to_string();
     // First every table's difference, from the one (final) snapshot.
     struct Delta {
         table: &'static str,
@@ -891,12 +866,7 @@ async fn catch_up(
     // Deletions first, children first: a row deleted and re-created under another key at the
     // source (a role of the same name, say) must leave before its successor arrives.
     if deltas.iter().any(|d| !d.deleted.is_empty()) {
-        sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
-            .execute(&mut *target)
-            .await?;
-        sqlx::query("SET LOCAL ROLE bulkhead_tenant_mover")
-            .execute(&mut *target)
-            .await?;
+        become_mover(&mut target).await?;
         for delta in deltas.iter().rev().filter(|d| !d.deleted.is_empty()) {
             sqlx::query(&format!(
                 "DELETE FROM \"{ts}\".{table} WHERE tenant_id = $1 AND ROW({pk})::text = ANY($2)",
@@ -908,10 +878,7 @@ async fn catch_up(
             .execute(&mut *target)
             .await?;
         }
-        sqlx::query("RESET ROLE").execute(&mut *target).await?;
-        sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
-            .execute(&mut *target)
-            .await?;
+        stop_being_mover(&mut target).await?;
     }
     // Then what is new or changed, parents first, by primary key.
     for (done, delta) in deltas.iter().enumerate() {
@@ -937,21 +904,6 @@ async fn catch_up(
                 .map(|h| format!("'{h}'"))
                 .collect::<Vec<_>>()
                 .join(",");
-            sqlx::query(&format!(
-                "CREATE TEMP TABLE bulkhead_move_rows (LIKE \"{ts}\".{table}) ON COMMIT DROP"
-            ))
-            .execute(&mut *target)
-            .await?;
-            pipe(
-                &mut source,
-                &format!(
-                    "COPY (SELECT {cols} FROM \"{fs}\".{table} WHERE tenant_id = '{literal}' \
-                     AND md5(ROW({cols})::text) IN ({wanted})) TO STDOUT (FORMAT binary)"
-                ),
-                &mut target,
-                &format!("COPY bulkhead_move_rows ({cols}) FROM STDIN (FORMAT binary)"),
-            )
-            .await?;
             let updates: Vec<String> = cols
                 .split(", ")
                 .filter(|c| !pk.iter().any(|p| p == c))
@@ -962,16 +914,17 @@ async fn catch_up(
             } else {
                 format!("DO UPDATE SET {}", updates.join(", "))
             };
-            sqlx::query(&format!(
-                "INSERT INTO \"{ts}\".{table} ({cols}) SELECT {cols} FROM bulkhead_move_rows \
-                 ON CONFLICT ({pk_list}) {on_conflict}",
-                pk_list = pk.join(", ")
-            ))
-            .execute(&mut *target)
+            copy_rows(
+                &mut source,
+                &mut target,
+                (fs, ts),
+                table,
+                cols,
+                tenant.id,
+                &format!("AND md5(ROW({cols})::text) IN ({wanted})"),
+                &format!("ON CONFLICT ({}) {on_conflict}", pk.join(", ")),
+            )
             .await?;
-            sqlx::query("DROP TABLE bulkhead_move_rows")
-                .execute(&mut *target)
-                .await?;
         }
         report(MoveProgress::Table {
             step: MoveStep::CatchUp,
@@ -980,25 +933,30 @@ async fn catch_up(
             total: TENANT_TABLES.len(),
         });
     }
+    commit_copy(owner, tenant.id, to, target, source).await
+}
+
+/// Commits the copy at `to` (dropping the source's read snapshot), then routes the tenant's key
+/// hashes there unless it is the shared tier, where keys are found without routes.
+async fn commit_copy(
+    owner: &Store,
+    tenant: TenantId,
+    to: &Location,
+    mut target: sqlx::Transaction<'static, sqlx::Postgres>,
+    source: sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<(), StoreError> {
     let hashes: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
-        "SELECT key_hash FROM \"{ts}\".api_keys WHERE tenant_id = $1"
+        "SELECT key_hash FROM \"{}\".api_keys WHERE tenant_id = $1",
+        to.placement.schema()
     ))
-    .bind(tenant.id.uuid())
+    .bind(tenant.uuid())
     .fetch_all(&mut *target)
     .await?;
     target.commit().await?;
     source.rollback().await?;
-    if to.placement != Placement::Shared {
-        route_keys(owner, tenant.id, hashes).await?;
+    if to.placement == Placement::Shared {
+        return Ok(());
     }
-    Ok(())
-}
-
-async fn route_keys(
-    owner: &Store,
-    tenant: TenantId,
-    hashes: Vec<Vec<u8>>,
-) -> Result<(), StoreError> {
     // Presented without a subdomain, the tenant's keys are found through these.
     sqlx::query(
         "INSERT INTO bulkhead.key_routes (key_hash, tenant_id) SELECT h, $2 FROM unnest($1::bytea[]) h \
@@ -1125,36 +1083,14 @@ async fn switch(
     Ok(())
 }
 
-/// Removes the old copy: a tenant schema is dropped whole; from a shared schema or a dedicated
-/// database the tenant's rows are deleted, in its own context, as the mover role.
+/// Removes the old copy and the key routes a shared-tier tenant no longer needs.
 async fn cleanup(
     owner: &Store,
     tenant: &Tenant,
     from: &Location,
     to: &Location,
 ) -> Result<(), StoreError> {
-    let router = owner.router();
-    let pool = router.pool_for(from).await?;
-    match &from.placement {
-        Placement::Schema(schema) => {
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .execute(&pool)
-                .await?;
-        }
-        Placement::Shared | Placement::Dedicated(_) => {
-            let schema = from.placement.schema();
-            let mut tx = pool.begin().await?;
-            set_context(&mut tx, tenant.id).await?;
-            delete_rows(&mut tx, schema, tenant.id).await?;
-            if !router.is_registry_location(from) {
-                sqlx::query(&format!("DELETE FROM \"{schema}\".tenants WHERE id = $1"))
-                    .bind(tenant.id.uuid())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        }
-    }
+    remove_copy(owner, tenant.id, from).await?;
     if to.placement == Placement::Shared {
         sqlx::query("DELETE FROM bulkhead.key_routes WHERE tenant_id = $1")
             .bind(tenant.id.uuid())
@@ -1162,4 +1098,59 @@ async fn cleanup(
             .await?;
     }
     Ok(())
+}
+
+/// Removes the tenant's copy at `at`: a tenant schema is dropped whole; from a shared schema or
+/// a dedicated database the tenant's rows are deleted, in its own context, as the mover role,
+/// with its anchor row unless that is the registry row.
+async fn remove_copy(owner: &Store, tenant: TenantId, at: &Location) -> Result<(), StoreError> {
+    let router = owner.router();
+    let pool = router.pool_for(at).await?;
+    match &at.placement {
+        Placement::Schema(schema) => {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await?;
+        }
+        Placement::Shared | Placement::Dedicated(_) => {
+            let schema = at.placement.schema();
+            let mut tx = pool.begin().await?;
+            set_context(&mut tx, tenant).await?;
+            delete_rows(&mut tx, schema, tenant).await?;
+            if !router.is_registry_location(at) {
+                sqlx::query(&format!("DELETE FROM \"{schema}\".tenants WHERE id = $1"))
+                    .bind(tenant.uuid())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records a move event in the tenant's audit log, wherever the tenant lives now.
+async fn record_event(
+    owner: &Store,
+    tenant: TenantId,
+    action: &'static str,
+    meta: serde_json::Value,
+) -> Result<(), StoreError> {
+    let ctx = TenantContext::new(
+        tenant,
+        Actor::System {
+            component: "tenant-move",
+        },
+        RequestId::new(),
+    );
+    let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        action,
+        Some(&tenant.to_string()),
+        Outcome::Success,
+        meta,
+    )
+    .await?;
+    tx.commit().await
 }

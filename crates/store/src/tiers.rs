@@ -21,8 +21,8 @@ impl Store {
         owner_url: &str,
         app_url: &str,
     ) -> Result<(), StoreError> {
-        let sealed_owner = master.seal_database_url(&binding(name, PoolRole::Owner), owner_url);
-        let sealed_app = master.seal_database_url(&binding(name, PoolRole::App), app_url);
+        let sealed_owner = master.seal_database_url(&PoolRole::Owner.binding(name), owner_url);
+        let sealed_app = master.seal_database_url(&PoolRole::App.binding(name), app_url);
         sqlx::query(
             "INSERT INTO bulkhead.tenant_databases (name, region, sealed_owner_url, sealed_app_url) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET region = EXCLUDED.region, \
@@ -123,10 +123,6 @@ impl Store {
         }
         Ok(targets)
     }
-}
-
-fn binding(name: &DatabaseName, role: PoolRole) -> Vec<u8> {
-    role.binding(name)
 }
 
 /// Migrates `location` so a tenant can be placed there (idempotent): a tenant schema is created
