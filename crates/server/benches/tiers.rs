@@ -15,7 +15,7 @@
 //! "100,1000"; TIERS_BENCH_PARALLEL, default 4; TIERS_BENCH_ROWS, default 100000). Traffic goes
 //! to 127.0.0.1 only.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_server::config::AppConfig;
@@ -23,6 +23,10 @@ use bulkhead_server::state::AppState;
 use bulkhead_store::moves::{self, MoveOptions};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant_in, loopback_client, test_peppers, TestDb, TestTier};
+
+#[path = "common/load.rs"]
+mod load;
+use load::{run_round, summarize, Round};
 use serde_json::{json, Value};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -30,71 +34,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Round {
-    requests: u64,
-    latencies_us: Vec<u32>,
-    elapsed: Duration,
-}
-
-async fn run_round(url: String, key: String, seconds: u64, concurrency: u64) -> Round {
-    let client = loopback_client();
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, key) = (client.clone(), url.clone(), key.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(50_000);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let response = client
-                    .get(&url)
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .expect("request");
-                assert!(response.status().is_success(), "{}", response.status());
-                response.bytes().await.expect("body");
-                latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-            }
-            latencies
-        }));
-    }
-    let mut latencies_us = Vec::new();
-    for w in workers {
-        latencies_us.extend(w.await.expect("worker"));
-    }
-    Round {
-        requests: latencies_us.len() as u64,
-        latencies_us,
-        elapsed: started.elapsed(),
-    }
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    f64::from(sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]) / 1000.0
-}
-
-fn summarize(name: &str, rounds: &[Round]) -> f64 {
-    let requests: u64 = rounds.iter().map(|r| r.requests).sum();
-    let seconds: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
-    let mut all: Vec<u32> = rounds
-        .iter()
-        .flat_map(|r| r.latencies_us.iter().copied())
-        .collect();
-    all.sort_unstable();
-    let rps = requests as f64 / seconds;
-    println!(
-        "{name:<10} {requests:>8} requests  {rps:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
-        percentile(&all, 0.50),
-        percentile(&all, 0.99)
-    );
-    rps
 }
 
 fn system(tenant: TenantId) -> TenantContext {
@@ -159,12 +98,12 @@ async fn throughput_per_tier(seconds: u64, rounds: u64, concurrency: u64) {
         ));
     }
     for (_, url, key) in &urls {
-        run_round(url.clone(), key.clone(), 1, concurrency).await;
+        run_round(url.clone(), Some(key.clone()), 1, concurrency).await;
     }
     let mut results: Vec<Vec<Round>> = urls.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (_, url, key)) in urls.iter().enumerate() {
-            results[i].push(run_round(url.clone(), key.clone(), seconds, concurrency).await);
+            results[i].push(run_round(url.clone(), Some(key.clone()), seconds, concurrency).await);
         }
     }
     println!(

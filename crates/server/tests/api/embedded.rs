@@ -38,9 +38,15 @@ struct Server {
 
 impl Server {
     async fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[]).await
+    }
+
+    /// `serve` with extra environment variables.
+    async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let log = data_dir.with_file_name(format!("serve-{port}.log"));
         let child = bulkhead(data_dir)
+            .envs(env.iter().copied())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -370,21 +376,7 @@ async fn the_cli_places_migrates_and_moves_tenants_across_tiers_and_embedded_reg
     assert!(String::from_utf8_lossy(&again.stderr).contains("already"));
 
     // Served from both regions' clusters by one process.
-    let port = free_port();
-    let log = dir.path().join("serve-tiers.log");
-    let child = bulkhead(&data_dir)
-        .env("BULKHEAD_REGIONS", "eu=embedded")
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    };
-    server.wait_ready().await;
+    let server = Server::start_with(&data_dir, &[("BULKHEAD_REGIONS", "eu=embedded")]).await;
     for tenant in [&acme, &euco] {
         let listed = loopback_client()
             .get(format!("{}/v1/sessions", server.base))
