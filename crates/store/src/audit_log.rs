@@ -18,11 +18,12 @@ use std::collections::HashMap;
 
 use bulkhead_audit::tree::{self, Hash, NodeId};
 use bulkhead_audit::{AuditEvent, Checkpoint, LogSigningKey, SequencedEvent, SignedCheckpoint};
-use bulkhead_core::{AuditEventId, TenantId};
+use bulkhead_core::{AuditEventId, TenantContext, TenantId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{StoreError, TenantTx};
+use crate::hooks::HookPoint;
+use crate::{Access, Store, StoreError, TenantTx};
 
 /// Text form of every audit timestamp: RFC 3339, UTC, microseconds.
 pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
@@ -42,9 +43,14 @@ pub const STRAGGLER_HORIZON: chrono::Duration = chrono::Duration::minutes(15);
 /// How much of the table a sequencing run scans for unsequenced events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sweep {
-    /// Events at most [`STRAGGLER_HORIZON`] older than the newest sequenced one: cheap, and
-    /// enough for every transaction shorter than the horizon.
+    /// Events at most [`STRAGGLER_HORIZON`] older than the newest sequenced one, or than the
+    /// database's clock if that is earlier: cheap, and enough for every transaction shorter than
+    /// the horizon. (Event ids carry the writer's clock; one event from a writer whose clock runs
+    /// ahead must not move the window past everyone else's events.)
     Recent,
+    /// [`Sweep::Recent`], widened to include this event whatever its writer's clock said: for a
+    /// writer that must see its own event sequenced in the same transaction (a purge).
+    Including(AuditEventId),
     /// Every event: catches any straggler. Run at start and periodically.
     Full,
 }
@@ -183,6 +189,7 @@ pub async fn sequence(tx: &mut TenantTx, sweep: Sweep) -> Result<u64, StoreError
     let mut lower_bound = match sweep {
         Sweep::Full => uuid::Uuid::nil(),
         Sweep::Recent => recent_lower_bound(tx, size).await?,
+        Sweep::Including(event) => recent_lower_bound(tx, size).await?.min(event.uuid()),
     };
     let mut appended = 0u64;
     // Streaming to the tenant's SIEM (webhook endpoints subscribed to `audit.event`): looked up
@@ -290,15 +297,19 @@ fn next_uuid(id: uuid::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_u128(id.as_u128().saturating_add(1))
 }
 
-/// The smallest event id a [`Sweep::Recent`] run considers: the newest sequenced event's time
-/// minus [`STRAGGLER_HORIZON`], as the lowest UUIDv7 of that millisecond.
+/// The smallest event id a [`Sweep::Recent`] run considers: the newest sequenced event's time,
+/// or the database's clock if that is earlier, minus [`STRAGGLER_HORIZON`], as the lowest UUIDv7
+/// of that millisecond. The newest event's time comes from its writer's clock (a CLI on another
+/// host, say); the database's clock caps it, so a future-dated event cannot hide the ordinary
+/// events after it until the next full sweep.
 async fn recent_lower_bound(tx: &mut TenantTx, size: u64) -> Result<uuid::Uuid, StoreError> {
     if size == 0 {
         return Ok(uuid::Uuid::nil());
     }
     let tenant = tx.tenant_id();
-    let newest: uuid::Uuid = sqlx::query_scalar(
-        "SELECT event_id FROM audit_leaves WHERE tenant_id = $1 AND leaf_index = $2",
+    let (newest, db_now_ms): (uuid::Uuid, i64) = sqlx::query_as(
+        "SELECT event_id, (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+         FROM audit_leaves WHERE tenant_id = $1 AND leaf_index = $2",
     )
     .bind(tenant.uuid())
     .bind(size as i64 - 1)
@@ -308,7 +319,9 @@ async fn recent_lower_bound(tx: &mut TenantTx, size: u64) -> Result<uuid::Uuid, 
         return Ok(uuid::Uuid::nil());
     };
     let (secs, nanos) = ts.to_unix();
-    let millis = (secs * 1000 + u64::from(nanos) / 1_000_000)
+    let newest_ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+    let millis = newest_ms
+        .min(u64::try_from(db_now_ms).unwrap_or(0))
         .saturating_sub(STRAGGLER_HORIZON.num_milliseconds() as u64);
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
@@ -321,17 +334,36 @@ pub async fn sign_checkpoint(
     key: &LogSigningKey,
     now: DateTime<Utc>,
 ) -> Result<SignedCheckpoint, StoreError> {
-    let tenant = tx.tenant_id();
     let size = tree_size(tx).await?;
+    let signed = sign_tree(tx, key, now, size).await?;
+    store_checkpoint(tx, &signed).await?;
+    Ok(signed)
+}
+
+/// Signs a checkpoint of the tenant's tree at `size` (which the transaction must see) without
+/// storing it.
+async fn sign_tree(
+    tx: &mut TenantTx,
+    key: &LogSigningKey,
+    now: DateTime<Utc>,
+    size: u64,
+) -> Result<SignedCheckpoint, StoreError> {
     let root = root_at(tx, size).await?;
-    let signed = key
-        .sign(Checkpoint {
-            tenant_id: tenant.to_string(),
-            tree_size: size,
-            root_hash: root,
-            timestamp: format_timestamp(now),
-        })
-        .map_err(tree_error)?;
+    key.sign(Checkpoint {
+        tenant_id: tx.tenant_id().to_string(),
+        tree_size: size,
+        root_hash: root,
+        timestamp: format_timestamp(now),
+    })
+    .map_err(tree_error)
+}
+
+/// Stores a signed checkpoint of the transaction's tenant. Leaves never change, so a checkpoint
+/// of a size the tree has reached stays true whenever it is stored.
+async fn store_checkpoint(tx: &mut TenantTx, signed: &SignedCheckpoint) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    let root = signed.checkpoint.root_hash;
+    let size = signed.checkpoint.tree_size;
     sqlx::query(
         "INSERT INTO audit_checkpoints \
          (tenant_id, id, tree_size, root_hash, signed_at, key_id, signature) \
@@ -346,7 +378,7 @@ pub async fn sign_checkpoint(
     .bind(&signed.signature)
     .execute(tx.conn())
     .await?;
-    Ok(signed)
+    Ok(())
 }
 
 /// The tenant's most recent checkpoint (largest tree, then newest), if any.
@@ -691,4 +723,69 @@ pub async fn export_page(
             })
         })
         .collect()
+}
+
+/// An export's view of the log: its checkpoint and every page come from one `REPEATABLE READ`
+/// snapshot, so what the pages show (a body, or `purged`) is exactly what the checkpoint's tree
+/// held. A purge that commits while the export streams is invisible to it; one committed before
+/// the snapshot was sequenced in its own transaction, so its `audit.purge` event is inside the
+/// checkpoint that covers the leaves it purged. (Pages read in separate transactions once let a
+/// purge turn leaves into `purged` whose accounting event lay beyond the checkpoint, and the
+/// export failed verification on an intact log.)
+///
+/// It holds one connection, read-only, until [`ExportSnapshot::finish`] or drop; it takes no lock
+/// a writer or a move's freeze waits for.
+#[derive(Debug)]
+pub struct ExportSnapshot {
+    tx: TenantTx,
+    checkpoint: SignedCheckpoint,
+}
+
+impl ExportSnapshot {
+    /// Sequences what is pending (so the export covers everything committed so far), then opens
+    /// the snapshot and fixes its checkpoint: the latest stored one if it covers the snapshot's
+    /// whole tree, else a new one, signed with `key` at `now` and stored.
+    pub async fn open(
+        store: &Store,
+        ctx: &TenantContext,
+        key: &LogSigningKey,
+        now: DateTime<Utc>,
+    ) -> Result<ExportSnapshot, StoreError> {
+        let mut tx = store.begin(ctx, Access::ReadWrite).await?;
+        sequence(&mut tx, Sweep::Recent).await?;
+        tx.commit().await?;
+        let mut snapshot = store.begin_snapshot(ctx).await?;
+        let size = tree_size(&mut snapshot).await?;
+        let checkpoint = match latest_checkpoint(&mut snapshot).await? {
+            Some(latest) if latest.checkpoint.tree_size == size => latest,
+            _ => {
+                let signed = sign_tree(&mut snapshot, key, now, size).await?;
+                // The snapshot is read-only (it must not hold the row lock a freeze waits for).
+                let mut tx = store.begin(ctx, Access::ReadWrite).await?;
+                store_checkpoint(&mut tx, &signed).await?;
+                tx.commit().await?;
+                signed
+            }
+        };
+        crate::hooks::reached(ctx.tenant_id(), HookPoint::ExportCheckpointed).await?;
+        Ok(ExportSnapshot {
+            tx: snapshot,
+            checkpoint,
+        })
+    }
+
+    /// The checkpoint the export verifies against; its size is the number of leaves.
+    pub fn checkpoint(&self) -> &SignedCheckpoint {
+        &self.checkpoint
+    }
+
+    /// Leaves `[from, to)` with their events, from the snapshot.
+    pub async fn page(&mut self, from: u64, to: u64) -> Result<Vec<ExportItem>, StoreError> {
+        export_page(&mut self.tx, from, to).await
+    }
+
+    /// Ends the snapshot.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.tx.commit().await
+    }
 }

@@ -93,7 +93,7 @@ pub async fn purge(
     sqlx::query(&format!("REVOKE {MAINTENANCE_ROLE} FROM CURRENT_USER"))
         .execute(tx.conn())
         .await?;
-    audit::record(
+    let purge_event = audit::record(
         &mut tx,
         "audit.purge",
         None,
@@ -107,8 +107,13 @@ pub async fn purge(
     )
     .await?;
     // The purge event joins the log now, so any checkpoint that covers a purged leaf also covers
-    // the event that accounts for it (export verification checks that).
-    crate::audit_log::sequence(&mut tx, crate::audit_log::Sweep::Recent).await?;
+    // the event that accounts for it (export verification checks that). Its id carries this
+    // host's clock, which may lag the database's: the sweep is widened to include it.
+    crate::audit_log::sequence(
+        &mut tx,
+        crate::audit_log::Sweep::Including(purge_event),
+    )
+    .await?;
     tx.commit().await?;
     Ok(deleted)
 }

@@ -116,6 +116,22 @@ impl Store {
     /// lives in a region this process does not serve ([`StoreError::WrongRegion`]), or is frozen
     /// for a move and `access` is read-write ([`StoreError::TenantMoving`]).
     pub async fn begin(&self, ctx: &TenantContext, access: Access) -> Result<TenantTx, StoreError> {
+        self.begin_with(ctx, access, false).await
+    }
+
+    /// Like [`Store::begin`] read-only, in one `REPEATABLE READ` snapshot: every statement of
+    /// the transaction sees the tenant's rows as they were at its first one. For readers that
+    /// must see several statements' worth of rows consistently (an audit export).
+    pub async fn begin_snapshot(&self, ctx: &TenantContext) -> Result<TenantTx, StoreError> {
+        self.begin_with(ctx, Access::ReadOnly, true).await
+    }
+
+    async fn begin_with(
+        &self,
+        ctx: &TenantContext,
+        access: Access,
+        snapshot: bool,
+    ) -> Result<TenantTx, StoreError> {
         let span = tracing::debug_span!("tenant_tx", tenant_id = %ctx.tenant_id(), ?access);
         async {
             let tenant = ctx.tenant_id();
@@ -132,7 +148,13 @@ impl Store {
                     return Err(StoreError::WrongRegion(location.region));
                 }
                 let pool = self.router.pool_for(&location).await?;
-                let tx = pool.begin().await?;
+                let mut tx = pool.begin().await?;
+                if snapshot {
+                    // Before the first statement, which takes the snapshot.
+                    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 match TenantTx::enter(tx, ctx, access, &location).await {
                     Err(StoreError::LocationMismatch) if !fresh => {
                         self.router.forget(tenant);

@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulkhead_audit::export::ExportLine;
-use bulkhead_core::{AuditEventId, Scope, TenantContext};
+use bulkhead_core::{AuditEventId, Scope};
 use bulkhead_store::audit_log::{self, EventFilter, ExportItem, ListedEvent, ProofRefusal, Sweep};
-use bulkhead_store::{Access, Store};
+use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -294,11 +294,11 @@ async fn consistency(
 }
 
 /// `GET /v1/audit/export`: a checkpoint of the whole log (the latest, or a new one if the tree
-/// grew), then every leaf it covers, as NDJSON. Pages are
-/// read in separate short transactions: leaves never change, and a body purged meanwhile comes
-/// out as a `purged` line, which verifies just the same. A failure mid-stream ends the response
-/// early, which the verifier reports (the size does not match the checkpoint).
-/// NDJSON export: a checkpoint line, then every leaf it covers.
+/// grew), then every leaf it covers, as NDJSON. The checkpoint and every page are read from one
+/// `REPEATABLE READ` snapshot ([`audit_log::ExportSnapshot`]), so a purge that runs while the
+/// export streams cannot turn leaves into `purged` lines whose `audit.purge` event lies beyond
+/// the checkpoint. A failure mid-stream ends the response early, which the verifier reports (the
+/// size does not match the checkpoint).
 #[utoipa::path(
     get, path = "/v1/audit/export", tag = "audit",
     responses(
@@ -307,37 +307,33 @@ async fn consistency(
     security(("bearer" = ["audit:read"])),
 )]
 async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
-    let ctx = tenant.0.clone();
-    // Sequence what is pending and sign if the tree grew, so the export covers everything
-    // committed so far (and any purge recorded so far).
-    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
-    audit_log::sequence(&mut tx, Sweep::Recent).await?;
-    let size = audit_log::tree_size(&mut tx).await?;
-    let checkpoint = match audit_log::latest_checkpoint(&mut tx).await? {
-        Some(latest) if latest.checkpoint.tree_size == size => latest,
-        _ => audit_log::sign_checkpoint(&mut tx, state.audit().key(), state.clock().now()).await?,
-    };
-    tx.commit().await?;
+    let ctx = &tenant.0;
+    let snapshot = audit_log::ExportSnapshot::open(
+        state.store(),
+        ctx,
+        state.audit().key(),
+        state.clock().now(),
+    )
+    .await?;
+    let checkpoint = snapshot.checkpoint().clone();
     let size = checkpoint.checkpoint.tree_size;
     let mut head = serde_json::to_vec(&ExportLine::Checkpoint { checkpoint })
         .map_err(|e| ApiError::Internal(e.into()))?;
     head.push(b'\n');
-    let store = state.store().clone();
-    let pages = futures::stream::unfold(Some(0u64), move |next| {
-        let store = store.clone();
-        let ctx = ctx.clone();
-        async move {
-            let from = next?;
-            if from >= size {
-                return None;
+    let pages = futures::stream::unfold(Some((snapshot, 0u64)), move |state| async move {
+        let (mut snapshot, from) = state?;
+        if from >= size {
+            if let Err(err) = snapshot.finish().await {
+                tracing::warn!(error = %err, "audit export snapshot did not end cleanly");
             }
-            let to = (from + EXPORT_PAGE).min(size);
-            match export_lines(&store, &ctx, from, to).await {
-                Ok(bytes) => Some((Ok(Bytes::from(bytes)), Some(to))),
-                Err(err) => {
-                    tracing::error!(error = %err, "audit export failed mid-stream");
-                    Some((Err(std::io::Error::other("export failed")), None))
-                }
+            return None;
+        }
+        let to = (from + EXPORT_PAGE).min(size);
+        match export_lines(&mut snapshot, from, to).await {
+            Ok(bytes) => Some((Ok(Bytes::from(bytes)), Some((snapshot, to)))),
+            Err(err) => {
+                tracing::error!(error = %err, "audit export failed mid-stream");
+                Some((Err(std::io::Error::other("export failed")), None))
             }
         }
     });
@@ -351,14 +347,11 @@ async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Respons
 }
 
 async fn export_lines(
-    store: &Store,
-    ctx: &TenantContext,
+    snapshot: &mut audit_log::ExportSnapshot,
     from: u64,
     to: u64,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut tx = store.begin(ctx, Access::ReadOnly).await?;
-    let items = audit_log::export_page(&mut tx, from, to).await?;
-    tx.commit().await?;
+    let items = snapshot.page(from, to).await?;
     if items.len() as u64 != to - from {
         anyhow::bail!("leaves {from}..{to} are incomplete");
     }

@@ -320,3 +320,41 @@ async fn retention_purges_bodies_and_keeps_the_tree_verifiable() {
         Some("42501")
     );
 }
+
+/// Issue 29.2: an event whose id carries a clock two days ahead (a CLI on a skewed host) is
+/// sequenced by a full sweep; the ordinary events written after it must still be taken by the
+/// next recent sweep, not left out of checkpoints until the next full one.
+#[tokio::test]
+async fn a_future_dated_event_does_not_stall_sequencing() {
+    let db = TestDb::new().await;
+    let a = create_tenant(&db, "skewed-co").await;
+    let store = db.app_store().await;
+    write_events(&store, a.id, 3).await;
+    // A UUIDv7 two days ahead, as `Uuid::now_v7()` gives on a host whose clock runs ahead.
+    let ahead = chrono::Utc::now() + chrono::Duration::days(2);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ahead.timestamp() as u64,
+        ahead.timestamp_subsec_nanos(),
+    );
+    let future_id = uuid::Uuid::new_v7(ts);
+    let mut tx = store.begin(&ctx(a.id), Access::ReadWrite).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, id, actor_id, actor_type, action, outcome, \
+         request_id, metadata) VALUES ($1, $2, 'system:cli', 'system', 'tenant.skewed', \
+         'success', 'req', '{}'::jsonb)",
+    )
+    .bind(a.id.uuid())
+    .bind(future_id)
+    .execute(tx.conn())
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(sequence(&store, a.id).await, 4, "the full sweep takes all");
+
+    write_events(&store, a.id, 5).await;
+    let mut tx = store.begin(&ctx(a.id), Access::ReadWrite).await.unwrap();
+    let taken = audit_log::sequence(&mut tx, Sweep::Recent).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(taken, 5, "ordinary events after a future-dated one wait for a full sweep");
+}
