@@ -140,7 +140,17 @@ pub async fn record_event(
     tx: &mut TenantTx,
     event: &NewEvent<'_>,
 ) -> Result<AuditEventId, StoreError> {
-    let id = AuditEventId::new();
+    record_event_with_id(tx, AuditEventId::new(), event).await
+}
+
+/// [`record_event`] under an id chosen (and recorded elsewhere) beforehand, for writers that
+/// must write an event exactly once across a crash: they look for the id before writing again.
+/// The id must be a fresh UUIDv7 (the sequencer orders and windows events by its time).
+pub async fn record_event_with_id(
+    tx: &mut TenantTx,
+    id: AuditEventId,
+    event: &NewEvent<'_>,
+) -> Result<AuditEventId, StoreError> {
     let tenant = tx.tenant_id();
     let actor_id = event
         .actor_id

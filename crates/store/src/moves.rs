@@ -26,6 +26,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use crate::audit::{self, Outcome};
+use crate::hooks::HookPoint;
 use crate::location::{Location, Placement, TENANT_TABLES};
 use crate::registry::{write_anchor, Tenant};
 use crate::{Access, Store, StoreError};
@@ -167,6 +168,8 @@ struct Plan {
     to: Location,
     step: MoveStep,
     resumed: bool,
+    /// The move's id (and its `tenant.move.start` event's).
+    move_id: uuid::Uuid,
 }
 
 /// Moves `tenant` to `to` (a placement in its own region; [`Placement::Schema`]'s name is
@@ -186,6 +189,7 @@ pub async fn move_tenant(
         to,
         mut step,
         resumed,
+        move_id,
     } = plan;
     let report = |s: MoveProgress| {
         if let Some(progress) = options.progress {
@@ -250,6 +254,9 @@ pub async fn move_tenant(
                 frozen_for = frozen_at.map(|t| t.elapsed().as_millis());
             }
             MoveStep::Cleanup => {
+                // A run killed between the registry commit and the end of the switch resumes
+                // here: finish it first (idempotent).
+                finish_switch(owner, &tenant, &from, &to).await?;
                 cleanup(owner, &tenant, &from, &to).await?;
             }
         }
@@ -278,15 +285,18 @@ pub async fn move_tenant(
         resumed,
     };
     // The move is part of the tenant's history, written where the history now lives, before
-    // its record goes (a crash in between re-runs the cleanup and writes it then).
-    record_event(
+    // its record goes (a crash in between re-runs the cleanup and finds the event written).
+    let end_event = end_event_id(owner, tenant.id).await?;
+    record_event_once(
         owner,
         tenant.id,
+        end_event,
         "tenant.move",
-        json!({ "from": report.from, "to": report.to, "rows": report.rows,
+        json!({ "move_id": move_id, "from": report.from, "to": report.to, "rows": report.rows,
                 "tables": report.tables.len(), "resumed": report.resumed }),
     )
     .await?;
+    crate::hooks::reached(tenant.id, HookPoint::MoveEventWritten).await?;
     sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
         .bind(tenant.id.uuid())
         .execute(owner.pool())
@@ -302,22 +312,30 @@ pub async fn abandon_move(owner: &Store, tenant_id: TenantId) -> Result<(), Stor
         .tenant_by_id(tenant_id)
         .await?
         .ok_or(StoreError::NotFound)?;
-    type Recorded = (String, String, Option<String>, Option<String>, String);
+    type Recorded = (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<uuid::Uuid>,
+    );
     let row: Option<Recorded> = sqlx::query_as(
-        "SELECT step, to_tier, to_schema, to_database, to_region FROM bulkhead.tenant_moves \
-         WHERE tenant_id = $1",
+        "SELECT step, to_tier, to_schema, to_database, to_region, move_id \
+         FROM bulkhead.tenant_moves WHERE tenant_id = $1",
     )
     .bind(tenant.id.uuid())
     .fetch_optional(owner.pool())
     .await?;
-    let Some((step, tt, ts, td, tr)) = row else {
+    let Some((step, tt, ts, td, tr, move_id)) = row else {
         return Err(StoreError::NotFound);
     };
     let step = MoveStep::parse(&step).ok_or_else(|| {
         StoreError::UnsafeConfiguration("tenant_moves row has an invalid step".into())
     })?;
-    // The switch's last write (the registry row) records the cleanup step in the same
-    // transaction: before it, the source is still the tenant's data.
+    // The switch's commit (the registry row) records the cleanup step in the same transaction,
+    // and the target goes live only with or after it: before it, the source is still the
+    // tenant's data and the target has served nothing (no request, no job, no delivery).
     if step == MoveStep::Cleanup {
         return Err(StoreError::Invalid(
             "the move has switched; run it again to finish it".into(),
@@ -357,13 +375,16 @@ pub async fn abandon_move(owner: &Store, tenant_id: TenantId) -> Result<(), Stor
             .await?;
     }
     router.forget(tenant.id);
-    record_event(
+    let end_event = end_event_id(owner, tenant.id).await?;
+    record_event_once(
         owner,
         tenant.id,
+        end_event,
         "tenant.move.abandon",
-        json!({ "to": describe(&to), "at_step": step.as_str() }),
+        json!({ "move_id": move_id, "to": describe(&to), "at_step": step.as_str() }),
     )
     .await?;
+    crate::hooks::reached(tenant.id, HookPoint::AbandonEventWritten).await?;
     sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
         .bind(tenant.id.uuid())
         .execute(owner.pool())
@@ -397,15 +418,16 @@ async fn plan(
         String,
         String,
         String,
+        Option<uuid::Uuid>,
     );
     let recorded: Option<MoveRow> = sqlx::query_as(
         "SELECT from_tier, from_schema, from_database, to_tier, to_schema, to_database, \
-         from_region, to_region, step FROM bulkhead.tenant_moves WHERE tenant_id = $1",
+         from_region, to_region, step, move_id FROM bulkhead.tenant_moves WHERE tenant_id = $1",
     )
     .bind(tenant.id.uuid())
     .fetch_optional(owner.pool())
     .await?;
-    if let Some((ft, fs, fd, tt, ts, td, fr, tr, step)) = recorded {
+    if let Some((ft, fs, fd, tt, ts, td, fr, tr, step, move_id)) = recorded {
         let from = crate::location::location_from_columns(&ft, fs.as_deref(), fd.as_deref(), fr)?;
         let target = crate::location::location_from_columns(&tt, ts.as_deref(), td.as_deref(), tr)?;
         if target.placement != to || to_region.is_some_and(|r| r != target.region) {
@@ -419,12 +441,35 @@ async fn plan(
         let step = MoveStep::parse(&step).ok_or_else(|| {
             StoreError::UnsafeConfiguration("tenant_moves row has an invalid step".into())
         })?;
+        let move_id = match move_id {
+            // A run killed between recording the move and writing its start resumes at the
+            // prepare step (the step advances only after it); before the freeze the source
+            // takes writes, so the start is written now if it is not there yet.
+            Some(id) => {
+                if step < MoveStep::Freeze {
+                    record_start(owner, &tenant, id, &from, &target).await?;
+                }
+                id
+            }
+            // Begun before moves had ids (its start was written then): one from now on.
+            None => {
+                sqlx::query_scalar(
+                    "UPDATE bulkhead.tenant_moves SET move_id = coalesce(move_id, $2) \
+                     WHERE tenant_id = $1 RETURNING move_id",
+                )
+                .bind(tenant.id.uuid())
+                .bind(uuid::Uuid::now_v7())
+                .fetch_one(owner.pool())
+                .await?
+            }
+        };
         return Ok(Plan {
             tenant,
             from,
             to: target,
             step,
             resumed: true,
+            move_id,
         });
     }
     let from = tenant.location()?;
@@ -445,10 +490,12 @@ async fn plan(
     }
     let (fs, fd) = from.placement.columns();
     let (ts, td) = to.placement.columns();
+    // A UUIDv7 of now: it is also the id of the start event, written right after.
+    let move_id = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO bulkhead.tenant_moves (tenant_id, from_tier, from_schema, from_database, \
-         to_tier, to_schema, to_database, from_region, to_region, step) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'prepare')",
+         to_tier, to_schema, to_database, from_region, to_region, step, move_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'prepare', $10)",
     )
     .bind(tenant.id.uuid())
     .bind(from.placement.tier().as_str())
@@ -459,23 +506,51 @@ async fn plan(
     .bind(td)
     .bind(&from.region)
     .bind(&to.region)
+    .bind(move_id)
     .execute(owner.pool())
     .await?;
-    // The move begins in the tenant's history (and travels with it).
-    record_event(
-        owner,
-        tenant.id,
-        "tenant.move.start",
-        json!({ "from": describe(&from), "to": describe(&to) }),
-    )
-    .await?;
+    crate::hooks::reached(tenant.id, HookPoint::MoveRecorded).await?;
+    record_start(owner, &tenant, move_id, &from, &to).await?;
     Ok(Plan {
         to,
         tenant,
         from,
         step: MoveStep::Prepare,
         resumed: false,
+        move_id,
     })
+}
+
+/// The move begins in the tenant's history (and travels with it): `tenant.move.start`, under the
+/// move's own id, once.
+async fn record_start(
+    owner: &Store,
+    tenant: &Tenant,
+    move_id: uuid::Uuid,
+    from: &Location,
+    to: &Location,
+) -> Result<(), StoreError> {
+    record_event_once(
+        owner,
+        tenant.id,
+        move_id,
+        "tenant.move.start",
+        json!({ "move_id": move_id, "from": describe(from), "to": describe(to) }),
+    )
+    .await
+}
+
+/// The id of the move's last event (`tenant.move` or `tenant.move.abandon`): chosen once and
+/// recorded with the move before the event is written, so a re-run writes the same event.
+async fn end_event_id(owner: &Store, tenant: TenantId) -> Result<uuid::Uuid, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE bulkhead.tenant_moves SET end_event_id = coalesce(end_event_id, $2) \
+         WHERE tenant_id = $1 RETURNING end_event_id",
+    )
+    .bind(tenant.uuid())
+    .bind(uuid::Uuid::now_v7())
+    .fetch_one(owner.pool())
+    .await?)
 }
 
 async fn record_step(
@@ -1011,9 +1086,16 @@ async fn checksums(
     Ok(out)
 }
 
-/// The commit point. First the old location's anchor row is made to name the new location (so
-/// a router with a stale route is refused there from now on), then the registry row is pointed
-/// at the new location and the freeze lifted, with the move's step, in one transaction.
+/// The commit point: the registry row is pointed at the new location and the freeze lifted,
+/// with the move's step, in one transaction. Then [`finish_switch`] retires the source's anchor
+/// and makes the target's live.
+///
+/// Until the commit nothing else changes: the source still serves reads (only writes are frozen)
+/// and the target is not live, so nothing (a request, a job claim, a delivery claim) has been
+/// served from it and an abandon is safe. After it, the target goes live only once the source's
+/// anchor is retired, so two copies are never live together: when the source's anchor is in the
+/// registry's database both happen inside the commit; otherwise the tenant answers a retryable
+/// 503 in between (moments, or until a move killed there is run again).
 async fn switch(
     owner: &Store,
     tenant: &Tenant,
@@ -1021,43 +1103,10 @@ async fn switch(
     to: &Location,
 ) -> Result<(), StoreError> {
     let router = owner.router();
-    // (a) The old anchor names the new location and is no longer live: a router with a stale
-    // route is refused there from now on, and its queues are no longer claimed.
-    if !router.is_registry_location(from) {
-        let pool = router.pool_for(from).await?;
-        let (schema_name, database_name) = to.placement.columns();
-        sqlx::query(&format!(
-            "UPDATE \"{}\".tenants SET isolation_tier = $2, schema_name = $3, database_name = $4, \
-             region = $5, live = false, updated_at = now() WHERE id = $1",
-            from.placement.schema()
-        ))
-        .bind(tenant.id.uuid())
-        .bind(to.placement.tier().as_str())
-        .bind(schema_name)
-        .bind(database_name)
-        .bind(&to.region)
-        .execute(&pool)
-        .await?;
-    }
-    // (b) The new anchor goes live, with the tenant's status as the registry has it now.
-    if !router.is_registry_location(to) {
-        let pool = router.pool_for(to).await?;
-        let status: String =
-            sqlx::query_scalar("SELECT status FROM bulkhead.tenants WHERE id = $1")
-                .bind(tenant.id.uuid())
-                .fetch_one(owner.pool())
-                .await?;
-        sqlx::query(&format!(
-            "UPDATE \"{}\".tenants SET live = true, frozen_since = NULL, status = $2, \
-             updated_at = now() WHERE id = $1",
-            to.placement.schema()
-        ))
-        .bind(tenant.id.uuid())
-        .bind(status)
-        .execute(&pool)
-        .await?;
-    }
-    // (c) The commit point: the registry names the new location, with the step.
+    crate::hooks::reached(tenant.id, HookPoint::SwitchBeforeCommit).await?;
+    // Whether the source is retired inside the commit (its anchor is the registry row itself or
+    // in the registry's database): only then may the target go live inside it too.
+    let source_in_commit = router.shares_registry_database(from);
     let (schema_name, database_name) = to.placement.columns();
     let mut tx = owner.pool().begin().await?;
     sqlx::query(
@@ -1069,9 +1118,19 @@ async fn switch(
     .bind(schema_name)
     .bind(database_name)
     .bind(&to.region)
-    .bind(router.is_registry_location(to))
+    .bind(router.is_registry_location(to) && source_in_commit)
     .execute(&mut *tx)
     .await?;
+    if source_in_commit && !router.is_registry_location(from) {
+        retire_source_anchor(&mut tx, tenant.id, from, to).await?;
+    }
+    if source_in_commit
+        && router.shares_registry_database(to)
+        && !router.is_registry_location(to)
+    {
+        let status = registry_status(&mut tx, tenant.id).await?;
+        activate_target_anchor(&mut tx, tenant.id, to, &status).await?;
+    }
     sqlx::query(
         "UPDATE bulkhead.tenant_moves SET step = 'cleanup', updated_at = now() WHERE tenant_id = $1",
     )
@@ -1080,7 +1139,103 @@ async fn switch(
     .await?;
     tx.commit().await?;
     router.forget(tenant.id);
+    crate::hooks::reached(tenant.id, HookPoint::SwitchCommitted).await?;
+    finish_switch(owner, tenant, from, to).await
+}
+
+/// After the registry commit: the source's anchor, if it is outside the registry's database, is
+/// retired first, so a router with a stale route is refused there from now on; then the target's
+/// anchor goes live. Idempotent; a resumed move runs it again before its cleanup.
+async fn finish_switch(
+    owner: &Store,
+    tenant: &Tenant,
+    from: &Location,
+    to: &Location,
+) -> Result<(), StoreError> {
+    let router = owner.router();
+    if !router.shares_registry_database(from) {
+        let pool = router.pool_for(from).await?;
+        let mut conn = pool.acquire().await?;
+        retire_source_anchor(&mut conn, tenant.id, from, to).await?;
+    }
+    let mut registry = owner.pool().acquire().await?;
+    if router.is_registry_location(to) {
+        sqlx::query(
+            "UPDATE bulkhead.tenants SET live = true, frozen_since = NULL, updated_at = now() \
+             WHERE id = $1 AND NOT live",
+        )
+        .bind(tenant.id.uuid())
+        .execute(&mut *registry)
+        .await?;
+    } else {
+        let status = registry_status(&mut registry, tenant.id).await?;
+        drop(registry);
+        let pool = router.pool_for(to).await?;
+        let mut conn = pool.acquire().await?;
+        activate_target_anchor(&mut conn, tenant.id, to, &status).await?;
+    }
+    router.forget(tenant.id);
     Ok(())
+}
+
+/// The source's anchor names the new location and is no longer live: its queues are no longer
+/// claimed and a stale route is refused. A no-op once the cleanup has removed the source.
+async fn retire_source_anchor(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    from: &Location,
+    to: &Location,
+) -> Result<(), StoreError> {
+    let schema = from.placement.schema();
+    let present: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("\"{schema}\".tenants"))
+        .fetch_one(&mut *conn)
+        .await?;
+    if !present {
+        return Ok(());
+    }
+    let (schema_name, database_name) = to.placement.columns();
+    sqlx::query(&format!(
+        "UPDATE \"{schema}\".tenants SET isolation_tier = $2, schema_name = $3, \
+         database_name = $4, region = $5, live = false, updated_at = now() WHERE id = $1"
+    ))
+    .bind(tenant.uuid())
+    .bind(to.placement.tier().as_str())
+    .bind(schema_name)
+    .bind(database_name)
+    .bind(&to.region)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The target's anchor goes live, unfrozen, with the tenant's status as the registry has it now.
+async fn activate_target_anchor(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    to: &Location,
+    status: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "UPDATE \"{}\".tenants SET live = true, frozen_since = NULL, status = $2, \
+         updated_at = now() WHERE id = $1",
+        to.placement.schema()
+    ))
+    .bind(tenant.uuid())
+    .bind(status)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The tenant's status in the registry.
+async fn registry_status(conn: &mut PgConnection, tenant: TenantId) -> Result<String, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT status FROM bulkhead.tenants WHERE id = $1")
+            .bind(tenant.uuid())
+            .fetch_one(&mut *conn)
+            .await?,
+    )
 }
 
 /// Removes the old copy and the key routes a shared-tier tenant no longer needs.
@@ -1129,10 +1284,13 @@ async fn remove_copy(owner: &Store, tenant: TenantId, at: &Location) -> Result<(
     Ok(())
 }
 
-/// Records a move event in the tenant's audit log, wherever the tenant lives now.
-async fn record_event(
+/// Records a move event under `id` in the tenant's audit log, wherever the tenant lives now,
+/// unless the log already has it (a run killed after writing it). The log moves with the tenant,
+/// so an event written at the source before a switch is found at the target after it.
+async fn record_event_once(
     owner: &Store,
     tenant: TenantId,
+    id: uuid::Uuid,
     action: &'static str,
     meta: serde_json::Value,
 ) -> Result<(), StoreError> {
@@ -1144,13 +1302,25 @@ async fn record_event(
         RequestId::new(),
     );
     let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
-    audit::record(
-        &mut tx,
-        action,
-        Some(&tenant.to_string()),
-        Outcome::Success,
-        meta,
+    let written: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM audit_events WHERE tenant_id = $1 AND id = $2)",
     )
+    .bind(tenant.uuid())
+    .bind(id)
+    .fetch_one(tx.conn())
     .await?;
+    if !written {
+        let tenant_text = tenant.to_string();
+        audit::record_event_with_id(
+            &mut tx,
+            bulkhead_core::AuditEventId::from_uuid(id),
+            &audit::NewEvent {
+                resource_id: Some(&tenant_text),
+                metadata: meta,
+                ..audit::NewEvent::new(action, Outcome::Success)
+            },
+        )
+        .await?;
+    }
     tx.commit().await
 }

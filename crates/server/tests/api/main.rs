@@ -10,6 +10,7 @@ mod embedded;
 mod helpers;
 mod isolation;
 mod jobs;
+mod move_safety;
 mod openapi;
 mod platform;
 mod probe;
