@@ -18,9 +18,14 @@
 //!   (never a shared account such as `nobody`), and the data and socket directories are given
 //!   to it. A symlinked data directory, or an existing one owned by another user, is refused.
 //!   That user must be able to traverse every ancestor of the data directory.
-//! - **Ephemeral clusters die with their parent.** An ephemeral cluster (a test cluster: no
-//!   fsync, no durability) is watched by a detached shell that stops the postmaster and deletes
-//!   the cluster it created as soon as the process that started it is gone, even after SIGKILL.
+//! - **Clusters die with their parent.** Every cluster is watched by a detached shell that stops
+//!   the postmaster as soon as the process that started it is gone, even after SIGKILL (an OOM
+//!   kill of `serve`, say), so no orphan holds memory and the data directory. A durable cluster
+//!   gets a fast (clean) shutdown, and only while its `postmaster.pid` still names the postmaster
+//!   that was watched: a server started on the directory meanwhile is left alone. An ephemeral
+//!   cluster (a test cluster: no fsync, no durability) gets an immediate one, and the cluster it
+//!   created is deleted. Should a postmaster still be left over (the watchdog killed too), the
+//!   next start stops it and logs so.
 //! - **A handle dropped without [`EmbeddedPostgres::stop`] still shuts its postmaster down**
 //!   (a signal, without waiting), so a cluster never outlives the value that owns it by design.
 
@@ -75,8 +80,9 @@ const PG_CTL_STATUS_NOT_RUNNING: i32 = 3;
 pub struct EmbeddedOptions {
     /// Directory of the cluster's data (PGDATA). Created if missing; kept across runs.
     pub data_dir: PathBuf,
-    /// Test clusters: fsync off, no durability, and a watchdog that stops the postmaster
-    /// when the process that started it exits (even if it is killed with SIGKILL).
+    /// Test clusters: fsync off, no durability, stopped immediately (and deleted if this run
+    /// created them) when the process that started them exits, even by SIGKILL. A durable
+    /// cluster is stopped cleanly then, and kept.
     pub ephemeral: bool,
 }
 
@@ -316,9 +322,7 @@ impl EmbeddedPostgres {
         cluster.postmaster_pid = read_postmaster_pid(&cluster.data_dir);
         started?;
 
-        if cluster.ephemeral {
-            cluster.watchdog = Some(cluster.spawn_watchdog(created_now)?);
-        }
+        cluster.watchdog = Some(cluster.spawn_watchdog(cluster.ephemeral && created_now)?);
         cluster.wait_until_ready().await?;
 
         tracing::info!(
@@ -414,7 +418,7 @@ impl EmbeddedPostgres {
         if !status.status.success() {
             return Ok(());
         }
-        tracing::info!(data_dir = %self.data_dir.display(), "stopping a PostgreSQL server left running by an earlier run");
+        tracing::warn!(data_dir = %self.data_dir.display(), "stopping a PostgreSQL server left running by an earlier run (its parent was killed)");
         let mut stop_cmd = self.pg_ctl();
         stop_cmd
             .args(["stop", "-m", "fast", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
@@ -467,6 +471,10 @@ impl EmbeddedPostgres {
 
     /// Spawns the detached shell that stops the cluster once this process is gone.
     fn spawn_watchdog(&self, delete_cluster: bool) -> Result<Child, EmbeddedError> {
+        // A durable cluster is stopped with SIGINT (pg_ctl's "fast": a clean shutdown), and only
+        // the postmaster watched, while postmaster.pid still names it: once this process is gone
+        // its lock on the data directory is free, and a new `serve` may already have stopped the
+        // orphan itself and started its own postmaster there.
         // Liveness goes through /proc rather than `kill -0`: an unprivileged watchdog gets EPERM
         // from `kill -0` on a root parent even while it lives, and `kill -0` also succeeds on a
         // killed parent that is not reaped yet (a zombie). Where /proc is missing (not Linux),
@@ -477,8 +485,8 @@ impl EmbeddedPostgres {
         // while that pid is still a postmaster of this data directory.
         const SCRIPT: &str = r#"
 trap '' HUP INT
-parent=$1 pg_ctl=$2 data_dir=$3 postmaster=$4
-shift 4
+parent=$1 pg_ctl=$2 data_dir=$3 postmaster=$4 mode=$5
+shift 5
 alive() {
     if [ -d /proc/self ]; then
         [ -d "/proc/$parent" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$parent/status" 2>/dev/null
@@ -488,8 +496,17 @@ alive() {
 }
 alive || exit 1
 while alive; do sleep 1; done
+ours() {
+    [ "$postmaster" -gt 0 ] && tr '\0' '\n' < "/proc/$postmaster/cmdline" 2>/dev/null | grep -qxF -- "$data_dir"
+}
+if [ "$mode" = durable ]; then
+    if [ "$(head -n 1 "$data_dir/postmaster.pid" 2>/dev/null)" = "$postmaster" ] && ours; then
+        kill -INT "$postmaster" 2>/dev/null
+    fi
+    exit 0
+fi
 "$pg_ctl" stop -D "$data_dir" -m immediate -w -t 30 >/dev/null 2>&1
-if [ "$postmaster" -gt 0 ] && tr '\0' '\n' < "/proc/$postmaster/cmdline" 2>/dev/null | grep -qxF -- "$data_dir"; then
+if ours; then
     kill -QUIT "$postmaster" 2>/dev/null
 fi
 if [ $# -gt 0 ]; then rm -rf -- "$@"; fi
@@ -511,6 +528,7 @@ if [ $# -gt 0 ]; then rm -rf -- "$@"; fi
             .arg(&self.binaries.pg_ctl)
             .arg(&self.data_dir)
             .arg(self.postmaster_pid.unwrap_or(0).to_string())
+            .arg(if self.ephemeral { "ephemeral" } else { "durable" })
             .args(to_delete)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

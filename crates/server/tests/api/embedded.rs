@@ -218,6 +218,57 @@ async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_th
     server.stop();
 }
 
+/// Whether `pid` is still a live process whose command line names `data_dir` (a recycled pid or
+/// a zombie is not).
+fn postmaster_running(pid: i32, data_dir: &Path) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if status.is_empty() || status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let want = data_dir.as_os_str().as_encoded_bytes();
+    cmdline.split(|b| *b == 0).any(|arg| arg == want)
+}
+
+/// Issue 26.6: `serve` killed with SIGKILL (as by the OOM killer) must not leave its embedded
+/// PostgreSQL running: the watchdog stops it cleanly once the parent is gone, and the next
+/// start on the same directory works.
+#[tokio::test]
+async fn a_killed_serve_does_not_leave_its_postgres_running() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-embedded-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+    let mut server = Server::start(&data_dir).await;
+    let pg_dir = std::fs::canonicalize(data_dir.join("pg")).unwrap();
+    let pid: i32 = std::fs::read_to_string(pg_dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(postmaster_running(pid, &pg_dir), "postmaster {pid} not found");
+    server.child.kill().unwrap(); // SIGKILL: no shutdown code runs
+    server.child.wait().unwrap();
+    // Polled against a generous bound (the watchdog looks every second; a clean shutdown
+    // writes a checkpoint): this checks that it stops, not how fast.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postmaster_running(pid, &pg_dir) {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded PostgreSQL (pid {pid}) outlived its killed parent"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Stopped cleanly, so the next start finds no server to stop and serves.
+    let server = Server::start(&data_dir).await;
+    server.stop();
+}
+
 #[tokio::test]
 async fn signing_keys_are_sealed_rotated_by_the_cli_and_old_tokens_outlive_the_rotation() {
     let dir = tempfile::Builder::new()
