@@ -528,7 +528,11 @@ if [ $# -gt 0 ]; then rm -rf -- "$@"; fi
             .arg(&self.binaries.pg_ctl)
             .arg(&self.data_dir)
             .arg(self.postmaster_pid.unwrap_or(0).to_string())
-            .arg(if self.ephemeral { "ephemeral" } else { "durable" })
+            .arg(if self.ephemeral {
+                "ephemeral"
+            } else {
+                "durable"
+            })
             .args(to_delete)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

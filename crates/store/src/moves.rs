@@ -1124,10 +1124,7 @@ async fn switch(
     if source_in_commit && !router.is_registry_location(from) {
         retire_source_anchor(&mut tx, tenant.id, from, to).await?;
     }
-    if source_in_commit
-        && router.shares_registry_database(to)
-        && !router.is_registry_location(to)
-    {
+    if source_in_commit && router.shares_registry_database(to) && !router.is_registry_location(to) {
         let status = registry_status(&mut tx, tenant.id).await?;
         activate_target_anchor(&mut tx, tenant.id, to, &status).await?;
     }

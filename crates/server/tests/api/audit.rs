@@ -1012,7 +1012,10 @@ async fn an_export_overlapping_a_purge_still_verifies() {
         paused.release();
         purged
     });
-    assert!(purged > 0, "the purge removed nothing: the race was not run");
+    assert!(
+        purged > 0,
+        "the purge removed nothing: the race was not run"
+    );
     let report = verify_text(&key, &text).unwrap();
     assert!(report.verified, "{report:?}");
     let (ok, out) = cli_verify(&key, &text);
@@ -1021,4 +1024,81 @@ async fn an_export_overlapping_a_purge_still_verifies() {
     let after = verify_text(&key, &export_text(&app, &acme).await).unwrap();
     assert!(after.verified, "{after:?}");
     assert_eq!(after.purged, purged);
+}
+
+/// Issue 29.2: an event whose id carries a clock two days ahead (a CLI on a skewed host) is
+/// sequenced by a full sweep; the ordinary events written after it must still be taken by the
+/// next recent sweep, not left out of checkpoints and exports until the next full one.
+#[tokio::test]
+async fn a_future_dated_event_does_not_stall_sequencing() {
+    use bulkhead_store::audit_log::{self, Sweep};
+    use bulkhead_store::Access;
+    let db = bulkhead_test_support::TestDb::new().await;
+    let a = bulkhead_test_support::create_tenant(&db, "skewed-co").await;
+    let store = db.app_store().await;
+    let ctx = || {
+        bulkhead_core::TenantContext::new(
+            a.id,
+            bulkhead_core::Actor::System { component: "test" },
+            bulkhead_core::RequestId::new(),
+        )
+    };
+    let write_events = |n: usize| {
+        let store = store.clone();
+        let ctx = ctx();
+        async move {
+            let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+            for i in 0..n {
+                bulkhead_store::audit::record(
+                    &mut tx,
+                    "test.event",
+                    None,
+                    Outcome::Success,
+                    json!({ "i": i }),
+                )
+                .await
+                .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+    };
+    let sequence = |sweep: Sweep| {
+        let store = store.clone();
+        let ctx = ctx();
+        async move {
+            let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+            let n = audit_log::sequence(&mut tx, sweep).await.unwrap();
+            tx.commit().await.unwrap();
+            n
+        }
+    };
+    write_events(3).await;
+    // A UUIDv7 two days ahead, as `Uuid::now_v7()` gives on a host whose clock runs ahead.
+    let ahead = chrono::Utc::now() + chrono::Duration::days(2);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ahead.timestamp() as u64,
+        ahead.timestamp_subsec_nanos(),
+    );
+    let mut tx = store.begin(&ctx(), Access::ReadWrite).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, id, actor_id, actor_type, action, outcome, \
+         request_id, metadata) VALUES ($1, $2, 'system:cli', 'system', 'tenant.skewed', \
+         'success', 'req', '{}'::jsonb)",
+    )
+    .bind(a.id.uuid())
+    .bind(uuid::Uuid::new_v7(ts))
+    .execute(tx.conn())
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Onboarding's events, the three above and the future-dated one.
+    assert!(sequence(Sweep::Full).await >= 4, "the full sweep takes all");
+
+    write_events(5).await;
+    assert_eq!(
+        sequence(Sweep::Recent).await,
+        5,
+        "ordinary events after a future-dated one wait for a full sweep"
+    );
 }

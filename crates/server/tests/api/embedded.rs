@@ -222,7 +222,11 @@ async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_th
 /// a zombie is not).
 fn postmaster_running(pid: i32, data_dir: &Path) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    if status.is_empty() || status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+    if status.is_empty()
+        || status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -251,7 +255,10 @@ async fn a_killed_serve_does_not_leave_its_postgres_running() {
         .trim()
         .parse()
         .unwrap();
-    assert!(postmaster_running(pid, &pg_dir), "postmaster {pid} not found");
+    assert!(
+        postmaster_running(pid, &pg_dir),
+        "postmaster {pid} not found"
+    );
     server.child.kill().unwrap(); // SIGKILL: no shutdown code runs
     server.child.wait().unwrap();
     // Polled against a generous bound (the watchdog looks every second; a clean shutdown

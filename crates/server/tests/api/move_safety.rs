@@ -6,7 +6,7 @@ use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_store::hooks::{self, HookPoint, HOOK_INTERRUPTED};
 use bulkhead_store::moves::{self, MoveOptions, MoveStep};
 use bulkhead_store::{Access, Placement, Store, StoreError};
-use bulkhead_test_support::{create_tenant, TestDb, TestTier};
+use bulkhead_test_support::{create_tenant, create_tenant_in, TestDb, TestTier};
 use sqlx::PgPool;
 
 fn system(tenant: TenantId) -> TenantContext {
@@ -123,7 +123,11 @@ async fn an_interrupted_switch_serves_reads_from_the_source_and_the_target_goes_
     let db = TestDb::new().await;
     let owner = db.owner_store().await;
     let store = db.app_store().await;
-    let t = create_tenant(&db, "switch-co").await;
+    // From a tenant schema: its anchor is not the registry row (the case where the old switch
+    // retired the source before its commit, refusing reads).
+    let t = create_tenant_in(&db, "switch-co", TestTier::Schema).await;
+    let source = store.location_of(t.id).await.unwrap().placement;
+    assert!(matches!(source, Placement::Schema(_)));
     let mut tx = store.begin(&system(t.id), Access::ReadWrite).await.unwrap();
     sqlx::query(
         "INSERT INTO agent_sessions (tenant_id, id, agent_id, title) VALUES ($1, gen_random_uuid(), 'a', 'kept')",
@@ -150,7 +154,7 @@ async fn an_interrupted_switch_serves_reads_from_the_source_and_the_target_goes_
             .await
             .unwrap();
     assert_eq!(titles, ["kept"]);
-    assert_eq!(read.location().placement, Placement::Shared);
+    assert_eq!(read.location().placement, source);
     drop(read);
     assert!(matches!(
         store.begin(&system(t.id), Access::ReadWrite).await,
@@ -160,14 +164,8 @@ async fn an_interrupted_switch_serves_reads_from_the_source_and_the_target_goes_
     assert_eq!(target_anchor_live(&db, &to, t.id).await, Some(false));
     // So abandoning is safe, and the tenant is whole at the source again.
     moves::abandon_move(&owner, t.id).await.unwrap();
-    assert_eq!(
-        store.location_of(t.id).await.unwrap().placement,
-        Placement::Shared
-    );
-    assert!(store
-        .begin(&system(t.id), Access::ReadWrite)
-        .await
-        .is_ok());
+    assert_eq!(store.location_of(t.id).await.unwrap().placement, source);
+    assert!(store.begin(&system(t.id), Access::ReadWrite).await.is_ok());
     assert_eq!(target_anchor_live(&db, &to, t.id).await, None);
 
     // Killed right after the registry commit: the move can no longer be abandoned, and the
