@@ -17,6 +17,7 @@ mod probe;
 mod ratelimit;
 mod rbac;
 mod sessions;
+mod standing;
 mod tiers;
 mod tokens;
 mod tools;
