@@ -653,6 +653,7 @@ pub fn access_token(data: &[u8]) {
             sid: None,
             act: None,
             delegated_from: Vec::new(),
+            allowed_networks: Vec::new(),
         };
         let token = sign_access_token(&signer, &claims);
         (keys, token)

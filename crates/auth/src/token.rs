@@ -112,6 +112,11 @@ pub struct AccessClaims {
     /// ids of auth sessions (an actor's own session). Revoking any of them revokes this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delegated_from: Vec<String>,
+    /// Network restrictions inherited from the API keys the token was minted or derived from:
+    /// each inner list is one key's IP allowlist (CIDR text), and the caller's address must lie
+    /// in a network of every list. Empty: no restriction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_networks: Vec<Vec<String>>,
 }
 
 /// Why a token was refused. Never contains the token.

@@ -54,6 +54,7 @@ fn claims() -> AccessClaims {
         sid: None,
         act: None,
         delegated_from: Vec::new(),
+        allowed_networks: Vec::new(),
     }
 }
 

@@ -154,6 +154,7 @@ fn main() {
                 resource_prefix: None,
                 not_after: None,
                 delegated_from: Vec::new(),
+                allowed_networks: Vec::new(),
             })
             .expect("token")
             .token;

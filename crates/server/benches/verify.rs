@@ -118,6 +118,7 @@ fn token_verification(c: &mut Criterion) {
                 resource_prefix: None,
                 not_after: None,
                 delegated_from: Vec::new(),
+                allowed_networks: Vec::new(),
             })
             .expect("token")
             .token;

@@ -7,6 +7,14 @@
 //! for the tests that walk the table (deny by default, the role × route matrix, the OpenAPI
 //! document).
 //!
+//! Every credential-needing route also declares a [`Confinement`]: whether a credential confined
+//! to a resource prefix, or a delegated one, may call it. Routes that create or change something
+//! lasting refuse both (what they make would outlive the token's expiry and escape its prefix);
+//! reads of things a prefix cannot bound refuse prefix-confined credentials. The table checks it
+//! before the handler runs, and `route_table_declares_confinement_for_every_credential_route`
+//! walks the table so that a new route cannot forget the declaration (an undeclared one refuses
+//! both kinds, fail closed).
+//!
 //! The check reads the credential's *effective* permissions from the [`TenantContext`] that
 //! resolution made (role permissions ∩ credential scopes ∩ delegated scopes). Handlers may check
 //! more (own sessions only, may-not-grant-more-than-held), never less.
@@ -39,6 +47,43 @@ pub enum RouteAccess {
     Requires(Scope),
 }
 
+/// Whether prefix-confined and delegated credentials may call a route. Each admitting variant
+/// carries the documented rule that allows it (shown by `docs/authorization.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confinement {
+    /// Not declared. Refuses both kinds, like [`Confinement::Refused`], and the table test fails
+    /// on it: a route must say what it admits.
+    Undeclared,
+    /// Neither prefix-confined nor delegated credentials: the route creates or changes something
+    /// that outlives the credential (its expiry, its lineage) or escapes its prefix.
+    Refused,
+    /// Delegated credentials without a prefix, never prefix-confined ones: what the route reads
+    /// (or, by the rule given, makes) is not bounded by a prefix, so no prefix can filter it.
+    Delegated(&'static str),
+    /// Both kinds, by the rule given: the handler keeps the work inside the prefix (filters lists,
+    /// answers 404 or 403 outside it), or the route acts only on the credential itself.
+    Admitted(&'static str),
+}
+
+/// The common rule of reads: delegated credentials may read what their subject could (their
+/// scopes already hold at most the subject's), prefix-confined ones may not read records that no
+/// prefix bounds (keys, users, roles, tools, webhooks, audit, policies).
+pub const TENANT_WIDE_READ: Confinement =
+    Confinement::Delegated("a read of tenant-wide records, which no resource prefix bounds");
+
+impl Confinement {
+    /// Whether `actor` may call a route so declared.
+    pub fn admits(self, actor: &bulkhead_core::Actor) -> bool {
+        let prefixed = actor.resource_prefix().is_some();
+        let delegated = actor.delegation().is_some();
+        match self {
+            Confinement::Admitted(_) => true,
+            Confinement::Delegated(_) => !prefixed,
+            Confinement::Undeclared | Confinement::Refused => !prefixed && !delegated,
+        }
+    }
+}
+
 /// One declared route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
@@ -48,6 +93,8 @@ pub struct RouteSpec {
     pub path: &'static str,
     /// Who may call it.
     pub access: RouteAccess,
+    /// Whether prefix-confined and delegated credentials may call it (credential-needing routes).
+    pub confinement: Confinement,
 }
 
 /// Routes with their declarations. See the module doc.
@@ -94,23 +141,33 @@ impl RouteTable {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("routable method");
-        let endpoint = match access {
-            RouteAccess::Requires(scope) => {
-                on(filter, handler).layer(middleware::from_fn_with_state(scope, require_scope))
-            }
-            RouteAccess::Authenticated => {
-                on(filter, handler).layer(middleware::from_fn(require_tenant))
-            }
-            RouteAccess::Public | RouteAccess::SelfAuthenticating => on(filter, handler),
-        };
+        // The checks are layered in `into_routers`, once the confinement is declared.
         self.routes.push((
             RouteSpec {
                 method,
                 path,
                 access,
+                confinement: Confinement::Undeclared,
             },
-            endpoint,
+            on(filter, handler),
         ));
+        self
+    }
+
+    /// Declares whether prefix-confined and delegated credentials may call the route added last.
+    ///
+    /// # Panics
+    /// With no route added yet, or declared twice (programming errors every test run catches).
+    pub fn confine(mut self, confinement: Confinement) -> Self {
+        let (spec, _) = self.routes.last_mut().expect("confine() follows a route");
+        assert_eq!(
+            spec.confinement,
+            Confinement::Undeclared,
+            "confinement declared twice: {} {}",
+            spec.method,
+            spec.path
+        );
+        spec.confinement = confinement;
         self
     }
 
@@ -194,16 +251,32 @@ impl RouteTable {
                 spec.method,
                 spec.path
             );
-            let group = match spec.access {
-                RouteAccess::Public => &mut routers.public,
-                RouteAccess::SelfAuthenticating => &mut routers.self_authenticating,
+            // Layers run outside-in: the permission (or authentication) check, then the
+            // confinement check, then the handler.
+            let (group, endpoint) = match spec.access {
+                RouteAccess::Public => (&mut routers.public, endpoint),
+                RouteAccess::SelfAuthenticating => (&mut routers.self_authenticating, endpoint),
                 RouteAccess::Authenticated | RouteAccess::Requires(_) => {
                     assert!(
                         spec.path.starts_with("/v1/"),
                         "credential-needing route outside /v1: {}",
                         spec.path
                     );
-                    &mut routers.tenant
+                    let scope = match spec.access {
+                        RouteAccess::Requires(scope) => Some(scope),
+                        _ => None,
+                    };
+                    let endpoint = endpoint.layer(middleware::from_fn_with_state(
+                        (spec.confinement, scope),
+                        require_confinement,
+                    ));
+                    let endpoint = match scope {
+                        Some(scope) => {
+                            endpoint.layer(middleware::from_fn_with_state(scope, require_scope))
+                        }
+                        None => endpoint.layer(middleware::from_fn(require_tenant)),
+                    };
+                    (&mut routers.tenant, endpoint)
                 }
             };
             *group = std::mem::take(group).route(spec.path, endpoint);
@@ -272,10 +345,102 @@ async fn require_scope(State(scope): State<Scope>, request: Request, next: Next)
     }
 }
 
+async fn require_confinement(
+    State((confinement, scope)): State<(Confinement, Option<Scope>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match request.extensions().get::<TenantContext>() {
+        Some(ctx) if confinement.admits(ctx.actor()) => next.run(request).await,
+        Some(ctx) => {
+            audit_confined(ctx, scope);
+            ApiError::ConfinedCredential.into_response()
+        }
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// The audit event of a confinement refusal (403 `confined-credential`).
+fn audit_confined(ctx: &TenantContext, scope: Option<Scope>) {
+    let actor = ctx.actor();
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.forbidden",
+        outcome = "blocked",
+        tenant_id = %ctx.tenant_id(),
+        actor_id = %actor.audit_id(),
+        resource_prefix = actor.resource_prefix().map(|p| p.to_string()),
+        delegated = actor.delegation().is_some(),
+        "confined credential refused by the route's declaration"
+    );
+    let what = scope.map_or_else(|| "this route".to_owned(), |s| s.to_string());
+    crate::audit_log::forbidden_in_scope(
+        ctx,
+        format!("confined credential may not use {what} (confined-credential)"),
+    );
+}
+
 async fn require_tenant(request: Request, next: Next) -> Response {
     if request.extensions().get::<TenantContext>().is_some() {
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new route cannot forget to say whether confined credentials may call it, and nothing
+    /// admits them without a rule that says why.
+    #[test]
+    fn route_table_declares_confinement_for_every_credential_route() {
+        let table = crate::app::route_table();
+        let mut credential_routes = 0;
+        for spec in table.specs() {
+            if matches!(
+                spec.access,
+                RouteAccess::Public | RouteAccess::SelfAuthenticating
+            ) {
+                continue;
+            }
+            credential_routes += 1;
+            let what = format!("{} {}", spec.method, spec.path);
+            match spec.confinement {
+                Confinement::Undeclared => panic!("{what}: confinement not declared"),
+                Confinement::Refused => {}
+                Confinement::Delegated(rule) | Confinement::Admitted(rule) => {
+                    assert!(!rule.is_empty(), "{what}: no rule")
+                }
+            }
+        }
+        assert!(credential_routes > 40, "the table lists the whole API");
+    }
+
+    #[test]
+    fn undeclared_refuses_like_refused() {
+        use bulkhead_core::{AccessTokenId, Actor, Namespace, ScopeSet};
+        let token = |prefix: Option<&str>, delegation: Vec<String>| Actor::Token {
+            subject: "s".into(),
+            human: false,
+            client_id: "c".into(),
+            token_id: AccessTokenId::new(),
+            session_id: None,
+            scopes: ScopeSet::all(),
+            resource_prefix: prefix.map(|p| Namespace::parse(p).unwrap()),
+            delegation,
+        };
+        let plain = token(None, vec![]);
+        let delegated = token(None, vec!["helper".into()]);
+        let prefixed = token(Some("marketing"), vec!["helper".into()]);
+        for rule in [Confinement::Undeclared, Confinement::Refused] {
+            assert!(rule.admits(&plain));
+            assert!(!rule.admits(&delegated));
+            assert!(!rule.admits(&prefixed));
+        }
+        assert!(TENANT_WIDE_READ.admits(&delegated));
+        assert!(!TENANT_WIDE_READ.admits(&prefixed));
+        assert!(Confinement::Admitted("x").admits(&prefixed));
     }
 }

@@ -164,25 +164,6 @@ pub(crate) async fn key_scopes(
     effective(state, key.tenant_id, actor).await
 }
 
-/// The effective scopes of a verified access token outside the request pipeline (the subject and
-/// actor of a token exchange); `None` if its principal is inactive.
-pub(crate) async fn token_scopes(
-    state: &crate::state::AppState,
-    token: &crate::tokens::VerifiedToken,
-) -> Result<Option<ScopeSet>, StoreError> {
-    let actor = Actor::Token {
-        subject: token.claims.sub.clone(),
-        human: token.claims.sub_type == "user",
-        client_id: token.claims.client_id.clone(),
-        token_id: token.token_id,
-        session_id: token.session_id,
-        scopes: token.scopes.clone(),
-        resource_prefix: token.resource_prefix.clone(),
-        delegation: Vec::new(),
-    };
-    effective(state, token.tenant_id, actor).await
-}
-
 async fn effective(
     state: &crate::state::AppState,
     tenant: TenantId,
@@ -191,4 +172,39 @@ async fn effective(
     let ctx = TenantContext::new(tenant, actor, bulkhead_core::RequestId::new());
     let ceiling = state.ceilings().of(state.store(), &ctx).await?;
     Ok(narrow(ctx.actor().clone(), &ceiling).and_then(|a| a.scopes().cloned()))
+}
+
+/// The effective scopes of an auth session (what a refresh would grant now), read in `tx` (the
+/// caller holds the session's row lock; a second connection could wait on it): its scopes cut
+/// to the roles of its user, or of the agent owning the key it was issued to; `None` if that
+/// principal is inactive, the key is gone, or the stored scopes are unreadable.
+pub(crate) async fn session_scopes(
+    tx: &mut bulkhead_store::TenantTx,
+    session: &bulkhead_store::tokens::AuthSession,
+) -> Result<Option<ScopeSet>, StoreError> {
+    let Some(scopes) = session.scopes.clone() else {
+        return Ok(None);
+    };
+    let mut principals = Vec::with_capacity(2);
+    if session.principal_type == bulkhead_store::tokens::PrincipalType::User {
+        match UserId::parse(&session.principal_id) {
+            Ok(user) => principals.push(Principal::User(user)),
+            Err(_) => return Ok(None),
+        }
+    }
+    if let Ok(key) = ApiKeyId::parse(&session.client_id) {
+        match rbac::key_agent(tx, key).await {
+            Ok(agent) => principals.extend(agent.map(Principal::Agent)),
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        }
+    }
+    let mut effective = scopes;
+    for principal in principals {
+        match rbac::permissions_of(tx, principal).await? {
+            Some(held) => effective = effective.intersection(&held),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(effective))
 }

@@ -1021,7 +1021,25 @@ async fn set_status(
     let tenant = tenant.to_owned();
     with_owner(database, |owner| async move {
         let found = find_tenant(&owner, &tenant).await?;
-        let updated = owner.set_tenant_status(found.id, status).await?;
+        // Who ran it, for the tenant's audit event: the operating-system account.
+        let operator = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let operator = format!("cli:{}", operator.chars().take(64).collect::<String>());
+        let updated = owner
+            .set_tenant_status_by(found.id, status, &operator)
+            .await
+            .map_err(|err| match err {
+                bulkhead_store::StoreError::WrongRegion(region) => anyhow::anyhow!(
+                    "tenant `{tenant}` was left unchanged: its region `{region}` is not \
+                     configured here (its anchor there must change too); run this where \
+                     region `{region}` is reachable"
+                ),
+                other => anyhow::Error::new(other).context(format!(
+                    "changing the status of tenant `{tenant}` failed; nothing reported as done"
+                )),
+            })?;
         tracing::info!(
             target: "bulkhead::audit",
             action = if status == TenantStatus::Active { "tenant.activate" } else { "tenant.suspend" },

@@ -108,6 +108,8 @@ pub struct VerifiedKey {
     pub principal: String,
     /// Whether it is a rotated key inside its grace period.
     pub in_grace: bool,
+    /// Its IP allowlist (empty: any address). Tokens minted from it carry it.
+    pub allowed_ips: Vec<ipnet::IpNet>,
     entry: Arc<Cached>,
 }
 
@@ -256,6 +258,7 @@ impl KeyVerifier {
             scopes: scopes.clone(),
             principal: record.principal.clone(),
             in_grace,
+            allowed_ips: allowed.clone(),
             entry: cached.clone(),
         }))
     }

@@ -374,6 +374,10 @@ pub struct Introspection {
     pub act: Option<Value>,
     /// The namespace the token is confined to.
     pub resource_prefix: Option<String>,
+    /// The IP allowlists of the keys the token comes from (one CIDR list per key): its caller's
+    /// address must lie in a network of every list. Absent: no restriction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_networks: Option<Vec<Vec<String>>>,
 }
 
 /// RFC 8414 authorization-server metadata.

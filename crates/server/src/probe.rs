@@ -103,10 +103,13 @@ pub enum Attack {
     InternalUrls,
     /// B's client introspects, revokes, refreshes or exchanges A's tokens.
     ForeignTokens,
+    /// A token of B confined to a resource prefix (and delegated) tries every creating route
+    /// and every list: it creates nothing and lists nothing outside its prefix.
+    ConfinedToken,
 }
 
 impl Attack {
-    const ALL: [Attack; 16] = [
+    const ALL: [Attack; 17] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -123,6 +126,7 @@ impl Attack {
         Attack::ListFilters,
         Attack::InternalUrls,
         Attack::ForeignTokens,
+        Attack::ConfinedToken,
     ];
 
     fn short(self) -> &'static str {
@@ -143,6 +147,7 @@ impl Attack {
             Attack::ListFilters => "filters",
             Attack::InternalUrls => "ssrf",
             Attack::ForeignTokens => "tokens",
+            Attack::ConfinedToken => "confin",
         }
     }
 }
@@ -406,6 +411,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
         probe.attack(op, &victim, &attacker).await?;
     }
     probe.foreign_tokens(&victim, &attacker).await?;
+    probe.confined_token(&operations).await?;
     probe.check_unchanged(&victim).await?;
     probe.clean_up(&mut victim, &attacker).await;
     Ok(Report {
@@ -1286,6 +1292,121 @@ impl Probe {
         Ok(())
     }
 
+    /// A token of B's own, delegated and confined to `probe-in`, holding every permission (issue
+    /// 27 item 4): every creating or changing operation is refused (403), or at least not done;
+    /// every list either refuses (403) or shows nothing outside the prefix (B's session in
+    /// `probe-out`, whose creation the audit log also names).
+    async fn confined_token(&mut self, operations: &[Operation]) -> anyhow::Result<()> {
+        let admin_key = self.config.tenant_b.admin_key.clone();
+        let (status, text) = self
+            .form(
+                Host::B,
+                None,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_secret", &admin_key),
+                ],
+            )
+            .await?;
+        if !status.is_success() {
+            bail!("tenant B's client_credentials grant answered {status}: {text}");
+        }
+        let root: Value = serde_json::from_str(&text)?;
+        let root = root["access_token"].as_str().unwrap_or_default().to_owned();
+        let (status, text) = self
+            .form(
+                Host::B,
+                None,
+                &[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", &root),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("audience", "probe-confined"),
+                    ("resource_prefix", "probe-in"),
+                ],
+            )
+            .await?;
+        if !status.is_success() {
+            bail!("tenant B's confined token exchange answered {status}: {text}");
+        }
+        let confined: Value = serde_json::from_str(&text)?;
+        let confined = confined["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // What the confined token must never see: a session of B outside its prefix.
+        let marker = random_marker();
+        let outside = self
+            .as_b(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({ "agent_id": "probe-outside", "namespace": "probe-out", "title": marker })),
+            )
+            .await?;
+        let outside_id = outside["id"].as_str().unwrap_or_default().to_owned();
+        let fence = Victim {
+            secrets: vec![outside_id.clone(), marker],
+            ..Victim::default()
+        };
+        let tag = &random_marker()[13..21];
+        for op in operations.iter().filter(|op| op.tenant_api()) {
+            let listing = op.method == Method::GET && !op.path.contains('{');
+            if op.method == Method::GET && !listing {
+                continue;
+            }
+            // Ending its own session is always allowed (and would end the subject's).
+            if op.path == "/v1/auth/logout" {
+                continue;
+            }
+            let path = fill(&op.path, "x");
+            let body = if listing {
+                None
+            } else if op.method == Method::PUT {
+                // The current value: refusing it is the route's declaration, not validation.
+                Some(
+                    self.as_b(Method::GET, &op.path, None)
+                        .await
+                        .unwrap_or_else(|_| json!({})),
+                )
+            } else {
+                Some(confined_body(op, tag))
+            };
+            let (status, text) = self
+                .send(
+                    Host::B,
+                    Some(&confined),
+                    op.method.clone(),
+                    &path,
+                    body.as_ref(),
+                )
+                .await?;
+            // A write answered 429 (the tenant's key-minting budget, spent by the probe's own
+            // set-up) did nothing either.
+            let refusals: &[StatusCode] = if listing {
+                &[StatusCode::FORBIDDEN]
+            } else {
+                &[
+                    StatusCode::FORBIDDEN,
+                    StatusCode::NOT_FOUND,
+                    StatusCode::BAD_REQUEST,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    StatusCode::TOO_MANY_REQUESTS,
+                ]
+            };
+            self.judge(op, Attack::ConfinedToken, &fence, status, &text, refusals);
+        }
+        let _ = self
+            .as_b(Method::DELETE, &format!("/v1/sessions/{outside_id}"), None)
+            .await;
+        Ok(())
+    }
+
     /// A's resources must be exactly as they were.
     async fn check_unchanged(&mut self, victim: &Victim) -> anyhow::Result<()> {
         for (what, before) in &victim.snapshots {
@@ -1392,6 +1513,34 @@ const INTERNAL_URLS: [&str; 8] = [
     "https://0x7f.0.0.1/hook",
     "http://hooks.example/plain-http",
 ];
+
+/// A body the creating operation would accept from an unconfined credential, so that only the
+/// confinement can refuse it (B's own tenant; `tag` keeps names unique).
+fn confined_body(op: &Operation, tag: &str) -> Value {
+    match op.path.as_str() {
+        "/v1/sessions" => json!({ "agent_id": "probe-confined", "namespace": "probe-out" }),
+        "/v1/webhooks/endpoints" => {
+            json!({ "url": format!("https://hooks-{tag}.example/confined"), "event_types": ["session.*"] })
+        }
+        "/v1/webhooks/messages" => json!({ "event_type": "probe.check", "payload": {} }),
+        "/v1/tools" => json!({
+            "name": format!("probe_confined_{tag}"),
+            "description": "bulkhead probe",
+            "input_schema": { "type": "object" },
+            "endpoint_url": format!("https://tools-{tag}.example/run"),
+        }),
+        "/v1/users" => json!({
+            "email": format!("probe-confined-{tag}@probe.invalid"),
+            "password": random_marker(),
+        }),
+        "/v1/agents" => json!({ "name": format!("probe-confined-{tag}") }),
+        "/v1/roles" => {
+            json!({ "name": format!("probe-confined-{tag}"), "permissions": ["sessions:read"] })
+        }
+        "/v1/api-keys" => json!({ "scopes": ["sessions:read"], "description": "bulkhead probe" }),
+        _ => json!({}),
+    }
+}
 
 /// Bodies that name A's resources, for operations whose body references other resources.
 fn foreign_bodies(op: &Operation, v: &Victim) -> Vec<Value> {

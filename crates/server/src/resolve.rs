@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
@@ -154,7 +154,7 @@ pub async fn resolve_tenant(
     // request's client details.
     crate::audit_log::AUTH_AUDIT
         .scope(audit_scope, async move {
-            match authenticate(&state, signals).await {
+            match authenticate(&state, signals, ends_own_session(&request)).await {
                 Ok((ctx, plan)) => {
                     request
                         .extensions_mut()
@@ -233,9 +233,17 @@ impl Signals {
     }
 }
 
+/// `POST /v1/auth/logout`: ending one's own session must stay possible while the tenant is
+/// suspended (it only takes authority away), so that one route accepts a suspended tenant's
+/// access token. Everything else about the token is checked as always.
+fn ends_own_session(request: &Request) -> bool {
+    request.method() == Method::POST && request.uri().path() == crate::routes::auth::LOGOUT_PATH
+}
+
 async fn authenticate(
     state: &AppState,
     signals: Signals,
+    ends_own_session: bool,
 ) -> Result<(TenantContext, bulkhead_store::registry::Plan), ApiError> {
     let Signals {
         request_id,
@@ -259,28 +267,19 @@ async fn authenticate(
         ));
     }
     if is_access_token(presented) {
-        let (token, tenant) = authenticate_access_token(state, presented, host_tenant).await?;
-        let ctx = TenantContext::new(
-            tenant.id,
-            Actor::Token {
-                subject: token.claims.sub,
-                human: token.claims.sub_type == "user",
-                client_id: token.claims.client_id,
-                token_id: token.token_id,
-                session_id: token.session_id,
-                scopes: token.scopes,
-                resource_prefix: token.resource_prefix,
-                delegation: token
-                    .claims
-                    .act
-                    .as_ref()
-                    .map(|act| act.actors())
-                    .unwrap_or_default(),
+        let standing = authorize_access_token(
+            state,
+            presented,
+            host_tenant,
+            if ends_own_session {
+                TokenUse::EndOwnSession(client_ip)
+            } else {
+                TokenUse::Request(client_ip)
             },
             request_id,
-        );
-        let ctx = apply_ceiling(state, ctx, None).await?;
-        return Ok((ctx, tenant.plan));
+        )
+        .await?;
+        return Ok((standing.ctx, standing.tenant.plan));
     }
     let (key, tenant) = authenticate_api_key(state, presented, host_tenant, client_ip).await?;
     // Only now is this a use of the key.
@@ -295,6 +294,85 @@ async fn authenticate(
     );
     let ctx = apply_ceiling(state, ctx, Some(key.key_id)).await?;
     Ok((ctx, tenant.plan))
+}
+
+/// Where an access token is being judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenUse {
+    /// Presented by a caller at this address (unknown: `None`): the token's network restrictions
+    /// must admit it.
+    Request(Option<IpAddr>),
+    /// `POST /v1/auth/logout` by a caller at this address: as [`TokenUse::Request`], but a
+    /// suspended tenant's token may still end its own session.
+    EndOwnSession(Option<IpAddr>),
+    /// Introspection: the client asking is not the token's user, so there is no address to
+    /// check; the answer reports the restrictions instead (`allowed_networks`).
+    Introspection,
+}
+
+/// An access token that passed every check, and what it may do.
+#[derive(Debug)]
+pub(crate) struct TokenStanding {
+    /// The token as verified (claims as signed: `scope` there may exceed what it may do).
+    pub token: crate::tokens::VerifiedToken,
+    /// The token's tenant: it agrees with the host's, is active and served here.
+    pub tenant: Tenant,
+    /// The context of a request made with it: its scopes are the *effective* ones (the token's
+    /// ∩ every role ceiling of the principals it acts for).
+    pub ctx: TenantContext,
+}
+
+/// The one decision "is this access token valid, and what may it do", for every place that
+/// accepts one: the resolver (`/v1`), introspection (`POST /oauth/introspect`), and both tokens
+/// of a token exchange. In order: signature, claims and the denylist
+/// ([`crate::tokens::TokenService::verify`]); the token's tenant agreeing with the host's (when
+/// the host names one), active and served here; every principal it acts for (subject, and the
+/// actor's key of a delegated token) active; its scopes cut to their role ceilings (a delegated
+/// token's scopes already hold every hop's bound); the caller's address inside every network
+/// restriction it carries (the IP allowlists of the keys it comes from). Every refusal is audited and answers one 401
+/// `invalid_token` (503 when revocations cannot be checked; 403 for a suspended tenant).
+pub(crate) async fn authorize_access_token(
+    state: &AppState,
+    presented: &str,
+    host_tenant: Option<Tenant>,
+    used: TokenUse,
+    request_id: RequestId,
+) -> Result<TokenStanding, ApiError> {
+    let suspended_ok = matches!(used, TokenUse::EndOwnSession(_));
+    let (token, tenant) =
+        authenticate_access_token_in(state, presented, host_tenant, suspended_ok).await?;
+    if let TokenUse::Request(client_ip) | TokenUse::EndOwnSession(client_ip) = used {
+        // A token minted from an allowlisted key (or derived from one) is bound by its allowlist
+        // on every use, exactly like the key.
+        if !token.admits_address(client_ip) {
+            return Err(audit_token_refusal(
+                TokenRefusal::AddressNotAllowed,
+                Some(tenant.id),
+                None,
+            ));
+        }
+    }
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::Token {
+            subject: token.claims.sub.clone(),
+            human: token.claims.sub_type == "user",
+            client_id: token.claims.client_id.clone(),
+            token_id: token.token_id,
+            session_id: token.session_id,
+            scopes: token.scopes.clone(),
+            resource_prefix: token.resource_prefix.clone(),
+            delegation: token
+                .claims
+                .act
+                .as_ref()
+                .map(|act| act.actors())
+                .unwrap_or_default(),
+        },
+        request_id,
+    );
+    let ctx = apply_ceiling(state, ctx, None).await?;
+    Ok(TokenStanding { token, tenant, ctx })
 }
 
 /// Cuts the credential's scopes to its principal's roles ([`crate::ceilings`]); a disabled or
@@ -377,6 +455,7 @@ async fn credential_tenant(
     claimed: TenantId,
     actor_id: &str,
     actor_key: Option<bulkhead_core::ApiKeyId>,
+    suspended_ok: bool,
     mismatch: impl Fn() -> ApiError,
 ) -> Result<Tenant, ApiError> {
     #[cfg(feature = "probe-weakness")]
@@ -395,7 +474,7 @@ async fn credential_tenant(
         },
     };
     served_here(state, &tenant)?;
-    if tenant.status != TenantStatus::Active {
+    if tenant.status != TenantStatus::Active && !suspended_ok {
         tracing::warn!(
             target: "bulkhead::audit",
             action = "auth.failure",
@@ -456,19 +535,21 @@ pub(crate) async fn authenticate_api_key(
         tenant_id,
         &key_id.to_string(),
         Some(key_id),
+        false,
         mismatch,
     )
     .await?;
     Ok((key, tenant))
 }
 
-/// Verifies an access token ([`crate::tokens::TokenService::verify`]) and its tenant. Every
-/// refusal is audited and answers one 401 `invalid_token`; a server that cannot check
-/// revocations answers 503.
-pub(crate) async fn authenticate_access_token(
+/// Verifies an access token ([`crate::tokens::TokenService::verify`]) and its tenant (active
+/// unless `suspended_ok`). Every refusal is audited and answers one 401 `invalid_token`; a server
+/// that cannot check revocations answers 503. Callers go through [`authorize_access_token`].
+async fn authenticate_access_token_in(
     state: &AppState,
     presented: &str,
     host_tenant: Option<Tenant>,
+    suspended_ok: bool,
 ) -> Result<(crate::tokens::VerifiedToken, Tenant), ApiError> {
     let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
     let token = match state.tokens().verify(presented) {
@@ -500,6 +581,7 @@ pub(crate) async fn authenticate_access_token(
         tenant_id,
         &token.claims.sub,
         None,
+        suspended_ok,
         mismatch,
     )
     .await?;
@@ -515,6 +597,7 @@ fn audit_token_refusal(
         TokenRefusal::Invalid(err) => format!("{err:?}"),
         TokenRefusal::Revoked => "Revoked".to_owned(),
         TokenRefusal::UnreadableClaims => "UnreadableClaims".to_owned(),
+        TokenRefusal::AddressNotAllowed => "AddressNotAllowed".to_owned(),
         TokenRefusal::Unavailable => "Unavailable".to_owned(),
     };
     let reason = if known.is_some() {

@@ -95,6 +95,8 @@ pub enum TokenRefusal {
     UnreadableClaims,
     /// Keys not loaded, or the denylist is stale: retry later.
     Unavailable,
+    /// The caller's address is outside a network restriction the token carries.
+    AddressNotAllowed,
 }
 
 /// A verified access token.
@@ -118,6 +120,22 @@ pub struct VerifiedToken {
     pub kid: String,
     /// When it expires.
     pub expires_at: DateTime<Utc>,
+    /// The network restrictions it carries (`allowed_networks`): its caller's address must lie in
+    /// a network of every list.
+    pub allowed_networks: Vec<Vec<ipnet::IpNet>>,
+}
+
+impl VerifiedToken {
+    /// Whether a caller at `ip` may use the token: always without restrictions; with some, only
+    /// from an address known to lie inside every one of them (an unknown address never does).
+    pub fn admits_address(&self, ip: Option<std::net::IpAddr>) -> bool {
+        self.allowed_networks.is_empty()
+            || ip.is_some_and(|ip| {
+                self.allowed_networks
+                    .iter()
+                    .all(|list| list.iter().any(|net| net.contains(&ip)))
+            })
+    }
 }
 
 /// What an access token is issued for.
@@ -143,6 +161,9 @@ pub struct Grant<'a> {
     pub not_after: Option<DateTime<Utc>>,
     /// The jtis of the tokens it is derived from (delegation), root first.
     pub delegated_from: Vec<String>,
+    /// The IP allowlists of the keys it is minted or derived from (each one binds it); empty
+    /// lists are left out.
+    pub allowed_networks: Vec<Vec<ipnet::IpNet>>,
 }
 
 /// An issued access token. `Debug` leaves the token out.
@@ -327,6 +348,12 @@ impl TokenService {
             sid: grant.session_id.map(|s| s.to_string()),
             act: grant.act.clone(),
             delegated_from: grant.delegated_from.clone(),
+            allowed_networks: grant
+                .allowed_networks
+                .iter()
+                .filter(|list| !list.is_empty())
+                .map(|list| list.iter().map(ToString::to_string).collect())
+                .collect(),
         };
         Ok(IssuedToken {
             token: sign_access_token(signer, &claims),
@@ -425,6 +452,20 @@ impl TokenService {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| TokenRefusal::UnreadableClaims)?;
+        let allowed_networks = claims
+            .allowed_networks
+            .iter()
+            .map(|list| {
+                list.iter()
+                    .map(|net| net.parse::<ipnet::IpNet>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| TokenRefusal::UnreadableClaims)?;
+        // An empty list would admit no address at all: only the issuer leaves them out.
+        if allowed_networks.iter().any(Vec::is_empty) {
+            return Err(TokenRefusal::UnreadableClaims);
+        }
         let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(now);
         Ok(VerifiedToken {
             claims,
@@ -436,6 +477,7 @@ impl TokenService {
             ancestors,
             kid,
             expires_at,
+            allowed_networks,
         })
     }
 

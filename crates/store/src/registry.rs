@@ -147,6 +147,30 @@ impl Tenant {
     }
 }
 
+/// Sets the status on a tenant's anchor row in `at` (a location other than the registry's own
+/// shared schema). The row must be there: a location without it is not the tenant's.
+async fn set_anchor_status(
+    conn: &mut sqlx::PgConnection,
+    at: &Location,
+    id: TenantId,
+    status: TenantStatus,
+) -> Result<(), StoreError> {
+    let changed = sqlx::query(&format!(
+        "UPDATE \"{}\".tenants SET status = $2, updated_at = now() WHERE id = $1",
+        at.placement.schema()
+    ))
+    .bind(id.uuid())
+    .bind(status.as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LocationMismatch)
+    }
+}
+
 /// Writes (or refreshes) a tenant's anchor row in a location other than the registry's own
 /// shared schema: the row the location check reads ([`crate::location`]).
 pub(crate) async fn write_anchor(
@@ -340,34 +364,98 @@ impl Store {
         Ok(key_id)
     }
 
-    /// Suspends or reactivates a tenant. Needs the owner role.
+    /// Suspends or reactivates a tenant, everywhere or nowhere. Needs the owner role.
+    ///
+    /// Every copy of the status changes: the registry row and, for a tenant whose rows live
+    /// elsewhere, the anchor row of its location (what that location's claim functions read).
+    /// A location this process cannot reach (a region it does not serve, a database that does not
+    /// answer) fails the whole change with an error naming it, before anything is written. The
+    /// `tenant.suspend` / `tenant.activate` event goes to the tenant's own audit log in the same
+    /// transaction as its location's change, with the operator as actor.
+    ///
+    /// In the registry's database all of it is one transaction. Elsewhere the location's
+    /// transaction (anchor and event) commits first, then the registry's; should the second
+    /// commit fail, the error says so and running the command again completes it (each write
+    /// sets a value, so repeating it is harmless).
     pub async fn set_tenant_status(
         &self,
         id: TenantId,
         status: TenantStatus,
     ) -> Result<Tenant, StoreError> {
+        self.set_tenant_status_by(id, status, "owner").await
+    }
+
+    /// [`Store::set_tenant_status`], naming who ran it in the audit event.
+    pub async fn set_tenant_status_by(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        let current = self.tenant_by_id(id).await?.ok_or(StoreError::NotFound)?;
+        let location = current.location()?;
+        let router = self.router();
+        if !router.serves(&location.region) {
+            return Err(StoreError::WrongRegion(location.region.clone()));
+        }
+        let mut registry = self.pool().begin().await?;
         let row: Option<TenantRow> = sqlx::query_as(&format!(
             "UPDATE bulkhead.tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(id.uuid())
         .bind(status.as_str())
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *registry)
         .await?;
         let tenant = row.map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
-        // The location's claim functions read its anchor row: it must say suspended too.
-        let location = tenant.location()?;
-        if !self.router().is_registry_location(&location) && self.router().serves(&location.region)
-        {
-            let pool = self.router().pool_for(&location).await?;
-            sqlx::query(&format!(
-                "UPDATE \"{}\".tenants SET status = $2, updated_at = now() WHERE id = $1",
-                location.placement.schema()
-            ))
-            .bind(id.uuid())
-            .bind(status.as_str())
-            .execute(&pool)
+        let ctx = TenantContext::new(
+            id,
+            Actor::System {
+                component: "operator",
+            },
+            RequestId::new(),
+        );
+        let action = match status {
+            TenantStatus::Active => "tenant.activate",
+            TenantStatus::Suspended => "tenant.suspend",
+        };
+        let meta = json!({
+            "from": current.status.as_str(),
+            "to": status.as_str(),
+            "operator": operator,
+            "region": location.region,
+        });
+        if router.shares_registry_database(&location) {
+            if !router.is_registry_location(&location) {
+                set_anchor_status(&mut registry, &location, id, status).await?;
+            }
+            let mut tx = TenantTx::enter(registry, &ctx, Access::ReadWrite, &location).await?;
+            tx.registry = Some(self.pool().clone());
+            audit::record(
+                &mut tx,
+                action,
+                Some(&id.to_string()),
+                Outcome::Success,
+                meta,
+            )
             .await?;
+            tx.commit().await?;
+            return Ok(tenant);
         }
+        let pool = router.pool_for(&location).await?;
+        let mut there = pool.begin().await?;
+        set_anchor_status(&mut there, &location, id, status).await?;
+        let mut tx = TenantTx::enter(there, &ctx, Access::ReadWrite, &location).await?;
+        tx.registry = Some(self.pool().clone());
+        audit::record(
+            &mut tx,
+            action,
+            Some(&id.to_string()),
+            Outcome::Success,
+            meta,
+        )
+        .await?;
+        tx.commit().await?;
+        registry.commit().await?;
         Ok(tenant)
     }
 

@@ -27,18 +27,28 @@ const MAX_ALLOWED_IPS: usize = 64;
 /// The routes and who may call them. A key may always read, narrow, rotate and revoke itself
 /// (the handlers check `keys:manage` for any other key).
 pub fn routes() -> RouteTable {
+    use crate::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const MANAGE: RouteAccess = Requires(Scope::KeysManage);
     const ANY: RouteAccess = RouteAccess::Authenticated;
     RouteTable::new()
         .get("/v1/api-keys", MANAGE, list)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/api-keys", MANAGE, create)
+        .confine(Refused)
         .post("/v1/api-keys/revoke-all", MANAGE, revoke_all)
+        .confine(Refused)
         .get("/v1/api-keys/{id}", ANY, fetch)
+        .confine(TENANT_WIDE_READ)
         .patch("/v1/api-keys/{id}", ANY, update)
+        .confine(Refused)
         .post("/v1/api-keys/{id}/rotate", ANY, rotate)
+        .confine(Refused)
         .post("/v1/api-keys/{id}/revoke", ANY, revoke)
+        .confine(Refused)
         .get("/v1/key-policy", MANAGE, get_policy)
+        .confine(TENANT_WIDE_READ)
         .put("/v1/key-policy", MANAGE, put_policy)
+        .confine(Refused)
 }
 
 /// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required.

@@ -35,15 +35,24 @@ pub const EXPORT_PAGE: u64 = 2000;
 /// The routes and who may call them. The log's public key is public: verifiers need it without
 /// an account.
 pub fn routes() -> RouteTable {
+    use crate::authz::{Confinement, TENANT_WIDE_READ};
     const READ: RouteAccess = Requires(Scope::AuditRead);
     RouteTable::new()
         .get(LOG_KEY_PATH, RouteAccess::Public, log_key)
         .get("/v1/audit/events", READ, list_events)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/audit/checkpoints", READ, checkpoint_now)
+        .confine(Confinement::Delegated(
+            "signs the tenant-wide tree head an audit:read holder may ask for; no prefix bounds it",
+        ))
         .get("/v1/audit/checkpoints/latest", READ, latest_checkpoint)
+        .confine(TENANT_WIDE_READ)
         .get("/v1/audit/proofs/inclusion", READ, inclusion)
+        .confine(TENANT_WIDE_READ)
         .get("/v1/audit/proofs/consistency", READ, consistency)
+        .confine(TENANT_WIDE_READ)
         .get("/v1/audit/export", READ, export)
+        .confine(TENANT_WIDE_READ)
 }
 
 /// `GET /.well-known/bulkhead-audit-key`.

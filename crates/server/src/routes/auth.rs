@@ -58,22 +58,42 @@ const THROTTLE_NAMESPACE: Uuid = Uuid::from_u128(0x6b75_6c6b_6865_6164_2d6c_6f67
 /// authenticates itself; the others act on the caller's own sessions (the handlers check
 /// `keys:manage` before touching anyone else's).
 pub fn routes() -> RouteTable {
+    use crate::authz::{
+        Confinement::{self, Refused},
+        TENANT_WIDE_READ,
+    };
     RouteTable::new()
         .post("/v1/auth/login", RouteAccess::SelfAuthenticating, login)
-        .post("/v1/auth/logout", RouteAccess::Authenticated, logout)
+        .post(LOGOUT_PATH, RouteAccess::Authenticated, logout)
+        .confine(Confinement::Admitted(
+            "ending one's own session only takes authority away; the handler refuses a \
+             delegated token, which carries its delegator's session",
+        ))
         .get(
             "/v1/auth/sessions",
             RouteAccess::Authenticated,
             list_sessions,
         )
+        .confine(Confinement::Admitted(
+            "the caller's own auth sessions; the handler shows a delegated credential none",
+        ))
         .delete(
             "/v1/auth/sessions/{id}",
             RouteAccess::Authenticated,
             end_session,
         )
+        .confine(Confinement::Admitted(
+            "ends one of the caller's own auth sessions; a delegated credential owns none",
+        ))
         .get("/v1/token-policy", Requires(Scope::KeysManage), get_policy)
+        .confine(TENANT_WIDE_READ)
         .put("/v1/token-policy", Requires(Scope::KeysManage), put_policy)
+        .confine(Refused)
 }
+
+/// Ending one's own session; the resolver admits a suspended tenant's token here (and only
+/// here), since logging out only takes authority away.
+pub(crate) const LOGOUT_PATH: &str = "/v1/auth/logout";
 
 /// Trims and lowercases an email; `None` if it cannot be one.
 pub fn normalise_email(text: &str) -> Option<String> {
@@ -318,6 +338,20 @@ async fn login(
             user.id
         )));
     };
+    // The session and its tokens carry only what the user's roles grant now, never the stored
+    // scopes' superset for the resolver to cut later: a token's `scope` is what it may do.
+    let Some(held) = bulkhead_store::rbac::permissions_of(
+        &mut tx,
+        bulkhead_store::rbac::Principal::User(user.id),
+    )
+    .await?
+    else {
+        // Disabled since the password check.
+        tx.rollback().await?;
+        audit_login(&tenant, "failure", "invalid_credentials", None);
+        return Err(ApiError::InvalidLogin);
+    };
+    let scopes = scopes.intersection(&held);
     tokens::clear_login_failures(&mut tx, name_id).await?;
     let policy = tokens::token_policy(&mut tx).await?;
     let subject = user.id.to_string();
@@ -359,6 +393,7 @@ async fn login(
             resource_prefix: None,
             not_after: None,
             delegated_from: Vec::new(),
+            allowed_networks: Vec::new(),
         })
         .map_err(|_| ApiError::Unavailable)?;
     tx.commit().await?;

@@ -30,11 +30,15 @@ pub const MAX_CONTEXT_TOOLS: u32 = 200;
 
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
-    RouteTable::new().get(
-        "/v1/sessions/{id}/context",
-        Requires(Scope::SessionsRead),
-        context,
-    )
+    RouteTable::new()
+        .get(
+            "/v1/sessions/{id}/context",
+            Requires(Scope::SessionsRead),
+            context,
+        )
+        .confine(crate::authz::Confinement::Admitted(
+            "the handler reads only a session inside the credential's prefix (404 outside)",
+        ))
 }
 
 /// The session as an agent sees it.

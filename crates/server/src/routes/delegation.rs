@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::error::{ApiError, OAuthError};
 use crate::resolve::authenticate_api_key;
 use crate::routes::auth::TokenResponse;
-use crate::routes::oauth::{authenticate_client, claimed_tenant, ClientAuth, Form};
+use crate::routes::oauth::{authenticate_client, ClientAuth, Form};
 use crate::state::AppState;
 use crate::tokens::{parse_scope_param, scope_text, Grant, VerifiedToken};
 
@@ -52,6 +52,8 @@ struct Delegate {
     /// `None`: no credential of its own was presented (an `audience`), so it adds no bound.
     scopes: Option<ScopeSet>,
     token: Option<VerifiedToken>,
+    /// The network restrictions of its credential (its key's allowlist, its token's).
+    networks: Vec<Vec<ipnet::IpNet>>,
 }
 
 fn valid_principal(text: &str) -> bool {
@@ -77,27 +79,34 @@ fn effective_or_refuse(
     }
 }
 
-fn verify_token(
+/// [`crate::resolve::authorize_access_token`] for a token presented to the exchange: the token
+/// and its effective scopes, or `invalid_grant` (whatever the reason: the answer must not say
+/// which check failed).
+async fn authorize_token(
     state: &AppState,
     text: &str,
+    tenant: Option<Tenant>,
+    client_ip: Option<IpAddr>,
     what: &'static str,
-) -> Result<VerifiedToken, OAuthError> {
-    state
-        .tokens()
-        .verify(text)
-        .map_err(|refusal| match refusal {
-            crate::tokens::TokenRefusal::Unavailable => OAuthError::unavailable(),
-            other => {
-                tracing::warn!(
-                    target: "bulkhead::audit",
-                    action = "auth.token_exchange",
-                    outcome = "failure",
-                    reason = ?other,
-                    "{what} refused"
-                );
-                OAuthError::invalid_grant(format!("the {what} is invalid, expired or revoked"))
-            }
-        })
+) -> Result<(VerifiedToken, ScopeSet, Tenant), OAuthError> {
+    match crate::resolve::authorize_access_token(
+        state,
+        text,
+        tenant,
+        crate::resolve::TokenUse::Request(client_ip),
+        RequestId::new(),
+    )
+    .await
+    {
+        Ok(standing) => {
+            let scopes = standing.ctx.actor().scopes().cloned().unwrap_or_default();
+            Ok((standing.token, scopes, standing.tenant))
+        }
+        Err(ApiError::Unavailable) => Err(OAuthError::unavailable()),
+        Err(_) => Err(OAuthError::invalid_grant(format!(
+            "the {what} is invalid, expired or revoked, or not of this tenant"
+        ))),
+    }
 }
 
 async fn delegate(
@@ -115,18 +124,19 @@ async fn delegate(
         }
         return match form.get("actor_token_type") {
             Some(ACCESS_TOKEN_TYPE) => {
-                let token = verify_token(state, actor_token, "actor token")?;
-                if token.tenant_id != tenant.id {
-                    return Err(OAuthError::invalid_grant(
-                        "the actor must belong to the subject's tenant",
-                    ));
-                }
-                let scopes =
-                    effective_or_refuse(crate::ceilings::token_scopes(state, &token).await)?;
+                let (token, scopes, _) = authorize_token(
+                    state,
+                    actor_token,
+                    Some(tenant.clone()),
+                    client_ip,
+                    "actor token",
+                )
+                .await?;
                 Ok(Delegate {
                     principal: token.claims.sub.clone(),
                     client_id: Some(token.claims.client_id.clone()),
                     scopes: Some(scopes),
+                    networks: token.allowed_networks.clone(),
                     token: Some(token),
                 })
             }
@@ -147,6 +157,7 @@ async fn delegate(
                     client_id: Some(key.key_id.to_string()),
                     scopes: Some(scopes),
                     token: None,
+                    networks: vec![key.allowed_ips],
                 })
             }
             _ => Err(OAuthError::invalid_request(
@@ -162,6 +173,7 @@ async fn delegate(
             client_id: Some(key.key_id.to_string()),
             scopes: Some(scopes),
             token: None,
+            networks: vec![key.allowed_ips],
         });
     }
     match form.get("audience") {
@@ -170,6 +182,7 @@ async fn delegate(
             client_id: None,
             scopes: None,
             token: None,
+            networks: Vec::new(),
         }),
         Some(_) => Err(OAuthError::invalid_target(
             "audience is not a valid principal name",
@@ -187,6 +200,9 @@ struct Narrowed {
     act: ActClaim,
     not_after: DateTime<Utc>,
     delegated_from: Vec<String>,
+    /// Every restriction of the subject's token and of the actor's credential: the new token is
+    /// usable only where all of them allow.
+    networks: Vec<Vec<ipnet::IpNet>>,
 }
 
 fn narrow(
@@ -281,16 +297,40 @@ fn narrow(
         }
         delegated_from.push(actor_token.claims.jti.clone());
     }
+    // The actor acts for the subject (and for whoever already acts for it); when the actor's own
+    // token is delegated, whoever holds it acts for the actor: that chain goes outermost, so the
+    // current actor stays the outermost `act` and no hop is dropped.
+    let hop = ActClaim {
+        sub: actor.principal.clone(),
+        act: subject.claims.act.clone().map(Box::new),
+    };
+    let act = match actor.token.as_ref().and_then(|t| t.claims.act.clone()) {
+        Some(actor_chain) => graft(actor_chain, hop),
+        None => hop,
+    };
+    let mut networks = subject.allowed_networks.clone();
+    for list in &actor.networks {
+        if !list.is_empty() && !networks.contains(list) {
+            networks.push(list.clone());
+        }
+    }
     Ok(Narrowed {
         scopes,
         prefix,
-        act: ActClaim {
-            sub: actor.principal.clone(),
-            act: subject.claims.act.clone().map(Box::new),
-        },
+        act,
         not_after,
         delegated_from,
+        networks,
     })
+}
+
+/// `outer` with `inner` nested under its innermost actor.
+fn graft(mut outer: ActClaim, inner: ActClaim) -> ActClaim {
+    outer.act = Some(Box::new(match outer.act.take() {
+        Some(next) => graft(*next, inner),
+        None => inner,
+    }));
+    outer
 }
 
 /// The token-exchange grant. See the module doc.
@@ -314,13 +354,11 @@ pub(crate) async fn exchange(
             return Err(OAuthError::invalid_request("only access tokens are issued"));
         }
     }
-    let mut subject = verify_token(state, subject_text, "subject token")?;
-    // The subject delegates its effective authority (its roles bound it), not its token's text.
-    subject.scopes = effective_or_refuse(crate::ceilings::token_scopes(state, &subject).await)?;
-    let tenant = claimed_tenant(state, subject.tenant_id, host, || {
-        OAuthError::invalid_grant("the subject token is invalid for this tenant")
-    })
-    .await?;
+    // The subject delegates its effective authority (its roles bound it), not its token's text;
+    // its tenant agrees with the host's and is active.
+    let (mut subject, scopes, tenant) =
+        authorize_token(state, subject_text, host, client_ip, "subject token").await?;
+    subject.scopes = scopes;
     let actor = delegate(state, form, auth, &tenant, client_ip).await?;
 
     let ctx = TenantContext::new(
@@ -370,20 +408,26 @@ pub(crate) async fn exchange(
             resource_prefix: narrowed.prefix.as_ref().map(|p| p.to_string()),
             not_after: Some(narrowed.not_after),
             delegated_from: narrowed.delegated_from,
+            allowed_networks: narrowed.networks,
         })
         .map_err(|_| OAuthError::unavailable())?;
-    audit::record(
+    // The event's `delegation` is the new token's whole chain, as every event of its use will be.
+    let jti = issued.claims.jti.clone();
+    audit::record_event(
         &mut tx,
-        "auth.token_exchange",
-        Some(&issued.claims.jti),
-        Outcome::Success,
-        json!({
-            "subject": subject.claims.sub,
-            "delegation_chain": narrowed.act.actors(),
-            "scope": issued.claims.scope,
-            "resource_prefix": issued.claims.resource_prefix,
-            "derived_from": issued.claims.delegated_from,
-        }),
+        &audit::NewEvent {
+            resource_id: Some(&jti),
+            delegation: Some(narrowed.act.actors()),
+            metadata: json!({
+                "subject": subject.claims.sub,
+                "delegation_chain": narrowed.act.actors(),
+                "act": narrowed.act,
+                "scope": issued.claims.scope,
+                "resource_prefix": issued.claims.resource_prefix,
+                "derived_from": issued.claims.delegated_from,
+            }),
+            ..audit::NewEvent::new("auth.token_exchange", Outcome::Success)
+        },
     )
     .await?;
     tx.commit().await?;

@@ -459,6 +459,9 @@ async fn client_credentials(
             resource_prefix: None,
             not_after: None,
             delegated_from: Vec::new(),
+            // The key's allowlist binds every token minted from it, and every token derived
+            // from those (refresh, exchange).
+            allowed_networks: vec![key.allowed_ips.clone()],
         })
         .map_err(|_| OAuthError::unavailable())?;
     audit::record(
@@ -653,7 +656,12 @@ async fn refresh(
             return Err(invalid());
         }
     }
-    let Some(session_scopes) = found.session.scopes.clone() else {
+    // What the session may grant now: its scopes cut to its principals' roles (a user's role
+    // narrowed since login narrows the next access token, not only its use).
+    let Some(session_scopes) = crate::ceilings::session_scopes(&mut tx, &found.session).await?
+    else {
+        audit_refresh_failure(&mut tx, Some(&found), "principal_inactive").await?;
+        tx.commit().await?;
         return Err(invalid());
     };
     let scopes = match granted_scopes(form, &session_scopes) {
@@ -679,6 +687,11 @@ async fn refresh(
             resource_prefix: None,
             not_after: None,
             delegated_from: Vec::new(),
+            // An agent's session is refreshed with its key: the key's allowlist binds the token.
+            allowed_networks: client
+                .as_ref()
+                .map(|key| vec![key.allowed_ips.clone()])
+                .unwrap_or_default(),
         })
         .map_err(|_| OAuthError::unavailable())?;
     audit::record(
@@ -881,17 +894,32 @@ async fn introspect_inner(
         RequestId::new(),
     );
     if is_access_token(text) {
-        let Ok(token) = state.tokens().verify(text) else {
-            return Ok(inactive);
+        // Exactly the resolver's decision (crate::resolve::authorize_access_token): a token the
+        // API would refuse is inactive here, and the scope reported is what it may do now.
+        let standing = match crate::resolve::authorize_access_token(
+            state,
+            text,
+            Some(tenant.clone()),
+            crate::resolve::TokenUse::Introspection,
+            RequestId::new(),
+        )
+        .await
+        {
+            Ok(standing) => standing,
+            Err(ApiError::Unavailable) => return Err(OAuthError::unavailable()),
+            Err(_) => return Ok(inactive),
         };
-        if token.tenant_id != tenant.id {
-            return Ok(inactive);
-        }
-        let c = &token.claims;
-        return Ok(json!({
+        let effective = standing
+            .ctx
+            .actor()
+            .scopes()
+            .map(scope_text)
+            .unwrap_or_default();
+        let c = &standing.token.claims;
+        let mut answer = json!({
             "active": true,
             "token_type": "Bearer",
-            "scope": c.scope,
+            "scope": effective,
             "client_id": c.client_id,
             "sub": c.sub,
             "sub_type": c.sub_type,
@@ -905,7 +933,13 @@ async fn introspect_inner(
             "sid": c.sid,
             "act": c.act,
             "resource_prefix": c.resource_prefix,
-        }));
+        });
+        // A resource server enforces the network restrictions of the keys the token comes from
+        // as the API does: its caller's address must lie in a network of every list.
+        if !c.allowed_networks.is_empty() {
+            answer["allowed_networks"] = json!(c.allowed_networks);
+        }
+        return Ok(answer);
     }
     let Ok(presented) = RefreshToken::parse(text) else {
         return Ok(inactive);
@@ -915,23 +949,29 @@ async fn introspect_inner(
     }
     let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
     let found = tokens::find_refresh_for_update(&mut tx, &presented.hash()).await?;
-    tx.commit().await?;
     let now = state.clock().now();
-    match found {
-        Some(found) if found.status == RefreshStatus::Active && found.session.is_live(now) => {
-            let s = &found.session;
-            Ok(json!({
-                "active": true,
-                "token_type": "refresh_token",
-                "scope": s.scopes.as_ref().map(scope_text),
-                "client_id": s.client_id,
-                "sub": s.principal_id,
-                "exp": s.expires_at.min(s.idle_expires_at).timestamp(),
-                "iat": s.created_at.timestamp(),
-                "tenant_id": tenant.id.to_string(),
-                "sid": s.id.to_string(),
-            }))
-        }
-        _ => Ok(inactive),
-    }
+    let found = found.filter(|f| f.status == RefreshStatus::Active && f.session.is_live(now));
+    let Some(found) = found else {
+        tx.commit().await?;
+        return Ok(inactive);
+    };
+    // What a refresh would grant now: the session's scopes cut to its principal's roles; a
+    // disabled principal's refresh token is inactive.
+    let effective = crate::ceilings::session_scopes(&mut tx, &found.session).await?;
+    tx.commit().await?;
+    let Some(effective) = effective else {
+        return Ok(inactive);
+    };
+    let s = &found.session;
+    Ok(json!({
+        "active": true,
+        "token_type": "refresh_token",
+        "scope": scope_text(&effective),
+        "client_id": s.client_id,
+        "sub": s.principal_id,
+        "exp": s.expires_at.min(s.idle_expires_at).timestamp(),
+        "iat": s.created_at.timestamp(),
+        "tenant_id": tenant.id.to_string(),
+        "sid": s.id.to_string(),
+    }))
 }

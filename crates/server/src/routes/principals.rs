@@ -29,19 +29,28 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1000;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
+    use crate::authz::{Confinement::Refused, TENANT_WIDE_READ};
     RouteTable::new()
         .get("/v1/users", Requires(Scope::UsersRead), list_users)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/users", Requires(Scope::UsersWrite), create_user)
+        .confine(Refused)
         .get("/v1/users/{id}", Requires(Scope::UsersRead), fetch_user)
+        .confine(TENANT_WIDE_READ)
         .patch("/v1/users/{id}", Requires(Scope::UsersWrite), update_user)
+        .confine(Refused)
         .get("/v1/agents", Requires(Scope::AgentsRead), list_agents)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/agents", Requires(Scope::AgentsWrite), create_agent)
+        .confine(Refused)
         .get("/v1/agents/{id}", Requires(Scope::AgentsRead), fetch_agent)
+        .confine(TENANT_WIDE_READ)
         .patch(
             "/v1/agents/{id}",
             Requires(Scope::AgentsWrite),
             update_agent,
         )
+        .confine(Refused)
 }
 
 /// A principal's status as a request names it.

@@ -29,17 +29,26 @@ pub const MAX_DESCRIPTION_CHARS: usize = 500;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
+    use crate::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const READ: crate::authz::RouteAccess = Requires(Scope::RolesRead);
     const MANAGE: crate::authz::RouteAccess = Requires(Scope::RolesManage);
     RouteTable::new()
         .get("/v1/roles", READ, list_roles)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/roles", MANAGE, create_role)
+        .confine(Refused)
         .get("/v1/roles/{id}", READ, fetch_role)
+        .confine(TENANT_WIDE_READ)
         .patch("/v1/roles/{id}", MANAGE, update_role)
+        .confine(Refused)
         .delete("/v1/roles/{id}", MANAGE, delete_role)
+        .confine(Refused)
         .get("/v1/role-assignments", READ, list_assignments)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/role-assignments", MANAGE, assign)
+        .confine(Refused)
         .delete("/v1/role-assignments/{id}", MANAGE, unassign)
+        .confine(Refused)
 }
 
 /// Body of `POST /v1/roles`.

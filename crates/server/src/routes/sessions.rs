@@ -29,12 +29,23 @@ pub const MAX_TITLE_CHARS: usize = 500;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
+    use crate::authz::Confinement;
+    // Sessions are the resources prefixes bound: the handlers filter lists by the prefix, answer
+    // 404 for a session outside it, and refuse (403 `outside-resource-prefix`) creating or moving
+    // one outside it; what a confined token creates stays inside its subject's reach.
+    const IN_PREFIX: Confinement =
+        Confinement::Admitted("the handlers keep every read and write inside the prefix");
     RouteTable::new()
         .get("/v1/sessions", Requires(Scope::SessionsRead), list)
+        .confine(IN_PREFIX)
         .post("/v1/sessions", Requires(Scope::SessionsWrite), create)
+        .confine(IN_PREFIX)
         .get("/v1/sessions/{id}", Requires(Scope::SessionsRead), fetch)
+        .confine(IN_PREFIX)
         .patch("/v1/sessions/{id}", Requires(Scope::SessionsWrite), update)
+        .confine(IN_PREFIX)
         .delete("/v1/sessions/{id}", Requires(Scope::SessionsWrite), remove)
+        .confine(IN_PREFIX)
 }
 
 /// Body of `POST /v1/sessions`.

@@ -47,20 +47,36 @@ pub const MAX_REPORTED_ERRORS: usize = 5;
 
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
+    use crate::authz::{
+        Confinement::{self, Refused},
+        TENANT_WIDE_READ,
+    };
     const MANAGE: RouteAccess = Requires(Scope::ToolsManage);
     const LIST: RouteAccess = Requires(Scope::ToolsList);
     RouteTable::new()
         .get("/v1/tools", LIST, list)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/tools", MANAGE, create)
+        .confine(Refused)
         .get("/v1/tools/{name}", LIST, fetch)
+        .confine(TENANT_WIDE_READ)
         .patch("/v1/tools/{name}", MANAGE, update)
+        .confine(Refused)
         .delete("/v1/tools/{name}", MANAGE, remove)
+        .confine(Refused)
         .get("/v1/tools/{name}/versions", MANAGE, versions)
+        .confine(TENANT_WIDE_READ)
         // The permission is per tool (`tools:call:<name>`): the handler decides, from the
         // credential's effective scopes, before anything else.
         .post("/v1/tools/{name}/calls", RouteAccess::Authenticated, call)
+        .confine(Confinement::Admitted(
+            "calling a tool is what delegation is for; a call leaves only its audit record, \
+             and `tools:call:<name>` (cut to every hop of the chain) bounds which tools",
+        ))
         .get("/v1/screening-policy", MANAGE, get_policy)
+        .confine(TENANT_WIDE_READ)
         .put("/v1/screening-policy", MANAGE, put_policy)
+        .confine(Refused)
 }
 
 /// Body of `POST /v1/tools`.

@@ -46,24 +46,37 @@ pub const PLATFORM_NAMESPACES: &[&str] = &[
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
+    use crate::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const MANAGE: RouteAccess = Requires(Scope::WebhooksManage);
     RouteTable::new()
         .get("/v1/webhooks/endpoints", MANAGE, list)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/webhooks/endpoints", MANAGE, create)
+        .confine(Refused)
         .get("/v1/webhooks/endpoints/{id}", MANAGE, fetch)
+        .confine(TENANT_WIDE_READ)
         .patch("/v1/webhooks/endpoints/{id}", MANAGE, update)
+        .confine(Refused)
         .delete("/v1/webhooks/endpoints/{id}", MANAGE, remove)
+        .confine(Refused)
         .post(
             "/v1/webhooks/endpoints/{id}/rotate-secret",
             MANAGE,
             rotate_secret,
         )
+        .confine(Refused)
         .post("/v1/webhooks/endpoints/{id}/test", MANAGE, send_test)
+        .confine(Refused)
         .post("/v1/webhooks/endpoints/{id}/recover", MANAGE, recover)
+        .confine(Refused)
         .post("/v1/webhooks/messages", MANAGE, publish)
+        .confine(Refused)
         .get("/v1/webhooks/messages/{id}", MANAGE, fetch_message)
+        .confine(TENANT_WIDE_READ)
         .get("/v1/webhooks/messages/{id}/attempts", MANAGE, attempts)
+        .confine(TENANT_WIDE_READ)
         .post("/v1/webhooks/messages/{id}/resend", MANAGE, resend)
+        .confine(Refused)
 }
 
 /// Body of `POST /v1/webhooks/endpoints`.

@@ -5,6 +5,7 @@
 mod api_keys;
 mod audit;
 mod auth;
+mod confinement;
 mod delegation;
 mod embedded;
 mod helpers;
@@ -17,6 +18,7 @@ mod probe;
 mod ratelimit;
 mod rbac;
 mod sessions;
+mod standing;
 mod tiers;
 mod tokens;
 mod tools;

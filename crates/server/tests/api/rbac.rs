@@ -819,7 +819,8 @@ async fn users_and_agents_have_a_lifecycle() {
             .status(),
         StatusCode::FORBIDDEN
     );
-    // Developer: the same token now reads and writes sessions, and still cannot manage roles.
+    // Developer: a new login now reads and writes sessions, and still cannot manage roles. (A
+    // login token carries only what the roles granted when it was issued: issue 26 item 3.)
     created(
         &app,
         &tenant,
@@ -827,6 +828,21 @@ async fn users_and_agents_have_a_lifecycle() {
         json!({ "role": "developer", "user_id": user_id }),
     )
     .await;
+    let login = app
+        .client
+        .post(app.tenant_url("acme", "/v1/auth/login"))
+        .json(&json!({ "email": "dev@acme.test", "password": "correct horse battery staple" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let as_user = TestTenant {
+        key: login.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        ..tenant.clone()
+    };
     assert_eq!(
         send(&app, &as_user, Method::GET, "/v1/sessions", None)
             .await

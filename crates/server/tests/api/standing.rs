@@ -1,0 +1,675 @@
+//! One decision about a credential everywhere it is accepted (issue 26 items 2–5, issue 27
+//! item 3, issue 17 item 9): introspection refuses what the resolver refuses and reports the
+//! effective scope; login tokens carry only what roles grant; tokens keep their key's network
+//! restriction; delegated actors keep their whole chain; tenant status changes reach every copy,
+//! are audited, and never stop a user from logging out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bulkhead_store::location::Placement;
+use bulkhead_store::registry::TenantStatus;
+use bulkhead_store::{Store, StoreError};
+use bulkhead_test_support::{
+    spawn_app, spawn_app_with, test_master_key, AppOptions, TestApp, TestDb, TestTenant,
+};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::as_tenant;
+
+const PASSWORD: &str = "correct horse battery staple";
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn scope_set(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn oauth(app: &TestApp, slug: &str, path: &str, pairs: &[(&str, &str)]) -> RequestBuilder {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        body.append_pair(k, v);
+    }
+    app.client
+        .post(app.tenant_url(slug, path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.finish())
+}
+
+async fn ok_json(response: Response) -> Value {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+async fn admin(
+    app: &TestApp,
+    tenant: &TestTenant,
+    method: Method,
+    path: &str,
+    body: Value,
+) -> Value {
+    ok_json(
+        as_tenant(app, tenant, method, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// A client of the tenant (an API key) for introspection: (id, key).
+async fn client(app: &TestApp, tenant: &TestTenant, body: Value) -> (String, String) {
+    let made = admin(app, tenant, Method::POST, "/v1/api-keys", body).await;
+    (
+        made["api_key"]["id"].as_str().unwrap().to_owned(),
+        made["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn introspect(app: &TestApp, slug: &str, (id, key): (&str, &str), token: &str) -> Value {
+    ok_json(
+        oauth(app, slug, "/oauth/introspect", &[("token", token)])
+            .basic_auth(id, Some(key))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn get(app: &TestApp, slug: &str, token: &str, path: &str) -> Response {
+    app.client
+        .get(app.tenant_url(slug, path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn permissions_of_role(app: &TestApp, tenant: &TestTenant, name: &str) -> Vec<String> {
+    let roles = admin(app, tenant, Method::GET, "/v1/roles?limit=200", Value::Null).await;
+    let role = roles["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()
+        .clone();
+    let mut permissions: Vec<String> = role["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    permissions.sort();
+    permissions
+}
+
+/// A user made over the API (its stored scopes are every permission) holding `role`.
+async fn user_with_role(app: &TestApp, tenant: &TestTenant, email: &str, role: &str) -> String {
+    let user = admin(
+        app,
+        tenant,
+        Method::POST,
+        "/v1/users",
+        json!({ "email": email, "password": PASSWORD }),
+    )
+    .await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    admin(
+        app,
+        tenant,
+        Method::POST,
+        "/v1/role-assignments",
+        json!({ "role": role, "user_id": id }),
+    )
+    .await;
+    id
+}
+
+async fn login(app: &TestApp, slug: &str, email: &str) -> Value {
+    ok_json(
+        app.client
+            .post(app.tenant_url(slug, "/v1/auth/login"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_viewers_login_token_carries_only_the_viewers_permissions() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "vera@acme.test", "viewer").await;
+    let viewer = permissions_of_role(&app, &acme, "viewer").await;
+    let issued = login(&app, "acme", "vera@acme.test").await;
+    let token = issued["access_token"].as_str().unwrap();
+    let carried = scope_set(claims(token)["scope"].as_str().unwrap());
+    assert_eq!(
+        carried,
+        viewer.iter().cloned().collect(),
+        "the token's scope claim"
+    );
+    assert_eq!(scope_set(issued["scope"].as_str().unwrap()), carried);
+    assert!(!carried.contains("keys:manage") && !carried.contains("roles:manage"));
+    // A refresh grants no more either.
+    let refreshed = ok_json(
+        oauth(
+            &app,
+            "acme",
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", issued["refresh_token"].as_str().unwrap()),
+            ],
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        scope_set(
+            claims(refreshed["access_token"].as_str().unwrap())["scope"]
+                .as_str()
+                .unwrap()
+        ),
+        carried
+    );
+}
+
+#[tokio::test]
+async fn introspection_applies_the_resolvers_checks_and_reports_the_effective_scope() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let introspector = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let introspector = (introspector.0.as_str(), introspector.1.as_str());
+    let user = user_with_role(&app, &acme, "ann@acme.test", "admin").await;
+    let issued = login(&app, "acme", "ann@acme.test").await;
+    let access = issued["access_token"].as_str().unwrap().to_owned();
+    let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
+    let active = introspect(&app, "acme", introspector, &access).await;
+    assert_eq!(active["active"], true);
+    assert!(active["scope"].as_str().unwrap().contains("roles:manage"));
+
+    // The user becomes a viewer: the token's text still says admin, introspection says viewer.
+    let assignments = admin(
+        &app,
+        &acme,
+        Method::GET,
+        &format!("/v1/role-assignments?user_id={user}"),
+        Value::Null,
+    )
+    .await;
+    let admin_assignment = assignments["data"][0]["id"].as_str().unwrap().to_owned();
+    admin(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/role-assignments",
+        json!({ "role": "viewer", "user_id": user }),
+    )
+    .await;
+    let removed = as_tenant(
+        &app,
+        &acme,
+        Method::DELETE,
+        &format!("/v1/role-assignments/{admin_assignment}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(removed.status().is_success());
+    let viewer = permissions_of_role(&app, &acme, "viewer").await;
+    let narrowed = introspect(&app, "acme", introspector, &access).await;
+    assert_eq!(narrowed["active"], true);
+    assert_eq!(
+        scope_set(narrowed["scope"].as_str().unwrap()),
+        viewer.iter().cloned().collect()
+    );
+    let refresh_view = introspect(&app, "acme", introspector, &refresh).await;
+    assert_eq!(
+        scope_set(refresh_view["scope"].as_str().unwrap()),
+        viewer.iter().cloned().collect()
+    );
+
+    // Disabled: the API refuses the token, and introspection says inactive, for both tokens.
+    admin(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/users/{user}"),
+        json!({ "status": "disabled" }),
+    )
+    .await;
+    assert_eq!(
+        get(&app, "acme", &access, "/v1/sessions").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        introspect(&app, "acme", introspector, &access).await,
+        json!({ "active": false })
+    );
+    assert_eq!(
+        introspect(&app, "acme", introspector, &refresh).await,
+        json!({ "active": false })
+    );
+}
+
+async fn with_forwarded(request: RequestBuilder, from: &str) -> Response {
+    request
+        .header("x-forwarded-for", from)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
+    let app = spawn_app_with(AppOptions {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..AppOptions::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    // Agent refresh tokens on, so a refresh can be tried too.
+    let mut policy = admin(&app, &acme, Method::GET, "/v1/token-policy", Value::Null).await;
+    policy["agent_refresh_tokens"] = json!(true);
+    admin(&app, &acme, Method::PUT, "/v1/token-policy", policy).await;
+    let (id, key) = client(
+        &app,
+        &acme,
+        json!({ "scopes": ["sessions:read"], "principal": "fenced", "allowed_ips": ["10.9.9.0/24"] }),
+    )
+    .await;
+    let (inside, outside) = ("10.9.9.5", "203.0.113.5");
+    // The key itself: refused outside, as before.
+    let key_outside = with_forwarded(
+        app.client
+            .get(app.tenant_url("acme", "/v1/sessions"))
+            .bearer_auth(&key),
+        outside,
+    )
+    .await;
+    assert_eq!(key_outside.status(), StatusCode::UNAUTHORIZED);
+    let issued = ok_json(
+        with_forwarded(
+            oauth(
+                &app,
+                "acme",
+                "/oauth/token",
+                &[("grant_type", "client_credentials")],
+            )
+            .basic_auth(&id, Some(&key)),
+            inside,
+        )
+        .await,
+    )
+    .await;
+    let token = issued["access_token"].as_str().unwrap().to_owned();
+    let use_from = |token: String, from: &'static str| {
+        let request = app
+            .client
+            .get(app.tenant_url("acme", "/v1/sessions"))
+            .bearer_auth(token);
+        with_forwarded(request, from)
+    };
+    assert_eq!(
+        use_from(token.clone(), inside).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        use_from(token.clone(), outside).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // No address known at all (no X-Forwarded-For from the trusted proxy): refused too.
+    assert_eq!(
+        get(&app, "acme", &token, "/v1/sessions").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Exchanged from it: still bound.
+    let exchanged = ok_json(
+        with_forwarded(
+            oauth(
+                &app,
+                "acme",
+                "/oauth/token",
+                &[
+                    ("grant_type", EXCHANGE),
+                    ("subject_token", &token),
+                    ("subject_token_type", AT),
+                    ("audience", "helper-agent"),
+                ],
+            ),
+            inside,
+        )
+        .await,
+    )
+    .await;
+    let delegated = exchanged["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        use_from(delegated.clone(), inside).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        use_from(delegated.clone(), outside).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Refreshed: the new access token is bound too.
+    let refreshed = ok_json(
+        with_forwarded(
+            oauth(
+                &app,
+                "acme",
+                "/oauth/token",
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", issued["refresh_token"].as_str().unwrap()),
+                ],
+            )
+            .basic_auth(&id, Some(&key)),
+            inside,
+        )
+        .await,
+    )
+    .await;
+    let renewed = refreshed["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        use_from(renewed.clone(), inside).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        use_from(renewed, outside).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Introspection reports the restriction, for a resource server to apply.
+    let introspector = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let seen = introspect(&app, "acme", (&introspector.0, &introspector.1), &delegated).await;
+    assert_eq!(seen["active"], true);
+    assert_eq!(seen["allowed_networks"], json!([["10.9.9.0/24"]]));
+}
+
+#[tokio::test]
+async fn a_delegated_actor_token_passes_on_its_whole_chain() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let token_of = |scopes: Value, principal: &'static str| {
+        let (app, acme) = (&app, &acme);
+        async move {
+            let (id, key) = client(
+                app,
+                acme,
+                json!({ "scopes": scopes, "principal": principal }),
+            )
+            .await;
+            ok_json(
+                oauth(
+                    app,
+                    "acme",
+                    "/oauth/token",
+                    &[("grant_type", "client_credentials")],
+                )
+                .basic_auth(&id, Some(&key))
+                .send()
+                .await
+                .unwrap(),
+            )
+            .await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let root = token_of(json!(["sessions:read", "audit:read"]), "root-agent").await;
+    let planner = token_of(json!(["sessions:read", "audit:read"]), "planner").await;
+    // The planner's own token is delegated to a worker: act = {worker}.
+    let exchange = |subject: String, extra: Vec<(&'static str, String)>| {
+        let app = &app;
+        async move {
+            let mut pairs: Vec<(&str, String)> = vec![
+                ("grant_type", EXCHANGE.into()),
+                ("subject_token", subject),
+                ("subject_token_type", AT.into()),
+            ];
+            pairs.extend(extra);
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            ok_json(
+                oauth(app, "acme", "/oauth/token", &pairs)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let worker_as_planner = exchange(planner, vec![("audience", "worker".into())]).await;
+    assert_eq!(
+        claims(&worker_as_planner)["act"],
+        json!({ "sub": "worker" })
+    );
+    // Root delegates to the planner, who presents that delegated token as the actor.
+    let chained = exchange(
+        root,
+        vec![
+            ("actor_token", worker_as_planner),
+            ("actor_token_type", AT.into()),
+        ],
+    )
+    .await;
+    let act = &claims(&chained)["act"];
+    assert_eq!(
+        act,
+        &json!({ "sub": "worker", "act": { "sub": "planner" } }),
+        "the actor's own chain is nested, the current actor outermost"
+    );
+    // The exchange's audit event and the events of the new token's use carry the whole chain.
+    let used = get(
+        &app,
+        "acme",
+        &chained,
+        "/v1/audit/events?action=auth.token_exchange",
+    )
+    .await;
+    assert_eq!(used.status(), StatusCode::OK);
+    let events = admin(
+        &app,
+        &acme,
+        Method::GET,
+        "/v1/audit/events?action=auth.token_exchange",
+        Value::Null,
+    )
+    .await;
+    let jti = claims(&chained)["jti"].as_str().unwrap().to_owned();
+    let event = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource_id"] == jti.as_str())
+        .unwrap_or_else(|| panic!("no exchange event for {jti}: {events}"))
+        .clone();
+    assert_eq!(event["delegation"], json!(["worker", "planner"]));
+    assert_eq!(event["metadata"]["act"], *act);
+}
+
+async fn status_in(pool: &PgPool, tenant: bulkhead_core::TenantId) -> String {
+    sqlx::query_scalar("SELECT status FROM bulkhead.tenants WHERE id = $1")
+        .bind(tenant.uuid())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn status_events(pool: &PgPool, tenant: bulkhead_core::TenantId) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT action, actor_id FROM bulkhead.audit_events \
+         WHERE tenant_id = $1 AND action IN ('tenant.suspend', 'tenant.activate') ORDER BY id",
+    )
+    .bind(tenant.uuid())
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_status_change_reaches_every_copy_or_none_and_is_audited() {
+    let us = TestDb::new().await;
+    let eu = TestDb::new().await;
+    let regional = |store: Store, eu_pool: PgPool| {
+        store.reconfigured(move |t| {
+            t.default_region = "us".into();
+            t.regions = vec![("eu".into(), eu_pool)];
+            t.master_key = Some(Arc::new(test_master_key()));
+        })
+    };
+    let owner = regional(us.owner_store().await, eu.owner_pool().await);
+    let onboard = |slug: &'static str, region: &'static str| {
+        let owner = owner.clone();
+        async move {
+            bulkhead_server::tenants::onboard(
+                &owner,
+                &bulkhead_test_support::test_peppers(),
+                bulkhead_auth::KeyEnvironment::Live,
+                &bulkhead_store::registry::NewTenant {
+                    slug: bulkhead_core::TenantSlug::parse(slug).unwrap(),
+                    display_name: slug.into(),
+                    plan: bulkhead_store::registry::Plan::Standard,
+                    region: region.into(),
+                    placement: Placement::Shared,
+                },
+            )
+            .await
+            .unwrap()
+            .tenant
+            .id
+        }
+    };
+    let eu_tenant = onboard("eu-co", "eu").await;
+    let us_tenant = onboard("us-co", "us").await;
+    let us_su = PgPool::connect_with(us.superuser_options.clone())
+        .await
+        .unwrap();
+    let eu_su = PgPool::connect_with(eu.superuser_options.clone())
+        .await
+        .unwrap();
+
+    // Run where the EU is not configured: refused, naming the region, and nothing changed.
+    let us_only = us
+        .owner_store()
+        .await
+        .reconfigured(|t| t.default_region = "us".into());
+    let refused = us_only
+        .set_tenant_status_by(eu_tenant, TenantStatus::Suspended, "cli:ops")
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::WrongRegion(region)) if region == "eu"),
+        "{refused:?}"
+    );
+    assert!(refused.unwrap_err().to_string().contains("eu"));
+    assert_eq!(status_in(&us_su, eu_tenant).await, "active");
+    assert_eq!(status_in(&eu_su, eu_tenant).await, "active");
+    assert!(status_events(&eu_su, eu_tenant).await.is_empty());
+
+    // Where it is: both copies, and the tenant's own log, with the operator as actor.
+    owner
+        .set_tenant_status_by(eu_tenant, TenantStatus::Suspended, "cli:ops")
+        .await
+        .unwrap();
+    assert_eq!(status_in(&us_su, eu_tenant).await, "suspended");
+    assert_eq!(status_in(&eu_su, eu_tenant).await, "suspended");
+    owner
+        .set_tenant_status_by(eu_tenant, TenantStatus::Active, "cli:ops")
+        .await
+        .unwrap();
+    assert_eq!(status_in(&us_su, eu_tenant).await, "active");
+    assert_eq!(status_in(&eu_su, eu_tenant).await, "active");
+    assert_eq!(
+        status_events(&eu_su, eu_tenant).await,
+        vec![
+            ("tenant.suspend".to_owned(), "system:operator".to_owned()),
+            ("tenant.activate".to_owned(), "system:operator".to_owned()),
+        ]
+    );
+    // A tenant in the registry's own database: one transaction, audited the same way.
+    owner
+        .set_tenant_status_by(us_tenant, TenantStatus::Suspended, "cli:ops")
+        .await
+        .unwrap();
+    assert_eq!(status_in(&us_su, us_tenant).await, "suspended");
+    assert_eq!(
+        status_events(&us_su, us_tenant).await,
+        vec![("tenant.suspend".to_owned(), "system:operator".to_owned())]
+    );
+    let operator: String = sqlx::query_scalar(
+        "SELECT metadata->>'operator' FROM bulkhead.audit_events \
+         WHERE tenant_id = $1 AND action = 'tenant.suspend'",
+    )
+    .bind(us_tenant.uuid())
+    .fetch_one(&us_su)
+    .await
+    .unwrap();
+    assert_eq!(operator, "cli:ops");
+}
+
+#[tokio::test]
+async fn a_suspended_tenants_user_can_still_log_out() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ann@acme.test", "viewer").await;
+    let issued = login(&app, "acme", "ann@acme.test").await;
+    let access = issued["access_token"].as_str().unwrap().to_owned();
+    app.db
+        .owner_store()
+        .await
+        .set_tenant_status(acme.id, TenantStatus::Suspended)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // the registry cache's TTL
+    assert_eq!(
+        get(&app, "acme", &access, "/v1/sessions").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let logout = app
+        .client
+        .post(app.tenant_url("acme", "/v1/auth/logout"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    // The session is over: once the tenant is back, the token and its refresh are dead.
+    app.db
+        .owner_store()
+        .await
+        .set_tenant_status(acme.id, TenantStatus::Active)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        get(&app, "acme", &access, "/v1/sessions").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
