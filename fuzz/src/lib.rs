@@ -785,3 +785,45 @@ pub fn screening(data: &[u8]) {
         }
     }
 }
+
+/// Tenant JSON Schemas under the shipped bounds (`bulkhead_schema`): the bytes are a corpus case
+/// (schema and input, as in `crates/schema/corpus/`) or a bare schema tried on a few inputs.
+/// Compiling and evaluating must never panic, and each finishes within its budget: an accepted
+/// schema's validation either answers or is refused as too costly, never loops (libFuzzer's
+/// timeout catches a stall, its RSS limit a blow-up).
+pub fn schema(data: &[u8]) {
+    use bulkhead_schema::corpus::Case;
+    use bulkhead_schema::{BoundedSchema, Limits};
+    use serde_json::{json, Value};
+
+    let (schema, inputs) = match Case::parse(data) {
+        Some(case) => (case.schema, vec![case.input]),
+        None => {
+            let Ok(schema) = serde_json::from_slice::<Value>(data) else {
+                return;
+            };
+            let mut nested = json!({ "x": "s" });
+            for _ in 0..32 {
+                nested = json!({ "x": nested, "a": [nested.clone()] });
+                if nested.to_string().len() > 64 * 1024 {
+                    break;
+                }
+            }
+            let inputs = vec![
+                json!({ "x": "s" }),
+                json!({ "x": 1, "y": [1, 2, 3], "z": { "a": null } }),
+                json!({ "x": "ab".repeat(20_000) }),
+                nested,
+            ];
+            (schema, inputs)
+        }
+    };
+    let limits = Limits::default();
+    if let Ok(compiled) = BoundedSchema::compile(&schema, &limits) {
+        for input in &inputs {
+            if let Ok(errors) = compiled.validate(input, 5) {
+                assert!(errors.len() <= 5);
+            }
+        }
+    }
+}

@@ -63,6 +63,11 @@ pub enum ApiError {
     /// 504: the tool did not answer in time.
     #[error("tool timed out")]
     ToolTimeout,
+    /// 503 with `Retry-After`: the bounded pool that evaluates tenant JSON Schemas is full (or
+    /// this tenant holds its share of it), or the evaluation missed its deadline. Nothing was
+    /// sent.
+    #[error("schema evaluation busy")]
+    SchemaBusy,
     /// 403: the request would create or move a resource outside the credential's resource
     /// prefix.
     #[error("outside the resource prefix")]
@@ -308,6 +313,12 @@ impl ApiError {
                 "Service Unavailable",
                 "the service is temporarily unavailable; retry later".into(),
             ),
+            SchemaBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem_type!("schema-evaluation-busy"),
+                "Service Unavailable",
+                "schema evaluation is busy or took too long; nothing was sent; retry after the time in Retry-After".into(),
+            ),
             TenantMoving => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 problem_type!("tenant-moving"),
@@ -368,7 +379,7 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::LOCATION, value);
             }
         }
-        if matches!(self, ApiError::TenantMoving) {
+        if matches!(self, ApiError::TenantMoving | ApiError::SchemaBusy) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(2u32));

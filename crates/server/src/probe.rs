@@ -106,6 +106,8 @@ pub enum Attack {
     /// A token of B confined to a resource prefix (and delegated) tries every creating route
     /// and every list: it creates nothing and lists nothing outside its prefix.
     ConfinedToken,
+    /// B registers and calls hostile JSON Schemas while A keeps being served.
+    HostileSchema,
 }
 
 impl Attack {
@@ -127,6 +129,7 @@ impl Attack {
         Attack::InternalUrls,
         Attack::ForeignTokens,
         Attack::ConfinedToken,
+        Attack::HostileSchema,
     ];
 
     fn short(self) -> &'static str {
@@ -148,6 +151,7 @@ impl Attack {
             Attack::InternalUrls => "ssrf",
             Attack::ForeignTokens => "tokens",
             Attack::ConfinedToken => "confin",
+            Attack::HostileSchema => "schema",
         }
     }
 }
@@ -412,6 +416,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
     }
     probe.foreign_tokens(&victim, &attacker).await?;
     probe.confined_token(&operations).await?;
+    probe.hostile_schemas().await?;
     probe.check_unchanged(&victim).await?;
     probe.clean_up(&mut victim, &attacker).await;
     Ok(Report {
@@ -1408,6 +1413,87 @@ impl Probe {
     }
 
     /// A's resources must be exactly as they were.
+    /// Issues 26 and 27: B registers each hostile case of the schema corpus (cycles, fan-out,
+    /// deep nesting, huge enums, slow patterns with ~900 KB inputs, remote refs) and, where
+    /// registration accepts it, calls it, while A lists its tools at the same time. B must be
+    /// refused (422) at registration or at the call, and A answered (200), every time. The
+    /// endpoint URL is never reached: a refused input sends nothing.
+    async fn hostile_schemas(&mut self) -> anyhow::Result<()> {
+        use bulkhead_schema::corpus::{self, Expect};
+        let b_key = self.config.tenant_b.admin_key.clone();
+        let a_key = self.config.tenant_a.admin_key.clone();
+        for case in corpus::all() {
+            if case.expect == Expect::Accepted {
+                continue;
+            }
+            let name: String = format!("probe-{}", case.name.replace('_', "-"))
+                .chars()
+                .take(64)
+                .collect();
+            let create = json!({
+                "name": name,
+                "description": "Probe: hostile input schema.",
+                "input_schema": case.schema,
+                "endpoint_url": "https://tool.probe.example/run",
+            });
+            let call = json!({ "input": case.input });
+            let b = async {
+                let (status, text) = self
+                    .send(
+                        Host::B,
+                        Some(&b_key),
+                        Method::POST,
+                        "/v1/tools",
+                        Some(&create),
+                    )
+                    .await?;
+                if status != StatusCode::CREATED {
+                    return anyhow::Ok((status, None, text));
+                }
+                let path = format!("/v1/tools/{name}/calls");
+                let called = self
+                    .send(Host::B, Some(&b_key), Method::POST, &path, Some(&call))
+                    .await;
+                let _ = self
+                    .send(
+                        Host::B,
+                        Some(&b_key),
+                        Method::DELETE,
+                        &format!("/v1/tools/{name}"),
+                        None,
+                    )
+                    .await;
+                let (called, text) = called?;
+                Ok((status, Some(called), text))
+            };
+            let a = self.send(Host::A, Some(&a_key), Method::GET, "/v1/tools", None);
+            let (b, a) = tokio::join!(b, a);
+            let (a_status, _) = a?;
+            let (created, called, text) = b?;
+            let refused = match called {
+                None => created == StatusCode::UNPROCESSABLE_ENTITY,
+                Some(called) => called == StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            let verdict = if refused && a_status == StatusCode::OK {
+                Verdict::Refused
+            } else {
+                Verdict::Unexpected
+            };
+            let detail = format!(
+                "B registration {created}, B call {}, A {a_status}: {}",
+                called.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                text.chars().take(200).collect::<String>()
+            );
+            self.record(
+                &format!("POST /v1/tools (schema {})", case.name),
+                Attack::HostileSchema,
+                verdict,
+                detail,
+            );
+        }
+        Ok(())
+    }
+
     async fn check_unchanged(&mut self, victim: &Victim) -> anyhow::Result<()> {
         for (what, before) in &victim.snapshots {
             let path = what.split_once(' ').map_or(what.as_str(), |(_, p)| p);

@@ -32,6 +32,7 @@ struct Inner {
     ceilings: crate::ceilings::RoleCeilings,
     audit: std::sync::OnceLock<Arc<crate::audit_log::AuditService>>,
     tool_client: std::sync::OnceLock<bulkhead_webhooks::EgressClient>,
+    schema_pool: std::sync::OnceLock<bulkhead_schema::Evaluator>,
     screener: std::sync::OnceLock<
         Result<Arc<bulkhead_screening::Screener>, bulkhead_screening::RuleError>,
     >,
@@ -99,6 +100,7 @@ impl AppState {
                 audit: std::sync::OnceLock::new(),
                 ceilings: Default::default(),
                 tool_client: std::sync::OnceLock::new(),
+                schema_pool: std::sync::OnceLock::new(),
                 screener: std::sync::OnceLock::new(),
             }),
         }
@@ -182,6 +184,14 @@ impl AppState {
             },
         )?;
         Ok(self.inner.tool_client.get_or_init(|| client))
+    }
+
+    /// The bounded pool that compiles and evaluates tenant JSON Schemas off the async runtime
+    /// (`bulkhead_schema::Evaluator::with_defaults`), started on first use.
+    pub fn schema_pool(&self) -> &bulkhead_schema::Evaluator {
+        self.inner
+            .schema_pool
+            .get_or_init(bulkhead_schema::Evaluator::with_defaults)
     }
 
     /// Installs the tool-call client (the operator's proxy; in tests a loopback resolver and a

@@ -15,6 +15,9 @@ pub enum Outcome {
     Failure,
     /// A guard stopped it.
     Blocked,
+    /// An outbound action is about to leave (recorded and committed before it does); a second
+    /// event with the same id in its metadata says how it ended.
+    Started,
 }
 
 impl Outcome {
@@ -24,6 +27,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Blocked => "blocked",
+            Outcome::Started => "started",
         }
     }
 }

@@ -84,6 +84,8 @@ pub enum Reply {
     Status(u16, Vec<(String, String)>, String),
     /// Never answer (the connection stays open until the client gives up).
     Hang,
+    /// Wait this long, then answer like the inner reply (a slow endpoint that does answer).
+    After(std::time::Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -246,6 +248,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
     let reply = reply
         .or_else(|| state.default.lock().expect("default").clone())
         .unwrap_or(Reply::status(200));
+    let mut reply = reply;
+    while let Reply::After(delay, inner) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
     match reply {
         Reply::Hang => {
             // Hold the connection until the client closes it.
@@ -264,5 +271,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
             let _ = stream.write_all(out.as_bytes()).await;
             let _ = stream.shutdown().await;
         }
+        Reply::After(..) => unreachable!("unwrapped above"),
     }
 }

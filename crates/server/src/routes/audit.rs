@@ -145,9 +145,12 @@ async fn list_events(
     let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = query.cursor.as_deref().map(parse_event_id).transpose()?;
     if let Some(outcome) = &query.outcome {
-        if !matches!(outcome.as_str(), "success" | "failure" | "blocked") {
+        if !matches!(
+            outcome.as_str(),
+            "success" | "failure" | "blocked" | "started"
+        ) {
             return Err(ApiError::Invalid(
-                "outcome is success, failure or blocked".into(),
+                "outcome is success, failure, blocked or started".into(),
             ));
         }
     }

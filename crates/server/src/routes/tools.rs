@@ -228,41 +228,52 @@ async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<S
     }
 }
 
-/// A validator for a tenant's schema: external references are never fetched, `pattern` runs
-/// on the linear-time `regex` engine (a tenant's pattern cannot backtrack for ever).
-fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
-    struct NoRetrieval;
-    impl jsonschema::Retrieve for NoRetrieval {
-        fn retrieve(
-            &self,
-            _uri: &jsonschema::Uri<String>,
-        ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-            Err("external references are not fetched".into())
-        }
+/// The bounds a tenant's input schema is held to (`bulkhead_schema`): the shipped defaults,
+/// with the size cap this API documents.
+pub(crate) fn schema_limits() -> bulkhead_schema::Limits {
+    bulkhead_schema::Limits {
+        max_bytes: MAX_SCHEMA_BYTES,
+        ..bulkhead_schema::Limits::default()
     }
-    jsonschema::options()
-        .with_retriever(NoRetrieval)
-        .with_pattern_options(jsonschema::PatternOptions::regex().size_limit(1 << 20))
-        .build(schema)
-        .map_err(|e| e.to_string().chars().take(300).collect())
 }
 
-/// Checks the shape of an input schema: an object schema of bounded size that compiles.
-fn check_schema(schema: &Value) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len());
-    if size > MAX_SCHEMA_BYTES {
-        return Err(ApiError::Invalid(
-            format!("input_schema is limited to {MAX_SCHEMA_BYTES} bytes of JSON").into(),
-        ));
-    }
+/// Checks an input schema: an object schema that `bulkhead_schema` can evaluate in bounded
+/// time and memory (no remote or cyclic references, bounded size, depth, expansion, enums and
+/// patterns). The check runs on the schema pool, off the async runtime. A refusal is audited
+/// (`tool.blocked`, stage `schema`, with the reason) and answered 422 naming why.
+async fn check_schema(
+    state: &AppState,
+    ctx: &TenantContext,
+    schema: &Value,
+) -> Result<(), ApiError> {
     if schema.get("type").and_then(Value::as_str) != Some("object") {
         return Err(ApiError::Invalid(
             "input_schema must be an object schema (`\"type\": \"object\"`)".into(),
         ));
     }
-    validator(schema).map(|_| ()).map_err(|e| {
-        ApiError::Invalid(format!("input_schema is not a valid JSON Schema: {e}").into())
-    })
+    let owned = schema.clone();
+    let checked = state
+        .schema_pool()
+        .run(&ctx.tenant_id().to_string(), move || {
+            bulkhead_schema::BoundedSchema::compile(&owned, &schema_limits()).map(|_| ())
+        })
+        .await
+        .map_err(|_| ApiError::SchemaBusy)?;
+    let Err(refusal) = checked else {
+        return Ok(());
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        "tool.blocked",
+        None,
+        Outcome::Blocked,
+        json!({ "stage": "schema", "reason": refusal.reason() }),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), reason = refusal.reason(), "tool input schema refused");
+    Err(ApiError::Invalid(format!("input_schema: {refusal}").into()))
 }
 
 async fn load_policy(
@@ -294,7 +305,7 @@ async fn create(
     let name =
         ToolName::parse(&body.name).map_err(|e| ApiError::Invalid(format!("name: {e}").into()))?;
     let schema = Value::Object(body.input_schema);
-    check_schema(&schema)?;
+    check_schema(&state, ctx, &schema).await?;
     let url = check_url(&state, ctx, &body.endpoint_url).await?;
     let screener = screen::screener(&state)?;
     let mut report = Report::new(screener, load_policy(&state, ctx).await?);
@@ -307,7 +318,7 @@ async fn create(
         report.record_alone(&state, ctx, &subject).await?;
         return Err(report.rejection());
     }
-    check_schema(&schema)?;
+    check_schema(&state, ctx, &schema).await?;
     let secret = Secret::generate();
     let new = NewTool {
         name,
@@ -446,7 +457,7 @@ async fn update(
     let name = parse_name(&name)?;
     let schema = body.input_schema.map(Value::Object);
     if let Some(schema) = &schema {
-        check_schema(schema)?;
+        check_schema(&state, ctx, schema).await?;
     }
     let url = match &body.endpoint_url {
         Some(url) => Some(check_url(&state, ctx, url).await?),
@@ -465,7 +476,7 @@ async fn update(
         return Err(report.rejection());
     }
     if let Some(schema) = &schema {
-        check_schema(schema)?;
+        check_schema(&state, ctx, schema).await?;
     }
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let current = store::get(&mut tx, &name).await?;
@@ -622,29 +633,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// What a call's audit event says.
-struct CallRecord<'a> {
+struct CallRecord {
     call_id: ToolCallId,
-    tool: &'a ToolName,
+    tool: ToolName,
     tool_id: Option<String>,
     version: Option<i32>,
     input_sha256: Option<String>,
     outcome: Outcome,
-    result: &'a str,
+    result: &'static str,
     status: Option<u16>,
     latency_ms: u64,
+    /// The `started` event this result closes (calls that sent something).
+    start_event: Option<String>,
 }
 
-/// The audit event of a call: caller (the transaction's actor), delegation chain (the
-/// credential's, filled in by the audit store), tool, input hash, outcome, latency.
+/// The audit event of a call's end: caller (the transaction's actor), delegation chain (the
+/// credential's, filled in by the audit store), tool, input hash, outcome, latency, and for a
+/// call that was sent, the id of its `started` event (the two also share `call_id`).
 async fn audit_call(
     state: &AppState,
     ctx: &TenantContext,
-    r: &CallRecord<'_>,
+    r: &CallRecord,
     output: Option<&Report<'_>>,
 ) -> Result<(), ApiError> {
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     if let Some(report) = output {
-        report.record(&mut tx, &subject(r.tool)).await?;
+        report.record(&mut tx, &subject(&r.tool)).await?;
     }
     audit::record_event(
         &mut tx,
@@ -659,6 +673,7 @@ async fn audit_call(
                 "status": r.status,
                 "latency_ms": r.latency_ms,
                 "output_rules": output.map(Report::rules),
+                "start_event_id": r.start_event,
             }),
             ..NewEvent::new("tool.call", r.outcome)
         },
@@ -667,6 +682,63 @@ async fn audit_call(
     tx.commit().await?;
     tracing::info!(target: "bulkhead::audit", action = "tool.call", tenant_id = %ctx.tenant_id(), actor_id = %ctx.actor().audit_id(), tool = %r.tool, result = r.result, latency_ms = r.latency_ms, "tool call");
     Ok(())
+}
+
+/// The `started` event of a call, committed before the request leaves: if this write fails,
+/// nothing is sent. Returns its id.
+async fn audit_start(
+    state: &AppState,
+    ctx: &TenantContext,
+    r: &CallRecord,
+) -> Result<String, ApiError> {
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let id = audit::record_event(
+        &mut tx,
+        &NewEvent {
+            resource_id: r.tool_id.as_deref(),
+            metadata: json!({
+                "call_id": r.call_id,
+                "tool": r.tool.as_str(),
+                "version": r.version,
+                "input_sha256": r.input_sha256,
+                "result": "started",
+            }),
+            ..NewEvent::new("tool.call", Outcome::Started)
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id.to_string())
+}
+
+/// Compiles the stored schema and validates `input` under the bounds, on the schema pool.
+/// Gives the input back with the verdict.
+async fn validate_input(
+    state: &AppState,
+    ctx: &TenantContext,
+    schema: Value,
+    input: Value,
+) -> Result<(Value, Result<Vec<String>, InputRefusal>), bulkhead_schema::PoolError> {
+    state
+        .schema_pool()
+        .run(&ctx.tenant_id().to_string(), move || {
+            let verdict = match bulkhead_schema::BoundedSchema::compile(&schema, &schema_limits()) {
+                Err(e) => Err(InputRefusal::Schema(e)),
+                Ok(compiled) => compiled
+                    .validate(&input, MAX_REPORTED_ERRORS)
+                    .map_err(InputRefusal::Input),
+            };
+            (input, verdict)
+        })
+        .await
+}
+
+/// Why a call's input was not validated.
+enum InputRefusal {
+    /// The stored schema no longer passes the bounds (registered before they existed).
+    Schema(bulkhead_schema::SchemaError),
+    /// This input would cost more than the bounds allow.
+    Input(bulkhead_schema::SchemaError),
 }
 
 #[utoipa::path(
@@ -678,8 +750,9 @@ async fn audit_call(
         (status = 403, description = "The credential lacks `tools:call:<name>` (or `tools:call:*`)"),
         (status = 404, description = "No such tool (or another tenant's)"),
         (status = 409, description = "The tool is disabled"),
-        (status = 422, description = "The input does not match the tool's schema"),
+        (status = 422, description = "The input does not match the tool's schema, or would cost more to validate than the bounds allow"),
         (status = 502, description = "The tool failed, answered too much, or its answer was refused by screening"),
+        (status = 503, description = "Schema evaluation is busy, or the call could not be recorded (nothing was sent)"),
         (status = 504, description = "The tool did not answer in time"),
     ),
     security(("bearer" = ["tools:call:<name>"])),
@@ -694,11 +767,9 @@ async fn call(
     let name = parse_name(&name)?;
     let ctx = &tenant.0;
     let call_id = ToolCallId::new();
-    let elapsed =
-        |started: Instant| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut record = CallRecord {
         call_id,
-        tool: &name,
+        tool: name.clone(),
         tool_id: None,
         version: None,
         input_sha256: None,
@@ -706,6 +777,7 @@ async fn call(
         result: "missing_scope",
         status: None,
         latency_ms: 0,
+        start_event: None,
     };
     // The permission: a function of the credential and the path alone, decided before the
     // registry is read, so it tells nothing about which tools exist.
@@ -745,29 +817,46 @@ async fn call(
         audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::Conflict("the tool is disabled".into()));
     }
-    let validator = validator(&tool.input_schema)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schema does not compile: {e}")))?;
-    let errors: Vec<String> = validator
-        .iter_errors(&body.input)
-        .take(MAX_REPORTED_ERRORS)
-        .map(|e| {
-            let text = format!("{}: {e}", e.instance_path);
-            text.chars().take(200).collect()
-        })
-        .collect();
-    if !errors.is_empty() {
+    // Off the async runtime, on the bounded schema pool: a tenant's schema and input cannot
+    // stall or crash the server (crates/schema).
+    let validated = validate_input(&state, ctx, tool.input_schema.clone(), body.input).await;
+    let refused = |record: &mut CallRecord, result: &'static str| {
         record.outcome = Outcome::Failure;
-        record.result = "invalid_input";
+        record.result = result;
         record.latency_ms = elapsed(started);
-        audit_call(&state, ctx, &record, None).await?;
-        return Err(ApiError::Invalid(
-            format!(
-                "input does not match the tool's schema: {}",
-                errors.join("; ")
-            )
-            .into(),
-        ));
-    }
+    };
+    let input = match validated {
+        Err(_) => {
+            refused(&mut record, "validation_busy");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::SchemaBusy);
+        }
+        Ok((_, Err(InputRefusal::Schema(e)))) => {
+            refused(&mut record, "schema_refused");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::Invalid(
+                format!("the tool's input_schema exceeds the schema bounds ({e}); replace it with PATCH")
+                    .into(),
+            ));
+        }
+        Ok((_, Err(InputRefusal::Input(e)))) => {
+            refused(&mut record, "input_too_costly");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::Invalid(format!("input: {e}").into()));
+        }
+        Ok((_, Ok(errors))) if !errors.is_empty() => {
+            refused(&mut record, "invalid_input");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::Invalid(
+                format!(
+                    "input does not match the tool's schema: {}",
+                    errors.join("; ")
+                )
+                .into(),
+            ));
+        }
+        Ok((input, Ok(_))) => input,
+    };
 
     let payload = json!({
         "type": "tool.call",
@@ -779,7 +868,7 @@ async fn call(
             "actor_type": ctx.actor().audit_type(),
             "delegation": ctx.actor().delegation(),
         },
-        "input": body.input,
+        "input": input,
     });
     let body_bytes =
         bytes::Bytes::from(serde_json::to_vec(&payload).map_err(|e| ApiError::Internal(e.into()))?);
@@ -794,99 +883,153 @@ async fn call(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    let client = state
-        .tool_client()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool client: {e}")))?;
-    let settings = &state.config().tools;
-    let outcome = client
-        .post_capped(
-            &tool.endpoint_url,
+
+    // The start is committed before anything leaves; if it cannot be, nothing is sent.
+    record.start_event = Some(audit_start(&state, ctx, &record).await?);
+    // From here the call and its result event run in their own task: a client that
+    // disconnects drops this handler, not the call, so what was sent is always recorded.
+    let outbound = Outbound {
+        state: state.clone(),
+        ctx: ctx.clone(),
+        record,
+        tool,
+        headers,
+        body: body_bytes,
+        policy,
+        started,
+    };
+    tokio::spawn(outbound.run())
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool call task: {e}")))?
+        .map(axum::Json)
+}
+
+fn elapsed(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A call whose `started` event is committed: everything it needs to send the request and
+/// record the result, owned, so it can outlive the request that started it.
+struct Outbound {
+    state: AppState,
+    ctx: TenantContext,
+    record: CallRecord,
+    tool: Tool,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+    policy: bulkhead_screening::Policy,
+    started: Instant,
+}
+
+impl Outbound {
+    async fn run(self) -> Result<CallResult, ApiError> {
+        let Outbound {
+            state,
+            ctx,
+            mut record,
+            tool,
             headers,
-            body_bytes,
-            settings.max_response_bytes,
-            settings.call_timeout,
-        )
-        .await;
-    record.latency_ms = elapsed(started);
-    let answer = match outcome {
-        CappedOutcome::Response {
-            status,
-            content_type,
             body,
-            ..
-        } => {
-            record.status = Some(status);
-            if (200..300).contains(&status) {
-                record.outcome = Outcome::Success;
-                record.result = "success";
-                let is_json = content_type
-                    .as_deref()
-                    .is_some_and(|t| t.starts_with("application/json"));
-                let output = if is_json {
-                    serde_json::from_slice(&body).unwrap_or_else(|_| {
+            policy,
+            started,
+        } = self;
+        let ctx = &ctx;
+        let state = &state;
+        let client = state
+            .tool_client()
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool client: {e}")))?;
+        let settings = &state.config().tools;
+        let outcome = client
+            .post_capped(
+                &tool.endpoint_url,
+                headers,
+                body,
+                settings.max_response_bytes,
+                settings.call_timeout,
+            )
+            .await;
+        record.latency_ms = elapsed(started);
+        let answer = match outcome {
+            CappedOutcome::Response {
+                status,
+                content_type,
+                body,
+                ..
+            } => {
+                record.status = Some(status);
+                if (200..300).contains(&status) {
+                    record.outcome = Outcome::Success;
+                    record.result = "success";
+                    let is_json = content_type
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with("application/json"));
+                    let output = if is_json {
+                        serde_json::from_slice(&body).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&body).into_owned())
+                        })
+                    } else {
                         Value::String(String::from_utf8_lossy(&body).into_owned())
-                    })
+                    };
+                    Ok(output)
                 } else {
-                    Value::String(String::from_utf8_lossy(&body).into_owned())
-                };
-                Ok(output)
-            } else {
+                    record.outcome = Outcome::Failure;
+                    record.result = "tool_error";
+                    Err(ApiError::ToolFailed(status))
+                }
+            }
+            CappedOutcome::TooLarge { status, .. } => {
+                record.status = Some(status);
                 record.outcome = Outcome::Failure;
-                record.result = "tool_error";
-                Err(ApiError::ToolFailed(status))
+                record.result = "response_too_large";
+                Err(ApiError::ToolResponseTooLarge(settings.max_response_bytes))
             }
-        }
-        CappedOutcome::TooLarge { status, .. } => {
-            record.status = Some(status);
-            record.outcome = Outcome::Failure;
-            record.result = "response_too_large";
-            Err(ApiError::ToolResponseTooLarge(settings.max_response_bytes))
-        }
-        CappedOutcome::Blocked(refusal) => {
+            CappedOutcome::Blocked(refusal) => {
+                record.outcome = Outcome::Blocked;
+                record.result = "egress_blocked";
+                Err(ApiError::ToolEndpointRefused(refusal.to_string()))
+            }
+            CappedOutcome::Transport { class, .. } => {
+                record.outcome = Outcome::Failure;
+                if class == "timeout" {
+                    record.result = "timeout";
+                    Err(ApiError::ToolTimeout)
+                } else {
+                    record.result = "unreachable";
+                    Err(ApiError::ToolUnreachable(class))
+                }
+            }
+        };
+        let output = match answer {
+            Ok(output) => output,
+            Err(err) => {
+                audit_call(state, ctx, &record, None).await?;
+                return Err(err);
+            }
+        };
+        // The answer enters the agent's context: screened like everything else a tenant
+        // supplies.
+        let screener = screen::screener(state)?;
+        let mut report = Report::new(screener, policy);
+        let output = report.output(&output);
+        if report.rejected() {
             record.outcome = Outcome::Blocked;
-            record.result = "egress_blocked";
-            Err(ApiError::ToolEndpointRefused(refusal.to_string()))
+            record.result = "output_rejected";
+            audit_call(state, ctx, &record, Some(&report)).await?;
+            return Err(ApiError::ToolOutputRejected(report.rules().join(", ")));
         }
-        CappedOutcome::Transport { class, .. } => {
-            record.outcome = Outcome::Failure;
-            if class == "timeout" {
-                record.result = "timeout";
-                Err(ApiError::ToolTimeout)
-            } else {
-                record.result = "unreachable";
-                Err(ApiError::ToolUnreachable(class))
-            }
-        }
-    };
-    let output = match answer {
-        Ok(output) => output,
-        Err(err) => {
-            audit_call(&state, ctx, &record, None).await?;
-            return Err(err);
-        }
-    };
-    // The answer enters the agent's context: screened like everything else a tenant supplies.
-    let screener = screen::screener(&state)?;
-    let mut report = Report::new(screener, policy);
-    let output = report.output(&output);
-    if report.rejected() {
-        record.outcome = Outcome::Blocked;
-        record.result = "output_rejected";
-        audit_call(&state, ctx, &record, Some(&report)).await?;
-        return Err(ApiError::ToolOutputRejected(report.rules().join(", ")));
+        audit_call(state, ctx, &record, Some(&report)).await?;
+        Ok(CallResult {
+            call_id: record.call_id,
+            tool: tool.name.clone(),
+            version: tool.version,
+            status: record.status.unwrap_or_default(),
+            latency_ms: record.latency_ms,
+            output,
+            screening: OutputScreening {
+                verdict: report.verdict().as_str(),
+                rules: report.rules(),
+                rules_version: screener.version().to_owned(),
+            },
+        })
     }
-    audit_call(&state, ctx, &record, Some(&report)).await?;
-    Ok(axum::Json(CallResult {
-        call_id,
-        tool: tool.name.clone(),
-        version: tool.version,
-        status: record.status.unwrap_or_default(),
-        latency_ms: record.latency_ms,
-        output,
-        screening: OutputScreening {
-            verdict: report.verdict().as_str(),
-            rules: report.rules(),
-            rules_version: screener.version().to_owned(),
-        },
-    }))
 }

@@ -54,6 +54,7 @@ async fn the_probe_finds_nothing_on_the_real_server() {
         Attack::OutOfScope,
         Attack::ExpiredKey,
         Attack::AfterGraceKey,
+        Attack::HostileSchema,
     ] {
         assert!(
             report.findings.iter().any(|f| f.attack == attack),

@@ -607,10 +607,13 @@ async fn a_tool_endpoint_on_a_denied_address_is_refused_and_the_canary_sees_noth
         "https://bulkhead.dev/problems/tool-endpoint-refused"
     );
     assert_eq!(canary.connections(), 0, "the canary was reached");
+    // The call was recorded as started before the guard judged the DNS answer, then its end.
     let calls = audit_events(app, &acme, "tool.call").await;
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0]["outcome"], "blocked");
-    assert_eq!(calls[0]["metadata"]["result"], "egress_blocked");
+    assert_eq!(calls.len(), 2);
+    let ends: Vec<&Value> = calls.iter().filter(|e| e["outcome"] != "started").collect();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0]["outcome"], "blocked");
+    assert_eq!(ends[0]["metadata"]["result"], "egress_blocked");
     assert_eq!(audit_events(app, &acme, "tool.blocked").await.len(), 5);
 }
 
@@ -681,7 +684,13 @@ async fn calls_are_validated_signed_forwarded_and_audited() {
     assert_eq!(payload["tool"], "weather");
 
     let calls = audit_events(app, &acme, "tool.call").await;
-    assert_eq!(calls.len(), 6, "five refusals and one call");
+    assert_eq!(
+        calls.len(),
+        7,
+        "five refusals, and one call: its start and its result"
+    );
+    let started: Vec<&Value> = calls.iter().filter(|e| e["outcome"] == "started").collect();
+    assert_eq!(started.len(), 1);
     let ok: Vec<&Value> = calls.iter().filter(|e| e["outcome"] == "success").collect();
     assert_eq!(ok.len(), 1);
     let input_hash = {
@@ -1145,4 +1154,236 @@ async fn tool_routes_need_their_scopes() {
     )
     .await;
     assert_eq!(manage_list.status(), StatusCode::FORBIDDEN);
+}
+
+/// Issues 26 and 27: every case of the hostile-schema corpus (cycles, `$ref` to itself through
+/// applicators, fan-out K=16..24, deep nesting, huge enums, slow patterns with ~900 KB inputs,
+/// remote refs) registered and called as tenant B, while tenant A keeps being answered. Refusals
+/// are 422 naming why and audited; nothing of B's reaches its endpoint unless the input was
+/// validated. Before the bounds, the first call of `cycle_two_refs` took the process down.
+#[tokio::test]
+async fn hostile_schemas_neither_crash_nor_stall_the_server_while_another_tenant_is_served() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    let acme = app.create_tenant("acme").await;
+    let beta = app.create_tenant("beta").await;
+    let a_receiver = rig.receiver("a-tools.example", LOOPBACK).await;
+    create_tool(app, &acme, "weather", &url("a-tools.example", &a_receiver)).await;
+    let b_receiver = rig.receiver("b-tools.example", LOOPBACK).await;
+    let b_url = url("b-tools.example", &b_receiver);
+
+    // Tenant A: a tool call and a list, over and over, until B is done.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a_loop = {
+        let client = app.client.clone();
+        let call = app.tenant_url("acme", "/v1/tools/weather/calls");
+        let list = app.tenant_url("acme", "/v1/tools");
+        let key = acme.key.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let called = client
+                    .post(&call)
+                    .bearer_auth(&key)
+                    .json(&json!({ "input": { "city": "Berlin" } }))
+                    .send()
+                    .await
+                    .map(|r| r.status());
+                let listed = client
+                    .get(&list)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .map(|r| r.status());
+                answers.push((called.ok(), listed.ok()));
+                if finished {
+                    break answers;
+                }
+            }
+        })
+    };
+
+    let cases = bulkhead_schema::corpus::all();
+    assert!(cases.len() >= 20);
+    let mut b_calls_validated = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let name = format!("hostile-{i}");
+        let created = as_tenant(app, &beta, Method::POST, "/v1/tools")
+            .json(&json!({
+                "name": name,
+                "description": "Hostile schema.",
+                "input_schema": case.schema,
+                "endpoint_url": b_url,
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = created.status();
+        let body: Value = created.json().await.unwrap();
+        if case.expect == bulkhead_schema::corpus::Expect::Refused {
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{}: {body}",
+                case.name
+            );
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("input_schema: "),
+                "{}: {body}",
+                case.name
+            );
+            continue;
+        }
+        assert_eq!(status, StatusCode::CREATED, "{}: {body}", case.name);
+        let called = as_tenant(app, &beta, Method::POST, &format!("/v1/tools/{name}/calls"))
+            .json(&json!({ "input": case.input }))
+            .send()
+            .await
+            .unwrap();
+        let status = called.status();
+        let body: Value = called.json().await.unwrap();
+        match case.expect {
+            bulkhead_schema::corpus::Expect::InputRefused => {
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{}: {body}",
+                    case.name
+                );
+                assert!(
+                    body["detail"].as_str().unwrap().starts_with("input: "),
+                    "{}: {body}",
+                    case.name
+                );
+            }
+            _ => {
+                assert_eq!(status, StatusCode::OK, "{}: {body}", case.name);
+                b_calls_validated += 1;
+            }
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = a_loop.await.unwrap();
+    assert!(!answers.is_empty());
+    for (called, listed) in &answers {
+        assert_eq!(
+            *called,
+            Some(StatusCode::OK),
+            "tenant A's call: {answers:?}"
+        );
+        assert_eq!(
+            *listed,
+            Some(StatusCode::OK),
+            "tenant A's list: {answers:?}"
+        );
+    }
+    // Only inputs that were validated reached B's endpoint.
+    assert_eq!(b_receiver.requests().len(), b_calls_validated);
+    // Every refusal at registration is audited with its reason.
+    let refused: Vec<String> = audit_events(app, &beta, "tool.blocked")
+        .await
+        .iter()
+        .filter(|e| e["metadata"]["stage"] == "schema")
+        .map(|e| e["metadata"]["reason"].as_str().unwrap().to_owned())
+        .collect();
+    let expected = cases
+        .iter()
+        .filter(|c| c.expect == bulkhead_schema::corpus::Expect::Refused)
+        .count();
+    assert_eq!(refused.len(), expected, "{refused:?}");
+    assert!(refused.iter().any(|r| r == "cycle") && refused.iter().any(|r| r == "expanded"));
+    let healthz = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), StatusCode::OK);
+}
+
+/// Issue 17 item 1: a call is recorded (`started`) before it leaves, and a client that gives up
+/// does not cancel it: the endpoint answers after 3 s, the client waits 1 s; the endpoint got
+/// the call and the log has its start and, later, its result, linked by the call id. Before,
+/// the call left first and its only event was written after the answer, in the handler the
+/// disconnect dropped.
+#[tokio::test]
+async fn a_call_is_recorded_before_it_leaves_and_its_result_after_the_client_gave_up() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    let acme = app.create_tenant("acme").await;
+    let receiver = rig.receiver("tools.example", LOOPBACK).await;
+    create_tool(app, &acme, "weather", &url("tools.example", &receiver)).await;
+    receiver.script(vec![Reply::After(
+        Duration::from_secs(3),
+        Box::new(Reply::Status(
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            r#"{"forecast":"sun"}"#.into(),
+        )),
+    )]);
+    let impatient = bulkhead_test_support::loopback_client()
+        .post(app.tenant_url("acme", "/v1/tools/weather/calls"))
+        .bearer_auth(&acme.key)
+        .timeout(Duration::from_secs(1))
+        .json(&json!({ "input": { "city": "Berlin" } }))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up after 1 s");
+    assert!(
+        receiver.wait_for(1, Duration::from_secs(5)).await,
+        "the endpoint got the call"
+    );
+
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = audit_events(app, &acme, "tool.call").await;
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = events
+        .iter()
+        .find(|e| e["outcome"] == "started")
+        .unwrap_or_else(|| panic!("a started event: {events:?}"));
+    let result = events
+        .iter()
+        .find(|e| e["outcome"] == "success")
+        .unwrap_or_else(|| panic!("a result event: {events:?}"));
+    assert_eq!(start["metadata"]["call_id"], result["metadata"]["call_id"]);
+    assert_eq!(result["metadata"]["start_event_id"], start["event_id"]);
+    assert_eq!(start["metadata"]["tool"], "weather");
+    assert!(start["metadata"]["input_sha256"].as_str().unwrap().len() == 64);
+    // The request the endpoint got carries the same call id.
+    let sent = &receiver.requests()[0];
+    assert_eq!(
+        sent.headers["webhook-id"].to_str().unwrap(),
+        start["metadata"]["call_id"].as_str().unwrap()
+    );
+}
+
+/// Issue 17 item 1: when the start cannot be recorded (the tenant is frozen for a move), nothing
+/// is sent: the endpoint sees no connection. Before, the call left and only the record failed.
+#[tokio::test]
+async fn when_the_start_cannot_be_recorded_nothing_is_sent() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    let acme = app.create_tenant("acme").await;
+    let receiver = rig.receiver("tools.example", LOOPBACK).await;
+    create_tool(app, &acme, "weather", &url("tools.example", &receiver)).await;
+    let su = app.db.superuser_pool().await;
+    sqlx::query("UPDATE bulkhead.tenants SET frozen_since = now() WHERE id = $1")
+        .bind(acme.id.uuid())
+        .execute(&su)
+        .await
+        .unwrap();
+    let response = as_tenant(app, &acme, Method::POST, "/v1/tools/weather/calls")
+        .json(&json!({ "input": { "city": "Berlin" } }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.connections(), 0, "nothing left the process");
 }

@@ -1,0 +1,124 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{BoundedSchema, Evaluator, Limits, PoolError, SchemaError};
+
+fn compile(schema: serde_json::Value) -> Result<BoundedSchema, SchemaError> {
+    BoundedSchema::compile(&schema, &Limits::default())
+}
+
+#[test]
+fn the_reported_cycle_is_refused_naming_it() {
+    let err = compile(json!({"type":"object","$defs":{"a":{"$ref":"#/$defs/b"},
+        "b":{"$ref":"#/$defs/a"}},"properties":{"x":{"$ref":"#/$defs/a"}}}))
+    .expect_err("a cycle");
+    assert_eq!(err.reason(), "cycle");
+    assert!(err.to_string().contains("#/$defs/"), "{err}");
+}
+
+#[test]
+fn recursion_through_properties_is_allowed_and_bounded_by_the_input() {
+    let schema = compile(json!({"type":"object","properties":{
+        "child":{"$ref":"#"},"name":{"type":"string"}}}))
+    .expect("consumes input");
+    let mut input = json!({"name":"leaf"});
+    for _ in 0..50 {
+        input = json!({"child": input, "name": "n"});
+    }
+    assert_eq!(
+        schema.validate(&input, 5).expect("cheap"),
+        Vec::<String>::new()
+    );
+    let bad = json!({"child":{"name": 3}});
+    assert_eq!(schema.validate(&bad, 5).expect("cheap").len(), 1);
+}
+
+#[test]
+fn percent_encoded_and_anchor_references_resolve() {
+    let schema = compile(json!({"type":"object","$defs":{"a b":{"type":"string"},
+        "c":{"$anchor":"C","type":"integer"}},
+        "properties":{"x":{"$ref":"#/$defs/a%20b"},"y":{"$ref":"#C"}}}))
+    .expect("local references");
+    assert!(schema
+        .validate(&json!({"x":"s","y":1}), 5)
+        .expect("cheap")
+        .is_empty());
+    assert_eq!(
+        schema
+            .validate(&json!({"x":1,"y":"s"}), 5)
+            .expect("cheap")
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_pattern_under_the_cap_still_refuses_long_strings() {
+    let schema = compile(json!({"type":"object","properties":{
+        "x":{"type":"string","pattern":"^[a-z]+$"}}}))
+    .expect("small pattern");
+    let long = "a".repeat(Limits::default().max_pattern_input_chars + 1);
+    let err = schema
+        .validate(&json!({ "x": long }), 5)
+        .expect_err("too long");
+    assert_eq!(err.reason(), "pattern_input");
+    // Strings under no pattern are not capped.
+    let plain =
+        compile(json!({"type":"object","properties":{"x":{"type":"string"}}})).expect("plain");
+    assert!(plain
+        .validate(&json!({ "x": long }), 5)
+        .expect("no pattern")
+        .is_empty());
+}
+
+#[test]
+fn ordinary_patterns_pass_the_size_cap() {
+    for pattern in [
+        r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$",
+        r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        r"^\w{1,64}$",
+        r"^https?://[^\s/$.?#].[^\s]*$",
+    ] {
+        compile(json!({"type":"object","properties":{"x":{"type":"string","pattern":pattern}}}))
+            .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn the_pool_refuses_an_owner_over_its_share_and_serves_others() {
+    let pool = Evaluator::new(1, 4, 1, Duration::from_secs(5));
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let busy = pool.clone();
+    let first = tokio::spawn(async move {
+        busy.run("b", move || {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        })
+        .await
+    });
+    // Let the first job reach the thread.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.run("b", || 1).await, Err(PoolError::Busy));
+    let other = pool.clone();
+    let served = tokio::spawn(async move { other.run("a", || 2).await });
+    release.send(()).expect("the job waits");
+    assert_eq!(first.await.expect("joins"), Ok(()));
+    assert_eq!(served.await.expect("joins"), Ok(2));
+}
+
+#[tokio::test]
+async fn the_pool_answers_deadline_and_survives_a_panic() {
+    let pool = Evaluator::new(1, 4, 4, Duration::from_millis(200));
+    let slow = pool
+        .run("a", || std::thread::sleep(Duration::from_millis(600)))
+        .await;
+    assert_eq!(slow, Err(PoolError::Deadline));
+    let panicked: Result<(), _> = pool.run("a", || panic!("a bug")).await;
+    // Queued behind the slow job past the deadline, or run and caught: never a crash.
+    assert!(matches!(
+        panicked,
+        Err(PoolError::Failed | PoolError::Deadline)
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.run("a", || 7).await, Ok(7));
+}
