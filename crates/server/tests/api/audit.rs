@@ -1207,7 +1207,10 @@ async fn auth_failures_are_aggregated_cleaned_and_fairly_queued() {
     let beta = app.create_tenant("beta").await;
     let service = AuditService::with_capacity(bulkhead_audit::LogSigningKey::generate(), 8);
     // 500 failures from one address and 20 from one /64: two entries, two counted events.
-    let hostile_ua = format!("evil\u{202e}\u{200b}\r\nFAKE: line\u{0007}{}", "x".repeat(2000));
+    let hostile_ua = format!(
+        "evil\u{202e}\u{200b}\r\nFAKE: line\u{0007}{}",
+        "x".repeat(2000)
+    );
     for _ in 0..500 {
         service.record_auth_failure(failure(acme.id, "198.51.100.7", Some(&hostile_ua)));
     }
@@ -1239,7 +1242,9 @@ async fn auth_failures_are_aggregated_cleaned_and_fairly_queued() {
     let ua = agents.into_iter().flatten().next().unwrap();
     assert!(ua.starts_with("evilFAKE: line"), "{ua:?}");
     assert!(ua.len() <= bulkhead_store::audit::MAX_USER_AGENT_BYTES);
-    assert!(!ua.chars().any(|c| c.is_control() || ('\u{200b}'..='\u{202e}').contains(&c)));
+    assert!(!ua
+        .chars()
+        .any(|c| c.is_control() || ('\u{200b}'..='\u{202e}').contains(&c)));
 
     // Fair share: acme floods from many addresses and fills the queue; beta's failure still
     // gets in (one of acme's entries is evicted and counted as dropped).
@@ -1263,7 +1268,11 @@ async fn auth_failures_are_aggregated_cleaned_and_fairly_queued() {
         .filter(|e| e["action"] == "audit.auth_failures_dropped")
         .map(|e| e["metadata"]["dropped"].as_u64().unwrap())
         .sum();
-    assert_eq!(dropped, 100 - 7, "acme kept 7 of the 8 entries, the rest counted");
+    assert_eq!(
+        dropped,
+        100 - 7,
+        "acme kept 7 of the 8 entries, the rest counted"
+    );
 }
 
 /// Issue 17, item 12: events other than authentication failures had no address or user agent.
