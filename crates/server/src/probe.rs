@@ -418,7 +418,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
         probe.attack(op, &victim, &attacker).await?;
     }
     probe.foreign_tokens(&victim, &attacker).await?;
-    probe.audit_stream_scope().await?;
+    probe.audit_stream_scope(&attacker).await?;
     probe.forged_platform_events().await?;
     probe.host_mismatch(&victim).await?;
     probe.check_unchanged(&victim).await?;
@@ -868,11 +868,13 @@ impl Probe {
             .await?;
         b.made_keys
             .extend(successor["api_key"]["id"].as_str().map(str::to_owned));
+        // `webhooks:manage` without `audit:read` also makes it the key of the `audstrm` attack
+        // (minting one more key per run would run into the key-minting budget).
         let client = self
             .as_b(
                 Method::POST,
                 "/v1/api-keys",
-                Some(mint(json!(["sessions:read"]))),
+                Some(mint(json!(["sessions:read", "webhooks:manage"]))),
             )
             .await?;
         b.client_key = client["key"].as_str().unwrap_or_default().to_owned();
@@ -1303,20 +1305,10 @@ impl Probe {
 
     /// Issue 17, item 2: the audit stream is the audit log, so a key holding `webhooks:manage`
     /// without `audit:read` must not subscribe an endpoint to `audit.event`, neither at creation
-    /// nor by a patch. Self-contained: it mints its own key and removes what it made.
-    async fn audit_stream_scope(&mut self) -> anyhow::Result<()> {
-        let manager = self
-            .as_b(
-                Method::POST,
-                "/v1/api-keys",
-                Some(json!({ "scopes": ["webhooks:manage"], "description": "bulkhead probe: audit stream" })),
-            )
-            .await?;
-        let key = manager["key"].as_str().unwrap_or_default().to_owned();
-        let key_id = manager["api_key"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+    /// nor by a patch. It uses B's client key (`sessions:read`, `webhooks:manage`) and removes
+    /// the endpoints it made.
+    async fn audit_stream_scope(&mut self, attacker: &Attacker) -> anyhow::Result<()> {
+        let key = attacker.client_key.clone();
         let marker = random_marker();
         let tag = &marker[marker.len() - 8..];
         let url = format!("https://siem-{tag}.example/in");
@@ -1378,15 +1370,6 @@ impl Probe {
                     Method::DELETE,
                     &format!("/v1/webhooks/endpoints/{id}"),
                     None,
-                )
-                .await;
-        }
-        if !key_id.is_empty() {
-            let _ = self
-                .as_b(
-                    Method::POST,
-                    &format!("/v1/api-keys/{key_id}/revoke"),
-                    Some(json!({})),
                 )
                 .await;
         }
