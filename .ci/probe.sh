@@ -28,7 +28,7 @@ key_b="$("$bin" tenant create --slug probe-attacker --name "Probe attacker" --da
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
-"$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --base-domain probe.test --no-worker \
+"$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --base-domain probe.test --no-worker \
     >"$log" 2>&1 &
 server=$!
 for _ in $(seq 1 120); do

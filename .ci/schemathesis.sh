@@ -94,7 +94,7 @@ print(k["api_key"]["id"], k["key"])' "$work/key2.json")
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
 say "bulkhead serve on $base (no worker: nothing is ever delivered)"
-"$bin" serve --listen "127.0.0.1:$port" --issuer "$base" --no-worker \
+"$bin" serve --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --issuer "$base" --no-worker \
     --webhook-deny-cidrs 0.0.0.0/0,::/0 >"$work/serve.out" 2>"$work/serve.log" &
 server_pid=$!
 for _ in $(seq 1 450); do

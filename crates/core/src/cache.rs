@@ -54,6 +54,11 @@ where
         self.inner.invalidate(&(ctx.tenant_id(), key.clone())).await;
     }
 
+    /// Drops every entry of every tenant (a change listener that may have missed changes).
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
+    }
+
     /// Drops every entry of one tenant (for example when it is suspended or moved).
     pub fn invalidate_tenant(&self, tenant: TenantId) {
         // Only fails when closures are not enabled, which `new` always does.

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod clock;
 pub mod context;
 pub mod id;
+pub mod net;
 pub mod prefix;
 pub mod scope;
 pub mod slug;

@@ -75,6 +75,13 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(crate::telemetry::request_span))
+                // One host per request, before anything reads it (issue 17, item 7).
+                .layer(middleware::from_fn(crate::resolve::single_host))
+                // Every audit event of a request carries its client's address and user agent.
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::audit_log::request_client,
+                ))
                 .layer(CatchPanicLayer::custom(|_| {
                     axum::response::IntoResponse::into_response(ApiError::Internal(
                         anyhow::anyhow!("handler panicked"),
@@ -83,6 +90,27 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
+}
+
+/// The operator's metrics listener (`--metrics-listen`): `GET /metrics` and nothing else. The
+/// API listener does not serve metrics (404): they show every tenant's activity by route and
+/// status.
+pub fn metrics_router() -> Router {
+    crate::telemetry::metrics_handle();
+    Router::new()
+        .route("/metrics", axum::routing::get(health::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// Serves [`metrics_router`] on `listener` until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_router())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.
@@ -99,6 +127,11 @@ pub async fn serve(
         tracing::error!(error = %err, "cannot load signing keys and the token denylist; tokens are refused until they load");
     }
     let token_task = tokio::spawn(state.tokens().clone().listen_for_changes());
+    // Role ceilings must hear about role and principal changes made by other processes.
+    let ceiling_task = tokio::spawn(crate::ceilings::listen_for_changes(
+        state.store().clone(),
+        state.ceilings_handle(),
+    ));
     // Authentication failures are persisted in batches, and once more at shutdown.
     let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(
@@ -115,6 +148,7 @@ pub async fn serve(
     .await;
     listener_task.abort();
     token_task.abort();
+    ceiling_task.abort();
     let _ = stop_flusher.send(true);
     flusher.await.ok();
     served

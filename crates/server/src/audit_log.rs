@@ -4,11 +4,24 @@
 //! Authentication failures happen before any tenant transaction exists, so they cannot ride in
 //! one. [`AuditService::record_auth_failure`] puts them on a bounded queue without waiting (a
 //! flood of bad credentials must not slow the edge or grow memory); a flusher writes them in one
-//! transaction per tenant every [`FLUSH_INTERVAL`]. When the queue is full the failure is dropped
-//! and counted, per tenant and in `bulkhead_audit_auth_failures_dropped_total`; the next flush
-//! writes an `audit.auth_failures_dropped` event with the count, so the log says that it lost
-//! something and how much. Failures whose tenant is unknown (no subdomain, unknown key) stay
-//! `tracing` events only: there is no tenant log to put them in.
+//! transaction per tenant every [`FLUSH_INTERVAL`].
+//!
+//! Anyone can cause a failure against any tenant (its subdomain and no or a garbage credential),
+//! so the queue is built to keep a flood from writing into, or crowding, anyone's log:
+//! - failures are **aggregated**: one entry per tenant, action, reason, key, actor and address
+//!   bucket (`bulkhead_core::net::address_bucket`: IPv6 per /64) and flush window, written as
+//!   one event with its `count`, not one event per request;
+//! - free text (the user agent, the reason) is bounded and stripped of control and invisible
+//!   characters ([`bulkhead_store::audit::clean_free_text`]) before it is queued;
+//! - each tenant gets a **fair share** of the queue: when it is full, a new entry of a tenant
+//!   holding fewer entries than the largest holder evicts one of that holder's (max-min
+//!   fairness), so a flood against one tenant cannot crowd out another's failure details.
+//!
+//! Entries dropped or evicted are counted, per tenant and in
+//! `bulkhead_audit_auth_failures_dropped_total`; the next flush writes an
+//! `audit.auth_failures_dropped` event with the count, so the log says that it lost something and
+//! how much. Failures whose tenant is unknown (no subdomain, unknown key) stay `tracing` events
+//! only: there is no tenant log to put them in.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,7 +38,7 @@ use bulkhead_store::audit::{self, NewEvent, Outcome};
 use bulkhead_store::audit_log::{self, Sweep};
 use bulkhead_store::{Access, Store, StoreError};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Capacity of the authentication-failure queue.
 pub const AUTH_FAILURE_QUEUE: usize = 10_000;
@@ -56,14 +69,90 @@ pub struct AuthFailure {
     pub request_id: RequestId,
 }
 
+/// What makes two failures the same entry of the queue (within one flush window).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    action: &'static str,
+    reason: String,
+    outcome: &'static str,
+    key_id: Option<ApiKeyId>,
+    actor: Option<(String, &'static str)>,
+    bucket: Option<IpAddr>,
+}
+
+impl GroupKey {
+    fn of(failure: &AuthFailure) -> Self {
+        Self {
+            action: failure.action,
+            reason: failure.reason.clone(),
+            outcome: failure.outcome.as_str(),
+            key_id: failure.key_id,
+            actor: failure.actor.clone(),
+            bucket: failure.ip_address.map(bulkhead_core::net::address_bucket),
+        }
+    }
+}
+
+/// One queued entry: the first failure of its group and how many there were.
+#[derive(Debug)]
+struct Group {
+    first: AuthFailure,
+    count: u64,
+}
+
+/// The queue: entries per tenant, their total, and what was dropped per tenant.
+#[derive(Debug, Default)]
+struct Pending {
+    tenants: HashMap<TenantId, HashMap<GroupKey, Group>>,
+    total: usize,
+    dropped: HashMap<TenantId, u64>,
+}
+
+impl Pending {
+    fn drop_one(&mut self, tenant: TenantId, count: u64) {
+        metrics::counter!("bulkhead_audit_auth_failures_dropped_total").increment(count);
+        *self.dropped.entry(tenant).or_default() += count;
+    }
+
+    /// Makes room for one entry of `tenant` in a full queue by evicting one entry of the tenant
+    /// holding the most, if that tenant holds more than `tenant` would after the insert.
+    fn evict_for(&mut self, tenant: TenantId) -> bool {
+        let mine = self.tenants.get(&tenant).map_or(0, HashMap::len);
+        let Some((largest, held)) = self
+            .tenants
+            .iter()
+            .map(|(t, groups)| (*t, groups.len()))
+            .max_by_key(|(_, n)| *n)
+        else {
+            return false;
+        };
+        if largest == tenant || held <= mine + 1 {
+            return false;
+        }
+        let evicted = self.tenants.get_mut(&largest).and_then(|groups| {
+            let key = groups.keys().next().cloned()?;
+            groups.remove(&key)
+        });
+        match evicted {
+            Some(group) => {
+                self.total -= 1;
+                self.drop_one(largest, group.count);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Longest reason kept, in bytes.
+const MAX_REASON_BYTES: usize = 200;
+
 /// Log key and failure queue; one per server process. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct AuditService {
     key: LogSigningKey,
-    sender: mpsc::Sender<AuthFailure>,
-    receiver: tokio::sync::Mutex<mpsc::Receiver<AuthFailure>>,
-    /// Failures dropped because the queue was full, per tenant, not yet recorded.
-    dropped: Mutex<HashMap<TenantId, u64>>,
+    capacity: usize,
+    pending: Mutex<Pending>,
 }
 
 impl AuditService {
@@ -72,14 +161,12 @@ impl AuditService {
         Self::with_capacity(key, AUTH_FAILURE_QUEUE)
     }
 
-    /// With a queue of `capacity` (tests of overflow).
+    /// With a queue of `capacity` entries (tests of overflow).
     pub fn with_capacity(key: LogSigningKey, capacity: usize) -> Self {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
         Self {
             key,
-            sender,
-            receiver: tokio::sync::Mutex::new(receiver),
-            dropped: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
@@ -88,32 +175,56 @@ impl AuditService {
         &self.key
     }
 
-    /// Queues a failure without waiting; counts it as dropped if the queue is full.
-    pub fn record_auth_failure(&self, failure: AuthFailure) {
+    /// Queues a failure without waiting: counted into its group if one is queued, else a new
+    /// entry within the tenant's fair share; counted as dropped otherwise.
+    pub fn record_auth_failure(&self, mut failure: AuthFailure) {
+        failure.user_agent = failure
+            .user_agent
+            .as_deref()
+            .map(|ua| audit::clean_free_text(ua, audit::MAX_USER_AGENT_BYTES))
+            .filter(|ua| !ua.is_empty());
+        failure.reason = audit::clean_free_text(&failure.reason, MAX_REASON_BYTES);
         let tenant = failure.tenant;
-        if self.sender.try_send(failure).is_err() {
-            metrics::counter!("bulkhead_audit_auth_failures_dropped_total").increment(1);
-            if let Ok(mut dropped) = self.dropped.lock() {
-                *dropped.entry(tenant).or_default() += 1;
-            }
+        let key = GroupKey::of(&failure);
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if let Some(group) = pending
+            .tenants
+            .get_mut(&tenant)
+            .and_then(|groups| groups.get_mut(&key))
+        {
+            group.count += 1;
+            return;
         }
+        if pending.total >= self.capacity && !pending.evict_for(tenant) {
+            pending.drop_one(tenant, 1);
+            return;
+        }
+        pending.total += 1;
+        pending.tenants.entry(tenant).or_default().insert(
+            key,
+            Group {
+                first: failure,
+                count: 1,
+            },
+        );
     }
 
-    /// Writes every queued failure (and the dropped counts), one transaction per tenant. Returns
+    /// Writes every queued entry (and the dropped counts), one transaction per tenant. Returns
     /// how many events were written. Failures of a tenant whose write fails are lost and logged.
     pub async fn flush_auth_failures(&self, store: &Store) -> usize {
-        let mut batch: HashMap<TenantId, Vec<AuthFailure>> = HashMap::new();
-        {
-            let mut receiver = self.receiver.lock().await;
-            while let Ok(failure) = receiver.try_recv() {
-                batch.entry(failure.tenant).or_default().push(failure);
-            }
-        }
-        let dropped: HashMap<TenantId, u64> = self
-            .dropped
+        let Pending {
+            tenants, dropped, ..
+        } = self
+            .pending
             .lock()
-            .map(|mut d| std::mem::take(&mut *d))
+            .map(|mut p| std::mem::take(&mut *p))
             .unwrap_or_default();
+        let mut batch: HashMap<TenantId, Vec<Group>> = tenants
+            .into_iter()
+            .map(|(tenant, groups)| (tenant, groups.into_values().collect()))
+            .collect();
         for tenant in dropped.keys() {
             batch.entry(*tenant).or_default();
         }
@@ -125,7 +236,7 @@ impl AuditService {
                 Err(err) => tracing::error!(
                     target: "bulkhead::audit",
                     tenant_id = %tenant,
-                    lost = failures.len() as u64 + lost,
+                    lost = failures.iter().map(|g| g.count).sum::<u64>() + lost,
                     error = %err,
                     "could not persist authentication failures"
                 ),
@@ -152,7 +263,7 @@ impl AuditService {
 async fn write_failures(
     store: &Store,
     tenant: TenantId,
-    failures: &[AuthFailure],
+    failures: &[Group],
     lost: u64,
 ) -> Result<usize, StoreError> {
     let ctx = TenantContext::new(
@@ -163,7 +274,7 @@ async fn write_failures(
         RequestId::new(),
     );
     let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
-    for f in failures {
+    for Group { first: f, count } in failures {
         let key_id = f.key_id.map(|k| k.to_string());
         let (actor_id, actor_type) = match &f.actor {
             Some((id, kind)) => (id.as_str(), *kind),
@@ -178,7 +289,8 @@ async fn write_failures(
             ip_address: f.ip_address,
             user_agent: f.user_agent.as_deref(),
             request_id: Some(f.request_id.to_string()),
-            metadata: json!({ "reason": f.reason }),
+            // `count` failures of this kind from this address bucket in this window: one event.
+            metadata: json!({ "reason": f.reason, "count": count }),
             ..NewEvent::new(f.action, f.outcome)
         };
         audit::record_event(&mut tx, &event).await?;
@@ -195,6 +307,29 @@ async fn write_failures(
     }
     tx.commit().await?;
     Ok(failures.len() + usize::from(lost > 0))
+}
+
+/// Middleware in front of every route: the request's client address and user agent become the
+/// default of every audit event recorded while serving it (`bulkhead_store::audit::with_client`),
+/// so no event of a request is left without them.
+pub async fn request_client(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let client = audit::RequestClient {
+        ip_address: crate::credentials::request_client_ip(
+            &request,
+            &state.config().trusted_proxies,
+        ),
+        user_agent: request
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| audit::clean_free_text(ua, audit::MAX_USER_AGENT_BYTES))
+            .filter(|ua| !ua.is_empty()),
+    };
+    audit::with_client(client, next.run(request)).await
 }
 
 tokio::task_local! {

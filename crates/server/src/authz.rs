@@ -35,7 +35,7 @@ use crate::state::AppState;
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAccess {
-    /// Anyone, without a credential: health, metrics, discovery documents.
+    /// Anyone, without a credential: health, discovery documents.
     Public,
     /// The client authenticates itself inside the request (OAuth endpoints, login); served
     /// behind the per-address limit, without tenant resolution in front.

@@ -8,8 +8,11 @@
 //!   delegated token by its subject's roles and its actor's.
 //! - A disabled or missing principal refuses the credential outright (401), never "no scopes".
 //!
-//! Ceilings are cached per (tenant, principal) for [`CEILING_TTL`]. A role or assignment change
-//! clears its tenant's entries in this process at once; other processes see it within the TTL.
+//! Ceilings are cached per (tenant, principal) for [`CEILING_TTL`]. A role, assignment or
+//! principal-status change clears its tenant's entries in this process at once, and announces
+//! itself with `NOTIFY bulkhead_ceilings` at commit ([`announce_change`]); every process listens
+//! ([`listen_for_changes`]) and drops that tenant's entries, like key revocations. The TTL only
+//! bounds a change missed while a listener reconnects (which clears everything anyway).
 
 use std::time::Duration;
 
@@ -115,6 +118,51 @@ impl RoleCeilings {
     /// Forgets every ceiling of `tenant` (after a role, assignment or principal change).
     pub fn invalidate_tenant(&self, tenant: TenantId) {
         self.cache.invalidate_tenant(tenant);
+    }
+
+    /// Forgets every ceiling (a listener that may have missed changes).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+/// Announces a change of the transaction's tenant's roles, assignments or principals to every
+/// process, at commit. Call it in the transaction of the change.
+pub async fn announce_change(tx: &mut bulkhead_store::TenantTx) -> Result<(), StoreError> {
+    rbac::notify_ceiling_change(tx).await
+}
+
+/// Drops a tenant's cached ceilings whenever any process announces a change of its roles,
+/// assignments or principals. Runs for the life of the server; reconnects on failure, clearing
+/// everything whenever it may have missed a notification.
+pub async fn listen_for_changes(store: Store, ceilings: std::sync::Arc<RoleCeilings>) {
+    loop {
+        let mut listener = match store.listen_ceiling_changes().await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "ceiling change listener cannot connect; retrying");
+                ceilings.invalidate_all();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Anything cached before we were listening may be stale.
+        ceilings.invalidate_all();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => match uuid::Uuid::parse_str(notification.payload()) {
+                    Ok(id) => ceilings.invalidate_tenant(TenantId::from_uuid(id)),
+                    Err(_) => ceilings.invalidate_all(),
+                },
+                // The connection was lost and re-established: changes may have been missed.
+                Ok(None) => ceilings.invalidate_all(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "ceiling change listener failed; reconnecting");
+                    ceilings.invalidate_all();
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -736,6 +736,26 @@ async fn serve_with(
         ))),
         "the audit log key was set twice"
     );
+    // Metrics on their own listener (loopback by default), never the API's. A bind failure is a
+    // start-up error: an operator who asked for metrics gets them or a clear refusal.
+    let metrics = match args.metrics_listen.0 {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen for metrics on {addr} (--metrics-listen; `off` turns it off)"
+                )
+            })?;
+            tracing::info!(address = %listener.local_addr()?, "metrics are served");
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(crate::app::serve_metrics(
+                listener,
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
     let mut stopped_for_server = stopped;
     let shutdown = async move {
         tokio::select! {
@@ -745,6 +765,9 @@ async fn serve_with(
     };
     crate::app::serve(listener, state, shutdown).await?;
     let _ = stop.send(true);
+    if let Some(metrics) = metrics {
+        metrics.await.ok();
+    }
     if let Some(worker) = worker {
         worker.await.ok();
     }

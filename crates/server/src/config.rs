@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "BULKHEAD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is served, or `off`. Never the API listener: metrics show every
+    /// tenant's activity by route and status, so they stay on an operator-only address
+    /// (loopback by default).
+    #[arg(long, env = "BULKHEAD_METRICS_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
     /// Tenants are reached as `<slug>.<base-domain>`; requests to other hosts carry no
     /// subdomain signal and are resolved from the credential alone.
     #[arg(long, env = "BULKHEAD_BASE_DOMAIN", default_value = "localhost")]
@@ -143,6 +148,20 @@ impl EgressArgs {
             deny: self.webhook_deny_cidrs.clone(),
         }
     }
+}
+
+/// The metrics listener's address; `None` when turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+/// Parses `--metrics-listen`: an address, or `off`.
+pub fn parse_metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
+    }
+    text.parse()
+        .map(|addr| MetricsListen(Some(addr)))
+        .map_err(|_| "expected an address such as 127.0.0.1:9090, or `off`".into())
 }
 
 /// Parses `live` / `test`.

@@ -131,12 +131,13 @@ fn endpoint_class(method: &http::Method, route: &str) -> &'static str {
     }
 }
 
-/// The pre-authentication limiter keys on the client address. The GCRA engine is keyed by
-/// tenant id, so the address is mapped to a stable, non-tenant id (UUIDv5 in a namespace of its
-/// own); these ids never reach the database.
+/// The pre-authentication limiter keys on the client address's bucket (IPv6 per /64, see
+/// `bulkhead_core::net::address_bucket`). The GCRA engine is keyed by tenant id, so the bucket is
+/// mapped to a stable, non-tenant id (UUIDv5 in a namespace of its own); these ids never reach
+/// the database.
 fn address_key(ip: IpAddr) -> TenantId {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b5e_0f5c_9d1e_4c3b_8a7e_1f2d_3c4b_5a69);
-    let octets = match ip.to_canonical() {
+    let octets = match bulkhead_core::net::address_bucket(ip) {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
@@ -266,6 +267,15 @@ mod tests {
         let v4: IpAddr = "203.0.113.9".parse().unwrap();
         let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
         assert_eq!(address_key(v4), address_key(mapped));
+        // Issue 17, item 5: IPv6 is one budget per /64, not per /128.
+        assert_eq!(
+            address_key("2001:db8:7:7::1".parse().unwrap()),
+            address_key("2001:db8:7:7:dead:beef:0:1".parse().unwrap())
+        );
+        assert_ne!(
+            address_key("2001:db8:7:7::1".parse().unwrap()),
+            address_key("2001:db8:7:8::1".parse().unwrap())
+        );
         assert_ne!(
             address_key(v4),
             address_key("203.0.113.10".parse().unwrap())

@@ -73,7 +73,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ),
     paths(
         serve,
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz,
         oauth::token, oauth::revoke, oauth::introspect, oauth::metadata, oauth::jwks,
         audit::log_key,
         auth::login, auth::logout, auth::list_sessions, auth::end_session,
@@ -98,7 +98,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     components(schemas(Problem, OAuthErrorBody)),
     modifiers(&Shared),
     tags(
-        (name = "meta", description = "Health, metrics and this document"),
+        (name = "meta", description = "Health and this document"),
         (name = "oauth", description = "OAuth 2.0 token, revocation and introspection endpoints, and the JWKS"),
         (name = "auth", description = "Human login, auth sessions and the token policy"),
         (name = "sessions", description = "Agent sessions"),

@@ -112,6 +112,16 @@ pub enum Attack {
 
 impl Attack {
     const ALL: [Attack; 17] = [
+    /// A key holding `webhooks:manage` but not `audit:read` subscribes to the audit stream.
+    AuditStream,
+    /// B publishes messages in the platform's namespaces, or dressed as platform events.
+    ForgedEvents,
+    /// An absolute-form target naming one tenant with a `Host` naming another.
+    HostMismatch,
+}
+
+impl Attack {
+    const ALL: [Attack; 19] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -130,6 +140,9 @@ impl Attack {
         Attack::ForeignTokens,
         Attack::ConfinedToken,
         Attack::HostileSchema,
+        Attack::AuditStream,
+        Attack::ForgedEvents,
+        Attack::HostMismatch,
     ];
 
     fn short(self) -> &'static str {
@@ -152,6 +165,9 @@ impl Attack {
             Attack::ForeignTokens => "tokens",
             Attack::ConfinedToken => "confin",
             Attack::HostileSchema => "schema",
+            Attack::AuditStream => "audstrm",
+            Attack::ForgedEvents => "forge",
+            Attack::HostMismatch => "host",
         }
     }
 }
@@ -417,6 +433,9 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
     probe.foreign_tokens(&victim, &attacker).await?;
     probe.confined_token(&operations).await?;
     probe.hostile_schemas().await?;
+    probe.audit_stream_scope(&attacker).await?;
+    probe.forged_platform_events().await?;
+    probe.host_mismatch(&victim).await?;
     probe.check_unchanged(&victim).await?;
     probe.clean_up(&mut victim, &attacker).await;
     Ok(Report {
@@ -864,11 +883,13 @@ impl Probe {
             .await?;
         b.made_keys
             .extend(successor["api_key"]["id"].as_str().map(str::to_owned));
+        // `webhooks:manage` without `audit:read` also makes it the key of the `audstrm` attack
+        // (minting one more key per run would run into the key-minting budget).
         let client = self
             .as_b(
                 Method::POST,
                 "/v1/api-keys",
-                Some(mint(json!(["sessions:read"]))),
+                Some(mint(json!(["sessions:read", "webhooks:manage"]))),
             )
             .await?;
         b.client_key = client["key"].as_str().unwrap_or_default().to_owned();
@@ -1409,6 +1430,251 @@ impl Probe {
         let _ = self
             .as_b(Method::DELETE, &format!("/v1/sessions/{outside_id}"), None)
             .await;
+    /// Issue 17, item 2: the audit stream is the audit log, so a key holding `webhooks:manage`
+    /// without `audit:read` must not subscribe an endpoint to `audit.event`, neither at creation
+    /// nor by a patch. It uses B's client key (`sessions:read`, `webhooks:manage`) and removes
+    /// the endpoints it made.
+    async fn audit_stream_scope(&mut self, attacker: &Attacker) -> anyhow::Result<()> {
+        let key = attacker.client_key.clone();
+        let marker = random_marker();
+        let tag = &marker[marker.len() - 8..];
+        let url = format!("https://siem-{tag}.example/in");
+        let mut made = Vec::new();
+        // Create with the stream: refused.
+        let op = "POST /v1/webhooks/endpoints (audit.event)";
+        let body = json!({ "url": url, "event_types": ["audit.event"] });
+        let (status, text) = self
+            .send(
+                Host::B,
+                Some(&key),
+                Method::POST,
+                "/v1/webhooks/endpoints",
+                Some(&body),
+            )
+            .await?;
+        if status.is_success() {
+            made.extend(
+                serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
+            );
+        }
+        self.record_stream(op, status);
+        // Create without it, then patch it in: refused.
+        let body = json!({ "url": url, "event_types": ["probe.plain"] });
+        let (status, text) = self
+            .send(
+                Host::B,
+                Some(&key),
+                Method::POST,
+                "/v1/webhooks/endpoints",
+                Some(&body),
+            )
+            .await?;
+        let plain = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned));
+        match (status.is_success(), plain) {
+            (true, Some(id)) => {
+                let path = format!("/v1/webhooks/endpoints/{id}");
+                let patch = json!({ "event_types": ["probe.plain", "audit.event"] });
+                let (status, _) = self
+                    .send(Host::B, Some(&key), Method::PATCH, &path, Some(&patch))
+                    .await?;
+                self.record_stream("PATCH /v1/webhooks/endpoints/{id} (audit.event)", status);
+                made.push(id);
+            }
+            _ => self.record(
+                "PATCH /v1/webhooks/endpoints/{id} (audit.event)",
+                Attack::AuditStream,
+                Verdict::Unexpected,
+                format!("could not create a plain endpoint to patch: {status}"),
+            ),
+        }
+        for id in made {
+            let _ = self
+                .as_b(
+                    Method::DELETE,
+                    &format!("/v1/webhooks/endpoints/{id}"),
+                    None,
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    fn record_stream(&mut self, op: &str, status: StatusCode) {
+        let verdict = if status == StatusCode::FORBIDDEN {
+            Verdict::Refused
+        } else if status.is_success() {
+            // The key could now read the whole audit log through its endpoint.
+            Verdict::Leak
+        } else {
+            Verdict::Unexpected
+        };
+        self.record(
+            op,
+            Attack::AuditStream,
+            verdict,
+            format!("{status} (expected 403)"),
+        );
+    }
+
+    /// Issue 17, item 3: a tenant must not publish in a platform namespace, and a message it
+    /// publishes must say `"source": "tenant"` in its body whatever its payload claims.
+    async fn forged_platform_events(&mut self) -> anyhow::Result<()> {
+        let key = self.config.tenant_b.admin_key.clone();
+        let op = "POST /v1/webhooks/messages (platform namespace)";
+        for event_type in [
+            "audit.event",
+            "audit",
+            "tool.call",
+            "security.refresh_token_reuse",
+            "endpoint.disabled",
+            "webhook.test",
+        ] {
+            let body =
+                json!({ "event_type": event_type, "payload": { "actor_id": "user_forged" } });
+            let (status, _) = self
+                .send(
+                    Host::B,
+                    Some(&key),
+                    Method::POST,
+                    "/v1/webhooks/messages",
+                    Some(&body),
+                )
+                .await?;
+            let verdict = if status == StatusCode::UNPROCESSABLE_ENTITY {
+                Verdict::Refused
+            } else if status.is_success() {
+                Verdict::Leak
+            } else {
+                Verdict::Unexpected
+            };
+            self.record(
+                op,
+                Attack::ForgedEvents,
+                verdict,
+                format!("{event_type}: {status} (expected 422)"),
+            );
+        }
+        // A payload dressed as a platform body stays the tenant's data.
+        let op = "POST /v1/webhooks/messages (dressed as platform)";
+        let forged = json!({ "type": "audit.event", "source": "platform", "data": {} });
+        let body = json!({ "event_type": "probe.forge", "payload": forged });
+        let (status, text) = self
+            .send(
+                Host::B,
+                Some(&key),
+                Method::POST,
+                "/v1/webhooks/messages",
+                Some(&body),
+            )
+            .await?;
+        let id = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned));
+        let Some(id) = id.filter(|_| status.is_success()) else {
+            self.record(
+                op,
+                Attack::ForgedEvents,
+                Verdict::Unexpected,
+                format!("publishing an ordinary type answered {status}"),
+            );
+            return Ok(());
+        };
+        let message = self
+            .as_b(Method::GET, &format!("/v1/webhooks/messages/{id}"), None)
+            .await?;
+        let sent = &message["message"]["payload"];
+        let (verdict, detail) = if sent["type"] == "probe.forge"
+            && sent["source"] == "tenant"
+            && sent["data"] == forged
+        {
+            (Verdict::Refused, "the body says source tenant".to_owned())
+        } else {
+            (Verdict::Leak, format!("the body sent is {sent}"))
+        };
+        self.record(op, Attack::ForgedEvents, verdict, detail);
+        Ok(())
+    }
+
+    /// Issue 17, item 7: a request whose absolute-form target names one tenant while `Host` names
+    /// the other must be refused (400) on the API, OAuth and login paths alike. Written on a raw
+    /// connection to the base URL's address (an HTTP client writes the target itself); an
+    /// `https` base URL is not attacked this way (recorded as unexpected, so it is seen).
+    async fn host_mismatch(&mut self, victim: &Victim) -> anyhow::Result<()> {
+        if self.config.base_url.scheme() != "http" {
+            self.record(
+                "absolute-form targets",
+                Attack::HostMismatch,
+                Verdict::Unexpected,
+                "not attacked: the base URL is not http".into(),
+            );
+            return Ok(());
+        }
+        let addr = self
+            .config
+            .base_url
+            .socket_addrs(|| Some(80))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("base URL has no address"))?;
+        let port = addr.port();
+        let host_of = |slug: &str| format!("{slug}.{}:{port}", self.config.base_domain);
+        let (a_host, b_host) = (
+            host_of(&self.config.tenant_a.slug),
+            host_of(&self.config.tenant_b.slug),
+        );
+        let b_key = self.config.tenant_b.admin_key.clone();
+        let cases = [
+            ("GET", "/v1/sessions", a_host.clone(), b_host.clone(), ""),
+            ("GET", "/v1/sessions", b_host.clone(), a_host.clone(), ""),
+            (
+                "POST",
+                "/oauth/token",
+                a_host.clone(),
+                b_host.clone(),
+                "grant_type=client_credentials",
+            ),
+            (
+                "POST",
+                "/v1/auth/login",
+                a_host.clone(),
+                b_host.clone(),
+                r#"{"email":"probe@probe.invalid","password":"probe"}"#,
+            ),
+        ];
+        for (method, path, target_host, header_host, body) in cases {
+            let content_type = if path.starts_with("/oauth") {
+                "application/x-www-form-urlencoded"
+            } else {
+                "application/json"
+            };
+            let request = format!(
+                "{method} http://{target_host}{path} HTTP/1.1\r\nHost: {header_host}\r\nAuthorization: Bearer {b_key}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let (status, text) = raw_exchange(addr, &request).await?;
+            let op = format!("{method} {path} (target {target_host}, Host {header_host})");
+            let leaked = victim
+                .secrets
+                .iter()
+                .any(|s| !s.is_empty() && text.contains(s.as_str()));
+            let verdict = if leaked || (200..300).contains(&status) {
+                Verdict::Leak
+            } else if status == 400 {
+                Verdict::Refused
+            } else {
+                Verdict::Unexpected
+            };
+            self.record(
+                &op,
+                Attack::HostMismatch,
+                verdict,
+                format!("{status} (expected 400)"),
+            );
+        }
         Ok(())
     }
 
@@ -1586,6 +1852,28 @@ impl Probe {
                 .await;
         }
     }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection to `addr` (the base URL's own address): the
+/// status code and the whole answer, read until the server closes (at most 64 KiB, 10 s).
+async fn raw_exchange(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut answer).await?;
+        anyhow::Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .context("raw request timed out")??;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
 }
 
 /// Addresses a webhook endpoint must never be allowed to point at.

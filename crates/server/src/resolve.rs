@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
@@ -37,6 +37,76 @@ pub enum HostSignal {
     Slug(TenantSlug),
     /// Under the base domain but not a valid tenant label: treated as an unknown tenant.
     Invalid,
+}
+
+/// The host a request names: the one reading of it, for tenant resolution, OAuth, login and
+/// region redirects alike. [`single_host`] runs in front of every route and has already refused
+/// (400) a request whose absolute-form URI authority disagrees with its `Host` header, or that
+/// carries several `Host` headers, and copied the URI authority into `Host` when only the URI
+/// named one (HTTP/2 `:authority`); so the `Host` header is the whole answer here.
+pub fn request_host(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// Whether two spellings of an authority name the same host and port (DNS is case-insensitive,
+/// and a trailing dot names the same host).
+fn same_authority(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        // `[::1]` has colons but no port: a port is digits after the last colon.
+        match s
+            .rsplit_once(':')
+            .filter(|(_, port)| !port.is_empty() && port.bytes().all(|c| c.is_ascii_digit()))
+        {
+            Some((host, port)) => format!("{}:{port}", host.trim_end_matches('.')),
+            None => s.trim_end_matches('.').to_owned(),
+        }
+    };
+    norm(a) == norm(b)
+}
+
+/// Middleware in front of every route: one host per request. A request whose absolute-form
+/// target (`GET http://acme.example/…`) names one host while `Host` names another was served as
+/// the URI's tenant while OAuth and login read `Host`: two readings of one request. Such a
+/// request, or one with several `Host` headers, is refused with 400 before anything reads it.
+pub async fn single_host(mut request: Request, next: Next) -> Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return ApiError::BadRequest("the request carries more than one Host header".into())
+            .into_response();
+    }
+    if let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) {
+        // Userinfo in a request target is never legitimate; compare the host and port only.
+        if authority.contains('@') {
+            return ApiError::BadRequest("the request target may not carry userinfo".into())
+                .into_response();
+        }
+        match request.headers().get(header::HOST).map(|h| h.to_str()) {
+            Some(Ok(host)) if same_authority(host, &authority) => {}
+            Some(_) => {
+                return ApiError::BadRequest(
+                    "the request target's authority and the Host header name different hosts"
+                        .into(),
+                )
+                .into_response();
+            }
+            None => match HeaderValue::from_str(&authority) {
+                Ok(value) => {
+                    request.headers_mut().insert(header::HOST, value);
+                }
+                Err(_) => {
+                    return ApiError::BadRequest(
+                        "the request target's authority is invalid".into(),
+                    )
+                    .into_response();
+                }
+            },
+        }
+    }
+    next.run(request).await
 }
 
 /// Reads the tenant label from a host (with or without port). Case-insensitive, as DNS is.
@@ -179,11 +249,7 @@ pub async fn resolve_tenant(
 /// A tenant of a region this process does not serve: redirected to that region's endpoint when
 /// one is configured, refused with 421 otherwise.
 fn region_refusal(state: &AppState, request: &Request, region: String) -> ApiError {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+    let host = request_host(request.headers());
     let slug = match host_signal(host, &state.config().base_domain) {
         HostSignal::Slug(slug) => Some(slug),
         _ => None,
@@ -209,17 +275,7 @@ struct Signals {
 
 impl Signals {
     fn read(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> Self {
-        let host = request
-            .uri()
-            .host()
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or_default()
-            .to_owned();
+        let host = request_host(request.headers()).to_owned();
         Self {
             request_id: request
                 .extensions()

@@ -29,7 +29,7 @@ struct Inner {
     rate_limits: Option<crate::limits::SharedLimits>,
     config: AppConfig,
     directory: TenantDirectory,
-    ceilings: crate::ceilings::RoleCeilings,
+    ceilings: Arc<crate::ceilings::RoleCeilings>,
     audit: std::sync::OnceLock<Arc<crate::audit_log::AuditService>>,
     tool_client: std::sync::OnceLock<bulkhead_webhooks::EgressClient>,
     schema_pool: std::sync::OnceLock<bulkhead_schema::Evaluator>,
@@ -165,6 +165,11 @@ impl AppState {
     /// Role ceilings of credentials, briefly cached.
     pub fn ceilings(&self) -> &crate::ceilings::RoleCeilings {
         &self.inner.ceilings
+    }
+
+    /// The same cache, shared (for its change listener).
+    pub fn ceilings_handle(&self) -> Arc<crate::ceilings::RoleCeilings> {
+        self.inner.ceilings.clone()
     }
 
     /// The guarded client tool calls go through. Without [`AppState::set_tool_client`] before

@@ -139,6 +139,58 @@ impl<'a> NewEvent<'a> {
 /// Longest `user_agent` stored, in bytes (cut at a character boundary).
 pub const MAX_USER_AGENT_BYTES: usize = 256;
 
+/// Free text a client chose (a user agent, a reason), as it may enter the log: control
+/// characters, invisible and bidirectional formatting characters removed (they would hide or
+/// reorder what an operator or a SIEM reads), at most `max_bytes` (cut at a character boundary).
+pub fn clean_free_text(text: &str, max_bytes: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_bytes));
+    for c in text
+        .chars()
+        .filter(|c| !c.is_control() && !is_invisible(*c))
+    {
+        if out.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Zero-width, bidirectional and other formatting characters that render as nothing.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{e0000}'..='\u{e0fff}')
+}
+
+/// The client of the request being served: its address and user agent. Set by the server
+/// around every request ([`with_client`]), so every event produced while serving it carries
+/// them without each call site passing them on.
+#[derive(Debug, Clone, Default)]
+pub struct RequestClient {
+    /// Client address (after the trusted-proxy rules).
+    pub ip_address: Option<std::net::IpAddr>,
+    /// `User-Agent`, already cleaned ([`clean_free_text`]).
+    pub user_agent: Option<String>,
+}
+
+tokio::task_local! {
+    static REQUEST_CLIENT: RequestClient;
+}
+
+/// Runs `fut` with `client` as the request's client: events recorded inside it without their
+/// own address or user agent get these.
+pub async fn with_client<F: std::future::Future>(client: RequestClient, fut: F) -> F::Output {
+    REQUEST_CLIENT.scope(client, fut).await
+}
+
+/// The client of the request in scope, if any.
+pub fn current_client() -> Option<RequestClient> {
+    REQUEST_CLIENT.try_with(Clone::clone).ok()
+}
+
 /// Appends `event` for the transaction's tenant (same transaction as the change, like [`record`]).
 pub async fn record_event(
     tx: &mut TenantTx,
@@ -164,13 +216,14 @@ pub async fn record_event_with_id(
         .request_id
         .clone()
         .unwrap_or_else(|| tx.request_id().to_string());
-    let user_agent = event.user_agent.map(|ua| {
-        let mut end = ua.len().min(MAX_USER_AGENT_BYTES);
-        while !ua.is_char_boundary(end) {
-            end -= 1;
-        }
-        ua[..end].replace('\0', "")
-    });
+    // The request's client, for events that do not name their own.
+    let client = current_client().unwrap_or_default();
+    let ip_address = event.ip_address.or(client.ip_address);
+    let user_agent = event
+        .user_agent
+        .or(client.user_agent.as_deref())
+        .map(|ua| clean_free_text(ua, MAX_USER_AGENT_BYTES))
+        .filter(|ua| !ua.is_empty());
     sqlx::query(
         "INSERT INTO audit_events \
          (tenant_id, id, actor_id, actor_type, action, resource_id, outcome, request_id, metadata, \
@@ -186,7 +239,7 @@ pub async fn record_event_with_id(
     .bind(event.outcome.as_str())
     .bind(request_id)
     .bind(&event.metadata)
-    .bind(event.ip_address.map(|ip| ip.to_string()))
+    .bind(ip_address.map(|ip| ip.to_string()))
     .bind(user_agent)
     .bind(
         event

@@ -418,3 +418,24 @@ pub async fn key_agent(tx: &mut TenantTx, key: ApiKeyId) -> Result<Option<AgentI
             .await?;
     Ok(agent.map(AgentId::from_uuid))
 }
+
+/// Channel on which a change to a tenant's roles, role assignments or principals' status is
+/// announced (payload: the tenant's uuid), so every process drops that tenant's cached role
+/// ceilings at once instead of when they expire. Delivered at commit, like key changes.
+pub const CEILING_CHANGES_CHANNEL: &str = "bulkhead_ceilings";
+
+/// Announces, at commit, that the transaction's tenant's role ceilings changed.
+pub async fn notify_ceiling_change(tx: &mut TenantTx) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    tx.notify(CEILING_CHANGES_CHANNEL, tenant.uuid().to_string())
+        .await
+}
+
+impl crate::Store {
+    /// A listener subscribed to [`CEILING_CHANGES_CHANNEL`], for cache invalidation.
+    pub async fn listen_ceiling_changes(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
+        listener.listen(CEILING_CHANGES_CHANNEL).await?;
+        Ok(listener)
+    }
+}

@@ -8,7 +8,10 @@
 use std::fmt;
 
 use bulkhead_auth::MasterKey;
-use bulkhead_core::{AttemptId, DeliveryId, EndpointId, MessageId, TenantId};
+use bulkhead_core::{
+    AgentId, ApiKeyId, AttemptId, DeliveryId, EndpointId, MessageId, Scope, ScopeSet, TenantId,
+    UserId,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -344,7 +347,8 @@ pub enum MessageSource {
 }
 
 impl MessageSource {
-    fn as_str(self) -> &'static str {
+    /// The text stored and sent in the body.
+    pub fn as_str(self) -> &'static str {
         match self {
             MessageSource::Platform => "platform",
             MessageSource::Tenant => "tenant",
@@ -368,13 +372,39 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// Namespaces of the event types Bulkhead itself emits: a tenant may not publish under them, and
+/// the platform may publish only under them (so a new platform namespace must be added here, the
+/// one list both sides read). `audit` carries the audit stream, `tool` is reserved for tool-call
+/// events; the rest are raised today.
+pub const PLATFORM_EVENT_NAMESPACES: &[&str] = &[
+    "audit", "tool", "security", "api_key", "session", "endpoint", "webhook", "bulkhead",
+];
+
+/// Whether `event_type` is in a platform namespace: the namespace itself or anything under it
+/// (`audit`, `audit.event`, `audit.x.y`).
+pub fn is_platform_event_type(event_type: &str) -> bool {
+    PLATFORM_EVENT_NAMESPACES.iter().any(|ns| {
+        event_type
+            .strip_prefix(ns)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// The body every message is sent with, built here only: `{"type", "source", "data"}`. The source
+/// is inside the signed bytes, so a receiver verifying with any Standard Webhooks library can tell
+/// a platform event from one the tenant published, whatever the tenant put in `data`.
+pub fn message_body(event_type: &str, source: MessageSource, data: Value) -> Value {
+    serde_json::json!({ "type": event_type, "source": source.as_str(), "data": data })
+}
+
 /// Stores a message and queues one delivery per enabled endpoint subscribed to its type (or to
-/// `only` when given, enabled or not, for tests of one endpoint). Returns the message id and how
-/// many deliveries were queued. Visible to workers on commit.
+/// `only` when given, enabled or not, for tests of one endpoint). `data` becomes the `data` of the
+/// body ([`message_body`]). Returns the message id and how many deliveries were queued. Visible
+/// to workers on commit.
 pub async fn publish(
     tx: &mut TenantTx,
     event_type: &str,
-    payload: &Value,
+    data: &Value,
     source: MessageSource,
     only: Option<EndpointId>,
     now: DateTime<Utc>,
@@ -383,7 +413,7 @@ pub async fn publish(
     if only.is_some() && targets.is_empty() {
         return Err(StoreError::NotFound);
     }
-    let id = insert_message(tx, event_type, payload, source, &targets, now).await?;
+    let id = insert_message(tx, event_type, data.clone(), source, &targets, now).await?;
     Ok((id, targets.len() as u64))
 }
 
@@ -416,11 +446,24 @@ async fn targets(
 async fn insert_message(
     tx: &mut TenantTx,
     event_type: &str,
-    payload: &Value,
+    data: Value,
     source: MessageSource,
     targets: &[uuid::Uuid],
     now: DateTime<Utc>,
 ) -> Result<MessageId, StoreError> {
+    // The namespace rule, kept where every message passes: the routes refuse a reserved type
+    // with a clear 422 first; this is the second layer, and it catches a platform event raised
+    // under a namespace missing from the list.
+    if is_platform_event_type(event_type) != (source == MessageSource::Platform) {
+        return Err(StoreError::Invalid(
+            format!(
+                "event type {event_type:?} and source {} disagree on the platform namespaces",
+                source.as_str()
+            )
+            .into(),
+        ));
+    }
+    let payload = &message_body(event_type, source, data);
     let tenant = tx.tenant_id();
     let id = MessageId::new();
     sqlx::query(
@@ -465,11 +508,10 @@ pub async fn enqueue_platform_event(
         // Nobody subscribes: store nothing (most platform events of most tenants).
         return Ok(None);
     }
-    let body = serde_json::json!({ "type": event_type, "data": payload });
     let id = insert_message(
         tx,
         event_type,
-        &body,
+        payload,
         MessageSource::Platform,
         &targets,
         Utc::now(),
@@ -482,19 +524,109 @@ pub async fn enqueue_platform_event(
 /// events, with its place in the tenant's Merkle log, once sequenced.
 pub const AUDIT_STREAM_EVENT: &str = "audit.event";
 
-/// Endpoints that subscribed to the audit stream by name. A catch-all endpoint (no event types)
-/// does not get it: the stream is as large as the audit log itself. Locked like the targets of
-/// any message, for the same reason.
+/// Endpoints that subscribed to the audit stream by name, and whose grantors (whoever subscribed
+/// them, see [`set_audit_grantors`]) all hold `audit:read` now. A catch-all endpoint (no event
+/// types) does not get it: the stream is as large as the audit log itself. Locked like the
+/// targets of any message, for the same reason.
 pub async fn audit_stream_targets(tx: &mut TenantTx) -> Result<Vec<uuid::Uuid>, StoreError> {
     let tenant = tx.tenant_id();
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM webhook_endpoints WHERE tenant_id = $1 AND enabled \
+    let candidates: Vec<(uuid::Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT id, audit_grantors FROM webhook_endpoints WHERE tenant_id = $1 AND enabled \
          AND $2 = ANY(event_types) ORDER BY id FOR KEY SHARE",
     )
     .bind(tenant.uuid())
     .bind(AUDIT_STREAM_EVENT)
     .fetch_all(tx.conn())
-    .await?)
+    .await?;
+    let mut targets = Vec::with_capacity(candidates.len());
+    // Checked on every fan-out, against the grantors' current roles and keys: a grantor who lost
+    // `audit:read` (a role change, a revoked or expired key, a disabled user) stops the stream
+    // at the next event, not when a cache expires. Most tenants have no subscriber at all.
+    let mut known: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    'endpoints: for (id, grantors) in candidates {
+        if grantors.is_empty() {
+            continue;
+        }
+        for grantor in grantors {
+            let holds = match known.get(&grantor) {
+                Some(holds) => *holds,
+                None => {
+                    let holds = grantor_holds(tx, &grantor, Scope::AuditRead).await?;
+                    known.insert(grantor, holds);
+                    holds
+                }
+            };
+            if !holds {
+                continue 'endpoints;
+            }
+        }
+        targets.push(id);
+    }
+    Ok(targets)
+}
+
+/// Records who subscribed an endpoint to the audit stream: the principals whose `audit:read`
+/// keeps it flowing (`key_…`, `user_…`, `agent_…`, or `system:<component>`).
+pub async fn set_audit_grantors(
+    tx: &mut TenantTx,
+    id: EndpointId,
+    grantors: &[String],
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query(
+        "UPDATE webhook_endpoints SET audit_grantors = $3 WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(grantors)
+    .execute(tx.conn())
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Whether a grantor holds `scope` now: a key that is live, holds the scope and (if it belongs to
+/// an agent) whose agent's roles allow it; an active user or agent whose roles allow it; the
+/// system. Anything unknown or unparsable holds nothing.
+async fn grantor_holds(tx: &mut TenantTx, grantor: &str, scope: Scope) -> Result<bool, StoreError> {
+    use crate::rbac::{permissions_of, Principal};
+    if grantor.starts_with("system:") {
+        return Ok(true);
+    }
+    let allows = |held: Option<ScopeSet>| held.is_some_and(|h| h.contains(scope));
+    if let Ok(user) = UserId::parse(grantor) {
+        return Ok(allows(permissions_of(tx, Principal::User(user)).await?));
+    }
+    if let Ok(agent) = AgentId::parse(grantor) {
+        return Ok(allows(permissions_of(tx, Principal::Agent(agent)).await?));
+    }
+    let Ok(key) = ApiKeyId::parse(grantor) else {
+        return Ok(false);
+    };
+    let tenant = tx.tenant_id();
+    let row: Option<(Vec<String>, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT scopes, agent_id FROM api_keys WHERE tenant_id = $1 AND id = $2 \
+         AND (status = 'active' OR (status = 'rotating' AND grace_until > now())) \
+         AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(tenant.uuid())
+    .bind(key.uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some((scopes, agent)) = row else {
+        return Ok(false);
+    };
+    if !ScopeSet::parse_all(&scopes).is_ok_and(|s| s.contains(scope)) {
+        return Ok(false);
+    }
+    match agent {
+        Some(agent) => Ok(allows(
+            permissions_of(tx, Principal::Agent(AgentId::from_uuid(agent))).await?,
+        )),
+        None => Ok(true),
+    }
 }
 
 /// Queues one audit-stream message to `targets` (from [`audit_stream_targets`]), in the caller's
@@ -504,11 +636,10 @@ pub async fn enqueue_audit_stream(
     targets: &[uuid::Uuid],
     payload: Value,
 ) -> Result<MessageId, StoreError> {
-    let body = serde_json::json!({ "type": AUDIT_STREAM_EVENT, "data": payload });
     insert_message(
         tx,
         AUDIT_STREAM_EVENT,
-        &body,
+        payload,
         MessageSource::Platform,
         targets,
         Utc::now(),

@@ -477,7 +477,7 @@ impl Dispatcher {
             json!({ "reason": reason }),
         )
         .await?;
-        let body = json!({ "type": EVENT_ENDPOINT_DISABLED, "data": { "endpoint_id": endpoint, "reason": reason } });
+        let body = json!({ "endpoint_id": endpoint, "reason": reason });
         store::publish(
             tx,
             EVENT_ENDPOINT_DISABLED,

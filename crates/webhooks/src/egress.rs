@@ -57,9 +57,20 @@ pub enum EgressError {
     /// A name of the platform itself, a special-use name, or a single-label name.
     #[error("the host name {0} is not allowed: {1}")]
     HostName(String, &'static str),
-    /// An address outside global unicast, or denied by the operator.
-    #[error("the address {0} is not allowed: {1}")]
+    /// An IPv4 host not written as canonical dotted decimal (`010.0.0.1`, `0x7f.1`, `127.1`,
+    /// `2130706433`): parsers disagree on what such a spelling means.
+    #[error("an IPv4 host must be written in canonical dotted decimal: four decimal parts of 0 to 255, without leading zeros")]
+    NonCanonicalIpv4,
+    /// An IP-literal host outside global unicast, or denied by the operator. The tenant wrote
+    /// the address, so the message names the range (never the address: refusals are shown as
+    /// written here, and the address goes to operator logs only, see [`EgressError::operator_detail`]).
+    #[error("the address is not allowed: {1}")]
     Address(IpAddr, &'static str),
+    /// A host name that resolved to an address outside global unicast or denied by the operator.
+    /// Tenants learn only the class: naming the address or its range would map the deployment's
+    /// internal DNS view one name at a time.
+    #[error("the host name resolves to an address that is not allowed")]
+    ResolvedAddress(IpAddr, &'static str),
     /// The name did not resolve, or resolved to nothing.
     #[error("the host name did not resolve")]
     Unresolved,
@@ -70,8 +81,19 @@ impl EgressError {
     pub fn class(&self) -> &'static str {
         match self {
             EgressError::Unresolved => "dns",
-            EgressError::Address(..) => "blocked_address",
+            EgressError::Address(..) | EgressError::ResolvedAddress(..) => "blocked_address",
             _ => "blocked_url",
+        }
+    }
+
+    /// The full reason with the address, for operator logs only (never a tenant's answer, an
+    /// attempt log or an audit event, which get `Display` and [`EgressError::class`]).
+    pub fn operator_detail(&self) -> String {
+        match self {
+            EgressError::Address(ip, why) | EgressError::ResolvedAddress(ip, why) => {
+                format!("{self} (address {ip}: {why})")
+            }
+            other => other.to_string(),
         }
     }
 }
@@ -185,6 +207,13 @@ impl EgressPolicy {
             }
         }
         let url = Url::parse(raw).map_err(|_| EgressError::Unparsable)?;
+        // The parser reads `010.0.0.1` as octal (8.0.0.1) where other parsers read 10.0.0.1: an
+        // IPv4 host must be spelled exactly as its canonical form, so every reader agrees.
+        if let Some(Host::Ipv4(ip)) = url.host() {
+            if raw_host(raw) != Some(ip.to_string().as_str()) {
+                return Err(EgressError::NonCanonicalIpv4);
+            }
+        }
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -263,6 +292,22 @@ impl EgressPolicy {
             None => Ok(()),
         }
     }
+}
+
+/// The host as written in the raw URL text (after the scheme, before any port, path, query or
+/// fragment); `None` for an IPv6 literal or text without an authority. Userinfo was refused
+/// before this is read.
+fn raw_host(raw: &str) -> Option<&str> {
+    let (_, rest) = raw.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    if authority.starts_with('[') {
+        return None;
+    }
+    Some(
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    )
 }
 
 /// Zero-width and bidirectional formatting characters: invisible in a UI, so refused like
@@ -516,7 +561,15 @@ impl GuardedResolver {
             return Err(EgressError::Unresolved);
         }
         for ip in &addrs {
-            self.policy.check_ip(*ip)?;
+            if let Err(refusal) = self.policy.check_ip(*ip) {
+                let refusal = match refusal {
+                    EgressError::Address(ip, why) => EgressError::ResolvedAddress(ip, why),
+                    other => other,
+                };
+                // The address is for the operator only: tenants see the class.
+                tracing::warn!(target: "bulkhead::egress", host = %name, detail = %refusal.operator_detail(), "egress refused a resolved address");
+                return Err(refusal);
+            }
         }
         Ok(addrs)
     }
@@ -900,18 +953,61 @@ fn transport_failure(err: &reqwest::Error, started: Instant) -> SendOutcome {
         }
         source = cause.source();
     }
-    let class = if err.is_timeout() {
-        "timeout"
-    } else if err.is_connect() {
+    let class = transport_class(err);
+    // The error chain can name the address connected to (hyper's connect errors do): operators
+    // get it in the log, tenants (attempt log, tool-call answers) a fixed text per class.
+    tracing::info!(target: "bulkhead::egress", class, error = %error_chain(err), "outbound request failed");
+    SendOutcome::Transport {
+        class,
+        detail: transport_detail(class).to_owned(),
+        latency: started.elapsed(),
+    }
+}
+
+/// The class of a transport failure: `timeout`, `tls`, `connect` or `io`.
+fn transport_class(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        return "timeout";
+    }
+    // rustls reports a failed handshake as an `InvalidData` I/O error inside the connect error
+    // (matched on the kind, so this crate needs no TLS dependency of its own).
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return "tls";
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
         "connect"
     } else {
         "io"
-    };
-    SendOutcome::Transport {
-        class,
-        detail: format!("{err}").chars().take(300).collect(),
-        latency: started.elapsed(),
     }
+}
+
+/// What a tenant is told about a transport failure of `class`.
+fn transport_detail(class: &str) -> &'static str {
+    match class {
+        "timeout" => "the receiver did not answer in time",
+        "tls" => "the TLS handshake with the receiver failed",
+        "connect" => "could not connect to the receiver",
+        _ => "the connection to the receiver failed",
+    }
+}
+
+/// An error with its causes, for operator logs.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -182,11 +182,14 @@ async fn list_events(
     Ok(axum::Json(EventPage { data, next_cursor }))
 }
 
-/// `POST /v1/audit/checkpoints`: sequences the tenant's pending events now and signs a checkpoint.
+/// `POST /v1/audit/checkpoints`: sequences the tenant's pending events now and signs a
+/// checkpoint if the tree grew since the latest one; otherwise answers the latest (200). The route
+/// needs only `audit:read`, which viewers hold: it must not append a signed row per call.
 #[utoipa::path(
     post, path = "/v1/audit/checkpoints", tag = "audit",
     responses(
-        (status = 201, description = "The new signed checkpoint", body = bulkhead_audit::SignedCheckpoint),
+        (status = 201, description = "A new signed checkpoint: the tree grew", body = bulkhead_audit::SignedCheckpoint),
+        (status = 200, description = "The latest checkpoint: the tree has not grown since", body = bulkhead_audit::SignedCheckpoint),
     ),
     security(("bearer" = ["audit:read"])),
 )]
@@ -197,10 +200,35 @@ async fn checkpoint_now(
     let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     audit_log::sequence(&mut tx, Sweep::Recent).await?;
-    let signed =
-        audit_log::sign_checkpoint(&mut tx, state.audit().key(), state.clock().now()).await?;
+    let (signed, created) = current_checkpoint(&state, &mut tx).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(signed)))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(signed)))
+}
+
+/// The checkpoint of the tree as it is: the latest one if it already covers the whole tree
+/// (and is signed by the current key), else a new one (`true`).
+async fn current_checkpoint(
+    state: &AppState,
+    tx: &mut bulkhead_store::TenantTx,
+) -> Result<(bulkhead_audit::SignedCheckpoint, bool), ApiError> {
+    let size = audit_log::tree_size(tx).await?;
+    match audit_log::latest_checkpoint(tx).await? {
+        Some(latest)
+            if latest.checkpoint.tree_size == size
+                && latest.key_id == state.audit().key().public().key_id() =>
+        {
+            Ok((latest, false))
+        }
+        _ => Ok((
+            audit_log::sign_checkpoint(tx, state.audit().key(), state.clock().now()).await?,
+            true,
+        )),
+    }
 }
 
 /// The latest signed checkpoint.

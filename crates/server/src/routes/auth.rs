@@ -124,9 +124,13 @@ impl Default for IpThrottle {
 }
 
 impl IpThrottle {
+    /// The counter of `ip`'s bucket: IPv6 counts per /64 (one subscriber), like every
+    /// address-keyed limit.
     async fn entry(&self, ip: IpAddr) -> Arc<std::sync::Mutex<(u32, i64)>> {
         self.failures
-            .get_with(ip, async { Arc::new(std::sync::Mutex::new((0, 0))) })
+            .get_with(bulkhead_core::net::address_bucket(ip), async {
+                Arc::new(std::sync::Mutex::new((0, 0)))
+            })
             .await
     }
 
@@ -261,7 +265,7 @@ async fn login(
     headers: HeaderMap,
     Json(body): Json<LoginRequest>,
 ) -> Result<TokenResponse, ApiError> {
-    let host = crate::routes::oauth::host(&headers);
+    let host = crate::resolve::request_host(&headers);
     let tenant = login_tenant(&state, host, body.tenant.as_deref()).await?;
     let client_ip = crate::credentials::headers_client_ip(
         Some(peer.ip()),

@@ -1,4 +1,5 @@
-//! Liveness, readiness and metrics. Unauthenticated; they reveal nothing about any tenant.
+//! Liveness and readiness: unauthenticated, they reveal nothing about any tenant. Metrics are
+//! served by the same handler on the operator's own listener only (`crate::app::metrics_router`).
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -15,7 +16,6 @@ pub fn routes() -> RouteTable {
         .get("/healthz", RouteAccess::Public, healthz)
         .get("/openapi.json", RouteAccess::Public, crate::openapi::serve)
         .get("/readyz", RouteAccess::Public, readyz)
-        .get("/metrics", RouteAccess::Public, metrics)
 }
 
 /// `GET /healthz`: the process is up.
@@ -49,12 +49,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     }
 }
 
-/// `GET /metrics`: Prometheus text format. No per-tenant labels (ids would leak and explode
-/// cardinality).
-#[utoipa::path(
-    get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)),
-)]
+/// `GET /metrics` on the metrics listener: Prometheus text format. No per-tenant labels (ids
+/// would leak and explode cardinality).
 pub async fn metrics() -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

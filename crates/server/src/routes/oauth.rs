@@ -255,12 +255,9 @@ async fn oauth_host_tenant(
         })
 }
 
-/// The `Host` header, or empty.
+/// The request's host, read by the one function every route uses.
 pub(crate) fn host(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default()
+    crate::resolve::request_host(headers)
 }
 
 /// Authenticates a client by its API key: the key must verify, agree with the host's tenant,

@@ -348,6 +348,8 @@ async fn update_user(
         json!({ "status": status }),
     )
     .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::ceilings::announce_change(&mut tx).await?;
     tx.commit().await?;
     state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(axum::Json(user.into()))
@@ -493,6 +495,8 @@ async fn update_agent(
         json!({ "status": agent.status, "description_changed": body.description.is_some() }),
     )
     .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::ceilings::announce_change(&mut tx).await?;
     tx.commit().await?;
     state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(axum::Json(agent))

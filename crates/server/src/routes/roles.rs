@@ -376,6 +376,8 @@ async fn update_role(
         json!({ "permissions": role.permissions.to_strings() }),
     )
     .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::ceilings::announce_change(&mut tx).await?;
     tx.commit().await?;
     state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(axum::Json(role))
@@ -415,6 +417,8 @@ async fn delete_role(
         json!({ "name": current.name }),
     )
     .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::ceilings::announce_change(&mut tx).await?;
     tx.commit().await?;
     state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(StatusCode::NO_CONTENT)
@@ -512,6 +516,8 @@ async fn assign(
         json!({ "role": role.name, "principal": principal }),
     )
     .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::ceilings::announce_change(&mut tx).await?;
     tx.commit().await?;
     state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok((StatusCode::CREATED, axum::Json(assignment)))
@@ -551,6 +557,8 @@ async fn unassign(
         json!({ "role": role.name, "principal": assignment.principal }),
     )
     .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::ceilings::announce_change(&mut tx).await?;
     tx.commit().await?;
     state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(StatusCode::NO_CONTENT)

@@ -8,7 +8,7 @@ use crate::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use bulkhead_core::{EndpointId, MessageId, PrefixedId, Scope, TenantContext};
+use bulkhead_core::{Actor, ApiKeyId, EndpointId, MessageId, PrefixedId, Scope, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::webhooks::{
     self as store, Endpoint, EndpointPatch, MessageSource, NewEndpoint,
@@ -34,15 +34,6 @@ pub const MAX_EVENT_TYPES: usize = 100;
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Default validity of the previous secret after a rotation.
 pub const DEFAULT_ROTATION_GRACE_SECONDS: i64 = 86_400;
-/// Namespaces of platform events: a tenant may not publish under them.
-pub const PLATFORM_NAMESPACES: &[&str] = &[
-    "security.",
-    "api_key.",
-    "session.",
-    "endpoint.",
-    "webhook.",
-    "bulkhead.",
-];
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -234,6 +225,39 @@ fn check_headers(headers: Map<String, Value>) -> Result<Value, ApiError> {
     Ok(Value::Object(headers))
 }
 
+/// Whether a subscription list takes the audit stream.
+fn streams_audit(types: &[String]) -> bool {
+    types.iter().any(|t| t == store::AUDIT_STREAM_EVENT)
+}
+
+/// The audit stream carries every audit event of the tenant (actors, addresses, user agents), so
+/// subscribing to it needs what reading the log needs: `audit:read` as well as `webhooks:manage`.
+fn require_audit_read(ctx: &TenantContext) -> Result<(), ApiError> {
+    if ctx.has_scope(Scope::AuditRead) {
+        return Ok(());
+    }
+    crate::extract::audit_forbidden(ctx, Scope::AuditRead, "audit-stream-subscription");
+    Err(ApiError::MissingScope(Scope::AuditRead))
+}
+
+/// The principals whose `audit:read` keeps an audit subscription flowing: the ones whose roles
+/// bound the caller's credential (as in `ceilings.rs`), checked again at every fan-out.
+fn audit_grantors(actor: &Actor) -> Vec<String> {
+    match actor {
+        Actor::ApiKey { key_id, .. } => vec![key_id.to_string()],
+        Actor::Token {
+            subject, client_id, ..
+        } => {
+            let mut out = vec![subject.clone()];
+            if ApiKeyId::parse(client_id).is_ok() {
+                out.push(client_id.clone());
+            }
+            out
+        }
+        other => vec![other.audit_id()],
+    }
+}
+
 /// Judges a URL by the egress policy; a refusal is audited and answered 422 naming the rule.
 async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
     match state.config().webhook_egress.check_url(url) {
@@ -274,6 +298,10 @@ async fn create(
     let ctx = &tenant.0;
     check_description(&body.description)?;
     check_event_types(&body.event_types)?;
+    let streams = streams_audit(&body.event_types);
+    if streams {
+        require_audit_read(ctx)?;
+    }
     check_rate(body.rate_limit_per_second)?;
     let headers = check_headers(body.headers.unwrap_or_default())?;
     let url = check_url(&state, ctx, &body.url).await?;
@@ -289,6 +317,9 @@ async fn create(
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let endpoint = store::create_endpoint(&mut tx, &new, state.master_key()).await?;
+    if streams {
+        store::set_audit_grantors(&mut tx, endpoint.id, &audit_grantors(ctx.actor())).await?;
+    }
     audit::record(
         &mut tx,
         "webhook.endpoint_create",
@@ -401,6 +432,14 @@ async fn update(
     };
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let endpoint = store::update_endpoint(&mut tx, id, &patch).await?;
+    // Judged on the endpoint as it will be (in the transaction, so a concurrent change cannot
+    // slip between the check and the commit): whoever leaves it on the audit stream must hold
+    // `audit:read`, and becomes the grantor the stream is checked against from now on. Changing
+    // any field of a streaming endpoint (its URL above all) needs it too.
+    if streams_audit(&endpoint.event_types) {
+        require_audit_read(ctx)?;
+        store::set_audit_grantors(&mut tx, id, &audit_grantors(ctx.actor())).await?;
+    }
     audit::record(
         &mut tx,
         "webhook.endpoint_update",
@@ -531,7 +570,7 @@ async fn send_test(
     let id: EndpointId = parse(&id)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let payload = json!({ "type": "webhook.test", "data": { "endpoint_id": id } });
+    let payload = json!({ "endpoint_id": id });
     let (message, deliveries) = store::publish(
         &mut tx,
         "webhook.test",
@@ -615,10 +654,9 @@ async fn publish(
                 .into(),
         ));
     }
-    if PLATFORM_NAMESPACES
-        .iter()
-        .any(|ns| body.event_type.starts_with(ns))
-    {
+    // The one list of platform namespaces (`PLATFORM_EVENT_NAMESPACES`), which the store also
+    // enforces on every message it writes.
+    if store::is_platform_event_type(&body.event_type) {
         return Err(ApiError::Invalid(
             "event_type: that namespace is reserved for platform events".into(),
         ));

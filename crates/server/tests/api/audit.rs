@@ -47,7 +47,12 @@ async fn checkpoint_now(app: &TestApp, tenant: &TestTenant) -> SignedCheckpoint 
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    // 201 for a new checkpoint, 200 for the latest when the tree has not grown.
+    assert!(
+        [StatusCode::CREATED, StatusCode::OK].contains(&response.status()),
+        "{}",
+        response.status()
+    );
     response.json().await.unwrap()
 }
 
@@ -355,7 +360,8 @@ async fn a_full_auth_failure_queue_counts_what_it_dropped() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let service = AuditService::with_capacity(bulkhead_audit::LogSigningKey::generate(), 2);
-    for _ in 0..5 {
+    // Five addresses: five entries (one address would be one counted entry).
+    for i in 0..5u8 {
         service.record_auth_failure(AuthFailure {
             action: "auth.failure",
             actor: None,
@@ -363,7 +369,7 @@ async fn a_full_auth_failure_queue_counts_what_it_dropped() {
             key_id: None,
             reason: "UnknownKey".into(),
             outcome: Outcome::Failure,
-            ip_address: None,
+            ip_address: Some(std::net::IpAddr::from([192, 0, 2, i])),
             user_agent: None,
             request_id: Default::default(),
         });
@@ -1101,4 +1107,320 @@ async fn a_future_dated_event_does_not_stall_sequencing() {
         5,
         "ordinary events after a future-dated one wait for a full sweep"
     );
+}
+/// Issue 17, item 2: `webhooks:manage` alone subscribed an endpoint to `audit.event` and so read
+/// the whole audit log, which the same key could not read through `GET /v1/audit/events`; and an
+/// endpoint kept streaming after its creator lost `audit:read`.
+#[tokio::test]
+async fn the_audit_stream_needs_audit_read_and_stops_when_its_grantor_loses_it() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let post = |tenant: &TestTenant, path: &str, body: Value| {
+        as_tenant(&app, tenant, Method::POST, path)
+            .json(&body)
+            .send()
+    };
+    let key_of = |minted: &Value| TestTenant {
+        key: minted["key"].as_str().unwrap().to_owned(),
+        ..acme.clone()
+    };
+    // A manager without audit:read: refused on create and on patch, with an audit event.
+    let manager: Value = post(
+        &acme,
+        "/v1/api-keys",
+        json!({ "scopes": ["webhooks:manage"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let manager = key_of(&manager);
+    let siem = json!({ "url": "https://siem.acme.example/in", "event_types": ["audit.event"] });
+    let (status, body) = problem(
+        post(&manager, "/v1/webhooks/endpoints", siem.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("audit:read"));
+    let plain: Value = post(
+        &manager,
+        "/v1/webhooks/endpoints",
+        json!({ "url": "https://plain.acme.example/in", "event_types": ["invoice.paid"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let plain_id = plain["id"].as_str().unwrap();
+    let response = as_tenant(
+        &app,
+        &manager,
+        Method::PATCH,
+        &format!("/v1/webhooks/endpoints/{plain_id}"),
+    )
+    .json(&json!({ "event_types": ["invoice.paid", "audit.event"] }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(problem(response).await.0, StatusCode::FORBIDDEN);
+
+    // An agent whose role holds both subscribes; the stream flows while the role does.
+    let agent: Value = post(&acme, "/v1/agents", json!({ "name": "siem-admin" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let role: Value = post(
+        &acme,
+        "/v1/roles",
+        json!({ "name": "siem", "permissions": ["webhooks:manage", "audit:read"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let assignment: Value = post(
+        &acme,
+        "/v1/role-assignments",
+        json!({ "role_id": role["id"], "agent_id": agent["id"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let agent_key: Value = post(
+        &acme,
+        "/v1/api-keys",
+        json!({ "scopes": ["webhooks:manage", "audit:read"], "agent_id": agent["id"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let agent_key = key_of(&agent_key);
+    let response = post(&agent_key, "/v1/webhooks/endpoints", siem)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let endpoint: Value = response.json().await.unwrap();
+    let endpoint = bulkhead_core::EndpointId::parse(endpoint["id"].as_str().unwrap())
+        .unwrap()
+        .uuid();
+    let su = app.db.superuser_pool().await;
+    let streamed = || {
+        let su = su.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM bulkhead.webhook_deliveries d \
+                 JOIN bulkhead.webhook_messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id \
+                 WHERE d.endpoint_id = $1 AND m.event_type = 'audit.event'",
+            )
+            .bind(endpoint)
+            .fetch_one(&su)
+            .await
+            .unwrap()
+        }
+    };
+    create_session(&app, &acme, "while granted").await;
+    checkpoint_now(&app, &acme).await;
+    let before = streamed().await;
+    assert!(
+        before > 0,
+        "the stream flows while the grantor holds audit:read"
+    );
+
+    // The role goes: the grantor no longer holds audit:read, and the stream stops at once.
+    let response = as_tenant(
+        &app,
+        &acme,
+        Method::DELETE,
+        &format!(
+            "/v1/role-assignments/{}",
+            assignment["id"].as_str().unwrap()
+        ),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(response.status().is_success());
+    create_session(&app, &acme, "after the role is gone").await;
+    checkpoint_now(&app, &acme).await;
+    assert_eq!(
+        streamed().await,
+        before,
+        "nothing more reaches the endpoint"
+    );
+}
+
+/// Issue 17, item 9: `POST /v1/audit/checkpoints` needs only `audit:read` (viewers hold it) and
+/// signed and appended a new checkpoint on every call, even when the tree had not grown. Now the
+/// latest one is answered (200) until the tree grows.
+#[tokio::test]
+async fn a_checkpoint_is_signed_only_when_the_tree_grew() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_session(&app, &acme, "one").await;
+    let post = || as_tenant(&app, &acme, Method::POST, "/v1/audit/checkpoints").send();
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: SignedCheckpoint = first.json().await.unwrap();
+    let su = app.db.superuser_pool().await;
+    let count = || {
+        let su = su.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM bulkhead.audit_checkpoints WHERE tenant_id = $1",
+            )
+            .bind(acme.id.uuid())
+            .fetch_one(&su)
+            .await
+            .unwrap()
+        }
+    };
+    let stored = count().await;
+    for _ in 0..5 {
+        let again = post().await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+        let again: SignedCheckpoint = again.json().await.unwrap();
+        assert_eq!(again, first, "the latest checkpoint, unchanged");
+    }
+    assert_eq!(
+        count().await,
+        stored,
+        "no row appended while the tree did not grow"
+    );
+    // The tree grows: a new checkpoint.
+    create_session(&app, &acme, "two").await;
+    let grown = post().await.unwrap();
+    assert_eq!(grown.status(), StatusCode::CREATED);
+    let grown: SignedCheckpoint = grown.json().await.unwrap();
+    assert!(grown.checkpoint.tree_size > first.checkpoint.tree_size);
+    assert_eq!(count().await, stored + 1);
+}
+
+fn failure(tenant: bulkhead_core::TenantId, ip: &str, user_agent: Option<&str>) -> AuthFailure {
+    AuthFailure {
+        action: "auth.failure",
+        actor: None,
+        tenant,
+        key_id: None,
+        reason: "UnknownKey".into(),
+        outcome: Outcome::Failure,
+        ip_address: Some(ip.parse().unwrap()),
+        user_agent: user_agent.map(str::to_owned),
+        request_id: Default::default(),
+    }
+}
+
+/// Issue 17, item 5: anyone could write one `auth.failure` per request, with a user agent of
+/// their choice, into any tenant's log, and one flood filled the queue every tenant shares. Now
+/// failures are counted per address bucket (IPv6 /64) and window, free text is cleaned and
+/// bounded, and a tenant keeps its fair share of the queue.
+#[tokio::test]
+async fn auth_failures_are_aggregated_cleaned_and_fairly_queued() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let beta = app.create_tenant("beta").await;
+    let service = AuditService::with_capacity(bulkhead_audit::LogSigningKey::generate(), 8);
+    // 500 failures from one address and 20 from one /64: two entries, two counted events.
+    let hostile_ua = format!(
+        "evil\u{202e}\u{200b}\r\nFAKE: line\u{0007}{}",
+        "x".repeat(2000)
+    );
+    for _ in 0..500 {
+        service.record_auth_failure(failure(acme.id, "198.51.100.7", Some(&hostile_ua)));
+    }
+    for i in 0..20 {
+        let ip = format!("2001:db8:5:6::{i:x}");
+        service.record_auth_failure(failure(acme.id, &ip, None));
+    }
+    assert_eq!(service.flush_auth_failures(app.state.store()).await, 2);
+    let events = all_events(&app, &acme).await;
+    let failures: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "auth.failure")
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let mut counts: Vec<u64> = failures
+        .iter()
+        .map(|e| e["metadata"]["count"].as_u64().unwrap())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![20, 500]);
+    let su = app.db.superuser_pool().await;
+    let agents: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT user_agent FROM bulkhead.audit_events WHERE tenant_id = $1 AND action = 'auth.failure'",
+    )
+    .bind(acme.id.uuid())
+    .fetch_all(&su)
+    .await
+    .unwrap();
+    let ua = agents.into_iter().flatten().next().unwrap();
+    assert!(ua.starts_with("evilFAKE: line"), "{ua:?}");
+    assert!(ua.len() <= bulkhead_store::audit::MAX_USER_AGENT_BYTES);
+    assert!(!ua
+        .chars()
+        .any(|c| c.is_control() || ('\u{200b}'..='\u{202e}').contains(&c)));
+
+    // Fair share: acme floods from many addresses and fills the queue; beta's failure still
+    // gets in (one of acme's entries is evicted and counted as dropped).
+    for i in 0..100u8 {
+        service.record_auth_failure(failure(acme.id, &format!("203.0.113.{i}"), None));
+    }
+    service.record_auth_failure(failure(beta.id, "192.0.2.1", None));
+    service.flush_auth_failures(app.state.store()).await;
+    let beta_events = all_events(&app, &beta).await;
+    assert_eq!(
+        beta_events
+            .iter()
+            .filter(|e| e["action"] == "auth.failure")
+            .count(),
+        1,
+        "the victim's failure is kept"
+    );
+    let acme_events = all_events(&app, &acme).await;
+    let dropped: u64 = acme_events
+        .iter()
+        .filter(|e| e["action"] == "audit.auth_failures_dropped")
+        .map(|e| e["metadata"]["dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        dropped,
+        100 - 7,
+        "acme kept 7 of the 8 entries, the rest counted"
+    );
+}
+
+/// Issue 17, item 12: events other than authentication failures had no address or user agent.
+/// Every event produced while serving a request now carries both.
+#[tokio::test]
+async fn every_event_of_a_request_carries_its_address_and_user_agent() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let response = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
+        .header("user-agent", "audit-test/1.0\t")
+        .json(&json!({ "agent_id": "agent-7", "title": "t" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let su = app.db.superuser_pool().await;
+    let (ip, ua): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT host(ip_address), user_agent FROM bulkhead.audit_events \
+         WHERE tenant_id = $1 AND action = 'session.create'",
+    )
+    .bind(acme.id.uuid())
+    .fetch_one(&su)
+    .await
+    .unwrap();
+    assert_eq!(ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(ua.as_deref(), Some("audit-test/1.0"));
 }

@@ -190,3 +190,98 @@ async fn the_database_holds_no_plaintext_key() {
         }
     }
 }
+
+/// Sends one raw HTTP/1.1 request to the app (loopback) and returns the status code: reqwest
+/// cannot write an absolute-form target with a different `Host`.
+async fn raw_status(app: &bulkhead_test_support::TestApp, request: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 17, item 7: a request whose absolute-form target named `acme` while `Host` named
+/// `beta` was served as acme, while OAuth and login read only `Host`. Now one function reads
+/// the host and such a request is refused (400) on every listener path.
+#[tokio::test]
+async fn a_target_and_host_that_disagree_are_refused_everywhere() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    app.create_tenant("beta").await;
+    let port = app.addr.port();
+    let domain = bulkhead_test_support::BASE_DOMAIN;
+    let get = |target: &str, hosts: &[&str]| {
+        let mut text = format!("GET {target} HTTP/1.1\r\n");
+        for host in hosts {
+            text.push_str(&format!("Host: {host}\r\n"));
+        }
+        text.push_str(&format!(
+            "Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            acme.key
+        ));
+        text
+    };
+    let acme_host = format!("acme.{domain}:{port}");
+    let beta_host = format!("beta.{domain}:{port}");
+    let acme_target = format!("http://{acme_host}/v1/sessions");
+    // Agreeing (and differing only in case or a trailing dot): served.
+    assert_eq!(
+        raw_status(&app, get(&acme_target, &[&acme_host])).await,
+        200
+    );
+    assert_eq!(
+        raw_status(
+            &app,
+            get(&acme_target, &[&format!("ACME.{domain}.:{port}")])
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        raw_status(&app, get("/v1/sessions", &[&acme_host])).await,
+        200
+    );
+    // Disagreeing: refused, never served as either tenant.
+    assert_eq!(
+        raw_status(&app, get(&acme_target, &[&beta_host])).await,
+        400
+    );
+    assert_eq!(
+        raw_status(
+            &app,
+            get(&format!("http://{beta_host}/v1/sessions"), &[&acme_host])
+        )
+        .await,
+        400
+    );
+    // Two Host headers: refused.
+    assert_eq!(
+        raw_status(&app, get("/v1/sessions", &[&acme_host, &beta_host])).await,
+        400
+    );
+    // OAuth and login read the same host: the same refusal.
+    for (path, body) in [
+        ("/oauth/token", "grant_type=client_credentials".to_owned()),
+        (
+            "/v1/auth/login",
+            r#"{"email":"a@b.example","password":"x"}"#.to_owned(),
+        ),
+    ] {
+        let content_type = if path.starts_with("/oauth") {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        let request = format!(
+            "POST http://{acme_host}{path} HTTP/1.1\r\nHost: {beta_host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(raw_status(&app, request).await, 400, "{path}");
+    }
+}

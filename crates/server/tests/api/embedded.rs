@@ -47,7 +47,14 @@ impl Server {
         let log = data_dir.with_file_name(format!("serve-{port}.log"));
         let child = bulkhead(data_dir)
             .envs(env.iter().copied())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            // Metrics on a free loopback port: servers of parallel tests must not share 9090.
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

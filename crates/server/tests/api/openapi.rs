@@ -13,7 +13,6 @@ use serde_json::Value;
 const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
-    ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/.well-known/jwks.json"),
@@ -26,7 +25,6 @@ const PUBLIC: &[(&str, &str)] = &[
 const NO_CLIENT_ERROR: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
-    ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/bulkhead-audit-key"),
 ];

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use crate::helpers::problem;
 
 #[tokio::test]
-async fn health_readiness_and_metrics_answer_without_credentials() {
+async fn health_and_readiness_answer_without_credentials() {
     let app = spawn_app().await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
@@ -17,10 +17,53 @@ async fn health_readiness_and_metrics_answer_without_credentials() {
     assert!(request_id.starts_with("req_"), "{request_id}");
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+}
+
+/// Issue 17, item 8: `/metrics` on the API listener showed every tenant's activity by route and
+/// status to anyone. The API answers 404 (like any unknown path, on every host); the metrics are
+/// on the operator's listener (`--metrics-listen`, loopback by default).
+#[tokio::test]
+async fn metrics_are_served_on_their_own_listener_never_the_apis() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    for url in [app.url("/metrics"), app.tenant_url(&acme.slug, "/metrics")] {
+        let response = app.client.get(&url).send().await.unwrap();
+        let (status, _) = problem(response).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{url}");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bulkhead_server::app::serve_metrics(listener, async move {
+        let _ = stopped.await;
+    }));
+    let metrics = app
+        .client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     let text = metrics.text().await.unwrap();
     assert!(text.contains("bulkhead_http_requests_total"), "{text}");
+    // Nothing else is served there.
+    let other = app
+        .client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    // The flag's parser: an address or `off`.
+    use bulkhead_server::config::{parse_metrics_listen, MetricsListen};
+    assert_eq!(parse_metrics_listen("off"), Ok(MetricsListen(None)));
+    assert_eq!(
+        parse_metrics_listen("127.0.0.1:9090"),
+        Ok(MetricsListen(Some("127.0.0.1:9090".parse().unwrap())))
+    );
+    assert!(parse_metrics_listen("everywhere").is_err());
 }
 
 #[tokio::test]

@@ -257,7 +257,6 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         "Public GET /.well-known/jwks.json",
         "Public GET /.well-known/oauth-authorization-server",
         "Public GET /healthz",
-        "Public GET /metrics",
         "Public GET /openapi.json",
         "Public GET /readyz",
         "SelfAuthenticating POST /oauth/introspect",
@@ -1141,4 +1140,66 @@ async fn the_rbac_migration_upgrades_existing_tenants() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(held, Some(BuiltInRole::Admin.permissions()));
+}
+
+/// Issue 17, item 12: a role change reached other processes only when their 5 s ceiling cache
+/// expired. It is now pushed with NOTIFY like key revocations: a second process of the same
+/// deployment refuses the credential well inside the cache's lifetime.
+#[tokio::test]
+async fn role_changes_reach_a_second_process_before_its_cache_expires() {
+    let first = app().await;
+    let second = spawn_app_with(AppOptions {
+        db: Some(first.db.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let tenant = first.create_tenant("acme").await;
+    let (holder, agent_id) = agent_with_role(&first, &tenant, "ops-bot", "developer").await;
+    // Let the second process's listener subscribe, then warm its ceiling cache.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            send(&second, &holder, Method::GET, "/v1/sessions", None)
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let assignments: Value = send(
+        &first,
+        &tenant,
+        Method::GET,
+        &format!("/v1/role-assignments?agent_id={agent_id}"),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let assignment = assignments["data"][0]["id"].as_str().unwrap();
+    let removed_at = std::time::Instant::now();
+    let removed = send(
+        &first,
+        &tenant,
+        Method::DELETE,
+        &format!("/v1/role-assignments/{assignment}"),
+        None,
+    )
+    .await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    // Well under the 5 s cache lifetime: only a pushed invalidation can explain a refusal.
+    let bound = bulkhead_server::ceilings::CEILING_TTL / 2;
+    loop {
+        let status = send(&second, &holder, Method::GET, "/v1/sessions", None)
+            .await
+            .status();
+        if status == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert!(
+            removed_at.elapsed() < bound,
+            "the role change did not reach the second process within {bound:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

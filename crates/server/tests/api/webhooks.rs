@@ -155,7 +155,8 @@ async fn registration_refuses_hostile_urls_and_headers_with_a_named_rule() {
         ("http://hooks.receiver.example/", "scheme"),
         ("https://169.254.169.254/latest/meta-data/", "link-local"),
         ("https://[::ffff:127.0.0.1]/", "loopback"),
-        ("https://0x7f.2/", "loopback"),
+        ("https://0x7f.2/", "canonical dotted decimal"),
+        ("https://010.0.0.1/", "canonical dotted decimal"),
         ("https://user@hooks.receiver.example/", "user name"),
         ("https://hooks.receiver.example:22/", "port 22"),
         ("https://acme.bulkhead.test/", "platform-owned"),
@@ -204,7 +205,7 @@ async fn registration_refuses_hostile_urls_and_headers_with_a_named_rule() {
             .iter()
             .filter(|e| e.action == "webhook.blocked" && e.outcome == "blocked")
             .count(),
-        9
+        10
     );
 }
 
@@ -683,4 +684,94 @@ async fn a_platform_event_racing_an_endpoint_delete_neither_fails_nor_delivers_t
         .expect("the event's transaction must not fail");
     // The endpoint was its only subscriber and is gone: nothing was queued for it.
     assert_eq!(raised, None);
+}
+
+/// Issue 17, item 3: a tenant could publish `audit.event` or `tool.…` messages that were
+/// delivered with the same body shape and a valid signature as the platform's own. Every
+/// platform namespace is now refused at publish, and every body says who raised it, inside the
+/// signed bytes.
+#[tokio::test]
+async fn tenants_cannot_forge_platform_events_and_every_body_names_its_source() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    create_endpoint(&app, &a, json!({ "url": "https://all.receiver.example/" })).await;
+    for reserved in [
+        "audit.event",
+        "audit",
+        "audit.anything.else",
+        "tool.call",
+        "tool",
+        "security.refresh_token_reuse",
+        "webhook.test",
+        "endpoint.disabled",
+    ] {
+        let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": reserved, "payload": { "actor_id": "user_forged" } }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(response).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{reserved}: {body}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains("reserved"));
+    }
+    // A name that merely starts with the same letters is the tenant's own.
+    let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "auditor.report", "payload": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // A tenant payload dressed as a platform body stays the tenant's `data`.
+    let forged = json!({ "type": "audit.event", "source": "platform", "data": { "x": 1 } });
+    let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "invoice.paid", "payload": forged }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id: Value = response.json().await.unwrap();
+    let id = MessageId::parse(id["id"].as_str().unwrap()).unwrap();
+    let ctx = TenantContext::new(
+        a.id,
+        Actor::System { component: "test" },
+        Default::default(),
+    );
+    let store_handle = app.state.store();
+    let mut tx = store_handle.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let message = store::get_message(&mut tx, id).await.unwrap();
+    assert_eq!(
+        message.payload,
+        json!({ "type": "invoice.paid", "source": "tenant", "data": forged })
+    );
+    // The platform's own events carry `"source": "platform"`.
+    let platform = store::enqueue_platform_event(&mut tx, "session.created", json!({ "n": 1 }))
+        .await
+        .unwrap()
+        .unwrap();
+    let platform = store::get_message(&mut tx, platform).await.unwrap();
+    assert_eq!(
+        platform.payload,
+        json!({ "type": "session.created", "source": "platform", "data": { "n": 1 } })
+    );
+    // The store holds the same line for callers other than the route: no tenant message in a
+    // platform namespace, no platform event outside one.
+    let tenant_forgery = store::publish(
+        &mut tx,
+        "audit.event",
+        &json!({}),
+        store::MessageSource::Tenant,
+        None,
+        chrono::Utc::now(),
+    )
+    .await;
+    assert!(matches!(
+        tenant_forgery,
+        Err(bulkhead_store::StoreError::Invalid(_))
+    ));
+    let stray = store::enqueue_platform_event(&mut tx, "invoice.paid", json!({})).await;
+    assert!(matches!(stray, Err(bulkhead_store::StoreError::Invalid(_))));
 }

@@ -104,7 +104,7 @@ impl Rig {
         let (id, _) = store::publish(
             &mut tx,
             "invoice.paid",
-            &json!({ "type": "invoice.paid", "data": { "n": n } }),
+            &json!({ "n": n }),
             MessageSource::Tenant,
             None,
             self.clock.now(),
@@ -341,6 +341,7 @@ async fn gone_disables_the_endpoint_and_tells_the_other_endpoints() {
     let last = watcher.requests().pop().unwrap();
     let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
     assert_eq!(body["type"], "endpoint.disabled");
+    assert_eq!(body["source"], "platform");
     assert_eq!(body["data"]["endpoint_id"], gone_id.to_string());
     assert_eq!(gone.requests().len(), 1);
 }

@@ -240,8 +240,107 @@ fn refusals_name_the_rule() {
         .check_url("https://[::ffff:169.254.169.254]/")
         .unwrap_err();
     assert!(err.to_string().contains("link-local"), "{err}");
-    let err = strict.check_url("https://2130706433/").unwrap_err();
+    let err = strict.check_url("https://127.0.0.1/").unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
+    // The range is named; the address never is (it goes to operator logs only).
+    assert!(!err.to_string().contains("127.0.0.1"), "{err}");
+    assert_eq!(
+        strict.check_url("https://2130706433/"),
+        Err(EgressError::NonCanonicalIpv4)
+    );
+}
+
+/// Issue 17, item 11: `https://010.0.0.1/` registered: the WHATWG parser reads it as octal
+/// (8.0.0.1, a public address), other parsers as 10.0.0.1. Every IPv4 spelling but canonical
+/// dotted decimal is refused, public addresses included.
+#[test]
+fn only_canonical_dotted_decimal_ipv4_hosts_pass() {
+    let strict = EgressPolicy::default();
+    for url in [
+        "https://010.0.0.1/",
+        "https://8.8.8.010/",
+        "https://08.8.8.8/",
+        "https://0x8.8.8.8/",
+        "https://0x08080808/",
+        "https://134744072/",
+        "https://8.8.2056/",
+        "https://8.526344/",
+        "https://8.8.8.8./",
+        "https://\u{ff18}.\u{ff18}.\u{ff18}.\u{ff18}/",
+        "https://8%2e8.8.8/",
+        "https://8.8.8.8:443@/",
+    ] {
+        let refusal = strict.check_url(url).unwrap_err();
+        assert!(
+            matches!(
+                refusal,
+                EgressError::NonCanonicalIpv4
+                    | EgressError::Userinfo
+                    | EgressError::ForbiddenCharacter
+                    | EgressError::Unparsable
+            ),
+            "{url}: {refusal:?}"
+        );
+    }
+    assert_eq!(
+        strict.check_url("https://010.0.0.1/"),
+        Err(EgressError::NonCanonicalIpv4)
+    );
+    assert_eq!(
+        strict.check_url("https://8.8.8.010/"),
+        Err(EgressError::NonCanonicalIpv4)
+    );
+    for url in [
+        "https://8.8.8.8/",
+        "https://8.8.8.8:443/x",
+        "https://1.0.0.255?q",
+    ] {
+        strict
+            .check_url(url)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+/// Issue 17, item 4: a name resolving to a private address was refused with `the address
+/// 10.x.y.z is not allowed: private (10.0.0.0/8)`, mapping the deployment's internal DNS for any
+/// tenant. What a tenant sees (`Display`, the class) names neither address nor range.
+#[tokio::test]
+async fn refusals_of_resolved_names_reveal_only_the_class() {
+    let policy = policy();
+    for (url, address, range) in [
+        (
+            "https://metadata.attacker.example/",
+            "169.254.169.254",
+            "169.254.0.0/16",
+        ),
+        ("https://mixed.attacker.example/", "10.0.0.1", "10.0.0.0/8"),
+        (
+            "https://mapped.attacker.example/",
+            "127.0.0.1",
+            "127.0.0.0/8",
+        ),
+        ("https://ula.attacker.example/", "fd00::1", "fc00::/7"),
+    ] {
+        let refusal = judge(&policy, url).await.unwrap_err();
+        let shown = refusal.to_string();
+        assert_eq!(refusal.class(), "blocked_address", "{url}");
+        for secret in [
+            address,
+            range,
+            "private",
+            "loopback",
+            "link-local",
+            "unique local",
+        ] {
+            assert!(!shown.contains(secret), "{url}: {shown}");
+        }
+        // The operator's log line has it.
+        assert!(refusal.operator_detail().contains(address), "{url}");
+    }
+    let missing = judge(&policy, "https://nowhere.attacker.example/")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.class(), "dns");
 }
 
 #[test]
