@@ -25,6 +25,7 @@ pub mod audit_retention;
 pub mod door;
 pub mod embedded;
 mod error;
+pub mod gate;
 pub mod jobs;
 pub mod location;
 pub mod migrate;
