@@ -648,6 +648,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     config.tokens.max_delegation_depth = usize::from(args.max_delegation_depth);
     config.webhook_egress = args.egress.policy(&config.base_domain);
+    config.connections = args.http.connections().map_err(anyhow::Error::msg)?;
+    config.hashing = args.http.hashing().map_err(anyhow::Error::msg)?;
     let peppers = load_peppers(&args.database)?;
     let master = load_master_key(&args.database)?;
     let db = Database::open(&args.database).await?;

@@ -15,6 +15,7 @@ mod platform;
 mod probe;
 mod ratelimit;
 mod rbac;
+mod resources;
 mod sessions;
 mod tiers;
 mod tokens;
