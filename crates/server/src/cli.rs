@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP API (and, unless --no-worker, the job worker).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations as the owner role to every target (each region's shared
     /// schema, every tenant schema, every dedicated database), then exit; prints a report per
     /// target and exits 1 if any failed (it is left unchanged; run again to resume).
@@ -401,7 +401,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate { parallel, database } => {
             let db = Database::open(&database).await?;
             let result = migrate_everything(&db, &database, parallel).await;
