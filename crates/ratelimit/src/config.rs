@@ -160,6 +160,10 @@ pub enum Level {
     Agent,
     /// One endpoint class inside a tenant (`login`, `token`, …), when the class has its own quota.
     Endpoint,
+    /// One client address before authentication: a limiter keyed by address reports its
+    /// budget under this name (the caller relabels the tenant level, see
+    /// [`Decision::relabel`](crate::Decision::relabel)).
+    Address,
 }
 
 impl Level {
@@ -170,6 +174,7 @@ impl Level {
             Self::Tenant => "tenant",
             Self::Agent => "agent",
             Self::Endpoint => "endpoint",
+            Self::Address => "address",
         }
     }
 }

@@ -53,6 +53,20 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The same decision with level `from` reported as `to`: a limiter keyed by something other
+    /// than a tenant (a client address) names its level for what it keys.
+    pub fn relabel(mut self, from: Level, to: Level) -> Self {
+        if self.rejected_by == Some(from) {
+            self.rejected_by = Some(to);
+        }
+        if let Some(state) = &mut self.limiting {
+            if state.level == from {
+                state.level = to;
+            }
+        }
+        self
+    }
+
     /// An allowed decision with no level to report.
     pub(crate) fn unlimited(source: Source) -> Self {
         Self {

@@ -239,6 +239,8 @@ impl MemoryStore {
                     Level::Tenant => tenant_slot.as_deref().copied().flatten(),
                     Level::Agent => agent_slot.as_deref().copied(),
                     Level::Endpoint => endpoint_slot.as_deref().copied(),
+                    // Never a cell: only a label (Decision::relabel).
+                    Level::Address => None,
                 };
             }
             let evaluation = evaluate(cells, &tats, now);
@@ -272,6 +274,7 @@ impl MemoryStore {
                     },
                     Level::Agent => agent_slot.as_deref_mut(),
                     Level::Endpoint => endpoint_slot.as_deref_mut(),
+                    Level::Address => None,
                 };
                 match slot {
                     Some(tat) => *tat = next,

@@ -206,6 +206,8 @@ impl RedisStore {
             Level::Endpoint => keys
                 .class
                 .map(|(c, _)| format!("{prefix}:{{{tenant}}}:e:{c}")),
+            // Never a cell: only a label (Decision::relabel).
+            Level::Address => None,
         }
     }
 

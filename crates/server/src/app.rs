@@ -82,6 +82,10 @@ pub fn router(state: AppState) -> Router {
                     state.clone(),
                     crate::audit_log::request_client,
                 ))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::listener::request_timeout,
+                ))
                 .layer(CatchPanicLayer::custom(|_| {
                     axum::response::IntoResponse::into_response(ApiError::Internal(
                         anyhow::anyhow!("handler panicked"),
@@ -140,12 +144,11 @@ pub async fn serve(
             .clone()
             .run_flusher(state.store().clone(), flusher_stopped),
     );
-    let served = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    // Not axum::serve: it has no header or idle timeout and no connection cap (crate::listener).
+    let settings = state.config().connections.clone();
+    let trusted_proxies = state.config().trusted_proxies.clone();
+    let served =
+        crate::listener::serve(listener, router(state), settings, trusted_proxies, shutdown).await;
     listener_task.abort();
     token_task.abort();
     ceiling_task.abort();

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP API (and, unless --no-worker, the job worker).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations as the owner role to every target (each region's shared
     /// schema, every tenant schema, every dedicated database), then exit; prints a report per
     /// target and exits 1 if any failed (it is left unchanged; run again to resume).
@@ -401,7 +401,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate { parallel, database } => {
             let db = Database::open(&database).await?;
             let result = migrate_everything(&db, &database, parallel).await;
@@ -648,6 +648,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     config.tokens.max_delegation_depth = usize::from(args.max_delegation_depth);
     config.webhook_egress = args.egress.policy(&config.base_domain);
+    config.connections = args.http.connections().map_err(anyhow::Error::msg)?;
+    config.hashing = args.http.hashing().map_err(anyhow::Error::msg)?;
     let peppers = load_peppers(&args.database)?;
     let master = load_master_key(&args.database)?;
     let db = Database::open(&args.database).await?;

@@ -107,6 +107,72 @@ pub struct ServeArgs {
     /// Database location.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Client connection timeouts and caps.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Client connections: what a connection may cost before and while it sends a request.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Seconds a client has to send a whole request head (also closes idle keep-alive
+    /// connections after this long).
+    #[arg(long, env = "BULKHEAD_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds to read a request's body and answer it (408 beyond).
+    #[arg(long, env = "BULKHEAD_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_request_timeout_secs: u64,
+    /// Seconds a connection may move no byte either way before it is closed.
+    #[arg(long, env = "BULKHEAD_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub http_idle_timeout_secs: u64,
+    /// Client connections open at once. Default: 10,000, or the descriptor limit less 256 if
+    /// lower; a value the descriptor limit cannot hold is refused at start.
+    #[arg(long, env = "BULKHEAD_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Client connections open at once from one address (IPv6: one /64); trusted proxies are
+    /// capped only by the total.
+    #[arg(
+        long,
+        env = "BULKHEAD_HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub http_max_connections_per_address: usize,
+    /// Password hashes computed at once (argon2id, one core each). Default: half the cores,
+    /// at least 1, so hashing never takes every core.
+    #[arg(long, env = "BULKHEAD_HASH_WORKERS")]
+    pub hash_workers: Option<usize>,
+    /// Password operations that may wait for a hashing worker; beyond, 503 with Retry-After.
+    #[arg(long, env = "BULKHEAD_HASH_QUEUE", default_value_t = 4)]
+    pub hash_queue: usize,
+}
+
+impl HttpArgs {
+    /// The validated connection settings.
+    pub fn connections(&self) -> Result<crate::listener::ConnectionSettings, String> {
+        let defaults = crate::listener::ConnectionSettings::default();
+        let settings = crate::listener::ConnectionSettings {
+            header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            request_timeout: Duration::from_secs(self.http_request_timeout_secs),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+            max_connections: self
+                .http_max_connections
+                .unwrap_or(defaults.max_connections),
+            max_connections_per_address: self.http_max_connections_per_address,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The validated hashing settings.
+    pub fn hashing(&self) -> Result<crate::hashing::HashingSettings, String> {
+        let defaults = crate::hashing::HashingSettings::default();
+        let settings = crate::hashing::HashingSettings {
+            workers: self.hash_workers.unwrap_or(defaults.workers),
+            queue: self.hash_queue,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
 }
 
 /// The egress policy for outbound webhooks (registration checks and delivery).
@@ -199,6 +265,10 @@ pub struct AppConfig {
     pub tools: ToolSettings,
     /// Base URLs of regions this process does not serve (see [`ServeArgs::region_endpoints`]).
     pub region_endpoints: Vec<(String, String)>,
+    /// Client connection timeouts and caps (see [`crate::listener`]).
+    pub connections: crate::listener::ConnectionSettings,
+    /// The password-hashing pool (see [`crate::hashing`]).
+    pub hashing: crate::hashing::HashingSettings,
 }
 
 impl AppConfig {
@@ -299,6 +369,8 @@ impl AppConfig {
             weaken_host_check: false,
             tools: ToolSettings::default(),
             region_endpoints: Vec::new(),
+            connections: crate::listener::ConnectionSettings::default(),
+            hashing: crate::hashing::HashingSettings::default(),
         })
     }
 }

@@ -104,7 +104,8 @@ pub enum ApiError {
     /// 422: well-formed but invalid.
     #[error("invalid: {0}")]
     Invalid(Cow<'static, str>),
-    /// 429: a rate limit was reached; names the level (`global`, `tenant`, `agent`, `endpoint`).
+    /// 429: a rate limit was reached; names the level (`address` before authentication, then
+    /// `global`, `tenant`, `agent`, `endpoint`).
     #[error("rate limited at the {0} level")]
     RateLimited(&'static str),
     /// 503: the database is unreachable or not ready.
@@ -121,6 +122,14 @@ pub enum ApiError {
     /// 307 to the tenant's region (configured with `--region-endpoint`): same method and body.
     #[error("redirected to the tenant's region")]
     RegionRedirect(String),
+    /// 408: the request (its body and the answer) did not complete within the request timeout
+    /// (seconds); the connection is closed.
+    #[error("request timeout")]
+    RequestTimeout(u64),
+    /// 503 with `Retry-After`: the password-hashing pool (or this tenant's share of it, or the
+    /// anonymous budget) is full; nothing was changed.
+    #[error("password hashing busy")]
+    HashingBusy,
     /// 500: a bug or an unexpected failure. Logged with its cause; the client sees nothing of it.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -338,6 +347,18 @@ impl ApiError {
                 // The region is not named: the caller may not even be authenticated yet.
                 "this tenant is served in another region, not by this server; send the request to that region's endpoint".into(),
             ),
+            RequestTimeout(seconds) => (
+                StatusCode::REQUEST_TIMEOUT,
+                problem_type!("request-timeout"),
+                "Request Timeout",
+                format!("the request was not completed within {seconds} s").into(),
+            ),
+            HashingBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem_type!("busy"),
+                "Service Unavailable",
+                "too many password operations are in progress; nothing was changed; retry after the time in Retry-After".into(),
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 problem_type!("internal"),
@@ -379,6 +400,16 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::LOCATION, value);
             }
         }
+        if matches!(self, ApiError::HashingBusy) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+        }
+        if matches!(self, ApiError::RequestTimeout(_)) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, ApiError::TenantMoving | ApiError::SchemaBusy) {
             response
                 .headers_mut()
@@ -414,6 +445,8 @@ impl From<StoreError> for ApiError {
             }
             StoreError::TenantMoving | StoreError::LocationMismatch => ApiError::TenantMoving,
             StoreError::WrongRegion(region) => ApiError::WrongRegion(region),
+            // The route class's statement timeout: the database was busy for this request.
+            StoreError::Timeout => ApiError::Unavailable,
             other => ApiError::Internal(other.into()),
         }
     }
@@ -524,6 +557,7 @@ impl From<StoreError> for OAuthError {
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
             | StoreError::TenantMoving
             | StoreError::LocationMismatch
+            | StoreError::Timeout
             | StoreError::WrongRegion(_) => OAuthError::unavailable(),
             other => OAuthError::server_error(other),
         }

@@ -3,7 +3,12 @@
 //!
 //! - [`preauth_limit`] runs before authentication, keyed by the client address: it bounds the
 //!   work (one key lookup each) that unauthenticated traffic can cause, such as a flood of
-//!   checksum-valid random keys.
+//!   checksum-valid random keys. It is charged only for requests that do not authenticate
+//!   (missing or failed credentials: a 4xx answer with no authenticated tenant), because many
+//!   tenants share egress addresses (NAT, corporate proxies, an agent runtime): one tenant's
+//!   authenticated flood is that tenant's budget, never its neighbours' on the same address.
+//!   Once an address has spent the budget, every request from it is refused before any lookup
+//!   (429 naming the level `address`) until the budget has room again.
 //! - [`tenant_limit`] runs after authentication and before any database work, with all four
 //!   levels (global, tenant by plan, agent/key, endpoint class with its cost), all or nothing.
 //!
@@ -21,8 +26,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, Clock, TenantContext, TenantId};
 use bulkhead_ratelimit::{
-    header_values, ClassQuota, ConcurrencyLimiter, Decision, LimitConfig, Limiter, Plan, Quota,
-    Source,
+    header_values, ClassQuota, ConcurrencyLimiter, Decision, Level, LevelState, LimitConfig,
+    Limiter, Plan, Quota, Source,
 };
 use bulkhead_store::registry;
 
@@ -72,12 +77,25 @@ pub fn default_concurrency() -> ConcurrencyLimiter {
     ConcurrencyLimiter::new(256).with_class("key_create", 4)
 }
 
+/// Addresses whose pre-authentication budget is spent, with when it has room again. Bounded:
+/// an entry lives at most as long as the longest wait.
+type Blocked = moka::sync::Cache<TenantId, chrono::DateTime<chrono::Utc>>;
+
+fn blocked_addresses() -> Blocked {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(std::time::Duration::from_secs(15 * 60))
+        .build()
+}
+
 /// The limiters of a process.
 #[derive(Debug)]
 pub struct RateLimits {
     tenant: Limiter,
     preauth: Limiter,
     concurrency: ConcurrencyLimiter,
+    blocked: Blocked,
+    clock: Clock,
 }
 
 impl RateLimits {
@@ -85,8 +103,10 @@ impl RateLimits {
     pub fn in_memory(tenant: LimitConfig, preauth: LimitConfig, clock: Clock) -> Self {
         Self {
             tenant: Limiter::in_memory(tenant, clock.clone()),
-            preauth: Limiter::in_memory(preauth, clock),
+            preauth: Limiter::in_memory(preauth, clock.clone()),
             concurrency: default_concurrency(),
+            blocked: blocked_addresses(),
+            clock,
         }
     }
 
@@ -95,12 +115,14 @@ impl RateLimits {
         match bulkhead_ratelimit::RedisOptions::from_env() {
             Some(options) => Ok(Self {
                 tenant: Limiter::redis(default_limits(), clock.clone(), options.clone())?,
-                preauth: Limiter::redis(default_preauth_limits(), clock, {
+                preauth: Limiter::redis(default_preauth_limits(), clock.clone(), {
                     let mut options = options;
                     options.key_prefix = format!("{}:preauth", options.key_prefix);
                     options
                 })?,
                 concurrency: default_concurrency(),
+                blocked: blocked_addresses(),
+                clock,
             }),
             None => Ok(Self::in_memory(
                 default_limits(),
@@ -165,7 +187,43 @@ fn add_headers(response: &mut Response, decision: &Decision) {
     }
 }
 
-/// Before authentication: one budget per client address.
+/// Put on the response of a request that authenticated ([`tenant_limit`] runs only after
+/// resolution succeeded): such requests are not charged to the per-address budget.
+#[derive(Debug, Clone, Copy)]
+struct Authenticated;
+
+/// How long until a level with `state` after an allowed charge has room for one more unit.
+fn until_one_unit(state: &LevelState) -> std::time::Duration {
+    let rested_after_one = state
+        .quota
+        .emission_interval()
+        .saturating_mul(state.quota.burst().saturating_sub(1));
+    state
+        .reset
+        .saturating_sub(rested_after_one)
+        .max(std::time::Duration::from_millis(1))
+}
+
+/// The 429 for an address whose budget is spent, for `wait` more.
+fn address_refusal(limits: &RateLimits, wait: std::time::Duration) -> Response {
+    let quota = limits.preauth.config().plans.get(&Plan::Standard).copied();
+    let decision = Decision {
+        allowed: false,
+        rejected_by: Some(Level::Address),
+        retry_after: Some(wait),
+        limiting: quota.map(|quota| LevelState {
+            level: Level::Address,
+            quota,
+            remaining: 0,
+            reset: wait,
+        }),
+        source: Source::Backend,
+    };
+    rejection(&decision)
+}
+
+/// Before authentication: one budget per client address, charged only for requests that end
+/// without authenticating (see the module documentation).
 pub async fn preauth_limit(
     State(state): State<AppState>,
     request: Request,
@@ -177,23 +235,64 @@ pub async fn preauth_limit(
     // An unknown address (malformed chain) shares one budget rather than escaping limits.
     let ip = crate::credentials::request_client_ip(&request, &state.config().trusted_proxies)
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let key = address_key(ip);
+    let now = limits.clock.now();
+    if let Some(until) = limits.blocked.get(&key) {
+        match (until - now).to_std() {
+            Ok(wait) if !wait.is_zero() => {
+                tracing::warn!(target: "bulkhead::audit", action = "ratelimit.preauth", outcome = "blocked", client_ip = %ip, level = "address", "pre-authentication limit reached");
+                metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => "address")
+                    .increment(1);
+                return address_refusal(limits, wait);
+            }
+            _ => limits.blocked.invalidate(&key),
+        }
+    }
+    let response = next.run(request).await;
+    if response.extensions().get::<Authenticated>().is_some()
+        || !response.status().is_client_error()
+    {
+        return response;
+    }
+    // Missing or failed authentication (or a request refused before it): charged. Once the
+    // budget has no room, the address is refused before any lookup until it has.
     let decision = limits
         .preauth
         .check(&bulkhead_ratelimit::Request::new(
-            address_key(ip),
+            key,
             Plan::Standard,
             bulkhead_ratelimit::DEFAULT_CLASS,
         ))
-        .await;
-    if !decision.allowed {
-        tracing::warn!(target: "bulkhead::audit", action = "ratelimit.preauth", outcome = "blocked", client_ip = %ip, "pre-authentication limit reached");
-        return rejection(&decision);
+        .await
+        .relabel(Level::Tenant, Level::Address);
+    let wait = match (decision.allowed, &decision.limiting) {
+        (false, _) => Some(
+            decision
+                .retry_after
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        ),
+        (true, Some(state)) if state.remaining == 0 => Some(until_one_unit(state)),
+        _ => None,
+    };
+    if let Some(wait) = wait {
+        let until =
+            now + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(1));
+        limits.blocked.insert(key, until);
     }
-    next.run(request).await
+    response
 }
 
 /// After authentication, before the handler: all four levels, all or nothing.
 pub async fn tenant_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let authenticated = request.extensions().get::<TenantContext>().is_some();
+    let mut response = tenant_limits(state, request, next).await;
+    if authenticated {
+        response.extensions_mut().insert(Authenticated);
+    }
+    response
+}
+
+async fn tenant_limits(state: AppState, request: Request, next: Next) -> Response {
     let Some(limits) = state.rate_limits() else {
         return next.run(request).await;
     };
@@ -250,9 +349,27 @@ pub async fn tenant_limit(State(state): State<AppState>, request: Request, next:
         metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => decision.rejected_by.map_or("unavailable", |l| l.as_str())).increment(1);
         return rejection(&decision);
     }
-    let mut response = next.run(request).await;
+    let timeout = statement_timeout(request.method(), &route);
+    let mut response = bulkhead_store::gate::STATEMENT_TIMEOUT
+        .scope(timeout, next.run(request))
+        .await;
     add_headers(&mut response, &decision);
     response
+}
+
+/// `statement_timeout` of reads (every GET: single resources and lists with their filters).
+pub const READ_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// `statement_timeout` of writes.
+pub const WRITE_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The statement timeout of a route class: a tenant's heaviest allowed query gives up (503)
+/// instead of holding a shared connection for as long as it likes.
+fn statement_timeout(method: &http::Method, _route: &str) -> std::time::Duration {
+    if method == http::Method::GET || method == http::Method::HEAD {
+        READ_STATEMENT_TIMEOUT
+    } else {
+        WRITE_STATEMENT_TIMEOUT
+    }
 }
 
 /// Shared handle in the app state.

@@ -36,6 +36,7 @@ struct Inner {
     screener: std::sync::OnceLock<
         Result<Arc<bulkhead_screening::Screener>, bulkhead_screening::RuleError>,
     >,
+    hashing: crate::hashing::HashPool,
 }
 
 impl AppState {
@@ -86,8 +87,10 @@ impl AppState {
             clock.clone(),
             config.tokens.clone(),
         ));
+        let hashing = crate::hashing::HashPool::new(&config.hashing);
         Self {
             inner: Arc::new(Inner {
+                hashing,
                 store,
                 verifier,
                 tokens,
@@ -104,6 +107,11 @@ impl AppState {
                 screener: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The password-hashing pool.
+    pub fn hashing(&self) -> &crate::hashing::HashPool {
+        &self.inner.hashing
     }
 
     /// The store door.

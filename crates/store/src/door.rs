@@ -27,6 +27,8 @@ pub enum Access {
 #[derive(Clone)]
 pub struct Store {
     router: Arc<Router>,
+    // Connections in use per tenant (crate::gate).
+    gate: Arc<crate::gate::TenantGate>,
 }
 
 impl fmt::Debug for Store {
@@ -34,6 +36,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("connections", &self.router.topology.registry.size())
             .field("topology", &self.router.topology)
+            .field("tenant_connection_cap", &self.gate.cap())
             .finish()
     }
 }
@@ -42,6 +45,11 @@ impl fmt::Debug for Store {
 // schema, and the location confirmed by the tenant's row there, in one round trip. Left-to-right
 // evaluation of the select list makes the session-level reset happen before the local value is
 // set. `{schema}` is a validated identifier (location::SchemaName or "bulkhead"), never input.
+//
+// Also transaction-local: `statement_timeout` from the task's route class ($3; NULL keeps the
+// database's setting), and custom plans, so that a list's optional filters
+// (`$4::text IS NULL OR state = $4`) are planned with their values and use their indexes
+// instead of a generic plan that can use none.
 fn enter_statement(schema: &str, access: Access) -> String {
     let read_only = match access {
         Access::ReadOnly => ", set_config('transaction_read_only', 'on', true)",
@@ -55,7 +63,9 @@ fn enter_statement(schema: &str, access: Access) -> String {
     format!(
         "WITH ctx AS (SELECT set_config('bulkhead.tenant_id', '', false), \
          set_config('bulkhead.tenant_id', $1, true), \
-         set_config('search_path', $2, true){read_only}) \
+         set_config('search_path', $2, true), \
+         set_config('statement_timeout', COALESCE($3, current_setting('statement_timeout')), true), \
+         set_config('plan_cache_mode', 'force_custom_plan', true){read_only}) \
          SELECT t.isolation_tier, t.schema_name, t.database_name, t.region, \
          t.frozen_since IS NOT NULL, t.live FROM ctx, \"{schema}\".tenants t \
          WHERE t.id = $1::uuid{lock}"
@@ -92,9 +102,37 @@ impl Store {
     /// A store over a whole topology. The pools' roles are the caller's to check
     /// ([`roles::verify_app_role`] for serving pools).
     pub fn with_topology(topology: Topology) -> Self {
+        let cap =
+            crate::gate::TenantGate::default_cap(topology.registry.options().get_max_connections());
+        let wait = topology.registry.options().get_acquire_timeout();
         Self {
             router: Arc::new(Router::new(topology)),
+            gate: Arc::new(crate::gate::TenantGate::new(cap, wait)),
         }
+    }
+
+    /// The same store with another cap on transactions one tenant may hold open at once.
+    pub fn with_tenant_connection_cap(self, cap: usize) -> Self {
+        let wait = self
+            .router
+            .topology
+            .registry
+            .options()
+            .get_acquire_timeout();
+        Self {
+            gate: Arc::new(crate::gate::TenantGate::new(cap, wait)),
+            ..self
+        }
+    }
+
+    /// Transactions one tenant may hold open at once.
+    pub fn tenant_connection_cap(&self) -> usize {
+        self.gate.cap()
+    }
+
+    /// Transactions `tenant` holds open now.
+    pub fn tenant_connections_in_use(&self, tenant: TenantId) -> usize {
+        self.gate.in_use(tenant)
     }
 
     /// The same databases with another topology setting (a master key, further regions): the
@@ -135,6 +173,8 @@ impl Store {
         let span = tracing::debug_span!("tenant_tx", tenant_id = %ctx.tenant_id(), ?access);
         async {
             let tenant = ctx.tenant_id();
+            // Before any connection is taken: a tenant at its cap waits behind itself.
+            let permit = self.gate.enter(tenant).await?;
             let mut fresh = false;
             let mut location = match self.router.cached(tenant) {
                 Some(location) => location,
@@ -168,6 +208,7 @@ impl Store {
                         return Err(StoreError::TenantMoving);
                     }
                     Ok(mut tx) => {
+                        tx.gate = Some(permit);
                         tx.registry = Some(self.router.topology.registry.clone());
                         tx.forward = !self.router.shares_registry_database(&location);
                         return Ok(tx);
@@ -233,6 +274,8 @@ pub struct TenantTx {
     pub(crate) registry: Option<PgPool>,
     forward: bool,
     forwarded: Vec<(&'static str, String)>,
+    // The tenant's connection permit (crate::gate), released when the transaction ends.
+    gate: Option<crate::gate::GatePermit>,
 }
 
 impl fmt::Debug for TenantTx {
@@ -259,6 +302,7 @@ impl TenantTx {
             .bind(ctx.tenant_id().uuid().to_string())
             // pg_temp last: a temporary table can never shadow a tenant table.
             .bind(format!("\"{schema}\", pg_temp"))
+            .bind(crate::gate::statement_timeout())
             .fetch_optional(&mut *tx)
             .await
         {
@@ -298,6 +342,7 @@ impl TenantTx {
             registry: None,
             forward: false,
             forwarded: Vec::new(),
+            gate: None,
         })
     }
 

@@ -38,6 +38,9 @@ pub enum StoreError {
     /// router retries once with a fresh one; callers see [`StoreError::TenantMoving`] at most.
     #[error("the tenant is not at the location it was routed to")]
     LocationMismatch,
+    /// A statement ran past the transaction's `statement_timeout` (SQLSTATE 57014): retryable.
+    #[error("the statement took too long")]
+    Timeout,
     /// Migrations failed.
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -64,6 +67,7 @@ impl From<sqlx::Error> for StoreError {
                         ))
                     }
                     Some("42501") => return StoreError::AccessDenied,
+                    Some("57014") => return StoreError::Timeout,
                     // A foreign key names no row of this tenant (composite keys include
                     // tenant_id): to the caller, the referenced thing does not exist.
                     Some("23503") => return StoreError::NotFound,

@@ -26,6 +26,7 @@ pub mod door;
 pub mod embedded;
 mod error;
 pub mod hooks;
+pub mod gate;
 pub mod jobs;
 pub mod location;
 pub mod migrate;

@@ -602,6 +602,29 @@ pub async fn count_login_attempt(
     })
 }
 
+/// Deletes up to `batch` of the tenant's login-throttle rows whose last failure and lock both
+/// ended before `before` (anonymous attempts with fresh emails would otherwise leave one
+/// permanent row each). Rows another transaction holds are skipped, never waited for.
+pub async fn sweep_login_throttle(
+    tx: &mut TenantTx,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query(
+        "DELETE FROM login_throttle WHERE tenant_id = $1 AND id IN ( \
+           SELECT id FROM login_throttle WHERE tenant_id = $1 \
+             AND last_failure_at < $2 AND (locked_until IS NULL OR locked_until < $2) \
+           LIMIT $3 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(tenant.uuid())
+    .bind(before)
+    .bind(batch)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Sets the lock of an account name (after [`count_login_attempt`]).
 pub async fn set_login_lock(
     tx: &mut TenantTx,

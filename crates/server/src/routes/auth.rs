@@ -6,7 +6,8 @@
 //!   reveals nothing about which accounts exist): after [`FREE_FAILURES`] consecutive failures
 //!   each further failure locks the name for twice as long as the last, from 1 s up to
 //!   [`MAX_LOCK_SECS`]; a success clears it. Kept in the tenant's database, so every server
-//!   process sees it.
+//!   process sees it. A name whose last failure and lock both ended [`MAX_LOCK_SECS`] ago is
+//!   forgotten (each attempt sweeps up to [`SWEEP_BATCH`] such rows), so its count starts over.
 //! - per client address: at most [`IP_FAILURES_PER_WINDOW`] failures per [`IP_WINDOW_SECS`]
 //!   across all accounts, in process.
 //!
@@ -21,7 +22,6 @@ use crate::authz::RouteTable;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bulkhead_auth::password::verify_password;
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
@@ -49,6 +49,8 @@ pub const MAX_LOCK_SECS: i64 = 15 * 60;
 pub const IP_FAILURES_PER_WINDOW: u32 = 30;
 /// The per-address window.
 pub const IP_WINDOW_SECS: i64 = 15 * 60;
+/// Stale login-throttle rows deleted by each login attempt, at most.
+pub const SWEEP_BATCH: i64 = 64;
 /// The `client_id` of tokens issued by human login.
 pub const LOGIN_CLIENT_ID: &str = "bulkhead-login";
 
@@ -256,7 +258,7 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
         (status = 415, description = "The body is not `application/json`"),
         (status = 422, description = "No tenant named, or host and `tenant` disagree"),
         (status = 429, description = "Too many failed logins; see `Retry-After`"),
-        (status = 503, description = "Temporarily unavailable"),
+        (status = 503, description = "Temporarily unavailable, or too many password checks in progress; see `Retry-After`"),
     ),
 )]
 async fn login(
@@ -310,13 +312,30 @@ async fn login(
         return Err(ApiError::LoginThrottled(retry_secs(until, now)));
     }
     let failures = counted.failures;
+    // Each attempt sweeps a few rows whose failures and lock ended a whole lock window ago,
+    // so the table holds only names attempted recently (issue 28, item 5).
+    tokens::sweep_login_throttle(
+        &mut tx,
+        now - chrono::Duration::seconds(MAX_LOCK_SECS),
+        SWEEP_BATCH,
+    )
+    .await?;
     if let Some(secs) = lock_for(failures) {
         tokens::set_login_lock(&mut tx, name_id, now + chrono::Duration::seconds(secs)).await?;
     }
     let user = users::by_email(&mut tx, &email).await?;
     tx.commit().await?;
     let usable = user.as_ref().filter(|u| u.status == UserStatus::Active);
-    let matched = verify_password(usable.map(|u| u.password_hash.as_str()), &body.password);
+    // On the bounded hashing pool, as an anonymous caller (crate::hashing): a full pool answers
+    // 503 before any work; the attempt stays counted against the name.
+    let matched = state
+        .hashing()
+        .verify_password(
+            crate::hashing::Caller::Anonymous(tenant.id),
+            usable.map(|u| u.password_hash.clone()),
+            body.password.clone(),
+        )
+        .await?;
 
     let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
     let (Some(user), true) = (usable, matched) else {

@@ -269,6 +269,7 @@ async fn list_users(
         (status = 201, description = "The new user (no role yet: it can do nothing until one is assigned)", body = UserView),
         (status = 409, description = "A user with that email exists"),
         (status = 422, description = "An invalid email or a refused password"),
+        (status = 503, description = "Too many password operations in progress; see `Retry-After`"),
     ),
     security(("bearer" = ["users:write"])),
 )]
@@ -280,8 +281,20 @@ async fn create_user(
     let ctx = &tenant.0;
     let email = super::auth::normalise_email(&body.email)
         .ok_or_else(|| ApiError::Invalid("email is not a valid address".into()))?;
-    let hash = bulkhead_auth::password::hash_password(&body.password)
-        .map_err(|e| ApiError::Invalid(e.to_string().into()))?;
+    // A taken email is refused before any hashing: repeating it must cost no argon2id work.
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let taken = users::by_email(&mut tx, &email).await?.is_some();
+    tx.commit().await?;
+    if taken {
+        return Err(ApiError::Conflict("a user with that email exists".into()));
+    }
+    let hash = state
+        .hashing()
+        .hash_password(
+            crate::hashing::Caller::Tenant(ctx.tenant_id()),
+            body.password.clone(),
+        )
+        .await?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     // A user's token scopes are every permission: what a user may do is decided by its roles.
     let user = users::create(&mut tx, &email, &hash, &bulkhead_core::ScopeSet::all())

@@ -17,6 +17,7 @@ mod platform;
 mod probe;
 mod ratelimit;
 mod rbac;
+mod resources;
 mod sessions;
 mod standing;
 mod tiers;

@@ -180,4 +180,68 @@ async fn unauthenticated_floods_are_limited_per_address_before_any_lookup() {
     }
     assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3]);
     assert_eq!(statuses[3..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+    // The refusal names the level it is: the address, in the body and the headers.
+    let response = app
+        .client
+        .get(app.url("/v1/sessions"))
+        .bearer_auth(key.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    let policy = response.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let state = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(response.headers().get("retry-after").is_some());
+    assert!(policy.starts_with("\"address\";"), "{policy}");
+    assert!(state.starts_with("\"address\";r=0;"), "{state}");
+    let (status, body) = problem(response).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        body["detail"].as_str().unwrap().contains("address level"),
+        "{body}"
+    );
+}
+
+/// Issue 17 item 10: many tenants share egress addresses. Tenant A's authenticated flood from
+/// one address must not spend the per-address budget that tenant B, behind the same address,
+/// needs; only missing or failed authentication is charged there.
+#[tokio::test]
+async fn a_flood_of_one_tenant_spares_another_behind_the_same_address() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let preauth = LimitConfig {
+        plans: [(Plan::Standard, Quota::per_minute(10).with_burst(10))]
+            .into_iter()
+            .collect(),
+        ..LimitConfig::default()
+    };
+    let limits = RateLimits::in_memory(tight_tenant_budget(), preauth, clock.clone());
+    let app = spawn_app_with(AppOptions {
+        clock: Some(clock),
+        rate_limits: Some(Arc::new(limits)),
+        ..Default::default()
+    })
+    .await;
+    let a = app.create_tenant("alpha").await;
+    let b = app.create_tenant("bravo").await;
+    // A: 50 authenticated requests from 127.0.0.1, far past the address budget of 10.
+    for _ in 0..50 {
+        as_tenant(&app, &a, Method::GET, "/v1/sessions")
+            .send()
+            .await
+            .unwrap();
+    }
+    // B, same address: none refused.
+    let mut refused = 0;
+    for _ in 0..5 {
+        let response = as_tenant(&app, &b, Method::GET, "/v1/sessions")
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::OK {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0, "tenant B was refused because of A's flood");
 }

@@ -5,5 +5,6 @@
 mod audit_log;
 mod catalog_lint;
 mod jobs;
+mod list_indexes;
 mod rls;
 mod tools;
