@@ -8,8 +8,8 @@
 --    guaranteed, and a worker may grant a tenant a larger in-flight cap (`p_tenants`/`p_caps`,
 --    earned by fast deliveries in that worker), so a lone tenant with a fast receiver uses every
 --    slot while a hanging receiver never holds more than the guaranteed share. The batch is
---    filled by water-filling: the tenant with the fewest deliveries in flight goes first, and
---    within a tenant its endpoints take turns.
+--    filled in rounds of `p_per_tenant` per tenant, counting what each has in flight (tenants
+--    with fewer in flight first), and within a tenant its endpoints take turns.
 -- 3. Deliveries becoming due wake the workers: an insert (publish), or an update that makes a
 --    delivery pending and due at once (resend, recover, a paused delivery), sends NOTIFY
 --    `bulkhead_webhooks` when its transaction commits. Polling stays only as a fallback.
@@ -105,7 +105,9 @@ BEGIN
             LEFT JOIN caps ON caps.tenant_id = due.tenant_id
             WHERE due.rn + coalesce(busy.n, 0)
                   <= least(greatest(p_per_tenant, coalesce(caps.cap, 0)), 1000)
-            ORDER BY due.rn + coalesce(busy.n, 0), due.id
+            -- Rounds of p_per_tenant: every tenant's next share before anyone's following
+            -- one, and a tenant's share together (one read and one write per tenant and batch).
+            ORDER BY ceil((due.rn + coalesce(busy.n, 0))::numeric / p_per_tenant), due.tenant_id, due.rn
             LIMIT p_limit
         ), picked AS (
             SELECT d.tenant_id, d.id

@@ -819,6 +819,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Which of `tenants` are active now, in one registry read (the dispatcher's check right
+    /// before sending a claimed batch).
+    pub async fn active_tenants(
+        &self,
+        tenants: &[TenantId],
+    ) -> Result<std::collections::HashSet<TenantId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = tenants.iter().map(|t| t.uuid()).collect();
+        let rows: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM bulkhead.tenants WHERE id = ANY($1) AND status = 'active'",
+        )
+        .bind(&ids)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(TenantId::from_uuid).collect())
+    }
+}
+
 /// The NOTIFY channel of due deliveries.
 pub const WEBHOOK_DUE_CHANNEL: &str = "bulkhead_webhooks";
 

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use bulkhead_auth::MasterKey;
 use bulkhead_core::{Actor, Clock, DeliveryId, EndpointId, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::registry::TenantStatus;
 use bulkhead_store::webhooks::{self as store, ClaimedDelivery, DeliveryWork, NewAttempt};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
@@ -336,13 +335,28 @@ impl Dispatcher {
         for (i, c) in claimed.iter().enumerate() {
             by_tenant.entry(c.tenant_id).or_default().push((i, c.id));
         }
+        // The claim judged each tenant; one may have been suspended since. One read for all.
+        let tenants: Vec<TenantId> = by_tenant.keys().copied().collect();
+        let active = match self.store.active_tenants(&tenants).await {
+            Ok(active) => active,
+            Err(err) => {
+                tracing::warn!(error = %err, "tenant status unreadable; claimed deliveries wait for their leases");
+                return claimed
+                    .iter()
+                    .map(|_| Prepared::Done(Delivered::Deferred))
+                    .collect();
+            }
+        };
+        let active = &active;
         let groups = futures::future::join_all(by_tenant.into_iter().map(|(tenant, items)| {
             let span =
                 tracing::info_span!("webhook_batch", tenant_id = %tenant, deliveries = items.len());
             async move {
                 let ctx = system_ctx(tenant);
                 let ids: Vec<DeliveryId> = items.iter().map(|(_, id)| *id).collect();
-                let result = self.prepare_tenant(&ctx, &ids).await;
+                let result = self
+                    .prepare_tenant(&ctx, &ids, active.contains(&tenant))
+                    .await;
                 (items, result)
             }
             .instrument(span)
@@ -377,15 +391,11 @@ impl Dispatcher {
         &self,
         ctx: &TenantContext,
         ids: &[DeliveryId],
+        active: bool,
     ) -> Result<HashMap<DeliveryId, Prepared>, StoreError> {
         let now = self.clock.now();
-        // The claim judged the tenant; it may have been suspended since. Its deliveries pause
-        // (pending, no attempt counted) and the claim resumes them once it is active again.
-        let active = self
-            .store
-            .tenant_by_id(ctx.tenant_id())
-            .await?
-            .is_some_and(|t| t.status == TenantStatus::Active);
+        // A tenant no longer active: its deliveries pause (pending, no attempt counted) and the
+        // claim resumes them once it is active again.
         let mut tx = self.store.begin(ctx, Access::ReadWrite).await?;
         let mut out = HashMap::new();
         if !active {
