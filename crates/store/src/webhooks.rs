@@ -98,6 +98,8 @@ pub struct EndpointKeys {
     pub current: Vec<u8>,
     /// The key before the last rotation, while it is still valid.
     pub previous: Option<Vec<u8>>,
+    /// Until when `previous` may sign (a cache of these keys must not outlive it).
+    pub previous_until: Option<DateTime<Utc>>,
 }
 
 impl fmt::Debug for EndpointKeys {
@@ -326,13 +328,16 @@ pub async fn endpoint_keys(
     .await?;
     let (current, previous, until) = row.ok_or(StoreError::NotFound)?;
     let binding = secret_binding(tenant, id);
-    let previous = match (previous, until) {
-        (Some(key), Some(until)) if until > now => Some(unseal(master, &binding, &key)?),
-        _ => None,
+    let (previous, previous_until) = match (previous, until) {
+        (Some(key), Some(until)) if until > now => {
+            (Some(unseal(master, &binding, &key)?), Some(until))
+        }
+        _ => (None, None),
     };
     Ok(EndpointKeys {
         current: unseal(master, &binding, &current)?,
         previous,
+        previous_until,
     })
 }
 
@@ -873,8 +878,8 @@ pub struct ClaimedDelivery {
 }
 
 impl Store {
-    /// Claims due deliveries fairly across active tenants (see `claim_webhook_deliveries` in
-    /// migration 0006): at most `per_tenant` in flight per tenant, round-robin.
+    /// Claims due deliveries fairly across active tenants, at most `per_tenant` in flight per
+    /// tenant (see [`Store::claim_webhook_deliveries_capped`]).
     pub async fn claim_webhook_deliveries(
         &self,
         limit: i32,
@@ -882,6 +887,24 @@ impl Store {
         lease_seconds: i32,
         now: DateTime<Utc>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim_webhook_deliveries_capped(limit, per_tenant, lease_seconds, now, &[])
+            .await
+    }
+
+    /// Claims due deliveries across active tenants (`claim_webhook_deliveries` in migration
+    /// 0012): the tenant with the fewest deliveries in flight goes first, each tenant's
+    /// endpoints take turns, and a tenant has at most `per_tenant` in flight unless `caps`
+    /// grants it more. `now` is clamped by the database to within a few seconds of its clock.
+    pub async fn claim_webhook_deliveries_capped(
+        &self,
+        limit: i32,
+        per_tenant: i32,
+        lease_seconds: i32,
+        now: DateTime<Utc>,
+        caps: &[(TenantId, i32)],
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let tenants: Vec<uuid::Uuid> = caps.iter().map(|(t, _)| t.uuid()).collect();
+        let caps: Vec<i32> = caps.iter().map(|(_, c)| *c).collect();
         let mut rows: Vec<(uuid::Uuid, uuid::Uuid)> = Vec::new();
         for (i, (pool, schema)) in self.router().all_locations().await?.into_iter().enumerate() {
             // The first call always runs, so hostile arguments are refused by the function.
@@ -896,12 +919,14 @@ impl Store {
             rows.extend(
                 sqlx::query_as::<_, (uuid::Uuid, uuid::Uuid)>(&format!(
                     "SELECT delivery_tenant_id, delivery_id \
-                     FROM \"{schema}\".claim_webhook_deliveries($1, $2, $3, $4)"
+                     FROM \"{schema}\".claim_webhook_deliveries($1, $2, $3, $4, $5, $6)"
                 ))
                 .bind(want)
                 .bind(per_tenant)
                 .bind(lease_seconds)
                 .bind(now)
+                .bind(&tenants)
+                .bind(&caps)
                 .fetch_all(&pool)
                 .await
                 .or_else(|err| crate::location::skip_unreachable(i, err))?,
@@ -915,7 +940,36 @@ impl Store {
             })
             .collect())
     }
+
+    /// A listener woken (channel `bulkhead_webhooks`) whenever deliveries become due: inserted,
+    /// resent, recovered or resumed. Notifications leave only on commit (migration 0012).
+    pub async fn listen_webhook_due(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
+        listener.listen(WEBHOOK_DUE_CHANNEL).await?;
+        Ok(listener)
+    }
 }
+
+impl Store {
+    /// Which of `tenants` are active now, in one registry read (the dispatcher's check right
+    /// before sending a claimed batch).
+    pub async fn active_tenants(
+        &self,
+        tenants: &[TenantId],
+    ) -> Result<std::collections::HashSet<TenantId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = tenants.iter().map(|t| t.uuid()).collect();
+        let rows: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM bulkhead.tenants WHERE id = ANY($1) AND status = 'active'",
+        )
+        .bind(&ids)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(TenantId::from_uuid).collect())
+    }
+}
+
+/// The NOTIFY channel of due deliveries.
+pub const WEBHOOK_DUE_CHANNEL: &str = "bulkhead_webhooks";
 
 /// What a worker needs to make one attempt.
 #[derive(Debug, Clone)]
@@ -938,6 +992,172 @@ pub async fn load_work(tx: &mut TenantTx, id: DeliveryId) -> Result<DeliveryWork
         message,
         endpoint,
     })
+}
+
+/// Reads claimed deliveries with their messages and endpoints, three queries for the whole
+/// batch. Deliveries deleted since the claim are missing from the answer.
+pub async fn load_work_batch(
+    tx: &mut TenantTx,
+    ids: &[DeliveryId],
+) -> Result<Vec<DeliveryWork>, StoreError> {
+    let tenant = tx.tenant_id();
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
+    let deliveries: Vec<DeliveryRow> = sqlx::query_as(
+        "SELECT id, message_id, endpoint_id, status, attempts, next_attempt_at, last_error \
+         FROM webhook_deliveries WHERE tenant_id = $1 AND id = ANY($2)",
+    )
+    .bind(tenant.uuid())
+    .bind(&ids)
+    .fetch_all(tx.conn())
+    .await?;
+    let deliveries: Vec<Delivery> = deliveries.into_iter().map(delivery_from).collect();
+    let mut message_ids: Vec<uuid::Uuid> = deliveries.iter().map(|d| d.message_id.uuid()).collect();
+    message_ids.sort_unstable();
+    message_ids.dedup();
+    let mut endpoint_ids: Vec<uuid::Uuid> =
+        deliveries.iter().map(|d| d.endpoint_id.uuid()).collect();
+    endpoint_ids.sort_unstable();
+    endpoint_ids.dedup();
+    let messages: Vec<(uuid::Uuid, String, String, Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, event_type, source, payload, created_at FROM webhook_messages \
+         WHERE tenant_id = $1 AND id = ANY($2)",
+    )
+    .bind(tenant.uuid())
+    .bind(&message_ids)
+    .fetch_all(tx.conn())
+    .await?;
+    let messages: std::collections::HashMap<uuid::Uuid, Message> = messages
+        .into_iter()
+        .map(|(id, event_type, source, payload, created_at)| {
+            (
+                id,
+                Message {
+                    id: MessageId::from_uuid(id),
+                    event_type,
+                    source,
+                    payload,
+                    created_at,
+                },
+            )
+        })
+        .collect();
+    let endpoints: Vec<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = ANY($2)"
+    ))
+    .bind(tenant.uuid())
+    .bind(&endpoint_ids)
+    .fetch_all(tx.conn())
+    .await?;
+    let endpoints: std::collections::HashMap<uuid::Uuid, Endpoint> =
+        endpoints.into_iter().map(|r| (r.id, r.into())).collect();
+    Ok(deliveries
+        .into_iter()
+        .filter_map(|delivery| {
+            let message = messages.get(&delivery.message_id.uuid())?.clone();
+            let endpoint = endpoints.get(&delivery.endpoint_id.uuid())?.clone();
+            Some(DeliveryWork {
+                delivery,
+                message,
+                endpoint,
+            })
+        })
+        .collect())
+}
+
+/// A successful attempt, recorded in a batch by [`record_successes`].
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// The delivery.
+    pub delivery: DeliveryId,
+    /// Its message.
+    pub message: MessageId,
+    /// Its endpoint.
+    pub endpoint: EndpointId,
+    /// When the attempt started.
+    pub attempted_at: DateTime<Utc>,
+    /// The 2xx status.
+    pub status_code: i32,
+    /// Milliseconds.
+    pub latency_ms: i32,
+    /// Start of the response body.
+    pub response_sample: String,
+}
+
+/// Records many successful attempts of the transaction's tenant at once: one insert into the
+/// attempt log, one update of the deliveries, one of the endpoints' failure streaks. The same
+/// rows and values [`record_attempt`], [`finish_delivery`] and [`endpoint_succeeded`] write one
+/// by one.
+pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(), StoreError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let tenant = tx.tenant_id();
+    let attempt_ids: Vec<uuid::Uuid> = done.iter().map(|_| AttemptId::new().uuid()).collect();
+    let deliveries: Vec<uuid::Uuid> = done.iter().map(|s| s.delivery.uuid()).collect();
+    let messages: Vec<uuid::Uuid> = done.iter().map(|s| s.message.uuid()).collect();
+    let endpoints: Vec<uuid::Uuid> = done.iter().map(|s| s.endpoint.uuid()).collect();
+    let at: Vec<DateTime<Utc>> = done.iter().map(|s| s.attempted_at).collect();
+    let codes: Vec<i32> = done.iter().map(|s| s.status_code).collect();
+    let latency: Vec<i32> = done.iter().map(|s| s.latency_ms).collect();
+    let samples: Vec<String> = done
+        .iter()
+        .map(|s| truncate(&s.response_sample, 4096))
+        .collect();
+    sqlx::query(
+        "INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
+         attempted_at, outcome, status_code, latency_ms, response_sample) \
+         SELECT $1, a, d, m, e, t, 'succeeded', c, l, s \
+         FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[], \
+                     $7::int[], $8::int[], $9::text[]) AS x(a, d, m, e, t, c, l, s)",
+    )
+    .bind(tenant.uuid())
+    .bind(&attempt_ids)
+    .bind(&deliveries)
+    .bind(&messages)
+    .bind(&endpoints)
+    .bind(&at)
+    .bind(&codes)
+    .bind(&latency)
+    .bind(&samples)
+    .execute(tx.conn())
+    .await?;
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, \
+         locked_until = NULL, updated_at = now() WHERE tenant_id = $1 AND id = ANY($2)",
+    )
+    .bind(tenant.uuid())
+    .bind(&deliveries)
+    .execute(tx.conn())
+    .await?;
+    let mut endpoints = endpoints;
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    sqlx::query(
+        "UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+         circuit_open_until = NULL WHERE tenant_id = $1 AND id = ANY($2) \
+         AND (consecutive_failures <> 0 OR failing_since IS NOT NULL OR circuit_open_until IS NOT NULL)",
+    )
+    .bind(tenant.uuid())
+    .bind(&endpoints)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Puts claimed deliveries back to `pending` without counting an attempt or moving their due
+/// time: their tenant is not active, and the claim skips them until it is again.
+pub async fn pause_deliveries(tx: &mut TenantTx, ids: &[DeliveryId]) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, updated_at = now() \
+         WHERE tenant_id = $1 AND id = ANY($2) AND status = 'delivering'",
+    )
+    .bind(tenant.uuid())
+    .bind(&ids)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 /// One attempt to record.

@@ -140,6 +140,34 @@ impl TestDb {
         db
     }
 
+    /// Moves the clock of the database's definer functions (delivery claims, the token
+    /// denylist) so that it reads `now`: they clamp the caller's time to within a few seconds of
+    /// their own (migration 0012), so tests on a manual clock move this one with it. Owner only;
+    /// the application role cannot.
+    pub async fn set_definer_clock(&self, now: std::time::SystemTime) {
+        let owner = pool(&self.owner_options, 1).await;
+        let target = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        sqlx::query("UPDATE bulkhead.definer_clock_skew SET skew = to_timestamp($1) - now()")
+            .bind(target)
+            .execute(&owner)
+            .await
+            .expect("set the definer clock");
+        owner.close().await;
+    }
+
+    /// URL of this database as the owner role (for a `bulkhead serve` child process).
+    pub fn owner_url(&self) -> String {
+        cluster().postgres.url(provision::OWNER_ROLE, &self.name)
+    }
+
+    /// URL of this database as the application role.
+    pub fn app_url(&self) -> String {
+        cluster().postgres.url(roles::APP_ROLE, &self.name)
+    }
+
     /// A pool of owner connections.
     pub async fn owner_pool(&self) -> PgPool {
         pool(&self.owner_options, 4).await

@@ -116,6 +116,7 @@ struct Shared {
     requests: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
+    keep_alive: std::sync::atomic::AtomicBool,
 }
 
 /// A loopback receiver (or canary).
@@ -171,6 +172,12 @@ impl Receiver {
         *self.shared.default.lock().expect("default") = Some(reply);
     }
 
+    /// Keeps connections open for further requests (HTTP/1.1 keep-alive) instead of answering
+    /// `connection: close`: what a production receiver does, for benchmarks of pooled clients.
+    pub fn set_keep_alive(&self, on: bool) {
+        self.shared.keep_alive.store(on, Ordering::SeqCst);
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
@@ -197,80 +204,90 @@ impl Receiver {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shared>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > 64 * 1024 {
-            return;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split(' ');
-    let method = request_line.next().unwrap_or_default().to_owned();
-    let path = request_line.next().unwrap_or_default().to_owned();
-    let mut headers = http::HeaderMap::new();
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.trim().as_bytes()),
-                http::HeaderValue::from_str(value.trim()),
-            ) {
-                headers.append(n, v);
+    loop {
+        let head_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos;
+            }
+            if buf.len() > 64 * 1024 {
+                return;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default().to_owned();
+        let path = request_line.next().unwrap_or_default().to_owned();
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.trim().as_bytes()),
+                    http::HeaderValue::from_str(value.trim()),
+                ) {
+                    headers.append(n, v);
+                }
             }
         }
-    }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    state.requests.lock().expect("requests").push(Received {
-        method,
-        path,
-        headers,
-        body,
-        at: std::time::Instant::now(),
-    });
-    let reply = state.script.lock().expect("script").pop_front();
-    let reply = reply
-        .or_else(|| state.default.lock().expect("default").clone())
-        .unwrap_or(Reply::status(200));
-    let mut reply = reply;
-    while let Reply::After(delay, inner) = reply {
-        tokio::time::sleep(delay).await;
-        reply = *inner;
-    }
-    match reply {
-        Reply::Hang => {
-            // Hold the connection until the client closes it.
-            let _ = stream.read(&mut chunk).await;
-        }
-        Reply::Status(code, extra, body) => {
-            let mut out = format!(
-                "HTTP/1.1 {code} Test\r\ncontent-length: {}\r\nconnection: close\r\n",
-                body.len()
-            );
-            for (name, value) in extra {
-                out.push_str(&format!("{name}: {value}\r\n"));
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = buf[head_end + 4..].to_vec();
+        while body.len() < length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
             }
-            out.push_str("\r\n");
-            out.push_str(&body);
-            let _ = stream.write_all(out.as_bytes()).await;
-            let _ = stream.shutdown().await;
         }
-        Reply::After(..) => unreachable!("unwrapped above"),
+        // Whatever came after this request's body is the start of the next one.
+        buf = body.split_off(length.min(body.len()));
+        state.requests.lock().expect("requests").push(Received {
+            method,
+            path,
+            headers,
+            body,
+            at: std::time::Instant::now(),
+        });
+        let reply = state.script.lock().expect("script").pop_front();
+        let reply = reply
+            .or_else(|| state.default.lock().expect("default").clone())
+            .unwrap_or(Reply::status(200));
+        let mut reply = reply;
+        while let Reply::After(delay, inner) = reply {
+            tokio::time::sleep(delay).await;
+            reply = *inner;
+        }
+        let keep_alive = state.keep_alive.load(Ordering::SeqCst);
+        match reply {
+            Reply::Hang => {
+                // Hold the connection until the client closes it.
+                let _ = stream.read(&mut chunk).await;
+                return;
+            }
+            Reply::Status(code, extra, body) => {
+                let connection = if keep_alive { "keep-alive" } else { "close" };
+                let mut out = format!(
+                    "HTTP/1.1 {code} Test\r\ncontent-length: {}\r\nconnection: {connection}\r\n",
+                    body.len()
+                );
+                for (name, value) in extra {
+                    out.push_str(&format!("{name}: {value}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&body);
+                let _ = stream.write_all(out.as_bytes()).await;
+                if !keep_alive {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+            Reply::After(..) => unreachable!("unwrapped above"),
+        }
     }
 }

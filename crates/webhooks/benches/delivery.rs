@@ -195,6 +195,7 @@ fn latency(_c: &mut Criterion) {
         let store_ = db.app_store().await;
         let ca = TestCa::new();
         let receiver = Receiver::start(LOOPBACK, 0, Some(ca.server_config(&["receiver.example"]))).await;
+        receiver.set_keep_alive(true);
         let resolver = StaticResolver::new();
         resolver.insert("receiver.example", vec![LOOPBACK]);
         let config = EgressConfig { extra_roots_der: vec![ca.cert_der.clone()], ..EgressConfig::default() };
@@ -213,12 +214,9 @@ fn latency(_c: &mut Criterion) {
         .await
         .unwrap();
         tx.commit().await.unwrap();
-        let dispatcher = Arc::new(Dispatcher::new(store_.clone(), client, Clock::system(), DeliveryConfig {
-            per_tenant: 32,
-            concurrency: 32,
-            idle_poll: Duration::from_millis(5),
-            ..DeliveryConfig::default()
-        }, Arc::new(bulkhead_test_support::test_master_key())));
+        // The shipped tuning, as `serve` builds it: no setting changed.
+        let dispatcher = Arc::new(Dispatcher::new(store_.clone(), client, Clock::system(), DeliveryConfig::default(), Arc::new(bulkhead_test_support::test_master_key())));
+        println!("dispatcher settings: DeliveryConfig::default() unchanged ({:?}); receiver keeps connections alive", dispatcher.config());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let run = tokio::spawn(dispatcher.run(stopped));
 

@@ -892,7 +892,13 @@ fn base_builder(config: &EgressConfig) -> Result<reqwest::ClientBuilder, BuildEr
         .connect_timeout(config.connect_timeout)
         .timeout(config.total_timeout)
         .user_agent(config.user_agent.clone())
-        .pool_max_idle_per_host(4)
+        // Keep-alive: a pooled connection is reused only for the same scheme, host and port,
+        // and it stays connected to the one address the guard judged when it was opened (the
+        // resolver runs, and judges every answer, for each new connection). Enough idle
+        // connections per host for the dispatcher's slots to one busy endpoint.
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
         .https_only(false);
     for der in &config.extra_roots_der {
         let cert = reqwest::Certificate::from_der(der).map_err(|e| BuildError(e.to_string()))?;

@@ -43,6 +43,17 @@ impl Rig {
         }
     }
 
+    /// Sets the manual clock and the database's definer clock with it.
+    async fn set_clock(&self, at: chrono::DateTime<Utc>) {
+        self.clock.set(at);
+        self.db.set_definer_clock(at.into()).await;
+    }
+
+    /// Advances the manual clock and the database's definer clock with it.
+    async fn advance(&self, by: chrono::Duration) {
+        self.set_clock(self.clock.now() + by).await;
+    }
+
     fn dispatcher(&self, config: DeliveryConfig, timeout: Duration) -> Dispatcher {
         let egress = EgressConfig {
             extra_roots_der: vec![self.ca.cert_der.clone()],
@@ -204,7 +215,7 @@ async fn rotation_signs_with_both_secrets_until_the_old_one_expires() {
     verify(&new, &req.headers, &req.body, clock.now()).unwrap();
     verify(&old, &req.headers, &req.body, clock.now()).unwrap();
 
-    clock.advance(chrono::Duration::hours(25));
+    rig.advance(chrono::Duration::hours(25)).await;
     rig.publish(&a, 2).await;
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
     let req = &receiver.requests()[1];
@@ -247,19 +258,19 @@ async fn failures_retry_on_the_schedule_without_sleeping_and_honour_retry_after(
     let delay = (first - clock.now()).num_seconds();
     assert!((4..=6).contains(&delay), "first retry after {delay}s");
     assert!(d.run_once().await.unwrap().is_empty(), "not due yet");
-    clock.set(first);
+    rig.set_clock(first).await;
     // Second failure asks for 900 s; the schedule says about 300 s: the longer one wins.
     let Delivered::Failed(Some(second)) = d.run_once().await.unwrap()[0].clone() else {
         panic!()
     };
     assert_eq!((second - clock.now()).num_seconds(), 900);
-    clock.set(second);
+    rig.set_clock(second).await;
     let Delivered::Failed(Some(third)) = d.run_once().await.unwrap()[0].clone() else {
         panic!()
     };
     let delay = (third - clock.now()).num_seconds();
     assert!((1620..=1980).contains(&delay), "third retry after {delay}s");
-    clock.set(third);
+    rig.set_clock(third).await;
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
 
     // Every attempt carried the same webhook-id, each signed at its own time.
@@ -301,14 +312,14 @@ async fn a_delivery_gives_up_after_the_last_scheduled_retry() {
         assert_eq!(r.len(), 1);
         made += 1;
         match &r[0] {
-            Delivered::Failed(Some(at)) => clock.set(*at),
+            Delivered::Failed(Some(at)) => rig.set_clock(*at).await,
             Delivered::Failed(None) => break,
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(made, bulkhead_webhooks::schedule::max_attempts());
     assert_eq!(rig.attempts(&a, message).await.len(), 8);
-    clock.advance(chrono::Duration::days(2));
+    rig.advance(chrono::Duration::days(2)).await;
     assert!(
         d.run_once().await.unwrap().is_empty(),
         "a failed delivery is not retried"
@@ -364,7 +375,7 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
         d.run_once().await.unwrap()[0],
         Delivered::Failed(Some(_))
     ));
-    clock.advance(chrono::Duration::days(4));
+    rig.advance(chrono::Duration::days(4)).await;
     rig.publish(&a, 2).await;
     let r = d.run_once().await.unwrap();
     assert!(
@@ -375,7 +386,8 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
         rig.endpoint_row(&a, id).await.enabled,
         "four days is not enough"
     );
-    clock.advance(chrono::Duration::days(1) + chrono::Duration::seconds(1));
+    rig.advance(chrono::Duration::days(1) + chrono::Duration::seconds(1))
+        .await;
     rig.publish(&a, 3).await;
     let r = d.run_once().await.unwrap();
     assert!(r.contains(&Delivered::Failed(None)), "{r:?}");
@@ -418,7 +430,7 @@ async fn the_circuit_breaker_holds_deliveries_back_without_connecting() {
         2,
         "an open circuit makes no connection"
     );
-    clock.advance(chrono::Duration::seconds(61));
+    rig.advance(chrono::Duration::seconds(61)).await;
     receiver.set_default(Reply::status(200));
     // The two retries and the held-back delivery all go once the breaker closes.
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded; 3]);
@@ -440,7 +452,7 @@ async fn a_denied_address_is_blocked_audited_and_never_retried() {
     let message = rig.publish(&a, 1).await;
     let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Blocked]);
-    clock.advance(chrono::Duration::days(1));
+    rig.advance(chrono::Duration::days(1)).await;
     assert!(d.run_once().await.unwrap().is_empty());
     assert_eq!(canary.connections(), 0);
     let attempts = rig.attempts(&a, message).await;
@@ -617,7 +629,7 @@ async fn a_worker_killed_mid_delivery_loses_nothing() {
         d.run_once().await.unwrap().is_empty(),
         "the lease still holds"
     );
-    clock.advance(chrono::Duration::seconds(31));
+    rig.advance(chrono::Duration::seconds(31)).await;
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
     assert_eq!(receiver.requests().len(), 1);
     assert_eq!(rig.attempts(&a, m).await.len(), 1);
@@ -691,7 +703,169 @@ async fn the_per_endpoint_rate_limit_defers_without_connecting() {
     r.sort_by_key(|x| format!("{x:?}"));
     assert_eq!(r, vec![Delivered::Deferred, Delivered::Succeeded]);
     assert_eq!(receiver.connections(), 1);
-    clock.advance(chrono::Duration::seconds(1));
+    rig.advance(chrono::Duration::seconds(1)).await;
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
     assert_eq!(receiver.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_app_role_cannot_claim_early_by_passing_a_future_clock() {
+    // Issue 17 item 6: the claim trusted the caller's `p_now`; `infinity` claimed every
+    // tenant's deliveries regardless of backoff and leased them forever.
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    rig.publish(&a, 1).await;
+    // The delivery is backing off: due in an hour (set as the superuser, past RLS).
+    let owner = rig.db.superuser_pool().await;
+    sqlx::query(
+        "UPDATE bulkhead.webhook_deliveries SET next_attempt_at = now() + interval '1 hour'",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    let far = Utc::now() + chrono::Duration::days(365 * 100);
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 60, far)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "a future clock claimed {claimed:?}");
+    let app = rig.db.app_pool(1).await;
+    let rows: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "SELECT * FROM bulkhead.claim_webhook_deliveries(10, 4, 60, 'infinity', '{}', '{}')",
+    )
+    .fetch_all(&app)
+    .await
+    .unwrap();
+    assert!(rows.is_empty(), "'infinity' claimed {rows:?}");
+    // Nor can the app role move the definer clock.
+    assert!(
+        sqlx::query("UPDATE bulkhead.definer_clock_skew SET skew = interval '1 day'")
+            .execute(&app)
+            .await
+            .is_err()
+    );
+    // Once really due, it is claimed, and its lease is measured from the database's clock.
+    sqlx::query("UPDATE bulkhead.webhook_deliveries SET next_attempt_at = now()")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 60, far)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let lease_left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM locked_until - now())::float8 FROM bulkhead.webhook_deliveries",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert!(lease_left <= 70.0, "lease of {lease_left}s");
+    assert_eq!(receiver.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
+    // Issue 17 item 12: delivery did not re-check the tenant's status; a delivery claimed just
+    // before a suspension still went out.
+    use bulkhead_store::registry::TenantStatus;
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let message = rig.publish(&a, 1).await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    // Claimed while active, then the tenant is suspended before the send.
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 60, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let owner = rig.db.owner_store().await;
+    owner
+        .set_tenant_status(a.tenant_id(), TenantStatus::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(d.deliver(claimed[0]).await, Delivered::Deferred);
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a suspended tenant's message went out"
+    );
+    // Paused, not failed: pending, no attempt counted, nothing in the attempt log.
+    let mut tx = rig.store.begin(&a, Access::ReadOnly).await.unwrap();
+    let deliveries = store::deliveries_of(&mut tx, message).await.unwrap();
+    drop(tx);
+    assert_eq!(deliveries[0].status, "pending");
+    assert_eq!(deliveries[0].attempts, 0);
+    assert!(rig.attempts(&a, message).await.is_empty());
+    // While suspended nothing is claimed.
+    assert!(d.run_once().await.unwrap().is_empty());
+    assert_eq!(receiver.connections(), 0);
+    // Activation resumes it, with the same webhook-id.
+    owner
+        .set_tenant_status(a.tenant_id(), TenantStatus::Active)
+        .await
+        .unwrap();
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["webhook-id"], message.to_string().as_str());
+}
+
+#[tokio::test]
+async fn a_lone_tenant_with_a_fast_receiver_earns_more_than_its_guaranteed_share() {
+    // Issue 25: the per-tenant cap idled the workers when nobody else was waiting.
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    for n in 0..40 {
+        rig.publish(&a, n).await;
+    }
+    let config = DeliveryConfig {
+        per_tenant: 2,
+        batch: 16,
+        concurrency: 16,
+        ..DeliveryConfig::default()
+    };
+    let d = rig.dispatcher(config, Duration::from_secs(5));
+    // The guaranteed share first, then one more slot per fast success.
+    assert_eq!(d.run_once().await.unwrap().len(), 2);
+    assert_eq!(d.run_once().await.unwrap().len(), 4);
+    assert_eq!(d.run_once().await.unwrap().len(), 8);
+    assert_eq!(d.run_once().await.unwrap().len(), 16);
+    assert_eq!(receiver.requests().len(), 30);
+}
+
+#[tokio::test]
+async fn the_dispatcher_wakes_on_publish_without_waiting_for_its_poll() {
+    // Issue 25: with nothing due the dispatcher slept its whole poll interval; new work now
+    // wakes it through NOTIFY from the publishing transaction.
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let config = DeliveryConfig {
+        // A poll so long that only a wake-up can deliver within the test.
+        idle_poll: Duration::from_secs(600),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher(config, Duration::from_secs(5)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    // Let the loop reach its sleep and the listener start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.publish(&a, 1).await;
+    assert!(
+        receiver.wait_for(1, Duration::from_secs(10)).await,
+        "the publish did not wake the dispatcher"
+    );
+    let _ = stop.send(true);
+    run.abort();
 }

@@ -1,0 +1,444 @@
+//! Webhook delivery through `bulkhead serve` itself (issue 25): the release-path binary started
+//! as a child process with the shipped defaults, against the harness's private PostgreSQL, and
+//! loopback receivers answering 204-style 200s with keep-alive.
+//!
+//! Settings this bench changes, all egress policy (so that deliveries may reach loopback at
+//! all), none of them delivery tuning: `BULKHEAD_WEBHOOK_ALLOW_HTTP=true`,
+//! `BULKHEAD_WEBHOOK_PORTS=<receiver ports>`, `BULKHEAD_WEBHOOK_ALLOW_CIDRS=127.0.0.1/32`. It
+//! prints them at start.
+//!
+//! Messages are published from this process with the same store call the publish route makes
+//! (`webhooks::publish` in the tenant's transaction; the commit sends the NOTIFY that wakes
+//! `serve`'s dispatcher): the API's per-key rate limits would otherwise cap the offered load,
+//! and HTTP publishing is not what this measures. Enqueue time is the commit's return;
+//! delivery time is the receiver's arrival of the whole request.
+//!
+//! Phases: (a) one tenant, one endpoint, WEBHOOK_BENCH_N messages (default 5000) published as
+//! fast as 8 publishers can: deliveries per second; (b) open loop at 500 messages/s for 10 s:
+//! enqueue-to-delivery p50/p99; (c) 100 tenants publishing 20 messages each at once, once with
+//! every endpoint healthy and once with one tenant's endpoint hanging: the other tenants' p99
+//! and the ratio. CPU per 1,000 deliveries counts `serve` and the PostgreSQL cluster (postmaster,
+//! its children, and its reaped children), from /proc/<pid>/stat.
+//!
+//! The server and PostgreSQL are pinned to CPU 0 with `taskset` when it exists; run the bench
+//! itself on the other CPU: `taskset -c 1 cargo bench -p bulkhead-server --bench webhook_serve`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
+use bulkhead_store::{Access, Store};
+use bulkhead_test_support::receiver::{Receiver, Reply};
+use bulkhead_test_support::{create_tenant, test_master_key, test_pepper, TestDb};
+use serde_json::json;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const MASTER_KEY: &str = "base64:YnVsa2hlYWQtdGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODk=";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ctx(tenant: TenantId) -> TenantContext {
+    TenantContext::new(
+        tenant,
+        Actor::System { component: "bench" },
+        RequestId::new(),
+    )
+}
+
+/// Clock ticks (utime + stime) of a process, with its reaped children when `children`.
+fn ticks(pid: u32, children: bool) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // rest[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+    let get = |field: usize| fields.get(field - 3).copied().unwrap_or(0);
+    get(14) + get(15) + if children { get(16) + get(17) } else { 0 }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds so far of `serve` and of the PostgreSQL cluster under `postmaster`.
+fn cpu_seconds(serve: u32, postmaster: u32) -> f64 {
+    let mut total = ticks(serve, true) + ticks(postmaster, true);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                if parent_of(pid) == Some(postmaster) {
+                    total += ticks(pid, false);
+                }
+            }
+        }
+    }
+    // USER_HZ is 100 on every Linux this runs on.
+    total as f64 / 100.0
+}
+
+fn taskset_available() -> bool {
+    Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+async fn start_serve(db: &TestDb, ports: &str, pin: bool) -> Serve {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = env!("CARGO_BIN_EXE_bulkhead");
+    let mut command = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", binary]);
+        c
+    } else {
+        Command::new(binary)
+    };
+    let log = std::env::temp_dir().join(format!("bulkhead-webhook-bench-{port}.log"));
+    let child = command
+        .env("DATABASE_URL", db.owner_url())
+        .env("BULKHEAD_APP_DATABASE_URL", db.app_url())
+        .env("BULKHEAD_KEY_PEPPER", test_pepper().to_config_string())
+        .env("BULKHEAD_MASTER_KEY", MASTER_KEY)
+        // Required with DATABASE_URL; a fixed bench value.
+        .env(
+            "BULKHEAD_AUDIT_LOG_KEY",
+            "base64:YnVsa2hlYWQtYmVuY2gtYXVkaXQtbG9nLWtleS0zMmI=",
+        )
+        .env("BULKHEAD_ISSUER", "http://bulkhead.bench.test")
+        .env("BULKHEAD_WEBHOOK_ALLOW_HTTP", "true")
+        .env("BULKHEAD_WEBHOOK_PORTS", ports)
+        .env("BULKHEAD_WEBHOOK_ALLOW_CIDRS", "127.0.0.1/32")
+        .env("RUST_LOG", "warn")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start bulkhead serve");
+    let serve = Serve {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = bulkhead_test_support::loopback_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", serve.base)).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve never became ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serve
+}
+
+async fn endpoint(store: &Store, tenant: TenantId, url: &str) {
+    let mut tx = store.begin(&ctx(tenant), Access::ReadWrite).await.unwrap();
+    store::create_endpoint(
+        &mut tx,
+        &NewEndpoint {
+            url: url.into(),
+            description: String::new(),
+            event_types: Vec::new(),
+            rate_limit_per_second: None,
+            headers: json!({}),
+            secret: bulkhead_webhooks::Secret::generate()
+                .expose_bytes()
+                .to_vec(),
+            enabled: true,
+        },
+        &test_master_key(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Publishes one message tagged `tag` and returns when its transaction has committed.
+async fn publish(store: &Store, tenant: TenantId, tag: &str) -> Instant {
+    let mut tx = store.begin(&ctx(tenant), Access::ReadWrite).await.unwrap();
+    store::publish(
+        &mut tx,
+        "bench.tick",
+        &json!({ "type": "bench.tick", "data": { "tag": tag } }),
+        MessageSource::Tenant,
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    Instant::now()
+}
+
+/// Arrival time of each tagged message at `receiver`.
+fn arrivals(receiver: &Receiver) -> HashMap<String, Instant> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter_map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            Some((body["data"]["tag"].as_str()?.to_owned(), r.at))
+        })
+        .collect()
+}
+
+fn latencies(sent: &HashMap<String, Instant>, got: &HashMap<String, Instant>) -> Vec<Duration> {
+    let mut out: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(tag, at)| Some(got.get(tag)?.saturating_duration_since(*at)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn pick(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+async fn wait_for(receiver: &Receiver, n: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if receiver.requests().len() >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let n = env_or("WEBHOOK_BENCH_N", 5000) as usize;
+    let db = TestDb::new().await;
+    bulkhead_test_support::ensure_signing_keys(&db).await;
+    let store = db.app_store().await;
+    let fast = Receiver::start(LOOPBACK, 0, None).await;
+    fast.set_keep_alive(true);
+    let hanging = Receiver::start(LOOPBACK, 0, None).await;
+    hanging.set_default(Reply::Hang);
+    let ports = format!("{},{}", fast.addr.port(), hanging.addr.port());
+    let pin = taskset_available();
+    // PostgreSQL runs on the server's CPU too: its postmaster is a backend's parent.
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&db.owner_pool().await)
+        .await
+        .unwrap();
+    let postmaster = parent_of(backend as u32).expect("postmaster pid");
+    if pin {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &postmaster.to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+    println!(
+        "settings changed from serve's defaults: BULKHEAD_WEBHOOK_ALLOW_HTTP=true \
+         BULKHEAD_WEBHOOK_PORTS={ports} BULKHEAD_WEBHOOK_ALLOW_CIDRS=127.0.0.1/32 (egress policy \
+         only; delivery tuning is DeliveryConfig::default()); serve and PostgreSQL pinned to CPU 0: {pin}"
+    );
+    let serve = start_serve(&db, &ports, pin).await;
+    let serve_pid = serve.child.id();
+    let hook = format!("http://127.0.0.1:{}/hook", fast.addr.port());
+
+    // (a) One tenant, one endpoint, N messages.
+    let solo = create_tenant(&db, "solo").await;
+    endpoint(&store, solo.id, &hook).await;
+    let cpu0 = cpu_seconds(serve_pid, postmaster);
+    let started = Instant::now();
+    let per = n.div_ceil(8);
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        let store = store.clone();
+        publishers.push(tokio::spawn(async move {
+            for i in (p * per)..((p + 1) * per).min(n) {
+                publish(&store, solo.id, &format!("a{i}")).await;
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let published = started.elapsed();
+    let done = wait_for(&fast, n, Duration::from_secs(60)).await;
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
+    let delivered = fast.requests().len().min(n);
+    println!(
+        "(a) one tenant, one endpoint: {delivered} of {n} delivered{} in {:.2} s (published in {:.2} s): \
+         {:.0} deliveries/s; CPU (serve + PostgreSQL) {:.2} s per 1,000 deliveries; connections opened {}",
+        if done { "" } else { " (timed out)" },
+        elapsed.as_secs_f64(),
+        published.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64(),
+        cpu / (delivered.max(1) as f64 / 1000.0),
+        fast.connections(),
+    );
+
+    // (b) Open loop at 500 messages/s for 10 s.
+    let rate = env_or("WEBHOOK_BENCH_RATE", 500) as u32;
+    let seconds = env_or("WEBHOOK_BENCH_SECONDS", 10) as u32;
+    let before = fast.requests().len();
+    let total = (rate * seconds) as usize;
+    let cpu0 = cpu_seconds(serve_pid, postmaster);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        ticker.tick().await;
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let tag = format!("b{i}");
+            let at = publish(&store, solo.id, &tag).await;
+            (tag, at)
+        }));
+    }
+    let offered = total as f64 / started.elapsed().as_secs_f64();
+    let mut sent = HashMap::new();
+    for t in tasks {
+        let (tag, at) = t.await.unwrap();
+        sent.insert(tag, at);
+    }
+    let done = wait_for(&fast, before + total, Duration::from_secs(30)).await;
+    let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
+    let lat = latencies(&sent, &arrivals(&fast));
+    println!(
+        "(b) open loop {offered:.0} msg/s offered for {seconds} s: {} of {total} delivered{}; \
+         enqueue-to-delivery p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; CPU {:.2} s per 1,000 deliveries",
+        lat.len(),
+        if done { "" } else { " (timed out)" },
+        pick(&lat, 0.5).as_secs_f64() * 1e3,
+        pick(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        cpu / (lat.len().max(1) as f64 / 1000.0),
+    );
+
+    // (c) 100 tenants at once, without and then with one hanging endpoint.
+    let per_tenant = env_or("WEBHOOK_BENCH_PER_TENANT", 20) as usize;
+    let hang_hook = format!("http://127.0.0.1:{}/hook", hanging.addr.port());
+    let mut p99s = Vec::new();
+    for (round, with_hang) in [(0, false), (1, true)] {
+        let mut tenants = Vec::new();
+        for t in 0..100 {
+            let tenant = create_tenant(&db, &format!("fair{round}x{t}")).await;
+            let url = if with_hang && t == 0 {
+                &hang_hook
+            } else {
+                &hook
+            };
+            endpoint(&store, tenant.id, url).await;
+            tenants.push(tenant.id);
+        }
+        let before = fast.requests().len();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (t, tenant) in tenants.iter().enumerate() {
+            let (store, tenant) = (store.clone(), *tenant);
+            tasks.push(tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..per_tenant {
+                    let tag = format!("c{round}t{t}m{i}");
+                    let at = publish(&store, tenant, &tag).await;
+                    sent.push((t, tag, at));
+                }
+                sent
+            }));
+        }
+        let mut sent = HashMap::new();
+        for task in tasks {
+            for (t, tag, at) in task.await.unwrap() {
+                // The others: every tenant but the one that may hang.
+                if t != 0 {
+                    sent.insert(tag, at);
+                }
+            }
+        }
+        let others = 99 * per_tenant;
+        let expected = before
+            + if with_hang {
+                others
+            } else {
+                others + per_tenant
+            };
+        let done = wait_for(&fast, expected, Duration::from_secs(30)).await;
+        let lat = latencies(&sent, &arrivals(&fast));
+        println!(
+            "(c) 100 tenants x {per_tenant} messages, {}: others {} of {others} delivered{} in {:.2} s; \
+             p50 {:.1} ms, p99 {:.1} ms",
+            if with_hang { "one endpoint hanging" } else { "all endpoints healthy" },
+            lat.len(),
+            if done { "" } else { " (timed out)" },
+            started.elapsed().as_secs_f64(),
+            pick(&lat, 0.5).as_secs_f64() * 1e3,
+            pick(&lat, 0.99).as_secs_f64() * 1e3,
+        );
+        p99s.push(pick(&lat, 0.99));
+    }
+    println!(
+        "(c) others' p99 with a hanging endpoint / without: {:.2}x",
+        p99s[1].as_secs_f64() / p99s[0].as_secs_f64().max(1e-9)
+    );
+    drop(serve);
+}
