@@ -108,10 +108,6 @@ pub enum Attack {
     ConfinedToken,
     /// B registers and calls hostile JSON Schemas while A keeps being served.
     HostileSchema,
-}
-
-impl Attack {
-    const ALL: [Attack; 17] = [
     /// A key holding `webhooks:manage` but not `audit:read` subscribes to the audit stream.
     AuditStream,
     /// B publishes messages in the platform's namespaces, or dressed as platform events.
@@ -121,7 +117,7 @@ impl Attack {
 }
 
 impl Attack {
-    const ALL: [Attack; 19] = [
+    const ALL: [Attack; 21] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -1430,6 +1426,9 @@ impl Probe {
         let _ = self
             .as_b(Method::DELETE, &format!("/v1/sessions/{outside_id}"), None)
             .await;
+        Ok(())
+    }
+
     /// Issue 17, item 2: the audit stream is the audit log, so a key holding `webhooks:manage`
     /// without `audit:read` must not subscribe an endpoint to `audit.event`, neither at creation
     /// nor by a patch. It uses B's client key (`sessions:read`, `webhooks:manage`) and removes
