@@ -1416,7 +1416,13 @@ async fn concurrent_guesses_cannot_exceed_the_per_account_budget() {
         .iter()
         .filter(|r| r.status() == StatusCode::TOO_MANY_REQUESTS)
         .count();
-    assert_eq!(checked + throttled, 16);
+    // The bounded hashing pool (issue 28.2) may turn some away before any check: 503 with
+    // Retry-After, which reaches the password no more than a 429 does.
+    let busy = attempts
+        .iter()
+        .filter(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(checked + throttled + busy, 16);
     assert!(
         checked <= bulkhead_server::routes::auth::FREE_FAILURES as usize,
         "{checked} concurrent guesses reached the password check"
