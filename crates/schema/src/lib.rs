@@ -239,6 +239,10 @@ impl SchemaError {
 /// A schema that passed the registration check, compiled. Cheap to share (`Arc`) across calls.
 pub struct BoundedSchema {
     graph: graph::Graph,
+    /// Size of the schema's JSON text.
+    bytes: usize,
+    /// Total pattern weight (each weight unit compiles to at most 1/8 of the size cap).
+    pattern_weight: u64,
     limits: Limits,
     validator: jsonschema::Validator,
 }
@@ -328,6 +332,8 @@ impl BoundedSchema {
             .map_err(|e| SchemaError::Invalid(e.to_string().chars().take(300).collect()))?;
         Ok(Self {
             graph,
+            bytes: size,
+            pattern_weight: total,
             limits: limits.clone(),
             validator,
         })
@@ -351,6 +357,17 @@ impl BoundedSchema {
                 text.chars().take(200).collect()
             })
             .collect())
+    }
+
+    /// A generous estimate of its memory, in bytes (for a cache's weigher): its compiled
+    /// patterns, its graph and its text.
+    pub fn approx_bytes(&self) -> u64 {
+        let patterns = self
+            .pattern_weight
+            .saturating_mul((self.limits.pattern_size_limit / 8) as u64);
+        patterns
+            .saturating_add(self.graph.len() as u64 * 256)
+            .saturating_add(self.bytes as u64 * 4)
     }
 
     /// The limits it was checked against.
