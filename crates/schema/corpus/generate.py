@@ -6,7 +6,8 @@ Each case: {"name", "schema", "input", "expect", optional "long_string"}.
   passes; a call with `input` is refused as too costly, 422), or "accepted" (a call validates).
 - long_string: {"property", "unit", "chars"}: `input[property]` is set to `unit` repeated to
   `chars` characters (keeps ~900 KB inputs out of the repository); with `"property": null` that
-  string becomes a property *name* (value "s") instead.
+  string becomes a property *name* (value "s") instead. With "copies": n, `input[property]` is
+  an array of n such strings (or, with `"property": null`, n such names, each ending in its index).
 The same files seed the `schema` fuzz target (fuzz/corpus/schema/) and are compiled into the
 crate (src/corpus.rs EMBEDDED, for the probe). Re-run after editing:
     python3 crates/schema/corpus/generate.py && cp crates/schema/corpus/*.json fuzz/corpus/schema/
@@ -85,6 +86,45 @@ case("dynamic_ref", obj(**{"$dynamicAnchor": "n", "properties": {"x": {"$dynamic
 case("nested_id", obj(properties={"x": {"$id": "https://schemas.invalid/y", "type": "string"}}),
      "refused", "unsupported")
 case("unresolved_ref", obj(properties={"x": {"$ref": "#/$defs/missing"}}), "refused", "unresolved")
+
+# Review finding 1: the graph and the validator's `referencing` must resolve every anchor alike.
+# A duplicate anchor: depth-first last-wins (old graph) sees `z`, breadth-first last-wins
+# (referencing) sees `inner`, a self-cycle (or fan-out).
+case("duplicate_anchor_hides_cycle", obj(**{"$defs": {
+        "a": {"$defs": {"inner": {"$anchor": "x", "allOf": [{"$ref": "#x"}]}}},
+        "z": {"$anchor": "x", "type": "string"}},
+    "properties": {"p": {"$ref": "#x"}}}), "refused", "unsupported", {"p": 1})
+defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/a/$defs/d{i+1}"}, {"$ref": f"#/$defs/a/$defs/d{i+1}"}]} for i in range(24)}
+defs["d24"] = {"type": "string"}
+defs["d0"]["$anchor"] = "x"
+case("duplicate_anchor_hides_fanout", obj(**{"$defs": {"a": {"$defs": defs},
+                                                      "z": {"$anchor": "x", "type": "string"}},
+                                            "properties": {"p": {"$ref": "#x"}}}), "refused", "unsupported", {"p": "s"})
+# Draft 4 reads `"id": "#x"` as the anchor and ignores `$anchor`: older drafts are refused.
+case("draft04_id_anchor", {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object",
+                           "definitions": {"a": {"id": "#x", "allOf": [{"$ref": "#x"}]},
+                                           "b": {"$anchor": "x", "type": "string"}},
+                           "properties": {"p": {"$ref": "#x"}}}, "refused", "unsupported", {"p": 1})
+# `referencing` walks `contentSchema` (the graph does not model it) and never unknown keywords:
+# anchors (and references) there are refused.
+case("anchor_under_content_schema", obj(**{"contentSchema": {"$anchor": "x", "allOf": [{"$ref": "#x"}]},
+                                           "properties": {"p": {"$ref": "#x"}}}), "refused", "unsupported", {"p": 1})
+case("anchor_under_unknown_keyword", obj(**{"x-extra": {"s": {"$anchor": "x", "allOf": [{"$ref": "#x"}]}},
+                                            "$defs": {"b": {"$anchor": "y", "type": "string"}},
+                                            "properties": {"p": {"$ref": "#y"}}}), "refused", "unsupported", {"p": "s"})
+
+# Review finding 2: a pattern check costs the string's length times the pattern's size.
+# 700 near-cap patterns in one schema: refused at registration (too many to compile).
+case("many_patterns", obj(properties={"s": {"type": "array", "items": {"allOf": [
+    {"pattern": f"[ab]*a[ab]{{{800 - i}}}c"} for i in range(700)]}}}), "refused", "pattern", {"s": []})
+# 8 near-cap patterns (allowed) on 32 strings of 16,000 characters: refused by the step budget.
+case("near_cap_patterns_many_strings", obj(properties={"s": {"type": "array", "items": {"allOf": [
+    {"pattern": f"[ab]*a[ab]{{{800 - i}}}c"} for i in range(8)]}}}), "input_refused", "steps", {"s": []},
+    {"property": "s", "unit": "ab", "chars": 16000, "copies": 32})
+# 100 patternProperties on 32 names of 16,000 characters: refused by the step budget.
+case("many_pattern_properties_many_keys", obj(patternProperties={
+    f"^key{i}x[ab]*$": {"type": "string"} for i in range(100)}), "input_refused", "steps", {},
+    {"property": None, "unit": "ab", "chars": 16000, "copies": 32})
 
 # Legitimate shapes stay accepted: a recursive tree and a modest fan-out.
 tree = obj(**{"$defs": {"node": {"type": "object", "properties": {

@@ -58,13 +58,27 @@ impl Case {
                 return None;
             }
             let text: String = unit.chars().cycle().take(chars).collect();
+            let copies = long.get("copies").and_then(Value::as_u64);
+            // Bounded like `chars`: at most 4 Mi characters in all.
+            if copies.is_some_and(|n| n == 0 || n.saturating_mul(chars as u64) > 4 << 20) {
+                return None;
+            }
             let map = input.as_object_mut()?;
-            match long.get("property") {
-                Some(Value::String(property)) => {
+            match (long.get("property"), copies) {
+                (Some(Value::String(property)), None) => {
                     map.insert(property.clone(), Value::String(text));
                 }
-                _ => {
+                (Some(Value::String(property)), Some(n)) => {
+                    let items = (0..n).map(|_| Value::String(text.clone())).collect();
+                    map.insert(property.clone(), Value::Array(items));
+                }
+                (_, None) => {
                     map.insert(text, Value::String("s".into()));
+                }
+                (_, Some(n)) => {
+                    for i in 0..n {
+                        map.insert(format!("{text}{i}"), Value::String("s".into()));
+                    }
                 }
             }
         }
@@ -89,6 +103,14 @@ impl Case {
 /// deployment without the source tree. A test checks it lists every file of [`dir`].
 const EMBEDDED: &[(&str, &str)] = &[
     (
+        "anchor_under_content_schema",
+        include_str!("../corpus/anchor_under_content_schema.json"),
+    ),
+    (
+        "anchor_under_unknown_keyword",
+        include_str!("../corpus/anchor_under_unknown_keyword.json"),
+    ),
+    (
         "cycle_through_if_then",
         include_str!("../corpus/cycle_through_if_then.json"),
     ),
@@ -105,6 +127,18 @@ const EMBEDDED: &[(&str, &str)] = &[
         "deep_ref_chain",
         include_str!("../corpus/deep_ref_chain.json"),
     ),
+    (
+        "draft04_id_anchor",
+        include_str!("../corpus/draft04_id_anchor.json"),
+    ),
+    (
+        "duplicate_anchor_hides_cycle",
+        include_str!("../corpus/duplicate_anchor_hides_cycle.json"),
+    ),
+    (
+        "duplicate_anchor_hides_fanout",
+        include_str!("../corpus/duplicate_anchor_hides_fanout.json"),
+    ),
     ("dynamic_ref", include_str!("../corpus/dynamic_ref.json")),
     ("fanout_k16", include_str!("../corpus/fanout_k16.json")),
     ("fanout_k18", include_str!("../corpus/fanout_k18.json")),
@@ -113,6 +147,18 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("fanout_k24", include_str!("../corpus/fanout_k24.json")),
     ("fanout_k6", include_str!("../corpus/fanout_k6.json")),
     ("huge_enum", include_str!("../corpus/huge_enum.json")),
+    (
+        "many_pattern_properties_many_keys",
+        include_str!("../corpus/many_pattern_properties_many_keys.json"),
+    ),
+    (
+        "many_patterns",
+        include_str!("../corpus/many_patterns.json"),
+    ),
+    (
+        "near_cap_patterns_many_strings",
+        include_str!("../corpus/near_cap_patterns_many_strings.json"),
+    ),
     ("nested_id", include_str!("../corpus/nested_id.json")),
     (
         "pattern_long_input",

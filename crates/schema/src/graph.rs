@@ -33,6 +33,11 @@ struct Node {
     string_pattern: bool,
     /// Checks property names against patterns (`patternProperties`).
     name_pattern: bool,
+    /// Cost weight of the string pattern (see [`crate::pattern_weight`]): a string of `n`
+    /// characters costs `n × weight / PATTERN_CHARS_PER_STEP` steps.
+    string_weight: u64,
+    /// Sum of the weights of its `patternProperties` patterns, charged per property name.
+    name_weight: u64,
     /// Length of its `enum`.
     enum_len: usize,
     /// `uniqueItems: true`.
@@ -43,8 +48,8 @@ struct Node {
 #[derive(Debug)]
 pub(crate) struct Graph {
     nodes: Vec<Node>,
-    /// `(pointer, pattern)` of every pattern in the document.
-    patterns: Vec<(String, String)>,
+    /// Every pattern in the document.
+    patterns: Vec<Pattern>,
     /// Expanded size of each subschema (from the registration check), used to charge
     /// `unevaluated*` per member.
     expanded: Vec<u64>,
@@ -72,6 +77,69 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// One pattern of the document and where it applies.
+#[derive(Debug)]
+pub(crate) struct Pattern {
+    /// The subschema that checks it.
+    node: usize,
+    /// JSON pointer of the pattern.
+    pub(crate) at: String,
+    /// The pattern text.
+    pub(crate) text: String,
+    /// A `patternProperties` key (checked against names) rather than a `pattern`.
+    on_names: bool,
+}
+
+/// Characters of input one step of a weight-1 pattern covers: a pattern check costs about its
+/// compiled size times the string's length, so it is charged by length, not as one step.
+pub(crate) const PATTERN_CHARS_PER_STEP: u64 = 64;
+
+/// Weight of `format: regex`: the instance string itself is compiled, as costly as the largest
+/// pattern allowed.
+const FORMAT_REGEX_WEIGHT: u64 = 8;
+
+/// Keywords that make the validator's reference resolution (the `referencing` crate) see
+/// something: wherever the graph does not model a subschema, these are refused, so the graph
+/// and the validator can never resolve a reference differently.
+const REFERENCE_KEYWORDS: &[&str] = &[
+    "$ref",
+    "$anchor",
+    "$id",
+    "$defs",
+    "definitions",
+    "$schema",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$recursiveRef",
+    "$recursiveAnchor",
+];
+
+/// The `$schema` values accepted (`referencing` trims a trailing `#` the same way). Older
+/// drafts resolve anchors differently (draft 4 reads `"id": "#x"` as an anchor and ignores
+/// `$anchor`), which the graph does not model.
+const SUPPORTED_DRAFTS: &[&str] = &[
+    "https://json-schema.org/draft/2020-12/schema",
+    "https://json-schema.org/draft/2019-09/schema",
+];
+
+/// The first reference keyword in `value` (recursively), as `(pointer, keyword)`.
+fn find_reference_keyword(value: &Value, at: &str) -> Option<(String, String)> {
+    match value {
+        Value::Object(map) => {
+            if let Some(k) = REFERENCE_KEYWORDS.iter().find(|k| map.contains_key(**k)) {
+                return Some((at.to_owned(), (*k).to_owned()));
+            }
+            map.iter()
+                .find_map(|(k, v)| find_reference_keyword(v, &format!("{at}/{}", escape(k))))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_reference_keyword(v, &format!("{at}/{i}"))),
+        _ => None,
+    }
+}
+
 struct Builder<'a> {
     limits: &'a Limits,
     nodes: Vec<Node>,
@@ -79,7 +147,7 @@ struct Builder<'a> {
     anchors: HashMap<String, usize>,
     /// `(node, pointer of the $ref, reference)`, resolved once every node is known.
     refs: Vec<(usize, String, String)>,
-    patterns: Vec<(String, String)>,
+    patterns: Vec<Pattern>,
 }
 
 impl Builder<'_> {
@@ -116,8 +184,33 @@ impl Builder<'_> {
                 keyword: "$id".to_owned(),
             });
         }
-        if let Some(Value::String(anchor)) = map.get("$anchor") {
-            self.anchors.insert(anchor.clone(), index);
+        if let Some(draft) = map.get("$schema") {
+            let known = draft
+                .as_str()
+                .is_some_and(|d| SUPPORTED_DRAFTS.contains(&d.trim_end_matches('#')));
+            if !known {
+                return Err(SchemaError::Unsupported {
+                    at,
+                    keyword: "$schema".to_owned(),
+                });
+            }
+        }
+        if let Some(anchor) = map.get("$anchor") {
+            // A second anchor of the same name: the graph and `referencing` pick the last one
+            // in different walk orders (depth- vs breadth-first), so which subschema `#name`
+            // means would depend on who asks. Refused rather than guessed.
+            let Value::String(anchor) = anchor else {
+                return Err(SchemaError::Unsupported {
+                    at,
+                    keyword: "$anchor".to_owned(),
+                });
+            };
+            if self.anchors.insert(anchor.clone(), index).is_some() {
+                return Err(SchemaError::Unsupported {
+                    at: format!("{at}/$anchor"),
+                    keyword: "$anchor".to_owned(),
+                });
+            }
         }
         if let Some(Value::String(reference)) = map.get("$ref") {
             self.refs
@@ -134,12 +227,17 @@ impl Builder<'_> {
             self.nodes[index].enum_len = values.len();
         }
         if let Some(Value::String(pattern)) = map.get("pattern") {
-            self.patterns
-                .push((format!("{at}/pattern"), pattern.clone()));
+            self.patterns.push(Pattern {
+                node: index,
+                at: format!("{at}/pattern"),
+                text: pattern.clone(),
+                on_names: false,
+            });
             self.nodes[index].string_pattern = true;
         }
         if map.get("format").and_then(Value::as_str) == Some("regex") {
             self.nodes[index].string_pattern = true;
+            self.nodes[index].string_weight = FORMAT_REGEX_WEIGHT;
         }
         self.nodes[index].unique = map.get("uniqueItems") == Some(&Value::Bool(true));
         self.nodes[index].unevaluated =
@@ -169,8 +267,12 @@ impl Builder<'_> {
                 "patternProperties" => {
                     if let Value::Object(entries) = child {
                         for key in entries.keys() {
-                            self.patterns
-                                .push((format!("{here}/{}", escape(key)), key.clone()));
+                            self.patterns.push(Pattern {
+                                node: index,
+                                at: format!("{here}/{}", escape(key)),
+                                text: key.clone(),
+                                on_names: true,
+                            });
                         }
                     }
                     self.nodes[index].name_pattern = true;
@@ -202,7 +304,15 @@ impl Builder<'_> {
                 "$defs" | "definitions" => {
                     self.map(child, &here, false)?;
                 }
-                _ => {}
+                // Keywords whose value is not a subschema the graph models (`contentSchema`,
+                // `default`, unknown keywords, …): `referencing` may still walk some of them
+                // (`contentSchema`) and register anchors there, so nothing in them may take
+                // part in resolving references.
+                _ => {
+                    if let Some((at, keyword)) = find_reference_keyword(child, &here) {
+                        return Err(SchemaError::Unsupported { at, keyword });
+                    }
+                }
             }
         }
         Ok(index)
@@ -400,10 +510,26 @@ impl Graph {
         self.nodes.len()
     }
 
-    pub(crate) fn patterns(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.patterns
-            .iter()
-            .map(|(at, p)| (at.as_str(), p.as_str()))
+    pub(crate) fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// Records the cost weight of pattern `i` (of [`Self::patterns`]).
+    pub(crate) fn set_pattern_weight(&mut self, i: usize, weight: u64) {
+        let p = &self.patterns[i];
+        let node = &mut self.nodes[p.node];
+        if p.on_names {
+            node.name_weight = node.name_weight.saturating_add(weight);
+        } else {
+            node.string_weight = node.string_weight.max(weight);
+        }
+    }
+
+    /// Steps for checking `text` against patterns of total `weight`.
+    fn pattern_steps(text: &str, weight: u64) -> u64 {
+        (text.chars().count() as u64)
+            .saturating_mul(weight)
+            .div_ceil(PATTERN_CHARS_PER_STEP)
     }
 
     /// Walks `instance` over the graph, counting the subschema applications the validator may
@@ -449,6 +575,7 @@ impl Graph {
                         max: limits.max_pattern_input_chars,
                     });
                 }
+                Self::charge(steps, Self::pattern_steps(text, n.string_weight), limits)?;
             }
         }
         for &child in &n.in_place {
@@ -499,6 +626,9 @@ impl Graph {
                 return Err(SchemaError::PatternInputTooLong {
                     max: limits.max_pattern_input_chars,
                 });
+            }
+            for key in map.keys() {
+                Self::charge(steps, Self::pattern_steps(key, n.name_weight), limits)?;
             }
         }
         if n.unevaluated {

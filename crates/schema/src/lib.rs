@@ -61,8 +61,16 @@ pub struct Limits {
     pub pattern_size_limit: usize,
     /// Longest string (or property name) checked against a pattern, in characters.
     pub max_pattern_input_chars: usize,
-    /// Most subschema applications one validation may make.
+    /// Most subschema applications one validation may make; a pattern check counts its
+    /// string's length times the pattern's weight (1, 4 or 8 by compiled size) / 64.
     pub max_eval_steps: u64,
+    /// Most distinct patterns (`pattern`s and `patternProperties` keys) in one schema:
+    /// each is compiled, so many near-cap patterns are costly before any input is seen.
+    pub max_patterns: usize,
+    /// Most total pattern weight in one schema (every occurrence counted: the validator
+    /// compiles each): weight 1 is a pattern compiling under 1/8 of
+    /// [`Limits::pattern_size_limit`], 4 under half, 8 up to the limit.
+    pub max_pattern_weight: u64,
 }
 
 /// Measured (release build, `jsonschema` 0.33): the fan-out shape at the expansion cap (K=10,
@@ -81,6 +89,8 @@ impl Default for Limits {
             pattern_size_limit: 64 * 1024,
             max_pattern_input_chars: 16 * 1024,
             max_eval_steps: 50_000,
+            max_patterns: 128,
+            max_pattern_weight: 256,
         }
     }
 }
@@ -175,6 +185,15 @@ pub enum SchemaError {
         /// The limit.
         max: usize,
     },
+    /// More distinct patterns than [`Limits::max_patterns`], or more total pattern weight
+    /// than [`Limits::max_pattern_weight`].
+    #[error("the schema has too many or too large patterns ({count}; at most {max} distinct, and a bounded total compiled size)")]
+    TooManyPatterns {
+        /// How many.
+        count: usize,
+        /// The limit on distinct patterns.
+        max: usize,
+    },
     /// Not a schema the validator accepts.
     #[error("not a valid JSON Schema: {0}")]
     Invalid(String),
@@ -207,7 +226,9 @@ impl SchemaError {
             Self::TooExpensive { .. } => "expanded",
             Self::TooDeepExpanded { .. } => "expanded_depth",
             Self::EnumTooLarge { .. } => "enum",
-            Self::PatternTooLong { .. } | Self::PatternTooComplex { .. } => "pattern",
+            Self::PatternTooLong { .. }
+            | Self::PatternTooComplex { .. }
+            | Self::TooManyPatterns { .. } => "pattern",
             Self::Invalid(_) => "invalid",
             Self::InputTooCostly { .. } => "steps",
             Self::PatternInputTooLong { .. } => "pattern_input",
@@ -218,6 +239,10 @@ impl SchemaError {
 /// A schema that passed the registration check, compiled. Cheap to share (`Arc`) across calls.
 pub struct BoundedSchema {
     graph: graph::Graph,
+    /// Size of the schema's JSON text.
+    bytes: usize,
+    /// Total pattern weight (each weight unit compiles to at most 1/8 of the size cap).
+    pattern_weight: u64,
     limits: Limits,
     validator: jsonschema::Validator,
 }
@@ -272,15 +297,43 @@ impl BoundedSchema {
                 max: limits.max_depth,
             });
         }
-        let graph = graph::Graph::build(schema, limits)?;
-        for (at, pattern) in graph.patterns() {
-            check_pattern(at, pattern, limits)?;
+        let mut graph = graph::Graph::build(schema, limits)?;
+        let distinct: std::collections::HashSet<&str> =
+            graph.patterns().iter().map(|p| p.text.as_str()).collect();
+        if distinct.len() > limits.max_patterns {
+            return Err(SchemaError::TooManyPatterns {
+                count: distinct.len(),
+                max: limits.max_patterns,
+            });
+        }
+        let mut weights: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut total = 0u64;
+        for i in 0..graph.patterns().len() {
+            let pattern = &graph.patterns()[i];
+            let weight = match weights.get(&pattern.text) {
+                Some(&w) => w,
+                None => {
+                    let w = pattern_weight(&pattern.at, &pattern.text, limits)?;
+                    weights.insert(pattern.text.clone(), w);
+                    w
+                }
+            };
+            total = total.saturating_add(weight);
+            if total > limits.max_pattern_weight {
+                return Err(SchemaError::TooManyPatterns {
+                    count: graph.patterns().len(),
+                    max: limits.max_patterns,
+                });
+            }
+            graph.set_pattern_weight(i, weight);
         }
         let validator = options(limits.pattern_size_limit)
             .build(schema)
             .map_err(|e| SchemaError::Invalid(e.to_string().chars().take(300).collect()))?;
         Ok(Self {
             graph,
+            bytes: size,
+            pattern_weight: total,
             limits: limits.clone(),
             validator,
         })
@@ -306,6 +359,17 @@ impl BoundedSchema {
             .collect())
     }
 
+    /// A generous estimate of its memory, in bytes (for a cache's weigher): its compiled
+    /// patterns, its graph and its text.
+    pub fn approx_bytes(&self) -> u64 {
+        let patterns = self
+            .pattern_weight
+            .saturating_mul((self.limits.pattern_size_limit / 8) as u64);
+        patterns
+            .saturating_add(self.graph.len() as u64 * 256)
+            .saturating_add(self.bytes as u64 * 4)
+    }
+
     /// The limits it was checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -326,9 +390,10 @@ fn json_depth(value: &Value, stop: usize) -> usize {
     1 + children.unwrap_or(0)
 }
 
-/// A pattern within the length cap whose compiled form fits the size cap. A pattern that fails
-/// for another reason (syntax) is left to the validator's own error.
-fn check_pattern(at: &str, pattern: &str, limits: &Limits) -> Result<(), SchemaError> {
+/// A pattern within the length cap whose compiled form fits the size cap, and its cost weight:
+/// 1 if it compiles under 1/8 of the size cap, 4 under half, 8 up to the cap. A pattern that
+/// fails for another reason (syntax) is left to the validator's own error (weight 8).
+fn pattern_weight(at: &str, pattern: &str, limits: &Limits) -> Result<u64, SchemaError> {
     if pattern.chars().count() > limits.max_pattern_chars {
         return Err(SchemaError::PatternTooLong {
             at: at.to_owned(),
@@ -338,8 +403,13 @@ fn check_pattern(at: &str, pattern: &str, limits: &Limits) -> Result<(), SchemaE
     // Through the validator itself, so the pattern is translated from ECMA 262 exactly as it
     // will be when evaluated (e.g. `\w` is ASCII there).
     let probe = serde_json::json!({ "pattern": pattern });
-    if options(limits.pattern_size_limit).build(&probe).is_ok() {
-        return Ok(());
+    for (divisor, weight) in [(8, 1), (2, 4), (1, 8)] {
+        if options(limits.pattern_size_limit / divisor)
+            .build(&probe)
+            .is_ok()
+        {
+            return Ok(weight);
+        }
     }
     // Fails under the cap: too large if it compiles under the regex crate's own default.
     if options(10 * (1 << 20)).build(&probe).is_ok() {
@@ -348,7 +418,7 @@ fn check_pattern(at: &str, pattern: &str, limits: &Limits) -> Result<(), SchemaE
             max: limits.pattern_size_limit,
         });
     }
-    Ok(())
+    Ok(8)
 }
 
 #[cfg(test)]

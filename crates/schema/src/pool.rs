@@ -5,11 +5,16 @@
 //! Here a fixed number of threads (with large stacks: validators recurse) takes jobs from a
 //! bounded queue; each owner (a tenant) may hold at most a share of the queue, so one tenant
 //! filling it leaves room for the others; a caller waits at most the deadline.
+//!
+//! A job cannot be interrupted (the validator takes no budget), so who runs next is decided by
+//! owner, not by arrival: the threads take owners round-robin, and one owner runs on at most
+//! all threads but one, so a tenant's long jobs never hold every thread while others wait.
+//! Own code rather than a crate: no well-kept pool offers per-owner round-robin with a cap on
+//! an owner's running jobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Why a job did not run or did not finish.
@@ -36,12 +41,109 @@ pub struct Evaluator {
 }
 
 struct Inner {
-    queue: SyncSender<Job>,
+    queue: Arc<Queue>,
     deadline: Duration,
     per_owner: usize,
     in_flight: Mutex<HashMap<String, usize>>,
     threads: usize,
     capacity: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every handle (and every queued job's slot) is gone: let the threads end.
+        self.queue.lock().closed = true;
+        self.queue.ready.notify_all();
+    }
+}
+
+/// Waiting jobs by owner, and the order owners are served in.
+#[derive(Default)]
+struct Waiting {
+    jobs: HashMap<String, VecDeque<Job>>,
+    /// Owners with waiting jobs, next to serve first.
+    order: VecDeque<String>,
+    /// Jobs running, by owner.
+    running: HashMap<String, usize>,
+    len: usize,
+    closed: bool,
+}
+
+struct Queue {
+    state: Mutex<Waiting>,
+    ready: Condvar,
+    capacity: usize,
+    /// Most jobs of one owner running at once.
+    max_running: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, owner: &str, job: Job) -> bool {
+        let mut w = self.lock();
+        if w.len >= self.capacity {
+            return false;
+        }
+        w.len += 1;
+        let jobs = w.jobs.entry(owner.to_owned()).or_default();
+        jobs.push_back(job);
+        if jobs.len() == 1 {
+            w.order.push_back(owner.to_owned());
+        }
+        drop(w);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job: the first owner in round-robin order not already at its running cap.
+    /// `None` once the pool is closed and drained.
+    fn take(&self) -> Option<(String, Job)> {
+        let mut w = self.lock();
+        loop {
+            let eligible = w
+                .order
+                .iter()
+                .position(|o| w.running.get(o).copied().unwrap_or(0) < self.max_running);
+            if let Some(at) = eligible {
+                let owner = w.order.remove(at)?;
+                let jobs = w.jobs.get_mut(&owner)?;
+                let job = jobs.pop_front()?;
+                if jobs.is_empty() {
+                    w.jobs.remove(&owner);
+                } else {
+                    w.order.push_back(owner.clone());
+                }
+                w.len -= 1;
+                *w.running.entry(owner.clone()).or_insert(0) += 1;
+                return Some((owner, job));
+            }
+            if w.closed && w.len == 0 {
+                return None;
+            }
+            w = self
+                .ready
+                .wait(w)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn done(&self, owner: &str) {
+        let mut w = self.lock();
+        if let Some(count) = w.running.get_mut(owner) {
+            *count -= 1;
+            if *count == 0 {
+                w.running.remove(owner);
+            }
+        }
+        drop(w);
+        // An owner that was at its cap may be eligible again.
+        self.ready.notify_all();
+    }
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -82,26 +184,26 @@ const STACK_BYTES: usize = 64 * 1024 * 1024;
 
 impl Evaluator {
     /// `threads` workers, a queue of `queue` waiting jobs, one owner holding at most
-    /// `per_owner` jobs (waiting or running), and callers wait at most `deadline`.
+    /// `per_owner` jobs (waiting or running) and running on at most `threads - 1` threads
+    /// (1 with a single thread), and callers wait at most `deadline`.
     pub fn new(threads: usize, queue: usize, per_owner: usize, deadline: Duration) -> Self {
         let threads = threads.max(1);
         let capacity = queue.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Job>(capacity);
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Queue {
+            state: Mutex::new(Waiting::default()),
+            ready: Condvar::new(),
+            capacity,
+            max_running: (threads - 1).max(1),
+        });
         for i in 0..threads {
-            let rx = Arc::clone(&rx);
+            let queue = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
                 .name(format!("schema-eval-{i}"))
                 .stack_size(STACK_BYTES)
-                .spawn(move || loop {
-                    let job = {
-                        let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        rx.recv()
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        // Every sender is gone: the pool was dropped.
-                        Err(_) => break,
+                .spawn(move || {
+                    while let Some((owner, job)) = queue.take() {
+                        job();
+                        queue.done(&owner);
                     }
                 });
             // Without a thread the jobs queue and every caller gets `Deadline`: refused, not
@@ -110,7 +212,7 @@ impl Evaluator {
         }
         Self {
             inner: Arc::new(Inner {
-                queue: tx,
+                queue: shared,
                 deadline,
                 per_owner: per_owner.max(1),
                 in_flight: Mutex::new(HashMap::new()),
@@ -120,12 +222,12 @@ impl Evaluator {
         }
     }
 
-    /// The shipped pool: half the cores (at least one) so that tenants' schemas never take
-    /// every core from the runtime, a queue of 8 jobs per thread, a quarter of it per tenant,
-    /// 2 s deadline.
+    /// The shipped pool: half the cores but at least two threads (so one tenant's long job,
+    /// capped at all threads but one, never holds the whole pool), a queue of 8 jobs per
+    /// thread, a quarter of it per tenant, 2 s deadline.
     pub fn with_defaults() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = (cores / 2).max(1);
+        let threads = (cores / 2).max(2);
         let queue = 8 * threads;
         Self::new(threads, queue, (queue / 4).max(1), Duration::from_secs(2))
     }
@@ -171,11 +273,8 @@ impl Evaluator {
             drop(slot);
             let _ = tx.send(result.map_err(|_| PoolError::Failed));
         });
-        match self.inner.queue.try_send(wrapped) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                return Err(PoolError::Busy);
-            }
+        if !self.inner.queue.push(owner, wrapped) {
+            return Err(PoolError::Busy);
         }
         match tokio::time::timeout(self.inner.deadline, rx).await {
             Ok(Ok(result)) => result,

@@ -122,3 +122,62 @@ async fn the_pool_answers_deadline_and_survives_a_panic() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pool.run("a", || 7).await, Ok(7));
 }
+
+#[tokio::test]
+async fn one_owners_long_jobs_never_hold_every_thread() {
+    // Review finding 2: with a FIFO queue, an owner's two long jobs took both threads and
+    // everyone else waited past the deadline.
+    let pool = Evaluator::new(2, 8, 4, Duration::from_secs(1));
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+    let mut long = Vec::new();
+    for _ in 0..2 {
+        let busy = pool.clone();
+        let wait = std::sync::Arc::clone(&wait);
+        long.push(tokio::spawn(async move {
+            busy.run("b", move || {
+                let _ = wait.lock().map(|w| w.recv_timeout(Duration::from_secs(3)));
+            })
+            .await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another owner is served while "b" still waits to be released.
+    assert_eq!(pool.run("a", || 2).await, Ok(2));
+    release.send(()).expect("b's job waits");
+    release.send(()).ok();
+    for job in long {
+        let _ = job.await.expect("joins");
+    }
+}
+
+#[test]
+fn pattern_checks_are_charged_by_string_length() {
+    let schema = compile(json!({"type":"object","properties":{"s":{"type":"array",
+        "items":{"type":"string","pattern":"^[a-z]+$"}}}}))
+    .expect("small pattern");
+    // 256 strings of 16,000 characters: 1 step each before, 16,000 × 1 / 64 = 250 each now.
+    let long = "a".repeat(16_000);
+    let input = json!({ "s": vec![long; 256] });
+    assert_eq!(
+        schema.validate(&input, 5).expect_err("too costly").reason(),
+        "steps"
+    );
+    // Short strings are still cheap.
+    assert!(schema
+        .validate(&json!({"s":["abc","def"]}), 5)
+        .expect("cheap")
+        .is_empty());
+}
+
+#[test]
+fn a_duplicate_anchor_is_refused() {
+    let err = compile(
+        json!({"type":"object","$defs":{"a":{"$anchor":"x","type":"string"},
+        "b":{"$anchor":"x","type":"integer"}},"properties":{"p":{"$ref":"#x"}}}),
+    )
+    .expect_err("two anchors named x");
+    assert_eq!(err.reason(), "unsupported");
+    assert!(err.to_string().contains("$anchor"), "{err}");
+}

@@ -33,6 +33,7 @@ struct Inner {
     audit: std::sync::OnceLock<Arc<crate::audit_log::AuditService>>,
     tool_client: std::sync::OnceLock<bulkhead_webhooks::EgressClient>,
     schema_pool: std::sync::OnceLock<bulkhead_schema::Evaluator>,
+    schema_cache: std::sync::OnceLock<crate::routes::tools::SchemaCache>,
     screener: std::sync::OnceLock<
         Result<Arc<bulkhead_screening::Screener>, bulkhead_screening::RuleError>,
     >,
@@ -104,6 +105,7 @@ impl AppState {
                 ceilings: Default::default(),
                 tool_client: std::sync::OnceLock::new(),
                 schema_pool: std::sync::OnceLock::new(),
+                schema_cache: std::sync::OnceLock::new(),
                 screener: std::sync::OnceLock::new(),
             }),
         }
@@ -205,6 +207,14 @@ impl AppState {
         self.inner
             .schema_pool
             .get_or_init(bulkhead_schema::Evaluator::with_defaults)
+    }
+
+    /// Compiled tool input schemas keyed by (tenant, tool id, version), so a call does not
+    /// recompile (and re-check every pattern of) the stored schema each time.
+    pub(crate) fn schema_cache(&self) -> &crate::routes::tools::SchemaCache {
+        self.inner
+            .schema_cache
+            .get_or_init(crate::routes::tools::new_schema_cache)
     }
 
     /// Installs the tool-call client (the operator's proxy; in tests a loopback resolver and a

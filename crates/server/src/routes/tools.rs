@@ -14,7 +14,8 @@
 //! 422. A tool's endpoint is judged by the egress policy at registration and again, with its DNS
 //! answers, on every call.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::authz::RouteAccess::{self, Requires};
 use crate::authz::RouteTable;
@@ -711,19 +712,69 @@ async fn audit_start(
     Ok(id.to_string())
 }
 
-/// Compiles the stored schema and validates `input` under the bounds, on the schema pool.
-/// Gives the input back with the verdict.
+/// Key of a compiled input schema: the tenant is part of it, so one tenant's entry can never
+/// answer for another's tool even if ids collided.
+type SchemaKey = (String, String, i32);
+
+/// A stored schema and what compiling it gave (refusals are cached too: a stored schema that no
+/// longer passes the bounds is not re-checked on every call).
+#[derive(Debug)]
+pub(crate) struct CachedSchema {
+    schema: Value,
+    compiled: Result<bulkhead_schema::BoundedSchema, bulkhead_schema::SchemaError>,
+}
+
+/// Compiled input schemas (`AppState::schema_cache`), weighed by their approximate size.
+pub(crate) type SchemaCache = moka::sync::Cache<SchemaKey, Arc<CachedSchema>>;
+
+/// At most about 64 MiB of compiled schemas, each kept 10 minutes after its last use.
+pub(crate) fn new_schema_cache() -> SchemaCache {
+    moka::sync::Cache::builder()
+        .max_capacity(64 << 20)
+        .weigher(|_, v: &Arc<CachedSchema>| {
+            let bytes = v
+                .compiled
+                .as_ref()
+                .map_or(0, bulkhead_schema::BoundedSchema::approx_bytes)
+                .saturating_add(MAX_SCHEMA_BYTES as u64);
+            u32::try_from(bytes).unwrap_or(u32::MAX)
+        })
+        .time_to_idle(Duration::from_secs(600))
+        .build()
+}
+
+/// Validates `input` against the tool's stored schema under the bounds, on the schema pool,
+/// compiling the schema only when (tenant, tool id, version) is not cached. Gives the input
+/// back with the verdict.
 async fn validate_input(
     state: &AppState,
     ctx: &TenantContext,
-    schema: Value,
+    tool: &Tool,
     input: Value,
 ) -> Result<(Value, Result<Vec<String>, InputRefusal>), bulkhead_schema::PoolError> {
+    let key: SchemaKey = (
+        ctx.tenant_id().to_string(),
+        tool.id.to_string(),
+        tool.version,
+    );
+    // Compared on a hit as well: the entry must be of exactly this schema.
+    let cached = state
+        .schema_cache()
+        .get(&key)
+        .filter(|c| c.schema == tool.input_schema);
+    let schema = tool.input_schema.clone();
+    let cache = state.schema_cache().clone();
     state
         .schema_pool()
         .run(&ctx.tenant_id().to_string(), move || {
-            let verdict = match bulkhead_schema::BoundedSchema::compile(&schema, &schema_limits()) {
-                Err(e) => Err(InputRefusal::Schema(e)),
+            let entry = cached.unwrap_or_else(|| {
+                let compiled = bulkhead_schema::BoundedSchema::compile(&schema, &schema_limits());
+                let entry = Arc::new(CachedSchema { schema, compiled });
+                cache.insert(key, Arc::clone(&entry));
+                entry
+            });
+            let verdict = match &entry.compiled {
+                Err(e) => Err(InputRefusal::Schema(e.clone())),
                 Ok(compiled) => compiled
                     .validate(&input, MAX_REPORTED_ERRORS)
                     .map_err(InputRefusal::Input),
@@ -819,7 +870,7 @@ async fn call(
     }
     // Off the async runtime, on the bounded schema pool: a tenant's schema and input cannot
     // stall or crash the server (crates/schema).
-    let validated = validate_input(&state, ctx, tool.input_schema.clone(), body.input).await;
+    let validated = validate_input(&state, ctx, &tool, body.input).await;
     let refused = |record: &mut CallRecord, result: &'static str| {
         record.outcome = Outcome::Failure;
         record.result = result;
