@@ -725,53 +725,74 @@ pub async fn export_page(
         .collect()
 }
 
-/// An export's view of the log: its checkpoint and every page come from one `REPEATABLE READ`
-/// snapshot, so what the pages show (a body, or `purged`) is exactly what the checkpoint's tree
-/// held. A purge that commits while the export streams is invisible to it; one committed before
-/// the snapshot was sequenced in its own transaction, so its `audit.purge` event is inside the
-/// checkpoint that covers the leaves it purged. (Pages read in separate transactions once let a
-/// purge turn leaves into `purged` whose accounting event lay beyond the checkpoint, and the
-/// export failed verification on an intact log.)
+/// An export's view of the log: every page comes from one `REPEATABLE READ` snapshot bounded by
+/// its checkpoint's tree size, so what the pages show (a body, or `purged`) is exactly what the
+/// checkpoint's tree held. A purge that commits while the export streams is invisible to it. A
+/// purge is sequenced in its own transaction, so one committed before the snapshot has its
+/// `audit.purge` leaf inside any checkpoint signed after it; one that slipped in between the
+/// checkpoint and the snapshot has its leaf beyond the checkpoint, and `open` then takes a new
+/// checkpoint. (Pages read in separate transactions once let a purge turn leaves into `purged`
+/// whose accounting event lay beyond the checkpoint, and the export failed verification on an
+/// intact log.)
 ///
-/// It holds one connection, read-only, until [`ExportSnapshot::finish`] or drop; it takes no lock
-/// a writer or a move's freeze waits for.
+/// The checkpoint is signed and stored *before* the snapshot opens: a second tenant transaction
+/// opened while the snapshot holds its gate permit deadlocked concurrent exports of one tenant
+/// at the per-tenant connection cap. The snapshot holds one connection, read-only, until
+/// [`ExportSnapshot::finish`] or drop; it takes no lock a writer or a move's freeze waits for, and
+/// the database ends it if it idles longer than [`EXPORT_IDLE_TIMEOUT`] (a slow reader must not
+/// pin a pooled connection and the xmin horizon for hours).
 #[derive(Debug)]
 pub struct ExportSnapshot {
     tx: TenantTx,
     checkpoint: SignedCheckpoint,
 }
 
+/// How long an export's snapshot may sit idle between pages before the database ends it.
+pub const EXPORT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How many times `open` retakes its checkpoint when purges keep landing between the checkpoint
+/// and the snapshot before it gives up with a retryable error.
+const EXPORT_OPEN_ATTEMPTS: usize = 3;
+
 impl ExportSnapshot {
-    /// Sequences what is pending (so the export covers everything committed so far), then opens
-    /// the snapshot and fixes its checkpoint: the latest stored one if it covers the snapshot's
-    /// whole tree, else a new one, signed with `key` at `now` and stored.
+    /// Sequences what is pending (so the export covers everything committed so far) and fixes
+    /// the checkpoint (the latest stored one if it covers the whole tree, else a new one, signed
+    /// with `key` at `now` and stored), then opens the snapshot the pages are read from.
     pub async fn open(
         store: &Store,
         ctx: &TenantContext,
         key: &LogSigningKey,
         now: DateTime<Utc>,
     ) -> Result<ExportSnapshot, StoreError> {
-        let mut tx = store.begin(ctx, Access::ReadWrite).await?;
-        sequence(&mut tx, Sweep::Recent).await?;
-        tx.commit().await?;
-        let mut snapshot = store.begin_snapshot(ctx).await?;
-        let size = tree_size(&mut snapshot).await?;
-        let checkpoint = match latest_checkpoint(&mut snapshot).await? {
-            Some(latest) if latest.checkpoint.tree_size == size => latest,
-            _ => {
-                let signed = sign_tree(&mut snapshot, key, now, size).await?;
-                // The snapshot is read-only (it must not hold the row lock a freeze waits for).
-                let mut tx = store.begin(ctx, Access::ReadWrite).await?;
-                store_checkpoint(&mut tx, &signed).await?;
-                tx.commit().await?;
-                signed
+        for _ in 0..EXPORT_OPEN_ATTEMPTS {
+            let mut tx = store.begin(ctx, Access::ReadWrite).await?;
+            sequence(&mut tx, Sweep::Recent).await?;
+            let size = tree_size(&mut tx).await?;
+            let checkpoint = match latest_checkpoint(&mut tx).await? {
+                Some(latest) if latest.checkpoint.tree_size == size => latest,
+                _ => {
+                    let signed = sign_tree(&mut tx, key, now, size).await?;
+                    store_checkpoint(&mut tx, &signed).await?;
+                    signed
+                }
+            };
+            tx.commit().await?;
+            crate::hooks::reached(ctx.tenant_id(), HookPoint::ExportCheckpointed).await?;
+            let mut snapshot = store.begin_snapshot(ctx).await?;
+            // Bound in milliseconds; a setting cannot be a bind parameter of SET, so set_config.
+            sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+                .bind(format!("{}ms", EXPORT_IDLE_TIMEOUT.as_millis()))
+                .execute(snapshot.conn())
+                .await?;
+            if !purged_beyond(&mut snapshot, size).await? {
+                return Ok(ExportSnapshot {
+                    tx: snapshot,
+                    checkpoint,
+                });
             }
-        };
-        crate::hooks::reached(ctx.tenant_id(), HookPoint::ExportCheckpointed).await?;
-        Ok(ExportSnapshot {
-            tx: snapshot,
-            checkpoint,
-        })
+            snapshot.commit().await?;
+        }
+        Err(StoreError::Timeout)
     }
 
     /// The checkpoint the export verifies against; its size is the number of leaves.
@@ -788,4 +809,20 @@ impl ExportSnapshot {
     pub async fn finish(self) -> Result<(), StoreError> {
         self.tx.commit().await
     }
+}
+
+/// Whether the transaction sees an `audit.purge` leaf at or beyond `size`: a purge the checkpoint
+/// of that size does not account for, whose purged leaves the snapshot may nevertheless show.
+async fn purged_beyond(tx: &mut TenantTx, size: u64) -> Result<bool, StoreError> {
+    let tenant = tx.tenant_id();
+    let found: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM audit_leaves l \
+         JOIN audit_events e ON e.tenant_id = l.tenant_id AND e.id = l.event_id \
+         WHERE l.tenant_id = $1 AND l.leaf_index >= $2 AND e.action = 'audit.purge')",
+    )
+    .bind(tenant.uuid())
+    .bind(size as i64)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(found)
 }

@@ -1144,17 +1144,26 @@ pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(),
     Ok(())
 }
 
-/// Puts claimed deliveries back to `pending` without counting an attempt or moving their due
-/// time: their tenant is not active, and the claim skips them until it is again.
-pub async fn pause_deliveries(tx: &mut TenantTx, ids: &[DeliveryId]) -> Result<(), StoreError> {
+/// Puts claimed deliveries back to `pending` without counting an attempt: their tenant is not
+/// active, and the claim skips them until it is again. They are due again no earlier than
+/// `not_before`: the claim judges the tenant's status by its location's anchor and the
+/// dispatcher by the registry, and while the two disagree (a status change between its two
+/// commits) a delivery paused as due at once was re-claimed, paused and NOTIFYed in a hot loop.
+pub async fn pause_deliveries(
+    tx: &mut TenantTx,
+    ids: &[DeliveryId],
+    not_before: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
     sqlx::query(
-        "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, updated_at = now() \
+        "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, \
+         next_attempt_at = greatest(next_attempt_at, $3), updated_at = now() \
          WHERE tenant_id = $1 AND id = ANY($2) AND status = 'delivering'",
     )
     .bind(tenant.uuid())
     .bind(&ids)
+    .bind(not_before)
     .execute(tx.conn())
     .await?;
     Ok(())

@@ -65,6 +65,9 @@ pub struct DeliveryConfig {
     pub circuit_cooldown: chrono::Duration,
     /// A successful attempt at least this quick earns its tenant one more slot.
     pub fast_attempt: Duration,
+    /// How long a delivery paused because its tenant is not active waits before the claim
+    /// looks at it again (a status re-check on a timer, not a hot loop).
+    pub pause_backoff: chrono::Duration,
     /// How long an endpoint's unsealed signing keys stay in memory.
     pub key_cache_ttl: Duration,
     /// Most endpoints whose keys are kept in memory.
@@ -83,6 +86,7 @@ impl Default for DeliveryConfig {
             circuit_after: 5,
             circuit_cooldown: chrono::Duration::seconds(60),
             fast_attempt: Duration::from_millis(500),
+            pause_backoff: chrono::Duration::seconds(5),
             key_cache_ttl: Duration::from_secs(60),
             key_cache_entries: 10_000,
         }
@@ -399,7 +403,7 @@ impl Dispatcher {
         let mut tx = self.store.begin(ctx, Access::ReadWrite).await?;
         let mut out = HashMap::new();
         if !active {
-            store::pause_deliveries(&mut tx, ids).await?;
+            store::pause_deliveries(&mut tx, ids, now + self.config.pause_backoff).await?;
             tx.commit().await?;
             tracing::info!(
                 deliveries = ids.len(),

@@ -1032,6 +1032,35 @@ async fn an_export_overlapping_a_purge_still_verifies() {
     assert_eq!(after.purged, purged);
 }
 
+/// Review finding 8/3: an export once signed and stored its checkpoint in a second tenant
+/// transaction while its snapshot held the tenant's gate permit, so exports of one tenant
+/// beyond the per-tenant connection cap waited on themselves until the acquire timeout (503).
+/// With a cap of 1 even a single export needing a new checkpoint deadlocked. More concurrent
+/// exports than the cap, each with a grown tree to checkpoint, must all complete and verify.
+#[tokio::test]
+async fn more_concurrent_exports_than_the_tenant_cap_all_complete() {
+    let db = bulkhead_test_support::TestDb::new().await;
+    let store = db.app_store().await.with_tenant_connection_cap(1);
+    let app = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
+        db: Some(db),
+        store: Some(store),
+        ..Default::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let key = log_key(&app).await;
+    for round in 0..2 {
+        // The tree grows before every round: each export has a new checkpoint to sign.
+        create_session(&app, &acme, &format!("s{round}")).await;
+        let exports = (0..3).map(|_| export_text(&app, &acme));
+        for text in futures::future::join_all(exports).await {
+            let report = verify_text(&key, &text).unwrap();
+            assert!(report.verified, "{report:?}");
+        }
+    }
+    assert_eq!(app.state.store().tenant_connections_in_use(acme.id), 0);
+}
+
 /// Issue 29.2: an event whose id carries a clock two days ahead (a CLI on a skewed host) is
 /// sequenced by a full sweep; the ordinary events written after it must still be taken by the
 /// next recent sweep, not left out of checkpoints and exports until the next full one.

@@ -769,6 +769,34 @@ async fn the_app_role_cannot_claim_early_by_passing_a_future_clock() {
 }
 
 #[tokio::test]
+async fn the_app_role_cannot_lease_for_an_hour_or_lift_a_tenant_past_the_cap_ceiling() {
+    // Review finding 9: the claim trusted the caller's lease (up to 3600 s) and per-tenant caps
+    // (up to 1000): a compromised app role could claim every due delivery of a tenant and lock
+    // it for an hour. The function clamps the lease to 300 s and a cap to 256.
+    let rig = Rig::new(Clock::system()).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, "https://receiver.example/hook").await;
+    for n in 0..300 {
+        rig.publish(&a, n).await;
+    }
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries_capped(1000, 1, 3600, Utc::now(), &[(a.tenant_id(), 1000)])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 256, "the cap was not clamped");
+    let owner = rig.db.superuser_pool().await;
+    let longest: f64 = sqlx::query_scalar(
+        "SELECT max(extract(epoch FROM locked_until - now()))::float8 \
+         FROM bulkhead.webhook_deliveries WHERE status = 'delivering'",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert!(longest <= 310.0, "lease of {longest}s");
+}
+
+#[tokio::test]
 async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
     // Issue 17 item 12: delivery did not re-check the tenant's status; a delivery claimed just
     // before a suspension still went out.
@@ -807,12 +835,28 @@ async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
     // While suspended nothing is claimed.
     assert!(d.run_once().await.unwrap().is_empty());
     assert_eq!(receiver.connections(), 0);
-    // Activation resumes it, with the same webhook-id.
+    // Activation resumes it after the pause backoff, not at once (review finding 9b: while the
+    // anchor and the registry disagreed, an at-once-due pause spun claim/pause/NOTIFY), with the
+    // same webhook-id.
     owner
         .set_tenant_status(a.tenant_id(), TenantStatus::Active)
         .await
         .unwrap();
-    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    assert!(
+        rig.store
+            .claim_webhook_deliveries(10, 4, 60, Utc::now())
+            .await
+            .unwrap()
+            .is_empty(),
+        "a paused delivery was due again at once"
+    );
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 60, Utc::now() + chrono::Duration::seconds(6))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(d.deliver(claimed[0]).await, Delivered::Succeeded);
     let got = receiver.requests();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].headers["webhook-id"], message.to_string().as_str());
