@@ -13,14 +13,24 @@
 //! itself with `NOTIFY bulkhead_ceilings` at commit ([`announce_change`]); every process listens
 //! ([`listen_for_changes`]) and drops that tenant's entries, like key revocations. The TTL only
 //! bounds a change missed while a listener reconnects (which clears everything anyway).
+//!
+//! The key a token was issued to (its `client_id`) bounds the token for as long as it lives: a
+//! revoked key, one past its expiry or rotation grace, refuses every token minted from it (and
+//! every token exchanged with it as the client), and the key's *current* IP allowlist binds them
+//! in addition to the one copied into their claims, so narrowing a key binds its tokens at once.
+//! Every key change also announces a ceiling change (see `bulkhead_store::api_keys`), so these
+//! cached facts drop with the key's verification on every process.
 
 use std::time::Duration;
 
 use bulkhead_core::{
     Actor, AgentId, ApiKeyId, ScopeSet, TenantCache, TenantContext, TenantId, UserId,
 };
+use bulkhead_store::api_keys::{self, KeyStatus};
 use bulkhead_store::rbac::{self, Principal};
 use bulkhead_store::{Access, Store, StoreError};
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 
 /// How long a ceiling is trusted without reading the roles again.
 pub const CEILING_TTL: Duration = Duration::from_secs(5);
@@ -45,9 +55,44 @@ pub enum Ceiling {
     Refused,
 }
 
+/// What is cached per bearer: its ceiling, and for a key, where and until when it may be used.
+#[derive(Debug, Clone)]
+struct Cached {
+    ceiling: Ceiling,
+    /// A key's allowlist as it is now (empty: anywhere; other bearers: empty).
+    networks: Vec<IpNet>,
+    /// A key stops working at this instant (its expiry, or the end of its rotation grace); the
+    /// cache must not outlive it, even for the TTL.
+    usable_until: Option<DateTime<Utc>>,
+}
+
+impl Cached {
+    fn plain(ceiling: Ceiling) -> Self {
+        Self {
+            ceiling,
+            networks: Vec::new(),
+            usable_until: None,
+        }
+    }
+}
+
+/// A credential's ceiling and the network restrictions its keys impose now.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// What its principals' roles allow (or `Refused`).
+    pub ceiling: Ceiling,
+    /// The current allowlist of every key it comes from that has one: a caller's address must
+    /// lie in a network of each.
+    pub networks: Vec<Vec<IpNet>>,
+}
+
 /// The cache of ceilings. Cheap to share.
 pub struct RoleCeilings {
-    cache: TenantCache<Bearer, Ceiling>,
+    cache: TenantCache<Bearer, Cached>,
+    /// Bumped by every invalidation. A lookup that raced one (read the database before it,
+    /// would insert after it) does not cache what it read, so a revoked key or a removed role
+    /// is never re-cached as it was for another TTL.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RoleCeilings {
@@ -60,6 +105,7 @@ impl Default for RoleCeilings {
     fn default() -> Self {
         Self {
             cache: TenantCache::new(100_000, CEILING_TTL),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -67,16 +113,43 @@ impl Default for RoleCeilings {
 impl RoleCeilings {
     /// The ceiling of the context's credential: every principal it acts for bounds it (a
     /// delegated token: its subject and its actor).
-    pub async fn of(&self, store: &Store, ctx: &TenantContext) -> Result<Ceiling, StoreError> {
+    pub async fn of(
+        &self,
+        store: &Store,
+        ctx: &TenantContext,
+        now: DateTime<Utc>,
+    ) -> Result<Ceiling, StoreError> {
+        Ok(self.standing(store, ctx, now).await?.ceiling)
+    }
+
+    /// The ceiling of the context's credential, and the current allowlists of the keys it
+    /// comes from.
+    pub async fn standing(
+        &self,
+        store: &Store,
+        ctx: &TenantContext,
+        now: DateTime<Utc>,
+    ) -> Result<Standing, StoreError> {
         let mut combined = Ceiling::Unbounded;
+        let mut networks = Vec::new();
         for bearer in bearers(ctx.actor()) {
-            combined = match (combined, self.one(store, ctx, bearer).await?) {
-                (Ceiling::Refused, _) | (_, Ceiling::Refused) => return Ok(Ceiling::Refused),
+            let cached = self.one(store, ctx, bearer, now).await?;
+            if !cached.networks.is_empty() {
+                networks.push(cached.networks);
+            }
+            combined = match (combined, cached.ceiling) {
+                (Ceiling::Refused, _) | (_, Ceiling::Refused) => Ceiling::Refused,
                 (Ceiling::Unbounded, other) | (other, Ceiling::Unbounded) => other,
                 (Ceiling::Bounded(a), Ceiling::Bounded(b)) => Ceiling::Bounded(a.intersection(&b)),
             };
+            if combined == Ceiling::Refused {
+                break;
+            }
         }
-        Ok(combined)
+        Ok(Standing {
+            ceiling: combined,
+            networks,
+        })
     }
 
     async fn one(
@@ -84,21 +157,44 @@ impl RoleCeilings {
         store: &Store,
         ctx: &TenantContext,
         bearer: Bearer,
-    ) -> Result<Ceiling, StoreError> {
-        if let Some(ceiling) = self.cache.get(ctx, &bearer).await {
-            return Ok(ceiling);
+        now: DateTime<Utc>,
+    ) -> Result<Cached, StoreError> {
+        if let Some(mut cached) = self.cache.get(ctx, &bearer).await {
+            if cached.usable_until.is_some_and(|until| until <= now) {
+                cached.ceiling = Ceiling::Refused;
+            }
+            return Ok(cached);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let mut tx = store.begin(ctx, Access::ReadOnly).await?;
+        let mut key_facts = (Vec::new(), None);
         let principal = match &bearer {
             Bearer::User(user) => Some(Principal::User(*user)),
             Bearer::Agent(agent) => Some(Principal::Agent(*agent)),
-            Bearer::Key(key) => match rbac::key_agent(&mut tx, *key).await {
-                Ok(agent) => agent.map(Principal::Agent),
+            Bearer::Key(key) => match api_keys::get(&mut tx, *key, now).await {
+                Ok(record) => {
+                    // Revoked, expired or past its grace: nothing minted from it may act.
+                    let networks: Option<Vec<IpNet>> =
+                        record.allowed_ips.iter().map(|n| n.parse().ok()).collect();
+                    let (true, Some(networks)) = (record.usable_at(now), networks) else {
+                        tx.commit().await?;
+                        let refused = Cached::plain(Ceiling::Refused);
+                        self.remember(ctx, bearer, &refused, generation).await;
+                        return Ok(refused);
+                    };
+                    let grace = (record.status_at(now) == KeyStatus::Rotating)
+                        .then_some(record.grace_until)
+                        .flatten();
+                    let until = [record.expires_at, grace].into_iter().flatten().min();
+                    key_facts = (networks, until);
+                    record.agent_id.map(Principal::Agent)
+                }
                 // The key record is gone: nothing may act for it.
                 Err(StoreError::NotFound) => {
                     tx.commit().await?;
-                    self.cache.insert(ctx, bearer, Ceiling::Refused).await;
-                    return Ok(Ceiling::Refused);
+                    let refused = Cached::plain(Ceiling::Refused);
+                    self.remember(ctx, bearer, &refused, generation).await;
+                    return Ok(refused);
                 }
                 Err(err) => return Err(err),
             },
@@ -111,17 +207,45 @@ impl RoleCeilings {
             },
         };
         tx.commit().await?;
-        self.cache.insert(ctx, bearer, ceiling.clone()).await;
-        Ok(ceiling)
+        let cached = Cached {
+            ceiling,
+            networks: key_facts.0,
+            usable_until: key_facts.1,
+        };
+        self.remember(ctx, bearer, &cached, generation).await;
+        Ok(cached)
+    }
+
+    /// Caches what a lookup read, unless an invalidation happened since it began reading (the
+    /// check follows the insert, so an invalidation between the two removes the entry too).
+    async fn remember(
+        &self,
+        ctx: &TenantContext,
+        bearer: Bearer,
+        cached: &Cached,
+        generation: u64,
+    ) {
+        use std::sync::atomic::Ordering;
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        self.cache.insert(ctx, bearer.clone(), cached.clone()).await;
+        if self.generation.load(Ordering::SeqCst) != generation {
+            self.cache.invalidate(ctx, &bearer).await;
+        }
     }
 
     /// Forgets every ceiling of `tenant` (after a role, assignment or principal change).
     pub fn invalidate_tenant(&self, tenant: TenantId) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.invalidate_tenant(tenant);
     }
 
     /// Forgets every ceiling (a listener that may have missed changes).
     pub fn invalidate_all(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 }
@@ -218,17 +342,22 @@ async fn effective(
     actor: Actor,
 ) -> Result<Option<ScopeSet>, StoreError> {
     let ctx = TenantContext::new(tenant, actor, bulkhead_core::RequestId::new());
-    let ceiling = state.ceilings().of(state.store(), &ctx).await?;
+    let ceiling = state
+        .ceilings()
+        .of(state.store(), &ctx, state.clock().now())
+        .await?;
     Ok(narrow(ctx.actor().clone(), &ceiling).and_then(|a| a.scopes().cloned()))
 }
 
 /// The effective scopes of an auth session (what a refresh would grant now), read in `tx` (the
 /// caller holds the session's row lock; a second connection could wait on it): its scopes cut
 /// to the roles of its user, or of the agent owning the key it was issued to; `None` if that
-/// principal is inactive, the key is gone, or the stored scopes are unreadable.
+/// principal is inactive, the key is gone, revoked or expired, or the stored scopes are
+/// unreadable.
 pub(crate) async fn session_scopes(
     tx: &mut bulkhead_store::TenantTx,
     session: &bulkhead_store::tokens::AuthSession,
+    now: DateTime<Utc>,
 ) -> Result<Option<ScopeSet>, StoreError> {
     let Some(scopes) = session.scopes.clone() else {
         return Ok(None);
@@ -241,9 +370,12 @@ pub(crate) async fn session_scopes(
         }
     }
     if let Ok(key) = ApiKeyId::parse(&session.client_id) {
-        match rbac::key_agent(tx, key).await {
-            Ok(agent) => principals.extend(agent.map(Principal::Agent)),
-            Err(StoreError::NotFound) => return Ok(None),
+        // A revoked or expired key refreshes nothing, like it mints nothing.
+        match api_keys::get(tx, key, now).await {
+            Ok(record) if record.usable_at(now) => {
+                principals.extend(record.agent_id.map(Principal::Agent))
+            }
+            Ok(_) | Err(StoreError::NotFound) => return Ok(None),
             Err(err) => return Err(err),
         }
     }

@@ -384,8 +384,10 @@ pub(crate) struct TokenStanding {
 /// ([`crate::tokens::TokenService::verify`]); the token's tenant agreeing with the host's (when
 /// the host names one), active and served here; every principal it acts for (subject, and the
 /// actor's key of a delegated token) active; its scopes cut to their role ceilings (a delegated
-/// token's scopes already hold every hop's bound); the caller's address inside every network
-/// restriction it carries (the IP allowlists of the keys it comes from). Every refusal is audited and answers one 401
+/// token's scopes already hold every hop's bound); the key it was issued to (`client_id`) still
+/// usable (not revoked, expired or past its rotation grace); the caller's address inside every
+/// network restriction it carries (the IP allowlists of the keys it comes from, as minted) and
+/// inside that key's allowlist as it is now. Every refusal is audited and answers one 401
 /// `invalid_token` (503 when revocations cannot be checked; 403 for a suspended tenant).
 pub(crate) async fn authorize_access_token(
     state: &AppState,
@@ -427,7 +429,27 @@ pub(crate) async fn authorize_access_token(
         },
         request_id,
     );
-    let ctx = apply_ceiling(state, ctx, None).await?;
+    let standing = state
+        .ceilings()
+        .standing(state.store(), &ctx, state.clock().now())
+        .await
+        .map_err(|e| resolver_failure(e, Some(tenant.id)))?;
+    if let TokenUse::Request(client_ip) | TokenUse::EndOwnSession(client_ip) = used {
+        // The claim holds the allowlist as it was at mint; the key's allowlist *now* binds too,
+        // so narrowing a key binds the tokens already minted from it.
+        let admitted = standing
+            .networks
+            .iter()
+            .all(|list| client_ip.is_some_and(|ip| list.iter().any(|net| net.contains(&ip))));
+        if !admitted {
+            return Err(audit_token_refusal(
+                TokenRefusal::AddressNotAllowed,
+                Some(tenant.id),
+                None,
+            ));
+        }
+    }
+    let ctx = narrow_to(ctx, &standing.ceiling, None)?;
     Ok(TokenStanding { token, tenant, ctx })
 }
 
@@ -441,11 +463,21 @@ pub(crate) async fn apply_ceiling(
     let tenant = ctx.tenant_id();
     let ceiling = state
         .ceilings()
-        .of(state.store(), &ctx)
+        .of(state.store(), &ctx, state.clock().now())
         .await
         .map_err(|e| resolver_failure(e, Some(tenant)))?;
+    narrow_to(ctx, &ceiling, key_id)
+}
+
+/// The context with its scopes cut to `ceiling`; a refusing ceiling is a 401 (audited).
+fn narrow_to(
+    ctx: TenantContext,
+    ceiling: &crate::ceilings::Ceiling,
+    key_id: Option<bulkhead_core::ApiKeyId>,
+) -> Result<TenantContext, ApiError> {
+    let tenant = ctx.tenant_id();
     let request_id = ctx.request_id();
-    match crate::ceilings::narrow(ctx.actor().clone(), &ceiling) {
+    match crate::ceilings::narrow(ctx.actor().clone(), ceiling) {
         Some(actor) => Ok(TenantContext::new(tenant, actor, request_id)),
         None => Err(audit_refusal(
             Refused {

@@ -2,7 +2,8 @@
 //!
 //! Every change that can make a key stop working (revoke, rotate, narrowing update, re-hash)
 //! sends `NOTIFY bulkhead_api_keys, '<key uuid>'` in its transaction, delivered at commit, so
-//! every server process can drop its cached verification of that key.
+//! every server process can drop its cached verification of that key, and announces a ceiling
+//! change of its tenant (`rbac::CEILING_CHANGES_CHANNEL`), which binds the tokens minted from it.
 
 use bulkhead_auth::{KeyEnvironment, KeyHash};
 use bulkhead_core::{AgentId, ApiKeyId, ScopeSet, TenantId};
@@ -215,7 +216,11 @@ fn cidr_texts(nets: &[IpNet]) -> Vec<String> {
 }
 
 async fn notify(tx: &mut TenantTx, id: ApiKeyId) -> Result<(), StoreError> {
-    tx.notify(KEY_CHANGES_CHANNEL, id.uuid().to_string()).await
+    tx.notify(KEY_CHANGES_CHANNEL, id.uuid().to_string())
+        .await?;
+    // The tokens minted from a key are bounded by the key's status and allowlist through the
+    // role-ceiling cache; a key change drops those cached facts on every process too.
+    crate::rbac::notify_ceiling_change(tx).await
 }
 
 /// Keys of a tenant outside the shared tier are found through the registry's routing index

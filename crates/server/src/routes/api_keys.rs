@@ -546,6 +546,10 @@ async fn update(
     )
     .await?;
     tx.commit().await?;
+    // A narrowed allowlist binds the key's tokens at once in this process (the cached key
+    // facts); other processes hear the NOTIFY sent at commit.
+    state.verifier().forget_key(id);
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(axum::Json(record))
 }
 
@@ -604,6 +608,7 @@ async fn rotate(
     let api_key = api_keys::get(&mut tx, new_id, now).await?;
     tx.commit().await?;
     state.verifier().forget_key(id);
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok((
         StatusCode::CREATED,
         axum::Json(MintedKey {
@@ -634,10 +639,12 @@ async fn revoke(
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let (record, successors) = keys::revoke_with_self_made_successors(&mut tx, id, now).await?;
     tx.commit().await?;
-    // Effective at once in this process; other processes hear the NOTIFY sent at commit.
+    // Effective at once in this process (for the key and the tokens minted from it); other
+    // processes hear the NOTIFYs sent at commit.
     for key in std::iter::once(id).chain(successors) {
         state.verifier().forget_key(key);
     }
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(axum::Json(record))
 }
 
@@ -681,5 +688,6 @@ async fn revoke_all(
     for id in &revoked {
         state.verifier().forget_key(*id);
     }
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
     Ok(axum::Json(json!({ "revoked": revoked })))
 }

@@ -85,7 +85,8 @@ pub fn routes() -> RouteTable {
             end_session,
         )
         .confine(Confinement::Admitted(
-            "ends one of the caller's own auth sessions; a delegated credential owns none",
+            "ends one of the caller's own auth sessions (a delegated credential owns none); \
+             ending another's with keys:manage is refused to confined and delegated credentials",
         ))
         .get("/v1/token-policy", Requires(Scope::KeysManage), get_policy)
         .confine(TENANT_WIDE_READ)
@@ -625,9 +626,14 @@ async fn end_session(
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let session = tokens::get_session(&mut tx, id).await?;
     // Someone else's session answers exactly like a missing one, unless the caller manages
-    // the tenant's credentials.
-    if !caller_owns(ctx, &session) && !ctx.has_scope(Scope::KeysManage) {
-        return Err(ApiError::NotFound);
+    // the tenant's credentials. That power is the unconfined, undelegated caller's only: the
+    // route admits confined and delegated credentials for their *own* sessions, and a
+    // delegated `keys:manage` must not end every login of the tenant (refused, audited).
+    if !caller_owns(ctx, &session) {
+        if !ctx.has_scope(Scope::KeysManage) {
+            return Err(ApiError::NotFound);
+        }
+        crate::authz::refuse_confined(ctx, Scope::KeysManage)?;
     }
     end_session_in(&state, &mut tx, id, EndReason::Ended).await?;
     audit::record(

@@ -655,7 +655,8 @@ async fn refresh(
     }
     // What the session may grant now: its scopes cut to its principals' roles (a user's role
     // narrowed since login narrows the next access token, not only its use).
-    let Some(session_scopes) = crate::ceilings::session_scopes(&mut tx, &found.session).await?
+    let Some(session_scopes) =
+        crate::ceilings::session_scopes(&mut tx, &found.session, state.clock().now()).await?
     else {
         audit_refresh_failure(&mut tx, Some(&found), "principal_inactive").await?;
         tx.commit().await?;
@@ -954,7 +955,8 @@ async fn introspect_inner(
     };
     // What a refresh would grant now: the session's scopes cut to its principal's roles; a
     // disabled principal's refresh token is inactive.
-    let effective = crate::ceilings::session_scopes(&mut tx, &found.session).await?;
+    let effective =
+        crate::ceilings::session_scopes(&mut tx, &found.session, state.clock().now()).await?;
     tx.commit().await?;
     let Some(effective) = effective else {
         return Ok(inactive);

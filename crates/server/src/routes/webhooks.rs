@@ -232,12 +232,27 @@ fn streams_audit(types: &[String]) -> bool {
 
 /// The audit stream carries every audit event of the tenant (actors, addresses, user agents), so
 /// subscribing to it needs what reading the log needs: `audit:read` as well as `webhooks:manage`.
-fn require_audit_read(ctx: &TenantContext) -> Result<(), ApiError> {
+/// The same holds for anything else that would hand the stream to the caller: rotating a
+/// streaming endpoint's secret (the new secret signs audit events a receiver trusts), and reading
+/// or resending a stored `audit.event` message (its payload is an audit event). `what` names the
+/// check in the audit event of a refusal.
+fn require_audit_read(ctx: &TenantContext, what: &'static str) -> Result<(), ApiError> {
     if ctx.has_scope(Scope::AuditRead) {
         return Ok(());
     }
-    crate::extract::audit_forbidden(ctx, Scope::AuditRead, "audit-stream-subscription");
+    crate::extract::audit_forbidden(ctx, Scope::AuditRead, what);
     Err(ApiError::MissingScope(Scope::AuditRead))
+}
+
+/// A stored message of the audit stream may be read or resent only with `audit:read`.
+fn require_audit_read_for_message(
+    ctx: &TenantContext,
+    message: &store::Message,
+) -> Result<(), ApiError> {
+    if message.event_type == store::AUDIT_STREAM_EVENT {
+        require_audit_read(ctx, "audit-stream-message")?;
+    }
+    Ok(())
 }
 
 /// The principals whose `audit:read` keeps an audit subscription flowing: the ones whose roles
@@ -300,7 +315,7 @@ async fn create(
     check_event_types(&body.event_types)?;
     let streams = streams_audit(&body.event_types);
     if streams {
-        require_audit_read(ctx)?;
+        require_audit_read(ctx, "audit-stream-subscription")?;
     }
     check_rate(body.rate_limit_per_second)?;
     let headers = check_headers(body.headers.unwrap_or_default())?;
@@ -437,7 +452,7 @@ async fn update(
     // `audit:read`, and becomes the grantor the stream is checked against from now on. Changing
     // any field of a streaming endpoint (its URL above all) needs it too.
     if streams_audit(&endpoint.event_types) {
-        require_audit_read(ctx)?;
+        require_audit_read(ctx, "audit-stream-subscription")?;
         store::set_audit_grantors(&mut tx, id, &audit_grantors(ctx.actor())).await?;
     }
     audit::record(
@@ -518,6 +533,12 @@ async fn rotate_secret(
     let secret = Secret::generate();
     let until = state.clock().now() + chrono::Duration::seconds(grace);
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    // The new secret signs the audit stream a receiver trusts: taking it needs `audit:read`, like
+    // subscribing does (checked before anything changes; another tenant's id is still a 404).
+    let current = store::get_endpoint(&mut tx, id).await?;
+    if streams_audit(&current.event_types) {
+        require_audit_read(ctx, "audit-stream-secret")?;
+    }
     store::rotate_secret(
         &mut tx,
         id,
@@ -725,6 +746,7 @@ async fn fetch_message(
     let id: MessageId = parse(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let message = store::get_message(&mut tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
     let deliveries = store::deliveries_of(&mut tx, id).await?;
     tx.commit().await?;
     Ok(axum::Json(
@@ -750,7 +772,8 @@ async fn attempts(
     let ctx = &tenant.0;
     let id: MessageId = parse(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    store::get_message(&mut tx, id).await?;
+    let message = store::get_message(&mut tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
     let attempts = store::attempts_of(&mut tx, id).await?;
     tx.commit().await?;
     Ok(axum::Json(json!({ "data": attempts })))
@@ -775,6 +798,8 @@ async fn resend(
     let id: MessageId = parse(&id)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let message = store::get_message(&mut tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
     let requeued = store::resend(&mut tx, id, now).await?;
     audit::record(
         &mut tx,

@@ -1453,3 +1453,135 @@ async fn every_event_of_a_request_carries_its_address_and_user_agent() {
     assert_eq!(ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(ua.as_deref(), Some("audit-test/1.0"));
 }
+
+/// Review finding 5 (issue 17.2/17.3): a `webhooks:manage` key without `audit:read` could rotate
+/// the audit stream's signing secret (and so sign forged audit events a receiver trusts), and
+/// read or resend a stored `audit.event` message. Each now needs `audit:read`, and every refusal
+/// is an audit event.
+#[tokio::test]
+async fn the_audit_streams_secret_and_messages_need_audit_read() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    // The admin key (audit:read included) subscribes an endpoint to the stream.
+    let response = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://siem.acme.example/in", "event_types": ["audit.event"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let siem: Value = response.json().await.unwrap();
+    let siem_id = siem["id"].as_str().unwrap().to_owned();
+    create_session(&app, &acme, "streamed").await;
+    checkpoint_now(&app, &acme).await;
+    let su = app.db.superuser_pool().await;
+    let message: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM bulkhead.webhook_messages \
+         WHERE tenant_id = $1 AND event_type = 'audit.event' LIMIT 1",
+    )
+    .bind(acme.id.uuid())
+    .fetch_one(&su)
+    .await
+    .unwrap();
+    let message = bulkhead_core::MessageId::from_uuid(message).to_string();
+
+    let manager: Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["webhooks:manage"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let manager = TestTenant {
+        key: manager["key"].as_str().unwrap().to_owned(),
+        ..acme.clone()
+    };
+    let attempts: [(Method, String, Option<Value>); 4] = [
+        (
+            Method::POST,
+            format!("/v1/webhooks/endpoints/{siem_id}/rotate-secret"),
+            Some(json!({ "grace_seconds": 0 })),
+        ),
+        (
+            Method::GET,
+            format!("/v1/webhooks/messages/{message}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/webhooks/messages/{message}/attempts"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/webhooks/messages/{message}/resend"),
+            None,
+        ),
+    ];
+    for (method, path, body) in &attempts {
+        let mut request = as_tenant(&app, &manager, method.clone(), path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let (status, problem_body) = problem(request.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {problem_body}");
+        assert!(
+            problem_body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("audit:read"),
+            "{path}: {problem_body}"
+        );
+    }
+    // The secret did not change hands: the old one is still the only one.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bulkhead.webhook_endpoints \
+         WHERE tenant_id = $1 AND previous_secret IS NOT NULL",
+    )
+    .bind(acme.id.uuid())
+    .fetch_one(&su)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "no rotation happened");
+
+    // Each refusal is an audit event (recorded off the request path: wait for them).
+    let mut refused = Vec::new();
+    for _ in 0..50 {
+        refused = all_events(&app, &acme)
+            .await
+            .into_iter()
+            .filter(|e| e["action"] == "auth.forbidden" && e.to_string().contains("audit-stream-"))
+            .collect();
+        // Repeated refusals are folded into one event with a `count`.
+        let total: u64 = refused
+            .iter()
+            .map(|e| e["metadata"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        if total >= attempts.len() as u64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let total: u64 = refused
+        .iter()
+        .map(|e| e["metadata"]["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(total, attempts.len() as u64, "{refused:?}");
+    assert!(refused
+        .iter()
+        .any(|e| e["metadata"]["reason"] == "missing audit:read (audit-stream-secret)"));
+
+    // The admin, who holds audit:read, may do all of it.
+    for (method, path, body) in &attempts {
+        let mut request = as_tenant(&app, &acme, method.clone(), path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+}

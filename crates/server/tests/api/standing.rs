@@ -673,3 +673,257 @@ async fn a_suspended_tenants_user_can_still_log_out() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Exchanges `token` (no actor) into a delegated token for `helper-agent`, from `from`.
+async fn exchanged_from(app: &TestApp, token: &str, from: &str) -> String {
+    let exchanged = ok_json(
+        with_forwarded(
+            oauth(
+                app,
+                "acme",
+                "/oauth/token",
+                &[
+                    ("grant_type", EXCHANGE),
+                    ("subject_token", token),
+                    ("subject_token_type", AT),
+                    ("audience", "helper-agent"),
+                ],
+            ),
+            from,
+        )
+        .await,
+    )
+    .await;
+    exchanged["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A `client_credentials` token of the key `(id, key)`, asked for from `from`.
+async fn minted(app: &TestApp, (id, key): (&str, &str), from: &str) -> String {
+    let issued = ok_json(
+        with_forwarded(
+            oauth(
+                app,
+                "acme",
+                "/oauth/token",
+                &[("grant_type", "client_credentials")],
+            )
+            .basic_auth(id, Some(key)),
+            from,
+        )
+        .await,
+    )
+    .await;
+    issued["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn sessions_from(app: &TestApp, token: &str, from: &str) -> StatusCode {
+    let request = app
+        .client
+        .get(app.tenant_url("acme", "/v1/sessions"))
+        .bearer_auth(token);
+    with_forwarded(request, from).await.status()
+}
+
+/// Review finding 4b (issue 26.3/27.3): revoking a key, or rotating it with no grace, left the
+/// access tokens minted from it (and exchanged from those) valid at `/v1` and `active: true` at
+/// introspection for their whole lifetime; the one decision now asks whether the key a token
+/// was issued to still works.
+#[tokio::test]
+async fn revoking_or_rotating_out_a_key_ends_the_tokens_minted_from_it() {
+    let app = spawn_app_with(AppOptions {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..AppOptions::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let from = "10.9.9.5";
+    let introspector = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let introspector = (introspector.0.as_str(), introspector.1.as_str());
+
+    let (id, key) = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let token = minted(&app, (&id, &key), from).await;
+    let delegated = exchanged_from(&app, &token, from).await;
+    for t in [&token, &delegated] {
+        assert_eq!(sessions_from(&app, t, from).await, StatusCode::OK);
+        assert_eq!(
+            introspect(&app, "acme", introspector, t).await["active"],
+            true
+        );
+    }
+    admin(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/revoke"),
+        Value::Null,
+    )
+    .await;
+    for t in [&token, &delegated] {
+        assert_eq!(
+            sessions_from(&app, t, from).await,
+            StatusCode::UNAUTHORIZED,
+            "a token of a revoked key"
+        );
+        assert_eq!(
+            introspect(&app, "acme", introspector, t).await,
+            json!({ "active": false })
+        );
+    }
+
+    // Rotated with no grace: the old key is expired at once, and so are its tokens; the
+    // successor's tokens work.
+    let (id, key) = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let token = minted(&app, (&id, &key), from).await;
+    assert_eq!(sessions_from(&app, &token, from).await, StatusCode::OK);
+    let rotated = admin(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+        json!({ "grace_seconds": 0 }),
+    )
+    .await;
+    assert_eq!(
+        sessions_from(&app, &token, from).await,
+        StatusCode::UNAUTHORIZED,
+        "a token of a key past its rotation grace"
+    );
+    assert_eq!(
+        introspect(&app, "acme", introspector, &token).await,
+        json!({ "active": false })
+    );
+    let successor = (
+        rotated["api_key"]["id"].as_str().unwrap(),
+        rotated["key"].as_str().unwrap(),
+    );
+    let fresh = minted(&app, successor, from).await;
+    assert_eq!(sessions_from(&app, &fresh, from).await, StatusCode::OK);
+}
+
+/// Review finding 4 (issue 26.4): narrowing a key's `allowed_ips` left the tokens minted from
+/// it (and exchanged from them) usable from the removed addresses until they expired, because
+/// only the allowlist copied into the claim was checked.
+#[tokio::test]
+async fn narrowing_a_keys_allowlist_binds_the_tokens_already_minted_from_it() {
+    let app = spawn_app_with(AppOptions {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..AppOptions::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let (id, key) = client(
+        &app,
+        &acme,
+        json!({ "scopes": ["sessions:read"], "allowed_ips": ["10.9.9.0/24"] }),
+    )
+    .await;
+    let (kept, removed) = ("10.9.9.5", "10.9.9.66");
+    let token = minted(&app, (&id, &key), removed).await;
+    let delegated = exchanged_from(&app, &token, removed).await;
+    for t in [&token, &delegated] {
+        assert_eq!(sessions_from(&app, t, removed).await, StatusCode::OK);
+    }
+    admin(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/api-keys/{id}"),
+        json!({ "allowed_ips": ["10.9.9.5/32"] }),
+    )
+    .await;
+    for t in [&token, &delegated] {
+        assert_eq!(
+            sessions_from(&app, t, removed).await,
+            StatusCode::UNAUTHORIZED,
+            "an address the key no longer allows"
+        );
+        assert_eq!(sessions_from(&app, t, kept).await, StatusCode::OK);
+    }
+}
+
+/// Review finding 8b (issue 27.4): the route admits delegated and confined credentials to end
+/// their *own* sessions, but with `keys:manage` they could end any session of the tenant.
+#[tokio::test]
+async fn a_delegated_keys_manager_cannot_end_anothers_session() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ann@acme.test", "admin").await;
+    let session = login(&app, "acme", "ann@acme.test").await;
+    let sid = session["session_id"].as_str().unwrap().to_owned();
+    // The admin key's token (every permission, keys:manage included), exchanged: delegated,
+    // and delegated and confined.
+    let root = ok_json(
+        oauth(
+            &app,
+            "acme",
+            "/oauth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_secret", &acme.key),
+            ],
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exchange = |extra: Vec<(&'static str, &'static str)>| {
+        let (app, root) = (&app, root.clone());
+        async move {
+            let mut pairs = vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", root.as_str()),
+                ("subject_token_type", AT),
+                ("audience", "helper-agent"),
+            ];
+            pairs.extend(extra);
+            ok_json(
+                oauth(app, "acme", "/oauth/token", &pairs)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let delegated = exchange(vec![]).await;
+    let confined = exchange(vec![("resource_prefix", "marketing")]).await;
+    for token in [&delegated, &confined] {
+        assert!(claims(token)["scope"]
+            .as_str()
+            .unwrap()
+            .contains("keys:manage"));
+        let response = app
+            .client
+            .delete(app.tenant_url("acme", &format!("/v1/auth/sessions/{sid}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    // The login still works; the unconfined, undelegated manager may end it.
+    let access = session["access_token"].as_str().unwrap();
+    assert_eq!(
+        get(&app, "acme", access, "/v1/sessions").await.status(),
+        StatusCode::OK
+    );
+    let response = app
+        .client
+        .delete(app.tenant_url("acme", &format!("/v1/auth/sessions/{sid}")))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&app, "acme", access, "/v1/sessions").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
