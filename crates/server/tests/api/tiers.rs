@@ -505,7 +505,6 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
         schemas.push(schema);
     }
     let owner = db.owner_store().await;
-    let latest = bulkhead_store::migrate::latest_version();
     let known = bulkhead_store::migrate::MIGRATOR.iter().count() as u32;
     let outcomes =
         bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
@@ -524,14 +523,15 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
         bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
             .await;
     assert!(again[1..].iter().all(|o| matches!(o.result, Ok(0))));
-    // Break one schema so that its last two migrations are pending and the second of them fails
-    // (its columns exist already): the failure is reported, the others are fine, and the first
-    // of the two, which succeeded inside the target's transaction, is rolled back with it.
+    // Break one schema so that migrations 0010 (tools) and 0011 (isolation tiers) are pending
+    // again and the second of them fails (its columns exist already): the failure is reported,
+    // the others are fine, and the first of the two, which succeeded inside the target's
+    // transaction, is rolled back with it. (Fixed versions, not the latest two: later migrations
+    // may be idempotent and would not fail when run again.)
     let broken = &schemas[17];
     sqlx::query(&format!(
-        "DELETE FROM \"{broken}\"._sqlx_migrations WHERE version >= $1"
+        "DELETE FROM \"{broken}\"._sqlx_migrations WHERE version IN (10, 11)"
     ))
-    .bind(latest - 1)
     .execute(&owner_pool)
     .await
     .unwrap();
@@ -552,9 +552,8 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
         .collect();
     assert_eq!(failed, [&format!("schema {broken}")]);
     let ledger: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM \"{broken}\"._sqlx_migrations WHERE version = $1"
+        "SELECT count(*) FROM \"{broken}\"._sqlx_migrations WHERE version = 10"
     ))
-    .bind(latest)
     .fetch_one(&owner_pool)
     .await
     .unwrap();
