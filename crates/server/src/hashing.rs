@@ -7,9 +7,12 @@
 //! 1. is **admitted** first, without waiting: at most `workers + queue` operations are admitted
 //!    at once; one tenant may hold at most half of them ([`HashPool::tenant_share`]), and
 //!    anonymous operations (logins, which anyone can send) together at most half
-//!    ([`HashPool::anonymous_share`]). An operation that does not fit is refused at once with
-//!    503 and `Retry-After` ([`ApiError::HashingBusy`]): a queue that grows without bound only
-//!    turns overload into timeouts.
+//!    ([`HashPool::anonymous_share`]), and those aimed at one tenant at most half of that
+//!    ([`HashPool::anonymous_tenant_share`]): a login flood against one tenant cannot take the
+//!    whole anonymous budget, and other tenants' logins are still admitted (a login names its
+//!    tenant, and is counted under it). An operation that does not fit is refused at once
+//!    with 503 and `Retry-After` ([`ApiError::HashingBusy`]): a queue that grows without bound
+//!    only turns overload into timeouts.
 //! 2. then **waits** for one of `workers` blocking threads (default: half the cores, at least
 //!    one), so hashing can never take every core from the rest of the server.
 //!
@@ -76,6 +79,18 @@ struct Admitted {
     total: usize,
     anonymous: usize,
     per_tenant: HashMap<TenantId, usize>,
+    /// Anonymous operations per tenant they are aimed at (a subset of `per_tenant`).
+    anonymous_per_tenant: HashMap<TenantId, usize>,
+}
+
+/// One less under `key`, forgetting keys that reach zero.
+fn release(counts: &mut HashMap<TenantId, usize>, key: TenantId) {
+    if let Some(count) = counts.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+        }
+    }
 }
 
 /// The pool. One per process, in the application state.
@@ -86,6 +101,7 @@ pub struct HashPool {
     capacity: usize,
     tenant_share: usize,
     anonymous_share: usize,
+    anonymous_tenant_share: usize,
     started: AtomicU64,
 }
 
@@ -100,16 +116,12 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
         admitted.total -= 1;
+        let tenant = self.caller.tenant();
         if matches!(self.caller, Caller::Anonymous(_)) {
             admitted.anonymous -= 1;
+            release(&mut admitted.anonymous_per_tenant, tenant);
         }
-        let tenant = self.caller.tenant();
-        if let Some(count) = admitted.per_tenant.get_mut(&tenant) {
-            *count -= 1;
-            if *count == 0 {
-                admitted.per_tenant.remove(&tenant);
-            }
-        }
+        release(&mut admitted.per_tenant, tenant);
     }
 }
 
@@ -119,6 +131,7 @@ impl HashPool {
         let workers = settings.workers.max(1);
         let capacity = workers + settings.queue;
         let half = capacity.div_ceil(2);
+        let anonymous_share = half.max(1);
         Self {
             workers: Arc::new(Semaphore::new(workers)),
             admitted: Arc::default(),
@@ -126,7 +139,10 @@ impl HashPool {
             // With a single place (one worker, no queue) a share of half would be zero: one
             // place each, first come.
             tenant_share: half.max(1),
-            anonymous_share: half.max(1),
+            anonymous_share,
+            // Half the anonymous budget, so a flood against one tenant leaves the rest to the
+            // others (with a budget of one there is nothing to split).
+            anonymous_tenant_share: anonymous_share.div_ceil(2),
             started: AtomicU64::new(0),
         }
     }
@@ -146,26 +162,37 @@ impl HashPool {
         self.anonymous_share
     }
 
+    /// Anonymous operations aimed at one tenant admitted at once.
+    pub fn anonymous_tenant_share(&self) -> usize {
+        self.anonymous_tenant_share
+    }
+
     /// Hashes and verifications started since the process began (a test observes which
     /// requests cost a hash).
     pub fn hashes_started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// A place for one operation, or 503 at once if the pool, the caller's tenant share or
-    /// the anonymous budget is full.
+    /// A place for one operation, or 503 at once if the pool, the caller's tenant share, the
+    /// anonymous budget or the tenant's part of it is full.
     pub fn admit(&self, caller: Caller) -> Result<Ticket, ApiError> {
         let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
         let tenant = caller.tenant();
         let held = admitted.per_tenant.get(&tenant).copied().unwrap_or(0);
+        let anonymous = matches!(caller, Caller::Anonymous(_));
+        let held_anonymously = admitted
+            .anonymous_per_tenant
+            .get(&tenant)
+            .copied()
+            .unwrap_or(0);
         let refused = if admitted.total >= self.capacity {
             Some("pool")
         } else if held >= self.tenant_share {
             Some("tenant")
-        } else if matches!(caller, Caller::Anonymous(_))
-            && admitted.anonymous >= self.anonymous_share
-        {
+        } else if anonymous && admitted.anonymous >= self.anonymous_share {
             Some("anonymous")
+        } else if anonymous && held_anonymously >= self.anonymous_tenant_share {
+            Some("anonymous_tenant")
         } else {
             None
         };
@@ -177,8 +204,9 @@ impl HashPool {
             return Err(ApiError::HashingBusy);
         }
         admitted.total += 1;
-        if matches!(caller, Caller::Anonymous(_)) {
+        if anonymous {
             admitted.anonymous += 1;
+            *admitted.anonymous_per_tenant.entry(tenant).or_insert(0) += 1;
         }
         *admitted.per_tenant.entry(tenant).or_insert(0) += 1;
         Ok(Ticket {
@@ -289,12 +317,39 @@ mod tests {
             Err(ApiError::HashingBusy)
         ));
         drop(a1);
-        // Anonymous callers together hold their half already.
+        // Anonymous callers together hold their half already (tenants 2 and 3 one each: a
+        // tenant's part of that half is one).
+        assert_eq!(pool.anonymous_tenant_share(), 1);
         assert!(matches!(
             pool.admit(Caller::Anonymous(tenant(4))),
             Err(ApiError::HashingBusy)
         ));
         let _d1 = pool.admit(Caller::Tenant(tenant(4))).unwrap();
+    }
+
+    #[test]
+    fn one_tenants_anonymous_operations_leave_room_for_others() {
+        let pool = HashPool::new(&HashingSettings {
+            workers: 1,
+            queue: 4,
+        });
+        assert_eq!(pool.anonymous_share(), 3);
+        assert_eq!(pool.anonymous_tenant_share(), 2);
+        let flood: Vec<_> = (0..2)
+            .map(|_| pool.admit(Caller::Anonymous(tenant(1))).unwrap())
+            .collect();
+        assert!(matches!(
+            pool.admit(Caller::Anonymous(tenant(1))),
+            Err(ApiError::HashingBusy)
+        ));
+        // Tenant 1 may still hash for an authenticated request (its tenant share is 3).
+        let own = pool.admit(Caller::Tenant(tenant(1))).unwrap();
+        let other = pool.admit(Caller::Anonymous(tenant(2))).unwrap();
+        drop(flood);
+        drop((own, other));
+        let admitted = pool.admitted.lock().unwrap();
+        assert_eq!(admitted.total, 0);
+        assert!(admitted.anonymous_per_tenant.is_empty());
     }
 
     #[tokio::test]

@@ -250,6 +250,41 @@ async fn anonymous_logins_have_a_global_hashing_budget() {
     assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
 }
 
+async fn login(app: &TestApp, tenant: &TestTenant) -> StatusCode {
+    app.client
+        .post(app.tenant_url(&tenant.slug, "/v1/auth/login"))
+        .json(&json!({ "email": "nobody@example.com", "password": "a long enough password" }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Review finding (issue 28.2): anonymous logins together had half the hashing pool, but one
+/// tenant's login flood could take all of that half and every other tenant's logins got 503.
+/// A tenant's anonymous operations now have half the anonymous budget.
+#[tokio::test]
+async fn one_tenants_login_flood_leaves_other_tenants_logins_admitted() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let bravo = app.create_tenant("bravo").await;
+    let pool = app.state.hashing();
+    // The flood against acme's login: every anonymous place the pool gives acme, held.
+    let mut flood = Vec::new();
+    while let Ok(ticket) = pool.admit(Caller::Anonymous(acme.id)) {
+        flood.push(ticket);
+        assert!(flood.len() <= pool.capacity());
+    }
+    assert!(!flood.is_empty());
+    assert_eq!(login(&app, &acme).await, StatusCode::SERVICE_UNAVAILABLE);
+    // Bravo's login is admitted and checked (401: no such user, after a dummy verification).
+    let hashes = pool.hashes_started();
+    assert_eq!(login(&app, &bravo).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(pool.hashes_started(), hashes + 1);
+    drop(flood);
+    assert_eq!(login(&app, &acme).await, StatusCode::UNAUTHORIZED);
+}
+
 /// Issue 28 item 5: every anonymous login with a fresh email left a permanent row.
 #[tokio::test]
 async fn login_throttle_rows_past_their_lock_window_are_swept() {
