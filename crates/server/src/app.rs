@@ -98,23 +98,31 @@ pub fn router(state: AppState) -> Router {
 
 /// The operator's metrics listener (`--metrics-listen`): `GET /metrics` and nothing else. The
 /// API listener does not serve metrics (404): they show every tenant's activity by route and
-/// status.
-pub fn metrics_router() -> Router {
+/// status. Answers within `request_timeout` (408 beyond), like the API.
+pub fn metrics_router(request_timeout: std::time::Duration) -> Router {
     crate::telemetry::metrics_handle();
     Router::new()
         .route("/metrics", axum::routing::get(health::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(move |request, next| {
+            crate::listener::within(request_timeout, request, next)
+        }))
 }
 
-/// Serves [`metrics_router`] on `listener` until `shutdown` completes.
+/// Serves [`metrics_router`] on `listener` until `shutdown` completes, through the same bounded
+/// accept loop as the API (not axum::serve: no header timeout, no connection cap) with the
+/// API's timeouts and the metrics listener's own caps
+/// ([`crate::listener::ConnectionSettings::for_metrics`]). `settings` are the API's.
 pub async fn serve_metrics(
     listener: TcpListener,
+    settings: crate::listener::ConnectionSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, metrics_router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let settings = settings.for_metrics();
+    let router = metrics_router(settings.request_timeout);
+    // No trusted proxies: a scraper connects directly, and every address is capped.
+    crate::listener::serve(listener, router, settings, Vec::new(), shutdown).await
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.

@@ -751,6 +751,7 @@ async fn serve_with(
             let mut stopped = stopped.clone();
             Some(tokio::spawn(crate::app::serve_metrics(
                 listener,
+                state.config().connections.clone(),
                 async move {
                     let _ = stopped.changed().await;
                 },

@@ -19,6 +19,11 @@
 //!   from one client address (IPv6 counted per /64; trusted proxies count only toward the
 //!   total). A connection over a cap is closed as soon as it is accepted, so the descriptors
 //!   held never exceed the cap and the accept queue keeps moving.
+//!
+//! The operator's metrics listener (`--metrics-listen`) runs the same loop with the same
+//! timeouts and caps of its own ([`ConnectionSettings::for_metrics`]: at most
+//! [`METRICS_MAX_CONNECTIONS`], kept out of the descriptors the API listener may use), so a
+//! slow-loris against the metrics port is cut off too and cannot take the process's descriptors.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,6 +53,14 @@ use crate::state::AppState;
 /// Descriptors kept free for everything that is not a client connection: the database pools,
 /// outbound webhook and tool connections, files, Redis.
 pub const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Connections the metrics listener holds at most (a scraper or two needs few); counted out of
+/// the descriptor limit beside [`RESERVED_DESCRIPTORS`].
+pub const METRICS_MAX_CONNECTIONS: usize = 32;
+
+/// Descriptors the API listener may not use: [`RESERVED_DESCRIPTORS`] and the metrics
+/// listener's cap.
+const NOT_FOR_API: u64 = RESERVED_DESCRIPTORS + METRICS_MAX_CONNECTIONS as u64;
 
 /// Limits of client connections (see the module documentation).
 #[derive(Debug, Clone)]
@@ -84,11 +97,11 @@ pub fn descriptor_limit() -> Option<u64> {
         .map(|(soft, _hard)| soft)
 }
 
-/// The default total cap: 10,000, or the descriptor limit minus [`RESERVED_DESCRIPTORS`] if
-/// that is lower (at least 16).
+/// The default total cap: 10,000, or the descriptor limit minus [`RESERVED_DESCRIPTORS`] and
+/// [`METRICS_MAX_CONNECTIONS`] if that is lower (at least 16).
 pub fn default_max_connections() -> usize {
     let ceiling = descriptor_limit()
-        .map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS))
+        .map(|limit| limit.saturating_sub(NOT_FOR_API))
         .unwrap_or(10_000);
     usize::try_from(ceiling.clamp(16, 10_000)).unwrap_or(10_000)
 }
@@ -120,17 +133,31 @@ impl ConnectionSettings {
             ));
         }
         if let Some(limit) = descriptor_limit() {
-            let usable = limit.saturating_sub(RESERVED_DESCRIPTORS);
+            let usable = limit.saturating_sub(NOT_FOR_API);
             if u64::try_from(self.max_connections).unwrap_or(u64::MAX) > usable {
                 return Err(format!(
                     "--http-max-connections ({}) does not fit the descriptor limit ({limit}, of which \
-                     {RESERVED_DESCRIPTORS} are kept for the database and outbound calls): lower it or \
-                     raise `ulimit -n`",
+                     {RESERVED_DESCRIPTORS} are kept for the database and outbound calls and \
+                     {METRICS_MAX_CONNECTIONS} for the metrics listener): lower it or raise `ulimit -n`",
                     self.max_connections
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The metrics listener's settings: the same timeouts, at most [`METRICS_MAX_CONNECTIONS`]
+    /// open, and one address at most half of them (nor more than the API's per-address cap).
+    pub fn for_metrics(&self) -> Self {
+        let total = self.max_connections.min(METRICS_MAX_CONNECTIONS);
+        Self {
+            max_connections: total,
+            max_connections_per_address: self
+                .max_connections_per_address
+                .min(total.div_ceil(2))
+                .max(1),
+            ..self.clone()
+        }
     }
 }
 
@@ -296,6 +323,12 @@ pub async fn request_timeout(
     next: Next,
 ) -> Response {
     let limit = state.config().connections.request_timeout;
+    within(limit, request, next).await
+}
+
+/// The request timeout of `limit` around the rest of the stack (408 beyond); for routers
+/// without the application state (the metrics listener's).
+pub async fn within(limit: Duration, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

@@ -133,6 +133,75 @@ async fn a_slow_body_is_cut_off_by_the_request_timeout() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
+/// Descriptors this process holds open.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Review finding (issue 28.1): the metrics listener (`--metrics-listen`) ran plain
+/// `axum::serve`, with no header timeout and no connection cap, so half-sent requests to the
+/// metrics port were never closed and could take every descriptor of the process. It now runs
+/// the API's bounded accept loop with its own small caps.
+#[tokio::test]
+async fn a_slowloris_against_the_metrics_port_is_cut_off() {
+    use bulkhead_server::listener::{ConnectionSettings, METRICS_MAX_CONNECTIONS};
+    let settings = ConnectionSettings {
+        header_read_timeout: Duration::from_secs(2),
+        ..ConnectionSettings::default()
+    };
+    let per_address = settings.for_metrics().max_connections_per_address;
+    assert!(per_address <= METRICS_MAX_CONNECTIONS);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bulkhead_server::app::serve_metrics(
+        listener,
+        settings,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let before = open_descriptors();
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(partial_connection([127, 0, 0, 2], addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The flood's own 100 sockets are in this process too; the server side holds at most the
+    // per-address cap of them (the old listener held all 100).
+    let held_by_server = open_descriptors().saturating_sub(before + flood.len());
+    assert!(
+        held_by_server <= per_address + 4,
+        "the metrics listener holds {held_by_server} descriptors for one address's flood"
+    );
+    // A scrape from another address is served meanwhile.
+    let scraper = reqwest::Client::builder().no_proxy().build().unwrap();
+    let scraped = scraper
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the metrics listener did not answer during the flood");
+    assert_eq!(scraped.status(), StatusCode::OK);
+    // Over the per-address cap: closed as soon as accepted.
+    let mut closed_at_once = 0;
+    for stream in flood.iter_mut().skip(per_address) {
+        if closed_within(stream, Duration::from_millis(500)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(closed_at_once, 100 - per_address);
+    // The admitted ones: closed by the header timeout.
+    for stream in flood.iter_mut().take(per_address) {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "a half-sent request to the metrics port was kept open"
+        );
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str) -> reqwest::Response {
     as_tenant(app, tenant, Method::POST, "/v1/users")
         .json(&json!({ "email": email, "password": "a long enough password" }))
