@@ -282,6 +282,19 @@ async fn with_forwarded(request: RequestBuilder, from: &str) -> Response {
         .unwrap()
 }
 
+/// The statuses of `GET /v1/sessions` with `token` from `inside`, then from `outside`.
+async fn inside_and_outside(
+    app: &TestApp,
+    token: &str,
+    inside: &str,
+    outside: &str,
+) -> (StatusCode, StatusCode) {
+    (
+        sessions_from(app, token, inside).await,
+        sessions_from(app, token, outside).await,
+    )
+}
+
 #[tokio::test]
 async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     let app = spawn_app_with(AppOptions {
@@ -325,20 +338,10 @@ async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     )
     .await;
     let token = issued["access_token"].as_str().unwrap().to_owned();
-    let use_from = |token: String, from: &'static str| {
-        let request = app
-            .client
-            .get(app.tenant_url("acme", "/v1/sessions"))
-            .bearer_auth(token);
-        with_forwarded(request, from)
-    };
+    let allowed = (StatusCode::OK, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        use_from(token.clone(), inside).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        use_from(token.clone(), outside).await.status(),
-        StatusCode::UNAUTHORIZED
+        inside_and_outside(&app, &token, inside, outside).await,
+        allowed
     );
     // No address known at all (no X-Forwarded-For from the trusted proxy): refused too.
     assert_eq!(
@@ -367,12 +370,8 @@ async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     .await;
     let delegated = exchanged["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
-        use_from(delegated.clone(), inside).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        use_from(delegated.clone(), outside).await.status(),
-        StatusCode::UNAUTHORIZED
+        inside_and_outside(&app, &delegated, inside, outside).await,
+        allowed
     );
 
     // Refreshed: the new access token is bound too.
@@ -395,12 +394,8 @@ async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     .await;
     let renewed = refreshed["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
-        use_from(renewed.clone(), inside).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        use_from(renewed, outside).await.status(),
-        StatusCode::UNAUTHORIZED
+        inside_and_outside(&app, &renewed, inside, outside).await,
+        allowed
     );
 
     // Introspection reports the restriction, for a resource server to apply.
