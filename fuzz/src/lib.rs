@@ -654,6 +654,7 @@ pub fn access_token(data: &[u8]) {
             act: None,
             delegated_from: Vec::new(),
             allowed_networks: Vec::new(),
+            derived_keys: Vec::new(),
         };
         let token = sign_access_token(&signer, &claims);
         (keys, token)

@@ -117,6 +117,11 @@ pub struct AccessClaims {
     /// in a network of every list. Empty: no restriction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_networks: Vec<Vec<String>>,
+    /// The other API keys (ids, besides `client_id`) a delegated token derives from: the
+    /// clients of its subject token and of its actor's token, and theirs in turn. Each binds
+    /// it as `client_id` does: revoking one, or narrowing its allowlist, binds this token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived_keys: Vec<String>,
 }
 
 /// Why a token was refused. Never contains the token.

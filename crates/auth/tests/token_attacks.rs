@@ -55,6 +55,7 @@ fn claims() -> AccessClaims {
         act: None,
         delegated_from: Vec::new(),
         allowed_networks: Vec::new(),
+        derived_keys: Vec::new(),
     }
 }
 

@@ -155,6 +155,7 @@ fn main() {
                 not_after: None,
                 delegated_from: Vec::new(),
                 allowed_networks: Vec::new(),
+                derived_keys: Vec::new(),
             })
             .expect("token")
             .token;

@@ -119,6 +119,7 @@ fn token_verification(c: &mut Criterion) {
                 not_after: None,
                 delegated_from: Vec::new(),
                 allowed_networks: Vec::new(),
+                derived_keys: Vec::new(),
             })
             .expect("token")
             .token;

@@ -18,6 +18,9 @@
 //! revoked key, one past its expiry or rotation grace, refuses every token minted from it (and
 //! every token exchanged with it as the client), and the key's *current* IP allowlist binds them
 //! in addition to the one copied into their claims, so narrowing a key binds its tokens at once.
+//! A delegated token is bound the same way by every other key it derives from (its
+//! `derived_keys` claim: the subject token's client, the actor token's), and by their principals'
+//! roles.
 //! Every key change also announces a ceiling change (see `bulkhead_store::api_keys`), so these
 //! cached facts drop with the key's verification on every process.
 
@@ -119,20 +122,29 @@ impl RoleCeilings {
         ctx: &TenantContext,
         now: DateTime<Utc>,
     ) -> Result<Ceiling, StoreError> {
-        Ok(self.standing(store, ctx, now).await?.ceiling)
+        Ok(self.standing(store, ctx, &[], now).await?.ceiling)
     }
 
     /// The ceiling of the context's credential, and the current allowlists of the keys it
-    /// comes from.
+    /// comes from: its own (a key, or a token's `client_id`) and `derived_keys` (the other
+    /// keys a delegated token derives from), each of which must still be usable.
     pub async fn standing(
         &self,
         store: &Store,
         ctx: &TenantContext,
+        derived_keys: &[ApiKeyId],
         now: DateTime<Utc>,
     ) -> Result<Standing, StoreError> {
         let mut combined = Ceiling::Unbounded;
         let mut networks = Vec::new();
-        for bearer in bearers(ctx.actor()) {
+        let mut all = bearers(ctx.actor());
+        for key in derived_keys {
+            let bearer = Bearer::Key(*key);
+            if !all.contains(&bearer) {
+                all.push(bearer);
+            }
+        }
+        for bearer in all {
             let cached = self.one(store, ctx, bearer, now).await?;
             if !cached.networks.is_empty() {
                 networks.push(cached.networks);

@@ -376,6 +376,9 @@ pub(crate) struct TokenStanding {
     /// The context of a request made with it: its scopes are the *effective* ones (the token's
     /// ∩ every role ceiling of the principals it acts for).
     pub ctx: TenantContext,
+    /// The current allowlists of the keys it comes from (`client_id` and `derived_keys`), each
+    /// binding it beside the ones copied into its claims.
+    pub networks: Vec<Vec<ipnet::IpNet>>,
 }
 
 /// The one decision "is this access token valid, and what may it do", for every place that
@@ -384,10 +387,11 @@ pub(crate) struct TokenStanding {
 /// ([`crate::tokens::TokenService::verify`]); the token's tenant agreeing with the host's (when
 /// the host names one), active and served here; every principal it acts for (subject, and the
 /// actor's key of a delegated token) active; its scopes cut to their role ceilings (a delegated
-/// token's scopes already hold every hop's bound); the key it was issued to (`client_id`) still
-/// usable (not revoked, expired or past its rotation grace); the caller's address inside every
-/// network restriction it carries (the IP allowlists of the keys it comes from, as minted) and
-/// inside that key's allowlist as it is now. Every refusal is audited and answers one 401
+/// token's scopes already hold every hop's bound); the key it was issued to (`client_id`), and
+/// every other key a delegated token derives from (`derived_keys`), still usable (not revoked,
+/// expired or past its rotation grace); the caller's address inside every network restriction it
+/// carries (the IP allowlists of the keys it comes from, as minted) and inside each of those
+/// keys' allowlists as they are now. Every refusal is audited and answers one 401
 /// `invalid_token` (503 when revocations cannot be checked; 403 for a suspended tenant).
 pub(crate) async fn authorize_access_token(
     state: &AppState,
@@ -431,7 +435,12 @@ pub(crate) async fn authorize_access_token(
     );
     let standing = state
         .ceilings()
-        .standing(state.store(), &ctx, state.clock().now())
+        .standing(
+            state.store(),
+            &ctx,
+            &token.derived_keys,
+            state.clock().now(),
+        )
         .await
         .map_err(|e| resolver_failure(e, Some(tenant.id)))?;
     if let TokenUse::Request(client_ip) | TokenUse::EndOwnSession(client_ip) = used {
@@ -450,7 +459,12 @@ pub(crate) async fn authorize_access_token(
         }
     }
     let ctx = narrow_to(ctx, &standing.ceiling, None)?;
-    Ok(TokenStanding { token, tenant, ctx })
+    Ok(TokenStanding {
+        token,
+        tenant,
+        ctx,
+        networks: standing.networks,
+    })
 }
 
 /// Cuts the credential's scopes to its principal's roles ([`crate::ceilings`]); a disabled or

@@ -27,7 +27,7 @@ use bulkhead_auth::token::{
 use bulkhead_auth::{
     AccessClaims, ActClaim, Expectations, KeySet, MasterKey, SigningKey, VerifyingKey,
 };
-use bulkhead_core::{AccessTokenId, AuthSessionId, Clock, Namespace, ScopeSet, TenantId};
+use bulkhead_core::{AccessTokenId, ApiKeyId, AuthSessionId, Clock, Namespace, ScopeSet, TenantId};
 use bulkhead_store::signing_keys::{SigningKeyState, SIGNING_KEYS_CHANNEL};
 use bulkhead_store::tokens::parse_revocation_payload;
 use bulkhead_store::{Store, StoreError};
@@ -123,6 +123,9 @@ pub struct VerifiedToken {
     /// The network restrictions it carries (`allowed_networks`): its caller's address must lie in
     /// a network of every list.
     pub allowed_networks: Vec<Vec<ipnet::IpNet>>,
+    /// The other API keys it derives from (`derived_keys`): each must still be usable, and its
+    /// current allowlist binds the token.
+    pub derived_keys: Vec<ApiKeyId>,
 }
 
 impl VerifiedToken {
@@ -164,6 +167,8 @@ pub struct Grant<'a> {
     /// The IP allowlists of the keys it is minted or derived from (each one binds it); empty
     /// lists are left out.
     pub allowed_networks: Vec<Vec<ipnet::IpNet>>,
+    /// The other API keys it derives from by delegation (see [`AccessClaims::derived_keys`]).
+    pub derived_keys: Vec<ApiKeyId>,
 }
 
 /// An issued access token. `Debug` leaves the token out.
@@ -354,6 +359,7 @@ impl TokenService {
                 .filter(|list| !list.is_empty())
                 .map(|list| list.iter().map(ToString::to_string).collect())
                 .collect(),
+            derived_keys: grant.derived_keys.iter().map(ToString::to_string).collect(),
         };
         Ok(IssuedToken {
             token: sign_access_token(signer, &claims),
@@ -466,6 +472,12 @@ impl TokenService {
         if allowed_networks.iter().any(Vec::is_empty) {
             return Err(TokenRefusal::UnreadableClaims);
         }
+        let derived_keys = claims
+            .derived_keys
+            .iter()
+            .map(|id| ApiKeyId::parse(id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| TokenRefusal::UnreadableClaims)?;
         let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(now);
         Ok(VerifiedToken {
             claims,
@@ -478,6 +490,7 @@ impl TokenService {
             kid,
             expires_at,
             allowed_networks,
+            derived_keys,
         })
     }
 

@@ -418,6 +418,7 @@ async fn login(
             not_after: None,
             delegated_from: Vec::new(),
             allowed_networks: Vec::new(),
+            derived_keys: Vec::new(),
         })
         .map_err(|_| ApiError::Unavailable)?;
     tx.commit().await?;

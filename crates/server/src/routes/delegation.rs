@@ -11,7 +11,9 @@
 //! token (and the actor's token, when the actor presents one); its `act` claim records the chain,
 //! at most [`TokenSettings::max_delegation_depth`](crate::tokens::TokenSettings) actors deep;
 //! `delegated_from` lists every token it derives from, so revoking any of them (or ending the
-//! subject's session, whose `sid` it inherits) revokes it. Subject, actor and host must be one
+//! subject's session, whose `sid` it inherits) revokes it; `derived_keys` lists every API key
+//! it derives from besides its `client_id` (the subject token's client, the actor token's), so
+//! revoking any of those keys, or narrowing its allowlist, binds it as well. Subject, actor and host must be one
 //! tenant. Anything that would widen authority is refused (`invalid_scope`, `invalid_target`)
 //! and audited.
 //!
@@ -26,7 +28,7 @@
 use std::net::IpAddr;
 
 use bulkhead_auth::ActClaim;
-use bulkhead_core::{Actor, Namespace, RequestId, ScopeSet, TenantContext};
+use bulkhead_core::{Actor, ApiKeyId, Namespace, RequestId, ScopeSet, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::registry::Tenant;
 use bulkhead_store::Access;
@@ -324,6 +326,29 @@ fn narrow(
     })
 }
 
+/// Every API key the new token derives from besides its `client_id`: the clients of the subject
+/// token and of the actor's token, and the keys those derive from in turn. Each binds the new
+/// token on every use ([`crate::ceilings`]): revoking the subject's key, or narrowing its
+/// allowlist, reaches the tokens exchanged from it whoever the actor is.
+fn derived_keys(
+    subject: &VerifiedToken,
+    actor: Option<&VerifiedToken>,
+    client_id: &str,
+) -> Vec<ApiKeyId> {
+    let client = ApiKeyId::parse(client_id).ok();
+    let mut keys: Vec<ApiKeyId> = Vec::new();
+    for token in std::iter::once(subject).chain(actor) {
+        // Login tokens name `bulkhead-login` as their client: no key.
+        let own = ApiKeyId::parse(&token.claims.client_id).ok();
+        for key in token.derived_keys.iter().copied().chain(own) {
+            if Some(key) != client && !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
 /// `outer` with `inner` nested under its innermost actor.
 fn graft(mut outer: ActClaim, inner: ActClaim) -> ActClaim {
     outer.act = Some(Box::new(match outer.act.take() {
@@ -395,6 +420,7 @@ pub(crate) async fn exchange(
         .client_id
         .clone()
         .unwrap_or_else(|| subject.claims.client_id.clone());
+    let derived_keys = derived_keys(&subject, actor.token.as_ref(), &client_id);
     let issued = state
         .tokens()
         .issue(&Grant {
@@ -409,6 +435,7 @@ pub(crate) async fn exchange(
             not_after: Some(narrowed.not_after),
             delegated_from: narrowed.delegated_from,
             allowed_networks: narrowed.networks,
+            derived_keys,
         })
         .map_err(|_| OAuthError::unavailable())?;
     // The event's `delegation` is the new token's whole chain, as every event of its use will be.

@@ -459,6 +459,7 @@ async fn client_credentials(
             // The key's allowlist binds every token minted from it, and every token derived
             // from those (refresh, exchange).
             allowed_networks: vec![key.allowed_ips.clone()],
+            derived_keys: Vec::new(),
         })
         .map_err(|_| OAuthError::unavailable())?;
     audit::record(
@@ -690,6 +691,7 @@ async fn refresh(
                 .as_ref()
                 .map(|key| vec![key.allowed_ips.clone()])
                 .unwrap_or_default(),
+            derived_keys: Vec::new(),
         })
         .map_err(|_| OAuthError::unavailable())?;
     audit::record(
@@ -933,9 +935,17 @@ async fn introspect_inner(
             "resource_prefix": c.resource_prefix,
         });
         // A resource server enforces the network restrictions of the keys the token comes from
-        // as the API does: its caller's address must lie in a network of every list.
-        if !c.allowed_networks.is_empty() {
-            answer["allowed_networks"] = json!(c.allowed_networks);
+        // as the API does: its caller's address must lie in a network of every list. Those
+        // copied at mint, and the keys' allowlists as they are now (a narrowed key binds).
+        let mut networks = c.allowed_networks.clone();
+        for list in &standing.networks {
+            let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+            if !networks.contains(&list) {
+                networks.push(list);
+            }
+        }
+        if !networks.is_empty() {
+            answer["allowed_networks"] = json!(networks);
         }
         return Ok(answer);
     }

@@ -922,3 +922,155 @@ async fn a_delegated_keys_manager_cannot_end_anothers_session() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Exchanges `subject` with the actor named by `actor`: `Ok((id, key))` authenticates that key
+/// as the client, `Err(token)` presents that access token as `actor_token`. From `from`.
+async fn exchanged_by(
+    app: &TestApp,
+    subject: &str,
+    actor: Result<(&str, &str), &str>,
+    from: &str,
+) -> String {
+    let mut pairs = vec![
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", AT),
+    ];
+    if let Err(actor_token) = actor {
+        pairs.extend([("actor_token", actor_token), ("actor_token_type", AT)]);
+    }
+    let mut request = oauth(app, "acme", "/oauth/token", &pairs);
+    if let Ok((id, key)) = actor {
+        request = request.basic_auth(id, Some(key));
+    }
+    ok_json(with_forwarded(request, from).await).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Review finding (issue 27.3): a token exchanged with a subject token of key K1 and an actor
+/// credential of key K2 was bound only to K2 (its `client_id`): revoking K1 left it valid at
+/// `/v1` and active at introspection. Every key of its chain now binds it, and so every token
+/// exchanged from it in turn.
+#[tokio::test]
+async fn revoking_any_key_of_an_exchange_ends_the_exchanged_token() {
+    let app = spawn_app_with(AppOptions {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..AppOptions::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let from = "10.9.9.5";
+    let introspector = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let introspector = (introspector.0.as_str(), introspector.1.as_str());
+    let key = || client(&app, &acme, json!({ "scopes": ["sessions:read"] }));
+    let revoke = |id: String| {
+        let (app, acme) = (&app, &acme);
+        async move {
+            admin(
+                app,
+                acme,
+                Method::POST,
+                &format!("/v1/api-keys/{id}/revoke"),
+                Value::Null,
+            )
+            .await;
+        }
+    };
+    let assert_usable = |token: String, usable: bool, what: String| {
+        let app = &app;
+        async move {
+            let (status, active) = if usable {
+                (StatusCode::OK, json!(true))
+            } else {
+                (StatusCode::UNAUTHORIZED, json!(false))
+            };
+            assert_eq!(sessions_from(app, &token, from).await, status, "{what}");
+            assert_eq!(
+                introspect(app, "acme", introspector, &token).await["active"],
+                active,
+                "{what}"
+            );
+        }
+    };
+
+    // Each actor form (K2 as the authenticated client, K2's token as actor_token), each key
+    // revoked in turn.
+    for (actor_form, revoked) in [
+        ("client", "subject"),
+        ("client", "actor"),
+        ("actor_token", "subject"),
+        ("actor_token", "actor"),
+    ] {
+        let (k1, s1) = key().await;
+        let (k2, s2) = key().await;
+        let subject = minted(&app, (&k1, &s1), from).await;
+        let actor_token = minted(&app, (&k2, &s2), from).await;
+        let actor = match actor_form {
+            "client" => Ok((k2.as_str(), s2.as_str())),
+            _ => Err(actor_token.as_str()),
+        };
+        let exchanged = exchanged_by(&app, &subject, actor, from).await;
+        // And exchanged again from it (no credential of its own for the next actor).
+        let again = exchanged_from(&app, &exchanged, from).await;
+        assert_eq!(claims(&exchanged)["client_id"], k2.as_str());
+        for token in [&exchanged, &again] {
+            assert_usable(token.clone(), true, format!("{actor_form}: before")).await;
+        }
+        revoke(if revoked == "subject" { k1 } else { k2 }).await;
+        for token in [&exchanged, &again] {
+            let what = format!("{actor_form}: the {revoked}'s key revoked");
+            assert_usable(token.clone(), false, what).await;
+        }
+    }
+}
+
+/// The same finding for allowlists: narrowing the subject token's key (K1) did not bind the
+/// token exchanged with another client (K2); now narrowing either binds it, at `/v1` and in what
+/// introspection reports.
+#[tokio::test]
+async fn narrowing_any_key_of_an_exchange_binds_the_exchanged_token() {
+    let app = spawn_app_with(AppOptions {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..AppOptions::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let introspector = client(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let introspector = (introspector.0.as_str(), introspector.1.as_str());
+    let (kept, removed) = ("10.9.9.5", "10.9.9.66");
+    for narrowed in ["subject", "actor"] {
+        let fenced = json!({ "scopes": ["sessions:read"], "allowed_ips": ["10.9.9.0/24"] });
+        let (k1, s1) = client(&app, &acme, fenced.clone()).await;
+        let (k2, s2) = client(&app, &acme, fenced).await;
+        let subject = minted(&app, (&k1, &s1), removed).await;
+        let exchanged = exchanged_by(&app, &subject, Ok((&k2, &s2)), removed).await;
+        assert_eq!(
+            sessions_from(&app, &exchanged, removed).await,
+            StatusCode::OK
+        );
+        let id = if narrowed == "subject" { &k1 } else { &k2 };
+        admin(
+            &app,
+            &acme,
+            Method::PATCH,
+            &format!("/v1/api-keys/{id}"),
+            json!({ "allowed_ips": ["10.9.9.5/32"] }),
+        )
+        .await;
+        assert_eq!(
+            sessions_from(&app, &exchanged, removed).await,
+            StatusCode::UNAUTHORIZED,
+            "an address the {narrowed}'s key no longer allows"
+        );
+        assert_eq!(sessions_from(&app, &exchanged, kept).await, StatusCode::OK);
+        let seen = introspect(&app, "acme", introspector, &exchanged).await;
+        assert_eq!(seen["active"], true);
+        let lists = seen["allowed_networks"].as_array().unwrap();
+        assert!(
+            lists.contains(&json!(["10.9.9.5/32"])),
+            "introspection does not report the {narrowed}'s key's allowlist: {seen}"
+        );
+    }
+}
