@@ -125,8 +125,9 @@ pub struct HttpArgs {
     /// Seconds a connection may move no byte either way before it is closed.
     #[arg(long, env = "BULKHEAD_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub http_idle_timeout_secs: u64,
-    /// Client connections open at once. Default: 10,000, or the descriptor limit less 256 if
-    /// lower; a value the descriptor limit cannot hold is refused at start.
+    /// Client connections open at once. Default: 10,000, or the descriptor limit less 288 if
+    /// lower (256 kept for the database and outbound calls, 32 for the metrics listener); a
+    /// value the descriptor limit cannot hold is refused at start.
     #[arg(long, env = "BULKHEAD_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
     /// Client connections open at once from one address (IPv6: one /64); trusted proxies are
