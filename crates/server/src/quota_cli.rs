@@ -38,8 +38,11 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
         QuotaCommand::Show { tenant, database } => {
             with_owner(&database, |owner| async move {
                 let found = find_tenant(&owner, &tenant).await?;
-                let ctx =
-                    TenantContext::new(found.id, Actor::System { component: "cli" }, RequestId::new());
+                let ctx = TenantContext::new(
+                    found.id,
+                    Actor::System { component: "cli" },
+                    RequestId::new(),
+                );
                 let mut tx = owner.begin(&ctx, Access::ReadOnly).await?;
                 let usage = quotas::usage(&mut tx).await?;
                 tx.commit().await?;
@@ -74,8 +77,11 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
             let limit = parse_limit(&limit)?;
             with_owner(&database, |owner| async move {
                 let found = find_tenant(&owner, &tenant).await?;
-                let ctx =
-                    TenantContext::new(found.id, Actor::System { component: "cli" }, RequestId::new());
+                let ctx = TenantContext::new(
+                    found.id,
+                    Actor::System { component: "cli" },
+                    RequestId::new(),
+                );
                 let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
                 let before = quotas::usage(&mut tx)
                     .await?

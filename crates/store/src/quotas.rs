@@ -47,10 +47,13 @@ pub struct Usage {
     pub overridden: bool,
 }
 
+/// kind, used, limit in force, plan limit, overridden.
+type Row = (String, i64, Option<i64>, Option<i64>, bool);
+
 /// Usage and limit of every kind for the transaction's tenant, in [`KINDS`] order.
 pub async fn usage(tx: &mut TenantTx) -> Result<Vec<Usage>, StoreError> {
     let tenant = tx.tenant_id();
-    let rows: Vec<(String, i64, Option<i64>, Option<i64>, bool)> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT l.kind, coalesce(q.used, 0), coalesce(q.override_limit, l.max_value), \
                 l.max_value, q.override_limit IS NOT NULL \
          FROM quota_plan_limits l \
@@ -70,7 +73,12 @@ pub async fn usage(tx: &mut TenantTx) -> Result<Vec<Usage>, StoreError> {
             overridden,
         })
         .collect();
-    out.sort_by_key(|u| KINDS.iter().position(|k| *k == u.kind).unwrap_or(usize::MAX));
+    out.sort_by_key(|u| {
+        KINDS
+            .iter()
+            .position(|k| *k == u.kind)
+            .unwrap_or(usize::MAX)
+    });
     Ok(out)
 }
 
@@ -83,7 +91,9 @@ pub async fn set_override(
     limit: Option<i64>,
 ) -> Result<(), StoreError> {
     if !is_kind(kind) {
-        return Err(StoreError::Invalid(format!("unknown quota kind {kind:?}").into()));
+        return Err(StoreError::Invalid(
+            format!("unknown quota kind {kind:?}").into(),
+        ));
     }
     if limit.is_some_and(|l| l < 0) {
         return Err(StoreError::Invalid("a limit is 0 or more".into()));

@@ -116,10 +116,17 @@ async fn concurrent_creates_at_the_edge_never_pass_the_limit() {
     create_session(&app, &acme, "first").await;
     let attempts = (0..24).map(|n| {
         let (app, acme) = (&app, &acme);
-        async move { try_create_session(app, acme, &format!("racer {n}")).await.status() }
+        async move {
+            try_create_session(app, acme, &format!("racer {n}"))
+                .await
+                .status()
+        }
     });
     let statuses = futures::future::join_all(attempts).await;
-    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
     for status in &statuses {
         assert!(
             *status == StatusCode::CREATED || *status == StatusCode::FORBIDDEN,
@@ -139,13 +146,25 @@ async fn an_override_raises_and_lowers_the_limit_and_default_restores_the_plan()
     assert_eq!(plan_limit, Some(100_000), "the standard plan's default");
     set_limit(&app, acme.id, "sessions", Some(1)).await;
     create_session(&app, &acme, "one").await;
-    assert_quota_problem(try_create_session(&app, &acme, "two").await, "sessions", 1, 1).await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "two").await,
+        "sessions",
+        1,
+        1,
+    )
+    .await;
     set_limit(&app, acme.id, "sessions", Some(3)).await;
     create_session(&app, &acme, "two").await;
     create_session(&app, &acme, "three").await;
     // Lowered below what is stored: nothing is removed, nothing more is created.
     set_limit(&app, acme.id, "sessions", Some(2)).await;
-    assert_quota_problem(try_create_session(&app, &acme, "four").await, "sessions", 2, 3).await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "four").await,
+        "sessions",
+        2,
+        3,
+    )
+    .await;
     assert_eq!(session_count(&app, &acme).await, 3);
     let body = usage(&app, &acme).await;
     let sessions = body["quotas"]
@@ -171,7 +190,13 @@ async fn deleting_frees_room() {
     set_limit(&app, acme.id, "sessions", Some(2)).await;
     let first = create_session(&app, &acme, "one").await;
     create_session(&app, &acme, "two").await;
-    assert_quota_problem(try_create_session(&app, &acme, "three").await, "sessions", 2, 2).await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "three").await,
+        "sessions",
+        2,
+        2,
+    )
+    .await;
     let id = first["id"].as_str().unwrap();
     let deleted = as_tenant(&app, &acme, Method::DELETE, &format!("/v1/sessions/{id}"))
         .send()
@@ -215,7 +240,13 @@ async fn stored_bytes_are_counted_and_limited() {
         .send()
         .await
         .unwrap();
-    assert_quota_problem(grown, "stored_bytes", before + weight + 100, before + weight).await;
+    assert_quota_problem(
+        grown,
+        "stored_bytes",
+        before + weight + 100,
+        before + weight,
+    )
+    .await;
     assert_eq!(session_count(&app, &acme).await, 1);
     assert_eq!(quota(&app, &acme, "stored_bytes").await.0, before + weight);
 }
@@ -230,7 +261,13 @@ async fn audit_events_are_counted_and_never_refused() {
     let (audited_before, _) = quota(&app, &acme, "audit_events").await;
     create_session(&app, &acme, "fills the quota").await;
     // Full: the refusal is still audited, and other changes are still made and audited.
-    assert_quota_problem(try_create_session(&app, &acme, "refused").await, "sessions", 1, 1).await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "refused").await,
+        "sessions",
+        1,
+        1,
+    )
+    .await;
     let agent = as_tenant(&app, &acme, Method::POST, "/v1/agents")
         .json(&json!({ "name": "still-works" }))
         .send()
@@ -285,7 +322,7 @@ async fn usage_is_the_callers_own_and_does_not_depend_on_another_tenant() {
 }
 
 #[tokio::test]
-async fn usage_counts_keys_until_revoked_and_tools_with_their_versions() {
+async fn usage_counts_keys_until_revoked_and_not_the_built_in_roles() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     // The bootstrap admin key.
@@ -299,10 +336,15 @@ async fn usage_counts_keys_until_revoked_and_tools_with_their_versions() {
     let key: Value = created.json().await.unwrap();
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 2);
     let id = key["api_key"]["id"].as_str().unwrap();
-    let revoked = as_tenant(&app, &acme, Method::POST, &format!("/v1/api-keys/{id}/revoke"))
-        .send()
-        .await
-        .unwrap();
+    let revoked = as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/revoke"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert!(revoked.status().is_success(), "{}", revoked.status());
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 1);
     // The built-in roles are not counted.
@@ -338,6 +380,85 @@ async fn a_move_keeps_the_counters_and_the_limits() {
         assert_eq!(kinds(&before), kinds(&after), "{tier:?}");
     }
     create_session(&app, &acme, "three").await;
-    assert_quota_problem(try_create_session(&app, &acme, "four").await, "sessions", 3, 3).await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "four").await,
+        "sessions",
+        3,
+        3,
+    )
+    .await;
     owner.close().await;
+}
+
+#[tokio::test]
+async fn tenant_messages_are_limited_and_tool_versions_counted() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "webhook_messages", Some(1)).await;
+    let publish = || {
+        as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
+            .send()
+    };
+    assert_eq!(publish().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_quota_problem(publish().await.unwrap(), "webhook_messages", 1, 1).await;
+    assert_eq!(quota(&app, &acme, "webhook_messages").await, (1, Some(1)));
+
+    set_limit(&app, acme.id, "tool_versions", Some(1)).await;
+    let created = as_tenant(&app, &acme, Method::POST, "/v1/tools")
+        .json(&json!({
+            "name": "weather",
+            "description": "Returns the forecast.",
+            "input_schema": { "type": "object" },
+            "endpoint_url": "https://tools.example/run",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(quota(&app, &acme, "tools").await.0, 1);
+    assert_eq!(quota(&app, &acme, "tool_versions").await.0, 1);
+    // A new version would be the second: refused, and the tool keeps its first.
+    let updated = as_tenant(&app, &acme, Method::PATCH, "/v1/tools/weather")
+        .json(&json!({ "description": "Returns the forecast, better." }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(updated, "tool_versions", 1, 1).await;
+    let deleted = as_tenant(&app, &acme, Method::DELETE, "/v1/tools/weather")
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    // Deleting the tool deletes its versions, which frees both.
+    assert_eq!(quota(&app, &acme, "tools").await.0, 0);
+    assert_eq!(quota(&app, &acme, "tool_versions").await.0, 0);
+}
+
+#[tokio::test]
+async fn the_serving_role_cannot_change_a_limit() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        acme.id,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    );
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let refused = quotas::set_override(&mut tx, "sessions", Some(1_000_000_000)).await;
+    assert!(
+        matches!(refused, Err(bulkhead_store::StoreError::AccessDenied)),
+        "{refused:?}"
+    );
+    drop(tx);
+    // Nor set an override by hand.
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let direct = sqlx::query("UPDATE tenant_quotas SET override_limit = 5 WHERE tenant_id = $1")
+        .bind(acme.id.uuid())
+        .execute(tx.conn())
+        .await;
+    assert!(direct.is_err());
+    drop(tx);
+    served.close().await;
 }
