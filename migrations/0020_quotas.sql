@@ -237,8 +237,12 @@ BEGIN
             v_rows := v_rows - 1;
         END IF;
     END IF;
-    PERFORM bulkhead.quota_charge(v_tenant, v_kind, v_rows, v_enforce);
+    -- Bytes first: every write that stores bytes takes the tenant's bytes counter before the
+    -- counter of its kind, so two transactions writing two kinds (a session and its platform
+    -- message, say, against a published message) queue on the same row instead of each holding
+    -- a counter the other waits for.
     PERFORM bulkhead.quota_charge(v_tenant, 'stored_bytes', v_bytes, v_enforce);
+    PERFORM bulkhead.quota_charge(v_tenant, v_kind, v_rows, v_enforce);
     RETURN NULL;
 END
 $$;

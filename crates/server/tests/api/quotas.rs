@@ -26,8 +26,10 @@ async fn usage(app: &TestApp, tenant: &TestTenant) -> Value {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
 }
 
 /// `(used, limit)` of one kind.
@@ -461,4 +463,74 @@ async fn the_serving_role_cannot_change_a_limit() {
     assert!(direct.is_err());
     drop(tx);
     served.close().await;
+}
+
+#[tokio::test]
+async fn platform_messages_are_counted_and_never_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    set_limit(&app, acme.id, "webhook_messages", Some(0)).await;
+    // Creating a session raises `session.created` for the endpoint: a platform message, stored
+    // and counted past the limit, since refusing it would refuse the session.
+    create_session(&app, &acme, "one").await;
+    create_session(&app, &acme, "two").await;
+    assert_eq!(quota(&app, &acme, "webhook_messages").await, (2, Some(0)));
+    // The tenant's own messages are refused.
+    let published = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "order.paid", "payload": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(published, "webhook_messages", 0, 2).await;
+}
+
+#[tokio::test]
+async fn writers_of_two_kinds_at_once_do_not_deadlock() {
+    // A session create whose platform message an endpoint receives counts bytes, sessions and
+    // webhook messages; a published message counts webhook messages and bytes. Run together,
+    // they must queue on the counters, never hold one each and wait for the other (PostgreSQL
+    // would abort one of them: a 500).
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    let (app, acme) = (&app, &acme);
+    let sessions = (0..12).map(|n| async move {
+        try_create_session(app, acme, &format!("s{n}"))
+            .await
+            .status()
+    });
+    let messages = (0..12).map(|n| async move {
+        as_tenant(app, acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": { "n": n } }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let (sessions, messages) = tokio::join!(
+        futures::future::join_all(sessions),
+        futures::future::join_all(messages)
+    );
+    assert!(
+        sessions.iter().all(|s| *s == StatusCode::CREATED),
+        "{sessions:?}"
+    );
+    assert!(
+        messages.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{messages:?}"
+    );
+    assert_eq!(quota(app, acme, "webhook_messages").await.0, 24);
 }
