@@ -11,7 +11,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::authz::RouteTable;
 use crate::error::ApiError;
 use crate::routes::{
-    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, webhooks,
+    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, usage,
+    webhooks,
 };
 use crate::state::AppState;
 
@@ -33,6 +34,7 @@ pub fn route_table() -> RouteTable {
         .merge(roles::routes())
         .merge(tools::routes())
         .merge(context::routes())
+        .merge(usage::routes())
 }
 
 /// The whole application.
@@ -44,6 +46,11 @@ pub fn router(state: AppState) -> Router {
     // tenant's limits, then the route's permission check, then the handler.
     let tenant_api = routers
         .tenant
+        // Innermost: audits a quota refusal the handler answered.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::quotas::audit_refusals,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::limits::tenant_limit,

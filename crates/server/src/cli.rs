@@ -261,6 +261,11 @@ enum TenantCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Show a tenant's quotas (usage and limit per kind), or set its override of one limit.
+    Quota {
+        #[command(subcommand)]
+        action: QuotaCommand,
+    },
     /// Reactivate a suspended tenant.
     Activate {
         /// Slug or `tnt_…` id.
@@ -290,6 +295,31 @@ enum TenantCommand {
         /// remove the partial copy.
         #[arg(long)]
         abandon: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// `bulkhead tenant quota …` (docs/quotas.md).
+#[derive(Debug, Subcommand)]
+pub(crate) enum QuotaCommand {
+    /// Print the tenant's usage and limit of every kind as JSON.
+    Show {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Set the tenant's limit of one kind (`default`: back to its plan's), audited as
+    /// `quota.override` in the tenant's log.
+    Set {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// sessions, users, agents, api_keys, roles, role_assignments, webhook_endpoints,
+        /// webhook_messages, tools, tool_versions or stored_bytes.
+        kind: String,
+        /// A number (0 or more), or `default`.
+        limit: String,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -900,6 +930,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Activate { tenant, database } => {
             set_status(&database, &tenant, TenantStatus::Active).await
         }
+        TenantCommand::Quota { action } => crate::quota_cli::run(action).await,
         TenantCommand::Move {
             tenant,
             to,

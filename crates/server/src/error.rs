@@ -130,9 +130,36 @@ pub enum ApiError {
     /// anonymous budget) is full; nothing was changed.
     #[error("password hashing busy")]
     HashingBusy,
+    /// 403: the write would pass the tenant's quota of a kind (docs/quotas.md); names the kind,
+    /// the limit and the usage. Nothing was stored; the refusal is audited (`quota.exceeded`).
+    #[error("quota {kind} exceeded")]
+    QuotaExceeded {
+        /// The kind (`sessions`, `stored_bytes`, ...).
+        kind: String,
+        /// The limit in force.
+        limit: i64,
+        /// The usage before the refused write.
+        usage: i64,
+        /// What the refused write would have added.
+        requested: i64,
+    },
     /// 500: a bug or an unexpected failure. Logged with its cause; the client sees nothing of it.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// Carried in the extensions of a `quota-exceeded` answer, for the middleware that audits the
+/// refusal ([`crate::quotas::audit_refusals`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRefusal {
+    /// The kind.
+    pub kind: String,
+    /// The limit in force.
+    pub limit: i64,
+    /// The usage before the refused write.
+    pub usage: i64,
+    /// What the refused write would have added.
+    pub requested: i64,
 }
 
 /// An RFC 9457 problem details body.
@@ -148,6 +175,15 @@ pub struct Problem {
     /// Explanation of this occurrence.
     #[schema(value_type = String)]
     pub detail: Cow<'static, str>,
+    /// `quota-exceeded` only: the quota's kind (`sessions`, `stored_bytes`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// `quota-exceeded` only: the limit in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// `quota-exceeded` only: the usage before the refused write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<i64>,
 }
 
 /// Carried in response extensions so the logging middleware can report what the client was not
@@ -359,6 +395,22 @@ impl ApiError {
                 "Service Unavailable",
                 "too many password operations are in progress; nothing was changed; retry after the time in Retry-After".into(),
             ),
+            QuotaExceeded {
+                kind,
+                limit,
+                usage,
+                requested,
+            } => (
+                StatusCode::FORBIDDEN,
+                problem_type!("quota-exceeded"),
+                "Quota exceeded",
+                format!(
+                    "the tenant's quota of {kind} is {limit}; {usage} used, and this would add \
+                     {requested}; nothing was stored (delete some, or ask the operator to raise \
+                     the limit)"
+                )
+                .into(),
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 problem_type!("internal"),
@@ -372,11 +424,28 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title, detail) = self.parts();
+        let quota = match &self {
+            ApiError::QuotaExceeded {
+                kind,
+                limit,
+                usage,
+                requested,
+            } => Some(QuotaRefusal {
+                kind: kind.clone(),
+                limit: *limit,
+                usage: *usage,
+                requested: *requested,
+            }),
+            _ => None,
+        };
         let body = Problem {
             kind,
             title,
             status: status.as_u16(),
             detail,
+            quota: quota.as_ref().map(|q| q.kind.clone()),
+            limit: quota.as_ref().map(|q| q.limit),
+            usage: quota.as_ref().map(|q| q.usage),
         };
         let mut response = (status, axum::Json(body)).into_response();
         response.headers_mut().insert(
@@ -420,6 +489,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
+        if let Some(refusal) = quota {
+            response.extensions_mut().insert(refusal);
+        }
         if let ApiError::Internal(err) = &self {
             response
                 .extensions_mut()
@@ -447,6 +519,17 @@ impl From<StoreError> for ApiError {
             StoreError::WrongRegion(region) => ApiError::WrongRegion(region),
             // The route class's statement timeout: the database was busy for this request.
             StoreError::Timeout => ApiError::Unavailable,
+            StoreError::QuotaExceeded {
+                kind,
+                limit,
+                usage,
+                requested,
+            } => ApiError::QuotaExceeded {
+                kind,
+                limit,
+                usage,
+                requested,
+            },
             other => ApiError::Internal(other.into()),
         }
     }

@@ -38,6 +38,8 @@ pub mod limits;
 pub mod listener;
 pub mod openapi;
 pub mod probe;
+mod quota_cli;
+pub mod quotas;
 pub mod resolve;
 pub mod routes;
 pub mod scan;

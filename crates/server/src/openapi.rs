@@ -31,7 +31,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::Problem;
 use crate::routes::{
-    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, webhooks,
+    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, usage,
+    webhooks,
 };
 
 /// The security scheme of the tenant API: `Authorization: Bearer <API key or access token>`.
@@ -94,6 +95,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         tools::create, tools::list, tools::fetch, tools::update, tools::remove, tools::versions,
         tools::get_policy, tools::put_policy, tools::call,
         context::context,
+        usage::usage,
     ),
     components(schemas(Problem, OAuthErrorBody)),
     modifiers(&Shared),
@@ -108,6 +110,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (name = "principals", description = "The tenant's users and agents"),
         (name = "roles", description = "Built-in and custom roles, and who holds them"),
         (name = "tools", description = "The tenant's tool registry, screening policy and tool calls"),
+        (name = "usage", description = "The tenant's quotas: usage and limit per kind"),
     ),
 )]
 struct ApiDoc;

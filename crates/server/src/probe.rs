@@ -818,7 +818,7 @@ impl Probe {
             .as_b(
                 Method::POST,
                 "/v1/api-keys",
-                Some(mint(json!(["billing:read"]))),
+                Some(mint(json!(["billing:manage"]))),
             )
             .await?;
         b.out_of_scope_key = scopeless["key"].as_str().unwrap_or_default().to_owned();

@@ -41,6 +41,19 @@ pub enum StoreError {
     /// A statement ran past the transaction's `statement_timeout` (SQLSTATE 57014): retryable.
     #[error("the statement took too long")]
     Timeout,
+    /// The write would pass the tenant's quota of `kind` (SQLSTATE BQ001, migration 0020); the
+    /// statement and its transaction are rolled back, nothing was stored.
+    #[error("quota {kind} exceeded: {usage} of {limit} used, {requested} more asked")]
+    QuotaExceeded {
+        /// The kind (`sessions`, `stored_bytes`, ...).
+        kind: String,
+        /// The limit in force.
+        limit: i64,
+        /// The usage before the refused write.
+        usage: i64,
+        /// What the refused write would have added.
+        requested: i64,
+    },
     /// Migrations failed.
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -68,6 +81,11 @@ impl From<sqlx::Error> for StoreError {
                     }
                     Some("42501") => return StoreError::AccessDenied,
                     Some("57014") => return StoreError::Timeout,
+                    Some("BQ001") => {
+                        if let Some(refusal) = quota_refusal(db.as_ref()) {
+                            return refusal;
+                        }
+                    }
                     // A foreign key names no row of this tenant (composite keys include
                     // tenant_id): to the caller, the referenced thing does not exist.
                     Some("23503") => return StoreError::NotFound,
@@ -78,4 +96,23 @@ impl From<sqlx::Error> for StoreError {
         }
         StoreError::Database(err)
     }
+}
+
+/// The refusal a quota trigger raised: its detail is JSON naming the kind, limit and usage.
+fn quota_refusal(db: &dyn sqlx::error::DatabaseError) -> Option<StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        kind: String,
+        limit: i64,
+        usage: i64,
+        requested: i64,
+    }
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    let detail: Detail = serde_json::from_str(pg.detail()?).ok()?;
+    Some(StoreError::QuotaExceeded {
+        kind: detail.kind,
+        limit: detail.limit,
+        usage: detail.usage,
+        requested: detail.requested,
+    })
 }

@@ -32,6 +32,7 @@ pub mod location;
 pub mod migrate;
 pub mod moves;
 pub mod provision;
+pub mod quotas;
 pub mod rbac;
 pub mod registry;
 pub mod roles;

@@ -610,6 +610,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "tools",
     "tool_versions",
     "screening_decisions",
+    "tenant_quotas",
 ];
 
 #[cfg(test)]

@@ -608,9 +608,12 @@ async fn stored_report(
 
 async fn set_context(conn: &mut PgConnection, tenant: TenantId) -> Result<(), StoreError> {
     // The rows' text forms are compared across connections, possibly across clusters: every
-    // setting that shapes them is pinned, transaction-locally.
+    // setting that shapes them is pinned, transaction-locally. The copied rows are not counted
+    // against the tenant's quotas again (their counters travel in `tenant_quotas`; migration
+    // 0020 believes this marker from the owner and the mover only).
     sqlx::query(
         "SELECT set_config('bulkhead.tenant_id', $1, true), set_config('TimeZone', 'UTC', true), \
+         set_config('bulkhead.quota_replay', 'on', true), \
          set_config('DateStyle', 'ISO, MDY', true), set_config('IntervalStyle', 'postgres', true), \
          set_config('bytea_output', 'hex', true), set_config('extra_float_digits', '1', true)",
     )

@@ -11,6 +11,7 @@ pub mod principals;
 pub mod roles;
 pub mod sessions;
 pub mod tools;
+pub mod usage;
 pub mod webhooks;
 
 use axum::http::Method;

@@ -15,6 +15,7 @@ mod move_safety;
 mod openapi;
 mod platform;
 mod probe;
+mod quotas;
 mod ratelimit;
 mod rbac;
 mod resources;

@@ -1,0 +1,551 @@
+//! Per-tenant quotas (docs/quotas.md): a write past a limit is refused inside its transaction
+//! with a `quota-exceeded` problem naming kind, limit and usage, nothing is stored, the refusal is
+//! audited, and audit events are counted but never refused.
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_store::moves::{self, MoveOptions};
+use bulkhead_store::{quotas, Access};
+use bulkhead_test_support::{spawn_app, TestApp, TestTenant, TestTier};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{as_tenant, create_session, problem};
+
+/// Sets (the operator's way, as the owner) the tenant's limit of `kind`; `None`: plan default.
+async fn set_limit(app: &TestApp, tenant: TenantId, kind: &str, limit: Option<i64>) {
+    let owner = app.db.owner_store().await;
+    let ctx = TenantContext::new(tenant, Actor::System { component: "cli" }, RequestId::new());
+    let mut tx = owner.begin(&ctx, Access::ReadWrite).await.unwrap();
+    quotas::set_override(&mut tx, kind, limit).await.unwrap();
+    tx.commit().await.unwrap();
+    owner.close().await;
+}
+
+async fn usage(app: &TestApp, tenant: &TestTenant) -> Value {
+    let response = as_tenant(app, tenant, Method::GET, "/v1/usage")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// `(used, limit)` of one kind.
+async fn quota(app: &TestApp, tenant: &TestTenant, kind: &str) -> (i64, Option<i64>) {
+    let body = usage(app, tenant).await;
+    let entry = body["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {body}"))
+        .clone();
+    (entry["used"].as_i64().unwrap(), entry["limit"].as_i64())
+}
+
+async fn try_create_session(app: &TestApp, tenant: &TestTenant, title: &str) -> reqwest::Response {
+    as_tenant(app, tenant, Method::POST, "/v1/sessions")
+        .json(&json!({ "agent_id": "agent-7", "title": title }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn session_count(app: &TestApp, tenant: &TestTenant) -> usize {
+    let response = as_tenant(app, tenant, Method::GET, "/v1/sessions?limit=200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["data"].as_array().unwrap().len()
+}
+
+async fn audit_actions(app: &TestApp, tenant: &TestTenant, action: &str) -> Vec<Value> {
+    let response = as_tenant(
+        app,
+        tenant,
+        Method::GET,
+        &format!("/v1/audit/events?limit=200&action={action}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["data"].as_array().unwrap().clone()
+}
+
+async fn assert_quota_problem(response: reqwest::Response, kind: &str, limit: i64, used: i64) {
+    let (status, body) = problem(response).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["type"], "https://bulkhead.dev/problems/quota-exceeded");
+    assert_eq!(body["quota"], kind, "{body}");
+    assert_eq!(body["limit"], limit, "{body}");
+    assert_eq!(body["usage"], used, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(kind));
+}
+
+#[tokio::test]
+async fn creating_past_the_quota_is_refused_by_name_stores_nothing_and_is_audited() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "sessions", Some(3)).await;
+    for n in 0..3 {
+        create_session(&app, &acme, &format!("s{n}")).await;
+    }
+    let refused = try_create_session(&app, &acme, "one too many").await;
+    assert_quota_problem(refused, "sessions", 3, 3).await;
+    assert_eq!(session_count(&app, &acme).await, 3);
+    assert_eq!(quota(&app, &acme, "sessions").await, (3, Some(3)));
+    // No creation event for the refused one, and one refusal event naming the quota.
+    assert_eq!(audit_actions(&app, &acme, "session.create").await.len(), 3);
+    let refusals = audit_actions(&app, &acme, "quota.exceeded").await;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["outcome"], "blocked");
+    assert_eq!(refusals[0]["metadata"]["kind"], "sessions");
+    assert_eq!(refusals[0]["metadata"]["limit"], 3);
+    assert_eq!(refusals[0]["metadata"]["route"], "POST /v1/sessions");
+}
+
+#[tokio::test]
+async fn concurrent_creates_at_the_edge_never_pass_the_limit() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "sessions", Some(5)).await;
+    create_session(&app, &acme, "first").await;
+    let attempts = (0..24).map(|n| {
+        let (app, acme) = (&app, &acme);
+        async move {
+            try_create_session(app, acme, &format!("racer {n}"))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    for status in &statuses {
+        assert!(
+            *status == StatusCode::CREATED || *status == StatusCode::FORBIDDEN,
+            "{statuses:?}"
+        );
+    }
+    assert_eq!(created, 4, "{statuses:?}");
+    assert_eq!(session_count(&app, &acme).await, 5);
+    assert_eq!(quota(&app, &acme, "sessions").await, (5, Some(5)));
+}
+
+#[tokio::test]
+async fn an_override_raises_and_lowers_the_limit_and_default_restores_the_plan() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let (_, plan_limit) = quota(&app, &acme, "sessions").await;
+    assert_eq!(plan_limit, Some(100_000), "the standard plan's default");
+    set_limit(&app, acme.id, "sessions", Some(1)).await;
+    create_session(&app, &acme, "one").await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "two").await,
+        "sessions",
+        1,
+        1,
+    )
+    .await;
+    set_limit(&app, acme.id, "sessions", Some(3)).await;
+    create_session(&app, &acme, "two").await;
+    create_session(&app, &acme, "three").await;
+    // Lowered below what is stored: nothing is removed, nothing more is created.
+    set_limit(&app, acme.id, "sessions", Some(2)).await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "four").await,
+        "sessions",
+        2,
+        3,
+    )
+    .await;
+    assert_eq!(session_count(&app, &acme).await, 3);
+    let body = usage(&app, &acme).await;
+    let sessions = body["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["kind"] == "sessions")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sessions,
+        json!({ "kind": "sessions", "used": 3, "limit": 2, "plan_limit": 100_000, "overridden": true })
+    );
+    set_limit(&app, acme.id, "sessions", None).await;
+    create_session(&app, &acme, "four").await;
+    assert_eq!(quota(&app, &acme, "sessions").await, (4, Some(100_000)));
+}
+
+#[tokio::test]
+async fn deleting_frees_room() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "sessions", Some(2)).await;
+    let first = create_session(&app, &acme, "one").await;
+    create_session(&app, &acme, "two").await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "three").await,
+        "sessions",
+        2,
+        2,
+    )
+    .await;
+    let id = first["id"].as_str().unwrap();
+    let deleted = as_tenant(&app, &acme, Method::DELETE, &format!("/v1/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(quota(&app, &acme, "sessions").await, (1, Some(2)));
+    create_session(&app, &acme, "three").await;
+    assert_eq!(session_count(&app, &acme).await, 2);
+}
+
+#[tokio::test]
+async fn stored_bytes_are_counted_and_limited() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let (before, _) = quota(&app, &acme, "stored_bytes").await;
+    // Title bytes plus the metadata's JSON text as PostgreSQL prints it (`{"k": "v"}`).
+    let response = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
+        .json(&json!({ "agent_id": "a", "title": "héllo", "metadata": { "k": "v" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let weight = "héllo".len() as i64 + r#"{"k": "v"}"#.len() as i64;
+    assert_eq!(quota(&app, &acme, "stored_bytes").await.0, before + weight);
+    // Room for 100 more bytes: a 1 KiB metadata is refused, by name, and not stored.
+    set_limit(&app, acme.id, "stored_bytes", Some(before + weight + 100)).await;
+    let big = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
+        .json(&json!({ "agent_id": "a", "metadata": { "blob": "x".repeat(1024) } }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(big, "stored_bytes", before + weight + 100, before + weight).await;
+    // Growing a session through PATCH is refused the same way.
+    let grown = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/sessions/{id}"))
+        .json(&json!({ "metadata": { "blob": "x".repeat(1024) } }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(
+        grown,
+        "stored_bytes",
+        before + weight + 100,
+        before + weight,
+    )
+    .await;
+    assert_eq!(session_count(&app, &acme).await, 1);
+    assert_eq!(quota(&app, &acme, "stored_bytes").await.0, before + weight);
+}
+
+#[tokio::test]
+async fn audit_events_are_counted_and_never_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    // Even an operator limit of 0 on the audit log refuses nothing.
+    set_limit(&app, acme.id, "audit_events", Some(0)).await;
+    set_limit(&app, acme.id, "sessions", Some(1)).await;
+    let (audited_before, _) = quota(&app, &acme, "audit_events").await;
+    create_session(&app, &acme, "fills the quota").await;
+    // Full: the refusal is still audited, and other changes are still made and audited.
+    assert_quota_problem(
+        try_create_session(&app, &acme, "refused").await,
+        "sessions",
+        1,
+        1,
+    )
+    .await;
+    let agent = as_tenant(&app, &acme, Method::POST, "/v1/agents")
+        .json(&json!({ "name": "still-works" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent.status(), StatusCode::CREATED);
+    assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 1);
+    assert_eq!(audit_actions(&app, &acme, "agent.create").await.len(), 1);
+    let (audited_after, limit) = quota(&app, &acme, "audit_events").await;
+    assert_eq!(limit, Some(0));
+    assert!(
+        audited_after >= audited_before + 3,
+        "{audited_before} -> {audited_after}"
+    );
+}
+
+#[tokio::test]
+async fn usage_is_the_callers_own_and_does_not_depend_on_another_tenant() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    let before = usage(&app, &globex).await;
+    set_limit(&app, acme.id, "sessions", Some(7)).await;
+    for n in 0..3 {
+        create_session(&app, &acme, &format!("a{n}")).await;
+    }
+    assert_eq!(quota(&app, &acme, "sessions").await, (3, Some(7)));
+    // B's answer is the same whatever A stores or is allowed.
+    let after = usage(&app, &globex).await;
+    let without_audit = |v: &Value| {
+        v["quotas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|q| q["kind"] != "audit_events")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(without_audit(&before), without_audit(&after));
+    assert_eq!(quota(&app, &globex, "sessions").await, (0, Some(100_000)));
+    // A's key on B's subdomain (and B's on A's) is refused before anything is read.
+    let crossed = app
+        .client
+        .get(app.tenant_url(&globex.slug, "/v1/usage"))
+        .bearer_auth(&acme.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crossed.status(), StatusCode::UNAUTHORIZED);
+    let body = crossed.text().await.unwrap();
+    assert!(!body.contains("\"used\""));
+}
+
+#[tokio::test]
+async fn usage_counts_keys_until_revoked_and_not_the_built_in_roles() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    // The bootstrap admin key.
+    assert_eq!(quota(&app, &acme, "api_keys").await.0, 1);
+    let created = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let key: Value = created.json().await.unwrap();
+    assert_eq!(quota(&app, &acme, "api_keys").await.0, 2);
+    let id = key["api_key"]["id"].as_str().unwrap();
+    let revoked = as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/revoke"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    assert_eq!(quota(&app, &acme, "api_keys").await.0, 1);
+    // The built-in roles are not counted.
+    assert_eq!(quota(&app, &acme, "roles").await.0, 0);
+    assert_eq!(quota(&app, &acme, "users").await.0, 0);
+}
+
+#[tokio::test]
+async fn a_move_keeps_the_counters_and_the_limits() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "sessions", Some(3)).await;
+    create_session(&app, &acme, "one").await;
+    create_session(&app, &acme, "two").await;
+    let before = usage(&app, &acme).await;
+    let owner = app.db.owner_store().await;
+    for tier in [TestTier::Schema, TestTier::Shared] {
+        let placement = tier.placement(&app.db, &owner).await;
+        moves::move_tenant(&owner, acme.id, placement, MoveOptions::default())
+            .await
+            .unwrap();
+        // Right after a switch a process may still route to the old copy for a moment: a
+        // retryable 503 `tenant-moving`, as for any request.
+        let mut after = Value::Null;
+        for _ in 0..30 {
+            let response = as_tenant(&app, &acme, Method::GET, "/v1/usage")
+                .send()
+                .await
+                .unwrap();
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(response.status(), StatusCode::OK);
+            after = response.json().await.unwrap();
+            break;
+        }
+        // The copy counted nothing twice; only the move's own audit events were added.
+        let kinds = |v: &Value| {
+            v["quotas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|q| q["kind"] != "audit_events")
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&before), kinds(&after), "{tier:?}");
+    }
+    create_session(&app, &acme, "three").await;
+    assert_quota_problem(
+        try_create_session(&app, &acme, "four").await,
+        "sessions",
+        3,
+        3,
+    )
+    .await;
+    owner.close().await;
+}
+
+#[tokio::test]
+async fn tenant_messages_are_limited_and_tool_versions_counted() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "webhook_messages", Some(1)).await;
+    let publish = || {
+        as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
+            .send()
+    };
+    assert_eq!(publish().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_quota_problem(publish().await.unwrap(), "webhook_messages", 1, 1).await;
+    assert_eq!(quota(&app, &acme, "webhook_messages").await, (1, Some(1)));
+
+    set_limit(&app, acme.id, "tool_versions", Some(1)).await;
+    let created = as_tenant(&app, &acme, Method::POST, "/v1/tools")
+        .json(&json!({
+            "name": "weather",
+            "description": "Returns the forecast.",
+            "input_schema": { "type": "object" },
+            "endpoint_url": "https://tools.example/run",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(quota(&app, &acme, "tools").await.0, 1);
+    assert_eq!(quota(&app, &acme, "tool_versions").await.0, 1);
+    // A new version would be the second: refused, and the tool keeps its first.
+    let updated = as_tenant(&app, &acme, Method::PATCH, "/v1/tools/weather")
+        .json(&json!({ "description": "Returns the forecast, better." }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(updated, "tool_versions", 1, 1).await;
+    let deleted = as_tenant(&app, &acme, Method::DELETE, "/v1/tools/weather")
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    // Deleting the tool deletes its versions, which frees both.
+    assert_eq!(quota(&app, &acme, "tools").await.0, 0);
+    assert_eq!(quota(&app, &acme, "tool_versions").await.0, 0);
+}
+
+#[tokio::test]
+async fn the_serving_role_cannot_change_a_limit() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        acme.id,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    );
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let refused = quotas::set_override(&mut tx, "sessions", Some(1_000_000_000)).await;
+    assert!(
+        matches!(refused, Err(bulkhead_store::StoreError::AccessDenied)),
+        "{refused:?}"
+    );
+    drop(tx);
+    // Nor set an override by hand.
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let direct = sqlx::query("UPDATE tenant_quotas SET override_limit = 5 WHERE tenant_id = $1")
+        .bind(acme.id.uuid())
+        .execute(tx.conn())
+        .await;
+    assert!(direct.is_err());
+    drop(tx);
+    served.close().await;
+}
+
+#[tokio::test]
+async fn platform_messages_are_counted_and_never_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    set_limit(&app, acme.id, "webhook_messages", Some(0)).await;
+    // Creating a session raises `session.created` for the endpoint: a platform message, stored
+    // and counted past the limit, since refusing it would refuse the session.
+    create_session(&app, &acme, "one").await;
+    create_session(&app, &acme, "two").await;
+    assert_eq!(quota(&app, &acme, "webhook_messages").await, (2, Some(0)));
+    // The tenant's own messages are refused.
+    let published = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "order.paid", "payload": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(published, "webhook_messages", 0, 2).await;
+}
+
+#[tokio::test]
+async fn writers_of_two_kinds_at_once_do_not_deadlock() {
+    // A session create whose platform message an endpoint receives counts bytes, sessions and
+    // webhook messages; a published message counts webhook messages and bytes. Run together,
+    // they must queue on the counters, never hold one each and wait for the other (PostgreSQL
+    // would abort one of them: a 500).
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    let (app, acme) = (&app, &acme);
+    let sessions = (0..12).map(|n| async move {
+        try_create_session(app, acme, &format!("s{n}"))
+            .await
+            .status()
+    });
+    let messages = (0..12).map(|n| async move {
+        as_tenant(app, acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": { "n": n } }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let (sessions, messages) = tokio::join!(
+        futures::future::join_all(sessions),
+        futures::future::join_all(messages)
+    );
+    assert!(
+        sessions.iter().all(|s| *s == StatusCode::CREATED),
+        "{sessions:?}"
+    );
+    assert!(
+        messages.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{messages:?}"
+    );
+    assert_eq!(quota(app, acme, "webhook_messages").await.0, 24);
+}
