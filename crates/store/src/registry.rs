@@ -413,8 +413,12 @@ impl Store {
             }
             .await;
             match resumed {
-                Ok(n) => tracing::info!(tenant_id = %id, resumed = n, "tenant active: paused webhook deliveries due now"),
-                Err(err) => tracing::warn!(tenant_id = %id, error = %err, "paused webhook deliveries resume after their backoff"),
+                Ok(n) => {
+                    tracing::info!(tenant_id = %id, resumed = n, "tenant active: paused webhook deliveries due now")
+                }
+                Err(err) => {
+                    tracing::warn!(tenant_id = %id, error = %err, "paused webhook deliveries resume after their backoff")
+                }
             }
         }
         Ok(tenant)

@@ -1005,7 +1005,11 @@ async fn reactivating_a_tenant_delivers_its_waiting_messages_at_once() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let run = tokio::spawn(d.clone().run(stopped));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.connections(), 0, "a suspended tenant's message went out");
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a suspended tenant's message went out"
+    );
     let started = std::time::Instant::now();
     owner
         .set_tenant_status(a.tenant_id(), TenantStatus::Active)
