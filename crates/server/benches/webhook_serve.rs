@@ -20,8 +20,10 @@
 //! and the ratio. CPU per 1,000 deliveries counts `serve` and the PostgreSQL cluster (postmaster,
 //! its children, and its reaped children), from /proc/<pid>/stat.
 //!
-//! The server and PostgreSQL are pinned to CPU 0 with `taskset` when it exists; run the bench
-//! itself on the other CPU: `taskset -c 1 cargo bench -p bulkhead-server --bench webhook_serve`.
+//! When `taskset` exists, the server and PostgreSQL are pinned to CPU 0 (`taskset -c 0 bulkhead
+//! serve …`, `taskset -a -p -c 0 <postmaster>`) and the bench process, which publishes and runs
+//! the receivers, pins itself to CPU 1 (`taskset -a -p -c 1 <own pid>`) before starting any
+//! thread.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -157,8 +159,9 @@ async fn start_serve(db: &TestDb, ports: &str, pin: bool) -> Serve {
         .env("BULKHEAD_WEBHOOK_ALLOW_CIDRS", "127.0.0.1/32")
         .env("RUST_LOG", "warn")
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        // serve logs (warnings and up) to stdout: kept with stderr for a failed run's reader.
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
         .expect("start bulkhead serve");
     let serve = Serve {
@@ -211,7 +214,8 @@ async fn publish(store: &Store, tenant: TenantId, tag: &str) -> Instant {
     store::publish(
         &mut tx,
         "bench.tick",
-        &json!({ "type": "bench.tick", "data": { "tag": tag } }),
+        // Delivered as the `data` of the message body (`webhooks::message_body`).
+        &json!({ "tag": tag }),
         MessageSource::Tenant,
         None,
         chrono::Utc::now(),
@@ -262,6 +266,16 @@ async fn wait_for(receiver: &Receiver, n: usize, timeout: Duration) -> bool {
 }
 
 fn main() {
+    if taskset_available() {
+        // The load generator and the receivers (this process, every thread it starts from here
+        // on) on CPU 1, away from serve and PostgreSQL on CPU 0.
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        println!("bench process (publishers, receivers) pinned to CPU 1: {pinned}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -334,6 +348,51 @@ async fn run() {
         delivered as f64 / elapsed.as_secs_f64(),
         cpu / (delivered.max(1) as f64 / 1000.0),
         fast.connections(),
+    );
+
+    // (a2) The same endpoint draining a backlog: N messages published while the tenant is
+    // suspended (the claim skips it), then reactivated (which wakes the workers at once).
+    let owner = db.owner_store().await;
+    let backlog = create_tenant(&db, "backlog").await;
+    endpoint(&store, backlog.id, &hook).await;
+    owner
+        .set_tenant_status(
+            backlog.id,
+            bulkhead_store::registry::TenantStatus::Suspended,
+        )
+        .await
+        .unwrap();
+    let per = n.div_ceil(8);
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        let store = store.clone();
+        publishers.push(tokio::spawn(async move {
+            for i in (p * per)..((p + 1) * per).min(n) {
+                publish(&store, backlog.id, &format!("a2x{i}")).await;
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let before = fast.requests().len();
+    let cpu0 = cpu_seconds(serve_pid, postmaster);
+    let started = Instant::now();
+    owner
+        .set_tenant_status(backlog.id, bulkhead_store::registry::TenantStatus::Active)
+        .await
+        .unwrap();
+    let done = wait_for(&fast, before + n, Duration::from_secs(60)).await;
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
+    let delivered = (fast.requests().len() - before).min(n);
+    println!(
+        "(a2) one tenant, one endpoint, backlog of {n}: {delivered} delivered{} in {:.2} s: \
+         {:.0} deliveries/s; CPU (serve + PostgreSQL) {:.2} s per 1,000 deliveries",
+        if done { "" } else { " (timed out)" },
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64(),
+        cpu / (delivered.max(1) as f64 / 1000.0),
     );
 
     // (b) Open loop at 500 messages/s for 10 s.

@@ -392,7 +392,19 @@ impl TenantTx {
     }
 
     /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.forward && self.registry.is_some() {
+            // The webhook due trigger (migration 0021) notified this database, where no worker
+            // listens: carry the wake-up to the registry's.
+            let due: Option<String> =
+                sqlx::query_scalar("SELECT current_setting('bulkhead.webhook_due', true)")
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+            if due.as_deref() == Some("on") {
+                self.forwarded
+                    .push((crate::webhooks::WEBHOOK_DUE_CHANNEL, String::new()));
+            }
+        }
         self.tx.commit().await?;
         if let (true, Some(registry)) = (self.forward, &self.registry) {
             // After the commit, so no listener acts on a change that did not happen. A lost

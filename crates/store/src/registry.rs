@@ -386,7 +386,45 @@ impl Store {
     }
 
     /// [`Store::set_tenant_status`], naming who ran it in the audit event.
+    ///
+    /// Reactivation also makes the deliveries paused during the suspension due at once and
+    /// wakes the webhook workers (wherever the tenant's rows live), after both copies of the
+    /// status agree. Should that last step fail, they resume after their pause backoff.
     pub async fn set_tenant_status_by(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        let tenant = self.write_tenant_status(id, status, operator).await?;
+        if status == TenantStatus::Active {
+            let ctx = TenantContext::new(
+                id,
+                Actor::System {
+                    component: "operator",
+                },
+                RequestId::new(),
+            );
+            let resumed = async {
+                let mut tx = self.begin(&ctx, Access::ReadWrite).await?;
+                let n = crate::webhooks::resume_paused_deliveries(&mut tx).await?;
+                tx.commit().await?;
+                Ok::<u64, StoreError>(n)
+            }
+            .await;
+            match resumed {
+                Ok(n) => {
+                    tracing::info!(tenant_id = %id, resumed = n, "tenant active: paused webhook deliveries due now")
+                }
+                Err(err) => {
+                    tracing::warn!(tenant_id = %id, error = %err, "paused webhook deliveries resume after their backoff")
+                }
+            }
+        }
+        Ok(tenant)
+    }
+
+    async fn write_tenant_status(
         &self,
         id: TenantId,
         status: TenantStatus,

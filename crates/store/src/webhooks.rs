@@ -891,20 +891,23 @@ impl Store {
             .await
     }
 
-    /// Claims due deliveries across active tenants (`claim_webhook_deliveries` in migration
-    /// 0012): the tenant with the fewest deliveries in flight goes first, each tenant's
-    /// endpoints take turns, and a tenant has at most `per_tenant` in flight unless `caps`
-    /// grants it more. `now` is clamped by the database to within a few seconds of its clock.
+    /// Claims due deliveries across active tenants (`claim_webhook_deliveries` and
+    /// `webhook_fair_pick` in migration 0021): the tenant with the fewest deliveries in flight
+    /// goes first and each tenant's endpoints take turns. A tenant has at most `per_tenant` in
+    /// flight and one endpoint at most half of that (rounded up), unless `caps` grants that
+    /// endpoint a larger window; the tenant then may hold the extra too. `now` is clamped by the
+    /// database to within a few seconds of its clock.
     pub async fn claim_webhook_deliveries_capped(
         &self,
         limit: i32,
         per_tenant: i32,
         lease_seconds: i32,
         now: DateTime<Utc>,
-        caps: &[(TenantId, i32)],
+        caps: &[(TenantId, EndpointId, i32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let tenants: Vec<uuid::Uuid> = caps.iter().map(|(t, _)| t.uuid()).collect();
-        let caps: Vec<i32> = caps.iter().map(|(_, c)| *c).collect();
+        let tenants: Vec<uuid::Uuid> = caps.iter().map(|(t, _, _)| t.uuid()).collect();
+        let endpoints: Vec<uuid::Uuid> = caps.iter().map(|(_, e, _)| e.uuid()).collect();
+        let caps: Vec<i32> = caps.iter().map(|(_, _, c)| *c).collect();
         let mut rows: Vec<(uuid::Uuid, uuid::Uuid)> = Vec::new();
         for (i, (pool, schema)) in self.router().all_locations().await?.into_iter().enumerate() {
             // The first call always runs, so hostile arguments are refused by the function.
@@ -919,13 +922,14 @@ impl Store {
             rows.extend(
                 sqlx::query_as::<_, (uuid::Uuid, uuid::Uuid)>(&format!(
                     "SELECT delivery_tenant_id, delivery_id \
-                     FROM \"{schema}\".claim_webhook_deliveries($1, $2, $3, $4, $5, $6)"
+                     FROM \"{schema}\".claim_webhook_deliveries($1, $2, $3, $4, $5, $6, $7)"
                 ))
                 .bind(want)
                 .bind(per_tenant)
                 .bind(lease_seconds)
                 .bind(now)
                 .bind(&tenants)
+                .bind(&endpoints)
                 .bind(&caps)
                 .fetch_all(&pool)
                 .await
@@ -1157,7 +1161,7 @@ pub async fn pause_deliveries(
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
     sqlx::query(
-        "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, \
+        "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, paused = true, \
          next_attempt_at = greatest(next_attempt_at, $3), updated_at = now() \
          WHERE tenant_id = $1 AND id = ANY($2) AND status = 'delivering'",
     )
@@ -1167,6 +1171,24 @@ pub async fn pause_deliveries(
     .execute(tx.conn())
     .await?;
     Ok(())
+}
+
+/// Makes the tenant's paused deliveries ([`pause_deliveries`]) due now and wakes the workers at
+/// commit: for a tenant just reactivated, once its registry row and its location agree (so the
+/// pause backoff has nothing left to protect). Returns how many were resumed.
+pub async fn resume_paused_deliveries(tx: &mut TenantTx) -> Result<u64, StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET paused = false, \
+         next_attempt_at = least(next_attempt_at, now()), updated_at = now() \
+         WHERE tenant_id = $1 AND status = 'pending' AND paused",
+    )
+    .bind(tenant.uuid())
+    .execute(tx.conn())
+    .await?;
+    // Also for deliveries that fell due while the tenant was suspended (never claimed).
+    tx.notify(WEBHOOK_DUE_CHANNEL, String::new()).await?;
+    Ok(done.rows_affected())
 }
 
 /// One attempt to record.

@@ -340,6 +340,30 @@ pub async fn create_tenant_in(db: &TestDb, slug: &str, tier: TestTier) -> TestTe
     }
 }
 
+/// Onboards a shared-tier tenant of `region` through `owner`, a store configured to serve that
+/// region (see `Topology::regions`), as `bulkhead tenant create --region` does.
+pub async fn create_tenant_in_region(owner: &Store, slug: &str, region: &str) -> TestTenant {
+    let onboarded = bulkhead_server::tenants::onboard(
+        owner,
+        &test_peppers(),
+        KeyEnvironment::Live,
+        &NewTenant {
+            slug: TenantSlug::parse(slug).expect("test slug"),
+            display_name: format!("{slug} Inc."),
+            plan: Plan::Standard,
+            region: region.into(),
+            placement: bulkhead_store::Placement::Shared,
+        },
+    )
+    .await
+    .expect("onboard tenant");
+    TestTenant {
+        id: onboarded.tenant.id,
+        slug: slug.to_owned(),
+        key: onboarded.admin_key.expose_secret().to_owned(),
+    }
+}
+
 /// The application serving on a loopback port, with its own database.
 #[derive(Debug)]
 pub struct TestApp {

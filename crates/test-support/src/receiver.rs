@@ -69,6 +69,14 @@ impl TestCa {
         .expect("server config");
         Arc::new(config)
     }
+
+    /// Like [`TestCa::server_config`], offering HTTP/2 through ALPN (`h2`, then `http/1.1`):
+    /// a receiver started with it speaks HTTP/2 to every client that asks for it.
+    pub fn server_config_h2(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let mut config = Arc::unwrap_or_clone(self.server_config(names));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
 }
 
 impl Default for TestCa {
@@ -108,6 +116,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// When the whole request had arrived.
     pub at: std::time::Instant,
+    /// The protocol it came in (HTTP/1.1, or HTTP/2 when ALPN chose `h2`).
+    pub version: http::Version,
 }
 
 #[derive(Debug, Default)]
@@ -151,7 +161,11 @@ impl Receiver {
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
-                                serve(tls, state).await;
+                                if tls.get_ref().1.alpn_protocol() == Some(&b"h2"[..]) {
+                                    serve_h2(tls, state).await;
+                                } else {
+                                    serve(tls, state).await;
+                                }
                             }
                         }
                         None => serve(stream, state).await,
@@ -253,6 +267,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
             headers,
             body,
             at: std::time::Instant::now(),
+            version: http::Version::HTTP_11,
         });
         let reply = state.script.lock().expect("script").pop_front();
         let reply = reply
@@ -289,5 +304,62 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
             }
             Reply::After(..) => unreachable!("unwrapped above"),
         }
+    }
+}
+
+/// HTTP/2 (after ALPN chose `h2`): every stream is one request, answered from the same script.
+async fn serve_h2<S>(stream: S, state: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(mut connection) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (parts, mut body) = request.into_parts();
+            let mut bytes = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            state.requests.lock().expect("requests").push(Received {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                headers: parts.headers,
+                body: bytes,
+                at: std::time::Instant::now(),
+                version: http::Version::HTTP_2,
+            });
+            let reply = state.script.lock().expect("script").pop_front();
+            let mut reply = reply
+                .or_else(|| state.default.lock().expect("default").clone())
+                .unwrap_or(Reply::status(200));
+            while let Reply::After(delay, inner) = reply {
+                tokio::time::sleep(delay).await;
+                reply = *inner;
+            }
+            match reply {
+                // Keep the stream open, unanswered, until the client gives up.
+                Reply::Hang => std::future::pending::<()>().await,
+                Reply::Status(code, extra, text) => {
+                    let mut response = http::Response::builder().status(code);
+                    for (name, value) in extra {
+                        response = response.header(name, value);
+                    }
+                    let Ok(response) = response.body(()) else {
+                        return;
+                    };
+                    let Ok(mut send) = respond.send_response(response, text.is_empty()) else {
+                        return;
+                    };
+                    if !text.is_empty() {
+                        let _ = send.send_data(bytes::Bytes::from(text), true);
+                    }
+                }
+                Reply::After(..) => unreachable!("unwrapped above"),
+            }
+        });
     }
 }

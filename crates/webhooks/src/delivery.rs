@@ -9,11 +9,13 @@
 //! hands it out again (at-least-once; the receiver deduplicates on `webhook-id`).
 //!
 //! Fairness is work-conserving: every tenant is guaranteed `per_tenant` deliveries in flight,
-//! and a tenant whose attempts come back quickly earns one more slot per fast attempt (up to
-//! every slot of the process), losing the extra slots at its first slow or failed attempt. A
-//! lone tenant with a fast receiver thus uses all slots, while a hanging receiver never holds
-//! more than the guaranteed share; the claim serves the tenant with the fewest deliveries in
-//! flight first, so newcomers take the next free slot.
+//! and one endpoint of it at most half of that (rounded up). An endpoint whose attempts come
+//! back quickly earns one more slot per fast attempt (up to every slot of the process), which
+//! its tenant may then hold on top of the guarantee, and loses the extra slots at its first slow
+//! or failed attempt. A lone tenant with a fast receiver thus uses all slots, while a hanging
+//! receiver never holds more than half its tenant's guaranteed share: other tenants and the
+//! tenant's other endpoints keep flowing. The claim serves the tenant with the fewest
+//! deliveries in flight first, so newcomers take the next free slot.
 //!
 //! The dispatcher sleeps only when nothing it could claim is due: new deliveries wake it through
 //! `NOTIFY` sent by their committing transaction, a finished delivery wakes it (a tenant below
@@ -140,8 +142,9 @@ pub struct Dispatcher {
     master: Arc<MasterKey>,
     /// Per-endpoint rate limit: the earliest time of the next send (this process only).
     next_send: Mutex<HashMap<(TenantId, EndpointId), DateTime<Utc>>>,
-    /// Slots earned by fast attempts, per tenant (absent: the guaranteed `per_tenant`).
-    windows: Mutex<HashMap<TenantId, i32>>,
+    /// Slots earned by fast attempts, per endpoint (absent: half the tenant's guaranteed
+    /// share, rounded up).
+    windows: Mutex<HashMap<(TenantId, EndpointId), i32>>,
     /// Unsealed signing keys, keyed by tenant and endpoint.
     keys: Mutex<HashMap<(TenantId, EndpointId), CachedKeys>>,
     /// Earliest retry or deferral this process scheduled, to wake for it.
@@ -215,10 +218,11 @@ impl Dispatcher {
     }
 
     async fn claim(&self, limit: i32) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let caps: Vec<(TenantId, i32)> = lock(&self.windows)
+        let base = endpoint_share(self.config.per_tenant);
+        let caps: Vec<(TenantId, EndpointId, i32)> = lock(&self.windows)
             .iter()
-            .filter(|(_, w)| **w > self.config.per_tenant)
-            .map(|(t, w)| (*t, *w))
+            .filter(|(_, w)| **w > base)
+            .map(|((t, e), w)| (*t, *e, *w))
             .collect();
         self.store
             .claim_webhook_deliveries_capped(
@@ -513,7 +517,7 @@ impl Dispatcher {
                     latency: Duration::ZERO,
                 },
             };
-            self.learn(ctx.tenant_id(), &outcome);
+            self.learn(ctx.tenant_id(), work.endpoint.id, &outcome);
             let result = match outcome {
                 SendOutcome::Response {
                     status,
@@ -554,25 +558,27 @@ impl Dispatcher {
         .await
     }
 
-    /// Adjusts the tenant's window: one more slot per fast success, back to the guaranteed
-    /// share at the first slow or failed attempt.
-    fn learn(&self, tenant: TenantId, outcome: &SendOutcome) {
+    /// Adjusts the endpoint's window: one more slot per fast success, back to its share of the
+    /// tenant's guarantee at the first slow or failed attempt. Per endpoint, so one endpoint's
+    /// fast answers never widen the window a hanging sibling fills.
+    fn learn(&self, tenant: TenantId, endpoint: EndpointId, outcome: &SendOutcome) {
         let fast = matches!(outcome, SendOutcome::Response { status, latency, .. }
             if (200..300).contains(status) && *latency <= self.config.fast_attempt);
-        let base = self.config.per_tenant;
+        let base = endpoint_share(self.config.per_tenant);
+        let key = (tenant, endpoint);
         let max = i32::try_from(self.config.concurrency)
             .unwrap_or(i32::MAX)
             .max(base);
         let mut windows = lock(&self.windows);
         if fast {
-            if windows.len() >= 10_000 && !windows.contains_key(&tenant) {
-                // Bounded: a tenant without an entry simply starts from its guaranteed share.
+            if windows.len() >= 10_000 && !windows.contains_key(&key) {
+                // Bounded: an endpoint without an entry simply starts from its share.
                 windows.clear();
             }
-            let w = windows.entry(tenant).or_insert(base);
+            let w = windows.entry(key).or_insert(base);
             *w = (*w + 1).min(max);
         } else {
-            windows.remove(&tenant);
+            windows.remove(&key);
         }
     }
 
@@ -906,6 +912,13 @@ fn spawn_recorder(store: Store) -> mpsc::UnboundedSender<Recording> {
         }
     });
     tx
+}
+
+/// The part of a tenant's guaranteed share one endpoint may hold without an earned window: half,
+/// rounded up (as the claim computes it, migration 0021), so a hanging endpoint leaves the rest
+/// to its siblings.
+fn endpoint_share(per_tenant: i32) -> i32 {
+    (per_tenant.clamp(1, 1000) + 1) / 2
 }
 
 fn millis(d: Duration) -> i32 {

@@ -13,7 +13,10 @@ use bulkhead_store::audit;
 use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::receiver::{Receiver, Reply, TestCa};
-use bulkhead_test_support::{create_tenant, test_egress_policy, test_master_key, TestDb};
+use bulkhead_test_support::{
+    create_tenant, create_tenant_in, create_tenant_in_region, test_egress_policy, test_master_key,
+    TestDb, TestTier,
+};
 use bulkhead_webhooks::delivery::{Delivered, DeliveryConfig, Dispatcher};
 use bulkhead_webhooks::{verify, EgressClient, EgressConfig, Secret, StaticResolver};
 use chrono::Utc;
@@ -416,6 +419,8 @@ async fn the_circuit_breaker_holds_deliveries_back_without_connecting() {
     let config = DeliveryConfig {
         circuit_after: 2,
         circuit_cooldown: chrono::Duration::seconds(60),
+        // One endpoint may hold half of this: room for the three below in one claim.
+        per_tenant: 6,
         ..DeliveryConfig::default()
     };
     let d = rig.dispatcher(config, Duration::from_secs(5));
@@ -647,9 +652,10 @@ async fn the_claim_is_round_robin_and_caps_each_tenant() {
     }
     rig.publish(&b, 0).await;
     rig.publish(&b, 1).await;
+    // A tenant is guaranteed 4 in flight, one endpoint of it half of that (migration 0021).
     let claimed = rig
         .store
-        .claim_webhook_deliveries(3, 2, 60, Utc::now())
+        .claim_webhook_deliveries(3, 4, 60, Utc::now())
         .await
         .unwrap();
     let from_b = claimed
@@ -660,7 +666,7 @@ async fn the_claim_is_round_robin_and_caps_each_tenant() {
     assert!(from_b >= 1, "B got nothing from a batch of 3");
     let more = rig
         .store
-        .claim_webhook_deliveries(100, 2, 60, Utc::now())
+        .claim_webhook_deliveries(100, 4, 60, Utc::now())
         .await
         .unwrap();
     let a_total = claimed
@@ -668,7 +674,18 @@ async fn the_claim_is_round_robin_and_caps_each_tenant() {
         .chain(&more)
         .filter(|c| c.tenant_id == a.tenant_id())
         .count();
-    assert_eq!(a_total, 2, "A's in-flight cap is 2");
+    assert_eq!(a_total, 2, "A's one endpoint may hold half of A's 4");
+    // A second endpoint of A takes the other half, and no more than that.
+    rig.endpoint(&a, "https://a2.example/").await;
+    rig.publish(&a, 100).await;
+    rig.publish(&a, 101).await;
+    rig.publish(&a, 102).await;
+    let third = rig
+        .store
+        .claim_webhook_deliveries(100, 4, 60, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(third.len(), 2, "A's second endpoint got {third:?}");
     // Hostile arguments from the app role are refused.
     assert!(rig
         .store
@@ -734,7 +751,7 @@ async fn the_app_role_cannot_claim_early_by_passing_a_future_clock() {
     assert!(claimed.is_empty(), "a future clock claimed {claimed:?}");
     let app = rig.db.app_pool(1).await;
     let rows: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
-        "SELECT * FROM bulkhead.claim_webhook_deliveries(10, 4, 60, 'infinity', '{}', '{}')",
+        "SELECT * FROM bulkhead.claim_webhook_deliveries(10, 4, 60, 'infinity', '{}', '{}', '{}')",
     )
     .fetch_all(&app)
     .await
@@ -775,13 +792,21 @@ async fn the_app_role_cannot_lease_for_an_hour_or_lift_a_tenant_past_the_cap_cei
     // it for an hour. The function clamps the lease to 300 s and a cap to 256.
     let rig = Rig::new(Clock::system()).await;
     let a = rig.tenant("alpha").await;
-    rig.endpoint(&a, "https://receiver.example/hook").await;
-    for n in 0..300 {
+    let (e1, _) = rig.endpoint(&a, "https://receiver.example/hook").await;
+    let (e2, _) = rig.endpoint(&a, "https://other.example/hook").await;
+    for n in 0..200 {
         rig.publish(&a, n).await;
     }
+    // Two endpoints, each granted 1000: neither an endpoint nor the tenant passes 256.
     let claimed = rig
         .store
-        .claim_webhook_deliveries_capped(1000, 1, 3600, Utc::now(), &[(a.tenant_id(), 1000)])
+        .claim_webhook_deliveries_capped(
+            1000,
+            1,
+            3600,
+            Utc::now(),
+            &[(a.tenant_id(), e1, 1000), (a.tenant_id(), e2, 1000)],
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 256, "the cap was not clamped");
@@ -835,24 +860,16 @@ async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
     // While suspended nothing is claimed.
     assert!(d.run_once().await.unwrap().is_empty());
     assert_eq!(receiver.connections(), 0);
-    // Activation resumes it after the pause backoff, not at once (review finding 9b: while the
-    // anchor and the registry disagreed, an at-once-due pause spun claim/pause/NOTIFY), with the
-    // same webhook-id.
+    // The pause backs off (review finding 9b: while the anchor and the registry disagreed, an
+    // at-once-due pause spun claim/pause/NOTIFY), but activation, once both copies agree, makes
+    // it due at once (issue 25), with the same webhook-id.
     owner
         .set_tenant_status(a.tenant_id(), TenantStatus::Active)
         .await
         .unwrap();
-    assert!(
-        rig.store
-            .claim_webhook_deliveries(10, 4, 60, Utc::now())
-            .await
-            .unwrap()
-            .is_empty(),
-        "a paused delivery was due again at once"
-    );
     let claimed = rig
         .store
-        .claim_webhook_deliveries(10, 4, 60, Utc::now() + chrono::Duration::seconds(6))
+        .claim_webhook_deliveries(10, 4, 60, Utc::now())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -873,13 +890,14 @@ async fn a_lone_tenant_with_a_fast_receiver_earns_more_than_its_guaranteed_share
         rig.publish(&a, n).await;
     }
     let config = DeliveryConfig {
-        per_tenant: 2,
+        per_tenant: 4,
         batch: 16,
         concurrency: 16,
         ..DeliveryConfig::default()
     };
     let d = rig.dispatcher(config, Duration::from_secs(5));
-    // The guaranteed share first, then one more slot per fast success.
+    // The endpoint's share of the guarantee (half of 4) first, then one more slot per fast
+    // success.
     assert_eq!(d.run_once().await.unwrap().len(), 2);
     assert_eq!(d.run_once().await.unwrap().len(), 4);
     assert_eq!(d.run_once().await.unwrap().len(), 8);
@@ -912,4 +930,209 @@ async fn the_dispatcher_wakes_on_publish_without_waiting_for_its_poll() {
     );
     let _ = stop.send(true);
     run.abort();
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_slow_its_tenants_other_endpoint() {
+    // Review finding on issue 25: the earned window was per tenant, so the fast endpoint's
+    // successes widened the window its hanging sibling kept filling, until the hanging one held
+    // every slot of the process and the fast one waited for those attempts to time out.
+    let rig = Rig::new(Clock::system()).await;
+    let hanging = rig.receiver("hang.example", LOOPBACK).await;
+    hanging.set_default(Reply::Hang);
+    let fast = rig.receiver("fast.example", LOOPBACK).await;
+    fast.set_keep_alive(true);
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("hang.example", &hanging)).await;
+    rig.endpoint(&a, &url("fast.example", &fast)).await;
+    // Every message goes to both endpoints.
+    for n in 0..60 {
+        rig.publish(&a, n).await;
+    }
+    let config = DeliveryConfig {
+        concurrency: 8,
+        batch: 8,
+        idle_poll: Duration::from_millis(50),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher(config, Duration::from_secs(30)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    let all = fast.wait_for(60, Duration::from_secs(10)).await;
+    let held = hanging.requests().len();
+    let _ = stop.send(true);
+    run.abort();
+    assert!(
+        all,
+        "the fast endpoint got {} of 60 while its sibling hung",
+        fast.requests().len()
+    );
+    // The hanging endpoint never held more than half of its tenant's guaranteed 4.
+    assert!(held <= 2, "the hanging endpoint held {held} slots");
+}
+
+#[tokio::test]
+async fn reactivating_a_tenant_delivers_its_waiting_messages_at_once() {
+    // Issue 25: a reactivated tenant's deliveries waited for the fallback poll (those due while
+    // it was suspended) or the pause backoff (those paused at the send).
+    use bulkhead_store::registry::TenantStatus;
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    let owner = rig.db.owner_store().await;
+    let config = DeliveryConfig {
+        // Only a wake-up can deliver within the test.
+        idle_poll: Duration::from_secs(600),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher(config, Duration::from_secs(5)));
+    // One delivery paused at the send (claimed, then the tenant was suspended) ...
+    rig.publish(&a, 1).await;
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 60, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    owner
+        .set_tenant_status(a.tenant_id(), TenantStatus::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(d.deliver(claimed[0]).await, Delivered::Deferred);
+    // ... and one published while suspended.
+    rig.publish(&a, 2).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a suspended tenant's message went out"
+    );
+    let started = std::time::Instant::now();
+    owner
+        .set_tenant_status(a.tenant_id(), TenantStatus::Active)
+        .await
+        .unwrap();
+    // Well within the pause backoff (5 s) and the poll (600 s).
+    let both = receiver.wait_for(2, Duration::from_secs(3)).await;
+    let _ = stop.send(true);
+    run.abort();
+    assert!(
+        both,
+        "{} of 2 delivered {:?} after reactivation",
+        receiver.requests().len(),
+        started.elapsed()
+    );
+}
+
+/// Publishes once the dispatcher sleeps on a 600 s poll, and expects the delivery within 10 s:
+/// only the NOTIFY wake-up can do that.
+async fn assert_publish_wakes(rig: &Rig, a: &TenantContext) {
+    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    rig.endpoint(a, &url("receiver.example", &receiver)).await;
+    let config = DeliveryConfig {
+        idle_poll: Duration::from_secs(600),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher(config, Duration::from_secs(5)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.publish(a, 1).await;
+    let woke = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let _ = stop.send(true);
+    run.abort();
+    assert!(woke, "the publish did not wake the dispatcher");
+}
+
+#[tokio::test]
+async fn a_publish_wakes_the_dispatcher_for_a_dedicated_database_tenant() {
+    // Issue 25: the due trigger notified the tenant's own database, where no worker listens.
+    let rig = Rig::new(Clock::system()).await;
+    let t = create_tenant_in(&rig.db, "dedicated-co", TestTier::Dedicated).await;
+    assert_publish_wakes(&rig, &ctx(t.id)).await;
+}
+
+#[tokio::test]
+async fn a_publish_wakes_the_dispatcher_for_a_tenant_of_another_region() {
+    let mut rig = Rig::new(Clock::system()).await;
+    let eu = TestDb::new().await;
+    let eu_pool = eu.app_pool(5).await;
+    let eu_owner_pool = eu.owner_pool().await;
+    rig.store = rig.store.reconfigured(move |t| {
+        t.regions = vec![("eu".into(), eu_pool)];
+    });
+    let owner = rig.db.owner_store().await.reconfigured(move |t| {
+        t.regions = vec![("eu".into(), eu_owner_pool)];
+    });
+    let t = create_tenant_in_region(&owner, "eu-co", "eu").await;
+    assert_eq!(
+        rig.store.location_of(t.id).await.unwrap().region,
+        "eu",
+        "the tenant is not in the EU database"
+    );
+    assert_publish_wakes(&rig, &ctx(t.id)).await;
+}
+
+#[tokio::test]
+async fn deliveries_speak_http2_when_offered_on_one_connection_per_host_and_address() {
+    // Issue 25: HTTP/2 where the receiver offers it (ALPN), with the guard's pinning intact.
+    let rig = Rig::new(Clock::system()).await;
+    let names = ["h2.example", "alias.example", "rebind.example"];
+    let receiver = Receiver::start(LOOPBACK, 0, Some(rig.ca.server_config_h2(&names))).await;
+    let port = receiver.addr.port();
+    // The same port on a denied address: must never be reached, even with an HTTP/2 connection
+    // to a name of the same certificate open.
+    let canary = Receiver::start(CANARY_IP, port, Some(rig.ca.server_config_h2(&names))).await;
+    rig.resolver.insert("h2.example", vec![LOOPBACK]);
+    rig.resolver.insert("alias.example", vec![LOOPBACK]);
+    rig.resolver.insert("rebind.example", vec![CANARY_IP]);
+    let a = rig.tenant("alpha").await;
+    let (_, secret) = rig
+        .endpoint(&a, &format!("https://h2.example:{port}/hook"))
+        .await;
+    let d = rig.dispatcher(DeliveryConfig::default(), Duration::from_secs(5));
+    rig.publish(&a, 0).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    for n in 1..6 {
+        rig.publish(&a, n).await;
+    }
+    for _ in 0..10 {
+        if receiver.requests().len() >= 6 {
+            break;
+        }
+        d.run_once().await.unwrap();
+    }
+    let got = receiver.requests();
+    assert_eq!(got.len(), 6);
+    assert!(
+        got.iter().all(|r| r.version == http::Version::HTTP_2),
+        "not all over HTTP/2: {:?}",
+        got.iter().map(|r| r.version).collect::<Vec<_>>()
+    );
+    let last = got.last().unwrap();
+    verify(&secret, &last.headers, &last.body, Utc::now()).unwrap();
+    // Every attempt to that host shared the one connection the guard judged.
+    assert_eq!(receiver.connections(), 1);
+    assert_eq!(rig.resolver.lookups("h2.example"), 1);
+    // Another host name of the same certificate and address gets its own connection, after its
+    // own lookup and verdict (no HTTP/2 connection coalescing across names) ...
+    let b = rig.tenant("bravo").await;
+    rig.endpoint(&b, &format!("https://alias.example:{port}/hook"))
+        .await;
+    rig.publish(&b, 0).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
+    assert_eq!(receiver.connections(), 2);
+    assert_eq!(rig.resolver.lookups("alias.example"), 1);
+    // ... so a name of that certificate resolving to a denied address is refused, not sent
+    // down the open connection.
+    let c = rig.tenant("charlie").await;
+    rig.endpoint(&c, &format!("https://rebind.example:{port}/hook"))
+        .await;
+    rig.publish(&c, 0).await;
+    assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Blocked]);
+    assert_eq!(receiver.requests().len(), 7);
+    assert_eq!(canary.connections(), 0, "the canary was reached");
 }
