@@ -33,6 +33,10 @@ pub enum Actor {
         resource_prefix: Option<Namespace>,
         /// The delegation chain, outermost actor first (empty when not delegated).
         delegation: Vec<String>,
+        /// The other API keys the token derives from by delegation (its `derived_keys`
+        /// claim): standing grants made with the token (an audit subscription) must name them
+        /// too, so that revoking any of them ends the grant.
+        derived_keys: Vec<ApiKeyId>,
     },
     /// Bulkhead itself: the job worker or an operator command.
     System {

@@ -430,6 +430,7 @@ mod tests {
             scopes: ScopeSet::all(),
             resource_prefix: prefix.map(|p| Namespace::parse(p).unwrap()),
             delegation,
+            derived_keys: Vec::new(),
         };
         let plain = token(None, vec![]);
         let delegated = token(None, vec!["helper".into()]);

@@ -430,6 +430,7 @@ pub(crate) async fn authorize_access_token(
                 .as_ref()
                 .map(|act| act.actors())
                 .unwrap_or_default(),
+            derived_keys: token.derived_keys.clone(),
         },
         request_id,
     );

@@ -261,12 +261,22 @@ fn audit_grantors(actor: &Actor) -> Vec<String> {
     match actor {
         Actor::ApiKey { key_id, .. } => vec![key_id.to_string()],
         Actor::Token {
-            subject, client_id, ..
+            subject,
+            client_id,
+            derived_keys,
+            ..
         } => {
             let mut out = vec![subject.clone()];
             if ApiKeyId::parse(client_id).is_ok() {
                 out.push(client_id.clone());
             }
+            // A token exchanged from another key's token derives its authority from that key
+            // too: revoking it (or its principal losing audit:read) must stop the stream.
+            // Unreachable today (endpoint routes refuse delegated credentials, see the route
+            // table), kept so that a future rule admitting them cannot forget the chain.
+            out.extend(derived_keys.iter().map(ToString::to_string));
+            out.sort();
+            out.dedup();
             out
         }
         other => vec![other.audit_id()],
