@@ -11,7 +11,8 @@
 //! on the shipped per-address budget; it prints B's refusals (must be 0) and B's p99 against
 //! alone.
 //!
-//! `cargo bench -p bulkhead-server --bench http_load` (env: BENCH_SECONDS per round, default 5;
+//! `cargo bench -p bulkhead-server --bench http_load` (env BENCH_ONLY=fairness: only the fairness
+//! sections;: BENCH_SECONDS per round, default 5;
 //! BENCH_ROUNDS, default 3; BENCH_CONCURRENCY, default 32). Traffic goes to 127.0.0.1 only, and
 //! every loop is bounded in time.
 
@@ -180,6 +181,9 @@ fn main() {
         let base_url = format!("http://127.0.0.1:{port}/bench/baseline/{}/sessions/{id}", tenant.id);
         let noauth_url = format!("http://127.0.0.1:{port}/bench/noauth/{}/sessions/{id}", tenant.id);
 
+        // BENCH_ONLY=fairness skips the throughput comparisons (their 32-connection closed loop of one
+        // tenant can outwait the per-tenant database cap on a busy machine and get 503).
+        if std::env::var("BENCH_ONLY").as_deref() != Ok("fairness") {
         // Warm both paths (connections, caches, prepared statements).
         run_round(full_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
         run_round(base_url.clone(), None, 1, concurrency).await;
@@ -225,6 +229,7 @@ fn main() {
         let off_rps = summarize("limits off", &off);
         let on_rps = summarize("limits on", &on);
         println!("limits on / off throughput ratio: {:.2}", on_rps / off_rps);
+        }
 
         // Fairness: tenant B at a steady, normal load, alone and while tenant A floods far past
         // its budget, on the default limits.
