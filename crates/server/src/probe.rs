@@ -114,10 +114,13 @@ pub enum Attack {
     ForgedEvents,
     /// An absolute-form target naming one tenant with a `Host` naming another.
     HostMismatch,
+    /// B holds half-sent connections, then forces password hashing, while A's requests must
+    /// still be answered correctly within a bound.
+    SlowNeighbour,
 }
 
 impl Attack {
-    const ALL: [Attack; 21] = [
+    const ALL: [Attack; 22] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -139,6 +142,7 @@ impl Attack {
         Attack::AuditStream,
         Attack::ForgedEvents,
         Attack::HostMismatch,
+        Attack::SlowNeighbour,
     ];
 
     fn short(self) -> &'static str {
@@ -164,6 +168,7 @@ impl Attack {
             Attack::AuditStream => "audstrm",
             Attack::ForgedEvents => "forge",
             Attack::HostMismatch => "host",
+            Attack::SlowNeighbour => "slownb",
         }
     }
 }
@@ -432,6 +437,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
     probe.audit_stream_scope(&attacker).await?;
     probe.forged_platform_events().await?;
     probe.host_mismatch(&victim).await?;
+    probe.slow_neighbour(&victim).await?;
     probe.check_unchanged(&victim).await?;
     probe.clean_up(&mut victim, &attacker).await;
     Ok(Report {
@@ -1677,6 +1683,191 @@ impl Probe {
         Ok(())
     }
 
+    /// Issue 28: B is a slow neighbour. First a slow-loris burst ([`SLOW_LORIS_CONNECTIONS`]
+    /// connections to the base URL's address that send half a request head and stop), then a
+    /// hashing burst (B creates users with fresh emails from [`HASHING_TASKS`] tasks at once,
+    /// each costing an argon2id hash), each for [`SLOW_NEIGHBOUR_SECONDS`]. Meanwhile A lists
+    /// its sessions every 50 ms: every answer must be a 200 naming A's session, within
+    /// [`SLOW_NEIGHBOUR_BOUND`]. B's own answers may be refusals (429, 503 with `Retry-After`)
+    /// but never another 5xx. The users B made are disabled after.
+    async fn slow_neighbour(&mut self, victim: &Victim) -> anyhow::Result<()> {
+        let addr = self
+            .config
+            .base_url
+            .socket_addrs(|| {
+                Some(if self.config.base_url.scheme() == "https" {
+                    443
+                } else {
+                    80
+                })
+            })?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("base URL has no address"))?;
+        let session = victim.ids.get("sessions").cloned().unwrap_or_default();
+        let b_host = format!("{}.{}", self.config.tenant_b.slug, self.config.base_domain);
+
+        // Slow-loris burst: the connections are held until the burst ends (dropped then).
+        let loris = async {
+            let mut held = Vec::new();
+            let head = format!("GET /v1/sessions HTTP/1.1\r\nHost: {b_host}\r\n");
+            for _ in 0..SLOW_LORIS_CONNECTIONS {
+                let connect = tokio::net::TcpStream::connect(addr);
+                if let Ok(Ok(mut stream)) =
+                    tokio::time::timeout(Duration::from_secs(2), connect).await
+                {
+                    use tokio::io::AsyncWriteExt;
+                    if self.config.base_url.scheme() == "http" {
+                        let _ = stream.write_all(head.as_bytes()).await;
+                    }
+                    held.push(stream);
+                }
+            }
+            let opened = held.len();
+            tokio::time::sleep(SLOW_NEIGHBOUR_SECONDS).await;
+            drop(held);
+            format!("{opened} of {SLOW_LORIS_CONNECTIONS} half-sent connections held")
+        };
+        let (checked, held) = tokio::join!(self.victim_checks(&session), loris);
+        self.record_neighbour(
+            &format!("slow neighbour: slow-loris burst ({SLOW_LORIS_CONNECTIONS} connections)"),
+            checked?,
+            held,
+            true,
+        );
+
+        // Hashing burst: B creates users with fresh emails, each a full argon2id hash.
+        let marker = random_marker();
+        let tag = &marker[marker.len() - 8..];
+        let b_key = self.config.tenant_b.admin_key.clone();
+        let password = format!("probe password {marker}");
+        let this = &*self;
+        let hashing = async {
+            let deadline = tokio::time::Instant::now() + SLOW_NEIGHBOUR_SECONDS;
+            let tasks = (0..HASHING_TASKS).map(|t| {
+                let (b_key, password) = (b_key.clone(), password.clone());
+                async move {
+                    let mut seen = Vec::new();
+                    let mut n = 0;
+                    while tokio::time::Instant::now() < deadline {
+                        let body = json!({
+                            "email": format!("probe-hash-{tag}-{t}-{n}@probe.invalid"),
+                            "password": password,
+                        });
+                        n += 1;
+                        match this
+                            .send(
+                                Host::B,
+                                Some(&b_key),
+                                Method::POST,
+                                "/v1/users",
+                                Some(&body),
+                            )
+                            .await
+                        {
+                            Ok((status, text)) => {
+                                let id = serde_json::from_str::<Value>(&text)
+                                    .ok()
+                                    .and_then(|v| v["id"].as_str().map(str::to_owned));
+                                seen.push((status, id));
+                                if status == StatusCode::SERVICE_UNAVAILABLE
+                                    || status == StatusCode::TOO_MANY_REQUESTS
+                                {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                            }
+                            Err(_) => seen.push((StatusCode::BAD_GATEWAY, None)),
+                        }
+                    }
+                    seen
+                }
+            });
+            futures::future::join_all(tasks).await.concat()
+        };
+        let (checked, seen) = tokio::join!(this.victim_checks(&session), hashing);
+        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+        for (status, _) in &seen {
+            *statuses.entry(status.as_u16()).or_default() += 1;
+        }
+        let b_ok = seen.iter().all(|(status, _)| {
+            !status.is_server_error() || *status == StatusCode::SERVICE_UNAVAILABLE
+        });
+        self.record_neighbour(
+            &format!("slow neighbour: hashing burst (B creates users, {HASHING_TASKS} at once)"),
+            checked?,
+            format!("B's answers {statuses:?}"),
+            b_ok,
+        );
+        for id in seen.iter().filter_map(|(_, id)| id.as_deref()) {
+            let _ = self
+                .send(
+                    Host::B,
+                    Some(&b_key),
+                    Method::PATCH,
+                    &format!("/v1/users/{id}"),
+                    Some(&json!({ "status": "disabled" })),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// A lists its sessions every 50 ms for [`SLOW_NEIGHBOUR_SECONDS`]: how many answers, how many
+    /// were a 200 naming `session` within the bound, and the slowest.
+    async fn victim_checks(&self, session: &str) -> anyhow::Result<NeighbourChecks> {
+        let a_key = self.config.tenant_a.admin_key.clone();
+        let deadline = tokio::time::Instant::now() + SLOW_NEIGHBOUR_SECONDS;
+        let mut out = NeighbourChecks::default();
+        while tokio::time::Instant::now() < deadline {
+            let started = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(
+                SLOW_NEIGHBOUR_BOUND,
+                self.send(Host::A, Some(&a_key), Method::GET, "/v1/sessions", None),
+            )
+            .await;
+            let took = started.elapsed();
+            out.answers += 1;
+            out.slowest = out.slowest.max(took);
+            match answer {
+                Ok(Ok((StatusCode::OK, text))) if text.contains(session) => out.good += 1,
+                Ok(Ok((status, _))) => out.wrong.push(status.to_string()),
+                Ok(Err(e)) => out.wrong.push(format!("error: {e}")),
+                Err(_) => out
+                    .wrong
+                    .push(format!("no answer within {SLOW_NEIGHBOUR_BOUND:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(out)
+    }
+
+    fn record_neighbour(
+        &mut self,
+        op: &str,
+        checks: NeighbourChecks,
+        attacker: String,
+        b_ok: bool,
+    ) {
+        let passed = checks.answers > 0 && checks.good == checks.answers && b_ok;
+        let detail = format!(
+            "A: {} of {} answers a correct 200 within {SLOW_NEIGHBOUR_BOUND:?} (slowest {} ms){}; {attacker}",
+            checks.good,
+            checks.answers,
+            checks.slowest.as_millis(),
+            if checks.wrong.is_empty() {
+                String::new()
+            } else {
+                format!(", others: {:?}", &checks.wrong[..checks.wrong.len().min(5)])
+            },
+        );
+        let verdict = if passed {
+            Verdict::Refused
+        } else {
+            Verdict::Unexpected
+        };
+        self.record(op, Attack::SlowNeighbour, verdict, detail);
+    }
+
     /// A's resources must be exactly as they were.
     /// Issues 26 and 27: B registers each hostile case of the schema corpus (cycles, fan-out,
     /// deep nesting, huge enums, slow patterns with ~900 KB inputs, remote refs) and, where
@@ -1851,6 +2042,26 @@ impl Probe {
                 .await;
         }
     }
+}
+
+/// Half-sent connections of the slow-loris burst: well below the server's default cap per
+/// address (256), so that the probe's own requests from the same address still connect.
+const SLOW_LORIS_CONNECTIONS: usize = 200;
+/// Tasks of the hashing burst.
+const HASHING_TASKS: usize = 8;
+/// Length of each slow-neighbour burst.
+const SLOW_NEIGHBOUR_SECONDS: Duration = Duration::from_secs(3);
+/// Each of A's answers during a burst must arrive within this (generous: CI runs a debug build
+/// on shared runners; an unprotected server takes the 10 s header timeout or never answers).
+const SLOW_NEIGHBOUR_BOUND: Duration = Duration::from_secs(2);
+
+/// What A saw during one slow-neighbour burst.
+#[derive(Debug, Default)]
+struct NeighbourChecks {
+    answers: usize,
+    good: usize,
+    slowest: Duration,
+    wrong: Vec<String>,
 }
 
 /// One HTTP/1.1 exchange on a fresh connection to `addr` (the base URL's own address): the

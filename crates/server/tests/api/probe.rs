@@ -55,6 +55,7 @@ async fn the_probe_finds_nothing_on_the_real_server() {
         Attack::ExpiredKey,
         Attack::AfterGraceKey,
         Attack::HostileSchema,
+        Attack::SlowNeighbour,
     ] {
         assert!(
             report.findings.iter().any(|f| f.attack == attack),
