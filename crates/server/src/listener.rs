@@ -19,19 +19,25 @@
 //!   from one client address (IPv6 counted per /64; trusted proxies count only toward the
 //!   total). A connection over a cap is closed as soon as it is accepted, so the descriptors
 //!   held never exceed the cap and the accept queue keeps moving.
+//! - **Eviction at the total cap**: when every place is taken, the oldest connection that has
+//!   not yet delivered its first request head is closed to make room for the new one. Many
+//!   addresses (or many IPv6 /64s) holding half-sent requests could otherwise fill the total
+//!   cap and lock every new client out until the header timeout; a real client sends its head
+//!   within milliseconds of connecting, so the oldest such connection is almost always the
+//!   flood's.
 //!
 //! The operator's metrics listener (`--metrics-listen`) runs the same loop with the same
 //! timeouts and caps of its own ([`ConnectionSettings::for_metrics`]: at most
 //! [`METRICS_MAX_CONNECTIONS`], kept out of the descriptors the API listener may use), so a
 //! slow-loris against the metrics port is cut off too and cannot take the process's descriptors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,7 +49,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -215,6 +221,15 @@ impl Caps {
             .clone()
             .try_acquire_owned()
             .map_err(|_| "total")?;
+        self.admit_holding(total, peer)
+    }
+
+    /// [`Caps::admit`] once a place in the total is held.
+    fn admit_holding(
+        &self,
+        total: OwnedSemaphorePermit,
+        peer: IpAddr,
+    ) -> Result<Slot, &'static str> {
         let address = if self.trusted_proxies.iter().any(|net| net.contains(&peer)) {
             // Every client of a reverse proxy arrives from its address: only the total applies.
             None
@@ -237,6 +252,50 @@ impl Caps {
             _total: total,
             address,
         })
+    }
+}
+
+/// A connection that has not yet delivered its first request head: the one evicted when the
+/// total cap is full.
+#[derive(Default)]
+struct Unproven {
+    /// Set when the first request head has arrived (the connection is no longer evictable).
+    first_request: AtomicBool,
+    /// Told to close.
+    evict: Notify,
+}
+
+/// Connections not yet proven by a first request, oldest first (weak: an ended connection's
+/// entry is skipped and pruned).
+#[derive(Default)]
+struct Evictable {
+    queue: Mutex<VecDeque<Weak<Unproven>>>,
+}
+
+impl Evictable {
+    fn push(&self, connection: &Arc<Unproven>, bound: usize) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= bound.saturating_mul(2) {
+            queue.retain(|weak| {
+                weak.upgrade()
+                    .is_some_and(|c| !c.first_request.load(Ordering::Relaxed))
+            });
+        }
+        queue.push_back(Arc::downgrade(connection));
+    }
+
+    /// Tells the oldest unproven connection to close; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(weak) = queue.pop_front() {
+            if let Some(connection) = weak.upgrade() {
+                if !connection.first_request.load(Ordering::Relaxed) {
+                    connection.evict.notify_one();
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -354,6 +413,7 @@ pub async fn serve(
         trusted_proxies,
     };
     let builder = Arc::new(builder(&settings));
+    let evictable = Evictable::default();
     // Dropped to tell connections to finish; every connection task holds a receiver, so
     // `closed()` on `done` completes when the last one has ended.
     let (stop, stopping) = watch::channel(());
@@ -373,7 +433,21 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let slot = match caps.admit(peer.ip()) {
+        let mut admitted = caps.admit(peer.ip());
+        if matches!(admitted, Err("total")) && evictable.evict_oldest() {
+            // The evicted connection's task drops its place as soon as it runs; wait for that
+            // place (bounded, so a stuck task cannot stall the accept loop for long).
+            metrics::counter!("bulkhead_http_connections_evicted_total").increment(1);
+            let freed = tokio::time::timeout(
+                Duration::from_millis(50),
+                caps.total.clone().acquire_owned(),
+            )
+            .await;
+            if let Ok(Ok(total)) = freed {
+                admitted = caps.admit_holding(total, peer.ip());
+            }
+        }
+        let slot = match admitted {
             Ok(slot) => slot,
             Err(cap) => {
                 metrics::counter!("bulkhead_http_connections_refused_total", "cap" => cap)
@@ -383,10 +457,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let unproven = Arc::new(Unproven::default());
+        evictable.push(&unproven, settings.max_connections);
         tokio::spawn(serve_connection(
             stream,
             peer,
             slot,
+            unproven,
             router.clone(),
             builder.clone(),
             settings.clone(),
@@ -405,6 +482,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Slot,
+    unproven: Arc<Unproven>,
     router: Router,
     builder: Arc<http1::Builder>,
     settings: ConnectionSettings,
@@ -418,10 +496,9 @@ async fn serve_connection(
         last_activity: last_activity.clone(),
     };
     let started = io.started;
-    let first_request = Arc::new(AtomicBool::new(false));
-    let seen = first_request.clone();
+    let seen = unproven.clone();
     let service = tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        seen.first_request.store(true, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         async move {
@@ -454,8 +531,14 @@ async fn serve_connection(
             }
             () = &mut first_deadline, if !first_checked => {
                 first_checked = true;
-                if !first_request.load(Ordering::Relaxed) {
+                if !unproven.first_request.load(Ordering::Relaxed) {
                     metrics::counter!("bulkhead_http_connections_timed_out_total", "timeout" => "header").increment(1);
+                    break;
+                }
+            }
+            () = unproven.evict.notified(), if !first_checked => {
+                if !unproven.first_request.load(Ordering::Relaxed) {
+                    tracing::debug!(client_ip = %peer.ip(), "unproven connection evicted at the total cap");
                     break;
                 }
             }

@@ -106,6 +106,55 @@ async fn a_slowloris_flood_leaves_another_tenant_served() {
     }
 }
 
+/// Review finding (noisy-neighbour bench, issue 28.1): half-sent requests from many addresses,
+/// each under the per-address cap, filled the total cap, and every new client's connection was
+/// closed at accept until the header timeout. At the total cap the oldest connection that has
+/// not sent a request head is now evicted for the newcomer.
+#[tokio::test]
+async fn a_slowloris_from_many_addresses_at_the_total_cap_leaves_new_clients_served() {
+    let app = spawn_app_with(AppOptions {
+        configure: Some(small_caps),
+        ..Default::default()
+    })
+    .await;
+    let bravo = app.create_tenant("bravo").await;
+    // 100 from 127.0.0.2 and 50 from 127.0.0.3: the total cap (150) is full.
+    let mut flood = Vec::new();
+    for source in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        let count = if source[3] == 2 { 100 } else { 50 };
+        for _ in 0..count {
+            flood.push(partial_connection(source, app.addr).await);
+        }
+    }
+    // Each request of the victim opens a fresh connection (a client new to the server), kept
+    // open (kept alive in its client) so that each needs a place of its own.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let client = bulkhead_test_support::loopback_client();
+        clients.push(client.clone());
+        let response = client
+            .get(app.tenant_url(&bravo.slug, "/v1/sessions"))
+            .bearer_auth(&bravo.key)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("a new client was locked out while the total cap was full");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // The places came from the oldest half-sent connections.
+    let mut closed = Vec::new();
+    for (i, stream) in flood.iter_mut().enumerate().take(20) {
+        if closed_within(stream, Duration::from_millis(100)).await {
+            closed.push(i);
+        }
+    }
+    assert_eq!(
+        closed,
+        vec![0, 1, 2, 3, 4],
+        "the oldest unproven connections were evicted"
+    );
+}
+
 #[tokio::test]
 async fn a_slow_body_is_cut_off_by_the_request_timeout() {
     fn short_request_timeout(config: &mut AppConfig) {
