@@ -273,6 +273,59 @@ CREATE TRIGGER quota_track AFTER INSERT OR DELETE ON bulkhead.screening_decision
     FOR EACH ROW EXECUTE FUNCTION bulkhead.quota_track('screening_decisions');
 
 ------------------------------------------------------------------------------------------------
+-- M4: the retention sweep. Deletes up to p_limit of the calling tenant's messages created before
+-- p_before whose deliveries are all finished (none pending or delivering), with their
+-- deliveries and attempts, attempts first so the quota trigger still finds each attempt's
+-- message and decrements the counter it charged. Runs as the owner (the serving role cannot
+-- delete attempts or deliveries), only in the tenant context set for the transaction, under
+-- RLS. The delivery worker calls it (server/src/worker.rs) with its retention window.
+CREATE INDEX webhook_messages_by_age ON bulkhead.webhook_messages (tenant_id, created_at);
+
+CREATE FUNCTION bulkhead.webhook_purge_finished(p_before timestamptz, p_limit integer)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tenant uuid := NULLIF(current_setting('bulkhead.tenant_id', true), '')::uuid;
+    v_ids    uuid[];
+    v_done   integer;
+BEGIN
+    IF v_tenant IS NULL OR p_limit IS NULL OR p_limit < 1 OR p_limit > 10000
+       OR p_before IS NULL THEN
+        RAISE EXCEPTION 'webhook_purge_finished: a tenant context, a time and a limit 1..10000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(x.id) INTO v_ids FROM (
+        SELECT m.id
+        FROM bulkhead.webhook_messages m
+        WHERE m.tenant_id = v_tenant
+          AND m.created_at < p_before
+          AND NOT EXISTS (
+              SELECT 1 FROM bulkhead.webhook_deliveries d
+              WHERE d.tenant_id = m.tenant_id AND d.message_id = m.id
+                AND d.status IN ('pending', 'delivering'))
+        ORDER BY m.created_at
+        LIMIT p_limit
+        FOR UPDATE OF m SKIP LOCKED
+    ) x;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM bulkhead.webhook_attempts a
+    WHERE a.tenant_id = v_tenant AND a.message_id = ANY (v_ids);
+    DELETE FROM bulkhead.webhook_deliveries d
+    WHERE d.tenant_id = v_tenant AND d.message_id = ANY (v_ids);
+    DELETE FROM bulkhead.webhook_messages m
+    WHERE m.tenant_id = v_tenant AND m.id = ANY (v_ids);
+    GET DIAGNOSTICS v_done = ROW_COUNT;
+    RETURN v_done;
+END
+$$;
+REVOKE ALL ON FUNCTION bulkhead.webhook_purge_finished(timestamptz, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bulkhead.webhook_purge_finished(timestamptz, integer) TO bulkhead_app;
+
+------------------------------------------------------------------------------------------------
 -- The counters whose meaning changed, recounted from the rows, one tenant context at a time.
 DO $$
 DECLARE

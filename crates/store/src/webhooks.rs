@@ -870,6 +870,22 @@ pub async fn recover(
     Ok(done.rows_affected())
 }
 
+/// The retention sweep (migration 0023): deletes up to `limit` of the tenant's messages created
+/// before `before` whose deliveries are all finished, with their deliveries and attempts; the
+/// quota triggers decrement the counters they charged. Returns how many messages went.
+pub async fn purge_finished(
+    tx: &mut TenantTx,
+    before: DateTime<Utc>,
+    limit: i32,
+) -> Result<u64, StoreError> {
+    let done: i32 = sqlx::query_scalar("SELECT bulkhead.webhook_purge_finished($1, $2)")
+        .bind(before)
+        .bind(limit)
+        .fetch_one(tx.conn())
+        .await?;
+    Ok(u64::try_from(done).unwrap_or(0))
+}
+
 /// Resend and recover make delivery attempts, which are counted in `stored_bytes` but never
 /// refused (the worker never fails a delivery for quota; migration 0023): the tenant action is
 /// refused instead while its stored bytes or messages are at their limit.

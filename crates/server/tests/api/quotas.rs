@@ -881,3 +881,84 @@ async fn a_prefix_confined_credential_is_not_told_the_tenant_wide_usage() {
     // Still audited, with the usage.
     assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 2);
 }
+
+/// Marks every delivery of the tenant finished, as the worker does after an answer.
+async fn finish_deliveries(app: &TestApp, tenant: TenantId) {
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        tenant,
+        Actor::System {
+            component: "webhook-worker",
+        },
+        RequestId::new(),
+    );
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    sqlx::query("UPDATE webhook_deliveries SET status = 'succeeded'")
+        .execute(tx.conn())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    served.close().await;
+}
+
+#[tokio::test]
+async fn the_retention_sweep_deletes_finished_messages_and_frees_their_room() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    let publish = || async {
+        let published = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), StatusCode::ACCEPTED);
+        let body: Value = published.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    };
+    let old = publish().await;
+    // A platform message too (the endpoint takes every event type).
+    create_session(&app, &acme, "one").await;
+    let (stored, _) = quota(&app, &acme, "stored_bytes").await;
+    record_attempts(&app, acme.id, "tenant").await;
+    record_attempts(&app, acme.id, "platform").await;
+    finish_deliveries(&app, acme.id).await;
+    // One more, still pending: kept whatever its age.
+    let pending = publish().await;
+    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 2);
+    assert_eq!(quota(&app, &acme, "platform_messages").await.0, 1);
+    assert_eq!(quota(&app, &acme, "webhook_attempts").await.0, 2);
+    // The tenant's attempt is in its bytes, the platform's in the platform's.
+    assert!(quota(&app, &acme, "stored_bytes").await.0 > stored + 4000);
+    assert!(quota(&app, &acme, "platform_bytes").await.0 > 4000);
+
+    let worker = bulkhead_server::worker::Worker::new(app.db.app_store().await);
+    // Within the retention window: nothing goes.
+    let now = chrono::Utc::now();
+    assert_eq!(worker.sweep_webhook_retention(now).await.unwrap(), 0);
+    let later = now + chrono::Duration::days(bulkhead_server::worker::WEBHOOK_RETENTION_DAYS + 1);
+    assert_eq!(worker.sweep_webhook_retention(later).await.unwrap(), 2);
+    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 1);
+    assert_eq!(quota(&app, &acme, "platform_messages").await.0, 0);
+    assert_eq!(quota(&app, &acme, "platform_bytes").await.0, 0);
+    assert_eq!(quota(&app, &acme, "webhook_attempts").await.0, 0);
+    // Left: the endpoint, the session and the pending message's payload (as many bytes as the
+    // old one's).
+    assert_eq!(quota(&app, &acme, "stored_bytes").await.0, stored);
+    let fetch = |id: String| {
+        as_tenant(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/webhooks/messages/{id}"),
+        )
+        .send()
+    };
+    assert_eq!(fetch(old).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(fetch(pending).await.unwrap().status(), StatusCode::OK);
+}
