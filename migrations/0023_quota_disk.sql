@@ -82,6 +82,33 @@ END
 $$;
 -- Still executable by every role (the triggers run as the writer): the depth check is the guard.
 
+-- Takes the tenant's `stored_bytes` counter row lock (creating the row if need be) without
+-- changing it. Every write to a table whose rows weigh bytes takes it first, whatever counters
+-- it then charges (its kind, `platform_bytes`, `webhook_attempts`, ...) and in whatever order its
+-- rows come (a batch of attempts mixes the tenant's and the platform's): one row every such
+-- writer of the tenant queues on first, so two of them never hold one counter each while
+-- waiting for the other's.
+CREATE FUNCTION bulkhead.quota_lock_bytes(p_tenant uuid) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_trigger_depth() < 1 THEN
+        RAISE EXCEPTION 'quota_lock_bytes runs only inside the quota triggers'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM 1 FROM bulkhead.tenant_quotas q
+    WHERE q.tenant_id = p_tenant AND q.kind = 'stored_bytes' FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO bulkhead.tenant_quotas (tenant_id, kind, used)
+        VALUES (p_tenant, 'stored_bytes', 0)
+        ON CONFLICT (tenant_id, kind) DO NOTHING;
+        PERFORM 1 FROM bulkhead.tenant_quotas q
+        WHERE q.tenant_id = p_tenant AND q.kind = 'stored_bytes' FOR UPDATE;
+    END IF;
+END
+$$;
+
 -- The check of a tenant action that makes rows counted but never refused (attempts): refuses
 -- with BQ001, as a write would, when the tenant's counter of p_kind plus p_requested passes its
 -- limit. A read (the serving role's own tenant, under RLS), not a reservation.
@@ -256,7 +283,14 @@ BEGIN
             v_rows := v_rows - 1;
         END IF;
     END IF;
-    -- Bytes first (see 0020): the lock order that keeps two writers of two kinds apart.
+    -- The lock order that keeps two writers of two kinds apart (see 0020): the tenant's
+    -- `stored_bytes` counter first, for every table whose rows weigh bytes, even when this row
+    -- charges `platform_bytes` or no bytes at all.
+    IF (v_rows <> 0 OR v_bytes <> 0)
+       AND TG_TABLE_NAME IN ('agent_sessions', 'tools', 'tool_versions', 'webhook_endpoints',
+                             'webhook_messages', 'webhook_attempts') THEN
+        PERFORM bulkhead.quota_lock_bytes(v_tenant);
+    END IF;
     PERFORM bulkhead.quota_charge(v_tenant, v_bytes_kind, v_bytes, v_enforce);
     PERFORM bulkhead.quota_charge(v_tenant, v_kind, v_rows, v_enforce);
     RETURN NULL;
