@@ -163,6 +163,7 @@ DECLARE
     v_old        boolean := TG_OP IN ('UPDATE', 'DELETE');
     v_source     text;
     v_event      text;
+    v_context    text := current_setting('bulkhead.tenant_id', true);
 BEGIN
     IF bulkhead.quota_bypassed() THEN
         RETURN NULL;
@@ -171,6 +172,12 @@ BEGIN
         v_tenant := NEW.tenant_id;
     ELSE
         v_tenant := OLD.tenant_id;
+    END IF;
+    -- The counters are written by the owner (quota_charge), under the counters' RLS: in the
+    -- row's tenant context. The serving role is always in it already (the row passed its RLS);
+    -- a superuser writing without a context (a seed) gets it for the charge, then its own back.
+    IF v_context IS DISTINCT FROM v_tenant::text THEN
+        PERFORM set_config('bulkhead.tenant_id', v_tenant::text, true);
     END IF;
     IF TG_TABLE_NAME = 'agent_sessions' THEN
         IF v_new THEN
@@ -293,6 +300,9 @@ BEGIN
     END IF;
     PERFORM bulkhead.quota_charge(v_tenant, v_bytes_kind, v_bytes, v_enforce);
     PERFORM bulkhead.quota_charge(v_tenant, v_kind, v_rows, v_enforce);
+    IF v_context IS DISTINCT FROM v_tenant::text THEN
+        PERFORM set_config('bulkhead.tenant_id', coalesce(v_context, ''), true);
+    END IF;
     RETURN NULL;
 END
 $$;
