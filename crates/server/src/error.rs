@@ -162,6 +162,35 @@ pub struct QuotaRefusal {
     pub requested: i64,
 }
 
+impl QuotaRefusal {
+    /// The refusal as answered to a prefix-confined credential: kind and limit, no usage. Counts
+    /// are tenant-wide, which `GET /v1/usage` denies such a credential, so neither the `usage`
+    /// member nor the detail names them (the audit event still records them).
+    pub fn confined_response(&self) -> Response {
+        let body = Problem {
+            kind: problem_type!("quota-exceeded"),
+            title: "Quota exceeded",
+            status: StatusCode::FORBIDDEN.as_u16(),
+            detail: format!(
+                "the tenant's quota of {} is {}, and this write would pass it; nothing was \
+                 stored (delete some, or ask the operator to raise the limit)",
+                self.kind, self.limit
+            )
+            .into(),
+            quota: Some(self.kind.clone()),
+            limit: Some(self.limit),
+            usage: None,
+        };
+        let mut response = (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+}
+
 /// An RFC 9457 problem details body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {

@@ -29,8 +29,10 @@ pub async fn audit_refusals(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = request.method().to_string();
-    let response = next.run(request).await;
-    if let (Some(refusal), Some(ctx)) = (response.extensions().get::<QuotaRefusal>(), ctx) {
+    let mut response = next.run(request).await;
+    if let (Some(refusal), Some(ctx)) = (response.extensions().get::<QuotaRefusal>().cloned(), ctx)
+    {
+        let refusal = &refusal;
         let route = format!("{method} {}", route.unwrap_or_default());
         tracing::warn!(
             target: "bulkhead::audit",
@@ -50,6 +52,10 @@ pub async fn audit_refusals(
                 error = %err,
                 "could not persist a quota refusal"
             );
+        }
+        // A prefix-confined credential is not told the tenant-wide usage (docs/quotas.md).
+        if ctx.actor().resource_prefix().is_some() {
+            response = refusal.confined_response();
         }
     }
     response

@@ -104,7 +104,17 @@ pub struct Worker {
     batch: i32,
     lease_seconds: i32,
     idle_poll: Duration,
+    webhook_retention: chrono::Duration,
 }
+
+/// How long a finished webhook message (with its deliveries and attempts) is kept before the
+/// retention sweep deletes it (docs/quotas.md, docs/webhooks.md).
+pub const WEBHOOK_RETENTION_DAYS: i64 = 30;
+
+/// Messages one retention transaction deletes at most; a pass runs at most
+/// [`RETENTION_BATCHES`] of them per tenant.
+const RETENTION_BATCH: i32 = 1000;
+const RETENTION_BATCHES: usize = 100;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +137,7 @@ impl Worker {
             batch: 16,
             lease_seconds: 300,
             idle_poll: Duration::from_millis(500),
+            webhook_retention: chrono::Duration::days(WEBHOOK_RETENTION_DAYS),
         }
     }
 
@@ -218,6 +229,43 @@ impl Worker {
         Ok(report)
     }
 
+    /// The retention sweep: for every active tenant this process serves, deletes the webhook
+    /// messages older than the retention window whose deliveries are all finished, with their
+    /// deliveries and attempts, in batches of their own transactions. The quota counters they
+    /// charged (`webhook_messages`, `platform_messages`, `stored_bytes`, `platform_bytes`,
+    /// `webhook_attempts`) go down with them. Returns how many messages went.
+    pub async fn sweep_webhook_retention(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let before = now - self.webhook_retention;
+        let mut purged = 0;
+        for tenant in self.store.list_tenants().await? {
+            if tenant.status != TenantStatus::Active || !self.store.serves_region(&tenant.region) {
+                continue;
+            }
+            let ctx = TenantContext::new(
+                tenant.id,
+                Actor::System {
+                    component: "webhook-retention",
+                },
+                RequestId::new(),
+            );
+            for _ in 0..RETENTION_BATCHES {
+                let mut tx = match self.store.begin(&ctx, Access::ReadWrite).await {
+                    Ok(tx) => tx,
+                    // Frozen for a move: swept on the next pass, in its new location.
+                    Err(StoreError::TenantMoving) => break,
+                    Err(err) => return Err(err),
+                };
+                let done = webhooks::purge_finished(&mut tx, before, RETENTION_BATCH).await?;
+                tx.commit().await?;
+                purged += done;
+                if done < u64::from(RETENTION_BATCH.unsigned_abs()) {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
+    }
+
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!("job worker started");
@@ -230,6 +278,13 @@ impl Worker {
                 next_sweep += self.sweep_every;
                 if let Err(err) = self.sweep_keys(self.clock.now()).await {
                     tracing::warn!(error = %err, "key sweep failed; will retry");
+                }
+                match self.sweep_webhook_retention(self.clock.now()).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, "webhook retention sweep"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "webhook retention sweep failed; will retry")
+                    }
                 }
             }
             let pause = match self.run_once().await {

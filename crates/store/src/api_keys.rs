@@ -391,19 +391,26 @@ pub async fn rotate(
             .to_lowercase(),
         });
     }
-    let new_id = insert(tx, successor).await?;
     let tenant = tx.tenant_id();
+    // The old key leaves `active` before its successor is stored: quotas count active keys
+    // only (migration 0023), so a rotation at the `api_keys` limit is net zero, not refused.
     sqlx::query(
-        "UPDATE api_keys SET status = 'rotating', successor_id = $3, rotated_at = $4, \
-         grace_until = $5 WHERE tenant_id = $1 AND id = $2",
+        "UPDATE api_keys SET status = 'rotating', rotated_at = $3, grace_until = $4 \
+         WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(old.uuid())
-    .bind(new_id.uuid())
     .bind(now)
     .bind(grace_until)
     .execute(tx.conn())
     .await?;
+    let new_id = insert(tx, successor).await?;
+    sqlx::query("UPDATE api_keys SET successor_id = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.uuid())
+        .bind(old.uuid())
+        .bind(new_id.uuid())
+        .execute(tx.conn())
+        .await?;
     notify(tx, old).await?;
     Ok((get(tx, old, now).await?, new_id))
 }

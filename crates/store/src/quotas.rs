@@ -20,9 +20,13 @@ pub const KINDS: &[&str] = &[
     "role_assignments",
     "webhook_endpoints",
     "webhook_messages",
+    "platform_messages",
+    "webhook_attempts",
     "tools",
     "tool_versions",
     "stored_bytes",
+    "platform_bytes",
+    "screening_decisions",
     "audit_events",
 ];
 
@@ -109,5 +113,19 @@ pub async fn set_override(
     .bind(limit)
     .execute(tx.conn())
     .await?;
+    Ok(())
+}
+
+/// Refuses ([`StoreError::QuotaExceeded`], as a write past the limit would be) when the
+/// transaction's tenant has no room for `requested` more of `kind`. A read of the counter, not a
+/// reservation: the triggers stay the guard of every counted write. Used before work the quota
+/// would waste (hashing a password) and before tenant actions whose rows are counted but never
+/// refused (resend and recover make delivery attempts; migration 0023).
+pub async fn require_room(tx: &mut TenantTx, kind: &str, requested: i64) -> Result<(), StoreError> {
+    sqlx::query("SELECT bulkhead.quota_require_room($1, $2)")
+        .bind(kind)
+        .bind(requested)
+        .execute(tx.conn())
+        .await?;
     Ok(())
 }

@@ -832,6 +832,7 @@ pub async fn resend(
     let tenant = tx.tenant_id();
     // The message must exist in this tenant (404 otherwise, like any other id).
     get_message(tx, message).await?;
+    require_attempt_room(tx).await?;
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $3, locked_until = NULL, updated_at = now() \
@@ -854,6 +855,7 @@ pub async fn recover(
 ) -> Result<u64, StoreError> {
     let tenant = tx.tenant_id();
     get_endpoint(tx, endpoint).await?;
+    require_attempt_room(tx).await?;
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $4, locked_until = NULL, updated_at = now() \
@@ -866,6 +868,30 @@ pub async fn recover(
     .execute(tx.conn())
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The retention sweep (migration 0023): deletes up to `limit` of the tenant's messages created
+/// before `before` whose deliveries are all finished, with their deliveries and attempts; the
+/// quota triggers decrement the counters they charged. Returns how many messages went.
+pub async fn purge_finished(
+    tx: &mut TenantTx,
+    before: DateTime<Utc>,
+    limit: i32,
+) -> Result<u64, StoreError> {
+    let done: i32 = sqlx::query_scalar("SELECT bulkhead.webhook_purge_finished($1, $2)")
+        .bind(before)
+        .bind(limit)
+        .fetch_one(tx.conn())
+        .await?;
+    Ok(u64::try_from(done).unwrap_or(0))
+}
+
+/// Resend and recover make delivery attempts, which are counted in `stored_bytes` but never
+/// refused (the worker never fails a delivery for quota; migration 0023): the tenant action is
+/// refused instead while its stored bytes or messages are at their limit.
+async fn require_attempt_room(tx: &mut TenantTx) -> Result<(), StoreError> {
+    crate::quotas::require_room(tx, "stored_bytes", 1).await?;
+    crate::quotas::require_room(tx, "webhook_messages", 1).await
 }
 
 /// A delivery handed to a worker: ids only; everything else is read in the tenant's context.

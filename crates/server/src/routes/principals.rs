@@ -284,10 +284,13 @@ async fn create_user(
     // A taken email is refused before any hashing: repeating it must cost no argon2id work.
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let taken = users::by_email(&mut tx, &email).await?.is_some();
-    tx.commit().await?;
     if taken {
+        tx.commit().await?;
         return Err(ApiError::Conflict("a user with that email exists".into()));
     }
+    // So is a full `users` quota (a read of the counter; the trigger stays the guard).
+    bulkhead_store::quotas::require_room(&mut tx, "users", 1).await?;
+    tx.commit().await?;
     let hash = state
         .hashing()
         .hash_password(

@@ -34,7 +34,7 @@ async fn form(app: &TestApp, slug: &str, pairs: &[(&str, &str)]) -> Value {
 
 /// A token of the tenant's admin key (every permission), a delegated token exchanged from it
 /// (every permission, no prefix), and a delegated token confined to `marketing`.
-async fn tokens(app: &TestApp, tenant: &TestTenant) -> (String, String, String) {
+pub(crate) async fn tokens(app: &TestApp, tenant: &TestTenant) -> (String, String, String) {
     let root = form(
         app,
         &tenant.slug,

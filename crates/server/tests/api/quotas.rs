@@ -496,14 +496,20 @@ async fn platform_messages_are_counted_and_never_refused() {
     // and counted past the limit, since refusing it would refuse the session.
     create_session(&app, &acme, "one").await;
     create_session(&app, &acme, "two").await;
-    assert_eq!(quota(&app, &acme, "webhook_messages").await, (2, Some(0)));
-    // The tenant's own messages are refused.
-    let published = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
-        .json(&json!({ "event_type": "order.paid", "payload": {} }))
-        .send()
-        .await
-        .unwrap();
-    assert_quota_problem(published, "webhook_messages", 0, 2).await;
+    // Counted apart, in `platform_messages` (and their payloads in `platform_bytes`), never in
+    // the counters that refuse the tenant's own writes: they cannot lock the tenant out.
+    assert_eq!(quota(&app, &acme, "platform_messages").await, (2, None));
+    assert!(quota(&app, &acme, "platform_bytes").await.0 > 0);
+    assert_eq!(quota(&app, &acme, "webhook_messages").await, (0, Some(0)));
+    set_limit(&app, acme.id, "webhook_messages", Some(1)).await;
+    let publish = || {
+        as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": {} }))
+            .send()
+    };
+    assert_eq!(publish().await.unwrap().status(), StatusCode::ACCEPTED);
+    // The tenant's own messages are refused at its limit.
+    assert_quota_problem(publish().await.unwrap(), "webhook_messages", 1, 1).await;
 }
 
 #[tokio::test]
@@ -547,5 +553,412 @@ async fn writers_of_two_kinds_at_once_do_not_deadlock() {
         messages.iter().all(|s| *s == StatusCode::ACCEPTED),
         "{messages:?}"
     );
-    assert_eq!(quota(app, acme, "webhook_messages").await.0, 24);
+    assert_eq!(quota(app, acme, "webhook_messages").await.0, 12);
+    assert_eq!(quota(app, acme, "platform_messages").await.0, 12);
+}
+
+/// An endpoint subscribed to everything, and one tenant message delivered to it.
+async fn endpoint_and_message(app: &TestApp, tenant: &TestTenant) -> (String, String) {
+    let endpoint = as_tenant(app, tenant, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    let endpoint: Value = endpoint.json().await.unwrap();
+    let published = as_tenant(app, tenant, Method::POST, "/v1/webhooks/messages")
+        .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    let message: Value = published.json().await.unwrap();
+    (
+        endpoint["id"].as_str().unwrap().to_owned(),
+        message["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Writes one attempt as the delivery worker does (the serving role, in the tenant's context),
+/// with a 4,000-byte response sample, for every delivery of the tenant's messages of `source`.
+async fn record_attempts(app: &TestApp, tenant: TenantId, source: &str) -> u64 {
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        tenant,
+        Actor::System {
+            component: "webhook-worker",
+        },
+        RequestId::new(),
+    );
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let done = sqlx::query(
+        "INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
+         attempted_at, outcome, status_code, error, response_sample) \
+         SELECT d.tenant_id, gen_random_uuid(), d.id, d.message_id, d.endpoint_id, now(), \
+                'failed', 500, 'boom', repeat('x', 3996) \
+         FROM webhook_deliveries d JOIN webhook_messages m \
+           ON m.tenant_id = d.tenant_id AND m.id = d.message_id \
+         WHERE m.source = $1",
+    )
+    .bind(source)
+    .execute(tx.conn())
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    served.close().await;
+    done.rows_affected()
+}
+
+#[tokio::test]
+async fn delivery_attempts_count_in_stored_bytes_and_are_never_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    endpoint_and_message(&app, &acme).await;
+    let (bytes, _) = quota(&app, &acme, "stored_bytes").await;
+    // At the limit already: the worker's attempt is stored and counted all the same.
+    set_limit(&app, acme.id, "stored_bytes", Some(bytes)).await;
+    assert_eq!(record_attempts(&app, acme.id, "tenant").await, 1);
+    assert_eq!(
+        quota(&app, &acme, "stored_bytes").await,
+        (bytes + 4000, Some(bytes))
+    );
+    assert_eq!(quota(&app, &acme, "webhook_attempts").await, (1, None));
+}
+
+#[tokio::test]
+async fn resend_and_recover_are_refused_at_the_bytes_or_messages_limit() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let (endpoint, message) = endpoint_and_message(&app, &acme).await;
+    let resend = || {
+        as_tenant(
+            &app,
+            &acme,
+            Method::POST,
+            &format!("/v1/webhooks/messages/{message}/resend"),
+        )
+        .send()
+    };
+    let recover = || {
+        as_tenant(
+            &app,
+            &acme,
+            Method::POST,
+            &format!("/v1/webhooks/endpoints/{endpoint}/recover"),
+        )
+        .json(&json!({ "since": "2020-01-01T00:00:00Z" }))
+        .send()
+    };
+    assert_eq!(resend().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(recover().await.unwrap().status(), StatusCode::OK);
+    let (bytes, _) = quota(&app, &acme, "stored_bytes").await;
+    set_limit(&app, acme.id, "stored_bytes", Some(bytes)).await;
+    assert_quota_problem(resend().await.unwrap(), "stored_bytes", bytes, bytes).await;
+    assert_quota_problem(recover().await.unwrap(), "stored_bytes", bytes, bytes).await;
+    set_limit(&app, acme.id, "stored_bytes", None).await;
+    set_limit(&app, acme.id, "webhook_messages", Some(1)).await;
+    assert_quota_problem(resend().await.unwrap(), "webhook_messages", 1, 1).await;
+    let refusals = audit_actions(&app, &acme, "quota.exceeded").await;
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+}
+
+#[tokio::test]
+async fn endpoint_tests_count_and_are_refused_as_the_tenants_messages() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let (endpoint, _) = endpoint_and_message(&app, &acme).await;
+    let test = || {
+        as_tenant(
+            &app,
+            &acme,
+            Method::POST,
+            &format!("/v1/webhooks/endpoints/{endpoint}/test"),
+        )
+        .send()
+    };
+    assert_eq!(test().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 2);
+    assert_eq!(quota(&app, &acme, "platform_messages").await.0, 0);
+    // Its attempts are the tenant's bytes too.
+    let (bytes, _) = quota(&app, &acme, "stored_bytes").await;
+    assert_eq!(record_attempts(&app, acme.id, "platform").await, 1);
+    assert_eq!(quota(&app, &acme, "stored_bytes").await.0, bytes + 4000);
+    set_limit(&app, acme.id, "webhook_messages", Some(2)).await;
+    assert_quota_problem(test().await.unwrap(), "webhook_messages", 2, 2).await;
+}
+
+#[tokio::test]
+async fn attempts_of_platform_messages_count_apart() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    create_session(&app, &acme, "one").await;
+    let (bytes, _) = quota(&app, &acme, "stored_bytes").await;
+    let (platform, _) = quota(&app, &acme, "platform_bytes").await;
+    assert_eq!(record_attempts(&app, acme.id, "platform").await, 1);
+    assert_eq!(quota(&app, &acme, "stored_bytes").await.0, bytes);
+    assert_eq!(
+        quota(&app, &acme, "platform_bytes").await.0,
+        platform + 4000
+    );
+}
+
+#[tokio::test]
+async fn screening_decisions_are_counted() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        acme.id,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    );
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    sqlx::query(
+        "INSERT INTO screening_decisions (tenant_id, id, subject, field, policy, verdict, rules, \
+         rules_version, actor_id, request_id) \
+         VALUES ($1, gen_random_uuid(), 'tool:x', 'description', 'reject', 'rejected', '{}', \
+         'v1', 'key:x', 'r')",
+    )
+    .bind(acme.id.uuid())
+    .execute(tx.conn())
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    served.close().await;
+    assert_eq!(quota(&app, &acme, "screening_decisions").await, (1, None));
+}
+
+#[tokio::test]
+async fn disabling_a_user_frees_room() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "users", Some(1)).await;
+    let create = |email: &'static str| {
+        as_tenant(&app, &acme, Method::POST, "/v1/users")
+            .json(&json!({ "email": email, "password": "a long enough password" }))
+            .send()
+    };
+    let first = create("ada@example.com").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_quota_problem(create("bob@example.com").await.unwrap(), "users", 1, 1).await;
+    let id = first["id"].as_str().unwrap();
+    let disabled = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/users/{id}"))
+        .json(&json!({ "status": "disabled" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    assert_eq!(quota(&app, &acme, "users").await.0, 0);
+    assert_eq!(
+        create("bob@example.com").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Enabling the first again would make two: refused like a create.
+    let enabled = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/users/{id}"))
+        .json(&json!({ "status": "active" }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(enabled, "users", 1, 1).await;
+}
+
+#[tokio::test]
+async fn a_full_users_quota_is_refused_before_any_hashing() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "users", Some(0)).await;
+    let hashes = app.state.hashing().hashes_started();
+    let refused = as_tenant(&app, &acme, Method::POST, "/v1/users")
+        .json(&json!({ "email": "ada@example.com", "password": "a long enough password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(refused, "users", 0, 0).await;
+    assert_eq!(
+        app.state.hashing().hashes_started(),
+        hashes,
+        "a full quota still cost a password hash"
+    );
+    assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 1);
+}
+
+#[tokio::test]
+async fn rotating_a_key_at_the_keys_limit_is_not_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    // The bootstrap key is the only one, and the limit.
+    set_limit(&app, acme.id, "api_keys", Some(1)).await;
+    let listed = as_tenant(&app, &acme, Method::GET, "/v1/api-keys")
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = listed.json().await.unwrap();
+    let id = listed["data"][0]["id"].as_str().unwrap().to_owned();
+    let rotated = as_tenant(
+        &app,
+        &acme,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let status = rotated.status();
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        rotated.text().await.unwrap()
+    );
+    assert_eq!(quota(&app, &acme, "api_keys").await, (1, Some(1)));
+    // A second key is still refused.
+    let created = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+        .json(&json!({ "scopes": ["sessions:read"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_quota_problem(created, "api_keys", 1, 1).await;
+}
+
+#[tokio::test]
+async fn the_serving_role_cannot_write_the_counters() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_session(&app, &acme, "one").await;
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        acme.id,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    );
+    for sql in [
+        "UPDATE tenant_quotas SET used = 0 WHERE tenant_id = $1",
+        "INSERT INTO tenant_quotas (tenant_id, kind, used) VALUES ($1, 'sessions', 0) \
+         ON CONFLICT (tenant_id, kind) DO UPDATE SET used = 0",
+        "SELECT bulkhead.quota_charge($1, 'sessions', -1, false)",
+    ] {
+        let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+        let direct = sqlx::query(sql)
+            .bind(acme.id.uuid())
+            .execute(tx.conn())
+            .await;
+        assert!(direct.is_err(), "{sql} was allowed");
+        drop(tx);
+    }
+    served.close().await;
+    assert_eq!(quota(&app, &acme, "sessions").await.0, 1);
+}
+
+#[tokio::test]
+async fn a_prefix_confined_credential_is_not_told_the_tenant_wide_usage() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    set_limit(&app, acme.id, "sessions", Some(0)).await;
+    let (_, delegated, prefixed) = crate::confinement::tokens(&app, &acme).await;
+    let create = |token: String| {
+        app.client
+            .post(app.tenant_url("acme", "/v1/sessions"))
+            .bearer_auth(token)
+            .json(&json!({ "agent_id": "campaign-bot", "namespace": "marketing/spring" }))
+            .send()
+    };
+    // An unconfined credential is told the usage.
+    assert_quota_problem(create(delegated).await.unwrap(), "sessions", 0, 0).await;
+    let (status, body) = problem(create(prefixed).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["quota"], "sessions", "{body}");
+    assert_eq!(body["limit"], 0, "{body}");
+    assert!(body.get("usage").is_none(), "{body}");
+    assert!(!body["detail"].as_str().unwrap().contains("used"), "{body}");
+    // Still audited, with the usage.
+    assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 2);
+}
+
+/// Marks every delivery of the tenant finished, as the worker does after an answer.
+async fn finish_deliveries(app: &TestApp, tenant: TenantId) {
+    let served = app.db.app_store().await;
+    let ctx = TenantContext::new(
+        tenant,
+        Actor::System {
+            component: "webhook-worker",
+        },
+        RequestId::new(),
+    );
+    let mut tx = served.begin(&ctx, Access::ReadWrite).await.unwrap();
+    sqlx::query("UPDATE webhook_deliveries SET status = 'succeeded'")
+        .execute(tx.conn())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    served.close().await;
+}
+
+#[tokio::test]
+async fn the_retention_sweep_deletes_finished_messages_and_frees_their_room() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
+        .json(&json!({ "url": "https://hooks.receiver.example/in" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    let publish = || async {
+        let published = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
+            .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), StatusCode::ACCEPTED);
+        let body: Value = published.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    };
+    let old = publish().await;
+    // A platform message too (the endpoint takes every event type).
+    create_session(&app, &acme, "one").await;
+    let (stored, _) = quota(&app, &acme, "stored_bytes").await;
+    record_attempts(&app, acme.id, "tenant").await;
+    record_attempts(&app, acme.id, "platform").await;
+    finish_deliveries(&app, acme.id).await;
+    // One more, still pending: kept whatever its age.
+    let pending = publish().await;
+    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 2);
+    assert_eq!(quota(&app, &acme, "platform_messages").await.0, 1);
+    assert_eq!(quota(&app, &acme, "webhook_attempts").await.0, 2);
+    // The tenant's attempt is in its bytes, the platform's in the platform's.
+    assert!(quota(&app, &acme, "stored_bytes").await.0 > stored + 4000);
+    assert!(quota(&app, &acme, "platform_bytes").await.0 > 4000);
+
+    let worker = bulkhead_server::worker::Worker::new(app.db.app_store().await);
+    // Within the retention window: nothing goes.
+    let now = chrono::Utc::now();
+    assert_eq!(worker.sweep_webhook_retention(now).await.unwrap(), 0);
+    let later = now + chrono::Duration::days(bulkhead_server::worker::WEBHOOK_RETENTION_DAYS + 1);
+    assert_eq!(worker.sweep_webhook_retention(later).await.unwrap(), 2);
+    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 1);
+    assert_eq!(quota(&app, &acme, "platform_messages").await.0, 0);
+    assert_eq!(quota(&app, &acme, "platform_bytes").await.0, 0);
+    assert_eq!(quota(&app, &acme, "webhook_attempts").await.0, 0);
+    // Left: the endpoint, the session and the pending message's payload (as many bytes as the
+    // old one's).
+    assert_eq!(quota(&app, &acme, "stored_bytes").await.0, stored);
+    let fetch = |id: String| {
+        as_tenant(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/webhooks/messages/{id}"),
+        )
+        .send()
+    };
+    assert_eq!(fetch(old).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(fetch(pending).await.unwrap().status(), StatusCode::OK);
 }
