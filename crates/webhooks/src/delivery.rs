@@ -510,7 +510,9 @@ impl Dispatcher {
             let request = build_request(&work, &keys, started.timestamp());
             drop(keys);
             let outcome = match request {
-                Ok((headers, body)) => self.client.post(&work.endpoint.url, headers, body).await,
+                Ok((headers, body)) => self.client
+                        .post(ctx.tenant_id(), &work.endpoint.url, headers, body)
+                        .await,
                 Err(why) => SendOutcome::Transport {
                     class: "config",
                     detail: why,
