@@ -127,6 +127,29 @@ struct Shared {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     keep_alive: std::sync::atomic::AtomicBool,
+    /// Replies by request path, before the script (one route of a shared receiver host).
+    routes: Mutex<Vec<(String, Reply)>>,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` it announces (0: the h2 default).
+    max_streams: std::sync::atomic::AtomicU32,
+}
+
+impl Shared {
+    /// The answer to a request for `path`: its route's, else the script's next, else the default.
+    fn reply_for(&self, path: &str) -> Reply {
+        if let Some((_, reply)) = self
+            .routes
+            .lock()
+            .expect("routes")
+            .iter()
+            .find(|(p, _)| p == path)
+        {
+            return reply.clone();
+        }
+        let reply = self.script.lock().expect("script").pop_front();
+        reply
+            .or_else(|| self.default.lock().expect("default").clone())
+            .unwrap_or(Reply::status(200))
+    }
 }
 
 /// A loopback receiver (or canary).
@@ -184,6 +207,22 @@ impl Receiver {
     /// The answer once the script is used up.
     pub fn set_default(&self, reply: Reply) {
         *self.shared.default.lock().expect("default") = Some(reply);
+    }
+
+    /// Answers every request for `path` with `reply` (a multi-tenant relay host: one route
+    /// per customer).
+    pub fn set_route(&self, path: &str, reply: Reply) {
+        self.shared
+            .routes
+            .lock()
+            .expect("routes")
+            .push((path.to_owned(), reply));
+    }
+
+    /// Announces at most `n` concurrent streams per HTTP/2 connection (for connections accepted
+    /// after the call), as busy production receivers do.
+    pub fn set_max_concurrent_streams(&self, n: u32) {
+        self.shared.max_streams.store(n, Ordering::SeqCst);
     }
 
     /// Keeps connections open for further requests (HTTP/1.1 keep-alive) instead of answering
@@ -263,17 +302,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
         buf = body.split_off(length.min(body.len()));
         state.requests.lock().expect("requests").push(Received {
             method,
-            path,
+            path: path.clone(),
             headers,
             body,
             at: std::time::Instant::now(),
             version: http::Version::HTTP_11,
         });
-        let reply = state.script.lock().expect("script").pop_front();
-        let reply = reply
-            .or_else(|| state.default.lock().expect("default").clone())
-            .unwrap_or(Reply::status(200));
-        let mut reply = reply;
+        let mut reply = state.reply_for(&path);
         while let Reply::After(delay, inner) = reply {
             tokio::time::sleep(delay).await;
             reply = *inner;
@@ -312,7 +347,12 @@ async fn serve_h2<S>(stream: S, state: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(mut connection) = h2::server::handshake(stream).await else {
+    let mut builder = h2::server::Builder::new();
+    let max_streams = state.max_streams.load(Ordering::SeqCst);
+    if max_streams > 0 {
+        builder.max_concurrent_streams(max_streams);
+    }
+    let Ok(mut connection) = builder.handshake::<_, bytes::Bytes>(stream).await else {
         return;
     };
     while let Some(Ok((request, mut respond))) = connection.accept().await {
@@ -332,10 +372,7 @@ where
                 at: std::time::Instant::now(),
                 version: http::Version::HTTP_2,
             });
-            let reply = state.script.lock().expect("script").pop_front();
-            let mut reply = reply
-                .or_else(|| state.default.lock().expect("default").clone())
-                .unwrap_or(Reply::status(200));
+            let mut reply = state.reply_for(parts.uri.path());
             while let Reply::After(delay, inner) = reply {
                 tokio::time::sleep(delay).await;
                 reply = *inner;

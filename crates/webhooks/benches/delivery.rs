@@ -83,7 +83,12 @@ impl Setup {
     async fn guarded_once(&self) {
         let out = self
             .guarded
-            .post(&self.url, self.headers(), self.body.clone())
+            .post(
+                bulkhead_core::TenantId::from_uuid(uuid::Uuid::from_u128(1)),
+                &self.url,
+                self.headers(),
+                self.body.clone(),
+            )
             .await;
         assert!(
             matches!(out, SendOutcome::Response { status: 200, .. }),

@@ -144,9 +144,9 @@ pub struct Dispatcher {
     next_send: Mutex<HashMap<(TenantId, EndpointId), DateTime<Utc>>>,
     /// Slots earned by fast attempts, per endpoint (absent: half the tenant's guaranteed
     /// share, rounded up).
-    windows: Mutex<HashMap<(TenantId, EndpointId), i32>>,
-    /// Unsealed signing keys, keyed by tenant and endpoint.
-    keys: Mutex<HashMap<(TenantId, EndpointId), CachedKeys>>,
+    windows: Mutex<Windows>,
+    /// Unsealed signing keys, keyed by tenant and endpoint; the least recently used go first.
+    keys: Mutex<hashlink::LruCache<(TenantId, EndpointId), CachedKeys>>,
     /// Earliest retry or deferral this process scheduled, to wake for it.
     next_due: Mutex<Option<DateTime<Utc>>>,
     /// Wakes the run loop: a delivery finished or new work was announced.
@@ -172,6 +172,7 @@ impl Dispatcher {
         config: DeliveryConfig,
         master: Arc<MasterKey>,
     ) -> Self {
+        let key_entries = config.key_cache_entries.max(1);
         Self {
             store,
             client,
@@ -179,8 +180,8 @@ impl Dispatcher {
             config,
             master,
             next_send: Mutex::new(HashMap::new()),
-            windows: Mutex::new(HashMap::new()),
-            keys: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows::new(WINDOW_ENTRIES)),
+            keys: Mutex::new(hashlink::LruCache::new(key_entries)),
             next_due: Mutex::new(None),
             wake: Arc::new(Notify::new()),
             recorder: OnceLock::new(),
@@ -219,11 +220,7 @@ impl Dispatcher {
 
     async fn claim(&self, limit: i32) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let base = endpoint_share(self.config.per_tenant);
-        let caps: Vec<(TenantId, EndpointId, i32)> = lock(&self.windows)
-            .iter()
-            .filter(|(_, w)| **w > base)
-            .map(|((t, e), w)| (*t, *e, *w))
-            .collect();
+        let caps = lock(&self.windows).earned_above(base);
         self.store
             .claim_webhook_deliveries_capped(
                 limit.clamp(1, 1000),
@@ -479,12 +476,9 @@ impl Dispatcher {
             }
         }
         let keys = store::endpoint_keys(tx, work.endpoint.id, now, &self.master).await?;
-        let mut cache = lock(&self.keys);
-        if cache.len() >= self.config.key_cache_entries {
-            // Bounded by dropping everything: simple, and refilled at one query per endpoint.
-            cache.clear();
-        }
         if self.config.key_cache_entries > 0 {
+            // Bounded: the least recently used endpoint's keys make room.
+            let mut cache = lock(&self.keys);
             cache.insert(
                 key,
                 CachedKeys {
@@ -510,7 +504,9 @@ impl Dispatcher {
             let request = build_request(&work, &keys, started.timestamp());
             drop(keys);
             let outcome = match request {
-                Ok((headers, body)) => self.client.post(&work.endpoint.url, headers, body).await,
+                Ok((headers, body)) => self.client
+                        .post(ctx.tenant_id(), &work.endpoint.url, headers, body)
+                        .await,
                 Err(why) => SendOutcome::Transport {
                     class: "config",
                     detail: why,
@@ -569,17 +565,7 @@ impl Dispatcher {
         let max = i32::try_from(self.config.concurrency)
             .unwrap_or(i32::MAX)
             .max(base);
-        let mut windows = lock(&self.windows);
-        if fast {
-            if windows.len() >= 10_000 && !windows.contains_key(&key) {
-                // Bounded: an endpoint without an entry simply starts from its share.
-                windows.clear();
-            }
-            let w = windows.entry(key).or_insert(base);
-            *w = (*w + 1).min(max);
-        } else {
-            windows.remove(&key);
-        }
+        lock(&self.windows).learn(key, fast, base, max);
     }
 
     /// Remembers to wake for a delivery due at `at`.
@@ -914,6 +900,55 @@ fn spawn_recorder(store: Store) -> mpsc::UnboundedSender<Recording> {
     tx
 }
 
+/// Endpoints whose earned windows are remembered; beyond that the least recently earning one
+/// falls back to its share (and earns again from there).
+const WINDOW_ENTRIES: usize = 10_000;
+
+/// Earned windows per endpoint, bounded by evicting the endpoint that earned least recently:
+/// an endpoint that keeps answering fast keeps its window however many other endpoints come and
+/// go (clearing everything at the bound let any tenant with many endpoints reset every other
+/// tenant's windows; review 2, L8), and entries of deleted endpoints age out.
+struct Windows {
+    earned: hashlink::LruCache<(TenantId, EndpointId), i32>,
+}
+
+impl Windows {
+    fn new(entries: usize) -> Self {
+        Self {
+            earned: hashlink::LruCache::new(entries.max(1)),
+        }
+    }
+
+    /// One more slot (up to `max`) after a fast success; back to the share `base` otherwise.
+    fn learn(&mut self, key: (TenantId, EndpointId), fast: bool, base: i32, max: i32) {
+        if !fast {
+            self.earned.remove(&key);
+            return;
+        }
+        match self.earned.get_mut(&key) {
+            Some(w) => *w = (*w + 1).min(max),
+            // Inserting past the bound evicts the least recently used entry only.
+            None => {
+                self.earned.insert(key, (base + 1).min(max));
+            }
+        }
+    }
+
+    /// The windows wider than the share `base`, for the claim.
+    fn earned_above(&self, base: i32) -> Vec<(TenantId, EndpointId, i32)> {
+        self.earned
+            .iter()
+            .filter(|(_, w)| **w > base)
+            .map(|((t, e), w)| (*t, *e, *w))
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn get(&self, key: &(TenantId, EndpointId)) -> Option<i32> {
+        self.earned.peek(key).copied()
+    }
+}
+
 /// The part of a tenant's guaranteed share one endpoint may hold without an earned window: half,
 /// rounded up (as the claim computes it, migration 0021), so a hanging endpoint leaves the rest
 /// to its siblings.
@@ -958,4 +993,41 @@ fn build_request(
     let signed = signed_headers(&secrets, &work.message.id.to_string(), timestamp, &body);
     headers.extend(signed);
     Ok((headers, bytes::Bytes::from(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u128) -> (TenantId, EndpointId) {
+        (
+            TenantId::from_uuid(uuid::Uuid::from_u128(n)),
+            EndpointId::from_uuid(uuid::Uuid::from_u128(n)),
+        )
+    }
+
+    #[test]
+    fn many_new_endpoints_evict_only_the_least_recently_earning_windows() {
+        let mut w = Windows::new(100);
+        let victim = key(1_000_000);
+        for _ in 0..10 {
+            w.learn(victim, true, 2, 64);
+        }
+        let idle = key(2_000_000);
+        w.learn(idle, true, 2, 64);
+        // Another tenant's many endpoints, one fast answer each, while the victim keeps earning.
+        for n in 0..1_000 {
+            w.learn(key(n), true, 2, 64);
+            if n % 50 == 0 {
+                w.learn(victim, true, 2, 64);
+            }
+        }
+        assert_eq!(w.get(&victim), Some(12 + 20));
+        assert_eq!(w.get(&idle), None, "a window not earned lately ages out");
+        assert_eq!(w.earned.len(), 100);
+        // A slow answer still drops the window at once.
+        w.learn(victim, false, 2, 64);
+        assert_eq!(w.get(&victim), None);
+        assert!(w.earned_above(2).iter().all(|(t, e, _)| (*t, *e) != victim));
+    }
 }

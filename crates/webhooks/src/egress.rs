@@ -10,15 +10,16 @@
 //!    lookup between the check and the connection, so DNS rebinding cannot move it.
 //! 3. [`EgressClient`] builds the reqwest client: no redirects, no proxy from the environment
 //!    (only an explicitly configured one), connect and total timeouts, response bodies read up to
-//!    a small cap.
+//!    a small cap, and one client (so one connection pool) per tenant.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bulkhead_core::TenantId;
 use futures::future::BoxFuture;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use url::{Host, Url};
@@ -474,7 +475,7 @@ type Answers = (usize, Vec<Vec<IpAddr>>);
 /// several successive answers (for rebinding tests): lookup `n` gets answer `min(n, last)`.
 #[derive(Debug, Default, Clone)]
 pub struct StaticResolver {
-    answers: Arc<std::sync::Mutex<HashMap<String, Answers>>>,
+    answers: Arc<Mutex<HashMap<String, Answers>>>,
 }
 
 impl StaticResolver {
@@ -690,11 +691,25 @@ pub enum SendOutcome {
     },
 }
 
-/// The guarded client. Cheap to clone.
+/// Tenants whose HTTP clients (connection pools) an [`EgressClient`] keeps; the least recently
+/// used is dropped beyond that (its connections close once their requests end).
+pub const TENANT_POOLS: usize = 256;
+
+/// The guarded client. Cheap to clone (clones share the pools).
+///
+/// Connections are pooled per tenant: every tenant sends through its own reqwest client, so
+/// its own pool. With HTTP/2 all requests to one host share a connection, and a receiver caps
+/// the streams of a connection (`SETTINGS_MAX_CONCURRENT_STREAMS`) while the pool does not open
+/// a second connection when they are used up; one shared pool would let a tenant whose route on
+/// a multi-tenant relay host hangs fill those streams and stall every other tenant's requests to
+/// that host. Every client resolves through the same guard, so every address any of them
+/// connects to is judged, and each connection stays on the address judged when it was opened.
 #[derive(Clone)]
 pub struct EgressClient {
     policy: Arc<EgressPolicy>,
-    client: reqwest::Client,
+    resolver: Arc<GuardedResolver>,
+    config: Arc<EgressConfig>,
+    pools: Arc<Mutex<hashlink::LruCache<TenantId, reqwest::Client>>>,
 }
 
 impl fmt::Debug for EgressClient {
@@ -724,9 +739,40 @@ impl EgressClient {
             .and_then(|p| p.host_str())
             .map(str::to_owned);
         let guarded = GuardedResolver::new(policy.clone(), resolver).exempting(proxy_host);
-        let builder = base_builder(config)?.dns_resolver(Arc::new(guarded));
-        let client = builder.build().map_err(|e| BuildError(e.to_string()))?;
-        Ok(Self { policy, client })
+        let client = Self {
+            policy,
+            resolver: Arc::new(guarded),
+            config: Arc::new(config.clone()),
+            pools: Arc::new(Mutex::new(hashlink::LruCache::new(TENANT_POOLS))),
+        };
+        // Fail at start, not at the first request, on a bad root or proxy.
+        client.build()?;
+        Ok(client)
+    }
+
+    fn build(&self) -> Result<reqwest::Client, BuildError> {
+        base_builder(&self.config)?
+            .dns_resolver(self.resolver.clone())
+            .build()
+            .map_err(|e| BuildError(e.to_string()))
+    }
+
+    /// `tenant`'s client: its own connection pool, never another tenant's.
+    fn client_for(&self, tenant: TenantId) -> Result<reqwest::Client, BuildError> {
+        if let Some(client) = lock_pools(&self.pools).get(&tenant) {
+            return Ok(client.clone());
+        }
+        // Built outside the lock; a concurrent first request of the same tenant may build one
+        // too, and the later insert wins (the other's pool closes with its last request).
+        let client = self.build()?;
+        lock_pools(&self.pools).insert(tenant, client.clone());
+        Ok(client)
+    }
+
+    /// Tenants with a client kept now (tests).
+    #[doc(hidden)]
+    pub fn pooled_tenants(&self) -> usize {
+        lock_pools(&self.pools).len()
     }
 
     /// The policy it enforces.
@@ -734,10 +780,12 @@ impl EgressClient {
         &self.policy
     }
 
-    /// Sends a POST of `body` with `headers` to `url`, after judging the URL again. The
-    /// response body is read only up to [`RESPONSE_SAMPLE_BYTES`].
+    /// Sends a POST of `body` with `headers` to `url` for `tenant` (over its own connections),
+    /// after judging the URL again. The response body is read only up to
+    /// [`RESPONSE_SAMPLE_BYTES`].
     pub async fn post(
         &self,
+        tenant: TenantId,
         url: &str,
         headers: http::HeaderMap,
         body: bytes::Bytes,
@@ -746,8 +794,24 @@ impl EgressClient {
             Ok(checked) => checked,
             Err(err) => return SendOutcome::Blocked(err),
         };
-        send_post(&self.client, checked.url().clone(), headers, body).await
+        let client = match self.client_for(tenant) {
+            Ok(client) => client,
+            Err(err) => {
+                return SendOutcome::Transport {
+                    class: "config",
+                    detail: err.to_string(),
+                    latency: Duration::ZERO,
+                }
+            }
+        };
+        send_post(&client, checked.url().clone(), headers, body).await
     }
+}
+
+fn lock_pools(
+    pools: &Mutex<hashlink::LruCache<TenantId, reqwest::Client>>,
+) -> std::sync::MutexGuard<'_, hashlink::LruCache<TenantId, reqwest::Client>> {
+    pools.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How a request with a response cap ended ([`EgressClient::post_capped`]).
@@ -790,6 +854,7 @@ impl EgressClient {
     /// the client's total timeout). For synchronous calls whose answer is the result.
     pub async fn post_capped(
         &self,
+        tenant: TenantId,
         url: &str,
         headers: http::HeaderMap,
         body: bytes::Bytes,
@@ -801,8 +866,17 @@ impl EgressClient {
             Err(err) => return CappedOutcome::Blocked(err),
         };
         let started = Instant::now();
-        let result = self
-            .client
+        let client = match self.client_for(tenant) {
+            Ok(client) => client,
+            Err(err) => {
+                return CappedOutcome::Transport {
+                    class: "config",
+                    detail: err.to_string(),
+                    latency: Duration::ZERO,
+                }
+            }
+        };
+        let result = client
             .post(checked.url().clone())
             .headers(headers)
             .body(body)

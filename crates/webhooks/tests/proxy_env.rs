@@ -47,6 +47,7 @@ async fn environment_proxies_are_ignored() {
     let url = format!("https://receiver.example:{}/", receiver.addr.port());
     let outcome = client
         .post(
+            bulkhead_core::TenantId::from_uuid(uuid::Uuid::from_u128(1)),
             &url,
             http::HeaderMap::new(),
             bytes::Bytes::from_static(b"{}"),

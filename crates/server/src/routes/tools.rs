@@ -992,6 +992,7 @@ impl Outbound {
         let settings = &state.config().tools;
         let outcome = client
             .post_capped(
+                ctx.tenant_id(),
                 &tool.endpoint_url,
                 headers,
                 body,

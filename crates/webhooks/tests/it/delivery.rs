@@ -1136,3 +1136,60 @@ async fn deliveries_speak_http2_when_offered_on_one_connection_per_host_and_addr
     assert_eq!(receiver.requests().len(), 7);
     assert_eq!(canary.connections(), 0, "the canary was reached");
 }
+
+#[tokio::test]
+async fn a_tenant_hanging_its_route_on_a_shared_http2_host_does_not_stall_another() {
+    // Review 2, M1: one multi-tenant relay host speaking HTTP/2 that allows two streams per
+    // connection. A's route hangs and A holds two deliveries in flight there; B's route on the
+    // same host must still be delivered at once, not queued behind A's streams.
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = Receiver::start(
+        LOOPBACK,
+        0,
+        Some(rig.ca.server_config_h2(&["relay.example"])),
+    )
+    .await;
+    receiver.set_max_concurrent_streams(2);
+    receiver.set_route("/a", Reply::Hang);
+    rig.resolver.insert("relay.example", vec![LOOPBACK]);
+    let port = receiver.addr.port();
+    let a = rig.tenant("alpha").await;
+    let b = rig.tenant("bravo").await;
+    rig.endpoint(&a, &format!("https://relay.example:{port}/a"))
+        .await;
+    rig.endpoint(&b, &format!("https://relay.example:{port}/b"))
+        .await;
+    for n in 0..8 {
+        rig.publish(&a, n).await;
+    }
+    let config = DeliveryConfig {
+        per_tenant: 4,
+        concurrency: 8,
+        idle_poll: Duration::from_millis(50),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher(config, Duration::from_secs(20)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    // A's two hanging streams use up the connection's limit.
+    assert!(receiver.wait_for(2, Duration::from_secs(5)).await);
+    let to_b = |r: &bulkhead_test_support::receiver::Received| r.path == "/b";
+    for n in 0..3 {
+        rig.publish(&b, n).await;
+        let started = std::time::Instant::now();
+        while receiver.requests().iter().filter(|r| to_b(r)).count() <= n as usize
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B's delivery {n} queued behind A's hanging streams"
+        );
+    }
+    let got = receiver.requests();
+    assert!(got.iter().all(|r| r.version == http::Version::HTTP_2));
+    assert_eq!(got.iter().filter(|r| r.path == "/a").count(), 2);
+    let _ = stop.send(true);
+    run.abort();
+}
