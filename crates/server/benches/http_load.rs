@@ -117,6 +117,10 @@ async fn serve(app: Router) -> u16 {
 }
 
 fn main() {
+    // RUST_LOG set: the server's logs on stderr (why a request was refused).
+    if std::env::var_os("RUST_LOG").is_some() {
+        bulkhead_server::telemetry::init_logging();
+    }
     let seconds = env_or("BENCH_SECONDS", 5);
     let rounds = env_or("BENCH_ROUNDS", 3);
     let concurrency = env_or("BENCH_CONCURRENCY", 32);
@@ -128,7 +132,18 @@ fn main() {
         let db = TestDb::new().await;
         bulkhead_test_support::ensure_signing_keys(&db).await;
         let tenant = create_tenant(&db, "bench").await;
-        let store = db.app_store().await;
+        // The serving pool `serve` ships (not the test harness's 10): its size sets the
+        // per-tenant transaction cap (a quarter), which all 32 connections of the one tenant
+        // queue behind.
+        let pool_size = bulkhead_server::config::DEFAULT_MAX_CONNECTIONS;
+        let store = bulkhead_store::Store::connect_app(db.app_options.clone(), pool_size)
+            .await
+            .expect("app store")
+            .reconfigured(|t| t.master_key = Some(Arc::new(bulkhead_test_support::test_master_key())));
+        println!(
+            "serving pool {pool_size} connections (serve's default), per-tenant transaction cap {}, baseline plain pool {pool_size}",
+            store.tenant_connection_cap()
+        );
         let config = AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
         let clock = bulkhead_core::Clock::system();
         // The first comparison measures resolution, authentication and the tenant transaction:
@@ -137,7 +152,7 @@ fn main() {
         // A plain pool that sees every row: the cluster's superuser, as a deployment without
         // tenant isolation would use. Same size as the serving pool.
         let plain = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(pool_size)
             .connect_with(db.superuser_options.clone())
             .await
             .expect("plain pool");
@@ -182,8 +197,10 @@ fn main() {
         let base_url = format!("http://127.0.0.1:{port}/bench/baseline/{}/sessions/{id}", tenant.id);
         let noauth_url = format!("http://127.0.0.1:{port}/bench/noauth/{}/sessions/{id}", tenant.id);
 
-        // BENCH_ONLY=fairness skips the throughput comparisons (their 32-connection closed loop of one
-        // tenant can outwait the per-tenant database cap on a busy machine and get 503).
+        // BENCH_ONLY=fairness skips the throughput comparisons. Their 32-connection closed loop
+        // of one tenant queues behind the tenant's transaction cap; a request that waits there
+        // longer than the pool's acquire timeout (5 s) is refused with 503 `unavailable`, which
+        // fails the round (on a machine so starved that a transaction takes ~0.8 s).
         if std::env::var("BENCH_ONLY").as_deref() != Ok("fairness") {
         // Warm both paths (connections, caches, prepared statements).
         run_round(full_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use bulkhead_auth::KeyEnvironment;
 
+/// `serve`'s serving-pool size unless `--max-connections` says otherwise. A tenant may hold a
+/// quarter of the pool at once (the store's per-tenant transaction cap).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 20;
+
 /// Where the database is.
 #[derive(Clone, clap::Args)]
 pub struct DatabaseArgs {
@@ -21,7 +25,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "BULKHEAD_DATA_DIR", default_value = ".bulkhead")]
     pub data_dir: PathBuf,
     /// Largest number of connections in the serving pool.
-    #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value_t = 20)]
+    #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: u32,
     /// The region whose data lives in DATABASE_URL's database (which also holds the registry).
     #[arg(long, env = "BULKHEAD_DEFAULT_REGION", default_value = "default")]

@@ -48,11 +48,13 @@ pub(crate) async fn run_paced(
                 }
                 let response = request.send().await.expect("request");
                 let status = response.status();
+                let body = response.bytes().await.expect("body");
                 assert!(
                     status.is_success() || (expect_429 && status.as_u16() == 429),
-                    "status {status}"
+                    "status {status} after {:?}: {}",
+                    t.elapsed(),
+                    String::from_utf8_lossy(&body)
                 );
-                response.bytes().await.expect("body");
                 latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 if let Some(pace) = pace {
                     tokio::time::sleep(pace).await;
