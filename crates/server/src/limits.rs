@@ -350,8 +350,12 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
         return rejection(&decision);
     }
     let timeout = statement_timeout(request.method(), &route);
+    let heavy = is_heavy_read(request.method(), &route);
     let mut response = bulkhead_store::gate::STATEMENT_TIMEOUT
-        .scope(timeout, next.run(request))
+        .scope(
+            timeout,
+            bulkhead_store::gate::HEAVY_READ.scope(heavy, next.run(request)),
+        )
         .await;
     add_headers(&mut response, &decision);
     response
@@ -370,6 +374,15 @@ fn statement_timeout(method: &http::Method, _route: &str) -> std::time::Duration
     } else {
         WRITE_STATEMENT_TIMEOUT
     }
+}
+
+/// Reads whose cost grows with the tenant's data: every `GET` of a collection (a path ending in
+/// a literal segment: the lists with their filters, the audit-event reads and exports). Their
+/// transactions run one at a time per tenant (`bulkhead_store::gate::HEAVY_READ_CAP`), so a
+/// tenant with a million rows cannot fill the machine with scans beside everyone else's
+/// requests; a single resource (`…/{id}`) is an index lookup and is not held back.
+fn is_heavy_read(method: &http::Method, route: &str) -> bool {
+    (method == http::Method::GET || method == http::Method::HEAD) && !route.ends_with('}')
 }
 
 /// Shared handle in the app state.
@@ -412,5 +425,37 @@ mod tests {
             "default"
         );
         assert_eq!(endpoint_class(&post, "/v1/sessions"), "default");
+    }
+
+    /// Every list and audit read of the route table is heavy; no single resource and no write
+    /// is (issue 28.3: a tenant's scans run one at a time).
+    #[test]
+    fn every_collection_read_of_the_table_is_heavy() {
+        let mut heavy = Vec::new();
+        for spec in crate::app::route_table().specs() {
+            if is_heavy_read(&spec.method, spec.path) {
+                assert_eq!(
+                    spec.method,
+                    http::Method::GET,
+                    "{}: a write is not a read",
+                    spec.path
+                );
+                heavy.push(spec.path.to_string());
+            }
+        }
+        for list in [
+            "/v1/sessions",
+            "/v1/audit/events",
+            "/v1/api-keys",
+            "/v1/users",
+            "/v1/tools",
+        ] {
+            assert!(
+                heavy.iter().any(|p| p == list),
+                "{list} is not heavy: {heavy:?}"
+            );
+        }
+        assert!(!is_heavy_read(&http::Method::GET, "/v1/sessions/{id}"));
+        assert!(!is_heavy_read(&http::Method::POST, "/v1/sessions"));
     }
 }

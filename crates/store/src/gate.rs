@@ -10,6 +10,13 @@
 //!   the pool (at least 1); a tenant at its cap queues behind its own transactions in arrival
 //!   order (tokio's semaphore is fair), never in front of other tenants, and gives up after the
 //!   pool's acquire timeout (503).
+//! - **Heavy reads per tenant**: a transaction opened while [`HEAVY_READ`] is set (the server
+//!   sets it for list routes: the reads whose cost grows with the tenant's data) also holds one
+//!   of the tenant's heavy places, [`HEAVY_READ_CAP`] per process. The connection cap bounds how
+//!   many of a tenant's queries hold connections, not how much CPU they take; on a small
+//!   machine five concurrent scans of a million-row tenant, each runnable beside the victim's
+//!   backend, multiplied another tenant's p99 eight-fold. One at a time, queued in arrival order
+//!   behind the tenant's own, leaves the others' requests one competitor (issue 28.3).
 //! - **Statement timeout**: the server sets one per route class ([`STATEMENT_TIMEOUT`]), applied
 //!   transaction-locally by the door's first statement (no extra round trip). Tasks that set none
 //!   (the worker, operator commands) keep the database's setting.
@@ -20,6 +27,7 @@ use std::time::Duration;
 
 use bulkhead_core::TenantId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::StoreError;
 
@@ -27,7 +35,13 @@ tokio::task_local! {
     /// The `statement_timeout` of every tenant transaction this task opens (a request's route
     /// class). Unset: the database's own setting.
     pub static STATEMENT_TIMEOUT: Duration;
+    /// Set (to `true`) while a task serves a heavy read: its tenant transactions also take one
+    /// of the tenant's [`HEAVY_READ_CAP`] places.
+    pub static HEAVY_READ: bool;
 }
+
+/// Heavy reads ([`HEAVY_READ`]) one tenant runs at once in this process.
+pub const HEAVY_READ_CAP: usize = 1;
 
 /// The timeout [`STATEMENT_TIMEOUT`] asks for, as `statement_timeout` text (milliseconds).
 pub(crate) fn statement_timeout() -> Option<String> {
@@ -36,24 +50,29 @@ pub(crate) fn statement_timeout() -> Option<String> {
         .ok()
 }
 
-/// Per-tenant connection permits.
-#[derive(Debug)]
-pub(crate) struct TenantGate {
-    cap: usize,
-    wait: Duration,
-    tenants: Arc<Mutex<HashMap<TenantId, Arc<Semaphore>>>>,
+fn heavy_read() -> bool {
+    HEAVY_READ.try_with(|heavy| *heavy).unwrap_or(false)
 }
 
-/// One transaction's place under its tenant's cap; dropping it frees the place.
+type Lanes = Arc<Mutex<HashMap<TenantId, Arc<Semaphore>>>>;
+
+/// Places of one kind, per tenant; a tenant's entry exists only while someone holds or waits.
 #[derive(Debug)]
-pub(crate) struct GatePermit {
+struct Lane {
+    cap: usize,
+    tenants: Lanes,
+}
+
+/// One place in a lane; dropping it frees the place.
+#[derive(Debug)]
+struct LanePermit {
     permit: Option<OwnedSemaphorePermit>,
     semaphore: Arc<Semaphore>,
     tenant: TenantId,
-    tenants: Arc<Mutex<HashMap<TenantId, Arc<Semaphore>>>>,
+    tenants: Lanes,
 }
 
-impl Drop for GatePermit {
+impl Drop for LanePermit {
     fn drop(&mut self) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         drop(self.permit.take());
@@ -65,13 +84,70 @@ impl Drop for GatePermit {
     }
 }
 
+impl Lane {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            tenants: Arc::default(),
+        }
+    }
+
+    /// Waits (in arrival order) until `deadline` for one of the tenant's places.
+    async fn enter(&self, tenant: TenantId, deadline: Instant) -> Option<LanePermit> {
+        let semaphore = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            tenants
+                .entry(tenant)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.cap)))
+                .clone()
+        };
+        let permit =
+            match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => None,
+            };
+        // Built even without a place: its drop removes the entry if we were its last user.
+        let held = LanePermit {
+            permit,
+            semaphore,
+            tenant,
+            tenants: self.tenants.clone(),
+        };
+        held.permit.is_some().then_some(held)
+    }
+
+    fn in_use(&self, tenant: TenantId) -> usize {
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .get(&tenant)
+            .map_or(0, |s| self.cap - s.available_permits())
+    }
+}
+
+/// Per-tenant connection permits, and heavy-read permits.
+#[derive(Debug)]
+pub(crate) struct TenantGate {
+    wait: Duration,
+    connections: Lane,
+    heavy: Lane,
+}
+
+/// One transaction's places under its tenant's caps; dropping it frees them.
+#[derive(Debug)]
+pub(crate) struct GatePermit {
+    // Field order is drop order: the connection place goes first, so a heavy read queued
+    // behind this one never finds the tenant's connections still counted as taken.
+    _connection: LanePermit,
+    _heavy: Option<LanePermit>,
+}
+
 impl TenantGate {
     /// A gate letting each tenant hold `cap` transactions, waiting at most `wait` for one.
     pub(crate) fn new(cap: usize, wait: Duration) -> Self {
         Self {
-            cap: cap.max(1),
             wait,
-            tenants: Arc::default(),
+            connections: Lane::new(cap),
+            heavy: Lane::new(HEAVY_READ_CAP),
         }
     }
 
@@ -81,48 +157,44 @@ impl TenantGate {
     }
 
     pub(crate) fn cap(&self) -> usize {
-        self.cap
+        self.connections.cap
     }
 
-    /// Waits (in arrival order) for one of the tenant's places.
+    /// Waits (in arrival order, at most the pool's acquire timeout in all) for one of the
+    /// tenant's places, and first for a heavy place when the task serves a heavy read.
     pub(crate) async fn enter(&self, tenant: TenantId) -> Result<GatePermit, StoreError> {
-        let semaphore = {
-            let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-            tenants
-                .entry(tenant)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.cap)))
-                .clone()
-        };
-        let permit = match tokio::time::timeout(self.wait, semaphore.clone().acquire_owned()).await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                tracing::warn!(tenant_id = %tenant, cap = self.cap, "tenant at its database connection cap for too long");
-                // Remove the entry if we were the last user of it.
-                let holder = GatePermit {
-                    permit: None,
-                    semaphore,
-                    tenant,
-                    tenants: self.tenants.clone(),
-                };
-                drop(holder);
-                return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let deadline = Instant::now() + self.wait;
+        let heavy = if heavy_read() {
+            match self.heavy.enter(tenant, deadline).await {
+                Some(permit) => Some(permit),
+                None => return Err(self.gave_up(tenant, "heavy read")),
             }
+        } else {
+            None
         };
-        Ok(GatePermit {
-            permit: Some(permit),
-            semaphore,
-            tenant,
-            tenants: self.tenants.clone(),
-        })
+        match self.connections.enter(tenant, deadline).await {
+            Some(connection) => Ok(GatePermit {
+                _connection: connection,
+                _heavy: heavy,
+            }),
+            None => Err(self.gave_up(tenant, "database connection")),
+        }
+    }
+
+    fn gave_up(&self, tenant: TenantId, what: &'static str) -> StoreError {
+        tracing::warn!(tenant_id = %tenant, cap = self.connections.cap, heavy_cap = self.heavy.cap, what, "tenant at its {what} cap for too long");
+        StoreError::Database(sqlx::Error::PoolTimedOut)
     }
 
     /// Transactions the tenant holds now.
     pub(crate) fn in_use(&self, tenant: TenantId) -> usize {
-        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        tenants
-            .get(&tenant)
-            .map_or(0, |s| self.cap - s.available_permits())
+        self.connections.in_use(tenant)
+    }
+
+    /// Heavy reads the tenant runs now.
+    #[cfg(test)]
+    pub(crate) fn heavy_in_use(&self, tenant: TenantId) -> usize {
+        self.heavy.in_use(tenant)
     }
 }
 
@@ -145,9 +217,40 @@ mod tests {
         drop(_third);
         drop(_second);
         assert_eq!(
-            gate.tenants.lock().unwrap().len(),
+            gate.connections.tenants.lock().unwrap().len(),
             1,
             "tenant a not forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_tenant_runs_one_heavy_read_at_a_time_and_others_theirs() {
+        let gate = TenantGate::new(4, Duration::from_millis(50));
+        let a = TenantId::from_uuid(uuid::Uuid::from_u128(1));
+        let b = TenantId::from_uuid(uuid::Uuid::from_u128(2));
+        let first = HEAVY_READ.scope(true, gate.enter(a)).await.unwrap();
+        assert_eq!(gate.heavy_in_use(a), HEAVY_READ_CAP);
+        assert!(
+            HEAVY_READ.scope(true, gate.enter(a)).await.is_err(),
+            "a second heavy read ran beside the first"
+        );
+        // Light transactions of the same tenant, and other tenants' heavy reads, still run.
+        let _light = gate.enter(a).await.unwrap();
+        let _other = HEAVY_READ.scope(true, gate.enter(b)).await.unwrap();
+        assert_eq!(gate.in_use(a), 2);
+        // A waiter gets the place when the first read ends.
+        let waiter = tokio::spawn({
+            let gate = std::sync::Arc::new(gate);
+            let g = gate.clone();
+            async move {
+                let permit = HEAVY_READ.scope(true, g.enter(a)).await;
+                (permit.is_ok(), gate)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(first);
+        let (admitted, gate) = waiter.await.unwrap();
+        assert!(admitted, "the queued heavy read was not admitted");
+        assert_eq!(gate.heavy_in_use(a), 0, "the waiter's permit was dropped");
     }
 }
