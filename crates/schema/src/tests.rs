@@ -181,3 +181,22 @@ fn a_duplicate_anchor_is_refused() {
     assert_eq!(err.reason(), "unsupported");
     assert!(err.to_string().contains("$anchor"), "{err}");
 }
+
+/// Schema work yields the CPU to request threads: the pool's threads run nicer than the caller.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_pool_threads_run_at_a_lower_priority_than_the_process() {
+    let pool = Evaluator::new(1, 4, 4, Duration::from_secs(5));
+    let caller = rustix::process::getpriority_process(None).expect("own priority");
+    let worker = pool
+        .run("a", || {
+            rustix::process::getpriority_process(None).expect("priority")
+        })
+        .await
+        .expect("runs");
+    assert_eq!(worker, (caller + crate::pool::NICE).min(19));
+    assert!(
+        worker > caller || caller == 19,
+        "worker {worker}, caller {caller}"
+    );
+}
