@@ -171,6 +171,21 @@ impl RouteTable {
         self
     }
 
+    /// Caps the body of the route added last at `bytes` (413 beyond), below the application's
+    /// [`MAX_BODY_BYTES`](crate::app::MAX_BODY_BYTES).
+    ///
+    /// # Panics
+    /// With no route added yet (a programming error every test run catches).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        let (_, router) = self
+            .routes
+            .last_mut()
+            .expect("body_limit() follows a route");
+        let taken = std::mem::replace(router, MethodRouter::new());
+        *router = taken.layer(axum::extract::DefaultBodyLimit::max(bytes));
+        self
+    }
+
     /// `GET path`.
     pub fn get<H: Handler<T, AppState>, T: 'static>(
         self,

@@ -358,7 +358,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 problem_type!("payload-too-large"),
                 "Payload Too Large",
-                "request bodies are limited to 1 MiB".into(),
+                "the request body is larger than this route accepts (1 MiB; a tool call 256 KiB)".into(),
             ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

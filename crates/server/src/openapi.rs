@@ -187,7 +187,7 @@ impl Modify for Shared {
                 if json_body {
                     shared.extend([
                         ("400", "The body is not valid JSON"),
-                        ("413", "The body is larger than 1 MiB"),
+                        ("413", "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
                         ("415", "The body is not `application/json`"),
                         ("422", "The body is well-formed but invalid"),
                     ]);
@@ -196,7 +196,7 @@ impl Modify for Shared {
                     shared.extend([
                         ("400", "A parameter is missing, repeated or malformed (`invalid_request`), or the grant or scope is refused"),
                         ("401", "Client authentication failed (`invalid_client`)"),
-                        ("413", "The body is larger than 1 MiB"),
+                        ("413", "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
                         ("429", "Rate limited; see `Retry-After`"),
                         ("503", "Temporarily unavailable (`temporarily_unavailable`)"),
                     ]);

@@ -255,7 +255,7 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
         (status = 400, description = "The body is not valid JSON"),
         (status = 401, description = "Wrong email or password, disabled user or suspended tenant (one answer)"),
         (status = 404, description = "The subdomain or `tenant` names no tenant"),
-        (status = 413, description = "The body is larger than 1 MiB"),
+        (status = 413, description = "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
         (status = 415, description = "The body is not `application/json`"),
         (status = 422, description = "No tenant named, or host and `tenant` disagree"),
         (status = 429, description = "Too many failed logins; see `Retry-After`"),

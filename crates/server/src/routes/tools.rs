@@ -70,6 +70,7 @@ pub fn routes() -> RouteTable {
         // The permission is per tool (`tools:call:<name>`): the handler decides, from the
         // credential's effective scopes, before anything else.
         .post("/v1/tools/{name}/calls", RouteAccess::Authenticated, call)
+        .body_limit(MAX_CALL_BODY_BYTES)
         .confine(Confinement::Admitted(
             "calling a tool is what delegation is for; a call leaves only its audit record, \
              and `tools:call:<name>` (cut to every hop of the chain) bounds which tools",
@@ -148,6 +149,13 @@ pub struct ToolWithSecret {
 pub struct VersionList {
     data: Vec<ToolVersion>,
 }
+
+/// Largest body of a tool call (413 beyond). A call's input is parsed, serialised again and
+/// hashed on the request's own runtime thread before the schema pool sees it; at the
+/// application's 1 MiB a tenant calling within its rate took a third of a small machine's core
+/// that way and tripled another tenant's p99 (issue 27's hostile-schema run). Tool inputs are
+/// arguments, not uploads: 256 KiB is far above any MCP tool's.
+pub const MAX_CALL_BODY_BYTES: usize = 256 * 1024;
 
 /// Body of `POST /v1/tools/{name}/calls`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

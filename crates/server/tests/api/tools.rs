@@ -655,6 +655,18 @@ async fn calls_are_validated_signed_forwarded_and_audited() {
         .await
         .unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    // A call's body is capped below the application's 1 MiB (issue 27): refused before parsing.
+    let oversized = json!({ "input": { "city": "b".repeat(300 * 1024) } });
+    let (status, problem_body) = problem(
+        as_tenant(app, &acme, Method::POST, "/v1/tools/weather/calls")
+            .json(&oversized)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{problem_body}");
+    assert_eq!(receiver.connections(), 0);
 
     let input = json!({ "city": "Berlin", "days": 3 });
     let response = as_tenant(app, &acme, Method::POST, "/v1/tools/weather/calls")
