@@ -11,7 +11,7 @@ use bulkhead_core::id::{
 };
 use bulkhead_core::slug::RESERVED_SLUGS;
 use bulkhead_core::{PrefixedId, SessionId, TenantSlug};
-use bulkhead_server::resolve::{bearer_token, host_signal, HostSignal};
+use bulkhead_server::http::resolve::{bearer_token, host_signal, HostSignal};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 
@@ -275,7 +275,7 @@ fn assert_namespace_invariant(text: &str) {
 /// through its text form; one unknown name refuses the whole set.
 pub fn scopes(data: &[u8]) {
     use bulkhead_core::{Scope, ScopeSet, ToolName};
-    use bulkhead_server::tokens::parse_scope_param;
+    use bulkhead_server::service::tokens::parse_scope_param;
 
     /// What a name grants, decided here independently of the parser.
     enum Grant {
@@ -436,7 +436,7 @@ pub fn webhook_headers(data: &[u8]) {
 /// member is refused by every one of them, and so is every JSON value but an object or an
 /// array.
 pub fn api_bodies(data: &[u8]) {
-    use bulkhead_server::routes::{api_keys, auth, sessions, webhooks};
+    use bulkhead_server::http::routes::{api_keys, auth, sessions, webhooks};
     use bulkhead_store::tokens::TokenPolicy;
 
     fn accepts<T: serde::de::DeserializeOwned>(data: &[u8]) -> bool {
@@ -581,7 +581,7 @@ mod tests {
 
     #[test]
     fn edge_seeds_are_what_their_names_say() {
-        use bulkhead_server::resolve::{host_signal, HostSignal};
+        use bulkhead_server::http::resolve::{host_signal, HostSignal};
         let split = |name: &str| {
             let data = read_seed("edge", name);
             let nul = data.iter().position(|&b| b == 0);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_audit::LogSigningKey;
 use bulkhead_core::{Actor, AuditEventId, RequestId, TenantContext, TenantId};
-use bulkhead_server::audit_log::Sequencer;
+use bulkhead_server::service::audit_log::Sequencer;
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::audit_log::{self, Sweep};
 use bulkhead_store::{Access, Store};

@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::limits::{default_limits, default_preauth_limits, RateLimits};
-use bulkhead_server::state::AppState;
+use bulkhead_server::http::limits::{default_limits, default_preauth_limits, RateLimits};
+use bulkhead_server::http::state::AppState;
 use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
 
 #[path = "common/load.rs"]
@@ -119,7 +119,7 @@ async fn serve(app: Router) -> u16 {
 fn main() {
     // RUST_LOG set: the server's logs on stderr (why a request was refused).
     if std::env::var_os("RUST_LOG").is_some() {
-        bulkhead_server::telemetry::init_logging();
+        bulkhead_server::http::telemetry::init_logging();
     }
     let seconds = env_or("BENCH_SECONDS", 5);
     let rounds = env_or("BENCH_ROUNDS", 3);
@@ -156,7 +156,7 @@ fn main() {
             .connect_with(db.superuser_options.clone())
             .await
             .expect("plain pool");
-        let app = bulkhead_server::app::router(state.clone())
+        let app = bulkhead_server::http::app::router(state.clone())
             .merge(Router::new().route("/bench/baseline/{tenant}/sessions/{id}", get(baseline)).with_state(plain))
             .merge(Router::new().route("/bench/noauth/{tenant}/sessions/{id}", get(unauthenticated)).with_state(state.store().clone()));
         let port = serve(app).await;
@@ -164,7 +164,7 @@ fn main() {
         state.tokens().reload().await.expect("signing keys");
         let jwt = state
             .tokens()
-            .issue(&bulkhead_server::tokens::Grant {
+            .issue(&bulkhead_server::service::tokens::Grant {
                 tenant_id: tenant.id,
                 subject: "agent-1",
                 human: false,
@@ -235,7 +235,7 @@ fn main() {
         };
         let limited = RateLimits::in_memory(roomy_limits.clone(), roomy_limits, clock.clone());
         let on_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(limited)));
-        let on_port = serve(bulkhead_server::app::router(on_state)).await;
+        let on_port = serve(bulkhead_server::http::app::router(on_state)).await;
         let on_url = format!("http://bench.bulkhead.test:{on_port}/v1/sessions/{id}");
         run_round(on_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
         let (mut on, mut off) = (Vec::new(), Vec::new());
@@ -255,7 +255,7 @@ fn main() {
         // shared by both tenants: give it room; this section measures the tenant limits.
         let fair_limits = RateLimits::in_memory(default_limits(), roomy_preauth(), clock.clone());
         let default_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(fair_limits)));
-        let fair_port = serve(bulkhead_server::app::router(default_state)).await;
+        let fair_port = serve(bulkhead_server::http::app::router(default_state)).await;
         let flooder = create_tenant(&db, "flood").await;
         let calm = create_tenant(&db, "calm").await;
         let calm_session: Value = client
@@ -292,7 +292,7 @@ fn main() {
         // is charged only for missing or failed authentication, so B must see no refusal.
         let shared_limits = RateLimits::in_memory(default_limits(), default_preauth_limits(), clock.clone());
         let shared_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(shared_limits)));
-        let shared_port = serve(bulkhead_server::app::router(shared_state)).await;
+        let shared_port = serve(bulkhead_server::http::app::router(shared_state)).await;
         let calm_url = calm_url.replace(&format!(":{fair_port}/"), &format!(":{shared_port}/"));
         let flood_url = format!("http://flood.bulkhead.test:{shared_port}/v1/sessions");
         let window = seconds * rounds;

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::state::AppState;
+use bulkhead_server::http::state::AppState;
 use bulkhead_store::moves::{self, MoveOptions};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant_in, loopback_client, test_peppers, TestDb, TestTier};
@@ -69,7 +69,7 @@ async fn throughput_per_tier(seconds: u64, rounds: u64, concurrency: u64) {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let app = bulkhead_server::app::router(state);
+    let app = bulkhead_server::http::app::router(state);
     tokio::spawn(async move {
         axum::serve(
             listener,

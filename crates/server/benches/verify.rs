@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bulkhead_core::{Clock, Scope, ScopeSet};
-use bulkhead_server::credentials::KeyVerifier;
-use bulkhead_server::tokens::{Grant, TokenService};
+use bulkhead_server::service::credentials::KeyVerifier;
+use bulkhead_server::service::tokens::{Grant, TokenService};
 use bulkhead_test_support::{create_tenant, test_peppers, TestDb};
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -153,9 +153,9 @@ pub struct HttpArgs {
 
 impl HttpArgs {
     /// The validated connection settings.
-    pub fn connections(&self) -> Result<crate::listener::ConnectionSettings, String> {
-        let defaults = crate::listener::ConnectionSettings::default();
-        let settings = crate::listener::ConnectionSettings {
+    pub fn connections(&self) -> Result<crate::http::listener::ConnectionSettings, String> {
+        let defaults = crate::http::listener::ConnectionSettings::default();
+        let settings = crate::http::listener::ConnectionSettings {
             header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
             request_timeout: Duration::from_secs(self.http_request_timeout_secs),
             idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
@@ -169,9 +169,9 @@ impl HttpArgs {
     }
 
     /// The validated hashing settings.
-    pub fn hashing(&self) -> Result<crate::hashing::HashingSettings, String> {
-        let defaults = crate::hashing::HashingSettings::default();
-        let settings = crate::hashing::HashingSettings {
+    pub fn hashing(&self) -> Result<crate::service::hashing::HashingSettings, String> {
+        let defaults = crate::service::hashing::HashingSettings::default();
+        let settings = crate::service::hashing::HashingSettings {
             workers: self.hash_workers.unwrap_or(defaults.workers),
             queue: self.hash_queue,
         };
@@ -257,7 +257,7 @@ pub struct AppConfig {
     /// effect on every process within this time.
     pub registry_ttl: Duration,
     /// Access-token issuer, audience and lifetime.
-    pub tokens: crate::tokens::TokenSettings,
+    pub tokens: crate::service::tokens::TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
     /// Tool endpoints are judged by the same policy, at registration and on every call.
     pub webhook_egress: bulkhead_webhooks::EgressPolicy,
@@ -270,10 +270,10 @@ pub struct AppConfig {
     pub tools: ToolSettings,
     /// Base URLs of regions this process does not serve (see [`ServeArgs::region_endpoints`]).
     pub region_endpoints: Vec<(String, String)>,
-    /// Client connection timeouts and caps (see [`crate::listener`]).
-    pub connections: crate::listener::ConnectionSettings,
-    /// The password-hashing pool (see [`crate::hashing`]).
-    pub hashing: crate::hashing::HashingSettings,
+    /// Client connection timeouts and caps (see [`crate::http::listener`]).
+    pub connections: crate::http::listener::ConnectionSettings,
+    /// The password-hashing pool (see [`crate::service::hashing`]).
+    pub hashing: crate::service::hashing::HashingSettings,
 }
 
 impl AppConfig {
@@ -355,7 +355,7 @@ impl AppConfig {
                 "--base-domain {base_domain:?} is not a valid DNS name"
             ));
         }
-        let tokens = crate::tokens::TokenSettings::new(
+        let tokens = crate::service::tokens::TokenSettings::new(
             &format!("https://{base_domain}"),
             "bulkhead",
             Duration::from_secs(15 * 60),
@@ -374,8 +374,8 @@ impl AppConfig {
             weaken_host_check: false,
             tools: ToolSettings::default(),
             region_endpoints: Vec::new(),
-            connections: crate::listener::ConnectionSettings::default(),
-            hashing: crate::hashing::HashingSettings::default(),
+            connections: crate::http::listener::ConnectionSettings::default(),
+            hashing: crate::service::hashing::HashingSettings::default(),
         })
     }
 }

@@ -19,8 +19,8 @@ use std::sync::{Arc, OnceLock};
 use bulkhead_auth::{KeyEnvironment, KeyPepper};
 use bulkhead_core::{Clock, TenantId, TenantSlug};
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::credentials::Peppers;
-use bulkhead_server::state::AppState;
+use bulkhead_server::service::credentials::Peppers;
+use bulkhead_server::http::state::AppState;
 use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use bulkhead_store::registry::{NewTenant, Plan};
 use bulkhead_store::{migrate, provision, roles, Store};
@@ -318,7 +318,7 @@ impl TestTier {
 pub async fn create_tenant_in(db: &TestDb, slug: &str, tier: TestTier) -> TestTenant {
     let owner = db.owner_store().await;
     let placement = tier.placement(db, &owner).await;
-    let onboarded = bulkhead_server::tenants::onboard(
+    let onboarded = bulkhead_server::service::tenants::onboard(
         &owner,
         &test_peppers(),
         KeyEnvironment::Live,
@@ -343,7 +343,7 @@ pub async fn create_tenant_in(db: &TestDb, slug: &str, tier: TestTier) -> TestTe
 /// Onboards a shared-tier tenant of `region` through `owner`, a store configured to serve that
 /// region (see `Topology::regions`), as `bulkhead tenant create --region` does.
 pub async fn create_tenant_in_region(owner: &Store, slug: &str, region: &str) -> TestTenant {
-    let onboarded = bulkhead_server::tenants::onboard(
+    let onboarded = bulkhead_server::service::tenants::onboard(
         owner,
         &test_peppers(),
         KeyEnvironment::Live,
@@ -396,7 +396,7 @@ pub struct AppOptions {
     /// Trusted proxy networks.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Rate limiters; default: the server's defaults, in process.
-    pub rate_limits: Option<bulkhead_server::limits::SharedLimits>,
+    pub rate_limits: Option<bulkhead_server::http::limits::SharedLimits>,
     /// Webhook egress policy; default [`test_egress_policy`].
     pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
     /// Last changes to the configuration, after every other option.
@@ -454,9 +454,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     };
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
-        Arc::new(bulkhead_server::limits::RateLimits::in_memory(
-            bulkhead_server::limits::default_limits(),
-            bulkhead_server::limits::default_preauth_limits(),
+        Arc::new(bulkhead_server::http::limits::RateLimits::in_memory(
+            bulkhead_server::http::limits::default_limits(),
+            bulkhead_server::http::limits::default_preauth_limits(),
             clock.clone(),
         ))
     });
@@ -474,7 +474,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(bulkhead_server::app::serve(
+    tokio::spawn(bulkhead_server::http::app::serve(
         listener,
         state.clone(),
         async {

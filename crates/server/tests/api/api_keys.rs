@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_auth::KeyPepper;
 use bulkhead_core::Clock;
-use bulkhead_server::credentials::Peppers;
+use bulkhead_server::service::credentials::Peppers;
 use bulkhead_test_support::{
     spawn_app, spawn_app_with, test_pepper, AppOptions, TestApp, TestTenant,
 };
@@ -644,7 +644,7 @@ async fn the_sweep_warns_before_a_grace_deadline_and_expires_after_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let worker = bulkhead_server::worker::Worker::new(app.db.app_store().await);
+    let worker = bulkhead_server::service::worker::Worker::new(app.db.app_store().await);
     // A day in, the deadline is four days away: no warning yet (the window is 48 h).
     clock.advance(chrono::Duration::days(1));
     assert!(worker
@@ -707,7 +707,7 @@ async fn the_sweep_reminds_about_keys_nearing_their_maximum_age() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let worker = bulkhead_server::worker::Worker::new(store);
+    let worker = bulkhead_server::service::worker::Worker::new(store);
     let now = chrono::Utc::now();
     assert!(worker
         .sweep_keys(now + chrono::Duration::days(20))

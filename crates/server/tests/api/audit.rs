@@ -7,7 +7,7 @@ use std::process::Command;
 use bulkhead_audit::export::{ExportVerifier, VerifyReport};
 use bulkhead_audit::tree;
 use bulkhead_audit::{AuditEvent, LogPublicKey, SequencedEvent, SignedCheckpoint};
-use bulkhead_server::audit_log::{AuditService, AuthFailure};
+use bulkhead_server::service::audit_log::{AuditService, AuthFailure};
 use bulkhead_store::audit::Outcome;
 use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};

@@ -2,7 +2,7 @@
 //! route declares whether prefix-confined and delegated credentials may call it, and the table
 //! enforces the declaration before the handler runs.
 
-use bulkhead_server::authz::{Confinement, RouteAccess, RouteSpec};
+use bulkhead_server::http::authz::{Confinement, RouteAccess, RouteSpec};
 use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
@@ -115,7 +115,7 @@ async fn every_route_declares_and_enforces_what_confined_credentials_may_call() 
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let (_root, delegated, prefixed) = tokens(&app, &acme).await;
-    let specs: Vec<RouteSpec> = bulkhead_server::app::route_table()
+    let specs: Vec<RouteSpec> = bulkhead_server::http::app::route_table()
         .specs()
         .cloned()
         .collect();

@@ -1,7 +1,7 @@
 //! Jobs run inside their own tenant's context.
 
 use bulkhead_core::{Actor, SessionId, TenantContext};
-use bulkhead_server::worker::{enqueue_close_session, Worker};
+use bulkhead_server::service::worker::{enqueue_close_session, Worker};
 use bulkhead_store::{jobs, Access};
 use bulkhead_test_support::spawn_app;
 use reqwest::Method;

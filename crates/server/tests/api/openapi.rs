@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use axum::http::Method;
-use bulkhead_server::routes::served_routes;
+use bulkhead_server::http::routes::served_routes;
 use bulkhead_test_support::spawn_app;
 use serde_json::Value;
 
@@ -34,7 +34,7 @@ const METHODS: &[&str] = &[
 ];
 
 fn document() -> Value {
-    serde_json::to_value(bulkhead_server::openapi::openapi()).unwrap()
+    serde_json::to_value(bulkhead_server::http::openapi::openapi()).unwrap()
 }
 
 /// Every (METHOD, path) the document names.
@@ -267,7 +267,7 @@ async fn served_routes_is_what_the_router_serves() {
     }
 }
 
-/// The served document is the one [`bulkhead_server::openapi::openapi`] builds, as JSON, with
+/// The served document is the one [`bulkhead_server::http::openapi::openapi`] builds, as JSON, with
 /// no credential.
 #[tokio::test]
 async fn openapi_json_is_served_without_a_credential() {
@@ -291,9 +291,9 @@ async fn openapi_json_is_served_without_a_credential() {
 /// drift from the route table the router enforces.
 #[test]
 fn documented_scopes_are_the_route_tables_permissions() {
-    use bulkhead_server::authz::RouteAccess;
+    use bulkhead_server::http::authz::RouteAccess;
     let doc = document();
-    for spec in bulkhead_server::app::route_table().specs() {
+    for spec in bulkhead_server::http::app::route_table().specs() {
         let op = &doc["paths"][spec.path][spec.method.as_str().to_lowercase()];
         let bearer: Vec<&str> = op["security"]
             .as_array()

@@ -34,7 +34,7 @@ async fn metrics_are_served_on_their_own_listener_never_the_apis() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bulkhead_server::app::serve_metrics(
+    let server = tokio::spawn(bulkhead_server::http::app::serve_metrics(
         listener,
         app.state.config().connections.clone(),
         async move {

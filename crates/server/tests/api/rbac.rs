@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bulkhead_auth::rbac::BuiltInRole;
 use bulkhead_auth::KeyEnvironment;
 use bulkhead_core::{Actor, AgentId, RequestId, Scope, ScopeSet, TenantContext};
-use bulkhead_server::authz::{RouteAccess, RouteSpec};
-use bulkhead_server::keys::{self, KeySpec};
-use bulkhead_server::limits::RateLimits;
+use bulkhead_server::http::authz::{RouteAccess, RouteSpec};
+use bulkhead_server::service::keys::{self, KeySpec};
+use bulkhead_server::http::limits::RateLimits;
 use bulkhead_store::rbac::{self, Principal};
 use bulkhead_store::Access;
 use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, TestTenant};
@@ -159,7 +159,7 @@ fn concrete(spec: &RouteSpec) -> String {
 }
 
 fn routes() -> Vec<RouteSpec> {
-    bulkhead_server::app::route_table()
+    bulkhead_server::http::app::route_table()
         .specs()
         .cloned()
         .collect()
@@ -1188,7 +1188,7 @@ async fn role_changes_reach_a_second_process_before_its_cache_expires() {
     .await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
     // Well under the 5 s cache lifetime: only a pushed invalidation can explain a refusal.
-    let bound = bulkhead_server::ceilings::CEILING_TTL / 2;
+    let bound = bulkhead_server::service::ceilings::CEILING_TTL / 2;
     loop {
         let status = send(&second, &holder, Method::GET, "/v1/sessions", None)
             .await

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::hashing::Caller;
+use bulkhead_server::service::hashing::Caller;
 use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -213,7 +213,7 @@ fn accepted_descriptors(port: u16) -> usize {
 /// the API's bounded accept loop with its own small caps.
 #[tokio::test]
 async fn a_slowloris_against_the_metrics_port_is_cut_off() {
-    use bulkhead_server::listener::{ConnectionSettings, METRICS_MAX_CONNECTIONS};
+    use bulkhead_server::http::listener::{ConnectionSettings, METRICS_MAX_CONNECTIONS};
     let settings = ConnectionSettings {
         header_read_timeout: Duration::from_secs(2),
         ..ConnectionSettings::default()
@@ -223,7 +223,7 @@ async fn a_slowloris_against_the_metrics_port_is_cut_off() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bulkhead_server::app::serve_metrics(
+    let server = tokio::spawn(bulkhead_server::http::app::serve_metrics(
         listener,
         settings,
         async move {

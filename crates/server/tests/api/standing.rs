@@ -544,7 +544,7 @@ async fn a_status_change_reaches_every_copy_or_none_and_is_audited() {
     let onboard = |slug: &'static str, region: &'static str| {
         let owner = owner.clone();
         async move {
-            bulkhead_server::tenants::onboard(
+            bulkhead_server::service::tenants::onboard(
                 &owner,
                 &bulkhead_test_support::test_peppers(),
                 bulkhead_auth::KeyEnvironment::Live,

@@ -626,7 +626,7 @@ async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
     let onboard = |slug: &'static str, region: &'static str| {
         let owner = owner.clone();
         async move {
-            let onboarded = bulkhead_server::tenants::onboard(
+            let onboarded = bulkhead_server::service::tenants::onboard(
                 &owner,
                 &bulkhead_test_support::test_peppers(),
                 bulkhead_auth::KeyEnvironment::Live,

@@ -18,10 +18,10 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// The server's default rate limits on the real clock, for tests that move the application's
 /// clock: the limiters must not see time stand still or run backwards.
-fn real_time_limits() -> bulkhead_server::limits::SharedLimits {
-    std::sync::Arc::new(bulkhead_server::limits::RateLimits::in_memory(
-        bulkhead_server::limits::default_limits(),
-        bulkhead_server::limits::default_preauth_limits(),
+fn real_time_limits() -> bulkhead_server::http::limits::SharedLimits {
+    std::sync::Arc::new(bulkhead_server::http::limits::RateLimits::in_memory(
+        bulkhead_server::http::limits::default_limits(),
+        bulkhead_server::http::limits::default_preauth_limits(),
         Clock::system(),
     ))
 }
@@ -1198,7 +1198,7 @@ async fn login_is_throttled_per_account_name_without_revealing_which_accounts_ex
     assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
 
     for email in ["ann@acme.test", "nobody@acme.test"] {
-        for _ in 1..bulkhead_server::routes::auth::FREE_FAILURES {
+        for _ in 1..bulkhead_server::http::routes::auth::FREE_FAILURES {
             let r = login_response(&app, "acme", email, "wrong password!!").await;
             assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         }
@@ -1249,7 +1249,7 @@ async fn login_is_throttled_per_address_across_accounts() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
-    for i in 0..bulkhead_server::routes::auth::IP_FAILURES_PER_WINDOW {
+    for i in 0..bulkhead_server::http::routes::auth::IP_FAILURES_PER_WINDOW {
         let r = login_response(
             &app,
             "acme",
@@ -1424,7 +1424,7 @@ async fn concurrent_guesses_cannot_exceed_the_per_account_budget() {
         .count();
     assert_eq!(checked + throttled + busy, 16);
     assert!(
-        checked <= bulkhead_server::routes::auth::FREE_FAILURES as usize,
+        checked <= bulkhead_server::http::routes::auth::FREE_FAILURES as usize,
         "{checked} concurrent guesses reached the password check"
     );
 }

@@ -1,0 +1,67 @@
+//! Extractors: the tenant context, and JSON/query/path extractors whose rejections are problems.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use bulkhead_core::{Scope, TenantContext};
+
+use crate::http::error::ApiError;
+
+/// The request's tenant context, put there by [`crate::http::resolve`]. Absent means the route was
+/// mounted outside the resolving middleware: fail closed with 401, never run without a tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub TenantContext);
+
+impl Tenant {
+    /// Fails with 403 naming the scope unless the credential holds it.
+    pub fn require(&self, scope: Scope) -> Result<&TenantContext, ApiError> {
+        if self.0.has_scope(scope) {
+            Ok(&self.0)
+        } else {
+            audit_forbidden(&self.0, scope, "route");
+            Err(ApiError::MissingScope(scope))
+        }
+    }
+}
+
+/// The audit event of an authorization refusal (403).
+pub fn audit_forbidden(ctx: &TenantContext, scope: Scope, what: &'static str) {
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.forbidden",
+        outcome = "failure",
+        tenant_id = %ctx.tenant_id(),
+        actor_id = %ctx.actor().audit_id(),
+        missing_scope = %scope,
+        check = what,
+        "permission denied"
+    );
+    crate::service::audit_log::forbidden_in_scope(ctx, format!("missing {scope} ({what})"));
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<TenantContext>()
+            .cloned()
+            .map(Tenant)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// JSON body; rejections become 400/413/415/422 problems.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+/// Query string; rejections become 400 problems.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// Path parameters; rejections become 400 problems.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);

@@ -1,0 +1,461 @@
+//! Rate limiting in the request pipeline: where the limits are configured (one place, here),
+//! and the two middlewares that apply them.
+//!
+//! - [`preauth_limit`] runs before authentication, keyed by the client address: it bounds the
+//!   work (one key lookup each) that unauthenticated traffic can cause, such as a flood of
+//!   checksum-valid random keys. It is charged only for requests that do not authenticate
+//!   (missing or failed credentials: a 4xx answer with no authenticated tenant), because many
+//!   tenants share egress addresses (NAT, corporate proxies, an agent runtime): one tenant's
+//!   authenticated flood is that tenant's budget, never its neighbours' on the same address.
+//!   Once an address has spent the budget, every request from it is refused before any lookup
+//!   (429 naming the level `address`) until the budget has room again.
+//! - [`tenant_limit`] runs after authentication and before any database work, with all four
+//!   levels (global, tenant by plan, agent/key, endpoint class with its cost), all or nothing.
+//!
+//! Every response under `/v1` carries `RateLimit-Policy` and `RateLimit` headers (IETF httpapi
+//! draft) for the most constraining level; a rejection is a 429 problem naming the level, with
+//! `Retry-After`. With Redis configured (`REDIS_URL`) several processes share the budgets; if
+//! Redis is unreachable the configured fallback applies (local by default, or deny: then 503).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::{Actor, Clock, TenantContext, TenantId};
+use bulkhead_ratelimit::{
+    header_values, ClassQuota, ConcurrencyLimiter, Decision, Level, LevelState, LimitConfig,
+    Limiter, Plan, Quota, Source,
+};
+use bulkhead_store::registry;
+
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+
+/// The deployment's limits. Plans differ by tenant budget; every key (agent) gets a share
+/// inside its tenant's budget; expensive endpoints cost more and have their own budget.
+pub fn default_limits() -> LimitConfig {
+    LimitConfig {
+        global: Some(Quota::per_second(20_000).with_burst(40_000)),
+        plans: [
+            (Plan::Free, Quota::per_second(10).with_burst(20)),
+            (Plan::Standard, Quota::per_second(200).with_burst(400)),
+            (Plan::Enterprise, Quota::per_second(2_000).with_burst(4_000)),
+        ]
+        .into_iter()
+        .collect(),
+        per_agent: Some(Quota::per_second(100).with_burst(200)),
+        // Minting keys is expensive and sensitive: each costs 10 units of the tenant's budget
+        // and has its own budget of 30 a minute.
+        classes: [(
+            "key_create".to_owned(),
+            ClassQuota::limited(10, Quota::per_minute(30).with_burst(10)),
+        )]
+        .into_iter()
+        .collect(),
+        ..LimitConfig::default()
+    }
+}
+
+/// The per-address budget before authentication: generous for any real client, small enough
+/// that one address cannot tie up the key lookup.
+pub fn default_preauth_limits() -> LimitConfig {
+    LimitConfig {
+        plans: [Plan::Free, Plan::Standard, Plan::Enterprise]
+            .into_iter()
+            .map(|plan| (plan, Quota::per_second(500).with_burst(1_000)))
+            .collect(),
+        ..LimitConfig::default()
+    }
+}
+
+/// Requests of one tenant in flight at once in this process (Stripe's concurrency limiter):
+/// expensive classes get a small number, everything else a generous one.
+pub fn default_concurrency() -> ConcurrencyLimiter {
+    ConcurrencyLimiter::new(256).with_class("key_create", 4)
+}
+
+/// Addresses whose pre-authentication budget is spent, with when it has room again. Bounded:
+/// an entry lives at most as long as the longest wait.
+type Blocked = moka::sync::Cache<TenantId, chrono::DateTime<chrono::Utc>>;
+
+fn blocked_addresses() -> Blocked {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(std::time::Duration::from_secs(15 * 60))
+        .build()
+}
+
+/// The limiters of a process.
+#[derive(Debug)]
+pub struct RateLimits {
+    tenant: Limiter,
+    preauth: Limiter,
+    concurrency: ConcurrencyLimiter,
+    blocked: Blocked,
+    clock: Clock,
+}
+
+impl RateLimits {
+    /// In-process limiters with the given configurations.
+    pub fn in_memory(tenant: LimitConfig, preauth: LimitConfig, clock: Clock) -> Self {
+        Self {
+            tenant: Limiter::in_memory(tenant, clock.clone()),
+            preauth: Limiter::in_memory(preauth, clock.clone()),
+            concurrency: default_concurrency(),
+            blocked: blocked_addresses(),
+            clock,
+        }
+    }
+
+    /// The defaults, shared through Redis when `REDIS_URL` is set, else in process.
+    pub fn from_env(clock: Clock) -> anyhow::Result<Self> {
+        match bulkhead_ratelimit::RedisOptions::from_env() {
+            Some(options) => Ok(Self {
+                tenant: Limiter::redis(default_limits(), clock.clone(), options.clone())?,
+                preauth: Limiter::redis(default_preauth_limits(), clock.clone(), {
+                    let mut options = options;
+                    options.key_prefix = format!("{}:preauth", options.key_prefix);
+                    options
+                })?,
+                concurrency: default_concurrency(),
+                blocked: blocked_addresses(),
+                clock,
+            }),
+            None => Ok(Self::in_memory(
+                default_limits(),
+                default_preauth_limits(),
+                clock,
+            )),
+        }
+    }
+}
+
+/// The tenant's plan, put beside the context by resolution.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantPlan(pub registry::Plan);
+
+fn limiter_plan(plan: registry::Plan) -> Plan {
+    match plan {
+        registry::Plan::Free => Plan::Free,
+        registry::Plan::Standard => Plan::Standard,
+        registry::Plan::Enterprise => Plan::Enterprise,
+    }
+}
+
+/// Which endpoint class a route belongs to (its cost and own budget).
+fn endpoint_class(method: &http::Method, route: &str) -> &'static str {
+    match (method.as_str(), route) {
+        ("POST", "/v1/api-keys") | ("POST", "/v1/api-keys/{id}/rotate") => "key_create",
+        _ => bulkhead_ratelimit::DEFAULT_CLASS,
+    }
+}
+
+/// The pre-authentication limiter keys on the client address's bucket (IPv6 per /64, see
+/// `bulkhead_core::net::address_bucket`). The GCRA engine is keyed by tenant id, so the bucket is
+/// mapped to a stable, non-tenant id (UUIDv5 in a namespace of its own); these ids never reach
+/// the database.
+fn address_key(ip: IpAddr) -> TenantId {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b5e_0f5c_9d1e_4c3b_8a7e_1f2d_3c4b_5a69);
+    let octets = match bulkhead_core::net::address_bucket(ip) {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    TenantId::from_uuid(uuid::Uuid::new_v5(&NAMESPACE, &octets))
+}
+
+fn rejection(decision: &Decision) -> Response {
+    let mut response = match (decision.source, decision.rejected_by) {
+        (Source::Unavailable, _) => ApiError::Unavailable.into_response(),
+        (_, level) => {
+            ApiError::RateLimited(level.map_or("deployment", |l| l.as_str())).into_response()
+        }
+    };
+    add_headers(&mut response, decision);
+    response
+}
+
+fn add_headers(response: &mut Response, decision: &Decision) {
+    for (name, value) in header_values(decision) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// Put on the response of a request that authenticated ([`tenant_limit`] runs only after
+/// resolution succeeded): such requests are not charged to the per-address budget.
+#[derive(Debug, Clone, Copy)]
+struct Authenticated;
+
+/// How long until a level with `state` after an allowed charge has room for one more unit.
+fn until_one_unit(state: &LevelState) -> std::time::Duration {
+    let rested_after_one = state
+        .quota
+        .emission_interval()
+        .saturating_mul(state.quota.burst().saturating_sub(1));
+    state
+        .reset
+        .saturating_sub(rested_after_one)
+        .max(std::time::Duration::from_millis(1))
+}
+
+/// The 429 for an address whose budget is spent, for `wait` more.
+fn address_refusal(limits: &RateLimits, wait: std::time::Duration) -> Response {
+    let quota = limits.preauth.config().plans.get(&Plan::Standard).copied();
+    let decision = Decision {
+        allowed: false,
+        rejected_by: Some(Level::Address),
+        retry_after: Some(wait),
+        limiting: quota.map(|quota| LevelState {
+            level: Level::Address,
+            quota,
+            remaining: 0,
+            reset: wait,
+        }),
+        source: Source::Backend,
+    };
+    rejection(&decision)
+}
+
+/// Before authentication: one budget per client address, charged only for requests that end
+/// without authenticating (see the module documentation).
+pub async fn preauth_limit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limits) = state.rate_limits() else {
+        return next.run(request).await;
+    };
+    // An unknown address (malformed chain) shares one budget rather than escaping limits.
+    let ip = crate::service::credentials::request_client_ip(&request, &state.config().trusted_proxies)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let key = address_key(ip);
+    let now = limits.clock.now();
+    if let Some(until) = limits.blocked.get(&key) {
+        match (until - now).to_std() {
+            Ok(wait) if !wait.is_zero() => {
+                tracing::warn!(target: "bulkhead::audit", action = "ratelimit.preauth", outcome = "blocked", client_ip = %ip, level = "address", "pre-authentication limit reached");
+                metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => "address")
+                    .increment(1);
+                return address_refusal(limits, wait);
+            }
+            _ => limits.blocked.invalidate(&key),
+        }
+    }
+    let response = next.run(request).await;
+    if response.extensions().get::<Authenticated>().is_some()
+        || !response.status().is_client_error()
+    {
+        return response;
+    }
+    // Missing or failed authentication (or a request refused before it): charged. Once the
+    // budget has no room, the address is refused before any lookup until it has.
+    let decision = limits
+        .preauth
+        .check(&bulkhead_ratelimit::Request::new(
+            key,
+            Plan::Standard,
+            bulkhead_ratelimit::DEFAULT_CLASS,
+        ))
+        .await
+        .relabel(Level::Tenant, Level::Address);
+    let wait = match (decision.allowed, &decision.limiting) {
+        (false, _) => Some(
+            decision
+                .retry_after
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        ),
+        (true, Some(state)) if state.remaining == 0 => Some(until_one_unit(state)),
+        _ => None,
+    };
+    if let Some(wait) = wait {
+        let until =
+            now + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(1));
+        limits.blocked.insert(key, until);
+    }
+    response
+}
+
+/// After authentication, before the handler: all four levels, all or nothing.
+pub async fn tenant_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let authenticated = request.extensions().get::<TenantContext>().is_some();
+    let mut response = tenant_limits(state, request, next).await;
+    if authenticated {
+        response.extensions_mut().insert(Authenticated);
+    }
+    response
+}
+
+async fn tenant_limits(state: AppState, request: Request, next: Next) -> Response {
+    let Some(limits) = state.rate_limits() else {
+        return next.run(request).await;
+    };
+    let (Some(ctx), Some(TenantPlan(plan))) = (
+        request.extensions().get::<TenantContext>().cloned(),
+        request.extensions().get::<TenantPlan>().copied(),
+    ) else {
+        // Mounted outside resolution: fail closed.
+        return ApiError::Unauthorized.into_response();
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let class = endpoint_class(request.method(), &route);
+    let agent = match ctx.actor() {
+        Actor::ApiKey { key_id, .. } => Some(key_id.to_string()),
+        // A human's tokens share that user's budget; an agent's tokens share their key's.
+        Actor::Token {
+            human: true,
+            subject,
+            ..
+        } => Some(subject.clone()),
+        Actor::Token { client_id, .. } => Some(client_id.clone()),
+        _ => None,
+    };
+    let mut limited = bulkhead_ratelimit::Request::new(ctx.tenant_id(), limiter_plan(plan), class);
+    if let Some(agent) = agent.as_deref() {
+        limited = limited.with_agent(agent);
+    }
+    // Taken before the rate decision, so a request refused here charges no budget; held until
+    // the handler has answered (dropping it frees the slot).
+    let Some(_permit) = limits.concurrency.acquire(ctx.tenant_id(), class) else {
+        tracing::warn!(target: "bulkhead::audit", action = "ratelimit.reject", outcome = "blocked", tenant_id = %ctx.tenant_id(), level = "concurrency", class, "too many requests in flight");
+        let mut response = ApiError::RateLimited("concurrency").into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return response;
+    };
+    let decision = limits.tenant.check(&limited).await;
+    if !decision.allowed {
+        tracing::warn!(
+            target: "bulkhead::audit",
+            action = "ratelimit.reject",
+            outcome = "blocked",
+            tenant_id = %ctx.tenant_id(),
+            actor_id = %ctx.actor().audit_id(),
+            level = decision.rejected_by.map(|l| l.as_str()),
+            class,
+            "rate limit reached"
+        );
+        metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => decision.rejected_by.map_or("unavailable", |l| l.as_str())).increment(1);
+        return rejection(&decision);
+    }
+    let timeout = statement_timeout(request.method(), &route);
+    let heavy = is_heavy_read(request.method(), &route);
+    let mut response = bulkhead_store::gate::STATEMENT_TIMEOUT
+        .scope(
+            timeout,
+            bulkhead_store::gate::HEAVY_READ.scope(heavy, next.run(request)),
+        )
+        .await;
+    add_headers(&mut response, &decision);
+    response
+}
+
+/// `statement_timeout` of reads (every GET: single resources and lists with their filters).
+pub const READ_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// `statement_timeout` of writes.
+pub const WRITE_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The statement timeout of a route class: a tenant's heaviest allowed query gives up (503)
+/// instead of holding a shared connection for as long as it likes.
+fn statement_timeout(method: &http::Method, _route: &str) -> std::time::Duration {
+    if method == http::Method::GET || method == http::Method::HEAD {
+        READ_STATEMENT_TIMEOUT
+    } else {
+        WRITE_STATEMENT_TIMEOUT
+    }
+}
+
+/// Reads whose cost grows with the tenant's data: every `GET` of a collection (a path ending in
+/// a literal segment: the lists with their filters, the audit-event reads and exports). Their
+/// transactions run one at a time per tenant (`bulkhead_store::gate::HEAVY_READ_CAP`), so a
+/// tenant with a million rows cannot fill the machine with scans beside everyone else's
+/// requests; a single resource (`…/{id}`) is an index lookup and is not held back.
+fn is_heavy_read(method: &http::Method, route: &str) -> bool {
+    (method == http::Method::GET || method == http::Method::HEAD) && !route.ends_with('}')
+}
+
+/// Shared handle in the app state.
+pub type SharedLimits = Arc<RateLimits>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_keys_are_stable_and_canonical() {
+        let v4: IpAddr = "203.0.113.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(address_key(v4), address_key(mapped));
+        // Issue 17, item 5: IPv6 is one budget per /64, not per /128.
+        assert_eq!(
+            address_key("2001:db8:7:7::1".parse().unwrap()),
+            address_key("2001:db8:7:7:dead:beef:0:1".parse().unwrap())
+        );
+        assert_ne!(
+            address_key("2001:db8:7:7::1".parse().unwrap()),
+            address_key("2001:db8:7:8::1".parse().unwrap())
+        );
+        assert_ne!(
+            address_key(v4),
+            address_key("203.0.113.10".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn key_minting_is_its_own_class() {
+        let post = http::Method::POST;
+        assert_eq!(endpoint_class(&post, "/v1/api-keys"), "key_create");
+        assert_eq!(
+            endpoint_class(&post, "/v1/api-keys/{id}/rotate"),
+            "key_create"
+        );
+        assert_eq!(
+            endpoint_class(&http::Method::GET, "/v1/api-keys"),
+            "default"
+        );
+        assert_eq!(endpoint_class(&post, "/v1/sessions"), "default");
+    }
+
+    /// Every list and audit read of the route table is heavy; no single resource and no write
+    /// is (issue 28.3: a tenant's scans run one at a time).
+    #[test]
+    fn every_collection_read_of_the_table_is_heavy() {
+        let mut heavy = Vec::new();
+        for spec in crate::http::app::route_table().specs() {
+            if is_heavy_read(&spec.method, spec.path) {
+                assert_eq!(
+                    spec.method,
+                    http::Method::GET,
+                    "{}: a write is not a read",
+                    spec.path
+                );
+                heavy.push(spec.path.to_string());
+            }
+        }
+        for list in [
+            "/v1/sessions",
+            "/v1/audit/events",
+            "/v1/api-keys",
+            "/v1/users",
+            "/v1/tools",
+        ] {
+            assert!(
+                heavy.iter().any(|p| p == list),
+                "{list} is not heavy: {heavy:?}"
+            );
+        }
+        assert!(!is_heavy_read(&http::Method::GET, "/v1/sessions/{id}"));
+        assert!(!is_heavy_read(&http::Method::POST, "/v1/sessions"));
+    }
+}

@@ -1,0 +1,488 @@
+//! The OpenAPI 3.1 document of the whole HTTP API, served at `GET /openapi.json`.
+//!
+//! Each handler carries its own `#[utoipa::path]` (method, path, parameters, body, its success
+//! and its specific refusals); this module gathers them and adds, in one place, what every
+//! operation of a kind shares, mirroring the one error mapping in [`crate::http::error`]:
+//! - every error response (4xx/5xx) written without a body gets the body the server really
+//!   sends: RFC 9457 `application/problem+json` ([`Problem`]), or the RFC 6749 §5.2 JSON error
+//!   ([`OAuthErrorBody`]) on `/oauth/*`;
+//! - every `/v1` operation behind tenant resolution gets 400 (malformed request), 401 (no or a
+//!   bad credential), 403 (missing scope, suspended tenant), 404 (unknown tenant subdomain),
+//!   429 (rate limited) and 503 (credential checks unavailable);
+//! - every operation with a JSON body gets 413 and 415.
+//!
+//! Types built only for this document (bodies the handlers assemble with `json!`, and the OAuth
+//! form bodies the handlers parse by hand) live here; they are checked against the server's real
+//! answers by schemathesis in CI (`.ci/schemathesis.sh`).
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bulkhead_store::tokens::AuthSession;
+use bulkhead_store::webhooks::{Attempt, Delivery, Message};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::http::error::Problem;
+use crate::http::routes::{
+    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, usage,
+    webhooks,
+};
+
+/// The security scheme of the tenant API: `Authorization: Bearer <API key or access token>`.
+pub const BEARER: &str = "bearer";
+/// The OAuth client authentication by HTTP Basic (`client_id` = key id, secret = the key).
+pub const CLIENT_BASIC: &str = "client_basic";
+
+/// `GET /openapi.json`: this document (no credential needed, like `/healthz`).
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
+)]
+pub async fn serve() -> Response {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| {
+        openapi()
+            .to_json()
+            .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
+}
+
+/// The document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bulkhead",
+        description = "The security backbone of a multi-tenant platform: tenant-scoped sessions, API keys, \
+            OAuth 2.0 tokens, webhooks and a verifiable audit log. Every `/v1` request carries \
+            `Authorization: Bearer <API key or access token>` and may come through the tenant's \
+            subdomain; another tenant's resource answers exactly like a missing one (404). Errors are \
+            RFC 9457 `application/problem+json`, except on `/oauth/*` (RFC 6749 §5.2). Every `/v1` \
+            response carries `RateLimit-Policy` and `RateLimit` headers; 429 answers carry `Retry-After`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        serve,
+        health::healthz, health::readyz,
+        oauth::token, oauth::revoke, oauth::introspect, oauth::metadata, oauth::jwks,
+        audit::log_key,
+        auth::login, auth::logout, auth::list_sessions, auth::end_session,
+        auth::get_policy, auth::put_policy,
+        sessions::create, sessions::list, sessions::fetch, sessions::update, sessions::remove,
+        api_keys::create, api_keys::list, api_keys::fetch, api_keys::update, api_keys::rotate,
+        api_keys::revoke, api_keys::revoke_all, api_keys::get_policy, api_keys::put_policy,
+        webhooks::create, webhooks::list, webhooks::fetch, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::send_test, webhooks::recover, webhooks::publish,
+        webhooks::fetch_message, webhooks::attempts, webhooks::resend,
+        audit::list_events, audit::checkpoint_now, audit::latest_checkpoint, audit::inclusion,
+        audit::consistency, audit::export,
+        principals::list_users, principals::create_user, principals::fetch_user,
+        principals::update_user, principals::list_agents, principals::create_agent,
+        principals::fetch_agent, principals::update_agent,
+        roles::list_roles, roles::create_role, roles::fetch_role, roles::update_role,
+        roles::delete_role, roles::list_assignments, roles::assign, roles::unassign,
+        tools::create, tools::list, tools::fetch, tools::update, tools::remove, tools::versions,
+        tools::get_policy, tools::put_policy, tools::call,
+        context::context,
+        usage::usage,
+    ),
+    components(schemas(Problem, OAuthErrorBody)),
+    modifiers(&Shared),
+    tags(
+        (name = "meta", description = "Health and this document"),
+        (name = "oauth", description = "OAuth 2.0 token, revocation and introspection endpoints, and the JWKS"),
+        (name = "auth", description = "Human login, auth sessions and the token policy"),
+        (name = "sessions", description = "Agent sessions"),
+        (name = "api-keys", description = "The API-key lifecycle and the key policy"),
+        (name = "webhooks", description = "Webhook endpoints, messages and the attempt log"),
+        (name = "audit", description = "The tenant's verifiable audit log"),
+        (name = "principals", description = "The tenant's users and agents"),
+        (name = "roles", description = "Built-in and custom roles, and who holds them"),
+        (name = "tools", description = "The tenant's tool registry, screening policy and tool calls"),
+        (name = "usage", description = "The tenant's quotas: usage and limit per kind"),
+    ),
+)]
+struct ApiDoc;
+
+/// Adds what operations share (see the module doc) and the security schemes.
+struct Shared;
+
+impl Modify for Shared {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`bk_live_…`/`bk_test_…`) or an access token (EdDSA JWT from \
+                         `/oauth/token` or `/v1/auth/login`). The roles of a requirement name the \
+                         scope the operation needs.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            CLIENT_BASIC,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "OAuth client authentication (RFC 6749 §2.3.1): `client_id` is the API key's \
+                         `key_…` id, the password is the key. The key may instead be sent as \
+                         `client_secret` in the form body, never both.",
+                    ))
+                    .build(),
+            ),
+        );
+
+        open_flattened_schemas(components);
+
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let oauth = path.starts_with("/oauth/");
+            let tenant_api = path.starts_with("/v1/") && path != "/v1/auth/login";
+            let ops = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                if let Some(body) = op.request_body.as_mut() {
+                    optional_not_null(body);
+                }
+                let responses = &mut op.responses.responses;
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|body| body.content.contains_key("application/json"));
+                let form_body = op.request_body.as_ref().is_some_and(|body| {
+                    body.content
+                        .contains_key("application/x-www-form-urlencoded")
+                });
+                let mut shared: Vec<(&str, &str)> = Vec::new();
+                if tenant_api {
+                    shared.extend([
+                        ("400", "Malformed request: syntax, a malformed id, an unknown query parameter"),
+                        ("401", "No credential, or one that is malformed, unknown, expired, revoked or for another tenant"),
+                        ("403", "The credential lacks the scope, or the tenant is suspended"),
+                        ("404", "No such resource (another tenant's answers the same), or the subdomain names no tenant"),
+                        ("429", "Rate limited (the level is named); see `Retry-After`"),
+                        ("503", "Credential checks are temporarily unavailable; retry later"),
+                    ]);
+                }
+                if json_body {
+                    shared.extend([
+                        ("400", "The body is not valid JSON"),
+                        ("413", "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
+                        ("415", "The body is not `application/json`"),
+                        ("422", "The body is well-formed but invalid"),
+                    ]);
+                }
+                if form_body {
+                    shared.extend([
+                        ("400", "A parameter is missing, repeated or malformed (`invalid_request`), or the grant or scope is refused"),
+                        ("401", "Client authentication failed (`invalid_client`)"),
+                        ("413", "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
+                        ("429", "Rate limited; see `Retry-After`"),
+                        ("503", "Temporarily unavailable (`temporarily_unavailable`)"),
+                    ]);
+                }
+                for (status, description) in shared {
+                    responses.entry(status.to_owned()).or_insert_with(|| {
+                        RefOr::T(ResponseBuilder::new().description(description).build())
+                    });
+                }
+                for (status, response) in responses.iter_mut() {
+                    let error = status.starts_with('4') || status.starts_with('5');
+                    if let (true, RefOr::T(response)) = (error, response) {
+                        fill_error_body(response, oauth);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A `#[serde(flatten)]` field becomes `allOf: [<the flattened type>, <the other fields>]`; a
+/// flattened type that refuses unknown fields when deserialized (`deny_unknown_fields`, hence
+/// `additionalProperties: false`) would then refuse the other fields, and no real answer would
+/// match. Such schemas are opened up: they describe answers here, which the strict
+/// deserialization never reads.
+fn open_flattened_schemas(components: &mut utoipa::openapi::Components) {
+    let flattened: Vec<String> = components
+        .schemas
+        .values()
+        .filter_map(|schema| match schema {
+            RefOr::T(Schema::AllOf(all_of)) => Some(all_of.items.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|item| match item {
+            RefOr::Ref(reference) => reference
+                .ref_location
+                .strip_prefix("#/components/schemas/")
+                .map(str::to_owned),
+            RefOr::T(_) => None,
+        })
+        .collect();
+    for name in flattened {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&name) {
+            object.additional_properties = None;
+        }
+    }
+}
+
+/// `request_body(content = Option<T>)` (a body that may be left out: rotate, rotate-secret)
+/// comes out as `oneOf: [null, T]`, which says a JSON `null` is a valid body; the handlers take
+/// an empty body, or a `T`. Written as an optional `T` instead.
+fn optional_not_null(body: &mut utoipa::openapi::request_body::RequestBody) {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let is_null = |item: &RefOr<Schema>| matches!(item, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let mut optional = false;
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        if one_of.items.len() != 2 || !one_of.items.iter().any(is_null) {
+            continue;
+        }
+        let inner = one_of.items.iter().find(|item| !is_null(item)).cloned();
+        content.schema = inner;
+        optional = true;
+    }
+    if optional {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
+}
+
+/// An error response written without content gets the body the server sends.
+fn fill_error_body(response: &mut OaResponse, oauth: bool) {
+    if !response.content.is_empty() {
+        return;
+    }
+    let (content_type, schema) = if oauth {
+        ("application/json", "OAuthErrorBody")
+    } else {
+        ("application/problem+json", "Problem")
+    };
+    response.content.insert(
+        content_type.to_owned(),
+        ContentBuilder::new()
+            .schema(Some(utoipa::openapi::Ref::from_schema_name(schema)))
+            .build(),
+    );
+}
+
+/// An OAuth 2.0 error (RFC 6749 §5.2, RFC 7009 §2.2.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// The RFC 6749 error code.
+    #[schema(example = "invalid_request")]
+    pub error: String,
+    /// What was wrong; never echoes a credential.
+    pub error_description: String,
+}
+
+/// The form of `POST /oauth/token` (RFC 6749 §4.4 and §6, RFC 8693 §2.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRequest {
+    /// `client_credentials`, `refresh_token` or `urn:ietf:params:oauth:grant-type:token-exchange`.
+    #[schema(example = "client_credentials")]
+    pub grant_type: String,
+    /// Space-separated scopes to narrow to; all the client holds when absent.
+    pub scope: Option<String>,
+    /// With `client_secret_post`: the API key's `key_…` id (optional).
+    pub client_id: Option<String>,
+    /// With `client_secret_post`: the API key.
+    pub client_secret: Option<String>,
+    /// For `refresh_token`.
+    pub refresh_token: Option<String>,
+    /// For token exchange: the access token being delegated.
+    pub subject_token: Option<String>,
+    /// For token exchange: `urn:ietf:params:oauth:token-type:access_token`.
+    pub subject_token_type: Option<String>,
+    /// For token exchange: the party that will act.
+    pub actor_token: Option<String>,
+    /// For token exchange: the actor token's type.
+    pub actor_token_type: Option<String>,
+    /// For token exchange: only access tokens are issued.
+    pub requested_token_type: Option<String>,
+    /// For token exchange: the intended audience.
+    pub audience: Option<String>,
+    /// For token exchange: a namespace the new token is confined to.
+    pub resource_prefix: Option<String>,
+}
+
+/// The form of `POST /oauth/revoke` (RFC 7009) and `POST /oauth/introspect` (RFC 7662).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenForm {
+    /// The access or refresh token.
+    pub token: String,
+    /// A hint the server may ignore.
+    pub token_type_hint: Option<String>,
+    /// With `client_secret_post`: the API key's `key_…` id.
+    pub client_id: Option<String>,
+    /// With `client_secret_post`: the API key.
+    pub client_secret: Option<String>,
+}
+
+/// RFC 7662 introspection answer: `{"active": false}` alone for any token that is not active
+/// for the caller's tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Introspection {
+    /// Whether the token is active.
+    pub active: bool,
+    /// `Bearer` or `refresh_token`.
+    pub token_type: Option<String>,
+    /// Space-separated scopes.
+    pub scope: Option<String>,
+    /// The client the token was issued to.
+    pub client_id: Option<String>,
+    /// The subject.
+    pub sub: Option<String>,
+    /// What kind of subject.
+    pub sub_type: Option<String>,
+    /// Audience.
+    pub aud: Option<String>,
+    /// Issuer.
+    pub iss: Option<String>,
+    /// Expiry (seconds since the epoch).
+    pub exp: Option<i64>,
+    /// Issued at.
+    pub iat: Option<i64>,
+    /// Not before.
+    pub nbf: Option<i64>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// The tenant.
+    pub tenant_id: Option<String>,
+    /// The auth session.
+    pub sid: Option<String>,
+    /// The delegation chain (RFC 8693 §4.1).
+    #[schema(value_type = Option<Object>)]
+    pub act: Option<Value>,
+    /// The namespace the token is confined to.
+    pub resource_prefix: Option<String>,
+    /// The IP allowlists of the keys the token comes from (one CIDR list per key): its caller's
+    /// address must lie in a network of every list. Absent: no restriction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_networks: Option<Vec<Vec<String>>>,
+}
+
+/// RFC 8414 authorization-server metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerMetadata {
+    /// This deployment's issuer.
+    pub issuer: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The JWKS.
+    pub jwks_uri: String,
+    /// The revocation endpoint.
+    pub revocation_endpoint: String,
+    /// The introspection endpoint.
+    pub introspection_endpoint: String,
+    /// Supported grants.
+    pub grant_types_supported: Vec<String>,
+    /// Empty: there is no authorization endpoint.
+    pub response_types_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Also `none`: possession suffices to revoke.
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`.
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// Every scope.
+    pub scopes_supported: Vec<String>,
+    /// `EdDSA`.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+}
+
+/// A JSON Web Key Set (RFC 7517).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Jwks {
+    /// The keys (Ed25519, `OKP`).
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<Value>,
+}
+
+/// `{"status": …}` of `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+/// The audit log's public key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogKey {
+    /// `ed25519`.
+    pub algorithm: String,
+    /// Names the key in checkpoints.
+    pub key_id: String,
+    /// `base64:…`.
+    pub public_key: String,
+    /// The first line of the signed checkpoint text.
+    pub checkpoint_format: String,
+}
+
+/// One of the caller's auth sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthSessionView {
+    /// The session.
+    #[serde(flatten)]
+    pub session: AuthSession,
+    /// Whether the calling token belongs to it.
+    pub current: bool,
+}
+
+/// The caller's live auth sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthSessionList {
+    /// Sessions.
+    pub data: Vec<AuthSessionView>,
+}
+
+/// Keys revoked by `revoke-all`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    /// Their ids.
+    pub revoked: Vec<bulkhead_core::ApiKeyId>,
+}
+
+/// Deliveries queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requeued {
+    /// How many.
+    pub requeued: u64,
+}
+
+/// A message with its deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    /// The message.
+    pub message: Message,
+    /// One per endpoint it was sent to.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A message's attempt log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptList {
+    /// Attempts, oldest first.
+    pub data: Vec<Attempt>,
+}

@@ -1,0 +1,437 @@
+//! `/v1/audit`: the tenant's own verifiable audit log, and the log key at a well-known URL.
+//!
+//! Every route requires `audit:read` and works inside the caller's tenant transaction, so a
+//! tenant only ever sees its own log; another tenant's event id answers like a missing one.
+
+use crate::http::authz::RouteAccess::{self, Requires};
+use crate::http::authz::RouteTable;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_audit::export::ExportLine;
+use bulkhead_core::{AuditEventId, Scope};
+use bulkhead_store::audit_log::{self, EventFilter, ExportItem, ListedEvent, ProofRefusal, Sweep};
+use bulkhead_store::Access;
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::extract::{Query, Tenant};
+use crate::http::state::AppState;
+
+/// Where the log's public key is published (outside `/v1`: no credential needed).
+pub const LOG_KEY_PATH: &str = "/.well-known/bulkhead-audit-key";
+
+/// Default page size of `GET /v1/audit/events`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Leaves read per database round trip while exporting.
+pub const EXPORT_PAGE: u64 = 2000;
+
+/// The routes and who may call them. The log's public key is public: verifiers need it without
+/// an account.
+pub fn routes() -> RouteTable {
+    use crate::http::authz::{Confinement, TENANT_WIDE_READ};
+    const READ: RouteAccess = Requires(Scope::AuditRead);
+    RouteTable::new()
+        .get(LOG_KEY_PATH, RouteAccess::Public, log_key)
+        .get("/v1/audit/events", READ, list_events)
+        .confine(TENANT_WIDE_READ)
+        .post("/v1/audit/checkpoints", READ, checkpoint_now)
+        .confine(Confinement::Delegated(
+            "signs the tenant-wide tree head an audit:read holder may ask for; no prefix bounds it",
+        ))
+        .get("/v1/audit/checkpoints/latest", READ, latest_checkpoint)
+        .confine(TENANT_WIDE_READ)
+        .get("/v1/audit/proofs/inclusion", READ, inclusion)
+        .confine(TENANT_WIDE_READ)
+        .get("/v1/audit/proofs/consistency", READ, consistency)
+        .confine(TENANT_WIDE_READ)
+        .get("/v1/audit/export", READ, export)
+        .confine(TENANT_WIDE_READ)
+}
+
+/// `GET /.well-known/bulkhead-audit-key`.
+#[utoipa::path(
+    get, path = "/.well-known/bulkhead-audit-key", tag = "audit",
+    responses((status = 200, description = "The audit log's Ed25519 public key", body = crate::http::openapi::LogKey)),
+)]
+pub async fn log_key(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let public = state.audit().key().public();
+    axum::Json(json!({
+        "algorithm": "ed25519",
+        "key_id": public.key_id(),
+        "public_key": public.to_config_string(),
+        "checkpoint_format": bulkhead_audit::checkpoint::CHECKPOINT_HEADER,
+    }))
+}
+
+/// Query of `GET /v1/audit/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    #[param(value_type = Option<AuditEventId>)]
+    cursor: Option<String>,
+    /// RFC 3339; events at or after.
+    #[serde(default)]
+    since: Option<DateTime<Utc>>,
+    /// RFC 3339; events before.
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+    /// Only this actor's events.
+    #[serde(default)]
+    actor_id: Option<String>,
+    /// Only this action (`session.create`, …).
+    #[serde(default)]
+    action: Option<String>,
+    /// `success`, `failure` or `blocked`.
+    #[serde(default)]
+    outcome: Option<String>,
+    /// Only events about this resource.
+    #[serde(default)]
+    resource_id: Option<String>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    data: Vec<ListedEvent>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+fn parse_event_id(text: &str) -> Result<AuditEventId, ApiError> {
+    AuditEventId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn check_label(name: &str, value: &Option<String>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) => {
+            Err(ApiError::Invalid(
+                format!("{name} has 1 to 200 characters, no control characters").into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The tenant's audit events, oldest first.
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 422, description = "Limit outside 1 to 200, an invalid filter, or `since` after `until`"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
+async fn list_events(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<EventsQuery>,
+) -> Result<axum::Json<EventPage>, ApiError> {
+    let ctx = &tenant.0;
+    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let after = query.cursor.as_deref().map(parse_event_id).transpose()?;
+    if let Some(outcome) = &query.outcome {
+        if !matches!(
+            outcome.as_str(),
+            "success" | "failure" | "blocked" | "started"
+        ) {
+            return Err(ApiError::Invalid(
+                "outcome is success, failure, blocked or started".into(),
+            ));
+        }
+    }
+    check_label("actor_id", &query.actor_id)?;
+    check_label("action", &query.action)?;
+    check_label("resource_id", &query.resource_id)?;
+    if let (Some(since), Some(until)) = (query.since, query.until) {
+        if since > until {
+            return Err(ApiError::Invalid("since is after until".into()));
+        }
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let rows = audit_log::list_events(
+        &mut tx,
+        &EventFilter {
+            since: query.since,
+            until: query.until,
+            actor_id: query.actor_id,
+            action: query.action,
+            outcome: query.outcome,
+            resource_id: query.resource_id,
+            after,
+            limit: limit + 1,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |e| e.event.event_id.clone());
+    Ok(axum::Json(EventPage { data, next_cursor }))
+}
+
+/// `POST /v1/audit/checkpoints`: sequences the tenant's pending events now and signs a
+/// checkpoint if the tree grew since the latest one; otherwise answers the latest (200). The route
+/// needs only `audit:read`, which viewers hold: it must not append a signed row per call.
+#[utoipa::path(
+    post, path = "/v1/audit/checkpoints", tag = "audit",
+    responses(
+        (status = 201, description = "A new signed checkpoint: the tree grew", body = bulkhead_audit::SignedCheckpoint),
+        (status = 200, description = "The latest checkpoint: the tree has not grown since", body = bulkhead_audit::SignedCheckpoint),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
+async fn checkpoint_now(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = &tenant.0;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    audit_log::sequence(&mut tx, Sweep::Recent).await?;
+    let (signed, created) = current_checkpoint(&state, &mut tx).await?;
+    tx.commit().await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(signed)))
+}
+
+/// The checkpoint of the tree as it is: the latest one if it already covers the whole tree
+/// (and is signed by the current key), else a new one (`true`).
+async fn current_checkpoint(
+    state: &AppState,
+    tx: &mut bulkhead_store::TenantTx,
+) -> Result<(bulkhead_audit::SignedCheckpoint, bool), ApiError> {
+    let size = audit_log::tree_size(tx).await?;
+    match audit_log::latest_checkpoint(tx).await? {
+        Some(latest)
+            if latest.checkpoint.tree_size == size
+                && latest.key_id == state.audit().key().public().key_id() =>
+        {
+            Ok((latest, false))
+        }
+        _ => Ok((
+            audit_log::sign_checkpoint(tx, state.audit().key(), state.clock().now()).await?,
+            true,
+        )),
+    }
+}
+
+/// The latest signed checkpoint.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints/latest", tag = "audit",
+    responses(
+        (status = 200, description = "The checkpoint", body = bulkhead_audit::SignedCheckpoint),
+        (status = 404, description = "No checkpoint yet"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
+async fn latest_checkpoint(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<Response, ApiError> {
+    let ctx = &tenant.0;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let latest = audit_log::latest_checkpoint(&mut tx).await?;
+    tx.commit().await?;
+    latest
+        .map(|c| axum::Json(c).into_response())
+        .ok_or(ApiError::NotFound)
+}
+
+/// Query of `GET /v1/audit/proofs/inclusion`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    /// The event.
+    #[param(value_type = AuditEventId)]
+    event_id: String,
+    /// The size of the tree the proof is for.
+    tree_size: u64,
+}
+
+fn refusal(refused: ProofRefusal) -> ApiError {
+    match refused {
+        ProofRefusal::NoSuchEvent => ApiError::NotFound,
+        ProofRefusal::NotSequenced => ApiError::Conflict(
+            "the event is not in the log yet: it is sequenced within seconds".into(),
+        ),
+        ProofRefusal::BadSize(why) => ApiError::Invalid(why.into()),
+    }
+}
+
+/// RFC 9162 inclusion proof of an event in the tree of `tree_size` leaves.
+#[utoipa::path(
+    get, path = "/v1/audit/proofs/inclusion", tag = "audit",
+    params(InclusionQuery),
+    responses(
+        (status = 200, description = "The proof", body = audit_log::InclusionProof),
+        (status = 404, description = "No such event (or another tenant's)"),
+        (status = 409, description = "The event is not in the log yet"),
+        (status = 422, description = "A tree size the log does not have"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
+async fn inclusion(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<InclusionQuery>,
+) -> Result<Response, ApiError> {
+    let ctx = &tenant.0;
+    let event = parse_event_id(&query.event_id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let proof = audit_log::inclusion_proof(&mut tx, event, query.tree_size).await?;
+    tx.commit().await?;
+    Ok(axum::Json(proof.map_err(refusal)?).into_response())
+}
+
+/// Query of `GET /v1/audit/proofs/consistency`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    /// The older tree size.
+    from: u64,
+    /// The newer tree size.
+    to: u64,
+}
+
+/// RFC 9162 consistency proof between two tree sizes.
+#[utoipa::path(
+    get, path = "/v1/audit/proofs/consistency", tag = "audit",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, description = "The proof", body = audit_log::ConsistencyProof),
+        (status = 422, description = "Sizes the log does not have, or `from` outside 1 to `to`"),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
+async fn consistency(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Response, ApiError> {
+    let ctx = &tenant.0;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let proof = audit_log::consistency_proof(&mut tx, query.from, query.to).await?;
+    tx.commit().await?;
+    Ok(axum::Json(proof.map_err(refusal)?).into_response())
+}
+
+/// How long one export may stream before it is ended (see [`audit_log::EXPORT_IDLE_TIMEOUT`] for
+/// the bound on the pause between two pages).
+const EXPORT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `GET /v1/audit/export`: a checkpoint of the whole log (the latest, or a new one if the tree
+/// grew), then every leaf it covers, as NDJSON. The checkpoint and every page are read from one
+/// `REPEATABLE READ` snapshot ([`audit_log::ExportSnapshot`]), so a purge that runs while the
+/// export streams cannot turn leaves into `purged` lines whose `audit.purge` event lies beyond
+/// the checkpoint. A failure mid-stream ends the response early, which the verifier reports (the
+/// size does not match the checkpoint).
+#[utoipa::path(
+    get, path = "/v1/audit/export", tag = "audit",
+    responses(
+        (status = 200, description = "The export: one JSON object per line", content_type = "application/x-ndjson", body = String),
+    ),
+    security(("bearer" = ["audit:read"])),
+)]
+async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
+    let ctx = &tenant.0;
+    let snapshot = audit_log::ExportSnapshot::open(
+        state.store(),
+        ctx,
+        state.audit().key(),
+        state.clock().now(),
+    )
+    .await?;
+    let checkpoint = snapshot.checkpoint().clone();
+    let size = checkpoint.checkpoint.tree_size;
+    let mut head = serde_json::to_vec(&ExportLine::Checkpoint { checkpoint })
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    head.push(b'\n');
+    let deadline = tokio::time::Instant::now() + EXPORT_DEADLINE;
+    let pages = futures::stream::unfold(Some((snapshot, 0u64)), move |state| async move {
+        let (mut snapshot, from) = state?;
+        if from >= size {
+            if let Err(err) = snapshot.finish().await {
+                tracing::warn!(error = %err, "audit export snapshot did not end cleanly");
+            }
+            return None;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // A reader this slow would hold a pooled connection and the snapshot's xmin horizon
+            // (which stops VACUUM for every tenant of the database): end it; the verifier reports
+            // the short export.
+            tracing::warn!("audit export ran past its deadline; ended early");
+            let _ = snapshot.finish().await;
+            return Some((Err(std::io::Error::other("export deadline passed")), None));
+        }
+        let to = (from + EXPORT_PAGE).min(size);
+        match export_lines(&mut snapshot, from, to).await {
+            Ok(bytes) => Some((Ok(Bytes::from(bytes)), Some((snapshot, to)))),
+            Err(err) => {
+                tracing::error!(error = %err, "audit export failed mid-stream");
+                Some((Err(std::io::Error::other("export failed")), None))
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+        .chain(pages);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn export_lines(
+    snapshot: &mut audit_log::ExportSnapshot,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let items = snapshot.page(from, to).await?;
+    if items.len() as u64 != to - from {
+        anyhow::bail!("leaves {from}..{to} are incomplete");
+    }
+    let mut out = Vec::with_capacity(items.len() * 600);
+    for item in items {
+        let line = match item {
+            ExportItem::Event {
+                leaf_index,
+                leaf_hash,
+                event,
+            } => ExportLine::Event {
+                leaf_index,
+                leaf_hash,
+                event,
+            },
+            ExportItem::Purged {
+                leaf_index,
+                leaf_hash,
+                event_id,
+            } => ExportLine::Purged {
+                leaf_index,
+                leaf_hash,
+                event_id: event_id.to_string(),
+            },
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}

@@ -1,0 +1,709 @@
+//! Human login, logout, the caller's auth sessions, and the tenant's token policy.
+//!
+//! # Login throttling
+//! Two throttles, both checked before any password work:
+//! - per account name (the lowercased email, whether or not such a user exists, so a lockout
+//!   reveals nothing about which accounts exist): after [`FREE_FAILURES`] consecutive failures
+//!   each further failure locks the name for twice as long as the last, from 1 s up to
+//!   [`MAX_LOCK_SECS`]; a success clears it. Kept in the tenant's database, so every server
+//!   process sees it. A name whose last failure and lock both ended [`MAX_LOCK_SECS`] ago is
+//!   forgotten (each attempt sweeps up to [`SWEEP_BATCH`] such rows), so its count starts over.
+//! - per client address: at most [`IP_FAILURES_PER_WINDOW`] failures per [`IP_WINDOW_SECS`]
+//!   across all accounts, in process.
+//!
+//! Unknown email, wrong password and disabled user give one answer (401 `invalid-login`) after
+//! the same argon2id work ([`bulkhead_auth::password::verify_password`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::http::authz::RouteAccess::{self, Requires};
+use crate::http::authz::RouteTable;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_auth::RefreshToken;
+use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::registry::{Tenant, TenantStatus};
+use bulkhead_store::tokens::{
+    self, AuthSession, EndReason, NewAuthSession, PrincipalType, TokenPolicy,
+};
+use bulkhead_store::users::{self, UserStatus};
+use bulkhead_store::{Access, TenantTx};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::http::error::{no_store, ApiError};
+use crate::http::extract::{Json, Path, Tenant as TenantExtract};
+use crate::http::state::AppState;
+use crate::service::tokens::{scope_text, Grant};
+
+/// Consecutive failures per account name before locking starts.
+pub const FREE_FAILURES: i32 = 5;
+/// Longest lock of an account name.
+pub const MAX_LOCK_SECS: i64 = 15 * 60;
+/// Failures one address may have per window, across accounts.
+pub const IP_FAILURES_PER_WINDOW: u32 = 30;
+/// The per-address window.
+pub const IP_WINDOW_SECS: i64 = 15 * 60;
+/// Stale login-throttle rows deleted by each login attempt, at most.
+pub const SWEEP_BATCH: i64 = 64;
+/// The `client_id` of tokens issued by human login.
+pub const LOGIN_CLIENT_ID: &str = "bulkhead-login";
+
+const THROTTLE_NAMESPACE: Uuid = Uuid::from_u128(0x6b75_6c6b_6865_6164_2d6c_6f67_696e_0001);
+
+/// The routes and who may call them. Login is how a human gets a credential, so it
+/// authenticates itself; the others act on the caller's own sessions (the handlers check
+/// `keys:manage` before touching anyone else's).
+pub fn routes() -> RouteTable {
+    use crate::http::authz::{
+        Confinement::{self, Refused},
+        TENANT_WIDE_READ,
+    };
+    RouteTable::new()
+        .post("/v1/auth/login", RouteAccess::SelfAuthenticating, login)
+        .post(LOGOUT_PATH, RouteAccess::Authenticated, logout)
+        .confine(Confinement::Admitted(
+            "ending one's own session only takes authority away; the handler refuses a \
+             delegated token, which carries its delegator's session",
+        ))
+        .get(
+            "/v1/auth/sessions",
+            RouteAccess::Authenticated,
+            list_sessions,
+        )
+        .confine(Confinement::Admitted(
+            "the caller's own auth sessions; the handler shows a delegated credential none",
+        ))
+        .delete(
+            "/v1/auth/sessions/{id}",
+            RouteAccess::Authenticated,
+            end_session,
+        )
+        .confine(Confinement::Admitted(
+            "ends one of the caller's own auth sessions (a delegated credential owns none); \
+             ending another's with keys:manage is refused to confined and delegated credentials",
+        ))
+        .get("/v1/token-policy", Requires(Scope::KeysManage), get_policy)
+        .confine(TENANT_WIDE_READ)
+        .put("/v1/token-policy", Requires(Scope::KeysManage), put_policy)
+        .confine(Refused)
+}
+
+/// Ending one's own session; the resolver admits a suspended tenant's token here (and only
+/// here), since logging out only takes authority away.
+pub(crate) const LOGOUT_PATH: &str = "/v1/auth/logout";
+
+/// Trims and lowercases an email; `None` if it cannot be one.
+pub fn normalise_email(text: &str) -> Option<String> {
+    let email = text.trim().to_lowercase();
+    let valid = (3..=254).contains(&email.len())
+        && email.contains('@')
+        && !email.starts_with('@')
+        && !email.ends_with('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    valid.then_some(email)
+}
+
+/// Failures per client address, in process.
+#[derive(Debug)]
+pub struct IpThrottle {
+    failures: moka::future::Cache<IpAddr, Arc<std::sync::Mutex<(u32, i64)>>>,
+}
+
+impl Default for IpThrottle {
+    fn default() -> Self {
+        Self {
+            failures: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(IP_WINDOW_SECS as u64))
+                .build(),
+        }
+    }
+}
+
+impl IpThrottle {
+    /// The counter of `ip`'s bucket: IPv6 counts per /64 (one subscriber), like every
+    /// address-keyed limit.
+    async fn entry(&self, ip: IpAddr) -> Arc<std::sync::Mutex<(u32, i64)>> {
+        self.failures
+            .get_with(bulkhead_core::net::address_bucket(ip), async {
+                Arc::new(std::sync::Mutex::new((0, 0)))
+            })
+            .await
+    }
+
+    /// Counts an attempt from `ip`; `Some(seconds to wait)` (and nothing counted) if the
+    /// address is already over its budget in the current window.
+    async fn take_attempt(&self, ip: IpAddr, now: i64) -> Option<u64> {
+        let entry = self.entry(ip).await;
+        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if now - guard.1 >= IP_WINDOW_SECS {
+            *guard = (0, now);
+        }
+        if guard.0 >= IP_FAILURES_PER_WINDOW {
+            return Some((IP_WINDOW_SECS - (now - guard.1)).max(1) as u64);
+        }
+        guard.0 += 1;
+        None
+    }
+
+    /// Gives back the attempt of a successful login: only failures use up the budget.
+    async fn give_back(&self, ip: IpAddr) {
+        let entry = self.entry(ip).await;
+        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0 = guard.0.saturating_sub(1);
+    }
+}
+
+/// Body of `POST /v1/auth/login`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+    /// The tenant's slug, when the request does not come through the tenant's subdomain.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token response (RFC 6749 §5.1), also the body of a successful login.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The refresh token, when one was issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The auth session, when one was created or used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<AuthSessionId>,
+    /// RFC 8693 §2.2.1: the type of the issued token, on token-exchange responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoResponse for TokenResponse {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(response.headers_mut());
+        response
+    }
+}
+
+fn throttle_id(email: &str) -> Uuid {
+    Uuid::new_v5(&THROTTLE_NAMESPACE, email.as_bytes())
+}
+
+fn lock_for(failures: i32) -> Option<i64> {
+    (failures >= FREE_FAILURES).then(|| {
+        let exponent = u32::try_from(failures - FREE_FAILURES)
+            .unwrap_or(u32::MAX)
+            .min(20);
+        (1i64 << exponent).min(MAX_LOCK_SECS)
+    })
+}
+
+/// Whole seconds until `until`, rounded up (the database keeps microseconds, so a lock of 2 s
+/// may be 1.999999 s away), at least 1.
+fn retry_secs(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    let millis = u64::try_from((until - now).num_milliseconds()).unwrap_or(0);
+    millis.div_ceil(1000).max(1)
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Human login: an access token and a refresh token. Throttled per account name and per address.
+#[utoipa::path(
+    post, path = "/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Tokens", body = TokenResponse),
+        (status = 400, description = "The body is not valid JSON"),
+        (status = 401, description = "Wrong email or password, disabled user or suspended tenant (one answer)"),
+        (status = 404, description = "The subdomain or `tenant` names no tenant"),
+        (status = 413, description = "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
+        (status = 415, description = "The body is not `application/json`"),
+        (status = 422, description = "No tenant named, or host and `tenant` disagree"),
+        (status = 429, description = "Too many failed logins; see `Retry-After`"),
+        (status = 503, description = "Temporarily unavailable, or too many password checks in progress; see `Retry-After`"),
+    ),
+)]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> Result<TokenResponse, ApiError> {
+    let host = crate::http::resolve::request_host(&headers);
+    let tenant = login_tenant(&state, host, body.tenant.as_deref()).await?;
+    let client_ip = crate::service::credentials::headers_client_ip(
+        Some(peer.ip()),
+        &headers,
+        &state.config().trusted_proxies,
+    );
+    let clock = state.clock().clone();
+    let now = clock.now();
+    // A suspended tenant refuses every login before any password work, with the answer a wrong
+    // password gets: whether a password is right must not be learnable from the status code.
+    if tenant.status != TenantStatus::Active {
+        audit_login(&tenant, "blocked", "tenant_suspended", None);
+        return Err(ApiError::InvalidLogin);
+    }
+    // Each attempt is counted against the address before the password is checked (and given
+    // back if it succeeds), so concurrent guesses cannot all slip under the budget.
+    if let Some(ip) = client_ip {
+        if let Some(wait) = state.login_ips().take_attempt(ip, now.timestamp()).await {
+            audit_login(&tenant, "blocked", "address_throttled", None);
+            return Err(ApiError::LoginThrottled(wait));
+        }
+    }
+    let email = normalise_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
+    let name_id = throttle_id(&email);
+    let ctx = TenantContext::new(
+        tenant.id,
+        Actor::System { component: "login" },
+        RequestId::new(),
+    );
+
+    // The attempt is counted as a failure, under the row lock, before the password is checked
+    // (a success clears it): N concurrent guesses are serialised here, so at most
+    // FREE_FAILURES of them reach the password check before the lock applies. The check itself
+    // runs outside any transaction: argon2id takes tens of milliseconds and must not hold a
+    // connection or a row lock.
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    let counted = tokens::count_login_attempt(&mut tx, name_id, now).await?;
+    if let Some(until) = counted.locked_until.filter(|until| *until > now) {
+        // Locked: this attempt is not counted and no password is checked.
+        tx.rollback().await?;
+        audit_login(&tenant, "blocked", "account_throttled", None);
+        return Err(ApiError::LoginThrottled(retry_secs(until, now)));
+    }
+    let failures = counted.failures;
+    // Each attempt sweeps a few rows whose failures and lock ended a whole lock window ago,
+    // so the table holds only names attempted recently (issue 28, item 5).
+    tokens::sweep_login_throttle(
+        &mut tx,
+        now - chrono::Duration::seconds(MAX_LOCK_SECS),
+        SWEEP_BATCH,
+    )
+    .await?;
+    if let Some(secs) = lock_for(failures) {
+        tokens::set_login_lock(&mut tx, name_id, now + chrono::Duration::seconds(secs)).await?;
+    }
+    let user = users::by_email(&mut tx, &email).await?;
+    tx.commit().await?;
+    let usable = user.as_ref().filter(|u| u.status == UserStatus::Active);
+    // On the bounded hashing pool, as an anonymous caller (crate::service::hashing): a full pool answers
+    // 503 before any work; the attempt stays counted against the name.
+    let matched = state
+        .hashing()
+        .verify_password(
+            crate::service::hashing::Caller::Anonymous(tenant.id),
+            usable.map(|u| u.password_hash.clone()),
+            body.password.clone(),
+        )
+        .await?;
+
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    let (Some(user), true) = (usable, matched) else {
+        audit::record(
+            &mut tx,
+            "auth.login",
+            None,
+            Outcome::Failure,
+            json!({ "reason": "invalid_credentials", "consecutive_failures": failures }),
+        )
+        .await?;
+        tx.commit().await?;
+        audit_login(&tenant, "failure", "invalid_credentials", None);
+        return Err(ApiError::InvalidLogin);
+    };
+    if let Some(ip) = client_ip {
+        state.login_ips().give_back(ip).await;
+    }
+    let Some(scopes) = user.scopes.clone() else {
+        // A stored scope this binary cannot read grants nothing; refuse rather than guess.
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "user {} has unreadable scopes",
+            user.id
+        )));
+    };
+    // The session and its tokens carry only what the user's roles grant now, never the stored
+    // scopes' superset for the resolver to cut later: a token's `scope` is what it may do.
+    let Some(held) = bulkhead_store::rbac::permissions_of(
+        &mut tx,
+        bulkhead_store::rbac::Principal::User(user.id),
+    )
+    .await?
+    else {
+        // Disabled since the password check.
+        tx.rollback().await?;
+        audit_login(&tenant, "failure", "invalid_credentials", None);
+        return Err(ApiError::InvalidLogin);
+    };
+    let scopes = scopes.intersection(&held);
+    tokens::clear_login_failures(&mut tx, name_id).await?;
+    let policy = tokens::token_policy(&mut tx).await?;
+    let subject = user.id.to_string();
+    let session = tokens::create_session(
+        &mut tx,
+        &NewAuthSession {
+            principal_type: PrincipalType::User,
+            principal_id: &subject,
+            client_id: LOGIN_CLIENT_ID,
+            scopes: &scopes,
+            now,
+            absolute: chrono::Duration::seconds(i64::from(policy.session_absolute_seconds)),
+            idle: chrono::Duration::seconds(i64::from(policy.session_idle_seconds)),
+            client_ip,
+            user_agent: user_agent(&headers).as_deref(),
+        },
+    )
+    .await?;
+    let refresh = RefreshToken::generate(*tenant.id.uuid().as_bytes());
+    tokens::insert_refresh_token(&mut tx, session.id, &refresh.hash(), now).await?;
+    audit::record(
+        &mut tx,
+        "auth.login",
+        Some(&subject),
+        Outcome::Success,
+        json!({ "session_id": session.id.to_string() }),
+    )
+    .await?;
+    let issued = state
+        .tokens()
+        .issue(&Grant {
+            tenant_id: tenant.id,
+            subject: &subject,
+            human: true,
+            client_id: LOGIN_CLIENT_ID,
+            scopes: &scopes,
+            session_id: Some(session.id),
+            act: None,
+            resource_prefix: None,
+            not_after: None,
+            delegated_from: Vec::new(),
+            allowed_networks: Vec::new(),
+            derived_keys: Vec::new(),
+        })
+        .map_err(|_| ApiError::Unavailable)?;
+    tx.commit().await?;
+    audit_login(&tenant, "success", "ok", Some(user.id));
+    Ok(TokenResponse {
+        access_token: issued.token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        refresh_token: Some(refresh.expose_secret().to_owned()),
+        scope: scope_text(&scopes),
+        session_id: Some(session.id),
+        issued_token_type: None,
+    })
+}
+
+fn audit_login(tenant: &Tenant, outcome: &'static str, reason: &'static str, user: Option<UserId>) {
+    tracing::warn!(
+        target: "bulkhead::audit",
+        action = "auth.login",
+        outcome,
+        reason,
+        tenant_id = %tenant.id,
+        actor_id = user.map(|u| u.to_string()),
+        "login"
+    );
+}
+
+/// The tenant a login is for: the subdomain's, or the body's `tenant` slug; both given must
+/// agree.
+async fn login_tenant(
+    state: &AppState,
+    host: &str,
+    named: Option<&str>,
+) -> Result<Tenant, ApiError> {
+    let from_host = crate::http::resolve::host_tenant(state, host).await?;
+    let from_body = match named {
+        Some(slug) => {
+            let slug = bulkhead_core::TenantSlug::parse(slug)
+                .map_err(|_| ApiError::Invalid("tenant is not a valid tenant slug".into()))?;
+            Some(
+                state
+                    .directory()
+                    .by_slug(state.store(), &slug)
+                    .await
+                    .map_err(|_| ApiError::Unavailable)?
+                    .ok_or(ApiError::UnknownTenant)?,
+            )
+        }
+        None => None,
+    };
+    match (from_host, from_body) {
+        (Some(h), Some(b)) if h.id != b.id => Err(ApiError::Invalid(
+            "tenant names another tenant than the host".into(),
+        )),
+        (Some(t), _) | (None, Some(t)) => Ok(t),
+        (None, None) => Err(ApiError::Invalid(
+            "log in through the tenant's subdomain, or name it as `tenant`".into(),
+        )),
+    }
+}
+
+/// Ends an auth session and refuses its access tokens at once in this process (other processes
+/// hear the notification). Returns whether it was live.
+pub(crate) async fn end_session_in(
+    state: &AppState,
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+    reason: EndReason,
+) -> Result<bool, bulkhead_store::StoreError> {
+    let until = state.tokens().session_deny_until();
+    tokens::revoke_session(tx, session, reason, state.clock().now(), until).await
+}
+
+/// Ends the session of the calling access token (from a login).
+#[utoipa::path(
+    post, path = "/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 422, description = "The credential has no session to log out of"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn logout(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let Actor::Token {
+        session_id: Some(session),
+        ..
+    } = ctx.actor()
+    else {
+        return Err(ApiError::Invalid(
+            "this credential has no session to log out of (use an access token from a login)"
+                .into(),
+        ));
+    };
+    let session = *session;
+    if ctx.actor().delegation().is_some() {
+        // A delegated token carries its delegator's session; it may not end it.
+        return Err(ApiError::ConfinedCredential);
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    end_session_in(&state, &mut tx, session, EndReason::Logout).await?;
+    audit::record(
+        &mut tx,
+        "auth.logout",
+        Some(&session.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    state
+        .tokens()
+        .deny_session_locally(ctx.tenant_id(), session);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whose sessions a caller sees: a human's token, that user's; an agent's token or key, the
+/// sessions issued to that key. Matched on the principal's type and id, or the key id, never on
+/// a free-form principal label (which any key manager can choose). A delegated credential acts
+/// for someone else and sees no sessions of its own.
+fn session_owner(ctx: &TenantContext) -> Option<tokens::SessionOwner> {
+    if ctx.actor().delegation().is_some() {
+        return None;
+    }
+    match ctx.actor() {
+        Actor::Token {
+            human: true,
+            subject,
+            ..
+        } => Some(tokens::SessionOwner::User(subject.clone())),
+        Actor::Token { client_id, .. } => Some(tokens::SessionOwner::Client(client_id.clone())),
+        Actor::ApiKey { key_id, .. } => Some(tokens::SessionOwner::Client(key_id.to_string())),
+        _ => None,
+    }
+}
+
+fn caller_owns(ctx: &TenantContext, session: &AuthSession) -> bool {
+    match session_owner(ctx) {
+        Some(tokens::SessionOwner::User(id)) => {
+            session.principal_type == PrincipalType::User && session.principal_id == id
+        }
+        Some(tokens::SessionOwner::Client(id)) => session.client_id == id,
+        None => false,
+    }
+}
+
+/// One entry of `GET /v1/auth/sessions`.
+#[derive(Debug, Serialize)]
+struct SessionView {
+    #[serde(flatten)]
+    session: AuthSession,
+    current: bool,
+}
+
+/// The caller's live auth sessions (refresh-token families).
+#[utoipa::path(
+    get, path = "/v1/auth/sessions", tag = "auth",
+    responses((status = 200, description = "Sessions", body = crate::http::openapi::AuthSessionList)),
+    security(("bearer" = [])),
+)]
+async fn list_sessions(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let ctx = &tenant.0;
+    let Some(owner) = session_owner(ctx) else {
+        return Err(ApiError::ConfinedCredential);
+    };
+    let current = match ctx.actor() {
+        Actor::Token { session_id, .. } => *session_id,
+        _ => None,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let sessions = tokens::live_sessions_of(&mut tx, &owner, state.clock().now()).await?;
+    tx.commit().await?;
+    let data: Vec<SessionView> = sessions
+        .into_iter()
+        .map(|s| SessionView {
+            current: Some(s.id) == current,
+            session: s,
+        })
+        .collect();
+    Ok(axum::Json(json!({ "data": data })))
+}
+
+/// Ends one of the caller's auth sessions (any of the tenant's with `keys:manage`).
+#[utoipa::path(
+    delete, path = "/v1/auth/sessions/{id}", tag = "auth",
+    params(("id" = AuthSessionId, Path, description = "The auth session")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such session of the caller's"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn end_session(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let id = AuthSessionId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string().into()))?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let session = tokens::get_session(&mut tx, id).await?;
+    // Someone else's session answers exactly like a missing one, unless the caller manages
+    // the tenant's credentials. That power is the unconfined, undelegated caller's only: the
+    // route admits confined and delegated credentials for their *own* sessions, and a
+    // delegated `keys:manage` must not end every login of the tenant (refused, audited).
+    if !caller_owns(ctx, &session) {
+        if !ctx.has_scope(Scope::KeysManage) {
+            return Err(ApiError::NotFound);
+        }
+        crate::http::authz::refuse_confined(ctx, Scope::KeysManage)?;
+    }
+    end_session_in(&state, &mut tx, id, EndReason::Ended).await?;
+    audit::record(
+        &mut tx,
+        "auth.session_end",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    state.tokens().deny_session_locally(ctx.tenant_id(), id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's token policy.
+#[utoipa::path(
+    get, path = "/v1/token-policy", tag = "auth",
+    responses((status = 200, description = "The token policy", body = TokenPolicy)),
+    security(("bearer" = ["keys:manage"])),
+)]
+async fn get_policy(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+) -> Result<axum::Json<TokenPolicy>, ApiError> {
+    let ctx = &tenant.0;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let policy = tokens::token_policy(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
+}
+
+/// Replaces the tenant's token policy.
+#[utoipa::path(
+    put, path = "/v1/token-policy", tag = "auth",
+    request_body = TokenPolicy,
+    responses(
+        (status = 200, description = "The new token policy", body = TokenPolicy),
+        (status = 422, description = "A value out of range"),
+    ),
+    security(("bearer" = ["keys:manage"])),
+)]
+async fn put_policy(
+    State(state): State<AppState>,
+    tenant: TenantExtract,
+    Json(policy): Json<TokenPolicy>,
+) -> Result<axum::Json<TokenPolicy>, ApiError> {
+    let ctx = &tenant.0;
+    let lifetimes = 300..=31_536_000;
+    if !(0..=60).contains(&policy.refresh_reuse_interval_seconds)
+        || !lifetimes.contains(&policy.session_absolute_seconds)
+        || !lifetimes.contains(&policy.session_idle_seconds)
+    {
+        return Err(ApiError::Invalid(
+            "refresh_reuse_interval_seconds is 0 to 60; session_absolute_seconds and \
+             session_idle_seconds are 300 to 31536000"
+                .into(),
+        ));
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    tokens::set_token_policy(&mut tx, &policy).await?;
+    audit::record(
+        &mut tx,
+        "token_policy.update",
+        None,
+        Outcome::Success,
+        json!(policy),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(policy))
+}

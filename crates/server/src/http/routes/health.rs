@@ -1,0 +1,59 @@
+//! Liveness and readiness: unauthenticated, they reveal nothing about any tenant. Metrics are
+//! served by the same handler on the operator's own listener only (`crate::http::app::metrics_router`).
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use crate::http::authz::{RouteAccess, RouteTable};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+
+/// The routes: public, as the module doc says.
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .get("/healthz", RouteAccess::Public, healthz)
+        .get("/openapi.json", RouteAccess::Public, crate::http::openapi::serve)
+        .get("/readyz", RouteAccess::Public, readyz)
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Up", body = crate::http::openapi::Status)),
+)]
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the database answers and its migrations are current.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = crate::http::openapi::Status),
+        (status = 503, description = "The database is unreachable or its migrations are not current"),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    match state.store().ready().await {
+        Ok(true) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(false) => {
+            tracing::warn!("not ready: migrations are not current");
+            Err(ApiError::Unavailable)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "not ready: database unreachable");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+/// `GET /metrics` on the metrics listener: Prometheus text format. No per-tenant labels (ids
+/// would leak and explode cardinality).
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::http::telemetry::metrics_handle().render(),
+    )
+}

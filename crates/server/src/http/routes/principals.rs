@@ -1,0 +1,519 @@
+//! `/v1/users` and `/v1/agents`: the tenant's principals.
+//!
+//! Creating a principal grants nothing: authority comes from role assignments
+//! (`/v1/role-assignments`), which have their own escalation checks. Disabling a principal
+//! refuses its credentials on their next use (in this process at once, in others within
+//! [`crate::service::ceilings::CEILING_TTL`]); a disabled user cannot refresh or log in.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_core::{AgentId, Scope, TenantContext, UserId};
+use bulkhead_store::agents::{self, Agent, AgentStatus};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::users::{self, UserRecord, UserStatus};
+use bulkhead_store::{Access, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::http::authz::RouteAccess::Requires;
+use crate::http::authz::RouteTable;
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::state::AppState;
+
+/// Largest page of a principal list.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Longest agent description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
+    RouteTable::new()
+        .get("/v1/users", Requires(Scope::UsersRead), list_users)
+        .confine(TENANT_WIDE_READ)
+        .post("/v1/users", Requires(Scope::UsersWrite), create_user)
+        .confine(Refused)
+        .get("/v1/users/{id}", Requires(Scope::UsersRead), fetch_user)
+        .confine(TENANT_WIDE_READ)
+        .patch("/v1/users/{id}", Requires(Scope::UsersWrite), update_user)
+        .confine(Refused)
+        .get("/v1/agents", Requires(Scope::AgentsRead), list_agents)
+        .confine(TENANT_WIDE_READ)
+        .post("/v1/agents", Requires(Scope::AgentsWrite), create_agent)
+        .confine(Refused)
+        .get("/v1/agents/{id}", Requires(Scope::AgentsRead), fetch_agent)
+        .confine(TENANT_WIDE_READ)
+        .patch(
+            "/v1/agents/{id}",
+            Requires(Scope::AgentsWrite),
+            update_agent,
+        )
+        .confine(Refused)
+}
+
+/// A principal's status as a request names it.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestedStatus {
+    /// Credentials work.
+    Active,
+    /// Credentials are refused.
+    Disabled,
+}
+
+/// Query of the list routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A user as the API shows it (never the password hash).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    id: UserId,
+    email: String,
+    status: UserStatus,
+    created_at: DateTime<Utc>,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(user: UserRecord) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            status: user.status,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// A page type: its items and the cursor of the next page (one concrete type per item, so that
+/// each has its own schema in the OpenAPI document).
+macro_rules! page {
+    ($(#[$doc:meta])* $name:ident, $item:ty, $cursor:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+        pub struct $name {
+            data: Vec<$item>,
+            /// Pass as `cursor` for the next page; `null` on the last.
+            next_cursor: Option<$cursor>,
+        }
+
+        impl $name {
+            /// A page and the cursor of the next one.
+            pub fn new(data: Vec<$item>, next_cursor: Option<$cursor>) -> Self {
+                Self { data, next_cursor }
+            }
+        }
+    };
+}
+pub(crate) use page;
+
+page!(
+    /// A page of users.
+    UserPage, UserView, UserId
+);
+page!(
+    /// A page of agents.
+    AgentPage, Agent, AgentId
+);
+
+/// Body of `POST /v1/users`. `Debug` leaves the password out; it is zeroized on drop.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    #[schema(example = "dev@example.com")]
+    email: String,
+    /// argon2id-hashed; at least 8 characters.
+    #[schema(format = Password)]
+    password: String,
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CreateUser {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+/// Body of `PATCH /v1/users/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    status: RequestedStatus,
+}
+
+/// Body of `POST /v1/agents`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`, unique in the tenant.
+    #[schema(example = "planner")]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
+    owner_user_id: Option<String>,
+}
+
+/// Body of `PATCH /v1/agents/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    status: Option<RequestedStatus>,
+}
+
+fn bad_id(err: bulkhead_core::IdError) -> ApiError {
+    ApiError::BadRequest(err.to_string().into())
+}
+
+fn check_agent_name(name: &str) -> Result<(), ApiError> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "name has 1 to 63 characters: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit".into(),
+        ))
+    }
+}
+
+fn check_description(text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::Invalid(
+            format!("description is at most {MAX_DESCRIPTION_CHARS} characters").into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn record(
+    tx: &mut bulkhead_store::TenantTx,
+    action: &str,
+    resource: String,
+    meta: serde_json::Value,
+) -> Result<(), StoreError> {
+    audit::record(tx, action, Some(&resource), Outcome::Success, meta).await?;
+    Ok(())
+}
+
+fn conflict_as(err: StoreError, message: &'static str) -> ApiError {
+    match err {
+        StoreError::Conflict { .. } => ApiError::Conflict(message.into()),
+        other => other.into(),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/users", tag = "principals",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["users:read"])),
+)]
+async fn list_users(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<UserPage>, ApiError> {
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let rows = users::list(&mut tx, after, limit + 1).await?;
+    tx.commit().await?;
+    let (rows, next_cursor) = super::into_page(rows, limit, |u| u.id);
+    Ok(axum::Json(UserPage::new(
+        rows.into_iter().map(UserView::from).collect(),
+        next_cursor,
+    )))
+}
+
+#[utoipa::path(
+    post, path = "/v1/users", tag = "principals",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "The new user (no role yet: it can do nothing until one is assigned)", body = UserView),
+        (status = 409, description = "A user with that email exists"),
+        (status = 422, description = "An invalid email or a refused password"),
+        (status = 503, description = "Too many password operations in progress; see `Retry-After`"),
+    ),
+    security(("bearer" = ["users:write"])),
+)]
+async fn create_user(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateUser>,
+) -> Result<(StatusCode, axum::Json<UserView>), ApiError> {
+    let ctx = &tenant.0;
+    let email = super::auth::normalise_email(&body.email)
+        .ok_or_else(|| ApiError::Invalid("email is not a valid address".into()))?;
+    // A taken email is refused before any hashing: repeating it must cost no argon2id work.
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let taken = users::by_email(&mut tx, &email).await?.is_some();
+    if taken {
+        tx.commit().await?;
+        return Err(ApiError::Conflict("a user with that email exists".into()));
+    }
+    // So is a full `users` quota (a read of the counter; the trigger stays the guard).
+    bulkhead_store::quotas::require_room(&mut tx, "users", 1).await?;
+    tx.commit().await?;
+    let hash = state
+        .hashing()
+        .hash_password(
+            crate::service::hashing::Caller::Tenant(ctx.tenant_id()),
+            body.password.clone(),
+        )
+        .await?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    // A user's token scopes are every permission: what a user may do is decided by its roles.
+    let user = users::create(&mut tx, &email, &hash, &bulkhead_core::ScopeSet::all())
+        .await
+        .map_err(|e| conflict_as(e, "a user with that email exists"))?;
+    record(&mut tx, "user.create", user.id.to_string(), json!({})).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(user.into())))
+}
+
+#[utoipa::path(
+    get, path = "/v1/users/{id}", tag = "principals",
+    params(("id" = UserId, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user (or another tenant's)"),
+    ),
+    security(("bearer" = ["users:read"])),
+)]
+async fn fetch_user(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let id = UserId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let user = users::get(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(user.into()))
+}
+
+#[utoipa::path(
+    patch, path = "/v1/users/{id}", tag = "principals",
+    params(("id" = UserId, Path, description = "The user")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user (or another tenant's)"),
+        (status = 409, description = "A principal cannot disable itself"),
+        (status = 422, description = "An invalid status"),
+    ),
+    security(("bearer" = ["users:write"])),
+)]
+async fn update_user(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateUser>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let ctx = &tenant.0;
+    let id = UserId::parse(&id).map_err(bad_id)?;
+    refuse_self_disable(ctx, &id.to_string(), body.status)?;
+    let status = match body.status {
+        RequestedStatus::Active => UserStatus::Active,
+        RequestedStatus::Disabled => UserStatus::Disabled,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    users::set_status(&mut tx, id, status).await?;
+    let user = users::get(&mut tx, id).await?;
+    record(
+        &mut tx,
+        "user.update",
+        id.to_string(),
+        json!({ "status": status }),
+    )
+    .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::service::ceilings::announce_change(&mut tx).await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(axum::Json(user.into()))
+}
+
+/// A principal disabling itself would lock the tenant out through its own mistake; another
+/// administrator can do it.
+fn refuse_self_disable(
+    ctx: &TenantContext,
+    id: &str,
+    status: RequestedStatus,
+) -> Result<(), ApiError> {
+    if matches!(status, RequestedStatus::Disabled) && ctx.actor().audit_id() == id {
+        return Err(ApiError::Conflict(
+            "a principal cannot disable itself".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "principals",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of agents", body = AgentPage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["agents:read"])),
+)]
+async fn list_agents(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<AgentPage>, ApiError> {
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(AgentId::parse)
+        .transpose()
+        .map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let rows = agents::list(&mut tx, after, limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
+    Ok(axum::Json(AgentPage::new(data, next_cursor)))
+}
+
+#[utoipa::path(
+    post, path = "/v1/agents", tag = "principals",
+    request_body = CreateAgent,
+    responses(
+        (status = 201, description = "The new agent (no role yet)", body = Agent),
+        (status = 404, description = "The owner is not a user of this tenant"),
+        (status = 409, description = "An agent with that name exists"),
+        (status = 422, description = "An invalid name or description"),
+    ),
+    security(("bearer" = ["agents:write"])),
+)]
+async fn create_agent(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateAgent>,
+) -> Result<(StatusCode, axum::Json<Agent>), ApiError> {
+    let ctx = &tenant.0;
+    check_agent_name(&body.name)?;
+    check_description(&body.description)?;
+    let owner = body
+        .owner_user_id
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(bad_id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    // An owner of another tenant fails the composite foreign key: 404, like a missing one.
+    let agent = agents::create(&mut tx, &body.name, &body.description, owner)
+        .await
+        .map_err(|e| conflict_as(e, "an agent with that name exists"))?;
+    record(
+        &mut tx,
+        "agent.create",
+        agent.id.to_string(),
+        json!({ "name": agent.name, "owner_user_id": agent.owner_user_id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(agent)))
+}
+
+#[utoipa::path(
+    get, path = "/v1/agents/{id}", tag = "principals",
+    params(("id" = AgentId, Path, description = "The agent")),
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 404, description = "No such agent (or another tenant's)"),
+    ),
+    security(("bearer" = ["agents:read"])),
+)]
+async fn fetch_agent(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Agent>, ApiError> {
+    let id = AgentId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let agent = agents::get(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(agent))
+}
+
+#[utoipa::path(
+    patch, path = "/v1/agents/{id}", tag = "principals",
+    params(("id" = AgentId, Path, description = "The agent")),
+    request_body = UpdateAgent,
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 404, description = "No such agent (or another tenant's)"),
+        (status = 422, description = "An invalid description or status"),
+    ),
+    security(("bearer" = ["agents:write"])),
+)]
+async fn update_agent(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateAgent>,
+) -> Result<axum::Json<Agent>, ApiError> {
+    let ctx = &tenant.0;
+    let id = AgentId::parse(&id).map_err(bad_id)?;
+    if let Some(description) = &body.description {
+        check_description(description)?;
+    }
+    let status = body.status.map(|s| match s {
+        RequestedStatus::Active => AgentStatus::Active,
+        RequestedStatus::Disabled => AgentStatus::Disabled,
+    });
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let agent = agents::update(&mut tx, id, body.description.as_deref(), status).await?;
+    record(
+        &mut tx,
+        "agent.update",
+        id.to_string(),
+        json!({ "status": agent.status, "description_changed": body.description.is_some() }),
+    )
+    .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::service::ceilings::announce_change(&mut tx).await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(axum::Json(agent))
+}

@@ -1,0 +1,565 @@
+//! `/v1/roles` and `/v1/role-assignments`: role administration.
+//!
+//! Every write passes the escalation check ([`crate::http::authz::check_may_grant`]): a caller can
+//! create, change, delete, assign or unassign only a role whose permissions it holds itself, so
+//! holding `roles:manage` never lets anyone climb above their own authority. Confined and
+//! delegated credentials cannot administer roles at all (a role outlives the token).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_auth::rbac::BuiltInRole;
+use bulkhead_core::{AgentId, RoleAssignmentId, RoleId, Scope, ScopeSet, TenantContext, UserId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::rbac::{self, Assignment, Principal, Role};
+use bulkhead_store::{Access, StoreError, TenantTx};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::principals::page;
+use crate::http::authz::RouteAccess::Requires;
+use crate::http::authz::{check_may_grant, RouteTable};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::state::AppState;
+
+/// Largest page of roles or assignments.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Longest role description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
+    const READ: crate::http::authz::RouteAccess = Requires(Scope::RolesRead);
+    const MANAGE: crate::http::authz::RouteAccess = Requires(Scope::RolesManage);
+    RouteTable::new()
+        .get("/v1/roles", READ, list_roles)
+        .confine(TENANT_WIDE_READ)
+        .post("/v1/roles", MANAGE, create_role)
+        .confine(Refused)
+        .get("/v1/roles/{id}", READ, fetch_role)
+        .confine(TENANT_WIDE_READ)
+        .patch("/v1/roles/{id}", MANAGE, update_role)
+        .confine(Refused)
+        .delete("/v1/roles/{id}", MANAGE, delete_role)
+        .confine(Refused)
+        .get("/v1/role-assignments", READ, list_assignments)
+        .confine(TENANT_WIDE_READ)
+        .post("/v1/role-assignments", MANAGE, assign)
+        .confine(Refused)
+        .delete("/v1/role-assignments/{id}", MANAGE, unassign)
+        .confine(Refused)
+}
+
+/// Body of `POST /v1/roles`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRole {
+    /// `[a-z][a-z0-9_-]{0,62}`; not a built-in role's name.
+    #[schema(example = "session-admin")]
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// At most 64; each held by the caller.
+    #[schema(value_type = Vec<Scope>)]
+    permissions: Vec<String>,
+}
+
+/// Body of `PATCH /v1/roles/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRole {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Scope>>)]
+    permissions: Option<Vec<String>>,
+}
+
+/// Body of `POST /v1/role-assignments`: a role (by id or name) and exactly one principal.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAssignment {
+    /// The role by id (or give `role`).
+    #[serde(default)]
+    #[schema(value_type = Option<RoleId>)]
+    role_id: Option<String>,
+    /// The role by name (or give `role_id`).
+    #[serde(default)]
+    #[schema(example = "developer")]
+    role: Option<String>,
+    /// The user to hold it (or give `agent_id`).
+    #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
+    user_id: Option<String>,
+    /// The agent to hold it (or give `user_id`).
+    #[serde(default)]
+    #[schema(value_type = Option<AgentId>)]
+    agent_id: Option<String>,
+}
+
+/// Query of `GET /v1/roles`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListRolesQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// Query of `GET /v1/role-assignments`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListAssignmentsQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Only this user's assignments.
+    #[serde(default)]
+    #[param(value_type = Option<UserId>)]
+    user_id: Option<String>,
+    /// Only this agent's assignments.
+    #[serde(default)]
+    #[param(value_type = Option<AgentId>)]
+    agent_id: Option<String>,
+    /// Only this role's assignments.
+    #[serde(default)]
+    #[param(value_type = Option<RoleId>)]
+    role_id: Option<String>,
+}
+
+page!(
+    /// A page of roles.
+    RolePage, Role, RoleId
+);
+page!(
+    /// A page of role assignments.
+    AssignmentPage, Assignment, RoleAssignmentId
+);
+
+fn bad_id(err: bulkhead_core::IdError) -> ApiError {
+    ApiError::BadRequest(err.to_string().into())
+}
+
+fn parse_opt<T>(
+    text: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, bulkhead_core::IdError>,
+) -> Result<Option<T>, ApiError> {
+    text.map(parse).transpose().map_err(bad_id)
+}
+
+fn check_role_name(name: &str) -> Result<(), ApiError> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+    if !valid {
+        return Err(ApiError::Invalid(
+            "name has 1 to 63 characters: lowercase letters, digits, `_`, `-`, starting with a letter".into(),
+        ));
+    }
+    if BuiltInRole::by_name(name).is_some() {
+        return Err(ApiError::Conflict("that name is a built-in role".into()));
+    }
+    Ok(())
+}
+
+fn check_description(text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::Invalid(
+            format!("description is at most {MAX_DESCRIPTION_CHARS} characters").into(),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_permissions(names: &[String]) -> Result<ScopeSet, ApiError> {
+    if names.len() > 64 {
+        return Err(ApiError::Invalid("at most 64 permissions".into()));
+    }
+    ScopeSet::parse_all(names).map_err(|_| {
+        let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        ApiError::Invalid(
+            format!(
+                "unknown permission; known permissions are: {}",
+                known.join(" ")
+            )
+            .into(),
+        )
+    })
+}
+
+/// Audits a refused escalation in the tenant's log (the 403 itself is also logged).
+async fn audited_grant_check(
+    state: &AppState,
+    ctx: &TenantContext,
+    action: &str,
+    resource: Option<String>,
+    wanted: &ScopeSet,
+) -> Result<(), ApiError> {
+    let Err(err) = check_may_grant(ctx, wanted, "role-grant") else {
+        return Ok(());
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        action,
+        resource.as_deref(),
+        Outcome::Blocked,
+        json!({ "reason": "escalation", "permissions": wanted.to_strings() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Err(err)
+}
+
+async fn success(
+    tx: &mut TenantTx,
+    action: &str,
+    resource: String,
+    meta: serde_json::Value,
+) -> Result<(), StoreError> {
+    audit::record(tx, action, Some(&resource), Outcome::Success, meta).await?;
+    Ok(())
+}
+
+#[utoipa::path(
+    get, path = "/v1/roles", tag = "roles",
+    params(ListRolesQuery),
+    responses(
+        (status = 200, description = "A page of roles, built-in and custom", body = RolePage),
+        (status = 422, description = "Limit outside 1 to 200"),
+    ),
+    security(("bearer" = ["roles:read"])),
+)]
+async fn list_roles(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListRolesQuery>,
+) -> Result<axum::Json<RolePage>, ApiError> {
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
+    let after = parse_opt(query.cursor.as_deref(), RoleId::parse)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let rows = rbac::list_roles(&mut tx, after, limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |r| r.id);
+    Ok(axum::Json(RolePage::new(data, next_cursor)))
+}
+
+#[utoipa::path(
+    post, path = "/v1/roles", tag = "roles",
+    request_body = CreateRole,
+    responses(
+        (status = 201, description = "The new custom role", body = Role),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 409, description = "A role with that name exists, or the name is a built-in's"),
+        (status = 422, description = "An invalid name, description or permission"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
+async fn create_role(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateRole>,
+) -> Result<(StatusCode, axum::Json<Role>), ApiError> {
+    let ctx = &tenant.0;
+    check_role_name(&body.name)?;
+    check_description(&body.description)?;
+    let permissions = parse_permissions(&body.permissions)?;
+    audited_grant_check(&state, ctx, "role.create", None, &permissions).await?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let role = rbac::create_role(&mut tx, &body.name, &body.description, &permissions)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::Conflict("a role with that name exists".into())
+            }
+            other => other.into(),
+        })?;
+    success(
+        &mut tx,
+        "role.create",
+        role.id.to_string(),
+        json!({ "name": role.name, "permissions": permissions.to_strings() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(role)))
+}
+
+#[utoipa::path(
+    get, path = "/v1/roles/{id}", tag = "roles",
+    params(("id" = RoleId, Path, description = "The role")),
+    responses(
+        (status = 200, description = "The role", body = Role),
+        (status = 404, description = "No such role (or another tenant's)"),
+    ),
+    security(("bearer" = ["roles:read"])),
+)]
+async fn fetch_role(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Role>, ApiError> {
+    let id = RoleId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let role = rbac::get_role(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(role))
+}
+
+#[utoipa::path(
+    patch, path = "/v1/roles/{id}", tag = "roles",
+    params(("id" = RoleId, Path, description = "The role")),
+    request_body = UpdateRole,
+    responses(
+        (status = 200, description = "The role", body = Role),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such role (or another tenant's)"),
+        (status = 409, description = "Built-in roles cannot be changed"),
+        (status = 422, description = "An invalid description or permission"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
+async fn update_role(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateRole>,
+) -> Result<axum::Json<Role>, ApiError> {
+    let ctx = &tenant.0;
+    let id = RoleId::parse(&id).map_err(bad_id)?;
+    if let Some(description) = &body.description {
+        check_description(description)?;
+    }
+    let permissions = body
+        .permissions
+        .as_deref()
+        .map(parse_permissions)
+        .transpose()?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let current = rbac::get_role_for_update(&mut tx, id).await?;
+    // Changing a role changes every holder: the caller must hold both what the role gives now
+    // and what it would give.
+    let touched = match &permissions {
+        Some(new) => current.permissions.union(new),
+        None => current.permissions.clone(),
+    };
+    if let Err(err) = check_may_grant(ctx, &touched, "role-grant") {
+        tx.rollback().await?;
+        audited_grant_check(&state, ctx, "role.update", Some(id.to_string()), &touched).await?;
+        return Err(err);
+    }
+    let role = rbac::update_role(
+        &mut tx,
+        id,
+        body.description.as_deref(),
+        permissions.as_ref(),
+    )
+    .await?;
+    success(
+        &mut tx,
+        "role.update",
+        id.to_string(),
+        json!({ "permissions": role.permissions.to_strings() }),
+    )
+    .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::service::ceilings::announce_change(&mut tx).await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(axum::Json(role))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/roles/{id}", tag = "roles",
+    params(("id" = RoleId, Path, description = "The role")),
+    responses(
+        (status = 204, description = "Deleted, with its assignments"),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such role (or another tenant's)"),
+        (status = 409, description = "Built-in roles cannot be deleted"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
+async fn delete_role(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let id = RoleId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let current = rbac::get_role_for_update(&mut tx, id).await?;
+    if let Err(err) = check_may_grant(ctx, &current.permissions, "role-grant") {
+        tx.rollback().await?;
+        let wanted = current.permissions;
+        audited_grant_check(&state, ctx, "role.delete", Some(id.to_string()), &wanted).await?;
+        return Err(err);
+    }
+    rbac::delete_role(&mut tx, id).await?;
+    success(
+        &mut tx,
+        "role.delete",
+        id.to_string(),
+        json!({ "name": current.name }),
+    )
+    .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::service::ceilings::announce_change(&mut tx).await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn principal_of(user: Option<&str>, agent: Option<&str>) -> Result<Option<Principal>, ApiError> {
+    match (
+        parse_opt(user, UserId::parse)?,
+        parse_opt(agent, AgentId::parse)?,
+    ) {
+        (Some(user), None) => Ok(Some(Principal::User(user))),
+        (None, Some(agent)) => Ok(Some(Principal::Agent(agent))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::Invalid(
+            "name one principal: user_id or agent_id".into(),
+        )),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/role-assignments", tag = "roles",
+    params(ListAssignmentsQuery),
+    responses(
+        (status = 200, description = "A page of assignments", body = AssignmentPage),
+        (status = 422, description = "Limit outside 1 to 200, or both user_id and agent_id"),
+    ),
+    security(("bearer" = ["roles:read"])),
+)]
+async fn list_assignments(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListAssignmentsQuery>,
+) -> Result<axum::Json<AssignmentPage>, ApiError> {
+    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
+    let after = parse_opt(query.cursor.as_deref(), RoleAssignmentId::parse)?;
+    let principal = principal_of(query.user_id.as_deref(), query.agent_id.as_deref())?;
+    let role = parse_opt(query.role_id.as_deref(), RoleId::parse)?;
+    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
+    let rows = rbac::list_assignments(&mut tx, principal, role, after, limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
+    Ok(axum::Json(AssignmentPage::new(data, next_cursor)))
+}
+
+#[utoipa::path(
+    post, path = "/v1/role-assignments", tag = "roles",
+    request_body = CreateAssignment,
+    responses(
+        (status = 201, description = "The assignment", body = Assignment),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such role or principal in this tenant"),
+        (status = 409, description = "The principal holds that role"),
+        (status = 422, description = "Not exactly one role and one principal"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
+async fn assign(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateAssignment>,
+) -> Result<(StatusCode, axum::Json<Assignment>), ApiError> {
+    let ctx = &tenant.0;
+    let principal = principal_of(body.user_id.as_deref(), body.agent_id.as_deref())?
+        .ok_or_else(|| ApiError::Invalid("name one principal: user_id or agent_id".into()))?;
+    let role_id = parse_opt(body.role_id.as_deref(), RoleId::parse)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let role = match (role_id, body.role.as_deref()) {
+        (Some(id), None) => rbac::get_role(&mut tx, id).await?,
+        (None, Some(name)) => rbac::role_by_name(&mut tx, name).await?,
+        _ => {
+            return Err(ApiError::Invalid(
+                "name the role once: role_id or role (its name)".into(),
+            ))
+        }
+    };
+    if let Err(err) = check_may_grant(ctx, &role.permissions, "role-grant") {
+        tx.rollback().await?;
+        let resource = Some(role.id.to_string());
+        audited_grant_check(&state, ctx, "role.assign", resource, &role.permissions).await?;
+        return Err(err);
+    }
+    // A role or principal of another tenant fails the composite foreign keys: 404.
+    let assignment = rbac::assign(&mut tx, role.id, principal)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::Conflict("the principal holds that role".into())
+            }
+            other => other.into(),
+        })?;
+    success(
+        &mut tx,
+        "role.assign",
+        assignment.id.to_string(),
+        json!({ "role": role.name, "principal": principal }),
+    )
+    .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::service::ceilings::announce_change(&mut tx).await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok((StatusCode::CREATED, axum::Json(assignment)))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/role-assignments/{id}", tag = "roles",
+    params(("id" = RoleAssignmentId, Path, description = "The assignment")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
+        (status = 404, description = "No such assignment (or another tenant's)"),
+    ),
+    security(("bearer" = ["roles:manage"])),
+)]
+async fn unassign(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let id = RoleAssignmentId::parse(&id).map_err(bad_id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let assignment = rbac::get_assignment(&mut tx, id).await?;
+    let role = rbac::get_role(&mut tx, assignment.role_id).await?;
+    if let Err(err) = check_may_grant(ctx, &role.permissions, "role-grant") {
+        tx.rollback().await?;
+        let resource = Some(id.to_string());
+        audited_grant_check(&state, ctx, "role.unassign", resource, &role.permissions).await?;
+        return Err(err);
+    }
+    rbac::unassign(&mut tx, id).await?;
+    success(
+        &mut tx,
+        "role.unassign",
+        id.to_string(),
+        json!({ "role": role.name, "principal": assignment.principal }),
+    )
+    .await?;
+    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
+    crate::service::ceilings::announce_change(&mut tx).await?;
+    tx.commit().await?;
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Ok(StatusCode::NO_CONTENT)
+}

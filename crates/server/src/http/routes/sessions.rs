@@ -1,0 +1,383 @@
+//! `/v1/sessions`: agent sessions.
+
+use crate::http::authz::RouteAccess::Requires;
+use crate::http::authz::RouteTable;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bulkhead_core::{Scope, SessionId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::sessions::{
+    self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
+};
+use bulkhead_store::{webhooks, Access};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::state::AppState;
+
+/// Default page size of `GET /v1/sessions`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size; larger requests are refused (422), not silently clamped.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Largest serialized `metadata` object.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Longest title, in characters.
+pub const MAX_TITLE_CHARS: usize = 500;
+
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    use crate::http::authz::Confinement;
+    // Sessions are the resources prefixes bound: the handlers filter lists by the prefix, answer
+    // 404 for a session outside it, and refuse (403 `outside-resource-prefix`) creating or moving
+    // one outside it; what a confined token creates stays inside its subject's reach.
+    const IN_PREFIX: Confinement =
+        Confinement::Admitted("the handlers keep every read and write inside the prefix");
+    RouteTable::new()
+        .get("/v1/sessions", Requires(Scope::SessionsRead), list)
+        .confine(IN_PREFIX)
+        .post("/v1/sessions", Requires(Scope::SessionsWrite), create)
+        .confine(IN_PREFIX)
+        .get("/v1/sessions/{id}", Requires(Scope::SessionsRead), fetch)
+        .confine(IN_PREFIX)
+        .patch("/v1/sessions/{id}", Requires(Scope::SessionsWrite), update)
+        .confine(IN_PREFIX)
+        .delete("/v1/sessions/{id}", Requires(Scope::SessionsWrite), remove)
+        .confine(IN_PREFIX)
+}
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`.
+    #[schema(example = "agent-1")]
+    agent_id: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    state: Option<SessionState>,
+    /// A JSON object, at most 64 KiB serialized.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
+    /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
+    #[serde(default)]
+    #[schema(example = "marketing/campaigns")]
+    namespace: Option<String>,
+}
+
+/// Body of `PATCH /v1/sessions/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSession {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    state: Option<SessionState>,
+    /// A JSON object, at most 64 KiB serialized.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// Where the session sits in the tenant's hierarchy (`marketing/campaigns`).
+    #[serde(default)]
+    #[schema(example = "marketing/campaigns")]
+    namespace: Option<String>,
+}
+
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    #[param(value_type = Option<SessionId>)]
+    cursor: Option<String>,
+    /// Only this agent's sessions.
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    state: Option<SessionState>,
+}
+
+/// A page of sessions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionPage {
+    data: Vec<AgentSession>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<SessionId>,
+}
+
+fn parse_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+/// A write outside the credential's resource prefix is a security decision: leave its event.
+fn audit_prefix_refusal(
+    ctx: &bulkhead_core::TenantContext,
+    err: bulkhead_store::StoreError,
+) -> ApiError {
+    if matches!(err, bulkhead_store::StoreError::OutsideResourcePrefix) {
+        crate::http::extract::audit_forbidden(ctx, Scope::SessionsWrite, "resource-prefix");
+    }
+    err.into()
+}
+
+fn parse_namespace(text: &str) -> Result<bulkhead_core::Namespace, ApiError> {
+    bulkhead_core::Namespace::parse(text).map_err(|e| ApiError::Invalid(e.to_string().into()))
+}
+
+fn check_agent_id(agent_id: &str) -> Result<(), ApiError> {
+    let bytes = agent_id.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "agent_id has 1 to 128 characters: letters, digits, `.`, `_`, `:`, `-`, starting with a letter or digit".into(),
+        ))
+    }
+}
+
+fn check_title(title: &str) -> Result<(), ApiError> {
+    if title.chars().count() > MAX_TITLE_CHARS || title.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            format!("title has at most {MAX_TITLE_CHARS} characters and no control characters")
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb cannot store one).
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+fn check_metadata(metadata: Map<String, Value>) -> Result<Value, ApiError> {
+    let value = Value::Object(metadata);
+    if holds_nul(&value) {
+        return Err(ApiError::Invalid(
+            "metadata may not contain NUL characters".into(),
+        ));
+    }
+    let size = serde_json::to_vec(&value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(ApiError::Invalid(
+            format!("metadata is limited to {MAX_METADATA_BYTES} bytes of JSON").into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Creates an agent session.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "The new session", body = AgentSession),
+        (status = 403, description = "Missing `sessions:write`, or the namespace is outside the credential's resource prefix"),
+        (status = 422, description = "An invalid field (agent id, title, metadata, namespace)"),
+    ),
+    security(("bearer" = ["sessions:write"])),
+)]
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateSession>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = &tenant.0;
+    check_agent_id(&body.agent_id)?;
+    check_title(&body.title)?;
+    let new = NewSession {
+        agent_id: body.agent_id,
+        title: body.title,
+        state: body.state.unwrap_or(SessionState::Active),
+        metadata: check_metadata(body.metadata.unwrap_or_default())?,
+        namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let session = sessions::create(&mut tx, &new)
+        .await
+        .map_err(|e| audit_prefix_refusal(ctx, e))?;
+    audit::record(
+        &mut tx,
+        "session.create",
+        Some(&session.id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    webhooks::enqueue_platform_event(
+        &mut tx,
+        "session.created",
+        json!({ "session_id": session.id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(session)))
+}
+
+/// Fetches a session.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 200, description = "The session", body = AgentSession),
+        (status = 404, description = "No such session (or another tenant's)"),
+    ),
+    security(("bearer" = ["sessions:read"])),
+)]
+async fn fetch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AgentSession>, ApiError> {
+    let ctx = &tenant.0;
+    let id = parse_id(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let session = sessions::get(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(session))
+}
+
+/// Lists sessions, newest last, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/sessions", tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = SessionPage),
+        (status = 422, description = "Limit outside 1 to 200, or an invalid agent id"),
+    ),
+    security(("bearer" = ["sessions:read"])),
+)]
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<SessionPage>, ApiError> {
+    let ctx = &tenant.0;
+    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    if let Some(agent_id) = &query.agent_id {
+        check_agent_id(agent_id)?;
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let rows = sessions::list(
+        &mut tx,
+        &ListSessions {
+            after,
+            limit: limit + 1,
+            agent_id: query.agent_id,
+            state: query.state,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let (data, next_cursor) = super::into_page(rows, limit, |s| s.id);
+    Ok(axum::Json(SessionPage { data, next_cursor }))
+}
+
+/// Updates a session's title, state, metadata or namespace.
+#[utoipa::path(
+    patch, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    request_body = UpdateSession,
+    responses(
+        (status = 200, description = "The updated session", body = AgentSession),
+        (status = 404, description = "No such session (or another tenant's)"),
+        (status = 422, description = "An invalid field"),
+    ),
+    security(("bearer" = ["sessions:write"])),
+)]
+async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateSession>,
+) -> Result<axum::Json<AgentSession>, ApiError> {
+    let ctx = &tenant.0;
+    let id = parse_id(&id)?;
+    if let Some(title) = &body.title {
+        check_title(title)?;
+    }
+    let patch = SessionPatch {
+        title: body.title,
+        state: body.state,
+        metadata: body.metadata.map(check_metadata).transpose()?,
+        namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let session = sessions::update(&mut tx, id, &patch)
+        .await
+        .map_err(|e| audit_prefix_refusal(ctx, e))?;
+    audit::record(
+        &mut tx,
+        "session.update",
+        Some(&session.id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    webhooks::enqueue_platform_event(
+        &mut tx,
+        "session.updated",
+        json!({ "session_id": session.id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(session))
+}
+
+/// Deletes a session.
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such session (or another tenant's)"),
+    ),
+    security(("bearer" = ["sessions:write"])),
+)]
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let id = parse_id(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    sessions::delete(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        "session.delete",
+        Some(&id.to_string()),
+        Outcome::Success,
+        json!({}),
+    )
+    .await?;
+    webhooks::enqueue_platform_event(&mut tx, "session.deleted", json!({ "session_id": id }))
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

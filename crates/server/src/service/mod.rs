@@ -1,0 +1,14 @@
+//! What requests and jobs do, without HTTP: each service takes a tenant context (or an
+//! operator's) and the store door, and returns its own results.
+
+pub mod audit_log;
+pub mod ceilings;
+pub mod credentials;
+pub mod database;
+pub mod hashing;
+pub mod keys;
+pub mod scan;
+pub mod screen;
+pub mod tenants;
+pub mod tokens;
+pub mod worker;

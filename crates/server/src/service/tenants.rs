@@ -1,0 +1,61 @@
+//! Onboarding a tenant: registry row plus a bootstrap admin key, shown once.
+
+use bulkhead_auth::{ApiKey, KeyEnvironment};
+use bulkhead_core::{ApiKeyId, ScopeSet};
+use bulkhead_store::registry::{NewTenant, Tenant};
+use bulkhead_store::{Store, StoreError};
+
+use crate::service::credentials::Peppers;
+use crate::service::keys::{new_record, KeySpec};
+
+/// A new tenant and its first key. The key's plaintext exists only here, to be shown once.
+#[derive(Debug)]
+pub struct Onboarded {
+    /// The registry row.
+    pub tenant: Tenant,
+    /// The key record's id.
+    pub admin_key_id: ApiKeyId,
+    /// The key itself (never stored).
+    pub admin_key: ApiKey,
+}
+
+/// Creates the tenant and its admin key (every scope) in one transaction. `owner` must be a
+/// store on the owner role.
+pub async fn onboard(
+    owner: &Store,
+    peppers: &Peppers,
+    environment: KeyEnvironment,
+    new: &NewTenant,
+) -> Result<Onboarded, StoreError> {
+    let admin_key = ApiKey::generate(environment);
+    let spec = KeySpec {
+        principal: "tenant-admin".into(),
+        scopes: ScopeSet::all(),
+        agent: None,
+        allowed_ips: Vec::new(),
+        description: "bootstrap admin key".into(),
+        expires_at: None,
+    };
+    let record = new_record(
+        peppers,
+        environment,
+        &admin_key,
+        &spec,
+        "system:onboarding".into(),
+    );
+    let (tenant, admin_key_id) = owner.onboard_tenant(new, &record).await?;
+    tracing::info!(
+        target: "bulkhead::audit",
+        action = "tenant.create",
+        outcome = "success",
+        tenant_id = %tenant.id,
+        actor_id = "system:onboarding",
+        key_id = %admin_key_id,
+        "tenant onboarded"
+    );
+    Ok(Onboarded {
+        tenant,
+        admin_key_id,
+        admin_key,
+    })
+}
