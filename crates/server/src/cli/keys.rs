@@ -200,7 +200,8 @@ async fn scan(
                 let live = match verifier.verify(key.expose_secret(), None).await? {
                     Ok(_) => "ACTIVE: revoke it now",
                     Err(refused)
-                        if refused.reason == crate::service::credentials::Refusal::AddressNotAllowed =>
+                        if refused.reason
+                            == crate::service::credentials::Refusal::AddressNotAllowed =>
                     {
                         "ACTIVE (IP-restricted): revoke it now"
                     }

@@ -18,8 +18,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{parse_environment, AppConfig, DatabaseArgs, ServeArgs};
-use crate::service::database::{load_master_key, load_peppers, Database};
 use crate::http::state::AppState;
+use crate::service::database::{load_master_key, load_peppers, Database};
 use crate::service::worker::Worker;
 
 /// Bulkhead: tenant isolation, credentials and audit for multi-tenant platforms.
@@ -465,7 +465,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     database.database_url.is_some(),
                 )?;
                 let sequencer = tokio::spawn(
-                    crate::service::audit_log::Sequencer::new(store.clone(), log_key).run(stopped.clone()),
+                    crate::service::audit_log::Sequencer::new(store.clone(), log_key)
+                        .run(stopped.clone()),
                 );
                 (
                     tokio::spawn(Worker::new(store.clone()).run(stopped)),
@@ -732,7 +733,8 @@ async fn serve_with(
     };
     let sequencer = (!args.no_worker).then(|| {
         tokio::spawn(
-            crate::service::audit_log::Sequencer::new(store.clone(), log_key.clone()).run(stopped.clone()),
+            crate::service::audit_log::Sequencer::new(store.clone(), log_key.clone())
+                .run(stopped.clone()),
         )
     });
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
@@ -767,9 +769,9 @@ async fn serve_with(
     );
     // Fail closed: never serve checkpoints signed by anything but the configured key.
     anyhow::ensure!(
-        state.set_audit(std::sync::Arc::new(crate::service::audit_log::AuditService::new(
-            log_key
-        ))),
+        state.set_audit(std::sync::Arc::new(
+            crate::service::audit_log::AuditService::new(log_key)
+        )),
         "the audit log key was set twice"
     );
     // Metrics on their own listener (loopback by default), never the API's. A bind failure is a
@@ -899,14 +901,15 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
                     region,
                     placement,
                 };
-                let onboarded = crate::service::tenants::onboard(&owner, &peppers, key_environment, &new)
-                    .await
-                    .map_err(|e| match e {
-                        bulkhead_store::StoreError::Conflict { .. } => {
-                            anyhow::anyhow!("a tenant with slug `{}` already exists", new.slug)
-                        }
-                        other => anyhow::Error::new(other).context("cannot create the tenant"),
-                    })?;
+                let onboarded =
+                    crate::service::tenants::onboard(&owner, &peppers, key_environment, &new)
+                        .await
+                        .map_err(|e| match e {
+                            bulkhead_store::StoreError::Conflict { .. } => {
+                                anyhow::anyhow!("a tenant with slug `{}` already exists", new.slug)
+                            }
+                            other => anyhow::Error::new(other).context("cannot create the tenant"),
+                        })?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json!({

@@ -8,34 +8,14 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::http::authz::RouteTable;
 use crate::http::error::ApiError;
-use crate::http::routes::{
-    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, usage,
-    webhooks,
-};
 use crate::http::state::AppState;
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Every route of the application with its authorization declaration. The router is built from
-/// this table alone (see [`crate::http::authz`]).
-pub fn route_table() -> RouteTable {
-    RouteTable::new()
-        .merge(health::routes())
-        .merge(oauth::routes())
-        .merge(audit::routes())
-        .merge(sessions::routes())
-        .merge(api_keys::routes())
-        .merge(auth::routes())
-        .merge(webhooks::routes())
-        .merge(principals::routes())
-        .merge(roles::routes())
-        .merge(tools::routes())
-        .merge(context::routes())
-        .merge(usage::routes())
-}
+/// The route table (defined with the routes; here because the application is built from it).
+pub use crate::http::routes::route_table;
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
@@ -109,7 +89,10 @@ pub fn router(state: AppState) -> Router {
 pub fn metrics_router(request_timeout: std::time::Duration) -> Router {
     crate::http::telemetry::metrics_handle();
     Router::new()
-        .route("/metrics", axum::routing::get(health::metrics))
+        .route(
+            "/metrics",
+            axum::routing::get(crate::http::routes::health::metrics),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(move |request, next| {
@@ -163,7 +146,8 @@ pub async fn serve(
     let settings = state.config().connections.clone();
     let trusted_proxies = state.config().trusted_proxies.clone();
     let served =
-        crate::http::listener::serve(listener, router(state), settings, trusted_proxies, shutdown).await;
+        crate::http::listener::serve(listener, router(state), settings, trusted_proxies, shutdown)
+            .await;
     listener_task.abort();
     token_task.abort();
     ceiling_task.abort();

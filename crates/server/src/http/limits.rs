@@ -233,8 +233,9 @@ pub async fn preauth_limit(
         return next.run(request).await;
     };
     // An unknown address (malformed chain) shares one budget rather than escaping limits.
-    let ip = crate::service::credentials::request_client_ip(&request, &state.config().trusted_proxies)
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let ip =
+        crate::service::credentials::request_client_ip(&request, &state.config().trusted_proxies)
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let key = address_key(ip);
     let now = limits.clock.now();
     if let Some(until) = limits.blocked.get(&key) {

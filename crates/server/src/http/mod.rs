@@ -12,7 +12,6 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod listener;
-pub mod openapi;
 pub mod quotas;
 pub mod resolve;
 pub mod routes;

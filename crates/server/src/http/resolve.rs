@@ -23,10 +23,14 @@ use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
 use bulkhead_store::registry::{Tenant, TenantStatus};
 
-use crate::service::credentials::{request_client_ip, Refusal, Refused};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
+use crate::service::credentials::{request_client_ip, Refusal, Refused};
 use crate::service::tokens::TokenRefusal;
+
+/// Ending one's own session; the resolver admits a suspended tenant's token here (and only
+/// here), since logging out only takes authority away.
+pub(crate) const LOGOUT_PATH: &str = "/v1/auth/logout";
 
 /// What the host name says about the tenant.
 #[derive(Debug, PartialEq, Eq)]
@@ -293,7 +297,7 @@ impl Signals {
 /// suspended (it only takes authority away), so that one route accepts a suspended tenant's
 /// access token. Everything else about the token is checked as always.
 fn ends_own_session(request: &Request) -> bool {
-    request.method() == Method::POST && request.uri().path() == crate::http::routes::auth::LOGOUT_PATH
+    request.method() == Method::POST && request.uri().path() == LOGOUT_PATH
 }
 
 async fn authenticate(

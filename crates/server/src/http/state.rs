@@ -24,7 +24,7 @@ struct Inner {
     verifier: Arc<KeyVerifier>,
     tokens: Arc<TokenService>,
     master_key: Arc<MasterKey>,
-    login_ips: crate::http::routes::auth::IpThrottle,
+    login_ips: crate::service::login_throttle::IpThrottle,
     clock: Clock,
     rate_limits: Option<crate::http::limits::SharedLimits>,
     config: AppConfig,
@@ -137,7 +137,7 @@ impl AppState {
     }
 
     /// Failed logins per client address.
-    pub fn login_ips(&self) -> &crate::http::routes::auth::IpThrottle {
+    pub fn login_ips(&self) -> &crate::service::login_throttle::IpThrottle {
         &self.inner.login_ips
     }
 

@@ -335,29 +335,20 @@ pub fn narrow(actor: Actor, ceiling: &Ceiling) -> Option<Actor> {
     }
 }
 
-/// The effective scopes of an API key outside the request pipeline (token issue and exchange);
-/// `None` if its principal is inactive.
+/// The effective scopes of an API key outside the request pipeline (token issue and exchange),
+/// as of `now`; `None` if its principal is inactive.
 pub(crate) async fn key_scopes(
-    state: &crate::http::state::AppState,
+    ceilings: &RoleCeilings,
+    store: &Store,
+    now: DateTime<Utc>,
     key: &crate::service::credentials::VerifiedKey,
 ) -> Result<Option<ScopeSet>, StoreError> {
     let actor = Actor::ApiKey {
         key_id: key.key_id,
         scopes: key.scopes.clone(),
     };
-    effective(state, key.tenant_id, actor).await
-}
-
-async fn effective(
-    state: &crate::http::state::AppState,
-    tenant: TenantId,
-    actor: Actor,
-) -> Result<Option<ScopeSet>, StoreError> {
-    let ctx = TenantContext::new(tenant, actor, bulkhead_core::RequestId::new());
-    let ceiling = state
-        .ceilings()
-        .of(state.store(), &ctx, state.clock().now())
-        .await?;
+    let ctx = TenantContext::new(key.tenant_id, actor, bulkhead_core::RequestId::new());
+    let ceiling = ceilings.of(store, &ctx, now).await?;
     Ok(narrow(ctx.actor().clone(), &ceiling).and_then(|a| a.scopes().cloned()))
 }
 

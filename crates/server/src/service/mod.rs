@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod database;
 pub mod hashing;
 pub mod keys;
+pub mod login_throttle;
 pub mod scan;
 pub mod screen;
 pub mod tenants;

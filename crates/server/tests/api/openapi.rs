@@ -34,7 +34,7 @@ const METHODS: &[&str] = &[
 ];
 
 fn document() -> Value {
-    serde_json::to_value(bulkhead_server::http::openapi::openapi()).unwrap()
+    serde_json::to_value(bulkhead_server::http::routes::openapi::openapi()).unwrap()
 }
 
 /// Every (METHOD, path) the document names.
@@ -267,7 +267,7 @@ async fn served_routes_is_what_the_router_serves() {
     }
 }
 
-/// The served document is the one [`bulkhead_server::http::openapi::openapi`] builds, as JSON, with
+/// The served document is the one [`bulkhead_server::http::routes::openapi::openapi`] builds, as JSON, with
 /// no credential.
 #[tokio::test]
 async fn openapi_json_is_served_without_a_credential() {

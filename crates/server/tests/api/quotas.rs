@@ -941,7 +941,8 @@ async fn the_retention_sweep_deletes_finished_messages_and_frees_their_room() {
     // Within the retention window: nothing goes.
     let now = chrono::Utc::now();
     assert_eq!(worker.sweep_webhook_retention(now).await.unwrap(), 0);
-    let later = now + chrono::Duration::days(bulkhead_server::service::worker::WEBHOOK_RETENTION_DAYS + 1);
+    let later =
+        now + chrono::Duration::days(bulkhead_server::service::worker::WEBHOOK_RETENTION_DAYS + 1);
     assert_eq!(worker.sweep_webhook_retention(later).await.unwrap(), 2);
     assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 1);
     assert_eq!(quota(&app, &acme, "platform_messages").await.0, 0);

@@ -17,8 +17,8 @@ use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::service::keys::{self, KeySpec};
 use crate::http::state::AppState;
+use crate::service::keys::{self, KeySpec};
 
 /// Largest page of `GET /v1/api-keys`.
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -653,7 +653,7 @@ async fn revoke(
     post, path = "/v1/api-keys/revoke-all", tag = "api-keys",
     request_body = RevokeAll,
     responses(
-        (status = 200, description = "The revoked keys", body = crate::http::openapi::Revoked),
+        (status = 200, description = "The revoked keys", body = crate::http::routes::openapi::Revoked),
         (status = 422, description = "An invalid principal"),
     ),
     security(("bearer" = ["keys:manage"])),

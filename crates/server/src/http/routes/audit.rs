@@ -58,7 +58,7 @@ pub fn routes() -> RouteTable {
 /// `GET /.well-known/bulkhead-audit-key`.
 #[utoipa::path(
     get, path = "/.well-known/bulkhead-audit-key", tag = "audit",
-    responses((status = 200, description = "The audit log's Ed25519 public key", body = crate::http::openapi::LogKey)),
+    responses((status = 200, description = "The audit log's Ed25519 public key", body = crate::http::routes::openapi::LogKey)),
 )]
 pub async fn log_key(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
     let public = state.audit().key().public();

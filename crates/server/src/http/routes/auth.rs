@@ -8,14 +8,15 @@
 //!   [`MAX_LOCK_SECS`]; a success clears it. Kept in the tenant's database, so every server
 //!   process sees it. A name whose last failure and lock both ended [`MAX_LOCK_SECS`] ago is
 //!   forgotten (each attempt sweeps up to [`SWEEP_BATCH`] such rows), so its count starts over.
-//! - per client address: at most [`IP_FAILURES_PER_WINDOW`] failures per [`IP_WINDOW_SECS`]
+//! - per client address: at most
+//!   [`IP_FAILURES_PER_WINDOW`](crate::service::login_throttle::IP_FAILURES_PER_WINDOW) failures per
+//!   [`IP_WINDOW_SECS`](crate::service::login_throttle::IP_WINDOW_SECS)
 //!   across all accounts, in process.
 //!
 //! Unknown email, wrong password and disabled user give one answer (401 `invalid-login`) after
 //! the same argon2id work ([`bulkhead_auth::password::verify_password`]).
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
@@ -38,6 +39,7 @@ use uuid::Uuid;
 
 use crate::http::error::{no_store, ApiError};
 use crate::http::extract::{Json, Path, Tenant as TenantExtract};
+use crate::http::resolve::LOGOUT_PATH;
 use crate::http::state::AppState;
 use crate::service::tokens::{scope_text, Grant};
 
@@ -45,10 +47,6 @@ use crate::service::tokens::{scope_text, Grant};
 pub const FREE_FAILURES: i32 = 5;
 /// Longest lock of an account name.
 pub const MAX_LOCK_SECS: i64 = 15 * 60;
-/// Failures one address may have per window, across accounts.
-pub const IP_FAILURES_PER_WINDOW: u32 = 30;
-/// The per-address window.
-pub const IP_WINDOW_SECS: i64 = 15 * 60;
 /// Stale login-throttle rows deleted by each login attempt, at most.
 pub const SWEEP_BATCH: i64 = 64;
 /// The `client_id` of tokens issued by human login.
@@ -94,10 +92,6 @@ pub fn routes() -> RouteTable {
         .confine(Refused)
 }
 
-/// Ending one's own session; the resolver admits a suspended tenant's token here (and only
-/// here), since logging out only takes authority away.
-pub(crate) const LOGOUT_PATH: &str = "/v1/auth/logout";
-
 /// Trims and lowercases an email; `None` if it cannot be one.
 pub fn normalise_email(text: &str) -> Option<String> {
     let email = text.trim().to_lowercase();
@@ -107,57 +101,6 @@ pub fn normalise_email(text: &str) -> Option<String> {
         && !email.ends_with('@')
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     valid.then_some(email)
-}
-
-/// Failures per client address, in process.
-#[derive(Debug)]
-pub struct IpThrottle {
-    failures: moka::future::Cache<IpAddr, Arc<std::sync::Mutex<(u32, i64)>>>,
-}
-
-impl Default for IpThrottle {
-    fn default() -> Self {
-        Self {
-            failures: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(std::time::Duration::from_secs(IP_WINDOW_SECS as u64))
-                .build(),
-        }
-    }
-}
-
-impl IpThrottle {
-    /// The counter of `ip`'s bucket: IPv6 counts per /64 (one subscriber), like every
-    /// address-keyed limit.
-    async fn entry(&self, ip: IpAddr) -> Arc<std::sync::Mutex<(u32, i64)>> {
-        self.failures
-            .get_with(bulkhead_core::net::address_bucket(ip), async {
-                Arc::new(std::sync::Mutex::new((0, 0)))
-            })
-            .await
-    }
-
-    /// Counts an attempt from `ip`; `Some(seconds to wait)` (and nothing counted) if the
-    /// address is already over its budget in the current window.
-    async fn take_attempt(&self, ip: IpAddr, now: i64) -> Option<u64> {
-        let entry = self.entry(ip).await;
-        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
-        if now - guard.1 >= IP_WINDOW_SECS {
-            *guard = (0, now);
-        }
-        if guard.0 >= IP_FAILURES_PER_WINDOW {
-            return Some((IP_WINDOW_SECS - (now - guard.1)).max(1) as u64);
-        }
-        guard.0 += 1;
-        None
-    }
-
-    /// Gives back the attempt of a successful login: only failures use up the budget.
-    async fn give_back(&self, ip: IpAddr) {
-        let entry = self.entry(ip).await;
-        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0 = guard.0.saturating_sub(1);
-    }
 }
 
 /// Body of `POST /v1/auth/login`.
@@ -579,7 +522,7 @@ struct SessionView {
 /// The caller's live auth sessions (refresh-token families).
 #[utoipa::path(
     get, path = "/v1/auth/sessions", tag = "auth",
-    responses((status = 200, description = "Sessions", body = crate::http::openapi::AuthSessionList)),
+    responses((status = 200, description = "Sessions", body = crate::http::routes::openapi::AuthSessionList)),
     security(("bearer" = [])),
 )]
 async fn list_sessions(

@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Path, Tenant};
-use crate::service::screen::{self, Report};
 use crate::http::state::AppState;
+use crate::service::screen::{self, Report};
 
 /// Most tools a context lists; more sets `tools_truncated`.
 pub const MAX_CONTEXT_TOOLS: u32 = 200;

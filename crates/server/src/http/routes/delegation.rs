@@ -153,7 +153,15 @@ async fn delegate(
                             ),
                         })?;
                 state.verifier().record_use(&key, client_ip);
-                let scopes = effective_or_refuse(crate::service::ceilings::key_scopes(state, &key).await)?;
+                let scopes = effective_or_refuse(
+                    crate::service::ceilings::key_scopes(
+                        state.ceilings(),
+                        state.store(),
+                        state.clock().now(),
+                        &key,
+                    )
+                    .await,
+                )?;
                 Ok(Delegate {
                     principal: key.principal,
                     client_id: Some(key.key_id.to_string()),
@@ -169,7 +177,15 @@ async fn delegate(
     }
     if let Some(auth) = auth {
         let (key, _) = authenticate_client(state, &auth, Some(tenant.clone()), client_ip).await?;
-        let scopes = effective_or_refuse(crate::service::ceilings::key_scopes(state, &key).await)?;
+        let scopes = effective_or_refuse(
+            crate::service::ceilings::key_scopes(
+                state.ceilings(),
+                state.store(),
+                state.clock().now(),
+                &key,
+            )
+            .await,
+        )?;
         return Ok(Delegate {
             principal: key.principal,
             client_id: Some(key.key_id.to_string()),

@@ -14,14 +14,18 @@ use crate::http::state::AppState;
 pub fn routes() -> RouteTable {
     RouteTable::new()
         .get("/healthz", RouteAccess::Public, healthz)
-        .get("/openapi.json", RouteAccess::Public, crate::http::openapi::serve)
+        .get(
+            "/openapi.json",
+            RouteAccess::Public,
+            crate::http::routes::openapi::serve,
+        )
         .get("/readyz", RouteAccess::Public, readyz)
 }
 
 /// `GET /healthz`: the process is up.
 #[utoipa::path(
     get, path = "/healthz", tag = "meta",
-    responses((status = 200, description = "Up", body = crate::http::openapi::Status)),
+    responses((status = 200, description = "Up", body = crate::http::routes::openapi::Status)),
 )]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
@@ -31,7 +35,7 @@ pub async fn healthz() -> impl IntoResponse {
 #[utoipa::path(
     get, path = "/readyz", tag = "meta",
     responses(
-        (status = 200, description = "Ready", body = crate::http::openapi::Status),
+        (status = 200, description = "Ready", body = crate::http::routes::openapi::Status),
         (status = 503, description = "The database is unreachable or its migrations are not current"),
     ),
 )]

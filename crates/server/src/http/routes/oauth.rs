@@ -30,11 +30,11 @@ use bulkhead_store::Access;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::service::credentials::VerifiedKey;
 use crate::http::error::{no_store, ApiError, OAuthError};
 use crate::http::resolve::{authenticate_api_key, host_tenant, is_access_token};
 use crate::http::routes::auth::{end_session_in, TokenResponse};
 use crate::http::state::AppState;
+use crate::service::credentials::VerifiedKey;
 use crate::service::tokens::{parse_scope_param, scope_text, Grant};
 
 /// RFC 8693's grant type.
@@ -62,7 +62,7 @@ pub fn routes() -> RouteTable {
 #[utoipa::path(
     get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
     responses(
-        (status = 200, description = "The metadata", body = crate::http::openapi::ServerMetadata),
+        (status = 200, description = "The metadata", body = crate::http::routes::openapi::ServerMetadata),
         (status = 429, description = "Rate limited per address; see `Retry-After`"),
     ),
 )]
@@ -96,7 +96,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
 #[utoipa::path(
     get, path = "/.well-known/jwks.json", tag = "oauth",
     responses(
-        (status = 200, description = "The JWKS", body = crate::http::openapi::Jwks),
+        (status = 200, description = "The JWKS", body = crate::http::routes::openapi::Jwks),
         (status = 429, description = "Rate limited per address; see `Retry-After`"),
     ),
 )]
@@ -238,7 +238,11 @@ fn client_auth(headers: &HeaderMap, form: &Form) -> Result<Option<ClientAuth>, O
 }
 
 fn request_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<IpAddr> {
-    crate::service::credentials::headers_client_ip(Some(peer.ip()), headers, &state.config().trusted_proxies)
+    crate::service::credentials::headers_client_ip(
+        Some(peer.ip()),
+        headers,
+        &state.config().trusted_proxies,
+    )
 }
 
 /// The tenant the request's host names, in OAuth terms: an unknown subdomain is an invalid
@@ -298,7 +302,7 @@ pub(crate) async fn authenticate_client(
 /// RFC 6749 token endpoint: `client_credentials`, `refresh_token`, and RFC 8693 token exchange.
 #[utoipa::path(
     post, path = "/oauth/token", tag = "oauth",
-    request_body(content = crate::http::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::http::routes::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Tokens", body = TokenResponse),
         (status = 400, description = "`invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unauthorized_client` or `unsupported_grant_type`"),
@@ -339,7 +343,8 @@ async fn token_inner(
         }
         Some("refresh_token") => refresh(state, &form, auth, host_tenant, client_ip).await,
         Some(TOKEN_EXCHANGE) => {
-            crate::http::routes::delegation::exchange(state, &form, auth, host_tenant, client_ip).await
+            crate::http::routes::delegation::exchange(state, &form, auth, host_tenant, client_ip)
+                .await
         }
         Some(_) => Err(OAuthError::unsupported_grant_type()),
     }
@@ -379,9 +384,14 @@ async fn client_credentials(
         RequestId::new(),
     );
     // The key's agent's roles bound what the token may hold, as they bound the key itself.
-    let held = crate::service::ceilings::key_scopes(state, key)
-        .await
-        .map_err(|_| OAuthError::unavailable())?;
+    let held = crate::service::ceilings::key_scopes(
+        state.ceilings(),
+        state.store(),
+        state.clock().now(),
+        key,
+    )
+    .await
+    .map_err(|_| OAuthError::unavailable())?;
     let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
     let Some(held) = held else {
         audit::record(
@@ -657,7 +667,8 @@ async fn refresh(
     // What the session may grant now: its scopes cut to its principals' roles (a user's role
     // narrowed since login narrows the next access token, not only its use).
     let Some(session_scopes) =
-        crate::service::ceilings::session_scopes(&mut tx, &found.session, state.clock().now()).await?
+        crate::service::ceilings::session_scopes(&mut tx, &found.session, state.clock().now())
+            .await?
     else {
         audit_refresh_failure(&mut tx, Some(&found), "principal_inactive").await?;
         tx.commit().await?;
@@ -739,7 +750,7 @@ fn ok_no_store() -> Response {
 /// RFC 7009: revokes an access or refresh token; possession suffices. 200 whether or not the token existed.
 #[utoipa::path(
     post, path = "/oauth/revoke", tag = "oauth",
-    request_body(content = crate::http::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::http::routes::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Revoked, or nothing to revoke"),
         (status = 400, description = "`invalid_request`"),
@@ -841,9 +852,9 @@ async fn revoke_inner(
 /// RFC 7662: what a token of the client's own tenant is; anything else is `{"active": false}`.
 #[utoipa::path(
     post, path = "/oauth/introspect", tag = "oauth",
-    request_body(content = crate::http::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::http::routes::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "The token's state", body = crate::http::openapi::Introspection),
+        (status = 200, description = "The token's state", body = crate::http::routes::openapi::Introspection),
         (status = 400, description = "`invalid_request`"),
         (status = 401, description = "`invalid_client`"),
     ),
@@ -966,7 +977,8 @@ async fn introspect_inner(
     // What a refresh would grant now: the session's scopes cut to its principal's roles; a
     // disabled principal's refresh token is inactive.
     let effective =
-        crate::service::ceilings::session_scopes(&mut tx, &found.session, state.clock().now()).await?;
+        crate::service::ceilings::session_scopes(&mut tx, &found.session, state.clock().now())
+            .await?;
     tx.commit().await?;
     let Some(effective) = effective else {
         return Ok(inactive);

@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::service::screen::{self, Report};
 use crate::http::state::AppState;
+use crate::service::screen::{self, Report};
 
 /// Default page size of `GET /v1/tools`.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;

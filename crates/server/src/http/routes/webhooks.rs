@@ -635,7 +635,7 @@ async fn send_test(
     params(("id" = EndpointId, Path, description = "The endpoint")),
     request_body = Recover,
     responses(
-        (status = 200, description = "How many were queued", body = crate::http::openapi::Requeued),
+        (status = 200, description = "How many were queued", body = crate::http::routes::openapi::Requeued),
         (status = 404, description = "No such endpoint (or another tenant's)"),
     ),
     security(("bearer" = ["webhooks:manage"])),
@@ -742,7 +742,7 @@ fn holds_nul(value: &Value) -> bool {
     get, path = "/v1/webhooks/messages/{id}", tag = "webhooks",
     params(("id" = MessageId, Path, description = "The message")),
     responses(
-        (status = 200, description = "The message", body = crate::http::openapi::MessageView),
+        (status = 200, description = "The message", body = crate::http::routes::openapi::MessageView),
         (status = 404, description = "No such message (or another tenant's)"),
     ),
     security(("bearer" = ["webhooks:manage"])),
@@ -769,7 +769,7 @@ async fn fetch_message(
     get, path = "/v1/webhooks/messages/{id}/attempts", tag = "webhooks",
     params(("id" = MessageId, Path, description = "The message")),
     responses(
-        (status = 200, description = "The attempts", body = crate::http::openapi::AttemptList),
+        (status = 200, description = "The attempts", body = crate::http::routes::openapi::AttemptList),
         (status = 404, description = "No such message (or another tenant's)"),
     ),
     security(("bearer" = ["webhooks:manage"])),
@@ -794,7 +794,7 @@ async fn attempts(
     post, path = "/v1/webhooks/messages/{id}/resend", tag = "webhooks",
     params(("id" = MessageId, Path, description = "The message")),
     responses(
-        (status = 200, description = "How many were queued", body = crate::http::openapi::Requeued),
+        (status = 200, description = "How many were queued", body = crate::http::routes::openapi::Requeued),
         (status = 404, description = "No such message (or another tenant's)"),
     ),
     security(("bearer" = ["webhooks:manage"])),
