@@ -153,9 +153,9 @@ pub struct HttpArgs {
 
 impl HttpArgs {
     /// The validated connection settings.
-    pub fn connections(&self) -> Result<crate::http::listener::ConnectionSettings, String> {
-        let defaults = crate::http::listener::ConnectionSettings::default();
-        let settings = crate::http::listener::ConnectionSettings {
+    pub fn connections(&self) -> Result<ConnectionSettings, String> {
+        let defaults = ConnectionSettings::default();
+        let settings = ConnectionSettings {
             header_read_timeout: Duration::from_secs(self.http_header_timeout_secs),
             request_timeout: Duration::from_secs(self.http_request_timeout_secs),
             idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
@@ -169,9 +169,9 @@ impl HttpArgs {
     }
 
     /// The validated hashing settings.
-    pub fn hashing(&self) -> Result<crate::service::hashing::HashingSettings, String> {
-        let defaults = crate::service::hashing::HashingSettings::default();
-        let settings = crate::service::hashing::HashingSettings {
+    pub fn hashing(&self) -> Result<HashingSettings, String> {
+        let defaults = HashingSettings::default();
+        let settings = HashingSettings {
             workers: self.hash_workers.unwrap_or(defaults.workers),
             queue: self.hash_queue,
         };
@@ -257,7 +257,7 @@ pub struct AppConfig {
     /// effect on every process within this time.
     pub registry_ttl: Duration,
     /// Access-token issuer, audience and lifetime.
-    pub tokens: crate::service::tokens::TokenSettings,
+    pub tokens: TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
     /// Tool endpoints are judged by the same policy, at registration and on every call.
     pub webhook_egress: bulkhead_webhooks::EgressPolicy,
@@ -271,9 +271,9 @@ pub struct AppConfig {
     /// Base URLs of regions this process does not serve (see [`ServeArgs::region_endpoints`]).
     pub region_endpoints: Vec<(String, String)>,
     /// Client connection timeouts and caps (see [`crate::http::listener`]).
-    pub connections: crate::http::listener::ConnectionSettings,
+    pub connections: ConnectionSettings,
     /// The password-hashing pool (see [`crate::service::hashing`]).
-    pub hashing: crate::service::hashing::HashingSettings,
+    pub hashing: HashingSettings,
 }
 
 impl AppConfig {
@@ -355,7 +355,7 @@ impl AppConfig {
                 "--base-domain {base_domain:?} is not a valid DNS name"
             ));
         }
-        let tokens = crate::service::tokens::TokenSettings::new(
+        let tokens = TokenSettings::new(
             &format!("https://{base_domain}"),
             "bulkhead",
             Duration::from_secs(15 * 60),
@@ -374,8 +374,191 @@ impl AppConfig {
             weaken_host_check: false,
             tools: ToolSettings::default(),
             region_endpoints: Vec::new(),
-            connections: crate::http::listener::ConnectionSettings::default(),
-            hashing: crate::service::hashing::HashingSettings::default(),
+            connections: ConnectionSettings::default(),
+            hashing: HashingSettings::default(),
+        })
+    }
+}
+
+/// Size of the hashing pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashingSettings {
+    /// Hashes computed at once (one blocking thread each).
+    pub workers: usize,
+    /// Admitted operations that may wait for a worker.
+    pub queue: usize,
+}
+
+impl Default for HashingSettings {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            workers: (cores / 2).max(1),
+            queue: 4,
+        }
+    }
+}
+
+impl HashingSettings {
+    /// At least one worker.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("--hash-workers must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Descriptors kept free for everything that is not a client connection: the database pools,
+/// outbound webhook and tool connections, files, Redis.
+pub const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Connections the metrics listener holds at most (a scraper or two needs few); counted out of
+/// the descriptor limit beside [`RESERVED_DESCRIPTORS`].
+pub const METRICS_MAX_CONNECTIONS: usize = 32;
+
+/// Descriptors the API listener may not use: [`RESERVED_DESCRIPTORS`] and the metrics
+/// listener's cap.
+const NOT_FOR_API: u64 = RESERVED_DESCRIPTORS + METRICS_MAX_CONNECTIONS as u64;
+
+/// Limits of client connections (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// A request head (the first, or the next one on a keep-alive connection) must arrive
+    /// whole within this time.
+    pub header_read_timeout: Duration,
+    /// Reading the body and answering must finish within this time (408 otherwise).
+    pub request_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; further ones are closed on accept.
+    pub max_connections: usize,
+    /// Client connections open at once from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: default_max_connections(),
+            max_connections_per_address: 256,
+        }
+    }
+}
+
+/// The process's soft limit on open descriptors, if it can be read.
+pub fn descriptor_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _hard)| soft)
+}
+
+/// The default total cap: 10,000, or the descriptor limit minus [`RESERVED_DESCRIPTORS`] and
+/// [`METRICS_MAX_CONNECTIONS`] if that is lower (at least 16).
+pub fn default_max_connections() -> usize {
+    let ceiling = descriptor_limit()
+        .map(|limit| limit.saturating_sub(NOT_FOR_API))
+        .unwrap_or(10_000);
+    usize::try_from(ceiling.clamp(16, 10_000)).unwrap_or(10_000)
+}
+
+impl ConnectionSettings {
+    /// Refuses settings that cannot protect the process: zero timeouts or caps, a per-address
+    /// cap above the total, or a total cap the descriptor limit cannot hold.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.header_read_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+        {
+            return Err("HTTP timeouts must be at least one second".into());
+        }
+        if self.idle_timeout < self.request_timeout {
+            // A handler may be silent for up to the request timeout; the idle clock must not
+            // cut it short.
+            return Err(
+                "--http-idle-timeout-secs must not be below --http-request-timeout-secs".into(),
+            );
+        }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return Err("HTTP connection caps must be at least 1".into());
+        }
+        if self.max_connections_per_address > self.max_connections {
+            return Err(format!(
+                "--http-max-connections-per-address ({}) is above --http-max-connections ({})",
+                self.max_connections_per_address, self.max_connections
+            ));
+        }
+        if let Some(limit) = descriptor_limit() {
+            let usable = limit.saturating_sub(NOT_FOR_API);
+            if u64::try_from(self.max_connections).unwrap_or(u64::MAX) > usable {
+                return Err(format!(
+                    "--http-max-connections ({}) does not fit the descriptor limit ({limit}, of which \
+                     {RESERVED_DESCRIPTORS} are kept for the database and outbound calls and \
+                     {METRICS_MAX_CONNECTIONS} for the metrics listener): lower it or raise `ulimit -n`",
+                    self.max_connections
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The metrics listener's settings: the same timeouts, at most [`METRICS_MAX_CONNECTIONS`]
+    /// open, and one address at most half of them (nor more than the API's per-address cap).
+    pub fn for_metrics(&self) -> Self {
+        let total = self.max_connections.min(METRICS_MAX_CONNECTIONS);
+        Self {
+            max_connections: total,
+            max_connections_per_address: self
+                .max_connections_per_address
+                .min(total.div_ceil(2))
+                .max(1),
+            ..self.clone()
+        }
+    }
+}
+
+/// Token settings of the deployment.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// `iss` of every token, and the issuer in the RFC 8414 metadata.
+    pub issuer: String,
+    /// `aud` of every token.
+    pub audience: String,
+    /// Access-token lifetime: 5 to 60 minutes.
+    pub access_token_ttl: Duration,
+    /// Most actors a delegation chain may name (RFC 8693 `act` nesting): 1 to 10, default 4.
+    pub max_delegation_depth: usize,
+}
+
+impl TokenSettings {
+    /// Validated settings: the lifetime must be within 5–60 minutes; the issuer must be an
+    /// absolute http(s) URL without a query or fragment (RFC 8414 §2).
+    pub fn new(issuer: &str, audience: &str, access_token_ttl: Duration) -> Result<Self, String> {
+        let secs = i64::try_from(access_token_ttl.as_secs()).unwrap_or(i64::MAX);
+        if !(bulkhead_auth::token::MIN_ACCESS_TOKEN_SECS
+            ..=bulkhead_auth::token::MAX_ACCESS_TOKEN_SECS)
+            .contains(&secs)
+        {
+            return Err("the access-token lifetime must be between 5 and 60 minutes".into());
+        }
+        let issuer = issuer.trim_end_matches('/');
+        let scheme_ok = issuer.starts_with("https://") || issuer.starts_with("http://");
+        if !scheme_ok || issuer.contains(['?', '#', ' ']) || issuer.len() > 200 {
+            return Err(format!(
+                "the issuer {issuer:?} must be an http(s) URL without query or fragment"
+            ));
+        }
+        if audience.is_empty() || audience.len() > 200 {
+            return Err("the token audience must be 1 to 200 characters".into());
+        }
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            access_token_ttl,
+            max_delegation_depth: 4,
         })
     }
 }

@@ -8,6 +8,8 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use bulkhead_store::audit;
+
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
@@ -67,7 +69,7 @@ pub fn router(state: AppState) -> Router {
                 // Every audit event of a request carries its client's address and user agent.
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
-                    crate::service::audit_log::request_client,
+                    request_client,
                 ))
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
@@ -103,10 +105,10 @@ pub fn metrics_router(request_timeout: std::time::Duration) -> Router {
 /// Serves [`metrics_router`] on `listener` until `shutdown` completes, through the same bounded
 /// accept loop as the API (not axum::serve: no header timeout, no connection cap) with the
 /// API's timeouts and the metrics listener's own caps
-/// ([`crate::http::listener::ConnectionSettings::for_metrics`]). `settings` are the API's.
+/// ([`crate::config::ConnectionSettings::for_metrics`]). `settings` are the API's.
 pub async fn serve_metrics(
     listener: TcpListener,
-    settings: crate::http::listener::ConnectionSettings,
+    settings: crate::config::ConnectionSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let settings = settings.for_metrics();
@@ -154,4 +156,27 @@ pub async fn serve(
     let _ = stop_flusher.send(true);
     flusher.await.ok();
     served
+}
+
+/// Middleware in front of every route: the request's client address and user agent become the
+/// default of every audit event recorded while serving it (`bulkhead_store::audit::with_client`),
+/// so no event of a request is left without them.
+pub async fn request_client(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let client = audit::RequestClient {
+        ip_address: crate::service::credentials::request_client_ip(
+            &request,
+            &state.config().trusted_proxies,
+        ),
+        user_agent: request
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| audit::clean_free_text(ua, audit::MAX_USER_AGENT_BYTES))
+            .filter(|ua| !ua.is_empty()),
+    };
+    audit::with_client(client, next.run(request)).await
 }

@@ -530,6 +530,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::service::hashing::HashError> for ApiError {
+    fn from(err: crate::service::hashing::HashError) -> Self {
+        use crate::service::hashing::HashError;
+        match err {
+            HashError::Busy => ApiError::HashingBusy,
+            HashError::Unavailable => ApiError::Unavailable,
+            HashError::Invalid(detail) => ApiError::Invalid(detail.into()),
+            HashError::Internal(err) => ApiError::Internal(err),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {

@@ -309,31 +309,8 @@ async fn write_failures(
     Ok(failures.len() + usize::from(lost > 0))
 }
 
-/// Middleware in front of every route: the request's client address and user agent become the
-/// default of every audit event recorded while serving it (`bulkhead_store::audit::with_client`),
-/// so no event of a request is left without them.
-pub async fn request_client(
-    axum::extract::State(state): axum::extract::State<crate::http::state::AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let client = audit::RequestClient {
-        ip_address: crate::service::credentials::request_client_ip(
-            &request,
-            &state.config().trusted_proxies,
-        ),
-        user_agent: request
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| audit::clean_free_text(ua, audit::MAX_USER_AGENT_BYTES))
-            .filter(|ua| !ua.is_empty()),
-    };
-    audit::with_client(client, next.run(request)).await
-}
-
 tokio::task_local! {
-    /// The request's client details, for the authentication-failure events of [`crate::http::resolve`].
+    /// The request's client details, for the authentication-failure events of request resolution.
     pub static AUTH_AUDIT: AuthAuditScope;
 }
 

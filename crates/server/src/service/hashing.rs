@@ -11,7 +11,7 @@
 //!    ([`HashPool::anonymous_tenant_share`]): a login flood against one tenant cannot take the
 //!    whole anonymous budget, and other tenants' logins are still admitted (a login names its
 //!    tenant, and is counted under it). An operation that does not fit is refused at once
-//!    with 503 and `Retry-After` ([`ApiError::HashingBusy`]): a queue that grows without bound
+//!    with 503 and `Retry-After` ([`HashError::Busy`]): a queue that grows without bound
 //!    only turns overload into timeouts.
 //! 2. then **waits** for one of `workers` blocking threads (default: half the cores, at least
 //!    one), so hashing can never take every core from the rest of the server.
@@ -26,35 +26,23 @@ use std::sync::{Arc, Mutex};
 use bulkhead_core::TenantId;
 use tokio::sync::Semaphore;
 
-use crate::http::error::ApiError;
+use crate::config::HashingSettings;
 
-/// Size of the hashing pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HashingSettings {
-    /// Hashes computed at once (one blocking thread each).
-    pub workers: usize,
-    /// Admitted operations that may wait for a worker.
-    pub queue: usize,
-}
-
-impl Default for HashingSettings {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        Self {
-            workers: (cores / 2).max(1),
-            queue: 4,
-        }
-    }
-}
-
-impl HashingSettings {
-    /// At least one worker.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.workers == 0 {
-            return Err("--hash-workers must be at least 1".into());
-        }
-        Ok(())
-    }
+/// Why a hash or a verification was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The pool (or the caller's share of it) is full: try again shortly (503, `Retry-After`).
+    #[error("password hashing is busy")]
+    Busy,
+    /// The pool is shut down.
+    #[error("password hashing is unavailable")]
+    Unavailable,
+    /// The password does not meet the policy.
+    #[error("{0}")]
+    Invalid(String),
+    /// The hashing task failed.
+    #[error(transparent)]
+    Internal(anyhow::Error),
 }
 
 /// Who asks for a hash.
@@ -175,7 +163,7 @@ impl HashPool {
 
     /// A place for one operation, or 503 at once if the pool, the caller's tenant share, the
     /// anonymous budget or the tenant's part of it is full.
-    pub fn admit(&self, caller: Caller) -> Result<Ticket, ApiError> {
+    pub fn admit(&self, caller: Caller) -> Result<Ticket, HashError> {
         let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
         let tenant = caller.tenant();
         let held = admitted.per_tenant.get(&tenant).copied().unwrap_or(0);
@@ -201,7 +189,7 @@ impl HashPool {
             metrics::counter!("bulkhead_password_hash_refusals_total", "share" => share)
                 .increment(1);
             tracing::warn!(tenant_id = %tenant, share, "password hashing is full; refused with 503");
-            return Err(ApiError::HashingBusy);
+            return Err(HashError::Busy);
         }
         admitted.total += 1;
         if anonymous {
@@ -220,13 +208,13 @@ impl HashPool {
         &self,
         ticket: Ticket,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, HashError> {
         let worker = self
             .workers
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| ApiError::Unavailable)?;
+            .map_err(|_| HashError::Unavailable)?;
         self.started.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("bulkhead_password_hashes_total").increment(1);
         tokio::task::spawn_blocking(move || {
@@ -236,7 +224,7 @@ impl HashPool {
             result
         })
         .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("password hashing task failed: {e}")))
+        .map_err(|e| HashError::Internal(anyhow::anyhow!("password hashing task failed: {e}")))
     }
 
     /// Hashes a new password for `caller` (after the length policy, which costs nothing).
@@ -244,12 +232,12 @@ impl HashPool {
         &self,
         caller: Caller,
         password: String,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, HashError> {
         check_policy(&password)?;
         let ticket = self.admit(caller)?;
         self.run(ticket, move || {
             bulkhead_auth::password::hash_password(&password)
-                .map_err(|e| ApiError::Invalid(e.to_string().into()))
+                .map_err(|e| HashError::Invalid(e.to_string()))
         })
         .await?
     }
@@ -261,7 +249,7 @@ impl HashPool {
         caller: Caller,
         stored: Option<String>,
         password: String,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, HashError> {
         let ticket = self.admit(caller)?;
         self.run(ticket, move || {
             bulkhead_auth::password::verify_password(stored.as_deref(), &password)
@@ -271,7 +259,7 @@ impl HashPool {
 }
 
 /// The length policy alone, so a refused password never takes a place in the pool.
-fn check_policy(password: &str) -> Result<(), ApiError> {
+fn check_policy(password: &str) -> Result<(), HashError> {
     use bulkhead_auth::password::{PasswordError, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
     let error = if password.chars().count() < MIN_PASSWORD_CHARS {
         Some(PasswordError::TooShort)
@@ -281,7 +269,7 @@ fn check_policy(password: &str) -> Result<(), ApiError> {
         None
     };
     match error {
-        Some(e) => Err(ApiError::Invalid(e.to_string().into())),
+        Some(e) => Err(HashError::Invalid(e.to_string())),
         None => Ok(()),
     }
 }
@@ -307,14 +295,14 @@ mod tests {
         // Tenant 1 holds its share; tenant 2 is still admitted.
         assert!(matches!(
             pool.admit(Caller::Tenant(tenant(1))),
-            Err(ApiError::HashingBusy)
+            Err(HashError::Busy)
         ));
         let _b1 = pool.admit(Caller::Anonymous(tenant(2))).unwrap();
         let _c1 = pool.admit(Caller::Anonymous(tenant(3))).unwrap();
         // Full.
         assert!(matches!(
             pool.admit(Caller::Tenant(tenant(4))),
-            Err(ApiError::HashingBusy)
+            Err(HashError::Busy)
         ));
         drop(a1);
         // Anonymous callers together hold their half already (tenants 2 and 3 one each: a
@@ -322,7 +310,7 @@ mod tests {
         assert_eq!(pool.anonymous_tenant_share(), 1);
         assert!(matches!(
             pool.admit(Caller::Anonymous(tenant(4))),
-            Err(ApiError::HashingBusy)
+            Err(HashError::Busy)
         ));
         let _d1 = pool.admit(Caller::Tenant(tenant(4))).unwrap();
     }
@@ -340,7 +328,7 @@ mod tests {
             .collect();
         assert!(matches!(
             pool.admit(Caller::Anonymous(tenant(1))),
-            Err(ApiError::HashingBusy)
+            Err(HashError::Busy)
         ));
         // Tenant 1 may still hash for an authenticated request (its tenant share is 3).
         let own = pool.admit(Caller::Tenant(tenant(1))).unwrap();
@@ -358,7 +346,7 @@ mod tests {
         let refused = pool
             .hash_password(Caller::Tenant(tenant(1)), "short".into())
             .await;
-        assert!(matches!(refused, Err(ApiError::Invalid(_))));
+        assert!(matches!(refused, Err(HashError::Invalid(_))));
         assert_eq!(pool.hashes_started(), 0);
         let phc = pool
             .hash_password(Caller::Tenant(tenant(1)), "long enough password".into())

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bulkhead_auth::token::{
     check_time_bounds, sign_access_token, verify_access_token_with_kid, TokenError, LEEWAY_SECS,
-    MAX_ACCESS_TOKEN_SECS, MIN_ACCESS_TOKEN_SECS,
+    MAX_ACCESS_TOKEN_SECS,
 };
 use bulkhead_auth::{
     AccessClaims, ActClaim, Expectations, KeySet, MasterKey, SigningKey, VerifyingKey,
@@ -44,45 +44,8 @@ pub const MAX_DENYLIST_STALENESS: Duration = Duration::from_secs(60);
 /// Most verified tokens remembered (each well under 1 KiB).
 const VERIFIED_CACHE_ENTRIES: u64 = 50_000;
 
-/// Token settings of the deployment.
-#[derive(Debug, Clone)]
-pub struct TokenSettings {
-    /// `iss` of every token, and the issuer in the RFC 8414 metadata.
-    pub issuer: String,
-    /// `aud` of every token.
-    pub audience: String,
-    /// Access-token lifetime: 5 to 60 minutes.
-    pub access_token_ttl: Duration,
-    /// Most actors a delegation chain may name (RFC 8693 `act` nesting): 1 to 10, default 4.
-    pub max_delegation_depth: usize,
-}
-
-impl TokenSettings {
-    /// Validated settings: the lifetime must be within 5–60 minutes; the issuer must be an
-    /// absolute http(s) URL without a query or fragment (RFC 8414 §2).
-    pub fn new(issuer: &str, audience: &str, access_token_ttl: Duration) -> Result<Self, String> {
-        let secs = i64::try_from(access_token_ttl.as_secs()).unwrap_or(i64::MAX);
-        if !(MIN_ACCESS_TOKEN_SECS..=MAX_ACCESS_TOKEN_SECS).contains(&secs) {
-            return Err("the access-token lifetime must be between 5 and 60 minutes".into());
-        }
-        let issuer = issuer.trim_end_matches('/');
-        let scheme_ok = issuer.starts_with("https://") || issuer.starts_with("http://");
-        if !scheme_ok || issuer.contains(['?', '#', ' ']) || issuer.len() > 200 {
-            return Err(format!(
-                "the issuer {issuer:?} must be an http(s) URL without query or fragment"
-            ));
-        }
-        if audience.is_empty() || audience.len() > 200 {
-            return Err("the token audience must be 1 to 200 characters".into());
-        }
-        Ok(Self {
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            access_token_ttl,
-            max_delegation_depth: 4,
-        })
-    }
-}
+/// Token settings of the deployment (defined with the other settings).
+pub use crate::config::TokenSettings;
 
 /// Why a presented access token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

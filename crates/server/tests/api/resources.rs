@@ -213,7 +213,7 @@ fn accepted_descriptors(port: u16) -> usize {
 /// the API's bounded accept loop with its own small caps.
 #[tokio::test]
 async fn a_slowloris_against_the_metrics_port_is_cut_off() {
-    use bulkhead_server::http::listener::{ConnectionSettings, METRICS_MAX_CONNECTIONS};
+    use bulkhead_server::config::{ConnectionSettings, METRICS_MAX_CONNECTIONS};
     let settings = ConnectionSettings {
         header_read_timeout: Duration::from_secs(2),
         ..ConnectionSettings::default()
