@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::http::limits::{default_limits, default_preauth_limits, RateLimits};
+use bulkhead_server::service::rate_limits::{default_limits, default_preauth_limits, RateLimits};
 use bulkhead_server::http::state::AppState;
 use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
 

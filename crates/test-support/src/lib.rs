@@ -396,7 +396,7 @@ pub struct AppOptions {
     /// Trusted proxy networks.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Rate limiters; default: the server's defaults, in process.
-    pub rate_limits: Option<bulkhead_server::http::limits::SharedLimits>,
+    pub rate_limits: Option<bulkhead_server::service::rate_limits::SharedLimits>,
     /// Webhook egress policy; default [`test_egress_policy`].
     pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
     /// Last changes to the configuration, after every other option.
@@ -454,11 +454,13 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     };
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
-        Arc::new(bulkhead_server::http::limits::RateLimits::in_memory(
-            bulkhead_server::http::limits::default_limits(),
-            bulkhead_server::http::limits::default_preauth_limits(),
-            clock.clone(),
-        ))
+        Arc::new(
+            bulkhead_server::service::rate_limits::RateLimits::in_memory(
+                bulkhead_server::service::rate_limits::default_limits(),
+                bulkhead_server::service::rate_limits::default_preauth_limits(),
+                clock.clone(),
+            ),
+        )
     });
     let state = AppState::with_rate_limits(
         store,

@@ -739,7 +739,7 @@ async fn serve_with(
     });
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
     let clock = bulkhead_core::Clock::system();
-    let limits = crate::http::limits::RateLimits::from_env(clock.clone())?;
+    let limits = crate::service::rate_limits::RateLimits::from_env(clock.clone())?;
     let state = AppState::with_rate_limits(
         store.clone(),
         peppers,

@@ -26,7 +26,7 @@ struct Inner {
     master_key: Arc<MasterKey>,
     login_ips: crate::service::login_throttle::IpThrottle,
     clock: Clock,
-    rate_limits: Option<crate::http::limits::SharedLimits>,
+    rate_limits: Option<crate::service::rate_limits::SharedLimits>,
     config: AppConfig,
     directory: TenantDirectory,
     ceilings: Arc<crate::service::ceilings::RoleCeilings>,
@@ -49,9 +49,9 @@ impl AppState {
         config: AppConfig,
         clock: Clock,
     ) -> Self {
-        let limits = crate::http::limits::RateLimits::in_memory(
-            crate::http::limits::default_limits(),
-            crate::http::limits::default_preauth_limits(),
+        let limits = crate::service::rate_limits::RateLimits::in_memory(
+            crate::service::rate_limits::default_limits(),
+            crate::service::rate_limits::default_preauth_limits(),
             clock.clone(),
         );
         Self::with_rate_limits(
@@ -72,7 +72,7 @@ impl AppState {
         master_key: impl Into<Arc<MasterKey>>,
         config: AppConfig,
         clock: Clock,
-        rate_limits: Option<crate::http::limits::SharedLimits>,
+        rate_limits: Option<crate::service::rate_limits::SharedLimits>,
     ) -> Self {
         let directory = TenantDirectory::new(config.registry_ttl);
         let verifier = Arc::new(KeyVerifier::new(
@@ -142,7 +142,7 @@ impl AppState {
     }
 
     /// The rate limiters, if limiting is on.
-    pub fn rate_limits(&self) -> Option<&crate::http::limits::SharedLimits> {
+    pub fn rate_limits(&self) -> Option<&crate::service::rate_limits::SharedLimits> {
         self.inner.rate_limits.as_ref()
     }
 

@@ -8,6 +8,7 @@ pub mod database;
 pub mod hashing;
 pub mod keys;
 pub mod login_throttle;
+pub mod rate_limits;
 pub mod scan;
 pub mod screen;
 pub mod tenants;

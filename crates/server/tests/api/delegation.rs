@@ -281,11 +281,13 @@ async fn the_chain_is_limited_in_depth() {
 #[tokio::test]
 async fn a_delegated_token_never_outlives_its_subject() {
     let clock = Clock::manual(chrono::Utc::now());
-    let limits = std::sync::Arc::new(bulkhead_server::http::limits::RateLimits::in_memory(
-        bulkhead_server::http::limits::default_limits(),
-        bulkhead_server::http::limits::default_preauth_limits(),
-        Clock::system(),
-    ));
+    let limits = std::sync::Arc::new(
+        bulkhead_server::service::rate_limits::RateLimits::in_memory(
+            bulkhead_server::service::rate_limits::default_limits(),
+            bulkhead_server::service::rate_limits::default_preauth_limits(),
+            Clock::system(),
+        ),
+    );
     let app = spawn_app_with(AppOptions {
         clock: Some(clock.clone()),
         rate_limits: Some(limits),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bulkhead_core::Clock;
 use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
-use bulkhead_server::http::limits::{default_limits, default_preauth_limits, RateLimits};
+use bulkhead_server::service::rate_limits::{default_limits, default_preauth_limits, RateLimits};
 use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestTenant};
 use reqwest::{Method, StatusCode};
 use serde_json::json;

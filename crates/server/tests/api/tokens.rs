@@ -18,12 +18,14 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// The server's default rate limits on the real clock, for tests that move the application's
 /// clock: the limiters must not see time stand still or run backwards.
-fn real_time_limits() -> bulkhead_server::http::limits::SharedLimits {
-    std::sync::Arc::new(bulkhead_server::http::limits::RateLimits::in_memory(
-        bulkhead_server::http::limits::default_limits(),
-        bulkhead_server::http::limits::default_preauth_limits(),
-        Clock::system(),
-    ))
+fn real_time_limits() -> bulkhead_server::service::rate_limits::SharedLimits {
+    std::sync::Arc::new(
+        bulkhead_server::service::rate_limits::RateLimits::in_memory(
+            bulkhead_server::service::rate_limits::default_limits(),
+            bulkhead_server::service::rate_limits::default_preauth_limits(),
+            Clock::system(),
+        ),
+    )
 }
 
 /// An agent key of `tenant` with these scopes: (key id, key text).
