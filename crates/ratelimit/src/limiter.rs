@@ -103,14 +103,6 @@ impl RedisOptions {
             local: MemoryOptions::default(),
         }
     }
-
-    /// Options for `REDIS_URL` when it is set and not empty.
-    pub fn from_env() -> Option<Self> {
-        std::env::var("REDIS_URL")
-            .ok()
-            .filter(|url| !url.trim().is_empty())
-            .map(Self::new)
-    }
 }
 
 impl fmt::Debug for RedisOptions {

@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::config::AppConfig;
-use bulkhead_server::service::rate_limits::{default_limits, default_preauth_limits, RateLimits};
 use bulkhead_server::http::state::AppState;
+use bulkhead_server::service::rate_limits::{default_limits, default_preauth_limits, RateLimits};
 use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
 
 #[path = "common/load.rs"]

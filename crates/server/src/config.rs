@@ -562,3 +562,67 @@ impl TokenSettings {
         })
     }
 }
+
+/// The environment variables read outside clap's flags, all here (`crates/architecture` checks
+/// that nothing else reads the environment): server secrets, kept out of `ps` and `--help`;
+/// the account running a CLI command, for its audit events; and `REDIS_URL`. Each is read when
+/// it is needed, never cached, and never logged.
+pub mod environment {
+    use zeroize::Zeroizing;
+
+    /// A secret the process takes from its environment.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Secret {
+        /// `BULKHEAD_KEY_PEPPER`: the API-key pepper (else, embedded, `<data-dir>/key-pepper`).
+        KeyPepper,
+        /// `BULKHEAD_KEY_PEPPER_PREVIOUS`: earlier peppers, comma-separated, during a rotation.
+        PreviousKeyPeppers,
+        /// `BULKHEAD_MASTER_KEY`: wraps signing keys and secrets at rest.
+        MasterKey,
+        /// `BULKHEAD_AUDIT_LOG_KEY`: signs the audit log's checkpoints.
+        AuditLogKey,
+        /// `BULKHEAD_APP_DATABASE_PASSWORD`: the serving role's password.
+        AppDatabasePassword,
+        /// `BULKHEAD_USER_PASSWORD`: the password of `bulkhead user create` (else prompted).
+        UserPassword,
+        /// `BULKHEAD_KEY_ENVIRONMENT` for the key commands of the CLI (`live` or `test`).
+        KeyEnvironment,
+    }
+
+    impl Secret {
+        /// The variable's name.
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::KeyPepper => "BULKHEAD_KEY_PEPPER",
+                Self::PreviousKeyPeppers => "BULKHEAD_KEY_PEPPER_PREVIOUS",
+                Self::MasterKey => "BULKHEAD_MASTER_KEY",
+                Self::AuditLogKey => "BULKHEAD_AUDIT_LOG_KEY",
+                Self::AppDatabasePassword => "BULKHEAD_APP_DATABASE_PASSWORD",
+                Self::UserPassword => "BULKHEAD_USER_PASSWORD",
+                Self::KeyEnvironment => "BULKHEAD_KEY_ENVIRONMENT",
+            }
+        }
+
+        /// Its value, if set (and valid Unicode), wiped from memory when dropped.
+        pub fn read(self) -> Option<Zeroizing<String>> {
+            std::env::var(self.name()).ok().map(Zeroizing::new)
+        }
+    }
+
+    /// The operating-system account running a CLI command, as its audit events name it
+    /// (`cli:<account>`, at most 64 characters of it): `SUDO_USER`, else `USER`, else `LOGNAME`.
+    pub fn operator_account() -> String {
+        let name = ["SUDO_USER", "USER", "LOGNAME"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok())
+            .unwrap_or_else(|| "unknown".to_owned());
+        format!("cli:{}", name.chars().take(64).collect::<String>())
+    }
+
+    /// `REDIS_URL`, when set and not empty: the rate limiters' shared store.
+    pub fn redis_url() -> Option<String> {
+        std::env::var("REDIS_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+    }
+}

@@ -15,7 +15,10 @@ use crate::service::keys::{self, KeySpec};
 
 fn environment() -> anyhow::Result<bulkhead_auth::KeyEnvironment> {
     crate::config::parse_environment(
-        &std::env::var("BULKHEAD_KEY_ENVIRONMENT").unwrap_or_else(|_| "live".into()),
+        crate::config::environment::Secret::KeyEnvironment
+            .read()
+            .as_deref()
+            .map_or("live", String::as_str),
     )
     .map_err(anyhow::Error::msg)
 }

@@ -599,9 +599,9 @@ async fn user(action: UserCommand) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("invalid --scopes: unknown scope"))?;
             let email = crate::http::routes::auth::normalise_email(&email)
                 .ok_or_else(|| anyhow::anyhow!("invalid --email"))?;
-            let password = match std::env::var("BULKHEAD_USER_PASSWORD") {
-                Ok(p) => zeroize::Zeroizing::new(p),
-                Err(_) => {
+            let password = match crate::config::environment::Secret::UserPassword.read() {
+                Some(p) => p,
+                None => {
                     let mut line = zeroize::Zeroizing::new(String::new());
                     std::io::stdin().read_line(&mut line)?;
                     zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
@@ -739,7 +739,10 @@ async fn serve_with(
     });
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
     let clock = bulkhead_core::Clock::system();
-    let limits = crate::service::rate_limits::RateLimits::from_env(clock.clone())?;
+    let limits = crate::service::rate_limits::RateLimits::new(
+        crate::config::environment::redis_url(),
+        clock.clone(),
+    )?;
     let state = AppState::with_rate_limits(
         store.clone(),
         peppers,
@@ -1086,11 +1089,7 @@ async fn set_status(
     with_owner(database, |owner| async move {
         let found = find_tenant(&owner, &tenant).await?;
         // Who ran it, for the tenant's audit event: the operating-system account.
-        let operator = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".to_owned());
-        let operator = format!("cli:{}", operator.chars().take(64).collect::<String>());
+        let operator = crate::config::environment::operator_account();
         let updated = owner
             .set_tenant_status_by(found.id, status, &operator)
             .await

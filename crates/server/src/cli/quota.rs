@@ -10,15 +10,6 @@ use serde_json::json;
 
 use crate::cli::{find_tenant, with_owner, QuotaCommand};
 
-/// The operating-system account that runs the command, for the audit event.
-fn operator() -> String {
-    let name = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned());
-    format!("cli:{}", name.chars().take(64).collect::<String>())
-}
-
 /// `default` or a limit of 0 or more.
 fn parse_limit(text: &str) -> anyhow::Result<Option<i64>> {
     if text == "default" {
@@ -99,7 +90,7 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
                         "kind": kind,
                         "old_limit": before.limit,
                         "new_override": limit,
-                        "operator": operator(),
+                        "operator": crate::config::environment::operator_account(),
                     }),
                 )
                 .await?;

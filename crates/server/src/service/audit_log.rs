@@ -528,7 +528,7 @@ impl Sequencer {
 /// key, refuse to start: a key generated per machine would make checkpoints of one server
 /// unverifiable under the key another publishes.
 pub fn load_log_key(data_dir: &Path, external_database: bool) -> anyhow::Result<LogSigningKey> {
-    if let Ok(text) = std::env::var("BULKHEAD_AUDIT_LOG_KEY") {
+    if let Some(text) = crate::config::environment::Secret::AuditLogKey.read() {
         return LogSigningKey::from_config_str(&text)
             .map_err(|e| anyhow::anyhow!("BULKHEAD_AUDIT_LOG_KEY is unusable: {e}"));
     }

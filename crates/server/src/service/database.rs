@@ -13,6 +13,7 @@ use bulkhead_store::{migrate, provision, roles, PoolRole, Store, Topology};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+use crate::config::environment::Secret;
 use crate::config::DatabaseArgs;
 use crate::service::credentials::Peppers;
 
@@ -67,18 +68,23 @@ fn region_name_ok(name: &str) -> bool {
 /// The serving role's options for an owner URL: `bulkhead_app` with the password from
 /// `BULKHEAD_APP_DATABASE_PASSWORD` (never the owner's).
 fn derived_app_options(owner: &PgConnectOptions) -> PgConnectOptions {
-    let password = std::env::var("BULKHEAD_APP_DATABASE_PASSWORD").unwrap_or_default();
+    let password = Secret::AppDatabasePassword.read().unwrap_or_default();
     owner.clone().username(roles::APP_ROLE).password(&password)
 }
 
 /// The serving role's URL for an owner URL, as [`derived_app_options`] derives its options.
 pub fn derived_app_url(owner_url: &str) -> anyhow::Result<String> {
     let mut url = url::Url::parse(owner_url).context("not a valid PostgreSQL URL")?;
-    let password = std::env::var("BULKHEAD_APP_DATABASE_PASSWORD").ok();
+    let password = Secret::AppDatabasePassword.read();
     url.set_username(roles::APP_ROLE)
         .map_err(|_| anyhow::anyhow!("the URL cannot carry a user name"))?;
-    url.set_password(password.as_deref().filter(|p| !p.is_empty()))
-        .map_err(|_| anyhow::anyhow!("the URL cannot carry a password"))?;
+    url.set_password(
+        password
+            .as_deref()
+            .map(String::as_str)
+            .filter(|p| !p.is_empty()),
+    )
+    .map_err(|_| anyhow::anyhow!("the URL cannot carry a password"))?;
     Ok(url.into())
 }
 
@@ -295,8 +301,8 @@ fn quiet(options: PgConnectOptions) -> PgConnectOptions {
 /// and are re-hashed under the current pepper on first use.
 pub fn load_peppers(args: &DatabaseArgs) -> anyhow::Result<Peppers> {
     let current = load_pepper(args)?;
-    let previous = match std::env::var("BULKHEAD_KEY_PEPPER_PREVIOUS") {
-        Ok(list) => list
+    let previous = match Secret::PreviousKeyPeppers.read() {
+        Some(list) => list
             .split(',')
             .filter(|s| !s.trim().is_empty())
             .map(|s| {
@@ -304,7 +310,7 @@ pub fn load_peppers(args: &DatabaseArgs) -> anyhow::Result<Peppers> {
                     .map_err(|e| anyhow::anyhow!("BULKHEAD_KEY_PEPPER_PREVIOUS is unusable: {e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
-        Err(_) => Vec::new(),
+        None => Vec::new(),
     };
     Peppers::new(current, previous).map_err(anyhow::Error::msg)
 }
@@ -315,7 +321,7 @@ pub fn load_peppers(args: &DatabaseArgs) -> anyhow::Result<Peppers> {
 pub fn load_pepper(args: &DatabaseArgs) -> anyhow::Result<KeyPepper> {
     load_server_secret(
         args,
-        "BULKHEAD_KEY_PEPPER",
+        Secret::KeyPepper,
         "key-pepper",
         |text| KeyPepper::from_config_str(text).map_err(|e| e.to_string()),
         || {
@@ -332,7 +338,7 @@ pub fn load_pepper(args: &DatabaseArgs) -> anyhow::Result<KeyPepper> {
 pub fn load_master_key(args: &DatabaseArgs) -> anyhow::Result<MasterKey> {
     load_server_secret(
         args,
-        "BULKHEAD_MASTER_KEY",
+        Secret::MasterKey,
         "master-key",
         |text| MasterKey::from_config_str(text).map_err(|e| e.to_string()),
         || {
@@ -347,12 +353,13 @@ pub fn load_master_key(args: &DatabaseArgs) -> anyhow::Result<MasterKey> {
 /// there once with mode 0600.
 fn load_server_secret<T>(
     args: &DatabaseArgs,
-    env: &str,
+    secret: Secret,
     file: &str,
     parse: impl Fn(&str) -> Result<T, String>,
     generate: impl FnOnce() -> (T, String),
 ) -> anyhow::Result<T> {
-    if let Ok(text) = std::env::var(env) {
+    let env = secret.name();
+    if let Some(text) = secret.read() {
         return parse(&text).map_err(|e| anyhow::anyhow!("{env} is unusable: {e}"));
     }
     if args.database_url.is_some() {

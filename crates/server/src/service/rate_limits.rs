@@ -85,9 +85,10 @@ impl RateLimits {
         }
     }
 
-    /// The defaults, shared through Redis when `REDIS_URL` is set, else in process.
-    pub fn from_env(clock: Clock) -> anyhow::Result<Self> {
-        match bulkhead_ratelimit::RedisOptions::from_env() {
+    /// The defaults, shared through Redis at `redis_url` (the settings' `REDIS_URL`), else in
+    /// process.
+    pub fn new(redis_url: Option<String>, clock: Clock) -> anyhow::Result<Self> {
+        match redis_url.map(bulkhead_ratelimit::RedisOptions::new) {
             Some(options) => Ok(Self {
                 tenant: Limiter::redis(default_limits(), clock.clone(), options.clone())?,
                 preauth: Limiter::redis(default_preauth_limits(), clock.clone(), {
