@@ -8,7 +8,10 @@
 //! - [`service`]: what requests and jobs do, with no HTTP in it: credentials, keys, tokens,
 //!   ceilings, tenants, hashing, screening, outbound scanning, the audit log, the job worker.
 //! - [`cli`]: the `bulkhead` command line, one file per command group.
-//! - [`config`] (the settings) and [`probe`] (the cross-tenant attack run of `bulkhead probe`).
+//! - [`config`]: the settings (flags, environment variables and their checked-in defaults).
+//!
+//! The cross-tenant attack run of `bulkhead probe` is a crate of its own (`bulkhead-probe`): it
+//! knows a deployment only through HTTP.
 //!
 //! # Request pipeline
 //! A request flows: request id → trace span → metrics → body limit → tenant resolution and
@@ -32,5 +35,4 @@
 pub mod cli;
 pub mod config;
 pub mod http;
-pub mod probe;
 pub mod service;

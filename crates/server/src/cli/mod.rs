@@ -492,14 +492,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             openapi,
             json,
         } => {
-            let report = crate::probe::run(crate::probe::ProbeConfig {
+            let report = bulkhead_probe::run(bulkhead_probe::ProbeConfig {
                 base_url,
                 base_domain,
-                tenant_a: crate::probe::TenantCredentials {
+                tenant_a: bulkhead_probe::TenantCredentials {
                     slug: tenant_a,
                     admin_key: key_a,
                 },
-                tenant_b: crate::probe::TenantCredentials {
+                tenant_b: bulkhead_probe::TenantCredentials {
                     slug: tenant_b,
                     admin_key: key_b,
                 },

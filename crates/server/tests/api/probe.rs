@@ -1,7 +1,7 @@
 //! `bulkhead probe` against a real deployment on loopback: it passes on the real server, and it
 //! catches a deliberately weakened tenant check (the test-only `probe-weakness` feature).
 
-use bulkhead_server::probe::{self, Attack, ProbeConfig, Report, TenantCredentials, Verdict};
+use bulkhead_probe::{self as probe, Attack, ProbeConfig, Report, TenantCredentials, Verdict};
 use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, BASE_DOMAIN};
 
 async fn probe(app: &TestApp) -> Report {

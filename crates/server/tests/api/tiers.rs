@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_server::probe::{self, ProbeConfig, TenantCredentials};
+use bulkhead_probe::{self as probe, ProbeConfig, TenantCredentials};
 use bulkhead_store::moves::{self, MoveOptions, MoveStep, INTERRUPTED};
 use bulkhead_store::{Access, Placement, Store, StoreError};
 use bulkhead_test_support::{

@@ -1,0 +1,43 @@
+//! The two tenants of a run: which host a request goes to, what the victim (A) holds and
+//! what the attacker (B) holds.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Which tenant's host a request goes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Host {
+    A,
+    B,
+}
+
+/// A's resources, their ids and markers (and A's tokens: no `Debug`).
+#[derive(Default)]
+pub(crate) struct Victim {
+    /// Resource kind (the collection's path segment) → A's id of it.
+    pub(crate) ids: BTreeMap<&'static str, String>,
+    /// Every id and marker of A's: none may appear in a response to B.
+    pub(crate) secrets: Vec<String>,
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: Option<String>,
+    pub(crate) delegated_token: String,
+    pub(crate) agent_key: String,
+    pub(crate) agent_key_id: String,
+    /// The JSON of each resource after setup, to compare at the end.
+    pub(crate) snapshots: Vec<(String, Value)>,
+    pub(crate) token_policy: Option<Value>,
+}
+
+/// B's extra credentials (no `Debug`: they are secrets).
+#[derive(Default)]
+pub(crate) struct Attacker {
+    pub(crate) out_of_scope_key: String,
+    pub(crate) revoked_key: String,
+    pub(crate) revoked_token: String,
+    pub(crate) expired_key: String,
+    pub(crate) after_grace_key: String,
+    pub(crate) client_key: String,
+    pub(crate) client_key_id: String,
+    pub(crate) made_keys: Vec<String>,
+}
