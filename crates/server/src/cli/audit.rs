@@ -12,7 +12,7 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cli::{find_tenant, with_owner};
+use super::lookup::{find_tenant, with_owner};
 use crate::config::DatabaseArgs;
 
 #[derive(Debug, Subcommand)]

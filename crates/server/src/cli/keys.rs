@@ -8,7 +8,7 @@ use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::{Access, Store};
 use serde_json::json;
 
-use crate::cli::{find_tenant, with_owner, KeyCommand};
+use super::lookup::{find_tenant, with_owner};
 use crate::config::DatabaseArgs;
 use crate::service::database::load_peppers;
 use crate::service::keys::{self, KeySpec};
@@ -225,4 +225,78 @@ async fn scan(
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a key for a tenant and print it (shown once) with its metadata, as JSON.
+    Create {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// Scopes, comma-separated (e.g. sessions:read,sessions:write).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Who the key acts for.
+        #[arg(long, default_value = "tenant-admin")]
+        principal: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List a tenant's keys (metadata only) as JSON.
+    List {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke one key, or every key of a principal, at once.
+    Revoke {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// The `key_…` id to revoke.
+        #[arg(
+            long,
+            conflicts_with = "all_for_principal",
+            required_unless_present = "all_for_principal"
+        )]
+        id: Option<String>,
+        /// Revoke every key of this principal.
+        #[arg(long)]
+        all_for_principal: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List the keys older than the tenant's maximum key age; with --rotate, rotate them (new
+    /// keys printed once; old keys keep working for the tenant's grace period).
+    RotateDue {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        /// Rotate them, not just list them.
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Find Bulkhead API keys in files (checksum-validated; prints only non-secret prefixes).
+    /// Exits 1 if any key is found: usable as a pre-commit hook.
+    Scan {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Also report whether each key found is still active (needs the database and pepper).
+        #[arg(long)]
+        check_live: bool,
+        /// Skip files larger than this many bytes.
+        #[arg(long, default_value_t = crate::service::scan::DEFAULT_MAX_FILE_BYTES)]
+        max_file_bytes: u64,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }

@@ -8,7 +8,8 @@ use bulkhead_store::quotas;
 use bulkhead_store::Access;
 use serde_json::json;
 
-use crate::cli::{find_tenant, with_owner, QuotaCommand};
+use super::lookup::{find_tenant, with_owner};
+use crate::config::DatabaseArgs;
 
 /// `default` or a limit of 0 or more.
 fn parse_limit(text: &str) -> anyhow::Result<Option<i64>> {
@@ -129,4 +130,29 @@ mod tests {
             assert!(parse_limit(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// `bulkhead tenant quota …` (docs/quotas.md).
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum QuotaCommand {
+    /// Print the tenant's usage and limit of every kind as JSON.
+    Show {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Set the tenant's limit of one kind (`default`: back to its plan's), audited as
+    /// `quota.override` in the tenant's log.
+    Set {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// sessions, users, agents, api_keys, roles, role_assignments, webhook_endpoints,
+        /// webhook_messages, tools, tool_versions or stored_bytes.
+        kind: String,
+        /// A number (0 or more), or `default`.
+        limit: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }

@@ -1,0 +1,39 @@
+//! Lookups every command group shares: a tenant by slug or id, and the owner store for a
+//! command's database.
+
+use anyhow::Context;
+use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_store::registry::Tenant;
+use bulkhead_store::Store;
+
+use crate::config::DatabaseArgs;
+use crate::service::database::{load_master_key, Database};
+
+pub(super) async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Tenant> {
+    let found = if text.starts_with("tnt_") {
+        owner.tenant_by_id(TenantId::parse(text)?).await?
+    } else {
+        owner.tenant_by_slug(&TenantSlug::parse(text)?).await?
+    };
+    found.with_context(|| format!("no tenant `{text}`"))
+}
+
+/// Opens the database, migrates, runs `work` with a store on the owner role, and shuts down.
+pub(super) async fn with_owner<F, Fut>(database: &DatabaseArgs, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let db = Database::open(database).await?;
+    let result = async {
+        db.migrate().await?;
+        let master = load_master_key(database).ok().map(std::sync::Arc::new);
+        let owner = db.owner_store(master).await?;
+        let result = work(owner.clone()).await;
+        owner.close().await;
+        result
+    }
+    .await;
+    db.shutdown().await?;
+    result
+}

@@ -1,0 +1,217 @@
+//! `bulkhead serve`: the API, the job worker and the webhook dispatcher, wired from the
+//! settings.
+
+use anyhow::Context;
+use bulkhead_store::Store;
+use tokio::sync::watch;
+
+use crate::config::{AppConfig, ServeArgs};
+use crate::http::state::AppState;
+use crate::service::database::{load_master_key, load_peppers, Database};
+use crate::service::worker::Worker;
+
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config =
+        AppConfig::new(&args.base_domain, args.key_environment).map_err(anyhow::Error::msg)?;
+    config.trusted_proxies = args.trusted_proxies.clone();
+    config
+        .set_region_endpoints(&args.region_endpoints)
+        .map_err(anyhow::Error::msg)?;
+    let issuer = args
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    config.tokens = crate::service::tokens::TokenSettings::new(
+        &issuer,
+        &args.token_audience,
+        std::time::Duration::from_secs(args.access_token_minutes.saturating_mul(60)),
+    )
+    .map_err(anyhow::Error::msg)?;
+    config.tokens.max_delegation_depth = usize::from(args.max_delegation_depth);
+    config.webhook_egress = args.egress.policy(&config.base_domain);
+    config.connections = args.http.connections().map_err(anyhow::Error::msg)?;
+    config.hashing = args.http.hashing().map_err(anyhow::Error::msg)?;
+    let peppers = load_peppers(&args.database)?;
+    let master = load_master_key(&args.database)?;
+    let db = Database::open(&args.database).await?;
+    let result = serve_with(&args, config, peppers, master, &db).await;
+    db.shutdown().await?;
+    result
+}
+
+async fn serve_with(
+    args: &ServeArgs,
+    config: AppConfig,
+    peppers: crate::service::credentials::Peppers,
+    master: bulkhead_auth::MasterKey,
+    db: &Database,
+) -> anyhow::Result<()> {
+    db.migrate().await?;
+    let master = std::sync::Arc::new(master);
+    {
+        // First start: create the signing keys (as the owner; the serving role only reads them).
+        let owner = db.owner_pool(1).await?;
+        if bulkhead_store::signing_keys::ensure_signing_keys(&owner, &master).await? {
+            tracing::info!("created the access-token signing keys");
+        }
+        owner.close().await;
+    }
+    let store = db
+        .app_store(args.database.max_connections, Some(master.clone()))
+        .await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let log_key = crate::service::audit_log::load_log_key(
+        &args.database.data_dir,
+        args.database.database_url.is_some(),
+    )?;
+    let (stop, stopped) = watch::channel(false);
+    let worker =
+        (!args.no_worker).then(|| tokio::spawn(Worker::new(store.clone()).run(stopped.clone())));
+    let dispatcher = if args.no_worker {
+        None
+    } else {
+        let dispatcher =
+            webhook_dispatcher(&store, &args.egress, &args.base_domain, master.clone())?;
+        Some(tokio::spawn(dispatcher.run(stopped.clone())))
+    };
+    let sequencer = (!args.no_worker).then(|| {
+        tokio::spawn(
+            crate::service::audit_log::Sequencer::new(store.clone(), log_key.clone())
+                .run(stopped.clone()),
+        )
+    });
+    tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
+    let clock = bulkhead_core::Clock::system();
+    let limits = crate::service::rate_limits::RateLimits::new(
+        crate::config::environment::redis_url(),
+        clock.clone(),
+    )?;
+    let state = AppState::with_rate_limits(
+        store.clone(),
+        peppers,
+        master,
+        config,
+        clock,
+        Some(std::sync::Arc::new(limits)),
+    );
+    // A broken screening rule file is a start-up error, not a server that screens nothing.
+    let rules = state
+        .screener()
+        .map_err(|e| anyhow::anyhow!("the screening rules do not load: {e}"))?;
+    tracing::info!(rules_version = %rules.version(), "screening rules loaded");
+    // Tool calls leave through the same guard (and the same operator proxy) as webhooks.
+    let tool_client = bulkhead_webhooks::EgressClient::new(
+        args.egress.policy(&args.base_domain),
+        std::sync::Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
+        &bulkhead_webhooks::EgressConfig {
+            proxy: args.egress.webhook_proxy.clone(),
+            user_agent: "Bulkhead-Tools/1".into(),
+            ..Default::default()
+        },
+    )?;
+    anyhow::ensure!(
+        state.set_tool_client(tool_client),
+        "the tool client was set twice"
+    );
+    // Fail closed: never serve checkpoints signed by anything but the configured key.
+    anyhow::ensure!(
+        state.set_audit(std::sync::Arc::new(
+            crate::service::audit_log::AuditService::new(log_key)
+        )),
+        "the audit log key was set twice"
+    );
+    // Metrics on their own listener (loopback by default), never the API's. A bind failure is a
+    // start-up error: an operator who asked for metrics gets them or a clear refusal.
+    let metrics = match args.metrics_listen.0 {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen for metrics on {addr} (--metrics-listen; `off` turns it off)"
+                )
+            })?;
+            tracing::info!(address = %listener.local_addr()?, "metrics are served");
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(crate::http::app::serve_metrics(
+                listener,
+                state.config().connections.clone(),
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let mut stopped_for_server = stopped;
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stopped_for_server.changed() => {}
+        }
+    };
+    crate::http::app::serve(listener, state, shutdown).await?;
+    let _ = stop.send(true);
+    if let Some(metrics) = metrics {
+        metrics.await.ok();
+    }
+    if let Some(worker) = worker {
+        worker.await.ok();
+    }
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.await.ok();
+    }
+    if let Some(sequencer) = sequencer {
+        sequencer.await.ok();
+    }
+    store.close().await;
+    tracing::info!("bulkhead stopped");
+    Ok(())
+}
+
+/// The webhook dispatcher with the production resolver and the operator's egress policy.
+pub(super) fn webhook_dispatcher(
+    store: &Store,
+    egress: &crate::config::EgressArgs,
+    base_domain: &str,
+    master: std::sync::Arc<bulkhead_auth::MasterKey>,
+) -> anyhow::Result<std::sync::Arc<bulkhead_webhooks::delivery::Dispatcher>> {
+    let config = bulkhead_webhooks::EgressConfig {
+        proxy: egress.webhook_proxy.clone(),
+        ..Default::default()
+    };
+    let client = bulkhead_webhooks::EgressClient::new(
+        egress.policy(base_domain),
+        std::sync::Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
+        &config,
+    )?;
+    Ok(std::sync::Arc::new(
+        bulkhead_webhooks::delivery::Dispatcher::new(
+            store.clone(),
+            client,
+            bulkhead_core::Clock::system(),
+            bulkhead_webhooks::delivery::DeliveryConfig::default(),
+            master,
+        ),
+    ))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(super) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,423 @@
+//! `bulkhead tenant …` and `bulkhead migrate`: onboarding, placement, moves, status.
+
+use anyhow::Context;
+use bulkhead_auth::KeyEnvironment;
+use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_store::location::{DatabaseName, SchemaName};
+use bulkhead_store::moves::{MoveOptions, MoveProgress, MoveStep};
+use bulkhead_store::registry::{NewTenant, Plan, TenantStatus};
+use bulkhead_store::{Placement, Store};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::lookup::{find_tenant, with_owner};
+use super::quota::QuotaCommand;
+use crate::config::{parse_environment, DatabaseArgs};
+use crate::service::database::{load_master_key, load_peppers, Database};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TenantCommand {
+    /// Create a tenant and print it, with its bootstrap admin API key (shown once), as JSON.
+    Create {
+        /// Subdomain label: 3-48 of a-z, 0-9 and '-', starting with a letter.
+        #[arg(long)]
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// free, standard or enterprise.
+        #[arg(long, default_value = "standard")]
+        plan: String,
+        /// Data-residency region (fixed; changing it later is a move).
+        #[arg(long, default_value = "default")]
+        region: String,
+        /// Isolation tier: shared (RLS), schema (a schema of its own) or dedicated (a database
+        /// of its own, given with --tenant-database-url).
+        #[arg(long, default_value = "shared")]
+        tier: String,
+        #[command(flatten)]
+        dedicated: DedicatedArgs,
+        /// Environment of the admin key: live or test.
+        #[arg(long, env = "BULKHEAD_KEY_ENVIRONMENT", default_value = "live", value_parser = parse_environment)]
+        key_environment: KeyEnvironment,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List tenants as JSON.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Suspend a tenant (by slug or id): its requests get 403 and its jobs are refused.
+    Suspend {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Show a tenant's quotas (usage and limit per kind), or set its override of one limit.
+    Quota {
+        #[command(subcommand)]
+        action: QuotaCommand,
+    },
+    /// Reactivate a suspended tenant.
+    Activate {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Move a tenant to another tier: copy, freeze writes briefly, verify every table's rows
+    /// and checksum, switch, remove the old copy. Run the same command again to resume a move
+    /// that was interrupted at any point. Prints the report as JSON.
+    Move {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// shared, schema or dedicated.
+        #[arg(long, required_unless_present = "abandon")]
+        to: Option<String>,
+        /// Move to this data-residency region as well (every row goes to its databases; the
+        /// process must be configured with that region). Default: stay in the tenant's region.
+        #[arg(long)]
+        region: Option<String>,
+        #[command(flatten)]
+        dedicated: DedicatedArgs,
+        /// Stop after this step as a crash would (to rehearse resuming).
+        #[arg(long, hide = true)]
+        stop_after: Option<String>,
+        /// Abandon the move in progress instead (only before its switch): lift the freeze and
+        /// remove the partial copy.
+        #[arg(long)]
+        abandon: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// Where a dedicated tenant database is.
+#[derive(clap::Args)]
+pub(super) struct DedicatedArgs {
+    /// The dedicated database's owner URL (the database must exist; Bulkhead migrates it). Its
+    /// serving role is derived as for DATABASE_URL. Stored sealed with the master key.
+    #[arg(long, env = "BULKHEAD_TENANT_DATABASE_URL", hide_env_values = true)]
+    tenant_database_url: Option<String>,
+    /// Its registry name (default: the tenant's slug with '-' as '_').
+    #[arg(long)]
+    tenant_database_name: Option<String>,
+}
+
+impl std::fmt::Debug for DedicatedArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL carries a password.
+        f.debug_struct("DedicatedArgs")
+            .field(
+                "tenant_database_url",
+                &self.tenant_database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tenant_database_name", &self.tenant_database_name)
+            .finish()
+    }
+}
+
+impl DedicatedArgs {
+    /// Resolves the placement `tier` names, registering the dedicated database when needed.
+    async fn placement(
+        &self,
+        owner: &Store,
+        tier: &str,
+        slug: &TenantSlug,
+        tenant: Option<TenantId>,
+        region: &str,
+        master: Option<&bulkhead_auth::MasterKey>,
+    ) -> anyhow::Result<Placement> {
+        // A tenant being created has no id yet: any existing use of the name is another's.
+        let tenant = tenant.unwrap_or_default();
+        match tier {
+            "shared" => Ok(Placement::Shared),
+            "schema" => Ok(Placement::Schema(SchemaName::for_tenant(TenantId::new()))),
+            "dedicated" => {
+                let url = self
+                    .tenant_database_url
+                    .as_deref()
+                    .context("--tier dedicated needs --tenant-database-url")?;
+                let name = self
+                    .tenant_database_name
+                    .clone()
+                    .unwrap_or_else(|| slug.as_str().replace('-', "_"));
+                let name = DatabaseName::parse(&name)
+                    .context("invalid --tenant-database-name: a plain lowercase identifier")?;
+                let master = master.context("a dedicated database needs the master key")?;
+                // Registering a name again replaces its URLs: never under another tenant.
+                let users = owner.database_users(&name).await?;
+                if users.iter().any(|t| *t != tenant) {
+                    anyhow::bail!(
+                        "dedicated database `{name}` is already another tenant's; choose another --tenant-database-name"
+                    );
+                }
+                let app_url = crate::service::database::derived_app_url(url)?;
+                owner
+                    .register_database(master, &name, region, url, &app_url)
+                    .await
+                    .context("cannot register and migrate the dedicated database")?;
+                tracing::info!(
+                    target: "bulkhead::audit",
+                    action = "tenant_database.register",
+                    outcome = "success",
+                    tenant_id = %tenant,
+                    resource_id = %name,
+                    actor_id = "system:cli",
+                    "dedicated database registered (URLs sealed)"
+                );
+                Ok(Placement::Dedicated(name))
+            }
+            other => anyhow::bail!("invalid tier {other:?}: expected shared, schema or dedicated"),
+        }
+    }
+}
+
+pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
+    match action {
+        TenantCommand::Create {
+            slug,
+            name,
+            plan,
+            region,
+            tier,
+            dedicated,
+            key_environment,
+            database,
+        } => {
+            // Validate everything before touching the database.
+            let slug =
+                TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!("invalid --slug: {e}"))?;
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+                anyhow::bail!("invalid --name: 1 to 200 characters, no control characters");
+            }
+            let plan = Plan::parse(&plan)
+                .context("invalid --plan: expected free, standard or enterprise")?;
+            let peppers = load_peppers(&database)?;
+            let master = load_master_key(&database).ok();
+            with_owner(&database, |owner| async move {
+                let placement = dedicated
+                    .placement(&owner, &tier, &slug, None, &region, master.as_ref())
+                    .await?;
+                let new = NewTenant {
+                    slug,
+                    display_name: name,
+                    plan,
+                    region,
+                    placement,
+                };
+                let onboarded =
+                    crate::service::tenants::onboard(&owner, &peppers, key_environment, &new)
+                        .await
+                        .map_err(|e| match e {
+                            bulkhead_store::StoreError::Conflict { .. } => {
+                                anyhow::anyhow!("a tenant with slug `{}` already exists", new.slug)
+                            }
+                            other => anyhow::Error::new(other).context("cannot create the tenant"),
+                        })?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "tenant": onboarded.tenant,
+                        "admin_api_key_id": onboarded.admin_key_id,
+                        "admin_api_key": onboarded.admin_key.expose_secret(),
+                    }))?
+                );
+                eprintln!("Store admin_api_key now: it is not stored and will not be shown again.");
+                Ok(())
+            })
+            .await
+        }
+        TenantCommand::List { database } => {
+            with_owner(&database, |owner| async move {
+                let tenants = owner.list_tenants().await?;
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+                Ok(())
+            })
+            .await
+        }
+        TenantCommand::Suspend { tenant, database } => {
+            set_status(&database, &tenant, TenantStatus::Suspended).await
+        }
+        TenantCommand::Activate { tenant, database } => {
+            set_status(&database, &tenant, TenantStatus::Active).await
+        }
+        TenantCommand::Quota { action } => super::quota::run(action).await,
+        TenantCommand::Move {
+            tenant,
+            to,
+            region,
+            dedicated,
+            stop_after,
+            abandon,
+            database,
+        } => {
+            let stop_after = match stop_after.as_deref() {
+                None => None,
+                Some(text) => Some(
+                    MoveStep::ALL
+                        .into_iter()
+                        .find(|s| s.as_str() == text)
+                        .context("invalid --stop-after: a step name")?,
+                ),
+            };
+            let master = load_master_key(&database).ok();
+            with_owner(&database, |owner| async move {
+                let found = find_tenant(&owner, &tenant).await?;
+                let target_region = region.clone().unwrap_or_else(|| found.region.clone());
+                if abandon {
+                    bulkhead_store::moves::abandon_move(&owner, found.id)
+                        .await
+                        .context("cannot abandon the move")?;
+                    tracing::info!(
+                        target: "bulkhead::audit",
+                        action = "tenant.move.abandon",
+                        outcome = "success",
+                        tenant_id = %found.id,
+                        actor_id = "system:cli",
+                        "tenant move abandoned"
+                    );
+                    println!("{}", json!({ "abandoned": found.id }));
+                    return Ok(());
+                }
+                let placement = dedicated
+                    .placement(
+                        &owner,
+                        to.as_deref().unwrap_or_default(),
+                        &found.slug,
+                        Some(found.id),
+                        &target_region,
+                        master.as_ref(),
+                    )
+                    .await?;
+                let bar = indicatif::ProgressBar::new(
+                    (MoveStep::ALL.len() + 2 * bulkhead_store::location::TENANT_TABLES.len())
+                        as u64,
+                );
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let progress = |p: MoveProgress| match p {
+                    MoveProgress::Step(step) => {
+                        bar.inc(1);
+                        bar.set_message(step.as_str());
+                    }
+                    MoveProgress::Table { step, table, .. } => {
+                        bar.inc(1);
+                        bar.set_message(format!("{} {table}", step.as_str()));
+                    }
+                };
+                let result = bulkhead_store::moves::move_tenant(
+                    &owner,
+                    found.id,
+                    placement,
+                    MoveOptions {
+                        to_region: region,
+                        stop_after,
+                        progress: Some(&progress),
+                    },
+                )
+                .await;
+                bar.finish_and_clear();
+                let report =
+                    result.context("the move stopped; run the same command again to resume")?;
+                tracing::info!(
+                    target: "bulkhead::audit",
+                    action = "tenant.move",
+                    outcome = "success",
+                    tenant_id = %found.id,
+                    actor_id = "system:cli",
+                    "tenant moved"
+                );
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// `bulkhead migrate`: the shared schemas first, then every tenant schema and dedicated
+/// database, `parallel` at a time, with a progress bar and a JSON report per target.
+pub(super) async fn migrate_everything(
+    db: &Database,
+    database: &DatabaseArgs,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    db.migrate().await?;
+    let master = load_master_key(database).ok().map(std::sync::Arc::new);
+    let owner = db.owner_store(master).await?;
+    let targets = owner.migration_targets().await?;
+    let bar = indicatif::ProgressBar::new(targets.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} targets {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let outcomes = bulkhead_store::tiers::migrate_all(targets, parallel, |outcome| {
+        bar.inc(1);
+        bar.set_message(outcome.label.clone());
+    })
+    .await;
+    bar.finish_and_clear();
+    owner.close().await;
+    let mut failed = 0;
+    let report: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| match &o.result {
+            Ok(applied) => json!({ "target": o.label, "applied": applied, "ms": o.elapsed.as_millis() }),
+            Err(err) => {
+                failed += 1;
+                json!({ "target": o.label, "error": format!("{err:#}"), "ms": o.elapsed.as_millis() })
+            }
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "targets": report, "failed": failed }))?
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} migration target(s) failed and were left unchanged; run `bulkhead migrate` again to resume");
+    }
+    Ok(())
+}
+
+async fn set_status(
+    database: &DatabaseArgs,
+    tenant: &str,
+    status: TenantStatus,
+) -> anyhow::Result<()> {
+    let tenant = tenant.to_owned();
+    with_owner(database, |owner| async move {
+        let found = find_tenant(&owner, &tenant).await?;
+        // Who ran it, for the tenant's audit event: the operating-system account.
+        let operator = crate::config::environment::operator_account();
+        let updated = owner
+            .set_tenant_status_by(found.id, status, &operator)
+            .await
+            .map_err(|err| match err {
+                bulkhead_store::StoreError::WrongRegion(region) => anyhow::anyhow!(
+                    "tenant `{tenant}` was left unchanged: its region `{region}` is not \
+                     configured here (its anchor there must change too); run this where \
+                     region `{region}` is reachable"
+                ),
+                other => anyhow::Error::new(other).context(format!(
+                    "changing the status of tenant `{tenant}` failed; nothing reported as done"
+                )),
+            })?;
+        tracing::info!(
+            target: "bulkhead::audit",
+            action = if status == TenantStatus::Active { "tenant.activate" } else { "tenant.suspend" },
+            outcome = "success",
+            tenant_id = %updated.id,
+            actor_id = "system:cli",
+            "tenant status changed"
+        );
+        println!("{}", serde_json::to_string_pretty(&updated)?);
+        Ok(())
+    })
+    .await
+}
