@@ -28,7 +28,7 @@ use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::config::AppConfig;
 use bulkhead_server::http::state::AppState;
 use bulkhead_server::service::rate_limits::{default_limits, default_preauth_limits, RateLimits};
-use bulkhead_test_support::{create_tenant, loopback_client, test_peppers, TestDb};
+use bulkhead_test_support::{create_tenant, loopback_client, TestDb};
 
 #[path = "common/load.rs"]
 mod load;
@@ -148,7 +148,7 @@ fn main() {
         let clock = bulkhead_core::Clock::system();
         // The first comparison measures resolution, authentication and the tenant transaction:
         // no rate limiting in this app (limiting has its own sections below).
-        let state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), None);
+        let state = AppState::from_parts(bulkhead_test_support::app_parts(store.clone(), config.clone(), clock.clone(), None));
         // A plain pool that sees every row: the cluster's superuser, as a deployment without
         // tenant isolation would use. Same size as the serving pool.
         let plain = sqlx::postgres::PgPoolOptions::new()
@@ -234,7 +234,7 @@ fn main() {
             ..LimitConfig::default()
         };
         let limited = RateLimits::in_memory(roomy_limits.clone(), roomy_limits, clock.clone());
-        let on_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(limited)));
+        let on_state = AppState::from_parts(bulkhead_test_support::app_parts(store.clone(), config.clone(), clock.clone(), Some(Arc::new(limited))));
         let on_port = serve(bulkhead_server::http::app::router(on_state)).await;
         let on_url = format!("http://bench.bulkhead.test:{on_port}/v1/sessions/{id}");
         run_round(on_url.clone(), Some(tenant.key.clone()), 1, concurrency).await;
@@ -254,7 +254,7 @@ fn main() {
         // All load comes from 127.0.0.1, so the per-address (pre-authentication) budget would be
         // shared by both tenants: give it room; this section measures the tenant limits.
         let fair_limits = RateLimits::in_memory(default_limits(), roomy_preauth(), clock.clone());
-        let default_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(fair_limits)));
+        let default_state = AppState::from_parts(bulkhead_test_support::app_parts(store.clone(), config.clone(), clock.clone(), Some(Arc::new(fair_limits))));
         let fair_port = serve(bulkhead_server::http::app::router(default_state)).await;
         let flooder = create_tenant(&db, "flood").await;
         let calm = create_tenant(&db, "calm").await;
@@ -291,7 +291,7 @@ fn main() {
         // from the same address (127.0.0.1, as behind a shared NAT or proxy). The address budget
         // is charged only for missing or failed authentication, so B must see no refusal.
         let shared_limits = RateLimits::in_memory(default_limits(), default_preauth_limits(), clock.clone());
-        let shared_state = AppState::with_rate_limits(store.clone(), test_peppers(), bulkhead_test_support::test_master_key(), config.clone(), clock.clone(), Some(Arc::new(shared_limits)));
+        let shared_state = AppState::from_parts(bulkhead_test_support::app_parts(store.clone(), config.clone(), clock.clone(), Some(Arc::new(shared_limits))));
         let shared_port = serve(bulkhead_server::http::app::router(shared_state)).await;
         let calm_url = calm_url.replace(&format!(":{fair_port}/"), &format!(":{shared_port}/"));
         let flood_url = format!("http://flood.bulkhead.test:{shared_port}/v1/sessions");

@@ -22,7 +22,7 @@ use bulkhead_server::config::AppConfig;
 use bulkhead_server::http::state::AppState;
 use bulkhead_store::moves::{self, MoveOptions};
 use bulkhead_store::{Access, Store};
-use bulkhead_test_support::{create_tenant_in, loopback_client, test_peppers, TestDb, TestTier};
+use bulkhead_test_support::{create_tenant_in, loopback_client, TestDb, TestTier};
 
 #[path = "common/load.rs"]
 mod load;
@@ -57,14 +57,12 @@ async fn throughput_per_tier(seconds: u64, rounds: u64, concurrency: u64) {
     }
     let config =
         AppConfig::new("bulkhead.test", bulkhead_auth::KeyEnvironment::Live).expect("config");
-    let state = AppState::with_rate_limits(
+    let state = AppState::from_parts(bulkhead_test_support::app_parts(
         db.app_store().await,
-        test_peppers(),
-        bulkhead_test_support::test_master_key(),
         config,
         bulkhead_core::Clock::system(),
         None,
-    );
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -423,6 +423,39 @@ pub fn test_egress_policy() -> bulkhead_webhooks::EgressPolicy {
     }
 }
 
+/// The application's parts as the tests and benchmarks run it: the test peppers and master
+/// key, a fresh audit log key, a tool client whose resolver knows no name (a tool call fails
+/// closed unless a test installs its own), the shipped schema pool and screening rules. The one
+/// place test code composes the application (`AppState::from_parts`), like `cli/serve.rs` does
+/// for `bulkhead serve`.
+pub fn app_parts(
+    store: Store,
+    config: AppConfig,
+    clock: Clock,
+    rate_limits: Option<bulkhead_server::service::rate_limits::SharedLimits>,
+) -> bulkhead_server::http::state::AppParts {
+    let tool_client = bulkhead_webhooks::EgressClient::new(
+        config.webhook_egress.clone(),
+        Arc::new(bulkhead_webhooks::StaticResolver::new()),
+        &bulkhead_webhooks::EgressConfig::default(),
+    )
+    .expect("tool client");
+    bulkhead_server::http::state::AppParts {
+        store,
+        peppers: test_peppers(),
+        master_key: Arc::new(test_master_key()),
+        config,
+        clock,
+        rate_limits,
+        audit: Arc::new(bulkhead_server::service::audit_log::AuditService::new(
+            bulkhead_audit::LogSigningKey::generate(),
+        )),
+        tool_client,
+        schema_pool: bulkhead_schema::Evaluator::with_defaults(),
+        screener: Arc::new(bulkhead_screening::Screener::builtin().expect("screening rules")),
+    }
+}
+
 /// Starts the app with the given options.
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let db = match options.db {
@@ -443,15 +476,6 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     if let Some(tools) = options.tool_settings {
         config.tools = tools;
     }
-    let tool_client = match options.tool_client {
-        Some(client) => client,
-        None => bulkhead_webhooks::EgressClient::new(
-            config.webhook_egress.clone(),
-            Arc::new(bulkhead_webhooks::StaticResolver::new()),
-            &bulkhead_webhooks::EgressConfig::default(),
-        )
-        .expect("tool client"),
-    };
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
         Arc::new(
@@ -462,15 +486,14 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             ),
         )
     });
-    let state = AppState::with_rate_limits(
-        store,
-        options.peppers.unwrap_or_else(test_peppers),
-        test_master_key(),
-        config,
-        clock,
-        Some(rate_limits),
-    );
-    assert!(state.set_tool_client(tool_client), "tool client set once");
+    let mut parts = app_parts(store, config, clock, Some(rate_limits));
+    if let Some(peppers) = options.peppers {
+        parts.peppers = peppers;
+    }
+    if let Some(client) = options.tool_client {
+        parts.tool_client = client;
+    }
+    let state = AppState::from_parts(parts);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -6,7 +6,7 @@ use bulkhead_store::Store;
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, ServeArgs};
-use crate::http::state::AppState;
+use crate::http::state::{AppParts, AppState};
 use crate::service::database::{load_master_key, load_peppers, Database};
 use crate::service::worker::Worker;
 
@@ -89,19 +89,10 @@ async fn serve_with(
         crate::config::environment::redis_url(),
         clock.clone(),
     )?;
-    let state = AppState::with_rate_limits(
-        store.clone(),
-        peppers,
-        master,
-        config,
-        clock,
-        Some(std::sync::Arc::new(limits)),
-    );
     // A broken screening rule file is a start-up error, not a server that screens nothing.
-    let rules = state
-        .screener()
+    let screener = bulkhead_screening::Screener::builtin()
         .map_err(|e| anyhow::anyhow!("the screening rules do not load: {e}"))?;
-    tracing::info!(rules_version = %rules.version(), "screening rules loaded");
+    tracing::info!(rules_version = %screener.version(), "screening rules loaded");
     // Tool calls leave through the same guard (and the same operator proxy) as webhooks.
     let tool_client = bulkhead_webhooks::EgressClient::new(
         args.egress.policy(&args.base_domain),
@@ -112,17 +103,19 @@ async fn serve_with(
             ..Default::default()
         },
     )?;
-    anyhow::ensure!(
-        state.set_tool_client(tool_client),
-        "the tool client was set twice"
-    );
-    // Fail closed: never serve checkpoints signed by anything but the configured key.
-    anyhow::ensure!(
-        state.set_audit(std::sync::Arc::new(
-            crate::service::audit_log::AuditService::new(log_key)
-        )),
-        "the audit log key was set twice"
-    );
+    let state = AppState::from_parts(AppParts {
+        store: store.clone(),
+        peppers,
+        master_key: master,
+        config,
+        clock,
+        rate_limits: Some(std::sync::Arc::new(limits)),
+        // Fail closed: never serve checkpoints signed by anything but the configured key.
+        audit: std::sync::Arc::new(crate::service::audit_log::AuditService::new(log_key)),
+        tool_client,
+        schema_pool: bulkhead_schema::Evaluator::with_defaults(),
+        screener: std::sync::Arc::new(screener),
+    });
     // Metrics on their own listener (loopback by default), never the API's. A bind failure is a
     // start-up error: an operator who asked for metrics gets them or a clear refusal.
     let metrics = match args.metrics_listen.0 {

@@ -30,50 +30,63 @@ struct Inner {
     config: AppConfig,
     directory: TenantDirectory,
     ceilings: Arc<crate::service::ceilings::RoleCeilings>,
-    audit: std::sync::OnceLock<Arc<crate::service::audit_log::AuditService>>,
-    tool_client: std::sync::OnceLock<bulkhead_webhooks::EgressClient>,
-    schema_pool: std::sync::OnceLock<bulkhead_schema::Evaluator>,
-    schema_cache: std::sync::OnceLock<crate::http::routes::tools::SchemaCache>,
-    screener: std::sync::OnceLock<
-        Result<Arc<bulkhead_screening::Screener>, bulkhead_screening::RuleError>,
-    >,
+    audit: Arc<crate::service::audit_log::AuditService>,
+    tool_client: bulkhead_webhooks::EgressClient,
+    schema_pool: bulkhead_schema::Evaluator,
+    schema_cache: crate::http::routes::tools::SchemaCache,
+    screener: Arc<bulkhead_screening::Screener>,
     hashing: crate::service::hashing::HashPool,
 }
 
+/// Everything the application is made of. Every part is required: nothing falls back to a
+/// default behind the caller's back (a random audit key, the system resolver for tool calls).
+/// `bulkhead serve` builds it from the settings (`cli/serve.rs`), the test harness and the
+/// benchmarks from theirs (`bulkhead_test_support::app_parts`), and both build the state with
+/// [`AppState::from_parts`].
+pub struct AppParts {
+    /// The store door (the serving pool).
+    pub store: Store,
+    /// The key peppers: the current one hashes new keys, earlier ones still verify.
+    pub peppers: Peppers,
+    /// Seals signing keys and secrets at rest.
+    pub master_key: Arc<MasterKey>,
+    /// Validated settings.
+    pub config: AppConfig,
+    /// Where "now" comes from.
+    pub clock: Clock,
+    /// The rate limiters (`None`: no limiting, for benchmarks of the rest of the pipeline).
+    pub rate_limits: Option<crate::service::rate_limits::SharedLimits>,
+    /// The audit log's signing key and authentication-failure queue.
+    pub audit: Arc<crate::service::audit_log::AuditService>,
+    /// The guarded client tool calls leave through.
+    pub tool_client: bulkhead_webhooks::EgressClient,
+    /// The bounded pool tenant JSON Schemas are evaluated on.
+    pub schema_pool: bulkhead_schema::Evaluator,
+    /// The screening rules.
+    pub screener: Arc<bulkhead_screening::Screener>,
+}
+
+impl std::fmt::Debug for AppParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppParts").finish_non_exhaustive()
+    }
+}
+
 impl AppState {
-    /// Assembles the state, with the default rate limits kept in process.
-    pub fn new(
-        store: Store,
-        peppers: Peppers,
-        master_key: impl Into<Arc<MasterKey>>,
-        config: AppConfig,
-        clock: Clock,
-    ) -> Self {
-        let limits = crate::service::rate_limits::RateLimits::in_memory(
-            crate::service::rate_limits::default_limits(),
-            crate::service::rate_limits::default_preauth_limits(),
-            clock.clone(),
-        );
-        Self::with_rate_limits(
+    /// The application's state, from all of its parts.
+    pub fn from_parts(parts: AppParts) -> Self {
+        let AppParts {
             store,
             peppers,
             master_key,
             config,
             clock,
-            Some(Arc::new(limits)),
-        )
-    }
-
-    /// Assembles the state with the given rate limits (`None`: no limiting, for benchmarks
-    /// that measure the rest of the pipeline).
-    pub fn with_rate_limits(
-        store: Store,
-        peppers: Peppers,
-        master_key: impl Into<Arc<MasterKey>>,
-        config: AppConfig,
-        clock: Clock,
-        rate_limits: Option<crate::service::rate_limits::SharedLimits>,
-    ) -> Self {
+            rate_limits,
+            audit,
+            tool_client,
+            schema_pool,
+            screener,
+        } = parts;
         let directory = TenantDirectory::new(config.registry_ttl);
         let verifier = Arc::new(KeyVerifier::new(
             store.clone(),
@@ -81,7 +94,6 @@ impl AppState {
             config.key_environment,
             clock.clone(),
         ));
-        let master_key: Arc<MasterKey> = master_key.into();
         let tokens = Arc::new(TokenService::new(
             store.clone(),
             master_key.clone(),
@@ -101,12 +113,12 @@ impl AppState {
                 rate_limits,
                 config,
                 directory,
-                audit: std::sync::OnceLock::new(),
+                audit,
                 ceilings: Default::default(),
-                tool_client: std::sync::OnceLock::new(),
-                schema_pool: std::sync::OnceLock::new(),
-                schema_cache: std::sync::OnceLock::new(),
-                screener: std::sync::OnceLock::new(),
+                tool_client,
+                schema_pool,
+                schema_cache: crate::http::routes::tools::new_schema_cache(),
+                screener,
             }),
         }
     }
@@ -156,20 +168,9 @@ impl AppState {
         &self.inner.config
     }
 
-    /// The audit log key and authentication-failure queue. Without [`AppState::set_audit`]
-    /// before first use, a process-local random key (tests and benchmarks).
+    /// The audit log key and authentication-failure queue.
     pub fn audit(&self) -> &Arc<crate::service::audit_log::AuditService> {
-        self.inner.audit.get_or_init(|| {
-            Arc::new(crate::service::audit_log::AuditService::new(
-                bulkhead_audit::LogSigningKey::generate(),
-            ))
-        })
-    }
-
-    /// Installs the audit service (the configured log key). Returns false, changing nothing, if
-    /// one is already in use.
-    pub fn set_audit(&self, service: Arc<crate::service::audit_log::AuditService>) -> bool {
-        self.inner.audit.set(service).is_ok()
+        &self.inner.audit
     }
 
     /// Role ceilings of credentials, briefly cached.
@@ -182,57 +183,25 @@ impl AppState {
         self.inner.ceilings.clone()
     }
 
-    /// The guarded client tool calls go through. Without [`AppState::set_tool_client`] before
-    /// first use: the operator's egress policy with the system resolver.
-    pub fn tool_client(
-        &self,
-    ) -> Result<&bulkhead_webhooks::EgressClient, bulkhead_webhooks::egress::BuildError> {
-        if let Some(client) = self.inner.tool_client.get() {
-            return Ok(client);
-        }
-        let client = bulkhead_webhooks::EgressClient::new(
-            self.inner.config.webhook_egress.clone(),
-            Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
-            &bulkhead_webhooks::EgressConfig {
-                user_agent: "Bulkhead-Tools/1".into(),
-                ..Default::default()
-            },
-        )?;
-        Ok(self.inner.tool_client.get_or_init(|| client))
+    /// The guarded client tool calls go through.
+    pub fn tool_client(&self) -> &bulkhead_webhooks::EgressClient {
+        &self.inner.tool_client
     }
 
-    /// The bounded pool that compiles and evaluates tenant JSON Schemas off the async runtime
-    /// (`bulkhead_schema::Evaluator::with_defaults`), started on first use.
+    /// The bounded pool that compiles and evaluates tenant JSON Schemas off the async runtime.
     pub fn schema_pool(&self) -> &bulkhead_schema::Evaluator {
-        self.inner
-            .schema_pool
-            .get_or_init(bulkhead_schema::Evaluator::with_defaults)
+        &self.inner.schema_pool
     }
 
     /// Compiled tool input schemas keyed by (tenant, tool id, version), so a call does not
     /// recompile (and re-check every pattern of) the stored schema each time.
     pub(crate) fn schema_cache(&self) -> &crate::http::routes::tools::SchemaCache {
-        self.inner
-            .schema_cache
-            .get_or_init(crate::http::routes::tools::new_schema_cache)
+        &self.inner.schema_cache
     }
 
-    /// Installs the tool-call client (the operator's proxy; in tests a loopback resolver and a
-    /// test CA). Returns false, changing nothing, if one is already in use.
-    pub fn set_tool_client(&self, client: bulkhead_webhooks::EgressClient) -> bool {
-        self.inner.tool_client.set(client).is_ok()
-    }
-
-    /// The screening rules compiled into this build, parsed once. A broken rule file is an
-    /// error here for every request that screens (fail closed) and a start-up error for
-    /// `bulkhead serve`, which calls this before it listens.
-    pub fn screener(
-        &self,
-    ) -> Result<&Arc<bulkhead_screening::Screener>, &bulkhead_screening::RuleError> {
-        self.inner
-            .screener
-            .get_or_init(|| bulkhead_screening::Screener::builtin().map(Arc::new))
-            .as_ref()
+    /// The screening rules compiled into this build.
+    pub fn screener(&self) -> &Arc<bulkhead_screening::Screener> {
+        &self.inner.screener
     }
 
     /// Registry reads, briefly cached.

@@ -994,9 +994,7 @@ impl Outbound {
         } = self;
         let ctx = &ctx;
         let state = &state;
-        let client = state
-            .tool_client()
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool client: {e}")))?;
+        let client = state.tool_client();
         let settings = &state.config().tools;
         let outcome = client
             .post_capped(
