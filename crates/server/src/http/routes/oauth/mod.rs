@@ -15,17 +15,17 @@
 //! - [`revocation`], [`introspection`], and [`discovery`] (metadata and JWKS).
 //!
 //! A new grant (the authorization-code grant is next) is a new module here beside its service
-//! module, one arm in [`token`]'s dispatch, and its name in the metadata's
+//! module, one arm in the dispatch of `token_inner`, and its name in the metadata's
 //! `grant_types_supported` ([`discovery`]).
 
-pub(crate) mod client_auth;
-pub(crate) mod client_credentials;
-pub(crate) mod discovery;
-pub(crate) mod form;
-pub(crate) mod introspection;
-pub(crate) mod refresh_token;
-pub(crate) mod revocation;
-pub(crate) mod token_exchange;
+pub mod client_auth;
+pub mod client_credentials;
+pub mod discovery;
+pub mod form;
+pub mod introspection;
+pub mod refresh_token;
+pub mod revocation;
+pub mod token_exchange;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -145,7 +145,7 @@ pub(crate) fn grant_error(err: GrantError, basic: bool) -> OAuthError {
     }
 }
 
-/// Without a Basic challenge: see [`grant_error`].
+/// Without a Basic challenge (`grant_error` with `basic` false).
 impl From<GrantError> for OAuthError {
     fn from(err: GrantError) -> Self {
         grant_error(err, false)

@@ -26,9 +26,9 @@ use crate::service::oauth::token_exchange::{self, Delegate, Exchange};
 use crate::service::tokens::VerifiedToken;
 
 /// RFC 8693 token type of an access token.
-pub(crate) const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Bulkhead's token type for an API key presented as `actor_token`.
-pub(crate) const API_KEY_TYPE: &str = "urn:bulkhead:params:oauth:token-type:api_key";
+pub const API_KEY_TYPE: &str = "urn:bulkhead:params:oauth:token-type:api_key";
 
 fn valid_principal(text: &str) -> bool {
     let bytes = text.as_bytes();
