@@ -2,12 +2,14 @@
 //! operator's) and the store door, and returns its own results.
 
 pub mod audit_log;
+pub mod auth_sessions;
 pub mod ceilings;
 pub mod credentials;
 pub mod database;
 pub mod hashing;
 pub mod keys;
 pub mod login_throttle;
+pub mod oauth;
 pub mod rate_limits;
 pub mod scan;
 pub mod screen;

@@ -22,8 +22,6 @@ use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::registry::{Tenant, TenantStatus};
@@ -31,17 +29,19 @@ use bulkhead_store::tokens::{
     self, AuthSession, EndReason, NewAuthSession, PrincipalType, TokenPolicy,
 };
 use bulkhead_store::users::{self, UserStatus};
-use bulkhead_store::{Access, TenantTx};
+use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::http::error::{no_store, ApiError};
+use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Tenant as TenantExtract};
 use crate::http::resolve::LOGOUT_PATH;
+use crate::http::routes::oauth::TokenResponse;
 use crate::http::state::AppState;
-use crate::service::tokens::{scope_text, Grant};
+use crate::service::oauth::IssuedTokens;
+use crate::service::tokens::Grant;
 
 /// Consecutive failures per account name before locking starts.
 pub const FREE_FAILURES: i32 = 5;
@@ -120,45 +120,6 @@ impl std::fmt::Debug for LoginRequest {
             .field("email", &self.email)
             .field("tenant", &self.tenant)
             .finish_non_exhaustive()
-    }
-}
-
-/// A token response (RFC 6749 §5.1), also the body of a successful login.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TokenResponse {
-    /// The JWT.
-    pub access_token: String,
-    /// Always `Bearer`.
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: i64,
-    /// The refresh token, when one was issued.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
-    /// Granted scopes, space-separated.
-    pub scope: String,
-    /// The auth session, when one was created or used.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<AuthSessionId>,
-    /// RFC 8693 §2.2.1: the type of the issued token, on token-exchange responses.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub issued_token_type: Option<&'static str>,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("expires_in", &self.expires_in)
-            .field("scope", &self.scope)
-            .finish_non_exhaustive()
-    }
-}
-
-impl IntoResponse for TokenResponse {
-    fn into_response(self) -> Response {
-        let mut response = axum::Json(self).into_response();
-        no_store(response.headers_mut());
-        response
     }
 }
 
@@ -322,7 +283,7 @@ async fn login(
     tokens::clear_login_failures(&mut tx, name_id).await?;
     let policy = tokens::token_policy(&mut tx).await?;
     let subject = user.id.to_string();
-    let session = tokens::create_session(
+    let (session, refresh) = crate::service::auth_sessions::start(
         &mut tx,
         &NewAuthSession {
             principal_type: PrincipalType::User,
@@ -337,8 +298,6 @@ async fn login(
         },
     )
     .await?;
-    let refresh = RefreshToken::generate(*tenant.id.uuid().as_bytes());
-    tokens::insert_refresh_token(&mut tx, session.id, &refresh.hash(), now).await?;
     audit::record(
         &mut tx,
         "auth.login",
@@ -366,15 +325,15 @@ async fn login(
         .map_err(|_| ApiError::Unavailable)?;
     tx.commit().await?;
     audit_login(&tenant, "success", "ok", Some(user.id));
-    Ok(TokenResponse {
-        access_token: issued.token,
-        token_type: "Bearer",
-        expires_in: issued.expires_in,
-        refresh_token: Some(refresh.expose_secret().to_owned()),
-        scope: scope_text(&scopes),
-        session_id: Some(session.id),
-        issued_token_type: None,
-    })
+    Ok(TokenResponse::new(
+        IssuedTokens {
+            access: issued,
+            refresh: Some(refresh),
+            scopes,
+            session_id: Some(session.id),
+        },
+        None,
+    ))
 }
 
 fn audit_login(tenant: &Tenant, outcome: &'static str, reason: &'static str, user: Option<UserId>) {
@@ -423,18 +382,6 @@ async fn login_tenant(
     }
 }
 
-/// Ends an auth session and refuses its access tokens at once in this process (other processes
-/// hear the notification). Returns whether it was live.
-pub(crate) async fn end_session_in(
-    state: &AppState,
-    tx: &mut TenantTx,
-    session: AuthSessionId,
-    reason: EndReason,
-) -> Result<bool, bulkhead_store::StoreError> {
-    let until = state.tokens().session_deny_until();
-    tokens::revoke_session(tx, session, reason, state.clock().now(), until).await
-}
-
 /// Ends the session of the calling access token (from a login).
 #[utoipa::path(
     post, path = "/v1/auth/logout", tag = "auth",
@@ -465,7 +412,14 @@ async fn logout(
         return Err(ApiError::ConfinedCredential);
     }
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    end_session_in(&state, &mut tx, session, EndReason::Logout).await?;
+    crate::service::auth_sessions::end(
+        state.tokens(),
+        state.clock(),
+        &mut tx,
+        session,
+        EndReason::Logout,
+    )
+    .await?;
     audit::record(
         &mut tx,
         "auth.logout",
@@ -579,7 +533,14 @@ async fn end_session(
         }
         crate::http::authz::refuse_confined(ctx, Scope::KeysManage)?;
     }
-    end_session_in(&state, &mut tx, id, EndReason::Ended).await?;
+    crate::service::auth_sessions::end(
+        state.tokens(),
+        state.clock(),
+        &mut tx,
+        id,
+        EndReason::Ended,
+    )
+    .await?;
     audit::record(
         &mut tx,
         "auth.session_end",

@@ -4,7 +4,6 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod context;
-pub mod delegation;
 pub mod health;
 pub mod oauth;
 pub mod openapi;

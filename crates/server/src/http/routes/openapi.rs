@@ -75,7 +75,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     paths(
         serve,
         health::healthz, health::readyz,
-        oauth::token, oauth::revoke, oauth::introspect, oauth::metadata, oauth::jwks,
+        oauth::token, oauth::revocation::revoke, oauth::introspection::introspect,
+        oauth::discovery::metadata, oauth::discovery::jwks,
         audit::log_key,
         auth::login, auth::logout, auth::list_sessions, auth::end_session,
         auth::get_policy, auth::put_policy,

@@ -1,0 +1,132 @@
+//! Client authentication (RFC 6749 §2.3): HTTP Basic (`client_id` = the API key's id,
+//! `client_secret` = the key) or `client_id`/`client_secret` in the body, never both. A client
+//! is an API key of the host's tenant.
+
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bulkhead_store::registry::Tenant;
+use zeroize::Zeroizing;
+
+use super::form::Form;
+use crate::http::error::{ApiError, OAuthError};
+use crate::http::resolve::authenticate_api_key;
+use crate::http::state::AppState;
+use crate::service::credentials::VerifiedKey;
+
+/// Client credentials as presented.
+pub(crate) struct ClientAuth {
+    client_id: Option<String>,
+    secret: Zeroizing<String>,
+    /// Sent with HTTP Basic: then `invalid_client` answers with a Basic challenge.
+    pub(crate) basic: bool,
+}
+
+fn form_decode(text: &str) -> Zeroizing<String> {
+    let encoded = Zeroizing::new(format!("v={text}"));
+    Zeroizing::new(
+        form_urlencoded::parse(encoded.as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// HTTP Basic (RFC 6749 §2.3.1: both parts form-encoded) or body parameters, never both.
+pub(crate) fn client_auth(
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<Option<ClientAuth>, OAuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let header_value = values.next();
+    if values.next().is_some() {
+        return Err(OAuthError::invalid_request(
+            "more than one Authorization header",
+        ));
+    }
+    let body_secret = form.get("client_secret");
+    match header_value {
+        Some(value) => {
+            if body_secret.is_some() {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method, not two",
+                ));
+            }
+            let text = value
+                .to_str()
+                .map_err(|_| OAuthError::invalid_client(true))?;
+            let Some((scheme, encoded)) = text.split_once(' ') else {
+                return Err(OAuthError::invalid_client(true));
+            };
+            if !scheme.eq_ignore_ascii_case("basic") {
+                return Err(OAuthError::invalid_client(true));
+            }
+            let decoded = Zeroizing::new(
+                STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| OAuthError::invalid_client(true))?,
+            );
+            let decoded =
+                std::str::from_utf8(&decoded).map_err(|_| OAuthError::invalid_client(true))?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(|| OAuthError::invalid_client(true))?;
+            let id = form_decode(id);
+            if form
+                .get("client_id")
+                .is_some_and(|body_id| body_id != id.as_str())
+            {
+                return Err(OAuthError::invalid_request(
+                    "client_id differs from the Basic credentials",
+                ));
+            }
+            Ok(Some(ClientAuth {
+                client_id: Some(id.to_string()),
+                secret: form_decode(secret),
+                basic: true,
+            }))
+        }
+        None => Ok(body_secret.map(|secret| ClientAuth {
+            client_id: form.get("client_id").map(str::to_owned),
+            secret: Zeroizing::new(secret.to_owned()),
+            basic: false,
+        })),
+    }
+}
+
+/// Authenticates a client by its API key: the key must verify, agree with the host's tenant,
+/// and be the key `client_id` names (when it names one).
+pub(crate) async fn authenticate_client(
+    state: &AppState,
+    auth: &ClientAuth,
+    host_tenant: Option<Tenant>,
+    client_ip: Option<IpAddr>,
+) -> Result<(VerifiedKey, Tenant), OAuthError> {
+    let (key, tenant) = authenticate_api_key(state, &auth.secret, host_tenant, client_ip)
+        .await
+        .map_err(|err| match err {
+            ApiError::Unavailable => OAuthError::unavailable(),
+            ApiError::TenantSuspended => OAuthError::unauthorized_client("the tenant is suspended"),
+            _ => OAuthError::invalid_client(auth.basic),
+        })?;
+    if auth
+        .client_id
+        .as_deref()
+        .is_some_and(|id| id != key.key_id.to_string())
+    {
+        tracing::warn!(
+            target: "bulkhead::audit",
+            action = "auth.failure",
+            outcome = "failure",
+            reason = "ClientIdMismatch",
+            tenant_id = %tenant.id,
+            actor_id = %key.key_id,
+            "client_id does not name the presented key"
+        );
+        return Err(OAuthError::invalid_client(auth.basic));
+    }
+    state.verifier().record_use(&key, client_ip);
+    Ok((key, tenant))
+}

@@ -1,0 +1,41 @@
+//! `grant_type=client_credentials` (RFC 6749 §4.4): the client authenticates with its API key;
+//! [`crate::service::oauth::client_credentials`] decides and mints.
+
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap};
+use bulkhead_store::registry::Tenant;
+
+use super::client_auth::{authenticate_client, ClientAuth};
+use super::form::Form;
+use super::{issuer, TokenResponse};
+use crate::http::error::OAuthError;
+use crate::http::state::AppState;
+use crate::service::oauth::client_credentials::{self, ClientCredentials};
+
+pub(super) async fn grant(
+    state: &AppState,
+    form: &Form,
+    auth: Option<ClientAuth>,
+    host_tenant: Option<Tenant>,
+    client_ip: Option<IpAddr>,
+    headers: &HeaderMap,
+) -> Result<TokenResponse, OAuthError> {
+    let Some(auth) = auth else {
+        return Err(OAuthError::invalid_client(false));
+    };
+    let (key, tenant) = authenticate_client(state, &auth, host_tenant, client_ip).await?;
+    let request = ClientCredentials {
+        key: &key,
+        tenant: tenant.id,
+        scope: form.get("scope"),
+        client_ip,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    };
+    // An inactive principal is `invalid_client` without a Basic challenge, however the client
+    // authenticated.
+    let issued = client_credentials::issue(issuer(state), &request).await?;
+    Ok(TokenResponse::new(issued, None))
+}

@@ -1,0 +1,64 @@
+//! The documents a client discovers the server by: authorization-server metadata (RFC 8414) and
+//! the token signing keys (RFC 7517).
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::Scope;
+use serde_json::json;
+
+use super::TOKEN_EXCHANGE;
+use crate::http::state::AppState;
+
+/// RFC 8414 authorization-server metadata.
+#[utoipa::path(
+    get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
+    responses(
+        (status = 200, description = "The metadata", body = crate::http::routes::openapi::ServerMetadata),
+        (status = 429, description = "Rate limited per address; see `Retry-After`"),
+    ),
+)]
+pub(super) async fn metadata(State(state): State<AppState>) -> Response {
+    let issuer = &state.config().tokens.issuer;
+    let scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+    let mut response = axum::Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "introspection_endpoint": format!("{issuer}/oauth/introspect"),
+        "grant_types_supported": ["client_credentials", "refresh_token", TOKEN_EXCHANGE],
+        // No authorization endpoint: every grant here is a direct token request.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": scopes,
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// The token signing keys (RFC 7517), the next one published before it signs.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "oauth",
+    responses(
+        (status = 200, description = "The JWKS", body = crate::http::routes::openapi::Jwks),
+        (status = 429, description = "Rate limited per address; see `Retry-After`"),
+    ),
+)]
+pub(super) async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = axum::Json(state.tokens().jwks()).into_response();
+    // Short: a key is published a full rotation period before it signs, so a cached copy only
+    // needs to be younger than the time between rotations.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    response
+}

@@ -1,0 +1,270 @@
+//! The OAuth 2.0 endpoints: token (RFC 6749), revocation (RFC 7009), introspection (RFC 7662),
+//! authorization-server metadata (RFC 8414) and the JWKS (RFC 7517).
+//!
+//! They follow the standards to the letter so that any OAuth client library works unchanged:
+//! form-encoded requests, a parameter sent twice is `invalid_request` (RFC 6749 §3.2), errors in
+//! the RFC 6749 §5.2 JSON form, `Cache-Control: no-store` on everything carrying a token.
+//!
+//! # Where things are
+//! - this module: the routes, and `POST /oauth/token`'s dispatch by `grant_type`;
+//! - [`form`]: the form body; [`client_auth`]: client authentication (HTTP Basic or body
+//!   credentials, never both; a client is an API key);
+//! - one module per grant, each parsing its parameters, authenticating what is presented and
+//!   calling its service in [`crate::service::oauth`], which checks, mints and audits:
+//!   [`client_credentials`], [`refresh_token`], [`token_exchange`] (RFC 8693 delegation);
+//! - [`revocation`], [`introspection`], and [`discovery`] (metadata and JWKS).
+//!
+//! A new grant (the authorization-code grant is next) is a new module here beside its service
+//! module, one arm in the dispatch of `token_inner`, and its name in the metadata's
+//! `grant_types_supported` ([`discovery`]).
+
+pub mod client_auth;
+pub mod client_credentials;
+pub mod discovery;
+pub mod form;
+pub mod introspection;
+pub mod refresh_token;
+pub mod revocation;
+pub mod token_exchange;
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bulkhead_auth::RefreshToken;
+use bulkhead_core::{AuthSessionId, TenantId};
+use bulkhead_store::registry::{Tenant, TenantStatus};
+use serde::Serialize;
+
+use crate::http::authz::{RouteAccess, RouteTable};
+use crate::http::error::{no_store, ApiError, OAuthError};
+use crate::http::resolve::host_tenant;
+use crate::http::state::AppState;
+use crate::service::oauth::refresh_token::INVALID_REFRESH;
+use crate::service::oauth::{GrantError, IssuedTokens, Issuer};
+use crate::service::tokens::scope_text;
+
+/// RFC 8693's grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// The routes (outside tenant resolution: the client authenticates itself here).
+pub fn routes() -> RouteTable {
+    const SELF: RouteAccess = RouteAccess::SelfAuthenticating;
+    RouteTable::new()
+        .post("/oauth/token", SELF, token)
+        .post("/oauth/revoke", SELF, revocation::revoke)
+        .post("/oauth/introspect", SELF, introspection::introspect)
+        .get(
+            "/.well-known/oauth-authorization-server",
+            RouteAccess::Public,
+            discovery::metadata,
+        )
+        .get(
+            "/.well-known/jwks.json",
+            RouteAccess::Public,
+            discovery::jwks,
+        )
+}
+
+/// A token response (RFC 6749 §5.1), also the body of a successful login.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The refresh token, when one was issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The auth session, when one was created or used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<AuthSessionId>,
+    /// RFC 8693 §2.2.1: the type of the issued token, on token-exchange responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+}
+
+impl TokenResponse {
+    /// The answer for what a grant (or a login) issued.
+    pub(crate) fn new(issued: IssuedTokens, issued_token_type: Option<&'static str>) -> Self {
+        TokenResponse {
+            access_token: issued.access.token,
+            token_type: "Bearer",
+            expires_in: issued.access.expires_in,
+            refresh_token: issued.refresh.map(|r| r.expose_secret().to_owned()),
+            scope: scope_text(&issued.scopes),
+            session_id: issued.session_id,
+            issued_token_type,
+        }
+    }
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoResponse for TokenResponse {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(response.headers_mut());
+        response
+    }
+}
+
+/// The parts of the state the OAuth services use.
+pub(crate) fn issuer(state: &AppState) -> Issuer<'_> {
+    Issuer {
+        store: state.store(),
+        clock: state.clock(),
+        tokens: state.tokens(),
+        ceilings: state.ceilings(),
+    }
+}
+
+/// A grant's refusal as an OAuth error. `basic`: the client authenticated with HTTP Basic, so
+/// `invalid_client` answers with a Basic challenge.
+pub(crate) fn grant_error(err: GrantError, basic: bool) -> OAuthError {
+    match err {
+        GrantError::InvalidGrant(description) => OAuthError::invalid_grant(description),
+        GrantError::InvalidScope(description) => OAuthError::invalid_scope(description),
+        GrantError::InvalidTarget(description) => OAuthError::invalid_target(description),
+        GrantError::InvalidClient => OAuthError::invalid_client(basic),
+        GrantError::Unavailable => OAuthError::unavailable(),
+        GrantError::Store(err) => err.into(),
+    }
+}
+
+/// Without a Basic challenge (`grant_error` with `basic` false).
+impl From<GrantError> for OAuthError {
+    fn from(err: GrantError) -> Self {
+        grant_error(err, false)
+    }
+}
+
+/// The caller's address, through the trusted proxies.
+pub(crate) fn request_ip(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    crate::service::credentials::headers_client_ip(
+        Some(peer.ip()),
+        headers,
+        &state.config().trusted_proxies,
+    )
+}
+
+/// The tenant the request's host names, in OAuth terms: an unknown subdomain is an invalid
+/// request, a registry failure is `temporarily_unavailable`.
+pub(crate) async fn oauth_host_tenant(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Tenant>, OAuthError> {
+    host_tenant(state, crate::http::resolve::request_host(headers))
+        .await
+        .map_err(|err| match err {
+            ApiError::Unavailable => OAuthError::unavailable(),
+            _ => OAuthError::invalid_request("no tenant is served under this host name"),
+        })
+}
+
+/// The tenant a presented token names (a refresh token's tenant part, a subject token's
+/// `tenant_id`), which must agree with the host and be active. Every refusal is `invalid`:
+/// the answer must not say whether such a tenant exists or is suspended.
+pub(crate) async fn claimed_tenant(
+    state: &AppState,
+    claimed: TenantId,
+    host_tenant: Option<Tenant>,
+    invalid: impl Fn() -> OAuthError,
+) -> Result<Tenant, OAuthError> {
+    if host_tenant.as_ref().is_some_and(|t| t.id != claimed) {
+        return Err(invalid());
+    }
+    let tenant = match host_tenant {
+        Some(t) => t,
+        None => state
+            .directory()
+            .by_id(state.store(), claimed)
+            .await
+            .map_err(|_| OAuthError::unavailable())?
+            .ok_or_else(&invalid)?,
+    };
+    if tenant.status != TenantStatus::Active {
+        return Err(invalid());
+    }
+    Ok(tenant)
+}
+
+/// [`claimed_tenant`] of a refresh token (the refresh grant, revocation).
+pub(crate) async fn refresh_tenant(
+    state: &AppState,
+    presented: &RefreshToken,
+    host_tenant: Option<Tenant>,
+) -> Result<Tenant, OAuthError> {
+    let claimed = TenantId::from_uuid(uuid::Uuid::from_bytes(presented.tenant()));
+    claimed_tenant(state, claimed, host_tenant, || {
+        OAuthError::invalid_grant(INVALID_REFRESH)
+    })
+    .await
+}
+
+/// RFC 6749 token endpoint: `client_credentials`, `refresh_token`, and RFC 8693 token exchange.
+#[utoipa::path(
+    post, path = "/oauth/token", tag = "oauth",
+    request_body(content = crate::http::routes::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Tokens", body = TokenResponse),
+        (status = 400, description = "`invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unauthorized_client` or `unsupported_grant_type`"),
+        (status = 401, description = "`invalid_client`"),
+    ),
+    security((), ("client_basic" = [])),
+)]
+async fn token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match token_inner(&state, peer, &headers, &body).await {
+        Ok(response) => response.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// What every grant shares (the form, the caller's address, the host's tenant, the client
+/// credentials as presented), then the grant's own module.
+async fn token_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<TokenResponse, OAuthError> {
+    let form = form::Form::parse(headers, body)?;
+    let client_ip = request_ip(state, peer, headers);
+    let host_tenant = oauth_host_tenant(state, headers).await?;
+    let auth = client_auth::client_auth(headers, &form)?;
+    match form.get("grant_type") {
+        None => Err(OAuthError::invalid_request("grant_type is required")),
+        Some("client_credentials") => {
+            client_credentials::grant(state, &form, auth, host_tenant, client_ip, headers).await
+        }
+        Some("refresh_token") => {
+            refresh_token::grant(state, &form, auth, host_tenant, client_ip).await
+        }
+        Some(TOKEN_EXCHANGE) => {
+            token_exchange::grant(state, &form, auth, host_tenant, client_ip).await
+        }
+        Some(_) => Err(OAuthError::unsupported_grant_type()),
+    }
+}

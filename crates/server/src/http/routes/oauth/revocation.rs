@@ -1,0 +1,85 @@
+//! `POST /oauth/revoke` (RFC 7009): revokes an access or refresh token.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_auth::RefreshToken;
+
+use super::client_auth::{authenticate_client, client_auth};
+use super::form::Form;
+use super::{issuer, oauth_host_tenant, refresh_tenant, request_ip};
+use crate::http::error::{no_store, OAuthError};
+use crate::http::resolve::is_access_token;
+use crate::http::state::AppState;
+use crate::service::oauth::revocation;
+
+fn ok_no_store() -> Response {
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    response
+}
+
+/// RFC 7009: revokes an access or refresh token; possession suffices. 200 whether or not the token existed.
+#[utoipa::path(
+    post, path = "/oauth/revoke", tag = "oauth",
+    request_body(content = crate::http::routes::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked, or nothing to revoke"),
+        (status = 400, description = "`invalid_request`"),
+        (status = 401, description = "A client authenticated and failed (`invalid_client`)"),
+    ),
+    security((), ("client_basic" = [])),
+)]
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match revoke_inner(&state, peer, &headers, &body).await {
+        Ok(()) => ok_no_store(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// RFC 7009: revokes an access or refresh token. Possession suffices (revoking only ever takes
+/// authority away); a client that authenticates must do so correctly. An unknown, invalid or
+/// already revoked token is not an error (§2.2): the answer is 200 either way, so the endpoint
+/// tells nobody whether a token existed.
+async fn revoke_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), OAuthError> {
+    let form = Form::parse(headers, body)?;
+    let text = form
+        .get("token")
+        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    let host = oauth_host_tenant(state, headers).await?;
+    if let Some(auth) = client_auth(headers, &form)? {
+        let client_ip = request_ip(state, peer, headers);
+        authenticate_client(state, &auth, host.clone(), client_ip).await?;
+    }
+    if is_access_token(text) {
+        let Ok(token) = state.tokens().verify(text) else {
+            return Ok(());
+        };
+        if host.as_ref().is_some_and(|t| t.id != token.tenant_id) {
+            return Ok(());
+        }
+        revocation::revoke_access_token(issuer(state), &token).await?;
+        return Ok(());
+    }
+    let Ok(presented) = RefreshToken::parse(text) else {
+        return Ok(());
+    };
+    let Ok(tenant) = refresh_tenant(state, &presented, host).await else {
+        return Ok(());
+    };
+    revocation::revoke_refresh_token(issuer(state), tenant.id, &presented).await?;
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! Auth sessions (refresh-token families): started by a human login or a client-credentials
+//! grant, rotated by the refresh grant, ended by logout, by revocation or by refresh-token reuse.
+//! Each step is written once here, whichever route takes it.
+
+use bulkhead_auth::RefreshToken;
+use bulkhead_core::{AuthSessionId, Clock};
+use bulkhead_store::tokens::{self, AuthSession, EndReason, NewAuthSession};
+use bulkhead_store::{StoreError, TenantTx};
+
+use crate::service::tokens::TokenService;
+
+/// Creates an auth session in `tx`'s tenant and its first refresh token.
+pub(crate) async fn start(
+    tx: &mut TenantTx,
+    new: &NewAuthSession<'_>,
+) -> Result<(AuthSession, RefreshToken), StoreError> {
+    let session = tokens::create_session(tx, new).await?;
+    let refresh = RefreshToken::generate(*tx.tenant_id().uuid().as_bytes());
+    tokens::insert_refresh_token(tx, session.id, &refresh.hash(), new.now).await?;
+    Ok((session, refresh))
+}
+
+/// Ends an auth session and denies its access tokens until the longest of them expires. The
+/// caller commits, then denies the session in this process at once
+/// ([`TokenService::deny_session_locally`]); other processes hear the notification. Returns
+/// whether the session was live.
+pub(crate) async fn end(
+    tokens: &TokenService,
+    clock: &Clock,
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+    reason: EndReason,
+) -> Result<bool, StoreError> {
+    let until = tokens.session_deny_until();
+    tokens::revoke_session(tx, session, reason, clock.now(), until).await
+}

@@ -1,0 +1,146 @@
+//! The client-credentials grant (RFC 6749 §4.4): an API key, authenticated by the caller, gets
+//! an access token bounded by its agent's roles, and a refresh token when the tenant's policy
+//! gives agents sessions.
+
+use std::net::IpAddr;
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tokens::{self, NewAuthSession, PrincipalType};
+use bulkhead_store::Access;
+use serde_json::json;
+
+use super::{granted_scopes, GrantError, IssuedTokens, Issuer};
+use crate::service::credentials::VerifiedKey;
+use crate::service::tokens::Grant;
+
+/// A client-credentials request from an authenticated client.
+#[derive(Debug)]
+pub struct ClientCredentials<'a> {
+    /// The client's key, verified against the host's tenant.
+    pub key: &'a VerifiedKey,
+    /// The key's tenant.
+    pub tenant: TenantId,
+    /// The `scope` parameter, when sent.
+    pub scope: Option<&'a str>,
+    /// The caller's address.
+    pub client_ip: Option<IpAddr>,
+    /// The caller's `User-Agent`, recorded with the session.
+    pub user_agent: Option<&'a str>,
+}
+
+/// Issues the tokens, audited as `auth.token_issue` whether granted or refused.
+pub async fn issue(
+    issuer: Issuer<'_>,
+    request: &ClientCredentials<'_>,
+) -> Result<IssuedTokens, GrantError> {
+    let key = request.key;
+    let ctx = TenantContext::new(
+        request.tenant,
+        Actor::ApiKey {
+            key_id: key.key_id,
+            scopes: key.scopes.clone(),
+        },
+        RequestId::new(),
+    );
+    // The key's agent's roles bound what the token may hold, as they bound the key itself.
+    let held = crate::service::ceilings::key_scopes(
+        issuer.ceilings,
+        issuer.store,
+        issuer.clock.now(),
+        key,
+    )
+    .await
+    .map_err(|_| GrantError::Unavailable)?;
+    let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
+    let Some(held) = held else {
+        audit::record(
+            &mut tx,
+            "auth.token_issue",
+            Some(&key.key_id.to_string()),
+            Outcome::Failure,
+            json!({ "grant_type": "client_credentials", "reason": "principal_inactive" }),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(GrantError::InvalidClient);
+    };
+    let scopes = match granted_scopes(request.scope, &held) {
+        Ok(scopes) => scopes,
+        Err(err) => {
+            audit::record(
+                &mut tx,
+                "auth.token_issue",
+                Some(&key.key_id.to_string()),
+                Outcome::Failure,
+                json!({ "grant_type": "client_credentials", "reason": "invalid_scope" }),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(err);
+        }
+    };
+    let client_id = key.key_id.to_string();
+    // A key of an agent issues tokens whose subject is the agent itself: its roles then bound
+    // the token (and every token delegated from it) at each use.
+    let subject = match bulkhead_store::rbac::key_agent(&mut tx, key.key_id).await? {
+        Some(agent) => agent.to_string(),
+        None => key.principal.clone(),
+    };
+    let now = issuer.clock.now();
+    let policy = tokens::token_policy(&mut tx).await?;
+    let (session_id, refresh) = if policy.agent_refresh_tokens {
+        let (session, refresh) = crate::service::auth_sessions::start(
+            &mut tx,
+            &NewAuthSession {
+                principal_type: PrincipalType::Agent,
+                principal_id: &key.principal,
+                client_id: &client_id,
+                scopes: &scopes,
+                now,
+                absolute: chrono::Duration::seconds(i64::from(policy.session_absolute_seconds)),
+                idle: chrono::Duration::seconds(i64::from(policy.session_idle_seconds)),
+                client_ip: request.client_ip,
+                user_agent: request.user_agent,
+            },
+        )
+        .await?;
+        (Some(session.id), Some(refresh))
+    } else {
+        (None, None)
+    };
+    let issued = issuer
+        .tokens
+        .issue(&Grant {
+            tenant_id: request.tenant,
+            subject: &subject,
+            human: false,
+            client_id: &client_id,
+            scopes: &scopes,
+            session_id,
+            act: None,
+            resource_prefix: None,
+            not_after: None,
+            delegated_from: Vec::new(),
+            // The key's allowlist binds every token minted from it, and every token derived
+            // from those (refresh, exchange).
+            allowed_networks: vec![key.allowed_ips.clone()],
+            derived_keys: Vec::new(),
+        })
+        .map_err(|_| GrantError::Unavailable)?;
+    audit::record(
+        &mut tx,
+        "auth.token_issue",
+        Some(&issued.claims.jti),
+        Outcome::Success,
+        json!({ "grant_type": "client_credentials", "scope": issued.claims.scope, "session_id": session_id.map(|s| s.to_string()) }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(IssuedTokens {
+        access: issued,
+        refresh,
+        scopes,
+        session_id,
+    })
+}

@@ -1,0 +1,111 @@
+//! The OAuth 2.0 grants of `POST /oauth/token`, without HTTP: what each one checks, mints and
+//! audits. The HTTP side (`http/routes/oauth/`) parses the form, authenticates the
+//! client and the presented tokens, calls one function here and renders the answer.
+//!
+//! One module per grant:
+//! - [`client_credentials`]: an API key gets an access token (and a refresh token when the
+//!   tenant's policy gives agents sessions);
+//! - [`refresh_token`]: a refresh token is rotated, reuse ends its session;
+//! - [`token_exchange`]: RFC 8693 delegation, where every hop only narrows;
+//!
+//! and what revocation ([`revocation`]) and refresh-token introspection ([`introspection`])
+//! do to the store.
+//!
+//! A new grant (the authorization-code grant is next) is a new module here taking the verified
+//! inputs it needs and returning [`IssuedTokens`] or a [`GrantError`], beside its HTTP half in
+//! `http/routes/oauth/`.
+
+pub mod client_credentials;
+pub mod introspection;
+pub mod refresh_token;
+pub mod revocation;
+pub mod token_exchange;
+
+use std::borrow::Cow;
+
+use bulkhead_auth::RefreshToken;
+use bulkhead_core::{AuthSessionId, Clock, ScopeSet};
+use bulkhead_store::{Store, StoreError};
+
+use crate::service::ceilings::RoleCeilings;
+use crate::service::tokens::{parse_scope_param, IssuedToken, TokenService};
+
+/// The parts of the application a grant uses.
+#[derive(Clone, Copy)]
+pub struct Issuer<'a> {
+    /// The store door.
+    pub store: &'a Store,
+    /// The clock.
+    pub clock: &'a Clock,
+    /// Signing, and the local denylist.
+    pub tokens: &'a TokenService,
+    /// The role ceilings that bound a key's scopes.
+    pub ceilings: &'a RoleCeilings,
+}
+
+impl std::fmt::Debug for Issuer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer").finish_non_exhaustive()
+    }
+}
+
+/// What a grant issued.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    /// The access token.
+    pub access: IssuedToken,
+    /// The refresh token, when one was issued.
+    pub refresh: Option<RefreshToken>,
+    /// The granted scopes.
+    pub scopes: ScopeSet,
+    /// The auth session created or used, when the answer names one.
+    pub session_id: Option<AuthSessionId>,
+}
+
+/// Why a grant refused, in RFC 6749 §5.2 terms; the HTTP side maps it once
+/// (`http/routes/oauth/mod.rs`). Descriptions never echo a credential.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    /// `invalid_grant`: the refresh or subject token is invalid, expired or revoked, or the
+    /// delegation would be too deep.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(Cow<'static, str>),
+    /// `invalid_scope`: a requested scope is unknown or exceeds what may be granted.
+    #[error("invalid scope: {0}")]
+    InvalidScope(Cow<'static, str>),
+    /// `invalid_target`: the requested resource prefix is not acceptable.
+    #[error("invalid target: {0}")]
+    InvalidTarget(Cow<'static, str>),
+    /// `invalid_client`: the client may not use this credential (an inactive principal, a
+    /// refresh token of another client).
+    #[error("client authentication failed")]
+    InvalidClient,
+    /// `temporarily_unavailable`: signing or the role ceilings cannot answer now.
+    #[error("temporarily unavailable")]
+    Unavailable,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The scopes to grant: the requested ones (the `scope` parameter), which must all be held; all
+/// held when none are asked.
+pub(crate) fn granted_scopes(
+    requested: Option<&str>,
+    held: &ScopeSet,
+) -> Result<ScopeSet, GrantError> {
+    match requested {
+        None => Ok(held.clone()),
+        Some(text) => {
+            let requested = parse_scope_param(text)
+                .map_err(|_| GrantError::InvalidScope("a requested scope does not exist".into()))?;
+            if !held.is_superset(&requested) {
+                return Err(GrantError::InvalidScope(
+                    "the requested scope exceeds what the client holds".into(),
+                ));
+            }
+            Ok(requested)
+        }
+    }
+}

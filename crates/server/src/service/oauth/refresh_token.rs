@@ -1,0 +1,231 @@
+//! The refresh-token grant (RFC 6749 §6) with rotation: each refresh token is good once; the
+//! next one is issued with the access token. A rotated token presented again (after the
+//! tenant's reuse interval) means the family is compromised: the session ends, audited, and the
+//! tenant gets a `security.refresh_token_reuse` event in the same transaction.
+
+use bulkhead_auth::RefreshToken;
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, UserId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tokens::{self, EndReason, PresentedRefresh, PrincipalType, RefreshStatus};
+use bulkhead_store::users::{self, UserStatus};
+use bulkhead_store::Access;
+use serde_json::json;
+
+use super::{granted_scopes, GrantError, IssuedTokens, Issuer};
+use crate::service::credentials::VerifiedKey;
+use crate::service::tokens::Grant;
+
+/// The one description of every refused refresh token: the answer must not say which check
+/// failed.
+pub const INVALID_REFRESH: &str = "the refresh token is invalid, expired or revoked";
+
+/// A refresh request whose token's tenant has been checked against the host.
+#[derive(Debug)]
+pub struct Refresh<'a> {
+    /// The presented refresh token.
+    pub presented: &'a RefreshToken,
+    /// Its tenant (active, the host's when the host names one).
+    pub tenant: TenantId,
+    /// The authenticated client, if the caller authenticated. An agent's session needs its key.
+    pub client: Option<&'a VerifiedKey>,
+    /// The `scope` parameter, when sent.
+    pub scope: Option<&'a str>,
+}
+
+fn invalid() -> GrantError {
+    GrantError::InvalidGrant(INVALID_REFRESH.into())
+}
+
+/// Rotates the refresh token and issues an access token, audited as `auth.token_refresh`.
+pub async fn refresh(
+    issuer: Issuer<'_>,
+    request: &Refresh<'_>,
+) -> Result<IssuedTokens, GrantError> {
+    let tenant = request.tenant;
+    let ctx = TenantContext::new(
+        tenant,
+        Actor::System { component: "oauth" },
+        RequestId::new(),
+    );
+    let now = issuer.clock.now();
+    let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
+    let Some(found) = tokens::find_refresh_for_update(&mut tx, &request.presented.hash()).await?
+    else {
+        audit_refresh_failure(&mut tx, None, "unknown_token").await?;
+        tx.commit().await?;
+        return Err(invalid());
+    };
+    // An agent's session belongs to its API key: refreshing it needs that key too, so a stolen
+    // refresh token alone is not enough, and revoking the key ends its sessions' refreshes.
+    let session_client_ok = match (request.client, found.session.principal_type) {
+        (Some(key), _) => key.key_id.to_string() == found.session.client_id,
+        (None, PrincipalType::User) => true,
+        (None, PrincipalType::Agent) => false,
+    };
+    if !session_client_ok {
+        audit_refresh_failure(&mut tx, Some(&found), "client_mismatch").await?;
+        tx.commit().await?;
+        return Err(GrantError::InvalidClient);
+    }
+    match found.status {
+        RefreshStatus::Active => {}
+        RefreshStatus::Revoked => {
+            audit_refresh_failure(&mut tx, Some(&found), "revoked").await?;
+            tx.commit().await?;
+            return Err(invalid());
+        }
+        RefreshStatus::Rotated(at) => {
+            let policy = tokens::token_policy(&mut tx).await?;
+            let race = now - at
+                <= chrono::Duration::seconds(i64::from(policy.refresh_reuse_interval_seconds));
+            if race && policy.refresh_reuse_interval_seconds > 0 {
+                audit_refresh_failure(&mut tx, Some(&found), "reused_within_interval").await?;
+                tx.commit().await?;
+                return Err(invalid());
+            }
+            // A rotated token presented again: whoever holds it, the family is compromised.
+            let session = found.session.id;
+            crate::service::auth_sessions::end(
+                issuer.tokens,
+                issuer.clock,
+                &mut tx,
+                session,
+                EndReason::ReuseDetected,
+            )
+            .await?;
+            audit::record(
+                &mut tx,
+                "security.refresh_token_reuse",
+                Some(&session.to_string()),
+                Outcome::Blocked,
+                json!({
+                    "principal_id": found.session.principal_id,
+                    "client_id": found.session.client_id,
+                    "rotated_at": at,
+                }),
+            )
+            .await?;
+            // The tenant's security alert, in the same transaction: no alert without the
+            // revocation, no revocation without the alert.
+            bulkhead_store::webhooks::enqueue_platform_event(
+                &mut tx,
+                "security.refresh_token_reuse",
+                json!({
+                    "session_id": session.to_string(),
+                    "principal_id": found.session.principal_id,
+                    "client_id": found.session.client_id,
+                    "rotated_at": at,
+                    "detected_at": now,
+                    "action_taken": "session_revoked",
+                }),
+            )
+            .await?;
+            tx.commit().await?;
+            issuer.tokens.deny_session_locally(tenant, session);
+            tracing::warn!(
+                target: "bulkhead::audit",
+                action = "security.refresh_token_reuse",
+                outcome = "blocked",
+                tenant_id = %tenant,
+                actor_id = %found.session.principal_id,
+                resource_id = %session,
+                "refresh token reuse: session revoked"
+            );
+            return Err(invalid());
+        }
+    }
+    if !found.session.is_live(now) {
+        audit_refresh_failure(&mut tx, Some(&found), "session_ended").await?;
+        tx.commit().await?;
+        return Err(invalid());
+    }
+    if found.session.principal_type == PrincipalType::User {
+        let user_ok = match UserId::parse(&found.session.principal_id) {
+            Ok(id) => users::get(&mut tx, id)
+                .await
+                .map(|u| u.status == UserStatus::Active)
+                .or_else(|e| match e {
+                    bulkhead_store::StoreError::NotFound => Ok(false),
+                    other => Err(other),
+                })?,
+            Err(_) => false,
+        };
+        if !user_ok {
+            audit_refresh_failure(&mut tx, Some(&found), "user_disabled").await?;
+            tx.commit().await?;
+            return Err(invalid());
+        }
+    }
+    // What the session may grant now: its scopes cut to its principals' roles (a user's role
+    // narrowed since login narrows the next access token, not only its use).
+    let Some(session_scopes) =
+        crate::service::ceilings::session_scopes(&mut tx, &found.session, issuer.clock.now())
+            .await?
+    else {
+        audit_refresh_failure(&mut tx, Some(&found), "principal_inactive").await?;
+        tx.commit().await?;
+        return Err(invalid());
+    };
+    let scopes = match granted_scopes(request.scope, &session_scopes) {
+        Ok(scopes) => scopes,
+        Err(err) => {
+            tx.rollback().await?;
+            return Err(err);
+        }
+    };
+    tokens::mark_rotated(&mut tx, &found, now).await?;
+    let next = RefreshToken::generate(*tenant.uuid().as_bytes());
+    tokens::insert_refresh_token(&mut tx, found.session.id, &next.hash(), now).await?;
+    let issued = issuer
+        .tokens
+        .issue(&Grant {
+            tenant_id: tenant,
+            subject: &found.session.principal_id,
+            human: found.session.principal_type == PrincipalType::User,
+            client_id: &found.session.client_id,
+            scopes: &scopes,
+            session_id: Some(found.session.id),
+            act: None,
+            resource_prefix: None,
+            not_after: None,
+            delegated_from: Vec::new(),
+            // An agent's session is refreshed with its key: the key's allowlist binds the token.
+            allowed_networks: request
+                .client
+                .map(|key| vec![key.allowed_ips.clone()])
+                .unwrap_or_default(),
+            derived_keys: Vec::new(),
+        })
+        .map_err(|_| GrantError::Unavailable)?;
+    audit::record(
+        &mut tx,
+        "auth.token_refresh",
+        Some(&found.session.id.to_string()),
+        Outcome::Success,
+        json!({ "principal_id": found.session.principal_id, "jti": issued.claims.jti }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(IssuedTokens {
+        access: issued,
+        refresh: Some(next),
+        scopes,
+        session_id: Some(found.session.id),
+    })
+}
+
+async fn audit_refresh_failure(
+    tx: &mut bulkhead_store::TenantTx,
+    found: Option<&PresentedRefresh>,
+    reason: &'static str,
+) -> Result<(), bulkhead_store::StoreError> {
+    audit::record(
+        tx,
+        "auth.token_refresh",
+        found.map(|f| f.session.id.to_string()).as_deref(),
+        Outcome::Failure,
+        json!({ "reason": reason }),
+    )
+    .await?;
+    Ok(())
+}
