@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use bulkhead_core::{Actor, AgentId, ApiKeyId, Scope, ScopeSet, TenantContext};
 use bulkhead_store::agents::{self, AgentStatus};
 use bulkhead_store::api_keys::{self, ApiKeyRecord, KeyPatch};
-use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -17,12 +16,21 @@ use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page_limit};
+use crate::http::routes::kit::policy;
+use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 use crate::service::keys::{self, KeySpec};
 
-/// Largest page of `GET /v1/api-keys`.
-pub const MAX_PAGE_SIZE: u32 = 200;
 const MAX_ALLOWED_IPS: usize = 64;
+
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    create, list, fetch, update, rotate, revoke, revoke_all, get_policy, put_policy
+))]
+pub struct Api;
 
 /// The routes and who may call them. A key may always read, narrow, rotate and revoke itself
 /// (the handlers check `keys:manage` for any other key).
@@ -51,8 +59,10 @@ pub fn routes() -> RouteTable {
         .confine(Refused)
 }
 
-/// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required.
+/// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required. Named apart
+/// from the screening policy's body: two schemas of one name collide in the document.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = PutKeyPolicy)]
 #[serde(deny_unknown_fields)]
 pub struct PutPolicy {
     /// How long a rotated key keeps working: 0 to 2592000 (30 days).
@@ -76,11 +86,7 @@ async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<axum::Json<api_keys::KeyPolicy>, ApiError> {
-    let ctx = &tenant.0;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let policy = api_keys::policy(&mut tx).await?;
-    tx.commit().await?;
-    Ok(axum::Json(policy))
+    Ok(axum::Json(policy::read(&state, &tenant.0).await?))
 }
 
 /// Replaces the tenant's key policy.
@@ -115,17 +121,7 @@ async fn put_policy(
         max_age_days: body.max_age_days,
         deadline_warning_seconds: body.deadline_warning_seconds,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    api_keys::set_policy(&mut tx, &policy).await?;
-    audit::record(
-        &mut tx,
-        "key_policy.update",
-        None,
-        Outcome::Success,
-        json!(policy),
-    )
-    .await?;
-    tx.commit().await?;
+    policy::replace(&state, ctx, &policy).await?;
     Ok(axum::Json(policy))
 }
 
@@ -228,8 +224,11 @@ pub struct KeyPage {
     next_cursor: Option<ApiKeyId>,
 }
 
-fn parse_id(text: &str) -> Result<ApiKeyId, ApiError> {
-    ApiKeyId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+/// Keys revoked by `revoke-all`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Revoked {
+    /// Their ids.
+    revoked: Vec<ApiKeyId>,
 }
 
 fn caller_key(ctx: &TenantContext) -> Option<ApiKeyId> {
@@ -296,15 +295,6 @@ fn check_label(what: &str, text: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_description(text: &str) -> Result<(), ApiError> {
-    if text.chars().count() > 500 || text.chars().any(char::is_control) {
-        return Err(ApiError::Invalid(
-            "description has at most 500 characters and no control characters".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn check_future(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), ApiError> {
     if at.is_some_and(|at| at <= now) {
         return Err(ApiError::Invalid("expires_at is in the past".into()));
@@ -332,13 +322,8 @@ async fn create(
     let now = state.clock().now();
     let scopes = parse_scopes(&body.scopes)?;
     check_may_grant(ctx, &scopes)?;
-    let agent_id = body
-        .agent_id
-        .as_deref()
-        .map(|text| AgentId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into())))
-        .transpose()?;
-    let description = body.description.unwrap_or_default();
-    check_description(&description)?;
+    let agent_id: Option<AgentId> = optional_id(body.agent_id.as_deref())?;
+    let description = validate::description(body.description.as_deref().unwrap_or_default())?;
     check_future(body.expires_at, now)?;
     let allowed_ips = parse_networks(body.allowed_ips.as_deref().unwrap_or_default())?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
@@ -405,8 +390,8 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<KeyPage>, ApiError> {
     let ctx = &tenant.0;
-    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
-    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<ApiKeyId> = optional_id(query.cursor.as_deref())?;
     if let Some(p) = &query.principal {
         check_label("principal", p)?;
     }
@@ -420,7 +405,7 @@ async fn list(
     )
     .await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |k| k.id);
+    let (data, next_cursor) = into_page(rows, limit, |k| k.id);
     Ok(axum::Json(KeyPage { data, next_cursor }))
 }
 
@@ -439,7 +424,7 @@ async fn fetch(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
-    let id = parse_id(&id)?;
+    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let record = api_keys::get(&mut tx, id, state.clock().now()).await?;
@@ -475,14 +460,16 @@ async fn update(
     Path(id): Path<String>,
     Json(body): Json<UpdateKey>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
-    let id = parse_id(&id)?;
+    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     refuse_confined(ctx)?;
     let manages = ctx.has_scope(Scope::KeysManage);
     let now = state.clock().now();
-    if let Some(d) = &body.description {
-        check_description(d)?;
-    }
+    let description = body
+        .description
+        .as_deref()
+        .map(validate::description)
+        .transpose()?;
     let allowed_ips = body
         .allowed_ips
         .as_deref()
@@ -532,20 +519,15 @@ async fn update(
         }
     }
     let patch = KeyPatch {
-        description: body.description,
+        description,
         allowed_ips,
         expires_at: body.expires_at,
     };
     let record = api_keys::update(&mut tx, id, &patch, now).await?;
-    audit::record(
-        &mut tx,
-        "api_key.update",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit("api_key.update", id, json!({}))
+        .commit(tx, &state, ctx)
+        .await?;
     // A narrowed allowlist binds the key's tokens at once in this process (the cached key
     // facts); other processes hear the NOTIFY sent at commit.
     state.verifier().forget_key(id);
@@ -572,7 +554,7 @@ async fn rotate(
     Path(id): Path<String>,
     body: bytes::Bytes,
 ) -> Result<(StatusCode, axum::Json<MintedKey>), ApiError> {
-    let id = parse_id(&id)?;
+    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     // The body is optional: an empty one means the tenant's default grace period.
     let body: RotateKey = if body.is_empty() {
@@ -633,7 +615,7 @@ async fn revoke(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
-    let id = parse_id(&id)?;
+    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
@@ -653,7 +635,7 @@ async fn revoke(
     post, path = "/v1/api-keys/revoke-all", tag = "api-keys",
     request_body = RevokeAll,
     responses(
-        (status = 200, description = "The revoked keys", body = crate::http::routes::openapi::Revoked),
+        (status = 200, description = "The revoked keys", body = Revoked),
         (status = 422, description = "An invalid principal"),
     ),
     security(("bearer" = ["keys:manage"])),
@@ -662,32 +644,24 @@ async fn revoke_all(
     State(state): State<AppState>,
     tenant: Tenant,
     Json(body): Json<RevokeAll>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Revoked>, ApiError> {
     let ctx = &tenant.0;
     check_label("principal", &body.principal)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let revoked =
         api_keys::revoke_all_for_principal(&mut tx, &body.principal, state.clock().now()).await?;
-    for id in &revoked {
-        audit::record(
-            &mut tx,
+    let tail = revoked.iter().fold(Tail::new(), |tail, id| {
+        tail.audit(
             "api_key.revoke",
-            Some(&id.to_string()),
-            Outcome::Success,
+            id,
             json!({ "all_for_principal": body.principal }),
         )
-        .await?;
-        bulkhead_store::webhooks::enqueue_platform_event(
-            &mut tx,
-            "api_key.revoked",
-            json!({ "key_id": id }),
-        )
-        .await?;
-    }
-    tx.commit().await?;
+        .event("api_key.revoked", json!({ "key_id": id }))
+    });
+    tail.commit(tx, &state, ctx).await?;
     for id in &revoked {
         state.verifier().forget_key(*id);
     }
     state.ceilings().invalidate_tenant(ctx.tenant_id());
-    Ok(axum::Json(json!({ "revoked": revoked })))
+    Ok(axum::Json(Revoked { revoked }))
 }

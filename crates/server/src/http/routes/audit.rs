@@ -16,21 +16,31 @@ use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page_limit};
+use crate::http::routes::kit::validate;
 use crate::http::state::AppState;
 
 /// Where the log's public key is published (outside `/v1`: no credential needed).
 pub const LOG_KEY_PATH: &str = "/.well-known/bulkhead-audit-key";
 
-/// Default page size of `GET /v1/audit/events`.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest page size.
-pub const MAX_PAGE_SIZE: u32 = 200;
 /// Leaves read per database round trip while exporting.
 pub const EXPORT_PAGE: u64 = 2000;
+
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    log_key,
+    list_events,
+    checkpoint_now,
+    latest_checkpoint,
+    inclusion,
+    consistency,
+    export
+))]
+pub struct Api;
 
 /// The routes and who may call them. The log's public key is public: verifiers need it without
 /// an account.
@@ -58,16 +68,29 @@ pub fn routes() -> RouteTable {
 /// `GET /.well-known/bulkhead-audit-key`.
 #[utoipa::path(
     get, path = "/.well-known/bulkhead-audit-key", tag = "audit",
-    responses((status = 200, description = "The audit log's Ed25519 public key", body = crate::http::routes::openapi::LogKey)),
+    responses((status = 200, description = "The audit log's Ed25519 public key", body = LogKey)),
 )]
-pub async fn log_key(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+pub async fn log_key(State(state): State<AppState>) -> axum::Json<LogKey> {
     let public = state.audit().key().public();
-    axum::Json(json!({
-        "algorithm": "ed25519",
-        "key_id": public.key_id(),
-        "public_key": public.to_config_string(),
-        "checkpoint_format": bulkhead_audit::checkpoint::CHECKPOINT_HEADER,
-    }))
+    axum::Json(LogKey {
+        algorithm: "ed25519",
+        key_id: public.key_id().to_string(),
+        public_key: public.to_config_string(),
+        checkpoint_format: bulkhead_audit::checkpoint::CHECKPOINT_HEADER,
+    })
+}
+
+/// The audit log's public key.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogKey {
+    /// `ed25519`.
+    algorithm: &'static str,
+    /// Names the key in checkpoints.
+    key_id: String,
+    /// `base64:…`.
+    public_key: String,
+    /// The first line of the signed checkpoint text.
+    checkpoint_format: &'static str,
 }
 
 /// Query of `GET /v1/audit/events`.
@@ -111,10 +134,6 @@ pub struct EventPage {
     next_cursor: Option<String>,
 }
 
-fn parse_event_id(text: &str) -> Result<AuditEventId, ApiError> {
-    AuditEventId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
-}
-
 fn check_label(name: &str, value: &Option<String>) -> Result<(), ApiError> {
     match value {
         Some(v) if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) => {
@@ -142,8 +161,8 @@ async fn list_events(
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventPage>, ApiError> {
     let ctx = &tenant.0;
-    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let after = query.cursor.as_deref().map(parse_event_id).transpose()?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<AuditEventId> = validate::optional_id(query.cursor.as_deref())?;
     if let Some(outcome) = &query.outcome {
         if !matches!(
             outcome.as_str(),
@@ -178,7 +197,7 @@ async fn list_events(
     )
     .await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |e| e.event.event_id.clone());
+    let (data, next_cursor) = into_page(rows, limit, |e| e.event.event_id.clone());
     Ok(axum::Json(EventPage { data, next_cursor }))
 }
 
@@ -293,7 +312,7 @@ async fn inclusion(
     Query(query): Query<InclusionQuery>,
 ) -> Result<Response, ApiError> {
     let ctx = &tenant.0;
-    let event = parse_event_id(&query.event_id)?;
+    let event: AuditEventId = validate::id(&query.event_id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let proof = audit_log::inclusion_proof(&mut tx, event, query.tree_size).await?;
     tx.commit().await?;

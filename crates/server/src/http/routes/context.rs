@@ -28,6 +28,11 @@ use crate::service::screen::{self, Report};
 /// Most tools a context lists; more sets `tools_truncated`.
 pub const MAX_CONTEXT_TOOLS: u32 = 200;
 
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(context))]
+pub struct Api;
+
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
     RouteTable::new()
@@ -89,7 +94,7 @@ async fn context(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Context>, ApiError> {
     let ctx = &tenant.0;
-    let id = SessionId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string().into()))?;
+    let id: SessionId = super::kit::validate::id(&id)?;
     let visible = super::tools::visible_to(ctx);
     let screener = screen::screener(&state)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;

@@ -1,8 +1,9 @@
 //! The OpenAPI 3.1 document of the whole HTTP API, served at `GET /openapi.json`.
 //!
 //! Each handler carries its own `#[utoipa::path]` (method, path, parameters, body, its success
-//! and its specific refusals); this module gathers them and adds, in one place, what every
-//! operation of a kind shares, mirroring the one error mapping in [`crate::http::error`]:
+//! and its specific refusals), and each route module lists its operations in its own `Api`; this
+//! module merges those and adds, in one place, what every operation of a kind shares, mirroring
+//! the one error mapping in [`crate::http::error`]:
 //! - every error response (4xx/5xx) written without a body gets the body the server really
 //!   sends: RFC 9457 `application/problem+json` ([`Problem`]), or the RFC 6749 §5.2 JSON error
 //!   ([`OAuthErrorBody`]) on `/oauth/*`;
@@ -11,16 +12,15 @@
 //!   429 (rate limited) and 503 (credential checks unavailable);
 //! - every operation with a JSON body gets 413 and 415.
 //!
-//! Types built only for this document (bodies the handlers assemble with `json!`, and the OAuth
-//! form bodies the handlers parse by hand) live here; they are checked against the server's real
-//! answers by schemathesis in CI (`.ci/schemathesis.sh`).
+//! Types built only for this document (the OAuth form bodies the handlers parse by hand, and the
+//! answers the OAuth and auth handlers still assemble with `json!`) live here; they are checked
+//! against the server's real answers by schemathesis in CI (`.ci/schemathesis.sh`).
 
 use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bulkhead_store::tokens::AuthSession;
-use bulkhead_store::webhooks::{Attempt, Delivery, Message};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::content::ContentBuilder;
@@ -29,6 +29,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::http::authz::{RouteAccess, RouteTable};
 use crate::http::error::Problem;
 use crate::http::routes::{
     api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, usage,
@@ -39,6 +40,11 @@ use crate::http::routes::{
 pub const BEARER: &str = "bearer";
 /// The OAuth client authentication by HTTP Basic (`client_id` = key id, secret = the key).
 pub const CLIENT_BASIC: &str = "client_basic";
+
+/// The route of this document: public, like `/healthz`.
+pub fn routes() -> RouteTable {
+    RouteTable::new().get("/openapi.json", RouteAccess::Public, serve)
+}
 
 /// `GET /openapi.json`: this document (no credential needed, like `/healthz`).
 #[utoipa::path(
@@ -55,9 +61,26 @@ pub async fn serve() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }
 
-/// The document.
+/// The document: this module's own operations, every route module's `Api` merged in, then what
+/// operations share ([`Shared`]) added over the whole.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    for part in [
+        health::Api::openapi(),
+        audit::Api::openapi(),
+        sessions::Api::openapi(),
+        api_keys::Api::openapi(),
+        webhooks::Api::openapi(),
+        principals::Api::openapi(),
+        roles::Api::openapi(),
+        tools::Api::openapi(),
+        context::Api::openapi(),
+        usage::Api::openapi(),
+    ] {
+        doc.merge(part);
+    }
+    Shared.modify(&mut doc);
+    doc
 }
 
 #[derive(OpenApi)]
@@ -72,34 +95,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             response carries `RateLimit-Policy` and `RateLimit` headers; 429 answers carry `Retry-After`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    // The OAuth and auth modules do not carry their own `Api` yet: their operations are
+    // listed here. Every other module's are merged in `openapi()`.
     paths(
         serve,
-        health::healthz, health::readyz,
         oauth::token, oauth::revocation::revoke, oauth::introspection::introspect,
         oauth::discovery::metadata, oauth::discovery::jwks,
-        audit::log_key,
         auth::login, auth::logout, auth::list_sessions, auth::end_session,
         auth::get_policy, auth::put_policy,
-        sessions::create, sessions::list, sessions::fetch, sessions::update, sessions::remove,
-        api_keys::create, api_keys::list, api_keys::fetch, api_keys::update, api_keys::rotate,
-        api_keys::revoke, api_keys::revoke_all, api_keys::get_policy, api_keys::put_policy,
-        webhooks::create, webhooks::list, webhooks::fetch, webhooks::update, webhooks::remove,
-        webhooks::rotate_secret, webhooks::send_test, webhooks::recover, webhooks::publish,
-        webhooks::fetch_message, webhooks::attempts, webhooks::resend,
-        audit::list_events, audit::checkpoint_now, audit::latest_checkpoint, audit::inclusion,
-        audit::consistency, audit::export,
-        principals::list_users, principals::create_user, principals::fetch_user,
-        principals::update_user, principals::list_agents, principals::create_agent,
-        principals::fetch_agent, principals::update_agent,
-        roles::list_roles, roles::create_role, roles::fetch_role, roles::update_role,
-        roles::delete_role, roles::list_assignments, roles::assign, roles::unassign,
-        tools::create, tools::list, tools::fetch, tools::update, tools::remove, tools::versions,
-        tools::get_policy, tools::put_policy, tools::call,
-        context::context,
-        usage::usage,
     ),
     components(schemas(Problem, OAuthErrorBody)),
-    modifiers(&Shared),
     tags(
         (name = "meta", description = "Health and this document"),
         (name = "oauth", description = "OAuth 2.0 token, revocation and introspection endpoints, and the JWKS"),
@@ -421,26 +426,6 @@ pub struct Jwks {
     pub keys: Vec<Value>,
 }
 
-/// `{"status": …}` of `/healthz` and `/readyz`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Status {
-    /// `ok` or `ready`.
-    pub status: String,
-}
-
-/// The audit log's public key.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LogKey {
-    /// `ed25519`.
-    pub algorithm: String,
-    /// Names the key in checkpoints.
-    pub key_id: String,
-    /// `base64:…`.
-    pub public_key: String,
-    /// The first line of the signed checkpoint text.
-    pub checkpoint_format: String,
-}
-
 /// One of the caller's auth sessions.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuthSessionView {
@@ -456,34 +441,4 @@ pub struct AuthSessionView {
 pub struct AuthSessionList {
     /// Sessions.
     pub data: Vec<AuthSessionView>,
-}
-
-/// Keys revoked by `revoke-all`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Revoked {
-    /// Their ids.
-    pub revoked: Vec<bulkhead_core::ApiKeyId>,
-}
-
-/// Deliveries queued again.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Requeued {
-    /// How many.
-    pub requeued: u64,
-}
-
-/// A message with its deliveries.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessageView {
-    /// The message.
-    pub message: Message,
-    /// One per endpoint it was sent to.
-    pub deliveries: Vec<Delivery>,
-}
-
-/// A message's attempt log.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptList {
-    /// Attempts, oldest first.
-    pub data: Vec<Attempt>,
 }

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::{AgentId, Scope, TenantContext, UserId};
 use bulkhead_store::agents::{self, Agent, AgentStatus};
-use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::users::{self, UserRecord, UserStatus};
 use bulkhead_store::{Access, StoreError};
 use chrono::{DateTime, Utc};
@@ -20,12 +19,24 @@ use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page, page_limit};
+use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
-/// Largest page of a principal list.
-pub const MAX_PAGE_SIZE: u32 = 200;
-/// Longest agent description, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    list_users,
+    create_user,
+    fetch_user,
+    update_user,
+    list_agents,
+    create_agent,
+    fetch_agent,
+    update_agent
+))]
+pub struct Api;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -97,28 +108,6 @@ impl From<UserRecord> for UserView {
     }
 }
 
-/// A page type: its items and the cursor of the next page (one concrete type per item, so that
-/// each has its own schema in the OpenAPI document).
-macro_rules! page {
-    ($(#[$doc:meta])* $name:ident, $item:ty, $cursor:ty) => {
-        $(#[$doc])*
-        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-        pub struct $name {
-            data: Vec<$item>,
-            /// Pass as `cursor` for the next page; `null` on the last.
-            next_cursor: Option<$cursor>,
-        }
-
-        impl $name {
-            /// A page and the cursor of the next one.
-            pub fn new(data: Vec<$item>, next_cursor: Option<$cursor>) -> Self {
-                Self { data, next_cursor }
-            }
-        }
-    };
-}
-pub(crate) use page;
-
 page!(
     /// A page of users.
     UserPage, UserView, UserId
@@ -184,10 +173,6 @@ pub struct UpdateAgent {
     status: Option<RequestedStatus>,
 }
 
-fn bad_id(err: bulkhead_core::IdError) -> ApiError {
-    ApiError::BadRequest(err.to_string().into())
-}
-
 fn check_agent_name(name: &str) -> Result<(), ApiError> {
     let bytes = name.as_bytes();
     let valid = !bytes.is_empty()
@@ -203,25 +188,6 @@ fn check_agent_name(name: &str) -> Result<(), ApiError> {
             "name has 1 to 63 characters: lowercase letters, digits, `.`, `_`, `-`, starting with a letter or digit".into(),
         ))
     }
-}
-
-fn check_description(text: &str) -> Result<(), ApiError> {
-    if text.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(ApiError::Invalid(
-            format!("description is at most {MAX_DESCRIPTION_CHARS} characters").into(),
-        ));
-    }
-    Ok(())
-}
-
-async fn record(
-    tx: &mut bulkhead_store::TenantTx,
-    action: &str,
-    resource: String,
-    meta: serde_json::Value,
-) -> Result<(), StoreError> {
-    audit::record(tx, action, Some(&resource), Outcome::Success, meta).await?;
-    Ok(())
 }
 
 fn conflict_as(err: StoreError, message: &'static str) -> ApiError {
@@ -245,17 +211,12 @@ async fn list_users(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<UserPage>, ApiError> {
-    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(UserId::parse)
-        .transpose()
-        .map_err(bad_id)?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<UserId> = optional_id(query.cursor.as_deref())?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let rows = users::list(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
-    let (rows, next_cursor) = super::into_page(rows, limit, |u| u.id);
+    let (rows, next_cursor) = into_page(rows, limit, |u| u.id);
     Ok(axum::Json(UserPage::new(
         rows.into_iter().map(UserView::from).collect(),
         next_cursor,
@@ -303,8 +264,10 @@ async fn create_user(
     let user = users::create(&mut tx, &email, &hash, &bulkhead_core::ScopeSet::all())
         .await
         .map_err(|e| conflict_as(e, "a user with that email exists"))?;
-    record(&mut tx, "user.create", user.id.to_string(), json!({})).await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit("user.create", user.id, json!({}))
+        .commit(tx, &state, ctx)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
@@ -322,7 +285,7 @@ async fn fetch_user(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<UserView>, ApiError> {
-    let id = UserId::parse(&id).map_err(bad_id)?;
+    let id: UserId = validate::id(&id)?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let user = users::get(&mut tx, id).await?;
     tx.commit().await?;
@@ -348,7 +311,7 @@ async fn update_user(
     Json(body): Json<UpdateUser>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let ctx = &tenant.0;
-    let id = UserId::parse(&id).map_err(bad_id)?;
+    let id: UserId = validate::id(&id)?;
     refuse_self_disable(ctx, &id.to_string(), body.status)?;
     let status = match body.status {
         RequestedStatus::Active => UserStatus::Active,
@@ -357,17 +320,11 @@ async fn update_user(
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     users::set_status(&mut tx, id, status).await?;
     let user = users::get(&mut tx, id).await?;
-    record(
-        &mut tx,
-        "user.update",
-        id.to_string(),
-        json!({ "status": status }),
-    )
-    .await?;
-    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
-    crate::service::ceilings::announce_change(&mut tx).await?;
-    tx.commit().await?;
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Tail::new()
+        .audit("user.update", id, json!({ "status": status }))
+        .ceilings_changed()
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(axum::Json(user.into()))
 }
 
@@ -400,17 +357,12 @@ async fn list_agents(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<AgentPage>, ApiError> {
-    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(AgentId::parse)
-        .transpose()
-        .map_err(bad_id)?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<AgentId> = optional_id(query.cursor.as_deref())?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let rows = agents::list(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
+    let (data, next_cursor) = into_page(rows, limit, |a| a.id);
     Ok(axum::Json(AgentPage::new(data, next_cursor)))
 }
 
@@ -432,26 +384,21 @@ async fn create_agent(
 ) -> Result<(StatusCode, axum::Json<Agent>), ApiError> {
     let ctx = &tenant.0;
     check_agent_name(&body.name)?;
-    check_description(&body.description)?;
-    let owner = body
-        .owner_user_id
-        .as_deref()
-        .map(UserId::parse)
-        .transpose()
-        .map_err(bad_id)?;
+    let description = validate::description(&body.description)?;
+    let owner: Option<UserId> = optional_id(body.owner_user_id.as_deref())?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     // An owner of another tenant fails the composite foreign key: 404, like a missing one.
-    let agent = agents::create(&mut tx, &body.name, &body.description, owner)
+    let agent = agents::create(&mut tx, &body.name, &description, owner)
         .await
         .map_err(|e| conflict_as(e, "an agent with that name exists"))?;
-    record(
-        &mut tx,
-        "agent.create",
-        agent.id.to_string(),
-        json!({ "name": agent.name, "owner_user_id": agent.owner_user_id }),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit(
+            "agent.create",
+            agent.id,
+            json!({ "name": agent.name, "owner_user_id": agent.owner_user_id }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(agent)))
 }
 
@@ -469,7 +416,7 @@ async fn fetch_agent(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Agent>, ApiError> {
-    let id = AgentId::parse(&id).map_err(bad_id)?;
+    let id: AgentId = validate::id(&id)?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let agent = agents::get(&mut tx, id).await?;
     tx.commit().await?;
@@ -494,26 +441,26 @@ async fn update_agent(
     Json(body): Json<UpdateAgent>,
 ) -> Result<axum::Json<Agent>, ApiError> {
     let ctx = &tenant.0;
-    let id = AgentId::parse(&id).map_err(bad_id)?;
-    if let Some(description) = &body.description {
-        check_description(description)?;
-    }
+    let id: AgentId = validate::id(&id)?;
+    let description = body
+        .description
+        .as_deref()
+        .map(validate::description)
+        .transpose()?;
     let status = body.status.map(|s| match s {
         RequestedStatus::Active => AgentStatus::Active,
         RequestedStatus::Disabled => AgentStatus::Disabled,
     });
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let agent = agents::update(&mut tx, id, body.description.as_deref(), status).await?;
-    record(
-        &mut tx,
-        "agent.update",
-        id.to_string(),
-        json!({ "status": agent.status, "description_changed": body.description.is_some() }),
-    )
-    .await?;
-    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
-    crate::service::ceilings::announce_change(&mut tx).await?;
-    tx.commit().await?;
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    let agent = agents::update(&mut tx, id, description.as_deref(), status).await?;
+    Tail::new()
+        .audit(
+            "agent.update",
+            id,
+            json!({ "status": agent.status, "description_changed": description.is_some() }),
+        )
+        .ceilings_changed()
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(axum::Json(agent))
 }

@@ -11,21 +11,32 @@ use bulkhead_auth::rbac::BuiltInRole;
 use bulkhead_core::{AgentId, RoleAssignmentId, RoleId, Scope, ScopeSet, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::rbac::{self, Assignment, Principal, Role};
-use bulkhead_store::{Access, StoreError, TenantTx};
+use bulkhead_store::{Access, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::principals::page;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::{check_may_grant, RouteTable};
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page, page_limit};
+use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
-/// Largest page of roles or assignments.
-pub const MAX_PAGE_SIZE: u32 = 200;
-/// Longest role description, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 500;
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    list_roles,
+    create_role,
+    fetch_role,
+    update_role,
+    delete_role,
+    list_assignments,
+    assign,
+    unassign
+))]
+pub struct Api;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -146,17 +157,6 @@ page!(
     AssignmentPage, Assignment, RoleAssignmentId
 );
 
-fn bad_id(err: bulkhead_core::IdError) -> ApiError {
-    ApiError::BadRequest(err.to_string().into())
-}
-
-fn parse_opt<T>(
-    text: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, bulkhead_core::IdError>,
-) -> Result<Option<T>, ApiError> {
-    text.map(parse).transpose().map_err(bad_id)
-}
-
 fn check_role_name(name: &str) -> Result<(), ApiError> {
     let bytes = name.as_bytes();
     let valid = !bytes.is_empty()
@@ -172,15 +172,6 @@ fn check_role_name(name: &str) -> Result<(), ApiError> {
     }
     if BuiltInRole::by_name(name).is_some() {
         return Err(ApiError::Conflict("that name is a built-in role".into()));
-    }
-    Ok(())
-}
-
-fn check_description(text: &str) -> Result<(), ApiError> {
-    if text.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(ApiError::Invalid(
-            format!("description is at most {MAX_DESCRIPTION_CHARS} characters").into(),
-        ));
     }
     Ok(())
 }
@@ -225,16 +216,6 @@ async fn audited_grant_check(
     Err(err)
 }
 
-async fn success(
-    tx: &mut TenantTx,
-    action: &str,
-    resource: String,
-    meta: serde_json::Value,
-) -> Result<(), StoreError> {
-    audit::record(tx, action, Some(&resource), Outcome::Success, meta).await?;
-    Ok(())
-}
-
 #[utoipa::path(
     get, path = "/v1/roles", tag = "roles",
     params(ListRolesQuery),
@@ -249,12 +230,12 @@ async fn list_roles(
     tenant: Tenant,
     Query(query): Query<ListRolesQuery>,
 ) -> Result<axum::Json<RolePage>, ApiError> {
-    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
-    let after = parse_opt(query.cursor.as_deref(), RoleId::parse)?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<RoleId> = optional_id(query.cursor.as_deref())?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let rows = rbac::list_roles(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |r| r.id);
+    let (data, next_cursor) = into_page(rows, limit, |r| r.id);
     Ok(axum::Json(RolePage::new(data, next_cursor)))
 }
 
@@ -276,11 +257,11 @@ async fn create_role(
 ) -> Result<(StatusCode, axum::Json<Role>), ApiError> {
     let ctx = &tenant.0;
     check_role_name(&body.name)?;
-    check_description(&body.description)?;
+    let description = validate::description(&body.description)?;
     let permissions = parse_permissions(&body.permissions)?;
     audited_grant_check(&state, ctx, "role.create", None, &permissions).await?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let role = rbac::create_role(&mut tx, &body.name, &body.description, &permissions)
+    let role = rbac::create_role(&mut tx, &body.name, &description, &permissions)
         .await
         .map_err(|e| match e {
             StoreError::Conflict { .. } => {
@@ -288,14 +269,14 @@ async fn create_role(
             }
             other => other.into(),
         })?;
-    success(
-        &mut tx,
-        "role.create",
-        role.id.to_string(),
-        json!({ "name": role.name, "permissions": permissions.to_strings() }),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit(
+            "role.create",
+            role.id,
+            json!({ "name": role.name, "permissions": permissions.to_strings() }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(role)))
 }
 
@@ -313,7 +294,7 @@ async fn fetch_role(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Role>, ApiError> {
-    let id = RoleId::parse(&id).map_err(bad_id)?;
+    let id: RoleId = validate::id(&id)?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let role = rbac::get_role(&mut tx, id).await?;
     tx.commit().await?;
@@ -340,10 +321,12 @@ async fn update_role(
     Json(body): Json<UpdateRole>,
 ) -> Result<axum::Json<Role>, ApiError> {
     let ctx = &tenant.0;
-    let id = RoleId::parse(&id).map_err(bad_id)?;
-    if let Some(description) = &body.description {
-        check_description(description)?;
-    }
+    let id: RoleId = validate::id(&id)?;
+    let description = body
+        .description
+        .as_deref()
+        .map(validate::description)
+        .transpose()?;
     let permissions = body
         .permissions
         .as_deref()
@@ -362,24 +345,16 @@ async fn update_role(
         audited_grant_check(&state, ctx, "role.update", Some(id.to_string()), &touched).await?;
         return Err(err);
     }
-    let role = rbac::update_role(
-        &mut tx,
-        id,
-        body.description.as_deref(),
-        permissions.as_ref(),
-    )
-    .await?;
-    success(
-        &mut tx,
-        "role.update",
-        id.to_string(),
-        json!({ "permissions": role.permissions.to_strings() }),
-    )
-    .await?;
-    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
-    crate::service::ceilings::announce_change(&mut tx).await?;
-    tx.commit().await?;
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    let role = rbac::update_role(&mut tx, id, description.as_deref(), permissions.as_ref()).await?;
+    Tail::new()
+        .audit(
+            "role.update",
+            id,
+            json!({ "permissions": role.permissions.to_strings() }),
+        )
+        .ceilings_changed()
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(axum::Json(role))
 }
 
@@ -400,7 +375,7 @@ async fn delete_role(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id = RoleId::parse(&id).map_err(bad_id)?;
+    let id: RoleId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let current = rbac::get_role_for_update(&mut tx, id).await?;
     if let Err(err) = check_may_grant(ctx, &current.permissions, "role-grant") {
@@ -410,25 +385,18 @@ async fn delete_role(
         return Err(err);
     }
     rbac::delete_role(&mut tx, id).await?;
-    success(
-        &mut tx,
-        "role.delete",
-        id.to_string(),
-        json!({ "name": current.name }),
-    )
-    .await?;
-    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
-    crate::service::ceilings::announce_change(&mut tx).await?;
-    tx.commit().await?;
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Tail::new()
+        .audit("role.delete", id, json!({ "name": current.name }))
+        .ceilings_changed()
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 fn principal_of(user: Option<&str>, agent: Option<&str>) -> Result<Option<Principal>, ApiError> {
-    match (
-        parse_opt(user, UserId::parse)?,
-        parse_opt(agent, AgentId::parse)?,
-    ) {
+    let user: Option<UserId> = optional_id(user)?;
+    let agent: Option<AgentId> = optional_id(agent)?;
+    match (user, agent) {
         (Some(user), None) => Ok(Some(Principal::User(user))),
         (None, Some(agent)) => Ok(Some(Principal::Agent(agent))),
         (None, None) => Ok(None),
@@ -452,14 +420,14 @@ async fn list_assignments(
     tenant: Tenant,
     Query(query): Query<ListAssignmentsQuery>,
 ) -> Result<axum::Json<AssignmentPage>, ApiError> {
-    let limit = super::page_limit(query.limit, 50, MAX_PAGE_SIZE)?;
-    let after = parse_opt(query.cursor.as_deref(), RoleAssignmentId::parse)?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<RoleAssignmentId> = optional_id(query.cursor.as_deref())?;
     let principal = principal_of(query.user_id.as_deref(), query.agent_id.as_deref())?;
-    let role = parse_opt(query.role_id.as_deref(), RoleId::parse)?;
+    let role: Option<RoleId> = optional_id(query.role_id.as_deref())?;
     let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
     let rows = rbac::list_assignments(&mut tx, principal, role, after, limit + 1).await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |a| a.id);
+    let (data, next_cursor) = into_page(rows, limit, |a| a.id);
     Ok(axum::Json(AssignmentPage::new(data, next_cursor)))
 }
 
@@ -483,7 +451,7 @@ async fn assign(
     let ctx = &tenant.0;
     let principal = principal_of(body.user_id.as_deref(), body.agent_id.as_deref())?
         .ok_or_else(|| ApiError::Invalid("name one principal: user_id or agent_id".into()))?;
-    let role_id = parse_opt(body.role_id.as_deref(), RoleId::parse)?;
+    let role_id: Option<RoleId> = optional_id(body.role_id.as_deref())?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let role = match (role_id, body.role.as_deref()) {
         (Some(id), None) => rbac::get_role(&mut tx, id).await?,
@@ -509,17 +477,15 @@ async fn assign(
             }
             other => other.into(),
         })?;
-    success(
-        &mut tx,
-        "role.assign",
-        assignment.id.to_string(),
-        json!({ "role": role.name, "principal": principal }),
-    )
-    .await?;
-    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
-    crate::service::ceilings::announce_change(&mut tx).await?;
-    tx.commit().await?;
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Tail::new()
+        .audit(
+            "role.assign",
+            assignment.id,
+            json!({ "role": role.name, "principal": principal }),
+        )
+        .ceilings_changed()
+        .commit(tx, &state, ctx)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(assignment)))
 }
 
@@ -539,7 +505,7 @@ async fn unassign(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id = RoleAssignmentId::parse(&id).map_err(bad_id)?;
+    let id: RoleAssignmentId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let assignment = rbac::get_assignment(&mut tx, id).await?;
     let role = rbac::get_role(&mut tx, assignment.role_id).await?;
@@ -550,16 +516,14 @@ async fn unassign(
         return Err(err);
     }
     rbac::unassign(&mut tx, id).await?;
-    success(
-        &mut tx,
-        "role.unassign",
-        id.to_string(),
-        json!({ "role": role.name, "principal": assignment.principal }),
-    )
-    .await?;
-    // Other processes drop this tenant's ceilings at commit (NOTIFY), this one now.
-    crate::service::ceilings::announce_change(&mut tx).await?;
-    tx.commit().await?;
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    Tail::new()
+        .audit(
+            "role.unassign",
+            id,
+            json!({ "role": role.name, "principal": assignment.principal }),
+        )
+        .ceilings_changed()
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

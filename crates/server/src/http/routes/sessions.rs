@@ -6,26 +6,29 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{Scope, SessionId};
-use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::sessions::{
     self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
 };
-use bulkhead_store::{webhooks, Access};
+use bulkhead_store::Access;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page_limit};
+use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
-/// Default page size of `GET /v1/sessions`.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest page size; larger requests are refused (422), not silently clamped.
-pub const MAX_PAGE_SIZE: u32 = 200;
 /// Largest serialized `metadata` object.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
+
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(create, list, fetch, update, remove))]
+pub struct Api;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -116,10 +119,6 @@ pub struct SessionPage {
     next_cursor: Option<SessionId>,
 }
 
-fn parse_id(text: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
-}
-
 /// A write outside the credential's resource prefix is a security decision: leave its event.
 fn audit_prefix_refusal(
     ctx: &bulkhead_core::TenantContext,
@@ -162,23 +161,9 @@ fn check_title(title: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb cannot store one).
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
-}
-
 fn check_metadata(metadata: Map<String, Value>) -> Result<Value, ApiError> {
     let value = Value::Object(metadata);
-    if holds_nul(&value) {
-        return Err(ApiError::Invalid(
-            "metadata may not contain NUL characters".into(),
-        ));
-    }
+    validate::refuse_nul("metadata", &value)?;
     let size = serde_json::to_vec(&value)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
@@ -220,21 +205,11 @@ async fn create(
     let session = sessions::create(&mut tx, &new)
         .await
         .map_err(|e| audit_prefix_refusal(ctx, e))?;
-    audit::record(
-        &mut tx,
-        "session.create",
-        Some(&session.id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    webhooks::enqueue_platform_event(
-        &mut tx,
-        "session.created",
-        json!({ "session_id": session.id }),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit("session.create", session.id, json!({}))
+        .event("session.created", json!({ "session_id": session.id }))
+        .commit(tx, &state, ctx)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(session)))
 }
 
@@ -254,7 +229,7 @@ async fn fetch(
     Path(id): Path<String>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
     let ctx = &tenant.0;
-    let id = parse_id(&id)?;
+    let id: SessionId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let session = sessions::get(&mut tx, id).await?;
     tx.commit().await?;
@@ -277,8 +252,8 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<SessionPage>, ApiError> {
     let ctx = &tenant.0;
-    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<SessionId> = optional_id(query.cursor.as_deref())?;
     if let Some(agent_id) = &query.agent_id {
         check_agent_id(agent_id)?;
     }
@@ -294,7 +269,7 @@ async fn list(
     )
     .await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |s| s.id);
+    let (data, next_cursor) = into_page(rows, limit, |s| s.id);
     Ok(axum::Json(SessionPage { data, next_cursor }))
 }
 
@@ -317,7 +292,7 @@ async fn update(
     Json(body): Json<UpdateSession>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
     let ctx = &tenant.0;
-    let id = parse_id(&id)?;
+    let id: SessionId = validate::id(&id)?;
     if let Some(title) = &body.title {
         check_title(title)?;
     }
@@ -331,21 +306,11 @@ async fn update(
     let session = sessions::update(&mut tx, id, &patch)
         .await
         .map_err(|e| audit_prefix_refusal(ctx, e))?;
-    audit::record(
-        &mut tx,
-        "session.update",
-        Some(&session.id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    webhooks::enqueue_platform_event(
-        &mut tx,
-        "session.updated",
-        json!({ "session_id": session.id }),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit("session.update", session.id, json!({}))
+        .event("session.updated", json!({ "session_id": session.id }))
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(axum::Json(session))
 }
 
@@ -365,19 +330,13 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id = parse_id(&id)?;
+    let id: SessionId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     sessions::delete(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        "session.delete",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    webhooks::enqueue_platform_event(&mut tx, "session.deleted", json!({ "session_id": id }))
+    Tail::new()
+        .audit("session.delete", id, json!({}))
+        .event("session.deleted", json!({ "session_id": id }))
+        .commit(tx, &state, ctx)
         .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,6 +15,11 @@ use crate::http::error::ApiError;
 use crate::http::extract::Tenant;
 use crate::http::state::AppState;
 
+/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(usage))]
+pub struct Api;
+
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
     RouteTable::new()

@@ -8,32 +8,49 @@ use crate::http::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use bulkhead_core::{Actor, ApiKeyId, EndpointId, MessageId, PrefixedId, Scope, TenantContext};
+use bulkhead_core::{Actor, ApiKeyId, EndpointId, Scope, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::webhooks::{
-    self as store, Endpoint, EndpointPatch, MessageSource, NewEndpoint,
-};
+use bulkhead_store::webhooks::{self as store, Endpoint, EndpointPatch, NewEndpoint};
 use bulkhead_store::Access;
 use bulkhead_webhooks::headers::check_custom_headers;
 use bulkhead_webhooks::Secret;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page_limit};
+use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
-/// Default page size of the endpoint list.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest page size.
-pub const MAX_PAGE_SIZE: u32 = 200;
+pub mod deliveries;
+use deliveries::{attempts, fetch_message, publish, recover, resend, send_test};
+
 /// Most event types an endpoint subscribes to.
 pub const MAX_EVENT_TYPES: usize = 100;
 /// Largest message payload (serialized JSON).
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Default validity of the previous secret after a rotation.
 pub const DEFAULT_ROTATION_GRACE_SECONDS: i64 = 86_400;
+
+/// This module's operations in the OpenAPI document, which [`crate::http::routes::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    create,
+    list,
+    fetch,
+    update,
+    remove,
+    rotate_secret,
+    deliveries::send_test,
+    deliveries::recover,
+    deliveries::publish,
+    deliveries::fetch_message,
+    deliveries::attempts,
+    deliveries::resend
+))]
+pub struct Api;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -157,30 +174,6 @@ pub struct RotateSecret {
     grace_seconds: Option<i64>,
 }
 
-/// Body of `POST …/recover`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Recover {
-    /// Failed deliveries created at or after this time are queued again.
-    since: DateTime<Utc>,
-}
-
-/// Body of `POST /v1/webhooks/messages`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PublishMessage {
-    /// `^[a-z][a-z0-9_.-]{0,99}$`, outside the platform namespaces.
-    #[schema(example = "invoice.paid")]
-    event_type: String,
-    /// Any JSON, at most 256 KiB serialized.
-    #[schema(value_type = Object)]
-    payload: Value,
-}
-
-fn parse<K: bulkhead_core::id::IdKind>(text: &str) -> Result<PrefixedId<K>, ApiError> {
-    PrefixedId::<K>::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
-}
-
 /// `^[a-z][a-z0-9_.-]{0,99}$`, the database's own rule.
 pub fn valid_event_type(t: &str) -> bool {
     let b = t.as_bytes();
@@ -196,15 +189,6 @@ fn check_event_types(types: &[String]) -> Result<(), ApiError> {
     if types.len() > MAX_EVENT_TYPES || !types.iter().all(|t| valid_event_type(t)) {
         return Err(ApiError::Invalid(
             format!("event_types: at most {MAX_EVENT_TYPES} types of 1 to 100 characters a-z, 0-9, `_`, `.`, `-`, starting with a letter").into(),
-        ));
-    }
-    Ok(())
-}
-
-fn check_description(text: &str) -> Result<(), ApiError> {
-    if text.chars().count() > 500 || text.chars().any(char::is_control) {
-        return Err(ApiError::Invalid(
-            "description has at most 500 characters and no control characters".into(),
         ));
     }
     Ok(())
@@ -321,7 +305,7 @@ async fn create(
     Json(body): Json<CreateEndpoint>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ctx = &tenant.0;
-    check_description(&body.description)?;
+    let description = validate::description(&body.description)?;
     check_event_types(&body.event_types)?;
     let streams = streams_audit(&body.event_types);
     if streams {
@@ -333,7 +317,7 @@ async fn create(
     let secret = Secret::generate();
     let new = NewEndpoint {
         url,
-        description: body.description,
+        description,
         event_types: body.event_types,
         rate_limit_per_second: body.rate_limit_per_second,
         headers,
@@ -345,15 +329,10 @@ async fn create(
     if streams {
         store::set_audit_grantors(&mut tx, endpoint.id, &audit_grantors(ctx.actor())).await?;
     }
-    audit::record(
-        &mut tx,
-        "webhook.endpoint_create",
-        Some(&endpoint.id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit("webhook.endpoint_create", endpoint.id, json!({}))
+        .commit(tx, &state, ctx)
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(EndpointWithSecret {
@@ -379,16 +358,12 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<EndpointPage>, ApiError> {
     let ctx = &tenant.0;
-    let limit = super::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(parse::<bulkhead_core::id::EndpointKind>)
-        .transpose()?;
+    let limit = page_limit(query.limit)?;
+    let after: Option<EndpointId> = optional_id(query.cursor.as_deref())?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let rows = store::list_endpoints(&mut tx, after, limit + 1).await?;
     tx.commit().await?;
-    let (data, next_cursor) = super::into_page(rows, limit, |e| e.id);
+    let (data, next_cursor) = into_page(rows, limit, |e| e.id);
     Ok(axum::Json(EndpointPage { data, next_cursor }))
 }
 
@@ -408,7 +383,7 @@ async fn fetch(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
     let ctx = &tenant.0;
-    let id: EndpointId = parse(&id)?;
+    let id: EndpointId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let endpoint = store::get_endpoint(&mut tx, id).await?;
     tx.commit().await?;
@@ -434,10 +409,12 @@ async fn update(
     Json(body): Json<UpdateEndpoint>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
     let ctx = &tenant.0;
-    let id: EndpointId = parse(&id)?;
-    if let Some(d) = &body.description {
-        check_description(d)?;
-    }
+    let id: EndpointId = validate::id(&id)?;
+    let description = body
+        .description
+        .as_deref()
+        .map(validate::description)
+        .transpose()?;
     if let Some(t) = &body.event_types {
         check_event_types(t)?;
     }
@@ -449,7 +426,7 @@ async fn update(
     };
     let patch = EndpointPatch {
         url,
-        description: body.description,
+        description,
         event_types: body.event_types,
         enabled: body.enabled,
         rate_limit_per_second: body.rate_limit_per_second,
@@ -465,15 +442,14 @@ async fn update(
         require_audit_read(ctx, "audit-stream-subscription")?;
         store::set_audit_grantors(&mut tx, id, &audit_grantors(ctx.actor())).await?;
     }
-    audit::record(
-        &mut tx,
-        "webhook.endpoint_update",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({ "enabled": body.enabled }),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit(
+            "webhook.endpoint_update",
+            id,
+            json!({ "enabled": body.enabled }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(axum::Json(endpoint))
 }
 
@@ -493,18 +469,13 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id: EndpointId = parse(&id)?;
+    let id: EndpointId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     store::delete_endpoint(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        "webhook.endpoint_delete",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit("webhook.endpoint_delete", id, json!({}))
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -527,7 +498,7 @@ async fn rotate_secret(
     body: axum::body::Bytes,
 ) -> Result<axum::Json<EndpointWithSecret>, ApiError> {
     let ctx = &tenant.0;
-    let id: EndpointId = parse(&id)?;
+    let id: EndpointId = validate::id(&id)?;
     // The body is optional: empty means the defaults.
     let body: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
         RotateSecret::default()
@@ -558,267 +529,16 @@ async fn rotate_secret(
     )
     .await?;
     let endpoint = store::get_endpoint(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        "webhook.secret_rotate",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({ "previous_valid_until": until }),
-    )
-    .await?;
-    tx.commit().await?;
+    Tail::new()
+        .audit(
+            "webhook.secret_rotate",
+            id,
+            json!({ "previous_valid_until": until }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
     Ok(axum::Json(EndpointWithSecret {
         endpoint,
         secret: secret.expose_text(),
     }))
-}
-
-/// A queued message.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Queued {
-    /// The message id (its `webhook-id`).
-    id: MessageId,
-    /// Deliveries queued.
-    deliveries: u64,
-}
-
-/// Queues a `webhook.test` message to this endpoint.
-#[utoipa::path(
-    post, path = "/v1/webhooks/endpoints/{id}/test", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    responses(
-        (status = 202, description = "Queued", body = Queued),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
-async fn send_test(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let ctx = &tenant.0;
-    let id: EndpointId = parse(&id)?;
-    let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let payload = json!({ "endpoint_id": id });
-    let (message, deliveries) = store::publish(
-        &mut tx,
-        "webhook.test",
-        &payload,
-        MessageSource::Platform,
-        Some(id),
-        now,
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        "webhook.test",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({ "message_id": message }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(Queued {
-            id: message,
-            deliveries,
-        }),
-    ))
-}
-
-/// Queues again the failed deliveries created since a time.
-#[utoipa::path(
-    post, path = "/v1/webhooks/endpoints/{id}/recover", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    request_body = Recover,
-    responses(
-        (status = 200, description = "How many were queued", body = crate::http::routes::openapi::Requeued),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
-async fn recover(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<Recover>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = &tenant.0;
-    let id: EndpointId = parse(&id)?;
-    let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let requeued = store::recover(&mut tx, id, body.since, now).await?;
-    audit::record(
-        &mut tx,
-        "webhook.recover",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({ "since": body.since, "requeued": requeued }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(axum::Json(json!({ "requeued": requeued })))
-}
-
-/// Publishes the tenant's own event to its subscribed endpoints.
-#[utoipa::path(
-    post, path = "/v1/webhooks/messages", tag = "webhooks",
-    request_body = PublishMessage,
-    responses(
-        (status = 202, description = "Queued", body = Queued),
-        (status = 422, description = "An invalid or reserved event type, or a payload too large"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
-async fn publish(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Json(body): Json<PublishMessage>,
-) -> Result<impl IntoResponse, ApiError> {
-    let ctx = &tenant.0;
-    if !valid_event_type(&body.event_type) {
-        return Err(ApiError::Invalid(
-            "event_type: 1 to 100 characters a-z, 0-9, `_`, `.`, `-`, starting with a letter"
-                .into(),
-        ));
-    }
-    // The one list of platform namespaces (`PLATFORM_EVENT_NAMESPACES`), which the store also
-    // enforces on every message it writes.
-    if store::is_platform_event_type(&body.event_type) {
-        return Err(ApiError::Invalid(
-            "event_type: that namespace is reserved for platform events".into(),
-        ));
-    }
-    if holds_nul(&body.payload) {
-        return Err(ApiError::Invalid(
-            "payload may not contain NUL characters".into(),
-        ));
-    }
-    let size = serde_json::to_vec(&body.payload)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > MAX_PAYLOAD_BYTES {
-        return Err(ApiError::Invalid(
-            format!("payload is limited to {MAX_PAYLOAD_BYTES} bytes of JSON").into(),
-        ));
-    }
-    let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let (id, deliveries) = store::publish(
-        &mut tx,
-        &body.event_type,
-        &body.payload,
-        MessageSource::Tenant,
-        None,
-        now,
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        "webhook.message_publish",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({ "event_type": body.event_type, "deliveries": deliveries }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Queued { id, deliveries })))
-}
-
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
-}
-
-/// A message with its deliveries.
-#[utoipa::path(
-    get, path = "/v1/webhooks/messages/{id}", tag = "webhooks",
-    params(("id" = MessageId, Path, description = "The message")),
-    responses(
-        (status = 200, description = "The message", body = crate::http::routes::openapi::MessageView),
-        (status = 404, description = "No such message (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
-async fn fetch_message(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = &tenant.0;
-    let id: MessageId = parse(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let message = store::get_message(&mut tx, id).await?;
-    require_audit_read_for_message(ctx, &message)?;
-    let deliveries = store::deliveries_of(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(
-        json!({ "message": message, "deliveries": deliveries }),
-    ))
-}
-
-/// A message's attempt log.
-#[utoipa::path(
-    get, path = "/v1/webhooks/messages/{id}/attempts", tag = "webhooks",
-    params(("id" = MessageId, Path, description = "The message")),
-    responses(
-        (status = 200, description = "The attempts", body = crate::http::routes::openapi::AttemptList),
-        (status = 404, description = "No such message (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
-async fn attempts(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = &tenant.0;
-    let id: MessageId = parse(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let message = store::get_message(&mut tx, id).await?;
-    require_audit_read_for_message(ctx, &message)?;
-    let attempts = store::attempts_of(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(json!({ "data": attempts })))
-}
-
-/// Queues every delivery of a message again.
-#[utoipa::path(
-    post, path = "/v1/webhooks/messages/{id}/resend", tag = "webhooks",
-    params(("id" = MessageId, Path, description = "The message")),
-    responses(
-        (status = 200, description = "How many were queued", body = crate::http::routes::openapi::Requeued),
-        (status = 404, description = "No such message (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
-async fn resend(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let ctx = &tenant.0;
-    let id: MessageId = parse(&id)?;
-    let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let message = store::get_message(&mut tx, id).await?;
-    require_audit_read_for_message(ctx, &message)?;
-    let requeued = store::resend(&mut tx, id, now).await?;
-    audit::record(
-        &mut tx,
-        "webhook.resend",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({ "requeued": requeued }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(axum::Json(json!({ "requeued": requeued })))
 }

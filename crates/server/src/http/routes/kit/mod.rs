@@ -1,0 +1,12 @@
+//! The route kit: what every resource module shares, so that a rule is written once and a new
+//! resource takes it instead of writing its own copy.
+//!
+//! - [`validate`]: the one description rule, the one id parser, the one NUL check;
+//! - [`page`]: the one page-size rule and the cut of a `limit + 1` query into a page;
+//! - [`write`]: the one tail of a write (audit event, platform events, ceiling change, commit);
+//! - [`policy`]: the one get/put of a tenant-wide policy row.
+
+pub(crate) mod page;
+pub(crate) mod policy;
+pub(crate) mod validate;
+pub(crate) mod write;

@@ -1,0 +1,524 @@
+//! `POST /v1/tools/{name}/calls`: a tool call. The credential's `tools:call:<name>` decides;
+//! the input is validated against the tool's stored schema on the schema pool (compiled schemas
+//! cached per tenant, tool and version); a `started` audit event commits before the request
+//! leaves, and the end of the call is audited with its outcome. The registry is the parent
+//! module.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use bulkhead_core::{TenantContext, ToolCallId, ToolName};
+use bulkhead_store::audit::{self, NewEvent, Outcome};
+use bulkhead_store::tools::{self as store, Tool};
+use bulkhead_store::Access;
+use bulkhead_webhooks::{CappedOutcome, Secret};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{parse_name, schema_limits, subject, MAX_SCHEMA_BYTES};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Tenant};
+use crate::http::state::AppState;
+use crate::service::screen::{self, Report};
+
+/// Validation errors named in a 422 at most.
+pub const MAX_REPORTED_ERRORS: usize = 5;
+
+/// Largest body of a tool call (413 beyond). A call's input is parsed, serialised again and
+/// hashed on the request's own runtime thread before the schema pool sees it; at the
+/// application's 1 MiB a tenant calling within its rate took a third of a small machine's core
+/// that way and tripled another tenant's p99 (issue 27's hostile-schema run). Tool inputs are
+/// arguments, not uploads: 256 KiB is far above any MCP tool's.
+pub const MAX_CALL_BODY_BYTES: usize = 256 * 1024;
+
+/// Body of `POST /v1/tools/{name}/calls`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallTool {
+    input: Value,
+}
+
+/// The answer of a call.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CallResult {
+    call_id: ToolCallId,
+    tool: String,
+    version: i32,
+    status: u16,
+    latency_ms: u64,
+    /// The tool's answer: JSON when it is JSON, else text; screened under the tenant's policy.
+    output: Value,
+    /// How screening of the answer ended.
+    screening: OutputScreening,
+}
+
+/// The screening of a tool's answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OutputScreening {
+    /// `clean`, `flagged` or `sanitized`.
+    verdict: &'static str,
+    /// Matched rule ids.
+    rules: Vec<String>,
+    /// The rule file's version.
+    rules_version: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a call's audit event says.
+struct CallRecord {
+    call_id: ToolCallId,
+    tool: ToolName,
+    tool_id: Option<String>,
+    version: Option<i32>,
+    input_sha256: Option<String>,
+    outcome: Outcome,
+    result: &'static str,
+    status: Option<u16>,
+    latency_ms: u64,
+    /// The `started` event this result closes (calls that sent something).
+    start_event: Option<String>,
+}
+
+/// The audit event of a call's end: caller (the transaction's actor), delegation chain (the
+/// credential's, filled in by the audit store), tool, input hash, outcome, latency, and for a
+/// call that was sent, the id of its `started` event (the two also share `call_id`).
+async fn audit_call(
+    state: &AppState,
+    ctx: &TenantContext,
+    r: &CallRecord,
+    output: Option<&Report<'_>>,
+) -> Result<(), ApiError> {
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    if let Some(report) = output {
+        report.record(&mut tx, &subject(&r.tool)).await?;
+    }
+    audit::record_event(
+        &mut tx,
+        &NewEvent {
+            resource_id: r.tool_id.as_deref(),
+            metadata: json!({
+                "call_id": r.call_id,
+                "tool": r.tool.as_str(),
+                "version": r.version,
+                "input_sha256": r.input_sha256,
+                "result": r.result,
+                "status": r.status,
+                "latency_ms": r.latency_ms,
+                "output_rules": output.map(Report::rules),
+                "start_event_id": r.start_event,
+            }),
+            ..NewEvent::new("tool.call", r.outcome)
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(target: "bulkhead::audit", action = "tool.call", tenant_id = %ctx.tenant_id(), actor_id = %ctx.actor().audit_id(), tool = %r.tool, result = r.result, latency_ms = r.latency_ms, "tool call");
+    Ok(())
+}
+
+/// The `started` event of a call, committed before the request leaves: if this write fails,
+/// nothing is sent. Returns its id.
+async fn audit_start(
+    state: &AppState,
+    ctx: &TenantContext,
+    r: &CallRecord,
+) -> Result<String, ApiError> {
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let id = audit::record_event(
+        &mut tx,
+        &NewEvent {
+            resource_id: r.tool_id.as_deref(),
+            metadata: json!({
+                "call_id": r.call_id,
+                "tool": r.tool.as_str(),
+                "version": r.version,
+                "input_sha256": r.input_sha256,
+                "result": "started",
+            }),
+            ..NewEvent::new("tool.call", Outcome::Started)
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id.to_string())
+}
+
+/// Key of a compiled input schema: the tenant is part of it, so one tenant's entry can never
+/// answer for another's tool even if ids collided.
+type SchemaKey = (String, String, i32);
+
+/// A stored schema and what compiling it gave (refusals are cached too: a stored schema that no
+/// longer passes the bounds is not re-checked on every call).
+#[derive(Debug)]
+pub(crate) struct CachedSchema {
+    schema: Value,
+    compiled: Result<bulkhead_schema::BoundedSchema, bulkhead_schema::SchemaError>,
+}
+
+/// Compiled input schemas (`AppState::schema_cache`), weighed by their approximate size.
+pub(crate) type SchemaCache = moka::sync::Cache<SchemaKey, Arc<CachedSchema>>;
+
+/// At most about 64 MiB of compiled schemas, each kept 10 minutes after its last use.
+pub(crate) fn new_schema_cache() -> SchemaCache {
+    moka::sync::Cache::builder()
+        .max_capacity(64 << 20)
+        .weigher(|_, v: &Arc<CachedSchema>| {
+            let bytes = v
+                .compiled
+                .as_ref()
+                .map_or(0, bulkhead_schema::BoundedSchema::approx_bytes)
+                .saturating_add(MAX_SCHEMA_BYTES as u64);
+            u32::try_from(bytes).unwrap_or(u32::MAX)
+        })
+        .time_to_idle(Duration::from_secs(600))
+        .build()
+}
+
+/// Validates `input` against the tool's stored schema under the bounds, on the schema pool,
+/// compiling the schema only when (tenant, tool id, version) is not cached. Gives the input
+/// back with the verdict.
+async fn validate_input(
+    state: &AppState,
+    ctx: &TenantContext,
+    tool: &Tool,
+    input: Value,
+) -> Result<(Value, Result<Vec<String>, InputRefusal>), bulkhead_schema::PoolError> {
+    let key: SchemaKey = (
+        ctx.tenant_id().to_string(),
+        tool.id.to_string(),
+        tool.version,
+    );
+    // Compared on a hit as well: the entry must be of exactly this schema.
+    let cached = state
+        .schema_cache()
+        .get(&key)
+        .filter(|c| c.schema == tool.input_schema);
+    let schema = tool.input_schema.clone();
+    let cache = state.schema_cache().clone();
+    state
+        .schema_pool()
+        .run(&ctx.tenant_id().to_string(), move || {
+            let entry = cached.unwrap_or_else(|| {
+                let compiled = bulkhead_schema::BoundedSchema::compile(&schema, &schema_limits());
+                let entry = Arc::new(CachedSchema { schema, compiled });
+                cache.insert(key, Arc::clone(&entry));
+                entry
+            });
+            let verdict = match &entry.compiled {
+                Err(e) => Err(InputRefusal::Schema(e.clone())),
+                Ok(compiled) => compiled
+                    .validate(&input, MAX_REPORTED_ERRORS)
+                    .map_err(InputRefusal::Input),
+            };
+            (input, verdict)
+        })
+        .await
+}
+
+/// Why a call's input was not validated.
+enum InputRefusal {
+    /// The stored schema no longer passes the bounds (registered before they existed).
+    Schema(bulkhead_schema::SchemaError),
+    /// This input would cost more than the bounds allow.
+    Input(bulkhead_schema::SchemaError),
+}
+
+#[utoipa::path(
+    post, path = "/v1/tools/{name}/calls", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    request_body = CallTool,
+    responses(
+        (status = 200, description = "The tool's answer", body = CallResult),
+        (status = 403, description = "The credential lacks `tools:call:<name>` (or `tools:call:*`)"),
+        (status = 404, description = "No such tool (or another tenant's)"),
+        (status = 409, description = "The tool is disabled"),
+        (status = 422, description = "The input does not match the tool's schema, or would cost more to validate than the bounds allow"),
+        (status = 502, description = "The tool failed, answered too much, or its answer was refused by screening"),
+        (status = 503, description = "Schema evaluation is busy, or the call could not be recorded (nothing was sent)"),
+        (status = 504, description = "The tool did not answer in time"),
+    ),
+    security(("bearer" = ["tools:call:<name>"])),
+)]
+pub(super) async fn call(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Json(body): Json<CallTool>,
+) -> Result<axum::Json<CallResult>, ApiError> {
+    let started = Instant::now();
+    let name = parse_name(&name)?;
+    let ctx = &tenant.0;
+    let call_id = ToolCallId::new();
+    let mut record = CallRecord {
+        call_id,
+        tool: name.clone(),
+        tool_id: None,
+        version: None,
+        input_sha256: None,
+        outcome: Outcome::Blocked,
+        result: "missing_scope",
+        status: None,
+        latency_ms: 0,
+        start_event: None,
+    };
+    // The permission: a function of the credential and the path alone, decided before the
+    // registry is read, so it tells nothing about which tools exist.
+    if !ctx.may_call_tool(&name) {
+        record.latency_ms = elapsed(started);
+        audit_call(&state, ctx, &record, None).await?;
+        return Err(ApiError::MissingToolScope(name.as_str().to_owned()));
+    }
+    let input_bytes = serde_json::to_vec(&body.input).map_err(|e| ApiError::Internal(e.into()))?;
+    record.input_sha256 = Some(sha256_hex(&input_bytes));
+
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let tool = match store::get(&mut tx, &name).await {
+        Ok(tool) => tool,
+        Err(bulkhead_store::StoreError::NotFound) => {
+            drop(tx);
+            record.outcome = Outcome::Failure;
+            record.result = "not_found";
+            record.latency_ms = elapsed(started);
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::NotFound);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let secret = store::signing_secret(&mut tx, &tool, state.master_key()).await?;
+    let policy = screen::policy(&mut tx).await?;
+    tx.commit().await?;
+    record.tool_id = Some(tool.id.to_string());
+    record.version = Some(tool.version);
+    let secret = Secret::from_bytes(&secret)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool secret: {e}")))?;
+
+    if !tool.enabled {
+        record.outcome = Outcome::Failure;
+        record.result = "disabled";
+        record.latency_ms = elapsed(started);
+        audit_call(&state, ctx, &record, None).await?;
+        return Err(ApiError::Conflict("the tool is disabled".into()));
+    }
+    // Off the async runtime, on the bounded schema pool: a tenant's schema and input cannot
+    // stall or crash the server (crates/schema).
+    let validated = validate_input(&state, ctx, &tool, body.input).await;
+    let refused = |record: &mut CallRecord, result: &'static str| {
+        record.outcome = Outcome::Failure;
+        record.result = result;
+        record.latency_ms = elapsed(started);
+    };
+    let input = match validated {
+        Err(_) => {
+            refused(&mut record, "validation_busy");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::SchemaBusy);
+        }
+        Ok((_, Err(InputRefusal::Schema(e)))) => {
+            refused(&mut record, "schema_refused");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::Invalid(
+                format!("the tool's input_schema exceeds the schema bounds ({e}); replace it with PATCH")
+                    .into(),
+            ));
+        }
+        Ok((_, Err(InputRefusal::Input(e)))) => {
+            refused(&mut record, "input_too_costly");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::Invalid(format!("input: {e}").into()));
+        }
+        Ok((_, Ok(errors))) if !errors.is_empty() => {
+            refused(&mut record, "invalid_input");
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(ApiError::Invalid(
+                format!(
+                    "input does not match the tool's schema: {}",
+                    errors.join("; ")
+                )
+                .into(),
+            ));
+        }
+        Ok((input, Ok(_))) => input,
+    };
+
+    let payload = json!({
+        "type": "tool.call",
+        "call_id": call_id,
+        "tool": tool.name,
+        "version": tool.version,
+        "caller": {
+            "actor_id": ctx.actor().audit_id(),
+            "actor_type": ctx.actor().audit_type(),
+            "delegation": ctx.actor().delegation(),
+        },
+        "input": input,
+    });
+    let body_bytes =
+        bytes::Bytes::from(serde_json::to_vec(&payload).map_err(|e| ApiError::Internal(e.into()))?);
+    let timestamp = state.clock().now().timestamp();
+    let mut headers = bulkhead_webhooks::signing::signed_headers(
+        &[&secret],
+        &call_id.to_string(),
+        timestamp,
+        &body_bytes,
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+
+    // The start is committed before anything leaves; if it cannot be, nothing is sent.
+    record.start_event = Some(audit_start(&state, ctx, &record).await?);
+    // From here the call and its result event run in their own task: a client that
+    // disconnects drops this handler, not the call, so what was sent is always recorded.
+    let outbound = Outbound {
+        state: state.clone(),
+        ctx: ctx.clone(),
+        record,
+        tool,
+        headers,
+        body: body_bytes,
+        policy,
+        started,
+    };
+    tokio::spawn(outbound.run())
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool call task: {e}")))?
+        .map(axum::Json)
+}
+
+fn elapsed(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A call whose `started` event is committed: everything it needs to send the request and
+/// record the result, owned, so it can outlive the request that started it.
+struct Outbound {
+    state: AppState,
+    ctx: TenantContext,
+    record: CallRecord,
+    tool: Tool,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+    policy: bulkhead_screening::Policy,
+    started: Instant,
+}
+
+impl Outbound {
+    async fn run(self) -> Result<CallResult, ApiError> {
+        let Outbound {
+            state,
+            ctx,
+            mut record,
+            tool,
+            headers,
+            body,
+            policy,
+            started,
+        } = self;
+        let ctx = &ctx;
+        let state = &state;
+        let client = state.tool_client();
+        let settings = &state.config().tools;
+        let outcome = client
+            .post_capped(
+                ctx.tenant_id(),
+                &tool.endpoint_url,
+                headers,
+                body,
+                settings.max_response_bytes,
+                settings.call_timeout,
+            )
+            .await;
+        record.latency_ms = elapsed(started);
+        let answer = match outcome {
+            CappedOutcome::Response {
+                status,
+                content_type,
+                body,
+                ..
+            } => {
+                record.status = Some(status);
+                if (200..300).contains(&status) {
+                    record.outcome = Outcome::Success;
+                    record.result = "success";
+                    let is_json = content_type
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with("application/json"));
+                    let output = if is_json {
+                        serde_json::from_slice(&body).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&body).into_owned())
+                        })
+                    } else {
+                        Value::String(String::from_utf8_lossy(&body).into_owned())
+                    };
+                    Ok(output)
+                } else {
+                    record.outcome = Outcome::Failure;
+                    record.result = "tool_error";
+                    Err(ApiError::ToolFailed(status))
+                }
+            }
+            CappedOutcome::TooLarge { status, .. } => {
+                record.status = Some(status);
+                record.outcome = Outcome::Failure;
+                record.result = "response_too_large";
+                Err(ApiError::ToolResponseTooLarge(settings.max_response_bytes))
+            }
+            CappedOutcome::Blocked(refusal) => {
+                record.outcome = Outcome::Blocked;
+                record.result = "egress_blocked";
+                Err(ApiError::ToolEndpointRefused(refusal.to_string()))
+            }
+            CappedOutcome::Transport { class, .. } => {
+                record.outcome = Outcome::Failure;
+                if class == "timeout" {
+                    record.result = "timeout";
+                    Err(ApiError::ToolTimeout)
+                } else {
+                    record.result = "unreachable";
+                    Err(ApiError::ToolUnreachable(class))
+                }
+            }
+        };
+        let output = match answer {
+            Ok(output) => output,
+            Err(err) => {
+                audit_call(state, ctx, &record, None).await?;
+                return Err(err);
+            }
+        };
+        // The answer enters the agent's context: screened like everything else a tenant
+        // supplies.
+        let screener = screen::screener(state)?;
+        let mut report = Report::new(screener, policy);
+        let output = report.output(&output);
+        if report.rejected() {
+            record.outcome = Outcome::Blocked;
+            record.result = "output_rejected";
+            audit_call(state, ctx, &record, Some(&report)).await?;
+            return Err(ApiError::ToolOutputRejected(report.rules().join(", ")));
+        }
+        audit_call(state, ctx, &record, Some(&report)).await?;
+        Ok(CallResult {
+            call_id: record.call_id,
+            tool: tool.name.clone(),
+            version: tool.version,
+            status: record.status.unwrap_or_default(),
+            latency_ms: record.latency_ms,
+            output,
+            screening: OutputScreening {
+                verdict: report.verdict().as_str(),
+                rules: report.rules(),
+                rules_version: screener.version().to_owned(),
+            },
+        })
+    }
+}

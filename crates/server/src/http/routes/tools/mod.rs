@@ -1,0 +1,582 @@
+//! `/v1/tools`: the tenant's tool registry and tool calls.
+//!
+//! Who may do what (each handler's first line checks it):
+//!
+//! | route | permission |
+//! |---|---|
+//! | `POST /v1/tools`, `PATCH`/`DELETE /v1/tools/{name}`, `GET /v1/tools/{name}/versions`, `GET`/`PUT /v1/screening-policy` | `tools:manage` |
+//! | `GET /v1/tools` | `tools:list`: enabled tools the credential may call; `?include_disabled=true` needs `tools:manage` and lists all |
+//! | `GET /v1/tools/{name}` | `tools:manage`, or `tools:list` for an enabled tool the credential may call (else 404) |
+//! | `POST /v1/tools/{name}/calls` | `tools:call:<name>` or `tools:call:*` |
+//!
+//! Every tenant-supplied text (name, description, every string of the input schema) is screened
+//! under the tenant's policy before it is stored; refusals are recorded and audited before the
+//! 422. A tool's endpoint is judged by the egress policy at registration and again, with its DNS
+//! answers, on every call.
+
+use crate::http::authz::RouteAccess::{self, Requires};
+use crate::http::authz::RouteTable;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bulkhead_core::{Scope, TenantContext, ToolName};
+use bulkhead_screening::FieldKind;
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tools::{self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible};
+use bulkhead_store::Access;
+use bulkhead_webhooks::Secret;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::page::{into_page, page_limit};
+use crate::http::routes::kit::policy;
+use crate::http::routes::kit::write::Tail;
+use crate::http::state::AppState;
+use crate::service::screen::{self, Report};
+
+pub mod calls;
+use calls::{call, MAX_CALL_BODY_BYTES};
+pub(crate) use calls::{new_schema_cache, SchemaCache};
+
+/// Largest input schema, serialized.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// This module's operations in the OpenAPI document, which [`crate::http::routes::openapi`] merges.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    create,
+    list,
+    fetch,
+    update,
+    remove,
+    versions,
+    get_policy,
+    put_policy,
+    calls::call
+))]
+pub struct Api;
+
+/// The routes, mounted under `/v1` behind tenant resolution.
+pub fn routes() -> RouteTable {
+    use crate::http::authz::{
+        Confinement::{self, Refused},
+        TENANT_WIDE_READ,
+    };
+    const MANAGE: RouteAccess = Requires(Scope::ToolsManage);
+    const LIST: RouteAccess = Requires(Scope::ToolsList);
+    RouteTable::new()
+        .get("/v1/tools", LIST, list)
+        .confine(TENANT_WIDE_READ)
+        .post("/v1/tools", MANAGE, create)
+        .confine(Refused)
+        .get("/v1/tools/{name}", LIST, fetch)
+        .confine(TENANT_WIDE_READ)
+        .patch("/v1/tools/{name}", MANAGE, update)
+        .confine(Refused)
+        .delete("/v1/tools/{name}", MANAGE, remove)
+        .confine(Refused)
+        .get("/v1/tools/{name}/versions", MANAGE, versions)
+        .confine(TENANT_WIDE_READ)
+        // The permission is per tool (`tools:call:<name>`): the handler decides, from the
+        // credential's effective scopes, before anything else.
+        .post("/v1/tools/{name}/calls", RouteAccess::Authenticated, call)
+        .body_limit(MAX_CALL_BODY_BYTES)
+        .confine(Confinement::Admitted(
+            "calling a tool is what delegation is for; a call leaves only its audit record, \
+             and `tools:call:<name>` (cut to every hop of the chain) bounds which tools",
+        ))
+        .get("/v1/screening-policy", MANAGE, get_policy)
+        .confine(TENANT_WIDE_READ)
+        .put("/v1/screening-policy", MANAGE, put_policy)
+        .confine(Refused)
+}
+
+/// Body of `POST /v1/tools`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTool {
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// A JSON Schema of `type: object`, at most 64 KiB.
+    #[schema(value_type = Object)]
+    input_schema: Map<String, Value>,
+    /// `https://…`, judged by the egress policy.
+    endpoint_url: String,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// Body of `PATCH /v1/tools/{name}`. The name never changes: it is the tool's scope.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTool {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    input_schema: Option<Map<String, Value>>,
+    #[serde(default)]
+    endpoint_url: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// Query of `GET /v1/tools`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    include_disabled: Option<bool>,
+}
+
+/// A page of tools.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ToolPage {
+    data: Vec<Tool>,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
+
+/// A tool with its signing secret: only in the answer of create.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ToolWithSecret {
+    #[serde(flatten)]
+    tool: Tool,
+    /// `whsec_…`: verifies the signature of every call; shown once.
+    signing_secret: String,
+}
+
+/// The history of a tool.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionList {
+    data: Vec<ToolVersion>,
+}
+
+/// Body of `PUT /v1/screening-policy`. Named apart from the key policy's body: two schemas of
+/// one name collide in the document.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = PutScreeningPolicy)]
+#[serde(deny_unknown_fields)]
+pub struct PutPolicy {
+    /// `reject`, `flag` or `sanitize`.
+    policy: String,
+}
+
+/// Answer of `/v1/screening-policy`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyBody {
+    /// `reject`, `flag` or `sanitize`.
+    policy: String,
+    /// The rule file's version.
+    rules_version: String,
+}
+
+fn parse_name(text: &str) -> Result<ToolName, ApiError> {
+    ToolName::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+fn subject(name: &ToolName) -> String {
+    format!("tool:{name}")
+}
+
+/// Judges an endpoint URL by the egress policy; a refusal is audited and answered 422 naming
+/// the rule.
+async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
+    match state.config().webhook_egress.check_url(url) {
+        Ok(checked) => Ok(checked.as_str().to_owned()),
+        Err(refusal) => {
+            let rule = refusal.to_string();
+            let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+            audit::record(
+                &mut tx,
+                "tool.blocked",
+                None,
+                Outcome::Blocked,
+                json!({ "stage": "registration", "rule": rule }),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "tool endpoint URL refused");
+            Err(ApiError::Invalid(format!("endpoint_url: {rule}").into()))
+        }
+    }
+}
+
+/// The bounds a tenant's input schema is held to (`bulkhead_schema`): the shipped defaults,
+/// with the size cap this API documents.
+pub(crate) fn schema_limits() -> bulkhead_schema::Limits {
+    bulkhead_schema::Limits {
+        max_bytes: MAX_SCHEMA_BYTES,
+        ..bulkhead_schema::Limits::default()
+    }
+}
+
+/// Checks an input schema: an object schema that `bulkhead_schema` can evaluate in bounded
+/// time and memory (no remote or cyclic references, bounded size, depth, expansion, enums and
+/// patterns). The check runs on the schema pool, off the async runtime. A refusal is audited
+/// (`tool.blocked`, stage `schema`, with the reason) and answered 422 naming why.
+async fn check_schema(
+    state: &AppState,
+    ctx: &TenantContext,
+    schema: &Value,
+) -> Result<(), ApiError> {
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(ApiError::Invalid(
+            "input_schema must be an object schema (`\"type\": \"object\"`)".into(),
+        ));
+    }
+    let owned = schema.clone();
+    let checked = state
+        .schema_pool()
+        .run(&ctx.tenant_id().to_string(), move || {
+            bulkhead_schema::BoundedSchema::compile(&owned, &schema_limits()).map(|_| ())
+        })
+        .await
+        .map_err(|_| ApiError::SchemaBusy)?;
+    let Err(refusal) = checked else {
+        return Ok(());
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    audit::record(
+        &mut tx,
+        "tool.blocked",
+        None,
+        Outcome::Blocked,
+        json!({ "stage": "schema", "reason": refusal.reason() }),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), reason = refusal.reason(), "tool input schema refused");
+    Err(ApiError::Invalid(format!("input_schema: {refusal}").into()))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tools", tag = "tools",
+    request_body = CreateTool,
+    responses(
+        (status = 201, description = "The tool and its signing secret (shown once)", body = ToolWithSecret),
+        (status = 409, description = "A tool with that name exists"),
+        (status = 422, description = "An invalid field, a refused endpoint URL, or text refused by screening"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateTool>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = &tenant.0;
+    let name =
+        ToolName::parse(&body.name).map_err(|e| ApiError::Invalid(format!("name: {e}").into()))?;
+    let schema = Value::Object(body.input_schema);
+    check_schema(&state, ctx, &schema).await?;
+    let url = check_url(&state, ctx, &body.endpoint_url).await?;
+    let screener = screen::screener(&state)?;
+    let mut report = Report::new(screener, policy::read(&state, ctx).await?);
+    // A name is an identifier (and a scope): never rewritten, refused on any match.
+    report.strict(FieldKind::ToolName, "name", name.as_str());
+    let description = report.text(FieldKind::ToolDescription, "description", &body.description);
+    let schema = report.schema(&schema);
+    let subject = subject(&name);
+    if report.rejected() {
+        report.record_alone(&state, ctx, &subject).await?;
+        return Err(report.rejection());
+    }
+    check_schema(&state, ctx, &schema).await?;
+    let secret = Secret::generate();
+    let new = NewTool {
+        name,
+        description: description.unwrap_or_default(),
+        input_schema: schema,
+        endpoint_url: url,
+        enabled: body.enabled.unwrap_or(true),
+        screening: report.outcome(),
+        secret: secret.expose_bytes().to_vec(),
+    };
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    report.record(&mut tx, &subject).await?;
+    let tool = store::create(&mut tx, &new, state.master_key()).await?;
+    Tail::new()
+        .audit(
+            "tool.create",
+            tool.id,
+            json!({
+                "tool": tool.name,
+                "version": tool.version,
+                "screening": tool.screening,
+                "rules_version": report.rules_version(),
+            }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ToolWithSecret {
+            tool,
+            signing_secret: secret.expose_text(),
+        }),
+    ))
+}
+
+/// What the credential may see of the registry: the enabled tools it may call.
+pub(crate) fn visible_to(ctx: &TenantContext) -> Visible {
+    match ctx.actor().scopes() {
+        None => Visible::Callable {
+            every: true,
+            names: Vec::new(),
+        },
+        Some(scopes) => Visible::Callable {
+            every: scopes.calls_all_tools(),
+            names: scopes
+                .callable_tools()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+        },
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/tools", tag = "tools",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The enabled tools the credential may call (all, with include_disabled and tools:manage)", body = ToolPage),
+        (status = 422, description = "Limit out of range"),
+    ),
+    security(("bearer" = ["tools:list"])),
+)]
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<ToolPage>, ApiError> {
+    let (ctx, visible) = if query.include_disabled == Some(true) {
+        (tenant.require(Scope::ToolsManage)?, Visible::All)
+    } else {
+        let ctx = tenant.require(Scope::ToolsList)?;
+        (ctx, visible_to(ctx))
+    };
+    let limit = page_limit(query.limit)?;
+    let after = query.cursor.as_deref().map(parse_name).transpose()?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let rows = store::list(&mut tx, &visible, after.as_ref(), limit + 1).await?;
+    tx.commit().await?;
+    let (data, next_cursor) = into_page(rows, limit, |t| t.name.clone());
+    Ok(axum::Json(ToolPage { data, next_cursor }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    responses(
+        (status = 200, description = "The tool", body = Tool),
+        (status = 404, description = "No such tool (or another tenant's)"),
+    ),
+    security(("bearer" = ["tools:list"])),
+)]
+async fn fetch(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Tool>, ApiError> {
+    // Managers see any tool; listers only enabled tools they may call, and anything else
+    // answers exactly like a missing tool.
+    let manager = tenant.0.has_scope(Scope::ToolsManage);
+    let ctx = if manager {
+        &tenant.0
+    } else {
+        tenant.require(Scope::ToolsList)?
+    };
+    let name = parse_name(&name)?;
+    if !manager && !ctx.may_call_tool(&name) {
+        return Err(ApiError::NotFound);
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let tool = store::get(&mut tx, &name).await?;
+    tx.commit().await?;
+    if !manager && !tool.enabled {
+        return Err(ApiError::NotFound);
+    }
+    Ok(axum::Json(tool))
+}
+
+#[utoipa::path(
+    patch, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    request_body = UpdateTool,
+    responses(
+        (status = 200, description = "The tool, at its new version", body = Tool),
+        (status = 404, description = "No such tool (or another tenant's)"),
+        (status = 422, description = "An invalid field, a refused endpoint URL, or text refused by screening"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
+async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Json(body): Json<UpdateTool>,
+) -> Result<axum::Json<Tool>, ApiError> {
+    let ctx = &tenant.0;
+    let name = parse_name(&name)?;
+    let schema = body.input_schema.map(Value::Object);
+    if let Some(schema) = &schema {
+        check_schema(&state, ctx, schema).await?;
+    }
+    let url = match &body.endpoint_url {
+        Some(url) => Some(check_url(&state, ctx, url).await?),
+        None => None,
+    };
+    let screener = screen::screener(&state)?;
+    let mut report = Report::new(screener, policy::read(&state, ctx).await?);
+    let description = body
+        .description
+        .as_deref()
+        .map(|d| report.text(FieldKind::ToolDescription, "description", d));
+    let schema = schema.map(|s| report.schema(&s));
+    let subject = subject(&name);
+    if report.rejected() {
+        report.record_alone(&state, ctx, &subject).await?;
+        return Err(report.rejection());
+    }
+    if let Some(schema) = &schema {
+        check_schema(&state, ctx, schema).await?;
+    }
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let current = store::get(&mut tx, &name).await?;
+    // The new version is flagged if a changed field was flagged, or if it keeps a flagged
+    // field unchanged (a flag is lifted only by replacing what carried it).
+    let screening = if report.flagged()
+        || (current.screening == "flagged" && !(description.is_some() && schema.is_some()))
+    {
+        "flagged"
+    } else {
+        "clean"
+    };
+    report.record(&mut tx, &subject).await?;
+    let tool = store::update(
+        &mut tx,
+        &name,
+        &ToolPatch {
+            description: description.map(Option::unwrap_or_default),
+            input_schema: schema,
+            endpoint_url: url,
+            enabled: body.enabled,
+            screening,
+        },
+    )
+    .await?;
+    Tail::new()
+        .audit(
+            "tool.update",
+            tool.id,
+            json!({
+                "tool": tool.name,
+                "version": tool.version,
+                "enabled": tool.enabled,
+                "screening": tool.screening,
+                "rules_version": report.rules_version(),
+            }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok(axum::Json(tool))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    responses(
+        (status = 204, description = "Deleted, with its history"),
+        (status = 404, description = "No such tool (or another tenant's)"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = &tenant.0;
+    let name = parse_name(&name)?;
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let id = store::delete(&mut tx, &name).await?;
+    Tail::new()
+        .audit("tool.delete", id, json!({ "tool": name.as_str() }))
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get, path = "/v1/tools/{name}/versions", tag = "tools",
+    params(("name" = String, Path, description = "The tool's name")),
+    responses(
+        (status = 200, description = "Every version of the tool", body = VersionList),
+        (status = 404, description = "No such tool (or another tenant's)"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
+async fn versions(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(name): Path<String>,
+) -> Result<axum::Json<VersionList>, ApiError> {
+    let ctx = &tenant.0;
+    let name = parse_name(&name)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let data = store::versions(&mut tx, &name).await?;
+    tx.commit().await?;
+    Ok(axum::Json(VersionList { data }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/screening-policy", tag = "tools",
+    responses((status = 200, description = "The tenant's screening policy", body = PolicyBody)),
+    security(("bearer" = ["tools:manage"])),
+)]
+async fn get_policy(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<axum::Json<PolicyBody>, ApiError> {
+    let screener = screen::screener(&state)?;
+    let policy: bulkhead_screening::Policy = policy::read(&state, &tenant.0).await?;
+    Ok(axum::Json(PolicyBody {
+        policy: policy.as_str().to_owned(),
+        rules_version: screener.version().to_owned(),
+    }))
+}
+
+#[utoipa::path(
+    put, path = "/v1/screening-policy", tag = "tools",
+    request_body = PutPolicy,
+    responses(
+        (status = 200, description = "The new policy", body = PolicyBody),
+        (status = 422, description = "Not one of reject, flag, sanitize"),
+    ),
+    security(("bearer" = ["tools:manage"])),
+)]
+async fn put_policy(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<PutPolicy>,
+) -> Result<axum::Json<PolicyBody>, ApiError> {
+    let ctx = &tenant.0;
+    let screener = screen::screener(&state)?;
+    let policy = bulkhead_screening::Policy::parse(&body.policy)
+        .ok_or_else(|| ApiError::Invalid("policy is `reject`, `flag` or `sanitize`".into()))?;
+    policy::replace(&state, ctx, &policy).await?;
+    Ok(axum::Json(PolicyBody {
+        policy: policy.as_str().to_owned(),
+        rules_version: screener.version().to_owned(),
+    }))
+}

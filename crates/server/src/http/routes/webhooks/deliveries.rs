@@ -1,0 +1,289 @@
+//! The messages of `/v1/webhooks`: a tenant's own events published, a test message, the
+//! deliveries of a message and their attempt log, and queueing failed deliveries again. The
+//! endpoints themselves are in the parent module.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bulkhead_core::{EndpointId, MessageId};
+use bulkhead_store::webhooks::{self as store, Attempt, Delivery, Message, MessageSource};
+use bulkhead_store::Access;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{require_audit_read_for_message, valid_event_type, MAX_PAYLOAD_BYTES};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Tenant};
+use crate::http::routes::kit::validate;
+use crate::http::routes::kit::write::Tail;
+use crate::http::state::AppState;
+
+/// Body of `POST …/recover`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    /// Failed deliveries created at or after this time are queued again.
+    since: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/webhooks/messages`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishMessage {
+    /// `^[a-z][a-z0-9_.-]{0,99}$`, outside the platform namespaces.
+    #[schema(example = "invoice.paid")]
+    event_type: String,
+    /// Any JSON, at most 256 KiB serialized.
+    #[schema(value_type = Object)]
+    payload: Value,
+}
+
+/// Deliveries queued again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    /// How many.
+    requeued: u64,
+}
+
+/// A message with its deliveries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessageView {
+    /// The message.
+    message: Message,
+    /// One per endpoint it was sent to.
+    deliveries: Vec<Delivery>,
+}
+
+/// A message's attempt log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptList {
+    /// Attempts, oldest first.
+    data: Vec<Attempt>,
+}
+
+/// A queued message.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Queued {
+    /// The message id (its `webhook-id`).
+    id: MessageId,
+    /// Deliveries queued.
+    deliveries: u64,
+}
+
+/// Queues a `webhook.test` message to this endpoint.
+#[utoipa::path(
+    post, path = "/v1/webhooks/endpoints/{id}/test", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    responses(
+        (status = 202, description = "Queued", body = Queued),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
+pub(super) async fn send_test(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = &tenant.0;
+    let id: EndpointId = validate::id(&id)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let payload = json!({ "endpoint_id": id });
+    let (message, deliveries) = store::publish(
+        &mut tx,
+        "webhook.test",
+        &payload,
+        MessageSource::Platform,
+        Some(id),
+        now,
+    )
+    .await?;
+    Tail::new()
+        .audit("webhook.test", id, json!({ "message_id": message }))
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Queued {
+            id: message,
+            deliveries,
+        }),
+    ))
+}
+
+/// Queues again the failed deliveries created since a time.
+#[utoipa::path(
+    post, path = "/v1/webhooks/endpoints/{id}/recover", tag = "webhooks",
+    params(("id" = EndpointId, Path, description = "The endpoint")),
+    request_body = Recover,
+    responses(
+        (status = 200, description = "How many were queued", body = Requeued),
+        (status = 404, description = "No such endpoint (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
+pub(super) async fn recover(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Json(body): Json<Recover>,
+) -> Result<axum::Json<Requeued>, ApiError> {
+    let ctx = &tenant.0;
+    let id: EndpointId = validate::id(&id)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let requeued = store::recover(&mut tx, id, body.since, now).await?;
+    Tail::new()
+        .audit(
+            "webhook.recover",
+            id,
+            json!({ "since": body.since, "requeued": requeued }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok(axum::Json(Requeued { requeued }))
+}
+
+/// Publishes the tenant's own event to its subscribed endpoints.
+#[utoipa::path(
+    post, path = "/v1/webhooks/messages", tag = "webhooks",
+    request_body = PublishMessage,
+    responses(
+        (status = 202, description = "Queued", body = Queued),
+        (status = 422, description = "An invalid or reserved event type, or a payload too large"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<PublishMessage>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = &tenant.0;
+    if !valid_event_type(&body.event_type) {
+        return Err(ApiError::Invalid(
+            "event_type: 1 to 100 characters a-z, 0-9, `_`, `.`, `-`, starting with a letter"
+                .into(),
+        ));
+    }
+    // The one list of platform namespaces (`PLATFORM_EVENT_NAMESPACES`), which the store also
+    // enforces on every message it writes.
+    if store::is_platform_event_type(&body.event_type) {
+        return Err(ApiError::Invalid(
+            "event_type: that namespace is reserved for platform events".into(),
+        ));
+    }
+    validate::refuse_nul("payload", &body.payload)?;
+    let size = serde_json::to_vec(&body.payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(ApiError::Invalid(
+            format!("payload is limited to {MAX_PAYLOAD_BYTES} bytes of JSON").into(),
+        ));
+    }
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let (id, deliveries) = store::publish(
+        &mut tx,
+        &body.event_type,
+        &body.payload,
+        MessageSource::Tenant,
+        None,
+        now,
+    )
+    .await?;
+    Tail::new()
+        .audit(
+            "webhook.message_publish",
+            id,
+            json!({ "event_type": body.event_type, "deliveries": deliveries }),
+        )
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Queued { id, deliveries })))
+}
+
+/// A message with its deliveries.
+#[utoipa::path(
+    get, path = "/v1/webhooks/messages/{id}", tag = "webhooks",
+    params(("id" = MessageId, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The message", body = MessageView),
+        (status = 404, description = "No such message (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
+pub(super) async fn fetch_message(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    let ctx = &tenant.0;
+    let id: MessageId = validate::id(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let message = store::get_message(&mut tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
+    let deliveries = store::deliveries_of(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(MessageView {
+        message,
+        deliveries,
+    }))
+}
+
+/// A message's attempt log.
+#[utoipa::path(
+    get, path = "/v1/webhooks/messages/{id}/attempts", tag = "webhooks",
+    params(("id" = MessageId, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The attempts", body = AttemptList),
+        (status = 404, description = "No such message (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
+pub(super) async fn attempts(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AttemptList>, ApiError> {
+    let ctx = &tenant.0;
+    let id: MessageId = validate::id(&id)?;
+    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
+    let message = store::get_message(&mut tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
+    let attempts = store::attempts_of(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(AttemptList { data: attempts }))
+}
+
+/// Queues every delivery of a message again.
+#[utoipa::path(
+    post, path = "/v1/webhooks/messages/{id}/resend", tag = "webhooks",
+    params(("id" = MessageId, Path, description = "The message")),
+    responses(
+        (status = 200, description = "How many were queued", body = Requeued),
+        (status = 404, description = "No such message (or another tenant's)"),
+    ),
+    security(("bearer" = ["webhooks:manage"])),
+)]
+pub(super) async fn resend(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Requeued>, ApiError> {
+    let ctx = &tenant.0;
+    let id: MessageId = validate::id(&id)?;
+    let now = state.clock().now();
+    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    let message = store::get_message(&mut tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
+    let requeued = store::resend(&mut tx, id, now).await?;
+    Tail::new()
+        .audit("webhook.resend", id, json!({ "requeued": requeued }))
+        .commit(tx, &state, ctx)
+        .await?;
+    Ok(axum::Json(Requeued { requeued }))
+}
