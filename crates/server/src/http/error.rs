@@ -530,6 +530,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::service::screen::ContentRejected> for ApiError {
+    fn from(rejected: crate::service::screen::ContentRejected) -> Self {
+        ApiError::ContentRejected(rejected.0.into())
+    }
+}
+
 impl From<crate::service::hashing::HashError> for ApiError {
     fn from(err: crate::service::hashing::HashError) -> Self {
         use crate::service::hashing::HashError;

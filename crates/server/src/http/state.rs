@@ -33,7 +33,7 @@ struct Inner {
     audit: Arc<crate::service::audit_log::AuditService>,
     tool_client: bulkhead_webhooks::EgressClient,
     schema_pool: bulkhead_schema::Evaluator,
-    schema_cache: crate::http::routes::tools::SchemaCache,
+    schema_cache: crate::service::tool_schemas::SchemaCache,
     screener: Arc<bulkhead_screening::Screener>,
     hashing: crate::service::hashing::HashPool,
 }
@@ -117,7 +117,7 @@ impl AppState {
                 ceilings: Default::default(),
                 tool_client,
                 schema_pool,
-                schema_cache: crate::http::routes::tools::new_schema_cache(),
+                schema_cache: crate::service::tool_schemas::new_schema_cache(),
                 screener,
             }),
         }
@@ -195,7 +195,7 @@ impl AppState {
 
     /// Compiled tool input schemas keyed by (tenant, tool id, version), so a call does not
     /// recompile (and re-check every pattern of) the stored schema each time.
-    pub(crate) fn schema_cache(&self) -> &crate::http::routes::tools::SchemaCache {
+    pub(crate) fn schema_cache(&self) -> &crate::service::tool_schemas::SchemaCache {
         &self.inner.schema_cache
     }
 

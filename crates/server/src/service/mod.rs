@@ -15,4 +15,5 @@ pub mod scan;
 pub mod screen;
 pub mod tenants;
 pub mod tokens;
+pub mod tool_schemas;
 pub mod worker;

@@ -7,11 +7,8 @@ use bulkhead_core::TenantContext;
 use bulkhead_screening::{FieldKind, Policy, Screener, Verdict};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tools::{self as store, NewDecision};
-use bulkhead_store::{Access, TenantTx};
+use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use serde_json::{json, Map, Value};
-
-use crate::http::error::ApiError;
-use crate::http::state::AppState;
 
 /// Most decisions recorded for one write (a schema with thousands of poisoned strings still
 /// leaves a bounded trail; the count is in the audit event).
@@ -23,6 +20,10 @@ pub const MAX_RECORDED_DECISIONS: usize = 50;
 /// validates against: rewriting it would change what the tool accepts, so any match there is
 /// refused under every policy.
 pub const ANNOTATION_KEYS: &[&str] = &["description", "title", "$comment"];
+
+/// Screening refused the content: the detail names the first refused field and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentRejected(pub String);
 
 /// One screened field that matched a rule.
 #[derive(Debug, Clone)]
@@ -201,8 +202,8 @@ impl<'a> Report<'a> {
         set.into_iter().cloned().collect()
     }
 
-    /// A 422 naming the first refused field and its rules.
-    pub fn rejection(&self) -> ApiError {
+    /// The refusal (422 `content-rejected`) naming the first refused field and its rules.
+    pub fn rejection(&self) -> ContentRejected {
         let refused: Vec<&FieldDecision> = self
             .decisions
             .iter()
@@ -219,12 +220,12 @@ impl<'a> Report<'a> {
             ),
             None => "screening refused the content".to_owned(),
         };
-        ApiError::ContentRejected(detail.into())
+        ContentRejected(detail)
     }
 
     /// Records every decision (bounded by [`MAX_RECORDED_DECISIONS`]) in `tx`: one row and one
     /// audit event each.
-    pub async fn record(&self, tx: &mut TenantTx, subject: &str) -> Result<(), ApiError> {
+    pub async fn record(&self, tx: &mut TenantTx, subject: &str) -> Result<(), StoreError> {
         for d in self.decisions.iter().take(MAX_RECORDED_DECISIONS) {
             let id = store::record_decision(
                 tx,
@@ -267,11 +268,11 @@ impl<'a> Report<'a> {
     /// happens) and commits it.
     pub async fn record_alone(
         &self,
-        state: &AppState,
+        store: &Store,
         ctx: &TenantContext,
         subject: &str,
-    ) -> Result<(), ApiError> {
-        let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    ) -> Result<(), StoreError> {
+        let mut tx = store.begin(ctx, Access::ReadWrite).await?;
         self.record(&mut tx, subject).await?;
         tx.commit().await?;
         tracing::warn!(target: "bulkhead::audit", action = "tool.screening", tenant_id = %ctx.tenant_id(), subject = %subject, "screening decision recorded");
@@ -279,15 +280,9 @@ impl<'a> Report<'a> {
     }
 }
 
-/// The rules. They are a required part of the application (`AppParts::screener`): a rule file
-/// that does not load stops the process at start, so a request never screens with nothing.
-pub fn screener(state: &AppState) -> Result<&Screener, ApiError> {
-    Ok(state.screener().as_ref())
-}
-
 /// The tenant's screening policy, read in `tx`. An unknown stored value (the database refuses
 /// one) is treated as `reject`.
-pub async fn policy(tx: &mut TenantTx) -> Result<Policy, ApiError> {
+pub async fn policy(tx: &mut TenantTx) -> Result<Policy, StoreError> {
     let text = store::screening_policy(tx).await?;
     Ok(Policy::parse(&text).unwrap_or(Policy::Reject))
 }

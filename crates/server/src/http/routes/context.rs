@@ -96,7 +96,7 @@ async fn context(
     let ctx = &tenant.0;
     let id: SessionId = super::kit::validate::id(&id)?;
     let visible = super::tools::visible_to(ctx);
-    let screener = screen::screener(&state)?;
+    let screener = state.screener();
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
     let session = sessions::get(&mut tx, id).await?;
     let policy = screen::policy(&mut tx).await?;
@@ -109,7 +109,7 @@ async fn context(
     let title = report.text(FieldKind::SessionTitle, "title", &session.title);
     if !report.decisions.is_empty() {
         report
-            .record_alone(&state, ctx, &format!("session:{}", session.id))
+            .record_alone(state.store(), ctx, &format!("session:{}", session.id))
             .await?;
     }
     Ok(axum::Json(Context {

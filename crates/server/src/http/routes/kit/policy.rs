@@ -88,7 +88,7 @@ impl TenantPolicy for bulkhead_screening::Policy {
     const AUDIT_ACTION: &'static str = "tool.screening_policy";
 
     async fn load(tx: &mut TenantTx) -> Result<Self, ApiError> {
-        crate::service::screen::policy(tx).await
+        Ok(crate::service::screen::policy(tx).await?)
     }
 
     async fn store(&self, tx: &mut TenantTx) -> Result<(), ApiError> {

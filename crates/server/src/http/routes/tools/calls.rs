@@ -5,7 +5,7 @@
 //! module.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use bulkhead_core::{TenantContext, ToolCallId, ToolName};
@@ -17,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{parse_name, schema_limits, subject, MAX_SCHEMA_BYTES};
+use super::{parse_name, subject};
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Tenant};
 use crate::http::state::AppState;
 use crate::service::screen::{self, Report};
+use crate::service::tool_schemas::{schema_limits, CachedSchema, SchemaKey};
 
 /// Validation errors named in a 422 at most.
 pub const MAX_REPORTED_ERRORS: usize = 5;
@@ -149,37 +150,6 @@ async fn audit_start(
     .await?;
     tx.commit().await?;
     Ok(id.to_string())
-}
-
-/// Key of a compiled input schema: the tenant is part of it, so one tenant's entry can never
-/// answer for another's tool even if ids collided.
-type SchemaKey = (String, String, i32);
-
-/// A stored schema and what compiling it gave (refusals are cached too: a stored schema that no
-/// longer passes the bounds is not re-checked on every call).
-#[derive(Debug)]
-pub(crate) struct CachedSchema {
-    schema: Value,
-    compiled: Result<bulkhead_schema::BoundedSchema, bulkhead_schema::SchemaError>,
-}
-
-/// Compiled input schemas (`AppState::schema_cache`), weighed by their approximate size.
-pub(crate) type SchemaCache = moka::sync::Cache<SchemaKey, Arc<CachedSchema>>;
-
-/// At most about 64 MiB of compiled schemas, each kept 10 minutes after its last use.
-pub(crate) fn new_schema_cache() -> SchemaCache {
-    moka::sync::Cache::builder()
-        .max_capacity(64 << 20)
-        .weigher(|_, v: &Arc<CachedSchema>| {
-            let bytes = v
-                .compiled
-                .as_ref()
-                .map_or(0, bulkhead_schema::BoundedSchema::approx_bytes)
-                .saturating_add(MAX_SCHEMA_BYTES as u64);
-            u32::try_from(bytes).unwrap_or(u32::MAX)
-        })
-        .time_to_idle(Duration::from_secs(600))
-        .build()
 }
 
 /// Validates `input` against the tool's stored schema under the bounds, on the schema pool,
@@ -497,7 +467,7 @@ impl Outbound {
         };
         // The answer enters the agent's context: screened like everything else a tenant
         // supplies.
-        let screener = screen::screener(state)?;
+        let screener = state.screener();
         let mut report = Report::new(screener, policy);
         let output = report.output(&output);
         if report.rejected() {

@@ -34,14 +34,13 @@ use crate::http::routes::kit::page::{into_page, page_limit};
 use crate::http::routes::kit::policy;
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
-use crate::service::screen::{self, Report};
+use crate::service::screen::Report;
 
 pub mod calls;
 use calls::{call, MAX_CALL_BODY_BYTES};
-pub(crate) use calls::{new_schema_cache, SchemaCache};
 
-/// Largest input schema, serialized.
-pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+use crate::service::tool_schemas::schema_limits;
+pub use crate::service::tool_schemas::MAX_SCHEMA_BYTES;
 
 /// This module's operations in the OpenAPI document, which [`crate::http::routes::openapi`] merges.
 #[derive(Debug, utoipa::OpenApi)]
@@ -212,15 +211,6 @@ async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<S
     }
 }
 
-/// The bounds a tenant's input schema is held to (`bulkhead_schema`): the shipped defaults,
-/// with the size cap this API documents.
-pub(crate) fn schema_limits() -> bulkhead_schema::Limits {
-    bulkhead_schema::Limits {
-        max_bytes: MAX_SCHEMA_BYTES,
-        ..bulkhead_schema::Limits::default()
-    }
-}
-
 /// Checks an input schema: an object schema that `bulkhead_schema` can evaluate in bounded
 /// time and memory (no remote or cyclic references, bounded size, depth, expansion, enums and
 /// patterns). The check runs on the schema pool, off the async runtime. A refusal is audited
@@ -281,7 +271,7 @@ async fn create(
     let schema = Value::Object(body.input_schema);
     check_schema(&state, ctx, &schema).await?;
     let url = check_url(&state, ctx, &body.endpoint_url).await?;
-    let screener = screen::screener(&state)?;
+    let screener = state.screener();
     let mut report = Report::new(screener, policy::read(&state, ctx).await?);
     // A name is an identifier (and a scope): never rewritten, refused on any match.
     report.strict(FieldKind::ToolName, "name", name.as_str());
@@ -289,8 +279,8 @@ async fn create(
     let schema = report.schema(&schema);
     let subject = subject(&name);
     if report.rejected() {
-        report.record_alone(&state, ctx, &subject).await?;
-        return Err(report.rejection());
+        report.record_alone(state.store(), ctx, &subject).await?;
+        return Err(report.rejection().into());
     }
     check_schema(&state, ctx, &schema).await?;
     let secret = Secret::generate();
@@ -436,7 +426,7 @@ async fn update(
         Some(url) => Some(check_url(&state, ctx, url).await?),
         None => None,
     };
-    let screener = screen::screener(&state)?;
+    let screener = state.screener();
     let mut report = Report::new(screener, policy::read(&state, ctx).await?);
     let description = body
         .description
@@ -445,8 +435,8 @@ async fn update(
     let schema = schema.map(|s| report.schema(&s));
     let subject = subject(&name);
     if report.rejected() {
-        report.record_alone(&state, ctx, &subject).await?;
-        return Err(report.rejection());
+        report.record_alone(state.store(), ctx, &subject).await?;
+        return Err(report.rejection().into());
     }
     if let Some(schema) = &schema {
         check_schema(&state, ctx, schema).await?;
@@ -548,7 +538,7 @@ async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<axum::Json<PolicyBody>, ApiError> {
-    let screener = screen::screener(&state)?;
+    let screener = state.screener();
     let policy: bulkhead_screening::Policy = policy::read(&state, &tenant.0).await?;
     Ok(axum::Json(PolicyBody {
         policy: policy.as_str().to_owned(),
@@ -571,7 +561,7 @@ async fn put_policy(
     Json(body): Json<PutPolicy>,
 ) -> Result<axum::Json<PolicyBody>, ApiError> {
     let ctx = &tenant.0;
-    let screener = screen::screener(&state)?;
+    let screener = state.screener();
     let policy = bulkhead_screening::Policy::parse(&body.policy)
         .ok_or_else(|| ApiError::Invalid("policy is `reject`, `flag` or `sanitize`".into()))?;
     policy::replace(&state, ctx, &policy).await?;
