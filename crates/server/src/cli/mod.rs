@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bulkhead_auth::KeyEnvironment;
 use bulkhead_core::{TenantId, TenantSlug};
-use bulkhead_store::location::{DatabaseName, SchemaName};
-use bulkhead_store::moves::{MoveOptions, MoveProgress, MoveStep};
-use bulkhead_store::registry::{NewTenant, Plan, Tenant, TenantStatus};
+use bulkhead_store::lifecycle::moves::{MoveOptions, MoveProgress, MoveStep};
+use bulkhead_store::placement::location::{DatabaseName, SchemaName};
+use bulkhead_store::placement::registry::{NewTenant, Plan, Tenant, TenantStatus};
 use bulkhead_store::{Placement, Store};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -617,14 +617,17 @@ async fn user(action: UserCommand) -> anyhow::Result<()> {
                     bulkhead_core::RequestId::new(),
                 );
                 let mut tx = owner.begin(&ctx, bulkhead_store::Access::ReadWrite).await?;
-                let created = bulkhead_store::users::create(&mut tx, &email, &hash, &scopes)
-                    .await
-                    .map_err(|e| match e {
-                        bulkhead_store::StoreError::Conflict { .. } => {
-                            anyhow::anyhow!("a user with that email already exists in this tenant")
-                        }
-                        other => anyhow::Error::new(other),
-                    })?;
+                let created =
+                    bulkhead_store::tenant::users::create(&mut tx, &email, &hash, &scopes)
+                        .await
+                        .map_err(|e| match e {
+                            bulkhead_store::StoreError::Conflict { .. } => {
+                                anyhow::anyhow!(
+                                    "a user with that email already exists in this tenant"
+                                )
+                            }
+                            other => anyhow::Error::new(other),
+                        })?;
                 bulkhead_store::audit::record(
                     &mut tx,
                     "user.create",
@@ -634,12 +637,12 @@ async fn user(action: UserCommand) -> anyhow::Result<()> {
                 )
                 .await?;
                 for name in &roles {
-                    let role = bulkhead_store::rbac::role_by_name(&mut tx, name)
+                    let role = bulkhead_store::tenant::rbac::role_by_name(&mut tx, name)
                         .await
                         .map_err(|_| anyhow::anyhow!("no role named {name:?} in this tenant"))?;
-                    let principal = bulkhead_store::rbac::Principal::User(created.id);
+                    let principal = bulkhead_store::tenant::rbac::Principal::User(created.id);
                     let assignment =
-                        bulkhead_store::rbac::assign(&mut tx, role.id, principal).await?;
+                        bulkhead_store::tenant::rbac::assign(&mut tx, role.id, principal).await?;
                     bulkhead_store::audit::record(
                         &mut tx,
                         "role.assign",
@@ -961,7 +964,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
                 let found = find_tenant(&owner, &tenant).await?;
                 let target_region = region.clone().unwrap_or_else(|| found.region.clone());
                 if abandon {
-                    bulkhead_store::moves::abandon_move(&owner, found.id)
+                    bulkhead_store::lifecycle::moves::abandon_move(&owner, found.id)
                         .await
                         .context("cannot abandon the move")?;
                     tracing::info!(
@@ -986,7 +989,8 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
                     )
                     .await?;
                 let bar = indicatif::ProgressBar::new(
-                    (MoveStep::ALL.len() + 2 * bulkhead_store::location::TENANT_TABLES.len())
+                    (MoveStep::ALL.len()
+                        + 2 * bulkhead_store::placement::location::TENANT_TABLES.len())
                         as u64,
                 );
                 bar.set_style(
@@ -1003,7 +1007,7 @@ async fn tenant(action: TenantCommand) -> anyhow::Result<()> {
                         bar.set_message(format!("{} {table}", step.as_str()));
                     }
                 };
-                let result = bulkhead_store::moves::move_tenant(
+                let result = bulkhead_store::lifecycle::moves::move_tenant(
                     &owner,
                     found.id,
                     placement,
@@ -1049,7 +1053,7 @@ async fn migrate_everything(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} targets {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let outcomes = bulkhead_store::tiers::migrate_all(targets, parallel, |outcome| {
+    let outcomes = bulkhead_store::placement::tiers::migrate_all(targets, parallel, |outcome| {
         bar.inc(1);
         bar.set_message(outcome.label.clone());
     })

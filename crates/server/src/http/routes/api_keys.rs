@@ -6,9 +6,9 @@ use crate::http::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::{Actor, AgentId, ApiKeyId, Scope, ScopeSet, TenantContext};
-use bulkhead_store::agents::{self, AgentStatus};
-use bulkhead_store::api_keys::{self, ApiKeyRecord, KeyPatch};
 use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tenant::agents::{self, AgentStatus};
+use bulkhead_store::tenant::api_keys::{self, ApiKeyRecord, KeyPatch};
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -677,7 +677,7 @@ async fn revoke_all(
             json!({ "all_for_principal": body.principal }),
         )
         .await?;
-        bulkhead_store::webhooks::enqueue_platform_event(
+        bulkhead_store::tenant::webhooks::enqueue_platform_event(
             &mut tx,
             "api_key.revoked",
             json!({ "key_id": id }),

@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use bulkhead_auth::ActClaim;
 use bulkhead_core::{Actor, ApiKeyId, Namespace, RequestId, ScopeSet, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::registry::Tenant;
+use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use serde_json::json;

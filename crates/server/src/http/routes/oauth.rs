@@ -21,11 +21,11 @@ use base64::Engine as _;
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, RequestId, Scope, ScopeSet, TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::registry::{Tenant, TenantStatus};
-use bulkhead_store::tokens::{
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
+use bulkhead_store::tenant::tokens::{
     self, EndReason, NewAuthSession, PresentedRefresh, PrincipalType, RefreshStatus,
 };
-use bulkhead_store::users::{self, UserStatus};
+use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::Access;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -423,7 +423,7 @@ async fn client_credentials(
     let client_id = key.key_id.to_string();
     // A key of an agent issues tokens whose subject is the agent itself: its roles then bound
     // the token (and every token delegated from it) at each use.
-    let subject = match bulkhead_store::rbac::key_agent(&mut tx, key.key_id).await? {
+    let subject = match bulkhead_store::tenant::rbac::key_agent(&mut tx, key.key_id).await? {
         Some(agent) => agent.to_string(),
         None => key.principal.clone(),
     };
@@ -615,7 +615,7 @@ async fn refresh(
             .await?;
             // The tenant's security alert, in the same transaction: no alert without the
             // revocation, no revocation without the alert.
-            bulkhead_store::webhooks::enqueue_platform_event(
+            bulkhead_store::tenant::webhooks::enqueue_platform_event(
                 &mut tx,
                 "security.refresh_token_reuse",
                 json!({

@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bulkhead_store::tokens::AuthSession;
-use bulkhead_store::webhooks::{Attempt, Delivery, Message};
+use bulkhead_store::tenant::tokens::AuthSession;
+use bulkhead_store::tenant::webhooks::{Attempt, Delivery, Message};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::content::ContentBuilder;

@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{Scope, SessionId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::sessions::{
+use bulkhead_store::tenant::sessions::{
     self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
 };
-use bulkhead_store::{webhooks, Access};
+use bulkhead_store::{tenant::webhooks, Access};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 

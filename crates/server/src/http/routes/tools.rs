@@ -25,7 +25,9 @@ use axum::response::IntoResponse;
 use bulkhead_core::{Scope, TenantContext, ToolCallId, ToolName};
 use bulkhead_screening::FieldKind;
 use bulkhead_store::audit::{self, NewEvent, Outcome};
-use bulkhead_store::tools::{self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible};
+use bulkhead_store::tenant::tools::{
+    self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible,
+};
 use bulkhead_store::Access;
 use bulkhead_webhooks::{CappedOutcome, Secret};
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{Actor, ApiKeyId, EndpointId, MessageId, PrefixedId, Scope, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::webhooks::{
+use bulkhead_store::tenant::webhooks::{
     self as store, Endpoint, EndpointPatch, MessageSource, NewEndpoint,
 };
 use bulkhead_store::Access;

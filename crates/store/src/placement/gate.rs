@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(gate.in_use(a), 2);
         // A waiter gets the place when the first read ends.
         let waiter = tokio::spawn({
-            let gate = std::sync::Arc::new(gate);
+            let gate = Arc::new(gate);
             let g = gate.clone();
             async move {
                 let permit = HEAVY_READ.scope(true, g.enter(a)).await;
