@@ -437,7 +437,7 @@ pub fn webhook_headers(data: &[u8]) {
 /// array.
 pub fn api_bodies(data: &[u8]) {
     use bulkhead_server::http::routes::{api_keys, auth, sessions, webhooks};
-    use bulkhead_store::tokens::TokenPolicy;
+    use bulkhead_store::tenant::tokens::TokenPolicy;
 
     fn accepts<T: serde::de::DeserializeOwned>(data: &[u8]) -> bool {
         serde_json::from_slice::<T>(data).is_ok()

@@ -70,7 +70,7 @@ async fn baseline(
 async fn unauthenticated(
     State(store): State<bulkhead_store::Store>,
     Path((tenant, id)): Path<(String, String)>,
-) -> axum::Json<bulkhead_store::sessions::AgentSession> {
+) -> axum::Json<bulkhead_store::tenant::sessions::AgentSession> {
     let tenant = TenantId::parse(&tenant).expect("tenant id");
     let id = SessionId::parse(&id).expect("session id");
     let ctx = bulkhead_core::TenantContext::new(
@@ -82,7 +82,7 @@ async fn unauthenticated(
         .begin(&ctx, bulkhead_store::Access::ReadOnly)
         .await
         .expect("tx");
-    let session = bulkhead_store::sessions::get(&mut tx, id)
+    let session = bulkhead_store::tenant::sessions::get(&mut tx, id)
         .await
         .expect("row");
     tx.commit().await.expect("commit");

@@ -20,7 +20,7 @@ use std::time::Instant;
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_server::config::AppConfig;
 use bulkhead_server::http::state::AppState;
-use bulkhead_store::moves::{self, MoveOptions};
+use bulkhead_store::lifecycle::moves::{self, MoveOptions};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant_in, loopback_client, TestDb, TestTier};
 
@@ -133,7 +133,7 @@ async fn schema_migrations(counts: &[u64], parallel: usize) {
             .await
             .expect("drop");
         let t = Instant::now();
-        bulkhead_store::migrate::run(&owner)
+        bulkhead_store::placement::migrate::run(&owner)
             .await
             .expect("baseline migrate");
         let baseline = t.elapsed();
@@ -153,7 +153,7 @@ async fn schema_migrations(counts: &[u64], parallel: usize) {
         }
         let store = db.owner_store().await;
         let t = Instant::now();
-        let outcomes = bulkhead_store::tiers::migrate_all(
+        let outcomes = bulkhead_store::placement::tiers::migrate_all(
             store.migration_targets().await.expect("targets"),
             parallel,
             |_| {},
@@ -162,7 +162,7 @@ async fn schema_migrations(counts: &[u64], parallel: usize) {
         let created = t.elapsed();
         assert!(outcomes.iter().all(|o| o.result.is_ok()));
         let t = Instant::now();
-        bulkhead_store::tiers::migrate_all(
+        bulkhead_store::placement::tiers::migrate_all(
             store.migration_targets().await.expect("targets"),
             parallel,
             |_| {},

@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
+use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::receiver::{Receiver, Reply};
 use bulkhead_test_support::{create_tenant, test_master_key, test_pepper, TestDb};
@@ -358,7 +358,7 @@ async fn run() {
     owner
         .set_tenant_status(
             backlog.id,
-            bulkhead_store::registry::TenantStatus::Suspended,
+            bulkhead_store::placement::registry::TenantStatus::Suspended,
         )
         .await
         .unwrap();
@@ -379,7 +379,10 @@ async fn run() {
     let cpu0 = cpu_seconds(serve_pid, postmaster);
     let started = Instant::now();
     owner
-        .set_tenant_status(backlog.id, bulkhead_store::registry::TenantStatus::Active)
+        .set_tenant_status(
+            backlog.id,
+            bulkhead_store::placement::registry::TenantStatus::Active,
+        )
         .await
         .unwrap();
     let done = wait_for(&fast, before + n, Duration::from_secs(60)).await;

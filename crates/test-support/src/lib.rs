@@ -1,29 +1,37 @@
 //! Test harness for Bulkhead: real PostgreSQL, real HTTP over loopback.
 //!
 //! - One private PostgreSQL cluster per test process, started from the installed server binaries
-//!   ([`bulkhead_store::embedded`], ephemeral: it dies with the process), so the suite needs no
+//!   ([`bulkhead_store::cluster::embedded`], ephemeral: it dies with the process), so the suite needs no
 //!   running server and passes anywhere the prerequisites are installed.
 //! - A fresh database per test ([`TestDb::new`]), migrated as the owner role. Tests reach it as
 //!   the same non-owner, non-superuser application role the server uses, never as a superuser
 //!   (a superuser ignores row-level security and would hide RLS bugs).
-//! - [`spawn_app`] serves the real application on `127.0.0.1:0`. Its HTTP client resolves
-//!   `*.bulkhead.test` to 127.0.0.1 with an injected resolver and refuses every other name, so no
-//!   test traffic can leave loopback.
+//! - Tenants are onboarded through the store ([`create_tenant`]), as `bulkhead tenant create`
+//!   does, so store and webhooks tests need no server.
+//! - With the `app` feature (the server's and other application-level tests), `spawn_app` serves
+//!   the real application on `127.0.0.1:0`. Its HTTP client resolves `*.bulkhead.test` to
+//!   127.0.0.1 with an injected resolver and refuses every other name, so no test traffic can
+//!   leave loopback. Without the feature this crate does not build the server (nor axum).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "app")]
+mod app;
 pub mod receiver;
+
+#[cfg(feature = "app")]
+pub use app::{app_parts, spawn_app, spawn_app_with, test_peppers, AppOptions, TestApp};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use bulkhead_auth::{KeyEnvironment, KeyPepper};
-use bulkhead_core::{Clock, TenantId, TenantSlug};
-use bulkhead_server::config::AppConfig;
-use bulkhead_server::http::state::AppState;
-use bulkhead_server::service::credentials::Peppers;
-use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use bulkhead_store::registry::{NewTenant, Plan};
-use bulkhead_store::{migrate, provision, roles, Store};
+use bulkhead_auth::{ApiKey, KeyEnvironment, KeyPepper};
+use bulkhead_core::{ScopeSet, TenantId, TenantSlug};
+use bulkhead_store::cluster::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use bulkhead_store::cluster::{pg_roles, provision};
+use bulkhead_store::placement::migrate;
+use bulkhead_store::placement::registry::{NewTenant, Plan};
+use bulkhead_store::tenant::api_keys::NewApiKey;
+use bulkhead_store::Store;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
@@ -67,7 +75,7 @@ fn cluster() -> &'static Cluster {
                     .await
                     .expect("owner role");
                 // Once, here, rather than racing from every test's migrations.
-                roles::ensure_app_role(&mut su).await.expect("app role");
+                pg_roles::ensure_app_role(&mut su).await.expect("app role");
                 su.close().await.ok();
                 // The NOLOGIN roles the migrations create, likewise (concurrent CREATE ROLEs in
                 // parallel tests' migrations race on the cluster-wide catalog), and by the owner,
@@ -130,7 +138,7 @@ impl TestDb {
         su.close().await.ok();
         let db = TestDb {
             owner_options: quiet(pg.connect_options(provision::OWNER_ROLE, &name)),
-            app_options: quiet(pg.connect_options(roles::APP_ROLE, &name)),
+            app_options: quiet(pg.connect_options(pg_roles::APP_ROLE, &name)),
             superuser_options: quiet(pg.connect_options(pg.superuser(), &name)),
             name,
         };
@@ -165,7 +173,7 @@ impl TestDb {
 
     /// URL of this database as the application role.
     pub fn app_url(&self) -> String {
-        cluster().postgres.url(roles::APP_ROLE, &self.name)
+        cluster().postgres.url(pg_roles::APP_ROLE, &self.name)
     }
 
     /// A pool of owner connections.
@@ -212,7 +220,7 @@ impl TestDb {
             .expect("create dedicated database");
         su.close().await.ok();
         let owner_url = pg.url(provision::OWNER_ROLE, &name);
-        let app_url = pg.url(roles::APP_ROLE, &name);
+        let app_url = pg.url(pg_roles::APP_ROLE, &name);
         (name, owner_url, app_url)
     }
 
@@ -257,11 +265,6 @@ pub async fn ensure_signing_keys(db: &TestDb) {
     owner.close().await;
 }
 
-/// [`test_pepper`] as the only pepper.
-pub fn test_peppers() -> Peppers {
-    Peppers::new(test_pepper(), Vec::new()).expect("peppers")
-}
-
 /// A tenant made for a test, with its bootstrap admin key.
 #[derive(Debug, Clone)]
 pub struct TestTenant {
@@ -295,7 +298,7 @@ impl TestTier {
 
     /// The placement to move a tenant to this tier (registering a fresh dedicated database).
     pub async fn placement(self, db: &TestDb, owner: &Store) -> bulkhead_store::Placement {
-        use bulkhead_store::location::{DatabaseName, SchemaName};
+        use bulkhead_store::placement::location::{DatabaseName, SchemaName};
         match self {
             TestTier::Shared => bulkhead_store::Placement::Shared,
             TestTier::Schema => {
@@ -318,10 +321,8 @@ impl TestTier {
 pub async fn create_tenant_in(db: &TestDb, slug: &str, tier: TestTier) -> TestTenant {
     let owner = db.owner_store().await;
     let placement = tier.placement(db, &owner).await;
-    let onboarded = bulkhead_server::service::tenants::onboard(
+    let tenant = onboard(
         &owner,
-        &test_peppers(),
-        KeyEnvironment::Live,
         &NewTenant {
             slug: TenantSlug::parse(slug).expect("test slug"),
             display_name: format!("{slug} Inc."),
@@ -330,23 +331,16 @@ pub async fn create_tenant_in(db: &TestDb, slug: &str, tier: TestTier) -> TestTe
             placement,
         },
     )
-    .await
-    .expect("onboard tenant");
+    .await;
     owner.close().await;
-    TestTenant {
-        id: onboarded.tenant.id,
-        slug: slug.to_owned(),
-        key: onboarded.admin_key.expose_secret().to_owned(),
-    }
+    tenant
 }
 
 /// Onboards a shared-tier tenant of `region` through `owner`, a store configured to serve that
 /// region (see `Topology::regions`), as `bulkhead tenant create --region` does.
 pub async fn create_tenant_in_region(owner: &Store, slug: &str, region: &str) -> TestTenant {
-    let onboarded = bulkhead_server::service::tenants::onboard(
+    onboard(
         owner,
-        &test_peppers(),
-        KeyEnvironment::Live,
         &NewTenant {
             slug: TenantSlug::parse(slug).expect("test slug"),
             display_name: format!("{slug} Inc."),
@@ -356,58 +350,38 @@ pub async fn create_tenant_in_region(owner: &Store, slug: &str, region: &str) ->
         },
     )
     .await
-    .expect("onboard tenant");
+}
+
+/// Onboards `new` as `bulkhead tenant create` does (the server's `service::tenants::onboard`):
+/// [`Store::onboard_tenant`] with a live bootstrap admin key for `tenant-admin` holding every
+/// scope, hashed under [`test_pepper`].
+async fn onboard(owner: &Store, new: &NewTenant) -> TestTenant {
+    let environment = KeyEnvironment::Live;
+    let admin_key = ApiKey::generate(environment);
+    let pepper = test_pepper();
+    let record = NewApiKey {
+        hash: pepper.key_hash(&admin_key),
+        pepper_version: pepper.version(),
+        environment,
+        display_prefix: admin_key.display_prefix(),
+        principal: "tenant-admin".into(),
+        scopes: ScopeSet::all(),
+        agent: None,
+        allowed_ips: Vec::new(),
+        description: "bootstrap admin key".into(),
+        created_by: "system:onboarding".into(),
+        expires_at: None,
+        predecessor: None,
+    };
+    let (tenant, _) = owner
+        .onboard_tenant(new, &record)
+        .await
+        .expect("onboard tenant");
     TestTenant {
-        id: onboarded.tenant.id,
-        slug: slug.to_owned(),
-        key: onboarded.admin_key.expose_secret().to_owned(),
+        id: tenant.id,
+        slug: new.slug.as_str().to_owned(),
+        key: admin_key.expose_secret().to_owned(),
     }
-}
-
-/// The application serving on a loopback port, with its own database.
-#[derive(Debug)]
-pub struct TestApp {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Its database.
-    pub db: TestDb,
-    /// Its state (for tests that call the store or worker directly).
-    pub state: AppState,
-    /// HTTP client resolving `*.bulkhead.test` to loopback only.
-    pub client: reqwest::Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-/// Starts the app on `127.0.0.1:0` with a fresh database and the system clock. No job worker
-/// runs: tests drive it.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(AppOptions::default()).await
-}
-
-/// Knobs for [`spawn_app_with`].
-#[derive(Debug, Default)]
-pub struct AppOptions {
-    /// Serve this database instead of a fresh one (a second process of the same deployment).
-    pub db: Option<TestDb>,
-    /// Clock; default the system clock.
-    pub clock: Option<Clock>,
-    /// Peppers; default [`test_peppers`].
-    pub peppers: Option<Peppers>,
-    /// Trusted proxy networks.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Rate limiters; default: the server's defaults, in process.
-    pub rate_limits: Option<bulkhead_server::service::rate_limits::SharedLimits>,
-    /// Webhook egress policy; default [`test_egress_policy`].
-    pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
-    /// Last changes to the configuration, after every other option.
-    pub configure: Option<fn(&mut AppConfig)>,
-    /// The client tool calls go through (a loopback resolver and a test CA); default: one
-    /// under the egress policy whose resolver resolves nothing, so no test call leaves loopback.
-    pub tool_client: Option<bulkhead_webhooks::EgressClient>,
-    /// Tool-call limits; default the server's.
-    pub tool_settings: Option<bulkhead_server::config::ToolSettings>,
-    /// Serve through this store (another topology: regions) instead of the database's own.
-    pub store: Option<Store>,
 }
 
 /// The egress policy of test deployments: https, any unprivileged port, the test base domain
@@ -420,120 +394,6 @@ pub fn test_egress_policy() -> bulkhead_webhooks::EgressPolicy {
         platform_domains: vec![BASE_DOMAIN.to_owned()],
         allow: vec!["127.0.0.1/32".parse().expect("cidr")],
         deny: Vec::new(),
-    }
-}
-
-/// The application's parts as the tests and benchmarks run it: the test peppers and master
-/// key, a fresh audit log key, a tool client whose resolver knows no name (a tool call fails
-/// closed unless a test installs its own), the shipped schema pool and screening rules. The one
-/// place test code composes the application (`AppState::from_parts`), like `cli/serve.rs` does
-/// for `bulkhead serve`.
-pub fn app_parts(
-    store: Store,
-    config: AppConfig,
-    clock: Clock,
-    rate_limits: Option<bulkhead_server::service::rate_limits::SharedLimits>,
-) -> bulkhead_server::http::state::AppParts {
-    let tool_client = bulkhead_webhooks::EgressClient::new(
-        config.webhook_egress.clone(),
-        Arc::new(bulkhead_webhooks::StaticResolver::new()),
-        &bulkhead_webhooks::EgressConfig::default(),
-    )
-    .expect("tool client");
-    bulkhead_server::http::state::AppParts {
-        store,
-        peppers: test_peppers(),
-        master_key: Arc::new(test_master_key()),
-        config,
-        clock,
-        rate_limits,
-        audit: Arc::new(bulkhead_server::service::audit_log::AuditService::new(
-            bulkhead_audit::LogSigningKey::generate(),
-        )),
-        tool_client,
-        schema_pool: bulkhead_schema::Evaluator::with_defaults(),
-        screener: Arc::new(bulkhead_screening::Screener::builtin().expect("screening rules")),
-    }
-}
-
-/// Starts the app with the given options.
-pub async fn spawn_app_with(options: AppOptions) -> TestApp {
-    let db = match options.db {
-        Some(db) => db,
-        None => TestDb::new().await,
-    };
-    ensure_signing_keys(&db).await;
-    let store = match options.store {
-        Some(store) => store,
-        None => db.app_store().await,
-    };
-    let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
-    config.trusted_proxies = options.trusted_proxies;
-    config.webhook_egress = options.webhook_egress.unwrap_or_else(test_egress_policy);
-    if let Some(configure) = options.configure {
-        configure(&mut config);
-    }
-    if let Some(tools) = options.tool_settings {
-        config.tools = tools;
-    }
-    let clock = options.clock.unwrap_or_default();
-    let rate_limits = options.rate_limits.unwrap_or_else(|| {
-        Arc::new(
-            bulkhead_server::service::rate_limits::RateLimits::in_memory(
-                bulkhead_server::service::rate_limits::default_limits(),
-                bulkhead_server::service::rate_limits::default_preauth_limits(),
-                clock.clone(),
-            ),
-        )
-    });
-    let mut parts = app_parts(store, config, clock, Some(rate_limits));
-    if let Some(peppers) = options.peppers {
-        parts.peppers = peppers;
-    }
-    if let Some(client) = options.tool_client {
-        parts.tool_client = client;
-    }
-    let state = AppState::from_parts(parts);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(bulkhead_server::http::app::serve(
-        listener,
-        state.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    TestApp {
-        addr,
-        db,
-        state,
-        client: loopback_client(),
-        _shutdown: shutdown,
-    }
-}
-
-impl TestApp {
-    /// URL on the bare loopback address (no subdomain signal).
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
-    }
-
-    /// URL under a tenant's subdomain (`<slug>.bulkhead.test`), resolved to loopback.
-    pub fn tenant_url(&self, slug: &str, path: &str) -> String {
-        format!("http://{slug}.{BASE_DOMAIN}:{}{path}", self.addr.port())
-    }
-
-    /// Onboards a tenant in `tier`, in this app's database.
-    pub async fn create_tenant_in(&self, slug: &str, tier: TestTier) -> TestTenant {
-        create_tenant_in(&self.db, slug, tier).await
-    }
-
-    /// Onboards a tenant in this app's database.
-    pub async fn create_tenant(&self, slug: &str) -> TestTenant {
-        create_tenant(&self.db, slug).await
     }
 }
 

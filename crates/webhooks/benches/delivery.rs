@@ -191,7 +191,7 @@ fn latency(_c: &mut Criterion) {
         .unwrap();
     rt.block_on(async {
         use bulkhead_core::{Actor, Clock, RequestId, TenantContext};
-        use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
+        use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint};
         use bulkhead_store::Access;
         use bulkhead_webhooks::delivery::{DeliveryConfig, Dispatcher};
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bulkhead_auth::MasterKey;
 use bulkhead_core::{Actor, Clock, DeliveryId, EndpointId, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::webhooks::{self as store, ClaimedDelivery, DeliveryWork, NewAttempt};
+use bulkhead_store::tenant::webhooks::{self as store, ClaimedDelivery, DeliveryWork, NewAttempt};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue};

@@ -7,7 +7,7 @@ use anyhow::Context;
 use bulkhead_audit::export::ExportVerifier;
 use bulkhead_audit::{tree, LogPublicKey, SignedCheckpoint};
 use bulkhead_core::{Actor, RequestId, TenantContext};
-use bulkhead_store::{audit_retention, Access};
+use bulkhead_store::{audit::retention as audit_retention, Access};
 use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::json;

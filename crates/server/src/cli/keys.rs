@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use bulkhead_core::{Actor, ApiKeyId, RequestId, Scope, ScopeSet, TenantContext};
-use bulkhead_store::api_keys;
 use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tenant::api_keys;
 use bulkhead_store::{Access, Store};
 use serde_json::json;
 

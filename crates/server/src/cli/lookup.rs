@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use bulkhead_core::{TenantId, TenantSlug};
-use bulkhead_store::registry::Tenant;
+use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::Store;
 
 use crate::config::DatabaseArgs;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use bulkhead_core::{Actor, RequestId, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::quotas;
+use bulkhead_store::tenant::quotas;
 use bulkhead_store::Access;
 use serde_json::json;
 

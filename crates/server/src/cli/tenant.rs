@@ -3,9 +3,9 @@
 use anyhow::Context;
 use bulkhead_auth::KeyEnvironment;
 use bulkhead_core::{TenantId, TenantSlug};
-use bulkhead_store::location::{DatabaseName, SchemaName};
-use bulkhead_store::moves::{MoveOptions, MoveProgress, MoveStep};
-use bulkhead_store::registry::{NewTenant, Plan, TenantStatus};
+use bulkhead_store::placement::location::{DatabaseName, SchemaName};
+use bulkhead_store::lifecycle::moves::{MoveOptions, MoveProgress, MoveStep};
+use bulkhead_store::placement::registry::{NewTenant, Plan, TenantStatus};
 use bulkhead_store::{Placement, Store};
 use clap::Subcommand;
 use serde_json::json;
@@ -269,7 +269,7 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                 let found = find_tenant(&owner, &tenant).await?;
                 let target_region = region.clone().unwrap_or_else(|| found.region.clone());
                 if abandon {
-                    bulkhead_store::moves::abandon_move(&owner, found.id)
+                    bulkhead_store::lifecycle::moves::abandon_move(&owner, found.id)
                         .await
                         .context("cannot abandon the move")?;
                     tracing::info!(
@@ -294,7 +294,7 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                     )
                     .await?;
                 let bar = indicatif::ProgressBar::new(
-                    (MoveStep::ALL.len() + 2 * bulkhead_store::location::TENANT_TABLES.len())
+                    (MoveStep::ALL.len() + 2 * bulkhead_store::placement::location::TENANT_TABLES.len())
                         as u64,
                 );
                 bar.set_style(
@@ -311,7 +311,7 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                         bar.set_message(format!("{} {table}", step.as_str()));
                     }
                 };
-                let result = bulkhead_store::moves::move_tenant(
+                let result = bulkhead_store::lifecycle::moves::move_tenant(
                     &owner,
                     found.id,
                     placement,
@@ -357,7 +357,7 @@ pub(super) async fn migrate_everything(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} targets {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let outcomes = bulkhead_store::tiers::migrate_all(targets, parallel, |outcome| {
+    let outcomes = bulkhead_store::placement::tiers::migrate_all(targets, parallel, |outcome| {
         bar.inc(1);
         bar.set_message(outcome.label.clone());
     })

@@ -60,7 +60,7 @@ pub(super) async fn run(action: UserCommand) -> anyhow::Result<()> {
                     bulkhead_core::RequestId::new(),
                 );
                 let mut tx = owner.begin(&ctx, bulkhead_store::Access::ReadWrite).await?;
-                let created = bulkhead_store::users::create(&mut tx, &email, &hash, &scopes)
+                let created = bulkhead_store::tenant::users::create(&mut tx, &email, &hash, &scopes)
                     .await
                     .map_err(|e| match e {
                         bulkhead_store::StoreError::Conflict { .. } => {
@@ -77,12 +77,12 @@ pub(super) async fn run(action: UserCommand) -> anyhow::Result<()> {
                 )
                 .await?;
                 for name in &roles {
-                    let role = bulkhead_store::rbac::role_by_name(&mut tx, name)
+                    let role = bulkhead_store::tenant::rbac::role_by_name(&mut tx, name)
                         .await
                         .map_err(|_| anyhow::anyhow!("no role named {name:?} in this tenant"))?;
-                    let principal = bulkhead_store::rbac::Principal::User(created.id);
+                    let principal = bulkhead_store::tenant::rbac::Principal::User(created.id);
                     let assignment =
-                        bulkhead_store::rbac::assign(&mut tx, role.id, principal).await?;
+                        bulkhead_store::tenant::rbac::assign(&mut tx, role.id, principal).await?;
                     bulkhead_store::audit::record(
                         &mut tx,
                         "role.assign",

@@ -25,7 +25,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, TenantContext, TenantId};
 use bulkhead_ratelimit::{header_values, Decision, Level, LevelState, Plan, Source};
-use bulkhead_store::registry;
+use bulkhead_store::placement::registry;
 
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -251,10 +251,10 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
     }
     let timeout = statement_timeout(request.method(), &route);
     let heavy = is_heavy_read(request.method(), &route);
-    let mut response = bulkhead_store::gate::STATEMENT_TIMEOUT
+    let mut response = bulkhead_store::placement::gate::STATEMENT_TIMEOUT
         .scope(
             timeout,
-            bulkhead_store::gate::HEAVY_READ.scope(heavy, next.run(request)),
+            bulkhead_store::placement::gate::HEAVY_READ.scope(heavy, next.run(request)),
         )
         .await;
     add_headers(&mut response, &decision);
@@ -278,7 +278,7 @@ fn statement_timeout(method: &http::Method, _route: &str) -> std::time::Duration
 
 /// Reads whose cost grows with the tenant's data: every `GET` of a collection (a path ending in
 /// a literal segment: the lists with their filters, the audit-event reads and exports). Their
-/// transactions run one at a time per tenant (`bulkhead_store::gate::HEAVY_READ_CAP`), so a
+/// transactions run one at a time per tenant (`bulkhead_store::placement::gate::HEAVY_READ_CAP`), so a
 /// tenant with a million rows cannot fill the machine with scans beside everyone else's
 /// requests; a single resource (`…/{id}`) is an index lookup and is not held back.
 fn is_heavy_read(method: &http::Method, route: &str) -> bool {

@@ -21,7 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
-use bulkhead_store::registry::{Tenant, TenantStatus};
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -304,7 +304,7 @@ async fn authenticate(
     state: &AppState,
     signals: Signals,
     ends_own_session: bool,
-) -> Result<(TenantContext, bulkhead_store::registry::Plan), ApiError> {
+) -> Result<(TenantContext, bulkhead_store::placement::registry::Plan), ApiError> {
     let Signals {
         request_id,
         host,

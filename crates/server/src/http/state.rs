@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bulkhead_core::{Clock, TenantId, TenantSlug};
-use bulkhead_store::registry::Tenant;
+use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::{Store, StoreError};
 
 use bulkhead_auth::MasterKey;

@@ -34,8 +34,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bulkhead_audit::LogSigningKey;
 use bulkhead_core::{Actor, ApiKeyId, Clock, RequestId, TenantContext, TenantId};
+use bulkhead_store::audit::log::{self as audit_log, Sweep};
 use bulkhead_store::audit::{self, NewEvent, Outcome};
-use bulkhead_store::audit_log::{self, Sweep};
 use bulkhead_store::{Access, Store, StoreError};
 use serde_json::json;
 use tokio::sync::watch;
@@ -381,7 +381,7 @@ pub struct SequencerRun {
 
 /// Appends every tenant's new events to its tree and signs checkpoints. It reads the tenant list
 /// from the registry and works inside each tenant's own transaction (see
-/// [`bulkhead_store::audit_log`]); two sequencers may run at once (per-tenant advisory lock).
+/// [`bulkhead_store::audit::log`]); two sequencers may run at once (per-tenant advisory lock).
 #[derive(Debug, Clone)]
 pub struct Sequencer {
     store: Store,

@@ -4,7 +4,7 @@
 
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{AuthSessionId, Clock};
-use bulkhead_store::tokens::{self, AuthSession, EndReason, NewAuthSession};
+use bulkhead_store::tenant::tokens::{self, AuthSession, EndReason, NewAuthSession};
 use bulkhead_store::{StoreError, TenantTx};
 
 use crate::service::tokens::TokenService;

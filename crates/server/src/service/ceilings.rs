@@ -21,7 +21,7 @@
 //! A delegated token is bound the same way by every other key it derives from (its
 //! `derived_keys` claim: the subject token's client, the actor token's), and by their principals'
 //! roles.
-//! Every key change also announces a ceiling change (see `bulkhead_store::api_keys`), so these
+//! Every key change also announces a ceiling change (see `bulkhead_store::tenant::api_keys`), so these
 //! cached facts drop with the key's verification on every process.
 
 use std::time::Duration;
@@ -29,8 +29,8 @@ use std::time::Duration;
 use bulkhead_core::{
     Actor, AgentId, ApiKeyId, ScopeSet, TenantCache, TenantContext, TenantId, UserId,
 };
-use bulkhead_store::api_keys::{self, KeyStatus};
-use bulkhead_store::rbac::{self, Principal};
+use bulkhead_store::tenant::api_keys::{self, KeyStatus};
+use bulkhead_store::tenant::rbac::{self, Principal};
 use bulkhead_store::{Access, Store, StoreError};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -359,14 +359,14 @@ pub(crate) async fn key_scopes(
 /// unreadable.
 pub(crate) async fn session_scopes(
     tx: &mut bulkhead_store::TenantTx,
-    session: &bulkhead_store::tokens::AuthSession,
+    session: &bulkhead_store::tenant::tokens::AuthSession,
     now: DateTime<Utc>,
 ) -> Result<Option<ScopeSet>, StoreError> {
     let Some(scopes) = session.scopes.clone() else {
         return Ok(None);
     };
     let mut principals = Vec::with_capacity(2);
-    if session.principal_type == bulkhead_store::tokens::PrincipalType::User {
+    if session.principal_type == bulkhead_store::tenant::tokens::PrincipalType::User {
         match UserId::parse(&session.principal_id) {
             Ok(user) => principals.push(Principal::User(user)),
             Err(_) => return Ok(None),

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use bulkhead_auth::{ApiKey, KeyEnvironment, KeyHash, KeyPepper};
 use bulkhead_core::{Actor, ApiKeyId, Clock, RequestId, ScopeSet, TenantContext, TenantId};
-use bulkhead_store::api_keys::{self, effective_status, KeyRecord, KeyStatus};
 use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tenant::api_keys::{self, effective_status, KeyRecord, KeyStatus};
 use bulkhead_store::{Access, Store, StoreError};
 use serde_json::json;
 

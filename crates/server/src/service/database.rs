@@ -7,9 +7,11 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use bulkhead_auth::{KeyPepper, MasterKey};
-use bulkhead_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use bulkhead_store::location::DedicatedLimits;
-use bulkhead_store::{migrate, provision, roles, PoolRole, Store, Topology};
+use bulkhead_store::cluster::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use bulkhead_store::cluster::{pg_roles as roles, provision};
+use bulkhead_store::placement::location::DedicatedLimits;
+use bulkhead_store::placement::migrate;
+use bulkhead_store::{PoolRole, Store, Topology};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 

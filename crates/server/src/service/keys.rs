@@ -3,9 +3,9 @@
 
 use bulkhead_auth::{ApiKey, KeyEnvironment};
 use bulkhead_core::{AgentId, ApiKeyId, ScopeSet};
-use bulkhead_store::api_keys::{self, ApiKeyRecord, NewApiKey};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::{webhooks, StoreError, TenantTx};
+use bulkhead_store::tenant::api_keys::{self, ApiKeyRecord, NewApiKey};
+use bulkhead_store::{tenant::webhooks, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde_json::json;

@@ -6,7 +6,7 @@
 use bulkhead_core::TenantContext;
 use bulkhead_screening::{FieldKind, Policy, Screener, Verdict};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tools::{self as store, NewDecision};
+use bulkhead_store::tenant::tools::{self as store, NewDecision};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use serde_json::{json, Map, Value};
 

@@ -2,7 +2,7 @@
 
 use bulkhead_auth::{ApiKey, KeyEnvironment};
 use bulkhead_core::{ApiKeyId, ScopeSet};
-use bulkhead_store::registry::{NewTenant, Tenant};
+use bulkhead_store::placement::registry::{NewTenant, Tenant};
 use bulkhead_store::{Store, StoreError};
 
 use crate::service::credentials::Peppers;

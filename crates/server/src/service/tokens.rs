@@ -29,7 +29,7 @@ use bulkhead_auth::{
 };
 use bulkhead_core::{AccessTokenId, ApiKeyId, AuthSessionId, Clock, Namespace, ScopeSet, TenantId};
 use bulkhead_store::signing_keys::{SigningKeyState, SIGNING_KEYS_CHANNEL};
-use bulkhead_store::tokens::parse_revocation_payload;
+use bulkhead_store::tenant::tokens::parse_revocation_payload;
 use bulkhead_store::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_core::{Actor, ApiKeyId, Clock, JobId, RequestId, SessionId, TenantContext};
-use bulkhead_store::api_keys;
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::jobs::{self, ClaimVerdict, ClaimedJob};
-use bulkhead_store::registry::TenantStatus;
-use bulkhead_store::sessions::{self, SessionPatch, SessionState};
-use bulkhead_store::webhooks;
+use bulkhead_store::placement::registry::TenantStatus;
+use bulkhead_store::tenant::api_keys;
+use bulkhead_store::tenant::jobs::{self, ClaimVerdict, ClaimedJob};
+use bulkhead_store::tenant::sessions::{self, SessionPatch, SessionState};
+use bulkhead_store::tenant::webhooks;
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;

@@ -699,11 +699,11 @@ async fn the_sweep_reminds_about_keys_nearing_their_maximum_age() {
         .begin(&ctx, bulkhead_store::Access::ReadWrite)
         .await
         .unwrap();
-    let regulated = bulkhead_store::api_keys::KeyPolicy {
+    let regulated = bulkhead_store::tenant::api_keys::KeyPolicy {
         max_age_days: 30,
         ..Default::default()
     };
-    bulkhead_store::api_keys::set_policy(&mut tx, &regulated)
+    bulkhead_store::tenant::api_keys::set_policy(&mut tx, &regulated)
         .await
         .unwrap();
     tx.commit().await.unwrap();

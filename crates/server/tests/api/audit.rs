@@ -1012,7 +1012,7 @@ async fn an_export_overlapping_a_purge_still_verifies() {
     let mut paused = hooks::pause_once(acme.id, HookPoint::ExportCheckpointed);
     let (text, purged) = tokio::join!(export_text(&app, &acme), async {
         paused.reached().await;
-        let purged = bulkhead_store::audit_retention::purge(&owner, &ctx, later)
+        let purged = bulkhead_store::audit::retention::purge(&owner, &ctx, later)
             .await
             .unwrap();
         paused.release();
@@ -1066,7 +1066,7 @@ async fn more_concurrent_exports_than_the_tenant_cap_all_complete() {
 /// next recent sweep, not left out of checkpoints and exports until the next full one.
 #[tokio::test]
 async fn a_future_dated_event_does_not_stall_sequencing() {
-    use bulkhead_store::audit_log::{self, Sweep};
+    use bulkhead_store::audit::log::{self as audit_log, Sweep};
     use bulkhead_store::Access;
     let db = bulkhead_test_support::TestDb::new().await;
     let a = bulkhead_test_support::create_tenant(&db, "skewed-co").await;

@@ -1,7 +1,7 @@
 //! Authentication failures: one indistinguishable 401 for every bad credential; tenant signals.
 
 use bulkhead_auth::{ApiKey, KeyEnvironment};
-use bulkhead_store::registry::TenantStatus;
+use bulkhead_store::placement::registry::TenantStatus;
 use bulkhead_test_support::spawn_app;
 use reqwest::StatusCode;
 use serde_json::Value;

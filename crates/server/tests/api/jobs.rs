@@ -2,7 +2,7 @@
 
 use bulkhead_core::{Actor, SessionId, TenantContext};
 use bulkhead_server::service::worker::{enqueue_close_session, Worker};
-use bulkhead_store::{jobs, Access};
+use bulkhead_store::{tenant::jobs, Access};
 use bulkhead_test_support::spawn_app;
 use reqwest::Method;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_store::hooks::{self, HookPoint, HOOK_INTERRUPTED};
-use bulkhead_store::moves::{self, MoveOptions, MoveStep};
+use bulkhead_store::lifecycle::moves::{self, MoveOptions, MoveStep};
 use bulkhead_store::{Access, Placement, Store, StoreError};
 use bulkhead_test_support::{create_tenant, create_tenant_in, TestDb, TestTier};
 use sqlx::PgPool;

@@ -3,8 +3,8 @@
 //! audited, and audit events are counted but never refused.
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_store::moves::{self, MoveOptions};
-use bulkhead_store::{quotas, Access};
+use bulkhead_store::lifecycle::moves::{self, MoveOptions};
+use bulkhead_store::{tenant::quotas, Access};
 use bulkhead_test_support::{spawn_app, TestApp, TestTenant, TestTier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

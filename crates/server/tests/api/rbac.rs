@@ -10,7 +10,7 @@ use bulkhead_core::{Actor, AgentId, RequestId, Scope, ScopeSet, TenantContext};
 use bulkhead_server::http::authz::{RouteAccess, RouteSpec};
 use bulkhead_server::service::keys::{self, KeySpec};
 use bulkhead_server::service::rate_limits::RateLimits;
-use bulkhead_store::rbac::{self, Principal};
+use bulkhead_store::tenant::rbac::{self, Principal};
 use bulkhead_store::Access;
 use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};

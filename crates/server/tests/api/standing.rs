@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use bulkhead_store::location::Placement;
-use bulkhead_store::registry::TenantStatus;
+use bulkhead_store::placement::location::Placement;
+use bulkhead_store::placement::registry::TenantStatus;
 use bulkhead_store::{Store, StoreError};
 use bulkhead_test_support::{
     spawn_app, spawn_app_with, test_master_key, AppOptions, TestApp, TestDb, TestTenant,
@@ -548,10 +548,10 @@ async fn a_status_change_reaches_every_copy_or_none_and_is_audited() {
                 &owner,
                 &bulkhead_test_support::test_peppers(),
                 bulkhead_auth::KeyEnvironment::Live,
-                &bulkhead_store::registry::NewTenant {
+                &bulkhead_store::placement::registry::NewTenant {
                     slug: bulkhead_core::TenantSlug::parse(slug).unwrap(),
                     display_name: slug.into(),
-                    plan: bulkhead_store::registry::Plan::Standard,
+                    plan: bulkhead_store::placement::registry::Plan::Standard,
                     region: region.into(),
                     placement: Placement::Shared,
                 },

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_probe::{self as probe, ProbeConfig, TenantCredentials};
-use bulkhead_store::moves::{self, MoveOptions, MoveStep, INTERRUPTED};
+use bulkhead_store::lifecycle::moves::{self, MoveOptions, MoveStep, INTERRUPTED};
 use bulkhead_store::{Access, Placement, Store, StoreError};
 use bulkhead_test_support::{
     spawn_app_with, test_master_key, AppOptions, TestApp, TestDb, TestTenant, TestTier, BASE_DOMAIN,
@@ -167,7 +167,7 @@ async fn row_counts(store: &Store, tenant: TenantId) -> Vec<(String, i64)> {
         .await
         .unwrap();
     let mut out = Vec::new();
-    for table in bulkhead_store::location::TENANT_TABLES {
+    for table in bulkhead_store::placement::location::TENANT_TABLES {
         let n: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {table} WHERE tenant_id = $1"
         ))
@@ -280,7 +280,7 @@ async fn a_tenant_moved_through_every_tier_under_load_keeps_every_row_and_never_
         assert!(report.rows > 0);
         assert_eq!(
             report.tables.len(),
-            bulkhead_store::location::TENANT_TABLES.len()
+            bulkhead_store::placement::location::TENANT_TABLES.len()
         );
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -505,9 +505,9 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
         schemas.push(schema);
     }
     let owner = db.owner_store().await;
-    let known = bulkhead_store::migrate::MIGRATOR.iter().count() as u32;
+    let known = bulkhead_store::placement::migrate::MIGRATOR.iter().count() as u32;
     let outcomes =
-        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
             .await;
     assert_eq!(outcomes.len(), 201);
     for outcome in &outcomes[1..] {
@@ -520,7 +520,7 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
     }
     // A second run has nothing to do.
     let again =
-        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
             .await;
     assert!(again[1..].iter().all(|o| matches!(o.result, Ok(0))));
     // Break one schema so that migrations 0010 (tools) and 0011 (isolation tiers) are pending
@@ -543,7 +543,7 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
     .await
     .unwrap();
     let outcomes =
-        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
             .await;
     let failed: Vec<&String> = outcomes
         .iter()
@@ -573,7 +573,7 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
     .await
     .unwrap();
     let outcomes =
-        bulkhead_store::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
+        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
             .await;
     let refused = outcomes
         .iter()
@@ -589,7 +589,7 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
 /// The shared-tier tables of `pool`'s database that hold any row of `tenant`.
 async fn shared_tables_holding(pool: &PgPool, tenant: TenantId) -> Vec<&'static str> {
     let mut holding = Vec::new();
-    for table in bulkhead_store::location::TENANT_TABLES {
+    for table in bulkhead_store::placement::location::TENANT_TABLES {
         let n: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM bulkhead.{table} WHERE tenant_id = $1"
         ))
@@ -630,10 +630,10 @@ async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
                 &owner,
                 &bulkhead_test_support::test_peppers(),
                 bulkhead_auth::KeyEnvironment::Live,
-                &bulkhead_store::registry::NewTenant {
+                &bulkhead_store::placement::registry::NewTenant {
                     slug: bulkhead_core::TenantSlug::parse(slug).unwrap(),
                     display_name: slug.into(),
-                    plan: bulkhead_store::registry::Plan::Standard,
+                    plan: bulkhead_store::placement::registry::Plan::Standard,
                     region: region.into(),
                     placement: Placement::Shared,
                 },
@@ -793,7 +793,7 @@ async fn dedicated_pools_are_capped_evicted_when_idle_and_every_tenant_still_ser
     for slug in ["ded-a", "ded-b", "ded-c"] {
         tenants.push(bulkhead_test_support::create_tenant_in(&db, slug, TestTier::Dedicated).await);
     }
-    let limits = |idle| bulkhead_store::location::DedicatedLimits {
+    let limits = |idle| bulkhead_store::placement::location::DedicatedLimits {
         max_pools: 2,
         connections_per_pool: 2,
         idle,
@@ -861,7 +861,7 @@ async fn copies_that_are_not_live_are_never_claimed_recreated_rows_catch_up_and_
     let t = bulkhead_test_support::create_tenant_in(&db, "moving-co", TestTier::Schema).await;
     exec(&store, t.id, "INSERT INTO roles (tenant_id, id, name, permissions) VALUES ($1, gen_random_uuid(), 'auditors', '{audit:read}')").await;
     let mut tx = store.begin(&system(t.id), Access::ReadWrite).await.unwrap();
-    let job = bulkhead_store::jobs::enqueue(&mut tx, "session.close", &json!({}), None)
+    let job = bulkhead_store::tenant::jobs::enqueue(&mut tx, "session.close", &json!({}), None)
         .await
         .unwrap();
     tx.commit().await.unwrap();

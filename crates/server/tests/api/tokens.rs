@@ -155,18 +155,22 @@ async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str, scopes: &[
         .await
         .unwrap();
     let hash = bulkhead_auth::password::hash_password(PASSWORD).unwrap();
-    let user =
-        bulkhead_store::users::create(&mut tx, email, &hash, &ScopeSet::parse_all(scopes).unwrap())
-            .await
-            .unwrap();
+    let user = bulkhead_store::tenant::users::create(
+        &mut tx,
+        email,
+        &hash,
+        &ScopeSet::parse_all(scopes).unwrap(),
+    )
+    .await
+    .unwrap();
     // Admin: the user is exactly as strong as the scopes it was given.
-    let admin = bulkhead_store::rbac::role_by_name(&mut tx, "admin")
+    let admin = bulkhead_store::tenant::rbac::role_by_name(&mut tx, "admin")
         .await
         .unwrap();
-    bulkhead_store::rbac::assign(
+    bulkhead_store::tenant::rbac::assign(
         &mut tx,
         admin.id,
-        bulkhead_store::rbac::Principal::User(user.id),
+        bulkhead_store::tenant::rbac::Principal::User(user.id),
     )
     .await
     .unwrap();
@@ -1387,7 +1391,10 @@ async fn a_suspended_tenants_tokens_are_refused() {
     let token = body["access_token"].as_str().unwrap().to_owned();
     let owner = app.db.owner_store().await;
     owner
-        .set_tenant_status(acme.id, bulkhead_store::registry::TenantStatus::Suspended)
+        .set_tenant_status(
+            acme.id,
+            bulkhead_store::placement::registry::TenantStatus::Suspended,
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await; // the registry cache's TTL
@@ -1438,7 +1445,10 @@ async fn forged_refresh_tokens_say_nothing_about_tenants() {
     let globex = app.create_tenant("globex").await;
     let owner = app.db.owner_store().await;
     owner
-        .set_tenant_status(globex.id, bulkhead_store::registry::TenantStatus::Suspended)
+        .set_tenant_status(
+            globex.id,
+            bulkhead_store::placement::registry::TenantStatus::Suspended,
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;

@@ -3,7 +3,7 @@
 //! delivery worker is tested in `bulkhead-webhooks`); nothing in this file connects anywhere.
 
 use bulkhead_core::{Actor, EndpointId, MessageId, TenantContext};
-use bulkhead_store::webhooks as store;
+use bulkhead_store::tenant::webhooks as store;
 use bulkhead_store::Access;
 use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};

@@ -5,9 +5,10 @@ use bulkhead_audit::export::{ExportLine, ExportVerifier};
 use bulkhead_audit::tree;
 use bulkhead_audit::LogSigningKey;
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_store::audit::log::{self as audit_log, Sweep};
+use bulkhead_store::audit::pages::{self as audit_pages, ExportItem};
+use bulkhead_store::audit::retention as audit_retention;
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::audit_log::{self, ExportItem, Sweep};
-use bulkhead_store::audit_retention;
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant, TestDb};
 use serde_json::json;
@@ -53,7 +54,7 @@ async fn export_verifies(
     let checkpoint = audit_log::sign_checkpoint(&mut tx, key, chrono::Utc::now())
         .await
         .unwrap();
-    let items = audit_log::export_page(&mut tx, 0, checkpoint.checkpoint.tree_size)
+    let items = audit_pages::export_page(&mut tx, 0, checkpoint.checkpoint.tree_size)
         .await
         .unwrap();
     tx.commit().await.unwrap();

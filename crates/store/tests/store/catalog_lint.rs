@@ -1,7 +1,7 @@
 //! The database's own catalog, checked against the rules every tenant table must follow. A new
 //! table that forgets RLS, FORCE, a policy or the tenant-first keys fails here.
 
-use bulkhead_store::roles::APP_ROLE;
+use bulkhead_store::cluster::pg_roles::APP_ROLE;
 use bulkhead_test_support::TestDb;
 
 // `key_routes` and `tenant_moves` name a tenant but are control plane (routing metadata, never
@@ -229,7 +229,7 @@ async fn the_move_list_names_exactly_the_tenant_tables() {
     .await
     .unwrap();
     tables.sort();
-    let mut listed: Vec<String> = bulkhead_store::location::TENANT_TABLES
+    let mut listed: Vec<String> = bulkhead_store::placement::location::TENANT_TABLES
         .iter()
         .map(|t| (*t).to_owned())
         .collect();

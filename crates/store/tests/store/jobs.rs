@@ -1,8 +1,8 @@
 //! Job claiming across tenants: only ids leave the claim, refused tenants' jobs are refused.
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_store::jobs::{self, ClaimVerdict};
-use bulkhead_store::registry::TenantStatus;
+use bulkhead_store::placement::registry::TenantStatus;
+use bulkhead_store::tenant::jobs::{self, ClaimVerdict};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant, TestDb};
 use serde_json::json;

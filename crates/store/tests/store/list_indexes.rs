@@ -15,11 +15,11 @@
 use bulkhead_core::{
     Actor, MessageId, RequestId, RoleId, TenantContext, TenantId, ToolName, UserId,
 };
-use bulkhead_store::audit_log::{self, EventFilter};
-use bulkhead_store::rbac::{self, Principal};
-use bulkhead_store::sessions::{self, ListSessions, SessionState};
-use bulkhead_store::tokens::{self, SessionOwner};
-use bulkhead_store::{agents, api_keys, tools, users, webhooks};
+use bulkhead_store::audit::pages::{self as audit_pages, EventFilter};
+use bulkhead_store::tenant::rbac::{self, Principal};
+use bulkhead_store::tenant::sessions::{self, ListSessions, SessionState};
+use bulkhead_store::tenant::tokens::{self, SessionOwner};
+use bulkhead_store::tenant::{agents, api_keys, tools, users, webhooks};
 use bulkhead_store::{Access, Store, TenantTx};
 use bulkhead_test_support::{create_tenant, TestDb};
 use serde_json::Value;
@@ -172,7 +172,7 @@ async fn every_list_filter_uses_an_index_led_by_tenant_id() {
     .await;
 
     // GET /v1/audit/events with each filter.
-    audit_log::list_events(
+    audit_pages::list_events(
         &mut tx,
         &EventFilter {
             limit: 51,

@@ -1,7 +1,7 @@
 //! Row-level security at the SQL level, as the application role, with and without the door.
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_store::sessions::{self, NewSession, SessionState};
+use bulkhead_store::tenant::sessions::{self, NewSession, SessionState};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant, TestDb};
 use serde_json::json;

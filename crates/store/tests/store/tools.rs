@@ -3,7 +3,7 @@
 //! and a sealed tool secret opens only for its own tenant and tool.
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, ToolName};
-use bulkhead_store::tools::{self, NewDecision, NewTool, ToolPatch, Visible};
+use bulkhead_store::tenant::tools::{self, NewDecision, NewTool, ToolPatch, Visible};
 use bulkhead_store::{Access, StoreError};
 use bulkhead_test_support::{create_tenant, test_master_key, TestDb};
 use serde_json::json;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bulkhead_core::{Actor, Clock, EndpointId, MessageId, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit;
-use bulkhead_store::webhooks::{self as store, MessageSource, NewEndpoint};
+use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::receiver::{Receiver, Reply, TestCa};
 use bulkhead_test_support::{
@@ -825,7 +825,7 @@ async fn the_app_role_cannot_lease_for_an_hour_or_lift_a_tenant_past_the_cap_cei
 async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
     // Issue 17 item 12: delivery did not re-check the tenant's status; a delivery claimed just
     // before a suspension still went out.
-    use bulkhead_store::registry::TenantStatus;
+    use bulkhead_store::placement::registry::TenantStatus;
     let rig = Rig::new(Clock::system()).await;
     let receiver = rig.receiver("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
@@ -975,7 +975,7 @@ async fn a_hanging_endpoint_does_not_slow_its_tenants_other_endpoint() {
 async fn reactivating_a_tenant_delivers_its_waiting_messages_at_once() {
     // Issue 25: a reactivated tenant's deliveries waited for the fallback poll (those due while
     // it was suspended) or the pause backoff (those paused at the send).
-    use bulkhead_store::registry::TenantStatus;
+    use bulkhead_store::placement::registry::TenantStatus;
     let rig = Rig::new(Clock::system()).await;
     let receiver = rig.receiver("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;

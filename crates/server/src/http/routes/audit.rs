@@ -11,7 +11,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulkhead_audit::export::ExportLine;
 use bulkhead_core::{AuditEventId, Scope};
-use bulkhead_store::audit_log::{self, EventFilter, ExportItem, ListedEvent, ProofRefusal, Sweep};
+use bulkhead_store::audit::log::{self as audit_log, ProofRefusal, Sweep};
+use bulkhead_store::audit::pages::{self as audit_pages, EventFilter, ExportItem, ListedEvent};
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -182,7 +183,7 @@ async fn list_events(
         }
     }
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let rows = audit_log::list_events(
+    let rows = audit_pages::list_events(
         &mut tx,
         &EventFilter {
             since: query.since,
@@ -352,13 +353,13 @@ async fn consistency(
     Ok(axum::Json(proof.map_err(refusal)?).into_response())
 }
 
-/// How long one export may stream before it is ended (see [`audit_log::EXPORT_IDLE_TIMEOUT`] for
+/// How long one export may stream before it is ended (see [`audit_pages::EXPORT_IDLE_TIMEOUT`] for
 /// the bound on the pause between two pages).
 const EXPORT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `GET /v1/audit/export`: a checkpoint of the whole log (the latest, or a new one if the tree
 /// grew), then every leaf it covers, as NDJSON. The checkpoint and every page are read from one
-/// `REPEATABLE READ` snapshot ([`audit_log::ExportSnapshot`]), so a purge that runs while the
+/// `REPEATABLE READ` snapshot ([`audit_pages::ExportSnapshot`]), so a purge that runs while the
 /// export streams cannot turn leaves into `purged` lines whose `audit.purge` event lies beyond
 /// the checkpoint. A failure mid-stream ends the response early, which the verifier reports (the
 /// size does not match the checkpoint).
@@ -371,7 +372,7 @@ const EXPORT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300)
 )]
 async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
     let ctx = &tenant.0;
-    let snapshot = audit_log::ExportSnapshot::open(
+    let snapshot = audit_pages::ExportSnapshot::open(
         state.store(),
         ctx,
         state.audit().key(),
@@ -419,7 +420,7 @@ async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Respons
 }
 
 async fn export_lines(
-    snapshot: &mut audit_log::ExportSnapshot,
+    snapshot: &mut audit_pages::ExportSnapshot,
     from: u64,
     to: u64,
 ) -> anyhow::Result<Vec<u8>> {

@@ -24,11 +24,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::registry::{Tenant, TenantStatus};
-use bulkhead_store::tokens::{
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
+use bulkhead_store::tenant::tokens::{
     self, AuthSession, EndReason, NewAuthSession, PrincipalType, TokenPolicy,
 };
-use bulkhead_store::users::{self, UserStatus};
+use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -268,9 +268,9 @@ async fn login(
     };
     // The session and its tokens carry only what the user's roles grant now, never the stored
     // scopes' superset for the resolver to cut later: a token's `scope` is what it may do.
-    let Some(held) = bulkhead_store::rbac::permissions_of(
+    let Some(held) = bulkhead_store::tenant::rbac::permissions_of(
         &mut tx,
-        bulkhead_store::rbac::Principal::User(user.id),
+        bulkhead_store::tenant::rbac::Principal::User(user.id),
     )
     .await?
     else {

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bulkhead_store::tokens::AuthSession;
+use bulkhead_store::tenant::tokens::AuthSession;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::content::ContentBuilder;

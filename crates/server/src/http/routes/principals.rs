@@ -8,8 +8,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::{AgentId, Scope, TenantContext, UserId};
-use bulkhead_store::agents::{self, Agent, AgentStatus};
-use bulkhead_store::users::{self, UserRecord, UserStatus};
+use bulkhead_store::tenant::agents::{self, Agent, AgentStatus};
+use bulkhead_store::tenant::users::{self, UserRecord, UserStatus};
 use bulkhead_store::{Access, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -250,7 +250,7 @@ async fn create_user(
         return Err(ApiError::Conflict("a user with that email exists".into()));
     }
     // So is a full `users` quota (a read of the counter; the trigger stays the guard).
-    bulkhead_store::quotas::require_room(&mut tx, "users", 1).await?;
+    bulkhead_store::tenant::quotas::require_room(&mut tx, "users", 1).await?;
     tx.commit().await?;
     let hash = state
         .hashing()

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use bulkhead_auth::rbac::BuiltInRole;
 use bulkhead_core::{AgentId, RoleAssignmentId, RoleId, Scope, ScopeSet, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::rbac::{self, Assignment, Principal, Role};
+use bulkhead_store::tenant::rbac::{self, Assignment, Principal, Role};
 use bulkhead_store::{Access, StoreError};
 use serde::Deserialize;
 use serde_json::json;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{Scope, SessionId};
-use bulkhead_store::sessions::{
+use bulkhead_store::tenant::sessions::{
     self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
 };
 use bulkhead_store::Access;

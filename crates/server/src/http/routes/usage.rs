@@ -7,7 +7,7 @@ use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use axum::extract::State;
 use bulkhead_core::Scope;
-use bulkhead_store::quotas::{self, Usage};
+use bulkhead_store::tenant::quotas::{self, Usage};
 use bulkhead_store::Access;
 use serde::Serialize;
 

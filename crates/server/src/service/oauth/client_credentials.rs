@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tokens::{self, NewAuthSession, PrincipalType};
+use bulkhead_store::tenant::tokens::{self, NewAuthSession, PrincipalType};
 use bulkhead_store::Access;
 use serde_json::json;
 
@@ -83,7 +83,7 @@ pub async fn issue(
     let client_id = key.key_id.to_string();
     // A key of an agent issues tokens whose subject is the agent itself: its roles then bound
     // the token (and every token delegated from it) at each use.
-    let subject = match bulkhead_store::rbac::key_agent(&mut tx, key.key_id).await? {
+    let subject = match bulkhead_store::tenant::rbac::key_agent(&mut tx, key.key_id).await? {
         Some(agent) => agent.to_string(),
         None => key.principal.clone(),
     };

@@ -4,7 +4,7 @@
 
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, RequestId, ScopeSet, TenantContext, TenantId};
-use bulkhead_store::tokens::{self, AuthSession, RefreshStatus};
+use bulkhead_store::tenant::tokens::{self, AuthSession, RefreshStatus};
 use bulkhead_store::{Access, StoreError};
 
 use super::Issuer;

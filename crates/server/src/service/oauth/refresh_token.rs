@@ -6,8 +6,8 @@
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tokens::{self, EndReason, PresentedRefresh, PrincipalType, RefreshStatus};
-use bulkhead_store::users::{self, UserStatus};
+use bulkhead_store::tenant::tokens::{self, EndReason, PresentedRefresh, PrincipalType, RefreshStatus};
+use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::Access;
 use serde_json::json;
 
@@ -107,7 +107,7 @@ pub async fn refresh(
             .await?;
             // The tenant's security alert, in the same transaction: no alert without the
             // revocation, no revocation without the alert.
-            bulkhead_store::webhooks::enqueue_platform_event(
+            bulkhead_store::tenant::webhooks::enqueue_platform_event(
                 &mut tx,
                 "security.refresh_token_reuse",
                 json!({

@@ -5,7 +5,7 @@
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tokens::{self, EndReason};
+use bulkhead_store::tenant::tokens::{self, EndReason};
 use bulkhead_store::{Access, StoreError};
 use serde_json::json;
 

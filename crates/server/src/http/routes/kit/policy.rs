@@ -52,15 +52,15 @@ pub(crate) async fn replace<P: TenantPolicy + Sync>(
         .await
 }
 
-impl TenantPolicy for bulkhead_store::api_keys::KeyPolicy {
+impl TenantPolicy for bulkhead_store::tenant::api_keys::KeyPolicy {
     const AUDIT_ACTION: &'static str = "key_policy.update";
 
     async fn load(tx: &mut TenantTx) -> Result<Self, ApiError> {
-        Ok(bulkhead_store::api_keys::policy(tx).await?)
+        Ok(bulkhead_store::tenant::api_keys::policy(tx).await?)
     }
 
     async fn store(&self, tx: &mut TenantTx) -> Result<(), ApiError> {
-        Ok(bulkhead_store::api_keys::set_policy(tx, self).await?)
+        Ok(bulkhead_store::tenant::api_keys::set_policy(tx, self).await?)
     }
 
     fn audit_meta(&self) -> Value {
@@ -68,15 +68,15 @@ impl TenantPolicy for bulkhead_store::api_keys::KeyPolicy {
     }
 }
 
-impl TenantPolicy for bulkhead_store::tokens::TokenPolicy {
+impl TenantPolicy for bulkhead_store::tenant::tokens::TokenPolicy {
     const AUDIT_ACTION: &'static str = "token_policy.update";
 
     async fn load(tx: &mut TenantTx) -> Result<Self, ApiError> {
-        Ok(bulkhead_store::tokens::token_policy(tx).await?)
+        Ok(bulkhead_store::tenant::tokens::token_policy(tx).await?)
     }
 
     async fn store(&self, tx: &mut TenantTx) -> Result<(), ApiError> {
-        Ok(bulkhead_store::tokens::set_token_policy(tx, self).await?)
+        Ok(bulkhead_store::tenant::tokens::set_token_policy(tx, self).await?)
     }
 
     fn audit_meta(&self) -> Value {
@@ -92,7 +92,7 @@ impl TenantPolicy for bulkhead_screening::Policy {
     }
 
     async fn store(&self, tx: &mut TenantTx) -> Result<(), ApiError> {
-        Ok(bulkhead_store::tools::set_screening_policy(tx, self.as_str()).await?)
+        Ok(bulkhead_store::tenant::tools::set_screening_policy(tx, self.as_str()).await?)
     }
 
     fn audit_meta(&self) -> Value {

@@ -9,7 +9,7 @@
 
 use bulkhead_core::TenantContext;
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::{webhooks, TenantTx};
+use bulkhead_store::{tenant::webhooks, TenantTx};
 use serde_json::Value;
 
 use crate::http::error::ApiError;

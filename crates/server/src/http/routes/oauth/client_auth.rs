@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use bulkhead_store::registry::Tenant;
+use bulkhead_store::placement::registry::Tenant;
 use zeroize::Zeroizing;
 
 use super::form::Form;

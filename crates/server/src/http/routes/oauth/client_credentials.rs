@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap};
-use bulkhead_store::registry::Tenant;
+use bulkhead_store::placement::registry::Tenant;
 
 use super::client_auth::{authenticate_client, ClientAuth};
 use super::form::Form;

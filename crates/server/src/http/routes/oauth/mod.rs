@@ -35,7 +35,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{AuthSessionId, TenantId};
-use bulkhead_store::registry::{Tenant, TenantStatus};
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use serde::Serialize;
 
 use crate::http::authz::{RouteAccess, RouteTable};

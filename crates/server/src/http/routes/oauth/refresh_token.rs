@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use bulkhead_auth::RefreshToken;
-use bulkhead_store::registry::Tenant;
+use bulkhead_store::placement::registry::Tenant;
 
 use super::client_auth::{authenticate_client, ClientAuth};
 use super::form::Form;

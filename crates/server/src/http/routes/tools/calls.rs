@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::extract::State;
 use bulkhead_core::{TenantContext, ToolCallId, ToolName};
 use bulkhead_store::audit::{self, NewEvent, Outcome};
-use bulkhead_store::tools::{self as store, Tool};
+use bulkhead_store::tenant::tools::{self as store, Tool};
 use bulkhead_store::Access;
 use bulkhead_webhooks::{CappedOutcome, Secret};
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{EndpointId, MessageId};
-use bulkhead_store::webhooks::{self as store, Attempt, Delivery, Message, MessageSource};
+use bulkhead_store::tenant::webhooks::{self as store, Attempt, Delivery, Message, MessageSource};
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

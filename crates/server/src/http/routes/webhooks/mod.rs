@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{Actor, ApiKeyId, EndpointId, Scope, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::webhooks::{self as store, Endpoint, EndpointPatch, NewEndpoint};
+use bulkhead_store::tenant::webhooks::{self as store, Endpoint, EndpointPatch, NewEndpoint};
 use bulkhead_store::Access;
 use bulkhead_webhooks::headers::check_custom_headers;
 use bulkhead_webhooks::Secret;

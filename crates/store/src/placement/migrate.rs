@@ -2,7 +2,8 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::{roles, StoreError};
+use crate::cluster::pg_roles;
+use crate::StoreError;
 
 /// The migrations compiled into this binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -13,7 +14,7 @@ pub const SCHEMA: &str = "bulkhead";
 /// Ensures the application role exists, then applies pending migrations. Runs as the owner.
 pub async fn run(owner: &PgPool) -> Result<(), StoreError> {
     let mut conn = owner.acquire().await?;
-    roles::ensure_app_role(&mut conn).await?;
+    pg_roles::ensure_app_role(&mut conn).await?;
     // The ledger table is created unqualified by sqlx, so pin this connection's search_path to our
     // schema for the duration of the run.
     sqlx::query("CREATE SCHEMA IF NOT EXISTS bulkhead")
@@ -49,7 +50,7 @@ pub async fn is_current(conn: &mut PgConnection) -> Result<bool, StoreError> {
 pub async fn apply_in_one_transaction(
     owner: &PgPool,
     schema: &str,
-    rewrite: Option<&crate::location::SchemaName>,
+    rewrite: Option<&crate::placement::location::SchemaName>,
 ) -> Result<u32, StoreError> {
     let mut tx = owner.begin().await?;
     let count = apply_on(&mut tx, schema, rewrite).await?;
@@ -62,13 +63,13 @@ pub async fn apply_in_one_transaction(
 pub async fn apply_on(
     tx: &mut PgConnection,
     schema: &str,
-    rewrite: Option<&crate::location::SchemaName>,
+    rewrite: Option<&crate::placement::location::SchemaName>,
 ) -> Result<u32, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bulkhead.migrate'), hashtext($1))")
         .bind(schema)
         .execute(&mut *tx)
         .await?;
-    roles::ensure_app_role(&mut *tx).await?;
+    pg_roles::ensure_app_role(&mut *tx).await?;
     // Anything a migration leaves unqualified lands in the target schema, never elsewhere.
     sqlx::query("SELECT set_config('search_path', $1, true)")
         .bind(format!("\"{schema}\", pg_temp"))
@@ -113,7 +114,7 @@ pub async fn apply_on(
         }
         let started = std::time::Instant::now();
         let sql = match rewrite {
-            Some(schema) => crate::location::rewrite_for_schema(&migration.sql, schema),
+            Some(schema) => crate::placement::location::rewrite_for_schema(&migration.sql, schema),
             None => migration.sql.to_string(),
         };
         sqlx::raw_sql(&sql).execute(&mut *tx).await?;

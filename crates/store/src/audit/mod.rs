@@ -1,9 +1,18 @@
-//! Audit events written in the same transaction as the change they record.
+//! The tenant's audit trail, in one room: events written in the same transaction as the change
+//! they record (this module), the verifiable log sequenced from them ([`log`]), reading it out
+//! ([`pages`]), and retention of event bodies ([`retention`]).
+//!
+//! The log streams events to the tenant's webhook endpoints, so this room sits above the
+//! repositories ([`crate::tenant`]); no repository writes here, the services above do.
 
 use bulkhead_core::AuditEventId;
 use serde::Serialize;
 
 use crate::{StoreError, TenantTx};
+
+pub mod log;
+pub mod pages;
+pub mod retention;
 
 /// The result of the audited action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,8 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tracing::Instrument;
 
-use crate::location::{location_from_columns, Location, PoolRole, Router, Topology};
-use crate::{roles, StoreError};
+use crate::cluster::pg_roles;
+use crate::placement::location::{location_from_columns, Location, PoolRole, Router, Topology};
+use crate::StoreError;
 
 /// Whether a tenant transaction may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +28,8 @@ pub enum Access {
 #[derive(Clone)]
 pub struct Store {
     router: Arc<Router>,
-    // Connections in use per tenant (crate::gate).
-    gate: Arc<crate::gate::TenantGate>,
+    // Connections in use per tenant (crate::placement::gate).
+    gate: Arc<crate::placement::gate::TenantGate>,
 }
 
 impl fmt::Debug for Store {
@@ -88,7 +89,7 @@ impl Store {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        roles::verify_app_role(&pool).await?;
+        pg_roles::verify_app_role(&pool).await?;
         Ok(Self::with_topology(Topology::single(pool, PoolRole::App)))
     }
 
@@ -100,14 +101,15 @@ impl Store {
     }
 
     /// A store over a whole topology. The pools' roles are the caller's to check
-    /// ([`roles::verify_app_role`] for serving pools).
+    /// ([`pg_roles::verify_app_role`] for serving pools).
     pub fn with_topology(topology: Topology) -> Self {
-        let cap =
-            crate::gate::TenantGate::default_cap(topology.registry.options().get_max_connections());
+        let cap = crate::placement::gate::TenantGate::default_cap(
+            topology.registry.options().get_max_connections(),
+        );
         let wait = topology.registry.options().get_acquire_timeout();
         Self {
             router: Arc::new(Router::new(topology)),
-            gate: Arc::new(crate::gate::TenantGate::new(cap, wait)),
+            gate: Arc::new(crate::placement::gate::TenantGate::new(cap, wait)),
         }
     }
 
@@ -120,7 +122,7 @@ impl Store {
             .options()
             .get_acquire_timeout();
         Self {
-            gate: Arc::new(crate::gate::TenantGate::new(cap, wait)),
+            gate: Arc::new(crate::placement::gate::TenantGate::new(cap, wait)),
             ..self
         }
     }
@@ -239,7 +241,7 @@ impl Store {
     /// Readiness: the database answers and every compiled-in migration has been applied.
     pub async fn ready(&self) -> Result<bool, StoreError> {
         let mut conn = self.pool().acquire().await?;
-        crate::migrate::is_current(&mut conn).await
+        crate::placement::migrate::is_current(&mut conn).await
     }
 
     /// Closes the pools.
@@ -261,6 +263,11 @@ impl Store {
     }
 }
 
+/// The NOTIFY channel of due webhook deliveries. Defined at the door, which forwards it from a
+/// location where no worker listens to the registry's database (see [`TenantTx::commit`]); the
+/// webhook repository ([`crate::tenant::webhooks`]) listens and notifies on it.
+pub const WEBHOOK_DUE_CHANNEL: &str = "bulkhead_webhooks";
+
 /// One open transaction for one tenant. Dropping it without [`TenantTx::commit`] rolls back.
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
@@ -274,8 +281,8 @@ pub struct TenantTx {
     pub(crate) registry: Option<PgPool>,
     forward: bool,
     forwarded: Vec<(&'static str, String)>,
-    // The tenant's connection permit (crate::gate), released when the transaction ends.
-    gate: Option<crate::gate::GatePermit>,
+    // The tenant's connection permit (crate::placement::gate), released when the transaction ends.
+    gate: Option<crate::placement::gate::GatePermit>,
 }
 
 impl fmt::Debug for TenantTx {
@@ -288,7 +295,7 @@ impl fmt::Debug for TenantTx {
 
 impl TenantTx {
     /// Sets the tenant context inside an already open transaction and confirms that the
-    /// transaction's database holds the tenant at `location` ([`crate::location`]).
+    /// transaction's database holds the tenant at `location` ([`crate::placement::location`]).
     /// Crate-private: the callers are [`Store::begin`], tenant onboarding (which writes the
     /// registry row and the tenant's first rows in one transaction) and moves.
     pub(crate) async fn enter(
@@ -302,7 +309,7 @@ impl TenantTx {
             .bind(ctx.tenant_id().uuid().to_string())
             // pg_temp last: a temporary table can never shadow a tenant table.
             .bind(format!("\"{schema}\", pg_temp"))
-            .bind(crate::gate::statement_timeout())
+            .bind(crate::placement::gate::statement_timeout())
             .fetch_optional(&mut *tx)
             .await
         {
@@ -401,8 +408,7 @@ impl TenantTx {
                     .fetch_one(&mut *self.tx)
                     .await?;
             if due.as_deref() == Some("on") {
-                self.forwarded
-                    .push((crate::webhooks::WEBHOOK_DUE_CHANNEL, String::new()));
+                self.forwarded.push((WEBHOOK_DUE_CHANNEL, String::new()));
             }
         }
         self.tx.commit().await?;

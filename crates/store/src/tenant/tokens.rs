@@ -463,7 +463,7 @@ impl Store {
                 .bind(now)
                 .fetch_all(&pool)
                 .await
-                .or_else(|err| crate::location::skip_unreachable(i, err))?,
+                .or_else(|err| crate::placement::location::skip_unreachable(i, err))?,
             );
         }
         Ok(rows

@@ -7,8 +7,11 @@ use bulkhead_auth::MasterKey;
 use futures::StreamExt;
 use sqlx::PgPool;
 
-use crate::location::{DatabaseName, Location, Placement, PoolRole, SchemaName, SHARED_SCHEMA};
-use crate::{migrate, Store, StoreError};
+use crate::placement::location::{
+    DatabaseName, Location, Placement, PoolRole, SchemaName, SHARED_SCHEMA,
+};
+use crate::placement::migrate;
+use crate::{Store, StoreError};
 
 impl Store {
     /// Registers (or re-registers) a dedicated database under `name`, with its owner and serving

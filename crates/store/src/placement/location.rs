@@ -27,8 +27,13 @@ use bulkhead_core::TenantId;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
-use crate::registry::IsolationTier;
+use crate::text_enum::text_enum;
 use crate::StoreError;
+
+text_enum!(
+    /// Where a tenant's rows live (docs/isolation-tiers.md).
+    IsolationTier { /** Shared tables under RLS. */ Shared = "shared", /** A schema per tenant. */ Schema = "schema", /** A database per tenant. */ Dedicated = "dedicated" }
+);
 
 /// The schema of the shared tier, and of everything in a dedicated database.
 pub const SHARED_SCHEMA: &str = "bulkhead";
@@ -383,7 +388,7 @@ impl Router {
         if self.topology.role == PoolRole::App {
             // The serving role there must be as powerless as here: never serve through a
             // superuser, a BYPASSRLS role or an owner that a sealed URL happens to name.
-            crate::roles::verify_app_role(&pool).await?;
+            crate::cluster::pg_roles::verify_app_role(&pool).await?;
         }
         let mut open = self.dedicated.lock().unwrap_or_else(|e| e.into_inner());
         // Idle pools are closed first; then, at the cap, the least recently used.
@@ -662,7 +667,7 @@ mod tests {
     #[test]
     fn every_migration_rewrites_completely_into_a_tenant_schema() {
         let schema = SchemaName::for_tenant(TenantId::new());
-        for migration in crate::migrate::MIGRATOR.iter() {
+        for migration in crate::placement::migrate::MIGRATOR.iter() {
             let rewritten = code_only(&rewrite_for_schema(&migration.sql, &schema));
             assert!(
                 !rewritten.contains("bulkhead.") && !rewritten.contains("SCHEMA bulkhead"),

@@ -11,7 +11,7 @@ use bulkhead_core::TenantContext;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::audit::{self, Outcome};
+use crate::audit::{self, log, Outcome};
 use crate::{Access, Store, StoreError, TenantTx};
 
 /// Retention when a tenant has not chosen one.
@@ -109,7 +109,7 @@ pub async fn purge(
     // The purge event joins the log now, so any checkpoint that covers a purged leaf also covers
     // the event that accounts for it (export verification checks that). Its id carries this
     // host's clock, which may lag the database's: the sweep is widened to include it.
-    crate::audit_log::sequence(&mut tx, crate::audit_log::Sweep::Including(purge_event)).await?;
+    log::sequence(&mut tx, log::Sweep::Including(purge_event)).await?;
     tx.commit().await?;
     Ok(deleted)
 }

@@ -9,7 +9,7 @@ use bulkhead_core::{Namespace, SessionId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::registry::text_enum;
+use crate::text_enum::text_enum;
 use crate::{StoreError, TenantTx};
 
 text_enum!(

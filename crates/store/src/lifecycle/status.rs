@@ -1,0 +1,147 @@
+//! Suspending and reactivating a tenant: every copy of its status, and the audit event, in its
+//! own location.
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use serde_json::json;
+
+use crate::audit::{self, Outcome};
+use crate::placement::registry::{
+    from_row, set_anchor_status, Tenant, TenantRow, TenantStatus, COLUMNS,
+};
+use crate::tenant::webhooks;
+use crate::{Access, Store, StoreError, TenantTx};
+
+impl Store {
+    /// Suspends or reactivates a tenant, everywhere or nowhere. Needs the owner role.
+    ///
+    /// Every copy of the status changes: the registry row and, for a tenant whose rows live
+    /// elsewhere, the anchor row of its location (what that location's claim functions read).
+    /// A location this process cannot reach (a region it does not serve, a database that does not
+    /// answer) fails the whole change with an error naming it, before anything is written. The
+    /// `tenant.suspend` / `tenant.activate` event goes to the tenant's own audit log in the same
+    /// transaction as its location's change, with the operator as actor.
+    ///
+    /// In the registry's database all of it is one transaction. Elsewhere the location's
+    /// transaction (anchor and event) commits first, then the registry's; should the second
+    /// commit fail, the error says so and running the command again completes it (each write
+    /// sets a value, so repeating it is harmless).
+    pub async fn set_tenant_status(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+    ) -> Result<Tenant, StoreError> {
+        self.set_tenant_status_by(id, status, "owner").await
+    }
+
+    /// [`Store::set_tenant_status`], naming who ran it in the audit event.
+    ///
+    /// Reactivation also makes the deliveries paused during the suspension due at once and
+    /// wakes the webhook workers (wherever the tenant's rows live), after both copies of the
+    /// status agree. Should that last step fail, they resume after their pause backoff.
+    pub async fn set_tenant_status_by(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        let tenant = self.write_tenant_status(id, status, operator).await?;
+        if status == TenantStatus::Active {
+            let ctx = TenantContext::new(
+                id,
+                Actor::System {
+                    component: "operator",
+                },
+                RequestId::new(),
+            );
+            let resumed = async {
+                let mut tx = self.begin(&ctx, Access::ReadWrite).await?;
+                let n = webhooks::resume_paused_deliveries(&mut tx).await?;
+                tx.commit().await?;
+                Ok::<u64, StoreError>(n)
+            }
+            .await;
+            match resumed {
+                Ok(n) => {
+                    tracing::info!(tenant_id = %id, resumed = n, "tenant active: paused webhook deliveries due now")
+                }
+                Err(err) => {
+                    tracing::warn!(tenant_id = %id, error = %err, "paused webhook deliveries resume after their backoff")
+                }
+            }
+        }
+        Ok(tenant)
+    }
+
+    async fn write_tenant_status(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        let current = self.tenant_by_id(id).await?.ok_or(StoreError::NotFound)?;
+        let location = current.location()?;
+        let router = self.router();
+        if !router.serves(&location.region) {
+            return Err(StoreError::WrongRegion(location.region.clone()));
+        }
+        let mut registry = self.pool().begin().await?;
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
+            "UPDATE bulkhead.tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id.uuid())
+        .bind(status.as_str())
+        .fetch_optional(&mut *registry)
+        .await?;
+        let tenant = row.map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let ctx = TenantContext::new(
+            id,
+            Actor::System {
+                component: "operator",
+            },
+            RequestId::new(),
+        );
+        let action = match status {
+            TenantStatus::Active => "tenant.activate",
+            TenantStatus::Suspended => "tenant.suspend",
+        };
+        let meta = json!({
+            "from": current.status.as_str(),
+            "to": status.as_str(),
+            "operator": operator,
+            "region": location.region,
+        });
+        if router.shares_registry_database(&location) {
+            if !router.is_registry_location(&location) {
+                set_anchor_status(&mut registry, &location, id, status).await?;
+            }
+            let mut tx = TenantTx::enter(registry, &ctx, Access::ReadWrite, &location).await?;
+            tx.registry = Some(self.pool().clone());
+            audit::record(
+                &mut tx,
+                action,
+                Some(&id.to_string()),
+                Outcome::Success,
+                meta,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(tenant);
+        }
+        let pool = router.pool_for(&location).await?;
+        let mut there = pool.begin().await?;
+        set_anchor_status(&mut there, &location, id, status).await?;
+        let mut tx = TenantTx::enter(there, &ctx, Access::ReadWrite, &location).await?;
+        tx.registry = Some(self.pool().clone());
+        audit::record(
+            &mut tx,
+            action,
+            Some(&id.to_string()),
+            Outcome::Success,
+            meta,
+        )
+        .await?;
+        tx.commit().await?;
+        registry.commit().await?;
+        Ok(tenant)
+    }
+}

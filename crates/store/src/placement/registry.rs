@@ -1,0 +1,217 @@
+//! The tenant registry (control plane): which tenants exist, where their data lives, whether they
+//! may be served.
+
+use bulkhead_core::{TenantId, TenantSlug};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::placement::location::{IsolationTier, Location, Placement};
+use crate::{Store, StoreError};
+
+use crate::text_enum::text_enum;
+
+text_enum!(
+    /// Commercial plan; sets default budgets.
+    Plan { /** Free. */ Free = "free", /** Standard. */ Standard = "standard", /** Enterprise. */ Enterprise = "enterprise" }
+);
+text_enum!(
+    /// Whether a tenant may be served.
+    TenantStatus { /** Served. */ Active = "active", /** Refused with 403; its jobs are refused. */ Suspended = "suspended" }
+);
+
+/// A registry row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tenant {
+    /// Public id.
+    pub id: TenantId,
+    /// Subdomain label.
+    pub slug: TenantSlug,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Commercial plan.
+    pub plan: Plan,
+    /// Isolation tier.
+    pub isolation_tier: IsolationTier,
+    /// Data-residency region.
+    pub region: String,
+    /// Whether it may be served.
+    pub status: TenantStatus,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Its schema, in the schema tier.
+    pub schema_name: Option<String>,
+    /// Its dedicated database's registry name, in the dedicated tier.
+    pub database_name: Option<String>,
+    /// Whether it is frozen for a move (writes answer a retryable 503).
+    pub frozen: bool,
+}
+
+/// What an operator gives to create a tenant.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Subdomain label.
+    pub slug: TenantSlug,
+    /// Human-readable name, 1 to 200 characters.
+    pub display_name: String,
+    /// Commercial plan.
+    pub plan: Plan,
+    /// Data-residency region.
+    pub region: String,
+    /// Where its rows live. Fixed at onboarding; changing it is a move
+    /// ([`crate::lifecycle::moves`]).
+    pub placement: Placement,
+}
+
+pub(crate) type TenantRow = (
+    uuid::Uuid,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
+pub(crate) const COLUMNS: &str =
+    "id, slug, display_name, plan, isolation_tier, region, status, created_at, \
+     schema_name, database_name, frozen_since IS NOT NULL";
+
+pub(crate) fn from_row(row: TenantRow) -> Result<Tenant, StoreError> {
+    let (
+        id,
+        slug,
+        display_name,
+        plan,
+        tier,
+        region,
+        status,
+        created_at,
+        schema_name,
+        database_name,
+        frozen,
+    ) = row;
+    let corrupt =
+        |what: &str| StoreError::UnsafeConfiguration(format!("registry row has an invalid {what}"));
+    Ok(Tenant {
+        id: TenantId::from_uuid(id),
+        slug: TenantSlug::parse(&slug).map_err(|_| corrupt("slug"))?,
+        display_name,
+        plan: Plan::parse(&plan).ok_or_else(|| corrupt("plan"))?,
+        isolation_tier: IsolationTier::parse(&tier).ok_or_else(|| corrupt("tier"))?,
+        region,
+        status: TenantStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        created_at,
+        schema_name,
+        database_name,
+        frozen,
+    })
+}
+
+impl Tenant {
+    /// Where its rows live.
+    pub fn location(&self) -> Result<Location, StoreError> {
+        crate::placement::location::location_from_columns(
+            self.isolation_tier.as_str(),
+            self.schema_name.as_deref(),
+            self.database_name.as_deref(),
+            self.region.clone(),
+        )
+    }
+}
+
+/// Sets the status on a tenant's anchor row in `at` (a location other than the registry's own
+/// shared schema). The row must be there: a location without it is not the tenant's.
+pub(crate) async fn set_anchor_status(
+    conn: &mut sqlx::PgConnection,
+    at: &Location,
+    id: TenantId,
+    status: TenantStatus,
+) -> Result<(), StoreError> {
+    let changed = sqlx::query(&format!(
+        "UPDATE \"{}\".tenants SET status = $2, updated_at = now() WHERE id = $1",
+        at.placement.schema()
+    ))
+    .bind(id.uuid())
+    .bind(status.as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LocationMismatch)
+    }
+}
+
+/// Writes (or refreshes) a tenant's anchor row in a location other than the registry's own
+/// shared schema: the row the location check reads ([`crate::placement::location`]).
+pub(crate) async fn write_anchor(
+    conn: &mut sqlx::PgConnection,
+    tenant: &Tenant,
+    at: &Location,
+    live: bool,
+) -> Result<(), StoreError> {
+    let (schema_name, database_name) = at.placement.columns();
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".tenants (id, slug, display_name, plan, isolation_tier, region, \
+         status, created_at, schema_name, database_name, live) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (id) DO UPDATE SET isolation_tier = EXCLUDED.isolation_tier, \
+         region = EXCLUDED.region, status = EXCLUDED.status, schema_name = EXCLUDED.schema_name, \
+         database_name = EXCLUDED.database_name, frozen_since = NULL, live = EXCLUDED.live, \
+         updated_at = now()",
+        schema = at.placement.schema()
+    ))
+    .bind(tenant.id.uuid())
+    .bind(tenant.slug.as_str())
+    .bind(&tenant.display_name)
+    .bind(tenant.plan.as_str())
+    .bind(at.placement.tier().as_str())
+    .bind(&at.region)
+    .bind(tenant.status.as_str())
+    .bind(tenant.created_at)
+    .bind(schema_name)
+    .bind(database_name)
+    .bind(live)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The tenant with this slug, if any.
+    pub async fn tenant_by_slug(&self, slug: &TenantSlug) -> Result<Option<Tenant>, StoreError> {
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM bulkhead.tenants WHERE slug = $1"
+        ))
+        .bind(slug.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(from_row).transpose()
+    }
+
+    /// The tenant with this id, if any.
+    pub async fn tenant_by_id(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM bulkhead.tenants WHERE id = $1"
+        ))
+        .bind(id.uuid())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(from_row).transpose()
+    }
+
+    /// Every tenant, oldest first (operator listing).
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM bulkhead.tenants ORDER BY created_at, id"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(from_row).collect()
+    }
+}

@@ -1,0 +1,174 @@
+//! The application harness (feature `app`): the real server on a loopback port, built from the
+//! server crate, so only application-level tests build it.
+
+use bulkhead_core::Clock;
+use bulkhead_server::config::AppConfig;
+use bulkhead_server::http::state::AppState;
+use bulkhead_server::service::credentials::Peppers;
+
+use super::*;
+
+/// [`test_pepper`] as the only pepper.
+pub fn test_peppers() -> Peppers {
+    Peppers::new(test_pepper(), Vec::new()).expect("peppers")
+}
+
+/// The application serving on a loopback port, with its own database.
+#[derive(Debug)]
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database.
+    pub db: TestDb,
+    /// Its state (for tests that call the store or worker directly).
+    pub state: AppState,
+    /// HTTP client resolving `*.bulkhead.test` to loopback only.
+    pub client: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the app on `127.0.0.1:0` with a fresh database and the system clock. No job worker
+/// runs: tests drive it.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// Knobs for [`spawn_app_with`].
+#[derive(Debug, Default)]
+pub struct AppOptions {
+    /// Serve this database instead of a fresh one (a second process of the same deployment).
+    pub db: Option<TestDb>,
+    /// Clock; default the system clock.
+    pub clock: Option<Clock>,
+    /// Peppers; default [`test_peppers`].
+    pub peppers: Option<Peppers>,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Rate limiters; default: the server's defaults, in process.
+    pub rate_limits: Option<bulkhead_server::service::rate_limits::SharedLimits>,
+    /// Webhook egress policy; default [`test_egress_policy`].
+    pub webhook_egress: Option<bulkhead_webhooks::EgressPolicy>,
+    /// Last changes to the configuration, after every other option.
+    pub configure: Option<fn(&mut AppConfig)>,
+    /// The client tool calls go through (a loopback resolver and a test CA); default: one
+    /// under the egress policy whose resolver resolves nothing, so no test call leaves loopback.
+    pub tool_client: Option<bulkhead_webhooks::EgressClient>,
+    /// Tool-call limits; default the server's.
+    pub tool_settings: Option<bulkhead_server::config::ToolSettings>,
+    /// Serve through this store (another topology: regions) instead of the database's own.
+    pub store: Option<Store>,
+}
+
+/// The application's parts as the tests and benchmarks run it: the test peppers and master
+/// key, a fresh audit log key, a tool client whose resolver knows no name (a tool call fails
+/// closed unless a test installs its own), the shipped schema pool and screening rules. The one
+/// place test code composes the application (`AppState::from_parts`), like `cli/serve.rs` does
+/// for `bulkhead serve`.
+pub fn app_parts(
+    store: Store,
+    config: AppConfig,
+    clock: Clock,
+    rate_limits: Option<bulkhead_server::service::rate_limits::SharedLimits>,
+) -> bulkhead_server::http::state::AppParts {
+    let tool_client = bulkhead_webhooks::EgressClient::new(
+        config.webhook_egress.clone(),
+        Arc::new(bulkhead_webhooks::StaticResolver::new()),
+        &bulkhead_webhooks::EgressConfig::default(),
+    )
+    .expect("tool client");
+    bulkhead_server::http::state::AppParts {
+        store,
+        peppers: test_peppers(),
+        master_key: Arc::new(test_master_key()),
+        config,
+        clock,
+        rate_limits,
+        audit: Arc::new(bulkhead_server::service::audit_log::AuditService::new(
+            bulkhead_audit::LogSigningKey::generate(),
+        )),
+        tool_client,
+        schema_pool: bulkhead_schema::Evaluator::with_defaults(),
+        screener: Arc::new(bulkhead_screening::Screener::builtin().expect("screening rules")),
+    }
+}
+
+/// Starts the app with the given options.
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let db = match options.db {
+        Some(db) => db,
+        None => TestDb::new().await,
+    };
+    ensure_signing_keys(&db).await;
+    let store = match options.store {
+        Some(store) => store,
+        None => db.app_store().await,
+    };
+    let mut config = AppConfig::new(BASE_DOMAIN, KeyEnvironment::Live).expect("config");
+    config.trusted_proxies = options.trusted_proxies;
+    config.webhook_egress = options.webhook_egress.unwrap_or_else(test_egress_policy);
+    if let Some(configure) = options.configure {
+        configure(&mut config);
+    }
+    if let Some(tools) = options.tool_settings {
+        config.tools = tools;
+    }
+    let clock = options.clock.unwrap_or_default();
+    let rate_limits = options.rate_limits.unwrap_or_else(|| {
+        Arc::new(
+            bulkhead_server::service::rate_limits::RateLimits::in_memory(
+                bulkhead_server::service::rate_limits::default_limits(),
+                bulkhead_server::service::rate_limits::default_preauth_limits(),
+                clock.clone(),
+            ),
+        )
+    });
+    let mut parts = app_parts(store, config, clock, Some(rate_limits));
+    if let Some(peppers) = options.peppers {
+        parts.peppers = peppers;
+    }
+    if let Some(client) = options.tool_client {
+        parts.tool_client = client;
+    }
+    let state = AppState::from_parts(parts);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bulkhead_server::http::app::serve(
+        listener,
+        state.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    TestApp {
+        addr,
+        db,
+        state,
+        client: loopback_client(),
+        _shutdown: shutdown,
+    }
+}
+
+impl TestApp {
+    /// URL on the bare loopback address (no subdomain signal).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// URL under a tenant's subdomain (`<slug>.bulkhead.test`), resolved to loopback.
+    pub fn tenant_url(&self, slug: &str, path: &str) -> String {
+        format!("http://{slug}.{BASE_DOMAIN}:{}{path}", self.addr.port())
+    }
+
+    /// Onboards a tenant in `tier`, in this app's database.
+    pub async fn create_tenant_in(&self, slug: &str, tier: TestTier) -> TestTenant {
+        create_tenant_in(&self.db, slug, tier).await
+    }
+
+    /// Onboards a tenant in this app's database.
+    pub async fn create_tenant(&self, slug: &str) -> TestTenant {
+        create_tenant(&self.db, slug).await
+    }
+}
