@@ -3,8 +3,8 @@
 use anyhow::Context;
 use bulkhead_auth::KeyEnvironment;
 use bulkhead_core::{TenantId, TenantSlug};
-use bulkhead_store::placement::location::{DatabaseName, SchemaName};
 use bulkhead_store::lifecycle::moves::{MoveOptions, MoveProgress, MoveStep};
+use bulkhead_store::placement::location::{DatabaseName, SchemaName};
 use bulkhead_store::placement::registry::{NewTenant, Plan, TenantStatus};
 use bulkhead_store::{Placement, Store};
 use clap::Subcommand;
@@ -294,7 +294,8 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                     )
                     .await?;
                 let bar = indicatif::ProgressBar::new(
-                    (MoveStep::ALL.len() + 2 * bulkhead_store::placement::location::TENANT_TABLES.len())
+                    (MoveStep::ALL.len()
+                        + 2 * bulkhead_store::placement::location::TENANT_TABLES.len())
                         as u64,
                 );
                 bar.set_style(

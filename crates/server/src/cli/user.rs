@@ -60,14 +60,17 @@ pub(super) async fn run(action: UserCommand) -> anyhow::Result<()> {
                     bulkhead_core::RequestId::new(),
                 );
                 let mut tx = owner.begin(&ctx, bulkhead_store::Access::ReadWrite).await?;
-                let created = bulkhead_store::tenant::users::create(&mut tx, &email, &hash, &scopes)
-                    .await
-                    .map_err(|e| match e {
-                        bulkhead_store::StoreError::Conflict { .. } => {
-                            anyhow::anyhow!("a user with that email already exists in this tenant")
-                        }
-                        other => anyhow::Error::new(other),
-                    })?;
+                let created =
+                    bulkhead_store::tenant::users::create(&mut tx, &email, &hash, &scopes)
+                        .await
+                        .map_err(|e| match e {
+                            bulkhead_store::StoreError::Conflict { .. } => {
+                                anyhow::anyhow!(
+                                    "a user with that email already exists in this tenant"
+                                )
+                            }
+                            other => anyhow::Error::new(other),
+                        })?;
                 bulkhead_store::audit::record(
                     &mut tx,
                     "user.create",

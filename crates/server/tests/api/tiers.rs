@@ -506,9 +506,12 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
     }
     let owner = db.owner_store().await;
     let known = bulkhead_store::placement::migrate::MIGRATOR.iter().count() as u32;
-    let outcomes =
-        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
-            .await;
+    let outcomes = bulkhead_store::placement::tiers::migrate_all(
+        owner.migration_targets().await.unwrap(),
+        8,
+        |_| {},
+    )
+    .await;
     assert_eq!(outcomes.len(), 201);
     for outcome in &outcomes[1..] {
         assert_eq!(
@@ -519,9 +522,12 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
         );
     }
     // A second run has nothing to do.
-    let again =
-        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
-            .await;
+    let again = bulkhead_store::placement::tiers::migrate_all(
+        owner.migration_targets().await.unwrap(),
+        8,
+        |_| {},
+    )
+    .await;
     assert!(again[1..].iter().all(|o| matches!(o.result, Ok(0))));
     // Break one schema so that migrations 0010 (tools) and 0011 (isolation tiers) are pending
     // again and the second of them fails (its columns exist already): the failure is reported,
@@ -542,9 +548,12 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
     .execute(&owner_pool)
     .await
     .unwrap();
-    let outcomes =
-        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
-            .await;
+    let outcomes = bulkhead_store::placement::tiers::migrate_all(
+        owner.migration_targets().await.unwrap(),
+        8,
+        |_| {},
+    )
+    .await;
     let failed: Vec<&String> = outcomes
         .iter()
         .filter(|o| o.result.is_err())
@@ -572,9 +581,12 @@ async fn migrate_creates_and_migrates_200_tenant_schemas_and_a_failed_one_stays_
     .execute(&owner_pool)
     .await
     .unwrap();
-    let outcomes =
-        bulkhead_store::placement::tiers::migrate_all(owner.migration_targets().await.unwrap(), 8, |_| {})
-            .await;
+    let outcomes = bulkhead_store::placement::tiers::migrate_all(
+        owner.migration_targets().await.unwrap(),
+        8,
+        |_| {},
+    )
+    .await;
     let refused = outcomes
         .iter()
         .find(|o| o.label == format!("schema {}", schemas[3]))

@@ -6,7 +6,9 @@
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tenant::tokens::{self, EndReason, PresentedRefresh, PrincipalType, RefreshStatus};
+use bulkhead_store::tenant::tokens::{
+    self, EndReason, PresentedRefresh, PrincipalType, RefreshStatus,
+};
 use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::Access;
 use serde_json::json;

@@ -22,7 +22,9 @@ use axum::response::IntoResponse;
 use bulkhead_core::{Scope, TenantContext, ToolName};
 use bulkhead_screening::FieldKind;
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tenant::tools::{self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible};
+use bulkhead_store::tenant::tools::{
+    self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible,
+};
 use bulkhead_store::Access;
 use bulkhead_webhooks::Secret;
 use serde::{Deserialize, Serialize};
