@@ -187,6 +187,16 @@ impl Drop for Slot {
 /// thread's 1024, so under contention a job gets about a tenth of a core.
 pub(crate) const NICE: i32 = 10;
 
+/// Lowers the calling thread's priority by [`NICE`]. Linux only: there the nice value is a
+/// per-thread attribute; elsewhere `setpriority` would renice the whole process.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let now = rustix::process::getpriority_process(None).unwrap_or(0);
+        let _ = rustix::process::setpriority_process(None, (now + NICE).min(19));
+    }
+}
+
 /// Stack of each pool thread: the validator and the cost walk recurse per nesting level.
 const STACK_BYTES: usize = 64 * 1024 * 1024;
 
@@ -211,8 +221,7 @@ impl Evaluator {
                 .spawn(move || {
                     // Best effort: where the system refuses, the thread runs at the normal
                     // priority, as before.
-                    let now = rustix::process::getpriority_process(None).unwrap_or(0);
-                    let _ = rustix::process::setpriority_process(None, (now + NICE).min(19));
+                    lower_own_priority();
                     while let Some((owner, job)) = queue.take() {
                         job();
                         queue.done(&owner);

@@ -194,7 +194,8 @@ pub async fn tenant_limit(State(state): State<AppState>, request: Request, next:
 
 async fn tenant_limits(state: AppState, request: Request, next: Next) -> Response {
     let Some(limits) = state.rate_limits() else {
-        return next.run(request).await;
+        // No limiting (a benchmark of the rest of the pipeline): the database bounds still hold.
+        return run_bounded(request, next).await;
     };
     let (Some(ctx), Some(TenantPlan(plan))) = (
         request.extensions().get::<TenantContext>().cloned(),
@@ -249,16 +250,27 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
         metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => decision.rejected_by.map_or("unavailable", |l| l.as_str())).increment(1);
         return rejection(&decision);
     }
+    let mut response = run_bounded(request, next).await;
+    add_headers(&mut response, &decision);
+    response
+}
+
+/// Runs the rest of the request under its route class's database bounds: the statement timeout
+/// and, for a heavy read, the tenant's heavy-read lane.
+async fn run_bounded(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
     let timeout = statement_timeout(request.method(), &route);
     let heavy = is_heavy_read(request.method(), &route);
-    let mut response = bulkhead_store::placement::gate::STATEMENT_TIMEOUT
+    bulkhead_store::placement::gate::STATEMENT_TIMEOUT
         .scope(
             timeout,
             bulkhead_store::placement::gate::HEAVY_READ.scope(heavy, next.run(request)),
         )
-        .await;
-    add_headers(&mut response, &decision);
-    response
+        .await
 }
 
 /// `statement_timeout` of reads (every GET: single resources and lists with their filters).
@@ -277,13 +289,32 @@ fn statement_timeout(method: &http::Method, _route: &str) -> std::time::Duration
 }
 
 /// Reads whose cost grows with the tenant's data: every `GET` of a collection (a path ending in
-/// a literal segment: the lists with their filters, the audit-event reads and exports). Their
-/// transactions run one at a time per tenant (`bulkhead_store::placement::gate::HEAVY_READ_CAP`), so a
-/// tenant with a million rows cannot fill the machine with scans beside everyone else's
-/// requests; a single resource (`…/{id}`) is an index lookup and is not held back.
+/// a literal segment: the lists with their filters, the audit-event reads, the audit proofs).
+/// Their transactions run one at a time per tenant
+/// (`bulkhead_store::placement::gate::HEAVY_READ_CAP`), so a tenant with a million rows cannot
+/// fill the machine with scans beside everyone else's requests. A single resource (`…/{id}`) is
+/// an index lookup and is not held back, nor are the [`LIGHT_READS`].
 fn is_heavy_read(method: &http::Method, route: &str) -> bool {
-    (method == http::Method::GET || method == http::Method::HEAD) && !route.ends_with('}')
+    (method == http::Method::GET || method == http::Method::HEAD)
+        && !route.ends_with('}')
+        && !LIGHT_READS.contains(&route)
 }
+
+/// Reads that end in a literal segment but are not scans of a collection, so the heavy-read
+/// lane would only queue them: a session's context (an agent's per-turn call), the tenant-wide
+/// policies, usage counters and the latest checkpoint (one row each), and the audit export,
+/// which streams from one snapshot for up to five minutes: holding the tenant's only heavy
+/// place that long would turn every list of the tenant into a 503 while a SIEM pulls its log
+/// (its own deadline and the connection cap bound it).
+const LIGHT_READS: &[&str] = &[
+    "/v1/sessions/{id}/context",
+    "/v1/token-policy",
+    "/v1/key-policy",
+    "/v1/screening-policy",
+    "/v1/usage",
+    "/v1/audit/checkpoints/latest",
+    "/v1/audit/export",
+];
 
 #[cfg(test)]
 mod tests {
@@ -353,6 +384,17 @@ mod tests {
             );
         }
         assert!(!is_heavy_read(&http::Method::GET, "/v1/sessions/{id}"));
+        // Every light read names a GET of the table (the list cannot rot), and none is heavy.
+        let table: Vec<_> = crate::http::app::route_table().specs().cloned().collect();
+        for light in LIGHT_READS {
+            assert!(
+                table
+                    .iter()
+                    .any(|s| s.method == http::Method::GET && s.path == *light),
+                "{light} is not a GET route of the table"
+            );
+            assert!(!is_heavy_read(&http::Method::GET, light), "{light}");
+        }
         assert!(!is_heavy_read(&http::Method::POST, "/v1/sessions"));
     }
 }

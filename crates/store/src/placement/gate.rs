@@ -101,18 +101,18 @@ impl Lane {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.cap)))
                 .clone()
         };
-        let permit =
-            match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => Some(permit),
-                _ => None,
-            };
-        // Built even without a place: its drop removes the entry if we were its last user.
-        let held = LanePermit {
-            permit,
+        // Built before the wait: if this future is dropped while waiting (the client went
+        // away), its drop still removes the tenant's entry when nobody else holds or waits.
+        let mut held = LanePermit {
+            permit: None,
             semaphore,
             tenant,
             tenants: self.tenants.clone(),
         };
+        let acquire = held.semaphore.clone().acquire_owned();
+        if let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, acquire).await {
+            held.permit = Some(permit);
+        }
         held.permit.is_some().then_some(held)
     }
 
@@ -252,5 +252,30 @@ mod tests {
         let (admitted, gate) = waiter.await.unwrap();
         assert!(admitted, "the queued heavy read was not admitted");
         assert_eq!(gate.heavy_in_use(a), 0, "the waiter's permit was dropped");
+    }
+
+    /// A wait dropped halfway (the client went away) leaves no entry behind.
+    #[tokio::test]
+    async fn a_cancelled_wait_leaves_no_entry() {
+        let gate = Arc::new(TenantGate::new(1, Duration::from_secs(30)));
+        let a = TenantId::from_uuid(uuid::Uuid::from_u128(1));
+        let held = gate.enter(a).await.unwrap();
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter(a).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The holder leaves while the waiter waits (so it keeps the entry for the waiter), and
+        // the waiter is cancelled before it runs again: only the waiter can clean up now.
+        drop(held);
+        waiter.abort();
+        assert!(
+            waiter.await.is_err(),
+            "the waiter was cancelled, not served"
+        );
+        assert!(
+            gate.connections.tenants.lock().unwrap().is_empty(),
+            "the tenant's entry outlived every holder and waiter"
+        );
     }
 }
