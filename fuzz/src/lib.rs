@@ -453,8 +453,8 @@ pub fn api_bodies(data: &[u8]) {
         accepts::<webhooks::CreateEndpoint>(data),
         accepts::<webhooks::UpdateEndpoint>(data),
         accepts::<webhooks::RotateSecret>(data),
-        accepts::<webhooks::Recover>(data),
-        accepts::<webhooks::PublishMessage>(data),
+        accepts::<webhooks::deliveries::Recover>(data),
+        accepts::<webhooks::deliveries::PublishMessage>(data),
         accepts::<auth::LoginRequest>(data),
         accepts::<TokenPolicy>(data),
     ];
