@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bulkhead_auth::{ApiKey, KeyEnvironment, KeyPepper};
-use bulkhead_core::{ScopeSet, TenantId, TenantSlug};
+use bulkhead_core::{TenantId, TenantSlug};
 use bulkhead_store::cluster::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use bulkhead_store::cluster::{pg_roles, provision};
 use bulkhead_store::placement::migrate;
@@ -352,27 +352,13 @@ pub async fn create_tenant_in_region(owner: &Store, slug: &str, region: &str) ->
     .await
 }
 
-/// Onboards `new` as `bulkhead tenant create` does (the server's `service::tenants::onboard`):
-/// [`Store::onboard_tenant`] with a live bootstrap admin key for `tenant-admin` holding every
-/// scope, hashed under [`test_pepper`].
+/// Onboards `new` as `bulkhead tenant create` does: [`Store::onboard_tenant`] with a live
+/// [`NewApiKey::bootstrap_admin`] key, hashed under [`test_pepper`].
 async fn onboard(owner: &Store, new: &NewTenant) -> TestTenant {
     let environment = KeyEnvironment::Live;
     let admin_key = ApiKey::generate(environment);
     let pepper = test_pepper();
-    let record = NewApiKey {
-        hash: pepper.key_hash(&admin_key),
-        pepper_version: pepper.version(),
-        environment,
-        display_prefix: admin_key.display_prefix(),
-        principal: "tenant-admin".into(),
-        scopes: ScopeSet::all(),
-        agent: None,
-        allowed_ips: Vec::new(),
-        description: "bootstrap admin key".into(),
-        created_by: "system:onboarding".into(),
-        expires_at: None,
-        predecessor: None,
-    };
+    let record = NewApiKey::bootstrap_admin(&admin_key, &pepper, environment);
     let (tenant, _) = owner
         .onboard_tenant(new, &record)
         .await

@@ -193,9 +193,14 @@ pub async fn tenant_limit(State(state): State<AppState>, request: Request, next:
 }
 
 async fn tenant_limits(state: AppState, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
     let Some(limits) = state.rate_limits() else {
         // No limiting (a benchmark of the rest of the pipeline): the database bounds still hold.
-        return run_bounded(request, next).await;
+        return run_bounded(request, next, &route).await;
     };
     let (Some(ctx), Some(TenantPlan(plan))) = (
         request.extensions().get::<TenantContext>().cloned(),
@@ -204,11 +209,6 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
         // Mounted outside resolution: fail closed.
         return ApiError::Unauthorized.into_response();
     };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
     let class = endpoint_class(request.method(), &route);
     let agent = match ctx.actor() {
         Actor::ApiKey { key_id, .. } => Some(key_id.to_string()),
@@ -250,21 +250,16 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
         metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => decision.rejected_by.map_or("unavailable", |l| l.as_str())).increment(1);
         return rejection(&decision);
     }
-    let mut response = run_bounded(request, next).await;
+    let mut response = run_bounded(request, next, &route).await;
     add_headers(&mut response, &decision);
     response
 }
 
 /// Runs the rest of the request under its route class's database bounds: the statement timeout
 /// and, for a heavy read, the tenant's heavy-read lane.
-async fn run_bounded(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let timeout = statement_timeout(request.method(), &route);
-    let heavy = is_heavy_read(request.method(), &route);
+async fn run_bounded(request: Request, next: Next, route: &str) -> Response {
+    let timeout = statement_timeout(request.method(), route);
+    let heavy = is_heavy_read(request.method(), route);
     bulkhead_store::placement::gate::STATEMENT_TIMEOUT
         .scope(
             timeout,

@@ -1,12 +1,12 @@
 //! Onboarding a tenant: registry row plus a bootstrap admin key, shown once.
 
 use bulkhead_auth::{ApiKey, KeyEnvironment};
-use bulkhead_core::{ApiKeyId, ScopeSet};
+use bulkhead_core::ApiKeyId;
 use bulkhead_store::placement::registry::{NewTenant, Tenant};
+use bulkhead_store::tenant::api_keys::NewApiKey;
 use bulkhead_store::{Store, StoreError};
 
 use crate::service::credentials::Peppers;
-use crate::service::keys::{new_record, KeySpec};
 
 /// A new tenant and its first key. The key's plaintext exists only here, to be shown once.
 #[derive(Debug)]
@@ -28,21 +28,7 @@ pub async fn onboard(
     new: &NewTenant,
 ) -> Result<Onboarded, StoreError> {
     let admin_key = ApiKey::generate(environment);
-    let spec = KeySpec {
-        principal: "tenant-admin".into(),
-        scopes: ScopeSet::all(),
-        agent: None,
-        allowed_ips: Vec::new(),
-        description: "bootstrap admin key".into(),
-        expires_at: None,
-    };
-    let record = new_record(
-        peppers,
-        environment,
-        &admin_key,
-        &spec,
-        "system:onboarding".into(),
-    );
+    let record = NewApiKey::bootstrap_admin(&admin_key, peppers.current(), environment);
     let (tenant, admin_key_id) = owner.onboard_tenant(new, &record).await?;
     tracing::info!(
         target: "bulkhead::audit",

@@ -49,6 +49,32 @@ pub struct NewApiKey {
     pub predecessor: Option<ApiKeyId>,
 }
 
+impl NewApiKey {
+    /// A new tenant's first key, as onboarding makes it (the server's `bulkhead tenant create`
+    /// and the test harness alike): `tenant-admin`, every scope, no expiry, made by
+    /// `system:onboarding`, hashed under `pepper`.
+    pub fn bootstrap_admin(
+        key: &bulkhead_auth::ApiKey,
+        pepper: &bulkhead_auth::KeyPepper,
+        environment: KeyEnvironment,
+    ) -> Self {
+        Self {
+            hash: pepper.key_hash(key),
+            pepper_version: pepper.version(),
+            environment,
+            display_prefix: key.display_prefix(),
+            principal: "tenant-admin".into(),
+            scopes: ScopeSet::all(),
+            agent: None,
+            allowed_ips: Vec::new(),
+            description: "bootstrap admin key".into(),
+            created_by: "system:onboarding".into(),
+            expires_at: None,
+            predecessor: None,
+        }
+    }
+}
+
 /// Stored status of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
