@@ -22,25 +22,27 @@
 //! its cap again), and retries it scheduled wake it at their due time. Polling every
 //! `idle_poll` remains as the fallback (other workers' retries, reactivated tenants).
 
+mod record;
+mod request;
+mod windows;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulkhead_auth::MasterKey;
 use bulkhead_core::{Actor, Clock, DeliveryId, EndpointId, RequestId, TenantContext, TenantId};
-use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tenant::webhooks::{self as store, ClaimedDelivery, DeliveryWork, NewAttempt};
+use bulkhead_store::tenant::webhooks::{self as store, ClaimedDelivery, DeliveryWork};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, HeaderValue};
-use serde_json::json;
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::egress::{EgressClient, SendOutcome};
-use crate::headers::check_custom_headers;
-use crate::schedule;
-use crate::signing::{signed_headers, Secret};
+
+use self::record::Recording;
+use self::request::{build_request, millis};
+use self::windows::{endpoint_share, Windows, WINDOW_ENTRIES};
 
 /// Platform event raised when an endpoint is disabled automatically.
 pub const EVENT_ENDPOINT_DISABLED: &str = "endpoint.disabled";
@@ -123,13 +125,6 @@ struct Ready {
     work: DeliveryWork,
     keys: store::EndpointKeys,
     started: DateTime<Utc>,
-}
-
-/// A success waiting for the recorder, and where to say it is recorded.
-struct Recording {
-    tenant: TenantId,
-    success: store::Success,
-    done: oneshot::Sender<bool>,
 }
 
 /// Claims and delivers.
@@ -576,31 +571,6 @@ impl Dispatcher {
         }
     }
 
-    /// Hands a success to the recorder and waits until it is committed.
-    async fn record_success(
-        &self,
-        tenant: TenantId,
-        success: store::Success,
-    ) -> Result<Delivered, StoreError> {
-        let sender = self
-            .recorder
-            .get_or_init(|| spawn_recorder(self.store.clone()));
-        let (done, recorded) = oneshot::channel();
-        sender
-            .send(Recording {
-                tenant,
-                success,
-                done,
-            })
-            .map_err(|_| StoreError::Invalid("the webhook recorder stopped".into()))?;
-        match recorded.await {
-            Ok(true) => Ok(Delivered::Succeeded),
-            _ => Err(StoreError::Invalid(
-                "the batch of successes could not be recorded".into(),
-            )),
-        }
-    }
-
     fn rate_limited(
         &self,
         tenant: TenantId,
@@ -616,205 +586,6 @@ impl Dispatcher {
         }
         *slot = now + interval;
         None
-    }
-
-    async fn record(
-        &self,
-        ctx: &TenantContext,
-        work: &DeliveryWork,
-        started: DateTime<Utc>,
-        outcome: SendOutcome,
-    ) -> Result<Delivered, StoreError> {
-        let now = self.clock.now();
-        let attempts = work.delivery.attempts + 1;
-        let mut tx = self.store.begin(ctx, Access::ReadWrite).await?;
-        let delivery = work.delivery.id;
-        let endpoint = work.endpoint.id;
-        let result = match outcome {
-            SendOutcome::Blocked(refusal) => {
-                let rule = refusal.to_string();
-                store::record_attempt(
-                    &mut tx,
-                    work,
-                    &NewAttempt {
-                        attempted_at: started,
-                        outcome: "blocked",
-                        status_code: None,
-                        latency_ms: 0,
-                        error_class: Some(refusal.class().into()),
-                        error: Some(rule.clone()),
-                        response_sample: None,
-                    },
-                )
-                .await?;
-                store::finish_delivery(&mut tx, delivery, "blocked", None, true, Some(&rule))
-                    .await?;
-                audit::record(
-                    &mut tx,
-                    "webhook.blocked",
-                    Some(&endpoint.to_string()),
-                    Outcome::Blocked,
-                    json!({ "delivery_id": delivery, "message_id": work.message.id, "rule": rule }),
-                )
-                .await?;
-                tracing::warn!(target: "bulkhead::audit", action = "webhook.blocked", tenant_id = %ctx.tenant_id(), resource_id = %endpoint, rule = %rule, "egress guard refused a delivery");
-                Delivered::Blocked
-            }
-            SendOutcome::Response {
-                status,
-                sample,
-                latency,
-                ..
-            } if (200..300).contains(&status) => {
-                store::record_attempt(
-                    &mut tx,
-                    work,
-                    &NewAttempt {
-                        attempted_at: started,
-                        outcome: "succeeded",
-                        status_code: Some(i32::from(status)),
-                        latency_ms: millis(latency),
-                        error_class: None,
-                        error: None,
-                        response_sample: Some(sample),
-                    },
-                )
-                .await?;
-                store::finish_delivery(&mut tx, delivery, "succeeded", None, true, None).await?;
-                store::endpoint_succeeded(&mut tx, endpoint).await?;
-                Delivered::Succeeded
-            }
-            SendOutcome::Response {
-                status: 410,
-                sample,
-                latency,
-                ..
-            } => {
-                store::record_attempt(
-                    &mut tx,
-                    work,
-                    &NewAttempt {
-                        attempted_at: started,
-                        outcome: "failed",
-                        status_code: Some(410),
-                        latency_ms: millis(latency),
-                        error_class: Some("gone".into()),
-                        error: Some("the receiver answered 410 Gone".into()),
-                        response_sample: Some(sample),
-                    },
-                )
-                .await?;
-                store::finish_delivery(&mut tx, delivery, "failed", None, true, Some("410 Gone"))
-                    .await?;
-                self.disable(&mut tx, endpoint, "the receiver answered 410 Gone")
-                    .await?;
-                Delivered::Failed(None)
-            }
-            other => {
-                let (status_code, class, error, sample, latency, retry_after) = match other {
-                    SendOutcome::Response {
-                        status,
-                        retry_after,
-                        sample,
-                        latency,
-                    } => {
-                        let class = if (300..400).contains(&status) {
-                            "redirect"
-                        } else {
-                            "http_status"
-                        };
-                        (
-                            Some(i32::from(status)),
-                            class,
-                            format!("the receiver answered {status}"),
-                            Some(sample),
-                            latency,
-                            retry_after,
-                        )
-                    }
-                    SendOutcome::Transport {
-                        class,
-                        detail,
-                        latency,
-                    } => (None, class, detail, None, latency, None),
-                    SendOutcome::Blocked(_) => unreachable!("handled above"),
-                };
-                store::record_attempt(
-                    &mut tx,
-                    work,
-                    &NewAttempt {
-                        attempted_at: started,
-                        outcome: "failed",
-                        status_code,
-                        latency_ms: millis(latency),
-                        error_class: Some(class.into()),
-                        error: Some(error.clone()),
-                        response_sample: sample,
-                    },
-                )
-                .await?;
-                let (_, failing_since) = store::endpoint_failed(
-                    &mut tx,
-                    endpoint,
-                    now,
-                    self.config.circuit_after,
-                    self.config.circuit_cooldown,
-                )
-                .await?;
-                let disabled = now - failing_since >= self.config.disable_after;
-                if disabled {
-                    let days = self.config.disable_after.num_hours() as f64 / 24.0;
-                    self.disable(
-                        &mut tx,
-                        endpoint,
-                        &format!("failing without a success for {days} days"),
-                    )
-                    .await?;
-                }
-                let next = if disabled {
-                    None
-                } else {
-                    schedule::next_attempt(now, attempts, retry_after.as_deref())
-                };
-                let status = if next.is_some() { "pending" } else { "failed" };
-                store::finish_delivery(&mut tx, delivery, status, next, true, Some(&error)).await?;
-                Delivered::Failed(next)
-            }
-        };
-        tx.commit().await?;
-        Ok(result)
-    }
-
-    /// Disables an endpoint, audits it, and tells the tenant's other endpoints.
-    async fn disable(
-        &self,
-        tx: &mut TenantTx,
-        endpoint: EndpointId,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        if !store::disable_endpoint(tx, endpoint, reason).await? {
-            return Ok(());
-        }
-        audit::record(
-            tx,
-            "webhook.endpoint_disabled",
-            Some(&endpoint.to_string()),
-            Outcome::Success,
-            json!({ "reason": reason }),
-        )
-        .await?;
-        let body = json!({ "endpoint_id": endpoint, "reason": reason });
-        store::publish(
-            tx,
-            EVENT_ENDPOINT_DISABLED,
-            &body,
-            store::MessageSource::Platform,
-            None,
-            self.clock.now(),
-        )
-        .await?;
-        tracing::warn!(tenant_id = %tx.tenant_id(), endpoint_id = %endpoint, reason, "webhook endpoint disabled");
-        Ok(())
     }
 }
 
@@ -861,173 +632,5 @@ async fn listen(store: Store, wake: Arc<Notify>) {
         // Whatever was announced while disconnected is claimed now.
         wake.notify_one();
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Starts the task that writes successes in batches: it takes whatever has arrived (up to 512),
-/// writes each tenant's share in one transaction of that tenant, and answers each sender.
-fn spawn_recorder(store: Store) -> mpsc::UnboundedSender<Recording> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Recording>();
-    tokio::spawn(async move {
-        let mut buffer = Vec::with_capacity(512);
-        while rx.recv_many(&mut buffer, 512).await > 0 {
-            let mut by_tenant: HashMap<TenantId, Vec<Recording>> = HashMap::new();
-            for r in buffer.drain(..) {
-                by_tenant.entry(r.tenant).or_default().push(r);
-            }
-            let writes = by_tenant.into_iter().map(|(tenant, items)| {
-                let store = store.clone();
-                async move {
-                    let successes: Vec<store::Success> =
-                        items.iter().map(|r| r.success.clone()).collect();
-                    let written = async {
-                        let mut tx = store.begin(&system_ctx(tenant), Access::ReadWrite).await?;
-                        store::record_successes(&mut tx, &successes).await?;
-                        tx.commit().await
-                    }
-                    .await;
-                    if let Err(err) = &written {
-                        tracing::warn!(tenant_id = %tenant, error = %err, "webhook successes could not be recorded");
-                    }
-                    for r in items {
-                        let _ = r.done.send(written.is_ok());
-                    }
-                }
-            });
-            futures::future::join_all(writes).await;
-        }
-    });
-    tx
-}
-
-/// Endpoints whose earned windows are remembered; beyond that the least recently earning one
-/// falls back to its share (and earns again from there).
-const WINDOW_ENTRIES: usize = 10_000;
-
-/// Earned windows per endpoint, bounded by evicting the endpoint that earned least recently:
-/// an endpoint that keeps answering fast keeps its window however many other endpoints come and
-/// go (clearing everything at the bound let any tenant with many endpoints reset every other
-/// tenant's windows; review 2, L8), and entries of deleted endpoints age out.
-struct Windows {
-    earned: hashlink::LruCache<(TenantId, EndpointId), i32>,
-}
-
-impl Windows {
-    fn new(entries: usize) -> Self {
-        Self {
-            earned: hashlink::LruCache::new(entries.max(1)),
-        }
-    }
-
-    /// One more slot (up to `max`) after a fast success; back to the share `base` otherwise.
-    fn learn(&mut self, key: (TenantId, EndpointId), fast: bool, base: i32, max: i32) {
-        if !fast {
-            self.earned.remove(&key);
-            return;
-        }
-        match self.earned.get_mut(&key) {
-            Some(w) => *w = (*w + 1).min(max),
-            // Inserting past the bound evicts the least recently used entry only.
-            None => {
-                self.earned.insert(key, (base + 1).min(max));
-            }
-        }
-    }
-
-    /// The windows wider than the share `base`, for the claim.
-    fn earned_above(&self, base: i32) -> Vec<(TenantId, EndpointId, i32)> {
-        self.earned
-            .iter()
-            .filter(|(_, w)| **w > base)
-            .map(|((t, e), w)| (*t, *e, *w))
-            .collect()
-    }
-
-    #[cfg(test)]
-    fn get(&self, key: &(TenantId, EndpointId)) -> Option<i32> {
-        self.earned.peek(key).copied()
-    }
-}
-
-/// The part of a tenant's guaranteed share one endpoint may hold without an earned window: half,
-/// rounded up (as the claim computes it, migration 0021), so a hanging endpoint leaves the rest
-/// to its siblings.
-fn endpoint_share(per_tenant: i32) -> i32 {
-    (per_tenant.clamp(1, 1000) + 1) / 2
-}
-
-fn millis(d: Duration) -> i32 {
-    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
-}
-
-/// Headers and body of one attempt: content type, the tenant's vetted headers, then the
-/// signature headers (which custom headers can never replace).
-fn build_request(
-    work: &DeliveryWork,
-    keys: &store::EndpointKeys,
-    timestamp: i64,
-) -> Result<(HeaderMap, bytes::Bytes), String> {
-    let body = serde_json::to_vec(&work.message.payload).map_err(|e| e.to_string())?;
-    let custom = work
-        .endpoint
-        .headers
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let mut headers = check_custom_headers(&custom).map_err(|e| e.to_string())?;
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let current = Secret::from_bytes(&keys.current).map_err(|e| e.to_string())?;
-    let previous = keys
-        .previous
-        .as_deref()
-        .map(Secret::from_bytes)
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let mut secrets = vec![&current];
-    if let Some(previous) = &previous {
-        secrets.push(previous);
-    }
-    let signed = signed_headers(&secrets, &work.message.id.to_string(), timestamp, &body);
-    headers.extend(signed);
-    Ok((headers, bytes::Bytes::from(body)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(n: u128) -> (TenantId, EndpointId) {
-        (
-            TenantId::from_uuid(uuid::Uuid::from_u128(n)),
-            EndpointId::from_uuid(uuid::Uuid::from_u128(n)),
-        )
-    }
-
-    #[test]
-    fn many_new_endpoints_evict_only_the_least_recently_earning_windows() {
-        let mut w = Windows::new(100);
-        let victim = key(1_000_000);
-        for _ in 0..10 {
-            w.learn(victim, true, 2, 64);
-        }
-        let idle = key(2_000_000);
-        w.learn(idle, true, 2, 64);
-        // Another tenant's many endpoints, one fast answer each, while the victim keeps earning.
-        for n in 0..1_000 {
-            w.learn(key(n), true, 2, 64);
-            if n % 50 == 0 {
-                w.learn(victim, true, 2, 64);
-            }
-        }
-        assert_eq!(w.get(&victim), Some(12 + 20));
-        assert_eq!(w.get(&idle), None, "a window not earned lately ages out");
-        assert_eq!(w.earned.len(), 100);
-        // A slow answer still drops the window at once.
-        w.learn(victim, false, 2, 64);
-        assert_eq!(w.get(&victim), None);
-        assert!(w.earned_above(2).iter().all(|(t, e, _)| (*t, *e) != victim));
     }
 }
