@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bulkhead_webhooks::{EgressClient, EgressConfig, StaticResolver};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -149,6 +150,54 @@ impl Shared {
         reply
             .or_else(|| self.default.lock().expect("default").clone())
             .unwrap_or(Reply::status(200))
+    }
+}
+
+/// TLS receivers reached by name, as real webhook and tool endpoints are: each serves a
+/// certificate of [`NamedReceivers::ca`] for its name, and [`NamedReceivers::resolver`] answers
+/// the name with the receiver's loopback address. A client from
+/// [`NamedReceivers::egress_client`] trusts the CA and resolves through the resolver; a test may
+/// start canaries with the CA and point names at them through the resolver itself.
+#[derive(Debug, Default)]
+pub struct NamedReceivers {
+    /// Signs every receiver's certificate.
+    pub ca: TestCa,
+    /// Names receivers (and canaries) for the egress client.
+    pub resolver: StaticResolver,
+}
+
+impl NamedReceivers {
+    /// A fresh CA and an empty resolver.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A TLS receiver on `ip` for `name`, which resolves to `ip` from now on.
+    pub async fn start(&self, name: &str, ip: IpAddr) -> Receiver {
+        let receiver = Receiver::start(ip, 0, Some(self.ca.server_config(&[name]))).await;
+        self.resolver.insert(name, vec![ip]);
+        receiver
+    }
+
+    /// Egress settings trusting the CA, with a short connect timeout (a receiver is local; a
+    /// connection that does not open at once will not).
+    pub fn egress_config(&self) -> EgressConfig {
+        EgressConfig {
+            extra_roots_der: vec![self.ca.cert_der.clone()],
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..EgressConfig::default()
+        }
+    }
+
+    /// An egress client under [`crate::test_egress_policy`] with `config`, resolving through
+    /// the resolver.
+    pub fn egress_client(&self, config: &EgressConfig) -> EgressClient {
+        EgressClient::new(
+            crate::test_egress_policy(),
+            Arc::new(self.resolver.clone()),
+            config,
+        )
+        .expect("egress client")
     }
 }
 

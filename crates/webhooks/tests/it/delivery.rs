@@ -12,13 +12,12 @@ use bulkhead_core::{Actor, Clock, EndpointId, MessageId, RequestId, TenantContex
 use bulkhead_store::audit;
 use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint};
 use bulkhead_store::{Access, Store};
-use bulkhead_test_support::receiver::{Receiver, Reply, TestCa};
+use bulkhead_test_support::receiver::{NamedReceivers, Receiver, Reply};
 use bulkhead_test_support::{
-    create_tenant, create_tenant_in, create_tenant_in_region, test_egress_policy, test_master_key,
-    TestDb, TestTier,
+    create_tenant, create_tenant_in, create_tenant_in_region, test_master_key, TestDb, TestTier,
 };
 use bulkhead_webhooks::delivery::{Delivered, DeliveryConfig, Dispatcher};
-use bulkhead_webhooks::{verify, EgressClient, EgressConfig, Secret, StaticResolver};
+use bulkhead_webhooks::{verify, EgressConfig, Secret};
 use chrono::Utc;
 use serde_json::json;
 
@@ -28,8 +27,7 @@ const CANARY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 struct Rig {
     db: TestDb,
     store: Store,
-    ca: TestCa,
-    resolver: StaticResolver,
+    receivers: NamedReceivers,
     clock: Clock,
 }
 
@@ -40,8 +38,7 @@ impl Rig {
         Rig {
             db,
             store,
-            ca: TestCa::new(),
-            resolver: StaticResolver::new(),
+            receivers: NamedReceivers::new(),
             clock,
         }
     }
@@ -59,17 +56,10 @@ impl Rig {
 
     fn dispatcher(&self, config: DeliveryConfig, timeout: Duration) -> Dispatcher {
         let egress = EgressConfig {
-            extra_roots_der: vec![self.ca.cert_der.clone()],
-            connect_timeout: Duration::from_secs(2),
             total_timeout: timeout,
-            ..EgressConfig::default()
+            ..self.receivers.egress_config()
         };
-        let client = EgressClient::new(
-            test_egress_policy(),
-            Arc::new(self.resolver.clone()),
-            &egress,
-        )
-        .unwrap();
+        let client = self.receivers.egress_client(&egress);
         Dispatcher::new(
             self.store.clone(),
             client,
@@ -77,13 +67,6 @@ impl Rig {
             config,
             Arc::new(test_master_key()),
         )
-    }
-
-    /// A TLS receiver on `ip` for `name`, which resolves to `ip`.
-    async fn receiver(&self, name: &str, ip: IpAddr) -> Receiver {
-        let r = Receiver::start(ip, 0, Some(self.ca.server_config(&[name]))).await;
-        self.resolver.insert(name, vec![ip]);
-        r
     }
 
     async fn tenant(&self, slug: &str) -> TenantContext {
@@ -165,7 +148,7 @@ fn url(name: &str, r: &Receiver) -> String {
 #[tokio::test]
 async fn a_delivery_is_signed_verifiable_and_carries_the_message_id() {
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     let (_, secret) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let message = rig.publish(&a, 1).await;
@@ -191,7 +174,7 @@ async fn a_delivery_is_signed_verifiable_and_carries_the_message_id() {
 async fn rotation_signs_with_both_secrets_until_the_old_one_expires() {
     let clock = Clock::manual(Utc::now());
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     let (id, old) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let new = Secret::generate();
@@ -239,7 +222,7 @@ async fn failures_retry_on_the_schedule_without_sleeping_and_honour_retry_after(
     let start = Utc::now();
     let clock = Clock::manual(start);
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     receiver.script(vec![
         Reply::status(500),
         Reply::Status(
@@ -298,7 +281,7 @@ async fn failures_retry_on_the_schedule_without_sleeping_and_honour_retry_after(
 async fn a_delivery_gives_up_after_the_last_scheduled_retry() {
     let clock = Clock::manual(Utc::now());
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     receiver.set_default(Reply::status(500));
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
@@ -332,9 +315,9 @@ async fn a_delivery_gives_up_after_the_last_scheduled_retry() {
 #[tokio::test]
 async fn gone_disables_the_endpoint_and_tells_the_other_endpoints() {
     let rig = Rig::new(Clock::system()).await;
-    let gone = rig.receiver("gone.example", LOOPBACK).await;
+    let gone = rig.receivers.start("gone.example", LOOPBACK).await;
     gone.set_default(Reply::status(410));
-    let watcher = rig.receiver("watcher.example", LOOPBACK).await;
+    let watcher = rig.receivers.start("watcher.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     let (gone_id, _) = rig.endpoint(&a, &url("gone.example", &gone)).await;
     rig.endpoint(&a, &url("watcher.example", &watcher)).await;
@@ -364,7 +347,7 @@ async fn gone_disables_the_endpoint_and_tells_the_other_endpoints() {
 async fn an_endpoint_failing_for_five_days_is_disabled() {
     let clock = Clock::manual(Utc::now());
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     receiver.set_default(Reply::status(500));
     let a = rig.tenant("alpha").await;
     let (id, _) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
@@ -412,7 +395,7 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
 async fn the_circuit_breaker_holds_deliveries_back_without_connecting() {
     let clock = Clock::manual(Utc::now());
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     receiver.set_default(Reply::status(500));
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
@@ -448,10 +431,12 @@ async fn a_denied_address_is_blocked_audited_and_never_retried() {
     let canary = Receiver::start(
         CANARY_IP,
         0,
-        Some(rig.ca.server_config(&["canary.example"])),
+        Some(rig.receivers.ca.server_config(&["canary.example"])),
     )
     .await;
-    rig.resolver.insert("canary.example", vec![CANARY_IP]);
+    rig.receivers
+        .resolver
+        .insert("canary.example", vec![CANARY_IP]);
     let a = rig.tenant("alpha").await;
     let (endpoint, _) = rig.endpoint(&a, &url("canary.example", &canary)).await;
     let message = rig.publish(&a, 1).await;
@@ -478,21 +463,31 @@ async fn rebinding_cannot_move_a_connection_to_an_unchecked_address() {
     let receiver = Receiver::start(
         LOOPBACK,
         0,
-        Some(rig.ca.server_config(&["rebind.example", "mixed.example"])),
+        Some(
+            rig.receivers
+                .ca
+                .server_config(&["rebind.example", "mixed.example"]),
+        ),
     )
     .await;
     let port = receiver.addr.port();
     let canary = Receiver::start(
         CANARY_IP,
         port,
-        Some(rig.ca.server_config(&["rebind.example", "mixed.example"])),
+        Some(
+            rig.receivers
+                .ca
+                .server_config(&["rebind.example", "mixed.example"]),
+        ),
     )
     .await;
     // First answer allowed, every later one denied.
-    rig.resolver
+    rig.receivers
+        .resolver
         .insert_sequence("rebind.example", vec![vec![LOOPBACK], vec![CANARY_IP]]);
     // One answer mixing an allowed and a denied address: refused whole.
-    rig.resolver
+    rig.receivers
+        .resolver
         .insert("mixed.example", vec![LOOPBACK, CANARY_IP]);
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &format!("https://rebind.example:{port}/"))
@@ -516,15 +511,17 @@ async fn rebinding_cannot_move_a_connection_to_an_unchecked_address() {
 #[tokio::test]
 async fn redirects_are_not_followed() {
     let rig = Rig::new(Clock::system()).await;
-    let canary = rig.receiver("canary.example", LOOPBACK).await;
+    let canary = rig.receivers.start("canary.example", LOOPBACK).await;
     let denied_canary = Receiver::start(
         CANARY_IP,
         0,
-        Some(rig.ca.server_config(&["inside.example"])),
+        Some(rig.receivers.ca.server_config(&["inside.example"])),
     )
     .await;
-    rig.resolver.insert("inside.example", vec![CANARY_IP]);
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    rig.receivers
+        .resolver
+        .insert("inside.example", vec![CANARY_IP]);
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     receiver.script(vec![
         Reply::Status(
             302,
@@ -558,7 +555,7 @@ async fn redirects_are_not_followed() {
 #[tokio::test]
 async fn response_bodies_are_read_only_up_to_the_sample_cap() {
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     receiver.script(vec![Reply::Status(200, Vec::new(), "x".repeat(200_000))]);
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
@@ -575,9 +572,9 @@ async fn response_bodies_are_read_only_up_to_the_sample_cap() {
 #[tokio::test]
 async fn a_tenant_with_a_hanging_endpoint_does_not_delay_another() {
     let rig = Rig::new(Clock::system()).await;
-    let hanging = rig.receiver("hang.example", LOOPBACK).await;
+    let hanging = rig.receivers.start("hang.example", LOOPBACK).await;
     hanging.set_default(Reply::Hang);
-    let healthy = rig.receiver("healthy.example", LOOPBACK).await;
+    let healthy = rig.receivers.start("healthy.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     let b = rig.tenant("bravo").await;
     rig.endpoint(&a, &url("hang.example", &hanging)).await;
@@ -618,7 +615,7 @@ async fn a_tenant_with_a_hanging_endpoint_does_not_delay_another() {
 async fn a_worker_killed_mid_delivery_loses_nothing() {
     let clock = Clock::manual(Utc::now());
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let m = rig.publish(&a, 1).await;
@@ -703,7 +700,7 @@ async fn the_claim_is_round_robin_and_caps_each_tenant() {
 async fn the_per_endpoint_rate_limit_defers_without_connecting() {
     let clock = Clock::manual(Utc::now());
     let rig = Rig::new(clock.clone()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     let (id, _) = rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let mut tx = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
@@ -730,7 +727,7 @@ async fn the_app_role_cannot_claim_early_by_passing_a_future_clock() {
     // Issue 17 item 6: the claim trusted the caller's `p_now`; `infinity` claimed every
     // tenant's deliveries regardless of backoff and leased them forever.
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     rig.publish(&a, 1).await;
@@ -827,7 +824,7 @@ async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
     // before a suspension still went out.
     use bulkhead_store::placement::registry::TenantStatus;
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let message = rig.publish(&a, 1).await;
@@ -883,7 +880,7 @@ async fn a_suspended_tenants_deliveries_pause_and_resume_on_activation() {
 async fn a_lone_tenant_with_a_fast_receiver_earns_more_than_its_guaranteed_share() {
     // Issue 25: the per-tenant cap idled the workers when nobody else was waiting.
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     for n in 0..40 {
@@ -910,7 +907,7 @@ async fn the_dispatcher_wakes_on_publish_without_waiting_for_its_poll() {
     // Issue 25: with nothing due the dispatcher slept its whole poll interval; new work now
     // wakes it through NOTIFY from the publishing transaction.
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let config = DeliveryConfig {
@@ -938,9 +935,9 @@ async fn a_hanging_endpoint_does_not_slow_its_tenants_other_endpoint() {
     // successes widened the window its hanging sibling kept filling, until the hanging one held
     // every slot of the process and the fast one waited for those attempts to time out.
     let rig = Rig::new(Clock::system()).await;
-    let hanging = rig.receiver("hang.example", LOOPBACK).await;
+    let hanging = rig.receivers.start("hang.example", LOOPBACK).await;
     hanging.set_default(Reply::Hang);
-    let fast = rig.receiver("fast.example", LOOPBACK).await;
+    let fast = rig.receivers.start("fast.example", LOOPBACK).await;
     fast.set_keep_alive(true);
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("hang.example", &hanging)).await;
@@ -977,7 +974,7 @@ async fn reactivating_a_tenant_delivers_its_waiting_messages_at_once() {
     // it was suspended) or the pause backoff (those paused at the send).
     use bulkhead_store::placement::registry::TenantStatus;
     let rig = Rig::new(Clock::system()).await;
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
     rig.endpoint(&a, &url("receiver.example", &receiver)).await;
     let owner = rig.db.owner_store().await;
@@ -1030,7 +1027,7 @@ async fn reactivating_a_tenant_delivers_its_waiting_messages_at_once() {
 /// Publishes once the dispatcher sleeps on a 600 s poll, and expects the delivery within 10 s:
 /// only the NOTIFY wake-up can do that.
 async fn assert_publish_wakes(rig: &Rig, a: &TenantContext) {
-    let receiver = rig.receiver("receiver.example", LOOPBACK).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     rig.endpoint(a, &url("receiver.example", &receiver)).await;
     let config = DeliveryConfig {
         idle_poll: Duration::from_secs(600),
@@ -1081,14 +1078,24 @@ async fn deliveries_speak_http2_when_offered_on_one_connection_per_host_and_addr
     // Issue 25: HTTP/2 where the receiver offers it (ALPN), with the guard's pinning intact.
     let rig = Rig::new(Clock::system()).await;
     let names = ["h2.example", "alias.example", "rebind.example"];
-    let receiver = Receiver::start(LOOPBACK, 0, Some(rig.ca.server_config_h2(&names))).await;
+    let receiver =
+        Receiver::start(LOOPBACK, 0, Some(rig.receivers.ca.server_config_h2(&names))).await;
     let port = receiver.addr.port();
     // The same port on a denied address: must never be reached, even with an HTTP/2 connection
     // to a name of the same certificate open.
-    let canary = Receiver::start(CANARY_IP, port, Some(rig.ca.server_config_h2(&names))).await;
-    rig.resolver.insert("h2.example", vec![LOOPBACK]);
-    rig.resolver.insert("alias.example", vec![LOOPBACK]);
-    rig.resolver.insert("rebind.example", vec![CANARY_IP]);
+    let canary = Receiver::start(
+        CANARY_IP,
+        port,
+        Some(rig.receivers.ca.server_config_h2(&names)),
+    )
+    .await;
+    rig.receivers.resolver.insert("h2.example", vec![LOOPBACK]);
+    rig.receivers
+        .resolver
+        .insert("alias.example", vec![LOOPBACK]);
+    rig.receivers
+        .resolver
+        .insert("rebind.example", vec![CANARY_IP]);
     let a = rig.tenant("alpha").await;
     let (_, secret) = rig
         .endpoint(&a, &format!("https://h2.example:{port}/hook"))
@@ -1116,7 +1123,7 @@ async fn deliveries_speak_http2_when_offered_on_one_connection_per_host_and_addr
     verify(&secret, &last.headers, &last.body, Utc::now()).unwrap();
     // Every attempt to that host shared the one connection the guard judged.
     assert_eq!(receiver.connections(), 1);
-    assert_eq!(rig.resolver.lookups("h2.example"), 1);
+    assert_eq!(rig.receivers.resolver.lookups("h2.example"), 1);
     // Another host name of the same certificate and address gets its own connection, after its
     // own lookup and verdict (no HTTP/2 connection coalescing across names) ...
     let b = rig.tenant("bravo").await;
@@ -1125,7 +1132,7 @@ async fn deliveries_speak_http2_when_offered_on_one_connection_per_host_and_addr
     rig.publish(&b, 0).await;
     assert_eq!(d.run_once().await.unwrap(), vec![Delivered::Succeeded]);
     assert_eq!(receiver.connections(), 2);
-    assert_eq!(rig.resolver.lookups("alias.example"), 1);
+    assert_eq!(rig.receivers.resolver.lookups("alias.example"), 1);
     // ... so a name of that certificate resolving to a denied address is refused, not sent
     // down the open connection.
     let c = rig.tenant("charlie").await;
@@ -1146,12 +1153,14 @@ async fn a_tenant_hanging_its_route_on_a_shared_http2_host_does_not_stall_anothe
     let receiver = Receiver::start(
         LOOPBACK,
         0,
-        Some(rig.ca.server_config_h2(&["relay.example"])),
+        Some(rig.receivers.ca.server_config_h2(&["relay.example"])),
     )
     .await;
     receiver.set_max_concurrent_streams(2);
     receiver.set_route("/a", Reply::Hang);
-    rig.resolver.insert("relay.example", vec![LOOPBACK]);
+    rig.receivers
+        .resolver
+        .insert("relay.example", vec![LOOPBACK]);
     let port = receiver.addr.port();
     let a = rig.tenant("alpha").await;
     let b = rig.tenant("bravo").await;
