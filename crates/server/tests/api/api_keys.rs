@@ -11,33 +11,12 @@ use bulkhead_test_support::{
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, problem};
-
-async fn mint(app: &TestApp, tenant: &TestTenant, body: Value) -> (TestTenant, Value) {
-    let response = as_tenant(app, tenant, Method::POST, "/v1/api-keys")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::CREATED,
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
-    let minted: Value = response.json().await.unwrap();
-    let holder = TestTenant {
-        key: minted["key"].as_str().unwrap().to_owned(),
-        ..tenant.clone()
-    };
-    (holder, minted["api_key"].clone())
-}
+use crate::helpers::keys::{mint_key, request_key};
+use crate::helpers::{as_tenant, call_as, get_json, problem};
 
 async fn status_with(app: &TestApp, tenant: &TestTenant) -> StatusCode {
-    as_tenant(app, tenant, Method::GET, "/v1/sessions")
-        .send()
+    call_as(app, tenant, Method::GET, "/v1/sessions", None)
         .await
-        .unwrap()
         .status()
 }
 
@@ -62,7 +41,7 @@ async fn create_rotate_with_grace_and_revoke() {
     })
     .await;
     let acme = app.create_tenant("acme").await;
-    let (agent, meta) = mint(
+    let (agent, meta) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "principal": "agent-1", "description": "ci agent" }),
@@ -76,25 +55,22 @@ async fn create_rotate_with_grace_and_revoke() {
     let id = meta["id"].as_str().unwrap().to_owned();
 
     // Metadata reads never carry the key.
-    let listed = as_tenant(&app, &acme, Method::GET, "/v1/api-keys")
-        .send()
+    let listed = call_as(&app, &acme, Method::GET, "/v1/api-keys", None)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     assert!(listed.contains(&id) && !listed.contains(&agent.key[8..]));
 
     // Rotation: a new key with the same scopes; the old one keeps working for the grace period.
-    let rotated = as_tenant(
+    let rotated = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(rotated.status(), StatusCode::CREATED);
     let rotated: Value = rotated.json().await.unwrap();
     let successor = TestTenant {
@@ -109,34 +85,24 @@ async fn create_rotate_with_grace_and_revoke() {
         StatusCode::OK,
         "old key works during grace"
     );
-    let old: Value = as_tenant(&app, &acme, Method::GET, &format!("/v1/api-keys/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let old: Value = get_json(&app, &acme, &format!("/v1/api-keys/{id}")).await;
     assert_eq!(old["status"], "rotating");
     // A key in grace cannot be rotated again (rotate its successor instead).
-    let again = as_tenant(
+    let again = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(problem(again).await.0, StatusCode::CONFLICT);
 
     // Default grace is 7 days: still fine after 6, refused like an unknown key after 8.
     clock.advance(chrono::Duration::days(6));
     assert_eq!(status_with(&app, &agent).await, StatusCode::OK);
     clock.advance(chrono::Duration::days(2));
-    let after = as_tenant(&app, &agent, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap();
+    let after = call_as(&app, &agent, Method::GET, "/v1/sessions", None).await;
     let (status, body) = problem(after).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body, unknown_key_body(&app).await);
@@ -144,15 +110,14 @@ async fn create_rotate_with_grace_and_revoke() {
 
     // Revocation is immediate.
     let successor_id = rotated["api_key"]["id"].as_str().unwrap();
-    let revoked = as_tenant(
+    let revoked = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{successor_id}/revoke"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(
         status_with(&app, &successor).await,
@@ -188,27 +153,19 @@ async fn create_rotate_with_grace_and_revoke() {
 async fn no_key_can_mint_or_rotate_a_stronger_key() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (reader, _) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
-    let denied = as_tenant(&app, &reader, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["keys:manage"] }))
-        .send()
-        .await
-        .unwrap();
+    let (reader, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let denied = request_key(&app, &reader, &json!({ "scopes": ["keys:manage"] })).await;
     let (status, body) = problem(denied).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["detail"].as_str().unwrap().contains("keys:manage"));
 
-    let (manager, _) = mint(
+    let (manager, _) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["keys:manage", "sessions:read"] }),
     )
     .await;
-    let denied = as_tenant(&app, &manager, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:write"] }))
-        .send()
-        .await
-        .unwrap();
+    let denied = request_key(&app, &manager, &json!({ "scopes": ["sessions:write"] })).await;
     let (status, body) = problem(denied).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
@@ -216,29 +173,24 @@ async fn no_key_can_mint_or_rotate_a_stronger_key() {
         "{body}"
     );
     // Nor by rotating a stronger key (that hands out its scopes).
-    let (_, admin_meta) = mint(
+    let (_, admin_meta) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:write", "keys:manage"] }),
     )
     .await;
     let admin_id = admin_meta["id"].as_str().unwrap();
-    let denied = as_tenant(
+    let denied = call_as(
         &app,
         &manager,
         Method::POST,
         &format!("/v1/api-keys/{admin_id}/rotate"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(problem(denied).await.0, StatusCode::FORBIDDEN);
     // An equal or weaker key is fine.
-    let ok = as_tenant(&app, &manager, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap();
+    let ok = request_key(&app, &manager, &json!({ "scopes": ["sessions:read"] })).await;
     assert_eq!(ok.status(), StatusCode::CREATED);
 }
 
@@ -247,7 +199,7 @@ async fn a_key_may_narrow_itself_but_not_widen() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let later = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
-    let (agent, meta) = mint(
+    let (agent, meta) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "expires_at": later, "allowed_ips": ["127.0.0.0/8"] }),
@@ -255,11 +207,14 @@ async fn a_key_may_narrow_itself_but_not_widen() {
     .await;
     let id = meta["id"].as_str().unwrap();
     let sooner = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let narrowed = as_tenant(&app, &agent, Method::PATCH, &format!("/v1/api-keys/{id}"))
-        .json(&json!({ "expires_at": sooner, "allowed_ips": ["127.0.0.1/32"] }))
-        .send()
-        .await
-        .unwrap();
+    let narrowed = call_as(
+        &app,
+        &agent,
+        Method::PATCH,
+        &format!("/v1/api-keys/{id}"),
+        Some(json!({ "expires_at": sooner, "allowed_ips": ["127.0.0.1/32"] })),
+    )
+    .await;
     assert_eq!(narrowed.status(), StatusCode::OK);
     for widening in [
         json!({ "expires_at": null }),
@@ -279,22 +234,24 @@ async fn a_key_may_narrow_itself_but_not_widen() {
         );
     }
     // The admin key (keys:manage) may widen it again.
-    let widened = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/api-keys/{id}"))
-        .json(&json!({ "allowed_ips": [] }))
-        .send()
-        .await
-        .unwrap();
+    let widened = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/api-keys/{id}"),
+        Some(json!({ "allowed_ips": [] })),
+    )
+    .await;
     assert_eq!(widened.status(), StatusCode::OK);
     // And a key may always revoke itself.
-    let revoked = as_tenant(
+    let revoked = call_as(
         &app,
         &agent,
         Method::POST,
         &format!("/v1/api-keys/{id}/revoke"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(status_with(&app, &agent).await, StatusCode::UNAUTHORIZED);
 }
@@ -313,27 +270,21 @@ async fn invalid_key_requests_are_422() {
         json!({ "scopes": ["sessions:read"], "principal": "has space" }),
         json!({ "scopes": ["sessions:read"], "surprise": true }),
     ] {
-        let response = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = request_key(&app, &acme, &body).await;
         assert_eq!(
             problem(response).await.0,
             StatusCode::UNPROCESSABLE_ENTITY,
             "{body}"
         );
     }
-    let bad_grace = as_tenant(
+    let bad_grace = call_as(
         &app,
         &acme,
         Method::POST,
         "/v1/api-keys/key_00000000000000000000000000/rotate",
+        Some(json!({ "grace_seconds": 99_999_999 })),
     )
-    .json(&json!({ "grace_seconds": 99_999_999 }))
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert!(matches!(
         problem(bad_grace).await.0,
         StatusCode::UNPROCESSABLE_ENTITY | StatusCode::NOT_FOUND
@@ -344,13 +295,13 @@ async fn invalid_key_requests_are_422() {
 async fn ip_allowlists_use_the_real_client_address() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (elsewhere, _) = mint(
+    let (elsewhere, _) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "allowed_ips": ["198.51.100.0/24"] }),
     )
     .await;
-    let (loopback, _) = mint(
+    let (loopback, _) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "allowed_ips": ["127.0.0.1"] }),
@@ -405,7 +356,7 @@ async fn another_tenants_keys_are_not_found() {
     let app = spawn_app().await;
     let a = app.create_tenant("alpha").await;
     let b = app.create_tenant("bravo").await;
-    let (b_agent, b_meta) = mint(
+    let (b_agent, b_meta) = mint_key(
         &app,
         &b,
         json!({ "scopes": ["sessions:read"], "principal": "bravo-agent" }),
@@ -440,19 +391,26 @@ async fn another_tenants_keys_are_not_found() {
             "{method} {suffix}"
         );
     }
-    let listed = as_tenant(&app, &a, Method::GET, "/v1/api-keys?principal=bravo-agent")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listed = call_as(
+        &app,
+        &a,
+        Method::GET,
+        "/v1/api-keys?principal=bravo-agent",
+        None,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     assert!(!listed.contains(b_id));
-    let revoke_all = as_tenant(&app, &a, Method::POST, "/v1/api-keys/revoke-all")
-        .json(&json!({ "principal": "bravo-agent" }))
-        .send()
-        .await
-        .unwrap();
+    let revoke_all = call_as(
+        &app,
+        &a,
+        Method::POST,
+        "/v1/api-keys/revoke-all",
+        Some(json!({ "principal": "bravo-agent" })),
+    )
+    .await;
     let revoked: Value = revoke_all.json().await.unwrap();
     assert_eq!(revoked["revoked"], json!([]));
     // A's key on B's subdomain, aimed at B's keys: 401 before anything runs.
@@ -475,19 +433,19 @@ async fn another_tenants_keys_are_not_found() {
 async fn revoke_all_for_principal_stops_every_key_of_an_agent() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (k1, _) = mint(
+    let (k1, _) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "principal": "rogue-agent" }),
     )
     .await;
-    let (k2, _) = mint(
+    let (k2, _) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "principal": "rogue-agent" }),
     )
     .await;
-    let (other, _) = mint(
+    let (other, _) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "principal": "good-agent" }),
@@ -496,11 +454,14 @@ async fn revoke_all_for_principal_stops_every_key_of_an_agent() {
     for k in [&k1, &k2, &other] {
         assert_eq!(status_with(&app, k).await, StatusCode::OK);
     }
-    let response = as_tenant(&app, &acme, Method::POST, "/v1/api-keys/revoke-all")
-        .json(&json!({ "principal": "rogue-agent" }))
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/api-keys/revoke-all",
+        Some(json!({ "principal": "rogue-agent" })),
+    )
+    .await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["revoked"].as_array().unwrap().len(), 2);
     assert_eq!(status_with(&app, &k1).await, StatusCode::UNAUTHORIZED);
@@ -517,22 +478,21 @@ async fn revocation_reaches_a_second_process_within_the_bound() {
     })
     .await;
     let acme = first.create_tenant("acme").await;
-    let (agent, meta) = mint(&first, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (agent, meta) = mint_key(&first, &acme, json!({ "scopes": ["sessions:read"] })).await;
     // Give the second process's listener a moment to subscribe, then warm its cache.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status_with(&second, &agent).await, StatusCode::OK);
     assert_eq!(status_with(&second, &agent).await, StatusCode::OK);
     let id = meta["id"].as_str().unwrap();
     let revoked_at = Instant::now();
-    let response = as_tenant(
+    let response = call_as(
         &first,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/revoke"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     loop {
         if status_with(&second, &agent).await == StatusCode::UNAUTHORIZED {
@@ -554,7 +514,7 @@ async fn revocation_reaches_a_second_process_within_the_bound() {
 async fn keys_hashed_with_an_old_pepper_verify_and_are_rehashed() {
     let first = spawn_app().await;
     let acme = first.create_tenant("acme").await;
-    let (agent, meta) = mint(&first, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (agent, meta) = mint_key(&first, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let v2 = KeyPepper::new(2, b"bulkhead-test-pepper-version-two-0123456789".to_vec()).unwrap();
     let rotated = spawn_app_with(AppOptions {
         db: Some(first.db.clone()),
@@ -607,18 +567,16 @@ async fn the_sweep_warns_before_a_grace_deadline_and_expires_after_it() {
     })
     .await;
     let acme = app.create_tenant("acme").await;
-    let (agent, meta) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (agent, meta) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let id = meta["id"].as_str().unwrap().to_owned();
-    let rotated = as_tenant(
+    let rotated = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        Some(json!({ "grace_seconds": 5 * 86_400 })),
     )
-    .json(&json!({ "grace_seconds": 5 * 86_400 }))
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(rotated.status(), StatusCode::CREATED);
     // The old key is still used after rotation: that use is recorded (in the background).
     clock.advance(chrono::Duration::minutes(5));
@@ -793,13 +751,7 @@ async fn the_tenant_key_policy_sets_the_default_grace_period() {
     .await;
     let acme = app.create_tenant("acme").await;
     let other = app.create_tenant("other-co").await;
-    let default: Value = as_tenant(&app, &acme, Method::GET, "/v1/key-policy")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let default: Value = get_json(&app, &acme, "/v1/key-policy").await;
     assert_eq!(
         default,
         json!({ "grace_seconds": 604800, "max_age_days": 90, "deadline_warning_seconds": 172800 })
@@ -829,34 +781,27 @@ async fn the_tenant_key_policy_sets_the_default_grace_period() {
         .unwrap();
     assert_eq!(set.status(), StatusCode::OK);
     // Another tenant's policy is its own.
-    let theirs: Value = as_tenant(&app, &other, Method::GET, "/v1/key-policy")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = get_json(&app, &other, "/v1/key-policy").await;
     assert_eq!(theirs["grace_seconds"], 604800);
 
     // A rotation without an explicit grace now uses one hour.
-    let (agent, meta) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (agent, meta) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let id = meta["id"].as_str().unwrap();
-    let rotated = as_tenant(
+    let rotated = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(rotated.status(), StatusCode::CREATED);
     clock.advance(chrono::Duration::minutes(59));
     assert_eq!(status_with(&app, &agent).await, StatusCode::OK);
     clock.advance(chrono::Duration::minutes(2));
     assert_eq!(status_with(&app, &agent).await, StatusCode::UNAUTHORIZED);
     // A key without keys:manage cannot read or change the policy.
-    let (reader, _) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (reader, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let denied = as_tenant(&app, &reader, Method::PUT, "/v1/key-policy")
         .json(&regulated)
         .send()
@@ -869,7 +814,7 @@ async fn the_tenant_key_policy_sets_the_default_grace_period() {
 async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (stolen, meta) = mint(
+    let (stolen, meta) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:read"], "principal": "agent-1" }),
@@ -877,15 +822,14 @@ async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself()
     .await;
     let id = meta["id"].as_str().unwrap();
     // The thief rotates the stolen key with the key itself.
-    let rotated: Value = as_tenant(
+    let rotated: Value = call_as(
         &app,
         &stolen,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        None,
     )
-    .send()
     .await
-    .unwrap()
     .json()
     .await
     .unwrap();
@@ -895,32 +839,30 @@ async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself()
     };
     assert_eq!(status_with(&app, &thiefs).await, StatusCode::OK);
     // The operator revokes the key they know about: the self-made successor goes with it.
-    let revoked = as_tenant(
+    let revoked = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/revoke"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(status_with(&app, &stolen).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status_with(&app, &thiefs).await, StatusCode::UNAUTHORIZED);
 
     // An operator's own rotation is different: revoking the old key ends its grace early and
     // leaves the replacement working.
-    let (old, meta) = mint(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (old, meta) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let id = meta["id"].as_str().unwrap();
-    let rotated: Value = as_tenant(
+    let rotated: Value = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        None,
     )
-    .send()
     .await
-    .unwrap()
     .json()
     .await
     .unwrap();
@@ -928,15 +870,14 @@ async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself()
         key: rotated["key"].as_str().unwrap().to_owned(),
         ..acme.clone()
     };
-    as_tenant(
+    call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/revoke"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status_with(&app, &old).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status_with(&app, &replacement).await, StatusCode::OK);
 }
@@ -945,13 +886,13 @@ async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself()
 async fn a_key_manager_cannot_loosen_a_stronger_key() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (_, strong) = mint(
+    let (_, strong) = mint_key(
         &app,
         &acme,
         json!({ "scopes": ["sessions:write", "keys:manage"], "allowed_ips": ["192.0.2.0/24"] }),
     )
     .await;
-    let (manager, _) = mint(&app, &acme, json!({ "scopes": ["keys:manage"] })).await;
+    let (manager, _) = mint_key(&app, &acme, json!({ "scopes": ["keys:manage"] })).await;
     let id = strong["id"].as_str().unwrap();
     for loosen in [
         json!({ "allowed_ips": [] }),
@@ -970,12 +911,6 @@ async fn a_key_manager_cannot_loosen_a_stronger_key() {
             "{body}"
         );
     }
-    let after: Value = as_tenant(&app, &acme, Method::GET, &format!("/v1/api-keys/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = get_json(&app, &acme, &format!("/v1/api-keys/{id}")).await;
     assert_eq!(after["allowed_ips"], json!(["192.0.2.0/24"]));
 }

@@ -13,16 +13,9 @@ use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, create_session, problem};
-
-async fn get_json(app: &TestApp, tenant: &TestTenant, path: &str) -> Value {
-    let response = as_tenant(app, tenant, Method::GET, path)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{path}");
-    response.json().await.unwrap()
-}
+use crate::helpers::keys::{agent, mint_key};
+use crate::helpers::webhooks::create_endpoint;
+use crate::helpers::{as_tenant, call_as, create_session, get_ok_json, problem};
 
 /// Every event of the tenant, through the API (pages of 200).
 async fn all_events(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
@@ -33,7 +26,7 @@ async fn all_events(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
             Some(c) => format!("/v1/audit/events?limit=200&cursor={c}"),
             None => "/v1/audit/events?limit=200".to_owned(),
         };
-        let page = get_json(app, tenant, &path).await;
+        let page = get_ok_json(app, tenant, &path).await;
         out.extend(page["data"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -43,10 +36,7 @@ async fn all_events(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
 }
 
 async fn checkpoint_now(app: &TestApp, tenant: &TestTenant) -> SignedCheckpoint {
-    let response = as_tenant(app, tenant, Method::POST, "/v1/audit/checkpoints")
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(app, tenant, Method::POST, "/v1/audit/checkpoints", None).await;
     // 201 for a new checkpoint, 200 for the latest when the tree has not grown.
     assert!(
         [StatusCode::CREATED, StatusCode::OK].contains(&response.status()),
@@ -71,10 +61,7 @@ async fn log_key(app: &TestApp) -> LogPublicKey {
 }
 
 async fn export_text(app: &TestApp, tenant: &TestTenant) -> String {
-    let response = as_tenant(app, tenant, Method::GET, "/v1/audit/export")
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(app, tenant, Method::GET, "/v1/audit/export", None).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"].to_str().unwrap(),
@@ -129,7 +116,7 @@ async fn inclusion_holds(
 ) -> bool {
     let (index, event) = event_of(listed);
     let size = cp.checkpoint.tree_size;
-    let proof = get_json(
+    let proof = get_ok_json(
         app,
         tenant,
         &format!(
@@ -184,14 +171,8 @@ async fn every_action_emits_exactly_one_event_with_the_right_fields() {
     let acme = app.create_tenant("acme").await;
     let session = create_session(&app, &acme, "s").await;
     let session_id = session["id"].as_str().unwrap().to_owned();
-    let mint = |principal: &str| {
-        as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-            .json(&json!({ "scopes": ["sessions:read"], "principal": principal }))
-    };
-    let minted: Value = mint("bot-1").send().await.unwrap().json().await.unwrap();
-    let key_id = minted["api_key"]["id"].as_str().unwrap().to_owned();
-    let other: Value = mint("bot-2").send().await.unwrap().json().await.unwrap();
-    let other_id = other["api_key"]["id"].as_str().unwrap().to_owned();
+    let key_id = agent(&app, &acme, "bot-1", &["sessions:read"]).await.id;
+    let other_id = agent(&app, &acme, "bot-2", &["sessions:read"]).await.id;
 
     // (name, request, action, outcome, resource)
     type Step = (
@@ -241,7 +222,8 @@ async fn every_action_emits_exactly_one_event_with_the_right_fields() {
         ),
         (
             "api key create",
-            mint("bot-3"),
+            as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
+                .json(&json!({ "scopes": ["sessions:read"], "principal": "bot-3" })),
             "api_key.create",
             "success",
             None,
@@ -403,7 +385,7 @@ async fn committed_events_are_all_in_the_export_and_it_verifies() {
     assert_eq!(key.key_id(), cp.key_id);
     key.verify(&cp).unwrap();
     let latest: SignedCheckpoint =
-        serde_json::from_value(get_json(&app, &acme, "/v1/audit/checkpoints/latest").await)
+        serde_json::from_value(get_ok_json(&app, &acme, "/v1/audit/checkpoints/latest").await)
             .unwrap();
     assert_eq!(latest, cp);
 
@@ -563,7 +545,7 @@ async fn edits_reorders_and_deletions_are_detected() {
             .unwrap()
             .verified
     );
-    let proof = get_json(
+    let proof = get_ok_json(
         &app,
         &acme,
         &format!(
@@ -623,7 +605,7 @@ async fn an_honest_log_is_consistent_across_checkpoints() {
     }
     for pair in checkpoints.windows(2) {
         let (a, b) = (&pair[0].checkpoint, &pair[1].checkpoint);
-        let proof = get_json(
+        let proof = get_ok_json(
             &app,
             &acme,
             &format!(
@@ -654,7 +636,7 @@ async fn an_honest_log_is_consistent_across_checkpoints() {
         p
     };
     let (first, last) = (&checkpoints[1], checkpoints.last().unwrap());
-    let proof = get_json(
+    let proof = get_ok_json(
         &app,
         &acme,
         &format!(
@@ -728,7 +710,7 @@ async fn a_tenant_sees_only_its_own_log() {
         (missing_status, &missing_body)
     );
     // Filtering by their resources finds nothing.
-    let filtered = get_json(
+    let filtered = get_ok_json(
         &app,
         &acme,
         &format!(
@@ -749,16 +731,16 @@ async fn filters_and_paging() {
         create_session(&app, &acme, &format!("s{i}")).await;
     }
     let id = s["id"].as_str().unwrap();
-    let by_resource = get_json(&app, &acme, &format!("/v1/audit/events?resource_id={id}")).await;
+    let by_resource = get_ok_json(&app, &acme, &format!("/v1/audit/events?resource_id={id}")).await;
     assert_eq!(by_resource["data"].as_array().unwrap().len(), 1);
-    let by_action = get_json(
+    let by_action = get_ok_json(
         &app,
         &acme,
         "/v1/audit/events?action=session.create&outcome=success",
     )
     .await;
     assert_eq!(by_action["data"].as_array().unwrap().len(), 5);
-    let page = get_json(
+    let page = get_ok_json(
         &app,
         &acme,
         "/v1/audit/events?action=session.create&limit=2",
@@ -766,9 +748,9 @@ async fn filters_and_paging() {
     .await;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert!(page["next_cursor"].is_string());
-    let future = get_json(&app, &acme, "/v1/audit/events?since=2999-01-01T00:00:00Z").await;
+    let future = get_ok_json(&app, &acme, "/v1/audit/events?since=2999-01-01T00:00:00Z").await;
     assert_eq!(future["data"], json!([]));
-    let past = get_json(&app, &acme, "/v1/audit/events?until=2000-01-01T00:00:00Z").await;
+    let past = get_ok_json(&app, &acme, "/v1/audit/events?until=2000-01-01T00:00:00Z").await;
     assert_eq!(past["data"], json!([]));
 }
 
@@ -828,10 +810,7 @@ async fn bad_parameters_are_problems_and_the_scope_is_required() {
         ("/v1/audit/events?cursor=sess_x", StatusCode::BAD_REQUEST),
         ("/v1/audit/events?what=1", StatusCode::BAD_REQUEST),
     ] {
-        let response = as_tenant(&app, &acme, Method::GET, path)
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(&app, &acme, Method::GET, path, None).await;
         let (status, _) = problem(response).await;
         assert_eq!(status, expected, "{path}");
     }
@@ -842,15 +821,14 @@ async fn bad_parameters_are_problems_and_the_scope_is_required() {
         .unwrap()
         .to_owned();
     let (status, _) = problem(
-        as_tenant(
+        call_as(
             &app,
             &acme,
             Method::GET,
             &format!("/v1/audit/proofs/inclusion?event_id={last}&tree_size=1"),
+            None,
         )
-        .send()
-        .await
-        .unwrap(),
+        .await,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -860,53 +838,39 @@ async fn bad_parameters_are_problems_and_the_scope_is_required() {
         .unwrap()
         .to_owned();
     let (status, _) = problem(
-        as_tenant(
+        call_as(
             &app,
             &acme,
             Method::GET,
             &format!("/v1/audit/proofs/inclusion?event_id={late}&tree_size=1"),
+            None,
         )
-        .send()
-        .await
-        .unwrap(),
+        .await,
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     // A key without audit:read.
-    let minted: Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let reader = TestTenant {
-        key: minted["key"].as_str().unwrap().to_owned(),
-        ..acme.clone()
-    };
+    let (reader, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     for path in [
         "/v1/audit/events",
         "/v1/audit/export",
         "/v1/audit/checkpoints/latest",
     ] {
-        let (status, _) = problem(
-            as_tenant(&app, &reader, Method::GET, path)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, _) = problem(call_as(&app, &reader, Method::GET, path, None).await).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
     // A tenant with no checkpoint yet.
     let fresh = app.create_tenant("fresh").await;
     let (status, _) = problem(
-        as_tenant(&app, &fresh, Method::GET, "/v1/audit/checkpoints/latest")
-            .send()
-            .await
-            .unwrap(),
+        call_as(
+            &app,
+            &fresh,
+            Method::GET,
+            "/v1/audit/checkpoints/latest",
+            None,
+        )
+        .await,
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -927,13 +891,12 @@ async fn audit_events_stream_to_endpoints_that_subscribe_by_name() {
         let app = &app;
         let acme = &acme;
         async move {
-            let response = as_tenant(app, acme, Method::POST, "/v1/webhooks/endpoints")
-                .json(&json!({ "url": "https://siem.acme.example/in", "event_types": event_types }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::CREATED);
-            let body: Value = response.json().await.unwrap();
+            let body = create_endpoint(
+                app,
+                acme,
+                json!({ "url": "https://siem.acme.example/in", "event_types": event_types }),
+            )
+            .await;
             bulkhead_core::EndpointId::parse(body["id"].as_str().unwrap()).unwrap()
         }
     };
@@ -1185,16 +1148,14 @@ async fn the_audit_stream_needs_audit_read_and_stops_when_its_grantor_loses_it()
     .await
     .unwrap();
     let plain_id = plain["id"].as_str().unwrap();
-    let response = as_tenant(
+    let response = call_as(
         &app,
         &manager,
         Method::PATCH,
         &format!("/v1/webhooks/endpoints/{plain_id}"),
+        Some(json!({ "event_types": ["invoice.paid", "audit.event"] })),
     )
-    .json(&json!({ "event_types": ["invoice.paid", "audit.event"] }))
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(problem(response).await.0, StatusCode::FORBIDDEN);
 
     // An agent whose role holds both subscribes; the stream flows while the role does.
@@ -1267,7 +1228,7 @@ async fn the_audit_stream_needs_audit_read_and_stops_when_its_grantor_loses_it()
     );
 
     // The role goes: the grantor no longer holds audit:read, and the stream stops at once.
-    let response = as_tenant(
+    let response = call_as(
         &app,
         &acme,
         Method::DELETE,
@@ -1275,10 +1236,9 @@ async fn the_audit_stream_needs_audit_read_and_stops_when_its_grantor_loses_it()
             "/v1/role-assignments/{}",
             assignment["id"].as_str().unwrap()
         ),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert!(response.status().is_success());
     create_session(&app, &acme, "after the role is gone").await;
     checkpoint_now(&app, &acme).await;
@@ -1463,13 +1423,12 @@ async fn the_audit_streams_secret_and_messages_need_audit_read() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     // The admin key (audit:read included) subscribes an endpoint to the stream.
-    let response = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://siem.acme.example/in", "event_types": ["audit.event"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let siem: Value = response.json().await.unwrap();
+    let siem = create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://siem.acme.example/in", "event_types": ["audit.event"] }),
+    )
+    .await;
     let siem_id = siem["id"].as_str().unwrap().to_owned();
     create_session(&app, &acme, "streamed").await;
     checkpoint_now(&app, &acme).await;
@@ -1484,18 +1443,7 @@ async fn the_audit_streams_secret_and_messages_need_audit_read() {
     .unwrap();
     let message = bulkhead_core::MessageId::from_uuid(message).to_string();
 
-    let manager: Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["webhooks:manage"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let manager = TestTenant {
-        key: manager["key"].as_str().unwrap().to_owned(),
-        ..acme.clone()
-    };
+    let (manager, _) = mint_key(&app, &acme, json!({ "scopes": ["webhooks:manage"] })).await;
     let attempts: [(Method, String, Option<Value>); 4] = [
         (
             Method::POST,

@@ -2,98 +2,23 @@
 //! nothing widens, the chain is recorded and dies with its root, and prefixed credentials reach
 //! only their namespace.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use bulkhead_core::Clock;
 use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestApp, TestTenant};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, problem};
-
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
-const KEY: &str = "urn:bulkhead:params:oauth:token-type:api_key";
-
-struct Agent {
-    id: String,
-    key: String,
-}
-
-async fn agent(app: &TestApp, tenant: &TestTenant, principal: &str, scopes: &[&str]) -> Agent {
-    let response = as_tenant(app, tenant, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": scopes, "principal": principal }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    Agent {
-        id: body["api_key"]["id"].as_str().unwrap().to_owned(),
-        key: body["key"].as_str().unwrap().to_owned(),
-    }
-}
-
-async fn token_request(
-    app: &TestApp,
-    slug: &str,
-    basic: Option<&Agent>,
-    pairs: &[(&str, &str)],
-) -> Response {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        body.append_pair(k, v);
-    }
-    let mut request = app
-        .client
-        .post(app.tenant_url(slug, "/oauth/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.finish());
-    if let Some(agent) = basic {
-        request = request.basic_auth(&agent.id, Some(&agent.key));
-    }
-    request.send().await.unwrap()
-}
-
-async fn token_for(app: &TestApp, slug: &str, agent: &Agent) -> String {
-    let response = token_request(
-        app,
-        slug,
-        Some(agent),
-        &[("grant_type", "client_credentials")],
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Exchanges `subject` with the actor's key as `actor_token`; extra form pairs appended.
-async fn exchange(
-    app: &TestApp,
-    slug: &str,
-    subject: &str,
-    actor: &Agent,
-    extra: &[(&str, &str)],
-) -> Response {
-    let mut pairs = vec![
-        ("grant_type", EXCHANGE),
-        ("subject_token", subject),
-        ("subject_token_type", AT),
-        ("actor_token", actor.key.as_str()),
-        ("actor_token_type", KEY),
-    ];
-    pairs.extend_from_slice(extra);
-    token_request(app, slug, None, &pairs).await
-}
+use crate::helpers::keys::{agent, Agent};
+use crate::helpers::oauth::{
+    claims, exchange, token_for, token_request, ACCESS_TOKEN_TYPE, API_KEY_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
+};
+use crate::helpers::{as_tenant, call, call_as, get_json, problem};
 
 async fn issued(response: Response) -> String {
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["issued_token_type"], AT);
+    assert_eq!(body["issued_token_type"], ACCESS_TOKEN_TYPE);
     assert!(body.get("refresh_token").is_none());
     body["access_token"].as_str().unwrap().to_owned()
 }
@@ -104,33 +29,6 @@ async fn refused(response: Response) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-fn claims(token: &str) -> Value {
-    serde_json::from_slice(
-        &URL_SAFE_NO_PAD
-            .decode(token.split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-async fn call(
-    app: &TestApp,
-    slug: &str,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Response {
-    let mut request = app
-        .client
-        .request(method, app.tenant_url(slug, path))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap()
 }
 
 async fn admin_token(app: &TestApp, tenant: &TestTenant) -> String {
@@ -179,11 +77,11 @@ async fn a_three_hop_chain_narrows_at_every_hop_and_never_widens() {
         token_request(
             &app,
             "acme",
-            Some(&writer),
+            Some(writer.basic()),
             &[
-                ("grant_type", EXCHANGE),
+                ("grant_type", TOKEN_EXCHANGE),
                 ("subject_token", &t1),
-                ("subject_token_type", AT),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("scope", "sessions:read"),
             ],
         )
@@ -408,11 +306,11 @@ async fn actors_and_subjects_of_another_tenant_are_refused() {
     // B's access token as actor_token.
     let b_token = token_for(&app, "globex", &b_agent).await;
     let pairs = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", a_root.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
         ("actor_token", b_token.as_str()),
-        ("actor_token_type", AT),
+        ("actor_token_type", ACCESS_TOKEN_TYPE),
     ];
     assert_eq!(
         refused(token_request(&app, "acme", None, &pairs).await).await,
@@ -420,11 +318,11 @@ async fn actors_and_subjects_of_another_tenant_are_refused() {
     );
     // B's key authenticating as the client.
     let pairs = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", a_root.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
-    let response = token_request(&app, "acme", Some(&b_agent), &pairs).await;
+    let response = token_request(&app, "acme", Some(b_agent.basic()), &pairs).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // A's subject through B's host, even with an A actor.
     assert_eq!(
@@ -433,16 +331,16 @@ async fn actors_and_subjects_of_another_tenant_are_refused() {
     );
     // Missing pieces.
     let no_actor = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", a_root.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
     assert_eq!(
         refused(token_request(&app, "acme", None, &no_actor).await).await,
         "invalid_request"
     );
     let no_type = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", a_root.as_str()),
         ("audience", "helper"),
     ];
@@ -452,9 +350,9 @@ async fn actors_and_subjects_of_another_tenant_are_refused() {
     );
     // An audience (a sub-agent without its own credential) gets at most the subject's authority.
     let to_audience = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", a_root.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
         ("audience", "sub-agent"),
         ("scope", "sessions:read"),
     ];
@@ -561,13 +459,7 @@ async fn a_prefixed_credential_reaches_only_its_namespace() {
             assert_eq!(answer, missing_answer, "{method} {other}");
         }
     }
-    let untouched: Value = as_tenant(&app, &acme, Method::GET, &format!("/v1/sessions/{finance}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let untouched: Value = get_json(&app, &acme, &format!("/v1/sessions/{finance}")).await;
     assert_eq!(untouched["title"], "finance");
 
     // Inside: readable and writable; creating or moving outside is refused.
@@ -670,11 +562,14 @@ async fn a_prefixed_credential_reaches_only_its_namespace() {
         "marketing/",
         "marketing%2Ffinance",
     ] {
-        let response = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
-            .json(&json!({ "agent_id": "a", "namespace": bad }))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &acme,
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({ "agent_id": "a", "namespace": bad })),
+        )
+        .await;
         assert_eq!(
             problem(response).await.0,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -745,11 +640,11 @@ async fn revoking_the_actors_own_token_revokes_what_it_was_used_for() {
     let helper = agent(&app, &acme, "helper", &["sessions:read"]).await;
     let helper_token = token_for(&app, "acme", &helper).await;
     let pairs = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", root.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
         ("actor_token", helper_token.as_str()),
-        ("actor_token_type", AT),
+        ("actor_token_type", ACCESS_TOKEN_TYPE),
     ];
     let delegated = issued(token_request(&app, "acme", None, &pairs).await).await;
     assert_eq!(
@@ -781,12 +676,12 @@ async fn revoking_the_actors_own_token_revokes_what_it_was_used_for() {
         key: "bk_live_wrong".into(),
     };
     let pairs = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", root.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
         ("actor_token", helper.key.as_str()),
-        ("actor_token_type", KEY),
+        ("actor_token_type", API_KEY_TOKEN_TYPE),
     ];
-    let response = token_request(&app, "acme", Some(&bad), &pairs).await;
+    let response = token_request(&app, "acme", Some(bad.basic()), &pairs).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

@@ -4,7 +4,7 @@ use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, create_session, problem};
+use crate::helpers::{as_tenant, call_as, create_session, get_json, problem};
 
 async fn two_tenants() -> (TestApp, TestTenant, TestTenant, String) {
     let app = spawn_app().await;
@@ -53,13 +53,7 @@ async fn anothers_session_id_answers_exactly_like_a_missing_one() {
         );
     }
     // B's session is untouched.
-    let got: Value = as_tenant(&app, &b, Method::GET, &format!("/v1/sessions/{b_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = get_json(&app, &b, &format!("/v1/sessions/{b_id}")).await;
     assert_eq!(got["title"], "bravo-secret-marker");
     assert_eq!(got["state"], "active");
 }
@@ -76,10 +70,7 @@ async fn list_filters_and_cursors_never_reach_another_tenant() {
         format!("?cursor={}", b_id),
         "?cursor=sess_00000000000000000000000000".to_owned(),
     ] {
-        let response = as_tenant(&app, &a, Method::GET, &format!("/v1/sessions{query}"))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(&app, &a, Method::GET, &format!("/v1/sessions{query}"), None).await;
         assert_eq!(response.status(), StatusCode::OK, "{query}");
         let text = response.text().await.unwrap();
         assert!(
@@ -128,13 +119,7 @@ async fn a_credential_on_another_tenants_subdomain_is_refused_before_anything_ru
         .await
         .unwrap();
     assert_eq!(write.status(), StatusCode::UNAUTHORIZED);
-    let page: Value = as_tenant(&app, &b, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = get_json(&app, &b, "/v1/sessions").await;
     assert_eq!(
         page["data"].as_array().unwrap().len(),
         1,
@@ -159,20 +144,8 @@ async fn tenants_with_equal_data_stay_apart() {
     let b = app.create_tenant("bravo").await;
     let sa = create_session(&app, &a, "same").await;
     let sb = create_session(&app, &b, "same").await;
-    let page_a: Value = as_tenant(&app, &a, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let page_b: Value = as_tenant(&app, &b, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page_a: Value = get_json(&app, &a, "/v1/sessions").await;
+    let page_b: Value = get_json(&app, &b, "/v1/sessions").await;
     assert_eq!(
         page_a["data"]
             .as_array()

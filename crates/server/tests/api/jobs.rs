@@ -4,10 +4,9 @@ use bulkhead_core::{Actor, SessionId, TenantContext};
 use bulkhead_server::service::worker::{enqueue_close_session, Worker};
 use bulkhead_store::{tenant::jobs, Access};
 use bulkhead_test_support::spawn_app;
-use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{as_tenant, create_session};
+use crate::helpers::{create_session, get_json};
 
 #[tokio::test]
 async fn a_job_of_tenant_a_cannot_touch_tenant_bs_rows() {
@@ -39,23 +38,11 @@ async fn a_job_of_tenant_a_cannot_touch_tenant_bs_rows() {
     drop(tx);
     assert_eq!(hostile_status, "failed", "{hostile_error:?}");
     assert_eq!(honest_status, "succeeded");
-    let b_now: Value = as_tenant(&app, &b, Method::GET, &format!("/v1/sessions/{b_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b_now: Value = get_json(&app, &b, &format!("/v1/sessions/{b_id}")).await;
     assert_eq!(
         b_now["state"], "active",
         "B's session was touched by A's job"
     );
-    let a_now: Value = as_tenant(&app, &a, Method::GET, &format!("/v1/sessions/{a_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a_now: Value = get_json(&app, &a, &format!("/v1/sessions/{a_id}")).await;
     assert_eq!(a_now["state"], "closed");
 }

@@ -4,6 +4,8 @@
 use bulkhead_probe::{self as probe, Attack, ProbeConfig, Report, TenantCredentials, Verdict};
 use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, BASE_DOMAIN};
 
+use crate::helpers::production_egress;
+
 async fn probe(app: &TestApp) -> Report {
     let a = app.create_tenant("victim").await;
     let b = app.create_tenant("attacker").await;
@@ -23,18 +25,6 @@ async fn probe(app: &TestApp) -> Report {
     })
     .await
     .unwrap()
-}
-
-/// The deployment's own egress policy (the test default lets webhooks reach 127.0.0.1, where
-/// test receivers listen).
-fn production_egress() -> AppOptions {
-    let config =
-        bulkhead_server::config::AppConfig::new(BASE_DOMAIN, bulkhead_auth::KeyEnvironment::Live)
-            .unwrap();
-    AppOptions {
-        webhook_egress: Some(config.webhook_egress),
-        ..AppOptions::default()
-    }
 }
 
 #[tokio::test]

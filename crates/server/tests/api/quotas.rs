@@ -9,7 +9,9 @@ use bulkhead_test_support::{spawn_app, TestApp, TestTenant, TestTier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, create_session, problem};
+use crate::helpers::keys::request_key;
+use crate::helpers::webhooks::create_endpoint;
+use crate::helpers::{as_tenant, audit_events, call_as, create_session, get_ok_json, problem};
 
 /// Sets (the operator's way, as the owner) the tenant's limit of `kind`; `None`: plan default.
 async fn set_limit(app: &TestApp, tenant: TenantId, kind: &str, limit: Option<i64>) {
@@ -22,14 +24,7 @@ async fn set_limit(app: &TestApp, tenant: TenantId, kind: &str, limit: Option<i6
 }
 
 async fn usage(app: &TestApp, tenant: &TestTenant) -> Value {
-    let response = as_tenant(app, tenant, Method::GET, "/v1/usage")
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+    get_ok_json(app, tenant, "/v1/usage").await
 }
 
 /// `(used, limit)` of one kind.
@@ -46,36 +41,21 @@ async fn quota(app: &TestApp, tenant: &TestTenant, kind: &str) -> (i64, Option<i
 }
 
 async fn try_create_session(app: &TestApp, tenant: &TestTenant, title: &str) -> reqwest::Response {
-    as_tenant(app, tenant, Method::POST, "/v1/sessions")
-        .json(&json!({ "agent_id": "agent-7", "title": title }))
-        .send()
-        .await
-        .unwrap()
+    call_as(
+        app,
+        tenant,
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({ "agent_id": "agent-7", "title": title })),
+    )
+    .await
 }
 
 async fn session_count(app: &TestApp, tenant: &TestTenant) -> usize {
-    let response = as_tenant(app, tenant, Method::GET, "/v1/sessions?limit=200")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    body["data"].as_array().unwrap().len()
-}
-
-async fn audit_actions(app: &TestApp, tenant: &TestTenant, action: &str) -> Vec<Value> {
-    let response = as_tenant(
-        app,
-        tenant,
-        Method::GET,
-        &format!("/v1/audit/events?limit=200&action={action}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    body["data"].as_array().unwrap().clone()
+    get_ok_json(app, tenant, "/v1/sessions?limit=200").await["data"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 async fn assert_quota_problem(response: reqwest::Response, kind: &str, limit: i64, used: i64) {
@@ -101,8 +81,8 @@ async fn creating_past_the_quota_is_refused_by_name_stores_nothing_and_is_audite
     assert_eq!(session_count(&app, &acme).await, 3);
     assert_eq!(quota(&app, &acme, "sessions").await, (3, Some(3)));
     // No creation event for the refused one, and one refusal event naming the quota.
-    assert_eq!(audit_actions(&app, &acme, "session.create").await.len(), 3);
-    let refusals = audit_actions(&app, &acme, "quota.exceeded").await;
+    assert_eq!(audit_events(&app, &acme, "session.create").await.len(), 3);
+    let refusals = audit_events(&app, &acme, "quota.exceeded").await;
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert_eq!(refusals[0]["outcome"], "blocked");
     assert_eq!(refusals[0]["metadata"]["kind"], "sessions");
@@ -200,10 +180,14 @@ async fn deleting_frees_room() {
     )
     .await;
     let id = first["id"].as_str().unwrap();
-    let deleted = as_tenant(&app, &acme, Method::DELETE, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = call_as(
+        &app,
+        &acme,
+        Method::DELETE,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(quota(&app, &acme, "sessions").await, (1, Some(2)));
     create_session(&app, &acme, "three").await;
@@ -216,11 +200,14 @@ async fn stored_bytes_are_counted_and_limited() {
     let acme = app.create_tenant("acme").await;
     let (before, _) = quota(&app, &acme, "stored_bytes").await;
     // Title bytes plus the metadata's JSON text as PostgreSQL prints it (`{"k": "v"}`).
-    let response = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
-        .json(&json!({ "agent_id": "a", "title": "héllo", "metadata": { "k": "v" } }))
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({ "agent_id": "a", "title": "héllo", "metadata": { "k": "v" } })),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -230,18 +217,24 @@ async fn stored_bytes_are_counted_and_limited() {
     assert_eq!(quota(&app, &acme, "stored_bytes").await.0, before + weight);
     // Room for 100 more bytes: a 1 KiB metadata is refused, by name, and not stored.
     set_limit(&app, acme.id, "stored_bytes", Some(before + weight + 100)).await;
-    let big = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
-        .json(&json!({ "agent_id": "a", "metadata": { "blob": "x".repeat(1024) } }))
-        .send()
-        .await
-        .unwrap();
+    let big = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({ "agent_id": "a", "metadata": { "blob": "x".repeat(1024) } })),
+    )
+    .await;
     assert_quota_problem(big, "stored_bytes", before + weight + 100, before + weight).await;
     // Growing a session through PATCH is refused the same way.
-    let grown = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/sessions/{id}"))
-        .json(&json!({ "metadata": { "blob": "x".repeat(1024) } }))
-        .send()
-        .await
-        .unwrap();
+    let grown = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/sessions/{id}"),
+        Some(json!({ "metadata": { "blob": "x".repeat(1024) } })),
+    )
+    .await;
     assert_quota_problem(
         grown,
         "stored_bytes",
@@ -270,14 +263,17 @@ async fn audit_events_are_counted_and_never_refused() {
         1,
     )
     .await;
-    let agent = as_tenant(&app, &acme, Method::POST, "/v1/agents")
-        .json(&json!({ "name": "still-works" }))
-        .send()
-        .await
-        .unwrap();
+    let agent = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/agents",
+        Some(json!({ "name": "still-works" })),
+    )
+    .await;
     assert_eq!(agent.status(), StatusCode::CREATED);
-    assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 1);
-    assert_eq!(audit_actions(&app, &acme, "agent.create").await.len(), 1);
+    assert_eq!(audit_events(&app, &acme, "quota.exceeded").await.len(), 1);
+    assert_eq!(audit_events(&app, &acme, "agent.create").await.len(), 1);
     let (audited_after, limit) = quota(&app, &acme, "audit_events").await;
     assert_eq!(limit, Some(0));
     assert!(
@@ -329,24 +325,19 @@ async fn usage_counts_keys_until_revoked_and_not_the_built_in_roles() {
     let acme = app.create_tenant("acme").await;
     // The bootstrap admin key.
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 1);
-    let created = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap();
+    let created = request_key(&app, &acme, &json!({ "scopes": ["sessions:read"] })).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let key: Value = created.json().await.unwrap();
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 2);
     let id = key["api_key"]["id"].as_str().unwrap();
-    let revoked = as_tenant(
+    let revoked = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/revoke"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert!(revoked.status().is_success(), "{}", revoked.status());
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 1);
     // The built-in roles are not counted.
@@ -372,10 +363,7 @@ async fn a_move_keeps_the_counters_and_the_limits() {
         // retryable 503 `tenant-moving`, as for any request.
         let mut after = Value::Null;
         for _ in 0..30 {
-            let response = as_tenant(&app, &acme, Method::GET, "/v1/usage")
-                .send()
-                .await
-                .unwrap();
+            let response = call_as(&app, &acme, Method::GET, "/v1/usage", None).await;
             if response.status() == StatusCode::SERVICE_UNAVAILABLE {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 continue;
@@ -422,30 +410,33 @@ async fn tenant_messages_are_limited_and_tool_versions_counted() {
     assert_eq!(quota(&app, &acme, "webhook_messages").await, (1, Some(1)));
 
     set_limit(&app, acme.id, "tool_versions", Some(1)).await;
-    let created = as_tenant(&app, &acme, Method::POST, "/v1/tools")
-        .json(&json!({
+    let created = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/tools",
+        Some(json!({
             "name": "weather",
             "description": "Returns the forecast.",
             "input_schema": { "type": "object" },
             "endpoint_url": "https://tools.example/run",
-        }))
-        .send()
-        .await
-        .unwrap();
+        })),
+    )
+    .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     assert_eq!(quota(&app, &acme, "tools").await.0, 1);
     assert_eq!(quota(&app, &acme, "tool_versions").await.0, 1);
     // A new version would be the second: refused, and the tool keeps its first.
-    let updated = as_tenant(&app, &acme, Method::PATCH, "/v1/tools/weather")
-        .json(&json!({ "description": "Returns the forecast, better." }))
-        .send()
-        .await
-        .unwrap();
+    let updated = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        "/v1/tools/weather",
+        Some(json!({ "description": "Returns the forecast, better." })),
+    )
+    .await;
     assert_quota_problem(updated, "tool_versions", 1, 1).await;
-    let deleted = as_tenant(&app, &acme, Method::DELETE, "/v1/tools/weather")
-        .send()
-        .await
-        .unwrap();
+    let deleted = call_as(&app, &acme, Method::DELETE, "/v1/tools/weather", None).await;
     assert!(deleted.status().is_success(), "{}", deleted.status());
     // Deleting the tool deletes its versions, which frees both.
     assert_eq!(quota(&app, &acme, "tools").await.0, 0);
@@ -484,13 +475,13 @@ async fn the_serving_role_cannot_change_a_limit() {
 async fn platform_messages_are_counted_and_never_refused() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://hooks.receiver.example/in",
-                       "event_types": ["session.created"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }),
+    )
+    .await;
     set_limit(&app, acme.id, "webhook_messages", Some(0)).await;
     // Creating a session raises `session.created` for the endpoint: a platform message, stored
     // and counted past the limit, since refusing it would refuse the session.
@@ -520,13 +511,13 @@ async fn writers_of_two_kinds_at_once_do_not_deadlock() {
     // would abort one of them: a 500).
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://hooks.receiver.example/in",
-                       "event_types": ["session.created"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }),
+    )
+    .await;
     let (app, acme) = (&app, &acme);
     let sessions = (0..12).map(|n| async move {
         try_create_session(app, acme, &format!("s{n}"))
@@ -534,12 +525,15 @@ async fn writers_of_two_kinds_at_once_do_not_deadlock() {
             .status()
     });
     let messages = (0..12).map(|n| async move {
-        as_tenant(app, acme, Method::POST, "/v1/webhooks/messages")
-            .json(&json!({ "event_type": "order.paid", "payload": { "n": n } }))
-            .send()
-            .await
-            .unwrap()
-            .status()
+        call_as(
+            app,
+            acme,
+            Method::POST,
+            "/v1/webhooks/messages",
+            Some(json!({ "event_type": "order.paid", "payload": { "n": n } })),
+        )
+        .await
+        .status()
     });
     let (sessions, messages) = tokio::join!(
         futures::future::join_all(sessions),
@@ -559,18 +553,20 @@ async fn writers_of_two_kinds_at_once_do_not_deadlock() {
 
 /// An endpoint subscribed to everything, and one tenant message delivered to it.
 async fn endpoint_and_message(app: &TestApp, tenant: &TestTenant) -> (String, String) {
-    let endpoint = as_tenant(app, tenant, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://hooks.receiver.example/in" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(endpoint.status(), StatusCode::CREATED);
-    let endpoint: Value = endpoint.json().await.unwrap();
-    let published = as_tenant(app, tenant, Method::POST, "/v1/webhooks/messages")
-        .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
-        .send()
-        .await
-        .unwrap();
+    let endpoint = create_endpoint(
+        app,
+        tenant,
+        json!({ "url": "https://hooks.receiver.example/in" }),
+    )
+    .await;
+    let published = call_as(
+        app,
+        tenant,
+        Method::POST,
+        "/v1/webhooks/messages",
+        Some(json!({ "event_type": "order.paid", "payload": { "n": 1 } })),
+    )
+    .await;
     assert_eq!(published.status(), StatusCode::ACCEPTED);
     let message: Value = published.json().await.unwrap();
     (
@@ -658,7 +654,7 @@ async fn resend_and_recover_are_refused_at_the_bytes_or_messages_limit() {
     set_limit(&app, acme.id, "stored_bytes", None).await;
     set_limit(&app, acme.id, "webhook_messages", Some(1)).await;
     assert_quota_problem(resend().await.unwrap(), "webhook_messages", 1, 1).await;
-    let refusals = audit_actions(&app, &acme, "quota.exceeded").await;
+    let refusals = audit_events(&app, &acme, "quota.exceeded").await;
     assert_eq!(refusals.len(), 3, "{refusals:?}");
 }
 
@@ -691,13 +687,13 @@ async fn endpoint_tests_count_and_are_refused_as_the_tenants_messages() {
 async fn attempts_of_platform_messages_count_apart() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://hooks.receiver.example/in",
-                       "event_types": ["session.created"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://hooks.receiver.example/in",
+                       "event_types": ["session.created"] }),
+    )
+    .await;
     create_session(&app, &acme, "one").await;
     let (bytes, _) = quota(&app, &acme, "stored_bytes").await;
     let (platform, _) = quota(&app, &acme, "platform_bytes").await;
@@ -750,11 +746,14 @@ async fn disabling_a_user_frees_room() {
     let first: Value = first.json().await.unwrap();
     assert_quota_problem(create("bob@example.com").await.unwrap(), "users", 1, 1).await;
     let id = first["id"].as_str().unwrap();
-    let disabled = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/users/{id}"))
-        .json(&json!({ "status": "disabled" }))
-        .send()
-        .await
-        .unwrap();
+    let disabled = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/users/{id}"),
+        Some(json!({ "status": "disabled" })),
+    )
+    .await;
     assert_eq!(disabled.status(), StatusCode::OK);
     assert_eq!(quota(&app, &acme, "users").await.0, 0);
     assert_eq!(
@@ -762,11 +761,14 @@ async fn disabling_a_user_frees_room() {
         StatusCode::CREATED
     );
     // Enabling the first again would make two: refused like a create.
-    let enabled = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/users/{id}"))
-        .json(&json!({ "status": "active" }))
-        .send()
-        .await
-        .unwrap();
+    let enabled = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/users/{id}"),
+        Some(json!({ "status": "active" })),
+    )
+    .await;
     assert_quota_problem(enabled, "users", 1, 1).await;
 }
 
@@ -776,18 +778,21 @@ async fn a_full_users_quota_is_refused_before_any_hashing() {
     let acme = app.create_tenant("acme").await;
     set_limit(&app, acme.id, "users", Some(0)).await;
     let hashes = app.state.hashing().hashes_started();
-    let refused = as_tenant(&app, &acme, Method::POST, "/v1/users")
-        .json(&json!({ "email": "ada@example.com", "password": "a long enough password" }))
-        .send()
-        .await
-        .unwrap();
+    let refused = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/users",
+        Some(json!({ "email": "ada@example.com", "password": "a long enough password" })),
+    )
+    .await;
     assert_quota_problem(refused, "users", 0, 0).await;
     assert_eq!(
         app.state.hashing().hashes_started(),
         hashes,
         "a full quota still cost a password hash"
     );
-    assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 1);
+    assert_eq!(audit_events(&app, &acme, "quota.exceeded").await.len(), 1);
 }
 
 #[tokio::test]
@@ -796,21 +801,17 @@ async fn rotating_a_key_at_the_keys_limit_is_not_refused() {
     let acme = app.create_tenant("acme").await;
     // The bootstrap key is the only one, and the limit.
     set_limit(&app, acme.id, "api_keys", Some(1)).await;
-    let listed = as_tenant(&app, &acme, Method::GET, "/v1/api-keys")
-        .send()
-        .await
-        .unwrap();
+    let listed = call_as(&app, &acme, Method::GET, "/v1/api-keys", None).await;
     let listed: Value = listed.json().await.unwrap();
     let id = listed["data"][0]["id"].as_str().unwrap().to_owned();
-    let rotated = as_tenant(
+    let rotated = call_as(
         &app,
         &acme,
         Method::POST,
         &format!("/v1/api-keys/{id}/rotate"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     let status = rotated.status();
     assert_eq!(
         status,
@@ -820,11 +821,7 @@ async fn rotating_a_key_at_the_keys_limit_is_not_refused() {
     );
     assert_eq!(quota(&app, &acme, "api_keys").await, (1, Some(1)));
     // A second key is still refused.
-    let created = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap();
+    let created = request_key(&app, &acme, &json!({ "scopes": ["sessions:read"] })).await;
     assert_quota_problem(created, "api_keys", 1, 1).await;
 }
 
@@ -862,7 +859,8 @@ async fn a_prefix_confined_credential_is_not_told_the_tenant_wide_usage() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     set_limit(&app, acme.id, "sessions", Some(0)).await;
-    let (_, delegated, prefixed) = crate::confinement::tokens(&app, &acme).await;
+    let (_, delegated, prefixed) =
+        crate::helpers::oauth::admin_and_delegated_tokens(&app, &acme).await;
     let create = |token: String| {
         app.client
             .post(app.tenant_url("acme", "/v1/sessions"))
@@ -879,7 +877,7 @@ async fn a_prefix_confined_credential_is_not_told_the_tenant_wide_usage() {
     assert!(body.get("usage").is_none(), "{body}");
     assert!(!body["detail"].as_str().unwrap().contains("used"), "{body}");
     // Still audited, with the usage.
-    assert_eq!(audit_actions(&app, &acme, "quota.exceeded").await.len(), 2);
+    assert_eq!(audit_events(&app, &acme, "quota.exceeded").await.len(), 2);
 }
 
 /// Marks every delivery of the tenant finished, as the worker does after an answer.
@@ -905,18 +903,21 @@ async fn finish_deliveries(app: &TestApp, tenant: TenantId) {
 async fn the_retention_sweep_deletes_finished_messages_and_frees_their_room() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://hooks.receiver.example/in" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://hooks.receiver.example/in" }),
+    )
+    .await;
     let publish = || async {
-        let published = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/messages")
-            .json(&json!({ "event_type": "order.paid", "payload": { "n": 1 } }))
-            .send()
-            .await
-            .unwrap();
+        let published = call_as(
+            &app,
+            &acme,
+            Method::POST,
+            "/v1/webhooks/messages",
+            Some(json!({ "event_type": "order.paid", "payload": { "n": 1 } })),
+        )
+        .await;
         assert_eq!(published.status(), StatusCode::ACCEPTED);
         let body: Value = published.json().await.unwrap();
         body["id"].as_str().unwrap().to_owned()

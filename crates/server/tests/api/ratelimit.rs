@@ -5,11 +5,12 @@ use std::sync::Arc;
 use bulkhead_core::Clock;
 use bulkhead_ratelimit::{LimitConfig, Plan, Quota};
 use bulkhead_server::service::rate_limits::{default_limits, default_preauth_limits, RateLimits};
-use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestTenant};
+use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{as_tenant, problem};
+use crate::helpers::keys::mint_key;
+use crate::helpers::{call_as, problem};
 
 fn tight_tenant_budget() -> LimitConfig {
     LimitConfig {
@@ -24,10 +25,7 @@ fn tight_tenant_budget() -> LimitConfig {
 async fn successful_responses_carry_ratelimit_headers() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let response = as_tenant(&app, &acme, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(&app, &acme, Method::GET, "/v1/sessions", None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let policy = response
         .headers()
@@ -63,10 +61,7 @@ async fn a_flooding_tenant_never_throttles_another() {
     let b = app.create_tenant("bravo").await;
     let mut a_rejected = 0;
     for _ in 0..50 {
-        let response = as_tenant(&app, &a, Method::GET, "/v1/sessions")
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(&app, &a, Method::GET, "/v1/sessions", None).await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             a_rejected += 1;
             let retry_after = response
@@ -90,10 +85,7 @@ async fn a_flooding_tenant_never_throttles_another() {
         "a burst of 5 allows exactly 5 of 50 at one instant"
     );
     for _ in 0..5 {
-        let response = as_tenant(&app, &b, Method::GET, "/v1/sessions")
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(&app, &b, Method::GET, "/v1/sessions", None).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -117,36 +109,17 @@ async fn the_agent_level_is_named_and_spares_the_tenants_other_keys() {
     })
     .await;
     let acme = app.create_tenant("acme").await;
-    let minted: serde_json::Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = TestTenant {
-        key: minted["key"].as_str().unwrap().to_owned(),
-        ..acme.clone()
-    };
+    let (agent, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     // Minting cost the admin key 10 of its 12; the new key has its own 12.
     let mut last = None;
     for _ in 0..13 {
-        last = Some(
-            as_tenant(&app, &agent, Method::GET, "/v1/sessions")
-                .send()
-                .await
-                .unwrap(),
-        );
+        last = Some(call_as(&app, &agent, Method::GET, "/v1/sessions", None).await);
     }
     let (status, body) = problem(last.unwrap()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(body["detail"].as_str().unwrap().contains("agent"), "{body}");
     // The admin key of the same tenant still has its own agent budget and the tenant's.
-    let admin = as_tenant(&app, &acme, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap();
+    let admin = call_as(&app, &acme, Method::GET, "/v1/sessions", None).await;
     assert_eq!(admin.status(), StatusCode::OK);
 }
 
@@ -227,18 +200,12 @@ async fn a_flood_of_one_tenant_spares_another_behind_the_same_address() {
     let b = app.create_tenant("bravo").await;
     // A: 50 authenticated requests from 127.0.0.1, far past the address budget of 10.
     for _ in 0..50 {
-        as_tenant(&app, &a, Method::GET, "/v1/sessions")
-            .send()
-            .await
-            .unwrap();
+        call_as(&app, &a, Method::GET, "/v1/sessions", None).await;
     }
     // B, same address: none refused.
     let mut refused = 0;
     for _ in 0..5 {
-        let response = as_tenant(&app, &b, Method::GET, "/v1/sessions")
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(&app, &b, Method::GET, "/v1/sessions", None).await;
         if response.status() != StatusCode::OK {
             refused += 1;
         }

@@ -16,7 +16,8 @@ use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, problem};
+use crate::helpers::oauth::{token_request, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE};
+use crate::helpers::{call_as, concrete_path, created, problem};
 
 /// An app without request budgets: these tests send a request to every route several times.
 async fn app() -> TestApp {
@@ -87,31 +88,6 @@ async fn key_and_id(
     (holder, id.to_string())
 }
 
-async fn send(
-    app: &TestApp,
-    tenant: &TestTenant,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let request = as_tenant(app, tenant, method, path);
-    match body {
-        Some(body) => request.json(&body),
-        None => request,
-    }
-    .send()
-    .await
-    .unwrap()
-}
-
-async fn created(app: &TestApp, tenant: &TestTenant, path: &str, body: Value) -> Value {
-    let response = send(app, tenant, Method::POST, path, Some(body)).await;
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{path}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
 /// An agent holding `role`, and a key of it holding every scope: its effective permissions are
 /// exactly the role's.
 async fn agent_with_role(
@@ -139,25 +115,6 @@ async fn agent_with_role(
     (key, agent_id)
 }
 
-/// The path with every `{param}` replaced: the permission check runs before the handler parses
-/// anything, so any segment reaches it.
-fn concrete(spec: &RouteSpec) -> String {
-    let mut out = String::new();
-    let mut in_param = false;
-    for c in spec.path.chars() {
-        match c {
-            '{' => in_param = true,
-            '}' => {
-                in_param = false;
-                out.push_str("x0");
-            }
-            _ if in_param => {}
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 fn routes() -> Vec<RouteSpec> {
     bulkhead_server::http::app::route_table()
         .specs()
@@ -173,7 +130,7 @@ async fn every_route_refuses_a_credential_without_its_permission() {
     assert!(routes.len() > 40, "the table lists the whole API");
     let mut required = 0;
     for spec in &routes {
-        let path = concrete(spec);
+        let path = concrete_path(spec);
         match spec.access {
             RouteAccess::Requires(scope) => {
                 required += 1;
@@ -181,7 +138,7 @@ async fn every_route_refuses_a_credential_without_its_permission() {
                     Scope::ALL.iter().copied().filter(|s| *s != scope).collect();
                 let holder = key_with(&app, &tenant, without, None).await;
                 let response =
-                    send(&app, &holder, spec.method.clone(), &path, Some(json!({}))).await;
+                    call_as(&app, &holder, spec.method.clone(), &path, Some(json!({}))).await;
                 let (status, body) = problem(response).await;
                 assert_eq!(
                     status,
@@ -266,7 +223,7 @@ async fn every_route_refuses_a_credential_without_its_permission() {
     ];
     assert_eq!(open, reviewed);
     // A route that is not in the table does not exist, with or without a credential.
-    let response = send(&app, &tenant, Method::GET, "/v1/not-a-route", None).await;
+    let response = call_as(&app, &tenant, Method::GET, "/v1/not-a-route", None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
@@ -283,8 +240,8 @@ async fn built_in_roles_allow_exactly_their_documented_routes() {
             let RouteAccess::Requires(scope) = spec.access else {
                 continue;
             };
-            let path = concrete(spec);
-            let status = send(&app, &holder, spec.method.clone(), &path, Some(json!({})))
+            let path = concrete_path(spec);
+            let status = call_as(&app, &holder, spec.method.clone(), &path, Some(json!({})))
                 .await
                 .status();
             if allowed.contains(scope) {
@@ -352,7 +309,7 @@ async fn nobody_grants_more_than_they_hold() {
 
     // A developer can mint keys, but not one with role administration or billing in it.
     let (developer, _) = agent_with_role(&app, &tenant, "dev-bot", "developer").await;
-    let admin_key = send(
+    let admin_key = call_as(
         &app,
         &developer,
         Method::POST,
@@ -362,7 +319,7 @@ async fn nobody_grants_more_than_they_hold() {
     .await;
     let (status, body) = problem(admin_key).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let ok = send(
+    let ok = call_as(
         &app,
         &developer,
         Method::POST,
@@ -383,14 +340,14 @@ async fn nobody_grants_more_than_they_hold() {
         ),
     ] {
         let (status, _) =
-            problem(send(&app, &developer, Method::POST, path, Some(body)).await).await;
+            problem(call_as(&app, &developer, Method::POST, path, Some(body)).await).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
 
     // An agent can mint no key at all.
     let (agent, _) = agent_with_role(&app, &tenant, "worker-bot", "agent").await;
     let (status, _) = problem(
-        send(
+        call_as(
             &app,
             &agent,
             Method::POST,
@@ -432,7 +389,7 @@ async fn nobody_grants_more_than_they_hold() {
         ),
     ] {
         let (status, body) =
-            problem(send(&app, &session_admin, Method::POST, path, Some(body)).await).await;
+            problem(call_as(&app, &session_admin, Method::POST, path, Some(body)).await).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
     }
     let narrower = created(
@@ -452,7 +409,7 @@ async fn nobody_grants_more_than_they_hold() {
     // Nor can it widen a role it may edit into one it could not create.
     let path = format!("/v1/roles/{}", narrower["id"].as_str().unwrap());
     let (status, _) = problem(
-        send(
+        call_as(
             &app,
             &session_admin,
             Method::PATCH,
@@ -482,7 +439,7 @@ async fn nobody_grants_more_than_they_hold() {
     assert!(blocked >= 4, "{blocked} blocked role events");
 
     // Built-in roles cannot be edited or deleted, even by an admin.
-    let roles: Value = send(&app, &tenant, Method::GET, "/v1/roles", None)
+    let roles: Value = call_as(&app, &tenant, Method::GET, "/v1/roles", None)
         .await
         .json()
         .await
@@ -494,7 +451,7 @@ async fn nobody_grants_more_than_they_hold() {
         .find(|r| r["name"] == "admin")
         .unwrap();
     let path = format!("/v1/roles/{}", admin["id"].as_str().unwrap());
-    let patch = send(
+    let patch = call_as(
         &app,
         &tenant,
         Method::PATCH,
@@ -503,7 +460,7 @@ async fn nobody_grants_more_than_they_hold() {
     )
     .await;
     assert_eq!(patch.status(), StatusCode::CONFLICT);
-    let delete = send(&app, &tenant, Method::DELETE, &path, None).await;
+    let delete = call_as(&app, &tenant, Method::DELETE, &path, None).await;
     assert_eq!(delete.status(), StatusCode::CONFLICT);
 }
 
@@ -513,14 +470,14 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     let tenant = app.create_tenant("acme").await;
     let (holder, agent_id) = agent_with_role(&app, &tenant, "ops-bot", "developer").await;
     assert_eq!(
-        send(&app, &holder, Method::GET, "/v1/sessions", None)
+        call_as(&app, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::OK
     );
 
     // Remove the role: the key (which still holds every scope) can do nothing.
-    let assignments: Value = send(
+    let assignments: Value = call_as(
         &app,
         &tenant,
         Method::GET,
@@ -532,7 +489,7 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     .await
     .unwrap();
     let assignment = assignments["data"][0]["id"].as_str().unwrap();
-    let removed = send(
+    let removed = call_as(
         &app,
         &tenant,
         Method::DELETE,
@@ -542,7 +499,7 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     .await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        send(&app, &holder, Method::GET, "/v1/sessions", None)
+        call_as(&app, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::FORBIDDEN
@@ -557,12 +514,12 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     )
     .await;
     assert_eq!(
-        send(&app, &holder, Method::GET, "/v1/sessions", None)
+        call_as(&app, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::OK
     );
-    let write = send(
+    let write = call_as(
         &app,
         &holder,
         Method::POST,
@@ -592,7 +549,7 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
 
     // Disable the agent: its key is refused outright, like an unknown key.
     let path = format!("/v1/agents/{agent_id}");
-    let disabled = send(
+    let disabled = call_as(
         &app,
         &tenant,
         Method::PATCH,
@@ -601,10 +558,11 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     )
     .await;
     assert_eq!(disabled.status(), StatusCode::OK);
-    let (status, _) = problem(send(&app, &holder, Method::GET, "/v1/sessions", None).await).await;
+    let (status, _) =
+        problem(call_as(&app, &holder, Method::GET, "/v1/sessions", None).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A disabled agent gets no new keys.
-    let minted = send(
+    let minted = call_as(
         &app,
         &tenant,
         Method::POST,
@@ -613,7 +571,7 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     )
     .await;
     assert_eq!(minted.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let enabled = send(
+    let enabled = call_as(
         &app,
         &tenant,
         Method::PATCH,
@@ -623,7 +581,7 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
     .await;
     assert_eq!(enabled.status(), StatusCode::OK);
     assert_eq!(
-        send(&app, &holder, Method::GET, "/v1/sessions", None)
+        call_as(&app, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::OK
@@ -643,7 +601,7 @@ async fn principals_and_roles_never_cross_tenants() {
         json!({ "email": "ceo@globex.test", "password": "correct horse battery staple" }),
     )
     .await;
-    let globex_roles: Value = send(&app, &globex, Method::GET, "/v1/roles", None)
+    let globex_roles: Value = call_as(&app, &globex, Method::GET, "/v1/roles", None)
         .await
         .json()
         .await
@@ -661,7 +619,7 @@ async fn principals_and_roles_never_cross_tenants() {
 
     // Reading another tenant's principal or role answers exactly like a missing one.
     let missing_agent = problem(
-        send(
+        call_as(
             &app,
             &acme,
             Method::GET,
@@ -676,7 +634,7 @@ async fn principals_and_roles_never_cross_tenants() {
         format!("/v1/users/{globex_user_id}"),
         format!("/v1/roles/{globex_admin_role}"),
     ] {
-        let (status, body) = problem(send(&app, &acme, Method::GET, &path, None).await).await;
+        let (status, body) = problem(call_as(&app, &acme, Method::GET, &path, None).await).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(body, missing_agent.1, "{path}");
     }
@@ -688,7 +646,7 @@ async fn principals_and_roles_never_cross_tenants() {
         json!({ "role_id": globex_admin_role, "agent_id": acme_agent["id"] }),
     ] {
         let (status, problem_body) = problem(
-            send(
+            call_as(
                 &app,
                 &acme,
                 Method::POST,
@@ -702,7 +660,7 @@ async fn principals_and_roles_never_cross_tenants() {
         assert_eq!(problem_body, missing_agent.1);
     }
     // A key for another tenant's agent, an agent owned by another tenant's user.
-    let key = send(
+    let key = call_as(
         &app,
         &acme,
         Method::POST,
@@ -711,7 +669,7 @@ async fn principals_and_roles_never_cross_tenants() {
     )
     .await;
     assert_eq!(key.status(), StatusCode::NOT_FOUND);
-    let owned = send(
+    let owned = call_as(
         &app,
         &acme,
         Method::POST,
@@ -746,7 +704,7 @@ async fn principals_and_roles_never_cross_tenants() {
         "/v1/roles",
         "/v1/role-assignments",
     ] {
-        let text = send(&app, &acme, Method::GET, path, None)
+        let text = call_as(&app, &acme, Method::GET, path, None)
             .await
             .text()
             .await
@@ -764,7 +722,7 @@ async fn principals_and_roles_never_cross_tenants() {
         ..globex.clone()
     };
     assert_eq!(
-        send(&app, &foreign, Method::GET, "/v1/agents", None)
+        call_as(&app, &foreign, Method::GET, "/v1/agents", None)
             .await
             .status(),
         StatusCode::UNAUTHORIZED
@@ -784,7 +742,7 @@ async fn users_and_agents_have_a_lifecycle() {
     .await;
     assert_eq!(user["email"], "dev@acme.test");
     assert!(user.get("password_hash").is_none());
-    let again = send(
+    let again = call_as(
         &app,
         &tenant,
         Method::POST,
@@ -813,7 +771,7 @@ async fn users_and_agents_have_a_lifecycle() {
         ..tenant.clone()
     };
     assert_eq!(
-        send(&app, &as_user, Method::GET, "/v1/sessions", None)
+        call_as(&app, &as_user, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::FORBIDDEN
@@ -843,12 +801,12 @@ async fn users_and_agents_have_a_lifecycle() {
         ..tenant.clone()
     };
     assert_eq!(
-        send(&app, &as_user, Method::GET, "/v1/sessions", None)
+        call_as(&app, &as_user, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::OK
     );
-    let role = send(
+    let role = call_as(
         &app,
         &as_user,
         Method::POST,
@@ -859,7 +817,7 @@ async fn users_and_agents_have_a_lifecycle() {
     assert_eq!(role.status(), StatusCode::FORBIDDEN);
     // Disabled: the token is refused at once.
     let path = format!("/v1/users/{user_id}");
-    let disabled = send(
+    let disabled = call_as(
         &app,
         &tenant,
         Method::PATCH,
@@ -869,7 +827,7 @@ async fn users_and_agents_have_a_lifecycle() {
     .await;
     assert_eq!(disabled.status(), StatusCode::OK);
     assert_eq!(
-        send(&app, &as_user, Method::GET, "/v1/sessions", None)
+        call_as(&app, &as_user, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::UNAUTHORIZED
@@ -884,7 +842,7 @@ async fn users_and_agents_have_a_lifecycle() {
     )
     .await;
     created(&app, &tenant, "/v1/agents", json!({ "name": "a2" })).await;
-    let duplicate = send(
+    let duplicate = call_as(
         &app,
         &tenant,
         Method::POST,
@@ -894,7 +852,7 @@ async fn users_and_agents_have_a_lifecycle() {
     .await;
     assert_eq!(duplicate.status(), StatusCode::CONFLICT);
     for name in ["", "Upper", "-dash", "a/b", &"x".repeat(64)] {
-        let bad = send(
+        let bad = call_as(
             &app,
             &tenant,
             Method::POST,
@@ -904,14 +862,14 @@ async fn users_and_agents_have_a_lifecycle() {
         .await;
         assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY, "{name:?}");
     }
-    let page: Value = send(&app, &tenant, Method::GET, "/v1/agents?limit=1", None)
+    let page: Value = call_as(&app, &tenant, Method::GET, "/v1/agents?limit=1", None)
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
     let next = page["next_cursor"].as_str().unwrap();
-    let rest: Value = send(
+    let rest: Value = call_as(
         &app,
         &tenant,
         Method::GET,
@@ -926,27 +884,10 @@ async fn users_and_agents_have_a_lifecycle() {
     assert!(rest["next_cursor"].is_null());
 }
 
-async fn form(
-    app: &TestApp,
-    basic: Option<(&str, &str)>,
-    pairs: &[(&str, &str)],
-) -> reqwest::Response {
-    let mut request = app
-        .client
-        .post(app.tenant_url("acme", "/oauth/token"))
-        .form(pairs);
-    if let Some((id, secret)) = basic {
-        request = request.basic_auth(id, Some(secret));
-    }
-    request.send().await.unwrap()
-}
-
 /// Delegation passes on the subject's *effective* authority, cut again by the actor's roles, and
 /// a delegated token loses what its subject loses.
 #[tokio::test]
 async fn delegation_narrows_through_both_principals_roles() {
-    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-    const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
     let app = app().await;
     let tenant = app.create_tenant("acme").await;
     // The subject: a developer agent; its token claims every scope, its role allows less.
@@ -967,8 +908,9 @@ async fn delegation_narrows_through_both_principals_roles() {
     )
     .await;
     // client_credentials already cuts the token to the role: no roles:manage in it.
-    let issued = form(
+    let issued = token_request(
         &app,
+        "acme",
         Some((&subject_key_id, &subject_key.key)),
         &[
             ("grant_type", "client_credentials"),
@@ -977,8 +919,9 @@ async fn delegation_narrows_through_both_principals_roles() {
     )
     .await;
     assert_eq!(issued.status(), StatusCode::BAD_REQUEST);
-    let issued = form(
+    let issued = token_request(
         &app,
+        "acme",
         Some((&subject_key_id, &subject_key.key)),
         &[("grant_type", "client_credentials")],
     )
@@ -1007,21 +950,21 @@ async fn delegation_narrows_through_both_principals_roles() {
     )
     .await;
     let base = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", subject_token.as_str()),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
     // Asking for what the subject may do but the actor's role may not: refused.
     let mut wide = base.to_vec();
     wide.push(("scope", "sessions:write"));
-    let refused = form(&app, Some((&actor_key_id, &actor_key.key)), &wide).await;
+    let refused = token_request(&app, "acme", Some((&actor_key_id, &actor_key.key)), &wide).await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         refused.json::<Value>().await.unwrap()["error"],
         "invalid_scope"
     );
     // No scope asked: the intersection of both roles (viewer ∩ developer).
-    let delegated = form(&app, Some((&actor_key_id, &actor_key.key)), &base).await;
+    let delegated = token_request(&app, "acme", Some((&actor_key_id, &actor_key.key)), &base).await;
     assert_eq!(delegated.status(), StatusCode::OK);
     let delegated: Value = delegated.json().await.unwrap();
     let scope = delegated["scope"].as_str().unwrap().to_owned();
@@ -1035,7 +978,7 @@ async fn delegation_narrows_through_both_principals_roles() {
         ..tenant.clone()
     };
     assert_eq!(
-        send(&app, &holder, Method::GET, "/v1/sessions", None)
+        call_as(&app, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::OK
@@ -1047,20 +990,20 @@ async fn delegation_narrows_through_both_principals_roles() {
         assignment["id"].as_str().unwrap()
     );
     assert_eq!(
-        send(&app, &tenant, Method::DELETE, &path, None)
+        call_as(&app, &tenant, Method::DELETE, &path, None)
             .await
             .status(),
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        send(&app, &holder, Method::GET, "/v1/sessions", None)
+        call_as(&app, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status(),
         StatusCode::FORBIDDEN
     );
     // And a disabled subject cannot delegate at all.
     let disable = format!("/v1/agents/{subject_agent_id}");
-    send(
+    call_as(
         &app,
         &tenant,
         Method::PATCH,
@@ -1068,7 +1011,7 @@ async fn delegation_narrows_through_both_principals_roles() {
         Some(json!({ "status": "disabled" })),
     )
     .await;
-    let after = form(&app, Some((&actor_key_id, &actor_key.key)), &base).await;
+    let after = token_request(&app, "acme", Some((&actor_key_id, &actor_key.key)), &base).await;
     assert_eq!(after.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         after.json::<Value>().await.unwrap()["error"],
@@ -1116,7 +1059,7 @@ async fn the_rbac_migration_upgrades_existing_tenants() {
     tx.commit().await.unwrap();
     owner.close().await;
 
-    let roles: Value = send(&app, &tenant, Method::GET, "/v1/roles", None)
+    let roles: Value = call_as(&app, &tenant, Method::GET, "/v1/roles", None)
         .await
         .json()
         .await
@@ -1159,13 +1102,13 @@ async fn role_changes_reach_a_second_process_before_its_cache_expires() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for _ in 0..2 {
         assert_eq!(
-            send(&second, &holder, Method::GET, "/v1/sessions", None)
+            call_as(&second, &holder, Method::GET, "/v1/sessions", None)
                 .await
                 .status(),
             StatusCode::OK
         );
     }
-    let assignments: Value = send(
+    let assignments: Value = call_as(
         &first,
         &tenant,
         Method::GET,
@@ -1178,7 +1121,7 @@ async fn role_changes_reach_a_second_process_before_its_cache_expires() {
     .unwrap();
     let assignment = assignments["data"][0]["id"].as_str().unwrap();
     let removed_at = std::time::Instant::now();
-    let removed = send(
+    let removed = call_as(
         &first,
         &tenant,
         Method::DELETE,
@@ -1190,7 +1133,7 @@ async fn role_changes_reach_a_second_process_before_its_cache_expires() {
     // Well under the 5 s cache lifetime: only a pushed invalidation can explain a refusal.
     let bound = bulkhead_server::service::ceilings::CEILING_TTL / 2;
     loop {
-        let status = send(&second, &holder, Method::GET, "/v1/sessions", None)
+        let status = call_as(&second, &holder, Method::GET, "/v1/sessions", None)
             .await
             .status();
         if status == StatusCode::FORBIDDEN {

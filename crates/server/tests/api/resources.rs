@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::{as_tenant, problem};
+use crate::helpers::{as_tenant, call_as, problem};
 
 const PARTIAL_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n";
 
@@ -270,11 +270,14 @@ async fn a_slowloris_against_the_metrics_port_is_cut_off() {
 }
 
 async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str) -> reqwest::Response {
-    as_tenant(app, tenant, Method::POST, "/v1/users")
-        .json(&json!({ "email": email, "password": "a long enough password" }))
-        .send()
-        .await
-        .unwrap()
+    call_as(
+        app,
+        tenant,
+        Method::POST,
+        "/v1/users",
+        Some(json!({ "email": email, "password": "a long enough password" })),
+    )
+    .await
 }
 
 #[tokio::test]

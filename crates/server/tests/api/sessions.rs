@@ -4,7 +4,8 @@ use bulkhead_test_support::spawn_app;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, create_session, problem};
+use crate::helpers::keys::mint_key;
+use crate::helpers::{as_tenant, call_as, create_session, get_json, problem};
 
 #[tokio::test]
 async fn create_get_update_list_delete() {
@@ -16,20 +17,17 @@ async fn create_get_update_list_delete() {
     assert_eq!(created["state"], "active");
     assert_eq!(created["metadata"], json!({ "marker": "first" }));
 
-    let got: Value = as_tenant(&app, &acme, Method::GET, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = get_json(&app, &acme, &format!("/v1/sessions/{id}")).await;
     assert_eq!(got, created);
 
-    let updated = as_tenant(&app, &acme, Method::PATCH, &format!("/v1/sessions/{id}"))
-        .json(&json!({ "state": "paused", "title": "renamed" }))
-        .send()
-        .await
-        .unwrap();
+    let updated = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/sessions/{id}"),
+        Some(json!({ "state": "paused", "title": "renamed" })),
+    )
+    .await;
     assert_eq!(updated.status(), StatusCode::OK);
     let updated: Value = updated.json().await.unwrap();
     assert_eq!(
@@ -41,15 +39,23 @@ async fn create_get_update_list_delete() {
         "absent fields stay as they were"
     );
 
-    let deleted = as_tenant(&app, &acme, Method::DELETE, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = call_as(
+        &app,
+        &acme,
+        Method::DELETE,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let gone = as_tenant(&app, &acme, Method::GET, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let gone = call_as(
+        &app,
+        &acme,
+        Method::GET,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 
     // Every change left an audit event in the tenant's log, in its own transaction.
@@ -95,13 +101,7 @@ async fn listing_pages_with_a_cursor_and_filters() {
             Some(c) => format!("/v1/sessions?limit=2&cursor={c}"),
             None => "/v1/sessions?limit=2".to_owned(),
         };
-        let page: Value = as_tenant(&app, &acme, Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(&app, &acme, &path).await;
         let data = page["data"].as_array().unwrap();
         assert!(data.len() <= 2);
         seen.extend(data.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
@@ -115,24 +115,17 @@ async fn listing_pages_with_a_cursor_and_filters() {
         "pages cover every session once, in creation order"
     );
 
-    let filtered: Value = as_tenant(
-        &app,
-        &acme,
-        Method::GET,
-        "/v1/sessions?agent_id=someone-else",
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let filtered: Value = get_json(&app, &acme, "/v1/sessions?agent_id=someone-else").await;
     assert_eq!(filtered["data"], json!([]));
     for bad in ["limit=0", "limit=201"] {
-        let response = as_tenant(&app, &acme, Method::GET, &format!("/v1/sessions?{bad}"))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/sessions?{bad}"),
+            None,
+        )
+        .await;
         assert_eq!(
             problem(response).await.0,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -145,10 +138,14 @@ async fn listing_pages_with_a_cursor_and_filters() {
         "surprise=1",
         "state=exploded",
     ] {
-        let response = as_tenant(&app, &acme, Method::GET, &format!("/v1/sessions?{bad}"))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/sessions?{bad}"),
+            None,
+        )
+        .await;
         assert_eq!(problem(response).await.0, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
@@ -257,10 +254,14 @@ async fn bad_input_is_a_problem_never_a_500() {
         "sess_8zzzzzzzzzzzzzzzzzzzzzzzzz",
         "SESS_00000000000000000000000000",
     ] {
-        let response = as_tenant(&app, &acme, Method::GET, &format!("/v1/sessions/{bad_id}"))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &acme,
+            Method::GET,
+            &format!("/v1/sessions/{bad_id}"),
+            None,
+        )
+        .await;
         assert_eq!(
             problem(response).await.0,
             StatusCode::BAD_REQUEST,
@@ -275,29 +276,31 @@ async fn scopes_are_enforced_per_operation() {
     let acme = app.create_tenant("acme").await;
     let session = create_session(&app, &acme, "s").await;
     // A read-only key for the same tenant, minted through the API.
-    let minted: Value = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"], "principal": "reader-agent" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let reader = bulkhead_test_support::TestTenant {
-        key: minted["key"].as_str().unwrap().to_owned(),
-        ..acme.clone()
-    };
+    let (reader, _) = mint_key(
+        &app,
+        &acme,
+        json!({ "scopes": ["sessions:read"], "principal": "reader-agent" }),
+    )
+    .await;
 
     let id = session["id"].as_str().unwrap();
-    let ok = as_tenant(&app, &reader, Method::GET, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let ok = call_as(
+        &app,
+        &reader,
+        Method::GET,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(ok.status(), StatusCode::OK);
-    let denied = as_tenant(&app, &reader, Method::DELETE, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let denied = call_as(
+        &app,
+        &reader,
+        Method::DELETE,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await;
     let (status, body) = problem(denied).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
@@ -323,18 +326,18 @@ async fn extreme_numbers_in_metadata_read_back_unchanged() {
         "u64": u64::MAX,
         "i64": i64::MIN,
     });
-    let created = as_tenant(&app, &acme, Method::POST, "/v1/sessions")
-        .json(&json!({ "agent_id": "agent-1", "metadata": metadata }))
-        .send()
-        .await
-        .unwrap();
+    let created = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({ "agent_id": "agent-1", "metadata": metadata })),
+    )
+    .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let created: Value = created.json().await.unwrap();
     assert_eq!(created["metadata"], metadata);
-    let listed = as_tenant(&app, &acme, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap();
+    let listed = call_as(&app, &acme, Method::GET, "/v1/sessions", None).await;
     assert_eq!(listed.status(), StatusCode::OK);
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed["data"][0]["metadata"], metadata);

@@ -7,8 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use bulkhead_store::placement::location::Placement;
 use bulkhead_store::placement::registry::TenantStatus;
 use bulkhead_store::{Store, StoreError};
@@ -19,34 +17,12 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::as_tenant;
-
-const PASSWORD: &str = "correct horse battery staple";
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
-
-fn scope_set(text: &str) -> std::collections::BTreeSet<String> {
-    text.split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn oauth(app: &TestApp, slug: &str, path: &str, pairs: &[(&str, &str)]) -> RequestBuilder {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        body.append_pair(k, v);
-    }
-    app.client
-        .post(app.tenant_url(slug, path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.finish())
-}
+use crate::helpers::keys::{agent_with, Agent};
+use crate::helpers::oauth::{
+    admin_and_delegated_tokens, claims, form_post, scope_set, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE,
+};
+use crate::helpers::users::{login_response, PASSWORD};
+use crate::helpers::{as_tenant, call, call_as};
 
 async fn ok_json(response: Response) -> Value {
     let status = response.status();
@@ -74,31 +50,19 @@ async fn admin(
 
 /// A client of the tenant (an API key) for introspection: (id, key).
 async fn client(app: &TestApp, tenant: &TestTenant, body: Value) -> (String, String) {
-    let made = admin(app, tenant, Method::POST, "/v1/api-keys", body).await;
-    (
-        made["api_key"]["id"].as_str().unwrap().to_owned(),
-        made["key"].as_str().unwrap().to_owned(),
-    )
+    let Agent { id, key } = agent_with(app, tenant, body).await;
+    (id, key)
 }
 
 async fn introspect(app: &TestApp, slug: &str, (id, key): (&str, &str), token: &str) -> Value {
     ok_json(
-        oauth(app, slug, "/oauth/introspect", &[("token", token)])
+        form_post(app, Some(slug), "/oauth/introspect", &[("token", token)])
             .basic_auth(id, Some(key))
             .send()
             .await
             .unwrap(),
     )
     .await
-}
-
-async fn get(app: &TestApp, slug: &str, token: &str, path: &str) -> Response {
-    app.client
-        .get(app.tenant_url(slug, path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
 }
 
 async fn permissions_of_role(app: &TestApp, tenant: &TestTenant, name: &str) -> Vec<String> {
@@ -143,15 +107,7 @@ async fn user_with_role(app: &TestApp, tenant: &TestTenant, email: &str, role: &
 }
 
 async fn login(app: &TestApp, slug: &str, email: &str) -> Value {
-    ok_json(
-        app.client
-            .post(app.tenant_url(slug, "/v1/auth/login"))
-            .json(&json!({ "email": email, "password": PASSWORD }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    ok_json(login_response(app, slug, email, PASSWORD).await).await
 }
 
 #[tokio::test]
@@ -172,9 +128,9 @@ async fn a_viewers_login_token_carries_only_the_viewers_permissions() {
     assert!(!carried.contains("keys:manage") && !carried.contains("roles:manage"));
     // A refresh grants no more either.
     let refreshed = ok_json(
-        oauth(
+        form_post(
             &app,
-            "acme",
+            Some("acme"),
             "/oauth/token",
             &[
                 ("grant_type", "refresh_token"),
@@ -228,15 +184,14 @@ async fn introspection_applies_the_resolvers_checks_and_reports_the_effective_sc
         json!({ "role": "viewer", "user_id": user }),
     )
     .await;
-    let removed = as_tenant(
+    let removed = call_as(
         &app,
         &acme,
         Method::DELETE,
         &format!("/v1/role-assignments/{admin_assignment}"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert!(removed.status().is_success());
     let viewer = permissions_of_role(&app, &acme, "viewer").await;
     let narrowed = introspect(&app, "acme", introspector, &access).await;
@@ -261,7 +216,9 @@ async fn introspection_applies_the_resolvers_checks_and_reports_the_effective_sc
     )
     .await;
     assert_eq!(
-        get(&app, "acme", &access, "/v1/sessions").await.status(),
+        call(&app, "acme", &access, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
@@ -325,9 +282,9 @@ async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     assert_eq!(key_outside.status(), StatusCode::UNAUTHORIZED);
     let issued = ok_json(
         with_forwarded(
-            oauth(
+            form_post(
                 &app,
-                "acme",
+                Some("acme"),
                 "/oauth/token",
                 &[("grant_type", "client_credentials")],
             )
@@ -345,21 +302,23 @@ async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     );
     // No address known at all (no X-Forwarded-For from the trusted proxy): refused too.
     assert_eq!(
-        get(&app, "acme", &token, "/v1/sessions").await.status(),
+        call(&app, "acme", &token, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
 
     // Exchanged from it: still bound.
     let exchanged = ok_json(
         with_forwarded(
-            oauth(
+            form_post(
                 &app,
-                "acme",
+                Some("acme"),
                 "/oauth/token",
                 &[
-                    ("grant_type", EXCHANGE),
+                    ("grant_type", TOKEN_EXCHANGE),
                     ("subject_token", &token),
-                    ("subject_token_type", AT),
+                    ("subject_token_type", ACCESS_TOKEN_TYPE),
                     ("audience", "helper-agent"),
                 ],
             ),
@@ -377,9 +336,9 @@ async fn tokens_from_an_allowlisted_key_keep_its_network_restriction() {
     // Refreshed: the new access token is bound too.
     let refreshed = ok_json(
         with_forwarded(
-            oauth(
+            form_post(
                 &app,
-                "acme",
+                Some("acme"),
                 "/oauth/token",
                 &[
                     ("grant_type", "refresh_token"),
@@ -419,9 +378,9 @@ async fn a_delegated_actor_token_passes_on_its_whole_chain() {
             )
             .await;
             ok_json(
-                oauth(
+                form_post(
                     app,
-                    "acme",
+                    Some("acme"),
                     "/oauth/token",
                     &[("grant_type", "client_credentials")],
                 )
@@ -443,14 +402,14 @@ async fn a_delegated_actor_token_passes_on_its_whole_chain() {
         let app = &app;
         async move {
             let mut pairs: Vec<(&str, String)> = vec![
-                ("grant_type", EXCHANGE.into()),
+                ("grant_type", TOKEN_EXCHANGE.into()),
                 ("subject_token", subject),
-                ("subject_token_type", AT.into()),
+                ("subject_token_type", ACCESS_TOKEN_TYPE.into()),
             ];
             pairs.extend(extra);
             let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             ok_json(
-                oauth(app, "acme", "/oauth/token", &pairs)
+                form_post(app, Some("acme"), "/oauth/token", &pairs)
                     .send()
                     .await
                     .unwrap(),
@@ -471,7 +430,7 @@ async fn a_delegated_actor_token_passes_on_its_whole_chain() {
         root,
         vec![
             ("actor_token", worker_as_planner),
-            ("actor_token_type", AT.into()),
+            ("actor_token_type", ACCESS_TOKEN_TYPE.into()),
         ],
     )
     .await;
@@ -482,11 +441,13 @@ async fn a_delegated_actor_token_passes_on_its_whole_chain() {
         "the actor's own chain is nested, the current actor outermost"
     );
     // The exchange's audit event and the events of the new token's use carry the whole chain.
-    let used = get(
+    let used = call(
         &app,
         "acme",
         &chained,
+        Method::GET,
         "/v1/audit/events?action=auth.token_exchange",
+        None,
     )
     .await;
     assert_eq!(used.status(), StatusCode::OK);
@@ -644,7 +605,9 @@ async fn a_suspended_tenants_user_can_still_log_out() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await; // the registry cache's TTL
     assert_eq!(
-        get(&app, "acme", &access, "/v1/sessions").await.status(),
+        call(&app, "acme", &access, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
         StatusCode::FORBIDDEN
     );
     let logout = app
@@ -664,7 +627,9 @@ async fn a_suspended_tenants_user_can_still_log_out() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        get(&app, "acme", &access, "/v1/sessions").await.status(),
+        call(&app, "acme", &access, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
 }
@@ -673,14 +638,14 @@ async fn a_suspended_tenants_user_can_still_log_out() {
 async fn exchanged_from(app: &TestApp, token: &str, from: &str) -> String {
     let exchanged = ok_json(
         with_forwarded(
-            oauth(
+            form_post(
                 app,
-                "acme",
+                Some("acme"),
                 "/oauth/token",
                 &[
-                    ("grant_type", EXCHANGE),
+                    ("grant_type", TOKEN_EXCHANGE),
                     ("subject_token", token),
-                    ("subject_token_type", AT),
+                    ("subject_token_type", ACCESS_TOKEN_TYPE),
                     ("audience", "helper-agent"),
                 ],
             ),
@@ -696,9 +661,9 @@ async fn exchanged_from(app: &TestApp, token: &str, from: &str) -> String {
 async fn minted(app: &TestApp, (id, key): (&str, &str), from: &str) -> String {
     let issued = ok_json(
         with_forwarded(
-            oauth(
+            form_post(
                 app,
-                "acme",
+                Some("acme"),
                 "/oauth/token",
                 &[("grant_type", "client_credentials")],
             )
@@ -847,66 +812,29 @@ async fn a_delegated_keys_manager_cannot_end_anothers_session() {
     let sid = session["session_id"].as_str().unwrap().to_owned();
     // The admin key's token (every permission, keys:manage included), exchanged: delegated,
     // and delegated and confined.
-    let root = ok_json(
-        oauth(
-            &app,
-            "acme",
-            "/oauth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_secret", &acme.key),
-            ],
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let exchange = |extra: Vec<(&'static str, &'static str)>| {
-        let (app, root) = (&app, root.clone());
-        async move {
-            let mut pairs = vec![
-                ("grant_type", EXCHANGE),
-                ("subject_token", root.as_str()),
-                ("subject_token_type", AT),
-                ("audience", "helper-agent"),
-            ];
-            pairs.extend(extra);
-            ok_json(
-                oauth(app, "acme", "/oauth/token", &pairs)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await["access_token"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let delegated = exchange(vec![]).await;
-    let confined = exchange(vec![("resource_prefix", "marketing")]).await;
+    let (root, delegated, confined) = admin_and_delegated_tokens(&app, &acme).await;
     for token in [&delegated, &confined] {
         assert!(claims(token)["scope"]
             .as_str()
             .unwrap()
             .contains("keys:manage"));
-        let response = app
-            .client
-            .delete(app.tenant_url("acme", &format!("/v1/auth/sessions/{sid}")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response = call(
+            &app,
+            "acme",
+            token,
+            Method::DELETE,
+            &format!("/v1/auth/sessions/{sid}"),
+            None,
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
     // The login still works; the unconfined, undelegated manager may end it.
     let access = session["access_token"].as_str().unwrap();
     assert_eq!(
-        get(&app, "acme", access, "/v1/sessions").await.status(),
+        call(&app, "acme", access, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
         StatusCode::OK
     );
     let response = app
@@ -918,7 +846,9 @@ async fn a_delegated_keys_manager_cannot_end_anothers_session() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        get(&app, "acme", access, "/v1/sessions").await.status(),
+        call(&app, "acme", access, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
 }
@@ -932,14 +862,17 @@ async fn exchanged_by(
     from: &str,
 ) -> String {
     let mut pairs = vec![
-        ("grant_type", EXCHANGE),
+        ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", subject),
-        ("subject_token_type", AT),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
     ];
     if let Err(actor_token) = actor {
-        pairs.extend([("actor_token", actor_token), ("actor_token_type", AT)]);
+        pairs.extend([
+            ("actor_token", actor_token),
+            ("actor_token_type", ACCESS_TOKEN_TYPE),
+        ]);
     }
-    let mut request = oauth(app, "acme", "/oauth/token", &pairs);
+    let mut request = form_post(app, Some("acme"), "/oauth/token", &pairs);
     if let Ok((id, key)) = actor {
         request = request.basic_auth(id, Some(key));
     }

@@ -16,17 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{as_tenant, create_session};
-
-fn production_egress() -> AppOptions {
-    let config =
-        bulkhead_server::config::AppConfig::new(BASE_DOMAIN, bulkhead_auth::KeyEnvironment::Live)
-            .unwrap();
-    AppOptions {
-        webhook_egress: Some(config.webhook_egress),
-        ..AppOptions::default()
-    }
-}
+use crate::helpers::{call_as, create_session, production_egress};
 
 async fn probe_pair(app: &TestApp, a: &TestTenant, b: &TestTenant) -> probe::Report {
     probe::run(ProbeConfig {
@@ -312,15 +302,14 @@ async fn a_tenant_moved_through_every_tier_under_load_keeps_every_row_and_never_
         refused.load(Ordering::Relaxed)
     );
     // The other tenant never noticed.
-    let got = as_tenant(
+    let got = call_as(
         &app,
         &other,
         Method::GET,
         &format!("/v1/sessions/{}", other_session["id"].as_str().unwrap()),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(got.status(), StatusCode::OK);
     // Back in the shared tier.
     let location = store.location_of(acme.id).await.unwrap();
@@ -734,10 +723,7 @@ async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
         .await
         .unwrap();
     assert_eq!(by_key.status(), StatusCode::UNAUTHORIZED);
-    let us_ok = as_tenant(&us_only, &us_tenant, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap();
+    let us_ok = call_as(&us_only, &us_tenant, Method::GET, "/v1/sessions", None).await;
     assert_eq!(us_ok.status(), StatusCode::OK);
 
     // With the EU's endpoint configured, the US process redirects instead (307 keeps the
@@ -789,10 +775,7 @@ async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
         none,
         "rows stayed in the US database after the move"
     );
-    let moved = as_tenant(&app, &us_tenant, Method::GET, "/v1/sessions")
-        .send()
-        .await
-        .unwrap();
+    let moved = call_as(&app, &us_tenant, Method::GET, "/v1/sessions", None).await;
     assert_eq!(moved.status(), StatusCode::OK);
     let page: Value = moved.json().await.unwrap();
     assert_eq!(page["data"][0]["title"], "us data");

@@ -12,9 +12,11 @@ use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestApp, Test
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, problem};
-
-const PASSWORD: &str = "correct horse battery staple";
+use crate::helpers::keys::{agent, Agent};
+use crate::helpers::oauth::{claims, client_credentials, jwt_header, post_form};
+use crate::helpers::users::{login_response, PASSWORD};
+use crate::helpers::webhooks::create_endpoint;
+use crate::helpers::{as_tenant, call, call_as, get_json, problem};
 
 /// The server's default rate limits on the real clock, for tests that move the application's
 /// clock: the limiters must not see time stand still or run backwards.
@@ -26,72 +28,6 @@ fn real_time_limits() -> bulkhead_server::service::rate_limits::SharedLimits {
             Clock::system(),
         ),
     )
-}
-
-/// An agent key of `tenant` with these scopes: (key id, key text).
-async fn agent_key(app: &TestApp, tenant: &TestTenant, scopes: &[&str]) -> (String, String) {
-    let response = as_tenant(app, tenant, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": scopes, "principal": "agent-1" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    (
-        body["api_key"]["id"].as_str().unwrap().to_owned(),
-        body["key"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        out.append_pair(k, v);
-    }
-    out.finish()
-}
-
-/// POST a form to an OAuth endpoint under `slug`'s subdomain (or the bare host for `None`).
-async fn post_form(
-    app: &TestApp,
-    slug: Option<&str>,
-    path: &str,
-    basic: Option<(&str, &str)>,
-    pairs: &[(&str, &str)],
-) -> Response {
-    let url = match slug {
-        Some(slug) => app.tenant_url(slug, path),
-        None => app.url(path),
-    };
-    let mut request = app
-        .client
-        .post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(pairs));
-    if let Some((id, secret)) = basic {
-        request = request.basic_auth(id, Some(secret));
-    }
-    request.send().await.unwrap()
-}
-
-async fn client_credentials(
-    app: &TestApp,
-    tenant: &TestTenant,
-    (id, key): (&str, &str),
-    scope: Option<&str>,
-) -> Response {
-    let mut pairs = vec![("grant_type", "client_credentials")];
-    if let Some(scope) = scope {
-        pairs.push(("scope", scope));
-    }
-    post_form(
-        app,
-        Some(&tenant.slug),
-        "/oauth/token",
-        Some((id, key)),
-        &pairs,
-    )
-    .await
 }
 
 async fn oauth_error(response: Response) -> (StatusCode, String) {
@@ -106,12 +42,7 @@ async fn oauth_error(response: Response) -> (StatusCode, String) {
 }
 
 async fn get_sessions_with(app: &TestApp, slug: &str, token: &str) -> Response {
-    app.client
-        .get(app.tenant_url(slug, "/v1/sessions"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    call(app, slug, token, Method::GET, "/v1/sessions", None).await
 }
 
 /// Asserts the response is the one invalid-token answer.
@@ -130,16 +61,6 @@ async fn assert_invalid_token(response: Response) {
     let (status, body) = problem(response).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["type"], "https://bulkhead.dev/problems/invalid-token");
-}
-
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
-
-fn header(token: &str) -> Value {
-    let header = token.split('.').next().unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
 }
 
 async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str, scopes: &[&str]) {
@@ -175,15 +96,6 @@ async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str, scopes: &[
     .await
     .unwrap();
     tx.commit().await.unwrap();
-}
-
-async fn login_response(app: &TestApp, slug: &str, email: &str, password: &str) -> Response {
-    app.client
-        .post(app.tenant_url(slug, "/v1/auth/login"))
-        .json(&json!({ "email": email, "password": password }))
-        .send()
-        .await
-        .unwrap()
 }
 
 /// Logs in; returns (access token, refresh token).
@@ -236,9 +148,10 @@ async fn audit_actions(app: &TestApp, tenant: &TestTenant) -> Vec<String> {
 async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read", "sessions:write"]).await;
+    let Agent { id, key } =
+        agent(&app, &acme, "agent-1", &["sessions:read", "sessions:write"]).await;
 
-    let response = client_credentials(&app, &acme, (&id, &key), None).await;
+    let response = client_credentials(&app, &acme.slug, (&id, &key), None).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(response.headers()["pragma"], "no-cache");
@@ -250,7 +163,7 @@ async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
         "agents get no refresh token by default"
     );
     let token = body["access_token"].as_str().unwrap();
-    let h = header(token);
+    let h = jwt_header(token);
     assert_eq!(h["alg"], "EdDSA");
     assert_eq!(h["typ"], "at+jwt");
     let c = claims(token);
@@ -278,7 +191,7 @@ async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
     assert_eq!(bare.status(), StatusCode::OK);
 
     // A narrowed token can do only what it says.
-    let narrow: Value = client_credentials(&app, &acme, (&id, &key), Some("sessions:read"))
+    let narrow: Value = client_credentials(&app, &acme.slug, (&id, &key), Some("sessions:read"))
         .await
         .json()
         .await
@@ -297,25 +210,24 @@ async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
     assert_eq!(body["type"], "https://bulkhead.dev/problems/missing-scope");
     // A token with keys:manage cannot be minted from a key without it, nor can a token mint a
     // key stronger than itself.
-    let wider =
-        client_credentials(&app, &acme, (&id, &key), Some("sessions:read keys:manage")).await;
+    let wider = client_credentials(
+        &app,
+        &acme.slug,
+        (&id, &key),
+        Some("sessions:read keys:manage"),
+    )
+    .await;
     assert_eq!(
         oauth_error(wider).await,
         (StatusCode::BAD_REQUEST, "invalid_scope".into())
     );
-    let unknown = client_credentials(&app, &acme, (&id, &key), Some("sessions:*")).await;
+    let unknown = client_credentials(&app, &acme.slug, (&id, &key), Some("sessions:*")).await;
     assert_eq!(
         oauth_error(unknown).await,
         (StatusCode::BAD_REQUEST, "invalid_scope".into())
     );
     let admin_id = {
-        let list: Value = as_tenant(&app, &acme, Method::GET, "/v1/api-keys")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = get_json(&app, &acme, "/v1/api-keys").await;
         list["data"]
             .as_array()
             .unwrap()
@@ -326,20 +238,25 @@ async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
             .unwrap()
             .to_owned()
     };
-    let admin_token: Value =
-        client_credentials(&app, &acme, (&admin_id, &acme.key), Some("keys:manage"))
-            .await
-            .json()
-            .await
-            .unwrap();
-    let escalate = app
-        .client
-        .post(app.tenant_url("acme", "/v1/api-keys"))
-        .bearer_auth(admin_token["access_token"].as_str().unwrap())
-        .json(&json!({ "scopes": ["sessions:write"] }))
-        .send()
-        .await
-        .unwrap();
+    let admin_token: Value = client_credentials(
+        &app,
+        &acme.slug,
+        (&admin_id, &acme.key),
+        Some("keys:manage"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let escalate = call(
+        &app,
+        "acme",
+        admin_token["access_token"].as_str().unwrap(),
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({ "scopes": ["sessions:write"] })),
+    )
+    .await;
     assert_eq!(
         escalate.status(),
         StatusCode::FORBIDDEN,
@@ -351,11 +268,11 @@ async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
 async fn the_token_endpoint_answers_in_rfc_6749_form() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read"]).await;
+    let Agent { id, key } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
 
     // Wrong secret, or a key id that is not the presented key: invalid_client with a Basic
     // challenge.
-    let wrong = client_credentials(&app, &acme, (&id, "bk_live_nope"), None).await;
+    let wrong = client_credentials(&app, &acme.slug, (&id, "bk_live_nope"), None).await;
     assert_eq!(
         wrong.headers()["www-authenticate"],
         "Basic realm=\"bulkhead\""
@@ -364,8 +281,8 @@ async fn the_token_endpoint_answers_in_rfc_6749_form() {
         oauth_error(wrong).await,
         (StatusCode::UNAUTHORIZED, "invalid_client".into())
     );
-    let (other_id, _) = agent_key(&app, &acme, &["sessions:read"]).await;
-    let mismatch = client_credentials(&app, &acme, (&other_id, &key), None).await;
+    let Agent { id: other_id, .. } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
+    let mismatch = client_credentials(&app, &acme.slug, (&other_id, &key), None).await;
     assert_eq!(oauth_error(mismatch).await.1, "invalid_client");
     // client_secret_post works; both methods at once does not.
     let post = post_form(
@@ -525,8 +442,8 @@ async fn hostile_tokens_get_one_invalid_token_answer_and_never_a_500() {
     })
     .await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read"]).await;
-    let body: Value = client_credentials(&app, &acme, (&id, &key), None)
+    let Agent { id, key } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
+    let body: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await
@@ -553,7 +470,7 @@ async fn hostile_tokens_get_one_invalid_token_answer_and_never_a_500() {
         .decode(jwks["keys"][0]["x"].as_str().unwrap())
         .unwrap();
     let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    let kid = header(&token)["kid"].clone();
+    let kid = jwt_header(&token)["kid"].clone();
     let mut c = claims(&token);
 
     let mut hostile: Vec<String> = Vec::new();
@@ -628,7 +545,7 @@ async fn hostile_tokens_get_one_invalid_token_answer_and_never_a_500() {
         .await
         .unwrap();
     assert_eq!(policy.status(), StatusCode::OK);
-    let with_refresh: Value = client_credentials(&app, &acme, (&id, &key), None)
+    let with_refresh: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await
@@ -652,8 +569,14 @@ async fn every_token_kind_of_one_tenant_is_refused_for_another() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let globex = app.create_tenant("globex").await;
-    let (a_id, a_key) = agent_key(&app, &acme, &["sessions:read", "sessions:write"]).await;
-    let (b_id, b_key) = agent_key(&app, &globex, &["sessions:read"]).await;
+    let Agent {
+        id: a_id,
+        key: a_key,
+    } = agent(&app, &acme, "agent-1", &["sessions:read", "sessions:write"]).await;
+    let Agent {
+        id: b_id,
+        key: b_key,
+    } = agent(&app, &globex, "agent-1", &["sessions:read"]).await;
     create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
     let (a_access, a_refresh) = login(&app, "acme", "ann@acme.test").await;
     let session = crate::helpers::create_session(&app, &acme, "acme secret").await;
@@ -676,7 +599,7 @@ async fn every_token_kind_of_one_tenant_is_refused_for_another() {
     let r = refresh(&app, "globex", &a_refresh).await;
     assert_eq!(oauth_error(r).await.1, "invalid_grant");
     // A's key as client credentials on B's host.
-    let cc = client_credentials(&app, &globex, (&a_id, &a_key), None).await;
+    let cc = client_credentials(&app, &globex.slug, (&a_id, &a_key), None).await;
     assert_eq!(oauth_error(cc).await.1, "invalid_client");
     // B introspecting A's tokens learns nothing.
     for token in [&a_access, &a_refresh] {
@@ -710,7 +633,7 @@ async fn every_token_kind_of_one_tenant_is_refused_for_another() {
         StatusCode::OK
     );
     // A's auth sessions are not visible to, nor endable by, B.
-    let b_token: Value = client_credentials(&app, &globex, (&b_id, &b_key), None)
+    let b_token: Value = client_credentials(&app, &globex.slug, (&b_id, &b_key), None)
         .await
         .json()
         .await
@@ -804,12 +727,12 @@ async fn reuse_after_rotation_revokes_the_family_and_its_access_tokens() {
     let acme = app.create_tenant("acme").await;
     create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
     // The tenant's security team subscribes to the alert.
-    let endpoint = as_tenant(&app, &acme, Method::POST, "/v1/webhooks/endpoints")
-        .json(&json!({ "url": "https://siem.acme.example/hooks", "event_types": ["security.refresh_token_reuse"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(endpoint.status(), StatusCode::CREATED);
+    create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://siem.acme.example/hooks", "event_types": ["security.refresh_token_reuse"] }),
+    )
+    .await;
     let (first_access, r0) = login(&app, "acme", "ann@acme.test").await;
     let (a1, r1) = refreshed(refresh(&app, "acme", &r0).await).await;
     assert_eq!(
@@ -970,13 +893,8 @@ async fn logout_and_ending_a_session_stop_its_tokens() {
         assert!(actions.iter().any(|a| a == action), "{action} audited");
     }
     // An API key has no session to log out of.
-    let (status, _) = problem(
-        as_tenant(&app, &acme, Method::POST, "/v1/auth/logout")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) =
+        problem(call_as(&app, &acme, Method::POST, "/v1/auth/logout", None).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -984,9 +902,9 @@ async fn logout_and_ending_a_session_stop_its_tokens() {
 async fn revocation_and_introspection_follow_rfc_7009_and_7662() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read"]).await;
+    let Agent { id, key } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
     create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
-    let body: Value = client_credentials(&app, &acme, (&id, &key), None)
+    let body: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await
@@ -1088,9 +1006,9 @@ async fn revocation_and_introspection_follow_rfc_7009_and_7662() {
 async fn signing_key_rotation_keeps_both_generations_verifying() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read"]).await;
+    let Agent { id, key } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
     let issue = || async {
-        let body: Value = client_credentials(&app, &acme, (&id, &key), None)
+        let body: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
             .await
             .json()
             .await
@@ -1098,7 +1016,7 @@ async fn signing_key_rotation_keeps_both_generations_verifying() {
         body["access_token"].as_str().unwrap().to_owned()
     };
     let old = issue().await;
-    let old_kid = header(&old)["kid"].as_str().unwrap().to_owned();
+    let old_kid = jwt_header(&old)["kid"].as_str().unwrap().to_owned();
     let before: Value = app
         .client
         .get(app.url("/.well-known/jwks.json"))
@@ -1134,7 +1052,7 @@ async fn signing_key_rotation_keeps_both_generations_verifying() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let new = loop {
         let token = issue().await;
-        if header(&token)["kid"] != old_kid.as_str() {
+        if jwt_header(&token)["kid"] != old_kid.as_str() {
             break token;
         }
         assert!(
@@ -1143,7 +1061,7 @@ async fn signing_key_rotation_keeps_both_generations_verifying() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(header(&new)["kid"], rotation.current.as_str());
+    assert_eq!(jwt_header(&new)["kid"], rotation.current.as_str());
     assert_eq!(
         get_sessions_with(&app, "acme", &old).await.status(),
         StatusCode::OK,
@@ -1273,8 +1191,11 @@ async fn login_is_throttled_per_address_across_accounts() {
 async fn agent_sessions_need_the_tenant_policy_and_their_own_key_to_refresh() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read"]).await;
-    let (other_id, other_key) = agent_key(&app, &acme, &["sessions:read"]).await;
+    let Agent { id, key } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
+    let Agent {
+        id: other_id,
+        key: other_key,
+    } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
     let policy = as_tenant(&app, &acme, Method::PUT, "/v1/token-policy")
         .json(
             &json!({ "agent_refresh_tokens": true, "refresh_reuse_interval_seconds": 0,
@@ -1284,7 +1205,7 @@ async fn agent_sessions_need_the_tenant_policy_and_their_own_key_to_refresh() {
         .await
         .unwrap();
     assert_eq!(policy.status(), StatusCode::OK);
-    let body: Value = client_credentials(&app, &acme, (&id, &key), None)
+    let body: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await
@@ -1340,8 +1261,8 @@ async fn token_revocation_reaches_a_second_process_within_the_bound() {
     })
     .await;
     let acme = first.create_tenant("acme").await;
-    let (id, key) = agent_key(&first, &acme, &["sessions:read"]).await;
-    let body: Value = client_credentials(&first, &acme, (&id, &key), None)
+    let Agent { id, key } = agent(&first, &acme, "agent-1", &["sessions:read"]).await;
+    let body: Value = client_credentials(&first, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await
@@ -1382,8 +1303,8 @@ async fn token_revocation_reaches_a_second_process_within_the_bound() {
 async fn a_suspended_tenants_tokens_are_refused() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let (id, key) = agent_key(&app, &acme, &["sessions:read"]).await;
-    let body: Value = client_credentials(&app, &acme, (&id, &key), None)
+    let Agent { id, key } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
+    let body: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await
@@ -1404,7 +1325,7 @@ async fn a_suspended_tenants_tokens_are_refused() {
         body["type"],
         "https://bulkhead.dev/problems/tenant-suspended"
     );
-    let cc = client_credentials(&app, &acme, (&id, &key), None).await;
+    let cc = client_credentials(&app, &acme.slug, (&id, &key), None).await;
     assert_eq!(oauth_error(cc).await.1, "unauthorized_client");
 }
 
@@ -1498,17 +1419,8 @@ async fn auth_sessions_are_matched_on_identity_not_on_a_principal_label() {
     let (ann, _) = login(&app, "acme", "ann@acme.test").await;
     let ann_id = claims(&ann)["sub"].as_str().unwrap().to_owned();
     // A key whose principal label is Ann's user id is still not Ann.
-    let response = as_tenant(&app, &acme, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"], "principal": ann_id }))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = response.json().await.unwrap();
-    let (id, key) = (
-        body["api_key"]["id"].as_str().unwrap().to_owned(),
-        body["key"].as_str().unwrap().to_owned(),
-    );
-    let impostor: Value = client_credentials(&app, &acme, (&id, &key), None)
+    let Agent { id, key } = agent(&app, &acme, &ann_id, &["sessions:read"]).await;
+    let impostor: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
         .await

@@ -5,23 +5,13 @@
 use bulkhead_core::{Actor, EndpointId, MessageId, TenantContext};
 use bulkhead_store::tenant::webhooks as store;
 use bulkhead_store::Access;
-use bulkhead_test_support::{spawn_app, TestApp, TestTenant};
+use bulkhead_test_support::spawn_app;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{as_tenant, problem};
-
-async fn create_endpoint(app: &TestApp, t: &TestTenant, body: Value) -> Value {
-    let response = as_tenant(app, t, Method::POST, "/v1/webhooks/endpoints")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{text}");
-    serde_json::from_str(&text).unwrap()
-}
+use crate::helpers::keys::mint_key;
+use crate::helpers::webhooks::create_endpoint;
+use crate::helpers::{as_tenant, call_as, get_json, problem};
 
 #[tokio::test]
 async fn endpoint_lifecycle_shows_the_secret_once() {
@@ -40,110 +30,76 @@ async fn endpoint_lifecycle_shows_the_secret_once() {
     let secret = created["secret"].as_str().unwrap();
     assert!(bulkhead_webhooks::Secret::parse(secret).is_ok());
 
-    let got: Value = as_tenant(
-        &app,
-        &a,
-        Method::GET,
-        &format!("/v1/webhooks/endpoints/{id}"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let got: Value = get_json(&app, &a, &format!("/v1/webhooks/endpoints/{id}")).await;
     assert!(got.get("secret").is_none(), "GET must not show the secret");
     assert_eq!(got["url"], "https://hooks.receiver.example/in");
     assert_eq!(got["event_types"], json!(["invoice.paid"]));
 
-    let listed: Value = as_tenant(&app, &a, Method::GET, "/v1/webhooks/endpoints?limit=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&app, &a, "/v1/webhooks/endpoints?limit=1").await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     assert!(listed["data"][0].get("secret").is_none());
 
-    let patched: Value = as_tenant(
+    let patched: Value = call_as(
         &app,
         &a,
         Method::PATCH,
         &format!("/v1/webhooks/endpoints/{id}"),
+        Some(json!({ "enabled": false, "rate_limit_per_second": null })),
     )
-    .json(&json!({ "enabled": false, "rate_limit_per_second": null }))
-    .send()
     .await
-    .unwrap()
     .json()
     .await
     .unwrap();
     assert_eq!(patched["enabled"], false);
     assert!(patched["rate_limit_per_second"].is_null());
 
-    let rotated: Value = as_tenant(
+    let rotated: Value = call_as(
         &app,
         &a,
         Method::POST,
         &format!("/v1/webhooks/endpoints/{id}/rotate-secret"),
+        None,
     )
-    .send()
     .await
-    .unwrap()
     .json()
     .await
     .unwrap();
     let new_secret = rotated["secret"].as_str().unwrap();
     assert_ne!(new_secret, secret);
 
-    let tested = as_tenant(
+    let tested = call_as(
         &app,
         &a,
         Method::POST,
         &format!("/v1/webhooks/endpoints/{id}/test"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(tested.status(), StatusCode::ACCEPTED);
     let tested: Value = tested.json().await.unwrap();
     assert_eq!(tested["deliveries"], 1);
     let message = tested["id"].as_str().unwrap();
-    let shown: Value = as_tenant(
-        &app,
-        &a,
-        Method::GET,
-        &format!("/v1/webhooks/messages/{message}"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let shown: Value = get_json(&app, &a, &format!("/v1/webhooks/messages/{message}")).await;
     assert_eq!(shown["message"]["event_type"], "webhook.test");
     assert_eq!(shown["deliveries"][0]["status"], "pending");
 
-    let deleted = as_tenant(
+    let deleted = call_as(
         &app,
         &a,
         Method::DELETE,
         &format!("/v1/webhooks/endpoints/{id}"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let gone = as_tenant(
+    let gone = call_as(
         &app,
         &a,
         Method::GET,
         &format!("/v1/webhooks/endpoints/{id}"),
+        None,
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 }
 
@@ -163,11 +119,14 @@ async fn registration_refuses_hostile_urls_and_headers_with_a_named_rule() {
         ("https://metadata.google.internal/", "special-use"),
         ("https://hooks.receiver.example\\@127.0.0.1/", "backslash"),
     ] {
-        let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/endpoints")
-            .json(&json!({ "url": url }))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &a,
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(json!({ "url": url })),
+        )
+        .await;
         let (status, body) = problem(response).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}");
         let detail = body["detail"].as_str().unwrap();
@@ -179,11 +138,14 @@ async fn registration_refuses_hostile_urls_and_headers_with_a_named_rule() {
         json!({ "Transfer-Encoding": "chunked" }),
         json!({ "webhook-signature": "v1,x" }),
     ] {
-        let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/endpoints")
-            .json(&json!({ "url": "https://hooks.receiver.example/", "headers": headers }))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &a,
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(json!({ "url": "https://hooks.receiver.example/", "headers": headers })),
+        )
+        .await;
         let (status, _) = problem(response).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -331,27 +293,12 @@ async fn a_tenant_publishes_to_its_own_subscribed_endpoints_only() {
         json!({ "url": "https://bravo.receiver.example/" }),
     )
     .await;
-    let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
-        .json(&json!({ "event_type": "invoice.paid", "payload": { "type": "invoice.paid", "amount": 42 } }))
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(&app, &a, Method::POST, "/v1/webhooks/messages", Some(json!({ "event_type": "invoice.paid", "payload": { "type": "invoice.paid", "amount": 42 } }))).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let queued: Value = response.json().await.unwrap();
     assert_eq!(queued["deliveries"], 2);
     let id = queued["id"].as_str().unwrap();
-    let attempts: Value = as_tenant(
-        &app,
-        &a,
-        Method::GET,
-        &format!("/v1/webhooks/messages/{id}/attempts"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let attempts: Value = get_json(&app, &a, &format!("/v1/webhooks/messages/{id}/attempts")).await;
     assert_eq!(attempts["data"], json!([]));
 }
 
@@ -423,14 +370,17 @@ async fn anothers_endpoint_and_message_ids_answer_exactly_like_missing_ones() {
     )
     .await;
     let a_endpoint = a_endpoint["id"].as_str().unwrap().to_owned();
-    let published: Value = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
-        .json(&json!({ "event_type": "invoice.paid", "payload": {} }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let published: Value = call_as(
+        &app,
+        &a,
+        Method::POST,
+        "/v1/webhooks/messages",
+        Some(json!({ "event_type": "invoice.paid", "payload": {} })),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let a_message = published["id"].as_str().unwrap().to_owned();
     let missing_endpoint = EndpointId::new().to_string();
     let missing_message = MessageId::new().to_string();
@@ -512,18 +462,7 @@ async fn anothers_endpoint_and_message_ids_answer_exactly_like_missing_ones() {
         assert_eq!(h1.get("content-length"), h2.get("content-length"));
     }
     // A's endpoint is untouched and still has its URL.
-    let got: Value = as_tenant(
-        &app,
-        &a,
-        Method::GET,
-        &format!("/v1/webhooks/endpoints/{a_endpoint}"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let got: Value = get_json(&app, &a, &format!("/v1/webhooks/endpoints/{a_endpoint}")).await;
     assert_eq!(got["url"], "https://alpha.receiver.example/");
 }
 
@@ -531,22 +470,8 @@ async fn anothers_endpoint_and_message_ids_answer_exactly_like_missing_ones() {
 async fn webhook_routes_need_the_webhooks_manage_scope() {
     let app = spawn_app().await;
     let a = app.create_tenant("alpha").await;
-    let minted: Value = as_tenant(&app, &a, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let reader = TestTenant {
-        key: minted["key"].as_str().unwrap().to_owned(),
-        ..a.clone()
-    };
-    let response = as_tenant(&app, &reader, Method::GET, "/v1/webhooks/endpoints")
-        .send()
-        .await
-        .unwrap();
+    let (reader, _) = mint_key(&app, &a, json!({ "scopes": ["sessions:read"] })).await;
+    let response = call_as(&app, &reader, Method::GET, "/v1/webhooks/endpoints", None).await;
     let (status, body) = problem(response).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["detail"].as_str().unwrap().contains("webhooks:manage"));
@@ -564,17 +489,16 @@ async fn session_and_key_changes_raise_platform_events_for_subscribers() {
     .await;
     let session = crate::helpers::create_session(&app, &a, "watched").await;
     let id = session["id"].as_str().unwrap();
-    let deleted = as_tenant(&app, &a, Method::DELETE, &format!("/v1/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = call_as(
+        &app,
+        &a,
+        Method::DELETE,
+        &format!("/v1/sessions/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let minted = as_tenant(&app, &a, Method::POST, "/v1/api-keys")
-        .json(&json!({ "scopes": ["sessions:read"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(minted.status(), StatusCode::CREATED);
+    mint_key(&app, &a, json!({ "scopes": ["sessions:read"] })).await;
     let ctx = TenantContext::new(
         a.id,
         Actor::System { component: "test" },
@@ -705,11 +629,14 @@ async fn tenants_cannot_forge_platform_events_and_every_body_names_its_source() 
         "webhook.test",
         "endpoint.disabled",
     ] {
-        let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
-            .json(&json!({ "event_type": reserved, "payload": { "actor_id": "user_forged" } }))
-            .send()
-            .await
-            .unwrap();
+        let response = call_as(
+            &app,
+            &a,
+            Method::POST,
+            "/v1/webhooks/messages",
+            Some(json!({ "event_type": reserved, "payload": { "actor_id": "user_forged" } })),
+        )
+        .await;
         let (status, body) = problem(response).await;
         assert_eq!(
             status,
@@ -719,19 +646,25 @@ async fn tenants_cannot_forge_platform_events_and_every_body_names_its_source() 
         assert!(body["detail"].as_str().unwrap().contains("reserved"));
     }
     // A name that merely starts with the same letters is the tenant's own.
-    let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
-        .json(&json!({ "event_type": "auditor.report", "payload": {} }))
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(
+        &app,
+        &a,
+        Method::POST,
+        "/v1/webhooks/messages",
+        Some(json!({ "event_type": "auditor.report", "payload": {} })),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     // A tenant payload dressed as a platform body stays the tenant's `data`.
     let forged = json!({ "type": "audit.event", "source": "platform", "data": { "x": 1 } });
-    let response = as_tenant(&app, &a, Method::POST, "/v1/webhooks/messages")
-        .json(&json!({ "event_type": "invoice.paid", "payload": forged }))
-        .send()
-        .await
-        .unwrap();
+    let response = call_as(
+        &app,
+        &a,
+        Method::POST,
+        "/v1/webhooks/messages",
+        Some(json!({ "event_type": "invoice.paid", "payload": forged })),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let id: Value = response.json().await.unwrap();
     let id = MessageId::parse(id["id"].as_str().unwrap()).unwrap();

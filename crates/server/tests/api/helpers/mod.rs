@@ -60,6 +60,34 @@ pub(crate) async fn call_as(
     call(app, &tenant.slug, &tenant.key, method, path, body).await
 }
 
+/// The JSON body of `GET path` as `tenant`, whatever the status (a test that cares checks it).
+pub(crate) async fn get_json(app: &TestApp, tenant: &TestTenant, path: &str) -> Value {
+    as_tenant(app, tenant, Method::GET, path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The JSON body of `GET path` as `tenant` (setup: anything but 200 fails).
+pub(crate) async fn get_ok_json(app: &TestApp, tenant: &TestTenant, path: &str) -> Value {
+    let response = call_as(app, tenant, Method::GET, path, None).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
+/// `POST path` with `body` as `tenant`: the created resource (setup: anything but 201 fails
+/// with the answer).
+pub(crate) async fn created(app: &TestApp, tenant: &TestTenant, path: &str, body: Value) -> Value {
+    let response = call_as(app, tenant, Method::POST, path, Some(body)).await;
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 pub(crate) async fn create_session(app: &TestApp, tenant: &TestTenant, title: &str) -> Value {
     let response = as_tenant(app, tenant, Method::POST, "/v1/sessions")
         .json(&json!({ "agent_id": "agent-7", "title": title, "metadata": { "marker": title } }))
@@ -72,18 +100,11 @@ pub(crate) async fn create_session(app: &TestApp, tenant: &TestTenant, title: &s
 
 /// The tenant's audit events of `action` (the first page of 200), through the API.
 pub(crate) async fn audit_events(app: &TestApp, tenant: &TestTenant, action: &str) -> Vec<Value> {
-    let response = as_tenant(
-        app,
-        tenant,
-        Method::GET,
-        &format!("/v1/audit/events?action={action}&limit=200"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    body["data"].as_array().unwrap().clone()
+    let path = format!("/v1/audit/events?action={action}&limit=200");
+    get_ok_json(app, tenant, &path).await["data"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Status, content type and parsed body of a problem response.
