@@ -1112,22 +1112,8 @@ async fn the_audit_stream_needs_audit_read_and_stops_when_its_grantor_loses_it()
             .json(&body)
             .send()
     };
-    let key_of = |minted: &Value| TestTenant {
-        key: minted["key"].as_str().unwrap().to_owned(),
-        ..acme.clone()
-    };
     // A manager without audit:read: refused on create and on patch, with an audit event.
-    let manager: Value = post(
-        &acme,
-        "/v1/api-keys",
-        json!({ "scopes": ["webhooks:manage"] }),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let manager = key_of(&manager);
+    let (manager, _) = mint_key(&app, &acme, json!({ "scopes": ["webhooks:manage"] })).await;
     let siem = json!({ "url": "https://siem.acme.example/in", "event_types": ["audit.event"] });
     let (status, body) = problem(
         post(&manager, "/v1/webhooks/endpoints", siem.clone())
@@ -1185,17 +1171,12 @@ async fn the_audit_stream_needs_audit_read_and_stops_when_its_grantor_loses_it()
     .json()
     .await
     .unwrap();
-    let agent_key: Value = post(
+    let (agent_key, _) = mint_key(
+        &app,
         &acme,
-        "/v1/api-keys",
         json!({ "scopes": ["webhooks:manage", "audit:read"], "agent_id": agent["id"] }),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let agent_key = key_of(&agent_key);
+    .await;
     let response = post(&agent_key, "/v1/webhooks/endpoints", siem)
         .await
         .unwrap();

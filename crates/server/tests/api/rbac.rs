@@ -16,6 +16,7 @@ use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, TestTenant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::helpers::keys::request_key;
 use crate::helpers::oauth::{token_request, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE};
 use crate::helpers::{call_as, concrete_path, created, problem};
 
@@ -309,24 +310,15 @@ async fn nobody_grants_more_than_they_hold() {
 
     // A developer can mint keys, but not one with role administration or billing in it.
     let (developer, _) = agent_with_role(&app, &tenant, "dev-bot", "developer").await;
-    let admin_key = call_as(
+    let admin_key = request_key(
         &app,
         &developer,
-        Method::POST,
-        "/v1/api-keys",
-        Some(json!({ "scopes": Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>() })),
+        &json!({ "scopes": Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>() }),
     )
     .await;
     let (status, body) = problem(admin_key).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let ok = call_as(
-        &app,
-        &developer,
-        Method::POST,
-        "/v1/api-keys",
-        Some(json!({ "scopes": ["sessions:read"] })),
-    )
-    .await;
+    let ok = request_key(&app, &developer, &json!({ "scopes": ["sessions:read"] })).await;
     assert_eq!(ok.status(), StatusCode::CREATED, "the positive control");
     // ...and cannot administer roles at all.
     for (path, body) in [
@@ -346,17 +338,8 @@ async fn nobody_grants_more_than_they_hold() {
 
     // An agent can mint no key at all.
     let (agent, _) = agent_with_role(&app, &tenant, "worker-bot", "agent").await;
-    let (status, _) = problem(
-        call_as(
-            &app,
-            &agent,
-            Method::POST,
-            "/v1/api-keys",
-            Some(json!({ "scopes": ["sessions:read"] })),
-        )
-        .await,
-    )
-    .await;
+    let (status, _) =
+        problem(request_key(&app, &agent, &json!({ "scopes": ["sessions:read"] })).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A delegated administrator: roles:manage and sessions only. It may hand out what it holds
@@ -562,12 +545,10 @@ async fn role_changes_and_disabled_agents_take_effect_on_the_next_request() {
         problem(call_as(&app, &holder, Method::GET, "/v1/sessions", None).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A disabled agent gets no new keys.
-    let minted = call_as(
+    let minted = request_key(
         &app,
         &tenant,
-        Method::POST,
-        "/v1/api-keys",
-        Some(json!({ "scopes": ["sessions:read"], "agent_id": agent_id })),
+        &json!({ "scopes": ["sessions:read"], "agent_id": agent_id }),
     )
     .await;
     assert_eq!(minted.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -660,12 +641,10 @@ async fn principals_and_roles_never_cross_tenants() {
         assert_eq!(problem_body, missing_agent.1);
     }
     // A key for another tenant's agent, an agent owned by another tenant's user.
-    let key = call_as(
+    let key = request_key(
         &app,
         &acme,
-        Method::POST,
-        "/v1/api-keys",
-        Some(json!({ "scopes": ["sessions:read"], "agent_id": globex_agent })),
+        &json!({ "scopes": ["sessions:read"], "agent_id": globex_agent }),
     )
     .await;
     assert_eq!(key.status(), StatusCode::NOT_FOUND);
