@@ -4,15 +4,11 @@
 //! restriction; delegated actors keep their whole chain; tenant status changes reach every copy,
 //! are audited, and never stop a user from logging out.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_store::placement::location::Placement;
 use bulkhead_store::placement::registry::TenantStatus;
-use bulkhead_store::{Store, StoreError};
-use bulkhead_test_support::{
-    spawn_app, spawn_app_with, test_master_key, AppOptions, TestApp, TestDb, TestTenant,
-};
+use bulkhead_store::StoreError;
+use bulkhead_test_support::{spawn_app, spawn_app_with, AppOptions, TestApp, TestDb, TestTenant};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -21,6 +17,7 @@ use crate::helpers::keys::{agent_with, Agent};
 use crate::helpers::oauth::{
     admin_and_delegated_tokens, claims, form_post, scope_set, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE,
 };
+use crate::helpers::regions::{onboard_in_region, us_and_eu};
 use crate::helpers::users::{login_response, PASSWORD};
 use crate::helpers::{as_tenant, call, call_as};
 
@@ -494,37 +491,9 @@ async fn status_events(pool: &PgPool, tenant: bulkhead_core::TenantId) -> Vec<(S
 async fn a_status_change_reaches_every_copy_or_none_and_is_audited() {
     let us = TestDb::new().await;
     let eu = TestDb::new().await;
-    let regional = |store: Store, eu_pool: PgPool| {
-        store.reconfigured(move |t| {
-            t.default_region = "us".into();
-            t.regions = vec![("eu".into(), eu_pool)];
-            t.master_key = Some(Arc::new(test_master_key()));
-        })
-    };
-    let owner = regional(us.owner_store().await, eu.owner_pool().await);
-    let onboard = |slug: &'static str, region: &'static str| {
-        let owner = owner.clone();
-        async move {
-            bulkhead_server::service::tenants::onboard(
-                &owner,
-                &bulkhead_test_support::test_peppers(),
-                bulkhead_auth::KeyEnvironment::Live,
-                &bulkhead_store::placement::registry::NewTenant {
-                    slug: bulkhead_core::TenantSlug::parse(slug).unwrap(),
-                    display_name: slug.into(),
-                    plan: bulkhead_store::placement::registry::Plan::Standard,
-                    region: region.into(),
-                    placement: Placement::Shared,
-                },
-            )
-            .await
-            .unwrap()
-            .tenant
-            .id
-        }
-    };
-    let eu_tenant = onboard("eu-co", "eu").await;
-    let us_tenant = onboard("us-co", "us").await;
+    let owner = us_and_eu(us.owner_store().await, eu.owner_pool().await);
+    let eu_tenant = onboard_in_region(&owner, "eu-co", "eu").await.id;
+    let us_tenant = onboard_in_region(&owner, "us-co", "us").await.id;
     let us_su = PgPool::connect_with(us.superuser_options.clone())
         .await
         .unwrap();

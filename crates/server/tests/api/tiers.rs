@@ -10,12 +10,13 @@ use bulkhead_probe::{self as probe, ProbeConfig, TenantCredentials};
 use bulkhead_store::lifecycle::moves::{self, MoveOptions, MoveStep, INTERRUPTED};
 use bulkhead_store::{Access, Placement, Store, StoreError};
 use bulkhead_test_support::{
-    spawn_app_with, test_master_key, AppOptions, TestApp, TestDb, TestTenant, TestTier, BASE_DOMAIN,
+    spawn_app_with, AppOptions, TestApp, TestDb, TestTenant, TestTier, BASE_DOMAIN,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::helpers::regions::{onboard_in_region, us_and_eu};
 use crate::helpers::{call_as, create_session, production_egress};
 
 async fn probe_pair(app: &TestApp, a: &TestTenant, b: &TestTenant) -> probe::Report {
@@ -609,47 +610,16 @@ async fn shared_tables_holding(pool: &PgPool, tenant: TenantId) -> Vec<&'static 
 async fn two_regions_keep_every_row_of_an_eu_tenant_out_of_the_us_database() {
     let us = TestDb::new().await;
     let eu = TestDb::new().await;
-    let regional = |store: Store, eu_pool: PgPool| {
-        store.reconfigured(move |t| {
-            t.default_region = "us".into();
-            t.regions = vec![("eu".into(), eu_pool)];
-            t.master_key = Some(Arc::new(test_master_key()));
-        })
-    };
-    let owner = regional(us.owner_store().await, eu.owner_pool().await);
-    let app_store = regional(us.app_store().await, eu.app_pool(5).await);
+    let owner = us_and_eu(us.owner_store().await, eu.owner_pool().await);
+    let app_store = us_and_eu(us.app_store().await, eu.app_pool(5).await);
     let app = spawn_app_with(AppOptions {
         db: Some(us.clone()),
         store: Some(app_store),
         ..AppOptions::default()
     })
     .await;
-    let onboard = |slug: &'static str, region: &'static str| {
-        let owner = owner.clone();
-        async move {
-            let onboarded = bulkhead_server::service::tenants::onboard(
-                &owner,
-                &bulkhead_test_support::test_peppers(),
-                bulkhead_auth::KeyEnvironment::Live,
-                &bulkhead_store::placement::registry::NewTenant {
-                    slug: bulkhead_core::TenantSlug::parse(slug).unwrap(),
-                    display_name: slug.into(),
-                    plan: bulkhead_store::placement::registry::Plan::Standard,
-                    region: region.into(),
-                    placement: Placement::Shared,
-                },
-            )
-            .await
-            .unwrap();
-            TestTenant {
-                id: onboarded.tenant.id,
-                slug: slug.into(),
-                key: onboarded.admin_key.expose_secret().to_owned(),
-            }
-        }
-    };
-    let eu_tenant = onboard("eu-co", "eu").await;
-    let us_tenant = onboard("us-co", "us").await;
+    let eu_tenant = onboard_in_region(&owner, "eu-co", "eu").await;
+    let us_tenant = onboard_in_region(&owner, "us-co", "us").await;
     create_session(&app, &eu_tenant, "eu data").await;
     create_session(&app, &us_tenant, "us data").await;
     // An EU key works without a subdomain too.

@@ -5,10 +5,11 @@
 //! returns the response) and asserts on it.
 //!
 //! By topic: [`keys`] (API keys and agents), [`oauth`] (token requests, form bodies, claims),
-//! [`users`] (logins), [`webhooks`] (endpoints); requests and problems in general here.
+//! [`regions`] (two-region deployments), [`users`] (logins), [`webhooks`] (endpoints); requests and problems in general here.
 
 pub(crate) mod keys;
 pub(crate) mod oauth;
+pub(crate) mod regions;
 pub(crate) mod users;
 pub(crate) mod webhooks;
 
