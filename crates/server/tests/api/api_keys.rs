@@ -11,7 +11,7 @@ use bulkhead_test_support::{
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::keys::{mint_key, request_key};
+use crate::helpers::keys::{mint_key, request_key, revoke_key, rotate_key};
 use crate::helpers::{as_tenant, call_as, get_json, problem};
 
 async fn status_with(app: &TestApp, tenant: &TestTenant) -> StatusCode {
@@ -63,14 +63,7 @@ async fn create_rotate_with_grace_and_revoke() {
     assert!(listed.contains(&id) && !listed.contains(&agent.key[8..]));
 
     // Rotation: a new key with the same scopes; the old one keeps working for the grace period.
-    let rotated = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        None,
-    )
-    .await;
+    let rotated = rotate_key(&app, &acme, &id, None).await;
     assert_eq!(rotated.status(), StatusCode::CREATED);
     let rotated: Value = rotated.json().await.unwrap();
     let successor = TestTenant {
@@ -88,14 +81,7 @@ async fn create_rotate_with_grace_and_revoke() {
     let old: Value = get_json(&app, &acme, &format!("/v1/api-keys/{id}")).await;
     assert_eq!(old["status"], "rotating");
     // A key in grace cannot be rotated again (rotate its successor instead).
-    let again = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        None,
-    )
-    .await;
+    let again = rotate_key(&app, &acme, &id, None).await;
     assert_eq!(problem(again).await.0, StatusCode::CONFLICT);
 
     // Default grace is 7 days: still fine after 6, refused like an unknown key after 8.
@@ -110,14 +96,7 @@ async fn create_rotate_with_grace_and_revoke() {
 
     // Revocation is immediate.
     let successor_id = rotated["api_key"]["id"].as_str().unwrap();
-    let revoked = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{successor_id}/revoke"),
-        None,
-    )
-    .await;
+    let revoked = revoke_key(&app, &acme, successor_id).await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(
         status_with(&app, &successor).await,
@@ -180,14 +159,7 @@ async fn no_key_can_mint_or_rotate_a_stronger_key() {
     )
     .await;
     let admin_id = admin_meta["id"].as_str().unwrap();
-    let denied = call_as(
-        &app,
-        &manager,
-        Method::POST,
-        &format!("/v1/api-keys/{admin_id}/rotate"),
-        None,
-    )
-    .await;
+    let denied = rotate_key(&app, &manager, admin_id, None).await;
     assert_eq!(problem(denied).await.0, StatusCode::FORBIDDEN);
     // An equal or weaker key is fine.
     let ok = request_key(&app, &manager, &json!({ "scopes": ["sessions:read"] })).await;
@@ -244,14 +216,7 @@ async fn a_key_may_narrow_itself_but_not_widen() {
     .await;
     assert_eq!(widened.status(), StatusCode::OK);
     // And a key may always revoke itself.
-    let revoked = call_as(
-        &app,
-        &agent,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/revoke"),
-        None,
-    )
-    .await;
+    let revoked = revoke_key(&app, &agent, id).await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(status_with(&app, &agent).await, StatusCode::UNAUTHORIZED);
 }
@@ -485,14 +450,7 @@ async fn revocation_reaches_a_second_process_within_the_bound() {
     assert_eq!(status_with(&second, &agent).await, StatusCode::OK);
     let id = meta["id"].as_str().unwrap();
     let revoked_at = Instant::now();
-    let response = call_as(
-        &first,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/revoke"),
-        None,
-    )
-    .await;
+    let response = revoke_key(&first, &acme, id).await;
     assert_eq!(response.status(), StatusCode::OK);
     loop {
         if status_with(&second, &agent).await == StatusCode::UNAUTHORIZED {
@@ -569,11 +527,10 @@ async fn the_sweep_warns_before_a_grace_deadline_and_expires_after_it() {
     let acme = app.create_tenant("acme").await;
     let (agent, meta) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let id = meta["id"].as_str().unwrap().to_owned();
-    let rotated = call_as(
+    let rotated = rotate_key(
         &app,
         &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
+        &id,
         Some(json!({ "grace_seconds": 5 * 86_400 })),
     )
     .await;
@@ -787,14 +744,7 @@ async fn the_tenant_key_policy_sets_the_default_grace_period() {
     // A rotation without an explicit grace now uses one hour.
     let (agent, meta) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let id = meta["id"].as_str().unwrap();
-    let rotated = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        None,
-    )
-    .await;
+    let rotated = rotate_key(&app, &acme, id, None).await;
     assert_eq!(rotated.status(), StatusCode::CREATED);
     clock.advance(chrono::Duration::minutes(59));
     assert_eq!(status_with(&app, &agent).await, StatusCode::OK);
@@ -822,31 +772,18 @@ async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself()
     .await;
     let id = meta["id"].as_str().unwrap();
     // The thief rotates the stolen key with the key itself.
-    let rotated: Value = call_as(
-        &app,
-        &stolen,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let rotated: Value = rotate_key(&app, &stolen, id, None)
+        .await
+        .json()
+        .await
+        .unwrap();
     let thiefs = TestTenant {
         key: rotated["key"].as_str().unwrap().to_owned(),
         ..acme.clone()
     };
     assert_eq!(status_with(&app, &thiefs).await, StatusCode::OK);
     // The operator revokes the key they know about: the self-made successor goes with it.
-    let revoked = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/revoke"),
-        None,
-    )
-    .await;
+    let revoked = revoke_key(&app, &acme, id).await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(status_with(&app, &stolen).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status_with(&app, &thiefs).await, StatusCode::UNAUTHORIZED);
@@ -855,29 +792,16 @@ async fn revoking_a_stolen_key_also_revokes_the_successor_it_minted_for_itself()
     // leaves the replacement working.
     let (old, meta) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let id = meta["id"].as_str().unwrap();
-    let rotated: Value = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let rotated: Value = rotate_key(&app, &acme, id, None)
+        .await
+        .json()
+        .await
+        .unwrap();
     let replacement = TestTenant {
         key: rotated["key"].as_str().unwrap().to_owned(),
         ..acme.clone()
     };
-    call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/revoke"),
-        None,
-    )
-    .await;
+    revoke_key(&app, &acme, id).await;
     assert_eq!(status_with(&app, &old).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status_with(&app, &replacement).await, StatusCode::OK);
 }

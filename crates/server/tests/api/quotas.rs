@@ -9,7 +9,7 @@ use bulkhead_test_support::{spawn_app, TestApp, TestTenant, TestTier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::keys::request_key;
+use crate::helpers::keys::{request_key, revoke_key, rotate_key};
 use crate::helpers::webhooks::create_endpoint;
 use crate::helpers::{as_tenant, audit_events, call_as, create_session, get_ok_json, problem};
 
@@ -330,14 +330,7 @@ async fn usage_counts_keys_until_revoked_and_not_the_built_in_roles() {
     let key: Value = created.json().await.unwrap();
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 2);
     let id = key["api_key"]["id"].as_str().unwrap();
-    let revoked = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/revoke"),
-        None,
-    )
-    .await;
+    let revoked = revoke_key(&app, &acme, id).await;
     assert!(revoked.status().is_success(), "{}", revoked.status());
     assert_eq!(quota(&app, &acme, "api_keys").await.0, 1);
     // The built-in roles are not counted.
@@ -804,14 +797,7 @@ async fn rotating_a_key_at_the_keys_limit_is_not_refused() {
     let listed = call_as(&app, &acme, Method::GET, "/v1/api-keys", None).await;
     let listed: Value = listed.json().await.unwrap();
     let id = listed["data"][0]["id"].as_str().unwrap().to_owned();
-    let rotated = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        &format!("/v1/api-keys/{id}/rotate"),
-        None,
-    )
-    .await;
+    let rotated = rotate_key(&app, &acme, &id, None).await;
     let status = rotated.status();
     assert_eq!(
         status,

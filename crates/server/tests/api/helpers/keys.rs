@@ -4,7 +4,7 @@ use bulkhead_test_support::{TestApp, TestTenant};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::as_tenant;
+use super::{as_tenant, call_as};
 
 /// `POST /v1/api-keys` with `body` as `holder`, for tests that check the answer.
 pub(crate) async fn request_key(app: &TestApp, holder: &TestTenant, body: &Value) -> Response {
@@ -13,6 +13,23 @@ pub(crate) async fn request_key(app: &TestApp, holder: &TestTenant, body: &Value
         .send()
         .await
         .unwrap()
+}
+
+/// `POST /v1/api-keys/{id}/rotate` as `holder`, with `body` (`grace_seconds`) when given.
+pub(crate) async fn rotate_key(
+    app: &TestApp,
+    holder: &TestTenant,
+    id: &str,
+    body: Option<Value>,
+) -> Response {
+    let path = format!("/v1/api-keys/{id}/rotate");
+    call_as(app, holder, Method::POST, &path, body).await
+}
+
+/// `POST /v1/api-keys/{id}/revoke` as `holder`.
+pub(crate) async fn revoke_key(app: &TestApp, holder: &TestTenant, id: &str) -> Response {
+    let path = format!("/v1/api-keys/{id}/revoke");
+    call_as(app, holder, Method::POST, &path, None).await
 }
 
 /// Mints a key of `holder`'s tenant with `body`: the tenant as the new key's holder, and the
