@@ -13,10 +13,10 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::keys::{agent, Agent};
-use crate::helpers::oauth::{claims, client_credentials, jwt_header, post_form};
+use crate::helpers::oauth::{claims, client_credentials, jwt_header, post_form, set_token_policy};
 use crate::helpers::users::{login_response, PASSWORD};
 use crate::helpers::webhooks::create_endpoint;
-use crate::helpers::{as_tenant, call, call_as, get_json, problem};
+use crate::helpers::{call, call_as, get_json, problem};
 
 /// The server's default rate limits on the real clock, for tests that move the application's
 /// clock: the limiters must not see time stand still or run backwards.
@@ -536,15 +536,7 @@ async fn hostile_tokens_get_one_invalid_token_answer_and_never_a_500() {
     }
 
     // A refresh token presented as an access token.
-    let policy = as_tenant(&app, &acme, Method::PUT, "/v1/token-policy")
-        .json(
-            &json!({ "agent_refresh_tokens": true, "refresh_reuse_interval_seconds": 0,
-                       "session_absolute_seconds": 2592000, "session_idle_seconds": 604800 }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(policy.status(), StatusCode::OK);
+    set_token_policy(&app, &acme, true, 0).await;
     let with_refresh: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
@@ -799,15 +791,7 @@ async fn concurrent_refreshes_with_one_token_have_exactly_one_winner() {
         .all(|r| r.status() == StatusCode::OK || r.status() == StatusCode::BAD_REQUEST));
 
     // With a reuse interval for network races, the losers are refused and the family survives.
-    let policy = as_tenant(&app, &acme, Method::PUT, "/v1/token-policy")
-        .json(
-            &json!({ "agent_refresh_tokens": false, "refresh_reuse_interval_seconds": 30,
-                       "session_absolute_seconds": 2592000, "session_idle_seconds": 604800 }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(policy.status(), StatusCode::OK);
+    set_token_policy(&app, &acme, false, 30).await;
     let (_, token) = login(&app, "acme", "ann@acme.test").await;
     let attempts = futures::future::join_all((0..8).map(|_| refresh(&app, "acme", &token))).await;
     let mut winner = None;
@@ -1196,15 +1180,7 @@ async fn agent_sessions_need_the_tenant_policy_and_their_own_key_to_refresh() {
         id: other_id,
         key: other_key,
     } = agent(&app, &acme, "agent-1", &["sessions:read"]).await;
-    let policy = as_tenant(&app, &acme, Method::PUT, "/v1/token-policy")
-        .json(
-            &json!({ "agent_refresh_tokens": true, "refresh_reuse_interval_seconds": 0,
-                       "session_absolute_seconds": 2592000, "session_idle_seconds": 604800 }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(policy.status(), StatusCode::OK);
+    set_token_policy(&app, &acme, true, 0).await;
     let body: Value = client_credentials(&app, &acme.slug, (&id, &key), None)
         .await
         .json()
@@ -1241,14 +1217,17 @@ async fn agent_sessions_need_the_tenant_policy_and_their_own_key_to_refresh() {
     .await;
     assert_eq!(own.status(), StatusCode::OK);
     // Policy bounds are enforced.
-    let bad = as_tenant(&app, &acme, Method::PUT, "/v1/token-policy")
-        .json(
-            &json!({ "agent_refresh_tokens": true, "refresh_reuse_interval_seconds": 61,
+    let bad = call_as(
+        &app,
+        &acme,
+        Method::PUT,
+        "/v1/token-policy",
+        Some(
+            json!({ "agent_refresh_tokens": true, "refresh_reuse_interval_seconds": 61,
                        "session_absolute_seconds": 2592000, "session_idle_seconds": 604800 }),
-        )
-        .send()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(problem(bad).await.0, StatusCode::UNPROCESSABLE_ENTITY);
 }
 

@@ -4,9 +4,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bulkhead_test_support::{TestApp, TestTenant};
-use reqwest::{RequestBuilder, Response, StatusCode};
-use serde_json::Value;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
 
+use super::call_as;
 use super::keys::Agent;
 
 /// The token exchange grant (RFC 8693).
@@ -158,6 +159,31 @@ pub(crate) async fn admin_and_delegated_tokens(
     let delegated = exchange(vec![]).await;
     let prefixed = exchange(vec![("resource_prefix", "marketing")]).await;
     (root, delegated, prefixed)
+}
+
+/// Sets `tenant`'s token policy (setup: anything but 200 fails): whether agents get refresh
+/// tokens, and how long a rotated refresh token may be presented again; sessions keep the
+/// default lifetimes (30 days absolute, 7 idle).
+pub(crate) async fn set_token_policy(
+    app: &TestApp,
+    tenant: &TestTenant,
+    agent_refresh_tokens: bool,
+    refresh_reuse_interval_seconds: u32,
+) {
+    let response = call_as(
+        app,
+        tenant,
+        Method::PUT,
+        "/v1/token-policy",
+        Some(json!({
+            "agent_refresh_tokens": agent_refresh_tokens,
+            "refresh_reuse_interval_seconds": refresh_reuse_interval_seconds,
+            "session_absolute_seconds": 2592000,
+            "session_idle_seconds": 604800,
+        })),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 /// The decoded claims (payload) of a JWT; its signature is not checked.
