@@ -254,17 +254,30 @@ async fn token_inner(
     let client_ip = request_ip(state, peer, headers);
     let host_tenant = oauth_host_tenant(state, headers).await?;
     let auth = client_auth::client_auth(headers, &form)?;
+    let request = GrantRequest {
+        state,
+        form: &form,
+        auth,
+        host_tenant,
+        client_ip,
+        headers,
+    };
     match form.get("grant_type") {
         None => Err(OAuthError::invalid_request("grant_type is required")),
-        Some("client_credentials") => {
-            client_credentials::grant(state, &form, auth, host_tenant, client_ip, headers).await
-        }
-        Some("refresh_token") => {
-            refresh_token::grant(state, &form, auth, host_tenant, client_ip).await
-        }
-        Some(TOKEN_EXCHANGE) => {
-            token_exchange::grant(state, &form, auth, host_tenant, client_ip).await
-        }
+        Some("client_credentials") => client_credentials::grant(request).await,
+        Some("refresh_token") => refresh_token::grant(request).await,
+        Some(TOKEN_EXCHANGE) => token_exchange::grant(request).await,
         Some(_) => Err(OAuthError::unsupported_grant_type()),
     }
+}
+
+/// What every grant is given: the form, the client credentials as presented, the host's tenant,
+/// the caller's address and the request's headers.
+pub(super) struct GrantRequest<'a> {
+    state: &'a AppState,
+    form: &'a form::Form,
+    auth: Option<client_auth::ClientAuth>,
+    host_tenant: Option<Tenant>,
+    client_ip: Option<IpAddr>,
+    headers: &'a HeaderMap,
 }
