@@ -167,6 +167,16 @@ impl Worker {
         Ok(tenants)
     }
 
+    /// A sweep's transaction in a tenant, or `None` while the tenant is frozen for a move: it is
+    /// swept on the next pass, in its new location.
+    async fn begin_sweep(&self, ctx: &TenantContext) -> Result<Option<TenantTx>, StoreError> {
+        match self.store.begin(ctx, Access::ReadWrite).await {
+            Ok(tx) => Ok(Some(tx)),
+            Err(StoreError::TenantMoving) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Expires lapsed keys and raises the rotation events, for every active tenant, each in its
     /// own tenant transaction. Events are raised once per key (the rows remember it).
     pub async fn sweep_keys(&self, now: DateTime<Utc>) -> Result<KeySweep, StoreError> {
@@ -179,11 +189,8 @@ impl Worker {
                 },
                 RequestId::new(),
             );
-            let mut tx = match self.store.begin(&ctx, Access::ReadWrite).await {
-                Ok(tx) => tx,
-                // Frozen for a move: swept on the next pass, in its new location.
-                Err(StoreError::TenantMoving) => continue,
-                Err(err) => return Err(err),
+            let Some(mut tx) = self.begin_sweep(&ctx).await? else {
+                continue;
             };
             let policy = api_keys::policy(&mut tx).await?;
             for id in api_keys::expire_lapsed(&mut tx, now).await? {
@@ -250,11 +257,8 @@ impl Worker {
                 RequestId::new(),
             );
             for _ in 0..RETENTION_BATCHES {
-                let mut tx = match self.store.begin(&ctx, Access::ReadWrite).await {
-                    Ok(tx) => tx,
-                    // Frozen for a move: swept on the next pass, in its new location.
-                    Err(StoreError::TenantMoving) => break,
-                    Err(err) => return Err(err),
+                let Some(mut tx) = self.begin_sweep(&ctx).await? else {
+                    break;
                 };
                 let done = webhooks::purge_finished(&mut tx, before, RETENTION_BATCH).await?;
                 tx.commit().await?;
