@@ -471,11 +471,7 @@ async fn update(
     refuse_confined(ctx)?;
     let manages = ctx.has_scope(Scope::KeysManage);
     let now = state.clock().now();
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     let allowed_ips = body
         .allowed_ips
         .as_deref()

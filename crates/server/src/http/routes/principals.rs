@@ -426,11 +426,7 @@ async fn update_agent(
     PathIdJson(id, body): PathIdJson<AgentKind, UpdateAgent>,
 ) -> Result<axum::Json<Agent>, ApiError> {
     let ctx = &tenant.0;
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     let status = body.status.map(|s| match s {
         RequestedStatus::Active => AgentStatus::Active,
         RequestedStatus::Disabled => AgentStatus::Disabled,

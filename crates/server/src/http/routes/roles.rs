@@ -330,11 +330,7 @@ async fn update_role(
     PathIdJson(id, body): PathIdJson<RoleKind, UpdateRole>,
 ) -> Result<axum::Json<Role>, ApiError> {
     let ctx = &tenant.0;
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     let permissions = body
         .permissions
         .as_deref()

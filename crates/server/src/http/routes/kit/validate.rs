@@ -15,12 +15,16 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use bulkhead_core::id::IdKind;
-use bulkhead_core::PrefixedId;
+use bulkhead_core::{PrefixedId, TenantContext};
+use bulkhead_store::audit::Outcome;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::write::record_refusal;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path};
+use crate::http::state::AppState;
 
 /// Longest description, in characters, after trimming.
 pub(crate) const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -45,6 +49,34 @@ pub(crate) fn description(text: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// An optional description (a patch's): [`description`] when present.
+pub(crate) fn optional_description(text: Option<&str>) -> Result<Option<String>, ApiError> {
+    text.map(description).transpose()
+}
+
+/// A URL the server will call (a webhook or a tool endpoint), judged by the egress policy. A
+/// refusal is audited (`action`, stage `registration`, the rule, in a transaction of its own)
+/// and answered 422 naming `field` and the rule; `what` names the URL in the log.
+pub(crate) async fn egress_url(
+    state: &AppState,
+    ctx: &TenantContext,
+    url: &str,
+    action: &'static str,
+    field: &str,
+    what: &str,
+) -> Result<String, ApiError> {
+    match state.config().webhook_egress.check_url(url) {
+        Ok(checked) => Ok(checked.as_str().to_owned()),
+        Err(refusal) => {
+            let rule = refusal.to_string();
+            let meta = json!({ "stage": "registration", "rule": rule });
+            record_refusal(state, ctx, action, None, Outcome::Blocked, meta).await?;
+            tracing::warn!(target: "bulkhead::audit", action, tenant_id = %ctx.tenant_id(), rule = %rule, "{what} refused");
+            Err(ApiError::Invalid(format!("{field}: {rule}").into()))
+        }
+    }
 }
 
 /// An id from a path, a query or a body: its prefix and form are checked, and a malformed one

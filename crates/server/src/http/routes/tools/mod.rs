@@ -34,7 +34,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
 use crate::http::routes::kit::page::PageRequest;
 use crate::http::routes::kit::write::{record_refusal, Tail};
-use crate::http::routes::kit::{policy, tx};
+use crate::http::routes::kit::{policy, tx, validate};
 use crate::http::state::AppState;
 use crate::service::screen::Report;
 
@@ -190,19 +190,10 @@ fn subject(name: &ToolName) -> String {
     format!("tool:{name}")
 }
 
-/// Judges an endpoint URL by the egress policy; a refusal is audited and answered 422 naming
-/// the rule.
+/// Judges an endpoint URL by the egress policy ([`validate::egress_url`]).
 async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
-    match state.config().webhook_egress.check_url(url) {
-        Ok(checked) => Ok(checked.as_str().to_owned()),
-        Err(refusal) => {
-            let rule = refusal.to_string();
-            let meta = json!({ "stage": "registration", "rule": rule });
-            record_refusal(state, ctx, "tool.blocked", None, Outcome::Blocked, meta).await?;
-            tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "tool endpoint URL refused");
-            Err(ApiError::Invalid(format!("endpoint_url: {rule}").into()))
-        }
-    }
+    let what = "tool endpoint URL";
+    validate::egress_url(state, ctx, url, "tool.blocked", "endpoint_url", what).await
 }
 
 /// Checks an input schema: an object schema that `bulkhead_schema` can evaluate in bounded

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::id::EndpointKind;
 use bulkhead_core::{Actor, ApiKeyId, EndpointId, Scope, TenantContext};
-use bulkhead_store::audit::Outcome;
 use bulkhead_store::tenant::webhooks::{self as store, Endpoint, EndpointPatch, NewEndpoint};
 use bulkhead_store::TenantTx;
 use bulkhead_webhooks::headers::check_custom_headers;
@@ -23,7 +22,7 @@ use crate::http::extract::{Json, Path, Query, Tenant};
 use crate::http::routes::kit::page::PageRequest;
 use crate::http::routes::kit::tx;
 use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
-use crate::http::routes::kit::write::{record_refusal, Tail};
+use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
 pub mod deliveries;
@@ -269,18 +268,9 @@ fn audit_grantors(actor: &Actor) -> Vec<String> {
     }
 }
 
-/// Judges a URL by the egress policy; a refusal is audited and answered 422 naming the rule.
+/// Judges a URL by the egress policy ([`validate::egress_url`]).
 async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
-    match state.config().webhook_egress.check_url(url) {
-        Ok(checked) => Ok(checked.as_str().to_owned()),
-        Err(refusal) => {
-            let rule = refusal.to_string();
-            let meta = json!({ "stage": "registration", "rule": rule });
-            record_refusal(state, ctx, "webhook.blocked", None, Outcome::Blocked, meta).await?;
-            tracing::warn!(target: "bulkhead::audit", action = "webhook.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "endpoint URL refused");
-            Err(ApiError::Invalid(format!("url: {rule}").into()))
-        }
-    }
+    validate::egress_url(state, ctx, url, "webhook.blocked", "url", "endpoint URL").await
 }
 
 /// Registers an endpoint; the `whsec_` secret is in the answer, once.
@@ -398,11 +388,7 @@ async fn update(
     PathIdJson(id, body): PathIdJson<EndpointKind, UpdateEndpoint>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
     let ctx = &tenant.0;
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     if let Some(t) = &body.event_types {
         check_event_types(t)?;
     }
