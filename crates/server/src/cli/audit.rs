@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use bulkhead_audit::export::ExportVerifier;
 use bulkhead_audit::{tree, LogPublicKey, SignedCheckpoint};
-use bulkhead_core::{Actor, RequestId, TenantContext};
 use bulkhead_store::{audit::retention as audit_retention, Access};
 use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::lookup::{find_tenant, with_owner};
+use super::lookup::{find_tenant, operator_ctx, with_owner};
 use crate::config::DatabaseArgs;
 
 #[derive(Debug, Subcommand)]
@@ -111,10 +110,6 @@ pub(crate) async fn run(action: AuditCommand) -> anyhow::Result<()> {
             .await
         }
     }
-}
-
-fn operator_ctx(tenant: bulkhead_core::TenantId) -> TenantContext {
-    TenantContext::new(tenant, Actor::System { component: "cli" }, RequestId::new())
 }
 
 /// Reads a log key given as text, a file of text, or the well-known JSON.

@@ -2,13 +2,13 @@
 //! role, actor `system:cli`, under the same row-level security as the API), and the leak scanner.
 
 use anyhow::Context;
-use bulkhead_core::{Actor, ApiKeyId, RequestId, Scope, ScopeSet, TenantContext};
+use bulkhead_core::{ApiKeyId, Scope, ScopeSet, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::api_keys;
 use bulkhead_store::{Access, Store};
 use serde_json::json;
 
-use super::lookup::{find_tenant, with_owner};
+use super::lookup::{find_tenant_ctx, with_owner};
 use crate::config::DatabaseArgs;
 use crate::service::database::load_peppers;
 use crate::service::keys::{self, KeySpec};
@@ -24,12 +24,7 @@ fn environment() -> anyhow::Result<bulkhead_auth::KeyEnvironment> {
 }
 
 async fn context(owner: &Store, tenant: &str) -> anyhow::Result<TenantContext> {
-    let tenant = find_tenant(owner, tenant).await?;
-    Ok(TenantContext::new(
-        tenant.id,
-        Actor::System { component: "cli" },
-        RequestId::new(),
-    ))
+    Ok(find_tenant_ctx(owner, tenant).await?.1)
 }
 
 /// Runs one `bulkhead key` command.

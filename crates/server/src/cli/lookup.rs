@@ -1,8 +1,8 @@
-//! Lookups every command group shares: a tenant by slug or id, and the owner store for a
-//! command's database.
+//! Lookups every command group shares: a tenant by slug or id, the operator's context in it,
+//! and the owner store for a command's database.
 
 use anyhow::Context;
-use bulkhead_core::{TenantId, TenantSlug};
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
 use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::Store;
 
@@ -16,6 +16,21 @@ pub(super) async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Ten
         owner.tenant_by_slug(&TenantSlug::parse(text)?).await?
     };
     found.with_context(|| format!("no tenant `{text}`"))
+}
+
+/// The context an operator command acts in on a tenant's rows (actor `system:cli`).
+pub(super) fn operator_ctx(tenant: TenantId) -> TenantContext {
+    TenantContext::new(tenant, Actor::System { component: "cli" }, RequestId::new())
+}
+
+/// A tenant by slug or id ([`find_tenant`]) and the operator's context in it.
+pub(super) async fn find_tenant_ctx(
+    owner: &Store,
+    text: &str,
+) -> anyhow::Result<(Tenant, TenantContext)> {
+    let tenant = find_tenant(owner, text).await?;
+    let ctx = operator_ctx(tenant.id);
+    Ok((tenant, ctx))
 }
 
 /// Opens the database, migrates, runs `work` with a store on the owner role, and shuts down.

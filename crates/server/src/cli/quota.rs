@@ -2,13 +2,12 @@
 //! the store door as the owner role (actor `system:cli`), under the tenant's row-level security.
 
 use anyhow::Context;
-use bulkhead_core::{Actor, RequestId, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::quotas;
 use bulkhead_store::Access;
 use serde_json::json;
 
-use super::lookup::{find_tenant, with_owner};
+use super::lookup::{find_tenant_ctx, with_owner};
 use crate::config::DatabaseArgs;
 
 /// `default` or a limit of 0 or more.
@@ -29,12 +28,7 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
     match action {
         QuotaCommand::Show { tenant, database } => {
             with_owner(&database, |owner| async move {
-                let found = find_tenant(&owner, &tenant).await?;
-                let ctx = TenantContext::new(
-                    found.id,
-                    Actor::System { component: "cli" },
-                    RequestId::new(),
-                );
+                let (found, ctx) = find_tenant_ctx(&owner, &tenant).await?;
                 let mut tx = owner.begin(&ctx, Access::ReadOnly).await?;
                 let usage = quotas::usage(&mut tx).await?;
                 tx.commit().await?;
@@ -68,12 +62,7 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
             }
             let limit = parse_limit(&limit)?;
             with_owner(&database, |owner| async move {
-                let found = find_tenant(&owner, &tenant).await?;
-                let ctx = TenantContext::new(
-                    found.id,
-                    Actor::System { component: "cli" },
-                    RequestId::new(),
-                );
+                let (found, ctx) = find_tenant_ctx(&owner, &tenant).await?;
                 let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
                 let before = quotas::usage(&mut tx)
                     .await?

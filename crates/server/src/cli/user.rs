@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::lookup::{find_tenant, with_owner};
+use super::lookup::{find_tenant_ctx, with_owner};
 use crate::config::DatabaseArgs;
 
 #[derive(Debug, Subcommand)]
@@ -53,12 +53,7 @@ pub(super) async fn run(action: UserCommand) -> anyhow::Result<()> {
             let hash = bulkhead_auth::password::hash_password(&password)
                 .map_err(|e| anyhow::anyhow!("password refused: {e}"))?;
             with_owner(&database, |owner| async move {
-                let found = find_tenant(&owner, &tenant).await?;
-                let ctx = bulkhead_core::TenantContext::new(
-                    found.id,
-                    bulkhead_core::Actor::System { component: "cli" },
-                    bulkhead_core::RequestId::new(),
-                );
+                let (_, ctx) = find_tenant_ctx(&owner, &tenant).await?;
                 let mut tx = owner.begin(&ctx, bulkhead_store::Access::ReadWrite).await?;
                 let created =
                     bulkhead_store::tenant::users::create(&mut tx, &email, &hash, &scopes)

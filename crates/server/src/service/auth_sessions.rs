@@ -4,8 +4,10 @@
 
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::{AuthSessionId, Clock};
+use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::tokens::{self, AuthSession, EndReason, NewAuthSession};
 use bulkhead_store::{StoreError, TenantTx};
+use serde_json::Value;
 
 use crate::service::tokens::TokenService;
 
@@ -33,4 +35,38 @@ pub(crate) async fn end(
 ) -> Result<bool, StoreError> {
     let until = tokens.session_deny_until();
     tokens::revoke_session(tx, session, reason, clock.now(), until).await
+}
+
+/// Why a session ends and the audit event that says so.
+pub(crate) struct Ending {
+    /// Stored with the session.
+    pub(crate) reason: EndReason,
+    /// The audit action (`auth.logout`, `auth.token_revoke`, …).
+    pub(crate) action: &'static str,
+    /// The audit outcome: a reuse is a blocked attack, the rest succeed.
+    pub(crate) outcome: Outcome,
+    /// The audit event's metadata.
+    pub(crate) meta: Value,
+}
+
+/// Ends an auth session ([`end`]) and records its audit event in the same transaction: no
+/// session ends unrecorded. The caller commits, then denies the session locally.
+pub(crate) async fn end_audited(
+    tokens: &TokenService,
+    clock: &Clock,
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+    ending: Ending,
+) -> Result<(), StoreError> {
+    end(tokens, clock, tx, session, ending.reason).await?;
+    let resource = session.to_string();
+    audit::record(
+        tx,
+        ending.action,
+        Some(&resource),
+        ending.outcome,
+        ending.meta,
+    )
+    .await?;
+    Ok(())
 }

@@ -272,34 +272,13 @@ pub async fn announce_change(tx: &mut bulkhead_store::TenantTx) -> Result<(), St
 /// assignments or principals. Runs for the life of the server; reconnects on failure, clearing
 /// everything whenever it may have missed a notification.
 pub async fn listen_for_changes(store: Store, ceilings: std::sync::Arc<RoleCeilings>) {
-    loop {
-        let mut listener = match store.listen_ceiling_changes().await {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::warn!(error = %err, "ceiling change listener cannot connect; retrying");
-                ceilings.invalidate_all();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Anything cached before we were listening may be stale.
-        ceilings.invalidate_all();
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => match uuid::Uuid::parse_str(notification.payload()) {
-                    Ok(id) => ceilings.invalidate_tenant(TenantId::from_uuid(id)),
-                    Err(_) => ceilings.invalidate_all(),
-                },
-                // The connection was lost and re-established: changes may have been missed.
-                Ok(None) => ceilings.invalidate_all(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "ceiling change listener failed; reconnecting");
-                    ceilings.invalidate_all();
-                    break;
-                }
-            }
-        }
-    }
+    crate::service::invalidation::follow(
+        "ceiling",
+        || store.listen_ceiling_changes(),
+        |id| ceilings.invalidate_tenant(TenantId::from_uuid(id)),
+        || ceilings.invalidate_all(),
+    )
+    .await;
 }
 
 fn bearers(actor: &Actor) -> Vec<Bearer> {

@@ -368,34 +368,13 @@ impl KeyVerifier {
     /// Listens for key changes until the process ends, invalidating as they arrive. Reconnects
     /// on failure and clears the cache whenever notifications may have been lost.
     pub async fn listen_for_changes(self: Arc<Self>) {
-        loop {
-            let mut listener = match self.store.listen_key_changes().await {
-                Ok(listener) => listener,
-                Err(err) => {
-                    tracing::warn!(error = %err, "key change listener cannot connect; retrying");
-                    self.forget_all();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            // Anything cached before we were listening may be stale.
-            self.forget_all();
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(notification)) => match uuid::Uuid::parse_str(notification.payload()) {
-                        Ok(id) => self.forget_key(ApiKeyId::from_uuid(id)),
-                        Err(_) => self.forget_all(),
-                    },
-                    // The connection was lost and re-established: we may have missed changes.
-                    Ok(None) => self.forget_all(),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "key change listener failed; reconnecting");
-                        self.forget_all();
-                        break;
-                    }
-                }
-            }
-        }
+        crate::service::invalidation::follow(
+            "key",
+            || self.store.listen_key_changes(),
+            |id| self.forget_key(ApiKeyId::from_uuid(id)),
+            || self.forget_all(),
+        )
+        .await;
     }
 }
 

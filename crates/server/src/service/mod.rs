@@ -7,6 +7,7 @@ pub mod ceilings;
 pub mod credentials;
 pub mod database;
 pub mod hashing;
+pub mod invalidation;
 pub mod keys;
 pub mod login_throttle;
 pub mod oauth;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bulkhead_core::{Actor, ApiKeyId, Clock, JobId, RequestId, SessionId, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::placement::registry::TenantStatus;
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::api_keys;
 use bulkhead_store::tenant::jobs::{self, ClaimVerdict, ClaimedJob};
 use bulkhead_store::tenant::sessions::{self, SessionPatch, SessionState};
@@ -159,15 +159,29 @@ impl Worker {
         self
     }
 
+    /// The tenants a sweep visits: the active ones of a region this process serves (a tenant of a
+    /// region another process serves is that process's to sweep).
+    async fn swept_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut tenants = self.store.list_tenants().await?;
+        tenants.retain(|t| t.status == TenantStatus::Active && self.store.serves_region(&t.region));
+        Ok(tenants)
+    }
+
+    /// A sweep's transaction in a tenant, or `None` while the tenant is frozen for a move: it is
+    /// swept on the next pass, in its new location.
+    async fn begin_sweep(&self, ctx: &TenantContext) -> Result<Option<TenantTx>, StoreError> {
+        match self.store.begin(ctx, Access::ReadWrite).await {
+            Ok(tx) => Ok(Some(tx)),
+            Err(StoreError::TenantMoving) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Expires lapsed keys and raises the rotation events, for every active tenant, each in its
     /// own tenant transaction. Events are raised once per key (the rows remember it).
     pub async fn sweep_keys(&self, now: DateTime<Utc>) -> Result<KeySweep, StoreError> {
         let mut report = KeySweep::default();
-        for tenant in self.store.list_tenants().await? {
-            // A tenant of a region another process serves is that process's to sweep.
-            if tenant.status != TenantStatus::Active || !self.store.serves_region(&tenant.region) {
-                continue;
-            }
+        for tenant in self.swept_tenants().await? {
             let ctx = TenantContext::new(
                 tenant.id,
                 Actor::System {
@@ -175,11 +189,8 @@ impl Worker {
                 },
                 RequestId::new(),
             );
-            let mut tx = match self.store.begin(&ctx, Access::ReadWrite).await {
-                Ok(tx) => tx,
-                // Frozen for a move: swept on the next pass, in its new location.
-                Err(StoreError::TenantMoving) => continue,
-                Err(err) => return Err(err),
+            let Some(mut tx) = self.begin_sweep(&ctx).await? else {
+                continue;
             };
             let policy = api_keys::policy(&mut tx).await?;
             for id in api_keys::expire_lapsed(&mut tx, now).await? {
@@ -237,10 +248,7 @@ impl Worker {
     pub async fn sweep_webhook_retention(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let before = now - self.webhook_retention;
         let mut purged = 0;
-        for tenant in self.store.list_tenants().await? {
-            if tenant.status != TenantStatus::Active || !self.store.serves_region(&tenant.region) {
-                continue;
-            }
+        for tenant in self.swept_tenants().await? {
             let ctx = TenantContext::new(
                 tenant.id,
                 Actor::System {
@@ -249,11 +257,8 @@ impl Worker {
                 RequestId::new(),
             );
             for _ in 0..RETENTION_BATCHES {
-                let mut tx = match self.store.begin(&ctx, Access::ReadWrite).await {
-                    Ok(tx) => tx,
-                    // Frozen for a move: swept on the next pass, in its new location.
-                    Err(StoreError::TenantMoving) => break,
-                    Err(err) => return Err(err),
+                let Some(mut tx) = self.begin_sweep(&ctx).await? else {
+                    break;
                 };
                 let done = webhooks::purge_finished(&mut tx, before, RETENTION_BATCH).await?;
                 tx.commit().await?;

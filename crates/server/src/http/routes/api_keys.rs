@@ -5,10 +5,11 @@ use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_core::id::ApiKeyKind;
 use bulkhead_core::{Actor, AgentId, ApiKeyId, Scope, ScopeSet, TenantContext};
 use bulkhead_store::tenant::agents::{self, AgentStatus};
 use bulkhead_store::tenant::api_keys::{self, ApiKeyRecord, KeyPatch};
-use bulkhead_store::Access;
+use bulkhead_store::{Access, TenantTx};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -16,10 +17,10 @@ use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page_limit};
-use crate::http::routes::kit::policy;
-use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
 use crate::http::routes::kit::write::Tail;
+use crate::http::routes::kit::{policy, tx};
 use crate::http::state::AppState;
 use crate::service::keys::{self, KeySpec};
 
@@ -365,13 +366,7 @@ async fn create(
     .await?;
     let api_key = api_keys::get(&mut tx, id, now).await?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(MintedKey {
-            key: key.expose_secret().to_owned(),
-            api_key,
-        }),
-    ))
+    Ok(minted(&key, api_key))
 }
 
 /// Lists the tenant's keys (metadata only).
@@ -389,23 +384,14 @@ async fn list(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<KeyPage>, ApiError> {
-    let ctx = &tenant.0;
-    let limit = page_limit(query.limit)?;
-    let after: Option<ApiKeyId> = optional_id(query.cursor.as_deref())?;
+    let page = PageRequest::of_ids(query.limit, query.cursor.as_deref())?;
     if let Some(p) = &query.principal {
         check_label("principal", p)?;
     }
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let rows = api_keys::list(
-        &mut tx,
-        after,
-        limit + 1,
-        query.principal.as_deref(),
-        state.clock().now(),
-    )
-    .await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |k| k.id);
+    let (principal, now) = (query.principal.as_deref(), state.clock().now());
+    let rows =
+        async |tx: &mut TenantTx, after, n| Ok(api_keys::list(tx, after, n, principal, now).await?);
+    let (data, next_cursor) = page.read(&state, &tenant.0, rows, |k| k.id).await?;
     Ok(axum::Json(KeyPage { data, next_cursor }))
 }
 
@@ -422,14 +408,36 @@ async fn list(
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyKind>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
-    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let record = api_keys::get(&mut tx, id, state.clock().now()).await?;
-    tx.commit().await?;
+    let now = state.clock().now();
+    let record = tx::read(
+        &state,
+        ctx,
+        async |tx| Ok(api_keys::get(tx, id, now).await?),
+    )
+    .await?;
     Ok(axum::Json(record))
+}
+
+/// The answer of a mint: the key, shown this once, and its metadata.
+fn minted(
+    key: &bulkhead_auth::ApiKey,
+    api_key: ApiKeyRecord,
+) -> (StatusCode, axum::Json<MintedKey>) {
+    let key = key.expose_secret().to_owned();
+    (StatusCode::CREATED, axum::Json(MintedKey { key, api_key }))
+}
+
+/// Drops this process's cached facts of the keys a write changed, and the tenant's cached
+/// ceilings (the keys' tokens are bound at once here; other processes hear the NOTIFYs sent at
+/// commit).
+fn forget_keys(state: &AppState, ctx: &TenantContext, ids: impl IntoIterator<Item = ApiKeyId>) {
+    for id in ids {
+        state.verifier().forget_key(id);
+    }
+    state.ceilings().invalidate_tenant(ctx.tenant_id());
 }
 
 /// A key may always read, narrow, rotate and revoke itself; anything else needs `scope`.
@@ -457,19 +465,13 @@ fn own_or(tenant: &Tenant, id: ApiKeyId, scope: Scope) -> Result<&TenantContext,
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateKey>,
+    PathIdJson(id, body): PathIdJson<ApiKeyKind, UpdateKey>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
-    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     refuse_confined(ctx)?;
     let manages = ctx.has_scope(Scope::KeysManage);
     let now = state.clock().now();
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     let allowed_ips = body
         .allowed_ips
         .as_deref()
@@ -528,10 +530,8 @@ async fn update(
         .audit("api_key.update", id, json!({}))
         .commit(tx, &state, ctx)
         .await?;
-    // A narrowed allowlist binds the key's tokens at once in this process (the cached key
-    // facts); other processes hear the NOTIFY sent at commit.
-    state.verifier().forget_key(id);
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    // A narrowed allowlist binds the key's tokens at once.
+    forget_keys(&state, ctx, [id]);
     Ok(axum::Json(record))
 }
 
@@ -589,15 +589,8 @@ async fn rotate(
     .await?;
     let api_key = api_keys::get(&mut tx, new_id, now).await?;
     tx.commit().await?;
-    state.verifier().forget_key(id);
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(MintedKey {
-            key: key.expose_secret().to_owned(),
-            api_key,
-        }),
-    ))
+    forget_keys(&state, ctx, [id]);
+    Ok(minted(&key, api_key))
 }
 
 /// Revokes a key at once (a key may revoke itself).
@@ -613,20 +606,15 @@ async fn rotate(
 async fn revoke(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyKind>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
-    let id: ApiKeyId = validate::id(&id)?;
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     let now = state.clock().now();
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let (record, successors) = keys::revoke_with_self_made_successors(&mut tx, id, now).await?;
     tx.commit().await?;
-    // Effective at once in this process (for the key and the tokens minted from it); other
-    // processes hear the NOTIFYs sent at commit.
-    for key in std::iter::once(id).chain(successors) {
-        state.verifier().forget_key(key);
-    }
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    // Effective at once for the key and the tokens minted from it.
+    forget_keys(&state, ctx, std::iter::once(id).chain(successors));
     Ok(axum::Json(record))
 }
 
@@ -659,9 +647,6 @@ async fn revoke_all(
         .event("api_key.revoked", json!({ "key_id": id }))
     });
     tail.commit(tx, &state, ctx).await?;
-    for id in &revoked {
-        state.verifier().forget_key(*id);
-    }
-    state.ceilings().invalidate_tenant(ctx.tenant_id());
+    forget_keys(&state, ctx, revoked.iter().copied());
     Ok(axum::Json(Revoked { revoked }))
 }

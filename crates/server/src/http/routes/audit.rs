@@ -13,15 +13,16 @@ use bulkhead_audit::export::ExportLine;
 use bulkhead_core::{AuditEventId, Scope};
 use bulkhead_store::audit::log::{self as audit_log, ProofRefusal, Sweep};
 use bulkhead_store::audit::pages::{self as audit_pages, EventFilter, ExportItem, ListedEvent};
-use bulkhead_store::Access;
+use bulkhead_store::TenantTx;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page_limit};
-use crate::http::routes::kit::validate;
+use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::write::Tail;
+use crate::http::routes::kit::{tx, validate};
 use crate::http::state::AppState;
 
 /// Where the log's public key is published (outside `/v1`: no credential needed).
@@ -161,9 +162,7 @@ async fn list_events(
     tenant: Tenant,
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventPage>, ApiError> {
-    let ctx = &tenant.0;
-    let limit = page_limit(query.limit)?;
-    let after: Option<AuditEventId> = validate::optional_id(query.cursor.as_deref())?;
+    let page = PageRequest::<AuditEventId>::of_ids(query.limit, query.cursor.as_deref())?;
     if let Some(outcome) = &query.outcome {
         if !matches!(
             outcome.as_str(),
@@ -182,10 +181,8 @@ async fn list_events(
             return Err(ApiError::Invalid("since is after until".into()));
         }
     }
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let rows = audit_pages::list_events(
-        &mut tx,
-        &EventFilter {
+    let rows = async |tx: &mut TenantTx, after, limit| {
+        let filter = EventFilter {
             since: query.since,
             until: query.until,
             actor_id: query.actor_id,
@@ -193,12 +190,13 @@ async fn list_events(
             outcome: query.outcome,
             resource_id: query.resource_id,
             after,
-            limit: limit + 1,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |e| e.event.event_id.clone());
+            limit,
+        };
+        Ok(audit_pages::list_events(tx, &filter).await?)
+    };
+    let (data, next_cursor) = page
+        .read(&state, &tenant.0, rows, |e| e.event.event_id.clone())
+        .await?;
     Ok(axum::Json(EventPage { data, next_cursor }))
 }
 
@@ -217,11 +215,12 @@ async fn checkpoint_now(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = &tenant.0;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    audit_log::sequence(&mut tx, Sweep::Recent).await?;
-    let (signed, created) = current_checkpoint(&state, &mut tx).await?;
-    tx.commit().await?;
+    // No tail: sequencing and signing record no event of their own.
+    let (signed, created) = tx::write(&state, &tenant.0, async |tx| {
+        audit_log::sequence(tx, Sweep::Recent).await?;
+        Ok((current_checkpoint(&state, tx).await?, Tail::new()))
+    })
+    .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -234,7 +233,7 @@ async fn checkpoint_now(
 /// (and is signed by the current key), else a new one (`true`).
 async fn current_checkpoint(
     state: &AppState,
-    tx: &mut bulkhead_store::TenantTx,
+    tx: &mut TenantTx,
 ) -> Result<(bulkhead_audit::SignedCheckpoint, bool), ApiError> {
     let size = audit_log::tree_size(tx).await?;
     match audit_log::latest_checkpoint(tx).await? {
@@ -264,10 +263,10 @@ async fn latest_checkpoint(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> Result<Response, ApiError> {
-    let ctx = &tenant.0;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let latest = audit_log::latest_checkpoint(&mut tx).await?;
-    tx.commit().await?;
+    let latest = tx::read(&state, &tenant.0, async |tx| {
+        Ok(audit_log::latest_checkpoint(tx).await?)
+    })
+    .await?;
     latest
         .map(|c| axum::Json(c).into_response())
         .ok_or(ApiError::NotFound)
@@ -312,11 +311,11 @@ async fn inclusion(
     tenant: Tenant,
     Query(query): Query<InclusionQuery>,
 ) -> Result<Response, ApiError> {
-    let ctx = &tenant.0;
     let event: AuditEventId = validate::id(&query.event_id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let proof = audit_log::inclusion_proof(&mut tx, event, query.tree_size).await?;
-    tx.commit().await?;
+    let proof = tx::read(&state, &tenant.0, async |tx| {
+        Ok(audit_log::inclusion_proof(tx, event, query.tree_size).await?)
+    })
+    .await?;
     Ok(axum::Json(proof.map_err(refusal)?).into_response())
 }
 
@@ -346,10 +345,10 @@ async fn consistency(
     tenant: Tenant,
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
-    let ctx = &tenant.0;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let proof = audit_log::consistency_proof(&mut tx, query.from, query.to).await?;
-    tx.commit().await?;
+    let proof = tx::read(&state, &tenant.0, async |tx| {
+        Ok(audit_log::consistency_proof(tx, query.from, query.to).await?)
+    })
+    .await?;
     Ok(axum::Json(proof.map_err(refusal)?).into_response())
 }
 

@@ -22,6 +22,7 @@ use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use bulkhead_core::id::AuthSessionKind;
 use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
@@ -29,17 +30,20 @@ use bulkhead_store::tenant::tokens::{
     self, AuthSession, EndReason, NewAuthSession, PrincipalType, TokenPolicy,
 };
 use bulkhead_store::tenant::users::{self, UserStatus};
-use bulkhead_store::Access;
+use bulkhead_store::{Access, TenantTx};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Tenant as TenantExtract};
+use crate::http::extract::{Json, Tenant as TenantExtract};
 use crate::http::resolve::LOGOUT_PATH;
+use crate::http::routes::kit::validate::PathId;
+use crate::http::routes::kit::{policy, tx};
 use crate::http::routes::oauth::TokenResponse;
 use crate::http::state::AppState;
+use crate::service::auth_sessions::{end_audited, Ending};
 use crate::service::oauth::IssuedTokens;
 use crate::service::tokens::Grant;
 
@@ -411,28 +415,33 @@ async fn logout(
         // A delegated token carries its delegator's session; it may not end it.
         return Err(ApiError::ConfinedCredential);
     }
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    crate::service::auth_sessions::end(
-        state.tokens(),
-        state.clock(),
-        &mut tx,
-        session,
-        EndReason::Logout,
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        "auth.logout",
-        Some(&session.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
+    let tx = state.store().begin(ctx, Access::ReadWrite).await?;
+    end_auth_session(&state, ctx, tx, session, EndReason::Logout, "auth.logout").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends an auth session in `tx` with its audit event, commits, then denies its tokens in this
+/// process at once (other processes hear the NOTIFY sent at commit).
+async fn end_auth_session(
+    state: &AppState,
+    ctx: &TenantContext,
+    mut tx: TenantTx,
+    session: AuthSessionId,
+    reason: EndReason,
+    action: &'static str,
+) -> Result<(), ApiError> {
+    let ending = Ending {
+        reason,
+        action,
+        outcome: Outcome::Success,
+        meta: json!({}),
+    };
+    end_audited(state.tokens(), state.clock(), &mut tx, session, ending).await?;
     tx.commit().await?;
     state
         .tokens()
         .deny_session_locally(ctx.tenant_id(), session);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Whose sessions a caller sees: a human's token, that user's; an agent's token or key, the
@@ -491,9 +500,11 @@ async fn list_sessions(
         Actor::Token { session_id, .. } => *session_id,
         _ => None,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let sessions = tokens::live_sessions_of(&mut tx, &owner, state.clock().now()).await?;
-    tx.commit().await?;
+    let now = state.clock().now();
+    let sessions = tx::read(&state, ctx, async |tx| {
+        Ok(tokens::live_sessions_of(tx, &owner, now).await?)
+    })
+    .await?;
     let data: Vec<SessionView> = sessions
         .into_iter()
         .map(|s| SessionView {
@@ -517,10 +528,9 @@ async fn list_sessions(
 async fn end_session(
     State(state): State<AppState>,
     tenant: TenantExtract,
-    Path(id): Path<String>,
+    PathId(id): PathId<AuthSessionKind>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id = AuthSessionId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string().into()))?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let session = tokens::get_session(&mut tx, id).await?;
     // Someone else's session answers exactly like a missing one, unless the caller manages
@@ -533,24 +543,7 @@ async fn end_session(
         }
         crate::http::authz::refuse_confined(ctx, Scope::KeysManage)?;
     }
-    crate::service::auth_sessions::end(
-        state.tokens(),
-        state.clock(),
-        &mut tx,
-        id,
-        EndReason::Ended,
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        "auth.session_end",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
-    tx.commit().await?;
-    state.tokens().deny_session_locally(ctx.tenant_id(), id);
+    end_auth_session(&state, ctx, tx, id, EndReason::Ended, "auth.session_end").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -564,11 +557,7 @@ async fn get_policy(
     State(state): State<AppState>,
     tenant: TenantExtract,
 ) -> Result<axum::Json<TokenPolicy>, ApiError> {
-    let ctx = &tenant.0;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let policy = tokens::token_policy(&mut tx).await?;
-    tx.commit().await?;
-    Ok(axum::Json(policy))
+    Ok(axum::Json(policy::read(&state, &tenant.0).await?))
 }
 
 /// Replaces the tenant's token policy.
@@ -598,16 +587,6 @@ async fn put_policy(
                 .into(),
         ));
     }
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    tokens::set_token_policy(&mut tx, &policy).await?;
-    audit::record(
-        &mut tx,
-        "token_policy.update",
-        None,
-        Outcome::Success,
-        json!(policy),
-    )
-    .await?;
-    tx.commit().await?;
+    policy::replace(&state, ctx, &policy).await?;
     Ok(axum::Json(policy))
 }

@@ -12,16 +12,18 @@
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use axum::extract::State;
+use bulkhead_core::id::SessionKind;
 use bulkhead_core::{Scope, SessionId};
 use bulkhead_screening::FieldKind;
 use bulkhead_store::tenant::sessions;
 use bulkhead_store::tenant::tools as tool_store;
-use bulkhead_store::Access;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Path, Tenant};
+use crate::http::extract::Tenant;
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::PathId;
 use crate::http::state::AppState;
 use crate::service::screen::{self, Report};
 
@@ -91,17 +93,18 @@ pub struct Context {
 async fn context(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<SessionKind>,
 ) -> Result<axum::Json<Context>, ApiError> {
     let ctx = &tenant.0;
-    let id: SessionId = super::kit::validate::id(&id)?;
     let visible = super::tools::visible_to(ctx);
     let screener = state.screener();
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let session = sessions::get(&mut tx, id).await?;
-    let policy = screen::policy(&mut tx).await?;
-    let mut tools = tool_store::list(&mut tx, &visible, None, MAX_CONTEXT_TOOLS + 1).await?;
-    tx.commit().await?;
+    let (session, policy, mut tools) = tx::read(&state, ctx, async |tx| {
+        let session = sessions::get(tx, id).await?;
+        let policy = screen::policy(tx).await?;
+        let tools = tool_store::list(tx, &visible, None, MAX_CONTEXT_TOOLS + 1).await?;
+        Ok((session, policy, tools))
+    })
+    .await?;
     let tools_truncated = tools.len() > MAX_CONTEXT_TOOLS as usize;
     tools.truncate(MAX_CONTEXT_TOOLS as usize);
 

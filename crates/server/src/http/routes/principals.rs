@@ -7,10 +7,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_core::id::{AgentKind, UserKind};
 use bulkhead_core::{AgentId, Scope, TenantContext, UserId};
 use bulkhead_store::tenant::agents::{self, Agent, AgentStatus};
 use bulkhead_store::tenant::users::{self, UserRecord, UserStatus};
-use bulkhead_store::{Access, StoreError};
+use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -18,10 +19,11 @@ use serde_json::json;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page, page_limit};
-use crate::http::routes::kit::validate::{self, optional_id};
-use crate::http::routes::kit::write::Tail;
+use crate::http::extract::{Json, Query, Tenant};
+use crate::http::routes::kit::page::{page, PageRequest};
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
+use crate::http::routes::kit::write::{conflict_as, Tail};
 use crate::http::state::AppState;
 
 /// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
@@ -190,13 +192,6 @@ fn check_agent_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn conflict_as(err: StoreError, message: &'static str) -> ApiError {
-    match err {
-        StoreError::Conflict { .. } => ApiError::Conflict(message.into()),
-        other => other.into(),
-    }
-}
-
 #[utoipa::path(
     get, path = "/v1/users", tag = "principals",
     params(ListQuery),
@@ -211,16 +206,16 @@ async fn list_users(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<UserPage>, ApiError> {
-    let limit = page_limit(query.limit)?;
-    let after: Option<UserId> = optional_id(query.cursor.as_deref())?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let rows = users::list(&mut tx, after, limit + 1).await?;
-    tx.commit().await?;
-    let (rows, next_cursor) = into_page(rows, limit, |u| u.id);
-    Ok(axum::Json(UserPage::new(
-        rows.into_iter().map(UserView::from).collect(),
-        next_cursor,
-    )))
+    let (rows, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+        .read(
+            &state,
+            &tenant.0,
+            async |tx, after, n| Ok(users::list(tx, after, n).await?),
+            |u| u.id,
+        )
+        .await?;
+    let views = rows.into_iter().map(UserView::from).collect();
+    Ok(axum::Json(UserPage::new(views, next_cursor)))
 }
 
 #[utoipa::path(
@@ -259,15 +254,15 @@ async fn create_user(
             body.password.clone(),
         )
         .await?;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    // A user's token scopes are every permission: what a user may do is decided by its roles.
-    let user = users::create(&mut tx, &email, &hash, &bulkhead_core::ScopeSet::all())
-        .await
-        .map_err(|e| conflict_as(e, "a user with that email exists"))?;
-    Tail::new()
-        .audit("user.create", user.id, json!({}))
-        .commit(tx, &state, ctx)
-        .await?;
+    let user = tx::write(&state, ctx, async |tx| {
+        // A user's token scopes are every permission: what a user may do is decided by its roles.
+        let user = users::create(tx, &email, &hash, &bulkhead_core::ScopeSet::all())
+            .await
+            .map_err(|e| conflict_as(e, "a user with that email exists"))?;
+        let tail = Tail::new().audit("user.create", user.id, json!({}));
+        Ok((user, tail))
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
@@ -283,12 +278,9 @@ async fn create_user(
 async fn fetch_user(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<UserKind>,
 ) -> Result<axum::Json<UserView>, ApiError> {
-    let id: UserId = validate::id(&id)?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let user = users::get(&mut tx, id).await?;
-    tx.commit().await?;
+    let user = tx::read(&state, &tenant.0, async |tx| Ok(users::get(tx, id).await?)).await?;
     Ok(axum::Json(user.into()))
 }
 
@@ -307,24 +299,22 @@ async fn fetch_user(
 async fn update_user(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateUser>,
+    PathIdJson(id, body): PathIdJson<UserKind, UpdateUser>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let ctx = &tenant.0;
-    let id: UserId = validate::id(&id)?;
     refuse_self_disable(ctx, &id.to_string(), body.status)?;
     let status = match body.status {
         RequestedStatus::Active => UserStatus::Active,
         RequestedStatus::Disabled => UserStatus::Disabled,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    users::set_status(&mut tx, id, status).await?;
-    let user = users::get(&mut tx, id).await?;
-    Tail::new()
-        .audit("user.update", id, json!({ "status": status }))
-        .ceilings_changed()
-        .commit(tx, &state, ctx)
-        .await?;
+    let user = tx::write(&state, ctx, async |tx| {
+        users::set_status(tx, id, status).await?;
+        let tail = Tail::new()
+            .audit("user.update", id, json!({ "status": status }))
+            .ceilings_changed();
+        Ok((users::get(tx, id).await?, tail))
+    })
+    .await?;
     Ok(axum::Json(user.into()))
 }
 
@@ -357,12 +347,14 @@ async fn list_agents(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<AgentPage>, ApiError> {
-    let limit = page_limit(query.limit)?;
-    let after: Option<AgentId> = optional_id(query.cursor.as_deref())?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let rows = agents::list(&mut tx, after, limit + 1).await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |a| a.id);
+    let (data, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+        .read(
+            &state,
+            &tenant.0,
+            async |tx, after, n| Ok(agents::list(tx, after, n).await?),
+            |a| a.id,
+        )
+        .await?;
     Ok(axum::Json(AgentPage::new(data, next_cursor)))
 }
 
@@ -386,19 +378,16 @@ async fn create_agent(
     check_agent_name(&body.name)?;
     let description = validate::description(&body.description)?;
     let owner: Option<UserId> = optional_id(body.owner_user_id.as_deref())?;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    // An owner of another tenant fails the composite foreign key: 404, like a missing one.
-    let agent = agents::create(&mut tx, &body.name, &description, owner)
-        .await
-        .map_err(|e| conflict_as(e, "an agent with that name exists"))?;
-    Tail::new()
-        .audit(
-            "agent.create",
-            agent.id,
-            json!({ "name": agent.name, "owner_user_id": agent.owner_user_id }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
+    let agent = tx::write(&state, ctx, async |tx| {
+        // An owner of another tenant fails the composite foreign key: 404, like a missing one.
+        let agent = agents::create(tx, &body.name, &description, owner)
+            .await
+            .map_err(|e| conflict_as(e, "an agent with that name exists"))?;
+        let meta = json!({ "name": agent.name, "owner_user_id": agent.owner_user_id });
+        let tail = Tail::new().audit("agent.create", agent.id, meta);
+        Ok((agent, tail))
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(agent)))
 }
 
@@ -414,12 +403,9 @@ async fn create_agent(
 async fn fetch_agent(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<AgentKind>,
 ) -> Result<axum::Json<Agent>, ApiError> {
-    let id: AgentId = validate::id(&id)?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let agent = agents::get(&mut tx, id).await?;
-    tx.commit().await?;
+    let agent = tx::read(&state, &tenant.0, async |tx| Ok(agents::get(tx, id).await?)).await?;
     Ok(axum::Json(agent))
 }
 
@@ -437,30 +423,22 @@ async fn fetch_agent(
 async fn update_agent(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateAgent>,
+    PathIdJson(id, body): PathIdJson<AgentKind, UpdateAgent>,
 ) -> Result<axum::Json<Agent>, ApiError> {
     let ctx = &tenant.0;
-    let id: AgentId = validate::id(&id)?;
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     let status = body.status.map(|s| match s {
         RequestedStatus::Active => AgentStatus::Active,
         RequestedStatus::Disabled => AgentStatus::Disabled,
     });
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let agent = agents::update(&mut tx, id, description.as_deref(), status).await?;
-    Tail::new()
-        .audit(
-            "agent.update",
-            id,
-            json!({ "status": agent.status, "description_changed": description.is_some() }),
-        )
-        .ceilings_changed()
-        .commit(tx, &state, ctx)
-        .await?;
+    let agent = tx::write(&state, ctx, async |tx| {
+        let agent = agents::update(tx, id, description.as_deref(), status).await?;
+        let meta = json!({ "status": agent.status, "description_changed": description.is_some() });
+        let tail = Tail::new()
+            .audit("agent.update", id, meta)
+            .ceilings_changed();
+        Ok((agent, tail))
+    })
+    .await?;
     Ok(axum::Json(agent))
 }

@@ -8,20 +8,22 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_auth::rbac::BuiltInRole;
+use bulkhead_core::id::{RoleAssignmentKind, RoleKind};
 use bulkhead_core::{AgentId, RoleAssignmentId, RoleId, Scope, ScopeSet, TenantContext, UserId};
-use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::audit::Outcome;
 use bulkhead_store::tenant::rbac::{self, Assignment, Principal, Role};
-use bulkhead_store::{Access, StoreError};
+use bulkhead_store::{Access, TenantTx};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::{check_may_grant, RouteTable};
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page, page_limit};
-use crate::http::routes::kit::validate::{self, optional_id};
-use crate::http::routes::kit::write::Tail;
+use crate::http::extract::{Json, Query, Tenant};
+use crate::http::routes::kit::page::{page, PageRequest};
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
+use crate::http::routes::kit::write::{conflict_as, record_refusal, Tail};
 use crate::http::state::AppState;
 
 /// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
@@ -203,17 +205,35 @@ async fn audited_grant_check(
     let Err(err) = check_may_grant(ctx, wanted, "role-grant") else {
         return Ok(());
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    audit::record(
-        &mut tx,
+    let meta = json!({ "reason": "escalation", "permissions": wanted.to_strings() });
+    record_refusal(
+        state,
+        ctx,
         action,
         resource.as_deref(),
         Outcome::Blocked,
-        json!({ "reason": "escalation", "permissions": wanted.to_strings() }),
+        meta,
     )
     .await?;
-    tx.commit().await?;
     Err(err)
+}
+
+/// The escalation check of a write under way: a refusal rolls the write back first, then is
+/// audited in its own transaction ([`audited_grant_check`]); a pass hands the write back.
+async fn grant_check_within(
+    state: &AppState,
+    ctx: &TenantContext,
+    tx: TenantTx,
+    action: &str,
+    resource: String,
+    wanted: &ScopeSet,
+) -> Result<TenantTx, ApiError> {
+    if let Err(err) = check_may_grant(ctx, wanted, "role-grant") {
+        tx.rollback().await?;
+        audited_grant_check(state, ctx, action, Some(resource), wanted).await?;
+        return Err(err);
+    }
+    Ok(tx)
 }
 
 #[utoipa::path(
@@ -230,12 +250,10 @@ async fn list_roles(
     tenant: Tenant,
     Query(query): Query<ListRolesQuery>,
 ) -> Result<axum::Json<RolePage>, ApiError> {
-    let limit = page_limit(query.limit)?;
-    let after: Option<RoleId> = optional_id(query.cursor.as_deref())?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let rows = rbac::list_roles(&mut tx, after, limit + 1).await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |r| r.id);
+    let rows = async |tx: &mut TenantTx, after, n| Ok(rbac::list_roles(tx, after, n).await?);
+    let (data, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+        .read(&state, &tenant.0, rows, |r| r.id)
+        .await?;
     Ok(axum::Json(RolePage::new(data, next_cursor)))
 }
 
@@ -260,23 +278,15 @@ async fn create_role(
     let description = validate::description(&body.description)?;
     let permissions = parse_permissions(&body.permissions)?;
     audited_grant_check(&state, ctx, "role.create", None, &permissions).await?;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let role = rbac::create_role(&mut tx, &body.name, &description, &permissions)
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict { .. } => {
-                ApiError::Conflict("a role with that name exists".into())
-            }
-            other => other.into(),
-        })?;
-    Tail::new()
-        .audit(
-            "role.create",
-            role.id,
-            json!({ "name": role.name, "permissions": permissions.to_strings() }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
+    let role = tx::write(&state, ctx, async |tx| {
+        let role = rbac::create_role(tx, &body.name, &description, &permissions)
+            .await
+            .map_err(|e| conflict_as(e, "a role with that name exists"))?;
+        let meta = json!({ "name": role.name, "permissions": permissions.to_strings() });
+        let tail = Tail::new().audit("role.create", role.id, meta);
+        Ok((role, tail))
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(role)))
 }
 
@@ -292,12 +302,12 @@ async fn create_role(
 async fn fetch_role(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<RoleKind>,
 ) -> Result<axum::Json<Role>, ApiError> {
-    let id: RoleId = validate::id(&id)?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let role = rbac::get_role(&mut tx, id).await?;
-    tx.commit().await?;
+    let role = tx::read(&state, &tenant.0, async |tx| {
+        Ok(rbac::get_role(tx, id).await?)
+    })
+    .await?;
     Ok(axum::Json(role))
 }
 
@@ -317,16 +327,10 @@ async fn fetch_role(
 async fn update_role(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateRole>,
+    PathIdJson(id, body): PathIdJson<RoleKind, UpdateRole>,
 ) -> Result<axum::Json<Role>, ApiError> {
     let ctx = &tenant.0;
-    let id: RoleId = validate::id(&id)?;
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     let permissions = body
         .permissions
         .as_deref()
@@ -340,11 +344,8 @@ async fn update_role(
         Some(new) => current.permissions.union(new),
         None => current.permissions.clone(),
     };
-    if let Err(err) = check_may_grant(ctx, &touched, "role-grant") {
-        tx.rollback().await?;
-        audited_grant_check(&state, ctx, "role.update", Some(id.to_string()), &touched).await?;
-        return Err(err);
-    }
+    let mut tx =
+        grant_check_within(&state, ctx, tx, "role.update", id.to_string(), &touched).await?;
     let role = rbac::update_role(&mut tx, id, description.as_deref(), permissions.as_ref()).await?;
     Tail::new()
         .audit(
@@ -372,18 +373,13 @@ async fn update_role(
 async fn delete_role(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<RoleKind>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id: RoleId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let current = rbac::get_role_for_update(&mut tx, id).await?;
-    if let Err(err) = check_may_grant(ctx, &current.permissions, "role-grant") {
-        tx.rollback().await?;
-        let wanted = current.permissions;
-        audited_grant_check(&state, ctx, "role.delete", Some(id.to_string()), &wanted).await?;
-        return Err(err);
-    }
+    let wanted = &current.permissions;
+    let mut tx = grant_check_within(&state, ctx, tx, "role.delete", id.to_string(), wanted).await?;
     rbac::delete_role(&mut tx, id).await?;
     Tail::new()
         .audit("role.delete", id, json!({ "name": current.name }))
@@ -420,14 +416,13 @@ async fn list_assignments(
     tenant: Tenant,
     Query(query): Query<ListAssignmentsQuery>,
 ) -> Result<axum::Json<AssignmentPage>, ApiError> {
-    let limit = page_limit(query.limit)?;
-    let after: Option<RoleAssignmentId> = optional_id(query.cursor.as_deref())?;
+    let page = PageRequest::of_ids(query.limit, query.cursor.as_deref())?;
     let principal = principal_of(query.user_id.as_deref(), query.agent_id.as_deref())?;
     let role: Option<RoleId> = optional_id(query.role_id.as_deref())?;
-    let mut tx = state.store().begin(&tenant.0, Access::ReadOnly).await?;
-    let rows = rbac::list_assignments(&mut tx, principal, role, after, limit + 1).await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |a| a.id);
+    let rows = async |tx: &mut TenantTx, after, n| {
+        Ok(rbac::list_assignments(tx, principal, role, after, n).await?)
+    };
+    let (data, next_cursor) = page.read(&state, &tenant.0, rows, |a| a.id).await?;
     Ok(axum::Json(AssignmentPage::new(data, next_cursor)))
 }
 
@@ -462,21 +457,12 @@ async fn assign(
             ))
         }
     };
-    if let Err(err) = check_may_grant(ctx, &role.permissions, "role-grant") {
-        tx.rollback().await?;
-        let resource = Some(role.id.to_string());
-        audited_grant_check(&state, ctx, "role.assign", resource, &role.permissions).await?;
-        return Err(err);
-    }
+    let (resource, wanted) = (role.id.to_string(), &role.permissions);
+    let mut tx = grant_check_within(&state, ctx, tx, "role.assign", resource, wanted).await?;
     // A role or principal of another tenant fails the composite foreign keys: 404.
     let assignment = rbac::assign(&mut tx, role.id, principal)
         .await
-        .map_err(|e| match e {
-            StoreError::Conflict { .. } => {
-                ApiError::Conflict("the principal holds that role".into())
-            }
-            other => other.into(),
-        })?;
+        .map_err(|e| conflict_as(e, "the principal holds that role"))?;
     Tail::new()
         .audit(
             "role.assign",
@@ -502,19 +488,14 @@ async fn assign(
 async fn unassign(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<RoleAssignmentKind>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
-    let id: RoleAssignmentId = validate::id(&id)?;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let assignment = rbac::get_assignment(&mut tx, id).await?;
     let role = rbac::get_role(&mut tx, assignment.role_id).await?;
-    if let Err(err) = check_may_grant(ctx, &role.permissions, "role-grant") {
-        tx.rollback().await?;
-        let resource = Some(id.to_string());
-        audited_grant_check(&state, ctx, "role.unassign", resource, &role.permissions).await?;
-        return Err(err);
-    }
+    let (resource, wanted) = (id.to_string(), &role.permissions);
+    let mut tx = grant_check_within(&state, ctx, tx, "role.unassign", resource, wanted).await?;
     rbac::unassign(&mut tx, id).await?;
     Tail::new()
         .audit(

@@ -5,18 +5,20 @@ use crate::http::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use bulkhead_core::id::SessionKind;
 use bulkhead_core::{Scope, SessionId};
 use bulkhead_store::tenant::sessions::{
     self, AgentSession, ListSessions, NewSession, SessionPatch, SessionState,
 };
-use bulkhead_store::Access;
+use bulkhead_store::TenantTx;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page_limit};
-use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::extract::{Json, Query, Tenant};
+use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -130,6 +132,13 @@ fn audit_prefix_refusal(
     err.into()
 }
 
+/// A write to a session leaves its audit event and tells the tenant's subscribers.
+fn session_tail(action: &'static str, event: &'static str, id: SessionId) -> Tail {
+    Tail::new()
+        .audit(action, id, json!({}))
+        .event(event, json!({ "session_id": id }))
+}
+
 fn parse_namespace(text: &str) -> Result<bulkhead_core::Namespace, ApiError> {
     bulkhead_core::Namespace::parse(text).map_err(|e| ApiError::Invalid(e.to_string().into()))
 }
@@ -201,15 +210,14 @@ async fn create(
         metadata: check_metadata(body.metadata.unwrap_or_default())?,
         namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let session = sessions::create(&mut tx, &new)
-        .await
-        .map_err(|e| audit_prefix_refusal(ctx, e))?;
-    Tail::new()
-        .audit("session.create", session.id, json!({}))
-        .event("session.created", json!({ "session_id": session.id }))
-        .commit(tx, &state, ctx)
-        .await?;
+    let session = tx::write(&state, ctx, async |tx| {
+        let session = sessions::create(tx, &new)
+            .await
+            .map_err(|e| audit_prefix_refusal(ctx, e))?;
+        let tail = session_tail("session.create", "session.created", session.id);
+        Ok((session, tail))
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(session)))
 }
 
@@ -226,13 +234,12 @@ async fn create(
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<SessionKind>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
-    let ctx = &tenant.0;
-    let id: SessionId = validate::id(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let session = sessions::get(&mut tx, id).await?;
-    tx.commit().await?;
+    let session = tx::read(&state, &tenant.0, async |tx| {
+        Ok(sessions::get(tx, id).await?)
+    })
+    .await?;
     Ok(axum::Json(session))
 }
 
@@ -251,25 +258,20 @@ async fn list(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<SessionPage>, ApiError> {
-    let ctx = &tenant.0;
-    let limit = page_limit(query.limit)?;
-    let after: Option<SessionId> = optional_id(query.cursor.as_deref())?;
+    let page = PageRequest::of_ids(query.limit, query.cursor.as_deref())?;
     if let Some(agent_id) = &query.agent_id {
         check_agent_id(agent_id)?;
     }
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let rows = sessions::list(
-        &mut tx,
-        &ListSessions {
+    let rows = async |tx: &mut TenantTx, after, limit| {
+        let filter = ListSessions {
             after,
-            limit: limit + 1,
+            limit,
             agent_id: query.agent_id,
             state: query.state,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |s| s.id);
+        };
+        Ok(sessions::list(tx, &filter).await?)
+    };
+    let (data, next_cursor) = page.read(&state, &tenant.0, rows, |s| s.id).await?;
     Ok(axum::Json(SessionPage { data, next_cursor }))
 }
 
@@ -288,11 +290,9 @@ async fn list(
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateSession>,
+    PathIdJson(id, body): PathIdJson<SessionKind, UpdateSession>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
     let ctx = &tenant.0;
-    let id: SessionId = validate::id(&id)?;
     if let Some(title) = &body.title {
         check_title(title)?;
     }
@@ -302,15 +302,14 @@ async fn update(
         metadata: body.metadata.map(check_metadata).transpose()?,
         namespace: body.namespace.as_deref().map(parse_namespace).transpose()?,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let session = sessions::update(&mut tx, id, &patch)
-        .await
-        .map_err(|e| audit_prefix_refusal(ctx, e))?;
-    Tail::new()
-        .audit("session.update", session.id, json!({}))
-        .event("session.updated", json!({ "session_id": session.id }))
-        .commit(tx, &state, ctx)
-        .await?;
+    let session = tx::write(&state, ctx, async |tx| {
+        let session = sessions::update(tx, id, &patch)
+            .await
+            .map_err(|e| audit_prefix_refusal(ctx, e))?;
+        let tail = session_tail("session.update", "session.updated", session.id);
+        Ok((session, tail))
+    })
+    .await?;
     Ok(axum::Json(session))
 }
 
@@ -327,16 +326,12 @@ async fn update(
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<SessionKind>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = &tenant.0;
-    let id: SessionId = validate::id(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    sessions::delete(&mut tx, id).await?;
-    Tail::new()
-        .audit("session.delete", id, json!({}))
-        .event("session.deleted", json!({ "session_id": id }))
-        .commit(tx, &state, ctx)
-        .await?;
+    tx::write(&state, &tenant.0, async |tx| {
+        sessions::delete(tx, id).await?;
+        Ok(((), session_tail("session.delete", "session.deleted", id)))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

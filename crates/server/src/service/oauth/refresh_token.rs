@@ -14,6 +14,7 @@ use bulkhead_store::Access;
 use serde_json::json;
 
 use super::{granted_scopes, GrantError, IssuedTokens, Issuer};
+use crate::service::auth_sessions::{end_audited, Ending};
 use crate::service::credentials::VerifiedKey;
 use crate::service::tokens::Grant;
 
@@ -87,26 +88,17 @@ pub async fn refresh(
             }
             // A rotated token presented again: whoever holds it, the family is compromised.
             let session = found.session.id;
-            crate::service::auth_sessions::end(
-                issuer.tokens,
-                issuer.clock,
-                &mut tx,
-                session,
-                EndReason::ReuseDetected,
-            )
-            .await?;
-            audit::record(
-                &mut tx,
-                "security.refresh_token_reuse",
-                Some(&session.to_string()),
-                Outcome::Blocked,
-                json!({
+            let ending = Ending {
+                reason: EndReason::ReuseDetected,
+                action: "security.refresh_token_reuse",
+                outcome: Outcome::Blocked,
+                meta: json!({
                     "principal_id": found.session.principal_id,
                     "client_id": found.session.client_id,
                     "rotated_at": at,
                 }),
-            )
-            .await?;
+            };
+            end_audited(issuer.tokens, issuer.clock, &mut tx, session, ending).await?;
             // The tenant's security alert, in the same transaction: no alert without the
             // revocation, no revocation without the alert.
             bulkhead_store::tenant::webhooks::enqueue_platform_event(

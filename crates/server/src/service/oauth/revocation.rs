@@ -10,6 +10,7 @@ use bulkhead_store::{Access, StoreError};
 use serde_json::json;
 
 use super::Issuer;
+use crate::service::auth_sessions::{end_audited, Ending};
 use crate::service::tokens::VerifiedToken;
 
 fn oauth_context(tenant: TenantId) -> TenantContext {
@@ -57,22 +58,13 @@ pub async fn revoke_refresh_token(
     };
     // RFC 7009 §2.1: revoking a refresh token also invalidates the access tokens of its grant.
     let session = found.session.id;
-    crate::service::auth_sessions::end(
-        issuer.tokens,
-        issuer.clock,
-        &mut tx,
-        session,
-        EndReason::Revoked,
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        "auth.token_revoke",
-        Some(&session.to_string()),
-        Outcome::Success,
-        json!({ "token_type": "refresh_token" }),
-    )
-    .await?;
+    let ending = Ending {
+        reason: EndReason::Revoked,
+        action: "auth.token_revoke",
+        outcome: Outcome::Success,
+        meta: json!({ "token_type": "refresh_token" }),
+    };
+    end_audited(issuer.tokens, issuer.clock, &mut tx, session, ending).await?;
     tx.commit().await?;
     issuer.tokens.deny_session_locally(tenant, session);
     Ok(())

@@ -4,9 +4,11 @@
 //! - [`validate`]: the one description rule, the one id parser, the one NUL check;
 //! - [`page`]: the one page-size rule and the cut of a `limit + 1` query into a page;
 //! - [`write`]: the one tail of a write (audit event, platform events, ceiling change, commit);
-//! - [`policy`]: the one get/put of a tenant-wide policy row.
+//! - [`policy`]: the one get/put of a tenant-wide policy row;
+//! - [`tx`]: the one transaction of a handler (begin, store calls, commit or write tail).
 
 pub(crate) mod page;
 pub(crate) mod policy;
+pub(crate) mod tx;
 pub(crate) mod validate;
 pub(crate) mod write;

@@ -3,7 +3,13 @@
 //! resource: a client learns it once, and the OpenAPI parameters (`minimum = 1, maximum = 200`)
 //! say the same everywhere.
 
+use bulkhead_core::id::IdKind;
+use bulkhead_core::{PrefixedId, TenantContext};
+use bulkhead_store::TenantTx;
+
+use super::{tx, validate};
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Page size of a list request that names none.
 pub(crate) const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -35,6 +41,49 @@ pub(crate) fn into_page<T, C>(
         (rows, cursor)
     } else {
         (rows, None)
+    }
+}
+
+/// The page a list request asked for: its size (checked by [`page_limit`]) and the cursor it
+/// starts after. Made before the route's own filters are checked, so that a bad size or cursor
+/// is the refusal a client sees first on every list route.
+pub(crate) struct PageRequest<C> {
+    limit: u32,
+    after: Option<C>,
+}
+
+impl<C> PageRequest<C> {
+    /// The size checked first, then the cursor read by `parse`.
+    pub(crate) fn new(
+        limit: Option<u32>,
+        cursor: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<C, ApiError>,
+    ) -> Result<Self, ApiError> {
+        let limit = page_limit(limit)?;
+        let after = cursor.map(parse).transpose()?;
+        Ok(Self { limit, after })
+    }
+
+    /// Reads the page in one read-only transaction: `rows` gets the cursor and the number of
+    /// rows to fetch (one more than the page, see [`into_page`]); the page is cut from them, and
+    /// `cursor_of` names the next page's cursor.
+    pub(crate) async fn read<T, N>(
+        self,
+        state: &AppState,
+        ctx: &TenantContext,
+        rows: impl AsyncFnOnce(&mut TenantTx, Option<C>, u32) -> Result<Vec<T>, ApiError>,
+        cursor_of: impl Fn(&T) -> N,
+    ) -> Result<(Vec<T>, Option<N>), ApiError> {
+        let Self { limit, after } = self;
+        let rows = tx::read(state, ctx, async move |tx| rows(tx, after, limit + 1).await).await?;
+        Ok(into_page(rows, limit, cursor_of))
+    }
+}
+
+impl<K: IdKind> PageRequest<PrefixedId<K>> {
+    /// A page of a list whose cursor is an id of its items.
+    pub(crate) fn of_ids(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, ApiError> {
+        Self::new(limit, cursor, validate::id)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The one validation of the text and ids every resource takes.
+//! The one validation of the text and ids every resource takes, and the path id extractor.
 //!
 //! **Descriptions** (API keys, webhook endpoints, agents, roles) follow one rule, written in
 //! `docs/openapi.md` too:
@@ -12,11 +12,19 @@
 //!   consoles, logs and terminals, where a carriage return, an escape sequence or a right-to-left
 //!   override can disguise what the text says.
 
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use bulkhead_core::id::IdKind;
-use bulkhead_core::PrefixedId;
-use serde_json::Value;
+use bulkhead_core::{PrefixedId, TenantContext};
+use bulkhead_store::audit::Outcome;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::write::record_refusal;
 
 use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path};
+use crate::http::state::AppState;
 
 /// Longest description, in characters, after trimming.
 pub(crate) const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -43,10 +51,69 @@ pub(crate) fn description(text: &str) -> Result<String, ApiError> {
     Ok(text.to_owned())
 }
 
+/// An optional description (a patch's): [`description`] when present.
+pub(crate) fn optional_description(text: Option<&str>) -> Result<Option<String>, ApiError> {
+    text.map(description).transpose()
+}
+
+/// A URL the server will call (a webhook or a tool endpoint), judged by the egress policy. A
+/// refusal is audited (`action`, stage `registration`, the rule, in a transaction of its own)
+/// and answered 422 naming `field` and the rule; `what` names the URL in the log.
+pub(crate) async fn egress_url(
+    state: &AppState,
+    ctx: &TenantContext,
+    url: &str,
+    action: &'static str,
+    field: &str,
+    what: &str,
+) -> Result<String, ApiError> {
+    match state.config().webhook_egress.check_url(url) {
+        Ok(checked) => Ok(checked.as_str().to_owned()),
+        Err(refusal) => {
+            let rule = refusal.to_string();
+            let meta = json!({ "stage": "registration", "rule": rule });
+            record_refusal(state, ctx, action, None, Outcome::Blocked, meta).await?;
+            tracing::warn!(target: "bulkhead::audit", action, tenant_id = %ctx.tenant_id(), rule = %rule, "{what} refused");
+            Err(ApiError::Invalid(format!("{field}: {rule}").into()))
+        }
+    }
+}
+
 /// An id from a path, a query or a body: its prefix and form are checked, and a malformed one
 /// is a malformed request (400), never a lookup.
 pub(crate) fn id<K: IdKind>(text: &str) -> Result<PrefixedId<K>, ApiError> {
     PrefixedId::<K>::parse(text).map_err(|e| ApiError::BadRequest(e.to_string().into()))
+}
+
+/// The one `{id}` segment of a route's path as the typed id it names, parsed by [`id`] (a
+/// malformed one is refused 400), for a handler without a body.
+#[derive(Debug)]
+pub(crate) struct PathId<K: IdKind>(pub(crate) PrefixedId<K>);
+
+impl<S: Send + Sync, K: IdKind> FromRequestParts<S> for PathId<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state).await?;
+        id(&text).map(PathId)
+    }
+}
+
+/// The `{id}` of a route's path and its JSON body, for a write to one resource. The body is
+/// read first and its refusal (400/413/415/422) answers before a malformed id's 400: the order
+/// every such handler kept when it parsed its id itself, after axum had read the body.
+#[derive(Debug)]
+pub(crate) struct PathIdJson<K: IdKind, T>(pub(crate) PrefixedId<K>, pub(crate) T);
+
+impl<S: Send + Sync, K: IdKind, T: DeserializeOwned> FromRequest<S> for PathIdJson<K, T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Path(text) = Path::<String>::from_request_parts(&mut parts, state).await?;
+        let Json(body) = Json::<T>::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(PathIdJson(id(&text)?, body))
+    }
 }
 
 /// An optional id (a cursor, a filter): [`id`] when present.

@@ -119,3 +119,32 @@ impl Tail {
         Ok(())
     }
 }
+
+/// A write refused by a unique constraint is a 409 saying what exists; any other store error
+/// maps as usual.
+pub(crate) fn conflict_as(err: bulkhead_store::StoreError, message: &'static str) -> ApiError {
+    match err {
+        bulkhead_store::StoreError::Conflict { .. } => ApiError::Conflict(message.into()),
+        other => other.into(),
+    }
+}
+
+/// The audit event of a refused request (`outcome` blocked or failure), in a transaction of its
+/// own: the refusal changed nothing, and its record must not depend on a write that never began
+/// (or was rolled back).
+pub(crate) async fn record_refusal(
+    state: &AppState,
+    ctx: &TenantContext,
+    action: &str,
+    resource: Option<&str>,
+    outcome: Outcome,
+    meta: Value,
+) -> Result<(), ApiError> {
+    let mut tx = state
+        .store()
+        .begin(ctx, bulkhead_store::Access::ReadWrite)
+        .await?;
+    audit::record(&mut tx, action, resource, outcome, meta).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,26 +1,22 @@
 //! `grant_type=client_credentials` (RFC 6749 §4.4): the client authenticates with its API key;
 //! [`crate::service::oauth::client_credentials`] decides and mints.
 
-use std::net::IpAddr;
+use axum::http::header;
 
-use axum::http::{header, HeaderMap};
-use bulkhead_store::placement::registry::Tenant;
-
-use super::client_auth::{authenticate_client, ClientAuth};
-use super::form::Form;
-use super::{issuer, TokenResponse};
+use super::client_auth::authenticate_client;
+use super::{issuer, GrantRequest, TokenResponse};
 use crate::http::error::OAuthError;
-use crate::http::state::AppState;
 use crate::service::oauth::client_credentials::{self, ClientCredentials};
 
-pub(super) async fn grant(
-    state: &AppState,
-    form: &Form,
-    auth: Option<ClientAuth>,
-    host_tenant: Option<Tenant>,
-    client_ip: Option<IpAddr>,
-    headers: &HeaderMap,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OAuthError> {
+    let GrantRequest {
+        state,
+        form,
+        auth,
+        host_tenant,
+        client_ip,
+        headers,
+    } = request;
     let Some(auth) = auth else {
         return Err(OAuthError::invalid_client(false));
     };

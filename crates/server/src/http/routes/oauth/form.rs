@@ -2,14 +2,47 @@
 //! letter: a parameter sent twice is `invalid_request` (RFC 6749 §3.2).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use zeroize::Zeroizing;
 
 use crate::http::error::OAuthError;
 
 /// Most parameters a form may carry.
 const MAX_PARAMS: usize = 16;
+
+/// What every OAuth endpoint reads of a request, unparsed: the caller's address, the headers
+/// (the host, client authentication, the body's type) and the form body. Each part is refused
+/// as its own extractor refuses it, in the same order.
+pub(crate) struct FormRequest {
+    pub(crate) peer: SocketAddr,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for FormRequest {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            peer,
+            headers,
+            body,
+        })
+    }
+}
 
 /// A parsed form body: each parameter at most once.
 pub(crate) struct Form(HashMap<String, Zeroizing<String>>);

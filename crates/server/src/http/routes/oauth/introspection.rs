@@ -1,17 +1,13 @@
 //! `POST /oauth/introspect` (RFC 7662): what a token of the client's own tenant is.
 
-use std::net::SocketAddr;
-
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::RefreshToken;
 use bulkhead_core::RequestId;
 use serde_json::json;
 
 use super::client_auth::{authenticate_client, client_auth};
-use super::form::Form;
+use super::form::{Form, FormRequest};
 use super::{issuer, oauth_host_tenant, request_ip};
 use crate::http::error::{no_store, ApiError, OAuthError};
 use crate::http::resolve::is_access_token;
@@ -30,13 +26,8 @@ use crate::service::tokens::scope_text;
     ),
     security(("client_basic" = [])),
 )]
-pub(super) async fn introspect(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match introspect_inner(&state, peer, &headers, &body).await {
+pub(super) async fn introspect(State(state): State<AppState>, request: FormRequest) -> Response {
+    match introspect_inner(&state, &request).await {
         Ok(value) => {
             let mut response = axum::Json(value).into_response();
             no_store(response.headers_mut());
@@ -51,11 +42,10 @@ pub(super) async fn introspect(
 /// `{"active": false}` and nothing else.
 async fn introspect_inner(
     state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: &[u8],
+    request: &FormRequest,
 ) -> Result<serde_json::Value, OAuthError> {
-    let form = Form::parse(headers, body)?;
+    let (peer, headers) = (request.peer, &request.headers);
+    let form = Form::parse(headers, &request.body)?;
     let host = oauth_host_tenant(state, headers).await?;
     let Some(auth) = client_auth(headers, &form)? else {
         return Err(OAuthError::invalid_client(false));

@@ -29,8 +29,7 @@ pub mod token_exchange;
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::RefreshToken;
@@ -230,13 +229,8 @@ pub(crate) async fn refresh_tenant(
     ),
     security((), ("client_basic" = [])),
 )]
-async fn token(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match token_inner(&state, peer, &headers, &body).await {
+async fn token(State(state): State<AppState>, request: form::FormRequest) -> Response {
+    match token_inner(&state, &request).await {
         Ok(response) => response.into_response(),
         Err(err) => err.into_response(),
     }
@@ -246,25 +240,37 @@ async fn token(
 /// credentials as presented), then the grant's own module.
 async fn token_inner(
     state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: &[u8],
+    request: &form::FormRequest,
 ) -> Result<TokenResponse, OAuthError> {
-    let form = form::Form::parse(headers, body)?;
+    let (peer, headers) = (request.peer, &request.headers);
+    let form = form::Form::parse(headers, &request.body)?;
     let client_ip = request_ip(state, peer, headers);
     let host_tenant = oauth_host_tenant(state, headers).await?;
     let auth = client_auth::client_auth(headers, &form)?;
+    let request = GrantRequest {
+        state,
+        form: &form,
+        auth,
+        host_tenant,
+        client_ip,
+        headers,
+    };
     match form.get("grant_type") {
         None => Err(OAuthError::invalid_request("grant_type is required")),
-        Some("client_credentials") => {
-            client_credentials::grant(state, &form, auth, host_tenant, client_ip, headers).await
-        }
-        Some("refresh_token") => {
-            refresh_token::grant(state, &form, auth, host_tenant, client_ip).await
-        }
-        Some(TOKEN_EXCHANGE) => {
-            token_exchange::grant(state, &form, auth, host_tenant, client_ip).await
-        }
+        Some("client_credentials") => client_credentials::grant(request).await,
+        Some("refresh_token") => refresh_token::grant(request).await,
+        Some(TOKEN_EXCHANGE) => token_exchange::grant(request).await,
         Some(_) => Err(OAuthError::unsupported_grant_type()),
     }
+}
+
+/// What every grant is given: the form, the client credentials as presented, the host's tenant,
+/// the caller's address and the request's headers.
+pub(super) struct GrantRequest<'a> {
+    state: &'a AppState,
+    form: &'a form::Form,
+    auth: Option<client_auth::ClientAuth>,
+    host_tenant: Option<Tenant>,
+    client_ip: Option<IpAddr>,
+    headers: &'a HeaderMap,
 }

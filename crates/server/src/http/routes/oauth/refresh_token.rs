@@ -2,34 +2,25 @@
 //! agree with the host; an agent's session also needs its key as the client.
 //! [`crate::service::oauth::refresh_token`] rotates and mints.
 
-use std::net::IpAddr;
-
 use bulkhead_auth::RefreshToken;
-use bulkhead_store::placement::registry::Tenant;
 
-use super::client_auth::{authenticate_client, ClientAuth};
-use super::form::Form;
-use super::{grant_error, issuer, refresh_tenant, TokenResponse};
+use super::client_auth::authenticate_client;
+use super::{grant_error, issuer, refresh_tenant, GrantRequest, TokenResponse};
 use crate::http::error::OAuthError;
-use crate::http::state::AppState;
 use crate::service::oauth::refresh_token::{self, Refresh, INVALID_REFRESH};
 
-pub(super) async fn grant(
-    state: &AppState,
-    form: &Form,
-    auth: Option<ClientAuth>,
-    host: Option<Tenant>,
-    client_ip: Option<IpAddr>,
-) -> Result<TokenResponse, OAuthError> {
-    let text = form
+pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAuthError> {
+    let state = grant.state;
+    let text = grant
+        .form
         .get("refresh_token")
         .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
     let presented =
         RefreshToken::parse(text).map_err(|_| OAuthError::invalid_grant(INVALID_REFRESH))?;
-    let tenant = refresh_tenant(state, &presented, host).await?;
-    let client = match &auth {
+    let tenant = refresh_tenant(state, &presented, grant.host_tenant).await?;
+    let client = match &grant.auth {
         Some(auth) => Some(
-            authenticate_client(state, auth, Some(tenant.clone()), client_ip)
+            authenticate_client(state, auth, Some(tenant.clone()), grant.client_ip)
                 .await?
                 .0,
         ),
@@ -39,9 +30,9 @@ pub(super) async fn grant(
         presented: &presented,
         tenant: tenant.id,
         client: client.as_ref(),
-        scope: form.get("scope"),
+        scope: grant.form.get("scope"),
     };
-    let basic = auth.as_ref().is_some_and(|a| a.basic);
+    let basic = grant.auth.as_ref().is_some_and(|a| a.basic);
     let issued = refresh_token::refresh(issuer(state), &request)
         .await
         .map_err(|err| grant_error(err, basic))?;

@@ -1,15 +1,12 @@
 //! `POST /oauth/revoke` (RFC 7009): revokes an access or refresh token.
 
-use std::net::SocketAddr;
-
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::RefreshToken;
 
 use super::client_auth::{authenticate_client, client_auth};
-use super::form::Form;
+use super::form::{Form, FormRequest};
 use super::{issuer, oauth_host_tenant, refresh_tenant, request_ip};
 use crate::http::error::{no_store, OAuthError};
 use crate::http::resolve::is_access_token;
@@ -33,13 +30,8 @@ fn ok_no_store() -> Response {
     ),
     security((), ("client_basic" = [])),
 )]
-pub(super) async fn revoke(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match revoke_inner(&state, peer, &headers, &body).await {
+pub(super) async fn revoke(State(state): State<AppState>, request: FormRequest) -> Response {
+    match revoke_inner(&state, &request).await {
         Ok(()) => ok_no_store(),
         Err(err) => err.into_response(),
     }
@@ -49,13 +41,9 @@ pub(super) async fn revoke(
 /// authority away); a client that authenticates must do so correctly. An unknown, invalid or
 /// already revoked token is not an error (§2.2): the answer is 200 either way, so the endpoint
 /// tells nobody whether a token existed.
-async fn revoke_inner(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), OAuthError> {
-    let form = Form::parse(headers, body)?;
+async fn revoke_inner(state: &AppState, request: &FormRequest) -> Result<(), OAuthError> {
+    let (peer, headers) = (request.peer, &request.headers);
+    let form = Form::parse(headers, &request.body)?;
     let text = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;

@@ -18,7 +18,7 @@ use bulkhead_store::placement::registry::Tenant;
 
 use super::client_auth::{authenticate_client, ClientAuth};
 use super::form::Form;
-use super::{issuer, TokenResponse};
+use super::{issuer, GrantRequest, TokenResponse};
 use crate::http::error::{ApiError, OAuthError};
 use crate::http::resolve::authenticate_api_key;
 use crate::http::state::AppState;
@@ -184,13 +184,15 @@ async fn delegate(
     }
 }
 
-pub(super) async fn grant(
-    state: &AppState,
-    form: &Form,
-    auth: Option<ClientAuth>,
-    host: Option<Tenant>,
-    client_ip: Option<IpAddr>,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OAuthError> {
+    let GrantRequest {
+        state,
+        form,
+        auth,
+        host_tenant: host,
+        client_ip,
+        ..
+    } = request;
     let subject_text = form
         .get("subject_token")
         .ok_or_else(|| OAuthError::invalid_request("subject_token is required"))?;

@@ -88,6 +88,27 @@ struct CallRecord {
     start_event: Option<String>,
 }
 
+impl CallRecord {
+    /// A `tool.call` event of this call: what names the call and its input, and `more` (its
+    /// result and what the stage knows).
+    fn event(&self, outcome: Outcome, more: Value) -> NewEvent<'_> {
+        let mut metadata = json!({
+            "call_id": self.call_id,
+            "tool": self.tool.as_str(),
+            "version": self.version,
+            "input_sha256": self.input_sha256,
+        });
+        if let (Value::Object(all), Value::Object(more)) = (&mut metadata, more) {
+            all.extend(more);
+        }
+        NewEvent {
+            resource_id: self.tool_id.as_deref(),
+            metadata,
+            ..NewEvent::new("tool.call", outcome)
+        }
+    }
+}
+
 /// The audit event of a call's end: caller (the transaction's actor), delegation chain (the
 /// credential's, filled in by the audit store), tool, input hash, outcome, latency, and for a
 /// call that was sent, the id of its `started` event (the two also share `call_id`).
@@ -101,25 +122,14 @@ async fn audit_call(
     if let Some(report) = output {
         report.record(&mut tx, &subject(&r.tool)).await?;
     }
-    audit::record_event(
-        &mut tx,
-        &NewEvent {
-            resource_id: r.tool_id.as_deref(),
-            metadata: json!({
-                "call_id": r.call_id,
-                "tool": r.tool.as_str(),
-                "version": r.version,
-                "input_sha256": r.input_sha256,
-                "result": r.result,
-                "status": r.status,
-                "latency_ms": r.latency_ms,
-                "output_rules": output.map(Report::rules),
-                "start_event_id": r.start_event,
-            }),
-            ..NewEvent::new("tool.call", r.outcome)
-        },
-    )
-    .await?;
+    let end = json!({
+        "result": r.result,
+        "status": r.status,
+        "latency_ms": r.latency_ms,
+        "output_rules": output.map(Report::rules),
+        "start_event_id": r.start_event,
+    });
+    audit::record_event(&mut tx, &r.event(r.outcome, end)).await?;
     tx.commit().await?;
     tracing::info!(target: "bulkhead::audit", action = "tool.call", tenant_id = %ctx.tenant_id(), actor_id = %ctx.actor().audit_id(), tool = %r.tool, result = r.result, latency_ms = r.latency_ms, "tool call");
     Ok(())
@@ -133,21 +143,8 @@ async fn audit_start(
     r: &CallRecord,
 ) -> Result<String, ApiError> {
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let id = audit::record_event(
-        &mut tx,
-        &NewEvent {
-            resource_id: r.tool_id.as_deref(),
-            metadata: json!({
-                "call_id": r.call_id,
-                "tool": r.tool.as_str(),
-                "version": r.version,
-                "input_sha256": r.input_sha256,
-                "result": "started",
-            }),
-            ..NewEvent::new("tool.call", Outcome::Started)
-        },
-    )
-    .await?;
+    let started = json!({ "result": "started" });
+    let id = audit::record_event(&mut tx, &r.event(Outcome::Started, started)).await?;
     tx.commit().await?;
     Ok(id.to_string())
 }

@@ -21,20 +21,20 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::{Scope, TenantContext, ToolName};
 use bulkhead_screening::FieldKind;
-use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::audit::Outcome;
 use bulkhead_store::tenant::tools::{
     self as store, NewTool, Tool, ToolPatch, ToolVersion, Visible,
 };
-use bulkhead_store::Access;
+use bulkhead_store::TenantTx;
 use bulkhead_webhooks::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page_limit};
-use crate::http::routes::kit::policy;
-use crate::http::routes::kit::write::Tail;
+use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::write::{record_refusal, Tail};
+use crate::http::routes::kit::{policy, tx, validate};
 use crate::http::state::AppState;
 use crate::service::screen::Report;
 
@@ -190,27 +190,10 @@ fn subject(name: &ToolName) -> String {
     format!("tool:{name}")
 }
 
-/// Judges an endpoint URL by the egress policy; a refusal is audited and answered 422 naming
-/// the rule.
+/// Judges an endpoint URL by the egress policy ([`validate::egress_url`]).
 async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
-    match state.config().webhook_egress.check_url(url) {
-        Ok(checked) => Ok(checked.as_str().to_owned()),
-        Err(refusal) => {
-            let rule = refusal.to_string();
-            let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-            audit::record(
-                &mut tx,
-                "tool.blocked",
-                None,
-                Outcome::Blocked,
-                json!({ "stage": "registration", "rule": rule }),
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "tool endpoint URL refused");
-            Err(ApiError::Invalid(format!("endpoint_url: {rule}").into()))
-        }
-    }
+    let what = "tool endpoint URL";
+    validate::egress_url(state, ctx, url, "tool.blocked", "endpoint_url", what).await
 }
 
 /// Checks an input schema: an object schema that `bulkhead_schema` can evaluate in bounded
@@ -238,16 +221,8 @@ async fn check_schema(
     let Err(refusal) = checked else {
         return Ok(());
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    audit::record(
-        &mut tx,
-        "tool.blocked",
-        None,
-        Outcome::Blocked,
-        json!({ "stage": "schema", "reason": refusal.reason() }),
-    )
-    .await?;
-    tx.commit().await?;
+    let meta = json!({ "stage": "schema", "reason": refusal.reason() });
+    record_refusal(state, ctx, "tool.blocked", None, Outcome::Blocked, meta).await?;
     tracing::warn!(target: "bulkhead::audit", action = "tool.blocked", tenant_id = %ctx.tenant_id(), reason = refusal.reason(), "tool input schema refused");
     Err(ApiError::Invalid(format!("input_schema: {refusal}").into()))
 }
@@ -295,22 +270,19 @@ async fn create(
         screening: report.outcome(),
         secret: secret.expose_bytes().to_vec(),
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    report.record(&mut tx, &subject).await?;
-    let tool = store::create(&mut tx, &new, state.master_key()).await?;
-    Tail::new()
-        .audit(
-            "tool.create",
-            tool.id,
-            json!({
-                "tool": tool.name,
-                "version": tool.version,
-                "screening": tool.screening,
-                "rules_version": report.rules_version(),
-            }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
+    let tool = tx::write(&state, ctx, async |tx| {
+        report.record(tx, &subject).await?;
+        let tool = store::create(tx, &new, state.master_key()).await?;
+        let meta = json!({
+            "tool": tool.name,
+            "version": tool.version,
+            "screening": tool.screening,
+            "rules_version": report.rules_version(),
+        });
+        let tail = Tail::new().audit("tool.create", tool.id, meta);
+        Ok((tool, tail))
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(ToolWithSecret {
@@ -357,12 +329,12 @@ async fn list(
         let ctx = tenant.require(Scope::ToolsList)?;
         (ctx, visible_to(ctx))
     };
-    let limit = page_limit(query.limit)?;
-    let after = query.cursor.as_deref().map(parse_name).transpose()?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let rows = store::list(&mut tx, &visible, after.as_ref(), limit + 1).await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |t| t.name.clone());
+    let rows = async |tx: &mut TenantTx, after: Option<ToolName>, n| {
+        Ok(store::list(tx, &visible, after.as_ref(), n).await?)
+    };
+    let (data, next_cursor) = PageRequest::new(query.limit, query.cursor.as_deref(), parse_name)?
+        .read(&state, ctx, rows, |t| t.name.clone())
+        .await?;
     Ok(axum::Json(ToolPage { data, next_cursor }))
 }
 
@@ -392,9 +364,7 @@ async fn fetch(
     if !manager && !ctx.may_call_tool(&name) {
         return Err(ApiError::NotFound);
     }
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let tool = store::get(&mut tx, &name).await?;
-    tx.commit().await?;
+    let tool = tx::read(&state, ctx, async |tx| Ok(store::get(tx, &name).await?)).await?;
     if !manager && !tool.enabled {
         return Err(ApiError::NotFound);
     }
@@ -443,44 +413,37 @@ async fn update(
     if let Some(schema) = &schema {
         check_schema(&state, ctx, schema).await?;
     }
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let current = store::get(&mut tx, &name).await?;
-    // The new version is flagged if a changed field was flagged, or if it keeps a flagged
-    // field unchanged (a flag is lifted only by replacing what carried it).
-    let screening = if report.flagged()
-        || (current.screening == "flagged" && !(description.is_some() && schema.is_some()))
-    {
-        "flagged"
-    } else {
-        "clean"
-    };
-    report.record(&mut tx, &subject).await?;
-    let tool = store::update(
-        &mut tx,
-        &name,
-        &ToolPatch {
+    let tool = tx::write(&state, ctx, async |tx| {
+        let current = store::get(tx, &name).await?;
+        // The new version is flagged if a changed field was flagged, or if it keeps a flagged
+        // field unchanged (a flag is lifted only by replacing what carried it).
+        let screening = if report.flagged()
+            || (current.screening == "flagged" && !(description.is_some() && schema.is_some()))
+        {
+            "flagged"
+        } else {
+            "clean"
+        };
+        report.record(tx, &subject).await?;
+        let patch = ToolPatch {
             description: description.map(Option::unwrap_or_default),
             input_schema: schema,
             endpoint_url: url,
             enabled: body.enabled,
             screening,
-        },
-    )
+        };
+        let tool = store::update(tx, &name, &patch).await?;
+        let meta = json!({
+            "tool": tool.name,
+            "version": tool.version,
+            "enabled": tool.enabled,
+            "screening": tool.screening,
+            "rules_version": report.rules_version(),
+        });
+        let tail = Tail::new().audit("tool.update", tool.id, meta);
+        Ok((tool, tail))
+    })
     .await?;
-    Tail::new()
-        .audit(
-            "tool.update",
-            tool.id,
-            json!({
-                "tool": tool.name,
-                "version": tool.version,
-                "enabled": tool.enabled,
-                "screening": tool.screening,
-                "rules_version": report.rules_version(),
-            }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
     Ok(axum::Json(tool))
 }
 
@@ -498,14 +461,15 @@ async fn remove(
     tenant: Tenant,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = &tenant.0;
     let name = parse_name(&name)?;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let id = store::delete(&mut tx, &name).await?;
-    Tail::new()
-        .audit("tool.delete", id, json!({ "tool": name.as_str() }))
-        .commit(tx, &state, ctx)
-        .await?;
+    tx::write(&state, &tenant.0, async |tx| {
+        let id = store::delete(tx, &name).await?;
+        Ok((
+            (),
+            Tail::new().audit("tool.delete", id, json!({ "tool": name.as_str() })),
+        ))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -523,11 +487,11 @@ async fn versions(
     tenant: Tenant,
     Path(name): Path<String>,
 ) -> Result<axum::Json<VersionList>, ApiError> {
-    let ctx = &tenant.0;
     let name = parse_name(&name)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let data = store::versions(&mut tx, &name).await?;
-    tx.commit().await?;
+    let data = tx::read(&state, &tenant.0, async |tx| {
+        Ok(store::versions(tx, &name).await?)
+    })
+    .await?;
     Ok(axum::Json(VersionList { data }))
 }
 

@@ -5,17 +5,19 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use bulkhead_core::{EndpointId, MessageId};
+use bulkhead_core::id::{EndpointKind, MessageKind};
+use bulkhead_core::{EndpointId, MessageId, TenantContext};
 use bulkhead_store::tenant::webhooks::{self as store, Attempt, Delivery, Message, MessageSource};
-use bulkhead_store::Access;
+use bulkhead_store::TenantTx;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{require_audit_read_for_message, valid_event_type, MAX_PAYLOAD_BYTES};
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Tenant};
-use crate::http::routes::kit::validate;
+use crate::http::extract::{Json, Tenant};
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -71,6 +73,18 @@ pub struct Queued {
     deliveries: u64,
 }
 
+/// A message of the tenant (404 if missing or another tenant's), read for a caller that may see
+/// it: one of the audit stream only with `audit:read`.
+async fn readable_message(
+    tx: &mut TenantTx,
+    ctx: &TenantContext,
+    id: MessageId,
+) -> Result<Message, ApiError> {
+    let message = store::get_message(tx, id).await?;
+    require_audit_read_for_message(ctx, &message)?;
+    Ok(message)
+}
+
 /// Queues a `webhook.test` message to this endpoint.
 #[utoipa::path(
     post, path = "/v1/webhooks/endpoints/{id}/test", tag = "webhooks",
@@ -84,33 +98,25 @@ pub struct Queued {
 pub(super) async fn send_test(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<EndpointKind>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ctx = &tenant.0;
-    let id: EndpointId = validate::id(&id)?;
     let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let payload = json!({ "endpoint_id": id });
-    let (message, deliveries) = store::publish(
-        &mut tx,
-        "webhook.test",
-        &payload,
-        MessageSource::Platform,
-        Some(id),
-        now,
-    )
+    let queued = tx::write(&state, &tenant.0, async |tx| {
+        let payload = json!({ "endpoint_id": id });
+        let source = MessageSource::Platform;
+        let (message, deliveries) =
+            store::publish(tx, "webhook.test", &payload, source, Some(id), now).await?;
+        let tail = Tail::new().audit("webhook.test", id, json!({ "message_id": message }));
+        Ok((
+            Queued {
+                id: message,
+                deliveries,
+            },
+            tail,
+        ))
+    })
     .await?;
-    Tail::new()
-        .audit("webhook.test", id, json!({ "message_id": message }))
-        .commit(tx, &state, ctx)
-        .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(Queued {
-            id: message,
-            deliveries,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, axum::Json(queued)))
 }
 
 /// Queues again the failed deliveries created since a time.
@@ -127,22 +133,16 @@ pub(super) async fn send_test(
 pub(super) async fn recover(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<Recover>,
+    PathIdJson(id, body): PathIdJson<EndpointKind, Recover>,
 ) -> Result<axum::Json<Requeued>, ApiError> {
     let ctx = &tenant.0;
-    let id: EndpointId = validate::id(&id)?;
     let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let requeued = store::recover(&mut tx, id, body.since, now).await?;
-    Tail::new()
-        .audit(
-            "webhook.recover",
-            id,
-            json!({ "since": body.since, "requeued": requeued }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
+    let requeued = tx::write(&state, ctx, async |tx| {
+        let requeued = store::recover(tx, id, body.since, now).await?;
+        let meta = json!({ "since": body.since, "requeued": requeued });
+        Ok((requeued, Tail::new().audit("webhook.recover", id, meta)))
+    })
+    .await?;
     Ok(axum::Json(Requeued { requeued }))
 }
 
@@ -185,25 +185,16 @@ pub(super) async fn publish(
         ));
     }
     let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let (id, deliveries) = store::publish(
-        &mut tx,
-        &body.event_type,
-        &body.payload,
-        MessageSource::Tenant,
-        None,
-        now,
-    )
+    let queued = tx::write(&state, ctx, async |tx| {
+        let (event_type, source) = (&body.event_type, MessageSource::Tenant);
+        let (id, deliveries) =
+            store::publish(tx, event_type, &body.payload, source, None, now).await?;
+        let meta = json!({ "event_type": event_type, "deliveries": deliveries });
+        let tail = Tail::new().audit("webhook.message_publish", id, meta);
+        Ok((Queued { id, deliveries }, tail))
+    })
     .await?;
-    Tail::new()
-        .audit(
-            "webhook.message_publish",
-            id,
-            json!({ "event_type": body.event_type, "deliveries": deliveries }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Queued { id, deliveries })))
+    Ok((StatusCode::ACCEPTED, axum::Json(queued)))
 }
 
 /// A message with its deliveries.
@@ -219,19 +210,19 @@ pub(super) async fn publish(
 pub(super) async fn fetch_message(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<MessageKind>,
 ) -> Result<axum::Json<MessageView>, ApiError> {
     let ctx = &tenant.0;
-    let id: MessageId = validate::id(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let message = store::get_message(&mut tx, id).await?;
-    require_audit_read_for_message(ctx, &message)?;
-    let deliveries = store::deliveries_of(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(MessageView {
-        message,
-        deliveries,
-    }))
+    let view = tx::read(&state, ctx, async |tx| {
+        let message = readable_message(tx, ctx, id).await?;
+        let deliveries = store::deliveries_of(tx, id).await?;
+        Ok(MessageView {
+            message,
+            deliveries,
+        })
+    })
+    .await?;
+    Ok(axum::Json(view))
 }
 
 /// A message's attempt log.
@@ -247,16 +238,15 @@ pub(super) async fn fetch_message(
 pub(super) async fn attempts(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<MessageKind>,
 ) -> Result<axum::Json<AttemptList>, ApiError> {
     let ctx = &tenant.0;
-    let id: MessageId = validate::id(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let message = store::get_message(&mut tx, id).await?;
-    require_audit_read_for_message(ctx, &message)?;
-    let attempts = store::attempts_of(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(axum::Json(AttemptList { data: attempts }))
+    let data = tx::read(&state, ctx, async |tx| {
+        readable_message(tx, ctx, id).await?;
+        Ok(store::attempts_of(tx, id).await?)
+    })
+    .await?;
+    Ok(axum::Json(AttemptList { data }))
 }
 
 /// Queues every delivery of a message again.
@@ -272,18 +262,16 @@ pub(super) async fn attempts(
 pub(super) async fn resend(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<MessageKind>,
 ) -> Result<axum::Json<Requeued>, ApiError> {
     let ctx = &tenant.0;
-    let id: MessageId = validate::id(&id)?;
     let now = state.clock().now();
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let message = store::get_message(&mut tx, id).await?;
-    require_audit_read_for_message(ctx, &message)?;
-    let requeued = store::resend(&mut tx, id, now).await?;
-    Tail::new()
-        .audit("webhook.resend", id, json!({ "requeued": requeued }))
-        .commit(tx, &state, ctx)
-        .await?;
+    let requeued = tx::write(&state, ctx, async |tx| {
+        readable_message(tx, ctx, id).await?;
+        let requeued = store::resend(tx, id, now).await?;
+        let meta = json!({ "requeued": requeued });
+        Ok((requeued, Tail::new().audit("webhook.resend", id, meta)))
+    })
+    .await?;
     Ok(axum::Json(Requeued { requeued }))
 }

@@ -8,10 +8,10 @@ use crate::http::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use bulkhead_core::id::EndpointKind;
 use bulkhead_core::{Actor, ApiKeyId, EndpointId, Scope, TenantContext};
-use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::webhooks::{self as store, Endpoint, EndpointPatch, NewEndpoint};
-use bulkhead_store::Access;
+use bulkhead_store::TenantTx;
 use bulkhead_webhooks::headers::check_custom_headers;
 use bulkhead_webhooks::Secret;
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,9 @@ use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::{into_page, page_limit};
-use crate::http::routes::kit::validate::{self, optional_id};
+use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -267,26 +268,9 @@ fn audit_grantors(actor: &Actor) -> Vec<String> {
     }
 }
 
-/// Judges a URL by the egress policy; a refusal is audited and answered 422 naming the rule.
+/// Judges a URL by the egress policy ([`validate::egress_url`]).
 async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<String, ApiError> {
-    match state.config().webhook_egress.check_url(url) {
-        Ok(checked) => Ok(checked.as_str().to_owned()),
-        Err(refusal) => {
-            let rule = refusal.to_string();
-            let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-            audit::record(
-                &mut tx,
-                "webhook.blocked",
-                None,
-                Outcome::Blocked,
-                json!({ "stage": "registration", "rule": rule }),
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::warn!(target: "bulkhead::audit", action = "webhook.blocked", tenant_id = %ctx.tenant_id(), rule = %rule, "endpoint URL refused");
-            Err(ApiError::Invalid(format!("url: {rule}").into()))
-        }
-    }
+    validate::egress_url(state, ctx, url, "webhook.blocked", "url", "endpoint URL").await
 }
 
 /// Registers an endpoint; the `whsec_` secret is in the answer, once.
@@ -324,15 +308,15 @@ async fn create(
         secret: secret.expose_bytes().to_vec(),
         enabled: body.enabled.unwrap_or(true),
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let endpoint = store::create_endpoint(&mut tx, &new, state.master_key()).await?;
-    if streams {
-        store::set_audit_grantors(&mut tx, endpoint.id, &audit_grantors(ctx.actor())).await?;
-    }
-    Tail::new()
-        .audit("webhook.endpoint_create", endpoint.id, json!({}))
-        .commit(tx, &state, ctx)
-        .await?;
+    let endpoint = tx::write(&state, ctx, async |tx| {
+        let endpoint = store::create_endpoint(tx, &new, state.master_key()).await?;
+        if streams {
+            store::set_audit_grantors(tx, endpoint.id, &audit_grantors(ctx.actor())).await?;
+        }
+        let tail = Tail::new().audit("webhook.endpoint_create", endpoint.id, json!({}));
+        Ok((endpoint, tail))
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(EndpointWithSecret {
@@ -357,13 +341,10 @@ async fn list(
     tenant: Tenant,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<EndpointPage>, ApiError> {
-    let ctx = &tenant.0;
-    let limit = page_limit(query.limit)?;
-    let after: Option<EndpointId> = optional_id(query.cursor.as_deref())?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let rows = store::list_endpoints(&mut tx, after, limit + 1).await?;
-    tx.commit().await?;
-    let (data, next_cursor) = into_page(rows, limit, |e| e.id);
+    let rows = async |tx: &mut TenantTx, after, n| Ok(store::list_endpoints(tx, after, n).await?);
+    let (data, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+        .read(&state, &tenant.0, rows, |e| e.id)
+        .await?;
     Ok(axum::Json(EndpointPage { data, next_cursor }))
 }
 
@@ -380,13 +361,12 @@ async fn list(
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<EndpointKind>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
-    let ctx = &tenant.0;
-    let id: EndpointId = validate::id(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
-    let endpoint = store::get_endpoint(&mut tx, id).await?;
-    tx.commit().await?;
+    let endpoint = tx::read(&state, &tenant.0, async |tx| {
+        Ok(store::get_endpoint(tx, id).await?)
+    })
+    .await?;
     Ok(axum::Json(endpoint))
 }
 
@@ -405,16 +385,10 @@ async fn fetch(
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateEndpoint>,
+    PathIdJson(id, body): PathIdJson<EndpointKind, UpdateEndpoint>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
     let ctx = &tenant.0;
-    let id: EndpointId = validate::id(&id)?;
-    let description = body
-        .description
-        .as_deref()
-        .map(validate::description)
-        .transpose()?;
+    let description = validate::optional_description(body.description.as_deref())?;
     if let Some(t) = &body.event_types {
         check_event_types(t)?;
     }
@@ -432,24 +406,23 @@ async fn update(
         rate_limit_per_second: body.rate_limit_per_second,
         headers,
     };
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    let endpoint = store::update_endpoint(&mut tx, id, &patch).await?;
-    // Judged on the endpoint as it will be (in the transaction, so a concurrent change cannot
-    // slip between the check and the commit): whoever leaves it on the audit stream must hold
-    // `audit:read`, and becomes the grantor the stream is checked against from now on. Changing
-    // any field of a streaming endpoint (its URL above all) needs it too.
-    if streams_audit(&endpoint.event_types) {
-        require_audit_read(ctx, "audit-stream-subscription")?;
-        store::set_audit_grantors(&mut tx, id, &audit_grantors(ctx.actor())).await?;
-    }
-    Tail::new()
-        .audit(
-            "webhook.endpoint_update",
-            id,
-            json!({ "enabled": body.enabled }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
+    let endpoint = tx::write(&state, ctx, async |tx| {
+        let endpoint = store::update_endpoint(tx, id, &patch).await?;
+        // Judged on the endpoint as it will be (in the transaction, so a concurrent change cannot
+        // slip between the check and the commit): whoever leaves it on the audit stream must
+        // hold `audit:read`, and becomes the grantor the stream is checked against from now on.
+        // Changing any field of a streaming endpoint (its URL above all) needs it too.
+        if streams_audit(&endpoint.event_types) {
+            require_audit_read(ctx, "audit-stream-subscription")?;
+            store::set_audit_grantors(tx, id, &audit_grantors(ctx.actor())).await?;
+        }
+        let meta = json!({ "enabled": body.enabled });
+        Ok((
+            endpoint,
+            Tail::new().audit("webhook.endpoint_update", id, meta),
+        ))
+    })
+    .await?;
     Ok(axum::Json(endpoint))
 }
 
@@ -466,16 +439,16 @@ async fn update(
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    PathId(id): PathId<EndpointKind>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = &tenant.0;
-    let id: EndpointId = validate::id(&id)?;
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    store::delete_endpoint(&mut tx, id).await?;
-    Tail::new()
-        .audit("webhook.endpoint_delete", id, json!({}))
-        .commit(tx, &state, ctx)
-        .await?;
+    tx::write(&state, &tenant.0, async |tx| {
+        store::delete_endpoint(tx, id).await?;
+        Ok((
+            (),
+            Tail::new().audit("webhook.endpoint_delete", id, json!({})),
+        ))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -513,30 +486,20 @@ async fn rotate_secret(
     }
     let secret = Secret::generate();
     let until = state.clock().now() + chrono::Duration::seconds(grace);
-    let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
-    // The new secret signs the audit stream a receiver trusts: taking it needs `audit:read`, like
-    // subscribing does (checked before anything changes; another tenant's id is still a 404).
-    let current = store::get_endpoint(&mut tx, id).await?;
-    if streams_audit(&current.event_types) {
-        require_audit_read(ctx, "audit-stream-secret")?;
-    }
-    store::rotate_secret(
-        &mut tx,
-        id,
-        secret.expose_bytes(),
-        until,
-        state.master_key(),
-    )
+    let endpoint = tx::write(&state, ctx, async |tx| {
+        // The new secret signs the audit stream a receiver trusts: taking it needs `audit:read`,
+        // like subscribing does (checked before anything changes; another tenant's id is still
+        // a 404).
+        let current = store::get_endpoint(tx, id).await?;
+        if streams_audit(&current.event_types) {
+            require_audit_read(ctx, "audit-stream-secret")?;
+        }
+        store::rotate_secret(tx, id, secret.expose_bytes(), until, state.master_key()).await?;
+        let meta = json!({ "previous_valid_until": until });
+        let tail = Tail::new().audit("webhook.secret_rotate", id, meta);
+        Ok((store::get_endpoint(tx, id).await?, tail))
+    })
     .await?;
-    let endpoint = store::get_endpoint(&mut tx, id).await?;
-    Tail::new()
-        .audit(
-            "webhook.secret_rotate",
-            id,
-            json!({ "previous_valid_until": until }),
-        )
-        .commit(tx, &state, ctx)
-        .await?;
     Ok(axum::Json(EndpointWithSecret {
         endpoint,
         secret: secret.expose_text(),
