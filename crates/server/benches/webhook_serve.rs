@@ -289,6 +289,11 @@ async fn run() {
     let db = TestDb::new().await;
     bulkhead_test_support::ensure_signing_keys(&db).await;
     let store = db.app_store().await;
+    // The open-loop publishers of (b) hold up to this many transactions at once: with the
+    // harness's 10-connection store, a burst on the loaded single CPU queued past the pool's
+    // 5 s acquire timeout and the publisher, not the server, failed. A load generator's pool.
+    let open_loop_store =
+        Store::from_pool_unchecked(db.app_pool(48).await).with_tenant_connection_cap(48);
     let fast = Receiver::start(LOOPBACK, 0, None).await;
     fast.set_keep_alive(true);
     let hanging = Receiver::start(LOOPBACK, 0, None).await;
@@ -410,7 +415,7 @@ async fn run() {
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         ticker.tick().await;
-        let store = store.clone();
+        let store = open_loop_store.clone();
         tasks.push(tokio::spawn(async move {
             let tag = format!("b{i}");
             let at = publish(&store, solo.id, &tag).await;

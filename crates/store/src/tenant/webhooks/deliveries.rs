@@ -359,72 +359,75 @@ pub async fn load_work(tx: &mut TenantTx, id: DeliveryId) -> Result<DeliveryWork
     })
 }
 
-/// Reads claimed deliveries with their messages and endpoints, three queries for the whole
-/// batch. Deliveries deleted since the claim are missing from the answer.
+/// A claimed delivery joined with its message and endpoint: one row of [`load_work_batch`].
+#[derive(sqlx::FromRow)]
+struct WorkRow {
+    d_id: uuid::Uuid,
+    d_message_id: uuid::Uuid,
+    d_status: String,
+    d_attempts: i32,
+    d_next_attempt_at: DateTime<Utc>,
+    d_last_error: Option<String>,
+    m_event_type: String,
+    m_source: String,
+    m_payload: Value,
+    m_created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    endpoint: EndpointRow,
+}
+
+/// Reads claimed deliveries with their messages and endpoints in one round trip (the
+/// dispatcher's read of every batch). Deliveries deleted since the claim, or whose message or
+/// endpoint is gone, are missing from the answer.
 pub async fn load_work_batch(
     tx: &mut TenantTx,
     ids: &[DeliveryId],
 ) -> Result<Vec<DeliveryWork>, StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
-    let deliveries: Vec<DeliveryRow> = sqlx::query_as(
-        "SELECT id, message_id, endpoint_id, status, attempts, next_attempt_at, last_error \
-         FROM webhook_deliveries WHERE tenant_id = $1 AND id = ANY($2)",
-    )
+    let endpoint_columns = ENDPOINT_COLUMNS
+        .split(',')
+        .map(|c| format!("e.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows: Vec<WorkRow> = sqlx::query_as(&format!(
+        "SELECT d.id AS d_id, d.message_id AS d_message_id, d.status AS d_status, \
+                d.attempts AS d_attempts, d.next_attempt_at AS d_next_attempt_at, \
+                d.last_error AS d_last_error, m.event_type AS m_event_type, \
+                m.source AS m_source, m.payload AS m_payload, m.created_at AS m_created_at, \
+                {endpoint_columns} \
+         FROM webhook_deliveries d \
+         JOIN webhook_messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id \
+         JOIN webhook_endpoints e ON e.tenant_id = d.tenant_id AND e.id = d.endpoint_id \
+         WHERE d.tenant_id = $1 AND d.id = ANY($2)"
+    ))
     .bind(tenant.uuid())
     .bind(&ids)
     .fetch_all(tx.conn())
     .await?;
-    let deliveries: Vec<Delivery> = deliveries.into_iter().map(delivery_from).collect();
-    let mut message_ids: Vec<uuid::Uuid> = deliveries.iter().map(|d| d.message_id.uuid()).collect();
-    message_ids.sort_unstable();
-    message_ids.dedup();
-    let mut endpoint_ids: Vec<uuid::Uuid> =
-        deliveries.iter().map(|d| d.endpoint_id.uuid()).collect();
-    endpoint_ids.sort_unstable();
-    endpoint_ids.dedup();
-    let messages: Vec<(uuid::Uuid, String, String, Value, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, event_type, source, payload, created_at FROM webhook_messages \
-         WHERE tenant_id = $1 AND id = ANY($2)",
-    )
-    .bind(tenant.uuid())
-    .bind(&message_ids)
-    .fetch_all(tx.conn())
-    .await?;
-    let messages: std::collections::HashMap<uuid::Uuid, Message> = messages
+    Ok(rows
         .into_iter()
-        .map(|(id, event_type, source, payload, created_at)| {
-            (
-                id,
-                Message {
-                    id: MessageId::from_uuid(id),
-                    event_type,
-                    source,
-                    payload,
-                    created_at,
+        .map(|r| {
+            let endpoint: Endpoint = r.endpoint.into();
+            DeliveryWork {
+                delivery: Delivery {
+                    id: DeliveryId::from_uuid(r.d_id),
+                    message_id: MessageId::from_uuid(r.d_message_id),
+                    endpoint_id: endpoint.id,
+                    status: r.d_status,
+                    attempts: r.d_attempts,
+                    next_attempt_at: r.d_next_attempt_at,
+                    last_error: r.d_last_error,
                 },
-            )
-        })
-        .collect();
-    let endpoints: Vec<EndpointRow> = sqlx::query_as(&format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = ANY($2)"
-    ))
-    .bind(tenant.uuid())
-    .bind(&endpoint_ids)
-    .fetch_all(tx.conn())
-    .await?;
-    let endpoints: std::collections::HashMap<uuid::Uuid, Endpoint> =
-        endpoints.into_iter().map(|r| (r.id, r.into())).collect();
-    Ok(deliveries
-        .into_iter()
-        .filter_map(|delivery| {
-            let message = messages.get(&delivery.message_id.uuid())?.clone();
-            let endpoint = endpoints.get(&delivery.endpoint_id.uuid())?.clone();
-            Some(DeliveryWork {
-                delivery,
-                message,
+                message: Message {
+                    id: MessageId::from_uuid(r.d_message_id),
+                    event_type: r.m_event_type,
+                    source: r.m_source,
+                    payload: r.m_payload,
+                    created_at: r.m_created_at,
+                },
                 endpoint,
-            })
+            }
         })
         .collect())
 }
@@ -468,12 +471,26 @@ pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(),
         .iter()
         .map(|s| truncate(&s.response_sample, 4096))
         .collect();
+    // One statement, one round trip: the attempt log, the deliveries and the endpoints'
+    // failure streaks (data-modifying CTEs all run, each under the tenant's RLS policies).
+    let mut unique_endpoints = endpoints.clone();
+    unique_endpoints.sort_unstable();
+    unique_endpoints.dedup();
     sqlx::query(
-        "INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
-         attempted_at, outcome, status_code, latency_ms, response_sample) \
-         SELECT $1, a, d, m, e, t, 'succeeded', c, l, s \
-         FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[], \
-                     $7::int[], $8::int[], $9::text[]) AS x(a, d, m, e, t, c, l, s)",
+        "WITH attempts AS ( \
+           INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
+             attempted_at, outcome, status_code, latency_ms, response_sample) \
+           SELECT $1, a, d, m, e, t, 'succeeded', c, l, s \
+           FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[], \
+                       $7::int[], $8::int[], $9::text[]) AS x(a, d, m, e, t, c, l, s) \
+         ), finished AS ( \
+           UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, \
+             locked_until = NULL, updated_at = now() WHERE tenant_id = $1 AND id = ANY($3) \
+         ) \
+         UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+           circuit_open_until = NULL WHERE tenant_id = $1 AND id = ANY($10) \
+           AND (consecutive_failures <> 0 OR failing_since IS NOT NULL \
+                OR circuit_open_until IS NOT NULL)",
     )
     .bind(tenant.uuid())
     .bind(&attempt_ids)
@@ -484,26 +501,7 @@ pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(),
     .bind(&codes)
     .bind(&latency)
     .bind(&samples)
-    .execute(tx.conn())
-    .await?;
-    sqlx::query(
-        "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, \
-         locked_until = NULL, updated_at = now() WHERE tenant_id = $1 AND id = ANY($2)",
-    )
-    .bind(tenant.uuid())
-    .bind(&deliveries)
-    .execute(tx.conn())
-    .await?;
-    let mut endpoints = endpoints;
-    endpoints.sort_unstable();
-    endpoints.dedup();
-    sqlx::query(
-        "UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
-         circuit_open_until = NULL WHERE tenant_id = $1 AND id = ANY($2) \
-         AND (consecutive_failures <> 0 OR failing_since IS NOT NULL OR circuit_open_until IS NOT NULL)",
-    )
-    .bind(tenant.uuid())
-    .bind(&endpoints)
+    .bind(&unique_endpoints)
     .execute(tx.conn())
     .await?;
     Ok(())

@@ -140,9 +140,17 @@ pub(super) async fn insert_message(
     let payload = &message_body(event_type, source, data);
     let tenant = tx.tenant_id();
     let id = MessageId::new();
+    // Delivery ids are made here (UUIDv7 by the application), one per target endpoint. The
+    // message and its deliveries go in one statement: one round trip per publish.
+    let ids: Vec<uuid::Uuid> = targets.iter().map(|_| DeliveryId::new().uuid()).collect();
     sqlx::query(
-        "INSERT INTO webhook_messages (tenant_id, id, event_type, source, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "WITH message AS ( \
+           INSERT INTO webhook_messages (tenant_id, id, event_type, source, payload, created_at) \
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING tenant_id, id \
+         ) \
+         INSERT INTO webhook_deliveries (tenant_id, id, message_id, endpoint_id, next_attempt_at) \
+         SELECT message.tenant_id, d, message.id, e, $6 \
+         FROM message, unnest($7::uuid[], $8::uuid[]) AS t(d, e)",
     )
     .bind(tenant.uuid())
     .bind(id.uuid())
@@ -150,19 +158,8 @@ pub(super) async fn insert_message(
     .bind(source.as_str())
     .bind(payload)
     .bind(now)
-    .execute(tx.conn())
-    .await?;
-    // Delivery ids are made here (UUIDv7 by the application), one per target endpoint.
-    let ids: Vec<uuid::Uuid> = targets.iter().map(|_| DeliveryId::new().uuid()).collect();
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (tenant_id, id, message_id, endpoint_id, next_attempt_at) \
-         SELECT $1, d, $2, e, $5 FROM unnest($3::uuid[], $4::uuid[]) AS t(d, e)",
-    )
-    .bind(tenant.uuid())
-    .bind(id.uuid())
     .bind(&ids)
     .bind(targets)
-    .bind(now)
     .execute(tx.conn())
     .await?;
     Ok(id)
