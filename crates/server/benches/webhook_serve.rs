@@ -210,20 +210,26 @@ async fn endpoint(store: &Store, tenant: TenantId, url: &str) {
 
 /// Publishes one message tagged `tag` and returns when its transaction has committed.
 async fn publish(store: &Store, tenant: TenantId, tag: &str) -> Instant {
-    let mut tx = store.begin(&ctx(tenant), Access::ReadWrite).await.unwrap();
+    try_publish(store, tenant, tag)
+        .await
+        .expect("publish a bench message")
+}
+
+/// Like [`publish`], `None` when the transaction could not be had or committed.
+async fn try_publish(store: &Store, tenant: TenantId, tag: &str) -> Option<Instant> {
+    let mut tx = store.begin(&ctx(tenant), Access::ReadWrite).await.ok()?;
     store::publish(
         &mut tx,
         "bench.tick",
-        // Delivered as the `data` of the message body (`webhooks::message_body`).
         &json!({ "tag": tag }),
         MessageSource::Tenant,
         None,
         chrono::Utc::now(),
     )
     .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    Instant::now()
+    .ok()?;
+    tx.commit().await.ok()?;
+    Some(Instant::now())
 }
 
 /// Arrival time of each tagged message at `receiver`.
@@ -289,11 +295,11 @@ async fn run() {
     let db = TestDb::new().await;
     bulkhead_test_support::ensure_signing_keys(&db).await;
     let store = db.app_store().await;
-    // The open-loop publishers of (b) hold up to this many transactions at once: with the
-    // harness's 10-connection store, a burst on the loaded single CPU queued past the pool's
-    // 5 s acquire timeout and the publisher, not the server, failed. A load generator's pool.
+    // The open-loop publishers of (b) hold up to 8 transactions at once, like the 8 publishers
+    // of (a) (the harness's store lets one tenant hold 2). A publish that still waits past the
+    // pool's acquire timeout is counted as not published, not a crash of the bench.
     let open_loop_store =
-        Store::from_pool_unchecked(db.app_pool(48).await).with_tenant_connection_cap(48);
+        Store::from_pool_unchecked(db.app_pool(8).await).with_tenant_connection_cap(8);
     let fast = Receiver::start(LOOPBACK, 0, None).await;
     fast.set_keep_alive(true);
     let hanging = Receiver::start(LOOPBACK, 0, None).await;
@@ -418,17 +424,27 @@ async fn run() {
         let store = open_loop_store.clone();
         tasks.push(tokio::spawn(async move {
             let tag = format!("b{i}");
-            let at = publish(&store, solo.id, &tag).await;
+            let at = try_publish(&store, solo.id, &tag).await;
             (tag, at)
         }));
     }
     let offered = total as f64 / started.elapsed().as_secs_f64();
     let mut sent = HashMap::new();
+    let mut refused = 0;
     for t in tasks {
-        let (tag, at) = t.await.unwrap();
-        sent.insert(tag, at);
+        match t.await.unwrap() {
+            (tag, Some(at)) => {
+                sent.insert(tag, at);
+            }
+            (_, None) => refused += 1,
+        }
     }
-    let done = wait_for(&fast, before + total, Duration::from_secs(30)).await;
+    if refused > 0 {
+        println!(
+            "(b) {refused} of {total} publishes failed (the database was too slow to take them)"
+        );
+    }
+    let done = wait_for(&fast, before + sent.len(), Duration::from_secs(30)).await;
     let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
     let lat = latencies(&sent, &arrivals(&fast));
     println!(

@@ -1202,3 +1202,105 @@ async fn a_tenant_hanging_its_route_on_a_shared_http2_host_does_not_stall_anothe
     let _ = stop.send(true);
     run.abort();
 }
+
+/// A batch of successes and a failure of the same endpoint, one with a failure streak, recorded
+/// at the same time (review of issue 25): both writers take the tenant's `stored_bytes` quota
+/// lock before the endpoint row, so they queue instead of deadlocking. With the success batch
+/// written as one statement, its endpoint update locked the row first and PostgreSQL killed one
+/// of the two after `deadlock_timeout`, so the batch's successes were sent again.
+#[tokio::test]
+async fn a_success_batch_and_a_failure_of_one_failing_endpoint_record_without_deadlock() {
+    let rig = Rig::new(Clock::system()).await;
+    let a = rig.tenant("lockorder").await;
+    let (endpoint, _) = rig.endpoint(&a, "https://flaky.test:443/hook").await;
+    rig.publish(&a, 1).await;
+    rig.publish(&a, 2).await;
+    let claimed = rig
+        .store
+        .claim_webhook_deliveries(10, 4, 60, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let ids: Vec<_> = claimed.iter().map(|c| c.id).collect();
+    let mut tx = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
+    store::endpoint_failed(
+        &mut tx,
+        endpoint,
+        Utc::now(),
+        5,
+        chrono::Duration::seconds(60),
+    )
+    .await
+    .unwrap();
+    let work = store::load_work_batch(&mut tx, &ids).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(work.len(), 2);
+    assert_eq!(rig.endpoint_row(&a, endpoint).await.consecutive_failures, 1);
+
+    // The failure path first writes its attempt (taking the quota lock) ...
+    let mut failing = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
+    store::record_attempt(
+        &mut failing,
+        &work[1],
+        &store::NewAttempt {
+            attempted_at: Utc::now(),
+            outcome: "failed",
+            status_code: Some(503),
+            latency_ms: 3,
+            error_class: Some("http_status".into()),
+            error: Some("the receiver answered 503".into()),
+            response_sample: None,
+        },
+    )
+    .await
+    .unwrap();
+    // ... meanwhile the recorder writes a success of the same endpoint ...
+    let (store2, a2, success) = (
+        rig.store.clone(),
+        a.clone(),
+        store::Success {
+            delivery: work[0].delivery.id,
+            message: work[0].message.id,
+            endpoint,
+            attempted_at: Utc::now(),
+            status_code: 200,
+            latency_ms: 2,
+            response_sample: String::new(),
+        },
+    );
+    let recorder = tokio::spawn(async move {
+        let mut tx = store2.begin(&a2, Access::ReadWrite).await?;
+        store::record_successes(&mut tx, &[success]).await?;
+        tx.commit().await
+    });
+    // (long enough for the recorder to take whatever locks it takes before it must wait)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and the failure path then updates the endpoint's streak.
+    store::endpoint_failed(
+        &mut failing,
+        endpoint,
+        Utc::now(),
+        5,
+        chrono::Duration::seconds(60),
+    )
+    .await
+    .expect("the failure path is not a deadlock victim");
+    failing.commit().await.unwrap();
+    recorder
+        .await
+        .unwrap()
+        .expect("the success batch is not a deadlock victim");
+    // The success came last: the streak is reset and both attempts are in the log.
+    assert_eq!(rig.endpoint_row(&a, endpoint).await.consecutive_failures, 0);
+    let mut outcomes: Vec<String> = Vec::new();
+    for w in &work {
+        outcomes.extend(
+            rig.attempts(&a, w.message.id)
+                .await
+                .into_iter()
+                .map(|x| x.outcome),
+        );
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["failed", "succeeded"]);
+}

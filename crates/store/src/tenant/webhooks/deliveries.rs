@@ -452,7 +452,7 @@ pub struct Success {
 }
 
 /// Records many successful attempts of the transaction's tenant at once: one insert into the
-/// attempt log, one update of the deliveries, one of the endpoints' failure streaks. The same
+/// attempt log, then one statement updating the deliveries and the endpoints' failure streaks. The same
 /// rows and values [`record_attempt`], [`finish_delivery`] and [`endpoint_succeeded`] write one
 /// by one.
 pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(), StoreError> {
@@ -471,26 +471,19 @@ pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(),
         .iter()
         .map(|s| truncate(&s.response_sample, 4096))
         .collect();
-    // One statement, one round trip: the attempt log, the deliveries and the endpoints'
-    // failure streaks (data-modifying CTEs all run, each under the tenant's RLS policies).
-    let mut unique_endpoints = endpoints.clone();
-    unique_endpoints.sort_unstable();
-    unique_endpoints.dedup();
+    // Two statements. The attempt log first, on its own: its quota trigger takes the tenant's
+    // `stored_bytes` row lock when the statement ends, and the failure path (record_attempt,
+    // then endpoint_failed) takes that lock before the endpoint row too; an endpoint update in
+    // the same statement would lock the endpoint first and deadlock against it. Only deliveries
+    // that still exist get an attempt: one deleted with its endpoint mid-flight would otherwise
+    // fail the foreign key and with it the whole batch (sent again after the lease).
     sqlx::query(
-        "WITH attempts AS ( \
-           INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
-             attempted_at, outcome, status_code, latency_ms, response_sample) \
-           SELECT $1, a, d, m, e, t, 'succeeded', c, l, s \
-           FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[], \
-                       $7::int[], $8::int[], $9::text[]) AS x(a, d, m, e, t, c, l, s) \
-         ), finished AS ( \
-           UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, \
-             locked_until = NULL, updated_at = now() WHERE tenant_id = $1 AND id = ANY($3) \
-         ) \
-         UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
-           circuit_open_until = NULL WHERE tenant_id = $1 AND id = ANY($10) \
-           AND (consecutive_failures <> 0 OR failing_since IS NOT NULL \
-                OR circuit_open_until IS NOT NULL)",
+        "INSERT INTO webhook_attempts (tenant_id, id, delivery_id, message_id, endpoint_id, \
+           attempted_at, outcome, status_code, latency_ms, response_sample) \
+         SELECT $1, x.a, x.d, x.m, x.e, x.t, 'succeeded', x.c, x.l, x.s \
+         FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[], \
+                     $7::int[], $8::int[], $9::text[]) AS x(a, d, m, e, t, c, l, s) \
+         JOIN webhook_deliveries w ON w.tenant_id = $1 AND w.id = x.d",
     )
     .bind(tenant.uuid())
     .bind(&attempt_ids)
@@ -501,6 +494,24 @@ pub async fn record_successes(tx: &mut TenantTx, done: &[Success]) -> Result<(),
     .bind(&codes)
     .bind(&latency)
     .bind(&samples)
+    .execute(tx.conn())
+    .await?;
+    // Then the deliveries and the endpoints' failure streaks in one statement.
+    let mut unique_endpoints = endpoints;
+    unique_endpoints.sort_unstable();
+    unique_endpoints.dedup();
+    sqlx::query(
+        "WITH finished AS ( \
+           UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, \
+             locked_until = NULL, updated_at = now() WHERE tenant_id = $1 AND id = ANY($2) \
+         ) \
+         UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+           circuit_open_until = NULL WHERE tenant_id = $1 AND id = ANY($3) \
+           AND (consecutive_failures <> 0 OR failing_since IS NOT NULL \
+                OR circuit_open_until IS NOT NULL)",
+    )
+    .bind(tenant.uuid())
+    .bind(&deliveries)
     .bind(&unique_endpoints)
     .execute(tx.conn())
     .await?;
