@@ -322,11 +322,12 @@ pub(crate) async fn key_scopes(
     now: DateTime<Utc>,
     key: &crate::service::credentials::VerifiedKey,
 ) -> Result<Option<ScopeSet>, StoreError> {
-    let actor = Actor::ApiKey {
+    let credential = bulkhead_core::Credential::ApiKey {
         key_id: key.key_id,
         scopes: key.scopes.clone(),
     };
-    let ctx = TenantContext::new(key.tenant_id, actor, bulkhead_core::RequestId::new());
+    let ctx =
+        TenantContext::for_credential(key.tenant_id, credential, bulkhead_core::RequestId::new());
     let ceiling = ceilings.of(store, &ctx, now).await?;
     Ok(narrow(ctx.actor().clone(), &ceiling).and_then(|a| a.scopes().cloned()))
 }

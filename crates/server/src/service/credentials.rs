@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_auth::{ApiKey, KeyEnvironment, KeyHash, KeyPepper};
-use bulkhead_core::{Actor, ApiKeyId, Clock, RequestId, ScopeSet, TenantContext, TenantId};
+use bulkhead_core::{ApiKeyId, Clock, ScopeSet, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::api_keys::{self, effective_status, KeyRecord, KeyStatus};
 use bulkhead_store::{Access, Store, StoreError};
@@ -288,13 +288,7 @@ impl KeyVerifier {
         let store = self.store.clone();
         let (tenant, key_id) = (cached.record.tenant_id, cached.record.key_id);
         tokio::spawn(async move {
-            let ctx = TenantContext::new(
-                tenant,
-                Actor::System {
-                    component: "key-usage",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(tenant, "key-usage");
             let result = async {
                 let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
                 api_keys::touch(&mut tx, key_id, now, ip).await?;
@@ -321,13 +315,7 @@ impl KeyVerifier {
         );
         let old_version = record.pepper_version;
         tokio::spawn(async move {
-            let ctx = TenantContext::new(
-                tenant,
-                Actor::System {
-                    component: "pepper-rotation",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(tenant, "pepper-rotation");
             let result = async {
                 let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
                 api_keys::rehash(&mut tx, key_id, &current_hash, version).await?;
