@@ -565,7 +565,8 @@ impl TokenSettings {
 
 /// The environment variables read outside clap's flags, all here (`crates/architecture` checks
 /// that nothing else reads the environment): server secrets, kept out of `ps` and `--help`;
-/// the account running a CLI command, for its audit events; and `REDIS_URL`. Each is read when
+/// the account running a CLI command, for its audit events; `PATH`, where the embedded cluster
+/// finds the PostgreSQL binaries; and `REDIS_URL`. Each is read when
 /// it is needed, never cached, and never logged.
 pub mod environment {
     use zeroize::Zeroizing;
@@ -617,6 +618,11 @@ pub mod environment {
             .find_map(|name| std::env::var(name).ok())
             .unwrap_or_else(|| "unknown".to_owned());
         format!("cli:{}", name.chars().take(64).collect::<String>())
+    }
+
+    /// `PATH`: where the embedded cluster looks for the PostgreSQL server binaries first.
+    pub fn binary_search_path() -> Option<std::ffi::OsString> {
+        std::env::var_os("PATH")
     }
 
     /// `REDIS_URL`, when set and not empty: the rate limiters' shared store.
