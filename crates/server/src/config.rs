@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use bulkhead_auth::KeyEnvironment;
 
+pub mod limits;
+
+pub use limits::{CacheSettings, LimitArgs, RateLimitSettings};
+
 /// `serve`'s serving-pool size unless `--max-connections` says otherwise. A tenant may hold a
 /// quarter of the pool at once (the store's per-tenant transaction cap).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 20;
@@ -114,6 +118,9 @@ pub struct ServeArgs {
     /// Client connection timeouts and caps.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Rate-limit quotas and cache lifetimes.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Client connections: what a connection may cost before and while it sends a request.
@@ -253,9 +260,10 @@ pub struct AppConfig {
     pub key_environment: KeyEnvironment,
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// How long a registry answer (slug or id → tenant) may be reused. Suspending a tenant takes
-    /// effect on every process within this time.
-    pub registry_ttl: Duration,
+    /// How long registry answers, verified keys, role ceilings and tool schemas are reused.
+    pub caches: CacheSettings,
+    /// The rate limiters' quotas and concurrency (used when limiting is on).
+    pub rate_limits: RateLimitSettings,
     /// Access-token issuer, audience and lifetime.
     pub tokens: TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
@@ -368,7 +376,8 @@ impl AppConfig {
                 ..Default::default()
             },
             base_domain,
-            registry_ttl: Duration::from_secs(2),
+            caches: CacheSettings::default(),
+            rate_limits: RateLimitSettings::default(),
             tokens,
             #[cfg(feature = "probe-weakness")]
             weaken_host_check: false,
