@@ -14,16 +14,17 @@
 //!     ceilings of `service::ceilings`, for a key already verified for its tenant).
 //!   - [`TenantContext::for_system`] builds the system actor itself from a component name: the
 //!     job worker and sweeps (`service::worker`, after the registry says the tenant is active),
-//!     the audit sequencer (`service::audit_log`), key bookkeeping off the request path
-//!     (`service::credentials`), the OAuth grants that authenticate a refresh or subject token
-//!     (`service::oauth`), the login endpoint's tenant named by host or body (`http::resolve`),
-//!     the operator commands (`cli`), tenant onboarding, status changes and moves in the store
-//!     (`lifecycle`), and the webhook dispatcher (`bulkhead-webhooks`). Route handlers never call
-//!     it (the architecture checker refuses it under `http/routes`).
+//!     the audit log's sequencer and authentication-failure writer (`service::audit_log`), key
+//!     bookkeeping off the request path (`service::credentials`), the OAuth grants that
+//!     authenticate a refresh or subject token (`service::oauth`), the login endpoint's tenant
+//!     named by host or body (`http::resolve`), the operator commands (`cli`), tenant
+//!     onboarding, status changes and moves in the store (`lifecycle`), and the webhook
+//!     dispatcher (`bulkhead-webhooks`). Route handlers never call it (the architecture checker
+//!     refuses it under `http/routes`).
 //!   - [`TenantContext::narrowed`] keeps tenant, actor and request and cuts the scopes to a role
 //!     ceiling (resolution).
-//!   - [`TenantContext::for_test`] takes any actor, behind the `testing` feature that only
-//!     dev-dependencies enable.
+//!   - `TenantContext::for_test` takes any actor, behind the `testing` feature that only
+//!     dev-dependencies (through `bulkhead-test-support`) enable.
 //! - [`TenantCache`] keys always contain the [`TenantId`] of the context they were written under;
 //!   there is no method that reads or writes without a context.
 //! - [`TenantSlug`] values are valid DNS labels and never one of the [reserved](slug::RESERVED_SLUGS) names.
