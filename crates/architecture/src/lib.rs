@@ -24,9 +24,13 @@
 //!    [`env_reads::ALLOWED_FILES`]. `env!` and `option_env!` are compile time and fine; clap's
 //!    `env = "…"` attributes are declarations, not reads. Why: one place reads and validates every
 //!    setting, so a user can find them all and a typo fails at start, not on first use.
+//! 4. **Route handlers do not mint a system context** ([`system_contexts`]): no file under
+//!    `http/routes/` names `TenantContext::for_system`. Why: a handler acts for a caller, and a
+//!    system context holds every scope; the contexts a handler works in are made by resolution
+//!    (issue 18: seven were built in route handlers).
 //!
 //! Code under `#[cfg(test)]` is not part of the module graph (test modules import what they test
-//! across the tree, which is not a dependency of the product); it still counts for the other two
+//! across the tree, which is not a dependency of the product); it still counts for the other
 //! rules.
 //!
 //! # The baseline
@@ -55,6 +59,7 @@ pub mod cycles;
 pub mod env_reads;
 pub mod file_length;
 mod modules;
+pub mod system_contexts;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -197,6 +202,7 @@ pub fn check(workspace: &Workspace) -> Result<Vec<Violation>, Error> {
     violations.extend(cycles::check(&parsed)?);
     violations.extend(file_length::check(workspace));
     violations.extend(env_reads::check(&parsed));
+    violations.extend(system_contexts::check(&parsed));
     violations.sort();
     violations.dedup_by(|later, earlier| later.key == earlier.key);
     Ok(violations)

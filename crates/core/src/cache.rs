@@ -79,15 +79,9 @@ impl<K, V> fmt::Debug for TenantCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Actor;
-    use crate::id::RequestId;
 
     fn ctx(tenant: TenantId) -> TenantContext {
-        TenantContext::new(
-            tenant,
-            Actor::System { component: "test" },
-            RequestId::new(),
-        )
+        TenantContext::for_system(tenant, "test")
     }
 
     #[tokio::test]

@@ -102,10 +102,76 @@ impl Actor {
     }
 }
 
+/// A credential the tenant issued, verified by resolution: the actors a context may be made for
+/// on a caller's behalf. Bulkhead itself (the system actor) is not a credential, so a context
+/// made from one never holds every scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key of the tenant (fields as in [`Actor::ApiKey`]).
+    ApiKey {
+        /// The key record (never the key).
+        key_id: ApiKeyId,
+        /// What the key may do.
+        scopes: ScopeSet,
+    },
+    /// An access token issued for the tenant (fields as in [`Actor::Token`]).
+    Token {
+        /// The token's subject: a `user_…` id or an agent's principal.
+        subject: String,
+        /// Whether the subject is a human user (else an agent).
+        human: bool,
+        /// The client the token was issued to.
+        client_id: String,
+        /// The token's `jti`.
+        token_id: AccessTokenId,
+        /// The auth session the token was minted from, if any.
+        session_id: Option<AuthSessionId>,
+        /// What the token may do.
+        scopes: ScopeSet,
+        /// The namespace the token is confined to, if any.
+        resource_prefix: Option<Namespace>,
+        /// The delegation chain, outermost actor first (empty when not delegated).
+        delegation: Vec<String>,
+        /// The other API keys the token derives from by delegation.
+        derived_keys: Vec<ApiKeyId>,
+    },
+}
+
+impl From<Credential> for Actor {
+    fn from(credential: Credential) -> Self {
+        match credential {
+            Credential::ApiKey { key_id, scopes } => Actor::ApiKey { key_id, scopes },
+            Credential::Token {
+                subject,
+                human,
+                client_id,
+                token_id,
+                session_id,
+                scopes,
+                resource_prefix,
+                delegation,
+                derived_keys,
+            } => Actor::Token {
+                subject,
+                human,
+                client_id,
+                token_id,
+                session_id,
+                scopes,
+                resource_prefix,
+                delegation,
+                derived_keys,
+            },
+        }
+    }
+}
+
 /// Proof-carrying handle: "this work is done for this one tenant, by this actor, in this request".
 ///
 /// Invariant: `tenant` was active in the registry when the context was made, and, for an API-key
-/// actor, the key belongs to `tenant`. See the crate doc for who may construct one.
+/// actor, the key belongs to `tenant`. The fields are private and there is no general
+/// constructor: each named constructor below is one kind of decision, and the crate doc lists
+/// who makes each.
 #[derive(Debug, Clone)]
 pub struct TenantContext {
     tenant: TenantId,
@@ -114,8 +180,41 @@ pub struct TenantContext {
 }
 
 impl TenantContext {
-    /// Makes a context. Call only after the checks named in the type's invariant.
-    pub fn new(tenant: TenantId, actor: Actor, request_id: RequestId) -> Self {
+    /// A context for a caller whose `credential` resolution verified for `tenant` (the tenant
+    /// and the credential agree, the tenant is active).
+    pub fn for_credential(tenant: TenantId, credential: Credential, request_id: RequestId) -> Self {
+        Self {
+            tenant,
+            actor: credential.into(),
+            request_id,
+        }
+    }
+
+    /// A context for Bulkhead itself acting in `tenant` as `component` (a job, an operator
+    /// command, a lifecycle step, an authentication endpoint before any credential exists), under
+    /// a fresh request id. Call only once the tenant is known to be active (or, for the operator
+    /// paths, named by the operator). The system actor holds every scope.
+    pub fn for_system(tenant: TenantId, component: &'static str) -> Self {
+        Self {
+            tenant,
+            actor: Actor::System { component },
+            request_id: RequestId::new(),
+        }
+    }
+
+    /// The same tenant and request with the actor's scopes cut to `bound` (a role ceiling). The
+    /// actor stays who it is; the system actor is not narrowed.
+    pub fn narrowed(self, bound: &ScopeSet) -> Self {
+        Self {
+            actor: self.actor.narrowed(bound),
+            ..self
+        }
+    }
+
+    /// Any context, for tests and benchmarks only: behind the `testing` feature, which only
+    /// dev-dependencies (through `bulkhead-test-support`) enable.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn for_test(tenant: TenantId, actor: Actor, request_id: RequestId) -> Self {
         Self {
             tenant,
             actor,

@@ -33,7 +33,7 @@ fn knob(name: &str, default: u64) -> u64 {
 }
 
 fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "bench" },
         RequestId::new(),

@@ -73,7 +73,7 @@ async fn unauthenticated(
 ) -> axum::Json<bulkhead_store::tenant::sessions::AgentSession> {
     let tenant = TenantId::parse(&tenant).expect("tenant id");
     let id = SessionId::parse(&id).expect("session id");
-    let ctx = bulkhead_core::TenantContext::new(
+    let ctx = bulkhead_core::TenantContext::for_test(
         tenant,
         bulkhead_core::Actor::System { component: "bench" },
         Default::default(),

@@ -27,6 +27,7 @@ fn verification(c: &mut Criterion) {
             test_peppers(),
             bulkhead_auth::KeyEnvironment::Live,
             Clock::system(),
+            bulkhead_server::config::CacheSettings::default().key_ttl,
         );
         (verifier, tenant.key)
     });

@@ -49,7 +49,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "bench" },
         RequestId::new(),

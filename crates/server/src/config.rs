@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use bulkhead_auth::KeyEnvironment;
 
+pub mod limits;
+
+pub use limits::{CacheSettings, LimitArgs, RateLimitSettings};
+
 /// `serve`'s serving-pool size unless `--max-connections` says otherwise. A tenant may hold a
 /// quarter of the pool at once (the store's per-tenant transaction cap).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 20;
@@ -114,6 +118,9 @@ pub struct ServeArgs {
     /// Client connection timeouts and caps.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Rate-limit quotas and cache lifetimes.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Client connections: what a connection may cost before and while it sends a request.
@@ -253,9 +260,10 @@ pub struct AppConfig {
     pub key_environment: KeyEnvironment,
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// How long a registry answer (slug or id → tenant) may be reused. Suspending a tenant takes
-    /// effect on every process within this time.
-    pub registry_ttl: Duration,
+    /// How long registry answers, verified keys, role ceilings and tool schemas are reused.
+    pub caches: CacheSettings,
+    /// The rate limiters' quotas and concurrency (used when limiting is on).
+    pub rate_limits: RateLimitSettings,
     /// Access-token issuer, audience and lifetime.
     pub tokens: TokenSettings,
     /// How webhook URLs are judged at registration (the delivery worker judges them again).
@@ -368,7 +376,8 @@ impl AppConfig {
                 ..Default::default()
             },
             base_domain,
-            registry_ttl: Duration::from_secs(2),
+            caches: CacheSettings::default(),
+            rate_limits: RateLimitSettings::default(),
             tokens,
             #[cfg(feature = "probe-weakness")]
             weaken_host_check: false,
@@ -565,7 +574,8 @@ impl TokenSettings {
 
 /// The environment variables read outside clap's flags, all here (`crates/architecture` checks
 /// that nothing else reads the environment): server secrets, kept out of `ps` and `--help`;
-/// the account running a CLI command, for its audit events; and `REDIS_URL`. Each is read when
+/// the account running a CLI command, for its audit events; `PATH`, where the embedded cluster
+/// finds the PostgreSQL binaries; and `REDIS_URL`. Each is read when
 /// it is needed, never cached, and never logged.
 pub mod environment {
     use zeroize::Zeroizing;
@@ -617,6 +627,11 @@ pub mod environment {
             .find_map(|name| std::env::var(name).ok())
             .unwrap_or_else(|| "unknown".to_owned());
         format!("cli:{}", name.chars().take(64).collect::<String>())
+    }
+
+    /// `PATH`: where the embedded cluster looks for the PostgreSQL server binaries first.
+    pub fn binary_search_path() -> Option<std::ffi::OsString> {
+        std::env::var_os("PATH")
     }
 
     /// `REDIS_URL`, when set and not empty: the rate limiters' shared store.

@@ -114,12 +114,14 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
     let clock = options.clock.unwrap_or_default();
     let rate_limits = options.rate_limits.unwrap_or_else(|| {
+        // Built from the settings as `serve` builds them, in process (no Redis here).
         Arc::new(
-            bulkhead_server::service::rate_limits::RateLimits::in_memory(
-                bulkhead_server::service::rate_limits::default_limits(),
-                bulkhead_server::service::rate_limits::default_preauth_limits(),
+            bulkhead_server::service::rate_limits::RateLimits::new(
+                &config.rate_limits,
+                None,
                 clock.clone(),
-            ),
+            )
+            .expect("in-process limiters need nothing that can fail"),
         )
     });
     let mut parts = app_parts(store, config, clock, Some(rate_limits));

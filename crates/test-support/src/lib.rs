@@ -63,6 +63,7 @@ fn cluster() -> &'static Cluster {
                 let postgres = EmbeddedPostgres::start(EmbeddedOptions {
                     data_dir: dir,
                     ephemeral: true,
+                    search_path: std::env::var_os("PATH"),
                 })
                 .await
                 .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL cluster: {e}"));

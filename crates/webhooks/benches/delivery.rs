@@ -205,7 +205,7 @@ fn latency(_c: &mut Criterion) {
         resolver.insert("receiver.example", vec![LOOPBACK]);
         let config = EgressConfig { extra_roots_der: vec![ca.cert_der.clone()], ..EgressConfig::default() };
         let client = EgressClient::new(test_egress_policy(), Arc::new(resolver), &config).unwrap();
-        let ctx = TenantContext::new(tenant.id, Actor::System { component: "bench" }, RequestId::new());
+        let ctx = TenantContext::for_test(tenant.id, Actor::System { component: "bench" }, RequestId::new());
         let mut tx = store_.begin(&ctx, Access::ReadWrite).await.unwrap();
         store::create_endpoint(&mut tx, &NewEndpoint {
             url: format!("https://receiver.example:{}/", receiver.addr.port()),

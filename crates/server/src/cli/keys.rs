@@ -193,6 +193,8 @@ async fn scan(
                 peppers,
                 environment()?,
                 bulkhead_core::Clock::system(),
+                // One verification per found key: nothing is looked up twice.
+                crate::config::CacheSettings::default().key_ttl,
             );
             for (finding, key) in report.findings.iter().zip(&found_keys) {
                 let live = match verifier.verify(key.expose_secret(), None).await? {

@@ -2,7 +2,7 @@
 //! and the owner store for a command's database.
 
 use anyhow::Context;
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
+use bulkhead_core::{TenantContext, TenantId, TenantSlug};
 use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::Store;
 
@@ -20,7 +20,7 @@ pub(super) async fn find_tenant(owner: &Store, text: &str) -> anyhow::Result<Ten
 
 /// The context an operator command acts in on a tenant's rows (actor `system:cli`).
 pub(super) fn operator_ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(tenant, Actor::System { component: "cli" }, RequestId::new())
+    TenantContext::for_system(tenant, "cli")
 }
 
 /// A tenant by slug or id ([`find_tenant`]) and the operator's context in it.

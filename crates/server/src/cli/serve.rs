@@ -31,6 +31,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.webhook_egress = args.egress.policy(&config.base_domain);
     config.connections = args.http.connections().map_err(anyhow::Error::msg)?;
     config.hashing = args.http.hashing().map_err(anyhow::Error::msg)?;
+    config.rate_limits = args.limits.rate_limits().map_err(anyhow::Error::msg)?;
+    config.caches = args.limits.caches().map_err(anyhow::Error::msg)?;
     let peppers = load_peppers(&args.database)?;
     let master = load_master_key(&args.database)?;
     let db = Database::open(&args.database).await?;
@@ -86,6 +88,7 @@ async fn serve_with(
     tracing::info!(%address, base_domain = %config.base_domain, embedded = db.embedded.is_some(), "bulkhead is serving");
     let clock = bulkhead_core::Clock::system();
     let limits = crate::service::rate_limits::RateLimits::new(
+        &config.rate_limits,
         crate::config::environment::redis_url(),
         clock.clone(),
     )?;

@@ -20,7 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, TenantSlug};
+use bulkhead_core::{Credential, RequestId, TenantContext, TenantId, TenantSlug};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 
 use crate::http::error::ApiError;
@@ -344,9 +344,9 @@ async fn authenticate(
     let (key, tenant) = authenticate_api_key(state, presented, host_tenant, client_ip).await?;
     // Only now is this a use of the key.
     state.verifier().record_use(&key, client_ip);
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_credential(
         tenant.id,
-        Actor::ApiKey {
+        Credential::ApiKey {
             key_id: key.key_id,
             scopes: key.scopes,
         },
@@ -418,9 +418,9 @@ pub(crate) async fn authorize_access_token(
             ));
         }
     }
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_credential(
         tenant.id,
-        Actor::Token {
+        Credential::Token {
             subject: token.claims.sub.clone(),
             human: token.claims.sub_type == "user",
             client_id: token.claims.client_id.clone(),
@@ -494,11 +494,12 @@ fn narrow_to(
     ceiling: &crate::service::ceilings::Ceiling,
     key_id: Option<bulkhead_core::ApiKeyId>,
 ) -> Result<TenantContext, ApiError> {
+    use crate::service::ceilings::Ceiling;
     let tenant = ctx.tenant_id();
-    let request_id = ctx.request_id();
-    match crate::service::ceilings::narrow(ctx.actor().clone(), ceiling) {
-        Some(actor) => Ok(TenantContext::new(tenant, actor, request_id)),
-        None => Err(audit_refusal(
+    match ceiling {
+        Ceiling::Unbounded => Ok(ctx),
+        Ceiling::Bounded(bound) => Ok(ctx.narrowed(bound)),
+        Ceiling::Refused => Err(audit_refusal(
             Refused {
                 reason: Refusal::PrincipalInactive,
                 tenant_id: Some(tenant),
@@ -513,6 +514,14 @@ fn narrow_to(
 /// base62/base64url and never contain a dot; every JWS compact serialisation does.
 pub fn is_access_token(presented: &str) -> bool {
     presented.contains('.')
+}
+
+/// The context a login works in before any credential exists: Bulkhead's login component acting
+/// in `tenant`, which the host or the body named and which the caller found active. Made here,
+/// with the other contexts resolution decides, so that no route handler mints a system context.
+pub(crate) fn login_context(tenant: &Tenant) -> TenantContext {
+    debug_assert_eq!(tenant.status, TenantStatus::Active);
+    TenantContext::for_system(tenant.id, "login")
 }
 
 /// The tenant the host names: `None` without a subdomain signal, 404 for a name that is no

@@ -87,12 +87,13 @@ impl AppState {
             schema_pool,
             screener,
         } = parts;
-        let directory = TenantDirectory::new(config.registry_ttl);
+        let directory = TenantDirectory::new(config.caches.registry_ttl);
         let verifier = Arc::new(KeyVerifier::new(
             store.clone(),
             peppers,
             config.key_environment,
             clock.clone(),
+            config.caches.key_ttl,
         ));
         let tokens = Arc::new(TokenService::new(
             store.clone(),
@@ -101,6 +102,11 @@ impl AppState {
             config.tokens.clone(),
         ));
         let hashing = crate::service::hashing::HashPool::new(&config.hashing);
+        let ceilings = Arc::new(crate::service::ceilings::RoleCeilings::new(
+            config.caches.ceiling_ttl,
+        ));
+        let schema_cache =
+            crate::service::tool_schemas::new_schema_cache(config.caches.schema_idle);
         Self {
             inner: Arc::new(Inner {
                 hashing,
@@ -114,10 +120,10 @@ impl AppState {
                 config,
                 directory,
                 audit,
-                ceilings: Default::default(),
+                ceilings,
                 tool_client,
                 schema_pool,
-                schema_cache: crate::service::tool_schemas::new_schema_cache(),
+                schema_cache,
                 screener,
             }),
         }
@@ -211,7 +217,8 @@ impl AppState {
 }
 
 /// Registry lookups with a short time-to-live, so resolution does not cost a query per request
-/// while suspension still takes effect within [`AppConfig::registry_ttl`]. This is control-plane
+/// while suspension still takes effect within the registry cache lifetime
+/// ([`crate::config::CacheSettings::registry_ttl`]). This is control-plane
 /// data keyed by slug or id, not tenant data, so it is not a [`bulkhead_core::TenantCache`].
 #[derive(Debug)]
 pub struct TenantDirectory {

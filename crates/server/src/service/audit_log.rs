@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bulkhead_audit::LogSigningKey;
-use bulkhead_core::{Actor, ApiKeyId, Clock, RequestId, TenantContext, TenantId};
+use bulkhead_core::{ApiKeyId, Clock, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::log::{self as audit_log, Sweep};
 use bulkhead_store::audit::{self, NewEvent, Outcome};
 use bulkhead_store::{Access, Store, StoreError};
@@ -266,13 +266,7 @@ async fn write_failures(
     failures: &[Group],
     lost: u64,
 ) -> Result<usize, StoreError> {
-    let ctx = TenantContext::new(
-        tenant,
-        Actor::System {
-            component: "auth-audit",
-        },
-        RequestId::new(),
-    );
+    let ctx = TenantContext::for_system(tenant, "auth-audit");
     let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
     for Group { first: f, count } in failures {
         let key_id = f.key_id.map(|k| k.to_string());
@@ -458,13 +452,7 @@ impl Sequencer {
         sweep: Sweep,
         checkpoint: bool,
     ) -> Result<(u64, bool), StoreError> {
-        let ctx = TenantContext::new(
-            tenant,
-            Actor::System {
-                component: "audit-sequencer",
-            },
-            RequestId::new(),
-        );
+        let ctx = TenantContext::for_system(tenant, "audit-sequencer");
         let mut tx = self.store.begin(&ctx, Access::ReadWrite).await?;
         let appended = audit_log::sequence(&mut tx, sweep).await?;
         let mut signed = false;

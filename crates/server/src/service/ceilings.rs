@@ -8,7 +8,8 @@
 //!   delegated token by its subject's roles and its actor's.
 //! - A disabled or missing principal refuses the credential outright (401), never "no scopes".
 //!
-//! Ceilings are cached per (tenant, principal) for [`CEILING_TTL`]. A role, assignment or
+//! Ceilings are cached per (tenant, principal) for the ceiling cache lifetime
+//! (`--ceiling-cache-secs`, [`CEILING_TTL`] unless set). A role, assignment or
 //! principal-status change clears its tenant's entries in this process at once, and announces
 //! itself with `NOTIFY bulkhead_ceilings` at commit ([`announce_change`]); every process listens
 //! ([`listen_for_changes`]) and drops that tenant's entries, like key revocations. The TTL only
@@ -35,8 +36,9 @@ use bulkhead_store::{Access, Store, StoreError};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
-/// How long a ceiling is trusted without reading the roles again.
-pub const CEILING_TTL: Duration = Duration::from_secs(5);
+/// How long a ceiling is trusted without reading the roles again, unless the settings say
+/// otherwise ([`crate::config::CacheSettings::ceiling_ttl`]).
+pub const CEILING_TTL: Duration = crate::config::limits::DEFAULT_CEILING_TTL;
 
 /// Whose roles bound a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -104,16 +106,15 @@ impl std::fmt::Debug for RoleCeilings {
     }
 }
 
-impl Default for RoleCeilings {
-    fn default() -> Self {
+impl RoleCeilings {
+    /// An empty cache whose entries live at most `ttl` (the settings' ceiling lifetime).
+    pub fn new(ttl: Duration) -> Self {
         Self {
-            cache: TenantCache::new(100_000, CEILING_TTL),
+            cache: TenantCache::new(100_000, ttl),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
-}
 
-impl RoleCeilings {
     /// The ceiling of the context's credential: every principal it acts for bounds it (a
     /// delegated token: its subject and its actor).
     pub async fn of(
@@ -322,11 +323,12 @@ pub(crate) async fn key_scopes(
     now: DateTime<Utc>,
     key: &crate::service::credentials::VerifiedKey,
 ) -> Result<Option<ScopeSet>, StoreError> {
-    let actor = Actor::ApiKey {
+    let credential = bulkhead_core::Credential::ApiKey {
         key_id: key.key_id,
         scopes: key.scopes.clone(),
     };
-    let ctx = TenantContext::new(key.tenant_id, actor, bulkhead_core::RequestId::new());
+    let ctx =
+        TenantContext::for_credential(key.tenant_id, credential, bulkhead_core::RequestId::new());
     let ceiling = ceilings.of(store, &ctx, now).await?;
     Ok(narrow(ctx.actor().clone(), &ceiling).and_then(|a| a.scopes().cloned()))
 }

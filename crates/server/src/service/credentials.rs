@@ -2,12 +2,13 @@
 //!
 //! # Caching and revocation
 //! Verified records are cached in memory by the key's hash under the current pepper, for at most
-//! [`CACHE_TTL`]. Every change that can stop a key (revoke, rotate, update, expiry sweep) sends a
-//! PostgreSQL `NOTIFY` in its transaction; each process listens and drops the key's entry, so a
-//! revocation takes effect everywhere within the notification latency (measured by the
+//! the key cache lifetime (`--key-cache-secs`, 60 seconds unless set). Every change that can
+//! stop a key (revoke, rotate, update, expiry sweep) sends a PostgreSQL `NOTIFY` in its
+//! transaction; each process listens and drops the key's entry, so a revocation takes effect
+//! everywhere within the notification latency (measured by the
 //! `revocation_reaches_a_second_process` test). If the listening connection drops, the whole
 //! cache is cleared on reconnect (notifications may have been missed), and entries expire after
-//! [`CACHE_TTL`] regardless: that is the bound even when notifications fail. Expiry and grace
+//! that lifetime regardless: that is the bound even when notifications fail. Expiry and grace
 //! deadlines are evaluated against the clock on every request, never cached.
 //!
 //! The cache is keyed by the credential's hash, not by tenant: it is consulted to find out which
@@ -24,14 +25,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_auth::{ApiKey, KeyEnvironment, KeyHash, KeyPepper};
-use bulkhead_core::{Actor, ApiKeyId, Clock, RequestId, ScopeSet, TenantContext, TenantId};
+use bulkhead_core::{ApiKeyId, Clock, ScopeSet, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::api_keys::{self, effective_status, KeyRecord, KeyStatus};
 use bulkhead_store::{Access, Store, StoreError};
 use serde_json::json;
 
-/// Longest a cached verification is trusted without a notification.
-pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// A key's last use is written at most this often.
 const TOUCH_INTERVAL_SECS: i64 = 60;
 
@@ -166,8 +165,15 @@ impl std::fmt::Debug for KeyVerifier {
 }
 
 impl KeyVerifier {
-    /// A verifier for keys of `environment`.
-    pub fn new(store: Store, peppers: Peppers, environment: KeyEnvironment, clock: Clock) -> Self {
+    /// A verifier for keys of `environment` that trusts a verification without a notification
+    /// for at most `cache_ttl` (the settings' key cache lifetime).
+    pub fn new(
+        store: Store,
+        peppers: Peppers,
+        environment: KeyEnvironment,
+        clock: Clock,
+        cache_ttl: Duration,
+    ) -> Self {
         Self {
             store,
             peppers,
@@ -175,7 +181,7 @@ impl KeyVerifier {
             clock,
             cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(CACHE_TTL)
+                .time_to_live(cache_ttl)
                 .support_invalidation_closures()
                 .build(),
             invalidations: AtomicU64::new(0),
@@ -288,13 +294,7 @@ impl KeyVerifier {
         let store = self.store.clone();
         let (tenant, key_id) = (cached.record.tenant_id, cached.record.key_id);
         tokio::spawn(async move {
-            let ctx = TenantContext::new(
-                tenant,
-                Actor::System {
-                    component: "key-usage",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(tenant, "key-usage");
             let result = async {
                 let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
                 api_keys::touch(&mut tx, key_id, now, ip).await?;
@@ -321,13 +321,7 @@ impl KeyVerifier {
         );
         let old_version = record.pepper_version;
         tokio::spawn(async move {
-            let ctx = TenantContext::new(
-                tenant,
-                Actor::System {
-                    component: "pepper-rotation",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(tenant, "pepper-rotation");
             let result = async {
                 let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
                 api_keys::rehash(&mut tx, key_id, &current_hash, version).await?;

@@ -181,6 +181,7 @@ impl Database {
         let cluster = EmbeddedPostgres::start(EmbeddedOptions {
             data_dir: data_dir.join("pg"),
             ephemeral: false,
+            search_path: crate::config::environment::binary_search_path(),
         })
         .await?;
         let mut superuser =

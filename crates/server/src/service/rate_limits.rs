@@ -1,55 +1,30 @@
-//! The rate limiters of a process and their checked-in defaults (docs/rate-limits.md): the
-//! tenant limiter (four levels: global, tenant by plan, agent/key, endpoint class with its
-//! cost), the per-address limiter before authentication, the per-tenant concurrency limiter and
-//! the addresses whose pre-authentication budget is spent. The request pipeline applies them
-//! (`http::limits`).
+//! The rate limiters of a process, built from the settings' [`RateLimitSettings`]
+//! (`crate::config::limits`, docs/rate-limits.md): the tenant limiter (four levels: global,
+//! tenant by plan, agent/key, endpoint class with its cost), the per-address limiter before
+//! authentication, the per-tenant concurrency limiter and the addresses whose
+//! pre-authentication budget is spent. The request pipeline applies them (`http::limits`).
 
 use std::sync::Arc;
 
 use bulkhead_core::{Clock, TenantId};
-use bulkhead_ratelimit::{ClassQuota, ConcurrencyLimiter, LimitConfig, Limiter, Plan, Quota};
+use bulkhead_ratelimit::{ConcurrencyLimiter, LimitConfig, Limiter};
 
-/// The deployment's limits. Plans differ by tenant budget; every key (agent) gets a share
-/// inside its tenant's budget; expensive endpoints cost more and have their own budget.
+use crate::config::RateLimitSettings;
+
+/// The checked-in tenant limits ([`RateLimitSettings::default`], which the `serve` flags
+/// override).
 pub fn default_limits() -> LimitConfig {
-    LimitConfig {
-        global: Some(Quota::per_second(20_000).with_burst(40_000)),
-        plans: [
-            (Plan::Free, Quota::per_second(10).with_burst(20)),
-            (Plan::Standard, Quota::per_second(200).with_burst(400)),
-            (Plan::Enterprise, Quota::per_second(2_000).with_burst(4_000)),
-        ]
-        .into_iter()
-        .collect(),
-        per_agent: Some(Quota::per_second(100).with_burst(200)),
-        // Minting keys is expensive and sensitive: each costs 10 units of the tenant's budget
-        // and has its own budget of 30 a minute.
-        classes: [(
-            "key_create".to_owned(),
-            ClassQuota::limited(10, Quota::per_minute(30).with_burst(10)),
-        )]
-        .into_iter()
-        .collect(),
-        ..LimitConfig::default()
-    }
+    RateLimitSettings::default().tenant_limits()
 }
 
-/// The per-address budget before authentication: generous for any real client, small enough
-/// that one address cannot tie up the key lookup.
+/// The checked-in per-address limits before authentication.
 pub fn default_preauth_limits() -> LimitConfig {
-    LimitConfig {
-        plans: [Plan::Free, Plan::Standard, Plan::Enterprise]
-            .into_iter()
-            .map(|plan| (plan, Quota::per_second(500).with_burst(1_000)))
-            .collect(),
-        ..LimitConfig::default()
-    }
+    RateLimitSettings::default().preauth_limits()
 }
 
-/// Requests of one tenant in flight at once in this process (Stripe's concurrency limiter):
-/// expensive classes get a small number, everything else a generous one.
+/// The checked-in per-tenant concurrency limits.
 pub fn default_concurrency() -> ConcurrencyLimiter {
-    ConcurrencyLimiter::new(256).with_class("key_create", 4)
+    RateLimitSettings::default().concurrency()
 }
 
 /// Addresses whose pre-authentication budget is spent, with when it has room again. Bounded:
@@ -85,27 +60,35 @@ impl RateLimits {
         }
     }
 
-    /// The defaults, shared through Redis at `redis_url` (the settings' `REDIS_URL`), else in
-    /// process.
-    pub fn new(redis_url: Option<String>, clock: Clock) -> anyhow::Result<Self> {
-        match redis_url.map(bulkhead_ratelimit::RedisOptions::new) {
-            Some(options) => Ok(Self {
-                tenant: Limiter::redis(default_limits(), clock.clone(), options.clone())?,
-                preauth: Limiter::redis(default_preauth_limits(), clock.clone(), {
+    /// The limiters `settings` describe, shared through Redis at `redis_url` (the settings'
+    /// `REDIS_URL`), else in process.
+    pub fn new(
+        settings: &RateLimitSettings,
+        redis_url: Option<String>,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let (tenant, preauth) = (settings.tenant_limits(), settings.preauth_limits());
+        let (tenant, preauth) = match redis_url.map(bulkhead_ratelimit::RedisOptions::new) {
+            Some(options) => (
+                Limiter::redis(tenant, clock.clone(), options.clone())?,
+                Limiter::redis(preauth, clock.clone(), {
                     let mut options = options;
                     options.key_prefix = format!("{}:preauth", options.key_prefix);
                     options
                 })?,
-                concurrency: default_concurrency(),
-                blocked: blocked_addresses(),
-                clock,
-            }),
-            None => Ok(Self::in_memory(
-                default_limits(),
-                default_preauth_limits(),
-                clock,
-            )),
-        }
+            ),
+            None => (
+                Limiter::in_memory(tenant, clock.clone()),
+                Limiter::in_memory(preauth, clock.clone()),
+            ),
+        };
+        Ok(Self {
+            tenant,
+            preauth,
+            concurrency: settings.concurrency(),
+            blocked: blocked_addresses(),
+            clock,
+        })
     }
 }
 

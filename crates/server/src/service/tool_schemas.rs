@@ -33,8 +33,9 @@ pub(crate) struct CachedSchema {
 /// Compiled input schemas (`AppState::schema_cache`), weighed by their approximate size.
 pub(crate) type SchemaCache = moka::sync::Cache<SchemaKey, Arc<CachedSchema>>;
 
-/// At most about 64 MiB of compiled schemas, each kept 10 minutes after its last use.
-pub(crate) fn new_schema_cache() -> SchemaCache {
+/// At most about 64 MiB of compiled schemas, each kept `idle` (the settings' schema cache
+/// lifetime) after its last use.
+pub(crate) fn new_schema_cache(idle: Duration) -> SchemaCache {
     moka::sync::Cache::builder()
         .max_capacity(64 << 20)
         .weigher(|_, v: &Arc<CachedSchema>| {
@@ -45,6 +46,6 @@ pub(crate) fn new_schema_cache() -> SchemaCache {
                 .saturating_add(MAX_SCHEMA_BYTES as u64);
             u32::try_from(bytes).unwrap_or(u32::MAX)
         })
-        .time_to_idle(Duration::from_secs(600))
+        .time_to_idle(idle)
         .build()
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_core::{Actor, ApiKeyId, Clock, JobId, RequestId, SessionId, TenantContext};
+use bulkhead_core::{ApiKeyId, Clock, JobId, SessionId, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::api_keys;
@@ -182,13 +182,7 @@ impl Worker {
     pub async fn sweep_keys(&self, now: DateTime<Utc>) -> Result<KeySweep, StoreError> {
         let mut report = KeySweep::default();
         for tenant in self.swept_tenants().await? {
-            let ctx = TenantContext::new(
-                tenant.id,
-                Actor::System {
-                    component: "key-sweep",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(tenant.id, "key-sweep");
             let Some(mut tx) = self.begin_sweep(&ctx).await? else {
                 continue;
             };
@@ -249,13 +243,7 @@ impl Worker {
         let before = now - self.webhook_retention;
         let mut purged = 0;
         for tenant in self.swept_tenants().await? {
-            let ctx = TenantContext::new(
-                tenant.id,
-                Actor::System {
-                    component: "webhook-retention",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(tenant.id, "webhook-retention");
             for _ in 0..RETENTION_BATCHES {
                 let Some(mut tx) = self.begin_sweep(&ctx).await? else {
                     break;
@@ -323,13 +311,7 @@ impl Worker {
             );
             return;
         }
-        let ctx = TenantContext::new(
-            job.tenant_id,
-            Actor::System {
-                component: "worker",
-            },
-            RequestId::new(),
-        );
+        let ctx = TenantContext::for_system(job.tenant_id, "worker");
         let span = tracing::info_span!("job", tenant_id = %job.tenant_id, job_id = %job.id, kind = %job.kind);
         async {
             if let Err(failure) = self.attempt(&ctx, job).await {

@@ -605,7 +605,7 @@ async fn the_sweep_reminds_about_keys_nearing_their_maximum_age() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let store = app.db.app_store().await;
-    let ctx = bulkhead_core::TenantContext::new(
+    let ctx = bulkhead_core::TenantContext::for_test(
         acme.id,
         bulkhead_core::Actor::System { component: "test" },
         Default::default(),

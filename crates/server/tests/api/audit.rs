@@ -964,7 +964,7 @@ async fn an_export_overlapping_a_purge_still_verifies() {
     checkpoint_now(&app, &acme).await;
     let key = log_key(&app).await;
     let owner = app.db.owner_store().await;
-    let ctx = bulkhead_core::TenantContext::new(
+    let ctx = bulkhead_core::TenantContext::for_test(
         acme.id,
         bulkhead_core::Actor::System { component: "test" },
         bulkhead_core::RequestId::new(),
@@ -1035,7 +1035,7 @@ async fn a_future_dated_event_does_not_stall_sequencing() {
     let a = bulkhead_test_support::create_tenant(&db, "skewed-co").await;
     let store = db.app_store().await;
     let ctx = || {
-        bulkhead_core::TenantContext::new(
+        bulkhead_core::TenantContext::for_test(
             a.id,
             bulkhead_core::Actor::System { component: "test" },
             bulkhead_core::RequestId::new(),

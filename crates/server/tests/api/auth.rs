@@ -134,8 +134,10 @@ async fn unknown_subdomains_are_404_and_suspended_tenants_403() {
         .await
         .unwrap();
     // The registry answer is cached for at most the configured TTL.
-    tokio::time::sleep(app.state.config().registry_ttl + std::time::Duration::from_millis(200))
-        .await;
+    tokio::time::sleep(
+        app.state.config().caches.registry_ttl + std::time::Duration::from_millis(200),
+    )
+    .await;
     let response = app
         .client
         .get(app.tenant_url("acme", "/v1/sessions"))

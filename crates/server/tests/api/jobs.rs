@@ -19,7 +19,7 @@ async fn a_job_of_tenant_a_cannot_touch_tenant_bs_rows() {
     let b_id = SessionId::parse(b_session["id"].as_str().unwrap()).unwrap();
 
     let store = app.db.app_store().await;
-    let ctx_a = TenantContext::new(
+    let ctx_a = TenantContext::for_test(
         a.id,
         Actor::System { component: "test" },
         Default::default(),

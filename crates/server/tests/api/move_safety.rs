@@ -10,7 +10,7 @@ use bulkhead_test_support::{create_tenant, create_tenant_in, TestDb, TestTier};
 use sqlx::PgPool;
 
 fn system(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
         RequestId::new(),

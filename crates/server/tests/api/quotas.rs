@@ -16,7 +16,7 @@ use crate::helpers::{as_tenant, audit_events, call_as, create_session, get_ok_js
 /// Sets (the operator's way, as the owner) the tenant's limit of `kind`; `None`: plan default.
 async fn set_limit(app: &TestApp, tenant: TenantId, kind: &str, limit: Option<i64>) {
     let owner = app.db.owner_store().await;
-    let ctx = TenantContext::new(tenant, Actor::System { component: "cli" }, RequestId::new());
+    let ctx = TenantContext::for_test(tenant, Actor::System { component: "cli" }, RequestId::new());
     let mut tx = owner.begin(&ctx, Access::ReadWrite).await.unwrap();
     quotas::set_override(&mut tx, kind, limit).await.unwrap();
     tx.commit().await.unwrap();
@@ -441,7 +441,7 @@ async fn the_serving_role_cannot_change_a_limit() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let served = app.db.app_store().await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         acme.id,
         Actor::System { component: "test" },
         RequestId::new(),
@@ -572,7 +572,7 @@ async fn endpoint_and_message(app: &TestApp, tenant: &TestTenant) -> (String, St
 /// with a 4,000-byte response sample, for every delivery of the tenant's messages of `source`.
 async fn record_attempts(app: &TestApp, tenant: TenantId, source: &str) -> u64 {
     let served = app.db.app_store().await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         tenant,
         Actor::System {
             component: "webhook-worker",
@@ -703,7 +703,7 @@ async fn screening_decisions_are_counted() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let served = app.db.app_store().await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         acme.id,
         Actor::System { component: "test" },
         RequestId::new(),
@@ -817,7 +817,7 @@ async fn the_serving_role_cannot_write_the_counters() {
     let acme = app.create_tenant("acme").await;
     create_session(&app, &acme, "one").await;
     let served = app.db.app_store().await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         acme.id,
         Actor::System { component: "test" },
         RequestId::new(),
@@ -869,7 +869,7 @@ async fn a_prefix_confined_credential_is_not_told_the_tenant_wide_usage() {
 /// Marks every delivery of the tenant finished, as the worker does after an answer.
 async fn finish_deliveries(app: &TestApp, tenant: TenantId) {
     let served = app.db.app_store().await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         tenant,
         Actor::System {
             component: "webhook-worker",

@@ -35,7 +35,7 @@ async fn app() -> TestApp {
 }
 
 fn system(tenant: &TestTenant) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant.id,
         Actor::System { component: "test" },
         RequestId::new(),

@@ -60,7 +60,7 @@ async fn create_get_update_list_delete() {
 
     // Every change left an audit event in the tenant's log, in its own transaction.
     let store = app.db.app_store().await;
-    let ctx = bulkhead_core::TenantContext::new(
+    let ctx = bulkhead_core::TenantContext::for_test(
         acme.id,
         bulkhead_core::Actor::System { component: "test" },
         Default::default(),

@@ -144,7 +144,7 @@ async fn each_tier_keeps_its_rows_where_the_registry_says() {
 }
 
 fn system(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
         RequestId::new(),

@@ -64,7 +64,7 @@ async fn assert_invalid_token(response: Response) {
 }
 
 async fn create_user(app: &TestApp, tenant: &TestTenant, email: &str, scopes: &[&str]) {
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         tenant.id,
         Actor::System { component: "test" },
         RequestId::new(),

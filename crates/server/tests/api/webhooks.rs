@@ -150,7 +150,7 @@ async fn registration_refuses_hostile_urls_and_headers_with_a_named_rule() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
     // Every refusal of a URL is an audit event.
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         a.id,
         Actor::System { component: "test" },
         Default::default(),
@@ -313,7 +313,7 @@ async fn other_features_raise_platform_events_inside_their_own_transaction() {
         json!({ "url": "https://misc.receiver.example/", "event_types": ["session.created"] }),
     )
     .await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         a.id,
         Actor::System { component: "test" },
         Default::default(),
@@ -499,7 +499,7 @@ async fn session_and_key_changes_raise_platform_events_for_subscribers() {
     .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     mint_key(&app, &a, json!({ "scopes": ["sessions:read"] })).await;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         a.id,
         Actor::System { component: "test" },
         Default::default(),
@@ -580,7 +580,7 @@ async fn a_platform_event_racing_an_endpoint_delete_neither_fails_nor_delivers_t
     )
     .await;
     let endpoint = EndpointId::parse(endpoint["id"].as_str().unwrap()).unwrap();
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         a.id,
         Actor::System { component: "test" },
         Default::default(),
@@ -668,7 +668,7 @@ async fn tenants_cannot_forge_platform_events_and_every_body_names_its_source() 
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let id: Value = response.json().await.unwrap();
     let id = MessageId::parse(id["id"].as_str().unwrap()).unwrap();
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_test(
         a.id,
         Actor::System { component: "test" },
         Default::default(),

@@ -1,7 +1,7 @@
 //! Onboarding: a tenant's registry row, its location prepared, and its first rows (built-in
 //! roles, the bootstrap admin key, the audit events of both), never a tenant without its key.
 
-use bulkhead_core::{Actor, ApiKeyId, RequestId, TenantContext, TenantId};
+use bulkhead_core::{ApiKeyId, TenantContext, TenantId};
 use serde_json::json;
 
 use crate::audit::{self, Outcome};
@@ -110,13 +110,7 @@ impl Store {
         location: &Location,
         bootstrap_key: &NewApiKey,
     ) -> Result<ApiKeyId, StoreError> {
-        let ctx = TenantContext::new(
-            tenant.id,
-            Actor::System {
-                component: "onboarding",
-            },
-            RequestId::new(),
-        );
+        let ctx = TenantContext::for_system(tenant.id, "onboarding");
         let mut tx = TenantTx::enter(tx, &ctx, Access::ReadWrite, location).await?;
         tx.registry = Some(self.pool().clone());
         rbac::seed_built_in_roles(&mut tx).await?;

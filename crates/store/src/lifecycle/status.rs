@@ -1,7 +1,7 @@
 //! Suspending and reactivating a tenant: every copy of its status, and the audit event, in its
 //! own location.
 
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_core::{TenantContext, TenantId};
 use serde_json::json;
 
 use crate::audit::{self, Outcome};
@@ -46,13 +46,7 @@ impl Store {
     ) -> Result<Tenant, StoreError> {
         let tenant = self.write_tenant_status(id, status, operator).await?;
         if status == TenantStatus::Active {
-            let ctx = TenantContext::new(
-                id,
-                Actor::System {
-                    component: "operator",
-                },
-                RequestId::new(),
-            );
+            let ctx = TenantContext::for_system(id, "operator");
             let resumed = async {
                 let mut tx = self.begin(&ctx, Access::ReadWrite).await?;
                 let n = webhooks::resume_paused_deliveries(&mut tx).await?;
@@ -93,13 +87,7 @@ impl Store {
         .fetch_optional(&mut *registry)
         .await?;
         let tenant = row.map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
-        let ctx = TenantContext::new(
-            id,
-            Actor::System {
-                component: "operator",
-            },
-            RequestId::new(),
-        );
+        let ctx = TenantContext::for_system(id, "operator");
         let action = match status {
             TenantStatus::Active => "tenant.activate",
             TenantStatus::Suspended => "tenant.suspend",

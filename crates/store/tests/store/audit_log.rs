@@ -14,7 +14,7 @@ use bulkhead_test_support::{create_tenant, TestDb};
 use serde_json::json;
 
 fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
         RequestId::new(),

@@ -25,7 +25,7 @@ use bulkhead_test_support::{create_tenant, TestDb};
 use serde_json::Value;
 
 fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
         RequestId::new(),

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::{Connection, PgPool};
 
 fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
         RequestId::new(),

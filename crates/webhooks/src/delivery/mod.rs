@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulkhead_auth::MasterKey;
-use bulkhead_core::{Actor, Clock, DeliveryId, EndpointId, RequestId, TenantContext, TenantId};
+use bulkhead_core::{Clock, DeliveryId, EndpointId, TenantContext, TenantId};
 use bulkhead_store::tenant::webhooks::{self as store, ClaimedDelivery, DeliveryWork};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use chrono::{DateTime, Utc};
@@ -598,13 +598,7 @@ enum Prepared {
 }
 
 fn system_ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
-        tenant,
-        Actor::System {
-            component: "webhooks",
-        },
-        RequestId::new(),
-    )
+    TenantContext::for_system(tenant, "webhooks")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -134,7 +134,7 @@ impl Rig {
 }
 
 fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
+    TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
         RequestId::new(),

@@ -23,7 +23,7 @@ use crate::http::authz::RouteTable;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use bulkhead_core::id::AuthSessionKind;
-use bulkhead_core::{Actor, AuthSessionId, RequestId, Scope, TenantContext, UserId};
+use bulkhead_core::{Actor, AuthSessionId, Scope, TenantContext, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::tokens::{
@@ -201,11 +201,7 @@ async fn login(
     }
     let email = normalise_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
     let name_id = throttle_id(&email);
-    let ctx = TenantContext::new(
-        tenant.id,
-        Actor::System { component: "login" },
-        RequestId::new(),
-    );
+    let ctx = crate::http::resolve::login_context(&tenant);
 
     // The attempt is counted as a failure, under the row lock, before the password is checked
     // (a success clears it): N concurrent guesses are serialised here, so at most

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_core::{Credential, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::tokens::{self, NewAuthSession, PrincipalType};
 use bulkhead_store::Access;
@@ -35,9 +35,9 @@ pub async fn issue(
     request: &ClientCredentials<'_>,
 ) -> Result<IssuedTokens, GrantError> {
     let key = request.key;
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_credential(
         request.tenant,
-        Actor::ApiKey {
+        Credential::ApiKey {
             key_id: key.key_id,
             scopes: key.scopes.clone(),
         },

@@ -3,7 +3,7 @@
 //! token the API would refuse is inactive here too.
 
 use bulkhead_auth::RefreshToken;
-use bulkhead_core::{Actor, RequestId, ScopeSet, TenantContext, TenantId};
+use bulkhead_core::{Credential, RequestId, ScopeSet, TenantContext, TenantId};
 use bulkhead_store::tenant::tokens::{self, AuthSession, RefreshStatus};
 use bulkhead_store::{Access, StoreError};
 
@@ -19,9 +19,9 @@ pub async fn refresh_token_standing(
     key: &VerifiedKey,
     presented: &RefreshToken,
 ) -> Result<Option<(AuthSession, ScopeSet)>, StoreError> {
-    let ctx = TenantContext::new(
+    let ctx = TenantContext::for_credential(
         tenant,
-        Actor::ApiKey {
+        Credential::ApiKey {
             key_id: key.key_id,
             scopes: key.scopes.clone(),
         },

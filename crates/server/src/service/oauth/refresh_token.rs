@@ -4,7 +4,7 @@
 //! tenant gets a `security.refresh_token_reuse` event in the same transaction.
 
 use bulkhead_auth::RefreshToken;
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId, UserId};
+use bulkhead_core::{TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::tokens::{
     self, EndReason, PresentedRefresh, PrincipalType, RefreshStatus,
@@ -45,11 +45,7 @@ pub async fn refresh(
     request: &Refresh<'_>,
 ) -> Result<IssuedTokens, GrantError> {
     let tenant = request.tenant;
-    let ctx = TenantContext::new(
-        tenant,
-        Actor::System { component: "oauth" },
-        RequestId::new(),
-    );
+    let ctx = TenantContext::for_system(tenant, "oauth");
     let now = issuer.clock.now();
     let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
     let Some(found) = tokens::find_refresh_for_update(&mut tx, &request.presented.hash()).await?

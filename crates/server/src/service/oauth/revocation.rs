@@ -3,7 +3,7 @@
 //! the host's tenant.
 
 use bulkhead_auth::RefreshToken;
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_core::{TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::tokens::{self, EndReason};
 use bulkhead_store::{Access, StoreError};
@@ -14,11 +14,7 @@ use crate::service::auth_sessions::{end_audited, Ending};
 use crate::service::tokens::VerifiedToken;
 
 fn oauth_context(tenant: TenantId) -> TenantContext {
-    TenantContext::new(
-        tenant,
-        Actor::System { component: "oauth" },
-        RequestId::new(),
-    )
+    TenantContext::for_system(tenant, "oauth")
 }
 
 /// Denies a verified access token until it would have expired anyway, audited.

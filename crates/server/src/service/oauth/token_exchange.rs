@@ -20,7 +20,7 @@
 //! and audited.
 
 use bulkhead_auth::ActClaim;
-use bulkhead_core::{Actor, ApiKeyId, Namespace, RequestId, ScopeSet, TenantContext, TenantId};
+use bulkhead_core::{ApiKeyId, Namespace, ScopeSet, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::Access;
 use chrono::{DateTime, Utc};
@@ -227,11 +227,7 @@ pub async fn exchange(
     request: &Exchange<'_>,
 ) -> Result<IssuedTokens, GrantError> {
     let (subject, actor, tenant) = (request.subject, request.actor, request.tenant);
-    let ctx = TenantContext::new(
-        tenant,
-        Actor::System { component: "oauth" },
-        RequestId::new(),
-    );
+    let ctx = TenantContext::for_system(tenant, "oauth");
     let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
     let narrowed = match narrow(request) {
         Ok(narrowed) => narrowed,

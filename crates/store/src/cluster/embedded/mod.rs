@@ -88,6 +88,10 @@ pub struct EmbeddedOptions {
     /// created them) when the process that started them exits, even by SIGKILL. A durable
     /// cluster is stopped cleanly then, and kept.
     pub ephemeral: bool,
+    /// Where to look for the server binaries first, in `PATH` syntax (the caller's settings read
+    /// it from `PATH`); then `/usr/lib/postgresql/<major>/bin`, highest major first. Relative
+    /// entries are skipped.
+    pub search_path: Option<std::ffi::OsString>,
 }
 
 /// Why the embedded cluster could not be started or stopped.

@@ -30,11 +30,9 @@ impl EmbeddedPostgres {
     /// answers `SELECT 1`.
     pub async fn start(opts: EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let started_at = Instant::now();
-        let binaries = find_server_binaries(
-            std::env::var_os("PATH").as_deref(),
-            Path::new(DEBIAN_SERVER_ROOT),
-        )
-        .await?;
+        let binaries =
+            find_server_binaries(opts.search_path.as_deref(), Path::new(DEBIAN_SERVER_ROOT))
+                .await?;
         tracing::debug!(bin_dir = %binaries.bin_dir.display(), version = %binaries.version, "found PostgreSQL server binaries");
 
         let cluster_user = ClusterUser::for_this_process()?;

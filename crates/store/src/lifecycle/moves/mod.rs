@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_core::{TenantContext, TenantId};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -633,13 +633,7 @@ async fn record_event_once(
     action: &'static str,
     meta: serde_json::Value,
 ) -> Result<(), StoreError> {
-    let ctx = TenantContext::new(
-        tenant,
-        Actor::System {
-            component: "tenant-move",
-        },
-        RequestId::new(),
-    );
+    let ctx = TenantContext::for_system(tenant, "tenant-move");
     let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
     let written: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM audit_events WHERE tenant_id = $1 AND id = $2)",
