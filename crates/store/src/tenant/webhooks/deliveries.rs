@@ -376,6 +376,30 @@ struct WorkRow {
     endpoint: EndpointRow,
 }
 
+/// The statement of [`load_work_batch`], made once: the endpoint columns are spelled out with
+/// the join's alias.
+fn load_work_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let endpoint_columns = ENDPOINT_COLUMNS
+            .split(',')
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "SELECT d.id AS d_id, d.message_id AS d_message_id, d.status AS d_status, \
+                    d.attempts AS d_attempts, d.next_attempt_at AS d_next_attempt_at, \
+                    d.last_error AS d_last_error, m.event_type AS m_event_type, \
+                    m.source AS m_source, m.payload AS m_payload, m.created_at AS m_created_at, \
+                    {endpoint_columns} \
+             FROM webhook_deliveries d \
+             JOIN webhook_messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id \
+             JOIN webhook_endpoints e ON e.tenant_id = d.tenant_id AND e.id = d.endpoint_id \
+             WHERE d.tenant_id = $1 AND d.id = ANY($2)"
+        )
+    })
+}
+
 /// Reads claimed deliveries with their messages and endpoints in one round trip (the
 /// dispatcher's read of every batch). Deliveries deleted since the claim, or whose message or
 /// endpoint is gone, are missing from the answer.
@@ -385,26 +409,11 @@ pub async fn load_work_batch(
 ) -> Result<Vec<DeliveryWork>, StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
-    let endpoint_columns = ENDPOINT_COLUMNS
-        .split(',')
-        .map(|c| format!("e.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let rows: Vec<WorkRow> = sqlx::query_as(&format!(
-        "SELECT d.id AS d_id, d.message_id AS d_message_id, d.status AS d_status, \
-                d.attempts AS d_attempts, d.next_attempt_at AS d_next_attempt_at, \
-                d.last_error AS d_last_error, m.event_type AS m_event_type, \
-                m.source AS m_source, m.payload AS m_payload, m.created_at AS m_created_at, \
-                {endpoint_columns} \
-         FROM webhook_deliveries d \
-         JOIN webhook_messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id \
-         JOIN webhook_endpoints e ON e.tenant_id = d.tenant_id AND e.id = d.endpoint_id \
-         WHERE d.tenant_id = $1 AND d.id = ANY($2)"
-    ))
-    .bind(tenant.uuid())
-    .bind(&ids)
-    .fetch_all(tx.conn())
-    .await?;
+    let rows: Vec<WorkRow> = sqlx::query_as(load_work_sql())
+        .bind(tenant.uuid())
+        .bind(&ids)
+        .fetch_all(tx.conn())
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
