@@ -203,12 +203,9 @@ impl<'ast> Visit<'ast> for ReadFinder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Workspace;
 
     fn keys(sources: &[(&str, &str)]) -> Vec<String> {
-        let workspace = Workspace::from_sources(sources.iter().copied());
-        let parsed = crate::parse_all(&workspace).expect("sources parse");
-        check(&parsed).into_iter().map(|v| v.key).collect()
+        crate::violation_keys(sources, check)
     }
 
     #[test]

@@ -227,6 +227,18 @@ fn parse_all(workspace: &Workspace) -> Result<Parsed, Error> {
         .collect()
 }
 
+/// The keys of the violations one check finds in a workspace made of `sources` (tests of the
+/// checks).
+#[cfg(test)]
+fn violation_keys(
+    sources: &[(&str, &str)],
+    check: impl Fn(&Parsed) -> Vec<Violation>,
+) -> Vec<String> {
+    let workspace = Workspace::from_sources(sources.iter().copied());
+    let parsed = parse_all(&workspace).expect("sources parse");
+    check(&parsed).into_iter().map(|v| v.key).collect()
+}
+
 /// Whether the attributes hold `#[cfg(test)]` (alone; `cfg(all(test, …))` counts too).
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
     attrs.iter().any(|attr| {

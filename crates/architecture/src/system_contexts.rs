@@ -83,12 +83,9 @@ impl<'ast> Visit<'ast> for MintFinder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Workspace;
 
     fn keys(sources: &[(&str, &str)]) -> Vec<String> {
-        let workspace = Workspace::from_sources(sources.iter().copied());
-        let parsed = crate::parse_all(&workspace).expect("sources parse");
-        check(&parsed).into_iter().map(|v| v.key).collect()
+        crate::violation_keys(sources, check)
     }
 
     #[test]
