@@ -28,7 +28,9 @@
 //!
 //! NOISY_PHASES (default `abcd`) picks the attacks by letter.
 //!
-//! Settings changed from serve's defaults (printed at start): `--trusted-proxies 127.0.0.1/32`
+//! Settings changed from serve's defaults (printed at start): `--heavy-read-priority lowered`
+//! (what `auto` does on the embedded default; the harness's cluster comes by `DATABASE_URL`),
+//! `--trusted-proxies 127.0.0.1/32`
 //! (so the bench can send fresh `X-Forwarded-For` addresses) and `--base-domain bulkhead.test`
 //! (the harness's loopback resolver answers that domain only). `serve` and PostgreSQL are pinned
 //! to CPU 0 and this process (every load generator) to CPU 1 with `taskset` when it exists.
@@ -163,6 +165,8 @@ async fn start_serve(db: &TestDb, pinned: bool) -> Serve {
             BASE_DOMAIN,
             "--trusted-proxies",
             "127.0.0.1/32",
+            "--heavy-read-priority",
+            "lowered",
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -513,7 +517,9 @@ async fn run(pinned: bool, cores: usize) {
     println!(
         "settings changed from serve's defaults: --trusted-proxies 127.0.0.1/32 (fresh X-Forwarded-For \
          addresses), --base-domain {BASE_DOMAIN} (the loopback resolver's domain), --metrics-listen \
-         127.0.0.1:0; everything else shipped defaults (hash pool, connection caps, timeouts, limits)"
+         127.0.0.1:0, --heavy-read-priority lowered (the harness's PostgreSQL is a cluster on this host like \
+         the embedded default, where `auto` lowers it; given by DATABASE_URL, `auto` would not); \
+         everything else shipped defaults (hash pool, connection caps, timeouts, limits)"
     );
     println!(
         "CPUs: {}; serve and PostgreSQL pinned to CPU 0 and this load generator to CPU 1 with taskset: {pinned}; \

@@ -101,6 +101,7 @@ fn token_verification(c: &mut Criterion) {
             std::sync::Arc::new(bulkhead_test_support::test_master_key()),
             Clock::system(),
             config.tokens,
+            config.caches.tokens,
         );
         service.reload().await.expect("keys");
         let until = chrono::Utc::now() + chrono::Duration::hours(1);

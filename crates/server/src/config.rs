@@ -8,7 +8,9 @@ use bulkhead_auth::KeyEnvironment;
 
 pub mod limits;
 
-pub use limits::{CacheSettings, LimitArgs, RateLimitSettings};
+pub use limits::{
+    CacheSettings, LimitArgs, LoginThrottleSettings, RateLimitSettings, TokenFreshness,
+};
 
 /// `serve`'s serving-pool size unless `--max-connections` says otherwise. A tenant may hold a
 /// quarter of the pool at once (the store's per-tenant transaction cap).
@@ -44,6 +46,24 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub regions: Vec<String>,
+    /// At which CPU priority heavy reads (lists, audit filters: reads whose cost grows with a
+    /// tenant's data) run in the database: `auto` lowers it when the database is the embedded
+    /// cluster; `lowered` also for a cluster on this host, in this process's PID namespace, whose
+    /// backends this process may renice (one started beside it by the same supervisor); `normal`
+    /// never lowers it.
+    #[arg(long, env = "BULKHEAD_HEAVY_READ_PRIORITY", value_enum, default_value_t = HeavyReadPriority::Auto)]
+    pub heavy_read_priority: HeavyReadPriority,
+}
+
+/// See [`DatabaseArgs::heavy_read_priority`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeavyReadPriority {
+    /// Lowered on the embedded cluster, normal elsewhere.
+    Auto,
+    /// Lowered (the cluster's backends are processes this one may renice).
+    Lowered,
+    /// Normal: heavy reads share the serving pool.
+    Normal,
 }
 
 impl std::fmt::Debug for DatabaseArgs {
@@ -57,6 +77,7 @@ impl std::fmt::Debug for DatabaseArgs {
             .field("max_connections", &self.max_connections)
             .field("default_region", &self.default_region)
             .field("regions", &self.regions.len())
+            .field("heavy_read_priority", &self.heavy_read_priority)
             .finish()
     }
 }

@@ -61,7 +61,34 @@ pub struct LimitArgs {
     /// Seconds a compiled tool schema is kept after its last use.
     #[arg(long, env = "BULKHEAD_SCHEMA_CACHE_IDLE_SECS", default_value_t = 600)]
     pub schema_cache_idle_secs: u64,
+    /// Failed logins one client address (IPv6: its /64) may have per window, across accounts.
+    #[arg(long, env = "BULKHEAD_LOGIN_FAILURES_PER_ADDRESS", default_value_t = DEFAULT_LOGIN_FAILURES_PER_ADDRESS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_failures_per_address: u32,
+    /// Seconds of the per-address login window.
+    #[arg(
+        long,
+        env = "BULKHEAD_LOGIN_ADDRESS_WINDOW_SECS",
+        default_value_t = 900
+    )]
+    pub login_address_window_secs: u64,
+    /// Seconds between whole reloads of the token denylist and signing keys: the backstop for
+    /// a missed change notification.
+    #[arg(long, env = "BULKHEAD_TOKEN_RELOAD_SECS", default_value_t = 30)]
+    pub token_reload_secs: u64,
+    /// Seconds the token denylist may go without a live listener or a successful reload before
+    /// every access token is refused.
+    #[arg(
+        long,
+        env = "BULKHEAD_TOKEN_DENYLIST_STALENESS_SECS",
+        default_value_t = 60
+    )]
+    pub token_denylist_staleness_secs: u64,
 }
+
+/// Failed logins per client address per window unless `--login-failures-per-address` says
+/// otherwise.
+pub const DEFAULT_LOGIN_FAILURES_PER_ADDRESS: u32 = 30;
 
 impl LimitArgs {
     /// The validated rate limits.
@@ -77,6 +104,10 @@ impl LimitArgs {
             preauth: self.rate_limit_preauth,
             concurrency_per_tenant: self.concurrency_per_tenant,
             concurrency_key_create: self.concurrency_key_create,
+            login: LoginThrottleSettings {
+                failures: self.login_failures_per_address,
+                window: Duration::from_secs(self.login_address_window_secs),
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -89,6 +120,10 @@ impl LimitArgs {
             key_ttl: Duration::from_secs(self.key_cache_secs),
             ceiling_ttl: Duration::from_secs(self.ceiling_cache_secs),
             schema_idle: Duration::from_secs(self.schema_cache_idle_secs),
+            tokens: TokenFreshness {
+                reload: Duration::from_secs(self.token_reload_secs),
+                max_staleness: Duration::from_secs(self.token_denylist_staleness_secs),
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -143,6 +178,27 @@ pub struct RateLimitSettings {
     pub concurrency_per_tenant: u32,
     /// A tenant's key creations in flight at once in this process.
     pub concurrency_key_create: u32,
+    /// The per-address login throttle.
+    pub login: LoginThrottleSettings,
+}
+
+/// The login throttle per client address (`service::login_throttle`): in process, across the
+/// accounts of every tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottleSettings {
+    /// Failures one address may have per window.
+    pub failures: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for LoginThrottleSettings {
+    fn default() -> Self {
+        Self {
+            failures: DEFAULT_LOGIN_FAILURES_PER_ADDRESS,
+            window: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 impl Default for RateLimitSettings {
@@ -162,6 +218,7 @@ impl Default for RateLimitSettings {
             preauth: Quota::per_second(500).with_burst(1_000),
             concurrency_per_tenant: 256,
             concurrency_key_create: 4,
+            login: LoginThrottleSettings::default(),
         }
     }
 }
@@ -175,6 +232,12 @@ impl RateLimitSettings {
         }
         if self.concurrency_per_tenant == 0 || self.concurrency_key_create == 0 {
             return Err("concurrency limits must be at least 1".into());
+        }
+        if self.login.failures == 0 {
+            return Err("--login-failures-per-address must be at least 1".into());
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&self.login.window) {
+            return Err("--login-address-window-secs must be between 60 and 86400".into());
         }
         let budgets = [
             ("--rate-limit-global", &self.global),
@@ -248,6 +311,27 @@ pub struct CacheSettings {
     pub ceiling_ttl: Duration,
     /// A compiled tool schema, after its last use.
     pub schema_idle: Duration,
+    /// The token denylist and signing keys.
+    pub tokens: TokenFreshness,
+}
+
+/// How fresh the token service keeps its denylist and keys (`service::tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFreshness {
+    /// Between whole reloads, the backstop for missed notifications.
+    pub reload: Duration,
+    /// Longest the denylist may go without a live listener or a successful reload before
+    /// tokens are refused (fail closed); longer than `reload`.
+    pub max_staleness: Duration,
+}
+
+impl Default for TokenFreshness {
+    fn default() -> Self {
+        Self {
+            reload: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The ceiling cache lifetime unless `--ceiling-cache-secs` says otherwise.
@@ -264,6 +348,7 @@ impl Default for CacheSettings {
             key_ttl: Duration::from_secs(60),
             ceiling_ttl: DEFAULT_CEILING_TTL,
             schema_idle: Duration::from_secs(600),
+            tokens: TokenFreshness::default(),
         }
     }
 }
@@ -286,6 +371,17 @@ impl CacheSettings {
         }
         if self.schema_idle.is_zero() {
             return Err("--schema-cache-idle-secs must be at least 1".into());
+        }
+        let TokenFreshness {
+            reload,
+            max_staleness,
+        } = self.tokens;
+        if reload.is_zero() || reload >= max_staleness || max_staleness > MAX_SECURITY_CACHE {
+            return Err(format!(
+                "--token-reload-secs must be at least 1 and below --token-denylist-staleness-secs, \
+                 which may be at most {} seconds",
+                MAX_SECURITY_CACHE.as_secs()
+            ));
         }
         Ok(())
     }
@@ -340,5 +436,31 @@ mod tests {
             ..CacheSettings::default()
         };
         assert!(never.validate().is_err());
+        // A denylist allowed to be staler than the reload that refreshes it never goes stale
+        // between reloads: the staleness bound must exceed the reload interval.
+        let slower_reload = CacheSettings {
+            tokens: TokenFreshness {
+                reload: Duration::from_secs(60),
+                max_staleness: Duration::from_secs(60),
+            },
+            ..CacheSettings::default()
+        };
+        assert!(slower_reload.validate().is_err());
+        let stale_forever = CacheSettings {
+            tokens: TokenFreshness {
+                reload: Duration::from_secs(30),
+                max_staleness: Duration::from_secs(3600),
+            },
+            ..CacheSettings::default()
+        };
+        assert!(stale_forever.validate().is_err());
+        let no_login_budget = RateLimitSettings {
+            login: LoginThrottleSettings {
+                failures: 0,
+                ..LoginThrottleSettings::default()
+            },
+            ..RateLimitSettings::default()
+        };
+        assert!(no_login_budget.validate().is_err());
     }
 }

@@ -100,6 +100,7 @@ impl AppState {
             master_key.clone(),
             clock.clone(),
             config.tokens.clone(),
+            config.caches.tokens,
         ));
         let hashing = crate::service::hashing::HashPool::new(&config.hashing);
         let ceilings = Arc::new(crate::service::ceilings::RoleCeilings::new(
@@ -114,7 +115,9 @@ impl AppState {
                 verifier,
                 tokens,
                 master_key,
-                login_ips: Default::default(),
+                login_ips: crate::service::login_throttle::IpThrottle::new(
+                    &config.rate_limits.login,
+                ),
                 clock,
                 rate_limits,
                 config,

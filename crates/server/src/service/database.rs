@@ -8,6 +8,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use bulkhead_auth::{KeyPepper, MasterKey};
 use bulkhead_store::cluster::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use bulkhead_store::cluster::niced;
 use bulkhead_store::cluster::{pg_roles as roles, provision};
 use bulkhead_store::placement::location::DedicatedLimits;
 use bulkhead_store::placement::migrate;
@@ -16,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::config::environment::Secret;
-use crate::config::DatabaseArgs;
+use crate::config::{DatabaseArgs, HeavyReadPriority};
 use crate::service::credentials::Peppers;
 
 /// Name of the database in the embedded cluster.
@@ -34,6 +35,8 @@ pub struct Database {
     pub default_region: String,
     /// Further regions, each its own database.
     pub regions: Vec<RegionDatabase>,
+    /// Whether heavy reads of the default region run on reniced backends.
+    pub lower_heavy_reads: bool,
 }
 
 /// One further region's database.
@@ -118,12 +121,14 @@ impl Database {
                     embedded: None,
                     default_region: String::new(),
                     regions: Vec::new(),
+                    lower_heavy_reads: args.heavy_read_priority == HeavyReadPriority::Lowered,
                 };
                 db.open_regions(args).await?;
                 Ok(db)
             }
             None => {
                 let mut db = Self::open_embedded(&args.data_dir).await?;
+                db.lower_heavy_reads = args.heavy_read_priority != HeavyReadPriority::Normal;
                 db.open_regions(args).await?;
                 Ok(db)
             }
@@ -197,6 +202,7 @@ impl Database {
             embedded: Some(cluster),
             default_region: String::new(),
             regions: Vec::new(),
+            lower_heavy_reads: true,
         })
     }
 
@@ -244,6 +250,7 @@ impl Database {
             role: PoolRole::Owner,
             master_key: master,
             dedicated: DedicatedLimits::default(),
+            heavy_reads: None,
         }))
     }
 
@@ -273,11 +280,22 @@ impl Database {
                 .with_context(|| format!("cannot open region {}'s serving pool", region.name))?;
             regions.push((region.name.clone(), store.topology().registry.clone()));
         }
+        // Heavy reads get backends of their own, reniced (see `bulkhead_store::cluster::niced`):
+        // by default on the embedded cluster, which runs on this host under this process.
+        let heavy_reads = match self.lower_heavy_reads {
+            true => Some(
+                niced::connect_niced(self.app_options.clone(), max_connections)
+                    .await
+                    .context("cannot open the heavy-read pool as the application role")?,
+            ),
+            false => None,
+        };
         let default_region = self.default_region.clone();
         Ok(registry.reconfigured(|t| {
             t.default_region = default_region;
             t.regions = regions;
             t.master_key = master;
+            t.heavy_reads = heavy_reads;
         }))
     }
 

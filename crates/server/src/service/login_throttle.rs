@@ -4,29 +4,29 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Failures one address may have per window, across accounts.
-pub const IP_FAILURES_PER_WINDOW: u32 = 30;
-/// The per-address window.
-pub const IP_WINDOW_SECS: i64 = 15 * 60;
+use crate::config::LoginThrottleSettings;
 
 /// Failures per client address, in process.
 #[derive(Debug)]
 pub struct IpThrottle {
     failures: moka::future::Cache<IpAddr, Arc<std::sync::Mutex<(u32, i64)>>>,
-}
-
-impl Default for IpThrottle {
-    fn default() -> Self {
-        Self {
-            failures: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(std::time::Duration::from_secs(IP_WINDOW_SECS as u64))
-                .build(),
-        }
-    }
+    budget: u32,
+    window_secs: i64,
 }
 
 impl IpThrottle {
+    /// A throttle allowing `settings.failures` failures per address in each `settings.window`.
+    pub fn new(settings: &LoginThrottleSettings) -> Self {
+        Self {
+            failures: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(settings.window)
+                .build(),
+            budget: settings.failures,
+            window_secs: i64::try_from(settings.window.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
     /// The counter of `ip`'s bucket: IPv6 counts per /64 (one subscriber), like every
     /// address-keyed limit.
     async fn entry(&self, ip: IpAddr) -> Arc<std::sync::Mutex<(u32, i64)>> {
@@ -42,11 +42,11 @@ impl IpThrottle {
     pub async fn take_attempt(&self, ip: IpAddr, now: i64) -> Option<u64> {
         let entry = self.entry(ip).await;
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
-        if now - guard.1 >= IP_WINDOW_SECS {
+        if now - guard.1 >= self.window_secs {
             *guard = (0, now);
         }
-        if guard.0 >= IP_FAILURES_PER_WINDOW {
-            return Some((IP_WINDOW_SECS - (now - guard.1)).max(1) as u64);
+        if guard.0 >= self.budget {
+            return Some((self.window_secs - (now - guard.1)).max(1).unsigned_abs());
         }
         guard.0 += 1;
         None

@@ -28,13 +28,23 @@ pub fn default_concurrency() -> ConcurrencyLimiter {
 }
 
 /// Addresses whose pre-authentication budget is spent, with when it has room again. Bounded:
-/// an entry lives at most as long as the longest wait.
+/// an entry lives at most as long as the longest wait the per-address limits can answer.
 pub(crate) type Blocked = moka::sync::Cache<TenantId, chrono::DateTime<chrono::Utc>>;
 
-fn blocked_addresses() -> Blocked {
+/// The map of blocked addresses for per-address limits `preauth`. A request costs one unit, and
+/// one unit comes back within one period of the slowest quota, so no wait is longer: entries
+/// live that long (at least a second) and the map holds no address longer than it is blocked.
+fn blocked_addresses(preauth: &LimitConfig) -> Blocked {
+    let longest_wait = preauth
+        .plans
+        .values()
+        .map(bulkhead_ratelimit::Quota::period)
+        .max()
+        .unwrap_or_default()
+        .max(std::time::Duration::from_secs(1));
     moka::sync::Cache::builder()
         .max_capacity(100_000)
-        .time_to_live(std::time::Duration::from_secs(15 * 60))
+        .time_to_live(longest_wait)
         .build()
 }
 
@@ -53,9 +63,9 @@ impl RateLimits {
     pub fn in_memory(tenant: LimitConfig, preauth: LimitConfig, clock: Clock) -> Self {
         Self {
             tenant: Limiter::in_memory(tenant, clock.clone()),
+            blocked: blocked_addresses(&preauth),
             preauth: Limiter::in_memory(preauth, clock.clone()),
             concurrency: default_concurrency(),
-            blocked: blocked_addresses(),
             clock,
         }
     }
@@ -68,6 +78,7 @@ impl RateLimits {
         clock: Clock,
     ) -> anyhow::Result<Self> {
         let (tenant, preauth) = (settings.tenant_limits(), settings.preauth_limits());
+        let blocked = blocked_addresses(&preauth);
         let (tenant, preauth) = match redis_url.map(bulkhead_ratelimit::RedisOptions::new) {
             Some(options) => (
                 Limiter::redis(tenant, clock.clone(), options.clone())?,
@@ -86,7 +97,7 @@ impl RateLimits {
             tenant,
             preauth,
             concurrency: settings.concurrency(),
-            blocked: blocked_addresses(),
+            blocked,
             clock,
         })
     }

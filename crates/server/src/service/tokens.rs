@@ -11,8 +11,8 @@
 //! revocation made here is applied to this process's denylist before the response is sent;
 //! other processes hear it through `NOTIFY` (the measured bound: see
 //! `token_revocation_reaches_a_second_process`). If the listener connection is down, the whole
-//! denylist is reloaded every [`RELOAD_INTERVAL`]; if neither the listener nor a reload has
-//! succeeded for [`MAX_DENYLIST_STALENESS`], tokens are refused with a retryable 503: a process
+//! denylist is reloaded every [`TokenFreshness::reload`]; if neither the listener nor a reload has
+//! succeeded for [`TokenFreshness::max_staleness`], tokens are refused with a retryable 503: a process
 //! that cannot know about revocations does not accept tokens (fail closed).
 
 use std::collections::HashMap;
@@ -35,17 +35,11 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// How often the denylist and keys are reloaded whole, as a backstop for missed notifications.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(30);
-/// Longest the denylist may go without a live listener or a successful reload before tokens are
-/// refused.
-pub const MAX_DENYLIST_STALENESS: Duration = Duration::from_secs(60);
-
 /// Most verified tokens remembered (each well under 1 KiB).
 const VERIFIED_CACHE_ENTRIES: u64 = 50_000;
 
 /// Token settings of the deployment (defined with the other settings).
-pub use crate::config::TokenSettings;
+pub use crate::config::{TokenFreshness, TokenSettings};
 
 /// Why a presented access token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +158,7 @@ pub struct TokenService {
     master: Arc<MasterKey>,
     clock: Clock,
     settings: TokenSettings,
+    freshness: TokenFreshness,
     keys: RwLock<Arc<LoadedKeys>>,
     /// Revoked jti or sid → (tenant, refuse until).
     denylist: RwLock<HashMap<Uuid, (TenantId, DateTime<Utc>)>>,
@@ -201,12 +196,14 @@ impl TokenService {
         master: Arc<MasterKey>,
         clock: Clock,
         settings: TokenSettings,
+        freshness: TokenFreshness,
     ) -> Self {
         Self {
             store,
             master,
             clock,
             settings,
+            freshness,
             keys: RwLock::new(Arc::new(LoadedKeys {
                 signer: None,
                 keys: KeySet::default(),
@@ -468,7 +465,8 @@ impl TokenService {
             return false;
         }
         self.listening.load(Ordering::SeqCst)
-            || now.timestamp() - last <= MAX_DENYLIST_STALENESS.as_secs() as i64
+            || now.timestamp() - last
+                <= i64::try_from(self.freshness.max_staleness.as_secs()).unwrap_or(i64::MAX)
     }
 
     fn is_denied(&self, tenant: TenantId, id: Uuid, now: DateTime<Utc>) -> bool {
@@ -500,7 +498,7 @@ impl TokenService {
     }
 
     /// Listens for key rotations and revocations until the process ends; reloads everything on
-    /// every (re)connection and every [`RELOAD_INTERVAL`].
+    /// every (re)connection and every [`TokenFreshness::reload`].
     pub async fn listen_for_changes(self: Arc<Self>) {
         loop {
             let mut listener = match self.store.listen_token_revocations().await {
@@ -526,7 +524,7 @@ impl TokenService {
             }
             self.listening.store(true, Ordering::SeqCst);
             loop {
-                let next = tokio::time::timeout(RELOAD_INTERVAL, listener.try_recv()).await;
+                let next = tokio::time::timeout(self.freshness.reload, listener.try_recv()).await;
                 match next {
                     Err(_elapsed) => {
                         if let Err(err) = self.reload().await {

@@ -1157,7 +1157,7 @@ async fn login_is_throttled_per_address_across_accounts() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     create_user(&app, &acme, "ann@acme.test", &["sessions:read"]).await;
-    for i in 0..bulkhead_server::service::login_throttle::IP_FAILURES_PER_WINDOW {
+    for i in 0..bulkhead_server::config::limits::DEFAULT_LOGIN_FAILURES_PER_ADDRESS {
         let r = login_response(
             &app,
             "acme",

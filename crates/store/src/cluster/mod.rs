@@ -3,5 +3,6 @@
 //! cluster Bulkhead controls, and the PostgreSQL roles the store serves and migrates through.
 
 pub mod embedded;
+pub mod niced;
 pub mod pg_roles;
 pub mod provision;

@@ -189,7 +189,10 @@ impl Store {
                 if !self.router.serves(&location.region) {
                     return Err(StoreError::WrongRegion(location.region));
                 }
-                let pool = self.router.pool_for(&location).await?;
+                let pool = self
+                    .router
+                    .pool_for_transaction(&location, permit.is_heavy())
+                    .await?;
                 let mut tx = pool.begin().await?;
                 if snapshot {
                     // Before the first statement, which takes the snapshot.
@@ -248,6 +251,9 @@ impl Store {
     pub async fn close(&self) {
         self.pool().close().await;
         for (_, pool) in &self.router.topology.regions {
+            pool.close().await;
+        }
+        if let Some(pool) = &self.router.topology.heavy_reads {
             pool.close().await;
         }
     }

@@ -141,6 +141,13 @@ pub(crate) struct GatePermit {
     _heavy: Option<LanePermit>,
 }
 
+impl GatePermit {
+    /// Whether this transaction holds a heavy place (it serves a heavy read).
+    pub(crate) fn is_heavy(&self) -> bool {
+        self._heavy.is_some()
+    }
+}
+
 impl TenantGate {
     /// A gate letting each tenant hold `cap` transactions, waiting at most `wait` for one.
     pub(crate) fn new(cap: usize, wait: Duration) -> Self {

@@ -230,6 +230,10 @@ pub struct Topology {
     pub master_key: Option<Arc<MasterKey>>,
     /// Dedicated pool bounds.
     pub dedicated: DedicatedLimits,
+    /// Where heavy reads of the registry database (its shared and schema tenants) run, when
+    /// set: a pool whose backends run at a lower CPU priority than the serving pool's (the
+    /// embedded cluster, whose backends the serving process may renice). Unset: the serving pool.
+    pub heavy_reads: Option<PgPool>,
 }
 
 impl fmt::Debug for Topology {
@@ -255,6 +259,7 @@ impl Topology {
             role,
             master_key: None,
             dedicated: DedicatedLimits::default(),
+            heavy_reads: None,
         }
     }
 }
@@ -354,6 +359,24 @@ impl Router {
         let mut cache = self.locations.write().unwrap_or_else(|e| e.into_inner());
         cache.insert(tenant, (location.clone(), Instant::now()));
         Ok(location)
+    }
+
+    /// The pool a tenant transaction at `location` takes its connection from: the heavy-read
+    /// pool for a heavy read in the registry database when there is one
+    /// ([`Topology::heavy_reads`]), else [`Router::pool_for`].
+    pub(crate) async fn pool_for_transaction(
+        &self,
+        location: &Location,
+        heavy: bool,
+    ) -> Result<PgPool, StoreError> {
+        match (&self.topology.heavy_reads, &location.placement) {
+            (Some(pool), Placement::Shared | Placement::Schema(_))
+                if heavy && location.region == self.topology.default_region =>
+            {
+                Ok(pool.clone())
+            }
+            _ => self.pool_for(location).await,
+        }
     }
 
     /// The pool holding `location`'s database.

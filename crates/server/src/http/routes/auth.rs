@@ -9,8 +9,8 @@
 //!   process sees it. A name whose last failure and lock both ended [`MAX_LOCK_SECS`] ago is
 //!   forgotten (each attempt sweeps up to [`SWEEP_BATCH`] such rows), so its count starts over.
 //! - per client address: at most
-//!   [`IP_FAILURES_PER_WINDOW`](crate::service::login_throttle::IP_FAILURES_PER_WINDOW) failures per
-//!   [`IP_WINDOW_SECS`](crate::service::login_throttle::IP_WINDOW_SECS)
+//!   `--login-failures-per-address` failures (default 30) per
+//!   `--login-address-window-secs` (default 15 minutes)
 //!   across all accounts, in process.
 //!
 //! Unknown email, wrong password and disabled user give one answer (401 `invalid-login`) after
