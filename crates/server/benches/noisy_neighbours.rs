@@ -108,6 +108,12 @@ fn pin_tree(parent: u32, cpu: &str) {
     }
 }
 
+/// NOISY_HEAVY_READ_PRIORITY (default `lowered`, what `auto` gives the embedded default): serve's
+/// `--heavy-read-priority`, for an A/B of the reniced heavy-read backends.
+fn heavy_read_priority() -> String {
+    std::env::var("NOISY_HEAVY_READ_PRIORITY").unwrap_or_else(|_| "lowered".into())
+}
+
 struct Serve {
     child: Child,
     port: u16,
@@ -166,7 +172,7 @@ async fn start_serve(db: &TestDb, pinned: bool) -> Serve {
             "--trusted-proxies",
             "127.0.0.1/32",
             "--heavy-read-priority",
-            "lowered",
+            &heavy_read_priority(),
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -517,9 +523,10 @@ async fn run(pinned: bool, cores: usize) {
     println!(
         "settings changed from serve's defaults: --trusted-proxies 127.0.0.1/32 (fresh X-Forwarded-For \
          addresses), --base-domain {BASE_DOMAIN} (the loopback resolver's domain), --metrics-listen \
-         127.0.0.1:0, --heavy-read-priority lowered (the harness's PostgreSQL is a cluster on this host like \
+         127.0.0.1:0, --heavy-read-priority {} (the harness's PostgreSQL is a cluster on this host like \
          the embedded default, where `auto` lowers it; given by DATABASE_URL, `auto` would not); \
-         everything else shipped defaults (hash pool, connection caps, timeouts, limits)"
+         everything else shipped defaults (hash pool, connection caps, timeouts, limits)",
+        heavy_read_priority()
     );
     println!(
         "CPUs: {}; serve and PostgreSQL pinned to CPU 0 and this load generator to CPU 1 with taskset: {pinned}; \

@@ -565,6 +565,16 @@ async fn calls_are_validated_signed_forwarded_and_audited() {
         .await
         .unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    // The body is parsed off the async runtime now, behind the same content-type check.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let mut request = as_tenant(app, &acme, Method::POST, "/v1/tools/weather/calls")
+            .body(json!({ "input": { "city": "Berlin" } }).to_string());
+        if !content_type.is_empty() {
+            request = request.header("content-type", content_type);
+        }
+        let status = request.send().await.unwrap().status();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type:?}");
+    }
     // A call's body is capped below the application's 1 MiB (issue 27): refused before parsing.
     let oversized = json!({ "input": { "city": "b".repeat(300 * 1024) } });
     let (status, problem_body) = problem(
