@@ -28,6 +28,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use bulkhead_core::{Scope, TenantContext};
 
+use crate::http::apidoc::OpDoc;
 use crate::http::error::ApiError;
 use crate::http::extract::audit_forbidden;
 use crate::http::state::AppState;
@@ -95,12 +96,16 @@ pub struct RouteSpec {
     pub access: RouteAccess,
     /// Whether prefix-confined and delegated credentials may call it (credential-needing routes).
     pub confinement: Confinement,
+    /// The handler's name (its OpenAPI `operationId`).
+    pub handler: &'static str,
 }
 
 /// Routes with their declarations. See the module doc.
 #[derive(Default)]
 pub struct RouteTable {
-    routes: Vec<(RouteSpec, MethodRouter<AppState>)>,
+    routes: Vec<(RouteSpec, MethodRouter<AppState>, Option<OpDoc>)>,
+    /// The OpenAPI tag of the operations documented in this table.
+    tag: Option<&'static str>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -125,6 +130,14 @@ impl RouteTable {
         Self::default()
     }
 
+    /// An empty table whose operations the OpenAPI document lists under `tag`.
+    pub fn tagged(tag: &'static str) -> Self {
+        Self {
+            tag: Some(tag),
+            ..Self::default()
+        }
+    }
+
     /// Adds `method path` with its declaration.
     ///
     /// # Panics
@@ -141,6 +154,7 @@ impl RouteTable {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("routable method");
+        let name = std::any::type_name::<H>();
         // The checks are layered in `into_routers`, once the confinement is declared.
         self.routes.push((
             RouteSpec {
@@ -148,8 +162,10 @@ impl RouteTable {
                 path,
                 access,
                 confinement: Confinement::Undeclared,
+                handler: name.rsplit("::").next().unwrap_or(name),
             },
             on(filter, handler),
+            None,
         ));
         self
     }
@@ -159,7 +175,7 @@ impl RouteTable {
     /// # Panics
     /// With no route added yet, or declared twice (programming errors every test run catches).
     pub fn confine(mut self, confinement: Confinement) -> Self {
-        let (spec, _) = self.routes.last_mut().expect("confine() follows a route");
+        let (spec, _, _) = self.routes.last_mut().expect("confine() follows a route");
         assert_eq!(
             spec.confinement,
             Confinement::Undeclared,
@@ -177,12 +193,33 @@ impl RouteTable {
     /// # Panics
     /// With no route added yet (a programming error every test run catches).
     pub fn body_limit(mut self, bytes: usize) -> Self {
-        let (_, router) = self
+        let (_, router, _) = self
             .routes
             .last_mut()
             .expect("body_limit() follows a route");
         let taken = std::mem::replace(router, MethodRouter::new());
         *router = taken.layer(axum::extract::DefaultBodyLimit::max(bytes));
+        self
+    }
+
+    /// Documents the route added last in the OpenAPI document: its operation is named after the
+    /// handler and listed under the table's tag.
+    ///
+    /// # Panics
+    /// With no route added yet, or documented twice (programming errors every test run catches).
+    pub fn doc(mut self, doc: OpDoc) -> Self {
+        let (spec, _, slot) = self.routes.last_mut().expect("doc() follows a route");
+        assert!(
+            slot.is_none(),
+            "documented twice: {} {}",
+            spec.method,
+            spec.path
+        );
+        *slot = Some(OpDoc {
+            operation_id: spec.handler,
+            tag: self.tag,
+            ..doc
+        });
         self
     }
 
@@ -244,7 +281,14 @@ impl RouteTable {
 
     /// Every declared route, in declaration order.
     pub fn specs(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.routes.iter().map(|(spec, _)| spec)
+        self.routes.iter().map(|(spec, _, _)| spec)
+    }
+
+    /// Every declared route with its documentation, in declaration order.
+    pub fn docs(&self) -> impl Iterator<Item = (&RouteSpec, Option<&OpDoc>)> {
+        self.routes
+            .iter()
+            .map(|(spec, _, doc)| (spec, doc.as_ref()))
     }
 
     /// The routers, grouped by how requests reach them.
@@ -259,7 +303,7 @@ impl RouteTable {
             self_authenticating: Router::new(),
             tenant: Router::new(),
         };
-        for (spec, endpoint) in self.routes {
+        for (spec, endpoint, _) in self.routes {
             assert!(
                 seen.insert((spec.method.to_string(), spec.path)),
                 "route declared twice: {} {}",

@@ -6,6 +6,7 @@
 //! ([`routes`]) → a service or the store door. Errors are mapped to RFC 9457 once ([`error`]).
 //! Nothing here is reached by services: the dependency goes from `http` to `service`, never back.
 
+pub mod apidoc;
 pub mod app;
 pub mod authz;
 pub mod error;

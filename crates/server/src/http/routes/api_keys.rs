@@ -1,6 +1,7 @@
 //! `/v1/api-keys`: the key lifecycle. Metadata only, except the plaintext of a new key, returned
 //! exactly once by create and rotate.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::State;
@@ -26,38 +27,107 @@ use crate::service::keys::{self, KeySpec};
 
 const MAX_ALLOWED_IPS: usize = 64;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(
-    create, list, fetch, update, rotate, revoke, revoke_all, get_policy, put_policy
-))]
-pub struct Api;
-
 /// The routes and who may call them. A key may always read, narrow, rotate and revoke itself
 /// (the handlers check `keys:manage` for any other key).
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const MANAGE: RouteAccess = Requires(Scope::KeysManage);
     const ANY: RouteAccess = RouteAccess::Authenticated;
-    RouteTable::new()
+    RouteTable::tagged("api-keys")
         .get("/v1/api-keys", MANAGE, list)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<KeyPage>(200, "A page of keys")
+                .summary("Lists the tenant's keys (metadata only).")
+                .query::<ListQuery>()
+                .answer(422, "Limit outside 1 to 200, or an invalid principal"),
+        )
         .post("/v1/api-keys", MANAGE, create)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<MintedKey>(201, "The key and its metadata")
+                .summary(
+                    "Mints a key with scopes the caller holds; the key is in the \
+                    answer, once.",
+                )
+                .body::<CreateKey>()
+                .answer(
+                    403,
+                    "The caller lacks a scope it would grant, or is a delegated or \
+                    prefix-confined credential",
+                )
+                .answer(
+                    422,
+                    "An unknown scope, an invalid principal, description, network or \
+                    expiry",
+                ),
+        )
         .post("/v1/api-keys/revoke-all", MANAGE, revoke_all)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Revoked>(200, "The revoked keys")
+                .summary("Revokes every key of a principal.")
+                .body::<RevokeAll>()
+                .answer(422, "An invalid principal"),
+        )
         .get("/v1/api-keys/{id}", ANY, fetch)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<ApiKeyRecord>(200, "The key's metadata")
+                .bearer("keys:manage")
+                .summary("A key's metadata (a key may always read itself).")
+                .on::<ApiKeyId>("key"),
+        )
         .patch("/v1/api-keys/{id}", ANY, update)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<ApiKeyRecord>(200, "The key's metadata")
+                .bearer("keys:manage")
+                .summary(
+                    "Changes a key's description, allowed networks or expiry (a key \
+                    may narrow itself).",
+                )
+                .on::<ApiKeyId>("key")
+                .body::<UpdateKey>()
+                .answer(409, "The key is no longer usable")
+                .answer(422, "An invalid field"),
+        )
         .post("/v1/api-keys/{id}/rotate", ANY, rotate)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<MintedKey>(201, "The successor key and its metadata")
+                .bearer("keys:manage")
+                .summary(
+                    "Mints the key's successor; the old key works for the grace \
+                    period. The body is optional.",
+                )
+                .on::<ApiKeyId>("key")
+                .optional_body::<RotateKey>()
+                .answer(409, "The key cannot be rotated in its state")
+                .answer(422, "Grace period out of range, or an invalid body"),
+        )
         .post("/v1/api-keys/{id}/revoke", ANY, revoke)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<ApiKeyRecord>(200, "The revoked key's metadata")
+                .bearer("keys:manage")
+                .summary("Revokes a key at once (a key may revoke itself).")
+                .on::<ApiKeyId>("key"),
+        )
         .get("/v1/key-policy", MANAGE, get_policy)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<api_keys::KeyPolicy>(200, "The key policy")
+                .summary("The tenant's key policy."),
+        )
         .put("/v1/key-policy", MANAGE, put_policy)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<api_keys::KeyPolicy>(200, "The new key policy")
+                .summary("Replaces the tenant's key policy.")
+                .body::<PutPolicy>()
+                .answer(422, "A value out of range"),
+        )
 }
 
 /// Body of `PUT /v1/key-policy`: the tenant's key policy, every field required. Named apart
@@ -77,12 +147,6 @@ pub struct PutPolicy {
     deadline_warning_seconds: i32,
 }
 
-/// The tenant's key policy.
-#[utoipa::path(
-    get, path = "/v1/key-policy", tag = "api-keys",
-    responses((status = 200, description = "The key policy", body = api_keys::KeyPolicy)),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -90,16 +154,6 @@ async fn get_policy(
     Ok(axum::Json(policy::read(&state, &tenant.0).await?))
 }
 
-/// Replaces the tenant's key policy.
-#[utoipa::path(
-    put, path = "/v1/key-policy", tag = "api-keys",
-    request_body = PutPolicy,
-    responses(
-        (status = 200, description = "The new key policy", body = api_keys::KeyPolicy),
-        (status = 422, description = "A value out of range"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn put_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -303,17 +357,6 @@ fn check_future(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), Api
     Ok(())
 }
 
-/// Mints a key with scopes the caller holds; the key is in the answer, once.
-#[utoipa::path(
-    post, path = "/v1/api-keys", tag = "api-keys",
-    request_body = CreateKey,
-    responses(
-        (status = 201, description = "The key and its metadata", body = MintedKey),
-        (status = 403, description = "The caller lacks a scope it would grant, or is a delegated or prefix-confined credential"),
-        (status = 422, description = "An unknown scope, an invalid principal, description, network or expiry"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -369,16 +412,6 @@ async fn create(
     Ok(minted(&key, api_key))
 }
 
-/// Lists the tenant's keys (metadata only).
-#[utoipa::path(
-    get, path = "/v1/api-keys", tag = "api-keys",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of keys", body = KeyPage),
-        (status = 422, description = "Limit outside 1 to 200, or an invalid principal"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -395,16 +428,6 @@ async fn list(
     Ok(axum::Json(KeyPage { data, next_cursor }))
 }
 
-/// A key's metadata (a key may always read itself).
-#[utoipa::path(
-    get, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = ApiKeyId, Path, description = "The key")),
-    responses(
-        (status = 200, description = "The key's metadata", body = ApiKeyRecord),
-        (status = 404, description = "No such key (or another tenant's)"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -449,19 +472,6 @@ fn own_or(tenant: &Tenant, id: ApiKeyId, scope: Scope) -> Result<&TenantContext,
     }
 }
 
-/// Changes a key's description, allowed networks or expiry (a key may narrow itself).
-#[utoipa::path(
-    patch, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = ApiKeyId, Path, description = "The key")),
-    request_body = UpdateKey,
-    responses(
-        (status = 200, description = "The key's metadata", body = ApiKeyRecord),
-        (status = 404, description = "No such key (or another tenant's)"),
-        (status = 409, description = "The key is no longer usable"),
-        (status = 422, description = "An invalid field"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -535,19 +545,6 @@ async fn update(
     Ok(axum::Json(record))
 }
 
-/// Mints the key's successor; the old key works for the grace period. The body is optional.
-#[utoipa::path(
-    post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys",
-    params(("id" = ApiKeyId, Path, description = "The key")),
-    request_body(content = Option<RotateKey>, content_type = "application/json"),
-    responses(
-        (status = 201, description = "The successor key and its metadata", body = MintedKey),
-        (status = 404, description = "No such key (or another tenant's)"),
-        (status = 409, description = "The key cannot be rotated in its state"),
-        (status = 422, description = "Grace period out of range, or an invalid body"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn rotate(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -593,16 +590,6 @@ async fn rotate(
     Ok(minted(&key, api_key))
 }
 
-/// Revokes a key at once (a key may revoke itself).
-#[utoipa::path(
-    post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys",
-    params(("id" = ApiKeyId, Path, description = "The key")),
-    responses(
-        (status = 200, description = "The revoked key's metadata", body = ApiKeyRecord),
-        (status = 404, description = "No such key (or another tenant's)"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn revoke(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -618,16 +605,6 @@ async fn revoke(
     Ok(axum::Json(record))
 }
 
-/// Revokes every key of a principal.
-#[utoipa::path(
-    post, path = "/v1/api-keys/revoke-all", tag = "api-keys",
-    request_body = RevokeAll,
-    responses(
-        (status = 200, description = "The revoked keys", body = Revoked),
-        (status = 422, description = "An invalid principal"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn revoke_all(
     State(state): State<AppState>,
     tenant: Tenant,

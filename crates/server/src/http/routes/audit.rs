@@ -3,6 +3,7 @@
 //! Every route requires `audit:read` and works inside the caller's tenant transaction, so a
 //! tenant only ever sees its own log; another tenant's event id answers like a missing one.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::body::{Body, Bytes};
@@ -17,6 +18,7 @@ use bulkhead_store::TenantTx;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use utoipa::PartialSchema;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Query, Tenant};
@@ -31,47 +33,109 @@ pub const LOG_KEY_PATH: &str = "/.well-known/bulkhead-audit-key";
 /// Leaves read per database round trip while exporting.
 pub const EXPORT_PAGE: u64 = 2000;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(
-    log_key,
-    list_events,
-    checkpoint_now,
-    latest_checkpoint,
-    inclusion,
-    consistency,
-    export
-))]
-pub struct Api;
-
 /// The routes and who may call them. The log's public key is public: verifiers need it without
 /// an account.
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement, TENANT_WIDE_READ};
     const READ: RouteAccess = Requires(Scope::AuditRead);
-    RouteTable::new()
+    RouteTable::tagged("audit")
         .get(LOG_KEY_PATH, RouteAccess::Public, log_key)
+        .doc(
+            OpDoc::ok::<LogKey>(200, "The audit log's Ed25519 public key")
+                .summary("`GET /.well-known/bulkhead-audit-key`."),
+        )
         .get("/v1/audit/events", READ, list_events)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<EventPage>(200, "A page of events")
+                .summary("The tenant's audit events, oldest first.")
+                .query::<EventsQuery>()
+                .answer(
+                    422,
+                    "Limit outside 1 to 200, an invalid filter, or `since` after \
+                    `until`",
+                ),
+        )
         .post("/v1/audit/checkpoints", READ, checkpoint_now)
         .confine(Confinement::Delegated(
-            "signs the tenant-wide tree head an audit:read holder may ask for; no prefix bounds it",
+            "signs the tenant-wide tree head an audit:read holder may ask \
+            for; no prefix bounds it",
         ))
+        .doc(
+            OpDoc::ok::<bulkhead_audit::SignedCheckpoint>(
+                201,
+                "A new signed checkpoint: the tree grew",
+            )
+            .summary(
+                "`POST /v1/audit/checkpoints`: sequences the tenant's pending \
+                events now and signs a\n\
+                checkpoint if the tree grew since the latest one; otherwise \
+                answers the latest (200). The route\n\
+                needs only `audit:read`, which viewers hold: it must not append \
+                a signed row per call.",
+            )
+            .also::<bulkhead_audit::SignedCheckpoint>(
+                200,
+                "The latest checkpoint: the tree has not grown since",
+            ),
+        )
         .get("/v1/audit/checkpoints/latest", READ, latest_checkpoint)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<bulkhead_audit::SignedCheckpoint>(200, "The checkpoint")
+                .summary("The latest signed checkpoint.")
+                .answer(404, "No checkpoint yet"),
+        )
         .get("/v1/audit/proofs/inclusion", READ, inclusion)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<audit_log::InclusionProof>(200, "The proof")
+                .summary(
+                    "RFC 9162 inclusion proof of an event in the tree of `tree_size` \
+                    leaves.",
+                )
+                .query::<InclusionQuery>()
+                .not_found("event")
+                .answer(409, "The event is not in the log yet")
+                .answer(422, "A tree size the log does not have"),
+        )
         .get("/v1/audit/proofs/consistency", READ, consistency)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<audit_log::ConsistencyProof>(200, "The proof")
+                .summary("RFC 9162 consistency proof between two tree sizes.")
+                .query::<ConsistencyQuery>()
+                .answer(
+                    422,
+                    "Sizes the log does not have, or `from` outside 1 to `to`",
+                ),
+        )
         .get("/v1/audit/export", READ, export)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::inline(
+                200,
+                "The export: one JSON object per line",
+                "application/x-ndjson",
+                String::schema(),
+            )
+            .summary(
+                "`GET /v1/audit/export`: a checkpoint of the whole log (the \
+                latest, or a new one if the tree\n\
+                grew), then every leaf it covers, as NDJSON. The checkpoint and \
+                every page are read from one\n\
+                `REPEATABLE READ` snapshot ([`audit_pages::ExportSnapshot`]), so \
+                a purge that runs while the\n\
+                export streams cannot turn leaves into `purged` lines whose \
+                `audit.purge` event lies beyond\n\
+                the checkpoint. A failure mid-stream ends the response early, \
+                which the verifier reports (the\n\
+                size does not match the checkpoint).",
+            ),
+        )
 }
 
-/// `GET /.well-known/bulkhead-audit-key`.
-#[utoipa::path(
-    get, path = "/.well-known/bulkhead-audit-key", tag = "audit",
-    responses((status = 200, description = "The audit log's Ed25519 public key", body = LogKey)),
-)]
+/// The handler of the log key's route (see [`routes`]).
 pub async fn log_key(State(state): State<AppState>) -> axum::Json<LogKey> {
     let public = state.audit().key().public();
     axum::Json(LogKey {
@@ -147,16 +211,6 @@ fn check_label(name: &str, value: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-/// The tenant's audit events, oldest first.
-#[utoipa::path(
-    get, path = "/v1/audit/events", tag = "audit",
-    params(EventsQuery),
-    responses(
-        (status = 200, description = "A page of events", body = EventPage),
-        (status = 422, description = "Limit outside 1 to 200, an invalid filter, or `since` after `until`"),
-    ),
-    security(("bearer" = ["audit:read"])),
-)]
 async fn list_events(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -200,17 +254,6 @@ async fn list_events(
     Ok(axum::Json(EventPage { data, next_cursor }))
 }
 
-/// `POST /v1/audit/checkpoints`: sequences the tenant's pending events now and signs a
-/// checkpoint if the tree grew since the latest one; otherwise answers the latest (200). The route
-/// needs only `audit:read`, which viewers hold: it must not append a signed row per call.
-#[utoipa::path(
-    post, path = "/v1/audit/checkpoints", tag = "audit",
-    responses(
-        (status = 201, description = "A new signed checkpoint: the tree grew", body = bulkhead_audit::SignedCheckpoint),
-        (status = 200, description = "The latest checkpoint: the tree has not grown since", body = bulkhead_audit::SignedCheckpoint),
-    ),
-    security(("bearer" = ["audit:read"])),
-)]
 async fn checkpoint_now(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -250,15 +293,6 @@ async fn current_checkpoint(
     }
 }
 
-/// The latest signed checkpoint.
-#[utoipa::path(
-    get, path = "/v1/audit/checkpoints/latest", tag = "audit",
-    responses(
-        (status = 200, description = "The checkpoint", body = bulkhead_audit::SignedCheckpoint),
-        (status = 404, description = "No checkpoint yet"),
-    ),
-    security(("bearer" = ["audit:read"])),
-)]
 async fn latest_checkpoint(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -294,18 +328,6 @@ fn refusal(refused: ProofRefusal) -> ApiError {
     }
 }
 
-/// RFC 9162 inclusion proof of an event in the tree of `tree_size` leaves.
-#[utoipa::path(
-    get, path = "/v1/audit/proofs/inclusion", tag = "audit",
-    params(InclusionQuery),
-    responses(
-        (status = 200, description = "The proof", body = audit_log::InclusionProof),
-        (status = 404, description = "No such event (or another tenant's)"),
-        (status = 409, description = "The event is not in the log yet"),
-        (status = 422, description = "A tree size the log does not have"),
-    ),
-    security(("bearer" = ["audit:read"])),
-)]
 async fn inclusion(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -330,16 +352,6 @@ pub struct ConsistencyQuery {
     to: u64,
 }
 
-/// RFC 9162 consistency proof between two tree sizes.
-#[utoipa::path(
-    get, path = "/v1/audit/proofs/consistency", tag = "audit",
-    params(ConsistencyQuery),
-    responses(
-        (status = 200, description = "The proof", body = audit_log::ConsistencyProof),
-        (status = 422, description = "Sizes the log does not have, or `from` outside 1 to `to`"),
-    ),
-    security(("bearer" = ["audit:read"])),
-)]
 async fn consistency(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -356,19 +368,6 @@ async fn consistency(
 /// the bound on the pause between two pages).
 const EXPORT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// `GET /v1/audit/export`: a checkpoint of the whole log (the latest, or a new one if the tree
-/// grew), then every leaf it covers, as NDJSON. The checkpoint and every page are read from one
-/// `REPEATABLE READ` snapshot ([`audit_pages::ExportSnapshot`]), so a purge that runs while the
-/// export streams cannot turn leaves into `purged` lines whose `audit.purge` event lies beyond
-/// the checkpoint. A failure mid-stream ends the response early, which the verifier reports (the
-/// size does not match the checkpoint).
-#[utoipa::path(
-    get, path = "/v1/audit/export", tag = "audit",
-    responses(
-        (status = 200, description = "The export: one JSON object per line", content_type = "application/x-ndjson", body = String),
-    ),
-    security(("bearer" = ["audit:read"])),
-)]
 async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
     let ctx = &tenant.0;
     let snapshot = audit_pages::ExportSnapshot::open(

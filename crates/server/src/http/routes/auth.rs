@@ -18,6 +18,7 @@
 
 use std::net::SocketAddr;
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::{ConnectInfo, State};
@@ -66,21 +67,59 @@ pub fn routes() -> RouteTable {
         Confinement::{self, Refused},
         TENANT_WIDE_READ,
     };
-    RouteTable::new()
+    RouteTable::tagged("auth")
         .post("/v1/auth/login", RouteAccess::SelfAuthenticating, login)
+        .doc(
+            OpDoc::ok::<TokenResponse>(200, "Tokens")
+                .summary(
+                    "Human login: an access token and a refresh token. Throttled per \
+                    account name and per address.",
+                )
+                .body::<LoginRequest>()
+                .answer(400, "The body is not valid JSON")
+                .answer(
+                    401,
+                    "Wrong email or password, disabled user or suspended tenant (one \
+                    answer)",
+                )
+                .answer(404, "The subdomain or `tenant` names no tenant")
+                .answer(
+                    413,
+                    "The body is larger than the route accepts (1 MiB; a tool call \
+                    256 KiB)",
+                )
+                .answer(415, "The body is not `application/json`")
+                .answer(422, "No tenant named, or host and `tenant` disagree")
+                .answer(429, "Too many failed logins; see `Retry-After`")
+                .answer(
+                    503,
+                    "Temporarily unavailable, or too many password checks in \
+                    progress; see `Retry-After`",
+                ),
+        )
         .post(LOGOUT_PATH, RouteAccess::Authenticated, logout)
         .confine(Confinement::Admitted(
             "ending one's own session only takes authority away; the handler refuses a \
              delegated token, which carries its delegator's session",
         ))
+        .doc(
+            OpDoc::empty(204, "Logged out")
+                .summary("Ends the session of the calling access token (from a login).")
+                .answer(422, "The credential has no session to log out of"),
+        )
         .get(
             "/v1/auth/sessions",
             RouteAccess::Authenticated,
             list_sessions,
         )
         .confine(Confinement::Admitted(
-            "the caller's own auth sessions; the handler shows a delegated credential none",
+            "the caller's own auth sessions; the handler shows a delegated \
+            credential none",
         ))
+        .doc(
+            OpDoc::ok::<crate::http::routes::openapi::AuthSessionList>(200, "Sessions")
+                .summary("The caller's live auth sessions (refresh-token families)."),
+        )
         .delete(
             "/v1/auth/sessions/{id}",
             RouteAccess::Authenticated,
@@ -90,10 +129,28 @@ pub fn routes() -> RouteTable {
             "ends one of the caller's own auth sessions (a delegated credential owns none); \
              ending another's with keys:manage is refused to confined and delegated credentials",
         ))
+        .doc(
+            OpDoc::empty(204, "Ended")
+                .summary(
+                    "Ends one of the caller's auth sessions (any of the tenant's with \
+                    `keys:manage`).",
+                )
+                .id::<AuthSessionId>("The auth session")
+                .answer(404, "No such session of the caller's"),
+        )
         .get("/v1/token-policy", Requires(Scope::KeysManage), get_policy)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<TokenPolicy>(200, "The token policy").summary("The tenant's token policy."),
+        )
         .put("/v1/token-policy", Requires(Scope::KeysManage), put_policy)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<TokenPolicy>(200, "The new token policy")
+                .summary("Replaces the tenant's token policy.")
+                .body::<TokenPolicy>()
+                .answer(422, "A value out of range"),
+        )
 }
 
 /// Trims and lowercases an email; `None` if it cannot be one.
@@ -154,22 +211,6 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Human login: an access token and a refresh token. Throttled per account name and per address.
-#[utoipa::path(
-    post, path = "/v1/auth/login", tag = "auth",
-    request_body = LoginRequest,
-    responses(
-        (status = 200, description = "Tokens", body = TokenResponse),
-        (status = 400, description = "The body is not valid JSON"),
-        (status = 401, description = "Wrong email or password, disabled user or suspended tenant (one answer)"),
-        (status = 404, description = "The subdomain or `tenant` names no tenant"),
-        (status = 413, description = "The body is larger than the route accepts (1 MiB; a tool call 256 KiB)"),
-        (status = 415, description = "The body is not `application/json`"),
-        (status = 422, description = "No tenant named, or host and `tenant` disagree"),
-        (status = 429, description = "Too many failed logins; see `Retry-After`"),
-        (status = 503, description = "Temporarily unavailable, or too many password checks in progress; see `Retry-After`"),
-    ),
-)]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -382,15 +423,6 @@ async fn login_tenant(
     }
 }
 
-/// Ends the session of the calling access token (from a login).
-#[utoipa::path(
-    post, path = "/v1/auth/logout", tag = "auth",
-    responses(
-        (status = 204, description = "Logged out"),
-        (status = 422, description = "The credential has no session to log out of"),
-    ),
-    security(("bearer" = [])),
-)]
 async fn logout(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -478,12 +510,6 @@ struct SessionView {
     current: bool,
 }
 
-/// The caller's live auth sessions (refresh-token families).
-#[utoipa::path(
-    get, path = "/v1/auth/sessions", tag = "auth",
-    responses((status = 200, description = "Sessions", body = crate::http::routes::openapi::AuthSessionList)),
-    security(("bearer" = [])),
-)]
 async fn list_sessions(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -511,16 +537,6 @@ async fn list_sessions(
     Ok(axum::Json(json!({ "data": data })))
 }
 
-/// Ends one of the caller's auth sessions (any of the tenant's with `keys:manage`).
-#[utoipa::path(
-    delete, path = "/v1/auth/sessions/{id}", tag = "auth",
-    params(("id" = AuthSessionId, Path, description = "The auth session")),
-    responses(
-        (status = 204, description = "Ended"),
-        (status = 404, description = "No such session of the caller's"),
-    ),
-    security(("bearer" = [])),
-)]
 async fn end_session(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -543,12 +559,6 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The tenant's token policy.
-#[utoipa::path(
-    get, path = "/v1/token-policy", tag = "auth",
-    responses((status = 200, description = "The token policy", body = TokenPolicy)),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn get_policy(
     State(state): State<AppState>,
     tenant: TenantExtract,
@@ -556,16 +566,6 @@ async fn get_policy(
     Ok(axum::Json(policy::read(&state, &tenant.0).await?))
 }
 
-/// Replaces the tenant's token policy.
-#[utoipa::path(
-    put, path = "/v1/token-policy", tag = "auth",
-    request_body = TokenPolicy,
-    responses(
-        (status = 200, description = "The new token policy", body = TokenPolicy),
-        (status = 422, description = "A value out of range"),
-    ),
-    security(("bearer" = ["keys:manage"])),
-)]
 async fn put_policy(
     State(state): State<AppState>,
     tenant: TenantExtract,

@@ -9,6 +9,7 @@
 //! when it was stored; the session's title is screened here, under the tenant's policy, and a
 //! title the policy refuses is left out (`null`) with the decision recorded.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use axum::extract::State;
@@ -30,22 +31,31 @@ use crate::service::screen::{self, Report};
 /// Most tools a context lists; more sets `tools_truncated`.
 pub const MAX_CONTEXT_TOOLS: u32 = 200;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(context))]
-pub struct Api;
-
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
-    RouteTable::new()
+    RouteTable::tagged("sessions")
         .get(
             "/v1/sessions/{id}/context",
             Requires(Scope::SessionsRead),
             context,
         )
         .confine(crate::http::authz::Confinement::Admitted(
-            "the handler reads only a session inside the credential's prefix (404 outside)",
+            "the handler reads only a session inside the credential's prefix \
+            (404 outside)",
         ))
+        .doc(
+            OpDoc::ok::<Context>(
+                200,
+                "What an agent engine should see: the session and the tools this \
+                credential may call, screened",
+            )
+            .id::<SessionId>("The session")
+            .answer(
+                404,
+                "No such session (or another tenant's, or outside the \
+                credential's resource prefix)",
+            ),
+        )
 }
 
 /// The session as an agent sees it.
@@ -81,15 +91,6 @@ pub struct Context {
     rules_version: String,
 }
 
-#[utoipa::path(
-    get, path = "/v1/sessions/{id}/context", tag = "sessions",
-    params(("id" = SessionId, Path, description = "The session")),
-    responses(
-        (status = 200, description = "What an agent engine should see: the session and the tools this credential may call, screened", body = Context),
-        (status = 404, description = "No such session (or another tenant's, or outside the credential's resource prefix)"),
-    ),
-    security(("bearer" = ["sessions:read"])),
-)]
 async fn context(
     State(state): State<AppState>,
     tenant: Tenant,

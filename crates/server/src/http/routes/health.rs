@@ -6,27 +6,31 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::{RouteAccess, RouteTable};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(healthz, readyz))]
-pub struct Api;
-
 /// The routes: public, as the module doc says.
 pub fn routes() -> RouteTable {
-    RouteTable::new()
+    RouteTable::tagged("meta")
         .get("/healthz", RouteAccess::Public, healthz)
+        .doc(OpDoc::ok::<Status>(200, "Up").summary("`GET /healthz`: the process is up."))
         .get("/readyz", RouteAccess::Public, readyz)
+        .doc(
+            OpDoc::ok::<Status>(200, "Ready")
+                .summary(
+                    "`GET /readyz`: the database answers and its migrations are \
+                    current.",
+                )
+                .answer(
+                    503,
+                    "The database is unreachable or its migrations are not current",
+                ),
+        )
 }
 
-/// `GET /healthz`: the process is up.
-#[utoipa::path(
-    get, path = "/healthz", tag = "meta",
-    responses((status = 200, description = "Up", body = Status)),
-)]
+/// The handler of `GET /healthz` (see [`routes`]).
 pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
@@ -38,14 +42,7 @@ pub struct Status {
     status: &'static str,
 }
 
-/// `GET /readyz`: the database answers and its migrations are current.
-#[utoipa::path(
-    get, path = "/readyz", tag = "meta",
-    responses(
-        (status = 200, description = "Ready", body = Status),
-        (status = 503, description = "The database is unreachable or its migrations are not current"),
-    ),
-)]
+/// The handler of `GET /readyz` (see [`routes`]).
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     match state.store().ready().await {
         Ok(true) => Ok(Json(Status { status: "ready" })),

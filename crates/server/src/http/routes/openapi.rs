@@ -1,9 +1,11 @@
 //! The OpenAPI 3.1 document of the whole HTTP API, served at `GET /openapi.json`.
 //!
-//! Each handler carries its own `#[utoipa::path]` (method, path, parameters, body, its success
-//! and its specific refusals), and each route module lists its operations in its own `Api`; this
-//! module merges those and adds, in one place, what every operation of a kind shares, mirroring
-//! the one error mapping in [`crate::http::error`]:
+//! The operations come from the route table: each route declares its [`OpDoc`] beside its
+//! access and confinement (its name, summary, parameters, body, its success and its specific
+//! refusals), and the table gives its method, path, tag and security requirement (the bearer
+//! credential with the scope its [`RouteAccess`] requires). This module builds one operation per
+//! route from those, registers the schemas they name, and adds, in one place, what every
+//! operation of a kind shares, mirroring the one error mapping in [`crate::http::error`]:
 //! - every error response (4xx/5xx) written without a body gets the body the server really
 //!   sends: RFC 9457 `application/problem+json` ([`Problem`]), or the RFC 6749 §5.2 JSON error
 //!   ([`OAuthErrorBody`]) on `/oauth/*`;
@@ -18,39 +20,44 @@
 
 use std::sync::OnceLock;
 
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use bulkhead_store::tenant::tokens::AuthSession;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::content::ContentBuilder;
-use utoipa::openapi::schema::Schema;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder};
+use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder, ResponsesBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::http::authz::{RouteAccess, RouteTable};
+use crate::http::apidoc::OpDoc;
+use crate::http::authz::{RouteAccess, RouteSpec, RouteTable};
 use crate::http::error::Problem;
-use crate::http::routes::{
-    api_keys, audit, auth, context, health, oauth, principals, roles, sessions, tools, usage,
-    webhooks,
-};
 
-/// The security scheme of the tenant API: `Authorization: Bearer <API key or access token>`.
-pub const BEARER: &str = "bearer";
-/// The OAuth client authentication by HTTP Basic (`client_id` = key id, secret = the key).
-pub const CLIENT_BASIC: &str = "client_basic";
+pub use crate::http::apidoc::{BEARER, CLIENT_BASIC};
 
 /// The route of this document: public, like `/healthz`.
 pub fn routes() -> RouteTable {
-    RouteTable::new().get("/openapi.json", RouteAccess::Public, serve)
+    let document = ObjectBuilder::new().schema_type(Type::Object).build();
+    RouteTable::tagged("meta")
+        .get("/openapi.json", RouteAccess::Public, serve)
+        .doc(
+            OpDoc::inline(
+                200,
+                "The OpenAPI 3.1 document of this API",
+                "application/json",
+                document.into(),
+            )
+            .summary(
+                "`GET /openapi.json`: this document (no credential needed, like \
+                `/healthz`).",
+            ),
+        )
 }
 
-/// `GET /openapi.json`: this document (no credential needed, like `/healthz`).
-#[utoipa::path(
-    get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
-)]
+/// `GET /openapi.json`: this document, built once.
 pub async fn serve() -> Response {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     let text = DOCUMENT.get_or_init(|| {
@@ -61,26 +68,63 @@ pub async fn serve() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }
 
-/// The document: this module's own operations, every route module's `Api` merged in, then what
+/// The document: the info, tags and shared schemas of [`ApiDoc`], one operation for every route
+/// of the [route table](super::route_table) from the [`OpDoc`] declared beside it, then what
 /// operations share ([`Shared`]) added over the whole.
+///
+/// # Panics
+/// If a route is not documented (a programming error every test run catches).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    for part in [
-        health::Api::openapi(),
-        audit::Api::openapi(),
-        sessions::Api::openapi(),
-        api_keys::Api::openapi(),
-        webhooks::Api::openapi(),
-        principals::Api::openapi(),
-        roles::Api::openapi(),
-        tools::Api::openapi(),
-        context::Api::openapi(),
-        usage::Api::openapi(),
-    ] {
-        doc.merge(part);
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (spec, op) in super::route_table().docs() {
+        let op = op.unwrap_or_else(|| panic!("undocumented route: {} {}", spec.method, spec.path));
+        components.schemas.extend(op.schemas.iter().cloned());
+        doc.paths.add_path_operation(
+            spec.path,
+            vec![http_method(&spec.method)],
+            operation(spec, op),
+        );
     }
     Shared.modify(&mut doc);
     doc
+}
+
+/// The operation of a documented route: its [`OpDoc`], and the security requirement its access
+/// declares (the bearer credential with the scope it requires) unless the doc names its own.
+fn operation(spec: &RouteSpec, op: &OpDoc) -> Operation {
+    let bearer = |scopes: &[&str]| vec![SecurityRequirement::new(BEARER, scopes.iter().copied())];
+    let security = op.security.clone().or_else(|| match spec.access {
+        RouteAccess::Requires(scope) => Some(bearer(&[scope.as_str()])),
+        RouteAccess::Authenticated => Some(bearer(&[])),
+        RouteAccess::Public | RouteAccess::SelfAuthenticating => None,
+    });
+    let mut responses = ResponsesBuilder::new();
+    for (status, response) in &op.responses {
+        responses = responses.response(status.to_string(), response.clone());
+    }
+    OperationBuilder::new()
+        .tags(op.tag.map(|tag| [tag]))
+        .summary(op.summary)
+        .operation_id(Some(op.operation_id))
+        .parameters((!op.parameters.is_empty()).then(|| op.parameters.clone()))
+        .request_body(op.request_body.clone())
+        .responses(responses)
+        .securities(security)
+        .build()
+}
+
+fn http_method(method: &Method) -> HttpMethod {
+    match *method {
+        Method::GET => HttpMethod::Get,
+        Method::PUT => HttpMethod::Put,
+        Method::POST => HttpMethod::Post,
+        Method::DELETE => HttpMethod::Delete,
+        Method::PATCH => HttpMethod::Patch,
+        Method::HEAD => HttpMethod::Head,
+        Method::OPTIONS => HttpMethod::Options,
+        _ => HttpMethod::Trace,
+    }
 }
 
 #[derive(OpenApi)]
@@ -94,15 +138,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             RFC 9457 `application/problem+json`, except on `/oauth/*` (RFC 6749 §5.2). Every `/v1` \
             response carries `RateLimit-Policy` and `RateLimit` headers; 429 answers carry `Retry-After`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
-    ),
-    // The OAuth and auth modules do not carry their own `Api` yet: their operations are
-    // listed here. Every other module's are merged in `openapi()`.
-    paths(
-        serve,
-        oauth::token, oauth::revocation::revoke, oauth::introspection::introspect,
-        oauth::discovery::metadata, oauth::discovery::jwks,
-        auth::login, auth::logout, auth::list_sessions, auth::end_session,
-        auth::get_policy, auth::put_policy,
     ),
     components(schemas(Problem, OAuthErrorBody)),
     tags(
@@ -167,9 +202,6 @@ impl Modify for Shared {
                 item.patch.as_mut(),
             ];
             for op in ops.into_iter().flatten() {
-                if let Some(body) = op.request_body.as_mut() {
-                    optional_not_null(body);
-                }
                 let responses = &mut op.responses.responses;
                 let json_body = op
                     .request_body
@@ -249,29 +281,6 @@ fn open_flattened_schemas(components: &mut utoipa::openapi::Components) {
         if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&name) {
             object.additional_properties = None;
         }
-    }
-}
-
-/// `request_body(content = Option<T>)` (a body that may be left out: rotate, rotate-secret)
-/// comes out as `oneOf: [null, T]`, which says a JSON `null` is a valid body; the handlers take
-/// an empty body, or a `T`. Written as an optional `T` instead.
-fn optional_not_null(body: &mut utoipa::openapi::request_body::RequestBody) {
-    use utoipa::openapi::schema::{SchemaType, Type};
-    let is_null = |item: &RefOr<Schema>| matches!(item, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
-    let mut optional = false;
-    for content in body.content.values_mut() {
-        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
-            continue;
-        };
-        if one_of.items.len() != 2 || !one_of.items.iter().any(is_null) {
-            continue;
-        }
-        let inner = one_of.items.iter().find(|item| !is_null(item)).cloned();
-        content.schema = inner;
-        optional = true;
-    }
-    if optional {
-        body.required = Some(utoipa::openapi::Required::False);
     }
 }
 

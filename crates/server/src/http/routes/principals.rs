@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use crate::http::error::ApiError;
@@ -26,44 +27,76 @@ use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
 use crate::http::routes::kit::write::{conflict_as, Tail};
 use crate::http::state::AppState;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(
-    list_users,
-    create_user,
-    fetch_user,
-    update_user,
-    list_agents,
-    create_agent,
-    fetch_agent,
-    update_agent
-))]
-pub struct Api;
-
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
-    RouteTable::new()
+    RouteTable::tagged("principals")
         .get("/v1/users", Requires(Scope::UsersRead), list_users)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<UserPage>(200, "A page of users")
+                .query::<ListQuery>()
+                .answer(422, "Limit outside 1 to 200"),
+        )
         .post("/v1/users", Requires(Scope::UsersWrite), create_user)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<UserView>(
+                201,
+                "The new user (no role yet: it can do nothing until one is \
+                assigned)",
+            )
+            .body::<CreateUser>()
+            .answer(409, "A user with that email exists")
+            .answer(422, "An invalid email or a refused password")
+            .answer(
+                503,
+                "Too many password operations in progress; see `Retry-After`",
+            ),
+        )
         .get("/v1/users/{id}", Requires(Scope::UsersRead), fetch_user)
         .confine(TENANT_WIDE_READ)
+        .doc(OpDoc::ok::<UserView>(200, "The user").on::<UserId>("user"))
         .patch("/v1/users/{id}", Requires(Scope::UsersWrite), update_user)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<UserView>(200, "The user")
+                .on::<UserId>("user")
+                .body::<UpdateUser>()
+                .answer(409, "A principal cannot disable itself")
+                .answer(422, "An invalid status"),
+        )
         .get("/v1/agents", Requires(Scope::AgentsRead), list_agents)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<AgentPage>(200, "A page of agents")
+                .query::<ListQuery>()
+                .answer(422, "Limit outside 1 to 200"),
+        )
         .post("/v1/agents", Requires(Scope::AgentsWrite), create_agent)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Agent>(201, "The new agent (no role yet)")
+                .body::<CreateAgent>()
+                .answer(404, "The owner is not a user of this tenant")
+                .answer(409, "An agent with that name exists")
+                .answer(422, "An invalid name or description"),
+        )
         .get("/v1/agents/{id}", Requires(Scope::AgentsRead), fetch_agent)
         .confine(TENANT_WIDE_READ)
+        .doc(OpDoc::ok::<Agent>(200, "The agent").on::<AgentId>("agent"))
         .patch(
             "/v1/agents/{id}",
             Requires(Scope::AgentsWrite),
             update_agent,
         )
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Agent>(200, "The agent")
+                .on::<AgentId>("agent")
+                .body::<UpdateAgent>()
+                .answer(422, "An invalid description or status"),
+        )
 }
 
 /// A principal's status as a request names it.
@@ -192,15 +225,6 @@ fn check_agent_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(
-    get, path = "/v1/users", tag = "principals",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of users", body = UserPage),
-        (status = 422, description = "Limit outside 1 to 200"),
-    ),
-    security(("bearer" = ["users:read"])),
-)]
 async fn list_users(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -218,17 +242,6 @@ async fn list_users(
     Ok(axum::Json(UserPage::new(views, next_cursor)))
 }
 
-#[utoipa::path(
-    post, path = "/v1/users", tag = "principals",
-    request_body = CreateUser,
-    responses(
-        (status = 201, description = "The new user (no role yet: it can do nothing until one is assigned)", body = UserView),
-        (status = 409, description = "A user with that email exists"),
-        (status = 422, description = "An invalid email or a refused password"),
-        (status = 503, description = "Too many password operations in progress; see `Retry-After`"),
-    ),
-    security(("bearer" = ["users:write"])),
-)]
 async fn create_user(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -266,15 +279,6 @@ async fn create_user(
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
-#[utoipa::path(
-    get, path = "/v1/users/{id}", tag = "principals",
-    params(("id" = UserId, Path, description = "The user")),
-    responses(
-        (status = 200, description = "The user", body = UserView),
-        (status = 404, description = "No such user (or another tenant's)"),
-    ),
-    security(("bearer" = ["users:read"])),
-)]
 async fn fetch_user(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -284,18 +288,6 @@ async fn fetch_user(
     Ok(axum::Json(user.into()))
 }
 
-#[utoipa::path(
-    patch, path = "/v1/users/{id}", tag = "principals",
-    params(("id" = UserId, Path, description = "The user")),
-    request_body = UpdateUser,
-    responses(
-        (status = 200, description = "The user", body = UserView),
-        (status = 404, description = "No such user (or another tenant's)"),
-        (status = 409, description = "A principal cannot disable itself"),
-        (status = 422, description = "An invalid status"),
-    ),
-    security(("bearer" = ["users:write"])),
-)]
 async fn update_user(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -333,15 +325,6 @@ fn refuse_self_disable(
     Ok(())
 }
 
-#[utoipa::path(
-    get, path = "/v1/agents", tag = "principals",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of agents", body = AgentPage),
-        (status = 422, description = "Limit outside 1 to 200"),
-    ),
-    security(("bearer" = ["agents:read"])),
-)]
 async fn list_agents(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -358,17 +341,6 @@ async fn list_agents(
     Ok(axum::Json(AgentPage::new(data, next_cursor)))
 }
 
-#[utoipa::path(
-    post, path = "/v1/agents", tag = "principals",
-    request_body = CreateAgent,
-    responses(
-        (status = 201, description = "The new agent (no role yet)", body = Agent),
-        (status = 404, description = "The owner is not a user of this tenant"),
-        (status = 409, description = "An agent with that name exists"),
-        (status = 422, description = "An invalid name or description"),
-    ),
-    security(("bearer" = ["agents:write"])),
-)]
 async fn create_agent(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -391,15 +363,6 @@ async fn create_agent(
     Ok((StatusCode::CREATED, axum::Json(agent)))
 }
 
-#[utoipa::path(
-    get, path = "/v1/agents/{id}", tag = "principals",
-    params(("id" = AgentId, Path, description = "The agent")),
-    responses(
-        (status = 200, description = "The agent", body = Agent),
-        (status = 404, description = "No such agent (or another tenant's)"),
-    ),
-    security(("bearer" = ["agents:read"])),
-)]
 async fn fetch_agent(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -409,17 +372,6 @@ async fn fetch_agent(
     Ok(axum::Json(agent))
 }
 
-#[utoipa::path(
-    patch, path = "/v1/agents/{id}", tag = "principals",
-    params(("id" = AgentId, Path, description = "The agent")),
-    request_body = UpdateAgent,
-    responses(
-        (status = 200, description = "The agent", body = Agent),
-        (status = 404, description = "No such agent (or another tenant's)"),
-        (status = 422, description = "An invalid description or status"),
-    ),
-    security(("bearer" = ["agents:write"])),
-)]
 async fn update_agent(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -16,6 +16,7 @@ use bulkhead_store::{Access, TenantTx};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::{check_may_grant, RouteTable};
 use crate::http::error::ApiError;
@@ -26,42 +27,101 @@ use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
 use crate::http::routes::kit::write::{conflict_as, record_refusal, Tail};
 use crate::http::state::AppState;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(
-    list_roles,
-    create_role,
-    fetch_role,
-    update_role,
-    delete_role,
-    list_assignments,
-    assign,
-    unassign
-))]
-pub struct Api;
-
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const READ: crate::http::authz::RouteAccess = Requires(Scope::RolesRead);
     const MANAGE: crate::http::authz::RouteAccess = Requires(Scope::RolesManage);
-    RouteTable::new()
+    RouteTable::tagged("roles")
         .get("/v1/roles", READ, list_roles)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<RolePage>(200, "A page of roles, built-in and custom")
+                .query::<ListRolesQuery>()
+                .answer(422, "Limit outside 1 to 200"),
+        )
         .post("/v1/roles", MANAGE, create_role)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Role>(201, "The new custom role")
+                .body::<CreateRole>()
+                .answer(
+                    403,
+                    "Missing `roles:manage`, a permission the caller does not hold \
+                    itself (no escalation), or a delegated or prefix-confined \
+                    credential",
+                )
+                .answer(
+                    409,
+                    "A role with that name exists, or the name is a built-in's",
+                )
+                .answer(422, "An invalid name, description or permission"),
+        )
         .get("/v1/roles/{id}", READ, fetch_role)
         .confine(TENANT_WIDE_READ)
+        .doc(OpDoc::ok::<Role>(200, "The role").on::<RoleId>("role"))
         .patch("/v1/roles/{id}", MANAGE, update_role)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Role>(200, "The role")
+                .on::<RoleId>("role")
+                .body::<UpdateRole>()
+                .answer(
+                    403,
+                    "Missing `roles:manage`, a permission the caller does not hold \
+                    itself (no escalation), or a delegated or prefix-confined \
+                    credential",
+                )
+                .answer(409, "Built-in roles cannot be changed")
+                .answer(422, "An invalid description or permission"),
+        )
         .delete("/v1/roles/{id}", MANAGE, delete_role)
         .confine(Refused)
+        .doc(
+            OpDoc::empty(204, "Deleted, with its assignments")
+                .on::<RoleId>("role")
+                .answer(
+                    403,
+                    "Missing `roles:manage`, a permission the caller does not hold \
+                    itself (no escalation), or a delegated or prefix-confined \
+                    credential",
+                )
+                .answer(409, "Built-in roles cannot be deleted"),
+        )
         .get("/v1/role-assignments", READ, list_assignments)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<AssignmentPage>(200, "A page of assignments")
+                .query::<ListAssignmentsQuery>()
+                .answer(422, "Limit outside 1 to 200, or both user_id and agent_id"),
+        )
         .post("/v1/role-assignments", MANAGE, assign)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Assignment>(201, "The assignment")
+                .body::<CreateAssignment>()
+                .answer(
+                    403,
+                    "Missing `roles:manage`, a permission the caller does not hold \
+                    itself (no escalation), or a delegated or prefix-confined \
+                    credential",
+                )
+                .answer(404, "No such role or principal in this tenant")
+                .answer(409, "The principal holds that role")
+                .answer(422, "Not exactly one role and one principal"),
+        )
         .delete("/v1/role-assignments/{id}", MANAGE, unassign)
         .confine(Refused)
+        .doc(
+            OpDoc::empty(204, "Removed")
+                .on::<RoleAssignmentId>("assignment")
+                .answer(
+                    403,
+                    "Missing `roles:manage`, a permission the caller does not hold \
+                    itself (no escalation), or a delegated or prefix-confined \
+                    credential",
+                ),
+        )
 }
 
 /// Body of `POST /v1/roles`.
@@ -236,15 +296,6 @@ async fn grant_check_within(
     Ok(tx)
 }
 
-#[utoipa::path(
-    get, path = "/v1/roles", tag = "roles",
-    params(ListRolesQuery),
-    responses(
-        (status = 200, description = "A page of roles, built-in and custom", body = RolePage),
-        (status = 422, description = "Limit outside 1 to 200"),
-    ),
-    security(("bearer" = ["roles:read"])),
-)]
 async fn list_roles(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -257,17 +308,6 @@ async fn list_roles(
     Ok(axum::Json(RolePage::new(data, next_cursor)))
 }
 
-#[utoipa::path(
-    post, path = "/v1/roles", tag = "roles",
-    request_body = CreateRole,
-    responses(
-        (status = 201, description = "The new custom role", body = Role),
-        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
-        (status = 409, description = "A role with that name exists, or the name is a built-in's"),
-        (status = 422, description = "An invalid name, description or permission"),
-    ),
-    security(("bearer" = ["roles:manage"])),
-)]
 async fn create_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -290,15 +330,6 @@ async fn create_role(
     Ok((StatusCode::CREATED, axum::Json(role)))
 }
 
-#[utoipa::path(
-    get, path = "/v1/roles/{id}", tag = "roles",
-    params(("id" = RoleId, Path, description = "The role")),
-    responses(
-        (status = 200, description = "The role", body = Role),
-        (status = 404, description = "No such role (or another tenant's)"),
-    ),
-    security(("bearer" = ["roles:read"])),
-)]
 async fn fetch_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -311,19 +342,6 @@ async fn fetch_role(
     Ok(axum::Json(role))
 }
 
-#[utoipa::path(
-    patch, path = "/v1/roles/{id}", tag = "roles",
-    params(("id" = RoleId, Path, description = "The role")),
-    request_body = UpdateRole,
-    responses(
-        (status = 200, description = "The role", body = Role),
-        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
-        (status = 404, description = "No such role (or another tenant's)"),
-        (status = 409, description = "Built-in roles cannot be changed"),
-        (status = 422, description = "An invalid description or permission"),
-    ),
-    security(("bearer" = ["roles:manage"])),
-)]
 async fn update_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -359,17 +377,6 @@ async fn update_role(
     Ok(axum::Json(role))
 }
 
-#[utoipa::path(
-    delete, path = "/v1/roles/{id}", tag = "roles",
-    params(("id" = RoleId, Path, description = "The role")),
-    responses(
-        (status = 204, description = "Deleted, with its assignments"),
-        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
-        (status = 404, description = "No such role (or another tenant's)"),
-        (status = 409, description = "Built-in roles cannot be deleted"),
-    ),
-    security(("bearer" = ["roles:manage"])),
-)]
 async fn delete_role(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -402,15 +409,6 @@ fn principal_of(user: Option<&str>, agent: Option<&str>) -> Result<Option<Princi
     }
 }
 
-#[utoipa::path(
-    get, path = "/v1/role-assignments", tag = "roles",
-    params(ListAssignmentsQuery),
-    responses(
-        (status = 200, description = "A page of assignments", body = AssignmentPage),
-        (status = 422, description = "Limit outside 1 to 200, or both user_id and agent_id"),
-    ),
-    security(("bearer" = ["roles:read"])),
-)]
 async fn list_assignments(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -426,18 +424,6 @@ async fn list_assignments(
     Ok(axum::Json(AssignmentPage::new(data, next_cursor)))
 }
 
-#[utoipa::path(
-    post, path = "/v1/role-assignments", tag = "roles",
-    request_body = CreateAssignment,
-    responses(
-        (status = 201, description = "The assignment", body = Assignment),
-        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
-        (status = 404, description = "No such role or principal in this tenant"),
-        (status = 409, description = "The principal holds that role"),
-        (status = 422, description = "Not exactly one role and one principal"),
-    ),
-    security(("bearer" = ["roles:manage"])),
-)]
 async fn assign(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -475,16 +461,6 @@ async fn assign(
     Ok((StatusCode::CREATED, axum::Json(assignment)))
 }
 
-#[utoipa::path(
-    delete, path = "/v1/role-assignments/{id}", tag = "roles",
-    params(("id" = RoleAssignmentId, Path, description = "The assignment")),
-    responses(
-        (status = 204, description = "Removed"),
-        (status = 403, description = "Missing `roles:manage`, a permission the caller does not hold itself (no escalation), or a delegated or prefix-confined credential"),
-        (status = 404, description = "No such assignment (or another tenant's)"),
-    ),
-    security(("bearer" = ["roles:manage"])),
-)]
 async fn unassign(
     State(state): State<AppState>,
     tenant: Tenant,

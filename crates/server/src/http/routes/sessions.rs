@@ -1,5 +1,6 @@
 //! `/v1/sessions`: agent sessions.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use axum::extract::State;
@@ -27,11 +28,6 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(create, list, fetch, update, remove))]
-pub struct Api;
-
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
     use crate::http::authz::Confinement;
@@ -40,17 +36,54 @@ pub fn routes() -> RouteTable {
     // one outside it; what a confined token creates stays inside its subject's reach.
     const IN_PREFIX: Confinement =
         Confinement::Admitted("the handlers keep every read and write inside the prefix");
-    RouteTable::new()
+    RouteTable::tagged("sessions")
         .get("/v1/sessions", Requires(Scope::SessionsRead), list)
         .confine(IN_PREFIX)
+        .doc(
+            OpDoc::ok::<SessionPage>(200, "A page of sessions")
+                .summary("Lists sessions, newest last, a page at a time.")
+                .query::<ListQuery>()
+                .answer(422, "Limit outside 1 to 200, or an invalid agent id"),
+        )
         .post("/v1/sessions", Requires(Scope::SessionsWrite), create)
         .confine(IN_PREFIX)
+        .doc(
+            OpDoc::ok::<AgentSession>(201, "The new session")
+                .summary("Creates an agent session.")
+                .body::<CreateSession>()
+                .answer(
+                    403,
+                    "Missing `sessions:write`, or the namespace is outside the \
+                    credential's resource prefix",
+                )
+                .answer(
+                    422,
+                    "An invalid field (agent id, title, metadata, namespace)",
+                ),
+        )
         .get("/v1/sessions/{id}", Requires(Scope::SessionsRead), fetch)
         .confine(IN_PREFIX)
+        .doc(
+            OpDoc::ok::<AgentSession>(200, "The session")
+                .summary("Fetches a session.")
+                .on::<SessionId>("session"),
+        )
         .patch("/v1/sessions/{id}", Requires(Scope::SessionsWrite), update)
         .confine(IN_PREFIX)
+        .doc(
+            OpDoc::ok::<AgentSession>(200, "The updated session")
+                .summary("Updates a session's title, state, metadata or namespace.")
+                .on::<SessionId>("session")
+                .body::<UpdateSession>()
+                .answer(422, "An invalid field"),
+        )
         .delete("/v1/sessions/{id}", Requires(Scope::SessionsWrite), remove)
         .confine(IN_PREFIX)
+        .doc(
+            OpDoc::empty(204, "Deleted")
+                .summary("Deletes a session.")
+                .on::<SessionId>("session"),
+        )
 }
 
 /// Body of `POST /v1/sessions`.
@@ -184,17 +217,6 @@ fn check_metadata(metadata: Map<String, Value>) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// Creates an agent session.
-#[utoipa::path(
-    post, path = "/v1/sessions", tag = "sessions",
-    request_body = CreateSession,
-    responses(
-        (status = 201, description = "The new session", body = AgentSession),
-        (status = 403, description = "Missing `sessions:write`, or the namespace is outside the credential's resource prefix"),
-        (status = 422, description = "An invalid field (agent id, title, metadata, namespace)"),
-    ),
-    security(("bearer" = ["sessions:write"])),
-)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -221,16 +243,6 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(session)))
 }
 
-/// Fetches a session.
-#[utoipa::path(
-    get, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = SessionId, Path, description = "The session")),
-    responses(
-        (status = 200, description = "The session", body = AgentSession),
-        (status = 404, description = "No such session (or another tenant's)"),
-    ),
-    security(("bearer" = ["sessions:read"])),
-)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -243,16 +255,6 @@ async fn fetch(
     Ok(axum::Json(session))
 }
 
-/// Lists sessions, newest last, a page at a time.
-#[utoipa::path(
-    get, path = "/v1/sessions", tag = "sessions",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of sessions", body = SessionPage),
-        (status = 422, description = "Limit outside 1 to 200, or an invalid agent id"),
-    ),
-    security(("bearer" = ["sessions:read"])),
-)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -275,18 +277,6 @@ async fn list(
     Ok(axum::Json(SessionPage { data, next_cursor }))
 }
 
-/// Updates a session's title, state, metadata or namespace.
-#[utoipa::path(
-    patch, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = SessionId, Path, description = "The session")),
-    request_body = UpdateSession,
-    responses(
-        (status = 200, description = "The updated session", body = AgentSession),
-        (status = 404, description = "No such session (or another tenant's)"),
-        (status = 422, description = "An invalid field"),
-    ),
-    security(("bearer" = ["sessions:write"])),
-)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -313,16 +303,6 @@ async fn update(
     Ok(axum::Json(session))
 }
 
-/// Deletes a session.
-#[utoipa::path(
-    delete, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = SessionId, Path, description = "The session")),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 404, description = "No such session (or another tenant's)"),
-    ),
-    security(("bearer" = ["sessions:write"])),
-)]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -3,6 +3,7 @@
 //! and admins and viewers hold it while developers and agents (who meet a limit in the
 //! `quota-exceeded` problem itself, which names kind, limit and usage) do not.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use axum::extract::State;
@@ -15,15 +16,14 @@ use crate::http::error::ApiError;
 use crate::http::extract::Tenant;
 use crate::http::state::AppState;
 
-/// This module's operations in the OpenAPI document, which [`super::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(usage))]
-pub struct Api;
-
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
-    RouteTable::new()
+    RouteTable::tagged("usage")
         .get("/v1/usage", Requires(Scope::BillingRead), usage)
+        .doc(OpDoc::ok::<UsageReport>(
+            200,
+            "Usage and limit of every quota of the calling tenant",
+        ))
         // Tenant-wide counts, which no resource prefix bounds.
         .confine(crate::http::authz::TENANT_WIDE_READ)
 }
@@ -35,13 +35,6 @@ pub struct UsageReport {
     quotas: Vec<Usage>,
 }
 
-#[utoipa::path(
-    get, path = "/v1/usage", tag = "usage",
-    responses(
-        (status = 200, description = "Usage and limit of every quota of the calling tenant", body = UsageReport),
-    ),
-    security(("bearer" = ["billing:read"])),
-)]
 async fn usage(
     State(state): State<AppState>,
     tenant: Tenant,

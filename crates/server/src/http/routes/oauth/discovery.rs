@@ -10,14 +10,6 @@ use serde_json::json;
 use super::TOKEN_EXCHANGE;
 use crate::http::state::AppState;
 
-/// RFC 8414 authorization-server metadata.
-#[utoipa::path(
-    get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
-    responses(
-        (status = 200, description = "The metadata", body = crate::http::routes::openapi::ServerMetadata),
-        (status = 429, description = "Rate limited per address; see `Retry-After`"),
-    ),
-)]
 pub(super) async fn metadata(State(state): State<AppState>) -> Response {
     let issuer = &state.config().tokens.issuer;
     let scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
@@ -44,14 +36,6 @@ pub(super) async fn metadata(State(state): State<AppState>) -> Response {
     response
 }
 
-/// The token signing keys (RFC 7517), the next one published before it signs.
-#[utoipa::path(
-    get, path = "/.well-known/jwks.json", tag = "oauth",
-    responses(
-        (status = 200, description = "The JWKS", body = crate::http::routes::openapi::Jwks),
-        (status = 429, description = "Rate limited per address; see `Retry-After`"),
-    ),
-)]
 pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = axum::Json(state.tokens().jwks()).into_response();
     // Short: a key is published a full rotation period before it signs, so a cached copy only

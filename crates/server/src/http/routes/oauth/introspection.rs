@@ -15,17 +15,6 @@ use crate::http::state::AppState;
 use crate::service::oauth::introspection::refresh_token_standing;
 use crate::service::tokens::scope_text;
 
-/// RFC 7662: what a token of the client's own tenant is; anything else is `{"active": false}`.
-#[utoipa::path(
-    post, path = "/oauth/introspect", tag = "oauth",
-    request_body(content = crate::http::routes::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 200, description = "The token's state", body = crate::http::routes::openapi::Introspection),
-        (status = 400, description = "`invalid_request`"),
-        (status = 401, description = "`invalid_client`"),
-    ),
-    security(("client_basic" = [])),
-)]
 pub(super) async fn introspect(State(state): State<AppState>, request: FormRequest) -> Response {
     match introspect_inner(&state, &request).await {
         Ok(value) => {

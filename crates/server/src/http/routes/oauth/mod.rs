@@ -37,9 +37,11 @@ use bulkhead_core::{AuthSessionId, TenantId};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use serde::Serialize;
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::{RouteAccess, RouteTable};
 use crate::http::error::{no_store, ApiError, OAuthError};
 use crate::http::resolve::host_tenant;
+use crate::http::routes::openapi::{Introspection, Jwks, ServerMetadata, TokenForm, TokenRequest};
 use crate::http::state::AppState;
 use crate::service::oauth::refresh_token::INVALID_REFRESH;
 use crate::service::oauth::{GrantError, IssuedTokens, Issuer};
@@ -51,19 +53,70 @@ pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchang
 /// The routes (outside tenant resolution: the client authenticates itself here).
 pub fn routes() -> RouteTable {
     const SELF: RouteAccess = RouteAccess::SelfAuthenticating;
-    RouteTable::new()
+    RouteTable::tagged("oauth")
         .post("/oauth/token", SELF, token)
+        .doc(
+            OpDoc::ok::<TokenResponse>(200, "Tokens")
+                .summary(
+                    "RFC 6749 token endpoint: `client_credentials`, `refresh_token`, \
+                    and RFC 8693 token exchange.",
+                )
+                .form::<TokenRequest>()
+                .answer(
+                    400,
+                    "`invalid_request`, `invalid_grant`, `invalid_scope`, \
+                    `invalid_target`, `unauthorized_client` or \
+                    `unsupported_grant_type`",
+                )
+                .answer(401, "`invalid_client`")
+                .client_auth(true),
+        )
         .post("/oauth/revoke", SELF, revocation::revoke)
+        .doc(
+            OpDoc::empty(200, "Revoked, or nothing to revoke")
+                .summary(
+                    "RFC 7009: revokes an access or refresh token; possession \
+                    suffices. 200 whether or not the token existed.",
+                )
+                .form::<TokenForm>()
+                .answer(400, "`invalid_request`")
+                .answer(401, "A client authenticated and failed (`invalid_client`)")
+                .client_auth(true),
+        )
         .post("/oauth/introspect", SELF, introspection::introspect)
+        .doc(
+            OpDoc::ok::<Introspection>(200, "The token's state")
+                .summary(
+                    "RFC 7662: what a token of the client's own tenant is; anything \
+                    else is `{\"active\": false}`.",
+                )
+                .form::<TokenForm>()
+                .answer(400, "`invalid_request`")
+                .answer(401, "`invalid_client`")
+                .client_auth(false),
+        )
         .get(
             "/.well-known/oauth-authorization-server",
             RouteAccess::Public,
             discovery::metadata,
         )
+        .doc(
+            OpDoc::ok::<ServerMetadata>(200, "The metadata")
+                .summary("RFC 8414 authorization-server metadata.")
+                .answer(429, "Rate limited per address; see `Retry-After`"),
+        )
         .get(
             "/.well-known/jwks.json",
             RouteAccess::Public,
             discovery::jwks,
+        )
+        .doc(
+            OpDoc::ok::<Jwks>(200, "The JWKS")
+                .summary(
+                    "The token signing keys (RFC 7517), the next one published before \
+                    it signs.",
+                )
+                .answer(429, "Rate limited per address; see `Retry-After`"),
         )
 }
 
@@ -218,17 +271,6 @@ pub(crate) async fn refresh_tenant(
     .await
 }
 
-/// RFC 6749 token endpoint: `client_credentials`, `refresh_token`, and RFC 8693 token exchange.
-#[utoipa::path(
-    post, path = "/oauth/token", tag = "oauth",
-    request_body(content = crate::http::routes::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 200, description = "Tokens", body = TokenResponse),
-        (status = 400, description = "`invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unauthorized_client` or `unsupported_grant_type`"),
-        (status = 401, description = "`invalid_client`"),
-    ),
-    security((), ("client_basic" = [])),
-)]
 async fn token(State(state): State<AppState>, request: form::FormRequest) -> Response {
     match token_inner(&state, &request).await {
         Ok(response) => response.into_response(),

@@ -19,17 +19,6 @@ fn ok_no_store() -> Response {
     response
 }
 
-/// RFC 7009: revokes an access or refresh token; possession suffices. 200 whether or not the token existed.
-#[utoipa::path(
-    post, path = "/oauth/revoke", tag = "oauth",
-    request_body(content = crate::http::routes::openapi::TokenForm, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 200, description = "Revoked, or nothing to revoke"),
-        (status = 400, description = "`invalid_request`"),
-        (status = 401, description = "A client authenticated and failed (`invalid_client`)"),
-    ),
-    security((), ("client_basic" = [])),
-)]
 pub(super) async fn revoke(State(state): State<AppState>, request: FormRequest) -> Response {
     match revoke_inner(&state, &request).await {
         Ok(()) => ok_no_store(),

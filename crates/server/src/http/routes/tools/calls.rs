@@ -198,22 +198,6 @@ enum InputRefusal {
     Input(bulkhead_schema::SchemaError),
 }
 
-#[utoipa::path(
-    post, path = "/v1/tools/{name}/calls", tag = "tools",
-    params(("name" = String, Path, description = "The tool's name")),
-    request_body = CallTool,
-    responses(
-        (status = 200, description = "The tool's answer", body = CallResult),
-        (status = 403, description = "The credential lacks `tools:call:<name>` (or `tools:call:*`)"),
-        (status = 404, description = "No such tool (or another tenant's)"),
-        (status = 409, description = "The tool is disabled"),
-        (status = 422, description = "The input does not match the tool's schema, or would cost more to validate than the bounds allow"),
-        (status = 502, description = "The tool failed, answered too much, or its answer was refused by screening"),
-        (status = 503, description = "Schema evaluation is busy, or the call could not be recorded (nothing was sent)"),
-        (status = 504, description = "The tool did not answer in time"),
-    ),
-    security(("bearer" = ["tools:call:<name>"])),
-)]
 pub(super) async fn call(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -14,6 +14,7 @@
 //! 422. A tool's endpoint is judged by the egress policy at registration and again, with its DNS
 //! answers, on every call.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::State;
@@ -29,6 +30,7 @@ use bulkhead_store::TenantTx;
 use bulkhead_webhooks::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::PartialSchema;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
@@ -39,25 +41,10 @@ use crate::http::state::AppState;
 use crate::service::screen::Report;
 
 pub mod calls;
-use calls::{call, MAX_CALL_BODY_BYTES};
+use calls::{call, CallResult, CallTool, MAX_CALL_BODY_BYTES};
 
 use crate::service::tool_schemas::schema_limits;
 pub use crate::service::tool_schemas::MAX_SCHEMA_BYTES;
-
-/// This module's operations in the OpenAPI document, which [`crate::http::routes::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(
-    create,
-    list,
-    fetch,
-    update,
-    remove,
-    versions,
-    get_policy,
-    put_policy,
-    calls::call
-))]
-pub struct Api;
 
 /// The routes, mounted under `/v1` behind tenant resolution.
 pub fn routes() -> RouteTable {
@@ -67,19 +54,64 @@ pub fn routes() -> RouteTable {
     };
     const MANAGE: RouteAccess = Requires(Scope::ToolsManage);
     const LIST: RouteAccess = Requires(Scope::ToolsList);
-    RouteTable::new()
+    RouteTable::tagged("tools")
         .get("/v1/tools", LIST, list)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<ToolPage>(
+                200,
+                "The enabled tools the credential may call (all, with \
+                include_disabled and tools:manage)",
+            )
+            .query::<ListQuery>()
+            .answer(422, "Limit out of range"),
+        )
         .post("/v1/tools", MANAGE, create)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<ToolWithSecret>(201, "The tool and its signing secret (shown once)")
+                .body::<CreateTool>()
+                .answer(409, "A tool with that name exists")
+                .answer(
+                    422,
+                    "An invalid field, a refused endpoint URL, or text refused by \
+                    screening",
+                ),
+        )
         .get("/v1/tools/{name}", LIST, fetch)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<Tool>(200, "The tool")
+                .param("name", String::schema(), "The tool's name")
+                .not_found("tool"),
+        )
         .patch("/v1/tools/{name}", MANAGE, update)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Tool>(200, "The tool, at its new version")
+                .param("name", String::schema(), "The tool's name")
+                .body::<UpdateTool>()
+                .not_found("tool")
+                .answer(
+                    422,
+                    "An invalid field, a refused endpoint URL, or text refused by \
+                    screening",
+                ),
+        )
         .delete("/v1/tools/{name}", MANAGE, remove)
         .confine(Refused)
+        .doc(
+            OpDoc::empty(204, "Deleted, with its history")
+                .param("name", String::schema(), "The tool's name")
+                .not_found("tool"),
+        )
         .get("/v1/tools/{name}/versions", MANAGE, versions)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<VersionList>(200, "Every version of the tool")
+                .param("name", String::schema(), "The tool's name")
+                .not_found("tool"),
+        )
         // The permission is per tool (`tools:call:<name>`): the handler decides, from the
         // credential's effective scopes, before anything else.
         .post("/v1/tools/{name}/calls", RouteAccess::Authenticated, call)
@@ -88,10 +120,47 @@ pub fn routes() -> RouteTable {
             "calling a tool is what delegation is for; a call leaves only its audit record, \
              and `tools:call:<name>` (cut to every hop of the chain) bounds which tools",
         ))
+        .doc(
+            OpDoc::ok::<CallResult>(200, "The tool's answer")
+                .param("name", String::schema(), "The tool's name")
+                .body::<CallTool>()
+                .answer(
+                    403,
+                    "The credential lacks `tools:call:<name>` (or `tools:call:*`)",
+                )
+                .not_found("tool")
+                .answer(409, "The tool is disabled")
+                .answer(
+                    422,
+                    "The input does not match the tool's schema, or would cost more \
+                    to validate than the bounds allow",
+                )
+                .answer(
+                    502,
+                    "The tool failed, answered too much, or its answer was refused by \
+                    screening",
+                )
+                .answer(
+                    503,
+                    "Schema evaluation is busy, or the call could not be recorded \
+                    (nothing was sent)",
+                )
+                .answer(504, "The tool did not answer in time")
+                .bearer("tools:call:<name>"),
+        )
         .get("/v1/screening-policy", MANAGE, get_policy)
         .confine(TENANT_WIDE_READ)
+        .doc(OpDoc::ok::<PolicyBody>(
+            200,
+            "The tenant's screening policy",
+        ))
         .put("/v1/screening-policy", MANAGE, put_policy)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<PolicyBody>(200, "The new policy")
+                .body::<PutPolicy>()
+                .answer(422, "Not one of reject, flag, sanitize"),
+        )
 }
 
 /// Body of `POST /v1/tools`.
@@ -227,16 +296,6 @@ async fn check_schema(
     Err(ApiError::Invalid(format!("input_schema: {refusal}").into()))
 }
 
-#[utoipa::path(
-    post, path = "/v1/tools", tag = "tools",
-    request_body = CreateTool,
-    responses(
-        (status = 201, description = "The tool and its signing secret (shown once)", body = ToolWithSecret),
-        (status = 409, description = "A tool with that name exists"),
-        (status = 422, description = "An invalid field, a refused endpoint URL, or text refused by screening"),
-    ),
-    security(("bearer" = ["tools:manage"])),
-)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -309,15 +368,6 @@ pub(crate) fn visible_to(ctx: &TenantContext) -> Visible {
     }
 }
 
-#[utoipa::path(
-    get, path = "/v1/tools", tag = "tools",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "The enabled tools the credential may call (all, with include_disabled and tools:manage)", body = ToolPage),
-        (status = 422, description = "Limit out of range"),
-    ),
-    security(("bearer" = ["tools:list"])),
-)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -338,15 +388,6 @@ async fn list(
     Ok(axum::Json(ToolPage { data, next_cursor }))
 }
 
-#[utoipa::path(
-    get, path = "/v1/tools/{name}", tag = "tools",
-    params(("name" = String, Path, description = "The tool's name")),
-    responses(
-        (status = 200, description = "The tool", body = Tool),
-        (status = 404, description = "No such tool (or another tenant's)"),
-    ),
-    security(("bearer" = ["tools:list"])),
-)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -371,17 +412,6 @@ async fn fetch(
     Ok(axum::Json(tool))
 }
 
-#[utoipa::path(
-    patch, path = "/v1/tools/{name}", tag = "tools",
-    params(("name" = String, Path, description = "The tool's name")),
-    request_body = UpdateTool,
-    responses(
-        (status = 200, description = "The tool, at its new version", body = Tool),
-        (status = 404, description = "No such tool (or another tenant's)"),
-        (status = 422, description = "An invalid field, a refused endpoint URL, or text refused by screening"),
-    ),
-    security(("bearer" = ["tools:manage"])),
-)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -447,15 +477,6 @@ async fn update(
     Ok(axum::Json(tool))
 }
 
-#[utoipa::path(
-    delete, path = "/v1/tools/{name}", tag = "tools",
-    params(("name" = String, Path, description = "The tool's name")),
-    responses(
-        (status = 204, description = "Deleted, with its history"),
-        (status = 404, description = "No such tool (or another tenant's)"),
-    ),
-    security(("bearer" = ["tools:manage"])),
-)]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -473,15 +494,6 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(
-    get, path = "/v1/tools/{name}/versions", tag = "tools",
-    params(("name" = String, Path, description = "The tool's name")),
-    responses(
-        (status = 200, description = "Every version of the tool", body = VersionList),
-        (status = 404, description = "No such tool (or another tenant's)"),
-    ),
-    security(("bearer" = ["tools:manage"])),
-)]
 async fn versions(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -495,11 +507,6 @@ async fn versions(
     Ok(axum::Json(VersionList { data }))
 }
 
-#[utoipa::path(
-    get, path = "/v1/screening-policy", tag = "tools",
-    responses((status = 200, description = "The tenant's screening policy", body = PolicyBody)),
-    security(("bearer" = ["tools:manage"])),
-)]
 async fn get_policy(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -512,15 +519,6 @@ async fn get_policy(
     }))
 }
 
-#[utoipa::path(
-    put, path = "/v1/screening-policy", tag = "tools",
-    request_body = PutPolicy,
-    responses(
-        (status = 200, description = "The new policy", body = PolicyBody),
-        (status = 422, description = "Not one of reject, flag, sanitize"),
-    ),
-    security(("bearer" = ["tools:manage"])),
-)]
 async fn put_policy(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::id::{EndpointKind, MessageKind};
-use bulkhead_core::{EndpointId, MessageId, TenantContext};
+use bulkhead_core::{MessageId, TenantContext};
 use bulkhead_store::tenant::webhooks::{self as store, Attempt, Delivery, Message, MessageSource};
 use bulkhead_store::TenantTx;
 use chrono::{DateTime, Utc};
@@ -85,16 +85,6 @@ async fn readable_message(
     Ok(message)
 }
 
-/// Queues a `webhook.test` message to this endpoint.
-#[utoipa::path(
-    post, path = "/v1/webhooks/endpoints/{id}/test", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    responses(
-        (status = 202, description = "Queued", body = Queued),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 pub(super) async fn send_test(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -119,17 +109,6 @@ pub(super) async fn send_test(
     Ok((StatusCode::ACCEPTED, axum::Json(queued)))
 }
 
-/// Queues again the failed deliveries created since a time.
-#[utoipa::path(
-    post, path = "/v1/webhooks/endpoints/{id}/recover", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    request_body = Recover,
-    responses(
-        (status = 200, description = "How many were queued", body = Requeued),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 pub(super) async fn recover(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -146,16 +125,6 @@ pub(super) async fn recover(
     Ok(axum::Json(Requeued { requeued }))
 }
 
-/// Publishes the tenant's own event to its subscribed endpoints.
-#[utoipa::path(
-    post, path = "/v1/webhooks/messages", tag = "webhooks",
-    request_body = PublishMessage,
-    responses(
-        (status = 202, description = "Queued", body = Queued),
-        (status = 422, description = "An invalid or reserved event type, or a payload too large"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 pub(super) async fn publish(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -197,16 +166,6 @@ pub(super) async fn publish(
     Ok((StatusCode::ACCEPTED, axum::Json(queued)))
 }
 
-/// A message with its deliveries.
-#[utoipa::path(
-    get, path = "/v1/webhooks/messages/{id}", tag = "webhooks",
-    params(("id" = MessageId, Path, description = "The message")),
-    responses(
-        (status = 200, description = "The message", body = MessageView),
-        (status = 404, description = "No such message (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 pub(super) async fn fetch_message(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -225,16 +184,6 @@ pub(super) async fn fetch_message(
     Ok(axum::Json(view))
 }
 
-/// A message's attempt log.
-#[utoipa::path(
-    get, path = "/v1/webhooks/messages/{id}/attempts", tag = "webhooks",
-    params(("id" = MessageId, Path, description = "The message")),
-    responses(
-        (status = 200, description = "The attempts", body = AttemptList),
-        (status = 404, description = "No such message (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 pub(super) async fn attempts(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -249,16 +198,6 @@ pub(super) async fn attempts(
     Ok(axum::Json(AttemptList { data }))
 }
 
-/// Queues every delivery of a message again.
-#[utoipa::path(
-    post, path = "/v1/webhooks/messages/{id}/resend", tag = "webhooks",
-    params(("id" = MessageId, Path, description = "The message")),
-    responses(
-        (status = 200, description = "How many were queued", body = Requeued),
-        (status = 404, description = "No such message (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 pub(super) async fn resend(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -3,13 +3,14 @@
 //! judged here by the egress policy (text, parsed value, IP literals) and again, with their DNS
 //! answers, by the delivery worker before every attempt.
 
+use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::{self, Requires};
 use crate::http::authz::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bulkhead_core::id::EndpointKind;
-use bulkhead_core::{Actor, ApiKeyId, EndpointId, Scope, TenantContext};
+use bulkhead_core::{Actor, ApiKeyId, EndpointId, MessageId, Scope, TenantContext};
 use bulkhead_store::tenant::webhooks::{self as store, Endpoint, EndpointPatch, NewEndpoint};
 use bulkhead_store::TenantTx;
 use bulkhead_webhooks::headers::check_custom_headers;
@@ -26,7 +27,10 @@ use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
 pub mod deliveries;
-use deliveries::{attempts, fetch_message, publish, recover, resend, send_test};
+use deliveries::{
+    attempts, fetch_message, publish, recover, resend, send_test, AttemptList, MessageView,
+    PublishMessage, Queued, Recover, Requeued,
+};
 
 /// Most event types an endpoint subscribes to.
 pub const MAX_EVENT_TYPES: usize = 100;
@@ -35,57 +39,120 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Default validity of the previous secret after a rotation.
 pub const DEFAULT_ROTATION_GRACE_SECONDS: i64 = 86_400;
 
-/// This module's operations in the OpenAPI document, which [`crate::http::routes::openapi`] merges.
-#[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(
-    create,
-    list,
-    fetch,
-    update,
-    remove,
-    rotate_secret,
-    deliveries::send_test,
-    deliveries::recover,
-    deliveries::publish,
-    deliveries::fetch_message,
-    deliveries::attempts,
-    deliveries::resend
-))]
-pub struct Api;
-
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const MANAGE: RouteAccess = Requires(Scope::WebhooksManage);
-    RouteTable::new()
+    RouteTable::tagged("webhooks")
         .get("/v1/webhooks/endpoints", MANAGE, list)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<EndpointPage>(200, "A page of endpoints")
+                .summary("Lists the tenant's endpoints.")
+                .query::<ListQuery>()
+                .answer(422, "Limit outside 1 to 200"),
+        )
         .post("/v1/webhooks/endpoints", MANAGE, create)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<EndpointWithSecret>(201, "The endpoint with its secret")
+                .summary(
+                    "Registers an endpoint; the `whsec_` secret is in the answer, \
+                    once.",
+                )
+                .body::<CreateEndpoint>()
+                .answer(
+                    422,
+                    "An invalid field, or a URL the egress policy refuses (the rule \
+                    is named)",
+                ),
+        )
         .get("/v1/webhooks/endpoints/{id}", MANAGE, fetch)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<Endpoint>(200, "The endpoint")
+                .summary("Fetches an endpoint (never its secret).")
+                .on::<EndpointId>("endpoint"),
+        )
         .patch("/v1/webhooks/endpoints/{id}", MANAGE, update)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Endpoint>(200, "The endpoint")
+                .summary("Updates an endpoint; re-enabling clears its failure state.")
+                .on::<EndpointId>("endpoint")
+                .body::<UpdateEndpoint>()
+                .answer(422, "An invalid field, or a URL the egress policy refuses"),
+        )
         .delete("/v1/webhooks/endpoints/{id}", MANAGE, remove)
         .confine(Refused)
+        .doc(
+            OpDoc::empty(204, "Deleted")
+                .summary("Deletes an endpoint.")
+                .on::<EndpointId>("endpoint"),
+        )
         .post(
             "/v1/webhooks/endpoints/{id}/rotate-secret",
             MANAGE,
             rotate_secret,
         )
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<EndpointWithSecret>(200, "The endpoint with its new secret")
+                .summary(
+                    "A new secret (in the answer, once); the old one keeps signing \
+                    for `grace_seconds`. The body is optional.",
+                )
+                .on::<EndpointId>("endpoint")
+                .optional_body::<RotateSecret>()
+                .answer(422, "Grace period out of range, or an invalid body"),
+        )
         .post("/v1/webhooks/endpoints/{id}/test", MANAGE, send_test)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Queued>(202, "Queued")
+                .summary("Queues a `webhook.test` message to this endpoint.")
+                .on::<EndpointId>("endpoint"),
+        )
         .post("/v1/webhooks/endpoints/{id}/recover", MANAGE, recover)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Requeued>(200, "How many were queued")
+                .summary("Queues again the failed deliveries created since a time.")
+                .on::<EndpointId>("endpoint")
+                .body::<Recover>(),
+        )
         .post("/v1/webhooks/messages", MANAGE, publish)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Queued>(202, "Queued")
+                .summary("Publishes the tenant's own event to its subscribed endpoints.")
+                .body::<PublishMessage>()
+                .answer(
+                    422,
+                    "An invalid or reserved event type, or a payload too large",
+                ),
+        )
         .get("/v1/webhooks/messages/{id}", MANAGE, fetch_message)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<MessageView>(200, "The message")
+                .summary("A message with its deliveries.")
+                .on::<MessageId>("message"),
+        )
         .get("/v1/webhooks/messages/{id}/attempts", MANAGE, attempts)
         .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::ok::<AttemptList>(200, "The attempts")
+                .summary("A message's attempt log.")
+                .on::<MessageId>("message"),
+        )
         .post("/v1/webhooks/messages/{id}/resend", MANAGE, resend)
         .confine(Refused)
+        .doc(
+            OpDoc::ok::<Requeued>(200, "How many were queued")
+                .summary("Queues every delivery of a message again.")
+                .on::<MessageId>("message"),
+        )
 }
 
 /// Body of `POST /v1/webhooks/endpoints`.
@@ -273,16 +340,6 @@ async fn check_url(state: &AppState, ctx: &TenantContext, url: &str) -> Result<S
     validate::egress_url(state, ctx, url, "webhook.blocked", "url", "endpoint URL").await
 }
 
-/// Registers an endpoint; the `whsec_` secret is in the answer, once.
-#[utoipa::path(
-    post, path = "/v1/webhooks/endpoints", tag = "webhooks",
-    request_body = CreateEndpoint,
-    responses(
-        (status = 201, description = "The endpoint with its secret", body = EndpointWithSecret),
-        (status = 422, description = "An invalid field, or a URL the egress policy refuses (the rule is named)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -326,16 +383,6 @@ async fn create(
     ))
 }
 
-/// Lists the tenant's endpoints.
-#[utoipa::path(
-    get, path = "/v1/webhooks/endpoints", tag = "webhooks",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of endpoints", body = EndpointPage),
-        (status = 422, description = "Limit outside 1 to 200"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -348,16 +395,6 @@ async fn list(
     Ok(axum::Json(EndpointPage { data, next_cursor }))
 }
 
-/// Fetches an endpoint (never its secret).
-#[utoipa::path(
-    get, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    responses(
-        (status = 200, description = "The endpoint", body = Endpoint),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 async fn fetch(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -370,18 +407,6 @@ async fn fetch(
     Ok(axum::Json(endpoint))
 }
 
-/// Updates an endpoint; re-enabling clears its failure state.
-#[utoipa::path(
-    patch, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    request_body = UpdateEndpoint,
-    responses(
-        (status = 200, description = "The endpoint", body = Endpoint),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-        (status = 422, description = "An invalid field, or a URL the egress policy refuses"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -426,16 +451,6 @@ async fn update(
     Ok(axum::Json(endpoint))
 }
 
-/// Deletes an endpoint.
-#[utoipa::path(
-    delete, path = "/v1/webhooks/endpoints/{id}", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -452,18 +467,6 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A new secret (in the answer, once); the old one keeps signing for `grace_seconds`. The body is optional.
-#[utoipa::path(
-    post, path = "/v1/webhooks/endpoints/{id}/rotate-secret", tag = "webhooks",
-    params(("id" = EndpointId, Path, description = "The endpoint")),
-    request_body(content = Option<RotateSecret>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The endpoint with its new secret", body = EndpointWithSecret),
-        (status = 404, description = "No such endpoint (or another tenant's)"),
-        (status = 422, description = "Grace period out of range, or an invalid body"),
-    ),
-    security(("bearer" = ["webhooks:manage"])),
-)]
 async fn rotate_secret(
     State(state): State<AppState>,
     tenant: Tenant,
