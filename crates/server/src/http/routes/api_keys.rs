@@ -18,8 +18,9 @@ use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::PageRequest;
-use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
+use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::Tail;
 use crate::http::routes::kit::{policy, tx};
 use crate::http::state::AppState;
@@ -429,9 +430,7 @@ async fn list(
 }
 
 async fn fetch(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<ApiKeyKind>,
+    ById { state, tenant, id }: ById<ApiKeyKind>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     let now = state.clock().now();
@@ -473,9 +472,7 @@ fn own_or(tenant: &Tenant, id: ApiKeyId, scope: Scope) -> Result<&TenantContext,
 }
 
 async fn update(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<ApiKeyKind, UpdateKey>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<ApiKeyKind, UpdateKey>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     refuse_confined(ctx)?;
@@ -591,9 +588,7 @@ async fn rotate(
 }
 
 async fn revoke(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<ApiKeyKind>,
+    ById { state, tenant, id }: ById<ApiKeyKind>,
 ) -> Result<axum::Json<ApiKeyRecord>, ApiError> {
     let ctx = own_or(&tenant, id, Scope::KeysManage)?;
     let now = state.clock().now();

@@ -40,7 +40,8 @@ use uuid::Uuid;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Tenant as TenantExtract};
 use crate::http::resolve::LOGOUT_PATH;
-use crate::http::routes::kit::validate::PathId;
+
+use crate::http::routes::kit::by_id::ById;
 use crate::http::routes::kit::{policy, tx};
 use crate::http::routes::oauth::TokenResponse;
 use crate::http::state::AppState;
@@ -538,9 +539,7 @@ async fn list_sessions(
 }
 
 async fn end_session(
-    State(state): State<AppState>,
-    tenant: TenantExtract,
-    PathId(id): PathId<AuthSessionKind>,
+    ById { state, tenant, id }: ById<AuthSessionKind>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;

@@ -12,7 +12,6 @@
 use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
-use axum::extract::State;
 use bulkhead_core::id::SessionKind;
 use bulkhead_core::{Scope, SessionId};
 use bulkhead_screening::FieldKind;
@@ -22,10 +21,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::http::error::ApiError;
-use crate::http::extract::Tenant;
+use crate::http::routes::kit::by_id::ById;
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::PathId;
-use crate::http::state::AppState;
+
 use crate::service::screen::{self, Report};
 
 /// Most tools a context lists; more sets `tools_truncated`.
@@ -92,9 +90,7 @@ pub struct Context {
 }
 
 async fn context(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<SessionKind>,
+    ById { state, tenant, id }: ById<SessionKind>,
 ) -> Result<axum::Json<Context>, ApiError> {
     let ctx = &tenant.0;
     let visible = super::tools::visible_to(ctx);

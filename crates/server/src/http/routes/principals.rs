@@ -21,9 +21,10 @@ use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Query, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::{page, PageRequest};
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
+use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::{conflict_as, Tail};
 use crate::http::state::AppState;
 
@@ -279,19 +280,14 @@ async fn create_user(
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
-async fn fetch_user(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<UserKind>,
-) -> Result<axum::Json<UserView>, ApiError> {
-    let user = tx::read(&state, &tenant.0, async |tx| Ok(users::get(tx, id).await?)).await?;
-    Ok(axum::Json(user.into()))
+async fn fetch_user(at: ById<UserKind>) -> Result<axum::Json<UserView>, ApiError> {
+    at.read(users::get)
+        .await
+        .map(|user| axum::Json(user.into()))
 }
 
 async fn update_user(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<UserKind, UpdateUser>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<UserKind, UpdateUser>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let ctx = &tenant.0;
     refuse_self_disable(ctx, &id.to_string(), body.status)?;
@@ -363,19 +359,12 @@ async fn create_agent(
     Ok((StatusCode::CREATED, axum::Json(agent)))
 }
 
-async fn fetch_agent(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<AgentKind>,
-) -> Result<axum::Json<Agent>, ApiError> {
-    let agent = tx::read(&state, &tenant.0, async |tx| Ok(agents::get(tx, id).await?)).await?;
-    Ok(axum::Json(agent))
+async fn fetch_agent(at: ById<AgentKind>) -> Result<axum::Json<Agent>, ApiError> {
+    at.read(agents::get).await.map(axum::Json)
 }
 
 async fn update_agent(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<AgentKind, UpdateAgent>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<AgentKind, UpdateAgent>,
 ) -> Result<axum::Json<Agent>, ApiError> {
     let ctx = &tenant.0;
     let description = validate::optional_description(body.description.as_deref())?;

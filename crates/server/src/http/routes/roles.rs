@@ -21,9 +21,10 @@ use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::{check_may_grant, RouteTable};
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Query, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::{page, PageRequest};
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::{self, optional_id, PathId, PathIdJson};
+use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::{conflict_as, record_refusal, Tail};
 use crate::http::state::AppState;
 
@@ -330,22 +331,12 @@ async fn create_role(
     Ok((StatusCode::CREATED, axum::Json(role)))
 }
 
-async fn fetch_role(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<RoleKind>,
-) -> Result<axum::Json<Role>, ApiError> {
-    let role = tx::read(&state, &tenant.0, async |tx| {
-        Ok(rbac::get_role(tx, id).await?)
-    })
-    .await?;
-    Ok(axum::Json(role))
+async fn fetch_role(at: ById<RoleKind>) -> Result<axum::Json<Role>, ApiError> {
+    at.read(rbac::get_role).await.map(axum::Json)
 }
 
 async fn update_role(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<RoleKind, UpdateRole>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<RoleKind, UpdateRole>,
 ) -> Result<axum::Json<Role>, ApiError> {
     let ctx = &tenant.0;
     let description = validate::optional_description(body.description.as_deref())?;
@@ -377,11 +368,7 @@ async fn update_role(
     Ok(axum::Json(role))
 }
 
-async fn delete_role(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<RoleKind>,
-) -> Result<StatusCode, ApiError> {
+async fn delete_role(ById { state, tenant, id }: ById<RoleKind>) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;
     let current = rbac::get_role_for_update(&mut tx, id).await?;
@@ -462,9 +449,7 @@ async fn assign(
 }
 
 async fn unassign(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<RoleAssignmentKind>,
+    ById { state, tenant, id }: ById<RoleAssignmentKind>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = &tenant.0;
     let mut tx = state.store().begin(ctx, Access::ReadWrite).await?;

@@ -17,9 +17,10 @@ use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Query, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::PageRequest;
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
+use crate::http::routes::kit::validate;
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -243,16 +244,8 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(session)))
 }
 
-async fn fetch(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<SessionKind>,
-) -> Result<axum::Json<AgentSession>, ApiError> {
-    let session = tx::read(&state, &tenant.0, async |tx| {
-        Ok(sessions::get(tx, id).await?)
-    })
-    .await?;
-    Ok(axum::Json(session))
+async fn fetch(at: ById<SessionKind>) -> Result<axum::Json<AgentSession>, ApiError> {
+    at.read(sessions::get).await.map(axum::Json)
 }
 
 async fn list(
@@ -278,9 +271,7 @@ async fn list(
 }
 
 async fn update(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<SessionKind, UpdateSession>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<SessionKind, UpdateSession>,
 ) -> Result<axum::Json<AgentSession>, ApiError> {
     let ctx = &tenant.0;
     if let Some(title) = &body.title {
@@ -303,15 +294,7 @@ async fn update(
     Ok(axum::Json(session))
 }
 
-async fn remove(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<SessionKind>,
-) -> Result<StatusCode, ApiError> {
-    tx::write(&state, &tenant.0, async |tx| {
-        sessions::delete(tx, id).await?;
-        Ok(((), session_tail("session.delete", "session.deleted", id)))
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+async fn remove(at: ById<SessionKind>) -> Result<StatusCode, ApiError> {
+    let tail = session_tail("session.delete", "session.deleted", at.id);
+    at.delete(sessions::delete, tail).await
 }

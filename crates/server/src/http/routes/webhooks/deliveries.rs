@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use super::{require_audit_read_for_message, valid_event_type, MAX_PAYLOAD_BYTES};
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
+use crate::http::routes::kit::validate;
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -86,9 +87,7 @@ async fn readable_message(
 }
 
 pub(super) async fn send_test(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<EndpointKind>,
+    ById { state, tenant, id }: ById<EndpointKind>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = state.clock().now();
     let queued = tx::write(&state, &tenant.0, async |tx| {
@@ -110,9 +109,7 @@ pub(super) async fn send_test(
 }
 
 pub(super) async fn recover(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<EndpointKind, Recover>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<EndpointKind, Recover>,
 ) -> Result<axum::Json<Requeued>, ApiError> {
     let ctx = &tenant.0;
     let now = state.clock().now();
@@ -167,9 +164,7 @@ pub(super) async fn publish(
 }
 
 pub(super) async fn fetch_message(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<MessageKind>,
+    ById { state, tenant, id }: ById<MessageKind>,
 ) -> Result<axum::Json<MessageView>, ApiError> {
     let ctx = &tenant.0;
     let view = tx::read(&state, ctx, async |tx| {
@@ -185,9 +180,7 @@ pub(super) async fn fetch_message(
 }
 
 pub(super) async fn attempts(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<MessageKind>,
+    ById { state, tenant, id }: ById<MessageKind>,
 ) -> Result<axum::Json<AttemptList>, ApiError> {
     let ctx = &tenant.0;
     let data = tx::read(&state, ctx, async |tx| {
@@ -199,9 +192,7 @@ pub(super) async fn attempts(
 }
 
 pub(super) async fn resend(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<MessageKind>,
+    ById { state, tenant, id }: ById<MessageKind>,
 ) -> Result<axum::Json<Requeued>, ApiError> {
     let ctx = &tenant.0;
     let now = state.clock().now();

@@ -20,9 +20,10 @@ use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::PageRequest;
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::{self, PathId, PathIdJson};
+use crate::http::routes::kit::validate;
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -395,22 +396,12 @@ async fn list(
     Ok(axum::Json(EndpointPage { data, next_cursor }))
 }
 
-async fn fetch(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<EndpointKind>,
-) -> Result<axum::Json<Endpoint>, ApiError> {
-    let endpoint = tx::read(&state, &tenant.0, async |tx| {
-        Ok(store::get_endpoint(tx, id).await?)
-    })
-    .await?;
-    Ok(axum::Json(endpoint))
+async fn fetch(at: ById<EndpointKind>) -> Result<axum::Json<Endpoint>, ApiError> {
+    at.read(store::get_endpoint).await.map(axum::Json)
 }
 
 async fn update(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathIdJson(id, body): PathIdJson<EndpointKind, UpdateEndpoint>,
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<EndpointKind, UpdateEndpoint>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
     let ctx = &tenant.0;
     let description = validate::optional_description(body.description.as_deref())?;
@@ -451,20 +442,9 @@ async fn update(
     Ok(axum::Json(endpoint))
 }
 
-async fn remove(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    PathId(id): PathId<EndpointKind>,
-) -> Result<StatusCode, ApiError> {
-    tx::write(&state, &tenant.0, async |tx| {
-        store::delete_endpoint(tx, id).await?;
-        Ok((
-            (),
-            Tail::new().audit("webhook.endpoint_delete", id, json!({})),
-        ))
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+async fn remove(at: ById<EndpointKind>) -> Result<StatusCode, ApiError> {
+    let tail = Tail::new().audit("webhook.endpoint_delete", at.id, json!({}));
+    at.delete(store::delete_endpoint, tail).await
 }
 
 async fn rotate_secret(
