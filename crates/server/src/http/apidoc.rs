@@ -50,6 +50,12 @@ impl OpDoc {
         Self::blank().also::<T>(status, description)
     }
 
+    /// A list: a page of schema `P` (200, described as `description`), chosen by the query
+    /// parameters `Q` declares.
+    pub fn page<P: ToSchema, Q: IntoParams>(description: &str) -> Self {
+        Self::ok::<P>(200, description).query::<Q>()
+    }
+
     /// An operation that answers `status` without a body.
     pub fn empty(status: u16, description: &str) -> Self {
         Self::blank().answer(status, description)
@@ -89,6 +95,21 @@ impl OpDoc {
         self.with(status, response)
     }
 
+    /// 403: what the operation refuses beyond the scope its route requires.
+    pub fn forbidden(self, description: &str) -> Self {
+        self.answer(403, description)
+    }
+
+    /// 409: the state the operation refuses to change.
+    pub fn conflict(self, description: &str) -> Self {
+        self.answer(409, description)
+    }
+
+    /// 422: what of the request is well-formed but refused.
+    pub fn invalid(self, description: &str) -> Self {
+        self.answer(422, description)
+    }
+
     fn with(mut self, status: u16, response: Response) -> Self {
         self.responses.push((status, response));
         self
@@ -113,10 +134,26 @@ impl OpDoc {
         self
     }
 
-    /// The route's `{id}`, an id of schema `I` naming one `noun` of the tenant: the parameter
-    /// ("The `noun`") and the 404 that answers a missing one and another tenant's alike.
-    pub fn on<I: ToSchema>(self, noun: &str) -> Self {
-        self.id::<I>(&format!("The {noun}")).not_found(noun)
+    /// One `noun` of the tenant named by the `{id}` of an id of schema `I`: the parameter ("The
+    /// `noun`") and the 404 that answers a missing one and another tenant's alike. Declared once
+    /// per resource in the table ([`RouteTable::resource`](crate::http::authz::RouteTable::resource)).
+    pub fn one<I: ToSchema>(noun: &str) -> Self {
+        Self::blank()
+            .id::<I>(&format!("The {noun}"))
+            .not_found(noun)
+    }
+
+    /// A path parameter `name` of `schema`, described as `description`.
+    pub fn named(name: &str, schema: RefOr<Schema>, description: &str) -> Self {
+        Self::blank().param(name, schema, description)
+    }
+
+    /// This operation of a resource: its path parameter first, and its answers (the 404).
+    pub fn under(mut self, resource: &OpDoc) -> Self {
+        self.parameters
+            .splice(0..0, resource.parameters.iter().cloned());
+        self.responses.extend(resource.responses.iter().cloned());
+        self
     }
 
     /// The route's `{id}`, an id of schema `I`, described as `description`; the operation says
@@ -211,9 +248,7 @@ impl OpDoc {
 
 impl std::fmt::Debug for OpDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpDoc")
-            .field("operation_id", &self.operation_id)
-            .finish_non_exhaustive()
+        write!(f, "OpDoc({})", self.operation_id)
     }
 }
 

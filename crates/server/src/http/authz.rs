@@ -106,6 +106,9 @@ pub struct RouteTable {
     routes: Vec<(RouteSpec, MethodRouter<AppState>, Option<OpDoc>)>,
     /// The OpenAPI tag of the operations documented in this table.
     tag: Option<&'static str>,
+    /// Path prefixes (`/v1/users/{id}`) whose operations act on one resource, with the
+    /// documentation of its path parameter.
+    resources: Vec<(&'static str, OpDoc)>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -202,8 +205,16 @@ impl RouteTable {
         self
     }
 
+    /// Declares that the routes below `path` (`/v1/users/{id}`, that path included) act on one
+    /// resource, whose path parameter (and its 404) `doc` documents for each of them.
+    pub fn resource(mut self, path: &'static str, doc: OpDoc) -> Self {
+        self.resources.push((path, doc));
+        self
+    }
+
     /// Documents the route added last in the OpenAPI document: its operation is named after the
-    /// handler and listed under the table's tag.
+    /// handler, listed under the table's tag, and takes the path parameter of the resource it
+    /// acts on ([`RouteTable::resource`]).
     ///
     /// # Panics
     /// With no route added yet, or documented twice (programming errors every test run catches).
@@ -215,6 +226,15 @@ impl RouteTable {
             spec.method,
             spec.path
         );
+        let below = |prefix: &str| {
+            spec.path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        let doc = match self.resources.iter().find(|(prefix, _)| below(prefix)) {
+            Some((_, resource)) => doc.under(resource),
+            None => doc,
+        };
         *slot = Some(OpDoc {
             operation_id: spec.handler,
             tag: self.tag,

@@ -35,13 +35,13 @@ pub fn routes() -> RouteTable {
     const MANAGE: RouteAccess = Requires(Scope::KeysManage);
     const ANY: RouteAccess = RouteAccess::Authenticated;
     RouteTable::tagged("api-keys")
+        .resource("/v1/api-keys/{id}", OpDoc::one::<ApiKeyId>("key"))
         .get("/v1/api-keys", MANAGE, list)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<KeyPage>(200, "A page of keys")
+            OpDoc::page::<KeyPage, ListQuery>("A page of keys")
                 .summary("Lists the tenant's keys (metadata only).")
-                .query::<ListQuery>()
-                .answer(422, "Limit outside 1 to 200, or an invalid principal"),
+                .invalid("Limit outside 1 to 200, or an invalid principal"),
         )
         .post("/v1/api-keys", MANAGE, create)
         .confine(Refused)
@@ -52,13 +52,11 @@ pub fn routes() -> RouteTable {
                     answer, once.",
                 )
                 .body::<CreateKey>()
-                .answer(
-                    403,
+                .forbidden(
                     "The caller lacks a scope it would grant, or is a delegated or \
                     prefix-confined credential",
                 )
-                .answer(
-                    422,
+                .invalid(
                     "An unknown scope, an invalid principal, description, network or \
                     expiry",
                 ),
@@ -69,15 +67,14 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<Revoked>(200, "The revoked keys")
                 .summary("Revokes every key of a principal.")
                 .body::<RevokeAll>()
-                .answer(422, "An invalid principal"),
+                .invalid("An invalid principal"),
         )
         .get("/v1/api-keys/{id}", ANY, fetch)
         .confine(TENANT_WIDE_READ)
         .doc(
             OpDoc::ok::<ApiKeyRecord>(200, "The key's metadata")
                 .bearer("keys:manage")
-                .summary("A key's metadata (a key may always read itself).")
-                .on::<ApiKeyId>("key"),
+                .summary("A key's metadata (a key may always read itself)."),
         )
         .patch("/v1/api-keys/{id}", ANY, update)
         .confine(Refused)
@@ -88,10 +85,9 @@ pub fn routes() -> RouteTable {
                     "Changes a key's description, allowed networks or expiry (a key \
                     may narrow itself).",
                 )
-                .on::<ApiKeyId>("key")
                 .body::<UpdateKey>()
-                .answer(409, "The key is no longer usable")
-                .answer(422, "An invalid field"),
+                .conflict("The key is no longer usable")
+                .invalid("An invalid field"),
         )
         .post("/v1/api-keys/{id}/rotate", ANY, rotate)
         .confine(Refused)
@@ -102,18 +98,16 @@ pub fn routes() -> RouteTable {
                     "Mints the key's successor; the old key works for the grace \
                     period. The body is optional.",
                 )
-                .on::<ApiKeyId>("key")
                 .optional_body::<RotateKey>()
-                .answer(409, "The key cannot be rotated in its state")
-                .answer(422, "Grace period out of range, or an invalid body"),
+                .conflict("The key cannot be rotated in its state")
+                .invalid("Grace period out of range, or an invalid body"),
         )
         .post("/v1/api-keys/{id}/revoke", ANY, revoke)
         .confine(Refused)
         .doc(
             OpDoc::ok::<ApiKeyRecord>(200, "The revoked key's metadata")
                 .bearer("keys:manage")
-                .summary("Revokes a key at once (a key may revoke itself).")
-                .on::<ApiKeyId>("key"),
+                .summary("Revokes a key at once (a key may revoke itself)."),
         )
         .get("/v1/key-policy", MANAGE, get_policy)
         .confine(TENANT_WIDE_READ)
@@ -127,7 +121,7 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<api_keys::KeyPolicy>(200, "The new key policy")
                 .summary("Replaces the tenant's key policy.")
                 .body::<PutPolicy>()
-                .answer(422, "A value out of range"),
+                .invalid("A value out of range"),
         )
 }
 

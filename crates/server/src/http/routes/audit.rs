@@ -47,11 +47,9 @@ pub fn routes() -> RouteTable {
         .get("/v1/audit/events", READ, list_events)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<EventPage>(200, "A page of events")
+            OpDoc::page::<EventPage, EventsQuery>("A page of events")
                 .summary("The tenant's audit events, oldest first.")
-                .query::<EventsQuery>()
-                .answer(
-                    422,
+                .invalid(
                     "Limit outside 1 to 200, an invalid filter, or `since` after \
                     `until`",
                 ),
@@ -89,26 +87,21 @@ pub fn routes() -> RouteTable {
         .get("/v1/audit/proofs/inclusion", READ, inclusion)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<audit_log::InclusionProof>(200, "The proof")
+            OpDoc::page::<audit_log::InclusionProof, InclusionQuery>("The proof")
                 .summary(
                     "RFC 9162 inclusion proof of an event in the tree of `tree_size` \
                     leaves.",
                 )
-                .query::<InclusionQuery>()
                 .not_found("event")
-                .answer(409, "The event is not in the log yet")
-                .answer(422, "A tree size the log does not have"),
+                .conflict("The event is not in the log yet")
+                .invalid("A tree size the log does not have"),
         )
         .get("/v1/audit/proofs/consistency", READ, consistency)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<audit_log::ConsistencyProof>(200, "The proof")
+            OpDoc::page::<audit_log::ConsistencyProof, ConsistencyQuery>("The proof")
                 .summary("RFC 9162 consistency proof between two tree sizes.")
-                .query::<ConsistencyQuery>()
-                .answer(
-                    422,
-                    "Sizes the log does not have, or `from` outside 1 to `to`",
-                ),
+                .invalid("Sizes the log does not have, or `from` outside 1 to `to`"),
         )
         .get("/v1/audit/export", READ, export)
         .confine(TENANT_WIDE_READ)

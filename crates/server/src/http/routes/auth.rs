@@ -90,7 +90,7 @@ pub fn routes() -> RouteTable {
                     256 KiB)",
                 )
                 .answer(415, "The body is not `application/json`")
-                .answer(422, "No tenant named, or host and `tenant` disagree")
+                .invalid("No tenant named, or host and `tenant` disagree")
                 .answer(429, "Too many failed logins; see `Retry-After`")
                 .answer(
                     503,
@@ -106,7 +106,7 @@ pub fn routes() -> RouteTable {
         .doc(
             OpDoc::empty(204, "Logged out")
                 .summary("Ends the session of the calling access token (from a login).")
-                .answer(422, "The credential has no session to log out of"),
+                .invalid("The credential has no session to log out of"),
         )
         .get(
             "/v1/auth/sessions",
@@ -150,7 +150,7 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<TokenPolicy>(200, "The new token policy")
                 .summary("Replaces the tenant's token policy.")
                 .body::<TokenPolicy>()
-                .answer(422, "A value out of range"),
+                .invalid("A value out of range"),
         )
 }
 

@@ -32,12 +32,12 @@ use crate::http::state::AppState;
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
     RouteTable::tagged("principals")
+        .resource("/v1/users/{id}", OpDoc::one::<UserId>("user"))
+        .resource("/v1/agents/{id}", OpDoc::one::<AgentId>("agent"))
         .get("/v1/users", Requires(Scope::UsersRead), list_users)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<UserPage>(200, "A page of users")
-                .query::<ListQuery>()
-                .answer(422, "Limit outside 1 to 200"),
+            OpDoc::page::<UserPage, ListQuery>("A page of users").invalid("Limit outside 1 to 200"),
         )
         .post("/v1/users", Requires(Scope::UsersWrite), create_user)
         .confine(Refused)
@@ -48,8 +48,8 @@ pub fn routes() -> RouteTable {
                 assigned)",
             )
             .body::<CreateUser>()
-            .answer(409, "A user with that email exists")
-            .answer(422, "An invalid email or a refused password")
+            .conflict("A user with that email exists")
+            .invalid("An invalid email or a refused password")
             .answer(
                 503,
                 "Too many password operations in progress; see `Retry-After`",
@@ -57,22 +57,20 @@ pub fn routes() -> RouteTable {
         )
         .get("/v1/users/{id}", Requires(Scope::UsersRead), fetch_user)
         .confine(TENANT_WIDE_READ)
-        .doc(OpDoc::ok::<UserView>(200, "The user").on::<UserId>("user"))
+        .doc(OpDoc::ok::<UserView>(200, "The user"))
         .patch("/v1/users/{id}", Requires(Scope::UsersWrite), update_user)
         .confine(Refused)
         .doc(
             OpDoc::ok::<UserView>(200, "The user")
-                .on::<UserId>("user")
                 .body::<UpdateUser>()
-                .answer(409, "A principal cannot disable itself")
-                .answer(422, "An invalid status"),
+                .conflict("A principal cannot disable itself")
+                .invalid("An invalid status"),
         )
         .get("/v1/agents", Requires(Scope::AgentsRead), list_agents)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<AgentPage>(200, "A page of agents")
-                .query::<ListQuery>()
-                .answer(422, "Limit outside 1 to 200"),
+            OpDoc::page::<AgentPage, ListQuery>("A page of agents")
+                .invalid("Limit outside 1 to 200"),
         )
         .post("/v1/agents", Requires(Scope::AgentsWrite), create_agent)
         .confine(Refused)
@@ -80,12 +78,12 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<Agent>(201, "The new agent (no role yet)")
                 .body::<CreateAgent>()
                 .answer(404, "The owner is not a user of this tenant")
-                .answer(409, "An agent with that name exists")
-                .answer(422, "An invalid name or description"),
+                .conflict("An agent with that name exists")
+                .invalid("An invalid name or description"),
         )
         .get("/v1/agents/{id}", Requires(Scope::AgentsRead), fetch_agent)
         .confine(TENANT_WIDE_READ)
-        .doc(OpDoc::ok::<Agent>(200, "The agent").on::<AgentId>("agent"))
+        .doc(OpDoc::ok::<Agent>(200, "The agent"))
         .patch(
             "/v1/agents/{id}",
             Requires(Scope::AgentsWrite),
@@ -94,9 +92,8 @@ pub fn routes() -> RouteTable {
         .confine(Refused)
         .doc(
             OpDoc::ok::<Agent>(200, "The agent")
-                .on::<AgentId>("agent")
                 .body::<UpdateAgent>()
-                .answer(422, "An invalid description or status"),
+                .invalid("An invalid description or status"),
         )
 }
 

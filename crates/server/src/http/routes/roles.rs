@@ -27,6 +27,19 @@ use crate::http::routes::kit::tx;
 use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::{conflict_as, record_refusal, Tail};
 use crate::http::state::AppState;
+use utoipa::ToSchema;
+
+/// The refusal of every write under the escalation check ([`grant_check_within`]).
+const ESCALATION: &str = "Missing `roles:manage`, a permission the caller does not hold itself \
+    (no escalation), or a delegated or prefix-confined credential";
+
+/// The operation of a write under the escalation check: its body `B`, its answer `T`, and the
+/// 403 of [`ESCALATION`].
+fn granting<B: ToSchema, T: ToSchema>(status: u16, description: &str) -> OpDoc {
+    OpDoc::ok::<T>(status, description)
+        .body::<B>()
+        .forbidden(ESCALATION)
+}
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -34,95 +47,58 @@ pub fn routes() -> RouteTable {
     const READ: crate::http::authz::RouteAccess = Requires(Scope::RolesRead);
     const MANAGE: crate::http::authz::RouteAccess = Requires(Scope::RolesManage);
     RouteTable::tagged("roles")
+        .resource("/v1/roles/{id}", OpDoc::one::<RoleId>("role"))
+        .resource(
+            "/v1/role-assignments/{id}",
+            OpDoc::one::<RoleAssignmentId>("assignment"),
+        )
         .get("/v1/roles", READ, list_roles)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<RolePage>(200, "A page of roles, built-in and custom")
-                .query::<ListRolesQuery>()
-                .answer(422, "Limit outside 1 to 200"),
+            OpDoc::page::<RolePage, ListRolesQuery>("A page of roles, built-in and custom")
+                .invalid("Limit outside 1 to 200"),
         )
         .post("/v1/roles", MANAGE, create_role)
         .confine(Refused)
         .doc(
-            OpDoc::ok::<Role>(201, "The new custom role")
-                .body::<CreateRole>()
-                .answer(
-                    403,
-                    "Missing `roles:manage`, a permission the caller does not hold \
-                    itself (no escalation), or a delegated or prefix-confined \
-                    credential",
-                )
-                .answer(
-                    409,
-                    "A role with that name exists, or the name is a built-in's",
-                )
-                .answer(422, "An invalid name, description or permission"),
+            granting::<CreateRole, Role>(201, "The new custom role")
+                .conflict("A role with that name exists, or the name is a built-in's")
+                .invalid("An invalid name, description or permission"),
         )
         .get("/v1/roles/{id}", READ, fetch_role)
         .confine(TENANT_WIDE_READ)
-        .doc(OpDoc::ok::<Role>(200, "The role").on::<RoleId>("role"))
+        .doc(OpDoc::ok::<Role>(200, "The role"))
         .patch("/v1/roles/{id}", MANAGE, update_role)
         .confine(Refused)
         .doc(
-            OpDoc::ok::<Role>(200, "The role")
-                .on::<RoleId>("role")
-                .body::<UpdateRole>()
-                .answer(
-                    403,
-                    "Missing `roles:manage`, a permission the caller does not hold \
-                    itself (no escalation), or a delegated or prefix-confined \
-                    credential",
-                )
-                .answer(409, "Built-in roles cannot be changed")
-                .answer(422, "An invalid description or permission"),
+            granting::<UpdateRole, Role>(200, "The role")
+                .conflict("Built-in roles cannot be changed")
+                .invalid("An invalid description or permission"),
         )
         .delete("/v1/roles/{id}", MANAGE, delete_role)
         .confine(Refused)
         .doc(
             OpDoc::empty(204, "Deleted, with its assignments")
-                .on::<RoleId>("role")
-                .answer(
-                    403,
-                    "Missing `roles:manage`, a permission the caller does not hold \
-                    itself (no escalation), or a delegated or prefix-confined \
-                    credential",
-                )
-                .answer(409, "Built-in roles cannot be deleted"),
+                .forbidden(ESCALATION)
+                .conflict("Built-in roles cannot be deleted"),
         )
         .get("/v1/role-assignments", READ, list_assignments)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<AssignmentPage>(200, "A page of assignments")
-                .query::<ListAssignmentsQuery>()
-                .answer(422, "Limit outside 1 to 200, or both user_id and agent_id"),
+            OpDoc::page::<AssignmentPage, ListAssignmentsQuery>("A page of assignments")
+                .invalid("Limit outside 1 to 200, or both user_id and agent_id"),
         )
         .post("/v1/role-assignments", MANAGE, assign)
         .confine(Refused)
         .doc(
-            OpDoc::ok::<Assignment>(201, "The assignment")
-                .body::<CreateAssignment>()
-                .answer(
-                    403,
-                    "Missing `roles:manage`, a permission the caller does not hold \
-                    itself (no escalation), or a delegated or prefix-confined \
-                    credential",
-                )
+            granting::<CreateAssignment, Assignment>(201, "The assignment")
                 .answer(404, "No such role or principal in this tenant")
-                .answer(409, "The principal holds that role")
-                .answer(422, "Not exactly one role and one principal"),
+                .conflict("The principal holds that role")
+                .invalid("Not exactly one role and one principal"),
         )
         .delete("/v1/role-assignments/{id}", MANAGE, unassign)
         .confine(Refused)
-        .doc(
-            OpDoc::empty(204, "Removed")
-                .on::<RoleAssignmentId>("assignment")
-                .answer(
-                    403,
-                    "Missing `roles:manage`, a permission the caller does not hold \
-                    itself (no escalation), or a delegated or prefix-confined \
-                    credential",
-                ),
-        )
+        .doc(OpDoc::empty(204, "Removed").forbidden(ESCALATION))
 }
 
 /// Body of `POST /v1/roles`.

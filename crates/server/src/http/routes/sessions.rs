@@ -38,13 +38,13 @@ pub fn routes() -> RouteTable {
     const IN_PREFIX: Confinement =
         Confinement::Admitted("the handlers keep every read and write inside the prefix");
     RouteTable::tagged("sessions")
+        .resource("/v1/sessions/{id}", OpDoc::one::<SessionId>("session"))
         .get("/v1/sessions", Requires(Scope::SessionsRead), list)
         .confine(IN_PREFIX)
         .doc(
-            OpDoc::ok::<SessionPage>(200, "A page of sessions")
+            OpDoc::page::<SessionPage, ListQuery>("A page of sessions")
                 .summary("Lists sessions, newest last, a page at a time.")
-                .query::<ListQuery>()
-                .answer(422, "Limit outside 1 to 200, or an invalid agent id"),
+                .invalid("Limit outside 1 to 200, or an invalid agent id"),
         )
         .post("/v1/sessions", Requires(Scope::SessionsWrite), create)
         .confine(IN_PREFIX)
@@ -52,39 +52,26 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<AgentSession>(201, "The new session")
                 .summary("Creates an agent session.")
                 .body::<CreateSession>()
-                .answer(
-                    403,
+                .forbidden(
                     "Missing `sessions:write`, or the namespace is outside the \
                     credential's resource prefix",
                 )
-                .answer(
-                    422,
-                    "An invalid field (agent id, title, metadata, namespace)",
-                ),
+                .invalid("An invalid field (agent id, title, metadata, namespace)"),
         )
         .get("/v1/sessions/{id}", Requires(Scope::SessionsRead), fetch)
         .confine(IN_PREFIX)
-        .doc(
-            OpDoc::ok::<AgentSession>(200, "The session")
-                .summary("Fetches a session.")
-                .on::<SessionId>("session"),
-        )
+        .doc(OpDoc::ok::<AgentSession>(200, "The session").summary("Fetches a session."))
         .patch("/v1/sessions/{id}", Requires(Scope::SessionsWrite), update)
         .confine(IN_PREFIX)
         .doc(
             OpDoc::ok::<AgentSession>(200, "The updated session")
                 .summary("Updates a session's title, state, metadata or namespace.")
-                .on::<SessionId>("session")
                 .body::<UpdateSession>()
-                .answer(422, "An invalid field"),
+                .invalid("An invalid field"),
         )
         .delete("/v1/sessions/{id}", Requires(Scope::SessionsWrite), remove)
         .confine(IN_PREFIX)
-        .doc(
-            OpDoc::empty(204, "Deleted")
-                .summary("Deletes a session.")
-                .on::<SessionId>("session"),
-        )
+        .doc(OpDoc::empty(204, "Deleted").summary("Deletes a session."))
 }
 
 /// Body of `POST /v1/sessions`.

@@ -55,63 +55,49 @@ pub fn routes() -> RouteTable {
     const MANAGE: RouteAccess = Requires(Scope::ToolsManage);
     const LIST: RouteAccess = Requires(Scope::ToolsList);
     RouteTable::tagged("tools")
+        .resource(
+            "/v1/tools/{name}",
+            OpDoc::named("name", String::schema(), "The tool's name").not_found("tool"),
+        )
         .get("/v1/tools", LIST, list)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<ToolPage>(
-                200,
+            OpDoc::page::<ToolPage, ListQuery>(
                 "The enabled tools the credential may call (all, with \
                 include_disabled and tools:manage)",
             )
-            .query::<ListQuery>()
-            .answer(422, "Limit out of range"),
+            .invalid("Limit out of range"),
         )
         .post("/v1/tools", MANAGE, create)
         .confine(Refused)
         .doc(
             OpDoc::ok::<ToolWithSecret>(201, "The tool and its signing secret (shown once)")
                 .body::<CreateTool>()
-                .answer(409, "A tool with that name exists")
-                .answer(
-                    422,
+                .conflict("A tool with that name exists")
+                .invalid(
                     "An invalid field, a refused endpoint URL, or text refused by \
                     screening",
                 ),
         )
         .get("/v1/tools/{name}", LIST, fetch)
         .confine(TENANT_WIDE_READ)
-        .doc(
-            OpDoc::ok::<Tool>(200, "The tool")
-                .param("name", String::schema(), "The tool's name")
-                .not_found("tool"),
-        )
+        .doc(OpDoc::ok::<Tool>(200, "The tool"))
         .patch("/v1/tools/{name}", MANAGE, update)
         .confine(Refused)
         .doc(
             OpDoc::ok::<Tool>(200, "The tool, at its new version")
-                .param("name", String::schema(), "The tool's name")
                 .body::<UpdateTool>()
-                .not_found("tool")
-                .answer(
-                    422,
+                .invalid(
                     "An invalid field, a refused endpoint URL, or text refused by \
                     screening",
                 ),
         )
         .delete("/v1/tools/{name}", MANAGE, remove)
         .confine(Refused)
-        .doc(
-            OpDoc::empty(204, "Deleted, with its history")
-                .param("name", String::schema(), "The tool's name")
-                .not_found("tool"),
-        )
+        .doc(OpDoc::empty(204, "Deleted, with its history"))
         .get("/v1/tools/{name}/versions", MANAGE, versions)
         .confine(TENANT_WIDE_READ)
-        .doc(
-            OpDoc::ok::<VersionList>(200, "Every version of the tool")
-                .param("name", String::schema(), "The tool's name")
-                .not_found("tool"),
-        )
+        .doc(OpDoc::ok::<VersionList>(200, "Every version of the tool"))
         // The permission is per tool (`tools:call:<name>`): the handler decides, from the
         // credential's effective scopes, before anything else.
         .post("/v1/tools/{name}/calls", RouteAccess::Authenticated, call)
@@ -122,16 +108,10 @@ pub fn routes() -> RouteTable {
         ))
         .doc(
             OpDoc::ok::<CallResult>(200, "The tool's answer")
-                .param("name", String::schema(), "The tool's name")
                 .body::<CallTool>()
-                .answer(
-                    403,
-                    "The credential lacks `tools:call:<name>` (or `tools:call:*`)",
-                )
-                .not_found("tool")
-                .answer(409, "The tool is disabled")
-                .answer(
-                    422,
+                .forbidden("The credential lacks `tools:call:<name>` (or `tools:call:*`)")
+                .conflict("The tool is disabled")
+                .invalid(
                     "The input does not match the tool's schema, or would cost more \
                     to validate than the bounds allow",
                 )
@@ -159,7 +139,7 @@ pub fn routes() -> RouteTable {
         .doc(
             OpDoc::ok::<PolicyBody>(200, "The new policy")
                 .body::<PutPolicy>()
-                .answer(422, "Not one of reject, flag, sanitize"),
+                .invalid("Not one of reject, flag, sanitize"),
         )
 }
 

@@ -45,13 +45,20 @@ pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
     const MANAGE: RouteAccess = Requires(Scope::WebhooksManage);
     RouteTable::tagged("webhooks")
+        .resource(
+            "/v1/webhooks/endpoints/{id}",
+            OpDoc::one::<EndpointId>("endpoint"),
+        )
+        .resource(
+            "/v1/webhooks/messages/{id}",
+            OpDoc::one::<MessageId>("message"),
+        )
         .get("/v1/webhooks/endpoints", MANAGE, list)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::ok::<EndpointPage>(200, "A page of endpoints")
+            OpDoc::page::<EndpointPage, ListQuery>("A page of endpoints")
                 .summary("Lists the tenant's endpoints.")
-                .query::<ListQuery>()
-                .answer(422, "Limit outside 1 to 200"),
+                .invalid("Limit outside 1 to 200"),
         )
         .post("/v1/webhooks/endpoints", MANAGE, create)
         .confine(Refused)
@@ -62,8 +69,7 @@ pub fn routes() -> RouteTable {
                     once.",
                 )
                 .body::<CreateEndpoint>()
-                .answer(
-                    422,
+                .invalid(
                     "An invalid field, or a URL the egress policy refuses (the rule \
                     is named)",
                 ),
@@ -72,25 +78,19 @@ pub fn routes() -> RouteTable {
         .confine(TENANT_WIDE_READ)
         .doc(
             OpDoc::ok::<Endpoint>(200, "The endpoint")
-                .summary("Fetches an endpoint (never its secret).")
-                .on::<EndpointId>("endpoint"),
+                .summary("Fetches an endpoint (never its secret)."),
         )
         .patch("/v1/webhooks/endpoints/{id}", MANAGE, update)
         .confine(Refused)
         .doc(
             OpDoc::ok::<Endpoint>(200, "The endpoint")
                 .summary("Updates an endpoint; re-enabling clears its failure state.")
-                .on::<EndpointId>("endpoint")
                 .body::<UpdateEndpoint>()
-                .answer(422, "An invalid field, or a URL the egress policy refuses"),
+                .invalid("An invalid field, or a URL the egress policy refuses"),
         )
         .delete("/v1/webhooks/endpoints/{id}", MANAGE, remove)
         .confine(Refused)
-        .doc(
-            OpDoc::empty(204, "Deleted")
-                .summary("Deletes an endpoint.")
-                .on::<EndpointId>("endpoint"),
-        )
+        .doc(OpDoc::empty(204, "Deleted").summary("Deletes an endpoint."))
         .post(
             "/v1/webhooks/endpoints/{id}/rotate-secret",
             MANAGE,
@@ -103,23 +103,20 @@ pub fn routes() -> RouteTable {
                     "A new secret (in the answer, once); the old one keeps signing \
                     for `grace_seconds`. The body is optional.",
                 )
-                .on::<EndpointId>("endpoint")
                 .optional_body::<RotateSecret>()
-                .answer(422, "Grace period out of range, or an invalid body"),
+                .invalid("Grace period out of range, or an invalid body"),
         )
         .post("/v1/webhooks/endpoints/{id}/test", MANAGE, send_test)
         .confine(Refused)
         .doc(
             OpDoc::ok::<Queued>(202, "Queued")
-                .summary("Queues a `webhook.test` message to this endpoint.")
-                .on::<EndpointId>("endpoint"),
+                .summary("Queues a `webhook.test` message to this endpoint."),
         )
         .post("/v1/webhooks/endpoints/{id}/recover", MANAGE, recover)
         .confine(Refused)
         .doc(
             OpDoc::ok::<Requeued>(200, "How many were queued")
                 .summary("Queues again the failed deliveries created since a time.")
-                .on::<EndpointId>("endpoint")
                 .body::<Recover>(),
         )
         .post("/v1/webhooks/messages", MANAGE, publish)
@@ -128,31 +125,19 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<Queued>(202, "Queued")
                 .summary("Publishes the tenant's own event to its subscribed endpoints.")
                 .body::<PublishMessage>()
-                .answer(
-                    422,
-                    "An invalid or reserved event type, or a payload too large",
-                ),
+                .invalid("An invalid or reserved event type, or a payload too large"),
         )
         .get("/v1/webhooks/messages/{id}", MANAGE, fetch_message)
         .confine(TENANT_WIDE_READ)
-        .doc(
-            OpDoc::ok::<MessageView>(200, "The message")
-                .summary("A message with its deliveries.")
-                .on::<MessageId>("message"),
-        )
+        .doc(OpDoc::ok::<MessageView>(200, "The message").summary("A message with its deliveries."))
         .get("/v1/webhooks/messages/{id}/attempts", MANAGE, attempts)
         .confine(TENANT_WIDE_READ)
-        .doc(
-            OpDoc::ok::<AttemptList>(200, "The attempts")
-                .summary("A message's attempt log.")
-                .on::<MessageId>("message"),
-        )
+        .doc(OpDoc::ok::<AttemptList>(200, "The attempts").summary("A message's attempt log."))
         .post("/v1/webhooks/messages/{id}/resend", MANAGE, resend)
         .confine(Refused)
         .doc(
             OpDoc::ok::<Requeued>(200, "How many were queued")
-                .summary("Queues every delivery of a message again.")
-                .on::<MessageId>("message"),
+                .summary("Queues every delivery of a message again."),
         )
 }
 
