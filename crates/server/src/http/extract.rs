@@ -71,25 +71,18 @@ impl JsonBytes {
     }
 }
 
-/// `application/json` or `application/<anything>+json`, parameters allowed: what [`Json`]
-/// accepts.
+/// `application/json` or `application/<anything>+json`, parameters allowed, parsed as a media
+/// type: exactly what [`Json`] (axum's `json_content_type`) accepts.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
+    let Some(mime) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
     else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|subtype| subtype.ends_with("+json"))
+    mime.type_() == "application"
+        && (mime.subtype() == "json" || mime.suffix().is_some_and(|name| name == "json"))
 }
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBytes {

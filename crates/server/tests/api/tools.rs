@@ -573,7 +573,11 @@ async fn calls_are_validated_signed_forwarded_and_audited() {
             request = request.header("content-type", content_type);
         }
         let status = request.send().await.unwrap().status();
-        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type:?}");
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
     }
     // A call's body is capped below the application's 1 MiB (issue 27): refused before parsing.
     let oversized = json!({ "input": { "city": "b".repeat(300 * 1024) } });
@@ -644,6 +648,35 @@ async fn calls_are_validated_signed_forwarded_and_audited() {
         .iter()
         .filter(|e| e["outcome"] == "failure")
         .all(|e| e["metadata"]["result"] == "invalid_input"));
+
+    // Bodies above 16 KiB are parsed on the schema pool: the same answers, nothing sent.
+    let long_city = "b".repeat(100 * 1024);
+    let malformed_large = format!("{{\"input\": {{\"city\": \"{long_city}\"");
+    let status = as_tenant(app, &acme, Method::POST, "/v1/tools/weather/calls")
+        .header("content-type", "application/json")
+        .body(malformed_large)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, problem_body) = problem(
+        call_as(
+            app,
+            &acme,
+            Method::POST,
+            "/v1/tools/weather/calls",
+            Some(json!({ "input": { "city": long_city } })),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem_body}");
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "only the one valid call was sent"
+    );
 
     // The answer enters the agent's context, so it is screened too: refused under `reject`,
     // cleaned under `sanitize`.

@@ -34,6 +34,10 @@ pub const MAX_REPORTED_ERRORS: usize = 5;
 /// arguments, not uploads: 256 KiB is far above any MCP tool's.
 pub const MAX_CALL_BODY_BYTES: usize = 256 * 1024;
 
+/// Call bodies up to this size are parsed on the request's own thread; larger ones on the
+/// schema pool (see [`call`]).
+const INLINE_PARSE_BYTES: usize = 16 * 1024;
+
 /// Body of `POST /v1/tools/{name}/calls`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -206,19 +210,26 @@ pub(super) async fn call(
 ) -> Result<axum::Json<CallResult>, ApiError> {
     let started = Instant::now();
     let ctx = &tenant.0;
-    // Parsing, re-serialising and hashing up to 256 KiB of input take milliseconds: on the
-    // schema pool's lowered-priority threads, under the tenant's share of them, not on the
-    // async runtime, where they held every other tenant's request the thread served (issue
-    // 27: B's p99 2.6-5x while A called hostile schemas within its limits).
-    let parsed = state
-        .schema_pool()
-        .run(&ctx.tenant_id().to_string(), move || {
-            let body: CallTool = raw.parse()?;
-            let input_bytes =
-                serde_json::to_vec(&body.input).map_err(|e| ApiError::Internal(e.into()))?;
-            Ok::<_, ApiError>((body, sha256_hex(&input_bytes)))
-        })
-        .await;
+    let raw_len = raw.0.len();
+    // Parsing, re-serialising and hashing up to 256 KiB of input take milliseconds: a large
+    // body is handled on the schema pool's lowered-priority threads, under the tenant's share of
+    // them, not on the async runtime, where it held every other tenant's request the thread
+    // served (issue 27: B's p99 2.6-5x while A called hostile schemas within its limits). A
+    // small one costs microseconds and is parsed here: two thread hops would cost more.
+    let parse = move || {
+        let body: CallTool = raw.parse()?;
+        let input_bytes =
+            serde_json::to_vec(&body.input).map_err(|e| ApiError::Internal(e.into()))?;
+        Ok::<_, ApiError>((body, sha256_hex(&input_bytes)))
+    };
+    let parsed = if raw_len <= INLINE_PARSE_BYTES {
+        Ok(parse())
+    } else {
+        state
+            .schema_pool()
+            .run(&ctx.tenant_id().to_string(), parse)
+            .await
+    };
     // A malformed body is refused first, as when the body was parsed by the extractor.
     // `None`: the pool is busy (answered below, once the call can be audited).
     let parsed = match parsed {
@@ -239,13 +250,6 @@ pub(super) async fn call(
         latency_ms: 0,
         start_event: None,
     };
-    let Some((body, input_sha256)) = parsed else {
-        record.outcome = Outcome::Failure;
-        record.result = "validation_busy";
-        record.latency_ms = elapsed(started);
-        audit_call(&state, ctx, &record, None).await?;
-        return Err(ApiError::SchemaBusy);
-    };
     // The permission: a function of the credential and the path alone, decided before the
     // registry is read, so it tells nothing about which tools exist.
     if !ctx.may_call_tool(&name) {
@@ -253,6 +257,15 @@ pub(super) async fn call(
         audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::MissingToolScope(name.as_str().to_owned()));
     }
+    // After the permission, so that a caller without it is refused (and audited) as such
+    // whatever the pool's load.
+    let Some((body, input_sha256)) = parsed else {
+        record.outcome = Outcome::Failure;
+        record.result = "validation_busy";
+        record.latency_ms = elapsed(started);
+        audit_call(&state, ctx, &record, None).await?;
+        return Err(ApiError::SchemaBusy);
+    };
     record.input_sha256 = Some(input_sha256);
 
     let mut tx = state.store().begin(ctx, Access::ReadOnly).await?;
