@@ -59,7 +59,7 @@ async fn serve_with(
         owner.close().await;
     }
     let store = db
-        .app_store(args.database.max_connections, Some(master.clone()))
+        .serving_store(args.database.max_connections, Some(master.clone()))
         .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

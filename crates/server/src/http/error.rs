@@ -562,6 +562,15 @@ impl From<StoreError> for ApiError {
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 ApiError::Unavailable
             }
+            // The database refuses a new connection: out of connections or memory (class 53),
+            // or starting up / shutting down (57P03). Retryable, not a server fault.
+            StoreError::Database(sqlx::Error::Database(db))
+                if db
+                    .code()
+                    .is_some_and(|code| code.starts_with("53") || code == "57P03") =>
+            {
+                ApiError::Unavailable
+            }
             StoreError::TenantMoving | StoreError::LocationMismatch => ApiError::TenantMoving,
             StoreError::WrongRegion(region) => ApiError::WrongRegion(region),
             // The route class's statement timeout: the database was busy for this request.

@@ -280,23 +280,33 @@ impl Database {
                 .with_context(|| format!("cannot open region {}'s serving pool", region.name))?;
             regions.push((region.name.clone(), store.topology().registry.clone()));
         }
-        // Heavy reads get backends of their own, reniced (see `bulkhead_store::cluster::niced`):
-        // by default on the embedded cluster, which runs on this host under this process.
-        let heavy_reads = match self.lower_heavy_reads {
-            true => Some(
-                niced::connect_niced(self.app_options.clone(), max_connections)
-                    .await
-                    .context("cannot open the heavy-read pool as the application role")?,
-            ),
-            false => None,
-        };
         let default_region = self.default_region.clone();
         Ok(registry.reconfigured(|t| {
             t.default_region = default_region;
             t.regions = regions;
             t.master_key = master;
-            t.heavy_reads = heavy_reads;
         }))
+    }
+
+    /// The store `serve` answers requests with: [`Database::app_store`] plus, when heavy reads
+    /// run at a lowered priority, their own pool of reniced backends (see
+    /// `bulkhead_store::cluster::niced`), half the serving pool's size (a tenant runs one heavy
+    /// read at a time, so it only needs room for the tenants listing at once). Only `serve`
+    /// marks reads heavy; the worker has no use for the pool.
+    pub async fn serving_store(
+        &self,
+        max_connections: u32,
+        master: Option<std::sync::Arc<MasterKey>>,
+    ) -> anyhow::Result<Store> {
+        let store = self.app_store(max_connections, master).await?;
+        if !self.lower_heavy_reads {
+            return Ok(store);
+        }
+        let heavy_reads =
+            niced::connect_niced(self.app_options.clone(), (max_connections / 2).max(2))
+                .await
+                .context("cannot open the heavy-read pool as the application role")?;
+        Ok(store.reconfigured(|t| t.heavy_reads = Some(heavy_reads)))
     }
 
     /// Stops the embedded clusters this process started.

@@ -9,9 +9,12 @@
 //! cluster, which runs on this host as this process's user (or, under root, as `postgres`).
 //!
 //! Invariants: the pool is the same role as the serving pool (checked to be subject to row-level
-//! security) and holds no state between transactions; only the priority differs. A backend that
-//! cannot be reniced is still used, with a warning: the priority is a scheduling preference,
-//! not a security property.
+//! security) and holds no state between transactions; only the priority differs, and its
+//! sessions run no parallel workers (the postmaster forks those at its own priority). A process
+//! is reniced only if it is a `postgres` process of this host that started when PostgreSQL says
+//! the backend did, so a cluster in another PID namespace never gets an unrelated process
+//! reniced. A backend that cannot be reniced is still used, with a warning: the priority is a
+//! scheduling preference, not a security property.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -36,10 +39,18 @@ pub async fn connect_niced(
         .acquire_timeout(std::time::Duration::from_secs(5))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *conn)
+                // Parallel workers are forked by the postmaster at its own priority: they would
+                // run a heavy read's scan at the normal one.
+                sqlx::query("SET max_parallel_workers_per_gather = 0")
+                    .execute(&mut *conn)
                     .await?;
-                lower_backend_priority(pid);
+                let (pid, started): (i32, f64) = sqlx::query_as(
+                    "SELECT pid, extract(epoch FROM backend_start)::float8 \
+                     FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                lower_backend_priority(pid, started);
                 Ok(())
             })
         })
@@ -49,13 +60,16 @@ pub async fn connect_niced(
     Ok(pool)
 }
 
-fn lower_backend_priority(pid: i32) {
-    // The id is the backend's in the cluster's PID namespace. Renice only a process here that is
-    // a PostgreSQL server, so that a cluster in another namespace (a container) never gets an
-    // unrelated process of this host reniced in its place.
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+/// Renices `pid` if it is this connection's backend as seen from here: a `postgres` process,
+/// not this one, started when PostgreSQL says the backend started (`started`, Unix seconds).
+fn lower_backend_priority(pid: i32, started: f64) {
+    // The id is the backend's in the cluster's PID namespace. A cluster in another namespace (a
+    // container) would name some unrelated process of this host, possibly another PostgreSQL's:
+    // the start time tells them apart.
     let process = rustix::process::Pid::from_raw(pid).filter(|_| {
-        comm.trim_end() == "postgres" && u32::try_from(pid).ok() != Some(std::process::id())
+        u32::try_from(pid).ok() != Some(std::process::id())
+            && process_name(pid).as_deref() == Some("postgres")
+            && process_start(pid).is_some_and(|start| (start - started).abs() < 2.0)
     });
     let Some(process) = process else {
         tracing::warn!(
@@ -70,4 +84,27 @@ fn lower_backend_priority(pid: i32) {
     {
         tracing::warn!(pid, %err, "cannot lower a heavy-read backend's priority; it runs at the normal one");
     }
+}
+
+fn process_name(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_owned())
+}
+
+/// When `pid` started, in Unix seconds: boot time plus its start in clock ticks (field 22 of
+/// `/proc/<pid>/stat`; Linux reports them at USER_HZ, 100 a second, on every architecture).
+fn process_start(pid: i32) -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): field 3 is the first.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let ticks: f64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(boot + ticks / USER_HZ)
 }
