@@ -63,7 +63,7 @@ pub struct LimitArgs {
     pub schema_cache_idle_secs: u64,
     /// Failed logins one client address (IPv6: its /64) may have per window, across accounts.
     #[arg(long, env = "BULKHEAD_LOGIN_FAILURES_PER_ADDRESS", default_value_t = DEFAULT_LOGIN_FAILURES_PER_ADDRESS,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub login_failures_per_address: u32,
     /// Seconds of the per-address login window.
     #[arg(
@@ -233,8 +233,8 @@ impl RateLimitSettings {
         if self.concurrency_per_tenant == 0 || self.concurrency_key_create == 0 {
             return Err("concurrency limits must be at least 1".into());
         }
-        if self.login.failures == 0 {
-            return Err("--login-failures-per-address must be at least 1".into());
+        if !(1..=10_000).contains(&self.login.failures) {
+            return Err("--login-failures-per-address must be between 1 and 10000".into());
         }
         if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&self.login.window) {
             return Err("--login-address-window-secs must be between 60 and 86400".into());

@@ -243,6 +243,7 @@ impl Dispatcher {
             if *shutdown.borrow() {
                 break;
             }
+            let cycle_start = self.clock.now();
             let free = slots.available_permits();
             let mut more = false;
             let mut pause = self.config.idle_poll;
@@ -269,12 +270,19 @@ impl Dispatcher {
             }
             // Sleep until something can change the answer: a slot frees or new work is
             // announced (both notify), a retry falls due, or the fallback poll.
+            // The retry timer is forgotten only once a claim has run after it fell due (or no
+            // slot was free, and the slot that frees will wake this loop): forgetting it when
+            // the sleep was armed lost it whenever another wake-up came first, and the retry
+            // then waited for the fallback poll.
             let now = self.clock.now();
-            if let Some(due) = *lock(&self.next_due) {
-                let until = (due - now).to_std().unwrap_or(Duration::ZERO);
-                if until <= pause {
-                    pause = until;
-                    *lock(&self.next_due) = None;
+            {
+                let mut next_due = lock(&self.next_due);
+                if let Some(due) = *next_due {
+                    if due <= cycle_start {
+                        *next_due = None;
+                    } else {
+                        pause = pause.min((due - now).to_std().unwrap_or(Duration::ZERO));
+                    }
                 }
             }
             let woken = tokio::select! {
