@@ -13,8 +13,11 @@
 //!    tenant, and is counted under it). An operation that does not fit is refused at once
 //!    with 503 and `Retry-After` ([`HashError::Busy`]): a queue that grows without bound
 //!    only turns overload into timeouts.
-//! 2. then **waits** for one of `workers` blocking threads (default: half the cores, at least
-//!    one), so hashing can never take every core from the rest of the server.
+//! 2. then **waits** for one of `workers` threads of its own (default: half the cores, at least
+//!    one), so hashing can never take every core from the rest of the server. The threads run
+//!    at a lowered priority (nice +10, Linux), like the schema pool's: a hash takes 24–40 ms of
+//!    CPU, and at normal priority a request on the same core waited behind it (issue 28's
+//!    hashing benchmark: another tenant's p99 up to 3×); niced, the request runs first.
 //!
 //! The admission and the worker are held by the blocking task itself, so a client that hangs
 //! up while its hash runs does not free a place the hash still uses.
@@ -85,12 +88,69 @@ fn release(counts: &mut HashMap<TenantId, usize>, key: TenantId) {
 #[derive(Debug)]
 pub struct HashPool {
     workers: Arc<Semaphore>,
+    threads: HashThreads,
     admitted: Arc<Mutex<Admitted>>,
     capacity: usize,
     tenant_share: usize,
     anonymous_share: usize,
     anonymous_tenant_share: usize,
     started: AtomicU64,
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads: `workers` of them, at a lowered priority, taking jobs from one channel
+/// (the pool's semaphore lets at most `workers` jobs in at once, so nothing waits in it). They
+/// end when the pool is dropped (the channel closes). Our own threads rather than tokio's
+/// blocking pool: a blocking-pool thread serves other work after the hash, and a process may
+/// lower its threads' priority but not raise it back.
+#[derive(Debug)]
+struct HashThreads {
+    jobs: std::sync::mpsc::Sender<HashJob>,
+}
+
+impl HashThreads {
+    fn start(count: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..count {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("bulkhead-hash-{i}"))
+                .spawn(move || {
+                    lower_own_priority();
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_closed) => return,
+                        }
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::error!(%err, "cannot start a password hashing thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    fn send(&self, job: HashJob) -> Result<(), HashError> {
+        self.jobs.send(job).map_err(|_| HashError::Unavailable)
+    }
+}
+
+/// How much nicer than the process the hashing threads run: weight 110 against a request
+/// thread's 1024.
+const HASH_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`HASH_NICE`]. Linux only: there the nice value is
+/// a per-thread attribute; elsewhere `setpriority` would renice the whole process.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let now = rustix::process::getpriority_process(None).unwrap_or(0);
+        let _ = rustix::process::setpriority_process(None, (now + HASH_NICE).min(19));
+    }
 }
 
 /// An admitted operation's place; dropping it gives the place back.
@@ -122,6 +182,7 @@ impl HashPool {
         let anonymous_share = half.max(1);
         Self {
             workers: Arc::new(Semaphore::new(workers)),
+            threads: HashThreads::start(workers),
             admitted: Arc::default(),
             capacity,
             // With a single place (one worker, no queue) a share of half would be zero: one
@@ -217,14 +278,20 @@ impl HashPool {
             .map_err(|_| HashError::Unavailable)?;
         self.started.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("bulkhead_password_hashes_total").increment(1);
-        tokio::task::spawn_blocking(move || {
-            let result = work();
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.threads.send(Box::new(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             drop(worker);
             drop(ticket);
-            result
-        })
-        .await
-        .map_err(|e| HashError::Internal(anyhow::anyhow!("password hashing task failed: {e}")))
+            let _ = done.send(outcome);
+        }))?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_panic)) => Err(HashError::Internal(anyhow::anyhow!(
+                "password hashing task panicked"
+            ))),
+            Err(_gone) => Err(HashError::Unavailable),
+        }
     }
 
     /// Hashes a new password for `caller` (after the length policy, which costs nothing).
@@ -362,5 +429,28 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(pool.admitted.lock().unwrap().total, 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashes_run_on_threads_at_a_lower_priority_than_the_caller() {
+        let pool = HashPool::new(&HashingSettings {
+            workers: 1,
+            queue: 1,
+        });
+        let caller = rustix::process::getpriority_process(None).expect("own priority");
+        let ticket = pool.admit(Caller::Tenant(tenant(1))).unwrap();
+        let worker = pool
+            .run(ticket, || {
+                rustix::process::getpriority_process(None).expect("priority")
+            })
+            .await
+            .expect("runs");
+        assert_eq!(worker, (caller + HASH_NICE).min(19));
+        // The caller's own thread is untouched.
+        assert_eq!(
+            rustix::process::getpriority_process(None).expect("own priority"),
+            caller
+        );
     }
 }
