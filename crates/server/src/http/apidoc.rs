@@ -50,10 +50,32 @@ impl OpDoc {
         Self::blank().also::<T>(status, description)
     }
 
-    /// A list: a page of schema `P` (200, described as `description`), chosen by the query
-    /// parameters `Q` declares.
-    pub fn page<P: ToSchema, Q: IntoParams>(description: &str) -> Self {
-        Self::ok::<P>(200, description).query::<Q>()
+    /// A list: a page of schema `P` (200, described as `description`), chosen by `limit` and
+    /// `cursor` (a string; [`OpDoc::cursor`] names an id) and the route's filters `F`, in that
+    /// order: the parameters of its `ListQuery` (`routes/kit/page.rs`).
+    pub fn page<P: ToSchema, F: IntoParams>(description: &str) -> Self {
+        Self::ok::<P>(200, description)
+            .query::<PageParams>()
+            .query::<F>()
+    }
+
+    /// The list's `cursor` is an id of schema `C`.
+    pub fn cursor<C: ToSchema>(mut self) -> Self {
+        self.param_mut("cursor").schema = Some(reference::<C>());
+        self
+    }
+
+    /// Another description of parameter `name` (`None`: none).
+    pub fn describe(mut self, name: &str, description: Option<&str>) -> Self {
+        self.param_mut(name).description = description.map(str::to_owned);
+        self
+    }
+
+    fn param_mut(&mut self, name: &str) -> &mut Parameter {
+        self.parameters
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{} has no parameter {name}", self.operation_id))
     }
 
     /// An operation that answers `status` without a body.
@@ -265,6 +287,19 @@ impl<T: ToSchema> Collect for T {
 }
 
 /// `$ref` to the component schema of `T`.
+/// What the document says of every list's `limit` and `cursor` (a list whose cursor is an id
+/// names the id's schema instead, [`OpDoc::cursor`]).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // a type for the document only, never made
+struct PageParams {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
 fn reference<T: ToSchema>() -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(T::name()))
 }

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::extract::{Json, Path, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
-use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::page::ListQuery;
 use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::Tail;
 use crate::http::routes::kit::{policy, tx};
@@ -39,7 +39,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/api-keys", MANAGE, list)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<KeyPage, ListQuery>("A page of keys")
+            OpDoc::page::<KeyPage, ListFilters>("A page of keys")
+                .cursor::<ApiKeyId>()
                 .summary("Lists the tenant's keys (metadata only).")
                 .invalid("Limit outside 1 to 200, or an invalid principal"),
         )
@@ -231,19 +232,11 @@ pub struct RevokeAll {
     principal: String,
 }
 
-/// Query of `GET /v1/api-keys`.
+/// Filters of `GET /v1/api-keys`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[serde(default)]
-    #[param(value_type = Option<ApiKeyId>)]
-    cursor: Option<String>,
+pub struct ListFilters {
     /// Only this principal's keys.
     #[serde(default)]
     principal: Option<String>,
@@ -410,9 +403,10 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListQuery>,
+    query: ListQuery<ListFilters>,
 ) -> Result<axum::Json<KeyPage>, ApiError> {
-    let page = PageRequest::of_ids(query.limit, query.cursor.as_deref())?;
+    let page = query.page_of_ids()?;
+    let query = query.filter;
     if let Some(p) = &query.principal {
         check_label("principal", p)?;
     }

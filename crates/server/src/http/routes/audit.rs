@@ -22,7 +22,7 @@ use utoipa::PartialSchema;
 
 use crate::http::error::ApiError;
 use crate::http::extract::{Query, Tenant};
-use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::page::{ListQuery, PageRequest};
 use crate::http::routes::kit::write::Tail;
 use crate::http::routes::kit::{tx, validate};
 use crate::http::state::AppState;
@@ -47,7 +47,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/audit/events", READ, list_events)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<EventPage, EventsQuery>("A page of events")
+            OpDoc::page::<EventPage, EventFilters>("A page of events")
+                .cursor::<AuditEventId>()
                 .summary("The tenant's audit events, oldest first.")
                 .invalid(
                     "Limit outside 1 to 200, an invalid filter, or `since` after \
@@ -87,7 +88,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/audit/proofs/inclusion", READ, inclusion)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<audit_log::InclusionProof, InclusionQuery>("The proof")
+            OpDoc::ok::<audit_log::InclusionProof>(200, "The proof")
+                .query::<InclusionQuery>()
                 .summary(
                     "RFC 9162 inclusion proof of an event in the tree of `tree_size` \
                     leaves.",
@@ -99,7 +101,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/audit/proofs/consistency", READ, consistency)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<audit_log::ConsistencyProof, ConsistencyQuery>("The proof")
+            OpDoc::ok::<audit_log::ConsistencyProof>(200, "The proof")
+                .query::<ConsistencyQuery>()
                 .summary("RFC 9162 consistency proof between two tree sizes.")
                 .invalid("Sizes the log does not have, or `from` outside 1 to `to`"),
         )
@@ -152,19 +155,11 @@ pub struct LogKey {
     checkpoint_format: &'static str,
 }
 
-/// Query of `GET /v1/audit/events`.
+/// Filters of `GET /v1/audit/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[serde(default)]
-    #[param(value_type = Option<AuditEventId>)]
-    cursor: Option<String>,
+pub struct EventFilters {
     /// RFC 3339; events at or after.
     #[serde(default)]
     since: Option<DateTime<Utc>>,
@@ -207,9 +202,10 @@ fn check_label(name: &str, value: &Option<String>) -> Result<(), ApiError> {
 async fn list_events(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<EventsQuery>,
+    query: ListQuery<EventFilters>,
 ) -> Result<axum::Json<EventPage>, ApiError> {
-    let page = PageRequest::<AuditEventId>::of_ids(query.limit, query.cursor.as_deref())?;
+    let page: PageRequest<AuditEventId> = query.page_of_ids()?;
+    let query = query.filter;
     if let Some(outcome) = &query.outcome {
         if !matches!(
             outcome.as_str(),

@@ -20,9 +20,9 @@ use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::RouteTable;
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Query, Tenant};
+use crate::http::extract::{Json, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
-use crate::http::routes::kit::page::{page, PageRequest};
+use crate::http::routes::kit::page::{page, ListQuery, NoFilters};
 use crate::http::routes::kit::tx;
 use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::{conflict_as, Tail};
@@ -37,7 +37,7 @@ pub fn routes() -> RouteTable {
         .get("/v1/users", Requires(Scope::UsersRead), list_users)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<UserPage, ListQuery>("A page of users").invalid("Limit outside 1 to 200"),
+            OpDoc::page::<UserPage, NoFilters>("A page of users").invalid("Limit outside 1 to 200"),
         )
         .post("/v1/users", Requires(Scope::UsersWrite), create_user)
         .confine(Refused)
@@ -69,7 +69,7 @@ pub fn routes() -> RouteTable {
         .get("/v1/agents", Requires(Scope::AgentsRead), list_agents)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<AgentPage, ListQuery>("A page of agents")
+            OpDoc::page::<AgentPage, NoFilters>("A page of agents")
                 .invalid("Limit outside 1 to 200"),
         )
         .post("/v1/agents", Requires(Scope::AgentsWrite), create_agent)
@@ -105,20 +105,6 @@ pub enum RequestedStatus {
     Active,
     /// Credentials are refused.
     Disabled,
-}
-
-/// Query of the list routes.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[serde(default)]
-    cursor: Option<String>,
 }
 
 /// A user as the API shows it (never the password hash).
@@ -226,9 +212,10 @@ fn check_agent_name(name: &str) -> Result<(), ApiError> {
 async fn list_users(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<axum::Json<UserPage>, ApiError> {
-    let (rows, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+    let (rows, next_cursor) = query
+        .page_of_ids()?
         .read(
             &state,
             &tenant.0,
@@ -321,9 +308,10 @@ fn refuse_self_disable(
 async fn list_agents(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<axum::Json<AgentPage>, ApiError> {
-    let (data, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+    let (data, next_cursor) = query
+        .page_of_ids()?
         .read(
             &state,
             &tenant.0,

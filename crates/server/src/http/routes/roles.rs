@@ -20,9 +20,9 @@ use crate::http::apidoc::OpDoc;
 use crate::http::authz::RouteAccess::Requires;
 use crate::http::authz::{check_may_grant, RouteTable};
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Query, Tenant};
+use crate::http::extract::{Json, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
-use crate::http::routes::kit::page::{page, PageRequest};
+use crate::http::routes::kit::page::{page, ListQuery, NoFilters};
 use crate::http::routes::kit::tx;
 use crate::http::routes::kit::validate::{self, optional_id};
 use crate::http::routes::kit::write::{conflict_as, record_refusal, Tail};
@@ -55,7 +55,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/roles", READ, list_roles)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<RolePage, ListRolesQuery>("A page of roles, built-in and custom")
+            OpDoc::page::<RolePage, NoFilters>("A page of roles, built-in and custom")
+                .describe("cursor", None)
                 .invalid("Limit outside 1 to 200"),
         )
         .post("/v1/roles", MANAGE, create_role)
@@ -85,7 +86,7 @@ pub fn routes() -> RouteTable {
         .get("/v1/role-assignments", READ, list_assignments)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<AssignmentPage, ListAssignmentsQuery>("A page of assignments")
+            OpDoc::page::<AssignmentPage, AssignmentFilters>("A page of assignments")
                 .invalid("Limit outside 1 to 200, or both user_id and agent_id"),
         )
         .post("/v1/role-assignments", MANAGE, assign)
@@ -148,31 +149,11 @@ pub struct CreateAssignment {
     agent_id: Option<String>,
 }
 
-/// Query of `GET /v1/roles`.
+/// Filters of `GET /v1/role-assignments`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ListRolesQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    #[serde(default)]
-    cursor: Option<String>,
-}
-
-/// Query of `GET /v1/role-assignments`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListAssignmentsQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[serde(default)]
-    cursor: Option<String>,
+pub struct AssignmentFilters {
     /// Only this user's assignments.
     #[serde(default)]
     #[param(value_type = Option<UserId>)]
@@ -276,10 +257,11 @@ async fn grant_check_within(
 async fn list_roles(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListRolesQuery>,
+    query: ListQuery,
 ) -> Result<axum::Json<RolePage>, ApiError> {
     let rows = async |tx: &mut TenantTx, after, n| Ok(rbac::list_roles(tx, after, n).await?);
-    let (data, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+    let (data, next_cursor) = query
+        .page_of_ids()?
         .read(&state, &tenant.0, rows, |r| r.id)
         .await?;
     Ok(axum::Json(RolePage::new(data, next_cursor)))
@@ -375,9 +357,10 @@ fn principal_of(user: Option<&str>, agent: Option<&str>) -> Result<Option<Princi
 async fn list_assignments(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListAssignmentsQuery>,
+    query: ListQuery<AssignmentFilters>,
 ) -> Result<axum::Json<AssignmentPage>, ApiError> {
-    let page = PageRequest::of_ids(query.limit, query.cursor.as_deref())?;
+    let page = query.page_of_ids()?;
+    let query = query.filter;
     let principal = principal_of(query.user_id.as_deref(), query.agent_id.as_deref())?;
     let role: Option<RoleId> = optional_id(query.role_id.as_deref())?;
     let rows = async |tx: &mut TenantTx, after, n| {

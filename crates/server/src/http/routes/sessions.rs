@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Query, Tenant};
+use crate::http::extract::{Json, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
-use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::page::ListQuery;
 use crate::http::routes::kit::tx;
 use crate::http::routes::kit::validate;
 use crate::http::routes::kit::write::Tail;
@@ -42,7 +42,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/sessions", Requires(Scope::SessionsRead), list)
         .confine(IN_PREFIX)
         .doc(
-            OpDoc::page::<SessionPage, ListQuery>("A page of sessions")
+            OpDoc::page::<SessionPage, ListFilters>("A page of sessions")
+                .cursor::<SessionId>()
                 .summary("Lists sessions, newest last, a page at a time.")
                 .invalid("Limit outside 1 to 200, or an invalid agent id"),
         )
@@ -114,19 +115,11 @@ pub struct UpdateSession {
     namespace: Option<String>,
 }
 
-/// Query of `GET /v1/sessions`.
+/// Filters of `GET /v1/sessions`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[serde(default)]
-    #[param(value_type = Option<SessionId>)]
-    cursor: Option<String>,
+pub struct ListFilters {
     /// Only this agent's sessions.
     #[serde(default)]
     agent_id: Option<String>,
@@ -238,9 +231,10 @@ async fn fetch(at: ById<SessionKind>) -> Result<axum::Json<AgentSession>, ApiErr
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListQuery>,
+    query: ListQuery<ListFilters>,
 ) -> Result<axum::Json<SessionPage>, ApiError> {
-    let page = PageRequest::of_ids(query.limit, query.cursor.as_deref())?;
+    let page = query.page_of_ids()?;
+    let query = query.filter;
     if let Some(agent_id) = &query.agent_id {
         check_agent_id(agent_id)?;
     }

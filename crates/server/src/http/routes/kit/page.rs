@@ -2,10 +2,19 @@
 //! refused (422) outside `1..=`[`MAX_PAGE_SIZE`], never silently clamped. One pair for every
 //! resource: a client learns it once, and the OpenAPI parameters (`minimum = 1, maximum = 200`)
 //! say the same everywhere.
+//!
+//! Every list route's query is one [`ListQuery`]: `limit` and `cursor` are read here, and the
+//! rest of the query string is the route's own filter struct (with `deny_unknown_fields`, so an
+//! unknown parameter is still a 400). serde's `flatten` cannot do this: it does not work with
+//! `deny_unknown_fields`.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use bulkhead_core::id::IdKind;
 use bulkhead_core::{PrefixedId, TenantContext};
 use bulkhead_store::TenantTx;
+use serde::de::DeserializeOwned;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 
 use super::{tx, validate};
 use crate::http::error::ApiError;
@@ -80,10 +89,85 @@ impl<C> PageRequest<C> {
     }
 }
 
-impl<K: IdKind> PageRequest<PrefixedId<K>> {
-    /// A page of a list whose cursor is an id of its items.
-    pub(crate) fn of_ids(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, ApiError> {
-        Self::new(limit, cursor, validate::id)
+/// The query of a list route: the page's `limit` and `cursor`, and the route's filters `F`
+/// (none by default). Parsed once, as axum's `Query` would: a malformed query string, a
+/// parameter given twice, a `limit` that is not a number or a parameter `F` does not know is a
+/// 400 (`Failed to deserialize query string: …`); the size rule (422) is [`PageRequest`]'s.
+pub(crate) struct ListQuery<F = NoFilters> {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// The route's own parameters.
+    pub(crate) filter: F,
+}
+
+impl<F> ListQuery<F> {
+    /// The page asked for, its cursor read by `parse`.
+    pub(crate) fn page<C>(
+        &self,
+        parse: impl FnOnce(&str) -> Result<C, ApiError>,
+    ) -> Result<PageRequest<C>, ApiError> {
+        PageRequest::new(self.limit, self.cursor.as_deref(), parse)
+    }
+
+    /// The page of a list whose cursor is an id of its items.
+    pub(crate) fn page_of_ids<K: IdKind>(&self) -> Result<PageRequest<PrefixedId<K>>, ApiError> {
+        self.page(validate::id)
+    }
+}
+
+impl<F: DeserializeOwned> ListQuery<F> {
+    fn parse(query: &str) -> Result<Self, serde_urlencoded::de::Error> {
+        use serde::de::Error as _;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)?;
+        let (mut limit, mut cursor, mut rest) = (None, None, Vec::new());
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "limit" => &mut limit,
+                "cursor" => &mut cursor,
+                _ => {
+                    rest.push((name, value));
+                    continue;
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(serde_urlencoded::de::Error::custom(format!(
+                    "duplicate field `{name}`"
+                )));
+            }
+        }
+        let limit = limit
+            .map(|l| l.parse::<u32>())
+            .transpose()
+            .map_err(serde_urlencoded::de::Error::custom)?;
+        let rest =
+            serde_urlencoded::to_string(rest).map_err(serde_urlencoded::de::Error::custom)?;
+        let filter = serde_urlencoded::from_str(&rest)?;
+        Ok(Self {
+            limit,
+            cursor,
+            filter,
+        })
+    }
+}
+
+impl<S: Send + Sync, F: DeserializeOwned> FromRequestParts<S> for ListQuery<F> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Self::parse(parts.uri.query().unwrap_or_default()).map_err(|err| {
+            ApiError::BadRequest(format!("Failed to deserialize query string: {err}").into())
+        })
+    }
+}
+
+/// The filters of a list route that has none: any parameter but `limit` and `cursor` is a 400.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoFilters {}
+
+impl utoipa::IntoParams for NoFilters {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        Vec::new()
     }
 }
 
@@ -120,6 +204,34 @@ mod tests {
         assert_eq!(page_limit(Some(MAX_PAGE_SIZE)).unwrap(), MAX_PAGE_SIZE);
         assert!(page_limit(Some(0)).is_err());
         assert!(page_limit(Some(MAX_PAGE_SIZE + 1)).is_err());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AgentFilter {
+        #[serde(default)]
+        agent_id: Option<String>,
+    }
+
+    #[test]
+    fn a_list_query_reads_the_page_and_leaves_the_rest_to_the_filters() {
+        let query = ListQuery::<AgentFilter>::parse("cursor=c1&agent_id=a+b&limit=7").unwrap();
+        assert_eq!(query.limit, Some(7));
+        assert_eq!(query.cursor.as_deref(), Some("c1"));
+        assert_eq!(query.filter.agent_id.as_deref(), Some("a b"));
+        assert!(ListQuery::<NoFilters>::parse("").is_ok());
+        // Each of these was a 400 of axum's Query before, and still is.
+        for bad in [
+            "limit=x",
+            "limit=-1",
+            "limit=1&limit=2",
+            "cursor=a&cursor=b",
+            "agent_id=a&agent_id=b",
+            "other=1",
+        ] {
+            assert!(ListQuery::<AgentFilter>::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ListQuery::<NoFilters>::parse("agent_id=a").is_err());
     }
 
     #[test]

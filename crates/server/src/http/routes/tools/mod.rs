@@ -33,8 +33,8 @@ use serde_json::{json, Map, Value};
 use utoipa::PartialSchema;
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Query, Tenant};
-use crate::http::routes::kit::page::PageRequest;
+use crate::http::extract::{Json, Path, Tenant};
+use crate::http::routes::kit::page::ListQuery;
 use crate::http::routes::kit::write::{record_refusal, Tail};
 use crate::http::routes::kit::{policy, tx, validate};
 use crate::http::state::AppState;
@@ -62,10 +62,12 @@ pub fn routes() -> RouteTable {
         .get("/v1/tools", LIST, list)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<ToolPage, ListQuery>(
+            OpDoc::page::<ToolPage, ListFilters>(
                 "The enabled tools the credential may call (all, with \
                 include_disabled and tools:manage)",
             )
+            .describe("limit", Some("Page size (default 50)."))
+            .describe("cursor", None)
             .invalid("Limit out of range"),
         )
         .post("/v1/tools", MANAGE, create)
@@ -174,17 +176,11 @@ pub struct UpdateTool {
     enabled: Option<bool>,
 }
 
-/// Query of `GET /v1/tools`.
+/// Filters of `GET /v1/tools`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    #[serde(default)]
-    cursor: Option<String>,
+pub struct ListFilters {
     #[serde(default)]
     include_disabled: Option<bool>,
 }
@@ -351,9 +347,9 @@ pub(crate) fn visible_to(ctx: &TenantContext) -> Visible {
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListQuery>,
+    query: ListQuery<ListFilters>,
 ) -> Result<axum::Json<ToolPage>, ApiError> {
-    let (ctx, visible) = if query.include_disabled == Some(true) {
+    let (ctx, visible) = if query.filter.include_disabled == Some(true) {
         (tenant.require(Scope::ToolsManage)?, Visible::All)
     } else {
         let ctx = tenant.require(Scope::ToolsList)?;
@@ -362,7 +358,8 @@ async fn list(
     let rows = async |tx: &mut TenantTx, after: Option<ToolName>, n| {
         Ok(store::list(tx, &visible, after.as_ref(), n).await?)
     };
-    let (data, next_cursor) = PageRequest::new(query.limit, query.cursor.as_deref(), parse_name)?
+    let (data, next_cursor) = query
+        .page(parse_name)?
         .read(&state, ctx, rows, |t| t.name.clone())
         .await?;
     Ok(axum::Json(ToolPage { data, next_cursor }))

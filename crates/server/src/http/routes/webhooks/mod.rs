@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::http::error::ApiError;
-use crate::http::extract::{Json, Path, Query, Tenant};
+use crate::http::extract::{Json, Path, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
-use crate::http::routes::kit::page::PageRequest;
+use crate::http::routes::kit::page::{ListQuery, NoFilters};
 use crate::http::routes::kit::tx;
 use crate::http::routes::kit::validate;
 use crate::http::routes::kit::write::Tail;
@@ -56,7 +56,8 @@ pub fn routes() -> RouteTable {
         .get("/v1/webhooks/endpoints", MANAGE, list)
         .confine(TENANT_WIDE_READ)
         .doc(
-            OpDoc::page::<EndpointPage, ListQuery>("A page of endpoints")
+            OpDoc::page::<EndpointPage, NoFilters>("A page of endpoints")
+                .cursor::<EndpointId>()
                 .summary("Lists the tenant's endpoints.")
                 .invalid("Limit outside 1 to 200"),
         )
@@ -186,21 +187,6 @@ pub struct UpdateEndpoint {
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
     Option::<i32>::deserialize(d).map(Some)
-}
-
-/// Query of the endpoint list.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[serde(default)]
-    #[param(value_type = Option<EndpointId>)]
-    cursor: Option<String>,
 }
 
 /// A page of endpoints.
@@ -372,10 +358,11 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<axum::Json<EndpointPage>, ApiError> {
     let rows = async |tx: &mut TenantTx, after, n| Ok(store::list_endpoints(tx, after, n).await?);
-    let (data, next_cursor) = PageRequest::of_ids(query.limit, query.cursor.as_deref())?
+    let (data, next_cursor) = query
+        .page_of_ids()?
         .read(&state, &tenant.0, rows, |e| e.id)
         .await?;
     Ok(axum::Json(EndpointPage { data, next_cursor }))
