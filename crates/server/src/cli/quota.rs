@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::lookup::{find_tenant_ctx, with_owner};
 use crate::config::DatabaseArgs;
+use crate::service::audit_line::{AuditLine, Detail};
 
 /// `default` or a limit of 0 or more.
 fn parse_limit(text: &str) -> anyhow::Result<Option<i64>> {
@@ -62,7 +63,7 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
             }
             let limit = parse_limit(&limit)?;
             with_owner(&database, |owner| async move {
-                let (found, ctx) = find_tenant_ctx(&owner, &tenant).await?;
+                let (_, ctx) = find_tenant_ctx(&owner, &tenant).await?;
                 let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
                 let before = quotas::usage(&mut tx)
                     .await?
@@ -89,15 +90,10 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
                     .into_iter()
                     .find(|u| u.kind == kind);
                 tx.commit().await?;
-                tracing::info!(
-                    target: "bulkhead::audit",
-                    action = "quota.override",
-                    outcome = "success",
-                    tenant_id = %found.id,
-                    actor_id = "system:cli",
-                    kind = %kind,
-                    "tenant quota changed"
-                );
+                AuditLine::success("quota.override")
+                    .by(&ctx)
+                    .with(Detail::Kind, kind)
+                    .info("tenant quota changed");
                 println!("{}", serde_json::to_string_pretty(&after)?);
                 Ok(())
             })

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::lookup::with_owner;
 use crate::config::DatabaseArgs;
+use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::database::{load_master_key, Database};
 
 #[derive(Debug, Subcommand)]
@@ -45,14 +46,10 @@ pub(super) async fn run(action: SigningKeyCommand) -> anyhow::Result<()> {
                 )
                 .await?;
                 owner.close().await;
-                tracing::info!(
-                    target: "bulkhead::audit",
-                    action = "signing_key.rotate",
-                    outcome = "success",
-                    actor_id = "system:cli",
-                    resource_id = %rotation.current,
-                    "signing key rotated"
-                );
+                AuditLine::success("signing_key.rotate")
+                    .actor("system:cli")
+                    .with(Detail::Resource, &rotation.current)
+                    .info("signing key rotated");
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json!({

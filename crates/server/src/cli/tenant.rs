@@ -10,9 +10,10 @@ use bulkhead_store::{Placement, Store};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::lookup::{find_tenant, with_owner};
+use super::lookup::{find_tenant, operator_ctx, with_owner};
 use super::quota::QuotaCommand;
 use crate::config::{parse_environment, DatabaseArgs};
+use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::database::{load_master_key, load_peppers, Database};
 
 #[derive(Debug, Subcommand)]
@@ -159,15 +160,10 @@ impl DedicatedArgs {
                     .register_database(master, &name, region, url, &app_url)
                     .await
                     .context("cannot register and migrate the dedicated database")?;
-                tracing::info!(
-                    target: "bulkhead::audit",
-                    action = "tenant_database.register",
-                    outcome = "success",
-                    tenant_id = %tenant,
-                    resource_id = %name,
-                    actor_id = "system:cli",
-                    "dedicated database registered (URLs sealed)"
-                );
+                AuditLine::success("tenant_database.register")
+                    .by(&operator_ctx(tenant))
+                    .with(Detail::Resource, &name)
+                    .info("dedicated database registered (URLs sealed)");
                 Ok(Placement::Dedicated(name))
             }
             other => anyhow::bail!("invalid tier {other:?}: expected shared, schema or dedicated"),
@@ -272,14 +268,9 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                     bulkhead_store::lifecycle::moves::abandon_move(&owner, found.id)
                         .await
                         .context("cannot abandon the move")?;
-                    tracing::info!(
-                        target: "bulkhead::audit",
-                        action = "tenant.move.abandon",
-                        outcome = "success",
-                        tenant_id = %found.id,
-                        actor_id = "system:cli",
-                        "tenant move abandoned"
-                    );
+                    AuditLine::success("tenant.move.abandon")
+                        .by(&operator_ctx(found.id))
+                        .info("tenant move abandoned");
                     println!("{}", json!({ "abandoned": found.id }));
                     return Ok(());
                 }
@@ -326,14 +317,9 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                 bar.finish_and_clear();
                 let report =
                     result.context("the move stopped; run the same command again to resume")?;
-                tracing::info!(
-                    target: "bulkhead::audit",
-                    action = "tenant.move",
-                    outcome = "success",
-                    tenant_id = %found.id,
-                    actor_id = "system:cli",
-                    "tenant moved"
-                );
+                AuditLine::success("tenant.move")
+                    .by(&operator_ctx(found.id))
+                    .info("tenant moved");
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             })
@@ -409,14 +395,13 @@ async fn set_status(
                     "changing the status of tenant `{tenant}` failed; nothing reported as done"
                 )),
             })?;
-        tracing::info!(
-            target: "bulkhead::audit",
-            action = if status == TenantStatus::Active { "tenant.activate" } else { "tenant.suspend" },
-            outcome = "success",
-            tenant_id = %updated.id,
-            actor_id = "system:cli",
-            "tenant status changed"
-        );
+        AuditLine::success(if status == TenantStatus::Active {
+            "tenant.activate"
+        } else {
+            "tenant.suspend"
+        })
+        .by(&operator_ctx(updated.id))
+        .info("tenant status changed");
         println!("{}", serde_json::to_string_pretty(&updated)?);
         Ok(())
     })

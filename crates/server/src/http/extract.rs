@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use bulkhead_core::{Scope, TenantContext};
 
 use crate::http::error::ApiError;
+use crate::service::audit_line::AuditLine;
 
 /// The request's tenant context, put there by [`crate::http::resolve`]. Absent means the route was
 /// mounted outside the resolving middleware: fail closed with 401, never run without a tenant.
@@ -26,16 +27,10 @@ impl Tenant {
 
 /// The audit event of an authorization refusal (403).
 pub fn audit_forbidden(ctx: &TenantContext, scope: Scope, what: &'static str) {
-    tracing::warn!(
-        target: "bulkhead::audit",
-        action = "auth.forbidden",
-        outcome = "failure",
-        tenant_id = %ctx.tenant_id(),
-        actor_id = %ctx.actor().audit_id(),
-        missing_scope = %scope,
-        check = what,
-        "permission denied"
-    );
+    AuditLine::failure("auth.forbidden")
+        .by(ctx)
+        .missing(scope, what)
+        .warn("permission denied");
     crate::service::audit_log::forbidden_in_scope(ctx, format!("missing {scope} ({what})"));
 }
 

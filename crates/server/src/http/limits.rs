@@ -30,6 +30,7 @@ use bulkhead_store::placement::registry;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
+use crate::service::audit_line::AuditLine;
 use crate::service::rate_limits::RateLimits;
 
 /// The tenant's plan, put beside the context by resolution.
@@ -237,16 +238,10 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
     };
     let decision = limits.tenant.check(&limited).await;
     if !decision.allowed {
-        tracing::warn!(
-            target: "bulkhead::audit",
-            action = "ratelimit.reject",
-            outcome = "blocked",
-            tenant_id = %ctx.tenant_id(),
-            actor_id = %ctx.actor().audit_id(),
-            level = decision.rejected_by.map(|l| l.as_str()),
-            class,
-            "rate limit reached"
-        );
+        AuditLine::blocked("ratelimit.reject")
+            .by(&ctx)
+            .rate(decision.rejected_by.map(|l| l.as_str()), class)
+            .warn("rate limit reached");
         metrics::counter!("bulkhead_ratelimit_rejections_total", "level" => decision.rejected_by.map_or("unavailable", |l| l.as_str())).increment(1);
         return rejection(&decision);
     }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::http::error::QuotaRefusal;
 use crate::http::state::AppState;
+use crate::service::audit_line::{AuditLine, Detail};
 
 /// Route middleware of the tenant API: when the answer is `quota-exceeded`, writes a
 /// `quota.exceeded` audit event (outcome `blocked`) naming the kind, limit, usage and route, and
@@ -34,17 +35,11 @@ pub async fn audit_refusals(
     {
         let refusal = &refusal;
         let route = format!("{method} {}", route.unwrap_or_default());
-        tracing::warn!(
-            target: "bulkhead::audit",
-            action = "quota.exceeded",
-            outcome = "blocked",
-            tenant_id = %ctx.tenant_id(),
-            actor_id = %ctx.actor().audit_id(),
-            kind = %refusal.kind,
-            limit = refusal.limit,
-            usage = refusal.usage,
-            "write refused by the tenant's quota"
-        );
+        AuditLine::blocked("quota.exceeded")
+            .by(&ctx)
+            .with(Detail::Kind, &refusal.kind)
+            .quota(refusal.limit, refusal.usage)
+            .warn("write refused by the tenant's quota");
         if let Err(err) = record(&state, &ctx, refusal, &route).await {
             tracing::error!(
                 target: "bulkhead::audit",

@@ -25,6 +25,7 @@ use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
+use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::credentials::{request_client_ip, Refusal, Refused};
 use crate::service::tokens::TokenRefusal;
 
@@ -157,15 +158,11 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 fn audit_refusal(refused: Refused, host_tenant: Option<TenantId>) -> ApiError {
     let tenant = refused.tenant_id.or(host_tenant);
-    tracing::warn!(
-        target: "bulkhead::audit",
-        action = "auth.failure",
-        outcome = "failure",
-        reason = ?refused.reason,
-        tenant_id = tenant.map(|t| t.to_string()),
-        actor_id = refused.key_id.map(|k| k.to_string()),
-        "authentication refused"
-    );
+    AuditLine::failure("auth.failure")
+        .tenant_if(tenant)
+        .actor_if(refused.key_id)
+        .with(Detail::Reason, format_args!("{:?}", refused.reason))
+        .warn("authentication refused");
     crate::service::audit_log::auth_failure_in_scope(
         tenant,
         refused.key_id,
@@ -180,15 +177,11 @@ fn audit_refusal(refused: Refused, host_tenant: Option<TenantId>) -> ApiError {
 /// The registry or key lookup failed: deny with a retryable 503 (never a 500, never a pass) and
 /// leave an audit event.
 fn resolver_failure(err: bulkhead_store::StoreError, tenant: Option<TenantId>) -> ApiError {
-    tracing::error!(
-        target: "bulkhead::audit",
-        action = "auth.failure",
-        outcome = "failure",
-        reason = "ResolverError",
-        tenant_id = tenant.map(|t| t.to_string()),
-        error = %err,
-        "tenant resolution failed; request denied"
-    );
+    AuditLine::failure("auth.failure")
+        .tenant_if(tenant)
+        .with(Detail::Reason, "ResolverError")
+        .with(Detail::Error, err)
+        .error("tenant resolution failed; request denied");
     crate::service::audit_log::auth_failure_in_scope(
         tenant,
         None,
@@ -551,15 +544,11 @@ fn served_here(state: &AppState, tenant: &Tenant) -> Result<(), ApiError> {
     if state.store().serves_region(&tenant.region) {
         return Ok(());
     }
-    tracing::warn!(
-        target: "bulkhead::audit",
-        action = "request.refused",
-        outcome = "blocked",
-        reason = "WrongRegion",
-        tenant_id = %tenant.id,
-        region = %tenant.region,
-        "the tenant's region is not served here"
-    );
+    AuditLine::blocked("request.refused")
+        .tenant(tenant.id)
+        .with(Detail::Reason, "WrongRegion")
+        .with(Detail::Region, &tenant.region)
+        .warn("the tenant's region is not served here");
     Err(ApiError::WrongRegion(tenant.region.clone()))
 }
 
@@ -591,15 +580,11 @@ async fn credential_tenant(
     };
     served_here(state, &tenant)?;
     if tenant.status != TenantStatus::Active && !suspended_ok {
-        tracing::warn!(
-            target: "bulkhead::audit",
-            action = "auth.failure",
-            outcome = "blocked",
-            reason = "TenantSuspended",
-            tenant_id = %tenant.id,
-            actor_id = %actor_id,
-            "tenant suspended"
-        );
+        AuditLine::blocked("auth.failure")
+            .tenant(tenant.id)
+            .actor(actor_id)
+            .with(Detail::Reason, "TenantSuspended")
+            .warn("tenant suspended");
         crate::service::audit_log::auth_failure_in_scope(
             Some(tenant.id),
             actor_key,
@@ -671,14 +656,10 @@ async fn authenticate_access_token_in(
     let token = match state.tokens().verify(presented) {
         Ok(token) => token,
         Err(TokenRefusal::Unavailable) => {
-            tracing::error!(
-                target: "bulkhead::audit",
-                action = "auth.failure",
-                outcome = "failure",
-                reason = "TokenStateUnavailable",
-                tenant_id = host_tenant_id.map(|t| t.to_string()),
-                "signing keys or revocations not loaded; token refused"
-            );
+            AuditLine::failure("auth.failure")
+                .tenant_if(host_tenant_id)
+                .with(Detail::Reason, "TokenStateUnavailable")
+                .error("signing keys or revocations not loaded; token refused");
             return Err(ApiError::Unavailable);
         }
         Err(refusal) => return Err(audit_token_refusal(refusal, host_tenant_id, None)),

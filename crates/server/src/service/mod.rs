@@ -1,6 +1,7 @@
 //! What requests and jobs do, without HTTP: each service takes a tenant context (or an
 //! operator's) and the store door, and returns its own results.
 
+pub mod audit_line;
 pub mod audit_log;
 pub mod auth_sessions;
 pub mod ceilings;

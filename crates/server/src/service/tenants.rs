@@ -6,6 +6,7 @@ use bulkhead_store::placement::registry::{NewTenant, Tenant};
 use bulkhead_store::tenant::api_keys::NewApiKey;
 use bulkhead_store::{Store, StoreError};
 
+use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::credentials::Peppers;
 
 /// A new tenant and its first key. The key's plaintext exists only here, to be shown once.
@@ -30,15 +31,11 @@ pub async fn onboard(
     let admin_key = ApiKey::generate(environment);
     let record = NewApiKey::bootstrap_admin(&admin_key, peppers.current(), environment);
     let (tenant, admin_key_id) = owner.onboard_tenant(new, &record).await?;
-    tracing::info!(
-        target: "bulkhead::audit",
-        action = "tenant.create",
-        outcome = "success",
-        tenant_id = %tenant.id,
-        actor_id = "system:onboarding",
-        key_id = %admin_key_id,
-        "tenant onboarded"
-    );
+    AuditLine::success("tenant.create")
+        .tenant(tenant.id)
+        .actor("system:onboarding")
+        .with(Detail::Key, admin_key_id)
+        .info("tenant onboarded");
     Ok(Onboarded {
         tenant,
         admin_key_id,

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::service::audit_line::{AuditLine, Detail};
 use bulkhead_core::{ApiKeyId, Clock, JobId, SessionId, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
@@ -299,16 +300,12 @@ impl Worker {
     async fn process(&self, job: &ClaimedJob) {
         if job.verdict != ClaimVerdict::Run {
             // Already marked `refused` by the claim; this is the audit record of that decision.
-            tracing::warn!(
-                target: "bulkhead::audit",
-                action = "job.refused",
-                outcome = "blocked",
-                tenant_id = %job.tenant_id,
-                actor_id = "system:worker",
-                resource_id = %job.id,
-                reason = ?job.verdict,
-                "job refused: its tenant is not active"
-            );
+            AuditLine::blocked("job.refused")
+                .tenant(job.tenant_id)
+                .actor("system:worker")
+                .with(Detail::Reason, format_args!("{:?}", job.verdict))
+                .with(Detail::Resource, job.id)
+                .warn("job refused: its tenant is not active");
             return;
         }
         let ctx = TenantContext::for_system(job.tenant_id, "worker");

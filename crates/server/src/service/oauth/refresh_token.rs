@@ -14,6 +14,7 @@ use bulkhead_store::Access;
 use serde_json::json;
 
 use super::{granted_scopes, GrantError, IssuedTokens, Issuer};
+use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::auth_sessions::{end_audited, Ending};
 use crate::service::credentials::VerifiedKey;
 use crate::service::tokens::Grant;
@@ -112,15 +113,11 @@ pub async fn refresh(
             .await?;
             tx.commit().await?;
             issuer.tokens.deny_session_locally(tenant, session);
-            tracing::warn!(
-                target: "bulkhead::audit",
-                action = "security.refresh_token_reuse",
-                outcome = "blocked",
-                tenant_id = %tenant,
-                actor_id = %found.session.principal_id,
-                resource_id = %session,
-                "refresh token reuse: session revoked"
-            );
+            AuditLine::blocked("security.refresh_token_reuse")
+                .tenant(tenant)
+                .actor(&found.session.principal_id)
+                .with(Detail::Resource, session)
+                .warn("refresh token reuse: session revoked");
             return Err(invalid());
         }
     }

@@ -14,6 +14,7 @@ use super::form::Form;
 use crate::http::error::{ApiError, OAuthError};
 use crate::http::resolve::authenticate_api_key;
 use crate::http::state::AppState;
+use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::credentials::VerifiedKey;
 
 /// Client credentials as presented.
@@ -116,15 +117,11 @@ pub(crate) async fn authenticate_client(
         .as_deref()
         .is_some_and(|id| id != key.key_id.to_string())
     {
-        tracing::warn!(
-            target: "bulkhead::audit",
-            action = "auth.failure",
-            outcome = "failure",
-            reason = "ClientIdMismatch",
-            tenant_id = %tenant.id,
-            actor_id = %key.key_id,
-            "client_id does not name the presented key"
-        );
+        AuditLine::failure("auth.failure")
+            .tenant(tenant.id)
+            .actor(key.key_id)
+            .with(Detail::Reason, "ClientIdMismatch")
+            .warn("client_id does not name the presented key");
         return Err(OAuthError::invalid_client(auth.basic));
     }
     state.verifier().record_use(&key, client_ip);
