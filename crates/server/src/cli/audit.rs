@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::lookup::{find_tenant, operator_ctx, with_owner};
+use super::lookup::{find_tenant, find_tenant_ctx, operator_ctx, with_owner};
 use crate::config::DatabaseArgs;
 
 #[derive(Debug, Subcommand)]
@@ -98,8 +98,8 @@ pub(crate) async fn run(action: AuditCommand) -> anyhow::Result<()> {
             database,
         } => {
             with_owner(&database, |owner| async move {
-                let t = find_tenant(&owner, &tenant).await?;
-                let mut tx = owner.begin(&operator_ctx(t.id), Access::ReadWrite).await?;
+                let (t, ctx) = find_tenant_ctx(&owner, &tenant).await?;
+                let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
                 audit_retention::set_retention_days(&mut tx, days)
                     .await
                     .context("invalid --days: 1 to 36500")?;

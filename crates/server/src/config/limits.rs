@@ -421,46 +421,48 @@ mod tests {
 
     #[test]
     fn unusable_limits_and_lifetimes_are_refused() {
-        let cheap_budget = RateLimitSettings {
-            free: Quota::per_second(5).with_burst(5),
-            ..RateLimitSettings::default()
-        };
-        assert!(cheap_budget.validate().is_err());
-        let forever = CacheSettings {
-            key_ttl: Duration::from_secs(3600),
-            ..CacheSettings::default()
-        };
-        assert!(forever.validate().is_err());
-        let never = CacheSettings {
-            registry_ttl: Duration::ZERO,
-            ..CacheSettings::default()
-        };
-        assert!(never.validate().is_err());
-        // A denylist allowed to be staler than the reload that refreshes it never goes stale
-        // between reloads: the staleness bound must exceed the reload interval.
-        let slower_reload = CacheSettings {
-            tokens: TokenFreshness {
-                reload: Duration::from_secs(60),
-                max_staleness: Duration::from_secs(60),
+        let refused_limits = [
+            RateLimitSettings {
+                free: Quota::per_second(5).with_burst(5),
+                ..RateLimitSettings::default()
             },
-            ..CacheSettings::default()
-        };
-        assert!(slower_reload.validate().is_err());
-        let stale_forever = CacheSettings {
-            tokens: TokenFreshness {
-                reload: Duration::from_secs(30),
-                max_staleness: Duration::from_secs(3600),
+            RateLimitSettings {
+                login: LoginThrottleSettings {
+                    failures: 0,
+                    ..LoginThrottleSettings::default()
+                },
+                ..RateLimitSettings::default()
             },
-            ..CacheSettings::default()
+        ];
+        for limits in refused_limits {
+            assert!(limits.validate().is_err(), "{limits:?} accepted");
+        }
+        let tokens = |reload, max_staleness| TokenFreshness {
+            reload: Duration::from_secs(reload),
+            max_staleness: Duration::from_secs(max_staleness),
         };
-        assert!(stale_forever.validate().is_err());
-        let no_login_budget = RateLimitSettings {
-            login: LoginThrottleSettings {
-                failures: 0,
-                ..LoginThrottleSettings::default()
+        let refused_caches = [
+            CacheSettings {
+                key_ttl: Duration::from_secs(3600),
+                ..CacheSettings::default()
             },
-            ..RateLimitSettings::default()
-        };
-        assert!(no_login_budget.validate().is_err());
+            CacheSettings {
+                registry_ttl: Duration::ZERO,
+                ..CacheSettings::default()
+            },
+            // A denylist allowed to be staler than the reload that refreshes it never goes
+            // stale between reloads: the staleness bound must exceed the reload interval.
+            CacheSettings {
+                tokens: tokens(60, 60),
+                ..CacheSettings::default()
+            },
+            CacheSettings {
+                tokens: tokens(30, 3600),
+                ..CacheSettings::default()
+            },
+        ];
+        for caches in refused_caches {
+            assert!(caches.validate().is_err(), "{caches:?} accepted");
+        }
     }
 }

@@ -24,9 +24,7 @@
 //! only: there is no tenant log to put them in.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -533,14 +531,7 @@ pub fn load_log_key(data_dir: &Path, external_database: bool) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("{} is unusable: {e}", path.display())),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let key = LogSigningKey::generate();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{}", key.to_config_string())?;
-            file.sync_all()?;
+            crate::service::database::write_new_secret(&path, &key.to_config_string())?;
             tracing::info!(path = %path.display(), key_id = key.public().key_id(), "generated the audit log key");
             Ok(key)
         }

@@ -380,6 +380,20 @@ pub fn load_master_key(args: &DatabaseArgs) -> anyhow::Result<MasterKey> {
     )
 }
 
+/// Writes a secret generated on first start to `path`, which must not exist yet: readable by
+/// the owner only (0600), and synced before anything uses it.
+pub(crate) fn write_new_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{text}")?;
+    file.sync_all()?;
+    Ok(())
+}
+
 /// A server secret from `env`, else (embedded mode only) from `<data-dir>/<file>`, generated
 /// there once with mode 0600.
 fn load_server_secret<T>(
@@ -408,14 +422,7 @@ fn load_server_secret<T>(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let (secret, text) = generate();
             let text = zeroize::Zeroizing::new(text);
-            let mut handle = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(handle, "{}", &*text)?;
-            handle.sync_all()?;
+            write_new_secret(&path, &text)?;
             tracing::info!(path = %path.display(), "generated {file}");
             Ok(secret)
         }

@@ -345,16 +345,18 @@ fn check_policy(password: &str) -> Result<(), HashError> {
 mod tests {
     use super::*;
 
+    /// A pool of one worker and `queue` places to wait in.
+    fn one_worker_pool(queue: usize) -> HashPool {
+        HashPool::new(&HashingSettings { workers: 1, queue })
+    }
+
     fn tenant(n: u128) -> TenantId {
         TenantId::from_uuid(uuid::Uuid::from_u128(n))
     }
 
     #[test]
     fn the_pool_refuses_when_full_and_keeps_shares() {
-        let pool = HashPool::new(&HashingSettings {
-            workers: 1,
-            queue: 3,
-        });
+        let pool = one_worker_pool(3);
         assert_eq!(pool.capacity(), 4);
         assert_eq!(pool.tenant_share(), 2);
         let a1 = pool.admit(Caller::Tenant(tenant(1))).unwrap();
@@ -384,10 +386,7 @@ mod tests {
 
     #[test]
     fn one_tenants_anonymous_operations_leave_room_for_others() {
-        let pool = HashPool::new(&HashingSettings {
-            workers: 1,
-            queue: 4,
-        });
+        let pool = one_worker_pool(4);
         assert_eq!(pool.anonymous_share(), 3);
         assert_eq!(pool.anonymous_tenant_share(), 2);
         let flood: Vec<_> = (0..2)

@@ -360,6 +360,11 @@ mod tests {
         assert!(!shown.contains(secret));
     }
 
+    /// A directory to scan and a key to hide in it.
+    fn dir_and_key(environment: KeyEnvironment) -> (TempDir, ApiKey) {
+        (TempDir::new().unwrap(), ApiKey::generate(environment))
+    }
+
     fn lookalike() -> String {
         let key = ApiKey::generate(KeyEnvironment::Live);
         let mut bytes = key.expose_secret().as_bytes().to_vec();
@@ -372,8 +377,7 @@ mod tests {
 
     #[test]
     fn key_mid_line_found_at_its_position_and_never_printed() {
-        let dir = TempDir::new().unwrap();
-        let key = ApiKey::generate(KeyEnvironment::Live);
+        let (dir, key) = dir_and_key(KeyEnvironment::Live);
         // Line 3, after 7 characters of which one (é) is 2 bytes: column 8 in chars.
         let text = format!(
             "first line\nsecond line\n  é = \"{}\"; // trailing\nlast\n",
@@ -425,8 +429,7 @@ mod tests {
 
     #[test]
     fn git_target_and_node_modules_dirs_skipped_unless_named() {
-        let dir = TempDir::new().unwrap();
-        let key = ApiKey::generate(KeyEnvironment::Test);
+        let (dir, key) = dir_and_key(KeyEnvironment::Test);
         let git_file = write(dir.path(), ".git/config", key.expose_secret());
         write(dir.path(), "target/debug/out.txt", key.expose_secret());
         write(
@@ -451,8 +454,7 @@ mod tests {
 
     #[test]
     fn binary_file_skipped_and_counted() {
-        let dir = TempDir::new().unwrap();
-        let key = ApiKey::generate(KeyEnvironment::Live);
+        let (dir, key) = dir_and_key(KeyEnvironment::Live);
         let mut blob = b"GIF89a\0\x01\x02".to_vec();
         blob.extend_from_slice(key.expose_secret().as_bytes());
         write(dir.path(), "assets/blob.gif", blob);
@@ -476,8 +478,7 @@ mod tests {
 
     #[test]
     fn file_over_limit_skipped_and_counted() {
-        let dir = TempDir::new().unwrap();
-        let key = ApiKey::generate(KeyEnvironment::Live);
+        let (dir, key) = dir_and_key(KeyEnvironment::Live);
         let limit = 1024;
         // Exactly at the limit: scanned.
         let mut at_limit = key.expose_secret().as_bytes().to_vec();
@@ -524,8 +525,7 @@ mod tests {
 
     #[test]
     fn nonexistent_path_is_an_error_entry_and_the_scan_goes_on() {
-        let dir = TempDir::new().unwrap();
-        let key = ApiKey::generate(KeyEnvironment::Test);
+        let (dir, key) = dir_and_key(KeyEnvironment::Test);
         let real = write(dir.path(), "real.txt", key.expose_secret());
         let missing = dir.path().join("does/not/exist");
 
@@ -545,8 +545,7 @@ mod tests {
 
     #[test]
     fn non_utf8_file_scanned_lossily() {
-        let dir = TempDir::new().unwrap();
-        let key = ApiKey::generate(KeyEnvironment::Live);
+        let (dir, key) = dir_and_key(KeyEnvironment::Live);
         // Latin-1 text: "caf\xe9" is invalid UTF-8; so are 0xff and 0xfe.
         let mut bytes = b"caf\xe9\n\xff\xfe ".to_vec();
         bytes.extend_from_slice(key.expose_secret().as_bytes());

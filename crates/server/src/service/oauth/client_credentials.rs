@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use bulkhead_core::{Credential, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::tokens::{self, NewAuthSession, PrincipalType};
-use bulkhead_store::Access;
+use bulkhead_store::{Access, TenantTx};
 use serde_json::json;
 
 use super::{granted_scopes, GrantError, IssuedTokens, Issuer};
@@ -54,31 +54,11 @@ pub async fn issue(
     .map_err(|_| GrantError::Unavailable)?;
     let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
     let Some(held) = held else {
-        audit::record(
-            &mut tx,
-            "auth.token_issue",
-            Some(&key.key_id.to_string()),
-            Outcome::Failure,
-            json!({ "grant_type": "client_credentials", "reason": "principal_inactive" }),
-        )
-        .await?;
-        tx.commit().await?;
-        return Err(GrantError::InvalidClient);
+        return refused(tx, key, "principal_inactive", GrantError::InvalidClient).await;
     };
     let scopes = match granted_scopes(request.scope, &held) {
         Ok(scopes) => scopes,
-        Err(err) => {
-            audit::record(
-                &mut tx,
-                "auth.token_issue",
-                Some(&key.key_id.to_string()),
-                Outcome::Failure,
-                json!({ "grant_type": "client_credentials", "reason": "invalid_scope" }),
-            )
-            .await?;
-            tx.commit().await?;
-            return Err(err);
-        }
+        Err(err) => return refused(tx, key, "invalid_scope", err).await,
     };
     let client_id = key.key_id.to_string();
     // A key of an agent issues tokens whose subject is the agent itself: its roles then bound
@@ -143,4 +123,23 @@ pub async fn issue(
         scopes,
         session_id,
     })
+}
+
+/// A refused grant: its `auth.token_issue` failure event is committed before `err` is answered.
+async fn refused(
+    mut tx: TenantTx,
+    key: &VerifiedKey,
+    reason: &str,
+    err: GrantError,
+) -> Result<IssuedTokens, GrantError> {
+    audit::record(
+        &mut tx,
+        "auth.token_issue",
+        Some(&key.key_id.to_string()),
+        Outcome::Failure,
+        json!({ "grant_type": "client_credentials", "reason": reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    Err(err)
 }

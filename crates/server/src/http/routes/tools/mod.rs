@@ -272,6 +272,17 @@ async fn check_schema(
     Err(ApiError::Invalid(format!("input_schema: {refusal}").into()))
 }
 
+/// What the audit event of a tool's write says of it: its name, version and screening verdict,
+/// and the version of the rules that screened it.
+fn tool_meta(tool: &Tool, report: &Report) -> Value {
+    json!({
+        "tool": tool.name,
+        "version": tool.version,
+        "screening": tool.screening,
+        "rules_version": report.rules_version(),
+    })
+}
+
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -308,13 +319,7 @@ async fn create(
     let tool = tx::write(&state, ctx, async |tx| {
         report.record(tx, &subject).await?;
         let tool = store::create(tx, &new, state.master_key()).await?;
-        let meta = json!({
-            "tool": tool.name,
-            "version": tool.version,
-            "screening": tool.screening,
-            "rules_version": report.rules_version(),
-        });
-        let tail = Tail::new().audit("tool.create", tool.id, meta);
+        let tail = Tail::new().audit("tool.create", tool.id, tool_meta(&tool, &report));
         Ok((tool, tail))
     })
     .await?;
@@ -440,13 +445,8 @@ async fn update(
             screening,
         };
         let tool = store::update(tx, &name, &patch).await?;
-        let meta = json!({
-            "tool": tool.name,
-            "version": tool.version,
-            "enabled": tool.enabled,
-            "screening": tool.screening,
-            "rules_version": report.rules_version(),
-        });
+        let mut meta = tool_meta(&tool, &report);
+        meta["enabled"] = json!(tool.enabled);
         let tail = Tail::new().audit("tool.update", tool.id, meta);
         Ok((tool, tail))
     })
