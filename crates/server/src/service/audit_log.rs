@@ -34,9 +34,21 @@ use bulkhead_audit::LogSigningKey;
 use bulkhead_core::{ApiKeyId, Clock, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::log::{self as audit_log, Sweep};
 use bulkhead_store::audit::{self, NewEvent, Outcome};
-use bulkhead_store::{Access, Store, StoreError};
+use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use serde_json::json;
 use tokio::sync::watch;
+
+/// Records, in the tenant's transaction, that `action` succeeded on `resource` (an event with
+/// no metadata: what a sweep or a revocation leaves).
+pub async fn record_success(
+    tx: &mut TenantTx,
+    action: &str,
+    resource: impl std::fmt::Display,
+) -> Result<(), StoreError> {
+    let resource = resource.to_string();
+    audit::record(tx, action, Some(&resource), Outcome::Success, json!({})).await?;
+    Ok(())
+}
 
 /// Capacity of the authentication-failure queue.
 pub const AUTH_FAILURE_QUEUE: usize = 10_000;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde_json::json;
 
+use crate::service::audit_log::record_success;
 use crate::service::credentials::Peppers;
 
 /// What a new key is.
@@ -101,14 +102,7 @@ pub async fn revoke_with_self_made_successors(
     now: DateTime<Utc>,
 ) -> Result<(ApiKeyRecord, Vec<ApiKeyId>), StoreError> {
     let record = api_keys::revoke(tx, id, now).await?;
-    audit::record(
-        tx,
-        "api_key.revoke",
-        Some(&id.to_string()),
-        Outcome::Success,
-        json!({}),
-    )
-    .await?;
+    record_success(tx, "api_key.revoke", id).await?;
     webhooks::enqueue_platform_event(tx, "api_key.revoked", json!({ "key_id": id })).await?;
     let mut also = Vec::new();
     let mut current = record.clone();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::service::audit_line::{AuditLine, Detail};
+use crate::service::audit_log::record_success;
 use bulkhead_core::{ApiKeyId, Clock, JobId, SessionId, TenantContext};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
@@ -72,14 +73,7 @@ impl JobHandler for CloseSession {
                 ..SessionPatch::default()
             };
             sessions::update(tx, id, &patch).await?;
-            audit::record(
-                tx,
-                "session.close",
-                Some(&id.to_string()),
-                Outcome::Success,
-                json!({}),
-            )
-            .await?;
+            record_success(tx, "session.close", id).await?;
             Ok(())
         })
     }
@@ -189,14 +183,7 @@ impl Worker {
             };
             let policy = api_keys::policy(&mut tx).await?;
             for id in api_keys::expire_lapsed(&mut tx, now).await? {
-                audit::record(
-                    &mut tx,
-                    "api_key.expired",
-                    Some(&id.to_string()),
-                    Outcome::Success,
-                    json!({}),
-                )
-                .await?;
+                record_success(&mut tx, "api_key.expired", id).await?;
                 report.expired.push(id);
             }
             let window = chrono::Duration::seconds(i64::from(policy.deadline_warning_seconds));
