@@ -274,6 +274,11 @@ impl Store {
 /// webhook repository ([`crate::tenant::webhooks`]) listens and notifies on it.
 pub const WEBHOOK_DUE_CHANNEL: &str = "bulkhead_webhooks";
 
+/// The NOTIFY channel on which an insert into `audit_events` announces its tenant (payload: the
+/// tenant's UUID; migration 0026), so that the audit sequencer visits only tenants with new
+/// events. Forwarded like [`WEBHOOK_DUE_CHANNEL`].
+pub const AUDIT_WRITTEN_CHANNEL: &str = "bulkhead_audit";
+
 /// One open transaction for one tenant. Dropping it without [`TenantTx::commit`] rolls back.
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
@@ -407,14 +412,20 @@ impl TenantTx {
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         if self.forward && self.registry.is_some() {
-            // The webhook due trigger (migration 0021) notified this database, where no worker
-            // listens: carry the wake-up to the registry's.
-            let due: Option<String> =
-                sqlx::query_scalar("SELECT current_setting('bulkhead.webhook_due', true)")
-                    .fetch_one(&mut *self.tx)
-                    .await?;
+            // The webhook due trigger (migration 0021) and the audit trigger (0026) notified
+            // this database, where no worker listens: carry the wake-ups to the registry's.
+            let (due, audited): (Option<String>, Option<String>) = sqlx::query_as(
+                "SELECT current_setting('bulkhead.webhook_due', true), \
+                 current_setting('bulkhead.audit_written', true)",
+            )
+            .fetch_one(&mut *self.tx)
+            .await?;
             if due.as_deref() == Some("on") {
                 self.forwarded.push((WEBHOOK_DUE_CHANNEL, String::new()));
+            }
+            if audited.as_deref() == Some("on") {
+                self.forwarded
+                    .push((AUDIT_WRITTEN_CHANNEL, self.tenant.uuid().to_string()));
             }
         }
         self.tx.commit().await?;
