@@ -17,7 +17,8 @@
 //! fast as WEBHOOK_BENCH_PUBLISHERS publishers (default 8) can: deliveries per second; (b) open
 //! loop at 500 messages/s for 10 s: enqueue-to-delivery p50/p99; (c) 100 tenants publishing 20
 //! messages each at once, once with every endpoint healthy and once with one tenant's endpoint
-//! hanging: the other tenants' p99 and the ratio. CPU per 1,000 deliveries counts `serve` and the PostgreSQL cluster (postmaster,
+//! hanging, then healthy again: the other tenants' p99 and the ratio of the hanging round's to
+//! the healthy rounds' mean; (e) idle with the tenants made by then: CPU over 10 s. CPU per 1,000 deliveries counts `serve` and the PostgreSQL cluster (postmaster,
 //! its children, and its reaped children), from /proc/<pid>/stat.
 //!
 //! When `taskset` exists, the server and PostgreSQL are pinned to CPU 0 (`taskset -c 0 bulkhead
@@ -464,11 +465,14 @@ async fn run() {
         cpu / (lat.len().max(1) as f64 / 1000.0),
     );
 
-    // (c) 100 tenants at once, without and then with one hanging endpoint.
+    // (c) 100 tenants at once: healthy, with one hanging endpoint, healthy again. Each round
+    // adds 100 tenants, so the hanging round is compared with the healthy rounds on both sides of
+    // it (with only the one before it, anything that grows with the deployment counted against
+    // the hanging endpoint).
     let per_tenant = env_or("WEBHOOK_BENCH_PER_TENANT", 20) as usize;
     let hang_hook = format!("http://127.0.0.1:{}/hook", hanging.addr.port());
     let mut p99s = Vec::new();
-    for (round, with_hang) in [(0, false), (1, true)] {
+    for (round, with_hang) in [(0, false), (1, true), (2, false)] {
         let mut tenants = Vec::new();
         for t in 0..100 {
             let tenant = create_tenant(&db, &format!("fair{round}x{t}")).await;
@@ -525,9 +529,29 @@ async fn run() {
         );
         p99s.push(pick(&lat, 0.99));
     }
+    let healthy = (p99s[0].as_secs_f64() + p99s[2].as_secs_f64()) / 2.0;
     println!(
-        "(c) others' p99 with a hanging endpoint / without: {:.2}x",
-        p99s[1].as_secs_f64() / p99s[0].as_secs_f64().max(1e-9)
+        "(c) others' p99 with a hanging endpoint / the healthy rounds' mean: {:.2}x \
+         (against the round before it: {:.2}x, after it: {:.2}x)",
+        p99s[1].as_secs_f64() / healthy.max(1e-9),
+        p99s[1].as_secs_f64() / p99s[0].as_secs_f64().max(1e-9),
+        p99s[1].as_secs_f64() / p99s[2].as_secs_f64().max(1e-9),
+    );
+
+    // (e) Idle: what `serve` and PostgreSQL spend when nothing is published, with the tenants
+    // the phases above made (the hanging endpoint's retries wait minutes by now).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM bulkhead.tenants")
+        .fetch_one(&db.owner_pool().await)
+        .await
+        .unwrap();
+    let idle_seconds = env_or("WEBHOOK_BENCH_IDLE_SECONDS", 10);
+    let cpu0 = cpu_seconds(serve_pid, postmaster);
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
+    println!(
+        "(e) idle, {tenants} tenants: serve + PostgreSQL used {cpu:.2} s of CPU in {idle_seconds} s ({:.1} % of a core)",
+        cpu * 100.0 / idle_seconds as f64
     );
     drop(serve);
 }
