@@ -123,20 +123,58 @@ impl Tenant {
     }
 }
 
-/// Sets the status on a tenant's anchor row in `at` (a location other than the registry's own
+/// A registry column an operator changes on every copy of a tenant's row (the registry's and,
+/// elsewhere, the anchor's): its status (which claim functions read) or its plan (which the
+/// quota triggers read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegistryColumn {
+    /// `status`.
+    Status(TenantStatus),
+    /// `plan`.
+    Plan(Plan),
+}
+
+impl RegistryColumn {
+    /// The column's name (a constant, never input).
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            RegistryColumn::Status(_) => "status",
+            RegistryColumn::Plan(_) => "plan",
+        }
+    }
+
+    /// The new value.
+    pub(crate) fn value(self) -> &'static str {
+        match self {
+            RegistryColumn::Status(status) => status.as_str(),
+            RegistryColumn::Plan(plan) => plan.as_str(),
+        }
+    }
+
+    /// The value `tenant` has now.
+    pub(crate) fn current(self, tenant: &Tenant) -> &'static str {
+        match self {
+            RegistryColumn::Status(_) => tenant.status.as_str(),
+            RegistryColumn::Plan(_) => tenant.plan.as_str(),
+        }
+    }
+}
+
+/// Sets a column on a tenant's anchor row in `at` (a location other than the registry's own
 /// shared schema). The row must be there: a location without it is not the tenant's.
-pub(crate) async fn set_anchor_status(
+pub(crate) async fn set_anchor_column(
     conn: &mut sqlx::PgConnection,
     at: &Location,
     id: TenantId,
-    status: TenantStatus,
+    change: RegistryColumn,
 ) -> Result<(), StoreError> {
     let changed = sqlx::query(&format!(
-        "UPDATE \"{}\".tenants SET status = $2, updated_at = now() WHERE id = $1",
-        at.placement.schema()
+        "UPDATE \"{}\".tenants SET {} = $2, updated_at = now() WHERE id = $1",
+        at.placement.schema(),
+        change.column()
     ))
     .bind(id.uuid())
-    .bind(status.as_str())
+    .bind(change.value())
     .execute(conn)
     .await?
     .rows_affected();
