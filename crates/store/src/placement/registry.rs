@@ -252,4 +252,39 @@ impl Store {
         .await?;
         rows.into_iter().map(from_row).collect()
     }
+
+    /// One page of tenants in id order (ids are time-ordered), after `after`, at most `limit`,
+    /// filtered by status, plan and region when given (operator listing).
+    pub async fn tenants_page(
+        &self,
+        filter: &TenantFilter,
+        after: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<Tenant>, StoreError> {
+        let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM bulkhead.tenants \
+             WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2) \
+               AND ($3::text IS NULL OR plan = $3) AND ($4::text IS NULL OR region = $4) \
+             ORDER BY id LIMIT $5"
+        ))
+        .bind(after.map(|a| a.uuid()))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.plan.map(|p| p.as_str()))
+        .bind(filter.region.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(from_row).collect()
+    }
+}
+
+/// The filters of [`Store::tenants_page`]; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    /// Only tenants in this status.
+    pub status: Option<TenantStatus>,
+    /// Only tenants on this plan.
+    pub plan: Option<Plan>,
+    /// Only tenants of this region.
+    pub region: Option<String>,
 }
