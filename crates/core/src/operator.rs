@@ -95,7 +95,13 @@ mod tests {
         for scope in OperatorScope::ALL {
             assert_eq!(OperatorScope::parse(scope.as_str()), Ok(*scope));
         }
-        for bad in ["Tenants:read", "tenants:read ", "sessions:read", "tenants:*", ""] {
+        for bad in [
+            "Tenants:read",
+            "tenants:read ",
+            "sessions:read",
+            "tenants:*",
+            "",
+        ] {
             assert!(OperatorScope::parse(bad).is_err(), "{bad:?}");
         }
         assert!(OperatorScopes::parse_all::<&str>(&[]).is_err());

@@ -67,8 +67,17 @@ const KEY_COLUMNS: &str = "id, name, display_prefix, scopes, created_by, created
                            last_used_at, revoked_at";
 
 fn key_from_row(row: KeyRow) -> OperatorKeyRecord {
-    let (id, name, display_prefix, scopes, created_by, created_at, expires_at, last_used_at, revoked_at) =
-        row;
+    let (
+        id,
+        name,
+        display_prefix,
+        scopes,
+        created_by,
+        created_at,
+        expires_at,
+        last_used_at,
+        revoked_at,
+    ) = row;
     OperatorKeyRecord {
         id: OperatorKeyId::from_uuid(id),
         name,

@@ -92,7 +92,14 @@ mod tests {
         );
         assert!(parse_operator_listen("[::1]:9091").is_ok());
         assert!(parse_operator_listen("off").unwrap().0.is_empty());
-        for bad in ["0.0.0.0:9091", "192.168.1.2:9091", "[::]:9091", "unix:", "x", "unix,unix"] {
+        for bad in [
+            "0.0.0.0:9091",
+            "192.168.1.2:9091",
+            "[::]:9091",
+            "unix:",
+            "x",
+            "unix,unix",
+        ] {
             assert!(parse_operator_listen(bad).is_err(), "{bad}");
         }
     }

@@ -207,8 +207,7 @@ impl Incoming for TcpListener {
 
 /// The address every Unix-socket client is counted (and audited) under: a local process has no
 /// network address, and all of them share one per-address cap, as one machine would.
-pub const LOCAL_PEER: SocketAddr =
-    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+pub const LOCAL_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 impl Incoming for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;

@@ -193,7 +193,10 @@ pub async fn mint(
     };
     let meta = json!({ "name": new.name, "scopes": new.scopes, "expires_at": new.expires_at });
     let record = owner
-        .insert_operator_key(&new, event(actor, "operator_key.create", "success", None, meta))
+        .insert_operator_key(
+            &new,
+            event(actor, "operator_key.create", "success", None, meta),
+        )
         .await?;
     AuditLine::success("operator_key.create")
         .actor(actor)

@@ -41,7 +41,10 @@ pub(super) async fn create(
                 .into(),
         )
     })?;
-    if body.expires_at.is_some_and(|at| at <= state.app().clock().now()) {
+    if body
+        .expires_at
+        .is_some_and(|at| at <= state.app().clock().now())
+    {
         return Err(ApiError::Invalid("expires_at is in the past".into()));
     }
     let spec = OperatorKeySpec {
@@ -49,8 +52,13 @@ pub(super) async fn create(
         scopes,
         expires_at: body.expires_at,
     };
-    let (record, key) =
-        operators::mint(state.owner(), state.app().verifier().peppers(), &spec, &ctx.actor).await?;
+    let (record, key) = operators::mint(
+        state.owner(),
+        state.app().verifier().peppers(),
+        &spec,
+        &ctx.actor,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {

@@ -146,10 +146,30 @@ impl OperatorRoutes {
 pub fn route_table() -> OperatorRoutes {
     use OperatorScope::*;
     OperatorRoutes::default()
-        .route(Method::POST, "/operator/v1/tenants", TenantsWrite, tenants::create)
-        .route(Method::GET, "/operator/v1/tenants", TenantsRead, tenants::list)
-        .route(Method::GET, "/operator/v1/tenants/{tenant}", TenantsRead, tenants::get)
-        .route(Method::PATCH, "/operator/v1/tenants/{tenant}", TenantsWrite, tenants::update)
+        .route(
+            Method::POST,
+            "/operator/v1/tenants",
+            TenantsWrite,
+            tenants::create,
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants",
+            TenantsRead,
+            tenants::list,
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants/{tenant}",
+            TenantsRead,
+            tenants::get,
+        )
+        .route(
+            Method::PATCH,
+            "/operator/v1/tenants/{tenant}",
+            TenantsWrite,
+            tenants::update,
+        )
         .route(
             Method::POST,
             "/operator/v1/tenants/{tenant}/suspend",
@@ -162,15 +182,30 @@ pub fn route_table() -> OperatorRoutes {
             TenantsWrite,
             tenants::activate,
         )
-        .route(Method::GET, "/operator/v1/operator-keys", OperatorsManage, keys::list)
-        .route(Method::POST, "/operator/v1/operator-keys", OperatorsManage, keys::create)
+        .route(
+            Method::GET,
+            "/operator/v1/operator-keys",
+            OperatorsManage,
+            keys::list,
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/operator-keys",
+            OperatorsManage,
+            keys::create,
+        )
         .route(
             Method::POST,
             "/operator/v1/operator-keys/{id}/revoke",
             OperatorsManage,
             keys::revoke,
         )
-        .route(Method::GET, "/operator/v1/audit-events", OperatorsManage, keys::events)
+        .route(
+            Method::GET,
+            "/operator/v1/audit-events",
+            OperatorsManage,
+            keys::events,
+        )
 }
 
 /// The operator application: every route behind operator authentication, the same request id,

@@ -128,7 +128,10 @@ pub(super) async fn list(
             .filter
             .plan
             .as_deref()
-            .map(|p| Plan::parse(p).ok_or_else(|| ApiError::Invalid("plan is free, standard or enterprise".into())))
+            .map(|p| {
+                Plan::parse(p)
+                    .ok_or_else(|| ApiError::Invalid("plan is free, standard or enterprise".into()))
+            })
             .transpose()?,
         region: query.filter.region.clone(),
     };
