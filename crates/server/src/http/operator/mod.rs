@@ -318,12 +318,8 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    // The tenant API's one parser: exactly one well-formed `Authorization: Bearer` header.
+    let presented = crate::http::resolve::bearer_token(request.headers()).map(str::to_owned);
     let now = state.app.clock().now();
     let verified = match presented {
         None => Ok(Err((OperatorRefusal::NoCredential, None))),
