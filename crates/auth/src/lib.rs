@@ -9,7 +9,9 @@
 //! - refresh tokens ([`refresh`]): opaque 256-bit values stored as SHA-256;
 //! - human passwords ([`password`]): argon2id;
 //! - the master key ([`master`]) that seals signing keys at rest;
-//! - the built-in roles and the role arithmetic ([`rbac`]).
+//! - the built-in roles and the role arithmetic ([`rbac`]);
+//! - operator keys ([`OperatorKey`], `bk_op_…`): the control plane's credential, in the same
+//!   format after its own prefix and stored the same way.
 //!
 //! ## The key format
 //!
@@ -58,6 +60,7 @@
 mod base62;
 mod key;
 pub mod master;
+mod operator_key;
 pub mod password;
 mod pepper;
 pub mod rbac;
@@ -67,6 +70,7 @@ pub mod token;
 
 pub use key::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
 pub use master::MasterKey;
+pub use operator_key::{OperatorKey, OPERATOR_KEY_LEN};
 pub use pepper::{KeyHash, KeyPepper, PepperError, MIN_PEPPER_LEN};
 pub use refresh::RefreshToken;
 pub use signing::{generate_signing_key, SigningKey, VerifyingKey};

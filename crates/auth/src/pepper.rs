@@ -13,6 +13,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::key::ApiKey;
+use crate::operator_key::OperatorKey;
 
 /// Minimum pepper length in bytes (the HMAC-SHA256 output size).
 pub const MIN_PEPPER_LEN: usize = 32;
@@ -114,9 +115,20 @@ impl KeyPepper {
 
     /// HMAC-SHA256(pepper, key text). What is stored and looked up; never the key.
     pub fn key_hash(&self, key: &ApiKey) -> KeyHash {
+        self.hash_text(key.expose_secret())
+    }
+
+    /// HMAC-SHA256(pepper, key text) of an operator key: the same construction as
+    /// [`KeyPepper::key_hash`]. The two never collide by construction: the hashed text includes
+    /// the prefix, and `bk_op_` is neither `bk_live_` nor `bk_test_`.
+    pub fn operator_key_hash(&self, key: &OperatorKey) -> KeyHash {
+        self.hash_text(key.expose_secret())
+    }
+
+    fn hash_text(&self, text: &str) -> KeyHash {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes)
             .expect("HMAC accepts keys of any length");
-        mac.update(key.expose_secret().as_bytes());
+        mac.update(text.as_bytes());
         KeyHash(mac.finalize().into_bytes().into())
     }
 }

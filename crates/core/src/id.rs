@@ -300,6 +300,14 @@ id_kind!(
     /// One recorded screening decision about tenant-supplied text: `scr_…`.
     ScreeningId, ScreeningKind, "scr"
 );
+id_kind!(
+    /// An operator key record of the control plane (never the key itself): `opkey_…`.
+    OperatorKeyId, OperatorKeyKind, "opkey"
+);
+id_kind!(
+    /// One event of the operator audit log: `opevt_…`.
+    OperatorEventId, OperatorEventKind, "opevt"
+);
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod context;
 pub mod id;
 pub mod net;
+pub mod operator;
 pub mod prefix;
 pub mod scope;
 pub mod slug;
@@ -48,8 +49,9 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
-pub use id::{AgentId, RoleAssignmentId, RoleId};
+pub use id::{AgentId, OperatorEventId, OperatorKeyId, RoleAssignmentId, RoleId};
 pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolCallId, ToolId};
+pub use operator::{OperatorScope, OperatorScopes};
 pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};
 pub use slug::{SlugError, TenantSlug};

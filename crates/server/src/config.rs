@@ -7,6 +7,7 @@ use std::time::Duration;
 use bulkhead_auth::KeyEnvironment;
 
 pub mod limits;
+pub mod operator;
 
 pub use limits::{
     CacheSettings, LimitArgs, LoginThrottleSettings, RateLimitSettings, TokenFreshness,
@@ -93,6 +94,11 @@ pub struct ServeArgs {
     /// (loopback by default).
     #[arg(long, env = "BULKHEAD_METRICS_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_metrics_listen)]
     pub metrics_listen: MetricsListen,
+    /// Where the operator API is served (docs/operator-api.md): `unix` (the socket
+    /// `<data-dir>/operator.sock`, mode 0600), `unix:PATH`, loopback `ADDRESS:PORT`, several
+    /// separated by commas, or `off`. Never on the tenant listener; never a non-loopback address.
+    #[arg(long, env = "BULKHEAD_OPERATOR_LISTEN", default_value = "unix", value_parser = operator::parse_operator_listen)]
+    pub operator_listen: operator::OperatorListen,
     /// Tenants are reached as `<slug>.<base-domain>`; requests to other hosts carry no
     /// subdomain signal and are resolved from the credential alone.
     #[arg(long, env = "BULKHEAD_BASE_DOMAIN", default_value = "localhost")]

@@ -21,6 +21,7 @@
 //!   first key, audit events), suspension and reactivation, and moves between locations. It
 //!   writes the registry, the repositories and the audit log, so it sits above all of them.
 //! - [`signing_keys`]: deployment-wide token signing keys (no tenant), owner only.
+//! - [`operators`]: the operator plane's keys and audit log (no tenant), owner only.
 //!
 //! # Invariants
 //! - Tenant tables are reached only through a [`TenantTx`], which [`Store::begin`] opens for one
@@ -49,6 +50,7 @@ pub mod audit;
 pub mod cluster;
 pub mod hooks;
 pub mod lifecycle;
+pub mod operators;
 pub mod placement;
 pub mod signing_keys;
 pub mod tenant;

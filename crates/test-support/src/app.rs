@@ -174,3 +174,119 @@ impl TestApp {
         create_tenant(&self.db, slug).await
     }
 }
+
+/// The operator API of a [`TestApp`], served on a Unix socket in a private temporary directory
+/// by the same code as `bulkhead serve --operator-listen` (`http::operator::start`).
+#[derive(Debug)]
+pub struct TestOperator {
+    /// The socket.
+    pub socket: std::path::PathBuf,
+    /// The owner-role store the operator plane writes through.
+    pub owner: Store,
+    listeners: Option<bulkhead_server::http::operator::OperatorListeners>,
+    stop: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestOperator {
+    /// Sends one request over the socket (`key`: the bearer credential) and returns the status
+    /// and the JSON body (`Null` when empty).
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (http::StatusCode, serde_json::Value) {
+        operator_request(&self.socket, method, path, key, body).await
+    }
+
+    /// Stops the listeners and waits for them (the socket file is removed).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(listeners) = self.listeners.take() {
+            listeners.finish().await;
+        }
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket with hyper's client (no reqwest: its version here
+/// has no Unix-socket transport).
+pub async fn operator_request(
+    socket: &std::path::Path,
+    method: http::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (http::StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect to the operator socket");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "localhost");
+    if let Some(key) = key {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let body = match body {
+        Some(json) => {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+            http_body_util::Full::new(bytes::Bytes::from(json.to_string()))
+        }
+        None => http_body_util::Full::new(bytes::Bytes::new()),
+    };
+    let response = sender
+        .send_request(request.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    (status, json)
+}
+
+impl TestApp {
+    /// Serves this app's operator API on a Unix socket of its own.
+    pub async fn spawn_operator(&self) -> TestOperator {
+        let dir = tempfile::Builder::new()
+            .prefix("bulkhead-operator-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("operator.sock");
+        let owner = self.db.owner_store().await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let listeners = bulkhead_server::http::operator::start(
+            &[bulkhead_server::config::operator::OperatorEndpoint::Unix(
+                Some(socket.clone()),
+            )],
+            dir.path(),
+            bulkhead_server::http::operator::OperatorState::new(self.state.clone(), owner.clone()),
+            stopped,
+        )
+        .await
+        .expect("operator listener");
+        TestOperator {
+            socket,
+            owner,
+            listeners: Some(listeners),
+            stop,
+            _dir: dir,
+        }
+    }
+}

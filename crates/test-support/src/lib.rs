@@ -19,7 +19,10 @@ mod app;
 pub mod receiver;
 
 #[cfg(feature = "app")]
-pub use app::{app_parts, spawn_app, spawn_app_with, test_peppers, AppOptions, TestApp};
+pub use app::{
+    app_parts, operator_request, spawn_app, spawn_app_with, test_peppers, AppOptions, TestApp,
+    TestOperator,
+};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -3,6 +3,7 @@
 mod audit;
 mod keys;
 mod lookup;
+mod operator;
 mod quota;
 mod serve;
 mod signing_key;
@@ -111,6 +112,11 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserCommand,
+    },
+    /// The operator plane: operator keys for the operator API (docs/operator-api.md).
+    Operator {
+        #[command(subcommand)]
+        action: operator::OperatorCommand,
     },
 }
 
@@ -226,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SigningKey { action } => signing_key::run(action).await,
         Command::User { action } => user::run(action).await,
         Command::Audit { action } => audit::run(action).await,
+        Command::Operator { action } => operator::run(action).await,
     }
 }
 

@@ -109,7 +109,7 @@ async fn serve_with(
     let state = AppState::from_parts(AppParts {
         store: store.clone(),
         peppers,
-        master_key: master,
+        master_key: master.clone(),
         config,
         clock,
         rate_limits: Some(std::sync::Arc::new(limits)),
@@ -140,6 +140,19 @@ async fn serve_with(
         }
         None => None,
     };
+    // The operator API: its own listeners and router, writing through a small owner-role pool
+    // that only the operator state holds (docs/operator-api.md).
+    let owner = db.owner_store(Some(master.clone())).await?;
+    let operators = crate::http::operator::start(
+        &args.operator_listen.0,
+        &args.database.data_dir,
+        crate::http::operator::OperatorState::new(state.clone(), owner.clone()),
+        stopped.clone(),
+    )
+    .await?;
+    for endpoint in &operators.endpoints {
+        tracing::info!(%endpoint, "the operator API is served");
+    }
     let mut stopped_for_server = stopped;
     let shutdown = async move {
         tokio::select! {
@@ -152,6 +165,8 @@ async fn serve_with(
     if let Some(metrics) = metrics {
         metrics.await.ok();
     }
+    operators.finish().await;
+    owner.close().await;
     if let Some(worker) = worker {
         worker.await.ok();
     }

@@ -2,19 +2,17 @@
 
 use anyhow::Context;
 use bulkhead_auth::KeyEnvironment;
-use bulkhead_core::{TenantId, TenantSlug};
 use bulkhead_store::lifecycle::moves::{MoveOptions, MoveProgress, MoveStep};
-use bulkhead_store::placement::location::{DatabaseName, SchemaName};
-use bulkhead_store::placement::registry::{NewTenant, Plan, TenantStatus};
-use bulkhead_store::{Placement, Store};
+use bulkhead_store::placement::registry::TenantStatus;
 use clap::Subcommand;
 use serde_json::json;
 
 use super::lookup::{find_tenant, operator_ctx, with_owner};
 use super::quota::QuotaCommand;
 use crate::config::{parse_environment, DatabaseArgs};
-use crate::service::audit_line::{AuditLine, Detail};
+use crate::service::audit_line::AuditLine;
 use crate::service::database::{load_master_key, load_peppers, Database};
+use crate::service::tenants::{self, DedicatedDatabase, TenantChangeError, TenantRequest};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TenantCommand {
@@ -121,53 +119,14 @@ impl std::fmt::Debug for DedicatedArgs {
 }
 
 impl DedicatedArgs {
-    /// Resolves the placement `tier` names, registering the dedicated database when needed.
-    async fn placement(
-        &self,
-        owner: &Store,
-        tier: &str,
-        slug: &TenantSlug,
-        tenant: Option<TenantId>,
-        region: &str,
-        master: Option<&bulkhead_auth::MasterKey>,
-    ) -> anyhow::Result<Placement> {
-        // A tenant being created has no id yet: any existing use of the name is another's.
-        let tenant = tenant.unwrap_or_default();
-        match tier {
-            "shared" => Ok(Placement::Shared),
-            "schema" => Ok(Placement::Schema(SchemaName::for_tenant(TenantId::new()))),
-            "dedicated" => {
-                let url = self
-                    .tenant_database_url
-                    .as_deref()
-                    .context("--tier dedicated needs --tenant-database-url")?;
-                let name = self
-                    .tenant_database_name
-                    .clone()
-                    .unwrap_or_else(|| slug.as_str().replace('-', "_"));
-                let name = DatabaseName::parse(&name)
-                    .context("invalid --tenant-database-name: a plain lowercase identifier")?;
-                let master = master.context("a dedicated database needs the master key")?;
-                // Registering a name again replaces its URLs: never under another tenant.
-                let users = owner.database_users(&name).await?;
-                if users.iter().any(|t| *t != tenant) {
-                    anyhow::bail!(
-                        "dedicated database `{name}` is already another tenant's; choose another --tenant-database-name"
-                    );
-                }
-                let app_url = crate::service::database::derived_app_url(url)?;
-                owner
-                    .register_database(master, &name, region, url, &app_url)
-                    .await
-                    .context("cannot register and migrate the dedicated database")?;
-                AuditLine::success("tenant_database.register")
-                    .by(&operator_ctx(tenant))
-                    .with(Detail::Resource, &name)
-                    .info("dedicated database registered (URLs sealed)");
-                Ok(Placement::Dedicated(name))
-            }
-            other => anyhow::bail!("invalid tier {other:?}: expected shared, schema or dedicated"),
-        }
+    /// The dedicated database these flags name, if any.
+    fn database(&self) -> Option<DedicatedDatabase> {
+        self.tenant_database_url
+            .clone()
+            .map(|owner_url| DedicatedDatabase {
+                owner_url,
+                name: self.tenant_database_name.clone(),
+            })
     }
 }
 
@@ -183,37 +142,33 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
             key_environment,
             database,
         } => {
-            // Validate everything before touching the database.
-            let slug =
-                TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!("invalid --slug: {e}"))?;
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-                anyhow::bail!("invalid --name: 1 to 200 characters, no control characters");
-            }
-            let plan = Plan::parse(&plan)
-                .context("invalid --plan: expected free, standard or enterprise")?;
             let peppers = load_peppers(&database)?;
             let master = load_master_key(&database).ok();
+            let request = TenantRequest {
+                slug,
+                name,
+                plan,
+                region,
+                tier,
+                dedicated: dedicated.database(),
+            };
             with_owner(&database, |owner| async move {
-                let placement = dedicated
-                    .placement(&owner, &tier, &slug, None, &region, master.as_ref())
-                    .await?;
-                let new = NewTenant {
-                    slug,
-                    display_name: name,
-                    plan,
-                    region,
-                    placement,
-                };
-                let onboarded =
-                    crate::service::tenants::onboard(&owner, &peppers, key_environment, &new)
-                        .await
-                        .map_err(|e| match e {
-                            bulkhead_store::StoreError::Conflict { .. } => {
-                                anyhow::anyhow!("a tenant with slug `{}` already exists", new.slug)
-                            }
-                            other => anyhow::Error::new(other).context("cannot create the tenant"),
-                        })?;
+                let operator = crate::config::environment::operator_account();
+                let onboarded = tenants::create(
+                    &owner,
+                    &peppers,
+                    master.as_ref(),
+                    key_environment,
+                    request,
+                    &operator,
+                )
+                .await
+                .map_err(|e| match e {
+                    TenantChangeError::Store(other) => {
+                        anyhow::Error::new(other).context("cannot create the tenant")
+                    }
+                    other => anyhow::anyhow!("{other}"),
+                })?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json!({
@@ -274,16 +229,18 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                     println!("{}", json!({ "abandoned": found.id }));
                     return Ok(());
                 }
-                let placement = dedicated
-                    .placement(
-                        &owner,
-                        to.as_deref().unwrap_or_default(),
-                        &found.slug,
-                        Some(found.id),
-                        &target_region,
-                        master.as_ref(),
-                    )
-                    .await?;
+                let placement = tenants::placement(
+                    &owner,
+                    to.as_deref().unwrap_or_default(),
+                    dedicated.database().as_ref(),
+                    &found.slug,
+                    Some(found.id),
+                    &target_region,
+                    master.as_ref(),
+                    &crate::config::environment::operator_account(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let bar = indicatif::ProgressBar::new(
                     (MoveStep::ALL.len()
                         + 2 * bulkhead_store::placement::location::TENANT_TABLES.len())
@@ -380,10 +337,9 @@ async fn set_status(
     let tenant = tenant.to_owned();
     with_owner(database, |owner| async move {
         let found = find_tenant(&owner, &tenant).await?;
-        // Who ran it, for the tenant's audit event: the operating-system account.
+        // Who ran it, for the audit events: the operating-system account.
         let operator = crate::config::environment::operator_account();
-        let updated = owner
-            .set_tenant_status_by(found.id, status, &operator)
+        let updated = tenants::set_status(&owner, found.id, status, &operator)
             .await
             .map_err(|err| match err {
                 bulkhead_store::StoreError::WrongRegion(region) => anyhow::anyhow!(
@@ -395,13 +351,6 @@ async fn set_status(
                     "changing the status of tenant `{tenant}` failed; nothing reported as done"
                 )),
             })?;
-        AuditLine::success(if status == TenantStatus::Active {
-            "tenant.activate"
-        } else {
-            "tenant.suspend"
-        })
-        .by(&operator_ctx(updated.id))
-        .info("tenant status changed");
         println!("{}", serde_json::to_string_pretty(&updated)?);
         Ok(())
     })

@@ -27,6 +27,13 @@ pub enum ApiError {
     /// another tenant. One body for all of them; `WWW-Authenticate` says `invalid_token`.
     #[error("invalid access token")]
     InvalidToken,
+    /// 401 on the operator listener: no operator key, or one that is malformed, unknown, revoked
+    /// or expired (a tenant key or token included). One body for all of them.
+    #[error("operator unauthorized")]
+    OperatorUnauthorized,
+    /// 403 on the operator listener: the operator key lacks this scope (named).
+    #[error("missing operator scope {0}")]
+    MissingOperatorScope(bulkhead_core::OperatorScope),
     /// 401: login refused: unknown email, wrong password or disabled user (one answer).
     #[error("invalid login")]
     InvalidLogin,
@@ -236,6 +243,18 @@ impl ApiError {
                 problem_type!("invalid-token"),
                 "Unauthorized",
                 "the access token is invalid, expired, revoked or not for this tenant".into(),
+            ),
+            OperatorUnauthorized => (
+                StatusCode::UNAUTHORIZED,
+                problem_type!("unauthorized"),
+                "Unauthorized",
+                "a valid operator key is required as `Authorization: Bearer bk_op_…`".into(),
+            ),
+            MissingOperatorScope(scope) => (
+                StatusCode::FORBIDDEN,
+                problem_type!("missing-scope"),
+                "Forbidden",
+                format!("the operator key lacks the scope `{scope}`").into(),
             ),
             InvalidLogin => (
                 StatusCode::UNAUTHORIZED,
@@ -485,6 +504,8 @@ impl IntoResponse for ApiError {
             // RFC 6750 §3.1: a presented but unusable access token is `invalid_token`.
             let challenge = if matches!(self, ApiError::InvalidToken) {
                 "Bearer realm=\"bulkhead\", error=\"invalid_token\""
+            } else if matches!(self, ApiError::OperatorUnauthorized) {
+                "Bearer realm=\"bulkhead-operator\""
             } else {
                 "Bearer realm=\"bulkhead\""
             };
@@ -533,6 +554,20 @@ impl IntoResponse for ApiError {
 impl From<crate::service::screen::ContentRejected> for ApiError {
     fn from(rejected: crate::service::screen::ContentRejected) -> Self {
         ApiError::ContentRejected(rejected.0.into())
+    }
+}
+
+impl From<crate::service::tenants::TenantChangeError> for ApiError {
+    fn from(err: crate::service::tenants::TenantChangeError) -> Self {
+        use crate::service::tenants::TenantChangeError;
+        match err {
+            TenantChangeError::Invalid(detail) => ApiError::Invalid(detail.into()),
+            TenantChangeError::SlugTaken(_) | TenantChangeError::DatabaseTaken(_) => {
+                ApiError::Conflict(err.to_string())
+            }
+            TenantChangeError::Store(err) => err.into(),
+            TenantChangeError::Dedicated(err) => ApiError::Invalid(format!("{err:#}").into()),
+        }
     }
 }
 

@@ -189,22 +189,50 @@ impl Evictable {
     }
 }
 
-/// A TCP stream that remembers when a byte last moved, for the idle timeout.
-struct Watched {
-    inner: TcpStream,
+/// Where connections come from: a TCP listener, or the operator's Unix socket. The same accept
+/// loop, caps and timeouts serve both.
+pub trait Incoming: Send + 'static {
+    /// One accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection and the address it is counted under.
+    fn accept_next(&self) -> impl Future<Output = std::io::Result<(Self::Io, SocketAddr)>> + Send;
+}
+
+impl Incoming for TcpListener {
+    type Io = TcpStream;
+    async fn accept_next(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        self.accept().await
+    }
+}
+
+/// The address every Unix-socket client is counted (and audited) under: a local process has no
+/// network address, and all of them share one per-address cap, as one machine would.
+pub const LOCAL_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl Incoming for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_next(&self) -> std::io::Result<(tokio::net::UnixStream, SocketAddr)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, LOCAL_PEER))
+    }
+}
+
+/// A stream that remembers when a byte last moved, for the idle timeout.
+struct Watched<S> {
+    inner: S,
     started: Instant,
     /// Milliseconds after `started` of the last read or write that moved bytes.
     last_activity: Arc<AtomicU64>,
 }
 
-impl Watched {
+impl<S> Watched<S> {
     fn touch(&self) {
         let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_activity.store(millis, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,7 +247,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -289,8 +317,8 @@ pub async fn within(limit: Duration, request: Request, next: Next) -> Response {
 
 /// Serves `router` on `listener` under `settings` until `shutdown` completes, then lets open
 /// connections finish their requests.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Incoming>(
+    listener: L,
     router: Router,
     settings: ConnectionSettings,
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -311,7 +339,7 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept_next() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of descriptors or a transient error: keep serving the connections we
@@ -368,8 +396,8 @@ pub async fn serve(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
     slot: Slot,
     unproven: Arc<Unproven>,

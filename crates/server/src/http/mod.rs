@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod listener;
+pub mod operator;
 pub mod quotas;
 pub mod resolve;
 pub mod routes;

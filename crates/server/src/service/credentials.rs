@@ -60,10 +60,12 @@ impl Peppers {
     }
 
     fn all_hashes(&self, key: &ApiKey) -> Vec<KeyHash> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .map(|p| p.key_hash(key))
-            .collect()
+        self.all().map(|p| p.key_hash(key)).collect()
+    }
+
+    /// The current pepper, then the older ones.
+    pub fn all(&self) -> impl Iterator<Item = &KeyPepper> {
+        std::iter::once(&self.current).chain(&self.previous)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod invalidation;
 pub mod keys;
 pub mod login_throttle;
 pub mod oauth;
+pub mod operators;
 pub mod rate_limits;
 pub mod scan;
 pub mod screen;

@@ -13,6 +13,7 @@ mod isolation;
 mod jobs;
 mod move_safety;
 mod openapi;
+mod operator;
 mod platform;
 mod probe;
 mod quotas;

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::audit::{self, Outcome};
 use crate::placement::registry::{
-    from_row, set_anchor_status, Tenant, TenantRow, TenantStatus, COLUMNS,
+    from_row, set_anchor_column, Plan, RegistryColumn, Tenant, TenantRow, TenantStatus, COLUMNS,
 };
 use crate::tenant::webhooks;
 use crate::{Access, Store, StoreError, TenantTx};
@@ -44,7 +44,9 @@ impl Store {
         status: TenantStatus,
         operator: &str,
     ) -> Result<Tenant, StoreError> {
-        let tenant = self.write_tenant_status(id, status, operator).await?;
+        let tenant = self
+            .write_registry_column(id, RegistryColumn::Status(status), operator)
+            .await?;
         if status == TenantStatus::Active {
             let ctx = TenantContext::for_system(id, "operator");
             let resumed = async {
@@ -66,10 +68,24 @@ impl Store {
         Ok(tenant)
     }
 
-    async fn write_tenant_status(
+    /// Changes a tenant's plan everywhere or nowhere, as [`Store::set_tenant_status_by`] changes
+    /// its status: the registry row and the anchor row of its location (which the quota
+    /// triggers read), and a `tenant.plan` event in the tenant's own audit log naming
+    /// `operator`. Needs the owner role.
+    pub async fn set_tenant_plan_by(
         &self,
         id: TenantId,
-        status: TenantStatus,
+        plan: Plan,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        self.write_registry_column(id, RegistryColumn::Plan(plan), operator)
+            .await
+    }
+
+    async fn write_registry_column(
+        &self,
+        id: TenantId,
+        change: RegistryColumn,
         operator: &str,
     ) -> Result<Tenant, StoreError> {
         let current = self.tenant_by_id(id).await?.ok_or(StoreError::NotFound)?;
@@ -79,28 +95,31 @@ impl Store {
             return Err(StoreError::WrongRegion(location.region.clone()));
         }
         let mut registry = self.pool().begin().await?;
+        // The column is a constant of `RegistryColumn`, never input.
         let row: Option<TenantRow> = sqlx::query_as(&format!(
-            "UPDATE bulkhead.tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+            "UPDATE bulkhead.tenants SET {} = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
+            change.column()
         ))
         .bind(id.uuid())
-        .bind(status.as_str())
+        .bind(change.value())
         .fetch_optional(&mut *registry)
         .await?;
         let tenant = row.map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
         let ctx = TenantContext::for_system(id, "operator");
-        let action = match status {
-            TenantStatus::Active => "tenant.activate",
-            TenantStatus::Suspended => "tenant.suspend",
+        let action = match change {
+            RegistryColumn::Status(TenantStatus::Active) => "tenant.activate",
+            RegistryColumn::Status(TenantStatus::Suspended) => "tenant.suspend",
+            RegistryColumn::Plan(_) => "tenant.plan",
         };
         let meta = json!({
-            "from": current.status.as_str(),
-            "to": status.as_str(),
+            "from": change.current(&current),
+            "to": change.value(),
             "operator": operator,
             "region": location.region,
         });
         if router.shares_registry_database(&location) {
             if !router.is_registry_location(&location) {
-                set_anchor_status(&mut registry, &location, id, status).await?;
+                set_anchor_column(&mut registry, &location, id, change).await?;
             }
             let mut tx = TenantTx::enter(registry, &ctx, Access::ReadWrite, &location).await?;
             tx.registry = Some(self.pool().clone());
@@ -117,7 +136,7 @@ impl Store {
         }
         let pool = router.pool_for(&location).await?;
         let mut there = pool.begin().await?;
-        set_anchor_status(&mut there, &location, id, status).await?;
+        set_anchor_column(&mut there, &location, id, change).await?;
         let mut tx = TenantTx::enter(there, &ctx, Access::ReadWrite, &location).await?;
         tx.registry = Some(self.pool().clone());
         audit::record(

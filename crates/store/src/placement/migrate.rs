@@ -76,15 +76,14 @@ pub async fn apply_on(
         .execute(&mut *tx)
         .await?;
     // `schema` is SHARED_SCHEMA or a validated SchemaName: never input.
-    sqlx::raw_sql(&format!(
+    let ledger_sql = format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
          CREATE TABLE IF NOT EXISTS \"{schema}\"._sqlx_migrations ( \
              version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
              installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
              checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    );
+    sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&ledger_sql)).await?;
     let ledger: Vec<(i64, Vec<u8>)> = sqlx::query_as(&format!(
         "SELECT version, checksum FROM \"{schema}\"._sqlx_migrations WHERE success ORDER BY version"
     ))
@@ -117,7 +116,10 @@ pub async fn apply_on(
             Some(schema) => crate::placement::location::rewrite_for_schema(&migration.sql, schema),
             None => migration.sql.to_string(),
         };
-        sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+        // Through `Executor::execute` on the connection rather than `RawSql::execute`: the latter's
+        // future is not provably `Send` (a higher-ranked lifetime limitation of rustc), which
+        // kept onboarding out of `Send` futures such as the operator API's handlers.
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&sql)).await?;
         sqlx::query(&format!(
             "INSERT INTO \"{schema}\"._sqlx_migrations \
              (version, description, success, checksum, execution_time) VALUES ($1, $2, true, $3, $4)"

@@ -123,20 +123,58 @@ impl Tenant {
     }
 }
 
-/// Sets the status on a tenant's anchor row in `at` (a location other than the registry's own
+/// A registry column an operator changes on every copy of a tenant's row (the registry's and,
+/// elsewhere, the anchor's): its status (which claim functions read) or its plan (which the
+/// quota triggers read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegistryColumn {
+    /// `status`.
+    Status(TenantStatus),
+    /// `plan`.
+    Plan(Plan),
+}
+
+impl RegistryColumn {
+    /// The column's name (a constant, never input).
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            RegistryColumn::Status(_) => "status",
+            RegistryColumn::Plan(_) => "plan",
+        }
+    }
+
+    /// The new value.
+    pub(crate) fn value(self) -> &'static str {
+        match self {
+            RegistryColumn::Status(status) => status.as_str(),
+            RegistryColumn::Plan(plan) => plan.as_str(),
+        }
+    }
+
+    /// The value `tenant` has now.
+    pub(crate) fn current(self, tenant: &Tenant) -> &'static str {
+        match self {
+            RegistryColumn::Status(_) => tenant.status.as_str(),
+            RegistryColumn::Plan(_) => tenant.plan.as_str(),
+        }
+    }
+}
+
+/// Sets a column on a tenant's anchor row in `at` (a location other than the registry's own
 /// shared schema). The row must be there: a location without it is not the tenant's.
-pub(crate) async fn set_anchor_status(
+pub(crate) async fn set_anchor_column(
     conn: &mut sqlx::PgConnection,
     at: &Location,
     id: TenantId,
-    status: TenantStatus,
+    change: RegistryColumn,
 ) -> Result<(), StoreError> {
     let changed = sqlx::query(&format!(
-        "UPDATE \"{}\".tenants SET status = $2, updated_at = now() WHERE id = $1",
-        at.placement.schema()
+        "UPDATE \"{}\".tenants SET {} = $2, updated_at = now() WHERE id = $1",
+        at.placement.schema(),
+        change.column()
     ))
     .bind(id.uuid())
-    .bind(status.as_str())
+    .bind(change.value())
     .execute(conn)
     .await?
     .rows_affected();
@@ -214,4 +252,39 @@ impl Store {
         .await?;
         rows.into_iter().map(from_row).collect()
     }
+
+    /// One page of tenants in id order (ids are time-ordered), after `after`, at most `limit`,
+    /// filtered by status, plan and region when given (operator listing).
+    pub async fn tenants_page(
+        &self,
+        filter: &TenantFilter,
+        after: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<Tenant>, StoreError> {
+        let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM bulkhead.tenants \
+             WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2) \
+               AND ($3::text IS NULL OR plan = $3) AND ($4::text IS NULL OR region = $4) \
+             ORDER BY id LIMIT $5"
+        ))
+        .bind(after.map(|a| a.uuid()))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.plan.map(|p| p.as_str()))
+        .bind(filter.region.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(from_row).collect()
+    }
+}
+
+/// The filters of [`Store::tenants_page`]; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    /// Only tenants in this status.
+    pub status: Option<TenantStatus>,
+    /// Only tenants on this plan.
+    pub plan: Option<Plan>,
+    /// Only tenants of this region.
+    pub region: Option<String>,
 }

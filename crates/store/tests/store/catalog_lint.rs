@@ -131,6 +131,21 @@ async fn the_app_role_is_powerless_outside_rls() {
         err.as_database_error().and_then(|e| e.code()).as_deref(),
         Some("42501")
     );
+    // The operator plane's tables (migration 0027) are the owner's alone: the serving role has
+    // no privilege on them, so nothing reachable from a tenant route can read an operator key's
+    // hash or the operator log.
+    for table in ["operator_keys", "operator_audit_events"] {
+        let any: bool = sqlx::query_scalar(
+            "SELECT bool_or(has_table_privilege($1, 'bulkhead.' || $2, p)) \
+             FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p",
+        )
+        .bind(APP_ROLE)
+        .bind(table)
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+        assert!(!any, "the app role holds a privilege on {table}");
+    }
     // Audit events are append-only for the app role.
     let err = sqlx::query("DELETE FROM bulkhead.audit_events")
         .execute(&app)

@@ -32,6 +32,7 @@ pub(crate) async fn onboard_in_region(owner: &Store, slug: &str, region: &str) -
             region: region.into(),
             placement: Placement::Shared,
         },
+        "cli:test",
     )
     .await
     .unwrap();

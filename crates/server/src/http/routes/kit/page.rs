@@ -73,6 +73,12 @@ impl<C> PageRequest<C> {
         Ok(Self { limit, after })
     }
 
+    /// The number of rows to fetch (one more than the page, see [`into_page`]), the page size,
+    /// and the cursor, for a list that is not read in a tenant's transaction (the operator's).
+    pub(crate) fn fetch_parts(self) -> (u32, u32, Option<C>) {
+        (self.limit + 1, self.limit, self.after)
+    }
+
     /// Reads the page in one read-only transaction: `rows` gets the cursor and the number of
     /// rows to fetch (one more than the page, see [`into_page`]); the page is cut from them, and
     /// `cursor_of` names the next page's cursor.

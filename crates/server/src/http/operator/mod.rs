@@ -1,0 +1,395 @@
+//! The operator API: the control plane's own listener (`--operator-listen`), router and
+//! authentication, never mounted on the tenant listener.
+//!
+//! - **Its own door.** The router is built here from [`route_table`] alone and served by
+//!   [`serve`] on a Unix socket (mode 0600 in the data directory) and, optionally, a loopback
+//!   TCP port, through the same bounded accept loop as the API ([`crate::http::listener`]). The
+//!   tenant router has no `/operator` route, and this router has no `/v1` route: a request
+//!   reaching the wrong door is a 404 there and a 401 here.
+//! - **Its own credential.** Every route needs an operator key (`bk_op_…`,
+//!   [`crate::service::operators::verify`]); a tenant API key or access token is not one and is
+//!   refused with the same 401 as no key. Verification is not cached: a revocation holds on the
+//!   next request.
+//! - **Declared scopes.** Each route declares its operator scope in [`route_table`]; the table
+//!   wraps the handler in the check (403 naming the scope), so a route cannot be mounted
+//!   without one.
+//! - **Audited.** Every refused credential and refused scope, and every action, is an event of
+//!   the operator log (`bulkhead.operator_audit_events`), written before the answer is sent.
+//! - **Owner powers, confined here.** Creating tenants needs the owner role (the serving role
+//!   cannot write the registry), so the operator state holds a small owner-role pool. The
+//!   tenant [`AppState`] never holds it.
+
+mod keys;
+pub mod socket;
+mod tenants;
+
+use std::future::Future;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use bulkhead_core::OperatorScope;
+use bulkhead_store::operators::NewOperatorEvent;
+use bulkhead_store::Store;
+use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use crate::service::operators::{self, OperatorContext, OperatorRefusal};
+
+/// What the operator routes reach: the application (peppers, master key, settings, clock) and
+/// the owner-role store the control plane writes through.
+#[derive(Clone, Debug)]
+pub struct OperatorState {
+    app: AppState,
+    owner: Store,
+}
+
+impl OperatorState {
+    /// The operator plane over `app`, writing through `owner` (a store on the owner role).
+    pub fn new(app: AppState, owner: Store) -> Self {
+        Self { app, owner }
+    }
+
+    /// The application state.
+    pub fn app(&self) -> &AppState {
+        &self.app
+    }
+
+    /// The owner-role store.
+    pub fn owner(&self) -> &Store {
+        &self.owner
+    }
+}
+
+/// One declared operator route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRouteSpec {
+    /// HTTP method.
+    pub method: Method,
+    /// Path in axum syntax, always under `/operator/v1/`.
+    pub path: &'static str,
+    /// The operator scope it requires.
+    pub scope: OperatorScope,
+}
+
+/// The operator routes with their scopes; the only way to mount one.
+#[derive(Default)]
+pub struct OperatorRoutes {
+    routes: Vec<(OperatorRouteSpec, MethodRouter<OperatorState>)>,
+}
+
+impl std::fmt::Debug for OperatorRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.specs()).finish()
+    }
+}
+
+impl OperatorRoutes {
+    /// Adds `method path`, requiring `scope`.
+    ///
+    /// # Panics
+    /// On a method axum cannot route, or a path outside `/operator/v1/` (programming errors
+    /// every test run catches).
+    pub fn route<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        scope: OperatorScope,
+        handler: H,
+    ) -> Self
+    where
+        H: axum::handler::Handler<T, OperatorState>,
+        T: 'static,
+    {
+        assert!(path.starts_with("/operator/v1/"), "operator route {path}");
+        let filter = MethodFilter::try_from(method.clone()).expect("routable method");
+        self.routes.push((
+            OperatorRouteSpec {
+                method,
+                path,
+                scope,
+            },
+            on(filter, handler),
+        ));
+        self
+    }
+
+    /// Every declared route.
+    pub fn specs(&self) -> impl Iterator<Item = &OperatorRouteSpec> {
+        self.routes.iter().map(|(spec, _)| spec)
+    }
+
+    fn into_router(self) -> Router<OperatorState> {
+        let mut router = Router::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (spec, endpoint) in self.routes {
+            assert!(
+                seen.insert((spec.method.to_string(), spec.path)),
+                "operator route declared twice: {} {}",
+                spec.method,
+                spec.path
+            );
+            let endpoint = endpoint.layer(middleware::from_fn_with_state(spec.scope, require));
+            router = router.route(spec.path, endpoint);
+        }
+        router
+    }
+}
+
+/// Every operator route and the scope it requires.
+pub fn route_table() -> OperatorRoutes {
+    use OperatorScope::*;
+    OperatorRoutes::default()
+        .route(
+            Method::POST,
+            "/operator/v1/tenants",
+            TenantsWrite,
+            tenants::create,
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants",
+            TenantsRead,
+            tenants::list,
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants/{tenant}",
+            TenantsRead,
+            tenants::get,
+        )
+        .route(
+            Method::PATCH,
+            "/operator/v1/tenants/{tenant}",
+            TenantsWrite,
+            tenants::update,
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/tenants/{tenant}/suspend",
+            TenantsWrite,
+            tenants::suspend,
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/tenants/{tenant}/activate",
+            TenantsWrite,
+            tenants::activate,
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/operator-keys",
+            OperatorsManage,
+            keys::list,
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/operator-keys",
+            OperatorsManage,
+            keys::create,
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/operator-keys/{id}/revoke",
+            OperatorsManage,
+            keys::revoke,
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/audit-events",
+            OperatorsManage,
+            keys::events,
+        )
+}
+
+/// The operator application: every route behind operator authentication, the same request id,
+/// span, metrics, timeout, panic guard and body limit as the tenant API.
+pub fn router(state: OperatorState) -> Router {
+    let timeout = state.app.config().connections.request_timeout;
+    route_table()
+        .into_router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(crate::http::telemetry::request_span))
+                .layer(middleware::from_fn(move |request, next| {
+                    crate::http::listener::within(timeout, request, next)
+                }))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+                }))
+                .layer(DefaultBodyLimit::max(crate::http::app::MAX_BODY_BYTES)),
+        )
+        .with_state(state)
+}
+
+/// Serves the operator router on `listener` (the Unix socket or a loopback TCP listener) until
+/// `shutdown`, with the API's timeouts and caps of its own
+/// ([`crate::config::ConnectionSettings::for_metrics`]: a small total, so the operator door
+/// cannot take the descriptors the tenant API may use).
+pub async fn serve<L: crate::http::listener::Incoming>(
+    listener: L,
+    state: OperatorState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let settings = state.app.config().connections.for_metrics();
+    crate::http::listener::serve(listener, router(state), settings, Vec::new(), shutdown).await
+}
+
+/// The running operator listeners of a process.
+#[derive(Debug)]
+pub struct OperatorListeners {
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    sockets: Vec<socket::OperatorSocket>,
+    /// Where they listen (`unix:PATH`, `http://ADDRESS`), for the start banner and tests.
+    pub endpoints: Vec<String>,
+}
+
+impl OperatorListeners {
+    /// Waits for every listener to finish its connections (after the stop signal), then removes
+    /// the socket files.
+    pub async fn finish(self) {
+        for task in self.tasks {
+            task.await.ok();
+        }
+        drop(self.sockets);
+    }
+}
+
+/// Binds every endpoint of `--operator-listen` (a bind failure is a start-up error) and serves
+/// the operator API on each until `stopped` turns true. `data_dir` holds the default socket.
+pub async fn start(
+    endpoints: &[crate::config::operator::OperatorEndpoint],
+    data_dir: &std::path::Path,
+    state: OperatorState,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<OperatorListeners> {
+    use anyhow::Context;
+    let mut listeners = OperatorListeners {
+        tasks: Vec::new(),
+        sockets: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    for endpoint in endpoints {
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        match endpoint.socket_path(data_dir) {
+            Some(path) => {
+                let (listener, guard) = socket::bind(&path)?;
+                listeners.sockets.push(guard);
+                listeners.endpoints.push(format!("unix:{}", path.display()));
+                listeners
+                    .tasks
+                    .push(tokio::spawn(serve(listener, state.clone(), shutdown)));
+            }
+            None => {
+                let crate::config::operator::OperatorEndpoint::Tcp(addr) = endpoint else {
+                    continue;
+                };
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen for the operator API on {addr} (--operator-listen)")
+                })?;
+                listeners
+                    .endpoints
+                    .push(format!("http://{}", listener.local_addr()?));
+                listeners
+                    .tasks
+                    .push(tokio::spawn(serve(listener, state.clone(), shutdown)));
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// Authenticates the operator key of every operator request; a refusal is recorded in the
+/// operator log before the 401 leaves.
+async fn authenticate(
+    State(state): State<OperatorState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // The tenant API's one parser: exactly one well-formed `Authorization: Bearer` header.
+    let presented = crate::http::resolve::bearer_token(request.headers()).map(str::to_owned);
+    let now = state.app.clock().now();
+    let verified = match presented {
+        None => Ok(Err((OperatorRefusal::NoCredential, None))),
+        Some(text) => {
+            operators::verify(&state.owner, state.app.verifier().peppers(), &text, now).await
+        }
+    };
+    let (reason, key_id) = match verified {
+        Ok(Ok(ctx)) => {
+            request.extensions_mut().insert(ctx);
+            request
+                .extensions_mut()
+                .insert(OwnerForAudit(state.owner.clone()));
+            return next.run(request).await;
+        }
+        Ok(Err(refused)) => refused,
+        // The lookup did not answer: deny, retryably.
+        Err(err) => {
+            tracing::error!(error = %err, "operator key lookup failed");
+            return ApiError::Unavailable.into_response();
+        }
+    };
+    let event = NewOperatorEvent {
+        reason: Some(reason.as_str().to_owned()),
+        ..operators::event(
+            &key_id.map_or_else(|| "anonymous".to_owned(), |k| k.to_string()),
+            "operator.auth",
+            "failure",
+            None,
+            json!({ "method": request.method().as_str(), "path": request.uri().path() }),
+        )
+    };
+    // Fail closed either way: the refusal stands whether or not its event was written.
+    let _ = operators::record(&state.owner, event).await;
+    ApiError::OperatorUnauthorized.into_response()
+}
+
+/// The route's declared scope: 403 naming it, recorded in the operator log, when missing.
+async fn require(State(scope): State<OperatorScope>, request: Request, next: Next) -> Response {
+    let Some(ctx) = request.extensions().get::<OperatorContext>().cloned() else {
+        // Authentication runs first; a route without it is a wiring error. Fail closed.
+        return ApiError::OperatorUnauthorized.into_response();
+    };
+    if ctx.scopes.contains(scope) {
+        return next.run(request).await;
+    }
+    let event = NewOperatorEvent {
+        reason: Some(format!("missing scope {scope}")),
+        ..operators::event(
+            &ctx.actor,
+            "operator.forbidden",
+            "blocked",
+            None,
+            json!({ "method": request.method().as_str(), "path": request.uri().path(), "scope": scope.as_str() }),
+        )
+    };
+    forbidden(request, event, scope).await
+}
+
+async fn forbidden(request: Request, event: NewOperatorEvent, scope: OperatorScope) -> Response {
+    match request.extensions().get::<OwnerForAudit>() {
+        Some(OwnerForAudit(owner)) => {
+            let _ = operators::record(owner, event).await;
+        }
+        None => tracing::error!("operator scope refusal not recorded: no store"),
+    }
+    ApiError::MissingOperatorScope(scope).into_response()
+}
+
+/// The owner store, put into each authenticated request for the scope check's audit event (the
+/// check's own state is its scope).
+#[derive(Clone)]
+struct OwnerForAudit(Store);

@@ -1,0 +1,215 @@
+//! `/operator/v1/tenants`: onboarding, listing, reading and changing tenants, through the same
+//! services as `bulkhead tenant …` (`service::tenants`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use bulkhead_core::id::TenantKind;
+use bulkhead_core::TenantId;
+use bulkhead_store::placement::registry::{Plan, Tenant, TenantFilter, TenantStatus};
+use serde::{Deserialize, Serialize};
+
+use super::OperatorState;
+use crate::http::error::ApiError;
+use crate::http::routes::kit::page::{into_page, ListQuery};
+use crate::service::operators::OperatorContext;
+use crate::service::tenants::{self, DedicatedDatabase, TenantRequest};
+
+/// `POST /operator/v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateTenant {
+    slug: String,
+    name: String,
+    #[serde(default = "default_plan")]
+    plan: String,
+    #[serde(default = "default_region")]
+    region: String,
+    #[serde(default = "default_tier")]
+    tier: String,
+    /// Tier `dedicated`: the database's owner URL (stored sealed).
+    #[serde(default)]
+    database_url: Option<String>,
+    /// Tier `dedicated`: its registry name.
+    #[serde(default)]
+    database_name: Option<String>,
+}
+
+fn default_plan() -> String {
+    "standard".into()
+}
+fn default_region() -> String {
+    "default".into()
+}
+fn default_tier() -> String {
+    "shared".into()
+}
+
+/// A new tenant, with its admin key shown this once.
+#[derive(Debug, Serialize)]
+pub(super) struct Created {
+    tenant: Tenant,
+    admin_api_key_id: String,
+    admin_api_key: String,
+}
+
+pub(super) async fn create(
+    State(state): State<OperatorState>,
+    Extension(ctx): Extension<OperatorContext>,
+    Json(body): Json<CreateTenant>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let request = TenantRequest {
+        slug: body.slug,
+        name: body.name,
+        plan: body.plan,
+        region: body.region,
+        tier: body.tier,
+        dedicated: body.database_url.map(|owner_url| DedicatedDatabase {
+            owner_url,
+            name: body.database_name,
+        }),
+    };
+    let app = state.app();
+    let onboarded = tenants::create(
+        state.owner(),
+        app.verifier().peppers(),
+        Some(app.master_key()),
+        app.config().key_environment,
+        request,
+        &ctx.actor,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            tenant: onboarded.tenant,
+            admin_api_key_id: onboarded.admin_key_id.to_string(),
+            admin_api_key: onboarded.admin_key.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+/// The filters of `GET /operator/v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Filters {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+/// One page of tenants.
+#[derive(Debug, Serialize)]
+pub(super) struct TenantPage {
+    data: Vec<Tenant>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<TenantId>,
+}
+
+pub(super) async fn list(
+    State(state): State<OperatorState>,
+    query: ListQuery<Filters>,
+) -> Result<Json<TenantPage>, ApiError> {
+    let (fetch, limit, after) = query.page_of_ids::<TenantKind>()?.fetch_parts();
+    let filter = TenantFilter {
+        status: query
+            .filter
+            .status
+            .as_deref()
+            .map(|s| {
+                TenantStatus::parse(s)
+                    .ok_or_else(|| ApiError::Invalid("status is active or suspended".into()))
+            })
+            .transpose()?,
+        plan: query
+            .filter
+            .plan
+            .as_deref()
+            .map(|p| {
+                Plan::parse(p)
+                    .ok_or_else(|| ApiError::Invalid("plan is free, standard or enterprise".into()))
+            })
+            .transpose()?,
+        region: query.filter.region.clone(),
+    };
+    let rows = state.owner().tenants_page(&filter, after, fetch).await?;
+    let (data, next_cursor) = into_page(rows, limit, |t| t.id);
+    Ok(Json(TenantPage { data, next_cursor }))
+}
+
+async fn find(state: &OperatorState, text: &str) -> Result<Tenant, ApiError> {
+    tenants::find(state.owner(), text)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+pub(super) async fn get(
+    State(state): State<OperatorState>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
+    Ok(Json(find(&state, &tenant).await?))
+}
+
+/// `PATCH /operator/v1/tenants/{tenant}`: at least one field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateTenant {
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+pub(super) async fn update(
+    State(state): State<OperatorState>,
+    Extension(ctx): Extension<OperatorContext>,
+    Path(tenant): Path<String>,
+    Json(body): Json<UpdateTenant>,
+) -> Result<Json<Tenant>, ApiError> {
+    // Both validated before either is applied.
+    let plan = body.plan.as_deref().map(tenants::parse_plan).transpose()?;
+    let status = body
+        .status
+        .as_deref()
+        .map(|s| {
+            TenantStatus::parse(s)
+                .ok_or_else(|| ApiError::Invalid("status is active or suspended".into()))
+        })
+        .transpose()?;
+    if plan.is_none() && status.is_none() {
+        return Err(ApiError::Invalid("give plan, status or both".into()));
+    }
+    let mut current = find(&state, &tenant).await?;
+    if let Some(plan) = plan {
+        current = tenants::set_plan(state.owner(), current.id, plan, &ctx.actor).await?;
+    }
+    if let Some(status) = status {
+        current = tenants::set_status(state.owner(), current.id, status, &ctx.actor).await?;
+    }
+    Ok(Json(current))
+}
+
+pub(super) async fn suspend(
+    State(state): State<OperatorState>,
+    Extension(ctx): Extension<OperatorContext>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
+    let found = find(&state, &tenant).await?;
+    let updated =
+        tenants::set_status(state.owner(), found.id, TenantStatus::Suspended, &ctx.actor).await?;
+    Ok(Json(updated))
+}
+
+pub(super) async fn activate(
+    State(state): State<OperatorState>,
+    Extension(ctx): Extension<OperatorContext>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
+    let found = find(&state, &tenant).await?;
+    let updated =
+        tenants::set_status(state.owner(), found.id, TenantStatus::Active, &ctx.actor).await?;
+    Ok(Json(updated))
+}
