@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 
 mod base62;
+pub mod code;
 mod key;
 pub mod master;
 pub mod password;
@@ -65,6 +66,7 @@ pub mod refresh;
 pub mod signing;
 pub mod token;
 
+pub use code::AuthorizationCode;
 pub use key::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
 pub use master::MasterKey;
 pub use pepper::{KeyHash, KeyPepper, PepperError, MIN_PEPPER_LEN};

@@ -301,6 +301,11 @@ id_kind!(
     ScreeningId, ScreeningKind, "scr"
 );
 
+id_kind!(
+    /// An OAuth client registered in a tenant; its text form is the `client_id`: `oac_…`.
+    OAuthClientId, OAuthClientKind, "oac"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

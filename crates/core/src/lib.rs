@@ -48,7 +48,7 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
-pub use id::{AgentId, RoleAssignmentId, RoleId};
+pub use id::{AgentId, OAuthClientId, RoleAssignmentId, RoleId};
 pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolCallId, ToolId};
 pub use prefix::{Namespace, NamespaceError};
 pub use scope::{Scope, ScopeSet, UnknownScope};

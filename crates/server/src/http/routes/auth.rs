@@ -212,38 +212,47 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn login(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Json(body): Json<LoginRequest>,
-) -> Result<TokenResponse, ApiError> {
-    let host = crate::http::resolve::request_host(&headers);
-    let tenant = login_tenant(&state, host, body.tenant.as_deref()).await?;
-    let client_ip = crate::service::credentials::headers_client_ip(
-        Some(peer.ip()),
-        &headers,
-        &state.config().trusted_proxies,
-    );
+/// A password that verified: the user, what their roles let a login carry now, and the open
+/// transaction (in the login context of the tenant) the caller continues in and commits.
+pub(crate) struct PasswordLogin {
+    /// The user, active.
+    pub(crate) user: users::UserRecord,
+    /// The user's stored scopes ∩ its roles' permissions.
+    pub(crate) scopes: bulkhead_core::ScopeSet,
+    /// The transaction the throttle was cleared in; the caller records its outcome and commits.
+    pub(crate) tx: TenantTx,
+}
+
+/// The one password check of a human login (`POST /v1/auth/login` and the OAuth login page):
+/// the tenant's status, both throttles, the argon2id check on the hashing pool outside any
+/// transaction, the failure's audit event, and the user's current permissions. Unknown email,
+/// wrong password and disabled user are one [`ApiError::InvalidLogin`] after the same work.
+pub(crate) async fn check_password(
+    state: &AppState,
+    tenant: &Tenant,
+    email: &str,
+    password: String,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<PasswordLogin, ApiError> {
     let clock = state.clock().clone();
     let now = clock.now();
     // A suspended tenant refuses every login before any password work, with the answer a wrong
     // password gets: whether a password is right must not be learnable from the status code.
     if tenant.status != TenantStatus::Active {
-        audit_login(&tenant, "blocked", "tenant_suspended", None);
+        audit_login(tenant, "blocked", "tenant_suspended", None);
         return Err(ApiError::InvalidLogin);
     }
     // Each attempt is counted against the address before the password is checked (and given
     // back if it succeeds), so concurrent guesses cannot all slip under the budget.
     if let Some(ip) = client_ip {
         if let Some(wait) = state.login_ips().take_attempt(ip, now.timestamp()).await {
-            audit_login(&tenant, "blocked", "address_throttled", None);
+            audit_login(tenant, "blocked", "address_throttled", None);
             return Err(ApiError::LoginThrottled(wait));
         }
     }
-    let email = normalise_email(&body.email).unwrap_or_else(|| body.email.trim().to_lowercase());
+    let email = normalise_email(email).unwrap_or_else(|| email.trim().to_lowercase());
     let name_id = throttle_id(&email);
-    let ctx = crate::http::resolve::login_context(&tenant);
+    let ctx = crate::http::resolve::login_context(tenant);
 
     // The attempt is counted as a failure, under the row lock, before the password is checked
     // (a success clears it): N concurrent guesses are serialised here, so at most
@@ -255,7 +264,7 @@ async fn login(
     if let Some(until) = counted.locked_until.filter(|until| *until > now) {
         // Locked: this attempt is not counted and no password is checked.
         tx.rollback().await?;
-        audit_login(&tenant, "blocked", "account_throttled", None);
+        audit_login(tenant, "blocked", "account_throttled", None);
         return Err(ApiError::LoginThrottled(retry_secs(until, now)));
     }
     let failures = counted.failures;
@@ -280,7 +289,7 @@ async fn login(
         .verify_password(
             crate::service::hashing::Caller::Anonymous(tenant.id),
             usable.map(|u| u.password_hash.clone()),
-            body.password.clone(),
+            password,
         )
         .await?;
 
@@ -295,7 +304,7 @@ async fn login(
         )
         .await?;
         tx.commit().await?;
-        audit_login(&tenant, "failure", "invalid_credentials", None);
+        audit_login(tenant, "failure", "invalid_credentials", None);
         return Err(ApiError::InvalidLogin);
     };
     if let Some(ip) = client_ip {
@@ -318,11 +327,44 @@ async fn login(
     else {
         // Disabled since the password check.
         tx.rollback().await?;
-        audit_login(&tenant, "failure", "invalid_credentials", None);
+        audit_login(tenant, "failure", "invalid_credentials", None);
         return Err(ApiError::InvalidLogin);
     };
     let scopes = scopes.intersection(&held);
     tokens::clear_login_failures(&mut tx, name_id).await?;
+    Ok(PasswordLogin {
+        user: user.clone(),
+        scopes,
+        tx,
+    })
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> Result<TokenResponse, ApiError> {
+    let host = crate::http::resolve::request_host(&headers);
+    let tenant = login_tenant(&state, host, body.tenant.as_deref()).await?;
+    let client_ip = crate::service::credentials::headers_client_ip(
+        Some(peer.ip()),
+        &headers,
+        &state.config().trusted_proxies,
+    );
+    let now = state.clock().now();
+    let PasswordLogin {
+        user,
+        scopes,
+        mut tx,
+    } = check_password(
+        &state,
+        &tenant,
+        &body.email,
+        body.password.clone(),
+        client_ip,
+    )
+    .await?;
     let policy = tokens::token_policy(&mut tx).await?;
     let subject = user.id.to_string();
     let (session, refresh) = crate::service::auth_sessions::start(
@@ -378,7 +420,12 @@ async fn login(
     ))
 }
 
-fn audit_login(tenant: &Tenant, outcome: &'static str, reason: &'static str, user: Option<UserId>) {
+pub(crate) fn audit_login(
+    tenant: &Tenant,
+    outcome: &'static str,
+    reason: &'static str,
+    user: Option<UserId>,
+) {
     tracing::warn!(
         target: "bulkhead::audit",
         action = "auth.login",
