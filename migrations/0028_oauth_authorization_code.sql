@@ -83,3 +83,8 @@ CREATE POLICY tenant_isolation ON bulkhead.oauth_codes
     USING (tenant_id = NULLIF(current_setting('bulkhead.tenant_id', true), '')::uuid)
     WITH CHECK (tenant_id = NULLIF(current_setting('bulkhead.tenant_id', true), '')::uuid);
 GRANT SELECT, INSERT, UPDATE, DELETE ON bulkhead.oauth_codes TO bulkhead_app;
+
+------------------------------------------------------------------------------------------------
+-- A tenant move reads and deletes these rows like every other tenant table's (0011).
+GRANT SELECT, DELETE ON bulkhead.oauth_clients, bulkhead.oauth_browser_sessions,
+    bulkhead.oauth_codes TO bulkhead_tenant_mover;

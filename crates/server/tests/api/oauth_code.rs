@@ -231,11 +231,7 @@ async fn sign_in(browser: &mut Browser<'_>, authorize: &str, email: &str) -> Str
     let mut fields = form_fields(&html);
     fields.push(("email".into(), email.into()));
     fields.push(("password".into(), PASSWORD.into()));
-    let signed_in = browser.post("/oauth/authorize/login", &fields).await;
-    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
-    let location = signed_in.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/oauth/authorize?"));
-    let consent = browser.get(&location).await;
+    let consent = browser.post("/oauth/authorize/login", &fields).await;
     assert_eq!(consent.status(), StatusCode::OK);
     consent.text().await.unwrap()
 }
@@ -345,24 +341,24 @@ async fn a_user_authorizes_a_public_client_with_pkce_and_a_narrowed_scope() {
 
     // Signing in replaces the session (no fixation).
     fields.push(("password".into(), PASSWORD.into()));
-    let signed_in = browser.post("/oauth/authorize/login", &fields).await;
-    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let consent = browser.post("/oauth/authorize/login", &fields).await;
+    assert_eq!(consent.status(), StatusCode::OK);
     let fresh = browser.cookie.clone().unwrap();
     assert_ne!(fresh, anonymous);
-    let location = signed_in.headers()["location"].to_str().unwrap().to_owned();
     // The planted (pre-login) session is worth nothing: it shows the login page again.
     browser.cookie = Some(anonymous.clone());
-    let planted = browser.get(&location).await;
-    assert!(planted
+    let planted = browser.get(&authorize).await.text().await.unwrap();
+    assert!(planted.contains("/oauth/authorize/login"));
+    browser.cookie = Some(fresh.clone());
+    let again = browser.get(&authorize).await;
+    assert!(again
         .text()
         .await
         .unwrap()
-        .contains("/oauth/authorize/login"));
-    browser.cookie = Some(fresh);
+        .contains("action=\"/oauth/authorize\""));
+    assert_eq!(browser.cookie.as_deref(), Some(fresh.as_str()));
 
     // The consent page: the client's name, the redirect's host, the scopes in words.
-    let consent = browser.get(&location).await;
-    assert_eq!(consent.status(), StatusCode::OK);
     assert_page_headers(&consent);
     let html = consent.text().await.unwrap();
     assert!(html.contains("Desktop assistant"));

@@ -111,14 +111,17 @@ pub fn routes() -> RouteTable {
         )
         .post("/oauth/authorize/login", SELF, login)
         .doc(
-            html(303, "Signed in: back to the authorization request")
-                .summary("The login form of the authorization endpoint.")
-                .with_html(401, "The login page again: wrong email or password")
-                .with_html(
-                    403,
-                    "An error page: the session or CSRF token is missing or wrong",
-                )
-                .with_html(429, "The login page again: too many failed logins"),
+            html(
+                200,
+                "Signed in: the consent page, under a new session cookie",
+            )
+            .summary("The login form of the authorization endpoint.")
+            .with_html(401, "The login page again: wrong email or password")
+            .with_html(
+                403,
+                "An error page: the session or CSRF token is missing or wrong",
+            )
+            .with_html(429, "The login page again: too many failed logins"),
         )
         .get("/oauth/style.css", RouteAccess::Public, stylesheet)
         .doc(
@@ -338,15 +341,6 @@ impl Params {
             .iter()
             .filter_map(|name| self.get(name).map(|v| (*name, v)))
             .collect()
-    }
-
-    /// The authorization request as a query string.
-    fn request_query(&self) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in self.request_fields() {
-            query.append_pair(name, value);
-        }
-        query.finish()
     }
 }
 
@@ -943,12 +937,8 @@ async fn login(
         return unavailable(&tenant);
     }
     audit_login(&tenant, "success", "ok", Some(user.id));
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    let location = format!("/oauth/authorize?{}", params.request_query());
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    page_headers(response.headers_mut());
+    // The consent page at once, under the new session (its CSRF token is the new cookie's).
+    let mut response = consent_page(&state, &valid, &params, &fresh, user.id).await;
     response
         .headers_mut()
         .insert(header::SET_COOKIE, set_cookie(&fresh));
