@@ -782,3 +782,81 @@ async fn authorization_requests_that_must_be_refused_are() {
         .unwrap()
         .ends_with("/oauth/authorize"));
 }
+
+/// authlib (Python), an off-the-shelf client, completes the flow with PKCE: it builds the
+/// authorization URL (its own verifier and challenge), the test's browser signs in and consents,
+/// and authlib checks the callback's `state` and exchanges the code. Skipped, loudly, where
+/// Python has no authlib (`pip install authlib`).
+#[tokio::test]
+async fn authlib_completes_the_flow_with_pkce() {
+    use std::io::{BufRead, BufReader, Write};
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import authlib"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!("SKIPPED: python3 with authlib is not installed");
+        return;
+    }
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    let redirect = "http://127.0.0.1/authlib";
+    let client = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "authlib",
+            "redirect_uris": [redirect],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["sessions:read"],
+        }),
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/authlib_pkce.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(app.tenant_url("acme", "/oauth/authorize"))
+        .arg(app.url("/oauth/token"))
+        .arg(client["id"].as_str().unwrap())
+        .arg("http://127.0.0.1:61000/authlib")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = url::Url::parse(line.trim()).unwrap();
+    let query: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(param(&query, "code_challenge_method"), Some("S256"));
+    let path = format!("/oauth/authorize?{}", url.query().unwrap());
+    let mut browser = Browser::new(&app, "acme");
+    let html = sign_in(&mut browser, &path, "ada@acme.example").await;
+    let mut fields = form_fields(&html);
+    fields.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &fields).await;
+    let (href, _) = returned(&answer.text().await.unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{href}").unwrap();
+    drop(stdin);
+    let mut token_line = String::new();
+    // The exchange runs in the child while this runtime serves it: read on a blocking thread.
+    let token_line = tokio::task::spawn_blocking(move || {
+        stdout.read_line(&mut token_line).unwrap();
+        token_line
+    })
+    .await
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "authlib failed");
+    let token: Value = serde_json::from_str(&token_line).unwrap();
+    assert_eq!(token["scope"], "sessions:read");
+    let access = token["access_token"].as_str().unwrap();
+    let read = call(&app, "acme", access, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(read.status(), StatusCode::OK);
+}

@@ -88,6 +88,18 @@ type ClientRow = (
     DateTime<Utc>,
 );
 
+/// A client row with its secret's HMAC.
+type SecretRow = (
+    Uuid,
+    String,
+    Vec<String>,
+    String,
+    Vec<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<Vec<u8>>,
+);
+
 const CLIENT_COLUMNS: &str =
     "id, name, redirect_uris, token_endpoint_auth_method, scopes, created_at, updated_at";
 
@@ -162,22 +174,14 @@ pub async fn client_with_secret(
     id: OAuthClientId,
 ) -> Result<(OAuthClient, Option<Vec<u8>>), StoreError> {
     let tenant = tx.tenant_id();
-    let (id, name, uris, method, scopes, created, updated, secret): (
-        Uuid,
-        String,
-        Vec<String>,
-        String,
-        Vec<String>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        Option<Vec<u8>>,
-    ) = sqlx::query_as(&format!(
+    let (id, name, uris, method, scopes, created, updated, secret): SecretRow =
+        sqlx::query_as(&format!(
         "SELECT {CLIENT_COLUMNS}, secret_hash FROM oauth_clients WHERE tenant_id = $1 AND id = $2"
     ))
-    .bind(tenant.uuid())
-    .bind(id.uuid())
-    .fetch_one(tx.conn())
-    .await?;
+        .bind(tenant.uuid())
+        .bind(id.uuid())
+        .fetch_one(tx.conn())
+        .await?;
     Ok((
         client_from_row((id, name, uris, method, scopes, created, updated)),
         secret,

@@ -229,10 +229,7 @@ async fn create_client(
             "token_endpoint_auth_method": method.as_str(),
             "scopes": client.scopes,
         });
-        Ok((
-            client.clone(),
-            Tail::new().audit("oauth_client.create", id, meta),
-        ))
+        Ok((client, Tail::new().audit("oauth_client.create", id, meta)))
     })
     .await?;
     Ok((

@@ -28,37 +28,33 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use askama::Template;
+
+use super::browser::{
+    anonymous_session, cookie_hash, cookie_value, csrf_matches, csrf_token, find_session,
+    new_cookie_value, set_cookie, SESSION_SECS,
+};
+use super::pages::{
+    error_page, html, items, page, page_headers, stylesheet, ConsentPage, LoginPage, RedirectPage,
+};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use bulkhead_core::{OAuthClientId, Scope, ScopeSet, TenantContext, UserId};
+use bulkhead_core::{OAuthClientId, ScopeSet, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::oauth::{self as store_oauth, OAuthClient};
 use bulkhead_store::{Access, StoreError};
-use rand::RngCore;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::http::apidoc::OpDoc;
 use crate::http::authz::{RouteAccess, RouteTable};
 use crate::http::error::ApiError;
-use crate::http::routes::auth::{audit_login, check_password, PasswordLogin};
+use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin};
 use crate::http::state::AppState;
 use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
 use crate::service::oauth::redirect_uri;
 
-/// The browser session cookie.
-pub const SESSION_COOKIE: &str = "__Host-bulkhead-oauth";
-/// How long a browser session lasts.
-pub const SESSION_SECS: i64 = 60 * 60;
-/// The pages' Content-Security-Policy.
-pub const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; \
-    frame-ancestors 'none'; base-uri 'none'";
 /// The authorization request's parameters, carried through the pages.
 const REQUEST_PARAMS: [&str; 7] = [
     "response_type",
@@ -73,8 +69,6 @@ const REQUEST_PARAMS: [&str; 7] = [
 const MAX_PARAMS: usize = 24;
 /// Longest query or form accepted.
 const MAX_INPUT: usize = 16 * 1024;
-
-const STYLESHEET: &str = include_str!("../../../../templates/oauth/style.css");
 
 /// The routes: the pages authenticate the user themselves (no credential in front).
 pub fn routes() -> RouteTable {
@@ -135,163 +129,6 @@ pub fn routes() -> RouteTable {
             )
             .summary("The stylesheet of the login and consent pages."),
         )
-}
-
-fn html(status: u16, description: &str) -> OpDoc {
-    OpDoc::inline(
-        status,
-        description,
-        "text/html",
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .into(),
-    )
-}
-
-async fn stylesheet() -> Response {
-    let mut response = STYLESHEET.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
-// ------------------------------------------------------------------------------------------------
-// Pages.
-
-#[derive(Template)]
-#[template(path = "oauth/error.html")]
-struct ErrorPage<'a> {
-    tenant: &'a str,
-    message: &'a str,
-}
-
-#[derive(Template)]
-#[template(path = "oauth/login.html")]
-struct LoginPage<'a> {
-    tenant: &'a str,
-    client_name: &'a str,
-    csrf: &'a str,
-    hidden: Vec<(&'a str, &'a str)>,
-    email: &'a str,
-    problem: Option<&'a str>,
-}
-
-struct ScopeItem {
-    scope: String,
-    words: String,
-}
-
-#[derive(Template)]
-#[template(path = "oauth/consent.html")]
-struct ConsentPage<'a> {
-    tenant: &'a str,
-    client_name: &'a str,
-    user_email: &'a str,
-    redirect_host: &'a str,
-    csrf: &'a str,
-    hidden: Vec<(&'a str, &'a str)>,
-    offered: Vec<ScopeItem>,
-    withheld: Vec<ScopeItem>,
-}
-
-#[derive(Template)]
-#[template(path = "oauth/redirect.html")]
-struct RedirectPage<'a> {
-    tenant: &'a str,
-    client_name: &'a str,
-    redirect_host: &'a str,
-    target: &'a str,
-    message: &'a str,
-}
-
-/// A rendered page with the pages' headers.
-fn page(status: StatusCode, rendered: Result<String, askama::Error>) -> Response {
-    let body = match rendered {
-        Ok(body) => body,
-        Err(err) => {
-            return ApiError::Internal(anyhow::anyhow!("template failed: {err}")).into_response()
-        }
-    };
-    let mut response = (status, body).into_response();
-    page_headers(response.headers_mut());
-    response
-}
-
-fn page_headers(headers: &mut HeaderMap) {
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(PAGE_CSP),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-fn error_page(status: StatusCode, tenant: &str, message: &str) -> Response {
-    page(status, ErrorPage { tenant, message }.render())
-}
-
-/// The scope in words, for the consent page.
-fn scope_words(name: &str) -> String {
-    if let Some(tool) = name.strip_prefix("tools:call:") {
-        return if tool == "*" {
-            "Call every tool of the organisation".to_owned()
-        } else {
-            format!("Call the tool “{tool}”")
-        };
-    }
-    let words = match Scope::parse(name) {
-        Ok(Scope::SessionsRead) => "Read agent sessions",
-        Ok(Scope::SessionsWrite) => "Create, change and delete agent sessions",
-        Ok(Scope::KeysManage) => "Create, rotate and revoke API keys, and end sign-in sessions",
-        Ok(Scope::WebhooksManage) => "Manage webhook endpoints and messages",
-        Ok(Scope::AuditRead) => "Read the audit log",
-        Ok(Scope::ToolsList) => "List the organisation's tools",
-        Ok(Scope::ToolsManage) => "Create, change and disable tools",
-        Ok(Scope::UsersRead) => "See users",
-        Ok(Scope::UsersWrite) => "Create, disable and re-enable users",
-        Ok(Scope::AgentsRead) => "See agents",
-        Ok(Scope::AgentsWrite) => "Create, change and disable agents",
-        Ok(Scope::RolesRead) => "See roles and who holds them",
-        Ok(Scope::RolesManage) => "Create and assign roles",
-        Ok(Scope::BillingRead) => "See usage and quotas",
-        Ok(Scope::BillingManage) => "Manage billing",
-        _ => "A permission this page cannot describe",
-    };
-    words.to_owned()
-}
-
-fn items(scopes: &ScopeSet) -> Vec<ScopeItem> {
-    scopes
-        .to_strings()
-        .into_iter()
-        .map(|scope| ScopeItem {
-            words: scope_words(&scope),
-            scope,
-        })
-        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -495,7 +332,7 @@ async fn check_request(
         .get("client_id")
         .and_then(|id| OAuthClientId::parse(id).ok())
         .ok_or_else(unknown_client)?;
-    let ctx = TenantContext::for_system(tenant.id, "oauth");
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
     let client = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
         let client = store_oauth::get_client(&mut tx, client_id).await;
@@ -560,7 +397,7 @@ async fn check_request(
     }
     let allowed = client.scope_set();
     let requested = match params.get("scope") {
-        None => allowed.clone(),
+        None => allowed,
         Some(text) => match crate::service::tokens::parse_scope_param(text) {
             Ok(requested) if allowed.is_superset(&requested) => requested,
             _ => {
@@ -579,87 +416,6 @@ async fn check_request(
         requested,
         client,
     })
-}
-
-// ------------------------------------------------------------------------------------------------
-// The browser session.
-
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned())
-        .filter(|v| v.len() == 43)
-}
-
-fn cookie_hash(value: &str) -> [u8; 32] {
-    Sha256::digest(value.as_bytes()).into()
-}
-
-/// The CSRF token of a session: derived from the (HttpOnly) cookie value, so a page of another
-/// origin can neither read nor compute it, and it changes with the session at login.
-fn csrf_token(cookie: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"bulkhead oauth csrf\0");
-    hasher.update(cookie.as_bytes());
-    URL_SAFE_NO_PAD.encode(hasher.finalize())
-}
-
-fn csrf_matches(cookie: &str, presented: Option<&str>) -> bool {
-    let expected = csrf_token(cookie);
-    presented.is_some_and(|p| {
-        p.len() == expected.len() && bool::from(p.as_bytes().ct_eq(expected.as_bytes()))
-    })
-}
-
-fn set_cookie(value: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; Max-Age={SESSION_SECS}; Secure; HttpOnly; SameSite=Lax"
-    ))
-    .expect("a base64url cookie value is a valid header")
-}
-
-fn new_cookie_value() -> String {
-    let mut raw = Zeroizing::new([0u8; 32]);
-    rand::rngs::OsRng.fill_bytes(&mut raw[..]);
-    URL_SAFE_NO_PAD.encode(&raw[..])
-}
-
-/// The live session the cookie names: its row and whose it is.
-async fn find_session(
-    state: &AppState,
-    tenant: &Tenant,
-    cookie: &str,
-) -> Result<Option<store_oauth::BrowserSession>, StoreError> {
-    let ctx = crate::http::resolve::login_context(tenant);
-    let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-    let found =
-        store_oauth::find_browser_session(&mut tx, &cookie_hash(cookie), state.clock().now())
-            .await?;
-    tx.commit().await?;
-    Ok(found)
-}
-
-/// A new session without a user (for the login form's CSRF token).
-async fn anonymous_session(state: &AppState, tenant: &Tenant) -> Result<String, StoreError> {
-    let value = new_cookie_value();
-    let now = state.clock().now();
-    let ctx = crate::http::resolve::login_context(tenant);
-    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
-    store_oauth::create_browser_session(
-        &mut tx,
-        &cookie_hash(&value),
-        None,
-        now,
-        now + chrono::Duration::seconds(SESSION_SECS),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(value)
 }
 
 fn unavailable(tenant: &Tenant) -> Response {

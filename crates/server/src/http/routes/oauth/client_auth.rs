@@ -153,7 +153,7 @@ pub(crate) async fn authenticate_oauth_client(
 ) -> Result<bulkhead_store::tenant::oauth::OAuthClient, OAuthError> {
     use bulkhead_store::tenant::oauth::{client_with_secret, ClientAuthMethod};
     let basic = auth.is_some_and(|a| a.basic);
-    let ctx = bulkhead_core::TenantContext::for_system(tenant.id, "oauth");
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
     let mut tx = state
         .store()
         .begin(&ctx, bulkhead_store::Access::ReadOnly)

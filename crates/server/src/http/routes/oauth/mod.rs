@@ -23,11 +23,13 @@
 
 pub mod authorization_code;
 pub mod authorize;
+mod browser;
 pub mod client_auth;
 pub mod client_credentials;
 pub mod discovery;
 pub mod form;
 pub mod introspection;
+mod pages;
 pub mod refresh_token;
 pub mod revocation;
 pub mod token_exchange;
