@@ -58,6 +58,7 @@
 #![warn(missing_docs)]
 
 mod base62;
+pub mod code;
 mod key;
 pub mod master;
 mod operator_key;
@@ -68,6 +69,7 @@ pub mod refresh;
 pub mod signing;
 pub mod token;
 
+pub use code::AuthorizationCode;
 pub use key::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
 pub use master::MasterKey;
 pub use operator_key::{OperatorKey, OPERATOR_KEY_LEN};

@@ -24,6 +24,7 @@ const SIGNING_KEY_INFO: &[u8] = b"bulkhead/v1/signing-key-seal";
 const WEBHOOK_SECRET_INFO: &[u8] = b"bulkhead/v1/webhook-secret-seal";
 const TOOL_SECRET_INFO: &[u8] = b"bulkhead/v1/tool-secret-seal";
 const DATABASE_URL_INFO: &[u8] = b"bulkhead/v1/database-url-seal";
+const CLIENT_SECRET_INFO: &[u8] = b"bulkhead/v1/oauth-client-secret-mac";
 
 /// The operator's master key (`BULKHEAD_MASTER_KEY`, or generated into the embedded data
 /// directory). `Debug` never shows it; zeroized on drop.
@@ -134,6 +135,41 @@ impl MasterKey {
         std::str::from_utf8(&bytes)
             .map(|s| Zeroizing::new(s.to_owned()))
             .map_err(|_| UnsealError)
+    }
+
+    /// HMAC-SHA256 of an OAuth client secret under a key derived for that purpose only, bound
+    /// to the client (`binding`: its tenant and id), so a stored value copied onto another
+    /// client never verifies. What is stored; never the secret.
+    pub fn client_secret_mac(&self, binding: &[u8], secret: &[u8]) -> [u8; 32] {
+        let key = self.mac_key(CLIENT_SECRET_INFO);
+        let mut input = Zeroizing::new(Vec::with_capacity(binding.len() + 1 + secret.len()));
+        input.extend_from_slice(binding);
+        input.push(0);
+        input.extend_from_slice(secret);
+        let tag = ring::hmac::sign(&key, &input);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `secret` is the one whose [`MasterKey::client_secret_mac`] is `stored`
+    /// (constant time).
+    pub fn verify_client_secret(&self, binding: &[u8], secret: &[u8], stored: &[u8]) -> bool {
+        let key = self.mac_key(CLIENT_SECRET_INFO);
+        let mut input = Zeroizing::new(Vec::with_capacity(binding.len() + 1 + secret.len()));
+        input.extend_from_slice(binding);
+        input.push(0);
+        input.extend_from_slice(secret);
+        ring::hmac::verify(&key, &input, stored).is_ok()
+    }
+
+    fn mac_key(&self, info: &'static [u8]) -> ring::hmac::Key {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"bulkhead master key").extract(&self.bytes);
+        let infos = [info];
+        let okm = prk
+            .expand(&infos, ring::hmac::HMAC_SHA256)
+            .expect("an HMAC-SHA256 key length is within HKDF-SHA256's output limit");
+        ring::hmac::Key::from(okm)
     }
 
     fn seal(&self, info: &'static [u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {

@@ -39,29 +39,15 @@ impl fmt::Debug for RefreshToken {
 impl RefreshToken {
     /// A new token for the tenant with this 16-byte id.
     pub fn generate(tenant: [u8; 16]) -> RefreshToken {
-        let mut raw = Zeroizing::new([0u8; 48]);
-        raw[..16].copy_from_slice(&tenant);
-        OsRng.fill_bytes(&mut raw[16..]);
-        let mut text = Zeroizing::new(String::with_capacity(REFRESH_TOKEN_LEN));
-        text.push_str(PREFIX);
-        URL_SAFE_NO_PAD.encode_string(&raw[..], &mut text);
-        RefreshToken { text, tenant }
+        RefreshToken {
+            text: generate_tenant_secret(PREFIX, tenant),
+            tenant,
+        }
     }
 
     /// Strict parse: exact prefix, exact length (checked first), canonical base64url.
     pub fn parse(text: &str) -> Result<RefreshToken, RefreshTokenFormatError> {
-        if text.len() != REFRESH_TOKEN_LEN || !text.starts_with(PREFIX) {
-            return Err(RefreshTokenFormatError);
-        }
-        let mut raw = Zeroizing::new([0u8; 48]);
-        let n = URL_SAFE_NO_PAD
-            .decode_slice(&text.as_bytes()[PREFIX.len()..], &mut *raw)
-            .map_err(|_| RefreshTokenFormatError)?;
-        if n != 48 {
-            return Err(RefreshTokenFormatError);
-        }
-        let mut tenant = [0u8; 16];
-        tenant.copy_from_slice(&raw[..16]);
+        let tenant = parse_tenant_secret(PREFIX, text)?;
         Ok(RefreshToken {
             text: Zeroizing::new(text.to_owned()),
             tenant,
@@ -82,6 +68,39 @@ impl RefreshToken {
     pub fn expose_secret(&self) -> &str {
         &self.text
     }
+}
+
+/// `prefix` ‖ base64url(tenant ‖ 32 random bytes): the shape of refresh tokens and
+/// authorization codes.
+pub(crate) fn generate_tenant_secret(prefix: &str, tenant: [u8; 16]) -> Zeroizing<String> {
+    let mut raw = Zeroizing::new([0u8; 48]);
+    raw[..16].copy_from_slice(&tenant);
+    OsRng.fill_bytes(&mut raw[16..]);
+    let mut text = Zeroizing::new(String::with_capacity(prefix.len() + 64));
+    text.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(&raw[..], &mut text);
+    text
+}
+
+/// The tenant part of what [`generate_tenant_secret`] made with `prefix`. Strict: exact prefix,
+/// exact length (checked first), canonical base64url.
+pub(crate) fn parse_tenant_secret(
+    prefix: &str,
+    text: &str,
+) -> Result<[u8; 16], RefreshTokenFormatError> {
+    if text.len() != prefix.len() + 64 || !text.starts_with(prefix) {
+        return Err(RefreshTokenFormatError);
+    }
+    let mut raw = Zeroizing::new([0u8; 48]);
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(&text.as_bytes()[prefix.len()..], &mut *raw)
+        .map_err(|_| RefreshTokenFormatError)?;
+    if n != 48 {
+        return Err(RefreshTokenFormatError);
+    }
+    let mut tenant = [0u8; 16];
+    tenant.copy_from_slice(&raw[..16]);
+    Ok(tenant)
 }
 
 #[cfg(test)]

@@ -309,6 +309,11 @@ id_kind!(
     OperatorEventId, OperatorEventKind, "opevt"
 );
 
+id_kind!(
+    /// An OAuth client registered in a tenant; its text form is the `client_id`: `oac_…`.
+    OAuthClientId, OAuthClientKind, "oac"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,19 @@ impl OpDoc {
         Self::blank().with(status, response)
     }
 
+    /// Another answer `status` with an HTML page (the OAuth login and consent pages).
+    pub fn with_html(self, status: u16, description: &str) -> Self {
+        let schema: RefOr<Schema> = utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .into();
+        let content = ContentBuilder::new().schema(Some(schema)).build();
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content("text/html", content)
+            .build();
+        self.with(status, response)
+    }
+
     /// Another answer `status` with a JSON body of schema `T`.
     pub fn also<T: ToSchema>(mut self, status: u16, description: &str) -> Self {
         T::collect(&mut self.schemas);

@@ -517,6 +517,13 @@ pub(crate) fn login_context(tenant: &Tenant) -> TenantContext {
     TenantContext::for_system(tenant.id, "login")
 }
 
+/// The context of the OAuth endpoints' own reads in a tenant (a client's registration, the
+/// authorization request's checks): the client or the user authenticates inside the request, so
+/// no resolved credential exists to take it from.
+pub(crate) fn oauth_context(tenant: TenantId) -> TenantContext {
+    TenantContext::for_system(tenant, "oauth")
+}
+
 /// The tenant the host names: `None` without a subdomain signal, 404 for a name that is no
 /// tenant, 503 (audited) when the registry cannot answer.
 pub(crate) async fn host_tenant(state: &AppState, host: &str) -> Result<Option<Tenant>, ApiError> {

@@ -12,6 +12,7 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod move_safety;
+mod oauth_code;
 mod openapi;
 mod operator;
 mod platform;

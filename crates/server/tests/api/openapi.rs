@@ -18,6 +18,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/bulkhead-audit-key"),
     ("POST", "/v1/auth/login"),
+    ("GET", "/oauth/authorize"),
+    ("POST", "/oauth/authorize"),
+    ("POST", "/oauth/authorize/login"),
+    ("GET", "/oauth/style.css"),
 ];
 
 /// Operations no request can make fail with a client error: no parameters, no body, no
@@ -27,6 +31,7 @@ const NO_CLIENT_ERROR: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/bulkhead-audit-key"),
+    ("GET", "/oauth/style.css"),
 ];
 
 const METHODS: &[&str] = &[
@@ -246,7 +251,7 @@ async fn served_routes_is_what_the_router_serves() {
         ("GET", "/v1/nope"),
         ("POST", "/v1/sessions/x/extra"),
         ("GET", "/v1/api-keys/x/y"),
-        ("GET", "/oauth/authorize"),
+        ("GET", "/oauth/authorize/nope"),
         ("GET", "/.well-known/openid-configuration"),
         ("GET", "/v2/sessions"),
     ] {

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod api_keys;
 pub mod jobs;
+pub mod oauth;
 pub mod quotas;
 pub mod rbac;
 pub mod sessions;

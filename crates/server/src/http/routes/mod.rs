@@ -7,6 +7,7 @@ pub mod context;
 pub mod health;
 pub(crate) mod kit;
 pub mod oauth;
+pub mod oauth_clients;
 pub mod openapi;
 pub mod principals;
 pub mod roles;
@@ -26,6 +27,7 @@ pub fn route_table() -> RouteTable {
         .merge(health::routes())
         .merge(openapi::routes())
         .merge(oauth::routes())
+        .merge(oauth_clients::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())

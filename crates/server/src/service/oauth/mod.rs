@@ -15,8 +15,10 @@
 //! inputs it needs and returning [`IssuedTokens`] or a [`GrantError`], beside its HTTP half in
 //! `http/routes/oauth/`.
 
+pub mod authorization_code;
 pub mod client_credentials;
 pub mod introspection;
+pub mod redirect_uri;
 pub mod refresh_token;
 pub mod revocation;
 pub mod token_exchange;

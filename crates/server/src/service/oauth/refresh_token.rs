@@ -32,6 +32,9 @@ pub struct Refresh<'a> {
     pub tenant: TenantId,
     /// The authenticated client, if the caller authenticated. An agent's session needs its key.
     pub client: Option<&'a VerifiedKey>,
+    /// The authenticated OAuth client, if the caller authenticated as one. A session started by
+    /// an authorization code needs its client.
+    pub oauth_client: Option<bulkhead_core::OAuthClientId>,
     /// The `scope` parameter, when sent.
     pub scope: Option<&'a str>,
 }
@@ -57,10 +60,17 @@ pub async fn refresh(
     };
     // An agent's session belongs to its API key: refreshing it needs that key too, so a stolen
     // refresh token alone is not enough, and revoking the key ends its sessions' refreshes.
-    let session_client_ok = match (request.client, found.session.principal_type) {
-        (Some(key), _) => key.key_id.to_string() == found.session.client_id,
-        (None, PrincipalType::User) => true,
-        (None, PrincipalType::Agent) => false,
+    // A session an OAuth client's code started belongs to that client the same way.
+    let session_client_ok = match bulkhead_core::OAuthClientId::parse(&found.session.client_id) {
+        Ok(owner) => request.oauth_client == Some(owner),
+        Err(_) => {
+            request.oauth_client.is_none()
+                && match (request.client, found.session.principal_type) {
+                    (Some(key), _) => key.key_id.to_string() == found.session.client_id,
+                    (None, PrincipalType::User) => true,
+                    (None, PrincipalType::Agent) => false,
+                }
+        }
     };
     if !session_client_ok {
         audit_refresh_failure(&mut tx, Some(&found), "client_mismatch").await?;

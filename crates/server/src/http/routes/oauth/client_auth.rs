@@ -127,3 +127,74 @@ pub(crate) async fn authenticate_client(
     state.verifier().record_use(&key, client_ip);
     Ok((key, tenant))
 }
+
+/// The OAuth client a token request names (HTTP Basic's id, else the body's `client_id`), if it
+/// names one by an `oac_…` id rather than an API key.
+pub(crate) fn named_oauth_client(
+    auth: Option<&ClientAuth>,
+    form: &Form,
+) -> Option<bulkhead_core::OAuthClientId> {
+    let id = match auth.and_then(|a| a.client_id.as_deref()) {
+        Some(id) => id,
+        None => form.get("client_id")?,
+    };
+    bulkhead_core::OAuthClientId::parse(id).ok()
+}
+
+/// Authenticates a registered OAuth client of `tenant` by its registered method: a public client
+/// (`none`) presents no secret at all; a confidential one presents its secret exactly the way it
+/// registered (Basic or body), checked against the stored HMAC in constant time. Another
+/// tenant's client is an unknown one. Every refusal is `invalid_client`, audited.
+pub(crate) async fn authenticate_oauth_client(
+    state: &AppState,
+    tenant: &Tenant,
+    id: bulkhead_core::OAuthClientId,
+    auth: Option<&ClientAuth>,
+) -> Result<bulkhead_store::tenant::oauth::OAuthClient, OAuthError> {
+    use bulkhead_store::tenant::oauth::{client_with_secret, ClientAuthMethod};
+    let basic = auth.is_some_and(|a| a.basic);
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
+    let mut tx = state
+        .store()
+        .begin(&ctx, bulkhead_store::Access::ReadOnly)
+        .await?;
+    let found = match client_with_secret(&mut tx, id).await {
+        Ok(found) => Some(found),
+        Err(bulkhead_store::StoreError::NotFound) => None,
+        Err(err) => return Err(err.into()),
+    };
+    tx.commit().await?;
+    let refused = |reason: &'static str| {
+        AuditLine::failure("auth.failure")
+            .tenant(tenant.id)
+            .actor(id)
+            .with(Detail::Reason, reason)
+            .warn("OAuth client authentication failed");
+        OAuthError::invalid_client(basic)
+    };
+    let Some((client, stored)) = found else {
+        return Err(refused("UnknownClient"));
+    };
+    let ok = match (client.token_endpoint_auth_method, auth, stored) {
+        (ClientAuthMethod::None, None, _) => true,
+        (ClientAuthMethod::ClientSecretBasic, Some(a), Some(stored)) if a.basic => {
+            state.master_key().verify_client_secret(
+                &crate::http::routes::oauth_clients::secret_binding(tenant.id, id),
+                a.secret.as_bytes(),
+                &stored,
+            )
+        }
+        (ClientAuthMethod::ClientSecretPost, Some(a), Some(stored)) if !a.basic => {
+            state.master_key().verify_client_secret(
+                &crate::http::routes::oauth_clients::secret_binding(tenant.id, id),
+                a.secret.as_bytes(),
+                &stored,
+            )
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(refused("ClientAuthenticationFailed"));
+    }
+    Ok(client)
+}

@@ -14,15 +14,22 @@
 //!   [`client_credentials`], [`refresh_token`], [`token_exchange`] (RFC 8693 delegation);
 //! - [`revocation`], [`introspection`], and [`discovery`] (metadata and JWKS).
 //!
-//! A new grant (the authorization-code grant is next) is a new module here beside its service
+//! The authorization-code grant's front door, the authorization endpoint with its login and
+//! consent pages, is [`authorize`]; its token-endpoint half is [`authorization_code`].
+//!
+//! A new grant is a new module here beside its service
 //! module, one arm in the dispatch of `token_inner`, and its name in the metadata's
 //! `grant_types_supported` ([`discovery`]).
 
+pub mod authorization_code;
+pub mod authorize;
+mod browser;
 pub mod client_auth;
 pub mod client_credentials;
 pub mod discovery;
 pub mod form;
 pub mod introspection;
+mod pages;
 pub mod refresh_token;
 pub mod revocation;
 pub mod token_exchange;
@@ -58,8 +65,8 @@ pub fn routes() -> RouteTable {
         .doc(
             OpDoc::ok::<TokenResponse>(200, "Tokens")
                 .summary(
-                    "RFC 6749 token endpoint: `client_credentials`, `refresh_token`, \
-                    and RFC 8693 token exchange.",
+                    "RFC 6749 token endpoint: `authorization_code` (with PKCE), \
+                    `client_credentials`, `refresh_token`, and RFC 8693 token exchange.",
                 )
                 .form::<TokenRequest>()
                 .answer(
@@ -71,6 +78,7 @@ pub fn routes() -> RouteTable {
                 .answer(401, "`invalid_client`")
                 .client_auth(true),
         )
+        .merge(authorize::routes())
         .post("/oauth/revoke", SELF, revocation::revoke)
         .doc(
             OpDoc::empty(200, "Revoked, or nothing to revoke")
@@ -299,6 +307,7 @@ async fn token_inner(
     };
     match form.get("grant_type") {
         None => Err(OAuthError::invalid_request("grant_type is required")),
+        Some("authorization_code") => authorization_code::grant(request).await,
         Some("client_credentials") => client_credentials::grant(request).await,
         Some("refresh_token") => refresh_token::grant(request).await,
         Some(TOKEN_EXCHANGE) => token_exchange::grant(request).await,

@@ -4,7 +4,7 @@
 
 use bulkhead_auth::RefreshToken;
 
-use super::client_auth::authenticate_client;
+use super::client_auth::{authenticate_client, authenticate_oauth_client, named_oauth_client};
 use super::{grant_error, issuer, refresh_tenant, GrantRequest, TokenResponse};
 use crate::http::error::OAuthError;
 use crate::service::oauth::refresh_token::{self, Refresh, INVALID_REFRESH};
@@ -18,7 +18,18 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
     let presented =
         RefreshToken::parse(text).map_err(|_| OAuthError::invalid_grant(INVALID_REFRESH))?;
     let tenant = refresh_tenant(state, &presented, grant.host_tenant).await?;
+    // A session an OAuth client's code started is refreshed by that client only, authenticated
+    // by its registered method (a public client by its id alone, as OAuth 2.1 §4.3 allows).
+    let oauth_client = match named_oauth_client(grant.auth.as_ref(), grant.form) {
+        Some(id) => Some(
+            authenticate_oauth_client(state, &tenant, id, grant.auth.as_ref())
+                .await?
+                .id,
+        ),
+        None => None,
+    };
     let client = match &grant.auth {
+        Some(_) if oauth_client.is_some() => None,
         Some(auth) => Some(
             authenticate_client(state, auth, Some(tenant.clone()), grant.client_ip)
                 .await?
@@ -30,6 +41,7 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
         presented: &presented,
         tenant: tenant.id,
         client: client.as_ref(),
+        oauth_client,
         scope: grant.form.get("scope"),
     };
     let basic = grant.auth.as_ref().is_some_and(|a| a.basic);

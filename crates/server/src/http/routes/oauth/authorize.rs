@@ -1,0 +1,784 @@
+//! The authorization endpoint (OAuth 2.1 §4.1.1) with its login and consent pages, served on the
+//! tenant's subdomain.
+//!
+//! # The request
+//! `GET /oauth/authorize`: `response_type=code` only; PKCE `S256` required (missing or `plain`
+//! refused); `redirect_uri` required and compared exactly with the client's registered ones
+//! (loopback: any port, [`crate::service::oauth::redirect_uri`]); `state` echoed; `iss` in every
+//! authorization response (RFC 9207). Until the client and its redirect URI are known good,
+//! every refusal is an error page, never a redirect. A parameter given twice is refused.
+//!
+//! # The pages
+//! Server-rendered (askama: the templates are compiled into the binary and escape by default),
+//! without any script, under `default-src 'none'; style-src 'self'; form-action 'self';
+//! frame-ancestors 'none'; base-uri 'none'`. The authorization request travels in hidden fields
+//! and is checked again, whole, on every POST. A browser session is a `__Host-` cookie (Secure,
+//! HttpOnly, SameSite=Lax, Path=/) whose SHA-256 is stored; every form carries a CSRF token
+//! derived from the cookie's value and compared in constant time. A login replaces the session
+//! with a new one (new cookie value), so a planted session id is worth nothing after it.
+//!
+//! # Leaving for the client
+//! Chrome applies `form-action` to the redirects that follow a form POST, so answering the
+//! consent POST with a cross-origin 302 would be blocked under `form-action 'self'`. The consent
+//! POST (and any refusal after it) therefore answers 200 with a small page that navigates by
+//! `<meta http-equiv="refresh">` and a plain link; the CSP stays `form-action 'self'` everywhere.
+//! Only `GET /oauth/authorize` itself redirects (303) to the client, with an error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use askama::Template;
+
+use super::browser::{
+    anonymous_session, cookie_hash, cookie_value, csrf_matches, csrf_token, find_session,
+    new_cookie_value, set_cookie, SESSION_SECS,
+};
+use super::pages::{
+    error_page, html, items, page, page_headers, stylesheet, ConsentPage, LoginPage, RedirectPage,
+};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::{OAuthClientId, ScopeSet, UserId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
+use bulkhead_store::tenant::oauth::{self as store_oauth, OAuthClient};
+use bulkhead_store::{Access, StoreError};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::http::apidoc::OpDoc;
+use crate::http::authz::{RouteAccess, RouteTable};
+use crate::http::error::ApiError;
+use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin};
+use crate::http::state::AppState;
+use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
+use crate::service::oauth::redirect_uri;
+
+/// The authorization request's parameters, carried through the pages.
+const REQUEST_PARAMS: [&str; 7] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
+/// Most parameters a request or form may carry.
+const MAX_PARAMS: usize = 24;
+/// Longest query or form accepted.
+const MAX_INPUT: usize = 16 * 1024;
+
+/// The routes: the pages authenticate the user themselves (no credential in front).
+pub fn routes() -> RouteTable {
+    const SELF: RouteAccess = RouteAccess::SelfAuthenticating;
+    RouteTable::tagged("oauth")
+        .get("/oauth/authorize", SELF, authorize)
+        .doc(
+            html(200, "The login or the consent page")
+                .summary(
+                    "OAuth 2.1 authorization endpoint (authorization code with PKCE S256), \
+                    on the tenant's subdomain.",
+                )
+                .answer(
+                    303,
+                    "Back to the client's redirect URI with an error, `state` and `iss`",
+                )
+                .with_html(
+                    400,
+                    "An error page: the client or redirect URI cannot be trusted",
+                ),
+        )
+        .post("/oauth/authorize", SELF, consent)
+        .doc(
+            html(
+                200,
+                "A page that returns to the client with a code (or an error)",
+            )
+            .summary("The consent form's answer.")
+            .with_html(400, "An error page")
+            .with_html(
+                403,
+                "An error page: the session or CSRF token is missing or wrong",
+            ),
+        )
+        .post("/oauth/authorize/login", SELF, login)
+        .doc(
+            html(
+                200,
+                "Signed in: the consent page, under a new session cookie",
+            )
+            .summary("The login form of the authorization endpoint.")
+            .with_html(401, "The login page again: wrong email or password")
+            .with_html(
+                403,
+                "An error page: the session or CSRF token is missing or wrong",
+            )
+            .with_html(429, "The login page again: too many failed logins"),
+        )
+        .get("/oauth/style.css", RouteAccess::Public, stylesheet)
+        .doc(
+            OpDoc::inline(
+                200,
+                "The pages' stylesheet",
+                "text/css",
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .into(),
+            )
+            .summary("The stylesheet of the login and consent pages."),
+        )
+}
+
+// ------------------------------------------------------------------------------------------------
+// Parameters.
+
+/// Parameters of a query or form, each at most once (except those in `repeatable`).
+struct Params {
+    single: HashMap<String, Zeroizing<String>>,
+    repeated: Vec<String>,
+}
+
+impl Params {
+    fn parse(input: &[u8], repeatable: Option<&str>) -> Result<Params, &'static str> {
+        if input.len() > MAX_INPUT {
+            return Err("The request is too large.");
+        }
+        let mut single = HashMap::new();
+        let mut repeated = Vec::new();
+        for (count, (name, value)) in form_urlencoded::parse(input).enumerate() {
+            if count >= MAX_PARAMS {
+                return Err("The request has too many parameters.");
+            }
+            if Some(name.as_ref()) == repeatable {
+                repeated.push(value.into_owned());
+                continue;
+            }
+            if single
+                .insert(name.into_owned(), Zeroizing::new(value.into_owned()))
+                .is_some()
+            {
+                return Err("A parameter of the request is repeated.");
+            }
+        }
+        Ok(Params { single, repeated })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.single
+            .get(name)
+            .map(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The authorization request's parameters, to carry in hidden fields.
+    fn request_fields(&self) -> Vec<(&'static str, &str)> {
+        REQUEST_PARAMS
+            .iter()
+            .filter_map(|name| self.get(name).map(|v| (*name, v)))
+            .collect()
+    }
+}
+
+/// An authorization request whose client and redirect URI are known good.
+struct Valid {
+    tenant: Tenant,
+    client: OAuthClient,
+    redirect_uri: String,
+    state: Option<String>,
+    code_challenge: String,
+    requested: ScopeSet,
+}
+
+/// Why a request is refused: on a page (the redirect URI is not trusted), or back to the client.
+enum Refusal {
+    Page(StatusCode, String, &'static str),
+    Client(Box<Back>),
+}
+
+/// An answer for the client at its (trusted) redirect URI.
+struct Back {
+    tenant: Tenant,
+    client_name: String,
+    redirect_uri: String,
+    params: Vec<(&'static str, String)>,
+}
+
+impl Back {
+    fn error(
+        valid_part: (&Tenant, &OAuthClient, &str, Option<&str>),
+        error: &'static str,
+        description: &str,
+        issuer: &str,
+    ) -> Back {
+        let (tenant, client, redirect_uri, state) = valid_part;
+        let mut params = vec![
+            ("error", error.to_owned()),
+            ("error_description", description.to_owned()),
+        ];
+        if let Some(state) = state {
+            params.push(("state", state.to_owned()));
+        }
+        params.push(("iss", issuer.to_owned()));
+        Back {
+            tenant: tenant.clone(),
+            client_name: client.name.clone(),
+            redirect_uri: redirect_uri.to_owned(),
+            params,
+        }
+    }
+
+    fn target(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in &self.params {
+            query.append_pair(name, value);
+        }
+        let separator = if self.redirect_uri.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{separator}{}", self.redirect_uri, query.finish())
+    }
+
+    fn host(&self) -> String {
+        url::Url::parse(&self.redirect_uri)
+            .ok()
+            .and_then(|u| {
+                u.host_str().map(|h| match u.port() {
+                    Some(port) => format!("{h}:{port}"),
+                    None => h.to_owned(),
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// A 303 to the client (from `GET /oauth/authorize` only: no form is involved).
+    fn redirect(&self) -> Response {
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(location) = HeaderValue::from_str(&self.target()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        page_headers(response.headers_mut());
+        response
+    }
+
+    /// The page that returns to the client after a form POST (see the module doc).
+    fn page(&self, message: &str) -> Response {
+        let target = self.target();
+        page(
+            StatusCode::OK,
+            RedirectPage {
+                tenant: self.tenant.slug.as_str(),
+                client_name: &self.client_name,
+                redirect_host: &self.host(),
+                target: &target,
+                message,
+            }
+            .render(),
+        )
+    }
+}
+
+fn issuer(state: &AppState) -> &str {
+    &state.config().tokens.issuer
+}
+
+/// The tenant of the host, active; else the page to show.
+async fn page_tenant(state: &AppState, headers: &HeaderMap) -> Result<Tenant, Response> {
+    let host = crate::http::resolve::request_host(headers);
+    match crate::http::resolve::host_tenant(state, host).await {
+        Ok(Some(tenant)) if tenant.status == TenantStatus::Active => Ok(tenant),
+        Ok(Some(tenant)) => Err(error_page(
+            StatusCode::FORBIDDEN,
+            tenant.slug.as_str(),
+            "This organisation is suspended.",
+        )),
+        Ok(None) => Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "Bulkhead",
+            "Open this page through your organisation's own address.",
+        )),
+        Err(ApiError::Unavailable) => Err(error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Bulkhead",
+            "The service is temporarily unavailable. Try again shortly.",
+        )),
+        Err(_) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            "Bulkhead",
+            "No organisation is served at this address.",
+        )),
+    }
+}
+
+/// Checks the whole authorization request: the client and redirect URI first (refusals on a
+/// page), then everything else (refusals back to the client).
+async fn check_request(
+    state: &AppState,
+    tenant: &Tenant,
+    params: &Params,
+) -> Result<Valid, Refusal> {
+    let slug = tenant.slug.as_str().to_owned();
+    let unknown_client = || {
+        Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            slug.clone(),
+            "The application that sent you here is not registered with this organisation.",
+        )
+    };
+    let client_id = params
+        .get("client_id")
+        .and_then(|id| OAuthClientId::parse(id).ok())
+        .ok_or_else(unknown_client)?;
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
+    let client = async {
+        let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
+        let client = store_oauth::get_client(&mut tx, client_id).await;
+        tx.commit().await?;
+        client
+    }
+    .await;
+    // Another tenant's client is exactly an unknown one.
+    let client = match client {
+        Ok(client) => client,
+        Err(StoreError::NotFound) => return Err(unknown_client()),
+        Err(_) => {
+            return Err(Refusal::Page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                slug,
+                "The service is temporarily unavailable. Try again shortly.",
+            ))
+        }
+    };
+    let redirect_uri = params
+        .get("redirect_uri")
+        .and_then(|presented| {
+            redirect_uri::matching(&client.redirect_uris, presented).map(|_| presented.to_owned())
+        })
+        .ok_or(Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            slug,
+            "The application asked to return to an address it has not registered.",
+        ))?;
+    let state_param = params.get("state").map(str::to_owned);
+    let back = |error: &'static str, description: &str| {
+        Refusal::Client(Box::new(Back::error(
+            (tenant, &client, &redirect_uri, state_param.as_deref()),
+            error,
+            description,
+            issuer(state),
+        )))
+    };
+    if params.get("response_type") != Some("code") {
+        return Err(back(
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        ));
+    }
+    let Some(code_challenge) = params.get("code_challenge") else {
+        return Err(back(
+            "invalid_request",
+            "PKCE is required: send code_challenge with S256",
+        ));
+    };
+    if params.get("code_challenge_method") != Some("S256") {
+        return Err(back(
+            "invalid_request",
+            "code_challenge_method must be S256",
+        ));
+    }
+    if !bulkhead_auth::code::is_s256_challenge(code_challenge) {
+        return Err(back(
+            "invalid_request",
+            "code_challenge is not an S256 challenge",
+        ));
+    }
+    let allowed = client.scope_set();
+    let requested = match params.get("scope") {
+        None => allowed,
+        Some(text) => match crate::service::tokens::parse_scope_param(text) {
+            Ok(requested) if allowed.is_superset(&requested) => requested,
+            _ => {
+                return Err(back(
+                    "invalid_scope",
+                    "a requested scope is unknown or not allowed for this client",
+                ))
+            }
+        },
+    };
+    Ok(Valid {
+        tenant: tenant.clone(),
+        code_challenge: code_challenge.to_owned(),
+        state: state_param.clone(),
+        redirect_uri: redirect_uri.clone(),
+        requested,
+        client,
+    })
+}
+
+fn unavailable(tenant: &Tenant) -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        tenant.slug.as_str(),
+        "The service is temporarily unavailable. Try again shortly.",
+    )
+}
+
+fn refusal_page(refusal: Refusal, after_post: bool) -> Response {
+    match refusal {
+        Refusal::Page(status, slug, message) => error_page(status, &slug, message),
+        Refusal::Client(back) if after_post => back.page("The request could not be completed."),
+        Refusal::Client(back) => back.redirect(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Handlers.
+
+async fn authorize(State(state): State<AppState>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let tenant = match page_tenant(&state, &headers).await {
+        Ok(tenant) => tenant,
+        Err(page) => return page,
+    };
+    let query = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
+    let params = match Params::parse(&query, None) {
+        Ok(params) => params,
+        Err(message) => return error_page(StatusCode::BAD_REQUEST, tenant.slug.as_str(), message),
+    };
+    let valid = match check_request(&state, &tenant, &params).await {
+        Ok(valid) => valid,
+        Err(refusal) => return refusal_page(refusal, false),
+    };
+    let existing = match cookie_value(&headers) {
+        Some(cookie) => match find_session(&state, &tenant, &cookie).await {
+            Ok(found) => found.map(|s| (cookie, s)),
+            Err(_) => return unavailable(&tenant),
+        },
+        None => None,
+    };
+    match existing {
+        Some((cookie, session)) => match session.user_id {
+            Some(user) => consent_page(&state, &valid, &params, &cookie, user).await,
+            None => login_page(&valid, &params, &cookie, "", None, StatusCode::OK),
+        },
+        None => {
+            let cookie = match anonymous_session(&state, &tenant).await {
+                Ok(cookie) => cookie,
+                Err(_) => return unavailable(&tenant),
+            };
+            let mut response = login_page(&valid, &params, &cookie, "", None, StatusCode::OK);
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, set_cookie(&cookie));
+            response
+        }
+    }
+}
+
+fn login_page(
+    valid: &Valid,
+    params: &Params,
+    cookie: &str,
+    email: &str,
+    problem: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let csrf = csrf_token(cookie);
+    page(
+        status,
+        LoginPage {
+            tenant: valid.tenant.slug.as_str(),
+            client_name: &valid.client.name,
+            csrf: &csrf,
+            hidden: params.request_fields(),
+            email,
+            problem,
+        }
+        .render(),
+    )
+}
+
+async fn consent_page(
+    state: &AppState,
+    valid: &Valid,
+    params: &Params,
+    cookie: &str,
+    user: UserId,
+) -> Response {
+    let ctx = crate::http::resolve::login_context(&valid.tenant);
+    let looked_up = async {
+        let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
+        let grantable = authorization_code::user_grantable(&mut tx, user).await?;
+        let record = bulkhead_store::tenant::users::get(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>((grantable, record.email))
+    }
+    .await;
+    let (grantable, email) = match looked_up {
+        Ok((Some(grantable), email)) => (grantable, email),
+        // Disabled (or gone) since the login: sign in again.
+        Ok((None, _)) | Err(StoreError::NotFound) => {
+            return login_page(valid, params, cookie, "", None, StatusCode::OK)
+        }
+        Err(_) => return unavailable(&valid.tenant),
+    };
+    let offered = valid.requested.intersection(&grantable);
+    let withheld: ScopeSet = ScopeSet::parse_all(
+        valid
+            .requested
+            .to_strings()
+            .into_iter()
+            .filter(|s| !offered.to_strings().contains(s)),
+    )
+    .unwrap_or_default();
+    let csrf = csrf_token(cookie);
+    let back = Back::error(
+        (
+            &valid.tenant,
+            &valid.client,
+            &valid.redirect_uri,
+            valid.state.as_deref(),
+        ),
+        "access_denied",
+        "",
+        issuer(state),
+    );
+    page(
+        StatusCode::OK,
+        ConsentPage {
+            tenant: valid.tenant.slug.as_str(),
+            client_name: &valid.client.name,
+            user_email: &email,
+            redirect_host: &back.host(),
+            csrf: &csrf,
+            hidden: params.request_fields(),
+            offered: items(&offered),
+            withheld: items(&withheld),
+        }
+        .render(),
+    )
+}
+
+/// Reads a form POST of the pages: the tenant, the body (`application/x-www-form-urlencoded`),
+/// the request checked again, and the session cookie with its CSRF token.
+async fn form_post(
+    state: &AppState,
+    request: Request,
+    repeatable: Option<&str>,
+) -> Result<(Tenant, Params, Valid, String, Option<UserId>, HeaderMap), Response> {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let tenant = page_tenant(state, &headers).await?;
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let body = axum::body::to_bytes(body, MAX_INPUT).await;
+    let (true, Ok(body)) = (is_form, body) else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            tenant.slug.as_str(),
+            "The form could not be read.",
+        ));
+    };
+    let params = Params::parse(&body, repeatable)
+        .map_err(|message| error_page(StatusCode::BAD_REQUEST, tenant.slug.as_str(), message))?;
+    let valid = check_request(state, &tenant, &params)
+        .await
+        .map_err(|refusal| refusal_page(refusal, true))?;
+    let expired = || {
+        error_page(
+            StatusCode::FORBIDDEN,
+            tenant.slug.as_str(),
+            "This form has expired or did not come from this site.",
+        )
+    };
+    let Some(cookie) = cookie_value(&headers) else {
+        return Err(expired());
+    };
+    if !csrf_matches(&cookie, params.get("csrf")) {
+        return Err(expired());
+    }
+    let session = find_session(state, &tenant, &cookie)
+        .await
+        .map_err(|_| unavailable(&tenant))?
+        .ok_or_else(expired)?;
+    Ok((tenant, params, valid, cookie, session.user_id, headers))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (tenant, params, valid, cookie, _user, headers) =
+        match form_post(&state, request, None).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
+    let email = params.get("email").unwrap_or_default().to_owned();
+    let password = params.get("password").unwrap_or_default().to_owned();
+    let client_ip = super::request_ip(&state, peer, &headers);
+    let checked = check_password(&state, &tenant, &email, password, client_ip).await;
+    let PasswordLogin { user, mut tx, .. } = match checked {
+        Ok(checked) => checked,
+        Err(ApiError::InvalidLogin) => {
+            return login_page(
+                &valid,
+                &params,
+                &cookie,
+                &email,
+                Some("Wrong email or password."),
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+        Err(ApiError::LoginThrottled(wait)) => {
+            let mut response = login_page(
+                &valid,
+                &params,
+                &cookie,
+                &email,
+                Some("Too many failed attempts. Wait a moment, then try again."),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
+        Err(_) => return unavailable(&tenant),
+    };
+    // A new session (a new cookie value) for the signed-in user; the old one is gone, so a
+    // session id planted before the login is worth nothing after it.
+    let now = state.clock().now();
+    let fresh = new_cookie_value();
+    let replaced = async {
+        if let Some(old) =
+            store_oauth::find_browser_session(&mut tx, &cookie_hash(&cookie), now).await?
+        {
+            store_oauth::delete_browser_session(&mut tx, old.id, now, 64).await?;
+        }
+        store_oauth::create_browser_session(
+            &mut tx,
+            &cookie_hash(&fresh),
+            Some(user.id),
+            now,
+            now + chrono::Duration::seconds(SESSION_SECS),
+        )
+        .await?;
+        audit::record(
+            &mut tx,
+            "auth.login",
+            Some(&user.id.to_string()),
+            Outcome::Success,
+            json!({ "via": "oauth_authorize", "client_id": valid.client.id }),
+        )
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if replaced.is_err() {
+        return unavailable(&tenant);
+    }
+    audit_login(&tenant, "success", "ok", Some(user.id));
+    // The consent page at once, under the new session (its CSRF token is the new cookie's).
+    let mut response = consent_page(&state, &valid, &params, &fresh, user.id).await;
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&fresh));
+    response
+}
+
+async fn consent(State(state): State<AppState>, request: Request) -> Response {
+    let (tenant, params, valid, cookie, user, _headers) =
+        match form_post(&state, request, Some("grant")).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
+    let Some(user) = user else {
+        // Not signed in (the session is the login form's): show the login page.
+        return login_page(&valid, &params, &cookie, "", None, StatusCode::OK);
+    };
+    let back = |error: &'static str, description: &str| {
+        Back::error(
+            (
+                &valid.tenant,
+                &valid.client,
+                &valid.redirect_uri,
+                valid.state.as_deref(),
+            ),
+            error,
+            description,
+            issuer(&state),
+        )
+    };
+    if params.get("decision") != Some("allow") {
+        let ctx = crate::http::resolve::login_context(&tenant);
+        let recorded = async {
+            let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+            audit::record(
+                &mut tx,
+                "oauth.authorize",
+                Some(&valid.client.id.to_string()),
+                Outcome::Failure,
+                json!({ "reason": "user_denied", "user_id": user }),
+            )
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        if recorded.is_err() {
+            return unavailable(&tenant);
+        }
+        return back("access_denied", "the user denied the request").page("You denied access.");
+    }
+    let Ok(ticked) = ScopeSet::parse_all(&params.repeated) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            tenant.slug.as_str(),
+            "The form names an unknown permission.",
+        );
+    };
+    let consented = Consented {
+        tenant: tenant.id,
+        client: &valid.client,
+        redirect_uri: &valid.redirect_uri,
+        code_challenge: &valid.code_challenge,
+        user,
+        ticked: &ticked,
+        requested: &valid.requested,
+    };
+    match authorization_code::issue_code(state.store(), state.clock(), &consented).await {
+        Ok((code, _granted)) => {
+            let mut answer = Back {
+                tenant: tenant.clone(),
+                client_name: valid.client.name.clone(),
+                redirect_uri: valid.redirect_uri.clone(),
+                params: vec![("code", code.expose_secret().to_owned())],
+            };
+            if let Some(state_param) = &valid.state {
+                answer.params.push(("state", state_param.clone()));
+            }
+            answer.params.push(("iss", issuer(&state).to_owned()));
+            answer.page("Access allowed.")
+        }
+        Err(ConsentError::NothingGranted) => back(
+            "access_denied",
+            "nothing requested may be granted by this user",
+        )
+        .page("Nothing was granted."),
+        Err(ConsentError::Store(_)) => unavailable(&tenant),
+    }
+}

@@ -1,0 +1,313 @@
+//! The authorization-code grant (OAuth 2.1 §4.1) with PKCE: issuing a code once the user has
+//! consented, and exchanging it at the token endpoint.
+//!
+//! A code is good once, for [`CODE_LIFETIME_SECS`], for exactly the client, redirect URI, PKCE
+//! challenge, user and scopes it was issued with; only its SHA-256 is stored. Its exchange
+//! starts an auth session (the existing refresh-token family, so refresh rotation and reuse
+//! detection apply unchanged) whose `client_id` is the OAuth client's id: a refresh of it needs
+//! that client. A code presented again after its exchange ends that session, so every token
+//! issued from the code stops working (OAuth 2.1 §4.1.3), audited as
+//! `security.authorization_code_reuse` in the same transaction.
+
+use std::net::IpAddr;
+
+use bulkhead_auth::code::pkce_s256_matches;
+use bulkhead_auth::{AuthorizationCode, RefreshToken};
+use bulkhead_core::{Clock, ScopeSet, TenantContext, TenantId, UserId};
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tenant::oauth::{self, NewCode, OAuthClient};
+use bulkhead_store::tenant::tokens::{self, EndReason, NewAuthSession, PrincipalType};
+use bulkhead_store::tenant::users::{self, UserStatus};
+use bulkhead_store::{Access, Store, StoreError, TenantTx};
+use serde_json::json;
+
+use super::{GrantError, IssuedTokens, Issuer};
+use crate::service::audit_line::{AuditLine, Detail};
+use crate::service::auth_sessions::{end_audited, Ending};
+use crate::service::tokens::Grant;
+
+/// How long a code is good for.
+pub const CODE_LIFETIME_SECS: i64 = 60;
+
+/// The one description of every refused code: the answer must not say which check failed.
+pub const INVALID_CODE: &str = "the authorization code is invalid, expired or already used";
+
+/// What a user may grant now: its stored scopes ∩ its roles' permissions; `None` if the user is
+/// missing or disabled.
+pub async fn user_grantable(
+    tx: &mut TenantTx,
+    user: UserId,
+) -> Result<Option<ScopeSet>, StoreError> {
+    let record = match users::get(tx, user).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    if record.status != UserStatus::Active {
+        return Ok(None);
+    }
+    let Some(stored) = record.scopes else {
+        return Ok(None);
+    };
+    let held = bulkhead_store::tenant::rbac::permissions_of(
+        tx,
+        bulkhead_store::tenant::rbac::Principal::User(user),
+    )
+    .await?;
+    Ok(held.map(|held| stored.intersection(&held)))
+}
+
+/// A consented authorization request.
+#[derive(Debug)]
+pub struct Consented<'a> {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The client, as registered.
+    pub client: &'a OAuthClient,
+    /// The redirect URI the code goes to (matched against the registered ones).
+    pub redirect_uri: &'a str,
+    /// The S256 challenge.
+    pub code_challenge: &'a str,
+    /// The user.
+    pub user: UserId,
+    /// What the user ticked, before the server's own cut.
+    pub ticked: &'a ScopeSet,
+    /// What the client asked for.
+    pub requested: &'a ScopeSet,
+}
+
+/// Why a consent produced no code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    /// The user may not grant anything asked (disabled since the page, or nothing held).
+    #[error("nothing may be granted")]
+    NothingGranted,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Issues a code for what the user may grant of what was ticked: ticked ∩ requested ∩ the
+/// client's scopes ∩ the user's current permissions. Audited as `oauth.authorize`.
+pub async fn issue_code(
+    store: &Store,
+    clock: &Clock,
+    consented: &Consented<'_>,
+) -> Result<(AuthorizationCode, ScopeSet), ConsentError> {
+    let ctx = TenantContext::for_system(consented.tenant, "oauth");
+    let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
+    let grantable = user_grantable(&mut tx, consented.user)
+        .await?
+        .unwrap_or_default();
+    let granted = consented
+        .ticked
+        .intersection(consented.requested)
+        .intersection(&consented.client.scope_set())
+        .intersection(&grantable);
+    if granted.is_empty() {
+        audit::record(
+            &mut tx,
+            "oauth.authorize",
+            Some(&consented.client.id.to_string()),
+            Outcome::Failure,
+            json!({ "reason": "nothing_granted", "user_id": consented.user }),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(ConsentError::NothingGranted);
+    }
+    let now = clock.now();
+    let code = AuthorizationCode::generate(*consented.tenant.uuid().as_bytes());
+    oauth::insert_code(
+        &mut tx,
+        &NewCode {
+            code_hash: code.hash(),
+            client_id: consented.client.id,
+            redirect_uri: consented.redirect_uri,
+            code_challenge: consented.code_challenge,
+            user_id: consented.user,
+            scopes: &granted,
+            now,
+            expires_at: now + chrono::Duration::seconds(CODE_LIFETIME_SECS),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        "oauth.authorize",
+        Some(&consented.client.id.to_string()),
+        Outcome::Success,
+        json!({
+            "user_id": consented.user,
+            "redirect_uri": consented.redirect_uri,
+            "requested": consented.requested.to_strings(),
+            "granted": granted.to_strings(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((code, granted))
+}
+
+/// A token request with `grant_type=authorization_code` from an authenticated client.
+#[derive(Debug)]
+pub struct CodeExchange<'a> {
+    /// The tenant the code names (active, the host's when the host names one).
+    pub tenant: TenantId,
+    /// The presented code.
+    pub code: &'a AuthorizationCode,
+    /// The client, authenticated by its registered method.
+    pub client: &'a OAuthClient,
+    /// The `redirect_uri` parameter.
+    pub redirect_uri: &'a str,
+    /// The `code_verifier` parameter.
+    pub code_verifier: &'a str,
+    /// The caller's address.
+    pub client_ip: Option<IpAddr>,
+    /// The caller's `User-Agent`.
+    pub user_agent: Option<&'a str>,
+}
+
+fn invalid() -> GrantError {
+    GrantError::InvalidGrant(INVALID_CODE.into())
+}
+
+/// Exchanges a code: checks it, starts its auth session and mints the tokens, audited as
+/// `auth.token_issue` whether granted or refused.
+pub async fn exchange(
+    issuer: Issuer<'_>,
+    request: &CodeExchange<'_>,
+) -> Result<IssuedTokens, GrantError> {
+    let tenant = request.tenant;
+    let ctx = TenantContext::for_system(tenant, "oauth");
+    let now = issuer.clock.now();
+    let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
+    let Some(code) = oauth::find_code_for_update(&mut tx, &request.code.hash()).await? else {
+        return refused(tx, request, "unknown_code").await;
+    };
+    if let Some(used_at) = code.used_at {
+        // A code presented again: whoever holds it, what it was exchanged for is compromised.
+        if let Some(session) = code.session_id {
+            let ending = Ending {
+                reason: EndReason::ReuseDetected,
+                action: "security.authorization_code_reuse",
+                outcome: Outcome::Blocked,
+                meta: json!({
+                    "client_id": request.client.id,
+                    "user_id": code.user_id,
+                    "used_at": used_at,
+                }),
+            };
+            end_audited(issuer.tokens, issuer.clock, &mut tx, session, ending).await?;
+            tx.commit().await?;
+            issuer.tokens.deny_session_locally(tenant, session);
+            AuditLine::blocked("security.authorization_code_reuse")
+                .tenant(tenant)
+                .actor(request.client.id)
+                .with(Detail::Resource, session)
+                .warn("authorization code reuse: the tokens issued from it are revoked");
+            return Err(invalid());
+        }
+        return refused(tx, request, "code_reused").await;
+    }
+    if code.client_id != request.client.id {
+        return refused(tx, request, "client_mismatch").await;
+    }
+    if code.expires_at <= now {
+        return refused(tx, request, "code_expired").await;
+    }
+    if code.redirect_uri != request.redirect_uri {
+        return refused(tx, request, "redirect_uri_mismatch").await;
+    }
+    if !pkce_s256_matches(request.code_verifier, &code.code_challenge) {
+        return refused(tx, request, "pkce_mismatch").await;
+    }
+    // What the code carries, cut to what the user and the client may hold now.
+    let Some(grantable) = user_grantable(&mut tx, code.user_id).await? else {
+        return refused(tx, request, "user_inactive").await;
+    };
+    let scopes = code
+        .scopes
+        .clone()
+        .unwrap_or_default()
+        .intersection(&request.client.scope_set())
+        .intersection(&grantable);
+    if scopes.is_empty() {
+        return refused(tx, request, "nothing_granted").await;
+    }
+    let policy = tokens::token_policy(&mut tx).await?;
+    let subject = code.user_id.to_string();
+    let client_id = request.client.id.to_string();
+    let (session, refresh): (_, RefreshToken) = crate::service::auth_sessions::start(
+        &mut tx,
+        &NewAuthSession {
+            principal_type: PrincipalType::User,
+            principal_id: &subject,
+            client_id: &client_id,
+            scopes: &scopes,
+            now,
+            absolute: chrono::Duration::seconds(i64::from(policy.session_absolute_seconds)),
+            idle: chrono::Duration::seconds(i64::from(policy.session_idle_seconds)),
+            client_ip: request.client_ip,
+            user_agent: request.user_agent,
+        },
+    )
+    .await?;
+    oauth::mark_code_used(&mut tx, code.id, now, session.id).await?;
+    let issued = issuer
+        .tokens
+        .issue(&Grant {
+            tenant_id: tenant,
+            subject: &subject,
+            human: true,
+            client_id: &client_id,
+            scopes: &scopes,
+            session_id: Some(session.id),
+            act: None,
+            resource_prefix: None,
+            not_after: None,
+            delegated_from: Vec::new(),
+            allowed_networks: Vec::new(),
+            derived_keys: Vec::new(),
+        })
+        .map_err(|_| GrantError::Unavailable)?;
+    audit::record(
+        &mut tx,
+        "auth.token_issue",
+        Some(&issued.claims.jti),
+        Outcome::Success,
+        json!({
+            "grant_type": "authorization_code",
+            "client_id": client_id,
+            "user_id": subject,
+            "scope": issued.claims.scope,
+            "session_id": session.id.to_string(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(IssuedTokens {
+        access: issued,
+        refresh: Some(refresh),
+        scopes,
+        session_id: Some(session.id),
+    })
+}
+
+/// A refused exchange: its `auth.token_issue` failure event is committed before the answer.
+async fn refused(
+    mut tx: TenantTx,
+    request: &CodeExchange<'_>,
+    reason: &str,
+) -> Result<IssuedTokens, GrantError> {
+    audit::record(
+        &mut tx,
+        "auth.token_issue",
+        Some(&request.client.id.to_string()),
+        Outcome::Failure,
+        json!({ "grant_type": "authorization_code", "reason": reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    Err(invalid())
+}
