@@ -23,7 +23,7 @@
 //! how much. Failures whose tenant is unknown (no subdomain, unknown key) stay `tracing` events
 //! only: there is no tenant log to put them in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -424,14 +424,8 @@ impl Sequencer {
         checkpoint: bool,
     ) -> Result<SequencerRun, StoreError> {
         let tenants = self.every_tenant().await?;
-        self.run_for(
-            tenants,
-            sweep,
-            checkpoint,
-            &mut HashSet::new(),
-            &mut Vec::new(),
-        )
-        .await
+        self.run_for(tenants, sweep, checkpoint, &mut Vec::new())
+            .await
     }
 
     async fn every_tenant(&self) -> Result<Vec<TenantId>, StoreError> {
@@ -444,16 +438,13 @@ impl Sequencer {
             .collect())
     }
 
-    /// One pass over `tenants`, as [`Sequencer::run_once`]. Keeps `unsigned`, the tenants whose
-    /// tree grew since their last checkpoint, up to date: a tenant sequenced without
-    /// `checkpoint` joins it when its tree grew, one checkpointed leaves it. The tenants that
-    /// failed are added to `failed`.
+    /// One pass over `tenants`, as [`Sequencer::run_once`]; the tenants that failed are added
+    /// to `failed`.
     async fn run_for(
         &self,
         tenants: Vec<TenantId>,
         sweep: Sweep,
         checkpoint: bool,
-        unsigned: &mut HashSet<TenantId>,
         failed: &mut Vec<TenantId>,
     ) -> Result<SequencerRun, StoreError> {
         use futures::StreamExt as _;
@@ -474,11 +465,6 @@ impl Sequencer {
                 Ok((appended, signed)) => {
                     run.appended += appended;
                     run.checkpoints += u64::from(signed);
-                    if checkpoint {
-                        unsigned.remove(&tenant);
-                    } else if appended > 0 {
-                        unsigned.insert(tenant);
-                    }
                 }
                 Err(err) => {
                     tracing::warn!(tenant_id = %tenant, error = %err, "audit sequencing failed for a tenant");
@@ -515,23 +501,20 @@ impl Sequencer {
         Ok((appended, signed))
     }
 
-    /// Runs until `shutdown` turns true. The first pass is a full sweep of every tenant; after
-    /// it, a pass every `interval` visits only the tenants announced on the audit channel since
-    /// the last one (an insert into `audit_events` announces its tenant at commit, migration
-    /// 0026), and every tenant again after the listener reconnects (announcements made while it
-    /// was away are lost) and at every full sweep. Visiting every tenant every second cost about
-    /// a millisecond of database time per tenant and pass, written or not (issue 25). Checkpoints
-    /// are signed every `checkpoint_every` for the tenants whose tree grew since, and for every
-    /// tenant at a full sweep.
+    /// Runs until `shutdown` turns true. A pass every `interval` visits the tenants whose
+    /// transactions through this process's store committed audit events since the last pass
+    /// ([`Store::take_audited_tenants`]); every `checkpoint_every` a pass visits every tenant
+    /// (events other processes wrote: the CLI, another server) and signs a checkpoint where a
+    /// tree grew; every `full_sweep_every` (and first) a full sweep of every tenant. Visiting
+    /// every tenant every second cost a transaction per tenant and pass, written or not: with
+    /// 302 idle tenants 38-40 % of a core (issue 25). An announcement through the database
+    /// (NOTIFY) was tried and dropped: PostgreSQL serializes the commits of every notifying
+    /// transaction in the cluster, and nearly every write audits.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!("audit sequencer started");
-        let announced = Announced::default();
-        let listener = tokio::spawn(listen_written(self.store.clone(), announced.clone()));
         let start = tokio::time::Instant::now();
-        let mut next_checkpoint = start + self.checkpoint_every;
+        let mut next_everyone = start + self.checkpoint_every;
         let mut next_full = start;
-        // Tenants whose tree grew since their last checkpoint.
-        let mut unsigned: HashSet<TenantId> = HashSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -540,34 +523,28 @@ impl Sequencer {
             let full = now >= next_full;
             if full {
                 next_full = now + self.full_sweep_every;
+                next_everyone = now + self.checkpoint_every;
             }
-            let checkpoint = now >= next_checkpoint;
-            if checkpoint {
-                next_checkpoint = now + self.checkpoint_every;
+            let everyone = full || now >= next_everyone;
+            if everyone && !full {
+                next_everyone = now + self.checkpoint_every;
             }
-            let (everyone, mut tenants) = announced.take();
+            let announced = self.store.take_audited_tenants();
             let sweep = if full { Sweep::Full } else { Sweep::Recent };
-            let visit = if full || everyone {
-                self.every_tenant().await
-            } else {
-                if checkpoint {
-                    tenants.extend(unsigned.iter().copied());
-                }
-                Ok(tenants.into_iter().collect())
-            };
-            // A full sweep signs for every tenant whose tree differs from its last checkpoint
-            // (one may have none yet); a checkpoint pass for every tenant it visits.
             let mut failed = Vec::new();
-            let outcome = match visit {
-                Ok(visit) => {
-                    self.run_for(visit, sweep, full || checkpoint, &mut unsigned, &mut failed)
-                        .await
+            let outcome = if everyone {
+                match self.every_tenant().await {
+                    Ok(tenants) => self.run_for(tenants, sweep, true, &mut failed).await,
+                    Err(err) => {
+                        // Visited at the next pass instead.
+                        self.store.return_audited_tenants(announced);
+                        next_everyone = now;
+                        Err(err)
+                    }
                 }
-                Err(err) => {
-                    // The tenant list was unreadable: every tenant, next time.
-                    announced.everyone();
-                    Err(err)
-                }
+            } else {
+                self.run_for(announced.into_iter().collect(), sweep, false, &mut failed)
+                    .await
             };
             match outcome {
                 Ok(run) if run.appended > 0 => {
@@ -577,15 +554,10 @@ impl Sequencer {
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "audit sequencing failed; will retry");
-                    // The tenants that failed are visited again next time (only they: a
-                    // dedicated database that stays unreachable must not bring back a pass over
-                    // every tenant every second).
-                    for tenant in failed {
-                        announced.add(tenant);
-                    }
-                    if full {
-                        next_full = now;
-                    }
+                    // Only the tenants that failed are visited again at the next pass: one
+                    // database that stays unreachable must not bring back a pass over every
+                    // tenant every second.
+                    self.store.return_audited_tenants(failed);
                 }
             }
             tokio::select! {
@@ -593,68 +565,7 @@ impl Sequencer {
                 _ = shutdown.changed() => {}
             }
         }
-        listener.abort();
         tracing::info!("audit sequencer stopped");
-    }
-}
-
-/// The tenants announced on the audit channel since the sequencer last looked, and whether it
-/// must look at every tenant (its listener has just (re)connected, or the tenant list was
-/// unreadable).
-#[derive(Debug, Clone, Default)]
-struct Announced(Arc<Mutex<(bool, HashSet<TenantId>)>>);
-
-impl Announced {
-    fn add(&self, tenant: TenantId) {
-        self.lock().1.insert(tenant);
-    }
-
-    fn everyone(&self) {
-        self.lock().0 = true;
-    }
-
-    /// Takes what was announced, leaving nothing.
-    fn take(&self) -> (bool, HashSet<TenantId>) {
-        std::mem::take(&mut *self.lock())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, HashSet<TenantId>)> {
-        // The state is a flag and a set: a panic elsewhere cannot leave it half-changed.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Feeds `announced` from the audit channel until aborted. Every time it (re)starts listening it
-/// asks for a pass over every tenant: what was announced before it listened is not heard.
-async fn listen_written(store: Store, announced: Announced) {
-    loop {
-        match store.listen_audit_written().await {
-            Ok(mut listener) => {
-                announced.everyone();
-                loop {
-                    // `try_recv`, not `recv`: after a lost connection `recv` reconnects without a
-                    // word, and what was announced meanwhile is gone; `None` says so.
-                    match listener.try_recv().await {
-                        Ok(Some(note)) => match uuid::Uuid::parse_str(note.payload()) {
-                            Ok(id) => announced.add(TenantId::from_uuid(id)),
-                            // Only the trigger and the store's forward write this channel; a
-                            // payload that is not a tenant id costs a pass over everyone.
-                            Err(_) => announced.everyone(),
-                        },
-                        Ok(None) => announced.everyone(),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "audit listener failed; reconnecting");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "audit listener could not start; every tenant is visited meanwhile");
-                announced.everyone();
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -1516,10 +1516,10 @@ async fn the_audit_streams_secret_and_messages_need_audit_read() {
 }
 
 /// Issue 25 (found measuring 100 tenants at once): the sequencer visited every tenant every
-/// second, written or not. It now visits the tenants whose inserts announced them at commit,
-/// from every tier (a dedicated database's announcement is forwarded by the store). With the
-/// full sweep an hour away and the listener connected, an event is sequenced promptly only if
-/// its announcement arrived.
+/// second, written or not. It now visits the tenants whose transactions through its store
+/// committed audit events, in every tier. With the full sweep an hour away and the pass over
+/// every tenant a minute away, an event is sequenced within seconds only if its commit told the
+/// sequencer.
 #[tokio::test]
 async fn the_sequencer_takes_announced_events_promptly_in_every_tier() {
     use bulkhead_server::service::audit_log::Sequencer;
@@ -1583,10 +1583,10 @@ async fn the_sequencer_takes_announced_events_promptly_in_every_tier() {
     let mut sequencer = Sequencer::new(store.clone(), bulkhead_audit::LogSigningKey::generate());
     sequencer.interval = Duration::from_millis(200);
     sequencer.full_sweep_every = Duration::from_secs(3600);
+    sequencer.checkpoint_every = Duration::from_secs(60);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(sequencer.run(stopped));
-    // The start-up passes (the full sweep; every tenant once the listener is up) take the
-    // onboarding events.
+    // The start-up pass (a full sweep) takes the onboarding events.
     all_sequenced(Duration::from_secs(20))
         .await
         .expect("onboarding events sequenced at start");

@@ -542,17 +542,3 @@ pub async fn consistency_proof(
         proof: plan.resolve(&nodes).map_err(tree_error)?,
     }))
 }
-
-impl crate::Store {
-    /// Listens on the registry database for tenants that wrote audit events
-    /// ([`crate::placement::door::AUDIT_WRITTEN_CHANNEL`], payload the tenant's UUID): every
-    /// insert into `audit_events` announces its tenant there at commit, from whatever database
-    /// the tenant lives in. The sequencer visits only the announced tenants between full passes.
-    pub async fn listen_audit_written(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
-        listener
-            .listen(crate::placement::door::AUDIT_WRITTEN_CHANNEL)
-            .await?;
-        Ok(listener)
-    }
-}

@@ -258,6 +258,7 @@ pub async fn record_event_with_id(
     )
     .execute(tx.conn())
     .await?;
+    tx.mark_audited();
     Ok(id)
 }
 
@@ -292,5 +293,6 @@ pub async fn record_batch(
     .bind(&metadata)
     .execute(tx.conn())
     .await?;
+    tx.mark_audited();
     Ok(ids)
 }

@@ -30,7 +30,13 @@ pub struct Store {
     router: Arc<Router>,
     // Connections in use per tenant (crate::placement::gate).
     gate: Arc<crate::placement::gate::TenantGate>,
+    // Tenants whose transactions through this store committed audit events since the sequencer
+    // last took them ([`Store::take_audited_tenants`]).
+    audited: AuditedTenants,
 }
+
+/// The tenants of committed transactions that wrote audit events, shared by a store's clones.
+type AuditedTenants = Arc<std::sync::Mutex<std::collections::HashSet<TenantId>>>;
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -110,7 +116,25 @@ impl Store {
         Self {
             router: Arc::new(Router::new(topology)),
             gate: Arc::new(crate::placement::gate::TenantGate::new(cap, wait)),
+            audited: AuditedTenants::default(),
         }
+    }
+
+    /// Takes the tenants whose transactions through this store (and its clones) committed audit
+    /// events since the last call. The audit sequencer visits them instead of every tenant; a
+    /// process that writes events sequences them itself, and events written by other processes
+    /// wait for its periodic pass over every tenant.
+    pub fn take_audited_tenants(&self) -> std::collections::HashSet<TenantId> {
+        std::mem::take(&mut *self.audited.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts tenants back for the next [`Store::take_audited_tenants`] (a pass that failed on
+    /// them).
+    pub fn return_audited_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
+        self.audited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(tenants);
     }
 
     /// The same store with another cap on transactions one tenant may hold open at once.
@@ -214,6 +238,7 @@ impl Store {
                     }
                     Ok(mut tx) => {
                         tx.gate = Some(permit);
+                        tx.audited_tenants = Some(self.audited.clone());
                         tx.registry = Some(self.router.topology.registry.clone());
                         tx.forward = !self.router.shares_registry_database(&location);
                         return Ok(tx);
@@ -274,11 +299,6 @@ impl Store {
 /// webhook repository ([`crate::tenant::webhooks`]) listens and notifies on it.
 pub const WEBHOOK_DUE_CHANNEL: &str = "bulkhead_webhooks";
 
-/// The NOTIFY channel on which an insert into `audit_events` announces its tenant (payload: the
-/// tenant's UUID; migration 0026), so that the audit sequencer visits only tenants with new
-/// events. Forwarded like [`WEBHOOK_DUE_CHANNEL`].
-pub const AUDIT_WRITTEN_CHANNEL: &str = "bulkhead_audit";
-
 /// One open transaction for one tenant. Dropping it without [`TenantTx::commit`] rolls back.
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
@@ -290,6 +310,10 @@ pub struct TenantTx {
     // and, when it is not this transaction's database (`forward`), notifications are forwarded
     // there after commit (every process listens there). None inside onboarding's registry tx.
     pub(crate) registry: Option<PgPool>,
+    // Set when this transaction inserts audit events; on commit its tenant joins the store's
+    // `audited` set (None outside [`Store::begin`]: those events wait for the periodic pass).
+    audited: bool,
+    audited_tenants: Option<AuditedTenants>,
     forward: bool,
     forwarded: Vec<(&'static str, String)>,
     // The tenant's connection permit (crate::placement::gate), released when the transaction ends.
@@ -358,6 +382,8 @@ impl TenantTx {
             request_id: ctx.request_id(),
             location: location.clone(),
             registry: None,
+            audited: false,
+            audited_tenants: None,
             forward: false,
             forwarded: Vec::new(),
             gate: None,
@@ -388,6 +414,12 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Notes that this transaction inserted audit events: on commit the store tells the audit
+    /// sequencer of this process ([`Store::take_audited_tenants`]).
+    pub(crate) fn mark_audited(&mut self) {
+        self.audited = true;
+    }
+
     /// The tenant this transaction is for; queries also filter on it explicitly.
     pub fn tenant_id(&self) -> TenantId {
         self.tenant
@@ -412,23 +444,23 @@ impl TenantTx {
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         if self.forward && self.registry.is_some() {
-            // The webhook due trigger (migration 0021) and the audit trigger (0026) notified
-            // this database, where no worker listens: carry the wake-ups to the registry's.
-            let (due, audited): (Option<String>, Option<String>) = sqlx::query_as(
-                "SELECT current_setting('bulkhead.webhook_due', true), \
-                 current_setting('bulkhead.audit_written', true)",
-            )
-            .fetch_one(&mut *self.tx)
-            .await?;
+            // The webhook due trigger (migration 0021) notified this database, where no worker
+            // listens: carry the wake-up to the registry's.
+            let due: Option<String> =
+                sqlx::query_scalar("SELECT current_setting('bulkhead.webhook_due', true)")
+                    .fetch_one(&mut *self.tx)
+                    .await?;
             if due.as_deref() == Some("on") {
                 self.forwarded.push((WEBHOOK_DUE_CHANNEL, String::new()));
             }
-            if audited.as_deref() == Some("on") {
-                self.forwarded
-                    .push((AUDIT_WRITTEN_CHANNEL, self.tenant.uuid().to_string()));
-            }
         }
         self.tx.commit().await?;
+        if let (true, Some(audited)) = (self.audited, &self.audited_tenants) {
+            audited
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(self.tenant);
+        }
         if let (true, Some(registry)) = (self.forward, &self.registry) {
             // After the commit, so no listener acts on a change that did not happen. A lost
             // forward (the registry unreachable now) leaves caches stale only until their
