@@ -566,7 +566,12 @@ impl From<crate::service::tenants::TenantChangeError> for ApiError {
                 ApiError::Conflict(err.to_string())
             }
             TenantChangeError::Store(err) => err.into(),
-            TenantChangeError::Dedicated(err) => ApiError::Invalid(format!("{err:#}").into()),
+            // The driver's text (host reachable? port open? TLS?) would make the server a
+            // network probe for the caller: the detail is logged, the answer is generic.
+            TenantChangeError::Dedicated(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "dedicated database registration failed");
+                ApiError::Invalid("the dedicated database could not be registered".into())
+            }
         }
     }
 }

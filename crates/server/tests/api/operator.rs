@@ -247,6 +247,60 @@ async fn an_operator_key_on_the_socket_onboards_a_tenant_whose_admin_key_then_wo
     op.stop().await;
 }
 
+/// A `tenants:write` key cannot name a dedicated database: the server would connect to it and
+/// store an app URL carrying the serving role's password, which later connections would send
+/// to the caller's host. Refused with a pointer to the CLI, before anything is created.
+#[tokio::test]
+async fn the_operator_api_refuses_dedicated_tenants_and_database_urls() {
+    let app = spawn_app().await;
+    let op = app.spawn_operator().await;
+    let (_, key) = operator_key(&op, &["tenants:read", "tenants:write"]).await;
+    // Loopback only (tests never leave the host); port 1 answers nothing.
+    let url = "postgres://me:pw@127.0.0.1:1/evil_db";
+    for body in [
+        json!({ "slug": "evil-a", "name": "Evil", "tier": "dedicated", "database_url": url }),
+        json!({ "slug": "evil-b", "name": "Evil", "tier": "dedicated" }),
+        json!({ "slug": "evil-c", "name": "Evil", "database_url": url }),
+        json!({ "slug": "evil-d", "name": "Evil", "tier": "schema", "database_name": "evil_db" }),
+    ] {
+        let (status, problem) = op
+            .request(
+                Method::POST,
+                "/operator/v1/tenants",
+                Some(&key),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("bulkhead tenant create --tier dedicated"),
+            "{body}: {problem}"
+        );
+        assert!(!detail.contains("127.0.0.1"), "{problem}");
+    }
+    // Nothing was created: no tenant, no registered database.
+    let (status, page) = op
+        .request(Method::GET, "/operator/v1/tenants", Some(&key), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"].as_array().unwrap().len(), 0, "{page}");
+    let su = sqlx::PgPool::connect_with(app.db.superuser_options.clone())
+        .await
+        .unwrap();
+    let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM bulkhead.tenant_databases")
+        .fetch_one(&su)
+        .await
+        .unwrap();
+    assert_eq!(registered, 0);
+    su.close().await;
+    op.stop().await;
+}
+
 /// Every operator route with its path parameters filled in.
 fn operator_paths() -> Vec<(Method, String)> {
     route_table()

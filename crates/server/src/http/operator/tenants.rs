@@ -7,13 +7,14 @@ use axum::{Extension, Json};
 use bulkhead_core::id::TenantKind;
 use bulkhead_core::TenantId;
 use bulkhead_store::placement::registry::{Plan, Tenant, TenantFilter, TenantStatus};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::OperatorState;
 use crate::http::error::ApiError;
 use crate::http::routes::kit::page::{into_page, ListQuery};
 use crate::service::operators::OperatorContext;
-use crate::service::tenants::{self, DedicatedDatabase, TenantRequest};
+use crate::service::tenants::{self, TenantRequest};
 
 /// `POST /operator/v1/tenants`.
 #[derive(Debug, Deserialize)]
@@ -27,13 +28,22 @@ pub(super) struct CreateTenant {
     region: String,
     #[serde(default = "default_tier")]
     tier: String,
-    /// Tier `dedicated`: the database's owner URL (stored sealed).
+    /// Accepted only to be refused with [`DEDICATED_REFUSED`] rather than a bare "unknown field":
+    /// a dedicated database is never named through this API.
     #[serde(default)]
-    database_url: Option<String>,
-    /// Tier `dedicated`: its registry name.
+    database_url: Option<IgnoredAny>,
+    /// As `database_url`.
     #[serde(default)]
-    database_name: Option<String>,
+    database_name: Option<IgnoredAny>,
 }
+
+/// Why the API never onboards a dedicated tenant: the server would connect to a URL the caller
+/// chose and store an app URL carrying the serving role's password, which later connections
+/// would send to that host. Naming a database is an owner-access operator's act, on the CLI.
+const DEDICATED_REFUSED: &str = "dedicated tenants are not onboarded through the operator API: an \
+     operator with owner access runs `bulkhead tenant create --tier dedicated` naming a database \
+     the operator controls; this API takes tier shared or schema and no database_url or \
+     database_name";
 
 fn default_plan() -> String {
     "standard".into()
@@ -58,16 +68,17 @@ pub(super) async fn create(
     Extension(ctx): Extension<OperatorContext>,
     Json(body): Json<CreateTenant>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
+    // Refused before anything is touched, whatever else the body says.
+    if body.tier == "dedicated" || body.database_url.is_some() || body.database_name.is_some() {
+        return Err(ApiError::Invalid(DEDICATED_REFUSED.into()));
+    }
     let request = TenantRequest {
         slug: body.slug,
         name: body.name,
         plan: body.plan,
         region: body.region,
         tier: body.tier,
-        dedicated: body.database_url.map(|owner_url| DedicatedDatabase {
-            owner_url,
-            name: body.database_name,
-        }),
+        dedicated: None,
     };
     let app = state.app();
     let onboarded = tenants::create(
