@@ -866,3 +866,184 @@ async fn authlib_completes_the_flow_with_pkce() {
     let read = call(&app, "acme", access, Method::GET, "/v1/sessions", None).await;
     assert_eq!(read.status(), StatusCode::OK);
 }
+
+/// Changing or deleting a client is a grant of every scope it holds: a `keys:manage` admin
+/// lacking one cannot point its redirect URIs at their own host (then phish an owner through the
+/// genuine consent page), rename it, or delete it.
+#[tokio::test]
+async fn changing_a_client_needs_every_scope_it_holds() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let strong = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "Admin console",
+            "redirect_uris": ["https://console.example/cb"],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["roles:manage", "users:write"],
+        }),
+    )
+    .await;
+    let weak = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "Reader",
+            "redirect_uris": ["https://reader.example/cb"],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["sessions:read"],
+        }),
+    )
+    .await;
+    let (manager, _) = crate::helpers::keys::mint_key(
+        &app,
+        &acme,
+        json!({ "scopes": ["keys:manage", "sessions:read"] }),
+    )
+    .await;
+    let strong_path = format!("/v1/oauth-clients/{}", strong["id"].as_str().unwrap());
+    let weak_path = format!("/v1/oauth-clients/{}", weak["id"].as_str().unwrap());
+
+    for body in [
+        json!({ "redirect_uris": ["https://attacker.example/cb"] }),
+        json!({ "name": "Renamed" }),
+        json!({ "scopes": ["sessions:read"] }),
+    ] {
+        let refused = call_as(&app, &manager, Method::PATCH, &strong_path, Some(body)).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+    let refused = call_as(&app, &manager, Method::DELETE, &strong_path, None).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let unchanged: Value = call_as(&app, &acme, Method::GET, &strong_path, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unchanged["name"], "Admin console");
+    assert_eq!(
+        unchanged["redirect_uris"],
+        json!(["https://console.example/cb"])
+    );
+    assert_eq!(unchanged["scopes"].as_array().unwrap().len(), 2);
+    assert!(audit_events(&app, &acme, "oauth_client.update")
+        .await
+        .is_empty());
+
+    // Within the manager's scopes, both succeed.
+    let changed = call_as(
+        &app,
+        &manager,
+        Method::PATCH,
+        &weak_path,
+        Some(json!({ "redirect_uris": ["https://reader2.example/cb"], "name": "Reader 2" })),
+    )
+    .await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!(
+        changed["redirect_uris"],
+        json!(["https://reader2.example/cb"])
+    );
+    let deleted = call_as(&app, &manager, Method::DELETE, &weak_path, None).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+}
+
+/// Narrowing a client's scopes ends its sessions: a refresh would otherwise keep the old scopes.
+#[tokio::test]
+async fn narrowing_a_client_ends_its_sessions() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    let client = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "Desktop assistant",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["sessions:read", "sessions:write"],
+        }),
+    )
+    .await;
+    let client_id = client["id"].as_str().unwrap();
+    let path = format!("/v1/oauth-clients/{client_id}");
+    let redirect = "http://127.0.0.1:49152/callback";
+    let authorize = authorize_path(client_id, redirect, "sessions:read sessions:write", &[]);
+    let mut browser = Browser::new(&app, "acme");
+    let html = sign_in(&mut browser, &authorize, "ada@acme.example").await;
+    let mut allow = form_fields(&html);
+    allow.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &allow).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let (_, back) = returned(&answer.text().await.unwrap());
+    let code = param(&back, "code").unwrap().to_owned();
+    let granted = token(
+        &app,
+        "acme",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", client_id),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(granted.status(), StatusCode::OK);
+    let tokens: Value = granted.json().await.unwrap();
+    assert_eq!(tokens["scope"], "sessions:read sessions:write");
+    let refresh = |rt: String| {
+        let app = &app;
+        async move {
+            token(
+                app,
+                "acme",
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &rt),
+                    ("client_id", client_id),
+                ],
+            )
+            .await
+        }
+    };
+
+    // A change that does not narrow (a rename, the same scopes) leaves the session alive.
+    let renamed = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &path,
+        Some(json!({ "name": "Renamed", "scopes": ["sessions:write", "sessions:read"] })),
+    )
+    .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let rotated = refresh(tokens["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated: Value = rotated.json().await.unwrap();
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+
+    let narrowed = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &path,
+        Some(json!({ "scopes": ["sessions:read"] })),
+    )
+    .await;
+    assert_eq!(narrowed.status(), StatusCode::OK);
+    let dead = refresh(rotated["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(dead.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        dead.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+    let after = call(&app, "acme", &access, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    let updates = audit_events(&app, &acme, "oauth_client.update").await;
+    assert_eq!(updates.len(), 2);
+    assert!(updates
+        .iter()
+        .any(|e| e.to_string().contains("\"sessions_ended\":1")));
+}

@@ -168,6 +168,23 @@ pub async fn get_client(tx: &mut TenantTx, id: OAuthClientId) -> Result<OAuthCli
     Ok(client_from_row(row))
 }
 
+/// One client, its row locked until the transaction ends (a change checked against its
+/// current scopes cannot race another change of them).
+pub async fn get_client_for_update(
+    tx: &mut TenantTx,
+    id: OAuthClientId,
+) -> Result<OAuthClient, StoreError> {
+    let tenant = tx.tenant_id();
+    let row: ClientRow = sqlx::query_as(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+    ))
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(client_from_row(row))
+}
+
 /// One client with its secret's HMAC (for client authentication only).
 pub async fn client_with_secret(
     tx: &mut TenantTx,

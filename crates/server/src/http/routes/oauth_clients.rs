@@ -7,13 +7,14 @@
 //! ([`bulkhead_auth::MasterKey::client_secret_mac`]). Its `scopes` are the most it may ever be
 //! granted; each must be held by the admin registering it (no escalation), and confined or
 //! delegated credentials register and change nothing (a client outlives the token). Managing
-//! clients needs `keys:manage`: a client is a credential, like an API key. Deleting one ends every
-//! auth session its grants started.
+//! clients needs `keys:manage`: a client is a credential, like an API key, so changing or
+//! deleting one also needs every scope it holds now. Deleting one, or narrowing its scopes, ends
+//! every auth session its grants started.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::id::OAuthClientKind;
-use bulkhead_core::{OAuthClientId, Scope, ScopeSet};
+use bulkhead_core::{AuthSessionId, OAuthClientId, Scope, ScopeSet};
 use bulkhead_store::tenant::oauth::{self, ClientAuthMethod, NewClient, OAuthClient};
 use bulkhead_store::tenant::tokens::EndReason;
 use serde::{Deserialize, Serialize};
@@ -66,8 +67,8 @@ pub fn routes() -> RouteTable {
             OpDoc::ok::<OAuthClient>(200, "The client")
                 .body::<UpdateClient>()
                 .forbidden(
-                    "A scope the caller does not hold itself, or a delegated or \
-                    prefix-confined credential",
+                    "A scope the caller does not hold itself (new or held by the client), \
+                    or a delegated or prefix-confined credential",
                 )
                 .invalid("An invalid name, redirect URI or scope"),
         )
@@ -254,30 +255,89 @@ async fn update_client(
         check_redirect_uris(uris)?;
     }
     let scopes = body.scopes.as_deref().map(check_scopes).transpose()?;
-    check_may_grant(
-        ctx,
-        scopes.as_ref().unwrap_or(&ScopeSet::default()),
-        "oauth-client",
-    )?;
-    let client = tx::write(&state, ctx, async |tx| {
+    if let Some(scopes) = &scopes {
+        check_may_grant(ctx, scopes, "oauth-client")?;
+    }
+    let (client, ended) = tx::write(&state, ctx, async |tx| {
+        let current = may_change(ctx, tx, id).await?;
+        // Narrowing ends the client's sessions: a refresh keeps the scopes its family was
+        // granted, so only new grants would see the narrower ceiling.
+        let narrows = scopes
+            .as_ref()
+            .is_some_and(|new| !new.is_superset(&current));
         let client =
             oauth::update_client(tx, id, name, body.redirect_uris.as_deref(), scopes.as_ref())
                 .await?;
+        let ended = if narrows {
+            end_sessions_of(&state, tx, id).await?
+        } else {
+            Vec::new()
+        };
         let meta = json!({
             "name_changed": name.is_some(),
             "redirect_uris": body.redirect_uris,
             "scopes": scopes.as_ref().map(ScopeSet::to_strings),
+            "sessions_ended": ended.len(),
         });
-        Ok((client, Tail::new().audit("oauth_client.update", id, meta)))
+        Ok((
+            (client, ended),
+            Tail::new().audit("oauth_client.update", id, meta),
+        ))
     })
     .await?;
+    deny_locally(&state, ctx, ended);
     Ok(axum::Json(client))
+}
+
+/// Locks the client and checks the caller holds every scope it holds now: changing a client
+/// (even its name or redirect URIs) or deleting it is a grant of those scopes, as with an API
+/// key. Returns its current scopes; a stored name this binary does not know refuses (fail closed).
+async fn may_change(
+    ctx: &bulkhead_core::TenantContext,
+    tx: &mut bulkhead_store::TenantTx,
+    id: OAuthClientId,
+) -> Result<ScopeSet, ApiError> {
+    let current = oauth::get_client_for_update(tx, id).await?;
+    let scopes = ScopeSet::parse_all(&current.scopes)
+        .map_err(|_| ApiError::Invalid("stored scopes".into()))?;
+    check_may_grant(ctx, &scopes, "oauth-client")?;
+    Ok(scopes)
+}
+
+/// Ends every live auth session the client's grants started, in the caller's transaction.
+async fn end_sessions_of(
+    state: &AppState,
+    tx: &mut bulkhead_store::TenantTx,
+    id: OAuthClientId,
+) -> Result<Vec<AuthSessionId>, ApiError> {
+    let sessions = oauth::live_sessions_of_client(tx, id).await?;
+    for session in &sessions {
+        crate::service::auth_sessions::end(
+            state.tokens(),
+            state.clock(),
+            tx,
+            *session,
+            EndReason::Revoked,
+        )
+        .await?;
+    }
+    Ok(sessions)
+}
+
+/// After the commit: refuses the ended sessions' tokens on this node at once.
+fn deny_locally(state: &AppState, ctx: &bulkhead_core::TenantContext, ended: Vec<AuthSessionId>) {
+    for session in ended {
+        state
+            .tokens()
+            .deny_session_locally(ctx.tenant_id(), session);
+    }
 }
 
 async fn delete_client(at: ById<OAuthClientKind>) -> Result<StatusCode, ApiError> {
     let ById { state, tenant, id } = at;
     let ctx = &tenant.0;
     let ended = tx::write(&state, ctx, async |tx| {
+        may_change(ctx, tx, id).await?;
         let sessions = oauth::live_sessions_of_client(tx, id).await?;
         oauth::delete_client(tx, id).await?;
         for session in &sessions {
@@ -294,10 +354,6 @@ async fn delete_client(at: ById<OAuthClientKind>) -> Result<StatusCode, ApiError
         Ok((sessions, Tail::new().audit("oauth_client.delete", id, meta)))
     })
     .await?;
-    for session in ended {
-        state
-            .tokens()
-            .deny_session_locally(ctx.tenant_id(), session);
-    }
+    deny_locally(&state, ctx, ended);
     Ok(StatusCode::NO_CONTENT)
 }
