@@ -171,6 +171,7 @@ pub async fn resend(
     // The message must exist in this tenant (404 otherwise, like any other id).
     get_message(tx, message).await?;
     require_attempt_room(tx).await?;
+    tx.mark_webhook_due();
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $3, locked_until = NULL, updated_at = now() \
@@ -194,6 +195,7 @@ pub async fn recover(
     let tenant = tx.tenant_id();
     get_endpoint(tx, endpoint).await?;
     require_attempt_room(tx).await?;
+    tx.mark_webhook_due();
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $4, locked_until = NULL, updated_at = now() \
@@ -539,6 +541,8 @@ pub async fn pause_deliveries(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
+    // Due again only after `not_before`, normally; marked anyway in case it has passed.
+    tx.mark_webhook_due();
     sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, paused = true, \
          next_attempt_at = greatest(next_attempt_at, $3), updated_at = now() \
@@ -566,7 +570,7 @@ pub async fn resume_paused_deliveries(tx: &mut TenantTx) -> Result<u64, StoreErr
     .execute(tx.conn())
     .await?;
     // Also for deliveries that fell due while the tenant was suspended (never claimed).
-    tx.notify(WEBHOOK_DUE_CHANNEL, String::new()).await?;
+    tx.mark_webhook_due();
     Ok(done.rows_affected())
 }
 
@@ -646,6 +650,10 @@ pub async fn finish_delivery(
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
+    if status == "pending" {
+        // A deferral or retry due at once makes the delivery due again.
+        tx.mark_webhook_due();
+    }
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = $3, \
          attempts = attempts + CASE WHEN $5 THEN 1 ELSE 0 END, \
