@@ -16,7 +16,7 @@
 //! that arrive while one is being sent into the next.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
@@ -34,11 +34,16 @@ pub(crate) struct DueWakeups {
     remote: Arc<RemoteWake>,
     // Where every process listens (the registry's database).
     registry: PgPool,
-    sender: OnceLock<()>,
+    // The sending task, started by the first announcement on the runtime it came from, and
+    // started again if that runtime has gone (a store may outlive one runtime in tests and
+    // embedders).
+    sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct RemoteWake {
     pending: AtomicBool,
+    // Set when the store is dropped: the task ends instead of holding the pool.
+    closed: AtomicBool,
     kick: Notify,
 }
 
@@ -48,10 +53,11 @@ impl DueWakeups {
             local: watch::Sender::new(0),
             remote: Arc::new(RemoteWake {
                 pending: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
                 kick: Notify::new(),
             }),
             registry,
-            sender: OnceLock::new(),
+            sender: Mutex::new(None),
         }
     }
 
@@ -66,27 +72,38 @@ impl DueWakeups {
         if !self.remote.pending.swap(true, Ordering::AcqRel) {
             self.remote.kick.notify_one();
         }
-        self.sender.get_or_init(|| {
-            // The sending task starts with the first announcement, so a store used only
-            // outside a runtime's reach never needs one.
+        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        if sender.as_ref().is_none_or(|task| task.is_finished()) {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(send_remote(self.registry.clone(), self.remote.clone()));
+                    *sender = Some(
+                        runtime.spawn(send_remote(self.registry.clone(), self.remote.clone())),
+                    );
                 }
                 Err(_) => tracing::warn!(
                     "no async runtime: other processes learn of due webhook deliveries by polling"
                 ),
             }
-        });
+        }
+    }
+}
+
+impl Drop for DueWakeups {
+    fn drop(&mut self) {
+        self.remote.closed.store(true, Ordering::Release);
+        self.remote.kick.notify_one();
     }
 }
 
 /// Sends `NOTIFY bulkhead_webhooks` to the registry's database whenever announcements are
 /// pending: one at a time, so a burst of commits costs one or two notifications. Ends with the
-/// pool. A failed send is logged and dropped: other processes still poll.
+/// store or the pool. A failed send is logged and dropped: other processes still poll.
 async fn send_remote(registry: PgPool, remote: Arc<RemoteWake>) {
     loop {
         remote.kick.notified().await;
+        if remote.closed.load(Ordering::Acquire) {
+            return;
+        }
         while remote.pending.swap(false, Ordering::AcqRel) {
             if registry.is_closed() {
                 return;
