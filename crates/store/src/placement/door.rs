@@ -33,6 +33,8 @@ pub struct Store {
     // Tenants whose transactions through this store committed audit events since the sequencer
     // last took them ([`Store::take_audited_tenants`]).
     audited: AuditedTenants,
+    // Wakes dispatchers after commits that made webhook deliveries due (crate::placement::wake).
+    wakeups: Arc<crate::placement::wake::DueWakeups>,
 }
 
 /// The tenants of committed transactions that wrote audit events, shared by a store's clones.
@@ -57,9 +59,15 @@ impl fmt::Debug for Store {
 // database's setting), and custom plans, so that a list's optional filters
 // (`$4::text IS NULL OR state = $4`) are planned with their values and use their indexes
 // instead of a generic plan that can use none.
-fn enter_statement(schema: &str, access: Access) -> String {
+//
+// `wake_after_commit`: the webhook due trigger marks the transaction instead of sending `NOTIFY`
+// (migration 0030); the store wakes the dispatchers after the commit (crate::placement::wake).
+fn enter_statement(schema: &str, access: Access, wake_after_commit: bool) -> String {
     let read_only = match access {
         Access::ReadOnly => ", set_config('transaction_read_only', 'on', true)",
+        Access::ReadWrite if wake_after_commit => {
+            ", set_config('bulkhead.webhook_wake', 'after_commit', true)"
+        }
         Access::ReadWrite => "",
     };
     let lock = match access {
@@ -113,11 +121,22 @@ impl Store {
             topology.registry.options().get_max_connections(),
         );
         let wait = topology.registry.options().get_acquire_timeout();
+        let wakeups = Arc::new(crate::placement::wake::DueWakeups::new(
+            topology.registry.clone(),
+        ));
         Self {
             router: Arc::new(Router::new(topology)),
             gate: Arc::new(crate::placement::gate::TenantGate::new(cap, wait)),
             audited: AuditedTenants::default(),
+            wakeups,
         }
+    }
+
+    /// Changes after every commit through this store (and its clones) that made webhook
+    /// deliveries due: the in-process wake-up of a dispatcher sharing the store. Other
+    /// processes' commits arrive by `NOTIFY` ([`Store::listen_webhook_due`]).
+    pub fn webhook_due_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wakeups.subscribe()
     }
 
     /// Takes the tenants whose transactions through this store (and its clones) committed audit
@@ -224,7 +243,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                match TenantTx::enter(tx, ctx, access, &location).await {
+                match TenantTx::enter_waking_after_commit(tx, ctx, access, &location).await {
                     Err(StoreError::LocationMismatch) if !fresh => {
                         self.router.forget(tenant);
                         fresh = true;
@@ -239,6 +258,7 @@ impl Store {
                     Ok(mut tx) => {
                         tx.gate = Some(permit);
                         tx.audited_tenants = Some(self.audited.clone());
+                        tx.wakeups = Some(self.wakeups.clone());
                         tx.registry = Some(self.router.topology.registry.clone());
                         tx.forward = !self.router.shares_registry_database(&location);
                         return Ok(tx);
@@ -294,10 +314,7 @@ impl Store {
     }
 }
 
-/// The NOTIFY channel of due webhook deliveries. Defined at the door, which forwards it from a
-/// location where no worker listens to the registry's database (see [`TenantTx::commit`]); the
-/// webhook repository ([`crate::tenant::webhooks`]) listens and notifies on it.
-pub const WEBHOOK_DUE_CHANNEL: &str = "bulkhead_webhooks";
+pub use crate::placement::wake::WEBHOOK_DUE_CHANNEL;
 
 /// One open transaction for one tenant. Dropping it without [`TenantTx::commit`] rolls back.
 pub struct TenantTx {
@@ -316,6 +333,12 @@ pub struct TenantTx {
     audited_tenants: Option<AuditedTenants>,
     forward: bool,
     forwarded: Vec<(&'static str, String)>,
+    // Whether the due trigger was asked not to notify (enter_statement), whether this
+    // transaction made deliveries due ([`TenantTx::mark_webhook_due`]), and who to tell after
+    // the commit (None outside [`Store::begin`]: then `NOTIFY` inside the transaction).
+    wake_after_commit: bool,
+    webhook_due: bool,
+    wakeups: Option<Arc<crate::placement::wake::DueWakeups>>,
     // The tenant's connection permit (crate::placement::gate), released when the transaction ends.
     gate: Option<crate::placement::gate::GatePermit>,
 }
@@ -334,13 +357,34 @@ impl TenantTx {
     /// Crate-private: the callers are [`Store::begin`], tenant onboarding (which writes the
     /// registry row and the tenant's first rows in one transaction) and moves.
     pub(crate) async fn enter(
-        mut tx: Transaction<'static, Postgres>,
+        tx: Transaction<'static, Postgres>,
         ctx: &TenantContext,
         access: Access,
         location: &Location,
     ) -> Result<TenantTx, StoreError> {
+        Self::enter_with(tx, ctx, access, location, false).await
+    }
+
+    /// [`TenantTx::enter`] for [`Store::begin`], whose store wakes dispatchers after the commit.
+    async fn enter_waking_after_commit(
+        tx: Transaction<'static, Postgres>,
+        ctx: &TenantContext,
+        access: Access,
+        location: &Location,
+    ) -> Result<TenantTx, StoreError> {
+        Self::enter_with(tx, ctx, access, location, true).await
+    }
+
+    async fn enter_with(
+        mut tx: Transaction<'static, Postgres>,
+        ctx: &TenantContext,
+        access: Access,
+        location: &Location,
+        wake_after_commit: bool,
+    ) -> Result<TenantTx, StoreError> {
         let schema = location.placement.schema();
-        let row: Option<AnchorRow> = match sqlx::query_as(&enter_statement(schema, access))
+        let statement = enter_statement(schema, access, wake_after_commit);
+        let row: Option<AnchorRow> = match sqlx::query_as(&statement)
             .bind(ctx.tenant_id().uuid().to_string())
             // pg_temp last: a temporary table can never shadow a tenant table.
             .bind(format!("\"{schema}\", pg_temp"))
@@ -386,6 +430,9 @@ impl TenantTx {
             audited_tenants: None,
             forward: false,
             forwarded: Vec::new(),
+            wake_after_commit: wake_after_commit && access == Access::ReadWrite,
+            webhook_due: false,
+            wakeups: None,
             gate: None,
         })
     }
@@ -420,6 +467,14 @@ impl TenantTx {
         self.audited = true;
     }
 
+    /// Notes that this transaction made webhook deliveries due (inserted them, or made them
+    /// pending and due now): the dispatchers are woken when it commits. Every repository
+    /// function that can fire the due trigger (migrations 0012, 0021, 0030) calls it; debug
+    /// builds check at commit that none forgot.
+    pub(crate) fn mark_webhook_due(&mut self) {
+        self.webhook_due = true;
+    }
+
     /// The tenant this transaction is for; queries also filter on it explicitly.
     pub fn tenant_id(&self) -> TenantId {
         self.tenant
@@ -443,18 +498,44 @@ impl TenantTx {
 
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        if self.forward && self.registry.is_some() {
-            // The webhook due trigger (migration 0021) notified this database, where no worker
-            // listens: carry the wake-up to the registry's.
+        let forwarding = self.forward && self.registry.is_some();
+        // Outside the registry's database the trigger's `NOTIFY` (if it sent one) reaches no
+        // worker, so the mark it leaves is read here, as before; debug builds read it for every
+        // writing transaction whose trigger was told not to notify, to catch an unmarked path.
+        let check =
+            forwarding || (cfg!(debug_assertions) && self.wake_after_commit && !self.webhook_due);
+        if check {
             let due: Option<String> =
                 sqlx::query_scalar("SELECT current_setting('bulkhead.webhook_due', true)")
                     .fetch_one(&mut *self.tx)
                     .await?;
-            if due.as_deref() == Some("on") {
-                self.forwarded.push((WEBHOOK_DUE_CHANNEL, String::new()));
-            }
+            let due = due.as_deref() == Some("on");
+            debug_assert!(
+                forwarding || !due,
+                "a transaction made webhook deliveries due without TenantTx::mark_webhook_due"
+            );
+            self.webhook_due |= due;
         }
+        let announce = match (&self.wakeups, self.webhook_due) {
+            (Some(wakeups), true) => Some(wakeups.clone()),
+            (None, true) if forwarding => {
+                self.forwarded.push((WEBHOOK_DUE_CHANNEL, String::new()));
+                None
+            }
+            (None, true) => {
+                // No store to wake after the commit: notify the way every process hears.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WEBHOOK_DUE_CHANNEL)
+                    .execute(&mut *self.tx)
+                    .await?;
+                None
+            }
+            (_, false) => None,
+        };
         self.tx.commit().await?;
+        if let Some(wakeups) = announce {
+            wakeups.announce();
+        }
         if let (true, Some(audited)) = (self.audited, &self.audited_tenants) {
             audited
                 .lock()

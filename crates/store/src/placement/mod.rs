@@ -12,3 +12,4 @@ pub mod location;
 pub mod migrate;
 pub mod registry;
 pub mod tiers;
+pub(crate) mod wake;

@@ -626,9 +626,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Wakes `wake` on every `NOTIFY bulkhead_webhooks`; reconnects after a second when the
-/// listener fails (meanwhile the fallback poll keeps deliveries going).
+/// Wakes `wake` on every `NOTIFY bulkhead_webhooks` (other processes' publishes) and on every
+/// commit of this process's store that made deliveries due (in memory: those transactions do not
+/// notify, see `bulkhead_store`'s door); reconnects after a second when the listener fails
+/// (meanwhile the fallback poll keeps deliveries going).
 async fn listen(store: Store, wake: Arc<Notify>) {
+    let mut local = store.webhook_due_signal();
+    let in_process = {
+        let wake = wake.clone();
+        async move {
+            while local.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        }
+    };
+    tokio::select! {
+        () = in_process => {}
+        () = listen_other_processes(store, wake) => {}
+    }
+}
+
+async fn listen_other_processes(store: Store, wake: Arc<Notify>) {
     loop {
         match store.listen_webhook_due().await {
             Ok(mut listener) => loop {

@@ -55,13 +55,18 @@ impl Rig {
     }
 
     fn dispatcher(&self, config: DeliveryConfig, timeout: Duration) -> Dispatcher {
+        self.dispatcher_on(self.store.clone(), config, timeout)
+    }
+
+    /// A dispatcher on a store of its own (as in another process).
+    fn dispatcher_on(&self, store: Store, config: DeliveryConfig, timeout: Duration) -> Dispatcher {
         let egress = EgressConfig {
             total_timeout: timeout,
             ..self.receivers.egress_config()
         };
         let client = self.receivers.egress_client(&egress);
         Dispatcher::new(
-            self.store.clone(),
+            store,
             client,
             self.clock.clone(),
             config,
@@ -905,7 +910,7 @@ async fn a_lone_tenant_with_a_fast_receiver_earns_more_than_its_guaranteed_share
 #[tokio::test]
 async fn the_dispatcher_wakes_on_publish_without_waiting_for_its_poll() {
     // Issue 25: with nothing due the dispatcher slept its whole poll interval; new work now
-    // wakes it through NOTIFY from the publishing transaction.
+    // wakes it: in memory when the publisher shares its store, by NOTIFY from another process.
     let rig = Rig::new(Clock::system()).await;
     let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
     let a = rig.tenant("alpha").await;
@@ -927,6 +932,64 @@ async fn the_dispatcher_wakes_on_publish_without_waiting_for_its_poll() {
     );
     let _ = stop.send(true);
     run.abort();
+}
+
+#[tokio::test]
+async fn a_publish_notifies_other_processes_after_its_commit_not_from_inside_it() {
+    // Issue 25: the due trigger sent NOTIFY from inside the publishing transaction, and a
+    // notifying transaction holds a cluster-wide lock through its commit, so every publish of
+    // every tenant committed one at a time. Now the store wakes its own dispatchers in memory
+    // and tells other processes with a NOTIFY of its own after the commit.
+    let rig = Rig::new(Clock::system()).await;
+    let receiver = rig.receivers.start("receiver.example", LOOPBACK).await;
+    let a = rig.tenant("alpha").await;
+    rig.endpoint(&a, &url("receiver.example", &receiver)).await;
+    // Another process: a store of its own over the same database, and its dispatcher on a
+    // 600 s poll, so only a notification can make it deliver within the test.
+    let other = rig.db.app_store().await;
+    let config = DeliveryConfig {
+        idle_poll: Duration::from_secs(600),
+        ..DeliveryConfig::default()
+    };
+    let d = Arc::new(rig.dispatcher_on(other, config, Duration::from_secs(5)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(d.clone().run(stopped));
+    let mut listener = sqlx::postgres::PgListener::connect_with(&rig.db.owner_pool().await)
+        .await
+        .unwrap();
+    listener.listen("bulkhead_webhooks").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut tx = rig.store.begin(&a, Access::ReadWrite).await.unwrap();
+    let publisher: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(tx.conn())
+        .await
+        .unwrap();
+    store::publish(
+        &mut tx,
+        "invoice.paid",
+        &json!({ "n": 1 }),
+        MessageSource::Tenant,
+        None,
+        rig.clock.now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no process was told of the publish")
+        .unwrap();
+    assert_ne!(
+        heard.process_id() as i32,
+        publisher,
+        "the publishing transaction notified from inside itself"
+    );
+    let woke = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let _ = stop.send(true);
+    run.abort();
+    assert!(woke, "the other process's dispatcher was not woken");
 }
 
 #[tokio::test]

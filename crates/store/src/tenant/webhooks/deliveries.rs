@@ -171,6 +171,7 @@ pub async fn resend(
     // The message must exist in this tenant (404 otherwise, like any other id).
     get_message(tx, message).await?;
     require_attempt_room(tx).await?;
+    tx.mark_webhook_due();
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $3, locked_until = NULL, updated_at = now() \
@@ -194,6 +195,7 @@ pub async fn recover(
     let tenant = tx.tenant_id();
     get_endpoint(tx, endpoint).await?;
     require_attempt_room(tx).await?;
+    tx.mark_webhook_due();
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
          next_attempt_at = $4, locked_until = NULL, updated_at = now() \
@@ -539,6 +541,9 @@ pub async fn pause_deliveries(
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|d| d.uuid()).collect();
+    if due_now(Some(not_before)) {
+        tx.mark_webhook_due();
+    }
     sqlx::query(
         "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, paused = true, \
          next_attempt_at = greatest(next_attempt_at, $3), updated_at = now() \
@@ -566,8 +571,17 @@ pub async fn resume_paused_deliveries(tx: &mut TenantTx) -> Result<u64, StoreErr
     .execute(tx.conn())
     .await?;
     // Also for deliveries that fell due while the tenant was suspended (never claimed).
-    tx.notify(WEBHOOK_DUE_CHANNEL, String::new()).await?;
+    tx.mark_webhook_due();
     Ok(done.rows_affected())
+}
+
+/// Whether an update to `pending` with this `next_attempt_at` (None: unchanged, unknown here)
+/// can fire the due trigger, whose condition is `next_attempt_at <= updated_at` (the
+/// transaction's start, which is earlier than the moment this runs). The margin covers a
+/// database clock slightly ahead of this host's; marking too often costs only a wake-up, not
+/// marking when the trigger fires is what the door's debug check refuses.
+fn due_now(next_attempt_at: Option<DateTime<Utc>>) -> bool {
+    next_attempt_at.is_none_or(|at| at <= Utc::now() + chrono::Duration::seconds(1))
 }
 
 /// One attempt to record.
@@ -646,6 +660,11 @@ pub async fn finish_delivery(
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
+    // A deferral or retry due at once makes the delivery due again; one due later wakes its
+    // dispatcher by its own timer, not every dispatcher now.
+    if status == "pending" && due_now(next_attempt_at) {
+        tx.mark_webhook_due();
+    }
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = $3, \
          attempts = attempts + CASE WHEN $5 THEN 1 ELSE 0 END, \

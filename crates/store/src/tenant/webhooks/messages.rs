@@ -143,6 +143,7 @@ pub(super) async fn insert_message(
     // Delivery ids are made here (UUIDv7 by the application), one per target endpoint. The
     // message and its deliveries go in one statement: one round trip per publish.
     let ids: Vec<uuid::Uuid> = targets.iter().map(|_| DeliveryId::new().uuid()).collect();
+    tx.mark_webhook_due();
     sqlx::query(
         "WITH message AS ( \
            INSERT INTO webhook_messages (tenant_id, id, event_type, source, payload, created_at) \
