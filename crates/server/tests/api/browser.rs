@@ -239,7 +239,7 @@ async fn a_real_browser_signs_in_and_consents_with_a_narrowed_scope() {
         "error_url": page_url(&app, "/oauth/authorize?response_type=code&client_id=oac_unknown"),
     });
     let report = tools
-        .run("browser_oauth.py", &argument, Duration::from_secs(90))
+        .run("browser_oauth.py", &argument, Duration::from_secs(150))
         .await;
     let saved = concat!(env!("CARGO_TARGET_TMPDIR"), "/browser-oauth/report.json");
     std::fs::write(saved, serde_json::to_vec_pretty(&report).unwrap()).unwrap();

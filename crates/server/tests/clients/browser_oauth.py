@@ -27,7 +27,8 @@ import sys
 
 from playwright.sync_api import sync_playwright
 
-TIMEOUT_MS = 10_000
+# Generous: CI runs the whole suite at once on two cores (a healthy run takes ~13 s in all).
+TIMEOUT_MS = 30_000
 TAB_LIMIT = 12
 
 args = json.loads(sys.argv[1])
@@ -140,13 +141,22 @@ def keyboard_flow(context, flow, log):
     page.close()
 
 
+def wait_for(page, condition):
+    """Lets the page run until `condition()` holds, or the time limit passes (the caller's
+    assertions then report what was missing)."""
+    for _ in range(TIMEOUT_MS // 100):
+        if condition():
+            return
+        page.wait_for_timeout(100)
+
+
 def framing(context, url):
     """Whether a page of another origin can show the login page in a frame."""
     page = context.new_page()
     console = []
     page.on("console", lambda m: console.append(m.text))
-    page.set_content(f'<iframe src="{url}" title="login"></iframe>')
-    page.wait_for_timeout(500)
+    page.set_content(f'<iframe src="{url}" title="login"></iframe>', wait_until="load")
+    wait_for(page, lambda: any("frame-ancestors" in text for text in console))
     frame = next((f for f in page.frames if f != page.main_frame), None)
     shown = False
     if frame is not None:
@@ -168,7 +178,7 @@ def csp_canary(context, url):
         """() => { const s = document.createElement('style');
                    s.textContent = 'body { color: red }'; document.head.appendChild(s); }"""
     )
-    page.wait_for_timeout(200)
+    wait_for(page, lambda: log["console"])
     page.close()
     return log["console"]
 
