@@ -122,8 +122,8 @@ fn assert_pages_seen(variant: &str, flow: &Value, port: u16) {
         .collect();
     // The login page, the consent page (answer to the login POST), the return page.
     assert!(pages.len() >= 3, "{variant}: {pages:?}");
-    let mut cookies_set = 0;
-    for page in pages {
+    let mut cookies_set = Vec::new();
+    for page in &pages {
         let csp = page["content-security-policy"].as_str().unwrap_or_default();
         assert!(
             csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
@@ -132,16 +132,20 @@ fn assert_pages_seen(variant: &str, flow: &Value, port: u16) {
         assert_eq!(page["x-frame-options"], "DENY", "{variant}: {page}");
         for cookie in page["set-cookie"].as_array().unwrap() {
             let cookie = cookie.as_str().unwrap();
-            cookies_set += 1;
             assert!(cookie.starts_with("__Host-bulkhead-oauth="), "{cookie}");
             for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
                 assert!(cookie.split("; ").any(|a| a == attribute), "{cookie}");
             }
             assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+            let value = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+            cookies_set.push(value.to_owned());
         }
     }
-    // The anonymous session, then a new one at login (no fixation).
-    assert!(cookies_set >= 2, "{variant}: {cookies_set} cookies set");
+    // The login's answer (the second page) set the signed-in session's cookie.
+    assert!(
+        !pages[1]["set-cookie"].as_array().unwrap().is_empty(),
+        "{variant}: the login set no session cookie"
+    );
     // What the browser kept: one host-only `__Host-` cookie, as the server set it.
     let jar = flow["cookies"].as_array().unwrap();
     assert_eq!(jar.len(), 1, "{variant}: {jar:?}");
@@ -152,6 +156,19 @@ fn assert_pages_seen(variant: &str, flow: &Value, port: u16) {
     assert_eq!(cookie["secure"], true);
     assert_eq!(cookie["httpOnly"], true);
     assert_eq!(cookie["sameSite"], "Lax");
+    // No fixation: a cookie set before the login is not the session after it.
+    let kept = cookie["value"].as_str().unwrap();
+    assert_eq!(
+        cookies_set.last().map(String::as_str),
+        Some(kept),
+        "{variant}"
+    );
+    assert!(
+        cookies_set[..cookies_set.len() - 1]
+            .iter()
+            .all(|v| v != kept),
+        "{variant}: {cookies_set:?}"
+    );
 }
 
 /// Playwright drives Debian's Chromium through login and consent three times (pointer,
