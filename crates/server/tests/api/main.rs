@@ -5,6 +5,7 @@
 mod api_keys;
 mod audit;
 mod auth;
+mod browser;
 mod confinement;
 mod delegation;
 mod embedded;

@@ -867,6 +867,98 @@ async fn authlib_completes_the_flow_with_pkce() {
     assert_eq!(read.status(), StatusCode::OK);
 }
 
+/// oauth4webapi (Node), a second off-the-shelf client, completes the flow with PKCE: it reads
+/// the server's metadata and checks its issuer, builds the authorization URL (its own verifier,
+/// challenge and state), the test's browser signs in and consents, and oauth4webapi checks the
+/// callback's `iss` (RFC 9207) and `state` and exchanges the code. Node is `BULKHEAD_TEST_NODE`
+/// (else `node`), the library `BULKHEAD_TEST_OAUTH4WEBAPI` (`.ci/run` installs a pinned one).
+/// Skipped, loudly, where they are missing, except in CI, where that fails.
+#[tokio::test]
+async fn oauth4webapi_completes_the_flow_with_pkce() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let test = "oauth4webapi_completes_the_flow_with_pkce";
+    let Some((node, module)) = crate::helpers::clients::oauth4webapi(test) else {
+        return;
+    };
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    let client = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "oauth4webapi",
+            "redirect_uris": ["http://127.0.0.1/oauth4webapi"],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["sessions:read", "sessions:write"],
+        }),
+    )
+    .await;
+    let issuer = app.state.config().tokens.issuer.clone();
+    let mut child = tokio::process::Command::new(&node)
+        .arg(crate::helpers::clients::script("oauth4webapi_pkce.mjs"))
+        .arg(&module)
+        .arg(app.url("/.well-known/oauth-authorization-server"))
+        .arg(app.tenant_url("acme", "/oauth/authorize"))
+        .arg(app.url("/oauth/token"))
+        .arg(client["id"].as_str().unwrap())
+        .arg("http://127.0.0.1:61001/oauth4webapi")
+        .arg(&issuer)
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("NODE_OPTIONS")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = std::time::Duration::from_secs(30);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(limit, stdout.next_line())
+        .await
+        .expect("oauth4webapi printed no authorization URL in time")
+        .unwrap()
+        .expect("oauth4webapi ended before printing the authorization URL");
+    let url = url::Url::parse(line.trim()).unwrap();
+    let query: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(param(&query, "code_challenge_method"), Some("S256"));
+    assert!(param(&query, "state").is_some_and(|s| s.len() >= 32));
+    let path = format!("/oauth/authorize?{}", url.query().unwrap());
+    let mut browser = Browser::new(&app, "acme");
+    let html = sign_in(&mut browser, &path, "ada@acme.example").await;
+    let mut fields = form_fields(&html);
+    fields.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &fields).await;
+    let (href, _) = returned(&answer.text().await.unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{href}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let token_line = tokio::time::timeout(limit, stdout.next_line())
+        .await
+        .expect("oauth4webapi printed no token in time")
+        .unwrap()
+        .expect("oauth4webapi failed (its error is on the test's standard error)");
+    assert!(child.wait().await.unwrap().success(), "oauth4webapi failed");
+    let token: Value = serde_json::from_str(&token_line).unwrap();
+    assert_eq!(token["scope"], "sessions:read");
+    assert_eq!(
+        token["token_type"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("bearer")
+    );
+    let access = token["access_token"].as_str().unwrap();
+    let read = call(&app, "acme", access, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(read.status(), StatusCode::OK);
+}
+
 /// Changing or deleting a client is a grant of every scope it holds: a `keys:manage` admin
 /// lacking one cannot point its redirect URIs at their own host (then phish an owner through the
 /// genuine consent page), rename it, or delete it.

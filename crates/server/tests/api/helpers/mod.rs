@@ -4,9 +4,11 @@
 //! test is about: a test that checks a refusal sends the request itself (or with a helper that
 //! returns the response) and asserts on it.
 //!
-//! By topic: [`keys`] (API keys and agents), [`oauth`] (token requests, form bodies, claims),
+//! By topic: [`clients`] (the off-the-shelf clients and the browser run as child processes),
+//! [`keys`] (API keys and agents), [`oauth`] (token requests, form bodies, claims),
 //! [`regions`] (two-region deployments), [`users`] (logins), [`webhooks`] (endpoints); requests and problems in general here.
 
+pub(crate) mod clients;
 pub(crate) mod keys;
 pub(crate) mod oauth;
 pub(crate) mod regions;
