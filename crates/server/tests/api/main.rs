@@ -14,6 +14,7 @@ mod isolation;
 mod jobs;
 mod move_safety;
 mod oauth_code;
+mod oauth_grants;
 mod openapi;
 mod operator;
 mod platform;

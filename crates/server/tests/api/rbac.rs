@@ -203,8 +203,10 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         .collect();
     open.sort();
     let reviewed = [
+        "Authenticated DELETE /v1/auth/grants/{id}",
         "Authenticated DELETE /v1/auth/sessions/{id}",
         "Authenticated GET /v1/api-keys/{id}",
+        "Authenticated GET /v1/auth/grants",
         "Authenticated GET /v1/auth/sessions",
         "Authenticated PATCH /v1/api-keys/{id}",
         "Authenticated POST /v1/api-keys/{id}/revoke",

@@ -8,6 +8,7 @@ pub mod health;
 pub(crate) mod kit;
 pub mod oauth;
 pub mod oauth_clients;
+pub mod oauth_grants;
 pub mod openapi;
 pub mod principals;
 pub mod roles;
@@ -28,6 +29,7 @@ pub fn route_table() -> RouteTable {
         .merge(openapi::routes())
         .merge(oauth::routes())
         .merge(oauth_clients::routes())
+        .merge(oauth_grants::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())

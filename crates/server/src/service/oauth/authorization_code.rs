@@ -16,6 +16,7 @@ use bulkhead_auth::{AuthorizationCode, RefreshToken};
 use bulkhead_core::{Clock, ScopeSet, TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::oauth::{self, NewCode, OAuthClient};
+use bulkhead_store::tenant::oauth_grants::{self, OAuthGrant};
 use bulkhead_store::tenant::tokens::{self, EndReason, NewAuthSession, PrincipalType};
 use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
@@ -74,6 +75,27 @@ pub struct Consented<'a> {
     pub ticked: &'a ScopeSet,
     /// What the client asked for.
     pub requested: &'a ScopeSet,
+    /// The user's remembered consent that covers the request, when the consent page was skipped;
+    /// `None` when the user consented on the page (the consent is then remembered).
+    pub remembered: Option<&'a OAuthGrant>,
+}
+
+/// The resource of a grant without an RFC 8707 indicator: the tenant's own API.
+pub const OWN_API: &str = "";
+
+/// The user's remembered consent to the client that covers all of `requested`, if any.
+pub async fn covering_grant(
+    store: &Store,
+    tenant: TenantId,
+    user: UserId,
+    client: &OAuthClient,
+    requested: &ScopeSet,
+) -> Result<Option<OAuthGrant>, StoreError> {
+    let ctx = TenantContext::for_system(tenant, "oauth");
+    let mut tx = store.begin(&ctx, Access::ReadOnly).await?;
+    let grant = oauth_grants::find(&mut tx, user, client.id, OWN_API).await?;
+    tx.commit().await?;
+    Ok(grant.filter(|g| !requested.is_empty() && g.scope_set().is_superset(requested)))
 }
 
 /// Why a consent produced no code.
@@ -88,7 +110,9 @@ pub enum ConsentError {
 }
 
 /// Issues a code for what the user may grant of what was ticked: ticked ∩ requested ∩ the
-/// client's scopes ∩ the user's current permissions. Audited as `oauth.authorize`.
+/// client's scopes ∩ the user's current permissions (∩ the remembered consent's scopes when the
+/// page was skipped). A consent given on the page is remembered (`oauth.grant`, its scopes
+/// replacing any earlier consent of the user to the client). Audited as `oauth.authorize`.
 pub async fn issue_code(
     store: &Store,
     clock: &Clock,
@@ -99,11 +123,14 @@ pub async fn issue_code(
     let grantable = user_grantable(&mut tx, consented.user)
         .await?
         .unwrap_or_default();
-    let granted = consented
+    let mut granted = consented
         .ticked
         .intersection(consented.requested)
         .intersection(&consented.client.scope_set())
         .intersection(&grantable);
+    if let Some(grant) = consented.remembered {
+        granted = granted.intersection(&grant.scope_set());
+    }
     if granted.is_empty() {
         audit::record(
             &mut tx,
@@ -117,6 +144,34 @@ pub async fn issue_code(
         return Err(ConsentError::NothingGranted);
     }
     let now = clock.now();
+    let grant_id = match consented.remembered {
+        Some(grant) => grant.id,
+        None => {
+            let (id, created) = oauth_grants::remember(
+                &mut tx,
+                consented.user,
+                consented.client.id,
+                OWN_API,
+                &granted,
+                now,
+            )
+            .await?;
+            audit::record(
+                &mut tx,
+                "oauth.grant",
+                Some(&id.to_string()),
+                Outcome::Success,
+                json!({
+                    "user_id": consented.user,
+                    "client_id": consented.client.id,
+                    "scopes": granted.to_strings(),
+                    "created": created,
+                }),
+            )
+            .await?;
+            id
+        }
+    };
     let code = AuthorizationCode::generate(*consented.tenant.uuid().as_bytes());
     oauth::insert_code(
         &mut tx,
@@ -142,6 +197,8 @@ pub async fn issue_code(
             "redirect_uri": consented.redirect_uri,
             "requested": consented.requested.to_strings(),
             "granted": granted.to_strings(),
+            "grant_id": grant_id,
+            "remembered": consented.remembered.is_some(),
         }),
     )
     .await?;
@@ -226,11 +283,17 @@ pub async fn exchange(
     let Some(grantable) = user_grantable(&mut tx, code.user_id).await? else {
         return refused(tx, request, "user_inactive").await;
     };
+    // The consent it was issued under must still stand (revoking it refuses its codes too).
+    let Some(grant) = oauth_grants::find(&mut tx, code.user_id, request.client.id, OWN_API).await?
+    else {
+        return refused(tx, request, "grant_revoked").await;
+    };
     let scopes = code
         .scopes
         .clone()
         .unwrap_or_default()
         .intersection(&request.client.scope_set())
+        .intersection(&grant.scope_set())
         .intersection(&grantable);
     if scopes.is_empty() {
         return refused(tx, request, "nothing_granted").await;
@@ -254,6 +317,7 @@ pub async fn exchange(
     )
     .await?;
     oauth::mark_code_used(&mut tx, code.id, now, session.id).await?;
+    oauth_grants::link_session(&mut tx, session.id, grant.id).await?;
     let issued = issuer
         .tokens
         .issue(&Grant {
@@ -282,6 +346,7 @@ pub async fn exchange(
             "user_id": subject,
             "scope": issued.claims.scope,
             "session_id": session.id.to_string(),
+            "grant_id": grant.id,
         }),
     )
     .await?;

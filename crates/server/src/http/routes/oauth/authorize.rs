@@ -13,29 +13,32 @@
 //! without any script, under `default-src 'none'; style-src 'self'; form-action 'self';
 //! frame-ancestors 'none'; base-uri 'none'`. The authorization request travels in hidden fields
 //! and is checked again, whole, on every POST. A browser session is a `__Host-` cookie (Secure,
-//! HttpOnly, SameSite=Lax, Path=/) whose SHA-256 is stored; every form carries a CSRF token
-//! derived from the cookie's value and compared in constant time. A login replaces the session
-//! with a new one (new cookie value), so a planted session id is worth nothing after it.
+//! HttpOnly, SameSite=Lax, Path=/); signed out, nothing is stored ([`super::browser`]); every
+//! form carries a CSRF token, an HMAC of the cookie's value under a server key, compared in
+//! constant time. A login stores a new session (new cookie value), so a planted session id is
+//! worth nothing after it. A remembered consent that covers the whole request skips the consent
+//! page (the user still signs in).
 //!
 //! # Leaving for the client
 //! Chrome applies `form-action` to the redirects that follow a form POST, so answering the
 //! consent POST with a cross-origin 302 would be blocked under `form-action 'self'`. The consent
 //! POST (and any refusal after it) therefore answers 200 with a small page that navigates by
 //! `<meta http-equiv="refresh">` and a plain link; the CSP stays `form-action 'self'` everywhere.
-//! Only `GET /oauth/authorize` itself redirects (303) to the client, with an error.
+//! Only `GET /oauth/authorize` itself redirects (303) to the client: with an error, or with the
+//! code of a remembered consent.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use askama::Template;
 
 use super::browser::{
-    anonymous_session, cookie_hash, cookie_value, csrf_matches, csrf_token, find_session,
-    new_cookie_value, set_cookie, SESSION_SECS,
+    cookie_hash, cookie_value, csrf_matches, csrf_token, find_session, new_cookie_value,
+    set_cookie, SESSION_SECS,
 };
 use super::pages::{
     error_page, html, items, page, page_headers, stylesheet, ConsentPage, LoginPage, RedirectPage,
 };
+use super::params::{Params, MAX_INPUT};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,7 +48,6 @@ use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::oauth::{self as store_oauth, OAuthClient};
 use bulkhead_store::{Access, StoreError};
 use serde_json::json;
-use zeroize::Zeroizing;
 
 use crate::http::apidoc::OpDoc;
 use crate::http::authz::{RouteAccess, RouteTable};
@@ -54,21 +56,6 @@ use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin
 use crate::http::state::AppState;
 use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
 use crate::service::oauth::redirect_uri;
-
-/// The authorization request's parameters, carried through the pages.
-const REQUEST_PARAMS: [&str; 7] = [
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "scope",
-    "state",
-    "code_challenge",
-    "code_challenge_method",
-];
-/// Most parameters a request or form may carry.
-const MAX_PARAMS: usize = 24;
-/// Longest query or form accepted.
-const MAX_INPUT: usize = 16 * 1024;
 
 /// The routes: the pages authenticate the user themselves (no credential in front).
 pub fn routes() -> RouteTable {
@@ -129,56 +116,6 @@ pub fn routes() -> RouteTable {
             )
             .summary("The stylesheet of the login and consent pages."),
         )
-}
-
-// ------------------------------------------------------------------------------------------------
-// Parameters.
-
-/// Parameters of a query or form, each at most once (except those in `repeatable`).
-struct Params {
-    single: HashMap<String, Zeroizing<String>>,
-    repeated: Vec<String>,
-}
-
-impl Params {
-    fn parse(input: &[u8], repeatable: Option<&str>) -> Result<Params, &'static str> {
-        if input.len() > MAX_INPUT {
-            return Err("The request is too large.");
-        }
-        let mut single = HashMap::new();
-        let mut repeated = Vec::new();
-        for (count, (name, value)) in form_urlencoded::parse(input).enumerate() {
-            if count >= MAX_PARAMS {
-                return Err("The request has too many parameters.");
-            }
-            if Some(name.as_ref()) == repeatable {
-                repeated.push(value.into_owned());
-                continue;
-            }
-            if single
-                .insert(name.into_owned(), Zeroizing::new(value.into_owned()))
-                .is_some()
-            {
-                return Err("A parameter of the request is repeated.");
-            }
-        }
-        Ok(Params { single, repeated })
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.single
-            .get(name)
-            .map(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// The authorization request's parameters, to carry in hidden fields.
-    fn request_fields(&self) -> Vec<(&'static str, &str)> {
-        REQUEST_PARAMS
-            .iter()
-            .filter_map(|name| self.get(name).map(|v| (*name, v)))
-            .collect()
-    }
 }
 
 /// An authorization request whose client and redirect URI are known good.
@@ -457,33 +394,28 @@ async fn authorize(State(state): State<AppState>, request: Request) -> Response 
         Ok(valid) => valid,
         Err(refusal) => return refusal_page(refusal, false),
     };
-    let existing = match cookie_value(&headers) {
-        Some(cookie) => match find_session(&state, &tenant, &cookie).await {
-            Ok(found) => found.map(|s| (cookie, s)),
-            Err(_) => return unavailable(&tenant),
-        },
-        None => None,
+    // Signed out is stateless: a cookie naming no live session is a signed-out browser, and a
+    // browser without a cookie gets a fresh value that is stored nowhere (see `browser`).
+    let Some(cookie) = cookie_value(&headers) else {
+        let cookie = new_cookie_value();
+        let mut response = login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK);
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, set_cookie(&cookie));
+        return response;
     };
-    match existing {
-        Some((cookie, session)) => match session.user_id {
-            Some(user) => consent_page(&state, &valid, &params, &cookie, user).await,
-            None => login_page(&valid, &params, &cookie, "", None, StatusCode::OK),
+    match find_session(&state, &tenant, &cookie).await {
+        Ok(Some(session)) => match session.user_id {
+            Some(user) => signed_in(&state, &valid, &params, &cookie, user, false).await,
+            None => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
         },
-        None => {
-            let cookie = match anonymous_session(&state, &tenant).await {
-                Ok(cookie) => cookie,
-                Err(_) => return unavailable(&tenant),
-            };
-            let mut response = login_page(&valid, &params, &cookie, "", None, StatusCode::OK);
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, set_cookie(&cookie));
-            response
-        }
+        Ok(None) => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
+        Err(_) => unavailable(&tenant),
     }
 }
 
 fn login_page(
+    state: &AppState,
     valid: &Valid,
     params: &Params,
     cookie: &str,
@@ -491,7 +423,7 @@ fn login_page(
     problem: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let csrf = csrf_token(cookie);
+    let csrf = csrf_token(state, &valid.tenant, cookie);
     page(
         status,
         LoginPage {
@@ -526,7 +458,7 @@ async fn consent_page(
         Ok((Some(grantable), email)) => (grantable, email),
         // Disabled (or gone) since the login: sign in again.
         Ok((None, _)) | Err(StoreError::NotFound) => {
-            return login_page(valid, params, cookie, "", None, StatusCode::OK)
+            return login_page(state, valid, params, cookie, "", None, StatusCode::OK)
         }
         Err(_) => return unavailable(&valid.tenant),
     };
@@ -539,7 +471,7 @@ async fn consent_page(
             .filter(|s| !offered.to_strings().contains(s)),
     )
     .unwrap_or_default();
-    let csrf = csrf_token(cookie);
+    let csrf = csrf_token(state, &valid.tenant, cookie);
     let back = Back::error(
         (
             &valid.tenant,
@@ -608,14 +540,15 @@ async fn form_post(
     let Some(cookie) = cookie_value(&headers) else {
         return Err(expired());
     };
-    if !csrf_matches(&cookie, params.get("csrf")) {
+    if !csrf_matches(state, &tenant, &cookie, params.get("csrf")) {
         return Err(expired());
     }
-    let session = find_session(state, &tenant, &cookie)
+    // No live session: signed out (nothing is stored for that state).
+    let user = find_session(state, &tenant, &cookie)
         .await
         .map_err(|_| unavailable(&tenant))?
-        .ok_or_else(expired)?;
-    Ok((tenant, params, valid, cookie, session.user_id, headers))
+        .and_then(|session| session.user_id);
+    Ok((tenant, params, valid, cookie, user, headers))
 }
 
 async fn login(
@@ -636,6 +569,7 @@ async fn login(
         Ok(checked) => checked,
         Err(ApiError::InvalidLogin) => {
             return login_page(
+                &state,
                 &valid,
                 &params,
                 &cookie,
@@ -646,6 +580,7 @@ async fn login(
         }
         Err(ApiError::LoginThrottled(wait)) => {
             let mut response = login_page(
+                &state,
                 &valid,
                 &params,
                 &cookie,
@@ -693,8 +628,9 @@ async fn login(
         return unavailable(&tenant);
     }
     audit_login(&tenant, "success", "ok", Some(user.id));
-    // The consent page at once, under the new session (its CSRF token is the new cookie's).
-    let mut response = consent_page(&state, &valid, &params, &fresh, user.id).await;
+    // The consent page at once (or the code, for a remembered consent), under the new session
+    // (its CSRF token is the new cookie's).
+    let mut response = signed_in(&state, &valid, &params, &fresh, user.id, true).await;
     response
         .headers_mut()
         .insert(header::SET_COOKIE, set_cookie(&fresh));
@@ -709,7 +645,7 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         };
     let Some(user) = user else {
         // Not signed in (the session is the login form's): show the login page.
-        return login_page(&valid, &params, &cookie, "", None, StatusCode::OK);
+        return login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK);
     };
     let back = |error: &'static str, description: &str| {
         Back::error(
@@ -759,11 +695,66 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         user,
         ticked: &ticked,
         requested: &valid.requested,
+        remembered: None,
     };
-    match authorization_code::issue_code(state.store(), state.clock(), &consented).await {
+    let issued = authorization_code::issue_code(state.store(), state.clock(), &consented).await;
+    code_answer(&state, &valid, issued, true)
+}
+
+/// A signed-in user's answer: a remembered consent that covers the whole request issues the code
+/// at once (the consent page is skipped; the user did sign in); otherwise the consent page.
+async fn signed_in(
+    state: &AppState,
+    valid: &Valid,
+    params: &Params,
+    cookie: &str,
+    user: UserId,
+    after_post: bool,
+) -> Response {
+    // RFC 8252 §8.6: a remembered consent is used only when the client's identity is assured,
+    // by its secret or by an https redirect URI; a public client on a loopback redirect (any
+    // local program can listen there) always gets the consent page.
+    let assured = valid.client.token_endpoint_auth_method.is_confidential()
+        || valid.redirect_uri.starts_with("https://");
+    if !assured {
+        return consent_page(state, valid, params, cookie, user).await;
+    }
+    let store = state.store();
+    let tenant = valid.tenant.id;
+    match authorization_code::covering_grant(store, tenant, user, &valid.client, &valid.requested)
+        .await
+    {
+        Ok(Some(grant)) => {
+            let consented = Consented {
+                tenant,
+                client: &valid.client,
+                redirect_uri: &valid.redirect_uri,
+                code_challenge: &valid.code_challenge,
+                user,
+                ticked: &valid.requested,
+                requested: &valid.requested,
+                remembered: Some(&grant),
+            };
+            let issued = authorization_code::issue_code(store, state.clock(), &consented).await;
+            code_answer(state, valid, issued, after_post)
+        }
+        Ok(None) => consent_page(state, valid, params, cookie, user).await,
+        Err(_) => unavailable(&valid.tenant),
+    }
+}
+
+/// The client's answer to an issued (or refused) code: after a form POST a page that navigates
+/// back, after `GET /oauth/authorize` a 303 (see the module doc).
+fn code_answer(
+    state: &AppState,
+    valid: &Valid,
+    issued: Result<(bulkhead_auth::AuthorizationCode, ScopeSet), ConsentError>,
+    after_post: bool,
+) -> Response {
+    let (answer, message) = match issued {
         Ok((code, _granted)) => {
             let mut answer = Back {
-                tenant: tenant.clone(),
+                tenant: valid.tenant.clone(),
                 client_name: valid.client.name.clone(),
                 redirect_uri: valid.redirect_uri.clone(),
                 params: vec![("code", code.expose_secret().to_owned())],
@@ -771,14 +762,28 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
             if let Some(state_param) = &valid.state {
                 answer.params.push(("state", state_param.clone()));
             }
-            answer.params.push(("iss", issuer(&state).to_owned()));
-            answer.page("Access allowed.")
+            answer.params.push(("iss", issuer(state).to_owned()));
+            (answer, "Access allowed.")
         }
-        Err(ConsentError::NothingGranted) => back(
-            "access_denied",
-            "nothing requested may be granted by this user",
-        )
-        .page("Nothing was granted."),
-        Err(ConsentError::Store(_)) => unavailable(&tenant),
+        Err(ConsentError::NothingGranted) => (
+            Back::error(
+                (
+                    &valid.tenant,
+                    &valid.client,
+                    &valid.redirect_uri,
+                    valid.state.as_deref(),
+                ),
+                "access_denied",
+                "nothing requested may be granted by this user",
+                issuer(state),
+            ),
+            "Nothing was granted.",
+        ),
+        Err(ConsentError::Store(_)) => return unavailable(&valid.tenant),
+    };
+    if after_post {
+        answer.page(message)
+    } else {
+        answer.redirect()
     }
 }

@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod form;
 pub mod introspection;
 mod pages;
+mod params;
 pub mod refresh_token;
 pub mod revocation;
 pub mod token_exchange;
