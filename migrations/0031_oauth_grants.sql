@@ -38,3 +38,24 @@ ALTER TABLE bulkhead.auth_sessions ADD COLUMN grant_id uuid;
 CREATE INDEX auth_sessions_by_grant ON bulkhead.auth_sessions (tenant_id, grant_id)
     WHERE grant_id IS NOT NULL;
 
+------------------------------------------------------------------------------------------------
+-- oauth_resources: the protected resources a tenant runs (an API, an MCP server), each with
+-- its identifier URL (RFC 8707 `resource`, RFC 9728 `resource`) and the scopes it accepts.
+CREATE TABLE bulkhead.oauth_resources (
+    tenant_id   uuid        NOT NULL,
+    id          uuid        NOT NULL,
+    identifier  text        NOT NULL CHECK (length(identifier) BETWEEN 1 AND 2048),
+    name        text        NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    scopes      text[]      NOT NULL,
+    created_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, identifier)
+);
+ALTER TABLE bulkhead.oauth_resources ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.oauth_resources FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON bulkhead.oauth_resources
+    USING (tenant_id = NULLIF(current_setting('bulkhead.tenant_id', true), '')::uuid)
+    WITH CHECK (tenant_id = NULLIF(current_setting('bulkhead.tenant_id', true), '')::uuid);
+GRANT SELECT, INSERT, UPDATE, DELETE ON bulkhead.oauth_resources TO bulkhead_app;
+GRANT SELECT, DELETE ON bulkhead.oauth_resources TO bulkhead_tenant_mover;

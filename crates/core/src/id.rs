@@ -317,6 +317,10 @@ id_kind!(
     /// A remembered consent: a user's grant of scopes to an OAuth client: `ogr_…`.
     OAuthGrantId, OAuthGrantKind, "ogr"
 );
+id_kind!(
+    /// A protected resource a tenant registered (RFC 8707, RFC 9728): `ores_…`.
+    OAuthResourceId, OAuthResourceKind, "ores"
+);
 
 #[cfg(test)]
 mod tests {

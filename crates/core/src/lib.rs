@@ -50,7 +50,8 @@ pub use id::{
     SessionId, TenantId, UserId,
 };
 pub use id::{
-    AgentId, OAuthClientId, OAuthGrantId, OperatorEventId, OperatorKeyId, RoleAssignmentId, RoleId,
+    AgentId, OAuthClientId, OAuthGrantId, OAuthResourceId, OperatorEventId, OperatorKeyId,
+    RoleAssignmentId, RoleId,
 };
 pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolCallId, ToolId};
 pub use operator::{OperatorScope, OperatorScopes};

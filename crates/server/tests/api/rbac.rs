@@ -216,6 +216,8 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         "Public GET /.well-known/bulkhead-audit-key",
         "Public GET /.well-known/jwks.json",
         "Public GET /.well-known/oauth-authorization-server",
+        "Public GET /.well-known/oauth-protected-resource",
+        "Public GET /.well-known/oauth-protected-resource/{id}",
         "Public GET /healthz",
         "Public GET /oauth/style.css",
         "Public GET /openapi.json",

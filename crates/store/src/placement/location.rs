@@ -628,6 +628,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "login_throttle",
     "oauth_clients",
     "oauth_grants",
+    "oauth_resources",
     "oauth_browser_sessions",
     "oauth_codes",
     "jobs",

@@ -9,6 +9,7 @@ pub(crate) mod kit;
 pub mod oauth;
 pub mod oauth_clients;
 pub mod oauth_grants;
+pub mod oauth_resources;
 pub mod openapi;
 pub mod principals;
 pub mod roles;
@@ -30,6 +31,7 @@ pub fn route_table() -> RouteTable {
         .merge(oauth::routes())
         .merge(oauth_clients::routes())
         .merge(oauth_grants::routes())
+        .merge(oauth_resources::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())

@@ -1,0 +1,344 @@
+//! `/v1/oauth-resources`: the protected resources a tenant runs (an API, an MCP server), each
+//! with an identifier URL and the scopes it accepts (RFC 8707 resource indicators), and their
+//! RFC 9728 protected-resource metadata.
+//!
+//! Managing resources needs `keys:manage`, like clients: a resource decides which tokens its
+//! clients may be given. Confined and delegated credentials may read but change nothing. A
+//! tenant registers at most [`MAX_RESOURCES_PER_TENANT`] (409 beyond). The identifier is an
+//! `https` URL (or `http` on a loopback address, for development) in canonical form, without
+//! query, fragment or user information (RFC 9728 §1.2), unique in the tenant; it is the
+//! resource's identity, so `PATCH` changes only `name` and `scopes`.
+//!
+//! Metadata (public, on the tenant's subdomain): `GET /.well-known/oauth-protected-resource`
+//! describes Bulkhead's own API, `GET /.well-known/oauth-protected-resource/{id}` a registered
+//! resource (another tenant's id answers like an unknown one). A resource server serves the
+//! latter at its own well-known URL (a copy or a proxy) or names it in its challenges'
+//! `resource_metadata` (RFC 9728 §5.1).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::id::OAuthResourceKind;
+use bulkhead_core::{OAuthResourceId, Scope, ScopeSet};
+use bulkhead_store::tenant::oauth_resources::{self, OAuthResource};
+use bulkhead_store::{Access, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::http::apidoc::OpDoc;
+use crate::http::authz::RouteAccess::{Public, Requires};
+use crate::http::authz::RouteTable;
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Tenant};
+use crate::http::routes::kit::by_id::{ById, ByIdJson};
+use crate::http::routes::kit::page::{page, ListQuery, NoFilters};
+use crate::http::routes::kit::tx;
+use crate::http::routes::kit::validate::PathId;
+use crate::http::routes::kit::write::Tail;
+use crate::http::state::AppState;
+
+/// Most protected resources a tenant may register (decision, as for clients: a fixed cap well
+/// above what admins register by hand). One more is 409 `conflict`.
+pub const MAX_RESOURCES_PER_TENANT: i64 = 100;
+
+/// Where Bulkhead's own API's metadata is served (and named by its `WWW-Authenticate`).
+pub const OWN_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The routes and who may call them.
+pub fn routes() -> RouteTable {
+    use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
+    const MANAGE: crate::http::authz::RouteAccess = Requires(Scope::KeysManage);
+    RouteTable::tagged("oauth-resources")
+        .resource(
+            "/v1/oauth-resources/{id}",
+            OpDoc::one::<OAuthResourceId>("protected resource"),
+        )
+        .get("/v1/oauth-resources", MANAGE, list_resources)
+        .confine(TENANT_WIDE_READ)
+        .doc(
+            OpDoc::page::<OAuthResourcePage, NoFilters>("A page of protected resources")
+                .invalid("Limit outside 1 to 200"),
+        )
+        .post("/v1/oauth-resources", MANAGE, create_resource)
+        .confine(Refused)
+        .doc(
+            OpDoc::ok::<OAuthResource>(201, "The new resource")
+                .body::<CreateResource>()
+                .forbidden("A delegated or prefix-confined credential")
+                .invalid("An invalid identifier, name or scope")
+                .conflict(
+                    "The identifier is registered already, or the tenant has as many \
+                    resources as it may register",
+                ),
+        )
+        .get("/v1/oauth-resources/{id}", MANAGE, fetch_resource)
+        .confine(TENANT_WIDE_READ)
+        .doc(OpDoc::ok::<OAuthResource>(200, "The resource"))
+        .patch("/v1/oauth-resources/{id}", MANAGE, update_resource)
+        .confine(Refused)
+        .doc(
+            OpDoc::ok::<OAuthResource>(200, "The resource")
+                .body::<UpdateResource>()
+                .forbidden("A delegated or prefix-confined credential")
+                .invalid("An invalid name or scope"),
+        )
+        .delete("/v1/oauth-resources/{id}", MANAGE, delete_resource)
+        .confine(Refused)
+        .doc(OpDoc::empty(204, "Deleted"))
+        .get(OWN_METADATA_PATH, Public, own_metadata)
+        .doc(
+            OpDoc::ok::<ProtectedResourceMetadata>(200, "RFC 9728 metadata")
+                .summary("RFC 9728 protected-resource metadata of Bulkhead's own API."),
+        )
+        .get(
+            "/.well-known/oauth-protected-resource/{id}",
+            Public,
+            resource_metadata,
+        )
+        .doc(
+            OpDoc::ok::<ProtectedResourceMetadata>(200, "RFC 9728 metadata")
+                .summary(
+                    "RFC 9728 protected-resource metadata of a registered resource, on the \
+                    tenant's subdomain.",
+                )
+                .id::<OAuthResourceId>("The resource")
+                .not_found("protected resource")
+                .answer(400, "A malformed id"),
+        )
+}
+
+page!(
+    /// A page of protected resources.
+    OAuthResourcePage, OAuthResource, OAuthResourceId
+);
+
+/// RFC 9728 protected-resource metadata.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProtectedResourceMetadata {
+    /// The resource's identifier.
+    resource: String,
+    /// The authorization servers that issue tokens for it: this deployment's issuer.
+    authorization_servers: Vec<String>,
+    /// The scopes it accepts.
+    scopes_supported: Vec<String>,
+    /// How it takes a token: `header` (RFC 6750 §2.1).
+    bearer_methods_supported: Vec<String>,
+    /// Its name.
+    resource_name: String,
+}
+
+/// Body of `POST /v1/oauth-resources`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateResource {
+    /// The identifier URL clients send as `resource` and tokens carry as `aud`.
+    #[schema(example = "https://mcp.acme.example/mcp")]
+    identifier: String,
+    /// 1 to 100 characters, shown on the consent page.
+    #[schema(example = "Acme MCP server")]
+    name: String,
+    /// The scopes it accepts (1 to 64).
+    #[schema(value_type = Vec<Scope>)]
+    scopes: Vec<String>,
+}
+
+/// Body of `PATCH /v1/oauth-resources/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateResource {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Scope>>)]
+    scopes: Option<Vec<String>>,
+}
+
+/// Checks a resource identifier (RFC 8707 §2, RFC 9728 §1.2).
+pub fn check_identifier(text: &str) -> Result<(), &'static str> {
+    if text.len() > 2048 {
+        return Err("identifier has at most 2048 characters");
+    }
+    let url = url::Url::parse(text).map_err(|_| "identifier must be an absolute URL")?;
+    if url.as_str() != text {
+        return Err(
+            "identifier must be in canonical form (lowercase scheme and host, a path of \
+             at least `/`, no default port)",
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("identifier may not have a query or a fragment");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("identifier may not carry user information");
+    }
+    let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("identifier must be https (or http on a loopback address)"),
+    }
+}
+
+fn check_name(name: &str) -> Result<&str, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            "name has 1 to 100 characters, none a control character".into(),
+        ));
+    }
+    Ok(name)
+}
+
+fn check_scopes(names: &[String]) -> Result<ScopeSet, ApiError> {
+    if names.is_empty() || names.len() > 64 {
+        return Err(ApiError::Invalid("give 1 to 64 scopes".into()));
+    }
+    ScopeSet::parse_all(names).map_err(|_| ApiError::Invalid("unknown scope".into()))
+}
+
+async fn list_resources(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    query: ListQuery,
+) -> Result<axum::Json<OAuthResourcePage>, ApiError> {
+    let (data, next_cursor) = query
+        .page_of_ids()?
+        .read(
+            &state,
+            &tenant.0,
+            async |tx, after, n| Ok(oauth_resources::list(tx, after, n).await?),
+            |r| r.id,
+        )
+        .await?;
+    Ok(axum::Json(OAuthResourcePage::new(data, next_cursor)))
+}
+
+async fn create_resource(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Json(body): Json<CreateResource>,
+) -> Result<(StatusCode, axum::Json<OAuthResource>), ApiError> {
+    let ctx = &tenant.0;
+    check_identifier(&body.identifier).map_err(|why| ApiError::Invalid(why.into()))?;
+    let name = check_name(&body.name)?.to_owned();
+    let scopes = check_scopes(&body.scopes)?;
+    let now = state.clock().now();
+    let resource = tx::write(&state, ctx, async |tx| {
+        if oauth_resources::count_locked(tx).await? >= MAX_RESOURCES_PER_TENANT {
+            return Err(ApiError::Conflict(format!(
+                "the tenant already has {MAX_RESOURCES_PER_TENANT} protected resources, the \
+                 most it may register; delete one first"
+            )));
+        }
+        let resource =
+            match oauth_resources::create(tx, &body.identifier, &name, &scopes, now).await {
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(ApiError::Conflict(
+                        "a resource with this identifier is registered already".into(),
+                    ))
+                }
+                other => other?,
+            };
+        let meta = json!({
+            "identifier": resource.identifier,
+            "name": resource.name,
+            "scopes": resource.scopes,
+        });
+        let id = resource.id;
+        Ok((
+            resource,
+            Tail::new().audit("oauth_resource.create", id, meta),
+        ))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(resource)))
+}
+
+async fn fetch_resource(
+    at: ById<OAuthResourceKind>,
+) -> Result<axum::Json<OAuthResource>, ApiError> {
+    at.read(oauth_resources::get).await.map(axum::Json)
+}
+
+async fn update_resource(
+    ByIdJson(ById { state, tenant, id }, body): ByIdJson<OAuthResourceKind, UpdateResource>,
+) -> Result<axum::Json<OAuthResource>, ApiError> {
+    let ctx = &tenant.0;
+    let name = body.name.as_deref().map(check_name).transpose()?;
+    let scopes = body.scopes.as_deref().map(check_scopes).transpose()?;
+    let now = state.clock().now();
+    let resource = tx::write(&state, ctx, async |tx| {
+        let resource = oauth_resources::update(tx, id, name, scopes.as_ref(), now).await?;
+        let meta = json!({
+            "name_changed": name.is_some(),
+            "scopes": scopes.as_ref().map(ScopeSet::to_strings),
+        });
+        Ok((
+            resource,
+            Tail::new().audit("oauth_resource.update", id, meta),
+        ))
+    })
+    .await?;
+    Ok(axum::Json(resource))
+}
+
+async fn delete_resource(at: ById<OAuthResourceKind>) -> Result<StatusCode, ApiError> {
+    let id = at.id;
+    at.delete(
+        oauth_resources::delete,
+        Tail::new().audit("oauth_resource.delete", id, json!({})),
+    )
+    .await
+}
+
+fn metadata_response(document: ProtectedResourceMetadata) -> Response {
+    let mut response = axum::Json(document).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// RFC 9728 metadata of Bulkhead's own API: its resource identifier is the issuer (the
+/// deployment's public base URL); its tokens' `aud` stays `--token-audience`.
+async fn own_metadata(State(state): State<AppState>) -> Response {
+    let issuer = &state.config().tokens.issuer;
+    metadata_response(ProtectedResourceMetadata {
+        resource: issuer.clone(),
+        authorization_servers: vec![issuer.clone()],
+        scopes_supported: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+        bearer_methods_supported: vec!["header".into()],
+        resource_name: "Bulkhead API".into(),
+    })
+}
+
+/// RFC 9728 metadata of one registered resource, on its tenant's subdomain.
+async fn resource_metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathId(id): PathId<OAuthResourceKind>,
+) -> Result<Response, ApiError> {
+    // A malformed id is 400 (as everywhere); a host that names no tenant is `unknown-tenant`; a
+    // suspended tenant's resources, another tenant's and unknown ones are one 404.
+    let host = crate::http::resolve::request_host(&headers);
+    let tenant = crate::http::resolve::host_tenant(&state, host)
+        .await?
+        .ok_or(ApiError::UnknownTenant)?;
+    if tenant.status != bulkhead_store::placement::registry::TenantStatus::Active {
+        return Err(ApiError::NotFound);
+    }
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
+    let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
+    let resource = oauth_resources::get(&mut tx, id).await?;
+    tx.commit().await?;
+    let issuer = &state.config().tokens.issuer;
+    Ok(metadata_response(ProtectedResourceMetadata {
+        resource: resource.identifier,
+        authorization_servers: vec![issuer.clone()],
+        scopes_supported: resource.scopes,
+        bearer_methods_supported: vec!["header".into()],
+        resource_name: resource.name,
+    }))
+}
