@@ -35,6 +35,12 @@ GRANT SELECT, DELETE ON bulkhead.oauth_grants TO bulkhead_tenant_mover;
 -- grant ends its sessions first, and an ended session's stale link is harmless (ids are never
 -- reused).
 ALTER TABLE bulkhead.auth_sessions ADD COLUMN grant_id uuid;
+-- The protected resource (RFC 8707) its access tokens are for, their `aud`; NULL: Bulkhead's own
+-- API. A refresh keeps it.
+ALTER TABLE bulkhead.auth_sessions ADD COLUMN resource text CHECK (length(resource) <= 2048);
+-- The resource a code was issued for ('' : Bulkhead's own API).
+ALTER TABLE bulkhead.oauth_codes ADD COLUMN resource text NOT NULL DEFAULT ''
+    CHECK (length(resource) <= 2048);
 CREATE INDEX auth_sessions_by_grant ON bulkhead.auth_sessions (tenant_id, grant_id)
     WHERE grant_id IS NOT NULL;
 

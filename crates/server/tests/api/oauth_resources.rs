@@ -1,11 +1,40 @@
 //! Protected resources (issue 20, RFC 8707 and RFC 9728): `/v1/oauth-resources`, their
 //! metadata, and the challenge of Bulkhead's own 401s that names its metadata.
 
-use bulkhead_test_support::spawn_app;
-use reqwest::{Method, StatusCode};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bulkhead_test_support::{spawn_app, TestApp};
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{audit_events, call_as};
+use crate::helpers::users::PASSWORD;
+use crate::helpers::{audit_events, call, call_as};
+use crate::oauth_code::{
+    authorize_path, form_fields, param, register_client, returned, sign_in, token, user_with_role,
+    Browser, VERIFIER,
+};
+
+/// The claims of an access token (not verified: the server did that).
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// The `error` of a 303 back to the client.
+fn back_error(response: &Response) -> String {
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()["location"].to_str().unwrap();
+    let url = url::Url::parse(location).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "error")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("{location}"))
+}
+
+async fn form_token(app: &TestApp, form: &[(&str, &str)]) -> (StatusCode, Value) {
+    let response = token(app, "acme", form).await;
+    (response.status(), response.json().await.unwrap())
+}
 
 #[tokio::test]
 async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
@@ -252,4 +281,189 @@ async fn a_tenant_registers_at_most_so_many_resources() {
     )
     .await;
     assert_eq!(refused.status(), StatusCode::CONFLICT);
+}
+
+/// RFC 8707: a tenant with resources issues tokens for one of them, whose `aud` it is; such a
+/// token is refused by Bulkhead's own API, and a refresh keeps its audience.
+#[tokio::test]
+async fn a_token_for_a_resource_is_for_that_resource_only() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    const MCP: &str = "https://mcp.acme.example/mcp";
+    const API: &str = "https://api.acme.example/";
+    for (identifier, scopes) in [
+        (MCP, json!(["sessions:read"])),
+        (API, json!(["sessions:read", "sessions:write"])),
+    ] {
+        let created = call_as(
+            &app,
+            &acme,
+            Method::POST,
+            "/v1/oauth-resources",
+            Some(json!({ "identifier": identifier, "name": "Acme MCP", "scopes": scopes })),
+        )
+        .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let redirect = "https://app.example/cb";
+    let body = json!({
+        "name": "Assistant",
+        "redirect_uris": [redirect],
+        "token_endpoint_auth_method": "client_secret_post",
+        "scopes": ["sessions:read", "sessions:write"],
+    });
+    let client = register_client(&app, &acme, body.clone()).await;
+    let client_id = client["id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let mut browser = Browser::new(&app, "acme");
+
+    // Without a resource, with an unknown one, or asking what the resource does not accept:
+    // back to the client with the error.
+    let none = browser
+        .get(&authorize_path(client_id, redirect, "sessions:read", &[]))
+        .await;
+    assert_eq!(back_error(&none), "invalid_target");
+    let unknown = browser
+        .get(&authorize_path(
+            client_id,
+            redirect,
+            "sessions:read",
+            &[("resource", "https://other.example/")],
+        ))
+        .await;
+    assert_eq!(back_error(&unknown), "invalid_target");
+    let too_much = browser
+        .get(&authorize_path(
+            client_id,
+            redirect,
+            "sessions:write",
+            &[("resource", MCP)],
+        ))
+        .await;
+    assert_eq!(back_error(&too_much), "invalid_scope");
+    // A tenant without resources names none.
+    let theirs = register_client(&app, &globex, body).await;
+    let mut elsewhere = Browser::new(&app, "globex");
+    let named = elsewhere
+        .get(&authorize_path(
+            theirs["id"].as_str().unwrap(),
+            redirect,
+            "sessions:read",
+            &[("resource", MCP)],
+        ))
+        .await;
+    assert_eq!(back_error(&named), "invalid_target");
+
+    // For the MCP server: the consent page names it; the code's token is for it alone.
+    let authorize = authorize_path(client_id, redirect, "sessions:read", &[("resource", MCP)]);
+    let html = sign_in(&mut browser, &authorize, "ada@acme.example").await;
+    assert!(html.contains("id=\"resource\""), "{html}");
+    assert!(html.contains(MCP), "{html}");
+    let mut allow = form_fields(&html);
+    allow.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &allow).await;
+    let (_, back) = returned(&answer.text().await.unwrap());
+    let code = param(&back, "code").unwrap().to_owned();
+    let exchange = |resource: &'static str| {
+        let code = code.clone();
+        let app = &app;
+        async move {
+            let mut form = vec![
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("code_verifier", VERIFIER),
+            ];
+            if !resource.is_empty() {
+                form.push(("resource", resource));
+            }
+            form_token(app, &form).await
+        }
+    };
+    let (status, refused) = exchange(API).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"], "invalid_target");
+    let (status, tokens) = exchange(MCP).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(claims(access)["aud"], MCP);
+    assert_eq!(tokens["scope"], "sessions:read");
+    // Bulkhead's own API is another resource: the token is refused there.
+    let own = call(&app, "acme", access, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(own.status(), StatusCode::UNAUTHORIZED);
+
+    // A refresh keeps the audience: asking for another is invalid_target, none keeps MCP.
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (status, widened) = form_token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("resource", API),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(widened["error"], "invalid_target");
+    let (status, refreshed) = form_token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id),
+            ("client_secret", secret),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_eq!(
+        claims(refreshed["access_token"].as_str().unwrap())["aud"],
+        MCP
+    );
+
+    // The consent is remembered for that resource only: the other resource asks again.
+    let ada = crate::helpers::users::login_response(&app, "acme", "ada@acme.example", PASSWORD)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let grants: Value = call(
+        &app,
+        "acme",
+        ada["access_token"].as_str().unwrap(),
+        Method::GET,
+        "/v1/auth/grants",
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(grants["data"][0]["resource"], MCP);
+    let remembered = browser.get(&authorize).await;
+    assert_eq!(remembered.status(), StatusCode::SEE_OTHER);
+    assert!(remembered.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("code="));
+    let other = browser
+        .get(&authorize_path(
+            client_id,
+            redirect,
+            "sessions:read",
+            &[("resource", API)],
+        ))
+        .await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert!(other
+        .text()
+        .await
+        .unwrap()
+        .contains("action=\"/oauth/authorize\""));
 }

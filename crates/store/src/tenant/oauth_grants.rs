@@ -167,20 +167,40 @@ pub async fn delete(tx: &mut TenantTx, id: OAuthGrantId) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Records that `session` was started under `grant`.
+/// Records that `session` was started under `grant`, for `resource` (`""`: Bulkhead's own API).
 pub async fn link_session(
     tx: &mut TenantTx,
     session: AuthSessionId,
     grant: OAuthGrantId,
+    resource: &str,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    sqlx::query("UPDATE auth_sessions SET grant_id = $3 WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant.uuid())
-        .bind(session.uuid())
-        .bind(grant.uuid())
-        .execute(tx.conn())
-        .await?;
+    sqlx::query(
+        "UPDATE auth_sessions SET grant_id = $3, resource = NULLIF($4, '') \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(session.uuid())
+    .bind(grant.uuid())
+    .bind(resource)
+    .execute(tx.conn())
+    .await?;
     Ok(())
+}
+
+/// The protected resource a session's tokens are for; `None`: Bulkhead's own API.
+pub async fn session_resource(
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+) -> Result<Option<String>, StoreError> {
+    let tenant = tx.tenant_id();
+    let resource: Option<Option<String>> =
+        sqlx::query_scalar("SELECT resource FROM auth_sessions WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.uuid())
+            .bind(session.uuid())
+            .fetch_optional(tx.conn())
+            .await?;
+    Ok(resource.flatten())
 }
 
 /// The live auth sessions started under a grant (what revoking it ends).

@@ -17,6 +17,7 @@ use bulkhead_core::{Clock, ScopeSet, TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::oauth::{self, NewCode, OAuthClient};
 use bulkhead_store::tenant::oauth_grants::{self, OAuthGrant};
+use bulkhead_store::tenant::oauth_resources;
 use bulkhead_store::tenant::tokens::{self, EndReason, NewAuthSession, PrincipalType};
 use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
@@ -75,6 +76,8 @@ pub struct Consented<'a> {
     pub ticked: &'a ScopeSet,
     /// What the client asked for.
     pub requested: &'a ScopeSet,
+    /// The protected resource the code is for (RFC 8707; [`OWN_API`]: Bulkhead's own API).
+    pub resource: &'a str,
     /// The user's remembered consent that covers the request, when the consent page was skipped;
     /// `None` when the user consented on the page (the consent is then remembered).
     pub remembered: Option<&'a OAuthGrant>,
@@ -89,11 +92,12 @@ pub async fn covering_grant(
     tenant: TenantId,
     user: UserId,
     client: &OAuthClient,
+    resource: &str,
     requested: &ScopeSet,
 ) -> Result<Option<OAuthGrant>, StoreError> {
     let ctx = TenantContext::for_system(tenant, "oauth");
     let mut tx = store.begin(&ctx, Access::ReadOnly).await?;
-    let grant = oauth_grants::find(&mut tx, user, client.id, OWN_API).await?;
+    let grant = oauth_grants::find(&mut tx, user, client.id, resource).await?;
     tx.commit().await?;
     Ok(grant.filter(|g| !requested.is_empty() && g.scope_set().is_superset(requested)))
 }
@@ -151,7 +155,7 @@ pub async fn issue_code(
                 &mut tx,
                 consented.user,
                 consented.client.id,
-                OWN_API,
+                consented.resource,
                 &granted,
                 now,
             )
@@ -165,6 +169,7 @@ pub async fn issue_code(
                     "user_id": consented.user,
                     "client_id": consented.client.id,
                     "scopes": granted.to_strings(),
+                    "resource": consented.resource,
                     "created": created,
                 }),
             )
@@ -182,6 +187,7 @@ pub async fn issue_code(
             code_challenge: consented.code_challenge,
             user_id: consented.user,
             scopes: &granted,
+            resource: consented.resource,
             now,
             expires_at: now + chrono::Duration::seconds(CODE_LIFETIME_SECS),
         },
@@ -219,6 +225,8 @@ pub struct CodeExchange<'a> {
     pub redirect_uri: &'a str,
     /// The `code_verifier` parameter.
     pub code_verifier: &'a str,
+    /// The `resource` parameter (RFC 8707), if sent: it must name the code's resource.
+    pub resource: Option<&'a str>,
     /// The caller's address.
     pub client_ip: Option<IpAddr>,
     /// The caller's `User-Agent`.
@@ -283,18 +291,35 @@ pub async fn exchange(
     let Some(grantable) = user_grantable(&mut tx, code.user_id).await? else {
         return refused(tx, request, "user_inactive").await;
     };
+    // The resource may be named again, but not changed (RFC 8707 §2.2).
+    if request.resource.is_some_and(|r| r != code.resource) {
+        if let Err(GrantError::Store(err)) = refused(tx, request, "resource_mismatch").await {
+            return Err(err.into());
+        }
+        return Err(GrantError::InvalidTarget(
+            "resource is not the one the code was issued for".into(),
+        ));
+    }
     // The consent it was issued under must still stand (revoking it refuses its codes too).
-    let Some(grant) = oauth_grants::find(&mut tx, code.user_id, request.client.id, OWN_API).await?
+    let Some(grant) =
+        oauth_grants::find(&mut tx, code.user_id, request.client.id, &code.resource).await?
     else {
         return refused(tx, request, "grant_revoked").await;
     };
-    let scopes = code
+    let mut scopes = code
         .scopes
         .clone()
         .unwrap_or_default()
         .intersection(&request.client.scope_set())
         .intersection(&grant.scope_set())
         .intersection(&grantable);
+    // A token for a resource carries only what the resource accepts now.
+    if code.resource != OWN_API {
+        let Some(resource) = oauth_resources::by_identifier(&mut tx, &code.resource).await? else {
+            return refused(tx, request, "resource_gone").await;
+        };
+        scopes = scopes.intersection(&resource.scope_set());
+    }
     if scopes.is_empty() {
         return refused(tx, request, "nothing_granted").await;
     }
@@ -317,23 +342,27 @@ pub async fn exchange(
     )
     .await?;
     oauth::mark_code_used(&mut tx, code.id, now, session.id).await?;
-    oauth_grants::link_session(&mut tx, session.id, grant.id).await?;
+    oauth_grants::link_session(&mut tx, session.id, grant.id, &code.resource).await?;
+    let audience = (code.resource != OWN_API).then_some(code.resource.as_str());
     let issued = issuer
         .tokens
-        .issue(&Grant {
-            tenant_id: tenant,
-            subject: &subject,
-            human: true,
-            client_id: &client_id,
-            scopes: &scopes,
-            session_id: Some(session.id),
-            act: None,
-            resource_prefix: None,
-            not_after: None,
-            delegated_from: Vec::new(),
-            allowed_networks: Vec::new(),
-            derived_keys: Vec::new(),
-        })
+        .issue_for(
+            &Grant {
+                tenant_id: tenant,
+                subject: &subject,
+                human: true,
+                client_id: &client_id,
+                scopes: &scopes,
+                session_id: Some(session.id),
+                act: None,
+                resource_prefix: None,
+                not_after: None,
+                delegated_from: Vec::new(),
+                allowed_networks: Vec::new(),
+                derived_keys: Vec::new(),
+            },
+            audience,
+        )
         .map_err(|_| GrantError::Unavailable)?;
     audit::record(
         &mut tx,
@@ -347,6 +376,7 @@ pub async fn exchange(
             "scope": issued.claims.scope,
             "session_id": session.id.to_string(),
             "grant_id": grant.id,
+            "resource": code.resource,
         }),
     )
     .await?;

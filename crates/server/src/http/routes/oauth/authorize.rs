@@ -31,21 +31,21 @@ use std::net::SocketAddr;
 
 use askama::Template;
 
+use super::back::Back;
 use super::browser::{
     cookie_hash, cookie_value, csrf_matches, csrf_token, find_session, new_cookie_value,
     set_cookie, SESSION_SECS,
 };
-use super::pages::{
-    error_page, html, items, page, page_headers, stylesheet, ConsentPage, LoginPage, RedirectPage,
-};
+use super::pages::{error_page, html, items, page, stylesheet, ConsentPage, LoginPage};
 use super::params::{Params, MAX_INPUT};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bulkhead_core::{OAuthClientId, ScopeSet, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::oauth::{self as store_oauth, OAuthClient};
+use bulkhead_store::tenant::oauth_resources::{self, OAuthResource};
 use bulkhead_store::{Access, StoreError};
 use serde_json::json;
 
@@ -126,96 +126,23 @@ struct Valid {
     state: Option<String>,
     code_challenge: String,
     requested: ScopeSet,
+    /// The protected resource asked for (RFC 8707); `None`: Bulkhead's own API.
+    resource: Option<OAuthResource>,
+}
+
+impl Valid {
+    /// The resource's identifier as stored with codes and grants (`""`: Bulkhead's own API).
+    fn resource_identifier(&self) -> &str {
+        self.resource
+            .as_ref()
+            .map_or(authorization_code::OWN_API, |r| r.identifier.as_str())
+    }
 }
 
 /// Why a request is refused: on a page (the redirect URI is not trusted), or back to the client.
 enum Refusal {
     Page(StatusCode, String, &'static str),
     Client(Box<Back>),
-}
-
-/// An answer for the client at its (trusted) redirect URI.
-struct Back {
-    tenant: Tenant,
-    client_name: String,
-    redirect_uri: String,
-    params: Vec<(&'static str, String)>,
-}
-
-impl Back {
-    fn error(
-        valid_part: (&Tenant, &OAuthClient, &str, Option<&str>),
-        error: &'static str,
-        description: &str,
-        issuer: &str,
-    ) -> Back {
-        let (tenant, client, redirect_uri, state) = valid_part;
-        let mut params = vec![
-            ("error", error.to_owned()),
-            ("error_description", description.to_owned()),
-        ];
-        if let Some(state) = state {
-            params.push(("state", state.to_owned()));
-        }
-        params.push(("iss", issuer.to_owned()));
-        Back {
-            tenant: tenant.clone(),
-            client_name: client.name.clone(),
-            redirect_uri: redirect_uri.to_owned(),
-            params,
-        }
-    }
-
-    fn target(&self) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in &self.params {
-            query.append_pair(name, value);
-        }
-        let separator = if self.redirect_uri.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        format!("{}{separator}{}", self.redirect_uri, query.finish())
-    }
-
-    fn host(&self) -> String {
-        url::Url::parse(&self.redirect_uri)
-            .ok()
-            .and_then(|u| {
-                u.host_str().map(|h| match u.port() {
-                    Some(port) => format!("{h}:{port}"),
-                    None => h.to_owned(),
-                })
-            })
-            .unwrap_or_default()
-    }
-
-    /// A 303 to the client (from `GET /oauth/authorize` only: no form is involved).
-    fn redirect(&self) -> Response {
-        let mut response = StatusCode::SEE_OTHER.into_response();
-        if let Ok(location) = HeaderValue::from_str(&self.target()) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        page_headers(response.headers_mut());
-        response
-    }
-
-    /// The page that returns to the client after a form POST (see the module doc).
-    fn page(&self, message: &str) -> Response {
-        let target = self.target();
-        page(
-            StatusCode::OK,
-            RedirectPage {
-                tenant: self.tenant.slug.as_str(),
-                client_name: &self.client_name,
-                redirect_host: &self.host(),
-                target: &target,
-                message,
-            }
-            .render(),
-        )
-    }
 }
 
 fn issuer(state: &AppState) -> &str {
@@ -270,16 +197,22 @@ async fn check_request(
         .and_then(|id| OAuthClientId::parse(id).ok())
         .ok_or_else(unknown_client)?;
     let ctx = crate::http::resolve::oauth_context(tenant.id);
-    let client = async {
+    let looked_up = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-        let client = store_oauth::get_client(&mut tx, client_id).await;
+        let client = store_oauth::get_client(&mut tx, client_id).await?;
+        // The tenant's protected resources (RFC 8707): whether it has any, and the one named.
+        let has_resources = oauth_resources::any(&mut tx).await?;
+        let named = match params.get("resource") {
+            Some(identifier) => oauth_resources::by_identifier(&mut tx, identifier).await?,
+            None => None,
+        };
         tx.commit().await?;
-        client
+        Ok::<_, StoreError>((client, has_resources, named))
     }
     .await;
     // Another tenant's client is exactly an unknown one.
-    let client = match client {
-        Ok(client) => client,
+    let (client, has_resources, resource) = match looked_up {
+        Ok(found) => found,
         Err(StoreError::NotFound) => return Err(unknown_client()),
         Err(_) => {
             return Err(Refusal::Page(
@@ -332,7 +265,25 @@ async fn check_request(
             "code_challenge is not an S256 challenge",
         ));
     }
-    let allowed = client.scope_set();
+    // A tenant with protected resources issues tokens for one of them only; one without names
+    // none. The scopes are then what the client and the resource both accept.
+    let mut allowed = client.scope_set();
+    match (&resource, params.get("resource"), has_resources) {
+        (Some(resource), _, _) => allowed = allowed.intersection(&resource.scope_set()),
+        (None, Some(_), _) => {
+            return Err(back(
+                "invalid_target",
+                "resource is not a protected resource of this organisation",
+            ))
+        }
+        (None, None, true) => {
+            return Err(back(
+                "invalid_target",
+                "resource is required: name the protected resource the token is for",
+            ))
+        }
+        (None, None, false) => {}
+    }
     let requested = match params.get("scope") {
         None => allowed,
         Some(text) => match crate::service::tokens::parse_scope_param(text) {
@@ -352,6 +303,7 @@ async fn check_request(
         redirect_uri: redirect_uri.clone(),
         requested,
         client,
+        resource,
     })
 }
 
@@ -490,6 +442,10 @@ async fn consent_page(
             client_name: &valid.client.name,
             user_email: &email,
             redirect_host: &back.host(),
+            resource: valid
+                .resource
+                .as_ref()
+                .map(|r| (r.name.as_str(), r.identifier.as_str())),
             csrf: &csrf,
             hidden: params.request_fields(),
             offered: items(&offered),
@@ -695,6 +651,7 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         user,
         ticked: &ticked,
         requested: &valid.requested,
+        resource: valid.resource_identifier(),
         remembered: None,
     };
     let issued = authorization_code::issue_code(state.store(), state.clock(), &consented).await;
@@ -721,8 +678,16 @@ async fn signed_in(
     }
     let store = state.store();
     let tenant = valid.tenant.id;
-    match authorization_code::covering_grant(store, tenant, user, &valid.client, &valid.requested)
-        .await
+    let resource = valid.resource_identifier();
+    match authorization_code::covering_grant(
+        store,
+        tenant,
+        user,
+        &valid.client,
+        resource,
+        &valid.requested,
+    )
+    .await
     {
         Ok(Some(grant)) => {
             let consented = Consented {
@@ -733,6 +698,7 @@ async fn signed_in(
                 user,
                 ticked: &valid.requested,
                 requested: &valid.requested,
+                resource: valid.resource_identifier(),
                 remembered: Some(&grant),
             };
             let issued = authorization_code::issue_code(store, state.clock(), &consented).await;

@@ -23,6 +23,7 @@
 
 pub mod authorization_code;
 pub mod authorize;
+mod back;
 mod browser;
 pub mod client_auth;
 pub mod client_credentials;

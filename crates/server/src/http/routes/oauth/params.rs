@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use zeroize::Zeroizing;
 
 /// The authorization request's parameters, carried through the pages.
-const REQUEST_PARAMS: [&str; 7] = [
+const REQUEST_PARAMS: [&str; 8] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -14,6 +14,7 @@ const REQUEST_PARAMS: [&str; 7] = [
     "state",
     "code_challenge",
     "code_challenge_method",
+    "resource",
 ];
 /// Most distinct parameters a request or form may carry (the repeated one not counted).
 const MAX_PARAMS: usize = 24;
