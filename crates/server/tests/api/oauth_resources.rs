@@ -43,7 +43,7 @@ async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
     let globex = app.create_tenant("globex").await;
     let issuer = app.state.config().tokens.issuer.clone();
     let body = json!({
-        "identifier": "https://mcp.acme.example/mcp",
+        "identifier": "https://acme.bulkhead.test/mcp/search",
         "name": "Acme MCP server",
         "scopes": ["sessions:read", "tools:call:search"],
     });
@@ -59,7 +59,10 @@ async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
     let created: Value = created.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("ores_"));
-    assert_eq!(created["identifier"], "https://mcp.acme.example/mcp");
+    assert_eq!(
+        created["identifier"],
+        "https://acme.bulkhead.test/mcp/search"
+    );
     assert_eq!(
         audit_events(&app, &acme, "oauth_resource.create")
             .await
@@ -72,12 +75,12 @@ async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
     let again = call_as(&app, &acme, Method::POST, "/v1/oauth-resources", Some(body)).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     for bad in [
-        "http://mcp.acme.example/mcp",
-        "https://mcp.acme.example/mcp?x=1",
-        "https://mcp.acme.example/mcp#f",
-        "HTTPS://mcp.acme.example/mcp",
-        "https://u@mcp.acme.example/mcp",
-        "mcp.acme.example",
+        "http://acme.bulkhead.test/mcp/search",
+        "https://acme.bulkhead.test/mcp/search?x=1",
+        "https://acme.bulkhead.test/mcp/search#f",
+        "HTTPS://acme.bulkhead.test/mcp/search",
+        "https://u@acme.bulkhead.test/mcp/search",
+        "acme.bulkhead.test",
     ] {
         let refused = call_as(
             &app,
@@ -89,19 +92,46 @@ async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
         .await;
         assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
-    let loopback = call_as(
+    // Only the tenant's own origin, with a path below its root: another host (one another
+    // tenant could register too, their tokens sharing one issuer), another tenant's origin, a
+    // loopback address, another port, the bare origin, the issuer and the token audience are
+    // refused with a problem that says why.
+    for (bad, why) in [
+        ("https://mcp.globex.example/mcp", "own origin"),
+        ("https://globex.bulkhead.test/mcp/search", "own origin"),
+        ("http://127.0.0.1:8000/mcp", "own origin"),
+        ("https://acme.bulkhead.test:8443/mcp/search", "own origin"),
+        ("https://acme.bulkhead.test/", "own origin"),
+        ("https://bulkhead.test", "issuer"),
+        ("https://bulkhead.test/", "issuer"),
+        ("bulkhead", "issuer"),
+    ] {
+        let refused = call_as(
+            &app,
+            &acme,
+            Method::POST,
+            "/v1/oauth-resources",
+            Some(json!({ "identifier": bad, "name": "x", "scopes": ["sessions:read"] })),
+        )
+        .await;
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let problem: Value = refused.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{bad}: {detail}");
+    }
+    let second = call_as(
         &app,
         &acme,
         Method::POST,
         "/v1/oauth-resources",
         Some(json!({
-            "identifier": "http://127.0.0.1:8000/mcp",
+            "identifier": "https://acme.bulkhead.test/mcp/local",
             "name": "Local",
             "scopes": ["sessions:read"],
         })),
     )
     .await;
-    assert_eq!(loopback.status(), StatusCode::CREATED);
+    assert_eq!(second.status(), StatusCode::CREATED);
 
     // Read, list, change.
     let path = format!("/v1/oauth-resources/{id}");
@@ -161,7 +191,10 @@ async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
         .unwrap();
     assert_eq!(metadata.status(), StatusCode::OK);
     let metadata: Value = metadata.json().await.unwrap();
-    assert_eq!(metadata["resource"], "https://mcp.acme.example/mcp");
+    assert_eq!(
+        metadata["resource"],
+        "https://acme.bulkhead.test/mcp/search"
+    );
     assert_eq!(metadata["authorization_servers"], json!([issuer]));
     assert_eq!(metadata["scopes_supported"], json!(["sessions:read"]));
     assert_eq!(metadata["bearer_methods_supported"], json!(["header"]));
@@ -260,7 +293,7 @@ async fn a_tenant_registers_at_most_so_many_resources() {
             Method::POST,
             "/v1/oauth-resources",
             Some(json!({
-                "identifier": format!("https://r{i}.acme.example/"),
+                "identifier": format!("https://acme.bulkhead.test/mcp/r{i}"),
                 "name": "r",
                 "scopes": ["sessions:read"],
             })),
@@ -274,7 +307,7 @@ async fn a_tenant_registers_at_most_so_many_resources() {
         Method::POST,
         "/v1/oauth-resources",
         Some(json!({
-            "identifier": "https://one-more.acme.example/",
+            "identifier": "https://acme.bulkhead.test/mcp/one-more",
             "name": "r",
             "scopes": ["sessions:read"],
         })),
@@ -291,8 +324,8 @@ async fn a_token_for_a_resource_is_for_that_resource_only() {
     let acme = app.create_tenant("acme").await;
     let globex = app.create_tenant("globex").await;
     user_with_role(&app, &acme, "ada@acme.example", "admin").await;
-    const MCP: &str = "https://mcp.acme.example/mcp";
-    const API: &str = "https://api.acme.example/";
+    const MCP: &str = "https://acme.bulkhead.test/mcp/search";
+    const API: &str = "https://acme.bulkhead.test/mcp/api";
     for (identifier, scopes) in [
         (MCP, json!(["sessions:read"])),
         (API, json!(["sessions:read", "sessions:write"])),

@@ -5,9 +5,10 @@
 //! Managing resources needs `keys:manage`, like clients: a resource decides which tokens its
 //! clients may be given. Confined and delegated credentials may read but change nothing. A
 //! tenant registers at most [`MAX_RESOURCES_PER_TENANT`] (409 beyond). The identifier is an
-//! `https` URL (or `http` on a loopback address, for development) in canonical form, without
-//! query, fragment or user information (RFC 9728 §1.2), unique in the tenant; it is the
-//! resource's identity, so `PATCH` changes only `name` and `scopes`.
+//! `https` URL in canonical form, without query, fragment or user information (RFC 9728 §1.2),
+//! on the tenant's own origin `https://<slug>.<base-domain>` followed by a path (see
+//! [`check_identifier`] for why), unique in the tenant; it is the resource's identity, so
+//! `PATCH` changes only `name` and `scopes`.
 //!
 //! Metadata (public, on the tenant's subdomain): `GET /.well-known/oauth-protected-resource`
 //! describes Bulkhead's own API, `GET /.well-known/oauth-protected-resource/{id}` a registered
@@ -153,31 +154,86 @@ pub struct UpdateResource {
     scopes: Option<Vec<String>>,
 }
 
-/// Checks a resource identifier (RFC 8707 §2, RFC 9728 §1.2).
-pub fn check_identifier(text: &str) -> Result<(), &'static str> {
+/// Where a tenant's resource identifiers must be: its own origin (see [`check_identifier`]).
+#[derive(Debug)]
+pub struct TenantOrigin<'a> {
+    /// The tenant's slug.
+    pub slug: &'a str,
+    /// The deployment's base domain.
+    pub base_domain: &'a str,
+    /// The deployment's issuer (its explicit port, if any, is the origin's port).
+    pub issuer: &'a str,
+    /// The `aud` of Bulkhead's own tokens (`--token-audience`): never an identifier.
+    pub audience: &'a str,
+}
+
+impl TenantOrigin<'_> {
+    /// `https://<slug>.<base-domain>[:<issuer's port>]`.
+    pub fn origin(&self) -> String {
+        match self.port() {
+            443 => format!("https://{}.{}", self.slug, self.base_domain),
+            port => format!("https://{}.{}:{port}", self.slug, self.base_domain),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        url::Url::parse(self.issuer)
+            .ok()
+            .and_then(|u| u.port())
+            .unwrap_or(443)
+    }
+}
+
+/// Checks a resource identifier (RFC 8707 §2, RFC 9728 §1.2): an `https` URL in canonical form
+/// on the tenant's own origin, with a path below its root.
+///
+/// Every tenant's tokens share one `iss` and one set of signing keys, and a resource's tokens
+/// carry its identifier as `aud`: an identifier another tenant could also register (any host)
+/// would let that tenant mint tokens its resource server accepts. On the tenant's own origin
+/// (where the MCP gateway serves the tenant's servers, `/mcp/<server>`), it names one tenant
+/// only. The issuer and `--token-audience` are refused too: they name Bulkhead's own API.
+pub fn check_identifier(text: &str, at: &TenantOrigin<'_>) -> Result<(), String> {
     if text.len() > 2048 {
-        return Err("identifier has at most 2048 characters");
+        return Err("identifier has at most 2048 characters".into());
+    }
+    if text == at.issuer
+        || text == at.audience
+        || url::Url::parse(at.issuer).is_ok_and(|issuer| issuer.as_str() == text)
+    {
+        return Err(
+            "identifier may not be the issuer or the token audience: they name Bulkhead's own \
+             API"
+            .into(),
+        );
     }
     let url = url::Url::parse(text).map_err(|_| "identifier must be an absolute URL")?;
     if url.as_str() != text {
         return Err(
             "identifier must be in canonical form (lowercase scheme and host, a path of \
-             at least `/`, no default port)",
+             at least `/`, no default port)"
+                .into(),
         );
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err("identifier may not have a query or a fragment");
+        return Err("identifier may not have a query or a fragment".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("identifier may not carry user information");
+        return Err("identifier may not carry user information".into());
     }
-    let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err("identifier must be https (or http on a loopback address)"),
+    let host = format!("{}.{}", at.slug, at.base_domain);
+    let on_origin = url.scheme() == "https"
+        && url.host_str() == Some(host.as_str())
+        && url.port_or_known_default() == Some(at.port());
+    if !on_origin || url.path() == "/" {
+        return Err(format!(
+            "identifier must be on the organisation's own origin, {}, followed by a path (e.g. \
+             {}/mcp/<server>): tokens of every organisation share one issuer, so an identifier \
+             on any other host could also be registered by another organisation",
+            at.origin(),
+            at.origin()
+        ));
     }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<&str, ApiError> {
@@ -220,7 +276,19 @@ async fn create_resource(
     Json(body): Json<CreateResource>,
 ) -> Result<(StatusCode, axum::Json<OAuthResource>), ApiError> {
     let ctx = &tenant.0;
-    check_identifier(&body.identifier).map_err(|why| ApiError::Invalid(why.into()))?;
+    let registered = state
+        .directory()
+        .by_id(state.store(), ctx.tenant_id())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let config = state.config();
+    let origin = TenantOrigin {
+        slug: registered.slug.as_str(),
+        base_domain: &config.base_domain,
+        issuer: &config.tokens.issuer,
+        audience: &config.tokens.audience,
+    };
+    check_identifier(&body.identifier, &origin).map_err(|why| ApiError::Invalid(why.into()))?;
     let name = check_name(&body.name)?.to_owned();
     let scopes = check_scopes(&body.scopes)?;
     let now = state.clock().now();
