@@ -432,3 +432,100 @@ async fn a_tenant_registers_at_most_so_many_oauth_clients() {
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     register_client(&app, &acme, body).await;
 }
+
+/// A refresh family started under a remembered consent follows the consent: narrowed, the next
+/// refresh carries at most the narrowed scopes; gone (a revocation that raced the exchange and
+/// missed the family), the refresh is refused and the family ended.
+#[tokio::test]
+async fn a_refresh_follows_its_consent_narrowed_or_revoked() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    let registered = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "Desktop assistant",
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "client_secret_post",
+            "scopes": ["sessions:read", "sessions:write"],
+        }),
+    )
+    .await;
+    let client = Client {
+        id: registered["id"].as_str().unwrap().to_owned(),
+        secret: Some(registered["client_secret"].as_str().unwrap().to_owned()),
+        redirect: REDIRECT,
+    };
+    let both = authorize_path(&client.id, REDIRECT, "sessions:read sessions:write", &[]);
+    let mut browser = Browser::new(&app, "acme");
+    let html = sign_in(&mut browser, &both, "ada@acme.example").await;
+    let mut allow = form_fields(&html);
+    allow.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &allow).await;
+    let (_, back) = returned(&answer.text().await.unwrap());
+    let first: Value = exchange(&app, &client, param(&back, "code").unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["scope"], "sessions:read sessions:write");
+    let second: Value = exchange(&app, &client, &redirected_code(&browser.get(&both).await))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    // The consent narrowed to sessions:read (as a later consent with fewer scopes does): the
+    // family's next refresh is cut to it.
+    let pool = app.db.superuser_pool().await;
+    sqlx::query("UPDATE bulkhead.oauth_grants SET scopes = '{sessions:read}' WHERE client_id = $1")
+        .bind(
+            bulkhead_core::OAuthClientId::parse(&client.id)
+                .unwrap()
+                .uuid(),
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    let narrowed = refresh(&app, &client, first["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(narrowed.status(), StatusCode::OK);
+    let narrowed: Value = narrowed.json().await.unwrap();
+    assert_eq!(narrowed["scope"], "sessions:read");
+
+    // The consent gone while the family lives (the row deleted behind the revocation's back,
+    // as a revocation racing the exchange could have left it): the refresh is refused and the
+    // family ended, so its rotated token is refused too.
+    sqlx::query("DELETE FROM bulkhead.oauth_grants WHERE client_id = $1")
+        .bind(
+            bulkhead_core::OAuthClientId::parse(&client.id)
+                .unwrap()
+                .uuid(),
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    for presented in [&second["refresh_token"], &narrowed["refresh_token"]] {
+        let refused = refresh(&app, &client, presented.as_str().unwrap()).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let refused: Value = refused.json().await.unwrap();
+        assert_eq!(refused["error"], "invalid_grant");
+    }
+    let failures = audit_events(&app, &acme, "auth.token_refresh").await;
+    assert!(
+        failures
+            .iter()
+            .filter(|e| e.to_string().contains("grant_revoked"))
+            .count()
+            == 2,
+        "{failures:?}"
+    );
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bulkhead.auth_sessions WHERE grant_id IS NOT NULL \
+         AND revoked_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, 2);
+}

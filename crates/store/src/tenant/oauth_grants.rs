@@ -108,9 +108,46 @@ pub async fn find(
     client: OAuthClientId,
     resource: &str,
 ) -> Result<Option<OAuthGrant>, StoreError> {
+    find_with(tx, user, client, resource, "").await
+}
+
+/// [`find`], locking the grant `FOR KEY SHARE` until the transaction ends: a revocation (a
+/// delete) waits for it, so a session started under the grant is linked before the revocation
+/// lists the grant's sessions, or the grant is found gone.
+pub async fn find_key_share(
+    tx: &mut TenantTx,
+    user: UserId,
+    client: OAuthClientId,
+    resource: &str,
+) -> Result<Option<OAuthGrant>, StoreError> {
+    find_with(tx, user, client, resource, " FOR KEY SHARE OF g").await
+}
+
+/// A grant by id, locked `FOR KEY SHARE` (see [`find_key_share`]); `None` if it is gone.
+pub async fn get_key_share(
+    tx: &mut TenantTx,
+    id: OAuthGrantId,
+) -> Result<Option<OAuthGrant>, StoreError> {
+    let tenant = tx.tenant_id();
+    let row: Option<GrantRow> =
+        sqlx::query_as(&format!("{GRANT_SELECT} AND g.id = $2 FOR KEY SHARE OF g"))
+            .bind(tenant.uuid())
+            .bind(id.uuid())
+            .fetch_optional(tx.conn())
+            .await?;
+    Ok(row.map(grant_from_row))
+}
+
+async fn find_with(
+    tx: &mut TenantTx,
+    user: UserId,
+    client: OAuthClientId,
+    resource: &str,
+    lock: &str,
+) -> Result<Option<OAuthGrant>, StoreError> {
     let tenant = tx.tenant_id();
     let row: Option<GrantRow> = sqlx::query_as(&format!(
-        "{GRANT_SELECT} AND g.user_id = $2 AND g.client_id = $3 AND g.resource = $4"
+        "{GRANT_SELECT} AND g.user_id = $2 AND g.client_id = $3 AND g.resource = $4{lock}"
     ))
     .bind(tenant.uuid())
     .bind(user.uuid())
@@ -188,19 +225,22 @@ pub async fn link_session(
     Ok(())
 }
 
-/// The protected resource a session's tokens are for; `None`: Bulkhead's own API.
-pub async fn session_resource(
+/// What a session was started under: its grant (`None`: not an authorization code's session)
+/// and the protected resource its tokens are for (`None`: Bulkhead's own API).
+pub async fn session_link(
     tx: &mut TenantTx,
     session: AuthSessionId,
-) -> Result<Option<String>, StoreError> {
+) -> Result<(Option<OAuthGrantId>, Option<String>), StoreError> {
     let tenant = tx.tenant_id();
-    let resource: Option<Option<String>> =
-        sqlx::query_scalar("SELECT resource FROM auth_sessions WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.uuid())
-            .bind(session.uuid())
-            .fetch_optional(tx.conn())
-            .await?;
-    Ok(resource.flatten())
+    let row: Option<(Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT grant_id, resource FROM auth_sessions WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(session.uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let (grant, resource) = row.unwrap_or_default();
+    Ok((grant.map(OAuthGrantId::from_uuid), resource))
 }
 
 /// The live auth sessions started under a grant (what revoking it ends).

@@ -131,8 +131,10 @@ async fn revoke_grant(at: ById<OAuthGrantKind>) -> Result<StatusCode, ApiError> 
         if own_user(ctx) != Some(grant.user_id) && !tenant_wide(ctx)? {
             return Err(ApiError::NotFound);
         }
-        let sessions = oauth_grants::live_sessions(tx, id).await?;
+        // Delete first: the delete waits for an exchange holding the grant, so the sessions
+        // listed after it include one that exchange started (none can start after it).
         oauth_grants::delete(tx, id).await?;
+        let sessions = oauth_grants::live_sessions(tx, id).await?;
         for session in &sessions {
             crate::service::auth_sessions::end(
                 state.tokens(),

@@ -301,8 +301,10 @@ pub async fn exchange(
         ));
     }
     // The consent it was issued under must still stand (revoking it refuses its codes too).
+    // Locked until the session is linked to it: a revocation waits, then ends that session too.
     let Some(grant) =
-        oauth_grants::find(&mut tx, code.user_id, request.client.id, &code.resource).await?
+        oauth_grants::find_key_share(&mut tx, code.user_id, request.client.id, &code.resource)
+            .await?
     else {
         return refused(tx, request, "grant_revoked").await;
     };

@@ -168,8 +168,8 @@ pub async fn refresh(
     };
     // The audience stays the session's: a resource's session refreshes for that resource only,
     // with at most what the resource accepts now; Bulkhead's own API's sessions name none.
-    let resource =
-        bulkhead_store::tenant::oauth_grants::session_resource(&mut tx, found.session.id).await?;
+    let (grant_id, resource) =
+        bulkhead_store::tenant::oauth_grants::session_link(&mut tx, found.session.id).await?;
     if request
         .resource
         .is_some_and(|asked| Some(asked) != resource.as_deref())
@@ -194,6 +194,33 @@ pub async fn refresh(
         }
         None => session_scopes,
     };
+    // A session started under a remembered consent refreshes with at most what the consent
+    // holds now (narrowing it reaches the family); a revoked consent ends the family.
+    let session_scopes = match grant_id {
+        None => session_scopes,
+        Some(id) => match bulkhead_store::tenant::oauth_grants::get_key_share(&mut tx, id).await? {
+            Some(grant) => session_scopes.intersection(&grant.scope_set()),
+            None => {
+                let session = found.session.id;
+                let ending = Ending {
+                    reason: EndReason::Revoked,
+                    action: "auth.session_end",
+                    outcome: Outcome::Success,
+                    meta: json!({ "reason": "grant_revoked", "grant_id": id }),
+                };
+                end_audited(issuer.tokens, issuer.clock, &mut tx, session, ending).await?;
+                audit_refresh_failure(&mut tx, Some(&found), "grant_revoked").await?;
+                tx.commit().await?;
+                issuer.tokens.deny_session_locally(tenant, session);
+                return Err(invalid());
+            }
+        },
+    };
+    if session_scopes.is_empty() {
+        audit_refresh_failure(&mut tx, Some(&found), "nothing_granted").await?;
+        tx.commit().await?;
+        return Err(invalid());
+    }
     let scopes = match granted_scopes(request.scope, &session_scopes) {
         Ok(scopes) => scopes,
         Err(err) => {
