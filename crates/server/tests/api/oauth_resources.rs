@@ -500,3 +500,125 @@ async fn a_token_for_a_resource_is_for_that_resource_only() {
         .unwrap()
         .contains("action=\"/oauth/authorize\""));
 }
+
+/// Bulkhead's own API is named by the issuer (its protected-resource metadata's `resource`):
+/// `resource=<issuer>` gets own-API tokens everywhere, even in a tenant with registered
+/// resources; a `resource` with a control character is `invalid_target` before any lookup.
+#[tokio::test]
+async fn the_issuer_names_bulkheads_own_api() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    let issuer = app.state.config().tokens.issuer.clone();
+    let canonical = url::Url::parse(&issuer).unwrap().to_string();
+    let created = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/oauth-resources",
+        Some(json!({
+            "identifier": "https://acme.bulkhead.test/mcp/search",
+            "name": "Acme MCP",
+            "scopes": ["sessions:read"],
+        })),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let redirect = "https://app.example/cb";
+    let client = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "Assistant",
+            "redirect_uris": [redirect],
+            "token_endpoint_auth_method": "client_secret_post",
+            "scopes": ["sessions:read", "sessions:write"],
+        }),
+    )
+    .await;
+    let client_id = client["id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let mut browser = Browser::new(&app, "acme");
+
+    // A NUL (or any control character) is refused back to the client, not a 503.
+    for bad in ["\u{0}", "https://acme.bulkhead.test/mcp/\u{1}"] {
+        let refused = browser
+            .get(&authorize_path(
+                client_id,
+                redirect,
+                "sessions:read",
+                &[("resource", bad)],
+            ))
+            .await;
+        assert_eq!(back_error(&refused), "invalid_target");
+    }
+
+    // The issuer: the consent page, then an own-API token (aud = --token-audience) that
+    // Bulkhead's API accepts, with both scopes (the resource's scopes do not apply).
+    let authorize = authorize_path(
+        client_id,
+        redirect,
+        "sessions:read sessions:write",
+        &[("resource", &issuer)],
+    );
+    let html = sign_in(&mut browser, &authorize, "ada@acme.example").await;
+    let mut allow = form_fields(&html);
+    allow.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &allow).await;
+    let (_, back) = returned(&answer.text().await.unwrap());
+    let code = param(&back, "code").unwrap().to_owned();
+    let (status, tokens) = form_token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("code_verifier", VERIFIER),
+            ("resource", &canonical),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        claims(access)["aud"],
+        app.state.config().tokens.audience.as_str()
+    );
+    assert_eq!(tokens["scope"], "sessions:read sessions:write");
+    let own = call(&app, "acme", access, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(own.status(), StatusCode::OK);
+
+    // A refresh naming the issuer keeps the own API; naming the registered resource is refused.
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (status, refused) = form_token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("resource", "https://acme.bulkhead.test/mcp/search"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"], "invalid_target");
+    let (status, refreshed) = form_token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("resource", &issuer),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_eq!(
+        claims(refreshed["access_token"].as_str().unwrap())["aud"],
+        app.state.config().tokens.audience.as_str()
+    );
+}

@@ -291,8 +291,17 @@ pub async fn exchange(
     let Some(grantable) = user_grantable(&mut tx, code.user_id).await? else {
         return refused(tx, request, "user_inactive").await;
     };
-    // The resource may be named again, but not changed (RFC 8707 §2.2).
-    if request.resource.is_some_and(|r| r != code.resource) {
+    // The resource may be named again, but not changed (RFC 8707 §2.2). The issuer names
+    // Bulkhead's own API.
+    let issuer_url = &issuer.tokens.settings().issuer;
+    let asked = request.resource.map(|r| {
+        if super::is_own_api(issuer_url, r) {
+            OWN_API
+        } else {
+            r
+        }
+    });
+    if asked.is_some_and(|r| r != code.resource) {
         if let Err(GrantError::Store(err)) = refused(tx, request, "resource_mismatch").await {
             return Err(err.into());
         }

@@ -170,10 +170,15 @@ pub async fn refresh(
     // with at most what the resource accepts now; Bulkhead's own API's sessions name none.
     let (grant_id, resource) =
         bulkhead_store::tenant::oauth_grants::session_link(&mut tx, found.session.id).await?;
-    if request
-        .resource
-        .is_some_and(|asked| Some(asked) != resource.as_deref())
-    {
+    // The issuer names Bulkhead's own API (the session's resource `None`).
+    let own_api = |asked: &str| super::is_own_api(&issuer.tokens.settings().issuer, asked);
+    if request.resource.is_some_and(|asked| {
+        if own_api(asked) {
+            resource.is_some()
+        } else {
+            Some(asked) != resource.as_deref()
+        }
+    }) {
         tx.rollback().await?;
         return Err(GrantError::InvalidTarget(
             "a refresh keeps the audience it was issued for".into(),

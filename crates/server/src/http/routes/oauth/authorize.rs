@@ -56,6 +56,7 @@ use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin
 use crate::http::state::AppState;
 use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
 use crate::service::oauth::redirect_uri;
+use crate::service::oauth::{is_malformed_resource, is_own_api};
 
 /// The routes: the pages authenticate the user themselves (no credential in front).
 pub fn routes() -> RouteTable {
@@ -197,14 +198,18 @@ async fn check_request(
         .and_then(|id| OAuthClientId::parse(id).ok())
         .ok_or_else(unknown_client)?;
     let ctx = crate::http::resolve::oauth_context(tenant.id);
+    // `resource` equal to the issuer names Bulkhead's own API (its metadata's `resource`).
+    let own_api = |resource: &str| is_own_api(&state.config().tokens.issuer, resource);
     let looked_up = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
         let client = store_oauth::get_client(&mut tx, client_id).await?;
         // The tenant's protected resources (RFC 8707): whether it has any, and the one named.
         let has_resources = oauth_resources::any(&mut tx).await?;
         let named = match params.get("resource") {
-            Some(identifier) => oauth_resources::by_identifier(&mut tx, identifier).await?,
-            None => None,
+            Some(identifier) if !own_api(identifier) && !is_malformed_resource(identifier) => {
+                oauth_resources::by_identifier(&mut tx, identifier).await?
+            }
+            _ => None,
         };
         tx.commit().await?;
         Ok::<_, StoreError>((client, has_resources, named))
@@ -270,6 +275,14 @@ async fn check_request(
     let mut allowed = client.scope_set();
     match (&resource, params.get("resource"), has_resources) {
         (Some(resource), _, _) => allowed = allowed.intersection(&resource.scope_set()),
+        (None, Some(asked), _) if is_malformed_resource(asked) => {
+            return Err(back(
+                "invalid_target",
+                "resource is not a valid resource identifier",
+            ))
+        }
+        // Bulkhead's own API, allowed whether or not the tenant has resources.
+        (None, Some(asked), _) if own_api(asked) => {}
         (None, Some(_), _) => {
             return Err(back(
                 "invalid_target",
