@@ -499,6 +499,48 @@ async fn a_token_for_a_resource_is_for_that_resource_only() {
         .await
         .unwrap()
         .contains("action=\"/oauth/authorize\""));
+
+    // Deleting the resource takes its consents with it and ends its sessions, audited with
+    // the counts: nothing issued for the identifier outlives its registration.
+    let listed: Value = call_as(&app, &acme, Method::GET, "/v1/oauth-resources", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mcp_id = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["identifier"] == MCP)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deleted = call_as(
+        &app,
+        &acme,
+        Method::DELETE,
+        &format!("/v1/oauth-resources/{mcp_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let pool = app.db.superuser_pool().await;
+    let (grants, live): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM bulkhead.oauth_grants WHERE resource = $1), \
+         (SELECT count(*) FROM bulkhead.auth_sessions WHERE resource = $1 \
+          AND revoked_at IS NULL)",
+    )
+    .bind(MCP)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((grants, live), (0, 0));
+    let events = audit_events(&app, &acme, "oauth_resource.delete").await;
+    assert_eq!(events.len(), 1);
+    let event = events[0].to_string();
+    assert!(event.contains("\"grants_deleted\":1"), "{event}");
+    assert!(event.contains("\"sessions_ended\":1"), "{event}");
 }
 
 /// Bulkhead's own API is named by the issuer (its protected-resource metadata's `resource`):

@@ -259,3 +259,31 @@ pub async fn live_sessions(
     .await?;
     Ok(ids.into_iter().map(AuthSessionId::from_uuid).collect())
 }
+
+/// Forgets every consent for a protected resource (its deletion); returns how many.
+pub async fn delete_for_resource(tx: &mut TenantTx, resource: &str) -> Result<u64, StoreError> {
+    let tenant = tx.tenant_id();
+    let done = sqlx::query("DELETE FROM oauth_grants WHERE tenant_id = $1 AND resource = $2")
+        .bind(tenant.uuid())
+        .bind(resource)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// The live auth sessions whose tokens are for a protected resource (what deleting it ends).
+pub async fn live_sessions_for_resource(
+    tx: &mut TenantTx,
+    resource: &str,
+) -> Result<Vec<AuthSessionId>, StoreError> {
+    let tenant = tx.tenant_id();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM auth_sessions WHERE tenant_id = $1 AND resource = $2 \
+         AND revoked_at IS NULL",
+    )
+    .bind(tenant.uuid())
+    .bind(resource)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(ids.into_iter().map(AuthSessionId::from_uuid).collect())
+}

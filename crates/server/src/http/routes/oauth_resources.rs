@@ -21,7 +21,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::id::OAuthResourceKind;
 use bulkhead_core::{OAuthResourceId, Scope, ScopeSet};
+use bulkhead_store::tenant::oauth_grants;
 use bulkhead_store::tenant::oauth_resources::{self, OAuthResource};
+use bulkhead_store::tenant::tokens::EndReason;
 use bulkhead_store::{Access, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -351,13 +353,43 @@ async fn update_resource(
     Ok(axum::Json(resource))
 }
 
+/// Deletes a resource with its consents, and ends the sessions whose tokens are for it, in one
+/// transaction: nothing issued for an identifier outlives its registration.
 async fn delete_resource(at: ById<OAuthResourceKind>) -> Result<StatusCode, ApiError> {
-    let id = at.id;
-    at.delete(
-        oauth_resources::delete,
-        Tail::new().audit("oauth_resource.delete", id, json!({})),
-    )
-    .await
+    let ById { state, tenant, id } = at;
+    let ctx = &tenant.0;
+    let ended = tx::write(&state, ctx, async |tx| {
+        let resource = oauth_resources::get(tx, id).await?;
+        oauth_resources::delete(tx, id).await?;
+        let grants = oauth_grants::delete_for_resource(tx, &resource.identifier).await?;
+        let sessions = oauth_grants::live_sessions_for_resource(tx, &resource.identifier).await?;
+        for session in &sessions {
+            crate::service::auth_sessions::end(
+                state.tokens(),
+                state.clock(),
+                tx,
+                *session,
+                EndReason::Revoked,
+            )
+            .await?;
+        }
+        let meta = json!({
+            "identifier": resource.identifier,
+            "grants_deleted": grants,
+            "sessions_ended": sessions.len(),
+        });
+        Ok((
+            sessions,
+            Tail::new().audit("oauth_resource.delete", id, meta),
+        ))
+    })
+    .await?;
+    for session in ended {
+        state
+            .tokens()
+            .deny_session_locally(ctx.tenant_id(), session);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn metadata_response(document: ProtectedResourceMetadata) -> Response {
