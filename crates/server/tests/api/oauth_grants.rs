@@ -239,6 +239,17 @@ async fn a_remembered_consent_skips_the_page_and_revoking_it_ends_its_sessions()
     let by_bob = call(&app, "acme", &bob, Method::DELETE, &path, None).await;
     assert_eq!(by_bob.status(), StatusCode::NOT_FOUND);
     assert_eq!(by_bob.text().await.unwrap(), missing);
+    // A delegated or prefix-confined credential holding keys:manage may not revoke another's
+    // consent: the unknown id's 404 too, for an existing consent and an unknown one alike.
+    let (_, delegated, prefixed) =
+        crate::helpers::oauth::admin_and_delegated_tokens(&app, &acme).await;
+    for confined in [&delegated, &prefixed] {
+        for target in [&path, &unknown] {
+            let refused = call(&app, "acme", confined, Method::DELETE, target, None).await;
+            assert_eq!(refused.status(), StatusCode::NOT_FOUND, "{target}");
+            assert_eq!(refused.text().await.unwrap(), missing);
+        }
+    }
     let gil = login_token(&app, "globex", "gil@globex.example").await;
     for (bearer, slug) in [(gil.as_str(), "globex"), (globex.key.as_str(), "globex")] {
         let foreign = call(&app, slug, bearer, Method::DELETE, &path, None).await;

@@ -99,6 +99,15 @@ fn tenant_wide(ctx: &TenantContext) -> Result<bool, ApiError> {
     Ok(true)
 }
 
+/// Whether the caller may revoke another user's consent: `keys:manage`, unconfined and
+/// undelegated. Unlike [`tenant_wide`] it refuses nothing: the caller gets a 404.
+fn may_manage_others(ctx: &TenantContext) -> bool {
+    let actor = ctx.actor();
+    ctx.has_scope(Scope::KeysManage)
+        && actor.resource_prefix().is_none()
+        && actor.delegation().is_none()
+}
+
 async fn list_grants(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -127,8 +136,10 @@ async fn revoke_grant(at: ById<OAuthGrantKind>) -> Result<StatusCode, ApiError> 
     let ctx = &tenant.0;
     let ended = tx::write(&state, ctx, async |tx| {
         let grant = oauth_grants::get(tx, id).await?;
-        // Someone else's consent is a missing one, unless the caller manages the tenant's.
-        if own_user(ctx) != Some(grant.user_id) && !tenant_wide(ctx)? {
+        // Someone else's consent is a missing one, unless the caller manages the tenant's
+        // (unconfined, undelegated): a confined caller holding `keys:manage` gets the unknown
+        // id's 404 too, not a 403 that would tell it the consent exists.
+        if own_user(ctx) != Some(grant.user_id) && !may_manage_others(ctx) {
             return Err(ApiError::NotFound);
         }
         // Delete first: the delete waits for an exchange holding the grant, so the sessions
