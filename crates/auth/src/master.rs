@@ -25,6 +25,7 @@ const WEBHOOK_SECRET_INFO: &[u8] = b"bulkhead/v1/webhook-secret-seal";
 const TOOL_SECRET_INFO: &[u8] = b"bulkhead/v1/tool-secret-seal";
 const DATABASE_URL_INFO: &[u8] = b"bulkhead/v1/database-url-seal";
 const CLIENT_SECRET_INFO: &[u8] = b"bulkhead/v1/oauth-client-secret-mac";
+const PAGE_CSRF_INFO: &[u8] = b"bulkhead/v1/oauth-page-csrf-mac";
 
 /// The operator's master key (`BULKHEAD_MASTER_KEY`, or generated into the embedded data
 /// directory). `Debug` never shows it; zeroized on drop.
@@ -146,6 +147,22 @@ impl MasterKey {
         input.extend_from_slice(binding);
         input.push(0);
         input.extend_from_slice(secret);
+        let tag = ring::hmac::sign(&key, &input);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// HMAC-SHA256 of a browser cookie value of the OAuth pages under a key derived for that
+    /// purpose only, bound to `binding` (the tenant): the pages' CSRF token. Neither stored nor
+    /// computable without the master key, so a cookie value that is in no table (the signed-out
+    /// state) still carries a token only this server can make.
+    pub fn page_csrf_mac(&self, binding: &[u8], cookie: &[u8]) -> [u8; 32] {
+        let key = self.mac_key(PAGE_CSRF_INFO);
+        let mut input = Zeroizing::new(Vec::with_capacity(binding.len() + 1 + cookie.len()));
+        input.extend_from_slice(binding);
+        input.push(0);
+        input.extend_from_slice(cookie);
         let tag = ring::hmac::sign(&key, &input);
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());

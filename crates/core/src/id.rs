@@ -313,6 +313,14 @@ id_kind!(
     /// An OAuth client registered in a tenant; its text form is the `client_id`: `oac_…`.
     OAuthClientId, OAuthClientKind, "oac"
 );
+id_kind!(
+    /// A remembered consent: a user's grant of scopes to an OAuth client: `ogr_…`.
+    OAuthGrantId, OAuthGrantKind, "ogr"
+);
+id_kind!(
+    /// A protected resource a tenant registered (RFC 8707, RFC 9728): `ores_…`.
+    OAuthResourceId, OAuthResourceKind, "ores"
+);
 
 #[cfg(test)]
 mod tests {

@@ -49,7 +49,10 @@ pub use id::{
     AccessTokenId, ApiKeyId, AuditEventId, AuthSessionId, IdError, JobId, PrefixedId, RequestId,
     SessionId, TenantId, UserId,
 };
-pub use id::{AgentId, OAuthClientId, OperatorEventId, OperatorKeyId, RoleAssignmentId, RoleId};
+pub use id::{
+    AgentId, OAuthClientId, OAuthGrantId, OAuthResourceId, OperatorEventId, OperatorKeyId,
+    RoleAssignmentId, RoleId,
+};
 pub use id::{AttemptId, DeliveryId, EndpointId, MessageId, ScreeningId, ToolCallId, ToolId};
 pub use operator::{OperatorScope, OperatorScopes};
 pub use prefix::{Namespace, NamespaceError};

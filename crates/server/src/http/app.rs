@@ -44,6 +44,11 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::http::limits::preauth_limit,
+        ))
+        // Outermost: every 401 of the tenant API names Bulkhead's resource metadata.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::challenge::resource_metadata,
         ));
 
     // Endpoints where the client authenticates itself (OAuth, login): no tenant resolution in

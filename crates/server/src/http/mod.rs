@@ -9,6 +9,7 @@
 pub mod apidoc;
 pub mod app;
 pub mod authz;
+pub(crate) mod challenge;
 pub mod error;
 pub mod extract;
 pub mod limits;

@@ -285,8 +285,19 @@ impl TokenService {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Issues an access token.
+    /// Issues an access token for Bulkhead's own API (`aud` is `--token-audience`).
     pub fn issue(&self, grant: &Grant<'_>) -> Result<IssuedToken, IssueError> {
+        self.issue_for(grant, None)
+    }
+
+    /// Issues an access token whose `aud` is `resource` (a registered protected resource's
+    /// identifier, RFC 8707), or Bulkhead's own API when `None`. Bulkhead's own verifier accepts
+    /// only the latter, so a token for a resource is refused by Bulkhead's API.
+    pub fn issue_for(
+        &self,
+        grant: &Grant<'_>,
+        resource: Option<&str>,
+    ) -> Result<IssuedToken, IssueError> {
         let loaded = self.loaded();
         let signer = loaded.signer.as_ref().ok_or(IssueError::NoSigningKey)?;
         let now = self.clock.now().timestamp();
@@ -299,7 +310,7 @@ impl TokenService {
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
             sub: grant.subject.to_owned(),
-            aud: self.settings.audience.clone(),
+            aud: resource.map_or_else(|| self.settings.audience.clone(), str::to_owned),
             exp,
             iat: now,
             nbf: now,

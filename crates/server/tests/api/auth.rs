@@ -47,12 +47,18 @@ async fn every_bad_credential_gets_the_same_401() {
                 request = request.header("authorization", h);
             }
             let response = request.send().await.unwrap();
+            let issuer = &app.state.config().tokens.issuer;
             assert_eq!(
                 response
                     .headers()
                     .get("www-authenticate")
                     .and_then(|v| v.to_str().ok()),
-                Some("Bearer realm=\"bulkhead\""),
+                Some(
+                    format!(
+                        "Bearer realm=\"bulkhead\", resource_metadata=\"{issuer}/.well-known/oauth-protected-resource\""
+                    )
+                    .as_str()
+                ),
                 "{name}"
             );
             let (status, body) = problem(response).await;

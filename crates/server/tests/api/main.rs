@@ -14,6 +14,8 @@ mod isolation;
 mod jobs;
 mod move_safety;
 mod oauth_code;
+mod oauth_grants;
+mod oauth_resources;
 mod openapi;
 mod operator;
 mod platform;

@@ -12,14 +12,15 @@ use sha2::{Digest, Sha256};
 use crate::helpers::users::PASSWORD;
 use crate::helpers::{audit_events, call, call_as};
 
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-and-some-more-entropy";
+pub(crate) const VERIFIER: &str =
+    "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-and-some-more-entropy";
 
-fn challenge(verifier: &str) -> String {
+pub(crate) fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// A user made over the API holding `role`; returns its email.
-async fn user_with_role(app: &TestApp, tenant: &TestTenant, email: &str, role: &str) {
+pub(crate) async fn user_with_role(app: &TestApp, tenant: &TestTenant, email: &str, role: &str) {
     let user = call_as(
         app,
         tenant,
@@ -41,7 +42,7 @@ async fn user_with_role(app: &TestApp, tenant: &TestTenant, email: &str, role: &
     assert_eq!(assigned.status(), StatusCode::CREATED);
 }
 
-async fn register_client(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
+pub(crate) async fn register_client(app: &TestApp, tenant: &TestTenant, body: Value) -> Value {
     let response = call_as(app, tenant, Method::POST, "/v1/oauth-clients", Some(body)).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     response.json().await.unwrap()
@@ -101,7 +102,7 @@ fn attribute<'a>(tag: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// The form's fields a browser would send: hidden inputs, and the checked checkboxes.
-fn form_fields(html: &str) -> Vec<(String, String)> {
+pub(crate) fn form_fields(html: &str) -> Vec<(String, String)> {
     tags(html, "input")
         .iter()
         .filter(|t| match attribute(t, "type") {
@@ -127,14 +128,14 @@ fn html_checked(html: &str, tag: &[(String, String)]) -> bool {
 }
 
 /// A browser: a cookie, the pages it was shown.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     app: &'a TestApp,
     slug: String,
-    cookie: Option<String>,
+    pub(crate) cookie: Option<String>,
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a TestApp, slug: &str) -> Self {
+    pub(crate) fn new(app: &'a TestApp, slug: &str) -> Self {
         Self {
             app,
             slug: slug.to_owned(),
@@ -152,7 +153,7 @@ impl<'a> Browser<'a> {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Response {
+    pub(crate) async fn get(&mut self, path: &str) -> Response {
         let mut request = self.app.client.get(self.app.tenant_url(&self.slug, path));
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", format!("__Host-bulkhead-oauth={cookie}"));
@@ -162,7 +163,7 @@ impl<'a> Browser<'a> {
         response
     }
 
-    async fn post(&mut self, path: &str, fields: &[(String, String)]) -> Response {
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(String, String)]) -> Response {
         let mut request = self
             .app
             .client
@@ -182,7 +183,7 @@ impl<'a> Browser<'a> {
     }
 }
 
-fn authorize_path(
+pub(crate) fn authorize_path(
     client_id: &str,
     redirect_uri: &str,
     scope: &str,
@@ -223,7 +224,7 @@ fn assert_page_headers(response: &Response) {
 }
 
 /// Signs in through the login page; the browser then holds the signed-in session.
-async fn sign_in(browser: &mut Browser<'_>, authorize: &str, email: &str) -> String {
+pub(crate) async fn sign_in(browser: &mut Browser<'_>, authorize: &str, email: &str) -> String {
     let page = browser.get(authorize).await;
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
@@ -237,7 +238,7 @@ async fn sign_in(browser: &mut Browser<'_>, authorize: &str, email: &str) -> Str
 }
 
 /// The query of the link the return page navigates to.
-fn returned(html: &str) -> (String, Vec<(String, String)>) {
+pub(crate) fn returned(html: &str) -> (String, Vec<(String, String)>) {
     let link = tags(html, "a")
         .into_iter()
         .find(|t| attribute(t, "id") == Some("continue"))
@@ -252,14 +253,14 @@ fn returned(html: &str) -> (String, Vec<(String, String)>) {
     (href, pairs)
 }
 
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
 
-async fn token(app: &TestApp, slug: &str, form: &[(&str, &str)]) -> Response {
+pub(crate) async fn token(app: &TestApp, slug: &str, form: &[(&str, &str)]) -> Response {
     app.client
         .post(app.tenant_url(slug, "/oauth/token"))
         .header("content-type", "application/x-www-form-urlencoded")

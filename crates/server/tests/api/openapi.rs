@@ -15,6 +15,8 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/.well-known/oauth-protected-resource"),
+    ("GET", "/.well-known/oauth-protected-resource/{id}"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/bulkhead-audit-key"),
     ("POST", "/v1/auth/login"),
@@ -31,6 +33,7 @@ const NO_CLIENT_ERROR: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/bulkhead-audit-key"),
+    ("GET", "/.well-known/oauth-protected-resource"),
     ("GET", "/oauth/style.css"),
 ];
 

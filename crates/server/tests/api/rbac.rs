@@ -203,8 +203,10 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         .collect();
     open.sort();
     let reviewed = [
+        "Authenticated DELETE /v1/auth/grants/{id}",
         "Authenticated DELETE /v1/auth/sessions/{id}",
         "Authenticated GET /v1/api-keys/{id}",
+        "Authenticated GET /v1/auth/grants",
         "Authenticated GET /v1/auth/sessions",
         "Authenticated PATCH /v1/api-keys/{id}",
         "Authenticated POST /v1/api-keys/{id}/revoke",
@@ -214,6 +216,8 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         "Public GET /.well-known/bulkhead-audit-key",
         "Public GET /.well-known/jwks.json",
         "Public GET /.well-known/oauth-authorization-server",
+        "Public GET /.well-known/oauth-protected-resource",
+        "Public GET /.well-known/oauth-protected-resource/{id}",
         "Public GET /healthz",
         "Public GET /oauth/style.css",
         "Public GET /openapi.json",

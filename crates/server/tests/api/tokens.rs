@@ -54,9 +54,13 @@ async fn assert_invalid_token(response: Response) {
             response.text().await.unwrap()
         );
     }
-    assert_eq!(
-        response.headers()["www-authenticate"],
-        "Bearer realm=\"bulkhead\", error=\"invalid_token\""
+    // RFC 6750 invalid_token, naming Bulkhead's protected-resource metadata (RFC 9728 §5.1).
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with(
+            "Bearer realm=\"bulkhead\", error=\"invalid_token\", resource_metadata=\""
+        ) && challenge.ends_with("/.well-known/oauth-protected-resource\""),
+        "{challenge}"
     );
     let (status, body) = problem(response).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

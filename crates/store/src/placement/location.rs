@@ -627,6 +627,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "revoked_tokens",
     "login_throttle",
     "oauth_clients",
+    "oauth_grants",
+    "oauth_resources",
     "oauth_browser_sessions",
     "oauth_codes",
     "jobs",

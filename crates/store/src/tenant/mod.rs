@@ -7,6 +7,8 @@ pub mod agents;
 pub mod api_keys;
 pub mod jobs;
 pub mod oauth;
+pub mod oauth_grants;
+pub mod oauth_resources;
 pub mod quotas;
 pub mod rbac;
 pub mod sessions;

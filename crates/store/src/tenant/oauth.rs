@@ -205,6 +205,23 @@ pub async fn client_with_secret(
     ))
 }
 
+/// How many clients the tenant has, counted under a transaction-scoped advisory lock of the
+/// tenant's client list: two creations racing for the last place queue behind each other, so
+/// the cap checked with this count holds (the lock ends with the transaction).
+pub async fn count_clients_locked(tx: &mut TenantTx) -> Result<i64, StoreError> {
+    let tenant = tx.tenant_id();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('oauth_clients:' || $1::text, 0))")
+        .bind(tenant.uuid())
+        .execute(tx.conn())
+        .await?;
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM oauth_clients WHERE tenant_id = $1")
+            .bind(tenant.uuid())
+            .fetch_one(tx.conn())
+            .await?;
+    Ok(count)
+}
+
 /// A page of clients in id order, after `after`.
 pub async fn list_clients(
     tx: &mut TenantTx,
@@ -373,6 +390,8 @@ pub struct NewCode<'a> {
     pub user_id: UserId,
     /// The granted scopes.
     pub scopes: &'a ScopeSet,
+    /// The protected resource it is for (`""`: Bulkhead's own API).
+    pub resource: &'a str,
     /// Now.
     pub now: DateTime<Utc>,
     /// When it stops being good.
@@ -393,8 +412,8 @@ pub async fn insert_code(tx: &mut TenantTx, new: &NewCode<'_>) -> Result<(), Sto
     .await?;
     sqlx::query(
         "INSERT INTO oauth_codes (tenant_id, id, code_hash, client_id, redirect_uri, \
-         code_challenge, user_id, scopes, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         code_challenge, user_id, scopes, created_at, expires_at, resource) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(tenant.uuid())
     .bind(Uuid::now_v7())
@@ -406,6 +425,7 @@ pub async fn insert_code(tx: &mut TenantTx, new: &NewCode<'_>) -> Result<(), Sto
     .bind(new.scopes.to_strings())
     .bind(new.now)
     .bind(new.expires_at)
+    .bind(new.resource)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -432,6 +452,8 @@ pub struct StoredCode {
     pub used_at: Option<DateTime<Utc>>,
     /// The session its exchange started.
     pub session_id: Option<AuthSessionId>,
+    /// The protected resource it is for (`""`: Bulkhead's own API).
+    pub resource: String,
 }
 
 /// The code whose hash is `code_hash`, its row locked until the transaction ends (two
@@ -451,17 +473,30 @@ pub async fn find_code_for_update(
         DateTime<Utc>,
         Option<DateTime<Utc>>,
         Option<Uuid>,
+        String,
     );
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, client_id, redirect_uri, code_challenge, user_id, scopes, expires_at, \
-         used_at, session_id FROM oauth_codes WHERE tenant_id = $1 AND code_hash = $2 FOR UPDATE",
+         used_at, session_id, resource FROM oauth_codes \
+         WHERE tenant_id = $1 AND code_hash = $2 FOR UPDATE",
     )
     .bind(tenant.uuid())
     .bind(&code_hash[..])
     .fetch_optional(tx.conn())
     .await?;
     Ok(row.map(
-        |(id, client, redirect_uri, challenge, user, scopes, expires_at, used_at, session)| {
+        |(
+            id,
+            client,
+            redirect_uri,
+            challenge,
+            user,
+            scopes,
+            expires_at,
+            used_at,
+            session,
+            resource,
+        )| {
             StoredCode {
                 id,
                 client_id: OAuthClientId::from_uuid(client),
@@ -472,6 +507,7 @@ pub async fn find_code_for_update(
                 expires_at,
                 used_at,
                 session_id: session.map(AuthSessionId::from_uuid),
+                resource,
             }
         },
     ))

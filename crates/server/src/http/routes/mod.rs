@@ -8,6 +8,8 @@ pub mod health;
 pub(crate) mod kit;
 pub mod oauth;
 pub mod oauth_clients;
+pub mod oauth_grants;
+pub mod oauth_resources;
 pub mod openapi;
 pub mod principals;
 pub mod roles;
@@ -28,6 +30,8 @@ pub fn route_table() -> RouteTable {
         .merge(openapi::routes())
         .merge(oauth::routes())
         .merge(oauth_clients::routes())
+        .merge(oauth_grants::routes())
+        .merge(oauth_resources::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())

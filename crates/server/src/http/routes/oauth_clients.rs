@@ -32,6 +32,12 @@ use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 use crate::service::oauth::redirect_uri;
 
+/// Most OAuth clients a tenant may register (decision: a fixed cap, well above what an
+/// organisation's admins register by hand; each client is shown on consent pages and checked on
+/// every authorization request, so an unbounded list is a way to grow the database). Creating
+/// one more is 409 `conflict`.
+pub const MAX_CLIENTS_PER_TENANT: i64 = 100;
+
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
     use crate::http::authz::{Confinement::Refused, TENANT_WIDE_READ};
@@ -56,7 +62,8 @@ pub fn routes() -> RouteTable {
                     "A scope the caller does not hold itself, or a delegated or \
                     prefix-confined credential",
                 )
-                .invalid("An invalid name, redirect URI, method or scope"),
+                .invalid("An invalid name, redirect URI, method or scope")
+                .conflict("The tenant has as many clients as it may register"),
         )
         .get("/v1/oauth-clients/{id}", MANAGE, fetch_client)
         .confine(TENANT_WIDE_READ)
@@ -212,6 +219,12 @@ async fn create_client(
             .client_secret_mac(&secret_binding(ctx.tenant_id(), id), s.as_bytes())
     });
     let client = tx::write(&state, ctx, async |tx| {
+        if oauth::count_clients_locked(tx).await? >= MAX_CLIENTS_PER_TENANT {
+            return Err(ApiError::Conflict(format!(
+                "the tenant already has {MAX_CLIENTS_PER_TENANT} OAuth clients, the most it may \
+                register; delete one first"
+            )));
+        }
         let client = oauth::create_client(
             tx,
             &NewClient {

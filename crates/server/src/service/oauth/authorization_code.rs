@@ -16,6 +16,8 @@ use bulkhead_auth::{AuthorizationCode, RefreshToken};
 use bulkhead_core::{Clock, ScopeSet, TenantContext, TenantId, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::tenant::oauth::{self, NewCode, OAuthClient};
+use bulkhead_store::tenant::oauth_grants::{self, OAuthGrant};
+use bulkhead_store::tenant::oauth_resources;
 use bulkhead_store::tenant::tokens::{self, EndReason, NewAuthSession, PrincipalType};
 use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
@@ -74,6 +76,30 @@ pub struct Consented<'a> {
     pub ticked: &'a ScopeSet,
     /// What the client asked for.
     pub requested: &'a ScopeSet,
+    /// The protected resource the code is for (RFC 8707; [`OWN_API`]: Bulkhead's own API).
+    pub resource: &'a str,
+    /// The user's remembered consent that covers the request, when the consent page was skipped;
+    /// `None` when the user consented on the page (the consent is then remembered).
+    pub remembered: Option<&'a OAuthGrant>,
+}
+
+/// The resource of a grant without an RFC 8707 indicator: the tenant's own API.
+pub const OWN_API: &str = "";
+
+/// The user's remembered consent to the client that covers all of `requested`, if any.
+pub async fn covering_grant(
+    store: &Store,
+    tenant: TenantId,
+    user: UserId,
+    client: &OAuthClient,
+    resource: &str,
+    requested: &ScopeSet,
+) -> Result<Option<OAuthGrant>, StoreError> {
+    let ctx = TenantContext::for_system(tenant, "oauth");
+    let mut tx = store.begin(&ctx, Access::ReadOnly).await?;
+    let grant = oauth_grants::find(&mut tx, user, client.id, resource).await?;
+    tx.commit().await?;
+    Ok(grant.filter(|g| !requested.is_empty() && g.scope_set().is_superset(requested)))
 }
 
 /// Why a consent produced no code.
@@ -88,7 +114,9 @@ pub enum ConsentError {
 }
 
 /// Issues a code for what the user may grant of what was ticked: ticked ∩ requested ∩ the
-/// client's scopes ∩ the user's current permissions. Audited as `oauth.authorize`.
+/// client's scopes ∩ the user's current permissions (∩ the remembered consent's scopes when the
+/// page was skipped). A consent given on the page is remembered (`oauth.grant`, its scopes
+/// replacing any earlier consent of the user to the client). Audited as `oauth.authorize`.
 pub async fn issue_code(
     store: &Store,
     clock: &Clock,
@@ -99,11 +127,14 @@ pub async fn issue_code(
     let grantable = user_grantable(&mut tx, consented.user)
         .await?
         .unwrap_or_default();
-    let granted = consented
+    let mut granted = consented
         .ticked
         .intersection(consented.requested)
         .intersection(&consented.client.scope_set())
         .intersection(&grantable);
+    if let Some(grant) = consented.remembered {
+        granted = granted.intersection(&grant.scope_set());
+    }
     if granted.is_empty() {
         audit::record(
             &mut tx,
@@ -117,6 +148,35 @@ pub async fn issue_code(
         return Err(ConsentError::NothingGranted);
     }
     let now = clock.now();
+    let grant_id = match consented.remembered {
+        Some(grant) => grant.id,
+        None => {
+            let (id, created) = oauth_grants::remember(
+                &mut tx,
+                consented.user,
+                consented.client.id,
+                consented.resource,
+                &granted,
+                now,
+            )
+            .await?;
+            audit::record(
+                &mut tx,
+                "oauth.grant",
+                Some(&id.to_string()),
+                Outcome::Success,
+                json!({
+                    "user_id": consented.user,
+                    "client_id": consented.client.id,
+                    "scopes": granted.to_strings(),
+                    "resource": consented.resource,
+                    "created": created,
+                }),
+            )
+            .await?;
+            id
+        }
+    };
     let code = AuthorizationCode::generate(*consented.tenant.uuid().as_bytes());
     oauth::insert_code(
         &mut tx,
@@ -127,6 +187,7 @@ pub async fn issue_code(
             code_challenge: consented.code_challenge,
             user_id: consented.user,
             scopes: &granted,
+            resource: consented.resource,
             now,
             expires_at: now + chrono::Duration::seconds(CODE_LIFETIME_SECS),
         },
@@ -142,6 +203,8 @@ pub async fn issue_code(
             "redirect_uri": consented.redirect_uri,
             "requested": consented.requested.to_strings(),
             "granted": granted.to_strings(),
+            "grant_id": grant_id,
+            "remembered": consented.remembered.is_some(),
         }),
     )
     .await?;
@@ -162,6 +225,8 @@ pub struct CodeExchange<'a> {
     pub redirect_uri: &'a str,
     /// The `code_verifier` parameter.
     pub code_verifier: &'a str,
+    /// The `resource` parameter (RFC 8707), if sent: it must name the code's resource.
+    pub resource: Option<&'a str>,
     /// The caller's address.
     pub client_ip: Option<IpAddr>,
     /// The caller's `User-Agent`.
@@ -226,12 +291,46 @@ pub async fn exchange(
     let Some(grantable) = user_grantable(&mut tx, code.user_id).await? else {
         return refused(tx, request, "user_inactive").await;
     };
-    let scopes = code
+    // The resource may be named again, but not changed (RFC 8707 §2.2). The issuer names
+    // Bulkhead's own API.
+    let issuer_url = &issuer.tokens.settings().issuer;
+    let asked = request.resource.map(|r| {
+        if super::is_own_api(issuer_url, r) {
+            OWN_API
+        } else {
+            r
+        }
+    });
+    if asked.is_some_and(|r| r != code.resource) {
+        if let Err(GrantError::Store(err)) = refused(tx, request, "resource_mismatch").await {
+            return Err(err.into());
+        }
+        return Err(GrantError::InvalidTarget(
+            "resource is not the one the code was issued for".into(),
+        ));
+    }
+    // The consent it was issued under must still stand (revoking it refuses its codes too).
+    // Locked until the session is linked to it: a revocation waits, then ends that session too.
+    let Some(grant) =
+        oauth_grants::find_key_share(&mut tx, code.user_id, request.client.id, &code.resource)
+            .await?
+    else {
+        return refused(tx, request, "grant_revoked").await;
+    };
+    let mut scopes = code
         .scopes
         .clone()
         .unwrap_or_default()
         .intersection(&request.client.scope_set())
+        .intersection(&grant.scope_set())
         .intersection(&grantable);
+    // A token for a resource carries only what the resource accepts now.
+    if code.resource != OWN_API {
+        let Some(resource) = oauth_resources::by_identifier(&mut tx, &code.resource).await? else {
+            return refused(tx, request, "resource_gone").await;
+        };
+        scopes = scopes.intersection(&resource.scope_set());
+    }
     if scopes.is_empty() {
         return refused(tx, request, "nothing_granted").await;
     }
@@ -254,22 +353,27 @@ pub async fn exchange(
     )
     .await?;
     oauth::mark_code_used(&mut tx, code.id, now, session.id).await?;
+    oauth_grants::link_session(&mut tx, session.id, grant.id, &code.resource).await?;
+    let audience = (code.resource != OWN_API).then_some(code.resource.as_str());
     let issued = issuer
         .tokens
-        .issue(&Grant {
-            tenant_id: tenant,
-            subject: &subject,
-            human: true,
-            client_id: &client_id,
-            scopes: &scopes,
-            session_id: Some(session.id),
-            act: None,
-            resource_prefix: None,
-            not_after: None,
-            delegated_from: Vec::new(),
-            allowed_networks: Vec::new(),
-            derived_keys: Vec::new(),
-        })
+        .issue_for(
+            &Grant {
+                tenant_id: tenant,
+                subject: &subject,
+                human: true,
+                client_id: &client_id,
+                scopes: &scopes,
+                session_id: Some(session.id),
+                act: None,
+                resource_prefix: None,
+                not_after: None,
+                delegated_from: Vec::new(),
+                allowed_networks: Vec::new(),
+                derived_keys: Vec::new(),
+            },
+            audience,
+        )
         .map_err(|_| GrantError::Unavailable)?;
     audit::record(
         &mut tx,
@@ -282,6 +386,8 @@ pub async fn exchange(
             "user_id": subject,
             "scope": issued.claims.scope,
             "session_id": session.id.to_string(),
+            "grant_id": grant.id,
+            "resource": code.resource,
         }),
     )
     .await?;

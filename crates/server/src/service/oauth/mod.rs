@@ -32,6 +32,19 @@ use bulkhead_store::{Store, StoreError};
 use crate::service::ceilings::RoleCeilings;
 use crate::service::tokens::{parse_scope_param, IssuedToken, TokenService};
 
+/// Whether an RFC 8707 `resource` names Bulkhead's own API: the issuer as configured, or in
+/// the canonical form of its URL (what its protected-resource metadata publishes).
+pub fn is_own_api(issuer: &str, resource: &str) -> bool {
+    resource == issuer || url::Url::parse(issuer).is_ok_and(|url| url.as_str() == resource)
+}
+
+/// Whether a `resource` value can name nothing: a control character (a NUL would reach the
+/// database), or longer than any stored identifier. Refused as `invalid_target` before any
+/// lookup.
+pub fn is_malformed_resource(resource: &str) -> bool {
+    resource.len() > 2048 || resource.chars().any(char::is_control)
+}
+
 /// The parts of the application a grant uses.
 #[derive(Clone, Copy)]
 pub struct Issuer<'a> {

@@ -37,6 +37,9 @@ pub struct Refresh<'a> {
     pub oauth_client: Option<bulkhead_core::OAuthClientId>,
     /// The `scope` parameter, when sent.
     pub scope: Option<&'a str>,
+    /// The `resource` parameter (RFC 8707), if sent: it must name the session's resource (a
+    /// refresh keeps the audience, never changes it).
+    pub resource: Option<&'a str>,
 }
 
 fn invalid() -> GrantError {
@@ -163,6 +166,66 @@ pub async fn refresh(
         tx.commit().await?;
         return Err(invalid());
     };
+    // The audience stays the session's: a resource's session refreshes for that resource only,
+    // with at most what the resource accepts now; Bulkhead's own API's sessions name none.
+    let (grant_id, resource) =
+        bulkhead_store::tenant::oauth_grants::session_link(&mut tx, found.session.id).await?;
+    // The issuer names Bulkhead's own API (the session's resource `None`).
+    let own_api = |asked: &str| super::is_own_api(&issuer.tokens.settings().issuer, asked);
+    if request.resource.is_some_and(|asked| {
+        if own_api(asked) {
+            resource.is_some()
+        } else {
+            Some(asked) != resource.as_deref()
+        }
+    }) {
+        tx.rollback().await?;
+        return Err(GrantError::InvalidTarget(
+            "a refresh keeps the audience it was issued for".into(),
+        ));
+    }
+    let session_scopes = match &resource {
+        Some(identifier) => {
+            match bulkhead_store::tenant::oauth_resources::by_identifier(&mut tx, identifier)
+                .await?
+            {
+                Some(registered) => session_scopes.intersection(&registered.scope_set()),
+                None => {
+                    audit_refresh_failure(&mut tx, Some(&found), "resource_gone").await?;
+                    tx.commit().await?;
+                    return Err(invalid());
+                }
+            }
+        }
+        None => session_scopes,
+    };
+    // A session started under a remembered consent refreshes with at most what the consent
+    // holds now (narrowing it reaches the family); a revoked consent ends the family.
+    let session_scopes = match grant_id {
+        None => session_scopes,
+        Some(id) => match bulkhead_store::tenant::oauth_grants::get_key_share(&mut tx, id).await? {
+            Some(grant) => session_scopes.intersection(&grant.scope_set()),
+            None => {
+                let session = found.session.id;
+                let ending = Ending {
+                    reason: EndReason::Revoked,
+                    action: "auth.session_end",
+                    outcome: Outcome::Success,
+                    meta: json!({ "reason": "grant_revoked", "grant_id": id }),
+                };
+                end_audited(issuer.tokens, issuer.clock, &mut tx, session, ending).await?;
+                audit_refresh_failure(&mut tx, Some(&found), "grant_revoked").await?;
+                tx.commit().await?;
+                issuer.tokens.deny_session_locally(tenant, session);
+                return Err(invalid());
+            }
+        },
+    };
+    if session_scopes.is_empty() {
+        audit_refresh_failure(&mut tx, Some(&found), "nothing_granted").await?;
+        tx.commit().await?;
+        return Err(invalid());
+    }
     let scopes = match granted_scopes(request.scope, &session_scopes) {
         Ok(scopes) => scopes,
         Err(err) => {
@@ -175,24 +238,27 @@ pub async fn refresh(
     tokens::insert_refresh_token(&mut tx, found.session.id, &next.hash(), now).await?;
     let issued = issuer
         .tokens
-        .issue(&Grant {
-            tenant_id: tenant,
-            subject: &found.session.principal_id,
-            human: found.session.principal_type == PrincipalType::User,
-            client_id: &found.session.client_id,
-            scopes: &scopes,
-            session_id: Some(found.session.id),
-            act: None,
-            resource_prefix: None,
-            not_after: None,
-            delegated_from: Vec::new(),
-            // An agent's session is refreshed with its key: the key's allowlist binds the token.
-            allowed_networks: request
-                .client
-                .map(|key| vec![key.allowed_ips.clone()])
-                .unwrap_or_default(),
-            derived_keys: Vec::new(),
-        })
+        .issue_for(
+            &Grant {
+                tenant_id: tenant,
+                subject: &found.session.principal_id,
+                human: found.session.principal_type == PrincipalType::User,
+                client_id: &found.session.client_id,
+                scopes: &scopes,
+                session_id: Some(found.session.id),
+                act: None,
+                resource_prefix: None,
+                not_after: None,
+                delegated_from: Vec::new(),
+                // An agent's session is refreshed with its key: the key's allowlist binds the token.
+                allowed_networks: request
+                    .client
+                    .map(|key| vec![key.allowed_ips.clone()])
+                    .unwrap_or_default(),
+                derived_keys: Vec::new(),
+            },
+            resource.as_deref(),
+        )
         .map_err(|_| GrantError::Unavailable)?;
     audit::record(
         &mut tx,

@@ -42,6 +42,7 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
         client: &client,
         redirect_uri,
         code_verifier,
+        resource: form.get("resource"),
         client_ip: grant.client_ip,
         user_agent: grant
             .headers

@@ -13,39 +13,41 @@
 //! without any script, under `default-src 'none'; style-src 'self'; form-action 'self';
 //! frame-ancestors 'none'; base-uri 'none'`. The authorization request travels in hidden fields
 //! and is checked again, whole, on every POST. A browser session is a `__Host-` cookie (Secure,
-//! HttpOnly, SameSite=Lax, Path=/) whose SHA-256 is stored; every form carries a CSRF token
-//! derived from the cookie's value and compared in constant time. A login replaces the session
-//! with a new one (new cookie value), so a planted session id is worth nothing after it.
+//! HttpOnly, SameSite=Lax, Path=/); signed out, nothing is stored ([`super::browser`]); every
+//! form carries a CSRF token, an HMAC of the cookie's value under a server key, compared in
+//! constant time. A login stores a new session (new cookie value), so a planted session id is
+//! worth nothing after it. A remembered consent that covers the whole request skips the consent
+//! page (the user still signs in).
 //!
 //! # Leaving for the client
 //! Chrome applies `form-action` to the redirects that follow a form POST, so answering the
 //! consent POST with a cross-origin 302 would be blocked under `form-action 'self'`. The consent
 //! POST (and any refusal after it) therefore answers 200 with a small page that navigates by
 //! `<meta http-equiv="refresh">` and a plain link; the CSP stays `form-action 'self'` everywhere.
-//! Only `GET /oauth/authorize` itself redirects (303) to the client, with an error.
+//! Only `GET /oauth/authorize` itself redirects (303) to the client: with an error, or with the
+//! code of a remembered consent.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use askama::Template;
 
+use super::back::Back;
 use super::browser::{
-    anonymous_session, cookie_hash, cookie_value, csrf_matches, csrf_token, find_session,
-    new_cookie_value, set_cookie, SESSION_SECS,
+    cookie_hash, cookie_value, csrf_matches, csrf_token, find_session, new_cookie_value,
+    set_cookie, SESSION_SECS,
 };
-use super::pages::{
-    error_page, html, items, page, page_headers, stylesheet, ConsentPage, LoginPage, RedirectPage,
-};
+use super::pages::{error_page, html, items, page, stylesheet, ConsentPage, LoginPage};
+use super::params::{Params, MAX_INPUT};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bulkhead_core::{OAuthClientId, ScopeSet, UserId};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 use bulkhead_store::tenant::oauth::{self as store_oauth, OAuthClient};
+use bulkhead_store::tenant::oauth_resources::{self, OAuthResource};
 use bulkhead_store::{Access, StoreError};
 use serde_json::json;
-use zeroize::Zeroizing;
 
 use crate::http::apidoc::OpDoc;
 use crate::http::authz::{RouteAccess, RouteTable};
@@ -54,21 +56,7 @@ use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin
 use crate::http::state::AppState;
 use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
 use crate::service::oauth::redirect_uri;
-
-/// The authorization request's parameters, carried through the pages.
-const REQUEST_PARAMS: [&str; 7] = [
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "scope",
-    "state",
-    "code_challenge",
-    "code_challenge_method",
-];
-/// Most parameters a request or form may carry.
-const MAX_PARAMS: usize = 24;
-/// Longest query or form accepted.
-const MAX_INPUT: usize = 16 * 1024;
+use crate::service::oauth::{is_malformed_resource, is_own_api};
 
 /// The routes: the pages authenticate the user themselves (no credential in front).
 pub fn routes() -> RouteTable {
@@ -131,56 +119,6 @@ pub fn routes() -> RouteTable {
         )
 }
 
-// ------------------------------------------------------------------------------------------------
-// Parameters.
-
-/// Parameters of a query or form, each at most once (except those in `repeatable`).
-struct Params {
-    single: HashMap<String, Zeroizing<String>>,
-    repeated: Vec<String>,
-}
-
-impl Params {
-    fn parse(input: &[u8], repeatable: Option<&str>) -> Result<Params, &'static str> {
-        if input.len() > MAX_INPUT {
-            return Err("The request is too large.");
-        }
-        let mut single = HashMap::new();
-        let mut repeated = Vec::new();
-        for (count, (name, value)) in form_urlencoded::parse(input).enumerate() {
-            if count >= MAX_PARAMS {
-                return Err("The request has too many parameters.");
-            }
-            if Some(name.as_ref()) == repeatable {
-                repeated.push(value.into_owned());
-                continue;
-            }
-            if single
-                .insert(name.into_owned(), Zeroizing::new(value.into_owned()))
-                .is_some()
-            {
-                return Err("A parameter of the request is repeated.");
-            }
-        }
-        Ok(Params { single, repeated })
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.single
-            .get(name)
-            .map(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// The authorization request's parameters, to carry in hidden fields.
-    fn request_fields(&self) -> Vec<(&'static str, &str)> {
-        REQUEST_PARAMS
-            .iter()
-            .filter_map(|name| self.get(name).map(|v| (*name, v)))
-            .collect()
-    }
-}
-
 /// An authorization request whose client and redirect URI are known good.
 struct Valid {
     tenant: Tenant,
@@ -189,96 +127,23 @@ struct Valid {
     state: Option<String>,
     code_challenge: String,
     requested: ScopeSet,
+    /// The protected resource asked for (RFC 8707); `None`: Bulkhead's own API.
+    resource: Option<OAuthResource>,
+}
+
+impl Valid {
+    /// The resource's identifier as stored with codes and grants (`""`: Bulkhead's own API).
+    fn resource_identifier(&self) -> &str {
+        self.resource
+            .as_ref()
+            .map_or(authorization_code::OWN_API, |r| r.identifier.as_str())
+    }
 }
 
 /// Why a request is refused: on a page (the redirect URI is not trusted), or back to the client.
 enum Refusal {
     Page(StatusCode, String, &'static str),
     Client(Box<Back>),
-}
-
-/// An answer for the client at its (trusted) redirect URI.
-struct Back {
-    tenant: Tenant,
-    client_name: String,
-    redirect_uri: String,
-    params: Vec<(&'static str, String)>,
-}
-
-impl Back {
-    fn error(
-        valid_part: (&Tenant, &OAuthClient, &str, Option<&str>),
-        error: &'static str,
-        description: &str,
-        issuer: &str,
-    ) -> Back {
-        let (tenant, client, redirect_uri, state) = valid_part;
-        let mut params = vec![
-            ("error", error.to_owned()),
-            ("error_description", description.to_owned()),
-        ];
-        if let Some(state) = state {
-            params.push(("state", state.to_owned()));
-        }
-        params.push(("iss", issuer.to_owned()));
-        Back {
-            tenant: tenant.clone(),
-            client_name: client.name.clone(),
-            redirect_uri: redirect_uri.to_owned(),
-            params,
-        }
-    }
-
-    fn target(&self) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in &self.params {
-            query.append_pair(name, value);
-        }
-        let separator = if self.redirect_uri.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        format!("{}{separator}{}", self.redirect_uri, query.finish())
-    }
-
-    fn host(&self) -> String {
-        url::Url::parse(&self.redirect_uri)
-            .ok()
-            .and_then(|u| {
-                u.host_str().map(|h| match u.port() {
-                    Some(port) => format!("{h}:{port}"),
-                    None => h.to_owned(),
-                })
-            })
-            .unwrap_or_default()
-    }
-
-    /// A 303 to the client (from `GET /oauth/authorize` only: no form is involved).
-    fn redirect(&self) -> Response {
-        let mut response = StatusCode::SEE_OTHER.into_response();
-        if let Ok(location) = HeaderValue::from_str(&self.target()) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        page_headers(response.headers_mut());
-        response
-    }
-
-    /// The page that returns to the client after a form POST (see the module doc).
-    fn page(&self, message: &str) -> Response {
-        let target = self.target();
-        page(
-            StatusCode::OK,
-            RedirectPage {
-                tenant: self.tenant.slug.as_str(),
-                client_name: &self.client_name,
-                redirect_host: &self.host(),
-                target: &target,
-                message,
-            }
-            .render(),
-        )
-    }
 }
 
 fn issuer(state: &AppState) -> &str {
@@ -333,16 +198,26 @@ async fn check_request(
         .and_then(|id| OAuthClientId::parse(id).ok())
         .ok_or_else(unknown_client)?;
     let ctx = crate::http::resolve::oauth_context(tenant.id);
-    let client = async {
+    // `resource` equal to the issuer names Bulkhead's own API (its metadata's `resource`).
+    let own_api = |resource: &str| is_own_api(&state.config().tokens.issuer, resource);
+    let looked_up = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-        let client = store_oauth::get_client(&mut tx, client_id).await;
+        let client = store_oauth::get_client(&mut tx, client_id).await?;
+        // The tenant's protected resources (RFC 8707): whether it has any, and the one named.
+        let has_resources = oauth_resources::any(&mut tx).await?;
+        let named = match params.get("resource") {
+            Some(identifier) if !own_api(identifier) && !is_malformed_resource(identifier) => {
+                oauth_resources::by_identifier(&mut tx, identifier).await?
+            }
+            _ => None,
+        };
         tx.commit().await?;
-        client
+        Ok::<_, StoreError>((client, has_resources, named))
     }
     .await;
     // Another tenant's client is exactly an unknown one.
-    let client = match client {
-        Ok(client) => client,
+    let (client, has_resources, resource) = match looked_up {
+        Ok(found) => found,
         Err(StoreError::NotFound) => return Err(unknown_client()),
         Err(_) => {
             return Err(Refusal::Page(
@@ -395,7 +270,33 @@ async fn check_request(
             "code_challenge is not an S256 challenge",
         ));
     }
-    let allowed = client.scope_set();
+    // A tenant with protected resources issues tokens for one of them only; one without names
+    // none. The scopes are then what the client and the resource both accept.
+    let mut allowed = client.scope_set();
+    match (&resource, params.get("resource"), has_resources) {
+        (Some(resource), _, _) => allowed = allowed.intersection(&resource.scope_set()),
+        (None, Some(asked), _) if is_malformed_resource(asked) => {
+            return Err(back(
+                "invalid_target",
+                "resource is not a valid resource identifier",
+            ))
+        }
+        // Bulkhead's own API, allowed whether or not the tenant has resources.
+        (None, Some(asked), _) if own_api(asked) => {}
+        (None, Some(_), _) => {
+            return Err(back(
+                "invalid_target",
+                "resource is not a protected resource of this organisation",
+            ))
+        }
+        (None, None, true) => {
+            return Err(back(
+                "invalid_target",
+                "resource is required: name the protected resource the token is for",
+            ))
+        }
+        (None, None, false) => {}
+    }
     let requested = match params.get("scope") {
         None => allowed,
         Some(text) => match crate::service::tokens::parse_scope_param(text) {
@@ -415,6 +316,7 @@ async fn check_request(
         redirect_uri: redirect_uri.clone(),
         requested,
         client,
+        resource,
     })
 }
 
@@ -457,33 +359,28 @@ async fn authorize(State(state): State<AppState>, request: Request) -> Response 
         Ok(valid) => valid,
         Err(refusal) => return refusal_page(refusal, false),
     };
-    let existing = match cookie_value(&headers) {
-        Some(cookie) => match find_session(&state, &tenant, &cookie).await {
-            Ok(found) => found.map(|s| (cookie, s)),
-            Err(_) => return unavailable(&tenant),
-        },
-        None => None,
+    // Signed out is stateless: a cookie naming no live session is a signed-out browser, and a
+    // browser without a cookie gets a fresh value that is stored nowhere (see `browser`).
+    let Some(cookie) = cookie_value(&headers) else {
+        let cookie = new_cookie_value();
+        let mut response = login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK);
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, set_cookie(&cookie));
+        return response;
     };
-    match existing {
-        Some((cookie, session)) => match session.user_id {
-            Some(user) => consent_page(&state, &valid, &params, &cookie, user).await,
-            None => login_page(&valid, &params, &cookie, "", None, StatusCode::OK),
+    match find_session(&state, &tenant, &cookie).await {
+        Ok(Some(session)) => match session.user_id {
+            Some(user) => signed_in(&state, &valid, &params, &cookie, user, false).await,
+            None => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
         },
-        None => {
-            let cookie = match anonymous_session(&state, &tenant).await {
-                Ok(cookie) => cookie,
-                Err(_) => return unavailable(&tenant),
-            };
-            let mut response = login_page(&valid, &params, &cookie, "", None, StatusCode::OK);
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, set_cookie(&cookie));
-            response
-        }
+        Ok(None) => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
+        Err(_) => unavailable(&tenant),
     }
 }
 
 fn login_page(
+    state: &AppState,
     valid: &Valid,
     params: &Params,
     cookie: &str,
@@ -491,7 +388,7 @@ fn login_page(
     problem: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let csrf = csrf_token(cookie);
+    let csrf = csrf_token(state, &valid.tenant, cookie);
     page(
         status,
         LoginPage {
@@ -526,7 +423,7 @@ async fn consent_page(
         Ok((Some(grantable), email)) => (grantable, email),
         // Disabled (or gone) since the login: sign in again.
         Ok((None, _)) | Err(StoreError::NotFound) => {
-            return login_page(valid, params, cookie, "", None, StatusCode::OK)
+            return login_page(state, valid, params, cookie, "", None, StatusCode::OK)
         }
         Err(_) => return unavailable(&valid.tenant),
     };
@@ -539,7 +436,7 @@ async fn consent_page(
             .filter(|s| !offered.to_strings().contains(s)),
     )
     .unwrap_or_default();
-    let csrf = csrf_token(cookie);
+    let csrf = csrf_token(state, &valid.tenant, cookie);
     let back = Back::error(
         (
             &valid.tenant,
@@ -558,6 +455,10 @@ async fn consent_page(
             client_name: &valid.client.name,
             user_email: &email,
             redirect_host: &back.host(),
+            resource: valid
+                .resource
+                .as_ref()
+                .map(|r| (r.name.as_str(), r.identifier.as_str())),
             csrf: &csrf,
             hidden: params.request_fields(),
             offered: items(&offered),
@@ -608,14 +509,15 @@ async fn form_post(
     let Some(cookie) = cookie_value(&headers) else {
         return Err(expired());
     };
-    if !csrf_matches(&cookie, params.get("csrf")) {
+    if !csrf_matches(state, &tenant, &cookie, params.get("csrf")) {
         return Err(expired());
     }
-    let session = find_session(state, &tenant, &cookie)
+    // No live session: signed out (nothing is stored for that state).
+    let user = find_session(state, &tenant, &cookie)
         .await
         .map_err(|_| unavailable(&tenant))?
-        .ok_or_else(expired)?;
-    Ok((tenant, params, valid, cookie, session.user_id, headers))
+        .and_then(|session| session.user_id);
+    Ok((tenant, params, valid, cookie, user, headers))
 }
 
 async fn login(
@@ -636,6 +538,7 @@ async fn login(
         Ok(checked) => checked,
         Err(ApiError::InvalidLogin) => {
             return login_page(
+                &state,
                 &valid,
                 &params,
                 &cookie,
@@ -646,6 +549,7 @@ async fn login(
         }
         Err(ApiError::LoginThrottled(wait)) => {
             let mut response = login_page(
+                &state,
                 &valid,
                 &params,
                 &cookie,
@@ -693,8 +597,9 @@ async fn login(
         return unavailable(&tenant);
     }
     audit_login(&tenant, "success", "ok", Some(user.id));
-    // The consent page at once, under the new session (its CSRF token is the new cookie's).
-    let mut response = consent_page(&state, &valid, &params, &fresh, user.id).await;
+    // The consent page at once (or the code, for a remembered consent), under the new session
+    // (its CSRF token is the new cookie's).
+    let mut response = signed_in(&state, &valid, &params, &fresh, user.id, true).await;
     response
         .headers_mut()
         .insert(header::SET_COOKIE, set_cookie(&fresh));
@@ -709,7 +614,7 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         };
     let Some(user) = user else {
         // Not signed in (the session is the login form's): show the login page.
-        return login_page(&valid, &params, &cookie, "", None, StatusCode::OK);
+        return login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK);
     };
     let back = |error: &'static str, description: &str| {
         Back::error(
@@ -759,11 +664,76 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         user,
         ticked: &ticked,
         requested: &valid.requested,
+        resource: valid.resource_identifier(),
+        remembered: None,
     };
-    match authorization_code::issue_code(state.store(), state.clock(), &consented).await {
+    let issued = authorization_code::issue_code(state.store(), state.clock(), &consented).await;
+    code_answer(&state, &valid, issued, true)
+}
+
+/// A signed-in user's answer: a remembered consent that covers the whole request issues the code
+/// at once (the consent page is skipped; the user did sign in); otherwise the consent page.
+async fn signed_in(
+    state: &AppState,
+    valid: &Valid,
+    params: &Params,
+    cookie: &str,
+    user: UserId,
+    after_post: bool,
+) -> Response {
+    // RFC 8252 §8.6: a remembered consent is used only when the client's identity is assured,
+    // by its secret or by an https redirect URI; a public client on a loopback redirect (any
+    // local program can listen there) always gets the consent page.
+    let assured = valid.client.token_endpoint_auth_method.is_confidential()
+        || valid.redirect_uri.starts_with("https://");
+    if !assured {
+        return consent_page(state, valid, params, cookie, user).await;
+    }
+    let store = state.store();
+    let tenant = valid.tenant.id;
+    let resource = valid.resource_identifier();
+    match authorization_code::covering_grant(
+        store,
+        tenant,
+        user,
+        &valid.client,
+        resource,
+        &valid.requested,
+    )
+    .await
+    {
+        Ok(Some(grant)) => {
+            let consented = Consented {
+                tenant,
+                client: &valid.client,
+                redirect_uri: &valid.redirect_uri,
+                code_challenge: &valid.code_challenge,
+                user,
+                ticked: &valid.requested,
+                requested: &valid.requested,
+                resource: valid.resource_identifier(),
+                remembered: Some(&grant),
+            };
+            let issued = authorization_code::issue_code(store, state.clock(), &consented).await;
+            code_answer(state, valid, issued, after_post)
+        }
+        Ok(None) => consent_page(state, valid, params, cookie, user).await,
+        Err(_) => unavailable(&valid.tenant),
+    }
+}
+
+/// The client's answer to an issued (or refused) code: after a form POST a page that navigates
+/// back, after `GET /oauth/authorize` a 303 (see the module doc).
+fn code_answer(
+    state: &AppState,
+    valid: &Valid,
+    issued: Result<(bulkhead_auth::AuthorizationCode, ScopeSet), ConsentError>,
+    after_post: bool,
+) -> Response {
+    let (answer, message) = match issued {
         Ok((code, _granted)) => {
             let mut answer = Back {
-                tenant: tenant.clone(),
+                tenant: valid.tenant.clone(),
                 client_name: valid.client.name.clone(),
                 redirect_uri: valid.redirect_uri.clone(),
                 params: vec![("code", code.expose_secret().to_owned())],
@@ -771,14 +741,28 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
             if let Some(state_param) = &valid.state {
                 answer.params.push(("state", state_param.clone()));
             }
-            answer.params.push(("iss", issuer(&state).to_owned()));
-            answer.page("Access allowed.")
+            answer.params.push(("iss", issuer(state).to_owned()));
+            (answer, "Access allowed.")
         }
-        Err(ConsentError::NothingGranted) => back(
-            "access_denied",
-            "nothing requested may be granted by this user",
-        )
-        .page("Nothing was granted."),
-        Err(ConsentError::Store(_)) => unavailable(&tenant),
+        Err(ConsentError::NothingGranted) => (
+            Back::error(
+                (
+                    &valid.tenant,
+                    &valid.client,
+                    &valid.redirect_uri,
+                    valid.state.as_deref(),
+                ),
+                "access_denied",
+                "nothing requested may be granted by this user",
+                issuer(state),
+            ),
+            "Nothing was granted.",
+        ),
+        Err(ConsentError::Store(_)) => return unavailable(&valid.tenant),
+    };
+    if after_post {
+        answer.page(message)
+    } else {
+        answer.redirect()
     }
 }

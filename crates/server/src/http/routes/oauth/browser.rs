@@ -1,5 +1,11 @@
-//! The browser session of the authorization endpoint's pages: a `__Host-` cookie whose SHA-256
-//! is stored, and the CSRF token derived from it.
+//! The browser session of the authorization endpoint's pages: a `__Host-` cookie, and the CSRF
+//! token derived from it.
+//!
+//! Signed out is stateless: the first visit gets a random cookie value that is stored nowhere,
+//! and the login form's CSRF token is an HMAC of it under a key derived from the master key and
+//! bound to the tenant, so an anonymous caller cannot make the server write a row. A login makes
+//! a **new** cookie value whose SHA-256 is stored with the user (`oauth_browser_sessions`): a
+//! cookie that names no live row is simply signed out.
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -35,17 +41,23 @@ pub(super) fn cookie_hash(value: &str) -> [u8; 32] {
     Sha256::digest(value.as_bytes()).into()
 }
 
-/// The CSRF token of a session: derived from the (HttpOnly) cookie value, so a page of another
-/// origin can neither read nor compute it, and it changes with the session at login.
-pub(super) fn csrf_token(cookie: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"bulkhead oauth csrf\0");
-    hasher.update(cookie.as_bytes());
-    URL_SAFE_NO_PAD.encode(hasher.finalize())
+/// The CSRF token of a session: an HMAC of the (HttpOnly) cookie value under a server key bound
+/// to the tenant, so a page of another origin can neither read nor compute it, and it changes
+/// with the session at login.
+pub(super) fn csrf_token(state: &AppState, tenant: &Tenant, cookie: &str) -> String {
+    let tag = state
+        .master_key()
+        .page_csrf_mac(tenant.id.uuid().as_bytes(), cookie.as_bytes());
+    URL_SAFE_NO_PAD.encode(tag)
 }
 
-pub(super) fn csrf_matches(cookie: &str, presented: Option<&str>) -> bool {
-    let expected = csrf_token(cookie);
+pub(super) fn csrf_matches(
+    state: &AppState,
+    tenant: &Tenant,
+    cookie: &str,
+    presented: Option<&str>,
+) -> bool {
+    let expected = csrf_token(state, tenant, cookie);
     presented.is_some_and(|p| {
         p.len() == expected.len() && bool::from(p.as_bytes().ct_eq(expected.as_bytes()))
     })
@@ -77,25 +89,4 @@ pub(super) async fn find_session(
             .await?;
     tx.commit().await?;
     Ok(found)
-}
-
-/// A new session without a user (for the login form's CSRF token).
-pub(super) async fn anonymous_session(
-    state: &AppState,
-    tenant: &Tenant,
-) -> Result<String, StoreError> {
-    let value = new_cookie_value();
-    let now = state.clock().now();
-    let ctx = crate::http::resolve::login_context(tenant);
-    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
-    store_oauth::create_browser_session(
-        &mut tx,
-        &cookie_hash(&value),
-        None,
-        now,
-        now + chrono::Duration::seconds(SESSION_SECS),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(value)
 }

@@ -23,6 +23,7 @@
 
 pub mod authorization_code;
 pub mod authorize;
+mod back;
 mod browser;
 pub mod client_auth;
 pub mod client_credentials;
@@ -30,6 +31,7 @@ pub mod discovery;
 pub mod form;
 pub mod introspection;
 mod pages;
+mod params;
 pub mod refresh_token;
 pub mod revocation;
 pub mod token_exchange;

@@ -74,6 +74,8 @@ pub(super) struct ConsentPage<'a> {
     pub(super) client_name: &'a str,
     pub(super) user_email: &'a str,
     pub(super) redirect_host: &'a str,
+    /// The protected resource the access is for (name, identifier), if one was named.
+    pub(super) resource: Option<(&'a str, &'a str)>,
     pub(super) csrf: &'a str,
     pub(super) hidden: Vec<(&'a str, &'a str)>,
     pub(super) offered: Vec<ScopeItem>,

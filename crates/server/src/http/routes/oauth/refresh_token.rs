@@ -43,6 +43,7 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
         client: client.as_ref(),
         oauth_client,
         scope: grant.form.get("scope"),
+        resource: grant.form.get("resource"),
     };
     let basic = grant.auth.as_ref().is_some_and(|a| a.basic);
     let issued = refresh_token::refresh(issuer(state), &request)
