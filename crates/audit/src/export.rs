@@ -17,6 +17,10 @@
 //! `through_leaf`, the highest leaf it purged; that event is itself in the signed log. The
 //! verifier accepts a purged leaf only at or below the highest `through_leaf` of the
 //! `audit.purge` events in the export.
+//!
+//! The operator plane's log exports in the same format; its checkpoint names
+//! [`crate::checkpoint::OPERATOR_LOG_ID`] (signed under its own header), so does every event, and
+//! since that log has no retention, no `purged` line ever verifies in it.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +79,10 @@ pub struct BadEvent {
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// Tenant of the log.
+    /// Which kind of log the checkpoint is of: `tenant`, or `operator` for the operator plane's
+    /// log (whose checkpoints are signed under their own header); empty without a checkpoint.
+    pub log: &'static str,
+    /// Tenant of the log ([`crate::checkpoint::OPERATOR_LOG_ID`] for the operator log).
     pub tenant_id: String,
     /// Leaves read.
     pub tree_size: u64,
@@ -231,6 +238,7 @@ impl ExportVerifier {
     pub fn finish(self) -> VerifyReport {
         let Some(cp) = self.checkpoint else {
             return VerifyReport {
+                log: "",
                 tenant_id: String::new(),
                 tree_size: 0,
                 events: 0,
@@ -241,11 +249,14 @@ impl ExportVerifier {
             };
         };
         let cp = cp.checkpoint;
+        let operator = cp.is_operator();
+        // The operator log has no retention: no purge covers a missing body there.
+        let purge_cover = if operator { None } else { self.purge_cover };
         let size = self.builder.size();
         let mut first_bad = self.first_bad;
         // The first purged leaf that no recorded purge covers.
         let uncovered = self.purged_runs.iter().find_map(|(start, end, first_id)| {
-            let from = self.purge_cover.map_or(*start, |c| (*start).max(c + 1));
+            let from = purge_cover.map_or(*start, |c| (*start).max(c + 1));
             (from < *end).then(|| (from, from == *start, first_id.clone()))
         });
         if let Some((leaf_index, known_id, event_id)) = &uncovered {
@@ -280,6 +291,7 @@ impl ExportVerifier {
             None
         };
         VerifyReport {
+            log: if operator { "operator" } else { "tenant" },
             tenant_id: cp.tenant_id,
             tree_size: size,
             events: self.events,
