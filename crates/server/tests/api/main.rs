@@ -16,6 +16,8 @@ mod move_safety;
 mod oauth_code;
 mod openapi;
 mod operator;
+mod operator_audit;
+mod operator_openapi;
 mod platform;
 mod probe;
 mod quotas;
