@@ -271,7 +271,9 @@ pub struct TenantDoc {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantDoc {
-    /// Subdomain label: lowercase letters, digits and `-`.
+    /// Subdomain label: lowercase letters, digits and single `-`, starting with a letter (the
+    /// pattern is a subset, so generated examples are valid; reserved labels are refused, 422).
+    #[schema(pattern = "^[a-z][a-z0-9]{2,30}$")]
     pub slug: String,
     /// Display name.
     pub name: String,
@@ -360,10 +362,27 @@ pub struct OperatorKeyDoc {
 pub struct CreateOperatorKeyDoc {
     /// 1 to 100 characters.
     pub name: String,
-    /// One or more of `tenants:read`, `tenants:write`, `tenants:delete`, `operators:manage`.
-    pub scopes: Vec<String>,
+    /// One or more operator scopes.
+    pub scopes: Vec<OperatorScopeName>,
     /// Expiry, in the future.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An operator scope.
+#[derive(Debug, Serialize, ToSchema)]
+pub enum OperatorScopeName {
+    /// List and read tenants.
+    #[serde(rename = "tenants:read")]
+    TenantsRead,
+    /// Create and change tenants.
+    #[serde(rename = "tenants:write")]
+    TenantsWrite,
+    /// Delete tenants.
+    #[serde(rename = "tenants:delete")]
+    TenantsDelete,
+    /// Manage operator keys and read the operator log.
+    #[serde(rename = "operators:manage")]
+    OperatorsManage,
 }
 
 /// A new operator key, shown this once.
