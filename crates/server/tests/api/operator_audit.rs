@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use bulkhead_audit::checkpoint::{OPERATOR_CHECKPOINT_HEADER, OPERATOR_LOG_ID};
-use bulkhead_audit::export::{ExportVerifier, VerifyReport};
+use bulkhead_audit::export::{ExportLine, ExportVerifier, VerifyReport};
 use bulkhead_audit::{LogPublicKey, SignedCheckpoint};
 use bulkhead_test_support::{spawn_app, TestApp, TestOperator};
 use reqwest::{Method, StatusCode};
@@ -47,15 +47,30 @@ fn verify_text(key: &LogPublicKey, text: &str) -> Result<VerifyReport, String> {
 
 /// `bulkhead audit verify` on `text`: exit status and output.
 fn cli_verify(key: &LogPublicKey, text: &str) -> (bool, String) {
+    cli_verify_since(key, text, None)
+}
+
+/// `bulkhead audit verify` on `text`, with `--since` a file holding `since` (pretty JSON, as
+/// `bulkhead operator audit checkpoint` prints it).
+fn cli_verify_since(
+    key: &LogPublicKey,
+    text: &str,
+    since: Option<&SignedCheckpoint>,
+) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("operator.ndjson");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    command
         .args(["audit", "verify"])
         .arg(&path)
-        .args(["--log-key", &key.to_config_string()])
-        .output()
-        .unwrap();
+        .args(["--log-key", &key.to_config_string()]);
+    if let Some(since) = since {
+        let old = dir.path().join("old-checkpoint.json");
+        std::fs::write(&old, serde_json::to_string_pretty(since).unwrap()).unwrap();
+        command.arg("--since").arg(&old);
+    }
+    let out = command.output().unwrap();
     (
         out.status.success(),
         format!(
@@ -258,28 +273,173 @@ async fn the_operator_export_verifies_and_an_event_edited_by_the_owner_fails_it(
     // in the edited one changes the root instead.
     assert!(verify_text(&log_key, &good).unwrap().verified);
 
-    // A deleted event is a gap no retention explains.
+    // A deleted event (its leaf kept): events and leaves disagree, so nothing is signed or
+    // exported.
+    owner_sql(
+        &owner,
+        &[
+            "ALTER TABLE bulkhead.operator_audit_events \
+             DISABLE TRIGGER operator_audit_events_append_only",
+            "DELETE FROM bulkhead.operator_audit_events WHERE id = $1",
+            "ALTER TABLE bulkhead.operator_audit_events \
+             ENABLE TRIGGER operator_audit_events_append_only",
+        ],
+        target,
+    )
+    .await;
+    assert_refused(&op, &key, Method::GET, "/operator/v1/audit/export").await;
+    op.stop().await;
+}
+
+/// Runs `statements` in order on one owner connection, binding `id` where one says `$1`.
+async fn owner_sql(owner: &sqlx::PgPool, statements: &[&str], id: uuid::Uuid) {
     let mut conn = owner.acquire().await.unwrap();
-    for statement in [
-        "ALTER TABLE bulkhead.operator_audit_events \
-         DISABLE TRIGGER operator_audit_events_append_only",
-        "DELETE FROM bulkhead.operator_audit_events WHERE id = $1",
-        "ALTER TABLE bulkhead.operator_audit_events \
-         ENABLE TRIGGER operator_audit_events_append_only",
-    ] {
+    for statement in statements {
         let query = sqlx::query(statement);
         let query = if statement.contains("$1") {
-            query.bind(target)
+            query.bind(id)
         } else {
             query
         };
         query.execute(&mut *conn).await.unwrap();
     }
-    drop(conn);
-    let deleted = export_text(&op, &key).await;
-    assert!(deleted.contains("\"type\":\"purged\""));
-    let report = verify_text(&log_key, &deleted).unwrap();
-    assert!(!report.verified, "{report:?}");
+}
+
+/// The refusal of a log that fails its consistency check: a 503 problem that says so.
+async fn assert_refused(op: &TestOperator, key: &str, method: Method, path: &str) {
+    let (status, body) = op.request(method, path, Some(key), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body["type"], "https://bulkhead.dev/problems/audit-log-inconsistent",
+        "{body}"
+    );
+    assert_eq!(body["title"], "Audit log failed its consistency check");
+}
+
+/// The owner, triggers off, deletes every leaf from `from` on with its event (and, with
+/// `checkpoints`, every stored checkpoint).
+async fn truncate(owner: &sqlx::PgPool, from: i64, checkpoints: bool) {
+    let mut statements = vec![
+        "ALTER TABLE bulkhead.operator_audit_events \
+         DISABLE TRIGGER operator_audit_events_append_only",
+        "ALTER TABLE bulkhead.operator_audit_leaves \
+         DISABLE TRIGGER operator_audit_leaves_append_only",
+        "ALTER TABLE bulkhead.operator_audit_checkpoints \
+         DISABLE TRIGGER operator_audit_checkpoints_append_only",
+        "CREATE TEMP TABLE doomed AS SELECT event_id FROM bulkhead.operator_audit_leaves \
+         WHERE leaf_index >= $1",
+        "DELETE FROM bulkhead.operator_audit_leaves WHERE event_id IN (SELECT event_id FROM doomed)",
+        "DELETE FROM bulkhead.operator_audit_events WHERE id IN (SELECT event_id FROM doomed)",
+    ];
+    if checkpoints {
+        statements.push("DELETE FROM bulkhead.operator_audit_checkpoints");
+    }
+    statements.extend([
+        "DROP TABLE doomed",
+        "ALTER TABLE bulkhead.operator_audit_events \
+         ENABLE TRIGGER operator_audit_events_append_only",
+        "ALTER TABLE bulkhead.operator_audit_leaves \
+         ENABLE TRIGGER operator_audit_leaves_append_only",
+        "ALTER TABLE bulkhead.operator_audit_checkpoints \
+         ENABLE TRIGGER operator_audit_checkpoints_append_only",
+    ]);
+    let mut conn = owner.acquire().await.unwrap();
+    for statement in statements {
+        let query = sqlx::query(statement);
+        let query = if statement.contains("$1") {
+            query.bind(from)
+        } else {
+            query
+        };
+        query.execute(&mut *conn).await.unwrap();
+    }
+}
+
+async fn checkpoint_count(owner: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM bulkhead.operator_audit_checkpoints")
+        .fetch_one(owner)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_log_truncated_and_regrown_by_the_owner_gets_no_new_checkpoint() {
+    let app = spawn_app().await;
+    let op = app.spawn_operator().await;
+    let (_, key) = operator_key(&op, ALL).await;
+    some_actions(&op, &key).await;
+    let (status, first) = op
+        .request(
+            Method::POST,
+            "/operator/v1/audit/checkpoints",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first: SignedCheckpoint = serde_json::from_value(first).unwrap();
+    let size = first.checkpoint.tree_size as i64;
+    let owner = app.db.owner_pool().await;
+    let stored = checkpoint_count(&owner).await;
+
+    // The owner deletes the tail event (the last key made) and its leaf; a new event takes the
+    // freed index: the same size, another root.
+    truncate(&owner, size - 1, false).await;
+    operator_key(&op, &["tenants:read"]).await;
+    assert_refused(&op, &key, Method::POST, "/operator/v1/audit/checkpoints").await;
+    assert_refused(&op, &key, Method::GET, "/operator/v1/audit/export").await;
+    // Grown past the signed size: still refused.
+    operator_key(&op, &["tenants:read"]).await;
+    assert_refused(&op, &key, Method::POST, "/operator/v1/audit/checkpoints").await;
+    assert_refused(&op, &key, Method::GET, "/operator/v1/audit/export").await;
+    assert_eq!(checkpoint_count(&owner).await, stored, "nothing was signed");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn audit_verify_since_an_old_checkpoint_catches_a_log_truncated_and_regrown() {
+    let app = spawn_app().await;
+    let op = app.spawn_operator().await;
+    let log_key = log_key(&app).await;
+    let (_, key) = operator_key(&op, ALL).await;
+    some_actions(&op, &key).await;
+    let old_export = export_text(&op, &key).await;
+    let Ok(ExportLine::Checkpoint { checkpoint: old }) =
+        bulkhead_audit::export::parse_line(old_export.lines().next().unwrap())
+    else {
+        panic!("the export begins with its checkpoint");
+    };
+    let old_size = old.checkpoint.tree_size as i64;
+
+    // Honest growth extends the old checkpoint.
+    operator_key(&op, &["tenants:read"]).await;
+    let grown = export_text(&op, &key).await;
+    let (ok, out) = cli_verify_since(&log_key, &grown, Some(&old));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("\"extends_tree_size\": {old_size}")),
+        "{out}"
+    );
+
+    // The owner truncates into what the old checkpoint covers, deletes the checkpoints the
+    // server kept (so it has nothing to compare with), and the log regrows.
+    let owner = app.db.owner_pool().await;
+    truncate(&owner, old_size - 1, true).await;
+    operator_key(&op, &["tenants:read"]).await;
+    operator_key(&op, &["tenants:read"]).await;
+    let forged = export_text(&op, &key).await;
+    // Alone, the forged export verifies: it carries a fresh signature.
+    assert!(verify_text(&log_key, &forged).unwrap().verified);
+    let (ok, out) = cli_verify_since(&log_key, &forged, Some(&old));
+    assert!(!ok, "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+    assert!(out.contains("the log was"), "{out}");
+    // An old checkpoint that does not verify is refused.
+    let mut bad = old.clone();
+    bad.checkpoint.tree_size += 1;
+    let (ok, out) = cli_verify_since(&log_key, &grown, Some(&bad));
+    assert!(!ok, "{out}");
+    assert!(out.contains("--since"), "{out}");
     op.stop().await;
 }
 
@@ -297,9 +457,7 @@ async fn the_export_the_cli_writes_verifies() {
         .await
         .unwrap();
     let size = checkpoint.checkpoint.tree_size;
-    let mut text =
-        serde_json::to_string(&bulkhead_audit::export::ExportLine::Checkpoint { checkpoint })
-            .unwrap();
+    let mut text = serde_json::to_string(&ExportLine::Checkpoint { checkpoint }).unwrap();
     text.push('\n');
     text.push_str(
         &String::from_utf8(

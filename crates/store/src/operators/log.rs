@@ -166,9 +166,15 @@ pub async fn sequence_pending(conn: &mut sqlx::PgConnection) -> Result<u64, Stor
 }
 
 /// The root of the first `size` leaves, read in order (32 bytes a leaf, streamed; the operator
-/// log is small enough that no node cache is kept).
-async fn root_at(conn: &mut sqlx::PgConnection, size: u64) -> Result<Hash, StoreError> {
+/// log is small enough that no node cache is kept), and the root of the first `mark` leaves when
+/// `mark <= size` (one pass answers both).
+async fn root_at(
+    conn: &mut sqlx::PgConnection,
+    size: u64,
+    mark: Option<u64>,
+) -> Result<(Hash, Option<Hash>), StoreError> {
     let mut builder = RootBuilder::new();
+    let mut marked = (mark == Some(0)).then(|| builder.root());
     {
         let mut leaves = sqlx::query_as::<_, (i64, Vec<u8>)>(
             "SELECT leaf_index, leaf_hash FROM bulkhead.operator_audit_leaves \
@@ -178,19 +184,69 @@ async fn root_at(conn: &mut sqlx::PgConnection, size: u64) -> Result<Hash, Store
         .fetch(&mut *conn);
         while let Some((index, hash)) = leaves.try_next().await? {
             if index as u64 != builder.size() {
-                return Err(StoreError::Invalid(
-                    format!("operator audit log: leaf {} is missing", builder.size()).into(),
+                return Err(StoreError::LogInconsistent(
+                    format!("leaf {} is missing", builder.size()).into(),
                 ));
             }
             builder.push(to_hash(&hash)?);
+            if mark == Some(builder.size()) {
+                marked = Some(builder.root());
+            }
         }
     }
     if builder.size() != size {
-        return Err(StoreError::Invalid(
-            "operator audit log: fewer leaves than its size".into(),
+        return Err(StoreError::LogInconsistent(
+            "fewer leaves than its size".into(),
         ));
     }
-    Ok(builder.root())
+    Ok((builder.root(), marked))
+}
+
+/// Refuses unless the log still holds what `latest` signed: at least
+/// `latest.tree_size` leaves whose first `latest.tree_size` hash to its root. Returns the root of
+/// all `size` leaves, read in the same pass.
+async fn check_extends(
+    conn: &mut sqlx::PgConnection,
+    latest: Option<&SignedCheckpoint>,
+    size: u64,
+) -> Result<Hash, StoreError> {
+    let Some(latest) = latest.map(|l| &l.checkpoint) else {
+        return Ok(root_at(conn, size, None).await?.0);
+    };
+    let refuse = |why: String| StoreError::LogInconsistent(why.into());
+    if size < latest.tree_size {
+        return Err(refuse(format!(
+            "the log holds {size} leaves; its latest checkpoint covers {}",
+            latest.tree_size
+        )));
+    }
+    let (root, old_root) = root_at(conn, size, Some(latest.tree_size)).await?;
+    if old_root != Some(latest.root_hash) {
+        return Err(refuse(format!(
+            "its first {} leaves no longer hash to the latest checkpoint's root",
+            latest.tree_size
+        )));
+    }
+    Ok(root)
+}
+
+/// Refuses unless every event has a leaf and every leaf its event (run after
+/// [`sequence_pending`], so an event without a leaf means nothing here; a leaf without its event
+/// means an event was deleted).
+async fn check_counts(conn: &mut sqlx::PgConnection, size: u64) -> Result<(), StoreError> {
+    let (events, joined): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM bulkhead.operator_audit_events), \
+                (SELECT count(*) FROM bulkhead.operator_audit_leaves l \
+                 JOIN bulkhead.operator_audit_events e ON e.id = l.event_id)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if events as u64 != size || joined as u64 != size {
+        return Err(StoreError::LogInconsistent(
+            format!("{events} events, {joined} of {size} leaves with their event").into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn latest(conn: &mut sqlx::PgConnection) -> Result<Option<SignedCheckpoint>, StoreError> {
@@ -225,7 +281,32 @@ impl Store {
     /// Sequences what is pending and returns a checkpoint of the whole operator log: the latest
     /// one if it covers the whole tree and is signed by `key`, else a new one signed at `now`
     /// and stored (`true`).
+    ///
+    /// Fails closed with [`StoreError::LogInconsistent`] (logged at ERROR, nothing signed or
+    /// written) unless the log extends its latest checkpoint — at least as many leaves, the
+    /// first `tree_size` of them hashing to its root — and events and leaves agree one to one.
+    /// Without this, an owner who switched the triggers off, deleted the tail event and its leaf
+    /// and wrote another would get a fresh signature over the rewritten log.
     pub async fn operator_checkpoint(
+        &self,
+        key: &LogSigningKey,
+        now: DateTime<Utc>,
+    ) -> Result<(SignedCheckpoint, bool), StoreError> {
+        self.sign_operator_checkpoint(key, now)
+            .await
+            .inspect_err(|err| {
+                if let StoreError::LogInconsistent(why) = err {
+                    tracing::error!(
+                        reason = %why,
+                        "the operator audit log failed its consistency check: no checkpoint \
+                         signed, nothing exported; restore it and compare with checkpoints \
+                         kept outside the database"
+                    );
+                }
+            })
+    }
+
+    async fn sign_operator_checkpoint(
         &self,
         key: &LogSigningKey,
         now: DateTime<Utc>,
@@ -233,13 +314,15 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sequence_pending(&mut tx).await?;
         let size = lock_and_size(&mut tx).await?;
-        if let Some(latest) = latest(&mut tx).await? {
+        check_counts(&mut tx, size).await?;
+        let latest = latest(&mut tx).await?;
+        let root = check_extends(&mut tx, latest.as_ref(), size).await?;
+        if let Some(latest) = latest {
             if latest.checkpoint.tree_size == size && latest.key_id == key.public().key_id() {
                 tx.commit().await?;
                 return Ok((latest, false));
             }
         }
-        let root = root_at(&mut tx, size).await?;
         let signed = key
             .sign(Checkpoint {
                 tenant_id: OPERATOR_LOG_ID.to_owned(),
