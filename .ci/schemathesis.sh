@@ -6,6 +6,11 @@
 #   bash .ci/schemathesis.sh                      # after a build (target/debug/bulkhead)
 #   SCHEMATHESIS_EXAMPLES=50 SCHEMATHESIS_SEED=7 bash .ci/schemathesis.sh
 #
+# The operator API (docs/operator-api.md) gets its own passes, driven by its own document
+# (/operator/v1/openapi.json on the operator listener, here loopback TCP) with operator keys made
+# by `bulkhead operator key create` before the server starts; SCHEMATHESIS_OPERATOR_EXAMPLES
+# (default 10) keeps them to a minute or two.
+#
 # Everything stays on this machine: the server listens on 127.0.0.1, runs no job worker (so no
 # webhook is ever delivered anywhere), and schemathesis is told the loopback base URL and runs
 # with every proxy variable removed. Only the install step reaches out, to PyPI.
@@ -16,6 +21,8 @@ say() { printf '\n==> %s\n' "$*"; }
 
 version="4.32.5"
 examples="${SCHEMATHESIS_EXAMPLES:-100}"
+operator_examples="${SCHEMATHESIS_OPERATOR_EXAMPLES:-10}"
+operator_budget="${SCHEMATHESIS_OPERATOR_TIMEOUT:-120}"
 seed="${SCHEMATHESIS_SEED:-1}"
 budget="${SCHEMATHESIS_TIMEOUT:-240}"
 bin="${BULKHEAD_BIN:-target/debug/bulkhead}"
@@ -91,10 +98,25 @@ import json, sys
 k = json.load(open(sys.argv[1]))
 print(k["api_key"]["id"], k["key"])' "$work/key2.json")
 
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# Two operator keys: one for every operator operation but revocation, one for the pass that
+# revokes (which could otherwise revoke the key it runs with).
+say "two operator keys"
+for name in op op2; do
+    "$bin" operator key create --name "schemathesis $name" --scope tenants:read \
+        --scope tenants:write --scope tenants:delete --scope operators:manage \
+        >"$work/$name.json" 2>"$work/$name.log" || { cat "$work/$name.log" >&2; exit 1; }
+done
+op_key="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["key"])' "$work/op.json")"
+op_key2="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["key"])' "$work/op2.json")"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port="$(free_port)"
+operator_port="$(free_port)"
 base="http://127.0.0.1:$port"
-say "bulkhead serve on $base (no worker: nothing is ever delivered)"
+operator_base="http://127.0.0.1:$operator_port"
+say "bulkhead serve on $base, operator API on $operator_base (no worker: nothing is ever delivered)"
 "$bin" serve --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --issuer "$base" --no-worker \
+    --operator-listen "127.0.0.1:$operator_port" \
     --webhook-deny-cidrs 0.0.0.0/0,::/0 >"$work/serve.out" 2>"$work/serve.log" &
 server_pid=$!
 for _ in $(seq 1 450); do
@@ -119,6 +141,9 @@ bearer = "${BULKHEAD_ST_KEY}"
 [auth.openapi.client_basic]
 username = "${BULKHEAD_ST_KEY_ID}"
 password = "${BULKHEAD_ST_KEY}"
+
+[auth.openapi.operator_key]
+bearer = "${BULKHEAD_ST_OP_KEY}"
 EOF
 
 # CPython 3.11 before 3.11.8 (gh-106905) can raise SystemError "AST constructor recursion depth
@@ -150,19 +175,26 @@ key_ops='^(POST /v1/api-keys/\{id\}/(revoke|rotate)|PATCH /v1/api-keys/\{id\}|PO
 key_pass='^(POST /v1/api-keys|GET /v1/api-keys/\{id\}|POST /v1/api-keys/\{id\}/(revoke|rotate)|PATCH /v1/api-keys/\{id\}|POST /v1/api-keys/revoke-all)$'
 
 run_pass() {
-    local name="$1" id="$2" secret="$3"
-    shift 3
-    say "schemathesis, $name: $examples examples per operation, seed $seed, at most ${budget}s"
+    run_against "$base" "$examples" "$budget" "" "$@"
+}
+
+# run_against BASE EXAMPLES BUDGET OPERATOR_KEY NAME KEY_ID KEY [schemathesis options…]
+run_against() {
+    local url="$1" count="$2" limit="$3" op_secret="$4" name="$5" id="$6" secret="$7"
+    shift 7
+    local document="$url/openapi.json"
+    [[ -n "$op_secret" ]] && document="$url/operator/v1/openapi.json"
+    say "schemathesis, $name: $count examples per operation, seed $seed, at most ${limit}s"
     # From the work directory: schemathesis keeps a cache (.schemathesis/) in its working directory.
     (cd "$work" && env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
         NO_PROXY='*' no_proxy='*' SCHEMATHESIS_TELEMETRY=false PYTHONPATH="$work/pyshim" \
-        BULKHEAD_ST_KEY="$secret" BULKHEAD_ST_KEY_ID="$id" \
-        timeout "$budget" "$venv/bin/schemathesis" --no-color --config-file "$work/schemathesis.toml" \
-        run "$base/openapi.json" \
-        --url "$base" \
+        BULKHEAD_ST_KEY="$secret" BULKHEAD_ST_KEY_ID="$id" BULKHEAD_ST_OP_KEY="$op_secret" \
+        timeout "$limit" "$venv/bin/schemathesis" --no-color --config-file "$work/schemathesis.toml" \
+        run "$document" \
+        --url "$url" \
         --checks not_a_server_error,response_schema_conformance \
         --phases examples,coverage,fuzzing \
-        --max-examples "$examples" \
+        --max-examples "$count" \
         --seed "$seed" \
         --workers 2 \
         --request-timeout 10 \
@@ -176,6 +208,12 @@ run_pass() {
 status=0
 run_pass all-but-key-changes "$key_id" "$key" --exclude-name-regex "$key_ops" || status=$?
 run_pass key-changes "$key2_id" "$key2" --include-name-regex "$key_pass" || status=$?
+op_revoke='^POST /operator/v1/operator-keys/\{id\}/revoke$'
+op_key_pass='^(POST /operator/v1/operator-keys|POST /operator/v1/operator-keys/\{id\}/revoke)$'
+run_against "$operator_base" "$operator_examples" "$operator_budget" "$op_key" \
+    operator-all-but-revoke "" "" --exclude-name-regex "$op_revoke" || status=$?
+run_against "$operator_base" "$operator_examples" "$operator_budget" "$op_key2" \
+    operator-revoke "" "" --include-name-regex "$op_key_pass" || status=$?
 
 if ((status != 0)); then
     echo "schemathesis FAILED (exit $status); the server's log (warnings and errors):" >&2

@@ -9,15 +9,26 @@ use sha2::{Digest, Sha256};
 use crate::tree::Hash;
 use crate::AuditError;
 
-/// First line of the signed text; names the format and its version.
+/// First line of the signed text of a tenant's checkpoint; names the format and its version.
 pub const CHECKPOINT_HEADER: &str = "bulkhead-audit-checkpoint/v1";
+
+/// First line of the signed text of a checkpoint of the operator plane's log. A different first
+/// line (and `log` in place of `tenant` on the second) is domain separation: no signature over a
+/// tenant's checkpoint text is a signature over an operator checkpoint text, or the reverse,
+/// whatever the fields hold.
+pub const OPERATOR_CHECKPOINT_HEADER: &str = "bulkhead-operator-audit-checkpoint/v1";
+
+/// The `tenant_id` of the operator plane's log, in its checkpoints and events. Never a tenant's
+/// id (those are `tnt_…`), and [`Checkpoint::signed_text`] signs it under
+/// [`OPERATOR_CHECKPOINT_HEADER`].
+pub const OPERATOR_LOG_ID: &str = "operator";
 
 /// What a checkpoint states.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
-    /// `tnt_…` id: whose log.
+    /// `tnt_…` id: whose log; [`OPERATOR_LOG_ID`] for the operator plane's log.
     pub tenant_id: String,
     /// Number of leaves.
     pub tree_size: u64,
@@ -30,8 +41,15 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Whether this is a checkpoint of the operator plane's log.
+    pub fn is_operator(&self) -> bool {
+        self.tenant_id == OPERATOR_LOG_ID
+    }
+
     /// The exact bytes signed: five `\n`-terminated lines,
-    /// `bulkhead-audit-checkpoint/v1`, `tenant <id>`, `size <n>`, `root <hex>`, `time <rfc3339>`.
+    /// `bulkhead-audit-checkpoint/v1`, `tenant <id>`, `size <n>`, `root <hex>`, `time <rfc3339>`;
+    /// for the operator log ([`Checkpoint::is_operator`]) the first two are
+    /// `bulkhead-operator-audit-checkpoint/v1` and `log operator`.
     /// Fields that could hold a newline are refused, so the text has one reading.
     pub fn signed_text(&self) -> Result<String, AuditError> {
         for (what, field) in [
@@ -42,8 +60,13 @@ impl Checkpoint {
                 return Err(AuditError::malformed("checkpoint", format!("bad {what}")));
             }
         }
+        let (header, subject) = if self.is_operator() {
+            (OPERATOR_CHECKPOINT_HEADER, "log")
+        } else {
+            (CHECKPOINT_HEADER, "tenant")
+        };
         Ok(format!(
-            "{CHECKPOINT_HEADER}\ntenant {}\nsize {}\nroot {}\ntime {}\n",
+            "{header}\n{subject} {}\nsize {}\nroot {}\ntime {}\n",
             self.tenant_id,
             self.tree_size,
             crate::hex::encode(&self.root_hash),
@@ -224,6 +247,26 @@ mod tests {
         assert_eq!(&public, key.public());
         assert!(!format!("{key:?}").contains(&key.to_config_string()[7..]));
         assert!(LogSigningKey::from_config_str("base64:AAAA").is_err());
+    }
+
+    #[test]
+    fn operator_checkpoints_are_signed_under_their_own_header() {
+        let mut c = checkpoint();
+        c.tenant_id = OPERATOR_LOG_ID.into();
+        let text = c.signed_text().unwrap();
+        assert!(text.starts_with("bulkhead-operator-audit-checkpoint/v1\nlog operator\n"));
+        assert!(!checkpoint().signed_text().unwrap().contains("operator"));
+        // A signature over the operator text does not verify as a tenant's, nor the reverse.
+        let key = LogSigningKey::generate();
+        let signed = key.sign(c).unwrap();
+        let mut as_tenant = signed.clone();
+        as_tenant.checkpoint.tenant_id = "tnt_x".into();
+        assert!(key.public().verify(&signed).is_ok());
+        assert!(key.public().verify(&as_tenant).is_err());
+        let tenant = key.sign(checkpoint()).unwrap();
+        let mut as_operator = tenant;
+        as_operator.checkpoint.tenant_id = OPERATOR_LOG_ID.into();
+        assert!(key.public().verify(&as_operator).is_err());
     }
 
     #[test]

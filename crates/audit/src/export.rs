@@ -17,10 +17,19 @@
 //! `through_leaf`, the highest leaf it purged; that event is itself in the signed log. The
 //! verifier accepts a purged leaf only at or below the highest `through_leaf` of the
 //! `audit.purge` events in the export.
+//!
+//! With [`ExportVerifier::since`], the export must also extend an older checkpoint kept by the
+//! verifier: its signature verifies, it is of the same log, and the export's first
+//! `tree_size` leaves hash to its root. A log truncated and regrown under a fresh signature
+//! verifies on its own; it fails this.
+//!
+//! The operator plane's log exports in the same format; its checkpoint names
+//! [`crate::checkpoint::OPERATOR_LOG_ID`] (signed under its own header), so does every event, and
+//! since that log has no retention, no `purged` line ever verifies in it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{LogPublicKey, SignedCheckpoint};
+use crate::checkpoint::{Checkpoint, LogPublicKey, SignedCheckpoint};
 use crate::event::{AuditEvent, SequencedEvent};
 use crate::tree::{Hash, RootBuilder};
 use crate::AuditError;
@@ -75,7 +84,10 @@ pub struct BadEvent {
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// Tenant of the log.
+    /// Which kind of log the checkpoint is of: `tenant`, or `operator` for the operator plane's
+    /// log (whose checkpoints are signed under their own header); empty without a checkpoint.
+    pub log: &'static str,
+    /// Tenant of the log ([`crate::checkpoint::OPERATOR_LOG_ID`] for the operator log).
     pub tenant_id: String,
     /// Leaves read.
     pub tree_size: u64,
@@ -89,6 +101,9 @@ pub struct VerifyReport {
     pub first_bad_event: Option<BadEvent>,
     /// Why verification failed, if it did.
     pub failure: Option<String>,
+    /// The size of the older checkpoint the export was checked to extend
+    /// ([`ExportVerifier::since`]), if any.
+    pub extends_tree_size: Option<u64>,
 }
 
 /// Streaming verifier: feed it every line with [`ExportVerifier::push_line`], then
@@ -105,6 +120,9 @@ pub struct ExportVerifier {
     purged_runs: Vec<(u64, u64, String)>,
     /// Highest `through_leaf` of the `audit.purge` events seen.
     purge_cover: Option<u64>,
+    /// The older checkpoint the export must extend, and the root of the export's first
+    /// `tree_size` leaves once read.
+    since: Option<(Checkpoint, Option<Hash>)>,
 }
 
 /// Action of the event that records a retention purge.
@@ -122,6 +140,26 @@ impl ExportVerifier {
             first_bad: None,
             purged_runs: Vec::new(),
             purge_cover: None,
+            since: None,
+        }
+    }
+
+    /// Also requires the export to extend `old` (an older checkpoint of the same log): its
+    /// signature must verify under the key, and the export's first `old.tree_size` leaves must
+    /// hash to its root.
+    pub fn since(mut self, old: &SignedCheckpoint) -> Result<Self, AuditError> {
+        let old = self.key.verify(old)?.clone();
+        let root = (old.tree_size == 0).then(|| self.builder.root());
+        self.since = Some((old, root));
+        Ok(self)
+    }
+
+    fn push_leaf(&mut self, leaf: Hash) {
+        self.builder.push(leaf);
+        if let Some((old, root @ None)) = &mut self.since {
+            if old.tree_size == self.builder.size() {
+                *root = Some(self.builder.root());
+            }
         }
     }
 
@@ -137,6 +175,14 @@ impl ExportVerifier {
         match (parsed, &self.checkpoint) {
             (ExportLine::Checkpoint { checkpoint }, None) => {
                 self.key.verify(&checkpoint)?;
+                if let Some((old, _)) = &self.since {
+                    if old.tenant_id != checkpoint.checkpoint.tenant_id {
+                        return Err(AuditError::malformed(
+                            "export",
+                            "the older checkpoint (--since) is of another log",
+                        ));
+                    }
+                }
                 self.checkpoint = Some(checkpoint);
                 Ok(())
             }
@@ -184,7 +230,7 @@ impl ExportVerifier {
                 }
                 // The body is what is claimed, so the tree is built from it: an edited body with
                 // a forged leaf hash still changes the root.
-                self.builder.push(computed);
+                self.push_leaf(computed);
                 self.events += 1;
                 Ok(())
             }
@@ -203,7 +249,7 @@ impl ExportVerifier {
                         .purged_runs
                         .push((leaf_index, leaf_index + 1, event_id)),
                 }
-                self.builder.push(leaf_hash);
+                self.push_leaf(leaf_hash);
                 self.purged += 1;
                 Ok(())
             }
@@ -231,6 +277,7 @@ impl ExportVerifier {
     pub fn finish(self) -> VerifyReport {
         let Some(cp) = self.checkpoint else {
             return VerifyReport {
+                log: "",
                 tenant_id: String::new(),
                 tree_size: 0,
                 events: 0,
@@ -238,14 +285,18 @@ impl ExportVerifier {
                 verified: false,
                 first_bad_event: None,
                 failure: Some("the export is empty: no checkpoint".into()),
+                extends_tree_size: None,
             };
         };
         let cp = cp.checkpoint;
+        let operator = cp.is_operator();
+        // The operator log has no retention: no purge covers a missing body there.
+        let purge_cover = if operator { None } else { self.purge_cover };
         let size = self.builder.size();
         let mut first_bad = self.first_bad;
         // The first purged leaf that no recorded purge covers.
         let uncovered = self.purged_runs.iter().find_map(|(start, end, first_id)| {
-            let from = self.purge_cover.map_or(*start, |c| (*start).max(c + 1));
+            let from = purge_cover.map_or(*start, |c| (*start).max(c + 1));
             (from < *end).then(|| (from, from == *start, first_id.clone()))
         });
         if let Some((leaf_index, known_id, event_id)) = &uncovered {
@@ -277,9 +328,22 @@ impl ExportVerifier {
         } else if first_bad.is_some() {
             Some("an event does not match its leaf".into())
         } else {
-            None
+            match &self.since {
+                Some((old, _)) if size < old.tree_size => Some(format!(
+                    "the export has {size} leaves, fewer than the older checkpoint's {}: the log \
+                     was truncated",
+                    old.tree_size
+                )),
+                Some((old, root)) if *root != Some(old.root_hash) => Some(format!(
+                    "the export's first {} leaves do not hash to the older checkpoint's root: \
+                     the log was rewritten",
+                    old.tree_size
+                )),
+                _ => None,
+            }
         };
         VerifyReport {
+            log: if operator { "operator" } else { "tenant" },
             tenant_id: cp.tenant_id,
             tree_size: size,
             events: self.events,
@@ -287,6 +351,7 @@ impl ExportVerifier {
             verified: failure.is_none(),
             first_bad_event: first_bad,
             failure,
+            extends_tree_size: self.since.map(|(old, _)| old.tree_size),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use bulkhead_audit::export::{ExportLine, ExportVerifier};
 use bulkhead_audit::tree::{self, RootBuilder};
-use bulkhead_audit::{AuditEvent, Checkpoint, LogSigningKey, SequencedEvent};
+use bulkhead_audit::{AuditEvent, Checkpoint, LogSigningKey, SequencedEvent, SignedCheckpoint};
 
 fn event(i: u64) -> AuditEvent {
     AuditEvent {
@@ -178,4 +178,113 @@ fn reordered_dropped_and_foreign_lines_are_refused() {
     unknown[2] = unknown[2].replacen('{', "{\"extra\":1,", 1);
     assert!(verify(&key, &unknown).is_err());
     let _ = tree::empty_root();
+}
+
+/// An export of exactly `events` (every body present) and its checkpoint.
+fn plain(key: &LogSigningKey, events: &[AuditEvent]) -> (Vec<String>, SignedCheckpoint) {
+    let mut builder = RootBuilder::new();
+    let mut lines = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let leaf_index = i as u64;
+        let leaf_hash = SequencedEvent {
+            leaf_index,
+            event: e,
+        }
+        .leaf_hash()
+        .unwrap();
+        builder.push(leaf_hash);
+        let line = ExportLine::Event {
+            leaf_index,
+            leaf_hash,
+            event: Box::new(e.clone()),
+        };
+        lines.push(serde_json::to_string(&line).unwrap());
+    }
+    let checkpoint = key
+        .sign(Checkpoint {
+            tenant_id: "tnt_a".into(),
+            tree_size: events.len() as u64,
+            root_hash: builder.root(),
+            timestamp: "2026-12-01T09:00:00Z".into(),
+        })
+        .unwrap();
+    lines.insert(
+        0,
+        serde_json::to_string(&ExportLine::Checkpoint {
+            checkpoint: checkpoint.clone(),
+        })
+        .unwrap(),
+    );
+    (lines, checkpoint)
+}
+
+fn verify_since(
+    key: &LogSigningKey,
+    old: &SignedCheckpoint,
+    lines: &[String],
+) -> bulkhead_audit::export::VerifyReport {
+    let mut verifier = ExportVerifier::new(key.public().clone())
+        .since(old)
+        .unwrap();
+    for line in lines {
+        verifier.push_line(line).unwrap();
+    }
+    verifier.finish()
+}
+
+#[test]
+fn an_export_must_extend_the_older_checkpoint_it_is_checked_against() {
+    let key = LogSigningKey::generate();
+    let events: Vec<AuditEvent> = (0..5).map(event).collect();
+    let (_, old) = plain(&key, &events[..3]);
+    let (_, empty) = plain(&key, &[]);
+
+    // Honest growth: extends both the old checkpoint and the empty one.
+    let (grown, _) = plain(&key, &events);
+    let report = verify_since(&key, &old, &grown);
+    assert!(report.verified, "{report:?}");
+    assert_eq!(report.extends_tree_size, Some(3));
+    assert!(verify_since(&key, &empty, &grown).verified);
+    // The same size is an extension of itself.
+    let (same, _) = plain(&key, &events[..3]);
+    assert!(verify_since(&key, &old, &same).verified);
+
+    // Leaf 2 replaced and the log regrown under a fresh signature: fine alone, not since old.
+    let mut rewritten = events.clone();
+    rewritten[2] = event(99);
+    let (regrown, _) = plain(&key, &rewritten);
+    assert!(verify(&key, &regrown).unwrap().verified);
+    let report = verify_since(&key, &old, &regrown);
+    assert!(!report.verified);
+    assert!(
+        report.failure.as_deref().unwrap().contains("was rewritten"),
+        "{report:?}"
+    );
+
+    // Truncated below the old size.
+    let (short, _) = plain(&key, &events[..2]);
+    let report = verify_since(&key, &old, &short);
+    assert!(!report.verified);
+    assert!(
+        report.failure.as_deref().unwrap().contains("truncated"),
+        "{report:?}"
+    );
+
+    // An old checkpoint that does not verify is refused up front; one of another log at the
+    // checkpoint line.
+    let mut forged = old.clone();
+    forged.checkpoint.tree_size = 2;
+    assert!(ExportVerifier::new(key.public().clone())
+        .since(&forged)
+        .is_err());
+    let other = key
+        .sign(Checkpoint {
+            tenant_id: "tnt_b".into(),
+            ..old.checkpoint
+        })
+        .unwrap();
+    let mut verifier = ExportVerifier::new(key.public().clone())
+        .since(&other)
+        .unwrap();
+    assert!(verifier.push_line(&grown[0]).is_err());
 }

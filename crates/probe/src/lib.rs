@@ -5,7 +5,9 @@
 //! operation as tenant B: A's ids in the path, body and query; A's credentials on B's subdomain
 //! and B's on A's; no credential; revoked credentials; a credential whose scope excludes the
 //! operation; list filters aimed at A's data; webhook endpoints aimed at internal addresses;
-//! introspection, revocation and refresh of A's tokens by B. Every attempt must be refused in the
+//! introspection, revocation and refresh of A's tokens by B; given the operator listener and an
+//! operator key, every operator route with every tenant credential, and every tenant route with
+//! the operator key. Every attempt must be refused in the
 //! documented way, no response to B may contain any of A's ids or markers, "not yours" must
 //! answer exactly like "does not exist", and A's data must be unchanged afterwards.
 //!
@@ -22,10 +24,13 @@
 mod attacks;
 mod neighbour;
 mod operations;
+mod operator;
 mod probe;
 mod report;
 mod scope;
 mod tenants;
 
 pub use probe::run;
-pub use report::{Attack, Finding, ProbeConfig, Report, TenantCredentials, Verdict};
+pub use report::{
+    Attack, Finding, OperatorTarget, ProbeConfig, Report, TenantCredentials, Verdict,
+};

@@ -45,6 +45,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
     probe.forged_platform_events().await?;
     probe.host_mismatch(&victim).await?;
     probe.slow_neighbour(&victim).await?;
+    probe.operator_door(&operations, &victim).await?;
     probe.check_unchanged(&victim).await?;
     probe.clean_up(&mut victim, &attacker).await;
     Ok(Report {

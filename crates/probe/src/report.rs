@@ -19,6 +19,25 @@ pub struct ProbeConfig {
     pub tenant_b: TenantCredentials,
     /// Read operations from this file instead of `GET /openapi.json`.
     pub openapi_file: Option<std::path::PathBuf>,
+    /// The operator listener and an operator key: the operator door is attacked too.
+    pub operator: Option<OperatorTarget>,
+}
+
+/// The operator API (loopback TCP) and an operator key. `Debug` leaves the key out.
+#[derive(Clone)]
+pub struct OperatorTarget {
+    /// Where the operator API listens (`http://127.0.0.1:9091`).
+    pub base_url: url::Url,
+    /// An operator key (`bk_op_…`).
+    pub operator_key: String,
+}
+
+impl fmt::Debug for OperatorTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorTarget")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for ProbeConfig {
@@ -28,6 +47,7 @@ impl fmt::Debug for ProbeConfig {
             .field("base_domain", &self.base_domain)
             .field("tenant_a", &self.tenant_a.slug)
             .field("tenant_b", &self.tenant_b.slug)
+            .field("operator", &self.operator)
             .finish_non_exhaustive()
     }
 }
@@ -99,10 +119,14 @@ pub enum Attack {
     /// B holds half-sent connections, then forces password hashing, while A's requests must
     /// still be answered correctly within a bound.
     SlowNeighbour,
+    /// An operator key (`bk_op_…`) on a tenant route, on A's subdomain with A's ids.
+    OperatorKeyOnTenant,
+    /// A tenant credential (A's key and tokens, B's key) on an operator route.
+    TenantCredentialOnOperator,
 }
 
 impl Attack {
-    const ALL: [Attack; 22] = [
+    const ALL: [Attack; 24] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -125,6 +149,8 @@ impl Attack {
         Attack::ForgedEvents,
         Attack::HostMismatch,
         Attack::SlowNeighbour,
+        Attack::OperatorKeyOnTenant,
+        Attack::TenantCredentialOnOperator,
     ];
 
     pub(crate) fn short(self) -> &'static str {
@@ -151,6 +177,8 @@ impl Attack {
             Attack::ForgedEvents => "forge",
             Attack::HostMismatch => "host",
             Attack::SlowNeighbour => "slownb",
+            Attack::OperatorKeyOnTenant => "opk@v1",
+            Attack::TenantCredentialOnOperator => "tnt@op",
         }
     }
 }

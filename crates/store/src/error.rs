@@ -54,6 +54,11 @@ pub enum StoreError {
         /// What the refused write would have added.
         requested: i64,
     },
+    /// An append-only log no longer matches its own latest signed checkpoint (leaves removed or
+    /// rewritten, or events and leaves disagree): nothing was signed or written. Not retryable;
+    /// the log must be restored.
+    #[error("the audit log failed its consistency check: {0}")]
+    LogInconsistent(Cow<'static, str>),
     /// Migrations failed.
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),

@@ -1,6 +1,9 @@
 //! The operator plane's own tables (migration 0027): operator keys and the operator audit log.
 //! Deployment-wide, no tenant; reached through a store on the owner role only (the application
-//! role has no privilege on them).
+//! role has no privilege on them). The log is a verifiable Merkle log ([`log`], migration 0029):
+//! each event is sequenced in the transaction that writes it.
+
+pub mod log;
 
 use bulkhead_auth::KeyHash;
 use bulkhead_core::{OperatorEventId, OperatorKeyId};
@@ -134,11 +137,13 @@ async fn insert_event(
     event: &NewOperatorEvent,
 ) -> Result<OperatorEventId, StoreError> {
     let id = OperatorEventId::new();
-    sqlx::query(
+    // The row as stored (the database's clock and JSON form) is what the leaf commits to.
+    let row: log::EventRow = sqlx::query_as(&format!(
         "INSERT INTO bulkhead.operator_audit_events \
          (id, actor, action, outcome, resource_id, reason, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {}",
+        log::EVENT_COLUMNS
+    ))
     .bind(id.uuid())
     .bind(&event.actor)
     .bind(event.action)
@@ -146,8 +151,9 @@ async fn insert_event(
     .bind(&event.resource_id)
     .bind(&event.reason)
     .bind(&event.metadata)
-    .execute(conn)
+    .fetch_one(&mut *conn)
     .await?;
+    log::append_own(conn, row).await?;
     Ok(id)
 }
 
@@ -254,13 +260,16 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one event to the operator audit log.
+    /// Appends one event to the operator audit log (and its leaf to the log's tree, in the same
+    /// transaction).
     pub async fn record_operator_event(
         &self,
         event: &NewOperatorEvent,
     ) -> Result<OperatorEventId, StoreError> {
-        let mut conn = self.pool().acquire().await?;
-        insert_event(&mut conn, event).await
+        let mut tx = self.pool().begin().await?;
+        let id = insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// The operator audit log's latest `limit` events, newest first.

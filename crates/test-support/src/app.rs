@@ -181,6 +181,8 @@ impl TestApp {
 pub struct TestOperator {
     /// The socket.
     pub socket: std::path::PathBuf,
+    /// `http://127.0.0.1:PORT` when also served on loopback TCP.
+    pub tcp: Option<String>,
     /// The owner-role store the operator plane writes through.
     pub owner: Store,
     listeners: Option<bulkhead_server::http::operator::OperatorListeners>,
@@ -201,6 +203,16 @@ impl TestOperator {
         operator_request(&self.socket, method, path, key, body).await
     }
 
+    /// [`TestOperator::request`] answering the status, headers and raw body.
+    pub async fn request_raw(
+        &self,
+        method: http::Method,
+        path: &str,
+        key: Option<&str>,
+    ) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+        operator_request_raw(&self.socket, method, path, key, None).await
+    }
+
     /// Stops the listeners and waits for them (the socket file is removed).
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
@@ -219,6 +231,23 @@ pub async fn operator_request(
     key: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (http::StatusCode, serde_json::Value) {
+    let (status, _, bytes) = operator_request_raw(socket, method, path, key, body).await;
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    (status, json)
+}
+
+/// [`operator_request`], answering the status, headers and raw body (NDJSON exports).
+pub async fn operator_request_raw(
+    socket: &std::path::Path,
+    method: http::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
     use http_body_util::BodyExt;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
@@ -247,23 +276,29 @@ pub async fn operator_request(
         .await
         .expect("response");
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = response
         .into_body()
         .collect()
         .await
         .expect("body")
         .to_bytes();
-    let json = if bytes.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("a JSON body")
-    };
-    (status, json)
+    (status, headers, bytes)
 }
 
 impl TestApp {
     /// Serves this app's operator API on a Unix socket of its own.
     pub async fn spawn_operator(&self) -> TestOperator {
+        self.spawn_operator_with(false).await
+    }
+
+    /// [`TestApp::spawn_operator`], and on a loopback TCP port too ([`TestOperator::tcp`]).
+    pub async fn spawn_operator_tcp(&self) -> TestOperator {
+        self.spawn_operator_with(true).await
+    }
+
+    async fn spawn_operator_with(&self, tcp: bool) -> TestOperator {
+        use bulkhead_server::config::operator::OperatorEndpoint;
         let dir = tempfile::Builder::new()
             .prefix("bulkhead-operator-")
             .tempdir()
@@ -271,18 +306,26 @@ impl TestApp {
         let socket = dir.path().join("operator.sock");
         let owner = self.db.owner_store().await;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut endpoints = vec![OperatorEndpoint::Unix(Some(socket.clone()))];
+        if tcp {
+            endpoints.push(OperatorEndpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))));
+        }
         let listeners = bulkhead_server::http::operator::start(
-            &[bulkhead_server::config::operator::OperatorEndpoint::Unix(
-                Some(socket.clone()),
-            )],
+            &endpoints,
             dir.path(),
             bulkhead_server::http::operator::OperatorState::new(self.state.clone(), owner.clone()),
             stopped,
         )
         .await
         .expect("operator listener");
+        let tcp = listeners
+            .endpoints
+            .iter()
+            .find(|e| e.starts_with("http://"))
+            .cloned();
         TestOperator {
             socket,
+            tcp,
             owner,
             listeners: Some(listeners),
             stop,

@@ -25,6 +25,12 @@ pub(crate) enum AuditCommand {
         /// `/.well-known/bulkhead-audit-key`.
         #[arg(long)]
         log_key: String,
+        /// An older checkpoint of the same log, kept outside the server: the export must extend
+        /// it (its signature verifies and the export's first `tree_size` leaves hash to its
+        /// root), which a log truncated and regrown under a fresh signature does not. A file
+        /// holding the checkpoint's JSON or an older export, or the JSON itself.
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Check that NEW_CHECKPOINT extends OLD_CHECKPOINT (the log only grew), with the consistency
     /// proof the server gives at `/v1/audit/proofs/consistency?from=<old size>&to=<new size>`.
@@ -64,7 +70,14 @@ pub(crate) enum AuditCommand {
 
 pub(crate) async fn run(action: AuditCommand) -> anyhow::Result<()> {
     match action {
-        AuditCommand::Verify { export, log_key } => verify(&export, &read_key(&log_key)?),
+        AuditCommand::Verify {
+            export,
+            log_key,
+            since,
+        } => {
+            let since = since.as_deref().map(read_checkpoint).transpose()?;
+            verify(&export, &read_key(&log_key)?, since.as_ref())
+        }
         AuditCommand::CheckConsistency {
             old_checkpoint,
             new_checkpoint,
@@ -130,7 +143,24 @@ fn read_key(given: &str) -> anyhow::Result<LogPublicKey> {
     LogPublicKey::from_config_str(&text).map_err(|e| anyhow::anyhow!("--log-key: {e}"))
 }
 
-fn verify(path: &Path, key: &LogPublicKey) -> anyhow::Result<()> {
+/// Reads `--since`: a file, or the text itself, holding a checkpoint's JSON (as served) or an
+/// export (whose first line is its checkpoint).
+fn read_checkpoint(given: &str) -> anyhow::Result<SignedCheckpoint> {
+    let text = if Path::new(given).is_file() {
+        std::fs::read_to_string(given).with_context(|| format!("cannot read {given}"))?
+    } else {
+        given.to_owned()
+    };
+    if let Ok(checkpoint) = serde_json::from_str::<SignedCheckpoint>(&text) {
+        return Ok(checkpoint);
+    }
+    match text.lines().next().map(bulkhead_audit::export::parse_line) {
+        Some(Ok(bulkhead_audit::export::ExportLine::Checkpoint { checkpoint })) => Ok(checkpoint),
+        _ => anyhow::bail!("--since: neither a checkpoint nor an export"),
+    }
+}
+
+fn verify(path: &Path, key: &LogPublicKey, since: Option<&SignedCheckpoint>) -> anyhow::Result<()> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -142,6 +172,11 @@ fn verify(path: &Path, key: &LogPublicKey) -> anyhow::Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut verifier = ExportVerifier::new(key.clone());
+    if let Some(old) = since {
+        verifier = verifier
+            .since(old)
+            .map_err(|e| anyhow::anyhow!("--since: {e}; the older checkpoint does not verify"))?;
+    }
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = String::new();
     let mut number = 0u64;

@@ -84,6 +84,13 @@ enum Command {
         /// Read the operations from this OpenAPI file instead of GET /openapi.json.
         #[arg(long)]
         openapi: Option<std::path::PathBuf>,
+        /// The operator API's loopback TCP address (`http://127.0.0.1:9091`): attack the
+        /// operator door too (needs `BULKHEAD_PROBE_OPERATOR_KEY`).
+        #[arg(long, requires = "operator_key")]
+        operator_url: Option<url::Url>,
+        /// An operator key (`bk_op_…`) for `--operator-url`.
+        #[arg(long, env = "BULKHEAD_PROBE_OPERATOR_KEY", hide_env_values = true)]
+        operator_key: Option<String>,
         /// Print the findings as JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -200,8 +207,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tenant_b,
             key_b,
             openapi,
+            operator_url,
+            operator_key,
             json,
         } => {
+            let operator = match (operator_url, operator_key) {
+                (Some(base_url), Some(operator_key)) => Some(bulkhead_probe::OperatorTarget {
+                    base_url,
+                    operator_key,
+                }),
+                _ => None,
+            };
             let report = bulkhead_probe::run(bulkhead_probe::ProbeConfig {
                 base_url,
                 base_domain,
@@ -214,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     admin_key: key_b,
                 },
                 openapi_file: openapi,
+                operator,
             })
             .await?;
             if json {

@@ -1,5 +1,8 @@
 //! `bulkhead operator key …`: the operator plane's keys, made with owner access to the database
-//! (the first key cannot come from the API: the API needs a key).
+//! (the first key cannot come from the API: the API needs a key); `bulkhead operator audit …`:
+//! the operator log's signed checkpoints and its export, for `bulkhead audit verify`.
+
+use std::io::Write;
 
 use anyhow::Context;
 use bulkhead_core::{OperatorKeyId, OperatorScopes};
@@ -17,6 +20,30 @@ pub(super) enum OperatorCommand {
     Key {
         #[command(subcommand)]
         action: OperatorKeyCommand,
+    },
+    /// The operator audit log: checkpoints and the verifiable export.
+    Audit {
+        #[command(subcommand)]
+        action: OperatorAuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum OperatorAuditCommand {
+    /// Sign a checkpoint of the whole operator log (unless the latest already covers it) and
+    /// print it as JSON.
+    Checkpoint {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Write the operator log's export (NDJSON, as `GET /operator/v1/audit/export`): verify it
+    /// offline with `bulkhead audit verify FILE --log-key KEY`.
+    Export {
+        /// Where to write it (`-` for standard output).
+        #[arg(short = 'o', long = "output")]
+        output: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -51,7 +78,10 @@ pub(super) enum OperatorKeyCommand {
 }
 
 pub(super) async fn run(action: OperatorCommand) -> anyhow::Result<()> {
-    let OperatorCommand::Key { action } = action;
+    let action = match action {
+        OperatorCommand::Key { action } => action,
+        OperatorCommand::Audit { action } => return audit(action).await,
+    };
     let actor = crate::config::environment::operator_account();
     match action {
         OperatorKeyCommand::Create {
@@ -107,6 +137,62 @@ pub(super) async fn run(action: OperatorCommand) -> anyhow::Result<()> {
                         other => anyhow::Error::new(other).context("cannot revoke the key"),
                     })?;
                 println!("{}", serde_json::to_string_pretty(&record)?);
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+async fn audit(action: OperatorAuditCommand) -> anyhow::Result<()> {
+    match action {
+        OperatorAuditCommand::Checkpoint { database } => {
+            let key = crate::service::audit_log::load_log_key(
+                &database.data_dir,
+                database.database_url.is_some(),
+            )?;
+            with_owner(&database, |owner| async move {
+                let (signed, _) = owner
+                    .operator_checkpoint(&key, chrono::Utc::now())
+                    .await
+                    .context("cannot sign the operator log's checkpoint")?;
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+                Ok(())
+            })
+            .await
+        }
+        OperatorAuditCommand::Export { output, database } => {
+            let key = crate::service::audit_log::load_log_key(
+                &database.data_dir,
+                database.database_url.is_some(),
+            )?;
+            with_owner(&database, |owner| async move {
+                let mut out: Box<dyn Write> = if output.as_os_str() == "-" {
+                    Box::new(std::io::stdout().lock())
+                } else {
+                    Box::new(std::io::BufWriter::new(
+                        std::fs::File::create(&output)
+                            .with_context(|| format!("cannot create {}", output.display()))?,
+                    ))
+                };
+                let (checkpoint, _) = owner
+                    .operator_checkpoint(&key, chrono::Utc::now())
+                    .await
+                    .context("cannot sign the operator log's checkpoint")?;
+                let size = checkpoint.checkpoint.tree_size;
+                serde_json::to_writer(
+                    &mut out,
+                    &bulkhead_audit::export::ExportLine::Checkpoint { checkpoint },
+                )?;
+                out.write_all(b"\n")?;
+                let mut from = 0;
+                while from < size {
+                    let to = (from + operators::EXPORT_PAGE).min(size);
+                    out.write_all(&operators::export_lines(&owner, from, to).await?)?;
+                    from = to;
+                }
+                out.flush()?;
+                eprintln!("{size} events of the operator log exported");
                 Ok(())
             })
             .await

@@ -118,6 +118,10 @@ pub enum ApiError {
     /// 503: the database is unreachable or not ready.
     #[error("unavailable")]
     Unavailable,
+    /// 503, no `Retry-After`: an append-only log no longer extends its latest signed checkpoint;
+    /// nothing was signed or exported until it is restored (docs/operator-api.md).
+    #[error("audit log inconsistent")]
+    LogInconsistent,
     /// 503 with `Retry-After`: the tenant is frozen for a move between tiers; nothing was
     /// changed and the same request will succeed shortly.
     #[error("tenant moving")]
@@ -406,6 +410,14 @@ impl ApiError {
                 "Service Unavailable",
                 "the service is temporarily unavailable; retry later".into(),
             ),
+            LogInconsistent => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem_type!("audit-log-inconsistent"),
+                "Audit log failed its consistency check",
+                "the log no longer matches its latest signed checkpoint (leaves removed or \
+                 rewritten); nothing was signed or exported; retrying will not help"
+                    .into(),
+            ),
             SchemaBusy => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 problem_type!("schema-evaluation-busy"),
@@ -612,6 +624,7 @@ impl From<StoreError> for ApiError {
                 ApiError::Unavailable
             }
             StoreError::TenantMoving | StoreError::LocationMismatch => ApiError::TenantMoving,
+            StoreError::LogInconsistent(_) => ApiError::LogInconsistent,
             StoreError::WrongRegion(region) => ApiError::WrongRegion(region),
             // The route class's statement timeout: the database was busy for this request.
             StoreError::Timeout => ApiError::Unavailable,

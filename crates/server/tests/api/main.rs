@@ -18,6 +18,8 @@ mod oauth_grants;
 mod oauth_resources;
 mod openapi;
 mod operator;
+mod operator_audit;
+mod operator_openapi;
 mod platform;
 mod probe;
 mod quotas;

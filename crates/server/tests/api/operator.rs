@@ -15,7 +15,7 @@ use crate::helpers::oauth::admin_and_delegated_tokens;
 use crate::helpers::{audit_events, call};
 
 /// An operator key with `scopes`, made as `bulkhead operator key create` makes one.
-async fn operator_key(op: &TestOperator, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn operator_key(op: &TestOperator, scopes: &[&str]) -> (String, String) {
     let spec = OperatorKeySpec {
         name: format!("test {}", scopes.join(" ")),
         scopes: OperatorScopes::parse_all(scopes).unwrap(),
@@ -27,7 +27,7 @@ async fn operator_key(op: &TestOperator, scopes: &[&str]) -> (String, String) {
     (record.id.to_string(), key.expose_secret().to_owned())
 }
 
-const ALL: &[&str] = &[
+pub(crate) const ALL: &[&str] = &[
     "tenants:read",
     "tenants:write",
     "tenants:delete",
@@ -510,7 +510,12 @@ async fn scopes_refuse_with_403_and_revoked_keys_with_401() {
 async fn the_serving_role_cannot_touch_the_operator_tables_and_a_live_socket_is_not_replaced() {
     let app = spawn_app().await;
     let serving = app.db.app_pool(1).await;
-    for table in ["operator_keys", "operator_audit_events"] {
+    for table in [
+        "operator_keys",
+        "operator_audit_events",
+        "operator_audit_leaves",
+        "operator_audit_checkpoints",
+    ] {
         let err = sqlx::query(&format!("SELECT count(*) FROM bulkhead.{table}"))
             .execute(&serving)
             .await

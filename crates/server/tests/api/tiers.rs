@@ -32,6 +32,7 @@ async fn probe_pair(app: &TestApp, a: &TestTenant, b: &TestTenant) -> probe::Rep
             admin_key: b.key.clone(),
         },
         openapi_file: None,
+        operator: None,
     })
     .await
     .unwrap()

@@ -134,7 +134,12 @@ async fn the_app_role_is_powerless_outside_rls() {
     // The operator plane's tables (migration 0027) are the owner's alone: the serving role has
     // no privilege on them, so nothing reachable from a tenant route can read an operator key's
     // hash or the operator log.
-    for table in ["operator_keys", "operator_audit_events"] {
+    for table in [
+        "operator_keys",
+        "operator_audit_events",
+        "operator_audit_leaves",
+        "operator_audit_checkpoints",
+    ] {
         let any: bool = sqlx::query_scalar(
             "SELECT bool_or(has_table_privilege($1, 'bulkhead.' || $2, p)) \
              FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p",

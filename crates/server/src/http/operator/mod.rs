@@ -19,7 +19,9 @@
 //!   cannot write the registry), so the operator state holds a small owner-role pool. The
 //!   tenant [`AppState`] never holds it.
 
+mod audit;
 mod keys;
+pub mod openapi;
 pub mod socket;
 mod tenants;
 
@@ -38,6 +40,7 @@ use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::http::apidoc::OpDoc;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::service::operators::{self, OperatorContext, OperatorRefusal};
@@ -76,12 +79,18 @@ pub struct OperatorRouteSpec {
     pub path: &'static str,
     /// The operator scope it requires.
     pub scope: OperatorScope,
+    /// The handler's name (its OpenAPI `operationId`).
+    pub handler: &'static str,
 }
 
 /// The operator routes with their scopes; the only way to mount one.
 #[derive(Default)]
 pub struct OperatorRoutes {
-    routes: Vec<(OperatorRouteSpec, MethodRouter<OperatorState>)>,
+    routes: Vec<(
+        OperatorRouteSpec,
+        MethodRouter<OperatorState>,
+        Option<OpDoc>,
+    )>,
 }
 
 impl std::fmt::Debug for OperatorRoutes {
@@ -109,26 +118,64 @@ impl OperatorRoutes {
     {
         assert!(path.starts_with("/operator/v1/"), "operator route {path}");
         let filter = MethodFilter::try_from(method.clone()).expect("routable method");
+        let name = std::any::type_name::<H>();
         self.routes.push((
             OperatorRouteSpec {
                 method,
                 path,
                 scope,
+                handler: name.rsplit("::").next().unwrap_or(name),
             },
             on(filter, handler),
+            None,
         ));
+        self
+    }
+
+    /// What the operator API's OpenAPI document says of the route just added
+    /// ([`openapi::openapi`]).
+    ///
+    /// # Panics
+    /// Before any route, or on a route documented twice (programming errors).
+    pub fn doc(mut self, doc: OpDoc) -> Self {
+        let (spec, _, slot) = self.routes.last_mut().expect("doc() follows a route");
+        assert!(
+            slot.is_none(),
+            "documented twice: {} {}",
+            spec.method,
+            spec.path
+        );
+        let tag = if spec.path.starts_with("/operator/v1/tenants") {
+            "tenants"
+        } else if spec.path.starts_with("/operator/v1/operator-keys") {
+            "operator-keys"
+        } else {
+            "operator-audit"
+        };
+        *slot = Some(OpDoc {
+            operation_id: spec.handler,
+            tag: Some(tag),
+            ..doc
+        });
         self
     }
 
     /// Every declared route.
     pub fn specs(&self) -> impl Iterator<Item = &OperatorRouteSpec> {
-        self.routes.iter().map(|(spec, _)| spec)
+        self.routes.iter().map(|(spec, _, _)| spec)
+    }
+
+    /// Every declared route with its document entry.
+    pub fn docs(&self) -> impl Iterator<Item = (&OperatorRouteSpec, Option<&OpDoc>)> {
+        self.routes
+            .iter()
+            .map(|(spec, _, doc)| (spec, doc.as_ref()))
     }
 
     fn into_router(self) -> Router<OperatorState> {
         let mut router = Router::new();
         let mut seen = std::collections::BTreeSet::new();
-        for (spec, endpoint) in self.routes {
+        for (spec, endpoint, _) in self.routes {
             assert!(
                 seen.insert((spec.method.to_string(), spec.path)),
                 "operator route declared twice: {} {}",
@@ -142,9 +189,12 @@ impl OperatorRoutes {
     }
 }
 
-/// Every operator route and the scope it requires.
+/// Every operator route, the scope it requires and what the document says of it.
 pub fn route_table() -> OperatorRoutes {
+    use openapi::*;
     use OperatorScope::*;
+    let tenant = tenant_param();
+    let key = key_param();
     OperatorRoutes::default()
         .route(
             Method::POST,
@@ -152,11 +202,23 @@ pub fn route_table() -> OperatorRoutes {
             TenantsWrite,
             tenants::create,
         )
+        .doc(
+            OpDoc::ok::<CreatedTenantDoc>(201, "The tenant, and its admin key shown this once")
+                .body::<CreateTenantDoc>()
+                .summary("Onboard a tenant (tier `shared` or `schema`).")
+                .conflict("The slug is taken"),
+        )
         .route(
             Method::GET,
             "/operator/v1/tenants",
             TenantsRead,
             tenants::list,
+        )
+        .doc(
+            OpDoc::ok::<TenantPageDoc>(200, "A page of tenants")
+                .query::<TenantFiltersDoc>()
+                .summary("Tenants in creation order, filtered, with cursor paging.")
+                .invalid("A filter or limit out of range"),
         )
         .route(
             Method::GET,
@@ -164,11 +226,23 @@ pub fn route_table() -> OperatorRoutes {
             TenantsRead,
             tenants::get,
         )
+        .doc(
+            OpDoc::ok::<TenantDoc>(200, "The tenant")
+                .under(&tenant)
+                .summary("One tenant, by slug or id."),
+        )
         .route(
             Method::PATCH,
             "/operator/v1/tenants/{tenant}",
             TenantsWrite,
             tenants::update,
+        )
+        .doc(
+            OpDoc::ok::<TenantDoc>(200, "The tenant as changed")
+                .under(&tenant)
+                .body::<UpdateTenantDoc>()
+                .summary("Change a tenant's plan and/or status.")
+                .conflict("The tenant is being moved"),
         )
         .route(
             Method::POST,
@@ -176,11 +250,23 @@ pub fn route_table() -> OperatorRoutes {
             TenantsWrite,
             tenants::suspend,
         )
+        .doc(
+            OpDoc::ok::<TenantDoc>(200, "The tenant, suspended")
+                .under(&tenant)
+                .summary("Suspend a tenant: every credential is refused.")
+                .conflict("The tenant is being moved"),
+        )
         .route(
             Method::POST,
             "/operator/v1/tenants/{tenant}/activate",
             TenantsWrite,
             tenants::activate,
+        )
+        .doc(
+            OpDoc::ok::<TenantDoc>(200, "The tenant, active")
+                .under(&tenant)
+                .summary("Activate a suspended tenant.")
+                .conflict("The tenant is being moved"),
         )
         .route(
             Method::GET,
@@ -188,11 +274,20 @@ pub fn route_table() -> OperatorRoutes {
             OperatorsManage,
             keys::list,
         )
+        .doc(
+            OpDoc::ok::<OperatorKeyListDoc>(200, "Every operator key")
+                .summary("Operator keys' records (never a key or its hash)."),
+        )
         .route(
             Method::POST,
             "/operator/v1/operator-keys",
             OperatorsManage,
             keys::create,
+        )
+        .doc(
+            OpDoc::ok::<CreatedOperatorKeyDoc>(201, "The key, shown this once")
+                .body::<CreateOperatorKeyDoc>()
+                .summary("Make an operator key."),
         )
         .route(
             Method::POST,
@@ -200,12 +295,58 @@ pub fn route_table() -> OperatorRoutes {
             OperatorsManage,
             keys::revoke,
         )
+        .doc(
+            OpDoc::ok::<OperatorKeyDoc>(200, "The key, revoked")
+                .under(&key)
+                .summary("Revoke an operator key at once."),
+        )
         .route(
             Method::GET,
             "/operator/v1/audit-events",
             OperatorsManage,
             keys::events,
         )
+        .doc(
+            OpDoc::ok::<OperatorEventListDoc>(200, "The latest events")
+                .query::<EventsQueryDoc>()
+                .summary("The operator log's latest events, newest first.")
+                .invalid("A limit out of range"),
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/audit/checkpoints/latest",
+            OperatorsManage,
+            audit::latest_checkpoint,
+        )
+        .doc(
+            OpDoc::ok::<bulkhead_audit::SignedCheckpoint>(200, "The checkpoint")
+                .summary("The operator log's latest signed checkpoint.")
+                .answer(404, "No checkpoint yet"),
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/audit/checkpoints",
+            OperatorsManage,
+            audit::checkpoint_now,
+        )
+        .doc(
+            OpDoc::ok::<bulkhead_audit::SignedCheckpoint>(201, "A new checkpoint: the log grew")
+                .also::<bulkhead_audit::SignedCheckpoint>(
+                    200,
+                    "The latest checkpoint: the log has not grown since",
+                )
+                .summary("Sign a checkpoint of the whole operator log now."),
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/audit/export",
+            OperatorsManage,
+            audit::export,
+        )
+        .doc(ndjson("The export: one JSON object per line").summary(
+            "A checkpoint of the whole operator log, then every leaf, as NDJSON \
+                     (verify with `bulkhead audit verify`).",
+        ))
 }
 
 /// The operator application: every route behind operator authentication, the same request id,
@@ -215,6 +356,8 @@ pub fn router(state: OperatorState) -> Router {
     route_table()
         .into_router()
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Added after the authentication layer, so outside it: the document holds no data.
+        .route(openapi::PATH, axum::routing::get(openapi::serve))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(

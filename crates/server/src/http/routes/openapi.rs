@@ -114,7 +114,8 @@ fn operation(spec: &RouteSpec, op: &OpDoc) -> Operation {
         .build()
 }
 
-fn http_method(method: &Method) -> HttpMethod {
+/// The OpenAPI method of an HTTP method.
+pub(crate) fn http_method(method: &Method) -> HttpMethod {
     match *method {
         Method::GET => HttpMethod::Get,
         Method::PUT => HttpMethod::Put,
@@ -260,7 +261,7 @@ impl Modify for Shared {
 /// `additionalProperties: false`) would then refuse the other fields, and no real answer would
 /// match. Such schemas are opened up: they describe answers here, which the strict
 /// deserialization never reads.
-fn open_flattened_schemas(components: &mut utoipa::openapi::Components) {
+pub(crate) fn open_flattened_schemas(components: &mut utoipa::openapi::Components) {
     let flattened: Vec<String> = components
         .schemas
         .values()
