@@ -205,21 +205,10 @@ pub async fn client_with_secret(
     ))
 }
 
-/// How many clients the tenant has, counted under a transaction-scoped advisory lock of the
-/// tenant's client list: two creations racing for the last place queue behind each other, so
-/// the cap checked with this count holds (the lock ends with the transaction).
+/// How many clients the tenant has, under a lock of its client list that holds to the end of
+/// the transaction (so a cap checked with it holds; [`super::count_locked`]).
 pub async fn count_clients_locked(tx: &mut TenantTx) -> Result<i64, StoreError> {
-    let tenant = tx.tenant_id();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('oauth_clients:' || $1::text, 0))")
-        .bind(tenant.uuid())
-        .execute(tx.conn())
-        .await?;
-    let (count,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM oauth_clients WHERE tenant_id = $1")
-            .bind(tenant.uuid())
-            .fetch_one(tx.conn())
-            .await?;
-    Ok(count)
+    super::count_locked(tx, super::CappedList::OAuthClients).await
 }
 
 /// A page of clients in id order, after `after`.

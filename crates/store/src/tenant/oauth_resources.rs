@@ -57,22 +57,10 @@ fn from_row((id, identifier, name, scopes, created, updated): Row) -> OAuthResou
     }
 }
 
-/// How many resources the tenant has, under a transaction-scoped advisory lock of its list (a
-/// cap checked with it holds against concurrent creations).
+/// How many resources the tenant has, under a lock of its list that holds to the end of the
+/// transaction (so a cap checked with it holds; [`super::count_locked`]).
 pub async fn count_locked(tx: &mut TenantTx) -> Result<i64, StoreError> {
-    let tenant = tx.tenant_id();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('oauth_resources:' || $1::text, 0))",
-    )
-    .bind(tenant.uuid())
-    .execute(tx.conn())
-    .await?;
-    let (count,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM oauth_resources WHERE tenant_id = $1")
-            .bind(tenant.uuid())
-            .fetch_one(tx.conn())
-            .await?;
-    Ok(count)
+    super::count_locked(tx, super::CappedList::OAuthResources).await
 }
 
 /// Registers a resource (a duplicate identifier is [`StoreError::Conflict`]).
