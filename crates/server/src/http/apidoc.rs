@@ -10,11 +10,13 @@
 //! operation names by reference is collected with it, for the document's components.
 
 use utoipa::openapi::content::ContentBuilder;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{
+    Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn,
+};
 use utoipa::openapi::request_body::{RequestBody, RequestBodyBuilder};
 use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::SecurityRequirement;
-use utoipa::openapi::{Ref, RefOr, Required, Response, ResponseBuilder};
+use utoipa::openapi::{Ref, RefOr, Required, Response, ResponseBuilder, ResponsesBuilder};
 use utoipa::{IntoParams, ToSchema};
 
 /// The security scheme of the tenant API: `Authorization: Bearer <API key or access token>`.
@@ -44,6 +46,24 @@ pub struct OpDoc {
 }
 
 impl OpDoc {
+    /// The operation this doc describes, with `security` as its requirements (`None`: none
+    /// stated, so the document's default applies).
+    pub fn operation(&self, security: Option<Vec<SecurityRequirement>>) -> Operation {
+        let mut responses = ResponsesBuilder::new();
+        for (status, response) in &self.responses {
+            responses = responses.response(status.to_string(), response.clone());
+        }
+        OperationBuilder::new()
+            .tags(self.tag.map(|tag| [tag]))
+            .summary(self.summary)
+            .operation_id(Some(self.operation_id))
+            .parameters((!self.parameters.is_empty()).then(|| self.parameters.clone()))
+            .request_body(self.request_body.clone())
+            .responses(responses)
+            .securities(security)
+            .build()
+    }
+
     /// An operation that answers `status`, described as `description`, with a JSON body of
     /// schema `T`.
     pub fn ok<T: ToSchema>(status: u16, description: &str) -> Self {
@@ -315,4 +335,20 @@ struct PageParams {
 
 fn reference<T: ToSchema>() -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(T::name()))
+}
+
+/// Answers `GET …/openapi.json` with the document `build` makes, serialised once into `cell`
+/// (the tenant API's and the operator API's documents).
+pub fn serve_document(
+    cell: &'static std::sync::OnceLock<String>,
+    build: fn() -> utoipa::openapi::OpenApi,
+) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let text = cell.get_or_init(|| {
+        build()
+            .to_json()
+            .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }

@@ -12,8 +12,7 @@
 
 use std::sync::OnceLock;
 
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use utoipa::openapi::path::{Operation, OperationBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -35,12 +34,7 @@ pub const OPERATOR_KEY: &str = "operator_key";
 /// `GET /operator/v1/openapi.json`: the document, built once.
 pub async fn serve() -> Response {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    let text = DOCUMENT.get_or_init(|| {
-        openapi()
-            .to_json()
-            .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
-    });
-    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
+    crate::http::apidoc::serve_document(&DOCUMENT, openapi)
 }
 
 /// The document.
@@ -116,19 +110,7 @@ fn operation(spec: &OperatorRouteSpec, op: &OpDoc) -> Operation {
         OPERATOR_KEY,
         [spec.scope.as_str()],
     )];
-    let mut responses = ResponsesBuilder::new();
-    for (status, response) in &op.responses {
-        responses = responses.response(status.to_string(), response.clone());
-    }
-    OperationBuilder::new()
-        .tags(op.tag.map(|tag| [tag]))
-        .summary(op.summary)
-        .operation_id(Some(op.operation_id))
-        .parameters((!op.parameters.is_empty()).then(|| op.parameters.clone()))
-        .request_body(op.request_body.clone())
-        .responses(responses)
-        .securities(Some(security))
-        .build()
+    op.operation(Some(security))
 }
 
 /// What every operator operation shares, and the problem body of every error answer.

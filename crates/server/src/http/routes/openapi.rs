@@ -20,16 +20,16 @@
 
 use std::sync::OnceLock;
 
-use axum::http::{header, Method};
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
+use axum::response::Response;
 use bulkhead_store::tenant::tokens::AuthSession;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::content::ContentBuilder;
-use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder};
+use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder, ResponsesBuilder};
+use utoipa::openapi::{RefOr, Response as OaResponse, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::http::apidoc::OpDoc;
@@ -60,12 +60,7 @@ pub fn routes() -> RouteTable {
 /// `GET /openapi.json`: this document, built once.
 pub async fn serve() -> Response {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    let text = DOCUMENT.get_or_init(|| {
-        openapi()
-            .to_json()
-            .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
-    });
-    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
+    crate::http::apidoc::serve_document(&DOCUMENT, openapi)
 }
 
 /// The document: the info, tags and shared schemas of [`ApiDoc`], one operation for every route
@@ -99,19 +94,7 @@ fn operation(spec: &RouteSpec, op: &OpDoc) -> Operation {
         RouteAccess::Authenticated => Some(bearer(&[])),
         RouteAccess::Public | RouteAccess::SelfAuthenticating => None,
     });
-    let mut responses = ResponsesBuilder::new();
-    for (status, response) in &op.responses {
-        responses = responses.response(status.to_string(), response.clone());
-    }
-    OperationBuilder::new()
-        .tags(op.tag.map(|tag| [tag]))
-        .summary(op.summary)
-        .operation_id(Some(op.operation_id))
-        .parameters((!op.parameters.is_empty()).then(|| op.parameters.clone()))
-        .request_body(op.request_body.clone())
-        .responses(responses)
-        .securities(security)
-        .build()
+    op.operation(security)
 }
 
 /// The OpenAPI method of an HTTP method.
