@@ -243,7 +243,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                match TenantTx::enter_waking_after_commit(tx, ctx, access, &location).await {
+                match TenantTx::enter_with(tx, ctx, access, &location, true).await {
                     Err(StoreError::LocationMismatch) if !fresh => {
                         self.router.forget(tenant);
                         fresh = true;
@@ -365,16 +365,8 @@ impl TenantTx {
         Self::enter_with(tx, ctx, access, location, false).await
     }
 
-    /// [`TenantTx::enter`] for [`Store::begin`], whose store wakes dispatchers after the commit.
-    async fn enter_waking_after_commit(
-        tx: Transaction<'static, Postgres>,
-        ctx: &TenantContext,
-        access: Access,
-        location: &Location,
-    ) -> Result<TenantTx, StoreError> {
-        Self::enter_with(tx, ctx, access, location, true).await
-    }
-
+    /// [`TenantTx::enter`]; `wake_after_commit` for [`Store::begin`], whose store wakes the
+    /// dispatchers after the commit.
     async fn enter_with(
         mut tx: Transaction<'static, Postgres>,
         ctx: &TenantContext,
