@@ -264,7 +264,7 @@ fn pick(sorted: &[Duration], q: f64) -> Duration {
 async fn wait_for(receiver: &Receiver, n: usize, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if receiver.requests().len() >= n {
+        if receiver.count() >= n {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -356,7 +356,7 @@ async fn run() {
     let done = wait_for(&fast, n, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
     let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
-    let delivered = fast.requests().len().min(n);
+    let delivered = fast.count().min(n);
     println!(
         "(a) one tenant, one endpoint: {delivered} of {n} delivered{} in {:.2} s (published in {:.2} s): \
          {:.0} deliveries/s; CPU (serve + PostgreSQL) {:.2} s per 1,000 deliveries; connections opened {}",
@@ -393,7 +393,7 @@ async fn run() {
     for p in publishers {
         p.await.unwrap();
     }
-    let before = fast.requests().len();
+    let before = fast.count();
     let cpu0 = cpu_seconds(serve_pid, postmaster);
     let started = Instant::now();
     owner
@@ -406,7 +406,7 @@ async fn run() {
     let done = wait_for(&fast, before + n, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
     let cpu = cpu_seconds(serve_pid, postmaster) - cpu0;
-    let delivered = (fast.requests().len() - before).min(n);
+    let delivered = (fast.count() - before).min(n);
     println!(
         "(a2) one tenant, one endpoint, backlog of {n}: {delivered} delivered{} in {:.2} s: \
          {:.0} deliveries/s; CPU (serve + PostgreSQL) {:.2} s per 1,000 deliveries",
@@ -419,7 +419,7 @@ async fn run() {
     // (b) Open loop at 500 messages/s for 10 s.
     let rate = env_or("WEBHOOK_BENCH_RATE", 500) as u32;
     let seconds = env_or("WEBHOOK_BENCH_SECONDS", 10) as u32;
-    let before = fast.requests().len();
+    let before = fast.count();
     let total = (rate * seconds) as usize;
     let cpu0 = cpu_seconds(serve_pid, postmaster);
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -484,7 +484,7 @@ async fn run() {
             endpoint(&store, tenant.id, url).await;
             tenants.push(tenant.id);
         }
-        let before = fast.requests().len();
+        let before = fast.count();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for (t, tenant) in tenants.iter().enumerate() {

@@ -290,16 +290,23 @@ impl Receiver {
         self.shared.requests.lock().expect("requests").clone()
     }
 
+    /// How many requests were read so far, without copying them: waiting loops poll this, and
+    /// copying tens of thousands of requests every few milliseconds held the list's lock (and
+    /// the load generator's CPU) for most of a benchmark's wait.
+    pub fn count(&self) -> usize {
+        self.shared.requests.lock().expect("requests").len()
+    }
+
     /// Waits until at least `n` requests arrived, up to `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.requests().len() >= n {
+            if self.count() >= n {
                 return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        self.requests().len() >= n
+        self.count() >= n
     }
 }
 
@@ -349,12 +356,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Shar
         }
         // Whatever came after this request's body is the start of the next one.
         buf = body.split_off(length.min(body.len()));
+        // Stamped before the lock: a reader copying the list must not delay the arrival time.
+        let at = std::time::Instant::now();
         state.requests.lock().expect("requests").push(Received {
             method,
             path: path.clone(),
             headers,
             body,
-            at: std::time::Instant::now(),
+            at,
             version: http::Version::HTTP_11,
         });
         let mut reply = state.reply_for(&path);
@@ -413,12 +422,13 @@ where
                 let _ = body.flow_control().release_capacity(chunk.len());
                 bytes.extend_from_slice(&chunk);
             }
+            let at = std::time::Instant::now();
             state.requests.lock().expect("requests").push(Received {
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_owned(),
                 headers: parts.headers,
                 body: bytes,
-                at: std::time::Instant::now(),
+                at,
                 version: http::Version::HTTP_2,
             });
             let mut reply = state.reply_for(parts.uri.path());
