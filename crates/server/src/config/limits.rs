@@ -10,6 +10,22 @@ use bulkhead_ratelimit::{ClassQuota, ConcurrencyLimiter, LimitConfig, Plan, Quot
 /// concurrency.
 pub const KEY_CREATE_CLASS: &str = "key_create";
 
+/// The endpoint class of `POST /oauth/register` (RFC 7591 dynamic registration): its own
+/// budget per tenant in the tenant limiter, and per source address in the per-address one.
+pub const OAUTH_REGISTER_CLASS: &str = "oauth_register";
+
+/// Registrations a tenant accepts (decision: fixed, not a flag; a tenant registers at most 100
+/// clients anyway): 60 an hour, 30 at once.
+pub fn oauth_register_per_tenant() -> Quota {
+    Quota::per_hour(60).with_burst(30)
+}
+
+/// Registration attempts one source address may make, whatever the tenant (decision: fixed):
+/// 20 an hour, 10 at once.
+pub fn oauth_register_per_address() -> Quota {
+    Quota::per_hour(20).with_burst(10)
+}
+
 /// `serve`'s rate-limit and cache flags. A quota is written `COUNT/PERIOD:BURST`, the period one
 /// of `s`, `m` or `h` (e.g. `200/s:400`: 200 a second on average, 400 at once).
 #[derive(Debug, Clone, clap::Args)]
@@ -270,10 +286,16 @@ impl RateLimitSettings {
             .into_iter()
             .collect(),
             per_agent: Some(self.per_key),
-            classes: [(
-                KEY_CREATE_CLASS.to_owned(),
-                ClassQuota::limited(self.key_create_cost, self.key_create),
-            )]
+            classes: [
+                (
+                    KEY_CREATE_CLASS.to_owned(),
+                    ClassQuota::limited(self.key_create_cost, self.key_create),
+                ),
+                (
+                    OAUTH_REGISTER_CLASS.to_owned(),
+                    ClassQuota::limited(1, oauth_register_per_tenant()),
+                ),
+            ]
             .into_iter()
             .collect(),
             ..LimitConfig::default()
@@ -287,6 +309,12 @@ impl RateLimitSettings {
                 .into_iter()
                 .map(|plan| (plan, self.preauth))
                 .collect(),
+            classes: [(
+                OAUTH_REGISTER_CLASS.to_owned(),
+                ClassQuota::limited(1, oauth_register_per_address()),
+            )]
+            .into_iter()
+            .collect(),
             ..LimitConfig::default()
         }
     }

@@ -37,7 +37,7 @@ use crate::service::rate_limits::RateLimits;
 #[derive(Debug, Clone, Copy)]
 pub struct TenantPlan(pub registry::Plan);
 
-fn limiter_plan(plan: registry::Plan) -> Plan {
+pub(crate) fn limiter_plan(plan: registry::Plan) -> Plan {
     match plan {
         registry::Plan::Free => Plan::Free,
         registry::Plan::Standard => Plan::Standard,
@@ -57,7 +57,7 @@ fn endpoint_class(method: &http::Method, route: &str) -> &'static str {
 /// `bulkhead_core::net::address_bucket`). The GCRA engine is keyed by tenant id, so the bucket is
 /// mapped to a stable, non-tenant id (UUIDv5 in a namespace of its own); these ids never reach
 /// the database.
-fn address_key(ip: IpAddr) -> TenantId {
+pub(crate) fn address_key(ip: IpAddr) -> TenantId {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b5e_0f5c_9d1e_4c3b_8a7e_1f2d_3c4b_5a69);
     let octets = match bulkhead_core::net::address_bucket(ip) {
         IpAddr::V4(v4) => v4.octets().to_vec(),

@@ -36,6 +36,7 @@ struct Inner {
     schema_cache: crate::service::tool_schemas::SchemaCache,
     screener: Arc<bulkhead_screening::Screener>,
     hashing: crate::service::hashing::HashPool,
+    metadata_documents: crate::service::oauth::metadata_document::DocumentCache,
 }
 
 /// Everything the application is made of. Every part is required: nothing falls back to a
@@ -111,6 +112,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 hashing,
+                metadata_documents: Default::default(),
                 store,
                 verifier,
                 tokens,
@@ -192,7 +194,12 @@ impl AppState {
         self.inner.ceilings.clone()
     }
 
-    /// The guarded client tool calls go through.
+    /// The client ID metadata documents fetched, per tenant and URL.
+    pub fn metadata_documents(&self) -> &crate::service::oauth::metadata_document::DocumentCache {
+        &self.inner.metadata_documents
+    }
+
+    /// The guarded client tool calls (and client ID metadata document fetches) leave through.
     pub fn tool_client(&self) -> &bulkhead_webhooks::EgressClient {
         &self.inner.tool_client
     }

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod oauth;
 pub mod oauth_grants;
 pub mod oauth_resources;
+pub mod oauth_settings;
 pub mod quotas;
 pub mod rbac;
 pub mod sessions;

@@ -50,6 +50,51 @@ impl ClientAuthMethod {
     }
 }
 
+/// Who registered a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RegisteredBy {
+    /// An admin, through `/v1/oauth-clients`.
+    Admin,
+    /// The client itself, through dynamic registration (RFC 7591, `/oauth/register`); deleted
+    /// when unused for [`DYNAMIC_CLIENT_IDLE_DAYS`].
+    Dynamic,
+    /// Named by the URL of its client ID metadata document; stored when a user first consents
+    /// to it, deleted when unused like a dynamic one.
+    MetadataDocument,
+}
+
+impl RegisteredBy {
+    /// Stored text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RegisteredBy::Admin => "admin",
+            RegisteredBy::Dynamic => "dynamic",
+            RegisteredBy::MetadataDocument => "metadata_document",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "dynamic" => RegisteredBy::Dynamic,
+            "metadata_document" => RegisteredBy::MetadataDocument,
+            _ => RegisteredBy::Admin,
+        }
+    }
+}
+
+/// Most OAuth clients a tenant may have, whoever registered them (decision: a fixed cap, well
+/// above what an organisation's admins register by hand; each client is shown on consent pages
+/// and checked on every authorization request, so an unbounded list is a way to grow the
+/// database). One more is refused (409).
+pub const MAX_CLIENTS_PER_TENANT: i64 = 100;
+
+/// Days a dynamically registered client may go unused (no code issued or exchanged, no refresh)
+/// before it is deleted (decision: 30, long enough for a monthly task, short enough that
+/// abandoned registrations do not hold the tenant's places for long).
+pub const DYNAMIC_CLIENT_IDLE_DAYS: i64 = 30;
+
 /// A registered client as shown (never its secret, nor the secret's hash).
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -69,6 +114,14 @@ pub struct OAuthClient {
     pub created_at: DateTime<Utc>,
     /// When last changed.
     pub updated_at: DateTime<Utc>,
+    /// Who registered it.
+    pub registered_by: RegisteredBy,
+    /// When it last obtained or exchanged a code, or refreshed.
+    pub last_used_at: DateTime<Utc>,
+    /// The URL of its client ID metadata document (its `client_id` to the outside), for a
+    /// client registered that way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_url: Option<String>,
 }
 
 impl OAuthClient {
@@ -86,6 +139,9 @@ type ClientRow = (
     Vec<String>,
     DateTime<Utc>,
     DateTime<Utc>,
+    String,
+    DateTime<Utc>,
+    Option<String>,
 );
 
 /// A client row with its secret's HMAC.
@@ -97,13 +153,18 @@ type SecretRow = (
     Vec<String>,
     DateTime<Utc>,
     DateTime<Utc>,
+    String,
+    DateTime<Utc>,
+    Option<String>,
     Option<Vec<u8>>,
 );
 
-const CLIENT_COLUMNS: &str =
-    "id, name, redirect_uris, token_endpoint_auth_method, scopes, created_at, updated_at";
+const CLIENT_COLUMNS: &str = "id, name, redirect_uris, token_endpoint_auth_method, scopes, \
+     created_at, updated_at, registered_by, last_used_at, metadata_url";
 
-fn client_from_row((id, name, uris, method, scopes, created, updated): ClientRow) -> OAuthClient {
+fn client_from_row(
+    (id, name, uris, method, scopes, created, updated, by, used, url): ClientRow,
+) -> OAuthClient {
     OAuthClient {
         id: OAuthClientId::from_uuid(id),
         name,
@@ -112,6 +173,9 @@ fn client_from_row((id, name, uris, method, scopes, created, updated): ClientRow
         scopes,
         created_at: created,
         updated_at: updated,
+        registered_by: RegisteredBy::parse(&by),
+        last_used_at: used,
+        metadata_url: url,
     }
 }
 
@@ -130,6 +194,8 @@ pub struct NewClient<'a> {
     pub secret_hash: Option<[u8; 32]>,
     /// Allowed scopes.
     pub scopes: &'a ScopeSet,
+    /// Who registers it.
+    pub registered_by: RegisteredBy,
 }
 
 /// Registers a client.
@@ -140,8 +206,8 @@ pub async fn create_client(
     let tenant = tx.tenant_id();
     let row: ClientRow = sqlx::query_as(&format!(
         "INSERT INTO oauth_clients (tenant_id, id, name, redirect_uris, \
-         token_endpoint_auth_method, secret_hash, scopes) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         RETURNING {CLIENT_COLUMNS}"
+         token_endpoint_auth_method, secret_hash, scopes, registered_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {CLIENT_COLUMNS}"
     ))
     .bind(tenant.uuid())
     .bind(new.id.uuid())
@@ -150,6 +216,7 @@ pub async fn create_client(
     .bind(new.method.as_str())
     .bind(new.secret_hash.map(|h| h.to_vec()))
     .bind(new.scopes.to_strings())
+    .bind(new.registered_by.as_str())
     .fetch_one(tx.conn())
     .await?;
     Ok(client_from_row(row))
@@ -191,7 +258,7 @@ pub async fn client_with_secret(
     id: OAuthClientId,
 ) -> Result<(OAuthClient, Option<Vec<u8>>), StoreError> {
     let tenant = tx.tenant_id();
-    let (id, name, uris, method, scopes, created, updated, secret): SecretRow =
+    let (id, name, uris, method, scopes, created, updated, by, used, url, secret): SecretRow =
         sqlx::query_as(&format!(
         "SELECT {CLIENT_COLUMNS}, secret_hash FROM oauth_clients WHERE tenant_id = $1 AND id = $2"
     ))
@@ -200,7 +267,9 @@ pub async fn client_with_secret(
         .fetch_one(tx.conn())
         .await?;
     Ok((
-        client_from_row((id, name, uris, method, scopes, created, updated)),
+        client_from_row((
+            id, name, uris, method, scopes, created, updated, by, used, url,
+        )),
         secret,
     ))
 }
@@ -209,6 +278,90 @@ pub async fn client_with_secret(
 /// the transaction (so a cap checked with it holds; [`super::count_locked`]).
 pub async fn count_clients_locked(tx: &mut TenantTx) -> Result<i64, StoreError> {
     super::count_locked(tx, super::CappedList::OAuthClients).await
+}
+
+/// Records that a client was used at `now` (a code issued or exchanged, a refresh): what keeps
+/// a dynamically registered client alive. Written at most once an hour per client.
+pub async fn touch_client(
+    tx: &mut TenantTx,
+    id: OAuthClientId,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    sqlx::query(
+        "UPDATE oauth_clients SET last_used_at = $3 WHERE tenant_id = $1 AND id = $2 \
+         AND last_used_at < $3 - interval '1 hour'",
+    )
+    .bind(tenant.uuid())
+    .bind(id.uuid())
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Stores (or refreshes) a client named by its metadata document, under `client.id` (derived
+/// from the tenant and the URL by the caller), with the document's name, redirect URIs and
+/// scopes; marks it used at `now`. Returns whether the row is new.
+pub async fn upsert_metadata_client(
+    tx: &mut TenantTx,
+    client: &OAuthClient,
+    url: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let tenant = tx.tenant_id();
+    let inserted: bool = sqlx::query_scalar(
+        "INSERT INTO oauth_clients (tenant_id, id, name, redirect_uris, \
+         token_endpoint_auth_method, scopes, registered_by, metadata_url, last_used_at) \
+         VALUES ($1, $2, $3, $4, 'none', $5, 'metadata_document', $6, $7) \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET name = EXCLUDED.name, \
+         redirect_uris = EXCLUDED.redirect_uris, scopes = EXCLUDED.scopes, \
+         last_used_at = EXCLUDED.last_used_at, updated_at = now() \
+         WHERE oauth_clients.metadata_url = EXCLUDED.metadata_url \
+         RETURNING (xmax = 0)",
+    )
+    .bind(tenant.uuid())
+    .bind(client.id.uuid())
+    .bind(&client.name)
+    .bind(&client.redirect_uris)
+    .bind(&client.scopes)
+    .bind(url)
+    .bind(now)
+    .fetch_optional(tx.conn())
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(inserted)
+}
+
+/// Before this instant, an unused self-registered client has expired.
+pub fn idle_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::days(DYNAMIC_CLIENT_IDLE_DAYS)
+}
+
+/// Whether a client is a self-registered one (dynamic or metadata document) unused since before
+/// `cutoff` (expired: the endpoints treat it as unknown until a registration sweeps it).
+pub fn is_expired(client: &OAuthClient, cutoff: DateTime<Utc>) -> bool {
+    client.registered_by != RegisteredBy::Admin && client.last_used_at < cutoff
+}
+
+/// Up to `limit` self-registered clients unused since before `cutoff`, locked: the ones a
+/// registration deletes (with their sessions) before counting the tenant's clients.
+pub async fn expired_dynamic_clients(
+    tx: &mut TenantTx,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<OAuthClientId>, StoreError> {
+    let tenant = tx.tenant_id();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM oauth_clients WHERE tenant_id = $1 AND registered_by <> 'admin' \
+         AND last_used_at < $2 ORDER BY last_used_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(tenant.uuid())
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(ids.into_iter().map(OAuthClientId::from_uuid).collect())
 }
 
 /// A page of clients in id order, after `after`.

@@ -214,6 +214,8 @@ pub enum CappedOutcome {
         status: u16,
         /// `Content-Type`, if any, as sent (at most 128 characters).
         content_type: Option<String>,
+        /// `Cache-Control`, if any, as sent (at most 256 characters).
+        cache_control: Option<String>,
         /// The whole body.
         body: bytes::Bytes,
         /// Time to the end of the body.
@@ -252,6 +254,49 @@ impl EgressClient {
         max_bytes: usize,
         timeout: Duration,
     ) -> CappedOutcome {
+        let request = CappedRequest {
+            method: http::Method::POST,
+            headers,
+            body,
+            max_bytes,
+            timeout,
+        };
+        self.send_capped(tenant, url, request).await
+    }
+
+    /// A GET of `url` for `tenant`, read like [`EgressClient::post_capped`] (no redirects
+    /// followed: a 3xx is an answer like any other).
+    pub async fn get_capped(
+        &self,
+        tenant: TenantId,
+        url: &str,
+        headers: http::HeaderMap,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> CappedOutcome {
+        let request = CappedRequest {
+            method: http::Method::GET,
+            headers,
+            body: bytes::Bytes::new(),
+            max_bytes,
+            timeout,
+        };
+        self.send_capped(tenant, url, request).await
+    }
+
+    async fn send_capped(
+        &self,
+        tenant: TenantId,
+        url: &str,
+        request: CappedRequest,
+    ) -> CappedOutcome {
+        let CappedRequest {
+            method,
+            headers,
+            body,
+            max_bytes,
+            timeout,
+        } = request;
         let checked = match self.policy.check_url(url) {
             Ok(checked) => checked,
             Err(err) => return CappedOutcome::Blocked(err),
@@ -267,13 +312,14 @@ impl EgressClient {
                 }
             }
         };
-        let result = client
-            .post(checked.url().clone())
+        let mut builder = client
+            .request(method.clone(), checked.url().clone())
             .headers(headers)
-            .body(body)
-            .timeout(timeout)
-            .send()
-            .await;
+            .timeout(timeout);
+        if method != http::Method::GET {
+            builder = builder.body(body);
+        }
+        let result = builder.send().await;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => return capped_failure(&err, started),
@@ -284,6 +330,11 @@ impl EgressClient {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(128).collect());
+        let cache_control = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect());
         if response
             .content_length()
             .is_some_and(|n| n > max_bytes as u64)
@@ -312,10 +363,20 @@ impl EgressClient {
         CappedOutcome::Response {
             status,
             content_type,
+            cache_control,
             body: bytes::Bytes::from(collected),
             latency: started.elapsed(),
         }
     }
+}
+
+/// What a capped request sends and how much of the answer it reads.
+struct CappedRequest {
+    method: http::Method,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+    max_bytes: usize,
+    timeout: Duration,
 }
 
 fn capped_failure(err: &reqwest::Error, started: Instant) -> CappedOutcome {

@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod oauth_clients;
 pub mod oauth_grants;
 pub mod oauth_resources;
+pub mod oauth_settings;
 pub mod openapi;
 pub mod principals;
 pub mod roles;
@@ -32,6 +33,7 @@ pub fn route_table() -> RouteTable {
         .merge(oauth_clients::routes())
         .merge(oauth_grants::routes())
         .merge(oauth_resources::routes())
+        .merge(oauth_settings::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())

@@ -32,11 +32,7 @@ use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 use crate::service::oauth::redirect_uri;
 
-/// Most OAuth clients a tenant may register (decision: a fixed cap, well above what an
-/// organisation's admins register by hand; each client is shown on consent pages and checked on
-/// every authorization request, so an unbounded list is a way to grow the database). Creating
-/// one more is 409 `conflict`.
-pub const MAX_CLIENTS_PER_TENANT: i64 = 100;
+pub use bulkhead_store::tenant::oauth::MAX_CLIENTS_PER_TENANT;
 
 /// The routes and who may call them.
 pub fn routes() -> RouteTable {
@@ -234,6 +230,7 @@ async fn create_client(
                 method,
                 secret_hash,
                 scopes: &scopes,
+                registered_by: oauth::RegisteredBy::Admin,
             },
         )
         .await?;

@@ -409,6 +409,12 @@ pub struct ServerMetadata {
     pub scopes_supported: Vec<String>,
     /// `EdDSA`.
     pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    /// RFC 7591 dynamic registration, on each tenant's subdomain (403 where the tenant has not
+    /// enabled it).
+    pub registration_endpoint: String,
+    /// `true`: a `client_id` may be the `https` URL of a client ID metadata document (where the
+    /// tenant has enabled it).
+    pub client_id_metadata_document_supported: bool,
 }
 
 /// A JSON Web Key Set (RFC 7517).

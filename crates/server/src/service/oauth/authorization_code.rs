@@ -108,9 +108,41 @@ pub enum ConsentError {
     /// The user may not grant anything asked (disabled since the page, or nothing held).
     #[error("nothing may be granted")]
     NothingGranted,
+    /// A client named by its metadata document would be one client too many for the tenant.
+    #[error("the tenant has as many clients as it may")]
+    ClientLimit,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A client named by its metadata document is stored when a user consents to it (or refreshed
+/// from the document), counted in the tenant's cap when new, audited `oauth_client.register`.
+async fn store_metadata_client(
+    tx: &mut TenantTx,
+    client: &OAuthClient,
+    url: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ConsentError> {
+    let cap = oauth::MAX_CLIENTS_PER_TENANT;
+    let count = oauth::count_clients_locked(tx).await?;
+    let new = oauth::upsert_metadata_client(tx, client, url, now).await?;
+    if new && count >= cap {
+        return Err(ConsentError::ClientLimit);
+    }
+    if new {
+        let meta = json!({ "registered_by": "metadata_document", "scopes": client.scopes });
+        let id = client.id.to_string();
+        audit::record(
+            tx,
+            "oauth_client.register",
+            Some(&id),
+            Outcome::Success,
+            meta,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Issues a code for what the user may grant of what was ticked: ticked ∩ requested ∩ the
@@ -124,6 +156,9 @@ pub async fn issue_code(
 ) -> Result<(AuthorizationCode, ScopeSet), ConsentError> {
     let ctx = TenantContext::for_system(consented.tenant, "oauth");
     let mut tx = store.begin(&ctx, Access::ReadWrite).await?;
+    if let Some(url) = &consented.client.metadata_url {
+        store_metadata_client(&mut tx, consented.client, url, clock.now()).await?;
+    }
     let grantable = user_grantable(&mut tx, consented.user)
         .await?
         .unwrap_or_default();
@@ -178,6 +213,7 @@ pub async fn issue_code(
         }
     };
     let code = AuthorizationCode::generate(*consented.tenant.uuid().as_bytes());
+    oauth::touch_client(&mut tx, consented.client.id, now).await?;
     oauth::insert_code(
         &mut tx,
         &NewCode {
@@ -287,6 +323,7 @@ pub async fn exchange(
     if !pkce_s256_matches(request.code_verifier, &code.code_challenge) {
         return refused(tx, request, "pkce_mismatch").await;
     }
+    oauth::touch_client(&mut tx, request.client.id, now).await?;
     // What the code carries, cut to what the user and the client may hold now.
     let Some(grantable) = user_grantable(&mut tx, code.user_id).await? else {
         return refused(tx, request, "user_inactive").await;

@@ -18,8 +18,10 @@
 pub mod authorization_code;
 pub mod client_credentials;
 pub mod introspection;
+pub mod metadata_document;
 pub mod redirect_uri;
 pub mod refresh_token;
+pub mod registration;
 pub mod revocation;
 pub mod token_exchange;
 

@@ -81,7 +81,12 @@ pub async fn refresh(
         return Err(GrantError::InvalidClient);
     }
     match found.status {
-        RefreshStatus::Active => {}
+        RefreshStatus::Active => {
+            // A refresh is a use: it keeps a dynamically registered client alive.
+            if let Some(client) = request.oauth_client {
+                bulkhead_store::tenant::oauth::touch_client(&mut tx, client, now).await?;
+            }
+        }
         RefreshStatus::Revoked => {
             audit_refresh_failure(&mut tx, Some(&found), "revoked").await?;
             tx.commit().await?;

@@ -35,6 +35,7 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
         OAuthError::invalid_grant(INVALID_CODE)
     })
     .await?;
+    let client_id = client_id.id_in(tenant.id);
     let client = authenticate_oauth_client(state, &tenant, client_id, grant.auth.as_ref()).await?;
     let request = CodeExchange {
         tenant: tenant.id,

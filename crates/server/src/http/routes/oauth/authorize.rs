@@ -55,8 +55,8 @@ use crate::http::error::ApiError;
 use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin};
 use crate::http::state::AppState;
 use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
-use crate::service::oauth::redirect_uri;
 use crate::service::oauth::{is_malformed_resource, is_own_api};
+use crate::service::oauth::{metadata_document, redirect_uri};
 
 /// The routes: the pages authenticate the user themselves (no credential in front).
 pub fn routes() -> RouteTable {
@@ -193,16 +193,31 @@ async fn check_request(
             "The application that sent you here is not registered with this organisation.",
         )
     };
-    let client_id = params
-        .get("client_id")
-        .and_then(|id| OAuthClientId::parse(id).ok())
-        .ok_or_else(unknown_client)?;
+    // A URL names a client ID metadata document (`metadata_client`); else an `oac_…` id.
+    let document = match params.get("client_id") {
+        Some(url) if metadata_document::is_url(url) => Some(
+            super::metadata_client::resolve(state, tenant, url)
+                .await
+                .map_err(|(status, message)| Refusal::Page(status, slug.clone(), message))?,
+        ),
+        _ => None,
+    };
+    let client_id = match &document {
+        Some(client) => client.id,
+        None => params
+            .get("client_id")
+            .and_then(|id| OAuthClientId::parse(id).ok())
+            .ok_or_else(unknown_client)?,
+    };
     let ctx = crate::http::resolve::oauth_context(tenant.id);
     // `resource` equal to the issuer names Bulkhead's own API (its metadata's `resource`).
     let own_api = |resource: &str| is_own_api(&state.config().tokens.issuer, resource);
     let looked_up = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-        let client = store_oauth::get_client(&mut tx, client_id).await?;
+        let client = match &document {
+            Some(client) => client.clone(),
+            None => store_oauth::get_client(&mut tx, client_id).await?,
+        };
         // The tenant's protected resources (RFC 8707): whether it has any, and the one named.
         let has_resources = oauth_resources::any(&mut tx).await?;
         let named = match params.get("resource") {
@@ -215,8 +230,12 @@ async fn check_request(
         Ok::<_, StoreError>((client, has_resources, named))
     }
     .await;
-    // Another tenant's client is exactly an unknown one.
+    // Another tenant's client is exactly an unknown one; so is an expired dynamic client.
+    let cutoff = store_oauth::idle_cutoff(state.clock().now());
     let (client, has_resources, resource) = match looked_up {
+        Ok((client, _, _)) if store_oauth::is_expired(&client, cutoff) => {
+            return Err(unknown_client())
+        }
         Ok(found) => found,
         Err(StoreError::NotFound) => return Err(unknown_client()),
         Err(_) => {
@@ -453,6 +472,11 @@ async fn consent_page(
         ConsentPage {
             tenant: valid.tenant.slug.as_str(),
             client_name: &valid.client.name,
+            client_url_host: valid
+                .client
+                .metadata_url
+                .as_deref()
+                .map(super::back::url_host),
             user_email: &email,
             redirect_host: &back.host(),
             resource: valid
@@ -758,6 +782,10 @@ fn code_answer(
             ),
             "Nothing was granted.",
         ),
+        Err(ConsentError::ClientLimit) => {
+            let text = "This organisation has as many applications as it may have.";
+            return error_page(StatusCode::CONFLICT, valid.tenant.slug.as_str(), text);
+        }
         Err(ConsentError::Store(_)) => return unavailable(&valid.tenant),
     };
     if after_post {

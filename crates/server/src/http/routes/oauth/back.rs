@@ -55,15 +55,7 @@ impl Back {
     }
 
     pub(super) fn host(&self) -> String {
-        url::Url::parse(&self.redirect_uri)
-            .ok()
-            .and_then(|u| {
-                u.host_str().map(|h| match u.port() {
-                    Some(port) => format!("{h}:{port}"),
-                    None => h.to_owned(),
-                })
-            })
-            .unwrap_or_default()
+        url_host(&self.redirect_uri)
     }
 
     /// A 303 to the client (from `GET /oauth/authorize` only: no form is involved).
@@ -91,4 +83,17 @@ impl Back {
             .render(),
         )
     }
+}
+
+/// The host (and port, when not the default) of a URL, as shown plainly on the pages.
+pub(super) fn url_host(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(port) => format!("{h}:{port}"),
+                None => h.to_owned(),
+            })
+        })
+        .unwrap_or_default()
 }

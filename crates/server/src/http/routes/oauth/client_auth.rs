@@ -128,17 +128,42 @@ pub(crate) async fn authenticate_client(
     Ok((key, tenant))
 }
 
+/// An OAuth client as a token request names it.
+#[derive(Debug, Clone)]
+pub(crate) enum NamedClient {
+    /// By its `oac_…` id.
+    Id(bulkhead_core::OAuthClientId),
+    /// By the URL of its client ID metadata document.
+    Document(String),
+}
+
+impl NamedClient {
+    /// Its id in `tenant` (a document's is derived from the tenant and the URL).
+    pub(crate) fn id_in(&self, tenant: bulkhead_core::TenantId) -> bulkhead_core::OAuthClientId {
+        match self {
+            NamedClient::Id(id) => *id,
+            NamedClient::Document(url) => {
+                crate::service::oauth::metadata_document::client_id_for(tenant, url)
+            }
+        }
+    }
+}
+
 /// The OAuth client a token request names (HTTP Basic's id, else the body's `client_id`), if it
-/// names one by an `oac_…` id rather than an API key.
-pub(crate) fn named_oauth_client(
-    auth: Option<&ClientAuth>,
-    form: &Form,
-) -> Option<bulkhead_core::OAuthClientId> {
+/// names one by an `oac_…` id or a metadata document's URL rather than an API key. The token
+/// endpoint never fetches a document: the client was stored when the user consented.
+pub(crate) fn named_oauth_client(auth: Option<&ClientAuth>, form: &Form) -> Option<NamedClient> {
+    use crate::service::oauth::metadata_document::check_url;
     let id = match auth.and_then(|a| a.client_id.as_deref()) {
         Some(id) => id,
         None => form.get("client_id")?,
     };
-    bulkhead_core::OAuthClientId::parse(id).ok()
+    match bulkhead_core::OAuthClientId::parse(id) {
+        Ok(id) => Some(NamedClient::Id(id)),
+        Err(_) => check_url(id)
+            .ok()
+            .map(|_| NamedClient::Document(id.to_owned())),
+    }
 }
 
 /// Authenticates a registered OAuth client of `tenant` by its registered method: a public client
@@ -175,6 +200,11 @@ pub(crate) async fn authenticate_oauth_client(
     let Some((client, stored)) = found else {
         return Err(refused("UnknownClient"));
     };
+    // A dynamically registered client unused for too long is gone, even before it is swept.
+    let cutoff = bulkhead_store::tenant::oauth::idle_cutoff(state.clock().now());
+    if bulkhead_store::tenant::oauth::is_expired(&client, cutoff) {
+        return Err(refused("ExpiredClient"));
+    }
     let ok = match (client.token_endpoint_auth_method, auth, stored) {
         (ClientAuthMethod::None, None, _) => true,
         (ClientAuthMethod::ClientSecretBasic, Some(a), Some(stored)) if a.basic => {

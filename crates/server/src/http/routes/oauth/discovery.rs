@@ -21,6 +21,10 @@ pub(super) async fn metadata(State(state): State<AppState>) -> Response {
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         // Served on each tenant's subdomain: a client of a tenant uses the tenant's host.
         "authorization_endpoint": format!("{issuer}/oauth/authorize"),
+        // RFC 7591, on each tenant's subdomain; a tenant that has not enabled it answers 403.
+        "registration_endpoint": format!("{issuer}/oauth/register"),
+        // A `client_id` may be an `https` URL (a tenant setting, off by default).
+        "client_id_metadata_document_supported": true,
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token", TOKEN_EXCHANGE],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -30,9 +30,11 @@ pub mod client_credentials;
 pub mod discovery;
 pub mod form;
 pub mod introspection;
+mod metadata_client;
 mod pages;
 mod params;
 pub mod refresh_token;
+pub mod register;
 pub mod revocation;
 pub mod token_exchange;
 
@@ -81,6 +83,26 @@ pub fn routes() -> RouteTable {
                 .client_auth(true),
         )
         .merge(authorize::routes())
+        .post("/oauth/register", SELF, register::register)
+        .doc(
+            OpDoc::ok::<register::Registered>(201, "The client, with its secret (shown once)")
+                .summary(
+                    "RFC 7591 dynamic client registration, on the tenant's subdomain, when \
+                    the tenant enabled it (`/v1/oauth-settings`).",
+                )
+                .body::<register::RegistrationRequest>()
+                .answer(
+                    400,
+                    "`invalid_redirect_uri` or `invalid_client_metadata` (RFC 7591 §3.2.2)",
+                )
+                .answer(403, "`access_denied`: registration is not enabled")
+                .answer(404, "No organisation is served under this host name")
+                .answer(
+                    409,
+                    "`client_limit_reached`: the organisation has 100 clients",
+                )
+                .answer(429, "`rate_limited` per source address or per organisation"),
+        )
         .post("/oauth/revoke", SELF, revocation::revoke)
         .doc(
             OpDoc::empty(200, "Revoked, or nothing to revoke")

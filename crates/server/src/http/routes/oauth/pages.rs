@@ -72,6 +72,8 @@ pub(super) struct ScopeItem {
 pub(super) struct ConsentPage<'a> {
     pub(super) tenant: &'a str,
     pub(super) client_name: &'a str,
+    /// A client named by its metadata document: the host of its URL, shown plainly.
+    pub(super) client_url_host: Option<String>,
     pub(super) user_email: &'a str,
     pub(super) redirect_host: &'a str,
     /// The protected resource the access is for (name, identifier), if one was named.

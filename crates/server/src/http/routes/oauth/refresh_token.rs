@@ -22,7 +22,7 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
     // by its registered method (a public client by its id alone, as OAuth 2.1 §4.3 allows).
     let oauth_client = match named_oauth_client(grant.auth.as_ref(), grant.form) {
         Some(id) => Some(
-            authenticate_oauth_client(state, &tenant, id, grant.auth.as_ref())
+            authenticate_oauth_client(state, &tenant, id.id_in(tenant.id), grant.auth.as_ref())
                 .await?
                 .id,
         ),

@@ -1,0 +1,187 @@
+//! The authorization endpoint's side of client ID metadata documents
+//! ([`crate::service::oauth::metadata_document`]): a `client_id` that is a URL becomes a client
+//! when the tenant accepts such documents and the document passes every check.
+//!
+//! A cached document is used as it is. A fetch (a cache miss) is charged to the tenant's
+//! registration budget (the class [`OAUTH_REGISTER_CLASS`], the same one `POST /oauth/register`
+//! spends), and is audited before the request leaves (`oauth_client.metadata_fetch`, outcome
+//! `started`) and after (success, or the refusal's class: never the address). Every refusal is
+//! an error page, never a redirect: the document's redirect URIs are not trusted.
+//!
+//! Nothing is stored for the client here: its row is made when a user consents
+//! ([`crate::service::oauth::authorization_code::issue_code`]), under an id derived from the
+//! tenant and the URL.
+
+use axum::http::StatusCode;
+use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::placement::registry::Tenant;
+use bulkhead_store::tenant::oauth::{ClientAuthMethod, OAuthClient, RegisteredBy};
+use bulkhead_store::tenant::oauth_settings;
+use bulkhead_store::{Access, StoreError};
+use serde_json::json;
+
+use crate::config::limits::OAUTH_REGISTER_CLASS;
+use crate::http::state::AppState;
+use crate::service::audit_line::{AuditLine, Detail};
+use crate::service::oauth::metadata_document::{self, Document, Refusal};
+
+/// What the page says for a refusal.
+const UNUSABLE: &str = "The application identifies itself by a web address whose description \
+    could not be used. Nothing was shared with it.";
+
+/// The client a metadata document's URL names in `tenant`, or the error page's status and text.
+pub(super) async fn resolve(
+    state: &AppState,
+    tenant: &Tenant,
+    url: &str,
+) -> Result<OAuthClient, (StatusCode, &'static str)> {
+    let unavailable = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The service is temporarily unavailable. Try again shortly.",
+    );
+    let id = metadata_document::client_id_for(tenant.id, url);
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
+    let settings = async {
+        let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
+        let settings = oauth_settings::get(&mut tx).await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>(settings)
+    }
+    .await
+    .map_err(|_| unavailable)?;
+    let ceiling = settings.dynamic_scope_set();
+    let checked = if settings.client_id_metadata_documents {
+        metadata_document::check_url(url).map(|_| ())
+    } else {
+        Err(Refusal::Disabled)
+    };
+    let document = match checked {
+        Err(refusal) => Err(refusal),
+        Ok(()) => match state.metadata_documents().get(tenant.id, url, &ceiling) {
+            Some(document) if document.scopes.is_empty() => Err(Refusal::Scope),
+            Some(document) => Ok(document),
+            None => fetch(state, tenant, id, url, &ceiling).await?,
+        },
+    };
+    match document {
+        Ok(document) => Ok(client(id, document, state.clock().now())),
+        // Rate-limited: the log line only (a stored row each would be the writes the budget
+        // bounds), as for `POST /oauth/register`.
+        Err(Refusal::RateLimited) => {
+            AuditLine::blocked("oauth_client.metadata_fetch")
+                .tenant(tenant.id)
+                .with(Detail::Reason, "rate_limited")
+                .warn("client ID metadata document fetch rate limited");
+            Err((StatusCode::TOO_MANY_REQUESTS, UNUSABLE))
+        }
+        Err(refusal) => {
+            audit_outcome(state, tenant, id, Err(refusal))
+                .await
+                .map_err(|_| unavailable)?;
+            Err((StatusCode::BAD_REQUEST, UNUSABLE))
+        }
+    }
+}
+
+/// A cache miss: the budget, the audited fetch. The outer error is a store failure (the page
+/// says unavailable); the inner one the document's refusal (audited by the caller).
+async fn fetch(
+    state: &AppState,
+    tenant: &Tenant,
+    id: bulkhead_core::OAuthClientId,
+    url: &str,
+    ceiling: &bulkhead_core::ScopeSet,
+) -> Result<Result<Document, Refusal>, (StatusCode, &'static str)> {
+    let unavailable = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The service is temporarily unavailable. Try again shortly.",
+    );
+    if let Some(limits) = state.rate_limits() {
+        let decision = limits
+            .tenant
+            .check(&bulkhead_ratelimit::Request::new(
+                tenant.id,
+                crate::http::limits::limiter_plan(tenant.plan),
+                OAUTH_REGISTER_CLASS,
+            ))
+            .await;
+        if !decision.allowed {
+            return Ok(Err(Refusal::RateLimited));
+        }
+    }
+    // Recorded and committed before the request leaves the process.
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
+    let started = async {
+        let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+        audit::record(
+            &mut tx,
+            "oauth_client.metadata_fetch",
+            Some(&id.to_string()),
+            Outcome::Started,
+            json!({}),
+        )
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    started.map_err(|_| unavailable)?;
+    let fetched = metadata_document::fetch(
+        state.tool_client(),
+        state.metadata_documents(),
+        tenant.id,
+        url,
+        ceiling,
+    )
+    .await;
+    if fetched.is_ok() {
+        audit_outcome(state, tenant, id, Ok(()))
+            .await
+            .map_err(|_| unavailable)?;
+    }
+    Ok(fetched)
+}
+
+/// The fetch's (or the check's) end, audited and committed.
+async fn audit_outcome(
+    state: &AppState,
+    tenant: &Tenant,
+    id: bulkhead_core::OAuthClientId,
+    result: Result<(), Refusal>,
+) -> Result<(), StoreError> {
+    let ctx = crate::http::resolve::oauth_context(tenant.id);
+    let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+    let (outcome, meta) = match result {
+        Ok(()) => (Outcome::Success, json!({})),
+        Err(Refusal::Blocked(class)) => (Outcome::Blocked, json!({ "reason": class })),
+        Err(refusal) => (Outcome::Failure, json!({ "reason": refusal.class() })),
+    };
+    audit::record(
+        &mut tx,
+        "oauth_client.metadata_fetch",
+        Some(&id.to_string()),
+        outcome,
+        meta,
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// The client a good document describes (not stored until a user consents).
+fn client(
+    id: bulkhead_core::OAuthClientId,
+    document: Document,
+    now: chrono::DateTime<chrono::Utc>,
+) -> OAuthClient {
+    OAuthClient {
+        id,
+        name: document.name,
+        redirect_uris: document.redirect_uris,
+        token_endpoint_auth_method: ClientAuthMethod::None,
+        scopes: document.scopes.to_strings(),
+        created_at: now,
+        updated_at: now,
+        registered_by: RegisteredBy::MetadataDocument,
+        last_used_at: now,
+        metadata_url: Some(document.url),
+    }
+}
