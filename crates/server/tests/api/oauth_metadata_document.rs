@@ -1,0 +1,280 @@
+//! Client ID metadata documents (issue 20): a `client_id` that is an `https` URL, whose document
+//! Bulkhead fetches through the egress guard from a TLS receiver on loopback (a test CA, names
+//! pointed at loopback by the injected resolver), completes the code flow; hostile documents
+//! are refused on a page, audited by class, and a document on a private address is never
+//! connected to.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bulkhead_test_support::receiver::{NamedReceivers, Receiver, Reply};
+use bulkhead_test_support::{spawn_app_with, AppOptions, TestApp, TestTenant};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{audit_events, call_as, get_ok_json};
+use crate::oauth_code::{
+    authorize_path, form_fields, param, returned, sign_in, token, user_with_role, Browser, VERIFIER,
+};
+
+const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+
+struct Rig {
+    app: TestApp,
+    receivers: NamedReceivers,
+    docs: Receiver,
+    acme: TestTenant,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let receivers = NamedReceivers::new();
+        let app = spawn_app_with(AppOptions {
+            tool_client: Some(receivers.egress_client(&receivers.egress_config())),
+            ..AppOptions::default()
+        })
+        .await;
+        let docs = receivers
+            .start("docs.example", IpAddr::from(LOOPBACK))
+            .await;
+        let acme = app.create_tenant("acme").await;
+        Rig {
+            app,
+            receivers,
+            docs,
+            acme,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://docs.example:{}{path}", self.docs.addr.port())
+    }
+
+    fn serve(&self, path: &str, status: u16, headers: &[(&str, &str)], body: String) {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        self.docs
+            .set_route(path, Reply::Status(status, headers, body));
+    }
+
+    fn document(&self, path: &str, client_id: &str) {
+        let body = json!({
+            "client_id": client_id,
+            "client_name": "Research agent",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "token_endpoint_auth_method": "none",
+            "scope": "sessions:read",
+        });
+        self.serve(
+            path,
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "public, max-age=600"),
+            ],
+            body.to_string(),
+        );
+    }
+
+    async fn accept_documents(&self, on: bool) {
+        let response = call_as(
+            &self.app,
+            &self.acme,
+            Method::PUT,
+            "/v1/oauth-settings",
+            Some(json!({
+                "dynamic_registration": false,
+                "client_id_metadata_documents": on,
+                "dynamic_client_scopes": ["sessions:read", "sessions:write"],
+            })),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// The reasons of the tenant's refused fetches, in the order the audit log lists them.
+    async fn refusals(&self) -> Vec<String> {
+        let reasons: Vec<String> =
+            audit_events(&self.app, &self.acme, "oauth_client.metadata_fetch")
+                .await
+                .iter()
+                .filter(|e| e["outcome"] == "failure" || e["outcome"] == "blocked")
+                .map(|e| e["metadata"]["reason"].as_str().unwrap().to_owned())
+                .collect();
+        reasons
+    }
+}
+
+#[tokio::test]
+async fn a_client_named_by_its_metadata_document_completes_the_code_flow() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    user_with_role(app, &rig.acme, "ada@acme.example", "admin").await;
+    let url = rig.url("/oauth/client.json");
+    rig.document("/oauth/client.json", &url);
+    let metadata: Value = app
+        .client
+        .get(app.tenant_url("acme", "/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["client_id_metadata_document_supported"], true);
+
+    let redirect = "http://127.0.0.1:49200/callback";
+    let authorize = authorize_path(&url, redirect, "sessions:read", &[]);
+    // Off by default: an error page, nothing fetched.
+    let off = Browser::new(app, "acme").get(&authorize).await;
+    assert_eq!(off.status(), StatusCode::BAD_REQUEST);
+    assert!(off.headers().get("location").is_none());
+    assert_eq!(rig.docs.connections(), 0);
+    assert_eq!(rig.refusals().await, ["disabled"]);
+
+    rig.accept_documents(true).await;
+    let mut browser = Browser::new(app, "acme");
+    let consent = sign_in(&mut browser, &authorize, "ada@acme.example").await;
+    assert!(consent.contains("Research agent"), "{consent}");
+    let host = format!("docs.example:{}", rig.docs.addr.port());
+    assert!(
+        consent.contains(&format!("<strong id=\"client-host\">{host}</strong>")),
+        "{consent}"
+    );
+    let mut fields = form_fields(&consent);
+    fields.push(("decision".into(), "allow".into()));
+    let answer = browser.post("/oauth/authorize", &fields).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let (_, back) = returned(&answer.text().await.unwrap());
+    let code = param(&back, "code").unwrap().to_owned();
+    // The consent POST and the login used the cached document: one fetch in all.
+    assert_eq!(rig.docs.requests().len(), 1);
+    assert_eq!(rig.docs.requests()[0].method, "GET");
+
+    let tokens = token(
+        app,
+        "acme",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", &url),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(tokens.status(), StatusCode::OK);
+    let tokens: Value = tokens.json().await.unwrap();
+    assert_eq!(tokens["scope"], "sessions:read");
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let refreshed = token(
+        app,
+        "acme",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", &url),
+        ],
+    )
+    .await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+
+    // Stored at consent, listed for the admins by its URL.
+    let clients = get_ok_json(app, &rig.acme, "/v1/oauth-clients").await;
+    let listed = &clients["data"][0];
+    assert_eq!(listed["registered_by"], "metadata_document");
+    assert_eq!(listed["metadata_url"], url.as_str());
+    let fetches = audit_events(app, &rig.acme, "oauth_client.metadata_fetch").await;
+    let outcomes: Vec<&str> = fetches
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failure", "started", "success"]);
+    let registered = audit_events(app, &rig.acme, "oauth_client.register").await;
+    assert_eq!(registered.len(), 1);
+}
+
+#[tokio::test]
+async fn hostile_metadata_documents_are_refused_on_a_page_and_audited_by_class() {
+    let rig = Rig::new().await;
+    rig.accept_documents(true).await;
+    // A name that resolves to a loopback address the egress policy does not allow, with a
+    // canary listening there.
+    let canary = Receiver::start(
+        IpAddr::from([127, 0, 0, 2]),
+        0,
+        Some(rig.receivers.ca.server_config(&["internal.example"])),
+    )
+    .await;
+    rig.receivers
+        .resolver
+        .insert("internal.example", vec![IpAddr::from([127, 0, 0, 2])]);
+    let private = format!(
+        "https://internal.example:{}/client.json",
+        canary.addr.port()
+    );
+
+    rig.serve(
+        "/big.json",
+        200,
+        &[("content-type", "application/json")],
+        format!("{{\"pad\": \"{}\"}}", "x".repeat(6 * 1024)),
+    );
+    rig.docs.set_route(
+        "/slow.json",
+        Reply::After(Duration::from_secs(7), Box::new(Reply::status(200))),
+    );
+    let elsewhere = rig.url("/client.json");
+    rig.serve(
+        "/redirect.json",
+        302,
+        &[("location", &elsewhere)],
+        String::new(),
+    );
+    rig.document("/other.json", &rig.url("/someone-else.json"));
+    rig.document("/client.json", &elsewhere);
+
+    let cases = [
+        (private, "private_address"),
+        (rig.url("/big.json"), "too_large"),
+        (rig.url("/slow.json"), "timeout"),
+        (rig.url("/redirect.json"), "redirect"),
+        (rig.url("/other.json"), "client_id_mismatch"),
+        (
+            format!("http://docs.example:{}/client.json", rig.docs.addr.port()),
+            "http_scheme",
+        ),
+        (
+            format!("https://docs.example:{}", rig.docs.addr.port()),
+            "no_path",
+        ),
+    ];
+    for (url, _) in &cases {
+        let authorize =
+            authorize_path(url, "http://127.0.0.1:49201/callback", "sessions:read", &[]);
+        let page = Browser::new(&rig.app, "acme").get(&authorize).await;
+        assert_eq!(page.status(), StatusCode::BAD_REQUEST, "{url}");
+        assert!(page.headers().get("location").is_none(), "{url}");
+        let html = page.text().await.unwrap();
+        assert!(!html.contains("127.0.0.2"), "{html}");
+    }
+    let expected: Vec<&str> = cases.iter().map(|(_, class)| *class).collect();
+    assert_eq!(rig.refusals().await, expected);
+    // The private address was never connected to; the redirect was not followed.
+    assert_eq!(canary.connections(), 0);
+    let paths: Vec<String> = rig.docs.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(!paths.contains(&"/client.json".to_owned()), "{paths:?}");
+    // No audit event names the address a name resolved to (the caller's own `ip_address`, the
+    // browser's, is recorded as on every event).
+    let events = audit_events(&rig.app, &rig.acme, "oauth_client.metadata_fetch").await;
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains("127.0.0.2"), "{text}");
+    for event in &events {
+        assert!(
+            !event["metadata"].to_string().contains("127.0.0"),
+            "{event}"
+        );
+    }
+}
