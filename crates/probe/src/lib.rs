@@ -26,6 +26,7 @@ mod neighbour;
 mod operations;
 mod operator;
 mod probe;
+mod registration;
 mod report;
 mod scope;
 mod tenants;

@@ -39,6 +39,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
         probe.attack(op, &victim, &attacker).await?;
     }
     probe.foreign_tokens(&victim, &attacker).await?;
+    probe.client_registration().await?;
     probe.confined_token(&operations).await?;
     probe.hostile_schemas().await?;
     probe.audit_stream_scope(&attacker).await?;

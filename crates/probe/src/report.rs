@@ -123,10 +123,12 @@ pub enum Attack {
     OperatorKeyOnTenant,
     /// A tenant credential (A's key and tokens, B's key) on an operator route.
     TenantCredentialOnOperator,
+    /// Dynamic client registration: in A (off), and B's self-registered client on A's host.
+    ClientRegistration,
 }
 
 impl Attack {
-    const ALL: [Attack; 24] = [
+    const ALL: [Attack; 25] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -151,6 +153,7 @@ impl Attack {
         Attack::SlowNeighbour,
         Attack::OperatorKeyOnTenant,
         Attack::TenantCredentialOnOperator,
+        Attack::ClientRegistration,
     ];
 
     pub(crate) fn short(self) -> &'static str {
@@ -179,6 +182,7 @@ impl Attack {
             Attack::SlowNeighbour => "slownb",
             Attack::OperatorKeyOnTenant => "opk@v1",
             Attack::TenantCredentialOnOperator => "tnt@op",
+            Attack::ClientRegistration => "dcr",
         }
     }
 }
