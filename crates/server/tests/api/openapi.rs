@@ -23,6 +23,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/oauth/authorize"),
     ("POST", "/oauth/authorize"),
     ("POST", "/oauth/authorize/login"),
+    ("POST", "/oauth/register"),
     ("GET", "/oauth/style.css"),
 ];
 
