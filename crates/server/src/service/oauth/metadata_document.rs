@@ -320,9 +320,9 @@ pub async fn fetch(
         CappedOutcome::Response { .. } => return Err(Refusal::Status),
         CappedOutcome::TooLarge { .. } => return Err(Refusal::TooLarge),
         CappedOutcome::Blocked(err) => return Err(blocked(&err)),
-        CappedOutcome::Transport { class, .. } if class == "timeout" => {
-            return Err(Refusal::Timeout)
-        }
+        CappedOutcome::Transport {
+            class: "timeout", ..
+        } => return Err(Refusal::Timeout),
         CappedOutcome::Transport { .. } => return Err(Refusal::Transport),
     };
     let document = parse_document(url, &body, ceiling)?;

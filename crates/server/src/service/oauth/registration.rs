@@ -162,7 +162,7 @@ mod tests {
         ScopeSet::parse_all(["sessions:read", "sessions:write"]).unwrap()
     }
 
-    fn refused(body: serde_json::Value) -> Refused {
+    fn refused(body: Value) -> Refused {
         check(body.to_string().as_bytes(), &ceiling()).unwrap_err()
     }
 
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn metadata_outside_the_rules_is_refused_with_its_rfc_7591_error() {
-        let base = |extra: serde_json::Value| {
+        let base = |extra: Value| {
             let mut body = serde_json::json!({
                 "client_name": "App", "redirect_uris": ["https://app.example/cb"],
             });
