@@ -351,7 +351,7 @@ async fn authenticate(
 
 /// Where an access token is being judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TokenUse {
+pub(crate) enum TokenUse<'a> {
     /// Presented by a caller at this address (unknown: `None`): the token's network restrictions
     /// must admit it.
     Request(Option<IpAddr>),
@@ -359,8 +359,10 @@ pub(crate) enum TokenUse {
     /// suspended tenant's token may still end its own session.
     EndOwnSession(Option<IpAddr>),
     /// Introspection: the client asking is not the token's user, so there is no address to
-    /// check; the answer reports the restrictions instead (`allowed_networks`).
-    Introspection,
+    /// check; the answer reports the restrictions instead (`allowed_networks`). With the
+    /// identifier of a protected resource registered in the introspecting client's tenant, the
+    /// token must be for that resource (`aud`); without, for Bulkhead's own API.
+    Introspection(Option<&'a str>),
 }
 
 /// An access token that passed every check, and what it may do.
@@ -394,12 +396,16 @@ pub(crate) async fn authorize_access_token(
     state: &AppState,
     presented: &str,
     host_tenant: Option<Tenant>,
-    used: TokenUse,
+    used: TokenUse<'_>,
     request_id: RequestId,
 ) -> Result<TokenStanding, ApiError> {
     let suspended_ok = matches!(used, TokenUse::EndOwnSession(_));
+    let audience = match used {
+        TokenUse::Introspection(resource) => resource,
+        _ => None,
+    };
     let (token, tenant) =
-        authenticate_access_token_in(state, presented, host_tenant, suspended_ok).await?;
+        authenticate_access_token_in(state, presented, audience, host_tenant, suspended_ok).await?;
     if let TokenUse::Request(client_ip) | TokenUse::EndOwnSession(client_ip) = used {
         // A token minted from an allowlisted key (or derived from one) is bound by its allowlist
         // on every use, exactly like the key.
@@ -656,11 +662,12 @@ pub(crate) async fn authenticate_api_key(
 async fn authenticate_access_token_in(
     state: &AppState,
     presented: &str,
+    audience: Option<&str>,
     host_tenant: Option<Tenant>,
     suspended_ok: bool,
 ) -> Result<(crate::service::tokens::VerifiedToken, Tenant), ApiError> {
     let host_tenant_id = host_tenant.as_ref().map(|t| t.id);
-    let token = match state.tokens().verify(presented) {
+    let token = match state.tokens().verify_for(presented, audience) {
         Ok(token) => token,
         Err(TokenRefusal::Unavailable) => {
             AuditLine::failure("auth.failure")

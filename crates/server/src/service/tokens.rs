@@ -343,6 +343,18 @@ impl TokenService {
     /// [`bulkhead_auth::token`]), then the claims this server reads, then the denylist. The
     /// tenant agreement with the request's host is the caller's (the resolver's) check.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenRefusal> {
+        self.verify_for(token, None)
+    }
+
+    /// [`TokenService::verify`] of a token whose `aud` must be `audience`: a registered protected
+    /// resource's identifier (the caller has found it registered in the token's tenant), or
+    /// Bulkhead's own API (`--token-audience`) when `None`. Every other check is the same.
+    pub fn verify_for(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<VerifiedToken, TokenRefusal> {
+        let audience = audience.unwrap_or(&self.settings.audience);
         if token.len() > bulkhead_auth::token::MAX_TOKEN_BYTES {
             return Err(TokenRefusal::Invalid(TokenError::TooLarge));
         }
@@ -355,13 +367,18 @@ impl TokenService {
                 self.verified.invalidate(&digest);
                 return Err(TokenRefusal::Invalid(TokenError::UnknownKey));
             }
+            // One cache for every audience: a token verified for a resource is not thereby
+            // good for another, nor for Bulkhead's own API.
+            Some(hit) if hit.claims.aud != audience => {
+                return Err(TokenRefusal::Invalid(TokenError::Audience));
+            }
             Some(hit) => {
                 // The verifier's own time checks, against this request's now.
                 check_time_bounds(&hit.claims, now.timestamp()).map_err(TokenRefusal::Invalid)?;
                 hit
             }
             None => {
-                let fresh = Arc::new(self.verify_uncached(token, now)?);
+                let fresh = Arc::new(self.verify_uncached(token, audience, now)?);
                 self.verified.insert(digest, fresh.clone());
                 fresh
             }
@@ -389,6 +406,7 @@ impl TokenService {
     fn verify_uncached(
         &self,
         token: &str,
+        audience: &str,
         now: DateTime<Utc>,
     ) -> Result<VerifiedToken, TokenRefusal> {
         let loaded = self.loaded();
@@ -397,7 +415,7 @@ impl TokenService {
         }
         let expect = Expectations {
             issuer: &self.settings.issuer,
-            audience: &self.settings.audience,
+            audience,
             now: now.timestamp(),
         };
         let (claims, kid) = verify_access_token_with_kid(token, &loaded.keys, &expect)

@@ -28,6 +28,7 @@ mod probe;
 mod quotas;
 mod ratelimit;
 mod rbac;
+mod resource_server;
 mod resources;
 mod sessions;
 mod standing;

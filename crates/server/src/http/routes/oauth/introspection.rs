@@ -12,7 +12,7 @@ use super::{issuer, oauth_host_tenant, request_ip};
 use crate::http::error::{no_store, ApiError, OAuthError};
 use crate::http::resolve::is_access_token;
 use crate::http::state::AppState;
-use crate::service::oauth::introspection::refresh_token_standing;
+use crate::service::oauth::introspection::{refresh_token_standing, registered_resource};
 use crate::service::tokens::scope_text;
 
 pub(super) async fn introspect(State(state): State<AppState>, request: FormRequest) -> Response {
@@ -46,13 +46,29 @@ async fn introspect_inner(
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     let inactive = json!({ "active": false });
     if is_access_token(text) {
+        // A token for a protected resource (RFC 8707 `aud`) is judged for that resource, which
+        // must be registered in the client's tenant; any other `aud` must be Bulkhead's own
+        // API's. The claim read here only picks the expectation: the verifier checks it.
+        let claimed_aud = bulkhead_auth::token::unverified_claims(text)
+            .and_then(|claims| claims.get("aud")?.as_str().map(str::to_owned));
+        let resource = match claimed_aud {
+            Some(aud) if aud != state.config().tokens.audience => {
+                match registered_resource(issuer(state), tenant.id, &key, &aud).await? {
+                    Some(resource) => Some(resource),
+                    None => return Ok(inactive),
+                }
+            }
+            _ => None,
+        };
         // Exactly the resolver's decision (crate::http::resolve::authorize_access_token): a token the
         // API would refuse is inactive here, and the scope reported is what it may do now.
         let standing = match crate::http::resolve::authorize_access_token(
             state,
             text,
             Some(tenant.clone()),
-            crate::http::resolve::TokenUse::Introspection,
+            crate::http::resolve::TokenUse::Introspection(
+                resource.as_ref().map(|r| r.identifier.as_str()),
+            ),
             RequestId::new(),
         )
         .await
@@ -61,11 +77,15 @@ async fn introspect_inner(
             Err(ApiError::Unavailable) => return Err(OAuthError::unavailable()),
             Err(_) => return Ok(inactive),
         };
+        // A resource's token may do no more than the resource accepts now.
         let effective = standing
             .ctx
             .actor()
             .scopes()
-            .map(scope_text)
+            .map(|scopes| match &resource {
+                Some(resource) => scope_text(&scopes.intersection(&resource.scope_set())),
+                None => scope_text(scopes),
+            })
             .unwrap_or_default();
         let c = &standing.token.claims;
         let mut answer = json!({

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bulkhead_auth::RefreshToken;
+use bulkhead_auth::{RefreshToken, TokenError};
 
 use super::client_auth::{authenticate_client, client_auth};
 use super::form::{Form, FormRequest};
@@ -12,6 +12,7 @@ use crate::http::error::{no_store, OAuthError};
 use crate::http::resolve::is_access_token;
 use crate::http::state::AppState;
 use crate::service::oauth::revocation;
+use crate::service::tokens::TokenRefusal;
 
 fn ok_no_store() -> Response {
     let mut response = StatusCode::OK.into_response();
@@ -42,7 +43,20 @@ async fn revoke_inner(state: &AppState, request: &FormRequest) -> Result<(), OAu
         authenticate_client(state, &auth, host.clone(), client_ip).await?;
     }
     if is_access_token(text) {
-        let Ok(token) = state.tokens().verify(text) else {
+        // A token for a protected resource (its `aud` a resource's identifier) is revoked like
+        // one for Bulkhead's own API: its signature and every other claim still verify, and its
+        // audience needs no registration check, since revoking only takes authority away.
+        let verified = match state.tokens().verify(text) {
+            Err(TokenRefusal::Invalid(TokenError::Audience)) => {
+                let aud = bulkhead_auth::token::unverified_claims(text)
+                    .and_then(|claims| claims.get("aud")?.as_str().map(str::to_owned));
+                aud.map_or(Err(TokenRefusal::Invalid(TokenError::Audience)), |aud| {
+                    state.tokens().verify_for(text, Some(&aud))
+                })
+            }
+            other => other,
+        };
+        let Ok(token) = verified else {
             return Ok(());
         };
         if host.as_ref().is_some_and(|t| t.id != token.tenant_id) {
