@@ -247,6 +247,10 @@ async fn a_resource_server_admits_only_its_own_tokens_with_the_scopes_a_route_ne
         introspect(globex.key.clone(), token.clone()).await,
         json!({ "active": false })
     );
+    // Introspection verified it for the resource (and remembered that): Bulkhead's own API
+    // still refuses it.
+    let own = crate::helpers::call(&app, "acme", &token, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(own.status(), StatusCode::UNAUTHORIZED);
 
     // A token for another resource of the tenant, another tenant's token for its own resource,
     // and a token for Bulkhead's own API: each 401 invalid_token.
