@@ -6,7 +6,9 @@
 //!   interval;
 //! - a fetch that fails (unreachable, not 200, too large, not a JWKS, no usable key) keeps the
 //!   last good set, however old;
-//! - with no good set ever fetched, nothing verifies ([`KeyLookup::Unavailable`]).
+//! - with no good set ever fetched, nothing verifies ([`KeyLookup::Unavailable`]);
+//! - a set older than `max_age` is fetched again by the request that finds it so; requests
+//!   whose `kid` it holds meanwhile verify with it rather than wait.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -123,7 +125,17 @@ impl Jwks {
         if usable(Instant::now(), &current) {
             return classify(current, kid);
         }
-        let mut last_attempt = self.last_attempt.lock().await;
+        let known = current.as_ref().is_some_and(|(keys, _)| keys.contains(kid));
+        let mut last_attempt = if known {
+            // A stale set that holds the kid still verifies: while another request fetches,
+            // this one does not wait for it (nor for a slow or unreachable issuer).
+            match self.last_attempt.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return classify(current, kid),
+            }
+        } else {
+            self.last_attempt.lock().await
+        };
         // Another request may have fetched while this one waited.
         let current = self.current();
         let now = Instant::now();

@@ -320,7 +320,7 @@ async fn a_resource_server_admits_only_its_own_tokens_with_the_scopes_a_route_ne
 }
 
 /// A loopback stand-in for the issuer's host: forwards the JWKS and introspection to Bulkhead,
-/// counts JWKS fetches, and can be switched off (every request then 503).
+/// counts JWKS requests, and can be switched off (every request then 503).
 #[derive(Clone)]
 struct Issuer {
     upstream: String,
@@ -330,10 +330,10 @@ struct Issuer {
 }
 
 async fn proxy_jwks(State(issuer): State<Issuer>) -> (StatusCode, String) {
+    issuer.jwks_fetches.fetch_add(1, Ordering::SeqCst);
     if issuer.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, String::new());
     }
-    issuer.jwks_fetches.fetch_add(1, Ordering::SeqCst);
     let url = format!("{}/.well-known/jwks.json", issuer.upstream);
     let body = issuer.client.get(url).send().await.unwrap();
     (StatusCode::OK, body.text().await.unwrap())
@@ -397,7 +397,8 @@ async fn keys_are_fetched_at_most_once_per_interval_and_kept_while_the_issuer_is
     let acme_flow = flow(&app, &acme).await;
     let (issuer, issuer_base) = serve_issuer(&app).await;
     let server = settings(&app, &acme, &mcp_id, &issuer_base)
-        .jwks_min_refresh(Duration::from_secs(1))
+        .jwks_min_refresh(Duration::from_secs(2))
+        .jwks_max_age(Duration::from_secs(2))
         .introspection_cache(Duration::from_secs(60))
         .build()
         .unwrap();
@@ -411,7 +412,7 @@ async fn keys_are_fetched_at_most_once_per_interval_and_kept_while_the_issuer_is
 
     // Past the interval, a burst of made-up kids (sequential and concurrent) costs the issuer
     // one fetch, not one per request; each is 401 invalid_token.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     for n in 0..10 {
         let refused = get_with(&app, &read, Some(&made_up_kid_token(n))).await;
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
@@ -430,11 +431,13 @@ async fn keys_are_fetched_at_most_once_per_interval_and_kept_while_the_issuer_is
     }
     assert_eq!(issuer.jwks_fetches.load(Ordering::SeqCst), 2);
 
-    // The issuer goes down: the cached keys (and the cached introspection answer) still verify.
+    // The issuer goes down and the key set grows old: the refresh fails, and the last good set
+    // (with the remembered introspection answer) still verifies.
     issuer.down.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let cached = get_with(&app, &read, Some(&token)).await;
     assert_eq!(cached.status(), StatusCode::OK);
+    assert_eq!(issuer.jwks_fetches.load(Ordering::SeqCst), 3);
     let unknown = get_with(&app, &read, Some(&made_up_kid_token(99))).await;
     assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
     let still = get_with(&app, &read, Some(&token)).await;
