@@ -443,8 +443,17 @@ struct Bench {
     /// unusually quiet or noisy window does not move every ratio (stop 35's runs 6 and 7 had
     /// baselines of 1.4 and 4.1 ms from the same binary).
     alone_p99s: Mutex<Vec<f64>>,
-    /// Each attack phase: its name, B's p99, the alone window right before it, and the target.
-    results: Mutex<Vec<(String, f64, f64, Option<f64>)>>,
+    /// Each attack phase, in order.
+    results: Mutex<Vec<PhaseResult>>,
+}
+
+/// One attack phase: its name, B's p99, B's p99 in the alone window right before it, and the
+/// target ratio.
+struct PhaseResult {
+    name: String,
+    p99: f64,
+    before: f64,
+    target: Option<f64>,
 }
 
 /// The median of `values` (NaN when empty).
@@ -513,10 +522,12 @@ impl Bench {
             a.total(),
             a,
         );
-        self.results
-            .lock()
-            .unwrap()
-            .push((name.to_owned(), p99, before, target));
+        self.results.lock().unwrap().push(PhaseResult {
+            name: name.to_owned(),
+            p99,
+            before,
+            target,
+        });
     }
 
     /// A baseline window, then `attack` and B's probe at the same time, and the report.
@@ -543,7 +554,13 @@ impl Bench {
             "\nsummary: B alone in {} windows, p99 median {baseline:.2} ms (from {low:.2} to {high:.2} ms)",
             alones.len()
         );
-        for (name, p99, before, target) in self.results.lock().unwrap().iter() {
+        for PhaseResult {
+            name,
+            p99,
+            before,
+            target,
+        } in self.results.lock().unwrap().iter()
+        {
             let ratio = p99 / baseline;
             let verdict = match target {
                 Some(t) if ratio <= *t => format!("target ≤ {t}x: met"),
