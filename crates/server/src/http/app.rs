@@ -37,6 +37,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::http::limits::tenant_limit,
         ))
+        // Inside resolution: the step-up challenge of a 403 needs the credential.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::challenge::step_up,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::http::resolve::resolve_tenant,

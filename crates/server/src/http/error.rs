@@ -554,6 +554,14 @@ impl IntoResponse for ApiError {
         if let Some(refusal) = quota {
             response.extensions_mut().insert(refusal);
         }
+        let needed = match &self {
+            ApiError::MissingScope(scope) => Some(scope.to_string()),
+            ApiError::MissingToolScope(name) => Some(format!("tools:call:{name}")),
+            _ => None,
+        };
+        if let Some(needed) = needed.map(crate::http::challenge::NeededScope) {
+            response.extensions_mut().insert(needed);
+        }
         if let ApiError::Internal(err) = &self {
             response
                 .extensions_mut()

@@ -55,7 +55,7 @@ async fn every_bad_credential_gets_the_same_401() {
                     .and_then(|v| v.to_str().ok()),
                 Some(
                     format!(
-                        "Bearer realm=\"bulkhead\", resource_metadata=\"{issuer}/.well-known/oauth-protected-resource\""
+                        "Bearer realm=\"bulkhead\", resource_metadata=\"{issuer}/.well-known/oauth-protected-resource\", scope=\"sessions:read\""
                     )
                     .as_str()
                 ),

@@ -59,7 +59,8 @@ async fn assert_invalid_token(response: Response) {
     assert!(
         challenge.starts_with(
             "Bearer realm=\"bulkhead\", error=\"invalid_token\", resource_metadata=\""
-        ) && challenge.ends_with("/.well-known/oauth-protected-resource\""),
+        ) && challenge
+            .ends_with("/.well-known/oauth-protected-resource\", scope=\"sessions:read\""),
         "{challenge}"
     );
     let (status, body) = problem(response).await;
