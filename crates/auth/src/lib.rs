@@ -59,6 +59,7 @@
 
 mod base62;
 pub mod code;
+pub mod id_token;
 mod key;
 pub mod master;
 mod operator_key;

@@ -18,14 +18,19 @@ pub(crate) struct Operation {
     pub(crate) query_params: Vec<String>,
 }
 
+/// OpenID Connect's userinfo endpoint: a credential route outside `/v1`.
+pub(crate) const USERINFO: &str = "/oauth/userinfo";
+
 impl Operation {
     pub(crate) fn name(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 
-    /// Under `/v1` and behind tenant resolution (login is the one self-authenticating route).
+    /// Behind tenant resolution: under `/v1` (login is the one self-authenticating route there),
+    /// and OpenID Connect's `userinfo`, the one credential route outside it.
     pub(crate) fn tenant_api(&self) -> bool {
-        self.path.starts_with("/v1/") && self.path != "/v1/auth/login" && !self.public
+        let under_v1 = self.path.starts_with("/v1/") && self.path != "/v1/auth/login";
+        (under_v1 || self.path == USERINFO) && !self.public
     }
 }
 

@@ -339,6 +339,16 @@ impl TokenService {
         })
     }
 
+    /// Signs an ID token (OpenID Connect) with the current key.
+    pub fn issue_id_token(
+        &self,
+        claims: &bulkhead_auth::id_token::IdClaims,
+    ) -> Result<String, IssueError> {
+        let loaded = self.loaded();
+        let signer = loaded.signer.as_ref().ok_or(IssueError::NoSigningKey)?;
+        Ok(bulkhead_auth::id_token::sign_id_token(signer, claims))
+    }
+
     /// The one verification of a presented access token: signature and claims (see
     /// [`bulkhead_auth::token`]), then the claims this server reads, then the denylist. The
     /// tenant agreement with the request's host is the caller's (the resolver's) check.

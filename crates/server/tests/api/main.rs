@@ -19,6 +19,8 @@ mod oauth_mcp;
 mod oauth_metadata_document;
 mod oauth_register;
 mod oauth_resources;
+mod oidc;
+mod oidc_clients;
 mod openapi;
 mod operator;
 mod operator_audit;

@@ -447,6 +447,8 @@ pub struct BrowserSession {
     pub user_id: Option<UserId>,
     /// When it ends.
     pub expires_at: DateTime<Utc>,
+    /// When it began: the user's sign-in (a session is stored only at a login).
+    pub created_at: DateTime<Utc>,
 }
 
 /// Stores a browser session under the hash of its cookie value.
@@ -480,8 +482,8 @@ pub async fn find_browser_session(
     now: DateTime<Utc>,
 ) -> Result<Option<BrowserSession>, StoreError> {
     let tenant = tx.tenant_id();
-    let row: Option<(Uuid, Option<Uuid>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, user_id, expires_at FROM oauth_browser_sessions \
+    let row: Option<(Uuid, Option<Uuid>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, user_id, expires_at, created_at FROM oauth_browser_sessions \
          WHERE tenant_id = $1 AND token_hash = $2 AND expires_at > $3",
     )
     .bind(tenant.uuid())
@@ -489,11 +491,14 @@ pub async fn find_browser_session(
     .bind(now)
     .fetch_optional(tx.conn())
     .await?;
-    Ok(row.map(|(id, user, expires_at)| BrowserSession {
-        id,
-        user_id: user.map(UserId::from_uuid),
-        expires_at,
-    }))
+    Ok(
+        row.map(|(id, user, expires_at, created_at)| BrowserSession {
+            id,
+            user_id: user.map(UserId::from_uuid),
+            expires_at,
+            created_at,
+        }),
+    )
 }
 
 /// Deletes a browser session (replaced at login) and up to `sweep` expired ones.
@@ -534,6 +539,12 @@ pub struct NewCode<'a> {
     pub scopes: &'a ScopeSet,
     /// The protected resource it is for (`""`: Bulkhead's own API).
     pub resource: &'a str,
+    /// The OpenID Connect identity scopes granted (migration 0034).
+    pub identity_scopes: &'a [String],
+    /// The authorization request's `nonce`, for the ID token.
+    pub nonce: Option<&'a str>,
+    /// When the user signed in.
+    pub auth_time: DateTime<Utc>,
     /// Now.
     pub now: DateTime<Utc>,
     /// When it stops being good.
@@ -554,8 +565,8 @@ pub async fn insert_code(tx: &mut TenantTx, new: &NewCode<'_>) -> Result<(), Sto
     .await?;
     sqlx::query(
         "INSERT INTO oauth_codes (tenant_id, id, code_hash, client_id, redirect_uri, \
-         code_challenge, user_id, scopes, created_at, expires_at, resource) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         code_challenge, user_id, scopes, created_at, expires_at, resource, identity_scopes, \
+         nonce, auth_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(tenant.uuid())
     .bind(Uuid::now_v7())
@@ -568,6 +579,9 @@ pub async fn insert_code(tx: &mut TenantTx, new: &NewCode<'_>) -> Result<(), Sto
     .bind(new.now)
     .bind(new.expires_at)
     .bind(new.resource)
+    .bind(new.identity_scopes)
+    .bind(new.nonce)
+    .bind(new.auth_time)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -596,6 +610,19 @@ pub struct StoredCode {
     pub session_id: Option<AuthSessionId>,
     /// The protected resource it is for (`""`: Bulkhead's own API).
     pub resource: String,
+    /// The identity scopes granted, its `nonce` and the user's sign-in time (migration 0034).
+    pub oidc: CodeOidc,
+}
+
+/// What a code keeps for its ID token (migration 0034).
+#[derive(Debug, Clone, Default)]
+pub struct CodeOidc {
+    /// The OpenID Connect identity scopes granted.
+    pub identity_scopes: Vec<String>,
+    /// The authorization request's `nonce`.
+    pub nonce: Option<String>,
+    /// When the user signed in (`None` for codes stored before 0034).
+    pub auth_time: Option<DateTime<Utc>>,
 }
 
 /// The code whose hash is `code_hash`, its row locked until the transaction ends (two
@@ -616,10 +643,13 @@ pub async fn find_code_for_update(
         Option<DateTime<Utc>>,
         Option<Uuid>,
         String,
+        Vec<String>,
+        Option<String>,
+        Option<DateTime<Utc>>,
     );
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, client_id, redirect_uri, code_challenge, user_id, scopes, expires_at, \
-         used_at, session_id, resource FROM oauth_codes \
+         used_at, session_id, resource, identity_scopes, nonce, auth_time FROM oauth_codes \
          WHERE tenant_id = $1 AND code_hash = $2 FOR UPDATE",
     )
     .bind(tenant.uuid())
@@ -638,6 +668,9 @@ pub async fn find_code_for_update(
             used_at,
             session,
             resource,
+            identity_scopes,
+            nonce,
+            auth_time,
         )| {
             StoredCode {
                 id,
@@ -650,6 +683,11 @@ pub async fn find_code_for_update(
                 used_at,
                 session_id: session.map(AuthSessionId::from_uuid),
                 resource,
+                oidc: CodeOidc {
+                    identity_scopes,
+                    nonce,
+                    auth_time,
+                },
             }
         },
     ))

@@ -27,6 +27,8 @@ pub struct OAuthGrant {
     /// The scopes consented to.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub scopes: Vec<String>,
+    /// The OpenID Connect identity scopes consented to (`openid`, `profile`, `email`).
+    pub identity_scopes: Vec<String>,
     /// When first given.
     pub created_at: DateTime<Utc>,
     /// When last given again (with these scopes).
@@ -50,14 +52,15 @@ type GrantRow = (
     Vec<String>,
     DateTime<Utc>,
     DateTime<Utc>,
+    Vec<String>,
 );
 
 const GRANT_SELECT: &str = "SELECT g.id, g.user_id, g.client_id, c.name, g.resource, g.scopes, \
-     g.created_at, g.updated_at FROM oauth_grants g JOIN oauth_clients c \
+     g.created_at, g.updated_at, g.identity_scopes FROM oauth_grants g JOIN oauth_clients c \
      ON c.tenant_id = g.tenant_id AND c.id = g.client_id WHERE g.tenant_id = $1";
 
 fn grant_from_row(
-    (id, user, client, client_name, resource, scopes, created, updated): GrantRow,
+    (id, user, client, client_name, resource, scopes, created, updated, identity): GrantRow,
 ) -> OAuthGrant {
     OAuthGrant {
         id: OAuthGrantId::from_uuid(id),
@@ -66,27 +69,29 @@ fn grant_from_row(
         client_name,
         resource: (!resource.is_empty()).then_some(resource),
         scopes,
+        identity_scopes: identity,
         created_at: created,
         updated_at: updated,
     }
 }
 
-/// Remembers a consent: the (user, client, resource) grant now holds `scopes` (a new row, or the
-/// existing one's scopes replaced). Returns the grant and whether it is new.
+/// Remembers a consent: the (user, client, resource) grant now holds `scopes` and the identity
+/// scopes `identity` (a new row, or the existing one's replaced). Returns the grant and whether
+/// it is new.
 pub async fn remember(
     tx: &mut TenantTx,
-    user: UserId,
-    client: OAuthClientId,
-    resource: &str,
+    (user, client, resource): (UserId, OAuthClientId, &str),
     scopes: &ScopeSet,
+    identity: &[String],
     now: DateTime<Utc>,
 ) -> Result<(OAuthGrantId, bool), StoreError> {
     let tenant = tx.tenant_id();
     let (id, inserted): (Uuid, bool) = sqlx::query_as(
         "INSERT INTO oauth_grants (tenant_id, id, user_id, client_id, resource, scopes, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         created_at, updated_at, identity_scopes) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
          ON CONFLICT (tenant_id, user_id, client_id, resource) \
-         DO UPDATE SET scopes = EXCLUDED.scopes, updated_at = EXCLUDED.updated_at \
+         DO UPDATE SET scopes = EXCLUDED.scopes, updated_at = EXCLUDED.updated_at, \
+         identity_scopes = EXCLUDED.identity_scopes \
          RETURNING id, (xmax = 0)",
     )
     .bind(tenant.uuid())
@@ -96,6 +101,7 @@ pub async fn remember(
     .bind(resource)
     .bind(scopes.to_strings())
     .bind(now)
+    .bind(identity)
     .fetch_one(tx.conn())
     .await?;
     Ok((OAuthGrantId::from_uuid(id), inserted))

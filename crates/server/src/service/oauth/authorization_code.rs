@@ -23,6 +23,7 @@ use bulkhead_store::tenant::users::{self, UserStatus};
 use bulkhead_store::{Access, Store, StoreError, TenantTx};
 use serde_json::json;
 
+use super::oidc::{self, IdTokenFor, Identity};
 use super::{GrantError, IssuedTokens, Issuer};
 use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::auth_sessions::{end_audited, Ending};
@@ -81,25 +82,43 @@ pub struct Consented<'a> {
     /// The user's remembered consent that covers the request, when the consent page was skipped;
     /// `None` when the user consented on the page (the consent is then remembered).
     pub remembered: Option<&'a OAuthGrant>,
+    /// The OpenID Connect side: identity scopes ticked (∩ asked), `nonce`, sign-in time.
+    pub oidc: ConsentedOidc<'a>,
+}
+
+/// The OpenID Connect part of a consent.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsentedOidc<'a> {
+    /// The identity scopes asked for and ticked (asked, when the page was skipped).
+    pub identity: &'a Identity,
+    /// The authorization request's `nonce`.
+    pub nonce: Option<&'a str>,
+    /// When the user signed in.
+    pub auth_time: chrono::DateTime<chrono::Utc>,
 }
 
 /// The resource of a grant without an RFC 8707 indicator: the tenant's own API.
 pub const OWN_API: &str = "";
 
-/// The user's remembered consent to the client that covers all of `requested`, if any.
+/// The user's remembered consent to the client that covers all of `requested` and the identity
+/// scopes `identity`, if any.
 pub async fn covering_grant(
     store: &Store,
-    tenant: TenantId,
-    user: UserId,
+    (tenant, user): (TenantId, UserId),
     client: &OAuthClient,
     resource: &str,
-    requested: &ScopeSet,
+    (requested, identity): (&ScopeSet, &Identity),
 ) -> Result<Option<OAuthGrant>, StoreError> {
     let ctx = TenantContext::for_system(tenant, "oauth");
     let mut tx = store.begin(&ctx, Access::ReadOnly).await?;
     let grant = oauth_grants::find(&mut tx, user, client.id, resource).await?;
     tx.commit().await?;
-    Ok(grant.filter(|g| !requested.is_empty() && g.scope_set().is_superset(requested)))
+    let asks_something = !requested.is_empty() || identity.openid();
+    Ok(grant.filter(|g| {
+        asks_something
+            && g.scope_set().is_superset(requested)
+            && Identity::from_names(&g.identity_scopes).is_superset(identity)
+    }))
 }
 
 /// Why a consent produced no code.
@@ -167,10 +186,12 @@ pub async fn issue_code(
         .intersection(consented.requested)
         .intersection(&consented.client.scope_set())
         .intersection(&grantable);
+    let mut identity = consented.oidc.identity.clone();
     if let Some(grant) = consented.remembered {
         granted = granted.intersection(&grant.scope_set());
+        identity = identity.intersection(&Identity::from_names(&grant.identity_scopes));
     }
-    if granted.is_empty() {
+    if granted.is_empty() && !identity.openid() {
         audit::record(
             &mut tx,
             "oauth.authorize",
@@ -188,10 +209,9 @@ pub async fn issue_code(
         None => {
             let (id, created) = oauth_grants::remember(
                 &mut tx,
-                consented.user,
-                consented.client.id,
-                consented.resource,
+                (consented.user, consented.client.id, consented.resource),
                 &granted,
+                &identity.to_strings(),
                 now,
             )
             .await?;
@@ -204,6 +224,7 @@ pub async fn issue_code(
                     "user_id": consented.user,
                     "client_id": consented.client.id,
                     "scopes": granted.to_strings(),
+                    "identity_scopes": identity.to_strings(),
                     "resource": consented.resource,
                     "created": created,
                 }),
@@ -224,6 +245,9 @@ pub async fn issue_code(
             user_id: consented.user,
             scopes: &granted,
             resource: consented.resource,
+            identity_scopes: &identity.to_strings(),
+            nonce: consented.oidc.nonce,
+            auth_time: consented.oidc.auth_time,
             now,
             expires_at: now + chrono::Duration::seconds(CODE_LIFETIME_SECS),
         },
@@ -239,6 +263,7 @@ pub async fn issue_code(
             "redirect_uri": consented.redirect_uri,
             "requested": consented.requested.to_strings(),
             "granted": granted.to_strings(),
+            "identity_scopes": identity.to_strings(),
             "grant_id": grant_id,
             "remembered": consented.remembered.is_some(),
         }),
@@ -273,12 +298,12 @@ fn invalid() -> GrantError {
     GrantError::InvalidGrant(INVALID_CODE.into())
 }
 
-/// Exchanges a code: checks it, starts its auth session and mints the tokens, audited as
-/// `auth.token_issue` whether granted or refused.
+/// Exchanges a code: checks it, starts its auth session and mints the tokens (and an ID token
+/// when `openid` was granted), audited as `auth.token_issue` whether granted or refused.
 pub async fn exchange(
     issuer: Issuer<'_>,
     request: &CodeExchange<'_>,
-) -> Result<IssuedTokens, GrantError> {
+) -> Result<(IssuedTokens, Option<String>), GrantError> {
     let tenant = request.tenant;
     let ctx = TenantContext::for_system(tenant, "oauth");
     let now = issuer.clock.now();
@@ -339,7 +364,7 @@ pub async fn exchange(
         }
     });
     if asked.is_some_and(|r| r != code.resource) {
-        if let Err(GrantError::Store(err)) = refused(tx, request, "resource_mismatch").await {
+        if let Err(GrantError::Store(err)) = refused::<()>(tx, request, "resource_mismatch").await {
             return Err(err.into());
         }
         return Err(GrantError::InvalidTarget(
@@ -368,7 +393,10 @@ pub async fn exchange(
         };
         scopes = scopes.intersection(&resource.scope_set());
     }
-    if scopes.is_empty() {
+    // The identity scopes the code carries, as far as the consent still holds them.
+    let identity = Identity::from_names(&code.oidc.identity_scopes)
+        .intersection(&Identity::from_names(&grant.identity_scopes));
+    if scopes.is_empty() && !identity.openid() {
         return refused(tx, request, "nothing_granted").await;
     }
     let policy = tokens::token_policy(&mut tx).await?;
@@ -425,24 +453,42 @@ pub async fn exchange(
             "session_id": session.id.to_string(),
             "grant_id": grant.id,
             "resource": code.resource,
+            "id_token": identity.openid(),
         }),
     )
     .await?;
+    let id_token = if identity.openid() {
+        let user = users::get(&mut tx, code.user_id).await?;
+        let of = IdTokenFor {
+            tenant,
+            user: &user,
+            client_id: &client_id,
+            identity: &identity,
+            nonce: code.oidc.nonce.as_deref(),
+            auth_time: code.oidc.auth_time.unwrap_or(now).timestamp(),
+            expires_in: issued.expires_in,
+        };
+        let now = now.timestamp();
+        Some(oidc::id_token(issuer.tokens, now, &of).map_err(|_| GrantError::Unavailable)?)
+    } else {
+        None
+    };
     tx.commit().await?;
-    Ok(IssuedTokens {
+    let tokens = IssuedTokens {
         access: issued,
         refresh: Some(refresh),
         scopes,
         session_id: Some(session.id),
-    })
+    };
+    Ok((tokens, id_token))
 }
 
 /// A refused exchange: its `auth.token_issue` failure event is committed before the answer.
-async fn refused(
+async fn refused<T>(
     mut tx: TenantTx,
     request: &CodeExchange<'_>,
     reason: &str,
-) -> Result<IssuedTokens, GrantError> {
+) -> Result<T, GrantError> {
     audit::record(
         &mut tx,
         "auth.token_issue",

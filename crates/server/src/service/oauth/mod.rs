@@ -19,6 +19,7 @@ pub mod authorization_code;
 pub mod client_credentials;
 pub mod introspection;
 pub mod metadata_document;
+pub mod oidc;
 pub mod redirect_uri;
 pub mod refresh_token;
 pub mod registration;

@@ -206,10 +206,15 @@ pub async fn refresh(
     };
     // A session started under a remembered consent refreshes with at most what the consent
     // holds now (narrowing it reaches the family); a revoked consent ends the family.
+    // A consent holding `openid` keeps a family alive without permissions (it serves userinfo).
+    let mut openid = false;
     let session_scopes = match grant_id {
         None => session_scopes,
         Some(id) => match bulkhead_store::tenant::oauth_grants::get_key_share(&mut tx, id).await? {
-            Some(grant) => session_scopes.intersection(&grant.scope_set()),
+            Some(grant) => {
+                openid = super::oidc::Identity::from_names(&grant.identity_scopes).openid();
+                session_scopes.intersection(&grant.scope_set())
+            }
             None => {
                 let session = found.session.id;
                 let ending = Ending {
@@ -226,7 +231,7 @@ pub async fn refresh(
             }
         },
     };
-    if session_scopes.is_empty() {
+    if session_scopes.is_empty() && !openid {
         audit_refresh_failure(&mut tx, Some(&found), "nothing_granted").await?;
         tx.commit().await?;
         return Err(invalid());

@@ -50,8 +50,10 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
     };
-    let issued = authorization_code::exchange(issuer(state), &request)
+    let (issued, id_token) = authorization_code::exchange(issuer(state), &request)
         .await
         .map_err(|err| grant_error(err, basic))?;
-    Ok(TokenResponse::new(issued, None))
+    let mut response = TokenResponse::new(issued, None);
+    response.id_token = id_token;
+    Ok(response)
 }

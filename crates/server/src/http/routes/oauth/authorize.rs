@@ -36,14 +36,18 @@ use super::browser::{
     cookie_hash, cookie_value, csrf_matches, csrf_token, find_session, new_cookie_value,
     set_cookie, SESSION_SECS,
 };
-use super::pages::{error_page, html, items, page, stylesheet, ConsentPage, LoginPage};
+use super::pages::{
+    error_page, html, identity_items, items, page, page_tenant, stylesheet, ConsentPage, LoginPage,
+};
 use super::params::{Params, MAX_INPUT};
+use super::prompt::Prompt;
+use crate::service::oauth::oidc::{Identity, MAX_NONCE_LEN};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bulkhead_core::{OAuthClientId, ScopeSet, UserId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::placement::registry::{Tenant, TenantStatus};
+use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::tenant::oauth::{self as store_oauth, OAuthClient};
 use bulkhead_store::tenant::oauth_resources::{self, OAuthResource};
 use bulkhead_store::{Access, StoreError};
@@ -54,7 +58,7 @@ use crate::http::authz::{RouteAccess, RouteTable};
 use crate::http::error::ApiError;
 use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin};
 use crate::http::state::AppState;
-use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
+use crate::service::oauth::authorization_code::{self, ConsentError, Consented, ConsentedOidc};
 use crate::service::oauth::{is_malformed_resource, is_own_api};
 use crate::service::oauth::{metadata_document, redirect_uri};
 
@@ -129,6 +133,11 @@ struct Valid {
     requested: ScopeSet,
     /// The protected resource asked for (RFC 8707); `None`: Bulkhead's own API.
     resource: Option<OAuthResource>,
+    /// `prompt` and `max_age` ([`super::prompt`]).
+    prompt: Prompt,
+    /// The OpenID Connect identity scopes asked for, and the `nonce`.
+    identity: Identity,
+    nonce: Option<String>,
 }
 
 impl Valid {
@@ -138,7 +147,21 @@ impl Valid {
             .as_ref()
             .map_or(authorization_code::OWN_API, |r| r.identifier.as_str())
     }
+
+    /// An error for the client at its redirect URI.
+    fn back(&self, state: &AppState, error: &'static str, description: &str) -> Back {
+        let valid_part = (
+            &self.tenant,
+            &self.client,
+            self.redirect_uri.as_str(),
+            self.state.as_deref(),
+        );
+        Back::error(valid_part, error, description, issuer(state))
+    }
 }
+
+/// A signed-in browser's user and when they signed in.
+type SignedIn = (UserId, chrono::DateTime<chrono::Utc>);
 
 /// Why a request is refused: on a page (the redirect URI is not trusted), or back to the client.
 enum Refusal {
@@ -148,34 +171,6 @@ enum Refusal {
 
 fn issuer(state: &AppState) -> &str {
     &state.config().tokens.issuer
-}
-
-/// The tenant of the host, active; else the page to show.
-async fn page_tenant(state: &AppState, headers: &HeaderMap) -> Result<Tenant, Response> {
-    let host = crate::http::resolve::request_host(headers);
-    match crate::http::resolve::host_tenant(state, host).await {
-        Ok(Some(tenant)) if tenant.status == TenantStatus::Active => Ok(tenant),
-        Ok(Some(tenant)) => Err(error_page(
-            StatusCode::FORBIDDEN,
-            tenant.slug.as_str(),
-            "This organisation is suspended.",
-        )),
-        Ok(None) => Err(error_page(
-            StatusCode::BAD_REQUEST,
-            "Bulkhead",
-            "Open this page through your organisation's own address.",
-        )),
-        Err(ApiError::Unavailable) => Err(error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Bulkhead",
-            "The service is temporarily unavailable. Try again shortly.",
-        )),
-        Err(_) => Err(error_page(
-            StatusCode::NOT_FOUND,
-            "Bulkhead",
-            "No organisation is served at this address.",
-        )),
-    }
 }
 
 /// Checks the whole authorization request: the client and redirect URI first (refusals on a
@@ -289,6 +284,12 @@ async fn check_request(
             "code_challenge is not an S256 challenge",
         ));
     }
+    let prompt = Prompt::parse(params.get("prompt"), params.get("max_age"))
+        .map_err(|description| back("invalid_request", description))?;
+    let nonce = params.get("nonce");
+    if nonce.is_some_and(|n| n.len() > MAX_NONCE_LEN || n.chars().any(char::is_control)) {
+        return Err(back("invalid_request", "nonce is too long or malformed"));
+    }
     // A tenant with protected resources issues tokens for one of them only; one without names
     // none. The scopes are then what the client and the resource both accept.
     let mut allowed = client.scope_set();
@@ -316,9 +317,14 @@ async fn check_request(
         }
         (None, None, false) => {}
     }
-    let requested = match params.get("scope") {
+    // The identity scopes (OpenID Connect) are not permissions: any client may ask for them.
+    let scope_text = params.get("scope");
+    let names = scope_text.unwrap_or_default().split(' ');
+    let identity = Identity::from_names(names.clone());
+    let permissions: Vec<&str> = names.filter(|n| !Identity::is_identity_scope(n)).collect();
+    let requested = match scope_text {
         None => allowed,
-        Some(text) => match crate::service::tokens::parse_scope_param(text) {
+        Some(_) => match crate::service::tokens::parse_scope_param(&permissions.join(" ")) {
             Ok(requested) if allowed.is_superset(&requested) => requested,
             _ => {
                 return Err(back(
@@ -336,6 +342,9 @@ async fn check_request(
         requested,
         client,
         resource,
+        prompt,
+        identity,
+        nonce: nonce.map(str::to_owned),
     })
 }
 
@@ -380,7 +389,14 @@ async fn authorize(State(state): State<AppState>, request: Request) -> Response 
     };
     // Signed out is stateless: a cookie naming no live session is a signed-out browser, and a
     // browser without a cookie gets a fresh value that is stored nowhere (see `browser`).
+    let login_required = || {
+        let description = "the user must sign in";
+        valid.back(&state, "login_required", description).redirect()
+    };
     let Some(cookie) = cookie_value(&headers) else {
+        if valid.prompt.none {
+            return login_required();
+        }
         let cookie = new_cookie_value();
         let mut response = login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK);
         response
@@ -388,11 +404,19 @@ async fn authorize(State(state): State<AppState>, request: Request) -> Response 
             .insert(header::SET_COOKIE, set_cookie(&cookie));
         return response;
     };
+    // `prompt=login` or a session older than `max_age`: the login page again, whose login
+    // replaces the session (see `prompt`).
+    let now = state.clock().now();
     match find_session(&state, &tenant, &cookie).await {
         Ok(Some(session)) => match session.user_id {
-            Some(user) => signed_in(&state, &valid, &params, &cookie, user, false).await,
-            None => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
+            Some(user) if !valid.prompt.needs_login(session.created_at, now) => {
+                let user = (user, session.created_at);
+                signed_in(&state, &valid, &params, &cookie, user, false).await
+            }
+            _ if valid.prompt.none => login_required(),
+            _ => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
         },
+        Ok(None) if valid.prompt.none => login_required(),
         Ok(None) => login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK),
         Err(_) => unavailable(&tenant),
     }
@@ -456,17 +480,7 @@ async fn consent_page(
     )
     .unwrap_or_default();
     let csrf = csrf_token(state, &valid.tenant, cookie);
-    let back = Back::error(
-        (
-            &valid.tenant,
-            &valid.client,
-            &valid.redirect_uri,
-            valid.state.as_deref(),
-        ),
-        "access_denied",
-        "",
-        issuer(state),
-    );
+    let back = valid.back(state, "access_denied", "");
     page(
         StatusCode::OK,
         ConsentPage {
@@ -485,7 +499,10 @@ async fn consent_page(
                 .map(|r| (r.name.as_str(), r.identifier.as_str())),
             csrf: &csrf,
             hidden: params.request_fields(),
-            offered: items(&offered),
+            offered: identity_items(valid.identity.names())
+                .into_iter()
+                .chain(items(&offered))
+                .collect(),
             withheld: items(&withheld),
         }
         .render(),
@@ -498,7 +515,7 @@ async fn form_post(
     state: &AppState,
     request: Request,
     repeatable: Option<&str>,
-) -> Result<(Tenant, Params, Valid, String, Option<UserId>, HeaderMap), Response> {
+) -> Result<(Tenant, Params, Valid, String, Option<SignedIn>, HeaderMap), Response> {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     let tenant = page_tenant(state, &headers).await?;
@@ -540,7 +557,7 @@ async fn form_post(
     let user = find_session(state, &tenant, &cookie)
         .await
         .map_err(|_| unavailable(&tenant))?
-        .and_then(|session| session.user_id);
+        .and_then(|session| session.user_id.map(|user| (user, session.created_at)));
     Ok((tenant, params, valid, cookie, user, headers))
 }
 
@@ -623,7 +640,7 @@ async fn login(
     audit_login(&tenant, "success", "ok", Some(user.id));
     // The consent page at once (or the code, for a remembered consent), under the new session
     // (its CSRF token is the new cookie's).
-    let mut response = signed_in(&state, &valid, &params, &fresh, user.id, true).await;
+    let mut response = signed_in(&state, &valid, &params, &fresh, (user.id, now), true).await;
     response
         .headers_mut()
         .insert(header::SET_COOKIE, set_cookie(&fresh));
@@ -636,23 +653,11 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
             Ok(read) => read,
             Err(response) => return response,
         };
-    let Some(user) = user else {
+    let Some((user, auth_time)) = user else {
         // Not signed in (the session is the login form's): show the login page.
         return login_page(&state, &valid, &params, &cookie, "", None, StatusCode::OK);
     };
-    let back = |error: &'static str, description: &str| {
-        Back::error(
-            (
-                &valid.tenant,
-                &valid.client,
-                &valid.redirect_uri,
-                valid.state.as_deref(),
-            ),
-            error,
-            description,
-            issuer(&state),
-        )
-    };
+    let back = |error: &'static str, description: &str| valid.back(&state, error, description);
     if params.get("decision") != Some("allow") {
         let ctx = crate::http::resolve::login_context(&tenant);
         let recorded = async {
@@ -673,13 +678,19 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         }
         return back("access_denied", "the user denied the request").page("You denied access.");
     }
-    let Ok(ticked) = ScopeSet::parse_all(&params.repeated) else {
+    let ticked_identity = Identity::from_names(&params.repeated);
+    let ticked = params
+        .repeated
+        .iter()
+        .filter(|n| !Identity::is_identity_scope(n));
+    let Ok(ticked) = ScopeSet::parse_all(ticked) else {
         return error_page(
             StatusCode::BAD_REQUEST,
             tenant.slug.as_str(),
             "The form names an unknown permission.",
         );
     };
+    let identity = valid.identity.intersection(&ticked_identity);
     let consented = Consented {
         tenant: tenant.id,
         client: &valid.client,
@@ -690,6 +701,11 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
         requested: &valid.requested,
         resource: valid.resource_identifier(),
         remembered: None,
+        oidc: ConsentedOidc {
+            identity: &identity,
+            nonce: valid.nonce.as_deref(),
+            auth_time,
+        },
     };
     let issued = authorization_code::issue_code(state.store(), state.clock(), &consented).await;
     code_answer(&state, &valid, issued, true)
@@ -702,7 +718,7 @@ async fn signed_in(
     valid: &Valid,
     params: &Params,
     cookie: &str,
-    user: UserId,
+    (user, auth_time): SignedIn,
     after_post: bool,
 ) -> Response {
     // RFC 8252 §8.6: a remembered consent is used only when the client's identity is assured,
@@ -710,21 +726,27 @@ async fn signed_in(
     // local program can listen there) always gets the consent page.
     let assured = valid.client.token_endpoint_auth_method.is_confidential()
         || valid.redirect_uri.starts_with("https://");
-    if !assured {
-        return consent_page(state, valid, params, cookie, user).await;
+    // `prompt=consent` shows the page whatever is remembered; `prompt=none` shows none.
+    let consent_page = move || async move {
+        if valid.prompt.none {
+            let refused = valid.back(state, "consent_required", "the user must consent");
+            return if after_post {
+                refused.page("Consent is needed.")
+            } else {
+                refused.redirect()
+            };
+        }
+        consent_page(state, valid, params, cookie, user).await
+    };
+    if !assured || valid.prompt.consent {
+        return consent_page().await;
     }
     let store = state.store();
     let tenant = valid.tenant.id;
     let resource = valid.resource_identifier();
-    match authorization_code::covering_grant(
-        store,
-        tenant,
-        user,
-        &valid.client,
-        resource,
-        &valid.requested,
-    )
-    .await
+    let asked = (&valid.requested, &valid.identity);
+    match authorization_code::covering_grant(store, (tenant, user), &valid.client, resource, asked)
+        .await
     {
         Ok(Some(grant)) => {
             let consented = Consented {
@@ -737,11 +759,16 @@ async fn signed_in(
                 requested: &valid.requested,
                 resource: valid.resource_identifier(),
                 remembered: Some(&grant),
+                oidc: ConsentedOidc {
+                    identity: &valid.identity,
+                    nonce: valid.nonce.as_deref(),
+                    auth_time,
+                },
             };
             let issued = authorization_code::issue_code(store, state.clock(), &consented).await;
             code_answer(state, valid, issued, after_post)
         }
-        Ok(None) => consent_page(state, valid, params, cookie, user).await,
+        Ok(None) => consent_page().await,
         Err(_) => unavailable(&valid.tenant),
     }
 }
@@ -769,16 +796,10 @@ fn code_answer(
             (answer, "Access allowed.")
         }
         Err(ConsentError::NothingGranted) => (
-            Back::error(
-                (
-                    &valid.tenant,
-                    &valid.client,
-                    &valid.redirect_uri,
-                    valid.state.as_deref(),
-                ),
+            valid.back(
+                state,
                 "access_denied",
                 "nothing requested may be granted by this user",
-                issuer(state),
             ),
             "Nothing was granted.",
         ),

@@ -31,8 +31,10 @@ pub mod discovery;
 pub mod form;
 pub mod introspection;
 mod metadata_client;
+pub mod oidc;
 mod pages;
 mod params;
+mod prompt;
 pub mod refresh_token;
 pub mod register;
 pub mod revocation;
@@ -103,6 +105,7 @@ pub fn routes() -> RouteTable {
                 )
                 .answer(429, "`rate_limited` per source address or per organisation"),
         )
+        .merge(oidc::routes())
         .post("/oauth/revoke", SELF, revocation::revoke)
         .doc(
             OpDoc::empty(200, "Revoked, or nothing to revoke")
@@ -172,6 +175,9 @@ pub struct TokenResponse {
     /// RFC 8693 §2.2.1: the type of the issued token, on token-exchange responses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
+    /// OpenID Connect: the ID token, from the code grant when `openid` was granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 impl TokenResponse {
@@ -185,6 +191,7 @@ impl TokenResponse {
             scope: scope_text(&issued.scopes),
             session_id: issued.session_id,
             issued_token_type,
+            id_token: None,
         }
     }
 }

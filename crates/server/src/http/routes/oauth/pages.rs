@@ -6,9 +6,11 @@ use askama::Template;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Scope, ScopeSet};
+use bulkhead_store::placement::registry::{Tenant, TenantStatus};
 
 use crate::http::apidoc::OpDoc;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// The pages' Content-Security-Policy.
 pub(crate) const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; \
@@ -141,25 +143,41 @@ fn scope_words(name: &str) -> String {
             format!("Call the tool “{tool}”")
         };
     }
-    let words = match Scope::parse(name) {
-        Ok(Scope::SessionsRead) => "Read agent sessions",
-        Ok(Scope::SessionsWrite) => "Create, change and delete agent sessions",
-        Ok(Scope::KeysManage) => "Create, rotate and revoke API keys, and end sign-in sessions",
-        Ok(Scope::WebhooksManage) => "Manage webhook endpoints and messages",
-        Ok(Scope::AuditRead) => "Read the audit log",
-        Ok(Scope::ToolsList) => "List the organisation's tools",
-        Ok(Scope::ToolsManage) => "Create, change and disable tools",
-        Ok(Scope::UsersRead) => "See users",
-        Ok(Scope::UsersWrite) => "Create, disable and re-enable users",
-        Ok(Scope::AgentsRead) => "See agents",
-        Ok(Scope::AgentsWrite) => "Create, change and disable agents",
-        Ok(Scope::RolesRead) => "See roles and who holds them",
-        Ok(Scope::RolesManage) => "Create and assign roles",
-        Ok(Scope::BillingRead) => "See usage and quotas",
-        Ok(Scope::BillingManage) => "Manage billing",
-        _ => "A permission this page cannot describe",
+    let words = match (name, Scope::parse(name)) {
+        ("openid", _) => "Know who you are: your user id in this organisation",
+        ("profile", _) => "See your basic profile",
+        ("email", _) => "See your email address",
+        (_, scope) => match scope {
+            Ok(Scope::SessionsRead) => "Read agent sessions",
+            Ok(Scope::SessionsWrite) => "Create, change and delete agent sessions",
+            Ok(Scope::KeysManage) => "Create, rotate and revoke API keys, and end sign-in sessions",
+            Ok(Scope::WebhooksManage) => "Manage webhook endpoints and messages",
+            Ok(Scope::AuditRead) => "Read the audit log",
+            Ok(Scope::ToolsList) => "List the organisation's tools",
+            Ok(Scope::ToolsManage) => "Create, change and disable tools",
+            Ok(Scope::UsersRead) => "See users",
+            Ok(Scope::UsersWrite) => "Create, disable and re-enable users",
+            Ok(Scope::AgentsRead) => "See agents",
+            Ok(Scope::AgentsWrite) => "Create, change and disable agents",
+            Ok(Scope::RolesRead) => "See roles and who holds them",
+            Ok(Scope::RolesManage) => "Create and assign roles",
+            Ok(Scope::BillingRead) => "See usage and quotas",
+            Ok(Scope::BillingManage) => "Manage billing",
+            _ => "A permission this page cannot describe",
+        },
     };
     words.to_owned()
+}
+
+/// The identity scopes (OpenID Connect) as items of the consent page, before the permissions.
+pub(super) fn identity_items(names: &[&str]) -> Vec<ScopeItem> {
+    names
+        .iter()
+        .map(|scope| ScopeItem {
+            words: scope_words(scope),
+            scope: (*scope).to_owned(),
+        })
+        .collect()
 }
 
 pub(super) fn items(scopes: &ScopeSet) -> Vec<ScopeItem> {
@@ -171,4 +189,32 @@ pub(super) fn items(scopes: &ScopeSet) -> Vec<ScopeItem> {
             scope,
         })
         .collect()
+}
+
+/// The tenant of the host, active; else the page to show.
+pub(super) async fn page_tenant(state: &AppState, headers: &HeaderMap) -> Result<Tenant, Response> {
+    let host = crate::http::resolve::request_host(headers);
+    match crate::http::resolve::host_tenant(state, host).await {
+        Ok(Some(tenant)) if tenant.status == TenantStatus::Active => Ok(tenant),
+        Ok(Some(tenant)) => Err(error_page(
+            StatusCode::FORBIDDEN,
+            tenant.slug.as_str(),
+            "This organisation is suspended.",
+        )),
+        Ok(None) => Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "Bulkhead",
+            "Open this page through your organisation's own address.",
+        )),
+        Err(ApiError::Unavailable) => Err(error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Bulkhead",
+            "The service is temporarily unavailable. Try again shortly.",
+        )),
+        Err(_) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            "Bulkhead",
+            "No organisation is served at this address.",
+        )),
+    }
 }

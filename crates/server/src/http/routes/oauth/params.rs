@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use zeroize::Zeroizing;
 
 /// The authorization request's parameters, carried through the pages.
-const REQUEST_PARAMS: [&str; 8] = [
+const REQUEST_PARAMS: [&str; 11] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -15,6 +15,9 @@ const REQUEST_PARAMS: [&str; 8] = [
     "code_challenge",
     "code_challenge_method",
     "resource",
+    "prompt",
+    "max_age",
+    "nonce",
 ];
 /// Most distinct parameters a request or form may carry (the repeated one not counted).
 const MAX_PARAMS: usize = 24;

@@ -1,0 +1,49 @@
+"""authlib as an OpenID Connect relying party: the authorization-code flow with PKCE and
+`openid email`, the ID token validated by authlib's own OpenID Connect support (signature
+against the JWKS, `iss`, `aud`, `exp`, `iat`, `nonce`), and userinfo.
+
+Driven by tests/api/oidc_clients.rs: argv is the authorization, token, JWKS and userinfo
+endpoints (loopback), the client id, the redirect URI and the issuer. Prints the authorization
+URL authlib builds, reads the URL the browser step was sent back to, and prints one JSON line:
+the validated claims and the userinfo answer.
+"""
+
+import json
+import sys
+import warnings
+
+warnings.simplefilter("ignore")  # authlib.jose announces its move to joserfc
+
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.jose import JsonWebKey, jwt
+from authlib.oidc.core import CodeIDToken
+
+authorize_url, token_url, jwks_url, userinfo_url, client_id, redirect_uri, issuer = sys.argv[1:8]
+session = OAuth2Session(
+    client_id,
+    redirect_uri=redirect_uri,
+    scope="openid email sessions:read",
+    code_challenge_method="S256",
+    token_endpoint_auth_method="none",
+)
+session.trust_env = False
+verifier = generate_token(64)
+nonce = generate_token(32)
+url, state = session.create_authorization_url(authorize_url, code_verifier=verifier, nonce=nonce)
+print(url, flush=True)
+callback = sys.stdin.readline().strip()
+token = session.fetch_token(
+    token_url, authorization_response=callback, code_verifier=verifier, state=state
+)
+jwks = JsonWebKey.import_key_set(session.get(jwks_url).json())
+claims = jwt.decode(
+    token["id_token"],
+    jwks,
+    claims_cls=CodeIDToken,
+    claims_options={"iss": {"essential": True, "value": issuer}},
+    claims_params={"nonce": nonce, "client_id": client_id},
+)
+claims.validate()
+info = session.get(userinfo_url).json()
+print(json.dumps({"claims": dict(claims), "userinfo": info, "nonce": nonce}), flush=True)
