@@ -15,6 +15,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/.well-known/openid-configuration"),
     ("GET", "/.well-known/oauth-protected-resource"),
     ("GET", "/.well-known/oauth-protected-resource/{id}"),
     ("GET", "/.well-known/jwks.json"),
@@ -147,7 +148,9 @@ fn every_operation_documents_refusals_and_security() {
                 );
             }
         }
-        if path.starts_with("/v1/") {
+        // OpenID Connect's userinfo is the one credential route outside `/v1`; it has no body.
+        let userinfo = path == "/oauth/userinfo";
+        if path.starts_with("/v1/") || userinfo {
             assert!(
                 security.iter().all(|r| r.get("bearer").is_some()),
                 "{method} {path}: the tenant API needs the bearer credential"
@@ -159,7 +162,7 @@ fn every_operation_documents_refusals_and_security() {
                 );
             }
         }
-        if path.starts_with("/oauth/") {
+        if path.starts_with("/oauth/") && !userinfo {
             let body = &op["requestBody"]["content"];
             assert!(
                 body.get("application/x-www-form-urlencoded").is_some(),
@@ -256,7 +259,7 @@ async fn served_routes_is_what_the_router_serves() {
         ("POST", "/v1/sessions/x/extra"),
         ("GET", "/v1/api-keys/x/y"),
         ("GET", "/oauth/authorize/nope"),
-        ("GET", "/.well-known/openid-configuration"),
+        ("GET", "/.well-known/openid-configuration/nope"),
         ("GET", "/v2/sessions"),
     ] {
         let response = client

@@ -176,8 +176,10 @@ impl Modify for Shared {
         open_flattened_schemas(components);
 
         for (path, item) in doc.paths.paths.iter_mut() {
-            let oauth = path.starts_with("/oauth/");
-            let tenant_api = path.starts_with("/v1/") && path != "/v1/auth/login";
+            // OpenID Connect's userinfo is behind tenant resolution, with problem+json errors.
+            let userinfo = path == crate::http::routes::oauth::oidc::USERINFO_PATH;
+            let oauth = path.starts_with("/oauth/") && !userinfo;
+            let tenant_api = (path.starts_with("/v1/") && path != "/v1/auth/login") || userinfo;
             let ops = [
                 item.get.as_mut(),
                 item.put.as_mut(),
