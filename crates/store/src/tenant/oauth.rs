@@ -482,7 +482,8 @@ pub async fn find_browser_session(
     now: DateTime<Utc>,
 ) -> Result<Option<BrowserSession>, StoreError> {
     let tenant = tx.tenant_id();
-    let row: Option<(Uuid, Option<Uuid>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    type Row = (Uuid, Option<Uuid>, DateTime<Utc>, DateTime<Utc>);
+    let row: Option<Row> = sqlx::query_as(
         "SELECT id, user_id, expires_at, created_at FROM oauth_browser_sessions \
          WHERE tenant_id = $1 AND token_hash = $2 AND expires_at > $3",
     )
