@@ -33,6 +33,9 @@ use crate::http::error::ApiError;
 use crate::http::extract::audit_forbidden;
 use crate::http::state::AppState;
 
+/// OpenID Connect's userinfo: the one credential route outside `/v1` (behind tenant resolution).
+pub const USERINFO_PATH: &str = "/oauth/userinfo";
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAccess {
@@ -337,7 +340,7 @@ impl RouteTable {
                 RouteAccess::SelfAuthenticating => (&mut routers.self_authenticating, endpoint),
                 RouteAccess::Authenticated | RouteAccess::Requires(_) => {
                     // OpenID Connect's userinfo is a credential route at an OAuth path.
-                    let userinfo = spec.path == super::routes::oauth::oidc::USERINFO_PATH;
+                    let userinfo = spec.path == USERINFO_PATH;
                     assert!(
                         spec.path.starts_with("/v1/") || userinfo,
                         "credential-needing route outside /v1: {}",

@@ -20,13 +20,9 @@ use axum::response::Response;
 use bulkhead_core::{Actor, Scope, TenantContext};
 
 use crate::http::authz::RouteAccess;
+use crate::http::needed_scope::NeededScope;
 use crate::http::routes::oauth_resources::OWN_METADATA_PATH;
 use crate::http::state::AppState;
-
-/// The permission a 403 `missing-scope` lacked (its text form), left on the response by
-/// [`crate::http::error::ApiError`] for [`step_up`].
-#[derive(Debug, Clone)]
-pub(crate) struct NeededScope(pub(crate) String);
 
 fn metadata_url(state: &AppState) -> String {
     let issuer = state.config().tokens.issuer.trim_end_matches('/');

@@ -559,7 +559,7 @@ impl IntoResponse for ApiError {
             ApiError::MissingToolScope(name) => Some(format!("tools:call:{name}")),
             _ => None,
         };
-        if let Some(needed) = needed.map(crate::http::challenge::NeededScope) {
+        if let Some(needed) = needed.map(crate::http::needed_scope::NeededScope) {
             response.extensions_mut().insert(needed);
         }
         if let ApiError::Internal(err) = &self {

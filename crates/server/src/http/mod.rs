@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod listener;
+pub(crate) mod needed_scope;
 pub mod operator;
 pub mod quotas;
 pub mod resolve;

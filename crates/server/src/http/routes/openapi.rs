@@ -177,7 +177,7 @@ impl Modify for Shared {
 
         for (path, item) in doc.paths.paths.iter_mut() {
             // OpenID Connect's userinfo is behind tenant resolution, with problem+json errors.
-            let userinfo = path == crate::http::routes::oauth::oidc::USERINFO_PATH;
+            let userinfo = path == crate::http::authz::USERINFO_PATH;
             let oauth = path.starts_with("/oauth/") && !userinfo;
             let tenant_api = (path.starts_with("/v1/") && path != "/v1/auth/login") || userinfo;
             let ops = [

@@ -24,14 +24,13 @@ use utoipa::ToSchema;
 
 use crate::http::apidoc::OpDoc;
 use crate::http::authz::{Confinement, RouteAccess, RouteTable};
-use crate::http::challenge::NeededScope;
 use crate::http::error::ApiError;
 use crate::http::extract::Tenant;
+use crate::http::needed_scope::NeededScope;
 use crate::http::state::AppState;
 use crate::service::oauth::oidc::{self, Identity, CLAIMS_SUPPORTED, IDENTITY_SCOPES, OPENID};
 
-/// The path of `userinfo`; a credential route outside `/v1` (see [`RouteTable`]).
-pub const USERINFO_PATH: &str = "/oauth/userinfo";
+pub use crate::http::authz::USERINFO_PATH;
 
 /// The routes.
 pub fn routes() -> RouteTable {
