@@ -229,6 +229,7 @@ async fn every_route_refuses_a_credential_without_its_permission() {
         "SelfAuthenticating POST /oauth/authorize",
         "SelfAuthenticating POST /oauth/authorize/login",
         "SelfAuthenticating POST /oauth/introspect",
+        "SelfAuthenticating POST /oauth/register",
         "SelfAuthenticating POST /oauth/revoke",
         "SelfAuthenticating POST /oauth/token",
         "SelfAuthenticating POST /v1/auth/login",
