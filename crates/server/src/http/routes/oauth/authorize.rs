@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 
 use askama::Template;
 
-use super::back::Back;
+use super::back::{refusal_page, unavailable, Back, Refusal};
 use super::browser::{
     cookie_hash, cookie_value, csrf_matches, csrf_token, find_session, new_cookie_value,
     set_cookie, SESSION_SECS,
@@ -162,12 +162,6 @@ impl Valid {
 
 /// A signed-in browser's user and when they signed in.
 type SignedIn = (UserId, chrono::DateTime<chrono::Utc>);
-
-/// Why a request is refused: on a page (the redirect URI is not trusted), or back to the client.
-enum Refusal {
-    Page(StatusCode, String, &'static str),
-    Client(Box<Back>),
-}
 
 fn issuer(state: &AppState) -> &str {
     &state.config().tokens.issuer
@@ -346,22 +340,6 @@ async fn check_request(
         identity,
         nonce: nonce.map(str::to_owned),
     })
-}
-
-fn unavailable(tenant: &Tenant) -> Response {
-    error_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        tenant.slug.as_str(),
-        "The service is temporarily unavailable. Try again shortly.",
-    )
-}
-
-fn refusal_page(refusal: Refusal, after_post: bool) -> Response {
-    match refusal {
-        Refusal::Page(status, slug, message) => error_page(status, &slug, message),
-        Refusal::Client(back) if after_post => back.page("The request could not be completed."),
-        Refusal::Client(back) => back.redirect(),
-    }
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::tenant::oauth::OAuthClient;
 
-use super::pages::{page, page_headers, RedirectPage};
+use super::pages::{error_page, page, page_headers, RedirectPage};
 
 /// An answer for the client at its (trusted) redirect URI.
 pub(super) struct Back {
@@ -96,4 +96,29 @@ pub(super) fn url_host(url: &str) -> String {
             })
         })
         .unwrap_or_default()
+}
+
+/// Why an authorization request is refused: on a page (the redirect URI is not trusted), or back
+/// to the client.
+pub(super) enum Refusal {
+    Page(StatusCode, String, &'static str),
+    Client(Box<Back>),
+}
+
+/// The answer to a refusal: the error page, or back to the client (a page after a form POST).
+pub(super) fn refusal_page(refusal: Refusal, after_post: bool) -> Response {
+    match refusal {
+        Refusal::Page(status, slug, message) => error_page(status, &slug, message),
+        Refusal::Client(back) if after_post => back.page("The request could not be completed."),
+        Refusal::Client(back) => back.redirect(),
+    }
+}
+
+/// The page of a store failure.
+pub(super) fn unavailable(tenant: &Tenant) -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        tenant.slug.as_str(),
+        "The service is temporarily unavailable. Try again shortly.",
+    )
 }
