@@ -23,6 +23,7 @@
 
 mod attacks;
 mod neighbour;
+mod oauth;
 mod operations;
 mod operator;
 mod probe;

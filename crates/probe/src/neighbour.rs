@@ -329,6 +329,12 @@ impl Probe {
         if let Some(name) = ids.get("tools") {
             steps.push(a(format!("/v1/tools/{name}")));
         }
+        if let Some(id) = ids.get("oauth-resources") {
+            steps.push(a(format!("/v1/oauth-resources/{id}")));
+        }
+        if let Some(id) = ids.get("oauth-clients") {
+            steps.push(a(format!("/v1/oauth-clients/{id}")));
+        }
         for (method, path) in steps {
             let _ = self.as_a(method, &path, None).await;
         }

@@ -92,6 +92,8 @@ pub(crate) fn fresh_id(kind: &str) -> Option<String> {
         "endpoints" => EndpointId::new().to_string(),
         "messages" => MessageId::new().to_string(),
         "auth-sessions" => AuthSessionId::new().to_string(),
+        "oauth-resources" => OAuthResourceId::new().to_string(),
+        "oauth-clients" => OAuthClientId::new().to_string(),
         "tools" => format!("probe_missing_{:08x}", rand::thread_rng().gen::<u32>()),
         _ => return None,
     })
@@ -113,6 +115,8 @@ pub(crate) fn param_kind(path: &str) -> Option<&'static str> {
         "endpoints" => "endpoints",
         "messages" => "messages",
         "tools" => "tools",
+        "oauth-resources" => "oauth-resources",
+        "oauth-clients" => "oauth-clients",
         _ => return None,
     };
     Some(kind)

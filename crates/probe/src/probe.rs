@@ -40,6 +40,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
     }
     probe.foreign_tokens(&victim, &attacker).await?;
     probe.client_registration().await?;
+    probe.oauth_across_tenants(&victim, &attacker).await?;
     probe.confined_token(&operations).await?;
     probe.hostile_schemas().await?;
     probe.audit_stream_scope(&attacker).await?;
@@ -345,6 +346,7 @@ impl Probe {
             .unwrap_or_default()
             .to_owned();
         v.secrets.push(v.delegated_token.clone());
+        self.set_up_victim_oauth(&mut v, tag, &marker).await?;
         // Snapshots of what B must not be able to change.
         for (kind, path) in [
             ("sessions", format!("/v1/sessions/{session_id}")),

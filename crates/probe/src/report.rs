@@ -125,10 +125,13 @@ pub enum Attack {
     TenantCredentialOnOperator,
     /// Dynamic client registration: in A (off), and B's self-registered client on A's host.
     ClientRegistration,
+    /// The OAuth grants and browser routes with A's resource, client and resource token, from
+    /// B's side.
+    OAuthAcrossTenants,
 }
 
 impl Attack {
-    const ALL: [Attack; 25] = [
+    const ALL: [Attack; 26] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -154,6 +157,7 @@ impl Attack {
         Attack::OperatorKeyOnTenant,
         Attack::TenantCredentialOnOperator,
         Attack::ClientRegistration,
+        Attack::OAuthAcrossTenants,
     ];
 
     pub(crate) fn short(self) -> &'static str {
@@ -183,6 +187,7 @@ impl Attack {
             Attack::OperatorKeyOnTenant => "opk@v1",
             Attack::TenantCredentialOnOperator => "tnt@op",
             Attack::ClientRegistration => "dcr",
+            Attack::OAuthAcrossTenants => "oauthx",
         }
     }
 }

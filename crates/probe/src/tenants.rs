@@ -24,6 +24,9 @@ pub(crate) struct Victim {
     pub(crate) delegated_token: String,
     pub(crate) agent_key: String,
     pub(crate) agent_key_id: String,
+    /// A's protected resource's identifier, and a `client_credentials` token for it.
+    pub(crate) resource_identifier: String,
+    pub(crate) resource_token: String,
     /// The JSON of each resource after setup, to compare at the end.
     pub(crate) snapshots: Vec<(String, Value)>,
     pub(crate) token_policy: Option<Value>,

@@ -363,6 +363,10 @@ pub(crate) enum TokenUse<'a> {
     /// identifier of a protected resource registered in the introspecting client's tenant, the
     /// token must be for that resource (`aud`); without, for Bulkhead's own API.
     Introspection(Option<&'a str>),
+    /// Presented by a caller at this address as the subject token of a token exchange, for the
+    /// protected resource named (its `aud`): as [`TokenUse::Request`], with that audience. The
+    /// caller checks afterwards that the resource is registered in the token's tenant.
+    ResourceSubject(Option<IpAddr>, &'a str),
 }
 
 /// An access token that passed every check, and what it may do.
@@ -402,11 +406,15 @@ pub(crate) async fn authorize_access_token(
     let suspended_ok = matches!(used, TokenUse::EndOwnSession(_));
     let audience = match used {
         TokenUse::Introspection(resource) => resource,
+        TokenUse::ResourceSubject(_, resource) => Some(resource),
         _ => None,
     };
     let (token, tenant) =
         authenticate_access_token_in(state, presented, audience, host_tenant, suspended_ok).await?;
-    if let TokenUse::Request(client_ip) | TokenUse::EndOwnSession(client_ip) = used {
+    if let TokenUse::Request(client_ip)
+    | TokenUse::EndOwnSession(client_ip)
+    | TokenUse::ResourceSubject(client_ip, _) = used
+    {
         // A token minted from an allowlisted key (or derived from one) is bound by its allowlist
         // on every use, exactly like the key.
         if !token.admits_address(client_ip) {
@@ -447,7 +455,10 @@ pub(crate) async fn authorize_access_token(
         )
         .await
         .map_err(|e| resolver_failure(e, Some(tenant.id)))?;
-    if let TokenUse::Request(client_ip) | TokenUse::EndOwnSession(client_ip) = used {
+    if let TokenUse::Request(client_ip)
+    | TokenUse::EndOwnSession(client_ip)
+    | TokenUse::ResourceSubject(client_ip, _) = used
+    {
         // The claim holds the allowlist as it was at mint; the key's allowlist *now* binds too,
         // so narrowing a key binds the tokens already minted from it.
         let admitted = standing

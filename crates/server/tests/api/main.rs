@@ -13,6 +13,7 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod move_safety;
+mod oauth_audiences;
 mod oauth_code;
 mod oauth_grants;
 mod oauth_mcp;

@@ -466,3 +466,60 @@ async fn keys_are_fetched_at_most_once_per_interval_and_kept_while_the_issuer_is
     let unchecked = get_with(&app, &format!("{fresh_base}/read"), Some(&other_token)).await;
     assert_eq!(unchecked.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A resource's token from `client_credentials`, narrowed by token exchange, is accepted by the
+/// layer of that resource with the narrowed scopes and its actor, and refused by another
+/// resource's layer (issue 20: exchange keeps the audience).
+#[tokio::test]
+async fn an_exchanged_resource_token_is_accepted_by_its_resource_only() {
+    use crate::helpers::keys::agent;
+    use crate::helpers::oauth::exchange;
+    use crate::oauth_audiences::for_resource;
+
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let mcp_id = register_resource(&app, &acme, MCP).await;
+    let other_id = register_resource(&app, &acme, OTHER).await;
+    let server = settings(&app, &acme, &mcp_id, &app.url(""))
+        .build()
+        .unwrap();
+    let other = settings(&app, &acme, &other_id, &app.url(""))
+        .resource(OTHER)
+        .build()
+        .unwrap();
+    let (base, other_base) = (serve_resource(&server).await, serve_resource(&other).await);
+
+    let owner = agent(&app, &acme, "owner", &["sessions:read", "sessions:write"]).await;
+    let helper = agent(&app, &acme, "helper", &["sessions:read", "sessions:write"]).await;
+    let subject = granted_token(for_resource(&app, "acme", &owner, MCP, None).await).await;
+    // The client-credentials token itself passes its resource's layer.
+    let direct = get_with(&app, &format!("{base}/write"), Some(&subject)).await;
+    assert_eq!(direct.status(), StatusCode::OK);
+    let narrowed = granted_token(
+        exchange(
+            &app,
+            "acme",
+            &subject,
+            &helper,
+            &[("scope", "sessions:read")],
+        )
+        .await,
+    )
+    .await;
+
+    let passed = get_with(&app, &format!("{base}/read"), Some(&narrowed)).await;
+    assert_eq!(passed.status(), StatusCode::OK);
+    let seen: Value = passed.json().await.unwrap();
+    let sub = crate::helpers::oauth::claims(&subject)["sub"].clone();
+    assert_eq!(seen["subject"], sub);
+    assert_eq!(seen["scopes"], json!(["sessions:read"]));
+    // Narrowed: the scope given up is gone.
+    let short = get_with(&app, &format!("{base}/write"), Some(&narrowed)).await;
+    assert_eq!(short.status(), StatusCode::FORBIDDEN);
+    // Another resource of the same tenant refuses it, and the subject token too.
+    for token in [&narrowed, &subject] {
+        let elsewhere = get_with(&app, &format!("{other_base}/read"), Some(token)).await;
+        assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
+        assert!(challenge(&elsewhere).contains("error=\"invalid_token\""));
+    }
+}

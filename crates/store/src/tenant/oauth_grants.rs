@@ -231,6 +231,24 @@ pub async fn link_session(
     Ok(())
 }
 
+/// Records that `session`'s access tokens are for the protected resource `resource` (RFC 8707
+/// `aud`), without a grant: an agent's session started by `client_credentials` with a
+/// `resource`. Its refreshes keep that audience, and deleting the resource ends it.
+pub async fn set_session_resource(
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+    resource: &str,
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    sqlx::query("UPDATE auth_sessions SET resource = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.uuid())
+        .bind(session.uuid())
+        .bind(resource)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// What a session was started under: its grant (`None`: not an authorization code's session)
 /// and the protected resource its tokens are for (`None`: Bulkhead's own API).
 pub async fn session_link(

@@ -1,11 +1,13 @@
 //! The client-credentials grant (RFC 6749 §4.4): an API key, authenticated by the caller, gets
 //! an access token bounded by its agent's roles, and a refresh token when the tenant's policy
-//! gives agents sessions.
+//! gives agents sessions. With an RFC 8707 `resource` naming a protected resource the tenant
+//! registered, the token is for that resource (`aud`) and holds only scopes it accepts.
 
 use std::net::IpAddr;
 
 use bulkhead_core::{Credential, RequestId, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
+use bulkhead_store::tenant::oauth_resources;
 use bulkhead_store::tenant::tokens::{self, NewAuthSession, PrincipalType};
 use bulkhead_store::{Access, TenantTx};
 use serde_json::json;
@@ -23,6 +25,9 @@ pub struct ClientCredentials<'a> {
     pub tenant: TenantId,
     /// The `scope` parameter, when sent.
     pub scope: Option<&'a str>,
+    /// The `resource` parameter (RFC 8707), when sent: a protected resource registered in the
+    /// key's tenant, or the issuer (Bulkhead's own API, as without it).
+    pub resource: Option<&'a str>,
     /// The caller's address.
     pub client_ip: Option<IpAddr>,
     /// The caller's `User-Agent`, recorded with the session.
@@ -56,6 +61,34 @@ pub async fn issue(
     let Some(held) = held else {
         return refused(tx, key, "principal_inactive", GrantError::InvalidClient).await;
     };
+    // The audience: a registered resource of this tenant (looked up under its row-level
+    // security, so another tenant's identifier is as unknown as one never registered), or
+    // Bulkhead's own API. The token then holds only what the resource accepts.
+    let target = match request.resource {
+        None => None,
+        Some(asked) if super::is_own_api(&issuer.tokens.settings().issuer, asked) => None,
+        Some(asked) if super::is_malformed_resource(asked) => {
+            return refused(tx, key, "invalid_target", unknown_resource()).await;
+        }
+        Some(asked) => match oauth_resources::by_identifier(&mut tx, asked).await? {
+            Some(resource) => Some(resource),
+            None => return refused(tx, key, "invalid_target", unknown_resource()).await,
+        },
+    };
+    let held = match &target {
+        Some(resource) => {
+            let shared = held.intersection(&resource.scope_set());
+            if shared.is_empty() {
+                let err = GrantError::InvalidScope(
+                    "the client holds no scope the resource accepts".into(),
+                );
+                return refused(tx, key, "no_common_scope", err).await;
+            }
+            shared
+        }
+        None => held,
+    };
+    let audience = target.as_ref().map(|r| r.identifier.as_str());
     let scopes = match granted_scopes(request.scope, &held) {
         Ok(scopes) => scopes,
         Err(err) => return refused(tx, key, "invalid_scope", err).await,
@@ -85,35 +118,50 @@ pub async fn issue(
             },
         )
         .await?;
+        // Its refreshes keep the audience; deleting the resource ends the session.
+        if let Some(resource) = audience {
+            bulkhead_store::tenant::oauth_grants::set_session_resource(
+                &mut tx, session.id, resource,
+            )
+            .await?;
+        }
         (Some(session.id), Some(refresh))
     } else {
         (None, None)
     };
     let issued = issuer
         .tokens
-        .issue(&Grant {
-            tenant_id: request.tenant,
-            subject: &subject,
-            human: false,
-            client_id: &client_id,
-            scopes: &scopes,
-            session_id,
-            act: None,
-            resource_prefix: None,
-            not_after: None,
-            delegated_from: Vec::new(),
-            // The key's allowlist binds every token minted from it, and every token derived
-            // from those (refresh, exchange).
-            allowed_networks: vec![key.allowed_ips.clone()],
-            derived_keys: Vec::new(),
-        })
+        .issue_for(
+            &Grant {
+                tenant_id: request.tenant,
+                subject: &subject,
+                human: false,
+                client_id: &client_id,
+                scopes: &scopes,
+                session_id,
+                act: None,
+                resource_prefix: None,
+                not_after: None,
+                delegated_from: Vec::new(),
+                // The key's allowlist binds every token minted from it, and every token derived
+                // from those (refresh, exchange).
+                allowed_networks: vec![key.allowed_ips.clone()],
+                derived_keys: Vec::new(),
+            },
+            audience,
+        )
         .map_err(|_| GrantError::Unavailable)?;
     audit::record(
         &mut tx,
         "auth.token_issue",
         Some(&issued.claims.jti),
         Outcome::Success,
-        json!({ "grant_type": "client_credentials", "scope": issued.claims.scope, "session_id": session_id.map(|s| s.to_string()) }),
+        json!({
+            "grant_type": "client_credentials",
+            "scope": issued.claims.scope,
+            "session_id": session_id.map(|s| s.to_string()),
+            "resource": audience,
+        }),
     )
     .await?;
     tx.commit().await?;
@@ -123,6 +171,11 @@ pub async fn issue(
         scopes,
         session_id,
     })
+}
+
+/// One refusal for a `resource` that is malformed, unknown, or another tenant's.
+fn unknown_resource() -> GrantError {
+    GrantError::InvalidTarget("resource is not a protected resource of this organisation".into())
 }
 
 /// A refused grant: its `auth.token_issue` failure event is committed before `err` is answered.

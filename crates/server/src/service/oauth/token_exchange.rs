@@ -18,11 +18,18 @@
 //! revoking any of those keys, or narrowing its allowlist, binds it as well. Subject, actor and host must be one
 //! tenant. Anything that would widen authority is refused (`invalid_scope`, `invalid_target`)
 //! and audited.
+//!
+//! # Audiences (RFC 8707)
+//! The new token is for the subject token's audience, never another: a protected resource's
+//! token exchanges into a token for that same resource (its scopes already cut to what the
+//! resource accepts now), Bulkhead's own API's into one for the API. A `resource` (or an
+//! `audience` that names no actor) that names anything else is `invalid_target`, audited.
 
 use bulkhead_auth::ActClaim;
 use bulkhead_core::{ApiKeyId, Namespace, ScopeSet, TenantContext, TenantId};
 use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::Access;
+use bulkhead_store::tenant::oauth_resources::{self, OAuthResource};
+use bulkhead_store::{Access, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -59,6 +66,68 @@ pub struct Exchange<'a> {
     pub resource_prefix: Option<&'a str>,
     /// The longest `act` chain allowed.
     pub max_delegation_depth: usize,
+    /// The identifier of the protected resource the subject token is for (its `aud`, found
+    /// registered in `tenant`); `None`: Bulkhead's own API.
+    pub subject_resource: Option<&'a str>,
+    /// The `resource` parameter (RFC 8707), when sent.
+    pub resource: Option<&'a str>,
+    /// The `audience` parameter, when sent (an actor's name, or the subject's resource).
+    pub audience: Option<&'a str>,
+}
+
+/// The protected resource of `tenant` whose identifier is exactly `identifier` (a verified
+/// subject token's `aud`); `None` when the tenant has none such (never registered, or deleted).
+pub async fn registered_resource(
+    issuer: Issuer<'_>,
+    tenant: TenantId,
+    identifier: &str,
+) -> Result<Option<OAuthResource>, StoreError> {
+    let ctx = TenantContext::for_system(tenant, "oauth");
+    let mut tx = issuer.store.begin(&ctx, Access::ReadOnly).await?;
+    let found = oauth_resources::by_identifier(&mut tx, identifier).await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// The exchange keeps the subject token's audience: see the module doc. `issuer` is the
+/// deployment's issuer and `own_audience` `--token-audience`, the names of Bulkhead's own API.
+fn keeps_audience(
+    request: &Exchange<'_>,
+    issuer: &str,
+    own_audience: &str,
+) -> Result<(), (GrantError, &'static str)> {
+    let changes = || {
+        Err((
+            GrantError::InvalidTarget(
+                "a token exchange keeps the subject token's audience; it cannot name another"
+                    .into(),
+            ),
+            "audience_change",
+        ))
+    };
+    let names_own_api = |name: &str| name == own_audience || super::is_own_api(issuer, name);
+    match request.subject_resource {
+        Some(identifier) => {
+            if request.resource.is_some_and(|asked| asked != identifier) {
+                return changes();
+            }
+            // `audience` may confirm the resource or, when no credential names the actor, be the
+            // actor's name; anything else names a target.
+            if let Some(asked) = request.audience {
+                let names_actor =
+                    request.actor.client_id.is_none() && request.actor.principal == asked;
+                if asked != identifier && (!names_actor || names_own_api(asked)) {
+                    return changes();
+                }
+            }
+        }
+        None => {
+            if request.resource.is_some_and(|asked| !names_own_api(asked)) {
+                return changes();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a delegation would grant, or the refusal (with the reason to audit).
@@ -229,7 +298,10 @@ pub async fn exchange(
     let (subject, actor, tenant) = (request.subject, request.actor, request.tenant);
     let ctx = TenantContext::for_system(tenant, "oauth");
     let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
-    let narrowed = match narrow(request) {
+    let settings = issuer.tokens.settings();
+    let checked = keeps_audience(request, &settings.issuer, &settings.audience)
+        .and_then(|()| narrow(request));
+    let narrowed = match checked {
         Ok(narrowed) => narrowed,
         Err((err, reason)) => {
             audit::record(
@@ -237,7 +309,12 @@ pub async fn exchange(
                 "auth.token_exchange",
                 Some(&subject.claims.jti),
                 Outcome::Blocked,
-                json!({ "reason": reason, "subject": subject.claims.sub, "actor": actor.principal }),
+                json!({
+                    "reason": reason,
+                    "subject": subject.claims.sub,
+                    "actor": actor.principal,
+                    "resource": request.subject_resource,
+                }),
             )
             .await?;
             tx.commit().await?;
@@ -260,20 +337,23 @@ pub async fn exchange(
     let derived_keys = derived_keys(subject, actor.token.as_ref(), &client_id);
     let issued = issuer
         .tokens
-        .issue(&Grant {
-            tenant_id: tenant,
-            subject: &subject.claims.sub,
-            human: subject.claims.sub_type == "user",
-            client_id: &client_id,
-            scopes: &narrowed.scopes,
-            session_id: subject.session_id,
-            act: Some(narrowed.act.clone()),
-            resource_prefix: narrowed.prefix.as_ref().map(|p| p.to_string()),
-            not_after: Some(narrowed.not_after),
-            delegated_from: narrowed.delegated_from,
-            allowed_networks: narrowed.networks,
-            derived_keys,
-        })
+        .issue_for(
+            &Grant {
+                tenant_id: tenant,
+                subject: &subject.claims.sub,
+                human: subject.claims.sub_type == "user",
+                client_id: &client_id,
+                scopes: &narrowed.scopes,
+                session_id: subject.session_id,
+                act: Some(narrowed.act.clone()),
+                resource_prefix: narrowed.prefix.as_ref().map(|p| p.to_string()),
+                not_after: Some(narrowed.not_after),
+                delegated_from: narrowed.delegated_from,
+                allowed_networks: narrowed.networks,
+                derived_keys,
+            },
+            request.subject_resource,
+        )
         .map_err(|_| GrantError::Unavailable)?;
     // The event's `delegation` is the new token's whole chain, as every event of its use will be.
     let jti = issued.claims.jti.clone();
@@ -289,6 +369,7 @@ pub async fn exchange(
                 "scope": issued.claims.scope,
                 "resource_prefix": issued.claims.resource_prefix,
                 "derived_from": issued.claims.delegated_from,
+                "resource": request.subject_resource,
             }),
             ..audit::NewEvent::new("auth.token_exchange", Outcome::Success)
         },

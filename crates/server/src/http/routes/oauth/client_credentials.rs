@@ -25,6 +25,7 @@ pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OA
         key: &key,
         tenant: tenant.id,
         scope: form.get("scope"),
+        resource: form.get("resource"),
         client_ip,
         user_agent: headers
             .get(header::USER_AGENT)

@@ -9,7 +9,14 @@
 //! - else the authenticated client (HTTP Basic or body credentials: the sub-agent's API key);
 //! - else `audience`: the principal name of a sub-agent that holds no credential here; then only
 //!   the subject's authority bounds the token (it can only shrink, never be pooled with anyone
-//!   else's).
+//!   else's). For a protected resource's subject token, an `audience` equal to the resource's
+//!   identifier only confirms the audience and names no actor.
+//!
+//! # A protected resource's token as subject (RFC 8707)
+//! A subject token whose `aud` is not Bulkhead's own API is verified for that audience, which
+//! must be a protected resource registered in the token's tenant now (else `invalid_grant`,
+//! as for any unusable subject token); its scopes are cut to the resource's current ones. The
+//! exchanged token is for the same resource: the service refuses any other target.
 
 use std::net::IpAddr;
 
@@ -61,16 +68,15 @@ async fn authorize_token(
     text: &str,
     tenant: Option<Tenant>,
     client_ip: Option<IpAddr>,
+    resource: Option<&str>,
     what: &'static str,
 ) -> Result<(VerifiedToken, ScopeSet, Tenant), OAuthError> {
-    match crate::http::resolve::authorize_access_token(
-        state,
-        text,
-        tenant,
-        crate::http::resolve::TokenUse::Request(client_ip),
-        RequestId::new(),
-    )
-    .await
+    let used = match resource {
+        Some(resource) => crate::http::resolve::TokenUse::ResourceSubject(client_ip, resource),
+        None => crate::http::resolve::TokenUse::Request(client_ip),
+    };
+    match crate::http::resolve::authorize_access_token(state, text, tenant, used, RequestId::new())
+        .await
     {
         Ok(standing) => {
             let scopes = standing.ctx.actor().scopes().cloned().unwrap_or_default();
@@ -103,6 +109,7 @@ async fn key_scopes(
 async fn delegate(
     state: &AppState,
     form: &Form,
+    audience: Option<&str>,
     auth: Option<ClientAuth>,
     tenant: &Tenant,
     client_ip: Option<IpAddr>,
@@ -120,6 +127,7 @@ async fn delegate(
                     actor_token,
                     Some(tenant.clone()),
                     client_ip,
+                    None,
                     "actor token",
                 )
                 .await?;
@@ -167,7 +175,7 @@ async fn delegate(
             networks: vec![key.allowed_ips],
         });
     }
-    match form.get("audience") {
+    match audience {
         Some(audience) if valid_principal(audience) => Ok(Delegate {
             principal: audience.to_owned(),
             client_id: None,
@@ -208,10 +216,42 @@ pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OA
     }
     // The subject delegates its effective authority (its roles bound it), not its token's text;
     // its tenant agrees with the host's and is active.
-    let (mut subject, scopes, tenant) =
-        authorize_token(state, subject_text, host, client_ip, "subject token").await?;
-    subject.scopes = scopes;
-    let actor = delegate(state, form, auth, &tenant, client_ip).await?;
+    // A token for a protected resource is judged for that resource: the claim read here only
+    // picks the expectation, the verifier checks it.
+    let claimed_aud = bulkhead_auth::token::unverified_claims(subject_text)
+        .and_then(|claims| claims.get("aud")?.as_str().map(str::to_owned))
+        .filter(|aud| *aud != state.config().tokens.audience);
+    let (mut subject, scopes, tenant) = authorize_token(
+        state,
+        subject_text,
+        host,
+        client_ip,
+        claimed_aud.as_deref(),
+        "subject token",
+    )
+    .await?;
+    let subject_resource =
+        match &claimed_aud {
+            None => None,
+            Some(aud) => {
+                match token_exchange::registered_resource(issuer(state), tenant.id, aud).await {
+                    Ok(Some(resource)) => Some(resource),
+                    Ok(None) => return Err(OAuthError::invalid_grant(
+                        "the subject token is invalid, expired or revoked, or not of this tenant",
+                    )),
+                    Err(_) => return Err(OAuthError::unavailable()),
+                }
+            }
+        };
+    // A resource's token may pass on no more than the resource accepts now.
+    subject.scopes = match &subject_resource {
+        Some(resource) => scopes.intersection(&resource.scope_set()),
+        None => scopes,
+    };
+    let identifier = subject_resource.as_ref().map(|r| r.identifier.as_str());
+    // An `audience` that repeats the resource's identifier confirms the audience: no actor name.
+    let actor_name = form.get("audience").filter(|a| Some(*a) != identifier);
+    let actor = delegate(state, form, actor_name, auth, &tenant, client_ip).await?;
     let request = Exchange {
         subject: &subject,
         actor: &actor,
@@ -219,6 +259,9 @@ pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OA
         scope: form.get("scope"),
         resource_prefix: form.get("resource_prefix"),
         max_delegation_depth: state.config().tokens.max_delegation_depth,
+        subject_resource: identifier,
+        resource: form.get("resource"),
+        audience: form.get("audience"),
     };
     let issued = token_exchange::exchange(issuer(state), &request).await?;
     Ok(TokenResponse::new(issued, Some(ACCESS_TOKEN_TYPE)))
