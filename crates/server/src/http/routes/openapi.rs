@@ -322,8 +322,14 @@ pub struct TokenRequest {
     pub actor_token_type: Option<String>,
     /// For token exchange: only access tokens are issued.
     pub requested_token_type: Option<String>,
-    /// For token exchange: the intended audience.
+    /// For token exchange: the actor's principal name when no credential names it; or, for a
+    /// protected resource's subject token, that resource's identifier (any other is
+    /// `invalid_target`).
     pub audience: Option<String>,
+    /// RFC 8707: the protected resource the token is for (a registered identifier; the issuer
+    /// names Bulkhead's own API). `client_credentials`: the token's `aud`. Refresh and token
+    /// exchange keep the audience: only the same one may be named.
+    pub resource: Option<String>,
     /// For token exchange: a namespace the new token is confined to.
     pub resource_prefix: Option<String>,
 }
