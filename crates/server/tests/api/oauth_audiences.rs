@@ -331,6 +331,40 @@ async fn a_resource_token_exchanges_only_into_a_narrower_token_for_the_same_reso
     .await;
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(introspect(&app, &acme, &narrowed).await["active"], false);
+
+    // A deleted resource's token can no longer be exchanged (audited).
+    let fresh = granted_token(for_resource(&app, "acme", &owner, MCP, None).await).await;
+    let listed: Value = call_as(&app, &acme, Method::GET, "/v1/oauth-resources", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["identifier"] == MCP)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/oauth-resources/{id}");
+    assert!(call_as(&app, &acme, Method::DELETE, &path, None)
+        .await
+        .status()
+        .is_success());
+    let (status, err) = error_of(exchange(&app, "acme", &fresh, &helper, &[]).await).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let blocked = audit_events(&app, &acme, "auth.token_exchange").await;
+    assert!(
+        blocked
+            .iter()
+            .any(|e| e["metadata"]["reason"] == "resource_gone"),
+        "{blocked:?}"
+    );
 }
 
 #[tokio::test]

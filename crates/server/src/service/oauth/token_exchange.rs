@@ -75,16 +75,27 @@ pub struct Exchange<'a> {
     pub audience: Option<&'a str>,
 }
 
-/// The protected resource of `tenant` whose identifier is exactly `identifier` (a verified
-/// subject token's `aud`); `None` when the tenant has none such (never registered, or deleted).
-pub async fn registered_resource(
+/// The protected resource of `tenant` whose identifier is exactly the verified `subject`
+/// token's `aud`; `None` when the tenant has none such (deleted since), a refusal audited as
+/// `auth.token_exchange` (`blocked`, reason `resource_gone`).
+pub async fn subject_resource(
     issuer: Issuer<'_>,
     tenant: TenantId,
-    identifier: &str,
+    subject: &VerifiedToken,
 ) -> Result<Option<OAuthResource>, StoreError> {
     let ctx = TenantContext::for_system(tenant, "oauth");
-    let mut tx = issuer.store.begin(&ctx, Access::ReadOnly).await?;
-    let found = oauth_resources::by_identifier(&mut tx, identifier).await?;
+    let mut tx = issuer.store.begin(&ctx, Access::ReadWrite).await?;
+    let found = oauth_resources::by_identifier(&mut tx, &subject.claims.aud).await?;
+    if found.is_none() {
+        audit::record(
+            &mut tx,
+            "auth.token_exchange",
+            Some(&subject.claims.jti),
+            Outcome::Blocked,
+            json!({ "reason": "resource_gone", "subject": subject.claims.sub }),
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(found)
 }

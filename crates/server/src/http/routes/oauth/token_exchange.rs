@@ -230,19 +230,20 @@ pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OA
         "subject token",
     )
     .await?;
-    let subject_resource =
-        match &claimed_aud {
-            None => None,
-            Some(aud) => {
-                match token_exchange::registered_resource(issuer(state), tenant.id, aud).await {
-                    Ok(Some(resource)) => Some(resource),
-                    Ok(None) => return Err(OAuthError::invalid_grant(
-                        "the subject token is invalid, expired or revoked, or not of this tenant",
-                    )),
-                    Err(_) => return Err(OAuthError::unavailable()),
-                }
+    // The verified `aud` must still be a resource of the token's tenant.
+    let subject_resource = match claimed_aud {
+        None => None,
+        Some(_) => match token_exchange::subject_resource(issuer(state), tenant.id, &subject).await
+        {
+            Ok(Some(resource)) => Some(resource),
+            Ok(None) => {
+                return Err(OAuthError::invalid_grant(
+                    "the subject token is invalid, expired or revoked, or not of this tenant",
+                ))
             }
-        };
+            Err(_) => return Err(OAuthError::unavailable()),
+        },
+    };
     // A resource's token may pass on no more than the resource accepts now.
     subject.scopes = match &subject_resource {
         Some(resource) => scopes.intersection(&resource.scope_set()),
