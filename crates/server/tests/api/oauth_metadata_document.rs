@@ -126,7 +126,7 @@ async fn a_client_named_by_its_metadata_document_completes_the_code_flow() {
     assert_eq!(metadata["client_id_metadata_document_supported"], true);
 
     let redirect = "http://127.0.0.1:49200/callback";
-    let authorize = authorize_path(&url, redirect, "sessions:read", &[]);
+    let authorize = authorize_path(&url, redirect, "openid sessions:read", &[]);
     // Off by default: an error page, nothing fetched.
     let off = Browser::new(app, "acme").get(&authorize).await;
     assert_eq!(off.status(), StatusCode::BAD_REQUEST);
@@ -167,7 +167,12 @@ async fn a_client_named_by_its_metadata_document_completes_the_code_flow() {
     .await;
     assert_eq!(tokens.status(), StatusCode::OK);
     let tokens: Value = tokens.json().await.unwrap();
-    assert_eq!(tokens["scope"], "sessions:read");
+    let scope = tokens["scope"].as_str().unwrap();
+    assert!(scope.split(' ').any(|s| s == "sessions:read"), "{scope}");
+    // The ID token is for the client_id the client knows: its document's URL, not the row's id.
+    let id_token = crate::helpers::oauth::claims(tokens["id_token"].as_str().expect("an ID token"));
+    assert_eq!(id_token["aud"], url.as_str());
+    assert_eq!(id_token["azp"], url.as_str());
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let refreshed = token(
         app,

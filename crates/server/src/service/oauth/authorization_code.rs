@@ -459,10 +459,14 @@ pub async fn exchange(
     .await?;
     let id_token = if identity.openid() {
         let user = users::get(&mut tx, code.user_id).await?;
+        // The ID token's audience is the client_id the client itself knows: for a client
+        // identified by its metadata document that is the document's URL, not the row's id
+        // (OIDC Core §2; its library compares `aud` with the URL it sent).
+        let audience_client = request.client.metadata_url.as_deref().unwrap_or(&client_id);
         let of = IdTokenFor {
             tenant,
             user: &user,
-            client_id: &client_id,
+            client_id: audience_client,
             identity: &identity,
             nonce: code.oidc.nonce.as_deref(),
             auth_time: code.oidc.auth_time.unwrap_or(now).timestamp(),
