@@ -83,6 +83,37 @@ impl std::fmt::Debug for DatabaseArgs {
     }
 }
 
+/// How every command writes its logs (on stderr).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `auto`: human-readable when stderr is a terminal, JSON otherwise; `pretty`; `json`.
+    #[arg(long, global = true, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Whether logs are human-readable: `auto` is exactly when stderr is a terminal (a person
+    /// reads it), so a log collector, a pipe or a file always gets JSON.
+    pub fn is_pretty(self, stderr_is_terminal: bool) -> bool {
+        match self {
+            LogFormat::Auto => stderr_is_terminal,
+            LogFormat::Pretty => true,
+            LogFormat::Json => false,
+        }
+    }
+}
+
 /// `bulkhead serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {

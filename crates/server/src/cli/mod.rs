@@ -5,6 +5,7 @@ mod keys;
 mod lookup;
 mod operator;
 mod quota;
+mod remote;
 mod serve;
 mod signing_key;
 mod tenant;
@@ -30,6 +31,8 @@ use crate::service::worker::Worker;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: crate::config::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,7 +133,11 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::http::telemetry::init_logging();
+    crate::http::telemetry::init_logging_as(
+        cli.log
+            .log_format
+            .is_pretty(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,6 +262,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::LogFormat;
+
+    #[test]
+    fn logs_are_pretty_on_a_terminal_and_json_elsewhere_unless_told() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            super::Cli::try_parse_from(args)
+                .expect("parses")
+                .log
+                .log_format
+        };
+        // The default decides by the terminal.
+        let auto = parse(&["bulkhead", "tenant", "list"]);
+        assert_eq!(auto, LogFormat::Auto);
+        assert!(auto.is_pretty(true));
+        assert!(!auto.is_pretty(false));
+        // The flag wins either way, before or after the subcommand.
+        let json = parse(&["bulkhead", "serve", "--log-format", "json"]);
+        assert!(!json.is_pretty(true));
+        let pretty = parse(&["bulkhead", "--log-format", "pretty", "tenant", "list"]);
+        assert!(pretty.is_pretty(false));
+        assert!(super::Cli::try_parse_from(["bulkhead", "--log-format", "xml", "serve"]).is_err());
+    }
+
     #[test]
     fn every_command_line_is_well_formed() {
         // clap checks flag clashes (two arguments claiming one --name) only when a command is

@@ -153,6 +153,7 @@ async fn serve_with(
     for endpoint in &operators.endpoints {
         tracing::info!(%endpoint, "the operator API is served");
     }
+    eprint!("{}", banner(args, address, &operators.endpoints));
     let mut stopped_for_server = stopped;
     let shutdown = async move {
         tokio::select! {
@@ -179,6 +180,53 @@ async fn serve_with(
     store.close().await;
     tracing::info!("bulkhead stopped");
     Ok(())
+}
+
+/// The start banner: where everything is and what to do next. On stderr, beside the logs, so
+/// that stdout stays the commands' data and a redirected `serve` still shows it.
+fn banner(args: &ServeArgs, address: std::net::SocketAddr, operator: &[String]) -> String {
+    use std::fmt::Write;
+    let port = address.port();
+    let mut text = String::from("\nBulkhead is serving.\n");
+    let _ = writeln!(
+        text,
+        "  API        http://{address}  (tenant acme: http://acme.{}:{port})",
+        args.base_domain
+    );
+    let _ = writeln!(text, "  OpenAPI    http://{address}/openapi.json");
+    if operator.is_empty() {
+        let _ = writeln!(text, "  Operator   off (--operator-listen)");
+    }
+    for endpoint in operator {
+        let _ = writeln!(text, "  Operator   {endpoint}  (docs/operator-api.md)");
+    }
+    let default_socket = format!(
+        "unix:{}",
+        args.database
+            .data_dir
+            .join(crate::config::operator::OPERATOR_SOCKET)
+            .display()
+    );
+    // `tenant create` finds the server through the data directory's socket (embedded), or
+    // opens the same DATABASE_URL.
+    if args.database.database_url.is_some() || operator.contains(&default_socket) {
+        let data_dir = if args.database.data_dir == std::path::Path::new(".bulkhead") {
+            String::new()
+        } else {
+            format!(" --data-dir {}", args.database.data_dir.display())
+        };
+        let _ = writeln!(
+            text,
+            "Next, in another terminal: bulkhead tenant create{data_dir} --slug acme --name \"Acme Corp\""
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "Next: create a tenant through the operator API (docs/operator-api.md)"
+        );
+    }
+    text.push('\n');
+    text
 }
 
 /// The webhook dispatcher with the production resolver and the operator's egress policy.

@@ -5,10 +5,11 @@ use bulkhead_auth::KeyEnvironment;
 use bulkhead_store::lifecycle::moves::{MoveOptions, MoveProgress, MoveStep};
 use bulkhead_store::placement::registry::TenantStatus;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::lookup::{find_tenant, operator_ctx, with_owner};
 use super::quota::QuotaCommand;
+use super::remote;
 use crate::config::{parse_environment, DatabaseArgs};
 use crate::service::audit_line::AuditLine;
 use crate::service::database::{load_master_key, load_peppers, Database};
@@ -44,6 +45,22 @@ pub(super) enum TenantCommand {
     },
     /// List tenants as JSON.
     List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Show one tenant (by slug or id) as JSON.
+    Show {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Change a tenant's plan (free, standard or enterprise); prints the tenant as JSON.
+    Plan {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// free, standard or enterprise.
+        plan: String,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -142,6 +159,28 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
             key_environment,
             database,
         } => {
+            if let Some(server) = remote::running(&database).await? {
+                // The running server onboards it, with its own key environment (a key of the
+                // other one would be refused by that server anyway).
+                if tier == "dedicated" || dedicated.tenant_database_url.is_some() {
+                    anyhow::bail!(
+                        "a dedicated tenant is onboarded with direct owner access to the \
+                         database, which the running server holds: stop it and run this again"
+                    );
+                }
+                let created = server
+                    .call(
+                        http::Method::POST,
+                        "/operator/v1/tenants",
+                        Some(json!({
+                            "slug": slug, "name": name, "plan": plan,
+                            "region": region, "tier": tier,
+                        })),
+                    )
+                    .await
+                    .context("cannot create the tenant")?;
+                return print_created(&created);
+            }
             let peppers = load_peppers(&database)?;
             let master = load_master_key(&database).ok();
             let request = TenantRequest {
@@ -169,24 +208,78 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                     }
                     other => anyhow::anyhow!("{other}"),
                 })?;
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "tenant": onboarded.tenant,
-                        "admin_api_key_id": onboarded.admin_key_id,
-                        "admin_api_key": onboarded.admin_key.expose_secret(),
-                    }))?
-                );
-                eprintln!("Store admin_api_key now: it is not stored and will not be shown again.");
-                Ok(())
+                print_created(&json!({
+                    "tenant": onboarded.tenant,
+                    "admin_api_key_id": onboarded.admin_key_id,
+                    "admin_api_key": onboarded.admin_key.expose_secret(),
+                }))
             })
             .await
         }
         TenantCommand::List { database } => {
+            if let Some(server) = remote::running(&database).await? {
+                let mut tenants = Vec::new();
+                let mut cursor: Option<String> = None;
+                loop {
+                    let path = match &cursor {
+                        Some(after) => format!("/operator/v1/tenants?limit=200&cursor={after}"),
+                        None => "/operator/v1/tenants?limit=200".to_owned(),
+                    };
+                    let page = server.call(http::Method::GET, &path, None).await?;
+                    if let Some(data) = page["data"].as_array() {
+                        tenants.extend(data.iter().cloned());
+                    }
+                    match page["next_cursor"].as_str() {
+                        Some(next) => cursor = Some(remote::segment(next)?.to_owned()),
+                        None => break,
+                    }
+                }
+                return print_json(&Value::Array(tenants));
+            }
             with_owner(&database, |owner| async move {
-                let tenants = owner.list_tenants().await?;
-                println!("{}", serde_json::to_string_pretty(&tenants)?);
-                Ok(())
+                let mut tenants = owner.list_tenants().await?;
+                // The operator API's order: by id (time-ordered).
+                tenants.sort_by_key(|t| t.id.to_string());
+                print_json(&serde_json::to_value(&tenants)?)
+            })
+            .await
+        }
+        TenantCommand::Show { tenant, database } => {
+            if let Some(server) = remote::running(&database).await? {
+                let path = format!("/operator/v1/tenants/{}", remote::segment(&tenant)?);
+                let found = server
+                    .call(http::Method::GET, &path, None)
+                    .await
+                    .map_err(|e| not_found_as_cli(e, &tenant))?;
+                return print_json(&found);
+            }
+            with_owner(&database, |owner| async move {
+                let found = find_tenant(&owner, &tenant).await?;
+                print_json(&serde_json::to_value(&found)?)
+            })
+            .await
+        }
+        TenantCommand::Plan {
+            tenant,
+            plan,
+            database,
+        } => {
+            if let Some(server) = remote::running(&database).await? {
+                let path = format!("/operator/v1/tenants/{}", remote::segment(&tenant)?);
+                let updated = server
+                    .call(http::Method::PATCH, &path, Some(json!({ "plan": plan })))
+                    .await
+                    .map_err(|e| not_found_as_cli(e, &tenant))?;
+                return print_json(&updated);
+            }
+            let plan = tenants::parse_plan(&plan).map_err(|e| anyhow::anyhow!("{e}"))?;
+            with_owner(&database, |owner| async move {
+                let found = find_tenant(&owner, &tenant).await?;
+                let operator = crate::config::environment::operator_account();
+                let updated = tenants::set_plan(&owner, found.id, plan, &operator)
+                    .await
+                    .with_context(|| format!("changing the plan of tenant `{tenant}` failed"))?;
+                print_json(&serde_json::to_value(&updated)?)
             })
             .await
         }
@@ -309,7 +402,7 @@ pub(super) async fn migrate_everything(
     bar.finish_and_clear();
     owner.close().await;
     let mut failed = 0;
-    let report: Vec<serde_json::Value> = outcomes
+    let report: Vec<Value> = outcomes
         .iter()
         .map(|o| match &o.result {
             Ok(applied) => json!({ "target": o.label, "applied": applied, "ms": o.elapsed.as_millis() }),
@@ -329,11 +422,49 @@ pub(super) async fn migrate_everything(
     Ok(())
 }
 
+/// Prints a new tenant and its admin key, the same JSON whether the running server or this
+/// process onboarded it.
+fn print_created(created: &Value) -> anyhow::Result<()> {
+    print_json(created)?;
+    eprintln!("Store admin_api_key now: it is not stored and will not be shown again.");
+    Ok(())
+}
+
+/// Every tenant command prints a JSON value, so both modes print the same text.
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// The server's 404 said as the command says it in direct mode.
+fn not_found_as_cli(err: anyhow::Error, tenant: &str) -> anyhow::Error {
+    match err.downcast_ref::<remote::Refused>() {
+        Some(refused) if refused.status == 404 => anyhow::anyhow!("no tenant `{tenant}`"),
+        _ => err,
+    }
+}
+
 async fn set_status(
     database: &DatabaseArgs,
     tenant: &str,
     status: TenantStatus,
 ) -> anyhow::Result<()> {
+    if let Some(server) = remote::running(database).await? {
+        let verb = if status == TenantStatus::Active {
+            "activate"
+        } else {
+            "suspend"
+        };
+        let path = format!(
+            "/operator/v1/tenants/{}/{verb}",
+            remote::segment(tenant)?
+        );
+        let updated = server
+            .call(http::Method::POST, &path, None)
+            .await
+            .map_err(|e| not_found_as_cli(e, tenant))?;
+        return print_json(&updated);
+    }
     let tenant = tenant.to_owned();
     with_owner(database, |owner| async move {
         let found = find_tenant(&owner, &tenant).await?;
@@ -351,8 +482,7 @@ async fn set_status(
                     "changing the status of tenant `{tenant}` failed; nothing reported as done"
                 )),
             })?;
-        println!("{}", serde_json::to_string_pretty(&updated)?);
-        Ok(())
+        print_json(&serde_json::to_value(&updated)?)
     })
     .await
 }

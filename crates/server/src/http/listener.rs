@@ -196,6 +196,20 @@ pub trait Incoming: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// The next connection and the address it is counted under.
     fn accept_next(&self) -> impl Future<Output = std::io::Result<(Self::Io, SocketAddr)>> + Send;
+    /// The operating-system account of the process at the other end, where the transport
+    /// knows it (a Unix socket's peer credentials); `None` for TCP.
+    fn peer_account(_io: &Self::Io) -> Option<PeerAccount> {
+        None
+    }
+}
+
+/// The account of a local peer (`SO_PEERCRED`), put into each request's extensions: the
+/// operator API treats a socket peer running as the server's own account as the owner
+/// (docs/operator-api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAccount {
+    /// The peer's user id.
+    pub uid: u32,
 }
 
 impl Incoming for TcpListener {
@@ -214,6 +228,9 @@ impl Incoming for tokio::net::UnixListener {
     async fn accept_next(&self) -> std::io::Result<(tokio::net::UnixStream, SocketAddr)> {
         let (stream, _) = self.accept().await?;
         Ok((stream, LOCAL_PEER))
+    }
+    fn peer_account(io: &Self::Io) -> Option<PeerAccount> {
+        io.peer_cred().ok().map(|cred| PeerAccount { uid: cred.uid() })
     }
 }
 
@@ -377,9 +394,10 @@ pub async fn serve<L: Incoming>(
         };
         let unproven = Arc::new(Unproven::default());
         evictable.push(&unproven, settings.max_connections);
+        let account = L::peer_account(&stream);
         tokio::spawn(serve_connection(
             stream,
-            peer,
+            (peer, account),
             slot,
             unproven,
             router.clone(),
@@ -398,7 +416,7 @@ pub async fn serve<L: Incoming>(
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
-    peer: SocketAddr,
+    (peer, account): (SocketAddr, Option<PeerAccount>),
     slot: Slot,
     unproven: Arc<Unproven>,
     router: Router,
@@ -418,6 +436,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let service = tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         seen.first_request.store(true, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(account) = account {
+            request.extensions_mut().insert(account);
+        }
         let router = router.clone();
         async move {
             Ok::<_, Infallible>(

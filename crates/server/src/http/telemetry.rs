@@ -16,7 +16,20 @@ use crate::http::error::InternalErrorReport;
 /// JSON logs on stderr with the current span's fields (request_id, tenant_id). `RUST_LOG`
 /// filters; default `info`. Safe to call more than once (later calls do nothing).
 pub fn init_logging() {
+    init_logging_as(false);
+}
+
+/// Logs on stderr: human-readable lines (with the span's fields) when `pretty`, else JSON as
+/// [`init_logging`].
+pub fn init_logging_as(pretty: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if pretty {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -465,6 +465,16 @@ async fn authenticate(
     let presented = crate::http::resolve::bearer_token(request.headers()).map(str::to_owned);
     let now = state.app.clock().now();
     let verified = match presented {
+        // No header at all, on the Unix socket, from the server's own account: the owner (the
+        // socket is 0600 and that account reads the data directory's keys anyway).
+        None if !request.headers().contains_key(http::header::AUTHORIZATION)
+            && request
+                .extensions()
+                .get::<crate::http::listener::PeerAccount>()
+                .is_some_and(|peer| peer.uid == rustix::process::geteuid().as_raw()) =>
+        {
+            Ok(Ok(OperatorContext::cli(local_account_actor())))
+        }
         None => Ok(Err((OperatorRefusal::NoCredential, None))),
         Some(text) => {
             operators::verify(&state.owner, state.app.verifier().peppers(), &text, now).await
@@ -498,6 +508,17 @@ async fn authenticate(
     // Fail closed either way: the refusal stands whether or not its event was written.
     let _ = operators::record(&state.owner, event).await;
     ApiError::OperatorUnauthorized.into_response()
+}
+
+/// The audit actor of a socket peer authenticated by its account: `cli:<user name>`, as the
+/// command line run directly on the database names itself.
+fn local_account_actor() -> String {
+    let uid = rustix::process::geteuid();
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid.as_raw()))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid{}", uid.as_raw()), |user| user.name);
+    format!("cli:{}", name.chars().take(64).collect::<String>())
 }
 
 /// The route's declared scope: 403 naming it, recorded in the operator log, when missing.

@@ -1,0 +1,132 @@
+//! The running server's operator socket, for the tenant commands in embedded mode: when a
+//! `bulkhead serve` holds the data directory's cluster, a command asks it over
+//! `<data-dir>/operator.sock` instead of opening the cluster itself (docs/operator-api.md).
+//!
+//! Authentication is the socket's: it is 0600, and the server takes a request that carries no
+//! `Authorization` header from a peer running as its own account (`SO_PEERCRED`) as the owner,
+//! audited as `cli:<account>`, the actor the command would have been on the database directly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::config::operator::OPERATOR_SOCKET;
+use crate::config::DatabaseArgs;
+
+/// A server answering on the data directory's operator socket.
+#[derive(Debug)]
+pub(super) struct Running {
+    socket: PathBuf,
+}
+
+/// Whether a server runs on `database`'s data directory: `Some` if its operator socket accepts
+/// a connection; `None` with `DATABASE_URL` (every process may open that database), when there
+/// is no socket, or when the socket is stale (a server that was killed left it: nobody
+/// answers), so the command works on the data directory itself.
+pub(super) async fn running(database: &DatabaseArgs) -> anyhow::Result<Option<Running>> {
+    if database.database_url.is_some() {
+        return Ok(None);
+    }
+    probe(&database.data_dir.join(OPERATOR_SOCKET)).await
+}
+
+/// [`running`] for a socket path.
+pub(super) async fn probe(socket: &Path) -> anyhow::Result<Option<Running>> {
+    match tokio::net::UnixStream::connect(socket).await {
+        Ok(_) => Ok(Some(Running {
+            socket: socket.to_owned(),
+        })),
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "cannot connect to the running server's operator socket {} (is it run by \
+                 another account?)",
+                socket.display()
+            )
+        }),
+    }
+}
+
+/// A failed operator request: the server's problem document, said as an error.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub(super) status: u16,
+    pub(super) message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (the server answered {})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Running {
+    /// Sends one request (no `Authorization`: the socket's peer account is the credential)
+    /// and returns the JSON answer of a 2xx, or [`Refused`].
+    pub(super) async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "localhost");
+        let body = match body {
+            Some(json) => {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+                http_body_util::Full::new(bytes::Bytes::from(json.to_string()))
+            }
+            None => http_body_util::Full::new(bytes::Bytes::new()),
+        };
+        let response = sender.send_request(request.body(body)?).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(json);
+        }
+        let message = json["detail"]
+            .as_str()
+            .or(json["title"].as_str())
+            .unwrap_or("the operator API refused the request")
+            .to_owned();
+        Err(Refused {
+            status: status.as_u16(),
+            message,
+        }
+        .into())
+    }
+}
+
+/// `name` as one path segment (slugs and ids never need escaping; anything else is refused
+/// here rather than sent).
+pub(super) fn segment(name: &str) -> anyhow::Result<&str> {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(name)
+    } else {
+        anyhow::bail!("no tenant `{name}`")
+    }
+}
