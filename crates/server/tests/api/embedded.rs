@@ -196,8 +196,12 @@ async fn serve_without_database_url_starts_serves_and_restarts_on_the_same_data_
     server.stop();
 }
 
+/// Issue 19: `serve`, then, in another terminal, `tenant create`: the command reaches the
+/// running server through its operator socket (authenticated by its account), prints what it
+/// prints on the data directory, the tenant works at once, and the operator log names the
+/// command's account. A command with no operator route still may not open the cluster.
 #[tokio::test]
-async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_the_first() {
+async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_are_refused() {
     let dir = tempfile::Builder::new()
         .prefix("bulkhead-embedded-")
         .tempdir()
@@ -205,10 +209,97 @@ async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_th
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data_dir = dir.path().join("state");
     let server = Server::start(&data_dir).await;
+    // The start banner says where everything is and what to do next.
+    let banner = std::fs::read_to_string(&server.log).unwrap();
+    assert!(banner.contains(&format!("API        {}", server.base)), "{banner}");
+    assert!(banner.contains("/openapi.json"), "{banner}");
+    assert!(banner.contains("operator.sock"), "{banner}");
+    assert!(banner.contains("bulkhead tenant create"), "{banner}");
+
     let output = bulkhead(&data_dir)
-        .args(["tenant", "create", "--slug", "acme", "--name", "Acme"])
+        .args(["tenant", "create", "--slug", "acme", "--name", "Acme Corp"])
         .output()
         .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = created["admin_api_key"].as_str().unwrap();
+    assert!(key.starts_with("bk_live_"), "{created}");
+    assert_eq!(created["tenant"]["slug"], "acme");
+    assert!(created["admin_api_key_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("key_"));
+    // Usable at once, on the running server.
+    let session = loopback_client()
+        .post(format!("{}/v1/sessions", server.base))
+        .bearer_auth(key)
+        .json(&json!({ "agent_id": "agent-1", "title": "first" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), reqwest::StatusCode::CREATED);
+    // The other tenant commands go the same way; a missing tenant reads as in direct mode.
+    let suspended = bulkhead(&data_dir)
+        .args(["tenant", "suspend", "acme"])
+        .output()
+        .unwrap();
+    assert!(suspended.status.success());
+    let suspended: Value = serde_json::from_slice(&suspended.stdout).unwrap();
+    assert_eq!(suspended["status"], "suspended");
+    let missing = bulkhead(&data_dir)
+        .args(["tenant", "show", "nobody"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no tenant `nobody`"));
+    // Audited as the operator log has it for the command line: the account, started, success.
+    let socket = data_dir.join("operator.sock");
+    let (status, events) = bulkhead_test_support::operator_request(
+        &socket,
+        reqwest::Method::GET,
+        "/operator/v1/audit-events?limit=50",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{events}");
+    let of = |action: &str, outcome: &str| {
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action && e["outcome"] == outcome)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {action} {outcome} in {events}"))
+    };
+    let done = of("tenant.create", "success");
+    assert!(done["actor"].as_str().unwrap().starts_with("cli:"), "{done}");
+    assert_eq!(done["resource_id"], created["tenant"]["id"]);
+    of("tenant.create", "started");
+    of("tenant.suspend", "success");
+    // A bearer header that is not a key is still refused on the socket: only the absence of
+    // any credential means "the socket's own account".
+    let (status, _) = bulkhead_test_support::operator_request(
+        &socket,
+        reqwest::Method::GET,
+        "/operator/v1/tenants",
+        Some("bk_live_not_an_operator_key"),
+        None,
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    let listed_live = bulkhead(&data_dir)
+        .args(["tenant", "list"])
+        .output()
+        .unwrap();
+    assert!(listed_live.status.success());
+
+    // `migrate` has no operator route: it still may not open the cluster the server holds.
+    let output = bulkhead(&data_dir).args(["migrate"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -223,6 +314,21 @@ async fn a_second_process_on_the_same_data_dir_is_refused_not_allowed_to_stop_th
         .unwrap();
     assert!(ready.status().is_success());
     server.stop();
+
+    // Stopped: the same command on the data directory prints the same text.
+    let listed_direct = bulkhead(&data_dir)
+        .args(["tenant", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        listed_direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed_direct.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&listed_live.stdout),
+        String::from_utf8_lossy(&listed_direct.stdout)
+    );
 }
 
 /// Whether `pid` is still a live process whose command line names `data_dir` (a recycled pid or
@@ -268,6 +374,9 @@ async fn a_killed_serve_does_not_leave_its_postgres_running() {
     );
     server.child.kill().unwrap(); // SIGKILL: no shutdown code runs
     server.child.wait().unwrap();
+    // Its operator socket stays behind, stale.
+    let socket = data_dir.join("operator.sock");
+    assert!(std::fs::symlink_metadata(&socket).is_ok(), "no stale socket");
     // Polled against a generous bound (the watchdog looks every second; a clean shutdown
     // writes a checkpoint): this checks that it stops, not how fast.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -278,7 +387,18 @@ async fn a_killed_serve_does_not_leave_its_postgres_running() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Stopped cleanly, so the next start finds no server to stop and serves.
+    // Nobody answers on the stale socket: a tenant command works on the data directory.
+    let output = bulkhead(&data_dir)
+        .args(["tenant", "create", "--slug", "acme", "--name", "Acme"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Stopped cleanly, so the next start finds no server to stop and serves (and replaces the
+    // stale socket).
     let server = Server::start(&data_dir).await;
     server.stop();
 }
