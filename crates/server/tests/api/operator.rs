@@ -319,7 +319,7 @@ fn operator_paths() -> Vec<(Method, String)> {
 async fn tenant_credentials_never_open_operator_routes_nor_operator_keys_tenant_routes() {
     let app = spawn_app().await;
     let tenant = app.create_tenant("acme").await;
-    let op = app.spawn_operator().await;
+    let op = app.spawn_operator_tcp().await;
     let (_, key) = operator_key(&op, ALL).await;
     let (token, _, _) = admin_and_delegated_tokens(&app, &tenant).await;
     let routes = operator_paths();
@@ -332,8 +332,8 @@ async fn tenant_credentials_never_open_operator_routes_nor_operator_keys_tenant_
         Some(token.as_str()),
         Some(garbage.as_str()),
         Some(unknown.expose_secret()),
-        None,
     ];
+    let tcp = op.tcp.clone().expect("a TCP operator endpoint");
     for (method, path) in &routes {
         for credential in credentials {
             let (status, body) = op
@@ -342,6 +342,16 @@ async fn tenant_credentials_never_open_operator_routes_nor_operator_keys_tenant_
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
             assert_eq!(body["type"], "https://bulkhead.dev/problems/unauthorized");
         }
+        // No credential at all: 401 on TCP (on the socket, the server's own account is the
+        // owner: `embedded::tenant_commands_reach_…`).
+        let response = app
+            .client
+            .request(method.clone(), format!("{tcp}{path}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
     }
     // The operator key opens nothing of the tenant API, under the tenant's host or the bare one.
     for path in ["/v1/sessions", "/v1/api-keys", "/v1/audit/events"] {
