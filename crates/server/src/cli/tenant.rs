@@ -455,10 +455,7 @@ async fn set_status(
         } else {
             "suspend"
         };
-        let path = format!(
-            "/operator/v1/tenants/{}/{verb}",
-            remote::segment(tenant)?
-        );
+        let path = format!("/operator/v1/tenants/{}/{verb}", remote::segment(tenant)?);
         let updated = server
             .call(http::Method::POST, &path, None)
             .await

@@ -230,7 +230,9 @@ impl Incoming for tokio::net::UnixListener {
         Ok((stream, LOCAL_PEER))
     }
     fn peer_account(io: &Self::Io) -> Option<PeerAccount> {
-        io.peer_cred().ok().map(|cred| PeerAccount { uid: cred.uid() })
+        io.peer_cred()
+            .ok()
+            .map(|cred| PeerAccount { uid: cred.uid() })
     }
 }
 

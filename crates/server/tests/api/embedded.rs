@@ -211,7 +211,10 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
     let server = Server::start(&data_dir).await;
     // The start banner says where everything is and what to do next.
     let banner = std::fs::read_to_string(&server.log).unwrap();
-    assert!(banner.contains(&format!("API        {}", server.base)), "{banner}");
+    assert!(
+        banner.contains(&format!("API        {}", server.base)),
+        "{banner}"
+    );
     assert!(banner.contains("/openapi.json"), "{banner}");
     assert!(banner.contains("operator.sock"), "{banner}");
     assert!(banner.contains("bulkhead tenant create"), "{banner}");
@@ -277,7 +280,10 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
             .unwrap_or_else(|| panic!("no {action} {outcome} in {events}"))
     };
     let done = of("tenant.create", "success");
-    assert!(done["actor"].as_str().unwrap().starts_with("cli:"), "{done}");
+    assert!(
+        done["actor"].as_str().unwrap().starts_with("cli:"),
+        "{done}"
+    );
     assert_eq!(done["resource_id"], created["tenant"]["id"]);
     of("tenant.create", "started");
     of("tenant.suspend", "success");
@@ -376,7 +382,10 @@ async fn a_killed_serve_does_not_leave_its_postgres_running() {
     server.child.wait().unwrap();
     // Its operator socket stays behind, stale.
     let socket = data_dir.join("operator.sock");
-    assert!(std::fs::symlink_metadata(&socket).is_ok(), "no stale socket");
+    assert!(
+        std::fs::symlink_metadata(&socket).is_ok(),
+        "no stale socket"
+    );
     // Polled against a generous bound (the watchdog looks every second; a clean shutdown
     // writes a checkpoint): this checks that it stops, not how fast.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -351,7 +351,11 @@ async fn tenant_credentials_never_open_operator_routes_nor_operator_keys_tenant_
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
     }
     // The operator key opens nothing of the tenant API, under the tenant's host or the bare one.
     for path in ["/v1/sessions", "/v1/api-keys", "/v1/audit/events"] {
