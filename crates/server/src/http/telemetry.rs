@@ -26,6 +26,8 @@ pub fn init_logging_as(pretty: bool) {
     if pretty {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colours only for a terminal: `--log-format pretty` into a file gets plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .try_init();
         return;
