@@ -53,6 +53,10 @@ pub struct AppOptions {
     /// The client tool calls go through (a loopback resolver and a test CA); default: one
     /// under the egress policy whose resolver resolves nothing, so no test call leaves loopback.
     pub tool_client: Option<bulkhead_webhooks::EgressClient>,
+    /// The client metadata documents are fetched through (tests only: a loopback resolver, a
+    /// test CA, a policy reaching loopback receivers); default: one under the server's own
+    /// document policy whose resolver resolves nothing.
+    pub document_client: Option<bulkhead_webhooks::EgressClient>,
     /// Tool-call limits; default the server's.
     pub tool_settings: Option<bulkhead_server::config::ToolSettings>,
     /// Serve through this store (another topology: regions) instead of the database's own.
@@ -76,6 +80,12 @@ pub fn app_parts(
         &bulkhead_webhooks::EgressConfig::default(),
     )
     .expect("tool client");
+    let document_client = bulkhead_webhooks::EgressClient::new(
+        bulkhead_server::service::oauth::metadata_document::egress_policy(&config.base_domain),
+        Arc::new(bulkhead_webhooks::StaticResolver::new()),
+        &bulkhead_webhooks::EgressConfig::default(),
+    )
+    .expect("document client");
     bulkhead_server::http::state::AppParts {
         store,
         peppers: test_peppers(),
@@ -87,6 +97,7 @@ pub fn app_parts(
             bulkhead_audit::LogSigningKey::generate(),
         )),
         tool_client,
+        document_client,
         schema_pool: bulkhead_schema::Evaluator::with_defaults(),
         screener: Arc::new(bulkhead_screening::Screener::builtin().expect("screening rules")),
     }
@@ -130,6 +141,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
     if let Some(client) = options.tool_client {
         parts.tool_client = client;
+    }
+    if let Some(client) = options.document_client {
+        parts.document_client = client;
     }
     let state = AppState::from_parts(parts);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -106,6 +106,16 @@ async fn serve_with(
             ..Default::default()
         },
     )?;
+    // Metadata documents are fetched for anyone who names a URL: the guard's own policy (https,
+    // port 443, no allow-list), and no operator proxy, never the webhook exceptions.
+    let document_client = bulkhead_webhooks::EgressClient::new(
+        crate::service::oauth::metadata_document::egress_policy(&args.base_domain),
+        std::sync::Arc::new(bulkhead_webhooks::HickoryResolver::from_system()),
+        &bulkhead_webhooks::EgressConfig {
+            user_agent: "Bulkhead-Metadata/1".into(),
+            ..Default::default()
+        },
+    )?;
     let state = AppState::from_parts(AppParts {
         store: store.clone(),
         peppers,
@@ -116,6 +126,7 @@ async fn serve_with(
         // Fail closed: never serve checkpoints signed by anything but the configured key.
         audit: std::sync::Arc::new(crate::service::audit_log::AuditService::new(log_key)),
         tool_client,
+        document_client,
         schema_pool: bulkhead_schema::Evaluator::with_defaults(),
         screener: std::sync::Arc::new(screener),
     });

@@ -32,6 +32,7 @@ struct Inner {
     ceilings: Arc<crate::service::ceilings::RoleCeilings>,
     audit: Arc<crate::service::audit_log::AuditService>,
     tool_client: bulkhead_webhooks::EgressClient,
+    document_client: bulkhead_webhooks::EgressClient,
     schema_pool: bulkhead_schema::Evaluator,
     schema_cache: crate::service::tool_schemas::SchemaCache,
     screener: Arc<bulkhead_screening::Screener>,
@@ -61,6 +62,10 @@ pub struct AppParts {
     pub audit: Arc<crate::service::audit_log::AuditService>,
     /// The guarded client tool calls leave through.
     pub tool_client: bulkhead_webhooks::EgressClient,
+    /// The guarded client client ID metadata documents are fetched through: the guard's own
+    /// policy ([`crate::service::oauth::metadata_document::egress_policy`]), never the
+    /// operator's webhook exceptions (allow-list, ports, proxy), since anyone may name a URL.
+    pub document_client: bulkhead_webhooks::EgressClient,
     /// The bounded pool tenant JSON Schemas are evaluated on.
     pub schema_pool: bulkhead_schema::Evaluator,
     /// The screening rules.
@@ -85,6 +90,7 @@ impl AppState {
             rate_limits,
             audit,
             tool_client,
+            document_client,
             schema_pool,
             screener,
         } = parts;
@@ -127,6 +133,7 @@ impl AppState {
                 audit,
                 ceilings,
                 tool_client,
+                document_client,
                 schema_pool,
                 schema_cache,
                 screener,
@@ -199,9 +206,15 @@ impl AppState {
         &self.inner.metadata_documents
     }
 
-    /// The guarded client tool calls (and client ID metadata document fetches) leave through.
+    /// The guarded client tool calls leave through.
     pub fn tool_client(&self) -> &bulkhead_webhooks::EgressClient {
         &self.inner.tool_client
+    }
+
+    /// The guarded client client ID metadata documents are fetched through (the guard's own
+    /// policy, none of the operator's webhook exceptions).
+    pub fn document_client(&self) -> &bulkhead_webhooks::EgressClient {
+        &self.inner.document_client
     }
 
     /// The bounded pool that compiles and evaluates tenant JSON Schemas off the async runtime.

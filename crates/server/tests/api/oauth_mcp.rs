@@ -134,7 +134,7 @@ async fn the_mcp_sdk_discovers_bulkhead_and_calls_a_protected_tool() {
     }
     let receivers = NamedReceivers::new();
     let app = spawn_app_with(AppOptions {
-        tool_client: Some(receivers.egress_client(&receivers.egress_config())),
+        document_client: Some(receivers.egress_client(&receivers.egress_config())),
         ..AppOptions::default()
     })
     .await;

@@ -30,7 +30,7 @@ impl Rig {
     async fn new() -> Rig {
         let receivers = NamedReceivers::new();
         let app = spawn_app_with(AppOptions {
-            tool_client: Some(receivers.egress_client(&receivers.egress_config())),
+            document_client: Some(receivers.egress_client(&receivers.egress_config())),
             ..AppOptions::default()
         })
         .await;
@@ -282,4 +282,75 @@ async fn hostile_metadata_documents_are_refused_on_a_page_and_audited_by_class()
             "{event}"
         );
     }
+}
+
+#[tokio::test]
+async fn documents_are_not_fetched_under_the_operators_webhook_exceptions() {
+    // The operator lets webhooks and tool calls reach every loopback address and sends them
+    // through a proxy; metadata documents get none of it (the guard's own policy, ports widened
+    // only because a test receiver cannot listen on 443).
+    let receivers = NamedReceivers::new();
+    let proxy = Receiver::start(IpAddr::from([127, 0, 0, 3]), 0, None).await;
+    let everything: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+    let mut operator = bulkhead_test_support::test_egress_policy();
+    operator.allow = everything;
+    let mut tool_config = receivers.egress_config();
+    tool_config.proxy = Some(
+        format!("http://127.0.0.3:{}", proxy.addr.port())
+            .parse()
+            .unwrap(),
+    );
+    let tool_client = bulkhead_webhooks::EgressClient::new(
+        operator.clone(),
+        std::sync::Arc::new(receivers.resolver.clone()),
+        &tool_config,
+    )
+    .unwrap();
+    let mut documents = bulkhead_server::service::oauth::metadata_document::egress_policy(
+        bulkhead_test_support::BASE_DOMAIN,
+    );
+    documents.allowed_ports.push(1024..=65535);
+    let document_client = bulkhead_webhooks::EgressClient::new(
+        documents,
+        std::sync::Arc::new(receivers.resolver.clone()),
+        &receivers.egress_config(),
+    )
+    .unwrap();
+    let app = spawn_app_with(AppOptions {
+        webhook_egress: Some(operator),
+        tool_client: Some(tool_client),
+        document_client: Some(document_client),
+        ..AppOptions::default()
+    })
+    .await;
+    let canary = receivers
+        .start("internal.example", IpAddr::from([127, 0, 0, 2]))
+        .await;
+    let url = format!(
+        "https://internal.example:{}/client.json",
+        canary.addr.port()
+    );
+    canary.set_route(
+        "/client.json",
+        Reply::Status(200, Vec::new(), json!({ "client_id": url }).to_string()),
+    );
+    let acme = app.create_tenant("acme").await;
+    let rig = Rig {
+        app,
+        receivers,
+        docs: canary.clone(),
+        acme,
+    };
+    rig.accept_documents(true).await;
+    let authorize = authorize_path(
+        &url,
+        "http://127.0.0.1:49201/callback",
+        "sessions:read",
+        &[],
+    );
+    let page = Browser::new(&rig.app, "acme").get(&authorize).await;
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(rig.refusals().await, ["private_address"]);
+    assert_eq!(canary.connections(), 0);
+    assert_eq!(proxy.connections(), 0);
 }

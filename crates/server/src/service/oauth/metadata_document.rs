@@ -5,8 +5,10 @@
 //! - The URL must be `https`, have a path below the root, no query, fragment or user
 //!   information, and be written as the URL parser writes it (no dot segments, lowercase host);
 //!   anything else is refused before any connection.
-//! - The document is fetched through the egress guard (the tenant's own connection pool, every
-//!   resolved address judged; a private address is refused and never connected to), at most
+//! - The document is fetched through the egress guard under [`egress_policy`] (its own client,
+//!   not the tool client: none of the operator's webhook allow-list, ports or proxy; the
+//!   tenant's own connection pool, every resolved address judged; a private address is refused
+//!   and never connected to), at most
 //!   [`MAX_DOCUMENT_BYTES`] within [`FETCH_TIMEOUT`], redirects not followed (a 3xx is refused).
 //! - It must be a JSON object whose `client_id` is the URL exactly, with `client_name` (1 to
 //!   100 characters) and 1 to 10 `redirect_uris`, each registrable as an admin's would be.
@@ -41,6 +43,17 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Documents a process keeps at most (all tenants; the key carries the tenant).
 pub const CACHE_CAPACITY: u64 = 10_000;
+
+/// The egress policy documents are fetched under: the guard's default (https, port 443, no
+/// special-purpose address allowed) with the deployment's own domain refused. Deliberately none
+/// of the operator's webhook exceptions (`webhook_allow_cidrs`, `webhook_ports`,
+/// `webhook_proxy`): an anonymous caller names the URL.
+pub fn egress_policy(base_domain: &str) -> bulkhead_webhooks::EgressPolicy {
+    bulkhead_webhooks::EgressPolicy {
+        platform_domains: vec![base_domain.to_owned()],
+        ..bulkhead_webhooks::EgressPolicy::default()
+    }
+}
 
 /// Why a metadata document is not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

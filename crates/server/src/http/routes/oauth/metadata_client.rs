@@ -126,7 +126,7 @@ async fn fetch(
     .await;
     started.map_err(|_| unavailable)?;
     let fetched = metadata_document::fetch(
-        state.tool_client(),
+        state.document_client(),
         state.metadata_documents(),
         tenant.id,
         url,
