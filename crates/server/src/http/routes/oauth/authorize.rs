@@ -27,7 +27,7 @@
 //! Only `GET /oauth/authorize` itself redirects (303) to the client: with an error, or with the
 //! code of a remembered consent.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use askama::Template;
 
@@ -173,6 +173,7 @@ async fn check_request(
     state: &AppState,
     tenant: &Tenant,
     params: &Params,
+    client_ip: Option<IpAddr>,
 ) -> Result<Valid, Refusal> {
     let slug = tenant.slug.as_str().to_owned();
     let unknown_client = || {
@@ -185,7 +186,7 @@ async fn check_request(
     // A URL names a client ID metadata document (`metadata_client`); else an `oac_…` id.
     let document = match params.get("client_id") {
         Some(url) if metadata_document::is_url(url) => Some(
-            super::metadata_client::resolve(state, tenant, url)
+            super::metadata_client::resolve(state, tenant, url, client_ip)
                 .await
                 .map_err(|(status, message)| Refusal::Page(status, slug.clone(), message))?,
         ),
@@ -361,7 +362,8 @@ async fn authorize(State(state): State<AppState>, request: Request) -> Response 
         Ok(params) => params,
         Err(message) => return error_page(StatusCode::BAD_REQUEST, tenant.slug.as_str(), message),
     };
-    let valid = match check_request(&state, &tenant, &params).await {
+    let ip = super::metadata_client::source(&state, request.extensions(), &headers);
+    let valid = match check_request(&state, &tenant, &params, ip).await {
         Ok(valid) => valid,
         Err(refusal) => return refusal_page(refusal, false),
     };
@@ -515,7 +517,8 @@ async fn form_post(
     };
     let params = Params::parse(&body, repeatable)
         .map_err(|message| error_page(StatusCode::BAD_REQUEST, tenant.slug.as_str(), message))?;
-    let valid = check_request(state, &tenant, &params)
+    let ip = super::metadata_client::source(state, &parts.extensions, &headers);
+    let valid = check_request(state, &tenant, &params, ip)
         .await
         .map_err(|refusal| refusal_page(refusal, true))?;
     let expired = || {

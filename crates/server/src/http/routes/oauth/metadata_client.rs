@@ -2,17 +2,22 @@
 //! ([`crate::service::oauth::metadata_document`]): a `client_id` that is a URL becomes a client
 //! when the tenant accepts such documents and the document passes every check.
 //!
-//! A cached document is used as it is. A fetch (a cache miss) is charged to the tenant's
-//! registration budget (the class [`OAUTH_REGISTER_CLASS`], the same one `POST /oauth/register`
-//! spends), and is audited before the request leaves (`oauth_client.metadata_fetch`, outcome
-//! `started`) and after (success, or the refusal's class: never the address). Every refusal is
-//! an error page, never a redirect: the document's redirect URIs are not trusted.
+//! A tenant that does not accept documents refuses with the page and a line on the audit log
+//! target only (no stored row: anyone may send such a request, as often as they like). A
+//! cached good document is used as it is. Anything else that writes a row or connects (a
+//! refusal of the URL or of a cached document, a fetch) first spends one of the source
+//! address's budget (the class [`OAUTH_REGISTER_CLASS`], the per-address limiter
+//! `POST /oauth/register` spends), and a fetch then one of the tenant's; a spent budget is a
+//! 429 page and a log line, nothing stored. A fetch is audited before the request leaves
+//! (`oauth_client.metadata_fetch`, outcome `started`) and after (success, or the refusal's
+//! class: never the address). Every refusal is an error page, never a redirect: the document's
+//! redirect URIs are not trusted.
 //!
 //! Nothing is stored for the client here: its row is made when a user consents
 //! ([`crate::service::oauth::authorization_code::issue_code`]), under an id derived from the
 //! tenant and the URL.
 
-use axum::http::StatusCode;
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::placement::registry::Tenant;
 use bulkhead_store::tenant::oauth::{ClientAuthMethod, OAuthClient, RegisteredBy};
@@ -29,11 +34,23 @@ use crate::service::oauth::metadata_document::{self, Document, Refusal};
 const UNUSABLE: &str = "The application identifies itself by a web address whose description \
     could not be used. Nothing was shared with it.";
 
+/// The source address of a request, from its connection and the trusted proxies' headers.
+pub(super) fn source(
+    state: &AppState,
+    extensions: &Extensions,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?;
+    super::request_ip(state, peer.0, headers)
+}
+
 /// The client a metadata document's URL names in `tenant`, or the error page's status and text.
+/// `client_ip`: the request's source address (its budget bounds the rows and fetches).
 pub(super) async fn resolve(
     state: &AppState,
     tenant: &Tenant,
     url: &str,
+    client_ip: Option<std::net::IpAddr>,
 ) -> Result<OAuthClient, (StatusCode, &'static str)> {
     let unavailable = (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -49,41 +66,86 @@ pub(super) async fn resolve(
     }
     .await
     .map_err(|_| unavailable)?;
+    if !settings.client_id_metadata_documents {
+        // The default, and free for anyone to ask: the log line only, never a stored row.
+        AuditLine::blocked("oauth_client.metadata_fetch")
+            .tenant(tenant.id)
+            .with(Detail::Reason, Refusal::Disabled.class())
+            .warn("client ID metadata document refused: the tenant does not accept them");
+        return Err((StatusCode::BAD_REQUEST, UNUSABLE));
+    }
     let ceiling = settings.dynamic_scope_set();
-    let checked = if settings.client_id_metadata_documents {
-        metadata_document::check_url(url).map(|_| ())
-    } else {
-        Err(Refusal::Disabled)
-    };
-    let document = match checked {
+    let document = match metadata_document::check_url(url) {
         Err(refusal) => Err(refusal),
-        Ok(()) => match state.metadata_documents().get(tenant.id, url, &ceiling) {
+        Ok(_) => match state.metadata_documents().get(tenant.id, url, &ceiling) {
             Some(document) if document.scopes.is_empty() => Err(Refusal::Scope),
             Some(document) => Ok(document),
-            None => fetch(state, tenant, id, url, &ceiling).await?,
+            None if !address_budget(state, client_ip).await => Err(Refusal::RateLimited),
+            None => {
+                let fetched = fetch(state, tenant, id, url, &ceiling).await?;
+                if let Err(refusal) = fetched {
+                    return refused(state, tenant, id, refusal).await;
+                }
+                fetched
+            }
         },
     };
     match document {
         Ok(document) => Ok(client(id, document, state.clock().now())),
-        // Rate-limited: the log line only (a stored row each would be the writes the budget
-        // bounds), as for `POST /oauth/register`.
-        Err(Refusal::RateLimited) => {
-            AuditLine::blocked("oauth_client.metadata_fetch")
-                .tenant(tenant.id)
-                .with(Detail::Reason, "rate_limited")
-                .warn("client ID metadata document fetch rate limited");
-            Err((StatusCode::TOO_MANY_REQUESTS, UNUSABLE))
+        Err(Refusal::RateLimited) => refused(state, tenant, id, Refusal::RateLimited).await,
+        // A refusal before any fetch: a stored row, so the address's budget first.
+        Err(_) if !address_budget(state, client_ip).await => {
+            refused(state, tenant, id, Refusal::RateLimited).await
         }
-        Err(refusal) => {
-            audit_outcome(state, tenant, id, Err(refusal))
-                .await
-                .map_err(|_| unavailable)?;
-            Err((StatusCode::BAD_REQUEST, UNUSABLE))
-        }
+        Err(refusal) => refused(state, tenant, id, refusal).await,
     }
 }
 
-/// A cache miss: the budget, the audited fetch. The outer error is a store failure (the page
+/// The page for a refusal, audited (a rate-limited one on the log line only: a stored row each
+/// would be the writes the budget bounds, as for `POST /oauth/register`).
+async fn refused(
+    state: &AppState,
+    tenant: &Tenant,
+    id: bulkhead_core::OAuthClientId,
+    refusal: Refusal,
+) -> Result<OAuthClient, (StatusCode, &'static str)> {
+    if refusal == Refusal::RateLimited {
+        AuditLine::blocked("oauth_client.metadata_fetch")
+            .tenant(tenant.id)
+            .with(Detail::Reason, "rate_limited")
+            .warn("client ID metadata document fetch rate limited");
+        return Err((StatusCode::TOO_MANY_REQUESTS, UNUSABLE));
+    }
+    audit_outcome(state, tenant, id, Err(refusal))
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The service is temporarily unavailable. Try again shortly.",
+            )
+        })?;
+    Err((StatusCode::BAD_REQUEST, UNUSABLE))
+}
+
+/// Spends one of the source address's self-registration budget; `false` when none is left. An
+/// unknown address (malformed chain) shares one budget rather than escaping the limit.
+async fn address_budget(state: &AppState, client_ip: Option<std::net::IpAddr>) -> bool {
+    let Some(limits) = state.rate_limits() else {
+        return true;
+    };
+    let ip = client_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    limits
+        .preauth
+        .check(&bulkhead_ratelimit::Request::new(
+            crate::http::limits::address_key(ip),
+            bulkhead_ratelimit::Plan::Standard,
+            OAUTH_REGISTER_CLASS,
+        ))
+        .await
+        .allowed
+}
+
+/// A cache miss (the address's budget already spent): the tenant's budget, the audited fetch. The outer error is a store failure (the page
 /// says unavailable); the inner one the document's refusal (audited by the caller).
 async fn fetch(
     state: &AppState,
