@@ -94,6 +94,18 @@ impl Rig {
         assert_eq!(response.status(), StatusCode::OK);
     }
 
+    /// Signs `email` in at the authorization request for the document at `url` and allows:
+    /// the answer to the consent POST.
+    async fn consent(&self, url: &str, email: &str) -> reqwest::Response {
+        let authorize =
+            authorize_path(url, "http://127.0.0.1:49200/callback", "sessions:read", &[]);
+        let mut browser = Browser::new(&self.app, "acme");
+        let consent = sign_in(&mut browser, &authorize, email).await;
+        let mut fields = form_fields(&consent);
+        fields.push(("decision".into(), "allow".into()));
+        browser.post("/oauth/authorize", &fields).await
+    }
+
     /// The reasons of the tenant's refused fetches, in the order the audit log lists them.
     async fn refusals(&self) -> Vec<String> {
         let reasons: Vec<String> =
@@ -389,4 +401,33 @@ async fn refusals_store_rows_only_within_the_source_address_budget() {
     let page = Browser::new(app, "acme").get(&good).await;
     assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(rig.docs.connections(), 0);
+}
+
+#[tokio::test]
+async fn storing_a_documents_client_sweeps_expired_self_registered_ones_first() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    user_with_role(app, &rig.acme, "ada@acme.example", "admin").await;
+    rig.accept_documents(true).await;
+    // The self-registered cap is full of clients unused for 31 days.
+    let pool = app.db.superuser_pool().await;
+    sqlx::query(
+        "INSERT INTO bulkhead.oauth_clients (tenant_id, id, name, redirect_uris, \
+         token_endpoint_auth_method, scopes, registered_by, last_used_at) \
+         SELECT $1, gen_random_uuid(), 'Stale ' || g, ARRAY['http://127.0.0.1/cb'], 'none', \
+         ARRAY['sessions:read'], 'dynamic', now() - interval '31 days' \
+         FROM generate_series(1, 100) g",
+    )
+    .bind(rig.acme.id.uuid())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = rig.url("/client.json");
+    rig.document("/client.json", &url);
+    let answer = rig.consent(&url, "ada@acme.example").await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let (_, back) = returned(&answer.text().await.unwrap());
+    assert!(param(&back, "code").is_some(), "{back:?}");
+    let expired = audit_events(app, &rig.acme, "oauth_client.expire").await;
+    assert_eq!(expired.len(), 10);
 }

@@ -267,44 +267,60 @@ async fn registration_is_rate_limited_per_source_address() {
     assert_eq!(clients["data"].as_array().unwrap().len(), 10);
 }
 
+/// Adds `n` clients registered by `by` to the tenant's only client's tenant, straight in the
+/// table (faster than the API, and past the per-address budget).
+async fn add_clients(app: &TestApp, n: i64, by: &str) {
+    let pool = app.db.superuser_pool().await;
+    sqlx::query(
+        "INSERT INTO bulkhead.oauth_clients (tenant_id, id, name, redirect_uris, \
+         token_endpoint_auth_method, scopes, registered_by) \
+         SELECT c.tenant_id, gen_random_uuid(), 'Filler ' || g, c.redirect_uris, 'none', \
+         c.scopes, $2 FROM (SELECT * FROM bulkhead.oauth_clients LIMIT 1) c, \
+         generate_series(1, $1) g",
+    )
+    .bind(n)
+    .bind(by)
+    .execute(&pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
-async fn dynamic_clients_count_in_the_tenant_cap() {
+async fn self_registered_clients_have_their_own_cap_and_never_take_an_admins_place() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     enable(&app, &acme, &["sessions:read"]).await;
-    for n in 0..99 {
-        register_client(
-            &app,
-            &acme,
-            json!({
-                "name": format!("Admin client {n}"),
-                "redirect_uris": ["https://app.example/cb"],
-                "scopes": ["sessions:read"],
-            }),
-        )
-        .await;
-    }
-    let last = register(&app, "acme", &public_client("The hundredth")).await;
-    assert_eq!(last.status(), StatusCode::CREATED);
+    let first = register(&app, "acme", &public_client("The first")).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    add_clients(&app, 99, "dynamic").await;
     let full = register(&app, "acme", &public_client("One too many")).await;
     assert_eq!(full.status(), StatusCode::CONFLICT);
     let body: Value = full.json().await.unwrap();
     assert_eq!(body["error"], "client_limit_reached");
     assert_eq!(refusal_reasons(&app, &acme).await, ["client_limit"]);
-    // Admins meet the same cap.
-    let admin = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        "/v1/oauth-clients",
-        Some(json!({
-            "name": "Admin",
+    // A hundred strangers take no admin's place: admins still have all of theirs.
+    let admin_client = |name: &str| {
+        json!({
+            "name": name,
             "redirect_uris": ["https://app.example/cb"],
             "scopes": ["sessions:read"],
-        })),
-    )
-    .await;
-    assert_eq!(admin.status(), StatusCode::CONFLICT);
+        })
+    };
+    let post = |body: Value| call_as(&app, &acme, Method::POST, "/v1/oauth-clients", Some(body));
+    assert_eq!(
+        post(admin_client("Admin")).await.status(),
+        StatusCode::CREATED
+    );
+    add_clients(&app, 98, "admin").await;
+    assert_eq!(
+        post(admin_client("Hundredth")).await.status(),
+        StatusCode::CREATED
+    );
+    let admin_full = post(admin_client("One too many")).await;
+    assert_eq!(admin_full.status(), StatusCode::CONFLICT);
+    // Counted apart both ways: self-registration is still full, no more, no less.
+    let again = register(&app, "acme", &public_client("Still full")).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
 }
 
 #[tokio::test]

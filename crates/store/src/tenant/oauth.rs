@@ -84,11 +84,16 @@ impl RegisteredBy {
     }
 }
 
-/// Most OAuth clients a tenant may have, whoever registered them (decision: a fixed cap, well
-/// above what an organisation's admins register by hand; each client is shown on consent pages
-/// and checked on every authorization request, so an unbounded list is a way to grow the
-/// database). One more is refused (409).
+/// Most OAuth clients a tenant's admins may register (decision: a fixed cap, well above what an
+/// organisation's admins register by hand; each client is shown on consent pages and checked
+/// on every authorization request, so an unbounded list is a way to grow the database). One
+/// more is refused (409). Self-registered clients are counted apart
+/// ([`MAX_SELF_REGISTERED_CLIENTS`]): strangers never take an admin's place.
 pub const MAX_CLIENTS_PER_TENANT: i64 = 100;
+
+/// Most self-registered clients (dynamic registration and metadata documents together) a tenant
+/// may have, counted apart from the admins' (decision: the same 100).
+pub const MAX_SELF_REGISTERED_CLIENTS: i64 = 100;
 
 /// Days a dynamically registered client may go unused (no code issued or exchanged, no refresh)
 /// before it is deleted (decision: 30, long enough for a monthly task, short enough that
@@ -274,10 +279,24 @@ pub async fn client_with_secret(
     ))
 }
 
-/// How many clients the tenant has, under a lock of its client list that holds to the end of
+/// How many clients of one kind the tenant has (`self_registered`: dynamic and metadata
+/// document ones, else the admins'), under a lock of its client list that holds to the end of
 /// the transaction (so a cap checked with it holds; [`super::count_locked`]).
-pub async fn count_clients_locked(tx: &mut TenantTx) -> Result<i64, StoreError> {
-    super::count_locked(tx, super::CappedList::OAuthClients).await
+pub async fn count_clients_locked(
+    tx: &mut TenantTx,
+    self_registered: bool,
+) -> Result<i64, StoreError> {
+    super::count_locked(tx, super::CappedList::OAuthClients).await?;
+    let tenant = tx.tenant_id();
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM oauth_clients WHERE tenant_id = $1 \
+         AND (registered_by <> 'admin') = $2",
+    )
+    .bind(tenant.uuid())
+    .bind(self_registered)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(count)
 }
 
 /// Records that a client was used at `now` (a code issued or exchanged, a refresh): what keeps

@@ -215,10 +215,10 @@ async fn create_client(
             .client_secret_mac(&secret_binding(ctx.tenant_id(), id), s.as_bytes())
     });
     let client = tx::write(&state, ctx, async |tx| {
-        if oauth::count_clients_locked(tx).await? >= MAX_CLIENTS_PER_TENANT {
+        if oauth::count_clients_locked(tx, false).await? >= MAX_CLIENTS_PER_TENANT {
             return Err(ApiError::Conflict(format!(
-                "the tenant already has {MAX_CLIENTS_PER_TENANT} OAuth clients, the most it may \
-                register; delete one first"
+                "the tenant already has {MAX_CLIENTS_PER_TENANT} OAuth clients registered by \
+                admins, the most it may register; delete one first"
             )));
         }
         let client = oauth::create_client(

@@ -136,15 +136,15 @@ pub enum ConsentError {
 }
 
 /// A client named by its metadata document is stored when a user consents to it (or refreshed
-/// from the document), counted in the tenant's cap when new, audited `oauth_client.register`.
+/// from the document), counted in the tenant's self-registered cap when new, audited `oauth_client.register`.
 async fn store_metadata_client(
     tx: &mut TenantTx,
     client: &OAuthClient,
     url: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ConsentError> {
-    let cap = oauth::MAX_CLIENTS_PER_TENANT;
-    let count = oauth::count_clients_locked(tx).await?;
+    let cap = oauth::MAX_SELF_REGISTERED_CLIENTS;
+    let count = oauth::count_clients_locked(tx, true).await?;
     let new = oauth::upsert_metadata_client(tx, client, url, now).await?;
     if new && count >= cap {
         return Err(ConsentError::ClientLimit);

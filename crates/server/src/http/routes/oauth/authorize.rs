@@ -688,7 +688,7 @@ async fn consent(State(state): State<AppState>, request: Request) -> Response {
             auth_time,
         },
     };
-    let issued = authorization_code::issue_code(state.store(), state.clock(), &consented).await;
+    let issued = super::metadata_client::issue_code(&state, &consented).await;
     code_answer(&state, &valid, issued, true)
 }
 
@@ -746,7 +746,7 @@ async fn signed_in(
                     auth_time,
                 },
             };
-            let issued = authorization_code::issue_code(store, state.clock(), &consented).await;
+            let issued = super::metadata_client::issue_code(state, &consented).await;
             code_answer(state, valid, issued, after_post)
         }
         Ok(None) => consent_page().await,

@@ -28,6 +28,7 @@ use serde_json::json;
 use crate::config::limits::OAUTH_REGISTER_CLASS;
 use crate::http::state::AppState;
 use crate::service::audit_line::{AuditLine, Detail};
+use crate::service::oauth::authorization_code::{self, ConsentError, Consented};
 use crate::service::oauth::metadata_document::{self, Document, Refusal};
 
 /// What the page says for a refusal.
@@ -226,6 +227,24 @@ async fn audit_outcome(
     )
     .await?;
     tx.commit().await
+}
+
+/// Issues the code for a consent ([`authorization_code::issue_code`]); for a client named by its
+/// metadata document (stored or refreshed there, counted in the self-registered cap) a few
+/// expired self-registered clients are deleted first, in their own transaction, as a
+/// registration does: storing a document's client is the other path that needs the room.
+pub(super) async fn issue_code(
+    state: &AppState,
+    consented: &Consented<'_>,
+) -> Result<(bulkhead_auth::AuthorizationCode, bulkhead_core::ScopeSet), ConsentError> {
+    if consented.client.metadata_url.is_some() {
+        let ctx = crate::http::resolve::oauth_context(consented.tenant);
+        let mut tx = state.store().begin(&ctx, Access::ReadWrite).await?;
+        let ended = super::register::sweep_expired(state, &mut tx, state.clock().now()).await?;
+        tx.commit().await?;
+        super::register::deny_locally(state, consented.tenant, ended);
+    }
+    authorization_code::issue_code(state.store(), state.clock(), consented).await
 }
 
 /// The client a good document describes (not stored until a user consents).

@@ -6,7 +6,7 @@
 //! [`crate::service::oauth::registration`]; the client is made on the same model as an
 //! admin-registered one (a confidential client's secret is shown once and kept as an HMAC bound
 //! to the client), marked `registered_by: dynamic`, counted in the tenant's cap of
-//! [`MAX_CLIENTS_PER_TENANT`] (`409` when full), and deleted once unused for
+//! [`MAX_SELF_REGISTERED_CLIENTS`] (`409` when full), and deleted once unused for
 //! [`DYNAMIC_CLIENT_IDLE_DAYS`] days (a registration sweeps a few such clients first, ending
 //! their sessions). No registration access token is issued (RFC 7592 is not supported: a
 //! self-registered client cannot read or change itself; an admin can, through
@@ -37,10 +37,11 @@ use serde_json::json;
 
 use crate::config::limits::OAUTH_REGISTER_CLASS;
 use crate::http::error::no_store;
-use crate::http::routes::oauth_clients::{secret_binding, MAX_CLIENTS_PER_TENANT};
+use crate::http::routes::oauth_clients::secret_binding;
 use crate::http::state::AppState;
 use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::oauth::registration::{self, Refused};
+use bulkhead_store::tenant::oauth::MAX_SELF_REGISTERED_CLIENTS;
 
 /// Expired dynamic clients one registration deletes at most (the rest go with later ones).
 const SWEEP_BATCH: i64 = 10;
@@ -256,11 +257,14 @@ async fn registered(
     };
     let now = state.clock().now();
     let ended = sweep_expired(state, &mut tx, now).await?;
-    if store_oauth::count_clients_locked(&mut tx).await? >= MAX_CLIENTS_PER_TENANT {
+    if store_oauth::count_clients_locked(&mut tx, true).await? >= MAX_SELF_REGISTERED_CLIENTS {
         let answer = error(
             StatusCode::CONFLICT,
             "client_limit_reached",
-            format!("the organisation already has {MAX_CLIENTS_PER_TENANT} OAuth clients"),
+            format!(
+                "the organisation already has {MAX_SELF_REGISTERED_CLIENTS} self-registered \
+                 OAuth clients"
+            ),
         );
         let refused = refuse(tx, "client_limit", answer).await;
         deny_locally(state, tenant, ended);
@@ -339,7 +343,7 @@ async fn refuse(
 
 /// Deletes a few dynamic clients unused for [`DYNAMIC_CLIENT_IDLE_DAYS`], ending their
 /// sessions, each audited `oauth_client.expire`. Returns the sessions ended.
-async fn sweep_expired(
+pub(super) async fn sweep_expired(
     state: &AppState,
     tx: &mut TenantTx,
     now: chrono::DateTime<chrono::Utc>,
@@ -373,7 +377,7 @@ async fn sweep_expired(
 }
 
 /// After the commit: refuses the ended sessions' tokens on this node at once.
-fn deny_locally(state: &AppState, tenant: TenantId, ended: Vec<AuthSessionId>) {
+pub(super) fn deny_locally(state: &AppState, tenant: TenantId, ended: Vec<AuthSessionId>) {
     for session in ended {
         state.tokens().deny_session_locally(tenant, session);
     }
