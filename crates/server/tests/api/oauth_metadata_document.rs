@@ -431,3 +431,36 @@ async fn storing_a_documents_client_sweeps_expired_self_registered_ones_first() 
     let expired = audit_events(app, &rig.acme, "oauth_client.expire").await;
     assert_eq!(expired.len(), 10);
 }
+
+#[tokio::test]
+async fn a_documents_client_is_the_documents_and_cannot_be_patched() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    user_with_role(app, &rig.acme, "ada@acme.example", "admin").await;
+    rig.accept_documents(true).await;
+    let url = rig.url("/client.json");
+    rig.document("/client.json", &url);
+    assert_eq!(
+        rig.consent(&url, "ada@acme.example").await.status(),
+        StatusCode::OK
+    );
+    let clients = get_ok_json(app, &rig.acme, "/v1/oauth-clients").await;
+    let id = clients["data"][0]["id"].as_str().unwrap().to_owned();
+    let patch = call_as(
+        app,
+        &rig.acme,
+        Method::PATCH,
+        &format!("/v1/oauth-clients/{id}"),
+        Some(json!({ "redirect_uris": ["https://evil.example/cb"] })),
+    )
+    .await;
+    assert_eq!(patch.status(), StatusCode::CONFLICT);
+    let problem: Value = patch.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("client_id_metadata_documents"), "{detail}");
+    let client = get_ok_json(app, &rig.acme, &format!("/v1/oauth-clients/{id}")).await;
+    assert_eq!(
+        client["redirect_uris"],
+        json!(["http://127.0.0.1/callback"])
+    );
+}

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_core::id::OAuthClientKind;
 use bulkhead_core::{AuthSessionId, OAuthClientId, Scope, ScopeSet};
-use bulkhead_store::tenant::oauth::{self, ClientAuthMethod, NewClient, OAuthClient};
+use bulkhead_store::tenant::oauth::{self, ClientAuthMethod, NewClient, OAuthClient, RegisteredBy};
 use bulkhead_store::tenant::tokens::EndReason;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -230,7 +230,7 @@ async fn create_client(
                 method,
                 secret_hash,
                 scopes: &scopes,
-                registered_by: oauth::RegisteredBy::Admin,
+                registered_by: RegisteredBy::Admin,
             },
         )
         .await?;
@@ -269,7 +269,17 @@ async fn update_client(
         check_may_grant(ctx, scopes, "oauth-client")?;
     }
     let (client, ended) = tx::write(&state, ctx, async |tx| {
-        let current = may_change(ctx, tx, id).await?;
+        let (current, registered_by) = may_change(ctx, tx, id).await?;
+        // A document's client is the document's: a change here would be undone at the next
+        // consent, which refreshes the row from it.
+        if registered_by == RegisteredBy::MetadataDocument {
+            return Err(ApiError::Conflict(
+                "this client is described by its client ID metadata document (metadata_url), \
+                 which is refreshed into it at every consent: it cannot be changed here. To \
+                 refuse it, turn client_id_metadata_documents off in /v1/oauth-settings"
+                    .into(),
+            ));
+        }
         // Narrowing ends the client's sessions: a refresh keeps the scopes its family was
         // granted, so only new grants would see the narrower ceiling.
         let narrows = scopes
@@ -301,17 +311,17 @@ async fn update_client(
 
 /// Locks the client and checks the caller holds every scope it holds now: changing a client
 /// (even its name or redirect URIs) or deleting it is a grant of those scopes, as with an API
-/// key. Returns its current scopes; a stored name this binary does not know refuses (fail closed).
+/// key. Returns its current scopes and who registered it; a stored name this binary does not know refuses (fail closed).
 async fn may_change(
     ctx: &bulkhead_core::TenantContext,
     tx: &mut bulkhead_store::TenantTx,
     id: OAuthClientId,
-) -> Result<ScopeSet, ApiError> {
+) -> Result<(ScopeSet, RegisteredBy), ApiError> {
     let current = oauth::get_client_for_update(tx, id).await?;
     let scopes = ScopeSet::parse_all(&current.scopes)
         .map_err(|_| ApiError::Invalid("stored scopes".into()))?;
     check_may_grant(ctx, &scopes, "oauth-client")?;
-    Ok(scopes)
+    Ok((scopes, current.registered_by))
 }
 
 /// Ends every live auth session the client's grants started, in the caller's transaction.
