@@ -464,3 +464,58 @@ async fn a_documents_client_is_the_documents_and_cannot_be_patched() {
         json!(["http://127.0.0.1/callback"])
     );
 }
+
+#[tokio::test]
+async fn a_documents_client_is_named_only_by_its_url_and_only_while_documents_are_accepted() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    user_with_role(app, &rig.acme, "ada@acme.example", "admin").await;
+    rig.accept_documents(true).await;
+    let url = rig.url("/client.json");
+    rig.document("/client.json", &url);
+    let answer = rig.consent(&url, "ada@acme.example").await;
+    let (_, back) = returned(&answer.text().await.unwrap());
+    let code = param(&back, "code").unwrap().to_owned();
+    let clients = get_ok_json(app, &rig.acme, "/v1/oauth-clients").await;
+    let id = clients["data"][0]["id"].as_str().unwrap().to_owned();
+    // Its row id is not a name for it at the authorization endpoint (that would skip the
+    // document and the setting).
+    let by_id = authorize_path(&id, "http://127.0.0.1:49200/callback", "sessions:read", &[]);
+    let page = Browser::new(app, "acme").get(&by_id).await;
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.headers().get("location").is_none());
+    // Documents turned off: the token endpoint refuses the stored client, by URL or by id.
+    rig.accept_documents(false).await;
+    for client_id in [url.as_str(), id.as_str()] {
+        let refused = token(
+            app,
+            "acme",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "http://127.0.0.1:49200/callback"),
+                ("client_id", client_id),
+                ("code_verifier", VERIFIER),
+            ],
+        )
+        .await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{client_id}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_client");
+    }
+    // On again: the code (not burnt by the refusals) is exchanged.
+    rig.accept_documents(true).await;
+    let tokens = token(
+        app,
+        "acme",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:49200/callback"),
+            ("client_id", &url),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(tokens.status(), StatusCode::OK);
+}

@@ -220,10 +220,12 @@ async fn check_request(
         Ok::<_, StoreError>((client, has_resources, named))
     }
     .await;
-    // Another tenant's client is exactly an unknown one; so is an expired dynamic client.
+    // Another tenant's client is exactly an unknown one; so is an expired dynamic client, and a
+    // document's client named by its row id (only its URL names it: the setting is checked).
     let cutoff = store_oauth::idle_cutoff(state.clock().now());
+    let by_row_id = |c: &OAuthClient| document.is_none() && c.metadata_url.is_some();
     let (client, has_resources, resource) = match looked_up {
-        Ok((client, _, _)) if store_oauth::is_expired(&client, cutoff) => {
+        Ok((c, _, _)) if store_oauth::is_expired(&c, cutoff) || by_row_id(&c) => {
             return Err(unknown_client())
         }
         Ok(found) => found,

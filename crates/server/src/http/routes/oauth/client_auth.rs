@@ -176,7 +176,8 @@ pub(crate) async fn authenticate_oauth_client(
     id: bulkhead_core::OAuthClientId,
     auth: Option<&ClientAuth>,
 ) -> Result<bulkhead_store::tenant::oauth::OAuthClient, OAuthError> {
-    use bulkhead_store::tenant::oauth::{client_with_secret, ClientAuthMethod};
+    use bulkhead_store::tenant::oauth::{client_with_secret, ClientAuthMethod, RegisteredBy};
+    use bulkhead_store::tenant::oauth_settings;
     let basic = auth.is_some_and(|a| a.basic);
     let ctx = crate::http::resolve::oauth_context(tenant.id);
     let mut tx = state
@@ -187,6 +188,15 @@ pub(crate) async fn authenticate_oauth_client(
         Ok(found) => Some(found),
         Err(bulkhead_store::StoreError::NotFound) => None,
         Err(err) => return Err(err.into()),
+    };
+    // A document's client is accepted only while the tenant accepts documents.
+    let documents_off = match &found {
+        Some((client, _)) if client.registered_by == RegisteredBy::MetadataDocument => {
+            !oauth_settings::get(&mut tx)
+                .await?
+                .client_id_metadata_documents
+        }
+        _ => false,
     };
     tx.commit().await?;
     let refused = |reason: &'static str| {
@@ -204,6 +214,9 @@ pub(crate) async fn authenticate_oauth_client(
     let cutoff = bulkhead_store::tenant::oauth::idle_cutoff(state.clock().now());
     if bulkhead_store::tenant::oauth::is_expired(&client, cutoff) {
         return Err(refused("ExpiredClient"));
+    }
+    if documents_off {
+        return Err(refused("MetadataDocumentsDisabled"));
     }
     let ok = match (client.token_endpoint_auth_method, auth, stored) {
         (ClientAuthMethod::None, None, _) => true,
