@@ -5,10 +5,10 @@
 //! (the class [`crate::config::limits::OAUTH_REGISTER_CLASS`]). The metadata is checked by
 //! [`crate::service::oauth::registration`]; the client is made on the same model as an
 //! admin-registered one (a confidential client's secret is shown once and kept as an HMAC bound
-//! to the client), marked `registered_by: dynamic`, counted in the tenant's cap of
-//! [`MAX_SELF_REGISTERED_CLIENTS`] (`409` when full), and deleted once unused for
-//! [`DYNAMIC_CLIENT_IDLE_DAYS`] days (a registration sweeps a few such clients first, ending
-//! their sessions). No registration access token is issued (RFC 7592 is not supported: a
+//! to the client), marked `registered_by: dynamic`, counted in the tenant's self-registered
+//! cap of [`MAX_SELF_REGISTERED_CLIENTS`] (apart from the admins'; `409` when full), and
+//! deleted once unused for [`DYNAMIC_CLIENT_IDLE_DAYS`] days (a registration, or a document's
+//! client stored at consent, sweeps a few such clients first, ending their sessions). No registration access token is issued (RFC 7592 is not supported: a
 //! self-registered client cannot read or change itself; an admin can, through
 //! `/v1/oauth-clients`).
 //!
