@@ -4,6 +4,7 @@ mod audit;
 mod keys;
 mod lookup;
 mod operator;
+mod portability;
 mod quota;
 mod remote;
 mod serve;

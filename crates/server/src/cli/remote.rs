@@ -100,20 +100,63 @@ impl Running {
         let response = sender.send_request(request.body(body)?).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
-        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(json);
+            return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
         }
-        let message = json["detail"]
+        Err(refused(status, &bytes).into())
+    }
+}
+
+impl Running {
+    /// Sends a `GET` and streams a 2xx answer's body into `out` (reporting the bytes written so
+    /// far), or returns [`Refused`].
+    pub(super) async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            return Err(refused(status, &bytes).into());
+        }
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                out.write_all(&data).await?;
+                written += data.len() as u64;
+                progress(written);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A non-2xx answer's problem document as [`Refused`].
+fn refused(status: http::StatusCode, body: &[u8]) -> Refused {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    Refused {
+        status: status.as_u16(),
+        message: json["detail"]
             .as_str()
             .or(json["title"].as_str())
             .unwrap_or("the operator API refused the request")
-            .to_owned();
-        Err(Refused {
-            status: status.as_u16(),
-            message,
-        }
-        .into())
+            .to_owned(),
     }
 }
 
@@ -128,5 +171,13 @@ pub(super) fn segment(name: &str) -> anyhow::Result<&str> {
         Ok(name)
     } else {
         anyhow::bail!("no tenant `{name}`")
+    }
+}
+
+/// The server's 404 said as the command says it in direct mode.
+pub(super) fn not_found_as_cli(err: anyhow::Error, tenant: &str) -> anyhow::Error {
+    match err.downcast_ref::<Refused>() {
+        Some(refused) if refused.status == 404 => anyhow::anyhow!("no tenant `{tenant}`"),
+        _ => err,
     }
 }

@@ -83,6 +83,35 @@ pub(super) enum TenantCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Export everything a tenant owns to a tar archive: its rows as NDJSON per table (secrets
+    /// stay sealed), its audit log with a signed checkpoint (`bulkhead audit verify`), and a
+    /// manifest with counts and SHA-256s. Checked before it is renamed into place.
+    Export {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// The archive to write.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Import a tenant from an export archive into this deployment (same id and slug; the
+    /// deployment needs the exporting one's master key and peppers for its keys and sealed
+    /// secrets to work). All or nothing; prints the tenant and its row counts as JSON.
+    Import {
+        /// The archive `tenant export` wrote.
+        archive: std::path::PathBuf,
+        /// shared, schema or dedicated.
+        #[arg(long, default_value = "shared")]
+        tier: String,
+        /// Data-residency region (default: the exported one).
+        #[arg(long)]
+        region: Option<String>,
+        #[command(flatten)]
+        dedicated: DedicatedArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Move a tenant to another tier: copy, freeze writes briefly, verify every table's rows
     /// and checksum, switch, remove the old copy. Run the same command again to resume a move
     /// that was interrupted at any point. Prints the report as JSON.
@@ -250,7 +279,7 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                 let found = server
                     .call(http::Method::GET, &path, None)
                     .await
-                    .map_err(|e| not_found_as_cli(e, &tenant))?;
+                    .map_err(|e| remote::not_found_as_cli(e, &tenant))?;
                 return print_json(&found);
             }
             with_owner(&database, |owner| async move {
@@ -269,7 +298,7 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                 let updated = server
                     .call(http::Method::PATCH, &path, Some(json!({ "plan": plan })))
                     .await
-                    .map_err(|e| not_found_as_cli(e, &tenant))?;
+                    .map_err(|e| remote::not_found_as_cli(e, &tenant))?;
                 return print_json(&updated);
             }
             let plan = tenants::parse_plan(&plan).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -290,6 +319,20 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
             set_status(&database, &tenant, TenantStatus::Active).await
         }
         TenantCommand::Quota { action } => super::quota::run(action).await,
+        TenantCommand::Export {
+            tenant,
+            output,
+            database,
+        } => super::portability::export(tenant, output, database).await,
+        TenantCommand::Import {
+            archive,
+            tier,
+            region,
+            dedicated,
+            database,
+        } => {
+            super::portability::import(archive, tier, region, dedicated.database(), database).await
+        }
         TenantCommand::Move {
             tenant,
             to,
@@ -436,14 +479,6 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server's 404 said as the command says it in direct mode.
-fn not_found_as_cli(err: anyhow::Error, tenant: &str) -> anyhow::Error {
-    match err.downcast_ref::<remote::Refused>() {
-        Some(refused) if refused.status == 404 => anyhow::anyhow!("no tenant `{tenant}`"),
-        _ => err,
-    }
-}
-
 async fn set_status(
     database: &DatabaseArgs,
     tenant: &str,
@@ -459,7 +494,7 @@ async fn set_status(
         let updated = server
             .call(http::Method::POST, &path, None)
             .await
-            .map_err(|e| not_found_as_cli(e, tenant))?;
+            .map_err(|e| remote::not_found_as_cli(e, tenant))?;
         return print_json(&updated);
     }
     let tenant = tenant.to_owned();

@@ -598,3 +598,42 @@ pub fn load_log_key(data_dir: &Path, external_database: bool) -> anyhow::Result<
         Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
 }
+
+/// Leaves `[from, to)` of an export snapshot as NDJSON lines of [`bulkhead_audit::export::ExportLine`]s (the format
+/// `bulkhead audit verify` reads), for `GET /v1/audit/export` and tenant export archives.
+pub async fn export_lines(
+    snapshot: &mut audit::pages::ExportSnapshot,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let items = snapshot.page(from, to).await?;
+    if items.len() as u64 != to - from {
+        anyhow::bail!("leaves {from}..{to} are incomplete");
+    }
+    let mut out = Vec::with_capacity(items.len() * 600);
+    for item in items {
+        let line = match item {
+            audit::pages::ExportItem::Event {
+                leaf_index,
+                leaf_hash,
+                event,
+            } => bulkhead_audit::export::ExportLine::Event {
+                leaf_index,
+                leaf_hash,
+                event,
+            },
+            audit::pages::ExportItem::Purged {
+                leaf_index,
+                leaf_hash,
+                event_id,
+            } => bulkhead_audit::export::ExportLine::Purged {
+                leaf_index,
+                leaf_hash,
+                event_id: event_id.to_string(),
+            },
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}

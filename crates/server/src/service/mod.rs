@@ -13,6 +13,7 @@ pub mod keys;
 pub mod login_throttle;
 pub mod oauth;
 pub mod operators;
+pub mod portability;
 pub mod rate_limits;
 pub mod scan;
 pub mod screen;

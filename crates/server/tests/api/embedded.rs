@@ -303,6 +303,27 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
         .output()
         .unwrap();
     assert!(listed_live.status.success());
+    // An export through the socket (the running server writes it), checked and renamed.
+    let export = |name: &str| {
+        let path = dir.path().join(name);
+        let output = bulkhead(&data_dir)
+            .args(["tenant", "export", "acme", "-o"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(path.exists() && !path.with_extension("partial").exists());
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let exported_live = export("acme-live.tar");
+    assert_eq!(
+        exported_live["tables"]["agent_sessions"], 1,
+        "{exported_live}"
+    );
 
     // `migrate` has no operator route: it still may not open the cluster the server holds.
     let output = bulkhead(&data_dir).args(["migrate"]).output().unwrap();
@@ -334,6 +355,13 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
     assert_eq!(
         String::from_utf8_lossy(&listed_live.stdout),
         String::from_utf8_lossy(&listed_direct.stdout)
+    );
+    // The same export from the data directory: the same rows.
+    let exported_direct = export("acme-direct.tar");
+    assert_eq!(exported_direct["tables"], exported_live["tables"]);
+    assert_eq!(
+        exported_direct["audit_log_key"],
+        exported_live["audit_log_key"]
     );
 }
 

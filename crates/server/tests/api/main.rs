@@ -27,6 +27,7 @@ mod operator;
 mod operator_audit;
 mod operator_openapi;
 mod platform;
+mod portability;
 mod probe;
 mod quotas;
 mod ratelimit;

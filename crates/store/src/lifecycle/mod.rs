@@ -4,4 +4,5 @@
 
 pub mod moves;
 mod onboarding;
+pub mod portability;
 mod status;

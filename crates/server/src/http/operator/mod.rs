@@ -20,6 +20,7 @@
 //!   tenant [`AppState`] never holds it.
 
 mod audit;
+mod export;
 mod keys;
 pub mod openapi;
 pub mod socket;
@@ -267,6 +268,20 @@ pub fn route_table() -> OperatorRoutes {
                 .under(&tenant)
                 .summary("Activate a suspended tenant.")
                 .conflict("The tenant is being moved"),
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants/{tenant}/export",
+            TenantsWrite,
+            export::export,
+        )
+        .doc(
+            tar_archive(
+                "The archive (ustar): tenant.json, the rows as NDJSON per table, audit.ndjson, \
+                 manifest.json. A transfer that breaks off is a failed export",
+            )
+            .under(&tenant)
+            .summary("Export everything the tenant owns (needs tenants:write: it is the tenant's data, not its record)."),
         )
         .route(
             Method::GET,

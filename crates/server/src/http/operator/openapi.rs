@@ -443,7 +443,18 @@ pub fn key_param() -> OpDoc {
         .answer(404, "No such operator key")
 }
 
-/// An NDJSON body.
+/// A `200` answer of a tar archive.
+pub fn tar_archive(description: &str) -> OpDoc {
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Binary,
+        )))
+        .build();
+    OpDoc::inline(200, description, "application/x-tar", schema.into())
+}
+
+/// A `200` answer of NDJSON lines.
 pub fn ndjson(description: &str) -> OpDoc {
     let schema = ObjectBuilder::new().schema_type(Type::String).build();
     OpDoc::inline(200, description, "application/x-ndjson", schema.into())

@@ -151,7 +151,7 @@ pub(super) async fn list(
     Ok(Json(TenantPage { data, next_cursor }))
 }
 
-async fn find(state: &OperatorState, text: &str) -> Result<Tenant, ApiError> {
+pub(super) async fn find(state: &OperatorState, text: &str) -> Result<Tenant, ApiError> {
     tenants::find(state.owner(), text)
         .await?
         .ok_or(ApiError::NotFound)

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bulkhead_audit::export::ExportLine;
 use bulkhead_core::{AuditEventId, Scope};
 use bulkhead_store::audit::log::{self as audit_log, ProofRefusal, Sweep};
-use bulkhead_store::audit::pages::{self as audit_pages, EventFilter, ExportItem, ListedEvent};
+use bulkhead_store::audit::pages::{self as audit_pages, EventFilter, ListedEvent};
 use bulkhead_store::TenantTx;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -26,6 +26,7 @@ use crate::http::routes::kit::page::{ListQuery, PageRequest};
 use crate::http::routes::kit::write::Tail;
 use crate::http::routes::kit::{tx, validate};
 use crate::http::state::AppState;
+use crate::service::audit_log::export_lines;
 
 /// Where the log's public key is published (outside `/v1`: no credential needed).
 pub const LOG_KEY_PATH: &str = "/.well-known/bulkhead-audit-key";
@@ -404,41 +405,4 @@ async fn export(State(state): State<AppState>, tenant: Tenant) -> Result<Respons
         Body::from_stream(body),
     )
         .into_response())
-}
-
-async fn export_lines(
-    snapshot: &mut audit_pages::ExportSnapshot,
-    from: u64,
-    to: u64,
-) -> anyhow::Result<Vec<u8>> {
-    let items = snapshot.page(from, to).await?;
-    if items.len() as u64 != to - from {
-        anyhow::bail!("leaves {from}..{to} are incomplete");
-    }
-    let mut out = Vec::with_capacity(items.len() * 600);
-    for item in items {
-        let line = match item {
-            ExportItem::Event {
-                leaf_index,
-                leaf_hash,
-                event,
-            } => ExportLine::Event {
-                leaf_index,
-                leaf_hash,
-                event,
-            },
-            ExportItem::Purged {
-                leaf_index,
-                leaf_hash,
-                event_id,
-            } => ExportLine::Purged {
-                leaf_index,
-                leaf_hash,
-                event_id: event_id.to_string(),
-            },
-        };
-        serde_json::to_writer(&mut out, &line)?;
-        out.push(b'\n');
-    }
-    Ok(out)
 }

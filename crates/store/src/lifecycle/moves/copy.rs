@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(super) async fn set_context(
+pub(crate) async fn set_context(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<(), StoreError> {
@@ -55,7 +55,7 @@ pub(super) async fn freeze(
 
 /// The column list of `table` in `schema`, in the target's order (both locations come from the
 /// same migrations; naming the columns keeps the copy exact even if their order differed).
-pub(super) async fn columns(
+pub(crate) async fn columns(
     conn: &mut PgConnection,
     schema: &str,
     table: &str,
@@ -236,7 +236,7 @@ pub(super) async fn pipe(
 }
 
 /// The primary-key columns of `table` in `schema`.
-pub(super) async fn primary_key(
+pub(crate) async fn primary_key(
     conn: &mut PgConnection,
     schema: &str,
     table: &str,

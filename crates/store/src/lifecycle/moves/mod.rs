@@ -31,7 +31,7 @@ use crate::placement::location::{Location, Placement, TENANT_TABLES};
 use crate::placement::registry::{write_anchor, Tenant};
 use crate::{Access, Store, StoreError};
 
-mod copy;
+pub(crate) mod copy;
 mod switch;
 
 use copy::*;

@@ -1,0 +1,357 @@
+//! Tenant export and import (issue 19, data portability): an archive from the operator API,
+//! read back into a fresh deployment by `bulkhead tenant import`, compared row by row.
+
+use std::process::Command;
+
+use bulkhead_store::placement::location::TENANT_TABLES;
+use bulkhead_test_support::{spawn_app, TestApp, TestTier};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::webhooks::create_endpoint;
+use crate::helpers::{call_as, create_session, get_ok_json};
+
+/// `bulkhead tenant import` (or any tenant command) against `app`'s database, directly.
+fn bulkhead(app: &TestApp, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .env("DATABASE_URL", app.db.owner_url())
+        .env_remove("BULKHEAD_APP_DATABASE_URL")
+        .env(
+            "BULKHEAD_MASTER_KEY",
+            "base64:YnVsa2hlYWQtdGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODk=",
+        )
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Each row of every tenant table of `tenant` at `schema`, as the MD5 of its text form (the
+/// columns in one fixed order), sorted: equal lists mean equal rows.
+async fn rows(pool: &PgPool, schema: &str, tenant: uuid::Uuid) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for table in TENANT_TABLES {
+        let cols: String = sqlx::query_scalar(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attname) FROM pg_attribute \
+             WHERE attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+             AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let mut hashes: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT md5(ROW({cols})::text) FROM \"{schema}\".{table} WHERE tenant_id = $1"
+        ))
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        hashes.sort();
+        out.push(((*table).to_owned(), hashes));
+    }
+    out
+}
+
+/// The entry `name` of an archive this build wrote (ustar, regular files only).
+fn entry(archive: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut at = 0;
+    while at + 512 <= archive.len() {
+        let header = tar::Header::from_byte_slice(&archive[at..at + 512]);
+        if archive[at..at + 512].iter().all(|b| *b == 0) {
+            return None;
+        }
+        let size = header.entry_size().unwrap() as usize;
+        let path = header.path().unwrap().to_string_lossy().into_owned();
+        let data = &archive[at + 512..at + 512 + size];
+        if path == format!("bulkhead-export/{name}") {
+            return Some(data.to_vec());
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    None
+}
+
+#[tokio::test]
+async fn an_exported_tenant_imports_into_a_fresh_deployment_row_for_row() {
+    let source = spawn_app().await;
+    let acme = source.create_tenant_in("acme", TestTier::Schema).await;
+    let globex = source.create_tenant("globex").await;
+    for n in 0..100 {
+        create_session(&source, &acme, &format!("session {n}")).await;
+    }
+    // More rows than one fetch of the export's cursor, straight into the tenant's schema.
+    let schema = format!("tenant_{}", acme.id.uuid().simple());
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".agent_sessions (tenant_id, id, agent_id, title, metadata) \
+         SELECT $1, gen_random_uuid(), 'agent-' || (g % 7), 'seeded ' || g, \
+                jsonb_build_object('n', g, 'text', repeat('x', g % 50)) \
+         FROM generate_series(1, 700) g"
+    ))
+    .bind(acme.id.uuid())
+    .execute(&source.db.superuser_pool().await)
+    .await
+    .unwrap();
+    create_session(&source, &globex, "globex only").await;
+    create_endpoint(
+        &source,
+        &acme,
+        json!({ "url": "https://hooks.acme.example/in", "event_types": ["session.created"] }),
+    )
+    .await;
+    let sessions_before = get_ok_json(&source, &acme, "/v1/sessions?limit=200").await;
+
+    let operator = source.spawn_operator().await;
+    let (status, headers, archive) = operator
+        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/x-tar");
+    // Nothing of another tenant, and no webhook secret in the clear.
+    let globex_id = globex.id.uuid().to_string();
+    assert!(
+        !archive
+            .windows(globex_id.len())
+            .any(|w| w == globex_id.as_bytes()),
+        "the archive names another tenant"
+    );
+    assert!(
+        !String::from_utf8_lossy(&archive).contains("whsec_"),
+        "a webhook secret left in the clear"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&entry(&archive, "manifest.json").unwrap()).unwrap();
+    assert_eq!(manifest["tables"]["agent_sessions"], 800);
+    assert_eq!(manifest["tables"]["webhook_endpoints"], 1);
+    // Its audit log verifies offline with the key the archive names.
+    let header: Value = serde_json::from_slice(&entry(&archive, "tenant.json").unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.ndjson");
+    std::fs::write(&audit, entry(&archive, "audit.ndjson").unwrap()).unwrap();
+    let verified = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .args(["--log-key", header["audit_log_key"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // The operator log names the export, before and after.
+    let (_, events) = operator
+        .request(
+            Method::GET,
+            "/operator/v1/audit-events?limit=10",
+            None,
+            None,
+        )
+        .await;
+    let exports: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "tenant.export")
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(exports, ["success", "started"], "{events}");
+
+    let path = dir.path().join("acme.tar");
+    std::fs::write(&path, &archive).unwrap();
+    let target = spawn_app().await;
+    let imported = bulkhead(
+        &target,
+        &[
+            "tenant",
+            "import",
+            path.to_str().unwrap(),
+            "--tier",
+            "shared",
+        ],
+    );
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let report: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(report["tenant"]["id"], acme.id.to_string());
+    assert_eq!(report["tenant"]["isolation_tier"], "shared");
+
+    // Row for row the same, from the schema tier into the shared tables.
+    let at_source = rows(&source.db.superuser_pool().await, &schema, acme.id.uuid()).await;
+    let at_target = rows(
+        &target.db.superuser_pool().await,
+        "bulkhead",
+        acme.id.uuid(),
+    )
+    .await;
+    for ((table, a), (_, b)) in at_source.iter().zip(&at_target) {
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert_eq!(a, b, "{table}: rows differ");
+    }
+    // The tenant's own key works there, and sees its own sessions.
+    let sessions_after = get_ok_json(&target, &acme, "/v1/sessions?limit=200").await;
+    assert_eq!(sessions_after, sessions_before);
+    // …and it keeps working: a new session and its audit event land after the imported log.
+    create_session(&target, &acme, "after the import").await;
+    let checkpoint = call_as(&target, &acme, Method::POST, "/v1/audit/checkpoints", None).await;
+    assert!(checkpoint.status().is_success());
+
+    // The same archive again: a conflict, nothing changed.
+    let again = bulkhead(&target, &["tenant", "import", path.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert_eq!(
+        call_as(&target, &acme, Method::GET, "/v1/sessions?limit=1", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_or_truncated_archive_imports_nothing() {
+    let source = spawn_app().await;
+    let acme = source.create_tenant("acme").await;
+    for n in 0..5 {
+        create_session(&source, &acme, &format!("session {n}")).await;
+    }
+    let operator = source.spawn_operator().await;
+    let (status, _, archive) = operator
+        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let target = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // One title changed inside a table part: its SHA-256 no longer matches the manifest.
+    let text = archive.to_vec();
+    let at = text
+        .windows(b"session 3".len())
+        .position(|w| w == b"session 3")
+        .unwrap();
+    let mut tampered = text.clone();
+    tampered[at + 8] = b'4';
+    // Truncated before the manifest.
+    let cut = text.len() - 2048;
+    for (name, bytes) in [("tampered", &tampered[..]), ("truncated", &text[..cut])] {
+        let path = dir.path().join(format!("{name}.tar"));
+        std::fs::write(&path, bytes).unwrap();
+        let outcome = bulkhead(&target, &["tenant", "import", path.to_str().unwrap()]);
+        assert!(!outcome.status.success(), "{name} was imported");
+        let registered: Option<String> =
+            sqlx::query_scalar("SELECT slug FROM bulkhead.tenants WHERE id = $1")
+                .bind(acme.id.uuid())
+                .fetch_optional(&target.db.superuser_pool().await)
+                .await
+                .unwrap();
+        assert_eq!(registered, None, "{name}: a registry row was left");
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
+                .bind(acme.id.uuid())
+                .fetch_one(&target.db.superuser_pool().await)
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "{name}: rows were left");
+    }
+}
+
+#[tokio::test]
+async fn export_needs_tenants_write_and_names_no_unknown_tenant() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let operator = app.spawn_operator().await;
+    let (_, made) = operator
+        .request(
+            Method::POST,
+            "/operator/v1/operator-keys",
+            None,
+            Some(json!({ "name": "reader", "scopes": ["tenants:read"] })),
+        )
+        .await;
+    let reader = made["key"].as_str().unwrap();
+    let (status, _) = operator
+        .request(
+            Method::GET,
+            "/operator/v1/tenants/acme/export",
+            Some(reader),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = operator
+        .request_raw(Method::GET, "/operator/v1/tenants/no-such-co/export", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_shared_tenant_imports_into_a_dedicated_database_and_is_served_there() {
+    let source = spawn_app().await;
+    let acme = source.create_tenant("acme").await;
+    for n in 0..20 {
+        create_session(&source, &acme, &format!("session {n}")).await;
+    }
+    let before = get_ok_json(&source, &acme, "/v1/sessions?limit=200").await;
+    let operator = source.spawn_operator().await;
+    let (status, _, archive) = operator
+        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("acme.tar");
+    std::fs::write(&path, &archive).unwrap();
+
+    let target = spawn_app().await;
+    let (database, owner_url, _) = target.db.dedicated_database().await;
+    let imported = bulkhead(
+        &target,
+        &[
+            "tenant",
+            "import",
+            path.to_str().unwrap(),
+            "--tier",
+            "dedicated",
+            "--tenant-database-url",
+            &owner_url,
+            "--tenant-database-name",
+            &database,
+        ],
+    );
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let report: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(report["tenant"]["isolation_tier"], "dedicated");
+    // Registered suspended until its rows were in, then given its exported status.
+    assert_eq!(report["tenant"]["status"], "active");
+    assert_eq!(report["tables"]["agent_sessions"], 20);
+    let rows_there: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
+            .bind(acme.id.uuid())
+            .fetch_one(
+                &PgPool::connect_with(target.db.superuser_options_for(&database))
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    assert_eq!(rows_there, 20);
+    let in_registry_database: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
+            .bind(acme.id.uuid())
+            .fetch_one(&target.db.superuser_pool().await)
+            .await
+            .unwrap();
+    assert_eq!(in_registry_database, 0);
+    // Its key is routed to the dedicated database and serves the same sessions.
+    assert_eq!(
+        get_ok_json(&target, &acme, "/v1/sessions?limit=200").await,
+        before
+    );
+}
