@@ -6,7 +6,10 @@
 //!    shared schema in the same run; and a pass over N schemas that are already current;
 //! 3. moving a tenant with TIERS_BENCH_ROWS rows (half sessions, half audit events) shared →
 //!    schema → dedicated → shared: total time and the time writes were frozen, against the
-//!    baseline of reading every row once (one checksum pass).
+//!    baseline of reading every row once (one checksum pass); after each move, exporting the
+//!    tenant (`service::portability::export`, the archive `bulkhead tenant export` writes, into
+//!    a sink) against the baseline of a plain `COPY … TO STDOUT` of every one of its tables in
+//!    the same location, in the same run (issue 19's measure).
 //!
 //! A bench binary, not a timed test: it prints figures.
 //!
@@ -244,6 +247,91 @@ async fn move_time(rows: u64) {
             report.total_ms as f64 / read,
             report.frozen_ms
         );
+        export_time(&db, &owner, tenant.id).await;
+    }
+}
+
+/// Exports the tenant into a sink, against a plain binary `COPY` of the same rows (every tenant
+/// table, as the owner, the context set) read from the same location just before.
+async fn export_time(db: &TestDb, owner: &Store, tenant: TenantId) {
+    use futures::StreamExt as _;
+    let record = owner
+        .tenant_by_id(tenant)
+        .await
+        .expect("registry")
+        .expect("tenant");
+    let schema = record
+        .schema_name
+        .clone()
+        .unwrap_or_else(|| "bulkhead".into());
+    // A dedicated tenant's registry name is its database's name in the test cluster.
+    let options = db.superuser_options_for(record.database_name.as_deref().unwrap_or(&db.name));
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("baseline connection");
+    let t = Instant::now();
+    let mut copied = 0usize;
+    for table in bulkhead_store::placement::location::TENANT_TABLES {
+        let mut out = conn
+            .copy_out_raw(&format!(
+                "COPY (SELECT * FROM \"{schema}\".{table} WHERE tenant_id = '{}') TO STDOUT (FORMAT binary)",
+                tenant.uuid()
+            ))
+            .await
+            .expect("copy out");
+        while let Some(chunk) = out.next().await {
+            copied += chunk.expect("chunk").len();
+        }
+    }
+    let copy = t.elapsed().as_secs_f64() * 1000.0;
+    let key = bulkhead_audit::LogSigningKey::generate();
+    let t = Instant::now();
+    let mut sink = CountingSink(0);
+    let manifest = bulkhead_server::service::portability::export(
+        owner,
+        &key,
+        tenant,
+        chrono::Utc::now(),
+        &mut sink,
+        &|_| {},
+    )
+    .await
+    .expect("export");
+    let export = t.elapsed().as_secs_f64() * 1000.0;
+    let rows: u64 = manifest.tables.values().sum();
+    println!(
+        "    export ({}): {rows} rows, {:.1} MB archive in {export:.0} ms ({:.0} rows/s); plain COPY of the same tables {copy:.0} ms ({:.1} MB binary): {:.2}x",
+        record.isolation_tier.as_str(),
+        sink.0 as f64 / 1e6,
+        rows as f64 / (export / 1000.0),
+        copied as f64 / 1e6,
+        export / copy,
+    );
+}
+
+/// Counts what an export writes.
+struct CountingSink(u64);
+
+impl tokio::io::AsyncWrite for CountingSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0 += buf.len() as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
