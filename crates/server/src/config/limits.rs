@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use bulkhead_ratelimit::{ClassQuota, ConcurrencyLimiter, LimitConfig, Plan, Quota};
 
+/// Page size of a list request that names none (the one page-size rule of every list route is
+/// `http::routes::kit::page`; a page's rate cost is counted in these, `http::limits`).
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size a list request may ask for.
+pub const MAX_PAGE_SIZE: u32 = 200;
+
 /// The endpoint class of `POST /v1/api-keys` (see `http::authz`): its own quota, cost and
 /// concurrency.
 pub const KEY_CREATE_CLASS: &str = "key_create";

@@ -27,6 +27,7 @@ use bulkhead_core::{Actor, TenantContext, TenantId};
 use bulkhead_ratelimit::{header_values, Decision, Level, LevelState, Plan, Source};
 use bulkhead_store::placement::registry;
 
+use crate::config::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
@@ -226,6 +227,9 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
     if let Some(agent) = agent.as_deref() {
         limited = limited.with_agent(agent);
     }
+    if let Some(cost) = page_cost(request.method(), &route, request.uri().query()) {
+        limited = limited.with_cost(cost);
+    }
     // Taken before the rate decision, so a request refused here charges no budget; held until
     // the handler has answered (dropping it frees the slot).
     let Some(_permit) = limits.concurrency.acquire(ctx.tenant_id(), class) else {
@@ -290,6 +294,28 @@ fn is_heavy_read(method: &http::Method, route: &str) -> bool {
         && !LIGHT_READS.contains(&route)
 }
 
+/// Units a collection read takes from every budget: one per [`DEFAULT_PAGE_SIZE`] rows it may
+/// return (its `limit`, default and at most [`MAX_PAGE_SIZE`]), so a budget bounds the rows a
+/// tenant reads, not its pages (issue 28.3: 24–64 concurrent `limit=200` lists of a
+/// million-row tenant within the per-page budget moved another tenant's p99 past 2×). A page of
+/// the default size costs what any request costs; `limit=200` costs 4, as GraphQL APIs charge
+/// a query by the `first:` it asks for, before running it. `None` for every other request (its
+/// class's cost). A `limit` that is not a number is left to the handler's 422 at cost 1.
+fn page_cost(method: &http::Method, route: &str, query: Option<&str>) -> Option<u32> {
+    if !is_heavy_read(method, route) {
+        return None;
+    }
+    let limit = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == "limit")
+        .and_then(|(_, value)| value.parse::<u32>().ok())
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .clamp(1, MAX_PAGE_SIZE);
+    Some(limit.div_ceil(DEFAULT_PAGE_SIZE))
+}
+
 /// Reads that end in a literal segment but are not scans of a collection, so the heavy-read
 /// lane would only queue them: a session's context (an agent's per-turn call), the tenant-wide
 /// policies, usage counters and the latest checkpoint (one row each), and the audit export,
@@ -327,6 +353,34 @@ mod tests {
         assert_ne!(
             address_key(v4),
             address_key("203.0.113.10".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_collection_read_costs_one_unit_per_default_page_of_rows() {
+        let get = http::Method::GET;
+        let cost = |query| page_cost(&get, "/v1/sessions", query);
+        assert_eq!(cost(None), Some(1));
+        assert_eq!(cost(Some("state=closed")), Some(1));
+        assert_eq!(cost(Some("limit=50")), Some(1));
+        assert_eq!(cost(Some("limit=51")), Some(2));
+        assert_eq!(cost(Some("state=closed&limit=200")), Some(4));
+        assert_eq!(
+            page_cost(&get, "/v1/audit/events", Some("limit=200")),
+            Some(4)
+        );
+        // Past the maximum the handler refuses it; the cost stays bounded either way.
+        assert_eq!(cost(Some("limit=100000")), Some(4));
+        assert_eq!(cost(Some("limit=x")), Some(1));
+        // Single resources, light reads and writes keep their class's cost.
+        assert_eq!(
+            page_cost(&get, "/v1/sessions/{id}", Some("limit=200")),
+            None
+        );
+        assert_eq!(page_cost(&get, "/v1/usage", Some("limit=200")), None);
+        assert_eq!(
+            page_cost(&http::Method::POST, "/v1/sessions", Some("limit=200")),
+            None
         );
     }
 

@@ -212,3 +212,37 @@ async fn a_flood_of_one_tenant_spares_another_behind_the_same_address() {
     }
     assert_eq!(refused, 0, "tenant B was refused because of A's flood");
 }
+
+#[tokio::test]
+async fn a_page_of_200_rows_costs_four_default_pages() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let config = LimitConfig {
+        per_agent: Some(Quota::per_minute(24).with_burst(24)),
+        ..default_limits()
+    };
+    let limits = RateLimits::in_memory(config, default_preauth_limits(), clock.clone());
+    let app = spawn_app_with(AppOptions {
+        clock: Some(clock),
+        rate_limits: Some(Arc::new(limits)),
+        ..Default::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    let (big, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    let (small, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
+    // Six pages of up to 200 rows spend the key's 24 units; the seventh is refused. (Minting
+    // the two keys spent the admin key's units, not theirs.)
+    for _ in 0..6 {
+        let page = call_as(&app, &big, Method::GET, "/v1/sessions?limit=200", None).await;
+        assert_eq!(page.status(), StatusCode::OK);
+    }
+    let refused = call_as(&app, &big, Method::GET, "/v1/sessions?limit=200", None).await;
+    let (status, body) = problem(refused).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(body["detail"].as_str().unwrap().contains("agent"), "{body}");
+    // Twenty-four pages of the default size fit the same budget.
+    for n in 0..24 {
+        let page = call_as(&app, &small, Method::GET, "/v1/sessions", None).await;
+        assert_eq!(page.status(), StatusCode::OK, "page {n}");
+    }
+}

@@ -20,10 +20,8 @@ use super::{tx, validate};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
-/// Page size of a list request that names none.
-pub(crate) const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest page size a list request may ask for.
-pub(crate) const MAX_PAGE_SIZE: u32 = 200;
+// Defined with the limits, which charge a page by its size (`http::limits::page_cost`).
+pub(crate) use crate::config::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// The page size a list request asked for, or [`DEFAULT_PAGE_SIZE`]; outside
 /// `1..=MAX_PAGE_SIZE` is refused (422), not silently clamped.
