@@ -214,6 +214,18 @@ async fn registrations_outside_the_rules_are_refused_in_rfc_7591_terms_and_audit
             "invalid_client_metadata",
             "client_name",
         ),
+        // Review L8: a right-to-left override shows what follows it reversed on the consent
+        // page; a zero-width space makes two different names look alike.
+        (
+            json!({ "client_name": "Trusted \u{202E}nimdA", "redirect_uris": ["https://app.example/cb"] }),
+            "invalid_client_metadata",
+            "client_name",
+        ),
+        (
+            json!({ "client_name": "Pay\u{200B}Pal", "redirect_uris": ["https://app.example/cb"] }),
+            "invalid_client_metadata",
+            "client_name",
+        ),
         (
             json!({ "client_name": "A", "redirect_uris": ["https://app.example/cb"],
                     "scope": "keys:manage" }),

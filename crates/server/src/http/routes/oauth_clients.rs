@@ -27,8 +27,8 @@ use crate::http::error::ApiError;
 use crate::http::extract::{Json, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::{page, ListQuery, NoFilters};
-use crate::http::routes::kit::tx;
 use crate::http::routes::kit::write::Tail;
+use crate::http::routes::kit::{tx, validate};
 use crate::http::state::AppState;
 use crate::service::oauth::redirect_uri;
 
@@ -139,16 +139,6 @@ page!(
     OAuthClientPage, OAuthClient, OAuthClientId
 );
 
-fn check_name(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::Invalid(
-            "name has 1 to 100 characters, none a control character".into(),
-        ));
-    }
-    Ok(name)
-}
-
 fn check_redirect_uris(uris: &[String]) -> Result<(), ApiError> {
     if uris.is_empty() || uris.len() > 10 {
         return Err(ApiError::Invalid("give 1 to 10 redirect_uris".into()));
@@ -197,7 +187,7 @@ async fn create_client(
     Json(body): Json<CreateClient>,
 ) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
     let ctx = &tenant.0;
-    let name = check_name(&body.name)?.to_owned();
+    let name = validate::display_name(&body.name)?.to_owned();
     check_redirect_uris(&body.redirect_uris)?;
     let scopes = check_scopes(&body.scopes)?;
     let method = body
@@ -260,7 +250,11 @@ async fn update_client(
     ByIdJson(ById { state, tenant, id }, body): ByIdJson<OAuthClientKind, UpdateClient>,
 ) -> Result<axum::Json<OAuthClient>, ApiError> {
     let ctx = &tenant.0;
-    let name = body.name.as_deref().map(check_name).transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(validate::display_name)
+        .transpose()?;
     if let Some(uris) = &body.redirect_uris {
         check_redirect_uris(uris)?;
     }

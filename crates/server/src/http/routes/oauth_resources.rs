@@ -36,7 +36,7 @@ use crate::http::extract::{Json, Tenant};
 use crate::http::routes::kit::by_id::{ById, ByIdJson};
 use crate::http::routes::kit::page::{page, ListQuery, NoFilters};
 use crate::http::routes::kit::tx;
-use crate::http::routes::kit::validate::PathId;
+use crate::http::routes::kit::validate::{self, PathId};
 use crate::http::routes::kit::write::Tail;
 use crate::http::state::AppState;
 
@@ -238,16 +238,6 @@ pub fn check_identifier(text: &str, at: &TenantOrigin<'_>) -> Result<(), String>
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::Invalid(
-            "name has 1 to 100 characters, none a control character".into(),
-        ));
-    }
-    Ok(name)
-}
-
 fn check_scopes(names: &[String]) -> Result<ScopeSet, ApiError> {
     if names.is_empty() || names.len() > 64 {
         return Err(ApiError::Invalid("give 1 to 64 scopes".into()));
@@ -291,7 +281,7 @@ async fn create_resource(
         audience: &config.tokens.audience,
     };
     check_identifier(&body.identifier, &origin).map_err(|why| ApiError::Invalid(why.into()))?;
-    let name = check_name(&body.name)?.to_owned();
+    let name = validate::display_name(&body.name)?.to_owned();
     let scopes = check_scopes(&body.scopes)?;
     let now = state.clock().now();
     let resource = tx::write(&state, ctx, async |tx| {
@@ -335,7 +325,11 @@ async fn update_resource(
     ByIdJson(ById { state, tenant, id }, body): ByIdJson<OAuthResourceKind, UpdateResource>,
 ) -> Result<axum::Json<OAuthResource>, ApiError> {
     let ctx = &tenant.0;
-    let name = body.name.as_deref().map(check_name).transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(validate::display_name)
+        .transpose()?;
     let scopes = body.scopes.as_deref().map(check_scopes).transpose()?;
     let now = state.clock().now();
     let resource = tx::write(&state, ctx, async |tx| {

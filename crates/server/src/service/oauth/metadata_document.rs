@@ -181,8 +181,7 @@ pub fn parse_document(url: &str, body: &[u8], ceiling: &ScopeSet) -> Result<Docu
     let name = value
         .get("client_name")
         .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control))
+        .and_then(super::display_name)
         .ok_or(Refusal::InvalidMetadata)?;
     let redirect_uris: Vec<String> = value
         .get("redirect_uris")

@@ -48,6 +48,26 @@ pub fn is_malformed_resource(resource: &str) -> bool {
     resource.len() > 2048 || resource.chars().any(char::is_control)
 }
 
+/// A name shown to a person deciding on consent (a client's, a resource's), trimmed, if it is
+/// one: 1 to 100 characters, none a control character or a Unicode format character (general
+/// category Cf: the bidirectional overrides and isolates, zero-width spaces and joiners, soft
+/// hyphens). Format characters render invisibly or reorder what follows, so a name could show
+/// as another's, or hide part of itself, on the consent page (review L8). Decision: refused,
+/// not stripped, so what is stored is what was sent; emoji sequences joined by U+200D are
+/// refused with them.
+pub fn display_name(name: &str) -> Option<&str> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    let name = name.trim();
+    let plain = name
+        .chars()
+        .all(|c| !c.is_control() && c.general_category() != GeneralCategory::Format);
+    (plain && !name.is_empty() && name.chars().count() <= 100).then_some(name)
+}
+
+/// What [`display_name`] refuses, said once for every API that takes such a name.
+pub const DISPLAY_NAME_RULE: &str =
+    "1 to 100 characters, none a control or invisible formatting character";
+
 /// The parts of the application a grant uses.
 #[derive(Clone, Copy)]
 pub struct Issuer<'a> {
@@ -125,5 +145,39 @@ pub(crate) fn granted_scopes(
             }
             Ok(requested)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_display_name_has_no_invisible_or_reordering_characters() {
+        for plain in [
+            "Desktop assistant",
+            "Équipe Käse",
+            "東京エージェント",
+            "🤖 Helper",
+            "  padded  ",
+        ] {
+            assert_eq!(display_name(plain), Some(plain.trim()), "{plain:?}");
+        }
+        for hidden in [
+            "",
+            "   ",
+            "Trusted \u{202E}nimdA",
+            "a\u{2066}b\u{2069}",
+            "Pay\u{200B}Pal",
+            "soft\u{00AD}hyphen",
+            "bom\u{FEFF}",
+            "tag\u{E0041}",
+            "line\nbreak",
+            "nul\u{0}",
+        ] {
+            assert_eq!(display_name(hidden), None, "{hidden:?}");
+        }
+        assert!(display_name(&"x".repeat(100)).is_some());
+        assert!(display_name(&"x".repeat(101)).is_none());
     }
 }

@@ -99,13 +99,13 @@ pub fn check(body: &[u8], ceiling: &ScopeSet) -> Result<ClientMetadata, Refused>
             reason: "redirect_uri",
         })?;
     }
-    let name = string(&value, "client_name")?.map(str::trim).unwrap_or("");
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+    let Some(name) = super::display_name(string(&value, "client_name")?.unwrap_or("")) else {
         return Err(metadata_error(
             "client_name",
-            "client_name is required: 1 to 100 characters, none a control character",
+            "client_name is required: 1 to 100 characters, none a control or invisible \
+             formatting character",
         ));
-    }
+    };
     let method = match string(&value, "token_endpoint_auth_method")? {
         None | Some("client_secret_basic") => ClientAuthMethod::ClientSecretBasic,
         Some("client_secret_post") => ClientAuthMethod::ClientSecretPost,

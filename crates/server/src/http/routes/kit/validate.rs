@@ -36,6 +36,14 @@ fn allowed_in_description(c: char) -> bool {
     !bidi && (!c.is_control() || matches!(c, '\n' | '\t'))
 }
 
+/// A name a person reads on the consent page (an OAuth client's, a resource's), trimmed:
+/// [`crate::service::oauth::display_name`]'s rule, or 422 saying it.
+pub(crate) fn display_name(name: &str) -> Result<&str, ApiError> {
+    crate::service::oauth::display_name(name).ok_or_else(|| {
+        ApiError::Invalid(format!("name has {}", crate::service::oauth::DISPLAY_NAME_RULE).into())
+    })
+}
+
 /// A description as it is stored: trimmed, then held to the rule of the module doc (422).
 pub(crate) fn description(text: &str) -> Result<String, ApiError> {
     let text = text.trim();
