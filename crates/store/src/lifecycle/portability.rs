@@ -33,6 +33,9 @@ use crate::{Store, StoreError};
 /// Rows fetched from the export cursor at a time.
 pub const FETCH_ROWS: i64 = 256;
 
+/// The longest pause between two parts an export survives (see [`TenantExport::open`]).
+pub const EXPORT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A part is emitted once it holds this many bytes (or its table ends).
 pub const PART_BYTES: usize = 1 << 20;
 
@@ -79,6 +82,13 @@ impl TenantExport {
             .execute(&mut *tx)
             .await?;
         set_context(&mut tx, tenant.id).await?;
+        // A reader that stops taking parts (a stalled download) must not hold this snapshot's
+        // xmin horizon, which stops VACUUM for every tenant of the database: the server ends
+        // the transaction after this long between two fetches, and the export fails.
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(format!("{}ms", EXPORT_IDLE_TIMEOUT.as_millis()))
+            .execute(&mut *tx)
+            .await?;
         Ok(Self {
             tenant,
             tx,
