@@ -264,6 +264,25 @@ pub async fn set_status(
     } else {
         "tenant.suspend"
     };
+    // A tenant being deleted stays suspended until its deletion is cancelled.
+    if status == TenantStatus::Active && owner.tenant_deletion(tenant).await?.is_some() {
+        return operators::audited(
+            owner,
+            operator,
+            action,
+            Some(tenant.to_string()),
+            json!({ "status": status.as_str() }),
+            |t: &Tenant| t.id.to_string(),
+            async {
+                Err(StoreError::Conflict {
+                    constraint: "a deletion of this tenant is scheduled; cancel it to reactivate \
+                                 the tenant"
+                        .into(),
+                })
+            },
+        )
+        .await;
+    }
     operators::audited(
         owner,
         operator,

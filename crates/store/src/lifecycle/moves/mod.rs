@@ -35,6 +35,7 @@ pub(crate) mod copy;
 mod switch;
 
 use copy::*;
+pub(crate) use copy::{become_mover, freeze, set_context, stop_being_mover};
 use switch::*;
 
 /// The steps of a move, in order.
@@ -488,6 +489,19 @@ async fn plan(
             resumed: true,
             move_id,
         });
+    }
+    {
+        let mut conn = owner.pool().acquire().await?;
+        if let Some(deletion) =
+            crate::lifecycle::deletion::deletion_row(&mut conn, tenant.id, false).await?
+        {
+            return Err(StoreError::Conflict {
+                constraint: format!(
+                    "the tenant's deletion is {} (since {}); a tenant being deleted is not moved",
+                    deletion.state, deletion.scheduled_at
+                ),
+            });
+        }
     }
     let from = tenant.location()?;
     let to = Location {
