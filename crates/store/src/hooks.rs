@@ -26,6 +26,9 @@ pub enum HookPoint {
     AbandonEventWritten,
     /// An audit export has fixed its checkpoint; no page is read yet.
     ExportCheckpointed,
+    /// A purge has removed the tenant's rows in every location; its registry row, the
+    /// tombstone and the receipt are not written yet.
+    PurgeScrubbed,
 }
 
 /// What an armed point returns when set to fail: the operation stops there as a kill would.

@@ -132,7 +132,7 @@ pub struct OperatorEvent {
     pub metadata: serde_json::Value,
 }
 
-async fn insert_event(
+pub(crate) async fn insert_event(
     conn: &mut sqlx::PgConnection,
     event: &NewOperatorEvent,
 ) -> Result<OperatorEventId, StoreError> {

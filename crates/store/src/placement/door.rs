@@ -243,7 +243,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                match TenantTx::enter_with(tx, ctx, access, &location, true).await {
+                match TenantTx::enter_with(tx, ctx, access, &location, true, false).await {
                     Err(StoreError::LocationMismatch) if !fresh => {
                         self.router.forget(tenant);
                         fresh = true;
@@ -362,7 +362,17 @@ impl TenantTx {
         access: Access,
         location: &Location,
     ) -> Result<TenantTx, StoreError> {
-        Self::enter_with(tx, ctx, access, location, false).await
+        Self::enter_with(tx, ctx, access, location, false, false).await
+    }
+
+    /// [`TenantTx::enter`] for writing while the tenant is frozen: only a purge, which freezes
+    /// the tenant so that nothing else writes, then signs its log's last checkpoint.
+    pub(crate) async fn enter_frozen(
+        tx: Transaction<'static, Postgres>,
+        ctx: &TenantContext,
+        location: &Location,
+    ) -> Result<TenantTx, StoreError> {
+        Self::enter_with(tx, ctx, Access::ReadWrite, location, false, true).await
     }
 
     /// [`TenantTx::enter`]; `wake_after_commit` for [`Store::begin`], whose store wakes the
@@ -373,6 +383,7 @@ impl TenantTx {
         access: Access,
         location: &Location,
         wake_after_commit: bool,
+        frozen_ok: bool,
     ) -> Result<TenantTx, StoreError> {
         let schema = location.placement.schema();
         let statement = enter_statement(schema, access, wake_after_commit);
@@ -408,7 +419,7 @@ impl TenantTx {
         if &here != location {
             return Err(StoreError::LocationMismatch);
         }
-        if frozen && access == Access::ReadWrite {
+        if frozen && access == Access::ReadWrite && !frozen_ok {
             return Err(StoreError::TenantMoving);
         }
         Ok(TenantTx {

@@ -27,7 +27,7 @@ pub(crate) async fn set_context(
 /// read-write transaction in flight (they hold `FOR SHARE` on it) and every later one sees it.
 /// Then waits for job and delivery claims already running there (they do not take that lock):
 /// a `SHARE` lock on the two queues is granted only once they have finished.
-pub(super) async fn freeze(
+pub(crate) async fn freeze(
     owner: &Store,
     tenant: &Tenant,
     from: &Location,
@@ -98,7 +98,7 @@ pub(super) async fn delete_rows(
 
 /// Takes the mover role for the rest of the transaction's deletes (granted to the owner only
 /// inside this transaction; [`stop_being_mover`] revokes it before commit).
-pub(super) async fn become_mover(conn: &mut PgConnection) -> Result<(), StoreError> {
+pub(crate) async fn become_mover(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query("GRANT bulkhead_tenant_mover TO CURRENT_USER")
         .execute(&mut *conn)
         .await?;
@@ -108,7 +108,7 @@ pub(super) async fn become_mover(conn: &mut PgConnection) -> Result<(), StoreErr
     Ok(())
 }
 
-pub(super) async fn stop_being_mover(conn: &mut PgConnection) -> Result<(), StoreError> {
+pub(crate) async fn stop_being_mover(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query("RESET ROLE").execute(&mut *conn).await?;
     sqlx::query("REVOKE bulkhead_tenant_mover FROM CURRENT_USER")
         .execute(&mut *conn)
