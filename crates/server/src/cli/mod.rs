@@ -10,6 +10,7 @@ mod remote;
 mod serve;
 mod signing_key;
 mod tenant;
+mod tenant_delete;
 mod user;
 
 use std::process::ExitCode;

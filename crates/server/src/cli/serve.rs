@@ -164,6 +164,17 @@ async fn serve_with(
     for endpoint in &operators.endpoints {
         tracing::info!(%endpoint, "the operator API is served");
     }
+    // Tenants whose deletion's grace period has ended are purged by the worker process, through
+    // the owner pool (the serving role can write neither the registry nor the deletion records).
+    let purges = (!args.no_worker).then(|| {
+        tokio::spawn(crate::service::deletion::run_purges(
+            owner.clone(),
+            state.audit().key().clone(),
+            bulkhead_core::Clock::system(),
+            std::time::Duration::from_secs(60),
+            stopped.clone(),
+        ))
+    });
     eprint!("{}", banner(args, address, &operators.endpoints));
     let mut stopped_for_server = stopped;
     let shutdown = async move {
@@ -178,6 +189,9 @@ async fn serve_with(
         metrics.await.ok();
     }
     operators.finish().await;
+    if let Some(purges) = purges {
+        purges.await.ok();
+    }
     owner.close().await;
     if let Some(worker) = worker {
         worker.await.ok();

@@ -71,6 +71,25 @@ pub(super) enum TenantCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Delete a tenant: schedule its deletion (it is suspended at once and purged when the
+    /// grace period ends; a second run changes nothing), or purge it now (`--now`), or cancel the
+    /// scheduled deletion (`--cancel`). Prints the deletion record (with `--now`, and the erasure
+    /// receipt) as JSON.
+    Delete {
+        /// Slug or `tnt_…` id.
+        tenant: String,
+        /// Seconds before the purge: 0 to 7776000 (90 days); default 604800 (7 days).
+        #[arg(long, conflicts_with = "cancel")]
+        grace_period: Option<i64>,
+        /// Purge now: every row in every location, then the erasure receipt.
+        #[arg(long, conflicts_with = "cancel")]
+        now: bool,
+        /// Cancel the scheduled deletion (before its purge has begun).
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Show a tenant's quotas (usage and limit per kind), or set its override of one limit.
     Quota {
         #[command(subcommand)]
@@ -332,6 +351,21 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
             database,
         } => {
             super::portability::import(archive, tier, region, dedicated.database(), database).await
+        }
+        TenantCommand::Delete {
+            tenant,
+            grace_period,
+            now,
+            cancel,
+            database,
+        } => {
+            use super::tenant_delete::{run, DeleteAction};
+            let action = match (now, cancel) {
+                (_, true) => DeleteAction::Cancel,
+                (true, false) => DeleteAction::PurgeNow,
+                (false, false) => DeleteAction::Schedule,
+            };
+            run(&database, &tenant, grace_period, action).await
         }
         TenantCommand::Move {
             tenant,

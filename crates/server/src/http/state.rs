@@ -277,6 +277,16 @@ impl TenantDirectory {
         Ok(found)
     }
 
+    /// Drops what this process cached of a tenant, so a change an operator just made (a
+    /// suspension for deletion, its cancellation, a purge) holds here on the next request;
+    /// other processes see it within the cache's lifetime.
+    pub async fn forget(&self, id: TenantId, slug: Option<&TenantSlug>) {
+        self.by_id.invalidate(&id).await;
+        if let Some(slug) = slug {
+            self.by_slug.invalidate(slug).await;
+        }
+    }
+
     /// The tenant with `id`, if any.
     pub async fn by_id(&self, store: &Store, id: TenantId) -> Result<Option<Tenant>, StoreError> {
         if let Some(hit) = self.by_id.get(&id).await {

@@ -7,6 +7,7 @@ pub mod auth_sessions;
 pub mod ceilings;
 pub mod credentials;
 pub mod database;
+pub mod deletion;
 pub mod hashing;
 pub mod invalidation;
 pub mod keys;

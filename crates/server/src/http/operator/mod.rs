@@ -20,6 +20,7 @@
 //!   tenant [`AppState`] never holds it.
 
 mod audit;
+mod deletion;
 mod export;
 mod keys;
 pub mod openapi;
@@ -268,6 +269,63 @@ pub fn route_table() -> OperatorRoutes {
                 .under(&tenant)
                 .summary("Activate a suspended tenant.")
                 .conflict("The tenant is being moved"),
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/tenants/{tenant}/deletion",
+            TenantsDelete,
+            deletion::schedule,
+        )
+        .doc(
+            OpDoc::ok::<deletion::TenantDeletionDoc>(201, "The deletion, scheduled now")
+                .also::<deletion::TenantDeletionDoc>(
+                    200,
+                    "The deletion already scheduled (unchanged)",
+                )
+                .under(&tenant)
+                .optional_body::<deletion::ScheduleDeletion>()
+                .summary(
+                    "Schedule a tenant's deletion: it is suspended at once; the purge runs when \
+                     the grace period ends.",
+                )
+                .conflict("The tenant is being moved (the move is named)")
+                .invalid("grace_period out of range"),
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants/{tenant}/deletion",
+            TenantsRead,
+            deletion::get,
+        )
+        .doc(
+            OpDoc::ok::<deletion::TenantDeletionDoc>(200, "The deletion record")
+                .under(&tenant)
+                .summary("A tenant's deletion (also after the purge, by `tnt_…` id: the tombstone)."),
+        )
+        .route(
+            Method::DELETE,
+            "/operator/v1/tenants/{tenant}/deletion",
+            TenantsDelete,
+            deletion::cancel,
+        )
+        .doc(
+            OpDoc::ok::<deletion::TenantDeletionDoc>(200, "The cancelled deletion")
+                .under(&tenant)
+                .summary("Cancel a scheduled deletion: the tenant's previous status is restored.")
+                .conflict("The purge has begun"),
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/tenants/{tenant}/deletion/purge",
+            TenantsDelete,
+            deletion::purge,
+        )
+        .doc(
+            OpDoc::ok::<deletion::PurgedDoc>(200, "The tenant is purged; the receipt is in the operator log")
+                .under(&tenant)
+                .summary("Purge a tenant whose deletion is scheduled now, without waiting for the grace period (or resume a purge).")
+                .conflict("No deletion is scheduled, a move is in progress, or a purge runs elsewhere")
+                .answer(503, "A location of the tenant is unreachable: the purge is retried; the tenant stays suspended"),
         )
         .route(
             Method::GET,
