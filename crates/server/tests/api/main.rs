@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod confinement;
 mod delegation;
+mod deletion;
 mod embedded;
 mod helpers;
 mod isolation;
