@@ -608,22 +608,6 @@ impl From<crate::service::hashing::HashError> for ApiError {
     }
 }
 
-impl From<crate::service::deletion::DeletionError> for ApiError {
-    fn from(err: crate::service::deletion::DeletionError) -> Self {
-        use crate::service::deletion::DeletionError;
-        match err {
-            DeletionError::NotFound => ApiError::NotFound,
-            DeletionError::Invalid(detail) => ApiError::Invalid(detail.into()),
-            DeletionError::Conflict(detail) => ApiError::Conflict(detail),
-            DeletionError::Unreachable(detail) => {
-                tracing::warn!(%detail, "tenant purge deferred: a location is unreachable");
-                ApiError::Unavailable
-            }
-            DeletionError::Store(err) => err.into(),
-        }
-    }
-}
-
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::OperatorState;
 use crate::http::error::ApiError;
-use crate::service::deletion;
+use crate::service::deletion::{self, DeletionError};
 use crate::service::operators::OperatorContext;
 use crate::service::tenants;
 
@@ -191,4 +191,20 @@ pub(super) struct PurgedDoc {
     /// earlier run had finished the purge (the receipt is in the operator log).
     #[schema(value_type = Option<Object>)]
     pub receipt: Option<serde_json::Value>,
+}
+
+/// The deletion service's refusals as HTTP (beside the routes that are their only callers).
+impl From<DeletionError> for ApiError {
+    fn from(err: DeletionError) -> Self {
+        match err {
+            DeletionError::NotFound => ApiError::NotFound,
+            DeletionError::Invalid(detail) => ApiError::Invalid(detail.into()),
+            DeletionError::Conflict(detail) => ApiError::Conflict(detail),
+            DeletionError::Unreachable(detail) => {
+                tracing::warn!(%detail, "tenant purge deferred: a location is unreachable");
+                ApiError::Unavailable
+            }
+            DeletionError::Store(err) => err.into(),
+        }
+    }
 }

@@ -492,13 +492,19 @@ async fn plan(
     }
     {
         let mut conn = owner.pool().acquire().await?;
-        if let Some(deletion) =
-            crate::lifecycle::deletion::deletion_row(&mut conn, tenant.id, false).await?
-        {
+        // The deletion record (`lifecycle::deletion`), read here directly: that module uses
+        // this one's freeze and deletes, not the other way round.
+        let deletion: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT state, scheduled_at FROM bulkhead.tenant_deletions WHERE tenant_id = $1",
+        )
+        .bind(tenant.id.uuid())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((state, since)) = deletion {
             return Err(StoreError::Conflict {
                 constraint: format!(
-                    "the tenant's deletion is {} (since {}); a tenant being deleted is not moved",
-                    deletion.state, deletion.scheduled_at
+                    "the tenant's deletion is {state} (since {since}); a tenant being deleted is \
+                     not moved"
                 ),
             });
         }
