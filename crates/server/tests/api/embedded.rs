@@ -615,3 +615,50 @@ async fn the_cli_places_migrates_and_moves_tenants_across_tiers_and_embedded_reg
     }
     server.stop();
 }
+
+/// `bulkhead tenant delete` through a running server's socket (schedule, cancel, purge now) and,
+/// with the server stopped, on the data directory: the same record and receipt either way.
+#[tokio::test]
+async fn tenant_delete_schedules_cancels_and_purges_through_the_socket_and_directly() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-embedded-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+    let run = |args: &[&str]| {
+        let output = bulkhead(&data_dir).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let server = Server::start(&data_dir).await;
+    for slug in ["acme", "beta"] {
+        run(&["tenant", "create", "--slug", slug, "--name", slug]);
+    }
+    let scheduled = run(&["tenant", "delete", "acme", "--grace-period", "60"]);
+    assert_eq!(scheduled["state"], "scheduled", "{scheduled}");
+    assert_eq!(scheduled["grace_period"], 60);
+    assert_eq!(run(&["tenant", "show", "acme"])["status"], "suspended");
+    run(&["tenant", "delete", "acme", "--cancel"]);
+    assert_eq!(run(&["tenant", "show", "acme"])["status"], "active");
+    let purged = run(&["tenant", "delete", "acme", "--now"]);
+    assert_eq!(purged["deletion"]["state"], "purged", "{purged}");
+    assert!(purged["receipt"]["rows"].as_u64().unwrap() > 0, "{purged}");
+    let gone = bulkhead(&data_dir)
+        .args(["tenant", "show", "acme"])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    server.stop();
+
+    // On the data directory, with the server stopped.
+    let purged = run(&["tenant", "delete", "beta", "--now"]);
+    assert_eq!(purged["deletion"]["state"], "purged", "{purged}");
+    assert_eq!(purged["receipt"]["tables"]["api_keys"], 1, "{purged}");
+    let listed = run(&["tenant", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
