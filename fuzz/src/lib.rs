@@ -625,7 +625,9 @@ mod tests {
 /// arbitrary input: no panic, and nothing but the one genuine token verifies.
 pub fn access_token(data: &[u8]) {
     use bulkhead_auth::token::{sign_access_token, unverified_claims, verify_access_token};
-    use bulkhead_auth::{AccessClaims, Expectations, KeySet, RefreshToken, SigningKey, VerifyingKey};
+    use bulkhead_auth::{
+        AccessClaims, ExpectedIssuer, Expectations, KeySet, RefreshToken, SigningKey, VerifyingKey,
+    };
     use std::sync::OnceLock;
 
     static FIXTURE: OnceLock<(KeySet, String)> = OnceLock::new();
@@ -660,7 +662,7 @@ pub fn access_token(data: &[u8]) {
         (keys, token)
     });
     let expect = Expectations {
-        issuer: "https://bulkhead.test",
+        issuer: ExpectedIssuer::Exact("https://bulkhead.test"),
         audience: "bulkhead",
         now: 2_000_000_100,
     };

@@ -77,4 +77,4 @@ pub use operator_key::{OperatorKey, OPERATOR_KEY_LEN};
 pub use pepper::{KeyHash, KeyPepper, PepperError, MIN_PEPPER_LEN};
 pub use refresh::RefreshToken;
 pub use signing::{generate_signing_key, SigningKey, VerifyingKey};
-pub use token::{AccessClaims, ActClaim, Expectations, KeySet, TokenError};
+pub use token::{AccessClaims, ActClaim, Expectations, ExpectedIssuer, KeySet, TokenError};

@@ -13,12 +13,13 @@
 //!    a path or in a query);
 //! 4. an Ed25519 signature that verifies under that key;
 //! 5. claims that deserialize into [`AccessClaims`] with no unknown and no duplicate member,
-//!    `iss` and `aud` equal to the expected values, `exp` not passed, `nbf` and `iat` not in the
+//!    `iss` accepted by [`ExpectedIssuer`] and `aud` equal to the expected value, `exp` not passed, `nbf` and `iat` not in the
 //!    future (each with at most [`LEEWAY_SECS`]), and a lifetime of at most
 //!    [`MAX_ACCESS_TOKEN_SECS`].
 //!
 //! What the crate cannot know is left to the caller, and the server does it in one place: the
-//! tenant claim must equal the tenant the request resolved to, and neither the `jti` nor the `sid`
+//! tenant claim must equal the tenant the request resolved to, `iss` must be exactly that
+//! tenant's issuer, and neither the `jti` nor the `sid`
 //! may be revoked.
 
 use std::collections::HashMap;
@@ -73,7 +74,8 @@ impl ActClaim {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessClaims {
-    /// Issuer: the deployment's configured issuer URL.
+    /// Issuer: the issuer of the tenant the token is for (its own origin,
+    /// `https://<slug>.<base-domain>`).
     pub iss: String,
     /// Subject: a user id (`user_…`) or an agent's principal.
     pub sub: String,
@@ -212,11 +214,41 @@ impl KeySet {
     }
 }
 
+/// The `iss` a verifier accepts.
+#[derive(Clone, Copy)]
+pub enum ExpectedIssuer<'a> {
+    /// Exactly this issuer (a resource server knows its tenant's).
+    Exact(&'a str),
+    /// An issuer the function accepts. For Bulkhead itself, where each tenant is its own issuer:
+    /// it accepts only the form of a tenant's issuer, and the caller must then check that `iss`
+    /// is exactly the issuer of the tenant the `tenant_id` claim names.
+    OneOf(&'a (dyn Fn(&str) -> bool + Sync)),
+}
+
+impl ExpectedIssuer<'_> {
+    /// Whether `iss` is accepted.
+    pub fn accepts(&self, iss: &str) -> bool {
+        match self {
+            Self::Exact(expected) => iss == *expected,
+            Self::OneOf(accepts) => accepts(iss),
+        }
+    }
+}
+
+impl std::fmt::Debug for ExpectedIssuer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(issuer) => f.debug_tuple("Exact").field(issuer).finish(),
+            Self::OneOf(_) => f.write_str("OneOf(..)"),
+        }
+    }
+}
+
 /// What the verifier expects of every token.
 #[derive(Debug, Clone, Copy)]
 pub struct Expectations<'a> {
-    /// Exact `iss`.
-    pub issuer: &'a str,
+    /// The accepted `iss`.
+    pub issuer: ExpectedIssuer<'a>,
     /// Exact `aud`.
     pub audience: &'a str,
     /// Now, in seconds since the epoch (injectable for tests).
@@ -303,7 +335,7 @@ pub fn verify_access_token_with_kid(
     }
     let payload = decode_part(payload_b64)?;
     let claims: AccessClaims = serde_json::from_slice(&payload).map_err(|_| TokenError::Claims)?;
-    if claims.iss != expect.issuer {
+    if !expect.issuer.accepts(&claims.iss) {
         return Err(TokenError::Issuer);
     }
     if claims.aud != expect.audience {

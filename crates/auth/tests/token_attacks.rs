@@ -7,7 +7,8 @@ use base64::Engine as _;
 use bulkhead_auth::signing::kid_for;
 use bulkhead_auth::token::{sign_access_token, verify_access_token, TokenError, MAX_TOKEN_BYTES};
 use bulkhead_auth::{
-    generate_signing_key, AccessClaims, Expectations, KeySet, SigningKey, VerifyingKey,
+    generate_signing_key, AccessClaims, Expectations, ExpectedIssuer, KeySet, SigningKey,
+    VerifyingKey,
 };
 use hmac::{Hmac, Mac};
 use proptest::prelude::*;
@@ -61,7 +62,7 @@ fn claims() -> AccessClaims {
 
 fn expect() -> Expectations<'static> {
     Expectations {
-        issuer: ISS,
+        issuer: ExpectedIssuer::Exact(ISS),
         audience: AUD,
         now: NOW,
     }
