@@ -114,8 +114,10 @@ pub(crate) fn valid_scope(scope: &str) -> bool {
 }
 
 impl Builder {
-    /// The issuer, exactly as Bulkhead writes `iss` (its `--issuer`, e.g.
-    /// `https://bulkhead.example`).
+    /// The issuer of the resource's tenant, exactly as Bulkhead writes `iss`: the tenant's own
+    /// origin, `https://<slug>.<base-domain>` (the `issuer` of the tenant's RFC 8414 metadata,
+    /// and of the `authorization_servers` of the resource's RFC 9728 metadata). Another
+    /// tenant's tokens carry another issuer.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());
         self
@@ -134,7 +136,9 @@ impl Builder {
         self
     }
 
-    /// Where the issuer publishes its keys (`<issuer>/.well-known/jwks.json`).
+    /// Where the issuer publishes its keys. Default: `<issuer>/.well-known/jwks.json`, the
+    /// `jwks_uri` the tenant's metadata names (the keys are the deployment's, served on every
+    /// host of it).
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
         self.jwks_url = Some(url.into());
         self
@@ -210,7 +214,14 @@ impl Builder {
         let issuer = self.issuer.ok_or(ConfigError::Missing("issuer"))?;
         let resource = self.resource.ok_or(ConfigError::Missing("resource"))?;
         let tenant_id = self.tenant_id.ok_or(ConfigError::Missing("tenant_id"))?;
-        let jwks_url = self.jwks_url.ok_or(ConfigError::Missing("jwks_url"))?;
+        let issuer_url = parse_url(&issuer, "issuer")?;
+        // The tenant's metadata names its keys under its issuer (RFC 8414 `jwks_uri`).
+        let jwks_url = self
+            .jwks_url
+            .unwrap_or_else(|| format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')));
+        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+            return Err(ConfigError::NotAUrl("issuer"));
+        }
         let metadata = self
             .resource_metadata
             .ok_or(ConfigError::Missing("resource_metadata"))?;
@@ -272,7 +283,7 @@ mod tests {
 
     fn base() -> Builder {
         ResourceServer::builder()
-            .issuer("https://bulkhead.example")
+            .issuer("https://acme.bulkhead.example")
             .resource("https://acme.bulkhead.example/mcp")
             .tenant_id("tnt_x")
             .jwks_url("https://bulkhead.example/.well-known/jwks.json")
@@ -323,6 +334,33 @@ mod tests {
             loopback("http://10.0.0.1/jwks"),
             Some(ConfigError::Insecure("jwks_url"))
         );
+    }
+
+    #[test]
+    fn the_keys_default_to_the_tenant_issuers_jwks_uri() {
+        let server = ResourceServer::builder()
+            .issuer("https://acme.bulkhead.example")
+            .resource("https://acme.bulkhead.example/mcp")
+            .tenant_id("tnt_x")
+            .resource_metadata(
+                "https://acme.bulkhead.example/.well-known/oauth-protected-resource/x",
+            )
+            .without_revocation_checks()
+            .build()
+            .expect("the JWKS URL is derived from the issuer");
+        assert_eq!(
+            server.shared.jwks.url().as_str(),
+            "https://acme.bulkhead.example/.well-known/jwks.json"
+        );
+        let no_issuer = ResourceServer::builder()
+            .resource("https://acme.bulkhead.example/mcp")
+            .tenant_id("tnt_x")
+            .resource_metadata("https://acme.bulkhead.example/x")
+            .without_revocation_checks()
+            .build();
+        assert_eq!(no_issuer.err(), Some(ConfigError::Missing("issuer")));
+        let not_a_url = base().issuer("acme").without_revocation_checks().build();
+        assert_eq!(not_a_url.err(), Some(ConfigError::NotAUrl("issuer")));
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub(crate) fn parse_jwks(body: &[u8]) -> Option<KeySet> {
 }
 
 impl Jwks {
+    /// Where the keys are fetched from.
+    #[cfg(test)]
+    pub(crate) fn url(&self) -> &Url {
+        &self.url
+    }
+
     pub(crate) fn new(
         http: reqwest::Client,
         url: Url,

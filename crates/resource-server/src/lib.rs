@@ -10,10 +10,10 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::routing::get;
 //! let server = bulkhead_resource_server::ResourceServer::builder()
-//!     .issuer("https://bulkhead.example")
+//!     .issuer("https://acme.bulkhead.example")    // the tenant's issuer: its own origin
 //!     .resource("https://acme.bulkhead.example/mcp/search")
 //!     .tenant_id("tnt_…")
-//!     .jwks_url("https://bulkhead.example/.well-known/jwks.json")
+//!     // keys: `<issuer>/.well-known/jwks.json` unless `.jwks_url(…)` says otherwise
 //!     .resource_metadata("https://acme.bulkhead.example/.well-known/oauth-protected-resource/ores_…")
 //!     .introspection("https://acme.bulkhead.example/oauth/introspect", Some("key_…".into()), "bk_live_…")
 //!     .build()?;
@@ -32,11 +32,13 @@
 //! * **The token** is verified exactly as Bulkhead verifies its own (one function,
 //!   `bulkhead_auth::token::verify_access_token_with_kid`): at most 8 KiB; header members only
 //!   `alg`/`typ`/`kid`; `alg` `EdDSA`; `typ` `at+jwt`; a `kid` of the issuer's JWKS; the
-//!   Ed25519 signature; claims without unknown or duplicate members; `iss` exactly the issuer;
+//!   Ed25519 signature; claims without unknown or duplicate members; `iss` exactly the
+//!   tenant's issuer (each Bulkhead tenant is its own issuer, `https://<slug>.<base-domain>`);
 //!   **`aud` exactly this resource's identifier**; `exp`, `nbf`, `iat` within 30 s of the
 //!   clock; a lifetime of at most 60 minutes. Then **`tenant_id` exactly the configured
 //!   tenant**.
-//! * **Keys** come from the configured JWKS URL only (never from a token header), over https
+//! * **Keys** come from the configured JWKS URL only (by default the issuer's, the `jwks_uri` of
+//!   the tenant's metadata) (never from a token header), over https
 //!   (http only to a loopback IP literal, when allowed), without redirects or proxies, at most
 //!   64 KiB. Fetched when unknown or older than the maximum age, **at most once per minimum
 //!   refresh interval** whatever is presented; the last good set is kept when the issuer is

@@ -3,7 +3,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bulkhead_auth::token::{verify_access_token_with_kid, MAX_TOKEN_BYTES};
-use bulkhead_auth::Expectations;
+use bulkhead_auth::{Expectations, ExpectedIssuer};
 
 use crate::introspection::{Expect, Standing};
 use crate::jwks::KeyLookup;
@@ -74,7 +74,7 @@ impl Shared {
             KeyLookup::Unavailable => return Err(Rejection::Unavailable("NoKeys")),
         };
         let expect = Expectations {
-            issuer: &self.issuer,
+            issuer: ExpectedIssuer::Exact(&self.issuer),
             audience: &self.resource,
             now: (self.clock)(),
         };
