@@ -28,19 +28,20 @@ impl Probe {
         tag: &str,
         marker: &str,
     ) -> anyhow::Result<()> {
-        // The identifier must be on A's origin, with the issuer's port when it names one: try
-        // the base URL's port, then none.
+        // The identifier must be on A's origin (its issuer): the scheme and port of the
+        // deployment's issuer, which the probe does not know. Try the base URL's scheme and
+        // port, then `https` with that port, then `https` with none.
         let mut origin = self.config.base_url.clone();
         let _ = origin.set_host(Some(&format!(
             "{}.{}",
             self.config.tenant_a.slug, self.config.base_domain
         )));
-        let _ = origin.set_scheme("https");
         let mut candidates = vec![origin.clone()];
-        if origin.port().is_some() {
-            let _ = origin.set_port(None);
-            candidates.push(origin);
-        }
+        let _ = origin.set_scheme("https");
+        candidates.push(origin.clone());
+        let _ = origin.set_port(None);
+        candidates.push(origin);
+        candidates.dedup();
         let mut created = None;
         for mut candidate in candidates {
             candidate.set_path(&format!("/probe-{tag}"));
