@@ -166,6 +166,9 @@ fn main() {
             .tokens()
             .issue(&bulkhead_server::service::tokens::Grant {
                 tenant_id: tenant.id,
+                issuer: &state.config().tokens.tenant_issuer(
+                    &bulkhead_core::TenantSlug::parse(&tenant.slug).expect("slug"),
+                ),
                 subject: "agent-1",
                 human: false,
                 client_id: "bench",

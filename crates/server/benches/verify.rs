@@ -96,6 +96,9 @@ fn token_verification(c: &mut Criterion) {
             bulkhead_auth::KeyEnvironment::Live,
         )
         .expect("config");
+        let issuer = config
+            .tokens
+            .tenant_issuer(&bulkhead_core::TenantSlug::parse(&tenant.slug).expect("slug"));
         let service = TokenService::new(
             db.app_store().await,
             std::sync::Arc::new(bulkhead_test_support::test_master_key()),
@@ -111,6 +114,7 @@ fn token_verification(c: &mut Criterion) {
         let token = service
             .issue(&Grant {
                 tenant_id: tenant.id,
+                issuer: &issuer,
                 subject: "agent-1",
                 human: false,
                 client_id: "bench",

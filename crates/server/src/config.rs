@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_auth::KeyEnvironment;
+use bulkhead_core::TenantSlug;
 
 pub mod limits;
 pub mod operator;
@@ -153,8 +154,9 @@ pub struct ServeArgs {
     /// Do not run the job worker (nor webhook delivery) in this process.
     #[arg(long, env = "BULKHEAD_NO_WORKER")]
     pub no_worker: bool,
-    /// `iss` of access tokens and the issuer of the OAuth metadata: the public base URL of this
-    /// deployment. Default: `http://<listen address>`.
+    /// The public base URL of this deployment. Each tenant's issuer (`iss` of its tokens, the
+    /// issuer of its OAuth metadata) is its own origin: this URL's scheme and port, with the host
+    /// `<slug>.<base-domain>`. Default: `http://<listen address>`.
     #[arg(long, env = "BULKHEAD_ISSUER")]
     pub issuer: Option<String>,
     /// `aud` of access tokens.
@@ -423,6 +425,7 @@ impl AppConfig {
         }
         let tokens = TokenSettings::new(
             &format!("https://{base_domain}"),
+            &base_domain,
             "bulkhead",
             Duration::from_secs(15 * 60),
         )?;
@@ -590,8 +593,13 @@ impl ConnectionSettings {
 /// Token settings of the deployment.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
-    /// `iss` of every token, and the issuer in the RFC 8414 metadata.
+    /// The deployment's public base URL (`--issuer`). No token carries it: each tenant's issuer
+    /// is its own origin ([`TokenSettings::tenant_issuer`]), built from this URL's scheme and
+    /// port. It still names Bulkhead's own API on the deployment's host (its RFC 9728
+    /// `resource`, and a `resource` parameter naming the own API).
     pub issuer: String,
+    /// The base domain tenants are served under (`--base-domain`), for their issuers.
+    pub base_domain: String,
     /// `aud` of every token.
     pub audience: String,
     /// Access-token lifetime: 5 to 60 minutes.
@@ -603,7 +611,12 @@ pub struct TokenSettings {
 impl TokenSettings {
     /// Validated settings: the lifetime must be within 5–60 minutes; the issuer must be an
     /// absolute http(s) URL without a query or fragment (RFC 8414 §2).
-    pub fn new(issuer: &str, audience: &str, access_token_ttl: Duration) -> Result<Self, String> {
+    pub fn new(
+        issuer: &str,
+        base_domain: &str,
+        audience: &str,
+        access_token_ttl: Duration,
+    ) -> Result<Self, String> {
         let secs = i64::try_from(access_token_ttl.as_secs()).unwrap_or(i64::MAX);
         if !(bulkhead_auth::token::MIN_ACCESS_TOKEN_SECS
             ..=bulkhead_auth::token::MAX_ACCESS_TOKEN_SECS)
@@ -621,12 +634,41 @@ impl TokenSettings {
         if audience.is_empty() || audience.len() > 200 {
             return Err("the token audience must be 1 to 200 characters".into());
         }
+        if url::Url::parse(issuer).map_or(true, |url| url.host().is_none()) {
+            return Err(format!(
+                "the issuer {issuer:?} must be an absolute URL with a host"
+            ));
+        }
         Ok(Self {
             issuer: issuer.to_owned(),
+            base_domain: base_domain.trim_end_matches('.').to_ascii_lowercase(),
             audience: audience.to_owned(),
             access_token_ttl,
             max_delegation_depth: 4,
         })
+    }
+
+    /// The issuer of a tenant: its own origin, `<scheme>://<slug>.<base-domain>[:<port>]` with
+    /// the scheme and port of `--issuer` (a default port left out). The one rule for a tenant's
+    /// origin: its tokens' `iss`, its RFC 8414 and OpenID Connect metadata, the `iss` of its
+    /// authorization responses, and where its protected resources' identifiers must be.
+    pub fn tenant_issuer(&self, slug: &TenantSlug) -> String {
+        let scheme = self.issuer.split_once("://").map_or("https", |(s, _)| s);
+        let port = url::Url::parse(&self.issuer)
+            .ok()
+            .and_then(|url| url.port())
+            .map_or_else(String::new, |port| format!(":{port}"));
+        format!("{scheme}://{slug}.{}{port}", self.base_domain)
+    }
+
+    /// The tenant whose issuer `iss` is, exactly ([`TokenSettings::tenant_issuer`] of the slug
+    /// read from it gives `iss` back, byte for byte); `None` for anything else, the deployment's
+    /// own `--issuer` included.
+    pub fn issuer_tenant(&self, iss: &str) -> Option<TenantSlug> {
+        let (_, rest) = iss.split_once("://")?;
+        let (label, _) = rest.split_once('.')?;
+        let slug = TenantSlug::parse(label).ok()?;
+        (self.tenant_issuer(&slug) == iss).then_some(slug)
     }
 }
 
@@ -697,5 +739,57 @@ pub mod environment {
         std::env::var("REDIS_URL")
             .ok()
             .filter(|url| !url.trim().is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(issuer: &str) -> TokenSettings {
+        TokenSettings::new(
+            issuer,
+            "Bulkhead.Test.",
+            "bulkhead",
+            Duration::from_secs(900),
+        )
+        .expect("valid settings")
+    }
+
+    #[test]
+    fn a_tenants_issuer_is_its_origin_with_the_scheme_and_port_of_the_issuer() {
+        let acme = TenantSlug::parse("acme").unwrap();
+        for (issuer, expected) in [
+            ("https://bulkhead.test", "https://acme.bulkhead.test"),
+            ("https://auth.example.com/", "https://acme.bulkhead.test"),
+            ("https://bulkhead.test:443", "https://acme.bulkhead.test"),
+            (
+                "https://bulkhead.test:8443",
+                "https://acme.bulkhead.test:8443",
+            ),
+            ("http://127.0.0.1:8080", "http://acme.bulkhead.test:8080"),
+        ] {
+            let settings = settings(issuer);
+            assert_eq!(settings.tenant_issuer(&acme), expected, "{issuer}");
+            assert_eq!(settings.issuer_tenant(expected), Some(acme.clone()));
+        }
+        let settings = settings("https://bulkhead.test");
+        for not_a_tenants in [
+            "https://bulkhead.test",
+            "https://acme.bulkhead.test/",
+            "https://ACME.bulkhead.test",
+            "https://acme.bulkhead.test:443",
+            "https://acme.bulkhead.test.",
+            "http://acme.bulkhead.test",
+            "https://a.acme.bulkhead.test",
+            "https://acme.bulkhead.test.evil.example",
+            "",
+        ] {
+            assert_eq!(
+                settings.issuer_tenant(not_a_tenants),
+                None,
+                "{not_a_tenants}"
+            );
+        }
     }
 }

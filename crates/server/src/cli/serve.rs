@@ -23,6 +23,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{}", args.listen));
     config.tokens = crate::service::tokens::TokenSettings::new(
         &issuer,
+        &config.base_domain,
         &args.token_audience,
         std::time::Duration::from_secs(args.access_token_minutes.saturating_mul(60)),
     )

@@ -14,19 +14,28 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bulkhead_core::{Actor, Scope, TenantContext};
 
 use crate::http::authz::RouteAccess;
 use crate::http::needed_scope::NeededScope;
+use crate::http::resolve::{host_signal, request_host, HostSignal};
 use crate::http::routes::oauth_resources::OWN_METADATA_PATH;
 use crate::http::state::AppState;
 
-fn metadata_url(state: &AppState) -> String {
-    let issuer = state.config().tokens.issuer.trim_end_matches('/');
-    format!("{issuer}{OWN_METADATA_PATH}")
+/// Where the own API's metadata is for this request: under the tenant's issuer on a tenant's
+/// subdomain (the document there names the tenant's authorization server), under `--issuer` on
+/// the deployment's host. Read from the host alone: an unknown tenant's request never gets here
+/// (the resolver answers 404 first).
+fn metadata_url(state: &AppState, headers: &HeaderMap) -> String {
+    let config = state.config();
+    let origin = match host_signal(request_host(headers), &config.base_domain) {
+        HostSignal::Slug(slug) => config.tokens.tenant_issuer(&slug),
+        _ => config.tokens.issuer.trim_end_matches('/').to_owned(),
+    };
+    format!("{origin}{OWN_METADATA_PATH}")
 }
 
 /// The permission each route declares, by method and path (built once from the route table).
@@ -44,8 +53,8 @@ fn declared_scope(method: &Method, path: &str) -> Option<Scope> {
     table.get(&(method.to_string(), path)).copied()
 }
 
-/// Adds `resource_metadata="<issuer>/.well-known/oauth-protected-resource"[, scope="…"]` to a
-/// 401's Bearer challenge.
+/// Adds `resource_metadata="<tenant's issuer>/.well-known/oauth-protected-resource"[,
+/// scope="…"]` to a 401's Bearer challenge (`--issuer` on the deployment's host).
 pub(crate) async fn resource_metadata(
     State(state): State<AppState>,
     request: Request,
@@ -55,6 +64,7 @@ pub(crate) async fn resource_metadata(
         .extensions()
         .get::<MatchedPath>()
         .and_then(|path| declared_scope(request.method(), path.as_str()));
+    let metadata = metadata_url(&state, request.headers());
     let mut response = next.run(request).await;
     if response.status() != StatusCode::UNAUTHORIZED {
         return response;
@@ -68,7 +78,6 @@ pub(crate) async fn resource_metadata(
         return response;
     };
     let scope = scope.map_or_else(String::new, |s| format!(", scope=\"{s}\""));
-    let metadata = metadata_url(&state);
     let with_metadata = format!("{challenge}, resource_metadata=\"{metadata}\"{scope}");
     if let Ok(value) = HeaderValue::from_str(&with_metadata) {
         response
@@ -93,6 +102,7 @@ pub(crate) async fn step_up(
         Some(Actor::Token { scopes, .. }) => Some(scopes.to_strings()),
         _ => None,
     };
+    let metadata = metadata_url(&state, request.headers());
     let mut response = next.run(request).await;
     let Some(mut scopes) = held else {
         return response;
@@ -109,7 +119,7 @@ pub(crate) async fn step_up(
     let challenge = format!(
         "Bearer realm=\"bulkhead\", error=\"insufficient_scope\", resource_metadata=\"{}\", \
          scope=\"{}\"",
-        metadata_url(&state),
+        metadata,
         scopes.join(" ")
     );
     if let Ok(value) = HeaderValue::from_str(&challenge) {

@@ -707,6 +707,10 @@ async fn authenticate_access_token_in(
         mismatch,
     )
     .await?;
+    // Each tenant is its own issuer: any other `iss` is refused like another tenant's token.
+    if token.claims.iss != state.config().tokens.tenant_issuer(&tenant.slug) {
+        return Err(mismatch());
+    }
     Ok((token, tenant))
 }
 

@@ -25,7 +25,8 @@ use bulkhead_auth::token::{
     MAX_ACCESS_TOKEN_SECS,
 };
 use bulkhead_auth::{
-    AccessClaims, ActClaim, Expectations, KeySet, MasterKey, SigningKey, VerifyingKey,
+    AccessClaims, ActClaim, Expectations, ExpectedIssuer, KeySet, MasterKey, SigningKey,
+    VerifyingKey,
 };
 use bulkhead_core::{AccessTokenId, ApiKeyId, AuthSessionId, Clock, Namespace, ScopeSet, TenantId};
 use bulkhead_store::signing_keys::{SigningKeyState, SIGNING_KEYS_CHANNEL};
@@ -103,6 +104,8 @@ impl VerifiedToken {
 pub struct Grant<'a> {
     /// The tenant.
     pub tenant_id: TenantId,
+    /// The tenant's issuer ([`TokenSettings::tenant_issuer`]): the token's `iss`.
+    pub issuer: &'a str,
     /// `sub`.
     pub subject: &'a str,
     /// A human user (else an agent).
@@ -186,6 +189,10 @@ pub enum IssueError {
     /// it).
     #[error("no usable signing key")]
     NoSigningKey,
+    /// The grant names an `iss` that is no tenant's issuer (a bug in the caller): nothing is
+    /// signed.
+    #[error("not a tenant's issuer")]
+    NotATenantIssuer,
 }
 
 impl TokenService {
@@ -298,6 +305,9 @@ impl TokenService {
         grant: &Grant<'_>,
         resource: Option<&str>,
     ) -> Result<IssuedToken, IssueError> {
+        if self.settings.issuer_tenant(grant.issuer).is_none() {
+            return Err(IssueError::NotATenantIssuer);
+        }
         let loaded = self.loaded();
         let signer = loaded.signer.as_ref().ok_or(IssueError::NoSigningKey)?;
         let now = self.clock.now().timestamp();
@@ -308,7 +318,7 @@ impl TokenService {
             exp = exp.min(limit.timestamp());
         }
         let claims = AccessClaims {
-            iss: self.settings.issuer.clone(),
+            iss: grant.issuer.to_owned(),
             sub: grant.subject.to_owned(),
             aud: resource.map_or_else(|| self.settings.audience.clone(), str::to_owned),
             exp,
@@ -350,8 +360,10 @@ impl TokenService {
     }
 
     /// The one verification of a presented access token: signature and claims (see
-    /// [`bulkhead_auth::token`]), then the claims this server reads, then the denylist. The
-    /// tenant agreement with the request's host is the caller's (the resolver's) check.
+    /// [`bulkhead_auth::token`]), then the claims this server reads, then the denylist. `iss`
+    /// must have the form of a tenant's issuer ([`TokenSettings::issuer_tenant`]); that it is the
+    /// issuer of the tenant `tenant_id` names, and the tenant agreement with the request's host,
+    /// are the caller's (the resolver's) checks.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenRefusal> {
         self.verify_for(token, None)
     }
@@ -423,8 +435,12 @@ impl TokenService {
         if loaded.keys.is_empty() {
             return Err(TokenRefusal::Unavailable);
         }
+        // Any tenant's issuer here; the resolver checks it is the one of the token's tenant. The
+        // deployment's own `--issuer` is refused: no token carries it any more.
+        let settings = &self.settings;
+        let tenant_issuer = |iss: &str| settings.issuer_tenant(iss).is_some();
         let expect = Expectations {
-            issuer: &self.settings.issuer,
+            issuer: ExpectedIssuer::OneOf(&tenant_issuer),
             audience,
             now: now.timestamp(),
         };

@@ -230,6 +230,7 @@ async fn login(
         .tokens()
         .issue(&Grant {
             tenant_id: tenant.id,
+            issuer: &state.config().tokens.tenant_issuer(&tenant.slug),
             subject: &subject,
             human: true,
             client_id: LOGIN_CLIENT_ID,

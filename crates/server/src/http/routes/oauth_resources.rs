@@ -5,14 +5,16 @@
 //! Managing resources needs `keys:manage`, like clients: a resource decides which tokens its
 //! clients may be given. Confined and delegated credentials may read but change nothing. A
 //! tenant registers at most [`MAX_RESOURCES_PER_TENANT`] (409 beyond). The identifier is an
-//! `https` URL in canonical form, without query, fragment or user information (RFC 9728 §1.2),
-//! on the tenant's own origin `https://<slug>.<base-domain>` followed by a path (see
+//! URL in canonical form, without query, fragment or user information (RFC 9728 §1.2), on the
+//! tenant's own origin, its issuer `https://<slug>.<base-domain>`, followed by a path (see
 //! [`check_identifier`] for why), unique in the tenant; it is the resource's identity, so
 //! `PATCH` changes only `name` and `scopes`.
 //!
 //! Metadata (public, on the tenant's subdomain): `GET /.well-known/oauth-protected-resource`
 //! describes Bulkhead's own API, `GET /.well-known/oauth-protected-resource/{id}` a registered
-//! resource (another tenant's id answers like an unknown one). A resource server serves the
+//! resource (another tenant's id answers like an unknown one); both name the tenant's issuer as
+//! their authorization server. On the deployment's own host, the own API's document names none:
+//! no authorization server is served there (each tenant is its own). A resource server serves the
 //! latter at its own well-known URL (a copy or a proxy) or names it in its challenges'
 //! `resource_metadata` (RFC 9728 §5.1).
 
@@ -91,7 +93,11 @@ pub fn routes() -> RouteTable {
         .get(OWN_METADATA_PATH, Public, own_metadata)
         .doc(
             OpDoc::ok::<ProtectedResourceMetadata>(200, "RFC 9728 metadata")
-                .summary("RFC 9728 protected-resource metadata of Bulkhead's own API."),
+                .summary(
+                    "RFC 9728 protected-resource metadata of Bulkhead's own API: on a \
+                    tenant's subdomain, naming the tenant's issuer.",
+                )
+                .answer(404, "No organisation is served under this host name"),
         )
         .get(
             "/.well-known/oauth-protected-resource/{id}",
@@ -120,7 +126,9 @@ page!(
 pub struct ProtectedResourceMetadata {
     /// The resource's identifier.
     resource: String,
-    /// The authorization servers that issue tokens for it: this deployment's issuer.
+    /// The authorization servers that issue tokens for it: the tenant's issuer. None on the
+    /// deployment's own host, which serves no authorization server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     authorization_servers: Vec<String>,
     /// The scopes it accepts.
     scopes_supported: Vec<String>,
@@ -159,39 +167,22 @@ pub struct UpdateResource {
 /// Where a tenant's resource identifiers must be: its own origin (see [`check_identifier`]).
 #[derive(Debug)]
 pub struct TenantOrigin<'a> {
-    /// The tenant's slug.
-    pub slug: &'a str,
-    /// The deployment's base domain.
-    pub base_domain: &'a str,
-    /// The deployment's issuer (its explicit port, if any, is the origin's port).
+    /// The tenant's origin, which is its issuer
+    /// ([`crate::service::tokens::TokenSettings::tenant_issuer`]).
+    pub origin: String,
+    /// The deployment's issuer (`--issuer`): never an identifier.
     pub issuer: &'a str,
     /// The `aud` of Bulkhead's own tokens (`--token-audience`): never an identifier.
     pub audience: &'a str,
 }
 
-impl TenantOrigin<'_> {
-    /// `https://<slug>.<base-domain>[:<issuer's port>]`.
-    pub fn origin(&self) -> String {
-        match self.port() {
-            443 => format!("https://{}.{}", self.slug, self.base_domain),
-            port => format!("https://{}.{}:{port}", self.slug, self.base_domain),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        url::Url::parse(self.issuer)
-            .ok()
-            .and_then(|u| u.port())
-            .unwrap_or(443)
-    }
-}
-
-/// Checks a resource identifier (RFC 8707 §2, RFC 9728 §1.2): an `https` URL in canonical form
-/// on the tenant's own origin, with a path below its root.
+/// Checks a resource identifier (RFC 8707 §2, RFC 9728 §1.2): a URL in canonical form on the
+/// tenant's own origin (`https` unless `--issuer` is a development `http` URL), with a path
+/// below its root.
 ///
-/// Every tenant's tokens share one `iss` and one set of signing keys, and a resource's tokens
-/// carry its identifier as `aud`: an identifier another tenant could also register (any host)
-/// would let that tenant mint tokens its resource server accepts. On the tenant's own origin
+/// Every tenant's tokens share one set of signing keys, and a resource's tokens carry its
+/// identifier as `aud`: an identifier another tenant could also register (any host) would let
+/// that tenant mint tokens its resource server accepts, should the server check `aud` alone. On the tenant's own origin
 /// (where the MCP gateway serves the tenant's servers, `/mcp/<server>`), it names one tenant
 /// only. The issuer and `--token-audience` are refused too: they name Bulkhead's own API.
 pub fn check_identifier(text: &str, at: &TenantOrigin<'_>) -> Result<(), String> {
@@ -222,17 +213,13 @@ pub fn check_identifier(text: &str, at: &TenantOrigin<'_>) -> Result<(), String>
     if !url.username().is_empty() || url.password().is_some() {
         return Err("identifier may not carry user information".into());
     }
-    let host = format!("{}.{}", at.slug, at.base_domain);
-    let on_origin = url.scheme() == "https"
-        && url.host_str() == Some(host.as_str())
-        && url.port_or_known_default() == Some(at.port());
+    let on_origin = url.origin().ascii_serialization() == at.origin;
     if !on_origin || url.path() == "/" {
         return Err(format!(
             "identifier must be on the organisation's own origin, {}, followed by a path (e.g. \
-             {}/mcp/<server>): tokens of every organisation share one issuer, so an identifier \
-             on any other host could also be registered by another organisation",
-            at.origin(),
-            at.origin()
+             {}/mcp/<server>): tokens of every organisation share one set of signing keys, so \
+             an identifier on any other host could also be registered by another organisation",
+            at.origin, at.origin
         ));
     }
     Ok(())
@@ -275,8 +262,7 @@ async fn create_resource(
         .ok_or(ApiError::NotFound)?;
     let config = state.config();
     let origin = TenantOrigin {
-        slug: registered.slug.as_str(),
-        base_domain: &config.base_domain,
+        origin: config.tokens.tenant_issuer(&registered.slug),
         issuer: &config.tokens.issuer,
         audience: &config.tokens.audience,
     };
@@ -395,13 +381,25 @@ fn metadata_response(document: ProtectedResourceMetadata) -> Response {
     response
 }
 
-/// RFC 9728 metadata of Bulkhead's own API: its resource identifier is the issuer (the
-/// deployment's public base URL); its tokens' `aud` stays `--token-audience`.
-async fn own_metadata(State(state): State<AppState>) -> Response {
-    let issuer = &state.config().tokens.issuer;
+/// RFC 9728 metadata of Bulkhead's own API. On a tenant's host its identifier is the tenant's
+/// issuer (the origin the document was fetched from, as RFC 9728 §3.3 requires) and so is its
+/// authorization server; on the deployment's host it is `--issuer`, with no authorization
+/// server (each tenant is its own). An unknown subdomain is the unknown tenant's 404. Its
+/// tokens' `aud` stays `--token-audience`.
+async fn own_metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let host = crate::http::resolve::request_host(&headers);
+    let (resource, authorization_servers) =
+        match crate::http::resolve::host_tenant(&state, host).await {
+            Ok(Some(tenant)) => {
+                let issuer = crate::http::routes::oauth::tenant_issuer(&state, &tenant);
+                (issuer.clone(), vec![issuer])
+            }
+            Ok(None) => (state.config().tokens.issuer.clone(), Vec::new()),
+            Err(err) => return err.into_response(),
+        };
     metadata_response(ProtectedResourceMetadata {
-        resource: issuer.clone(),
-        authorization_servers: vec![issuer.clone()],
+        resource,
+        authorization_servers,
         scopes_supported: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
         bearer_methods_supported: vec!["header".into()],
         resource_name: "Bulkhead API".into(),
@@ -427,10 +425,9 @@ async fn resource_metadata(
     let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
     let resource = oauth_resources::get(&mut tx, id).await?;
     tx.commit().await?;
-    let issuer = &state.config().tokens.issuer;
     Ok(metadata_response(ProtectedResourceMetadata {
         resource: resource.identifier,
-        authorization_servers: vec![issuer.clone()],
+        authorization_servers: vec![crate::http::routes::oauth::tenant_issuer(&state, &tenant)],
         scopes_supported: resource.scopes,
         bearer_methods_supported: vec!["header".into()],
         resource_name: resource.name,

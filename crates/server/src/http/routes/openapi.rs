@@ -326,8 +326,8 @@ pub struct TokenRequest {
     /// protected resource's subject token, that resource's identifier (any other is
     /// `invalid_target`).
     pub audience: Option<String>,
-    /// RFC 8707: the protected resource the token is for (a registered identifier; the issuer
-    /// names Bulkhead's own API). `client_credentials`: the token's `aud`. Refresh and token
+    /// RFC 8707: the protected resource the token is for (a registered identifier; the
+    /// tenant's issuer or the deployment's `--issuer` names Bulkhead's own API). `client_credentials`: the token's `aud`. Refresh and token
     /// exchange keep the audience: only the same one may be named.
     pub resource: Option<String>,
     /// For token exchange: a namespace the new token is confined to.
@@ -393,7 +393,7 @@ pub struct Introspection {
 /// RFC 8414 authorization-server metadata.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerMetadata {
-    /// This deployment's issuer.
+    /// The tenant's issuer: its own origin, `https://<slug>.<base-domain>`.
     pub issuer: String,
     /// The token endpoint.
     pub token_endpoint: String,

@@ -278,6 +278,8 @@ pub async fn issue_code(
 pub struct CodeExchange<'a> {
     /// The tenant the code names (active, the host's when the host names one).
     pub tenant: TenantId,
+    /// Its issuer (the tokens' `iss`).
+    pub tenant_issuer: &'a str,
     /// The presented code.
     pub code: &'a AuthorizationCode,
     /// The client, authenticated by its registered method.
@@ -357,7 +359,7 @@ pub async fn exchange(
     // Bulkhead's own API.
     let issuer_url = &issuer.tokens.settings().issuer;
     let asked = request.resource.map(|r| {
-        if super::is_own_api(issuer_url, r) {
+        if super::is_own_api(issuer_url, request.tenant_issuer, r) {
             OWN_API
         } else {
             r
@@ -425,6 +427,7 @@ pub async fn exchange(
         .issue_for(
             &Grant {
                 tenant_id: tenant,
+                issuer: request.tenant_issuer,
                 subject: &subject,
                 human: true,
                 client_id: &client_id,
@@ -465,6 +468,7 @@ pub async fn exchange(
         let audience_client = request.client.metadata_url.as_deref().unwrap_or(&client_id);
         let of = IdTokenFor {
             tenant,
+            issuer: request.tenant_issuer,
             user: &user,
             client_id: audience_client,
             identity: &identity,

@@ -23,6 +23,8 @@ pub struct ClientCredentials<'a> {
     pub key: &'a VerifiedKey,
     /// The key's tenant.
     pub tenant: TenantId,
+    /// Its issuer (the tokens' `iss`).
+    pub tenant_issuer: &'a str,
     /// The `scope` parameter, when sent.
     pub scope: Option<&'a str>,
     /// The `resource` parameter (RFC 8707), when sent: a protected resource registered in the
@@ -66,7 +68,15 @@ pub async fn issue(
     // Bulkhead's own API. The token then holds only what the resource accepts.
     let target = match request.resource {
         None => None,
-        Some(asked) if super::is_own_api(&issuer.tokens.settings().issuer, asked) => None,
+        Some(asked)
+            if super::is_own_api(
+                &issuer.tokens.settings().issuer,
+                request.tenant_issuer,
+                asked,
+            ) =>
+        {
+            None
+        }
         Some(asked) if super::is_malformed_resource(asked) => {
             return refused(tx, key, "invalid_target", unknown_resource()).await;
         }
@@ -134,6 +144,7 @@ pub async fn issue(
         .issue_for(
             &Grant {
                 tenant_id: request.tenant,
+                issuer: request.tenant_issuer,
                 subject: &subject,
                 human: false,
                 client_id: &client_id,

@@ -35,10 +35,14 @@ use bulkhead_store::{Store, StoreError};
 use crate::service::ceilings::RoleCeilings;
 use crate::service::tokens::{parse_scope_param, IssuedToken, TokenService};
 
-/// Whether an RFC 8707 `resource` names Bulkhead's own API: the issuer as configured, or in
-/// the canonical form of its URL (what its protected-resource metadata publishes).
-pub fn is_own_api(issuer: &str, resource: &str) -> bool {
-    resource == issuer || url::Url::parse(issuer).is_ok_and(|url| url.as_str() == resource)
+/// Whether an RFC 8707 `resource` names Bulkhead's own API: the tenant's issuer (its origin,
+/// what the own API's protected-resource metadata publishes on the tenant's host), or the
+/// deployment's `--issuer` (what it publishes on the deployment's host), each as written or in
+/// the canonical form of its URL.
+pub fn is_own_api(deployment_issuer: &str, tenant_issuer: &str, resource: &str) -> bool {
+    [deployment_issuer, tenant_issuer].iter().any(|issuer| {
+        resource == *issuer || url::Url::parse(issuer).is_ok_and(|url| url.as_str() == resource)
+    })
 }
 
 /// Whether a `resource` value can name nothing: a control character (a NUL would reach the

@@ -101,6 +101,8 @@ impl Identity {
 pub struct IdTokenFor<'a> {
     /// The tenant.
     pub tenant: TenantId,
+    /// Its issuer (`iss`, the same as its access tokens').
+    pub issuer: &'a str,
     /// The user (active: the exchange checked).
     pub user: &'a UserRecord,
     /// The client (`aud` and `azp`).
@@ -123,7 +125,7 @@ pub fn id_token(
 ) -> Result<String, IssueError> {
     let email = of.identity.contains("email");
     let claims = IdClaims {
-        iss: tokens.settings().issuer.clone(),
+        iss: of.issuer.to_owned(),
         sub: of.user.id.to_string(),
         aud: of.client_id.to_owned(),
         exp: now + of.expires_in,

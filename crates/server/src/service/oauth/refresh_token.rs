@@ -30,6 +30,8 @@ pub struct Refresh<'a> {
     pub presented: &'a RefreshToken,
     /// Its tenant (active, the host's when the host names one).
     pub tenant: TenantId,
+    /// Its issuer (the tokens' `iss`).
+    pub tenant_issuer: &'a str,
     /// The authenticated client, if the caller authenticated. An agent's session needs its key.
     pub client: Option<&'a VerifiedKey>,
     /// The authenticated OAuth client, if the caller authenticated as one. A session started by
@@ -176,7 +178,8 @@ pub async fn refresh(
     let (grant_id, resource) =
         bulkhead_store::tenant::oauth_grants::session_link(&mut tx, found.session.id).await?;
     // The issuer names Bulkhead's own API (the session's resource `None`).
-    let own_api = |asked: &str| super::is_own_api(&issuer.tokens.settings().issuer, asked);
+    let deployment = &issuer.tokens.settings().issuer;
+    let own_api = |asked: &str| super::is_own_api(deployment, request.tenant_issuer, asked);
     if request.resource.is_some_and(|asked| {
         if own_api(asked) {
             resource.is_some()
@@ -251,6 +254,7 @@ pub async fn refresh(
         .issue_for(
             &Grant {
                 tenant_id: tenant,
+                issuer: request.tenant_issuer,
                 subject: &found.session.principal_id,
                 human: found.session.principal_type == PrincipalType::User,
                 client_id: &found.session.client_id,

@@ -60,6 +60,8 @@ pub struct Exchange<'a> {
     pub actor: &'a Delegate,
     /// The tenant of subject, actor and host.
     pub tenant: TenantId,
+    /// Its issuer (the tokens' `iss`).
+    pub tenant_issuer: &'a str,
     /// The `scope` parameter, when sent.
     pub scope: Option<&'a str>,
     /// The `resource_prefix` parameter, when sent.
@@ -101,7 +103,8 @@ pub async fn subject_resource(
 }
 
 /// The exchange keeps the subject token's audience: see the module doc. `issuer` is the
-/// deployment's issuer and `own_audience` `--token-audience`, the names of Bulkhead's own API.
+/// deployment's issuer, the tenant's issuer and `own_audience` `--token-audience` the names of
+/// Bulkhead's own API.
 fn keeps_audience(
     request: &Exchange<'_>,
     issuer: &str,
@@ -116,7 +119,8 @@ fn keeps_audience(
             "audience_change",
         ))
     };
-    let names_own_api = |name: &str| name == own_audience || super::is_own_api(issuer, name);
+    let names_own_api =
+        |name: &str| name == own_audience || super::is_own_api(issuer, request.tenant_issuer, name);
     match request.subject_resource {
         Some(identifier) => {
             if request.resource.is_some_and(|asked| asked != identifier) {
@@ -351,6 +355,7 @@ pub async fn exchange(
         .issue_for(
             &Grant {
                 tenant_id: tenant,
+                issuer: request.tenant_issuer,
                 subject: &subject.claims.sub,
                 human: subject.claims.sub_type == "user",
                 client_id: &client_id,

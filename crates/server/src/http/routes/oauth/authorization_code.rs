@@ -8,7 +8,7 @@ use bulkhead_auth::AuthorizationCode;
 use bulkhead_core::TenantId;
 
 use super::client_auth::{authenticate_oauth_client, named_oauth_client};
-use super::{claimed_tenant, grant_error, issuer, GrantRequest, TokenResponse};
+use super::{claimed_tenant, grant_error, issuer, tenant_issuer, GrantRequest, TokenResponse};
 use crate::http::error::OAuthError;
 use crate::service::oauth::authorization_code::{self, CodeExchange, INVALID_CODE};
 
@@ -37,8 +37,10 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
     .await?;
     let client_id = client_id.id_in(tenant.id);
     let client = authenticate_oauth_client(state, &tenant, client_id, grant.auth.as_ref()).await?;
+    let tenant_issuer = tenant_issuer(state, &tenant);
     let request = CodeExchange {
         tenant: tenant.id,
+        tenant_issuer: &tenant_issuer,
         code: &code,
         client: &client,
         redirect_uri,

@@ -156,16 +156,13 @@ impl Valid {
             self.redirect_uri.as_str(),
             self.state.as_deref(),
         );
-        Back::error(valid_part, error, description, issuer(state))
+        let issuer = super::tenant_issuer(state, &self.tenant);
+        Back::error(valid_part, error, description, &issuer)
     }
 }
 
 /// A signed-in browser's user and when they signed in.
 type SignedIn = (UserId, chrono::DateTime<chrono::Utc>);
-
-fn issuer(state: &AppState) -> &str {
-    &state.config().tokens.issuer
-}
 
 /// Checks the whole authorization request: the client and redirect URI first (refusals on a
 /// page), then everything else (refusals back to the client).
@@ -200,8 +197,10 @@ async fn check_request(
             .ok_or_else(unknown_client)?,
     };
     let ctx = crate::http::resolve::oauth_context(tenant.id);
-    // `resource` equal to the issuer names Bulkhead's own API (its metadata's `resource`).
-    let own_api = |resource: &str| is_own_api(&state.config().tokens.issuer, resource);
+    // `resource` equal to an issuer names Bulkhead's own API (its metadata's `resource`).
+    let deployment = &state.config().tokens.issuer;
+    let tenant_issuer = super::tenant_issuer(state, tenant);
+    let own_api = |resource: &str| is_own_api(deployment, &tenant_issuer, resource);
     let looked_up = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
         let client = match &document {
@@ -254,7 +253,7 @@ async fn check_request(
             (tenant, &client, &redirect_uri, state_param.as_deref()),
             error,
             description,
-            issuer(state),
+            &tenant_issuer,
         )))
     };
     if params.get("response_type") != Some("code") {
@@ -775,7 +774,8 @@ fn code_answer(
             if let Some(state_param) = &valid.state {
                 answer.params.push(("state", state_param.clone()));
             }
-            answer.params.push(("iss", issuer(state).to_owned()));
+            let issuer = super::tenant_issuer(state, &valid.tenant);
+            answer.params.push(("iss", issuer));
             (answer, "Access allowed.")
         }
         Err(ConsentError::NothingGranted) => (

@@ -4,7 +4,7 @@
 use axum::http::header;
 
 use super::client_auth::authenticate_client;
-use super::{issuer, GrantRequest, TokenResponse};
+use super::{issuer, tenant_issuer, GrantRequest, TokenResponse};
 use crate::http::error::OAuthError;
 use crate::service::oauth::client_credentials::{self, ClientCredentials};
 
@@ -21,9 +21,11 @@ pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OA
         return Err(OAuthError::invalid_client(false));
     };
     let (key, tenant) = authenticate_client(state, &auth, host_tenant, client_ip).await?;
+    let tenant_issuer = tenant_issuer(state, &tenant);
     let request = ClientCredentials {
         key: &key,
         tenant: tenant.id,
+        tenant_issuer: &tenant_issuer,
         scope: form.get("scope"),
         resource: form.get("resource"),
         client_ip,

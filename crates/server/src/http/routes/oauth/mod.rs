@@ -137,7 +137,11 @@ pub fn routes() -> RouteTable {
         )
         .doc(
             OpDoc::ok::<ServerMetadata>(200, "The metadata")
-                .summary("RFC 8414 authorization-server metadata.")
+                .summary(
+                    "RFC 8414 authorization-server metadata of the tenant whose subdomain is \
+                     asked: its issuer is the tenant's own origin.",
+                )
+                .answer(404, "No organisation is served under this host name")
                 .answer(429, "Rate limited per address; see `Retry-After`"),
         )
         .get(
@@ -221,6 +225,12 @@ pub(crate) fn issuer(state: &AppState) -> Issuer<'_> {
         tokens: state.tokens(),
         ceilings: state.ceilings(),
     }
+}
+
+/// A tenant's issuer ([`crate::service::tokens::TokenSettings::tenant_issuer`]): its tokens'
+/// `iss`, the issuer of its metadata and of its authorization responses.
+pub(crate) fn tenant_issuer(state: &AppState, tenant: &Tenant) -> String {
+    state.config().tokens.tenant_issuer(&tenant.slug)
 }
 
 /// A grant's refusal as an OAuth error. `basic`: the client authenticated with HTTP Basic, so

@@ -3,9 +3,10 @@
 //! ([`crate::service::oauth::oidc`]).
 //!
 //! - `GET /.well-known/openid-configuration`: the RFC 8414 document (the same fields, read from
-//!   it, so the two never disagree) plus what OpenID Connect Discovery requires. The issuer is
-//!   the deployment's, as in the RFC 8414 document, the access tokens and the authorization
-//!   responses' `iss` (RFC 9207): an OpenID Connect client compares them all.
+//!   it, so the two never disagree) plus what OpenID Connect Discovery requires, on the tenant's
+//!   own origin. The issuer is the tenant's, as in the RFC 8414 document, the ID and access
+//!   tokens and the authorization responses' `iss` (RFC 9207): an OpenID Connect client compares
+//!   them all.
 //! - `GET`/`POST /oauth/userinfo`: behind tenant resolution like `/v1`, so a missing, invalid,
 //!   expired, revoked or other tenant's token is the tenant API's one 401 with its
 //!   `WWW-Authenticate` challenge. A valid credential without `openid` (an API key, a login's or
@@ -13,7 +14,7 @@
 //!   problem, with the step-up challenge `scope="… openid"` for a token.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::{Actor, Scope};
 use bulkhead_store::tenant::{oauth_grants, users};
@@ -52,7 +53,11 @@ pub fn routes() -> RouteTable {
         )
         .doc(
             OpDoc::ok::<OpenIdConfiguration>(200, "The discovery document")
-                .summary("OpenID Connect Discovery 1.0 provider metadata.")
+                .summary(
+                    "OpenID Connect Discovery 1.0 provider metadata of the tenant whose \
+                     subdomain is asked.",
+                )
+                .answer(404, "No organisation is served under this host name")
                 .answer(429, "Rate limited per address; see `Retry-After`"),
         )
         .get(USERINFO_PATH, RouteAccess::Authenticated, userinfo)
@@ -66,7 +71,7 @@ pub fn routes() -> RouteTable {
 /// OpenID Connect Discovery 1.0 provider metadata: the RFC 8414 document's fields and these.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OpenIdConfiguration {
-    /// The deployment's issuer (the ID tokens' `iss`).
+    /// The tenant's issuer, its own origin (the ID tokens' `iss`).
     pub issuer: String,
     /// The authorization endpoint (on the tenant's subdomain).
     pub authorization_endpoint: String,
@@ -103,15 +108,18 @@ pub struct UserInfo {
     pub email_verified: Option<bool>,
 }
 
-async fn configuration(State(state): State<AppState>) -> Response {
-    let rfc8414 = super::discovery::metadata(State(state.clone())).await;
-    let body = axum::body::to_bytes(rfc8414.into_body(), 64 * 1024).await;
-    let Ok(Value::Object(mut document)) =
-        body.map(|b| serde_json::from_slice::<Value>(&b).unwrap_or_default())
-    else {
-        return ApiError::Unavailable.into_response();
+async fn configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    // The RFC 8414 document of the host's tenant, so the two never disagree.
+    let mut document = match super::discovery::tenant_metadata(&state, &headers).await {
+        Ok(Value::Object(document)) => document,
+        Ok(_) => return ApiError::Unavailable.into_response(),
+        Err(err) => return err.into_response(),
     };
-    let issuer = state.config().tokens.issuer.clone();
+    let issuer = document
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let mut scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
     scopes.extend(IDENTITY_SCOPES);
     let additions = json!({
@@ -127,12 +135,7 @@ async fn configuration(State(state): State<AppState>) -> Response {
     if let Value::Object(additions) = additions {
         document.extend(additions);
     }
-    let mut response = axum::Json(Value::Object(document)).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    response
+    super::discovery::cached(axum::Json(Value::Object(document)).into_response())
 }
 
 /// The 403 of a credential whose consent does not hold `openid`: the `missing-scope` problem

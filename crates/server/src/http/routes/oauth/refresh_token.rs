@@ -5,7 +5,7 @@
 use bulkhead_auth::RefreshToken;
 
 use super::client_auth::{authenticate_client, authenticate_oauth_client, named_oauth_client};
-use super::{grant_error, issuer, refresh_tenant, GrantRequest, TokenResponse};
+use super::{grant_error, issuer, refresh_tenant, tenant_issuer, GrantRequest, TokenResponse};
 use crate::http::error::OAuthError;
 use crate::service::oauth::refresh_token::{self, Refresh, INVALID_REFRESH};
 
@@ -37,9 +37,11 @@ pub(super) async fn grant(grant: GrantRequest<'_>) -> Result<TokenResponse, OAut
         ),
         None => None,
     };
+    let tenant_issuer = tenant_issuer(state, &tenant);
     let request = Refresh {
         presented: &presented,
         tenant: tenant.id,
+        tenant_issuer: &tenant_issuer,
         client: client.as_ref(),
         oauth_client,
         scope: grant.form.get("scope"),

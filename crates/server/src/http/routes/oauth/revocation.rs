@@ -59,7 +59,11 @@ async fn revoke_inner(state: &AppState, request: &FormRequest) -> Result<(), OAu
         let Ok(token) = verified else {
             return Ok(());
         };
-        if host.as_ref().is_some_and(|t| t.id != token.tenant_id) {
+        // Another tenant's token (its `tenant_id`, or its issuer) is not revoked from here.
+        let other_tenant = |t: &bulkhead_store::placement::registry::Tenant| {
+            t.id != token.tenant_id || token.claims.iss != super::tenant_issuer(state, t)
+        };
+        if host.as_ref().is_some_and(other_tenant) {
             return Ok(());
         }
         revocation::revoke_access_token(issuer(state), &token).await?;

@@ -253,10 +253,12 @@ pub(super) async fn grant(request: GrantRequest<'_>) -> Result<TokenResponse, OA
     // An `audience` that repeats the resource's identifier confirms the audience: no actor name.
     let actor_name = form.get("audience").filter(|a| Some(*a) != identifier);
     let actor = delegate(state, form, actor_name, auth, &tenant, client_ip).await?;
+    let tenant_issuer = super::tenant_issuer(state, &tenant);
     let request = Exchange {
         subject: &subject,
         actor: &actor,
         tenant: tenant.id,
+        tenant_issuer: &tenant_issuer,
         scope: form.get("scope"),
         resource_prefix: form.get("resource_prefix"),
         max_delegation_depth: state.config().tokens.max_delegation_depth,
