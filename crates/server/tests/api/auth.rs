@@ -38,16 +38,23 @@ async fn every_bad_credential_gets_the_same_401() {
     ];
     let mut bodies: Vec<(String, Value)> = Vec::new();
     for (name, header) in headers {
-        for url in [
-            app.url("/v1/sessions"),
-            app.tenant_url("acme", "/v1/sessions"),
+        // The challenge names the own API's metadata where the request was made: under the
+        // tenant's issuer on its subdomain, under `--issuer` on the deployment's host.
+        for (url, issuer) in [
+            (
+                app.url("/v1/sessions"),
+                app.state.config().tokens.issuer.clone(),
+            ),
+            (
+                app.tenant_url("acme", "/v1/sessions"),
+                crate::helpers::oauth::tenant_issuer(&app, "acme"),
+            ),
         ] {
             let mut request = app.client.get(&url);
             if let Some(h) = &header {
                 request = request.header("authorization", h);
             }
             let response = request.send().await.unwrap();
-            let issuer = &app.state.config().tokens.issuer;
             assert_eq!(
                 response
                     .headers()

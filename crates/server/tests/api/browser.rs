@@ -264,7 +264,7 @@ async fn a_real_browser_signs_in_and_consents_with_a_narrowed_scope() {
 
     // Each flow reached the redirect URI with a code, its state and the issuer; the code buys a
     // token of exactly the scopes left ticked.
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let arrived = receiver.requests();
     for variant in VARIANTS {
         let flow = &report["flows"][variant];

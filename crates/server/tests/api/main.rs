@@ -17,6 +17,7 @@ mod move_safety;
 mod oauth_audiences;
 mod oauth_code;
 mod oauth_grants;
+mod oauth_issuer;
 mod oauth_mcp;
 mod oauth_metadata_document;
 mod oauth_register;

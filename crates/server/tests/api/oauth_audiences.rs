@@ -161,9 +161,14 @@ async fn client_credentials_issue_a_token_for_a_registered_resource_only() {
     let plain = granted_token(client_credentials(&app, "acme", reader.basic(), None).await).await;
     assert_eq!(claims(&plain)["aud"], audience.as_str());
     assert_eq!(claims(&plain)["scope"], "sessions:read audit:read");
-    let issuer = app.state.config().tokens.issuer.clone();
-    let own = granted_token(for_resource(&app, "acme", &reader, &issuer, None).await).await;
-    assert_eq!(claims(&own)["aud"], audience.as_str());
+    // Both names of the own API: the deployment's `--issuer` and the tenant's own issuer.
+    for issuer in [
+        app.state.config().tokens.issuer.clone(),
+        crate::helpers::oauth::tenant_issuer(&app, "acme"),
+    ] {
+        let own = granted_token(for_resource(&app, "acme", &reader, &issuer, None).await).await;
+        assert_eq!(claims(&own)["aud"], audience.as_str());
+    }
 }
 
 #[tokio::test]
@@ -263,10 +268,12 @@ async fn a_resource_token_exchanges_only_into_a_narrower_token_for_the_same_reso
 
     // Any other target: another resource, Bulkhead's own API by either name, another tenant's.
     let issuer = app.state.config().tokens.issuer.clone();
+    let tenant_issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let own_audience = app.state.config().tokens.audience.clone();
     for (name, value) in [
         ("resource", OTHER),
         ("resource", issuer.as_str()),
+        ("resource", tenant_issuer.as_str()),
         ("resource", GLOBEX),
         ("audience", OTHER),
         ("audience", issuer.as_str()),
@@ -283,7 +290,7 @@ async fn a_resource_token_exchanges_only_into_a_narrower_token_for_the_same_reso
             .iter()
             .filter(|e| e["outcome"] == "blocked" && e["metadata"]["reason"] == "audience_change")
             .count(),
-        6,
+        7,
         "{blocked:?}"
     );
     // Scopes only narrow: the narrowed token cannot get `sessions:write` back.

@@ -407,7 +407,7 @@ async fn a_user_authorizes_a_public_client_with_pkce_and_a_narrowed_scope() {
     let (href, back) = returned(&answer.text().await.unwrap());
     assert!(href.starts_with(redirect));
     assert_eq!(param(&back, "state"), Some("xyz-state"));
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     assert_eq!(param(&back, "iss"), Some(issuer.as_str()));
     let code = param(&back, "code").unwrap().to_owned();
 
@@ -616,7 +616,7 @@ async fn authorization_requests_that_must_be_refused_are() {
     assert_eq!(unknown.text().await.unwrap(), foreign.text().await.unwrap());
 
     // With the redirect URI trusted, refusals go back to the client with state and iss.
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let refused_back = |response: &Response| {
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         let location = response.headers()["location"].to_str().unwrap();
@@ -758,7 +758,7 @@ async fn authorization_requests_that_must_be_refused_are() {
     // The metadata names the endpoint and what it supports.
     let metadata: Value = app
         .client
-        .get(app.url("/.well-known/oauth-authorization-server"))
+        .get(app.tenant_url("acme", "/.well-known/oauth-authorization-server"))
         .send()
         .await
         .unwrap()
@@ -821,10 +821,12 @@ async fn authlib_completes_the_flow_with_pkce() {
     )
     .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/authlib_pkce.py");
+    // authlib is given the tenant's issuer only: it discovers the rest.
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let mut child = std::process::Command::new(&python)
         .arg(script)
-        .arg(app.tenant_url("acme", "/oauth/authorize"))
-        .arg(app.url("/oauth/token"))
+        .arg(&issuer)
+        .arg(app.addr.port().to_string())
         .arg(client["id"].as_str().unwrap())
         .arg("http://127.0.0.1:61000/authlib")
         .env_remove("HTTP_PROXY")
@@ -833,10 +835,23 @@ async fn authlib_completes_the_flow_with_pkce() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    // authlib discovers the server (served by this runtime) before it prints: read on a
+    // blocking thread.
+    let (mut stdout, line) = tokio::task::spawn_blocking(move || {
+        let mut stdout = stdout;
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        (stdout, line)
+    })
+    .await
+    .unwrap();
     let url = url::Url::parse(line.trim()).unwrap();
+    assert_eq!(
+        url[..url::Position::AfterPath],
+        format!("{issuer}/oauth/authorize"),
+        "the metadata names the authorization endpoint on the tenant's origin"
+    );
     let query: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -895,16 +910,15 @@ async fn oauth4webapi_completes_the_flow_with_pkce() {
         }),
     )
     .await;
-    let issuer = app.state.config().tokens.issuer.clone();
+    // oauth4webapi is given the tenant's issuer only: it discovers the rest.
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let mut child = tokio::process::Command::new(&node)
         .arg(crate::helpers::clients::script("oauth4webapi_pkce.mjs"))
         .arg(&module)
-        .arg(app.url("/.well-known/oauth-authorization-server"))
-        .arg(app.tenant_url("acme", "/oauth/authorize"))
-        .arg(app.url("/oauth/token"))
+        .arg(&issuer)
+        .arg(app.addr.port().to_string())
         .arg(client["id"].as_str().unwrap())
         .arg("http://127.0.0.1:61001/oauth4webapi")
-        .arg(&issuer)
         .env_remove("HTTP_PROXY")
         .env_remove("HTTPS_PROXY")
         .env_remove("NODE_OPTIONS")
@@ -921,6 +935,10 @@ async fn oauth4webapi_completes_the_flow_with_pkce() {
         .unwrap()
         .expect("oauth4webapi ended before printing the authorization URL");
     let url = url::Url::parse(line.trim()).unwrap();
+    assert_eq!(
+        url[..url::Position::AfterPath],
+        format!("{issuer}/oauth/authorize")
+    );
     let query: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))

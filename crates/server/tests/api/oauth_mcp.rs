@@ -32,20 +32,15 @@ async fn run_sdk(
     resource_id: &str,
     document: Option<&str>,
 ) -> Value {
-    let issuer = app.state.config().tokens.issuer.clone();
-    let issuer_host = url::Url::parse(&issuer)
-        .unwrap()
-        .host_str()
-        .unwrap()
-        .to_owned();
+    // The tenant's own issuer: the SDK finds it in the resource's metadata and follows the
+    // endpoints its metadata names, all on that origin.
+    let issuer = crate::helpers::oauth::tenant_issuer(app, "acme");
     let config = json!({
         "bulkhead_port": app.addr.port(),
-        "tenant_host": format!("acme.{issuer_host}"),
-        "issuer_host": issuer_host,
         "issuer": issuer,
-        "resource": format!("https://acme.{issuer_host}/mcp/search"),
+        "resource": format!("{issuer}/mcp/search"),
         "resource_metadata": format!(
-            "https://acme.{issuer_host}/.well-known/oauth-protected-resource/{resource_id}"
+            "{issuer}/.well-known/oauth-protected-resource/{resource_id}"
         ),
         "jwks_url": app.url("/.well-known/jwks.json"),
         "tenant_id": acme.id.to_string(),
@@ -85,9 +80,11 @@ async fn run_sdk(
             .map(|(_, v)| v.clone())
     };
     assert_eq!(named("code_challenge_method").as_deref(), Some("S256"));
+    assert_eq!(named("resource"), Some(format!("{issuer}/mcp/search")));
     assert_eq!(
-        named("resource"),
-        Some(format!("https://acme.{issuer_host}/mcp/search"))
+        authorize[..url::Position::AfterPath],
+        format!("{issuer}/oauth/authorize"),
+        "the SDK follows the tenant's metadata to the tenant's authorization endpoint"
     );
     if let Some(document) = document {
         assert_eq!(named("client_id").as_deref(), Some(document));
@@ -156,19 +153,14 @@ async fn the_mcp_sdk_discovers_bulkhead_and_calls_a_protected_tool() {
     )
     .await;
     assert_eq!(settings.status(), StatusCode::OK);
-    let issuer = app.state.config().tokens.issuer.clone();
-    let issuer_host = url::Url::parse(&issuer)
-        .unwrap()
-        .host_str()
-        .unwrap()
-        .to_owned();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let resource = call_as(
         &app,
         &acme,
         Method::POST,
         "/v1/oauth-resources",
         Some(json!({
-            "identifier": format!("https://acme.{issuer_host}/mcp/search"),
+            "identifier": format!("{issuer}/mcp/search"),
             "name": "Search tools",
             "scopes": ["sessions:read"],
         })),

@@ -62,7 +62,8 @@ async fn a_client_registers_itself_once_enabled_and_completes_the_code_flow() {
     let acme = app.create_tenant("acme").await;
     user_with_role(&app, &acme, "ada@acme.example", "admin").await;
 
-    // The metadata names the endpoint (deployment-wide); the tenant has not enabled it: 403.
+    // The tenant's metadata names the endpoint under its issuer, whether or not it enabled
+    // registration; it has not: 403.
     let metadata: Value = app
         .client
         .get(app.tenant_url("acme", "/.well-known/oauth-authorization-server"))
@@ -72,7 +73,7 @@ async fn a_client_registers_itself_once_enabled_and_completes_the_code_flow() {
         .json()
         .await
         .unwrap();
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     assert_eq!(
         metadata["registration_endpoint"],
         format!("{issuer}/oauth/register")

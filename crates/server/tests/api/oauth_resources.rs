@@ -41,7 +41,7 @@ async fn a_tenant_registers_protected_resources_and_their_metadata_is_served() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let globex = app.create_tenant("globex").await;
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     let body = json!({
         "identifier": "https://acme.bulkhead.test/mcp/search",
         "name": "Acme MCP server",
@@ -254,32 +254,46 @@ async fn a_401_names_the_protected_resource_metadata() {
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("{challenge}"));
-    let issuer = app.state.config().tokens.issuer.clone();
+    // On the tenant's host: the document under the tenant's own issuer, naming it as the
+    // authorization server, whose metadata names it as the issuer.
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     assert_eq!(
         url,
         format!("{issuer}/.well-known/oauth-protected-resource")
     );
-    let metadata: Value = app
-        .client
-        .get(app.url("/.well-known/oauth-protected-resource"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetch = |url: String| {
+        let client = app.client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, metadata) =
+        fetch(app.tenant_url("acme", "/.well-known/oauth-protected-resource")).await;
     assert_eq!(metadata["resource"], issuer);
     assert_eq!(metadata["authorization_servers"], json!([issuer]));
-    let server: Value = app
+    let (_, server) =
+        fetch(app.tenant_url("acme", "/.well-known/oauth-authorization-server")).await;
+    assert_eq!(server["issuer"], issuer);
+
+    // On the deployment's host: `--issuer` names the own API, and no authorization server is
+    // named (each tenant is its own); its 401 points there.
+    let deployment = app.state.config().tokens.issuer.clone();
+    let (_, bare) = fetch(app.url("/.well-known/oauth-protected-resource")).await;
+    assert_eq!(bare["resource"], deployment);
+    assert!(bare.get("authorization_servers").is_none(), "{bare}");
+    let anonymous = app
         .client
-        .get(app.url("/.well-known/oauth-authorization-server"))
+        .get(app.url("/v1/sessions"))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(server["issuer"], issuer);
+    assert!(anonymous.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains(&format!(
+            "resource_metadata=\"{deployment}/.well-known/oauth-protected-resource\""
+        )));
 }
 
 #[tokio::test]
@@ -551,8 +565,12 @@ async fn the_issuer_names_bulkheads_own_api() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     user_with_role(&app, &acme, "ada@acme.example", "admin").await;
-    let issuer = app.state.config().tokens.issuer.clone();
-    let canonical = url::Url::parse(&issuer).unwrap().to_string();
+    // Both name the own API: the tenant's issuer (what its metadata on the tenant's host
+    // publishes) and the deployment's `--issuer` (on the deployment's host), each as written or
+    // in canonical form.
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
+    let deployment = app.state.config().tokens.issuer.clone();
+    let canonical = url::Url::parse(&deployment).unwrap().to_string();
     let created = call_as(
         &app,
         &acme,
@@ -654,7 +672,7 @@ async fn the_issuer_names_bulkheads_own_api() {
             ("refresh_token", refresh),
             ("client_id", client_id),
             ("client_secret", secret),
-            ("resource", &issuer),
+            ("resource", &format!("{issuer}/")),
         ],
     )
     .await;

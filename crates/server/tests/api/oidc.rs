@@ -124,7 +124,7 @@ async fn openid_issues_an_id_token_and_userinfo_answers_per_scope() {
     let globex = app.create_tenant("globex").await;
     user_with_role(&app, &acme, "ada@acme.example", "admin").await;
     user_with_role(&app, &globex, "gil@globex.example", "admin").await;
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
 
     // Discovery: the RFC 8414 fields and OpenID Connect's.
     let discovery: Value = app
@@ -400,7 +400,7 @@ async fn a_403_names_the_missing_scope_and_the_reauthorized_token_succeeds() {
         problem["type"],
         "https://bulkhead.dev/problems/missing-scope"
     );
-    let issuer = app.state.config().tokens.issuer.clone();
+    let issuer = crate::helpers::oauth::tenant_issuer(&app, "acme");
     assert!(
         challenge.starts_with("Bearer realm=\"bulkhead\", error=\"insufficient_scope\""),
         "{challenge}"

@@ -3,9 +3,10 @@
 //! JWKS: authlib (`jwt.decode` with `CodeIDToken`, Python) and oauth4webapi
 //! (`processAuthorizationCodeResponse` with `expectedNonce`, `validateApplicationLevelSignature`,
 //! `getValidatedIdTokenClaims`, `processUserInfoResponse`, Node). Skipped, loudly, where the
-//! tools are missing, except in CI, where that fails (see `helpers::clients`). The scripts reach
-//! the server on the bare loopback address (they cannot resolve the tenant's name); only the
-//! browser step, done by the test, uses the tenant's host.
+//! tools are missing, except in CI, where that fails (see `helpers::clients`). Each is given the
+//! tenant's issuer only and discovers every endpoint from its metadata, which must name exactly
+//! that issuer; `loopback.py`/`loopback.mjs` stand in for DNS and TLS (the issuer's host to the
+//! loopback listener over plain HTTP), and the browser step is the test's.
 
 use bulkhead_test_support::{spawn_app, TestApp};
 use serde_json::{json, Value};
@@ -35,6 +36,14 @@ async fn relying_party(app: &TestApp, mut command: tokio::process::Command) -> V
         .unwrap()
         .expect("the client ended before printing the authorization URL");
     let url = url::Url::parse(line.trim()).unwrap();
+    assert_eq!(
+        url[..url::Position::AfterPath],
+        format!(
+            "{}/oauth/authorize",
+            crate::helpers::oauth::tenant_issuer(app, "acme")
+        ),
+        "discovered from the tenant's issuer"
+    );
     let query: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -85,7 +94,8 @@ async fn app_with_client(redirect: &str) -> (TestApp, String) {
 /// What both clients must have seen.
 fn assert_validated(app: &TestApp, client_id: &str, result: &Value) {
     let claims = &result["claims"];
-    assert_eq!(claims["iss"], app.state.config().tokens.issuer.as_str());
+    let issuer = crate::helpers::oauth::tenant_issuer(app, "acme");
+    assert_eq!(claims["iss"], issuer.as_str(), "the tenant's own issuer");
     assert_eq!(claims["aud"], client_id);
     assert_eq!(claims["nonce"], result["nonce"]);
     assert!(claims["sub"].as_str().unwrap().starts_with("user_"));
@@ -106,14 +116,10 @@ async fn oauth4webapi_validates_the_id_token() {
     command
         .arg(crate::helpers::clients::script("oauth4webapi_oidc.mjs"))
         .arg(&module)
-        .arg(app.url("/.well-known/openid-configuration"))
-        .arg(app.tenant_url("acme", "/oauth/authorize"))
-        .arg(app.url("/oauth/token"))
-        .arg(app.url("/.well-known/jwks.json"))
-        .arg(app.url("/oauth/userinfo"))
+        .arg(crate::helpers::oauth::tenant_issuer(&app, "acme"))
+        .arg(app.addr.port().to_string())
         .arg(&client_id)
-        .arg("http://127.0.0.1:61002/oidc")
-        .arg(&app.state.config().tokens.issuer);
+        .arg("http://127.0.0.1:61002/oidc");
     let result = relying_party(&app, command).await;
     assert_validated(&app, &client_id, &result);
 }
@@ -137,13 +143,10 @@ async fn authlib_validates_the_id_token() {
     let mut command = tokio::process::Command::new(&python);
     command
         .arg(crate::helpers::clients::script("authlib_oidc.py"))
-        .arg(app.tenant_url("acme", "/oauth/authorize"))
-        .arg(app.url("/oauth/token"))
-        .arg(app.url("/.well-known/jwks.json"))
-        .arg(app.url("/oauth/userinfo"))
+        .arg(crate::helpers::oauth::tenant_issuer(&app, "acme"))
+        .arg(app.addr.port().to_string())
         .arg(&client_id)
-        .arg("http://127.0.0.1:61003/oidc")
-        .arg(&app.state.config().tokens.issuer);
+        .arg("http://127.0.0.1:61003/oidc");
     let result = relying_party(&app, command).await;
     assert_validated(&app, &client_id, &result);
 }

@@ -35,7 +35,6 @@ const NO_CLIENT_ERROR: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/.well-known/bulkhead-audit-key"),
-    ("GET", "/.well-known/oauth-protected-resource"),
     ("GET", "/oauth/style.css"),
 ];
 

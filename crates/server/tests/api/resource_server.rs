@@ -124,7 +124,7 @@ fn settings(
     issuer_base: &str,
 ) -> bulkhead_resource_server::Builder {
     ResourceServer::builder()
-        .issuer(app.state.config().tokens.issuer.clone())
+        .issuer(crate::helpers::oauth::tenant_issuer(app, "acme"))
         .resource(MCP)
         .tenant_id(acme.id.to_string())
         .jwks_url(format!("{issuer_base}/.well-known/jwks.json"))
@@ -298,6 +298,21 @@ async fn a_resource_server_admits_only_its_own_tokens_with_the_scopes_a_route_ne
     let expired = get_with(&app, &format!("{late_base}/read"), Some(&token)).await;
     assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
     assert!(challenge(&expired).contains("error=\"invalid_token\""));
+
+    // Each tenant is its own issuer: a layer expecting the deployment's `--issuer` (the issuer
+    // of every token before tenants had their own) or another tenant's refuses acme's token.
+    for wrong in [
+        app.state.config().tokens.issuer.clone(),
+        crate::helpers::oauth::tenant_issuer(&app, "globex"),
+    ] {
+        let misconfigured = settings(&app, &acme, &mcp_id, &app.url(""))
+            .issuer(wrong.clone())
+            .build()
+            .unwrap();
+        let base = serve_resource(&misconfigured).await;
+        let refused = get_with(&app, &format!("{base}/read"), Some(&token)).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{wrong}");
+    }
 
     // Revoked (RFC 7009): refused once the introspection answer (1 s here) is older.
     let revoked = post_form(

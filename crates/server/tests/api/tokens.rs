@@ -177,7 +177,8 @@ async fn client_credentials_issue_rfc_9068_tokens_that_authenticate_requests() {
     assert_eq!(c["sub"], "agent-1");
     assert_eq!(c["scope"], "sessions:read sessions:write");
     assert_eq!(c["aud"], "bulkhead");
-    assert_eq!(c["iss"], "https://bulkhead.test");
+    // The tenant's own issuer, its origin.
+    assert_eq!(c["iss"], "https://acme.bulkhead.test");
     assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 900);
     assert!(c["jti"].as_str().unwrap().starts_with("at_"));
 
@@ -383,31 +384,32 @@ async fn the_token_endpoint_answers_in_rfc_6749_form() {
 #[tokio::test]
 async fn metadata_and_jwks_are_published() {
     let app = spawn_app().await;
+    app.create_tenant("acme").await;
     let metadata: Value = app
         .client
-        .get(app.url("/.well-known/oauth-authorization-server"))
+        .get(app.tenant_url("acme", "/.well-known/oauth-authorization-server"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(metadata["issuer"], "https://bulkhead.test");
+    assert_eq!(metadata["issuer"], "https://acme.bulkhead.test");
     assert_eq!(
         metadata["token_endpoint"],
-        "https://bulkhead.test/oauth/token"
+        "https://acme.bulkhead.test/oauth/token"
     );
     assert_eq!(
         metadata["jwks_uri"],
-        "https://bulkhead.test/.well-known/jwks.json"
+        "https://acme.bulkhead.test/.well-known/jwks.json"
     );
     assert_eq!(
         metadata["revocation_endpoint"],
-        "https://bulkhead.test/oauth/revoke"
+        "https://acme.bulkhead.test/oauth/revoke"
     );
     assert_eq!(
         metadata["introspection_endpoint"],
-        "https://bulkhead.test/oauth/introspect"
+        "https://acme.bulkhead.test/oauth/introspect"
     );
     let jwks: Value = app
         .client

@@ -2,10 +2,11 @@
 `openid email`, the ID token validated by authlib's own OpenID Connect support (signature
 against the JWKS, `iss`, `aud`, `exp`, `iat`, `nonce`), and userinfo.
 
-Driven by tests/api/oidc_clients.rs: argv is the authorization, token, JWKS and userinfo
-endpoints (loopback), the client id, the redirect URI and the issuer. Prints the authorization
-URL authlib builds, reads the URL the browser step was sent back to, and prints one JSON line:
-the validated claims and the userinfo answer.
+Driven by tests/api/oidc_clients.rs: argv is the tenant's issuer, Bulkhead's loopback port, the
+client id and the redirect URI. Every endpoint comes from the issuer's OpenID Connect discovery
+document (which must name exactly that issuer), reached through `loopback.py`. Prints the
+authorization URL authlib builds, reads the URL the browser step was sent back to (its `iss`
+checked, RFC 9207), and prints one JSON line: the validated claims and the userinfo answer.
 """
 
 import json
@@ -19,7 +20,9 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.jose import JsonWebKey, jwt
 from authlib.oidc.core import CodeIDToken
 
-authorize_url, token_url, jwks_url, userinfo_url, client_id, redirect_uri, issuer = sys.argv[1:8]
+from loopback import check_iss, discover, mount
+
+issuer, port, client_id, redirect_uri = sys.argv[1:5]
 session = OAuth2Session(
     client_id,
     redirect_uri=redirect_uri,
@@ -27,16 +30,20 @@ session = OAuth2Session(
     code_challenge_method="S256",
     token_endpoint_auth_method="none",
 )
-session.trust_env = False
+mount(session, issuer, int(port))
+metadata = discover(session, issuer, suffix="openid-configuration")
 verifier = generate_token(64)
 nonce = generate_token(32)
-url, state = session.create_authorization_url(authorize_url, code_verifier=verifier, nonce=nonce)
+url, state = session.create_authorization_url(
+    metadata["authorization_endpoint"], code_verifier=verifier, nonce=nonce
+)
 print(url, flush=True)
 callback = sys.stdin.readline().strip()
+check_iss(callback, issuer)
 token = session.fetch_token(
-    token_url, authorization_response=callback, code_verifier=verifier, state=state
+    metadata["token_endpoint"], authorization_response=callback, code_verifier=verifier, state=state
 )
-jwks = JsonWebKey.import_key_set(session.get(jwks_url).json())
+jwks = JsonWebKey.import_key_set(session.get(metadata["jwks_uri"]).json())
 claims = jwt.decode(
     token["id_token"],
     jwks,
@@ -45,5 +52,5 @@ claims = jwt.decode(
     claims_params={"nonce": nonce, "client_id": client_id},
 )
 claims.validate()
-info = session.get(userinfo_url).json()
+info = session.get(metadata["userinfo_endpoint"]).json()
 print(json.dumps({"claims": dict(claims), "userinfo": info, "nonce": nonce}), flush=True)

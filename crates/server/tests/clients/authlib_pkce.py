@@ -1,9 +1,11 @@
 """An off-the-shelf OAuth client (authlib) completing the authorization-code flow with PKCE.
 
-Driven by tests/api/oauth_code.rs: argv is the authorization endpoint, the token endpoint, the
-client id and the redirect URI. Prints the authorization URL authlib builds, reads the URL the
-browser step was sent back to, lets authlib check it and exchange the code, and prints the
-token response as JSON. Talks to loopback only (the token endpoint is a 127.0.0.1 URL).
+Driven by tests/api/oauth_code.rs: argv is the tenant's issuer (`https://acme.bulkhead.test`),
+Bulkhead's loopback port, the client id and the redirect URI. authlib discovers the server from
+the issuer's RFC 8414 metadata (which must name exactly that issuer), builds the authorization
+URL from the metadata's endpoint and prints it, reads the URL the browser step was sent back
+to, checks its `iss` (RFC 9207) and `state`, exchanges the code at the metadata's token
+endpoint and prints the token response as JSON. Every request goes through `loopback.py`.
 """
 
 import json
@@ -12,7 +14,9 @@ import sys
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 
-authorize_url, token_url, client_id, redirect_uri = sys.argv[1:5]
+from loopback import check_iss, discover, mount
+
+issuer, port, client_id, redirect_uri = sys.argv[1:5]
 session = OAuth2Session(
     client_id,
     redirect_uri=redirect_uri,
@@ -20,12 +24,16 @@ session = OAuth2Session(
     code_challenge_method="S256",
     token_endpoint_auth_method="none",
 )
-session.trust_env = False
+mount(session, issuer, int(port))
+metadata = discover(session, issuer)
 verifier = generate_token(64)
-url, state = session.create_authorization_url(authorize_url, code_verifier=verifier)
+url, state = session.create_authorization_url(
+    metadata["authorization_endpoint"], code_verifier=verifier
+)
 print(url, flush=True)
 callback = sys.stdin.readline().strip()
+check_iss(callback, issuer)
 token = session.fetch_token(
-    token_url, authorization_response=callback, code_verifier=verifier, state=state
+    metadata["token_endpoint"], authorization_response=callback, code_verifier=verifier, state=state
 )
 print(json.dumps(token), flush=True)

@@ -16,9 +16,12 @@ Driven by tests/api/oauth_mcp.rs with one JSON argument (see `config` below). Th
 3. exchanges the code with its PKCE verifier, initializes the MCP session and calls the tool,
    and prints `{"tool": text, "client_id": …, "scope": …}`.
 
-Loopback: the SDK believes the `https` URLs the metadata names (the issuer's host, the tenant's
-host, the resource's); an httpx transport sends each to its loopback listener over plain HTTP,
-keeping the `Host` the server expects. This stands in for DNS and TLS: nothing leaves 127.0.0.1.
+Loopback: the SDK believes the `https` URLs the metadata names, all on the tenant's origin
+(`https://acme.bulkhead.test`: Bulkhead's issuer for the tenant, and the resource, which the
+MCP gateway will serve there); an httpx transport sends the resource's path to the MCP server
+and the rest to Bulkhead, each to its loopback listener over plain HTTP, keeping the `Host` the
+server expects. This stands in for DNS and TLS only: nothing leaves 127.0.0.1, and every URL is
+the one the metadata names.
 """
 
 import asyncio
@@ -39,7 +42,7 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 config = json.loads(sys.argv[1])
 RESOURCE = config["resource"]  # https://acme.bulkhead.test/mcp/search
-ISSUER = config["issuer"]  # https://bulkhead.test
+ISSUER = config["issuer"]  # https://acme.bulkhead.test: the tenant's own issuer
 RESOURCE_PATH = urllib.parse.urlsplit(RESOURCE).path
 
 
@@ -94,8 +97,8 @@ def serve_mcp():
 
 
 class Loopback(httpx2.AsyncBaseTransport):
-    """Sends the resource's URLs to the MCP server, and the issuer's and the tenant's to
-    Bulkhead, over plain HTTP on 127.0.0.1; anything else is refused."""
+    """Sends the resource's URLs to the MCP server, and the tenant's issuer's to Bulkhead, over
+    plain HTTP on 127.0.0.1; anything else (another host, plain http) is refused."""
 
     def __init__(self, mcp_port):
         self.inner = httpx2.AsyncHTTPTransport()
@@ -106,13 +109,12 @@ class Loopback(httpx2.AsyncBaseTransport):
         if url.host == "127.0.0.1" and url.port in (self.mcp_port, config["bulkhead_port"]):
             # Already sent once (the SDK retries the same request object with its token).
             return await self.inner.handle_async_request(request)
+        if url.scheme != "https":
+            raise httpx2.ConnectError(f"not a loopback destination: {url}")
         if url.host == urllib.parse.urlsplit(RESOURCE).hostname and url.path.startswith(RESOURCE_PATH):
             port, host = self.mcp_port, f"127.0.0.1:{self.mcp_port}"
-        elif url.host in (config["tenant_host"], config["issuer_host"]):
-            # Bulkhead names its endpoints under the deployment's issuer and serves them on the
-            # tenant's host: the issuer's host stands for the tenant's here.
-            port = config["bulkhead_port"]
-            host = f'{config["tenant_host"]}:{port}'
+        elif url.host == urllib.parse.urlsplit(ISSUER).hostname:
+            port, host = config["bulkhead_port"], url.host
         else:
             raise httpx2.ConnectError(f"not a loopback destination: {url.host}")
         request.url = url.copy_with(scheme="http", host="127.0.0.1", port=port)

@@ -3,31 +3,26 @@
 // signature by the JWKS, and userinfo.
 //
 // Driven by tests/api/oidc_clients.rs. argv: the path of oauth4webapi's build/index.js, the
-// discovery URL (/.well-known/openid-configuration), the authorization, token, JWKS and
-// userinfo endpoints reached on loopback (the document names them under the deployment's
-// issuer, which the test cannot resolve), the client id, the redirect URI and the issuer.
+// tenant's issuer, Bulkhead's loopback port, the client id and the redirect URI. Everything is
+// discovered from the issuer's OpenID Connect metadata (which must name exactly that issuer):
+// the authorization, token, JWKS and userinfo endpoints, all reached through `loopback.mjs`.
 // Prints the authorization URL, reads the URL the browser step was sent back to, then prints
 // one JSON line: the validated ID token claims and the userinfo answer.
 
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 
-const [modulePath, discoveryUrl, authorizeUrl, tokenUrl, jwksUrl, userinfoUrl, clientId, redirectUri, issuer] =
-  process.argv.slice(2);
-const oauth = await import(pathToFileURL(modulePath).href);
-const insecure = { [oauth.allowInsecureRequests]: true };
+import { loopbackFetch } from './loopback.mjs';
 
-const metadata = await oauth.processDiscoveryResponse(new URL(issuer), await fetch(discoveryUrl));
+const [modulePath, issuer, port, clientId, redirectUri] = process.argv.slice(2);
+const oauth = await import(pathToFileURL(modulePath).href);
+const via = { [oauth.customFetch]: loopbackFetch(issuer, Number(port)) };
+
+const issuerUrl = new URL(issuer);
+const as = await oauth.processDiscoveryResponse(issuerUrl, await oauth.discoveryRequest(issuerUrl, via));
 for (const field of ['userinfo_endpoint', 'jwks_uri', 'subject_types_supported', 'id_token_signing_alg_values_supported']) {
-  if (!metadata[field]) throw new Error(`the discovery document lacks ${field}`);
+  if (!as[field]) throw new Error(`the discovery document lacks ${field}`);
 }
-const as = {
-  ...metadata,
-  authorization_endpoint: authorizeUrl,
-  token_endpoint: tokenUrl,
-  jwks_uri: jwksUrl,
-  userinfo_endpoint: userinfoUrl,
-};
 const client = { client_id: clientId, id_token_signed_response_alg: 'EdDSA' };
 
 const verifier = oauth.generateRandomCodeVerifier();
@@ -49,7 +44,7 @@ const callback = await new Promise((resolve) => lines.once('line', resolve));
 lines.close();
 const params = oauth.validateAuthResponse(as, client, new URL(callback.trim()), state);
 const response = await oauth.authorizationCodeGrantRequest(
-  as, client, oauth.None(), params, redirectUri, verifier, insecure,
+  as, client, oauth.None(), params, redirectUri, verifier, via,
 );
 const result = await oauth.processAuthorizationCodeResponse(as, client, response, {
   expectedNonce: nonce,
@@ -57,9 +52,9 @@ const result = await oauth.processAuthorizationCodeResponse(as, client, response
 });
 // The ID token's signature, against the JWKS (the library fetches it; the token response is
 // the reference the library keeps the ID token by).
-await oauth.validateApplicationLevelSignature(as, response, insecure);
+await oauth.validateApplicationLevelSignature(as, response, via);
 const claims = oauth.getValidatedIdTokenClaims(result);
 const info = await oauth.processUserInfoResponse(
-  as, client, claims.sub, await oauth.userInfoRequest(as, client, result.access_token, insecure),
+  as, client, claims.sub, await oauth.userInfoRequest(as, client, result.access_token, via),
 );
 console.log(JSON.stringify({ claims, userinfo: info, nonce }));

@@ -208,3 +208,10 @@ pub(crate) fn scope_set(text: &str) -> std::collections::BTreeSet<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A tenant's issuer: its own origin (`https://<slug>.bulkhead.test` here), the `iss` of its
+/// tokens and the issuer of its metadata.
+pub(crate) fn tenant_issuer(app: &TestApp, slug: &str) -> String {
+    let slug = bulkhead_core::TenantSlug::parse(slug).expect("a valid slug");
+    app.state.config().tokens.tenant_issuer(&slug)
+}
