@@ -13,7 +13,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::call;
-use crate::helpers::oauth::{claims, granted_token, post_form, tenant_issuer, token_request};
+use crate::helpers::keys::agent;
+use crate::helpers::oauth::{
+    claims, exchange, granted_token, post_form, tenant_issuer, token_request,
+};
 
 const SERVER_METADATA: &str = "/.well-known/oauth-authorization-server";
 const OPENID_METADATA: &str = "/.well-known/openid-configuration";
@@ -218,6 +221,10 @@ async fn a_genuinely_signed_token_whose_issuer_is_not_its_tenants_is_refused() {
     let same = resigned(&key, &token, &acme_issuer);
     let passed = call(&app, "acme", &same, Method::GET, "/v1/sessions", None).await;
     assert_eq!(passed.status(), StatusCode::OK);
+    let helper = agent(&app, &acme, "helper", &["sessions:read"]).await;
+    let narrow = [("scope", "sessions:read")];
+    let exchanged = exchange(&app, "acme", &same, &helper, &narrow).await;
+    assert_eq!(exchanged.status(), StatusCode::OK);
     assert_eq!(introspect(same).await["active"], true);
 
     // globex's issuer on acme's `tenant_id`; the deployment's issuer (every token's before
@@ -255,6 +262,11 @@ async fn a_genuinely_signed_token_whose_issuer_is_not_its_tenants_is_refused() {
             StatusCode::UNAUTHORIZED,
             "{iss:?} on the bare host"
         );
+        // As a token exchange's subject token: unusable.
+        let exchanged = exchange(&app, "acme", &forged, &helper, &narrow).await;
+        assert_eq!(exchanged.status(), StatusCode::BAD_REQUEST, "{iss:?}");
+        let body: Value = exchanged.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant", "{iss:?}");
         assert_eq!(
             introspect(forged).await,
             serde_json::json!({ "active": false }),
