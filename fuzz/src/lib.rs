@@ -626,7 +626,7 @@ mod tests {
 pub fn access_token(data: &[u8]) {
     use bulkhead_auth::token::{sign_access_token, unverified_claims, verify_access_token};
     use bulkhead_auth::{
-        AccessClaims, ExpectedIssuer, Expectations, KeySet, RefreshToken, SigningKey, VerifyingKey,
+        AccessClaims, Expectations, ExpectedIssuer, KeySet, RefreshToken, SigningKey, VerifyingKey,
     };
     use std::sync::OnceLock;
 
