@@ -305,12 +305,16 @@ fn page_cost(method: &http::Method, route: &str, query: Option<&str>) -> Option<
     if !is_heavy_read(method, route) {
         return None;
     }
-    let limit = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "limit")
-        .and_then(|(_, value)| value.parse::<u32>().ok())
+    // Decoded as the list handler decodes it (`kit::page::ListQuery`: form encoding, so
+    // `%32%30%30` and `li%6Dit` are `limit=200`); of several `limit`s (the handler refuses
+    // them) the largest counts.
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+    let limit = pairs
+        .iter()
+        .filter(|(name, _)| name == "limit")
+        .filter_map(|(_, value)| value.parse::<u32>().ok())
+        .max()
         .unwrap_or(DEFAULT_PAGE_SIZE)
         .clamp(1, MAX_PAGE_SIZE);
     Some(limit.div_ceil(DEFAULT_PAGE_SIZE))
@@ -372,6 +376,11 @@ mod tests {
         // Past the maximum the handler refuses it; the cost stays bounded either way.
         assert_eq!(cost(Some("limit=100000")), Some(4));
         assert_eq!(cost(Some("limit=x")), Some(1));
+        // Encoded as the handler decodes it (review L1).
+        assert_eq!(cost(Some("limit=%32%30%30")), Some(4));
+        assert_eq!(cost(Some("li%6Dit=200")), Some(4));
+        assert_eq!(cost(Some("limit=%2B200")), Some(4));
+        assert_eq!(cost(Some("limit=1&limit=200")), Some(4));
         // Single resources, light reads and writes keep their class's cost.
         assert_eq!(
             page_cost(&get, "/v1/sessions/{id}", Some("limit=200")),
