@@ -100,10 +100,21 @@ impl ExportedTenant {
 
     /// The registry record an import starts from (every field checked as onboarding checks it).
     fn to_tenant(&self) -> anyhow::Result<Tenant> {
+        // The rules onboarding applies (`service::tenants`): an archive is input like any other.
+        let name = self.display_name.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            bail!("tenant.json: invalid name: 1 to 200 characters, no control characters");
+        }
+        if self.region.is_empty()
+            || self.region.len() > 64
+            || self.region.chars().any(char::is_control)
+        {
+            bail!("tenant.json: invalid region: 1 to 64 characters");
+        }
         Ok(Tenant {
             id: self.id,
             slug: TenantSlug::parse(&self.slug).context("tenant.json: invalid slug")?,
-            display_name: self.display_name.clone(),
+            display_name: name.to_owned(),
             plan: Plan::parse(&self.plan).context("tenant.json: invalid plan")?,
             isolation_tier: IsolationTier::parse(&self.isolation_tier)
                 .context("tenant.json: invalid tier")?,
@@ -169,12 +180,13 @@ pub async fn export<W: AsyncWrite + Unpin>(
     // written in between are rows without leaves yet, which the importing deployment's
     // sequencer takes up like any recent event). Spooled to a temporary file so the entry's
     // size is known before its bytes.
+    let guard = TenantExport::guard(owner, tenant).await?;
     let ctx = TenantContext::for_system(tenant, "tenant.export");
     let mut snapshot = ExportSnapshot::open(owner, &ctx, log_key, now).await?;
     let spooled = spool_audit(&mut snapshot).await;
     snapshot.finish().await.ok();
     let (mut audit_file, audit_size, audit_lines) = spooled?;
-    let mut rows_export = TenantExport::open(owner, tenant).await?;
+    let mut rows_export = TenantExport::open(owner, guard).await?;
     let mut archive = ArchiveWriter::new(out);
     let header = ExportHeader {
         format: FORMAT.into(),

@@ -355,3 +355,54 @@ async fn a_shared_tenant_imports_into_a_dedicated_database_and_is_served_there()
         before
     );
 }
+
+#[tokio::test]
+async fn an_archive_does_not_bring_back_a_tenant_this_deployment_erased() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_session(&app, &acme, "before the erasure").await;
+    let operator = app.spawn_operator().await;
+    let (status, _, archive) = operator
+        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = operator
+        .request(
+            Method::POST,
+            "/operator/v1/tenants/acme/deletion",
+            None,
+            Some(json!({ "grace_period": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = operator
+        .request(
+            Method::POST,
+            "/operator/v1/tenants/acme/deletion/purge",
+            None,
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("acme.tar");
+    std::fs::write(&path, &archive).unwrap();
+    let again = bulkhead(&app, &["tenant", "import", path.to_str().unwrap()]);
+    assert!(!again.status.success(), "an erased tenant was imported");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("erased tenant"), "{stderr}");
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
+            .bind(acme.id.uuid())
+            .fetch_one(&app.db.superuser_pool().await)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+    // Its subdomain names no tenant any more.
+    assert_eq!(
+        call_as(&app, &acme, Method::GET, "/v1/sessions", None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}

@@ -135,7 +135,7 @@ async fn each_tier_keeps_its_rows_where_the_registry_says() {
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' \
          WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT c.relforcerowsecurity \
-         AND c.relname NOT IN ('key_routes', 'tenant_moves')",
+         AND c.relname NOT IN ('key_routes', 'tenant_moves', 'tenant_deletions')",
     )
     .bind(&schema_name)
     .fetch_all(&su)

@@ -15,7 +15,8 @@
 //!   registry's database it is one transaction; elsewhere the registry row is committed first
 //!   (suspended) and removed again if the rows fail, as onboarding does.
 //! - A tenant id or slug that already exists in the target deployment is a conflict: an import
-//!   never merges into an existing tenant.
+//!   never merges into an existing tenant. Nor does it restore a tenant the target deployment
+//!   erased (or is erasing): its deletion record stays the last word on that id.
 
 use std::collections::BTreeMap;
 
@@ -50,9 +51,26 @@ pub struct ExportPart {
     pub rows: u64,
 }
 
+/// The purge lock held shared for one export ([`TenantExport::guard`]).
+pub struct ExportGuard {
+    tenant: TenantId,
+    tx: Transaction<'static, Postgres>,
+}
+
+impl std::fmt::Debug for ExportGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportGuard")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running export: one read-only snapshot of the tenant's location.
 pub struct TenantExport {
     tenant: Tenant,
+    /// Holds the purge lock shared (a purge waits until the export ends; an export does not
+    /// start during a purge): a transaction on the registry's database.
+    purge_guard: Transaction<'static, Postgres>,
     tx: Transaction<'static, Postgres>,
     schema: String,
     next_table: usize,
@@ -69,8 +87,41 @@ impl std::fmt::Debug for TenantExport {
 }
 
 impl TenantExport {
-    /// Opens the snapshot of `tenant`'s rows. `owner` must be a store on the owner role.
-    pub async fn open(owner: &Store, tenant: TenantId) -> Result<Self, StoreError> {
+    /// Keeps a purge of `tenant` from starting until the export opened with the guard ends, or
+    /// refuses if one has begun. Taken before anything of the export is read (the audit log's
+    /// snapshot comes first).
+    pub async fn guard(owner: &Store, tenant: TenantId) -> Result<ExportGuard, StoreError> {
+        let mut tx = owner.pool().begin().await?;
+        let free: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock_shared(hashtext('bulkhead.tenant_purge'), \
+             hashtext($1))",
+        )
+        .bind(tenant.uuid().to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let purging: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM bulkhead.tenant_deletions \
+             WHERE tenant_id = $1 AND state <> 'scheduled'",
+        )
+        .bind(tenant.uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if !free || purging.is_some() {
+            // Half-deleted rows are no export (a purged tenant has no registry row: 404).
+            return Err(StoreError::Conflict {
+                constraint: "the tenant is being purged".into(),
+            });
+        }
+        Ok(ExportGuard { tenant, tx })
+    }
+
+    /// Opens the snapshot of the guarded tenant's rows. `owner` must be a store on the owner
+    /// role.
+    pub async fn open(owner: &Store, guard: ExportGuard) -> Result<Self, StoreError> {
+        let ExportGuard {
+            tenant,
+            tx: purge_guard,
+        } = guard;
         let tenant = owner
             .tenant_by_id(tenant)
             .await?
@@ -91,6 +142,7 @@ impl TenantExport {
             .await?;
         Ok(Self {
             tenant,
+            purge_guard,
             tx,
             schema: location.placement.schema().to_owned(),
             next_table: 0,
@@ -156,9 +208,10 @@ impl TenantExport {
         }
     }
 
-    /// Ends the snapshot.
+    /// Ends the snapshot (and lets a waiting purge start).
     pub async fn finish(self) -> Result<(), StoreError> {
         self.tx.rollback().await?;
+        self.purge_guard.rollback().await?;
         Ok(())
     }
 }
@@ -212,6 +265,23 @@ impl TenantImport {
                 constraint: "tenants_pkey".into(),
             });
         }
+        // An erasure is final here: an archive made before it does not bring the tenant back
+        // under its id (its tombstone and receipt would then describe a tenant that serves).
+        let erased: Option<String> =
+            sqlx::query_scalar("SELECT state FROM bulkhead.tenant_deletions WHERE tenant_id = $1")
+                .bind(source.id.uuid())
+                .fetch_optional(owner.pool())
+                .await?;
+        if let Some(state) = erased {
+            return Err(StoreError::Invalid(
+                format!(
+                    "tenant {} has a deletion record here (state {state}): an erased tenant is \
+                     not restored under its id",
+                    source.id
+                )
+                .into(),
+            ));
+        }
         let in_registry_database = router.shares_registry_database(&location);
         if !in_registry_database {
             tiers::prepare_location(owner, &location).await?;
@@ -228,7 +298,9 @@ impl TenantImport {
         let row: TenantRow = sqlx::query_as(&format!(
             "INSERT INTO bulkhead.tenants (id, slug, display_name, plan, region, isolation_tier, \
              schema_name, database_name, live, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             WHERE NOT EXISTS (SELECT 1 FROM bulkhead.tenant_deletions WHERE tenant_id = $1) \
+             RETURNING {COLUMNS}"
         ))
         .bind(source.id.uuid())
         .bind(source.slug.as_str())
@@ -241,14 +313,20 @@ impl TenantImport {
         .bind(router.is_registry_location(&location))
         .bind(status.as_str())
         .bind(source.created_at)
-        .fetch_one(&mut *registry)
-        .await?;
+        .fetch_optional(&mut *registry)
+        .await?
+        // A deletion record written since the check above (the same rule, now in the insert).
+        .ok_or_else(|| {
+            StoreError::Invalid("the tenant has a deletion record here: not restored".into())
+        })?;
         let tenant = from_row(row)?;
         let tx = if in_registry_database {
             if let Placement::Schema(schema) = &location.placement {
                 migrate::apply_on(&mut registry, schema.as_str(), Some(schema)).await?;
                 write_anchor(&mut registry, &tenant, &location, true).await?;
             }
+            // One transaction: an error anywhere rolls back the registry row with the rows.
+            set_context(&mut registry, tenant.id).await?;
             registry
         } else {
             registry.commit().await?;
@@ -256,6 +334,7 @@ impl TenantImport {
                 let pool = router.pool_for(&location).await?;
                 let mut tx = pool.begin().await?;
                 write_anchor(&mut tx, &tenant, &location, true).await?;
+                set_context(&mut tx, tenant.id).await?;
                 Ok::<_, StoreError>(tx)
             }
             .await;
@@ -267,7 +346,7 @@ impl TenantImport {
                 }
             }
         };
-        let mut import = Self {
+        Ok(Self {
             tenant,
             location,
             tx,
@@ -275,9 +354,7 @@ impl TenantImport {
             status: source.status,
             table_index: 0,
             counts: BTreeMap::new(),
-        };
-        set_context(&mut import.tx, import.tenant.id).await?;
-        Ok(import)
+        })
     }
 
     /// The tenant being imported, as registered.
@@ -343,31 +420,53 @@ impl TenantImport {
         .fetch_all(&mut *self.tx)
         .await?;
         let id = self.tenant.id;
-        let committed = self.tx.commit().await;
-        if let Err(err) = committed {
-            if self.registry_committed {
-                forget_registry_row(owner, id).await;
+        let routes = self.location.placement != Placement::Shared;
+        const ROUTE: &str = "INSERT INTO bulkhead.key_routes (key_hash, tenant_id) \
+                             SELECT h, $2 FROM unnest($1::bytea[]) h ON CONFLICT (key_hash) DO NOTHING";
+        if !self.registry_committed {
+            // The registry's own database: the key routes commit with everything else.
+            if routes {
+                sqlx::query(ROUTE)
+                    .bind(&hashes)
+                    .bind(id.uuid())
+                    .execute(&mut *self.tx)
+                    .await?;
             }
+            self.tx.commit().await?;
+            return Ok(self.tenant);
+        }
+        if let Err(err) = self.tx.commit().await {
+            forget_registry_row(owner, id).await;
             return Err(err.into());
         }
-        if self.location.placement != Placement::Shared {
-            sqlx::query(
-                "INSERT INTO bulkhead.key_routes (key_hash, tenant_id) \
-                 SELECT h, $2 FROM unnest($1::bytea[]) h ON CONFLICT (key_hash) DO NOTHING",
-            )
-            .bind(hashes)
-            .bind(id.uuid())
-            .execute(owner.pool())
-            .await?;
-        }
-        if self.registry_committed {
+        // The rows are in; the registry row (suspended) gets its routes and status together.
+        let finished = async {
+            let mut registry = owner.pool().begin().await?;
+            if routes {
+                sqlx::query(ROUTE)
+                    .bind(&hashes)
+                    .bind(id.uuid())
+                    .execute(&mut *registry)
+                    .await?;
+            }
             sqlx::query("UPDATE bulkhead.tenants SET status = $2 WHERE id = $1")
                 .bind(id.uuid())
                 .bind(self.status.as_str())
-                .execute(owner.pool())
+                .execute(&mut *registry)
                 .await?;
-            self.tenant.status = self.status;
+            registry.commit().await?;
+            Ok::<_, StoreError>(())
         }
+        .await;
+        if let Err(err) = finished {
+            tracing::error!(tenant_id = %id, error = %err, "an import's rows are in, its registry row was not finished");
+            return Err(StoreError::UnsafeConfiguration(format!(
+                "tenant {id}: its rows were imported but its registry row could not be finished \
+                 ({err}); it stays suspended: delete it (`bulkhead tenant delete --now`) and import \
+                 again"
+            )));
+        }
+        self.tenant.status = self.status;
         Ok(self.tenant)
     }
 

@@ -72,7 +72,9 @@ impl Store {
         .await?;
         if !locked {
             return Err(StoreError::Conflict {
-                constraint: "a purge of this tenant is running in another process".into(),
+                constraint: "a purge of this tenant is running in another process, or an export \
+                             of it is (the purge waits for it: try again)"
+                    .into(),
             });
         }
         let result = self.purge_locked(tenant_id, key, now, operator).await;
