@@ -264,25 +264,8 @@ pub async fn set_status(
     } else {
         "tenant.suspend"
     };
-    // A tenant being deleted stays suspended until its deletion is cancelled.
-    if status == TenantStatus::Active && owner.tenant_deletion(tenant).await?.is_some() {
-        return operators::audited(
-            owner,
-            operator,
-            action,
-            Some(tenant.to_string()),
-            json!({ "status": status.as_str() }),
-            |t: &Tenant| t.id.to_string(),
-            async {
-                Err(StoreError::Conflict {
-                    constraint: "a deletion of this tenant is scheduled; cancel it to reactivate \
-                                 the tenant"
-                        .into(),
-                })
-            },
-        )
-        .await;
-    }
+    // A tenant being deleted stays suspended until its deletion is cancelled; the check and
+    // the change hold the deletion lock together (`Store::set_tenant_status_unless_deleting`).
     operators::audited(
         owner,
         operator,
@@ -290,7 +273,7 @@ pub async fn set_status(
         Some(tenant.to_string()),
         json!({ "status": status.as_str() }),
         |t: &Tenant| t.id.to_string(),
-        owner.set_tenant_status_by(tenant, status, operator),
+        owner.set_tenant_status_unless_deleting(tenant, status, operator),
     )
     .await
 }

@@ -299,6 +299,19 @@ async fn scheduling_suspends_at_once_is_idempotent_and_cancelling_restores_the_p
     assert_eq!(status, StatusCode::OK);
     assert_eq!(session_status(&app, &acme).await, StatusCode::FORBIDDEN);
 
+    // An operator's suspension during the grace period outlives a cancel (review L2): the
+    // cancel restores what the operator last set, not what the tenant was when scheduled.
+    for step in ["activate", "deletion", "suspend"] {
+        let path = format!("/operator/v1/tenants/acme-del/{step}");
+        let (status, body) = op.request(Method::POST, &path, Some(&key), None).await;
+        assert!(status.is_success(), "{step}: {body}");
+    }
+    let (status, _) = op
+        .request(Method::DELETE, &deletion_path("acme-del"), Some(&key), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(session_status(&app, &acme).await, StatusCode::FORBIDDEN);
+
     // The schedule is the owner's: the serving role can neither read nor write it.
     let su = superuser(&app.db, None).await;
     for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
@@ -323,7 +336,7 @@ async fn scheduling_suspends_at_once_is_idempotent_and_cancelling_restores_the_p
             .count()
     };
     assert!(count("tenant.delete.schedule", "success") >= 4, "{log:#?}");
-    assert_eq!(count("tenant.delete.cancel", "success"), 2);
+    assert_eq!(count("tenant.delete.cancel", "success"), 3);
     assert_eq!(count("tenant.delete.cancel", "failure"), 1);
     assert!(count("operator.forbidden", "blocked") >= 3);
 }

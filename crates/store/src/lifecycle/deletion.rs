@@ -147,6 +147,46 @@ impl Store {
         deletion_row(&mut conn, tenant, false).await
     }
 
+    /// An operator's status change under the deletion lock (review L2): activation is refused
+    /// (a [`StoreError::Conflict`]) while a deletion exists, and a suspension during the grace
+    /// period becomes the status a cancel restores, so cancelling never lifts an operator's
+    /// suspension. Holding the lock across the check and the change keeps a schedule that
+    /// commits in between from leaving a served tenant with a deletion scheduled.
+    pub async fn set_tenant_status_unless_deleting(
+        &self,
+        tenant: TenantId,
+        status: TenantStatus,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        let mut guard = self.pool().begin().await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('bulkhead.tenant_deletion'), hashtext($1))",
+        )
+        .bind(tenant.uuid().to_string())
+        .execute(&mut *guard)
+        .await?;
+        let deletion = deletion_row(&mut guard, tenant, false).await?;
+        if status == TenantStatus::Active && deletion.is_some() {
+            return Err(StoreError::Conflict {
+                constraint: "a deletion of this tenant is scheduled; cancel it to reactivate \
+                             the tenant"
+                    .into(),
+            });
+        }
+        let changed = self.set_tenant_status_by(tenant, status, operator).await?;
+        if status == TenantStatus::Suspended && deletion.is_some() {
+            sqlx::query(
+                "UPDATE bulkhead.tenant_deletions SET previous_status = 'suspended' \
+                 WHERE tenant_id = $1 AND state = 'scheduled'",
+            )
+            .bind(tenant.uuid())
+            .execute(&mut *guard)
+            .await?;
+        }
+        guard.commit().await?;
+        Ok(changed)
+    }
+
     /// Schedules the deletion of `tenant` after `grace_seconds`, suspending it at once (every
     /// copy of its status, with a `tenant.suspend` event in its own log naming `operator`).
     /// Returns the record and whether it was made now: a second schedule returns the existing
