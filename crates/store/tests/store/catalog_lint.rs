@@ -4,8 +4,10 @@
 use bulkhead_store::cluster::pg_roles::APP_ROLE;
 use bulkhead_test_support::TestDb;
 
-// `key_routes` and `tenant_moves` name a tenant but are control plane (routing metadata, never
-// tenant data; migration 0011): the application role may only read the first and not the second.
+// `key_routes`, `tenant_moves` and `tenant_deletions` name a tenant but are control plane
+// (routing metadata and the operator's records, never tenant data; migrations 0011 and 0036):
+// the application role may only read the first, and neither of the others. A tenant's deletion
+// record outlives the tenant (its tombstone), so it cannot be a tenant table.
 
 #[tokio::test]
 async fn every_tenant_table_has_forced_rls_and_a_tenant_policy() {
@@ -15,7 +17,7 @@ async fn every_tenant_table_has_forced_rls_and_a_tenant_policy() {
         "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-         WHERE n.nspname = 'bulkhead' AND c.relkind IN ('r', 'p') AND c.relname NOT IN ('key_routes', 'tenant_moves')",
+         WHERE n.nspname = 'bulkhead' AND c.relkind IN ('r', 'p') AND c.relname NOT IN ('key_routes', 'tenant_moves', 'tenant_deletions')",
     )
     .fetch_all(&owner)
     .await
@@ -73,7 +75,7 @@ async fn tenant_tables_key_on_tenant_first_and_not_null() {
         "SELECT c.relname::text, con.conname::text
          FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'bulkhead' AND con.contype IN ('p', 'u', 'f') AND c.relname NOT IN ('key_routes', 'tenant_moves')
+         WHERE n.nspname = 'bulkhead' AND con.contype IN ('p', 'u', 'f') AND c.relname NOT IN ('key_routes', 'tenant_moves', 'tenant_deletions')
            AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')
            AND (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = con.conkey[1]) <> 'tenant_id'",
     )
@@ -84,7 +86,7 @@ async fn tenant_tables_key_on_tenant_first_and_not_null() {
     let nullable: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'bulkhead' AND a.attname = 'tenant_id' AND NOT a.attnotnull AND c.relkind = 'r' AND c.relname NOT IN ('key_routes', 'tenant_moves')",
+         WHERE n.nspname = 'bulkhead' AND a.attname = 'tenant_id' AND NOT a.attnotnull AND c.relkind = 'r' AND c.relname NOT IN ('key_routes', 'tenant_moves', 'tenant_deletions')",
     )
     .fetch_all(&owner)
     .await
@@ -243,7 +245,7 @@ async fn the_move_list_names_exactly_the_tenant_tables() {
     let mut tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-         WHERE n.nspname = 'bulkhead' AND c.relkind = 'r' AND c.relname NOT IN ('key_routes', 'tenant_moves')",
+         WHERE n.nspname = 'bulkhead' AND c.relkind = 'r' AND c.relname NOT IN ('key_routes', 'tenant_moves', 'tenant_deletions')",
     )
     .fetch_all(&owner)
     .await
