@@ -58,6 +58,7 @@
 #![warn(missing_docs)]
 
 mod base62;
+mod bearer;
 pub mod code;
 pub mod id_token;
 mod key;
@@ -70,6 +71,7 @@ pub mod refresh;
 pub mod signing;
 pub mod token;
 
+pub use bearer::bearer_token;
 pub use code::AuthorizationCode;
 pub use key::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
 pub use master::MasterKey;
