@@ -80,12 +80,6 @@ impl Running {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
@@ -97,7 +91,7 @@ impl Running {
             }
             None => http_body_util::Full::new(bytes::Bytes::new()),
         };
-        let response = sender.send_request(request.body(body)?).await?;
+        let response = self.send(request.body(body)?).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         if status.is_success() {
@@ -108,6 +102,20 @@ impl Running {
 }
 
 impl Running {
+    /// One request on a fresh connection to the socket.
+    async fn send(
+        &self,
+        request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender.send_request(request).await?)
+    }
+
     /// Sends a `GET` and streams a 2xx answer's body into `out` (reporting the bytes written so
     /// far), or returns [`Refused`].
     pub(super) async fn download(
@@ -117,18 +125,12 @@ impl Running {
         progress: &(dyn Fn(u64) + Sync),
     ) -> anyhow::Result<()> {
         use tokio::io::AsyncWriteExt as _;
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         let request = http::Request::builder()
             .method(http::Method::GET)
             .uri(path)
             .header(http::header::HOST, "localhost")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let response = self.send(request).await?;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {

@@ -4,13 +4,13 @@
 //! database, the other region — holds the tenant's id, while another tenant's rows are untouched
 //! and the operator log holds the erasure receipt.
 
-use bulkhead_core::{Actor, Clock, RequestId, TenantContext, TenantId};
+use bulkhead_core::{Clock, TenantId};
 use bulkhead_server::service::deletion;
 use bulkhead_store::hooks::{self, HookPoint};
 use bulkhead_store::lifecycle::moves::{self, MoveOptions, MoveStep};
-use bulkhead_store::{Access, Placement, Store};
+use bulkhead_store::Placement;
 use bulkhead_test_support::{
-    spawn_app, spawn_app_with, AppOptions, TestApp, TestDb, TestOperator, TestTenant, TestTier,
+    spawn_app, spawn_app_with, AppOptions, TestApp, TestDb, TestTenant, TestTier,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -18,7 +18,8 @@ use sqlx::PgPool;
 
 use crate::helpers::regions::{onboard_in_region, us_and_eu};
 use crate::helpers::{call, create_session};
-use crate::operator::{operator_key, ALL};
+use crate::operator::{operator_key, operator_log, ALL};
+use crate::tiers::row_counts;
 
 /// Tables that keep the tenant's id on purpose: the operator's own records. The operator log
 /// (its events name the tenant they acted on, and the erasure receipt is one of them) and the
@@ -82,34 +83,6 @@ async fn superuser(db: &TestDb, database: Option<&str>) -> PgPool {
     PgPool::connect_with(options).await.unwrap()
 }
 
-fn system(tenant: TenantId) -> TenantContext {
-    TenantContext::for_test(
-        tenant,
-        Actor::System { component: "test" },
-        RequestId::new(),
-    )
-}
-
-/// A tenant's rows per table, read through the door wherever it lives.
-async fn row_counts(store: &Store, tenant: TenantId) -> Vec<(String, i64)> {
-    let mut tx = store
-        .begin(&system(tenant), Access::ReadOnly)
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for table in bulkhead_store::placement::location::TENANT_TABLES {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} WHERE tenant_id = $1"
-        ))
-        .bind(tenant.uuid())
-        .fetch_one(tx.conn())
-        .await
-        .unwrap();
-        out.push(((*table).to_owned(), n));
-    }
-    out
-}
-
 async fn session_status(app: &TestApp, tenant: &TestTenant) -> StatusCode {
     call(
         app,
@@ -125,19 +98,6 @@ async fn session_status(app: &TestApp, tenant: &TestTenant) -> StatusCode {
 
 fn deletion_path(tenant: &str) -> String {
     format!("/operator/v1/tenants/{tenant}/deletion")
-}
-
-async fn operator_log(op: &TestOperator, key: &str) -> Vec<Value> {
-    let (status, body) = op
-        .request(
-            Method::GET,
-            "/operator/v1/audit-events?limit=200",
-            Some(key),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["data"].as_array().unwrap().clone()
 }
 
 #[tokio::test]

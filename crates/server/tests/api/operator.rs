@@ -35,7 +35,7 @@ pub(crate) const ALL: &[&str] = &[
 ];
 
 /// The operator log's latest events (setup: through the API with a managing key).
-async fn operator_log(op: &TestOperator, key: &str) -> Vec<Value> {
+pub(crate) async fn operator_log(op: &TestOperator, key: &str) -> Vec<Value> {
     let (status, body) = op
         .request(
             Method::GET,

@@ -3,8 +3,9 @@
 
 use std::process::Command;
 
+use bulkhead_core::TenantId;
 use bulkhead_store::placement::location::TENANT_TABLES;
-use bulkhead_test_support::{spawn_app, TestApp, TestTier};
+use bulkhead_test_support::{spawn_app, TestApp, TestOperator, TestTier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -24,6 +25,32 @@ fn bulkhead(app: &TestApp, args: &[&str]) -> std::process::Output {
         .env("RUST_LOG", "warn")
         .args(args)
         .output()
+        .unwrap()
+}
+
+/// acme's archive from the operator API (over the socket, as the socket's owner).
+async fn export_acme(operator: &TestOperator) -> bytes::Bytes {
+    let (status, headers, archive) = operator
+        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/x-tar");
+    archive
+}
+
+/// `archive` written as `acme.tar` in `dir`.
+fn archive_file(dir: &tempfile::TempDir, archive: &[u8]) -> std::path::PathBuf {
+    let path = dir.path().join("acme.tar");
+    std::fs::write(&path, archive).unwrap();
+    path
+}
+
+/// Sessions of `tenant` in the registry's database (a superuser's count: RLS hides nothing).
+async fn sessions_in_registry_database(app: &TestApp, tenant: TenantId) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
+        .bind(tenant.uuid())
+        .fetch_one(&app.db.superuser_pool().await)
+        .await
         .unwrap()
 }
 
@@ -104,11 +131,7 @@ async fn an_exported_tenant_imports_into_a_fresh_deployment_row_for_row() {
     let sessions_before = get_ok_json(&source, &acme, "/v1/sessions?limit=200").await;
 
     let operator = source.spawn_operator().await;
-    let (status, headers, archive) = operator
-        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["content-type"], "application/x-tar");
+    let archive = export_acme(&operator).await;
     // Nothing of another tenant, and no webhook secret in the clear.
     let globex_id = globex.id.uuid().to_string();
     assert!(
@@ -159,8 +182,7 @@ async fn an_exported_tenant_imports_into_a_fresh_deployment_row_for_row() {
         .collect();
     assert_eq!(exports, ["success", "started"], "{events}");
 
-    let path = dir.path().join("acme.tar");
-    std::fs::write(&path, &archive).unwrap();
+    let path = archive_file(&dir, &archive);
     let target = spawn_app().await;
     let imported = bulkhead(
         &target,
@@ -220,10 +242,7 @@ async fn a_tampered_or_truncated_archive_imports_nothing() {
         create_session(&source, &acme, &format!("session {n}")).await;
     }
     let operator = source.spawn_operator().await;
-    let (status, _, archive) = operator
-        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let archive = export_acme(&operator).await;
     let target = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -249,13 +268,11 @@ async fn a_tampered_or_truncated_archive_imports_nothing() {
                 .await
                 .unwrap();
         assert_eq!(registered, None, "{name}: a registry row was left");
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
-                .bind(acme.id.uuid())
-                .fetch_one(&target.db.superuser_pool().await)
-                .await
-                .unwrap();
-        assert_eq!(left, 0, "{name}: rows were left");
+        assert_eq!(
+            sessions_in_registry_database(&target, acme.id).await,
+            0,
+            "{name}: rows were left"
+        );
     }
 }
 
@@ -297,13 +314,9 @@ async fn a_shared_tenant_imports_into_a_dedicated_database_and_is_served_there()
     }
     let before = get_ok_json(&source, &acme, "/v1/sessions?limit=200").await;
     let operator = source.spawn_operator().await;
-    let (status, _, archive) = operator
-        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let archive = export_acme(&operator).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("acme.tar");
-    std::fs::write(&path, &archive).unwrap();
+    let path = archive_file(&dir, &archive);
 
     let target = spawn_app().await;
     let (database, owner_url, _) = target.db.dedicated_database().await;
@@ -342,13 +355,7 @@ async fn a_shared_tenant_imports_into_a_dedicated_database_and_is_served_there()
             .await
             .unwrap();
     assert_eq!(rows_there, 20);
-    let in_registry_database: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
-            .bind(acme.id.uuid())
-            .fetch_one(&target.db.superuser_pool().await)
-            .await
-            .unwrap();
-    assert_eq!(in_registry_database, 0);
+    assert_eq!(sessions_in_registry_database(&target, acme.id).await, 0);
     // Its key is routed to the dedicated database and serves the same sessions.
     assert_eq!(
         get_ok_json(&target, &acme, "/v1/sessions?limit=200").await,
@@ -362,10 +369,7 @@ async fn an_archive_does_not_bring_back_a_tenant_this_deployment_erased() {
     let acme = app.create_tenant("acme").await;
     create_session(&app, &acme, "before the erasure").await;
     let operator = app.spawn_operator().await;
-    let (status, _, archive) = operator
-        .request_raw(Method::GET, "/operator/v1/tenants/acme/export", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let archive = export_acme(&operator).await;
     let (status, _) = operator
         .request(
             Method::POST,
@@ -385,19 +389,12 @@ async fn an_archive_does_not_bring_back_a_tenant_this_deployment_erased() {
         .await;
     assert!(status.is_success(), "{body}");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("acme.tar");
-    std::fs::write(&path, &archive).unwrap();
+    let path = archive_file(&dir, &archive);
     let again = bulkhead(&app, &["tenant", "import", path.to_str().unwrap()]);
     assert!(!again.status.success(), "an erased tenant was imported");
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("erased tenant"), "{stderr}");
-    let left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM bulkhead.agent_sessions WHERE tenant_id = $1")
-            .bind(acme.id.uuid())
-            .fetch_one(&app.db.superuser_pool().await)
-            .await
-            .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(sessions_in_registry_database(&app, acme.id).await, 0);
     // Its subdomain names no tenant any more.
     assert_eq!(
         call_as(&app, &acme, Method::GET, "/v1/sessions", None)

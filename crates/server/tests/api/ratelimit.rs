@@ -94,20 +94,26 @@ async fn a_flooding_tenant_never_throttles_another() {
     }
 }
 
-#[tokio::test]
-async fn the_agent_level_is_named_and_spares_the_tenants_other_keys() {
+/// The app with the shipped limits but an agent budget of `per_minute` (burst the same), on a
+/// stopped clock, so that a test spends it exactly.
+async fn app_with_agent_budget(per_minute: u32) -> bulkhead_test_support::TestApp {
     let clock = Clock::manual(chrono::Utc::now());
     let config = LimitConfig {
-        per_agent: Some(Quota::per_minute(12).with_burst(12)),
+        per_agent: Some(Quota::per_minute(per_minute).with_burst(per_minute)),
         ..default_limits()
     };
     let limits = RateLimits::in_memory(config, default_preauth_limits(), clock.clone());
-    let app = spawn_app_with(AppOptions {
+    spawn_app_with(AppOptions {
         clock: Some(clock),
         rate_limits: Some(Arc::new(limits)),
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_agent_level_is_named_and_spares_the_tenants_other_keys() {
+    let app = app_with_agent_budget(12).await;
     let acme = app.create_tenant("acme").await;
     let (agent, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     // Minting cost the admin key 10 of its 12; the new key has its own 12.
@@ -215,18 +221,7 @@ async fn a_flood_of_one_tenant_spares_another_behind_the_same_address() {
 
 #[tokio::test]
 async fn a_page_of_200_rows_costs_four_default_pages() {
-    let clock = Clock::manual(chrono::Utc::now());
-    let config = LimitConfig {
-        per_agent: Some(Quota::per_minute(24).with_burst(24)),
-        ..default_limits()
-    };
-    let limits = RateLimits::in_memory(config, default_preauth_limits(), clock.clone());
-    let app = spawn_app_with(AppOptions {
-        clock: Some(clock),
-        rate_limits: Some(Arc::new(limits)),
-        ..Default::default()
-    })
-    .await;
+    let app = app_with_agent_budget(24).await;
     let acme = app.create_tenant("acme").await;
     let (big, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;
     let (small, _) = mint_key(&app, &acme, json!({ "scopes": ["sessions:read"] })).await;

@@ -144,7 +144,7 @@ async fn each_tier_keeps_its_rows_where_the_registry_says() {
     assert!(unforced.is_empty(), "{unforced:?}");
 }
 
-fn system(tenant: TenantId) -> TenantContext {
+pub(crate) fn system(tenant: TenantId) -> TenantContext {
     TenantContext::for_test(
         tenant,
         Actor::System { component: "test" },
@@ -153,7 +153,7 @@ fn system(tenant: TenantId) -> TenantContext {
 }
 
 /// Per-table row counts of a tenant, read through the door (wherever it lives).
-async fn row_counts(store: &Store, tenant: TenantId) -> Vec<(String, i64)> {
+pub(crate) async fn row_counts(store: &Store, tenant: TenantId) -> Vec<(String, i64)> {
     let mut tx = store
         .begin(&system(tenant), Access::ReadOnly)
         .await
