@@ -509,6 +509,13 @@ impl TokenService {
         })
     }
 
+    /// Whether the change listener is connected (then the denylist is fresh whatever the clock
+    /// says); until it is, freshness is the time since the last reload. Tests that move a
+    /// manual clock wait for it.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
     /// Forgets every cached verification (benchmarks measure the uncached path with it).
     pub fn forget_verified(&self) {
         self.verified.invalidate_all();

@@ -195,6 +195,16 @@ async fn a_delegated_token_never_outlives_its_subject() {
     let acme = app.create_tenant("acme").await;
     let root = admin_token(&app, &acme).await;
     let helper = agent(&app, &acme, "helper", &["sessions:read"]).await;
+    // Moving the clock 600 s ahead makes a denylist without a live listener stale (503): wait
+    // for the listener, as a server that has been up a moment has it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !app.state.tokens().is_listening() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token listener never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     clock.advance(chrono::Duration::seconds(600));
     let response = exchange(&app, "acme", &root, &helper, &[]).await;
     let body: Value = response.json().await.unwrap();
