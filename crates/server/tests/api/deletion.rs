@@ -647,6 +647,19 @@ async fn an_unreachable_dedicated_database_or_a_crash_leaves_the_tenant_suspende
         .request(Method::DELETE, &deletion_path("far-away"), Some(&key), None)
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // Nor changed: a 409 saying why, never the frozen location's "retry later" 503.
+    for (method, path, body) in [
+        (Method::POST, "/operator/v1/tenants/far-away/suspend", None),
+        (Method::POST, "/operator/v1/tenants/far-away/activate", None),
+        (
+            Method::PATCH,
+            "/operator/v1/tenants/far-away",
+            Some(json!({ "plan": "enterprise" })),
+        ),
+    ] {
+        let (status, body) = op.request(method, path, Some(&key), body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {body}");
+    }
     let (_, shown) = op
         .request(
             Method::GET,

@@ -95,6 +95,23 @@ impl Store {
             return Err(StoreError::WrongRegion(location.region.clone()));
         }
         let mut registry = self.pool().begin().await?;
+        // A purge that has begun froze the tenant and is removing its rows: nothing changes it
+        // any more, and saying so is a 409 here rather than the frozen location's retryable
+        // 503 (which would promise that a retry can succeed).
+        let purging: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM bulkhead.tenant_deletions \
+             WHERE tenant_id = $1 AND state <> 'scheduled'",
+        )
+        .bind(id.uuid())
+        .fetch_optional(&mut *registry)
+        .await?;
+        if let Some(state) = purging {
+            return Err(StoreError::Conflict {
+                constraint: format!(
+                    "the tenant's deletion is {state}: its status and plan no longer change"
+                ),
+            });
+        }
         // The column is a constant of `RegistryColumn`, never input.
         let row: Option<TenantRow> = sqlx::query_as(&format!(
             "UPDATE bulkhead.tenants SET {} = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
