@@ -53,24 +53,61 @@ pub fn is_malformed_resource(resource: &str) -> bool {
 }
 
 /// A name shown to a person deciding on consent (a client's, a resource's), trimmed, if it is
-/// one: 1 to 100 characters, none a control character or a Unicode format character (general
-/// category Cf: the bidirectional overrides and isolates, zero-width spaces and joiners, soft
-/// hyphens). Format characters render invisibly or reorder what follows, so a name could show
-/// as another's, or hide part of itself, on the consent page (review L8). Decision: refused,
+/// one: 1 to 100 characters, none of them
+/// - a control character or a Unicode format character (general category Cf: the bidirectional
+///   overrides and isolates, zero-width spaces and joiners, soft hyphens), which render
+///   invisibly or reorder what follows (review L8);
+/// - a line or paragraph separator (U+2028, U+2029), which break the line the name stands on;
+/// - a letter or symbol that renders as blank space without being one (the Hangul fillers
+///   U+115F, U+1160, U+3164, U+FFA0; the blank Braille pattern U+2800), so a name cannot look
+///   empty or padded to push its real part out of view (review L5);
+///
+/// and no combining mark (Mn, Mc, Me) first or more than [`MAX_COMBINING_RUN`] in a row, which
+/// stack over neighbouring text and can cover the consent page's wording. Decision: refused,
 /// not stripped, so what is stored is what was sent; emoji sequences joined by U+200D are
 /// refused with them.
 pub fn display_name(name: &str) -> Option<&str> {
-    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory as _};
     let name = name.trim();
-    let plain = name
-        .chars()
-        .all(|c| !c.is_control() && c.general_category() != GeneralCategory::Format);
-    (plain && !name.is_empty() && name.chars().count() <= 100).then_some(name)
+    let mut marks_in_a_row = 0usize;
+    for (index, c) in name.chars().enumerate() {
+        let category = c.general_category();
+        let refused = c.is_control()
+            || matches!(
+                category,
+                GeneralCategory::Format
+                    | GeneralCategory::LineSeparator
+                    | GeneralCategory::ParagraphSeparator
+            )
+            || matches!(
+                c,
+                '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+            );
+        if refused {
+            return None;
+        }
+        if c.general_category_group() == GeneralCategoryGroup::Mark {
+            marks_in_a_row += 1;
+            // A mark with nothing before it to sit on is refused like a run too long.
+            if index == 0 || marks_in_a_row > MAX_COMBINING_RUN {
+                return None;
+            }
+        } else {
+            marks_in_a_row = 0;
+        }
+    }
+    (!name.is_empty() && name.chars().count() <= 100).then_some(name)
 }
+
+/// The most combining marks [`display_name`] takes on one base character: enough for any
+/// script's decomposed letters (Vietnamese stacks two, Thai and Devanagari clusters three),
+/// too few to build a tower over the surrounding text.
+pub const MAX_COMBINING_RUN: usize = 3;
 
 /// What [`display_name`] refuses, said once for every API that takes such a name.
 pub const DISPLAY_NAME_RULE: &str =
-    "1 to 100 characters, none a control or invisible formatting character";
+    "1 to 100 characters, none a control, separator, invisible formatting or blank-rendering \
+     character, and no combining mark first or more than three in a row";
 
 /// The parts of the application a grant uses.
 #[derive(Clone, Copy)]
@@ -161,6 +198,10 @@ mod tests {
         for plain in [
             "Desktop assistant",
             "Équipe Käse",
+            "E\u{301}quipe",
+            "Vie\u{323}\u{302}t",
+            "नमस्ते",
+            "ไม้ตรี",
             "東京エージェント",
             "🤖 Helper",
             "  padded  ",
@@ -178,6 +219,15 @@ mod tests {
             "tag\u{E0041}",
             "line\nbreak",
             "nul\u{0}",
+            "line\u{2028}separator",
+            "para\u{2029}graph",
+            "\u{3164}",
+            "\u{3164}\u{3164} Admin",
+            "filler\u{FFA0}",
+            "\u{115F}\u{1160}",
+            "\u{2800}\u{2800}",
+            "\u{301}starts with a mark",
+            "Z\u{300}\u{301}\u{302}\u{303}algo",
         ] {
             assert_eq!(display_name(hidden), None, "{hidden:?}");
         }
