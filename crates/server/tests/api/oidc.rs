@@ -274,6 +274,45 @@ async fn openid_issues_an_id_token_and_userinfo_answers_per_scope() {
         .unwrap();
     assert!(info.get("email").is_none(), "{info}");
 
+    // Ticking `email` again widens the consent, but only for sessions that were granted it: the
+    // first token shows the address again, the narrow one (granted without it) still does not
+    // (review L9), and neither does its refresh.
+    let mut browser = Browser::new(&app, "acme");
+    let html = sign_in(&mut browser, &authorize, "ada@acme.example").await;
+    let code = consent(&mut browser, &html, &[]).await;
+    let wide = exchange(&app, "acme", (&client_id, None), LOOPBACK, &code).await;
+    assert_eq!(wide.status(), StatusCode::OK);
+    let info: Value = userinfo(&app, "acme", Method::GET, Some(&access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["email"], "ada@acme.example", "{info}");
+    let refreshed: Value = token(
+        &app,
+        "acme",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", narrow["refresh_token"].as_str().unwrap()),
+            ("client_id", client_id.as_str()),
+        ],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    for narrow_access in [&narrow["access_token"], &refreshed["access_token"]] {
+        let info: Value = userinfo(&app, "acme", Method::GET, narrow_access.as_str())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            info.get("email").is_none() && info["sub"] == user_id.as_str(),
+            "{info}"
+        );
+    }
+
     // Without `openid`: no ID token, and userinfo is a 403 with the step-up challenge.
     let plain = authorize_path(&client_id, LOOPBACK, "sessions:read", &[]);
     let mut browser = Browser::new(&app, "acme");

@@ -210,22 +210,26 @@ pub async fn delete(tx: &mut TenantTx, id: OAuthGrantId) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Records that `session` was started under `grant`, for `resource` (`""`: Bulkhead's own API).
+/// Records that `session` was started under `grant`, for `resource` (`""`: Bulkhead's own API),
+/// with the identity scopes its code granted (migration 0037: what `userinfo` and its refreshes
+/// may answer at most, whatever the consent grows to later).
 pub async fn link_session(
     tx: &mut TenantTx,
     session: AuthSessionId,
     grant: OAuthGrantId,
     resource: &str,
+    identity_scopes: &[String],
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
     sqlx::query(
-        "UPDATE auth_sessions SET grant_id = $3, resource = NULLIF($4, '') \
+        "UPDATE auth_sessions SET grant_id = $3, resource = NULLIF($4, ''), identity_scopes = $5 \
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(session.uuid())
     .bind(grant.uuid())
     .bind(resource)
+    .bind(identity_scopes)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -249,22 +253,39 @@ pub async fn set_session_resource(
     Ok(())
 }
 
-/// What a session was started under: its grant (`None`: not an authorization code's session)
-/// and the protected resource its tokens are for (`None`: Bulkhead's own API).
+/// What a session was started under ([`session_link`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionLink {
+    /// Its remembered consent (`None`: not an authorization code's session).
+    pub grant: Option<OAuthGrantId>,
+    /// The protected resource its tokens are for (`None`: Bulkhead's own API).
+    pub resource: Option<String>,
+    /// The identity scopes its code granted (`None`: not a code's session, or one started
+    /// before migration 0037).
+    pub identity_scopes: Option<Vec<String>>,
+}
+
+/// What `session` was started under; a session that is not there links to nothing.
 pub async fn session_link(
     tx: &mut TenantTx,
     session: AuthSessionId,
-) -> Result<(Option<OAuthGrantId>, Option<String>), StoreError> {
+) -> Result<SessionLink, StoreError> {
     let tenant = tx.tenant_id();
-    let row: Option<(Option<Uuid>, Option<String>)> = sqlx::query_as(
-        "SELECT grant_id, resource FROM auth_sessions WHERE tenant_id = $1 AND id = $2",
+    type Row = (Option<Uuid>, Option<String>, Option<Vec<String>>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT grant_id, resource, identity_scopes FROM auth_sessions \
+         WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.uuid())
     .bind(session.uuid())
     .fetch_optional(tx.conn())
     .await?;
-    let (grant, resource) = row.unwrap_or_default();
-    Ok((grant.map(OAuthGrantId::from_uuid), resource))
+    let (grant, resource, identity_scopes) = row.unwrap_or_default();
+    Ok(SessionLink {
+        grant: grant.map(OAuthGrantId::from_uuid),
+        resource,
+        identity_scopes,
+    })
 }
 
 /// The live auth sessions started under a grant (what revoking it ends).

@@ -420,7 +420,14 @@ pub async fn exchange(
     )
     .await?;
     oauth::mark_code_used(&mut tx, code.id, now, session.id).await?;
-    oauth_grants::link_session(&mut tx, session.id, grant.id, &code.resource).await?;
+    oauth_grants::link_session(
+        &mut tx,
+        session.id,
+        grant.id,
+        &code.resource,
+        &identity.to_strings(),
+    )
+    .await?;
     let audience = (code.resource != OWN_API).then_some(code.resource.as_str());
     let issued = issuer
         .tokens

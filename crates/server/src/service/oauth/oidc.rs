@@ -10,8 +10,10 @@
 //!
 //! An ID token is issued by the code grant when `openid` was granted (not by a refresh:
 //! OpenID Connect Core §12.2 lets the refresh answer omit it, and the client has the user's
-//! identity already). `userinfo` answers what the access token's consent allows **now**: the
-//! session's remembered consent, so unticking `email` there hides the email at once.
+//! identity already). `userinfo` answers what the access token's session was granted, as far as
+//! its remembered consent still allows it **now** ([`granted_now`]): unticking `email` on the
+//! consent hides the email at once, and a wider consent given later (another sign-in that
+//! ticked `email`) does not reach a session that was not granted it (review L9).
 
 use bulkhead_auth::id_token::IdClaims;
 use bulkhead_core::{TenantId, UserId};
@@ -19,6 +21,17 @@ use bulkhead_store::tenant::users::UserRecord;
 use serde_json::{json, Map, Value};
 
 use crate::service::tokens::{IssueError, TokenService};
+
+/// The identity scopes a session's tokens hold now: those its code granted (`session`; `None`
+/// for a session started before migration 0037, which keeps the earlier rule) that its
+/// remembered consent (`consent`) still holds.
+pub fn granted_now(consent: &[String], session: Option<&[String]>) -> Identity {
+    let consent = Identity::from_names(consent);
+    match session {
+        Some(granted) => consent.intersection(&Identity::from_names(granted)),
+        None => consent,
+    }
+}
 
 /// `openid`: asks for an ID token and `userinfo`.
 pub const OPENID: &str = "openid";

@@ -175,8 +175,9 @@ pub async fn refresh(
     };
     // The audience stays the session's: a resource's session refreshes for that resource only,
     // with at most what the resource accepts now; Bulkhead's own API's sessions name none.
-    let (grant_id, resource) =
+    let link =
         bulkhead_store::tenant::oauth_grants::session_link(&mut tx, found.session.id).await?;
+    let (grant_id, resource) = (link.grant, link.resource);
     // The issuer names Bulkhead's own API (the session's resource `None`).
     let deployment = &issuer.tokens.settings().issuer;
     let own_api = |asked: &str| super::is_own_api(deployment, request.tenant_issuer, asked);
@@ -215,7 +216,11 @@ pub async fn refresh(
         None => session_scopes,
         Some(id) => match bulkhead_store::tenant::oauth_grants::get_key_share(&mut tx, id).await? {
             Some(grant) => {
-                openid = super::oidc::Identity::from_names(&grant.identity_scopes).openid();
+                openid = super::oidc::granted_now(
+                    &grant.identity_scopes,
+                    link.identity_scopes.as_deref(),
+                )
+                .openid();
                 session_scopes.intersection(&grant.scope_set())
             }
             None => {

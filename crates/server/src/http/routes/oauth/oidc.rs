@@ -174,13 +174,16 @@ async fn userinfo(State(state): State<AppState>, Tenant(ctx): Tenant) -> Respons
     };
     let looked_up = async {
         let mut tx = state.store().begin(&ctx, Access::ReadOnly).await?;
-        let identity = match oauth_grants::session_link(&mut tx, session).await? {
-            (Some(grant), _) => match oauth_grants::get(&mut tx, grant).await {
-                Ok(grant) => Identity::from_names(&grant.identity_scopes),
+        let link = oauth_grants::session_link(&mut tx, session).await?;
+        let identity = match link.grant {
+            Some(grant) => match oauth_grants::get(&mut tx, grant).await {
+                Ok(grant) => {
+                    oidc::granted_now(&grant.identity_scopes, link.identity_scopes.as_deref())
+                }
                 Err(StoreError::NotFound) => Identity::default(),
                 Err(err) => return Err(err),
             },
-            (None, _) => Identity::default(),
+            None => Identity::default(),
         };
         let record = users::get(&mut tx, user).await?;
         tx.commit().await?;
