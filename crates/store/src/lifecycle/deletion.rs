@@ -117,6 +117,24 @@ pub(crate) async fn deletion_row(
     row.map(from_row).transpose()
 }
 
+/// Takes the deletion lock of `tenant` for the rest of `conn`'s transaction: schedules,
+/// cancels, operator status changes and purge starts of one tenant run one at a time.
+pub(crate) async fn lock_deletion(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bulkhead.tenant_deletion'), hashtext($1))")
+        .bind(tenant.uuid().to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The key of a tenant's purge lock (`$1`: the tenant's id), held exclusively by a purge run
+/// (for the session) and shared by an export (for its transaction), so neither starts during
+/// the other.
+pub(crate) const PURGE_LOCK_KEY: &str = "hashtext('bulkhead.tenant_purge'), hashtext($1)";
+
 /// The move recorded for `tenant`, described for a 409, if one is in progress.
 pub(crate) async fn move_in_progress(
     conn: &mut PgConnection,
@@ -159,12 +177,7 @@ impl Store {
         operator: &str,
     ) -> Result<Tenant, StoreError> {
         let mut guard = self.pool().begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('bulkhead.tenant_deletion'), hashtext($1))",
-        )
-        .bind(tenant.uuid().to_string())
-        .execute(&mut *guard)
-        .await?;
+        lock_deletion(&mut guard, tenant).await?;
         let deletion = deletion_row(&mut guard, tenant, false).await?;
         if status == TenantStatus::Active && deletion.is_some() {
             return Err(StoreError::Conflict {
@@ -204,12 +217,7 @@ impl Store {
         }
         let mut tx = self.pool().begin().await?;
         // Serializes schedules, cancels and purge starts of this tenant.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('bulkhead.tenant_deletion'), hashtext($1))",
-        )
-        .bind(tenant.id.uuid().to_string())
-        .execute(&mut *tx)
-        .await?;
+        lock_deletion(&mut tx, tenant.id).await?;
         if let Some(existing) = deletion_row(&mut tx, tenant.id, false).await? {
             return Ok((existing, false));
         }
@@ -244,12 +252,7 @@ impl Store {
         operator: &str,
     ) -> Result<TenantDeletion, StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('bulkhead.tenant_deletion'), hashtext($1))",
-        )
-        .bind(tenant.uuid().to_string())
-        .execute(&mut *tx)
-        .await?;
+        lock_deletion(&mut tx, tenant).await?;
         let current = deletion_row(&mut tx, tenant, true)
             .await?
             .ok_or(StoreError::NotFound)?;

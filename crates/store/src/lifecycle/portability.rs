@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use bulkhead_core::TenantId;
 use sqlx::{Postgres, Transaction};
 
+use super::deletion::PURGE_LOCK_KEY;
 use super::moves::copy::{columns, primary_key, set_context};
 use crate::placement::location::{Location, Placement, SchemaName, TENANT_TABLES};
 use crate::placement::registry::{
@@ -92,10 +93,9 @@ impl TenantExport {
     /// snapshot comes first).
     pub async fn guard(owner: &Store, tenant: TenantId) -> Result<ExportGuard, StoreError> {
         let mut tx = owner.pool().begin().await?;
-        let free: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_xact_lock_shared(hashtext('bulkhead.tenant_purge'), \
-             hashtext($1))",
-        )
+        let free: bool = sqlx::query_scalar(&format!(
+            "SELECT pg_try_advisory_xact_lock_shared({PURGE_LOCK_KEY})"
+        ))
         .bind(tenant.uuid().to_string())
         .fetch_one(&mut *tx)
         .await?;

@@ -26,7 +26,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
-use super::{deletion_row, move_in_progress, DeletionState, Row, TenantDeletion, COLUMNS};
+use super::{
+    deletion_row, lock_deletion, move_in_progress, DeletionState, Row, TenantDeletion, COLUMNS,
+    PURGE_LOCK_KEY,
+};
 use crate::audit::log as audit_log;
 use crate::lifecycle::moves::{become_mover, freeze, set_context, stop_being_mover};
 use crate::operators::NewOperatorEvent;
@@ -64,12 +67,11 @@ impl Store {
         // One run per tenant across processes: a session lock on a connection of its own, which
         // is closed (releasing the lock) whatever happens.
         let mut guard = self.pool().acquire().await?.detach();
-        let locked: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtext('bulkhead.tenant_purge'), hashtext($1))",
-        )
-        .bind(tenant_id.uuid().to_string())
-        .fetch_one(&mut guard)
-        .await?;
+        let locked: bool =
+            sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({PURGE_LOCK_KEY})"))
+                .bind(tenant_id.uuid().to_string())
+                .fetch_one(&mut guard)
+                .await?;
         if !locked {
             return Err(StoreError::Conflict {
                 constraint: "a purge of this tenant is running in another process, or an export \
@@ -174,12 +176,7 @@ impl Store {
     /// Records `purging` (from `scheduled`, or again on a resumed run) and returns the record.
     async fn begin_purge(&self, tenant: TenantId) -> Result<Option<TenantDeletion>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('bulkhead.tenant_deletion'), hashtext($1))",
-        )
-        .bind(tenant.uuid().to_string())
-        .execute(&mut *tx)
-        .await?;
+        lock_deletion(&mut tx, tenant).await?;
         let Some(current) = deletion_row(&mut tx, tenant, true).await? else {
             return Ok(None);
         };
