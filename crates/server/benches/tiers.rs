@@ -9,7 +9,10 @@
 //!    baseline of reading every row once (one checksum pass); after each move, exporting the
 //!    tenant (`service::portability::export`, the archive `bulkhead tenant export` writes, into
 //!    a sink) against the baseline of a plain `COPY … TO STDOUT` of every one of its tables in
-//!    the same location, in the same run (issue 19's measure).
+//!    the same location, in the same run (issue 19's measure);
+//! 4. purging a tenant with TIERS_BENCH_ROWS rows in each tier (a deletion scheduled with no
+//!    grace period, then the purge, as the operator API runs them), against the baseline of
+//!    reading the same rows once in the same run (issue 19's measure).
 //!
 //! A bench binary, not a timed test: it prints figures.
 //!
@@ -23,6 +26,7 @@ use std::time::Instant;
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_server::config::AppConfig;
 use bulkhead_server::http::state::AppState;
+use bulkhead_server::service::deletion;
 use bulkhead_store::lifecycle::moves::{self, MoveOptions};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::{create_tenant_in, loopback_client, TestDb, TestTier};
@@ -183,13 +187,11 @@ async fn schema_migrations(counts: &[u64], parallel: usize) {
     }
 }
 
-async fn move_time(rows: u64) {
-    let db = TestDb::new().await;
-    let tenant = bulkhead_test_support::create_tenant(&db, "big-co").await;
-    let owner: Store = db.owner_store().await;
+/// Gives `tenant` `rows` rows, half agent sessions and half audit events, in one transaction.
+async fn seed(owner: &Store, tenant: TenantId, rows: u64) {
     let half = rows / 2;
     let mut tx = owner
-        .begin(&system(tenant.id), Access::ReadWrite)
+        .begin(&system(tenant), Access::ReadWrite)
         .await
         .expect("begin");
     sqlx::query(
@@ -197,7 +199,7 @@ async fn move_time(rows: u64) {
          SELECT $1, gen_random_uuid(), 'agent-' || (g % 50), 'session ' || g, jsonb_build_object('n', g) \
          FROM generate_series(1, $2) g",
     )
-    .bind(tenant.id.uuid())
+    .bind(tenant.uuid())
     .bind(half as i64)
     .execute(tx.conn())
     .await
@@ -207,29 +209,42 @@ async fn move_time(rows: u64) {
          SELECT $1, gen_random_uuid(), 'bench.event', 'system', 'system:bench', 'r' || g, 'success', \
                 jsonb_build_object('n', g), gen_random_uuid()::text FROM generate_series(1, $2) g",
     )
-    .bind(tenant.id.uuid())
+    .bind(tenant.uuid())
     .bind((rows - half) as i64)
     .execute(tx.conn())
     .await
     .expect("events");
     tx.commit().await.expect("commit");
-    // Baseline, same run: one read of every row of the tenant (a checksum pass).
+}
+
+/// The baseline of phases 3 and 4, in ms: one read of every seeded row of `tenant` (a checksum
+/// pass over both tables).
+async fn read_once(owner: &Store, tenant: TenantId) -> f64 {
     let t = Instant::now();
     let mut tx = owner
-        .begin(&system(tenant.id), Access::ReadOnly)
+        .begin(&system(tenant), Access::ReadOnly)
         .await
         .expect("begin");
     for table in ["agent_sessions", "audit_events"] {
         let _: String = sqlx::query_scalar(&format!(
             "SELECT md5(coalesce(string_agg(r::text, '' ORDER BY r::text COLLATE \"C\"), '')) FROM {table} r WHERE tenant_id = $1"
         ))
-        .bind(tenant.id.uuid())
+        .bind(tenant.uuid())
         .fetch_one(tx.conn())
         .await
         .expect("read");
     }
     drop(tx);
-    let read = t.elapsed().as_secs_f64() * 1000.0;
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn move_time(rows: u64) {
+    let db = TestDb::new().await;
+    let tenant = bulkhead_test_support::create_tenant(&db, "big-co").await;
+    let owner: Store = db.owner_store().await;
+    seed(&owner, tenant.id, rows).await;
+    // Baseline, same run: one read of every row of the tenant (a checksum pass).
+    let read = read_once(&owner, tenant.id).await;
     println!(
         "phase 3: moving a tenant with {rows} rows (baseline: reading them once, {read:.0} ms)"
     );
@@ -248,6 +263,49 @@ async fn move_time(rows: u64) {
             report.frozen_ms
         );
         export_time(&db, &owner, tenant.id).await;
+    }
+}
+
+/// Purges a tenant with `rows` rows in each tier, as `POST /operator/v1/tenants/{t}/deletion/purge`
+/// does (`service::deletion::schedule` with no grace period, then `service::deletion::purge`),
+/// against the baseline of reading the same rows once, measured just before in the same run.
+async fn purge_time(rows: u64) {
+    let db = TestDb::new().await;
+    let owner: Store = db.owner_store().await;
+    let key = bulkhead_audit::LogSigningKey::generate();
+    let clock = bulkhead_core::Clock::system();
+    println!("phase 4: purging a tenant with {rows} rows (baseline: reading them once)");
+    for (slug, tier) in [
+        ("purge-shared", TestTier::Shared),
+        ("purge-schema", TestTier::Schema),
+        ("purge-dedicated", TestTier::Dedicated),
+    ] {
+        let tenant = create_tenant_in(&db, slug, tier).await;
+        seed(&owner, tenant.id, rows).await;
+        let read = read_once(&owner, tenant.id).await;
+        let record = owner
+            .tenant_by_id(tenant.id)
+            .await
+            .expect("registry")
+            .expect("tenant");
+        let t = Instant::now();
+        deletion::schedule(&owner, &record, Some(0), "bench")
+            .await
+            .expect("schedule");
+        let outcome = deletion::purge(&owner, &key, &clock, tenant.id, "bench")
+            .await
+            .expect("purge");
+        let purge = t.elapsed().as_secs_f64() * 1000.0;
+        let removed = outcome
+            .receipt
+            .as_ref()
+            .and_then(|r| r["rows"].as_u64())
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        println!(
+            "  {}: purged in {purge:.0} ms ({removed} rows removed incl. the sequenced log); reading the seeded rows once {read:.0} ms: {:.1}x",
+            record.isolation_tier.as_str(),
+            purge / read,
+        );
     }
 }
 
@@ -350,7 +408,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let phases = std::env::var("TIERS_BENCH_PHASES").unwrap_or_else(|_| "1,2,3".into());
+    let phases = std::env::var("TIERS_BENCH_PHASES").unwrap_or_else(|_| "1,2,3,4".into());
     runtime.block_on(async move {
         if phases.contains('1') {
             throughput_per_tier(seconds, rounds, concurrency).await;
@@ -360,6 +418,9 @@ fn main() {
         }
         if phases.contains('3') {
             move_time(rows).await;
+        }
+        if phases.contains('4') {
+            purge_time(rows).await;
         }
     });
 }
