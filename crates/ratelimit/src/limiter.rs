@@ -27,6 +27,9 @@ pub struct Request<'a> {
     pub class: &'a str,
     /// Overrides the class's cost (e.g. a batch of 20 items costs 20); 0 counts as 1.
     pub cost: Option<u32>,
+    /// The tenant's own budget, set where the tenant's record is (an operator's override kept
+    /// with it): replaces both the configured override and the plan's budget.
+    pub tenant_quota: Option<Quota>,
 }
 
 impl<'a> Request<'a> {
@@ -38,6 +41,7 @@ impl<'a> Request<'a> {
             agent: None,
             class,
             cost: None,
+            tenant_quota: None,
         }
     }
 
@@ -52,6 +56,13 @@ impl<'a> Request<'a> {
     #[must_use]
     pub fn with_cost(mut self, cost: u32) -> Self {
         self.cost = Some(cost);
+        self
+    }
+
+    /// The same request under the tenant's own budget ([`Request::tenant_quota`]).
+    #[must_use]
+    pub fn with_tenant_quota(mut self, quota: Quota) -> Self {
+        self.tenant_quota = Some(quota);
         self
     }
 }
@@ -376,12 +387,16 @@ impl Limiter {
                 cost,
             });
         }
-        let tenant_quota = if config.tenant_overrides.is_empty() {
-            None
-        } else {
-            config.tenant_overrides.get(&request.tenant).copied()
-        }
-        .or(inner.compiled.plans[plan_index(request.plan)]);
+        let tenant_quota = request
+            .tenant_quota
+            .or_else(|| {
+                if config.tenant_overrides.is_empty() {
+                    None
+                } else {
+                    config.tenant_overrides.get(&request.tenant).copied()
+                }
+            })
+            .or(inner.compiled.plans[plan_index(request.plan)]);
         if let Some(quota) = tenant_quota {
             cells.push(Cell {
                 level: Level::Tenant,

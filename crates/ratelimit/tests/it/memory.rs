@@ -220,6 +220,35 @@ fn a_cost_override_and_an_unknown_class_use_the_default_class() {
     assert_eq!(decision.retry_after, None, "cost above burst never fits");
 }
 
+#[test]
+fn a_tenants_own_quota_replaces_its_plans_and_the_configured_override() {
+    let mut config = all_or_nothing_config();
+    let tenant = TenantId::new();
+    config
+        .tenant_overrides
+        .insert(tenant, Quota::per_minute(50));
+    let limiter = Limiter::in_memory(config, manual_clock());
+    // Its own budget of 3 (the plan's is 10, the configured override 50) …
+    let own = Request::new(tenant, Plan::Standard, "default")
+        .with_tenant_quota(Quota::per_minute(60).with_burst(3));
+    for _ in 0..3 {
+        assert!(check(&limiter, &own).allowed);
+    }
+    let refused = check(&limiter, &own);
+    assert_eq!(
+        (refused.allowed, refused.rejected_by),
+        (false, Some(Level::Tenant))
+    );
+    // … and a larger one lets more through than the plan would.
+    let other = TenantId::new();
+    let generous =
+        Request::new(other, Plan::Standard, "default").with_tenant_quota(Quota::per_minute(40));
+    for _ in 0..40 {
+        assert!(check(&limiter, &generous).allowed);
+    }
+    assert!(!check(&limiter, &generous).allowed);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 

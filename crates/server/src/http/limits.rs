@@ -34,9 +34,38 @@ use crate::http::state::AppState;
 use crate::service::audit_line::AuditLine;
 use crate::service::rate_limits::RateLimits;
 
-/// The tenant's plan, put beside the context by resolution.
+/// What sets a tenant's budget, read with its registry record and put beside the context by
+/// resolution: its plan and its own override (migration 0038), if an operator gave it one.
 #[derive(Debug, Clone, Copy)]
-pub struct TenantPlan(pub registry::Plan);
+pub struct TenantPlan {
+    /// Its plan.
+    pub plan: registry::Plan,
+    /// Its own request budget, replacing the plan's at the tenant level.
+    pub rate_limit: Option<registry::RateLimitOverride>,
+}
+
+impl TenantPlan {
+    /// `tenant`'s.
+    pub fn of(tenant: &registry::Tenant) -> Self {
+        Self {
+            plan: tenant.plan,
+            rate_limit: tenant.rate_limit,
+        }
+    }
+
+    /// A request of `class` by `tenant` to the limiter, under this budget.
+    pub(crate) fn request(self, tenant: TenantId, class: &str) -> bulkhead_ratelimit::Request<'_> {
+        let request = bulkhead_ratelimit::Request::new(tenant, limiter_plan(self.plan), class);
+        match self.rate_limit {
+            // Both values are at least 1 (checked by `RateLimitOverride::new` and the column).
+            Some(own) => request.with_tenant_quota(
+                bulkhead_ratelimit::Quota::per_minute(own.requests_per_minute)
+                    .with_burst(own.burst),
+            ),
+            None => request,
+        }
+    }
+}
 
 pub(crate) fn limiter_plan(plan: registry::Plan) -> Plan {
     match plan {
@@ -204,7 +233,7 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
         // No limiting (a benchmark of the rest of the pipeline): the database bounds still hold.
         return run_bounded(request, next, &route).await;
     };
-    let (Some(ctx), Some(TenantPlan(plan))) = (
+    let (Some(ctx), Some(budget)) = (
         request.extensions().get::<TenantContext>().cloned(),
         request.extensions().get::<TenantPlan>().copied(),
     ) else {
@@ -223,7 +252,7 @@ async fn tenant_limits(state: AppState, request: Request, next: Next) -> Respons
         Actor::Token { client_id, .. } => Some(client_id.clone()),
         _ => None,
     };
-    let mut limited = bulkhead_ratelimit::Request::new(ctx.tenant_id(), limiter_plan(plan), class);
+    let mut limited = budget.request(ctx.tenant_id(), class);
     if let Some(agent) = agent.as_deref() {
         limited = limited.with_agent(agent);
     }

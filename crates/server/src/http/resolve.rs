@@ -217,9 +217,7 @@ pub async fn resolve_tenant(
         .scope(audit_scope, async move {
             match authenticate(&state, signals, ends_own_session(&request)).await {
                 Ok((ctx, plan)) => {
-                    request
-                        .extensions_mut()
-                        .insert(crate::http::limits::TenantPlan(plan));
+                    request.extensions_mut().insert(plan);
                     let span = tracing::Span::current();
                     span.record("tenant_id", tracing::field::display(ctx.tenant_id()));
                     // With the route and the final status, the request's log line records the
@@ -291,7 +289,7 @@ async fn authenticate(
     state: &AppState,
     signals: Signals,
     ends_own_session: bool,
-) -> Result<(TenantContext, bulkhead_store::placement::registry::Plan), ApiError> {
+) -> Result<(TenantContext, crate::http::limits::TenantPlan), ApiError> {
     let Signals {
         request_id,
         host,
@@ -326,7 +324,8 @@ async fn authenticate(
             request_id,
         )
         .await?;
-        return Ok((standing.ctx, standing.tenant.plan));
+        let budget = crate::http::limits::TenantPlan::of(&standing.tenant);
+        return Ok((standing.ctx, budget));
     }
     let (key, tenant) = authenticate_api_key(state, presented, host_tenant, client_ip).await?;
     // Only now is this a use of the key.
@@ -340,7 +339,7 @@ async fn authenticate(
         request_id,
     );
     let ctx = apply_ceiling(state, ctx, Some(key.key_id)).await?;
-    Ok((ctx, tenant.plan))
+    Ok((ctx, crate::http::limits::TenantPlan::of(&tenant)))
 }
 
 /// Where an access token is being judged.

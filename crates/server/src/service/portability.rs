@@ -29,7 +29,7 @@ use bulkhead_core::{TenantContext, TenantId, TenantSlug};
 use bulkhead_store::audit::pages::ExportSnapshot;
 use bulkhead_store::lifecycle::portability::{TenantExport, TenantImport};
 use bulkhead_store::placement::location::{IsolationTier, Placement, TENANT_TABLES};
-use bulkhead_store::placement::registry::{Plan, Tenant, TenantStatus};
+use bulkhead_store::placement::registry::{Plan, RateLimitOverride, Tenant, TenantStatus};
 use bulkhead_store::Store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,10 @@ pub struct ExportedTenant {
     pub isolation_tier: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Its own request budget, if an operator gave it one (absent in archives written before
+    /// migration 0038).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitOverride>,
 }
 
 impl ExportedTenant {
@@ -95,6 +99,7 @@ impl ExportedTenant {
             region: tenant.region.clone(),
             isolation_tier: tenant.isolation_tier.as_str().to_owned(),
             created_at: tenant.created_at,
+            rate_limit: tenant.rate_limit,
         }
     }
 
@@ -124,6 +129,13 @@ impl ExportedTenant {
             schema_name: None,
             database_name: None,
             frozen: false,
+            rate_limit: self
+                .rate_limit
+                .map(|own| {
+                    RateLimitOverride::new(own.requests_per_minute, own.burst)
+                        .context("tenant.json: invalid rate_limit")
+                })
+                .transpose()?,
         })
     }
 }

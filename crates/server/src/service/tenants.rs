@@ -5,7 +5,9 @@
 use bulkhead_auth::{ApiKey, KeyEnvironment, MasterKey};
 use bulkhead_core::{ApiKeyId, TenantId, TenantSlug};
 use bulkhead_store::placement::location::{DatabaseName, SchemaName};
-use bulkhead_store::placement::registry::{NewTenant, Plan, Tenant, TenantStatus};
+use bulkhead_store::placement::registry::{
+    NewTenant, Plan, RateLimitOverride, Tenant, TenantStatus,
+};
 use bulkhead_store::tenant::api_keys::NewApiKey;
 use bulkhead_store::{Placement, Store, StoreError};
 
@@ -293,6 +295,27 @@ pub async fn set_plan(
         json!({ "plan": plan.as_str() }),
         |t: &Tenant| t.id.to_string(),
         owner.set_tenant_plan_by(tenant, plan, operator),
+    )
+    .await
+}
+
+/// Sets or clears (`None`: back to its plan's) `tenant`'s own request budget
+/// ([`Store::set_tenant_rate_limit_by`]); processes apply it when their registry cache of the
+/// tenant next refreshes (`--registry-cache-secs`, default 2 s).
+pub async fn set_rate_limit(
+    owner: &Store,
+    tenant: TenantId,
+    rate_limit: Option<RateLimitOverride>,
+    operator: &str,
+) -> Result<Tenant, StoreError> {
+    operators::audited(
+        owner,
+        operator,
+        "tenant.rate_limit",
+        Some(tenant.to_string()),
+        json!({ "rate_limit": rate_limit }),
+        |t: &Tenant| t.id.to_string(),
+        owner.set_tenant_rate_limit_by(tenant, rate_limit, operator),
     )
     .await
 }

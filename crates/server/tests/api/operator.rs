@@ -547,3 +547,107 @@ async fn the_serving_role_cannot_touch_the_operator_tables_and_a_live_socket_is_
     op.stop().await;
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
+
+#[tokio::test]
+async fn a_tenants_own_rate_limit_replaces_its_plans() {
+    use bulkhead_server::service::rate_limits::{
+        default_limits, default_preauth_limits, RateLimits,
+    };
+    // The shipped limits, with a clock that stands still: no budget refills during the test.
+    let clock = bulkhead_core::Clock::manual(chrono::Utc::now());
+    let limits = RateLimits::in_memory(default_limits(), default_preauth_limits(), clock.clone());
+    let app = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
+        clock: Some(clock.clone()),
+        rate_limits: Some(std::sync::Arc::new(limits)),
+        ..Default::default()
+    })
+    .await;
+    let op = app.spawn_operator().await;
+    let (_, key) = operator_key(&op, &["tenants:read", "tenants:write", "operators:manage"]).await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    let path = "/operator/v1/tenants/acme";
+
+    // Out of range, or not the object's fields: 422, nothing changed.
+    for bad in [
+        json!({ "rate_limit": { "requests_per_minute": 0 } }),
+        json!({ "rate_limit": { "requests_per_minute": 60, "burst": 10_000_001u64 } }),
+        json!({ "rate_limit": { "requests_per_minute": 60, "per_hour": 5 } }),
+        json!({ "rate_limit": 60 }),
+    ] {
+        let (status, body) = op
+            .request(Method::PATCH, path, Some(&key), Some(bad.clone()))
+            .await;
+        assert!(status.is_client_error(), "{bad}: {status} {body}");
+    }
+    let (_, shown) = op.request(Method::GET, path, Some(&key), None).await;
+    assert_eq!(shown["rate_limit"], Value::Null, "{shown}");
+
+    // 60 a minute with a burst of 3: the fourth request at once is refused at the tenant level,
+    // where the standard plan would allow 400; another tenant keeps its plan's budget.
+    let (status, body) = op
+        .request(
+            Method::PATCH,
+            path,
+            Some(&key),
+            Some(json!({ "rate_limit": { "requests_per_minute": 60, "burst": 3 } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rate_limit"],
+        json!({ "requests_per_minute": 60, "burst": 3 })
+    );
+    for _ in 0..3 {
+        let ok = call(&app, "acme", &acme.key, Method::GET, "/v1/sessions", None).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+    let refused = call(&app, "acme", &acme.key, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let policy = refused.headers()["ratelimit-policy"].to_str().unwrap();
+    assert!(policy.contains("\"tenant\";q=60;w=60"), "{policy}");
+    for _ in 0..10 {
+        let other = call(
+            &app,
+            "globex",
+            &globex.key,
+            Method::GET,
+            "/v1/sessions",
+            None,
+        )
+        .await;
+        assert_eq!(other.status(), StatusCode::OK);
+    }
+
+    // Cleared: back to the plan's budget at once in this process, and recorded in both logs.
+    let (status, body) = op
+        .request(
+            Method::PATCH,
+            path,
+            Some(&key),
+            Some(json!({ "rate_limit": null })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rate_limit"], Value::Null);
+    assert_eq!(
+        body["plan"], "standard",
+        "a rate limit alone leaves the plan"
+    );
+    // The debt the small budget left (3 s of it) is more than the plan's burst window (400 at
+    // 200/s: 2 s), so the first requests wait out the difference, then the plan's burst holds:
+    // ten at once, where the cleared budget would have refused all but one or two.
+    clock.advance(chrono::Duration::milliseconds(1_500));
+    for _ in 0..10 {
+        let ok = call(&app, "acme", &acme.key, Method::GET, "/v1/sessions", None).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+    let log = operator_log(&op, &key).await;
+    let changes: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["action"] == "tenant.rate_limit" && e["outcome"] == "success")
+        .collect();
+    assert_eq!(changes.len(), 2, "{log:#?}");
+    let own: Vec<Value> = audit_events(&app, &acme, "tenant.rate_limit").await;
+    assert_eq!(own.len(), 2, "{own:#?}");
+}

@@ -297,8 +297,9 @@ impl TenantImport {
         };
         let row: TenantRow = sqlx::query_as(&format!(
             "INSERT INTO bulkhead.tenants (id, slug, display_name, plan, region, isolation_tier, \
-             schema_name, database_name, live, status, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             schema_name, database_name, live, status, created_at, rate_limit_per_minute, \
+             rate_limit_burst) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
              WHERE NOT EXISTS (SELECT 1 FROM bulkhead.tenant_deletions WHERE tenant_id = $1) \
              RETURNING {COLUMNS}"
         ))
@@ -313,6 +314,16 @@ impl TenantImport {
         .bind(router.is_registry_location(&location))
         .bind(status.as_str())
         .bind(source.created_at)
+        .bind(
+            source
+                .rate_limit
+                .map(|l| i32::try_from(l.requests_per_minute).unwrap_or(i32::MAX)),
+        )
+        .bind(
+            source
+                .rate_limit
+                .map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
+        )
         .fetch_optional(&mut *registry)
         .await?
         // A deletion record written since the check above (the same rule, now in the insert).

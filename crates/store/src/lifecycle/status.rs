@@ -6,7 +6,8 @@ use serde_json::json;
 
 use crate::audit::{self, Outcome};
 use crate::placement::registry::{
-    from_row, set_anchor_column, Plan, RegistryColumn, Tenant, TenantRow, TenantStatus, COLUMNS,
+    from_row, set_anchor_column, Plan, RateLimitOverride, RegistryColumn, Tenant, TenantRow,
+    TenantStatus, COLUMNS,
 };
 use crate::tenant::webhooks;
 use crate::{Access, Store, StoreError, TenantTx};
@@ -82,10 +83,33 @@ impl Store {
             .await
     }
 
+    /// Sets or clears (`None`: back to its plan's) a tenant's own request budget, with a
+    /// `tenant.rate_limit` event in its own audit log naming `operator`. Only the registry row
+    /// holds it (the limiter reads it with the row; no location does). Needs the owner role.
+    pub async fn set_tenant_rate_limit_by(
+        &self,
+        id: TenantId,
+        rate_limit: Option<RateLimitOverride>,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        self.write_registry(id, Change::RateLimit(rate_limit), operator)
+            .await
+    }
+
     async fn write_registry_column(
         &self,
         id: TenantId,
         change: RegistryColumn,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        self.write_registry(id, Change::Column(change), operator)
+            .await
+    }
+
+    async fn write_registry(
+        &self,
+        id: TenantId,
+        change: Change,
         operator: &str,
     ) -> Result<Tenant, StoreError> {
         let current = self.tenant_by_id(id).await?.ok_or(StoreError::NotFound)?;
@@ -108,35 +132,71 @@ impl Store {
         if let Some(state) = purging {
             return Err(StoreError::Conflict {
                 constraint: format!(
-                    "the tenant's deletion is {state}: its status and plan no longer change"
+                    "the tenant's deletion is {state}: its status, plan and rate limit no \
+                     longer change"
                 ),
             });
         }
-        // The column is a constant of `RegistryColumn`, never input.
-        let row: Option<TenantRow> = sqlx::query_as(&format!(
-            "UPDATE bulkhead.tenants SET {} = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
-            change.column()
-        ))
-        .bind(id.uuid())
-        .bind(change.value())
-        .fetch_optional(&mut *registry)
-        .await?;
+        let row: Option<TenantRow> = match change {
+            Change::Column(column) => {
+                // The column is a constant of `RegistryColumn`, never input.
+                let sql = format!(
+                    "UPDATE bulkhead.tenants SET {} = $2, updated_at = now() WHERE id = $1 \
+                     RETURNING {COLUMNS}",
+                    column.column()
+                );
+                sqlx::query_as(&sql)
+                    .bind(id.uuid())
+                    .bind(column.value())
+                    .fetch_optional(&mut *registry)
+                    .await?
+            }
+            Change::RateLimit(limit) => {
+                let sql = format!(
+                    "UPDATE bulkhead.tenants SET rate_limit_per_minute = $2, \
+                     rate_limit_burst = $3, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+                );
+                sqlx::query_as(&sql)
+                    .bind(id.uuid())
+                    .bind(limit.map(|l| i32::try_from(l.requests_per_minute).unwrap_or(i32::MAX)))
+                    .bind(limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)))
+                    .fetch_optional(&mut *registry)
+                    .await?
+            }
+        };
         let tenant = row.map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
         let ctx = TenantContext::for_system(id, "operator");
-        let action = match change {
-            RegistryColumn::Status(TenantStatus::Active) => "tenant.activate",
-            RegistryColumn::Status(TenantStatus::Suspended) => "tenant.suspend",
-            RegistryColumn::Plan(_) => "tenant.plan",
+        let (action, from, to) = match change {
+            Change::Column(column) => {
+                let action = match column {
+                    RegistryColumn::Status(TenantStatus::Active) => "tenant.activate",
+                    RegistryColumn::Status(TenantStatus::Suspended) => "tenant.suspend",
+                    RegistryColumn::Plan(_) => "tenant.plan",
+                };
+                (
+                    action,
+                    json!(column.current(&current)),
+                    json!(column.value()),
+                )
+            }
+            Change::RateLimit(limit) => {
+                ("tenant.rate_limit", json!(current.rate_limit), json!(limit))
+            }
         };
         let meta = json!({
-            "from": change.current(&current),
-            "to": change.value(),
+            "from": from,
+            "to": to,
             "operator": operator,
             "region": location.region,
         });
+        // Only the status and the plan have copies in the anchor rows.
+        let anchored = match change {
+            Change::Column(column) => Some(column),
+            Change::RateLimit(_) => None,
+        };
         if router.shares_registry_database(&location) {
-            if !router.is_registry_location(&location) {
-                set_anchor_column(&mut registry, &location, id, change).await?;
+            if let (false, Some(column)) = (router.is_registry_location(&location), anchored) {
+                set_anchor_column(&mut registry, &location, id, column).await?;
             }
             let mut tx = TenantTx::enter(registry, &ctx, Access::ReadWrite, &location).await?;
             tx.registry = Some(self.pool().clone());
@@ -153,7 +213,9 @@ impl Store {
         }
         let pool = router.pool_for(&location).await?;
         let mut there = pool.begin().await?;
-        set_anchor_column(&mut there, &location, id, change).await?;
+        if let Some(column) = anchored {
+            set_anchor_column(&mut there, &location, id, column).await?;
+        }
         let mut tx = TenantTx::enter(there, &ctx, Access::ReadWrite, &location).await?;
         tx.registry = Some(self.pool().clone());
         audit::record(
@@ -168,4 +230,13 @@ impl Store {
         registry.commit().await?;
         Ok(tenant)
     }
+}
+
+/// A change to a tenant's registry row.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// A column copied to the anchor rows.
+    Column(RegistryColumn),
+    /// The tenant's own request budget (registry only).
+    RateLimit(Option<RateLimitOverride>),
 }

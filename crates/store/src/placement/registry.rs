@@ -3,7 +3,7 @@
 
 use bulkhead_core::{TenantId, TenantSlug};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::placement::location::{IsolationTier, Location, Placement};
 use crate::{Store, StoreError};
@@ -44,6 +44,33 @@ pub struct Tenant {
     pub database_name: Option<String>,
     /// Whether it is frozen for a move (writes answer a retryable 503).
     pub frozen: bool,
+    /// Its own request budget, replacing its plan's (`None`: the plan's).
+    pub rate_limit: Option<RateLimitOverride>,
+}
+
+/// A tenant's own request budget (migration 0038): the tenant level of the rate limiter uses
+/// it instead of the plan's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    /// Requests a minute, sustained: 1 to [`RateLimitOverride::MAX`].
+    pub requests_per_minute: u32,
+    /// How many may come at once after a quiet spell: 1 to [`RateLimitOverride::MAX`].
+    pub burst: u32,
+}
+
+impl RateLimitOverride {
+    /// The largest value of either field (the column's check).
+    pub const MAX: u32 = 10_000_000;
+
+    /// An override if both values are in range.
+    pub fn new(requests_per_minute: u32, burst: u32) -> Option<Self> {
+        let fits = |n: u32| (1..=Self::MAX).contains(&n);
+        (fits(requests_per_minute) && fits(burst)).then_some(Self {
+            requests_per_minute,
+            burst,
+        })
+    }
 }
 
 /// What an operator gives to create a tenant.
@@ -74,11 +101,13 @@ pub(crate) type TenantRow = (
     Option<String>,
     Option<String>,
     bool,
+    Option<i32>,
+    Option<i32>,
 );
 
 pub(crate) const COLUMNS: &str =
     "id, slug, display_name, plan, isolation_tier, region, status, created_at, \
-     schema_name, database_name, frozen_since IS NOT NULL";
+     schema_name, database_name, frozen_since IS NOT NULL, rate_limit_per_minute, rate_limit_burst";
 
 pub(crate) fn from_row(row: TenantRow) -> Result<Tenant, StoreError> {
     let (
@@ -93,6 +122,8 @@ pub(crate) fn from_row(row: TenantRow) -> Result<Tenant, StoreError> {
         schema_name,
         database_name,
         frozen,
+        per_minute,
+        burst,
     ) = row;
     let corrupt =
         |what: &str| StoreError::UnsafeConfiguration(format!("registry row has an invalid {what}"));
@@ -108,6 +139,17 @@ pub(crate) fn from_row(row: TenantRow) -> Result<Tenant, StoreError> {
         schema_name,
         database_name,
         frozen,
+        rate_limit: match (per_minute, burst) {
+            (None, None) => None,
+            (Some(per_minute), Some(burst)) => Some(
+                u32::try_from(per_minute)
+                    .ok()
+                    .zip(u32::try_from(burst).ok())
+                    .and_then(|(p, b)| RateLimitOverride::new(p, b))
+                    .ok_or_else(|| corrupt("rate limit"))?,
+            ),
+            _ => return Err(corrupt("rate limit")),
+        },
     })
 }
 

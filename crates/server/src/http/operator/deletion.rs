@@ -50,7 +50,10 @@ async fn tenant_id(state: &OperatorState, text: &str) -> Result<TenantId, ApiErr
 /// This process's cached registry answer for the tenant goes, so its status change holds on
 /// the next request here (other processes: within the registry cache's lifetime, 2 s by
 /// default, as for a suspension).
-async fn forget(state: &OperatorState, tenant: &bulkhead_store::placement::registry::Tenant) {
+pub(super) async fn forget(
+    state: &OperatorState,
+    tenant: &bulkhead_store::placement::registry::Tenant,
+) {
     state
         .app()
         .directory()

@@ -33,7 +33,7 @@ pub(super) struct CreatedKey {
 pub(super) async fn create(
     State(state): State<OperatorState>,
     Extension(ctx): Extension<OperatorContext>,
-    Json(body): Json<CreateKey>,
+    crate::http::extract::Json(body): crate::http::extract::Json<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let scopes = OperatorScopes::parse_all(&body.scopes).map_err(|_| {
         ApiError::Invalid(

@@ -247,6 +247,21 @@ pub struct TenantDoc {
     pub database_name: Option<String>,
     /// Whether a move has frozen its writes.
     pub frozen: bool,
+    /// Its own request budget, replacing its plan's (`null`: the plan's).
+    pub rate_limit: Option<RateLimitDoc>,
+}
+
+/// A tenant's own request budget: the tenant level of the rate limiter uses it instead of the
+/// plan's (docs/rate-limits.md).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitDoc {
+    /// Requests a minute, sustained.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub requests_per_minute: u32,
+    /// How many may come at once after a quiet spell (default `requests_per_minute`).
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub burst: Option<u32>,
 }
 
 /// `POST /operator/v1/tenants`.
@@ -313,6 +328,8 @@ pub struct UpdateTenantDoc {
     pub plan: Option<PlanName>,
     /// New status.
     pub status: Option<StatusName>,
+    /// The tenant's own request budget; `null` returns it to its plan's.
+    pub rate_limit: Option<RateLimitDoc>,
 }
 
 /// An operator key's record (never the key, never its hash).

@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use bulkhead_core::id::TenantKind;
 use bulkhead_core::TenantId;
-use bulkhead_store::placement::registry::{Plan, Tenant, TenantFilter, TenantStatus};
+use bulkhead_store::placement::registry::{
+    Plan, RateLimitOverride, Tenant, TenantFilter, TenantStatus,
+};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +68,7 @@ pub(super) struct Created {
 pub(super) async fn create(
     State(state): State<OperatorState>,
     Extension(ctx): Extension<OperatorContext>,
-    Json(body): Json<CreateTenant>,
+    crate::http::extract::Json(body): crate::http::extract::Json<CreateTenant>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     // Refused before anything is touched, whatever else the body says.
     if body.tier == "dedicated" || body.database_url.is_some() || body.database_name.is_some() {
@@ -172,13 +174,59 @@ pub(super) struct UpdateTenant {
     plan: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    /// Absent: unchanged; `null`: back to the plan's budget; an object: the tenant's own.
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<RateLimitBody>>,
+}
+
+/// A tenant's own request budget, as the API takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimitBody {
+    requests_per_minute: u64,
+    /// Default: `requests_per_minute`.
+    #[serde(default)]
+    burst: Option<u64>,
+}
+
+/// `Some` for a field that is present, even as `null` (serde's `default` gives `None` only for
+/// an absent one): "clear it" and "leave it" are different requests.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The override a body asks for (`None`: the plan's), or 422 naming the range.
+fn rate_limit(body: Option<RateLimitBody>) -> Result<Option<RateLimitOverride>, ApiError> {
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let per_minute = body.requests_per_minute;
+    let burst = body.burst.unwrap_or(per_minute);
+    u32::try_from(per_minute)
+        .ok()
+        .zip(u32::try_from(burst).ok())
+        .and_then(|(p, b)| RateLimitOverride::new(p, b))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::Invalid(
+                format!(
+                    "rate_limit: requests_per_minute and burst are 1 to {}",
+                    RateLimitOverride::MAX
+                )
+                .into(),
+            )
+        })
 }
 
 pub(super) async fn update(
     State(state): State<OperatorState>,
     Extension(ctx): Extension<OperatorContext>,
     Path(tenant): Path<String>,
-    Json(body): Json<UpdateTenant>,
+    crate::http::extract::Json(body): crate::http::extract::Json<UpdateTenant>,
 ) -> Result<Json<Tenant>, ApiError> {
     // Both validated before either is applied.
     let plan = body.plan.as_deref().map(tenants::parse_plan).transpose()?;
@@ -190,16 +238,23 @@ pub(super) async fn update(
                 .ok_or_else(|| ApiError::Invalid("status is active or suspended".into()))
         })
         .transpose()?;
-    if plan.is_none() && status.is_none() {
-        return Err(ApiError::Invalid("give plan, status or both".into()));
+    let own_limit = body.rate_limit.map(rate_limit).transpose()?;
+    if plan.is_none() && status.is_none() && own_limit.is_none() {
+        return Err(ApiError::Invalid(
+            "give at least one of plan, status and rate_limit".into(),
+        ));
     }
     let mut current = find(&state, &tenant).await?;
     if let Some(plan) = plan {
         current = tenants::set_plan(state.owner(), current.id, plan, &ctx.actor).await?;
     }
+    if let Some(own_limit) = own_limit {
+        current = tenants::set_rate_limit(state.owner(), current.id, own_limit, &ctx.actor).await?;
+    }
     if let Some(status) = status {
         current = tenants::set_status(state.owner(), current.id, status, &ctx.actor).await?;
     }
+    super::deletion::forget(&state, &current).await;
     Ok(Json(current))
 }
 
@@ -211,6 +266,7 @@ pub(super) async fn suspend(
     let found = find(&state, &tenant).await?;
     let updated =
         tenants::set_status(state.owner(), found.id, TenantStatus::Suspended, &ctx.actor).await?;
+    super::deletion::forget(&state, &updated).await;
     Ok(Json(updated))
 }
 
@@ -222,5 +278,6 @@ pub(super) async fn activate(
     let found = find(&state, &tenant).await?;
     let updated =
         tenants::set_status(state.owner(), found.id, TenantStatus::Active, &ctx.actor).await?;
+    super::deletion::forget(&state, &updated).await;
     Ok(Json(updated))
 }

@@ -162,11 +162,10 @@ async fn fetch(
     if let Some(limits) = state.rate_limits() {
         let decision = limits
             .tenant
-            .check(&bulkhead_ratelimit::Request::new(
-                tenant.id,
-                crate::http::limits::limiter_plan(tenant.plan),
-                OAUTH_REGISTER_CLASS,
-            ))
+            .check(
+                &crate::http::limits::TenantPlan::of(tenant)
+                    .request(tenant.id, OAUTH_REGISTER_CLASS),
+            )
             .await;
         if !decision.allowed {
             return Ok(Err(Refusal::RateLimited));

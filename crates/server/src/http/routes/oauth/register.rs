@@ -211,11 +211,9 @@ async fn rate_limited(
     }
     let tenant_wide = limits
         .tenant
-        .check(&bulkhead_ratelimit::Request::new(
-            tenant.id,
-            crate::http::limits::limiter_plan(tenant.plan),
-            OAUTH_REGISTER_CLASS,
-        ))
+        .check(
+            &crate::http::limits::TenantPlan::of(tenant).request(tenant.id, OAUTH_REGISTER_CLASS),
+        )
         .await;
     (!tenant_wide.allowed).then(|| refused(&tenant_wide))
 }
