@@ -211,6 +211,28 @@ async fn scheduling_suspends_at_once_is_idempotent_and_cancelling_restores_the_p
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(session_status(&app, &acme).await, StatusCode::FORBIDDEN);
+    // Nor by a change that also asks for something allowed: nothing of it is applied.
+    let (status, body) = op
+        .request(
+            Method::PATCH,
+            "/operator/v1/tenants/acme-del",
+            Some(&key),
+            Some(json!({ "plan": "enterprise", "status": "active" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (_, shown) = op
+        .request(
+            Method::GET,
+            "/operator/v1/tenants/acme-del",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&shown["plan"], &shown["status"]),
+        (&json!("standard"), &json!("suspended"))
+    );
 
     // Cancelled: active again, the record gone; a second cancel has nothing to cancel.
     let (status, body) = op
@@ -272,8 +294,23 @@ async fn scheduling_suspends_at_once_is_idempotent_and_cancelling_restores_the_p
     assert_eq!(status, StatusCode::OK);
     assert_eq!(session_status(&app, &acme).await, StatusCode::FORBIDDEN);
 
-    // The schedule is the owner's: the serving role can neither read nor write it.
+    // A tenant left active with a deletion scheduled (a cancel whose reactivation committed and
+    // whose record did not) is suspended by the purge itself, then purged.
+    let (status, _) = op
+        .request(Method::POST, &deletion_path("acme-del"), Some(&key), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     let su = superuser(&app.db, None).await;
+    sqlx::query("UPDATE bulkhead.tenants SET status = 'active' WHERE slug = 'acme-del'")
+        .execute(&su)
+        .await
+        .unwrap();
+    let purge = format!("{}/purge", deletion_path("acme-del"));
+    let (status, body) = op.request(Method::POST, &purge, Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deletion"]["state"], "purged", "{body}");
+
+    // The schedule is the owner's: the serving role can neither read nor write it.
     for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
         let held: bool = sqlx::query_scalar(
             "SELECT has_table_privilege('bulkhead_app', 'bulkhead.tenant_deletions', $1)",
@@ -647,10 +684,28 @@ async fn an_unreachable_dedicated_database_or_a_crash_leaves_the_tenant_suspende
         .request(Method::DELETE, &deletion_path("far-away"), Some(&key), None)
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    // Nor changed: a 409 saying why, never the frozen location's "retry later" 503.
+    // Nor changed: a 409 saying why, never the frozen location's "retry later" 503; a
+    // suspension, which it already has, is answered as it is.
+    let (status, body) = op
+        .request(
+            Method::POST,
+            "/operator/v1/tenants/far-away/suspend",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("suspended")),
+        "{body}"
+    );
     for (method, path, body) in [
-        (Method::POST, "/operator/v1/tenants/far-away/suspend", None),
         (Method::POST, "/operator/v1/tenants/far-away/activate", None),
+        (
+            Method::PATCH,
+            "/operator/v1/tenants/far-away",
+            Some(json!({ "rate_limit": { "requests_per_minute": 600 } })),
+        ),
         (
             Method::PATCH,
             "/operator/v1/tenants/far-away",

@@ -130,12 +130,21 @@ impl Store {
         .fetch_optional(&mut *registry)
         .await?;
         if let Some(state) = purging {
-            return Err(StoreError::Conflict {
-                constraint: format!(
-                    "the tenant's deletion is {state}: its status, plan and rate limit no \
+            // Suspension is the one change a purge needs (its own first step suspends a tenant
+            // that something reactivated); an operator's suspension of a tenant the purge has
+            // suspended already changes nothing and is answered as it is.
+            if change == Change::Column(RegistryColumn::Status(TenantStatus::Suspended)) {
+                if current.status == TenantStatus::Suspended {
+                    return Ok(current);
+                }
+            } else {
+                return Err(StoreError::Conflict {
+                    constraint: format!(
+                        "the tenant's deletion is {state}: its status, plan and rate limit no \
                      longer change"
-                ),
-            });
+                    ),
+                });
+            }
         }
         let row: Option<TenantRow> = match change {
             Change::Column(column) => {
@@ -233,7 +242,7 @@ impl Store {
 }
 
 /// A change to a tenant's registry row.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
     /// A column copied to the anchor rows.
     Column(RegistryColumn),

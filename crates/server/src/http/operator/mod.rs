@@ -243,8 +243,11 @@ pub fn route_table() -> OperatorRoutes {
             OpDoc::ok::<TenantDoc>(200, "The tenant as changed")
                 .under(&tenant)
                 .body::<UpdateTenantDoc>()
-                .summary("Change a tenant's plan and/or status.")
-                .conflict("The tenant is being moved"),
+                .summary("Change a tenant's plan, status and own rate limit (any of them).")
+                .conflict(
+                    "The tenant is being moved, or its deletion forbids the change (a purge has \
+                     begun; a scheduled deletion forbids activation)",
+                ),
         )
         .route(
             Method::POST,

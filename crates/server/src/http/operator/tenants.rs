@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use bulkhead_core::id::TenantKind;
 use bulkhead_core::TenantId;
+use bulkhead_store::lifecycle::deletion::DeletionState;
 use bulkhead_store::placement::registry::{
     Plan, RateLimitOverride, Tenant, TenantFilter, TenantStatus,
 };
@@ -214,8 +215,10 @@ fn rate_limit(body: Option<RateLimitBody>) -> Result<Option<RateLimitOverride>, 
         .ok_or_else(|| {
             ApiError::Invalid(
                 format!(
-                    "rate_limit: requests_per_minute and burst are 1 to {}",
-                    RateLimitOverride::MAX
+                    "rate_limit: requests_per_minute is at most {}, and burst (default \
+                     requests_per_minute) {} to requests_per_minute",
+                    RateLimitOverride::MAX,
+                    RateLimitOverride::MIN_BURST
                 )
                 .into(),
             )
@@ -244,18 +247,43 @@ pub(super) async fn update(
             "give at least one of plan, status and rate_limit".into(),
         ));
     }
-    let mut current = find(&state, &tenant).await?;
-    if let Some(plan) = plan {
-        current = tenants::set_plan(state.owner(), current.id, plan, &ctx.actor).await?;
+    let found = find(&state, &tenant).await?;
+    // What the tenant's deletion forbids is refused before anything is applied, so a refusal
+    // leaves the tenant as it was (the store checks again under its locks).
+    if let Some(deletion) = state.owner().tenant_deletion(found.id).await? {
+        let purging = deletion.state != DeletionState::Scheduled;
+        if status == Some(TenantStatus::Active)
+            || purging && (plan.is_some() || own_limit.is_some())
+        {
+            return Err(ApiError::Conflict(format!(
+                "the tenant's deletion is {}: only a suspension is taken{}",
+                deletion.state.as_str(),
+                if purging {
+                    ""
+                } else {
+                    "; cancel the deletion to reactivate it"
+                }
+            )));
+        }
     }
-    if let Some(own_limit) = own_limit {
-        current = tenants::set_rate_limit(state.owner(), current.id, own_limit, &ctx.actor).await?;
+    let changed = async {
+        let mut current = found.clone();
+        if let Some(plan) = plan {
+            current = tenants::set_plan(state.owner(), current.id, plan, &ctx.actor).await?;
+        }
+        if let Some(own_limit) = own_limit {
+            current =
+                tenants::set_rate_limit(state.owner(), current.id, own_limit, &ctx.actor).await?;
+        }
+        if let Some(status) = status {
+            current = tenants::set_status(state.owner(), current.id, status, &ctx.actor).await?;
+        }
+        Ok::<_, ApiError>(current)
     }
-    if let Some(status) = status {
-        current = tenants::set_status(state.owner(), current.id, status, &ctx.actor).await?;
-    }
-    super::deletion::forget(&state, &current).await;
-    Ok(Json(current))
+    .await;
+    // Whatever was applied before a failure holds here at once too.
+    super::deletion::forget(&state, &found).await;
+    Ok(Json(changed?))
 }
 
 pub(super) async fn suspend(
