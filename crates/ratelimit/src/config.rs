@@ -217,8 +217,8 @@ pub const DEFAULT_CLASS: &str = "default";
 /// Every limit of the deployment. A level whose quota is absent is not checked.
 ///
 /// - Global: `global`, one budget for the whole deployment.
-/// - Tenant: the request's own [`crate::Request::tenant_quota`] if it has one, else
-///   `tenant_overrides[tenant]` if present, else `plans[plan]`.
+/// - Tenant: `tenant_overrides[tenant]` if present, else the request's own
+///   [`crate::Request::tenant_quota`] if it has one, else `plans[plan]`.
 /// - Agent: `per_agent`, for each agent or key id inside a tenant, when the request names one.
 /// - Endpoint: `classes[class].quota`, per tenant and class. A class that is not configured is
 ///   charged as the [`DEFAULT_CLASS`] entry, or cost 1 with no endpoint level if there is none.

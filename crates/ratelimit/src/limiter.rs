@@ -28,7 +28,7 @@ pub struct Request<'a> {
     /// Overrides the class's cost (e.g. a batch of 20 items costs 20); 0 counts as 1.
     pub cost: Option<u32>,
     /// The tenant's own budget, set where the tenant's record is (an operator's override kept
-    /// with it): replaces both the configured override and the plan's budget.
+    /// with it): replaces the plan's budget, but not an override in the configuration.
     pub tenant_quota: Option<Quota>,
 }
 
@@ -387,16 +387,15 @@ impl Limiter {
                 cost,
             });
         }
-        let tenant_quota = request
-            .tenant_quota
-            .or_else(|| {
-                if config.tenant_overrides.is_empty() {
-                    None
-                } else {
-                    config.tenant_overrides.get(&request.tenant).copied()
-                }
-            })
-            .or(inner.compiled.plans[plan_index(request.plan)]);
+        // The configured override is the deployment's own decision and wins over the one the
+        // request carries (an operator's, kept with the tenant's record).
+        let tenant_quota = if config.tenant_overrides.is_empty() {
+            None
+        } else {
+            config.tenant_overrides.get(&request.tenant).copied()
+        }
+        .or(request.tenant_quota)
+        .or(inner.compiled.plans[plan_index(request.plan)]);
         if let Some(quota) = tenant_quota {
             cells.push(Cell {
                 level: Level::Tenant,

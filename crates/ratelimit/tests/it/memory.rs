@@ -221,32 +221,38 @@ fn a_cost_override_and_an_unknown_class_use_the_default_class() {
 }
 
 #[test]
-fn a_tenants_own_quota_replaces_its_plans_and_the_configured_override() {
+fn a_tenants_own_quota_replaces_its_plans_but_not_a_configured_override() {
     let mut config = all_or_nothing_config();
-    let tenant = TenantId::new();
+    let configured = TenantId::new();
     config
         .tenant_overrides
-        .insert(tenant, Quota::per_minute(50));
+        .insert(configured, Quota::per_minute(20));
     let limiter = Limiter::in_memory(config, manual_clock());
-    // Its own budget of 3 (the plan's is 10, the configured override 50) …
-    let own = Request::new(tenant, Plan::Standard, "default")
-        .with_tenant_quota(Quota::per_minute(60).with_burst(3));
+    let own = Quota::per_minute(60).with_burst(3);
+    // Its own budget of 3 replaces the plan's 10 …
+    let tenant = TenantId::new();
+    let request = Request::new(tenant, Plan::Standard, "default").with_tenant_quota(own);
     for _ in 0..3 {
-        assert!(check(&limiter, &own).allowed);
+        assert!(check(&limiter, &request).allowed);
     }
-    let refused = check(&limiter, &own);
+    let refused = check(&limiter, &request);
     assert_eq!(
         (refused.allowed, refused.rejected_by),
         (false, Some(Level::Tenant))
     );
-    // … and a larger one lets more through than the plan would.
-    let other = TenantId::new();
-    let generous =
-        Request::new(other, Plan::Standard, "default").with_tenant_quota(Quota::per_minute(40));
+    // … a larger one lets more through than the plan would …
+    let generous = Request::new(TenantId::new(), Plan::Standard, "default")
+        .with_tenant_quota(Quota::per_minute(40));
     for _ in 0..40 {
         assert!(check(&limiter, &generous).allowed);
     }
     assert!(!check(&limiter, &generous).allowed);
+    // … and the deployment's configured override of 20 wins over it.
+    let overridden = Request::new(configured, Plan::Standard, "default").with_tenant_quota(own);
+    for _ in 0..20 {
+        assert!(check(&limiter, &overridden).allowed);
+    }
+    assert!(!check(&limiter, &overridden).allowed);
 }
 
 proptest! {

@@ -557,7 +557,7 @@ async fn a_tenants_own_rate_limit_replaces_its_plans() {
     let clock = bulkhead_core::Clock::manual(chrono::Utc::now());
     let limits = RateLimits::in_memory(default_limits(), default_preauth_limits(), clock.clone());
     let app = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
-        clock: Some(clock.clone()),
+        clock: Some(clock),
         rate_limits: Some(std::sync::Arc::new(limits)),
         ..Default::default()
     })
@@ -571,7 +571,9 @@ async fn a_tenants_own_rate_limit_replaces_its_plans() {
     // Out of range, or not the object's fields: 422, nothing changed.
     for bad in [
         json!({ "rate_limit": { "requests_per_minute": 0 } }),
-        json!({ "rate_limit": { "requests_per_minute": 60, "burst": 10_000_001u64 } }),
+        json!({ "rate_limit": { "requests_per_minute": 10_000_001u64 } }),
+        json!({ "rate_limit": { "requests_per_minute": 60, "burst": 61 } }),
+        json!({ "rate_limit": { "requests_per_minute": 60, "burst": 9 } }),
         json!({ "rate_limit": { "requests_per_minute": 60, "per_hour": 5 } }),
         json!({ "rate_limit": 60 }),
     ] {
@@ -583,29 +585,29 @@ async fn a_tenants_own_rate_limit_replaces_its_plans() {
     let (_, shown) = op.request(Method::GET, path, Some(&key), None).await;
     assert_eq!(shown["rate_limit"], Value::Null, "{shown}");
 
-    // 60 a minute with a burst of 3: the fourth request at once is refused at the tenant level,
-    // where the standard plan would allow 400; another tenant keeps its plan's budget.
+    // 600 a minute with a burst of 10: the eleventh request at once is refused at the tenant
+    // level, where the standard plan would allow 400; another tenant keeps its plan's budget.
     let (status, body) = op
         .request(
             Method::PATCH,
             path,
             Some(&key),
-            Some(json!({ "rate_limit": { "requests_per_minute": 60, "burst": 3 } })),
+            Some(json!({ "rate_limit": { "requests_per_minute": 600, "burst": 10 } })),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["rate_limit"],
-        json!({ "requests_per_minute": 60, "burst": 3 })
+        json!({ "requests_per_minute": 600, "burst": 10 })
     );
-    for _ in 0..3 {
+    for _ in 0..10 {
         let ok = call(&app, "acme", &acme.key, Method::GET, "/v1/sessions", None).await;
         assert_eq!(ok.status(), StatusCode::OK);
     }
     let refused = call(&app, "acme", &acme.key, Method::GET, "/v1/sessions", None).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let policy = refused.headers()["ratelimit-policy"].to_str().unwrap();
-    assert!(policy.contains("\"tenant\";q=60;w=60"), "{policy}");
+    assert!(policy.contains("\"tenant\";q=600;w=60"), "{policy}");
     for _ in 0..10 {
         let other = call(
             &app,
@@ -634,10 +636,8 @@ async fn a_tenants_own_rate_limit_replaces_its_plans() {
         body["plan"], "standard",
         "a rate limit alone leaves the plan"
     );
-    // The debt the small budget left (3 s of it) is more than the plan's burst window (400 at
-    // 200/s: 2 s), so the first requests wait out the difference, then the plan's burst holds:
-    // ten at once, where the cleared budget would have refused all but one or two.
-    clock.advance(chrono::Duration::milliseconds(1_500));
+    // The small budget's debt (1 s) fits in the plan's burst window (2 s): ten at once, where
+    // the cleared budget would have refused every one.
     for _ in 0..10 {
         let ok = call(&app, "acme", &acme.key, Method::GET, "/v1/sessions", None).await;
         assert_eq!(ok.status(), StatusCode::OK);

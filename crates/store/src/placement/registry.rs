@@ -53,20 +53,29 @@ pub struct Tenant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitOverride {
-    /// Requests a minute, sustained: 1 to [`RateLimitOverride::MAX`].
+    /// Requests a minute, sustained: [`RateLimitOverride::MIN_BURST`] to
+    /// [`RateLimitOverride::MAX`].
     pub requests_per_minute: u32,
-    /// How many may come at once after a quiet spell: 1 to [`RateLimitOverride::MAX`].
+    /// How many may come at once after a quiet spell: [`RateLimitOverride::MIN_BURST`] to
+    /// `requests_per_minute`.
     pub burst: u32,
 }
 
 impl RateLimitOverride {
-    /// The largest value of either field (the column's check).
+    /// The largest rate (the column's check).
     pub const MAX: u32 = 10_000_000;
+    /// The smallest burst: the largest cost of one request (minting a key costs 10 units), so
+    /// no route becomes impossible for the tenant.
+    pub const MIN_BURST: u32 = 10;
 
-    /// An override if both values are in range.
+    /// An override if the values keep the rules: a burst of at least [`Self::MIN_BURST`] and at
+    /// most one minute of the rate. The upper bound keeps a budget that is lowered or cleared
+    /// from leaving more than a minute of debt behind (the limiter's state is a time, earned at
+    /// the old rate).
     pub fn new(requests_per_minute: u32, burst: u32) -> Option<Self> {
-        let fits = |n: u32| (1..=Self::MAX).contains(&n);
-        (fits(requests_per_minute) && fits(burst)).then_some(Self {
+        let fits = requests_per_minute <= Self::MAX
+            && (Self::MIN_BURST..=requests_per_minute).contains(&burst);
+        fits.then_some(Self {
             requests_per_minute,
             burst,
         })

@@ -257,10 +257,11 @@ pub struct TenantDoc {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitDoc {
     /// Requests a minute, sustained.
-    #[schema(minimum = 1, maximum = 10_000_000)]
+    #[schema(minimum = 10, maximum = 10_000_000)]
     pub requests_per_minute: u32,
-    /// How many may come at once after a quiet spell (default `requests_per_minute`).
-    #[schema(minimum = 1, maximum = 10_000_000)]
+    /// How many may come at once after a quiet spell: at least 10 (the costliest request), at
+    /// most `requests_per_minute` (its default).
+    #[schema(minimum = 10, maximum = 10_000_000)]
     pub burst: Option<u32>,
 }
 
