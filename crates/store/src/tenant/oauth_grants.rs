@@ -253,6 +253,27 @@ pub async fn set_session_resource(
     Ok(())
 }
 
+/// Fixes the identity scopes of a session started before migration 0037 (its column NULL) to
+/// `identity_scopes`, the consent's at its first refresh since: from then on a wider consent
+/// does not reach it. A session that has them already is left as it is.
+pub async fn settle_session_identity_scopes(
+    tx: &mut TenantTx,
+    session: AuthSessionId,
+    identity_scopes: &[String],
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant_id();
+    sqlx::query(
+        "UPDATE auth_sessions SET identity_scopes = $3 \
+         WHERE tenant_id = $1 AND id = $2 AND identity_scopes IS NULL",
+    )
+    .bind(tenant.uuid())
+    .bind(session.uuid())
+    .bind(identity_scopes)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
 /// What a session was started under ([`session_link`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionLink {

@@ -61,6 +61,9 @@ pub fn is_malformed_resource(resource: &str) -> bool {
 /// - a letter or symbol that renders as blank space without being one (the Hangul fillers
 ///   U+115F, U+1160, U+3164, U+FFA0; the blank Braille pattern U+2800), so a name cannot look
 ///   empty or padded to push its real part out of view (review L5);
+/// - an unassigned or private-use code point (no font promises what it shows);
+/// - a second wide or non-breaking space in a row (U+00A0, U+3000, U+2003, …: browsers do not
+///   collapse them);
 ///
 /// and no combining mark (Mn, Mc, Me) first or more than [`MAX_COMBINING_RUN`] in a row, which
 /// stack over neighbouring text and can cover the consent page's wording. Decision: refused,
@@ -70,6 +73,7 @@ pub fn display_name(name: &str) -> Option<&str> {
     use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory as _};
     let name = name.trim();
     let mut marks_in_a_row = 0usize;
+    let mut previous_wide_space = false;
     for (index, c) in name.chars().enumerate() {
         let category = c.general_category();
         let refused = c.is_control()
@@ -78,14 +82,19 @@ pub fn display_name(name: &str) -> Option<&str> {
                 GeneralCategory::Format
                     | GeneralCategory::LineSeparator
                     | GeneralCategory::ParagraphSeparator
+                    | GeneralCategory::Unassigned
+                    | GeneralCategory::PrivateUse
             )
             || matches!(
                 c,
                 '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
             );
-        if refused {
+        // Two wide or non-breaking spaces in a row are not collapsed by a browser: padding.
+        let wide_space = category == GeneralCategory::SpaceSeparator && c != ' ';
+        if refused || wide_space && previous_wide_space {
             return None;
         }
+        previous_wide_space = wide_space;
         if c.general_category_group() == GeneralCategoryGroup::Mark {
             marks_in_a_row += 1;
             // A mark with nothing before it to sit on is refused like a run too long.
@@ -106,8 +115,9 @@ pub const MAX_COMBINING_RUN: usize = 3;
 
 /// What [`display_name`] refuses, said once for every API that takes such a name.
 pub const DISPLAY_NAME_RULE: &str =
-    "1 to 100 characters, none a control, separator, invisible formatting or blank-rendering \
-     character, and no combining mark first or more than three in a row";
+    "1 to 100 characters, none a control, separator, invisible formatting, blank-rendering, \
+     unassigned or private-use character, no two wide spaces in a row, and no combining mark \
+     first or more than three in a row";
 
 /// The parts of the application a grant uses.
 #[derive(Clone, Copy)]
@@ -203,6 +213,8 @@ mod tests {
             "नमस्ते",
             "ไม้ตรี",
             "東京エージェント",
+            "東京\u{3000}エージェント",
+            "Caf\u{E9}\u{A0}Noir",
             "🤖 Helper",
             "  padded  ",
         ] {
@@ -227,6 +239,10 @@ mod tests {
             "\u{115F}\u{1160}",
             "\u{2800}\u{2800}",
             "\u{301}starts with a mark",
+            "unassigned\u{2065}",
+            "private\u{E000}use",
+            "wide\u{3000}\u{3000}\u{3000}gap",
+            "nbsp\u{A0}\u{A0}pad",
             "Z\u{300}\u{301}\u{302}\u{303}algo",
         ] {
             assert_eq!(display_name(hidden), None, "{hidden:?}");

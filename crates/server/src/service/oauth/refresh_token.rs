@@ -221,6 +221,14 @@ pub async fn refresh(
                     link.identity_scopes.as_deref(),
                 )
                 .openid();
+                if link.identity_scopes.is_none() {
+                    bulkhead_store::tenant::oauth_grants::settle_session_identity_scopes(
+                        &mut tx,
+                        found.session.id,
+                        &grant.identity_scopes,
+                    )
+                    .await?;
+                }
                 session_scopes.intersection(&grant.scope_set())
             }
             None => {
