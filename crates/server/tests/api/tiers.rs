@@ -898,6 +898,20 @@ async fn copies_that_are_not_live_are_never_claimed_recreated_rows_catch_up_and_
         store.begin(&system(t.id), Access::ReadWrite).await,
         Err(StoreError::TenantMoving)
     ));
+    // An operator's change of the frozen tenant is a conflict naming the move, not a 503.
+    match owner
+        .set_tenant_plan_by(
+            t.id,
+            bulkhead_store::placement::registry::Plan::Enterprise,
+            "ops",
+        )
+        .await
+    {
+        Err(StoreError::Conflict { constraint }) => {
+            assert!(constraint.contains("being moved"), "{constraint}")
+        }
+        other => panic!("{other:?}"),
+    }
     moves::abandon_move(&owner, t.id).await.unwrap();
     assert_eq!(
         store.location_of(t.id).await.unwrap().placement,

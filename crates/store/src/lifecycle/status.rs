@@ -106,7 +106,28 @@ impl Store {
             .await
     }
 
+    /// [`Store::write_registry_once`], with a tenant frozen by a move answered as the conflict it
+    /// is for an operator (409 naming the move: wait for its switch or abandon it) rather than
+    /// the retryable 503 a tenant's own request gets.
     async fn write_registry(
+        &self,
+        id: TenantId,
+        change: Change,
+        operator: &str,
+    ) -> Result<Tenant, StoreError> {
+        match self.write_registry_once(id, change, operator).await {
+            Err(StoreError::TenantMoving | StoreError::LocationMismatch) => {
+                let mut conn = self.pool().acquire().await?;
+                match crate::lifecycle::deletion::move_in_progress(&mut conn, id).await? {
+                    Some(moving) => Err(StoreError::Conflict { constraint: moving }),
+                    None => Err(StoreError::TenantMoving),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn write_registry_once(
         &self,
         id: TenantId,
         change: Change,
