@@ -179,10 +179,93 @@ struct Plan {
     move_id: uuid::Uuid,
 }
 
+/// The key of a tenant's move-run lock (`$1`: the tenant's id), held for the session by the one
+/// run of its move (or its abandonment) at a time, across processes: the CLI and a server's
+/// operator API can both start one.
+const RUN_LOCK_KEY: &str = "hashtext('bulkhead.tenant_move'), hashtext($1)";
+
+/// Runs `work` holding `tenant`'s move-run lock on a connection of its own, released (and the
+/// connection closed) whatever happens; a run already holding it is a [`StoreError::Conflict`].
+async fn with_run_lock<T, F>(owner: &Store, tenant: TenantId, work: F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut guard = owner.pool().acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({RUN_LOCK_KEY})"))
+        .bind(tenant.uuid().to_string())
+        .fetch_one(&mut guard)
+        .await?;
+    if !locked {
+        let _ = sqlx::Connection::close(guard).await;
+        return Err(StoreError::Conflict {
+            constraint: "a run of this tenant's move is in progress (here or in another \
+                         process); wait for it to stop, then try again"
+                .into(),
+        });
+    }
+    let result = work.await;
+    // Unlocked before the close, so the next run never sees the lock of a closing session.
+    let _ = sqlx::query(&format!("SELECT pg_advisory_unlock({RUN_LOCK_KEY})"))
+        .bind(tenant.uuid().to_string())
+        .execute(&mut guard)
+        .await;
+    let _ = sqlx::Connection::close(guard).await;
+    result
+}
+
+/// The move recorded for a tenant, as far as its record says (`bulkhead.tenant_moves`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedMove {
+    /// The move's id (and its `tenant.move.start` event's), if it has one.
+    pub move_id: Option<uuid::Uuid>,
+    /// The tier it goes to.
+    pub to_tier: String,
+    /// The region it goes to.
+    pub to_region: String,
+    /// The step it will run next (or is running).
+    pub step: String,
+}
+
+/// The move recorded for `tenant`, if any (one is recorded from its start until its end or
+/// abandonment; a run interrupted anywhere leaves it, to be resumed or abandoned).
+pub async fn recorded_move(
+    owner: &Store,
+    tenant: TenantId,
+) -> Result<Option<RecordedMove>, StoreError> {
+    let row: Option<(Option<uuid::Uuid>, String, String, String)> = sqlx::query_as(
+        "SELECT move_id, to_tier, to_region, step FROM bulkhead.tenant_moves WHERE tenant_id = $1",
+    )
+    .bind(tenant.uuid())
+    .fetch_optional(owner.pool())
+    .await?;
+    Ok(row.map(|(move_id, to_tier, to_region, step)| RecordedMove {
+        move_id,
+        to_tier,
+        to_region,
+        step,
+    }))
+}
+
 /// Moves `tenant` to `to` (a placement in its own region; [`Placement::Schema`]'s name is
 /// replaced by the tenant's own), or resumes the move already recorded for it. Needs an owner
 /// store whose topology can reach both locations. Returns the report once the old copy is gone.
+/// One run of a tenant's move at a time, in any process (a second is a
+/// [`StoreError::Conflict`]).
 pub async fn move_tenant(
+    owner: &Store,
+    tenant_id: TenantId,
+    to: Placement,
+    options: MoveOptions<'_>,
+) -> Result<MoveReport, StoreError> {
+    with_run_lock(
+        owner,
+        tenant_id,
+        move_tenant_locked(owner, tenant_id, to, options),
+    )
+    .await
+}
+
+async fn move_tenant_locked(
     owner: &Store,
     tenant_id: TenantId,
     to: Placement,
@@ -314,7 +397,12 @@ pub async fn move_tenant(
 /// Abandons the move recorded for `tenant_id`, if it has not switched yet: the freeze is lifted,
 /// the partial copy removed, the record deleted, and the abandonment audited at the source.
 /// After the switch a move can only be finished (the new copy is the tenant's data).
+/// Not while a run of the move is in progress (a [`StoreError::Conflict`]).
 pub async fn abandon_move(owner: &Store, tenant_id: TenantId) -> Result<(), StoreError> {
+    with_run_lock(owner, tenant_id, abandon_move_locked(owner, tenant_id)).await
+}
+
+async fn abandon_move_locked(owner: &Store, tenant_id: TenantId) -> Result<(), StoreError> {
     let tenant = owner
         .tenant_by_id(tenant_id)
         .await?
