@@ -12,6 +12,7 @@ pub mod hashing;
 pub mod invalidation;
 pub mod keys;
 pub mod login_throttle;
+pub mod moves;
 pub mod oauth;
 pub mod operators;
 pub mod portability;

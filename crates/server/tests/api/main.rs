@@ -27,6 +27,7 @@ mod oidc_clients;
 mod openapi;
 mod operator;
 mod operator_audit;
+mod operator_moves;
 mod operator_openapi;
 mod platform;
 mod portability;

@@ -23,6 +23,7 @@ mod audit;
 mod deletion;
 mod export;
 mod keys;
+mod moves;
 pub mod openapi;
 pub mod socket;
 mod tenants;
@@ -53,12 +54,22 @@ use crate::service::operators::{self, OperatorContext, OperatorRefusal};
 pub struct OperatorState {
     app: AppState,
     owner: Store,
+    moves: std::sync::Arc<crate::service::moves::MoveRuns>,
 }
 
 impl OperatorState {
     /// The operator plane over `app`, writing through `owner` (a store on the owner role).
     pub fn new(app: AppState, owner: Store) -> Self {
-        Self { app, owner }
+        Self {
+            app,
+            owner,
+            moves: std::sync::Arc::default(),
+        }
+    }
+
+    /// The tenant moves this process runs.
+    pub(crate) fn moves(&self) -> &std::sync::Arc<crate::service::moves::MoveRuns> {
+        &self.moves
     }
 
     /// The application state.
@@ -329,6 +340,43 @@ pub fn route_table() -> OperatorRoutes {
                 .summary("Purge a tenant whose deletion is scheduled now, without waiting for the grace period (or resume a purge).")
                 .conflict("No deletion is scheduled, a move is in progress, or a purge runs elsewhere")
                 .answer(503, "A location of the tenant is unreachable: the purge is retried; the tenant stays suspended"),
+        )
+        .route(
+            Method::POST,
+            "/operator/v1/tenants/{tenant}/move",
+            TenantsWrite,
+            moves::start,
+        )
+        .doc(
+            OpDoc::ok::<moves::MoveStateDoc>(202, "The move has begun (or resumed); follow it with GET")
+                .under(&tenant)
+                .body::<moves::StartMove>()
+                .summary("Move a tenant to another tier (shared or schema) or region, in the background: copy, a brief freeze of writes, verify, switch, remove the old copy.")
+                .conflict("Another move is recorded or running, the tenant is being deleted, or it is there already")
+                .invalid("tier is not shared or schema"),
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants/{tenant}/move",
+            TenantsRead,
+            moves::get,
+        )
+        .doc(
+            OpDoc::ok::<moves::MoveStateDoc>(200, "The tenant's move: this process's latest run and the recorded move")
+                .under(&tenant)
+                .summary("Follow a tenant's move (404 if none is recorded and none ran here)."),
+        )
+        .route(
+            Method::DELETE,
+            "/operator/v1/tenants/{tenant}/move",
+            TenantsWrite,
+            moves::abandon,
+        )
+        .doc(
+            OpDoc::ok::<moves::MoveStateDoc>(200, "The move is abandoned: the tenant is where it was, writable")
+                .under(&tenant)
+                .summary("Abandon a tenant's move before its switch: the freeze is lifted, the partial copy removed.")
+                .conflict("A run of the move is in progress, or the move has switched (run it again to finish)"),
         )
         .route(
             Method::GET,
