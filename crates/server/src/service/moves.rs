@@ -92,6 +92,16 @@ impl MoveRuns {
                         .into(),
                 });
             }
+            // One background move per process: a run holds two of the operator plane's few
+            // owner connections for whole steps, and the plane's other work needs the rest.
+            if let Some((other, _)) = runs.iter().find(|(_, run)| run.running()) {
+                return Err(StoreError::Conflict {
+                    constraint: format!(
+                        "this process is moving another tenant ({other}); one move at a time: \
+                         try again when it has ended"
+                    ),
+                });
+            }
             runs.insert(
                 tenant,
                 MoveRun {
@@ -111,6 +121,11 @@ impl MoveRuns {
         let operator = operator.to_owned();
         let meta = json!({ "to": to.to_string(), "to_region": to_region });
         tokio::spawn(async move {
+            // Should the run panic, its entry still ends (else it would refuse every later run).
+            let _ended = EndOnDrop {
+                runs: Arc::clone(&runs),
+                tenant,
+            };
             let progress = |p: MoveProgress| {
                 let (step, table) = match p {
                     MoveProgress::Step(step) => (step, None),
@@ -184,5 +199,23 @@ impl MoveRuns {
                 "the move's run ended unexpectedly; see GET …/move".into(),
             )),
         }
+    }
+}
+
+/// Marks a tenant's run ended, if it is not already, when dropped.
+struct EndOnDrop {
+    runs: Arc<MoveRuns>,
+    tenant: TenantId,
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.runs.update(self.tenant, |run| {
+            if run.finished_at.is_none() {
+                run.finished_at = Some(Utc::now());
+                run.error =
+                    Some("the run ended unexpectedly; the move is as it is recorded".into());
+            }
+        });
     }
 }

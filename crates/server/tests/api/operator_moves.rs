@@ -124,7 +124,7 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
     let acme = app.create_tenant("acme").await;
     create_session(&app, &acme, "kept").await;
     let before = data_rows(&op.owner, acme.id).await;
-    // A move stopped after its freeze (as a crash would), as `bulkhead tenant move` leaves it.
+    // A move stopped after its copy (as a crash would), as `bulkhead tenant move` leaves it.
     let schema = Placement::Schema(bulkhead_store::placement::location::SchemaName::for_tenant(
         acme.id,
     ));
@@ -133,7 +133,7 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
         acme.id,
         schema,
         MoveOptions {
-            stop_after: Some(MoveStep::Freeze),
+            stop_after: Some(MoveStep::Copy),
             ..MoveOptions::default()
         },
     )
@@ -143,7 +143,8 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["running"], false);
     assert_eq!(body["recorded"]["to_tier"], "schema", "{body}");
-    // Another destination is refused while this move is recorded.
+    // Another destination is refused while this move is recorded, and so is a plan (the move
+    // copied it already); a rate limit, kept in the registry row only, is taken.
     let (status, _) = op
         .request(
             Method::POST,
@@ -153,6 +154,39 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    let tenant_path = "/operator/v1/tenants/acme";
+    let (status, body) = op
+        .request(
+            Method::PATCH,
+            tenant_path,
+            Some(&key),
+            Some(json!({ "plan": "free" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("being moved"),
+        "{body}"
+    );
+    let (status, body) = op
+        .request(
+            Method::PATCH,
+            tenant_path,
+            Some(&key),
+            Some(json!({ "rate_limit": { "requests_per_minute": 600 } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A region this server does not serve is refused before anything begins.
+    let (status, _) = op
+        .request(
+            Method::POST,
+            MOVE,
+            Some(&key),
+            Some(json!({ "tier": "schema", "region": "mars-1" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let (status, body) = op.request(Method::DELETE, MOVE, Some(&key), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -167,6 +167,16 @@ impl Store {
                 });
             }
         }
+        // A move copies the plan to the new location once, when it prepares it: a plan changed
+        // during the move would be lost there at the switch (the quota triggers read it), so it
+        // waits for the move to end or be abandoned. A status is copied again at the switch.
+        if let Change::Column(RegistryColumn::Plan(_)) = change {
+            if let Some(moving) =
+                crate::lifecycle::deletion::move_in_progress(&mut registry, id).await?
+            {
+                return Err(StoreError::Conflict { constraint: moving });
+            }
+        }
         let row: Option<TenantRow> = match change {
             Change::Column(column) => {
                 // The column is a constant of `RegistryColumn`, never input.

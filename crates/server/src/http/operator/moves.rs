@@ -73,6 +73,14 @@ pub(super) async fn start(
     if !matches!(body.tier.as_str(), "shared" | "schema") {
         return Err(ApiError::Invalid("tier: shared or schema".into()));
     }
+    if let Some(region) = &body.region {
+        // Refused before anything is audited or begun: a region this process cannot reach.
+        if region.len() > 64 || !state.owner().serves_region(region) {
+            return Err(ApiError::Invalid(
+                "region: one this server is configured with".into(),
+            ));
+        }
+    }
     let found = super::tenants::find(&state, &tenant).await?;
     let region = body.region.clone().unwrap_or_else(|| found.region.clone());
     let placement = tenants::placement(
