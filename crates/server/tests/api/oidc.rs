@@ -604,3 +604,43 @@ async fn prompt_and_max_age_are_honoured() {
     );
     assert_eq!(param(&back, "error"), Some("login_required"));
 }
+
+#[tokio::test]
+async fn a_stored_name_the_rule_now_refuses_is_shown_as_the_client_id() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    user_with_role(&app, &acme, "ada@acme.example", "admin").await;
+    let client = register_client(
+        &app,
+        &acme,
+        json!({
+            "name": "Notes app",
+            "redirect_uris": [LOOPBACK],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["sessions:read"],
+        }),
+    )
+    .await;
+    let client_id = client["id"].as_str().unwrap().to_owned();
+    // A name stored before the rule tightened (review L5): it reverses what follows it.
+    let su = sqlx::PgPool::connect_with(app.db.superuser_options.clone())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE bulkhead.oauth_clients SET name = $1 WHERE tenant_id = $2")
+        .bind("Trusted \u{202E}nimdA")
+        .bind(acme.id.uuid())
+        .execute(&su)
+        .await
+        .unwrap();
+    let authorize = authorize_path(&client_id, LOOPBACK, "openid sessions:read", &[]);
+    let mut browser = Browser::new(&app, "acme");
+    let login = browser.get(&authorize).await.text().await.unwrap();
+    let consent = sign_in(&mut browser, &authorize, "ada@acme.example").await;
+    for html in [&login, &consent] {
+        assert!(
+            !html.contains('\u{202E}') && !html.contains("nimdA"),
+            "{html}"
+        );
+        assert!(html.contains(&format!("client {client_id}")), "{html}");
+    }
+}

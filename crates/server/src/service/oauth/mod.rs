@@ -108,6 +108,18 @@ pub fn display_name(name: &str) -> Option<&str> {
     (!name.is_empty() && name.chars().count() <= 100).then_some(name)
 }
 
+/// What a page shows for a stored name: the name if it keeps [`display_name`]'s rule, or
+/// `instead` (an id the page can name the thing by). Names stored before the rule tightened
+/// (review L5) are checked again when shown, so no page renders one the rule now refuses.
+pub fn shown_name(name: &str, instead: impl FnOnce() -> String) -> String {
+    display_name(name).map_or_else(instead, str::to_owned)
+}
+
+/// [`shown_name`] for a client: its name, or its `client_id`.
+pub fn shown_client_name(client: &bulkhead_store::tenant::oauth::OAuthClient) -> String {
+    shown_name(&client.name, || format!("client {}", client.id))
+}
+
 /// The most combining marks [`display_name`] takes on one base character: enough for any
 /// script's decomposed letters (Vietnamese stacks two, Thai and Devanagari clusters three),
 /// too few to build a tower over the surrounding text.

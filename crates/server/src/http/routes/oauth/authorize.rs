@@ -413,11 +413,12 @@ fn login_page(
     status: StatusCode,
 ) -> Response {
     let csrf = csrf_token(state, &valid.tenant, cookie);
+    let client_name = crate::service::oauth::shown_client_name(&valid.client);
     page(
         status,
         LoginPage {
             tenant: valid.tenant.slug.as_str(),
-            client_name: &valid.client.name,
+            client_name: &client_name,
             csrf: &csrf,
             hidden: params.request_fields(),
             email,
@@ -462,11 +463,15 @@ async fn consent_page(
     .unwrap_or_default();
     let csrf = csrf_token(state, &valid.tenant, cookie);
     let back = valid.back(state, "access_denied", "");
+    let client_name = crate::service::oauth::shown_client_name(&valid.client);
+    let resource_name = valid.resource.as_ref().map(|r| {
+        crate::service::oauth::shown_name(&r.name, || format!("resource {}", r.identifier))
+    });
     page(
         StatusCode::OK,
         ConsentPage {
             tenant: valid.tenant.slug.as_str(),
-            client_name: &valid.client.name,
+            client_name: &client_name,
             client_url_host: valid
                 .client
                 .metadata_url
@@ -477,7 +482,8 @@ async fn consent_page(
             resource: valid
                 .resource
                 .as_ref()
-                .map(|r| (r.name.as_str(), r.identifier.as_str())),
+                .zip(resource_name.as_deref())
+                .map(|(r, name)| (name, r.identifier.as_str())),
             csrf: &csrf,
             hidden: params.request_fields(),
             offered: identity_items(valid.identity.names())
@@ -767,7 +773,7 @@ fn code_answer(
         Ok((code, _granted)) => {
             let mut answer = Back {
                 tenant: valid.tenant.clone(),
-                client_name: valid.client.name.clone(),
+                client_name: crate::service::oauth::shown_client_name(&valid.client),
                 redirect_uri: valid.redirect_uri.clone(),
                 params: vec![("code", code.expose_secret().to_owned())],
             };

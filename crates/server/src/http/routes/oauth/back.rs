@@ -35,7 +35,7 @@ impl Back {
         params.push(("iss", issuer.to_owned()));
         Back {
             tenant: tenant.clone(),
-            client_name: client.name.clone(),
+            client_name: crate::service::oauth::shown_client_name(client),
             redirect_uri: redirect_uri.to_owned(),
             params,
         }
