@@ -65,6 +65,41 @@ impl MoveRuns {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Records a new run of `tenant`'s move, unless one runs here already (this tenant's or,
+    /// one at a time, another's).
+    fn reserve(&self, tenant: TenantId) -> Result<(), StoreError> {
+        let mut runs = self.lock();
+        if runs.get(&tenant).is_some_and(MoveRun::running) {
+            return Err(StoreError::Conflict {
+                constraint: "a run of this tenant's move is in progress here; follow it with \
+                             GET …/move"
+                    .into(),
+            });
+        }
+        // One background move per process: a run holds two of the operator plane's few
+        // owner connections for whole steps, and the plane's other work needs the rest.
+        if let Some((other, _)) = runs.iter().find(|(_, run)| run.running()) {
+            return Err(StoreError::Conflict {
+                constraint: format!(
+                    "this process is moving another tenant ({other}); one move at a time: \
+                     try again when it has ended"
+                ),
+            });
+        }
+        runs.insert(
+            tenant,
+            MoveRun {
+                started_at: Utc::now(),
+                finished_at: None,
+                step: None,
+                table: None,
+                report: None,
+                error: None,
+            },
+        );
+        Ok(())
+    }
+
     fn update(&self, tenant: TenantId, change: impl FnOnce(&mut MoveRun)) {
         if let Some(run) = self.lock().get_mut(&tenant) {
             change(run);
@@ -75,6 +110,9 @@ impl MoveRuns {
     /// background and answers once it has begun moving: `Ok` with its state, or the refusal of
     /// a move that could not begin (another move recorded, a deletion, the same location, a
     /// run elsewhere, the operator log unwritable). `operator` names who asked.
+    ///
+    /// `on_end` runs when the run ends, however it ends (dropping what this process cached of
+    /// the tenant's place).
     pub async fn start(
         self: &Arc<Self>,
         owner: &Store,
@@ -82,44 +120,27 @@ impl MoveRuns {
         to: Placement,
         to_region: Option<String>,
         operator: &str,
+        on_end: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<MoveRun, StoreError> {
-        {
-            let mut runs = self.lock();
-            if runs.get(&tenant).is_some_and(MoveRun::running) {
-                return Err(StoreError::Conflict {
-                    constraint: "a run of this tenant's move is in progress here; follow it with \
-                                 GET …/move"
-                        .into(),
-                });
-            }
-            // One background move per process: a run holds two of the operator plane's few
-            // owner connections for whole steps, and the plane's other work needs the rest.
-            if let Some((other, _)) = runs.iter().find(|(_, run)| run.running()) {
-                return Err(StoreError::Conflict {
-                    constraint: format!(
-                        "this process is moving another tenant ({other}); one move at a time: \
-                         try again when it has ended"
-                    ),
-                });
-            }
-            runs.insert(
-                tenant,
-                MoveRun {
-                    started_at: Utc::now(),
-                    finished_at: None,
-                    step: None,
-                    table: None,
-                    report: None,
-                    error: None,
-                },
-            );
+        let meta = json!({ "to": to.to_string(), "to_region": to_region });
+        if let Err(busy) = self.reserve(tenant) {
+            // Refused here as a run elsewhere is refused by the store's lock: in the log.
+            return operators::audited(
+                owner,
+                operator,
+                "tenant.move",
+                Some(tenant.to_string()),
+                meta,
+                |_: &MoveRun| tenant.to_string(),
+                async { Err(busy) },
+            )
+            .await;
         }
         let (began, begun) = oneshot::channel::<Result<(), StoreError>>();
         let began = Mutex::new(Some(began));
         let runs = Arc::clone(self);
         let owner = owner.clone();
         let operator = operator.to_owned();
-        let meta = json!({ "to": to.to_string(), "to_region": to_region });
         tokio::spawn(async move {
             // Should the run panic, its entry still ends (else it would refuse every later run).
             let _ended = EndOnDrop {
@@ -187,6 +208,7 @@ impl MoveRuns {
                     }
                 }
             }
+            on_end.await;
         });
         match begun.await {
             // Inserted above and never removed: present.

@@ -94,9 +94,21 @@ pub(super) async fn start(
         &ctx.actor,
     )
     .await?;
+    // When the run ends, this process's cached answer for the tenant (its place) goes, so its
+    // requests here find the new location at once (others within the cache's 2 s).
+    let app = state.app().clone();
+    let (id, slug) = (found.id, found.slug.clone());
+    let forget = async move { app.directory().forget(id, Some(&slug)).await };
     state
         .moves()
-        .start(state.owner(), found.id, placement, body.region, &ctx.actor)
+        .start(
+            state.owner(),
+            found.id,
+            placement,
+            body.region,
+            &ctx.actor,
+            forget,
+        )
         .await
         .map_err(refused)?;
     Ok((
@@ -123,11 +135,7 @@ pub(super) async fn abandon(
     Path(tenant): Path<String>,
 ) -> Result<Json<MoveState>, ApiError> {
     let found = super::tenants::find(&state, &tenant).await?;
-    if state.moves().get(found.id).is_some_and(|run| run.running()) {
-        return Err(ApiError::Conflict(
-            "a run of this tenant's move is in progress here: wait for it to stop".into(),
-        ));
-    }
+    let running_here = state.moves().get(found.id).is_some_and(|run| run.running());
     operators::audited(
         state.owner(),
         &ctx.actor,
@@ -135,7 +143,17 @@ pub(super) async fn abandon(
         Some(found.id.to_string()),
         json!({}),
         |_: &()| found.id.to_string(),
-        moves::abandon_move(state.owner(), found.id),
+        async {
+            // Refused in the log as a run elsewhere is (the store's lock).
+            if running_here {
+                return Err(StoreError::Conflict {
+                    constraint: "a run of this tenant's move is in progress here: wait for it \
+                                 to stop"
+                        .into(),
+                });
+            }
+            moves::abandon_move(state.owner(), found.id).await
+        },
     )
     .await
     .map_err(refused)?;
