@@ -120,6 +120,15 @@ pub fn shown_client_name(client: &bulkhead_store::tenant::oauth::OAuthClient) ->
     shown_name(&client.name, || format!("client {}", client.id))
 }
 
+/// [`shown_name`] for a protected resource: its name, or its identifier.
+pub fn shown_resource_name(
+    resource: &bulkhead_store::tenant::oauth_resources::OAuthResource,
+) -> String {
+    shown_name(&resource.name, || {
+        format!("resource {}", resource.identifier)
+    })
+}
+
 /// The most combining marks [`display_name`] takes on one base character: enough for any
 /// script's decomposed letters (Vietnamese stacks two, Thai and Devanagari clusters three),
 /// too few to build a tower over the surrounding text.

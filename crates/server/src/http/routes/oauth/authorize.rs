@@ -59,8 +59,8 @@ use crate::http::error::ApiError;
 use crate::http::routes::kit::login::{audit_login, check_password, PasswordLogin};
 use crate::http::state::AppState;
 use crate::service::oauth::authorization_code::{self, ConsentError, Consented, ConsentedOidc};
-use crate::service::oauth::{is_malformed_resource, is_own_api};
-use crate::service::oauth::{metadata_document, redirect_uri};
+use crate::service::oauth::{is_malformed_resource, is_own_api, shown_client_name};
+use crate::service::oauth::{metadata_document, redirect_uri, shown_resource_name};
 
 /// The routes: the pages authenticate the user themselves (no credential in front).
 pub fn routes() -> RouteTable {
@@ -413,12 +413,11 @@ fn login_page(
     status: StatusCode,
 ) -> Response {
     let csrf = csrf_token(state, &valid.tenant, cookie);
-    let client_name = crate::service::oauth::shown_client_name(&valid.client);
     page(
         status,
         LoginPage {
             tenant: valid.tenant.slug.as_str(),
-            client_name: &client_name,
+            client_name: shown_client_name(&valid.client),
             csrf: &csrf,
             hidden: params.request_fields(),
             email,
@@ -463,15 +462,11 @@ async fn consent_page(
     .unwrap_or_default();
     let csrf = csrf_token(state, &valid.tenant, cookie);
     let back = valid.back(state, "access_denied", "");
-    let client_name = crate::service::oauth::shown_client_name(&valid.client);
-    let resource_name = valid.resource.as_ref().map(|r| {
-        crate::service::oauth::shown_name(&r.name, || format!("resource {}", r.identifier))
-    });
     page(
         StatusCode::OK,
         ConsentPage {
             tenant: valid.tenant.slug.as_str(),
-            client_name: &client_name,
+            client_name: shown_client_name(&valid.client),
             client_url_host: valid
                 .client
                 .metadata_url
@@ -482,8 +477,7 @@ async fn consent_page(
             resource: valid
                 .resource
                 .as_ref()
-                .zip(resource_name.as_deref())
-                .map(|(r, name)| (name, r.identifier.as_str())),
+                .map(|r| (shown_resource_name(r), r.identifier.as_str())),
             csrf: &csrf,
             hidden: params.request_fields(),
             offered: identity_items(valid.identity.names())
@@ -773,7 +767,7 @@ fn code_answer(
         Ok((code, _granted)) => {
             let mut answer = Back {
                 tenant: valid.tenant.clone(),
-                client_name: crate::service::oauth::shown_client_name(&valid.client),
+                client_name: shown_client_name(&valid.client),
                 redirect_uri: valid.redirect_uri.clone(),
                 params: vec![("code", code.expose_secret().to_owned())],
             };

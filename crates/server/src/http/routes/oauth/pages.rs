@@ -57,7 +57,9 @@ pub(super) struct ErrorPage<'a> {
 #[template(path = "oauth/login.html")]
 pub(super) struct LoginPage<'a> {
     pub(super) tenant: &'a str,
-    pub(super) client_name: &'a str,
+    /// As shown (`service::oauth::shown_client_name`): a stored name today's rule refuses is
+    /// replaced by the client's id.
+    pub(super) client_name: String,
     pub(super) csrf: &'a str,
     pub(super) hidden: Vec<(&'a str, &'a str)>,
     pub(super) email: &'a str,
@@ -73,13 +75,14 @@ pub(super) struct ScopeItem {
 #[template(path = "oauth/consent.html")]
 pub(super) struct ConsentPage<'a> {
     pub(super) tenant: &'a str,
-    pub(super) client_name: &'a str,
+    /// As [`LoginPage::client_name`].
+    pub(super) client_name: String,
     /// A client named by its metadata document: the host of its URL, shown plainly.
     pub(super) client_url_host: Option<String>,
     pub(super) user_email: &'a str,
     pub(super) redirect_host: &'a str,
-    /// The protected resource the access is for (name, identifier), if one was named.
-    pub(super) resource: Option<(&'a str, &'a str)>,
+    /// The protected resource the access is for (name as shown, identifier), if one was named.
+    pub(super) resource: Option<(String, &'a str)>,
     pub(super) csrf: &'a str,
     pub(super) hidden: Vec<(&'a str, &'a str)>,
     pub(super) offered: Vec<ScopeItem>,
