@@ -105,6 +105,22 @@ async fn userinfo(app: &TestApp, slug: &str, method: Method, bearer: Option<&str
     request.send().await.unwrap()
 }
 
+/// A public client "Notes app" of `tenant` with the loopback redirect and `sessions:read`; its id.
+async fn notes_app(app: &TestApp, tenant: &bulkhead_test_support::TestTenant) -> String {
+    let client = register_client(
+        app,
+        tenant,
+        json!({
+            "name": "Notes app",
+            "redirect_uris": [LOOPBACK],
+            "token_endpoint_auth_method": "none",
+            "scopes": ["sessions:read"],
+        }),
+    )
+    .await;
+    client["id"].as_str().unwrap().to_owned()
+}
+
 /// The query of a 303 to the client.
 fn redirected(response: &Response) -> Vec<(String, String)> {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -165,18 +181,7 @@ async fn openid_issues_an_id_token_and_userinfo_answers_per_scope() {
         .unwrap()
         .contains(&json!("nonce")));
 
-    let client = register_client(
-        &app,
-        &acme,
-        json!({
-            "name": "Notes app",
-            "redirect_uris": [LOOPBACK],
-            "token_endpoint_auth_method": "none",
-            "scopes": ["sessions:read"],
-        }),
-    )
-    .await;
-    let client_id = client["id"].as_str().unwrap().to_owned();
+    let client_id = notes_app(&app, &acme).await;
     let authorize = authorize_path(
         &client_id,
         LOOPBACK,
@@ -610,18 +615,7 @@ async fn a_stored_name_the_rule_now_refuses_is_shown_as_the_client_id() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     user_with_role(&app, &acme, "ada@acme.example", "admin").await;
-    let client = register_client(
-        &app,
-        &acme,
-        json!({
-            "name": "Notes app",
-            "redirect_uris": [LOOPBACK],
-            "token_endpoint_auth_method": "none",
-            "scopes": ["sessions:read"],
-        }),
-    )
-    .await;
-    let client_id = client["id"].as_str().unwrap().to_owned();
+    let client_id = notes_app(&app, &acme).await;
     // A name stored before the rule tightened (review L5): it reverses what follows it.
     let su = sqlx::PgPool::connect_with(app.db.superuser_options.clone())
         .await

@@ -25,6 +25,15 @@ async fn data_rows(
     counts
 }
 
+/// `POST …/move` with `body`; the status and the body.
+async fn start_move(
+    op: &bulkhead_test_support::TestOperator,
+    key: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    op.request(Method::POST, MOVE, Some(key), Some(body)).await
+}
+
 /// Polls `GET …/move` until this process's run has ended; its state.
 async fn finished(op: &bulkhead_test_support::TestOperator, key: &str) -> Value {
     for _ in 0..600 {
@@ -53,35 +62,14 @@ async fn a_move_started_over_the_api_runs_in_the_background_and_keeps_every_row(
     let (status, _) = op.request(Method::GET, MOVE, Some(&key), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     for tier in ["dedicated", "cold-storage"] {
-        let (status, body) = op
-            .request(
-                Method::POST,
-                MOVE,
-                Some(&key),
-                Some(json!({ "tier": tier })),
-            )
-            .await;
+        let (status, body) = start_move(&op, &key, json!({ "tier": tier })).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{tier}: {body}");
     }
     // Where it is already: a conflict with its state, nothing recorded.
-    let (status, body) = op
-        .request(
-            Method::POST,
-            MOVE,
-            Some(&key),
-            Some(json!({ "tier": "shared" })),
-        )
-        .await;
+    let (status, body) = start_move(&op, &key, json!({ "tier": "shared" })).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 
-    let (status, body) = op
-        .request(
-            Method::POST,
-            MOVE,
-            Some(&key),
-            Some(json!({ "tier": "schema" })),
-        )
-        .await;
+    let (status, body) = start_move(&op, &key, json!({ "tier": "schema" })).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["tenant_id"], acme.id.to_string());
     let done = finished(&op, &key).await;
@@ -145,14 +133,7 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
     assert_eq!(body["recorded"]["to_tier"], "schema", "{body}");
     // Another destination is refused while this move is recorded, and so is a plan (the move
     // copied it already); a rate limit, kept in the registry row only, is taken.
-    let (status, _) = op
-        .request(
-            Method::POST,
-            MOVE,
-            Some(&key),
-            Some(json!({ "tier": "shared" })),
-        )
-        .await;
+    let (status, _) = start_move(&op, &key, json!({ "tier": "shared" })).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let tenant_path = "/operator/v1/tenants/acme";
     let (status, body) = op
@@ -178,14 +159,7 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // A region this server does not serve is refused before anything begins.
-    let (status, _) = op
-        .request(
-            Method::POST,
-            MOVE,
-            Some(&key),
-            Some(json!({ "tier": "schema", "region": "mars-1" })),
-        )
-        .await;
+    let (status, _) = start_move(&op, &key, json!({ "tier": "schema", "region": "mars-1" })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let (status, body) = op.request(Method::DELETE, MOVE, Some(&key), None).await;
@@ -210,14 +184,7 @@ async fn a_move_stopped_before_its_switch_is_abandoned_over_the_api_and_a_delete
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, body) = op
-        .request(
-            Method::POST,
-            MOVE,
-            Some(&key),
-            Some(json!({ "tier": "schema" })),
-        )
-        .await;
+    let (status, body) = start_move(&op, &key, json!({ "tier": "schema" })).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["detail"].as_str().unwrap().contains("deletion"),

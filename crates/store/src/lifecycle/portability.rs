@@ -314,16 +314,8 @@ impl TenantImport {
         .bind(router.is_registry_location(&location))
         .bind(status.as_str())
         .bind(source.created_at)
-        .bind(
-            source
-                .rate_limit
-                .map(|l| i32::try_from(l.requests_per_minute).unwrap_or(i32::MAX)),
-        )
-        .bind(
-            source
-                .rate_limit
-                .map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
-        )
+        .bind(source.rate_limit.map(|l| l.columns().0))
+        .bind(source.rate_limit.map(|l| l.columns().1))
         .fetch_optional(&mut *registry)
         .await?
         // A deletion record written since the check above (the same rule, now in the insert).

@@ -143,13 +143,10 @@ impl Store {
         // A purge that has begun froze the tenant and is removing its rows: nothing changes it
         // any more, and saying so is a 409 here rather than the frozen location's retryable
         // 503 (which would promise that a retry can succeed).
-        let purging: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM bulkhead.tenant_deletions \
-             WHERE tenant_id = $1 AND state <> 'scheduled'",
-        )
-        .bind(id.uuid())
-        .fetch_optional(&mut *registry)
-        .await?;
+        let purging = crate::lifecycle::deletion::deletion_row(&mut registry, id, false)
+            .await?
+            .map(|d| d.state)
+            .filter(|state| *state != crate::lifecycle::deletion::DeletionState::Scheduled);
         if let Some(state) = purging {
             // Suspension is the one change a purge needs (its own first step suspends a tenant
             // that something reactivated); an operator's suspension of a tenant the purge has
@@ -161,8 +158,9 @@ impl Store {
             } else {
                 return Err(StoreError::Conflict {
                     constraint: format!(
-                        "the tenant's deletion is {state}: its status, plan and rate limit no \
-                     longer change"
+                        "the tenant's deletion is {}: its status, plan and rate limit no \
+                     longer change",
+                        state.as_str()
                     ),
                 });
             }
@@ -198,8 +196,8 @@ impl Store {
                 );
                 sqlx::query_as(&sql)
                     .bind(id.uuid())
-                    .bind(limit.map(|l| i32::try_from(l.requests_per_minute).unwrap_or(i32::MAX)))
-                    .bind(limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)))
+                    .bind(limit.map(|l| l.columns().0))
+                    .bind(limit.map(|l| l.columns().1))
                     .fetch_optional(&mut *registry)
                     .await?
             }

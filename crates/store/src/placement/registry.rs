@@ -68,6 +68,13 @@ impl RateLimitOverride {
     /// no route becomes impossible for the tenant.
     pub const MIN_BURST: u32 = 10;
 
+    /// The values as the registry's integer columns store them (`rate_limit_per_minute`,
+    /// `rate_limit_burst`); both fit, as [`Self::new`] bounds them.
+    pub(crate) fn columns(self) -> (i32, i32) {
+        let column = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        (column(self.requests_per_minute), column(self.burst))
+    }
+
     /// An override if the values keep the rules: a burst of at least [`Self::MIN_BURST`] and at
     /// most one minute of the rate. The upper bound keeps a budget that is lowered or cleared
     /// from leaving more than a minute of debt behind (the limiter's state is a time, earned at
