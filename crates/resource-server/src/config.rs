@@ -8,7 +8,7 @@ use url::Url;
 use crate::challenge::quoted;
 use crate::introspection::{Introspection, IntrospectionClient};
 use crate::jwks::Jwks;
-use crate::{Clock, ResourceServer, Shared};
+use crate::{Clock, PeerAddress, ResourceServer, Shared};
 
 /// Longest an introspection answer may be reused: the bound on how late a revocation is seen.
 pub const MAX_INTROSPECTION_CACHE: Duration = Duration::from_secs(60);
@@ -68,6 +68,7 @@ pub struct Builder {
     jwks_max_age: Option<Duration>,
     allow_loopback_http: bool,
     clock: Option<Clock>,
+    peer_address: Option<PeerAddress>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -203,6 +204,19 @@ impl Builder {
         self
     }
 
+    /// How the layer learns the caller's IP address from a request's extensions, for tokens
+    /// bound to networks (minted from an API key with an IP allowlist): with axum,
+    /// `|ext| ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())`
+    /// and a server made with `into_make_service_with_connect_info`; behind a proxy, the
+    /// address your proxy vouches for. Without it such tokens are refused.
+    pub fn peer_address(
+        mut self,
+        read: impl Fn(&http::Extensions) -> Option<std::net::IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.peer_address = Some(Arc::new(read));
+        self
+    }
+
     /// The time source, in seconds since the epoch (default: the system clock).
     pub fn clock(mut self, now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.clock = Some(Arc::new(now));
@@ -266,6 +280,7 @@ impl Builder {
                 jwks: Jwks::new(http.clone(), jwks_url, min_refresh, max_age),
                 introspection: introspection.map(|c| Introspection::new(http, c, cache)),
                 clock,
+                peer_address: self.peer_address,
             }),
         })
     }

@@ -42,8 +42,12 @@ const MAX_ENTRIES: u64 = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Standing {
     /// It stands, with these effective scopes (its scopes cut to its principal's roles and the
-    /// resource's scopes now).
-    Active(Vec<String>),
+    /// resource's scopes now) and the network restrictions Bulkhead reports for it (those it
+    /// carries and its keys' allowlists now: the caller must lie in a network of every list).
+    Active {
+        scopes: Vec<String>,
+        networks: Vec<Vec<String>>,
+    },
     /// Revoked, expired, its principal disabled, or not this resource's.
     Inactive,
 }
@@ -63,6 +67,8 @@ struct Answer {
     tenant_id: Option<String>,
     #[serde(default)]
     jti: Option<String>,
+    #[serde(default)]
+    allowed_networks: Vec<Vec<String>>,
 }
 
 pub(crate) struct Introspection {
@@ -149,8 +155,8 @@ fn judge(answer: &Answer, expect: &Expect<'_>) -> Standing {
     if !answer.active || !names_this {
         return Standing::Inactive;
     }
-    Standing::Active(
-        answer
+    Standing::Active {
+        scopes: answer
             .scope
             .as_deref()
             .unwrap_or_default()
@@ -158,7 +164,8 @@ fn judge(answer: &Answer, expect: &Expect<'_>) -> Standing {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
-    )
+        networks: answer.allowed_networks.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -178,13 +185,17 @@ mod tests {
             aud: Some(aud.into()),
             tenant_id: Some(tenant.into()),
             jti: Some(jti.into()),
+            allowed_networks: vec![vec!["127.0.0.1/32".into()]],
         };
         assert_eq!(
             judge(
                 &answer("https://acme.example/mcp", "tnt_a", "at_1"),
                 &expect
             ),
-            Standing::Active(vec!["a:read".into(), "b:write".into()])
+            Standing::Active {
+                scopes: vec!["a:read".into(), "b:write".into()],
+                networks: vec![vec!["127.0.0.1/32".into()]],
+            }
         );
         for wrong in [
             answer("https://acme.example/other", "tnt_a", "at_1"),

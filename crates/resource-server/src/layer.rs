@@ -130,7 +130,12 @@ where
             let Some(token) = bearer_token(request.headers()).map(str::to_owned) else {
                 return Ok(layer.challenge(Refusal::NoToken));
             };
-            let access = match layer.shared.verify(&token).await {
+            let peer = layer
+                .shared
+                .peer_address
+                .as_ref()
+                .and_then(|read| read(request.extensions()));
+            let access = match layer.shared.verify(&token, peer).await {
                 Ok(access) => access,
                 Err(Rejection::Invalid(reason)) => {
                     tracing::info!(target: "bulkhead_resource_server", reason, "token refused");

@@ -50,6 +50,11 @@
 //!   and name this resource, tenant and `jti`; its `scope` (the effective scopes, cut to the
 //!   user's roles now) is what the route checks. Without introspection, the builder requires an
 //!   explicit opt-out and revocation is not seen before the token expires.
+//! * **Networks**: a token minted from an API key with an IP allowlist carries it
+//!   (`allowed_networks`), and introspection reports the keys' allowlists as they are now; the
+//!   caller's address must lie in a network of every list, as at Bulkhead's own API. The
+//!   address is what [`Builder::peer_address`] reads from the request; without it, or when it
+//!   reads none, such a token is refused (`401`), never admitted unchecked.
 //! * **Scopes**: each layer names the scopes its routes need; all must be held, else `403`.
 //! * **Answers** (RFC 6750 §3, RFC 9728 §5.1): no token: `401` with
 //!   `WWW-Authenticate: Bearer [scope="…", ]resource_metadata="…"`; a token that fails any
@@ -109,7 +114,13 @@ pub(crate) struct Shared {
     /// `None` only after an explicit opt-out of revocation checks.
     pub(crate) introspection: Option<introspection::Introspection>,
     pub(crate) clock: Clock,
+    /// Reads the caller's address from a request; `None`: tokens with network restrictions
+    /// are refused.
+    pub(crate) peer_address: Option<PeerAddress>,
 }
+
+/// Reads the caller's IP address from a request's extensions.
+type PeerAddress = Arc<dyn Fn(&http::Extensions) -> Option<std::net::IpAddr> + Send + Sync>;
 
 impl ResourceServer {
     /// Starts a configuration.

@@ -1,5 +1,7 @@
 //! The decision on one presented token: every check of the crate's invariants, in order.
 
+use std::net::IpAddr;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bulkhead_auth::token::{verify_access_token_with_kid, MAX_TOKEN_BYTES};
@@ -60,9 +62,36 @@ fn header_kid(token: &str) -> Option<String> {
     Some(value.get("kid")?.as_str()?.to_owned())
 }
 
+/// Whether a caller at `peer` lies in a network of every list (Bulkhead's own rule for the
+/// `allowed_networks` of its tokens): always without lists; with some, only from a known
+/// address, and never when a list is empty or holds what is not a network.
+pub(crate) fn admits(networks: &[Vec<String>], peer: Option<IpAddr>) -> bool {
+    if networks.is_empty() {
+        return true;
+    }
+    let Some(peer) = peer else {
+        return false;
+    };
+    // An IPv4 caller on a dual-stack listener arrives as `::ffff:a.b.c.d`: judged as IPv4, as
+    // Bulkhead judges it.
+    let peer = peer.to_canonical();
+    networks.iter().all(|list| {
+        !list.is_empty()
+            && list.iter().all(|net| net.parse::<ipnet::IpNet>().is_ok())
+            && list
+                .iter()
+                .any(|net| net.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&peer)))
+    })
+}
+
 impl Shared {
-    /// Every check, in order; the verified access on success.
-    pub(crate) async fn verify(&self, token: &str) -> Result<VerifiedAccess, Rejection> {
+    /// Every check, in order; the verified access on success. `peer` is the caller's address
+    /// as the configured [`crate::Builder::peer_address`] reads it (`None`: unknown).
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<VerifiedAccess, Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::Invalid("TooLarge"));
         }
@@ -91,6 +120,8 @@ impl Shared {
         if claims.tenant_id != self.tenant_id {
             return Err(Rejection::Invalid("Tenant"));
         }
+        // The token's own restrictions, and with introspection also its keys' allowlists now.
+        let mut networks = claims.allowed_networks.clone();
         let scopes = match &self.introspection {
             None => claims
                 .scope
@@ -105,12 +136,25 @@ impl Shared {
                     jti: &claims.jti,
                 };
                 match introspection.standing(token, &expect).await {
-                    Ok(Standing::Active(scopes)) => scopes,
+                    Ok(Standing::Active {
+                        scopes,
+                        networks: current,
+                    }) => {
+                        networks.extend(current);
+                        scopes
+                    }
                     Ok(Standing::Inactive) => return Err(Rejection::Invalid("Inactive")),
                     Err(_) => return Err(Rejection::Unavailable("Introspection")),
                 }
             }
         };
+        if !admits(&networks, peer) {
+            return Err(Rejection::Invalid(if peer.is_some() {
+                "Network"
+            } else {
+                "NetworkUnknownCaller"
+            }));
+        }
         Ok(VerifiedAccess {
             tenant_id: claims.tenant_id,
             subject: claims.sub,
@@ -121,5 +165,37 @@ impl Shared {
             actors: claims.act.map(|act| act.actors()).unwrap_or_default(),
             expires_at: claims.exp,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restricted_token_is_admitted_only_from_a_known_address_in_every_list() {
+        let here: IpAddr = "127.0.0.1".parse().unwrap();
+        let there: IpAddr = "10.1.2.3".parse().unwrap();
+        let lists = |l: &[&[&str]]| -> Vec<Vec<String>> {
+            l.iter()
+                .map(|list| list.iter().map(|n| (*n).to_owned()).collect())
+                .collect()
+        };
+        assert!(admits(&[], None));
+        assert!(admits(&[], Some(there)));
+        let one = lists(&[&["127.0.0.0/8", "::1/128"]]);
+        assert!(admits(&one, Some(here)));
+        assert!(!admits(&one, Some(there)));
+        assert!(!admits(&one, None));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(admits(&one, Some(mapped)));
+        assert!(!admits(&lists(&[&["::/0"]]), Some(mapped)));
+        // Every list must admit the caller, not just one.
+        let two = lists(&[&["127.0.0.0/8"], &["10.0.0.0/8"]]);
+        assert!(!admits(&two, Some(here)));
+        assert!(!admits(&two, Some(there)));
+        // An empty list, or text that is not a network, admits nobody.
+        assert!(!admits(&lists(&[&[]]), Some(here)));
+        assert!(!admits(&lists(&[&["127.0.0.0/8", "nonsense"]]), Some(here)));
     }
 }

@@ -2,12 +2,13 @@
 //! server on loopback, with tokens from a real Bulkhead through the authorization-code flow,
 //! and Bulkhead's introspection answering for a resource's tokens.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -157,8 +158,16 @@ async fn serve_resource(server: &ResourceServer) -> String {
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
     format!("http://{addr}")
+}
+
+/// The caller's address as axum's `ConnectInfo` records it.
+fn connected_peer(extensions: &Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 async fn get_with(app: &TestApp, url: &str, bearer: Option<&str>) -> reqwest::Response {
@@ -312,6 +321,30 @@ async fn a_resource_server_admits_only_its_own_tokens_with_the_scopes_a_route_ne
         let base = serve_resource(&misconfigured).await;
         let refused = get_with(&app, &format!("{base}/read"), Some(&token)).await;
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+
+    // `tenant_id` is a check of its own: a layer for globex's resource on globex's issuer that
+    // names acme's tenant refuses globex's token, which the same layer naming globex admits
+    // (without introspection, whose answer names the tenant too and would refuse it first).
+    let globex_layer = |tenant_id: String| {
+        ResourceServer::builder()
+            .issuer(crate::helpers::oauth::tenant_issuer(&app, "globex"))
+            .resource(GLOBEX)
+            .tenant_id(tenant_id)
+            .jwks_url(format!("{}/.well-known/jwks.json", app.url("")))
+            .resource_metadata(metadata_url(&mcp_id))
+            .without_revocation_checks()
+            .allow_loopback_http(true)
+            .build()
+            .unwrap()
+    };
+    for (tenant_id, expected) in [
+        (acme.id.to_string(), StatusCode::UNAUTHORIZED),
+        (globex.id.to_string(), StatusCode::OK),
+    ] {
+        let base = serve_resource(&globex_layer(tenant_id.clone())).await;
+        let answer = get_with(&app, &format!("{base}/read"), Some(&theirs)).await;
+        assert_eq!(answer.status(), expected, "{tenant_id}");
     }
 
     // Revoked (RFC 7009): refused once the introspection answer (1 s here) is older.
@@ -537,4 +570,89 @@ async fn an_exchanged_resource_token_is_accepted_by_its_resource_only() {
         assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
         assert!(challenge(&elsewhere).contains("error=\"invalid_token\""));
     }
+}
+
+#[tokio::test]
+async fn a_token_bound_to_a_keys_networks_passes_only_from_them() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let mcp_id = register_resource(&app, &acme, MCP).await;
+    let key = crate::helpers::keys::agent_with(
+        &app,
+        &acme,
+        json!({
+            "scopes": ["sessions:read"],
+            "principal": "agent-1",
+            "allowed_ips": ["127.0.0.0/8"],
+        }),
+    )
+    .await;
+    let token = granted_token(
+        token_request(
+            &app,
+            "acme",
+            Some(key.basic()),
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", MCP),
+                ("scope", "sessions:read"),
+            ],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        crate::helpers::oauth::claims(&token)["allowed_networks"],
+        json!([["127.0.0.0/8"]])
+    );
+    // From an address other than 127.0.0.1 (loopback too, so nothing leaves the host).
+    let elsewhere = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let from = |client: &reqwest::Client, url: String| {
+        let request = client.get(url).bearer_auth(&token);
+        async move { request.send().await.unwrap().status() }
+    };
+
+    // A layer that cannot tell the caller's address refuses the token.
+    let blind = settings(&app, &acme, &mcp_id, &app.url(""))
+        .introspection_cache(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let base = serve_resource(&blind).await;
+    assert_eq!(
+        from(&app.client, format!("{base}/read")).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // One that can admits it from inside the key's networks, from both addresses.
+    let seeing = settings(&app, &acme, &mcp_id, &app.url(""))
+        .introspection_cache(Duration::from_secs(1))
+        .peer_address(connected_peer)
+        .build()
+        .unwrap();
+    let base = serve_resource(&seeing).await;
+    let read = format!("{base}/read");
+    assert_eq!(from(&app.client, read.clone()).await, StatusCode::OK);
+    assert_eq!(from(&elsewhere, read.clone()).await, StatusCode::OK);
+
+    // The key narrowed to 127.0.0.2: introspection reports the key's allowlist as it is now,
+    // so once the remembered answer is older, 127.0.0.1 is refused and 127.0.0.2 still passes.
+    let narrowed = call_as(
+        &app,
+        &acme,
+        Method::PATCH,
+        &format!("/v1/api-keys/{}", key.id),
+        Some(json!({ "allowed_ips": ["127.0.0.2/32"] })),
+    )
+    .await;
+    assert_eq!(narrowed.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        from(&app.client, read.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(from(&elsewhere, read).await, StatusCode::OK);
 }
