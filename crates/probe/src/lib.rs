@@ -5,7 +5,8 @@
 //! operation as tenant B: A's ids in the path, body and query; A's credentials on B's subdomain
 //! and B's on A's; no credential; revoked credentials; a credential whose scope excludes the
 //! operation; list filters aimed at A's data; webhook endpoints aimed at internal addresses;
-//! introspection, revocation and refresh of A's tokens by B; given the operator listener and an
+//! introspection, revocation and refresh of A's tokens by B; A's signed-in browser session,
+//! consent form, password and code on B's authorization pages; given the operator listener and an
 //! operator key, every operator route with every tenant credential, and every tenant route with
 //! the operator key. Every attempt must be refused in the
 //! documented way, no response to B may contain any of A's ids or markers, "not yours" must
@@ -26,6 +27,7 @@ mod neighbour;
 mod oauth;
 mod operations;
 mod operator;
+mod pages;
 mod probe;
 mod registration;
 mod report;

@@ -314,6 +314,12 @@ impl Probe {
         let a = |path: String| (Method::DELETE, path);
         let ids = &victim.ids;
         let mut steps = Vec::new();
+        if let Some(id) = ids.get("grants") {
+            steps.push(a(format!("/v1/auth/grants/{id}")));
+        }
+        if let Some(id) = &victim.browser.assignment {
+            steps.push(a(format!("/v1/role-assignments/{id}")));
+        }
         if let Some(id) = ids.get("role-assignments") {
             steps.push(a(format!("/v1/role-assignments/{id}")));
         }

@@ -13,9 +13,10 @@ use crate::report::{Attack, Verdict};
 use crate::tenants::{Attacker, Host, Victim};
 
 /// A registered redirect URI (a loopback one: nothing is ever sent to it).
-const REDIRECT: &str = "http://127.0.0.1/callback";
-/// An S256 challenge (RFC 7636's example); its verifier is never sent.
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1/callback";
+/// The S256 challenge of the probe's PKCE verifier (`pages::VERIFIER`); where it is only
+/// presented, its verifier is never sent.
+pub(crate) const CHALLENGE: &str = "XnhicrDUe-6WTFEoXmdyDVn0w_OaXj9Zck7mYuM8YKw";
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
@@ -118,6 +119,39 @@ impl Probe {
             v.secrets.push(refresh.to_owned());
         }
         Ok(())
+    }
+
+    /// The authorization endpoint's answer on `host` for `client_id`, and whether it is exactly
+    /// (status and page) the answer for a client id that exists in no tenant.
+    pub(crate) async fn authorize_as_unknown(
+        &self,
+        host: Host,
+        client_id: &str,
+    ) -> anyhow::Result<(StatusCode, String, bool)> {
+        let ask = |client_id: String| {
+            let query = [
+                ("response_type", "code".to_owned()),
+                ("client_id", client_id),
+                ("redirect_uri", REDIRECT.to_owned()),
+                ("code_challenge", CHALLENGE.to_owned()),
+                ("code_challenge_method", "S256".to_owned()),
+                ("state", "probe".to_owned()),
+            ];
+            let request = self
+                .client
+                .get(self.url(host, "/oauth/authorize"))
+                .query(&query);
+            async move {
+                let response = request.send().await?;
+                let status = response.status();
+                anyhow::Ok((status, response.text().await.unwrap_or_default()))
+            }
+        };
+        let (status, text) = ask(client_id.to_owned()).await?;
+        let nowhere = bulkhead_core::OAuthClientId::new().to_string();
+        let (missing_status, missing_text) = ask(nowhere).await?;
+        let unknown = status == missing_status && text == missing_text;
+        Ok((status, text, unknown))
     }
 
     /// A leak if anything of A's is in `text`; else refused when `refused` holds.
@@ -239,30 +273,16 @@ impl Probe {
             &text,
             status == StatusCode::OK && inactive,
         );
-        // A's client at B's authorization endpoint: the error page, never a redirect.
+        // A's client at B's authorization endpoint: the error page of a client that exists
+        // nowhere, never a redirect.
         let client_id = victim.ids.get("oauth-clients").cloned().unwrap_or_default();
-        let query = [
-            ("response_type", "code"),
-            ("client_id", client_id.as_str()),
-            ("redirect_uri", REDIRECT),
-            ("code_challenge", CHALLENGE),
-            ("code_challenge_method", "S256"),
-            ("state", "probe"),
-        ];
-        let response = self
-            .client
-            .get(self.url(Host::B, "/oauth/authorize"))
-            .query(&query)
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let (status, text, unknown) = self.authorize_as_unknown(Host::B, &client_id).await?;
         self.oauth_verdict(
             "GET /oauth/authorize (A's client on B)",
             victim,
             status,
             &text,
-            status == StatusCode::BAD_REQUEST,
+            status == StatusCode::BAD_REQUEST && unknown,
         );
         // A's resource metadata on B's host: the unknown id's 404.
         let id = victim

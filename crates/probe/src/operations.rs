@@ -94,6 +94,7 @@ pub(crate) fn fresh_id(kind: &str) -> Option<String> {
         "auth-sessions" => AuthSessionId::new().to_string(),
         "oauth-resources" => OAuthResourceId::new().to_string(),
         "oauth-clients" => OAuthClientId::new().to_string(),
+        "grants" => OAuthGrantId::new().to_string(),
         "tools" => format!("probe_missing_{:08x}", rand::thread_rng().gen::<u32>()),
         _ => return None,
     })
@@ -117,6 +118,7 @@ pub(crate) fn param_kind(path: &str) -> Option<&'static str> {
         "tools" => "tools",
         "oauth-resources" => "oauth-resources",
         "oauth-clients" => "oauth-clients",
+        "grants" => "grants",
         _ => return None,
     };
     Some(kind)

@@ -41,6 +41,7 @@ pub async fn run(config: ProbeConfig) -> anyhow::Result<Report> {
     probe.foreign_tokens(&victim, &attacker).await?;
     probe.client_registration().await?;
     probe.oauth_across_tenants(&victim, &attacker).await?;
+    probe.pages_across_tenants(&victim, &attacker).await?;
     probe.confined_token(&operations).await?;
     probe.hostile_schemas().await?;
     probe.audit_stream_scope(&attacker).await?;
@@ -220,11 +221,13 @@ impl Probe {
             )
             .await?;
         let agent_id = keep(&mut v, "agents", &agent)?;
+        v.browser.email = format!("probe-{tag}@probe.invalid");
+        v.browser.password = random_marker();
         let user = self
             .as_a(
                 Method::POST,
                 "/v1/users",
-                Some(json!({ "email": format!("probe-{tag}@probe.invalid"), "password": random_marker() })),
+                Some(json!({ "email": v.browser.email, "password": v.browser.password })),
             )
             .await?;
         let user_id = keep(&mut v, "users", &user)?;
@@ -347,6 +350,8 @@ impl Probe {
             .to_owned();
         v.secrets.push(v.delegated_token.clone());
         self.set_up_victim_oauth(&mut v, tag, &marker).await?;
+        self.set_up_victim_browser(&mut v, &role_id, &user_id)
+            .await?;
         // Snapshots of what B must not be able to change.
         for (kind, path) in [
             ("sessions", format!("/v1/sessions/{session_id}")),

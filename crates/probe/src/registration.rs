@@ -87,28 +87,13 @@ impl Probe {
         Ok(())
     }
 
-    /// B's self-registered client on A's subdomain: the authorization endpoint shows its error
-    /// page (400), the token endpoint answers `invalid_client` (401).
+    /// B's self-registered client on A's subdomain: the authorization endpoint shows the error
+    /// page of a client that exists nowhere (400). (Its token endpoint is tried with a real
+    /// code of A's in column `pages`: a made-up code is refused whoever the client is.)
     async fn foreign_client_on_a(&mut self, client_id: &str) -> anyhow::Result<()> {
-        let query = [
-            ("response_type", "code"),
-            ("client_id", client_id),
-            ("redirect_uri", "http://127.0.0.1/callback"),
-            (
-                "code_challenge",
-                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-            ),
-            ("code_challenge_method", "S256"),
-        ];
-        let response = self
-            .client
-            .get(self.url(Host::A, "/oauth/authorize"))
-            .query(&query)
-            .send()
-            .await?;
-        let status = response.status();
+        let (status, _, unknown) = self.authorize_as_unknown(Host::A, client_id).await?;
         let verdict = match status {
-            StatusCode::BAD_REQUEST => Verdict::Refused,
+            StatusCode::BAD_REQUEST if unknown => Verdict::Refused,
             s if s.is_success() || s.is_redirection() => Verdict::Leak,
             _ => Verdict::Unexpected,
         };
@@ -116,31 +101,14 @@ impl Probe {
             "GET /oauth/authorize (B's registered client on A)",
             Attack::ClientRegistration,
             verdict,
-            format!("{status}"),
-        );
-        let response = self
-            .client
-            .post(self.url(Host::A, "/oauth/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", "bkac_probe"),
-                ("redirect_uri", "http://127.0.0.1/callback"),
-                ("client_id", client_id),
-                ("code_verifier", &random_marker()),
-            ])
-            .send()
-            .await?;
-        let status = response.status();
-        let verdict = match status {
-            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => Verdict::Refused,
-            s if s.is_success() => Verdict::Leak,
-            _ => Verdict::Unexpected,
-        };
-        self.record(
-            "POST /oauth/token (B's registered client on A)",
-            Attack::ClientRegistration,
-            verdict,
-            format!("{status}"),
+            format!(
+                "{status}{}",
+                if unknown {
+                    ""
+                } else {
+                    ", not the unknown client's page"
+                }
+            ),
         );
         Ok(())
     }

@@ -128,10 +128,13 @@ pub enum Attack {
     /// The OAuth grants and browser routes with A's resource, client and resource token, from
     /// B's side.
     OAuthAcrossTenants,
+    /// A's signed-in browser session, consent form, password and code on B's authorization
+    /// pages and token endpoint.
+    BrowserPages,
 }
 
 impl Attack {
-    const ALL: [Attack; 26] = [
+    const ALL: [Attack; 27] = [
         Attack::NoCredential,
         Attack::AKeyOnB,
         Attack::ATokenOnB,
@@ -158,6 +161,7 @@ impl Attack {
         Attack::TenantCredentialOnOperator,
         Attack::ClientRegistration,
         Attack::OAuthAcrossTenants,
+        Attack::BrowserPages,
     ];
 
     pub(crate) fn short(self) -> &'static str {
@@ -188,6 +192,7 @@ impl Attack {
             Attack::TenantCredentialOnOperator => "tnt@op",
             Attack::ClientRegistration => "dcr",
             Attack::OAuthAcrossTenants => "oauthx",
+            Attack::BrowserPages => "pages",
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Victim {
     /// The JSON of each resource after setup, to compare at the end.
     pub(crate) snapshots: Vec<(String, Value)>,
     pub(crate) token_policy: Option<Value>,
+    /// What A's browser holds after A's user signed in and consented.
+    pub(crate) browser: SignedIn,
 }
 
 /// B's extra credentials (no `Debug`: they are secrets).
@@ -43,4 +45,19 @@ pub(crate) struct Attacker {
     pub(crate) client_key: String,
     pub(crate) client_key_id: String,
     pub(crate) made_keys: Vec<String>,
+}
+
+/// What a browser of A's holds after signing in and consenting (no `Debug`: secrets).
+#[derive(Default)]
+pub(crate) struct SignedIn {
+    pub(crate) email: String,
+    pub(crate) password: String,
+    /// The signed-in session's cookie value.
+    pub(crate) cookie: String,
+    /// The consent form's fields as shown (CSRF token, request, ticked scopes).
+    pub(crate) consent_form: Vec<(String, String)>,
+    /// A code issued to A's client, never exchanged.
+    pub(crate) code: String,
+    /// The user's role assignment, removed at clean-up.
+    pub(crate) assignment: Option<String>,
 }
