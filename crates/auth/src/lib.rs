@@ -74,7 +74,7 @@ pub mod token;
 pub use bearer::bearer_token;
 pub use code::AuthorizationCode;
 pub use key::{find_keys, ApiKey, KeyEnvironment, KeyFormatError, KEY_LEN};
-pub use master::MasterKey;
+pub use master::{MasterKey, TenantDataKey};
 pub use operator_key::{OperatorKey, OPERATOR_KEY_LEN};
 pub use pepper::{KeyHash, KeyPepper, PepperError, MIN_PEPPER_LEN};
 pub use refresh::RefreshToken;

@@ -59,6 +59,11 @@ pub enum StoreError {
     /// the log must be restored.
     #[error("the audit log failed its consistency check: {0}")]
     LogInconsistent(Cow<'static, str>),
+    /// A tenant's sealed secret opens under no key this deployment holds: sealed under another
+    /// deployment's data key or a destroyed one (an imported or restored row). Not retryable:
+    /// the secret must be replaced (a webhook endpoint's rotation, a tool made again).
+    #[error("the {0} secret cannot be opened in this deployment: replace it")]
+    SecretUnopenable(&'static str),
     /// Migrations failed.
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),

@@ -114,9 +114,10 @@ pub(super) enum TenantCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Import a tenant from an export archive into this deployment (same id and slug; the
-    /// deployment needs the exporting one's master key and peppers for its keys and sealed
-    /// secrets to work). All or nothing; prints the tenant and its row counts as JSON.
+    /// Import a tenant from an export archive into this deployment (same id and slug; its API
+    /// keys and passwords work where the exporting deployment's peppers are; its webhook and
+    /// tool secrets never open again: the archive does not carry the tenant's data key, so
+    /// rotate them). All or nothing; prints the tenant and its row counts as JSON.
     Import {
         /// The archive `tenant export` wrote.
         archive: std::path::PathBuf,

@@ -634,8 +634,8 @@ impl From<StoreError> for ApiError {
             StoreError::TenantMoving | StoreError::LocationMismatch => ApiError::TenantMoving,
             StoreError::LogInconsistent(_) => ApiError::LogInconsistent,
             StoreError::WrongRegion(region) => ApiError::WrongRegion(region),
-            // The route class's statement timeout: the database was busy for this request.
-            StoreError::Timeout => ApiError::Unavailable,
+            StoreError::Timeout => ApiError::Unavailable, // the route class's statement timeout
+            err @ StoreError::SecretUnopenable(_) => ApiError::Conflict(err.to_string()),
             StoreError::QuotaExceeded {
                 kind,
                 limit,
@@ -727,7 +727,7 @@ impl OAuthError {
     pub fn unsupported_grant_type() -> Self {
         Self::new(
             "unsupported_grant_type",
-            "supported: client_credentials, refresh_token, urn:ietf:params:oauth:grant-type:token-exchange",
+            "supported: authorization_code, client_credentials, refresh_token, urn:ietf:params:oauth:grant-type:token-exchange",
         )
     }
     /// `unauthorized_client`: the client may not use this grant.

@@ -270,14 +270,23 @@ pub async fn announce_change(tx: &mut bulkhead_store::TenantTx) -> Result<(), St
 }
 
 /// Drops a tenant's cached ceilings whenever any process announces a change of its roles,
-/// assignments or principals. Runs for the life of the server; reconnects on failure, clearing
-/// everything whenever it may have missed a notification.
+/// assignments or principals, and its opened data key too (a purge announces on this channel:
+/// a purged tenant's key leaves every serving process's memory at once). Runs for the life of
+/// the server; reconnects on failure, clearing everything whenever it may have missed a
+/// notification.
 pub async fn listen_for_changes(store: Store, ceilings: std::sync::Arc<RoleCeilings>) {
     crate::service::invalidation::follow(
         "ceiling",
         || store.listen_ceiling_changes(),
-        |id| ceilings.invalidate_tenant(TenantId::from_uuid(id)),
-        || ceilings.invalidate_all(),
+        |id| {
+            let tenant = TenantId::from_uuid(id);
+            ceilings.invalidate_tenant(tenant);
+            store.forget_data_key(tenant);
+        },
+        || {
+            ceilings.invalidate_all();
+            store.forget_all_data_keys();
+        },
     )
     .await;
 }

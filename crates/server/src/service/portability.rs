@@ -12,9 +12,10 @@
 //! - `bulkhead-export/manifest.json`, last because only then are the counts known: per file its
 //!   rows, bytes and SHA-256, per table its rows.
 //!
-//! Secrets leave as stored: sealed values sealed (under the exporting deployment's master key),
-//! key and secret hashes as HMACs (under its peppers). An import into a deployment without that
-//! master key and those peppers gets rows whose keys and secrets it cannot use.
+//! Secrets leave as stored: sealed values sealed under the tenant's data key, which the archive
+//! does not carry (crypto-shredding: a purge must reach every copy), and key and secret hashes
+//! as HMACs under the deployment's peppers. An import gets webhook and tool secrets it cannot
+//! open (they are rotated), and keys that work only where those peppers are.
 //!
 //! Why our own archive reader and writer around `tar::Header` rather than the `tar` crate's
 //! `Builder`/`Archive`: those are synchronous over `Read`/`Write`, and the archive is produced

@@ -38,6 +38,7 @@ mod rbac;
 mod resource_server;
 mod resources;
 mod sessions;
+mod shredding;
 mod standing;
 mod tiers;
 mod tokens;

@@ -551,17 +551,28 @@ async fn signing_secrets_are_stored_sealed_never_in_the_clear() {
         !stored.windows(raw.len()).any(|w| w == raw.as_slice()),
         "the secret is stored in the clear"
     );
-    // The sealed value opens only for its own endpoint and tenant.
+    // The sealed value opens only under the tenant's own data key (itself sealed under the
+    // master key, bound to the tenant), for its own endpoint; not under the master key itself.
     let id = EndpointId::parse(created["id"].as_str().unwrap()).unwrap();
     let master = bulkhead_test_support::test_master_key();
+    let (sealed_key,): (Vec<u8>,) =
+        sqlx::query_as("SELECT sealed FROM bulkhead.tenant_keys WHERE id = $1")
+            .bind(a.id.uuid())
+            .fetch_one(&su)
+            .await
+            .unwrap();
+    let data_key = master
+        .open_tenant_data_key(a.id.uuid().as_bytes(), &sealed_key)
+        .unwrap();
     let mut binding = a.id.uuid().as_bytes().to_vec();
     binding.extend_from_slice(id.uuid().as_bytes());
     assert_eq!(
-        &*master.open_webhook_secret(&binding, &stored).unwrap(),
+        &*data_key.open_webhook_secret(&binding, &stored).unwrap(),
         raw.as_slice()
     );
-    binding[20] ^= 1;
     assert!(master.open_webhook_secret(&binding, &stored).is_err());
+    binding[20] ^= 1;
+    assert!(data_key.open_webhook_secret(&binding, &stored).is_err());
 }
 
 /// Found by schemathesis (two workers): a platform event raised while another request deletes a

@@ -35,6 +35,8 @@ pub struct Store {
     audited: AuditedTenants,
     // Wakes dispatchers after commits that made webhook deliveries due (crate::placement::wake).
     wakeups: Arc<crate::placement::wake::DueWakeups>,
+    // Tenants' opened data keys (crate::placement::key_cache).
+    data_keys: Arc<crate::placement::key_cache::DataKeyCache>,
 }
 
 /// The tenants of committed transactions that wrote audit events, shared by a store's clones.
@@ -129,6 +131,7 @@ impl Store {
             gate: Arc::new(crate::placement::gate::TenantGate::new(cap, wait)),
             audited: AuditedTenants::default(),
             wakeups,
+            data_keys: Arc::default(),
         }
     }
 
@@ -259,6 +262,7 @@ impl Store {
                         tx.gate = Some(permit);
                         tx.audited_tenants = Some(self.audited.clone());
                         tx.wakeups = Some(self.wakeups.clone());
+                        tx.data_keys = Some(self.data_keys.clone());
                         tx.registry = Some(self.router.topology.registry.clone());
                         tx.forward = !self.router.shares_registry_database(&location);
                         return Ok(tx);
@@ -309,6 +313,17 @@ impl Store {
         &self.router.topology.registry
     }
 
+    /// Drops a tenant's opened data key from this store's (and its clones') memory: its purge,
+    /// here or announced by another process.
+    pub fn forget_data_key(&self, tenant: TenantId) {
+        self.data_keys.forget(tenant);
+    }
+
+    /// Drops every opened data key (a listener that may have missed a purge).
+    pub fn forget_all_data_keys(&self) {
+        self.data_keys.forget_all();
+    }
+
     pub(crate) fn router(&self) -> &Router {
         &self.router
     }
@@ -341,6 +356,8 @@ pub struct TenantTx {
     wakeups: Option<Arc<crate::placement::wake::DueWakeups>>,
     // The tenant's connection permit (crate::placement::gate), released when the transaction ends.
     gate: Option<crate::placement::gate::GatePermit>,
+    // The store's memory of opened data keys (None outside [`Store::begin`]: fetched each time).
+    pub(crate) data_keys: Option<Arc<crate::placement::key_cache::DataKeyCache>>,
 }
 
 impl fmt::Debug for TenantTx {
@@ -437,6 +454,7 @@ impl TenantTx {
             webhook_due: false,
             wakeups: None,
             gate: None,
+            data_keys: None,
         })
     }
 
@@ -491,6 +509,16 @@ impl TenantTx {
     /// The request or job run this transaction belongs to.
     pub fn request_id(&self) -> RequestId {
         self.request_id
+    }
+
+    /// The registry's pool when this transaction runs in another database (a dedicated one,
+    /// another region's); `None` when its own connection reaches the registry's tables.
+    pub(crate) fn registry_elsewhere(&self) -> Option<PgPool> {
+        if self.forward {
+            self.registry.clone()
+        } else {
+            None
+        }
     }
 
     /// The connection, already inside the tenant's context. Statements run here are subject to

@@ -8,6 +8,7 @@
 
 pub mod door;
 pub mod gate;
+pub(crate) mod key_cache;
 pub mod location;
 pub mod migrate;
 pub mod registry;

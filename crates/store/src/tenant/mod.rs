@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod api_keys;
+pub(crate) mod data_key;
 pub mod jobs;
 pub mod oauth;
 pub mod oauth_grants;

@@ -3,7 +3,7 @@
 //!
 //! Screening, URL and schema checks are the caller's (the routes, `bulkhead-screening`, the
 //! egress guard); the database checks names, lengths and shapes again. A tool's signing secret
-//! is stored sealed under the master key, bound to tenant and tool, and never returned by a
+//! is stored sealed under the tenant's data key (`data_key`), bound to tenant and tool, and never returned by a
 //! listing.
 
 use std::fmt;
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::tenant::data_key::{self, Secret};
 use crate::{StoreError, TenantTx};
 
 /// A tool as shown to its tenant (never with its secret).
@@ -176,7 +177,14 @@ pub async fn create(
 ) -> Result<Tool, StoreError> {
     let tenant = tx.tenant_id();
     let id = ToolId::new();
-    let sealed = master.seal_tool_secret(&secret_binding(tenant, id), &new.secret);
+    let sealed = data_key::seal(
+        tx,
+        master,
+        Secret::Tool,
+        &secret_binding(tenant, id),
+        &new.secret,
+    )
+    .await?;
     let row: ToolRow = sqlx::query_as(&format!(
         "INSERT INTO tools (tenant_id, id, name, description, input_schema, \
          endpoint_url, enabled, screening, secret) \
@@ -347,13 +355,14 @@ pub async fn signing_secret(
             .fetch_optional(tx.conn())
             .await?
             .ok_or(StoreError::NotFound)?;
-    master
-        .open_tool_secret(&secret_binding(tenant, tool.id), &sealed)
-        .map_err(|_| {
-            StoreError::UnsafeConfiguration(
-                "a tool secret cannot be opened with this master key".into(),
-            )
-        })
+    data_key::open(
+        tx,
+        master,
+        Secret::Tool,
+        &secret_binding(tenant, tool.id),
+        &sealed,
+    )
+    .await
 }
 
 /// The tenant's screening policy text (`reject` unless it has set another).

@@ -258,3 +258,55 @@ async fn the_move_list_names_exactly_the_tenant_tables() {
     listed.sort();
     assert_eq!(tables, listed);
 }
+
+#[tokio::test]
+async fn the_app_role_may_add_a_tenant_data_key_but_never_change_or_remove_one() {
+    // Migration 0039: the serving role reads tenants' sealed data keys and adds a missing one
+    // (id and sealed key only); changing or deleting one would let it undo or fake a purge's
+    // crypto-shredding.
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let table = "bulkhead.tenant_keys";
+    let table_privilege = |privilege: &'static str| {
+        let owner = owner.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT has_table_privilege($1, $2, $3)")
+                .bind(APP_ROLE)
+                .bind(table)
+                .bind(privilege)
+                .fetch_one(&owner)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(table_privilege("SELECT").await);
+    for privilege in [
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "TRUNCATE",
+        "REFERENCES",
+        "TRIGGER",
+    ] {
+        assert!(!table_privilege(privilege).await, "{privilege}");
+    }
+    for (column, insertable) in [("id", true), ("sealed", true), ("created_at", false)] {
+        let granted: bool = sqlx::query_scalar("SELECT has_column_privilege($1, $2, $3, 'INSERT')")
+            .bind(APP_ROLE)
+            .bind(table)
+            .bind(column)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+        assert_eq!(granted, insertable, "{column}");
+        let updatable: bool =
+            sqlx::query_scalar("SELECT has_column_privilege($1, $2, $3, 'UPDATE')")
+                .bind(APP_ROLE)
+                .bind(table)
+                .bind(column)
+                .fetch_one(&owner)
+                .await
+                .unwrap();
+        assert!(!updatable, "{column}");
+    }
+}

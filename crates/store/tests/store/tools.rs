@@ -140,6 +140,17 @@ async fn tools_versions_and_decisions_stay_in_their_tenant() {
     let mut binding = [0u8; 32];
     binding[..16].copy_from_slice(a.id.uuid().as_bytes());
     binding[16..].copy_from_slice(tool.id.uuid().as_bytes());
-    assert!(master.open_webhook_secret(&binding, &sealed).is_err());
-    assert!(master.open_tool_secret(&binding, &sealed).is_ok());
+    let sealed_key: Vec<u8> =
+        sqlx::query_scalar("SELECT sealed FROM bulkhead.tenant_keys WHERE id = $1")
+            .bind(a.id.uuid())
+            .fetch_one(tx.conn())
+            .await
+            .unwrap();
+    let data_key = master
+        .open_tenant_data_key(a.id.uuid().as_bytes(), &sealed_key)
+        .unwrap();
+    assert!(data_key.open_webhook_secret(&binding, &sealed).is_err());
+    assert!(data_key.open_tool_secret(&binding, &sealed).is_ok());
+    // Under the tenant's data key, not the master key.
+    assert!(master.open_tool_secret(&binding, &sealed).is_err());
 }

@@ -459,7 +459,25 @@ impl Dispatcher {
                 out.insert(id, Prepared::Done(Delivered::Deferred));
                 continue;
             }
-            let keys = self.keys_for(&mut tx, &work, now).await?;
+            let keys = match self.keys_for(&mut tx, &work, now).await {
+                Ok(keys) => keys,
+                // A secret nothing here opens (an imported endpoint): this delivery fails with
+                // the reason, the tenant's others go on; rotating the secret mends the endpoint.
+                Err(StoreError::SecretUnopenable(_)) => {
+                    store::finish_delivery(
+                        &mut tx,
+                        id,
+                        "failed",
+                        None,
+                        false,
+                        Some("the endpoint's signing secret cannot be opened here: rotate it"),
+                    )
+                    .await?;
+                    out.insert(id, Prepared::Done(Delivered::Deferred));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             out.insert(
                 id,
                 Prepared::Send(Box::new(Ready {

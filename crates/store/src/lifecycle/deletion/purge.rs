@@ -167,6 +167,7 @@ impl Store {
             .finish_purge(&tenant, &home, checkpoint, operator)
             .await?;
         self.router().forget(tenant.id);
+        self.forget_data_key(tenant.id);
         Ok(PurgeOutcome {
             deletion,
             receipt: Some(receipt),
@@ -304,6 +305,14 @@ impl Store {
             .await?
             .rows_affected();
         registry.insert("key_routes", key_routes);
+        // Crypto-shredding: the tenant's data key goes first, explicitly and counted (the
+        // registry row's cascade would take it too), so the receipt says it was destroyed.
+        let data_keys = sqlx::query("DELETE FROM bulkhead.tenant_keys WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        registry.insert("tenant_keys", data_keys);
         sqlx::query("DELETE FROM bulkhead.tenant_moves WHERE tenant_id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::tenant::data_key::{self, Secret};
 use crate::{StoreError, TenantTx};
 
 /// An endpoint as shown to its tenant (never with its secrets).
@@ -155,22 +156,18 @@ pub(super) fn secret_binding(tenant: TenantId, endpoint: EndpointId) -> [u8; 32]
     binding
 }
 
-pub(super) fn unseal(
+pub(super) async fn unseal(
+    tx: &mut TenantTx,
     master: &MasterKey,
     binding: &[u8],
     sealed: &[u8],
 ) -> Result<Vec<u8>, StoreError> {
-    master
-        .open_webhook_secret(binding, sealed)
+    data_key::open(tx, master, Secret::Webhook, binding, sealed)
+        .await
         .map(|secret| secret.to_vec())
-        .map_err(|_| {
-            StoreError::UnsafeConfiguration(
-                "a webhook secret cannot be opened with this master key".into(),
-            )
-        })
 }
 
-/// Creates an endpoint. Its secret is stored sealed under the master key, bound to the
+/// Creates an endpoint. Its secret is stored sealed under the tenant's data key, bound to the
 /// endpoint, never in the clear.
 pub async fn create_endpoint(
     tx: &mut TenantTx,
@@ -179,7 +176,14 @@ pub async fn create_endpoint(
 ) -> Result<Endpoint, StoreError> {
     let tenant = tx.tenant_id();
     let id = EndpointId::new();
-    let sealed = master.seal_webhook_secret(&secret_binding(tenant, id), &new.secret);
+    let sealed = data_key::seal(
+        tx,
+        master,
+        Secret::Webhook,
+        &secret_binding(tenant, id),
+        &new.secret,
+    )
+    .await?;
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO webhook_endpoints \
          (tenant_id, id, url, description, event_types, rate_limit_per_second, headers, secret, enabled) \
@@ -288,7 +292,14 @@ pub async fn rotate_secret(
     master: &MasterKey,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant_id();
-    let new_secret = master.seal_webhook_secret(&secret_binding(tenant, id), new_secret);
+    let new_secret = data_key::seal(
+        tx,
+        master,
+        Secret::Webhook,
+        &secret_binding(tenant, id),
+        new_secret,
+    )
+    .await?;
     let done = sqlx::query(
         "UPDATE webhook_endpoints SET previous_secret = secret, \
          previous_secret_expires_at = $4, secret = $3, updated_at = now() \
@@ -326,13 +337,17 @@ pub async fn endpoint_keys(
     let (current, previous, until) = row.ok_or(StoreError::NotFound)?;
     let binding = secret_binding(tenant, id);
     let (previous, previous_until) = match (previous, until) {
-        (Some(key), Some(until)) if until > now => {
-            (Some(unseal(master, &binding, &key)?), Some(until))
-        }
+        // A previous secret nothing here opens (an imported endpoint rotated with a grace
+        // period) is no key to sign with, not a reason to sign with none.
+        (Some(key), Some(until)) if until > now => match unseal(tx, master, &binding, &key).await {
+            Ok(previous) => (Some(previous), Some(until)),
+            Err(StoreError::SecretUnopenable(_)) => (None, None),
+            Err(err) => return Err(err),
+        },
         _ => (None, None),
     };
     Ok(EndpointKeys {
-        current: unseal(master, &binding, &current)?,
+        current: unseal(tx, master, &binding, &current).await?,
         previous,
         previous_until,
     })
