@@ -11,6 +11,7 @@ mod serve;
 mod signing_key;
 mod tenant;
 mod tenant_delete;
+mod tenant_move;
 mod user;
 
 use std::process::ExitCode;

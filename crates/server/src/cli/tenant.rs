@@ -386,6 +386,17 @@ pub(super) async fn run(action: TenantCommand) -> anyhow::Result<()> {
                         .context("invalid --stop-after: a step name")?,
                 ),
             };
+            if let Some(server) = remote::running(&database).await? {
+                let ask = super::tenant_move::MoveRequest {
+                    tenant: &tenant,
+                    to: to.as_deref(),
+                    region: region.as_deref(),
+                    names_database: dedicated.database().is_some(),
+                    stops_early: stop_after.is_some(),
+                    abandon,
+                };
+                return super::tenant_move::through_server(server, ask).await;
+            }
             let master = load_master_key(&database).ok();
             with_owner(&database, |owner| async move {
                 let found = find_tenant(&owner, &tenant).await?;

@@ -298,6 +298,31 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    // A move through the socket: the server runs it, the command follows it to its report.
+    let moved = bulkhead(&data_dir)
+        .args(["tenant", "move", "acme", "--to", "schema"])
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let report: Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!(report["tables"]["agent_sessions"]["rows"], 1, "{report}");
+    let shown = bulkhead(&data_dir)
+        .args(["tenant", "show", "acme"])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["isolation_tier"], "schema", "{shown}");
+    // A dedicated database's URL never goes through the operator API.
+    let refused = bulkhead(&data_dir)
+        .args(["tenant", "move", "acme", "--to", "dedicated"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the server"));
     let listed_live = bulkhead(&data_dir)
         .args(["tenant", "list"])
         .output()
