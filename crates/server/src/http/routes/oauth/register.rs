@@ -1,8 +1,10 @@
 //! `POST /oauth/register`: dynamic client registration (RFC 7591), on the tenant's subdomain.
 //!
 //! Off unless the tenant's admins turned it on (`PUT /v1/oauth-settings`): then `403
-//! access_denied`. Rate-limited before anything is read, per source address and per tenant
-//! (the class [`crate::config::limits::OAUTH_REGISTER_CLASS`]). The metadata is checked by
+//! access_denied`. Rate-limited per source address and per tenant (the class
+//! [`crate::config::limits::OAUTH_REGISTER_CLASS`]) before the metadata is parsed or checked;
+//! the body itself is read first, under the application's 1 MiB cap, and its 16 KiB cap is
+//! checked after the limits. The metadata is checked by
 //! [`crate::service::oauth::registration`]; the client is made on the same model as an
 //! admin-registered one (a confidential client's secret is shown once and kept as an HMAC bound
 //! to the client), marked `registered_by: dynamic`, counted in the tenant's self-registered
