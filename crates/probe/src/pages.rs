@@ -88,6 +88,12 @@ fn form_fields(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The code in the link a return page leads back to the client with.
+fn returned_code(html: &str) -> Option<String> {
+    let rest = html.split("code=").nth(1)?;
+    rest.split(['&', '"']).next().map(unescape)
+}
+
 /// The query of an authorization request of `client_id` for `sessions:read`, at `resource`
 /// when given (required once a tenant registers resources, as A has).
 fn authorize_path(client_id: &str, resource: Option<&str>) -> String {
@@ -208,13 +214,8 @@ impl Probe {
                 Some(&allow),
             )
             .await?;
-        let code = back
-            .html
-            .split("code=")
-            .nth(1)
-            .and_then(|rest| rest.split(['&', '"']).next())
+        v.browser.code = returned_code(&back.html)
             .ok_or_else(|| anyhow!("A's consent returned no code: {}", back.status))?;
-        v.browser.code = unescape(code);
         v.secrets.extend([
             v.browser.code.clone(),
             v.browser.cookie.clone(),
@@ -446,11 +447,7 @@ impl Probe {
                 )
                 .await?;
         }
-        page.html
-            .split("code=")
-            .nth(1)
-            .and_then(|rest| rest.split(['&', '"']).next())
-            .map(unescape)
+        returned_code(&page.html)
             .ok_or_else(|| anyhow!("A's browser got no new code: {}", page.status))
     }
 

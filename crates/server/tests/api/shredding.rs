@@ -6,7 +6,9 @@
 use base64::Engine as _;
 use bulkhead_core::{EndpointId, TenantId};
 use bulkhead_store::Access;
-use bulkhead_test_support::{spawn_app_with, test_master_key, AppOptions, TestApp, TestTier};
+use bulkhead_test_support::{
+    spawn_app_with, test_master_key, AppOptions, TestApp, TestTenant, TestTier,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -68,6 +70,21 @@ fn binding(tenant: TenantId, endpoint: EndpointId) -> Vec<u8> {
     let mut binding = tenant.uuid().as_bytes().to_vec();
     binding.extend_from_slice(endpoint.uuid().as_bytes());
     binding
+}
+
+/// Rotates the endpoint's secret with a minute's grace; the answer (with the new secret).
+async fn rotate(app: &TestApp, tenant: &TestTenant, endpoint: EndpointId) -> Value {
+    let rotated = call(
+        app,
+        &tenant.slug,
+        &tenant.key,
+        Method::POST,
+        &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
+        Some(json!({ "grace_seconds": 60 })),
+    )
+    .await;
+    assert_eq!(rotated.status(), StatusCode::OK);
+    rotated.json().await.unwrap()
 }
 
 /// The secret shown once at creation, as bytes.
@@ -164,17 +181,7 @@ async fn a_secret_sealed_before_data_keys_still_signs_and_moves_under_the_key_wh
     assert_eq!(endpoint_keys(&app, acme.id, endpoint).await.current, secret);
 
     // Rotated: the new secret is under the tenant's data key, the old one still signs.
-    let rotated = call(
-        &app,
-        "acme",
-        &acme.key,
-        Method::POST,
-        &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
-        Some(json!({ "grace_seconds": 60 })),
-    )
-    .await;
-    assert_eq!(rotated.status(), StatusCode::OK);
-    let rotated: Value = rotated.json().await.unwrap();
+    let rotated = rotate(&app, &acme, endpoint).await;
     let fresh = shown_secret(&rotated);
     let now = endpoint_keys(&app, acme.id, endpoint).await;
     assert_eq!(now.current, fresh);
@@ -222,17 +229,7 @@ async fn a_secret_sealed_before_data_keys_still_signs_and_moves_under_the_key_wh
         "{refused:?}"
     );
     drop(tx);
-    let rotated = call(
-        &app,
-        "acme",
-        &acme.key,
-        Method::POST,
-        &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
-        Some(json!({ "grace_seconds": 60 })),
-    )
-    .await;
-    assert_eq!(rotated.status(), StatusCode::OK);
-    let rotated: Value = rotated.json().await.unwrap();
+    let rotated = rotate(&app, &acme, endpoint).await;
     let now = endpoint_keys(&app, acme.id, endpoint).await;
     assert_eq!(now.current, shown_secret(&rotated));
     assert!(now.previous.is_none());
