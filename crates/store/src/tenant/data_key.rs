@@ -71,33 +71,24 @@ async fn data_key(
             // Committed on its own, on the registry's pool, before anything is sealed under
             // it: a key made inside the tenant's transaction would vanish with a rollback while
             // this process remembered it, and what it sealed later could never be opened. Once
-            // per tenant, so the second connection is taken once. Inside onboarding's registry
-            // transaction (no pool), that transaction, and nothing is remembered.
-            match tx.registry.clone() {
-                Some(pool) => {
-                    sqlx::query(insert)
-                        .bind(tenant.uuid())
-                        .bind(&fresh)
-                        .execute(&pool)
-                        .await?;
-                    // Whoever inserted first, this reads the one key every process will use.
-                    sqlx::query_scalar(SELECT_KEY)
-                        .bind(tenant.uuid())
-                        .fetch_one(&pool)
-                        .await?
-                }
-                None => {
-                    sqlx::query(insert)
-                        .bind(tenant.uuid())
-                        .bind(&fresh)
-                        .execute(tx.conn())
-                        .await?;
-                    sqlx::query_scalar(SELECT_KEY)
-                        .bind(tenant.uuid())
-                        .fetch_one(tx.conn())
-                        .await?
-                }
-            }
+            // per tenant, on one connection. A transaction without the registry's pool (none
+            // seals today) is refused rather than keeping the key beside the secrets.
+            let pool = tx.registry.clone().ok_or_else(|| {
+                StoreError::UnsafeConfiguration(
+                    "a tenant's data key is made only through the registry".into(),
+                )
+            })?;
+            let mut conn = pool.acquire().await?;
+            sqlx::query(insert)
+                .bind(tenant.uuid())
+                .bind(&fresh)
+                .execute(&mut *conn)
+                .await?;
+            // Whoever inserted first, this reads the one key every process will use.
+            sqlx::query_scalar(SELECT_KEY)
+                .bind(tenant.uuid())
+                .fetch_one(&mut *conn)
+                .await?
         }
     };
     let key = Arc::new(
@@ -109,8 +100,8 @@ async fn data_key(
                 )
             })?,
     );
-    // Only a key known to be committed is remembered: one read or made through the registry's
-    // pool (a transaction without one is onboarding's, and has no memory either).
+    // Only a key known to be committed is remembered: read committed, or made through the
+    // registry's pool (a transaction without one has no memory either).
     if let (Some(cache), Some(_)) = (&tx.data_keys, &tx.registry) {
         cache.put(tenant, key.clone());
     }
