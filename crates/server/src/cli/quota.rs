@@ -1,15 +1,13 @@
-//! `bulkhead tenant quota …`: the operator's view of a tenant's quotas and its overrides, through
-//! the store door as the owner role (actor `system:cli`), under the tenant's row-level security.
+//! `bulkhead tenant quota …`: the operator's view of a tenant's quotas and its overrides
+//! (`service::tenant_quotas`), through the running server's operator socket when one answers
+//! and on the data directory otherwise, as the other tenant commands.
 
 use anyhow::Context;
-use bulkhead_store::audit::{self, Outcome};
-use bulkhead_store::tenant::quotas;
-use bulkhead_store::Access;
-use serde_json::json;
 
-use super::lookup::{find_tenant_ctx, with_owner};
+use super::lookup::{find_tenant, with_owner};
+use super::remote;
 use crate::config::DatabaseArgs;
-use crate::service::audit_line::{AuditLine, Detail};
+use crate::service::tenant_quotas;
 
 /// `default` or a limit of 0 or more.
 fn parse_limit(text: &str) -> anyhow::Result<Option<i64>> {
@@ -28,17 +26,22 @@ fn parse_limit(text: &str) -> anyhow::Result<Option<i64>> {
 pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
     match action {
         QuotaCommand::Show { tenant, database } => {
+            if let Some(server) = remote::running(&database).await? {
+                let path = format!("/operator/v1/tenants/{}/quotas", remote::segment(&tenant)?);
+                let answer = server
+                    .call(http::Method::GET, &path, None)
+                    .await
+                    .map_err(|e| remote::not_found_as_cli(e, &tenant))?;
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
             with_owner(&database, |owner| async move {
-                let (found, ctx) = find_tenant_ctx(&owner, &tenant).await?;
-                let mut tx = owner.begin(&ctx, Access::ReadOnly).await?;
-                let usage = quotas::usage(&mut tx).await?;
-                tx.commit().await?;
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "tenant": found.id, "plan": found.plan.as_str(), "quotas": usage,
-                    }))?
-                );
+                let found = find_tenant(&owner, &tenant).await?;
+                let ctx = tenant_quotas::operator_context(found.id, "cli");
+                let quotas = tenant_quotas::show(&owner, &found, &ctx)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}", serde_json::to_string_pretty(&quotas)?);
                 Ok(())
             })
             .await
@@ -49,51 +52,34 @@ pub(crate) async fn run(action: QuotaCommand) -> anyhow::Result<()> {
             limit,
             database,
         } => {
-            // Validate before touching the database. Audit events are counted, never limited.
-            if !quotas::is_kind(&kind) || kind == "audit_events" {
+            // Validate before touching the database or the server.
+            if !tenant_quotas::settable(&kind) {
                 anyhow::bail!(
                     "invalid kind {kind:?}: one of {}",
-                    quotas::KINDS
-                        .iter()
-                        .filter(|k| **k != "audit_events")
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    tenant_quotas::settable_kinds()
                 );
             }
             let limit = parse_limit(&limit)?;
+            if let Some(server) = remote::running(&database).await? {
+                let path = format!(
+                    "/operator/v1/tenants/{}/quotas/{kind}",
+                    remote::segment(&tenant)?
+                );
+                let body = serde_json::json!({ "limit": limit });
+                let answer = server
+                    .call(http::Method::PUT, &path, Some(body))
+                    .await
+                    .map_err(|e| remote::not_found_as_cli(e, &tenant))?;
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
             with_owner(&database, |owner| async move {
-                let (_, ctx) = find_tenant_ctx(&owner, &tenant).await?;
-                let mut tx = owner.begin(&ctx, Access::ReadWrite).await?;
-                let before = quotas::usage(&mut tx)
-                    .await?
-                    .into_iter()
-                    .find(|u| u.kind == kind)
-                    .context("the kind is not in this tenant's plan")?;
-                quotas::set_override(&mut tx, &kind, limit).await?;
-                // In the same transaction: the override cannot change without its event.
-                audit::record(
-                    &mut tx,
-                    "quota.override",
-                    None,
-                    Outcome::Success,
-                    json!({
-                        "kind": kind,
-                        "old_limit": before.limit,
-                        "new_override": limit,
-                        "operator": crate::config::environment::operator_account(),
-                    }),
-                )
-                .await?;
-                let after = quotas::usage(&mut tx)
-                    .await?
-                    .into_iter()
-                    .find(|u| u.kind == kind);
-                tx.commit().await?;
-                AuditLine::success("quota.override")
-                    .by(&ctx)
-                    .with(Detail::Kind, kind)
-                    .info("tenant quota changed");
+                let found = find_tenant(&owner, &tenant).await?;
+                let ctx = tenant_quotas::operator_context(found.id, "cli");
+                let operator = crate::config::environment::operator_account();
+                let after = tenant_quotas::set(&owner, &found, &ctx, &kind, limit, &operator)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 println!("{}", serde_json::to_string_pretty(&after)?);
                 Ok(())
             })

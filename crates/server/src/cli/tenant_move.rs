@@ -58,7 +58,10 @@ pub(super) async fn through_server(server: Running, ask: MoveRequest<'_>) -> any
         .context("the server did not start the move")?;
     let bar = indicatif::ProgressBar::new_spinner();
     let run = loop {
-        let state = server.call(http::Method::GET, &path, None).await?;
+        let state = server
+            .call(http::Method::GET, &path, None)
+            .await
+            .context("cannot follow the move; `tenant show` says where the tenant is, and the same command resumes an unfinished move")?;
         let run = state["run"].clone();
         if run.is_null() {
             bail!(

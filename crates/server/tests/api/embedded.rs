@@ -316,6 +316,24 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
         .unwrap();
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["isolation_tier"], "schema", "{shown}");
+    // Quotas through the socket.
+    let set = bulkhead(&data_dir)
+        .args(["tenant", "quota", "set", "acme", "sessions", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let set: Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert_eq!(set["limit"], 5, "{set}");
+    let quotas = bulkhead(&data_dir)
+        .args(["tenant", "quota", "show", "acme"])
+        .output()
+        .unwrap();
+    let quotas: Value = serde_json::from_slice(&quotas.stdout).unwrap();
+    assert_eq!(quotas["tenant"], created["tenant"]["id"], "{quotas}");
     // A dedicated database's URL never goes through the operator API.
     let refused = bulkhead(&data_dir)
         .args(["tenant", "move", "acme", "--to", "dedicated"])

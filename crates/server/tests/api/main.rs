@@ -29,6 +29,7 @@ mod operator;
 mod operator_audit;
 mod operator_moves;
 mod operator_openapi;
+mod operator_quotas;
 mod platform;
 mod portability;
 mod probe;

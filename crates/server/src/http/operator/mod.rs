@@ -25,6 +25,7 @@ mod export;
 mod keys;
 mod moves;
 pub mod openapi;
+mod quotas;
 pub mod socket;
 mod tenants;
 
@@ -377,6 +378,33 @@ pub fn route_table() -> OperatorRoutes {
                 .under(&tenant)
                 .summary("Abandon a tenant's move before its switch: the freeze is lifted, the partial copy removed.")
                 .conflict("A run of the move is in progress, or the move has switched (run it again to finish)"),
+        )
+        .route(
+            Method::GET,
+            "/operator/v1/tenants/{tenant}/quotas",
+            TenantsRead,
+            quotas::show,
+        )
+        .doc(
+            OpDoc::ok::<quotas::TenantQuotasDoc>(200, "The tenant's plan, and each kind's usage and limit")
+                .under(&tenant)
+                .summary("A tenant's quotas: usage and limit of every kind (as `bulkhead tenant quota show`).")
+                .conflict("The tenant's purge has begun"),
+        )
+        .route(
+            Method::PUT,
+            "/operator/v1/tenants/{tenant}/quotas/{kind}",
+            TenantsWrite,
+            quotas::set,
+        )
+        .doc(
+            OpDoc::ok::<quotas::QuotaDoc>(200, "The kind, with the tenant's limit in force")
+                .under(&quotas::kind_param())
+                .under(&tenant)
+                .body::<quotas::SetQuota>()
+                .summary("Give a tenant its own limit of one kind, or (null) back to its plan's; audited in the tenant's log and the operator log.")
+                .invalid("kind is not one an operator may limit, or limit is not a whole number of 0 or more or null")
+                .conflict("The tenant is being moved, or its purge has begun"),
         )
         .route(
             Method::GET,
