@@ -16,21 +16,6 @@ use serde_json::json;
 use crate::service::audit_line::{AuditLine, Detail};
 use crate::service::operators;
 
-/// The kinds whose limit the store enforces (docs/quotas.md); the others are counted only.
-const LIMITED: &[&str] = &[
-    "sessions",
-    "users",
-    "agents",
-    "api_keys",
-    "roles",
-    "role_assignments",
-    "webhook_endpoints",
-    "webhook_messages",
-    "tools",
-    "tool_versions",
-    "stored_bytes",
-];
-
 /// Why a quota could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum QuotaError {
@@ -61,7 +46,7 @@ pub fn operator_context(tenant: TenantId, via: &'static str) -> TenantContext {
 /// Whether an operator may give a tenant its own limit of `kind`: a kind whose limit is
 /// enforced (audit events and platform messages, attempts and decisions are counted only).
 pub fn settable(kind: &str) -> bool {
-    LIMITED.contains(&kind) && quotas::is_kind(kind)
+    quotas::LIMITED_KINDS.contains(&kind)
 }
 
 /// What the tenant's purge or move forbids: its rows are frozen or going (the tenant API's
@@ -87,12 +72,7 @@ async fn refusal(owner: &Store, tenant: &Tenant, writing: bool) -> Result<(), Qu
 
 /// The kinds [`settable`] takes, for messages.
 pub fn settable_kinds() -> String {
-    quotas::KINDS
-        .iter()
-        .filter(|k| settable(k))
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ")
+    quotas::LIMITED_KINDS.join(", ")
 }
 
 /// The tenant's quotas now.

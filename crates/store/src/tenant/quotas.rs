@@ -35,6 +35,22 @@ pub fn is_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
 }
 
+/// The kinds whose limit the triggers enforce; the others of [`KINDS`] are counted only (audit
+/// events, platform messages and bytes, webhook attempts, screening decisions).
+pub const LIMITED_KINDS: &[&str] = &[
+    "sessions",
+    "users",
+    "agents",
+    "api_keys",
+    "roles",
+    "role_assignments",
+    "webhook_endpoints",
+    "webhook_messages",
+    "tools",
+    "tool_versions",
+    "stored_bytes",
+];
+
 /// One kind's usage and limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -128,4 +144,15 @@ pub async fn require_room(tx: &mut TenantTx, kind: &str, requested: i64) -> Resu
         .execute(tx.conn())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limited_kind_is_a_counted_kind() {
+        assert!(LIMITED_KINDS.iter().all(|k| is_kind(k)));
+        assert!(!LIMITED_KINDS.contains(&"audit_events"));
+    }
 }

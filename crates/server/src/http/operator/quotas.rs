@@ -105,9 +105,9 @@ pub(super) struct QuotaDoc {
 
 /// The `{kind}` path parameter: a kind an operator may limit.
 pub(super) fn kind_param() -> OpDoc {
-    let kinds: Vec<String> = tenant_quotas::settable_kinds()
-        .split(", ")
-        .map(str::to_owned)
+    let kinds: Vec<String> = bulkhead_store::tenant::quotas::LIMITED_KINDS
+        .iter()
+        .map(|k| (*k).to_owned())
         .collect();
     let schema: RefOr<Schema> = ObjectBuilder::new()
         .schema_type(Type::String)
