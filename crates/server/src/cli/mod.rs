@@ -180,6 +180,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let master_key = load_master_key(&database).ok().map(std::sync::Arc::new);
             let store = db.app_store(database.max_connections, master_key).await?;
             let (stop, stopped) = watch::channel(false);
+            // A purge's announcement reaches this process's opened data keys too.
+            let keys = tokio::spawn(crate::service::ceilings::forget_data_keys_on_changes(
+                store.clone(),
+            ));
             // `--webhooks`: delivery only, for a process in an egress-only network segment; it
             // needs no audit log key. Otherwise the job worker and the audit sequencer.
             let (worker, sequencer) = if webhooks {
@@ -206,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(sequencer) = sequencer {
                 sequencer.await.ok();
             }
+            keys.abort();
             store.close().await;
             db.shutdown().await
         }

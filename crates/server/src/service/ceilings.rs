@@ -291,6 +291,19 @@ pub async fn listen_for_changes(store: Store, ceilings: std::sync::Arc<RoleCeili
     .await;
 }
 
+/// For a process that serves no requests (`bulkhead worker`) but opens tenants' sealed secrets:
+/// drops its opened data keys on the same announcements, so a purged tenant's key leaves its
+/// memory at once (crypto-shredding), not when the key cache's lifetime ends.
+pub async fn forget_data_keys_on_changes(store: Store) {
+    crate::service::invalidation::follow(
+        "data key",
+        || store.listen_ceiling_changes(),
+        |id| store.forget_data_key(TenantId::from_uuid(id)),
+        || store.forget_all_data_keys(),
+    )
+    .await;
+}
+
 fn bearers(actor: &Actor) -> Vec<Bearer> {
     match actor {
         Actor::ApiKey { key_id, .. } => vec![Bearer::Key(*key_id)],
