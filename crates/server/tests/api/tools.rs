@@ -1308,3 +1308,41 @@ async fn when_the_start_cannot_be_recorded_nothing_is_sent() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.connections(), 0, "nothing left the process");
 }
+
+/// A tool whose secret was sealed under a data key this deployment does not hold (an imported
+/// tenant's, or a purged one) is refused with 409 before anything leaves, and the refusal is in
+/// the tenant's audit log like every other refused call.
+#[tokio::test]
+async fn a_call_of_a_tool_whose_secret_does_not_open_is_refused_and_audited() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    let acme = app.create_tenant("acme").await;
+    let receiver = rig.receivers.start("tools.example", LOOPBACK).await;
+    create_tool(app, &acme, "weather", &url("tools.example", &receiver)).await;
+    let foreign = bulkhead_auth::TenantDataKey::generate().seal_tool_secret(b"elsewhere", &[7; 32]);
+    sqlx::query("UPDATE bulkhead.tools SET secret = $2 WHERE tenant_id = $1 AND name = 'weather'")
+        .bind(acme.id.uuid())
+        .bind(&foreign)
+        .execute(&app.db.superuser_pool().await)
+        .await
+        .unwrap();
+    let call = call_as(
+        app,
+        &acme,
+        Method::POST,
+        "/v1/tools/weather/calls",
+        Some(json!({ "input": { "city": "Berlin" } })),
+    )
+    .await;
+    let (status, body) = problem(call).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a call left with a secret it could not open"
+    );
+    let calls = audit_events(app, &acme, "tool.call").await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["outcome"], "failure");
+    assert_eq!(calls[0]["metadata"]["result"], "secret_unopenable");
+}

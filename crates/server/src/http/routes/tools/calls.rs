@@ -281,11 +281,24 @@ pub(super) async fn call(
         }
         Err(other) => return Err(other.into()),
     };
-    let secret = store::signing_secret(&mut tx, &tool, state.master_key()).await?;
-    let policy = screen::policy(&mut tx).await?;
-    tx.commit().await?;
     record.tool_id = Some(tool.id.to_string());
     record.version = Some(tool.version);
+    let secret = match store::signing_secret(&mut tx, &tool, state.master_key()).await {
+        Ok(secret) => secret,
+        // Sealed under a data key this deployment does not hold (an imported tenant, a purged
+        // key): refused, and audited as such like every other refusal of a call.
+        Err(err @ bulkhead_store::StoreError::SecretUnopenable(_)) => {
+            drop(tx);
+            record.outcome = Outcome::Failure;
+            record.result = "secret_unopenable";
+            record.latency_ms = elapsed(started);
+            audit_call(&state, ctx, &record, None).await?;
+            return Err(err.into());
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let policy = screen::policy(&mut tx).await?;
+    tx.commit().await?;
     let secret = Secret::from_bytes(&secret)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool secret: {e}")))?;
 
