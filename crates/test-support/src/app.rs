@@ -262,6 +262,62 @@ pub async fn operator_request_raw(
     key: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+    let (content_type, body) = match body {
+        Some(json) => (
+            Some("application/json"),
+            http_body_util::Full::new(bytes::Bytes::from(json.to_string())),
+        ),
+        None => (None, http_body_util::Full::new(bytes::Bytes::new())),
+    };
+    operator_send(socket, method, path, key, content_type, body).await
+}
+
+/// A `POST` of `body` (sent as it yields, so a test can pause or break it off) as
+/// `content_type` over the operator socket, as the socket's owner or with `key`; the status and
+/// the JSON answer.
+pub async fn operator_upload<B>(
+    socket: &std::path::Path,
+    path: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: B,
+) -> (http::StatusCode, serde_json::Value)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (status, _, bytes) = operator_send(
+        socket,
+        http::Method::POST,
+        path,
+        key,
+        Some(content_type),
+        body,
+    )
+    .await;
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    (status, json)
+}
+
+/// One HTTP/1.1 request on a fresh connection to the operator socket.
+async fn operator_send<B>(
+    socket: &std::path::Path,
+    method: http::Method,
+    path: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+    body: B,
+) -> (http::StatusCode, http::HeaderMap, bytes::Bytes)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
@@ -278,13 +334,9 @@ pub async fn operator_request_raw(
     if let Some(key) = key {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }
-    let body = match body {
-        Some(json) => {
-            request = request.header(http::header::CONTENT_TYPE, "application/json");
-            http_body_util::Full::new(bytes::Bytes::from(json.to_string()))
-        }
-        None => http_body_util::Full::new(bytes::Bytes::new()),
-    };
+    if let Some(content_type) = content_type {
+        request = request.header(http::header::CONTENT_TYPE, content_type);
+    }
     let response = sender
         .send_request(request.body(body).expect("request"))
         .await

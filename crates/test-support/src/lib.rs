@@ -20,8 +20,8 @@ pub mod receiver;
 
 #[cfg(feature = "app")]
 pub use app::{
-    app_parts, operator_request, operator_request_raw, spawn_app, spawn_app_with, test_peppers,
-    AppOptions, TestApp, TestOperator,
+    app_parts, operator_request, operator_request_raw, operator_upload, spawn_app, spawn_app_with,
+    test_peppers, AppOptions, TestApp, TestOperator,
 };
 
 use std::net::SocketAddr;

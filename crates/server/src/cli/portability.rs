@@ -14,7 +14,8 @@ use super::remote;
 use crate::config::DatabaseArgs;
 use crate::service::operators;
 use crate::service::portability::{self, ExportProgress, Manifest};
-use crate::service::tenants::{self, DedicatedDatabase};
+use crate::service::tenant_import::{self, ImportPlace};
+use crate::service::tenants::DedicatedDatabase;
 
 /// `bulkhead tenant export TENANT -o FILE`.
 pub(super) async fn export(
@@ -97,7 +98,9 @@ pub(super) async fn export(
     Ok(())
 }
 
-/// `bulkhead tenant import FILE`.
+/// `bulkhead tenant import FILE`: through the running server's operator socket when one runs
+/// (tiers `shared` and `schema`: a dedicated database is never named through the operator
+/// API), else on the database directly with owner access.
 pub(super) async fn import(
     archive: PathBuf,
     tier: String,
@@ -105,68 +108,79 @@ pub(super) async fn import(
     dedicated: Option<DedicatedDatabase>,
     database: DatabaseArgs,
 ) -> anyhow::Result<()> {
-    if remote::running(&database).await?.is_some() {
-        anyhow::bail!(
-            "an import writes the tenant with owner access to the database, which the running \
-             server holds: stop it and run this again"
+    let source =
+        json!({ "archive": archive.file_name().map(|n| n.to_string_lossy().into_owned()) });
+    if let Some(server) = remote::running(&database).await? {
+        if dedicated.is_some() {
+            anyhow::bail!(
+                "a dedicated database is never named through the running server's operator \
+                 API: stop the server to import into one, or import into `shared` or `schema` \
+                 and move the tenant later"
+            );
+        }
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("tier", &tier);
+        if let Some(region) = &region {
+            query.append_pair("region", region);
+        }
+        let query = format!("/operator/v1/tenant-imports?{}", query.finish());
+        let size = tokio::fs::metadata(&archive)
+            .await
+            .with_context(|| format!("cannot open {}", archive.display()))?
+            .len();
+        let bar = indicatif::ProgressBar::new(size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        let answer = server
+            .upload(
+                &query,
+                "application/x-tar",
+                open(&archive).await?,
+                &|sent| bar.set_position(sent),
+            )
+            .await;
+        bar.finish_and_clear();
+        let imported = answer.map_err(|err| {
+            if err
+                .downcast_ref::<remote::Refused>()
+                .is_some_and(|r| r.status < 500)
+            {
+                err.context("the import was refused; nothing of the tenant was kept")
+            } else {
+                // The server may have committed it: its answer was lost, or it was a fault.
+                err.context(
+                    "the import's outcome is unknown: see `bulkhead tenant show` and the \
+                     operator log (`tenant.import`)",
+                )
+            }
+        })?;
+        return print_json(&imported);
     }
     let input = open(&archive).await?;
     let master = crate::service::database::load_master_key(&database).ok();
     with_owner(&database, |owner| async move {
         let operator = crate::config::environment::operator_account();
-        let place_owner = owner.clone();
-        let (tier, master, operator_for_place) = (&tier, master.as_ref(), operator.clone());
-        let dedicated = &dedicated;
-        let place = move |tenant: &bulkhead_store::placement::registry::Tenant| {
-            let owner = place_owner.clone();
-            let (slug, id) = (tenant.slug.clone(), tenant.id);
-            let region = region.clone().unwrap_or_else(|| tenant.region.clone());
-            let dedicated = dedicated.as_ref();
-            let operator = operator_for_place.clone();
-            async move {
-                let placement = tenants::placement(
-                    &owner,
-                    tier,
-                    dedicated,
-                    &slug,
-                    Some(id),
-                    &region,
-                    master,
-                    &operator,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok((placement, region))
-            }
-            .boxed()
+        let place = ImportPlace {
+            tier: &tier,
+            region: region.as_deref(),
+            dedicated: dedicated.as_ref(),
+            master: master.as_ref(),
         };
-        let work = portability::read(input, Some((&owner, &place)));
-        let (checked, tenant) = operators::audited(
-            &owner,
-            &operator,
-            "tenant.import",
-            None,
-            json!({ "archive": archive.file_name().map(|n| n.to_string_lossy().into_owned()) }),
-            |(checked, _): &(portability::CheckedArchive, _)| {
-                checked.manifest.tenant_id.to_string()
-            },
-            work.map(|r| r.map_err(Failed)),
-        )
-        .await
-        .map_err(|e| {
-            e.0.context("the import failed; nothing of the tenant was kept")
-        })?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "tenant": tenant,
-                "tables": checked.manifest.tables,
-            }))?
-        );
-        Ok(())
+        let (checked, tenant) = tenant_import::import(&owner, input, place, &operator, source)
+            .await
+            .map_err(|e| {
+                e.0.context("the import failed; nothing of the tenant was kept")
+            })?;
+        print_json(&json!({ "tenant": tenant, "tables": checked.manifest.tables }))
     })
     .await
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 async fn open(path: &Path) -> anyhow::Result<tokio::io::BufReader<tokio::fs::File>> {

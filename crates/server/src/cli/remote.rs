@@ -103,10 +103,15 @@ impl Running {
 
 impl Running {
     /// One request on a fresh connection to the socket.
-    async fn send(
+    async fn send<B>(
         &self,
-        request: http::Request<http_body_util::Full<bytes::Bytes>>,
-    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+        request: http::Request<B>,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
@@ -114,6 +119,49 @@ impl Running {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         Ok(sender.send_request(request).await?)
+    }
+
+    /// Sends a `POST` whose body is `input`, streamed as read (reporting the bytes sent so far),
+    /// and returns the JSON answer of a 2xx, or [`Refused`].
+    pub(super) async fn upload<R>(
+        &self,
+        path: &str,
+        content_type: &str,
+        input: R,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<Value>
+    where
+        R: tokio::io::AsyncRead + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        let (sent_tx, mut sent_rx) = tokio::sync::watch::channel(0u64);
+        let mut sent = 0u64;
+        let frames = tokio_util::io::ReaderStream::new(input).map(move |chunk| {
+            let chunk = chunk?;
+            sent += chunk.len() as u64;
+            sent_tx.send_replace(sent);
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk))
+        });
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::HOST, "localhost")
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(http_body_util::StreamBody::new(frames))?;
+        let answer = self.send(request);
+        tokio::pin!(answer);
+        let response = loop {
+            tokio::select! {
+                response = &mut answer => break response?,
+                Ok(()) = sent_rx.changed() => progress(*sent_rx.borrow()),
+            }
+        };
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+        }
+        Err(refused(status, &bytes).into())
     }
 
     /// Sends a `GET` and streams a 2xx answer's body into `out` (reporting the bytes written so

@@ -19,6 +19,7 @@ pub mod portability;
 pub mod rate_limits;
 pub mod scan;
 pub mod screen;
+pub mod tenant_import;
 pub mod tenant_quotas;
 pub mod tenants;
 pub mod tokens;

@@ -45,6 +45,9 @@ const BLOCK: usize = 512;
 /// The largest entry read into memory (a table part, the tenant record, the manifest): parts are
 /// written at about 1 MiB plus one fetch of rows, so this bounds a hostile archive, not ours.
 const MAX_ENTRY_IN_MEMORY: u64 = 64 << 20;
+/// The most entries an archive may hold: parts are about 1 MiB, so this is a tenant of some
+/// hundreds of GiB; it bounds what a hostile archive of empty entries makes the reader keep.
+const MAX_ENTRIES: usize = 500_000;
 /// Audit leaves read per page into the archive.
 const AUDIT_PAGE: u64 = 2000;
 
@@ -437,6 +440,19 @@ impl<R: AsyncRead + Unpin> ArchiveReader<R> {
     }
 }
 
+/// The deployment refused an archive's rows of `table` as they were written (a row of another
+/// tenant, a malformed value, a duplicate, a missing parent): the archive's fault, unless
+/// `source` says the database did not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("table {table}: the rows are refused: {source}")]
+pub struct RowsRefused {
+    /// The table.
+    pub table: &'static str,
+    /// Why.
+    #[source]
+    pub source: bulkhead_store::StoreError,
+}
+
 /// What an archive holds, checked against its own manifest.
 #[derive(Debug)]
 pub struct CheckedArchive {
@@ -515,6 +531,9 @@ async fn read_rest<R: AsyncRead + Unpin>(
     let mut seen: Vec<ManifestFile> = vec![first_file];
     let mut tables: BTreeMap<String, u64> = BTreeMap::new();
     loop {
+        if seen.len() > MAX_ENTRIES {
+            bail!("the archive holds more than {MAX_ENTRIES} entries: more than any this build writes");
+        }
         let Some(entry) = reader.next().await? else {
             bail!("the archive ends without manifest.json: it is incomplete");
         };
@@ -534,7 +553,10 @@ async fn read_rest<R: AsyncRead + Unpin>(
                 } else if let Some(table) = table_of(&name) {
                     let rows = data.iter().filter(|b| **b == b'\n').count() as u64;
                     if let Some((_, import)) = import.as_mut() {
-                        let written = import.add_rows(table, &data).await?;
+                        let written = import
+                            .add_rows(table, &data)
+                            .await
+                            .map_err(|source| RowsRefused { table, source })?;
                         if written != rows {
                             bail!("{name}: {rows} lines, {written} rows written");
                         }

@@ -368,6 +368,39 @@ async fn tenant_commands_reach_a_running_server_through_its_socket_and_others_ar
         "{exported_live}"
     );
 
+    // The archive into another deployment while that one runs: `tenant import` streams it
+    // through that server's socket, and the tenant is there at once; a second import is refused.
+    let other_dir = dir.path().join("other");
+    let other = Server::start(&other_dir).await;
+    let import = || {
+        bulkhead(&other_dir)
+            .args(["tenant", "import", "--tier", "schema"])
+            .arg(dir.path().join("acme-live.tar"))
+            .output()
+            .unwrap()
+    };
+    let imported = import();
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let report: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(report["tenant"]["id"], created["tenant"]["id"], "{report}");
+    assert_eq!(report["tenant"]["isolation_tier"], "schema", "{report}");
+    assert_eq!(report["tables"]["agent_sessions"], 1, "{report}");
+    let shown = bulkhead(&other_dir)
+        .args(["tenant", "show", "acme"])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["id"], created["tenant"]["id"], "{shown}");
+    let again = import();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("exists here"), "{stderr}");
+    other.stop();
+
     // `migrate` has no operator route: it still may not open the cluster the server holds.
     let output = bulkhead(&data_dir).args(["migrate"]).output().unwrap();
     assert!(!output.status.success());

@@ -403,3 +403,255 @@ async fn an_archive_does_not_bring_back_a_tenant_this_deployment_erased() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// `POST /operator/v1/tenant-imports` of `archive` (as the socket's owner, or with `key`).
+async fn upload(
+    operator: &TestOperator,
+    query: &str,
+    key: Option<&str>,
+    content_type: &str,
+    archive: &[u8],
+) -> (StatusCode, Value) {
+    bulkhead_test_support::operator_upload(
+        &operator.socket,
+        &format!("/operator/v1/tenant-imports{query}"),
+        key,
+        content_type,
+        http_body_util::Full::new(bytes::Bytes::copy_from_slice(archive)),
+    )
+    .await
+}
+
+/// Whether `app` has a registry row for `tenant`.
+async fn registered(app: &TestApp, tenant: TenantId) -> bool {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM bulkhead.tenants WHERE id = $1")
+        .bind(tenant.uuid())
+        .fetch_one(&app.db.superuser_pool().await)
+        .await
+        .unwrap()
+        > 0
+}
+
+/// The operator API imports an archive streamed as the request body (what `bulkhead tenant
+/// import` sends through a running server's socket): into the tier asked, row for row, served at
+/// once; a refused, tampered or stalled upload keeps nothing and is in the operator log.
+#[tokio::test]
+async fn an_archive_uploaded_to_the_operator_api_imports_all_or_nothing() {
+    let source = spawn_app().await;
+    let acme = source.create_tenant("acme").await;
+    for n in 0..30 {
+        create_session(&source, &acme, &format!("session {n}")).await;
+    }
+    let sessions_before = get_ok_json(&source, &acme, "/v1/sessions?limit=200").await;
+    let archive = export_acme(&source.spawn_operator().await).await;
+
+    // A short request timeout, so that a stalled upload is cut within the test.
+    let target = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
+        configure: Some(|config| {
+            config.connections.request_timeout = std::time::Duration::from_secs(2);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let operator = target.spawn_operator().await;
+    let (_, made) = operator
+        .request(
+            Method::POST,
+            "/operator/v1/operator-keys",
+            None,
+            Some(json!({ "name": "reader", "scopes": ["tenants:read"] })),
+        )
+        .await;
+    let reader = made["key"].as_str().unwrap();
+    let tar = "application/x-tar";
+    let (status, _) = upload(&operator, "", Some(reader), tar, &archive).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "tenants:write is needed");
+    let (status, _) = upload(&operator, "", None, "application/json", &archive).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, body) = upload(&operator, "?tier=dedicated", None, tar, &archive).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = upload(&operator, "?tier=shared&color=red", None, tar, &archive).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A tampered part: the manifest's hash does not match; nothing registered.
+    let mut tampered = archive.to_vec();
+    let at = tampered
+        .windows(b"session 3".len())
+        .position(|w| w == b"session 3")
+        .unwrap();
+    tampered[at + 8] = b'4';
+    let (status, body) = upload(&operator, "", None, tar, &tampered).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("manifest"),
+        "{body}"
+    );
+    assert!(
+        !registered(&target, acme.id).await,
+        "a tampered archive left a tenant"
+    );
+    // Half the archive, then nothing: cut after the request timeout, nothing kept.
+    let half = bytes::Bytes::copy_from_slice(&archive[..archive.len() / 2]);
+    let stalled = futures::StreamExt::chain(
+        futures::stream::iter([Ok::<_, std::io::Error>(hyper::body::Frame::data(half))]),
+        futures::stream::pending(),
+    );
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        bulkhead_test_support::operator_upload(
+            &operator.socket,
+            "/operator/v1/tenant-imports",
+            None,
+            tar,
+            http_body_util::StreamBody::new(stalled),
+        ),
+    )
+    .await
+    .expect("a stalled upload is answered");
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert!(
+        !registered(&target, acme.id).await,
+        "a stalled upload left a tenant"
+    );
+    assert_eq!(sessions_in_registry_database(&target, acme.id).await, 0);
+
+    // The whole archive, into a schema of its own.
+    let (status, report) = upload(&operator, "?tier=schema", None, tar, &archive).await;
+    assert_eq!(status, StatusCode::CREATED, "{report}");
+    assert_eq!(report["tenant"]["id"], acme.id.to_string());
+    assert_eq!(report["tenant"]["isolation_tier"], "schema");
+    assert_eq!(report["tables"]["agent_sessions"], 30, "{report}");
+    let at_source = rows(
+        &source.db.superuser_pool().await,
+        "bulkhead",
+        acme.id.uuid(),
+    )
+    .await;
+    let schema = format!("tenant_{}", acme.id.uuid().simple());
+    let at_target = rows(&target.db.superuser_pool().await, &schema, acme.id.uuid()).await;
+    assert_eq!(at_source, at_target, "the rows differ");
+    // Served at once, with the tenant's own key (the peppers are the tests' on both).
+    let sessions_after = get_ok_json(&target, &acme, "/v1/sessions?limit=200").await;
+    assert_eq!(sessions_after, sessions_before);
+    // Again: a conflict, and the tenant still served.
+    let (status, body) = upload(&operator, "", None, tar, &archive).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        call_as(&target, &acme, Method::GET, "/v1/sessions?limit=1", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // The operator log: each attempt that began, with its outcome; the stall's failure says so.
+    let (_, events) = operator
+        .request(
+            Method::GET,
+            "/operator/v1/audit-events?limit=50",
+            None,
+            None,
+        )
+        .await;
+    let imports: Vec<(&str, &str)> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "tenant.import")
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let outcomes: Vec<&str> = imports.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        outcomes,
+        ["failure", "started", "success", "started", "failure", "started", "failure", "started"],
+        "{events}"
+    );
+    assert!(imports[4].1.contains("stalled"), "{imports:?}");
+}
+
+/// A client that sends the whole archive and goes away before the answer (Ctrl-C after the last
+/// byte) does not cut the import off half-way: it ends committed or abandoned, with its closing
+/// event in the operator log, and the next import may run.
+#[tokio::test]
+async fn an_import_whose_client_goes_away_ends_whole_and_logged() {
+    use tokio::io::AsyncWriteExt as _;
+    let source = spawn_app().await;
+    let acme = source.create_tenant("acme").await;
+    // Enough rows that the import is still being written when the client has gone.
+    sqlx::query(
+        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, metadata) \
+         SELECT $1, gen_random_uuid(), 'agent-' || (g % 7), 'seeded ' || g, \
+                jsonb_build_object('n', g, 'text', repeat('x', g % 50)) \
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(acme.id.uuid())
+    .execute(&source.db.superuser_pool().await)
+    .await
+    .unwrap();
+    let archive = export_acme(&source.spawn_operator().await).await;
+    let target = spawn_app().await;
+    let operator = target.spawn_operator().await;
+
+    let mut stream = tokio::net::UnixStream::connect(&operator.socket)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /operator/v1/tenant-imports HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        archive.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&archive).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+
+    let closing = |events: &Value| -> Vec<String> {
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "tenant.import" && e["outcome"] != "started")
+            .map(|e| e["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let outcome = loop {
+        let (_, events) = operator
+            .request(
+                Method::GET,
+                "/operator/v1/audit-events?limit=20",
+                None,
+                None,
+            )
+            .await;
+        if let [outcome] = closing(&events).as_slice() {
+            break outcome.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never ended in the operator log: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // Whole either way: every row, or no tenant.
+    if outcome == "success" {
+        assert_eq!(
+            sessions_in_registry_database(&target, acme.id).await,
+            20_000
+        );
+    } else {
+        assert_eq!(outcome, "failure");
+        assert!(!registered(&target, acme.id).await);
+        assert_eq!(sessions_in_registry_database(&target, acme.id).await, 0);
+    }
+    // The import's permit is free again.
+    let (status, body) = upload(&operator, "", None, "application/x-tar", &archive).await;
+    let expected = if outcome == "success" {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::CREATED
+    };
+    assert_eq!(status, expected, "{body}");
+}

@@ -22,6 +22,7 @@
 mod audit;
 mod deletion;
 mod export;
+mod import;
 mod keys;
 mod moves;
 pub mod openapi;
@@ -56,6 +57,9 @@ pub struct OperatorState {
     app: AppState,
     owner: Store,
     moves: std::sync::Arc<crate::service::moves::MoveRuns>,
+    /// One import at a time in this process: each holds an owner connection (and a
+    /// transaction) for its whole length, of the few the operator plane has.
+    imports: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl OperatorState {
@@ -65,7 +69,13 @@ impl OperatorState {
             app,
             owner,
             moves: std::sync::Arc::default(),
+            imports: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// The permit an import runs under, if no other import runs in this process.
+    pub(crate) fn import_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.imports.clone().try_acquire_owned().ok()
     }
 
     /// The tenant moves this process runs.
@@ -104,7 +114,18 @@ pub struct OperatorRoutes {
         OperatorRouteSpec,
         MethodRouter<OperatorState>,
         Option<OpDoc>,
+        BodyHandling,
     )>,
+}
+
+/// How a route's request body is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyHandling {
+    /// The API's body cap and request timeout, like every tenant route.
+    Bounded,
+    /// A stream larger and longer than those allow (an archive upload): the handler bounds it
+    /// (`import::paced`).
+    Streamed,
 }
 
 impl std::fmt::Debug for OperatorRoutes {
@@ -142,7 +163,19 @@ impl OperatorRoutes {
             },
             on(filter, handler),
             None,
+            BodyHandling::Bounded,
         ));
+        self
+    }
+
+    /// The route just added takes a streamed body, outside the body cap and request timeout:
+    /// its handler must bound the stream itself.
+    ///
+    /// # Panics
+    /// Before any route (a programming error).
+    fn streamed(mut self) -> Self {
+        let (_, _, _, body) = self.routes.last_mut().expect("streamed() follows a route");
+        *body = BodyHandling::Streamed;
         self
     }
 
@@ -152,14 +185,14 @@ impl OperatorRoutes {
     /// # Panics
     /// Before any route, or on a route documented twice (programming errors).
     pub fn doc(mut self, doc: OpDoc) -> Self {
-        let (spec, _, slot) = self.routes.last_mut().expect("doc() follows a route");
+        let (spec, _, slot, _) = self.routes.last_mut().expect("doc() follows a route");
         assert!(
             slot.is_none(),
             "documented twice: {} {}",
             spec.method,
             spec.path
         );
-        let tag = if spec.path.starts_with("/operator/v1/tenants") {
+        let tag = if spec.path.starts_with("/operator/v1/tenant") {
             "tenants"
         } else if spec.path.starts_with("/operator/v1/operator-keys") {
             "operator-keys"
@@ -176,20 +209,21 @@ impl OperatorRoutes {
 
     /// Every declared route.
     pub fn specs(&self) -> impl Iterator<Item = &OperatorRouteSpec> {
-        self.routes.iter().map(|(spec, _, _)| spec)
+        self.routes.iter().map(|(spec, _, _, _)| spec)
     }
 
     /// Every declared route with its document entry.
     pub fn docs(&self) -> impl Iterator<Item = (&OperatorRouteSpec, Option<&OpDoc>)> {
         self.routes
             .iter()
-            .map(|(spec, _, doc)| (spec, doc.as_ref()))
+            .map(|(spec, _, doc, _)| (spec, doc.as_ref()))
     }
 
-    fn into_router(self) -> Router<OperatorState> {
-        let mut router = Router::new();
+    /// The routers of the bounded and of the streamed routes.
+    fn into_routers(self) -> (Router<OperatorState>, Router<OperatorState>) {
+        let (mut bounded, mut streamed) = (Router::new(), Router::new());
         let mut seen = std::collections::BTreeSet::new();
-        for (spec, endpoint, _) in self.routes {
+        for (spec, endpoint, _, body) in self.routes {
             assert!(
                 seen.insert((spec.method.to_string(), spec.path)),
                 "operator route declared twice: {} {}",
@@ -197,9 +231,12 @@ impl OperatorRoutes {
                 spec.path
             );
             let endpoint = endpoint.layer(middleware::from_fn_with_state(spec.scope, require));
-            router = router.route(spec.path, endpoint);
+            match body {
+                BodyHandling::Bounded => bounded = bounded.route(spec.path, endpoint),
+                BodyHandling::Streamed => streamed = streamed.route(spec.path, endpoint),
+            }
         }
-        router
+        (bounded, streamed)
     }
 }
 
@@ -421,6 +458,26 @@ pub fn route_table() -> OperatorRoutes {
             .summary("Export everything the tenant owns (needs tenants:write: it is the tenant's data, not its record)."),
         )
         .route(
+            Method::POST,
+            "/operator/v1/tenant-imports",
+            TenantsWrite,
+            import::import,
+        )
+        .streamed()
+        .doc(
+            tar_upload(
+                OpDoc::ok::<ImportedTenantDoc>(201, "The tenant as imported, and its rows per table")
+                    .query::<ImportQueryDoc>()
+                    .summary(
+                        "Import a tenant's archive (`GET …/export`'s), streamed as the body: all \
+                         or nothing. The body may pause at most the request timeout (30 s by default; then 408).",
+                    )
+                    .conflict("A tenant with the archive's id or slug exists here, or another import runs in this server")
+                    .invalid("The archive does not check out, or a tier or region is refused")
+                    .answer(408, "The upload stalled"),
+            ),
+        )
+        .route(
             Method::GET,
             "/operator/v1/operator-keys",
             OperatorsManage,
@@ -502,26 +559,39 @@ pub fn route_table() -> OperatorRoutes {
 }
 
 /// The operator application: every route behind operator authentication, the same request id,
-/// span, metrics, timeout, panic guard and body limit as the tenant API.
+/// span, metrics, timeout, panic guard and body limit as the tenant API — but for the streamed
+/// routes ([`OperatorRoutes::streamed`]), which bound their bodies themselves.
 pub fn router(state: OperatorState) -> Router {
     let timeout = state.app.config().connections.request_timeout;
-    route_table()
-        .into_router()
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+    let authenticated = || middleware::from_fn_with_state(state.clone(), authenticate);
+    let (bounded, streamed) = route_table().into_routers();
+    let bounded = bounded
+        .route_layer(authenticated())
         // Added after the authentication layer, so outside it: the document holds no data.
         .route(openapi::PATH, axum::routing::get(openapi::serve))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(crate::http::telemetry::request_span))
                 .layer(middleware::from_fn(move |request, next| {
                     crate::http::listener::within(timeout, request, next)
                 }))
+                .layer(DefaultBodyLimit::max(crate::http::app::MAX_BODY_BYTES)),
+        );
+    let streamed = streamed
+        .route_layer(authenticated())
+        .layer(DefaultBodyLimit::disable());
+    bounded
+        .merge(streamed)
+        // Again over the merged router: the streamed routes' methods too (a wrong one is 405
+        // before authentication, as everywhere).
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(crate::http::telemetry::request_span))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-                }))
-                .layer(DefaultBodyLimit::max(crate::http::app::MAX_BODY_BYTES)),
+                })),
         )
         .with_state(state)
 }

@@ -477,3 +477,50 @@ pub fn ndjson(description: &str) -> OpDoc {
     let schema = ObjectBuilder::new().schema_type(Type::String).build();
     OpDoc::inline(200, description, "application/x-ndjson", schema.into())
 }
+
+/// `doc` with a request body of a tar archive (binary), required.
+pub fn tar_upload(mut doc: OpDoc) -> OpDoc {
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Binary,
+        )))
+        .build();
+    doc.request_body = Some(
+        utoipa::openapi::request_body::RequestBodyBuilder::new()
+            .description(Some(
+                "A tenant archive as `GET /operator/v1/tenants/{tenant}/export` writes it",
+            ))
+            .content(
+                "application/x-tar",
+                utoipa::openapi::content::ContentBuilder::new()
+                    .schema(Some(schema))
+                    .build(),
+            )
+            .required(Some(utoipa::openapi::Required::True))
+            .build(),
+    );
+    doc.answer(415, "The body is not `application/x-tar`")
+}
+
+/// The query of `POST /operator/v1/tenant-imports`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // a type for the document only
+pub struct ImportQueryDoc {
+    /// `shared` (default) or `schema` (`dedicated` is the CLI's, with the server stopped).
+    #[param(pattern = "^(shared|schema)$")]
+    tier: Option<String>,
+    /// Default: the archive's region.
+    region: Option<String>,
+}
+
+/// An imported tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedTenantDoc {
+    /// The tenant as registered here.
+    pub tenant: TenantDoc,
+    /// Rows imported per table.
+    #[schema(value_type = Object)]
+    pub tables: std::collections::BTreeMap<String, u64>,
+}
