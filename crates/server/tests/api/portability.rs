@@ -655,3 +655,87 @@ async fn an_import_whose_client_goes_away_ends_whole_and_logged() {
     };
     assert_eq!(status, expected, "{body}");
 }
+
+/// A client that takes an export slower than the operator API's transfer floor (64 KiB/s after
+/// the request timeout) ends the export — its snapshot and transaction, which hold VACUUM back —
+/// while it is still reading, and the operator log says why.
+#[tokio::test]
+async fn an_export_read_slower_than_the_floor_is_ended() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
+        configure: Some(|config| {
+            config.connections.request_timeout = std::time::Duration::from_secs(2);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let acme = app.create_tenant("acme").await;
+    // An archive of some megabytes: far more than the pipe's, the server's and the socket's
+    // buffers hold.
+    sqlx::query(
+        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, metadata) \
+         SELECT $1, gen_random_uuid(), 'agent-' || (g % 7), 'seeded ' || g, \
+                jsonb_build_object('n', g, 'text', repeat('x', 200)) \
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(acme.id.uuid())
+    .execute(&app.db.superuser_pool().await)
+    .await
+    .unwrap();
+    let operator = app.spawn_operator().await;
+    let mut stream = tokio::net::UnixStream::connect(&operator.socket)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /operator/v1/tenants/acme/export HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // 1 KiB every 100 ms: about 10 KiB/s, for as long as the test lasts.
+    let reader = tokio::spawn(async move {
+        let mut received = 0usize;
+        let mut chunk = [0u8; 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received += n,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ended = loop {
+        let (_, events) = operator
+            .request(
+                Method::GET,
+                "/operator/v1/audit-events?limit=10",
+                None,
+                None,
+            )
+            .await;
+        let latest = events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "tenant.export")
+            .cloned();
+        if let Some(latest) = latest.filter(|e| e["outcome"] != "started") {
+            break latest;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 10 KiB/s reader still held the export after 60 s: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(ended["outcome"], "failure", "{ended}");
+    assert!(
+        ended["reason"]
+            .as_str()
+            .unwrap()
+            .contains("slower than 64 KiB/s"),
+        "{ended}"
+    );
+    // Ended while the client was still reading, not because it stopped.
+    assert!(!reader.is_finished(), "the reader had already stopped");
+    reader.abort();
+}

@@ -9,6 +9,7 @@ use axum::Extension;
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 
+use super::pace::{Floor, FlooredWriter};
 use super::tenants::find;
 use super::OperatorState;
 use crate::http::error::ApiError;
@@ -38,7 +39,14 @@ pub(super) async fn export(
         ),
     )
     .await?;
-    let (mut writer, reader) = tokio::io::duplex(PIPE_BYTES);
+    let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
+    // A client that takes the archive slower than the transfer floor (`super::pace`) ends the
+    // export, and with it the snapshot (and VACUUM) it holds; one that stops reading is ended
+    // sooner by the snapshot's idle timeout.
+    let mut writer = FlooredWriter::new(
+        writer,
+        Floor::new(state.app().config().connections.request_timeout),
+    );
     let app = state.app().clone();
     let actor = ctx.actor.clone();
     let work = tokio::spawn(async move {
@@ -61,8 +69,18 @@ pub(super) async fn export(
             ),
             Err(err) => {
                 tracing::error!(tenant_id = %found.id, error = %format!("{err:#}"), "tenant export failed mid-stream");
+                let slow = err.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+                let reason = if slow {
+                    "the client read the export slower than 64 KiB/s"
+                } else {
+                    "the export failed mid-stream"
+                };
                 bulkhead_store::operators::NewOperatorEvent {
-                    reason: Some("the export failed mid-stream".into()),
+                    reason: Some(reason.into()),
                     ..operators::event(&actor, "tenant.export", "failure", target, json!({}))
                 }
             }

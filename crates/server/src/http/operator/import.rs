@@ -20,6 +20,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::pace::Floor;
 use super::OperatorState;
 use crate::http::error::ApiError;
 use crate::http::extract::Query;
@@ -112,25 +113,19 @@ pub(super) async fn import(
     ))
 }
 
-/// The slowest average an upload may keep once its first `stall` has passed.
-const MIN_BYTES_PER_SECOND: u64 = 64 * 1024;
-
 /// The body's bytes, failing with `TimedOut` when none arrives for `stall`, or when the upload
-/// falls below [`MIN_BYTES_PER_SECOND`] on average after its first `stall` (a trickle would
-/// otherwise hold the import's owner connection and transaction — and the registry's VACUUM
-/// horizon — for as long as it liked).
+/// falls below the transfer floor (`super::pace`) after its first `stall`.
 fn paced(
     body: Body,
     stall: Duration,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static {
-    let started = tokio::time::Instant::now();
+    let floor = Floor::new(stall);
     let stream = body.into_data_stream();
     Box::pin(futures::stream::unfold(
         Some((stream, 0u64)),
         move |state| async move {
             let (mut stream, received) = state?;
-            let deadline =
-                started + stall + Duration::from_millis(received * 1000 / MIN_BYTES_PER_SECOND);
+            let deadline = floor.deadline(received);
             let now = tokio::time::Instant::now();
             let wait = stall.min(deadline.saturating_duration_since(now));
             let timed_out = |what: &str| {

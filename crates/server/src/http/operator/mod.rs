@@ -26,6 +26,7 @@ mod import;
 mod keys;
 mod moves;
 pub mod openapi;
+mod pace;
 mod quotas;
 pub mod socket;
 mod tenants;
