@@ -19,7 +19,7 @@ use crate::service::operators;
 /// The actor the background purge names in the operator log.
 pub const BACKGROUND_ACTOR: &str = "system:tenant-purge";
 
-/// Why a deletion request was refused. Mapped to HTTP once (`http/error.rs`).
+/// Why a deletion request was refused. Mapped to HTTP once (`http/error/`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeletionError {

@@ -16,7 +16,7 @@ use crate::service::credentials::Peppers;
 use crate::service::operators;
 use serde_json::json;
 
-/// Why a tenant change was refused. Mapped to HTTP once (`http/error.rs`); the CLI prints it.
+/// Why a tenant change was refused. Mapped to HTTP once (`http/error/`); the CLI prints it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TenantChangeError {
