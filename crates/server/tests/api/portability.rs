@@ -82,6 +82,46 @@ async fn rows(pool: &PgPool, schema: &str, tenant: uuid::Uuid) -> Vec<(String, V
     out
 }
 
+/// A key with `tenants:read` only, made over the socket as its owner.
+async fn reader_key(operator: &TestOperator) -> String {
+    let (_, made) = operator
+        .request(
+            Method::POST,
+            "/operator/v1/operator-keys",
+            None,
+            Some(json!({ "name": "reader", "scopes": ["tenants:read"] })),
+        )
+        .await;
+    made["key"].as_str().unwrap().to_owned()
+}
+
+/// An app whose request timeout is 2 s: the stall limit and the transfer floor's grace, so a
+/// stalled or trickling transfer is cut within a test.
+async fn spawn_app_with_short_timeout() -> TestApp {
+    bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
+        configure: Some(|config| {
+            config.connections.request_timeout = std::time::Duration::from_secs(2);
+        }),
+        ..Default::default()
+    })
+    .await
+}
+
+/// `count` sessions of `tenant` (shared tier) of about 250 bytes each, straight into the table.
+async fn seed_sessions(app: &TestApp, tenant: TenantId, count: i32) {
+    sqlx::query(
+        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, metadata) \
+         SELECT $1, gen_random_uuid(), 'agent-' || (g % 7), 'seeded ' || g, \
+                jsonb_build_object('n', g, 'text', repeat('x', 200)) \
+         FROM generate_series(1, $2) g",
+    )
+    .bind(tenant.uuid())
+    .bind(count)
+    .execute(&app.db.superuser_pool().await)
+    .await
+    .unwrap();
+}
+
 /// The entry `name` of an archive this build wrote (ustar, regular files only).
 fn entry(archive: &[u8], name: &str) -> Option<Vec<u8>> {
     let mut at = 0;
@@ -281,15 +321,8 @@ async fn export_needs_tenants_write_and_names_no_unknown_tenant() {
     let app = spawn_app().await;
     app.create_tenant("acme").await;
     let operator = app.spawn_operator().await;
-    let (_, made) = operator
-        .request(
-            Method::POST,
-            "/operator/v1/operator-keys",
-            None,
-            Some(json!({ "name": "reader", "scopes": ["tenants:read"] })),
-        )
-        .await;
-    let reader = made["key"].as_str().unwrap();
+    let reader = reader_key(&operator).await;
+    let reader = reader.as_str();
     let (status, _) = operator
         .request(
             Method::GET,
@@ -446,23 +479,10 @@ async fn an_archive_uploaded_to_the_operator_api_imports_all_or_nothing() {
     let archive = export_acme(&source.spawn_operator().await).await;
 
     // A short request timeout, so that a stalled upload is cut within the test.
-    let target = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
-        configure: Some(|config| {
-            config.connections.request_timeout = std::time::Duration::from_secs(2);
-        }),
-        ..Default::default()
-    })
-    .await;
+    let target = spawn_app_with_short_timeout().await;
     let operator = target.spawn_operator().await;
-    let (_, made) = operator
-        .request(
-            Method::POST,
-            "/operator/v1/operator-keys",
-            None,
-            Some(json!({ "name": "reader", "scopes": ["tenants:read"] })),
-        )
-        .await;
-    let reader = made["key"].as_str().unwrap();
+    let reader = reader_key(&operator).await;
+    let reader = reader.as_str();
     let tar = "application/x-tar";
     let (status, _) = upload(&operator, "", Some(reader), tar, &archive).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "tenants:write is needed");
@@ -580,16 +600,7 @@ async fn an_import_whose_client_goes_away_ends_whole_and_logged() {
     let source = spawn_app().await;
     let acme = source.create_tenant("acme").await;
     // Enough rows that the import is still being written when the client has gone.
-    sqlx::query(
-        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, metadata) \
-         SELECT $1, gen_random_uuid(), 'agent-' || (g % 7), 'seeded ' || g, \
-                jsonb_build_object('n', g, 'text', repeat('x', g % 50)) \
-         FROM generate_series(1, 20000) g",
-    )
-    .bind(acme.id.uuid())
-    .execute(&source.db.superuser_pool().await)
-    .await
-    .unwrap();
+    seed_sessions(&source, acme.id, 20_000).await;
     let archive = export_acme(&source.spawn_operator().await).await;
     let target = spawn_app().await;
     let operator = target.spawn_operator().await;
@@ -662,26 +673,11 @@ async fn an_import_whose_client_goes_away_ends_whole_and_logged() {
 #[tokio::test]
 async fn an_export_read_slower_than_the_floor_is_ended() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let app = bulkhead_test_support::spawn_app_with(bulkhead_test_support::AppOptions {
-        configure: Some(|config| {
-            config.connections.request_timeout = std::time::Duration::from_secs(2);
-        }),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_short_timeout().await;
     let acme = app.create_tenant("acme").await;
     // An archive of some megabytes: far more than the pipe's, the server's and the socket's
     // buffers hold.
-    sqlx::query(
-        "INSERT INTO bulkhead.agent_sessions (tenant_id, id, agent_id, title, metadata) \
-         SELECT $1, gen_random_uuid(), 'agent-' || (g % 7), 'seeded ' || g, \
-                jsonb_build_object('n', g, 'text', repeat('x', 200)) \
-         FROM generate_series(1, 20000) g",
-    )
-    .bind(acme.id.uuid())
-    .execute(&app.db.superuser_pool().await)
-    .await
-    .unwrap();
+    seed_sessions(&app, acme.id, 20_000).await;
     let operator = app.spawn_operator().await;
     let mut stream = tokio::net::UnixStream::connect(&operator.socket)
         .await
