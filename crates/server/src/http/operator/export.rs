@@ -49,7 +49,7 @@ pub(super) async fn export(
     );
     let app = state.app().clone();
     let actor = ctx.actor.clone();
-    let work = tokio::spawn(async move {
+    let work = state.spawn_transfer(async move {
         let result = portability::export(
             &owner,
             app.audit().key(),

@@ -86,7 +86,7 @@ pub(super) async fn import(
     // byte, or a connection's idle timer) drops the handler, never the import half-way, so it
     // always ends committed or abandoned, with its closing event in the operator log. A client
     // gone mid-body ends the stream, and with it the import (abandoned).
-    let work = tokio::spawn(async move {
+    let work = state.spawn_transfer(async move {
         let _running = permit;
         let place = ImportPlace {
             tier: &tier,
@@ -113,39 +113,40 @@ pub(super) async fn import(
     ))
 }
 
-/// The body's bytes, failing with `TimedOut` when none arrives for `stall`, or when the upload
-/// falls below the transfer floor (`super::pace`) after its first `stall`.
+/// The body's bytes, failing with `TimedOut` when none arrives for `stall`, or when the time
+/// spent waiting on the client passes the transfer floor's allowance (`super::pace`; the
+/// import's own work between chunks is not counted).
 fn paced(
     body: Body,
     stall: Duration,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static {
+    // The shortest wait for a chunk: a chunk already in the socket needs a poll or two of the
+    // body to arrive, so a wait of (nearly) nothing would fail a client that has kept up.
+    const SHORTEST_WAIT: Duration = Duration::from_secs(1);
     let floor = Floor::new(stall);
     let stream = body.into_data_stream();
     Box::pin(futures::stream::unfold(
-        Some((stream, 0u64)),
+        Some((stream, 0u64, Duration::ZERO)),
         move |state| async move {
-            let (mut stream, received) = state?;
-            let deadline = floor.deadline(received);
-            let now = tokio::time::Instant::now();
-            let wait = stall.min(deadline.saturating_duration_since(now));
+            let (mut stream, received, waited) = state?;
+            let left = floor.allowance(received).saturating_sub(waited);
+            let wait = stall.min(left.max(SHORTEST_WAIT));
+            let asked = tokio::time::Instant::now();
+            let next = tokio::time::timeout(wait, stream.next()).await;
+            let waited = waited + asked.elapsed();
             let timed_out = |what: &str| {
-                Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        what.to_owned(),
-                    )),
-                    None,
-                ))
+                let err = std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned());
+                Some((Err(err), None))
             };
-            match tokio::time::timeout(wait, stream.next()).await {
+            match next {
                 Ok(Some(Ok(bytes))) => {
                     let received = received + bytes.len() as u64;
-                    Some((Ok(bytes), Some((stream, received))))
+                    Some((Ok(bytes), Some((stream, received, waited))))
                 }
                 Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
                 Ok(None) => None,
-                Err(_) if wait < stall => timed_out("the upload is slower than 64 KiB/s"),
-                Err(_) => timed_out("the upload stalled"),
+                Err(_) if wait == stall => timed_out("the upload stalled"),
+                Err(_) => timed_out("the upload is slower than 64 KiB/s"),
             }
         },
     ))
@@ -176,6 +177,15 @@ fn refusal(failed: ImportFailed, stall: Duration) -> ApiError {
                 ApiError::Conflict("a tenant with the archive's id or slug exists here".into())
             }
             StoreError::Invalid(what) => ApiError::Invalid(what.clone()),
+            // The registry row of a crafted tenant.json the database refuses (a date out of
+            // its range, a value too long): the archive's fault.
+            StoreError::Database(sqlx::Error::Database(db))
+                if db
+                    .code()
+                    .is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
+            {
+                ApiError::Invalid("the archive's tenant.json is refused by the database".into())
+            }
             _ => match err.downcast::<StoreError>() {
                 Ok(store) => store.into(),
                 Err(other) => ApiError::Internal(other),

@@ -61,6 +61,9 @@ pub struct OperatorState {
     /// One import at a time in this process: each holds an owner connection (and a
     /// transaction) for its whole length, of the few the operator plane has.
     imports: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The imports and exports running in their own tasks, which a stopping server waits for
+    /// (`OperatorListeners::finish`) before it closes the pools they write through.
+    transfers: tokio_util::task::TaskTracker,
 }
 
 impl OperatorState {
@@ -71,7 +74,17 @@ impl OperatorState {
             owner,
             moves: std::sync::Arc::default(),
             imports: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            transfers: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Runs an import or export in a task of its own that a stopping server waits for.
+    pub(crate) fn spawn_transfer<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.transfers.spawn(work)
     }
 
     /// The permit an import runs under, if no other import runs in this process.
@@ -610,21 +623,37 @@ pub async fn serve<L: crate::http::listener::Incoming>(
     crate::http::listener::serve(listener, router(state), settings, Vec::new(), shutdown).await
 }
 
+/// How long a stopping server waits for the imports and exports still running.
+const TRANSFERS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The running operator listeners of a process.
 #[derive(Debug)]
 pub struct OperatorListeners {
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     sockets: Vec<socket::OperatorSocket>,
+    transfers: tokio_util::task::TaskTracker,
     /// Where they listen (`unix:PATH`, `http://ADDRESS`), for the start banner and tests.
     pub endpoints: Vec<String>,
 }
 
 impl OperatorListeners {
-    /// Waits for every listener to finish its connections (after the stop signal), then removes
-    /// the socket files.
+    /// Waits for every listener to finish its connections (after the stop signal) and for the
+    /// imports and exports still running (a client may have left them: they end committed or
+    /// abandoned, and logged, before the pools close; at most [`TRANSFERS_AT_STOP`]), then
+    /// removes the socket files.
     pub async fn finish(self) {
         for task in self.tasks {
             task.await.ok();
+        }
+        self.transfers.close();
+        if tokio::time::timeout(TRANSFERS_AT_STOP, self.transfers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "an import or export was still running when the server stopped; it is cut off \
+                 (an import is not committed; its operator log has no closing event)"
+            );
         }
         drop(self.sockets);
     }
@@ -642,6 +671,7 @@ pub async fn start(
     let mut listeners = OperatorListeners {
         tasks: Vec::new(),
         sockets: Vec::new(),
+        transfers: state.transfers.clone(),
         endpoints: Vec::new(),
     };
     for endpoint in endpoints {

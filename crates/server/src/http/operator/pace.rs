@@ -1,7 +1,14 @@
 //! The slowest a streamed transfer of the operator API may go, an archive upload or download: a
 //! transfer holds an owner connection and a database transaction — and with it the VACUUM
 //! horizon of its database — for as long as it lasts, so a trickle must end, not only a stall.
+//!
+//! Only the time spent waiting on the client counts: the server's own work between two chunks
+//! (a table part read from the database, an import's migrations and row writes) is never
+//! charged to it.
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -9,39 +16,38 @@ use tokio::time::Instant;
 /// The slowest average a transfer may keep once its grace has passed.
 pub(super) const MIN_BYTES_PER_SECOND: u64 = 64 * 1024;
 
-/// A transfer's floor: started now, with `grace` before the rate counts (the request timeout:
-/// a first part may take that long to produce or to send).
+/// A transfer's floor: `grace` of waiting on the client (the request timeout: long enough for a
+/// first part), then [`MIN_BYTES_PER_SECOND`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Floor {
-    started: Instant,
     grace: Duration,
 }
 
 impl Floor {
     pub(super) fn new(grace: Duration) -> Self {
-        Self {
-            started: Instant::now(),
-            grace,
-        }
+        Self { grace }
     }
 
-    /// When a transfer that has moved `bytes` so far falls below the floor.
-    pub(super) fn deadline(&self, bytes: u64) -> Instant {
-        self.started
-            + self.grace
-            + Duration::from_millis(bytes.saturating_mul(1000) / MIN_BYTES_PER_SECOND)
+    /// How long a transfer that has moved `bytes` may have waited on its client in all.
+    pub(super) fn allowance(&self, bytes: u64) -> Duration {
+        self.grace + Duration::from_millis(bytes.saturating_mul(1000) / MIN_BYTES_PER_SECOND)
     }
 }
 
-/// A writer that fails with `TimedOut` when a write waits past the floor for what was written
-/// so far: an export's writer, so that a client taking the archive slower than the floor ends
-/// the export (and its snapshot) even while nothing polls the response body — the server's
-/// and the kernel's buffers are full and the client drains them a kilobyte at a time.
+/// A writer that fails with `TimedOut` once the time its writes have waited (the client not
+/// reading) passes the floor's allowance for what was written: an export's writer, so that a
+/// client taking the archive slower than the floor ends the export (and its snapshot) even while
+/// nothing polls the response body — the server's and the kernel's buffers are full and the
+/// client drains them a kilobyte at a time.
 pub(super) struct FlooredWriter<W> {
     inner: W,
     floor: Floor,
     written: u64,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Time spent waiting on `inner` before the current wait.
+    waited: Duration,
+    /// When the current wait began.
+    waiting_since: Option<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<W> FlooredWriter<W> {
@@ -50,63 +56,75 @@ impl<W> FlooredWriter<W> {
             inner,
             floor,
             written: 0,
-            timer: Box::pin(tokio::time::sleep_until(floor.deadline(0))),
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
-    /// Pending on `inner`: waits for the floor's deadline too, and fails once it has passed.
-    fn waited<T>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<T>> {
-        use std::future::Future as _;
-        self.timer.as_mut().reset(self.floor.deadline(self.written));
+    /// `inner` answered: the current wait (if any) is over.
+    fn answered(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
+
+    /// `inner` is pending: wait for it or for the end of the allowance, and fail at the latter.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let left = self
+            .floor
+            .allowance(self.written)
+            .saturating_sub(self.waited);
+        self.timer.as_mut().reset(since + left);
         match self.timer.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the transfer is slower than 64 KiB/s",
             ))),
-            std::task::Poll::Pending => std::task::Poll::Pending,
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlooredWriter<W> {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_write(cx, buf) {
-            std::task::Poll::Ready(Ok(n)) => {
-                this.written += n as u64;
-                std::task::Poll::Ready(Ok(n))
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.pending(cx),
+            Poll::Ready(result) => {
+                this.answered();
+                if let Ok(n) = &result {
+                    this.written += *n as u64;
+                }
+                Poll::Ready(result)
             }
-            std::task::Poll::Pending => this.waited(cx),
-            other => other,
         }
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_flush(cx) {
-            std::task::Poll::Pending => this.waited(cx),
-            other => other,
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.pending(cx),
+            Poll::Ready(result) => {
+                this.answered();
+                Poll::Ready(result)
+            }
         }
     }
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_shutdown(cx) {
-            std::task::Poll::Pending => this.waited(cx),
-            other => other,
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending => this.pending(cx),
+            Poll::Ready(result) => {
+                this.answered();
+                Poll::Ready(result)
+            }
         }
     }
 }
