@@ -181,8 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = db.app_store(database.max_connections, master_key).await?;
             let (stop, stopped) = watch::channel(false);
             // A purge's announcement reaches this process's opened data keys too.
-            let keys = tokio::spawn(crate::service::ceilings::forget_data_keys_on_changes(
+            let keys = tokio::spawn(crate::service::ceilings::listen_for_changes(
                 store.clone(),
+                None,
             ));
             // `--webhooks`: delivery only, for a process in an egress-only network segment; it
             // needs no audit log key. Otherwise the job worker and the audit sequencer.
@@ -266,6 +267,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { action } => audit::run(action).await,
         Command::Operator { action } => operator::run(action).await,
     }
+}
+
+/// Prints a command's JSON answer, pretty, on stdout: every tenant command prints a JSON value,
+/// so its two modes (socket, data directory) print the same text.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 #[cfg(test)]

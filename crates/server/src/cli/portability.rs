@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use super::lookup::{find_tenant, with_owner};
-use super::remote;
+use super::{print_json, remote};
 use crate::config::DatabaseArgs;
 use crate::service::operators;
 use crate::service::portability::{self, ExportProgress, Manifest};
@@ -176,11 +176,6 @@ pub(super) async fn import(
         print_json(&json!({ "tenant": tenant, "tables": checked.manifest.tables }))
     })
     .await
-}
-
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 async fn open(path: &Path) -> anyhow::Result<tokio::io::BufReader<tokio::fs::File>> {

@@ -91,14 +91,18 @@ impl Running {
             }
             None => http_body_util::Full::new(bytes::Bytes::new()),
         };
-        let response = self.send(request.body(body)?).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        if status.is_success() {
-            return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
-        }
-        Err(refused(status, &bytes).into())
+        json_answer(self.send(request.body(body)?).await?).await
     }
+}
+
+/// The JSON of a 2xx answer (`null` when empty), or [`Refused`].
+async fn json_answer(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Value> {
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    if status.is_success() {
+        return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+    }
+    Err(refused(status, &bytes).into())
 }
 
 impl Running {
@@ -156,12 +160,7 @@ impl Running {
                 Ok(()) = sent_rx.changed() => progress(*sent_rx.borrow()),
             }
         };
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        if status.is_success() {
-            return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
-        }
-        Err(refused(status, &bytes).into())
+        json_answer(response).await
     }
 
     /// Sends a `GET` and streams a 2xx answer's body into `out` (reporting the bytes written so

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::lookup::{find_tenant, operator_ctx, with_owner};
+use super::print_json;
 use super::quota::QuotaCommand;
 use super::remote;
 use crate::config::{parse_environment, DatabaseArgs};
@@ -516,12 +517,6 @@ pub(super) async fn migrate_everything(
 fn print_created(created: &Value) -> anyhow::Result<()> {
     print_json(created)?;
     eprintln!("Store admin_api_key now: it is not stored and will not be shown again.");
-    Ok(())
-}
-
-/// Every tenant command prints a JSON value, so both modes print the same text.
-fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

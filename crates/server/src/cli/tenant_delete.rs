@@ -3,9 +3,10 @@
 //! tenant commands; docs/operator-api.md).
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::lookup::{find_tenant, with_owner};
+use super::print_json;
 use super::remote;
 use crate::config::DatabaseArgs;
 use crate::service::deletion::{self, DeletionError};
@@ -47,7 +48,7 @@ pub(super) async fn run(
                 }
             }
         };
-        return print(&answer);
+        return print_json(&answer);
     }
     let log_key = crate::service::audit_log::load_log_key(
         &database.data_dir,
@@ -78,12 +79,7 @@ pub(super) async fn run(
                 }
             }
         };
-        print(&answer)
+        print_json(&answer)
     })
     .await
-}
-
-fn print(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }

@@ -144,7 +144,7 @@ pub async fn serve(
     // Role ceilings must hear about role and principal changes made by other processes.
     let ceiling_task = tokio::spawn(crate::service::ceilings::listen_for_changes(
         state.store().clone(),
-        state.ceilings_handle(),
+        Some(state.ceilings_handle()),
     ));
     // Authentication failures are persisted in batches, and once more at shutdown.
     let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);

@@ -274,32 +274,27 @@ pub async fn announce_change(tx: &mut bulkhead_store::TenantTx) -> Result<(), St
 /// a purged tenant's key leaves every serving process's memory at once). Runs for the life of
 /// the server; reconnects on failure, clearing everything whenever it may have missed a
 /// notification.
-pub async fn listen_for_changes(store: Store, ceilings: std::sync::Arc<RoleCeilings>) {
+///
+/// `ceilings` is `None` in a process that serves no requests (`bulkhead worker`) but opens
+/// tenants' sealed secrets: it drops its opened data keys all the same, so a purged tenant's key
+/// leaves its memory at once (crypto-shredding), not when the key cache's lifetime ends.
+pub async fn listen_for_changes(store: Store, ceilings: Option<std::sync::Arc<RoleCeilings>>) {
     crate::service::invalidation::follow(
         "ceiling",
         || store.listen_ceiling_changes(),
         |id| {
             let tenant = TenantId::from_uuid(id);
-            ceilings.invalidate_tenant(tenant);
+            if let Some(ceilings) = &ceilings {
+                ceilings.invalidate_tenant(tenant);
+            }
             store.forget_data_key(tenant);
         },
         || {
-            ceilings.invalidate_all();
+            if let Some(ceilings) = &ceilings {
+                ceilings.invalidate_all();
+            }
             store.forget_all_data_keys();
         },
-    )
-    .await;
-}
-
-/// For a process that serves no requests (`bulkhead worker`) but opens tenants' sealed secrets:
-/// drops its opened data keys on the same announcements, so a purged tenant's key leaves its
-/// memory at once (crypto-shredding), not when the key cache's lifetime ends.
-pub async fn forget_data_keys_on_changes(store: Store) {
-    crate::service::invalidation::follow(
-        "data key",
-        || store.listen_ceiling_changes(),
-        |id| store.forget_data_key(TenantId::from_uuid(id)),
-        || store.forget_all_data_keys(),
     )
     .await;
 }

@@ -46,7 +46,7 @@ pub fn operator_context(tenant: TenantId, via: &'static str) -> TenantContext {
 /// Whether an operator may give a tenant its own limit of `kind`: a kind whose limit is
 /// enforced (audit events and platform messages, attempts and decisions are counted only).
 pub fn settable(kind: &str) -> bool {
-    quotas::LIMITED_KINDS.contains(&kind)
+    quotas::is_limited(kind)
 }
 
 /// What the tenant's purge or move forbids: its rows are frozen or going (the tenant API's
@@ -72,7 +72,7 @@ async fn refusal(owner: &Store, tenant: &Tenant, writing: bool) -> Result<(), Qu
 
 /// The kinds [`settable`] takes, for messages.
 pub fn settable_kinds() -> String {
-    quotas::LIMITED_KINDS.join(", ")
+    quotas::limited_kinds().collect::<Vec<_>>().join(", ")
 }
 
 /// The tenant's quotas now.

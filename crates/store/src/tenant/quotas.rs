@@ -35,21 +35,26 @@ pub fn is_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
 }
 
-/// The kinds whose limit the triggers enforce; the others of [`KINDS`] are counted only (audit
-/// events, platform messages and bytes, webhook attempts, screening decisions).
-pub const LIMITED_KINDS: &[&str] = &[
-    "sessions",
-    "users",
-    "agents",
-    "api_keys",
-    "roles",
-    "role_assignments",
-    "webhook_endpoints",
-    "webhook_messages",
-    "tools",
-    "tool_versions",
-    "stored_bytes",
+/// The counted kinds whose limit the triggers never enforce: audit events, platform messages and
+/// bytes, webhook attempts and screening decisions (refusing them would refuse a security record
+/// or the platform's own traffic).
+pub const COUNTED_ONLY: &[&str] = &[
+    "platform_messages",
+    "webhook_attempts",
+    "platform_bytes",
+    "screening_decisions",
+    "audit_events",
 ];
+
+/// Whether the triggers enforce a limit of `kind`.
+pub fn is_limited(kind: &str) -> bool {
+    is_kind(kind) && !COUNTED_ONLY.contains(&kind)
+}
+
+/// The kinds whose limit the triggers enforce, in the order of [`KINDS`].
+pub fn limited_kinds() -> impl Iterator<Item = &'static str> {
+    KINDS.iter().copied().filter(|kind| is_limited(kind))
+}
 
 /// One kind's usage and limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -152,7 +157,8 @@ mod tests {
 
     #[test]
     fn every_limited_kind_is_a_counted_kind() {
-        assert!(LIMITED_KINDS.iter().all(|k| is_kind(k)));
-        assert!(!LIMITED_KINDS.contains(&"audit_events"));
+        assert!(COUNTED_ONLY.iter().all(|k| is_kind(k)));
+        assert!(limited_kinds().all(is_kind));
+        assert!(!is_limited("audit_events"));
     }
 }

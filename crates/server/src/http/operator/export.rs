@@ -69,12 +69,7 @@ pub(super) async fn export(
             ),
             Err(err) => {
                 tracing::error!(tenant_id = %found.id, error = %format!("{err:#}"), "tenant export failed mid-stream");
-                let slow = err.chain().any(|cause| {
-                    cause
-                        .downcast_ref::<std::io::Error>()
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                });
-                let reason = if slow {
+                let reason = if super::pace::timed_out(err) {
                     "the client read the export slower than 64 KiB/s"
                 } else {
                     "the export failed mid-stream"

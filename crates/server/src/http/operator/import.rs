@@ -158,10 +158,14 @@ fn paced(
 fn refusal(failed: ImportFailed, stall: Duration) -> ApiError {
     let err = failed.0;
     if let Some(refused) = err.downcast_ref::<RowsRefused>() {
-        return match &refused.source {
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
-            | StoreError::Timeout => ApiError::Unavailable,
-            _ => ApiError::Invalid(format!("the archive does not import: {refused}").into()),
+        let detail = format!("the archive does not import: {refused}");
+        // The database not answering is the deployment's, as everywhere (the one mapping).
+        return match err
+            .downcast::<RowsRefused>()
+            .map(|r| ApiError::from(r.source))
+        {
+            Ok(ApiError::Unavailable) => ApiError::Unavailable,
+            _ => ApiError::Invalid(detail.into()),
         };
     }
     if let Some(store) = err.downcast_ref::<StoreError>() {
@@ -192,10 +196,8 @@ fn refusal(failed: ImportFailed, stall: Duration) -> ApiError {
             },
         };
     }
-    if let Some(io) = err.downcast_ref::<std::io::Error>() {
-        if io.kind() == std::io::ErrorKind::TimedOut {
-            return ApiError::RequestTimeout(stall.as_secs());
-        }
+    if super::pace::timed_out(&err) {
+        return ApiError::RequestTimeout(stall.as_secs());
     }
     ApiError::Invalid(format!("the archive does not check out: {err:#}").into())
 }

@@ -127,12 +127,15 @@ pub struct OperatorRouteSpec {
 /// The operator routes with their scopes; the only way to mount one.
 #[derive(Default)]
 pub struct OperatorRoutes {
-    routes: Vec<(
-        OperatorRouteSpec,
-        MethodRouter<OperatorState>,
-        Option<OpDoc>,
-        BodyHandling,
-    )>,
+    routes: Vec<DeclaredRoute>,
+}
+
+/// One route as declared: what it is, its handler, its document entry, how its body is bounded.
+struct DeclaredRoute {
+    spec: OperatorRouteSpec,
+    endpoint: MethodRouter<OperatorState>,
+    doc: Option<OpDoc>,
+    body: BodyHandling,
 }
 
 /// How a route's request body is bounded.
@@ -171,17 +174,17 @@ impl OperatorRoutes {
         assert!(path.starts_with("/operator/v1/"), "operator route {path}");
         let filter = MethodFilter::try_from(method.clone()).expect("routable method");
         let name = std::any::type_name::<H>();
-        self.routes.push((
-            OperatorRouteSpec {
+        self.routes.push(DeclaredRoute {
+            spec: OperatorRouteSpec {
                 method,
                 path,
                 scope,
                 handler: name.rsplit("::").next().unwrap_or(name),
             },
-            on(filter, handler),
-            None,
-            BodyHandling::Bounded,
-        ));
+            endpoint: on(filter, handler),
+            doc: None,
+            body: BodyHandling::Bounded,
+        });
         self
     }
 
@@ -191,8 +194,8 @@ impl OperatorRoutes {
     /// # Panics
     /// Before any route (a programming error).
     fn streamed(mut self) -> Self {
-        let (_, _, _, body) = self.routes.last_mut().expect("streamed() follows a route");
-        *body = BodyHandling::Streamed;
+        let route = self.routes.last_mut().expect("streamed() follows a route");
+        route.body = BodyHandling::Streamed;
         self
     }
 
@@ -202,7 +205,9 @@ impl OperatorRoutes {
     /// # Panics
     /// Before any route, or on a route documented twice (programming errors).
     pub fn doc(mut self, doc: OpDoc) -> Self {
-        let (spec, _, slot, _) = self.routes.last_mut().expect("doc() follows a route");
+        let DeclaredRoute {
+            spec, doc: slot, ..
+        } = self.routes.last_mut().expect("doc() follows a route");
         assert!(
             slot.is_none(),
             "documented twice: {} {}",
@@ -226,21 +231,27 @@ impl OperatorRoutes {
 
     /// Every declared route.
     pub fn specs(&self) -> impl Iterator<Item = &OperatorRouteSpec> {
-        self.routes.iter().map(|(spec, _, _, _)| spec)
+        self.routes.iter().map(|route| &route.spec)
     }
 
     /// Every declared route with its document entry.
     pub fn docs(&self) -> impl Iterator<Item = (&OperatorRouteSpec, Option<&OpDoc>)> {
         self.routes
             .iter()
-            .map(|(spec, _, doc, _)| (spec, doc.as_ref()))
+            .map(|route| (&route.spec, route.doc.as_ref()))
     }
 
     /// The routers of the bounded and of the streamed routes.
     fn into_routers(self) -> (Router<OperatorState>, Router<OperatorState>) {
         let (mut bounded, mut streamed) = (Router::new(), Router::new());
         let mut seen = std::collections::BTreeSet::new();
-        for (spec, endpoint, _, body) in self.routes {
+        for DeclaredRoute {
+            spec,
+            endpoint,
+            body,
+            ..
+        } in self.routes
+        {
             assert!(
                 seen.insert((spec.method.to_string(), spec.path)),
                 "operator route declared twice: {} {}",

@@ -62,11 +62,21 @@ impl<W> FlooredWriter<W> {
         }
     }
 
-    /// `inner` answered: the current wait (if any) is over.
-    fn answered(&mut self) {
+    /// What `inner` answered, with the floor applied: a wait that ended is added to the time
+    /// waited; a pending one waits for `inner` or for the end of the allowance, and fails at the
+    /// latter.
+    fn floored<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_pending() {
+            return self.pending(cx);
+        }
         if let Some(since) = self.waiting_since.take() {
             self.waited += since.elapsed();
         }
+        polled
     }
 
     /// `inner` is pending: wait for it or for the end of the allowance, and fail at the latter.
@@ -94,37 +104,33 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlooredWriter<W
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => this.pending(cx),
-            Poll::Ready(result) => {
-                this.answered();
-                if let Ok(n) = &result {
-                    this.written += *n as u64;
-                }
-                Poll::Ready(result)
-            }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let answer = this.floored(cx, polled);
+        if let Poll::Ready(Ok(n)) = &answer {
+            this.written += *n as u64;
         }
+        answer
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending => this.pending(cx),
-            Poll::Ready(result) => {
-                this.answered();
-                Poll::Ready(result)
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.floored(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Pending => this.pending(cx),
-            Poll::Ready(result) => {
-                this.answered();
-                Poll::Ready(result)
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.floored(cx, polled)
     }
+}
+
+/// Whether a transfer failed on its floor or stall limit (a `TimedOut` anywhere in the chain:
+/// only these limits raise it on a transfer).
+pub(super) fn timed_out(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }

@@ -105,9 +105,8 @@ pub(super) struct QuotaDoc {
 
 /// The `{kind}` path parameter: a kind an operator may limit.
 pub(super) fn kind_param() -> OpDoc {
-    let kinds: Vec<String> = bulkhead_store::tenant::quotas::LIMITED_KINDS
-        .iter()
-        .map(|k| (*k).to_owned())
+    let kinds: Vec<String> = bulkhead_store::tenant::quotas::limited_kinds()
+        .map(str::to_owned)
         .collect();
     let schema: RefOr<Schema> = ObjectBuilder::new()
         .schema_type(Type::String)

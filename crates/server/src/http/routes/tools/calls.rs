@@ -250,6 +250,12 @@ pub(super) async fn call(
         latency_ms: 0,
         start_event: None,
     };
+    // A refusal after the permission: recorded as a failure with its result.
+    let refused = |record: &mut CallRecord, result: &'static str| {
+        record.outcome = Outcome::Failure;
+        record.result = result;
+        record.latency_ms = elapsed(started);
+    };
     // The permission: a function of the credential and the path alone, decided before the
     // registry is read, so it tells nothing about which tools exist.
     if !ctx.may_call_tool(&name) {
@@ -260,9 +266,7 @@ pub(super) async fn call(
     // After the permission, so that a caller without it is refused (and audited) as such
     // whatever the pool's load.
     let Some((body, input_sha256)) = parsed else {
-        record.outcome = Outcome::Failure;
-        record.result = "validation_busy";
-        record.latency_ms = elapsed(started);
+        refused(&mut record, "validation_busy");
         audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::SchemaBusy);
     };
@@ -273,9 +277,7 @@ pub(super) async fn call(
         Ok(tool) => tool,
         Err(bulkhead_store::StoreError::NotFound) => {
             drop(tx);
-            record.outcome = Outcome::Failure;
-            record.result = "not_found";
-            record.latency_ms = elapsed(started);
+            refused(&mut record, "not_found");
             audit_call(&state, ctx, &record, None).await?;
             return Err(ApiError::NotFound);
         }
@@ -289,9 +291,7 @@ pub(super) async fn call(
         // key): refused, and audited as such like every other refusal of a call.
         Err(err @ bulkhead_store::StoreError::SecretUnopenable(_)) => {
             drop(tx);
-            record.outcome = Outcome::Failure;
-            record.result = "secret_unopenable";
-            record.latency_ms = elapsed(started);
+            refused(&mut record, "secret_unopenable");
             audit_call(&state, ctx, &record, None).await?;
             return Err(err.into());
         }
@@ -303,20 +303,13 @@ pub(super) async fn call(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("tool secret: {e}")))?;
 
     if !tool.enabled {
-        record.outcome = Outcome::Failure;
-        record.result = "disabled";
-        record.latency_ms = elapsed(started);
+        refused(&mut record, "disabled");
         audit_call(&state, ctx, &record, None).await?;
         return Err(ApiError::Conflict("the tool is disabled".into()));
     }
     // Off the async runtime, on the bounded schema pool: a tenant's schema and input cannot
     // stall or crash the server (crates/schema).
     let validated = validate_input(&state, ctx, &tool, body.input).await;
-    let refused = |record: &mut CallRecord, result: &'static str| {
-        record.outcome = Outcome::Failure;
-        record.result = result;
-        record.latency_ms = elapsed(started);
-    };
     let input = match validated {
         Err(_) => {
             refused(&mut record, "validation_busy");
