@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod delivery;
+mod plans;
 mod policy;
 mod signing;

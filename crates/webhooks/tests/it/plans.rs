@@ -1,0 +1,124 @@
+//! The plans the recorder's statements keep for a session stay right as a tenant grows (issue
+//! 25, migration 0041).
+//!
+//! The attempt log's quota trigger keeps its plans for the session. One made while the tenant had
+//! a few messages read every message of the tenant for each attempt recorded once it had
+//! thousands: a plan that looks fine in every fresh `EXPLAIN` and is wrong only on a connection
+//! that lived through the tenant's growth, which every pooled serving connection does.
+
+use std::time::Duration;
+
+use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint, Success};
+use bulkhead_store::{Access, Store};
+use bulkhead_test_support::{create_tenant, test_master_key, TestDb};
+use bulkhead_webhooks::Secret;
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+
+fn ctx(tenant: TenantId) -> TenantContext {
+    TenantContext::for_test(
+        tenant,
+        Actor::System { component: "test" },
+        RequestId::new(),
+    )
+}
+
+/// Index entries read so far from `index`, as the statistics have them once every backend has
+/// reported (a backend reports at most once a second, when idle).
+async fn entries_read(su: &PgPool, index: &str) -> i64 {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(su)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_all_indexes \
+         WHERE indexrelname = $1",
+    )
+    .bind(index)
+    .fetch_one(su)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
+    let db = TestDb::new().await;
+    let setup = db.app_store().await;
+    let tenant = create_tenant(&db, "acme").await.id;
+    let ctx = ctx(tenant);
+    let mut tx = setup.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let endpoint = store::create_endpoint(
+        &mut tx,
+        &NewEndpoint {
+            url: "https://hooks.receiver.example/in".into(),
+            description: String::new(),
+            event_types: Vec::new(),
+            rate_limit_per_second: None,
+            headers: json!({}),
+            secret: Secret::generate().expose_bytes().to_vec(),
+            enabled: true,
+        },
+        &test_master_key(),
+    )
+    .await
+    .unwrap()
+    .id;
+    let (message, _) = store::publish(
+        &mut tx,
+        "invoice.paid",
+        &json!({ "n": 1 }),
+        MessageSource::Tenant,
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = setup.begin(&ctx, Access::ReadOnly).await.unwrap();
+    let delivery = store::deliveries_of(&mut tx, message).await.unwrap()[0].id;
+    drop(tx);
+    // One connection records every time: the plans kept are that connection's.
+    let store = Store::connect_app(db.app_options.clone(), 1).await.unwrap();
+    let success = Success {
+        delivery,
+        message,
+        endpoint,
+        attempted_at: Utc::now(),
+        status_code: 200,
+        latency_ms: 1,
+        response_sample: String::new(),
+    };
+    let record = || async {
+        let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+        store::record_successes(&mut tx, std::slice::from_ref(&success))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    // More than the five runs after which PostgreSQL settles on a plan it keeps.
+    for _ in 0..8 {
+        record().await;
+    }
+    // The tenant grows by 5,000 messages (written as the superuser, outside the quotas).
+    let su = db.superuser_pool().await;
+    sqlx::query(
+        "INSERT INTO bulkhead.webhook_messages (tenant_id, id, event_type, source, payload) \
+         SELECT $1, gen_random_uuid(), 'invoice.paid', 'tenant', '{}' \
+         FROM generate_series(1, 5000)",
+    )
+    .bind(tenant.uuid())
+    .execute(&su)
+    .await
+    .unwrap();
+    let before = entries_read(&su, "webhook_messages_by_age").await;
+    record().await;
+    let after = entries_read(&su, "webhook_messages_by_age").await;
+    assert!(
+        after - before < 100,
+        "recording one attempt read {} entries of the tenant's messages by age",
+        after - before
+    );
+}
