@@ -33,6 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use bulkhead_server::config::DEFAULT_MAX_CONNECTIONS;
 use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint};
 use bulkhead_store::{Access, Store};
 use bulkhead_test_support::receiver::{Receiver, Reply};
@@ -295,10 +296,15 @@ async fn run() {
     let n = env_or("WEBHOOK_BENCH_N", 5000) as usize;
     let db = TestDb::new().await;
     bulkhead_test_support::ensure_signing_keys(&db).await;
-    let store = db.app_store().await;
-    // The open-loop publishers of (b) hold up to 8 transactions at once, like the 8 publishers
-    // of (a) (the harness's store lets one tenant hold 2). A publish that still waits past the
-    // pool's acquire timeout is counted as not published, not a crash of the bench.
+    // Publishers go through a store sized as `serve`'s serving pool, so one tenant may hold the
+    // transactions it may hold there (a quarter of the pool), not the test harness's two.
+    let store = Store::connect_app(db.app_options.clone(), DEFAULT_MAX_CONNECTIONS)
+        .await
+        .unwrap();
+    // The open-loop publishers of (b) hold up to 8 transactions at once (more than the 5 a
+    // tenant holds in `serve`: an offered load never throttled by the door). A publish that
+    // still waits past the pool's acquire timeout is counted as not published, not a crash of
+    // the bench.
     let open_loop_store =
         Store::from_pool_unchecked(db.app_pool(8).await).with_tenant_connection_cap(8);
     let fast = Receiver::start(LOOPBACK, 0, None).await;
