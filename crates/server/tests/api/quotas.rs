@@ -2,14 +2,10 @@
 //! with a `quota-exceeded` problem naming kind, limit and usage, nothing is stored, the refusal is
 //! audited, and audit events are counted but never refused.
 
-use bulkhead_auth::{ApiKey, KeyEnvironment};
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_store::audit::{self, Outcome};
 use bulkhead_store::lifecycle::moves::{self, MoveOptions};
-use bulkhead_store::tenant::api_keys::{self, NewApiKey};
-use bulkhead_store::tenant::webhooks::{self, MessageSource};
 use bulkhead_store::{tenant::quotas, Access};
-use bulkhead_test_support::{spawn_app, test_pepper, TestApp, TestTenant, TestTier};
+use bulkhead_test_support::{spawn_app, TestApp, TestTenant, TestTier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -546,89 +542,6 @@ async fn writers_of_two_kinds_at_once_do_not_deadlock() {
     );
     assert_eq!(quota(app, acme, "webhook_messages").await.0, 12);
     assert_eq!(quota(app, acme, "platform_messages").await.0, 12);
-}
-
-#[tokio::test]
-async fn a_kind_without_bytes_and_a_message_at_once_do_not_deadlock() {
-    // The counters are charged at commit, in the order the rows were written (migration 0040).
-    // A transaction making a key and its audit event, then a message, charges `api_keys` and
-    // `audit_events` before the message's counters; a publish charges the message's, then
-    // `audit_events`. Unless every charge takes the tenant's `stored_bytes` counter first, each
-    // holds a counter the other waits for, and PostgreSQL aborts one (a 500 to its caller).
-    // `SET CONSTRAINTS ALL IMMEDIATE` runs a transaction's charges so far at that point, which
-    // holds each transaction where the interleaving needs it.
-    let app = spawn_app().await;
-    let acme = app.create_tenant("acme").await;
-    create_endpoint(
-        &app,
-        &acme,
-        json!({ "url": "https://hooks.receiver.example/in", "event_types": [] }),
-    )
-    .await;
-    let store = app.db.app_store().await;
-    let ctx = TenantContext::for_test(
-        acme.id,
-        Actor::System { component: "test" },
-        RequestId::new(),
-    );
-    let charge_now = "SET CONSTRAINTS ALL IMMEDIATE";
-    let message = |n: u32| json!({ "n": n });
-
-    let mut first = store.begin(&ctx, Access::ReadWrite).await.unwrap();
-    let key = ApiKey::generate(KeyEnvironment::Live);
-    let record = NewApiKey::bootstrap_admin(&key, &test_pepper(), KeyEnvironment::Live);
-    api_keys::insert(&mut first, &record).await.unwrap();
-    audit::record(
-        &mut first,
-        "api_key.create",
-        None,
-        Outcome::Success,
-        json!({}),
-    )
-    .await
-    .unwrap();
-    sqlx::query(charge_now).execute(first.conn()).await.unwrap();
-
-    let mut second = store.begin(&ctx, Access::ReadWrite).await.unwrap();
-    let second = tokio::spawn(async move {
-        let now = chrono::Utc::now();
-        webhooks::publish(
-            &mut second,
-            "order.paid",
-            &message(2),
-            MessageSource::Tenant,
-            None,
-            now,
-        )
-        .await?;
-        audit::record(
-            &mut second,
-            "webhook.message_publish",
-            None,
-            Outcome::Success,
-            json!({}),
-        )
-        .await?;
-        sqlx::query(charge_now).execute(second.conn()).await?;
-        second.commit().await
-    });
-    // The second is now waiting for a counter the first holds.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let now = chrono::Utc::now();
-    webhooks::publish(
-        &mut first,
-        "order.paid",
-        &message(1),
-        MessageSource::Tenant,
-        None,
-        now,
-    )
-    .await
-    .unwrap();
-    let first = first.commit().await;
-    let second = second.await.unwrap();
-    assert!(first.is_ok() && second.is_ok(), "{first:?} {second:?}");
-    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 2);
 }
 
 /// An endpoint subscribed to everything, and one tenant message delivered to it.
