@@ -24,15 +24,16 @@ use serde_json::json;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const CANARY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-struct Rig {
-    db: TestDb,
-    store: Store,
+/// A database, its serving store, loopback receivers and a clock (also used by `plans`).
+pub(crate) struct Rig {
+    pub(crate) db: TestDb,
+    pub(crate) store: Store,
     receivers: NamedReceivers,
     clock: Clock,
 }
 
 impl Rig {
-    async fn new(clock: Clock) -> Rig {
+    pub(crate) async fn new(clock: Clock) -> Rig {
         let db = TestDb::new().await;
         let store = db.app_store().await;
         Rig {
@@ -74,12 +75,12 @@ impl Rig {
         )
     }
 
-    async fn tenant(&self, slug: &str) -> TenantContext {
+    pub(crate) async fn tenant(&self, slug: &str) -> TenantContext {
         let t = create_tenant(&self.db, slug).await;
         ctx(t.id)
     }
 
-    async fn endpoint(&self, ctx: &TenantContext, url: &str) -> (EndpointId, Secret) {
+    pub(crate) async fn endpoint(&self, ctx: &TenantContext, url: &str) -> (EndpointId, Secret) {
         let secret = Secret::generate();
         let mut tx = self.store.begin(ctx, Access::ReadWrite).await.unwrap();
         let e = store::create_endpoint(
@@ -101,7 +102,7 @@ impl Rig {
         (e.id, secret)
     }
 
-    async fn publish(&self, ctx: &TenantContext, n: u32) -> MessageId {
+    pub(crate) async fn publish(&self, ctx: &TenantContext, n: u32) -> MessageId {
         let mut tx = self.store.begin(ctx, Access::ReadWrite).await.unwrap();
         let (id, _) = store::publish(
             &mut tx,

@@ -8,22 +8,13 @@
 
 use std::time::Duration;
 
-use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use bulkhead_store::tenant::webhooks::{self as store, MessageSource, NewEndpoint, Success};
+use bulkhead_core::Clock;
+use bulkhead_store::tenant::webhooks::{self as store, Success};
 use bulkhead_store::{Access, Store};
-use bulkhead_test_support::{create_tenant, test_master_key, TestDb};
-use bulkhead_webhooks::Secret;
 use chrono::Utc;
-use serde_json::json;
 use sqlx::PgPool;
 
-fn ctx(tenant: TenantId) -> TenantContext {
-    TenantContext::for_test(
-        tenant,
-        Actor::System { component: "test" },
-        RequestId::new(),
-    )
-}
+use crate::delivery::Rig;
 
 /// Index entries read so far from `index`, as the statistics have them once every backend has
 /// reported (a backend reports at most once a second, when idle).
@@ -45,7 +36,8 @@ async fn entries_read(su: &PgPool, index: &str) -> i64 {
 
 #[tokio::test]
 async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
-    let db = TestDb::new().await;
+    let rig = Rig::new(Clock::system()).await;
+    let db = &rig.db;
     // No autovacuum: an ANALYZE during the test would make the connection plan again, and the
     // test would pass without the fix it guards (so this comes before any plan is made).
     let su = db.superuser_pool().await;
@@ -53,38 +45,12 @@ async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
         .execute(&su)
         .await
         .unwrap();
-    let setup = db.app_store().await;
-    let tenant = create_tenant(&db, "acme").await.id;
-    let ctx = ctx(tenant);
-    let mut tx = setup.begin(&ctx, Access::ReadWrite).await.unwrap();
-    let endpoint = store::create_endpoint(
-        &mut tx,
-        &NewEndpoint {
-            url: "https://hooks.receiver.example/in".into(),
-            description: String::new(),
-            event_types: Vec::new(),
-            rate_limit_per_second: None,
-            headers: json!({}),
-            secret: Secret::generate().expose_bytes().to_vec(),
-            enabled: true,
-        },
-        &test_master_key(),
-    )
-    .await
-    .unwrap()
-    .id;
-    let (message, _) = store::publish(
-        &mut tx,
-        "invoice.paid",
-        &json!({ "n": 1 }),
-        MessageSource::Tenant,
-        None,
-        Utc::now(),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = setup.begin(&ctx, Access::ReadOnly).await.unwrap();
+    let ctx = rig.tenant("acme").await;
+    let (endpoint, _) = rig
+        .endpoint(&ctx, "https://hooks.receiver.example/in")
+        .await;
+    let message = rig.publish(&ctx, 1).await;
+    let mut tx = rig.store.begin(&ctx, Access::ReadOnly).await.unwrap();
     let delivery = store::deliveries_of(&mut tx, message).await.unwrap()[0].id;
     drop(tx);
     // One connection records every time: the plans kept are that connection's.
@@ -116,7 +82,7 @@ async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
          SELECT $1, gen_random_uuid(), 'invoice.paid', 'tenant', '{}' \
          FROM generate_series(1, 5000)",
     )
-    .bind(tenant.uuid())
+    .bind(ctx.tenant_id().uuid())
     .execute(&su)
     .await
     .unwrap();
