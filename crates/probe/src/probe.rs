@@ -97,6 +97,21 @@ impl Probe {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(StatusCode, String)> {
+        let (status, _, text) = self
+            .send_noting_retry(host, bearer, method, path, body)
+            .await?;
+        Ok((status, text))
+    }
+
+    /// [`Probe::send`], with the answer's `Retry-After` in seconds when it has one.
+    async fn send_noting_retry(
+        &self,
+        host: Host,
+        bearer: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Option<u64>, String)> {
         let mut request = self.client.request(method, self.url(host, path));
         if let Some(bearer) = bearer {
             request = request.bearer_auth(bearer);
@@ -109,7 +124,16 @@ impl Probe {
             .await
             .with_context(|| format!("request to {path}"))?;
         let status = response.status();
-        Ok((status, response.text().await.unwrap_or_default()))
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok((
+            status,
+            retry_after,
+            response.text().await.unwrap_or_default(),
+        ))
     }
 
     pub(crate) async fn as_a(
@@ -140,9 +164,22 @@ impl Probe {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let (status, text) = self
-            .send(host, Some(key), method.clone(), path, body.as_ref())
-            .await?;
+        // The probe's own set-up and checks of what a tenant may do are paced by the deployment's
+        // rate limits like any client's: a 429 is waited out (its `Retry-After`, a few times),
+        // not reported as a failure of the deployment. Attacks never come through here.
+        let mut waits = 0;
+        let (status, text) = loop {
+            let (status, retry_after, text) = self
+                .send_noting_retry(host, Some(key), method.clone(), path, body.as_ref())
+                .await?;
+            match retry_after {
+                Some(seconds) if status == StatusCode::TOO_MANY_REQUESTS && waits < 3 => {
+                    waits += 1;
+                    tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 10))).await;
+                }
+                _ => break (status, text),
+            }
+        };
         if !status.is_success() {
             bail!("{method} {path} answered {status}: {text}");
         }
