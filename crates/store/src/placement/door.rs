@@ -58,15 +58,23 @@ impl fmt::Debug for Store {
 // set. `{schema}` is a validated identifier (location::SchemaName or "bulkhead"), never input.
 //
 // Also transaction-local: `statement_timeout` from the task's route class ($3; NULL keeps the
-// database's setting), and custom plans, so that a list's optional filters
-// (`$4::text IS NULL OR state = $4`) are planned with their values and use their indexes
-// instead of a generic plan that can use none.
+// database's setting), and, in read-only transactions, custom plans, so that a list's optional
+// filters (`$4::text IS NULL OR state = $4`) are planned with their values and use their indexes
+// instead of a generic plan that can use none. Lists are read-only; writing transactions run
+// statements keyed by ids and keep PostgreSQL's own choice (`auto`: a plan kept for the session
+// only where it is estimated no worse than one made with the values). Forcing custom plans there
+// planned every statement of every publish and every recorded delivery, and every foreign-key
+// check they made, on each execution (issue 25: 14 % of the core `serve` and PostgreSQL share
+// in the webhook_serve benchmark's publishing phase, by `pg_stat_statements`).
 //
 // `wake_after_commit`: the webhook due trigger marks the transaction instead of sending `NOTIFY`
 // (migration 0030); the store wakes the dispatchers after the commit (crate::placement::wake).
 fn enter_statement(schema: &str, access: Access, wake_after_commit: bool) -> String {
     let read_only = match access {
-        Access::ReadOnly => ", set_config('transaction_read_only', 'on', true)",
+        Access::ReadOnly => {
+            ", set_config('transaction_read_only', 'on', true), \
+             set_config('plan_cache_mode', 'force_custom_plan', true)"
+        }
         Access::ReadWrite if wake_after_commit => {
             ", set_config('bulkhead.webhook_wake', 'after_commit', true)"
         }
@@ -81,8 +89,7 @@ fn enter_statement(schema: &str, access: Access, wake_after_commit: bool) -> Str
         "WITH ctx AS (SELECT set_config('bulkhead.tenant_id', '', false), \
          set_config('bulkhead.tenant_id', $1, true), \
          set_config('search_path', $2, true), \
-         set_config('statement_timeout', COALESCE($3, current_setting('statement_timeout')), true), \
-         set_config('plan_cache_mode', 'force_custom_plan', true){read_only}) \
+         set_config('statement_timeout', COALESCE($3, current_setting('statement_timeout')), true){read_only}) \
          SELECT t.isolation_tier, t.schema_name, t.database_name, t.region, \
          t.frozen_since IS NOT NULL, t.live FROM ctx, \"{schema}\".tenants t \
          WHERE t.id = $1::uuid{lock}"
