@@ -198,6 +198,7 @@ async fn views_are_security_invoker_and_definer_functions_pin_search_path() {
             "claim_jobs",
             "claim_webhook_deliveries",
             "quota_charge",
+            "quota_charge_message",
             "quota_lock_bytes",
             "revoked_tokens_active",
             "route_key",
@@ -223,7 +224,7 @@ async fn views_are_security_invoker_and_definer_functions_pin_search_path() {
         // (migration 0023), so there is no marker to confine.
         if matches!(
             name.as_str(),
-            "quota_charge" | "quota_lock_bytes" | "webhook_purge_finished"
+            "quota_charge" | "quota_charge_message" | "quota_lock_bytes" | "webhook_purge_finished"
         ) {
             continue;
         }

@@ -1,5 +1,6 @@
 //! The plans the recorder's statements keep for a session stay right as a tenant grows (issue
-//! 25, migration 0041).
+//! 25, migration 0041), and a publish takes the quota counters in the tenants' lock order
+//! (migration 0043).
 //!
 //! The attempt log's quota trigger keeps its plans for the session. One made while the tenant had
 //! a few messages read every message of the tenant for each attempt recorded once it had
@@ -94,4 +95,87 @@ async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
         "recording one attempt read {} entries of the tenant's messages by age",
         after - before
     );
+}
+
+/// Migration 0043: a publish charges its counters in one statement. Its lock order is the one
+/// every writer of a tenant follows (docs/quotas.md): the `stored_bytes` counter first. A
+/// publish that waits for `stored_bytes` must hold no other counter meanwhile, or a writer
+/// holding `stored_bytes` and wanting that counter would deadlock with it.
+#[tokio::test]
+async fn a_publish_waiting_for_the_bytes_counter_holds_no_other_counter() {
+    let rig = Rig::new(Clock::system()).await;
+    let su = rig.db.superuser_pool().await;
+    let ctx = rig.tenant("acme").await;
+    rig.endpoint(&ctx, "https://hooks.receiver.example/in")
+        .await;
+    // Both counter rows exist from a first publish.
+    rig.publish(&ctx, 0).await;
+    let tenant = ctx.tenant_id().uuid();
+    let mut blocker = su.begin().await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT 1 FROM bulkhead.tenant_quotas \
+         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
+    )
+    .bind(tenant)
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let publishing = {
+        let store = rig.store.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+            store::publish(
+                &mut tx,
+                "invoice.paid",
+                &serde_json::json!({ "n": 1 }),
+                bulkhead_store::tenant::webhooks::MessageSource::Tenant,
+                None,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    // Until the publish is blocked by the blocker (not a sleep: the server says so).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE $1 = ANY(pg_blocking_pids(pid)))",
+        )
+        .bind(blocker_pid)
+        .fetch_one(&su)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publish never waited for the bytes counter"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every other counter of the tenant is free while it waits.
+    let mut probe = su.begin().await.unwrap();
+    let free = sqlx::query(
+        "SELECT 1 FROM bulkhead.tenant_quotas \
+         WHERE tenant_id = $1 AND kind <> 'stored_bytes' FOR UPDATE NOWAIT",
+    )
+    .bind(tenant)
+    .execute(&mut *probe)
+    .await;
+    assert!(
+        free.is_ok(),
+        "a publish waiting for stored_bytes held another counter: {free:?}"
+    );
+    probe.rollback().await.unwrap();
+    blocker.rollback().await.unwrap();
+    publishing.await.unwrap();
 }
