@@ -1,7 +1,8 @@
 //! The database's own catalog, checked against the rules every tenant table must follow. A new
 //! table that forgets RLS, FORCE, a policy or the tenant-first keys fails here.
 
-use bulkhead_store::cluster::pg_roles::APP_ROLE;
+use bulkhead_store::cluster::pg_roles::{verify_app_role, APP_ROLE};
+use bulkhead_store::StoreError;
 use bulkhead_test_support::TestDb;
 
 // `key_routes`, `tenant_moves` and `tenant_deletions` name a tenant but are control plane
@@ -310,4 +311,64 @@ async fn the_app_role_may_add_a_tenant_data_key_but_never_change_or_remove_one()
                 .unwrap();
         assert!(!updatable, "{column}");
     }
+}
+
+/// The counter functions trust `pg_trigger_depth() >= 1` to mean "called by one of our
+/// triggers"; a role that can create a table (a temporary one included) can fire a trigger of
+/// its own and pass that guard. The serving role can create nothing, and is refused if it can.
+#[tokio::test]
+async fn the_serving_role_can_create_nothing_and_serving_is_refused_if_it_can() {
+    let db = TestDb::new().await;
+    let app = db.app_pool(1).await;
+    for statement in [
+        "CREATE TEMP TABLE fires_its_own_trigger (i int)",
+        "CREATE FUNCTION pg_temp.own_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+        "CREATE TABLE public.fires_its_own_trigger (i int)",
+        "CREATE SCHEMA its_own",
+    ] {
+        let err = sqlx::query(statement)
+            .execute(&app)
+            .await
+            .expect_err(statement);
+        let code = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{statement}: {err}");
+    }
+    verify_app_role(&app)
+        .await
+        .expect("the migrated database is safe to serve");
+
+    let superuser = db.superuser_pool().await;
+    let name = &db.name;
+    for (grant, says) in [
+        (
+            format!("GRANT TEMPORARY ON DATABASE {name} TO PUBLIC"),
+            "temporary objects",
+        ),
+        (
+            format!("GRANT CREATE ON DATABASE {name} TO {APP_ROLE}"),
+            "create schemas",
+        ),
+        (
+            "GRANT CREATE ON SCHEMA public TO PUBLIC".to_string(),
+            "in schemas [\"public\"]",
+        ),
+    ] {
+        sqlx::query(&grant).execute(&superuser).await.unwrap();
+        match verify_app_role(&app).await {
+            Err(StoreError::UnsafeConfiguration(message)) => {
+                assert!(message.contains(says), "{grant}: {message}")
+            }
+            other => panic!("{grant}: serving was not refused: {other:?}"),
+        }
+        let revoke = grant
+            .replacen("GRANT", "REVOKE", 1)
+            .replace(" TO ", " FROM ");
+        sqlx::query(&revoke).execute(&superuser).await.unwrap();
+    }
+    verify_app_role(&app)
+        .await
+        .expect("safe again once revoked");
 }
