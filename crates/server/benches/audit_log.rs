@@ -71,6 +71,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

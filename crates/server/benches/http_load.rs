@@ -117,6 +117,9 @@ async fn serve(app: Router) -> u16 {
 }
 
 fn main() {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     // RUST_LOG set: the server's logs on stderr (why a request was refused).
     if std::env::var_os("RUST_LOG").is_some() {
         bulkhead_server::http::telemetry::init_logging();

@@ -576,6 +576,9 @@ impl Bench {
 }
 
 fn main() {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let pinned = taskset_available();
     if pinned {

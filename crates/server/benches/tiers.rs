@@ -394,6 +394,9 @@ impl tokio::io::AsyncWrite for CountingSink {
 }
 
 fn main() {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let seconds = env_or("BENCH_SECONDS", 5);
     let rounds = env_or("BENCH_ROUNDS", 3);
     let concurrency = env_or("BENCH_CONCURRENCY", 16);

@@ -15,6 +15,9 @@ use bulkhead_test_support::{create_tenant, test_peppers, TestDb};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn verification(c: &mut Criterion) {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +86,9 @@ fn verification(c: &mut Criterion) {
 /// denylist of 10,000 revoked tokens; on first use of a token and on later uses (the verified
 /// token cache skips the signature, never the time bounds or the denylist).
 fn token_verification(c: &mut Criterion) {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,9 +22,9 @@
 //! its children, and its reaped children), from /proc/<pid>/stat.
 //!
 //! When `taskset` exists, the server and PostgreSQL are pinned to CPU 0 (`taskset -c 0 bulkhead
-//! serve …`, `taskset -a -p -c 0 <postmaster>`) and the bench process, which publishes and runs
-//! the receivers, pins itself to CPU 1 (`taskset -a -p -c 1 <own pid>`) before starting any
-//! thread.
+//! serve …`, `taskset -a -p -c 0` on the postmaster and each process it has started) and the
+//! bench process, which publishes and runs the receivers, pins itself to CPU 1 (`taskset -a -p
+//! -c 1 <own pid>`) before starting any thread. `WEBHOOK_BENCH_PIN=0` pins nothing (printed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -100,7 +100,23 @@ fn cpu_seconds(serve: u32, postmaster: u32) -> f64 {
     total as f64 / 100.0
 }
 
+/// The live children of `parent` (PostgreSQL's backends and background processes).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(parent))
+        .collect()
+}
+
+/// Whether to pin: `taskset` exists and `WEBHOOK_BENCH_PIN` is not `0` (unpinned, everything
+/// shares every CPU, as the issue's side-by-side run of Svix did).
 fn taskset_available() -> bool {
+    if std::env::var("WEBHOOK_BENCH_PIN").is_ok_and(|v| v == "0") {
+        return false;
+    }
     Command::new("taskset")
         .arg("--version")
         .stdout(Stdio::null())
@@ -274,6 +290,9 @@ async fn wait_for(receiver: &Receiver, n: usize, timeout: Duration) -> bool {
 }
 
 fn main() {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     if taskset_available() {
         // The load generator and the receivers (this process, every thread it starts from here
         // on) on CPU 1, away from serve and PostgreSQL on CPU 0.
@@ -320,10 +339,15 @@ async fn run() {
         .unwrap();
     let postmaster = parent_of(backend as u32).expect("postmaster pid");
     if pin {
-        let _ = Command::new("taskset")
-            .args(["-a", "-p", "-c", "0", &postmaster.to_string()])
-            .stdout(Stdio::null())
-            .status();
+        // The postmaster and every process it has already started (backends connected so far,
+        // the WAL writer, the checkpointer, ...): only processes forked later inherit its CPU.
+        for pid in std::iter::once(postmaster).chain(children_of(postmaster)) {
+            let _ = Command::new("taskset")
+                .args(["-a", "-p", "-c", "0", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     println!(
         "settings changed from serve's defaults: BULKHEAD_WEBHOOK_ALLOW_HTTP=true \

@@ -25,6 +25,7 @@ pub use app::{
 };
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bulkhead_auth::{ApiKey, KeyEnvironment, KeyPepper};
@@ -43,10 +44,29 @@ pub const BASE_DOMAIN: &str = "bulkhead.test";
 
 struct Cluster {
     postgres: EmbeddedPostgres,
+    durable_writes: bool,
 }
 
+// Whether this process's cluster writes as `serve`'s does (see [`use_served_durability`]).
+static DURABLE_WRITES: AtomicBool = AtomicBool::new(false);
+
+/// Starts this process's cluster as `serve` starts its embedded one: `fsync`,
+/// `synchronous_commit` and `full_page_writes` on, PostgreSQL's defaults. Tests run without
+/// them (nothing in a test cluster is worth a flush); benchmarks call this first, so that their
+/// figures describe the configuration users run. Panics if the cluster has already started.
+pub fn use_served_durability() {
+    DURABLE_WRITES.store(true, Ordering::SeqCst);
+    if let Some(cluster) = CLUSTER.get() {
+        assert!(
+            cluster.durable_writes,
+            "use_served_durability() must be called before the first TestDb"
+        );
+    }
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
 fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         // Started on its own thread and runtime: tests each have their own runtime, and the
         // cluster must outlive all of them. Only the process and its socket are shared.
@@ -55,6 +75,7 @@ fn cluster() -> &'static Cluster {
                 .enable_all()
                 .build()
                 .expect("test runtime");
+            let durable_writes = DURABLE_WRITES.load(Ordering::SeqCst);
             runtime.block_on(async {
                 // The directory itself is the data directory: it is handed to the cluster's user,
                 // whose watchdog removes it when this process exits.
@@ -66,6 +87,7 @@ fn cluster() -> &'static Cluster {
                 let postgres = EmbeddedPostgres::start(EmbeddedOptions {
                     data_dir: dir,
                     ephemeral: true,
+                    durable_writes,
                     search_path: std::env::var_os("PATH"),
                 })
                 .await
@@ -102,7 +124,10 @@ fn cluster() -> &'static Cluster {
                 .await
                 .expect("maintenance and mover roles");
                 owner.close().await.ok();
-                Cluster { postgres }
+                Cluster {
+                    postgres,
+                    durable_writes,
+                }
             })
         })
         .join()

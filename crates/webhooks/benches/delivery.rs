@@ -107,6 +107,9 @@ impl Setup {
 }
 
 fn delivery(c: &mut Criterion) {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -184,6 +187,9 @@ fn delivery(c: &mut Criterion) {
 /// the store (one transaction each, as the API does), one dispatcher process delivering them to
 /// the HTTPS receiver. Printed, not a criterion measurement (an open-loop load is not an iteration).
 fn latency(_c: &mut Criterion) {
+    // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
+    // commit on), not as the test suites' does.
+    bulkhead_test_support::use_served_durability();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

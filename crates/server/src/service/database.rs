@@ -186,6 +186,7 @@ impl Database {
         let cluster = EmbeddedPostgres::start(EmbeddedOptions {
             data_dir: data_dir.join("pg"),
             ephemeral: false,
+            durable_writes: true,
             search_path: crate::config::environment::binary_search_path(),
         })
         .await?;

@@ -84,10 +84,15 @@ const PG_CTL_STATUS_NOT_RUNNING: i32 = 3;
 pub struct EmbeddedOptions {
     /// Directory of the cluster's data (PGDATA). Created if missing; kept across runs.
     pub data_dir: PathBuf,
-    /// Test clusters: fsync off, no durability, stopped immediately (and deleted if this run
-    /// created them) when the process that started them exits, even by SIGKILL. A durable
-    /// cluster is stopped cleanly then, and kept.
+    /// Test clusters: stopped immediately (and deleted if this run created them) when the
+    /// process that started them exits, even by SIGKILL. A durable cluster is stopped cleanly
+    /// then, and kept.
     pub ephemeral: bool,
+    /// Writes as PostgreSQL's defaults make them, which is how `serve` runs its cluster:
+    /// `fsync`, `synchronous_commit` and `full_page_writes` on. `false` turns all three off, for
+    /// test clusters only (nothing in them is worth a flush); benchmarks keep them on, so that
+    /// they measure what users run.
+    pub durable_writes: bool,
     /// Where to look for the server binaries first, in `PATH` syntax (the caller's settings read
     /// it from `PATH`); then `/usr/lib/postgresql/<major>/bin`, highest major first. Relative
     /// entries are skipped.

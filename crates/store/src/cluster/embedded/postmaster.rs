@@ -13,6 +13,7 @@ pub struct EmbeddedPostgres {
     socket_dir: SocketDir,
     port: u16,
     ephemeral: bool,
+    durable_writes: bool,
     /// The postmaster we started, read from `postmaster.pid` once it was up.
     postmaster_pid: Option<i32>,
     /// The shell that stops an ephemeral cluster once this process is gone.
@@ -71,6 +72,7 @@ impl EmbeddedPostgres {
             socket_dir,
             port,
             ephemeral: opts.ephemeral,
+            durable_writes: opts.durable_writes,
             postmaster_pid: None,
             watchdog: None,
             // Nothing runs yet: if we fail before the postmaster is up, Drop has nothing to stop.
@@ -191,7 +193,7 @@ impl EmbeddedPostgres {
     }
 
     async fn start_postmaster(&self) -> Result<(), EmbeddedError> {
-        let options = server_options(self.socket_dir.path(), self.port, self.ephemeral)?;
+        let options = server_options(self.socket_dir.path(), self.port, self.durable_writes)?;
         let mut cmd = self.pg_ctl();
         cmd.args(["start", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
             .arg(&self.data_dir)
@@ -402,7 +404,7 @@ async fn run_initdb(
 pub(super) fn server_options(
     socket_dir: &Path,
     port: u16,
-    ephemeral: bool,
+    durable_writes: bool,
 ) -> Result<String, EmbeddedError> {
     let socket_dir = socket_dir
         .to_str()
@@ -421,7 +423,7 @@ pub(super) fn server_options(
         "-c unix_socket_permissions=0700".to_owned(),
         "-c max_connections=200".to_owned(),
     ];
-    if ephemeral {
+    if !durable_writes {
         options.extend(
             [
                 "-c fsync=off",

@@ -293,7 +293,7 @@ fn server_options_survive_the_shell() {
     // pg_ctl runs `exec postgres <options>` through /bin/sh: the socket directory must come
     // out as one argument, double-quoted for PostgreSQL's list parser.
     let socket_dir = Path::new("/tmp/with space/it's,here");
-    let options = server_options(socket_dir, 5433, true).expect("options");
+    let options = server_options(socket_dir, 5433, false).expect("options");
     let output = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(format!("printf '%s\\n' {options}"))
@@ -311,7 +311,7 @@ fn server_options_survive_the_shell() {
     assert!(words.contains(&"fsync=off"), "{words:?}");
     assert!(words.contains(&"full_page_writes=off"), "{words:?}");
 
-    let durable = server_options(socket_dir, 5433, false).expect("options");
+    let durable = server_options(socket_dir, 5433, true).expect("options");
     assert!(!durable.contains("fsync"), "{durable}");
 }
 
