@@ -163,3 +163,92 @@ async fn an_operator_reads_and_sets_a_tenants_own_limits() {
     assert_eq!(status, StatusCode::OK, "{quotas}");
     assert_eq!(kind(&quotas, "sessions")["overridden"], false);
 }
+
+/// An override waits for the tenant's `stored_bytes` counter before it holds any other. Its
+/// audit event takes `stored_bytes` at commit, and a publish takes `stored_bytes` and then
+/// `webhook_messages`: an override of `webhook_messages` that held its row while it waited at
+/// commit deadlocked against a publish holding `stored_bytes`.
+#[tokio::test]
+async fn an_override_waiting_for_the_bytes_counter_holds_no_other_counter() {
+    let app = spawn_app().await;
+    let op = app.spawn_operator().await;
+    let (_, key) = operator_key(&op, ALL).await;
+    let acme = app.create_tenant("acme").await;
+    // Both counter rows exist (a row made by the waiting transaction would be invisible to the
+    // probe below, which could then not tell).
+    let published = call(
+        &app,
+        "acme",
+        &acme.key,
+        Method::POST,
+        "/v1/webhooks/messages",
+        Some(json!({ "event_type": "invoice.paid", "payload": { "n": 1 } })),
+    )
+    .await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    let su = sqlx::PgPool::connect_with(app.db.superuser_options.clone())
+        .await
+        .unwrap();
+    let mut blocker = su.begin().await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT 1 FROM bulkhead.tenant_quotas \
+         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
+    )
+    .bind(acme.id.uuid())
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let overriding = {
+        let socket = op.socket.clone();
+        tokio::spawn(async move {
+            bulkhead_test_support::operator_request(
+                &socket,
+                Method::PUT,
+                "/operator/v1/tenants/acme/quotas/webhook_messages",
+                Some(&key),
+                Some(json!({ "limit": 10 })),
+            )
+            .await
+        })
+    };
+    // Until the override is blocked by the blocker (the server says so; not a sleep).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+        )
+        .bind(blocker_pid)
+        .fetch_one(&su)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the override never waited for the bytes counter"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut probe = su.begin().await.unwrap();
+    let free = sqlx::query(
+        "SELECT 1 FROM bulkhead.tenant_quotas \
+         WHERE tenant_id = $1 AND kind <> 'stored_bytes' FOR UPDATE NOWAIT",
+    )
+    .bind(acme.id.uuid())
+    .execute(&mut *probe)
+    .await;
+    assert!(
+        free.is_ok(),
+        "an override waiting for stored_bytes held another counter: {free:?}"
+    );
+    probe.rollback().await.unwrap();
+    blocker.rollback().await.unwrap();
+    let (status, set) = overriding.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["limit"], 10);
+}
