@@ -124,20 +124,6 @@ pub async fn set_override(
         return Err(StoreError::Invalid("a limit is 0 or more".into()));
     }
     let tenant = tx.tenant_id();
-    // The tenant's `stored_bytes` counter first, as every writer of counters takes it
-    // (docs/quotas.md): the audit event of an override takes it at commit, and a publish takes
-    // it and then `webhook_messages`. Holding the overridden kind's row while waiting for it at
-    // commit deadlocked against a publish (an override of `webhook_messages`, say). The row is
-    // made if missing, so the lock is taken either way.
-    if kind != "stored_bytes" {
-        sqlx::query(
-            "INSERT INTO tenant_quotas (tenant_id, kind, used) VALUES ($1, 'stored_bytes', 0) \
-             ON CONFLICT (tenant_id, kind) DO UPDATE SET used = tenant_quotas.used",
-        )
-        .bind(tenant.uuid())
-        .execute(tx.conn())
-        .await?;
-    }
     sqlx::query(
         "INSERT INTO tenant_quotas (tenant_id, kind, used, override_limit) VALUES ($1, $2, 0, $3) \
          ON CONFLICT (tenant_id, kind) DO UPDATE SET override_limit = EXCLUDED.override_limit, \
