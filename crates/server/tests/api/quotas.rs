@@ -950,3 +950,87 @@ async fn the_retention_sweep_deletes_finished_messages_and_frees_their_room() {
     assert_eq!(fetch(old).await.unwrap().status(), StatusCode::NOT_FOUND);
     assert_eq!(fetch(pending).await.unwrap().status(), StatusCode::OK);
 }
+
+/// A change that writes its audit event before a platform event (a key mint: the key, its
+/// audit event, then `api_key.created`) never holds the `audit_events` counter while it waits
+/// for `stored_bytes`: a publish takes `stored_bytes` and then `audit_events` at its commit, so
+/// the other order deadlocks. It held when the platform event's charge was deferred to commit
+/// along with the tenant's messages (a review caught it before that landed; migration 0045
+/// defers the tenant's messages only).
+#[tokio::test]
+async fn a_mint_waiting_for_the_bytes_counter_does_not_hold_the_audit_counter() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    create_endpoint(
+        &app,
+        &acme,
+        json!({ "url": "https://hooks.receiver.example/in", "event_types": ["api_key.created"] }),
+    )
+    .await;
+    // Every counter row exists, so the probe below sees the ones the waiter holds.
+    assert_eq!(
+        request_key(&app, &acme, &json!({ "scopes": ["sessions:read"] }))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let su = sqlx::PgPool::connect_with(app.db.superuser_options.clone())
+        .await
+        .unwrap();
+    let mut blocker = su.begin().await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT 1 FROM bulkhead.tenant_quotas \
+         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
+    )
+    .bind(acme.id.uuid())
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let minting = async {
+        request_key(&app, &acme, &json!({ "scopes": ["sessions:read"] }))
+            .await
+            .status()
+    };
+    let checking = async {
+        // Until the mint waits for the blocker (the server says so; not a sleep).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+            )
+            .bind(blocker_pid)
+            .fetch_one(&su)
+            .await
+            .unwrap();
+            if waiting {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mint never waited for the bytes counter"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut probe = su.begin().await.unwrap();
+        let free = sqlx::query(
+            "SELECT 1 FROM bulkhead.tenant_quotas \
+             WHERE tenant_id = $1 AND kind = 'audit_events' FOR UPDATE NOWAIT",
+        )
+        .bind(acme.id.uuid())
+        .execute(&mut *probe)
+        .await;
+        probe.rollback().await.unwrap();
+        blocker.rollback().await.unwrap();
+        free
+    };
+    let (status, free) = tokio::join!(minting, checking);
+    assert!(
+        free.is_ok(),
+        "a mint waiting for stored_bytes held the audit counter: {free:?}"
+    );
+    assert_eq!(status, StatusCode::CREATED);
+}

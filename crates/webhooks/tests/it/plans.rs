@@ -179,3 +179,106 @@ async fn a_publish_waiting_for_the_bytes_counter_holds_no_other_counter() {
     blocker.rollback().await.unwrap();
     publishing.await.unwrap();
 }
+
+/// A publish takes the tenant's counters only at its commit (migration 0045): its statements
+/// run while another transaction holds `stored_bytes`, and only the COMMIT waits for it. Held
+/// from the insert, the counter queued one tenant's publishes behind each other's client round
+/// trips and WAL flushes.
+#[tokio::test]
+async fn a_publish_takes_the_counters_only_at_its_commit() {
+    let rig = Rig::new(Clock::system()).await;
+    let su = rig.db.superuser_pool().await;
+    let ctx = rig.tenant("acme").await;
+    rig.endpoint(&ctx, "https://hooks.receiver.example/in")
+        .await;
+    rig.publish(&ctx, 0).await;
+    let tenant = ctx.tenant_id().uuid();
+    let messages_used = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT used FROM bulkhead.tenant_quotas WHERE tenant_id = $1 AND kind = 'webhook_messages'",
+        )
+        .bind(tenant)
+        .fetch_one(&su)
+        .await
+        .unwrap()
+    };
+    let before = messages_used().await;
+    let mut blocker = su.begin().await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT 1 FROM bulkhead.tenant_quotas \
+         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
+    )
+    .bind(tenant)
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let (statements_done, statements_done_rx) = tokio::sync::oneshot::channel();
+    let publishing = {
+        let store = rig.store.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+            store::publish(
+                &mut tx,
+                "invoice.paid",
+                &serde_json::json!({ "n": 1 }),
+                bulkhead_store::tenant::webhooks::MessageSource::Tenant,
+                None,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+            let _ = statements_done.send(());
+            tx.commit().await.unwrap();
+        })
+    };
+    let blocked = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+        )
+        .bind(blocker_pid)
+        .fetch_one(&su)
+        .await
+        .unwrap()
+    };
+    // The publish's statements finish while the counter is held; then its commit waits for it.
+    // Whichever the server reports first decides (no sleep decides anything).
+    let mut statements_done_rx = statements_done_rx;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if statements_done_rx.try_recv().is_ok() {
+            break;
+        }
+        if blocked().await {
+            // Blocked in its commit only if its statements had finished (they signal first).
+            assert!(
+                statements_done_rx.try_recv().is_ok(),
+                "the publish waited for the bytes counter before its commit"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publish neither finished its statements nor waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    loop {
+        if blocked().await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never waited for the bytes counter"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(messages_used().await, before, "charged before the commit");
+    blocker.rollback().await.unwrap();
+    publishing.await.unwrap();
+    assert_eq!(messages_used().await, before + 1, "charged at the commit");
+}

@@ -75,6 +75,11 @@ pub fn message_body(event_type: &str, source: MessageSource, data: Value) -> Val
 /// `only` when given, enabled or not, for tests of one endpoint). `data` becomes the `data` of the
 /// body ([`message_body`]). Returns the message id and how many deliveries were queued. Visible
 /// to workers on commit.
+///
+/// A message counted as the tenant's (source `tenant`, or an endpoint test) is charged to the
+/// tenant's quota at commit (migration 0045), after the rows written before it: a caller writes
+/// it before its audit event, so that the commit takes `stored_bytes` before `audit_events`,
+/// in the order every other transaction takes them.
 pub async fn publish(
     tx: &mut TenantTx,
     event_type: &str,
