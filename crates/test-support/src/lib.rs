@@ -16,6 +16,7 @@
 
 #[cfg(feature = "app")]
 mod app;
+pub mod counters;
 pub mod receiver;
 
 #[cfg(feature = "app")]

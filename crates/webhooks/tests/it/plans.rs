@@ -9,11 +9,13 @@
 
 use std::time::Duration;
 
-use bulkhead_core::Clock;
+use bulkhead_core::{Clock, TenantContext};
 use bulkhead_store::tenant::webhooks::{self as store, Success};
 use bulkhead_store::{Access, Store};
 use chrono::Utc;
 use sqlx::PgPool;
+
+use bulkhead_test_support::counters::BytesCounterHeld;
 
 use crate::delivery::Rig;
 
@@ -97,6 +99,34 @@ async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
     );
 }
 
+/// Publishes one message of the tenant in a task of its own; `statements_done` is told when the
+/// publish's statements have run, before its COMMIT.
+fn publish_in_background(
+    rig: &Rig,
+    ctx: &TenantContext,
+    statements_done: Option<tokio::sync::oneshot::Sender<()>>,
+) -> tokio::task::JoinHandle<()> {
+    let store = rig.store.clone();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
+        store::publish(
+            &mut tx,
+            "invoice.paid",
+            &serde_json::json!({ "n": 1 }),
+            bulkhead_store::tenant::webhooks::MessageSource::Tenant,
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        if let Some(done) = statements_done {
+            let _ = done.send(());
+        }
+        tx.commit().await.unwrap();
+    })
+}
+
 /// Migration 0043: a publish charges its counters in one statement. Its lock order is the one
 /// every writer of a tenant follows (docs/quotas.md): the `stored_bytes` counter first. A
 /// publish that waits for `stored_bytes` must hold no other counter meanwhile, or a writer
@@ -110,73 +140,16 @@ async fn a_publish_waiting_for_the_bytes_counter_holds_no_other_counter() {
         .await;
     // Both counter rows exist from a first publish.
     rig.publish(&ctx, 0).await;
-    let tenant = ctx.tenant_id().uuid();
-    let mut blocker = su.begin().await.unwrap();
-    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *blocker)
-        .await
-        .unwrap();
-    sqlx::query(
-        "SELECT 1 FROM bulkhead.tenant_quotas \
-         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
-    )
-    .bind(tenant)
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
-    let publishing = {
-        let store = rig.store.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
-            store::publish(
-                &mut tx,
-                "invoice.paid",
-                &serde_json::json!({ "n": 1 }),
-                bulkhead_store::tenant::webhooks::MessageSource::Tenant,
-                None,
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
-        })
-    };
-    // Until the publish is blocked by the blocker (not a sleep: the server says so).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-             WHERE $1 = ANY(pg_blocking_pids(pid)))",
-        )
-        .bind(blocker_pid)
-        .fetch_one(&su)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the publish never waited for the bytes counter"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let blocker = BytesCounterHeld::take(&su, ctx.tenant_id().uuid()).await;
+    let publishing = publish_in_background(&rig, &ctx, None);
+    blocker.wait_for_a_waiter("the publish").await;
     // Every other counter of the tenant is free while it waits.
-    let mut probe = su.begin().await.unwrap();
-    let free = sqlx::query(
-        "SELECT 1 FROM bulkhead.tenant_quotas \
-         WHERE tenant_id = $1 AND kind <> 'stored_bytes' FOR UPDATE NOWAIT",
-    )
-    .bind(tenant)
-    .execute(&mut *probe)
-    .await;
+    let free = blocker.others_free("kind <> 'stored_bytes'").await;
     assert!(
         free.is_ok(),
         "a publish waiting for stored_bytes held another counter: {free:?}"
     );
-    probe.rollback().await.unwrap();
-    blocker.rollback().await.unwrap();
+    blocker.release().await;
     publishing.await.unwrap();
 }
 
@@ -203,48 +176,9 @@ async fn a_publish_takes_the_counters_only_at_its_commit() {
         .unwrap()
     };
     let before = messages_used().await;
-    let mut blocker = su.begin().await.unwrap();
-    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *blocker)
-        .await
-        .unwrap();
-    sqlx::query(
-        "SELECT 1 FROM bulkhead.tenant_quotas \
-         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
-    )
-    .bind(tenant)
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = BytesCounterHeld::take(&su, tenant).await;
     let (statements_done, statements_done_rx) = tokio::sync::oneshot::channel();
-    let publishing = {
-        let store = rig.store.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut tx = store.begin(&ctx, Access::ReadWrite).await.unwrap();
-            store::publish(
-                &mut tx,
-                "invoice.paid",
-                &serde_json::json!({ "n": 1 }),
-                bulkhead_store::tenant::webhooks::MessageSource::Tenant,
-                None,
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-            let _ = statements_done.send(());
-            tx.commit().await.unwrap();
-        })
-    };
-    let blocked = || async {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
-        )
-        .bind(blocker_pid)
-        .fetch_one(&su)
-        .await
-        .unwrap()
-    };
+    let publishing = publish_in_background(&rig, &ctx, Some(statements_done));
     // The publish's statements finish while the counter is held; then its commit waits for it.
     // Whichever the server reports first decides (no sleep decides anything).
     let mut statements_done_rx = statements_done_rx;
@@ -253,7 +187,7 @@ async fn a_publish_takes_the_counters_only_at_its_commit() {
         if statements_done_rx.try_recv().is_ok() {
             break;
         }
-        if blocked().await {
+        if blocker.someone_waits().await {
             // Blocked in its commit only if its statements had finished (they signal first).
             assert!(
                 statements_done_rx.try_recv().is_ok(),
@@ -267,18 +201,9 @@ async fn a_publish_takes_the_counters_only_at_its_commit() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    loop {
-        if blocked().await {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the commit never waited for the bytes counter"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    blocker.wait_for_a_waiter("the commit").await;
     assert_eq!(messages_used().await, before, "charged before the commit");
-    blocker.rollback().await.unwrap();
+    blocker.release().await;
     publishing.await.unwrap();
     assert_eq!(messages_used().await, before + 1, "charged at the commit");
 }
