@@ -5,8 +5,11 @@
 -- its own insert runs at depth 1: from there it could call the SECURITY DEFINER counter functions
 -- (`bulkhead.quota_charge`, `bulkhead.quota_charge_message`), whose only guard is
 -- `pg_trigger_depth() >= 1`, with any tenant and amount, and so move another tenant's quota
--- counters. Reaching that takes arbitrary SQL as the serving role, but the tenant boundary must
--- hold against that role, so the privilege goes: from `PUBLIC` and from the serving role itself.
+-- counters. Reaching that takes arbitrary SQL as the serving role, which can also choose its
+-- own tenant context (the context is a setting the serving role sets): this is defence in
+-- depth, not a tenant boundary against that role. The privilege goes all the same, from
+-- `PUBLIC` and from the serving role itself. A temporary object made before this ran lives
+-- until its session ends: restart the servers after migrating a running deployment.
 --
 -- The owner of the database keeps it (an owner's implicit privileges are not `PUBLIC`'s); the
 -- owner role stages a tenant's rows in a temporary table when it moves them

@@ -5,6 +5,7 @@
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
 use bulkhead_store::lifecycle::moves::{self, MoveOptions};
 use bulkhead_store::{tenant::quotas, Access};
+use bulkhead_test_support::counters::BytesCounterHeld;
 use bulkhead_test_support::{spawn_app, TestApp, TestTenant, TestTier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -977,54 +978,16 @@ async fn a_mint_waiting_for_the_bytes_counter_does_not_hold_the_audit_counter() 
     let su = sqlx::PgPool::connect_with(app.db.superuser_options.clone())
         .await
         .unwrap();
-    let mut blocker = su.begin().await.unwrap();
-    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *blocker)
-        .await
-        .unwrap();
-    sqlx::query(
-        "SELECT 1 FROM bulkhead.tenant_quotas \
-         WHERE tenant_id = $1 AND kind = 'stored_bytes' FOR UPDATE",
-    )
-    .bind(acme.id.uuid())
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = BytesCounterHeld::take(&su, acme.id.uuid()).await;
     let minting = async {
         request_key(&app, &acme, &json!({ "scopes": ["sessions:read"] }))
             .await
             .status()
     };
     let checking = async {
-        // Until the mint waits for the blocker (the server says so; not a sleep).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let waiting: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
-            )
-            .bind(blocker_pid)
-            .fetch_one(&su)
-            .await
-            .unwrap();
-            if waiting {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the mint never waited for the bytes counter"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let mut probe = su.begin().await.unwrap();
-        let free = sqlx::query(
-            "SELECT 1 FROM bulkhead.tenant_quotas \
-             WHERE tenant_id = $1 AND kind = 'audit_events' FOR UPDATE NOWAIT",
-        )
-        .bind(acme.id.uuid())
-        .execute(&mut *probe)
-        .await;
-        probe.rollback().await.unwrap();
-        blocker.rollback().await.unwrap();
+        blocker.wait_for_a_waiter("the mint").await;
+        let free = blocker.others_free("kind = 'audit_events'").await;
+        blocker.release().await;
         free
     };
     let (status, free) = tokio::join!(minting, checking);
@@ -1033,4 +996,50 @@ async fn a_mint_waiting_for_the_bytes_counter_does_not_hold_the_audit_counter() 
         "a mint waiting for stored_bytes held the audit counter: {free:?}"
     );
     assert_eq!(status, StatusCode::CREATED);
+}
+
+/// The serving role cannot switch the counters off for a definer function it may call: the
+/// retention purge (`bulkhead.webhook_purge_finished`, SECURITY DEFINER) lowers the counters of
+/// what it deletes even when the serving session has set the moves' `bulkhead.quota_replay`
+/// (which the triggers believed from any `current_user` but the serving role's, and inside a
+/// definer function that is the owner: migration 0046).
+#[tokio::test]
+async fn the_serving_role_cannot_purge_without_lowering_the_counters() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let published = call_as(
+        &app,
+        &acme,
+        Method::POST,
+        "/v1/webhooks/messages",
+        Some(json!({ "event_type": "order.paid", "payload": { "n": 1 } })),
+    )
+    .await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 1);
+    let served = sqlx::PgPool::connect_with(app.db.app_options.clone())
+        .await
+        .unwrap();
+    let mut tx = served.begin().await.unwrap();
+    sqlx::query(
+        "SELECT set_config('bulkhead.tenant_id', $1, true), \
+                set_config('bulkhead.quota_replay', 'on', true)",
+    )
+    .bind(acme.id.uuid().to_string())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let purged: i32 =
+        sqlx::query_scalar("SELECT bulkhead.webhook_purge_finished(now() + interval '1 day', 100)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    served.close().await;
+    assert_eq!(purged, 1, "the finished message was purged");
+    assert_eq!(
+        quota(&app, &acme, "webhook_messages").await.0,
+        0,
+        "the purge left the counter up"
+    );
 }

@@ -79,7 +79,7 @@ pub async fn verify_app_role(app: &PgPool) -> Result<(), StoreError> {
     check_role_attributes(&mut conn, &role).await?;
     let owned: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
-         WHERE r.rolname = current_user AND c.relkind IN ('r', 'p', 'v', 'm')",
+         WHERE r.rolname = current_user AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -116,6 +116,21 @@ pub async fn verify_app_role(app: &PgPool) -> Result<(), StoreError> {
         return Err(StoreError::UnsafeConfiguration(format!(
             "the serving role `{role}` may create objects in schemas {schemas:?}; \
              revoke CREATE on them from it and from PUBLIC"
+        )));
+    }
+    // Nor may it attach an existing trigger function to a table (TRIGGER privilege).
+    let triggerable: Vec<String> = sqlx::query_scalar(
+        "SELECT c.oid::regclass::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p', 'f', 'v') \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND has_table_privilege(current_user, c.oid, 'TRIGGER') ORDER BY 1 LIMIT 5",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if !triggerable.is_empty() {
+        return Err(StoreError::UnsafeConfiguration(format!(
+            "the serving role `{role}` may create triggers on {triggerable:?}; revoke TRIGGER"
         )));
     }
     Ok(())

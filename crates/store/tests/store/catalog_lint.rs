@@ -355,6 +355,10 @@ async fn the_serving_role_can_create_nothing_and_serving_is_refused_if_it_can() 
             "GRANT CREATE ON SCHEMA public TO PUBLIC".to_string(),
             "in schemas [\"public\"]",
         ),
+        (
+            format!("GRANT TRIGGER ON bulkhead.tenant_quotas TO {APP_ROLE}"),
+            "create triggers on",
+        ),
     ] {
         sqlx::query(&grant).execute(&superuser).await.unwrap();
         match verify_app_role(&app).await {
