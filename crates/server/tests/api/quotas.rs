@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::keys::{request_key, revoke_key, rotate_key};
-use crate::helpers::webhooks::create_endpoint;
+use crate::helpers::webhooks::{create_endpoint, publish_order_paid};
 use crate::helpers::{as_tenant, audit_events, call_as, create_session, get_ok_json, problem};
 
 /// Sets (the operator's way, as the owner) the tenant's limit of `kind`; `None`: plan default.
@@ -553,20 +553,8 @@ async fn endpoint_and_message(app: &TestApp, tenant: &TestTenant) -> (String, St
         json!({ "url": "https://hooks.receiver.example/in" }),
     )
     .await;
-    let published = call_as(
-        app,
-        tenant,
-        Method::POST,
-        "/v1/webhooks/messages",
-        Some(json!({ "event_type": "order.paid", "payload": { "n": 1 } })),
-    )
-    .await;
-    assert_eq!(published.status(), StatusCode::ACCEPTED);
-    let message: Value = published.json().await.unwrap();
-    (
-        endpoint["id"].as_str().unwrap().to_owned(),
-        message["id"].as_str().unwrap().to_owned(),
-    )
+    let message = publish_order_paid(app, tenant).await;
+    (endpoint["id"].as_str().unwrap().to_owned(), message)
 }
 
 /// Writes one attempt as the delivery worker does (the serving role, in the tenant's context),
@@ -896,19 +884,7 @@ async fn the_retention_sweep_deletes_finished_messages_and_frees_their_room() {
         json!({ "url": "https://hooks.receiver.example/in" }),
     )
     .await;
-    let publish = || async {
-        let published = call_as(
-            &app,
-            &acme,
-            Method::POST,
-            "/v1/webhooks/messages",
-            Some(json!({ "event_type": "order.paid", "payload": { "n": 1 } })),
-        )
-        .await;
-        assert_eq!(published.status(), StatusCode::ACCEPTED);
-        let body: Value = published.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
-    };
+    let publish = || publish_order_paid(&app, &acme);
     let old = publish().await;
     // A platform message too (the endpoint takes every event type).
     create_session(&app, &acme, "one").await;
@@ -1007,15 +983,7 @@ async fn a_mint_waiting_for_the_bytes_counter_does_not_hold_the_audit_counter() 
 async fn the_serving_role_cannot_purge_without_lowering_the_counters() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let published = call_as(
-        &app,
-        &acme,
-        Method::POST,
-        "/v1/webhooks/messages",
-        Some(json!({ "event_type": "order.paid", "payload": { "n": 1 } })),
-    )
-    .await;
-    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    publish_order_paid(&app, &acme).await;
     assert_eq!(quota(&app, &acme, "webhook_messages").await.0, 1);
     let served = sqlx::PgPool::connect_with(app.db.app_options.clone())
         .await

@@ -99,6 +99,18 @@ async fn recording_an_attempt_does_not_read_the_tenants_other_messages() {
     );
 }
 
+/// A tenant with one endpoint and one published message, so that its counter rows exist (a
+/// row made by a waiting transaction would be invisible to the probes); and a superuser pool.
+async fn a_tenant_that_has_published() -> (Rig, PgPool, TenantContext) {
+    let rig = Rig::new(Clock::system()).await;
+    let su = rig.db.superuser_pool().await;
+    let ctx = rig.tenant("acme").await;
+    rig.endpoint(&ctx, "https://hooks.receiver.example/in")
+        .await;
+    rig.publish(&ctx, 0).await;
+    (rig, su, ctx)
+}
+
 /// Publishes one message of the tenant in a task of its own; `statements_done` is told when the
 /// publish's statements have run, before its COMMIT.
 fn publish_in_background(
@@ -133,13 +145,7 @@ fn publish_in_background(
 /// holding `stored_bytes` and wanting that counter would deadlock with it.
 #[tokio::test]
 async fn a_publish_waiting_for_the_bytes_counter_holds_no_other_counter() {
-    let rig = Rig::new(Clock::system()).await;
-    let su = rig.db.superuser_pool().await;
-    let ctx = rig.tenant("acme").await;
-    rig.endpoint(&ctx, "https://hooks.receiver.example/in")
-        .await;
-    // Both counter rows exist from a first publish.
-    rig.publish(&ctx, 0).await;
+    let (rig, su, ctx) = a_tenant_that_has_published().await;
     let blocker = BytesCounterHeld::take(&su, ctx.tenant_id().uuid()).await;
     let publishing = publish_in_background(&rig, &ctx, None);
     blocker.wait_for_a_waiter("the publish").await;
@@ -159,12 +165,7 @@ async fn a_publish_waiting_for_the_bytes_counter_holds_no_other_counter() {
 /// trips and WAL flushes.
 #[tokio::test]
 async fn a_publish_takes_the_counters_only_at_its_commit() {
-    let rig = Rig::new(Clock::system()).await;
-    let su = rig.db.superuser_pool().await;
-    let ctx = rig.tenant("acme").await;
-    rig.endpoint(&ctx, "https://hooks.receiver.example/in")
-        .await;
-    rig.publish(&ctx, 0).await;
+    let (rig, su, ctx) = a_tenant_that_has_published().await;
     let tenant = ctx.tenant_id().uuid();
     let messages_used = || async {
         sqlx::query_scalar::<_, i64>(
