@@ -82,20 +82,12 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// CPU seconds so far of `serve` and of the PostgreSQL cluster under `postmaster`.
 fn cpu_seconds(serve: u32, postmaster: u32) -> f64 {
-    let mut total = ticks(serve, true) + ticks(postmaster, true);
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                if parent_of(pid) == Some(postmaster) {
-                    total += ticks(pid, false);
-                }
-            }
-        }
-    }
+    let total = ticks(serve, true)
+        + ticks(postmaster, true)
+        + children_of(postmaster)
+            .into_iter()
+            .map(|pid| ticks(pid, false))
+            .sum::<u64>();
     // USER_HZ is 100 on every Linux this runs on.
     total as f64 / 100.0
 }
@@ -113,7 +105,7 @@ fn children_of(parent: u32) -> Vec<u32> {
 
 /// Whether to pin: `taskset` exists and `WEBHOOK_BENCH_PIN` is not `0` (unpinned, everything
 /// shares every CPU, as the side-by-side run of Svix did).
-fn taskset_available() -> bool {
+fn pinning() -> bool {
     if std::env::var("WEBHOOK_BENCH_PIN").is_ok_and(|v| v == "0") {
         return false;
     }
@@ -293,7 +285,7 @@ fn main() {
     // What users run: the cluster writes as `serve`'s embedded one does (fsync and synchronous
     // commit on), not as the test suites' does.
     bulkhead_test_support::use_served_durability();
-    if taskset_available() {
+    if pinning() {
         // The load generator and the receivers (this process, every thread it starts from here
         // on) on CPU 1, away from serve and PostgreSQL on CPU 0.
         let pinned = Command::new("taskset")
@@ -331,7 +323,7 @@ async fn run() {
     let hanging = Receiver::start(LOOPBACK, 0, None).await;
     hanging.set_default(Reply::Hang);
     let ports = format!("{},{}", fast.addr.port(), hanging.addr.port());
-    let pin = taskset_available();
+    let pin = pinning();
     // PostgreSQL runs on the server's CPU too: its postmaster is a backend's parent.
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&db.owner_pool().await)

@@ -30,7 +30,8 @@
 //!   with the transaction; the same statement also clears any session-level value a connection may
 //!   carry, so nothing can leak from one pooled use to the next.
 //! - Requests are served through the application role, which owns nothing, is not superuser and
-//!   has `NOBYPASSRLS` and may create no temporary object (migration 0044);
+//!   has `NOBYPASSRLS` and can create nothing, temporary objects and triggers included
+//!   (migration 0044);
 //!   [`cluster::pg_roles::verify_app_role`] refuses to serve otherwise. Every
 //!   tenant table has `ENABLE` and `FORCE ROW LEVEL SECURITY`, so the database enforces the
 //!   tenant boundary even if a query forgets its own `tenant_id` predicate (every query here

@@ -69,8 +69,8 @@ async fn check_role_attributes(conn: &mut PgConnection, role: &str) -> Result<()
 /// Checks, through the application pool itself, that requests will run under row-level security:
 /// the connected role is not superuser, has no `BYPASSRLS`, owns no table in the database
 /// (owners are subject to FORCE RLS, but an owner can turn it off), and can create nothing: no
-/// temporary object, schema or object in a schema (a trigger of its own would pass the definer
-/// functions' depth guard).
+/// temporary object, schema, object in a schema or trigger on a table (a trigger of its own
+/// would pass the definer functions' depth guard).
 pub async fn verify_app_role(app: &PgPool) -> Result<(), StoreError> {
     let mut conn = app.acquire().await?;
     let role: String = sqlx::query_scalar("SELECT current_user::text")
@@ -90,47 +90,53 @@ pub async fn verify_app_role(app: &PgPool) -> Result<(), StoreError> {
     }
     // A role that can create objects can create a table with a trigger of its own, whose code
     // runs at trigger depth 1, past the depth guard of the counter functions: no temporary
-    // objects (migration 0044 revokes `PUBLIC`'s default), no schema, nothing in any schema.
-    let (database, temporary, create, schemas): (String, bool, bool, Vec<String>) = sqlx::query_as(
+    // objects (migration 0044 revokes `PUBLIC`'s default), no schema, nothing in any schema, and
+    // no existing trigger function attached to a table (TRIGGER privilege). One query.
+    let (database, temporary, create, schemas, triggerable): (
+        String,
+        bool,
+        bool,
+        Vec<String>,
+        Vec<String>,
+    ) = sqlx::query_as(
         "SELECT current_database()::text, \
-                    has_database_privilege(current_user, current_database(), 'TEMPORARY'), \
-                    has_database_privilege(current_user, current_database(), 'CREATE'), \
-                    ARRAY(SELECT nspname::text FROM pg_namespace \
-                          WHERE has_schema_privilege(current_user, oid, 'CREATE') ORDER BY 1)",
+                has_database_privilege(current_user, current_database(), 'TEMPORARY'), \
+                has_database_privilege(current_user, current_database(), 'CREATE'), \
+                ARRAY(SELECT nspname::text FROM pg_namespace \
+                      WHERE has_schema_privilege(current_user, oid, 'CREATE') ORDER BY 1), \
+                ARRAY(SELECT c.oid::regclass::text FROM pg_class c \
+                      JOIN pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE c.relkind IN ('r', 'p', 'f', 'v') \
+                        AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                        AND has_table_privilege(current_user, c.oid, 'TRIGGER') \
+                      ORDER BY 1 LIMIT 5)",
     )
     .fetch_one(&mut *conn)
     .await?;
-    if temporary {
+    let refusal = if temporary {
+        Some(format!(
+            "may create temporary objects in database `{database}`; as its owner run: \
+             REVOKE TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC, {role}"
+        ))
+    } else if create {
+        Some(format!(
+            "may create schemas in database `{database}`; revoke CREATE ON DATABASE \
+             \"{database}\" from it and from PUBLIC"
+        ))
+    } else if !schemas.is_empty() {
+        Some(format!(
+            "may create objects in schemas {schemas:?}; revoke CREATE on them from it and from PUBLIC"
+        ))
+    } else if !triggerable.is_empty() {
+        Some(format!(
+            "may create triggers on {triggerable:?}; revoke TRIGGER"
+        ))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
         return Err(StoreError::UnsafeConfiguration(format!(
-            "the serving role `{role}` may create temporary objects in database `{database}`; \
-             as its owner run: REVOKE TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC, {role}"
-        )));
-    }
-    if create {
-        return Err(StoreError::UnsafeConfiguration(format!(
-            "the serving role `{role}` may create schemas in database `{database}`; \
-             revoke CREATE ON DATABASE \"{database}\" from it and from PUBLIC"
-        )));
-    }
-    if !schemas.is_empty() {
-        return Err(StoreError::UnsafeConfiguration(format!(
-            "the serving role `{role}` may create objects in schemas {schemas:?}; \
-             revoke CREATE on them from it and from PUBLIC"
-        )));
-    }
-    // Nor may it attach an existing trigger function to a table (TRIGGER privilege).
-    let triggerable: Vec<String> = sqlx::query_scalar(
-        "SELECT c.oid::regclass::text FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p', 'f', 'v') \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-           AND has_table_privilege(current_user, c.oid, 'TRIGGER') ORDER BY 1 LIMIT 5",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    if !triggerable.is_empty() {
-        return Err(StoreError::UnsafeConfiguration(format!(
-            "the serving role `{role}` may create triggers on {triggerable:?}; revoke TRIGGER"
+            "the serving role `{role}` {refusal}"
         )));
     }
     Ok(())
