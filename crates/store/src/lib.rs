@@ -26,9 +26,12 @@
 //! # Invariants
 //! - Tenant tables are reached only through a [`TenantTx`], which [`Store::begin`] opens for one
 //!   [`TenantContext`]: one transaction, whose first statement sets `bulkhead.tenant_id` with
-//!   `set_config(..., true)` from a bound parameter. The setting is transaction-local, so it ends
-//!   with the transaction; the same statement also clears any session-level value a connection may
-//!   carry, so nothing can leak from one pooled use to the next.
+//!   `set_config(..., true)`: `tenant_enter` (migration 0047), sent with the `BEGIN` in one simple
+//!   query, its values written as quoted literals of ours (never request input). The setting is
+//!   transaction-local, so it ends with the transaction; a connection that carries a
+//!   session-level value is refused and cleared before it is entered, so nothing can leak from
+//!   one pooled use to the next. An entry the database refuses (the tenant is not where the route says, or is frozen
+//!   for a write) is rolled back before its connection returns to the pool.
 //! - Requests are served through the application role, which owns nothing, is not superuser and
 //!   has `NOBYPASSRLS` and can create nothing, temporary objects and triggers included
 //!   (migration 0044);

@@ -5,8 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
+use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction, TransactionManager};
+
+use crate::placement::entry::{begin_statement, EnteredTx};
 use tracing::Instrument;
 
 use crate::cluster::pg_roles;
@@ -67,16 +70,13 @@ impl fmt::Debug for Store {
 // check they made, on each execution (issue 25: 14 % of the core `serve` and PostgreSQL share
 // in the webhook_serve benchmark's publishing phase, by `pg_stat_statements`).
 //
-// `wake_after_commit`: the webhook due trigger marks the transaction instead of sending `NOTIFY`
-// (migration 0030); the store wakes the dispatchers after the commit (crate::placement::wake).
-fn enter_statement(schema: &str, access: Access, wake_after_commit: bool) -> String {
+// Used by the callers that open their transaction themselves (onboarding, moves, a purge);
+// [`Store::begin`] sends the same work as `tenant_enter` inside its `BEGIN` ([`begin_statement`]).
+fn enter_statement(schema: &str, access: Access) -> String {
     let read_only = match access {
         Access::ReadOnly => {
             ", set_config('transaction_read_only', 'on', true), \
              set_config('plan_cache_mode', 'force_custom_plan', true)"
-        }
-        Access::ReadWrite if wake_after_commit => {
-            ", set_config('bulkhead.webhook_wake', 'after_commit', true)"
         }
         Access::ReadWrite => "",
     };
@@ -246,14 +246,14 @@ impl Store {
                     .router
                     .pool_for_transaction(&location, permit.is_heavy())
                     .await?;
-                let mut tx = pool.begin().await?;
-                if snapshot {
-                    // Before the first statement, which takes the snapshot.
-                    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                match TenantTx::enter_with(tx, ctx, access, &location, true, false).await {
+                let statement = begin_statement(
+                    ctx,
+                    access == Access::ReadWrite,
+                    snapshot,
+                    &location,
+                    crate::placement::gate::statement_timeout().as_deref(),
+                );
+                match EnteredTx::begin(pool, statement).await {
                     Err(StoreError::LocationMismatch) if !fresh => {
                         self.router.forget(tenant);
                         fresh = true;
@@ -265,7 +265,14 @@ impl Store {
                         self.router.forget(tenant);
                         return Err(StoreError::TenantMoving);
                     }
-                    Ok(mut tx) => {
+                    Ok(entered) => {
+                        let mut tx = TenantTx::entered(
+                            OpenTx::Entered(entered),
+                            ctx,
+                            access,
+                            &location,
+                            true,
+                        );
                         tx.gate = Some(permit);
                         tx.audited_tenants = Some(self.audited.clone());
                         tx.wakeups = Some(self.wakeups.clone());
@@ -340,7 +347,7 @@ pub use crate::placement::wake::WEBHOOK_DUE_CHANNEL;
 
 /// One open transaction for one tenant. Dropping it without [`TenantTx::commit`] rolls back.
 pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
+    tx: OpenTx,
     tenant: TenantId,
     actor: Actor,
     request_id: RequestId,
@@ -360,6 +367,9 @@ pub struct TenantTx {
     // the commit (None outside [`Store::begin`]: then `NOTIFY` inside the transaction).
     wake_after_commit: bool,
     webhook_due: bool,
+    // A `READ ONLY` transaction that has sent no notification: the database refuses every
+    // write, so its commit has nothing to make durable or to send.
+    nothing_to_commit: bool,
     wakeups: Option<Arc<crate::placement::wake::DueWakeups>>,
     // The tenant's connection permit (crate::placement::gate), released when the transaction ends.
     gate: Option<crate::placement::gate::GatePermit>,
@@ -386,7 +396,7 @@ impl TenantTx {
         access: Access,
         location: &Location,
     ) -> Result<TenantTx, StoreError> {
-        Self::enter_with(tx, ctx, access, location, false, false).await
+        Self::enter_with(tx, ctx, access, location, false).await
     }
 
     /// [`TenantTx::enter`] for writing while the tenant is frozen: only a purge, which freezes
@@ -396,21 +406,19 @@ impl TenantTx {
         ctx: &TenantContext,
         location: &Location,
     ) -> Result<TenantTx, StoreError> {
-        Self::enter_with(tx, ctx, Access::ReadWrite, location, false, true).await
+        Self::enter_with(tx, ctx, Access::ReadWrite, location, true).await
     }
 
-    /// [`TenantTx::enter`]; `wake_after_commit` for [`Store::begin`], whose store wakes the
-    /// dispatchers after the commit.
+    /// [`TenantTx::enter`] and [`TenantTx::enter_frozen`].
     async fn enter_with(
         mut tx: Transaction<'static, Postgres>,
         ctx: &TenantContext,
         access: Access,
         location: &Location,
-        wake_after_commit: bool,
         frozen_ok: bool,
     ) -> Result<TenantTx, StoreError> {
         let schema = location.placement.schema();
-        let statement = enter_statement(schema, access, wake_after_commit);
+        let statement = enter_statement(schema, access);
         let row: Option<AnchorRow> = match sqlx::query_as(&statement)
             .bind(ctx.tenant_id().uuid().to_string())
             // pg_temp last: a temporary table can never shadow a tenant table.
@@ -446,7 +454,23 @@ impl TenantTx {
         if frozen && access == Access::ReadWrite && !frozen_ok {
             return Err(StoreError::TenantMoving);
         }
-        Ok(TenantTx {
+        Ok(TenantTx::entered(
+            OpenTx::Begun(tx),
+            ctx,
+            access,
+            location,
+            false,
+        ))
+    }
+
+    fn entered(
+        tx: OpenTx,
+        ctx: &TenantContext,
+        access: Access,
+        location: &Location,
+        wake_after_commit: bool,
+    ) -> TenantTx {
+        TenantTx {
             tx,
             tenant: ctx.tenant_id(),
             actor: ctx.actor().clone(),
@@ -459,10 +483,11 @@ impl TenantTx {
             forwarded: Vec::new(),
             wake_after_commit: wake_after_commit && access == Access::ReadWrite,
             webhook_due: false,
+            nothing_to_commit: access == Access::ReadOnly,
             wakeups: None,
             gate: None,
             data_keys: None,
-        })
+        }
     }
 
     /// Where this transaction's tenant lives.
@@ -477,13 +502,14 @@ impl TenantTx {
         channel: &'static str,
         payload: String,
     ) -> Result<(), StoreError> {
+        self.nothing_to_commit = false;
         if self.forward {
             self.forwarded.push((channel, payload));
         } else {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(channel)
                 .bind(payload)
-                .execute(&mut *self.tx)
+                .execute(self.conn())
                 .await?;
         }
         Ok(())
@@ -531,11 +557,22 @@ impl TenantTx {
     /// The connection, already inside the tenant's context. Statements run here are subject to
     /// RLS for this tenant; still filter on [`TenantTx::tenant_id`] explicitly in every query.
     pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        match &mut self.tx {
+            OpenTx::Begun(tx) => tx,
+            OpenTx::Entered(entered) => &mut entered.conn,
+        }
     }
 
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.nothing_to_commit {
+            // Nothing to commit: the transaction could write nothing, so ending it either way
+            // is the same to the database. Dropping it queues the ROLLBACK, which the pool sends
+            // with the check it makes of every returned connection, in one round trip and off
+            // the request's path; a COMMIT here would be a round trip of its own, waited for.
+            drop(self);
+            return Ok(());
+        }
         let forwarding = self.forward && self.registry.is_some();
         // Outside the registry's database the trigger's `NOTIFY` (if it sent one) reaches no
         // worker, so the mark it leaves is read here, as before; debug builds read it for every
@@ -545,7 +582,7 @@ impl TenantTx {
         if check {
             let due: Option<String> =
                 sqlx::query_scalar("SELECT current_setting('bulkhead.webhook_due', true)")
-                    .fetch_one(&mut *self.tx)
+                    .fetch_one(self.conn())
                     .await?;
             let due = due.as_deref() == Some("on");
             debug_assert!(
@@ -564,7 +601,7 @@ impl TenantTx {
                 // No store to wake after the commit: notify the way every process hears.
                 sqlx::query("SELECT pg_notify($1, '')")
                     .bind(WEBHOOK_DUE_CHANNEL)
-                    .execute(&mut *self.tx)
+                    .execute(self.conn())
                     .await?;
                 None
             }
@@ -602,5 +639,37 @@ impl TenantTx {
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.tx.rollback().await?;
         Ok(())
+    }
+}
+
+/// The transaction under a [`TenantTx`]: one sqlx began, with the context entered by a second
+/// statement ([`TenantTx::enter`]), or one [`Store::begin`] began and entered in one simple
+/// query ([`EnteredTx`]).
+enum OpenTx {
+    Begun(Transaction<'static, Postgres>),
+    Entered(EnteredTx),
+}
+
+impl OpenTx {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            OpenTx::Begun(tx) => tx.commit().await,
+            OpenTx::Entered(mut entered) => {
+                PgTransactionManager::commit(&mut entered.conn).await?;
+                entered.open = false;
+                Ok(())
+            }
+        }
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            OpenTx::Begun(tx) => tx.rollback().await,
+            OpenTx::Entered(mut entered) => {
+                PgTransactionManager::rollback(&mut entered.conn).await?;
+                entered.open = false;
+                Ok(())
+            }
+        }
     }
 }

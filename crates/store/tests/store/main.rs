@@ -4,6 +4,7 @@
 
 mod audit_log;
 mod catalog_lint;
+mod door;
 mod heavy_reads;
 mod jobs;
 mod list_indexes;
