@@ -21,7 +21,7 @@
 -- nothing.
 --
 -- Arguments are text because the caller writes them as literals into the simple query
--- (`placement::door::sql_literal`): the tenant id, the search path, the statement timeout in
+-- (`placement::entry::sql_literal`): the tenant id, the search path, the statement timeout in
 -- milliseconds (NULL keeps the database's), whether the transaction writes, whether the due
 -- trigger leaves waking to the store (migration 0030), and the expected location: tier,
 -- schema, database and region.

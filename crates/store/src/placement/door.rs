@@ -253,7 +253,31 @@ impl Store {
                     &location,
                     crate::placement::gate::statement_timeout().as_deref(),
                 );
-                match EnteredTx::begin(pool, statement).await {
+                let opened = match EnteredTx::begin(pool.clone(), statement).await {
+                    Ok(Some(entered)) => Ok(TenantTx::entered(
+                        OpenTx::Entered(entered),
+                        ctx,
+                        access,
+                        &location,
+                        true,
+                    )),
+                    // A location without `tenant_enter` (migration 0047 not applied there yet):
+                    // the two-statement entry that onboarding and moves use.
+                    Ok(None) => {
+                        let mut tx = pool.begin().await?;
+                        if snapshot {
+                            // Before the first statement, which takes the snapshot.
+                            sqlx::query(
+                                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                            )
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        TenantTx::enter_with(tx, ctx, access, &location, false).await
+                    }
+                    Err(err) => Err(err),
+                };
+                match opened {
                     Err(StoreError::LocationMismatch) if !fresh => {
                         self.router.forget(tenant);
                         fresh = true;
@@ -265,14 +289,7 @@ impl Store {
                         self.router.forget(tenant);
                         return Err(StoreError::TenantMoving);
                     }
-                    Ok(entered) => {
-                        let mut tx = TenantTx::entered(
-                            OpenTx::Entered(entered),
-                            ctx,
-                            access,
-                            &location,
-                            true,
-                        );
+                    Ok(mut tx) => {
                         tx.gate = Some(permit);
                         tx.audited_tenants = Some(self.audited.clone());
                         tx.wakeups = Some(self.wakeups.clone());
@@ -470,6 +487,10 @@ impl TenantTx {
         location: &Location,
         wake_after_commit: bool,
     ) -> TenantTx {
+        // Only a transaction `READ ONLY` from its `BEGIN`: one entered read-only later (the
+        // older entry sets `transaction_read_only` in its first statement) might have written
+        // before.
+        let nothing_to_commit = access == Access::ReadOnly && matches!(tx, OpenTx::Entered(_));
         TenantTx {
             tx,
             tenant: ctx.tenant_id(),
@@ -483,7 +504,7 @@ impl TenantTx {
             forwarded: Vec::new(),
             wake_after_commit: wake_after_commit && access == Access::ReadWrite,
             webhook_due: false,
-            nothing_to_commit: access == Access::ReadOnly,
+            nothing_to_commit,
             wakeups: None,
             gate: None,
             data_keys: None,

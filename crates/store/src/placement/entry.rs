@@ -87,7 +87,13 @@ pub(crate) struct EnteredTx {
 }
 
 impl EnteredTx {
-    pub(crate) async fn begin(pool: PgPool, statement: String) -> Result<EnteredTx, StoreError> {
+    /// Begins and enters on a connection of `pool`. `Ok(None)`: the location has no
+    /// `tenant_enter` (a schema or database `bulkhead migrate` has not brought up to date, or one
+    /// an older binary made during a rolling deploy), and the caller enters the older way.
+    pub(crate) async fn begin(
+        pool: PgPool,
+        statement: String,
+    ) -> Result<Option<EnteredTx>, StoreError> {
         let mut entry = EnteredTx {
             conn: pool.acquire().await?,
             open: false,
@@ -103,33 +109,43 @@ impl EnteredTx {
                     Ok(()) => {
                         entry.entering = false;
                         entry.open = true;
-                        return Ok(entry);
+                        return Ok(Some(entry));
                     }
                     Err(err) => err,
                 };
-            // The server answered: the transaction began and the entry refused, so it is
-            // aborted. End it before the connection goes back; otherwise (an I/O error, or the
-            // ROLLBACK failing too) `entering` stays set and the drop closes it.
-            if matches!(err, sqlx::Error::Database(_))
-                && entry.conn.execute("ROLLBACK").await.is_ok()
-            {
-                entry.entering = false;
+            if !matches!(err, sqlx::Error::Database(_)) {
+                // No answer (I/O): `entering` stays set and the drop closes the connection.
+                return Err(err.into());
             }
-            if !cleared && !entry.entering && has_code(&err, "BE003") {
-                // A session-level tenant context on this connection, left by a bug elsewhere
-                // (`set_config(..., false)`). Cleared outside any transaction, so that it stays
-                // cleared (inside one, the ROLLBACK that ends a read would undo the clearing),
-                // then entered again.
+            // The server answered: the transaction began and the entry refused, so it is
+            // aborted. End it before the connection goes back (if that fails, `entering` stays
+            // set and the drop closes it). A session-level tenant context on the connection
+            // (BE003: `set_config(..., false)`, left by a bug elsewhere) is cleared in the same
+            // simple query, after the ROLLBACK and outside any transaction, so that it stays
+            // cleared (inside one, the ROLLBACK that ends a read would undo it) and so that,
+            // behind a pooler in transaction mode, it is cleared on the server session that
+            // carried it. Then entered again, once.
+            let clear = !cleared && has_code(&err, "BE003");
+            let end = if clear {
+                "ROLLBACK; SELECT set_config('bulkhead.tenant_id', '', false)"
+            } else {
+                "ROLLBACK"
+            };
+            entry.conn.execute(end).await?;
+            entry.entering = false;
+            if clear {
                 tracing::warn!(
                     "cleared a session-level tenant context left on a pooled connection"
                 );
-                entry.entering = true;
-                entry
-                    .conn
-                    .execute("SELECT set_config('bulkhead.tenant_id', '', false)")
-                    .await?;
                 cleared = true;
                 continue;
+            }
+            if has_code(&err, "42883") {
+                tracing::warn!(
+                    "a tenant location lacks migration 0047 (tenant_enter): entering in two round \
+                     trips; run `bulkhead migrate`"
+                );
+                return Ok(None);
             }
             return Err(entry_refusal(err));
         }
@@ -156,14 +172,6 @@ fn entry_refusal(err: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
         match db.code().as_deref() {
             Some("BE001") | Some("42P01") | Some("3F000") => return StoreError::LocationMismatch,
-            // The schema is there but not its `tenant_enter`: a location `bulkhead migrate` has
-            // not brought up to date. Said plainly, not mistaken for a move in progress.
-            Some("42883") => {
-                return StoreError::UnsafeConfiguration(
-                    "a tenant location lacks migration 0047 (tenant_enter): run `bulkhead migrate`"
-                        .into(),
-                )
-            }
             Some("BE002") => return StoreError::TenantMoving,
             _ => {}
         }

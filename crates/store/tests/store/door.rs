@@ -242,21 +242,41 @@ async fn a_cancelled_entry_leaves_no_transaction_behind() {
 }
 
 /// A location whose `tenant_enter` is missing (a schema or database `bulkhead migrate` has not
-/// brought up to date) is said to be a configuration error, not a move that never ends.
+/// brought up to date, or one an older binary made during a rolling deploy) is still entered,
+/// the older way, with the same context and refusals.
 #[tokio::test]
-async fn a_location_without_the_entry_function_is_a_configuration_error() {
+async fn a_location_without_the_entry_function_is_entered_the_older_way() {
     let db = TestDb::new().await;
     let a = create_tenant(&db, "alpha").await;
-    let store = db.app_store().await;
+    let b = create_tenant(&db, "bravo").await;
+    let store = Store::from_pool_unchecked(db.app_pool(1).await);
+    create_session(&store, a.id).await.unwrap();
+    let owner = db.owner_pool().await;
     sqlx::query(
         "DROP FUNCTION bulkhead.tenant_enter(text, text, text, boolean, boolean, text, text, text, text)",
     )
-    .execute(&db.owner_pool().await)
+    .execute(&owner)
     .await
     .unwrap();
-    let refused = store.begin(&ctx(a.id), Access::ReadOnly).await;
+    create_session(&store, a.id).await.unwrap();
+    create_session(&store, b.id).await.unwrap();
+    assert_eq!(count_sessions(&store, a.id).await, 2);
+    assert_eq!(count_sessions(&store, b.id).await, 1);
+    let mut tx = store.begin_snapshot(&ctx(b.id)).await.unwrap();
+    let isolation: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+        .fetch_one(tx.conn())
+        .await
+        .unwrap();
+    assert_eq!(isolation, "repeatable read");
+    drop(tx);
+    sqlx::query("UPDATE bulkhead.tenants SET frozen_since = now() WHERE id = $1")
+        .bind(a.id.uuid())
+        .execute(&owner)
+        .await
+        .unwrap();
+    let refused = create_session(&store, a.id).await;
     assert!(
-        matches!(&refused, Err(StoreError::UnsafeConfiguration(why)) if why.contains("bulkhead migrate")),
+        matches!(refused, Err(StoreError::TenantMoving)),
         "got {refused:?}"
     );
 }
