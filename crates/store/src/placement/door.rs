@@ -5,14 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use bulkhead_core::{Actor, RequestId, TenantContext, TenantId};
-use sqlx::postgres::PgTransactionManager;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, TransactionManager};
-
-use crate::placement::entry::{begin_statement, EnteredTx};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tracing::Instrument;
 
 use crate::cluster::pg_roles;
+use crate::placement::entry::{begin_statement, EnteredTx};
 use crate::placement::location::{location_from_columns, Location, PoolRole, Router, Topology};
 use crate::StoreError;
 
@@ -259,7 +257,6 @@ impl Store {
                         ctx,
                         access,
                         &location,
-                        true,
                     )),
                     // A location without `tenant_enter` (migration 0047 not applied there yet):
                     // the two-statement entry that onboarding and moves use.
@@ -471,26 +468,17 @@ impl TenantTx {
         if frozen && access == Access::ReadWrite && !frozen_ok {
             return Err(StoreError::TenantMoving);
         }
-        Ok(TenantTx::entered(
-            OpenTx::Begun(tx),
-            ctx,
-            access,
-            location,
-            false,
-        ))
+        Ok(TenantTx::entered(OpenTx::Begun(tx), ctx, access, location))
     }
 
-    fn entered(
-        tx: OpenTx,
-        ctx: &TenantContext,
-        access: Access,
-        location: &Location,
-        wake_after_commit: bool,
-    ) -> TenantTx {
-        // Only a transaction `READ ONLY` from its `BEGIN`: one entered read-only later (the
-        // older entry sets `transaction_read_only` in its first statement) might have written
-        // before.
-        let nothing_to_commit = access == Access::ReadOnly && matches!(tx, OpenTx::Entered(_));
+    fn entered(tx: OpenTx, ctx: &TenantContext, access: Access, location: &Location) -> TenantTx {
+        // Both follow from how the transaction was entered. `tenant_enter` asks the due trigger
+        // to leave waking to the store; the older entry does not. Only a transaction `READ ONLY`
+        // from its `BEGIN` has nothing to commit: one entered read-only later (the older entry
+        // sets `transaction_read_only` in its first statement) might have written before.
+        let entered_in_begin = matches!(tx, OpenTx::Entered(_));
+        let wake_after_commit = entered_in_begin && access == Access::ReadWrite;
+        let nothing_to_commit = entered_in_begin && access == Access::ReadOnly;
         TenantTx {
             tx,
             tenant: ctx.tenant_id(),
@@ -502,7 +490,7 @@ impl TenantTx {
             audited_tenants: None,
             forward: false,
             forwarded: Vec::new(),
-            wake_after_commit: wake_after_commit && access == Access::ReadWrite,
+            wake_after_commit,
             webhook_due: false,
             nothing_to_commit,
             wakeups: None,
@@ -580,7 +568,7 @@ impl TenantTx {
     pub fn conn(&mut self) -> &mut PgConnection {
         match &mut self.tx {
             OpenTx::Begun(tx) => tx,
-            OpenTx::Entered(entered) => &mut entered.conn,
+            OpenTx::Entered(entered) => entered.conn(),
         }
     }
 
@@ -675,22 +663,14 @@ impl OpenTx {
     async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             OpenTx::Begun(tx) => tx.commit().await,
-            OpenTx::Entered(mut entered) => {
-                PgTransactionManager::commit(&mut entered.conn).await?;
-                entered.open = false;
-                Ok(())
-            }
+            OpenTx::Entered(entered) => entered.commit().await,
         }
     }
 
     async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
             OpenTx::Begun(tx) => tx.rollback().await,
-            OpenTx::Entered(mut entered) => {
-                PgTransactionManager::rollback(&mut entered.conn).await?;
-                entered.open = false;
-                Ok(())
-            }
+            OpenTx::Entered(entered) => entered.rollback().await,
         }
     }
 }

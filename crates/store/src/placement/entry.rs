@@ -78,8 +78,8 @@ pub fn sql_literal(value: &str) -> String {
 /// the connection stays ours until it is rolled back. Dropped while open, it queues a rollback
 /// exactly as sqlx's `Transaction` does, which the pool flushes before reusing it.
 pub(crate) struct EnteredTx {
-    pub(crate) conn: PoolConnection<Postgres>,
-    pub(crate) open: bool,
+    conn: PoolConnection<Postgres>,
+    open: bool,
     // Set from sending the entry until its answer is known: dropped then (the request was
     // cancelled mid-entry), the server may be inside a transaction that sqlx does not count,
     // with a tenant's context set, so the connection is closed instead of reused.
@@ -149,6 +149,25 @@ impl EnteredTx {
             }
             return Err(entry_refusal(err));
         }
+    }
+}
+
+impl EnteredTx {
+    /// The connection, inside the entered transaction.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        PgTransactionManager::commit(&mut self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        PgTransactionManager::rollback(&mut self.conn).await?;
+        self.open = false;
+        Ok(())
     }
 }
 
